@@ -1,0 +1,45 @@
+"""fastcnn: fast CPU convolutional networks, Numba and Cython kernels under a small layer API."""
+__version__ = "0.1.0"
+
+from ._backend import available_backends, get_backend, set_backend
+from ._threads import get_num_threads, set_num_threads
+from . import functional
+
+__all__ = [
+    "__version__",
+    "available_backends",
+    "get_backend",
+    "set_backend",
+    "get_num_threads",
+    "set_num_threads",
+    "warmup",
+    "functional",
+]
+
+
+def warmup(backend=None):
+    """Compile (or load from Numba's cache) every kernel of ``backend`` (default: all available)
+    by running each op once on a tiny input, so the first training step pays no compile time."""
+    import numpy as np
+
+    from . import functional as F
+
+    names = available_backends() if backend is None else (backend,)
+    previous = get_backend()
+    try:
+        for name in names:
+            set_backend(name)
+            x = np.ones((1, 2, 5, 5), np.float32)
+            w = np.ones((3, 2, 3, 3), np.float32)
+            y, cols = F.conv2d(x, w, np.zeros(3, np.float32), 1, 1, return_cols=True)
+            F.conv2d_backward(y, x, w, 1, 1, cols=cols)
+            p, idx = F.max_pool2d(x, 2, return_indices=True)
+            F.max_pool2d_backward(p, idx, x.shape)
+            a = F.avg_pool2d(x, 2)
+            F.avg_pool2d_backward(a, x.shape, 2)
+            r = F.relu(x)
+            F.relu_backward(r, r)
+            loss, probs = F.softmax_cross_entropy(np.zeros((2, 3), np.float32), np.array([0, 2]))
+            F.softmax_cross_entropy_backward(probs, np.array([0, 2]))
+    finally:
+        set_backend(previous)

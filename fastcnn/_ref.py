@@ -1,0 +1,235 @@
+"""NumPy reference backend: the oracle every compiled kernel is tested against.
+
+These primitives define the contract shared by all backends (``fastcnn._kernels`` for Numba,
+``fastcnn._ext`` for Cython).  Callers (``functional.py``) validate everything first: arrays are
+C-contiguous, dtypes are exactly as documented, shapes agree, every pooling window holds at
+least one real (non-padding) cell.  Primitives write into the ``# OUT`` buffers the caller
+passes and return nothing.
+
+Layouts
+-------
+``cols`` (im2col matrix) : (C*kh*kw, N*OH*OW) float32
+    ``cols[c*kh*kw + i*kw + j, n*OH*OW + oh*OW + ow] = x[n, c, oh*sh - pt + i, ow*sw - pl + j]``
+    and 0 where that input cell lies in the zero padding.
+Pooling ``idx`` : (N, C, OH, OW) int32
+    Flat index ``h*W + w`` into the input plane of the window's maximum; ties go to the first
+    maximum in row-major window order; padded cells never win.
+"""
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+
+def _padded(x, kh, kw, sh, sw, pt, pl, oh, ow, fill=0.0):
+    """x padded so that windows start at (oh*sh, ow*sw); right/bottom padding as needed."""
+    n, c, h, w = x.shape
+    hp = max((oh - 1) * sh + kh, pt + h)
+    wp = max((ow - 1) * sw + kw, pl + w)
+    xp = np.full((n, c, hp, wp), fill, dtype=x.dtype)
+    xp[:, :, pt:pt + h, pl:pl + w] = x
+    return xp
+
+
+def _windows(xp, kh, kw, sh, sw, oh, ow):
+    """(N, C, OH, OW, kh, kw) view of the windows of a padded input."""
+    v = sliding_window_view(xp, (kh, kw), axis=(2, 3))
+    return v[:, :, : (oh - 1) * sh + 1 : sh, : (ow - 1) * sw + 1 : sw]
+
+
+def im2col(x, kh, kw, sh, sw, pt, pl, oh, ow, cols):
+    """Unfold convolution windows into columns.
+
+    Parameters
+    ----------
+    x : (N, C, H, W) float32  # IN
+    kh, kw, sh, sw, pt, pl, oh, ow : int
+        Kernel, stride, top/left padding and output size.
+    cols : (C*kh*kw, N*OH*OW) float32  # OUT
+    """
+    n, c = x.shape[:2]
+    win = _windows(_padded(x, kh, kw, sh, sw, pt, pl, oh, ow), kh, kw, sh, sw, oh, ow)
+    # (N, C, OH, OW, kh, kw) -> (C, kh, kw, N, OH, OW)
+    cols.reshape(c, kh, kw, n, oh, ow)[...] = win.transpose(1, 4, 5, 0, 2, 3)
+
+
+def col2im(cols, kh, kw, sh, sw, pt, pl, oh, ow, dx):
+    """Fold columns back, summing overlapping windows (adjoint of :func:`im2col`).
+
+    Parameters
+    ----------
+    cols : (C*kh*kw, N*OH*OW) float32  # IN
+    dx : (N, C, H, W) float32  # OUT, overwritten
+    """
+    n, c, h, w = dx.shape
+    xp = np.zeros(_padded_shape(dx.shape, kh, kw, sh, sw, pt, pl, oh, ow), dtype=np.float32)
+    v = cols.reshape(c, kh, kw, n, oh, ow)
+    for i in range(kh):
+        for j in range(kw):
+            xp[:, :, i : i + (oh - 1) * sh + 1 : sh, j : j + (ow - 1) * sw + 1 : sw] += v[:, i, j].transpose(1, 0, 2, 3)
+    dx[...] = xp[:, :, pt : pt + h, pl : pl + w]
+
+
+def _padded_shape(shape, kh, kw, sh, sw, pt, pl, oh, ow):
+    n, c, h, w = shape
+    return (n, c, max((oh - 1) * sh + kh, pt + h), max((ow - 1) * sw + kw, pl + w))
+
+
+def cnp_to_ncp_bias(ycnp, bias, y):
+    """Reorder a GEMM result to NCHW and add the bias.
+
+    Parameters
+    ----------
+    ycnp : (OC, N*P) float32  # IN
+    bias : (OC,) float32  # IN
+    y : (N, OC, P) float32  # OUT  ``y[n, o, p] = ycnp[o, n*P + p] + bias[o]``
+    """
+    n, oc, p = y.shape
+    y[...] = ycnp.reshape(oc, n, p).transpose(1, 0, 2) + bias[None, :, None]
+
+
+def ncp_to_cnp_sum(gy, gcnp, gb):
+    """Reorder an NCHW gradient for GEMM and reduce it for the bias gradient.
+
+    Parameters
+    ----------
+    gy : (N, OC, P) float32  # IN
+    gcnp : (OC, N*P) float32  # OUT  ``gcnp[o, n*P + p] = gy[n, o, p]``
+    gb : (OC,) float32  # OUT  sum of ``gy`` over N and P (accumulated in float64)
+    """
+    n, oc, p = gy.shape
+    gcnp.reshape(oc, n, p)[...] = gy.transpose(1, 0, 2)
+    gb[...] = gy.sum(axis=(0, 2), dtype=np.float64)
+
+
+def maxpool2d_forward(x, kh, kw, sh, sw, pt, pl, y, idx):
+    """Max pooling with arg-max indices.
+
+    Parameters
+    ----------
+    x : (N, C, H, W) float32  # IN
+    y : (N, C, OH, OW) float32  # OUT
+    idx : (N, C, OH, OW) int32  # OUT  flat ``h*W + w`` of the first maximum (row-major)
+
+    Every window holds at least one real cell (the caller checks).  Padded cells never win.
+    Scan rule shared by all backends: start from the window's first real cell; a later real
+    cell ``v`` replaces the best ``b`` when ``v > b`` or (``v`` is NaN and ``b`` is not).
+    """
+    n, c, h, w = x.shape
+    oh, ow = y.shape[2:]
+    xp = _padded(x, kh, kw, sh, sw, pt, pl, oh, ow, fill=-np.inf)
+    win = _windows(xp, kh, kw, sh, sw, oh, ow).reshape(n, c, oh, ow, kh * kw)
+    arg = np.argmax(win, axis=-1)  # NaN wins (first NaN), like torch
+    # A window whose real cells are all -inf: argmax may point at padding; use its first real cell.
+    real = _windows(_padded(np.ones((1, 1, h, w), bool), kh, kw, sh, sw, pt, pl, oh, ow, fill=False),
+                    kh, kw, sh, sw, oh, ow).reshape(oh, ow, kh * kw)
+    first_real = np.argmax(real, axis=-1)
+    val = np.take_along_axis(win, arg[..., None], axis=-1)[..., 0]
+    arg = np.where(val == -np.inf, first_real, arg)
+    y[...] = np.take_along_axis(win, arg[..., None], axis=-1)[..., 0]
+    hh = np.arange(oh)[:, None] * sh - pt + arg // kw
+    ww = np.arange(ow)[None, :] * sw - pl + arg % kw
+    idx[...] = hh * w + ww
+
+
+def maxpool2d_backward(gy, idx, gx):
+    """Route each output gradient to its arg-max.
+
+    Parameters
+    ----------
+    gy : (N, C, OH, OW) float32  # IN
+    idx : (N, C, OH, OW) int32  # IN
+    gx : (N, C, H, W) float32  # OUT, overwritten
+    """
+    n, c, h, w = gx.shape
+    flat = np.zeros((n * c, h * w), dtype=np.float32)
+    rows = np.repeat(np.arange(n * c), gy.shape[2] * gy.shape[3])
+    np.add.at(flat, (rows, idx.reshape(-1)), gy.reshape(-1))
+    gx[...] = flat.reshape(gx.shape)
+
+
+def _avg_divisor(h, w, kh, kw, sh, sw, pt, pl, oh, ow, count_include_pad):
+    if count_include_pad:
+        return np.full((oh, ow), float(kh * kw), dtype=np.float32)
+    hs = np.arange(oh) * sh - pt
+    ws = np.arange(ow) * sw - pl
+    rh = np.minimum(hs + kh, h) - np.maximum(hs, 0)
+    rw = np.minimum(ws + kw, w) - np.maximum(ws, 0)
+    return (rh[:, None] * rw[None, :]).astype(np.float32)
+
+
+def avgpool2d_forward(x, kh, kw, sh, sw, pt, pl, count_include_pad, y):
+    """Average pooling.
+
+    Parameters
+    ----------
+    x : (N, C, H, W) float32  # IN
+    count_include_pad : bool
+        True: divide by ``kh*kw`` (PyTorch default); False: by the number of real cells
+        (TensorFlow ``"same"``).
+    y : (N, C, OH, OW) float32  # OUT
+    """
+    n, c, h, w = x.shape
+    oh, ow = y.shape[2:]
+    win = _windows(_padded(x, kh, kw, sh, sw, pt, pl, oh, ow), kh, kw, sh, sw, oh, ow)
+    s = win.sum(axis=(-2, -1), dtype=np.float32)
+    y[...] = s / _avg_divisor(h, w, kh, kw, sh, sw, pt, pl, oh, ow, count_include_pad)
+
+
+def avgpool2d_backward(gy, kh, kw, sh, sw, pt, pl, count_include_pad, gx):
+    """Gradient of :func:`avgpool2d_forward`.
+
+    Parameters
+    ----------
+    gy : (N, C, OH, OW) float32  # IN
+    gx : (N, C, H, W) float32  # OUT, overwritten
+    """
+    n, c, h, w = gx.shape
+    oh, ow = gy.shape[2:]
+    g = gy / _avg_divisor(h, w, kh, kw, sh, sw, pt, pl, oh, ow, count_include_pad)
+    xp = np.zeros(_padded_shape(gx.shape, kh, kw, sh, sw, pt, pl, oh, ow), dtype=np.float32)
+    for i in range(kh):
+        for j in range(kw):
+            xp[:, :, i : i + (oh - 1) * sh + 1 : sh, j : j + (ow - 1) * sw + 1 : sw] += g
+    gx[...] = xp[:, :, pt : pt + h, pl : pl + w]
+
+
+def relu_forward(x, y):
+    """``y = max(x, 0)``; x, y : any shape, float32, C-contiguous (y may be x)."""
+    np.maximum(x, 0.0, out=y)
+
+
+def relu_backward(gy, y, gx):
+    """``gx = gy * (y > 0)``; gy, y IN; gx OUT (may be gy)."""
+    np.multiply(gy, y > 0, out=gx)
+
+
+def softmax_xent_forward(logits, labels, probs, losses):
+    """Softmax and per-sample cross-entropy, log-sum-exp stable.
+
+    Parameters
+    ----------
+    logits : (N, K) float32  # IN
+    labels : (N,) int64  # IN, values in [0, K)
+    probs : (N, K) float32  # OUT  softmax(logits)
+    losses : (N,) float32  # OUT  ``logsumexp(logits[n]) - logits[n, labels[n]]``
+    """
+    m = logits.max(axis=1, keepdims=True)
+    z = logits - m
+    e = np.exp(z)
+    s = e.sum(axis=1, keepdims=True)
+    probs[...] = e / s
+    losses[...] = (np.log(s[:, 0]) - z[np.arange(len(labels)), labels])
+
+
+def softmax_xent_backward(probs, labels, gx):
+    """``gx = (probs - onehot(labels)) / N``.
+
+    Parameters
+    ----------
+    probs : (N, K) float32  # IN
+    labels : (N,) int64  # IN
+    gx : (N, K) float32  # OUT (may be probs)
+    """
+    n = probs.shape[0]
+    gx[...] = probs
+    gx[np.arange(n), labels] -= 1.0
+    gx *= np.float32(1.0 / n)

@@ -1,0 +1,113 @@
+"""The one shape-and-dtype check helper, and padding/output-size arithmetic."""
+import numbers
+
+import numpy as np
+
+
+def as_float32(x, name, ndim=None, op="fastcnn"):
+    """Validate an array argument and return it as a C-contiguous float32 array.
+
+    Real floating dtypes (float16/float64) are converted to float32; integer, bool, complex
+    and object arrays are refused with ``TypeError``.  Non-contiguous views are copied.
+
+    Parameters
+    ----------
+    x : array_like
+    name : str
+        Argument name used in error messages.
+    ndim : int or tuple of int, optional
+        Required number of dimensions.
+    op : str
+        Operation or layer name used in error messages.
+    """
+    if not isinstance(x, np.ndarray):
+        if isinstance(x, (list, tuple)) or np.isscalar(x):
+            x = np.asarray(x)
+        else:
+            raise TypeError(f"{op}: {name} must be a numpy array, got {type(x).__name__}")
+    if x.dtype.kind != "f":
+        raise TypeError(f"{op}: {name} must be a floating array (float32), got dtype {x.dtype}")
+    if ndim is not None:
+        allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+        if x.ndim not in allowed:
+            want = " or ".join(f"{d}-D" for d in allowed)
+            raise ValueError(f"{op}: {name} must be {want}, got shape {x.shape} ({x.ndim}-D)")
+    if x.dtype != np.float32 or not x.flags.c_contiguous or not x.flags.aligned:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+    return x
+
+
+def as_labels(labels, n, num_classes, op="fastcnn"):
+    """Validate class-index labels: integer dtype, shape ``(n,)``, values in ``[0, num_classes)``."""
+    labels = np.asarray(labels)
+    if labels.dtype.kind not in "iu":
+        raise TypeError(f"{op}: labels must be integer class indices, got dtype {labels.dtype}")
+    if labels.shape != (n,):
+        raise ValueError(f"{op}: labels must have shape ({n},), got {labels.shape}")
+    if n and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(
+            f"{op}: labels must lie in [0, {num_classes}), got range "
+            f"[{labels.min()}, {labels.max()}]"
+        )
+    return np.ascontiguousarray(labels, dtype=np.int64)
+
+
+def pair(value, name, op="fastcnn", minimum=1):
+    """Turn an int or a pair of ints into a tuple ``(h, w)`` with both ``>= minimum``."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        out = (int(value), int(value))
+    elif (
+        isinstance(value, (tuple, list))
+        and len(value) == 2
+        and all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in value)
+    ):
+        out = (int(value[0]), int(value[1]))
+    else:
+        raise TypeError(f"{op}: {name} must be an int or a pair of ints, got {value!r}")
+    if min(out) < minimum:
+        raise ValueError(f"{op}: {name} must be >= {minimum}, got {value!r}")
+    return out
+
+
+def check_padding_arg(padding, op="fastcnn"):
+    """Validate a padding argument without knowing the input size yet."""
+    if isinstance(padding, str):
+        p = padding.lower()
+        if p not in ("same", "valid"):
+            raise ValueError(f"{op}: padding must be an int, a pair, 'valid' or 'same', got {padding!r}")
+        return p
+    return pair(padding, "padding", op, minimum=0)
+
+
+def resolve_padding(padding, kernel, stride, size, op="fastcnn"):
+    """Return ``(top, bottom, left, right)`` zero padding.
+
+    ``"same"`` follows TensorFlow: output size ``ceil(in / stride)``, total padding
+    ``max((out - 1) * stride + k - in, 0)``, the odd cell going to the bottom/right.
+    """
+    padding = check_padding_arg(padding, op)
+    if padding == "valid":
+        return (0, 0, 0, 0)
+    if padding == "same":
+        pads = []
+        for k, s, n in zip(kernel, stride, size):
+            out = -(-n // s)
+            total = max((out - 1) * s + k - n, 0)
+            pads += [total // 2, total - total // 2]
+        return tuple(pads)
+    ph, pw = padding
+    return (ph, ph, pw, pw)
+
+
+def output_size(size, kernel, stride, pads, op="fastcnn"):
+    """Spatial output size ``(OH, OW)``; raises if the kernel exceeds the padded input."""
+    (h, w), (kh, kw), (sh, sw) = size, kernel, stride
+    pt, pb, pl, pr = pads
+    hp, wp = h + pt + pb, w + pl + pr
+    if kh > hp or kw > wp:
+        raise ValueError(
+            f"{op}: kernel {kh}x{kw} is larger than the padded input {hp}x{wp} "
+            f"(input {h}x{w}, padding {pads}); expected an input of at least "
+            f"{max(kh - pt - pb, 1)}x{max(kw - pl - pr, 1)}"
+        )
+    return ((hp - kh) // sh + 1, (wp - kw) // sw + 1)

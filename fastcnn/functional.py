@@ -1,0 +1,404 @@
+"""Stateless operations: arrays in, arrays out.
+
+Each op validates its arguments (the one shape helper in ``_shapes``), then runs the kernel
+primitives of the active backend (see :mod:`fastcnn._backend`).  Convolution is im2col + one
+SGEMM through NumPy's BLAS for every backend; the backends differ in the unfolding, folding,
+reordering, pooling, activation and loss kernels.
+
+Every op accepts ``ws``: a :class:`Workspace` whose buffers are reused between calls of the
+same shape (the layers keep one each).  Arrays returned from an op that was given ``ws`` live
+in that workspace and are overwritten by the next call with the same ``ws``.
+"""
+import numpy as np
+
+from . import _backend
+from ._shapes import as_float32, as_labels, check_padding_arg, output_size, pair, resolve_padding
+
+
+class Workspace:
+    """Named scratch buffers, reallocated only when the shape or dtype changes."""
+
+    def __init__(self):
+        self._bufs = {}
+
+    def get(self, name, shape, dtype=np.float32):
+        buf = self._bufs.get(name)
+        if buf is None or buf.shape != tuple(shape) or buf.dtype != dtype:
+            buf = np.empty(shape, dtype=dtype)
+            self._bufs[name] = buf
+        return buf
+
+    def clear(self):
+        self._bufs.clear()
+
+
+def _buf(ws, name, shape, dtype=np.float32):
+    return np.empty(shape, dtype=dtype) if ws is None else ws.get(name, shape, dtype)
+
+
+# --------------------------------------------------------------------------- convolution
+
+class ConvGeometry:
+    """Resolved geometry of a 2-D convolution or pooling window."""
+
+    __slots__ = ("kh", "kw", "sh", "sw", "pt", "pb", "pl", "pr", "oh", "ow")
+
+    def __init__(self, kernel, stride, padding, size, op):
+        self.kh, self.kw = kernel
+        self.sh, self.sw = stride
+        self.pt, self.pb, self.pl, self.pr = resolve_padding(padding, kernel, stride, size, op)
+        self.oh, self.ow = output_size(size, kernel, stride, (self.pt, self.pb, self.pl, self.pr), op)
+
+    @property
+    def args(self):
+        """``(kh, kw, sh, sw, pt, pl)`` as the primitives take them."""
+        return (self.kh, self.kw, self.sh, self.sw, self.pt, self.pl)
+
+
+def _conv_check(x, weight, bias, stride, padding, op="conv2d"):
+    x = as_float32(x, "input", 4, op)
+    weight = as_float32(weight, "weight", 4, op)
+    oc, c, kh, kw = weight.shape
+    if x.shape[1] != c:
+        raise ValueError(
+            f"{op}: input has {x.shape[1]} channels but weight {weight.shape} expects {c}; "
+            f"expected input shape (N, {c}, H, W), got {x.shape}"
+        )
+    if min(weight.shape) < 1:
+        raise ValueError(f"{op}: weight shape {weight.shape} has an empty dimension")
+    if x.shape[0] < 1:
+        raise ValueError(f"{op}: empty batch, input shape {x.shape}")
+    if bias is not None:
+        bias = as_float32(bias, "bias", 1, op)
+        if bias.shape != (oc,):
+            raise ValueError(f"{op}: bias must have shape ({oc},), got {bias.shape}")
+    geo = ConvGeometry((kh, kw), pair(stride, "stride", op), padding, x.shape[2:], op)
+    return x, weight, bias, geo
+
+
+def conv2d(x, weight, bias=None, stride=1, padding=0, *, ws=None, return_cols=False):
+    """2-D cross-correlation, as ``torch.nn.functional.conv2d``.
+
+    Parameters
+    ----------
+    x : (N, C, H, W) float32
+    weight : (OC, C, kh, kw) float32
+    bias : (OC,) float32 or None
+    stride : int or (int, int)
+    padding : int, (int, int), ``"valid"`` or ``"same"`` (TensorFlow SAME, any stride)
+    ws : Workspace, optional
+    return_cols : bool
+        Also return the im2col matrix, which :func:`conv2d_backward` can reuse.
+
+    Returns
+    -------
+    y : (N, OC, OH, OW) float32
+    cols : (C*kh*kw, N*OH*OW) float32, only if ``return_cols``
+    """
+    x, weight, bias, g = _conv_check(x, weight, bias, stride, padding)
+    k = _backend.ops()
+    n, c = x.shape[:2]
+    oc = weight.shape[0]
+    p = g.oh * g.ow
+    cols = _buf(ws, "cols", (c * g.kh * g.kw, n * p))
+    k.im2col(x, *g.args, g.oh, g.ow, cols)
+    ycnp = _buf(ws, "ycnp", (oc, n * p))
+    np.matmul(weight.reshape(oc, -1), cols, out=ycnp)
+    y = _buf(ws, "y", (n, oc, g.oh, g.ow))
+    b = bias if bias is not None else _zeros(ws, oc)
+    k.cnp_to_ncp_bias(ycnp, b, y.reshape(n, oc, p))
+    return (y, cols) if return_cols else y
+
+
+def _zeros(ws, n):
+    z = _buf(ws, "zeros", (n,))
+    z[...] = 0.0
+    return z
+
+
+def conv2d_backward(grad_out, x, weight, stride=1, padding=0, *, bias=True, cols=None,
+                    input_grad=True, ws=None):
+    """Gradients of :func:`conv2d`.
+
+    Parameters
+    ----------
+    grad_out : (N, OC, OH, OW) float32
+    x : (N, C, H, W) float32
+        The forward input.
+    weight : (OC, C, kh, kw) float32
+    bias : bool
+        Whether to return the bias gradient.
+    cols : (C*kh*kw, N*OH*OW) float32, optional
+        The forward im2col matrix (recomputed when not given).
+    input_grad : bool
+        Whether to compute the input gradient (False for a network's first layer).
+
+    Returns
+    -------
+    grad_x : (N, C, H, W) float32 or None
+    grad_weight : (OC, C, kh, kw) float32
+    grad_bias : (OC,) float32 or None
+    """
+    op = "conv2d_backward"
+    x, weight, _, g = _conv_check(x, weight, None, stride, padding, op)
+    n, c = x.shape[:2]
+    oc = weight.shape[0]
+    p = g.oh * g.ow
+    grad_out = as_float32(grad_out, "grad_out", 4, op)
+    if grad_out.shape != (n, oc, g.oh, g.ow):
+        raise ValueError(f"{op}: grad_out must have shape {(n, oc, g.oh, g.ow)}, got {grad_out.shape}")
+    k = _backend.ops()
+    kdim = c * g.kh * g.kw
+    if cols is None:
+        cols = _buf(ws, "cols", (kdim, n * p))
+        k.im2col(x, *g.args, g.oh, g.ow, cols)
+    elif cols.shape != (kdim, n * p) or cols.dtype != np.float32 or not cols.flags.c_contiguous:
+        raise ValueError(f"{op}: cols must be a C-contiguous float32 array of shape {(kdim, n * p)}")
+    gcnp = _buf(ws, "gcnp", (oc, n * p))
+    gb = _buf(ws, "gb", (oc,))
+    k.ncp_to_cnp_sum(grad_out.reshape(n, oc, p), gcnp, gb)
+    gw = np.empty(weight.shape, dtype=np.float32)
+    np.matmul(gcnp, cols.T, out=gw.reshape(oc, kdim))
+    gx = None
+    if input_grad:
+        dcols = _buf(ws, "dcols", (kdim, n * p))
+        np.matmul(weight.reshape(oc, kdim).T, gcnp, out=dcols)
+        gx = np.empty(x.shape, dtype=np.float32)
+        k.col2im(dcols, *g.args, g.oh, g.ow, gx)
+    return gx, gw, (gb.copy() if bias else None)
+
+
+# --------------------------------------------------------------------------- pooling
+
+def _pool_geometry(x, kernel_size, stride, padding, op):
+    x = as_float32(x, "input", 4, op)
+    if x.shape[0] < 1 or x.shape[1] < 1:
+        raise ValueError(f"{op}: empty input of shape {x.shape}")
+    kernel = pair(kernel_size, "kernel_size", op)
+    stride = kernel if stride is None else pair(stride, "stride", op)
+    padding = check_padding_arg(padding, op)
+    g = ConvGeometry(kernel, stride, padding, x.shape[2:], op)
+    if max(g.pt, g.pb) >= g.kh or max(g.pl, g.pr) >= g.kw:
+        raise ValueError(
+            f"{op}: padding {(g.pt, g.pb, g.pl, g.pr)} must be smaller than the kernel {kernel} "
+            "so that every window holds a real cell"
+        )
+    if isinstance(padding, tuple) and (2 * padding[0] > kernel[0] or 2 * padding[1] > kernel[1]):
+        raise ValueError(f"{op}: padding {padding} must be at most half the kernel size {kernel}")
+    return x, g, padding
+
+
+def max_pool2d(x, kernel_size=2, stride=None, padding=0, *, ws=None, return_indices=False):
+    """2-D max pooling (``torch.nn.functional.max_pool2d``; ``padding="same"`` as TensorFlow).
+
+    Parameters
+    ----------
+    x : (N, C, H, W) float32
+    kernel_size, stride : int or (int, int); ``stride`` defaults to ``kernel_size``
+    padding : int, (int, int), ``"valid"`` or ``"same"``; padded cells never win
+
+    Returns
+    -------
+    y : (N, C, OH, OW) float32
+    indices : (N, C, OH, OW) int32, only if ``return_indices``; flat ``h*W + w`` per plane
+    """
+    x, g, _ = _pool_geometry(x, kernel_size, stride, padding, "max_pool2d")
+    n, c = x.shape[:2]
+    y = _buf(ws, "y", (n, c, g.oh, g.ow))
+    idx = _buf(ws, "idx", (n, c, g.oh, g.ow), np.int32)
+    _backend.ops().maxpool2d_forward(x, *g.args, y, idx)
+    return (y, idx) if return_indices else y
+
+
+def max_pool2d_backward(grad_out, indices, input_shape, *, ws=None):
+    """Gradient of :func:`max_pool2d`: each output gradient goes to its arg-max.
+
+    Parameters
+    ----------
+    grad_out : (N, C, OH, OW) float32
+    indices : (N, C, OH, OW) int32 from ``max_pool2d(..., return_indices=True)``
+    input_shape : (N, C, H, W)
+
+    Returns
+    -------
+    grad_x : (N, C, H, W) float32
+    """
+    op = "max_pool2d_backward"
+    grad_out = as_float32(grad_out, "grad_out", 4, op)
+    indices = np.asarray(indices)
+    if indices.dtype != np.int32 or indices.shape != grad_out.shape:
+        raise ValueError(f"{op}: indices must be int32 of shape {grad_out.shape}, got {indices.dtype} {indices.shape}")
+    input_shape = tuple(int(v) for v in input_shape)
+    if len(input_shape) != 4 or input_shape[:2] != grad_out.shape[:2]:
+        raise ValueError(f"{op}: input_shape {input_shape} does not match grad_out {grad_out.shape}")
+    plane = input_shape[2] * input_shape[3]
+    if indices.size and (indices.min() < 0 or indices.max() >= plane):
+        raise ValueError(f"{op}: indices out of range for input plane {input_shape[2:]}")
+    indices = np.ascontiguousarray(indices)
+    gx = _buf(ws, "gx", input_shape)
+    _backend.ops().maxpool2d_backward(grad_out, indices, gx)
+    return gx
+
+
+def _include_pad(count_include_pad, padding):
+    if count_include_pad is None:  # PyTorch counts padding; TensorFlow SAME does not
+        return padding != "same"
+    return bool(count_include_pad)
+
+
+def avg_pool2d(x, kernel_size=2, stride=None, padding=0, count_include_pad=None, *, ws=None):
+    """2-D average pooling.
+
+    Parameters
+    ----------
+    x : (N, C, H, W) float32
+    kernel_size, stride, padding : as :func:`max_pool2d`
+    count_include_pad : bool or None
+        Whether padded zeros count in the divisor.  None: True for int padding (PyTorch),
+        False for ``"same"`` (TensorFlow).
+
+    Returns
+    -------
+    y : (N, C, OH, OW) float32
+    """
+    x, g, padding = _pool_geometry(x, kernel_size, stride, padding, "avg_pool2d")
+    n, c = x.shape[:2]
+    y = _buf(ws, "y", (n, c, g.oh, g.ow))
+    _backend.ops().avgpool2d_forward(x, *g.args, _include_pad(count_include_pad, padding), y)
+    return y
+
+
+def avg_pool2d_backward(grad_out, input_shape, kernel_size=2, stride=None, padding=0,
+                        count_include_pad=None, *, ws=None):
+    """Gradient of :func:`avg_pool2d`.
+
+    Returns
+    -------
+    grad_x : (N, C, H, W) float32
+    """
+    op = "avg_pool2d_backward"
+    dummy = np.empty((1, 1) + tuple(int(v) for v in input_shape[2:]), np.float32)
+    _, g, padding = _pool_geometry(dummy, kernel_size, stride, padding, op)
+    grad_out = as_float32(grad_out, "grad_out", 4, op)
+    input_shape = tuple(int(v) for v in input_shape)
+    if grad_out.shape != input_shape[:2] + (g.oh, g.ow):
+        raise ValueError(f"{op}: grad_out must have shape {input_shape[:2] + (g.oh, g.ow)}, got {grad_out.shape}")
+    gx = _buf(ws, "gx", input_shape)
+    _backend.ops().avgpool2d_backward(grad_out, *g.args, _include_pad(count_include_pad, padding), gx)
+    return gx
+
+
+# --------------------------------------------------------------------------- activations
+
+def relu(x, *, ws=None):
+    """Rectified linear unit. x : any shape float32. Returns a new array of the same shape."""
+    x = as_float32(x, "input", None, "relu")
+    y = _buf(ws, "y", x.shape)
+    _backend.ops().relu_forward(x, y)
+    return y
+
+
+def relu_backward(grad_out, y, *, ws=None):
+    """Gradient of :func:`relu` given its output ``y`` (same shape as ``grad_out``)."""
+    op = "relu_backward"
+    grad_out = as_float32(grad_out, "grad_out", None, op)
+    y = as_float32(y, "output", None, op)
+    if grad_out.shape != y.shape:
+        raise ValueError(f"{op}: grad_out shape {grad_out.shape} does not match output shape {y.shape}")
+    gx = _buf(ws, "gx", y.shape)
+    _backend.ops().relu_backward(grad_out, y, gx)
+    return gx
+
+
+# --------------------------------------------------------------------------- dense
+
+def _linear_check(x, weight, bias, op):
+    x = as_float32(x, "input", 2, op)
+    weight = as_float32(weight, "weight", 2, op)
+    if x.shape[1] != weight.shape[1]:
+        raise ValueError(
+            f"{op}: input has {x.shape[1]} features but weight {weight.shape} expects "
+            f"{weight.shape[1]}; expected input shape (N, {weight.shape[1]}), got {x.shape}"
+        )
+    if x.shape[0] < 1:
+        raise ValueError(f"{op}: empty batch, input shape {x.shape}")
+    if bias is not None:
+        bias = as_float32(bias, "bias", 1, op)
+        if bias.shape != (weight.shape[0],):
+            raise ValueError(f"{op}: bias must have shape ({weight.shape[0]},), got {bias.shape}")
+    return x, weight, bias
+
+
+def linear(x, weight, bias=None, *, ws=None):
+    """``x @ weight.T + bias`` through NumPy's BLAS.
+
+    Parameters
+    ----------
+    x : (N, in_features) float32
+    weight : (out_features, in_features) float32
+    bias : (out_features,) float32 or None
+
+    Returns
+    -------
+    y : (N, out_features) float32
+    """
+    x, weight, bias = _linear_check(x, weight, bias, "linear")
+    y = _buf(ws, "y", (x.shape[0], weight.shape[0]))
+    np.matmul(x, weight.T, out=y)
+    if bias is not None:
+        y += bias
+    return y
+
+
+def linear_backward(grad_out, x, weight, *, bias=True, input_grad=True, ws=None):
+    """Gradients of :func:`linear`: ``(grad_x, grad_weight, grad_bias)``."""
+    op = "linear_backward"
+    x, weight, _ = _linear_check(x, weight, None, op)
+    grad_out = as_float32(grad_out, "grad_out", 2, op)
+    if grad_out.shape != (x.shape[0], weight.shape[0]):
+        raise ValueError(f"{op}: grad_out must have shape {(x.shape[0], weight.shape[0])}, got {grad_out.shape}")
+    gw = grad_out.T @ x
+    gb = grad_out.sum(axis=0, dtype=np.float64).astype(np.float32) if bias else None
+    gx = None
+    if input_grad:
+        gx = _buf(ws, "gx", x.shape)
+        np.matmul(grad_out, weight, out=gx)
+    return gx, gw, gb
+
+
+# --------------------------------------------------------------------------- loss
+
+def softmax_cross_entropy(logits, labels, *, ws=None):
+    """Mean softmax cross-entropy (``torch.nn.functional.cross_entropy``).
+
+    Parameters
+    ----------
+    logits : (N, K) float32
+    labels : (N,) integer class indices in ``[0, K)``
+
+    Returns
+    -------
+    loss : float
+        Mean over the batch.
+    probs : (N, K) float32
+        Softmax, for :func:`softmax_cross_entropy_backward`.
+    """
+    op = "softmax_cross_entropy"
+    logits = as_float32(logits, "logits", 2, op)
+    if logits.shape[0] < 1 or logits.shape[1] < 1:
+        raise ValueError(f"{op}: logits must be (N, K) with N, K >= 1, got {logits.shape}")
+    labels = as_labels(labels, logits.shape[0], logits.shape[1], op)
+    probs = _buf(ws, "probs", logits.shape)
+    losses = _buf(ws, "losses", (logits.shape[0],))
+    _backend.ops().softmax_xent_forward(logits, labels, probs, losses)
+    return float(losses.mean(dtype=np.float64)), probs
+
+
+def softmax_cross_entropy_backward(probs, labels, *, ws=None):
+    """Gradient of the mean loss w.r.t. the logits: ``(probs - onehot) / N``, (N, K) float32."""
+    op = "softmax_cross_entropy_backward"
+    probs = as_float32(probs, "probs", 2, op)
+    labels = as_labels(labels, probs.shape[0], probs.shape[1], op)
+    gx = _buf(ws, "gx", probs.shape)
+    _backend.ops().softmax_xent_backward(probs, labels, gx)
+    return gx
