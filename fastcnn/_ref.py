@@ -1,6 +1,6 @@
 """NumPy reference backend: the oracle every compiled kernel is tested against.
 
-These primitives define the contract shared by all backends (``fastcnn._kernels`` for Numba,
+These primitives (dtype-generic: the finite-difference tests run them in float64) define the contract shared by all backends (``fastcnn._kernels`` for Numba,
 ``fastcnn._ext`` for Cython).  Callers (``functional.py``) validate everything first: arrays are
 C-contiguous, dtypes are exactly as documented, shapes agree, every pooling window holds at
 least one real (non-padding) cell.  Primitives write into the ``# OUT`` buffers the caller
@@ -60,7 +60,7 @@ def col2im(cols, kh, kw, sh, sw, pt, pl, oh, ow, dx):
     dx : (N, C, H, W) float32  # OUT, overwritten
     """
     n, c, h, w = dx.shape
-    xp = np.zeros(_padded_shape(dx.shape, kh, kw, sh, sw, pt, pl, oh, ow), dtype=np.float32)
+    xp = np.zeros(_padded_shape(dx.shape, kh, kw, sh, sw, pt, pl, oh, ow), dtype=dx.dtype)
     v = cols.reshape(c, kh, kw, n, oh, ow)
     for i in range(kh):
         for j in range(kw):
@@ -140,7 +140,7 @@ def maxpool2d_backward(gy, idx, gx):
     gx : (N, C, H, W) float32  # OUT, overwritten
     """
     n, c, h, w = gx.shape
-    flat = np.zeros((n * c, h * w), dtype=np.float32)
+    flat = np.zeros((n * c, h * w), dtype=gx.dtype)
     rows = np.repeat(np.arange(n * c), gy.shape[2] * gy.shape[3])
     np.add.at(flat, (rows, idx.reshape(-1)), gy.reshape(-1))
     gx[...] = flat.reshape(gx.shape)
@@ -170,7 +170,7 @@ def avgpool2d_forward(x, kh, kw, sh, sw, pt, pl, count_include_pad, y):
     n, c, h, w = x.shape
     oh, ow = y.shape[2:]
     win = _windows(_padded(x, kh, kw, sh, sw, pt, pl, oh, ow), kh, kw, sh, sw, oh, ow)
-    s = win.sum(axis=(-2, -1), dtype=np.float32)
+    s = win.sum(axis=(-2, -1), dtype=y.dtype)
     y[...] = s / _avg_divisor(h, w, kh, kw, sh, sw, pt, pl, oh, ow, count_include_pad)
 
 
@@ -185,7 +185,7 @@ def avgpool2d_backward(gy, kh, kw, sh, sw, pt, pl, count_include_pad, gx):
     n, c, h, w = gx.shape
     oh, ow = gy.shape[2:]
     g = gy / _avg_divisor(h, w, kh, kw, sh, sw, pt, pl, oh, ow, count_include_pad)
-    xp = np.zeros(_padded_shape(gx.shape, kh, kw, sh, sw, pt, pl, oh, ow), dtype=np.float32)
+    xp = np.zeros(_padded_shape(gx.shape, kh, kw, sh, sw, pt, pl, oh, ow), dtype=gx.dtype)
     for i in range(kh):
         for j in range(kw):
             xp[:, :, i : i + (oh - 1) * sh + 1 : sh, j : j + (ow - 1) * sw + 1 : sw] += g
@@ -232,4 +232,4 @@ def softmax_xent_backward(probs, labels, gx):
     n = probs.shape[0]
     gx[...] = probs
     gx[np.arange(n), labels] -= 1.0
-    gx *= np.float32(1.0 / n)
+    gx *= gx.dtype.type(1.0 / n)

@@ -96,24 +96,26 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, *, ws=None, return_cols=Fa
     cols : (C*kh*kw, N*OH*OW) float32, only if ``return_cols``
     """
     x, weight, bias, g = _conv_check(x, weight, bias, stride, padding)
-    k = _backend.ops()
-    n, c = x.shape[:2]
-    oc = weight.shape[0]
-    p = g.oh * g.ow
-    cols = _buf(ws, "cols", (c * g.kh * g.kw, n * p))
-    k.im2col(x, *g.args, g.oh, g.ow, cols)
-    ycnp = _buf(ws, "ycnp", (oc, n * p))
-    np.matmul(weight.reshape(oc, -1), cols, out=ycnp)
-    y = _buf(ws, "y", (n, oc, g.oh, g.ow))
-    b = bias if bias is not None else _zeros(ws, oc)
-    k.cnp_to_ncp_bias(ycnp, b, y.reshape(n, oc, p))
+    y, cols = _conv2d_forward(_backend.ops(), x, weight, bias, g, ws)
     return (y, cols) if return_cols else y
 
 
-def _zeros(ws, n):
-    z = _buf(ws, "zeros", (n,))
-    z[...] = 0.0
-    return z
+def _conv2d_forward(k, x, weight, bias, g, ws):
+    """im2col + GEMM + reorder with the primitives of backend module ``k`` (dtype of ``x``)."""
+    n, c = x.shape[:2]
+    oc = weight.shape[0]
+    p = g.oh * g.ow
+    dt = x.dtype
+    cols = _buf(ws, "cols", (c * g.kh * g.kw, n * p), dt)
+    k.im2col(x, *g.args, g.oh, g.ow, cols)
+    ycnp = _buf(ws, "ycnp", (oc, n * p), dt)
+    np.matmul(weight.reshape(oc, -1), cols, out=ycnp)
+    y = _buf(ws, "y", (n, oc, g.oh, g.ow), dt)
+    if bias is None:
+        bias = _buf(ws, "zeros", (oc,), dt)
+        bias[...] = 0
+    k.cnp_to_ncp_bias(ycnp, bias, y.reshape(n, oc, p))
+    return y, cols
 
 
 def conv2d_backward(grad_out, x, weight, stride=1, padding=0, *, bias=True, cols=None,
@@ -143,29 +145,37 @@ def conv2d_backward(grad_out, x, weight, stride=1, padding=0, *, bias=True, cols
     x, weight, _, g = _conv_check(x, weight, None, stride, padding, op)
     n, c = x.shape[:2]
     oc = weight.shape[0]
-    p = g.oh * g.ow
     grad_out = as_float32(grad_out, "grad_out", 4, op)
     if grad_out.shape != (n, oc, g.oh, g.ow):
         raise ValueError(f"{op}: grad_out must have shape {(n, oc, g.oh, g.ow)}, got {grad_out.shape}")
-    k = _backend.ops()
     kdim = c * g.kh * g.kw
+    if cols is not None and (cols.shape != (kdim, n * g.oh * g.ow) or cols.dtype != np.float32
+                             or not cols.flags.c_contiguous):
+        raise ValueError(f"{op}: cols must be a C-contiguous float32 array of shape {(kdim, n * g.oh * g.ow)}")
+    return _conv2d_backward(_backend.ops(), grad_out, x, weight, g, bias, cols, input_grad, ws)
+
+
+def _conv2d_backward(k, grad_out, x, weight, g, bias, cols, input_grad, ws):
+    n, c = x.shape[:2]
+    oc = weight.shape[0]
+    p = g.oh * g.ow
+    kdim = c * g.kh * g.kw
+    dt = x.dtype
     if cols is None:
-        cols = _buf(ws, "cols", (kdim, n * p))
+        cols = _buf(ws, "cols", (kdim, n * p), dt)
         k.im2col(x, *g.args, g.oh, g.ow, cols)
-    elif cols.shape != (kdim, n * p) or cols.dtype != np.float32 or not cols.flags.c_contiguous:
-        raise ValueError(f"{op}: cols must be a C-contiguous float32 array of shape {(kdim, n * p)}")
-    gcnp = _buf(ws, "gcnp", (oc, n * p))
-    gb = _buf(ws, "gb", (oc,))
+    gcnp = _buf(ws, "gcnp", (oc, n * p), dt)
+    gb = np.empty((oc,), dtype=dt)
     k.ncp_to_cnp_sum(grad_out.reshape(n, oc, p), gcnp, gb)
-    gw = np.empty(weight.shape, dtype=np.float32)
+    gw = np.empty(weight.shape, dtype=dt)
     np.matmul(gcnp, cols.T, out=gw.reshape(oc, kdim))
     gx = None
     if input_grad:
-        dcols = _buf(ws, "dcols", (kdim, n * p))
+        dcols = _buf(ws, "dcols", (kdim, n * p), dt)
         np.matmul(weight.reshape(oc, kdim).T, gcnp, out=dcols)
-        gx = np.empty(x.shape, dtype=np.float32)
+        gx = np.empty(x.shape, dtype=dt)
         k.col2im(dcols, *g.args, g.oh, g.ow, gx)
-    return gx, gw, (gb.copy() if bias else None)
+    return gx, gw, (gb if bias else None)
 
 
 # --------------------------------------------------------------------------- pooling

@@ -1,0 +1,24 @@
+"""Numba backend: the kernel primitives of :mod:`fastcnn._ref`, compiled with ``numba.njit``.
+
+Same names, signatures, layouts and contracts as the NumPy reference; callers
+(:mod:`fastcnn.functional`) validate arguments, so the kernels do not.
+"""
+from .activation import relu_backward, relu_forward
+from .conv import cnp_to_ncp_bias, col2im, im2col, ncp_to_cnp_sum
+from .loss import softmax_xent_backward, softmax_xent_forward
+from .pool import avgpool2d_backward, avgpool2d_forward, maxpool2d_backward, maxpool2d_forward
+
+__all__ = [
+    "im2col",
+    "col2im",
+    "cnp_to_ncp_bias",
+    "ncp_to_cnp_sum",
+    "maxpool2d_forward",
+    "maxpool2d_backward",
+    "avgpool2d_forward",
+    "avgpool2d_backward",
+    "relu_forward",
+    "relu_backward",
+    "softmax_xent_forward",
+    "softmax_xent_backward",
+]

@@ -1,0 +1,42 @@
+"""Numba kernels of the ReLU activation (any shape, flattened to 1-D by the wrappers)."""
+import numpy as np
+from numba import njit, prange
+
+from .._config import NUMBA_PARALLEL
+
+_CHUNK = 1 << 14
+
+
+@njit(**NUMBA_PARALLEL)
+def _relu_forward(x, y):
+    # ``np.maximum(x, 0)``: NaN propagates, -0.0 gives +0.0.
+    m = x.shape[0]
+    for blk in prange((m + _CHUNK - 1) // _CHUNK):
+        a = blk * _CHUNK
+        b = min(a + _CHUNK, m)
+        for e in range(a, b):
+            v = x[e]
+            y[e] = v if (v > 0) | (v != v) else np.float32(0.0)
+
+
+@njit(**NUMBA_PARALLEL)
+def _relu_backward(gy, y, gx):
+    # ``gy * (y > 0)``: multiplies by 1 or 0 (so NaN/inf gradients behave as in NumPy).
+    m = gy.shape[0]
+    one = np.float32(1.0)
+    zero = np.float32(0.0)
+    for blk in prange((m + _CHUNK - 1) // _CHUNK):
+        a = blk * _CHUNK
+        b = min(a + _CHUNK, m)
+        for e in range(a, b):
+            gx[e] = gy[e] * (one if y[e] > 0 else zero)
+
+
+def relu_forward(x, y):
+    """``y = max(x, 0)``; x, y : any shape, float32, C-contiguous (y may be x)."""
+    _relu_forward(x.reshape(-1), y.reshape(-1))
+
+
+def relu_backward(gy, y, gx):
+    """``gx = gy * (y > 0)``; gy, y IN; gx OUT (may be gy)."""
+    _relu_backward(gy.reshape(-1), y.reshape(-1), gx.reshape(-1))

@@ -1,0 +1,42 @@
+"""Numba kernels of the softmax cross-entropy loss (one ``prange`` iteration per sample)."""
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from .._config import NUMBA_PARALLEL
+
+
+@njit(**NUMBA_PARALLEL)
+def softmax_xent_forward(logits, labels, probs, losses):
+    n, k = logits.shape
+    for r in prange(n):
+        m = logits[r, 0]
+        for e in range(1, k):
+            v = logits[r, e]
+            if v > m or v != v:
+                m = v
+        # z = logits - max in float32 as the reference; exp and the sum in float64.
+        s = 0.0
+        for e in range(k):
+            z = logits[r, e] - m
+            s += math.exp(np.float64(z))
+        for e in range(k):
+            z = logits[r, e] - m
+            probs[r, e] = np.float32(math.exp(np.float64(z)) / s)
+        zl = logits[r, labels[r]] - m
+        losses[r] = np.float32(math.log(s) - np.float64(zl))
+
+
+@njit(**NUMBA_PARALLEL)
+def softmax_xent_backward(probs, labels, gx):
+    n, k = probs.shape
+    scale = np.float32(1.0 / n)
+    one = np.float32(1.0)
+    for r in prange(n):
+        lab = labels[r]
+        for e in range(k):
+            p = probs[r, e]
+            if e == lab:
+                p = p - one
+            gx[r, e] = p * scale

@@ -1,0 +1,75 @@
+"""Slow, obviously right float64 versions of the ops: the reference's reference."""
+import numpy as np
+
+
+def pad_amounts(padding, kernel, stride, size):
+    """(top, bottom, left, right), written out independently of fastcnn._shapes."""
+    if padding == "valid":
+        return (0, 0, 0, 0)
+    if padding == "same":
+        out = []
+        for k, s, n in zip(kernel, stride, size):
+            o = (n + s - 1) // s
+            t = max((o - 1) * s + k - n, 0)
+            out += [t // 2, t - t // 2]
+        return tuple(out)
+    if isinstance(padding, int):
+        return (padding,) * 4
+    return (padding[0], padding[0], padding[1], padding[1])
+
+
+def conv2d(x, w, b, stride, pads):
+    n, c, h, wd = x.shape
+    oc, _, kh, kw = w.shape
+    pt, pb, pl, pr = pads
+    xp = np.zeros((n, c, h + pt + pb, wd + pl + pr))
+    xp[:, :, pt:pt + h, pl:pl + wd] = x
+    oh = (h + pt + pb - kh) // stride[0] + 1
+    ow = (wd + pl + pr - kw) // stride[1] + 1
+    y = np.zeros((n, oc, oh, ow))
+    for i in range(oh):
+        for j in range(ow):
+            patch = xp[:, :, i * stride[0]:i * stride[0] + kh, j * stride[1]:j * stride[1] + kw]
+            y[:, :, i, j] = np.tensordot(patch, w, axes=([1, 2, 3], [1, 2, 3]))
+    if b is not None:
+        y += b[None, :, None, None]
+    return y
+
+
+def pool2d(x, kernel, stride, pads, mode, count_include_pad=True):
+    """Returns (y, argmax flat indices or None)."""
+    n, c, h, w = x.shape
+    kh, kw = kernel
+    pt, pb, pl, pr = pads
+    oh = (h + pt + pb - kh) // stride[0] + 1
+    ow = (w + pl + pr - kw) // stride[1] + 1
+    y = np.zeros((n, c, oh, ow))
+    idx = np.zeros((n, c, oh, ow), dtype=np.int64)
+    for a in range(n):
+        for ch in range(c):
+            for i in range(oh):
+                for j in range(ow):
+                    best, besti, total, count = None, -1, 0.0, 0
+                    for di in range(kh):
+                        for dj in range(kw):
+                            hh, ww = i * stride[0] - pt + di, j * stride[1] - pl + dj
+                            if 0 <= hh < h and 0 <= ww < w:
+                                v = x[a, ch, hh, ww]
+                                total += v
+                                count += 1
+                                if best is None or v > best:
+                                    best, besti = v, hh * w + ww
+                    if mode == "max":
+                        y[a, ch, i, j], idx[a, ch, i, j] = best, besti
+                    else:
+                        y[a, ch, i, j] = total / (kh * kw if count_include_pad else count)
+    return y, (idx if mode == "max" else None)
+
+
+def softmax_xent(logits, labels):
+    z = logits - logits.max(axis=1, keepdims=True)
+    p = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+    loss = -np.mean(np.log(p[np.arange(len(labels)), labels]))
+    g = p.copy()
+    g[np.arange(len(labels)), labels] -= 1
+    return loss, g / len(labels)

@@ -1,0 +1,484 @@
+"""Every backend's primitives against the NumPy reference, the reference against naive loops,
+finite differences and PyTorch; determinism; errors."""
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import fastcnn
+from fastcnn import _backend, _ref
+from fastcnn import functional as F
+from fastcnn.functional import ConvGeometry
+
+import naive
+from conftest import BACKENDS, COMPILED, assert_close, needs_torch
+
+HSET = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def test_all_backends_compiled():
+    """An installed fastcnn has all three backends (the Cython extension and Numba)."""
+    assert fastcnn.available_backends() == ("numpy", "numba", "cython"), {
+        b: repr(_backend.backend_error(b)) for b in ("numba", "cython")
+    }
+
+
+@st.composite
+def geometries(draw, pool=False):
+    n = draw(st.sampled_from([1, 2, 3]))
+    c = draw(st.sampled_from([1, 2, 3, 5, 16, 33, 64])) if not pool else draw(st.integers(1, 7))
+    kh = draw(st.sampled_from([1, 2, 3, 5]))
+    kw = draw(st.sampled_from([kh, 1, 3]))
+    sh = draw(st.sampled_from([1, 2, 3]))
+    sw = draw(st.sampled_from([sh, 1, 2]))
+    h = draw(st.integers(max(kh, 1), 13))
+    w = draw(st.integers(max(kw, 1), 13))
+    padding = draw(st.sampled_from(["valid", "same", 0, 1, 2, (1, 0)]))
+    if pool and isinstance(padding, (int, tuple)):
+        ph, pw = (padding, padding) if isinstance(padding, int) else padding
+        if 2 * ph > kh or 2 * pw > kw:
+            padding = "valid"
+    g = ConvGeometry((kh, kw), (sh, sw), padding, (h, w), "test")
+    if pool and (max(g.pt, g.pb) >= kh or max(g.pl, g.pr) >= kw):
+        g = ConvGeometry((kh, kw), (sh, sw), "valid", (h, w), "test")
+    seed = draw(st.integers(0, 2**31 - 1))
+    return n, c, h, w, g, np.random.default_rng(seed)
+
+
+def _mod(name):
+    return _backend.ops(name)
+
+
+# ----------------------------------------------------------------------------- primitives
+
+@pytest.mark.parametrize("name", COMPILED)
+@HSET
+@given(geo=geometries())
+def test_im2col_col2im_match_reference(name, geo):
+    n, c, h, w, g, rng = geo
+    k = _mod(name)
+    x = rng.standard_normal((n, c, h, w), dtype=np.float32)
+    kdim, cols_n = c * g.kh * g.kw, n * g.oh * g.ow
+    want = np.empty((kdim, cols_n), np.float32)
+    got = np.full((kdim, cols_n), np.nan, np.float32)
+    _ref.im2col(x, *g.args, g.oh, g.ow, want)
+    k.im2col(x, *g.args, g.oh, g.ow, got)
+    np.testing.assert_array_equal(got, want)
+    cols = rng.standard_normal((kdim, cols_n), dtype=np.float32)
+    want = np.empty(x.shape, np.float32)
+    got = np.full(x.shape, np.nan, np.float32)
+    _ref.col2im(cols, *g.args, g.oh, g.ow, want)
+    k.col2im(cols, *g.args, g.oh, g.ow, got)
+    assert_close(got, want, 1e-5, what="col2im")
+
+
+@pytest.mark.parametrize("name", COMPILED)
+@HSET
+@given(n=st.integers(1, 4), oc=st.integers(1, 70), p=st.integers(1, 50), seed=st.integers(0, 99))
+def test_reorders_match_reference(name, n, oc, p, seed):
+    rng = np.random.default_rng(seed)
+    k = _mod(name)
+    ycnp = rng.standard_normal((oc, n * p), dtype=np.float32)
+    bias = rng.standard_normal(oc, dtype=np.float32)
+    want, got = np.empty((n, oc, p), np.float32), np.full((n, oc, p), np.nan, np.float32)
+    _ref.cnp_to_ncp_bias(ycnp, bias, want)
+    k.cnp_to_ncp_bias(ycnp, bias, got)
+    np.testing.assert_array_equal(got, want)
+    gy = rng.standard_normal((n, oc, p), dtype=np.float32)
+    wc, gc = np.empty((oc, n * p), np.float32), np.full((oc, n * p), np.nan, np.float32)
+    wb, gb = np.empty(oc, np.float32), np.full(oc, np.nan, np.float32)
+    _ref.ncp_to_cnp_sum(gy, wc, wb)
+    k.ncp_to_cnp_sum(gy, gc, gb)
+    np.testing.assert_array_equal(gc, wc)
+    assert_close(gb, wb, 1e-5, what="bias grad")
+
+
+@pytest.mark.parametrize("name", COMPILED)
+@pytest.mark.parametrize("values", ["normal", "ties", "special"])
+@HSET
+@given(geo=geometries(pool=True))
+def test_pooling_matches_reference(name, values, geo):
+    n, c, h, w, g, rng = geo
+    k = _mod(name)
+    if values == "normal":
+        x = rng.standard_normal((n, c, h, w), dtype=np.float32)
+    elif values == "ties":
+        x = rng.integers(-2, 3, (n, c, h, w)).astype(np.float32)
+    else:
+        x = rng.choice(np.array([-np.inf, np.nan, 0.0, 1.0, -1.0], np.float32), (n, c, h, w))
+    shape = (n, c, g.oh, g.ow)
+    wy, gy_ = np.empty(shape, np.float32), np.full(shape, 7.0, np.float32)
+    wi, gi = np.empty(shape, np.int32), np.full(shape, -1, np.int32)
+    _ref.maxpool2d_forward(x, *g.args, wy, wi)
+    k.maxpool2d_forward(x, *g.args, gy_, gi)
+    np.testing.assert_array_equal(gi, wi)
+    np.testing.assert_array_equal(gy_, wy)  # NaN positions compare equal
+    grad = rng.standard_normal(shape, dtype=np.float32)
+    want, got = np.empty(x.shape, np.float32), np.full(x.shape, np.nan, np.float32)
+    _ref.maxpool2d_backward(grad, wi, want)
+    k.maxpool2d_backward(grad, wi, got)
+    assert_close(got, want, 1e-6, what="maxpool backward")
+    if values == "special":
+        return
+    for include in (True, False):
+        want, got = np.empty(shape, np.float32), np.full(shape, np.nan, np.float32)
+        _ref.avgpool2d_forward(x, *g.args, include, want)
+        k.avgpool2d_forward(x, *g.args, include, got)
+        assert_close(got, want, 1e-6, what="avgpool forward")
+        want, got = np.empty(x.shape, np.float32), np.full(x.shape, np.nan, np.float32)
+        _ref.avgpool2d_backward(grad, *g.args, include, want)
+        k.avgpool2d_backward(grad, *g.args, include, got)
+        assert_close(got, want, 1e-6, what="avgpool backward")
+
+
+@pytest.mark.parametrize("name", COMPILED)
+@pytest.mark.parametrize("shape", [(1,), (7,), (3, 5), (2, 3, 4, 5), (129, 1001)])
+def test_relu_matches_reference(name, shape):
+    rng = np.random.default_rng(1)
+    k = _mod(name)
+    x = rng.standard_normal(shape, dtype=np.float32)
+    want, got = np.empty(shape, np.float32), np.full(shape, np.nan, np.float32)
+    _ref.relu_forward(x, want)
+    k.relu_forward(x, got)
+    np.testing.assert_array_equal(got, want)
+    gy = rng.standard_normal(shape, dtype=np.float32)
+    _ref.relu_backward(gy, want, want.copy())
+    w2, g2 = np.empty(shape, np.float32), np.empty(shape, np.float32)
+    _ref.relu_backward(gy, x, w2)
+    k.relu_backward(gy, x, g2)
+    np.testing.assert_array_equal(g2, w2)
+
+
+@pytest.mark.parametrize("name", COMPILED)
+@HSET
+@given(n=st.integers(1, 130), classes=st.integers(1, 20), scale=st.sampled_from([0.1, 1.0, 30.0, 300.0]),
+       seed=st.integers(0, 99))
+def test_softmax_xent_matches_reference(name, n, classes, scale, seed):
+    rng = np.random.default_rng(seed)
+    k = _mod(name)
+    logits = (scale * rng.standard_normal((n, classes))).astype(np.float32)
+    labels = rng.integers(0, classes, n).astype(np.int64)
+    wp, gp = np.empty_like(logits), np.full_like(logits, np.nan)
+    wl, gl = np.empty(n, np.float32), np.full(n, np.nan, np.float32)
+    _ref.softmax_xent_forward(logits, labels, wp, wl)
+    k.softmax_xent_forward(logits, labels, gp, gl)
+    assert np.all(np.isfinite(gl)) and np.all(np.isfinite(gp))
+    assert_close(gp, wp, 1e-5, what="probs")
+    assert_close(gl, wl, 1e-5, atol=1e-6, what="losses")
+    wg, gg = np.empty_like(logits), np.full_like(logits, np.nan)
+    _ref.softmax_xent_backward(wp, labels, wg)
+    k.softmax_xent_backward(wp, labels, gg)
+    assert_close(gg, wg, 1e-6, what="xent grad")
+
+
+# ----------------------------------------------------------------------------- whole ops vs naive loops
+
+@HSET
+@given(geo=geometries(), oc=st.sampled_from([1, 4, 7]), use_bias=st.booleans())
+def test_conv2d_all_backends_match_naive(geo, oc, use_bias):
+    n, c, h, w, g, rng = geo
+    c = min(c, 8)
+    x = rng.standard_normal((n, c, h, w), dtype=np.float32)
+    wt = rng.standard_normal((oc, c, g.kh, g.kw), dtype=np.float32)
+    b = rng.standard_normal(oc, dtype=np.float32) if use_bias else None
+    pads = (g.pt, g.pb, g.pl, g.pr)
+    want = naive.conv2d(x.astype(np.float64), wt.astype(np.float64), None if b is None else b.astype(np.float64),
+                        (g.sh, g.sw), pads)
+    previous = fastcnn.get_backend()
+    try:
+        for name in BACKENDS:
+            fastcnn.set_backend(name)
+            # pass explicit pads through an int/pair or string exactly as resolved
+            y = F.conv2d(x, wt, b, (g.sh, g.sw), _padding_for(g, h, w))
+            assert_close(y, want, 2e-5, what=f"conv2d[{name}]")
+    finally:
+        fastcnn.set_backend(previous)
+
+
+def _padding_for(g, h, w):
+    """A padding argument that resolves to g's pads (symmetric int pair or 'same')."""
+    if g.pt == g.pb and g.pl == g.pr:
+        return (g.pt, g.pl)
+    return "same"
+
+
+@HSET
+@given(geo=geometries(pool=True))
+def test_pools_all_backends_match_naive(geo):
+    n, c, h, w, g, rng = geo
+    x = rng.standard_normal((n, c, h, w), dtype=np.float32)
+    pads = (g.pt, g.pb, g.pl, g.pr)
+    pad_arg = _padding_for(g, h, w)
+    want_max, want_idx = naive.pool2d(x.astype(np.float64), (g.kh, g.kw), (g.sh, g.sw), pads, "max")
+    include = pad_arg != "same"
+    want_avg, _ = naive.pool2d(x.astype(np.float64), (g.kh, g.kw), (g.sh, g.sw), pads, "avg", include)
+    previous = fastcnn.get_backend()
+    try:
+        for name in BACKENDS:
+            fastcnn.set_backend(name)
+            y, idx = F.max_pool2d(x, (g.kh, g.kw), (g.sh, g.sw), pad_arg, return_indices=True)
+            np.testing.assert_array_equal(y, want_max.astype(np.float32))
+            np.testing.assert_array_equal(idx, want_idx)
+            assert_close(F.avg_pool2d(x, (g.kh, g.kw), (g.sh, g.sw), pad_arg), want_avg, 1e-6, what=name)
+    finally:
+        fastcnn.set_backend(previous)
+
+
+# ----------------------------------------------------------------------------- finite differences (float64)
+
+def _numgrad(f, x, eps=1e-6):
+    g = np.zeros_like(x)
+    flat, gflat = x.reshape(-1), g.reshape(-1)
+    for i in range(flat.size):
+        old = flat[i]
+        flat[i] = old + eps
+        fp = f()
+        flat[i] = old - eps
+        fm = f()
+        flat[i] = old
+        gflat[i] = (fp - fm) / (2 * eps)
+    return g
+
+
+@pytest.mark.parametrize("stride,padding,kernel,size", [
+    (1, 0, 3, (5, 6)), (2, "same", 3, (7, 5)), (2, "same", 2, (6, 7)), (1, (2, 1), 5, (4, 5)), (3, 1, 1, (5, 5)),
+])
+def test_conv2d_reference_backward_finite_differences(stride, padding, kernel, size):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3) + size)
+    w = rng.standard_normal((4, 3, kernel, kernel))
+    b = rng.standard_normal(4)
+    g = ConvGeometry((kernel, kernel), (stride, stride), padding, size, "test")
+    y, cols = F._conv2d_forward(_ref, x, w, b, g, None)
+    r = rng.standard_normal(y.shape)  # loss = sum(r * y)
+    gx, gw, gb = F._conv2d_backward(_ref, r, x, w, g, True, None, True, None)
+
+    def loss():
+        return float(np.sum(r * F._conv2d_forward(_ref, x, w, b, g, None)[0]))
+
+    for got, arr in ((gx, x), (gw, w), (gb, b)):
+        np.testing.assert_allclose(got, _numgrad(loss, arr), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("kernel,stride,padding,size", [(2, 2, 0, (6, 6)), (3, 2, "same", (7, 6)), (3, 1, 1, (5, 4)),
+                                                          (2, 1, 0, (3, 3))])
+def test_pool_reference_backward_finite_differences(kernel, stride, padding, size):
+    rng = np.random.default_rng(1)
+    x = rng.permutation(2 * 3 * size[0] * size[1]).reshape((2, 3) + size).astype(np.float64)  # distinct: no ties
+    g = ConvGeometry((kernel, kernel), (stride, stride), padding, size, "test")
+    shape = (2, 3, g.oh, g.ow)
+    r = rng.standard_normal(shape)
+    xs = x / x.size  # O(1) values keep the central differences accurate
+    for include in (True, False):
+        def avg():
+            y = np.empty(shape)
+            _ref.avgpool2d_forward(xs, *g.args, include, y)
+            return float(np.sum(r * y))
+        gx = np.empty_like(x)
+        _ref.avgpool2d_backward(r, *g.args, include, gx)
+        np.testing.assert_allclose(gx, _numgrad(avg, xs), rtol=1e-6, atol=1e-8)
+    y, idx = np.empty(shape), np.empty(shape, np.int32)
+
+    def mx():
+        _ref.maxpool2d_forward(x, *g.args, y, idx)
+        return float(np.sum(r * y))
+
+    num = _numgrad(mx, x, eps=1e-3)  # distinct integers 1 apart: eps well inside the gaps
+    mx()
+    gx = np.empty_like(x)
+    _ref.maxpool2d_backward(r, idx, gx)
+    np.testing.assert_allclose(gx, num, rtol=1e-6, atol=1e-7)
+
+
+def test_relu_and_softmax_reference_backward_finite_differences():
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((4, 7))
+    x[np.abs(x) < 1e-3] = 0.5
+    r = rng.standard_normal(x.shape)
+
+    def relu_loss():
+        y = np.empty_like(x)
+        _ref.relu_forward(x, y)
+        return float(np.sum(r * y))
+
+    y = np.empty_like(x)
+    _ref.relu_forward(x, y)
+    gx = np.empty_like(x)
+    _ref.relu_backward(r, y, gx)
+    np.testing.assert_allclose(gx, _numgrad(relu_loss, x), rtol=1e-6, atol=1e-8)
+
+    labels = np.array([0, 6, 3, 3])
+
+    def xent():
+        p, l = np.empty_like(x), np.empty(4)
+        _ref.softmax_xent_forward(x, labels, p, l)
+        return float(l.mean())
+
+    p, l = np.empty_like(x), np.empty(4)
+    _ref.softmax_xent_forward(x, labels, p, l)
+    gx = np.empty_like(x)
+    _ref.softmax_xent_backward(p, labels, gx)
+    np.testing.assert_allclose(gx, _numgrad(xent, x), rtol=1e-6, atol=1e-8)
+    loss, g = naive.softmax_xent(x, labels)
+    assert abs(xent() - loss) < 1e-12
+    np.testing.assert_allclose(gx, g, rtol=1e-12)
+
+
+# ----------------------------------------------------------------------------- PyTorch
+
+@needs_torch
+@pytest.mark.parametrize("n,c,oc,hw,k,stride,padding", [
+    (1, 1, 32, (28, 28), 5, 1, "same"), (3, 32, 64, (14, 14), 5, 1, "same"), (2, 3, 5, (9, 7), 3, 2, "same"),
+    (2, 16, 8, (11, 11), 3, 2, 1), (1, 5, 3, (6, 9), 1, 1, 0), (2, 4, 6, (8, 8), 4, 2, "same"),
+])
+def test_conv2d_forward_backward_match_torch(backend, n, c, oc, hw, k, stride, padding):
+    import torch
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((n, c) + hw, dtype=np.float32)
+    w = rng.standard_normal((oc, c, k, k), dtype=np.float32) * 0.1
+    b = rng.standard_normal(oc, dtype=np.float32)
+    g = ConvGeometry((k, k), (stride, stride), padding, hw, "test")
+    tx = torch.tensor(x, requires_grad=True)
+    tw = torch.tensor(w, requires_grad=True)
+    tb = torch.tensor(b, requires_grad=True)
+    ty = torch.nn.functional.conv2d(torch.nn.functional.pad(tx, (g.pl, g.pr, g.pt, g.pb)), tw, tb, stride)
+    gy = rng.standard_normal(tuple(ty.shape), dtype=np.float32)
+    ty.backward(torch.tensor(gy))
+    y, cols = F.conv2d(x, w, b, stride, padding, return_cols=True)
+    assert_close(y, ty.detach().numpy(), 1e-5, what="forward")
+    gx, gw, gb = F.conv2d_backward(gy, x, w, stride, padding, cols=cols)
+    assert_close(gx, tx.grad.numpy(), 1e-5, what="grad x")
+    assert_close(gw, tw.grad.numpy(), 1e-5, what="grad w")
+    assert_close(gb, tb.grad.numpy(), 1e-5, what="grad b")
+
+
+@needs_torch
+@pytest.mark.parametrize("shape,k,stride,padding", [((3, 32, 28, 28), 2, 2, 0), ((1, 3, 7, 7), 3, 2, 1),
+                                                    ((2, 2, 9, 6), 3, 1, 1), ((2, 64, 14, 14), 2, 2, 0)])
+def test_pools_match_torch(backend, shape, k, stride, padding):
+    import torch
+
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal(shape, dtype=np.float32)
+    tx = torch.tensor(x, requires_grad=True)
+    ty, tidx = torch.nn.functional.max_pool2d(tx, k, stride, padding, return_indices=True)
+    gy = rng.standard_normal(tuple(ty.shape), dtype=np.float32)
+    ty.backward(torch.tensor(gy))
+    y, idx = F.max_pool2d(x, k, stride, padding, return_indices=True)
+    np.testing.assert_array_equal(y, ty.detach().numpy())
+    np.testing.assert_array_equal(idx, tidx.numpy())
+    assert_close(F.max_pool2d_backward(gy, idx, x.shape), tx.grad.numpy(), 1e-6)
+    tx.grad = None
+    ta = torch.nn.functional.avg_pool2d(tx, k, stride, padding)
+    ta.backward(torch.tensor(gy))
+    assert_close(F.avg_pool2d(x, k, stride, padding), ta.detach().numpy(), 1e-6)
+    assert_close(F.avg_pool2d_backward(gy, x.shape, k, stride, padding), tx.grad.numpy(), 1e-6)
+
+
+@needs_torch
+def test_softmax_cross_entropy_matches_torch(backend):
+    import torch
+
+    rng = np.random.default_rng(5)
+    logits = (rng.standard_normal((128, 10)) * 5).astype(np.float32)
+    labels = rng.integers(0, 10, 128)
+    tl = torch.tensor(logits, requires_grad=True)
+    tloss = torch.nn.functional.cross_entropy(tl, torch.tensor(labels))
+    tloss.backward()
+    loss, probs = F.softmax_cross_entropy(logits, labels)
+    assert abs(loss - tloss.item()) <= 1e-5 * abs(tloss.item())
+    assert_close(F.softmax_cross_entropy_backward(probs, labels), tl.grad.numpy(), 1e-5)
+
+
+# ----------------------------------------------------------------------------- determinism, threads
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_conv_backward_is_bit_identical_run_to_run(backend, threads):
+    if threads > fastcnn._threads.max_threads():
+        pytest.skip("needs 2 cores")
+    before = fastcnn.get_num_threads()
+    fastcnn.set_num_threads(threads)
+    try:
+        rng = np.random.default_rng(6)
+        x = rng.standard_normal((16, 8, 14, 14), dtype=np.float32)
+        w = rng.standard_normal((12, 8, 5, 5), dtype=np.float32)
+        gy = rng.standard_normal((16, 12, 14, 14), dtype=np.float32)
+        runs = [F.conv2d_backward(gy, x, w, 1, "same") for _ in range(3)]
+        for gx, gw, gb in runs[1:]:
+            assert gx.tobytes() == runs[0][0].tobytes()
+            assert gw.tobytes() == runs[0][1].tobytes()
+            assert gb.tobytes() == runs[0][2].tobytes()
+    finally:
+        fastcnn.set_num_threads(before)
+
+
+def test_thread_knob():
+    from threadpoolctl import threadpool_info
+
+    before = fastcnn.get_num_threads()
+    try:
+        fastcnn.set_num_threads(1)
+        assert fastcnn.get_num_threads() == 1
+        blas = [i for i in threadpool_info() if i["user_api"] == "blas"]
+        assert blas and all(i["num_threads"] == 1 for i in blas)
+        import numba
+
+        assert numba.get_num_threads() == 1
+        with pytest.raises(ValueError, match="between 1 and"):
+            fastcnn.set_num_threads(0)
+        with pytest.raises(TypeError):
+            fastcnn.set_num_threads("2")
+    finally:
+        fastcnn.set_num_threads(before)
+
+
+def test_backend_registry_errors():
+    with pytest.raises(ValueError, match="available: numpy"):
+        fastcnn.set_backend("tensorflow")
+    assert fastcnn.get_backend() in fastcnn.available_backends()
+
+
+# ----------------------------------------------------------------------------- bad input
+
+@pytest.mark.parametrize("call,exc,match", [
+    (lambda: F.conv2d(np.zeros((1, 3, 8, 8), np.float32)[0], np.zeros((4, 3, 3, 3), np.float32)), ValueError, "4-D"),
+    (lambda: F.conv2d(np.zeros((1, 3, 8, 8), np.int32), np.zeros((4, 3, 3, 3), np.float32)), TypeError, "floating"),
+    (lambda: F.conv2d(np.zeros((1, 2, 8, 8), np.float32), np.zeros((4, 3, 3, 3), np.float32)), ValueError,
+     r"expected input shape \(N, 3, H, W\)"),
+    (lambda: F.conv2d(np.zeros((1, 3, 2, 2), np.float32), np.zeros((4, 3, 3, 3), np.float32)), ValueError,
+     "larger than the padded input"),
+    (lambda: F.conv2d(np.zeros((1, 3, 8, 8), np.float32), np.zeros((4, 3, 3, 3), np.float32), np.zeros(5, np.float32)),
+     ValueError, r"bias must have shape \(4,\)"),
+    (lambda: F.conv2d(np.zeros((1, 3, 8, 8), np.float32), np.zeros((4, 3, 3, 3), np.float32), padding="full"),
+     ValueError, "padding"),
+    (lambda: F.conv2d(np.zeros((1, 3, 8, 8), np.float32), np.zeros((4, 3, 3, 3), np.float32), stride=0),
+     ValueError, "stride"),
+    (lambda: F.conv2d(np.zeros((0, 3, 8, 8), np.float32), np.zeros((4, 3, 3, 3), np.float32)), ValueError, "empty"),
+    (lambda: F.max_pool2d(np.zeros((1, 3, 1, 1), np.float32), 2), ValueError, "larger than the padded input"),
+    (lambda: F.max_pool2d(np.zeros((1, 3, 8, 8), np.float32), 2, padding=2), ValueError, "padding"),
+    (lambda: F.max_pool2d("x", 2), TypeError, "floating"),
+    (lambda: F.max_pool2d(object(), 2), TypeError, "numpy array"),
+    (lambda: F.softmax_cross_entropy(np.zeros((2, 3), np.float32), [0, 3]), ValueError, r"\[0, 3\)"),
+    (lambda: F.softmax_cross_entropy(np.zeros((2, 3), np.float32), [0.0, 1.0]), TypeError, "integer"),
+    (lambda: F.softmax_cross_entropy(np.zeros((2, 3), np.float32), [0]), ValueError, r"shape \(2,\)"),
+    (lambda: F.linear(np.zeros((2, 5), np.float32), np.zeros((3, 4), np.float32)), ValueError,
+     r"expected input shape \(N, 4\)"),
+])
+def test_bad_input_raises_clear_errors(backend, call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
+
+
+def test_float64_and_noncontiguous_inputs_are_converted(backend):
+    rng = np.random.default_rng(7)
+    x64 = rng.standard_normal((2, 3, 9, 9))
+    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    y = F.conv2d(x64, w)
+    assert y.dtype == np.float32
+    assert_close(y, F.conv2d(x64.astype(np.float32), w), 1e-6)
+    big = rng.standard_normal((2, 3, 18, 18), dtype=np.float32)
+    view = big[:, :, ::2, ::2]
+    assert not view.flags.c_contiguous
+    assert_close(F.conv2d(view, w), F.conv2d(np.ascontiguousarray(view), w), 0)
+    assert_close(F.max_pool2d(view, 2), F.max_pool2d(np.ascontiguousarray(view), 2), 0)
