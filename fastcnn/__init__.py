@@ -3,7 +3,9 @@ __version__ = "0.1.0"
 
 from ._backend import available_backends, get_backend, set_backend
 from ._threads import get_num_threads, set_num_threads
-from . import functional
+from . import data, functional, layers, losses, models, optim
+from .layers import Parameter
+from .model import Sequential, load, save
 
 __all__ = [
     "__version__",
@@ -13,7 +15,16 @@ __all__ = [
     "get_num_threads",
     "set_num_threads",
     "warmup",
+    "data",
     "functional",
+    "layers",
+    "losses",
+    "models",
+    "optim",
+    "Parameter",
+    "Sequential",
+    "load",
+    "save",
 ]
 
 

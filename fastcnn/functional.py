@@ -5,9 +5,10 @@ primitives of the active backend (see :mod:`fastcnn._backend`).  Convolution is 
 SGEMM through NumPy's BLAS for every backend; the backends differ in the unfolding, folding,
 reordering, pooling, activation and loss kernels.
 
-Every op accepts ``ws``: a :class:`Workspace` whose buffers are reused between calls of the
-same shape (the layers keep one each).  Arrays returned from an op that was given ``ws`` live
-in that workspace and are overwritten by the next call with the same ``ws``.
+Every op accepts ``ws``: a :class:`Workspace` whose scratch buffers (im2col matrices, GEMM
+results) are reused between calls of the same shape (the layers keep one each).  Outputs and
+gradients are always new arrays; only ``cols`` returned by ``conv2d(..., return_cols=True)``
+lives in the workspace and is overwritten by the next call with the same ``ws``.
 """
 import numpy as np
 
@@ -110,7 +111,7 @@ def _conv2d_forward(k, x, weight, bias, g, ws):
     k.im2col(x, *g.args, g.oh, g.ow, cols)
     ycnp = _buf(ws, "ycnp", (oc, n * p), dt)
     np.matmul(weight.reshape(oc, -1), cols, out=ycnp)
-    y = _buf(ws, "y", (n, oc, g.oh, g.ow), dt)
+    y = np.empty((n, oc, g.oh, g.ow), dt)
     if bias is None:
         bias = _buf(ws, "zeros", (oc,), dt)
         bias[...] = 0
@@ -214,8 +215,8 @@ def max_pool2d(x, kernel_size=2, stride=None, padding=0, *, ws=None, return_indi
     """
     x, g, _ = _pool_geometry(x, kernel_size, stride, padding, "max_pool2d")
     n, c = x.shape[:2]
-    y = _buf(ws, "y", (n, c, g.oh, g.ow))
-    idx = _buf(ws, "idx", (n, c, g.oh, g.ow), np.int32)
+    y = np.empty((n, c, g.oh, g.ow), np.float32)
+    idx = np.empty((n, c, g.oh, g.ow), np.int32)
     _backend.ops().maxpool2d_forward(x, *g.args, y, idx)
     return (y, idx) if return_indices else y
 
@@ -245,7 +246,7 @@ def max_pool2d_backward(grad_out, indices, input_shape, *, ws=None):
     if indices.size and (indices.min() < 0 or indices.max() >= plane):
         raise ValueError(f"{op}: indices out of range for input plane {input_shape[2:]}")
     indices = np.ascontiguousarray(indices)
-    gx = _buf(ws, "gx", input_shape)
+    gx = np.empty(input_shape, np.float32)
     _backend.ops().maxpool2d_backward(grad_out, indices, gx)
     return gx
 
@@ -273,7 +274,7 @@ def avg_pool2d(x, kernel_size=2, stride=None, padding=0, count_include_pad=None,
     """
     x, g, padding = _pool_geometry(x, kernel_size, stride, padding, "avg_pool2d")
     n, c = x.shape[:2]
-    y = _buf(ws, "y", (n, c, g.oh, g.ow))
+    y = np.empty((n, c, g.oh, g.ow), np.float32)
     _backend.ops().avgpool2d_forward(x, *g.args, _include_pad(count_include_pad, padding), y)
     return y
 
@@ -293,7 +294,7 @@ def avg_pool2d_backward(grad_out, input_shape, kernel_size=2, stride=None, paddi
     input_shape = tuple(int(v) for v in input_shape)
     if grad_out.shape != input_shape[:2] + (g.oh, g.ow):
         raise ValueError(f"{op}: grad_out must have shape {input_shape[:2] + (g.oh, g.ow)}, got {grad_out.shape}")
-    gx = _buf(ws, "gx", input_shape)
+    gx = np.empty(input_shape, np.float32)
     _backend.ops().avgpool2d_backward(grad_out, *g.args, _include_pad(count_include_pad, padding), gx)
     return gx
 
@@ -303,7 +304,7 @@ def avg_pool2d_backward(grad_out, input_shape, kernel_size=2, stride=None, paddi
 def relu(x, *, ws=None):
     """Rectified linear unit. x : any shape float32. Returns a new array of the same shape."""
     x = as_float32(x, "input", None, "relu")
-    y = _buf(ws, "y", x.shape)
+    y = np.empty(x.shape, np.float32)
     _backend.ops().relu_forward(x, y)
     return y
 
@@ -315,7 +316,7 @@ def relu_backward(grad_out, y, *, ws=None):
     y = as_float32(y, "output", None, op)
     if grad_out.shape != y.shape:
         raise ValueError(f"{op}: grad_out shape {grad_out.shape} does not match output shape {y.shape}")
-    gx = _buf(ws, "gx", y.shape)
+    gx = np.empty(y.shape, np.float32)
     _backend.ops().relu_backward(grad_out, y, gx)
     return gx
 
@@ -353,7 +354,7 @@ def linear(x, weight, bias=None, *, ws=None):
     y : (N, out_features) float32
     """
     x, weight, bias = _linear_check(x, weight, bias, "linear")
-    y = _buf(ws, "y", (x.shape[0], weight.shape[0]))
+    y = np.empty((x.shape[0], weight.shape[0]), np.float32)
     np.matmul(x, weight.T, out=y)
     if bias is not None:
         y += bias
@@ -371,7 +372,7 @@ def linear_backward(grad_out, x, weight, *, bias=True, input_grad=True, ws=None)
     gb = grad_out.sum(axis=0, dtype=np.float64).astype(np.float32) if bias else None
     gx = None
     if input_grad:
-        gx = _buf(ws, "gx", x.shape)
+        gx = np.empty(x.shape, np.float32)
         np.matmul(grad_out, weight, out=gx)
     return gx, gw, gb
 
@@ -398,7 +399,7 @@ def softmax_cross_entropy(logits, labels, *, ws=None):
     if logits.shape[0] < 1 or logits.shape[1] < 1:
         raise ValueError(f"{op}: logits must be (N, K) with N, K >= 1, got {logits.shape}")
     labels = as_labels(labels, logits.shape[0], logits.shape[1], op)
-    probs = _buf(ws, "probs", logits.shape)
+    probs = np.empty(logits.shape, np.float32)
     losses = _buf(ws, "losses", (logits.shape[0],))
     _backend.ops().softmax_xent_forward(logits, labels, probs, losses)
     return float(losses.mean(dtype=np.float64)), probs
@@ -409,6 +410,74 @@ def softmax_cross_entropy_backward(probs, labels, *, ws=None):
     op = "softmax_cross_entropy_backward"
     probs = as_float32(probs, "probs", 2, op)
     labels = as_labels(labels, probs.shape[0], probs.shape[1], op)
-    gx = _buf(ws, "gx", probs.shape)
+    gx = np.empty(probs.shape, np.float32)
     _backend.ops().softmax_xent_backward(probs, labels, gx)
     return gx
+
+
+# --------------------------------------------------------------------------- batch norm
+
+def batch_norm2d(x, weight, bias, running_mean, running_var, *, training, momentum=0.1, eps=1e-5):
+    """Batch normalisation over (N, H, W) per channel, as ``torch.nn.functional.batch_norm``.
+
+    Parameters
+    ----------
+    x : (N, C, H, W) float32
+    weight, bias : (C,) float32
+    running_mean, running_var : (C,) float32
+        Updated in place when ``training`` (unbiased variance, PyTorch's momentum rule).
+    training : bool
+        Normalise with the batch statistics (True) or the running ones (False).
+
+    Returns
+    -------
+    y : (N, C, H, W) float32
+    cache : tuple
+        ``(xhat, inv_std)`` for :func:`batch_norm2d_backward`.
+    """
+    op = "batch_norm2d"
+    x = as_float32(x, "input", 4, op)
+    c = x.shape[1]
+    for name, arr in (("weight", weight), ("bias", bias), ("running_mean", running_mean),
+                      ("running_var", running_var)):
+        if arr.shape != (c,):
+            raise ValueError(f"{op}: {name} must have shape ({c},) for input {x.shape}, got {arr.shape}")
+    n, _, h, w = x.shape
+    m = n * h * w
+    if training:
+        if m < 2:
+            raise ValueError(f"{op}: training needs more than one value per channel, got input {x.shape}")
+        mean = x.mean(axis=(0, 2, 3), dtype=np.float64)
+        centered = x - mean.astype(np.float32)[None, :, None, None]
+        var = np.einsum("nchw,nchw->c", centered, centered, dtype=np.float64) / m
+        running_mean *= 1.0 - momentum
+        running_mean += (momentum * mean).astype(np.float32)
+        running_var *= 1.0 - momentum
+        running_var += (momentum * var * m / (m - 1)).astype(np.float32)
+        inv_std = (1.0 / np.sqrt(var + eps)).astype(np.float32)
+        xhat = centered
+        xhat *= inv_std[None, :, None, None]
+    else:
+        inv_std = (1.0 / np.sqrt(running_var.astype(np.float64) + eps)).astype(np.float32)
+        xhat = (x - running_mean[None, :, None, None]) * inv_std[None, :, None, None]
+    y = xhat * weight[None, :, None, None] + bias[None, :, None, None]
+    return y, (xhat, inv_std, training)
+
+
+def batch_norm2d_backward(grad_out, cache, weight):
+    """Gradients of :func:`batch_norm2d`: ``(grad_x, grad_weight, grad_bias)``."""
+    xhat, inv_std, training = cache
+    grad_out = as_float32(grad_out, "grad_out", 4, "batch_norm2d_backward")
+    if grad_out.shape != xhat.shape:
+        raise ValueError(f"batch_norm2d_backward: grad_out must have shape {xhat.shape}, got {grad_out.shape}")
+    gb = grad_out.sum(axis=(0, 2, 3), dtype=np.float64)
+    gw = np.einsum("nchw,nchw->c", grad_out, xhat, dtype=np.float64)
+    scale = (weight * inv_std)[None, :, None, None]
+    if not training:
+        return grad_out * scale, gw.astype(np.float32), gb.astype(np.float32)
+    m = xhat.shape[0] * xhat.shape[2] * xhat.shape[3]
+    gx = xhat * (gw / m).astype(np.float32)[None, :, None, None]
+    gx += (gb / m).astype(np.float32)[None, :, None, None]
+    np.subtract(grad_out, gx, out=gx)
+    gx *= scale
+    return gx, gw.astype(np.float32), gb.astype(np.float32)

@@ -1,0 +1,225 @@
+"""The ``fastcnn`` command line: ``train``, ``evaluate``, ``info``."""
+import argparse
+import io
+import json
+import os
+import platform
+import sys
+
+SIMD_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512dq", "avx512cd", "avx512bw",
+              "avx512vl", "avx512_vnni", "avx512_bf16", "amx_tile", "neon", "asimd", "sve")
+
+
+def cpu_simd_features():
+    """SIMD features of this CPU, from /proc/cpuinfo (or numba's view of the host)."""
+    flags = set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    flags.update(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        pass
+    return [f for f in SIMD_FLAGS if f in flags]
+
+
+def _parser():
+    from . import models
+
+    p = argparse.ArgumentParser(prog="fastcnn", description="Fast CPU convolutional networks.")
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train a seed-tutorial network on MNIST")
+    t.add_argument("--model", choices=models.NAMES, required=True)
+    t.add_argument("--epochs", type=int, default=1)
+    t.add_argument("--batch-size", type=int, default=None, help="default: the model's recipe")
+    t.add_argument("--lr", type=float, default=None, help="default: the model's recipe")
+    t.add_argument("--optimizer", choices=("sgd", "adam"), default=None, help="default: the model's recipe")
+    t.add_argument("--backend", default=None, help="numpy, numba or cython (default: fastest available)")
+    t.add_argument("--threads", type=int, default=None)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--data-dir", default=None, help="MNIST directory (default: $FASTCNN_DATA)")
+    t.add_argument("--download", action="store_true", help="download MNIST if missing")
+    t.add_argument("--out", default="runs/latest", help="output directory (default: runs/latest)")
+    t.add_argument("--limit", type=int, default=None, help="train on the first N images only")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    e = sub.add_parser("evaluate", help="evaluate a checkpoint on the MNIST test split")
+    e.add_argument("--checkpoint", required=True)
+    e.add_argument("--data-dir", default=None)
+    e.add_argument("--backend", default=None)
+    e.add_argument("--threads", type=int, default=None)
+    sub.add_parser("info", help="version, backends, threads, SIMD, OpenMP")
+    return p
+
+
+def _setup(args):
+    import fastcnn
+
+    if getattr(args, "backend", None):
+        fastcnn.set_backend(args.backend)
+    if getattr(args, "threads", None) is not None:
+        fastcnn.set_num_threads(args.threads)
+    else:
+        fastcnn.get_num_threads()
+
+
+def cmd_info(args):
+    import fastcnn
+
+    print(f"fastcnn {fastcnn.__version__}")
+    print(f"python {platform.python_version()} on {platform.machine()} {platform.system()}")
+    print(f"backends: {', '.join(fastcnn.available_backends())} (active: {fastcnn.get_backend()})")
+    for name in ("numba", "cython"):
+        err = fastcnn._backend.backend_error(name)
+        if err is not None:
+            print(f"  {name} unavailable: {err}")
+    print(f"threads: {fastcnn.get_num_threads()} (cores available: {fastcnn._threads.max_threads()})")
+    try:
+        from ._ext import _omp
+
+        print(f"openmp: {'yes' if _omp.OPENMP else 'no'} (max threads {_omp.get_max_threads()})")
+        print(f"compiled with: {_omp.COMPILE_ARGS}")
+        extra = getattr(_omp, "BUILD_INFO", None)
+        if extra:
+            print(f"build: {extra}")
+    except ImportError:
+        print("openmp: unknown (Cython extension not compiled)")
+    try:
+        import numba
+
+        print(f"numba {numba.__version__}, threading layer: {numba.config.THREADING_LAYER}")
+    except ImportError:
+        pass
+    from threadpoolctl import threadpool_info
+
+    for lib in threadpool_info():
+        print(f"{lib['user_api']}: {lib['internal_api']} {lib.get('version')} "
+              f"({lib.get('architecture')}, {lib['num_threads']} threads)")
+    print(f"cpu simd: {' '.join(cpu_simd_features()) or 'none detected'}")
+    return 0
+
+
+def _plot(history, test_acc, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from .model import atomic_write
+
+    loss = np.asarray(history["loss"])
+    acc = np.asarray(history["accuracy"])
+    win = max(1, min(len(loss) // 50, 1000))
+    kernel = np.ones(win) / win
+    steps = np.arange(len(loss))
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+    a1.plot(steps, loss, alpha=0.25, lw=0.5, label="per step")
+    if len(loss) >= win:
+        a1.plot(steps[win - 1:], np.convolve(loss, kernel, "valid"), label=f"mean of {win}")
+    a1.set_xlabel("step")
+    a1.set_ylabel("training loss")
+    a1.set_yscale("log")
+    a1.legend()
+    if len(acc) >= win:
+        a2.plot(steps[win - 1:], np.convolve(acc, kernel, "valid"), label=f"training (mean of {win})")
+    a2.axhline(test_acc, color="C3", ls="--", label=f"test {test_acc:.4f}")
+    a2.set_xlabel("step")
+    a2.set_ylabel("accuracy")
+    a2.legend(loc="lower right")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    atomic_write(path, lambda f: f.write(buf.getvalue()))
+
+
+def cmd_train(args):
+    from tqdm import tqdm
+
+    import fastcnn
+    from . import data, models
+    from .model import atomic_write
+    from .train import evaluate, make_optimizer, train_epoch
+
+    for name, value, low in (("--epochs", args.epochs, 1), ("--batch-size", args.batch_size, 1),
+                             ("--limit", args.limit, 1)):
+        if value is not None and value < low:
+            raise ValueError(f"{name} must be >= {low}, got {value}")
+    if args.lr is not None and not args.lr > 0:
+        raise ValueError(f"--lr must be > 0, got {args.lr}")
+    _setup(args)
+    recipe = dict(models.RECIPES[args.model])
+    batch_size = args.batch_size or recipe["batch_size"]
+    lr = args.lr or recipe["lr"]
+    opt_name = args.optimizer or recipe["optimizer"]
+    train_x, train_y = data.load_mnist(args.data_dir, "train", download=args.download)
+    test_x, test_y = data.load_mnist(args.data_dir, "test", download=args.download)
+    if args.limit:
+        train_x, train_y = train_x[:args.limit], train_y[:args.limit]
+    backend, threads = fastcnn.get_backend(), fastcnn.get_num_threads()
+    fastcnn.warmup(backend)
+    model = models.build(args.model, seed=args.seed, in_channels=1)
+    optimizer = make_optimizer(opt_name, model.parameters(), lr)
+    input_size = models.INPUT_SIZE[args.model]
+    print(f"training {args.model} on {len(train_y)} images: {opt_name} lr {lr}, batch {batch_size}, "
+          f"{args.epochs} epoch(s), backend {backend}, {threads} thread(s)", file=sys.stderr)
+    history, epoch_seconds, seen_total = {}, [], 0
+    for epoch in range(args.epochs):
+        with tqdm(total=len(train_y), desc=f"epoch {epoch + 1}/{args.epochs}", unit="img", mininterval=0.5,
+                  disable=args.no_progress, file=sys.stderr) as bar:
+            seen, seconds = train_epoch(model, optimizer, train_x, train_y, batch_size=batch_size,
+                                        seed=args.seed, epoch=epoch, input_size=input_size,
+                                        progress=bar, history=history)
+        epoch_seconds.append(seconds)
+        seen_total += seen
+    test_acc, test_loss = evaluate(model, test_x, test_y, input_size=input_size)
+    os.makedirs(args.out, exist_ok=True)
+    metrics = {
+        "model": args.model, "test_accuracy": test_acc, "test_loss": test_loss,
+        "epoch_seconds": epoch_seconds, "train_images_per_second": seen_total / sum(epoch_seconds),
+        "backend": backend, "threads": threads, "epochs": args.epochs, "batch_size": batch_size,
+        "lr": lr, "optimizer": opt_name, "seed": args.seed, "train_images": int(len(train_y)),
+        "final_train_loss": float(sum(history["loss"][-100:]) / len(history["loss"][-100:])),
+        "fastcnn_version": fastcnn.__version__,
+    }
+    model.save(os.path.join(args.out, "model.npz"), metadata={k: metrics[k] for k in ("model", "test_accuracy", "seed")})
+    atomic_write(os.path.join(args.out, "metrics.json"),
+                 lambda f: f.write(json.dumps(metrics, indent=2).encode() + b"\n"))
+    _plot(history, test_acc, os.path.join(args.out, "curves.png"))
+    print(f"epoch seconds: {', '.join(f'{s:.1f}' for s in epoch_seconds)}; "
+          f"{metrics['train_images_per_second']:.0f} images/s; wrote {args.out}", file=sys.stderr)
+    print(f"test accuracy: {test_acc:.4f}")
+    return 0
+
+
+def cmd_evaluate(args):
+    import fastcnn
+    from . import data, models
+    from .train import evaluate
+
+    _setup(args)
+    model, meta = fastcnn.load(args.checkpoint, return_metadata=True)
+    test_x, test_y = data.load_mnist(args.data_dir, "test")
+    size = models.INPUT_SIZE.get(meta.get("model"), 28)
+    acc, loss = evaluate(model, test_x, test_y, input_size=size)
+    print(f"test loss: {loss:.4f}", file=sys.stderr)
+    print(f"test accuracy: {acc:.4f}")
+    return 0
+
+
+def main(argv=None):
+    args = _parser().parse_args(argv)
+    try:
+        return {"train": cmd_train, "evaluate": cmd_evaluate, "info": cmd_info}[args.command](args)
+    except KeyboardInterrupt:
+        print("fastcnn: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # one line, non-zero exit
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"fastcnn: error: {type(exc).__name__}: {msg}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

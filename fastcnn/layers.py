@@ -1,0 +1,369 @@
+"""Stateful layers: thin objects over :mod:`fastcnn.functional`.
+
+Every layer has ``forward(x)`` (also ``__call__``), ``backward(grad_out) -> grad_in``,
+``parameters()``, ``train()`` / ``eval()``, ``state_dict()`` / ``load_state_dict()`` and
+``config()`` (the constructor arguments, used by :func:`fastcnn.load`).  Weights use PyTorch's
+layouts and default initialisation.
+"""
+import math
+
+import numpy as np
+
+from . import functional as F
+from ._shapes import as_float32, check_padding_arg, pair
+
+
+class Parameter:
+    """A trainable array and its gradient (both float32, same shape)."""
+
+    __slots__ = ("data", "grad")
+
+    def __init__(self, data):
+        self.data = np.ascontiguousarray(data, dtype=np.float32)
+        self.grad = np.zeros_like(self.data)
+
+    @property
+    def shape(self):
+        return self.data.shape
+
+    def __repr__(self):
+        return f"Parameter(shape={self.data.shape})"
+
+
+def _rng(rng):
+    if rng is None:
+        return np.random.default_rng()
+    if isinstance(rng, np.random.Generator):
+        return rng
+    return np.random.default_rng(rng)
+
+
+def _uniform(rng, bound, shape):
+    return rng.uniform(-bound, bound, size=shape).astype(np.float32)
+
+
+class Layer:
+    """Base class."""
+
+    training = True
+    #: Set to False on a network's first layer to skip the input gradient.
+    needs_input_grad = True
+    _params = ()  # attribute names of Parameters, in state-dict order
+    _buffers = ()  # attribute names of non-trainable state arrays
+
+    def __call__(self, x):
+        return self.forward(x)
+
+    def forward(self, x):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def backward(self, grad_out):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def parameters(self):
+        return [getattr(self, n) for n in self._params if getattr(self, n) is not None]
+
+    def train(self, mode=True):
+        self.training = bool(mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def config(self):
+        return {"type": type(self).__name__, "args": self._args}
+
+    def state_dict(self, prefix=""):
+        d = {}
+        for n in self._params:
+            p = getattr(self, n)
+            if p is not None:
+                d[prefix + n] = p.data.copy()
+        for n in self._buffers:
+            d[prefix + n] = np.array(getattr(self, n), copy=True)
+        return d
+
+    def load_state_dict(self, state, prefix=""):
+        for n in self._params:
+            p = getattr(self, n)
+            if p is not None:
+                p.data[...] = _take(state, prefix + n, p.data.shape, type(self).__name__)
+        for n in self._buffers:
+            cur = getattr(self, n)
+            arr = _take(state, prefix + n, np.shape(cur), type(self).__name__)
+            if isinstance(cur, np.ndarray):
+                cur[...] = arr
+            else:
+                setattr(self, n, type(cur)(arr))
+
+    def _expect_cache(self, name):
+        if getattr(self, name, None) is None:
+            raise RuntimeError(f"{type(self).__name__}.backward called before a training-mode forward")
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self._args.items())
+        return f"{type(self).__name__}({args})"
+
+
+def _take(state, key, shape, layer):
+    if key not in state:
+        raise KeyError(f"{layer}: state dict has no entry {key!r}")
+    arr = np.asarray(state[key])
+    if arr.shape != tuple(shape):
+        raise ValueError(f"{layer}: {key!r} has shape {arr.shape}, expected {tuple(shape)}")
+    return arr
+
+
+class Conv2D(Layer):
+    """2-D convolution.
+
+    Parameters
+    ----------
+    in_channels, out_channels : int
+    kernel_size, stride : int or (int, int)
+    padding : int, (int, int), ``"valid"`` or ``"same"`` (TensorFlow SAME, any stride)
+    bias : bool
+    rng : numpy Generator or seed, optional
+        Initialisation as PyTorch: weight and bias ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``.
+
+    Shapes: x ``(N, in_channels, H, W)`` float32 -> ``(N, out_channels, OH, OW)`` float32.
+    """
+
+    _params = ("weight", "bias")
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True, rng=None):
+        op = "Conv2D"
+        in_channels = pair(in_channels, "in_channels", op)[0]
+        out_channels = pair(out_channels, "out_channels", op)[0]
+        self.kernel_size = pair(kernel_size, "kernel_size", op)
+        self.stride = pair(stride, "stride", op)
+        self.padding = check_padding_arg(padding, op)
+        self._args = dict(in_channels=in_channels, out_channels=out_channels, kernel_size=self.kernel_size,
+                          stride=self.stride, padding=self.padding, bias=bool(bias))
+        rng = _rng(rng)
+        fan_in = in_channels * self.kernel_size[0] * self.kernel_size[1]
+        bound = 1.0 / math.sqrt(fan_in)
+        self.weight = Parameter(_uniform(rng, bound, (out_channels, in_channels) + self.kernel_size))
+        self.bias = Parameter(_uniform(rng, bound, (out_channels,))) if bias else None
+        self._ws = F.Workspace()
+        self._x = self._cols = None
+
+    def forward(self, x):
+        b = None if self.bias is None else self.bias.data
+        if not self.training:
+            self._x = self._cols = None
+            return F.conv2d(x, self.weight.data, b, self.stride, self.padding, ws=self._ws)
+        x = as_float32(x, "input", 4, "Conv2D")
+        y, self._cols = F.conv2d(x, self.weight.data, b, self.stride, self.padding, ws=self._ws, return_cols=True)
+        self._x = x
+        return y
+
+    def backward(self, grad_out):
+        self._expect_cache("_x")
+        gx, gw, gb = F.conv2d_backward(grad_out, self._x, self.weight.data, self.stride, self.padding,
+                                       bias=self.bias is not None, cols=self._cols,
+                                       input_grad=self.needs_input_grad, ws=self._ws)
+        self.weight.grad += gw
+        if self.bias is not None:
+            self.bias.grad += gb
+        return gx
+
+
+class _Pool(Layer):
+    def __init__(self, kernel_size=2, stride=None, padding=0):
+        op = type(self).__name__
+        self.kernel_size = pair(kernel_size, "kernel_size", op)
+        self.stride = self.kernel_size if stride is None else pair(stride, "stride", op)
+        self.padding = check_padding_arg(padding, op)
+        self._args = dict(kernel_size=self.kernel_size, stride=self.stride, padding=self.padding)
+        self._shape = None
+
+
+class MaxPool2D(_Pool):
+    """2-D max pooling; ``padding="same"`` follows TensorFlow (padded cells never win).
+
+    Shapes: ``(N, C, H, W)`` float32 -> ``(N, C, OH, OW)`` float32.
+    """
+
+    def forward(self, x):
+        y, idx = F.max_pool2d(x, self.kernel_size, self.stride, self.padding, return_indices=True)
+        self._idx, self._shape = idx, np.shape(x)
+        return y
+
+    def backward(self, grad_out):
+        self._expect_cache("_shape")
+        return F.max_pool2d_backward(grad_out, self._idx, self._shape)
+
+
+class AvgPool2D(_Pool):
+    """2-D average pooling (padding counted as PyTorch for int padding, not for ``"same"``)."""
+
+    def forward(self, x):
+        self._shape = np.shape(x)
+        return F.avg_pool2d(x, self.kernel_size, self.stride, self.padding)
+
+    def backward(self, grad_out):
+        self._expect_cache("_shape")
+        return F.avg_pool2d_backward(grad_out, self._shape, self.kernel_size, self.stride, self.padding)
+
+
+class ReLU(Layer):
+    """Elementwise ``max(x, 0)``, any shape."""
+
+    def __init__(self):
+        self._args = {}
+        self._y = None
+
+    def forward(self, x):
+        y = F.relu(x)
+        self._y = y if self.training else None
+        return y
+
+    def backward(self, grad_out):
+        self._expect_cache("_y")
+        return F.relu_backward(grad_out, self._y)
+
+
+class Flatten(Layer):
+    """``(N, ...)`` -> ``(N, prod(...))`` in C order, as ``torch.flatten(x, 1)``."""
+
+    def __init__(self):
+        self._args = {}
+        self._shape = None
+
+    def forward(self, x):
+        x = as_float32(x, "input", (2, 3, 4, 5), "Flatten")
+        self._shape = x.shape
+        return x.reshape(x.shape[0], -1)
+
+    def backward(self, grad_out):
+        self._expect_cache("_shape")
+        grad_out = as_float32(grad_out, "grad_out", 2, "Flatten.backward")
+        if grad_out.size != int(np.prod(self._shape)):
+            raise ValueError(f"Flatten.backward: grad_out {grad_out.shape} does not match input {self._shape}")
+        return grad_out.reshape(self._shape)
+
+
+class Dense(Layer):
+    """Fully connected layer ``x @ W.T + b`` (NumPy BLAS).
+
+    Shapes: ``(N, in_features)`` float32 -> ``(N, out_features)`` float32; weight
+    ``(out_features, in_features)``.  Initialisation as PyTorch's ``nn.Linear``.
+    """
+
+    _params = ("weight", "bias")
+
+    def __init__(self, in_features, out_features, bias=True, rng=None):
+        op = "Dense"
+        in_features = pair(in_features, "in_features", op)[0]
+        out_features = pair(out_features, "out_features", op)[0]
+        self._args = dict(in_features=in_features, out_features=out_features, bias=bool(bias))
+        rng = _rng(rng)
+        bound = 1.0 / math.sqrt(in_features)
+        self.weight = Parameter(_uniform(rng, bound, (out_features, in_features)))
+        self.bias = Parameter(_uniform(rng, bound, (out_features,))) if bias else None
+        self._x = None
+
+    def forward(self, x):
+        y = F.linear(x, self.weight.data, None if self.bias is None else self.bias.data)
+        self._x = as_float32(x, "input", 2, "Dense") if self.training else None
+        return y
+
+    def backward(self, grad_out):
+        self._expect_cache("_x")
+        gx, gw, gb = F.linear_backward(grad_out, self._x, self.weight.data, bias=self.bias is not None,
+                                       input_grad=self.needs_input_grad)
+        self.weight.grad += gw
+        if self.bias is not None:
+            self.bias.grad += gb
+        return gx
+
+
+class BatchNorm2D(Layer):
+    """Batch normalisation per channel of ``(N, C, H, W)`` input, as ``torch.nn.BatchNorm2d``.
+
+    Training mode normalises with batch statistics and updates ``running_mean`` /
+    ``running_var`` (momentum rule and unbiased variance as PyTorch); eval mode uses them.
+    """
+
+    _params = ("weight", "bias")
+    _buffers = ("running_mean", "running_var", "num_batches_tracked")
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1):
+        num_features = pair(num_features, "num_features", "BatchNorm2D")[0]
+        self._args = dict(num_features=num_features, eps=float(eps), momentum=float(momentum))
+        self.eps, self.momentum = float(eps), float(momentum)
+        self.weight = Parameter(np.ones(num_features, np.float32))
+        self.bias = Parameter(np.zeros(num_features, np.float32))
+        self.running_mean = np.zeros(num_features, np.float32)
+        self.running_var = np.ones(num_features, np.float32)
+        self.num_batches_tracked = np.zeros((), np.int64)
+        self._cache = None
+
+    def forward(self, x):
+        y, cache = F.batch_norm2d(x, self.weight.data, self.bias.data, self.running_mean, self.running_var,
+                                  training=self.training, momentum=self.momentum, eps=self.eps)
+        if self.training:
+            self.num_batches_tracked += 1
+        self._cache = cache
+        return y
+
+    def backward(self, grad_out):
+        self._expect_cache("_cache")
+        gx, gw, gb = F.batch_norm2d_backward(grad_out, self._cache, self.weight.data)
+        self.weight.grad += gw
+        self.bias.grad += gb
+        return gx
+
+
+class Residual(Layer):
+    """``relu(body(x) + shortcut(x))``: the basic block of the CIFAR-10 ResNet.
+
+    ``body`` and ``shortcut`` are :class:`Sequential` (an empty shortcut is the identity).
+    """
+
+    def __init__(self, body, shortcut=None):
+        from .model import Sequential
+
+        self.body = body
+        self.shortcut = shortcut if shortcut is not None else Sequential()
+        self._relu = ReLU()
+        self._args = {}
+
+    def children(self):
+        return {"body": self.body, "shortcut": self.shortcut}
+
+    def parameters(self):
+        return self.body.parameters() + self.shortcut.parameters()
+
+    def train(self, mode=True):
+        self.training = bool(mode)
+        self.body.train(mode)
+        self.shortcut.train(mode)
+        self._relu.train(mode)
+        return self
+
+    def config(self):
+        return {"type": "Residual", "body": self.body.config(), "shortcut": self.shortcut.config()}
+
+    def state_dict(self, prefix=""):
+        return {**self.body.state_dict(prefix + "body."), **self.shortcut.state_dict(prefix + "shortcut.")}
+
+    def load_state_dict(self, state, prefix=""):
+        self.body.load_state_dict(state, prefix + "body.")
+        self.shortcut.load_state_dict(state, prefix + "shortcut.")
+
+    def forward(self, x):
+        s = self.shortcut.forward(x)
+        y = self.body.forward(x)
+        y += s
+        return self._relu.forward(y)
+
+    def backward(self, grad_out):
+        g = self._relu.backward(grad_out)
+        gx = self.body.backward(g)
+        gs = self.shortcut.backward(g)
+        return gx + gs
+
+
+LAYERS = {cls.__name__: cls for cls in (Conv2D, MaxPool2D, AvgPool2D, ReLU, Flatten, Dense, BatchNorm2D)}
