@@ -142,7 +142,7 @@ def atomic_write(path, write):
 def save(model, path, metadata=None):
     """Save ``model`` (architecture + state dict + optional JSON metadata) to an ``.npz`` file."""
     cfg = {"format": FORMAT_VERSION, "model": model.config(), "metadata": metadata or {}}
-    arrays = {k: np.ascontiguousarray(v) for k, v in model.state_dict().items()}
+    arrays = {k: np.asarray(v) for k, v in model.state_dict().items()}
     arrays[_CONFIG_KEY] = np.frombuffer(json.dumps(cfg).encode("utf-8"), dtype=np.uint8)
     atomic_write(path, lambda f: np.savez(f, **arrays))
 
