@@ -30,19 +30,24 @@ def _parser():
     p = argparse.ArgumentParser(prog="fastcnn", description="Fast CPU convolutional networks.")
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train a seed-tutorial network on MNIST")
-    t.add_argument("--model", choices=models.NAMES, required=True)
-    t.add_argument("--epochs", type=int, default=1)
+    t.add_argument("--model", choices=models.NAMES, default=None)
+    t.add_argument("--epochs", type=int, default=None, help="default: 1")
     t.add_argument("--batch-size", type=int, default=None, help="default: the model's recipe")
     t.add_argument("--lr", type=float, default=None, help="default: the model's recipe")
     t.add_argument("--optimizer", choices=("sgd", "adam"), default=None, help="default: the model's recipe")
     t.add_argument("--backend", default=None, help="numpy, numba or cython (default: fastest available)")
     t.add_argument("--threads", type=int, default=None)
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=int, default=None, help="default: 0")
     t.add_argument("--data-dir", default=None, help="MNIST directory (default: $FASTCNN_DATA)")
     t.add_argument("--download", action="store_true", help="download MNIST if missing")
     t.add_argument("--out", default="runs/latest", help="output directory (default: runs/latest)")
     t.add_argument("--limit", type=int, default=None, help="train on the first N images only")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
+                   help="write OUT/checkpoint.npz every N steps and after each epoch")
+    t.add_argument("--resume", default=None, metavar="PATH", help="continue from a checkpoint")
+    t.add_argument("--detect-anomaly", action="store_true",
+                   help="check parameters and gradients for NaN/Inf after every step (slow)")
     e = sub.add_parser("evaluate", help="evaluate a checkpoint on the MNIST test split")
     e.add_argument("--checkpoint", required=True)
     e.add_argument("--data-dir", default=None)
@@ -135,59 +140,104 @@ def _plot(history, test_acc, path):
 
 
 def cmd_train(args):
+    import numpy as np
     from tqdm import tqdm
 
     import fastcnn
     from . import data, models
     from .model import atomic_write
-    from .train import evaluate, make_optimizer, train_epoch
+    from .train import (Interrupted, SignalFlag, evaluate, load_checkpoint, make_optimizer, save_checkpoint,
+                        train_epoch)
 
     for name, value, low in (("--epochs", args.epochs, 1), ("--batch-size", args.batch_size, 1),
-                             ("--limit", args.limit, 1)):
+                             ("--limit", args.limit, 1), ("--checkpoint-every", args.checkpoint_every, 1)):
         if value is not None and value < low:
             raise ValueError(f"{name} must be >= {low}, got {value}")
     if args.lr is not None and not args.lr > 0:
         raise ValueError(f"--lr must be > 0, got {args.lr}")
     _setup(args)
-    recipe = dict(models.RECIPES[args.model])
-    batch_size = args.batch_size or recipe["batch_size"]
-    lr = args.lr or recipe["lr"]
-    opt_name = args.optimizer or recipe["optimizer"]
+    if args.resume:
+        model, opt_state, state, history = load_checkpoint(args.resume)
+        for key, given in (("model", args.model), ("batch_size", args.batch_size), ("lr", args.lr),
+                           ("optimizer", args.optimizer), ("seed", args.seed), ("limit", args.limit)):
+            if given is not None and given != state[key]:
+                raise ValueError(f"--resume: checkpoint has {key} {state[key]!r}, the command line says {given!r}")
+        if args.epochs is not None:
+            state["epochs"] = args.epochs
+        optimizer = make_optimizer(state["optimizer"], model.parameters(), state["lr"])
+        optimizer.load_state_dict(opt_state)
+    else:
+        if args.model is None:
+            raise ValueError("--model is required (or --resume CHECKPOINT)")
+        recipe = models.RECIPES[args.model]
+        state = {
+            "model": args.model, "seed": args.seed if args.seed is not None else 0,
+            "batch_size": args.batch_size or recipe["batch_size"], "lr": args.lr or recipe["lr"],
+            "optimizer": args.optimizer or recipe["optimizer"], "epochs": args.epochs or 1, "limit": args.limit,
+            "epoch": 0, "step": 0, "epoch_seconds": [], "images_seen": 0, "seconds": 0.0,
+        }
+        model = models.build(state["model"], seed=state["seed"], in_channels=1)
+        optimizer = make_optimizer(state["optimizer"], model.parameters(), state["lr"])
+        history = {}
     train_x, train_y = data.load_mnist(args.data_dir, "train", download=args.download)
     test_x, test_y = data.load_mnist(args.data_dir, "test", download=args.download)
-    if args.limit:
-        train_x, train_y = train_x[:args.limit], train_y[:args.limit]
+    if state["limit"]:
+        train_x, train_y = train_x[:state["limit"]], train_y[:state["limit"]]
     backend, threads = fastcnn.get_backend(), fastcnn.get_num_threads()
+    state["backend"], state["threads"] = backend, threads
     fastcnn.warmup(backend)
-    model = models.build(args.model, seed=args.seed, in_channels=1)
-    optimizer = make_optimizer(opt_name, model.parameters(), lr)
-    input_size = models.INPUT_SIZE[args.model]
-    print(f"training {args.model} on {len(train_y)} images: {opt_name} lr {lr}, batch {batch_size}, "
-          f"{args.epochs} epoch(s), backend {backend}, {threads} thread(s)", file=sys.stderr)
-    history, epoch_seconds, seen_total = {}, [], 0
-    for epoch in range(args.epochs):
-        with tqdm(total=len(train_y), desc=f"epoch {epoch + 1}/{args.epochs}", unit="img", mininterval=0.5,
-                  disable=args.no_progress, file=sys.stderr) as bar:
-            seen, seconds = train_epoch(model, optimizer, train_x, train_y, batch_size=batch_size,
-                                        seed=args.seed, epoch=epoch, input_size=input_size,
-                                        progress=bar, history=history)
-        epoch_seconds.append(seconds)
-        seen_total += seen
-    test_acc, test_loss = evaluate(model, test_x, test_y, input_size=input_size)
+    input_size = models.INPUT_SIZE[state["model"]]
     os.makedirs(args.out, exist_ok=True)
+    ckpt = os.path.join(args.out, "checkpoint.npz")
+    print(f"training {state['model']} on {len(train_y)} images: {state['optimizer']} lr {state['lr']}, "
+          f"batch {state['batch_size']}, {state['epochs']} epoch(s), backend {backend}, {threads} thread(s)"
+          + (f", resuming at epoch {state['epoch'] + 1} step {state['step']}" if args.resume else ""),
+          file=sys.stderr)
+    with SignalFlag() as flag:
+        def on_step(step):
+            state["step"] = step + 1
+            done = state["images_seen"] + seen_in_epoch(step)
+            if flag.signum is not None:
+                state["partial_images"] = done - state["images_seen"]
+                save_checkpoint(ckpt, model, optimizer, state, history)
+                raise Interrupted(flag.signum, ckpt)
+            if args.checkpoint_every and (step + 1) % args.checkpoint_every == 0:
+                save_checkpoint(ckpt, model, optimizer, state, history)
+
+        def seen_in_epoch(step):
+            return min((step + 1) * state["batch_size"], len(train_y))
+
+        while state["epoch"] < state["epochs"]:
+            epoch = state["epoch"]
+            with tqdm(total=len(train_y), desc=f"epoch {epoch + 1}/{state['epochs']}", unit="img",
+                      mininterval=0.5, disable=args.no_progress, file=sys.stderr) as bar:
+                seen, seconds = train_epoch(model, optimizer, train_x, train_y, batch_size=state["batch_size"],
+                                            seed=state["seed"], epoch=epoch, start_step=state["step"],
+                                            input_size=input_size, progress=bar, on_step=on_step,
+                                            history=history, detect_anomaly=args.detect_anomaly)
+            state["epoch_seconds"].append(seconds)
+            state["images_seen"] += seen
+            state["seconds"] += seconds
+            state["epoch"], state["step"] = epoch + 1, 0
+            if args.checkpoint_every:
+                save_checkpoint(ckpt, model, optimizer, state, history)
+    test_acc, test_loss = evaluate(model, test_x, test_y, input_size=input_size)
     metrics = {
-        "model": args.model, "test_accuracy": test_acc, "test_loss": test_loss,
-        "epoch_seconds": epoch_seconds, "train_images_per_second": seen_total / sum(epoch_seconds),
-        "backend": backend, "threads": threads, "epochs": args.epochs, "batch_size": batch_size,
-        "lr": lr, "optimizer": opt_name, "seed": args.seed, "train_images": int(len(train_y)),
-        "final_train_loss": float(sum(history["loss"][-100:]) / len(history["loss"][-100:])),
+        "model": state["model"], "test_accuracy": test_acc, "test_loss": test_loss,
+        "epoch_seconds": state["epoch_seconds"],
+        "train_images_per_second": state["images_seen"] / max(state["seconds"], 1e-9),
+        "backend": backend, "threads": threads, "epochs": state["epochs"], "batch_size": state["batch_size"],
+        "lr": state["lr"], "optimizer": state["optimizer"], "seed": state["seed"],
+        "train_images": int(len(train_y)), "resumed": bool(args.resume),
+        "final_train_loss": float(np.mean(history["loss"][-100:])) if history.get("loss") else None,
         "fastcnn_version": fastcnn.__version__,
     }
-    model.save(os.path.join(args.out, "model.npz"), metadata={k: metrics[k] for k in ("model", "test_accuracy", "seed")})
+    model.save(os.path.join(args.out, "model.npz"),
+               metadata={k: metrics[k] for k in ("model", "test_accuracy", "seed")})
     atomic_write(os.path.join(args.out, "metrics.json"),
                  lambda f: f.write(json.dumps(metrics, indent=2).encode() + b"\n"))
     _plot(history, test_acc, os.path.join(args.out, "curves.png"))
-    print(f"epoch seconds: {', '.join(f'{s:.1f}' for s in epoch_seconds)}; "
+    print(f"epoch seconds: {', '.join(f'{s:.1f}' for s in state['epoch_seconds'])}; "
           f"{metrics['train_images_per_second']:.0f} images/s; wrote {args.out}", file=sys.stderr)
     print(f"test accuracy: {test_acc:.4f}")
     return 0
@@ -209,9 +259,18 @@ def cmd_evaluate(args):
 
 
 def main(argv=None):
+    from .train import Interrupted, NonFiniteLoss
+
     args = _parser().parse_args(argv)
     try:
         return {"train": cmd_train, "evaluate": cmd_evaluate, "info": cmd_info}[args.command](args)
+    except Interrupted as exc:
+        print(f"fastcnn: {exc}", file=sys.stderr)
+        return 128 + exc.signum
+    except NonFiniteLoss as exc:
+        keep = " (the last checkpoint, if any, is kept)" if getattr(args, "checkpoint_every", None) else ""
+        print(f"fastcnn: error: {exc}; training stopped{keep}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("fastcnn: interrupted", file=sys.stderr)
         return 130

@@ -139,19 +139,27 @@ def atomic_write(path, write):
         pass
 
 
-def save(model, path, metadata=None):
-    """Save ``model`` (architecture + state dict + optional JSON metadata) to an ``.npz`` file."""
+def save(model, path, metadata=None, extra=None):
+    """Save ``model`` (architecture + state dict + optional JSON metadata) to an ``.npz`` file.
+
+    ``extra`` holds further arrays (optimizer state, training history) under names starting
+    with ``"__"``; :func:`load` returns them with ``return_extra=True``.
+    """
     cfg = {"format": FORMAT_VERSION, "model": model.config(), "metadata": metadata or {}}
     arrays = {k: np.asarray(v) for k, v in model.state_dict().items()}
+    for k, v in (extra or {}).items():
+        if not k.startswith("__"):
+            raise ValueError(f"extra array names must start with '__', got {k!r}")
+        arrays[k] = np.asarray(v)
     arrays[_CONFIG_KEY] = np.frombuffer(json.dumps(cfg).encode("utf-8"), dtype=np.uint8)
     atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
-def load(path, return_metadata=False):
+def load(path, return_metadata=False, return_extra=False):
     """Load a model written by :meth:`Sequential.save`.
 
     Refuses pickled content, files that are not fastcnn checkpoints and truncated files with
-    ``ValueError``.
+    ``ValueError``.  Returns the model, then the metadata dict and the extra arrays if asked.
     """
     path = os.fspath(path)
     try:
@@ -159,7 +167,8 @@ def load(path, return_metadata=False):
             if _CONFIG_KEY not in z.files:
                 raise ValueError(f"{path}: not a fastcnn checkpoint (no architecture record)")
             cfg = json.loads(z[_CONFIG_KEY].tobytes().decode("utf-8"))
-            state = {k: z[k] for k in z.files if k != _CONFIG_KEY}
+            state = {k: z[k] for k in z.files if not k.startswith("__")}
+            extra = {k: z[k] for k in z.files if k.startswith("__") and k != _CONFIG_KEY}
     except (zipfile.BadZipFile, EOFError, OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         if isinstance(exc, FileNotFoundError):
             raise
@@ -170,4 +179,9 @@ def load(path, return_metadata=False):
         raise ValueError(f"{path}: unsupported checkpoint format {cfg.get('format')!r}")
     model = from_config(cfg["model"])
     model.load_state_dict(state)
-    return (model, cfg.get("metadata", {})) if return_metadata else model
+    out = (model,)
+    if return_metadata:
+        out += (cfg.get("metadata", {}),)
+    if return_extra:
+        out += (extra,)
+    return out if len(out) > 1 else model

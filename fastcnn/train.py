@@ -61,7 +61,7 @@ def evaluate(model, images, labels, batch_size=1000, input_size=None):
 
 
 def train_epoch(model, optimizer, images, labels, *, batch_size, seed, epoch, start_step=0,
-                input_size=None, progress=None, on_step=None, history=None):
+                input_size=None, progress=None, on_step=None, history=None, detect_anomaly=False):
     """One pass over the data in the seeded order of ``(seed, epoch)``.
 
     Parameters
@@ -74,6 +74,8 @@ def train_epoch(model, optimizer, images, labels, *, batch_size, seed, epoch, st
         Called after every optimizer step (checkpointing, interruption).
     history : dict of lists, optional
         ``"loss"`` and ``"accuracy"`` of every step are appended.
+    detect_anomaly : bool
+        Check every parameter and gradient for NaN/Inf after each step (slow; off by default).
 
     Returns
     -------
@@ -89,6 +91,8 @@ def train_epoch(model, optimizer, images, labels, *, batch_size, seed, epoch, st
     seen, t0, last_post = 0, time.perf_counter(), 0.0
     run_loss = run_acc = None
     batches = _data.iterate_batches(images, labels, batch_size, shuffle=True, seed=seed, epoch=epoch)
+    if progress is not None and start_step:
+        progress.update(min(start_step * batch_size, len(labels)))
     for step, (x, y) in enumerate(batches):
         if step < start_step:
             continue
@@ -100,6 +104,8 @@ def train_epoch(model, optimizer, images, labels, *, batch_size, seed, epoch, st
         if not math.isfinite(loss):
             raise NonFiniteLoss(f"non-finite loss {loss} at epoch {epoch}, step {step}")
         model.backward(loss_fn.backward())
+        if detect_anomaly:
+            check_finite(model, f"after backward at epoch {epoch}, step {step}")
         optimizer.step()
         acc = float(np.mean(np.argmax(logits, axis=1) == y))
         losses.append(loss)
@@ -117,3 +123,83 @@ def train_epoch(model, optimizer, images, labels, *, batch_size, seed, epoch, st
         if on_step is not None:
             on_step(step)
     return seen, time.perf_counter() - t0
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+def check_finite(model, where):
+    """Opt-in anomaly check: every parameter and gradient finite, else ``NonFiniteLoss``."""
+    for i, p in enumerate(model.parameters()):
+        for what, arr in (("value", p.data), ("gradient", p.grad)):
+            if not np.all(np.isfinite(arr)):
+                raise NonFiniteLoss(f"non-finite {what} in parameter {i} {p.data.shape} {where}")
+
+
+def save_checkpoint(path, model, optimizer, state, history):
+    """Write a resumable checkpoint: weights, optimizer state, trainer state and history.
+
+    The data order is a function of ``(seed, epoch)``, so ``state`` (seed, epoch, next step)
+    is the whole random state of a run.  The file is also a plain model file for
+    :func:`fastcnn.load`.
+    """
+    from .model import save
+
+    extra = {"__optim__." + k: v for k, v in optimizer.state_dict().items()}
+    for key in ("loss", "accuracy"):
+        extra["__history__." + key] = np.asarray(history.get(key, []), np.float64)
+    save(model, path, metadata={"model": state["model"], "trainer": state}, extra=extra)
+
+
+def load_checkpoint(path):
+    """Read a checkpoint written by :func:`save_checkpoint`.
+
+    Returns
+    -------
+    model, optimizer_state (dict of arrays), trainer_state (dict), history (dict of lists)
+    """
+    from .model import load
+
+    model, meta, extra = load(path, return_metadata=True, return_extra=True)
+    if "trainer" not in meta:
+        raise ValueError(f"{path}: a model file, not a training checkpoint (no trainer state)")
+    opt_state = {k[len("__optim__."):]: v for k, v in extra.items() if k.startswith("__optim__.")}
+    history = {k[len("__history__."):]: v.tolist() for k, v in extra.items() if k.startswith("__history__.")}
+    return model, opt_state, meta["trainer"], history
+
+
+class Interrupted(Exception):
+    """Training stopped by a signal after saving a checkpoint."""
+
+    def __init__(self, signum, path):
+        import signal
+
+        self.signum, self.path = signum, path
+        super().__init__(f"interrupted by {signal.Signals(signum).name}; checkpoint saved to {path} "
+                         f"(continue with --resume {path})")
+
+
+class SignalFlag:
+    """Turns SIGINT/SIGTERM into a flag the training loop checks after each step."""
+
+    def __init__(self):
+        self.signum = None
+        self._old = {}
+
+    def __enter__(self):
+        import signal
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:  # a second signal: stop now
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        import signal
+
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        return False
