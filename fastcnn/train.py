@@ -88,11 +88,18 @@ def train_epoch(model, optimizer, images, labels, *, batch_size, seed, epoch, st
     history = {} if history is None else history
     losses = history.setdefault("loss", [])
     accs = history.setdefault("accuracy", [])
-    seen, t0, last_post = 0, time.perf_counter(), 0.0
-    run_loss = run_acc = None
     batches = _data.iterate_batches(images, labels, batch_size, shuffle=True, seed=seed, epoch=epoch)
     if progress is not None and start_step:
         progress.update(min(start_step * batch_size, len(labels)))
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # reported as NonFiniteLoss
+        return _steps(model, optimizer, loss_fn, batches, epoch, start_step, input_size, progress, on_step,
+                      losses, accs, detect_anomaly)
+
+
+def _steps(model, optimizer, loss_fn, batches, epoch, start_step, input_size, progress, on_step, losses, accs,
+           detect_anomaly):
+    seen, t0, last_post = 0, time.perf_counter(), 0.0
+    run_loss = run_acc = None
     for step, (x, y) in enumerate(batches):
         if step < start_step:
             continue
@@ -140,9 +147,15 @@ def save_checkpoint(path, model, optimizer, state, history):
 
     The data order is a function of ``(seed, epoch)``, so ``state`` (seed, epoch, next step)
     is the whole random state of a run.  The file is also a plain model file for
-    :func:`fastcnn.load`.
+    :func:`fastcnn.load`.  Weights that are not finite are never written: ``NonFiniteLoss``
+    is raised and the previous checkpoint stays.
     """
     from .model import save
+
+    for i, p in enumerate(model.parameters()):
+        if not np.all(np.isfinite(p.data)):
+            raise NonFiniteLoss(f"non-finite weights in parameter {i} {p.data.shape} at epoch "
+                                f"{state.get('epoch')}, step {state.get('step')}; checkpoint not written")
 
     extra = {"__optim__." + k: v for k, v in optimizer.state_dict().items()}
     for key in ("loss", "accuracy"):
