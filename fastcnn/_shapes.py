@@ -33,7 +33,7 @@ def as_float32(x, name, ndim=None, op="fastcnn"):
             want = " or ".join(f"{d}-D" for d in allowed)
             raise ValueError(f"{op}: {name} must be {want}, got shape {x.shape} ({x.ndim}-D)")
     if x.dtype != np.float32 or not x.flags.c_contiguous or not x.flags.aligned:
-        x = np.ascontiguousarray(x, dtype=np.float32)
+        x = np.asarray(x, dtype=np.float32, order="C")  # (ascontiguousarray would make 0-d 1-d)
     return x
 
 

@@ -482,3 +482,10 @@ def test_float64_and_noncontiguous_inputs_are_converted(backend):
     assert not view.flags.c_contiguous
     assert_close(F.conv2d(view, w), F.conv2d(np.ascontiguousarray(view), w), 0)
     assert_close(F.max_pool2d(view, 2), F.max_pool2d(np.ascontiguousarray(view), 2), 0)
+
+
+def test_zero_dim_and_empty_relu_keep_their_shape(backend):
+    for x in (np.float64(-2.0) * np.ones(()), np.zeros((0, 3), np.float32)):
+        y = F.relu(x)
+        assert y.shape == x.shape and y.dtype == np.float32
+        assert F.relu_backward(np.ones_like(y), y).shape == x.shape

@@ -3,6 +3,7 @@ import numpy as np
 from numba import njit, prange
 
 from .._config import NUMBA_PARALLEL
+from .conv import _u
 
 _CHUNK = 1 << 14
 
@@ -15,8 +16,8 @@ def _relu_forward(x, y):
         a = blk * _CHUNK
         b = min(a + _CHUNK, m)
         for e in range(a, b):
-            v = x[e]
-            y[e] = v if (v > 0) | (v != v) else np.float32(0.0)
+            v = x[_u(e)]
+            y[_u(e)] = v if (v > 0) | (v != v) else np.float32(0.0)
 
 
 @njit(**NUMBA_PARALLEL)
@@ -29,7 +30,7 @@ def _relu_backward(gy, y, gx):
         a = blk * _CHUNK
         b = min(a + _CHUNK, m)
         for e in range(a, b):
-            gx[e] = gy[e] * (one if y[e] > 0 else zero)
+            gx[_u(e)] = gy[_u(e)] * (one if y[_u(e)] > 0 else zero)
 
 
 def relu_forward(x, y):

@@ -10,6 +10,11 @@ from numba import njit, prange
 
 from .._config import NUMBA_PARALLEL, NUMBA_SERIAL
 
+#: Index cast used for every computed flat index.  Numba wraps negative signed indices
+#: around, and that (unprovable) branch keeps LLVM from vectorising the inner loops; an
+#: unsigned index has no wraparound.  All indices computed here are in range by construction.
+_u = np.uint64
+
 
 @njit(**NUMBA_SERIAL)
 def _valid_range(off, s, w, o):
@@ -30,8 +35,29 @@ def _valid_range(off, s, w, o):
     return lo, hi
 
 
+@njit(**NUMBA_SERIAL)
+def _copy_row(cf, d, xf, s0, lo, hi, ow, sw):
+    """``cf[d+u] = xf[s0 + u*sw]`` for u in [lo, hi), zeros for the rest of [0, ow).
+    Called with a literal ``sw`` for stride 1 so that loop is compiled as a plain copy (a
+    literal 2 measured slower than the generic strided loop for rows this short)."""
+    for u in range(lo):
+        cf[_u(d + u)] = 0.0
+    for u in range(lo, hi):
+        cf[_u(d + u)] = xf[_u(s0 + u * sw)]
+    for u in range(hi, ow):
+        cf[_u(d + u)] = 0.0
+
+
+@njit(**NUMBA_SERIAL)
+def _add_row(df, dd, cf, s0, lo, hi, sw):
+    """``df[dd + u*sw] += cf[s0 + u]`` for u in [lo, hi) (literal ``sw`` for stride 1)."""
+    for u in range(lo, hi):
+        df[_u(dd + u * sw)] += cf[_u(s0 + u)]
+
+
 @njit(**NUMBA_PARALLEL)
 def im2col(x, kh, kw, sh, sw, pt, pl, oh, ow, cols):
+    """Unfold convolution windows into ``cols`` (see :func:`fastcnn._ref.im2col`)."""
     n, c, h, w = x.shape
     kk = kh * kw
     p = oh * ow
@@ -45,6 +71,9 @@ def im2col(x, kh, kw, sh, sw, pt, pl, oh, ow, cols):
         lo, hi = _valid_range(j - pl, sw, w, ow)
         wlo[j] = lo
         whi[j] = hi
+    # Stride 1 with OW == W ("same" convolutions): the valid rows of one kernel offset are one
+    # contiguous shifted run of the input plane; copy it at once, then zero the padding columns.
+    flat = sh == 1 and sw == 1 and ow == w
     # One iteration: one kernel row (c, i, j) of ``cols`` and one image, i.e. a contiguous
     # run of OH*OW elements of ``cols``.
     for t in prange(c * kk * n):
@@ -59,28 +88,38 @@ def im2col(x, kh, kw, sh, sw, pt, pl, oh, ow, cols):
         off = j - pl
         dst0 = r * npix + b * p
         src_plane = (b * c + ci) * h * w
-        for q in range(oh):
-            d = dst0 + q * ow
-            ih = q * sh - pt + i
-            if ih < 0 or ih >= h:
-                for u in range(ow):
-                    cf[d + u] = 0.0
-                continue
-            s0 = src_plane + ih * w + off
-            for u in range(lo):
-                cf[d + u] = 0.0
-            if sw == 1:
-                for u in range(lo, hi):
-                    cf[d + u] = xf[s0 + u]
-            else:
-                for u in range(lo, hi):
-                    cf[d + u] = xf[s0 + u * sw]
-            for u in range(hi, ow):
-                cf[d + u] = 0.0
+        qlo, qhi = _valid_range(i - pt, sh, h, oh)
+        for e in range(qlo * ow):
+            cf[_u(dst0 + e)] = 0.0
+        for e in range(qhi * ow, p):
+            cf[_u(dst0 + e)] = 0.0
+        if flat and hi > lo and qhi > qlo:
+            delta = src_plane + (i - pt) * w + off
+            for e in range(qlo * ow + lo, (qhi - 1) * ow + hi):
+                cf[_u(dst0 + e)] = xf[_u(delta + e)]
+            for q in range(qlo, qhi):
+                d = dst0 + q * ow
+                for u in range(lo):
+                    cf[_u(d + u)] = 0.0
+                for u in range(hi, ow):
+                    cf[_u(d + u)] = 0.0
+        else:
+            for q in range(qlo, qhi):
+                d = dst0 + q * ow
+                s0 = src_plane + (q * sh - pt + i) * w + off
+                if sw == 1:
+                    _copy_row(cf, d, xf, s0, lo, hi, ow, 1)
+                else:
+                    _copy_row(cf, d, xf, s0, lo, hi, ow, sw)
+
+
+#: Images per col2im work item (see :func:`col2im`).
+_COL2IM_IMAGES = 8
 
 
 @njit(**NUMBA_PARALLEL)
 def col2im(cols, kh, kw, sh, sw, pt, pl, oh, ow, dx):
+    """Fold ``cols`` back into ``dx``, summing overlaps (see :func:`fastcnn._ref.col2im`)."""
     n, c, h, w = dx.shape
     kk = kh * kw
     p = oh * ow
@@ -94,35 +133,58 @@ def col2im(cols, kh, kw, sh, sw, pt, pl, oh, ow, dx):
         lo, hi = _valid_range(j - pl, sw, w, ow)
         wlo[j] = lo
         whi[j] = hi
-    # One iteration: one (n, c) plane of dx, written only by it.  Contributions are added in
-    # (i, j) order per cell, as in the reference.
-    for t in prange(n * c):
-        b = t // c
-        ci = t - b * c
-        d0 = t * hw
-        for e in range(hw):
-            df[d0 + e] = 0.0
+    # Stride 1 with OW == W: as in im2col, one contiguous shifted run per kernel offset; the
+    # columns that fall in the padding are masked (they add +0.0, which changes nothing).
+    flat = sh == 1 and sw == 1 and ow == w
+    mask = np.zeros(kw * p if flat else 0, np.bool_)
+    if flat:
+        for j in range(kw):
+            for q in range(oh):
+                for u in range(wlo[j], whi[j]):
+                    mask[j * p + q * ow + u] = True
+    # One iteration: channel ci of a block of images, i.e. a set of dx planes written only by
+    # it.  It reads the kh*kw rows of cols that belong to ci, each as one run over the block's
+    # images (streaming reads).  Contributions reach every cell in (i, j) order, as in the
+    # reference, so the result does not depend on the blocking or the threads.
+    nblk = (n + _COL2IM_IMAGES - 1) // _COL2IM_IMAGES
+    for t in prange(c * nblk):
+        ci = t // nblk
+        b0 = (t - ci * nblk) * _COL2IM_IMAGES
+        b1 = min(b0 + _COL2IM_IMAGES, n)
+        for b in range(b0, b1):
+            d0 = (b * c + ci) * hw
+            for e in range(hw):
+                df[_u(d0 + e)] = 0.0
         for i in range(kh):
             qlo, qhi = _valid_range(i - pt, sh, h, oh)
             for j in range(kw):
                 lo = wlo[j]
                 hi = whi[j]
                 off = j - pl
-                row0 = (ci * kk + i * kw + j) * npix + b * p
-                for q in range(qlo, qhi):
-                    ih = q * sh - pt + i
-                    dd = d0 + ih * w + off
-                    s0 = row0 + q * ow
-                    if sw == 1:
-                        for u in range(lo, hi):
-                            df[dd + u] += cf[s0 + u]
+                for b in range(b0, b1):
+                    d0 = (b * c + ci) * hw
+                    row0 = (ci * kk + i * kw + j) * npix + b * p
+                    if flat:
+                        if hi > lo and qhi > qlo:
+                            delta = d0 + (i - pt) * w + off
+                            m0 = j * p
+                            zero = np.float32(0.0)
+                            for e in range(qlo * ow + lo, (qhi - 1) * ow + hi):
+                                v = cf[_u(row0 + e)]
+                                df[_u(delta + e)] += v if mask[_u(m0 + e)] else zero
                     else:
-                        for u in range(lo, hi):
-                            df[dd + u * sw] += cf[s0 + u]
+                        for q in range(qlo, qhi):
+                            dd = d0 + (q * sh - pt + i) * w + off
+                            s0 = row0 + q * ow
+                            if sw == 1:
+                                _add_row(df, dd, cf, s0, lo, hi, 1)
+                            else:
+                                _add_row(df, dd, cf, s0, lo, hi, sw)
 
 
 @njit(**NUMBA_PARALLEL)
 def cnp_to_ncp_bias(ycnp, bias, y):
+    """``y[n, o, p] = ycnp[o, n*P + p] + bias[o]`` (see :func:`fastcnn._ref.cnp_to_ncp_bias`)."""
     n, oc, p = y.shape
     yc = ycnp.reshape(ycnp.size)
     yf = y.reshape(y.size)
@@ -133,34 +195,30 @@ def cnp_to_ncp_bias(ycnp, bias, y):
         s0 = o * (n * p) + b * p
         d0 = t * p
         for e in range(p):
-            yf[d0 + e] = yc[s0 + e] + bo
-
-
-_LANES = 8
+            yf[_u(d0 + e)] = yc[_u(s0 + e)] + bo
 
 
 @njit(**NUMBA_PARALLEL)
 def ncp_to_cnp_sum(gy, gcnp, gb):
+    """``gcnp[o, n*P + p] = gy[n, o, p]`` and ``gb`` = float64 sum of ``gy`` over N and P
+    (see :func:`fastcnn._ref.ncp_to_cnp_sum`)."""
     n, oc, p = gy.shape
     gf = gy.reshape(gy.size)
     gc = gcnp.reshape(gcnp.size)
-    pb = (p // _LANES) * _LANES
-    # One iteration: one output channel; its row of gcnp and its bias sum.  The float64 sum
-    # uses _LANES partial sums in a fixed order (deterministic, and it lets LLVM vectorise).
+    # One iteration: one output channel, its row of gcnp and its bias sum.  The float64 sum
+    # runs over images into one partial sum per position p (an element-wise loop, which
+    # vectorises without reassociating anything), then over p in order: a fixed order,
+    # so the result is deterministic whatever the number of threads.
     for o in prange(oc):
-        acc = np.zeros(_LANES, np.float64)
-        tail = 0.0
+        acc = np.zeros(p, np.float64)
         for b in range(n):
             s0 = (b * oc + o) * p
             d0 = o * (n * p) + b * p
             for e in range(p):
-                gc[d0 + e] = gf[s0 + e]
-            for e0 in range(0, pb, _LANES):
-                for k in range(_LANES):
-                    acc[k] += np.float64(gf[s0 + e0 + k])
-            for e in range(pb, p):
-                tail += np.float64(gf[s0 + e])
+                gc[_u(d0 + e)] = gf[_u(s0 + e)]
+            for e in range(p):
+                acc[_u(e)] += np.float64(gf[_u(s0 + e)])
         tot = 0.0
-        for k in range(_LANES):
-            tot += acc[k]
-        gb[o] = np.float32(tot + tail)
+        for e in range(p):
+            tot += acc[_u(e)]
+        gb[o] = np.float32(tot)

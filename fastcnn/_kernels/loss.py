@@ -9,6 +9,7 @@ from .._config import NUMBA_PARALLEL
 
 @njit(**NUMBA_PARALLEL)
 def softmax_xent_forward(logits, labels, probs, losses):
+    """Softmax and per-sample cross-entropy (see :func:`fastcnn._ref.softmax_xent_forward`)."""
     n, k = logits.shape
     for r in prange(n):
         m = logits[r, 0]
@@ -30,6 +31,7 @@ def softmax_xent_forward(logits, labels, probs, losses):
 
 @njit(**NUMBA_PARALLEL)
 def softmax_xent_backward(probs, labels, gx):
+    """``gx = (probs - onehot(labels)) / N`` (see :func:`fastcnn._ref.softmax_xent_backward`)."""
     n, k = probs.shape
     scale = np.float32(1.0 / n)
     one = np.float32(1.0)

@@ -3,16 +3,19 @@
 Every ``prange`` iteration owns one (n, c) plane of the output, so there are no write races;
 sums run in a fixed order, so results are bit-identical run after run.
 
-Each output row is split into border windows (some columns in the padding: scalar code with
-per-window bounds) and interior windows (all kw columns real: the window cells are visited in
-row-major order, and for each cell a simple loop over the interior outputs runs, which LLVM
-vectorises).  Rows of a window that lie in the padding are skipped for the whole output row.
+Forward: each output row is split into border windows (some columns in the padding: scalar
+code with per-window bounds) and interior windows (all kw columns real), which accumulate in
+registers, one window per iteration of a loop over the outputs.  For the common geometries
+(2x2 and 3x3 windows, stride 1 or 2) that loop is compiled with literal window sizes and
+stride, so LLVM unrolls the window and vectorises across outputs; other geometries take the
+same code with runtime sizes.  Window rows that lie in the padding are skipped for the whole
+output row.
 """
 import numpy as np
 from numba import njit, prange
 
 from .._config import NUMBA_PARALLEL, NUMBA_SERIAL
-from .conv import _valid_range
+from .conv import _u, _valid_range
 
 
 @njit(**NUMBA_SERIAL)
@@ -24,20 +27,41 @@ def _interior(kw, sw, pl, w, ow):
 @njit(**NUMBA_SERIAL)
 def _max_window(xf, x0, w, ih0, ih1, iw0, iw1):
     """Scan rule of the contract: first real cell, replaced when ``v > b`` or (v NaN, b not)."""
-    b = xf[x0 + ih0 * w + iw0]
+    b = xf[_u(x0 + ih0 * w + iw0)]
     bi = ih0 * w + iw0
     for ih in range(ih0, ih1):
         jw0 = iw0 + 1 if ih == ih0 else iw0
         for iw in range(jw0, iw1):
-            v = xf[x0 + ih * w + iw]
+            v = xf[_u(x0 + ih * w + iw)]
             if v > b or (v != v and b == b):
                 b = v
                 bi = ih * w + iw
     return b, bi
 
 
+@njit(**NUMBA_SERIAL)
+def _max_row(xf, x0, w, ih0, nr, c0, lo, hi, r, yf, jf, kw, sw):
+    """Interior windows ``u`` in ``[lo, hi)`` of one output row: rows ``ih0 .. ih0+nr-1``,
+    columns ``u*sw + c0 + [0, kw)``, all real.  Same scan rule as :func:`_max_window` (the
+    first cell compared with itself never replaces)."""
+    for u in range(lo, hi):
+        k0 = ih0 * w + u * sw + c0
+        b = xf[_u(x0 + k0)]
+        bi = k0
+        for i in range(nr):
+            k = k0 + i * w
+            for j in range(kw):
+                v = xf[_u(x0 + k + j)]
+                take = (v > b) | ((v != v) & (b == b))
+                bi = k + j if take else bi
+                b = v if take else b
+        yf[_u(r + u)] = b
+        jf[_u(r + u)] = bi
+
+
 @njit(**NUMBA_PARALLEL)
 def maxpool2d_forward(x, kh, kw, sh, sw, pt, pl, y, idx):
+    """Max pooling with int32 arg-max indices (see :func:`fastcnn._ref.maxpool2d_forward`)."""
     n, c, h, w = x.shape
     oh = y.shape[2]
     ow = y.shape[3]
@@ -54,44 +78,31 @@ def maxpool2d_forward(x, kh, kw, sh, sw, pt, pl, y, idx):
             hs = q * sh - pt
             ih0 = max(hs, 0)
             ih1 = min(hs + kh, h)
+            nr = ih1 - ih0
             r = y0 + q * ow
-            # border windows
+            # border windows (some columns in the padding)
             for k in range(ow - (hi - lo)):
                 u = k if k < lo else k + (hi - lo)
                 ws = u * sw - pl
                 b, bi = _max_window(xf, x0, w, ih0, ih1, max(ws, 0), min(ws + kw, w))
-                yf[r + u] = b
-                jf[r + u] = bi
-            if hi <= lo:
-                continue
-            # interior windows: start from the window's first cell (row ih0, column 0)
-            base = x0 + ih0 * w - pl
-            ib = ih0 * w - pl
-            if sw == 1:
-                for u in range(lo, hi):
-                    yf[r + u] = xf[base + u]
-                    jf[r + u] = ib + u
+                yf[_u(r + u)] = b
+                jf[_u(r + u)] = bi
+            # interior windows; common geometries with compile-time sizes (vectorised)
+            if nr == kh and kh == 2 and kw == 2 and sw == 2:
+                _max_row(xf, x0, w, ih0, 2, -pl, lo, hi, r, yf, jf, 2, 2)
+            elif nr == kh and kh == 3 and kw == 3 and sw == 2:
+                _max_row(xf, x0, w, ih0, 3, -pl, lo, hi, r, yf, jf, 3, 2)
+            elif nr == kh and kh == 3 and kw == 3 and sw == 1:
+                _max_row(xf, x0, w, ih0, 3, -pl, lo, hi, r, yf, jf, 3, 1)
+            elif nr == kh and kh == 2 and kw == 2 and sw == 1:
+                _max_row(xf, x0, w, ih0, 2, -pl, lo, hi, r, yf, jf, 2, 1)
             else:
-                for u in range(lo, hi):
-                    yf[r + u] = xf[base + u * sw]
-                    jf[r + u] = ib + u * sw
-            for ih in range(ih0, ih1):
-                for j in range(kw):
-                    if ih == ih0 and j == 0:
-                        continue
-                    base = x0 + ih * w + j - pl
-                    ib = ih * w + j - pl
-                    for u in range(lo, hi):
-                        v = xf[base + u * sw]
-                        bv = yf[r + u]
-                        bj = jf[r + u]
-                        take = (v > bv) | ((v != v) & (bv == bv))
-                        yf[r + u] = v if take else bv
-                        jf[r + u] = np.int32(ib + u * sw) if take else bj
+                _max_row(xf, x0, w, ih0, nr, -pl, lo, hi, r, yf, jf, kw, sw)
 
 
 @njit(**NUMBA_PARALLEL)
 def maxpool2d_backward(gy, idx, gx):
+    """Route each output gradient to its arg-max (see :func:`fastcnn._ref.maxpool2d_backward`)."""
     n, c, h, w = gx.shape
     hw = h * w
     p = gy.shape[2] * gy.shape[3]
@@ -102,9 +113,9 @@ def maxpool2d_backward(gy, idx, gx):
         x0 = t * hw
         y0 = t * p
         for e in range(hw):
-            xf[x0 + e] = 0.0
+            xf[_u(x0 + e)] = 0.0
         for e in range(p):
-            xf[x0 + jf[y0 + e]] += gf[y0 + e]
+            xf[_u(x0 + jf[_u(y0 + e)])] += gf[_u(y0 + e)]
 
 
 @njit(**NUMBA_SERIAL)
@@ -121,6 +132,33 @@ def _divisors(h, w, kh, kw, sh, sw, pt, pl, oh, ow, count_include_pad):
                 ws = u * sw - pl
                 d[q * ow + u] = np.float32(rh * (min(ws + kw, w) - max(ws, 0)))
     return d
+
+
+@njit(**NUMBA_SERIAL)
+def _avg_window(xf, x0, w, ih0, ih1, iw0, iw1):
+    """Window sum in the reference's order: each row left to right, then the row sums."""
+    s = np.float32(0.0)
+    for ih in range(ih0, ih1):
+        rs = np.float32(0.0)
+        for iw in range(iw0, iw1):
+            rs += xf[_u(x0 + ih * w + iw)]
+        s += rs
+    return s
+
+
+@njit(**NUMBA_SERIAL)
+def _avg_row(xf, x0, w, ih0, nr, c0, lo, hi, r, yf, div, d0, kw, sw):
+    """Interior windows ``u`` in ``[lo, hi)`` of one output row (see :func:`_max_row`)."""
+    for u in range(lo, hi):
+        k0 = ih0 * w + u * sw + c0
+        s = np.float32(0.0)
+        for i in range(nr):
+            k = k0 + i * w
+            rs = np.float32(0.0)
+            for j in range(kw):
+                rs += xf[_u(x0 + k + j)]
+            s += rs
+        yf[_u(r + u)] = s / div[_u(d0 + u)]
 
 
 @njit(**NUMBA_PARALLEL)
@@ -141,36 +179,41 @@ def _avgpool2d_forward(x, kh, kw, sh, sw, pt, pl, count_include_pad, y):
             hs = q * sh - pt
             ih0 = max(hs, 0)
             ih1 = min(hs + kh, h)
+            nr = ih1 - ih0
             r = y0 + q * ow
+            d0 = q * ow
             for k in range(ow - (hi - lo)):
                 u = k if k < lo else k + (hi - lo)
                 ws = u * sw - pl
-                iw0 = max(ws, 0)
-                iw1 = min(ws + kw, w)
-                s = np.float32(0.0)
-                for ih in range(ih0, ih1):
-                    for iw in range(iw0, iw1):
-                        s += xf[x0 + ih * w + iw]
-                yf[r + u] = s
-            if hi > lo:
-                for u in range(lo, hi):
-                    yf[r + u] = 0.0
-                for ih in range(ih0, ih1):
-                    for j in range(kw):
-                        base = x0 + ih * w + j - pl
-                        if sw == 1:
-                            for u in range(lo, hi):
-                                yf[r + u] += xf[base + u]
-                        else:
-                            for u in range(lo, hi):
-                                yf[r + u] += xf[base + u * sw]
-            d0 = q * ow
-            for u in range(ow):
-                yf[r + u] = yf[r + u] / div[d0 + u]
+                s = _avg_window(xf, x0, w, ih0, ih1, max(ws, 0), min(ws + kw, w))
+                yf[_u(r + u)] = s / div[_u(d0 + u)]
+            if nr == kh and kh == 2 and kw == 2 and sw == 2:
+                _avg_row(xf, x0, w, ih0, 2, -pl, lo, hi, r, yf, div, d0, 2, 2)
+            elif nr == kh and kh == 3 and kw == 3 and sw == 2:
+                _avg_row(xf, x0, w, ih0, 3, -pl, lo, hi, r, yf, div, d0, 3, 2)
+            elif nr == kh and kh == 3 and kw == 3 and sw == 1:
+                _avg_row(xf, x0, w, ih0, 3, -pl, lo, hi, r, yf, div, d0, 3, 1)
+            elif nr == kh and kh == 2 and kw == 2 and sw == 1:
+                _avg_row(xf, x0, w, ih0, 2, -pl, lo, hi, r, yf, div, d0, 2, 1)
+            else:
+                _avg_row(xf, x0, w, ih0, nr, -pl, lo, hi, r, yf, div, d0, kw, sw)
 
 
 def avgpool2d_forward(x, kh, kw, sh, sw, pt, pl, count_include_pad, y):
+    """Average pooling (see :func:`fastcnn._ref.avgpool2d_forward`)."""
     _avgpool2d_forward(x, kh, kw, sh, sw, pt, pl, bool(count_include_pad), y)
+
+
+@njit(**NUMBA_SERIAL)
+def _tile_row(xf, r0, gf, s0, div, d0, ow, kw):
+    """One input row of a tiling pooling (kw == sw, no left padding): every cell gets the
+    share of its only window, ``0.0 + g`` as the reference's sum (literal ``kw`` at the
+    call sites)."""
+    z = np.float32(0.0)
+    for u in range(ow):
+        g = z + gf[_u(s0 + u)] / div[_u(d0 + u)]
+        for j in range(kw):
+            xf[_u(r0 + u * kw + j)] = g
 
 
 @njit(**NUMBA_PARALLEL)
@@ -189,13 +232,32 @@ def _avgpool2d_backward(gy, kh, kw, sh, sw, pt, pl, count_include_pad, gx):
         a, b = _valid_range(j - pl, sw, w, ow)
         wlo[j] = a
         whi[j] = b
+    if kh == sh and kw == sw and pt == 0 and pl == 0 and oh * kh <= h and ow * kw <= w:
+        # Windows tile the input: each cell has at most one window, no sum needed.
+        for t in prange(n * c):
+            x0 = t * hw
+            y0 = t * p
+            for ih in range(h):
+                q = ih // kh
+                r0 = x0 + ih * w
+                if q >= oh:
+                    for iw in range(w):
+                        xf[_u(r0 + iw)] = 0.0
+                else:
+                    if kw == 2:
+                        _tile_row(xf, r0, gf, y0 + q * ow, div, q * ow, ow, 2)
+                    else:
+                        _tile_row(xf, r0, gf, y0 + q * ow, div, q * ow, ow, kw)
+                    for iw in range(ow * kw, w):
+                        xf[_u(r0 + iw)] = 0.0
+        return
     # As the reference: for each window cell (i, j), every output adds its share to one input
     # cell; per input cell the shares arrive in (i, j) order.
     for t in prange(n * c):
         x0 = t * hw
         y0 = t * p
         for e in range(hw):
-            xf[x0 + e] = 0.0
+            xf[_u(x0 + e)] = 0.0
         for i in range(kh):
             qlo, qhi = _valid_range(i - pt, sh, h, oh)
             for j in range(kw):
@@ -206,13 +268,10 @@ def _avgpool2d_backward(gy, kh, kw, sh, sw, pt, pl, count_include_pad, gx):
                     dd = x0 + (q * sh - pt + i) * w + off
                     s0 = y0 + q * ow
                     d0 = q * ow
-                    if sw == 1:
-                        for u in range(lo, hi):
-                            xf[dd + u] += gf[s0 + u] / div[d0 + u]
-                    else:
-                        for u in range(lo, hi):
-                            xf[dd + u * sw] += gf[s0 + u] / div[d0 + u]
+                    for u in range(lo, hi):
+                        xf[_u(dd + u * sw)] += gf[_u(s0 + u)] / div[_u(d0 + u)]
 
 
 def avgpool2d_backward(gy, kh, kw, sh, sw, pt, pl, count_include_pad, gx):
+    """Gradient of average pooling (see :func:`fastcnn._ref.avgpool2d_backward`)."""
     _avgpool2d_backward(gy, kh, kw, sh, sw, pt, pl, bool(count_include_pad), gx)
