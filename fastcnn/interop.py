@@ -1,0 +1,57 @@
+"""PyTorch interoperability (needs ``torch``: ``pip install fastcnn[compare]``)."""
+import numpy as np
+
+from . import layers as L
+from .model import Sequential
+
+
+def to_torch(model):
+    """A ``torch.nn.Sequential`` computing what ``model`` computes, with its weights.
+
+    Supports Conv2D (int/pair padding, or ``"same"`` with stride 1 and odd kernels), the
+    pooling layers, ReLU, Flatten, Dense, BatchNorm2D and nested Sequential.
+    """
+    import torch
+    from torch import nn
+
+    mods = []
+    for layer in model:
+        if isinstance(layer, L.Conv2D):
+            a = layer._args
+            pad = layer.padding
+            if pad == "same":
+                kh, kw = a["kernel_size"]
+                if a["stride"] != (1, 1) or not (kh % 2 and kw % 2):
+                    raise ValueError("to_torch: 'same' padding is supported for stride 1 and odd kernels only")
+                pad = (kh // 2, kw // 2)
+            elif pad == "valid":
+                pad = 0
+            mods.append(nn.Conv2d(a["in_channels"], a["out_channels"], a["kernel_size"], a["stride"], pad,
+                                  bias=a["bias"]))
+        elif isinstance(layer, (L.MaxPool2D, L.AvgPool2D)):
+            if layer.padding == "same":
+                raise ValueError("to_torch: pooling with 'same' padding has no torch equivalent")
+            cls = nn.MaxPool2d if isinstance(layer, L.MaxPool2D) else nn.AvgPool2d
+            mods.append(cls(layer.kernel_size, layer.stride, 0 if layer.padding == "valid" else layer.padding))
+        elif isinstance(layer, L.ReLU):
+            mods.append(nn.ReLU())
+        elif isinstance(layer, L.Flatten):
+            mods.append(nn.Flatten())
+        elif isinstance(layer, L.Dense):
+            a = layer._args
+            mods.append(nn.Linear(a["in_features"], a["out_features"], bias=a["bias"]))
+        elif isinstance(layer, L.BatchNorm2D):
+            mods.append(nn.BatchNorm2d(layer._args["num_features"], layer.eps, layer.momentum))
+        elif isinstance(layer, Sequential):
+            mods.append(to_torch(layer))
+        else:
+            raise TypeError(f"to_torch: no torch equivalent for {type(layer).__name__}")
+    twin = nn.Sequential(*mods)
+    twin.load_state_dict({k: torch.tensor(np.asarray(v)) for k, v in model.state_dict().items()})
+    twin.train(model.training)
+    return twin
+
+
+def state_dict_from_torch(module):
+    """A torch module's state dict as NumPy arrays (for ``Sequential.load_state_dict``)."""
+    return {k: v.detach().cpu().numpy() for k, v in module.state_dict().items()}
