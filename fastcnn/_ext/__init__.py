@@ -1,0 +1,31 @@
+"""Cython backend: the kernel primitives of :mod:`fastcnn._ref`, compiled with OpenMP.
+
+The compiled modules are built by ``setup.py`` from ``src_ext/*.pyx``.  When they are missing
+(a source checkout that was never built) importing this package raises ``ImportError``, and the
+backend registry reports the ``"cython"`` backend as unavailable.
+
+``_omp`` holds the thread control (``set_num_threads``, ``get_max_threads``) and the build
+information (``OPENMP``, ``COMPILE_ARGS``, ``LINK_ARGS``).
+"""
+from . import _omp
+from .activation import relu_backward, relu_forward
+from .conv import cnp_to_ncp_bias, col2im, im2col, ncp_to_cnp_sum
+from .loss import softmax_xent_backward, softmax_xent_forward
+from .pool import avgpool2d_backward, avgpool2d_forward, maxpool2d_backward, maxpool2d_forward
+
+OPENMP = _omp.OPENMP
+
+__all__ = [
+    "im2col",
+    "col2im",
+    "cnp_to_ncp_bias",
+    "ncp_to_cnp_sum",
+    "maxpool2d_forward",
+    "maxpool2d_backward",
+    "avgpool2d_forward",
+    "avgpool2d_backward",
+    "relu_forward",
+    "relu_backward",
+    "softmax_xent_forward",
+    "softmax_xent_backward",
+]

@@ -1,0 +1,269 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""Convolution helpers of the Cython backend: im2col, col2im and the GEMM-layout reorders.
+
+Contract (signatures, layouts, ``# IN`` / ``# OUT`` buffers): :mod:`fastcnn._ref`.  The callers
+in ``fastcnn.functional`` have validated shapes, dtypes and C-contiguity.  Every parallel loop
+writes disjoint parts of its outputs, and every sum runs in a fixed order inside one
+iteration, so results are bit-identical for any thread count.
+"""
+from cython.parallel cimport prange
+
+include "_common.pxi"
+
+
+# --------------------------------------------------------------------------- helpers
+
+cdef inline void _valid_range(Py_ssize_t off, Py_ssize_t s, Py_ssize_t W, Py_ssize_t OW,
+                              Py_ssize_t* lo, Py_ssize_t* hi) noexcept nogil:
+    """Output columns ``[lo, hi)`` whose input column ``o*s + off`` lies in ``[0, W)``."""
+    cdef Py_ssize_t a = 0, b
+    if off < 0:
+        a = (-off + s - 1) // s
+    if W - off <= 0:
+        b = 0
+    else:
+        b = (W - off + s - 1) // s
+    if a > OW:
+        a = OW
+    if b > OW:
+        b = OW
+    if b < a:
+        b = a
+    lo[0] = a
+    hi[0] = b
+
+
+cdef inline void _im2col_seg(const float* xc, float* d,
+                             Py_ssize_t i, Py_ssize_t j, Py_ssize_t H, Py_ssize_t W,
+                             Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl,
+                             Py_ssize_t OH, Py_ssize_t OW) noexcept nogil:
+    """One image's segment of one ``cols`` row: ``d[oh*OW + ow] = xc[oh*sh-pt+i, ow*sw-pl+j]``.
+
+    xc : the (H, W) input plane  # IN
+    d : OH*OW floats of the cols row  # OUT
+    """
+    cdef Py_ssize_t oh, ow, h, lo, hi
+    cdef Py_ssize_t off = j - pl
+    cdef const float* xr
+    cdef float* dr
+    _valid_range(off, sw, W, OW, &lo, &hi)
+    for oh in range(OH):
+        h = oh * sh - pt + i
+        dr = d + oh * OW
+        if h < 0 or h >= H:
+            for ow in range(OW):
+                dr[ow] = 0.0
+            continue
+        xr = xc + h * W
+        for ow in range(lo):
+            dr[ow] = 0.0
+        if sw == 1:
+            for ow in range(lo, hi):
+                dr[ow] = xr[ow + off]
+        else:
+            for ow in range(lo, hi):
+                dr[ow] = xr[ow * sw + off]
+        for ow in range(hi, OW):
+            dr[ow] = 0.0
+
+
+cdef inline void _col2im_plane(const float* cols, float* dx, Py_ssize_t c, Py_ssize_t n,
+                               Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t H, Py_ssize_t W,
+                               Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl,
+                               Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t NP) noexcept nogil:
+    """Fold the columns of image ``n``, channel ``c`` into the plane ``dx`` (zeroed here).
+
+    Each cell sums its contributions in (i, j) kernel order, as the reference does.
+    cols : (C*kh*kw, N*OH*OW)  # IN
+    dx : the (H, W) plane of (n, c)  # OUT
+    """
+    cdef Py_ssize_t i, j, oh, ow, h, lo, hi, off
+    cdef Py_ssize_t P = OH * OW
+    cdef const float* src
+    cdef const float* sr
+    cdef float* dr
+    for h in range(H * W):
+        dx[h] = 0.0
+    for i in range(kh):
+        for j in range(kw):
+            src = cols + ((c * kh + i) * kw + j) * NP + n * P
+            off = j - pl
+            _valid_range(off, sw, W, OW, &lo, &hi)
+            if lo >= hi:
+                continue
+            for oh in range(OH):
+                h = oh * sh - pt + i
+                if h < 0 or h >= H:
+                    continue
+                dr = dx + h * W
+                sr = src + oh * OW
+                if sw == 1:
+                    for ow in range(lo, hi):
+                        dr[ow + off] += sr[ow]
+                else:
+                    for ow in range(lo, hi):
+                        dr[ow * sw + off] += sr[ow]
+
+
+cdef inline void _add_bias_row(const float* src, float b, float* dst,
+                               Py_ssize_t P) noexcept nogil:
+    cdef Py_ssize_t p
+    for p in range(P):
+        dst[p] = src[p] + b
+
+
+cdef inline float _copy_sum_rows(const float* gy, float* dst, Py_ssize_t N, Py_ssize_t rstride,
+                                 Py_ssize_t P) noexcept nogil:
+    """Copy ``N`` rows of ``P`` (row ``n`` at ``gy + n*rstride``) to ``dst`` back to back and
+    return their sum, accumulated in double in a fixed order (8 interleaved partial sums)."""
+    cdef double a0 = 0.0, a1 = 0.0, a2 = 0.0, a3 = 0.0
+    cdef double a4 = 0.0, a5 = 0.0, a6 = 0.0, a7 = 0.0
+    cdef Py_ssize_t n, p, P8 = P - P % 8
+    cdef const float* r
+    cdef float* d
+    for n in range(N):
+        r = gy + n * rstride
+        d = dst + n * P
+        for p in range(P):
+            d[p] = r[p]
+        for p in range(0, P8, 8):
+            a0 += r[p]
+            a1 += r[p + 1]
+            a2 += r[p + 2]
+            a3 += r[p + 3]
+            a4 += r[p + 4]
+            a5 += r[p + 5]
+            a6 += r[p + 6]
+            a7 += r[p + 7]
+        for p in range(P8, P):
+            a0 += r[p]
+    return <float>(((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7)))
+
+
+# --------------------------------------------------------------------------- kernels
+
+cdef void _im2col(const float[:, :, :, ::1] x,    # IN  (N, C, H, W)
+                  Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                  Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t OH, Py_ssize_t OW,
+                  float[:, ::1] cols,              # OUT (C*kh*kw, N*OH*OW)
+                  int nt) noexcept nogil:
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t P = OH * OW, NP = N * OH * OW, KK = kh * kw, HW = H * W
+    cdef const float* xp = &x[0, 0, 0, 0]
+    cdef float* cp = &cols[0, 0]
+    cdef Py_ssize_t t, r, n, c, k, i, j
+    # One iteration per (cols row, image): a disjoint OH*OW segment of cols.
+    for t in prange(C * KK * N, schedule='static', num_threads=nt):
+        r = t // N
+        n = t - r * N
+        c = r // KK
+        k = r - c * KK
+        i = k // kw
+        j = k - i * kw
+        _im2col_seg(xp + (n * C + c) * HW, cp + r * NP + n * P, i, j, H, W, sh, sw, pt, pl, OH, OW)
+
+
+cdef void _col2im(const float[:, ::1] cols,        # IN  (C*kh*kw, N*OH*OW)
+                  Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                  Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t OH, Py_ssize_t OW,
+                  float[:, :, :, ::1] dx,          # OUT (N, C, H, W), overwritten
+                  int nt) noexcept nogil:
+    cdef Py_ssize_t N = dx.shape[0], C = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
+    cdef Py_ssize_t NP = N * OH * OW, HW = H * W
+    cdef const float* cp = &cols[0, 0]
+    cdef float* dp = &dx[0, 0, 0, 0]
+    cdef Py_ssize_t t, n, c
+    # One iteration per (n, c) plane of dx, written by that iteration alone.
+    for t in prange(N * C, schedule='static', num_threads=nt):
+        n = t // C
+        c = t - n * C
+        _col2im_plane(cp, dp + t * HW, c, n, kh, kw, H, W, sh, sw, pt, pl, OH, OW, NP)
+
+
+cdef void _cnp_to_ncp_bias(const float[:, ::1] ycnp,   # IN  (OC, N*P)
+                           const float[::1] bias,      # IN  (OC,)
+                           float[:, :, ::1] y,         # OUT (N, OC, P)
+                           int nt) noexcept nogil:
+    cdef Py_ssize_t N = y.shape[0], OC = y.shape[1], P = y.shape[2]
+    cdef Py_ssize_t NP = N * P
+    cdef const float* src = &ycnp[0, 0]
+    cdef const float* bp = &bias[0]
+    cdef float* dst = &y[0, 0, 0]
+    cdef Py_ssize_t t, n, o
+    # One iteration per (n, oc) row of y.
+    for t in prange(N * OC, schedule='static', num_threads=nt):
+        n = t // OC
+        o = t - n * OC
+        _add_bias_row(src + o * NP + n * P, bp[o], dst + t * P, P)
+
+
+cdef void _ncp_to_cnp_sum(const float[:, :, ::1] gy,   # IN  (N, OC, P)
+                          float[:, ::1] gcnp,          # OUT (OC, N*P)
+                          float[::1] gb,               # OUT (OC,)
+                          int nt) noexcept nogil:
+    cdef Py_ssize_t N = gy.shape[0], OC = gy.shape[1], P = gy.shape[2]
+    cdef Py_ssize_t NP = N * P
+    cdef const float* src = &gy[0, 0, 0]
+    cdef float* dst = &gcnp[0, 0]
+    cdef float* gbp = &gb[0]
+    cdef Py_ssize_t o
+    # One iteration per output channel: its gcnp row and its bias sum (fixed order).
+    for o in prange(OC, schedule='static', num_threads=nt):
+        gbp[o] = _copy_sum_rows(src + o * P, dst + o * NP, N, OC * P, P)
+
+
+# --------------------------------------------------------------------------- Python API
+
+def im2col(const float[:, :, :, ::1] x, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh,
+           Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t oh, Py_ssize_t ow,
+           float[:, ::1] cols):
+    """Unfold convolution windows into ``cols`` (see :func:`fastcnn._ref.im2col`)."""
+    _check_windows(x.shape[2], x.shape[3], kh, kw, sh, sw, pt, pl, oh, ow, False)
+    _check(oh >= 0 and ow >= 0 and cols.shape[0] == x.shape[1] * kh * kw
+           and cols.shape[1] == x.shape[0] * oh * ow, "im2col: cols has the wrong shape")
+    if cols.shape[0] == 0 or cols.shape[1] == 0:
+        return
+    with nogil:
+        _im2col(x, kh, kw, sh, sw, pt, pl, oh, ow, cols,
+                _threads_for(cols.shape[0] * cols.shape[1]))
+
+
+def col2im(const float[:, ::1] cols, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh,
+           Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t oh, Py_ssize_t ow,
+           float[:, :, :, ::1] dx):
+    """Fold ``cols`` back into ``dx``, summing overlaps (see :func:`fastcnn._ref.col2im`)."""
+    _check_windows(dx.shape[2], dx.shape[3], kh, kw, sh, sw, pt, pl, oh, ow, False)
+    _check(oh >= 0 and ow >= 0 and cols.shape[0] == dx.shape[1] * kh * kw
+           and cols.shape[1] == dx.shape[0] * oh * ow, "col2im: cols has the wrong shape")
+    if dx.shape[0] == 0 or dx.shape[1] == 0 or dx.shape[2] == 0 or dx.shape[3] == 0:
+        return
+    if cols.shape[0] == 0 or cols.shape[1] == 0:
+        dx[...] = 0.0
+        return
+    with nogil:
+        _col2im(cols, kh, kw, sh, sw, pt, pl, oh, ow, dx,
+                _threads_for(cols.shape[0] * cols.shape[1]))
+
+
+def cnp_to_ncp_bias(const float[:, ::1] ycnp, const float[::1] bias, float[:, :, ::1] y):
+    """``y[n, o, p] = ycnp[o, n*P + p] + bias[o]`` (see :func:`fastcnn._ref.cnp_to_ncp_bias`)."""
+    _check(ycnp.shape[0] == y.shape[1] and ycnp.shape[1] == y.shape[0] * y.shape[2]
+           and bias.shape[0] == y.shape[1], "cnp_to_ncp_bias: shapes do not match")
+    if y.shape[0] == 0 or y.shape[1] == 0 or y.shape[2] == 0:
+        return
+    with nogil:
+        _cnp_to_ncp_bias(ycnp, bias, y, _threads_for(y.shape[0] * y.shape[1] * y.shape[2]))
+
+
+def ncp_to_cnp_sum(const float[:, :, ::1] gy, float[:, ::1] gcnp, float[::1] gb):
+    """``gcnp[o, n*P + p] = gy[n, o, p]``; ``gb[o]`` = sum over n, p in float64
+    (see :func:`fastcnn._ref.ncp_to_cnp_sum`)."""
+    _check(gcnp.shape[0] == gy.shape[1] and gcnp.shape[1] == gy.shape[0] * gy.shape[2]
+           and gb.shape[0] == gy.shape[1], "ncp_to_cnp_sum: shapes do not match")
+    if gy.shape[1] == 0:
+        return
+    if gy.shape[0] == 0 or gy.shape[2] == 0:
+        gb[...] = 0.0
+        return
+    with nogil:
+        _ncp_to_cnp_sum(gy, gcnp, gb, _threads_for(gy.shape[0] * gy.shape[1] * gy.shape[2]))

@@ -1,0 +1,109 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""Softmax cross-entropy kernels of the Cython backend (contract: :mod:`fastcnn._ref`).
+
+One row per iteration; the exponential sum of a row is accumulated in double in a fixed
+order, so results do not depend on the thread count.
+"""
+from cython.parallel cimport prange
+from libc.math cimport exp, log
+from libc.stdint cimport int64_t
+
+include "_common.pxi"
+
+
+cdef inline float _softmax_row(const float* z, float* p, Py_ssize_t K,
+                               int64_t label) noexcept nogil:
+    """Softmax of one row into ``p`` and return ``logsumexp(z) - z[label]``.
+
+    z : (K,) logits  # IN
+    p : (K,) probabilities  # OUT (may be z)
+    """
+    cdef Py_ssize_t k
+    cdef float m = z[0], d, zl
+    cdef double s = 0.0
+    for k in range(1, K):
+        if z[k] > m:
+            m = z[k]
+    zl = z[label] - m                     # before p (possibly z) is written
+    for k in range(K):
+        d = z[k] - m                      # float32 subtraction, as the reference
+        p[k] = <float>exp(<double>d)
+        s += p[k]
+    for k in range(K):
+        p[k] = <float>(<double>p[k] / s)
+    return <float>(log(s) - <double>zl)
+
+
+cdef inline void _softmax_bwd_row(const float* p, float* g, Py_ssize_t K, int64_t label,
+                                  float inv) noexcept nogil:
+    """``g = (p - onehot(label)) * inv``, float32 as the reference's
+    ``gx[n, label] -= 1.0; gx *= inv``.
+
+    p : (K,) probabilities  # IN
+    g : (K,) gradient  # OUT (may be p)
+    """
+    cdef Py_ssize_t k
+    cdef float pl = p[label] - <float>1.0   # before g (possibly p) is written
+    for k in range(K):
+        g[k] = p[k] * inv
+    g[label] = pl * inv
+
+
+cdef bint _labels_ok(const int64_t[::1] labels, Py_ssize_t K) noexcept nogil:
+    cdef Py_ssize_t n
+    for n in range(labels.shape[0]):
+        if labels[n] < 0 or labels[n] >= K:
+            return False
+    return True
+
+
+cdef void _softmax_fwd(const float[:, ::1] logits,   # IN  (N, K)
+                       const int64_t[::1] labels,     # IN  (N,), in [0, K)
+                       float[:, ::1] probs,           # OUT (N, K)
+                       float[::1] losses,             # OUT (N,)
+                       int nt) noexcept nogil:
+    cdef Py_ssize_t N = logits.shape[0], K = logits.shape[1], n
+    cdef const float* zp = &logits[0, 0]
+    cdef const int64_t* lp = &labels[0]
+    cdef float* pp = &probs[0, 0]
+    cdef float* op = &losses[0]
+    for n in prange(N, schedule='static', num_threads=nt):
+        op[n] = _softmax_row(zp + n * K, pp + n * K, K, lp[n])
+
+
+cdef void _softmax_bwd(const float[:, ::1] probs,    # IN  (N, K)
+                       const int64_t[::1] labels,     # IN  (N,), in [0, K)
+                       float[:, ::1] gx,              # OUT (N, K), may be probs
+                       int nt) noexcept nogil:
+    cdef Py_ssize_t N = probs.shape[0], K = probs.shape[1], n
+    cdef const float* pp = &probs[0, 0]
+    cdef const int64_t* lp = &labels[0]
+    cdef float* gp = &gx[0, 0]
+    cdef float inv = <float>(1.0 / <double>N)
+    for n in prange(N, schedule='static', num_threads=nt):
+        _softmax_bwd_row(pp + n * K, gp + n * K, K, lp[n], inv)
+
+
+def softmax_xent_forward(const float[:, ::1] logits, const int64_t[::1] labels,
+                         float[:, ::1] probs, float[::1] losses):
+    """Softmax and per-sample cross-entropy (see :func:`fastcnn._ref.softmax_xent_forward`)."""
+    _check(probs.shape[0] == logits.shape[0] and probs.shape[1] == logits.shape[1]
+           and labels.shape[0] == logits.shape[0] and losses.shape[0] == logits.shape[0],
+           "softmax_xent_forward: shapes do not match")
+    if logits.shape[0] == 0 or logits.shape[1] == 0:
+        return
+    _check(_labels_ok(labels, logits.shape[1]), "softmax_xent_forward: labels out of range")
+    with nogil:
+        _softmax_fwd(logits, labels, probs, losses, _threads_for(8 * logits.shape[0] * logits.shape[1]))
+
+
+def softmax_xent_backward(const float[:, ::1] probs, const int64_t[::1] labels,
+                          float[:, ::1] gx):
+    """``gx = (probs - onehot(labels)) / N`` (see :func:`fastcnn._ref.softmax_xent_backward`)."""
+    _check(gx.shape[0] == probs.shape[0] and gx.shape[1] == probs.shape[1]
+           and labels.shape[0] == probs.shape[0], "softmax_xent_backward: shapes do not match")
+    if probs.shape[0] == 0 or probs.shape[1] == 0:
+        return
+    _check(_labels_ok(labels, probs.shape[1]), "softmax_xent_backward: labels out of range")
+    with nogil:
+        _softmax_bwd(probs, labels, gx, _threads_for(probs.shape[0] * probs.shape[1]))
