@@ -50,3 +50,13 @@ except ImportError:  # pragma: no cover
     HAVE_TORCH = False
 
 needs_torch = pytest.mark.skipif(not HAVE_TORCH, reason="torch not installed (pip install .[compare])")
+
+
+def pytest_report_header(config):
+    return f"fastcnn {fastcnn.__version__} from {Path(fastcnn.__file__).parent}; backends {BACKENDS}"
+
+
+# Subprocesses run from a neutral directory so that `python -m fastcnn` / `python -c` import
+# the installed package, never the source tree in the current directory.
+NEUTRAL_CWD = Path(__file__).resolve().parent / "_subprocess_cwd"
+NEUTRAL_CWD.mkdir(exist_ok=True)

@@ -15,12 +15,19 @@ from hypothesis import strategies as st
 
 import fastcnn
 
+from conftest import NEUTRAL_CWD
+
 DATA = os.environ.get("FASTCNN_DATA")
 needs_mnist = pytest.mark.skipif(not DATA or not Path(DATA).is_dir(), reason="FASTCNN_DATA not set to MNIST")
 
 
 def _cli(*args):
     return [sys.executable, "-m", "fastcnn", *args]
+
+
+def _run(args, **kw):
+    """Run a command from a neutral directory (the installed fastcnn is imported)."""
+    return subprocess.run(args, cwd=NEUTRAL_CWD, **kw)
 
 
 def _weights(path):
@@ -30,11 +37,11 @@ def _weights(path):
 @needs_mnist
 def test_sigint_mid_epoch_then_resume_is_bit_identical(tmp_path):
     common = ["--model", "bn", "--limit", "6000", "--threads", "1", "--no-progress", "--data-dir", DATA]
-    full = subprocess.run(_cli("train", *common, "--out", str(tmp_path / "full")), capture_output=True, text=True,
+    full = _run(_cli("train", *common, "--out", str(tmp_path / "full")), capture_output=True, text=True,
                           timeout=600)
     assert full.returncode == 0, full.stderr
     out = tmp_path / "cut"
-    proc = subprocess.Popen(_cli("train", *common, "--out", str(out)), stdout=subprocess.PIPE,
+    proc = subprocess.Popen(_cli("train", *common, "--out", str(out)), cwd=NEUTRAL_CWD, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     # wait until training has started (the progress line is printed before the first step)
     deadline = time.time() + 300
@@ -50,7 +57,7 @@ def test_sigint_mid_epoch_then_resume_is_bit_identical(tmp_path):
     assert "checkpoint saved" in err
     meta = fastcnn.load(out / "checkpoint.npz", return_metadata=True)[1]
     assert 0 < meta["trainer"]["step"] < 60
-    res = subprocess.run(_cli("train", "--resume", str(out / "checkpoint.npz"), "--out", str(out), "--no-progress",
+    res = _run(_cli("train", "--resume", str(out / "checkpoint.npz"), "--out", str(out), "--no-progress",
                               "--threads", "1", "--data-dir", DATA), capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr
     a, b = _weights(tmp_path / "full" / "model.npz"), _weights(out / "model.npz")
@@ -62,20 +69,20 @@ def test_sigint_mid_epoch_then_resume_is_bit_identical(tmp_path):
 
 @needs_mnist
 def test_resume_refuses_conflicting_arguments(tmp_path):
-    r = subprocess.run(_cli("train", "--model", "scratch", "--limit", "20", "--checkpoint-every", "5", "--no-progress",
+    r = _run(_cli("train", "--model", "scratch", "--limit", "20", "--checkpoint-every", "5", "--no-progress",
                             "--out", str(tmp_path), "--data-dir", DATA), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
-    r = subprocess.run(_cli("train", "--resume", str(tmp_path / "checkpoint.npz"), "--model", "lenet",
+    r = _run(_cli("train", "--resume", str(tmp_path / "checkpoint.npz"), "--model", "lenet",
                             "--out", str(tmp_path), "--data-dir", DATA), capture_output=True, text=True, timeout=600)
     assert r.returncode == 1 and "checkpoint has model 'scratch'" in r.stderr
-    r = subprocess.run(_cli("train", "--resume", str(tmp_path / "model.npz"), "--out", str(tmp_path),
+    r = _run(_cli("train", "--resume", str(tmp_path / "model.npz"), "--out", str(tmp_path),
                             "--data-dir", DATA), capture_output=True, text=True, timeout=600)
     assert r.returncode == 1 and "not a training checkpoint" in r.stderr
 
 
 @needs_mnist
 def test_non_finite_loss_stops_training_and_keeps_checkpoint(tmp_path):
-    r = subprocess.run(_cli("train", "--model", "scratch", "--limit", "400", "--lr", "1e5", "--checkpoint-every",
+    r = _run(_cli("train", "--model", "scratch", "--limit", "400", "--lr", "1e5", "--checkpoint-every",
                             "1", "--no-progress", "--out", str(tmp_path), "--data-dir", DATA),
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 1
@@ -182,7 +189,7 @@ def fuzz_cases(draw):
 
 
 def _run_cases(cases):
-    return subprocess.run([sys.executable, "-c", _FUZZ_CHILD], input=json.dumps(cases), capture_output=True,
+    return _run([sys.executable, "-c", _FUZZ_CHILD], input=json.dumps(cases), capture_output=True,
                           text=True, timeout=600)
 
 
