@@ -1,6 +1,16 @@
 """fastcnn: fast CPU convolutional networks, Numba and Cython kernels under a small layer API."""
 __version__ = "0.1.0"
 
+import os as _os
+
+# fastcnn alternates OpenMP/Numba kernels with BLAS calls on the same cores.  Idle threads
+# that keep spinning in one pool steal the cores the next call needs (on 2 cores a lenet
+# training step went from 162 ms to 76 ms with these two settings; docs/PERFORMANCE.md).
+# They are defaults only: values already in the environment win.  OpenBLAS reads its
+# setting when NumPy is first imported, OpenMP when the first OpenMP library loads.
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+_os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+
 from ._backend import available_backends, get_backend, set_backend
 from ._threads import get_num_threads, set_num_threads
 from . import data, functional, layers, losses, models, optim
