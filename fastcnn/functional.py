@@ -5,10 +5,9 @@ primitives of the active backend (see :mod:`fastcnn._backend`).  Convolution is 
 SGEMM through NumPy's BLAS for every backend; the backends differ in the unfolding, folding,
 reordering, pooling, activation and loss kernels.
 
-Every op accepts ``ws``: a :class:`Workspace` whose scratch buffers (im2col matrices, GEMM
+Every op accepts ``ws``: a :class:`Workspace` whose scratch buffers (im2col chunks, GEMM
 results) are reused between calls of the same shape (the layers keep one each).  Outputs and
-gradients are always new arrays; only ``cols`` returned by ``conv2d(..., return_cols=True)``
-lives in the workspace and is overwritten by the next call with the same ``ws``.
+gradients are always new arrays.
 """
 import numpy as np
 
@@ -77,7 +76,19 @@ def _conv_check(x, weight, bias, stride, padding, op="conv2d"):
     return x, weight, bias, geo
 
 
-def conv2d(x, weight, bias=None, stride=1, padding=0, *, ws=None, return_cols=False):
+#: Target size of one chunk of the im2col matrix.  The batch is convolved a few images at a
+#: time so that the unfolded columns stay in cache between the unfolding, the GEMMs and the
+#: folding, instead of streaming an (C*kh*kw, N*OH*OW) matrix through memory (tuned on a
+#: 32 MiB-L3 machine, see docs/PERFORMANCE.md).
+CHUNK_BYTES = 8 << 20
+
+
+def _chunks(n, cols_per_image, itemsize):
+    per = max(1, min(n, CHUNK_BYTES // max(1, cols_per_image * itemsize)))
+    return [(i, min(i + per, n)) for i in range(0, n, per)]
+
+
+def conv2d(x, weight, bias=None, stride=1, padding=0, *, ws=None):
     """2-D cross-correlation, as ``torch.nn.functional.conv2d``.
 
     Parameters
@@ -88,39 +99,38 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, *, ws=None, return_cols=Fa
     stride : int or (int, int)
     padding : int, (int, int), ``"valid"`` or ``"same"`` (TensorFlow SAME, any stride)
     ws : Workspace, optional
-    return_cols : bool
-        Also return the im2col matrix, which :func:`conv2d_backward` can reuse.
 
     Returns
     -------
     y : (N, OC, OH, OW) float32
-    cols : (C*kh*kw, N*OH*OW) float32, only if ``return_cols``
     """
     x, weight, bias, g = _conv_check(x, weight, bias, stride, padding)
-    y, cols = _conv2d_forward(_backend.ops(), x, weight, bias, g, ws)
-    return (y, cols) if return_cols else y
+    return _conv2d_forward(_backend.ops(), x, weight, bias, g, ws)
 
 
 def _conv2d_forward(k, x, weight, bias, g, ws):
-    """im2col + GEMM + reorder with the primitives of backend module ``k`` (dtype of ``x``)."""
+    """Chunked im2col + GEMM + reorder with the primitives of backend module ``k``
+    (dtype of ``x``)."""
     n, c = x.shape[:2]
     oc = weight.shape[0]
     p = g.oh * g.ow
+    kdim = c * g.kh * g.kw
     dt = x.dtype
-    cols = _buf(ws, "cols", (c * g.kh * g.kw, n * p), dt)
-    k.im2col(x, *g.args, g.oh, g.ow, cols)
-    ycnp = _buf(ws, "ycnp", (oc, n * p), dt)
-    np.matmul(weight.reshape(oc, -1), cols, out=ycnp)
-    y = np.empty((n, oc, g.oh, g.ow), dt)
+    w2 = weight.reshape(oc, kdim)
+    y = np.empty((n, oc, p), dt)
     if bias is None:
         bias = _buf(ws, "zeros", (oc,), dt)
         bias[...] = 0
-    k.cnp_to_ncp_bias(ycnp, bias, y.reshape(n, oc, p))
-    return y, cols
+    for a, b in _chunks(n, kdim * p, dt.itemsize):
+        cols = _buf(ws, f"cols{b - a}", (kdim, (b - a) * p), dt)
+        k.im2col(x[a:b], *g.args, g.oh, g.ow, cols)
+        ycnp = _buf(ws, f"ycnp{b - a}", (oc, (b - a) * p), dt)
+        np.matmul(w2, cols, out=ycnp)
+        k.cnp_to_ncp_bias(ycnp, bias, y[a:b])
+    return y.reshape(n, oc, g.oh, g.ow)
 
 
-def conv2d_backward(grad_out, x, weight, stride=1, padding=0, *, bias=True, cols=None,
-                    input_grad=True, ws=None):
+def conv2d_backward(grad_out, x, weight, stride=1, padding=0, *, bias=True, input_grad=True, ws=None):
     """Gradients of :func:`conv2d`.
 
     Parameters
@@ -131,8 +141,6 @@ def conv2d_backward(grad_out, x, weight, stride=1, padding=0, *, bias=True, cols
     weight : (OC, C, kh, kw) float32
     bias : bool
         Whether to return the bias gradient.
-    cols : (C*kh*kw, N*OH*OW) float32, optional
-        The forward im2col matrix (recomputed when not given).
     input_grad : bool
         Whether to compute the input gradient (False for a network's first layer).
 
@@ -149,34 +157,37 @@ def conv2d_backward(grad_out, x, weight, stride=1, padding=0, *, bias=True, cols
     grad_out = as_float32(grad_out, "grad_out", 4, op)
     if grad_out.shape != (n, oc, g.oh, g.ow):
         raise ValueError(f"{op}: grad_out must have shape {(n, oc, g.oh, g.ow)}, got {grad_out.shape}")
-    kdim = c * g.kh * g.kw
-    if cols is not None and (cols.shape != (kdim, n * g.oh * g.ow) or cols.dtype != np.float32
-                             or not cols.flags.c_contiguous):
-        raise ValueError(f"{op}: cols must be a C-contiguous float32 array of shape {(kdim, n * g.oh * g.ow)}")
-    return _conv2d_backward(_backend.ops(), grad_out, x, weight, g, bias, cols, input_grad, ws)
+    return _conv2d_backward(_backend.ops(), grad_out, x, weight, g, bias, input_grad, ws)
 
 
-def _conv2d_backward(k, grad_out, x, weight, g, bias, cols, input_grad, ws):
+def _conv2d_backward(k, grad_out, x, weight, g, bias, input_grad, ws):
+    """Per chunk: unfold again (cheaper than keeping the whole matrix), reorder the output
+    gradient, accumulate the weight gradient in chunk order, fold the input gradient."""
     n, c = x.shape[:2]
     oc = weight.shape[0]
     p = g.oh * g.ow
     kdim = c * g.kh * g.kw
     dt = x.dtype
-    if cols is None:
-        cols = _buf(ws, "cols", (kdim, n * p), dt)
-        k.im2col(x, *g.args, g.oh, g.ow, cols)
-    gcnp = _buf(ws, "gcnp", (oc, n * p), dt)
-    gb = np.empty((oc,), dtype=dt)
-    k.ncp_to_cnp_sum(grad_out.reshape(n, oc, p), gcnp, gb)
-    gw = np.empty(weight.shape, dtype=dt)
-    np.matmul(gcnp, cols.T, out=gw.reshape(oc, kdim))
-    gx = None
-    if input_grad:
-        dcols = _buf(ws, "dcols", (kdim, n * p), dt)
-        np.matmul(weight.reshape(oc, kdim).T, gcnp, out=dcols)
-        gx = np.empty(x.shape, dtype=dt)
-        k.col2im(dcols, *g.args, g.oh, g.ow, gx)
-    return gx, gw, (gb if bias else None)
+    w2 = weight.reshape(oc, kdim)
+    gy = grad_out.reshape(n, oc, p)
+    gw = np.zeros((oc, kdim), dt)
+    gb = np.zeros((oc,), np.float64)
+    gx = np.empty(x.shape, dtype=dt) if input_grad else None
+    gw_c = _buf(ws, "gw_chunk", (oc, kdim), dt)
+    gb_c = _buf(ws, "gb_chunk", (oc,), dt)
+    for a, b in _chunks(n, kdim * p, dt.itemsize):
+        m = (b - a) * p
+        gcnp = _buf(ws, f"gcnp{b - a}", (oc, m), dt)
+        k.ncp_to_cnp_sum(gy[a:b], gcnp, gb_c)
+        gb += gb_c
+        cols = _buf(ws, f"cols{b - a}", (kdim, m), dt)
+        k.im2col(x[a:b], *g.args, g.oh, g.ow, cols)
+        np.matmul(gcnp, cols.T, out=gw_c)
+        gw += gw_c
+        if input_grad:
+            np.matmul(w2.T, gcnp, out=cols)  # the columns' gradient, in place of the columns
+            k.col2im(cols, *g.args, g.oh, g.ow, gx[a:b])
+    return gx, gw.reshape(weight.shape), (gb.astype(dt) if bias else None)
 
 
 # --------------------------------------------------------------------------- pooling

@@ -146,23 +146,19 @@ class Conv2D(Layer):
         self.weight = Parameter(_uniform(rng, bound, (out_channels, in_channels) + self.kernel_size))
         self.bias = Parameter(_uniform(rng, bound, (out_channels,))) if bias else None
         self._ws = F.Workspace()
-        self._x = self._cols = None
+        self._x = None
 
     def forward(self, x):
-        b = None if self.bias is None else self.bias.data
-        if not self.training:
-            self._x = self._cols = None
-            return F.conv2d(x, self.weight.data, b, self.stride, self.padding, ws=self._ws)
         x = as_float32(x, "input", 4, "Conv2D")
-        y, self._cols = F.conv2d(x, self.weight.data, b, self.stride, self.padding, ws=self._ws, return_cols=True)
-        self._x = x
-        return y
+        self._x = x if self.training else None
+        b = None if self.bias is None else self.bias.data
+        return F.conv2d(x, self.weight.data, b, self.stride, self.padding, ws=self._ws)
 
     def backward(self, grad_out):
         self._expect_cache("_x")
         gx, gw, gb = F.conv2d_backward(grad_out, self._x, self.weight.data, self.stride, self.padding,
-                                       bias=self.bias is not None, cols=self._cols,
-                                       input_grad=self.needs_input_grad, ws=self._ws)
+                                       bias=self.bias is not None, input_grad=self.needs_input_grad,
+                                       ws=self._ws)
         self.weight.grad += gw
         if self.bias is not None:
             self.bias.grad += gb

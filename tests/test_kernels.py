@@ -249,12 +249,12 @@ def test_conv2d_reference_backward_finite_differences(stride, padding, kernel, s
     w = rng.standard_normal((4, 3, kernel, kernel))
     b = rng.standard_normal(4)
     g = ConvGeometry((kernel, kernel), (stride, stride), padding, size, "test")
-    y, cols = F._conv2d_forward(_ref, x, w, b, g, None)
+    y = F._conv2d_forward(_ref, x, w, b, g, None)
     r = rng.standard_normal(y.shape)  # loss = sum(r * y)
-    gx, gw, gb = F._conv2d_backward(_ref, r, x, w, g, True, None, True, None)
+    gx, gw, gb = F._conv2d_backward(_ref, r, x, w, g, True, True, None)
 
     def loss():
-        return float(np.sum(r * F._conv2d_forward(_ref, x, w, b, g, None)[0]))
+        return float(np.sum(r * F._conv2d_forward(_ref, x, w, b, g, None)))
 
     for got, arr in ((gx, x), (gw, w), (gb, b)):
         np.testing.assert_allclose(got, _numgrad(loss, arr), rtol=1e-6, atol=1e-7)
@@ -345,9 +345,9 @@ def test_conv2d_forward_backward_match_torch(backend, n, c, oc, hw, k, stride, p
     ty = torch.nn.functional.conv2d(torch.nn.functional.pad(tx, (g.pl, g.pr, g.pt, g.pb)), tw, tb, stride)
     gy = rng.standard_normal(tuple(ty.shape), dtype=np.float32)
     ty.backward(torch.tensor(gy))
-    y, cols = F.conv2d(x, w, b, stride, padding, return_cols=True)
+    y = F.conv2d(x, w, b, stride, padding)
     assert_close(y, ty.detach().numpy(), 1e-5, what="forward")
-    gx, gw, gb = F.conv2d_backward(gy, x, w, stride, padding, cols=cols)
+    gx, gw, gb = F.conv2d_backward(gy, x, w, stride, padding)
     assert_close(gx, tx.grad.numpy(), 1e-5, what="grad x")
     assert_close(gw, tw.grad.numpy(), 1e-5, what="grad w")
     assert_close(gb, tb.grad.numpy(), 1e-5, what="grad b")
@@ -489,3 +489,19 @@ def test_zero_dim_and_empty_relu_keep_their_shape(backend):
         y = F.relu(x)
         assert y.shape == x.shape and y.dtype == np.float32
         assert F.relu_backward(np.ones_like(y), y).shape == x.shape
+
+
+def test_conv_chunking_matches_single_pass(backend, monkeypatch):
+    """Several im2col chunks (uneven last one) give the single-chunk result."""
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((7, 3, 9, 8), dtype=np.float32)
+    w = rng.standard_normal((5, 3, 3, 3), dtype=np.float32)
+    b = rng.standard_normal(5, dtype=np.float32)
+    gy = rng.standard_normal((7, 5, 5, 4), dtype=np.float32)
+    whole = (F.conv2d(x, w, b, 2, "same"),) + F.conv2d_backward(gy, x, w, 2, "same")
+    per_image = 27 * 20 * 4
+    monkeypatch.setattr(F, "CHUNK_BYTES", 3 * per_image)  # chunks of 3, 3, 1 images
+    assert F._chunks(7, 27 * 20, 4) == [(0, 3), (3, 6), (6, 7)]
+    chunked = (F.conv2d(x, w, b, 2, "same"),) + F.conv2d_backward(gy, x, w, 2, "same")
+    for a, c in zip(whole, chunked):
+        assert_close(c, a, 1e-6)
