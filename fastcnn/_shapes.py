@@ -20,6 +20,9 @@ def as_float32(x, name, ndim=None, op="fastcnn"):
     op : str
         Operation or layer name used in error messages.
     """
+    if (type(x) is np.ndarray and x.dtype == np.float32 and x.flags.c_contiguous and x.flags.aligned
+            and (ndim is None or x.ndim == ndim or (not isinstance(ndim, int) and x.ndim in ndim))):
+        return x  # fast path: nothing to check or convert
     if not isinstance(x, np.ndarray):
         if isinstance(x, (list, tuple)) or np.isscalar(x):
             x = np.asarray(x)
@@ -54,6 +57,10 @@ def as_labels(labels, n, num_classes, op="fastcnn"):
 
 def pair(value, name, op="fastcnn", minimum=1):
     """Turn an int or a pair of ints into a tuple ``(h, w)`` with both ``>= minimum``."""
+    if type(value) is tuple and len(value) == 2 and type(value[0]) is int and type(value[1]) is int:
+        if min(value) < minimum:
+            raise ValueError(f"{op}: {name} must be >= {minimum}, got {value!r}")
+        return value  # fast path
     if isinstance(value, numbers.Integral) and not isinstance(value, bool):
         out = (int(value), int(value))
     elif (

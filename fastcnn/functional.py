@@ -9,6 +9,8 @@ Every op accepts ``ws``: a :class:`Workspace` whose scratch buffers (im2col chun
 results) are reused between calls of the same shape (the layers keep one each).  Outputs and
 gradients are always new arrays.
 """
+import functools
+
 import numpy as np
 
 from . import _backend
@@ -55,6 +57,12 @@ class ConvGeometry:
         return (self.kh, self.kw, self.sh, self.sw, self.pt, self.pl)
 
 
+@functools.lru_cache(maxsize=256)
+def _geometry(kernel, stride, padding, size, op):
+    """Cached :class:`ConvGeometry` (arguments already normalised, so hashable)."""
+    return ConvGeometry(kernel, stride, padding, size, op)
+
+
 def _conv_check(x, weight, bias, stride, padding, op="conv2d"):
     x = as_float32(x, "input", 4, op)
     weight = as_float32(weight, "weight", 4, op)
@@ -72,7 +80,7 @@ def _conv_check(x, weight, bias, stride, padding, op="conv2d"):
         bias = as_float32(bias, "bias", 1, op)
         if bias.shape != (oc,):
             raise ValueError(f"{op}: bias must have shape ({oc},), got {bias.shape}")
-    geo = ConvGeometry((kh, kw), pair(stride, "stride", op), padding, x.shape[2:], op)
+    geo = _geometry((kh, kw), pair(stride, "stride", op), check_padding_arg(padding, op), x.shape[2:], op)
     return x, weight, bias, geo
 
 
@@ -171,19 +179,23 @@ def _conv2d_backward(k, grad_out, x, weight, g, bias, input_grad, ws):
     w2 = weight.reshape(oc, kdim)
     gy = grad_out.reshape(n, oc, p)
     gw = np.zeros((oc, kdim), dt)
-    gb = np.zeros((oc,), np.float64)
+    gb = np.zeros((oc,), np.float64)  # chunk sums added in chunk order
     gx = np.empty(x.shape, dtype=dt) if input_grad else None
     gw_c = _buf(ws, "gw_chunk", (oc, kdim), dt)
     gb_c = _buf(ws, "gb_chunk", (oc,), dt)
-    for a, b in _chunks(n, kdim * p, dt.itemsize):
+    chunks = _chunks(n, kdim * p, dt.itemsize)
+    for a, b in chunks:
         m = (b - a) * p
         gcnp = _buf(ws, f"gcnp{b - a}", (oc, m), dt)
         k.ncp_to_cnp_sum(gy[a:b], gcnp, gb_c)
         gb += gb_c
         cols = _buf(ws, f"cols{b - a}", (kdim, m), dt)
         k.im2col(x[a:b], *g.args, g.oh, g.ow, cols)
-        np.matmul(gcnp, cols.T, out=gw_c)
-        gw += gw_c
+        if len(chunks) == 1:
+            np.matmul(gcnp, cols.T, out=gw)
+        else:
+            np.matmul(gcnp, cols.T, out=gw_c)
+            gw += gw_c
         if input_grad:
             np.matmul(w2.T, gcnp, out=cols)  # the columns' gradient, in place of the columns
             k.col2im(cols, *g.args, g.oh, g.ow, gx[a:b])
@@ -199,7 +211,7 @@ def _pool_geometry(x, kernel_size, stride, padding, op):
     kernel = pair(kernel_size, "kernel_size", op)
     stride = kernel if stride is None else pair(stride, "stride", op)
     padding = check_padding_arg(padding, op)
-    g = ConvGeometry(kernel, stride, padding, x.shape[2:], op)
+    g = _geometry(kernel, stride, padding, x.shape[2:], op)
     if max(g.pt, g.pb) >= g.kh or max(g.pl, g.pr) >= g.kw:
         raise ValueError(
             f"{op}: padding {(g.pt, g.pb, g.pl, g.pr)} must be smaller than the kernel {kernel} "
