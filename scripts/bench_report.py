@@ -1,8 +1,9 @@
 """Turn pytest-benchmark JSON into the Markdown tables of docs/BENCHMARKS.md.
 
 Usage: python scripts/bench_report.py results.json [more.json ...] > tables.md
-Each group becomes a table: implementation, median / min / max time, rounds, images/s (for
-training and inference groups) and the ratio to PyTorch's median in the same run.
+Each group becomes a table: implementation, median / min / max time, rounds, the share of the
+machine's CPU other processes took meanwhile (from /proc/stat), images/s (for training and
+inference groups) and the ratio to PyTorch's median in the same run.
 """
 import json
 import re
@@ -29,8 +30,8 @@ def tables(results):
         ref = torch[0]["stats"]["median"] if torch else None
         per = rows[0].get("extra_info", {}).get("images_per_round")
         out.append(f"### {group}\n")
-        head = "| implementation | median ms | min ms | max ms | rounds |"
-        sep = "|---|---:|---:|---:|---:|"
+        head = "| implementation | median ms | min ms | max ms | rounds | other load |"
+        sep = "|---|---:|---:|---:|---:|---:|"
         if per:
             head += " images/s (median) |"
             sep += "---:|"
@@ -40,8 +41,10 @@ def tables(results):
         out += [head, sep]
         for b in sorted(rows, key=lambda b: b["stats"]["median"]):
             s = b["stats"]
+            load = b.get("extra_info", {}).get("foreign_cpu_share")
+            load = "?" if load is None else f"{load:.0%}"
             line = (f"| {_impl(b)} | {s['median'] * 1e3:.3f} | {s['min'] * 1e3:.3f} | {s['max'] * 1e3:.3f} "
-                    f"| {s['rounds']} |")
+                    f"| {s['rounds']} | {load} |")
             if per:
                 line += f" {per / s['median']:,.0f} |"
             if ref:
