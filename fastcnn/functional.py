@@ -268,7 +268,11 @@ def max_pool2d_backward(grad_out, indices, input_shape, *, ws=None):
     plane = input_shape[2] * input_shape[3]
     if indices.size and (indices.min() < 0 or indices.max() >= plane):
         raise ValueError(f"{op}: indices out of range for input plane {input_shape[2:]}")
-    indices = np.ascontiguousarray(indices)
+    return _max_pool2d_backward(grad_out, np.ascontiguousarray(indices), input_shape)
+
+
+def _max_pool2d_backward(grad_out, indices, input_shape):
+    """Arguments already checked (indices from :func:`max_pool2d`)."""
     gx = np.empty(input_shape, np.float32)
     _backend.ops().maxpool2d_backward(grad_out, indices, gx)
     return gx
@@ -402,7 +406,7 @@ def linear_backward(grad_out, x, weight, *, bias=True, input_grad=True, ws=None)
 
 # --------------------------------------------------------------------------- loss
 
-def softmax_cross_entropy(logits, labels, *, ws=None):
+def softmax_cross_entropy(logits, labels, *, ws=None, return_labels=False):
     """Mean softmax cross-entropy (``torch.nn.functional.cross_entropy``).
 
     Parameters
@@ -416,6 +420,8 @@ def softmax_cross_entropy(logits, labels, *, ws=None):
         Mean over the batch.
     probs : (N, K) float32
         Softmax, for :func:`softmax_cross_entropy_backward`.
+    labels : (N,) int64
+        The validated labels, only if ``return_labels``.
     """
     op = "softmax_cross_entropy"
     logits = as_float32(logits, "logits", 2, op)
@@ -425,14 +431,19 @@ def softmax_cross_entropy(logits, labels, *, ws=None):
     probs = np.empty(logits.shape, np.float32)
     losses = _buf(ws, "losses", (logits.shape[0],))
     _backend.ops().softmax_xent_forward(logits, labels, probs, losses)
-    return float(losses.mean(dtype=np.float64)), probs
+    loss = float(losses.mean(dtype=np.float64))
+    return (loss, probs, labels) if return_labels else (loss, probs)
 
 
 def softmax_cross_entropy_backward(probs, labels, *, ws=None):
     """Gradient of the mean loss w.r.t. the logits: ``(probs - onehot) / N``, (N, K) float32."""
     op = "softmax_cross_entropy_backward"
     probs = as_float32(probs, "probs", 2, op)
-    labels = as_labels(labels, probs.shape[0], probs.shape[1], op)
+    return _softmax_cross_entropy_backward(probs, as_labels(labels, probs.shape[0], probs.shape[1], op))
+
+
+def _softmax_cross_entropy_backward(probs, labels):
+    """Arguments already checked (labels int64, in range)."""
     gx = np.empty(probs.shape, np.float32)
     _backend.ops().softmax_xent_backward(probs, labels, gx)
     return gx

@@ -188,7 +188,10 @@ class MaxPool2D(_Pool):
 
     def backward(self, grad_out):
         self._expect_cache("_shape")
-        return F.max_pool2d_backward(grad_out, self._idx, self._shape)
+        grad_out = as_float32(grad_out, "grad_out", 4, "MaxPool2D.backward")
+        if grad_out.shape != self._idx.shape:
+            raise ValueError(f"MaxPool2D.backward: grad_out must have shape {self._idx.shape}, got {grad_out.shape}")
+        return F._max_pool2d_backward(grad_out, self._idx, self._shape)
 
 
 class AvgPool2D(_Pool):

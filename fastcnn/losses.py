@@ -19,8 +19,7 @@ class SoftmaxCrossEntropy:
         return self.forward(logits, labels)
 
     def forward(self, logits, labels):
-        loss, self._probs = F.softmax_cross_entropy(logits, labels)
-        self._labels = labels
+        loss, self._probs, self._labels = F.softmax_cross_entropy(logits, labels, return_labels=True)
         return loss
 
     @property
@@ -31,7 +30,7 @@ class SoftmaxCrossEntropy:
     def backward(self):
         if self._probs is None:
             raise RuntimeError("SoftmaxCrossEntropy.backward called before forward")
-        return F.softmax_cross_entropy_backward(self._probs, self._labels)
+        return F._softmax_cross_entropy_backward(self._probs, self._labels)
 
 
 class MSE:
