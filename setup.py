@@ -1,9 +1,10 @@
 """Build of the Cython backend ``fastcnn._ext`` (metadata lives in ``pyproject.toml``).
 
 Each ``src_ext/<name>.pyx`` becomes the extension ``fastcnn._ext.<name>``, compiled with
-``-O3`` and, when the configured C compiler supports it, OpenMP (``-fopenmp``, compile and
-link).  Support is detected by compiling and linking a small OpenMP program with that very
-compiler; without it the kernels build serially (their ``prange`` loops run on one thread).
+``-O3 -fno-math-errno`` and, when the configured C compiler supports it, OpenMP (``-fopenmp``,
+compile and link).  Support is detected by compiling and linking a small OpenMP program with
+that very compiler; without it the kernels build serially (their ``prange`` loops run on one
+thread).
 
 Environment variables read at build time:
 
@@ -15,19 +16,28 @@ Environment variables read at build time:
     Also write Cython's HTML annotation next to the generated C files.
 
 The flags used are recorded in the generated header ``fastcnn_buildinfo.h`` (in the build
-directory) and exposed as ``fastcnn._ext._omp.COMPILE_ARGS`` / ``LINK_ARGS`` / ``OPENMP``.
+directory) and exposed as ``fastcnn._ext._omp.COMPILE_ARGS`` / ``LINK_ARGS`` / ``OPENMP``.  The
+header also holds ``FASTCNN_BUILD_INFO``: the compiler's name and version (first line of
+``<cc> --version``, or MSVC's banner), the Cython version and the build platform; it is exposed
+as ``fastcnn._ext._omp.BUILD_INFO`` and printed by ``fastcnn info``.
+
+Distributable wheels: ``scripts/build_wheel.sh`` (never sets ``FASTCNN_NATIVE``); see
+``docs/WHEELS.md``.
 """
 import contextlib
 import json
 import os
+import platform
 import shutil
+import subprocess
 import sys
+import sysconfig
 import tempfile
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-MODULES = ("_omp", "conv", "pool", "activation", "loss")
+MODULES = ("_omp", "conv", "pool", "activation", "loss", "norm", "optim")
 SRC_DIR = "src_ext"
 CYTHON_BUILD_DIR = os.path.join("build", "cython")
 
@@ -97,7 +107,55 @@ def _compiles(compiler, code, compile_args=(), link_args=()):
 
 
 def _c_string(s):
-    return json.dumps(s)  # a valid C string literal for ASCII text
+    # A valid C string literal: non-ASCII characters are replaced first (json.dumps would
+    # write them as \uXXXX escapes, which C reads differently).
+    return json.dumps(s.encode("ascii", "replace").decode("ascii"))
+
+
+def _first_line(cmd):
+    """First non-empty line a command prints (stdout, else stderr), or None."""
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=60,
+                             env=dict(os.environ, LC_ALL="C", LANG="C"))
+    except (OSError, subprocess.SubprocessError):
+        return None
+    for stream in (out.stdout, out.stderr):
+        for line in (stream or "").splitlines():
+            if line.strip():
+                return line.strip()
+    return None
+
+
+def _compiler_version(compiler):
+    """The C compiler's name and version, e.g. ``gcc (Debian 12.2.0-14) 12.2.0``."""
+    if compiler.compiler_type == "msvc":
+        # cl.exe prints its banner ("Microsoft (R) C/C++ Optimizing Compiler Version ...") to
+        # stderr when run without arguments; ``compiler.cc`` is set once the compiler has
+        # been initialised (the OpenMP probe compiles first).
+        banner = _first_line([getattr(compiler, "cc", None) or "cl.exe"])
+        return banner or "msvc (version unknown)"
+    cmd = list(getattr(compiler, "compiler_so", None) or [])
+    while cmd and os.path.basename(cmd[0]) in ("ccache", "sccache", "distcc"):
+        cmd = cmd[1:]
+    exe = cmd[0] if cmd else (sysconfig.get_config_var("CC") or "cc").split()[0]
+    return _first_line([exe, "--version"]) or f"{exe} (version unknown)"
+
+
+def _build_info(compiler, openmp):
+    """One line describing the build, compiled into ``fastcnn._ext._omp.BUILD_INFO``."""
+    try:
+        import Cython
+        cython_version = Cython.__version__
+    except ImportError:  # pragma: no cover - build_ext needs Cython anyway
+        cython_version = "?"
+    return "; ".join([
+        f"compiler: {_compiler_version(compiler)}",
+        f"CC={sysconfig.get_config_var('CC') or compiler.compiler_type}",
+        f"Cython {cython_version}",
+        f"{platform.python_implementation()} {platform.python_version()}",
+        f"platform {sysconfig.get_platform()}",
+        f"OpenMP {'on' if openmp else 'off'}",
+    ])
 
 
 class BuildExt(build_ext):
@@ -108,7 +166,10 @@ class BuildExt(build_ext):
 
         compiler = self.compiler
         msvc = compiler.compiler_type == "msvc"
-        compile_args = ["/O2"] if msvc else ["-O3"]
+        # -fno-math-errno: the kernels never read errno, and without it GCC keeps a libm call
+        # path beside every sqrtf, which stops the Adam loop from vectorising (results are the
+        # same: IEEE square root either way).
+        compile_args = ["/O2"] if msvc else ["-O3", "-fno-math-errno"]
         link_args = []
 
         if _env_flag("FASTCNN_NATIVE") and not msvc:
@@ -136,6 +197,8 @@ class BuildExt(build_ext):
         os.makedirs(gen_dir, exist_ok=True)
         header = os.path.join(gen_dir, "fastcnn_buildinfo.h")
         cc = getattr(compiler, "compiler_so", None) or [compiler.compiler_type]
+        build_info = _build_info(compiler, openmp)
+        _log(f"build info: {build_info}")
         text = (
             "/* Generated by fastcnn's setup.py: do not edit. */\n"
             "#ifndef FASTCNN_BUILDINFO_H\n#define FASTCNN_BUILDINFO_H\n"
@@ -143,6 +206,7 @@ class BuildExt(build_ext):
             f"#define FASTCNN_LINK_ARGS {_c_string(' '.join(link_args))}\n"
             f"#define FASTCNN_COMPILER {_c_string(' '.join(cc))}\n"
             f"#define FASTCNN_OPENMP_REQUESTED {int(openmp)}\n"
+            f"#define FASTCNN_BUILD_INFO {_c_string(build_info)}\n"
             "#endif\n"
         )
         old = None

@@ -22,6 +22,11 @@ PRIMITIVES = (
     "relu_backward",
     "softmax_xent_forward",
     "softmax_xent_backward",
+    "batchnorm_stats",
+    "batchnorm_forward",
+    "batchnorm_backward_reduce",
+    "batchnorm_backward_apply",
+    "adam_step",
 )
 
 _MODULES = {
@@ -45,7 +50,7 @@ def _load(name):
         missing = [p for p in PRIMITIVES if not hasattr(mod, p)]
         if missing:
             raise ImportError(f"backend {name!r} lacks primitives {missing}")
-    except ImportError as exc:  # not compiled / numba missing
+    except Exception as exc:  # not compiled, numba missing, or no writable Numba cache
         _errors[name] = exc
         return None
     _loaded[name] = mod

@@ -233,3 +233,118 @@ def softmax_xent_backward(probs, labels, gx):
     gx[...] = probs
     gx[np.arange(n), labels] -= 1.0
     gx *= gx.dtype.type(1.0 / n)
+
+
+def _per_channel(a):
+    return a[None, :, None, None]
+
+
+def batchnorm_stats(x, mean, var):
+    """Per-channel batch mean and biased variance over (N, H, W), two passes in float64.
+
+    Parameters
+    ----------
+    x : (N, C, H, W) float32  # IN, with ``M = N*H*W >= 1``
+    mean : (C,) float64  # OUT  ``sum(x[:, c]) / M``
+    var : (C,) float64  # OUT  ``sum((x[:, c] - mean[c])**2) / M``; the deviations are taken in
+        float64 from the float64 mean, so data with a large mean (1000, std 1) stays accurate.
+
+    The compiled kernels sum in a fixed order of their own (float64), so they agree with this
+    reference to rounding (about 1e-15 relative), not bit for bit.
+    """
+    m = x.shape[0] * x.shape[2] * x.shape[3]
+    mean[...] = x.sum(axis=(0, 2, 3), dtype=np.float64) / m
+    d = x.astype(np.float64) - _per_channel(mean)
+    var[...] = np.einsum("nchw,nchw->c", d, d) / m
+
+
+def batchnorm_forward(x, mean, inv_std, weight, bias, xhat, y):
+    """Normalise, scale and shift per channel.
+
+    Parameters
+    ----------
+    x : (N, C, H, W) float32  # IN
+    mean, inv_std, weight, bias : (C,) float32  # IN
+    xhat : (N, C, H, W) float32  # OUT  ``(x - mean[c]) * inv_std[c]``
+    y : (N, C, H, W) float32  # OUT  ``xhat * weight[c] + bias[c]``
+
+    Every operation is rounded to float32 in this order (no fused multiply-add), so the
+    compiled kernels match this reference bit for bit.  The outputs must not alias ``x``.
+    """
+    np.subtract(x, _per_channel(mean), out=xhat)
+    xhat *= _per_channel(inv_std)
+    np.multiply(xhat, _per_channel(weight), out=y)
+    y += _per_channel(bias)
+
+
+def batchnorm_backward_reduce(gy, xhat, gsum, gdot):
+    """Per-channel sums for the BatchNorm gradients (float64 accumulation).
+
+    Parameters
+    ----------
+    gy, xhat : (N, C, H, W) float32  # IN
+    gsum : (C,) float64  # OUT  ``sum(gy[:, c])`` (the bias gradient)
+    gdot : (C,) float64  # OUT  ``sum(gy[:, c] * xhat[:, c])`` (the weight gradient)
+
+    As for :func:`batchnorm_stats`, the compiled kernels agree to rounding, in a fixed order.
+    """
+    gsum[...] = gy.sum(axis=(0, 2, 3), dtype=np.float64)
+    gdot[...] = np.einsum("nchw,nchw->c", gy, xhat, dtype=np.float64)
+
+
+def batchnorm_backward_apply(gy, xhat, scale, a, b, gx):
+    """Input gradient of BatchNorm: ``gx = (gy - (xhat * b[c] + a[c])) * scale[c]``.
+
+    Parameters
+    ----------
+    gy, xhat : (N, C, H, W) float32  # IN
+    scale, a, b : (C,) float32  # IN  training: ``scale = weight * inv_std``, ``a = gsum / M``,
+        ``b = gdot / M``; eval: ``a = b = 0``
+    gx : (N, C, H, W) float32  # OUT, must not alias ``gy`` or ``xhat``
+
+    Every operation is rounded to float32 in this order (bit-identical across backends).
+    """
+    np.multiply(xhat, _per_channel(b), out=gx)
+    gx += _per_channel(a)
+    np.subtract(gy, gx, out=gx)
+    gx *= _per_channel(scale)
+
+
+def adam_step(p, g, m, v, lr_t, beta1, beta2, eps, bc2_sqrt):
+    """One ``torch.optim.Adam`` update (no weight decay, no amsgrad), in place.
+
+    Parameters
+    ----------
+    p : float32 array  # IN/OUT  parameters
+    g : float32 array  # IN  gradient
+    m, v : float32 arrays  # IN/OUT  first and second moment estimates
+        All four have the same shape and are C-contiguous.
+    lr_t : float
+        Step size ``lr / (1 - beta1**t)``.
+    beta1, beta2 : float
+        The constants used are ``float32(1 - beta1)``, ``float32(beta2)``, ``float32(1 - beta2)``.
+    eps : float
+    bc2_sqrt : float
+        ``sqrt(1 - beta2**t)``.
+
+    Element-wise, every operation rounded to float32 in this order (torch's ``lerp_`` /
+    ``addcmul_`` forms; bit-identical across backends)::
+
+        m = m + float32(1 - beta1) * (g - m)
+        v = v * float32(beta2) + (g * g) * float32(1 - beta2)
+        p = p - (m / (sqrt(v) / bc2_sqrt + eps)) * lr_t
+    """
+    f = p.dtype.type
+    tmp = np.subtract(g, m)
+    tmp *= f(1.0 - beta1)
+    m += tmp
+    v *= f(beta2)
+    np.multiply(g, g, out=tmp)
+    tmp *= f(1.0 - beta2)
+    v += tmp
+    np.sqrt(v, out=tmp)
+    tmp /= f(bc2_sqrt)
+    tmp += f(eps)
+    np.divide(m, tmp, out=tmp)
+    tmp *= f(lr_t)
+    p -= tmp

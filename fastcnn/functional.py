@@ -476,42 +476,54 @@ def batch_norm2d(x, weight, bias, running_mean, running_var, *, training, moment
                       ("running_var", running_var)):
         if arr.shape != (c,):
             raise ValueError(f"{op}: {name} must have shape ({c},) for input {x.shape}, got {arr.shape}")
+    weight = as_float32(weight, "weight", 1, op)
+    bias = as_float32(bias, "bias", 1, op)
     n, _, h, w = x.shape
     m = n * h * w
+    k = _backend.ops()
     if training:
         if m < 2:
             raise ValueError(f"{op}: training needs more than one value per channel, got input {x.shape}")
-        mean = x.mean(axis=(0, 2, 3), dtype=np.float64)
-        centered = x - mean.astype(np.float32)[None, :, None, None]
-        var = np.einsum("nchw,nchw->c", centered, centered, dtype=np.float64) / m
+        mean = np.empty(c, np.float64)
+        var = np.empty(c, np.float64)
+        k.batchnorm_stats(x, mean, var)  # biased variance, float64
         running_mean *= 1.0 - momentum
         running_mean += (momentum * mean).astype(np.float32)
         running_var *= 1.0 - momentum
         running_var += (momentum * var * m / (m - 1)).astype(np.float32)
         inv_std = (1.0 / np.sqrt(var + eps)).astype(np.float32)
-        xhat = centered
-        xhat *= inv_std[None, :, None, None]
+        center = mean.astype(np.float32)
     else:
         inv_std = (1.0 / np.sqrt(running_var.astype(np.float64) + eps)).astype(np.float32)
-        xhat = (x - running_mean[None, :, None, None]) * inv_std[None, :, None, None]
-    y = xhat * weight[None, :, None, None] + bias[None, :, None, None]
+        center = np.ascontiguousarray(running_mean, dtype=np.float32)
+    xhat = np.empty(x.shape, np.float32)
+    y = np.empty(x.shape, np.float32)
+    k.batchnorm_forward(x, center, inv_std, weight, bias, xhat, y)
     return y, (xhat, inv_std, training)
 
 
 def batch_norm2d_backward(grad_out, cache, weight):
     """Gradients of :func:`batch_norm2d`: ``(grad_x, grad_weight, grad_bias)``."""
+    op = "batch_norm2d_backward"
     xhat, inv_std, training = cache
-    grad_out = as_float32(grad_out, "grad_out", 4, "batch_norm2d_backward")
+    grad_out = as_float32(grad_out, "grad_out", 4, op)
     if grad_out.shape != xhat.shape:
-        raise ValueError(f"batch_norm2d_backward: grad_out must have shape {xhat.shape}, got {grad_out.shape}")
-    gb = grad_out.sum(axis=(0, 2, 3), dtype=np.float64)
-    gw = np.einsum("nchw,nchw->c", grad_out, xhat, dtype=np.float64)
-    scale = (weight * inv_std)[None, :, None, None]
-    if not training:
-        return grad_out * scale, gw.astype(np.float32), gb.astype(np.float32)
-    m = xhat.shape[0] * xhat.shape[2] * xhat.shape[3]
-    gx = xhat * (gw / m).astype(np.float32)[None, :, None, None]
-    gx += (gb / m).astype(np.float32)[None, :, None, None]
-    np.subtract(grad_out, gx, out=gx)
-    gx *= scale
+        raise ValueError(f"{op}: grad_out must have shape {xhat.shape}, got {grad_out.shape}")
+    weight = as_float32(weight, "weight", 1, op)
+    c = xhat.shape[1]
+    if weight.shape != (c,):
+        raise ValueError(f"{op}: weight must have shape ({c},), got {weight.shape}")
+    k = _backend.ops()
+    gb = np.empty(c, np.float64)
+    gw = np.empty(c, np.float64)
+    k.batchnorm_backward_reduce(grad_out, xhat, gb, gw)  # sum(gy), sum(gy * xhat)
+    scale = weight * inv_std
+    if training:
+        m = xhat.shape[0] * xhat.shape[2] * xhat.shape[3]
+        a = (gb / m).astype(np.float32)
+        b = (gw / m).astype(np.float32)
+    else:  # gx = gy * scale
+        a = b = np.zeros(c, np.float32)
+    gx = np.empty(xhat.shape, np.float32)
+    k.batchnorm_backward_apply(grad_out, xhat, scale, a, b, gx)
     return gx, gw.astype(np.float32), gb.astype(np.float32)

@@ -3,6 +3,7 @@ import numbers
 
 import numpy as np
 
+from . import _backend
 from .layers import Parameter
 
 
@@ -89,7 +90,6 @@ class Adam(Optimizer):
         self.betas, self.eps = (float(b1), float(b2)), float(eps)
         self._m = [np.zeros_like(p.data) for p in self.params]
         self._v = [np.zeros_like(p.data) for p in self.params]
-        self._tmp = [np.empty_like(p.data) for p in self.params]
 
     def _slots(self):
         return {"exp_avg": self._m, "exp_avg_sq": self._v}
@@ -103,21 +103,11 @@ class Adam(Optimizer):
         self.steps += 1
         b1, b2 = self.betas
         t = self.steps
-        step_size = np.float32(self.lr / (1.0 - b1 ** t))
-        bc2_sqrt = np.float32(np.sqrt(1.0 - b2 ** t))
-        eps = np.float32(self.eps)
-        for p, m, v, tmp in zip(self.params, self._m, self._v, self._tmp):
-            g = p.grad
-            # m = b1 m + (1 - b1) g ;  v = b2 v + (1 - b2) g^2   (torch's lerp_/addcmul_ forms)
-            m += np.float32(1.0 - b1) * (g - m)
-            v *= np.float32(b2)
-            np.multiply(g, g, out=tmp)
-            tmp *= np.float32(1.0 - b2)
-            v += tmp
-            # p -= step_size * m / (sqrt(v) / sqrt(bc2) + eps)
-            np.sqrt(v, out=tmp)
-            tmp /= bc2_sqrt
-            tmp += eps
-            np.divide(m, tmp, out=tmp)
-            tmp *= step_size
-            p.data -= tmp
+        step_size = self.lr / (1.0 - b1 ** t)  # both rounded to float32 by the kernel
+        bc2_sqrt = float(np.sqrt(1.0 - b2 ** t))
+        k = _backend.ops()
+        for p, m, v in zip(self.params, self._m, self._v):
+            # One fused pass per parameter, float32 in torch's order (lerp_/addcmul_ forms):
+            # m = m + (1 - b1) (g - m);  v = b2 v + (1 - b2) g^2;
+            # p -= step_size * m / (sqrt(v) / sqrt(bc2) + eps)   (see fastcnn._ref.adam_step)
+            k.adam_step(p.data, p.grad, m, v, step_size, b1, b2, self.eps, bc2_sqrt)

@@ -7,6 +7,8 @@
     The extra compiler and linker flags ``setup.py`` used (a space-separated string).
 ``COMPILER``
     The compiler command.
+``BUILD_INFO``
+    Compiler name and version, Cython version and platform of the build.
 """
 import importlib
 import operator
@@ -20,13 +22,15 @@ cdef extern from "fastcnn_buildinfo.h":
     const char* FASTCNN_COMPILE_ARGS
     const char* FASTCNN_LINK_ARGS
     const char* FASTCNN_COMPILER
+    const char* FASTCNN_BUILD_INFO
 
 OPENMP = bool(fastcnn_omp_enabled())
 COMPILE_ARGS = FASTCNN_COMPILE_ARGS.decode("utf-8", "replace")
 LINK_ARGS = FASTCNN_LINK_ARGS.decode("utf-8", "replace")
 COMPILER = FASTCNN_COMPILER.decode("utf-8", "replace")
+BUILD_INFO = FASTCNN_BUILD_INFO.decode("utf-8", "replace")
 
-_KERNEL_MODULES = ("conv", "pool", "activation", "loss")
+_KERNEL_MODULES = ("conv", "pool", "activation", "loss", "norm", "optim")
 _requested = 0
 
 

@@ -505,3 +505,194 @@ def test_conv_chunking_matches_single_pass(backend, monkeypatch):
     chunked = (F.conv2d(x, w, b, 2, "same"),) + F.conv2d_backward(gy, x, w, 2, "same")
     for a, c in zip(whole, chunked):
         assert_close(c, a, 1e-6)
+
+
+# ----------------------------------------------------------------------------- batch norm, Adam
+
+def _unfused(name):
+    """Whether backend ``name`` rounds every float32 operation (no fused multiply-add), so its
+    element-wise kernels must match the reference bit for bit.  Numba runs with fastmath off;
+    a Cython build with ``-march=native`` may let the C compiler contract ``a * b + c``."""
+    if name != "cython":
+        return True
+    from fastcnn._ext import _omp
+
+    return "-march" not in _omp.COMPILE_ARGS
+
+
+def _assert_f32(got, want, exact, what):
+    if exact:
+        np.testing.assert_array_equal(got, want, err_msg=what)
+    else:
+        assert_close(got, want, 1e-6, atol=1e-6, what=what)
+
+
+@pytest.mark.parametrize("name", COMPILED)
+@HSET
+@given(n=st.integers(1, 4), c=st.integers(1, 33), h=st.integers(1, 15), w=st.integers(1, 15),
+       loc=st.sampled_from([0.0, 3.0, 1000.0]), scale=st.sampled_from([1e-3, 1.0, 50.0]),
+       seed=st.integers(0, 99))
+def test_batchnorm_primitives_match_reference(name, n, c, h, w, loc, scale, seed):
+    rng = np.random.default_rng(seed)
+    k = _mod(name)
+    exact = _unfused(name)
+    shape = (n, c, h, w)
+    x = (loc + scale * rng.standard_normal(shape)).astype(np.float32)
+    # statistics: float64, fixed order of their own -> equal to rounding
+    wm, wv = np.empty(c), np.empty(c)
+    gm, gv = np.full(c, np.nan), np.full(c, np.nan)
+    _ref.batchnorm_stats(x, wm, wv)
+    k.batchnorm_stats(x, gm, gv)
+    assert_close(gm, wm, 1e-13, atol=0, what="mean")
+    assert_close(gv, wv, 1e-10, atol=1e-300, what="var")
+    # normalisation: float32 operations in the reference's order
+    mean = wm.astype(np.float32)
+    inv_std = (1.0 / np.sqrt(wv + 1e-5)).astype(np.float32)
+    weight = rng.uniform(0.5, 2, c).astype(np.float32)
+    bias = rng.standard_normal(c).astype(np.float32)
+    wh, wy = np.empty(shape, np.float32), np.empty(shape, np.float32)
+    gh, gy_ = np.full(shape, np.nan, np.float32), np.full(shape, np.nan, np.float32)
+    _ref.batchnorm_forward(x, mean, inv_std, weight, bias, wh, wy)
+    k.batchnorm_forward(x, mean, inv_std, weight, bias, gh, gy_)
+    _assert_f32(gh, wh, exact, "xhat")
+    _assert_f32(gy_, wy, exact, "y")
+    # gradients
+    grad = rng.standard_normal(shape, dtype=np.float32)
+    ws_, wd = np.empty(c), np.empty(c)
+    gs, gd = np.full(c, np.nan), np.full(c, np.nan)
+    _ref.batchnorm_backward_reduce(grad, wh, ws_, wd)
+    k.batchnorm_backward_reduce(grad, wh, gs, gd)
+    assert_close(gs, ws_, 1e-12, atol=1e-12, what="gsum")
+    assert_close(gd, wd, 1e-12, atol=1e-12, what="gdot")
+    m = n * h * w
+    for a, b in ((ws_ / m, wd / m), (np.zeros(c), np.zeros(c))):  # training, eval
+        a, b = a.astype(np.float32), b.astype(np.float32)
+        sc = weight * inv_std
+        want, got = np.empty(shape, np.float32), np.full(shape, np.nan, np.float32)
+        _ref.batchnorm_backward_apply(grad, wh, sc, a, b, want)
+        k.batchnorm_backward_apply(grad, wh, sc, a, b, got)
+        _assert_f32(got, want, exact, "gx")
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+@pytest.mark.parametrize("loc", [0.0, 1000.0, -3e4])
+def test_batchnorm_stats_accurate_for_large_mean(name, loc):
+    """Mean 1000, std 1 (and worse): the variance keeps ~all its digits (two-pass, float64)."""
+    rng = np.random.default_rng(11)
+    x = (loc + rng.standard_normal((8, 3, 11, 13))).astype(np.float32)
+    x64 = x.astype(np.float64)
+    mean, var = np.empty(3), np.empty(3)
+    _mod(name).batchnorm_stats(x, mean, var)
+    assert_close(mean, x64.mean(axis=(0, 2, 3)), 1e-14, atol=0, what="mean")
+    want = ((x64 - x64.mean(axis=(0, 2, 3), keepdims=True)) ** 2).mean(axis=(0, 2, 3))
+    assert_close(var, want, 1e-12, atol=0, what="var")
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 1, 1), (1, 1, 1, 1)])
+def test_batch_norm2d_training_needs_two_values(backend, shape):
+    args = [np.ones(shape[1], np.float32), np.zeros(shape[1], np.float32),
+            np.zeros(shape[1], np.float32), np.ones(shape[1], np.float32)]
+    with pytest.raises(ValueError, match="more than one value per channel"):
+        F.batch_norm2d(np.zeros(shape, np.float32), *args, training=True)
+    y, cache = F.batch_norm2d(np.ones(shape, np.float32), *args, training=False)  # eval is fine
+    assert y.shape == shape
+    gx, gw, gb = F.batch_norm2d_backward(np.ones(shape, np.float32), cache, args[0])
+    assert gx.shape == shape and gw.shape == gb.shape == (shape[1],)
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_batch_norm2d_backends_agree(compiled, train):
+    """The whole op (statistics, running stats, forward, backward) against the numpy backend."""
+    rng = np.random.default_rng(12)
+    x = (1000 + rng.standard_normal((3, 7, 5, 9))).astype(np.float32)
+    gy = rng.standard_normal(x.shape, dtype=np.float32)
+    weight = rng.uniform(0.5, 2, 7).astype(np.float32)
+    bias = rng.standard_normal(7).astype(np.float32)
+    out = {}
+    for name in ("numpy", compiled):
+        fastcnn.set_backend(name)
+        rm, rv = np.full(7, 999.5, np.float32), np.linspace(0.5, 2, 7, dtype=np.float32)
+        y, cache = F.batch_norm2d(x, weight, bias, rm, rv, training=train)
+        out[name] = (y, rm, rv) + F.batch_norm2d_backward(gy, cache, weight)
+    fastcnn.set_backend(compiled)
+    names = ("y", "running_mean", "running_var", "gx", "gw", "gb")
+    for what, a, b in zip(names, out[compiled], out["numpy"]):
+        assert_close(a, b, 1e-5, atol=1e-6, what=what)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_batch_norm2d_is_bit_identical_run_to_run(backend, threads):
+    if threads > fastcnn._threads.max_threads():
+        pytest.skip("needs 2 cores")
+    before = fastcnn.get_num_threads()
+    rng = np.random.default_rng(13)
+    x = (5 + 3 * rng.standard_normal((16, 12, 14, 14))).astype(np.float32)
+    gy = rng.standard_normal(x.shape, dtype=np.float32)
+    weight = rng.uniform(0.5, 2, 12).astype(np.float32)
+    bias = rng.standard_normal(12).astype(np.float32)
+
+    def run():
+        rm, rv = np.zeros(12, np.float32), np.ones(12, np.float32)
+        y, cache = F.batch_norm2d(x, weight, bias, rm, rv, training=True)
+        return (y, rm, rv) + F.batch_norm2d_backward(gy, cache, weight)
+
+    try:
+        fastcnn.set_num_threads(1)
+        single = run()
+        fastcnn.set_num_threads(threads)
+        runs = [run() for _ in range(3)]
+    finally:
+        fastcnn.set_num_threads(before)
+    for r in runs:
+        for a, b in zip(r, single):  # same bytes on repeat and for any thread count
+            assert a.tobytes() == b.tobytes()
+
+
+@pytest.mark.parametrize("name", COMPILED)
+@pytest.mark.parametrize("shape", [(1,), (7,), (3, 5, 7), (2 * 16384 + 5,), (64, 32, 5, 5)])
+def test_adam_step_matches_reference(name, shape):
+    rng = np.random.default_rng(14)
+    k = _mod(name)
+    p0 = rng.standard_normal(shape).astype(np.float32)
+    want = [p0.copy(), np.zeros(shape, np.float32), np.zeros(shape, np.float32)]
+    got = [p0.copy(), np.zeros(shape, np.float32), np.zeros(shape, np.float32)]
+    lr, (b1, b2), eps = 1e-3, (0.9, 0.999), 1e-8
+    for t in range(1, 11):
+        g = rng.standard_normal(shape).astype(np.float32)
+        g[rng.random(shape) < 0.1] = 0.0
+        args = (lr / (1 - b1 ** t), b1, b2, eps, np.sqrt(1 - b2 ** t))
+        _ref.adam_step(want[0], g, want[1], want[2], *args)
+        k.adam_step(got[0], g, got[1], got[2], *args)
+    for what, a, b in zip(("p", "m", "v"), got, want):
+        _assert_f32(a, b, _unfused(name), what)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        big = np.zeros((4, 6), np.float32)
+        k.adam_step(big[:, ::2], np.zeros((4, 3), np.float32), np.zeros((4, 3), np.float32),
+                    np.zeros((4, 3), np.float32), *args)
+
+
+def test_adam_optimizer_backends_agree():
+    """``optim.Adam`` through each backend: the same parameters after 10 steps."""
+    from fastcnn import optim
+
+    shapes = [(32, 1, 5, 5), (32,), (10, 33)]
+    rng = np.random.default_rng(15)
+    init = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    grads = [[rng.standard_normal(s).astype(np.float32) for s in shapes] for _ in range(10)]
+    before = fastcnn.get_backend()
+    result = {}
+    try:
+        for name in BACKENDS:
+            fastcnn.set_backend(name)
+            params = [fastcnn.Parameter(a) for a in init]
+            opt = optim.Adam(params, lr=0.01)
+            for step in grads:
+                for p, g in zip(params, step):
+                    p.grad[...] = g
+                opt.step()
+            result[name] = [p.data.copy() for p in params]
+    finally:
+        fastcnn.set_backend(before)
+    for name in COMPILED:
+        for a, b in zip(result[name], result["numpy"]):
+            _assert_f32(a, b, _unfused(name), f"{name} Adam")

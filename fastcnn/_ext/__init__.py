@@ -11,6 +11,8 @@ from . import _omp
 from .activation import relu_backward, relu_forward
 from .conv import cnp_to_ncp_bias, col2im, im2col, ncp_to_cnp_sum
 from .loss import softmax_xent_backward, softmax_xent_forward
+from .norm import batchnorm_backward_apply, batchnorm_backward_reduce, batchnorm_forward, batchnorm_stats
+from .optim import adam_step
 from .pool import avgpool2d_backward, avgpool2d_forward, maxpool2d_backward, maxpool2d_forward
 
 OPENMP = _omp.OPENMP
@@ -28,4 +30,9 @@ __all__ = [
     "relu_backward",
     "softmax_xent_forward",
     "softmax_xent_backward",
+    "batchnorm_stats",
+    "batchnorm_forward",
+    "batchnorm_backward_reduce",
+    "batchnorm_backward_apply",
+    "adam_step",
 ]

@@ -1,0 +1,141 @@
+"""Numba kernels of BatchNorm2D (statistics, normalisation and its gradients).
+
+The reductions run one channel per ``prange`` iteration and accumulate in float64 in a fixed
+order: the channel's N planes are added element-wise, in order of n, into one float64 row of
+H*W partial sums (a loop without a loop-carried dependency, which LLVM vectorises without
+reassociating anything), and that row is summed with 8 interleaved partial sums.  So results
+are bit-identical run after run and whatever the number of threads (and equal to the Cython
+backend's, which sums in the same order).
+
+The element-wise kernels run one (n, c) plane per iteration with the reference's float32
+operations in the reference's order (``fastmath`` is off: no fused multiply-add), so they
+match it bit for bit.
+"""
+import numpy as np
+from numba import njit, prange
+
+from .._config import NUMBA_PARALLEL, NUMBA_SERIAL
+from .conv import _u
+
+
+@njit(**NUMBA_SERIAL)
+def _acc_plane(acc, xf, a, p):
+    """``acc[e] += xf[a + e]`` in float64 (an element-wise loop: it vectorises)."""
+    for e in range(p):
+        acc[e] += np.float64(xf[_u(a + e)])
+
+
+@njit(**NUMBA_SERIAL)
+def _acc_plane_sqdev(acc, xf, a, p, mu):
+    """``acc[e] += (xf[a + e] - mu)**2`` in float64."""
+    for e in range(p):
+        d = np.float64(xf[_u(a + e)]) - mu
+        acc[e] += d * d
+
+
+@njit(**NUMBA_SERIAL)
+def _acc_plane_sum_dot(accs, accd, gf, hf, a, p):
+    """``accs[e] += gf[a + e]``, ``accd[e] += gf[a + e] * hf[a + e]`` in float64 (exact products)."""
+    for e in range(p):
+        g = np.float64(gf[_u(a + e)])
+        accs[e] += g
+        accd[e] += g * np.float64(hf[_u(a + e)])
+
+
+@njit(**NUMBA_SERIAL)
+def _row_sum(acc, p):
+    """``sum(acc[:p])``, 8 interleaved partial sums."""
+    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0.0
+    e8 = p - p % 8
+    for e in range(0, e8, 8):
+        s0 += acc[e]
+        s1 += acc[e + 1]
+        s2 += acc[e + 2]
+        s3 += acc[e + 3]
+        s4 += acc[e + 4]
+        s5 += acc[e + 5]
+        s6 += acc[e + 6]
+        s7 += acc[e + 7]
+    for e in range(e8, p):
+        s0 += acc[e]
+    return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
+
+
+@njit(**NUMBA_PARALLEL)
+def batchnorm_stats(x, mean, var):
+    """Per-channel mean and biased variance, two passes (see :func:`fastcnn._ref.batchnorm_stats`)."""
+    n, c, h, w = x.shape
+    p = h * w
+    m = n * p
+    xf = x.reshape(x.size)
+    acc = np.empty((c, p))
+    for ch in prange(c):
+        row = acc[ch]
+        row[:] = 0.0
+        for b in range(n):
+            _acc_plane(row, xf, (b * c + ch) * p, p)
+        mu = _row_sum(row, p) / m
+        row[:] = 0.0
+        for b in range(n):
+            _acc_plane_sqdev(row, xf, (b * c + ch) * p, p, mu)
+        mean[ch] = mu
+        var[ch] = _row_sum(row, p) / m
+
+
+@njit(**NUMBA_PARALLEL)
+def batchnorm_forward(x, mean, inv_std, weight, bias, xhat, y):
+    """``xhat = (x - mean) * inv_std``, ``y = xhat * weight + bias`` per channel
+    (see :func:`fastcnn._ref.batchnorm_forward`)."""
+    n, c, h, w = x.shape
+    p = h * w
+    xf = x.reshape(x.size)
+    hf = xhat.reshape(xhat.size)
+    yf = y.reshape(y.size)
+    for t in prange(n * c):
+        ch = t % c
+        mu = mean[ch]
+        s = inv_std[ch]
+        wt = weight[ch]
+        bs = bias[ch]
+        a = t * p
+        for e in range(a, a + p):
+            v = (xf[_u(e)] - mu) * s
+            hf[_u(e)] = v
+            yf[_u(e)] = v * wt + bs
+
+
+@njit(**NUMBA_PARALLEL)
+def batchnorm_backward_reduce(gy, xhat, gsum, gdot):
+    """Per-channel ``sum(gy)`` and ``sum(gy * xhat)`` in float64
+    (see :func:`fastcnn._ref.batchnorm_backward_reduce`)."""
+    n, c, h, w = gy.shape
+    p = h * w
+    gf = gy.reshape(gy.size)
+    hf = xhat.reshape(xhat.size)
+    acc = np.zeros((c, 2, p))
+    for ch in prange(c):
+        rs = acc[ch, 0]
+        rd = acc[ch, 1]
+        for b in range(n):
+            _acc_plane_sum_dot(rs, rd, gf, hf, (b * c + ch) * p, p)
+        gsum[ch] = _row_sum(rs, p)
+        gdot[ch] = _row_sum(rd, p)
+
+
+@njit(**NUMBA_PARALLEL)
+def batchnorm_backward_apply(gy, xhat, scale, a, b, gx):
+    """``gx = (gy - (xhat * b + a)) * scale`` per channel
+    (see :func:`fastcnn._ref.batchnorm_backward_apply`)."""
+    n, c, h, w = gy.shape
+    p = h * w
+    gf = gy.reshape(gy.size)
+    hf = xhat.reshape(xhat.size)
+    of = gx.reshape(gx.size)
+    for t in prange(n * c):
+        ch = t % c
+        sc = scale[ch]
+        ac = a[ch]
+        bc = b[ch]
+        e0 = t * p
+        for e in range(e0, e0 + p):
+            of[_u(e)] = (gf[_u(e)] - (hf[_u(e)] * bc + ac)) * sc

@@ -1,0 +1,273 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""BatchNorm2D kernels of the Cython backend (contract: :mod:`fastcnn._ref`).
+
+The reductions (batch statistics, gradient sums) run one channel per parallel iteration and
+accumulate in double in a fixed order: the channel's N planes are added element-wise, in order
+of n, into one double row of H*W partial sums (a loop the compiler vectorises without
+reassociating anything), and that row is summed with 8 interleaved partial sums.  So results
+are bit-identical for any thread count (and equal to the Numba backend's, same order).  The element-wise
+kernels run one (n, c) plane per iteration with the reference's float32 operations in the
+reference's order, so they match it bit for bit.
+"""
+from cython.parallel cimport prange
+from libc.stdlib cimport free, malloc
+
+include "_common.pxi"
+
+
+# --------------------------------------------------------------------------- plane helpers
+
+cdef inline void _acc_plane(double* acc, const float* x, Py_ssize_t P) noexcept nogil:
+    """``acc[e] += x[e]`` in double (element-wise: it vectorises)."""
+    cdef Py_ssize_t e
+    for e in range(P):
+        acc[e] += x[e]
+
+
+cdef inline void _acc_plane_sqdev(double* acc, const float* x, Py_ssize_t P,
+                                  double mu) noexcept nogil:
+    """``acc[e] += (x[e] - mu)**2`` in double."""
+    cdef Py_ssize_t e
+    cdef double d
+    for e in range(P):
+        d = x[e] - mu
+        acc[e] += d * d
+
+
+cdef inline void _acc_plane_sum_dot(double* accs, double* accd, const float* g, const float* h,
+                                    Py_ssize_t P) noexcept nogil:
+    """``accs[e] += g[e]``, ``accd[e] += g[e] * h[e]`` in double (exact products)."""
+    cdef Py_ssize_t e
+    cdef double gv
+    for e in range(P):
+        gv = g[e]
+        accs[e] += gv
+        accd[e] += gv * <double>h[e]
+
+
+cdef inline double _row_sum(const double* a, Py_ssize_t P) noexcept nogil:
+    """``sum(a[:P])``, 8 interleaved partial sums."""
+    cdef double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0
+    cdef double s4 = 0.0, s5 = 0.0, s6 = 0.0, s7 = 0.0
+    cdef Py_ssize_t e, P8 = P - P % 8
+    for e in range(0, P8, 8):
+        s0 += a[e]
+        s1 += a[e + 1]
+        s2 += a[e + 2]
+        s3 += a[e + 3]
+        s4 += a[e + 4]
+        s5 += a[e + 5]
+        s6 += a[e + 6]
+        s7 += a[e + 7]
+    for e in range(P8, P):
+        s0 += a[e]
+    return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
+
+
+cdef inline void _zero(double* a, Py_ssize_t P) noexcept nogil:
+    cdef Py_ssize_t e
+    for e in range(P):
+        a[e] = 0.0
+
+
+cdef inline void _stats_channel(const float* x, Py_ssize_t c, Py_ssize_t N, Py_ssize_t C,
+                                Py_ssize_t P, double* acc, double* mean,
+                                double* var) noexcept nogil:
+    """Mean and biased variance of channel ``c`` (two passes; the second over cached data).
+
+    x : (N, C, P)  # IN
+    acc : P doubles of scratch
+    mean, var : the channel's outputs  # OUT
+    """
+    cdef Py_ssize_t b
+    cdef double M = <double>(N * P), mu
+    _zero(acc, P)
+    for b in range(N):
+        _acc_plane(acc, x + (b * C + c) * P, P)
+    mu = _row_sum(acc, P) / M
+    _zero(acc, P)
+    for b in range(N):
+        _acc_plane_sqdev(acc, x + (b * C + c) * P, P, mu)
+    mean[0] = mu
+    var[0] = _row_sum(acc, P) / M
+
+
+cdef inline void _reduce_channel(const float* gy, const float* xh, Py_ssize_t c, Py_ssize_t N,
+                                 Py_ssize_t C, Py_ssize_t P, double* acc, double* gsum,
+                                 double* gdot) noexcept nogil:
+    """``sum(gy)`` and ``sum(gy * xhat)`` of channel ``c``.
+
+    gy, xh : (N, C, P)  # IN
+    acc : 2*P doubles of scratch
+    gsum, gdot : the channel's outputs  # OUT
+    """
+    cdef Py_ssize_t b, o
+    _zero(acc, 2 * P)
+    for b in range(N):
+        o = (b * C + c) * P
+        _acc_plane_sum_dot(acc, acc + P, gy + o, xh + o, P)
+    gsum[0] = _row_sum(acc, P)
+    gdot[0] = _row_sum(acc + P, P)
+
+
+cdef inline void _fwd_plane(const float* x, float* xh, float* y, Py_ssize_t P, float mu,
+                            float s, float w, float b) noexcept nogil:
+    """``xh = (x - mu) * s``, ``y = xh * w + b`` over one plane, float32 as the reference."""
+    cdef Py_ssize_t e
+    cdef float v
+    for e in range(P):
+        v = (x[e] - mu) * s
+        xh[e] = v
+        y[e] = v * w + b
+
+
+cdef inline void _bwd_plane(const float* gy, const float* xh, float* gx, Py_ssize_t P, float sc,
+                            float a, float b) noexcept nogil:
+    """``gx = (gy - (xh * b + a)) * sc`` over one plane, float32 as the reference."""
+    cdef Py_ssize_t e
+    for e in range(P):
+        gx[e] = (gy[e] - (xh[e] * b + a)) * sc
+
+
+# --------------------------------------------------------------------------- kernels
+
+cdef void _stats(const float[:, :, :, ::1] x,   # IN  (N, C, H, W)
+                 double[::1] mean,              # OUT (C,)
+                 double[::1] var,               # OUT (C,)
+                 double* acc,                   # scratch (C, H*W)
+                 int nt) noexcept nogil:
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], P = x.shape[2] * x.shape[3], c
+    cdef const float* xp = &x[0, 0, 0, 0]
+    cdef double* mp = &mean[0]
+    cdef double* vp = &var[0]
+    for c in prange(C, schedule='static', num_threads=nt):
+        _stats_channel(xp, c, N, C, P, acc + c * P, mp + c, vp + c)
+
+
+cdef void _reduce(const float[:, :, :, ::1] gy,    # IN  (N, C, H, W)
+                  const float[:, :, :, ::1] xhat,  # IN  (N, C, H, W)
+                  double[::1] gsum,                # OUT (C,)
+                  double[::1] gdot,                # OUT (C,)
+                  double* acc,                     # scratch (C, 2, H*W)
+                  int nt) noexcept nogil:
+    cdef Py_ssize_t N = gy.shape[0], C = gy.shape[1], P = gy.shape[2] * gy.shape[3], c
+    cdef const float* gp = &gy[0, 0, 0, 0]
+    cdef const float* hp = &xhat[0, 0, 0, 0]
+    cdef double* sp = &gsum[0]
+    cdef double* dp = &gdot[0]
+    for c in prange(C, schedule='static', num_threads=nt):
+        _reduce_channel(gp, hp, c, N, C, P, acc + 2 * c * P, sp + c, dp + c)
+
+
+cdef void _forward(const float[:, :, :, ::1] x,   # IN  (N, C, H, W)
+                   const float[::1] mean,          # IN  (C,)
+                   const float[::1] inv_std,       # IN  (C,)
+                   const float[::1] weight,        # IN  (C,)
+                   const float[::1] bias,          # IN  (C,)
+                   float[:, :, :, ::1] xhat,       # OUT (N, C, H, W)
+                   float[:, :, :, ::1] y,          # OUT (N, C, H, W)
+                   int nt) noexcept nogil:
+    cdef Py_ssize_t C = x.shape[1], P = x.shape[2] * x.shape[3], NC = x.shape[0] * C, t, c
+    cdef const float* xp = &x[0, 0, 0, 0]
+    cdef float* hp = &xhat[0, 0, 0, 0]
+    cdef float* yp = &y[0, 0, 0, 0]
+    for t in prange(NC, schedule='static', num_threads=nt):
+        c = t % C
+        _fwd_plane(xp + t * P, hp + t * P, yp + t * P, P, mean[c], inv_std[c], weight[c], bias[c])
+
+
+cdef void _apply(const float[:, :, :, ::1] gy,    # IN  (N, C, H, W)
+                 const float[:, :, :, ::1] xhat,  # IN  (N, C, H, W)
+                 const float[::1] scale,          # IN  (C,)
+                 const float[::1] a,              # IN  (C,)
+                 const float[::1] b,              # IN  (C,)
+                 float[:, :, :, ::1] gx,          # OUT (N, C, H, W)
+                 int nt) noexcept nogil:
+    cdef Py_ssize_t C = gy.shape[1], P = gy.shape[2] * gy.shape[3], NC = gy.shape[0] * C, t, c
+    cdef const float* gp = &gy[0, 0, 0, 0]
+    cdef const float* hp = &xhat[0, 0, 0, 0]
+    cdef float* op = &gx[0, 0, 0, 0]
+    for t in prange(NC, schedule='static', num_threads=nt):
+        c = t % C
+        _bwd_plane(gp + t * P, hp + t * P, op + t * P, P, scale[c], a[c], b[c])
+
+
+# --------------------------------------------------------------------------- Python API
+
+cdef inline bint _same4(Py_ssize_t* a, Py_ssize_t* b) noexcept nogil:
+    return a[0] == b[0] and a[1] == b[1] and a[2] == b[2] and a[3] == b[3]
+
+
+cdef inline Py_ssize_t _size4(Py_ssize_t* s) noexcept nogil:
+    return s[0] * s[1] * s[2] * s[3]
+
+
+def batchnorm_stats(const float[:, :, :, ::1] x, double[::1] mean, double[::1] var):
+    """Per-channel mean and biased variance (see :func:`fastcnn._ref.batchnorm_stats`)."""
+    _check(mean.shape[0] == x.shape[1] and var.shape[0] == x.shape[1],
+           "batchnorm_stats: shapes do not match")
+    if x.shape[1] == 0:
+        return
+    if _size4(x.shape) == 0:  # M = 0: 0/0 as the reference
+        mean[:] = float("nan")
+        var[:] = float("nan")
+        return
+    cdef double* acc = <double*>malloc(x.shape[1] * x.shape[2] * x.shape[3] * sizeof(double))
+    if acc == NULL:
+        raise MemoryError()
+    try:
+        with nogil:
+            _stats(x, mean, var, acc, _threads_for(2 * _size4(x.shape)))
+    finally:
+        free(acc)
+
+
+def batchnorm_forward(const float[:, :, :, ::1] x, const float[::1] mean,
+                      const float[::1] inv_std, const float[::1] weight, const float[::1] bias,
+                      float[:, :, :, ::1] xhat, float[:, :, :, ::1] y):
+    """Normalise, scale and shift per channel (see :func:`fastcnn._ref.batchnorm_forward`)."""
+    cdef Py_ssize_t C = x.shape[1]
+    _check(_same4(x.shape, xhat.shape) and _same4(x.shape, y.shape)
+           and mean.shape[0] == C and inv_std.shape[0] == C and weight.shape[0] == C
+           and bias.shape[0] == C, "batchnorm_forward: shapes do not match")
+    if _size4(x.shape) == 0:
+        return
+    with nogil:
+        _forward(x, mean, inv_std, weight, bias, xhat, y, _threads_for(_size4(x.shape)))
+
+
+def batchnorm_backward_reduce(const float[:, :, :, ::1] gy, const float[:, :, :, ::1] xhat,
+                              double[::1] gsum, double[::1] gdot):
+    """Per-channel ``sum(gy)`` and ``sum(gy * xhat)`` in double
+    (see :func:`fastcnn._ref.batchnorm_backward_reduce`)."""
+    _check(_same4(gy.shape, xhat.shape) and gsum.shape[0] == gy.shape[1]
+           and gdot.shape[0] == gy.shape[1], "batchnorm_backward_reduce: shapes do not match")
+    if gy.shape[1] == 0:
+        return
+    if _size4(gy.shape) == 0:
+        gsum[:] = 0.0
+        gdot[:] = 0.0
+        return
+    cdef double* acc = <double*>malloc(2 * gy.shape[1] * gy.shape[2] * gy.shape[3] * sizeof(double))
+    if acc == NULL:
+        raise MemoryError()
+    try:
+        with nogil:
+            _reduce(gy, xhat, gsum, gdot, acc, _threads_for(2 * _size4(gy.shape)))
+    finally:
+        free(acc)
+
+
+def batchnorm_backward_apply(const float[:, :, :, ::1] gy, const float[:, :, :, ::1] xhat,
+                             const float[::1] scale, const float[::1] a, const float[::1] b,
+                             float[:, :, :, ::1] gx):
+    """``gx = (gy - (xhat * b + a)) * scale`` per channel
+    (see :func:`fastcnn._ref.batchnorm_backward_apply`)."""
+    cdef Py_ssize_t C = gy.shape[1]
+    _check(_same4(gy.shape, xhat.shape) and _same4(gy.shape, gx.shape)
+           and scale.shape[0] == C and a.shape[0] == C and b.shape[0] == C,
+           "batchnorm_backward_apply: shapes do not match")
+    if _size4(gy.shape) == 0:
+        return
+    with nogil:
+        _apply(gy, xhat, scale, a, b, gx, _threads_for(_size4(gy.shape)))
