@@ -178,12 +178,14 @@ def _conv2d_backward(k, grad_out, x, weight, g, bias, input_grad, ws):
     dt = x.dtype
     w2 = weight.reshape(oc, kdim)
     gy = grad_out.reshape(n, oc, p)
-    gw = np.zeros((oc, kdim), dt)
+    # The weight gradient is accumulated transposed, (kdim, OC) = cols @ gcnp.T: OpenBLAS
+    # runs that orientation faster than gcnp @ cols.T (docs/PERFORMANCE.md).
+    gwt = np.zeros((kdim, oc), dt)
     gb = np.zeros((oc,), np.float64)  # chunk sums added in chunk order
     gx = np.empty(x.shape, dtype=dt) if input_grad else None
-    gw_c = _buf(ws, "gw_chunk", (oc, kdim), dt)
     gb_c = _buf(ws, "gb_chunk", (oc,), dt)
     chunks = _chunks(n, kdim * p, dt.itemsize)
+    gwt_c = _buf(ws, "gwt_chunk", (kdim, oc), dt) if len(chunks) > 1 else gwt
     for a, b in chunks:
         m = (b - a) * p
         gcnp = _buf(ws, f"gcnp{b - a}", (oc, m), dt)
@@ -191,14 +193,13 @@ def _conv2d_backward(k, grad_out, x, weight, g, bias, input_grad, ws):
         gb += gb_c
         cols = _buf(ws, f"cols{b - a}", (kdim, m), dt)
         k.im2col(x[a:b], *g.args, g.oh, g.ow, cols)
-        if len(chunks) == 1:
-            np.matmul(gcnp, cols.T, out=gw)
-        else:
-            np.matmul(gcnp, cols.T, out=gw_c)
-            gw += gw_c
+        np.matmul(cols, gcnp.T, out=gwt_c)
+        if gwt_c is not gwt:
+            gwt += gwt_c
         if input_grad:
             np.matmul(w2.T, gcnp, out=cols)  # the columns' gradient, in place of the columns
             k.col2im(cols, *g.args, g.oh, g.ow, gx[a:b])
+    gw = np.ascontiguousarray(gwt.T)
     return gx, gw.reshape(weight.shape), (gb.astype(dt) if bias else None)
 
 
