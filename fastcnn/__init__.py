@@ -40,27 +40,44 @@ __all__ = [
 
 def warmup(backend=None):
     """Compile (or load from Numba's cache) every kernel of ``backend`` (default: all available)
-    by running each op once on a tiny input, so the first training step pays no compile time."""
+    by running each op once on a tiny input, so the first training step pays no compile time.
+    Numba kernels exist in a parallel and a serial compilation; both are loaded."""
     import numpy as np
 
+    from . import _config
     from . import functional as F
 
     names = available_backends() if backend is None else (backend,)
-    previous = get_backend()
+    previous, threshold = get_backend(), _config.PAR_MIN_WORK
     try:
         for name in names:
             set_backend(name)
-            x = np.ones((1, 2, 5, 5), np.float32)
-            w = np.ones((3, 2, 3, 3), np.float32)
-            y = F.conv2d(x, w, np.zeros(3, np.float32), 1, 1)
-            F.conv2d_backward(y, x, w, 1, 1)
-            p, idx = F.max_pool2d(x, 2, return_indices=True)
-            F.max_pool2d_backward(p, idx, x.shape)
-            a = F.avg_pool2d(x, 2)
-            F.avg_pool2d_backward(a, x.shape, 2)
-            r = F.relu(x)
-            F.relu_backward(r, r)
-            loss, probs = F.softmax_cross_entropy(np.zeros((2, 3), np.float32), np.array([0, 2]))
-            F.softmax_cross_entropy_backward(probs, np.array([0, 2]))
+            for _config.PAR_MIN_WORK in ((0, 1 << 62) if name == "numba" else (threshold,)):
+                _run_every_op(F, np)
     finally:
+        _config.PAR_MIN_WORK = threshold
         set_backend(previous)
+
+
+def _run_every_op(F, np):
+    from .optim import Adam
+    from .layers import Parameter
+
+    x = np.ones((2, 2, 5, 5), np.float32)
+    w = np.ones((3, 2, 3, 3), np.float32)
+    y = F.conv2d(x, w, np.zeros(3, np.float32), 1, 1)
+    F.conv2d_backward(y, x, w, 1, 1)
+    p, idx = F.max_pool2d(x, 2, return_indices=True)
+    F.max_pool2d_backward(p, idx, x.shape)
+    a = F.avg_pool2d(x, 2)
+    F.avg_pool2d_backward(a, x.shape, 2)
+    r = F.relu(x)
+    F.relu_backward(r, r)
+    loss, probs = F.softmax_cross_entropy(np.zeros((2, 3), np.float32), np.array([0, 2]))
+    F.softmax_cross_entropy_backward(probs, np.array([0, 2]))
+    ones, zeros = np.ones(2, np.float32), np.zeros(2, np.float32)
+    for training in (True, False):
+        b, cache = F.batch_norm2d(x, ones, zeros, zeros.copy(), ones.copy(), training=training)
+        F.batch_norm2d_backward(b, cache, ones)
+    prm = Parameter(np.ones(3, np.float32))
+    Adam([prm]).step()

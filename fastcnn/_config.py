@@ -28,3 +28,8 @@ def env_threads():
     if n < 1:
         raise ValueError(f"{ENV_THREADS} must be a positive integer, got {value!r}")
     return n
+
+#: Below this many elements of work a kernel runs serially: waking the other threads costs
+#: more than it saves (batch-1 training).  The Cython kernels use the same number
+#: (``_PAR_MIN_WORK`` in ``src_ext/_common.pxi``).
+PAR_MIN_WORK = 16384

@@ -1,14 +1,14 @@
 """Numba kernels of the ReLU activation (any shape, flattened to 1-D by the wrappers)."""
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
-from .._config import NUMBA_PARALLEL
+from ._parallel import parallel_kernel
 from .conv import _u
 
 _CHUNK = 1 << 14
 
 
-@njit(**NUMBA_PARALLEL)
+@parallel_kernel
 def _relu_forward(x, y):
     # ``np.maximum(x, 0)``: NaN propagates, -0.0 gives +0.0.
     m = x.shape[0]
@@ -20,7 +20,7 @@ def _relu_forward(x, y):
             y[_u(e)] = v if (v > 0) | (v != v) else np.float32(0.0)
 
 
-@njit(**NUMBA_PARALLEL)
+@parallel_kernel
 def _relu_backward(gy, y, gx):
     # ``gy * (y > 0)``: multiplies by 1 or 0 (so NaN/inf gradients behave as in NumPy).
     m = gy.shape[0]

@@ -8,7 +8,8 @@ the number of threads.
 import numpy as np
 from numba import njit, prange
 
-from .._config import NUMBA_PARALLEL, NUMBA_SERIAL
+from .._config import NUMBA_SERIAL
+from ._parallel import parallel_kernel
 
 #: Index cast used for every computed flat index.  Numba wraps negative signed indices
 #: around, and that (unprovable) branch keeps LLVM from vectorising the inner loops; an
@@ -55,7 +56,7 @@ def _add_row(df, dd, cf, s0, lo, hi, sw):
         df[_u(dd + u * sw)] += cf[_u(s0 + u)]
 
 
-@njit(**NUMBA_PARALLEL)
+@parallel_kernel
 def im2col(x, kh, kw, sh, sw, pt, pl, oh, ow, cols):
     """Unfold convolution windows into ``cols`` (see :func:`fastcnn._ref.im2col`)."""
     n, c, h, w = x.shape
@@ -117,7 +118,7 @@ def im2col(x, kh, kw, sh, sw, pt, pl, oh, ow, cols):
 _COL2IM_IMAGES = 8
 
 
-@njit(**NUMBA_PARALLEL)
+@parallel_kernel
 def col2im(cols, kh, kw, sh, sw, pt, pl, oh, ow, dx):
     """Fold ``cols`` back into ``dx``, summing overlaps (see :func:`fastcnn._ref.col2im`)."""
     n, c, h, w = dx.shape
@@ -182,7 +183,7 @@ def col2im(cols, kh, kw, sh, sw, pt, pl, oh, ow, dx):
                                 _add_row(df, dd, cf, s0, lo, hi, sw)
 
 
-@njit(**NUMBA_PARALLEL)
+@parallel_kernel
 def cnp_to_ncp_bias(ycnp, bias, y):
     """``y[n, o, p] = ycnp[o, n*P + p] + bias[o]`` (see :func:`fastcnn._ref.cnp_to_ncp_bias`)."""
     n, oc, p = y.shape
@@ -198,7 +199,7 @@ def cnp_to_ncp_bias(ycnp, bias, y):
             yf[_u(d0 + e)] = yc[_u(s0 + e)] + bo
 
 
-@njit(**NUMBA_PARALLEL)
+@parallel_kernel
 def ncp_to_cnp_sum(gy, gcnp, gb):
     """``gcnp[o, n*P + p] = gy[n, o, p]`` and ``gb`` = float64 sum of ``gy`` over N and P
     (see :func:`fastcnn._ref.ncp_to_cnp_sum`)."""

@@ -2,12 +2,12 @@
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
-from .._config import NUMBA_PARALLEL
+from ._parallel import parallel_kernel
 
 
-@njit(**NUMBA_PARALLEL)
+@parallel_kernel
 def softmax_xent_forward(logits, labels, probs, losses):
     """Softmax and per-sample cross-entropy (see :func:`fastcnn._ref.softmax_xent_forward`)."""
     n, k = logits.shape
@@ -29,7 +29,7 @@ def softmax_xent_forward(logits, labels, probs, losses):
         losses[r] = np.float32(math.log(s) - np.float64(zl))
 
 
-@njit(**NUMBA_PARALLEL)
+@parallel_kernel
 def softmax_xent_backward(probs, labels, gx):
     """``gx = (probs - onehot(labels)) / N`` (see :func:`fastcnn._ref.softmax_xent_backward`)."""
     n, k = probs.shape

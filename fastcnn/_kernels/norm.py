@@ -14,7 +14,8 @@ match it bit for bit.
 import numpy as np
 from numba import njit, prange
 
-from .._config import NUMBA_PARALLEL, NUMBA_SERIAL
+from .._config import NUMBA_SERIAL
+from ._parallel import parallel_kernel
 from .conv import _u
 
 
@@ -61,7 +62,7 @@ def _row_sum(acc, p):
     return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
 
 
-@njit(**NUMBA_PARALLEL)
+@parallel_kernel
 def batchnorm_stats(x, mean, var):
     """Per-channel mean and biased variance, two passes (see :func:`fastcnn._ref.batchnorm_stats`)."""
     n, c, h, w = x.shape
@@ -82,7 +83,7 @@ def batchnorm_stats(x, mean, var):
         var[ch] = _row_sum(row, p) / m
 
 
-@njit(**NUMBA_PARALLEL)
+@parallel_kernel
 def batchnorm_forward(x, mean, inv_std, weight, bias, xhat, y):
     """``xhat = (x - mean) * inv_std``, ``y = xhat * weight + bias`` per channel
     (see :func:`fastcnn._ref.batchnorm_forward`)."""
@@ -104,7 +105,7 @@ def batchnorm_forward(x, mean, inv_std, weight, bias, xhat, y):
             yf[_u(e)] = v * wt + bs
 
 
-@njit(**NUMBA_PARALLEL)
+@parallel_kernel
 def batchnorm_backward_reduce(gy, xhat, gsum, gdot):
     """Per-channel ``sum(gy)`` and ``sum(gy * xhat)`` in float64
     (see :func:`fastcnn._ref.batchnorm_backward_reduce`)."""
@@ -122,7 +123,7 @@ def batchnorm_backward_reduce(gy, xhat, gsum, gdot):
         gdot[ch] = _row_sum(rd, p)
 
 
-@njit(**NUMBA_PARALLEL)
+@parallel_kernel
 def batchnorm_backward_apply(gy, xhat, scale, a, b, gx):
     """``gx = (gy - (xhat * b + a)) * scale`` per channel
     (see :func:`fastcnn._ref.batchnorm_backward_apply`)."""

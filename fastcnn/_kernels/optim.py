@@ -5,15 +5,15 @@ reference's order (``fastmath`` is off: no fused multiply-add; the square root i
 the result matches :func:`fastcnn._ref.adam_step` bit for bit, for any thread count.
 """
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
-from .._config import NUMBA_PARALLEL
+from ._parallel import parallel_kernel
 from .conv import _u
 
 _CHUNK = 1 << 14
 
 
-@njit(**NUMBA_PARALLEL)
+@parallel_kernel
 def _adam(p, g, m, v, lr_t, c1, b2, c2, eps, bc2):
     # All scalars are float32, so every operation below is a float32 operation.
     size = p.shape[0]

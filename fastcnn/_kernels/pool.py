@@ -14,7 +14,8 @@ output row.
 import numpy as np
 from numba import njit, prange
 
-from .._config import NUMBA_PARALLEL, NUMBA_SERIAL
+from .._config import NUMBA_SERIAL
+from ._parallel import parallel_kernel
 from .conv import _u, _valid_range
 
 
@@ -59,7 +60,7 @@ def _max_row(xf, x0, w, ih0, nr, c0, lo, hi, r, yf, jf, kw, sw):
         jf[_u(r + u)] = bi
 
 
-@njit(**NUMBA_PARALLEL)
+@parallel_kernel
 def maxpool2d_forward(x, kh, kw, sh, sw, pt, pl, y, idx):
     """Max pooling with int32 arg-max indices (see :func:`fastcnn._ref.maxpool2d_forward`)."""
     n, c, h, w = x.shape
@@ -100,7 +101,7 @@ def maxpool2d_forward(x, kh, kw, sh, sw, pt, pl, y, idx):
                 _max_row(xf, x0, w, ih0, nr, -pl, lo, hi, r, yf, jf, kw, sw)
 
 
-@njit(**NUMBA_PARALLEL)
+@parallel_kernel
 def maxpool2d_backward(gy, idx, gx):
     """Route each output gradient to its arg-max (see :func:`fastcnn._ref.maxpool2d_backward`)."""
     n, c, h, w = gx.shape
@@ -161,7 +162,7 @@ def _avg_row(xf, x0, w, ih0, nr, c0, lo, hi, r, yf, div, d0, kw, sw):
         yf[_u(r + u)] = s / div[_u(d0 + u)]
 
 
-@njit(**NUMBA_PARALLEL)
+@parallel_kernel
 def _avgpool2d_forward(x, kh, kw, sh, sw, pt, pl, count_include_pad, y):
     n, c, h, w = x.shape
     oh = y.shape[2]
@@ -216,7 +217,7 @@ def _tile_row(xf, r0, gf, s0, div, d0, ow, kw):
             xf[_u(r0 + u * kw + j)] = g
 
 
-@njit(**NUMBA_PARALLEL)
+@parallel_kernel
 def _avgpool2d_backward(gy, kh, kw, sh, sw, pt, pl, count_include_pad, gx):
     n, c, h, w = gx.shape
     oh = gy.shape[2]
