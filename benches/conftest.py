@@ -4,21 +4,20 @@ Run: ``pytest benches --benchmark-only --benchmark-group-by=group`` (threads fro
 ``FASTCNN_NUM_THREADS``; PyTorch is given the same number).  ``scripts/run_benchmarks.sh``
 runs them at 1 and 2 threads and writes the tables of docs/BENCHMARKS.md.
 """
+import importlib.util
 import os
 import time
 
+import numpy as np
 import pytest
 
-try:  # imported before fastcnn so that fastcnn's threading defaults do not apply to torch
-    import torch
+import fastcnn
 
-    HAVE_TORCH = True
-except ImportError:  # pragma: no cover
-    HAVE_TORCH = False
-
-import numpy as np  # noqa: E402
-
-import fastcnn  # noqa: E402
+# torch is imported only by the torch benchmarks.  scripts/run_benchmarks.sh runs those in
+# processes of their own: torch ships its own libgomp.so.1, and whichever OpenMP runtime a
+# process loads first is the one both libraries use, with that library's threading settings
+# (docs/PERFORMANCE.md).  Separate processes give each side its own defaults.
+HAVE_TORCH = importlib.util.find_spec("torch") is not None
 
 BACKENDS = fastcnn.available_backends()
 IMPLS = BACKENDS + (("torch",) if HAVE_TORCH else ())
@@ -27,8 +26,6 @@ IMPLS = BACKENDS + (("torch",) if HAVE_TORCH else ())
 @pytest.fixture(scope="session", autouse=True)
 def _threads():
     n = fastcnn.get_num_threads()
-    if HAVE_TORCH:
-        torch.set_num_threads(n)
     fastcnn.warmup()
     return n
 
@@ -38,7 +35,11 @@ def use_backend():
     previous = fastcnn.get_backend()
 
     def use(name):
-        if name != "torch":
+        if name == "torch":
+            import torch
+
+            torch.set_num_threads(fastcnn.get_num_threads())
+        else:
             fastcnn.set_backend(name)
 
     yield use

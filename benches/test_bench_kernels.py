@@ -2,7 +2,6 @@
 import numpy as np
 import pytest
 
-import fastcnn
 from fastcnn import functional as F
 
 from conftest import IMPLS, rng

@@ -3,7 +3,6 @@ the seed's naive per-image NumPy loops."""
 import numpy as np
 import pytest
 
-import fastcnn
 from fastcnn import losses, models
 from fastcnn.train import make_optimizer
 

@@ -8,6 +8,16 @@ import os as _os
 # training step went from 162 ms to 76 ms with these two settings; docs/PERFORMANCE.md).
 # They are defaults only: values already in the environment win.  OpenBLAS reads its
 # setting when NumPy is first imported, OpenMP when the first OpenMP library loads.
+if "torch" in __import__("sys").modules and "OMP_WAIT_POLICY" not in _os.environ:
+    import warnings as _warnings
+
+    _warnings.warn(
+        "fastcnn was imported after torch: both now use torch's OpenMP runtime, whose idle "
+        "threads spin and can slow fastcnn's kernels several-fold on few cores. Import fastcnn "
+        "first, or set OMP_WAIT_POLICY=PASSIVE before starting Python (docs/PERFORMANCE.md).",
+        RuntimeWarning,
+        stacklevel=2,
+    )
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 _os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 

@@ -1,7 +1,9 @@
 """Turn pytest-benchmark JSON into the Markdown tables of docs/BENCHMARKS.md.
 
 Usage: python scripts/bench_report.py results.json [more.json ...] > tables.md
-Each group becomes a table: implementation, median / min / max time, rounds, the share of the
+Each group becomes a table (a benchmark found in several files, e.g. paired runs, shows the
+median of the runs' medians, the overall min and max, and all rounds): implementation,
+median / min / max time, rounds, the share of the
 machine's CPU other processes took meanwhile (from /proc/stat), images/s (for training and
 inference groups) and the ratio to PyTorch's median in the same run.
 """
@@ -17,12 +19,32 @@ def _impl(bench):
     return params[-1] if params[-1] in ("numpy", "numba", "cython", "torch") else bench["name"]
 
 
+def _merge(runs):
+    """One row from the same benchmark in several runs: median of the runs' medians."""
+    if len(runs) == 1:
+        return runs[0]
+    meds = sorted(r["stats"]["median"] for r in runs)
+    mid = len(meds) // 2
+    med = meds[mid] if len(meds) % 2 else 0.5 * (meds[mid - 1] + meds[mid])
+    loads = [r.get("extra_info", {}).get("foreign_cpu_share") for r in runs]
+    return {
+        "name": runs[0]["name"], "group": runs[0]["group"],
+        "extra_info": dict(runs[0].get("extra_info", {}),
+                           foreign_cpu_share=max((v for v in loads if v is not None), default=None)),
+        "stats": {"median": med, "min": min(r["stats"]["min"] for r in runs),
+                  "max": max(r["stats"]["max"] for r in runs), "rounds": sum(r["stats"]["rounds"] for r in runs)},
+        "runs": len(runs),
+    }
+
+
 def tables(results):
-    groups = defaultdict(list)
+    same = defaultdict(list)
     for data in results:
-        machine = data.get("machine_info", {})
         for b in data["benchmarks"]:
-            groups[b["group"] or b["name"]].append(b)
+            same[(b["group"] or b["name"], b["name"])].append(b)
+    groups = defaultdict(list)
+    for (group, _), runs in same.items():
+        groups[group].append(_merge(runs))
     out = []
     for group in sorted(groups):
         rows = groups[group]

@@ -6,14 +6,22 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-.benchmarks/run}
 mkdir -p "$out"
-for t in 2 1; do
-  env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE FASTCNN_NUM_THREADS=$t \
+# fastcnn and torch run in separate processes (each keeps its own OpenMP settings), paired
+# and alternating: fastcnn, torch, torch, fastcnn; the report takes the median of the runs.
+run() {  # threads selection tag
+  env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE FASTCNN_NUM_THREADS=$1 \
     python -m pytest benches -p no:cacheprovider --benchmark-only --benchmark-group-by=group \
-      --benchmark-min-rounds=5 --benchmark-json="$out/threads$t.json" -q "${@:2}" >/dev/null
+      --benchmark-min-rounds=5 --benchmark-json="$out/threads$1-$3.json" -q -k "$2" "${@:4}" >/dev/null
+}
+for t in 2 1; do
+  run $t "not torch" a "${@:2}"
+  run $t "torch" a "${@:2}"
+  run $t "torch" b "${@:2}"
+  run $t "not torch" b "${@:2}"
 done
 env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -c \
   "from threadpoolctl import threadpool_info; import numpy; print('BLAS:', [(i['internal_api'], i['version'], i['architecture']) for i in threadpool_info()])"
 for t in 2 1; do
   echo "## $t thread(s)"; echo
-  python scripts/bench_report.py "$out/threads$t.json"
+  python scripts/bench_report.py "$out"/threads$t-*.json
 done
