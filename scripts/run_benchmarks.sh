@@ -14,10 +14,10 @@ run() {  # threads selection tag
       --benchmark-min-rounds=5 --benchmark-json="$out/threads$1-$3.json" -q -k "$2" "${@:4}" >/dev/null
 }
 for t in 2 1; do
-  run $t "not torch" a "${@:2}"
-  run $t "torch" a "${@:2}"
-  run $t "torch" b "${@:2}"
-  run $t "not torch" b "${@:2}"
+  run $t "not torch" fastcnn-a "${@:2}"
+  run $t "torch" torch-a "${@:2}"
+  run $t "torch" torch-b "${@:2}"
+  run $t "not torch" fastcnn-b "${@:2}"
 done
 env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -c \
   "from threadpoolctl import threadpool_info; import numpy; print('BLAS:', [(i['internal_api'], i['version'], i['architecture']) for i in threadpool_info()])"
