@@ -8,18 +8,22 @@ import os as _os
 # training step went from 162 ms to 76 ms with these two settings; docs/PERFORMANCE.md).
 # They are defaults only: values already in the environment win.  OpenBLAS reads its
 # setting when NumPy is first imported, OpenMP when the first OpenMP library loads.
-if "torch" in __import__("sys").modules and "OMP_WAIT_POLICY" not in _os.environ:
-    import warnings as _warnings
+# FASTCNN_NO_THREAD_DEFAULTS=1 leaves both untouched (e.g. to measure another library's
+# defaults in a process that also imports fastcnn).
+if _os.environ.get("FASTCNN_NO_THREAD_DEFAULTS", "") not in ("1", "true", "yes"):
+    if "torch" in __import__("sys").modules and "OMP_WAIT_POLICY" not in _os.environ:
+        import warnings as _warnings
 
-    _warnings.warn(
-        "fastcnn was imported after torch: both now use torch's OpenMP runtime, whose idle "
-        "threads spin and can slow fastcnn's kernels several-fold on few cores. Import fastcnn "
-        "first, or set OMP_WAIT_POLICY=PASSIVE before starting Python (docs/PERFORMANCE.md).",
-        RuntimeWarning,
-        stacklevel=2,
-    )
-_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-_os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+        _warnings.warn(
+            "fastcnn was imported after torch: both now use torch's OpenMP runtime, whose idle "
+            "threads spin and can slow fastcnn's kernels several-fold on few cores. Import "
+            "fastcnn first, or set OMP_WAIT_POLICY=PASSIVE before starting Python "
+            "(docs/PERFORMANCE.md).",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    _os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
 from ._backend import available_backends, get_backend, set_backend
 from ._threads import get_num_threads, set_num_threads

@@ -8,8 +8,10 @@ out=${1:-.benchmarks/run}
 mkdir -p "$out"
 # fastcnn and torch run in separate processes (each keeps its own OpenMP settings), paired
 # and alternating: fastcnn, torch, torch, fastcnn; the report takes the median of the runs.
-run() {  # threads selection tag
-  env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE FASTCNN_NUM_THREADS=$1 \
+run() {  # threads selection tag; torch runs keep torch's own threading defaults
+  local keep=0
+  case $3 in torch*) keep=1 ;; esac
+  env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE FASTCNN_NUM_THREADS=$1 FASTCNN_NO_THREAD_DEFAULTS=$keep \
     python -m pytest benches -p no:cacheprovider --benchmark-only --benchmark-group-by=group \
       --benchmark-min-rounds=5 --benchmark-json="$out/threads$1-$3.json" -q -k "$2" "${@:4}" >/dev/null
 }
