@@ -1,0 +1,25 @@
+"""lenet conv2 forward (128x32x14x14 -> 64, 5x5 same) GFLOP/s as a share of SGEMM 2048^2 GFLOP/s,
+measured alternately in one process, 3 rounds.
+
+Usage: env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python scripts/conv_gemm_share.py
+"""
+import numpy as np, time, fastcnn, sys
+from fastcnn import functional as F
+fastcnn.set_num_threads(2)
+def t(f, reps=15):
+    f(); ts=[]
+    for _ in range(reps):
+        t0=time.perf_counter(); f(); ts.append(time.perf_counter()-t0)
+    return np.median(ts)
+r=np.random.default_rng(0)
+A=r.random((2048,2048),dtype=np.float32); B=r.random((2048,2048),dtype=np.float32); o=np.empty_like(A)
+x=r.standard_normal((128,32,14,14),dtype=np.float32); w=r.standard_normal((64,32,5,5),dtype=np.float32); b=np.zeros(64,np.float32)
+fl = 2*128*196*64*800
+for rnd in range(3):
+    g = 2*2048**3/t(lambda: np.matmul(A,B,out=o))/1e9
+    row=[f"sgemm {g:.0f} GFLOP/s"]
+    for be in ("numba","cython"):
+        fastcnn.set_backend(be); ws=F.Workspace()
+        c = fl/t(lambda: F.conv2d(x,w,b,1,2,ws=ws))/1e9
+        row.append(f"{be} conv2 fwd {c:.0f} GFLOP/s = {100*c/g:.0f}%")
+    print(" | ".join(row))
