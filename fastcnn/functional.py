@@ -396,7 +396,10 @@ def linear_backward(grad_out, x, weight, *, bias=True, input_grad=True, ws=None)
     grad_out = as_float32(grad_out, "grad_out", 2, op)
     if grad_out.shape != (x.shape[0], weight.shape[0]):
         raise ValueError(f"{op}: grad_out must have shape {(x.shape[0], weight.shape[0])}, got {grad_out.shape}")
-    gw = grad_out.T @ x
+    if x.shape[0] == 1:  # an outer product: broadcasting is exact and ~4x cheaper than SGEMM here
+        gw = grad_out.T * x
+    else:
+        gw = grad_out.T @ x
     gb = grad_out.sum(axis=0, dtype=np.float64).astype(np.float32) if bias else None
     gx = None
     if input_grad:
