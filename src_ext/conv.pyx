@@ -13,24 +13,6 @@ include "_common.pxi"
 
 # --------------------------------------------------------------------------- helpers
 
-cdef inline void _valid_range(Py_ssize_t off, Py_ssize_t s, Py_ssize_t W, Py_ssize_t OW,
-                              Py_ssize_t* lo, Py_ssize_t* hi) noexcept nogil:
-    """Output columns ``[lo, hi)`` whose input column ``o*s + off`` lies in ``[0, W)``."""
-    cdef Py_ssize_t a = 0, b
-    if off < 0:
-        a = (-off + s - 1) // s
-    if W - off <= 0:
-        b = 0
-    else:
-        b = (W - off + s - 1) // s
-    if a > OW:
-        a = OW
-    if b > OW:
-        b = OW
-    if b < a:
-        b = a
-    lo[0] = a
-    hi[0] = b
 
 
 cdef inline void _im2col_seg(const float* xc, float* d,

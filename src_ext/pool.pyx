@@ -22,24 +22,6 @@ cdef inline Py_ssize_t _imin(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
     return a if a < b else b
 
 
-cdef inline void _valid_range(Py_ssize_t off, Py_ssize_t s, Py_ssize_t W, Py_ssize_t OW,
-                              Py_ssize_t* lo, Py_ssize_t* hi) noexcept nogil:
-    """Output columns ``[lo, hi)`` whose input column ``o*s + off`` lies in ``[0, W)``."""
-    cdef Py_ssize_t a = 0, b
-    if off < 0:
-        a = (-off + s - 1) // s
-    if W - off <= 0:
-        b = 0
-    else:
-        b = (W - off + s - 1) // s
-    if a > OW:
-        a = OW
-    if b > OW:
-        b = OW
-    if b < a:
-        b = a
-    lo[0] = a
-    hi[0] = b
 
 
 cdef void _fill_divisor(float* div, Py_ssize_t H, Py_ssize_t W, Py_ssize_t kh, Py_ssize_t kw,
