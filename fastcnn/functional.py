@@ -74,8 +74,8 @@ def _conv_check(x, weight, bias, stride, padding, op="conv2d"):
         )
     if min(weight.shape) < 1:
         raise ValueError(f"{op}: weight shape {weight.shape} has an empty dimension")
-    if x.shape[0] < 1:
-        raise ValueError(f"{op}: empty batch, input shape {x.shape}")
+    if min(x.shape) < 1:
+        raise ValueError(f"{op}: empty input of shape {x.shape}; expected (N, {c}, H, W) with N, H, W >= 1")
     if bias is not None:
         bias = as_float32(bias, "bias", 1, op)
         if bias.shape != (oc,):
@@ -207,8 +207,8 @@ def _conv2d_backward(k, grad_out, x, weight, g, bias, input_grad, ws):
 
 def _pool_geometry(x, kernel_size, stride, padding, op):
     x = as_float32(x, "input", 4, op)
-    if x.shape[0] < 1 or x.shape[1] < 1:
-        raise ValueError(f"{op}: empty input of shape {x.shape}")
+    if min(x.shape) < 1:  # (an empty plane would leave windows with no real cell)
+        raise ValueError(f"{op}: empty input of shape {x.shape}; expected (N, C, H, W) with all sizes >= 1")
     kernel = pair(kernel_size, "kernel_size", op)
     stride = kernel if stride is None else pair(stride, "stride", op)
     padding = check_padding_arg(padding, op)

@@ -456,6 +456,11 @@ def test_backend_registry_errors():
      ValueError, "stride"),
     (lambda: F.conv2d(np.zeros((0, 3, 8, 8), np.float32), np.zeros((4, 3, 3, 3), np.float32)), ValueError, "empty"),
     (lambda: F.max_pool2d(np.zeros((1, 3, 1, 1), np.float32), 2), ValueError, "larger than the padded input"),
+    # found by fuzzing: an empty plane with padding left windows with no real cell
+    (lambda: F.max_pool2d(np.zeros((2, 1, 1, 0), np.float32), 4, 3, 2), ValueError, "empty input"),
+    (lambda: F.avg_pool2d(np.zeros((2, 1, 0, 3), np.float32), 2, 1, 1), ValueError, "empty input"),
+    (lambda: F.conv2d(np.zeros((1, 3, 0, 4), np.float32), np.zeros((4, 3, 3, 3), np.float32), padding=2),
+     ValueError, "empty input"),
     (lambda: F.max_pool2d(np.zeros((1, 3, 8, 8), np.float32), 2, padding=2), ValueError, "padding"),
     (lambda: F.max_pool2d("x", 2), TypeError, "floating"),
     (lambda: F.max_pool2d(object(), 2), TypeError, "numpy array"),
