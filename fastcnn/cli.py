@@ -69,6 +69,8 @@ def _setup(args):
 
 
 def cmd_info(args):
+    import numpy as np
+
     import fastcnn
 
     print(f"fastcnn {fastcnn.__version__}")
@@ -92,7 +94,14 @@ def cmd_info(args):
     try:
         import numba
 
-        print(f"numba {numba.__version__}, threading layer: {numba.config.THREADING_LAYER}")
+        layer = numba.config.THREADING_LAYER
+        if "numba" in fastcnn.available_backends():
+            try:
+                fastcnn._backend.ops("numba").relu_forward(*([np.zeros(1 << 15, np.float32)] * 2))
+                layer = numba.threading_layer()  # known once a parallel kernel has run
+            except Exception:  # pragma: no cover - informational only
+                pass
+        print(f"numba {numba.__version__}, threading layer: {layer}")
     except ImportError:
         pass
     from threadpoolctl import threadpool_info

@@ -17,3 +17,22 @@ from .pool import avgpool2d_backward, avgpool2d_forward, maxpool2d_backward, max
 
 OPENMP = _omp.OPENMP
 
+__all__ = [
+    "im2col",
+    "col2im",
+    "cnp_to_ncp_bias",
+    "ncp_to_cnp_sum",
+    "maxpool2d_forward",
+    "maxpool2d_backward",
+    "avgpool2d_forward",
+    "avgpool2d_backward",
+    "relu_forward",
+    "relu_backward",
+    "softmax_xent_forward",
+    "softmax_xent_backward",
+    "batchnorm_stats",
+    "batchnorm_forward",
+    "batchnorm_backward_reduce",
+    "batchnorm_backward_apply",
+    "adam_step",
+]
