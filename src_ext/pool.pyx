@@ -22,8 +22,6 @@ cdef inline Py_ssize_t _imin(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
     return a if a < b else b
 
 
-
-
 cdef void _fill_divisor(float* div, Py_ssize_t H, Py_ssize_t W, Py_ssize_t kh, Py_ssize_t kw,
                         Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl,
                         Py_ssize_t OH, Py_ssize_t OW, bint include_pad) noexcept nogil:
@@ -42,6 +40,17 @@ cdef void _fill_divisor(float* div, Py_ssize_t H, Py_ssize_t W, Py_ssize_t kh, P
                 ws = ow * sw - pl
                 rw = _imin(ws + kw, W) - _imax(ws, 0)
                 div[oh * OW + ow] = <float>(rh * rw)
+
+
+cdef float* _new_divisor(Py_ssize_t H, Py_ssize_t W, Py_ssize_t kh, Py_ssize_t kw,
+                         Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl,
+                         Py_ssize_t OH, Py_ssize_t OW, bint include_pad) except NULL:
+    """A malloc'ed, filled divisor array of ``OH*OW`` floats; the caller frees it."""
+    cdef float* div = <float*>malloc(OH * OW * sizeof(float))
+    if div == NULL:
+        raise MemoryError()
+    _fill_divisor(div, H, W, kh, kw, sh, sw, pt, pl, OH, OW, include_pad)
+    return div
 
 
 cdef inline void _maxpool_plane(const float* x, float* y, int* idx,
@@ -413,14 +422,10 @@ def avgpool2d_forward(const float[:, :, :, ::1] x, Py_ssize_t kh, Py_ssize_t kw,
     _check_windows(x.shape[2], x.shape[3], kh, kw, sh, sw, pt, pl, y.shape[2], y.shape[3], True)
     if _empty4(y.shape) or _empty4(x.shape):
         return
-    cdef Py_ssize_t OH = y.shape[2], OW = y.shape[3]
-    cdef float* div = <float*>malloc(OH * OW * sizeof(float))
-    if div == NULL:
-        raise MemoryError()
+    cdef float* div = _new_divisor(x.shape[2], x.shape[3], kh, kw, sh, sw, pt, pl,
+                                   y.shape[2], y.shape[3], count_include_pad)
     try:
         with nogil:
-            _fill_divisor(div, x.shape[2], x.shape[3], kh, kw, sh, sw, pt, pl, OH, OW,
-                          count_include_pad)
             _avgpool_fwd(x, kh, kw, sh, sw, pt, pl, div, y,
                          _threads_for(x.shape[0] * x.shape[1] * x.shape[2] * x.shape[3]))
     finally:
@@ -439,14 +444,10 @@ def avgpool2d_backward(const float[:, :, :, ::1] gy, Py_ssize_t kh, Py_ssize_t k
     if _empty4(gy.shape):
         gx[...] = 0.0
         return
-    cdef Py_ssize_t OH = gy.shape[2], OW = gy.shape[3]
-    cdef float* div = <float*>malloc(OH * OW * sizeof(float))
-    if div == NULL:
-        raise MemoryError()
+    cdef float* div = _new_divisor(gx.shape[2], gx.shape[3], kh, kw, sh, sw, pt, pl,
+                                   gy.shape[2], gy.shape[3], count_include_pad)
     try:
         with nogil:
-            _fill_divisor(div, gx.shape[2], gx.shape[3], kh, kw, sh, sw, pt, pl, OH, OW,
-                          count_include_pad)
             _avgpool_bwd(gy, kh, kw, sh, sw, pt, pl, div, gx,
                          _threads_for(gx.shape[0] * gx.shape[1] * gx.shape[2] * gx.shape[3]))
     finally:

@@ -37,6 +37,18 @@ def _valid_range(off, s, w, o):
 
 
 @njit(**NUMBA_SERIAL)
+def _valid_ranges(kw, pl, sw, w, ow):
+    """``_valid_range`` of every kernel column j (the same for every row and image)."""
+    wlo = np.empty(kw, np.int64)
+    whi = np.empty(kw, np.int64)
+    for j in range(kw):
+        lo, hi = _valid_range(j - pl, sw, w, ow)
+        wlo[j] = lo
+        whi[j] = hi
+    return wlo, whi
+
+
+@njit(**NUMBA_SERIAL)
 def _copy_row(cf, d, xf, s0, lo, hi, ow, sw):
     """``cf[d+u] = xf[s0 + u*sw]`` for u in [lo, hi), zeros for the rest of [0, ow).
     Called with a literal ``sw`` for stride 1 so that loop is compiled as a plain copy (a
@@ -65,13 +77,7 @@ def im2col(x, kh, kw, sh, sw, pt, pl, oh, ow, cols):
     npix = n * p
     xf = x.reshape(x.size)
     cf = cols.reshape(cols.size)
-    # Valid output-column range of every kernel column j (same for every row and image).
-    wlo = np.empty(kw, np.int64)
-    whi = np.empty(kw, np.int64)
-    for j in range(kw):
-        lo, hi = _valid_range(j - pl, sw, w, ow)
-        wlo[j] = lo
-        whi[j] = hi
+    wlo, whi = _valid_ranges(kw, pl, sw, w, ow)
     # Stride 1 with OW == W ("same" convolutions): the valid rows of one kernel offset are one
     # contiguous shifted run of the input plane; copy it at once, then zero the padding columns.
     flat = sh == 1 and sw == 1 and ow == w
@@ -128,12 +134,7 @@ def col2im(cols, kh, kw, sh, sw, pt, pl, oh, ow, dx):
     hw = h * w
     cf = cols.reshape(cols.size)
     df = dx.reshape(dx.size)
-    wlo = np.empty(kw, np.int64)
-    whi = np.empty(kw, np.int64)
-    for j in range(kw):
-        lo, hi = _valid_range(j - pl, sw, w, ow)
-        wlo[j] = lo
-        whi[j] = hi
+    wlo, whi = _valid_ranges(kw, pl, sw, w, ow)
     # Stride 1 with OW == W: as in im2col, one contiguous shifted run per kernel offset; the
     # columns that fall in the padding are masked (they add +0.0, which changes nothing).
     flat = sh == 1 and sw == 1 and ow == w
