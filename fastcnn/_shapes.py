@@ -42,6 +42,12 @@ def as_float32(x, name, ndim=None, op="fastcnn"):
 
 def as_labels(labels, n, num_classes, op="fastcnn"):
     """Validate class-index labels: integer dtype, shape ``(n,)``, values in ``[0, num_classes)``."""
+    if type(labels) is np.ndarray and labels.dtype == np.int64 and labels.shape == (n,) and 0 < n <= 64:
+        values = labels.tolist()  # small batches: Python's min/max beat two NumPy reductions
+        lo, hi = min(values), max(values)
+        if lo < 0 or hi >= num_classes:
+            raise ValueError(f"{op}: labels must lie in [0, {num_classes}), got range [{lo}, {hi}]")
+        return labels if labels.flags.c_contiguous else np.ascontiguousarray(labels)
     labels = np.asarray(labels)
     if labels.dtype.kind not in "iu":
         raise TypeError(f"{op}: labels must be integer class indices, got dtype {labels.dtype}")

@@ -238,7 +238,7 @@ class Flatten(Layer):
     def backward(self, grad_out):
         self._expect_cache("_shape")
         grad_out = as_float32(grad_out, "grad_out", 2, "Flatten.backward")
-        if grad_out.size != int(np.prod(self._shape)):
+        if grad_out.size != math.prod(self._shape):
             raise ValueError(f"Flatten.backward: grad_out {grad_out.shape} does not match input {self._shape}")
         return grad_out.reshape(self._shape)
 

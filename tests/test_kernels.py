@@ -512,6 +512,44 @@ def test_conv_chunking_matches_single_pass(backend, monkeypatch):
         assert_close(c, a, 1e-6)
 
 
+@pytest.mark.parametrize("stride,padding,use_bias", [(1, "same", True), (2, 1, False), (1, 0, True), (3, "same", False)])
+def test_conv_single_image_path_matches_batched(backend, stride, padding, use_bias):
+    """Batch 1 skips the GEMM-layout reorders; each image of a batch gets the same result."""
+    rng = np.random.default_rng(21)
+    x = rng.standard_normal((3, 5, 11, 9), dtype=np.float32)
+    w = rng.standard_normal((7, 5, 3, 3), dtype=np.float32)
+    b = rng.standard_normal(7, dtype=np.float32) if use_bias else None
+    y = F.conv2d(x, w, b, stride, padding)
+    gy = rng.standard_normal(y.shape, dtype=np.float32)
+    gx, gw, gb = F.conv2d_backward(gy, x, w, stride, padding, bias=use_bias)
+    sum_gw = np.zeros_like(gw)
+    for i in range(3):
+        yi = F.conv2d(x[i:i + 1], w, b, stride, padding)
+        assert_close(yi, y[i:i + 1], 1e-6, what="forward")
+        gxi, gwi, gbi = F.conv2d_backward(gy[i:i + 1], x[i:i + 1], w, stride, padding, bias=use_bias)
+        assert_close(gxi, gx[i:i + 1], 1e-6, what="grad x")
+        want_gb = gy[i].sum(axis=(1, 2), dtype=np.float64).astype(np.float32)
+        if use_bias:
+            assert_close(gbi, want_gb, 1e-6, what="grad b")
+        else:
+            assert gbi is None
+        sum_gw += gwi
+    assert_close(sum_gw, gw, 1e-5, what="grad w summed over images")
+    # The one-image weight gradient against naive loops: conv is linear in w, so
+    # gw[o, c, i, j] = sum(gy[o] * conv(x, unit weight at (c, i, j))).
+    _, gw1, _ = F.conv2d_backward(gy[:1], x[:1], w, stride, padding, input_grad=False)
+    g = ConvGeometry((3, 3), (stride, stride), padding, (11, 9), "test")
+    want = np.empty(w.shape)
+    for c in range(5):
+        for i in range(3):
+            for j in range(3):
+                unit = np.zeros((1, 5, 3, 3))
+                unit[0, c, i, j] = 1.0
+                resp = naive.conv2d(x[:1].astype(np.float64), unit, None, (stride, stride), (g.pt, g.pb, g.pl, g.pr))
+                want[:, c, i, j] = (gy[0].astype(np.float64) * resp[0]).sum(axis=(1, 2))
+    assert_close(gw1, want, 2e-5, what="grad w vs naive")
+
+
 # ----------------------------------------------------------------------------- batch norm, Adam
 
 def _unfused(name):
