@@ -67,6 +67,8 @@ def pair(value, name, op="fastcnn", minimum=1):
         if min(value) < minimum:
             raise ValueError(f"{op}: {name} must be >= {minimum}, got {value!r}")
         return value  # fast path
+    if type(value) is int and value >= minimum:
+        return (value, value)  # fast path
     if isinstance(value, numbers.Integral) and not isinstance(value, bool):
         out = (int(value), int(value))
     elif (
@@ -84,6 +86,8 @@ def pair(value, name, op="fastcnn", minimum=1):
 
 def check_padding_arg(padding, op="fastcnn"):
     """Validate a padding argument without knowing the input size yet."""
+    if type(padding) is int and padding >= 0:
+        return (padding, padding)  # fast path
     if isinstance(padding, str):
         p = padding.lower()
         if p not in ("same", "valid"):

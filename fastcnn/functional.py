@@ -129,7 +129,7 @@ def _conv2d_forward(k, x, weight, bias, g, ws):
     if n == 1:  # one image: the GEMM result is already in (OC, OH*OW) order
         cols = _buf(ws, "cols1", (kdim, p), dt)
         k.im2col(x, *g.args, g.oh, g.ow, cols)
-        np.matmul(w2, cols, out=y[0])
+        np.dot(w2, cols, out=y[0])  # (np.dot: less call overhead than matmul for small arrays)
         if bias is not None:
             y[0] += bias[:, None]
         return y.reshape(n, oc, g.oh, g.ow)
@@ -189,11 +189,10 @@ def _conv2d_backward(k, grad_out, x, weight, g, bias, input_grad, ws):
         g0 = gy[0]
         cols = _buf(ws, "cols1", (kdim, p), dt)
         k.im2col(x, *g.args, g.oh, g.ow, cols)
-        gw = np.empty((oc, kdim), dt)
-        np.matmul(g0, cols.T, out=gw)
+        gw = np.dot(g0, cols.T)
         gx = None
         if input_grad:
-            np.matmul(w2.T, g0, out=cols)
+            np.dot(w2.T, g0, out=cols)
             gx = np.empty(x.shape, dtype=dt)
             k.col2im(cols, *g.args, g.oh, g.ow, gx)
         gb = g0.sum(axis=1, dtype=np.float64).astype(dt) if bias else None
@@ -457,7 +456,7 @@ def softmax_cross_entropy(logits, labels, *, ws=None, return_labels=False):
     probs = np.empty(logits.shape, np.float32)
     losses = _buf(ws, "losses", (logits.shape[0],))
     _backend.ops().softmax_xent_forward(logits, labels, probs, losses)
-    loss = float(losses.mean(dtype=np.float64))
+    loss = float(losses[0]) if len(losses) == 1 else float(losses.mean(dtype=np.float64))
     return (loss, probs, labels) if return_labels else (loss, probs)
 
 
