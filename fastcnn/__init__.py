@@ -25,8 +25,13 @@ if _os.environ.get("FASTCNN_NO_THREAD_DEFAULTS", "") not in ("1", "true", "yes")
     _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     _os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
+import numpy as _np  # noqa: F401  (NumPy's BLAS loads first, with the defaults above)
+
+from . import _threads
 from ._backend import available_backends, get_backend, set_backend
 from ._threads import get_num_threads, set_num_threads
+
+_threads.init_gemm_blas()
 from . import data, functional, layers, losses, models, optim
 from .layers import Parameter
 from .model import Sequential, load, save

@@ -14,6 +14,8 @@ PRIMITIVES = (
     "col2im",
     "cnp_to_ncp_bias",
     "ncp_to_cnp_sum",
+    "conv2d_forward_images",
+    "conv2d_backward_images",
     "maxpool2d_forward",
     "maxpool2d_backward",
     "avgpool2d_forward",

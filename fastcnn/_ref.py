@@ -68,6 +68,64 @@ def col2im(cols, kh, kw, sh, sw, pt, pl, oh, ow, dx):
     dx[...] = xp[:, :, pt : pt + h, pl : pl + w]
 
 
+#: Number of partial weight-gradient sums of :func:`conv2d_backward_images`: image ``i`` of
+#: ``N`` adds into slot ``i * SLOTS // N``.  A constant, so the result does not depend on the
+#: number of threads (each slot is summed by one thread, in image order).
+SLOTS = 8
+
+
+def conv2d_forward_images(x, w2, bias, kh, kw, sh, sw, pt, pl, oh, ow, cols, y):
+    """Convolution one image at a time: unfold the image, one GEMM into its output.
+
+    Parameters
+    ----------
+    x : (N, C, H, W) float32  # IN
+    w2 : (OC, C*kh*kw) float32  # IN  the weight as a matrix
+    bias : (OC,) float32  # IN
+    cols : (T, C*kh*kw, OH*OW) float32  # scratch: T >= 1 blocks of consecutive images, one
+        buffer each (the compiled kernels run the blocks in parallel; T = the thread count)
+    y : (N, OC, OH*OW) float32  # OUT  ``y[i] = w2 @ im2col(x[i]) + bias[:, None]``
+    """
+    for i in range(x.shape[0]):
+        im2col(x[i:i + 1], kh, kw, sh, sw, pt, pl, oh, ow, cols[0])
+        np.matmul(w2, cols[0], out=y[i])
+        y[i] += bias[:, None]
+
+
+def conv2d_backward_images(gy, x, w2, kh, kw, sh, sw, pt, pl, oh, ow, input_grad, cols, gwt_tmp,
+                           gwt_part, gb_part, gx):
+    """Gradients of :func:`conv2d_forward_images`, one image at a time.
+
+    Parameters
+    ----------
+    gy : (N, OC, OH*OW) float32  # IN
+    x : (N, C, H, W) float32  # IN
+    w2 : (OC, C*kh*kw) float32  # IN
+    input_grad : bool
+        Whether to write ``gx``.
+    cols : (T, C*kh*kw, OH*OW) float32  # scratch: T >= 1 blocks of consecutive slots, one
+        buffer each (the compiled kernels run the blocks in parallel; T = the thread count)
+    gwt_tmp : (T, C*kh*kw, OC) float32  # scratch, one per block
+    gwt_part : (SLOTS, C*kh*kw, OC) float32  # OUT  slot ``s``: sum over its images (in order)
+        of ``im2col(x[i]) @ gy[i].T`` (the transposed weight gradient); image ``i`` belongs to
+        slot ``i * SLOTS // N``
+    gb_part : (SLOTS, OC) float64  # OUT  slot sums of ``gy[i]`` over OH*OW
+    gx : (N, C, H, W) float32  # OUT if ``input_grad``: ``col2im(w2.T @ gy[i])``
+    """
+    n = x.shape[0]
+    gwt_part[...] = 0
+    gb_part[...] = 0
+    for i in range(n):
+        s = i * SLOTS // n
+        im2col(x[i:i + 1], kh, kw, sh, sw, pt, pl, oh, ow, cols[0])
+        np.matmul(cols[0], gy[i].T, out=gwt_tmp[0])
+        gwt_part[s] += gwt_tmp[0]
+        gb_part[s] += gy[i].sum(axis=1, dtype=np.float64)
+        if input_grad:
+            np.matmul(w2.T, gy[i], out=cols[0])
+            col2im(cols[0], kh, kw, sh, sw, pt, pl, oh, ow, gx[i:i + 1])
+
+
 def _padded_shape(shape, kh, kw, sh, sw, pt, pl, oh, ow):
     n, c, h, w = shape
     return (n, c, max((oh - 1) * sh + kh, pt + h), max((ow - 1) * sw + kw, pl + w))

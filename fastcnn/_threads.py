@@ -5,6 +5,60 @@ from ._config import env_threads
 
 _state = {"n": None, "blas_limiter": None}
 
+#: SciPy's BLAS, which the per-image convolution kernels call from their own threads
+#: (``np.dot`` in Numba, ``scipy.linalg.cython_blas`` in Cython).  See :func:`init_gemm_blas`.
+_gemm_blas = {"filepath": None, "single": False, "why": "not initialised"}
+
+
+def init_gemm_blas():
+    """Load SciPy's BLAS with one thread, for GEMMs called from the kernels' own threads.
+
+    The convolution kernels run one thread pool: each thread unfolds an image and multiplies
+    it with a single-threaded SGEMM.  OpenBLAS must then run single-threaded, and must have
+    *started* that way: an OpenBLAS that started its own threads stays several-fold slower
+    under concurrent calls even after ``openblas_set_num_threads(1)`` (docs/PERFORMANCE.md).
+    So ``OPENBLAS_NUM_THREADS=1`` is set only while SciPy's BLAS loads, which leaves NumPy's
+    BLAS (loaded before, used by the dense layers) multi-threaded.
+
+    If SciPy's BLAS was loaded before fastcnn (or is not a separate OpenBLAS), nothing is
+    changed and :func:`gemm_blas_single` is False: convolutions then take the chunked path
+    with NumPy's multi-threaded BLAS.  ``FASTCNN_NO_THREAD_DEFAULTS=1`` also disables this.
+    """
+    import sys
+
+    if _gemm_blas["why"] != "not initialised":
+        return
+    if os.environ.get("FASTCNN_NO_THREAD_DEFAULTS", "") in ("1", "true", "yes"):
+        _gemm_blas["why"] = "FASTCNN_NO_THREAD_DEFAULTS is set"
+        return
+    if any(m.startswith("scipy.linalg") for m in sys.modules):
+        _gemm_blas["why"] = "scipy.linalg was imported before fastcnn"
+        return
+    from threadpoolctl import ThreadpoolController
+
+    before = {lc.filepath for lc in ThreadpoolController().lib_controllers}
+    previous = os.environ.get("OPENBLAS_NUM_THREADS")
+    os.environ["OPENBLAS_NUM_THREADS"] = "1"
+    try:
+        import scipy.linalg.cython_blas  # noqa: F401  (loads SciPy's BLAS)
+    finally:
+        if previous is None:
+            del os.environ["OPENBLAS_NUM_THREADS"]
+        else:
+            os.environ["OPENBLAS_NUM_THREADS"] = previous
+    new = [lc for lc in ThreadpoolController().lib_controllers
+           if lc.filepath not in before and lc.user_api == "blas"]
+    if len(new) == 1 and new[0].internal_api == "openblas" and new[0].num_threads == 1:
+        _gemm_blas.update(filepath=new[0].filepath, single=True, why="")
+    else:
+        _gemm_blas["why"] = "SciPy's BLAS is not a separate single-threaded OpenBLAS: " + repr(
+            [(lc.internal_api, lc.num_threads) for lc in new])
+
+
+def gemm_blas_single():
+    """Whether SciPy's BLAS runs single-threaded for the per-image convolution kernels."""
+    return _gemm_blas["single"]
+
 
 def max_threads():
     """Cores this process may run on."""
@@ -44,13 +98,17 @@ def set_num_threads(n):
         _omp.set_num_threads(n)
     except ImportError:
         pass
-    from threadpoolctl import threadpool_limits
+    from threadpoolctl import ThreadpoolController
 
     # The limiter applies on construction and stays in force until restored; keep it so
-    # a later call can restore before applying its own limit.
+    # a later call can restore before applying its own limit.  SciPy's BLAS, when the
+    # convolution kernels call it from their threads, stays at one thread.
     if _state["blas_limiter"] is not None:
         _state["blas_limiter"].restore_original_limits()
-    _state["blas_limiter"] = threadpool_limits(limits=n, user_api="blas")
+    ctl = ThreadpoolController()
+    others = [lc.filepath for lc in ctl.lib_controllers
+              if lc.user_api == "blas" and lc.filepath != _gemm_blas["filepath"]]
+    _state["blas_limiter"] = ctl.select(filepath=others).limit(limits=n) if others else None
     _state["n"] = n
 
 

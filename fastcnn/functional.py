@@ -13,7 +13,7 @@ import functools
 
 import numpy as np
 
-from . import _backend
+from . import _backend, _ref, _threads
 from ._shapes import as_float32, as_labels, check_padding_arg, output_size, pair, resolve_padding
 
 
@@ -91,6 +91,20 @@ def _conv_check(x, weight, bias, stride, padding, op="conv2d"):
 CHUNK_BYTES = 8 << 20
 
 
+#: Whether batched convolutions run one image at a time in one thread pool
+#: (``conv2d_forward_images`` / ``conv2d_backward_images``: each thread unfolds an image into
+#: its own cache-resident buffer and calls a single-threaded SGEMM) instead of chunked
+#: im2col + NumPy's multi-threaded SGEMM + reorders.  None: yes for the compiled backends
+#: when SciPy's BLAS was loaded single-threaded (``fastcnn._threads.init_gemm_blas``).
+PER_IMAGE = None
+
+
+def _per_image(k):
+    if PER_IMAGE is None:
+        return k is not _ref and _threads.gemm_blas_single()
+    return PER_IMAGE
+
+
 def _chunks(n, cols_per_image, itemsize):
     per = max(1, min(n, CHUNK_BYTES // max(1, cols_per_image * itemsize)))
     return [(i, min(i + per, n)) for i in range(0, n, per)]
@@ -136,6 +150,10 @@ def _conv2d_forward(k, x, weight, bias, g, ws):
     if bias is None:
         bias = _buf(ws, "zeros", (oc,), dt)
         bias[...] = 0
+    if _per_image(k):
+        cols = _buf(ws, "icols", (_threads.get_num_threads(), kdim, p), dt)
+        k.conv2d_forward_images(x, w2, bias, *g.args, g.oh, g.ow, cols, y)
+        return y.reshape(n, oc, g.oh, g.ow)
     for a, b in _chunks(n, kdim * p, dt.itemsize):
         cols = _buf(ws, f"cols{b - a}", (kdim, (b - a) * p), dt)
         k.im2col(x[a:b], *g.args, g.oh, g.ow, cols)
@@ -197,6 +215,19 @@ def _conv2d_backward(k, grad_out, x, weight, g, bias, input_grad, ws):
             k.col2im(cols, *g.args, g.oh, g.ow, gx)
         gb = g0.sum(axis=1, dtype=np.float64).astype(dt) if bias else None
         return gx, gw.reshape(weight.shape), gb
+    if _per_image(k):
+        cols = _buf(ws, "icols", (_threads.get_num_threads(), kdim, p), dt)
+        tmp = _buf(ws, "igwt", (_threads.get_num_threads(), kdim, oc), dt)
+        gwt_part = _buf(ws, "igwt_part", (_ref.SLOTS, kdim, oc), dt)
+        gb_part = _buf(ws, "igb_part", (_ref.SLOTS, oc), np.float64)
+        gx = np.empty(x.shape, dtype=dt) if input_grad else _buf(ws, "nogx", (1, 1, 1, 1), dt)
+        k.conv2d_backward_images(gy, x, w2, *g.args, g.oh, g.ow, bool(input_grad), cols, tmp, gwt_part,
+                                 gb_part, gx)
+        gwt = gwt_part[0].copy()
+        for s in range(1, _ref.SLOTS):  # slot sums added in slot order
+            gwt += gwt_part[s]
+        gw = np.ascontiguousarray(gwt.T).reshape(weight.shape)
+        return (gx if input_grad else None), gw, (gb_part.sum(axis=0).astype(dt) if bias else None)
     # The weight gradient is accumulated transposed, (kdim, OC) = cols @ gcnp.T: OpenBLAS
     # runs that orientation faster than gcnp @ cols.T (docs/PERFORMANCE.md).
     gwt = np.zeros((kdim, oc), dt)

@@ -7,6 +7,7 @@ writes disjoint parts of its outputs, and every sum runs in a fixed order inside
 iteration, so results are bit-identical for any thread count.
 """
 from cython.parallel cimport prange
+from scipy.linalg.cython_blas cimport sgemm
 
 include "_common.pxi"
 
@@ -194,6 +195,113 @@ cdef void _ncp_to_cnp_sum(const float[:, :, ::1] gy,   # IN  (N, OC, P)
         gbp[o] = _copy_sum_rows(src + o * P, dst + o * NP, N, OC * P, P)
 
 
+# --------------------------------------------------------------------------- one image at a time
+# One thread pool: each thread unfolds one image into its own buffer (which stays in its
+# core's cache) and calls SciPy's single-threaded SGEMM on it (SciPy's BLAS is loaded with one
+# thread by ``fastcnn._threads.init_gemm_blas``).  Row-major products are computed as their
+# column-major transposes: C = A @ B is C^T = B^T @ A^T.
+
+cdef inline void _im2col_image(const float* xi, float* c, Py_ssize_t C, Py_ssize_t kh,
+                               Py_ssize_t kw, Py_ssize_t H, Py_ssize_t W, Py_ssize_t sh,
+                               Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t OH,
+                               Py_ssize_t OW) noexcept nogil:
+    """Unfold one image ``xi`` (C, H, W) into ``c`` (C*kh*kw, OH*OW)."""
+    cdef Py_ssize_t r, ci, i, j, P = OH * OW
+    for r in range(C * kh * kw):
+        ci = r // (kh * kw)
+        i = (r - ci * kh * kw) // kw
+        j = r - ci * kh * kw - i * kw
+        _im2col_seg(xi + ci * H * W, c + r * P, i, j, H, W, sh, sw, pt, pl, OH, OW)
+
+
+cdef void _forward_images(const float[:, :, :, ::1] x,   # IN  (N, C, H, W)
+                          const float[:, ::1] w2,         # IN  (OC, C*kh*kw)
+                          const float[::1] bias,          # IN  (OC,)
+                          Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                          Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t OH, Py_ssize_t OW,
+                          float[:, :, ::1] cols,          # scratch (T blocks, C*kh*kw, OH*OW)
+                          float[:, :, ::1] y,             # OUT (N, OC, OH*OW)
+                          int nt) noexcept nogil:
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t OC = w2.shape[0], K = w2.shape[1], P = OH * OW
+    cdef const float* xp = &x[0, 0, 0, 0]
+    cdef const float* wp = &w2[0, 0]
+    cdef float* cp = &cols[0, 0, 0]
+    cdef float* yp = &y[0, 0, 0]
+    cdef Py_ssize_t T = cols.shape[0], t, i, o, e
+    cdef float* c
+    cdef float* yi
+    cdef int m = <int>P, n = <int>OC, k = <int>K
+    cdef float one = 1.0, zero = 0.0
+    # One iteration per block of consecutive images, with its own buffer cols[t].
+    for t in prange(T, schedule='static', num_threads=nt):
+        c = cp + t * K * P
+        for i in range(t * N // T, (t + 1) * N // T):
+            _im2col_image(xp + i * C * H * W, c, C, kh, kw, H, W, sh, sw, pt, pl, OH, OW)
+            yi = yp + i * OC * P
+            # y_i (OC, P) = w2 @ c, as y_i^T = c^T @ w2^T in column-major terms
+            sgemm("N", "N", &m, &n, &k, &one, c, &m, <float*>wp, &k, &zero, yi, &m)
+            for o in range(OC):
+                for e in range(P):
+                    yi[o * P + e] = yi[o * P + e] + bias[o]
+
+
+cdef void _backward_images(const float[:, :, ::1] gy,      # IN  (N, OC, OH*OW)
+                           const float[:, :, :, ::1] x,    # IN  (N, C, H, W)
+                           const float[:, ::1] w2,         # IN  (OC, C*kh*kw)
+                           Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                           Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t OH, Py_ssize_t OW,
+                           bint input_grad,
+                           float[:, :, ::1] cols,          # scratch (T blocks, C*kh*kw, OH*OW)
+                           float[:, :, ::1] gwt_part,      # OUT (SLOTS, C*kh*kw, OC)
+                           double[:, ::1] gb_part,         # OUT (SLOTS, OC)
+                           float[:, :, :, ::1] gx,         # OUT (N, C, H, W) if input_grad
+                           int nt) noexcept nogil:
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t OC = w2.shape[0], K = w2.shape[1], P = OH * OW, S = gwt_part.shape[0]
+    cdef const float* gp = &gy[0, 0, 0]
+    cdef const float* xp = &x[0, 0, 0, 0]
+    cdef const float* wp = &w2[0, 0]
+    cdef float* cp = &cols[0, 0, 0]
+    cdef float* gwp = &gwt_part[0, 0, 0]
+    cdef double* gbp = &gb_part[0, 0]
+    cdef float* gxp = &gx[0, 0, 0, 0]
+    cdef Py_ssize_t T = cols.shape[0], t, s, i, o, e, ci
+    cdef float* c
+    cdef const float* g
+    cdef double sm
+    cdef int m_oc = <int>OC, n_k = <int>K, k_p = <int>P
+    cdef float one = 1.0, zero = 0.0
+    # One iteration per block of consecutive slots, with its own buffer cols[t].  A slot is a
+    # run of consecutive images whose weight gradients it sums in image order (SGEMM with
+    # beta = 1), so the result does not depend on the number of blocks or threads.
+    for t in prange(T, schedule='static', num_threads=nt):
+        c = cp + t * K * P
+        for s in range(t * S // T, (t + 1) * S // T):
+            for e in range(K * OC):
+                gwp[s * K * OC + e] = 0.0
+            for o in range(OC):
+                gbp[s * OC + o] = 0.0
+            for i in range((s * N + S - 1) // S, ((s + 1) * N + S - 1) // S):
+                g = gp + i * OC * P
+                _im2col_image(xp + i * C * H * W, c, C, kh, kw, H, W, sh, sw, pt, pl, OH, OW)
+                # gwt_s (K, OC) += c @ g^T, as gwt_s^T (OC, K) += g @ c^T column-major
+                sgemm("T", "N", &m_oc, &n_k, &k_p, &one, <float*>g, &k_p, c, &k_p, &one,
+                      gwp + s * K * OC, &m_oc)
+                for o in range(OC):
+                    sm = 0.0
+                    for e in range(P):
+                        sm = sm + g[o * P + e]
+                    gbp[s * OC + o] = gbp[s * OC + o] + sm
+                if input_grad:
+                    # c (K, P) = w2^T @ g, as c^T (P, K) = g^T @ w2 column-major
+                    sgemm("N", "T", &k_p, &n_k, &m_oc, &one, <float*>g, &k_p, <float*>wp, &n_k,
+                          &zero, c, &k_p)
+                    for ci in range(C):
+                        _col2im_plane(c, gxp + (i * C + ci) * H * W, ci, 0, kh, kw, H, W, sh,
+                                      sw, pt, pl, OH, OW, P)
+
+
 # --------------------------------------------------------------------------- Python API
 
 def im2col(const float[:, :, :, ::1] x, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh,
@@ -249,3 +357,54 @@ def ncp_to_cnp_sum(const float[:, :, ::1] gy, float[:, ::1] gcnp, float[::1] gb)
         return
     with nogil:
         _ncp_to_cnp_sum(gy, gcnp, gb, _threads_for(gy.shape[0] * gy.shape[1] * gy.shape[2]))
+
+
+def conv2d_forward_images(const float[:, :, :, ::1] x, const float[:, ::1] w2,
+                          const float[::1] bias, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh,
+                          Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t oh,
+                          Py_ssize_t ow, float[:, :, ::1] cols, float[:, :, ::1] y):
+    """Convolution one image at a time (see :func:`fastcnn._ref.conv2d_forward_images`)."""
+    _check_windows(x.shape[2], x.shape[3], kh, kw, sh, sw, pt, pl, oh, ow, False)
+    _check(oh >= 1 and ow >= 1 and w2.shape[1] == x.shape[1] * kh * kw
+           and bias.shape[0] == w2.shape[0] and cols.shape[0] >= 1
+           and cols.shape[1] == w2.shape[1] and cols.shape[2] == oh * ow
+           and y.shape[0] == x.shape[0] and y.shape[1] == w2.shape[0] and y.shape[2] == oh * ow,
+           "conv2d_forward_images: shapes do not match")
+    if x.shape[0] == 0 or w2.shape[0] == 0:
+        return
+    cdef int nt = _threads_for(y.shape[0] * y.shape[1] * y.shape[2])
+    if nt > cols.shape[0]:
+        nt = <int>cols.shape[0]
+    with nogil:
+        _forward_images(x, w2, bias, kh, kw, sh, sw, pt, pl, oh, ow, cols, y, nt)
+
+
+def conv2d_backward_images(const float[:, :, ::1] gy, const float[:, :, :, ::1] x,
+                           const float[:, ::1] w2, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh,
+                           Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t oh,
+                           Py_ssize_t ow, bint input_grad, float[:, :, ::1] cols,
+                           float[:, :, ::1] gwt_tmp, float[:, :, ::1] gwt_part,
+                           double[:, ::1] gb_part, float[:, :, :, ::1] gx):
+    """Gradients one image at a time (see :func:`fastcnn._ref.conv2d_backward_images`;
+    ``gwt_tmp`` is not needed here: SGEMM accumulates into ``gwt_part`` directly)."""
+    _check_windows(x.shape[2], x.shape[3], kh, kw, sh, sw, pt, pl, oh, ow, False)
+    _check(oh >= 1 and ow >= 1 and w2.shape[1] == x.shape[1] * kh * kw
+           and gy.shape[0] == x.shape[0] and gy.shape[1] == w2.shape[0] and gy.shape[2] == oh * ow
+           and cols.shape[0] >= 1 and cols.shape[1] == w2.shape[1] and cols.shape[2] == oh * ow
+           and gwt_part.shape[0] >= 1 and gwt_part.shape[1] == w2.shape[1]
+           and gwt_part.shape[2] == w2.shape[0] and gb_part.shape[0] == gwt_part.shape[0]
+           and gb_part.shape[1] == w2.shape[0],
+           "conv2d_backward_images: shapes do not match")
+    if input_grad:
+        _check(gx.shape[0] == x.shape[0] and gx.shape[1] == x.shape[1] and gx.shape[2] == x.shape[2]
+               and gx.shape[3] == x.shape[3], "conv2d_backward_images: gx has the wrong shape")
+    if x.shape[0] == 0 or w2.shape[0] == 0:
+        gwt_part[...] = 0.0
+        gb_part[...] = 0.0
+        return
+    cdef int nt = _threads_for(gy.shape[0] * gy.shape[1] * gy.shape[2])
+    if nt > cols.shape[0]:
+        nt = <int>cols.shape[0]
+    with nogil:
+        _backward_images(gy, x, w2, kh, kw, sh, sw, pt, pl, oh, ow, input_grad, cols, gwt_part,
+                         gb_part, gx, nt)

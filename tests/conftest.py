@@ -32,6 +32,16 @@ def compiled(request):
     fastcnn.set_backend(previous)
 
 
+@pytest.fixture(params=["chunked", "per_image"])
+def conv_path(request, monkeypatch):
+    """Run the test with each convolution path of ``fastcnn.functional`` (chunked im2col +
+    multi-threaded SGEMM, or one image at a time per thread)."""
+    from fastcnn import functional as F
+
+    monkeypatch.setattr(F, "PER_IMAGE", request.param == "per_image")
+    return request.param
+
+
 def assert_close(actual, desired, rtol=1e-5, atol=1e-7, what=""):
     """Max abs error within rtol times the output scale (max |desired|)."""
     actual = np.asarray(actual, dtype=np.float64)

@@ -93,6 +93,68 @@ def test_reorders_match_reference(name, n, oc, p, seed):
     assert_close(gb, wb, 1e-5, what="bias grad")
 
 
+@st.composite
+def batched_geometries(draw):
+    n0, c, h, w, g, rng = draw(geometries())
+    n = draw(st.sampled_from([1, 2, 3, 7, 8, 9, 20]))  # fewer, as many and more images than slots
+    return n, min(c, 16), h, w, g, rng
+
+
+@pytest.mark.parametrize("name", COMPILED)
+@HSET
+@given(geo=batched_geometries(), oc=st.sampled_from([1, 3, 8]), input_grad=st.booleans())
+def test_per_image_primitives_match_reference(name, geo, oc, input_grad):
+    n, c, h, w, g, rng = geo
+    k = _mod(name)
+    kdim, p = c * g.kh * g.kw, g.oh * g.ow
+    x = rng.standard_normal((n, c, h, w), dtype=np.float32)
+    w2 = rng.standard_normal((oc, kdim), dtype=np.float32)
+    bias = rng.standard_normal(oc, dtype=np.float32)
+    slots = 3
+    want, got = np.empty((n, oc, p), np.float32), np.full((n, oc, p), np.nan, np.float32)
+    _ref.conv2d_forward_images(x, w2, bias, *g.args, g.oh, g.ow, np.empty((1, kdim, p), np.float32), want)
+    k.conv2d_forward_images(x, w2, bias, *g.args, g.oh, g.ow, np.full((slots, kdim, p), np.nan, np.float32), got)
+    assert_close(got, want, 1e-5, what="forward")
+    gy = rng.standard_normal((n, oc, p), dtype=np.float32)
+    outs = []
+    for mod, t in ((_ref, 1), (k, slots)):
+        parts = (np.full((_ref.SLOTS, kdim, oc), np.nan, np.float32), np.full((_ref.SLOTS, oc), np.nan))
+        gx = np.full(x.shape if input_grad else (1, 1, 1, 1), np.nan, np.float32)
+        mod.conv2d_backward_images(gy, x, w2, *g.args, g.oh, g.ow, input_grad,
+                                   np.full((t, kdim, p), np.nan, np.float32),
+                                   np.full((t, kdim, oc), np.nan, np.float32), *parts, gx)
+        outs.append(parts + (gx,))
+    (wgw, wgb, wgx), (ggw, ggb, ggx) = outs
+    for s in range(_ref.SLOTS):  # every slot, including the empty ones (zeros)
+        assert_close(ggw[s], wgw[s], 1e-5, what=f"weight-gradient slot {s}")
+        assert_close(ggb[s], wgb[s], 1e-12, what=f"bias-gradient slot {s}")
+    if input_grad:
+        assert_close(ggx, wgx, 1e-5, what="input gradient")
+
+
+def test_per_image_results_do_not_depend_on_threads(compiled, monkeypatch):
+    """The per-image path sums the weight gradient in fixed slots: 1 and 2 threads agree
+    bit for bit."""
+    if fastcnn._threads.max_threads() < 2:
+        pytest.skip("needs 2 cores")
+    monkeypatch.setattr(F, "PER_IMAGE", True)
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((13, 6, 12, 12), dtype=np.float32)
+    w = rng.standard_normal((10, 6, 3, 3), dtype=np.float32)
+    b = rng.standard_normal(10, dtype=np.float32)
+    gy = rng.standard_normal((13, 10, 12, 12), dtype=np.float32)
+    before = fastcnn.get_num_threads()
+    runs = []
+    try:
+        for threads in (1, 2):
+            fastcnn.set_num_threads(threads)
+            runs.append((F.conv2d(x, w, b, 1, 1),) + F.conv2d_backward(gy, x, w, 1, 1))
+    finally:
+        fastcnn.set_num_threads(before)
+    for a, c in zip(*runs):
+        assert a.tobytes() == c.tobytes()
+
+
 @pytest.mark.parametrize("name", COMPILED)
 @pytest.mark.parametrize("values", ["normal", "ties", "special"])
 @HSET
@@ -175,7 +237,7 @@ def test_softmax_xent_matches_reference(name, n, classes, scale, seed):
 
 @HSET
 @given(geo=geometries(), oc=st.sampled_from([1, 4, 7]), use_bias=st.booleans())
-def test_conv2d_all_backends_match_naive(geo, oc, use_bias):
+def test_conv2d_all_backends_match_naive(conv_path, geo, oc, use_bias):
     n, c, h, w, g, rng = geo
     c = min(c, 8)
     x = rng.standard_normal((n, c, h, w), dtype=np.float32)
@@ -330,8 +392,9 @@ def test_relu_and_softmax_reference_backward_finite_differences():
 @pytest.mark.parametrize("n,c,oc,hw,k,stride,padding", [
     (1, 1, 32, (28, 28), 5, 1, "same"), (3, 32, 64, (14, 14), 5, 1, "same"), (2, 3, 5, (9, 7), 3, 2, "same"),
     (2, 16, 8, (11, 11), 3, 2, 1), (1, 5, 3, (6, 9), 1, 1, 0), (2, 4, 6, (8, 8), 4, 2, "same"),
+    (11, 3, 4, (7, 6), 3, 1, 1),
 ])
-def test_conv2d_forward_backward_match_torch(backend, n, c, oc, hw, k, stride, padding):
+def test_conv2d_forward_backward_match_torch(backend, conv_path, n, c, oc, hw, k, stride, padding):
     import torch
 
     rng = np.random.default_rng(3)
@@ -394,7 +457,7 @@ def test_softmax_cross_entropy_matches_torch(backend):
 # ----------------------------------------------------------------------------- determinism, threads
 
 @pytest.mark.parametrize("threads", [1, 2])
-def test_conv_backward_is_bit_identical_run_to_run(backend, threads):
+def test_conv_backward_is_bit_identical_run_to_run(backend, conv_path, threads):
     if threads > fastcnn._threads.max_threads():
         pytest.skip("needs 2 cores")
     before = fastcnn.get_num_threads()
@@ -498,6 +561,7 @@ def test_zero_dim_and_empty_relu_keep_their_shape(backend):
 
 def test_conv_chunking_matches_single_pass(backend, monkeypatch):
     """Several im2col chunks (uneven last one) give the single-chunk result."""
+    monkeypatch.setattr(F, "PER_IMAGE", False)
     rng = np.random.default_rng(12)
     x = rng.standard_normal((7, 3, 9, 8), dtype=np.float32)
     w = rng.standard_normal((5, 3, 3, 3), dtype=np.float32)

@@ -4,7 +4,8 @@ Same names, signatures, layouts and contracts as the NumPy reference; callers
 (:mod:`fastcnn.functional`) validate arguments, so the kernels do not.
 """
 from .activation import relu_backward, relu_forward
-from .conv import cnp_to_ncp_bias, col2im, im2col, ncp_to_cnp_sum
+from .conv import (cnp_to_ncp_bias, col2im, conv2d_backward_images, conv2d_forward_images, im2col,
+                   ncp_to_cnp_sum)
 from .loss import softmax_xent_backward, softmax_xent_forward
 from .norm import batchnorm_backward_apply, batchnorm_backward_reduce, batchnorm_forward, batchnorm_stats
 from .optim import adam_step
@@ -15,6 +16,8 @@ __all__ = [
     "col2im",
     "cnp_to_ncp_bias",
     "ncp_to_cnp_sum",
+    "conv2d_forward_images",
+    "conv2d_backward_images",
     "maxpool2d_forward",
     "maxpool2d_backward",
     "avgpool2d_forward",

@@ -224,3 +224,71 @@ def ncp_to_cnp_sum(gy, gcnp, gb):
         for e in range(p):
             tot += acc[_u(e)]
         gb[o] = np.float32(tot)
+
+
+# --------------------------------------------------------------------------- one image at a time
+# One thread pool: each thread unfolds one image into its own buffer (which stays in its
+# core's cache) and multiplies it with a single-threaded SGEMM (``np.dot`` calls SciPy's BLAS,
+# loaded single-threaded by ``fastcnn._threads.init_gemm_blas``).  No hand-over between the
+# kernels' threads and BLAS threads, no unfolded matrix in memory, no GEMM-layout reorders.
+
+_im2col_serial = im2col.serial
+_col2im_serial = col2im.serial
+
+
+@parallel_kernel
+def conv2d_forward_images(x, w2, bias, kh, kw, sh, sw, pt, pl, oh, ow, cols, y):
+    """Convolution one image at a time (see :func:`fastcnn._ref.conv2d_forward_images`)."""
+    n = x.shape[0]
+    oc = w2.shape[0]
+    p = oh * ow
+    nb = cols.shape[0]
+    # One iteration: a block of consecutive images and its own buffer cols[t].  (Blocks,
+    # not numba.get_thread_id(): that call crashes when loaded from Numba's on-disk cache.)
+    for t in prange(nb):
+        c = cols[t]
+        for i in range(t * n // nb, (t + 1) * n // nb):
+            _im2col_serial(x[i:i + 1], kh, kw, sh, sw, pt, pl, oh, ow, c)
+            yi = y[i]
+            np.dot(w2, c, yi)
+            for o in range(oc):
+                bo = bias[o]
+                for e in range(p):
+                    yi[o, e] += bo
+
+
+@parallel_kernel
+def conv2d_backward_images(gy, x, w2, kh, kw, sh, sw, pt, pl, oh, ow, input_grad, cols, gwt_tmp,
+                           gwt_part, gb_part, gx):
+    """Gradients one image at a time (see :func:`fastcnn._ref.conv2d_backward_images`)."""
+    n = x.shape[0]
+    oc, kdim = w2.shape
+    nslot = gwt_part.shape[0]
+    nb = cols.shape[0]
+    w2t = w2.T
+    # One iteration: a block of slots and its own buffers.  A slot is a run of consecutive
+    # images whose weight gradients it sums in image order (so the result does not depend
+    # on the number of blocks or threads).
+    for t in prange(nb):
+        c = cols[t]
+        tmp = gwt_tmp[t]
+        for s in range(t * nslot // nb, (t + 1) * nslot // nb):
+            acc = gwt_part[s]
+            gbs = gb_part[s]
+            acc[:, :] = 0.0
+            gbs[:] = 0.0
+            for i in range((s * n + nslot - 1) // nslot, ((s + 1) * n + nslot - 1) // nslot):
+                g = gy[i]
+                _im2col_serial(x[i:i + 1], kh, kw, sh, sw, pt, pl, oh, ow, c)
+                np.dot(c, g.T, tmp)
+                for r in range(kdim):
+                    for o in range(oc):
+                        acc[r, o] += tmp[r, o]
+                for o in range(oc):
+                    sm = 0.0
+                    for e in range(g.shape[1]):
+                        sm += np.float64(g[o, e])
+                    gbs[o] += sm
+                if input_grad:
+                    np.dot(w2t, g, c)
+                    _col2im_serial(c, kh, kw, sh, sw, pt, pl, oh, ow, gx[i:i + 1])
