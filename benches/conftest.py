@@ -8,10 +8,10 @@ import importlib.util
 import os
 import time
 
+import fastcnn  # before NumPy: fastcnn's OpenBLAS thread defaults apply (docs/PERFORMANCE.md)
+
 import numpy as np
 import pytest
-
-import fastcnn
 
 # torch is imported only by the torch benchmarks.  scripts/run_benchmarks.sh runs those in
 # processes of their own: torch ships its own libgomp.so.1, and whichever OpenMP runtime a
@@ -72,3 +72,7 @@ def _foreign_load(request):
     bench = request.node.funcargs.get("benchmark")
     if bench is not None and wall > 0:
         bench.extra_info["foreign_cpu_share"] = round(max(0.0, others) / (wall * ncpu), 3)
+
+
+def pytest_report_header(config):
+    return f"fastcnn convolution path: {fastcnn._threads.conv_path_description()}"

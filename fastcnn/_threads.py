@@ -10,7 +10,7 @@ _state = {"n": None, "blas_limiter": None}
 _gemm_blas = {"filepath": None, "single": False, "why": "not initialised"}
 
 
-def init_gemm_blas():
+def init_gemm_blas(numpy_blas_spins=False):
     """Load SciPy's BLAS with one thread, for GEMMs called from the kernels' own threads.
 
     The convolution kernels run one thread pool: each thread unfolds an image and multiplies
@@ -22,7 +22,11 @@ def init_gemm_blas():
 
     If SciPy's BLAS was loaded before fastcnn (or is not a separate OpenBLAS), nothing is
     changed and :func:`gemm_blas_single` is False: convolutions then take the chunked path
-    with NumPy's multi-threaded BLAS.  ``FASTCNN_NO_THREAD_DEFAULTS=1`` also disables this.
+    with NumPy's multi-threaded BLAS.  ``FASTCNN_NO_THREAD_DEFAULTS=1`` also disables this,
+    and so does ``numpy_blas_spins``: NumPy imported before fastcnn without
+    ``OPENBLAS_THREAD_TIMEOUT`` set, so that NumPy's BLAS threads (the dense layers') spin
+    long after each call and would take a core from the convolution kernels' threads
+    (measured: lenet step 50 ms -> 82 ms; docs/PERFORMANCE.md).
     """
     import sys
 
@@ -30,6 +34,10 @@ def init_gemm_blas():
         return
     if os.environ.get("FASTCNN_NO_THREAD_DEFAULTS", "") in ("1", "true", "yes"):
         _gemm_blas["why"] = "FASTCNN_NO_THREAD_DEFAULTS is set"
+        return
+    if numpy_blas_spins:
+        _gemm_blas["why"] = ("NumPy was imported before fastcnn without OPENBLAS_THREAD_TIMEOUT: "
+                             "its BLAS threads spin after each call")
         return
     if any(m.startswith("scipy.linalg") for m in sys.modules):
         _gemm_blas["why"] = "scipy.linalg was imported before fastcnn"
@@ -53,6 +61,13 @@ def init_gemm_blas():
     else:
         _gemm_blas["why"] = "SciPy's BLAS is not a separate single-threaded OpenBLAS: " + repr(
             [(lc.internal_api, lc.num_threads) for lc in new])
+
+
+def conv_path_description():
+    """One line: which convolution path the compiled backends take, and why."""
+    if _gemm_blas["single"]:
+        return "per image, one thread pool (SciPy's BLAS single-threaded: " + _gemm_blas["filepath"] + ")"
+    return "chunked im2col + NumPy's multi-threaded SGEMM (" + _gemm_blas["why"] + ")"
 
 
 def gemm_blas_single():

@@ -81,6 +81,7 @@ def cmd_info(args):
         if err is not None:
             print(f"  {name} unavailable: {err}")
     print(f"threads: {fastcnn.get_num_threads()} (cores available: {fastcnn._threads.max_threads()})")
+    print(f"convolution: {fastcnn._threads.conv_path_description()}")
     try:
         from ._ext import _omp
 

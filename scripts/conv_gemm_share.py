@@ -3,7 +3,8 @@ measured alternately in one process, 3 rounds.
 
 Usage: env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python scripts/conv_gemm_share.py
 """
-import numpy as np, time, fastcnn
+import fastcnn  # before NumPy (docs/PERFORMANCE.md)
+import numpy as np, time
 from fastcnn import functional as F
 fastcnn.set_num_threads(2)
 def t(f, reps=15):

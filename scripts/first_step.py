@@ -4,8 +4,8 @@ Usage: python scripts/first_step.py {numba,cython}   (run twice: the first run f
 """
 import time, sys
 t0 = time.perf_counter()
+import fastcnn  # before NumPy (docs/PERFORMANCE.md)
 import numpy as np
-import fastcnn
 from fastcnn import losses, models
 from fastcnn.train import make_optimizer
 fastcnn.set_backend(sys.argv[1])

@@ -1,10 +1,10 @@
 import os
 from pathlib import Path
 
+import fastcnn  # before NumPy, as recommended (docs/PERFORMANCE.md): the default conv path
+
 import numpy as np
 import pytest
-
-import fastcnn
 
 # Tests read MNIST from $FASTCNN_DATA; default to the shared copy beside the repository.
 _shared = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"

@@ -803,3 +803,57 @@ def test_adam_optimizer_backends_agree():
     for name in COMPILED:
         for a, b in zip(result[name], result["numpy"]):
             _assert_f32(a, b, _unfused(name), f"{name} Adam")
+
+
+# ----------------------------------------------------------------------------- SciPy's BLAS for per-image GEMMs
+
+_BLAS_PROBE = """
+import json, sys
+{pre}
+import fastcnn
+from threadpoolctl import threadpool_info
+fastcnn.set_num_threads({threads})
+libs = [(i["filepath"], i["num_threads"]) for i in threadpool_info() if i["user_api"] == "blas"]
+print(json.dumps(dict(single=fastcnn._threads.gemm_blas_single(), gemm=fastcnn._threads._gemm_blas,
+                      libs=libs, path=fastcnn._threads.conv_path_description())))
+"""
+
+
+def _blas_probe(pre="", threads=1, env=None):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from conftest import NEUTRAL_CWD
+
+    full_env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_THREAD_TIMEOUT", "FASTCNN_NO_THREAD_DEFAULTS")}
+    full_env.update(env or {})
+    out = subprocess.run([sys.executable, "-c", _BLAS_PROBE.format(pre=pre, threads=threads)], cwd=NEUTRAL_CWD,
+                         env=full_env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_scipy_blas_loads_single_threaded_and_stays_so():
+    """fastcnn imported first: SciPy's BLAS (per-image GEMMs) starts with one thread and keeps
+    it when the threads knob changes; NumPy's BLAS follows the knob."""
+    threads = min(2, fastcnn._threads.max_threads())
+    r = _blas_probe(threads=threads)
+    assert r["single"], r
+    assert "per image" in r["path"]
+    by_path = dict(r["libs"])
+    assert by_path[r["gemm"]["filepath"]] == 1
+    others = [n for p, n in r["libs"] if p != r["gemm"]["filepath"]]
+    assert others and all(n == threads for n in others), r
+
+
+@pytest.mark.parametrize("pre,env,why", [
+    ("import numpy", {}, "NumPy was imported before fastcnn"),
+    ("import scipy.linalg", {"OPENBLAS_THREAD_TIMEOUT": "4"}, "scipy.linalg was imported before fastcnn"),
+    ("", {"FASTCNN_NO_THREAD_DEFAULTS": "1"}, "FASTCNN_NO_THREAD_DEFAULTS"),
+])
+def test_chunked_path_when_blas_cannot_be_single_threaded(pre, env, why):
+    r = _blas_probe(pre=pre, env=env)
+    assert not r["single"] and why in r["gemm"]["why"], r
+    assert "chunked" in r["path"]
