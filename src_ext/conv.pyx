@@ -206,12 +206,39 @@ cdef inline void _im2col_image(const float* xi, float* c, Py_ssize_t C, Py_ssize
                                Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t OH,
                                Py_ssize_t OW) noexcept nogil:
     """Unfold one image ``xi`` (C, H, W) into ``c`` (C*kh*kw, OH*OW)."""
-    cdef Py_ssize_t r, ci, i, j, P = OH * OW
+    cdef Py_ssize_t r, ci, i, j, e, q, u, lo, hi, qlo, qhi, P = OH * OW
+    cdef const float* src
+    cdef float* d
+    cdef bint flat = sh == 1 and sw == 1 and OW == W
     for r in range(C * kh * kw):
         ci = r // (kh * kw)
         i = (r - ci * kh * kw) // kw
         j = r - ci * kh * kw - i * kw
-        _im2col_seg(xi + ci * H * W, c + r * P, i, j, H, W, sh, sw, pt, pl, OH, OW)
+        if not flat:
+            _im2col_seg(xi + ci * H * W, c + r * P, i, j, H, W, sh, sw, pt, pl, OH, OW)
+            continue
+        # Stride 1 with OW == W ("same" convolutions): the valid rows of one kernel offset
+        # are one contiguous shifted run of the input plane; copy it at once, then zero the
+        # rows and the columns that fall in the padding.
+        d = c + r * P
+        _valid_range(i - pt, 1, H, OH, &qlo, &qhi)
+        _valid_range(j - pl, 1, W, OW, &lo, &hi)
+        for e in range(qlo * OW):
+            d[e] = 0.0
+        for e in range(qhi * OW, P):
+            d[e] = 0.0
+        if qhi <= qlo or hi <= lo:
+            for e in range(qlo * OW, qhi * OW):
+                d[e] = 0.0
+            continue
+        src = xi + ci * H * W + (i - pt) * W + (j - pl)
+        for e in range(qlo * OW + lo, (qhi - 1) * OW + hi):
+            d[e] = src[e]
+        for q in range(qlo, qhi):
+            for u in range(lo):
+                d[q * OW + u] = 0.0
+            for u in range(hi, OW):
+                d[q * OW + u] = 0.0
 
 
 cdef void _forward_images(const float[:, :, :, ::1] x,   # IN  (N, C, H, W)
