@@ -135,6 +135,10 @@ cdef void _im2col(const float[:, :, :, ::1] x,    # IN  (N, C, H, W)
     cdef const float* xp = &x[0, 0, 0, 0]
     cdef float* cp = &cols[0, 0]
     cdef Py_ssize_t t, r, n, c, k, i, j
+    if nt == 1:  # (a parallel region, even of one thread, costs ~0.7 us: batch-1 steps)
+        for n in range(N):
+            _im2col_image(xp + n * C * HW, cp + n * P, C, kh, kw, H, W, sh, sw, pt, pl, OH, OW, NP)
+        return
     # One iteration per (cols row, image): a disjoint OH*OW segment of cols.
     for t in prange(C * KK * N, schedule='static', num_threads=nt):
         r = t // N
@@ -204,8 +208,9 @@ cdef void _ncp_to_cnp_sum(const float[:, :, ::1] gy,   # IN  (N, OC, P)
 cdef inline void _im2col_image(const float* xi, float* c, Py_ssize_t C, Py_ssize_t kh,
                                Py_ssize_t kw, Py_ssize_t H, Py_ssize_t W, Py_ssize_t sh,
                                Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t OH,
-                               Py_ssize_t OW) noexcept nogil:
-    """Unfold one image ``xi`` (C, H, W) into ``c`` (C*kh*kw, OH*OW)."""
+                               Py_ssize_t OW, Py_ssize_t ld) noexcept nogil:
+    """Unfold one image ``xi`` (C, H, W) into the C*kh*kw rows of OH*OW floats at ``c``, row
+    ``r`` starting at ``c + r*ld``."""
     cdef Py_ssize_t r, ci, i, j, e, q, u, lo, hi, qlo, qhi, P = OH * OW
     cdef const float* src
     cdef float* d
@@ -215,12 +220,12 @@ cdef inline void _im2col_image(const float* xi, float* c, Py_ssize_t C, Py_ssize
         i = (r - ci * kh * kw) // kw
         j = r - ci * kh * kw - i * kw
         if not flat:
-            _im2col_seg(xi + ci * H * W, c + r * P, i, j, H, W, sh, sw, pt, pl, OH, OW)
+            _im2col_seg(xi + ci * H * W, c + r * ld, i, j, H, W, sh, sw, pt, pl, OH, OW)
             continue
         # Stride 1 with OW == W ("same" convolutions): the valid rows of one kernel offset
         # are one contiguous shifted run of the input plane; copy it at once, then zero the
         # rows and the columns that fall in the padding.
-        d = c + r * P
+        d = c + r * ld
         _valid_range(i - pt, 1, H, OH, &qlo, &qhi)
         _valid_range(j - pl, 1, W, OW, &lo, &hi)
         for e in range(qlo * OW):
@@ -264,7 +269,7 @@ cdef void _forward_images(const float[:, :, :, ::1] x,   # IN  (N, C, H, W)
     for t in prange(T, schedule='static', num_threads=nt):
         c = cp + t * K * P
         for i in range(t * N // T, (t + 1) * N // T):
-            _im2col_image(xp + i * C * H * W, c, C, kh, kw, H, W, sh, sw, pt, pl, OH, OW)
+            _im2col_image(xp + i * C * H * W, c, C, kh, kw, H, W, sh, sw, pt, pl, OH, OW, P)
             yi = yp + i * OC * P
             # y_i (OC, P) = w2 @ c, as y_i^T = c^T @ w2^T in column-major terms
             sgemm("N", "N", &m, &n, &k, &one, c, &m, <float*>wp, &k, &zero, yi, &m)
@@ -311,7 +316,7 @@ cdef void _backward_images(const float[:, :, ::1] gy,      # IN  (N, OC, OH*OW)
                 gbp[s * OC + o] = 0.0
             for i in range((s * N + S - 1) // S, ((s + 1) * N + S - 1) // S):
                 g = gp + i * OC * P
-                _im2col_image(xp + i * C * H * W, c, C, kh, kw, H, W, sh, sw, pt, pl, OH, OW)
+                _im2col_image(xp + i * C * H * W, c, C, kh, kw, H, W, sh, sw, pt, pl, OH, OW, P)
                 # gwt_s (K, OC) += c @ g^T, as gwt_s^T (OC, K) += g @ c^T column-major
                 sgemm("T", "N", &m_oc, &n_k, &k_p, &one, <float*>g, &k_p, c, &k_p, &one,
                       gwp + s * K * OC, &m_oc)
