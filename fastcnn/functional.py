@@ -18,10 +18,13 @@ from ._shapes import as_float32, as_labels, check_padding_arg, output_size, pair
 
 
 class Workspace:
-    """Named scratch buffers, reallocated only when the shape or dtype changes."""
+    """Named scratch buffers, reallocated only when the shape or dtype changes, and the
+    checked geometry of recent argument combinations (so a layer called again with the same
+    shapes skips re-deriving it; the arrays' dtype and layout are still checked every call)."""
 
     def __init__(self):
         self._bufs = {}
+        self._plans = {}
 
     def get(self, name, shape, dtype=np.float32):
         buf = self._bufs.get(name)
@@ -32,6 +35,34 @@ class Workspace:
 
     def clear(self):
         self._bufs.clear()
+        self._plans.clear()
+
+    def _plan(self, key):
+        try:
+            return self._plans.get(key)
+        except TypeError:  # an unhashable argument (e.g. a list): no caching
+            return None
+
+    def _set_plan(self, key, value):
+        try:
+            if len(self._plans) >= 32:
+                self._plans.clear()
+            self._plans[key] = value
+        except TypeError:
+            pass
+
+
+def _plain(v):
+    """Whether a kernel/stride/padding argument is an int, a str or a pair of ints exactly
+    (so equal cache keys mean equal arguments: ``True == 1`` and ``1.0 == 1`` must miss)."""
+    t = type(v)
+    return t is int or t is str or v is None or (t is tuple and len(v) == 2 and type(v[0]) is int
+                                                 and type(v[1]) is int)
+
+
+def _ready(a):
+    """Whether ``a`` is already a C-contiguous aligned float32 ndarray (nothing to convert)."""
+    return type(a) is np.ndarray and a.dtype == np.float32 and a.flags.c_contiguous and a.flags.aligned
 
 
 def _buf(ws, name, shape, dtype=np.float32):
@@ -63,7 +94,16 @@ def _geometry(kernel, stride, padding, size, op):
     return ConvGeometry(kernel, stride, padding, size, op)
 
 
-def _conv_check(x, weight, bias, stride, padding, op="conv2d"):
+def _conv_check(x, weight, bias, stride, padding, op="conv2d", ws=None):
+    if (ws is not None and _ready(x) and _ready(weight) and (bias is None or _ready(bias))
+            and _plain(stride) and _plain(padding)):
+        key = (op, x.shape, weight.shape, None if bias is None else bias.shape, stride, padding)
+        g = ws._plan(key)
+        if g is not None:  # these shapes and arguments passed every check before
+            return x, weight, bias, g
+        x, weight, bias, g = _conv_check(x, weight, bias, stride, padding, op)
+        ws._set_plan(key, g)
+        return x, weight, bias, g
     x = as_float32(x, "input", 4, op)
     weight = as_float32(weight, "weight", 4, op)
     oc, c, kh, kw = weight.shape
@@ -126,7 +166,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, *, ws=None):
     -------
     y : (N, OC, OH, OW) float32
     """
-    x, weight, bias, g = _conv_check(x, weight, bias, stride, padding)
+    x, weight, bias, g = _conv_check(x, weight, bias, stride, padding, ws=ws)
     return _conv2d_forward(_backend.ops(), x, weight, bias, g, ws)
 
 
@@ -184,7 +224,7 @@ def conv2d_backward(grad_out, x, weight, stride=1, padding=0, *, bias=True, inpu
     grad_bias : (OC,) float32 or None
     """
     op = "conv2d_backward"
-    x, weight, _, g = _conv_check(x, weight, None, stride, padding, op)
+    x, weight, _, g = _conv_check(x, weight, None, stride, padding, op, ws)
     n, c = x.shape[:2]
     oc = weight.shape[0]
     grad_out = as_float32(grad_out, "grad_out", 4, op)
@@ -255,7 +295,15 @@ def _conv2d_backward(k, grad_out, x, weight, g, bias, input_grad, ws):
 
 # --------------------------------------------------------------------------- pooling
 
-def _pool_geometry(x, kernel_size, stride, padding, op):
+def _pool_geometry(x, kernel_size, stride, padding, op, ws=None):
+    if ws is not None and _ready(x) and _plain(kernel_size) and _plain(stride) and _plain(padding):
+        key = (op, x.shape, kernel_size, stride, padding)
+        hit = ws._plan(key)
+        if hit is not None:  # these shapes and arguments passed every check before
+            return (x,) + hit
+        x, g, padding_ = _pool_geometry(x, kernel_size, stride, padding, op)
+        ws._set_plan(key, (g, padding_))
+        return x, g, padding_
     x = as_float32(x, "input", 4, op)
     if min(x.shape) < 1:  # (an empty plane would leave windows with no real cell)
         raise ValueError(f"{op}: empty input of shape {x.shape}; expected (N, C, H, W) with all sizes >= 1")
@@ -287,7 +335,7 @@ def max_pool2d(x, kernel_size=2, stride=None, padding=0, *, ws=None, return_indi
     y : (N, C, OH, OW) float32
     indices : (N, C, OH, OW) int32, only if ``return_indices``; flat ``h*W + w`` per plane
     """
-    x, g, _ = _pool_geometry(x, kernel_size, stride, padding, "max_pool2d")
+    x, g, _ = _pool_geometry(x, kernel_size, stride, padding, "max_pool2d", ws)
     n, c = x.shape[:2]
     y = np.empty((n, c, g.oh, g.ow), np.float32)
     idx = np.empty((n, c, g.oh, g.ow), np.int32)
@@ -350,7 +398,7 @@ def avg_pool2d(x, kernel_size=2, stride=None, padding=0, count_include_pad=None,
     -------
     y : (N, C, OH, OW) float32
     """
-    x, g, padding = _pool_geometry(x, kernel_size, stride, padding, "avg_pool2d")
+    x, g, padding = _pool_geometry(x, kernel_size, stride, padding, "avg_pool2d", ws)
     n, c = x.shape[:2]
     y = np.empty((n, c, g.oh, g.ow), np.float32)
     _backend.ops().avgpool2d_forward(x, *g.args, _include_pad(count_include_pad, padding), y)

@@ -173,6 +173,7 @@ class _Pool(Layer):
         self.padding = check_padding_arg(padding, op)
         self._args = dict(kernel_size=self.kernel_size, stride=self.stride, padding=self.padding)
         self._shape = None
+        self._ws = F.Workspace()
 
 
 class MaxPool2D(_Pool):
@@ -182,7 +183,7 @@ class MaxPool2D(_Pool):
     """
 
     def forward(self, x):
-        y, idx = F.max_pool2d(x, self.kernel_size, self.stride, self.padding, return_indices=True)
+        y, idx = F.max_pool2d(x, self.kernel_size, self.stride, self.padding, return_indices=True, ws=self._ws)
         self._idx, self._shape = idx, np.shape(x)
         return y
 
@@ -199,7 +200,7 @@ class AvgPool2D(_Pool):
 
     def forward(self, x):
         self._shape = np.shape(x)
-        return F.avg_pool2d(x, self.kernel_size, self.stride, self.padding)
+        return F.avg_pool2d(x, self.kernel_size, self.stride, self.padding, ws=self._ws)
 
     def backward(self, grad_out):
         self._expect_cache("_shape")

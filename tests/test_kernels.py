@@ -538,6 +538,31 @@ def test_bad_input_raises_clear_errors(backend, call, exc, match):
         call()
 
 
+def test_workspace_plan_cache_keeps_every_check():
+    """A Workspace remembers checked geometry, but arguments that differ only by type (bool,
+    float) still fail, and new shapes or dtypes are checked again."""
+    ws = F.Workspace()
+    x = np.ones((2, 3, 8, 8), np.float32)
+    w = np.ones((4, 3, 3, 3), np.float32)
+    F.conv2d(x, w, None, 1, 1, ws=ws)
+    F.max_pool2d(x, 2, ws=ws)
+    with pytest.raises(TypeError, match="padding"):
+        F.conv2d(x, w, None, 1, True, ws=ws)
+    with pytest.raises(TypeError, match="stride"):
+        F.conv2d(x, w, None, 1.0, 1, ws=ws)
+    with pytest.raises(TypeError, match="kernel_size"):
+        F.max_pool2d(x, 2.0, ws=ws)
+    with pytest.raises(ValueError, match="channels"):
+        F.conv2d(np.ones((2, 5, 8, 8), np.float32), w, None, 1, 1, ws=ws)
+    with pytest.raises(ValueError, match="must be smaller than the kernel|at most half"):
+        F.max_pool2d(x, 2, padding=2, ws=ws)
+    y64 = F.conv2d(x.astype(np.float64), w, None, 1, 1, ws=ws)  # converted, same result
+    assert y64.dtype == np.float32
+    np.testing.assert_array_equal(y64, F.conv2d(x, w, None, 1, 1))
+    small = F.conv2d(np.ones((1, 3, 5, 5), np.float32), w, None, 1, 1, ws=ws)
+    assert small.shape == (1, 4, 5, 5)
+
+
 def test_float64_and_noncontiguous_inputs_are_converted(backend):
     rng = np.random.default_rng(7)
     x64 = rng.standard_normal((2, 3, 9, 9))
