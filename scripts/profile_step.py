@@ -7,9 +7,9 @@ import sys
 import time
 from collections import defaultdict
 
-import numpy as np
+import fastcnn  # before NumPy (docs/PERFORMANCE.md)
 
-import fastcnn
+import numpy as np
 from fastcnn import losses, models
 from fastcnn.train import make_optimizer
 
