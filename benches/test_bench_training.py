@@ -3,8 +3,8 @@ the seed's naive per-image NumPy loops."""
 import numpy as np
 import pytest
 
-from fastcnn import losses, models
-from fastcnn.train import make_optimizer
+from fastcnn import models
+from fastcnn.train import recipe_step
 
 from conftest import BACKENDS, HAVE_TORCH, rng
 from naive_seed import NaiveScratchNet
@@ -21,20 +21,7 @@ def _batches(name, steps):
 
 
 def _fastcnn_trainer(name):
-    recipe = models.RECIPES[name]
-    model = models.build(name, seed=0)
-    model.needs_input_grad = False
-    opt = make_optimizer(recipe["optimizer"], model.parameters(), recipe["lr"])
-    loss_fn = losses.SoftmaxCrossEntropy()
-
-    def step(x, y):
-        opt.zero_grad()
-        loss = loss_fn.forward(model.forward(x), y)
-        model.backward(loss_fn.backward())
-        opt.step()
-        return loss
-
-    return model, step
+    return recipe_step(name, seed=0)
 
 
 def _torch_trainer(name):

@@ -22,6 +22,30 @@ def make_optimizer(name, params, lr):
     raise ValueError(f"unknown optimizer {name!r}; choose sgd or adam")
 
 
+def recipe_step(name, seed=0):
+    """The seed network ``name`` with its recipe's optimizer, and ``step(x, y) -> loss``: one
+    training step (zero the gradients, forward, softmax cross-entropy, backward, update).
+
+    The first layer computes no input gradient.  Used by the benchmarks and profiling scripts.
+    """
+    from . import losses, models
+
+    recipe = models.RECIPES[name]
+    model = models.build(name, seed=seed)
+    model.needs_input_grad = False
+    opt = make_optimizer(recipe["optimizer"], model.parameters(), recipe["lr"])
+    loss_fn = losses.SoftmaxCrossEntropy()
+
+    def step(x, y):
+        opt.zero_grad()
+        loss = loss_fn.forward(model.forward(x), y)
+        model.backward(loss_fn.backward())
+        opt.step()
+        return loss
+
+    return model, step
+
+
 def pad_to(x, size):
     """Zero-pad ``(N, C, H, W)`` images symmetrically to ``size x size`` (no-op if already)."""
     h, w = x.shape[2:]

@@ -12,8 +12,8 @@ import fastcnn  # before NumPy (docs/PERFORMANCE.md)
 import numpy as np
 
 from fastcnn import functional as F
-from fastcnn import losses, models
-from fastcnn.train import make_optimizer
+from fastcnn import models
+from fastcnn.train import recipe_step
 
 SHAPES = [("lenet conv1 128x1x28x28->32", (128, 1, 28, 28), 32, False),
           ("lenet conv2 128x32x14x14->64", (128, 32, 14, 14), 64, True),
@@ -57,20 +57,13 @@ def main(backend="numba", threads=2):
     print("| training step | per image | chunked |")
     print("|---|---:|---:|")
     for name in ("lenet", "bn"):
-        recipe = models.RECIPES[name]
-        bs = recipe["batch_size"]
-        model = models.build(name, seed=0)
-        model.needs_input_grad = False
-        opt = make_optimizer(recipe["optimizer"], model.parameters(), recipe["lr"])
-        loss_fn = losses.SoftmaxCrossEntropy()
+        bs = models.RECIPES[name]["batch_size"]
+        _, train_step = recipe_step(name)
         xb = rng.random((bs, 1, 28, 28), dtype=np.float32)
         yb = rng.integers(0, 10, bs)
 
         def step():
-            opt.zero_grad()
-            loss_fn.forward(model.forward(xb), yb)
-            model.backward(loss_fn.backward())
-            opt.step()
+            train_step(xb, yb)
 
         res = {}
         for _ in range(3):
