@@ -135,13 +135,14 @@ CHUNK_BYTES = 8 << 20
 #: (``conv2d_forward_images`` / ``conv2d_backward_images``: each thread unfolds an image into
 #: its own cache-resident buffer and calls a single-threaded SGEMM) instead of chunked
 #: im2col + NumPy's multi-threaded SGEMM + reorders.  None: yes for the compiled backends
-#: when SciPy's BLAS was loaded single-threaded (``fastcnn._threads.init_gemm_blas``).
+#: when SciPy's BLAS was loaded single-threaded (``fastcnn._threads.init_gemm_blas``) and one
+#: image's unfolded matrix fits in ``CHUNK_BYTES`` (one such buffer per thread).
 PER_IMAGE = None
 
 
-def _per_image(k):
+def _per_image(k, cols_bytes):
     if PER_IMAGE is None:
-        return k is not _ref and _threads.gemm_blas_single()
+        return k is not _ref and cols_bytes <= CHUNK_BYTES and _threads.gemm_blas_single()
     return PER_IMAGE
 
 
@@ -190,7 +191,7 @@ def _conv2d_forward(k, x, weight, bias, g, ws):
     if bias is None:
         bias = _buf(ws, "zeros", (oc,), dt)
         bias[...] = 0
-    if _per_image(k):
+    if _per_image(k, kdim * p * dt.itemsize):
         cols = _buf(ws, "icols", (_threads.get_num_threads(), kdim, p), dt)
         k.conv2d_forward_images(x, w2, bias, *g.args, g.oh, g.ow, cols, y)
         return y.reshape(n, oc, g.oh, g.ow)
@@ -255,7 +256,7 @@ def _conv2d_backward(k, grad_out, x, weight, g, bias, input_grad, ws):
             k.col2im(cols, *g.args, g.oh, g.ow, gx)
         gb = g0.sum(axis=1, dtype=np.float64).astype(dt) if bias else None
         return gx, gw.reshape(weight.shape), gb
-    if _per_image(k):
+    if _per_image(k, kdim * p * dt.itemsize):
         cols = _buf(ws, "icols", (_threads.get_num_threads(), kdim, p), dt)
         tmp = _buf(ws, "igwt", (_threads.get_num_threads(), kdim, oc), dt)
         gwt_part = _buf(ws, "igwt_part", (_ref.SLOTS, kdim, oc), dt)

@@ -132,6 +132,23 @@ def test_per_image_primitives_match_reference(name, geo, oc, input_grad):
         assert_close(ggx, wgx, 1e-5, what="input gradient")
 
 
+def test_per_image_path_choice(compiled, monkeypatch):
+    """Auto mode: per image for the compiled backends when SciPy's BLAS is single-threaded,
+    but never when one image's unfolded matrix exceeds CHUNK_BYTES (memory per thread)."""
+    monkeypatch.setattr(F, "PER_IMAGE", None)
+    k = _backend.ops()
+    assert F._per_image(k, 1) == fastcnn._threads.gemm_blas_single()
+    assert not F._per_image(k, F.CHUNK_BYTES + 1)
+    assert not F._per_image(_ref, 1)
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((3, 4, 9, 9), dtype=np.float32)
+    w = rng.standard_normal((5, 4, 3, 3), dtype=np.float32)
+    want = F.conv2d(x, w, None, 1, 1)
+    monkeypatch.setattr(F, "CHUNK_BYTES", 4 * 36 * 81 - 1)  # one image's columns no longer fit
+    assert not F._per_image(k, 4 * 36 * 81)
+    assert_close(F.conv2d(x, w, None, 1, 1), want, 1e-6)
+
+
 def test_per_image_results_do_not_depend_on_threads(compiled, monkeypatch):
     """The per-image path sums the weight gradient in fixed slots: 1 and 2 threads agree
     bit for bit."""
