@@ -37,7 +37,7 @@ import tempfile
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-MODULES = ("_omp", "conv", "pool", "activation", "loss", "norm", "optim")
+MODULES = ("_omp", "conv", "dense", "pool", "activation", "loss", "norm", "optim")
 SRC_DIR = "src_ext"
 CYTHON_BUILD_DIR = os.path.join("build", "cython")
 

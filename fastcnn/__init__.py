@@ -10,9 +10,6 @@ import os as _os
 # setting when NumPy is first imported, OpenMP when the first OpenMP library loads.
 # FASTCNN_NO_THREAD_DEFAULTS=1 leaves both untouched (e.g. to measure another library's
 # defaults in a process that also imports fastcnn).
-# Whether NumPy's OpenBLAS started before the default below could apply: its idle threads
-# then spin for a long time after every BLAS call (fastcnn._threads.init_gemm_blas).
-_numpy_blas_spins = "numpy" in __import__("sys").modules and "OPENBLAS_THREAD_TIMEOUT" not in _os.environ
 if _os.environ.get("FASTCNN_NO_THREAD_DEFAULTS", "") not in ("1", "true", "yes"):
     if "torch" in __import__("sys").modules and "OMP_WAIT_POLICY" not in _os.environ:
         import warnings as _warnings
@@ -34,7 +31,7 @@ from . import _threads
 from ._backend import available_backends, get_backend, set_backend
 from ._threads import get_num_threads, set_num_threads
 
-_threads.init_gemm_blas(numpy_blas_spins=_numpy_blas_spins)
+_threads.init_gemm_blas()
 from . import data, functional, layers, losses, models, optim
 from .layers import Parameter
 from .model import Sequential, load, save

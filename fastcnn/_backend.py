@@ -16,6 +16,8 @@ PRIMITIVES = (
     "ncp_to_cnp_sum",
     "conv2d_forward_images",
     "conv2d_backward_images",
+    "linear_forward",
+    "linear_backward",
     "maxpool2d_forward",
     "maxpool2d_backward",
     "avgpool2d_forward",

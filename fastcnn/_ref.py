@@ -126,6 +126,47 @@ def conv2d_backward_images(gy, x, w2, kh, kw, sh, sw, pt, pl, oh, ow, input_grad
             col2im(cols[0], kh, kw, sh, sw, pt, pl, oh, ow, gx[i:i + 1])
 
 
+def linear_forward(x, w, bias, nblocks, y):
+    """Dense layer ``y = x @ w.T + bias``, the batch split into ``nblocks`` blocks of rows.
+
+    Parameters
+    ----------
+    x : (N, IN) float32  # IN
+    w : (OUT, IN) float32  # IN
+    bias : (OUT,) float32  # IN
+    nblocks : int
+        Blocks of consecutive rows (the compiled kernels run them in parallel, each with a
+        single-threaded SGEMM).
+    y : (N, OUT) float32  # OUT
+    """
+    np.matmul(x, w.T, out=y)
+    y += bias
+
+
+def linear_backward(gy, x, w, input_grad, nblocks, gyt, gw, gb, gx):
+    """Gradients of :func:`linear_forward`.
+
+    Parameters
+    ----------
+    gy : (N, OUT) float32  # IN
+    x : (N, IN) float32  # IN
+    w : (OUT, IN) float32  # IN
+    input_grad : bool
+        Whether to write ``gx``.
+    nblocks : int
+        Blocks of output features for ``gw`` and of rows for ``gx``.
+    gyt : (OUT, N) float32  # scratch: ``gy`` transposed
+    gw : (OUT, IN) float32  # OUT  ``gy.T @ x``
+    gb : (OUT,) float32  # OUT  ``gy`` summed over N in float64
+    gx : (N, IN) float32  # OUT if ``input_grad``: ``gy @ w``
+    """
+    gyt[...] = gy.T
+    np.matmul(gyt, x, out=gw)
+    gb[...] = gy.sum(axis=0, dtype=np.float64)
+    if input_grad:
+        np.matmul(gy, w, out=gx)
+
+
 def _padded_shape(shape, kh, kw, sh, sw, pt, pl, oh, ow):
     n, c, h, w = shape
     return (n, c, max((oh - 1) * sh + kh, pt + h), max((ow - 1) * sw + kw, pl + w))

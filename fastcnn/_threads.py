@@ -10,23 +10,19 @@ _state = {"n": None, "blas_limiter": None}
 _gemm_blas = {"filepath": None, "single": False, "why": "not initialised"}
 
 
-def init_gemm_blas(numpy_blas_spins=False):
+def init_gemm_blas():
     """Load SciPy's BLAS with one thread, for GEMMs called from the kernels' own threads.
 
-    The convolution kernels run one thread pool: each thread unfolds an image and multiplies
-    it with a single-threaded SGEMM.  OpenBLAS must then run single-threaded, and must have
+    The convolution and dense kernels run one thread pool: each thread multiplies its block
+    (an unfolded image, a block of rows) with a single-threaded SGEMM.  OpenBLAS must then run single-threaded, and must have
     *started* that way: an OpenBLAS that started its own threads stays several-fold slower
     under concurrent calls even after ``openblas_set_num_threads(1)`` (docs/PERFORMANCE.md).
     So ``OPENBLAS_NUM_THREADS=1`` is set only while SciPy's BLAS loads, which leaves NumPy's
-    BLAS (loaded before, used by the dense layers) multi-threaded.
+    BLAS (loaded before) multi-threaded for everything else.
 
     If SciPy's BLAS was loaded before fastcnn (or is not a separate OpenBLAS), nothing is
     changed and :func:`gemm_blas_single` is False: convolutions then take the chunked path
-    with NumPy's multi-threaded BLAS.  ``FASTCNN_NO_THREAD_DEFAULTS=1`` also disables this,
-    and so does ``numpy_blas_spins``: NumPy imported before fastcnn without
-    ``OPENBLAS_THREAD_TIMEOUT`` set, so that NumPy's BLAS threads (the dense layers') spin
-    long after each call and would take a core from the convolution kernels' threads
-    (measured: lenet step 50 ms -> 82 ms; docs/PERFORMANCE.md).
+    with NumPy's multi-threaded BLAS.  ``FASTCNN_NO_THREAD_DEFAULTS=1`` also disables this.
     """
     import sys
 
@@ -34,10 +30,6 @@ def init_gemm_blas(numpy_blas_spins=False):
         return
     if os.environ.get("FASTCNN_NO_THREAD_DEFAULTS", "") in ("1", "true", "yes"):
         _gemm_blas["why"] = "FASTCNN_NO_THREAD_DEFAULTS is set"
-        return
-    if numpy_blas_spins:
-        _gemm_blas["why"] = ("NumPy was imported before fastcnn without OPENBLAS_THREAD_TIMEOUT: "
-                             "its BLAS threads spin after each call")
         return
     if any(m.startswith("scipy.linalg") for m in sys.modules):
         _gemm_blas["why"] = "scipy.linalg was imported before fastcnn"
@@ -66,8 +58,9 @@ def init_gemm_blas(numpy_blas_spins=False):
 def conv_path_description():
     """One line: which convolution path the compiled backends take, and why."""
     if _gemm_blas["single"]:
-        return "per image, one thread pool (SciPy's BLAS single-threaded: " + _gemm_blas["filepath"] + ")"
-    return "chunked im2col + NumPy's multi-threaded SGEMM (" + _gemm_blas["why"] + ")"
+        return ("one thread pool: convolutions per image, dense layers by blocks (SciPy's BLAS "
+                "single-threaded: " + _gemm_blas["filepath"] + ")")
+    return "two thread pools: chunked im2col + NumPy's multi-threaded SGEMM (" + _gemm_blas["why"] + ")"
 
 
 def gemm_blas_single():

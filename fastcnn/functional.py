@@ -131,19 +131,28 @@ def _conv_check(x, weight, bias, stride, padding, op="conv2d", ws=None):
 CHUNK_BYTES = 8 << 20
 
 
-#: Whether batched convolutions run one image at a time in one thread pool
-#: (``conv2d_forward_images`` / ``conv2d_backward_images``: each thread unfolds an image into
-#: its own cache-resident buffer and calls a single-threaded SGEMM) instead of chunked
-#: im2col + NumPy's multi-threaded SGEMM + reorders.  None: yes for the compiled backends
-#: when SciPy's BLAS was loaded single-threaded (``fastcnn._threads.init_gemm_blas``) and one
-#: image's unfolded matrix fits in ``CHUNK_BYTES`` (one such buffer per thread).
-PER_IMAGE = None
+#: Whether convolutions and dense layers run in one thread pool: batched convolutions one
+#: image at a time (``conv2d_forward_images`` / ``conv2d_backward_images``: each thread unfolds
+#: an image into its own cache-resident buffer and calls a single-threaded SGEMM) and dense
+#: layers as blocks of a GEMM (``linear_forward`` / ``linear_backward``), all on the kernels'
+#: threads with SciPy's single-threaded BLAS.  Otherwise: chunked im2col + NumPy's
+#: multi-threaded SGEMM + reorders, and dense layers through NumPy's BLAS.  None: yes for the
+#: compiled backends when SciPy's BLAS was loaded single-threaded
+#: (``fastcnn._threads.init_gemm_blas``); convolutions also need one image's unfolded matrix
+#: to fit in ``CHUNK_BYTES`` (one such buffer per thread).
+ONE_POOL = None
+
+
+def _one_pool(k):
+    if ONE_POOL is None:
+        return k is not _ref and _threads.gemm_blas_single()
+    return ONE_POOL
 
 
 def _per_image(k, cols_bytes):
-    if PER_IMAGE is None:
-        return k is not _ref and cols_bytes <= CHUNK_BYTES and _threads.gemm_blas_single()
-    return PER_IMAGE
+    if ONE_POOL is None:
+        return _one_pool(k) and cols_bytes <= CHUNK_BYTES
+    return ONE_POOL
 
 
 def _chunks(n, cols_per_image, itemsize):
@@ -482,6 +491,13 @@ def linear(x, weight, bias=None, *, ws=None):
     """
     x, weight, bias = _linear_check(x, weight, bias, "linear")
     y = np.empty((x.shape[0], weight.shape[0]), np.float32)
+    k = _backend.ops()
+    if x.shape[0] > 1 and _one_pool(k):
+        if bias is None:
+            bias = _buf(ws, "zeros", (weight.shape[0],))
+            bias[...] = 0
+        k.linear_forward(x, weight, bias, _threads.get_num_threads(), y)
+        return y
     np.dot(x, weight.T, out=y)  # (np.dot: the same SGEMM as matmul, less call overhead)
     if bias is not None:
         y += bias
@@ -495,6 +511,15 @@ def linear_backward(grad_out, x, weight, *, bias=True, input_grad=True, ws=None)
     grad_out = as_float32(grad_out, "grad_out", 2, op)
     if grad_out.shape != (x.shape[0], weight.shape[0]):
         raise ValueError(f"{op}: grad_out must have shape {(x.shape[0], weight.shape[0])}, got {grad_out.shape}")
+    k = _backend.ops()
+    if x.shape[0] > 1 and _one_pool(k):
+        n, out = grad_out.shape
+        gw = np.empty(weight.shape, np.float32)
+        gb = np.empty((out,), np.float32)
+        gx = np.empty(x.shape, np.float32) if input_grad else _buf(ws, "nogx", (1, 1))
+        k.linear_backward(grad_out, x, weight, bool(input_grad), _threads.get_num_threads(),
+                          _buf(ws, "gyt", (out, n)), gw, gb, gx)
+        return (gx if input_grad else None), gw, (gb if bias else None)
     # np.dot, not matmul: for N = 1 (an outer product) matmul takes a slow non-BLAS loop
     # (15 us against 2.6 us at 10x1352); for N > 1 both call the same SGEMM.
     gw = np.dot(grad_out.T, x)

@@ -263,16 +263,17 @@ class Dense(Layer):
         self.weight = Parameter(_uniform(rng, bound, (out_features, in_features)))
         self.bias = Parameter(_uniform(rng, bound, (out_features,))) if bias else None
         self._x = None
+        self._ws = F.Workspace()
 
     def forward(self, x):
-        y = F.linear(x, self.weight.data, None if self.bias is None else self.bias.data)
+        y = F.linear(x, self.weight.data, None if self.bias is None else self.bias.data, ws=self._ws)
         self._x = as_float32(x, "input", 2, "Dense") if self.training else None
         return y
 
     def backward(self, grad_out):
         self._expect_cache("_x")
         gx, gw, gb = F.linear_backward(grad_out, self._x, self.weight.data, bias=self.bias is not None,
-                                       input_grad=self.needs_input_grad)
+                                       input_grad=self.needs_input_grad, ws=self._ws)
         self.weight.grad += gw
         if self.bias is not None:
             self.bias.grad += gb

@@ -38,7 +38,7 @@ def conv_path(request, monkeypatch):
     multi-threaded SGEMM, or one image at a time per thread)."""
     from fastcnn import functional as F
 
-    monkeypatch.setattr(F, "PER_IMAGE", request.param == "per_image")
+    monkeypatch.setattr(F, "ONE_POOL", request.param == "per_image")
     return request.param
 
 

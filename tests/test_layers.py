@@ -43,7 +43,7 @@ def _check_layer(layer, twin, x, rtol=1e-5, train=True):
     (dict(in_channels=2, out_channels=4, kernel_size=(3, 1), padding=(1, 0), bias=False), (2, 2, 5, 7)),
     (dict(in_channels=4, out_channels=3, kernel_size=1), (3, 4, 1, 1)),
 ])
-def test_conv2d_layer_matches_torch(backend, args, shape):
+def test_conv2d_layer_matches_torch(backend, conv_path, args, shape):
     layer = L.Conv2D(**args, rng=1)
     _check_layer(layer, torch_twin(fastcnn.Sequential(layer))[0],
                  np.random.default_rng(1).standard_normal(shape).astype(np.float32))
@@ -59,10 +59,11 @@ def test_parameterless_layers_match_torch(backend, make):
 
 
 @needs_torch
-def test_dense_layer_matches_torch(backend):
+@pytest.mark.parametrize("n", [1, 5, 64])
+def test_dense_layer_matches_torch(backend, conv_path, n):
     layer = L.Dense(37, 11, rng=3)
     _check_layer(layer, torch_twin(fastcnn.Sequential(layer))[0],
-                 np.random.default_rng(3).standard_normal((5, 37)).astype(np.float32))
+                 np.random.default_rng(3).standard_normal((n, 37)).astype(np.float32))
 
 
 @needs_torch
@@ -85,7 +86,7 @@ def test_batchnorm_layer_matches_torch(backend, train):
 
 @needs_torch
 @pytest.mark.parametrize("name", ["scratch", "lenet", "bn"])
-def test_model_logits_and_gradients_match_torch(backend, name):
+def test_model_logits_and_gradients_match_torch(backend, conv_path, name):
     torch = _torch()
     model = models.build(name, seed=0)
     twin = torch_twin(model)

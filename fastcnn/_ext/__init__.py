@@ -11,6 +11,7 @@ from . import _omp
 from .activation import relu_backward, relu_forward
 from .conv import (cnp_to_ncp_bias, col2im, conv2d_backward_images, conv2d_forward_images, im2col,
                    ncp_to_cnp_sum)
+from .dense import linear_backward, linear_forward
 from .loss import softmax_xent_backward, softmax_xent_forward
 from .norm import batchnorm_backward_apply, batchnorm_backward_reduce, batchnorm_forward, batchnorm_stats
 from .optim import adam_step
@@ -25,6 +26,8 @@ __all__ = [
     "ncp_to_cnp_sum",
     "conv2d_forward_images",
     "conv2d_backward_images",
+    "linear_forward",
+    "linear_backward",
     "maxpool2d_forward",
     "maxpool2d_backward",
     "avgpool2d_forward",
