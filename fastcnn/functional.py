@@ -1,13 +1,15 @@
 """Stateless operations: arrays in, arrays out.
 
 Each op validates its arguments (the one shape helper in ``_shapes``), then runs the kernel
-primitives of the active backend (see :mod:`fastcnn._backend`).  Convolution is im2col + one
-SGEMM through NumPy's BLAS for every backend; the backends differ in the unfolding, folding,
-reordering, pooling, activation and loss kernels.
+primitives of the active backend (see :mod:`fastcnn._backend`).  Convolution is im2col +
+SGEMM: with the compiled backends, one image per thread at a time, each thread calling
+SciPy's single-threaded SGEMM, and dense layers as blocks of a GEMM on the same threads (one
+thread pool, :data:`ONE_POOL`); otherwise chunks of the batch through NumPy's
+multi-threaded SGEMM.
 
-Every op accepts ``ws``: a :class:`Workspace` whose scratch buffers (im2col chunks, GEMM
-results) are reused between calls of the same shape (the layers keep one each).  Outputs and
-gradients are always new arrays.
+Every op accepts ``ws``: a :class:`Workspace` whose scratch buffers (unfolded images or
+chunks, GEMM results) and checked geometry are reused between calls of the same shape (the
+layers keep one each).  Outputs and gradients are always new arrays.
 """
 import functools
 
@@ -181,8 +183,9 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, *, ws=None):
 
 
 def _conv2d_forward(k, x, weight, bias, g, ws):
-    """Chunked im2col + GEMM + reorder with the primitives of backend module ``k``
-    (dtype of ``x``)."""
+    """Forward with the primitives of backend module ``k`` (dtype of ``x``): one image (GEMM
+    straight into the output), one image per thread at a time (``conv2d_forward_images``,
+    see :data:`ONE_POOL`), or chunked im2col + NumPy GEMM + reorder."""
     n, c = x.shape[:2]
     oc = weight.shape[0]
     p = g.oh * g.ow
@@ -244,8 +247,10 @@ def conv2d_backward(grad_out, x, weight, stride=1, padding=0, *, bias=True, inpu
 
 
 def _conv2d_backward(k, grad_out, x, weight, g, bias, input_grad, ws):
-    """Per chunk: unfold again (cheaper than keeping the whole matrix), reorder the output
-    gradient, accumulate the weight gradient in chunk order, fold the input gradient."""
+    """Gradients on one of three paths: one image (no reorders); one image per thread at a
+    time (``conv2d_backward_images``, see :data:`ONE_POOL`); or per chunk: unfold again
+    (cheaper than keeping the whole matrix), reorder the output gradient, accumulate the
+    weight gradient in chunk order, fold the input gradient."""
     n, c = x.shape[:2]
     oc = weight.shape[0]
     p = g.oh * g.ow
