@@ -109,7 +109,7 @@ def conv2d_backward_images(gy, x, w2, kh, kw, sh, sw, pt, pl, oh, ow, input_grad
     gwt_part : (SLOTS, C*kh*kw, OC) float32  # OUT  slot ``s``: sum over its images (in order)
         of ``im2col(x[i]) @ gy[i].T`` (the transposed weight gradient); image ``i`` belongs to
         slot ``i * SLOTS // N``
-    gb_part : (SLOTS, OC) float64  # OUT  slot sums of ``gy[i]`` over OH*OW
+    gb_part : (SLOTS, OC) float64  # OUT  slot sums of ``gy[i]`` over its images and OH*OW
     gx : (N, C, H, W) float32  # OUT if ``input_grad``: ``col2im(w2.T @ gy[i])``
     """
     n = x.shape[0]

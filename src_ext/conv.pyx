@@ -7,6 +7,7 @@ writes disjoint parts of its outputs, and every sum runs in a fixed order inside
 iteration, so results are bit-identical for any thread count.
 """
 from cython.parallel cimport prange
+from libc.stdlib cimport free, malloc
 from scipy.linalg.cython_blas cimport sgemm
 
 include "_common.pxi"
@@ -288,6 +289,7 @@ cdef void _backward_images(const float[:, :, ::1] gy,      # IN  (N, OC, OH*OW)
                            float[:, :, ::1] gwt_part,      # OUT (SLOTS, C*kh*kw, OC)
                            double[:, ::1] gb_part,         # OUT (SLOTS, OC)
                            float[:, :, :, ::1] gx,         # OUT (N, C, H, W) if input_grad
+                           double* bacc,                   # scratch (T, OC, OH*OW)
                            int nt) noexcept nogil:
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t OC = w2.shape[0], K = w2.shape[1], P = OH * OW, S = gwt_part.shape[0]
@@ -301,6 +303,7 @@ cdef void _backward_images(const float[:, :, ::1] gy,      # IN  (N, OC, OH*OW)
     cdef Py_ssize_t T = cols.shape[0], t, s, i, o, e, ci
     cdef float* c
     cdef const float* g
+    cdef double* ba
     cdef double sm
     cdef int m_oc = <int>OC, n_k = <int>K, k_p = <int>P
     cdef float one = 1.0, zero = 0.0
@@ -309,22 +312,22 @@ cdef void _backward_images(const float[:, :, ::1] gy,      # IN  (N, OC, OH*OW)
     # beta = 1), so the result does not depend on the number of blocks or threads.
     for t in prange(T, schedule='static', num_threads=nt):
         c = cp + t * K * P
+        ba = bacc + t * OC * P
         for s in range(t * S // T, (t + 1) * S // T):
             for e in range(K * OC):
                 gwp[s * K * OC + e] = 0.0
-            for o in range(OC):
-                gbp[s * OC + o] = 0.0
+            # Bias sums: element-wise double partial sums over the slot's images (vectorisable
+            # without reassociating), then over positions, in order.
+            for e in range(OC * P):
+                ba[e] = 0.0
             for i in range((s * N + S - 1) // S, ((s + 1) * N + S - 1) // S):
                 g = gp + i * OC * P
                 _im2col_image(xp + i * C * H * W, c, C, kh, kw, H, W, sh, sw, pt, pl, OH, OW, P)
                 # gwt_s (K, OC) += c @ g^T, as gwt_s^T (OC, K) += g @ c^T column-major
                 sgemm("T", "N", &m_oc, &n_k, &k_p, &one, <float*>g, &k_p, c, &k_p, &one,
                       gwp + s * K * OC, &m_oc)
-                for o in range(OC):
-                    sm = 0.0
-                    for e in range(P):
-                        sm = sm + g[o * P + e]
-                    gbp[s * OC + o] = gbp[s * OC + o] + sm
+                for e in range(OC * P):
+                    ba[e] = ba[e] + g[e]
                 if input_grad:
                     # c (K, P) = w2^T @ g, as c^T (P, K) = g^T @ w2 column-major
                     sgemm("N", "T", &k_p, &n_k, &m_oc, &one, <float*>g, &k_p, <float*>wp, &n_k,
@@ -332,6 +335,11 @@ cdef void _backward_images(const float[:, :, ::1] gy,      # IN  (N, OC, OH*OW)
                     for ci in range(C):
                         _col2im_plane(c, gxp + (i * C + ci) * H * W, ci, 0, kh, kw, H, W, sh,
                                       sw, pt, pl, OH, OW, P)
+            for o in range(OC):
+                sm = 0.0
+                for e in range(P):
+                    sm = sm + ba[o * P + e]
+                gbp[s * OC + o] = sm
 
 
 # --------------------------------------------------------------------------- Python API
@@ -437,6 +445,12 @@ def conv2d_backward_images(const float[:, :, ::1] gy, const float[:, :, :, ::1] 
     cdef int nt = _threads_for(gy.shape[0] * gy.shape[1] * gy.shape[2])
     if nt > cols.shape[0]:
         nt = <int>cols.shape[0]
-    with nogil:
-        _backward_images(gy, x, w2, kh, kw, sh, sw, pt, pl, oh, ow, input_grad, cols, gwt_part,
-                         gb_part, gx, nt)
+    cdef double* bacc = <double*>malloc(cols.shape[0] * gy.shape[1] * gy.shape[2] * sizeof(double))
+    if bacc == NULL:
+        raise MemoryError("conv2d_backward_images: no memory for the bias partial sums")
+    try:
+        with nogil:
+            _backward_images(gy, x, w2, kh, kw, sh, sw, pt, pl, oh, ow, input_grad, cols, gwt_part,
+                             gb_part, gx, bacc, nt)
+    finally:
+        free(bacc)

@@ -269,14 +269,18 @@ def conv2d_backward_images(gy, x, w2, kh, kw, sh, sw, pt, pl, oh, ow, input_grad
     # One iteration: a block of slots and its own buffers.  A slot is a run of consecutive
     # images whose weight gradients it sums in image order (so the result does not depend
     # on the number of blocks or threads).
+    p = oh * ow
     for t in prange(nb):
         c = cols[t]
         tmp = gwt_tmp[t]
+        # Bias sums: element-wise float64 partial sums over the slot's images (a loop that
+        # vectorises without reassociating anything), then over positions, in order.
+        bacc = np.empty((oc, p), np.float64)
         for s in range(t * nslot // nb, (t + 1) * nslot // nb):
             acc = gwt_part[s]
             gbs = gb_part[s]
             acc[:, :] = 0.0
-            gbs[:] = 0.0
+            bacc[:, :] = 0.0
             for i in range((s * n + nslot - 1) // nslot, ((s + 1) * n + nslot - 1) // nslot):
                 g = gy[i]
                 _im2col_serial(x[i:i + 1], kh, kw, sh, sw, pt, pl, oh, ow, c)
@@ -285,10 +289,13 @@ def conv2d_backward_images(gy, x, w2, kh, kw, sh, sw, pt, pl, oh, ow, input_grad
                     for o in range(oc):
                         acc[r, o] += tmp[r, o]
                 for o in range(oc):
-                    sm = 0.0
-                    for e in range(g.shape[1]):
-                        sm += np.float64(g[o, e])
-                    gbs[o] += sm
+                    for e in range(p):
+                        bacc[o, e] += np.float64(g[o, e])
                 if input_grad:
                     np.dot(w2t, g, c)
                     _col2im_serial(c, kh, kw, sh, sw, pt, pl, oh, ow, gx[i:i + 1])
+            for o in range(oc):
+                sm = 0.0
+                for e in range(p):
+                    sm += bacc[o, e]
+                gbs[o] = sm
