@@ -14,15 +14,17 @@ def init_gemm_blas():
     """Load SciPy's BLAS with one thread, for GEMMs called from the kernels' own threads.
 
     The convolution and dense kernels run one thread pool: each thread multiplies its block
-    (an unfolded image, a block of rows) with a single-threaded SGEMM.  OpenBLAS must then run single-threaded, and must have
+    (an unfolded image, a block of rows) with a single-threaded SGEMM.  OpenBLAS must then
+    run single-threaded, and must have
     *started* that way: an OpenBLAS that started its own threads stays several-fold slower
     under concurrent calls even after ``openblas_set_num_threads(1)`` (docs/PERFORMANCE.md).
     So ``OPENBLAS_NUM_THREADS=1`` is set only while SciPy's BLAS loads, which leaves NumPy's
     BLAS (loaded before) multi-threaded for everything else.
 
-    If SciPy's BLAS was loaded before fastcnn (or is not a separate OpenBLAS), nothing is
-    changed and :func:`gemm_blas_single` is False: convolutions then take the chunked path
-    with NumPy's multi-threaded BLAS.  ``FASTCNN_NO_THREAD_DEFAULTS=1`` also disables this.
+    If SciPy's BLAS was loaded before fastcnn (or is not a separate OpenBLAS, or SciPy or
+    threadpoolctl cannot be imported), :func:`gemm_blas_single` is False: convolutions and
+    dense layers then take the two-pool path with NumPy's multi-threaded BLAS.
+    ``FASTCNN_NO_THREAD_DEFAULTS=1`` also disables this.  Never raises.
     """
     import sys
 
@@ -34,13 +36,20 @@ def init_gemm_blas():
     if any(m.startswith("scipy.linalg") for m in sys.modules):
         _gemm_blas["why"] = "scipy.linalg was imported before fastcnn"
         return
-    from threadpoolctl import ThreadpoolController
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError as exc:  # a dependency, but keep ``import fastcnn`` working without it
+        _gemm_blas["why"] = f"threadpoolctl cannot be imported ({exc})"
+        return
 
     before = {lc.filepath for lc in ThreadpoolController().lib_controllers}
     previous = os.environ.get("OPENBLAS_NUM_THREADS")
     os.environ["OPENBLAS_NUM_THREADS"] = "1"
     try:
         import scipy.linalg.cython_blas  # noqa: F401  (loads SciPy's BLAS)
+    except ImportError as exc:
+        _gemm_blas["why"] = f"SciPy's BLAS cannot be imported ({exc})"
+        return
     finally:
         if previous is None:
             del os.environ["OPENBLAS_NUM_THREADS"]
@@ -106,18 +115,20 @@ def set_num_threads(n):
         _omp.set_num_threads(n)
     except ImportError:
         pass
-    from threadpoolctl import ThreadpoolController
-
+    _state["n"] = n
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:  # BLAS keeps its own default thread count
+        return
     # The limiter applies on construction and stays in force until restored; keep it so
     # a later call can restore before applying its own limit.  SciPy's BLAS, when the
-    # convolution kernels call it from their threads, stays at one thread.
+    # kernels call it from their own threads, stays at one thread.
     if _state["blas_limiter"] is not None:
         _state["blas_limiter"].restore_original_limits()
     ctl = ThreadpoolController()
     others = [lc.filepath for lc in ctl.lib_controllers
               if lc.user_api == "blas" and lc.filepath != _gemm_blas["filepath"]]
     _state["blas_limiter"] = ctl.select(filepath=others).limit(limits=n) if others else None
-    _state["n"] = n
 
 
 def get_num_threads():

@@ -927,3 +927,36 @@ def test_chunked_path_when_blas_cannot_be_single_threaded(pre, env, why):
     r = _blas_probe(pre=pre, env=env)
     assert not r["single"] and why in r["gemm"]["why"], r
     assert "two thread pools" in r["path"]
+
+
+@pytest.mark.parametrize("missing", ["threadpoolctl", "scipy"])
+def test_import_and_ops_work_without_optional_blas_control(missing):
+    """Without threadpoolctl or SciPy, ``import fastcnn`` still works and the ops take the
+    two-pool path (the Cython backend needs SciPy's BLAS and reports itself unavailable)."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import NEUTRAL_CWD
+
+    code = f"""
+import sys
+sys.modules[{missing!r}] = None
+import numpy as np
+import fastcnn
+from fastcnn import functional as F
+assert not fastcnn._threads.gemm_blas_single()
+assert "cannot be imported" in fastcnn._threads.conv_path_description()
+x, w = np.ones((3, 2, 6, 6), np.float32), np.ones((4, 2, 3, 3), np.float32)
+for name in fastcnn.available_backends():
+    fastcnn.set_backend(name)
+    y = F.conv2d(x, w, None, 1, 1)
+    assert float(y[0, 0, 2, 2]) == 18.0
+    F.conv2d_backward(y, x, w, 1, 1)
+    assert F.linear(np.ones((3, 5), np.float32), np.ones((2, 5), np.float32)).tolist() == [[5.0, 5.0]] * 3
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", code], cwd=NEUTRAL_CWD, capture_output=True, text=True,
+                         timeout=300, env={k: v for k, v in os.environ.items() if k != "FASTCNN_NO_THREAD_DEFAULTS"})
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr
+
