@@ -7,7 +7,7 @@ _state = {"n": None, "blas_limiter": None}
 
 #: SciPy's BLAS, which the per-image convolution kernels call from their own threads
 #: (``np.dot`` in Numba, ``scipy.linalg.cython_blas`` in Cython).  See :func:`init_gemm_blas`.
-_gemm_blas = {"filepath": None, "single": False, "why": "not initialised"}
+_gemm_blas = {"filepath": None, "why": "not initialised"}
 
 
 def init_gemm_blas():
@@ -58,7 +58,7 @@ def init_gemm_blas():
     new = [lc for lc in ThreadpoolController().lib_controllers
            if lc.filepath not in before and lc.user_api == "blas"]
     if len(new) == 1 and new[0].internal_api == "openblas" and new[0].num_threads == 1:
-        _gemm_blas.update(filepath=new[0].filepath, single=True, why="")
+        _gemm_blas.update(filepath=new[0].filepath, why="")
     else:
         _gemm_blas["why"] = "SciPy's BLAS is not a separate single-threaded OpenBLAS: " + repr(
             [(lc.internal_api, lc.num_threads) for lc in new])
@@ -66,7 +66,7 @@ def init_gemm_blas():
 
 def conv_path_description():
     """One line: which convolution path the compiled backends take, and why."""
-    if _gemm_blas["single"]:
+    if gemm_blas_single():
         return ("one thread pool: convolutions per image, dense layers by blocks (SciPy's BLAS "
                 "single-threaded: " + _gemm_blas["filepath"] + ")")
     return "two thread pools: chunked im2col + NumPy's multi-threaded SGEMM (" + _gemm_blas["why"] + ")"
@@ -74,7 +74,7 @@ def conv_path_description():
 
 def gemm_blas_single():
     """Whether SciPy's BLAS runs single-threaded for the per-image convolution kernels."""
-    return _gemm_blas["single"]
+    return _gemm_blas["filepath"] is not None
 
 
 def max_threads():

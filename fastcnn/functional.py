@@ -278,7 +278,7 @@ def _conv2d_backward(k, grad_out, x, weight, g, bias, input_grad, ws):
         gx = np.empty(x.shape, dtype=dt) if input_grad else _buf(ws, "nogx", (1, 1, 1, 1), dt)
         k.conv2d_backward_images(gy, x, w2, *g.args, g.oh, g.ow, bool(input_grad), cols, tmp, gwt_part,
                                  gb_part, gx)
-        gwt = gwt_part[0].copy()
+        gwt = gwt_part[0]  # (a scratch buffer, rewritten by every call)
         for s in range(1, _ref.SLOTS):  # slot sums added in slot order
             gwt += gwt_part[s]
         gw = np.ascontiguousarray(gwt.T).reshape(weight.shape)
@@ -497,7 +497,7 @@ def linear(x, weight, bias=None, *, ws=None):
     x, weight, bias = _linear_check(x, weight, bias, "linear")
     y = np.empty((x.shape[0], weight.shape[0]), np.float32)
     k = _backend.ops()
-    if x.shape[0] > 1 and _one_pool(k):
+    if x.shape[0] > 1 and x.shape[1] > 0 and _one_pool(k):  # (no GEMM blocks for empty K)
         if bias is None:
             bias = _buf(ws, "zeros", (weight.shape[0],))
             bias[...] = 0
@@ -517,7 +517,7 @@ def linear_backward(grad_out, x, weight, *, bias=True, input_grad=True, ws=None)
     if grad_out.shape != (x.shape[0], weight.shape[0]):
         raise ValueError(f"{op}: grad_out must have shape {(x.shape[0], weight.shape[0])}, got {grad_out.shape}")
     k = _backend.ops()
-    if x.shape[0] > 1 and _one_pool(k):
+    if x.shape[0] > 1 and x.shape[1] > 0 and _one_pool(k):  # (no GEMM blocks for empty K)
         n, out = grad_out.shape
         gw = np.empty(weight.shape, np.float32)
         gb = np.empty((out,), np.float32)

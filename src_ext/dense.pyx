@@ -89,12 +89,7 @@ def linear_forward(const float[:, ::1] x, const float[:, ::1] w, const float[::1
     """``y = x @ w.T + bias`` by blocks of rows (see :func:`fastcnn._ref.linear_forward`)."""
     _check(w.shape[1] == x.shape[1] and bias.shape[0] == w.shape[0] and y.shape[0] == x.shape[0]
            and y.shape[1] == w.shape[0] and nblocks >= 1, "linear_forward: shapes do not match")
-    if x.shape[0] == 0 or w.shape[0] == 0:
-        return
-    if x.shape[1] == 0:
-        for i in range(y.shape[0]):
-            y[i, :] = bias
-        return
+    _check(x.shape[0] >= 1 and x.shape[1] >= 1 and w.shape[0] >= 1, "linear_forward: empty dimension")
     cdef int nt = _threads_for(x.shape[0] * x.shape[1])
     with nogil:
         _linear_fwd(x, w, bias, nblocks, y, nt)

@@ -160,6 +160,18 @@ def test_linear_primitives_match_reference(name, n, k_in, k_out, nblocks, input_
         assert_close(ggx, wgx, 1e-5, what="input gradient")
 
 
+@pytest.mark.parametrize("n", [1, 3])
+def test_linear_with_no_input_features(backend, conv_path, n):
+    """K = 0: the output is the bias and the gradients are empty or zero, on every path."""
+    b = np.array([1.5, -2.0], np.float32)
+    y = F.linear(np.ones((n, 0), np.float32), np.ones((2, 0), np.float32), b)
+    np.testing.assert_array_equal(y, np.tile(b, (n, 1)))
+    gx, gw, gb = F.linear_backward(np.ones((n, 2), np.float32), np.ones((n, 0), np.float32),
+                                   np.ones((2, 0), np.float32))
+    assert gx.shape == (n, 0) and gw.shape == (2, 0)
+    np.testing.assert_array_equal(gb, [n, n])
+
+
 def test_per_image_path_choice(compiled, monkeypatch):
     """Auto mode: per image for the compiled backends when SciPy's BLAS is single-threaded,
     but never when one image's unfolded matrix exceeds CHUNK_BYTES (memory per thread)."""

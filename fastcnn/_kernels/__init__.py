@@ -3,6 +3,7 @@
 Same names, signatures, layouts and contracts as the NumPy reference; callers
 (:mod:`fastcnn.functional`) validate arguments, so the kernels do not.
 """
+from .._backend import PRIMITIVES
 from .activation import relu_backward, relu_forward
 from .conv import (cnp_to_ncp_bias, col2im, conv2d_backward_images, conv2d_forward_images, im2col,
                    ncp_to_cnp_sum)
@@ -12,26 +13,4 @@ from .norm import batchnorm_backward_apply, batchnorm_backward_reduce, batchnorm
 from .optim import adam_step
 from .pool import avgpool2d_backward, avgpool2d_forward, maxpool2d_backward, maxpool2d_forward
 
-__all__ = [
-    "im2col",
-    "col2im",
-    "cnp_to_ncp_bias",
-    "ncp_to_cnp_sum",
-    "conv2d_forward_images",
-    "conv2d_backward_images",
-    "linear_forward",
-    "linear_backward",
-    "maxpool2d_forward",
-    "maxpool2d_backward",
-    "avgpool2d_forward",
-    "avgpool2d_backward",
-    "relu_forward",
-    "relu_backward",
-    "softmax_xent_forward",
-    "softmax_xent_backward",
-    "batchnorm_stats",
-    "batchnorm_forward",
-    "batchnorm_backward_reduce",
-    "batchnorm_backward_apply",
-    "adam_step",
-]
+__all__ = list(PRIMITIVES)  # the registry's list: the one place primitives are named

@@ -16,7 +16,7 @@ from numba import njit, prange
 
 from .._config import NUMBA_SERIAL
 from ._parallel import parallel_kernel
-from .conv import _u, _valid_range
+from .conv import _u, _valid_range, _valid_ranges
 
 
 @njit(**NUMBA_SERIAL)
@@ -227,12 +227,7 @@ def _avgpool2d_backward(gy, kh, kw, sh, sw, pt, pl, count_include_pad, gx):
     gf = gy.reshape(gy.size)
     xf = gx.reshape(gx.size)
     div = _divisors(h, w, kh, kw, sh, sw, pt, pl, oh, ow, count_include_pad)
-    wlo = np.empty(kw, np.int64)
-    whi = np.empty(kw, np.int64)
-    for j in range(kw):
-        a, b = _valid_range(j - pl, sw, w, ow)
-        wlo[j] = a
-        whi[j] = b
+    wlo, whi = _valid_ranges(kw, pl, sw, w, ow)
     if kh == sh and kw == sw and pt == 0 and pl == 0 and oh * kh <= h and ow * kw <= w:
         # Windows tile the input: each cell has at most one window, no sum needed.
         for t in prange(n * c):
