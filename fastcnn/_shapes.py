@@ -4,6 +4,11 @@ import numbers
 import numpy as np
 
 
+def is_float32_array(x):
+    """Whether ``x`` is already a C-contiguous, aligned float32 ndarray (nothing to convert)."""
+    return type(x) is np.ndarray and x.dtype == np.float32 and x.flags.c_contiguous and x.flags.aligned
+
+
 def as_float32(x, name, ndim=None, op="fastcnn"):
     """Validate an array argument and return it as a C-contiguous float32 array.
 
@@ -20,8 +25,8 @@ def as_float32(x, name, ndim=None, op="fastcnn"):
     op : str
         Operation or layer name used in error messages.
     """
-    if (type(x) is np.ndarray and x.dtype == np.float32 and x.flags.c_contiguous and x.flags.aligned
-            and (ndim is None or x.ndim == ndim or (not isinstance(ndim, int) and x.ndim in ndim))):
+    if is_float32_array(x) and (ndim is None or x.ndim == ndim
+                                or (not isinstance(ndim, int) and x.ndim in ndim)):
         return x  # fast path: nothing to check or convert
     if not isinstance(x, np.ndarray):
         if isinstance(x, (list, tuple)) or np.isscalar(x):

@@ -16,7 +16,8 @@ import functools
 import numpy as np
 
 from . import _backend, _ref, _threads
-from ._shapes import as_float32, as_labels, check_padding_arg, output_size, pair, resolve_padding
+from ._shapes import (as_float32, as_labels, check_padding_arg, is_float32_array, output_size, pair,
+                      resolve_padding)
 
 
 class Workspace:
@@ -62,11 +63,6 @@ def _plain(v):
                                                  and type(v[1]) is int)
 
 
-def _ready(a):
-    """Whether ``a`` is already a C-contiguous aligned float32 ndarray (nothing to convert)."""
-    return type(a) is np.ndarray and a.dtype == np.float32 and a.flags.c_contiguous and a.flags.aligned
-
-
 def _buf(ws, name, shape, dtype=np.float32):
     return np.empty(shape, dtype=dtype) if ws is None else ws.get(name, shape, dtype)
 
@@ -97,7 +93,8 @@ def _geometry(kernel, stride, padding, size, op):
 
 
 def _conv_check(x, weight, bias, stride, padding, op="conv2d", ws=None):
-    if (ws is not None and _ready(x) and _ready(weight) and (bias is None or _ready(bias))
+    ready = is_float32_array
+    if (ws is not None and ready(x) and ready(weight) and (bias is None or ready(bias))
             and _plain(stride) and _plain(padding)):
         key = (op, x.shape, weight.shape, None if bias is None else bias.shape, stride, padding)
         g = ws._plan(key)
@@ -311,7 +308,7 @@ def _conv2d_backward(k, grad_out, x, weight, g, bias, input_grad, ws):
 # --------------------------------------------------------------------------- pooling
 
 def _pool_geometry(x, kernel_size, stride, padding, op, ws=None):
-    if ws is not None and _ready(x) and _plain(kernel_size) and _plain(stride) and _plain(padding):
+    if ws is not None and is_float32_array(x) and _plain(kernel_size) and _plain(stride) and _plain(padding):
         key = (op, x.shape, kernel_size, stride, padding)
         hit = ws._plan(key)
         if hit is not None:  # these shapes and arguments passed every check before

@@ -69,7 +69,6 @@ def test_dense_layer_matches_torch(backend, conv_path, n):
 @needs_torch
 @pytest.mark.parametrize("train", [True, False])
 def test_batchnorm_layer_matches_torch(backend, train):
-    torch = _torch()
     layer = L.BatchNorm2D(6)
     rng = np.random.default_rng(4)
     layer.weight.data[...] = rng.uniform(0.5, 2, 6)
