@@ -11,57 +11,52 @@ _gemm_blas = {"filepath": None, "why": "not initialised"}
 
 
 def init_gemm_blas():
-    """Load SciPy's BLAS with one thread, for GEMMs called from the kernels' own threads.
+    """Run SciPy's BLAS single-threaded, for GEMMs called from the kernels' own threads.
 
     The convolution and dense kernels run one thread pool: each thread multiplies its block
-    (an unfolded image, a block of rows) with a single-threaded SGEMM.  OpenBLAS must then
-    run single-threaded, and must have
-    *started* that way: an OpenBLAS that started its own threads stays several-fold slower
-    under concurrent calls even after ``openblas_set_num_threads(1)`` (docs/PERFORMANCE.md).
-    So ``OPENBLAS_NUM_THREADS=1`` is set only while SciPy's BLAS loads, which leaves NumPy's
-    BLAS (loaded before) multi-threaded for everything else.
+    (an unfolded image, a block of rows) with SciPy's SGEMM, which must then run on one
+    thread: with two OpenBLAS threads per call, concurrent calls from the kernels' threads
+    were many-fold slower (``scripts/blas_threads_probe.py``).  So SciPy's OpenBLAS is limited to
+    one thread (threadpoolctl) and :func:`set_num_threads` leaves it there; NumPy's BLAS, a
+    separate library in the wheels, keeps its threads.
 
-    If SciPy's BLAS was loaded before fastcnn (or is not a separate OpenBLAS, or SciPy or
-    threadpoolctl cannot be imported), :func:`gemm_blas_single` is False: convolutions and
-    dense layers then take the two-pool path with NumPy's multi-threaded BLAS.
-    ``FASTCNN_NO_THREAD_DEFAULTS=1`` also disables this.  Never raises.
+    SciPy's library is the one that importing ``scipy.linalg.cython_blas`` loads, or, if SciPy
+    was imported earlier, the OpenBLAS inside SciPy's installation.  If there is no such
+    separate OpenBLAS (e.g. one BLAS shared with NumPy), or SciPy or threadpoolctl cannot be
+    imported, or ``FASTCNN_NO_THREAD_DEFAULTS=1``, :func:`gemm_blas_single` is False and
+    convolutions and dense layers take the two-pool path with NumPy's multi-threaded BLAS.
+    Never raises.
     """
-    import sys
-
     if _gemm_blas["why"] != "not initialised":
         return
     if os.environ.get("FASTCNN_NO_THREAD_DEFAULTS", "") in ("1", "true", "yes"):
         _gemm_blas["why"] = "FASTCNN_NO_THREAD_DEFAULTS is set"
-        return
-    if any(m.startswith("scipy.linalg") for m in sys.modules):
-        _gemm_blas["why"] = "scipy.linalg was imported before fastcnn"
         return
     try:
         from threadpoolctl import ThreadpoolController
     except ImportError as exc:  # a dependency, but keep ``import fastcnn`` working without it
         _gemm_blas["why"] = f"threadpoolctl cannot be imported ({exc})"
         return
-
     before = {lc.filepath for lc in ThreadpoolController().lib_controllers}
-    previous = os.environ.get("OPENBLAS_NUM_THREADS")
-    os.environ["OPENBLAS_NUM_THREADS"] = "1"
     try:
+        import scipy
         import scipy.linalg.cython_blas  # noqa: F401  (loads SciPy's BLAS)
     except ImportError as exc:
         _gemm_blas["why"] = f"SciPy's BLAS cannot be imported ({exc})"
         return
-    finally:
-        if previous is None:
-            del os.environ["OPENBLAS_NUM_THREADS"]
-        else:
-            os.environ["OPENBLAS_NUM_THREADS"] = previous
-    new = [lc for lc in ThreadpoolController().lib_controllers
-           if lc.filepath not in before and lc.user_api == "blas"]
-    if len(new) == 1 and new[0].internal_api == "openblas" and new[0].num_threads == 1:
-        _gemm_blas.update(filepath=new[0].filepath, why="")
+    scipy_root = os.path.dirname(os.path.dirname(os.path.realpath(scipy.__file__)))
+    libs = [lc for lc in ThreadpoolController().lib_controllers if lc.user_api == "blas"]
+    # Loaded just now, or (SciPy imported before fastcnn) shipped in SciPy's own directories.
+    mine = [lc for lc in libs if lc.filepath not in before] or [
+        lc for lc in libs
+        if os.path.realpath(lc.filepath).startswith(scipy_root + os.sep)
+        and os.path.relpath(os.path.realpath(lc.filepath), scipy_root).startswith("scipy")]
+    if len(mine) == 1 and mine[0].internal_api == "openblas":
+        mine[0].set_num_threads(1)
+        _gemm_blas.update(filepath=mine[0].filepath, why="")
     else:
-        _gemm_blas["why"] = "SciPy's BLAS is not a separate single-threaded OpenBLAS: " + repr(
-            [(lc.internal_api, lc.num_threads) for lc in new])
+        _gemm_blas["why"] = "SciPy's BLAS is not a separate OpenBLAS: " + repr(
+            [(lc.internal_api, lc.filepath) for lc in mine])
 
 
 def conv_path_description():

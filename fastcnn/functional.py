@@ -136,7 +136,7 @@ CHUNK_BYTES = 8 << 20
 #: layers as blocks of a GEMM (``linear_forward`` / ``linear_backward``), all on the kernels'
 #: threads with SciPy's single-threaded BLAS.  Otherwise: chunked im2col + NumPy's
 #: multi-threaded SGEMM + reorders, and dense layers through NumPy's BLAS.  None: yes for the
-#: compiled backends when SciPy's BLAS was loaded single-threaded
+#: compiled backends when SciPy's BLAS runs single-threaded
 #: (``fastcnn._threads.init_gemm_blas``); convolutions also need one image's unfolded matrix
 #: to fit in ``CHUNK_BYTES`` (one such buffer per thread).
 ONE_POOL = None

@@ -917,26 +917,23 @@ def _blas_probe(pre="", threads=1, env=None):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def test_scipy_blas_loads_single_threaded_and_stays_so():
-    """fastcnn imported first: SciPy's BLAS (per-image GEMMs) starts with one thread and keeps
-    it when the threads knob changes; NumPy's BLAS follows the knob."""
+@pytest.mark.parametrize("pre", ["", "import numpy", "import scipy.linalg"])
+def test_scipy_blas_runs_single_threaded_and_stays_so(pre):
+    """Whatever was imported first, SciPy's BLAS (the one-pool GEMMs) runs one thread and
+    keeps it when the threads knob changes; NumPy's BLAS follows the knob."""
     threads = min(2, fastcnn._threads.max_threads())
-    r = _blas_probe(threads=threads)
+    r = _blas_probe(pre=pre, threads=threads)
     assert r["single"], r
     assert "one thread pool" in r["path"]
-    assert _blas_probe(pre="import numpy", threads=threads)["single"]  # NumPy first is fine
     by_path = dict(r["libs"])
     assert by_path[r["gemm"]["filepath"]] == 1
     others = [n for p, n in r["libs"] if p != r["gemm"]["filepath"]]
     assert others and all(n == threads for n in others), r
 
 
-@pytest.mark.parametrize("pre,env,why", [
-    ("import scipy.linalg", {}, "scipy.linalg was imported before fastcnn"),
-    ("", {"FASTCNN_NO_THREAD_DEFAULTS": "1"}, "FASTCNN_NO_THREAD_DEFAULTS"),
-])
-def test_chunked_path_when_blas_cannot_be_single_threaded(pre, env, why):
-    r = _blas_probe(pre=pre, env=env)
+def test_two_pools_when_thread_defaults_are_off():
+    why = "FASTCNN_NO_THREAD_DEFAULTS"
+    r = _blas_probe(env={"FASTCNN_NO_THREAD_DEFAULTS": "1"})
     assert not r["single"] and why in r["gemm"]["why"], r
     assert "two thread pools" in r["path"]
 
