@@ -1,7 +1,7 @@
 import os
 from pathlib import Path
 
-import fastcnn  # before NumPy, as recommended (docs/PERFORMANCE.md): the default conv path
+import fastcnn  # before NumPy, so that fastcnn's OpenBLAS thread defaults apply (docs/PERFORMANCE.md)
 
 import numpy as np
 import pytest
