@@ -35,6 +35,7 @@ _threads.init_gemm_blas()
 from . import data, functional, layers, losses, models, optim
 from .layers import Parameter
 from .model import Sequential, load, save
+from ._summary import summary
 
 __all__ = [
     "__version__",
@@ -54,6 +55,7 @@ __all__ = [
     "Sequential",
     "load",
     "save",
+    "summary",
 ]
 
 

@@ -1,4 +1,4 @@
-"""The ``fastcnn`` command line: ``train``, ``evaluate``, ``info``."""
+"""The ``fastcnn`` command line: ``train``, ``evaluate``, ``summary``, ``visualize``, ``info``."""
 import argparse
 import io
 import json
@@ -54,6 +54,26 @@ def _parser():
     e.add_argument("--backend", default=None)
     e.add_argument("--threads", type=int, default=None)
     sub.add_parser("info", help="version, backends, threads, SIMD, OpenMP")
+    s = sub.add_parser("summary", help="layers, output shapes, parameters, MACs, activation memory")
+    src = s.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", choices=models.NAMES)
+    src.add_argument("--checkpoint", metavar="PATH")
+    s.add_argument("--input-shape", default=None, metavar="C,H,W",
+                   help="one image's shape (default: the seed model's input)")
+    s.add_argument("--batch-size", type=int, default=None, help="for per-batch totals (default: the recipe's)")
+    v = sub.add_parser("visualize", help="feature maps, deconvnet projections and filters of a checkpoint")
+    v.add_argument("--checkpoint", required=True, metavar="PATH")
+    v.add_argument("--dataset", default="mnist", help="mnist, fashion-mnist or cifar10 (default: mnist)")
+    v.add_argument("--data-dir", default=None)
+    v.add_argument("--index", type=int, default=0, help="test image index (default: 0)")
+    v.add_argument("--out", required=True, metavar="DIR")
+    v.add_argument("--project", action="store_true",
+                   help="deconvnet projection of the strongest activations of --layer to pixel space")
+    v.add_argument("--layer", default=None, help="convolution layer to project (name, e.g. 3; default: the last)")
+    v.add_argument("--top", type=int, default=9, help="how many channels to project (default: 9)")
+    v.add_argument("--filters", action="store_true", help="also draw the first layer's kernels")
+    v.add_argument("--backend", default=None)
+    v.add_argument("--threads", type=int, default=None)
     return p
 
 
@@ -268,12 +288,56 @@ def cmd_evaluate(args):
     return 0
 
 
+def _ints(text, what):
+    try:
+        return tuple(int(v) for v in text.replace("x", ",").split(","))
+    except ValueError:
+        raise ValueError(f"{what} must be integers separated by commas, got {text!r}") from None
+
+
+def cmd_summary(args):
+    import fastcnn
+    from . import models
+    from ._summary import summary
+
+    name = args.model
+    if args.checkpoint:
+        model, meta = fastcnn.load(args.checkpoint, return_metadata=True)
+        name = meta.get("model")
+    else:
+        model = models.build(name)
+    if args.input_shape:
+        shape = _ints(args.input_shape, "--input-shape")
+    elif name in models.INPUT_SIZE:
+        first = next((p for p in model.parameters() if p.data.ndim == 4), None)
+        size = models.INPUT_SIZE[name]
+        shape = (first.data.shape[1] if first is not None else 1, size, size)
+    else:
+        raise ValueError("the checkpoint does not name a seed model: give --input-shape C,H,W")
+    batch = args.batch_size or models.RECIPES.get(name, {}).get("batch_size", 1)
+    print(summary(model, shape, batch_size=batch))
+    return 0
+
+
+def cmd_visualize(args):
+    from . import viz
+
+    _setup(args)
+    written = viz.visualize_checkpoint(args.checkpoint, args.out, dataset=args.dataset, data_dir=args.data_dir,
+                                       index=args.index, project=args.project, layer=args.layer, top=args.top,
+                                       filters=args.filters)
+    for path in written:
+        print(path)
+    return 0
+
+
 def main(argv=None):
     from .train import Interrupted, NonFiniteLoss
 
     args = _parser().parse_args(argv)
     try:
-        return {"train": cmd_train, "evaluate": cmd_evaluate, "info": cmd_info}[args.command](args)
+        return {"train": cmd_train, "evaluate": cmd_evaluate, "info": cmd_info, "summary": cmd_summary,
+                "visualize": cmd_visualize}[args.command](args)
     except Interrupted as exc:
         print(f"fastcnn: {exc}", file=sys.stderr)
         return 128 + exc.signum

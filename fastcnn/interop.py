@@ -44,12 +44,37 @@ def to_torch(model):
             mods.append(nn.BatchNorm2d(layer._args["num_features"], layer.eps, layer.momentum))
         elif isinstance(layer, Sequential):
             mods.append(to_torch(layer))
+        elif isinstance(layer, L.Residual):
+            mods.append(_torch_residual()(to_torch(layer.body), to_torch(layer.shortcut)))
         else:
             raise TypeError(f"to_torch: no torch equivalent for {type(layer).__name__}")
     twin = nn.Sequential(*mods)
     twin.load_state_dict({k: torch.tensor(np.asarray(v)) for k, v in model.state_dict().items()})
     twin.train(model.training)
     return twin
+
+
+_RESIDUAL = None
+
+
+def _torch_residual():
+    """The torch module class for :class:`fastcnn.layers.Residual` (same state-dict names)."""
+    global _RESIDUAL
+    if _RESIDUAL is None:
+        from torch import nn
+
+        class Residual(nn.Module):
+            """``relu(body(x) + shortcut(x))``; an empty shortcut is the identity."""
+
+            def __init__(self, body, shortcut):
+                super().__init__()
+                self.body, self.shortcut = body, shortcut
+
+            def forward(self, x):
+                return nn.functional.relu(self.body(x) + self.shortcut(x))
+
+        _RESIDUAL = Residual
+    return _RESIDUAL
 
 
 def state_dict_from_torch(module):

@@ -1,0 +1,222 @@
+"""``fastcnn.summary(model, input_shape)``: every layer's output shape, parameters, MACs and
+activation memory, worked out from the layer arguments alone (nothing is run).
+
+Counting rules (docs/TUTORIALS.md derives them):
+
+- Conv2D with a ``K``-in, ``L``-out, ``I x J`` kernel and an ``M x N`` output: parameters
+  ``I*J*K*L`` (+ ``L`` bias), MACs ``I*J*M*N*K*L`` (+ ``L*M*N``: each bias add counted as
+  one MAC, as torchinfo counts it).
+- Dense ``in -> out``: parameters and MACs ``in*out`` (+ ``out`` bias).
+- BatchNorm2D: parameters ``2*C`` (weight and bias); its running mean and variance are
+  non-trainable state, not parameters (as in PyTorch).  MACs ``2*C`` per image, torchinfo's
+  convention (its scale and shift; in eval mode it folds into the convolution before it).
+- Pooling, ReLU, Flatten and the residual addition: no MACs.
+- Activation memory: every leaf layer's output, float32, summed (what a forward pass in
+  training mode keeps for the backward pass, roughly).
+"""
+import math
+
+from . import layers as L
+from .functional import _geometry
+from ._shapes import check_padding_arg
+
+__all__ = ["summary", "Summary", "Row"]
+
+
+class Row:
+    """One line of the table; counts are per image."""
+
+    __slots__ = ("name", "kind", "depth", "shape", "params", "state", "macs", "act", "leaf", "desc")
+
+    def __init__(self, name, kind, depth, shape, params, state, macs, act, leaf, desc=""):
+        self.name, self.kind, self.depth, self.shape = name, kind, depth, shape
+        self.params, self.state, self.macs, self.act, self.leaf, self.desc = params, state, macs, act, leaf, desc
+
+    def __repr__(self):
+        return (f"Row({self.name!r}, {self.kind}, shape={self.shape}, params={self.params}, "
+                f"macs={self.macs}, act={self.act})")
+
+
+def _conv_desc(layer):
+    a = layer._args
+    kh, kw = a["kernel_size"]
+    s = "" if a["stride"] == (1, 1) else f", stride {a['stride'][0]}" if a["stride"][0] == a["stride"][1] \
+        else f", stride {a['stride']}"
+    p = a["padding"]
+    p = "" if p in ((0, 0), "valid") else f", pad {p if isinstance(p, str) else p[0] if p[0] == p[1] else p}"
+    return f"{a['in_channels']}->{a['out_channels']}, {kh}x{kw}{s}{p}" + ("" if a["bias"] else ", no bias")
+
+
+def _pool_desc(layer):
+    k, s, p = layer.kernel_size, layer.stride, layer.padding
+    k = k[0] if k[0] == k[1] else k
+    s = "" if s == layer.kernel_size else f", stride {s[0] if s[0] == s[1] else s}"
+    p = "" if p in ((0, 0), "valid") else f", pad {p if isinstance(p, str) else p[0] if p[0] == p[1] else p}"
+    return f"{k}{s}{p}"
+
+
+def _leaf(layer, shape, op):
+    """``(out_shape, params, state, macs, description)`` of one leaf layer for a per-image
+    input ``shape`` (no batch axis).  Raises ValueError when the shapes do not fit."""
+    kind = type(layer).__name__
+    nparams = sum(p.data.size for p in layer.parameters())
+    if isinstance(layer, L.Conv2D):
+        a = layer._args
+        if len(shape) != 3 or shape[0] != a["in_channels"]:
+            raise ValueError(f"{op}: Conv2D expects (C={a['in_channels']}, H, W) per image, gets {shape}")
+        g = _geometry(a["kernel_size"], a["stride"], check_padding_arg(a["padding"], kind), shape[1:], op)
+        out = (a["out_channels"], g.oh, g.ow)
+        kh, kw = a["kernel_size"]
+        macs = kh * kw * g.oh * g.ow * a["in_channels"] * a["out_channels"]  # I*J*M*N*K*L
+        if a["bias"]:
+            macs += a["out_channels"] * g.oh * g.ow
+        return out, nparams, 0, macs, _conv_desc(layer)
+    if isinstance(layer, (L.MaxPool2D, L.AvgPool2D)):
+        if len(shape) != 3:
+            raise ValueError(f"{op}: {kind} expects (C, H, W) per image, gets {shape}")
+        g = _geometry(layer.kernel_size, layer.stride, layer.padding, shape[1:], op)
+        return (shape[0], g.oh, g.ow), 0, 0, 0, _pool_desc(layer)
+    if isinstance(layer, L.ReLU):
+        return shape, 0, 0, 0, ""
+    if isinstance(layer, L.Flatten):
+        return (math.prod(shape),), 0, 0, 0, ""
+    if isinstance(layer, L.Dense):
+        a = layer._args
+        if shape != (a["in_features"],):
+            raise ValueError(f"{op}: Dense expects ({a['in_features']},) per image, gets {shape}")
+        macs = a["in_features"] * a["out_features"] + (a["out_features"] if a["bias"] else 0)
+        return (a["out_features"],), nparams, 0, macs, f"{a['in_features']}->{a['out_features']}"
+    if isinstance(layer, L.BatchNorm2D):
+        c = layer._args["num_features"]
+        if len(shape) != 3 or shape[0] != c:
+            raise ValueError(f"{op}: BatchNorm2D expects (C={c}, H, W) per image, gets {shape}")
+        return shape, nparams, layer.running_mean.size + layer.running_var.size, 2 * c, str(c)
+    raise TypeError(f"{op}: no shape rule for layer type {kind}")
+
+
+def _walk(layer, shape, name, depth, rows, op):
+    """Append the rows of ``layer`` (and its children) to ``rows``; return its output shape."""
+    from .model import Sequential
+
+    if isinstance(layer, (Sequential, L.Residual)):
+        at = len(rows)
+        if depth >= 0:
+            rows.append(None)  # the container's own row, filled in below
+        pre = f"{name}." if name else ""
+        if isinstance(layer, Sequential):
+            out = shape
+            for i, child in enumerate(layer):
+                out = _walk(child, out, f"{pre}{i}", depth + 1, rows, op)
+        else:
+            out = _walk(layer.body, shape, f"{pre}body", depth + 1, rows, op)
+            s = _walk(layer.shortcut, shape, f"{pre}shortcut", depth + 1, rows, op)
+            if s != out:
+                raise ValueError(f"{op}: residual block {name!r}: body gives {out}, shortcut gives {s}")
+            rows.append(Row(f"{pre}relu", "ReLU", depth + 1, out, 0, 0, 0, math.prod(out), True, "body + shortcut"))
+        if depth >= 0:
+            kids = [r for r in rows[at + 1:] if r.leaf]
+            rows[at] = Row(name, type(layer).__name__, depth, out, sum(r.params for r in kids),
+                           sum(r.state for r in kids), sum(r.macs for r in kids), sum(r.act for r in kids),
+                           False, _container_desc(layer))
+        return out
+    out, params, state, macs, desc = _leaf(layer, shape, op)
+    rows.append(Row(name, type(layer).__name__, depth, out, params, state, macs, math.prod(out), True, desc))
+    return out
+
+
+def _container_desc(layer):
+    if isinstance(layer, L.Residual):
+        return "relu(body + shortcut)"
+    return f"{len(layer)} layers" if len(layer) else "identity"
+
+
+class Summary:
+    """The result of :func:`summary`: ``rows`` (list of :class:`Row`, per image), totals as
+    attributes, and the printed table as ``str(summary)``."""
+
+    def __init__(self, rows, input_shape, batch_size):
+        self.rows, self.input_shape, self.batch_size = rows, tuple(input_shape), int(batch_size)
+        leaves = [r for r in rows if r.leaf]
+        self.output_shape = leaves[-1].shape if leaves else self.input_shape
+        self.total_params = sum(r.params for r in leaves)
+        self.trainable_params = self.total_params  # every fastcnn Parameter is trained
+        self.non_trainable_state = sum(r.state for r in leaves)
+        self.macs = sum(r.macs for r in leaves)  # per image
+        self.activation_bytes = 4 * sum(r.act for r in leaves)  # per image, float32
+        self.input_bytes = 4 * math.prod(self.input_shape)
+        self.param_bytes = 4 * (self.total_params + self.non_trainable_state)
+
+    @property
+    def macs_per_batch(self):
+        return self.macs * self.batch_size
+
+    def __str__(self):
+        return self.table()
+
+    def table(self):
+        head = ("Layer (type)", "Output shape", "Params", "Non-train", "MACs", "Activations")
+        body = []
+        for r in self.rows:
+            label = "  " * r.depth + f"{r.name} {r.kind}" + (f"({r.desc})" if r.desc else "")
+            fmt = (lambda v: f"{v:,}") if r.leaf else (lambda v: f"({v:,})")
+            body.append((label, str(r.shape), fmt(r.params), fmt(r.state), fmt(r.macs), _bytes(4 * r.act)))
+        width = [max(len(row[i]) for row in [head] + body) for i in range(len(head))]
+
+        def line(cells):
+            return "  ".join(c.ljust(width[0]) if i == 0 else c.rjust(width[i]) for i, c in enumerate(cells))
+
+        rule = "-" * len(line(head))
+        b = self.batch_size
+        out = [f"input (C, H, W) {self.input_shape}; counts per image; (bracketed) rows sum their layers",
+               rule, line(head), rule, *map(line, body), rule,
+               f"Total params: {self.total_params:,}",
+               f"Trainable params: {self.trainable_params:,}",
+               f"Non-trainable params: 0 (BatchNorm running statistics: {self.non_trainable_state:,} values)",
+               f"Total MACs: {self.macs:,} (per image)",
+               f"MACs per batch of {b}: {self.macs_per_batch:,}",
+               f"Activation memory: {_bytes(self.activation_bytes)} per image, "
+               f"{_bytes(self.activation_bytes * b)} per batch of {b}",
+               f"Input: {_bytes(self.input_bytes)} per image; parameters and state: {_bytes(self.param_bytes)}",
+               rule]
+        return "\n".join(out)
+
+
+def _bytes(n):
+    for unit in ("B", "KiB", "MiB"):
+        if n < 1024 or unit == "MiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+
+
+def summary(model, input_shape, batch_size=None):
+    """Layer table of ``model``: output shapes, parameters, MACs and activation memory.
+
+    Parameters
+    ----------
+    model : fastcnn layer (usually a ``Sequential``)
+    input_shape : (C, H, W) or (N, C, H, W)
+        One image's shape; a leading batch size sets ``batch_size``.
+    batch_size : int, optional
+        For the per-batch totals (default: ``N`` of ``input_shape``, else 1).
+
+    Returns
+    -------
+    Summary
+        ``print()`` it for the table; ``.total_params``, ``.macs`` (per image),
+        ``.macs_per_batch``, ``.activation_bytes`` (per image), ``.rows``.
+    """
+    op = "summary"
+    shape = tuple(int(v) for v in input_shape)
+    if len(shape) == 4:
+        batch_size = shape[0] if batch_size is None else batch_size
+        shape = shape[1:]
+    if len(shape) not in (1, 3) or min(shape) < 1:
+        raise ValueError(f"{op}: input_shape must be (C, H, W) or (N, C, H, W) with sizes >= 1, got {input_shape}")
+    batch_size = 1 if batch_size is None else int(batch_size)
+    if batch_size < 1:
+        raise ValueError(f"{op}: batch_size must be >= 1, got {batch_size}")
+    if not isinstance(model, L.Layer):
+        raise TypeError(f"{op}: model must be a fastcnn layer, got {type(model).__name__}")
+    rows = []
+    _walk(model, shape, "", -1, rows, op)
+    return Summary(rows, shape, batch_size)
