@@ -659,3 +659,34 @@ def batch_norm2d_backward(grad_out, cache, weight):
     gx = np.empty(xhat.shape, np.float32)
     k.batchnorm_backward_apply(grad_out, xhat, scale, a, b, gx)
     return gx, gw.astype(np.float32), gb.astype(np.float32)
+
+
+# --------------------------------------------------------------------------- tutorial form
+
+def corr2d(x, k):
+    """Single-channel 2-D cross-correlation, the tutorials' ``corr2d(X, K)``.
+
+    ``Y[i, j] = sum(X[i:i + h, j:j + w] * K)`` for a ``(h, w)`` kernel: "convolution" as deep
+    learning uses the word (no kernel flip), computed by the :func:`conv2d` primitive with one
+    input and one output channel, no padding, stride 1.
+
+    Parameters
+    ----------
+    x : (H, W) float array
+    k : (h, w) float array, ``h <= H`` and ``w <= W``
+
+    Returns
+    -------
+    y : (H - h + 1, W - w + 1) float32
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastcnn.functional import corr2d
+    >>> corr2d(np.arange(9.0).reshape(3, 3), np.arange(4.0).reshape(2, 2))
+    array([[19., 25.],
+           [37., 43.]], dtype=float32)
+    """
+    x = as_float32(x, "input", 2, "corr2d")
+    k = as_float32(k, "kernel", 2, "corr2d")
+    return conv2d(x[None, None], k[None, None])[0, 0]

@@ -73,3 +73,13 @@ def softmax_xent(logits, labels):
     g = p.copy()
     g[np.arange(len(labels)), labels] -= 1
     return loss, g / len(labels)
+
+
+def corr2d(X, K):
+    """The tutorials' cross-correlation, loop for loop."""
+    h, w = K.shape
+    Y = np.zeros((X.shape[0] - h + 1, X.shape[1] - w + 1))
+    for i in range(Y.shape[0]):
+        for j in range(Y.shape[1]):
+            Y[i, j] = (X[i:i + h, j:j + w] * K).sum()
+    return Y
