@@ -48,6 +48,8 @@ def _parser():
     t.add_argument("--resume", default=None, metavar="PATH", help="continue from a checkpoint")
     t.add_argument("--detect-anomaly", action="store_true",
                    help="check parameters and gradients for NaN/Inf after every step (slow)")
+    t.add_argument("--tensorboard", default=None, metavar="DIR",
+                   help='write TensorBoard event files to DIR (needs pip install "fastcnn[tensorboard]")')
     e = sub.add_parser("evaluate", help="evaluate a checkpoint on the MNIST test split")
     e.add_argument("--checkpoint", required=True)
     e.add_argument("--data-dir", default=None)
@@ -223,9 +225,22 @@ def cmd_train(args):
           f"batch {state['batch_size']}, {state['epochs']} epoch(s), backend {backend}, {threads} thread(s)"
           + (f", resuming at epoch {state['epoch'] + 1} step {state['step']}" if args.resume else ""),
           file=sys.stderr)
+    tb = trainer = None
+    if args.tensorboard:
+        from types import SimpleNamespace
+
+        from .tensorboard import TensorBoardCallback
+
+        tb = TensorBoardCallback(args.tensorboard)
+        trainer = SimpleNamespace(model=model, optimizer=optimizer, history=history, epoch=state["epoch"],
+                                  global_step=0, stop_training=False)
+        tb.on_train_begin(trainer)
     with SignalFlag() as flag:
         def on_step(step):
             state["step"] = step + 1
+            if tb is not None:
+                trainer.global_step += 1
+                tb.on_step_end(trainer, step, history["loss"][-1])
             done = state["images_seen"] + seen_in_epoch(step)
             if flag.signum is not None:
                 state["partial_images"] = done - state["images_seen"]
@@ -249,8 +264,21 @@ def cmd_train(args):
             state["images_seen"] += seen
             state["seconds"] += seconds
             state["epoch"], state["step"] = epoch + 1, 0
+            if tb is not None:
+                steps = -(-seen // state["batch_size"])  # this epoch's steps in this process
+
+                def mean(key):
+                    return float(np.mean(history[key][-steps:])) if steps else None
+
+                trainer.epoch = epoch + 1
+                tb.on_epoch_end(trainer, epoch, {
+                    "epoch": epoch + 1, "loss": mean("loss"), "accuracy": mean("accuracy"), "val_loss": None,
+                    "val_accuracy": None, "lr": state["lr"], "seconds": seconds,
+                    "images_per_s": seen / max(seconds, 1e-9)})
             if args.checkpoint_every:
                 save_checkpoint(ckpt, model, optimizer, state, history)
+    if tb is not None:
+        tb.on_train_end(trainer)
     test_acc, test_loss = evaluate(model, test_x, test_y, input_size=input_size)
     metrics = {
         "model": state["model"], "test_accuracy": test_acc, "test_loss": test_loss,
