@@ -83,6 +83,10 @@ def call_symbolic(layer, x, name=None):
     layer.train(False)
     try:
         y = layer.forward(dummies if multi else dummies[0])
+    except (ValueError, TypeError) as exc:
+        shapes = ", ".join(str(t.shape) for t in inputs)
+        raise type(exc)(f"graph: {type(layer).__name__} cannot take input of shape {shapes} "
+                        f"(per sample): {exc}") from exc
     finally:
         layer.train(was)
     if isinstance(y, (list, tuple)):
@@ -174,6 +178,7 @@ class Model(Layer):
             self._key[id(node.output)] = n
         self._wiring = [([self._key[id(u)] for u in node.inputs], node.multi) for node in order]
         self._out_keys = [self._key[id(t)] for t in self.outputs]
+        self._need = None  # gradient flow, set by needs_input_grad = False
 
     @staticmethod
     def _claim(names, name):
@@ -203,6 +208,10 @@ class Model(Layer):
     def parameters(self):
         return [p for node in self.nodes for p in node.layer.parameters()]
 
+    def named_parameters(self, prefix=""):
+        """``[(dotted name, Parameter), ...]``, the names of ``state_dict`` (and of torch)."""
+        return [item for name, layer in self.named_layers() for item in _named_parameters(layer, f"{prefix}{name}.")]
+
     def train(self, mode=True):
         self.training = bool(mode)
         for node in self.nodes:
@@ -215,12 +224,20 @@ class Model(Layer):
 
     @needs_input_grad.setter
     def needs_input_grad(self, value):
-        """False: layers reading only model inputs skip their input gradient."""
+        """False: no gradient for the inputs; nodes with nothing trainable upstream skip backward."""
         self._needs_input_grad = bool(value)
-        inputs = {id(t) for t in self.inputs}
-        for node in self.nodes:
-            if not isinstance(node.layer, _Merge) and all(id(u) in inputs for u in node.inputs):
-                node.layer.needs_input_grad = bool(value)
+        self._set_grad_flow()
+
+    def _set_grad_flow(self):
+        """Which tensors need a gradient: the inputs if ``needs_input_grad``, and every
+        output of a node that has parameters or reads a tensor that needs one."""
+        need = {n: self.needs_input_grad for n in self.input_names}
+        for node, name, (srcs, _) in zip(self.nodes, self.node_names, self._wiring):
+            upstream = any(need[s] for s in srcs)
+            if not isinstance(node.layer, _Merge):
+                node.layer.needs_input_grad = upstream
+            need[name] = upstream or bool(node.layer.parameters())
+        self._need = need
 
     # -- forward / backward ---------------------------------------------------------------
     def forward(self, x):
@@ -246,9 +263,10 @@ class Model(Layer):
         if len(gs) != len(self.outputs):
             raise ValueError(f"Model.backward: expected {len(self.outputs)} output gradient(s), got {len(gs)}")
         grads = {}
+        need = self._need
 
         def add(key, g):
-            if g is None:
+            if g is None or (need is not None and not need[key]):
                 return
             grads[key] = g if key not in grads else grads[key] + g  # never in place: g may be shared
 
@@ -327,6 +345,19 @@ class Model(Layer):
             lines.append(f"  {name}: {node.layer!r}".replace("\n", "\n  ") + f" <- {', '.join(srcs)}")
         ins = ", ".join(f"{n}{t.shape}" for n, t in zip(self.input_names, self.inputs))
         return f"Model(inputs: {ins}\n" + "\n".join(lines) + f"\n  outputs: {', '.join(self._out_keys)}\n)"
+
+
+def _named_parameters(layer, prefix):
+    from .layers import Residual
+    from .model import Sequential
+
+    if isinstance(layer, Model):
+        return layer.named_parameters(prefix)
+    if isinstance(layer, Sequential):
+        return [it for i, sub in enumerate(layer) for it in _named_parameters(sub, f"{prefix}{i}.")]
+    if isinstance(layer, Residual):
+        return _named_parameters(layer.body, prefix + "body.") + _named_parameters(layer.shortcut, prefix + "shortcut.")
+    return [(prefix + n, getattr(layer, n)) for n in layer._params if getattr(layer, n) is not None]
 
 
 # -- merge layers ----------------------------------------------------------------------------
