@@ -159,7 +159,7 @@ def save(model, path, metadata=None, extra=None, format="npz"):
         if extra:
             raise ValueError("save: extra arrays are only stored in .npz checkpoints")
         st = require("safetensors.numpy", "safetensors", "saving safetensors")
-        tensors = {k: np.ascontiguousarray(v) for k, v in model.state_dict().items()}
+        tensors = {k: np.asarray(v, order="C") for k, v in model.state_dict().items()}  # (ascontiguousarray: 0-d -> 1-d)
         blob = st.save(tensors, metadata={_CONFIG_KEY: json.dumps(cfg)})
         atomic_write(path, lambda f: f.write(blob))
         return
