@@ -127,7 +127,8 @@ class Model(Layer):
             node = t.node
             if node is None:
                 if not any(t is i for i in self.inputs):
-                    raise ValueError(f"Model: the graph reads an Input {t.name or ''} that is not among the model's inputs")
+                    raise ValueError(f"Model: the graph reads an Input {t.name or ''} that is not among "
+                                     "the model's inputs")
                 return
             s = state.get(id(node))
             if s == 1:

@@ -159,7 +159,8 @@ def save(model, path, metadata=None, extra=None, format="npz"):
         if extra:
             raise ValueError("save: extra arrays are only stored in .npz checkpoints")
         st = require("safetensors.numpy", "safetensors", "saving safetensors")
-        tensors = {k: np.asarray(v, order="C") for k, v in model.state_dict().items()}  # (ascontiguousarray: 0-d -> 1-d)
+        # (not ascontiguousarray: it turns num_batches_tracked's 0-d arrays into 1-d)
+        tensors = {k: np.asarray(v, order="C") for k, v in model.state_dict().items()}
         blob = st.save(tensors, metadata={_CONFIG_KEY: json.dumps(cfg)})
         atomic_write(path, lambda f: f.write(blob))
         return

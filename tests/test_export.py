@@ -1,6 +1,5 @@
 """ONNX export checked with onnxruntime, safetensors both ways with torch, the export
 command, and the one-line messages of missing extras."""
-import json
 import os
 import subprocess
 import sys
@@ -11,7 +10,6 @@ import pytest
 import fastcnn
 from fastcnn import cli, models
 from fastcnn.export import to_onnx
-from fastcnn.graph import Input, Model
 from fastcnn.layers import AvgPool2D, BatchNorm2D, Conv2D, Dense, Flatten, MaxPool2D, ReLU
 
 from conftest import NEUTRAL_CWD, needs_torch
