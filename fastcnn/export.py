@@ -14,7 +14,7 @@ from ._optional import require
 from ._shapes import resolve_padding
 from .model import Sequential, atomic_write
 
-__all__ = ["to_onnx", "to_safetensors", "OPSET"]
+__all__ = ["to_onnx", "quantize_int8", "to_safetensors", "OPSET"]
 
 OPSET = 17
 _IR_VERSION = 8  # the IR version of opset 17: readable by every runtime that runs opset 17
@@ -204,6 +204,44 @@ def to_onnx(model, path, input_shape=None, check=True):
     data = proto.SerializeToString()
     atomic_write(path, lambda f: f.write(data))
     return proto
+
+
+def quantize_int8(src, dst, calibration, batch_size=32):
+    """Static int8 quantization of an exported ONNX file with onnxruntime (QDQ format,
+    per-channel int8 weights, int8 activations whose ranges come from ``calibration``).
+
+    Parameters
+    ----------
+    src, dst : paths of the float ONNX file (from :func:`to_onnx`) and of the int8 one
+    calibration : float32 array ``(N, ...)``
+        Representative model inputs (already normalised as in training), fed in batches.
+    """
+    import os
+    import tempfile
+
+    require("onnxruntime", "onnx", "int8 quantization")
+    q = require("onnxruntime.quantization", "onnx", "int8 quantization")
+    onnx = require("onnx", "onnx", "int8 quantization")
+    calibration = np.ascontiguousarray(calibration, dtype=np.float32)
+    if calibration.ndim < 2 or not len(calibration):
+        raise ValueError(f"quantize_int8: calibration must be a non-empty batch of inputs, got {calibration.shape}")
+    name = onnx.load(os.fspath(src)).graph.input[0].name
+
+    class Reader(q.CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter([calibration[i:i + batch_size] for i in range(0, len(calibration), batch_size)])
+
+        def get_next(self):
+            b = next(self.batches, None)
+            return None if b is None else {name: b}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "int8.onnx")
+        q.quantize_static(os.fspath(src), out, Reader(), quant_format=q.QuantFormat.QDQ, per_channel=True,
+                          activation_type=q.QuantType.QInt8, weight_type=q.QuantType.QInt8)
+        with open(out, "rb") as f:
+            data = f.read()
+    atomic_write(dst, lambda f: f.write(data))
 
 
 def to_safetensors(model, path, metadata=None):

@@ -6,14 +6,15 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import NEUTRAL_CWD, needs_torch
+from test_graph import _densenet, _inception, _torch_inception
+from test_predict import _cifar, needs_cifar, trained_small_cifar
 
 import fastcnn
 from fastcnn import cli, models
 from fastcnn.export import to_onnx
 from fastcnn.layers import AvgPool2D, BatchNorm2D, Conv2D, Dense, Flatten, MaxPool2D, ReLU
-
-from conftest import NEUTRAL_CWD, needs_torch
-from test_graph import _densenet, _inception, _torch_inception
+from fastcnn.predict import normalize
 
 onnx = pytest.importorskip("onnx", reason="pip install .[onnx]")
 ort = pytest.importorskip("onnxruntime", reason="pip install .[onnx]")
@@ -91,6 +92,25 @@ def test_onnx_input_shape_errors(tmp_path):
     with pytest.raises(ValueError, match="differs"):
         to_onnx(_graph_net(), tmp_path / "x.onnx", (3, 9, 9))
     assert not (tmp_path / "x.onnx").exists()
+
+
+@needs_cifar
+def test_int8_quantization_keeps_accuracy(tmp_path):
+    """Static int8 (onnxruntime, calibrated on 256 training images) of a small trained CIFAR-10
+    net: accuracy on the 1,000 test records within 2 points of float, 95% same answers."""
+    from fastcnn.export import quantize_int8
+
+    model, _, info = trained_small_cifar()
+    calib = normalize(_cifar("train", 256)[0], info)
+    test_x, test_y = _cifar("test", 1000)
+    x = normalize(test_x, info)
+    to_onnx(model, tmp_path / "f.onnx", (3, 32, 32))
+    quantize_int8(tmp_path / "f.onnx", tmp_path / "q.onnx", calib)
+    onnx.checker.check_model(onnx.load(str(tmp_path / "q.onnx")), full_check=True)
+    q = _session(tmp_path / "q.onnx").run(None, {"input": x})[0].argmax(1)
+    f = model.predict(x)
+    acc_f, acc_q = np.mean(f == test_y), np.mean(q == test_y)
+    assert abs(acc_f - acc_q) <= 0.02 and np.mean(f == q) >= 0.95, (acc_f, acc_q, np.mean(f == q))
 
 
 # ---------------------------------------------------------------- safetensors

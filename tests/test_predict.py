@@ -1,5 +1,6 @@
 """Prediction: predict/predict_proba, and `fastcnn predict` on image files (CIFAR-10 test
 records written as PNG classify exactly as the arrays do)."""
+import functools
 import gzip
 import json
 import os
@@ -53,11 +54,11 @@ def _small_cifar_net(seed=0):
                               Flatten(), Dense(32 * 8 * 8, 10, rng=rng))
 
 
-@needs_cifar
-def test_predict_cifar_png_files_equal_array_evaluation(tmp_path, capsys):
+@functools.lru_cache(maxsize=1)
+def trained_small_cifar():
+    """A small CNN trained 2 epochs on the first 2,000 CIFAR-10 training images (~4 s):
+    ``(model, preprocess record, preprocess info)``; normalisation from those images."""
     train_x, train_y = _cifar("train", 2000)
-    test_x, test_y = _cifar("test", 1000)
-    assert test_x.shape == (1000, 3, 32, 32)
     scaled = train_x.astype(np.float64) / 255
     prep = {"dataset": "cifar10", "input_shape": [3, 32, 32], "mean": scaled.mean(axis=(0, 2, 3)).tolist(),
             "std": scaled.std(axis=(0, 2, 3)).tolist(), "classes": CIFAR_CLASSES}
@@ -71,6 +72,14 @@ def test_predict_cifar_png_files_equal_array_evaluation(tmp_path, capsys):
             loss_fn.forward(model.forward(xs[idx]), train_y[idx])
             model.backward(loss_fn.backward())
             opt.step()
+    return model.eval(), prep, info
+
+
+@needs_cifar
+def test_predict_cifar_png_files_equal_array_evaluation(tmp_path, capsys):
+    model, prep, info = trained_small_cifar()
+    test_x, test_y = _cifar("test", 1000)
+    assert test_x.shape == (1000, 3, 32, 32)
     ckpt = tmp_path / "model.npz"
     model.save(ckpt, metadata={"preprocess": prep})
     pngs = tmp_path / "png"
