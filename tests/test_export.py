@@ -6,15 +6,16 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import NEUTRAL_CWD, needs_torch
-from test_graph import _densenet, _inception, _torch_inception
-from test_predict import _cifar, needs_cifar, trained_small_cifar
 
 import fastcnn
 from fastcnn import cli, models
 from fastcnn.export import to_onnx
 from fastcnn.layers import AvgPool2D, BatchNorm2D, Conv2D, Dense, Flatten, MaxPool2D, ReLU
 from fastcnn.predict import normalize
+
+from conftest import NEUTRAL_CWD, needs_torch
+from test_graph import _densenet, _inception, _torch_inception
+from test_predict import _cifar, needs_cifar, trained_small_cifar
 
 onnx = pytest.importorskip("onnx", reason="pip install .[onnx]")
 ort = pytest.importorskip("onnxruntime", reason="pip install .[onnx]")

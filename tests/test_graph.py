@@ -2,12 +2,13 @@
 Inception- and DenseNet-like blocks equal to hand-written torch modules, files, errors."""
 import numpy as np
 import pytest
-from conftest import assert_close, needs_torch
 
 import fastcnn
 from fastcnn import losses
 from fastcnn.graph import Add, Concatenate, Input, Model, Multiply
 from fastcnn.layers import AvgPool2D, BatchNorm2D, Conv2D, Dense, Flatten, MaxPool2D, ReLU
+
+from conftest import assert_close, needs_torch
 
 
 # ---------------------------------------------------------------- finite differences
