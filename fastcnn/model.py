@@ -176,7 +176,8 @@ def save(model, path, metadata=None, extra=None, format="npz"):
 
 
 def load(path, return_metadata=False, return_extra=False):
-    """Load a model written by :meth:`Sequential.save`.
+    """Load a model written by :meth:`Sequential.save` (``.npz`` or safetensors, told apart by
+    the file's first bytes).
 
     Refuses pickled content, files that are not fastcnn checkpoints and truncated files with
     ``ValueError``.  Returns the model, then the metadata dict and the extra arrays if asked.

@@ -124,6 +124,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         try:
             net, opt = self.model_, self.optimizer_
             net.train()
+            net.needs_input_grad = False  # nothing consumes the gradient of X
             order = np.random.default_rng([self._seed, self.n_iter_]).permutation(len(X))
             for i in range(0, len(X), self.batch_size):
                 idx = order[i:i + self.batch_size]
