@@ -184,6 +184,13 @@ def test_cli_export(tmp_path, capsys):
                      "--out", str(tmp_path / "m.safetensors")]) == 0
     back, meta = fastcnn.load(tmp_path / "m.safetensors", return_metadata=True)
     assert meta["preprocess"] == prep
+    # a graph model knows its input shape
+    graph = _warm_stats(_graph_net(), (4, 9, 9))
+    graph.save(tmp_path / "graph.npz")
+    assert cli.main(["export", "--checkpoint", str(tmp_path / "graph.npz"), "--format", "onnx",
+                     "--out", str(tmp_path / "graph.onnx")]) == 0
+    x = np.random.default_rng(1).standard_normal((3, 4, 9, 9)).astype(np.float32)
+    assert np.max(np.abs(_session(tmp_path / "graph.onnx").run(None, {"input": x})[0] - graph.forward(x))) <= 1e-5
     # an old MNIST checkpoint: input shape from the fallback; a wrong override fails in one line
     models.build("lenet").save(tmp_path / "old.npz")
     assert cli.main(["export", "--checkpoint", str(tmp_path / "old.npz"), "--format", "onnx",
