@@ -33,6 +33,8 @@ from ._threads import get_num_threads, set_num_threads
 
 _threads.init_gemm_blas()
 from . import data, functional, layers, losses, models, optim
+from . import export, graph, predict
+from .graph import Input, Model
 from .layers import Parameter
 from .model import Sequential, load, save
 from ._summary import summary
@@ -53,6 +55,11 @@ __all__ = [
     "optim",
     "Parameter",
     "Sequential",
+    "Model",
+    "Input",
+    "graph",
+    "export",
+    "predict",
     "load",
     "save",
     "summary",

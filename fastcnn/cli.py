@@ -1,4 +1,5 @@
-"""The ``fastcnn`` command line: ``train``, ``evaluate``, ``summary``, ``visualize``, ``info``."""
+"""The ``fastcnn`` command line: ``train``, ``evaluate``, ``summary``, ``visualize``, ``export``,
+``predict``, ``info``."""
 import argparse
 import io
 import json
@@ -55,6 +56,20 @@ def _parser():
     e.add_argument("--data-dir", default=None)
     e.add_argument("--backend", default=None)
     e.add_argument("--threads", type=int, default=None)
+    x = sub.add_parser("export", help="export a checkpoint to ONNX or safetensors")
+    x.add_argument("--checkpoint", required=True)
+    x.add_argument("--format", choices=("onnx", "safetensors"), required=True)
+    x.add_argument("--out", required=True, help="output file")
+    x.add_argument("--input-shape", default=None, metavar="C,H,W",
+                   help="per-sample input shape (default: from the checkpoint)")
+    r = sub.add_parser("predict", help="classify image files (PNG/JPEG) with a checkpoint")
+    r.add_argument("--checkpoint", required=True)
+    r.add_argument("images", nargs="+", metavar="FILE_OR_DIR")
+    r.add_argument("--top-k", type=int, default=3, help="classes shown per image (default: 3)")
+    r.add_argument("--json", action="store_true", help="print one JSON document instead of text")
+    r.add_argument("--batch-size", type=int, default=256)
+    r.add_argument("--backend", default=None)
+    r.add_argument("--threads", type=int, default=None)
     sub.add_parser("info", help="version, backends, threads, SIMD, OpenMP")
     s = sub.add_parser("summary", help="layers, output shapes, parameters, MACs, activation memory")
     src = s.add_mutually_exclusive_group(required=True)
@@ -359,13 +374,51 @@ def cmd_visualize(args):
     return 0
 
 
+def cmd_export(args):
+    import fastcnn
+    from .export import to_onnx, to_safetensors
+    from .predict import preprocess_info
+
+    model, meta = fastcnn.load(args.checkpoint, return_metadata=True)
+    if args.format == "safetensors":
+        to_safetensors(model, args.out, meta)
+    else:
+        if args.input_shape:
+            shape = _ints(args.input_shape, "--input-shape")
+        else:
+            prep = preprocess_info(meta)
+            shape = tuple(prep["input_shape"])
+            if prep.get("pad_to"):
+                shape = shape[:1] + (prep["pad_to"],) * 2
+        to_onnx(model, args.out, None if isinstance(model, fastcnn.graph.Model) and not args.input_shape else shape)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_predict(args):
+    import fastcnn
+    from .predict import predict_files
+
+    if args.top_k < 1 or args.batch_size < 1:
+        raise ValueError("--top-k and --batch-size must be >= 1")
+    _setup(args)
+    model, meta = fastcnn.load(args.checkpoint, return_metadata=True)
+    results = predict_files(model, meta, args.images, top_k=args.top_k, batch_size=args.batch_size)
+    if args.json:
+        print(json.dumps(results, indent=1))
+    else:
+        for r in results:
+            print(f"{r['file']}: " + ", ".join(f"{t['class']} {t['probability']:.4f}" for t in r["top"]))
+    return 0
+
+
 def main(argv=None):
     from .train import Interrupted, NonFiniteLoss
 
     args = _parser().parse_args(argv)
     try:
         return {"train": cmd_train, "evaluate": cmd_evaluate, "info": cmd_info, "summary": cmd_summary,
-                "visualize": cmd_visualize}[args.command](args)
+                "visualize": cmd_visualize, "export": cmd_export, "predict": cmd_predict}[args.command](args)
     except Interrupted as exc:
         print(f"fastcnn: {exc}", file=sys.stderr)
         return 128 + exc.signum

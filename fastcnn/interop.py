@@ -1,82 +1,141 @@
 """PyTorch interoperability (needs ``torch``: ``pip install fastcnn[compare]``)."""
 import numpy as np
 
+from . import graph as G
 from . import layers as L
 from .model import Sequential
 
 
 def to_torch(model):
-    """A ``torch.nn.Sequential`` computing what ``model`` computes, with its weights.
+    """A torch module computing what ``model`` computes, with its weights and the same
+    state-dict names.
 
-    Supports Conv2D (int/pair padding, or ``"same"`` with stride 1 and odd kernels), the
-    pooling layers, ReLU, Flatten, Dense, BatchNorm2D and nested Sequential.
+    A :class:`~fastcnn.Sequential` becomes ``torch.nn.Sequential``; a ``Residual`` block and a
+    :class:`fastcnn.graph.Model` become small ``nn.Module`` classes holding their layers as
+    attributes under the same names.  Supports Conv2D (int/pair padding, or ``"same"`` with
+    stride 1 and odd kernels), the pooling layers (not ``"same"``), ReLU, Flatten, Dense,
+    BatchNorm2D and the merge layers.
     """
     import torch
-    from torch import nn
 
-    mods = []
-    for layer in model:
-        if isinstance(layer, L.Conv2D):
-            a = layer._args
-            pad = layer.padding
-            if pad == "same":
-                kh, kw = a["kernel_size"]
-                if a["stride"] != (1, 1) or not (kh % 2 and kw % 2):
-                    raise ValueError("to_torch: 'same' padding is supported for stride 1 and odd kernels only")
-                pad = (kh // 2, kw // 2)
-            elif pad == "valid":
-                pad = 0
-            mods.append(nn.Conv2d(a["in_channels"], a["out_channels"], a["kernel_size"], a["stride"], pad,
-                                  bias=a["bias"]))
-        elif isinstance(layer, (L.MaxPool2D, L.AvgPool2D)):
-            if layer.padding == "same":
-                raise ValueError("to_torch: pooling with 'same' padding has no torch equivalent")
-            cls = nn.MaxPool2d if isinstance(layer, L.MaxPool2D) else nn.AvgPool2d
-            mods.append(cls(layer.kernel_size, layer.stride, 0 if layer.padding == "valid" else layer.padding))
-        elif isinstance(layer, L.ReLU):
-            mods.append(nn.ReLU())
-        elif isinstance(layer, L.Flatten):
-            mods.append(nn.Flatten())
-        elif isinstance(layer, L.Dense):
-            a = layer._args
-            mods.append(nn.Linear(a["in_features"], a["out_features"], bias=a["bias"]))
-        elif isinstance(layer, L.BatchNorm2D):
-            mods.append(nn.BatchNorm2d(layer._args["num_features"], layer.eps, layer.momentum))
-        elif isinstance(layer, Sequential):
-            mods.append(to_torch(layer))
-        elif isinstance(layer, L.Residual):
-            mods.append(_torch_residual()(to_torch(layer.body), to_torch(layer.shortcut)))
-        else:
-            raise TypeError(f"to_torch: no torch equivalent for {type(layer).__name__}")
-    twin = nn.Sequential(*mods)
+    twin = _module(model)
     twin.load_state_dict({k: torch.tensor(np.asarray(v)) for k, v in model.state_dict().items()})
     twin.train(model.training)
     return twin
 
 
-_RESIDUAL = None
+def _module(layer):
+    from torch import nn
+
+    T = _torch_classes()
+    if isinstance(layer, Sequential):
+        return nn.Sequential(*[_module(x) for x in layer])
+    if isinstance(layer, L.Residual):
+        return T["Residual"](_module(layer.body), _module(layer.shortcut))
+    if isinstance(layer, G.Model):
+        return T["Graph"](layer, [_module(x) for _, x in layer.named_layers()])
+    if isinstance(layer, G.Add):
+        return T["Add"]()
+    if isinstance(layer, G.Multiply):
+        return T["Multiply"]()
+    if isinstance(layer, G.Concatenate):
+        return T["Concatenate"](layer.axis)
+    if isinstance(layer, L.Conv2D):
+        a = layer._args
+        pad = layer.padding
+        if pad == "same":
+            kh, kw = a["kernel_size"]
+            if a["stride"] != (1, 1) or not (kh % 2 and kw % 2):
+                raise ValueError("to_torch: 'same' padding is supported for stride 1 and odd kernels only")
+            pad = (kh // 2, kw // 2)
+        elif pad == "valid":
+            pad = 0
+        return nn.Conv2d(a["in_channels"], a["out_channels"], a["kernel_size"], a["stride"], pad, bias=a["bias"])
+    if isinstance(layer, (L.MaxPool2D, L.AvgPool2D)):
+        if layer.padding == "same":
+            raise ValueError("to_torch: pooling with 'same' padding has no torch equivalent")
+        cls = nn.MaxPool2d if isinstance(layer, L.MaxPool2D) else nn.AvgPool2d
+        return cls(layer.kernel_size, layer.stride, 0 if layer.padding == "valid" else layer.padding)
+    if isinstance(layer, L.ReLU):
+        return nn.ReLU()
+    if isinstance(layer, L.Flatten):
+        return nn.Flatten()
+    if isinstance(layer, L.Dense):
+        a = layer._args
+        return nn.Linear(a["in_features"], a["out_features"], bias=a["bias"])
+    if isinstance(layer, L.BatchNorm2D):
+        return nn.BatchNorm2d(layer._args["num_features"], layer.eps, layer.momentum)
+    raise TypeError(f"to_torch: no torch equivalent for {type(layer).__name__}")
 
 
-def _torch_residual():
-    """The torch module class for :class:`fastcnn.layers.Residual` (same state-dict names)."""
-    global _RESIDUAL
-    if _RESIDUAL is None:
-        from torch import nn
+_CLASSES = {}
 
-        class Residual(nn.Module):
-            """``relu(body(x) + shortcut(x))``; an empty shortcut is the identity."""
 
-            def __init__(self, body, shortcut):
-                super().__init__()
-                self.body, self.shortcut = body, shortcut
+def _torch_classes():
+    if _CLASSES:
+        return _CLASSES
+    import torch
+    from torch import nn
 
-            def forward(self, x):
-                return nn.functional.relu(self.body(x) + self.shortcut(x))
+    class Residual(nn.Module):
+        """``relu(body(x) + shortcut(x))``."""
 
-        _RESIDUAL = Residual
-    return _RESIDUAL
+        def __init__(self, body, shortcut):
+            super().__init__()
+            self.body, self.shortcut = body, shortcut
+
+        def forward(self, x):
+            return torch.relu(self.body(x) + self.shortcut(x))
+
+    class Graph(nn.Module):
+        """The nodes of a fastcnn graph Model as attributes, run in its topological order."""
+
+        def __init__(self, model, modules):
+            super().__init__()
+            self._names = list(model.node_names)
+            self._wiring = list(model._wiring)
+            self._inputs = list(model.input_names)
+            self._outputs = list(model._out_keys)
+            self._single_out = model._single_out
+            for name, m in zip(self._names, modules):
+                self.add_module(name, m)
+
+        def forward(self, *xs):
+            if len(xs) == 1 and isinstance(xs[0], (list, tuple)):
+                xs = tuple(xs[0])
+            values = dict(zip(self._inputs, xs))
+            for name, (srcs, multi) in zip(self._names, self._wiring):
+                args = [values[s] for s in srcs]
+                values[name] = getattr(self, name)(args if multi else args[0])
+            outs = [values[k] for k in self._outputs]
+            return outs[0] if self._single_out else outs
+
+    class Add(nn.Module):
+        def forward(self, xs):
+            y = xs[0]
+            for x in xs[1:]:
+                y = y + x
+            return y
+
+    class Multiply(nn.Module):
+        def forward(self, xs):
+            y = xs[0]
+            for x in xs[1:]:
+                y = y * x
+            return y
+
+    class Concatenate(nn.Module):
+        def __init__(self, axis=1):
+            super().__init__()
+            self.axis = axis
+
+        def forward(self, xs):
+            return torch.cat(list(xs), dim=self.axis)
+
+    _CLASSES.update(Residual=Residual, Graph=Graph, Add=Add, Multiply=Multiply, Concatenate=Concatenate)
+    return _CLASSES
 
 
 def state_dict_from_torch(module):
-    """A torch module's state dict as NumPy arrays (for ``Sequential.load_state_dict``)."""
+    """A torch module's state dict as NumPy arrays (for ``load_state_dict``)."""
     return {k: v.detach().cpu().numpy() for k, v in module.state_dict().items()}

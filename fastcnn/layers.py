@@ -42,6 +42,12 @@ def _uniform(rng, bound, shape):
     return rng.uniform(-bound, bound, size=shape).astype(np.float32)
 
 
+def _is_symbolic(x):
+    if isinstance(x, (list, tuple)):
+        return bool(x) and all(getattr(t, "_fastcnn_symbolic", False) for t in x)
+    return getattr(x, "_fastcnn_symbolic", False)
+
+
 class Layer:
     """Base class."""
 
@@ -51,7 +57,13 @@ class Layer:
     _params = ()  # attribute names of Parameters, in state-dict order
     _buffers = ()  # attribute names of non-trainable state arrays
 
-    def __call__(self, x):
+    def __call__(self, x, **kwargs):
+        if _is_symbolic(x):  # functional model API: record a node (fastcnn.graph)
+            from .graph import call_symbolic
+
+            return call_symbolic(self, x, **kwargs)
+        if kwargs:
+            raise TypeError(f"{type(self).__name__}: unexpected keyword arguments {sorted(kwargs)}")
         return self.forward(x)
 
     def forward(self, x):  # pragma: no cover - abstract
@@ -72,6 +84,16 @@ class Layer:
 
     def config(self):
         return {"type": type(self).__name__, "args": self._args}
+
+    def predict_proba(self, x, batch_size=256):
+        """Softmax of the outputs for inputs ``x``, in eval mode, ``batch_size`` samples at a time."""
+        from .predict import predict_proba
+
+        return predict_proba(self, x, batch_size)
+
+    def predict(self, x, batch_size=256):
+        """Class index (argmax of the outputs) of each input in ``x``, as :meth:`predict_proba`."""
+        return self.predict_proba(x, batch_size).argmax(axis=1)
 
     def state_dict(self, prefix=""):
         d = {}

@@ -6,6 +6,7 @@ import zipfile
 
 import numpy as np
 
+from ._optional import require
 from .layers import LAYERS, Layer, Residual
 
 _CONFIG_KEY = "__fastcnn_config__"
@@ -84,9 +85,9 @@ class Sequential(Layer):
         for i, layer in enumerate(self.layers):
             layer.load_state_dict(state, f"{prefix}{i}.")
 
-    def save(self, path, metadata=None):
-        """Write architecture and weights to ``path`` (``.npz``) atomically."""
-        save(self, path, metadata)
+    def save(self, path, metadata=None, format="npz"):
+        """Write architecture and weights to ``path`` atomically (``.npz``, or ``format="safetensors"``)."""
+        save(self, path, metadata, format=format)
 
     def __repr__(self):
         inner = ",\n".join("  " + repr(layer).replace("\n", "\n  ") for layer in self.layers)
@@ -102,10 +103,15 @@ def from_config(cfg):
         return Sequential(*[from_config(c) for c in cfg["layers"]])
     if kind == "Residual":
         return Residual(from_config(cfg["body"]), from_config(cfg["shortcut"]))
-    if kind not in LAYERS:
+    from . import graph
+
+    if kind == "Model":
+        return graph.Model.from_config(cfg)
+    registry = {**LAYERS, **graph.LAYERS}
+    if kind not in registry:
         raise ValueError(f"unknown layer type {kind!r} in checkpoint")
     args = {k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg.get("args", {}).items()}
-    return LAYERS[kind](**args)
+    return registry[kind](**args)
 
 
 def atomic_write(path, write):
@@ -139,13 +145,27 @@ def atomic_write(path, write):
         pass
 
 
-def save(model, path, metadata=None, extra=None):
+def save(model, path, metadata=None, extra=None, format="npz"):
     """Save ``model`` (architecture + state dict + optional JSON metadata) to an ``.npz`` file.
 
     ``extra`` holds further arrays (optimizer state, training history) under names starting
     with ``"__"``; :func:`load` returns them with ``return_extra=True``.
+    ``format="safetensors"`` writes a safetensors file instead: tensors under the state-dict
+    (= torch) names, the architecture and metadata as JSON in its string metadata
+    (needs ``pip install "fastcnn[safetensors]"``).
     """
     cfg = {"format": FORMAT_VERSION, "model": model.config(), "metadata": metadata or {}}
+    if format == "safetensors":
+        if extra:
+            raise ValueError("save: extra arrays are only stored in .npz checkpoints")
+        st = require("safetensors.numpy", "safetensors", "saving safetensors")
+        # (not ascontiguousarray: it turns num_batches_tracked's 0-d arrays into 1-d)
+        tensors = {k: np.asarray(v, order="C") for k, v in model.state_dict().items()}
+        blob = st.save(tensors, metadata={_CONFIG_KEY: json.dumps(cfg)})
+        atomic_write(path, lambda f: f.write(blob))
+        return
+    if format != "npz":
+        raise ValueError(f"save: format must be 'npz' or 'safetensors', got {format!r}")
     arrays = {k: np.asarray(v) for k, v in model.state_dict().items()}
     for k, v in (extra or {}).items():
         if not k.startswith("__"):
@@ -156,12 +176,66 @@ def save(model, path, metadata=None, extra=None):
 
 
 def load(path, return_metadata=False, return_extra=False):
-    """Load a model written by :meth:`Sequential.save`.
+    """Load a model written by :meth:`Sequential.save` (``.npz`` or safetensors, told apart by
+    the file's first bytes).
 
     Refuses pickled content, files that are not fastcnn checkpoints and truncated files with
     ``ValueError``.  Returns the model, then the metadata dict and the extra arrays if asked.
     """
     path = os.fspath(path)
+    if _is_safetensors(path):
+        cfg, state = _read_safetensors(path)
+        if cfg is None:
+            raise ValueError(f"{path}: a safetensors file without a fastcnn architecture record; build the model "
+                             "and use model.load_state_dict(fastcnn.model.read_state_dict(path))")
+        extra = {}
+    else:
+        cfg, state, extra = _read_npz(path)
+    if cfg.get("format") != FORMAT_VERSION:
+        raise ValueError(f"{path}: unsupported checkpoint format {cfg.get('format')!r}")
+    model = from_config(cfg["model"])
+    model.load_state_dict(state)
+    out = (model,)
+    if return_metadata:
+        out += (cfg.get("metadata", {}),)
+    if return_extra:
+        out += (extra,)
+    return out if len(out) > 1 else model
+
+
+def _is_safetensors(path):
+    """safetensors: 8-byte little-endian header length, then a JSON header starting with '{'."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b"{" and not head.startswith(b"PK")
+
+
+def _read_safetensors(path):
+    st = require("safetensors", "safetensors", "reading safetensors")
+    try:
+        with st.safe_open(path, framework="numpy") as f:
+            meta = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}
+        cfg = json.loads(meta[_CONFIG_KEY]) if _CONFIG_KEY in meta else None
+    except (OSError, ValueError, json.JSONDecodeError) as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
+        raise ValueError(f"{path}: unreadable safetensors file ({exc})") from exc
+    except Exception as exc:  # safetensors raises its own SafetensorError
+        raise ValueError(f"{path}: unreadable safetensors file ({exc})") from exc
+    return cfg, state
+
+
+def read_state_dict(path):
+    """The arrays of a weights file (fastcnn ``.npz`` or any safetensors file, e.g. one written
+    by ``safetensors.torch.save_file``) by name, for ``model.load_state_dict``."""
+    path = os.fspath(path)
+    if _is_safetensors(path):
+        return _read_safetensors(path)[1]
+    return _read_npz(path)[1]
+
+
+def _read_npz(path):
     try:
         with np.load(path, allow_pickle=False) as z:
             if _CONFIG_KEY not in z.files:
@@ -175,13 +249,4 @@ def load(path, return_metadata=False, return_extra=False):
         raise ValueError(f"{path}: unreadable or truncated checkpoint ({exc})") from exc
     except ValueError as exc:
         raise ValueError(f"{path}: {exc}") from exc
-    if cfg.get("format") != FORMAT_VERSION:
-        raise ValueError(f"{path}: unsupported checkpoint format {cfg.get('format')!r}")
-    model = from_config(cfg["model"])
-    model.load_state_dict(state)
-    out = (model,)
-    if return_metadata:
-        out += (cfg.get("metadata", {}),)
-    if return_extra:
-        out += (extra,)
-    return out if len(out) > 1 else model
+    return cfg, state, extra

@@ -1,0 +1,153 @@
+"""Prediction: predict/predict_proba, and `fastcnn predict` on image files (CIFAR-10 test
+records written as PNG classify exactly as the arrays do)."""
+import functools
+import gzip
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import fastcnn
+from fastcnn import cli, data, losses, models, optim
+from fastcnn.layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU
+from fastcnn.predict import normalize, preprocess_info
+
+Image = pytest.importorskip("PIL.Image", reason="pip install .[images]")
+
+CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def _cifar_dir():
+    """../shared/data/cifar10 beside the repository, or beside $FASTCNN_DATA (the MNIST dir)."""
+    cands = [Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"]
+    if os.environ.get("FASTCNN_DATA"):
+        cands.append(Path(os.environ["FASTCNN_DATA"]).resolve().parent / "cifar10")
+    return next((c for c in cands if (c / "test_batch_first1000.bin.gz").is_file()), None)
+
+
+CIFAR = _cifar_dir()
+needs_cifar = pytest.mark.skipif(CIFAR is None, reason="CIFAR-10 binary batches not found")
+
+
+def _read_cifar(name, limit=None):
+    """The official binary layout: 3,073-byte records, label byte then 1024 R, G, B bytes."""
+    with gzip.open(CIFAR / name, "rb") as f:
+        raw = np.frombuffer(f.read(), np.uint8)
+    recs = raw.reshape(-1, 3073)[:limit]
+    return recs[:, 1:].reshape(-1, 3, 32, 32).copy(), recs[:, 0].copy()
+
+
+def _cifar(split, limit=None):
+    load = getattr(data, "load_cifar10", None)
+    if load is not None:
+        x, y = load(str(CIFAR), split)
+        return x[:limit], y[:limit]
+    return _read_cifar("data_batch_1.bin.gz" if split == "train" else "test_batch_first1000.bin.gz", limit)
+
+
+def _small_cifar_net(seed=0):
+    rng = np.random.default_rng(seed)
+    return fastcnn.Sequential(Conv2D(3, 16, 3, padding="same", rng=rng), ReLU(), MaxPool2D(2),
+                              Conv2D(16, 32, 3, padding="same", rng=rng), ReLU(), MaxPool2D(2),
+                              Flatten(), Dense(32 * 8 * 8, 10, rng=rng))
+
+
+@functools.lru_cache(maxsize=1)
+def trained_small_cifar():
+    """A small CNN trained 2 epochs on the first 2,000 CIFAR-10 training images (~4 s):
+    ``(model, preprocess record, preprocess info)``; normalisation from those images."""
+    train_x, train_y = _cifar("train", 2000)
+    scaled = train_x.astype(np.float64) / 255
+    prep = {"dataset": "cifar10", "input_shape": [3, 32, 32], "mean": scaled.mean(axis=(0, 2, 3)).tolist(),
+            "std": scaled.std(axis=(0, 2, 3)).tolist(), "classes": CIFAR_CLASSES}
+    info = preprocess_info({"preprocess": prep})
+    model = _small_cifar_net()
+    opt, loss_fn = optim.Adam(model.parameters(), 1e-3), losses.SoftmaxCrossEntropy()
+    xs = normalize(train_x, info)
+    for epoch in range(2):
+        for idx in np.random.default_rng([0, epoch]).permutation(2000).reshape(-1, 50):
+            opt.zero_grad()
+            loss_fn.forward(model.forward(xs[idx]), train_y[idx])
+            model.backward(loss_fn.backward())
+            opt.step()
+    return model.eval(), prep, info
+
+
+@needs_cifar
+def test_predict_cifar_png_files_equal_array_evaluation(tmp_path, capsys):
+    model, prep, info = trained_small_cifar()
+    test_x, test_y = _cifar("test", 1000)
+    assert test_x.shape == (1000, 3, 32, 32)
+    ckpt = tmp_path / "model.npz"
+    model.save(ckpt, metadata={"preprocess": prep})
+    pngs = tmp_path / "png"
+    pngs.mkdir()
+    for i, img in enumerate(test_x):
+        Image.fromarray(img.transpose(1, 2, 0)).save(pngs / f"{i:04d}.png")   # lossless
+    assert cli.main(["predict", "--checkpoint", str(ckpt), str(pngs), "--json", "--top-k", "3"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert [Path(r["file"]).name for r in results] == [f"{i:04d}.png" for i in range(1000)]
+    file_pred = np.array([r["index"] for r in results])
+    assert all(r["class"] == CIFAR_CLASSES[r["index"]] and len(r["top"]) == 3 for r in results)
+    array_pred = model.predict(normalize(test_x, info))
+    file_acc, array_acc = np.mean(file_pred == test_y), np.mean(array_pred == test_y)
+    assert file_acc == array_acc and np.array_equal(file_pred, array_pred)
+    assert array_acc > 0.2, array_acc  # it learnt something: 10 classes, chance is 0.1
+
+
+def test_predict_proba_is_batched_softmax():
+    model = models.build("bn", seed=0)
+    x = np.random.default_rng(0).random((11, 1, 28, 28), dtype=np.float32)
+    model.train()
+    p = model.predict_proba(x, batch_size=4)
+    assert model.training and p.shape == (11, 10) and p.dtype == np.float32
+    model.eval()
+    logits = model.forward(x)
+    z = np.exp(logits - logits.max(1, keepdims=True))
+    np.testing.assert_allclose(p, z / z.sum(1, keepdims=True), rtol=1e-5, atol=1e-7)
+    np.testing.assert_array_equal(model.predict(x, batch_size=3), logits.argmax(1))
+    with pytest.raises(ValueError, match="batch_size"):
+        model.predict(x, batch_size=0)
+
+
+@pytest.mark.parametrize("name", ["lenet", "resnet"])
+def test_old_checkpoint_falls_back_to_mnist(tmp_path, capsys, name):
+    """No "preprocess" record: 1x28x28, scaled to [0, 1], classes 0-9, zero-padded for the ResNet."""
+    model = models.build(name, seed=0, in_channels=1)
+    model.save(tmp_path / "m.npz", metadata={"model": name})
+    imgs = np.random.default_rng(1).integers(0, 256, (3, 28, 28), dtype=np.uint8)
+    files = []
+    for i, img in enumerate(imgs):
+        files.append(str(tmp_path / f"{i}.png"))
+        Image.fromarray(img).convert("RGB").save(files[-1])   # RGB files: converted to grayscale
+    assert cli.main(["predict", "--checkpoint", str(tmp_path / "m.npz"), *files]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    gray = np.stack([np.asarray(Image.open(f).convert("L")) for f in files])
+    x = data.to_float(gray)
+    if name == "resnet":
+        x = fastcnn.train.pad_to(x, 32)
+    want = model.predict(x)
+    assert [line.split(": ")[1].split()[0] for line in lines] == [str(k) for k in want]
+
+
+def test_images_are_resized_to_the_model_input(tmp_path):
+    from fastcnn.predict import load_images
+
+    big = np.random.default_rng(2).integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    Image.fromarray(big).save(tmp_path / "big.png")
+    got = load_images([tmp_path / "big.png"], {"input_shape": [3, 32, 32]})
+    want = np.asarray(Image.fromarray(big).resize((32, 32), Image.BILINEAR)).transpose(2, 0, 1)
+    np.testing.assert_array_equal(got[0], want)
+
+
+def test_predict_errors(tmp_path, capsys):
+    models.build("scratch").save(tmp_path / "m.npz")
+    (tmp_path / "notimage.png").write_bytes(b"not a png")
+    (tmp_path / "empty").mkdir()
+    for target, msg in ((tmp_path / "missing.png", "no such file"), (tmp_path / "notimage.png", "cannot read image"),
+                        (tmp_path / "empty", "no image files")):
+        assert cli.main(["predict", "--checkpoint", str(tmp_path / "m.npz"), str(target)]) == 1
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and msg in err, err
