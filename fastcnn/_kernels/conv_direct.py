@@ -1,0 +1,296 @@
+"""Numba direct convolutions: no im2col matrix, no GEMM (contracts: :mod:`fastcnn._ref`).
+
+The input is first copied into a zero-padded buffer (every window then lies inside it).  A
+work item is one output plane (or a block of its rows) of one image and one output channel;
+it accumulates in a small buffer that stays in L1, one kernel row at a time, the ``kw`` taps
+of a row unrolled in the vectorised loop over output pixels.  With stride 1 the output is
+walked at the padded row pitch (one long contiguous run per kernel row; the ``kw - 1`` extra
+columns per row are computed and dropped), otherwise row by row with strided loads.
+
+Backward data is the forward convolution of the (stride-dilated) output gradient with the
+flipped, transposed kernel.  Backward weight: one work item per (output, input) channel pair,
+element-wise partial sums over images and pixels, then summed in index order, so every result
+has one fixed summation order whatever the number of threads.  FMA contraction only
+(``_config.NUMBA_*_FMA``): no reassociation.
+"""
+import numpy as np
+from numba import njit, prange
+
+from .._config import NUMBA_SERIAL_FMA
+from ._parallel import parallel_kernel
+
+_u = np.uint64  # unsigned flat indices: no wraparound branch, so LLVM vectorises (see conv.py)
+
+#: Accumulator elements of one forward work item (rows are blocked to stay near this).
+_TILE = 2048
+
+
+@parallel_kernel(fma=True)
+def _pad(x, pt, pl, xp):
+    """``xp[n, c, h, w] = x[n, c, h - pt, w - pl]``, 0 outside ``x`` (``pt``/``pl`` may be < 0)."""
+    n, c, h, w = x.shape
+    hp, wp = xp.shape[2], xp.shape[3]
+    for t in prange(n * c):
+        b = t // c
+        ci = t - b * c
+        for r in range(hp):
+            sr = r - pt
+            if sr < 0 or sr >= h:
+                for q in range(wp):
+                    xp[b, ci, r, q] = 0.0
+            else:
+                for q in range(wp):
+                    sq = q - pl
+                    xp[b, ci, r, q] = x[b, ci, sr, sq] if 0 <= sq < w else np.float32(0.0)
+
+
+@njit(**NUMBA_SERIAL_FMA)
+def _row_acc(acc, a0, xf, x0, wf, w0, kw, m):
+    """``acc[a0+e] += sum_j wf[w0+j] * xf[x0+e+j]`` for e < m, taps added in j order."""
+    if kw == 3:
+        k0, k1, k2 = wf[w0], wf[w0 + 1], wf[w0 + 2]
+        for e in range(m):
+            s = acc[_u(a0 + e)]
+            s += k0 * xf[_u(x0 + e)]
+            s += k1 * xf[_u(x0 + e + 1)]
+            s += k2 * xf[_u(x0 + e + 2)]
+            acc[_u(a0 + e)] = s
+    elif kw == 5:
+        k0, k1, k2, k3, k4 = wf[w0], wf[w0 + 1], wf[w0 + 2], wf[w0 + 3], wf[w0 + 4]
+        for e in range(m):
+            s = acc[_u(a0 + e)]
+            s += k0 * xf[_u(x0 + e)]
+            s += k1 * xf[_u(x0 + e + 1)]
+            s += k2 * xf[_u(x0 + e + 2)]
+            s += k3 * xf[_u(x0 + e + 3)]
+            s += k4 * xf[_u(x0 + e + 4)]
+            acc[_u(a0 + e)] = s
+    else:
+        for j in range(kw):
+            kj = wf[w0 + j]
+            for e in range(m):
+                acc[_u(a0 + e)] += kj * xf[_u(x0 + e + j)]
+
+
+@njit(**NUMBA_SERIAL_FMA)
+def _row_acc_strided(acc, a0, xf, x0, wf, w0, kw, m, sw):
+    """As :func:`_row_acc` with input step ``sw`` between outputs."""
+    for j in range(kw):
+        kj = wf[w0 + j]
+        for e in range(m):
+            acc[_u(a0 + e)] += kj * xf[_u(x0 + e * sw + j)]
+
+
+@parallel_kernel(fma=True)
+def _forward(xp, w, bias, sh, sw, relu, y):
+    """Direct convolution of the padded input ``xp`` (no padding left to apply)."""
+    n, c, hp, wp = xp.shape
+    oc, _, kh, kw = w.shape
+    oh, ow = y.shape[2], y.shape[3]
+    flat = sh == 1 and sw == 1
+    pitch = wp if flat else ow
+    rb = max(1, min(oh, _TILE // pitch))
+    nrb = (oh + rb - 1) // rb
+    xf = xp.reshape(xp.size)
+    wf = w.reshape(w.size)
+    plane = hp * wp
+    for t in prange(n * oc * nrb):
+        b = t // (oc * nrb)
+        rem = t - b * oc * nrb
+        o = rem // nrb
+        r0 = (rem - o * nrb) * rb
+        r1 = min(r0 + rb, oh)
+        rows = r1 - r0
+        acc = np.empty(rows * pitch, np.float32)
+        acc[:] = bias[o]
+        for ci in range(c):
+            xc = (b * c + ci) * plane
+            for i in range(kh):
+                w0 = ((o * c + ci) * kh + i) * kw
+                if flat:
+                    _row_acc(acc, 0, xf, xc + (r0 + i) * wp, wf, w0, kw, (rows - 1) * wp + ow)
+                else:
+                    for r in range(rows):
+                        _row_acc_strided(acc, r * ow, xf, xc + ((r0 + r) * sh + i) * wp, wf, w0, kw,
+                                         ow, sw)
+        for r in range(rows):
+            for q in range(ow):
+                v = acc[_u(r * pitch + q)]
+                if relu and v < 0.0:
+                    v = np.float32(0.0)
+                y[b, o, r0 + r, q] = v
+
+
+def conv2d_direct_forward(x, w, bias, sh, sw, pt, pl, relu, y):
+    """Direct convolution with fused bias and optional ReLU
+    (see :func:`fastcnn._ref.conv2d_direct_forward`)."""
+    n, c = x.shape[:2]
+    kh, kw = w.shape[2:]
+    oh, ow = y.shape[2:]
+    xp = np.empty((n, c, (oh - 1) * sh + kh, (ow - 1) * sw + kw), np.float32)
+    _pad(x, pt, pl, xp)
+    _forward(xp, w, bias, sh, sw, int(relu), y)
+
+
+@parallel_kernel(fma=True)
+def _dilate_flip(gy, w, sh, sw, gd, wt):
+    """``gd[n, o, r*sh, q*sw] = gy[n, o, r, q]`` (zeros elsewhere) and
+    ``wt[c, o, i, j] = w[o, c, kh-1-i, kw-1-j]``."""
+    n, oc, oh, ow = gy.shape
+    c, kh, kw = w.shape[1], w.shape[2], w.shape[3]
+    for t in prange(n * oc):
+        b = t // oc
+        o = t - b * oc
+        if sh == 1 and sw == 1:
+            for r in range(oh):
+                for q in range(ow):
+                    gd[b, o, r, q] = gy[b, o, r, q]
+        else:
+            gd[b, o, :, :] = 0.0
+            for r in range(oh):
+                for q in range(ow):
+                    gd[b, o, r * sh, q * sw] = gy[b, o, r, q]
+        if b == 0:
+            for ci in range(c):
+                for i in range(kh):
+                    for j in range(kw):
+                        wt[ci, o, i, j] = w[o, ci, kh - 1 - i, kw - 1 - j]
+
+
+def conv2d_direct_backward_data(gy, w, sh, sw, pt, pl, gx):
+    """Input gradient (see :func:`fastcnn._ref.conv2d_direct_backward_data`)."""
+    n, oc, oh, ow = gy.shape
+    c, kh, kw = w.shape[1:]
+    h, wd = gx.shape[2:]
+    gd = np.empty((n, oc, (oh - 1) * sh + 1, (ow - 1) * sw + 1), np.float32)
+    wt = np.empty((c, oc, kh, kw), np.float32)
+    _dilate_flip(gy, w, sh, sw, gd, wt)
+    # gx[h] = sum_i w[i] gd[h + pt - i] = sum_i' wt[i'] gd[h - (kh-1-pt) + i']: a stride-1
+    # convolution with top/left padding kh-1-pt, kw-1-pl and output size H x W.
+    gp = np.empty((n, oc, h - 1 + kh, wd - 1 + kw), np.float32)
+    _pad(gd, kh - 1 - pt, kw - 1 - pl, gp)
+    _forward(gp, wt, np.zeros(c, np.float32), 1, 1, 0, gx)
+
+
+@parallel_kernel(fma=True)
+def _pitch_gy(gy, gp):
+    """``gp[n, o, r, q] = gy[n, o, r, q]`` for q < OW, 0 for the extra columns."""
+    n, oc, oh, ow = gy.shape
+    pw = gp.shape[3]
+    for t in prange(n * oc):
+        b = t // oc
+        o = t - b * oc
+        for r in range(oh):
+            for q in range(ow):
+                gp[b, o, r, q] = gy[b, o, r, q]
+            for q in range(ow, pw):
+                gp[b, o, r, q] = 0.0
+
+
+@njit(**NUMBA_SERIAL_FMA)
+def _wgrad_row(acc, a0, gf, g0, xf, x0, kw, m):
+    """``acc[a0 + j*m + e] += gf[g0+e] * xf[x0+e+j]`` for j < kw, e < m (element-wise)."""
+    if kw == 3:
+        for e in range(m):
+            g = gf[_u(g0 + e)]
+            acc[_u(a0 + e)] += g * xf[_u(x0 + e)]
+            acc[_u(a0 + m + e)] += g * xf[_u(x0 + e + 1)]
+            acc[_u(a0 + 2 * m + e)] += g * xf[_u(x0 + e + 2)]
+    elif kw == 5:
+        for e in range(m):
+            g = gf[_u(g0 + e)]
+            acc[_u(a0 + e)] += g * xf[_u(x0 + e)]
+            acc[_u(a0 + m + e)] += g * xf[_u(x0 + e + 1)]
+            acc[_u(a0 + 2 * m + e)] += g * xf[_u(x0 + e + 2)]
+            acc[_u(a0 + 3 * m + e)] += g * xf[_u(x0 + e + 3)]
+            acc[_u(a0 + 4 * m + e)] += g * xf[_u(x0 + e + 4)]
+    else:
+        for j in range(kw):
+            for e in range(m):
+                acc[_u(a0 + j * m + e)] += gf[_u(g0 + e)] * xf[_u(x0 + e + j)]
+
+
+@njit(**NUMBA_SERIAL_FMA)
+def _wgrad_row_strided(acc, a0, gf, g0, xf, x0, kw, m, sw):
+    for j in range(kw):
+        for e in range(m):
+            acc[_u(a0 + j * m + e)] += gf[_u(g0 + e)] * xf[_u(x0 + e * sw + j)]
+
+
+@parallel_kernel(fma=True)
+def _backward_weight(gp, xp, sh, sw, oh, ow, gw):
+    """``gw[o, c]``: one work item per channel pair; partial sums per tap and output pixel
+    (over images, in order), then each tap's partials summed in pixel order (float64)."""
+    n, oc, _, pitch = gp.shape
+    c, hp, wp = xp.shape[1], xp.shape[2], xp.shape[3]
+    kh, kw = gw.shape[2], gw.shape[3]
+    flat = sh == 1 and sw == 1
+    m = (oh - 1) * pitch + ow if flat else ow  # run length of one pass
+    gf = gp.reshape(gp.size)
+    xf = xp.reshape(xp.size)
+    plane = hp * wp
+    gplane = oh * pitch
+    for t in prange(oc * c):
+        o = t // c
+        ci = t - o * c
+        rows = 1 if flat else oh
+        run = rows * m  # partials per tap
+        acc = np.zeros(kh * kw * run, np.float32)
+        for b in range(n):
+            g0 = (b * oc + o) * gplane
+            xc = (b * c + ci) * plane
+            for i in range(kh):
+                a0 = i * kw * run
+                if flat:
+                    _wgrad_row(acc, a0, gf, g0, xf, xc + i * wp, kw, m)
+                else:
+                    for r in range(oh):
+                        _wgrad_row_strided(acc, a0 + r * m * kw, gf, g0 + r * pitch, xf,
+                                           xc + (r * sh + i) * wp, kw, m, sw)
+        for i in range(kh):
+            for j in range(kw):
+                s = 0.0
+                if flat:
+                    base = (i * kw + j) * run
+                    for e in range(run):
+                        s += np.float64(acc[_u(base + e)])
+                else:
+                    for r in range(oh):
+                        base = i * kw * run + r * m * kw + j * m
+                        for e in range(m):
+                            s += np.float64(acc[_u(base + e)])
+                gw[o, ci, i, j] = np.float32(s)
+
+
+@parallel_kernel(fma=True)
+def _bias_grad(gy, gb):
+    """``gb[o]`` = float64 sum of ``gy[:, o]``: element-wise partials over images, then pixels."""
+    n, oc, oh, ow = gy.shape
+    p = oh * ow
+    gf = gy.reshape(gy.size)
+    for o in prange(oc):
+        acc = np.zeros(p, np.float64)
+        for b in range(n):
+            s0 = (b * oc + o) * p
+            for e in range(p):
+                acc[_u(e)] += np.float64(gf[_u(s0 + e)])
+        tot = 0.0
+        for e in range(p):
+            tot += acc[_u(e)]
+        gb[o] = np.float32(tot)
+
+
+def conv2d_direct_backward_weight(gy, x, sh, sw, pt, pl, gw, gb):
+    """Weight and bias gradients (see :func:`fastcnn._ref.conv2d_direct_backward_weight`)."""
+    n, c = x.shape[:2]
+    oh, ow = gy.shape[2:]
+    kh, kw = gw.shape[2:]
+    xp = np.empty((n, c, (oh - 1) * sh + kh, (ow - 1) * sw + kw), np.float32)
+    _pad(x, pt, pl, xp)
+    if sh == 1 and sw == 1 and kw > 1:  # output gradient at the padded row pitch
+        g = np.empty((n, gy.shape[1], oh, xp.shape[3]), np.float32)
+        _pitch_gy(gy, g)
+    else:
+        g = gy
+    _backward_weight(g, xp, sh, sw, oh, ow, gw)
+    _bias_grad(gy, gb)
