@@ -48,6 +48,19 @@ def env_threads():
 #: (``_PAR_MIN_WORK`` in ``src_ext/_common.pxi``).
 PAR_MIN_WORK = 16384
 
+#: Dense layers run as at most this many blocks of a GEMM (of output features for the output
+#: and the weight gradient, of input features for the input gradient), each at least
+#: ``DENSE_MIN_BLOCK`` output features wide.  The count depends on the layer's shape only,
+#: never on the thread count, so the same SGEMM calls (and bytes) run at any thread count;
+#: changing these constants changes the rounding, not the determinism.
+DENSE_BLOCKS = 4
+DENSE_MIN_BLOCK = 32
+
+
+def dense_blocks(out_features):
+    """Number of GEMM blocks of a dense layer with ``out_features`` outputs."""
+    return max(1, min(DENSE_BLOCKS, out_features // DENSE_MIN_BLOCK))
+
 
 # --------------------------------------------------------------------------- Numba's target ISA
 #: What :func:`_setup_numba_isa` did, for ``fastcnn info`` and the tests.

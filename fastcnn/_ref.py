@@ -127,7 +127,7 @@ def conv2d_backward_images(gy, x, w2, kh, kw, sh, sw, pt, pl, oh, ow, input_grad
 
 
 def linear_forward(x, w, bias, nblocks, y):
-    """Dense layer ``y = x @ w.T + bias``, the batch split into ``nblocks`` blocks of rows.
+    """Dense layer ``y = x @ w.T + bias``, split into ``nblocks`` blocks of output features.
 
     Parameters
     ----------
@@ -135,8 +135,9 @@ def linear_forward(x, w, bias, nblocks, y):
     w : (OUT, IN) float32  # IN
     bias : (OUT,) float32  # IN
     nblocks : int
-        Blocks of consecutive rows (the compiled kernels run them in parallel, each with a
-        single-threaded SGEMM).
+        Blocks of consecutive output features (the compiled kernels run them in parallel,
+        each with a single-threaded SGEMM).  Block bounds depend on the shapes and
+        ``nblocks`` only, so the result does not depend on the number of threads.
     y : (N, OUT) float32  # OUT
     """
     np.matmul(x, w.T, out=y)
@@ -154,7 +155,8 @@ def linear_backward(gy, x, w, input_grad, nblocks, gyt, gw, gb, gx):
     input_grad : bool
         Whether to write ``gx``.
     nblocks : int
-        Blocks of output features for ``gw`` and of rows for ``gx``.
+        Blocks of output features for ``gw`` and of input features for ``gx`` (see
+        :func:`linear_forward`).
     gyt : (OUT, N) float32  # scratch: ``gy`` transposed
     gw : (OUT, IN) float32  # OUT  ``gy.T @ x``
     gb : (OUT,) float32  # OUT  ``gy`` summed over N in float64
