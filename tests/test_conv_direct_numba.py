@@ -31,6 +31,10 @@ CASES = [
     (1, 17, 5, 5, 2, (5, 5), (1, 1), 2),
     (3, 16, 6, 9, 7, (1, 1), (1, 1), 0),
     (2, 3, 12, 13, 8, (3, 3), (2, 3), "valid"),
+    # N >= 4 with kw <= 3 and stride 1: the weight gradient's 4-images-at-a-time path
+    (5, 3, 7, 9, 4, (3, 3), (1, 1), 1),
+    (6, 2, 5, 6, 3, (2, 2), (1, 1), "same"),
+    (4, 3, 6, 5, 2, (3, 1), (1, 1), (1, 0)),
 ]
 
 
@@ -119,15 +123,12 @@ def test_finite_differences(case):
         assert abs(fd - an) <= 1e-4 * (abs(an) + np.abs(grad).sum()), (which, fd, an)
 
 
-def _big():
-    # Large enough for the parallel compilations (first array >= PAR_MIN_WORK elements).
-    return _setup((4, 16, 20, 19, 24, (5, 5), (1, 1), "same"), seed=7)
-
-
-def test_bit_identical_runs_and_threads():
+@pytest.mark.parametrize("k", [5, 3])
+def test_bit_identical_runs_and_threads(k):
     if fastcnn._threads.max_threads() < 2:
         pytest.skip("needs 2 cores")
-    g, x, wt, b, gy = _big()
+    # Large enough for the parallel compilations (first array >= PAR_MIN_WORK elements).
+    g, x, wt, b, gy = _setup((5, 16, 20, 19, 24, (k, k), (1, 1), "same"), seed=7)
     assert x.size >= _config.PAR_MIN_WORK
     before = fastcnn.get_num_threads()
     runs = []
@@ -142,11 +143,11 @@ def test_bit_identical_runs_and_threads():
             assert a.tobytes() == c.tobytes()
 
 
-@pytest.mark.parametrize("stride", [1, 2])
-def test_serial_and_parallel_compilations_agree(monkeypatch, stride):
+@pytest.mark.parametrize("stride,k", [(1, 5), (2, 5), (1, 3)])
+def test_serial_and_parallel_compilations_agree(monkeypatch, stride, k):
     """Small calls run the serial compilation, large ones the parallel one: same bytes
     (FMA contraction is decided alike in both)."""
-    n, c, h, w, oc, k, _, pad = (4, 16, 20, 19, 24, (5, 5), 1, "same")
+    n, c, h, w, oc, k, _, pad = (5, 16, 20, 19, 24, (k, k), 1, "same")
     g, x, wt, b, gy = _setup((n, c, h, w, oc, k, (stride, stride), pad), seed=9)
     runs = []
     for threshold in (0, 1 << 62):
