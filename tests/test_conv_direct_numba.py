@@ -162,3 +162,70 @@ def test_input_gradient_overwrites_and_relu_clamps():
     y, gx, _, _ = _run(g, x, wt, b, gy, relu=1)
     assert np.isfinite(gx).all() and np.isfinite(y).all()  # (buffers started as NaN)
     assert (y >= 0).all() and (y == 0).any()
+
+
+# --------------------------------------------------------------------------- FASTCNN_ISA for Numba
+
+AVX512_HOST = "+64bit,+avx,+avx2,+fma,+avx512f,+avx512vl,+evex512,-amx-tile,+sse2"
+AVX2_HOST = "+64bit,+avx,+avx2,+fma,-avx512f,+sse2"
+
+
+def test_numba_isa_environment_choices(monkeypatch):
+    env = _config._numba_isa_env
+    assert env(None, AVX512_HOST) == (None, AVX512_HOST + ",-prefer-256-bit")
+    assert env("avx512", AVX512_HOST) == (None, AVX512_HOST + ",-prefer-256-bit")
+    name, feats = env("avx2", AVX512_HOST)
+    assert name is None and "+avx2" in feats.split(",") and "+fma" in feats.split(",")
+    assert not [f for f in feats.split(",") if f.startswith("+") and ("avx512" in f or "evex512" in f)]
+    assert env("baseline", AVX512_HOST) == ("generic", None)
+    assert env(None, AVX2_HOST) == (None, None)  # Numba's own default without AVX-512
+    with pytest.raises(ValueError, match="FASTCNN_ISA=avx512 but this CPU has no AVX-512"):
+        env("avx512", AVX2_HOST)
+    with pytest.raises(ValueError, match="no AVX2"):
+        env("avx2", "+64bit,+sse2")
+    monkeypatch.setenv("FASTCNN_ISA", "sse9")
+    with pytest.raises(ValueError, match="FASTCNN_ISA must be one of"):
+        _config.requested_isa()
+    monkeypatch.setenv("FASTCNN_ISA", " AVX2 ")
+    assert _config.requested_isa() == "avx2"
+
+
+_ASM_PROBE = """
+import re, numpy as np, fastcnn
+from fastcnn._kernels import conv_direct as D
+a = np.zeros(64, np.float32); D._row_acc(a, 0, np.ones(80, np.float32), 0, np.ones(5, np.float32), 0, 5, 64)
+asm = next(iter(D._row_acc.inspect_asm().values()))
+fma = re.findall(r"vfmadd\\w+\\s+([^\\n]*)", asm)
+print(fastcnn._config.NUMBA_ISA["isa"], sum("zmm" in f for f in fma), sum("ymm" in f for f in fma), len(fma))
+"""
+
+
+@pytest.mark.parametrize("isa", ["baseline", "avx2", "avx512"])
+def test_generated_code_per_isa(isa, tmp_path):
+    """The direct-convolution inner loop compiles to zmm FMAs under avx512 (the default on an
+    AVX-512 CPU), ymm FMAs under avx2, and no FMA at all under baseline (SSE2)."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import NEUTRAL_CWD
+
+    flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
+    if isa != "baseline" and (" avx512f" if isa == "avx512" else " avx2") not in flags:
+        pytest.skip(f"CPU without {isa}")
+    # The same fastcnn as this process (installed or source tree); a fresh Numba cache, since
+    # inspect_asm() shows nothing for a function loaded from the cache.
+    root = os.path.dirname(os.path.dirname(os.path.abspath(fastcnn.__file__)))
+    env = dict(os.environ, FASTCNN_ISA=isa, NUMBA_CACHE_DIR=str(tmp_path), PYTHONPATH=root)
+    env.pop("NUMBA_CPU_NAME", None)
+    env.pop("NUMBA_CPU_FEATURES", None)
+    out = subprocess.run([sys.executable, "-c", _ASM_PROBE], env=env, cwd=NEUTRAL_CWD,
+                         capture_output=True, text=True, check=True).stdout.split()
+    chosen, zmm, ymm, total = out[0], int(out[1]), int(out[2]), int(out[3])
+    assert chosen == isa
+    if isa == "avx512":
+        assert zmm > 0
+    elif isa == "avx2":
+        assert zmm == 0 and ymm > 0
+    else:
+        assert total == 0
