@@ -73,6 +73,55 @@ def _row_acc(acc, a0, xf, x0, wf, w0, kw, m):
 
 
 @njit(**NUMBA_SERIAL_FMA)
+def _row_acc2(acc, d, xf, x0, wf, wa, wb, kw, m):
+    """:func:`_row_acc` for two output channels at once (weights at ``wa`` and ``wb``, sums at
+    ``acc[e]`` and ``acc[d + e]``): each input load feeds two FMAs."""
+    if kw == 3:
+        a0, a1, a2 = wf[wa + 0], wf[wa + 1], wf[wa + 2]
+        b0, b1, b2 = wf[wb + 0], wf[wb + 1], wf[wb + 2]
+        for e in range(m):
+            s = acc[_u(e)]
+            t = acc[_u(d + e)]
+            v = xf[_u(x0 + e + 0)]
+            s += a0 * v
+            t += b0 * v
+            v = xf[_u(x0 + e + 1)]
+            s += a1 * v
+            t += b1 * v
+            v = xf[_u(x0 + e + 2)]
+            s += a2 * v
+            t += b2 * v
+            acc[_u(e)] = s
+            acc[_u(d + e)] = t
+    elif kw == 5:
+        a0, a1, a2, a3, a4 = wf[wa + 0], wf[wa + 1], wf[wa + 2], wf[wa + 3], wf[wa + 4]
+        b0, b1, b2, b3, b4 = wf[wb + 0], wf[wb + 1], wf[wb + 2], wf[wb + 3], wf[wb + 4]
+        for e in range(m):
+            s = acc[_u(e)]
+            t = acc[_u(d + e)]
+            v = xf[_u(x0 + e + 0)]
+            s += a0 * v
+            t += b0 * v
+            v = xf[_u(x0 + e + 1)]
+            s += a1 * v
+            t += b1 * v
+            v = xf[_u(x0 + e + 2)]
+            s += a2 * v
+            t += b2 * v
+            v = xf[_u(x0 + e + 3)]
+            s += a3 * v
+            t += b3 * v
+            v = xf[_u(x0 + e + 4)]
+            s += a4 * v
+            t += b4 * v
+            acc[_u(e)] = s
+            acc[_u(d + e)] = t
+    else:
+        _row_acc(acc, 0, xf, x0, wf, wa, kw, m)
+        _row_acc(acc, d, xf, x0, wf, wb, kw, m)
+
+
+@njit(**NUMBA_SERIAL_FMA)
 def _row_acc_strided(acc, a0, xf, x0, wf, w0, kw, m, sw):
     """As :func:`_row_acc` with input step ``sw`` between outputs."""
     for j in range(kw):
@@ -94,31 +143,43 @@ def _forward(xp, w, bias, sh, sw, relu, y):
     xf = xp.reshape(xp.size)
     wf = w.reshape(w.size)
     plane = hp * wp
-    for t in prange(n * oc * nrb):
-        b = t // (oc * nrb)
-        rem = t - b * oc * nrb
-        o = rem // nrb
-        r0 = (rem - o * nrb) * rb
+    og = (oc + 1) // 2  # output channels in pairs (stride 1), the last one maybe alone
+    if not flat:
+        og = oc
+    for t in prange(n * og * nrb):
+        b = t // (og * nrb)
+        rem = t - b * og * nrb
+        g = rem // nrb
+        r0 = (rem - g * nrb) * rb
         r1 = min(r0 + rb, oh)
         rows = r1 - r0
-        acc = np.empty(rows * pitch, np.float32)
-        acc[:] = bias[o]
+        d = rows * pitch
+        o = 2 * g if flat else g
+        two = flat and o + 1 < oc
+        acc = np.empty(2 * d if two else d, np.float32)
+        acc[:d] = bias[o]
+        if two:
+            acc[d:] = bias[o + 1]
         for ci in range(c):
             xc = (b * c + ci) * plane
             for i in range(kh):
                 w0 = ((o * c + ci) * kh + i) * kw
-                if flat:
+                if two:
+                    _row_acc2(acc, d, xf, xc + (r0 + i) * wp, wf, w0, w0 + c * kh * kw, kw,
+                              (rows - 1) * wp + ow)
+                elif flat:
                     _row_acc(acc, 0, xf, xc + (r0 + i) * wp, wf, w0, kw, (rows - 1) * wp + ow)
                 else:
                     for r in range(rows):
                         _row_acc_strided(acc, r * ow, xf, xc + ((r0 + r) * sh + i) * wp, wf, w0, kw,
                                          ow, sw)
-        for r in range(rows):
-            for q in range(ow):
-                v = acc[_u(r * pitch + q)]
-                if relu and v < 0.0:
-                    v = np.float32(0.0)
-                y[b, o, r0 + r, q] = v
+        for k in range(2 if two else 1):
+            for r in range(rows):
+                for q in range(ow):
+                    v = acc[_u(k * d + r * pitch + q)]
+                    if relu and v < 0.0:
+                        v = np.float32(0.0)
+                    y[b, o + k, r0 + r, q] = v
 
 
 def conv2d_direct_forward(x, w, bias, sh, sw, pt, pl, relu, y):
