@@ -35,6 +35,9 @@ CASES = [
     (5, 3, 7, 9, 4, (3, 3), (1, 1), 1),
     (6, 2, 5, 6, 3, (2, 2), (1, 1), "same"),
     (4, 3, 6, 5, 2, (3, 1), (1, 1), (1, 0)),
+    # padding wider than the kernel minus one (the input gradient's padding is negative)
+    (2, 3, 6, 7, 4, (3, 3), (1, 1), 3),
+    (1, 2, 5, 6, 3, (2, 3), (2, 2), (3, 4)),
 ]
 
 
