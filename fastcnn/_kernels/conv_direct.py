@@ -23,6 +23,16 @@ _u = np.uint64  # unsigned flat indices: no wraparound branch, so LLVM vectorise
 
 #: Accumulator elements of one forward work item (rows are blocked to stay near this).
 _TILE = 2048
+#: Forward runs are rounded up to a multiple of this (one zmm of float32): the few extra
+#: outputs land in dropped columns, and the vector loop needs no scalar remainder.
+_VEC = 16
+
+
+def _padded_buffer(n, c, hp, wp):
+    """An (n, c, hp, wp) float32 buffer followed by ``_VEC`` zeros (read by rounded-up runs)."""
+    flat = np.empty(n * c * hp * wp + _VEC, np.float32)
+    flat[n * c * hp * wp:] = 0.0
+    return flat[:n * c * hp * wp].reshape(n, c, hp, wp), flat
 
 
 @parallel_kernel(fma=True)
@@ -131,8 +141,9 @@ def _row_acc_strided(acc, a0, xf, x0, wf, w0, kw, m, sw):
 
 
 @parallel_kernel(fma=True)
-def _forward(xp, w, bias, sh, sw, relu, y):
-    """Direct convolution of the padded input ``xp`` (no padding left to apply)."""
+def _forward(xp, xf, w, bias, sh, sw, relu, y):
+    """Direct convolution of the padded input ``xp`` (no padding left to apply); ``xf`` is
+    its flat buffer with ``_VEC`` elements of tail (see :func:`_padded_buffer`)."""
     n, c, hp, wp = xp.shape
     oc, _, kh, kw = w.shape
     oh, ow = y.shape[2], y.shape[3]
@@ -140,7 +151,6 @@ def _forward(xp, w, bias, sh, sw, relu, y):
     pitch = wp if flat else ow
     rb = max(1, min(oh, _TILE // pitch))
     nrb = (oh + rb - 1) // rb
-    xf = xp.reshape(xp.size)
     wf = w.reshape(w.size)
     plane = hp * wp
     og = (oc + 1) // 2  # output channels in pairs (stride 1), the last one maybe alone
@@ -153,7 +163,9 @@ def _forward(xp, w, bias, sh, sw, relu, y):
         r0 = (rem - g * nrb) * rb
         r1 = min(r0 + rb, oh)
         rows = r1 - r0
-        d = rows * pitch
+        m = (rows - 1) * wp + ow
+        m = (m + _VEC - 1) // _VEC * _VEC  # <= rows*pitch + _VEC - 1
+        d = max(rows * pitch, m)
         o = 2 * g if flat else g
         two = flat and o + 1 < oc
         acc = np.empty(2 * d if two else d, np.float32)
@@ -165,10 +177,9 @@ def _forward(xp, w, bias, sh, sw, relu, y):
             for i in range(kh):
                 w0 = ((o * c + ci) * kh + i) * kw
                 if two:
-                    _row_acc2(acc, d, xf, xc + (r0 + i) * wp, wf, w0, w0 + c * kh * kw, kw,
-                              (rows - 1) * wp + ow)
+                    _row_acc2(acc, d, xf, xc + (r0 + i) * wp, wf, w0, w0 + c * kh * kw, kw, m)
                 elif flat:
-                    _row_acc(acc, 0, xf, xc + (r0 + i) * wp, wf, w0, kw, (rows - 1) * wp + ow)
+                    _row_acc(acc, 0, xf, xc + (r0 + i) * wp, wf, w0, kw, m)
                 else:
                     for r in range(rows):
                         _row_acc_strided(acc, r * ow, xf, xc + ((r0 + r) * sh + i) * wp, wf, w0, kw,
@@ -188,9 +199,9 @@ def conv2d_direct_forward(x, w, bias, sh, sw, pt, pl, relu, y):
     n, c = x.shape[:2]
     kh, kw = w.shape[2:]
     oh, ow = y.shape[2:]
-    xp = np.empty((n, c, (oh - 1) * sh + kh, (ow - 1) * sw + kw), np.float32)
+    xp, xf = _padded_buffer(n, c, (oh - 1) * sh + kh, (ow - 1) * sw + kw)
     _pad(x, pt, pl, xp)
-    _forward(xp, w, bias, sh, sw, int(relu), y)
+    _forward(xp, xf, w, bias, sh, sw, int(relu), y)
 
 
 @parallel_kernel(fma=True)
@@ -228,9 +239,9 @@ def conv2d_direct_backward_data(gy, w, sh, sw, pt, pl, gx):
     _dilate_flip(gy, w, sh, sw, gd, wt)
     # gx[h] = sum_i w[i] gd[h + pt - i] = sum_i' wt[i'] gd[h - (kh-1-pt) + i']: a stride-1
     # convolution with top/left padding kh-1-pt, kw-1-pl and output size H x W.
-    gp = np.empty((n, oc, h - 1 + kh, wd - 1 + kw), np.float32)
+    gp, gf = _padded_buffer(n, oc, h - 1 + kh, wd - 1 + kw)
     _pad(gd, kh - 1 - pt, kw - 1 - pl, gp)
-    _forward(gp, wt, np.zeros(c, np.float32), 1, 1, 0, gx)
+    _forward(gp, gf, wt, np.zeros(c, np.float32), 1, 1, 0, gx)
 
 
 @parallel_kernel(fma=True)
