@@ -206,8 +206,9 @@ def part_torch(threads, reps):
 
 def part_fastcnn(threads, reps):
     sys.path.insert(0, ROOT)
-    import fastcnn
     import numpy as np
+
+    import fastcnn
     from fastcnn import functional as F
 
     fastcnn.set_num_threads(threads)

@@ -81,7 +81,7 @@ def _numba_isa_env(isa, host_features):
     """``(NUMBA_CPU_NAME, NUMBA_CPU_FEATURES)`` for ``isa`` on a host whose LLVM feature string
     is ``host_features`` (None: leave Numba's default).  Raises ValueError if the CPU lacks it."""
     feats = host_features.split(",")
-    has = set(f[1:] for f in feats if f.startswith("+"))
+    has = {f[1:] for f in feats if f.startswith("+")}
     if isa == "baseline":  # x86-64 SSE2 (or the architecture's baseline): portable code
         return "generic", None  # (Numba's features default to "" for "generic")
     if isa == "avx2":

@@ -1,19 +1,18 @@
 """The Numba direct-convolution primitives (``fastcnn._kernels.conv_direct``) against naive
 float64 loops and the float64 reference; finite differences; determinism across runs,
 thread counts and the serial/parallel compilations."""
+import naive
 import numpy as np
 import pytest
+from conftest import assert_close
 
 import fastcnn
 from fastcnn import _config, _ref
 from fastcnn._kernels import conv_direct as D
 from fastcnn.functional import ConvGeometry
 
-import naive
-from conftest import assert_close
-
 # Float32 sums of up to C*kh*kw = 17*25 = 425 products (forward, input gradient) or
-# N*OH*OW products (weight gradient: float32 partials per pixel over <= 3 images, then a
+# N*OH*OW products (weight gradient: float32 partials per pixel over <= 6 images, then a
 # float64 sum).  With FMA contraction each product is rounded once with its addition instead
 # of twice, which keeps the error within the same bound: ~sqrt(K) * 2**-24 relative to the
 # output scale, far below 2e-5 at these sizes.
@@ -53,8 +52,7 @@ def _setup(case, seed=0):
 
 
 def _run(g, x, wt, b, gy, relu=0):
-    n, c, h, w = x.shape
-    y = np.full((n, wt.shape[0], g.oh, g.ow), np.nan, np.float32)
+    y = np.full((x.shape[0], wt.shape[0], g.oh, g.ow), np.nan, np.float32)
     D.conv2d_direct_forward(x, wt, b, g.sh, g.sw, g.pt, g.pl, relu, y)
     gx = np.full(x.shape, np.nan, np.float32)
     D.conv2d_direct_backward_data(gy, wt, g.sh, g.sw, g.pt, g.pl, gx)
@@ -210,10 +208,11 @@ def test_generated_code_per_isa(isa, tmp_path):
     import os
     import subprocess
     import sys
+    from pathlib import Path
 
     from conftest import NEUTRAL_CWD
 
-    flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
+    flags = Path("/proc/cpuinfo").read_text() if os.path.exists("/proc/cpuinfo") else ""
     if isa != "baseline" and (" avx512f" if isa == "avx512" else " avx2") not in flags:
         pytest.skip(f"CPU without {isa}")
     # The same fastcnn as this process (installed or source tree); a fresh Numba cache, since

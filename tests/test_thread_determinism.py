@@ -2,12 +2,11 @@
 layers, batch norm, the loss) has an order that does not depend on the thread count."""
 import numpy as np
 import pytest
+from conftest import COMPILED
 
 import fastcnn
 from fastcnn import models
 from fastcnn.train import recipe_step
-
-from conftest import COMPILED
 
 
 def _train(name, backend, threads, steps=3):

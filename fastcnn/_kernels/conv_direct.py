@@ -1,9 +1,9 @@
 """Numba direct convolutions: no im2col matrix, no GEMM (contracts: :mod:`fastcnn._ref`).
 
 The input is first copied into a zero-padded buffer (every window then lies inside it).  A
-work item is one output plane (or a block of its rows) of one image and one output channel;
-it accumulates in a small buffer that stays in L1, one kernel row at a time, the ``kw`` taps
-of a row unrolled in the vectorised loop over output pixels.  With stride 1 the output is
+work item is one output plane (or a block of its rows) of one image and two output channels
+(one with strides > 1); it accumulates in a small buffer that stays in L1, one kernel row at
+a time, the ``kw`` taps of a row unrolled in the vectorised loop over output pixels.  With stride 1 the output is
 walked at the padded row pitch (one long contiguous run per kernel row; the ``kw - 1`` extra
 columns per row are computed and dropped), otherwise row by row with strided loads.
 
@@ -386,15 +386,15 @@ def _backward_weight(gp, xp, sh, sw, oh, ow, gw):
         rows = 1 if flat else oh
         run = rows * m  # partials per tap
         acc = np.zeros(kh * kw * run, np.float32)
-        b = 0
+        b4 = 0
         if flat and kw <= 3:  # images 4 at a time, then one at a time (helps 3x3, not 5x5)
-            while b + 4 <= n:
-                g0 = (b * oc + o) * gplane
-                xc = (b * c + ci) * plane
+            while b4 + 4 <= n:
+                g0 = (b4 * oc + o) * gplane
+                xc = (b4 * c + ci) * plane
                 for i in range(kh):
                     _wgrad_row4(acc, i * kw * run, gf, g0, oc * gplane, xf, xc + i * wp, c * plane, kw, m)
-                b += 4
-        for b in range(b, n):
+                b4 += 4
+        for b in range(b4, n):
             g0 = (b * oc + o) * gplane
             xc = (b * c + ci) * plane
             for i in range(kh):
