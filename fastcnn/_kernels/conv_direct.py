@@ -1,11 +1,13 @@
 """Numba direct convolutions: no im2col matrix, no GEMM (contracts: :mod:`fastcnn._ref`).
 
 The input is first copied into a zero-padded buffer (every window then lies inside it).  A
-work item is one output plane (or a block of its rows) of one image and two output channels
-(one with strides > 1); it accumulates in a small buffer that stays in L1, one kernel row at
-a time, the ``kw`` taps of a row unrolled in the vectorised loop over output pixels.  With stride 1 the output is
-walked at the padded row pitch (one long contiguous run per kernel row; the ``kw - 1`` extra
-columns per row are computed and dropped), otherwise row by row with strided loads.
+work item is one output plane (or a block of its rows) of one image and two output channels;
+it accumulates in a small buffer that stays in L1, one kernel row at a time, the ``kw`` taps
+of a row unrolled in the vectorised loop over output pixels.  The output is walked at the
+padded row pitch: one long contiguous run per kernel row (the ``kw - 1`` extra columns per
+row are computed and dropped).  With strides > 1 the padded input is first split into its
+``sh*sw`` phases (every ``sh``-th row, ``sw``-th column), after which every tap reads one
+contiguous run too (one output channel per work item).
 
 Backward data is the forward convolution of the (stride-dilated) output gradient with the
 flipped, transposed kernel.  Backward weight: one work item per (output, input) channel pair,
@@ -131,31 +133,20 @@ def _row_acc2(acc, d, xf, x0, wf, wa, wb, kw, m):
         _row_acc(acc, d, xf, x0, wf, wb, kw, m)
 
 
-@njit(**NUMBA_SERIAL_FMA)
-def _row_acc_strided(acc, a0, xf, x0, wf, w0, kw, m, sw):
-    """As :func:`_row_acc` with input step ``sw`` between outputs."""
-    for j in range(kw):
-        kj = wf[w0 + j]
-        for e in range(m):
-            acc[_u(a0 + e)] += kj * xf[_u(x0 + e * sw + j)]
-
 
 @parallel_kernel(fma=True)
-def _forward(xp, xf, w, bias, sh, sw, relu, y):
-    """Direct convolution of the padded input ``xp`` (no padding left to apply); ``xf`` is
-    its flat buffer with ``_VEC`` elements of tail (see :func:`_padded_buffer`)."""
+def _forward(xp, xf, w, bias, relu, y):
+    """Stride-1 direct convolution of the padded input ``xp`` (no padding left to apply);
+    ``xf`` is its flat buffer with ``_VEC`` elements of tail (see :func:`_padded_buffer`).
+    Outputs are computed at the padded row pitch ``wp`` (the extra columns are dropped)."""
     n, c, hp, wp = xp.shape
     oc, _, kh, kw = w.shape
     oh, ow = y.shape[2], y.shape[3]
-    flat = sh == 1 and sw == 1
-    pitch = wp if flat else ow
-    rb = max(1, min(oh, _TILE // pitch))
+    rb = max(1, min(oh, _TILE // wp))
     nrb = (oh + rb - 1) // rb
     wf = w.reshape(w.size)
     plane = hp * wp
-    og = (oc + 1) // 2  # output channels in pairs (stride 1), the last one maybe alone
-    if not flat:
-        og = oc
+    og = (oc + 1) // 2  # output channels in pairs, the last one maybe alone
     for t in prange(n * og * nrb):
         b = t // (og * nrb)
         rem = t - b * og * nrb
@@ -164,10 +155,10 @@ def _forward(xp, xf, w, bias, sh, sw, relu, y):
         r1 = min(r0 + rb, oh)
         rows = r1 - r0
         m = (rows - 1) * wp + ow
-        m = (m + _VEC - 1) // _VEC * _VEC  # <= rows*pitch + _VEC - 1
-        d = max(rows * pitch, m)
-        o = 2 * g if flat else g
-        two = flat and o + 1 < oc
+        m = (m + _VEC - 1) // _VEC * _VEC  # <= rows*wp + _VEC - 1
+        d = max(rows * wp, m)
+        o = 2 * g
+        two = o + 1 < oc
         acc = np.empty(2 * d if two else d, np.float32)
         acc[:d] = bias[o]
         if two:
@@ -178,19 +169,69 @@ def _forward(xp, xf, w, bias, sh, sw, relu, y):
                 w0 = ((o * c + ci) * kh + i) * kw
                 if two:
                     _row_acc2(acc, d, xf, xc + (r0 + i) * wp, wf, w0, w0 + c * kh * kw, kw, m)
-                elif flat:
-                    _row_acc(acc, 0, xf, xc + (r0 + i) * wp, wf, w0, kw, m)
                 else:
-                    for r in range(rows):
-                        _row_acc_strided(acc, r * ow, xf, xc + ((r0 + r) * sh + i) * wp, wf, w0, kw,
-                                         ow, sw)
+                    _row_acc(acc, 0, xf, xc + (r0 + i) * wp, wf, w0, kw, m)
         for k in range(2 if two else 1):
             for r in range(rows):
                 for q in range(ow):
-                    v = acc[_u(k * d + r * pitch + q)]
+                    v = acc[_u(k * d + r * wp + q)]
                     if relu and v < 0.0:
                         v = np.float32(0.0)
                     y[b, o + k, r0 + r, q] = v
+
+
+@parallel_kernel(fma=True)
+def _phase_split(xp, xq):
+    """``xq[n, c, a, e, R, Q] = xp[n, c, R*sh + a, Q*sw + e]`` (0 past the plane), with
+    ``(sh, sw) = xq.shape[2:4]``: what a strided convolution reads for one tap becomes a
+    contiguous block (row pitch ``Q``), as for stride 1."""
+    n, c, hp, wp = xp.shape
+    sh, sw, hq, wq = xq.shape[2], xq.shape[3], xq.shape[4], xq.shape[5]
+    for t in prange(n * c):
+        b = t // c
+        ci = t - b * c
+        for a in range(sh):
+            for e in range(sw):
+                for r in range(hq):
+                    row = r * sh + a
+                    for q in range(wq):
+                        col = q * sw + e
+                        v = np.float32(0.0)
+                        if row < hp and col < wp:
+                            v = xp[b, ci, row, col]
+                        xq[b, ci, a, e, r, q] = v
+
+
+@parallel_kernel(fma=True)
+def _forward_strided(xq, w, bias, relu, y):
+    """Direct convolution with strides ``xq.shape[2:4]`` from the phase-split input: tap
+    (i, j) of output (r, q) reads ``xq[.., i % sh, j % sw, r + i // sh, q + j // sw]``, so
+    each tap is one contiguous run over the output plane at row pitch ``Q``."""
+    n, c, sh, sw, hq, wq = xq.shape
+    oc, _, kh, kw = w.shape
+    oh, ow = y.shape[2], y.shape[3]
+    xf = xq.reshape(xq.size)
+    wf = w.reshape(w.size)
+    sub = hq * wq
+    m = (oh - 1) * wq + ow
+    for t in prange(n * oc):
+        b = t // oc
+        o = t - b * oc
+        acc = np.empty(oh * wq, np.float32)
+        acc[:] = bias[o]
+        for ci in range(c):
+            xc = (b * c + ci) * sh * sw * sub
+            for i in range(kh):
+                w0 = ((o * c + ci) * kh + i) * kw
+                for j in range(kw):
+                    x0 = xc + ((i % sh) * sw + j % sw) * sub + (i // sh) * wq + j // sw
+                    _row_acc(acc, 0, xf, x0, wf, w0 + j, 1, m)
+        for r in range(oh):
+            for q in range(ow):
+                v = acc[_u(r * wq + q)]
+                if relu and v < 0.0:
+                    v = np.float32(0.0)
+                y[b, o, r, q] = v
 
 
 def conv2d_direct_forward(x, w, bias, sh, sw, pt, pl, relu, y):
@@ -201,7 +242,13 @@ def conv2d_direct_forward(x, w, bias, sh, sw, pt, pl, relu, y):
     oh, ow = y.shape[2:]
     xp, xf = _padded_buffer(n, c, (oh - 1) * sh + kh, (ow - 1) * sw + kw)
     _pad(x, pt, pl, xp)
-    _forward(xp, xf, w, bias, sh, sw, int(relu), y)
+    if sh > 1 or sw > 1:  # contiguous runs instead of strided loads
+        hp, wp = xp.shape[2:]
+        xq = np.empty((n, c, sh, sw, (hp + sh - 1) // sh, (wp + sw - 1) // sw), np.float32)
+        _phase_split(xp, xq)
+        _forward_strided(xq, w, bias, int(relu), y)
+    else:
+        _forward(xp, xf, w, bias, int(relu), y)
 
 
 @parallel_kernel(fma=True)
@@ -241,7 +288,7 @@ def conv2d_direct_backward_data(gy, w, sh, sw, pt, pl, gx):
     # convolution with top/left padding kh-1-pt, kw-1-pl and output size H x W.
     gp, gf = _padded_buffer(n, oc, h - 1 + kh, wd - 1 + kw)
     _pad(gd, kh - 1 - pt, kw - 1 - pl, gp)
-    _forward(gp, gf, wt, np.zeros(c, np.float32), 1, 1, 0, gx)
+    _forward(gp, gf, wt, np.zeros(c, np.float32), 0, gx)
 
 
 @parallel_kernel(fma=True)
