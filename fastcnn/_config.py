@@ -1,5 +1,7 @@
 """One place for compilation and threading flags of the compiled kernels."""
 import os
+import sys
+import warnings
 
 #: Options every parallel Numba kernel is compiled with.  ``fastmath`` stays off so that the
 #: compiled kernels follow the same IEEE rounding as the NumPy reference (reductions keep a
@@ -7,11 +9,23 @@ import os
 NUMBA_PARALLEL = dict(parallel=True, cache=True, nogil=True, fastmath=False, error_model="numpy")
 #: Options for the small serial helpers.
 NUMBA_SERIAL = dict(parallel=False, cache=True, nogil=True, fastmath=False, error_model="numpy")
+#: The same with floating-point contraction only (``a*b + c`` may become one FMA, rounded
+#: once): no reassociation, no other fast-math flag, so every sum keeps its written order and
+#: results stay bit-identical whatever the thread count.  Without it LLVM forms no FMA at all
+#: (only separate multiplies and adds), which halves the peak of the multiply-add kernels
+#: (direct convolutions).  Results differ from the reference by at most the rounding of the
+#: skipped intermediate product, within the tests' tolerances.
+NUMBA_PARALLEL_FMA = dict(NUMBA_PARALLEL, fastmath={"contract"})
+NUMBA_SERIAL_FMA = dict(NUMBA_SERIAL, fastmath={"contract"})
 
 #: Environment variables read at import time.
 ENV_BACKEND = "FASTCNN_BACKEND"
 ENV_THREADS = "FASTCNN_NUM_THREADS"
 ENV_DATA = "FASTCNN_DATA"
+ENV_ISA = "FASTCNN_ISA"
+
+#: Instruction sets ``FASTCNN_ISA`` may force (unset or ``auto``: the best this CPU has).
+ISAS = ("baseline", "avx2", "avx512")
 
 BACKENDS = ("numpy", "numba", "cython")
 
@@ -33,3 +47,93 @@ def env_threads():
 #: more than it saves (batch-1 training).  The Cython kernels use the same number
 #: (``_PAR_MIN_WORK`` in ``src_ext/_common.pxi``).
 PAR_MIN_WORK = 16384
+
+#: Dense layers run as at most this many blocks of a GEMM (of output features for the output
+#: and the weight gradient, of input features for the input gradient), each at least
+#: ``DENSE_MIN_BLOCK`` output features wide.  The count depends on the layer's shape only,
+#: never on the thread count, so the same SGEMM calls (and bytes) run at any thread count;
+#: changing these constants changes the rounding, not the determinism.
+DENSE_BLOCKS = 4
+DENSE_MIN_BLOCK = 32
+
+
+def dense_blocks(out_features):
+    """Number of GEMM blocks of a dense layer with ``out_features`` outputs."""
+    return max(1, min(DENSE_BLOCKS, out_features // DENSE_MIN_BLOCK))
+
+
+# --------------------------------------------------------------------------- Numba's target ISA
+#: What :func:`_setup_numba_isa` did, for ``fastcnn info`` and the tests.
+NUMBA_ISA = {"isa": None, "why": "not set up"}
+
+
+def requested_isa():
+    """The ISA forced by ``FASTCNN_ISA`` (one of :data:`ISAS`), or None for automatic."""
+    value = os.environ.get(ENV_ISA, "").strip().lower()
+    if value in ("", "auto", "native"):
+        return None
+    if value not in ISAS:
+        raise ValueError(f"{ENV_ISA} must be one of auto, {', '.join(ISAS)}; got {value!r}")
+    return value
+
+
+def _numba_isa_env(isa, host_features):
+    """``(NUMBA_CPU_NAME, NUMBA_CPU_FEATURES)`` for ``isa`` on a host whose LLVM feature string
+    is ``host_features`` (None: leave Numba's default).  Raises ValueError if the CPU lacks it."""
+    feats = host_features.split(",")
+    has = {f[1:] for f in feats if f.startswith("+")}
+    if isa == "baseline":  # x86-64 SSE2 (or the architecture's baseline): portable code
+        return "generic", None  # (Numba's features default to "" for "generic")
+    if isa == "avx2":
+        if not {"avx2", "fma"} <= has:
+            raise ValueError(f"{ENV_ISA}=avx2 but this CPU has no AVX2/FMA")
+        # The host's features with AVX-512 (and AMX, AVX10, which imply it) switched off.
+        off = ("avx512", "amx", "avx10", "evex512")
+        return None, ",".join("-" + f[1:] if f.startswith("+") and f[1:].startswith(off) else f
+                              for f in feats)
+    if "avx512f" not in has:
+        if isa == "avx512":
+            raise ValueError(f"{ENV_ISA}=avx512 but this CPU has no AVX-512")
+        return None, None  # automatic on a CPU without AVX-512: Numba's default
+    # AVX-512: LLVM's tuning for Intel server cores prefers 256-bit vectors (no zmm code at
+    # all); ``-prefer-256-bit`` lets the vectoriser use 512-bit ones.  (AMD Zen 4/5 tuning
+    # already does; the flag changes nothing there.)
+    return None, host_features + ",-prefer-256-bit"
+
+
+def _setup_numba_isa():
+    """Set ``NUMBA_CPU_NAME``/``NUMBA_CPU_FEATURES`` for ``FASTCNN_ISA`` (default: wide vectors
+    on AVX-512 CPUs) before Numba is first imported.  Values the user set win; Numba's on-disk
+    cache is keyed on the CPU name and features, so each setting has its own cache entries."""
+    isa = requested_isa()
+    if "NUMBA_CPU_NAME" in os.environ or "NUMBA_CPU_FEATURES" in os.environ:
+        NUMBA_ISA.update(isa="user", why="NUMBA_CPU_NAME/NUMBA_CPU_FEATURES set by the user")
+        if isa is not None:
+            warnings.warn(f"{ENV_ISA}={isa} is ignored by the Numba kernels: NUMBA_CPU_NAME or "
+                          "NUMBA_CPU_FEATURES is set", RuntimeWarning, stacklevel=3)
+        return
+    if "numba" in sys.modules:
+        NUMBA_ISA.update(isa="numba default", why="Numba was imported before fastcnn")
+        if isa is not None:
+            warnings.warn(f"{ENV_ISA}={isa} is ignored by the Numba kernels: Numba was imported "
+                          "before fastcnn", RuntimeWarning, stacklevel=3)
+        return
+    try:
+        import llvmlite.binding as ll  # (does not import Numba)
+
+        host = ll.get_host_cpu_features().flatten()
+    except Exception as exc:  # no llvmlite (no Numba backend) or no feature detection
+        if isa is not None:
+            raise ValueError(f"{ENV_ISA}={isa}: cannot read the CPU features ({exc})") from None
+        NUMBA_ISA.update(isa="numba default", why=f"no llvmlite host features ({exc})")
+        return
+    name, features = _numba_isa_env(isa, host)
+    if name is not None:
+        os.environ["NUMBA_CPU_NAME"] = name
+    if features is not None:
+        os.environ["NUMBA_CPU_FEATURES"] = features
+    chosen = isa or ("avx512" if features is not None else "numba default")
+    NUMBA_ISA.update(isa=chosen, why=f"{ENV_ISA}={isa}" if isa else "automatic")
+
+
+_setup_numba_isa()

@@ -127,7 +127,7 @@ def conv2d_backward_images(gy, x, w2, kh, kw, sh, sw, pt, pl, oh, ow, input_grad
 
 
 def linear_forward(x, w, bias, nblocks, y):
-    """Dense layer ``y = x @ w.T + bias``, the batch split into ``nblocks`` blocks of rows.
+    """Dense layer ``y = x @ w.T + bias``, split into ``nblocks`` blocks of output features.
 
     Parameters
     ----------
@@ -135,8 +135,9 @@ def linear_forward(x, w, bias, nblocks, y):
     w : (OUT, IN) float32  # IN
     bias : (OUT,) float32  # IN
     nblocks : int
-        Blocks of consecutive rows (the compiled kernels run them in parallel, each with a
-        single-threaded SGEMM).
+        Blocks of consecutive output features (the compiled kernels run them in parallel,
+        each with a single-threaded SGEMM).  Block bounds depend on the shapes and
+        ``nblocks`` only, so the result does not depend on the number of threads.
     y : (N, OUT) float32  # OUT
     """
     np.matmul(x, w.T, out=y)
@@ -154,7 +155,8 @@ def linear_backward(gy, x, w, input_grad, nblocks, gyt, gw, gb, gx):
     input_grad : bool
         Whether to write ``gx``.
     nblocks : int
-        Blocks of output features for ``gw`` and of rows for ``gx``.
+        Blocks of output features for ``gw`` and of input features for ``gx`` (see
+        :func:`linear_forward`).
     gyt : (OUT, N) float32  # scratch: ``gy`` transposed
     gw : (OUT, IN) float32  # OUT  ``gy.T @ x``
     gb : (OUT,) float32  # OUT  ``gy`` summed over N in float64
@@ -447,3 +449,69 @@ def adam_step(p, g, m, v, lr_t, beta1, beta2, eps, bc2_sqrt):
     np.divide(m, tmp, out=tmp)
     tmp *= f(lr_t)
     p -= tmp
+
+
+# --------------------------------------------------------------------------- direct convolution
+# (branch i10n's specification of the three direct-convolution primitives; branch i10c writes
+# the same contract for the Cython kernels; reconcile at the merge.)
+# Geometry as for :func:`im2col`: kh, kw from ``w``, OH, OW from the output (or ``gy``), the
+# bottom/right padding implied by them.  The compiled kernels need not follow this summation
+# order, only a fixed one (bit-identical whatever the number of threads).
+
+def conv2d_direct_forward(x, w, bias, sh, sw, pt, pl, relu, y):
+    """Convolution with fused bias and optional ReLU, without an im2col matrix in the kernels.
+
+    Parameters
+    ----------
+    x : (N, C, H, W) float32  # IN
+    w : (OC, C, kh, kw) float32  # IN
+    bias : (OC,) float32  # IN  (zeros for no bias)
+    sh, sw, pt, pl : int
+        Stride and top/left padding.
+    relu : int
+        1: ``y = max(conv + bias, 0)``; 0: ``y = conv + bias``.
+    y : (N, OC, OH, OW) float32  # OUT
+    """
+    n, c = x.shape[:2]
+    oc, _, kh, kw = w.shape
+    oh, ow = y.shape[2:]
+    cols = np.empty((c * kh * kw, n * oh * ow), x.dtype)
+    im2col(x, kh, kw, sh, sw, pt, pl, oh, ow, cols)
+    out = (w.reshape(oc, -1) @ cols).reshape(oc, n, oh, ow).transpose(1, 0, 2, 3)
+    out = out + bias[None, :, None, None]
+    y[...] = np.maximum(out, 0) if relu else out
+
+
+def conv2d_direct_backward_data(gy, w, sh, sw, pt, pl, gx):
+    """Input gradient of :func:`conv2d_direct_forward` (without the ReLU).
+
+    Parameters
+    ----------
+    gy : (N, OC, OH, OW) float32  # IN
+    w : (OC, C, kh, kw) float32  # IN
+    gx : (N, C, H, W) float32  # OUT, fully overwritten
+    """
+    n, oc, oh, ow = gy.shape
+    kh, kw = w.shape[2:]
+    cols = w.reshape(oc, -1).T @ gy.transpose(1, 0, 2, 3).reshape(oc, -1)
+    col2im(cols, kh, kw, sh, sw, pt, pl, oh, ow, gx)
+
+
+def conv2d_direct_backward_weight(gy, x, sh, sw, pt, pl, gw, gb):
+    """Weight and bias gradients of :func:`conv2d_direct_forward` (without the ReLU).
+
+    Parameters
+    ----------
+    gy : (N, OC, OH, OW) float32  # IN
+    x : (N, C, H, W) float32  # IN
+    gw : (OC, C, kh, kw) float32  # OUT  sum over images and output pixels
+    gb : (OC,) float32  # OUT  ``gy`` summed over N, OH, OW (accumulated in float64)
+    """
+    n, oc, oh, ow = gy.shape
+    c = x.shape[1]
+    kh, kw = gw.shape[2:]
+    cols = np.empty((c * kh * kw, n * oh * ow), x.dtype)
+    im2col(x, kh, kw, sh, sw, pt, pl, oh, ow, cols)
+    g2 = gy.transpose(1, 0, 2, 3).reshape(oc, -1)
+    gw[...] = (g2 @ cols.T).reshape(gw.shape)
+    gb[...] = gy.sum(axis=(0, 2, 3), dtype=np.float64)

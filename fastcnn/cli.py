@@ -140,6 +140,9 @@ def cmd_info(args):
             except Exception:  # pragma: no cover - informational only
                 pass
         print(f"numba {numba.__version__}, threading layer: {layer}")
+        isa = fastcnn._config.NUMBA_ISA
+        print(f"numba target: {isa['isa']} ({isa['why']}; NUMBA_CPU_NAME={numba.config.CPU_NAME}, "
+              f"-prefer-256-bit={'yes' if '-prefer-256-bit' in (numba.config.CPU_FEATURES or '') else 'no'})")
     except ImportError:
         pass
     from threadpoolctl import threadpool_info

@@ -15,7 +15,7 @@ import functools
 
 import numpy as np
 
-from . import _backend, _ref, _threads
+from . import _backend, _config, _ref, _threads
 from ._shapes import (as_float32, as_labels, check_padding_arg, is_float32_array, output_size, pair,
                       resolve_padding)
 
@@ -498,7 +498,7 @@ def linear(x, weight, bias=None, *, ws=None):
         if bias is None:
             bias = _buf(ws, "zeros", (weight.shape[0],))
             bias[...] = 0
-        k.linear_forward(x, weight, bias, _threads.get_num_threads(), y)
+        k.linear_forward(x, weight, bias, _config.dense_blocks(weight.shape[0]), y)
         return y
     np.dot(x, weight.T, out=y)  # (np.dot: the same SGEMM as matmul, less call overhead)
     if bias is not None:
@@ -519,7 +519,7 @@ def linear_backward(grad_out, x, weight, *, bias=True, input_grad=True, ws=None)
         gw = np.empty(weight.shape, np.float32)
         gb = np.empty((out,), np.float32)
         gx = np.empty(x.shape, np.float32) if input_grad else _buf(ws, "nogx", (1, 1))
-        k.linear_backward(grad_out, x, weight, bool(input_grad), _threads.get_num_threads(),
+        k.linear_backward(grad_out, x, weight, bool(input_grad), _config.dense_blocks(out),
                           _buf(ws, "gyt", (out, n)), gw, gb, gx)
         return (gx if input_grad else None), gw, (gb if bias else None)
     # np.dot, not matmul: for N = 1 (an outer product) matmul takes a slow non-BLAS loop

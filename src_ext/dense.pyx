@@ -2,7 +2,9 @@
 """Dense-layer kernels of the Cython backend: blocks of a GEMM in one thread pool.
 
 Each ``prange`` iteration multiplies one block with SciPy's single-threaded SGEMM (loaded with
-one thread by ``fastcnn._threads.init_gemm_blas``).  Row-major products are computed as their
+one thread by ``fastcnn._threads.init_gemm_blas``).  Blocks are of output features (``y``,
+``gw``) or input features (``gx``), so each thread packs only its part of the weights; their
+bounds depend on the shapes and ``nblocks`` only (the same bytes at any thread count).  Row-major products are computed as their
 column-major transposes: C = A @ B is C^T = B^T @ A^T.  Contracts: :mod:`fastcnn._ref`.
 """
 from cython.parallel cimport prange
@@ -21,20 +23,20 @@ cdef void _linear_fwd(const float[:, ::1] x,       # IN  (N, IN)
     cdef const float* xp = &x[0, 0]
     cdef const float* wp = &w[0, 0]
     cdef float* yp = &y[0, 0]
-    cdef Py_ssize_t t, a, b, i, o
-    cdef int m = <int>M, k = <int>K, rows
+    cdef Py_ssize_t t, o0, o1, i, o
+    cdef int n = <int>N, k = <int>K, ldc = <int>M, cnt
     cdef float one = 1.0, zero = 0.0
-    # One iteration per block of rows: y[a:b] (rows x OUT) = x[a:b] @ w^T, as
-    # y^T (OUT x rows) = w (col-major IN x OUT, transposed) @ x^T.
+    # One iteration per block of output features: y[:, o0:o1] = x @ w[o0:o1]^T, as
+    # y^T[o0:o1] (cnt x N, col-major with leading dimension OUT) = w[o0:o1] @ x^T.
     for t in prange(nblocks, schedule='static', num_threads=nt):
-        a = t * N // nblocks
-        b = (t + 1) * N // nblocks
-        if b > a:
-            rows = <int>(b - a)
-            sgemm("T", "N", &m, &rows, &k, &one, <float*>wp, &k, <float*>(xp + a * K), &k,
-                  &zero, yp + a * M, &m)
-            for i in range(a, b):
-                for o in range(M):
+        o0 = t * M // nblocks
+        o1 = (t + 1) * M // nblocks
+        if o1 > o0:
+            cnt = <int>(o1 - o0)
+            sgemm("T", "N", &cnt, &n, &k, &one, <float*>(wp + o0 * K), &k, <float*>xp, &k,
+                  &zero, yp + o0, &ldc)
+            for i in range(N):
+                for o in range(o0, o1):
                     yp[i * M + o] = yp[i * M + o] + bias[o]
 
 
@@ -54,7 +56,7 @@ cdef void _linear_bwd(const float[:, ::1] gy,      # IN  (N, OUT)
     cdef float* tp = &gyt[0, 0]
     cdef float* gwp = &gw[0, 0]
     cdef float* gxp = &gx[0, 0]
-    cdef Py_ssize_t t, o0, o1, o, i, a, b
+    cdef Py_ssize_t t, o0, o1, o, i, i0, i1
     cdef double s
     cdef float v
     cdef int n = <int>N, k = <int>K, m = <int>M, cnt
@@ -75,18 +77,19 @@ cdef void _linear_bwd(const float[:, ::1] gy,      # IN  (N, OUT)
             cnt = <int>(o1 - o0)
             sgemm("N", "N", &k, &cnt, &n, &one, <float*>xp, &k, tp + o0 * N, &n, &zero,
                   gwp + o0 * K, &k)
-        a = t * N // nblocks
-        b = (t + 1) * N // nblocks
-        if input_grad and b > a:
-            # gx[a:b] (rows x IN) = gy[a:b] @ w, as gx^T (IN x rows) = w^T @ gy^T
-            cnt = <int>(b - a)
-            sgemm("N", "N", &k, &cnt, &m, &one, <float*>wp, &k, <float*>(gp + a * M), &m, &zero,
-                  gxp + a * K, &k)
+        i0 = t * K // nblocks
+        i1 = (t + 1) * K // nblocks
+        if input_grad and i1 > i0:
+            # gx[:, i0:i1] = gy @ w[:, i0:i1], as gx^T[i0:i1] (cnt x N, leading dimension IN)
+            # = w[:, i0:i1]^T @ gy^T
+            cnt = <int>(i1 - i0)
+            sgemm("N", "N", &cnt, &n, &m, &one, <float*>(wp + i0), &k, <float*>gp, &m, &zero,
+                  gxp + i0, &k)
 
 
 def linear_forward(const float[:, ::1] x, const float[:, ::1] w, const float[::1] bias,
                    Py_ssize_t nblocks, float[:, ::1] y):
-    """``y = x @ w.T + bias`` by blocks of rows (see :func:`fastcnn._ref.linear_forward`)."""
+    """``y = x @ w.T + bias`` by blocks of output features (see :func:`fastcnn._ref.linear_forward`)."""
     _check(w.shape[1] == x.shape[1] and bias.shape[0] == w.shape[0] and y.shape[0] == x.shape[0]
            and y.shape[1] == w.shape[0] and nblocks >= 1, "linear_forward: shapes do not match")
     _check(x.shape[0] >= 1 and x.shape[1] >= 1 and w.shape[0] >= 1, "linear_forward: empty dimension")
@@ -98,7 +101,7 @@ def linear_forward(const float[:, ::1] x, const float[:, ::1] w, const float[::1
 def linear_backward(const float[:, ::1] gy, const float[:, ::1] x, const float[:, ::1] w,
                     bint input_grad, Py_ssize_t nblocks, float[:, ::1] gyt, float[:, ::1] gw,
                     float[::1] gb, float[:, ::1] gx):
-    """Gradients by blocks (see :func:`fastcnn._ref.linear_backward`)."""
+    """Gradients by blocks of output and input features (see :func:`fastcnn._ref.linear_backward`)."""
     _check(gy.shape[0] == x.shape[0] and gy.shape[1] == w.shape[0] and w.shape[1] == x.shape[1]
            and gyt.shape[0] == w.shape[0] and gyt.shape[1] == x.shape[0]
            and gw.shape[0] == w.shape[0] and gw.shape[1] == w.shape[1] and gb.shape[0] == w.shape[0]

@@ -1,8 +1,11 @@
 """Numba kernels of the dense layer: blocks of a GEMM in one thread pool.
 
-Each ``prange`` iteration multiplies one block with a single-threaded SGEMM from SciPy's BLAS
-(``np.dot``; see ``fastcnn._threads.init_gemm_blas``), so a training step runs on the
-kernels' threads only.  Contracts: :mod:`fastcnn._ref`.
+Each ``prange`` iteration multiplies one block of features with a single-threaded SGEMM from
+SciPy's BLAS (``np.dot``; see ``fastcnn._threads.init_gemm_blas``), so a training step runs on
+the kernels' threads only.  Blocks are of output features (``y``, ``gw``) or input features
+(``gx``), so each thread packs only its part of the weights, and their bounds depend on the
+shapes and ``nblocks`` only: the same SGEMM calls, hence the same bytes, at any thread count.
+Contracts: :mod:`fastcnn._ref`.
 """
 import numpy as np
 from numba import prange
@@ -12,26 +15,27 @@ from ._parallel import parallel_kernel
 
 @parallel_kernel
 def linear_forward(x, w, bias, nblocks, y):
-    """``y = x @ w.T + bias`` by blocks of rows (see :func:`fastcnn._ref.linear_forward`)."""
+    """``y = x @ w.T + bias`` by blocks of output features
+    (see :func:`fastcnn._ref.linear_forward`)."""
     n = x.shape[0]
     out = w.shape[0]
-    wt = w.T
     for t in prange(nblocks):
-        a = t * n // nblocks
-        b = (t + 1) * n // nblocks
-        if b > a:
-            yb = y[a:b]
-            np.dot(x[a:b], wt, yb)
-            for i in range(b - a):
-                for o in range(out):
-                    yb[i, o] += bias[o]
+        o0 = t * out // nblocks
+        o1 = (t + 1) * out // nblocks
+        if o1 > o0:
+            yb = np.empty((n, o1 - o0), np.float32)
+            np.dot(x, w[o0:o1].T, yb)
+            for i in range(n):
+                for o in range(o0, o1):
+                    y[i, o] = yb[i, o - o0] + bias[o]
 
 
 @parallel_kernel
 def linear_backward(gy, x, w, input_grad, nblocks, gyt, gw, gb, gx):
-    """Gradients by blocks of output features and of rows
+    """Gradients by blocks of output features (``gw``, ``gb``) and of input features (``gx``)
     (see :func:`fastcnn._ref.linear_backward`)."""
     n, out = gy.shape
+    k = x.shape[1]
     for t in prange(nblocks):
         o0 = t * out // nblocks
         o1 = (t + 1) * out // nblocks
@@ -44,7 +48,16 @@ def linear_backward(gy, x, w, input_grad, nblocks, gyt, gw, gb, gx):
                     s += np.float64(v)
                 gb[o] = np.float32(s)
             np.dot(gyt[o0:o1], x, gw[o0:o1])
-        a = t * n // nblocks
-        b = (t + 1) * n // nblocks
-        if input_grad and b > a:
-            np.dot(gy[a:b], w, gx[a:b])
+        i0 = t * k // nblocks
+        i1 = (t + 1) * k // nblocks
+        if input_grad and i1 > i0:
+            # gx[:, i0:i1] = gy @ w[:, i0:i1]; the weight columns copied contiguous for np.dot
+            wb = np.empty((out, i1 - i0), np.float32)
+            for o in range(out):
+                for j in range(i0, i1):
+                    wb[o, j - i0] = w[o, j]
+            gxb = np.empty((n, i1 - i0), np.float32)
+            np.dot(gy, wb, gxb)
+            for i in range(n):
+                for j in range(i0, i1):
+                    gx[i, j] = gxb[i, j - i0]

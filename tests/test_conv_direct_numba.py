@@ -1,0 +1,233 @@
+"""The Numba direct-convolution primitives (``fastcnn._kernels.conv_direct``) against naive
+float64 loops and the float64 reference; finite differences; determinism across runs,
+thread counts and the serial/parallel compilations."""
+import naive
+import numpy as np
+import pytest
+from conftest import assert_close
+
+import fastcnn
+from fastcnn import _config, _ref
+from fastcnn._kernels import conv_direct as D
+from fastcnn.functional import ConvGeometry
+
+# Float32 sums of up to C*kh*kw = 17*25 = 425 products (forward, input gradient) or
+# N*OH*OW products (weight gradient: float32 partials per pixel over <= 6 images, then a
+# float64 sum).  With FMA contraction each product is rounded once with its addition instead
+# of twice, which keeps the error within the same bound: ~sqrt(K) * 2**-24 relative to the
+# output scale, far below 2e-5 at these sizes.
+RTOL = 2e-5
+
+#: (N, C, H, W, OC, kernel, stride, padding): odd sizes, batch 1, strides 1/2/3, TF-"same"
+#: (asymmetric for even kernels / strides), C = 1/3/16/17.
+CASES = [
+    (2, 3, 9, 11, 5, (3, 3), (1, 1), 1),
+    (1, 1, 7, 6, 4, (5, 5), (1, 1), "same"),
+    (3, 17, 8, 7, 6, (5, 5), (2, 2), "same"),
+    (1, 16, 11, 9, 16, (3, 3), (3, 3), "same"),
+    (2, 3, 10, 9, 17, (2, 4), (1, 2), "same"),
+    (2, 1, 13, 12, 3, (3, 1), (2, 1), (1, 0)),
+    (1, 17, 5, 5, 2, (5, 5), (1, 1), 2),
+    (3, 16, 6, 9, 7, (1, 1), (1, 1), 0),
+    (2, 3, 12, 13, 8, (3, 3), (2, 3), "valid"),
+    # N >= 4 with kw <= 3 and stride 1: the weight gradient's 4-images-at-a-time path
+    (5, 3, 7, 9, 4, (3, 3), (1, 1), 1),
+    (6, 2, 5, 6, 3, (2, 2), (1, 1), "same"),
+    (4, 3, 6, 5, 2, (3, 1), (1, 1), (1, 0)),
+    # padding wider than the kernel minus one (the input gradient's padding is negative)
+    (2, 3, 6, 7, 4, (3, 3), (1, 1), 3),
+    (1, 2, 5, 6, 3, (2, 3), (2, 2), (3, 4)),
+]
+
+
+def _setup(case, seed=0):
+    n, c, h, w, oc, k, s, pad = case
+    g = ConvGeometry(k, s, pad, (h, w), "conv2d")
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, c, h, w), dtype=np.float32)
+    wt = rng.standard_normal((oc, c) + tuple(k), dtype=np.float32)
+    b = rng.standard_normal(oc, dtype=np.float32)
+    gy = rng.standard_normal((n, oc, g.oh, g.ow), dtype=np.float32)
+    return g, x, wt, b, gy
+
+
+def _run(g, x, wt, b, gy, relu=0):
+    y = np.full((x.shape[0], wt.shape[0], g.oh, g.ow), np.nan, np.float32)
+    D.conv2d_direct_forward(x, wt, b, g.sh, g.sw, g.pt, g.pl, relu, y)
+    gx = np.full(x.shape, np.nan, np.float32)
+    D.conv2d_direct_backward_data(gy, wt, g.sh, g.sw, g.pt, g.pl, gx)
+    gw = np.full(wt.shape, np.nan, np.float32)
+    gb = np.full(wt.shape[0], np.nan, np.float32)
+    D.conv2d_direct_backward_weight(gy, x, g.sh, g.sw, g.pt, g.pl, gw, gb)
+    return y, gx, gw, gb
+
+
+@pytest.mark.parametrize("relu", [0, 1])
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_matches_naive_and_reference(case, relu):
+    g, x, wt, b, gy = _setup(case)
+    y, gx, gw, gb = _run(g, x, wt, b, gy, relu)
+    want = naive.conv2d(x.astype(np.float64), wt.astype(np.float64), b.astype(np.float64),
+                        (g.sh, g.sw), (g.pt, g.pb, g.pl, g.pr))
+    if relu:
+        want = np.maximum(want, 0)
+    assert_close(y, want, RTOL, what="forward")
+    # The float64 reference (dtype-generic) for the gradients, itself checked against the
+    # naive forward below (adjointness) and against finite differences.
+    x64, w64, gy64 = x.astype(np.float64), wt.astype(np.float64), gy.astype(np.float64)
+    rgx = np.empty(x.shape)
+    _ref.conv2d_direct_backward_data(gy64, w64, g.sh, g.sw, g.pt, g.pl, rgx)
+    rgw, rgb = np.empty(wt.shape), np.empty(wt.shape[0])
+    _ref.conv2d_direct_backward_weight(gy64, x64, g.sh, g.sw, g.pt, g.pl, rgw, rgb)
+    assert_close(gx, rgx, RTOL, what="input gradient")
+    assert_close(gw, rgw, RTOL, what="weight gradient")
+    assert_close(gb, rgb, 1e-6, what="bias gradient")
+    # Reference adjointness: <conv(x), gy> = <x, gx> = <w, gw> (no bias), in float64.
+    y0 = naive.conv2d(x64, w64, None, (g.sh, g.sw), (g.pt, g.pb, g.pl, g.pr))
+    dot = np.vdot(y0, gy64)
+    assert np.isclose(np.vdot(x64, rgx), dot, rtol=1e-10, atol=1e-9)
+    assert np.isclose(np.vdot(w64, rgw), dot, rtol=1e-10, atol=1e-9)
+
+
+def test_reference_forward_matches_naive():
+    g, x, wt, b, gy = _setup(CASES[2])
+    y = np.empty(gy.shape)
+    _ref.conv2d_direct_forward(x.astype(np.float64), wt.astype(np.float64), b.astype(np.float64),
+                               g.sh, g.sw, g.pt, g.pl, 1, y)
+    want = np.maximum(naive.conv2d(x.astype(np.float64), wt.astype(np.float64), b.astype(np.float64),
+                                   (g.sh, g.sw), (g.pt, g.pb, g.pl, g.pr)), 0)
+    assert_close(y, want, 1e-12)
+
+
+@pytest.mark.parametrize("case", [CASES[0], CASES[2], CASES[4]], ids=str)
+def test_finite_differences(case):
+    """Directional derivatives of L = sum(conv(x, w) * gy) by central differences of the
+    compiled forward against the compiled gradients (L is bilinear: the difference quotient
+    is exact up to float32 rounding of L, ~1e-6 relative here)."""
+    g, x, wt, b, gy = _setup(case, seed=3)
+    rng = np.random.default_rng(4)
+    _, gx, gw, gb = _run(g, x, wt, b, gy)
+
+    def loss(xx, ww, bb):
+        y = np.empty(gy.shape, np.float32)
+        D.conv2d_direct_forward(xx, ww, bb, g.sh, g.sw, g.pt, g.pl, 0, y)
+        return np.vdot(y.astype(np.float64), gy.astype(np.float64))
+
+    h = np.float32(0.5)
+    for grad, arr, which in ((gx, x, 0), (gw, wt, 1), (gb, b, 2)):
+        d = rng.standard_normal(arr.shape).astype(np.float32)
+        args_p, args_m = [x, wt, b], [x, wt, b]
+        args_p[which] = arr + h * d
+        args_m[which] = arr - h * d
+        fd = (loss(*args_p) - loss(*args_m)) / (2 * float(h))
+        an = np.vdot(grad.astype(np.float64), d.astype(np.float64))
+        assert abs(fd - an) <= 1e-4 * (abs(an) + np.abs(grad).sum()), (which, fd, an)
+
+
+@pytest.mark.parametrize("k", [5, 3])
+def test_bit_identical_runs_and_threads(k):
+    if fastcnn._threads.max_threads() < 2:
+        pytest.skip("needs 2 cores")
+    # Large enough for the parallel compilations (first array >= PAR_MIN_WORK elements).
+    g, x, wt, b, gy = _setup((5, 16, 20, 19, 24, (k, k), (1, 1), "same"), seed=7)
+    assert x.size >= _config.PAR_MIN_WORK
+    before = fastcnn.get_num_threads()
+    runs = []
+    try:
+        for threads in (1, 2, 2):
+            fastcnn.set_num_threads(threads)
+            runs.append(_run(g, x, wt, b, gy, relu=1))
+    finally:
+        fastcnn.set_num_threads(before)
+    for other in runs[1:]:
+        for a, c in zip(runs[0], other):
+            assert a.tobytes() == c.tobytes()
+
+
+@pytest.mark.parametrize("stride,k", [(1, 5), (2, 5), (1, 3)])
+def test_serial_and_parallel_compilations_agree(monkeypatch, stride, k):
+    """Small calls run the serial compilation, large ones the parallel one: same bytes
+    (FMA contraction is decided alike in both)."""
+    n, c, h, w, oc, k, _, pad = (5, 16, 20, 19, 24, (k, k), 1, "same")
+    g, x, wt, b, gy = _setup((n, c, h, w, oc, k, (stride, stride), pad), seed=9)
+    runs = []
+    for threshold in (0, 1 << 62):
+        monkeypatch.setattr(_config, "PAR_MIN_WORK", threshold)
+        runs.append(_run(g, x, wt, b, gy))
+    for a, c in zip(*runs):
+        assert a.tobytes() == c.tobytes()
+
+
+def test_input_gradient_overwrites_and_relu_clamps():
+    g, x, wt, b, gy = _setup(CASES[1])
+    y, gx, _, _ = _run(g, x, wt, b, gy, relu=1)
+    assert np.isfinite(gx).all() and np.isfinite(y).all()  # (buffers started as NaN)
+    assert (y >= 0).all() and (y == 0).any()
+
+
+# --------------------------------------------------------------------------- FASTCNN_ISA for Numba
+
+AVX512_HOST = "+64bit,+avx,+avx2,+fma,+avx512f,+avx512vl,+evex512,-amx-tile,+sse2"
+AVX2_HOST = "+64bit,+avx,+avx2,+fma,-avx512f,+sse2"
+
+
+def test_numba_isa_environment_choices(monkeypatch):
+    env = _config._numba_isa_env
+    assert env(None, AVX512_HOST) == (None, AVX512_HOST + ",-prefer-256-bit")
+    assert env("avx512", AVX512_HOST) == (None, AVX512_HOST + ",-prefer-256-bit")
+    name, feats = env("avx2", AVX512_HOST)
+    assert name is None and "+avx2" in feats.split(",") and "+fma" in feats.split(",")
+    assert not [f for f in feats.split(",") if f.startswith("+") and ("avx512" in f or "evex512" in f)]
+    assert env("baseline", AVX512_HOST) == ("generic", None)
+    assert env(None, AVX2_HOST) == (None, None)  # Numba's own default without AVX-512
+    with pytest.raises(ValueError, match="FASTCNN_ISA=avx512 but this CPU has no AVX-512"):
+        env("avx512", AVX2_HOST)
+    with pytest.raises(ValueError, match="no AVX2"):
+        env("avx2", "+64bit,+sse2")
+    monkeypatch.setenv("FASTCNN_ISA", "sse9")
+    with pytest.raises(ValueError, match="FASTCNN_ISA must be one of"):
+        _config.requested_isa()
+    monkeypatch.setenv("FASTCNN_ISA", " AVX2 ")
+    assert _config.requested_isa() == "avx2"
+
+
+_ASM_PROBE = """
+import re, numpy as np, fastcnn
+from fastcnn._kernels import conv_direct as D
+a = np.zeros(64, np.float32); D._row_acc(a, 0, np.ones(80, np.float32), 0, np.ones(5, np.float32), 0, 5, 64)
+asm = next(iter(D._row_acc.inspect_asm().values()))
+fma = re.findall(r"vfmadd\\w+\\s+([^\\n]*)", asm)
+print(fastcnn._config.NUMBA_ISA["isa"], sum("zmm" in f for f in fma), sum("ymm" in f for f in fma), len(fma))
+"""
+
+
+@pytest.mark.parametrize("isa", ["baseline", "avx2", "avx512"])
+def test_generated_code_per_isa(isa, tmp_path):
+    """The direct-convolution inner loop compiles to zmm FMAs under avx512 (the default on an
+    AVX-512 CPU), ymm FMAs under avx2, and no FMA at all under baseline (SSE2)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conftest import NEUTRAL_CWD
+
+    flags = Path("/proc/cpuinfo").read_text() if os.path.exists("/proc/cpuinfo") else ""
+    if isa != "baseline" and (" avx512f" if isa == "avx512" else " avx2") not in flags:
+        pytest.skip(f"CPU without {isa}")
+    # The same fastcnn as this process (installed or source tree); a fresh Numba cache, since
+    # inspect_asm() shows nothing for a function loaded from the cache.
+    root = os.path.dirname(os.path.dirname(os.path.abspath(fastcnn.__file__)))
+    env = dict(os.environ, FASTCNN_ISA=isa, NUMBA_CACHE_DIR=str(tmp_path), PYTHONPATH=root)
+    env.pop("NUMBA_CPU_NAME", None)
+    env.pop("NUMBA_CPU_FEATURES", None)
+    out = subprocess.run([sys.executable, "-c", _ASM_PROBE], env=env, cwd=NEUTRAL_CWD,
+                         capture_output=True, text=True, check=True).stdout.split()
+    chosen, zmm, ymm, total = out[0], int(out[1]), int(out[2]), int(out[3])
+    assert chosen == isa
+    if isa == "avx512":
+        assert zmm > 0
+    elif isa == "avx2":
+        assert zmm == 0 and ymm > 0
+    else:
+        assert total == 0
