@@ -7,6 +7,9 @@ from .._backend import PRIMITIVES
 from .activation import relu_backward, relu_forward
 from .conv import (cnp_to_ncp_bias, col2im, conv2d_backward_images, conv2d_forward_images, im2col,
                    ncp_to_cnp_sum)
+# TEMPORARY: replaced by the Numba kernels at merge
+from .._ref import (conv2d_direct_backward_data, conv2d_direct_backward_weight,  # noqa: F401
+                    conv2d_direct_forward)
 from .dense import linear_backward, linear_forward
 from .loss import softmax_xent_backward, softmax_xent_forward
 from .norm import batchnorm_backward_apply, batchnorm_backward_reduce, batchnorm_forward, batchnorm_stats
