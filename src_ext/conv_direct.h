@@ -250,6 +250,8 @@ static int fcd_cpu_supports(int isa) { return isa == 0; }
 
 static fcd_fwd_fn fcd_fwd_image = fcd_fwd_image_base;
 static fcd_bww_fn fcd_bwd_weight_block = fcd_bwd_weight_block_base;
+typedef float (*fcd_probe_fn)(long, float);
+static fcd_probe_fn fcd_fma_probe = fcd_fma_probe_base;
 static fcd_i fcd_J = 4, fcd_VL = 4;
 
 /* Select the kernels of ``isa``; -1 if unsupported. */
@@ -260,12 +262,14 @@ static int fcd_set_isa(int isa)
     if (isa == 2) {
         fcd_fwd_image = fcd_fwd_image_avx512;
         fcd_bwd_weight_block = fcd_bwd_weight_block_avx512;
+        fcd_fma_probe = fcd_fma_probe_avx512;
         fcd_J = 8; fcd_VL = 16;
         return 0;
     }
     if (isa == 1) {
         fcd_fwd_image = fcd_fwd_image_avx2;
         fcd_bwd_weight_block = fcd_bwd_weight_block_avx2;
+        fcd_fma_probe = fcd_fma_probe_avx2;
         fcd_J = 4; fcd_VL = 8;
         return 0;
     }

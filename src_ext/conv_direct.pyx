@@ -31,6 +31,7 @@ cdef extern from "conv_direct.h" nogil:
     void fcd_bwd_weight_block(const fcd_geo* g, const float* xq_all, fcd_i xs,
                               const float* gg_all, fcd_i gs, fcd_i n0, fcd_i n1, fcd_i ob,
                               const fcd_i* tab, float* am, float* gw)
+    float fcd_fma_probe(long iters, float m)
     int fcd_cpu_supports(int isa)
     int fcd_set_isa(int isa)
     fcd_i fcd_J
@@ -212,3 +213,18 @@ def conv2d_direct_backward_weight(const float[:, :, :, ::1] gy, const float[:, :
                 for e in range(P):
                     sm = sm + (&gy[i, o, 0, 0])[e]
             gb[o] = <float>sm
+
+
+def fma_peak_probe(long iters, int threads):
+    """Run ``iters`` x 24 independent vector FMA chains on each of ``threads`` threads with
+    the active ISA; returns the FP32 flops done (time the call to get the machine's measured
+    FMA peak)."""
+    active_isa()
+    cdef int t
+    cdef float sink = 0.0
+    with nogil:
+        for t in prange(threads, schedule='static', num_threads=threads):
+            sink += fcd_fma_probe(iters, 0.999999)
+    if sink != sink:  # (keeps the result alive)
+        pass
+    return float(iters) * 24 * fcd_VL * 2 * threads

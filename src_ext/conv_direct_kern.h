@@ -6,6 +6,9 @@
 #define FCD_CAT2(a, b) a##_##b
 #define FCD_CAT(a, b) FCD_CAT2(a, b)
 #define FCD_NAME(n) FCD_CAT(n, FCD_SUFFIX)
+#ifndef FCD_UNROLL  /* register tiles: the small constant loops must be fully unrolled */
+#define FCD_UNROLL _Pragma("GCC unroll 32")
+#endif
 
 /* V pixel vectors (grid positions p0 ...) x J output channels of block wpb, over all C*KK
  * taps; the result goes to yb[jj*PR + p - p0]. */
@@ -16,7 +19,9 @@ FCD_NAME(fcd_fwd_tile)(const float* xq, const fcd_i* tab, const float* wpb, fcd_
     FCD_VT acc[FCD_J][FCD_VMAX];
     fcd_i c, kk;
     int jj, v;
+    FCD_UNROLL
     for (jj = 0; jj < FCD_J; jj++)
+        FCD_UNROLL
         for (v = 0; v < V; v++)
             acc[jj][v] = FCD_ZERO();
     for (c = 0; c < C; c++) {
@@ -26,16 +31,21 @@ FCD_NAME(fcd_fwd_tile)(const float* xq, const fcd_i* tab, const float* wpb, fcd_
             const float* xk = xc + tab[kk];
             const float* wk = wc + kk * FCD_J;
             FCD_VT xv[FCD_VMAX];
+            FCD_UNROLL
             for (v = 0; v < V; v++)
                 xv[v] = FCD_LOAD(xk + v * FCD_VL);
+            FCD_UNROLL
             for (jj = 0; jj < FCD_J; jj++) {
                 FCD_VT b = FCD_SET1(wk[jj]);
+                FCD_UNROLL
                 for (v = 0; v < V; v++)
                     acc[jj][v] = FCD_FMA(xv[v], b, acc[jj][v]);
             }
         }
     }
+    FCD_UNROLL
     for (jj = 0; jj < FCD_J; jj++)
+        FCD_UNROLL
         for (v = 0; v < V; v++)
             FCD_STORE(yb + jj * PR + v * FCD_VL, acc[jj][v]);
 }
@@ -75,20 +85,27 @@ FCD_NAME(fcd_bww_tile)(const float* xc, const float* gb, const fcd_i* tab, fcd_i
     FCD_VT acc[FCD_J][FCD_KB];
     fcd_i pv;
     int jj, k;
+    FCD_UNROLL
     for (k = 0; k < K; k++)
+        FCD_UNROLL
         for (jj = 0; jj < FCD_J; jj++)
             acc[jj][k] = FCD_LOAD(am + ((kb + k) * FCD_J + jj) * FCD_VL);
     for (pv = 0; pv < NV; pv++) {
         FCD_VT xv[FCD_KB];
+        FCD_UNROLL
         for (k = 0; k < K; k++)
             xv[k] = FCD_LOAD(xc + tab[kb + k] + pv * FCD_VL);
+        FCD_UNROLL
         for (jj = 0; jj < FCD_J; jj++) {
             FCD_VT gv = FCD_LOAD(gb + jj * PR + pv * FCD_VL);
+            FCD_UNROLL
             for (k = 0; k < K; k++)
                 acc[jj][k] = FCD_FMA(gv, xv[k], acc[jj][k]);
         }
     }
+    FCD_UNROLL
     for (k = 0; k < K; k++)
+        FCD_UNROLL
         for (jj = 0; jj < FCD_J; jj++)
             FCD_STORE(am + ((kb + k) * FCD_J + jj) * FCD_VL, acc[jj][k]);
 }
@@ -120,17 +137,44 @@ static void FCD_NAME(fcd_bwd_weight_block)(const fcd_geo* g, const float* xq_all
             }
         }
         for (kk = 0; kk < KK; kk++)
+            FCD_UNROLL
             for (jj = 0; jj < FCD_J; jj++) {
                 o = ob * FCD_J + jj;
                 if (o >= g->OC)
                     continue;
                 const float* a = am + (kk * FCD_J + jj) * FCD_VL;
                 float s = 0.0f;
+                FCD_UNROLL
                 for (l = 0; l < FCD_VL; l++)  /* lanes in order */
                     s += a[l];
                 gw[(o * g->C + c) * KK + kk] = s;
             }
     }
+}
+
+/* Peak probe: iters x 24 independent FMA chains of one vector each; returns a lane sum so
+ * that nothing is optimised away.  Flops = iters * 24 * VL * 2. */
+static float FCD_NAME(fcd_fma_probe)(long iters, float m)
+{
+    FCD_VT acc[24], mv = FCD_SET1(m), av = FCD_SET1(1e-7f);
+    float out[FCD_VL], s = 0.0f;
+    long it;
+    int k, l;
+    FCD_UNROLL
+    for (k = 0; k < 24; k++)
+        acc[k] = FCD_SET1((float)k);
+    for (it = 0; it < iters; it++)
+        FCD_UNROLL
+        for (k = 0; k < 24; k++)
+            acc[k] = FCD_FMA(acc[k], mv, av);
+    FCD_UNROLL
+    for (k = 1; k < 24; k++)
+        acc[0] = acc[0] + acc[k];
+    FCD_STORE(out, acc[0]);
+    FCD_UNROLL
+    for (l = 0; l < FCD_VL; l++)
+        s += out[l];
+    return s;
 }
 
 #undef FCD_SUFFIX
