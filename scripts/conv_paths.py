@@ -47,7 +47,7 @@ def main(backend="numba", threads=2):
         res = {}
         for _ in range(3):
             for per_image in (True, False):
-                F.ONE_POOL = per_image
+                fastcnn.config(conv="per_image" if per_image else "chunked")
                 res.setdefault(("f", per_image), []).append(median_ms(lambda: F.conv2d(x, w, b, 1, 2, ws=ws), 15))
                 res.setdefault(("b", per_image), []).append(median_ms(
                     lambda: F.conv2d_backward(gy, x, w, 1, 2, input_grad=input_grad, ws=ws), 15))
@@ -68,10 +68,10 @@ def main(backend="numba", threads=2):
         res = {}
         for _ in range(3):
             for per_image in (True, False):
-                F.ONE_POOL = per_image
+                fastcnn.config(conv="per_image" if per_image else "chunked")
                 res.setdefault(per_image, []).append(median_ms(step, 8))
         print(f"| {name} (batch {bs}) | {np.median(res[True]):.1f} | {np.median(res[False]):.1f} |")
-    F.ONE_POOL = None
+    fastcnn.config(conv="auto")
 
 
 if __name__ == "__main__":
