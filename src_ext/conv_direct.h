@@ -91,9 +91,20 @@ static void fcd_pack_input(const fcd_geo* g, const float* src, float* xq)
                         memset(d + hi, 0, (size_t)(g->Wq - hi) * sizeof(float));
                         continue;
                     }
-                    for (ww = 0; ww < g->Wq; ww++) {
-                        v = fcd_src(ww * g->sw + b, g->pl, g->dw, g->Ws);
-                        d[ww] = v < 0 ? 0.0f : sc[u * g->Ws + v];
+                    memset(d, 0, (size_t)g->Wq * sizeof(float));
+                    if (g->dw == 1) {  /* strided gather: source column ww*sw + b - pl */
+                        const float* sr = sc + u * g->Ws;
+                        for (ww = 0; ww < g->Wq; ww++) {
+                            v = ww * g->sw + b - g->pl;
+                            if (v >= 0 && v < g->Ws)
+                                d[ww] = sr[v];
+                        }
+                        continue;
+                    }
+                    for (v = 0; v < g->Ws; v++) {  /* scatter: source column v at padded v*dw + pl */
+                        fcd_i q = v * g->dw + g->pl - b;
+                        if (q >= 0 && q % g->sw == 0 && q / g->sw < g->Wq)
+                            d[q / g->sw] = sc[u * g->Ws + v];
                     }
                 }
             }
