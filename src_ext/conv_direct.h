@@ -160,28 +160,33 @@ static void fcd_unpack_output(const fcd_geo* g, const float* yg, const float* bi
     }
 }
 
-/* Output gradient (OC, OH, OW) -> grid (OCP, PR), zeros at dropped positions. */
-static void fcd_pack_grad_grid(const fcd_geo* g, const float* gy, float* gg)
+/* Output gradient (OC, OH, OW) -> channels-last grid gt[p][OCV] (p < P), zeros at the
+ * dropped positions and channels >= OC. */
+static void fcd_pack_grad_t(const fcd_geo* g, const float* gy, fcd_i OCV, float* gt)
 {
-    fcd_i o, oh;
-    memset(gg, 0, (size_t)(g->OCP * g->PR) * sizeof(float));
+    fcd_i o, oh, ow;
+    memset(gt, 0, (size_t)(g->P * OCV) * sizeof(float));
     for (o = 0; o < g->OC; o++)
-        for (oh = 0; oh < g->OH; oh++)
-            memcpy(gg + o * g->PR + oh * g->Wq, gy + (o * g->OH + oh) * g->OW, (size_t)g->OW * sizeof(float));
+        for (oh = 0; oh < g->OH; oh++) {
+            const float* s = gy + (o * g->OH + oh) * g->OW;
+            float* d = gt + oh * g->Wq * OCV + o;
+            for (ow = 0; ow < g->OW; ow++)
+                d[ow * OCV] = s[ow];
+        }
 }
 
 /* ---------------------------------------------------------------- ISA-specific kernels */
 
 typedef void (*fcd_fwd_fn)(const fcd_geo*, const float*, const fcd_i*, const float*, float*);
-typedef void (*fcd_bww_fn)(const fcd_geo*, const float*, fcd_i, const float*, fcd_i, fcd_i, fcd_i,
-                           fcd_i, const fcd_i*, float*, float*);
+typedef void (*fcd_bww_fn)(const float*, fcd_i, const float*, fcd_i, fcd_i, fcd_i, fcd_i, fcd_i,
+                           fcd_i, int, const fcd_i*, float*);
 
 /* Portable baseline: GCC/Clang vector extension, 4 lanes (SSE2 on x86-64, NEON on arm64). */
 #define FCD_SUFFIX base
 #define FCD_VL 4
 #define FCD_J 4
 #define FCD_VMAX 2
-#define FCD_KB 2
+#define FCD_WT 6
 typedef float fcd_v4 __attribute__((vector_size(16)));
 typedef float fcd_v4u __attribute__((vector_size(16), aligned(4)));
 #define FCD_VT fcd_v4
@@ -205,7 +210,7 @@ typedef float fcd_v4u __attribute__((vector_size(16), aligned(4)));
 #define FCD_VL 8
 #define FCD_J 4
 #define FCD_VMAX 3
-#define FCD_KB 2
+#define FCD_WT 6
 #define FCD_VT __m256
 #define FCD_LOAD(p) _mm256_loadu_ps(p)
 #define FCD_STORE(p, v) _mm256_storeu_ps((p), (v))
@@ -229,7 +234,7 @@ typedef float fcd_v4u __attribute__((vector_size(16), aligned(4)));
 #define FCD_VL 16
 #define FCD_J 8
 #define FCD_VMAX 3
-#define FCD_KB 3
+#define FCD_WT 12
 #define FCD_VT __m512
 #define FCD_LOAD(p) _mm512_loadu_ps(p)
 #define FCD_STORE(p, v) _mm512_storeu_ps((p), (v))
@@ -260,10 +265,10 @@ static int fcd_cpu_supports(int isa) { return isa == 0; }
 #endif
 
 static fcd_fwd_fn fcd_fwd_image = fcd_fwd_image_base;
-static fcd_bww_fn fcd_bwd_weight_block = fcd_bwd_weight_block_base;
+static fcd_bww_fn fcd_bwd_weight_tile = fcd_bwd_weight_tile_base;
 typedef float (*fcd_probe_fn)(long, float);
 static fcd_probe_fn fcd_fma_probe = fcd_fma_probe_base;
-static fcd_i fcd_J = 4, fcd_VL = 4;
+static fcd_i fcd_J = 4, fcd_VL = 4, fcd_WT = 6;
 
 /* Select the kernels of ``isa``; -1 if unsupported. */
 static int fcd_set_isa(int isa)
@@ -272,22 +277,22 @@ static int fcd_set_isa(int isa)
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
     if (isa == 2) {
         fcd_fwd_image = fcd_fwd_image_avx512;
-        fcd_bwd_weight_block = fcd_bwd_weight_block_avx512;
+        fcd_bwd_weight_tile = fcd_bwd_weight_tile_avx512;
         fcd_fma_probe = fcd_fma_probe_avx512;
-        fcd_J = 8; fcd_VL = 16;
+        fcd_J = 8; fcd_VL = 16; fcd_WT = 12;
         return 0;
     }
     if (isa == 1) {
         fcd_fwd_image = fcd_fwd_image_avx2;
-        fcd_bwd_weight_block = fcd_bwd_weight_block_avx2;
+        fcd_bwd_weight_tile = fcd_bwd_weight_tile_avx2;
         fcd_fma_probe = fcd_fma_probe_avx2;
-        fcd_J = 4; fcd_VL = 8;
+        fcd_J = 4; fcd_VL = 8; fcd_WT = 6;
         return 0;
     }
 #endif
     fcd_fwd_image = fcd_fwd_image_base;
-    fcd_bwd_weight_block = fcd_bwd_weight_block_base;
-    fcd_J = 4; fcd_VL = 4;
+    fcd_bwd_weight_tile = fcd_bwd_weight_tile_base;
+    fcd_J = 4; fcd_VL = 4; fcd_WT = 6;
     return 0;
 }
 

@@ -25,17 +25,18 @@ cdef extern from "conv_direct.h" nogil:
     void fcd_pack_input(const fcd_geo* g, const float* src, float* xq)
     void fcd_pack_weights(const fcd_geo* g, const float* w, int flip, float* wp)
     void fcd_unpack_output(const fcd_geo* g, const float* yg, const float* bias, int relu, float* y)
-    void fcd_pack_grad_grid(const fcd_geo* g, const float* gy, float* gg)
+    void fcd_pack_grad_t(const fcd_geo* g, const float* gy, fcd_i OCV, float* gt)
     void fcd_fwd_image(const fcd_geo* g, const float* xq, const fcd_i* tab, const float* wp,
                        float* yg)
-    void fcd_bwd_weight_block(const fcd_geo* g, const float* xq_all, fcd_i xs,
-                              const float* gg_all, fcd_i gs, fcd_i n0, fcd_i n1, fcd_i ob,
-                              const fcd_i* tab, float* am, float* gw)
+    void fcd_bwd_weight_tile(const float* xq_all, fcd_i xs, const float* gt_all, fcd_i gs,
+                             fcd_i OCV, fcd_i P, fcd_i n0, fcd_i n1, fcd_i ob, int V,
+                             const fcd_i* off, float* out)
     float fcd_fma_probe(long iters, float m)
     int fcd_cpu_supports(int isa)
     int fcd_set_isa(int isa)
     fcd_i fcd_J
     fcd_i fcd_VL
+    fcd_i fcd_WT
 
 #: SIMD paths, slowest first (index = the C code's ISA number).
 ISAS = ("baseline", "avx2", "avx512")
@@ -200,32 +201,42 @@ def conv2d_direct_backward_weight(const float[:, :, :, ::1] gy, const float[:, :
     cdef fcd_geo g
     fcd_geo_init(&g, C, x.shape[2], x.shape[3], 1, 1, OC, KH, KW, sh, sw, pt, pl, OH, OW, fcd_J)
     cdef int nt = _threads_for(N * OC * OH * OW)
-    cdef Py_ssize_t NB = g.OCP // g.J, S = min(<Py_ssize_t>SLOTS, N), P = OH * OW
+    cdef Py_ssize_t VL = fcd_VL, OCV = (OC + VL - 1) // VL * VL
+    # Tiles of V channel vectors x T taps (q = c*KK + kk; padded with offset 0 up to NQB*T).
+    cdef int V = 2 if (OCV // VL) % 2 == 0 else 1
+    cdef Py_ssize_t T = fcd_WT * (2 // V), Q = C * KK, NQB = (Q + T - 1) // T
+    cdef Py_ssize_t NOB = OCV // (V * VL), S = min(<Py_ssize_t>SLOTS, N), P = OH * OW
+    cdef Py_ssize_t GP = g.P, NT = S * NOB * NQB
     cdef Py_ssize_t[::1] tab = np.empty(KK, np.intp)
+    cdef Py_ssize_t[::1] off = np.zeros(NQB * T, np.intp)
     cdef float[:, ::1] xq = np.empty((N, g.xq_size), np.float32)
-    cdef float[:, ::1] gg = np.empty((N, g.OCP * g.PR), np.float32)
-    cdef float[:, ::1] am = np.empty((nt, KK * g.J * fcd_VL), np.float32)
-    cdef float[:, ::1] part = np.empty((S, OC * C * KK), np.float32)
+    cdef float[:, ::1] gt = np.empty((N, GP * OCV), np.float32)
+    cdef float[:, ::1] part = np.empty((S, NQB * T * OCV), np.float32)
     cdef float* gwp = &gw[0, 0, 0, 0]
-    cdef Py_ssize_t t, i, s, ob, o, e, a, b
-    cdef double sm
+    cdef Py_ssize_t t, i, s, ob, qb, r, o, q, e
     with nogil:
         fcd_make_tab(&g, &tab[0])
+        for q in range(Q):
+            off[q] = (q // KK) * g.plane + tab[q % KK]
         for i in prange(N, schedule='static', num_threads=nt):
             fcd_pack_input(&g, &x[i, 0, 0, 0], &xq[i, 0])
-            fcd_pack_grad_grid(&g, &gy[i, 0, 0, 0], &gg[i, 0])
-        # With S = min(SLOTS, N) slots image i goes to slot i*S//N; for N >= SLOTS that is
-        # the reference's i*SLOTS//N, for N < SLOTS one image per slot.
-        for t in prange(S * NB, schedule='dynamic', num_threads=nt):
-            s = t // NB
-            ob = t - s * NB
-            fcd_bwd_weight_block(&g, &xq[0, 0], g.xq_size, &gg[0, 0], g.OCP * g.PR,
-                                 (s * N + S - 1) // S, ((s + 1) * N + S - 1) // S, ob,
-                                 &tab[0], &am[threadid(), 0], &part[s, 0])
-        for e in prange(OC * C * KK, schedule='static', num_threads=nt):
-            gwp[e] = part[0, e]
+            fcd_pack_grad_t(&g, &gy[i, 0, 0, 0], OCV, &gt[i, 0])
+        # Image i goes to slot i*S//N with S = min(SLOTS, N) (for N >= SLOTS the reference's
+        # i*SLOTS//N); consecutive tasks share a slot's gradient block (cache reuse).
+        for t in prange(NT, schedule='static', num_threads=nt):
+            s = t // (NOB * NQB)
+            r = t - s * (NOB * NQB)
+            ob = r // NQB
+            qb = r - ob * NQB
+            fcd_bwd_weight_tile(&xq[0, 0], g.xq_size, &gt[0, 0], GP * OCV, OCV, GP,
+                                (s * N + S - 1) // S, ((s + 1) * N + S - 1) // S, ob, V,
+                                &off[qb * T], &part[s, qb * T * OCV])
+        for e in prange(OC * Q, schedule='static', num_threads=nt):
+            o = e // Q
+            q = e - o * Q
+            gwp[e] = part[0, q * OCV + o]
             for s in range(1, S):
-                gwp[e] = gwp[e] + part[s, e]
+                gwp[e] = gwp[e] + part[s, q * OCV + o]
         for o in prange(OC, schedule='static', num_threads=nt):
             gb[o] = <float>_plane_sums(&gy[0, o, 0, 0], N, OC * P, P)
 

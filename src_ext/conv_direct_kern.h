@@ -1,8 +1,8 @@
 /* Micro-kernels of the direct convolution, compiled once per ISA by conv_direct.h, which
  * defines FCD_SUFFIX, FCD_VL (lanes), FCD_J (output channels per block), FCD_VMAX (pixel
- * vectors per forward tile), FCD_KB (taps per weight-gradient tile) and the vector macros.
- * Accumulator tiles: J*VMAX (forward) and J*KB (weight gradient) vectors, kept in registers
- * (24 zmm with AVX-512).  Every output is accumulated in one fixed order (FMA by FMA). */
+ * vectors per forward tile), FCD_WT (taps per weight-gradient tile of 2 channel vectors)
+ * and the vector macros.  Accumulator tiles: J*VMAX (forward) and 2*WT (weight gradient)
+ * vectors, kept in registers (24 zmm with AVX-512).  Every output is accumulated in one fixed order (FMA by FMA). */
 #define FCD_CAT2(a, b) a##_##b
 #define FCD_CAT(a, b) FCD_CAT2(a, b)
 #define FCD_NAME(n) FCD_CAT(n, FCD_SUFFIX)
@@ -76,80 +76,60 @@ static void FCD_NAME(fcd_fwd_image)(const fcd_geo* g, const float* xq, const fcd
     }
 }
 
-/* Weight-gradient tile: J output channels x K taps (kb ...), accumulated over NV pixel
- * vectors into the lane partial sums am[(kb + k)*J*VL + jj*VL + lane]. */
+/* Weight gradient, vectorised over output channels: gt holds the output gradient
+ * channels-last on the grid ([p][OCV], zeros at dropped positions), so one tile of V
+ * channel vectors x T taps (q = c*KK + kk, input at xq + off[q] + p) is accumulated over
+ * every position of every image of a slot in registers, with no reduction across lanes. */
 static inline __attribute__((always_inline)) void
-FCD_NAME(fcd_bww_tile)(const float* xc, const float* gb, const fcd_i* tab, fcd_i kb, fcd_i NV,
-                       fcd_i PR, float* am, const int K)
+FCD_NAME(fcd_bww_tile)(const float* xq_all, fcd_i xs, const float* gt_all, fcd_i gs, fcd_i OCV,
+                       fcd_i P, fcd_i n0, fcd_i n1, const fcd_i* off, float* out, const int V,
+                       const int T)
 {
-    FCD_VT acc[FCD_J][FCD_KB];
-    fcd_i pv;
-    int jj, k;
+    FCD_VT acc[2][2 * FCD_WT];
+    fcd_i n, p;
+    int v, t;
     FCD_UNROLL
-    for (k = 0; k < K; k++)
+    for (v = 0; v < V; v++)
         FCD_UNROLL
-        for (jj = 0; jj < FCD_J; jj++)
-            acc[jj][k] = FCD_LOAD(am + ((kb + k) * FCD_J + jj) * FCD_VL);
-    for (pv = 0; pv < NV; pv++) {
-        FCD_VT xv[FCD_KB];
-        FCD_UNROLL
-        for (k = 0; k < K; k++)
-            xv[k] = FCD_LOAD(xc + tab[kb + k] + pv * FCD_VL);
-        FCD_UNROLL
-        for (jj = 0; jj < FCD_J; jj++) {
-            FCD_VT gv = FCD_LOAD(gb + jj * PR + pv * FCD_VL);
+        for (t = 0; t < T; t++)
+            acc[v][t] = FCD_ZERO();
+    for (n = n0; n < n1; n++) {
+        const float* xb = xq_all + n * xs;
+        const float* gb = gt_all + n * gs;
+        for (p = 0; p < P; p++) {
+            FCD_VT gv[2];
             FCD_UNROLL
-            for (k = 0; k < K; k++)
-                acc[jj][k] = FCD_FMA(gv, xv[k], acc[jj][k]);
+            for (v = 0; v < V; v++)
+                gv[v] = FCD_LOAD(gb + p * OCV + v * FCD_VL);
+            FCD_UNROLL
+            for (t = 0; t < T; t++) {
+                FCD_VT b = FCD_SET1(xb[off[t] + p]);
+                FCD_UNROLL
+                for (v = 0; v < V; v++)
+                    acc[v][t] = FCD_FMA(gv[v], b, acc[v][t]);
+            }
         }
     }
     FCD_UNROLL
-    for (k = 0; k < K; k++)
+    for (t = 0; t < T; t++)
         FCD_UNROLL
-        for (jj = 0; jj < FCD_J; jj++)
-            FCD_STORE(am + ((kb + k) * FCD_J + jj) * FCD_VL, acc[jj][k]);
+        for (v = 0; v < V; v++)
+            FCD_STORE(out + t * OCV + v * FCD_VL, acc[v][t]);
 }
 
-/* Weight gradient of output-channel block ob summed over images n0 .. n1-1 (in order):
- * gw (OC, C, KK) rows of the block are written.  xq_all / gg_all: packed inputs and
- * gradient grids, one image every xs / gs floats.  am: scratch of KK*J*VL floats. */
-static void FCD_NAME(fcd_bwd_weight_block)(const fcd_geo* g, const float* xq_all, fcd_i xs,
-                                           const float* gg_all, fcd_i gs, fcd_i n0, fcd_i n1,
-                                           fcd_i ob, const fcd_i* tab, float* am, float* gw)
+/* Task: images n0 .. n1-1 (one slot, summed in order), channel vectors ob*V ... (V = 1 or
+ * 2 vectors of VL channels), taps off[0 .. T) with T = fcd_bww_taps(V); writes
+ * out[t*OCV + channel] (out: the slot's (Q, OCV) partial sum, offset to the tile). */
+static void FCD_NAME(fcd_bwd_weight_tile)(const float* xq_all, fcd_i xs, const float* gt_all,
+                                          fcd_i gs, fcd_i OCV, fcd_i P, fcd_i n0, fcd_i n1,
+                                          fcd_i ob, int V, const fcd_i* off, float* out)
 {
-    fcd_i KK = g->KH * g->KW, NV = (g->P + FCD_VL - 1) / FCD_VL, c, n, kb, kk, jj, l, o;
-    for (c = 0; c < g->C; c++) {
-        memset(am, 0, (size_t)(KK * FCD_J * FCD_VL) * sizeof(float));
-        for (n = n0; n < n1; n++) {
-            const float* xc = xq_all + n * xs + c * g->plane;
-            const float* gb = gg_all + n * gs + ob * FCD_J * g->PR;
-            for (kb = 0; kb + FCD_KB <= KK; kb += FCD_KB)
-                FCD_NAME(fcd_bww_tile)(xc, gb, tab, kb, NV, g->PR, am, FCD_KB);
-            switch (KK - kb) {  /* FCD_KB <= 3 */
-            case 2:
-                FCD_NAME(fcd_bww_tile)(xc, gb, tab, kb, NV, g->PR, am, 2);
-                break;
-            case 1:
-                FCD_NAME(fcd_bww_tile)(xc, gb, tab, kb, NV, g->PR, am, 1);
-                break;
-            default:
-                break;
-            }
-        }
-        for (kk = 0; kk < KK; kk++)
-            FCD_UNROLL
-            for (jj = 0; jj < FCD_J; jj++) {
-                o = ob * FCD_J + jj;
-                if (o >= g->OC)
-                    continue;
-                const float* a = am + (kk * FCD_J + jj) * FCD_VL;
-                float s = 0.0f;
-                FCD_UNROLL
-                for (l = 0; l < FCD_VL; l++)  /* lanes in order */
-                    s += a[l];
-                gw[(o * g->C + c) * KK + kk] = s;
-            }
-    }
+    const float* gt = gt_all + ob * V * FCD_VL;
+    float* o = out + ob * V * FCD_VL;
+    if (V == 2)
+        FCD_NAME(fcd_bww_tile)(xq_all, xs, gt, gs, OCV, P, n0, n1, off, o, 2, FCD_WT);
+    else
+        FCD_NAME(fcd_bww_tile)(xq_all, xs, gt, gs, OCV, P, n0, n1, off, o, 1, 2 * FCD_WT);
 }
 
 /* Peak probe: iters x 24 independent FMA chains of one vector each; returns a lane sum so
@@ -181,7 +161,7 @@ static float FCD_NAME(fcd_fma_probe)(long iters, float m)
 #undef FCD_VL
 #undef FCD_J
 #undef FCD_VMAX
-#undef FCD_KB
+#undef FCD_WT
 #undef FCD_VT
 #undef FCD_LOAD
 #undef FCD_STORE
