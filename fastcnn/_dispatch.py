@@ -107,13 +107,18 @@ def one_pool(k):
     return k is not _ref and _threads.gemm_blas_single()
 
 
-def _direct_wins(c, oc, kh, kw):
-    """The ``auto`` rule for the direct kernels (measured with benches/conv_direct_gflops.py,
-    docs/PERFORMANCE.md): they win on every tested shape with at least 8 output channels."""
+def _direct_wins(c, oc, kh, kw, stride, backward):
+    """The ``auto`` rule for the direct kernels, from benches/conv_direct_gflops.py
+    (docs/PERFORMANCE.md): forward on every measured shape with 8+ output channels;
+    backward only at stride 1 (the input gradient of a strided convolution runs on the
+    gradient dilated with zeros) and with more than 3 input channels (first layers: the
+    weight gradient's transposition of the output gradient outweighs its few FMAs)."""
+    if backward:
+        return oc >= 8 and c > 3 and stride == (1, 1)
     return oc >= 8
 
 
-def conv_plan(k, n, c, oc, kh, kw, oh, ow, itemsize):
+def conv_plan(k, n, c, oc, kh, kw, oh, ow, itemsize, stride=(1, 1), backward=False):
     """Strategy for one convolution: ``"direct"``, ``"single"`` (batch of one: one GEMM),
     ``"per_image"`` or ``"chunked"``.
 
@@ -122,12 +127,14 @@ def conv_plan(k, n, c, oc, kh, kw, oh, ow, itemsize):
     k : the backend's primitive module
     n, c, oc, kh, kw, oh, ow : batch, channels, output channels, kernel and output sizes
     itemsize : bytes per element (the finite-difference tests run the reference in float64)
+    stride : (sh, sw)
+    backward : whether the plan is for the gradients (else the forward pass)
     """
     conv = _current()["conv"]
     if conv == "direct":
         return "direct"
     if (conv == "auto" and getattr(k, "__name__", None) in DIRECT_AUTO_MODULES and itemsize == 4
-            and _direct_wins(c, oc, kh, kw)):
+            and _direct_wins(c, oc, kh, kw, tuple(stride), backward)):
         return "direct"
     if n == 1:
         return "single"

@@ -152,7 +152,7 @@ def _conv2d_forward(k, x, weight, bias, g, ws, relu=False):
     n, c = x.shape[:2]
     oc = weight.shape[0]
     dt = x.dtype
-    plan = _dispatch.conv_plan(k, n, c, oc, g.kh, g.kw, g.oh, g.ow, dt.itemsize)
+    plan = _dispatch.conv_plan(k, n, c, oc, g.kh, g.kw, g.oh, g.ow, dt.itemsize, (g.sh, g.sw))
     if plan == "direct":
         y = np.empty((n, oc, g.oh, g.ow), dt)
         if bias is None:
@@ -237,7 +237,7 @@ def _conv2d_backward(k, grad_out, x, weight, g, bias, input_grad, ws):
     p = g.oh * g.ow
     kdim = c * g.kh * g.kw
     dt = x.dtype
-    plan = _dispatch.conv_plan(k, n, c, oc, g.kh, g.kw, g.oh, g.ow, dt.itemsize)
+    plan = _dispatch.conv_plan(k, n, c, oc, g.kh, g.kw, g.oh, g.ow, dt.itemsize, (g.sh, g.sw), True)
     if plan == "direct":
         gw = np.empty(weight.shape, dt)
         gb = np.empty((oc,), dt)

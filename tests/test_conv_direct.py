@@ -247,6 +247,11 @@ def test_conv_plan_rules():
             assert _dispatch.conv_plan(k, 100, 16, 32, 5, 5, 14, 14, 4) == "direct"
             assert _dispatch.conv_plan(k, 1, 16, 32, 5, 5, 14, 14, 4) == "direct"
             assert _dispatch.conv_plan(k, 100, 16, 32, 5, 5, 14, 14, 8) != "direct"  # float64
+            assert _dispatch.conv_plan(k, 100, 16, 32, 5, 5, 14, 14, 4, backward=True) == "direct"
+            # first layers and strided convolutions: direct forward, im2col backward
+            assert _dispatch.conv_plan(k, 100, 1, 32, 5, 5, 28, 28, 4) == "direct"
+            assert _dispatch.conv_plan(k, 100, 1, 32, 5, 5, 28, 28, 4, backward=True) != "direct"
+            assert _dispatch.conv_plan(k, 100, 16, 32, 3, 3, 16, 16, 4, (2, 2), True) != "direct"
         # the numpy backend keeps its reference path
         assert _dispatch.conv_plan(_ref, 100, 16, 32, 5, 5, 14, 14, 4) == "chunked"
         assert _dispatch.conv_plan(_ref, 1, 16, 32, 5, 5, 14, 14, 4) == "single"
