@@ -37,7 +37,7 @@ static void fcd_geo_init(fcd_geo* g, fcd_i C, fcd_i Hs, fcd_i Ws, fcd_i dh, fcd_
     g->Wq = OW + (KW - 1) / sw;
     g->plane = g->Hq * g->Wq;
     g->P = OH * g->Wq;
-    g->PR = (g->P + 15) / 16 * 16;
+    g->PR = (g->P + 15) / 16 * 16 + 16;  /* (the last row's vector may pass P) */
     /* Vectors past the last grid position read at most Wq + 15 floats beyond the planes. */
     g->xq_size = g->nph * C * g->plane + g->Wq + FCD_SLACK_EXTRA;
     g->J = J;
@@ -52,6 +52,24 @@ static void fcd_make_tab(const fcd_geo* g, fcd_i* tab)
         for (j = 0; j < g->KW; j++)
             tab[i * g->KW + j] = ((i % g->sh) * g->sw + (j % g->sw)) * g->C * g->plane
                                  + (i / g->sh) * g->Wq + j / g->sw;
+}
+
+/* Start positions of the forward's pixel vectors of VL lanes, covering every valid output:
+ * consecutive vectors over the whole grid, or vectors aligned to each output row (which skip
+ * the dropped columns when OW <= VL*k < Wq), whichever needs fewer.  Returns the count;
+ * st has room for max(P/VL + 1, OH*(OW/VL + 1)) entries. */
+static fcd_i fcd_pixel_starts(const fcd_geo* g, fcd_i VL, fcd_i* st)
+{
+    fcd_i grid = (g->P + VL - 1) / VL, per_row = (g->OW + VL - 1) / VL, n = 0, oh, k;
+    if (grid <= g->OH * per_row) {
+        for (k = 0; k < grid; k++)
+            st[n++] = k * VL;
+        return n;
+    }
+    for (oh = 0; oh < g->OH; oh++)
+        for (k = 0; k < per_row; k++)
+            st[n++] = oh * g->Wq + k * VL;
+    return n;
 }
 
 /* Source index of padded coordinate r (one axis), or -1 for a zero. */
@@ -177,7 +195,8 @@ static void fcd_pack_grad_t(const fcd_geo* g, const float* gy, fcd_i OCV, float*
 
 /* ---------------------------------------------------------------- ISA-specific kernels */
 
-typedef void (*fcd_fwd_fn)(const fcd_geo*, const float*, const fcd_i*, const float*, float*);
+typedef void (*fcd_fwd_fn)(const fcd_geo*, const float*, const fcd_i*, const float*, const fcd_i*,
+                           fcd_i, float*);
 typedef void (*fcd_bww_fn)(const float*, fcd_i, const float*, fcd_i, fcd_i, fcd_i, fcd_i, fcd_i,
                            fcd_i, int, const fcd_i*, float*);
 

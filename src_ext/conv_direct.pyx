@@ -27,7 +27,8 @@ cdef extern from "conv_direct.h" nogil:
     void fcd_unpack_output(const fcd_geo* g, const float* yg, const float* bias, int relu, float* y)
     void fcd_pack_grad_t(const fcd_geo* g, const float* gy, fcd_i OCV, float* gt)
     void fcd_fwd_image(const fcd_geo* g, const float* xq, const fcd_i* tab, const float* wp,
-                       float* yg)
+                       const fcd_i* st, fcd_i NS, float* yg)
+    fcd_i fcd_pixel_starts(const fcd_geo* g, fcd_i VL, fcd_i* st)
     void fcd_bwd_weight_tile(const float* xq_all, fcd_i xs, const float* gt_all, fcd_i gs,
                              fcd_i OCV, fcd_i P, fcd_i n0, fcd_i n1, fcd_i ob, int V,
                              const fcd_i* off, float* out)
@@ -120,8 +121,6 @@ def conv2d_direct_forward(const float[:, :, :, ::1] x, const float[:, :, :, ::1]
     _check(w.shape[1] == C and bias.shape[0] == OC and y.shape[0] == N and y.shape[1] == OC
            and OH >= 1 and OW >= 1 and C >= 1 and OC >= 1,
            "conv2d_direct_forward: shapes do not match")
-    _check((OH - 1) * sh - pt < x.shape[2] + KH and (OW - 1) * sw - pl < x.shape[3] + KW,
-           "conv2d_direct_forward: output larger than the padded input")
     if N == 0:
         return
     cdef fcd_geo g
@@ -132,16 +131,18 @@ def conv2d_direct_forward(const float[:, :, :, ::1] x, const float[:, :, :, ::1]
     cdef Py_ssize_t[::1] tab = np.empty(KH * KW, np.intp)
     cdef float[:, ::1] xq = np.empty((T, g.xq_size), np.float32)
     cdef float[:, ::1] yg = np.empty((T, g.OCP * g.PR), np.float32)
-    cdef Py_ssize_t t, i, a, b
+    cdef Py_ssize_t[::1] st = np.empty(g.P // fcd_VL + 1 + OH * (OW // fcd_VL + 1), np.intp)
+    cdef Py_ssize_t t, i, a, b, NS
     with nogil:
         fcd_pack_weights(&g, &w[0, 0, 0, 0], 0, &wp[0])
         fcd_make_tab(&g, &tab[0])
+        NS = fcd_pixel_starts(&g, fcd_VL, &st[0])
         # One iteration per block of consecutive images, each with its own scratch.
         for t in prange(T, schedule='static', num_threads=nt):
             _blocks(N, T, t, &a, &b)
             for i in range(a, b):
                 fcd_pack_input(&g, &x[i, 0, 0, 0], &xq[t, 0])
-                fcd_fwd_image(&g, &xq[t, 0], &tab[0], &wp[0], &yg[t, 0])
+                fcd_fwd_image(&g, &xq[t, 0], &tab[0], &wp[0], &st[0], NS, &yg[t, 0])
                 fcd_unpack_output(&g, &yg[t, 0], &bias[0], relu, &y[i, 0, 0, 0])
 
 
@@ -167,15 +168,17 @@ def conv2d_direct_backward_data(const float[:, :, :, ::1] gy, const float[:, :, 
     cdef Py_ssize_t[::1] tab = np.empty(KH * KW, np.intp)
     cdef float[:, ::1] xq = np.empty((T, g.xq_size), np.float32)
     cdef float[:, ::1] yg = np.empty((T, g.OCP * g.PR), np.float32)
-    cdef Py_ssize_t t, i, a, b
+    cdef Py_ssize_t[::1] st = np.empty(g.P // fcd_VL + 1 + H * (W // fcd_VL + 1), np.intp)
+    cdef Py_ssize_t t, i, a, b, NS
     with nogil:
         fcd_pack_weights(&g, &w[0, 0, 0, 0], 1, &wp[0])
         fcd_make_tab(&g, &tab[0])
+        NS = fcd_pixel_starts(&g, fcd_VL, &st[0])
         for t in prange(T, schedule='static', num_threads=nt):
             _blocks(N, T, t, &a, &b)
             for i in range(a, b):
                 fcd_pack_input(&g, &gy[i, 0, 0, 0], &xq[t, 0])
-                fcd_fwd_image(&g, &xq[t, 0], &tab[0], &wp[0], &yg[t, 0])
+                fcd_fwd_image(&g, &xq[t, 0], &tab[0], &wp[0], &st[0], NS, &yg[t, 0])
                 fcd_unpack_output(&g, &yg[t, 0], NULL, 0, &gx[i, 0, 0, 0])
 
 

@@ -10,11 +10,12 @@
 #define FCD_UNROLL _Pragma("GCC unroll 32")
 #endif
 
-/* V pixel vectors (grid positions p0 ...) x J output channels of block wpb, over all C*KK
- * taps; the result goes to yb[jj*PR + p - p0]. */
+/* V pixel vectors (grid positions st[v] ... st[v] + VL - 1) x J output channels of block
+ * wpb, over all C*KK taps; the result goes to yb[jj*PR + p].  Every lane computes the
+ * output of its own grid position, so vectors may overlap. */
 static inline __attribute__((always_inline)) void
 FCD_NAME(fcd_fwd_tile)(const float* xq, const fcd_i* tab, const float* wpb, fcd_i C, fcd_i KK,
-                       fcd_i plane, float* yb, fcd_i PR, const int V)
+                       fcd_i plane, float* yb, fcd_i PR, const fcd_i* st, const int V)
 {
     FCD_VT acc[FCD_J][FCD_VMAX];
     fcd_i c, kk;
@@ -33,7 +34,7 @@ FCD_NAME(fcd_fwd_tile)(const float* xq, const fcd_i* tab, const float* wpb, fcd_
             FCD_VT xv[FCD_VMAX];
             FCD_UNROLL
             for (v = 0; v < V; v++)
-                xv[v] = FCD_LOAD(xk + v * FCD_VL);
+                xv[v] = FCD_LOAD(xk + st[v]);
             FCD_UNROLL
             for (jj = 0; jj < FCD_J; jj++) {
                 FCD_VT b = FCD_SET1(wk[jj]);
@@ -47,28 +48,26 @@ FCD_NAME(fcd_fwd_tile)(const float* xq, const fcd_i* tab, const float* wpb, fcd_
     for (jj = 0; jj < FCD_J; jj++)
         FCD_UNROLL
         for (v = 0; v < V; v++)
-            FCD_STORE(yb + jj * PR + v * FCD_VL, acc[jj][v]);
+            FCD_STORE(yb + jj * PR + st[v], acc[jj][v]);
 }
 
-/* One image: xq (packed input) -> yg (OCP, PR) grid result, no bias. */
+/* One image: xq (packed input) -> yg (OCP, PR) grid result, no bias, for the NS pixel
+ * vectors starting at grid positions st[0 .. NS) (fcd_pixel_starts). */
 static void FCD_NAME(fcd_fwd_image)(const fcd_geo* g, const float* xq, const fcd_i* tab,
-                                    const float* wp, float* yg)
+                                    const float* wp, const fcd_i* st, fcd_i NS, float* yg)
 {
-    fcd_i KK = g->KH * g->KW, NV = (g->P + FCD_VL - 1) / FCD_VL, ob, pv;
+    fcd_i KK = g->KH * g->KW, ob, i;
     for (ob = 0; ob < g->OCP / FCD_J; ob++) {
         const float* wpb = wp + ob * g->C * KK * FCD_J;
         float* yb = yg + ob * FCD_J * g->PR;
-        for (pv = 0; pv + FCD_VMAX <= NV; pv += FCD_VMAX)
-            FCD_NAME(fcd_fwd_tile)(xq + pv * FCD_VL, tab, wpb, g->C, KK, g->plane,
-                                   yb + pv * FCD_VL, g->PR, FCD_VMAX);
-        switch (NV - pv) {  /* FCD_VMAX <= 3 */
+        for (i = 0; i + FCD_VMAX <= NS; i += FCD_VMAX)
+            FCD_NAME(fcd_fwd_tile)(xq, tab, wpb, g->C, KK, g->plane, yb, g->PR, st + i, FCD_VMAX);
+        switch (NS - i) {  /* FCD_VMAX <= 3 */
         case 2:
-            FCD_NAME(fcd_fwd_tile)(xq + pv * FCD_VL, tab, wpb, g->C, KK, g->plane,
-                                   yb + pv * FCD_VL, g->PR, 2);
+            FCD_NAME(fcd_fwd_tile)(xq, tab, wpb, g->C, KK, g->plane, yb, g->PR, st + i, 2);
             break;
         case 1:
-            FCD_NAME(fcd_fwd_tile)(xq + pv * FCD_VL, tab, wpb, g->C, KK, g->plane,
-                                   yb + pv * FCD_VL, g->PR, 1);
+            FCD_NAME(fcd_fwd_tile)(xq, tab, wpb, g->C, KK, g->plane, yb, g->PR, st + i, 1);
             break;
         default:
             break;

@@ -41,6 +41,8 @@ CASES = [
     (1, 5, 2, 3, 17, 3, 3, 1, 4),
     (2, 16, 6, 7, 16, 3, 3, 2, "same"),
     (4, 1, 9, 9, 8, 2, 5, 1, "valid"),
+    (2, 3, 1, 1, 9, 1, 1, 1, 2),  # output cells made of padding only
+    (2, 6, 15, 15, 40, 3, 3, 1, 1),  # pixel vectors aligned to rows (OW < 16 < Wq)
 ]
 
 
