@@ -2,6 +2,7 @@
 
 Usage (from the repository root):
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benches/conv_direct_gflops.py [THREADS] [REPS]
+    python benches/conv_direct_gflops.py kernels [THREADS]   # the three primitives alone
 
 Forward and backward (input + weight gradients; weight gradient only for the first layers,
 C <= 3, as in training) of each shape on the cython backend, under ``fastcnn.config(conv=...)``
@@ -62,7 +63,39 @@ def peak(threads):
     return best  # (flops per wall second, flops per CPU second)
 
 
+def kernels(threads, reps=9):
+    """The direct primitives alone (no functional layer), % of the probe by CPU time."""
+    from fastcnn._ext import conv_direct as d
+
+    fastcnn.set_backend("cython")
+    fastcnn.set_num_threads(threads)
+    pc = peak(threads)[1]
+    print(f"direct primitives, {d.active_isa()}, {threads} thread(s), median of {reps}; "
+          f"probe {pc / 1e9:.0f} GFLOP per CPU-second")
+    print("| shape | forward | input gradient | weight gradient |")
+    print("|---|---:|---:|---:|")
+    rng = np.random.default_rng(0)
+    for name, (n, c, h, wd), oc, k, s, pad in SHAPES:
+        g = F.ConvGeometry((k, k), (s, s), pad, (h, wd), "bench")
+        x = rng.standard_normal((n, c, h, wd), dtype=np.float32)
+        w = rng.standard_normal((oc, c, k, k), dtype=np.float32)
+        b = np.zeros(oc, np.float32)
+        y = np.empty((n, oc, g.oh, g.ow), np.float32)
+        gy = rng.standard_normal(y.shape, dtype=np.float32)
+        gx, gw, gb = np.empty_like(x), np.empty_like(w), np.empty_like(b)
+        flops = 2.0 * y.size * c * k * k
+        args = (g.sh, g.sw, g.pt, g.pl)
+        cells = []
+        for fn in (lambda: d.conv2d_direct_forward(x, w, b, *args, 0, y),
+                   lambda: d.conv2d_direct_backward_data(gy, w, *args, gx),
+                   lambda: d.conv2d_direct_backward_weight(gy, x, *args, gw, gb)):
+            cells.append(f"{flops / timed(fn, reps)[1] / pc:.0%}")
+        print(f"| {name} {(n, c, h, wd)}->{oc} k{k} s{s} | " + " | ".join(cells) + " |", flush=True)
+
+
 def main():
+    if len(sys.argv) > 1 and sys.argv[1] == "kernels":
+        return kernels(int(sys.argv[2]) if len(sys.argv) > 2 else 1)
     threads = int(sys.argv[1]) if len(sys.argv) > 1 else 2
     reps = int(sys.argv[2]) if len(sys.argv) > 2 else 15
     fastcnn.set_backend("cython")
