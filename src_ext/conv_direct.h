@@ -178,19 +178,18 @@ static void fcd_unpack_output(const fcd_geo* g, const float* yg, const float* bi
     }
 }
 
-/* Output gradient (OC, OH, OW) -> channels-last grid gt[p][OCV] (p < P), zeros at the
- * dropped positions and channels >= OC. */
+/* Output gradient (OC, OH, OW) -> channels-last gt[oh*OW + ow][OCV], zero channels >= OC. */
 static void fcd_pack_grad_t(const fcd_geo* g, const float* gy, fcd_i OCV, float* gt)
 {
-    fcd_i o, oh, ow;
-    memset(gt, 0, (size_t)(g->P * OCV) * sizeof(float));
-    for (o = 0; o < g->OC; o++)
-        for (oh = 0; oh < g->OH; oh++) {
-            const float* s = gy + (o * g->OH + oh) * g->OW;
-            float* d = gt + oh * g->Wq * OCV + o;
-            for (ow = 0; ow < g->OW; ow++)
-                d[ow * OCV] = s[ow];
-        }
+    fcd_i o, e, HW = g->OH * g->OW;
+    /* Contiguous writes, reads one cache line per channel plane at a time. */
+    for (e = 0; e < HW; e++) {
+        float* d = gt + e * OCV;
+        for (o = 0; o < g->OC; o++)
+            d[o] = gy[o * HW + e];
+        for (o = g->OC; o < OCV; o++)
+            d[o] = 0.0f;
+    }
 }
 
 /* ---------------------------------------------------------------- ISA-specific kernels */
@@ -198,7 +197,7 @@ static void fcd_pack_grad_t(const fcd_geo* g, const float* gy, fcd_i OCV, float*
 typedef void (*fcd_fwd_fn)(const fcd_geo*, const float*, const fcd_i*, const float*, const fcd_i*,
                            fcd_i, float*);
 typedef void (*fcd_bww_fn)(const float*, fcd_i, const float*, fcd_i, fcd_i, fcd_i, fcd_i, fcd_i,
-                           fcd_i, int, const fcd_i*, float*);
+                           fcd_i, fcd_i, fcd_i, int, const fcd_i*, float*);
 
 /* Portable baseline: GCC/Clang vector extension, 4 lanes (SSE2 on x86-64, NEON on arm64). */
 #define FCD_SUFFIX base

@@ -30,8 +30,8 @@ cdef extern from "conv_direct.h" nogil:
                        const fcd_i* st, fcd_i NS, float* yg)
     fcd_i fcd_pixel_starts(const fcd_geo* g, fcd_i VL, fcd_i* st)
     void fcd_bwd_weight_tile(const float* xq_all, fcd_i xs, const float* gt_all, fcd_i gs,
-                             fcd_i OCV, fcd_i P, fcd_i n0, fcd_i n1, fcd_i ob, int V,
-                             const fcd_i* off, float* out)
+                             fcd_i OCV, fcd_i OH, fcd_i OW, fcd_i Wq, fcd_i n0, fcd_i n1,
+                             fcd_i ob, int V, const fcd_i* off, float* out)
     float fcd_fma_probe(long iters, float m)
     int fcd_cpu_supports(int isa)
     int fcd_set_isa(int isa)
@@ -209,11 +209,11 @@ def conv2d_direct_backward_weight(const float[:, :, :, ::1] gy, const float[:, :
     cdef int V = 2 if (OCV // VL) % 2 == 0 else 1
     cdef Py_ssize_t T = fcd_WT * (2 // V), Q = C * KK, NQB = (Q + T - 1) // T
     cdef Py_ssize_t NOB = OCV // (V * VL), S = min(<Py_ssize_t>SLOTS, N), P = OH * OW
-    cdef Py_ssize_t GP = g.P, NT = S * NOB * NQB
+    cdef Py_ssize_t NT = S * NOB * NQB
     cdef Py_ssize_t[::1] tab = np.empty(KK, np.intp)
     cdef Py_ssize_t[::1] off = np.zeros(NQB * T, np.intp)
     cdef float[:, ::1] xq = np.empty((N, g.xq_size), np.float32)
-    cdef float[:, ::1] gt = np.empty((N, GP * OCV), np.float32)
+    cdef float[:, ::1] gt = np.empty((N, P * OCV), np.float32)
     cdef float[:, ::1] part = np.empty((S, NQB * T * OCV), np.float32)
     cdef float* gwp = &gw[0, 0, 0, 0]
     cdef Py_ssize_t t, i, s, ob, qb, r, o, q, e
@@ -231,7 +231,7 @@ def conv2d_direct_backward_weight(const float[:, :, :, ::1] gy, const float[:, :
             r = t - s * (NOB * NQB)
             ob = r // NQB
             qb = r - ob * NQB
-            fcd_bwd_weight_tile(&xq[0, 0], g.xq_size, &gt[0, 0], GP * OCV, OCV, GP,
+            fcd_bwd_weight_tile(&xq[0, 0], g.xq_size, &gt[0, 0], P * OCV, OCV, OH, OW, g.Wq,
                                 (s * N + S - 1) // S, ((s + 1) * N + S - 1) // S, ob, V,
                                 &off[qb * T], &part[s, qb * T * OCV])
         for e in prange(OC * Q, schedule='static', num_threads=nt):

@@ -76,39 +76,40 @@ static void FCD_NAME(fcd_fwd_image)(const fcd_geo* g, const float* xq, const fcd
 }
 
 /* Weight gradient, vectorised over output channels: gt holds the output gradient
- * channels-last on the grid ([p][OCV], zeros at dropped positions), so one tile of V
- * channel vectors x T taps (q = c*KK + kk, input at xq + off[q] + p) is accumulated over
- * every position of every image of a slot in registers, with no reduction across lanes. */
+ * channels-last ([oh*OW + ow][OCV]), so one tile of V channel vectors x T taps
+ * (q = c*KK + kk, input at xq + off[q] + oh*Wq + ow) is accumulated over every output
+ * position of every image of a slot in registers, with no reduction across lanes. */
 static inline __attribute__((always_inline)) void
 FCD_NAME(fcd_bww_tile)(const float* xq_all, fcd_i xs, const float* gt_all, fcd_i gs, fcd_i OCV,
-                       fcd_i P, fcd_i n0, fcd_i n1, const fcd_i* off, float* out, const int V,
-                       const int T)
+                       fcd_i OH, fcd_i OW, fcd_i Wq, fcd_i n0, fcd_i n1, const fcd_i* off,
+                       float* out, const int V, const int T)
 {
     FCD_VT acc[2][2 * FCD_WT];
-    fcd_i n, p;
+    fcd_i n, oh, ow;
     int v, t;
     FCD_UNROLL
     for (v = 0; v < V; v++)
         FCD_UNROLL
         for (t = 0; t < T; t++)
             acc[v][t] = FCD_ZERO();
-    for (n = n0; n < n1; n++) {
-        const float* xb = xq_all + n * xs;
-        const float* gb = gt_all + n * gs;
-        for (p = 0; p < P; p++) {
-            FCD_VT gv[2];
-            FCD_UNROLL
-            for (v = 0; v < V; v++)
-                gv[v] = FCD_LOAD(gb + p * OCV + v * FCD_VL);
-            FCD_UNROLL
-            for (t = 0; t < T; t++) {
-                FCD_VT b = FCD_SET1(xb[off[t] + p]);
+    for (n = n0; n < n1; n++)
+        for (oh = 0; oh < OH; oh++) {  /* valid positions only */
+            const float* xb = xq_all + n * xs + oh * Wq;
+            const float* gb = gt_all + n * gs + oh * OW * OCV;
+            for (ow = 0; ow < OW; ow++) {
+                FCD_VT gv[2];
                 FCD_UNROLL
                 for (v = 0; v < V; v++)
-                    acc[v][t] = FCD_FMA(gv[v], b, acc[v][t]);
+                    gv[v] = FCD_LOAD(gb + ow * OCV + v * FCD_VL);
+                FCD_UNROLL
+                for (t = 0; t < T; t++) {
+                    FCD_VT b = FCD_SET1(xb[off[t] + ow]);
+                    FCD_UNROLL
+                    for (v = 0; v < V; v++)
+                        acc[v][t] = FCD_FMA(gv[v], b, acc[v][t]);
+                }
             }
         }
-    }
     FCD_UNROLL
     for (t = 0; t < T; t++)
         FCD_UNROLL
@@ -120,15 +121,16 @@ FCD_NAME(fcd_bww_tile)(const float* xq_all, fcd_i xs, const float* gt_all, fcd_i
  * 2 vectors of VL channels), taps off[0 .. T) with T = fcd_bww_taps(V); writes
  * out[t*OCV + channel] (out: the slot's (Q, OCV) partial sum, offset to the tile). */
 static void FCD_NAME(fcd_bwd_weight_tile)(const float* xq_all, fcd_i xs, const float* gt_all,
-                                          fcd_i gs, fcd_i OCV, fcd_i P, fcd_i n0, fcd_i n1,
-                                          fcd_i ob, int V, const fcd_i* off, float* out)
+                                          fcd_i gs, fcd_i OCV, fcd_i OH, fcd_i OW, fcd_i Wq,
+                                          fcd_i n0, fcd_i n1, fcd_i ob, int V, const fcd_i* off,
+                                          float* out)
 {
     const float* gt = gt_all + ob * V * FCD_VL;
     float* o = out + ob * V * FCD_VL;
     if (V == 2)
-        FCD_NAME(fcd_bww_tile)(xq_all, xs, gt, gs, OCV, P, n0, n1, off, o, 2, FCD_WT);
+        FCD_NAME(fcd_bww_tile)(xq_all, xs, gt, gs, OCV, OH, OW, Wq, n0, n1, off, o, 2, FCD_WT);
     else
-        FCD_NAME(fcd_bww_tile)(xq_all, xs, gt, gs, OCV, P, n0, n1, off, o, 1, 2 * FCD_WT);
+        FCD_NAME(fcd_bww_tile)(xq_all, xs, gt, gs, OCV, OH, OW, Wq, n0, n1, off, o, 1, 2 * FCD_WT);
 }
 
 /* Peak probe: iters x 24 independent FMA chains of one vector each; returns a lane sum so
