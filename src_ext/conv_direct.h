@@ -54,21 +54,28 @@ static void fcd_make_tab(const fcd_geo* g, fcd_i* tab)
                                  + (i / g->sh) * g->Wq + j / g->sw;
 }
 
-/* Start positions of the forward's pixel vectors of VL lanes, covering every valid output:
- * consecutive vectors over the whole grid, or vectors aligned to each output row (which skip
- * the dropped columns when OW <= VL*k < Wq), whichever needs fewer.  Returns the count;
- * st has room for max(P/VL + 1, OH*(OW/VL + 1)) entries. */
-static fcd_i fcd_pixel_starts(const fcd_geo* g, fcd_i VL, fcd_i* st)
+/* Start positions st of the forward's pixel vectors of VL lanes, covering every valid
+ * output: consecutive vectors over the whole grid, or vectors aligned to each output row
+ * (which skip the dropped columns when OW <= VL*k < Wq), whichever needs fewer.  Returns the
+ * count; for row-aligned vectors also fills yo (output offset oh*OW + ow0) and nv (valid
+ * lanes) and sets *rows.  Arrays: room for max(P/VL + 1, OH*(OW/VL + 1)) entries. */
+static fcd_i fcd_pixel_starts(const fcd_geo* g, fcd_i VL, fcd_i* st, fcd_i* yo, fcd_i* nv,
+                              int* rows)
 {
     fcd_i grid = (g->P + VL - 1) / VL, per_row = (g->OW + VL - 1) / VL, n = 0, oh, k;
-    if (grid <= g->OH * per_row) {
+    *rows = grid > g->OH * per_row;
+    if (!*rows) {
         for (k = 0; k < grid; k++)
             st[n++] = k * VL;
         return n;
     }
     for (oh = 0; oh < g->OH; oh++)
-        for (k = 0; k < per_row; k++)
-            st[n++] = oh * g->Wq + k * VL;
+        for (k = 0; k < per_row; k++) {
+            st[n] = oh * g->Wq + k * VL;
+            yo[n] = oh * g->OW + k * VL;
+            nv[n] = g->OW - k * VL < VL ? g->OW - k * VL : VL;
+            n++;
+        }
     return n;
 }
 
@@ -195,7 +202,31 @@ static void fcd_pack_grad_t(const fcd_geo* g, const float* gy, fcd_i OCV, float*
 /* ---------------------------------------------------------------- ISA-specific kernels */
 
 typedef void (*fcd_fwd_fn)(const fcd_geo*, const float*, const fcd_i*, const float*, const fcd_i*,
-                           fcd_i, float*);
+                           const fcd_i*, const fcd_i*, fcd_i, const float*, int, float*, float*);
+
+/* A forward tile buffer tb[jj*TB + v*VL + lane] -> y[jj*HW + yo[v] + lane] for the nv[v]
+ * valid lanes of each of the n vectors and the nj real channels, plus bias, ReLU. */
+static void fcd_store_tile(const float* tb, fcd_i TB, fcd_i VL, fcd_i n, fcd_i nj, const fcd_i* yo,
+                           const fcd_i* nv, const float* bias, int relu, float* y, fcd_i HW)
+{
+    fcd_i jj, v, l;
+    for (jj = 0; jj < nj; jj++) {
+        float b = bias ? bias[jj] : 0.0f;
+        for (v = 0; v < n; v++) {
+            const float* s = tb + jj * TB + v * VL;
+            float* d = y + jj * HW + yo[v];
+            if (relu) {
+                for (l = 0; l < nv[v]; l++) {
+                    float r = s[l] + b;
+                    d[l] = r > 0.0f ? r : 0.0f;
+                }
+            } else {
+                for (l = 0; l < nv[v]; l++)
+                    d[l] = s[l] + b;
+            }
+        }
+    }
+}
 typedef void (*fcd_bww_fn)(const float*, fcd_i, const float*, fcd_i, fcd_i, fcd_i, fcd_i, fcd_i,
                            fcd_i, fcd_i, fcd_i, int, const fcd_i*, float*);
 

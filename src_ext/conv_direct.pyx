@@ -27,8 +27,9 @@ cdef extern from "conv_direct.h" nogil:
     void fcd_unpack_output(const fcd_geo* g, const float* yg, const float* bias, int relu, float* y)
     void fcd_pack_grad_t(const fcd_geo* g, const float* gy, fcd_i OCV, float* gt)
     void fcd_fwd_image(const fcd_geo* g, const float* xq, const fcd_i* tab, const float* wp,
-                       const fcd_i* st, fcd_i NS, float* yg)
-    fcd_i fcd_pixel_starts(const fcd_geo* g, fcd_i VL, fcd_i* st)
+                       const fcd_i* st, const fcd_i* yo, const fcd_i* nv, fcd_i NS,
+                       const float* bias, int relu, float* y, float* yg)
+    fcd_i fcd_pixel_starts(const fcd_geo* g, fcd_i VL, fcd_i* st, fcd_i* yo, fcd_i* nv, int* rows)
     void fcd_bwd_weight_tile(const float* xq_all, fcd_i xs, const float* gt_all, fcd_i gs,
                              fcd_i OCV, fcd_i OH, fcd_i OW, fcd_i Wq, fcd_i n0, fcd_i n1,
                              fcd_i ob, int V, const fcd_i* off, float* out)
@@ -131,19 +132,25 @@ def conv2d_direct_forward(const float[:, :, :, ::1] x, const float[:, :, :, ::1]
     cdef Py_ssize_t[::1] tab = np.empty(KH * KW, np.intp)
     cdef float[:, ::1] xq = np.empty((T, g.xq_size), np.float32)
     cdef float[:, ::1] yg = np.empty((T, g.OCP * g.PR), np.float32)
-    cdef Py_ssize_t[::1] st = np.empty(g.P // fcd_VL + 1 + OH * (OW // fcd_VL + 1), np.intp)
+    cdef Py_ssize_t[:, ::1] st = np.empty((3, g.P // fcd_VL + 1 + OH * (OW // fcd_VL + 1)), np.intp)
     cdef Py_ssize_t t, i, a, b, NS
+    cdef int rows
     with nogil:
         fcd_pack_weights(&g, &w[0, 0, 0, 0], 0, &wp[0])
         fcd_make_tab(&g, &tab[0])
-        NS = fcd_pixel_starts(&g, fcd_VL, &st[0])
+        NS = fcd_pixel_starts(&g, fcd_VL, &st[0, 0], &st[1, 0], &st[2, 0], &rows)
         # One iteration per block of consecutive images, each with its own scratch.
         for t in prange(T, schedule='static', num_threads=nt):
             _blocks(N, T, t, &a, &b)
             for i in range(a, b):
                 fcd_pack_input(&g, &x[i, 0, 0, 0], &xq[t, 0])
-                fcd_fwd_image(&g, &xq[t, 0], &tab[0], &wp[0], &st[0], NS, &yg[t, 0])
-                fcd_unpack_output(&g, &yg[t, 0], &bias[0], relu, &y[i, 0, 0, 0])
+                if rows:  # (tiles written to y directly)
+                    fcd_fwd_image(&g, &xq[t, 0], &tab[0], &wp[0], &st[0, 0], &st[1, 0], &st[2, 0],
+                                  NS, &bias[0], relu, &y[i, 0, 0, 0], &yg[t, 0])
+                else:
+                    fcd_fwd_image(&g, &xq[t, 0], &tab[0], &wp[0], &st[0, 0], NULL, NULL, NS,
+                                  NULL, 0, NULL, &yg[t, 0])
+                    fcd_unpack_output(&g, &yg[t, 0], &bias[0], relu, &y[i, 0, 0, 0])
 
 
 def conv2d_direct_backward_data(const float[:, :, :, ::1] gy, const float[:, :, :, ::1] w,
@@ -168,18 +175,24 @@ def conv2d_direct_backward_data(const float[:, :, :, ::1] gy, const float[:, :, 
     cdef Py_ssize_t[::1] tab = np.empty(KH * KW, np.intp)
     cdef float[:, ::1] xq = np.empty((T, g.xq_size), np.float32)
     cdef float[:, ::1] yg = np.empty((T, g.OCP * g.PR), np.float32)
-    cdef Py_ssize_t[::1] st = np.empty(g.P // fcd_VL + 1 + H * (W // fcd_VL + 1), np.intp)
+    cdef Py_ssize_t[:, ::1] st = np.empty((3, g.P // fcd_VL + 1 + H * (W // fcd_VL + 1)), np.intp)
     cdef Py_ssize_t t, i, a, b, NS
+    cdef int rows
     with nogil:
         fcd_pack_weights(&g, &w[0, 0, 0, 0], 1, &wp[0])
         fcd_make_tab(&g, &tab[0])
-        NS = fcd_pixel_starts(&g, fcd_VL, &st[0])
+        NS = fcd_pixel_starts(&g, fcd_VL, &st[0, 0], &st[1, 0], &st[2, 0], &rows)
         for t in prange(T, schedule='static', num_threads=nt):
             _blocks(N, T, t, &a, &b)
             for i in range(a, b):
                 fcd_pack_input(&g, &gy[i, 0, 0, 0], &xq[t, 0])
-                fcd_fwd_image(&g, &xq[t, 0], &tab[0], &wp[0], &st[0], NS, &yg[t, 0])
-                fcd_unpack_output(&g, &yg[t, 0], NULL, 0, &gx[i, 0, 0, 0])
+                if rows:
+                    fcd_fwd_image(&g, &xq[t, 0], &tab[0], &wp[0], &st[0, 0], &st[1, 0], &st[2, 0],
+                                  NS, NULL, 0, &gx[i, 0, 0, 0], &yg[t, 0])
+                else:
+                    fcd_fwd_image(&g, &xq[t, 0], &tab[0], &wp[0], &st[0, 0], NULL, NULL, NS,
+                                  NULL, 0, NULL, &yg[t, 0])
+                    fcd_unpack_output(&g, &yg[t, 0], NULL, 0, &gx[i, 0, 0, 0])
 
 
 def conv2d_direct_backward_weight(const float[:, :, :, ::1] gy, const float[:, :, :, ::1] x,

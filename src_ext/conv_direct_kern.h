@@ -11,11 +11,12 @@
 #endif
 
 /* V pixel vectors (grid positions st[v] ... st[v] + VL - 1) x J output channels of block
- * wpb, over all C*KK taps; the result goes to yb[jj*PR + p].  Every lane computes the
+ * wpb, over all C*KK taps; vector v goes to yb + jj*PR + so[v].  Every lane computes the
  * output of its own grid position, so vectors may overlap. */
 static inline __attribute__((always_inline)) void
 FCD_NAME(fcd_fwd_tile)(const float* xq, const fcd_i* tab, const float* wpb, fcd_i C, fcd_i KK,
-                       fcd_i plane, float* yb, fcd_i PR, const fcd_i* st, const int V)
+                       fcd_i plane, float* yb, fcd_i PR, const fcd_i* st, const fcd_i* so,
+                       const int V)
 {
     FCD_VT acc[FCD_J][FCD_VMAX];
     fcd_i c, kk;
@@ -48,29 +49,41 @@ FCD_NAME(fcd_fwd_tile)(const float* xq, const fcd_i* tab, const float* wpb, fcd_
     for (jj = 0; jj < FCD_J; jj++)
         FCD_UNROLL
         for (v = 0; v < V; v++)
-            FCD_STORE(yb + jj * PR + st[v], acc[jj][v]);
+            FCD_STORE(yb + jj * PR + so[v], acc[jj][v]);
 }
 
-/* One image: xq (packed input) -> yg (OCP, PR) grid result, no bias, for the NS pixel
- * vectors starting at grid positions st[0 .. NS) (fcd_pixel_starts). */
+/* One image: xq (packed input), NS pixel vectors starting at grid positions st (see
+ * fcd_pixel_starts).  With row-aligned vectors (yo != NULL: output offsets oh*OW + ow0 and
+ * nv valid lanes per vector) each tile goes through a small buffer straight to y
+ * (OC, OH, OW) with bias and ReLU; otherwise to the grid yg (OCP, PR), for
+ * fcd_unpack_output. */
 static void FCD_NAME(fcd_fwd_image)(const fcd_geo* g, const float* xq, const fcd_i* tab,
-                                    const float* wp, const fcd_i* st, fcd_i NS, float* yg)
+                                    const float* wp, const fcd_i* st, const fcd_i* yo,
+                                    const fcd_i* nv, fcd_i NS, const float* bias, int relu,
+                                    float* y, float* yg)
 {
-    fcd_i KK = g->KH * g->KW, ob, i;
+    fcd_i KK = g->KH * g->KW, ob, i, n, TB = FCD_VMAX * FCD_VL;
+    fcd_i loc[FCD_VMAX];
+    float tb[FCD_J * FCD_VMAX * FCD_VL];
+    for (i = 0; i < FCD_VMAX; i++)
+        loc[i] = i * FCD_VL;
     for (ob = 0; ob < g->OCP / FCD_J; ob++) {
         const float* wpb = wp + ob * g->C * KK * FCD_J;
-        float* yb = yg + ob * FCD_J * g->PR;
-        for (i = 0; i + FCD_VMAX <= NS; i += FCD_VMAX)
-            FCD_NAME(fcd_fwd_tile)(xq, tab, wpb, g->C, KK, g->plane, yb, g->PR, st + i, FCD_VMAX);
-        switch (NS - i) {  /* FCD_VMAX <= 3 */
-        case 2:
-            FCD_NAME(fcd_fwd_tile)(xq, tab, wpb, g->C, KK, g->plane, yb, g->PR, st + i, 2);
-            break;
-        case 1:
-            FCD_NAME(fcd_fwd_tile)(xq, tab, wpb, g->C, KK, g->plane, yb, g->PR, st + i, 1);
-            break;
-        default:
-            break;
+        fcd_i nj = g->OC - ob * FCD_J < FCD_J ? g->OC - ob * FCD_J : FCD_J;
+        for (i = 0; i < NS; i += n) {
+            n = NS - i < FCD_VMAX ? NS - i : FCD_VMAX;
+            float* yb = yo ? tb : yg + ob * FCD_J * g->PR;
+            fcd_i pr = yo ? TB : g->PR;
+            const fcd_i* so = yo ? loc : st + i;
+            if (n == FCD_VMAX)
+                FCD_NAME(fcd_fwd_tile)(xq, tab, wpb, g->C, KK, g->plane, yb, pr, st + i, so, FCD_VMAX);
+            else if (n == 2)  /* FCD_VMAX <= 3 */
+                FCD_NAME(fcd_fwd_tile)(xq, tab, wpb, g->C, KK, g->plane, yb, pr, st + i, so, 2);
+            else
+                FCD_NAME(fcd_fwd_tile)(xq, tab, wpb, g->C, KK, g->plane, yb, pr, st + i, so, 1);
+            if (yo)
+                fcd_store_tile(tb, TB, FCD_VL, n, nj, yo + i, nv + i, bias ? bias + ob * FCD_J : NULL,
+                               relu, y + ob * FCD_J * g->OH * g->OW, g->OH * g->OW);
         }
     }
 }
