@@ -482,7 +482,7 @@ def conv2d_direct_backward_data(gy, w, sh, sw, pt, pl, gx):
     w : (OC, C, KH, KW) float32  # IN
     gx : (N, C, H, W) float32  # OUT, overwritten
     """
-    n, oc, oh, ow = gy.shape
+    n, _, oh, ow = gy.shape
     _, c, kh, kw = w.shape
     # The unfolded gradient (C*kh*kw, N*OH*OW), folded back by the adjoint of im2col.
     g = np.tensordot(w, gy, axes=([0], [1]))  # (C, kh, kw, N, OH, OW)

@@ -48,7 +48,7 @@ CASES = [
 
 
 def _geo(case):
-    n, c, h, w, oc, kh, kw, stride, padding = case
+    _, _, h, w, _, kh, kw, stride, padding = case
     stride = stride if isinstance(stride, tuple) else (stride, stride)
     return ConvGeometry((kh, kw), stride, padding, (h, w), "test")
 
