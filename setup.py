@@ -37,7 +37,7 @@ import tempfile
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-MODULES = ("_omp", "conv", "dense", "pool", "activation", "loss", "norm", "optim")
+MODULES = ("_omp", "conv", "conv_direct", "dense", "pool", "activation", "loss", "norm", "optim")
 SRC_DIR = "src_ext"
 CYTHON_BUILD_DIR = os.path.join("build", "cython")
 
@@ -241,7 +241,8 @@ class BuildExt(build_ext):
 
 
 def extensions():
-    common = [os.path.join(SRC_DIR, "_common.pxi"), os.path.join(SRC_DIR, "_omp_shim.h")]
+    common = [os.path.join(SRC_DIR, f) for f in
+              ("_common.pxi", "_omp_shim.h", "conv_direct.h", "conv_direct_kern.h")]
     return [
         Extension(f"fastcnn._ext.{name}", [os.path.join(SRC_DIR, f"{name}.pyx")], depends=common)
         for name in MODULES

@@ -29,6 +29,7 @@ import numpy as _np  # noqa: F401  (NumPy's BLAS loads first, with the defaults 
 
 from . import _threads
 from ._backend import available_backends, get_backend, set_backend
+from ._dispatch import config, get_config
 from ._threads import get_num_threads, set_num_threads
 
 _threads.init_gemm_blas()
@@ -44,6 +45,8 @@ __all__ = [
     "available_backends",
     "get_backend",
     "set_backend",
+    "config",
+    "get_config",
     "get_num_threads",
     "set_num_threads",
     "warmup",

@@ -16,6 +16,9 @@ PRIMITIVES = (
     "ncp_to_cnp_sum",
     "conv2d_forward_images",
     "conv2d_backward_images",
+    "conv2d_direct_forward",
+    "conv2d_direct_backward_data",
+    "conv2d_direct_backward_weight",
     "linear_forward",
     "linear_backward",
     "maxpool2d_forward",
@@ -37,11 +40,6 @@ PRIMITIVES = (
     "conv2d_direct_backward_weight",
 )
 
-# MERGE NOTE (branch i10n): the Cython direct-convolution kernels come from branch i10c; until
-# they are merged the Cython backend loads without them.  Delete this at the merge.
-_PENDING = {"cython": ("conv2d_direct_forward", "conv2d_direct_backward_data",
-                       "conv2d_direct_backward_weight")}
-
 _MODULES = {
     "numpy": "fastcnn._ref",
     "numba": "fastcnn._kernels",
@@ -60,7 +58,7 @@ def _load(name):
         return None
     try:
         mod = importlib.import_module(_MODULES[name])
-        missing = [p for p in PRIMITIVES if not hasattr(mod, p) and p not in _PENDING.get(name, ())]
+        missing = [p for p in PRIMITIVES if not hasattr(mod, p)]
         if missing:
             raise ImportError(f"backend {name!r} lacks primitives {missing}")
     except Exception as exc:  # not compiled, numba missing, or no writable Numba cache

@@ -451,35 +451,28 @@ def adam_step(p, g, m, v, lr_t, beta1, beta2, eps, bc2_sqrt):
     p -= tmp
 
 
-# --------------------------------------------------------------------------- direct convolution
-# (branch i10n's specification of the three direct-convolution primitives; branch i10c writes
-# the same contract for the Cython kernels; reconcile at the merge.)
-# Geometry as for :func:`im2col`: kh, kw from ``w``, OH, OW from the output (or ``gy``), the
-# bottom/right padding implied by them.  The compiled kernels need not follow this summation
-# order, only a fixed one (bit-identical whatever the number of threads).
-
 def conv2d_direct_forward(x, w, bias, sh, sw, pt, pl, relu, y):
-    """Convolution with fused bias and optional ReLU, without an im2col matrix in the kernels.
+    """Direct convolution with an optional fused ReLU.
 
     Parameters
     ----------
     x : (N, C, H, W) float32  # IN
-    w : (OC, C, kh, kw) float32  # IN
-    bias : (OC,) float32  # IN  (zeros for no bias)
+    w : (OC, C, KH, KW) float32  # IN
+    bias : (OC,) float32  # IN  (zeros for a layer without bias)
     sh, sw, pt, pl : int
-        Stride and top/left padding.
+        Stride and top/left padding; bottom/right padding as implied by the output size.
     relu : int
         1: ``y = max(conv + bias, 0)``; 0: ``y = conv + bias``.
     y : (N, OC, OH, OW) float32  # OUT
     """
-    n, c = x.shape[:2]
-    oc, _, kh, kw = w.shape
+    kh, kw = w.shape[2:]
     oh, ow = y.shape[2:]
-    cols = np.empty((c * kh * kw, n * oh * ow), x.dtype)
-    im2col(x, kh, kw, sh, sw, pt, pl, oh, ow, cols)
-    out = (w.reshape(oc, -1) @ cols).reshape(oc, n, oh, ow).transpose(1, 0, 2, 3)
-    out = out + bias[None, :, None, None]
-    y[...] = np.maximum(out, 0) if relu else out
+    win = _windows(_padded(x, kh, kw, sh, sw, pt, pl, oh, ow), kh, kw, sh, sw, oh, ow)
+    # (N, C, OH, OW, kh, kw) x (OC, C, kh, kw) -> (N, OH, OW, OC)
+    out = np.tensordot(win, w, axes=([1, 4, 5], [1, 2, 3])).transpose(0, 3, 1, 2)
+    y[...] = out + bias[None, :, None, None]
+    if relu:
+        np.maximum(y, 0, out=y)
 
 
 def conv2d_direct_backward_data(gy, w, sh, sw, pt, pl, gx):
@@ -488,13 +481,14 @@ def conv2d_direct_backward_data(gy, w, sh, sw, pt, pl, gx):
     Parameters
     ----------
     gy : (N, OC, OH, OW) float32  # IN
-    w : (OC, C, kh, kw) float32  # IN
-    gx : (N, C, H, W) float32  # OUT, fully overwritten
+    w : (OC, C, KH, KW) float32  # IN
+    gx : (N, C, H, W) float32  # OUT, overwritten
     """
-    n, oc, oh, ow = gy.shape
-    kh, kw = w.shape[2:]
-    cols = w.reshape(oc, -1).T @ gy.transpose(1, 0, 2, 3).reshape(oc, -1)
-    col2im(cols, kh, kw, sh, sw, pt, pl, oh, ow, gx)
+    n, _, oh, ow = gy.shape
+    _, c, kh, kw = w.shape
+    # The unfolded gradient (C*kh*kw, N*OH*OW), folded back by the adjoint of im2col.
+    g = np.tensordot(w, gy, axes=([0], [1]))  # (C, kh, kw, N, OH, OW)
+    col2im(np.ascontiguousarray(g.reshape(c * kh * kw, n * oh * ow)), kh, kw, sh, sw, pt, pl, oh, ow, gx)
 
 
 def conv2d_direct_backward_weight(gy, x, sh, sw, pt, pl, gw, gb):
@@ -504,14 +498,14 @@ def conv2d_direct_backward_weight(gy, x, sh, sw, pt, pl, gw, gb):
     ----------
     gy : (N, OC, OH, OW) float32  # IN
     x : (N, C, H, W) float32  # IN
-    gw : (OC, C, kh, kw) float32  # OUT  sum over images and output pixels
-    gb : (OC,) float32  # OUT  ``gy`` summed over N, OH, OW (accumulated in float64)
+    gw : (OC, C, KH, KW) float32  # OUT  sum over images and positions of gy * window
+    gb : (OC,) float32  # OUT  ``gy`` summed over N, OH, OW (in float64)
+
+    The compiled kernels sum images in :data:`SLOTS` fixed slots of consecutive images, then
+    the slots in order, so their result does not depend on the thread count.
     """
-    n, oc, oh, ow = gy.shape
-    c = x.shape[1]
     kh, kw = gw.shape[2:]
-    cols = np.empty((c * kh * kw, n * oh * ow), x.dtype)
-    im2col(x, kh, kw, sh, sw, pt, pl, oh, ow, cols)
-    g2 = gy.transpose(1, 0, 2, 3).reshape(oc, -1)
-    gw[...] = (g2 @ cols.T).reshape(gw.shape)
+    oh, ow = gy.shape[2:]
+    win = _windows(_padded(x, kh, kw, sh, sw, pt, pl, oh, ow), kh, kw, sh, sw, oh, ow)
+    gw[...] = np.tensordot(gy, win, axes=([0, 2, 3], [0, 2, 3]))
     gb[...] = gy.sum(axis=(0, 2, 3), dtype=np.float64)

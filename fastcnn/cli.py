@@ -118,7 +118,9 @@ def cmd_info(args):
         if err is not None:
             print(f"  {name} unavailable: {err}")
     print(f"threads: {fastcnn.get_num_threads()} (cores available: {fastcnn._threads.max_threads()})")
-    print(f"convolution: {fastcnn._threads.conv_path_description()}")
+    print(f"convolution: strategy {fastcnn.get_config()['conv']!r} (fastcnn.config); "
+          f"direct kernels: {fastcnn._dispatch.conv_isa()}; im2col paths: "
+          f"{fastcnn._threads.conv_path_description()}")
     try:
         from ._ext import _omp
 

@@ -1,11 +1,10 @@
 """Stateless operations: arrays in, arrays out.
 
 Each op validates its arguments (the one shape helper in ``_shapes``), then runs the kernel
-primitives of the active backend (see :mod:`fastcnn._backend`).  Convolution is im2col +
-SGEMM: with the compiled backends, one image per thread at a time, each thread calling
-SciPy's single-threaded SGEMM, and dense layers as blocks of a GEMM on the same threads (one
-thread pool, :data:`ONE_POOL`); otherwise chunks of the batch through NumPy's
-multi-threaded SGEMM.
+primitives of the active backend (see :mod:`fastcnn._backend`).  Convolutions run on the
+strategy :mod:`fastcnn._dispatch` picks per shape (public setting ``fastcnn.config(conv=...)``):
+direct kernels, im2col + SGEMM one image per thread (dense layers then run as blocks of a GEMM
+on the same threads), or chunks of the batch through NumPy's multi-threaded SGEMM.
 
 Every op accepts ``ws``: a :class:`Workspace` whose scratch buffers (unfolded images or
 chunks, GEMM results) and checked geometry are reused between calls of the same shape (the
@@ -15,7 +14,7 @@ import functools
 
 import numpy as np
 
-from . import _backend, _config, _ref, _threads
+from . import _backend, _config, _dispatch, _ref, _threads
 from ._shapes import (as_float32, as_labels, check_padding_arg, is_float32_array, output_size, pair,
                       resolve_padding)
 
@@ -123,43 +122,7 @@ def _conv_check(x, weight, bias, stride, padding, op="conv2d", ws=None):
     return x, weight, bias, geo
 
 
-#: Target size of one chunk of the im2col matrix.  The batch is convolved a few images at a
-#: time so that the unfolded columns stay in cache between the unfolding, the GEMMs and the
-#: folding, instead of streaming an (C*kh*kw, N*OH*OW) matrix through memory (tuned on a
-#: 32 MiB-L3 machine, see docs/PERFORMANCE.md).
-CHUNK_BYTES = 8 << 20
-
-
-#: Whether convolutions and dense layers run in one thread pool: batched convolutions one
-#: image at a time (``conv2d_forward_images`` / ``conv2d_backward_images``: each thread unfolds
-#: an image into its own cache-resident buffer and calls a single-threaded SGEMM) and dense
-#: layers as blocks of a GEMM (``linear_forward`` / ``linear_backward``), all on the kernels'
-#: threads with SciPy's single-threaded BLAS.  Otherwise: chunked im2col + NumPy's
-#: multi-threaded SGEMM + reorders, and dense layers through NumPy's BLAS.  None: yes for the
-#: compiled backends when SciPy's BLAS runs single-threaded
-#: (``fastcnn._threads.init_gemm_blas``); convolutions also need one image's unfolded matrix
-#: to fit in ``CHUNK_BYTES`` (one such buffer per thread).
-ONE_POOL = None
-
-
-def _one_pool(k):
-    if ONE_POOL is None:
-        return k is not _ref and _threads.gemm_blas_single()
-    return ONE_POOL
-
-
-def _per_image(k, cols_bytes):
-    if ONE_POOL is None:
-        return _one_pool(k) and cols_bytes <= CHUNK_BYTES
-    return ONE_POOL
-
-
-def _chunks(n, cols_per_image, itemsize):
-    per = max(1, min(n, CHUNK_BYTES // max(1, cols_per_image * itemsize)))
-    return [(i, min(i + per, n)) for i in range(0, n, per)]
-
-
-def conv2d(x, weight, bias=None, stride=1, padding=0, *, ws=None):
+def conv2d(x, weight, bias=None, stride=1, padding=0, *, relu=False, ws=None):
     """2-D cross-correlation, as ``torch.nn.functional.conv2d``.
 
     Parameters
@@ -169,6 +132,8 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, *, ws=None):
     bias : (OC,) float32 or None
     stride : int or (int, int)
     padding : int, (int, int), ``"valid"`` or ``"same"`` (TensorFlow SAME, any stride)
+    relu : bool
+        Return ``max(conv, 0)`` (fused into the direct kernels).
     ws : Workspace, optional
 
     Returns
@@ -176,13 +141,32 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, *, ws=None):
     y : (N, OC, OH, OW) float32
     """
     x, weight, bias, g = _conv_check(x, weight, bias, stride, padding, ws=ws)
-    return _conv2d_forward(_backend.ops(), x, weight, bias, g, ws)
+    return _conv2d_forward(_backend.ops(), x, weight, bias, g, ws, relu)
 
 
-def _conv2d_forward(k, x, weight, bias, g, ws):
-    """Forward with the primitives of backend module ``k`` (dtype of ``x``): one image (GEMM
-    straight into the output), one image per thread at a time (``conv2d_forward_images``,
-    see :data:`ONE_POOL`), or chunked im2col + NumPy GEMM + reorder."""
+def _conv2d_forward(k, x, weight, bias, g, ws, relu=False):
+    """Forward with the primitives of backend module ``k`` (dtype of ``x``) on the strategy of
+    :func:`fastcnn._dispatch.conv_plan`: direct kernels; one image (GEMM straight into the
+    output); one image per thread at a time (``conv2d_forward_images``); or chunked im2col +
+    NumPy GEMM + reorder."""
+    n, c = x.shape[:2]
+    oc = weight.shape[0]
+    dt = x.dtype
+    plan = _dispatch.conv_plan(k, n, c, oc, g.kh, g.kw, g.oh, g.ow, dt.itemsize, (g.sh, g.sw))
+    if plan == "direct":
+        y = np.empty((n, oc, g.oh, g.ow), dt)
+        if bias is None:
+            bias = _buf(ws, "zeros", (oc,), dt)
+            bias[...] = 0
+        k.conv2d_direct_forward(x, weight, bias, g.sh, g.sw, g.pt, g.pl, int(bool(relu)), y)
+        return y
+    y = _conv2d_forward_gemm(k, x, weight, bias, g, ws, plan)
+    if relu:
+        np.maximum(y, 0, out=y)
+    return y
+
+
+def _conv2d_forward_gemm(k, x, weight, bias, g, ws, plan):
     n, c = x.shape[:2]
     oc = weight.shape[0]
     p = g.oh * g.ow
@@ -190,7 +174,7 @@ def _conv2d_forward(k, x, weight, bias, g, ws):
     dt = x.dtype
     w2 = weight.reshape(oc, kdim)
     y = np.empty((n, oc, p), dt)
-    if n == 1:  # one image: the GEMM result is already in (OC, OH*OW) order
+    if plan == "single":  # one image: the GEMM result is already in (OC, OH*OW) order
         cols = _buf(ws, "cols1", (kdim, p), dt)
         k.im2col(x, *g.args, g.oh, g.ow, cols)
         np.dot(w2, cols, out=y[0])  # (np.dot: less call overhead than matmul for small arrays)
@@ -200,11 +184,11 @@ def _conv2d_forward(k, x, weight, bias, g, ws):
     if bias is None:
         bias = _buf(ws, "zeros", (oc,), dt)
         bias[...] = 0
-    if _per_image(k, kdim * p * dt.itemsize):
+    if plan == "per_image":
         cols = _buf(ws, "icols", (_threads.get_num_threads(), kdim, p), dt)
         k.conv2d_forward_images(x, w2, bias, *g.args, g.oh, g.ow, cols, y)
         return y.reshape(n, oc, g.oh, g.ow)
-    for a, b in _chunks(n, kdim * p, dt.itemsize):
+    for a, b in _dispatch.chunks(n, kdim * p, dt.itemsize):
         cols = _buf(ws, f"cols{b - a}", (kdim, (b - a) * p), dt)
         k.im2col(x[a:b], *g.args, g.oh, g.ow, cols)
         ycnp = _buf(ws, f"ycnp{b - a}", (oc, (b - a) * p), dt)
@@ -244,18 +228,28 @@ def conv2d_backward(grad_out, x, weight, stride=1, padding=0, *, bias=True, inpu
 
 
 def _conv2d_backward(k, grad_out, x, weight, g, bias, input_grad, ws):
-    """Gradients on one of three paths: one image (no reorders); one image per thread at a
-    time (``conv2d_backward_images``, see :data:`ONE_POOL`); or per chunk: unfold again
-    (cheaper than keeping the whole matrix), reorder the output gradient, accumulate the
-    weight gradient in chunk order, fold the input gradient."""
+    """Gradients on the strategy of :func:`fastcnn._dispatch.conv_plan`: direct kernels; one
+    image (no reorders); one image per thread at a time (``conv2d_backward_images``); or per
+    chunk: unfold again (cheaper than keeping the whole matrix), reorder the output gradient,
+    accumulate the weight gradient in chunk order, fold the input gradient."""
     n, c = x.shape[:2]
     oc = weight.shape[0]
     p = g.oh * g.ow
     kdim = c * g.kh * g.kw
     dt = x.dtype
+    plan = _dispatch.conv_plan(k, n, c, oc, g.kh, g.kw, g.oh, g.ow, dt.itemsize, (g.sh, g.sw), True)
+    if plan == "direct":
+        gw = np.empty(weight.shape, dt)
+        gb = np.empty((oc,), dt)
+        k.conv2d_direct_backward_weight(grad_out, x, g.sh, g.sw, g.pt, g.pl, gw, gb)
+        gx = None
+        if input_grad:
+            gx = np.empty(x.shape, dt)
+            k.conv2d_direct_backward_data(grad_out, weight, g.sh, g.sw, g.pt, g.pl, gx)
+        return gx, gw, (gb if bias else None)
     w2 = weight.reshape(oc, kdim)
     gy = grad_out.reshape(n, oc, p)
-    if n == 1:  # one image: the output gradient is already in (OC, OH*OW) order
+    if plan == "single":  # one image: the output gradient is already in (OC, OH*OW) order
         g0 = gy[0]
         cols = _buf(ws, "cols1", (kdim, p), dt)
         k.im2col(x, *g.args, g.oh, g.ow, cols)
@@ -267,7 +261,7 @@ def _conv2d_backward(k, grad_out, x, weight, g, bias, input_grad, ws):
             k.col2im(cols, *g.args, g.oh, g.ow, gx)
         gb = g0.sum(axis=1, dtype=np.float64).astype(dt) if bias else None
         return gx, gw.reshape(weight.shape), gb
-    if _per_image(k, kdim * p * dt.itemsize):
+    if plan == "per_image":
         cols = _buf(ws, "icols", (_threads.get_num_threads(), kdim, p), dt)
         tmp = _buf(ws, "igwt", (_threads.get_num_threads(), kdim, oc), dt)
         gwt_part = _buf(ws, "igwt_part", (_ref.SLOTS, kdim, oc), dt)
@@ -286,7 +280,7 @@ def _conv2d_backward(k, grad_out, x, weight, g, bias, input_grad, ws):
     gb = np.zeros((oc,), np.float64)  # chunk sums added in chunk order
     gx = np.empty(x.shape, dtype=dt) if input_grad else None
     gb_c = _buf(ws, "gb_chunk", (oc,), dt)
-    chunks = _chunks(n, kdim * p, dt.itemsize)
+    chunks = _dispatch.chunks(n, kdim * p, dt.itemsize)
     gwt_c = _buf(ws, "gwt_chunk", (kdim, oc), dt) if len(chunks) > 1 else gwt
     for a, b in chunks:
         m = (b - a) * p
@@ -494,7 +488,7 @@ def linear(x, weight, bias=None, *, ws=None):
     x, weight, bias = _linear_check(x, weight, bias, "linear")
     y = np.empty((x.shape[0], weight.shape[0]), np.float32)
     k = _backend.ops()
-    if x.shape[0] > 1 and x.shape[1] > 0 and _one_pool(k):  # (no GEMM blocks for empty K)
+    if x.shape[0] > 1 and x.shape[1] > 0 and _dispatch.one_pool(k):  # (no GEMM blocks for empty K)
         if bias is None:
             bias = _buf(ws, "zeros", (weight.shape[0],))
             bias[...] = 0
@@ -514,7 +508,7 @@ def linear_backward(grad_out, x, weight, *, bias=True, input_grad=True, ws=None)
     if grad_out.shape != (x.shape[0], weight.shape[0]):
         raise ValueError(f"{op}: grad_out must have shape {(x.shape[0], weight.shape[0])}, got {grad_out.shape}")
     k = _backend.ops()
-    if x.shape[0] > 1 and x.shape[1] > 0 and _one_pool(k):  # (no GEMM blocks for empty K)
+    if x.shape[0] > 1 and x.shape[1] > 0 and _dispatch.one_pool(k):  # (no GEMM blocks for empty K)
         n, out = grad_out.shape
         gw = np.empty(weight.shape, np.float32)
         gb = np.empty((out,), np.float32)

@@ -1,6 +1,7 @@
-"""The two convolution paths side by side: per image in one thread pool (the default) against
+"""The two im2col convolution paths side by side: per image in one thread pool against
 chunked im2col + NumPy's multi-threaded SGEMM, at the lenet and bn shapes, forward and
-backward, alternating rounds; then whole training steps of lenet and bn.  Median ms.
+backward, alternating rounds; then whole training steps of lenet and bn under each
+``fastcnn.config(conv=...)`` strategy (auto: the direct kernels where they win).  Median ms.
 
 Usage: env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python scripts/conv_paths.py [BACKEND] [THREADS]
 """
@@ -47,15 +48,15 @@ def main(backend="numba", threads=2):
         res = {}
         for _ in range(3):
             for per_image in (True, False):
-                F.ONE_POOL = per_image
+                fastcnn.config(conv="per_image" if per_image else "chunked")
                 res.setdefault(("f", per_image), []).append(median_ms(lambda: F.conv2d(x, w, b, 1, 2, ws=ws), 15))
                 res.setdefault(("b", per_image), []).append(median_ms(
                     lambda: F.conv2d_backward(gy, x, w, 1, 2, input_grad=input_grad, ws=ws), 15))
         cells = [f"{np.median(res[(k, p)]):.2f}" for k in "fb" for p in (True, False)]
         print(f"| {name} | " + " | ".join(cells) + " |")
     print()
-    print("| training step | per image | chunked |")
-    print("|---|---:|---:|")
+    print("| training step | auto (direct where it wins) | per image | chunked |")
+    print("|---|---:|---:|---:|")
     for name in ("lenet", "bn"):
         bs = models.RECIPES[name]["batch_size"]
         _, train_step = recipe_step(name)
@@ -67,11 +68,11 @@ def main(backend="numba", threads=2):
 
         res = {}
         for _ in range(3):
-            for per_image in (True, False):
-                F.ONE_POOL = per_image
-                res.setdefault(per_image, []).append(median_ms(step, 8))
-        print(f"| {name} (batch {bs}) | {np.median(res[True]):.1f} | {np.median(res[False]):.1f} |")
-    F.ONE_POOL = None
+            for conv in ("auto", "per_image", "chunked"):
+                fastcnn.config(conv=conv)
+                res.setdefault(conv, []).append(median_ms(step, 8))
+        print(f"| {name} (batch {bs}) | " + " | ".join(f"{np.median(v):.1f}" for v in res.values()) + " |")
+    fastcnn.config(conv="auto")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ import time
 import numpy as np  # first, on purpose
 
 import fastcnn
-from fastcnn import functional as F
 from fastcnn import models
 from fastcnn.train import recipe_step
 
@@ -37,9 +36,9 @@ def main(backend="numba"):
         res = {True: [], False: []}
         for _ in range(3):
             for one_pool in (True, False):
-                F.ONE_POOL = one_pool
+                fastcnn.config(conv="per_image" if one_pool else "chunked")
                 res[one_pool].append(median_ms(step, x, y))
-        F.ONE_POOL = None
+        fastcnn.config(conv="auto")
         fmt = " / ".join
         print(f"{name}: one pool {fmt(f'{v:.1f}' for v in res[True])} ms, "
               f"two pools {fmt(f'{v:.1f}' for v in res[False])} ms")

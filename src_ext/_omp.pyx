@@ -30,7 +30,7 @@ LINK_ARGS = FASTCNN_LINK_ARGS.decode("utf-8", "replace")
 COMPILER = FASTCNN_COMPILER.decode("utf-8", "replace")
 BUILD_INFO = FASTCNN_BUILD_INFO.decode("utf-8", "replace")
 
-_KERNEL_MODULES = ("conv", "pool", "activation", "loss", "norm", "optim")
+_KERNEL_MODULES = ("conv", "conv_direct", "pool", "activation", "loss", "norm", "optim")
 _requested = 0
 
 

@@ -32,14 +32,12 @@ def compiled(request):
     fastcnn.set_backend(previous)
 
 
-@pytest.fixture(params=["chunked", "per_image"])
-def conv_path(request, monkeypatch):
-    """Run the test with each convolution path of ``fastcnn.functional`` (chunked im2col +
-    multi-threaded SGEMM, or one image at a time per thread)."""
-    from fastcnn import functional as F
-
-    monkeypatch.setattr(F, "ONE_POOL", request.param == "per_image")
-    return request.param
+@pytest.fixture(params=["chunked", "per_image", "direct"])
+def conv_path(request):
+    """Run the test with each convolution strategy (``fastcnn.config(conv=...)``): chunked
+    im2col + multi-threaded SGEMM, one image at a time per thread, direct kernels."""
+    with fastcnn.config(conv=request.param):
+        yield request.param
 
 
 def assert_close(actual, desired, rtol=1e-5, atol=1e-7, what=""):

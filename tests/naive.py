@@ -83,3 +83,22 @@ def corr2d(X, K):
         for j in range(Y.shape[1]):
             Y[i, j] = (X[i:i + h, j:j + w] * K).sum()
     return Y
+
+
+def conv2d_backward(gy, x, w, stride, pads):
+    """(gx, gw, gb) of :func:`conv2d`: the adjoint of its loops, in float64."""
+    n, c, h, wd = x.shape
+    oc, _, kh, kw = w.shape
+    pt, pb, pl, pr = pads
+    xp = np.zeros((n, c, h + pt + pb, wd + pl + pr))
+    xp[:, :, pt:pt + h, pl:pl + wd] = x
+    gxp = np.zeros_like(xp)
+    gw = np.zeros(w.shape)
+    for i in range(gy.shape[2]):
+        for j in range(gy.shape[3]):
+            rows = slice(i * stride[0], i * stride[0] + kh)
+            cols = slice(j * stride[1], j * stride[1] + kw)
+            g = gy[:, :, i, j]  # (N, OC)
+            gw += np.tensordot(g, xp[:, :, rows, cols], axes=([0], [0]))
+            gxp[:, :, rows, cols] += np.tensordot(g, w, axes=([1], [0]))
+    return gxp[:, :, pt:pt + h, pl:pl + wd], gw, gy.sum(axis=(0, 2, 3))

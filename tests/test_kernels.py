@@ -6,7 +6,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fastcnn
-from fastcnn import _backend, _ref
+from fastcnn import _backend, _dispatch, _ref
 from fastcnn import functional as F
 from fastcnn.functional import ConvGeometry
 
@@ -172,29 +172,33 @@ def test_linear_with_no_input_features(backend, conv_path, n):
     np.testing.assert_array_equal(gb, [n, n])
 
 
-def test_per_image_path_choice(compiled, monkeypatch):
-    """Auto mode: per image for the compiled backends when SciPy's BLAS is single-threaded,
-    but never when one image's unfolded matrix exceeds CHUNK_BYTES (memory per thread)."""
-    monkeypatch.setattr(F, "ONE_POOL", None)
+def test_per_image_path_choice(compiled, monkeypatch, request):
+    """Auto mode, on a shape the direct kernels do not take (OC < 8): per image for the
+    compiled backends when SciPy's BLAS is single-threaded, but never when one image's
+    unfolded matrix exceeds CHUNK_BYTES (memory per thread)."""
     k = _backend.ops()
-    assert F._per_image(k, 1) == fastcnn._threads.gemm_blas_single()
-    assert not F._per_image(k, F.CHUNK_BYTES + 1)
-    assert not F._per_image(_ref, 1)
+    request.addfinalizer(fastcnn.config(conv="auto").__exit__)  # (restored after the test)
+    single = fastcnn._threads.gemm_blas_single()
+    assert _dispatch.conv_plan(k, 3, 4, 5, 3, 3, 9, 9, 4) == ("per_image" if single else "chunked")
+    big = _dispatch.CHUNK_BYTES // (4 * 9 * 4) + 1  # pixels whose 4x3x3 columns exceed it
+    assert _dispatch.conv_plan(k, 3, 4, 5, 3, 3, big, 1, 4) == "chunked"
+    assert _dispatch.conv_plan(_ref, 3, 4, 5, 3, 3, 9, 9, 4) == "chunked"
     rng = np.random.default_rng(4)
     x = rng.standard_normal((3, 4, 9, 9), dtype=np.float32)
     w = rng.standard_normal((5, 4, 3, 3), dtype=np.float32)
     want = F.conv2d(x, w, None, 1, 1)
-    monkeypatch.setattr(F, "CHUNK_BYTES", 4 * 36 * 81 - 1)  # one image's columns no longer fit
-    assert not F._per_image(k, 4 * 36 * 81)
+    monkeypatch.setattr(_dispatch, "CHUNK_BYTES", 4 * 36 * 81 - 1)  # one image's columns no longer fit
+    assert _dispatch.conv_plan(k, 3, 4, 5, 3, 3, 9, 9, 4) == "chunked"
     assert_close(F.conv2d(x, w, None, 1, 1), want, 1e-6)
 
 
-def test_per_image_results_do_not_depend_on_threads(compiled, monkeypatch):
-    """The per-image path sums the weight gradient in fixed slots: 1 and 2 threads agree
-    bit for bit."""
+@pytest.mark.parametrize("strategy", ["per_image", "direct"])
+def test_per_image_results_do_not_depend_on_threads(compiled, strategy, request):
+    """The per-image and direct paths sum the weight gradient in fixed slots: 1 and 2
+    threads agree bit for bit."""
     if fastcnn._threads.max_threads() < 2:
         pytest.skip("needs 2 cores")
-    monkeypatch.setattr(F, "ONE_POOL", True)
+    request.addfinalizer(fastcnn.config(conv=strategy).__exit__)  # (restored after the test)
     rng = np.random.default_rng(8)
     x = rng.standard_normal((13, 6, 12, 12), dtype=np.float32)
     w = rng.standard_normal((10, 6, 3, 3), dtype=np.float32)
@@ -641,9 +645,9 @@ def test_zero_dim_and_empty_relu_keep_their_shape(backend):
         assert F.relu_backward(np.ones_like(y), y).shape == x.shape
 
 
-def test_conv_chunking_matches_single_pass(backend, monkeypatch):
+def test_conv_chunking_matches_single_pass(backend, monkeypatch, request):
     """Several im2col chunks (uneven last one) give the single-chunk result."""
-    monkeypatch.setattr(F, "ONE_POOL", False)
+    request.addfinalizer(fastcnn.config(conv="chunked").__exit__)  # (restored after the test)
     rng = np.random.default_rng(12)
     x = rng.standard_normal((7, 3, 9, 8), dtype=np.float32)
     w = rng.standard_normal((5, 3, 3, 3), dtype=np.float32)
@@ -651,8 +655,8 @@ def test_conv_chunking_matches_single_pass(backend, monkeypatch):
     gy = rng.standard_normal((7, 5, 5, 4), dtype=np.float32)
     whole = (F.conv2d(x, w, b, 2, "same"),) + F.conv2d_backward(gy, x, w, 2, "same")
     per_image = 27 * 20 * 4
-    monkeypatch.setattr(F, "CHUNK_BYTES", 3 * per_image)  # chunks of 3, 3, 1 images
-    assert F._chunks(7, 27 * 20, 4) == [(0, 3), (3, 6), (6, 7)]
+    monkeypatch.setattr(_dispatch, "CHUNK_BYTES", 3 * per_image)  # chunks of 3, 3, 1 images
+    assert _dispatch.chunks(7, 27 * 20, 4) == [(0, 3), (3, 6), (6, 7)]
     chunked = (F.conv2d(x, w, b, 2, "same"),) + F.conv2d_backward(gy, x, w, 2, "same")
     for a, c in zip(whole, chunked):
         assert_close(c, a, 1e-6)

@@ -1,0 +1,136 @@
+"""GFLOP/s of the convolution strategies per layer shape, as % of a measured FMA peak.
+
+Usage (from the repository root):
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benches/conv_direct_gflops.py [THREADS] [REPS]
+    python benches/conv_direct_gflops.py kernels [THREADS]   # the three primitives alone
+
+Forward and backward (input + weight gradients; weight gradient only for the first layers,
+C <= 3, as in training) of each shape on the cython backend, under ``fastcnn.config(conv=...)``
+= direct, per_image and chunked.  Medians of REPS calls (default 15).  The peak is this
+machine's measured FP32 FMA throughput on the same threads (``fma_peak_probe``: 24
+independent FMA chains per thread with the active SIMD path), re-measured before each shape.
+Two figures: wall-clock (GFLOP/s / peak GFLOP/s, both wall) and CPU-time (flops per
+CPU-second of the process, against the probe's), the second being less disturbed by other
+processes on a shared machine.  One "FLOP" = one multiply or add of the convolution
+(2 * N * OC * OH * OW * C * KH * KW per pass).
+"""
+import sys
+import time
+
+import fastcnn  # before NumPy (docs/PERFORMANCE.md)
+
+import numpy as np
+
+from fastcnn import functional as F
+
+SHAPES = [  # name, (N, C, H, W), OC, kernel, stride, padding
+    ("lenet conv1", (128, 1, 28, 28), 32, 5, 1, "same"),
+    ("lenet conv2", (128, 32, 14, 14), 64, 5, 1, "same"),
+    ("bn conv1", (100, 1, 28, 28), 16, 5, 1, 2),
+    ("bn conv2", (100, 16, 14, 14), 32, 5, 1, 2),
+    ("resnet conv 3->16 32x32", (100, 3, 32, 32), 16, 3, 1, 1),
+    ("resnet 16->16 32x32", (100, 16, 32, 32), 16, 3, 1, 1),
+    ("resnet 32->32 16x16", (100, 32, 16, 16), 32, 3, 1, 1),
+    ("resnet 64->64 8x8", (100, 64, 8, 8), 64, 3, 1, 1),
+    ("resnet 16->32 s2", (100, 16, 32, 32), 32, 3, 2, 1),
+    ("resnet 32->64 s2", (100, 32, 16, 16), 64, 3, 2, 1),
+]
+STRATEGIES = ("direct", "per_image", "chunked")
+
+
+def timed(fn, reps):
+    walls, cpus = [], []
+    fn()
+    for _ in range(reps):
+        w0, c0 = time.perf_counter(), time.process_time()
+        fn()
+        walls.append(time.perf_counter() - w0)
+        cpus.append(time.process_time() - c0)
+    return float(np.median(walls)), float(np.median(cpus))
+
+
+def peak(threads):
+    from fastcnn._ext import conv_direct
+
+    iters = 2_000_000
+    conv_direct.fma_peak_probe(iters // 10, threads)
+    best = None
+    for _ in range(3):
+        w0, c0 = time.perf_counter(), time.process_time()
+        flops = conv_direct.fma_peak_probe(iters, threads)
+        w, c = time.perf_counter() - w0, time.process_time() - c0
+        best = max(best or (0, 0), (flops / w, flops / c))
+    return best  # (flops per wall second, flops per CPU second)
+
+
+def kernels(threads, reps=9):
+    """The direct primitives alone (no functional layer), % of the probe by CPU time."""
+    from fastcnn._ext import conv_direct as d
+
+    fastcnn.set_backend("cython")
+    fastcnn.set_num_threads(threads)
+    pc = peak(threads)[1]
+    print(f"direct primitives, {d.active_isa()}, {threads} thread(s), median of {reps}; "
+          f"probe {pc / 1e9:.0f} GFLOP per CPU-second")
+    print("| shape | forward | input gradient | weight gradient |")
+    print("|---|---:|---:|---:|")
+    rng = np.random.default_rng(0)
+    for name, (n, c, h, wd), oc, k, s, pad in SHAPES:
+        g = F.ConvGeometry((k, k), (s, s), pad, (h, wd), "bench")
+        x = rng.standard_normal((n, c, h, wd), dtype=np.float32)
+        w = rng.standard_normal((oc, c, k, k), dtype=np.float32)
+        b = np.zeros(oc, np.float32)
+        y = np.empty((n, oc, g.oh, g.ow), np.float32)
+        gy = rng.standard_normal(y.shape, dtype=np.float32)
+        gx, gw, gb = np.empty_like(x), np.empty_like(w), np.empty_like(b)
+        flops = 2.0 * y.size * c * k * k
+        args = (g.sh, g.sw, g.pt, g.pl)
+        cells = []
+        for fn in (lambda: d.conv2d_direct_forward(x, w, b, *args, 0, y),
+                   lambda: d.conv2d_direct_backward_data(gy, w, *args, gx),
+                   lambda: d.conv2d_direct_backward_weight(gy, x, *args, gw, gb)):
+            cells.append(f"{flops / timed(fn, reps)[1] / pc:.0%}")
+        print(f"| {name} {(n, c, h, wd)}->{oc} k{k} s{s} | " + " | ".join(cells) + " |", flush=True)
+
+
+def main():
+    if len(sys.argv) > 1 and sys.argv[1] == "kernels":
+        return kernels(int(sys.argv[2]) if len(sys.argv) > 2 else 1)
+    threads = int(sys.argv[1]) if len(sys.argv) > 1 else 2
+    reps = int(sys.argv[2]) if len(sys.argv) > 2 else 15
+    fastcnn.set_backend("cython")
+    fastcnn.set_num_threads(threads)
+    from fastcnn._ext import conv_direct
+
+    print(f"cython backend, {threads} thread(s), direct kernels: {conv_direct.active_isa()}, "
+          f"median of {reps}")
+    print("| shape | pass | peak GF/s (wall) | " + " | ".join(
+        f"{s} GF/s, % peak wall / cpu" for s in STRATEGIES) + " |")
+    print("|---|---|---:|" + "---:|" * len(STRATEGIES))
+    rng = np.random.default_rng(0)
+    for name, xs, oc, k, stride, pad in SHAPES:
+        x = rng.standard_normal(xs, dtype=np.float32)
+        w = (rng.standard_normal((oc, xs[1], k, k)) * 0.1).astype(np.float32)
+        b = np.zeros(oc, np.float32)
+        y = F.conv2d(x, w, b, stride, pad)
+        gy = rng.standard_normal(y.shape, dtype=np.float32)
+        flops = 2.0 * y.size * xs[1] * k * k
+        input_grad = xs[1] > 3
+        pw, pc = peak(threads)
+        rows = {"forward": [], "backward": []}
+        for s in STRATEGIES:
+            ws = F.Workspace()
+            with fastcnn.config(conv=s):
+                fw, fc = timed(lambda: F.conv2d(x, w, b, stride, pad, ws=ws), reps)
+                bw, bc = timed(lambda: F.conv2d_backward(gy, x, w, stride, pad, input_grad=input_grad, ws=ws), reps)
+            bflops = flops * (2 if input_grad else 1)
+            rows["forward"].append((flops / fw, flops / fw / pw, flops / fc / pc))
+            rows["backward"].append((bflops / bw, bflops / bw / pw, bflops / bc / pc))
+        for p, vals in rows.items():
+            label = p if p == "forward" or input_grad else "backward (weights)"
+            cells = " | ".join(f"{g / 1e9:.1f}, {a:.0%} / {c:.0%}" for g, a, c in vals)
+            print(f"| {name} {xs}->{oc} k{k} s{stride} | {label} | {pw / 1e9:.0f} | {cells} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

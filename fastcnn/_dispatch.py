@@ -1,0 +1,165 @@
+"""The one place a convolution strategy is chosen, and the public setting behind it.
+
+``fastcnn.config(conv=...)`` selects how the compiled backends run convolutions
+(docs/PERFORMANCE.md, "Direct convolution kernels"):
+
+``"auto"`` (default)
+    The fastest strategy for the layer's shape on this machine, by a fixed rule
+    (:func:`conv_plan`).  The ``numpy`` backend keeps its reference path (chunked im2col).
+``"direct"``
+    The direct kernels (``conv2d_direct_*`` primitives), every batch size.
+``"per_image"``
+    im2col + SGEMM one image per thread at a time, dense layers as blocks of a GEMM, all on
+    the kernels' threads with SciPy's single-threaded BLAS ("one thread pool").
+``"chunked"``
+    im2col of chunks of the batch + NumPy's multi-threaded SGEMM, dense layers through
+    NumPy's BLAS ("two thread pools").
+
+The environment variable ``FASTCNN_CONV`` sets the initial strategy (read at first use).
+A batch of one image takes a single GEMM with no reorders on the ``per_image`` and
+``chunked`` strategies (and on ``auto`` where the rule picks no direct kernel).
+"""
+import os
+
+from . import _ref, _threads
+
+CONV_STRATEGIES = ("auto", "direct", "per_image", "chunked")
+
+#: Target size of one chunk of the im2col matrix on the chunked strategy: the batch is
+#: convolved a few images at a time so that the unfolded columns stay in cache (tuned on a
+#: 32 MiB-L3 machine, docs/PERFORMANCE.md).  ``auto`` also avoids ``per_image`` when one
+#: image's unfolded matrix exceeds it (one such buffer per thread).
+CHUNK_BYTES = 8 << 20
+
+#: Backend modules whose direct kernels ``auto`` may pick (the Numba direct kernels,
+#: ``fastcnn._kernels``, join once they replace the stand-ins).
+DIRECT_AUTO_MODULES = ("fastcnn._ext",)
+
+ENV_CONV = "FASTCNN_CONV"
+
+_settings = {}
+
+
+def _current():
+    if not _settings:
+        env = os.environ.get(ENV_CONV, "").strip().lower() or "auto"
+        if env not in CONV_STRATEGIES:
+            raise ValueError(f"{ENV_CONV} must be one of {', '.join(CONV_STRATEGIES)}, got {env!r}")
+        _settings["conv"] = env
+    return _settings
+
+
+class _Config:
+    """Returned by :func:`config`: the settings are already applied; as a context manager it
+    restores the previous ones on exit."""
+
+    def __init__(self, previous):
+        self._previous = previous
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        _settings.clear()
+        _settings.update(self._previous)
+        return False
+
+    def __repr__(self):
+        return f"fastcnn.config({', '.join(f'{k}={v!r}' for k, v in _settings.items())})"
+
+
+def config(*, conv=None):
+    """Set fastcnn's settings; usable as a context manager that restores them on exit.
+
+    Parameters
+    ----------
+    conv : {"auto", "direct", "per_image", "chunked"}, optional
+        Convolution strategy of the compiled backends (see :mod:`fastcnn._dispatch`).
+        None leaves it unchanged.
+
+    Examples
+    --------
+    >>> fastcnn.config(conv="direct")           # from now on
+    >>> with fastcnn.config(conv="per_image"):  # only inside the block
+    ...     y = fastcnn.functional.conv2d(x, w)
+    """
+    if conv is not None and (not isinstance(conv, str) or conv not in CONV_STRATEGIES):
+        raise ValueError(f"config: conv must be one of {', '.join(map(repr, CONV_STRATEGIES))}, got {conv!r}")
+    previous = dict(_current())
+    if conv is not None:
+        _settings["conv"] = conv
+    return _Config(previous)
+
+
+def get_config():
+    """The current settings, as a new dict (``{"conv": ...}``)."""
+    return dict(_current())
+
+
+def one_pool(k):
+    """Whether dense layers (and per-image convolutions) run on the kernels' threads with
+    SciPy's single-threaded BLAS, for backend module ``k``."""
+    conv = _current()["conv"]
+    if conv == "per_image":
+        return True
+    if conv == "chunked":
+        return False
+    return k is not _ref and _threads.gemm_blas_single()
+
+
+def _direct_wins(c, oc, kh, kw, stride, backward):
+    """The ``auto`` rule for the direct kernels, from benches/conv_direct_gflops.py
+    (docs/PERFORMANCE.md): forward on every measured shape with 8+ output channels;
+    backward only at stride 1 (the input gradient of a strided convolution runs on the
+    gradient dilated with zeros) and with more than 3 input channels (first layers: the
+    weight gradient's transposition of the output gradient outweighs its few FMAs)."""
+    if backward:
+        return oc >= 8 and c > 3 and stride == (1, 1)
+    return oc >= 8
+
+
+def conv_plan(k, n, c, oc, kh, kw, oh, ow, itemsize, stride=(1, 1), backward=False):
+    """Strategy for one convolution: ``"direct"``, ``"single"`` (batch of one: one GEMM),
+    ``"per_image"`` or ``"chunked"``.
+
+    Parameters
+    ----------
+    k : the backend's primitive module
+    n, c, oc, kh, kw, oh, ow : batch, channels, output channels, kernel and output sizes
+    itemsize : bytes per element (the finite-difference tests run the reference in float64)
+    stride : (sh, sw)
+    backward : whether the plan is for the gradients (else the forward pass)
+    """
+    conv = _current()["conv"]
+    if conv == "direct":
+        return "direct"
+    if (conv == "auto" and getattr(k, "__name__", None) in DIRECT_AUTO_MODULES and itemsize == 4
+            and _direct_wins(c, oc, kh, kw, tuple(stride), backward)):
+        return "direct"
+    if n == 1:
+        return "single"
+    if conv == "per_image":
+        return "per_image"
+    if conv == "chunked":
+        return "chunked"
+    cols_bytes = c * kh * kw * oh * ow * itemsize
+    return "per_image" if one_pool(k) and cols_bytes <= CHUNK_BYTES else "chunked"
+
+
+def chunks(n, cols_per_image, itemsize):
+    """Chunks ``[(a, b), ...]`` of consecutive images for the chunked strategy."""
+    per = max(1, min(n, CHUNK_BYTES // max(1, cols_per_image * itemsize)))
+    return [(i, min(i + per, n)) for i in range(0, n, per)]
+
+
+def conv_isa():
+    """SIMD path of the Cython direct kernels (``"avx512"``, ``"avx2"``, ``"baseline"``), or a
+    sentence saying why they cannot run."""
+    try:
+        from ._ext import conv_direct
+    except ImportError as exc:
+        return f"unavailable (Cython backend not built: {exc})"
+    try:
+        return conv_direct.active_isa()
+    except RuntimeError as exc:
+        return f"unavailable: {exc}"

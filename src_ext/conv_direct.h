@@ -1,0 +1,348 @@
+/* Direct convolution kernels of the Cython backend (design: docs/PERFORMANCE.md, "Direct
+ * convolution kernels").  Included by conv_direct.pyx only.
+ *
+ * Input of one image -> "grid" layout xq: zero padded, split into sh*sw stride phases, each
+ * channel a plane of Hq x Wq.  Output pixel (oh, ow) is grid position p = oh*Wq + ow, and tap
+ * (i, j) reads xq at p + tab[i*KW + j], so SIMD vectors of consecutive p need plain unaligned
+ * loads for any stride.  Columns ow >= OW of the grid are computed and dropped.
+ * The micro-kernels (conv_direct_kern.h) are compiled three times: AVX-512, AVX2+FMA and a
+ * portable baseline, chosen at run time (fcd_set_isa).
+ */
+#ifndef FASTCNN_CONV_DIRECT_H
+#define FASTCNN_CONV_DIRECT_H
+
+#include <stddef.h>
+#include <string.h>
+
+typedef ptrdiff_t fcd_i;
+
+typedef struct {
+    fcd_i C, Hs, Ws, dh, dw;      /* source channels, rows, cols; source dilation */
+    fcd_i OC, KH, KW, sh, sw, pt, pl, OH, OW;  /* convolution over the (dilated) source */
+    fcd_i nph, Hq, Wq, plane, P, PR, xq_size, J, OCP;  /* derived (fcd_geo_init) */
+} fcd_geo;
+
+#define FCD_SLACK_EXTRA 32
+
+/* pt, pl may be negative (backward data with padding >= kernel). */
+static void fcd_geo_init(fcd_geo* g, fcd_i C, fcd_i Hs, fcd_i Ws, fcd_i dh, fcd_i dw, fcd_i OC,
+                         fcd_i KH, fcd_i KW, fcd_i sh, fcd_i sw, fcd_i pt, fcd_i pl, fcd_i OH,
+                         fcd_i OW, fcd_i J)
+{
+    g->C = C; g->Hs = Hs; g->Ws = Ws; g->dh = dh; g->dw = dw;
+    g->OC = OC; g->KH = KH; g->KW = KW; g->sh = sh; g->sw = sw; g->pt = pt; g->pl = pl;
+    g->OH = OH; g->OW = OW;
+    g->nph = sh * sw;
+    g->Hq = OH + (KH - 1) / sh;
+    g->Wq = OW + (KW - 1) / sw;
+    g->plane = g->Hq * g->Wq;
+    g->P = OH * g->Wq;
+    g->PR = (g->P + 15) / 16 * 16 + 16;  /* (the last row's vector may pass P) */
+    /* Vectors past the last grid position read at most Wq + 15 floats beyond the planes. */
+    g->xq_size = g->nph * C * g->plane + g->Wq + FCD_SLACK_EXTRA;
+    g->J = J;
+    g->OCP = (OC + J - 1) / J * J;
+}
+
+/* tab[i*KW + j]: offset of tap (i, j) in xq relative to the output's grid position. */
+static void fcd_make_tab(const fcd_geo* g, fcd_i* tab)
+{
+    fcd_i i, j;
+    for (i = 0; i < g->KH; i++)
+        for (j = 0; j < g->KW; j++)
+            tab[i * g->KW + j] = ((i % g->sh) * g->sw + (j % g->sw)) * g->C * g->plane
+                                 + (i / g->sh) * g->Wq + j / g->sw;
+}
+
+/* Start positions st of the forward's pixel vectors of VL lanes, covering every valid
+ * output: consecutive vectors over the whole grid, or vectors aligned to each output row
+ * (which skip the dropped columns when OW <= VL*k < Wq), whichever needs fewer.  Returns the
+ * count; for row-aligned vectors also fills yo (output offset oh*OW + ow0) and nv (valid
+ * lanes) and sets *rows.  Arrays: room for max(P/VL + 1, OH*(OW/VL + 1)) entries. */
+static fcd_i fcd_pixel_starts(const fcd_geo* g, fcd_i VL, fcd_i* st, fcd_i* yo, fcd_i* nv,
+                              int* rows)
+{
+    fcd_i grid = (g->P + VL - 1) / VL, per_row = (g->OW + VL - 1) / VL, n = 0, oh, k;
+    *rows = grid > g->OH * per_row;
+    if (!*rows) {
+        for (k = 0; k < grid; k++)
+            st[n++] = k * VL;
+        return n;
+    }
+    for (oh = 0; oh < g->OH; oh++)
+        for (k = 0; k < per_row; k++) {
+            st[n] = oh * g->Wq + k * VL;
+            yo[n] = oh * g->OW + k * VL;
+            nv[n] = g->OW - k * VL < VL ? g->OW - k * VL : VL;
+            n++;
+        }
+    return n;
+}
+
+/* Source index of padded coordinate r (one axis), or -1 for a zero. */
+static inline fcd_i fcd_src(fcd_i r, fcd_i pad, fcd_i dil, fcd_i n)
+{
+    fcd_i u = r - pad;
+    if (u < 0 || u % dil != 0) return -1;
+    u /= dil;
+    return u < n ? u : -1;
+}
+
+/* src (C, Hs, Ws) -> xq (fcd_geo.xq_size floats, all written). */
+static void fcd_pack_input(const fcd_geo* g, const float* src, float* xq)
+{
+    fcd_i a, b, c, hh, ww, u, v, lo, hi;
+    for (a = 0; a < g->sh; a++) {
+        for (b = 0; b < g->sw; b++) {
+            float* ph = xq + (a * g->sw + b) * g->C * g->plane;
+            for (c = 0; c < g->C; c++) {
+                const float* sc = src + c * g->Hs * g->Ws;
+                for (hh = 0; hh < g->Hq; hh++) {
+                    float* d = ph + c * g->plane + hh * g->Wq;
+                    u = fcd_src(hh * g->sh + a, g->pt, g->dh, g->Hs);
+                    if (u < 0) {
+                        memset(d, 0, (size_t)g->Wq * sizeof(float));
+                        continue;
+                    }
+                    if (g->sw == 1 && g->dw == 1) {  /* one contiguous run */
+                        lo = g->pl < 0 ? 0 : g->pl;
+                        hi = g->pl + g->Ws;
+                        if (hi > g->Wq) hi = g->Wq;
+                        if (hi < lo) hi = lo;
+                        if (lo > g->Wq) lo = hi = g->Wq;
+                        memset(d, 0, (size_t)lo * sizeof(float));
+                        if (hi > lo)
+                            memcpy(d + lo, sc + u * g->Ws + (lo - g->pl), (size_t)(hi - lo) * sizeof(float));
+                        memset(d + hi, 0, (size_t)(g->Wq - hi) * sizeof(float));
+                        continue;
+                    }
+                    memset(d, 0, (size_t)g->Wq * sizeof(float));
+                    if (g->dw == 1) {  /* strided gather: source column ww*sw + b - pl */
+                        const float* sr = sc + u * g->Ws;
+                        for (ww = 0; ww < g->Wq; ww++) {
+                            v = ww * g->sw + b - g->pl;
+                            if (v >= 0 && v < g->Ws)
+                                d[ww] = sr[v];
+                        }
+                        continue;
+                    }
+                    for (v = 0; v < g->Ws; v++) {  /* scatter: source column v at padded v*dw + pl */
+                        fcd_i q = v * g->dw + g->pl - b;
+                        if (q >= 0 && q % g->sw == 0 && q / g->sw < g->Wq)
+                            d[q / g->sw] = sc[u * g->Ws + v];
+                    }
+                }
+            }
+        }
+    }
+    memset(xq + g->nph * g->C * g->plane, 0, (size_t)(g->xq_size - g->nph * g->C * g->plane) * sizeof(float));
+}
+
+/* Forward weights (OC, C, KH, KW) -> wp[ob][c][kk][J] (zero rows past OC).  With flip:
+ * backward-data weights from w (C', OC', KH, KW) of the forward layer: this convolution's
+ * output channel o is the layer's input channel, its input channel c the layer's output
+ * channel, taps rotated by 180 degrees. */
+static void fcd_pack_weights(const fcd_geo* g, const float* w, int flip, float* wp)
+{
+    fcd_i KK = g->KH * g->KW, ob, c, kk, jj, o, src_kk;
+    for (ob = 0; ob < g->OCP / g->J; ob++)
+        for (c = 0; c < g->C; c++)
+            for (kk = 0; kk < KK; kk++)
+                for (jj = 0; jj < g->J; jj++) {
+                    float v = 0.0f;
+                    o = ob * g->J + jj;
+                    if (o < g->OC) {
+                        if (flip) {
+                            src_kk = KK - 1 - kk;
+                            v = w[(c * g->OC + o) * KK + src_kk];
+                        } else {
+                            v = w[(o * g->C + c) * KK + kk];
+                        }
+                    }
+                    wp[((ob * g->C + c) * KK + kk) * g->J + jj] = v;
+                }
+}
+
+/* Grid result (OCP, PR) -> y (OC, OH, OW) plus bias, optional ReLU. */
+static void fcd_unpack_output(const fcd_geo* g, const float* yg, const float* bias, int relu, float* y)
+{
+    fcd_i o, oh, ow;
+    for (o = 0; o < g->OC; o++) {
+        float bo = bias ? bias[o] : 0.0f;
+        for (oh = 0; oh < g->OH; oh++) {
+            const float* s = yg + o * g->PR + oh * g->Wq;
+            float* d = y + (o * g->OH + oh) * g->OW;
+            if (relu) {
+                for (ow = 0; ow < g->OW; ow++) {
+                    float v = s[ow] + bo;
+                    d[ow] = v > 0.0f ? v : 0.0f;
+                }
+            } else {
+                for (ow = 0; ow < g->OW; ow++)
+                    d[ow] = s[ow] + bo;
+            }
+        }
+    }
+}
+
+/* Output gradient (OC, OH, OW) -> channels-last gt[oh*OW + ow][OCV], zero channels >= OC. */
+static void fcd_pack_grad_t(const fcd_geo* g, const float* gy, fcd_i OCV, float* gt)
+{
+    fcd_i o, e, HW = g->OH * g->OW;
+    /* Contiguous writes, reads one cache line per channel plane at a time. */
+    for (e = 0; e < HW; e++) {
+        float* d = gt + e * OCV;
+        for (o = 0; o < g->OC; o++)
+            d[o] = gy[o * HW + e];
+        for (o = g->OC; o < OCV; o++)
+            d[o] = 0.0f;
+    }
+}
+
+/* ---------------------------------------------------------------- ISA-specific kernels */
+
+typedef void (*fcd_fwd_fn)(const fcd_geo*, const float*, const fcd_i*, const float*, const fcd_i*,
+                           const fcd_i*, const fcd_i*, fcd_i, const float*, int, float*, float*);
+
+/* A forward tile buffer tb[jj*TB + v*VL + lane] -> y[jj*HW + yo[v] + lane] for the nv[v]
+ * valid lanes of each of the n vectors and the nj real channels, plus bias, ReLU. */
+static void fcd_store_tile(const float* tb, fcd_i TB, fcd_i VL, fcd_i n, fcd_i nj, const fcd_i* yo,
+                           const fcd_i* nv, const float* bias, int relu, float* y, fcd_i HW)
+{
+    fcd_i jj, v, l;
+    for (jj = 0; jj < nj; jj++) {
+        float b = bias ? bias[jj] : 0.0f;
+        for (v = 0; v < n; v++) {
+            const float* s = tb + jj * TB + v * VL;
+            float* d = y + jj * HW + yo[v];
+            if (relu) {
+                for (l = 0; l < nv[v]; l++) {
+                    float r = s[l] + b;
+                    d[l] = r > 0.0f ? r : 0.0f;
+                }
+            } else {
+                for (l = 0; l < nv[v]; l++)
+                    d[l] = s[l] + b;
+            }
+        }
+    }
+}
+typedef void (*fcd_bww_fn)(const float*, fcd_i, const float*, fcd_i, fcd_i, fcd_i, fcd_i, fcd_i,
+                           fcd_i, fcd_i, fcd_i, int, const fcd_i*, float*);
+
+/* Portable baseline: GCC/Clang vector extension, 4 lanes (SSE2 on x86-64, NEON on arm64). */
+#define FCD_SUFFIX base
+#define FCD_VL 4
+#define FCD_J 4
+#define FCD_VMAX 2
+#define FCD_WT 6
+typedef float fcd_v4 __attribute__((vector_size(16)));
+typedef float fcd_v4u __attribute__((vector_size(16), aligned(4)));
+#define FCD_VT fcd_v4
+#define FCD_LOAD(p) (*(const fcd_v4u*)(p))
+#define FCD_STORE(p, v) (*(fcd_v4u*)(p) = (v))
+#define FCD_SET1(s) ((fcd_v4){(s), (s), (s), (s)})
+#define FCD_ZERO() ((fcd_v4){0.0f, 0.0f, 0.0f, 0.0f})
+#define FCD_FMA(a, b, c) ((a) * (b) + (c))
+#include "conv_direct_kern.h"
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#endif
+#define FCD_SUFFIX avx2
+#define FCD_VL 8
+#define FCD_J 4
+#define FCD_VMAX 3
+#define FCD_WT 6
+#define FCD_VT __m256
+#define FCD_LOAD(p) _mm256_loadu_ps(p)
+#define FCD_STORE(p, v) _mm256_storeu_ps((p), (v))
+#define FCD_SET1(s) _mm256_set1_ps(s)
+#define FCD_ZERO() _mm256_setzero_ps()
+#define FCD_FMA(a, b, c) _mm256_fmadd_ps((a), (b), (c))
+#include "conv_direct_kern.h"
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
+
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,fma")
+#endif
+#define FCD_SUFFIX avx512
+#define FCD_VL 16
+#define FCD_J 8
+#define FCD_VMAX 3
+#define FCD_WT 12
+#define FCD_VT __m512
+#define FCD_LOAD(p) _mm512_loadu_ps(p)
+#define FCD_STORE(p, v) _mm512_storeu_ps((p), (v))
+#define FCD_SET1(s) _mm512_set1_ps(s)
+#define FCD_ZERO() _mm512_setzero_ps()
+#define FCD_FMA(a, b, c) _mm512_fmadd_ps((a), (b), (c))
+#include "conv_direct_kern.h"
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
+
+/* 0 baseline, 1 avx2, 2 avx512: whether the CPU (and OS) support it. */
+static int fcd_cpu_supports(int isa)
+{
+    __builtin_cpu_init();
+    if (isa == 0) return 1;
+    if (isa == 1) return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    if (isa == 2)
+        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")
+               && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")
+               && __builtin_cpu_supports("fma");
+    return 0;
+}
+#else
+static int fcd_cpu_supports(int isa) { return isa == 0; }
+#endif
+
+static fcd_fwd_fn fcd_fwd_image = fcd_fwd_image_base;
+static fcd_bww_fn fcd_bwd_weight_tile = fcd_bwd_weight_tile_base;
+typedef float (*fcd_probe_fn)(long, float);
+static fcd_probe_fn fcd_fma_probe = fcd_fma_probe_base;
+static fcd_i fcd_J = 4, fcd_VL = 4, fcd_WT = 6;
+
+/* Select the kernels of ``isa``; -1 if unsupported. */
+static int fcd_set_isa(int isa)
+{
+    if (!fcd_cpu_supports(isa)) return -1;
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+    if (isa == 2) {
+        fcd_fwd_image = fcd_fwd_image_avx512;
+        fcd_bwd_weight_tile = fcd_bwd_weight_tile_avx512;
+        fcd_fma_probe = fcd_fma_probe_avx512;
+        fcd_J = 8; fcd_VL = 16; fcd_WT = 12;
+        return 0;
+    }
+    if (isa == 1) {
+        fcd_fwd_image = fcd_fwd_image_avx2;
+        fcd_bwd_weight_tile = fcd_bwd_weight_tile_avx2;
+        fcd_fma_probe = fcd_fma_probe_avx2;
+        fcd_J = 4; fcd_VL = 8; fcd_WT = 6;
+        return 0;
+    }
+#endif
+    fcd_fwd_image = fcd_fwd_image_base;
+    fcd_bwd_weight_tile = fcd_bwd_weight_tile_base;
+    fcd_J = 4; fcd_VL = 4; fcd_WT = 6;
+    return 0;
+}
+
+#endif /* FASTCNN_CONV_DIRECT_H */

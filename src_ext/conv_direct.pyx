@@ -1,0 +1,272 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""Direct convolution kernels of the Cython backend (C micro-kernels in ``conv_direct.h``).
+
+Contract: :func:`fastcnn._ref.conv2d_direct_forward` and friends (``# IN`` / ``# OUT``).  The
+callers in ``fastcnn.functional`` have validated everything; the checks here only stop a
+mistaken direct call from reading or writing out of bounds.  The SIMD path (AVX-512, AVX2+FMA
+or a portable baseline) is chosen at import from the CPU, or forced by ``FASTCNN_ISA``.
+"""
+import os
+
+import numpy as np
+
+from cython.parallel cimport prange, threadid
+
+include "_common.pxi"
+
+cdef extern from "conv_direct.h" nogil:
+    ctypedef Py_ssize_t fcd_i
+    ctypedef struct fcd_geo:
+        fcd_i C, Hs, Ws, OC, KH, KW, OH, OW, Hq, Wq, plane, P, PR, xq_size, J, OCP
+    void fcd_geo_init(fcd_geo* g, fcd_i C, fcd_i Hs, fcd_i Ws, fcd_i dh, fcd_i dw, fcd_i OC,
+                      fcd_i KH, fcd_i KW, fcd_i sh, fcd_i sw, fcd_i pt, fcd_i pl, fcd_i OH,
+                      fcd_i OW, fcd_i J)
+    void fcd_make_tab(const fcd_geo* g, fcd_i* tab)
+    void fcd_pack_input(const fcd_geo* g, const float* src, float* xq)
+    void fcd_pack_weights(const fcd_geo* g, const float* w, int flip, float* wp)
+    void fcd_unpack_output(const fcd_geo* g, const float* yg, const float* bias, int relu, float* y)
+    void fcd_pack_grad_t(const fcd_geo* g, const float* gy, fcd_i OCV, float* gt)
+    void fcd_fwd_image(const fcd_geo* g, const float* xq, const fcd_i* tab, const float* wp,
+                       const fcd_i* st, const fcd_i* yo, const fcd_i* nv, fcd_i NS,
+                       const float* bias, int relu, float* y, float* yg)
+    fcd_i fcd_pixel_starts(const fcd_geo* g, fcd_i VL, fcd_i* st, fcd_i* yo, fcd_i* nv, int* rows)
+    void fcd_bwd_weight_tile(const float* xq_all, fcd_i xs, const float* gt_all, fcd_i gs,
+                             fcd_i OCV, fcd_i OH, fcd_i OW, fcd_i Wq, fcd_i n0, fcd_i n1,
+                             fcd_i ob, int V, const fcd_i* off, float* out)
+    float fcd_fma_probe(long iters, float m)
+    int fcd_cpu_supports(int isa)
+    int fcd_set_isa(int isa)
+    fcd_i fcd_J
+    fcd_i fcd_VL
+    fcd_i fcd_WT
+
+#: SIMD paths, slowest first (index = the C code's ISA number).
+ISAS = ("baseline", "avx2", "avx512")
+ENV_ISA = "FASTCNN_ISA"
+#: Fixed slots of consecutive images for the weight gradient (as ``_ref.SLOTS``): the sum
+#: order does not depend on the thread count.
+SLOTS = 8
+
+_active = None
+_error = None
+
+
+def supported_isas():
+    """The SIMD paths this CPU (and this build) can run, slowest first."""
+    return tuple(name for i, name in enumerate(ISAS) if fcd_cpu_supports(i))
+
+
+def _select():
+    global _active, _error
+    want = os.environ.get(ENV_ISA, "").strip().lower()
+    have = supported_isas()
+    if want in ("", "auto"):
+        want = have[len(have) - 1]
+    elif want not in ISAS:
+        _error = f"{ENV_ISA} must be one of {', '.join(ISAS[::-1])} (or unset), got {want!r}"
+        return
+    elif want not in have:
+        _error = (f"{ENV_ISA}={want}, but this CPU or build supports only {', '.join(have)}; "
+                  f"unset {ENV_ISA} or choose one of those")
+        return
+    if fcd_set_isa(ISAS.index(want)) != 0:  # (cannot happen: checked above)
+        _error = f"cannot select the {want} kernels"
+        return
+    _active = want
+
+
+_select()
+
+
+def active_isa():
+    """The SIMD path of the direct convolution kernels (``"avx512"``, ``"avx2"`` or
+    ``"baseline"``); raises RuntimeError if ``FASTCNN_ISA`` asks for one this CPU lacks."""
+    if _active is None:
+        raise RuntimeError(f"direct convolution kernels unavailable: {_error}")
+    return _active
+
+
+cdef inline void _blocks(Py_ssize_t n, Py_ssize_t T, Py_ssize_t t, Py_ssize_t* a,
+                         Py_ssize_t* b) noexcept nogil:
+    a[0] = t * n // T
+    b[0] = (t + 1) * n // T
+
+
+cdef inline double _plane_sums(const float* g, Py_ssize_t N, Py_ssize_t stride,
+                              Py_ssize_t P) noexcept nogil:
+    """Sum of N planes of P floats (plane n at g + n*stride) in float64, in a fixed order:
+    8 interleaved partial sums, combined pairwise."""
+    cdef double a[8]
+    cdef Py_ssize_t n, p, l, P8 = P - P % 8
+    cdef const float* r
+    for l in range(8):
+        a[l] = 0.0
+    for n in range(N):
+        r = g + n * stride
+        for p in range(0, P8, 8):
+            for l in range(8):
+                a[l] += r[p + l]
+        for p in range(P8, P):
+            a[0] += r[p]
+    return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]))
+
+
+def conv2d_direct_forward(const float[:, :, :, ::1] x, const float[:, :, :, ::1] w,
+                          const float[::1] bias, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt,
+                          Py_ssize_t pl, int relu, float[:, :, :, ::1] y):
+    """Direct convolution (see :func:`fastcnn._ref.conv2d_direct_forward`)."""
+    active_isa()
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], OC = w.shape[0], KH = w.shape[2], KW = w.shape[3]
+    cdef Py_ssize_t OH = y.shape[2], OW = y.shape[3]
+    _check_windows(x.shape[2], x.shape[3], KH, KW, sh, sw, pt, pl, OH, OW, False)
+    _check(w.shape[1] == C and bias.shape[0] == OC and y.shape[0] == N and y.shape[1] == OC
+           and OH >= 1 and OW >= 1 and C >= 1 and OC >= 1,
+           "conv2d_direct_forward: shapes do not match")
+    if N == 0:
+        return
+    cdef fcd_geo g
+    fcd_geo_init(&g, C, x.shape[2], x.shape[3], 1, 1, OC, KH, KW, sh, sw, pt, pl, OH, OW, fcd_J)
+    cdef int nt = _threads_for(N * OC * OH * OW)
+    cdef Py_ssize_t T = min(<Py_ssize_t>nt, N)
+    cdef float[::1] wp = np.empty(g.OCP * C * KH * KW, np.float32)
+    cdef Py_ssize_t[::1] tab = np.empty(KH * KW, np.intp)
+    cdef float[:, ::1] xq = np.empty((T, g.xq_size), np.float32)
+    cdef float[:, ::1] yg = np.empty((T, g.OCP * g.PR), np.float32)
+    cdef Py_ssize_t[:, ::1] st = np.empty((3, g.P // fcd_VL + 1 + OH * (OW // fcd_VL + 1)), np.intp)
+    cdef Py_ssize_t t, i, a, b, NS
+    cdef int rows
+    with nogil:
+        fcd_pack_weights(&g, &w[0, 0, 0, 0], 0, &wp[0])
+        fcd_make_tab(&g, &tab[0])
+        NS = fcd_pixel_starts(&g, fcd_VL, &st[0, 0], &st[1, 0], &st[2, 0], &rows)
+        # One iteration per block of consecutive images, each with its own scratch.
+        for t in prange(T, schedule='static', num_threads=nt):
+            _blocks(N, T, t, &a, &b)
+            for i in range(a, b):
+                fcd_pack_input(&g, &x[i, 0, 0, 0], &xq[t, 0])
+                if rows:  # (tiles written to y directly)
+                    fcd_fwd_image(&g, &xq[t, 0], &tab[0], &wp[0], &st[0, 0], &st[1, 0], &st[2, 0],
+                                  NS, &bias[0], relu, &y[i, 0, 0, 0], &yg[t, 0])
+                else:
+                    fcd_fwd_image(&g, &xq[t, 0], &tab[0], &wp[0], &st[0, 0], NULL, NULL, NS,
+                                  NULL, 0, NULL, &yg[t, 0])
+                    fcd_unpack_output(&g, &yg[t, 0], &bias[0], relu, &y[i, 0, 0, 0])
+
+
+def conv2d_direct_backward_data(const float[:, :, :, ::1] gy, const float[:, :, :, ::1] w,
+                                Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl,
+                                float[:, :, :, ::1] gx):
+    """Input gradient (see :func:`fastcnn._ref.conv2d_direct_backward_data`): a stride-1
+    convolution of the output gradient, dilated by the stride, with the rotated weights."""
+    active_isa()
+    cdef Py_ssize_t N = gy.shape[0], OC = gy.shape[1], OH = gy.shape[2], OW = gy.shape[3]
+    cdef Py_ssize_t C = w.shape[1], KH = w.shape[2], KW = w.shape[3], H = gx.shape[2], W = gx.shape[3]
+    _check_windows(H, W, KH, KW, sh, sw, pt, pl, OH, OW, False)
+    _check(w.shape[0] == OC and gx.shape[0] == N and gx.shape[1] == C and H >= 1 and W >= 1
+           and OH >= 1 and OW >= 1 and C >= 1 and OC >= 1,
+           "conv2d_direct_backward_data: shapes do not match")
+    if N == 0:
+        return
+    cdef fcd_geo g
+    fcd_geo_init(&g, OC, OH, OW, sh, sw, C, KH, KW, 1, 1, KH - 1 - pt, KW - 1 - pl, H, W, fcd_J)
+    cdef int nt = _threads_for(N * C * H * W)
+    cdef Py_ssize_t T = min(<Py_ssize_t>nt, N)
+    cdef float[::1] wp = np.empty(g.OCP * OC * KH * KW, np.float32)
+    cdef Py_ssize_t[::1] tab = np.empty(KH * KW, np.intp)
+    cdef float[:, ::1] xq = np.empty((T, g.xq_size), np.float32)
+    cdef float[:, ::1] yg = np.empty((T, g.OCP * g.PR), np.float32)
+    cdef Py_ssize_t[:, ::1] st = np.empty((3, g.P // fcd_VL + 1 + H * (W // fcd_VL + 1)), np.intp)
+    cdef Py_ssize_t t, i, a, b, NS
+    cdef int rows
+    with nogil:
+        fcd_pack_weights(&g, &w[0, 0, 0, 0], 1, &wp[0])
+        fcd_make_tab(&g, &tab[0])
+        NS = fcd_pixel_starts(&g, fcd_VL, &st[0, 0], &st[1, 0], &st[2, 0], &rows)
+        for t in prange(T, schedule='static', num_threads=nt):
+            _blocks(N, T, t, &a, &b)
+            for i in range(a, b):
+                fcd_pack_input(&g, &gy[i, 0, 0, 0], &xq[t, 0])
+                if rows:
+                    fcd_fwd_image(&g, &xq[t, 0], &tab[0], &wp[0], &st[0, 0], &st[1, 0], &st[2, 0],
+                                  NS, NULL, 0, &gx[i, 0, 0, 0], &yg[t, 0])
+                else:
+                    fcd_fwd_image(&g, &xq[t, 0], &tab[0], &wp[0], &st[0, 0], NULL, NULL, NS,
+                                  NULL, 0, NULL, &yg[t, 0])
+                    fcd_unpack_output(&g, &yg[t, 0], NULL, 0, &gx[i, 0, 0, 0])
+
+
+def conv2d_direct_backward_weight(const float[:, :, :, ::1] gy, const float[:, :, :, ::1] x,
+                                  Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl,
+                                  float[:, :, :, ::1] gw, float[::1] gb):
+    """Weight and bias gradients (see :func:`fastcnn._ref.conv2d_direct_backward_weight`).
+
+    Image ``i`` of ``N`` belongs to slot ``i * SLOTS // N``; each (slot, output-channel
+    block) is summed by one thread in image order, then the slots in order: the result does
+    not depend on the thread count."""
+    active_isa()
+    cdef Py_ssize_t N = gy.shape[0], OC = gy.shape[1], OH = gy.shape[2], OW = gy.shape[3]
+    cdef Py_ssize_t C = x.shape[1], KH = gw.shape[2], KW = gw.shape[3], KK = KH * KW
+    _check_windows(x.shape[2], x.shape[3], KH, KW, sh, sw, pt, pl, OH, OW, False)
+    _check(x.shape[0] == N and gw.shape[0] == OC and gw.shape[1] == C and gb.shape[0] == OC
+           and OH >= 1 and OW >= 1 and C >= 1 and OC >= 1,
+           "conv2d_direct_backward_weight: shapes do not match")
+    if N == 0:
+        gw[...] = 0.0
+        gb[...] = 0.0
+        return
+    cdef fcd_geo g
+    fcd_geo_init(&g, C, x.shape[2], x.shape[3], 1, 1, OC, KH, KW, sh, sw, pt, pl, OH, OW, fcd_J)
+    cdef int nt = _threads_for(N * OC * OH * OW)
+    cdef Py_ssize_t VL = fcd_VL, OCV = (OC + VL - 1) // VL * VL
+    # Tiles of V channel vectors x T taps (q = c*KK + kk; padded with offset 0 up to NQB*T).
+    cdef int V = 2 if (OCV // VL) % 2 == 0 else 1
+    cdef Py_ssize_t T = fcd_WT * (2 // V), Q = C * KK, NQB = (Q + T - 1) // T
+    cdef Py_ssize_t NOB = OCV // (V * VL), S = min(<Py_ssize_t>SLOTS, N), P = OH * OW
+    cdef Py_ssize_t NT = S * NOB * NQB
+    cdef Py_ssize_t[::1] tab = np.empty(KK, np.intp)
+    cdef Py_ssize_t[::1] off = np.zeros(NQB * T, np.intp)
+    cdef float[:, ::1] xq = np.empty((N, g.xq_size), np.float32)
+    cdef float[:, ::1] gt = np.empty((N, P * OCV), np.float32)
+    cdef float[:, ::1] part = np.empty((S, NQB * T * OCV), np.float32)
+    cdef float* gwp = &gw[0, 0, 0, 0]
+    cdef Py_ssize_t t, i, s, ob, qb, r, o, q, e
+    with nogil:
+        fcd_make_tab(&g, &tab[0])
+        for q in range(Q):
+            off[q] = (q // KK) * g.plane + tab[q % KK]
+        for i in prange(N, schedule='static', num_threads=nt):
+            fcd_pack_input(&g, &x[i, 0, 0, 0], &xq[i, 0])
+            fcd_pack_grad_t(&g, &gy[i, 0, 0, 0], OCV, &gt[i, 0])
+        # Image i goes to slot i*S//N with S = min(SLOTS, N) (for N >= SLOTS the reference's
+        # i*SLOTS//N); consecutive tasks share a slot's gradient block (cache reuse).
+        for t in prange(NT, schedule='static', num_threads=nt):
+            s = t // (NOB * NQB)
+            r = t - s * (NOB * NQB)
+            ob = r // NQB
+            qb = r - ob * NQB
+            fcd_bwd_weight_tile(&xq[0, 0], g.xq_size, &gt[0, 0], P * OCV, OCV, OH, OW, g.Wq,
+                                (s * N + S - 1) // S, ((s + 1) * N + S - 1) // S, ob, V,
+                                &off[qb * T], &part[s, qb * T * OCV])
+        for e in prange(OC * Q, schedule='static', num_threads=nt):
+            o = e // Q
+            q = e - o * Q
+            gwp[e] = part[0, q * OCV + o]
+            for s in range(1, S):
+                gwp[e] = gwp[e] + part[s, q * OCV + o]
+        for o in prange(OC, schedule='static', num_threads=nt):
+            gb[o] = <float>_plane_sums(&gy[0, o, 0, 0], N, OC * P, P)
+
+
+def fma_peak_probe(long iters, int threads):
+    """Run ``iters`` x 24 independent vector FMA chains on each of ``threads`` threads with
+    the active ISA; returns the FP32 flops done (time the call to get the machine's measured
+    FMA peak)."""
+    active_isa()
+    cdef int t
+    cdef float sink = 0.0
+    with nogil:
+        for t in prange(threads, schedule='static', num_threads=threads):
+            sink += fcd_fma_probe(iters, 0.999999)
+    if sink != sink:  # (keeps the result alive)
+        pass
+    return float(iters) * 24 * fcd_VL * 2 * threads

@@ -1,0 +1,184 @@
+/* Micro-kernels of the direct convolution, compiled once per ISA by conv_direct.h, which
+ * defines FCD_SUFFIX, FCD_VL (lanes), FCD_J (output channels per block), FCD_VMAX (pixel
+ * vectors per forward tile), FCD_WT (taps per weight-gradient tile of 2 channel vectors)
+ * and the vector macros.  Accumulator tiles: J*VMAX (forward) and 2*WT (weight gradient)
+ * vectors, kept in registers (24 zmm with AVX-512).  Every output is accumulated in one fixed order (FMA by FMA). */
+#define FCD_CAT2(a, b) a##_##b
+#define FCD_CAT(a, b) FCD_CAT2(a, b)
+#define FCD_NAME(n) FCD_CAT(n, FCD_SUFFIX)
+#ifndef FCD_UNROLL  /* register tiles: the small constant loops must be fully unrolled */
+#define FCD_UNROLL _Pragma("GCC unroll 32")
+#endif
+
+/* V pixel vectors (grid positions st[v] ... st[v] + VL - 1) x J output channels of block
+ * wpb, over all C*KK taps; vector v goes to yb + jj*PR + so[v].  Every lane computes the
+ * output of its own grid position, so vectors may overlap. */
+static inline __attribute__((always_inline)) void
+FCD_NAME(fcd_fwd_tile)(const float* xq, const fcd_i* tab, const float* wpb, fcd_i C, fcd_i KK,
+                       fcd_i plane, float* yb, fcd_i PR, const fcd_i* st, const fcd_i* so,
+                       const int V)
+{
+    FCD_VT acc[FCD_J][FCD_VMAX];
+    fcd_i c, kk;
+    int jj, v;
+    FCD_UNROLL
+    for (jj = 0; jj < FCD_J; jj++)
+        FCD_UNROLL
+        for (v = 0; v < V; v++)
+            acc[jj][v] = FCD_ZERO();
+    for (c = 0; c < C; c++) {
+        const float* xc = xq + c * plane;
+        const float* wc = wpb + c * KK * FCD_J;
+        for (kk = 0; kk < KK; kk++) {
+            const float* xk = xc + tab[kk];
+            const float* wk = wc + kk * FCD_J;
+            FCD_VT xv[FCD_VMAX];
+            FCD_UNROLL
+            for (v = 0; v < V; v++)
+                xv[v] = FCD_LOAD(xk + st[v]);
+            FCD_UNROLL
+            for (jj = 0; jj < FCD_J; jj++) {
+                FCD_VT b = FCD_SET1(wk[jj]);
+                FCD_UNROLL
+                for (v = 0; v < V; v++)
+                    acc[jj][v] = FCD_FMA(xv[v], b, acc[jj][v]);
+            }
+        }
+    }
+    FCD_UNROLL
+    for (jj = 0; jj < FCD_J; jj++)
+        FCD_UNROLL
+        for (v = 0; v < V; v++)
+            FCD_STORE(yb + jj * PR + so[v], acc[jj][v]);
+}
+
+/* One image: xq (packed input), NS pixel vectors starting at grid positions st (see
+ * fcd_pixel_starts).  With row-aligned vectors (yo != NULL: output offsets oh*OW + ow0 and
+ * nv valid lanes per vector) each tile goes through a small buffer straight to y
+ * (OC, OH, OW) with bias and ReLU; otherwise to the grid yg (OCP, PR), for
+ * fcd_unpack_output. */
+static void FCD_NAME(fcd_fwd_image)(const fcd_geo* g, const float* xq, const fcd_i* tab,
+                                    const float* wp, const fcd_i* st, const fcd_i* yo,
+                                    const fcd_i* nv, fcd_i NS, const float* bias, int relu,
+                                    float* y, float* yg)
+{
+    fcd_i KK = g->KH * g->KW, ob, i, n, TB = FCD_VMAX * FCD_VL;
+    fcd_i loc[FCD_VMAX];
+    float tb[FCD_J * FCD_VMAX * FCD_VL];
+    for (i = 0; i < FCD_VMAX; i++)
+        loc[i] = i * FCD_VL;
+    for (ob = 0; ob < g->OCP / FCD_J; ob++) {
+        const float* wpb = wp + ob * g->C * KK * FCD_J;
+        fcd_i nj = g->OC - ob * FCD_J < FCD_J ? g->OC - ob * FCD_J : FCD_J;
+        for (i = 0; i < NS; i += n) {
+            n = NS - i < FCD_VMAX ? NS - i : FCD_VMAX;
+            float* yb = yo ? tb : yg + ob * FCD_J * g->PR;
+            fcd_i pr = yo ? TB : g->PR;
+            const fcd_i* so = yo ? loc : st + i;
+            if (n == FCD_VMAX)
+                FCD_NAME(fcd_fwd_tile)(xq, tab, wpb, g->C, KK, g->plane, yb, pr, st + i, so, FCD_VMAX);
+            else if (n == 2)  /* FCD_VMAX <= 3 */
+                FCD_NAME(fcd_fwd_tile)(xq, tab, wpb, g->C, KK, g->plane, yb, pr, st + i, so, 2);
+            else
+                FCD_NAME(fcd_fwd_tile)(xq, tab, wpb, g->C, KK, g->plane, yb, pr, st + i, so, 1);
+            if (yo)
+                fcd_store_tile(tb, TB, FCD_VL, n, nj, yo + i, nv + i, bias ? bias + ob * FCD_J : NULL,
+                               relu, y + ob * FCD_J * g->OH * g->OW, g->OH * g->OW);
+        }
+    }
+}
+
+/* Weight gradient, vectorised over output channels: gt holds the output gradient
+ * channels-last ([oh*OW + ow][OCV]), so one tile of V channel vectors x T taps
+ * (q = c*KK + kk, input at xq + off[q] + oh*Wq + ow) is accumulated over every output
+ * position of every image of a slot in registers, with no reduction across lanes. */
+static inline __attribute__((always_inline)) void
+FCD_NAME(fcd_bww_tile)(const float* xq_all, fcd_i xs, const float* gt_all, fcd_i gs, fcd_i OCV,
+                       fcd_i OH, fcd_i OW, fcd_i Wq, fcd_i n0, fcd_i n1, const fcd_i* off,
+                       float* out, const int V, const int T)
+{
+    FCD_VT acc[2][2 * FCD_WT];
+    fcd_i n, oh, ow;
+    int v, t;
+    FCD_UNROLL
+    for (v = 0; v < V; v++)
+        FCD_UNROLL
+        for (t = 0; t < T; t++)
+            acc[v][t] = FCD_ZERO();
+    for (n = n0; n < n1; n++)
+        for (oh = 0; oh < OH; oh++) {  /* valid positions only */
+            const float* xb = xq_all + n * xs + oh * Wq;
+            const float* gb = gt_all + n * gs + oh * OW * OCV;
+            for (ow = 0; ow < OW; ow++) {
+                FCD_VT gv[2];
+                FCD_UNROLL
+                for (v = 0; v < V; v++)
+                    gv[v] = FCD_LOAD(gb + ow * OCV + v * FCD_VL);
+                FCD_UNROLL
+                for (t = 0; t < T; t++) {
+                    FCD_VT b = FCD_SET1(xb[off[t] + ow]);
+                    FCD_UNROLL
+                    for (v = 0; v < V; v++)
+                        acc[v][t] = FCD_FMA(gv[v], b, acc[v][t]);
+                }
+            }
+        }
+    FCD_UNROLL
+    for (t = 0; t < T; t++)
+        FCD_UNROLL
+        for (v = 0; v < V; v++)
+            FCD_STORE(out + t * OCV + v * FCD_VL, acc[v][t]);
+}
+
+/* Task: images n0 .. n1-1 (one slot, summed in order), channel vectors ob*V ... (V = 1 or
+ * 2 vectors of VL channels), taps off[0 .. T) with T = fcd_bww_taps(V); writes
+ * out[t*OCV + channel] (out: the slot's (Q, OCV) partial sum, offset to the tile). */
+static void FCD_NAME(fcd_bwd_weight_tile)(const float* xq_all, fcd_i xs, const float* gt_all,
+                                          fcd_i gs, fcd_i OCV, fcd_i OH, fcd_i OW, fcd_i Wq,
+                                          fcd_i n0, fcd_i n1, fcd_i ob, int V, const fcd_i* off,
+                                          float* out)
+{
+    const float* gt = gt_all + ob * V * FCD_VL;
+    float* o = out + ob * V * FCD_VL;
+    if (V == 2)
+        FCD_NAME(fcd_bww_tile)(xq_all, xs, gt, gs, OCV, OH, OW, Wq, n0, n1, off, o, 2, FCD_WT);
+    else
+        FCD_NAME(fcd_bww_tile)(xq_all, xs, gt, gs, OCV, OH, OW, Wq, n0, n1, off, o, 1, 2 * FCD_WT);
+}
+
+/* Peak probe: iters x 24 independent FMA chains of one vector each; returns a lane sum so
+ * that nothing is optimised away.  Flops = iters * 24 * VL * 2. */
+static float FCD_NAME(fcd_fma_probe)(long iters, float m)
+{
+    FCD_VT acc[24], mv = FCD_SET1(m), av = FCD_SET1(1e-7f);
+    float out[FCD_VL], s = 0.0f;
+    long it;
+    int k, l;
+    FCD_UNROLL
+    for (k = 0; k < 24; k++)
+        acc[k] = FCD_SET1((float)k);
+    for (it = 0; it < iters; it++)
+        FCD_UNROLL
+        for (k = 0; k < 24; k++)
+            acc[k] = FCD_FMA(acc[k], mv, av);
+    FCD_UNROLL
+    for (k = 1; k < 24; k++)
+        acc[0] = acc[0] + acc[k];
+    FCD_STORE(out, acc[0]);
+    FCD_UNROLL
+    for (l = 0; l < FCD_VL; l++)
+        s += out[l];
+    return s;
+}
+
+#undef FCD_SUFFIX
+#undef FCD_VL
+#undef FCD_J
+#undef FCD_VMAX
+#undef FCD_WT
+#undef FCD_VT
+#undef FCD_LOAD
+#undef FCD_STORE
+#undef FCD_SET1
+#undef FCD_ZERO
+#undef FCD_FMA
