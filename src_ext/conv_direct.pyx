@@ -6,7 +6,6 @@ callers in ``fastcnn.functional`` have validated everything; the checks here onl
 mistaken direct call from reading or writing out of bounds.  The SIMD path (AVX-512, AVX2+FMA
 or a portable baseline) is chosen at import from the CPU, or forced by ``FASTCNN_ISA``.
 """
-import os
 
 import numpy as np
 
@@ -40,9 +39,7 @@ cdef extern from "conv_direct.h" nogil:
     fcd_i fcd_VL
     fcd_i fcd_WT
 
-#: SIMD paths, slowest first (index = the C code's ISA number).
-ISAS = ("baseline", "avx2", "avx512")
-ENV_ISA = "FASTCNN_ISA"
+from fastcnn._config import ENV_ISA, ISAS, requested_isa  # ISAS: slowest first = the C code's ISA number
 #: Fixed slots of consecutive images for the weight gradient (as ``_ref.SLOTS``): the sum
 #: order does not depend on the thread count.
 SLOTS = 8
@@ -58,13 +55,14 @@ def supported_isas():
 
 def _select():
     global _active, _error
-    want = os.environ.get(ENV_ISA, "").strip().lower()
-    have = supported_isas()
-    if want in ("", "auto"):
-        want = have[len(have) - 1]
-    elif want not in ISAS:
-        _error = f"{ENV_ISA} must be one of {', '.join(ISAS[::-1])} (or unset), got {want!r}"
+    try:
+        want = requested_isa()
+    except ValueError as exc:
+        _error = str(exc)
         return
+    have = supported_isas()
+    if want is None:
+        want = have[len(have) - 1]
     elif want not in have:
         _error = (f"{ENV_ISA}={want}, but this CPU or build supports only {', '.join(have)}; "
                   f"unset {ENV_ISA} or choose one of those")
