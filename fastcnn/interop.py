@@ -9,7 +9,8 @@ def to_torch(model):
     """A ``torch.nn.Sequential`` computing what ``model`` computes, with its weights.
 
     Supports Conv2D (int/pair padding, or ``"same"`` with stride 1 and odd kernels), the
-    pooling layers, ReLU, Flatten, Dense, BatchNorm2D and nested Sequential.
+    pooling layers (max, average, sum, global average), ReLU, Sigmoid, Tanh, Dropout, Flatten,
+    Dense, BatchNorm2D, Residual and nested Sequential.
     """
     import torch
     from torch import nn
@@ -42,6 +43,21 @@ def to_torch(model):
             mods.append(nn.Linear(a["in_features"], a["out_features"], bias=a["bias"]))
         elif isinstance(layer, L.BatchNorm2D):
             mods.append(nn.BatchNorm2d(layer._args["num_features"], layer.eps, layer.momentum))
+        elif isinstance(layer, L.SumPool2D):
+            k, st, pad = layer.kernel_size, layer.stride, layer.padding
+            if pad == "same":
+                raise ValueError("to_torch: pooling with 'same' padding has no torch equivalent")
+            mods.append(nn.AvgPool2d(k, st, 0 if pad == "valid" else pad, divisor_override=1))
+        elif isinstance(layer, L.GlobalAvgPool2D):
+            mods.append(nn.AdaptiveAvgPool2d(1))
+        elif isinstance(layer, L.Sigmoid):
+            mods.append(nn.Sigmoid())
+        elif isinstance(layer, L.Tanh):
+            mods.append(nn.Tanh())
+        elif isinstance(layer, L.Dropout):
+            mods.append(nn.Dropout(layer.p))
+        elif isinstance(layer, L.Residual):
+            mods.append(_TorchResidual(to_torch(layer.body), to_torch(layer.shortcut)))
         elif isinstance(layer, Sequential):
             mods.append(to_torch(layer))
         else:
@@ -50,6 +66,23 @@ def to_torch(model):
     twin.load_state_dict({k: torch.tensor(np.asarray(v)) for k, v in model.state_dict().items()})
     twin.train(model.training)
     return twin
+
+
+def _TorchResidual(body, shortcut):
+    """``relu(body(x) + shortcut(x))`` as a torch module (state-dict names ``body.*``,
+    ``shortcut.*`` as :class:`fastcnn.layers.Residual`)."""
+    import torch
+    from torch import nn
+
+    class Residual(nn.Module):
+        def __init__(self, body, shortcut):
+            super().__init__()
+            self.body, self.shortcut = body, shortcut
+
+        def forward(self, x):
+            return torch.relu(self.body(x) + self.shortcut(x))
+
+    return Residual(body, shortcut)
 
 
 def state_dict_from_torch(module):
