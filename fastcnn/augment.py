@@ -139,7 +139,7 @@ class Pipeline:
         if x.ndim == 3:
             x = x[:, None]
         out = x.astype(np.float32)
-        out *= np.float32(1 / 255)
+        out /= np.float32(255.0)  # as data.to_float and torchvision ToTensor
         if self.input_size:
             from .train import pad_to
 
