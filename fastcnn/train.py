@@ -529,7 +529,7 @@ def save_checkpoint(path, model, optimizer, state, history):
     extra = {"__optim__." + k: v for k, v in optimizer.state_dict().items()}
     for key in ("loss", "accuracy"):
         extra["__history__." + key] = np.asarray(history.get(key, []), np.float64)
-    save(model, path, metadata={"model": state["model"], "trainer": state}, extra=extra)
+    save(model, path, metadata={"model": state.get("model"), "trainer": state}, extra=extra)
 
 
 def load_checkpoint(path):
