@@ -243,3 +243,57 @@ def test_cli_flags_build_optimizer_schedule_and_normalisation(tmp_path):
     assert bad.returncode == 1 and "28x28" in bad.stderr
     bad = _cli("train", "--model", "bn", "--early-stop", "2", "--out", str(tmp_path / "b"))
     assert bad.returncode == 1 and "--val-split" in bad.stderr
+
+
+# --------------------------------------------------------------------------- ResNet parity with PyTorch
+
+@pytest.mark.parametrize("batch", [20, pytest.param(100, marks=pytest.mark.slow)])
+def test_resnet_cifar10_loss_curve_matches_torch(batch):
+    """The tutorial ResNet on real CIFAR-10, tutorial augmentation, Adam 1e-3, 30 steps, from
+    the same weights and the same augmented batches as fit() draws them.  Gold: PyTorch in
+    float64.  fastcnn's per-step loss must follow it as closely as PyTorch's own float32 run
+    does, or within 1e-3 relative, whichever is looser; the initial logits within 1e-4."""
+    torch = pytest.importorskip("torch")
+    from fastcnn import data, models
+    from fastcnn.interop import to_torch
+
+    x, y = data.load_cifar10(_cifar_root(), "train")
+    x, y = x[:45000], y[:45000]
+    model = models.build("resnet", seed=0)
+    gold = to_torch(model).double()
+    t32 = to_torch(model).float()
+    pipe = augment.from_name("tutorial")
+    xb0 = pipe(x[:batch], np.random.default_rng(0))
+    model.eval()
+    gold.eval()
+    with torch.no_grad():
+        want = gold(torch.tensor(xb0, dtype=torch.float64)).numpy()
+    assert np.abs(model.forward(xb0) - want).max() <= 1e-4
+    model.train()
+    gold.train()
+    opt = optim.Adam(model.parameters(), 1e-3)
+    gopt = torch.optim.Adam(gold.parameters(), 1e-3)
+    topt = torch.optim.Adam(t32.parameters(), 1e-3)
+    loss_fn = losses.SoftmaxCrossEntropy()
+    trainer = Trainer(model, loss_fn, opt, (x, y), epochs=1, batch_size=batch, augment=pipe, seed=0)
+    order = np.random.default_rng([0, 0]).permutation(len(y))
+    ours, gold_l, f32 = [], [], []
+    for step in range(30):
+        xb, yb = trainer._batch(order, step)  # exactly what fit() trains on
+        opt.zero_grad()
+        ours.append(loss_fn.forward(model.forward(xb), yb))
+        model.backward(loss_fn.backward())
+        opt.step()
+        for net, o, dt, out in ((gold, gopt, torch.float64, gold_l), (t32, topt, torch.float32, f32)):
+            o.zero_grad()
+            loss = torch.nn.functional.cross_entropy(net(torch.tensor(xb, dtype=dt)), torch.tensor(yb))
+            loss.backward()
+            o.step()
+            out.append(loss.item())
+    ours, gold_l, f32 = map(np.asarray, (ours, gold_l, f32))
+    rel_ours = np.abs(ours - gold_l) / np.abs(gold_l)
+    rel_torch = np.abs(f32 - gold_l) / np.abs(gold_l)
+    print(f"batch {batch}: max rel diff from float64 torch: fastcnn {rel_ours.max():.2e}, "
+          f"torch float32 {rel_torch.max():.2e}")
+    assert rel_ours.max() <= max(rel_torch.max(), 1e-3)
+    assert gold_l[-5:].mean() < gold_l[:5].mean()  # it is learning
