@@ -199,7 +199,15 @@ class Trainer:
                 cb.load_state_dict(st["callbacks"][key])
 
     def _stateful_callbacks(self):
-        return [(f"{i}.{type(cb).__name__}", cb) for i, cb in enumerate(self.callbacks) if hasattr(cb, "state_dict")]
+        """(key, callback) of callbacks with state; the key is the class name and its
+        occurrence, so adding a stateless callback on resume does not shift the keys."""
+        out, seen = [], {}
+        for cb in self.callbacks:
+            if hasattr(cb, "state_dict"):
+                name = type(cb).__name__
+                seen[name] = seen.get(name, -1) + 1
+                out.append((f"{name}.{seen[name]}", cb))
+        return out
 
     def state_dict(self):
         """Everything needed to resume (JSON-able): position, timings, epoch logs, callbacks."""

@@ -145,7 +145,8 @@ def test_resume_mid_epoch_is_bit_identical(tmp_path):
     opt = optim.AdamW(model.parameters(), 0.02, weight_decay=0.05)
     opt.load_state_dict(opt_state)
     stop2 = EarlyStopping(5)
-    model, opt, hist = run([stop2], model=model, opt=opt, state=state, step_history=steps)
+    model, opt, hist = run([CSVLogger(tmp_path / "h.csv"), stop2], model=model, opt=opt, state=state,
+                           step_history=steps)
     assert stop2.best == max(h["val_accuracy"] for h in full_hist)  # its state came through the checkpoint
     for k, v in full_model.state_dict().items():
         assert v.tobytes() == model.state_dict()[k].tobytes(), k
