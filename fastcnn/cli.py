@@ -7,6 +7,8 @@ import os
 import platform
 import sys
 
+from .train import Callback
+
 SIMD_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512dq", "avx512cd", "avx512bw",
               "avx512vl", "avx512_vnni", "avx512_bf16", "amx_tile", "neon", "asimd", "sve")
 
@@ -26,24 +28,52 @@ def cpu_simd_features():
 
 
 def _parser():
-    from . import models
+    from . import augment, data, models, train
 
     p = argparse.ArgumentParser(prog="fastcnn", description="Fast CPU convolutional networks.")
     sub = p.add_subparsers(dest="command", required=True)
-    t = sub.add_parser("train", help="train a seed-tutorial network on MNIST")
+    t = sub.add_parser("train", help="train a seed-tutorial network on MNIST, Fashion-MNIST or CIFAR-10")
     t.add_argument("--model", choices=models.NAMES, default=None)
+    t.add_argument("--dataset", choices=data.DATASETS, default=None, help="default: mnist")
     t.add_argument("--epochs", type=int, default=None, help="default: 1")
     t.add_argument("--batch-size", type=int, default=None, help="default: the model's recipe")
     t.add_argument("--lr", type=float, default=None, help="default: the model's recipe")
-    t.add_argument("--optimizer", choices=("sgd", "adam"), default=None, help="default: the model's recipe")
+    t.add_argument("--optimizer", choices=train.OPTIMIZERS, default=None, help="default: the model's recipe")
+    t.add_argument("--momentum", type=float, default=None, help="SGD momentum (default 0)")
+    t.add_argument("--nesterov", action="store_true", default=None, help="Nesterov momentum (SGD)")
+    t.add_argument("--weight-decay", type=float, default=None,
+                   help="L2 (sgd, adam) or decoupled (adamw) weight decay (default: torch's, 0 / 0.01)")
+    t.add_argument("--schedule", choices=("none", "step", "multistep", "cosine"), default=None,
+                   help="learning-rate schedule over epochs (default: the recipe's; resnet on cifar10: "
+                        "step, /3 every 20 epochs)")
+    t.add_argument("--step-size", type=int, default=None, help="step schedule: epochs per decay (default 20)")
+    t.add_argument("--gamma", type=float, default=None, help="step/multistep factor (default 0.1; recipe 1/3)")
+    t.add_argument("--milestones", default=None, help="multistep: comma-separated epochs, e.g. 30,60")
+    t.add_argument("--min-lr", type=float, default=None, help="cosine: final learning rate (default 0)")
+    t.add_argument("--warmup", type=int, default=None, metavar="EPOCHS",
+                   help="linear warm-up over EPOCHS epochs, chained with the schedule")
+    t.add_argument("--warmup-factor", type=float, default=None, help="warm-up start factor (default 0.1)")
+    t.add_argument("--augment", choices=tuple(augment.RECIPES), default=None,
+                   help="crop: pad 4 + random crop 32 + flip; tutorial: resize 40 + random crop 32 + "
+                        "flip (default: the recipe's; resnet on cifar10: tutorial)")
+    t.add_argument("--normalize", action="store_true", default=None,
+                   help="per-channel normalisation with the training images' mean and std")
     t.add_argument("--backend", default=None, help="numpy, numba or cython (default: fastest available)")
     t.add_argument("--threads", type=int, default=None)
     t.add_argument("--seed", type=int, default=None, help="default: 0")
-    t.add_argument("--data-dir", default=None, help="MNIST directory (default: $FASTCNN_DATA)")
-    t.add_argument("--download", action="store_true", help="download MNIST if missing")
+    t.add_argument("--data-dir", default=None,
+                   help="data root: a dataset's directory, or a parent of mnist/, fashion-mnist/, cifar10/ "
+                        "(default: $FASTCNN_DATA, then ~/.cache/fastcnn/<dataset>)")
+    t.add_argument("--download", action="store_true", help="download the dataset if missing")
+    t.add_argument("--test-file", default=None,
+                   help="cifar10: read this test file instead of test_batch.bin (e.g. a partial test set)")
     t.add_argument("--out", default="runs/latest", help="output directory (default: runs/latest)")
-    t.add_argument("--limit", type=int, default=None, help="train on the first N images only")
-    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--limit", type=int, default=None, help="use the first N training images only")
+    t.add_argument("--val-split", type=int, default=None, metavar="N",
+                   help="hold out the last N training images as a validation set, evaluated every epoch")
+    t.add_argument("--early-stop", type=int, default=None, metavar="PATIENCE",
+                   help="stop after PATIENCE epochs without a better validation accuracy")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar (one line per epoch)")
     t.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
                    help="write OUT/checkpoint.npz every N steps and after each epoch")
     t.add_argument("--resume", default=None, metavar="PATH", help="continue from a checkpoint")
@@ -51,9 +81,11 @@ def _parser():
                    help="check parameters and gradients for NaN/Inf after every step (slow)")
     t.add_argument("--tensorboard", default=None, metavar="DIR",
                    help='write TensorBoard event files to DIR (needs pip install "fastcnn[tensorboard]")')
-    e = sub.add_parser("evaluate", help="evaluate a checkpoint on the MNIST test split")
+    e = sub.add_parser("evaluate", help="evaluate a checkpoint on a test split")
     e.add_argument("--checkpoint", required=True)
+    e.add_argument("--dataset", choices=data.DATASETS, default=None, help="default: the checkpoint's")
     e.add_argument("--data-dir", default=None)
+    e.add_argument("--test-file", default=None, help="cifar10: test file to read instead of test_batch.bin")
     e.add_argument("--backend", default=None)
     e.add_argument("--threads", type=int, default=None)
     x = sub.add_parser("export", help="export a checkpoint to ONNX or safetensors")
@@ -156,7 +188,9 @@ def cmd_info(args):
     return 0
 
 
-def _plot(history, test_acc, path):
+def _plot(steps, epochs, test_acc, path):
+    """Training curves: per-step loss (log scale) and accuracies (training mean per window,
+    validation per epoch, test)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -165,22 +199,27 @@ def _plot(history, test_acc, path):
 
     from .model import atomic_write
 
-    loss = np.asarray(history["loss"])
-    acc = np.asarray(history["accuracy"])
+    loss = np.asarray(steps["loss"])
+    acc = np.asarray(steps["accuracy"])
     win = max(1, min(len(loss) // 50, 1000))
     kernel = np.ones(win) / win
-    steps = np.arange(len(loss))
+    x = np.arange(len(loss))
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
-    a1.plot(steps, loss, alpha=0.25, lw=0.5, label="per step")
+    a1.plot(x, loss, alpha=0.25, lw=0.5, label="per step")
     if len(loss) >= win:
-        a1.plot(steps[win - 1:], np.convolve(loss, kernel, "valid"), label=f"mean of {win}")
+        a1.plot(x[win - 1:], np.convolve(loss, kernel, "valid"), label=f"mean of {win}")
     a1.set_xlabel("step")
     a1.set_ylabel("training loss")
     a1.set_yscale("log")
     a1.legend()
     if len(acc) >= win:
-        a2.plot(steps[win - 1:], np.convolve(acc, kernel, "valid"), label=f"training (mean of {win})")
-    a2.axhline(test_acc, color="C3", ls="--", label=f"test {test_acc:.4f}")
+        a2.plot(x[win - 1:], np.convolve(acc, kernel, "valid"), label=f"training (mean of {win})")
+    val = [(e["epoch"], e["val_accuracy"]) for e in epochs if e.get("val_accuracy") is not None]
+    if val and len(loss):
+        per_epoch = len(loss) / max(e["epoch"] for e in epochs)
+        a2.plot([ep * per_epoch for ep, _ in val], [v for _, v in val], "o-", label="validation")
+    if test_acc is not None:
+        a2.axhline(test_acc, color="C3", ls="--", label=f"test {test_acc:.4f}")
     a2.set_xlabel("step")
     a2.set_ylabel("accuracy")
     a2.legend(loc="lower right")
@@ -191,147 +230,311 @@ def _plot(history, test_acc, path):
     atomic_write(path, lambda f: f.write(buf.getvalue()))
 
 
-def cmd_train(args):
-    import numpy as np
-    from tqdm import tqdm
+# --------------------------------------------------------------------------- train: pieces
 
-    import fastcnn
-    from . import data, models
-    from .model import atomic_write
-    from .train import (Interrupted, SignalFlag, evaluate, load_checkpoint, make_optimizer, save_checkpoint,
-                        train_epoch)
+#: Run settings kept in a checkpoint; a --resume refuses a command line that contradicts them.
+_RESUME_CHECKED = ("model", "dataset", "batch_size", "lr", "optimizer", "seed", "limit", "val_split",
+                   "momentum", "weight_decay", "augment")
 
+
+def _check_args(args):
     for name, value, low in (("--epochs", args.epochs, 1), ("--batch-size", args.batch_size, 1),
-                             ("--limit", args.limit, 1), ("--checkpoint-every", args.checkpoint_every, 1)):
+                             ("--limit", args.limit, 1), ("--checkpoint-every", args.checkpoint_every, 1),
+                             ("--val-split", args.val_split, 0), ("--early-stop", args.early_stop, 1),
+                             ("--step-size", args.step_size, 1), ("--warmup", args.warmup, 1)):
         if value is not None and value < low:
             raise ValueError(f"{name} must be >= {low}, got {value}")
-    if args.lr is not None and not args.lr > 0:
-        raise ValueError(f"--lr must be > 0, got {args.lr}")
-    _setup(args)
-    if args.resume:
-        model, opt_state, state, history = load_checkpoint(args.resume)
-        for key, given in (("model", args.model), ("batch_size", args.batch_size), ("lr", args.lr),
-                           ("optimizer", args.optimizer), ("seed", args.seed), ("limit", args.limit)):
-            if given is not None and given != state[key]:
-                raise ValueError(f"--resume: checkpoint has {key} {state[key]!r}, the command line says {given!r}")
-        if args.epochs is not None:
-            state["epochs"] = args.epochs
-        optimizer = make_optimizer(state["optimizer"], model.parameters(), state["lr"])
-        optimizer.load_state_dict(opt_state)
-    else:
-        if args.model is None:
-            raise ValueError("--model is required (or --resume CHECKPOINT)")
-        recipe = models.RECIPES[args.model]
-        state = {
-            "model": args.model, "seed": args.seed if args.seed is not None else 0,
-            "batch_size": args.batch_size or recipe["batch_size"], "lr": args.lr or recipe["lr"],
-            "optimizer": args.optimizer or recipe["optimizer"], "epochs": args.epochs or 1, "limit": args.limit,
-            "epoch": 0, "step": 0, "epoch_seconds": [], "images_seen": 0, "seconds": 0.0,
-        }
-        model = models.build(state["model"], seed=state["seed"], in_channels=1)
-        optimizer = make_optimizer(state["optimizer"], model.parameters(), state["lr"])
-        history = {}
-    train_x, train_y = data.load_mnist(args.data_dir, "train", download=args.download)
-    test_x, test_y = data.load_mnist(args.data_dir, "test", download=args.download)
-    if state["limit"]:
-        train_x, train_y = train_x[:state["limit"]], train_y[:state["limit"]]
-    backend, threads = fastcnn.get_backend(), fastcnn.get_num_threads()
-    state["backend"], state["threads"] = backend, threads
-    fastcnn.warmup(backend)
-    input_size = models.INPUT_SIZE[state["model"]]
-    os.makedirs(args.out, exist_ok=True)
-    ckpt = os.path.join(args.out, "checkpoint.npz")
-    print(f"training {state['model']} on {len(train_y)} images: {state['optimizer']} lr {state['lr']}, "
-          f"batch {state['batch_size']}, {state['epochs']} epoch(s), backend {backend}, {threads} thread(s)"
-          + (f", resuming at epoch {state['epoch'] + 1} step {state['step']}" if args.resume else ""),
-          file=sys.stderr)
-    tb = trainer = None
-    if args.tensorboard:
-        from types import SimpleNamespace
+    for name, value in (("--lr", args.lr), ("--gamma", args.gamma), ("--warmup-factor", args.warmup_factor)):
+        if value is not None and not value > 0:
+            raise ValueError(f"{name} must be > 0, got {value}")
+    if args.early_stop and not args.val_split and not args.resume:
+        raise ValueError("--early-stop needs a validation set: add --val-split N")
 
-        from .tensorboard import TensorBoardCallback
 
-        tb = TensorBoardCallback(args.tensorboard)
-        trainer = SimpleNamespace(model=model, optimizer=optimizer, history=history, epoch=state["epoch"],
-                                  global_step=0, stop_training=False)
-        tb.on_train_begin(trainer)
-    with SignalFlag() as flag:
-        def on_step(step):
-            state["step"] = step + 1
-            if tb is not None:
-                trainer.global_step += 1
-                tb.on_step_end(trainer, step, history["loss"][-1])
-            done = state["images_seen"] + seen_in_epoch(step)
-            if flag.signum is not None:
-                state["partial_images"] = done - state["images_seen"]
-                save_checkpoint(ckpt, model, optimizer, state, history)
-                raise Interrupted(flag.signum, ckpt)
-            if args.checkpoint_every and (step + 1) % args.checkpoint_every == 0:
-                save_checkpoint(ckpt, model, optimizer, state, history)
+def _new_config(args):
+    """The run's settings: the model's recipe on the dataset, overridden by the flags."""
+    from . import models
 
-        def seen_in_epoch(step):
-            return min((step + 1) * state["batch_size"], len(train_y))
+    if args.model is None:
+        raise ValueError("--model is required (or --resume CHECKPOINT)")
+    dataset = args.dataset or "mnist"
+    r = models.recipe(args.model, dataset)
+    sched = args.schedule or r["schedule"]
+    cfg = {
+        "model": args.model, "dataset": dataset, "seed": args.seed if args.seed is not None else 0,
+        "batch_size": args.batch_size or r["batch_size"], "lr": args.lr or r["lr"],
+        "optimizer": args.optimizer or r["optimizer"], "momentum": args.momentum or 0.0,
+        "nesterov": bool(args.nesterov), "weight_decay": args.weight_decay,
+        "epochs": args.epochs or 1, "limit": args.limit, "val_split": args.val_split or 0,
+        "early_stop": args.early_stop, "augment": args.augment or r["augment"],
+        "normalize": bool(args.normalize), "test_file": args.test_file,
+        "schedule": _schedule_config(args, sched, r),
+    }
+    return cfg
 
-        while state["epoch"] < state["epochs"]:
-            epoch = state["epoch"]
-            with tqdm(total=len(train_y), desc=f"epoch {epoch + 1}/{state['epochs']}", unit="img",
-                      mininterval=0.5, disable=args.no_progress, file=sys.stderr) as bar:
-                seen, seconds = train_epoch(model, optimizer, train_x, train_y, batch_size=state["batch_size"],
-                                            seed=state["seed"], epoch=epoch, start_step=state["step"],
-                                            input_size=input_size, progress=bar, on_step=on_step,
-                                            history=history, detect_anomaly=args.detect_anomaly)
-            state["epoch_seconds"].append(seconds)
-            state["images_seen"] += seen
-            state["seconds"] += seconds
-            state["epoch"], state["step"] = epoch + 1, 0
-            if tb is not None:
-                steps = -(-seen // state["batch_size"])  # this epoch's steps in this process
 
-                def mean(key):
-                    return float(np.mean(history[key][-steps:])) if steps else None
+def _schedule_config(args, kind, recipe):
+    from . import optim
 
-                trainer.epoch = epoch + 1
-                tb.on_epoch_end(trainer, epoch, {
-                    "epoch": epoch + 1, "loss": mean("loss"), "accuracy": mean("accuracy"), "val_loss": None,
-                    "val_accuracy": None, "lr": state["lr"], "seconds": seconds,
-                    "images_per_s": seen / max(seconds, 1e-9)})
-            if args.checkpoint_every:
-                save_checkpoint(ckpt, model, optimizer, state, history)
-    if tb is not None:
-        tb.on_train_end(trainer)
-    test_acc, test_loss = evaluate(model, test_x, test_y, input_size=input_size)
+    s = None
+    if kind == "step":
+        step = args.step_size or recipe.get("step_size", 20)
+        gamma = args.gamma if args.gamma is not None else recipe.get("gamma", 0.1)
+        s = optim.StepLR(step, gamma)
+    elif kind == "multistep":
+        if not args.milestones:
+            raise ValueError("--schedule multistep needs --milestones, e.g. --milestones 30,60")
+        try:
+            ms = [int(v) for v in args.milestones.split(",") if v.strip()]
+        except ValueError:
+            raise ValueError(f"--milestones must be comma-separated integers, got {args.milestones!r}") from None
+        s = optim.MultiStepLR(ms, args.gamma if args.gamma is not None else 0.1)
+    elif kind == "cosine":
+        s = optim.CosineAnnealingLR(args.epochs or 1, args.min_lr or 0.0)
+    if args.warmup:
+        w = optim.LinearLR(args.warmup_factor or 0.1, 1.0, args.warmup)
+        s = w if s is None else optim.Chained(w, s)
+    return None if s is None else s.config()
+
+
+def _resume_config(args):
+    """Model, optimizer state, run settings and fit state of ``--resume``; flags that
+    contradict the checkpoint are refused."""
+    from .train import load_checkpoint
+
+    model, opt_state, state, steps = load_checkpoint(args.resume)
+    for key, default in (("dataset", "mnist"), ("augment", "none"), ("normalize", False), ("schedule", None),
+                         ("val_split", 0), ("early_stop", None), ("test_file", None), ("momentum", 0.0),
+                         ("nesterov", False), ("weight_decay", None)):
+        state.setdefault(key, default)
+    for key in _RESUME_CHECKED:
+        given = getattr(args, key, None)
+        if given is not None and key in state and given != state[key]:
+            raise ValueError(f"--resume: checkpoint has {key} {state[key]!r}, the command line says {given!r}")
+    if args.epochs is not None:
+        state["epochs"] = args.epochs
+    return model, opt_state, state, steps
+
+
+def _load_data(cfg, args):
+    """(train, val, test) uint8 image/label pairs, with --limit and --val-split applied."""
+    from . import data, models
+
+    kw = {"test_file": cfg["test_file"]} if cfg.get("test_file") else {}
+    if kw and cfg["dataset"] != "cifar10":
+        raise ValueError("--test-file applies to --dataset cifar10 only")
+    import warnings
+
+    train_x, train_y = data.load_dataset(cfg["dataset"], args.data_dir, "train", download=args.download)
+    with warnings.catch_warnings():  # a partial test file: the banner says what was read
+        warnings.simplefilter("ignore", UserWarning)
+        test_x, test_y = data.load_dataset(cfg["dataset"], args.data_dir, "test", download=args.download, **kw)
+    size = models.INPUT_SIZE[cfg["model"]]
+    if train_x.shape[2] > size:
+        raise ValueError(f"model {cfg['model']} takes {size}x{size} images; {cfg['dataset']} images are "
+                         f"{train_x.shape[2]}x{train_x.shape[3]} (use --model resnet)")
+    if cfg["limit"]:
+        train_x, train_y = train_x[:cfg["limit"]], train_y[:cfg["limit"]]
+    v = cfg.get("val_split") or 0
+    if v >= len(train_y):
+        raise ValueError(f"--val-split {v} leaves no training images (only {len(train_y)})")
+    val = (train_x[len(train_y) - v:], train_y[len(train_y) - v:]) if v else None
+    train = (train_x[:len(train_y) - v], train_y[:len(train_y) - v])
+    return train, val, (test_x, test_y)
+
+
+def _pipeline(cfg, train_images):
+    """The augmentation/preprocessing pipeline; with --normalize the per-channel mean and std
+    of the training images (computed once, then kept in the run settings)."""
+    from . import augment, models
+
+    if cfg["normalize"] and cfg.get("mean") is None:
+        cfg["mean"], cfg["std"] = augment.channel_stats(train_images)
+    size = models.INPUT_SIZE[cfg["model"]]
+    pad = size if train_images.shape[-1] < size else None
+    return augment.from_name(cfg["augment"], cfg.get("mean"), cfg.get("std"), input_size=pad)
+
+
+def _preprocess_record(cfg, pipe, images):
+    """What ``fastcnn predict`` needs to prepare an image: ``x = (pixel / 255 - mean) / std``
+    per channel, zero-padded to ``input_shape``."""
+    from . import data, models
+
+    c = images.shape[1]
+    size = models.INPUT_SIZE[cfg["model"]]
+    return {"dataset": cfg["dataset"], "input_shape": [c, size, size],
+            "mean": pipe.mean or [0.0] * c, "std": pipe.std or [1.0] * c,
+            "classes": data.CLASSES[cfg["dataset"]]}
+
+
+class _Checkpointing(Callback):
+    """Callback: ``checkpoint.npz`` every N steps and after each epoch (with
+    ``--checkpoint-every``), and on SIGINT/SIGTERM (then raise :class:`Interrupted`)."""
+
+    def __init__(self, path, every, cfg, flag):
+        self.path, self.every, self.cfg, self.flag = path, every, cfg, flag
+
+    def save(self, trainer, partial=False):
+        from .train import save_checkpoint
+
+        st = trainer.partial_state() if partial else trainer.state_dict()
+        save_checkpoint(self.path, trainer.model, trainer.optimizer, {**self.cfg, **st}, trainer.steps)
+
+    def on_step_end(self, trainer, step, loss):
+        from .train import Interrupted
+
+        if self.flag.signum is not None:
+            self.save(trainer, partial=True)
+            raise Interrupted(self.flag.signum, self.path)
+        if self.every and trainer.step % self.every == 0:
+            self.save(trainer, partial=True)
+
+    def on_epoch_end(self, trainer, epoch, logs):
+        if self.every:
+            self.save(trainer)
+
+
+def _write_outputs(out, cfg, model, history, steps, test, preprocess_meta, backend, threads, resumed):
+    """Final evaluation on the test split; model.npz, metrics.json, history.csv, curves.png."""
+    import numpy as np
+
+    import fastcnn
+    from .model import atomic_write
+    from .train import evaluate, write_history_csv
+
+    test_x, test_y = test
+    test_acc, test_loss = evaluate(model, test_x, test_y, preprocess=cfg["_pipeline"].eval)
+    seconds = sum(e["seconds"] for e in history)
+    images = sum(e["images_per_s"] * e["seconds"] for e in history)
+    vals = [e["val_accuracy"] for e in history if e.get("val_accuracy") is not None]
     metrics = {
-        "model": state["model"], "test_accuracy": test_acc, "test_loss": test_loss,
-        "epoch_seconds": state["epoch_seconds"],
-        "train_images_per_second": state["images_seen"] / max(state["seconds"], 1e-9),
-        "backend": backend, "threads": threads, "epochs": state["epochs"], "batch_size": state["batch_size"],
-        "lr": state["lr"], "optimizer": state["optimizer"], "seed": state["seed"],
-        "train_images": int(len(train_y)), "resumed": bool(args.resume),
-        "final_train_loss": float(np.mean(history["loss"][-100:])) if history.get("loss") else None,
+        "model": cfg["model"], "dataset": cfg["dataset"], "test_accuracy": test_acc, "test_loss": test_loss,
+        "test_images": int(len(test_y)), "test_file": cfg.get("test_file"),
+        "epoch_seconds": [e["seconds"] for e in history],
+        "train_images_per_second": images / max(seconds, 1e-9),
+        "backend": backend, "threads": threads, "epochs": cfg["epochs"], "epochs_run": len(history),
+        "batch_size": cfg["batch_size"], "lr": cfg["lr"], "optimizer": cfg["optimizer"], "seed": cfg["seed"],
+        "train_images": int(cfg["_n_train"]), "val_images": int(cfg.get("val_split") or 0),
+        "resumed": bool(resumed),
+        "final_train_loss": float(np.mean(steps["loss"][-100:])) if steps.get("loss") else None,
+        "train_loss": [e["loss"] for e in history], "train_accuracy": [e["accuracy"] for e in history],
+        "lr_per_epoch": [e["lr"] for e in history],
         "fastcnn_version": fastcnn.__version__,
     }
-    model.save(os.path.join(args.out, "model.npz"),
-               metadata={k: metrics[k] for k in ("model", "test_accuracy", "seed")})
-    atomic_write(os.path.join(args.out, "metrics.json"),
+    if vals:
+        best = int(np.argmax(vals))
+        metrics.update(val_accuracy=vals, val_loss=[e["val_loss"] for e in history],
+                       best_val_accuracy=vals[best], best_epoch=best + 1)
+    model.save(os.path.join(out, "model.npz"),
+               metadata={"model": cfg["model"], "test_accuracy": test_acc, "seed": cfg["seed"],
+                         "preprocess": preprocess_meta})
+    atomic_write(os.path.join(out, "metrics.json"),
                  lambda f: f.write(json.dumps(metrics, indent=2).encode() + b"\n"))
-    _plot(history, test_acc, os.path.join(args.out, "curves.png"))
-    print(f"epoch seconds: {', '.join(f'{s:.1f}' for s in state['epoch_seconds'])}; "
+    write_history_csv(os.path.join(out, "history.csv"), history)
+    _plot(steps, history, test_acc, os.path.join(out, "curves.png"))
+    return metrics
+
+
+def cmd_train(args):
+    import fastcnn
+    from . import losses, models, optim
+    from .model import atomic_write
+    from .train import (BestCheckpoint, CSVLogger, EarlyStopping, EpochLog, SignalFlag, fit, make_optimizer)
+
+    _check_args(args)
+    _setup(args)
+    if args.resume:
+        model, opt_state, cfg, steps = _resume_config(args)
+    else:
+        cfg, opt_state, steps = _new_config(args), None, None
+    train, val, test = _load_data(cfg, args)
+    pipe = _pipeline(cfg, train[0])
+    if not args.resume:
+        model = models.build(cfg["model"], seed=cfg["seed"], in_channels=train[0].shape[1])
+    optimizer = make_optimizer(cfg["optimizer"], model.parameters(), cfg["lr"], momentum=cfg.get("momentum", 0.0),
+                               nesterov=cfg.get("nesterov", False), weight_decay=cfg.get("weight_decay"))
+    if opt_state is not None:
+        optimizer.load_state_dict(opt_state)
+    backend, threads = fastcnn.get_backend(), fastcnn.get_num_threads()
+    fastcnn.warmup(backend)
+    os.makedirs(args.out, exist_ok=True)
+    run_cfg = {k: v for k, v in cfg.items() if k in _SAVED}
+    atomic_write(os.path.join(args.out, "args.json"),
+                 lambda f: f.write(json.dumps({**run_cfg, "backend": backend, "threads": threads,
+                                               "data_dir": args.data_dir, "out": args.out,
+                                               "checkpoint_every": args.checkpoint_every,
+                                               "resume": args.resume}, indent=2).encode() + b"\n"))
+    pre = _preprocess_record(cfg, pipe, train[0])
+    fit_state = {k: cfg[k] for k in ("epoch", "step", "global_step", "epoch_logs", "epoch_seconds", "images_seen",
+                                     "seconds", "partial_seconds", "callbacks") if k in cfg} if args.resume else None
+    print(f"training {cfg['model']} on {len(train[1])} {cfg['dataset']} images"
+          + (f" ({len(val[1])} held out for validation)" if val else "")
+          + f": {cfg['optimizer']} lr {cfg['lr']}, batch {cfg['batch_size']}, {cfg['epochs']} epoch(s), "
+          f"augment {cfg['augment']}, schedule {optim.schedule_from_config(cfg['schedule'])}, backend {backend}, "
+          f"{threads} thread(s); test: {len(test[1])} images"
+          + (f" from {cfg['test_file']}" if cfg.get("test_file") else "")
+          + (" (a partial CIFAR-10 test set; the official one has 10000)"
+             if cfg["dataset"] == "cifar10" and len(test[1]) != 10000 else "")
+          + (f", resuming at epoch {cfg['epoch'] + 1} step {cfg['step']}" if args.resume else ""),
+          file=sys.stderr, flush=True)
+    progress = not args.no_progress and sys.stderr.isatty()
+    callbacks = [CSVLogger(os.path.join(args.out, "history.csv"))]
+    if not progress:
+        callbacks.append(EpochLog())
+    if val:
+        callbacks.append(BestCheckpoint(os.path.join(args.out, "best.npz"),
+                                        metadata={"model": cfg["model"], "seed": cfg["seed"], "preprocess": pre}))
+    if cfg.get("early_stop"):
+        callbacks.append(EarlyStopping(cfg["early_stop"]))
+    if args.tensorboard:
+        from .tensorboard import TensorBoardCallback
+
+        callbacks.append(TensorBoardCallback(args.tensorboard))
+    steps = {} if steps is None else steps
+    with SignalFlag() as flag:
+        callbacks.append(_Checkpointing(os.path.join(args.out, "checkpoint.npz"), args.checkpoint_every, run_cfg, flag))
+        history = fit(model, losses.SoftmaxCrossEntropy(), optimizer, train, epochs=cfg["epochs"],
+                      batch_size=cfg["batch_size"], val_data=val,
+                      schedule=optim.schedule_from_config(cfg["schedule"]), augment=pipe, callbacks=callbacks,
+                      seed=cfg["seed"], progress=progress, detect_anomaly=args.detect_anomaly, state=fit_state,
+                      step_history=steps, base_lr=cfg["lr"])
+    cfg["_pipeline"], cfg["_n_train"] = pipe, len(train[1])
+    metrics = _write_outputs(args.out, cfg, model, history, steps,
+                             test, pre, backend, threads, args.resume)
+    if len(history) < cfg["epochs"]:
+        print(f"early stop after epoch {len(history)}: no better validation accuracy for {cfg['early_stop']} epochs",
+              file=sys.stderr)
+    if "best_val_accuracy" in metrics:
+        print(f"best validation accuracy: {metrics['best_val_accuracy']:.4f} (epoch {metrics['best_epoch']}, "
+              f"{os.path.join(args.out, 'best.npz')})", file=sys.stderr)
+    print(f"epoch seconds: {', '.join(f'{s:.1f}' for s in metrics['epoch_seconds'])}; "
           f"{metrics['train_images_per_second']:.0f} images/s; wrote {args.out}", file=sys.stderr)
-    print(f"test accuracy: {test_acc:.4f}")
+    print(f"test accuracy: {metrics['test_accuracy']:.4f}")
     return 0
+
+
+#: Run-setting keys written to checkpoints and args.json.
+_SAVED = ("model", "dataset", "seed", "batch_size", "lr", "optimizer", "momentum", "nesterov", "weight_decay",
+          "epochs", "limit", "val_split", "early_stop", "augment", "normalize", "mean", "std", "test_file",
+          "schedule")
 
 
 def cmd_evaluate(args):
     import fastcnn
-    from . import data, models
+    from . import augment, data, models
     from .train import evaluate
 
     _setup(args)
     model, meta = fastcnn.load(args.checkpoint, return_metadata=True)
-    test_x, test_y = data.load_mnist(args.data_dir, "test")
-    size = models.INPUT_SIZE.get(meta.get("model"), 28)
-    acc, loss = evaluate(model, test_x, test_y, input_size=size)
-    print(f"test loss: {loss:.4f}", file=sys.stderr)
+    pre = meta.get("preprocess") or {}
+    dataset = args.dataset or pre.get("dataset", "mnist")
+    kw = {"test_file": args.test_file} if args.test_file else {}
+    test_x, test_y = data.load_dataset(dataset, args.data_dir, "test", **kw)
+    size = pre.get("input_shape", [None, models.INPUT_SIZE.get(meta.get("model"), 28)])[1]
+    pipe = augment.Pipeline(mean=pre.get("mean"), std=pre.get("std"),
+                            input_size=size if test_x.shape[-1] < size else None)
+    acc, loss = evaluate(model, test_x, test_y, preprocess=pipe.eval)
+    print(f"test loss: {loss:.4f} ({len(test_y)} images)", file=sys.stderr)
     print(f"test accuracy: {acc:.4f}")
     return 0
 

@@ -33,7 +33,15 @@ __all__ = [
     "FILES",
     "read_idx",
     "load_mnist",
+    "load_fashion_mnist",
+    "load_cifar10",
+    "load_dataset",
+    "data_root",
     "download_mnist",
+    "download_fashion_mnist",
+    "download_cifar10",
+    "DATASETS",
+    "CLASSES",
     "to_float",
     "iterate_batches",
     "DataLoader",
@@ -63,7 +71,55 @@ FILES = {
 }
 
 _ENV_VAR = "FASTCNN_DATA"
-_DEFAULT_ROOT = Path("~") / ".cache" / "fastcnn" / "mnist"
+_CACHE = Path("~") / ".cache" / "fastcnn"
+
+#: Dataset names (also the sub-directory names under a data root, see :func:`data_root`).
+DATASETS = ("mnist", "fashion-mnist", "cifar10")
+_TITLES = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST", "cifar10": "CIFAR-10"}
+
+#: Class names in label order.
+CLASSES = {
+    "mnist": [str(i) for i in range(10)],
+    "fashion-mnist": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                      "Sneaker", "Bag", "Ankle boot"],
+    "cifar10": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+                "truck"],
+}
+
+#: Fashion-MNIST: the official download location (Zalando Research) and the GitHub copy.
+FASHION_MIRRORS = [
+    "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+    "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
+]
+#: MD5 of the four gzipped Fashion-MNIST files as published by Zalando Research (README of
+#: github.com/zalandoresearch/fashion-mnist, also torchvision's ``FashionMNIST.resources``).
+FASHION_MD5 = {
+    "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+    "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
+    "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
+    "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
+}
+
+#: CIFAR-10: the official binary archive (www.cs.toronto.edu/~kriz/cifar.html) and its
+#: published MD5; the archive holds ``cifar-10-batches-bin/<name>`` for the names below.
+CIFAR10_URLS = ["https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"]
+CIFAR10_ARCHIVE = "cifar-10-binary.tar.gz"
+CIFAR10_ARCHIVE_MD5 = "c32a1d4ab5d03f1284b67883e8d87530"
+#: SHA-256 of each uncompressed binary batch, as published with the per-file checksums of the
+#: official archive's members (e.g. torchvision-ruby's ``cifar10.rb``); every file read or
+#: extracted is checked against its entry on download.
+CIFAR10_SHA256 = {
+    "data_batch_1.bin": "cee916563c9f80d84e3cc88e17fdc0941787f1244f00a67874d45b261883ada5",
+    "data_batch_2.bin": "a591ca11fa1708a91ee40f54b3da4784ccd871ecf2137de63f51ada8b3fa57ed",
+    "data_batch_3.bin": "bbe8596564c0f86427f876058170b84dac6670ddf06d79402899d93ceea26f67",
+    "data_batch_4.bin": "014e562d6e23c72197cc727519169a60359f5eccd8945ad5a09d710285ff4e48",
+    "data_batch_5.bin": "755304fc0b379caeae8c14f0dac912fbc7d6cd469eb67a1029a08a39453a9add",
+    "test_batch.bin": "8e2eb146ae340b09e24670f29cabc6326dba54da8789dab6768acf480273f65b",
+}
+CIFAR10_FILES = {"train": [f"data_batch_{i}.bin" for i in range(1, 6)], "test": ["test_batch.bin"]}
+#: One CIFAR-10 record: a label byte, then 1024 red, 1024 green and 1024 blue bytes.
+CIFAR10_RECORD = 1 + 3 * 32 * 32
+CIFAR10_BATCH_RECORDS = 10000
 
 # IDX type codes (third magic byte); all multi-byte types are big-endian on disk.
 _IDX_DTYPES = {
@@ -224,10 +280,28 @@ def read_idx(path):
 
 # --------------------------------------------------------------------------- MNIST loading
 
-def _resolve_root(root):
-    if root is None:
-        root = os.environ.get(_ENV_VAR) or _DEFAULT_ROOT
-    return Path(root).expanduser()
+def data_root(name, root=None):
+    """The directory :func:`load_mnist`, :func:`load_fashion_mnist` and :func:`load_cifar10`
+    read dataset ``name`` (``"mnist"``, ``"fashion-mnist"``, ``"cifar10"``) from.
+
+    One setting serves every dataset: ``root`` if given, else the environment variable
+    ``FASTCNN_DATA``, is either a parent directory holding one sub-directory per dataset
+    (``<root>/mnist``, ``<root>/fashion-mnist``, ``<root>/cifar10``) or the dataset's own
+    directory (so ``FASTCNN_DATA`` pointing at an MNIST directory keeps working): the
+    sub-directory is used when it exists.  Without either: ``~/.cache/fastcnn/<name>``.
+    """
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    base = root if root is not None else os.environ.get(_ENV_VAR)
+    if not base:
+        return (_CACHE / name).expanduser()
+    base = Path(base).expanduser()
+    sub = base / name
+    return sub if sub.is_dir() else base
+
+
+def _resolve_root(root, name="mnist"):
+    return data_root(name, root)
 
 
 def _find(root, base):
@@ -245,8 +319,9 @@ def load_mnist(root=None, split="train", download=False):
     Parameters
     ----------
     root : str or os.PathLike, optional
-        Directory holding the files (each as ``name.gz`` or raw ``name``).  Defaults to the
-        environment variable ``FASTCNN_DATA``, then ``~/.cache/fastcnn/mnist``.
+        Directory holding the files (each as ``name.gz`` or raw ``name``), or a parent of an
+        ``mnist`` directory (see :func:`data_root`).  Defaults to the environment variable
+        ``FASTCNN_DATA``, then ``~/.cache/fastcnn/mnist``.
     split : {"train", "test"}
         ``"train"`` (60000 images) or ``"test"`` (the 10000 ``t10k`` images).
     download : bool
@@ -272,22 +347,36 @@ def load_mnist(root=None, split="train", download=False):
     DownloadError
         If ``download`` is true and a file cannot be fetched.
     """
+    return _load_idx_dataset("mnist", root, split, download, download_mnist)
+
+
+def load_fashion_mnist(root=None, split="train", download=False):
+    """Load one Fashion-MNIST split: the same four IDX files, names and checks as
+    :func:`load_mnist` (60000 training and 10000 test images, 28x28, labels 0..9 in the order
+    of :data:`CLASSES` ``["fashion-mnist"]``).  ``root`` defaults as in :func:`data_root`
+    (``~/.cache/fastcnn/fashion-mnist``); ``download=True`` uses :func:`download_fashion_mnist`
+    (MD5 verified against the published checksums)."""
+    return _load_idx_dataset("fashion-mnist", root, split, download, download_fashion_mnist)
+
+
+def _load_idx_dataset(name, root, split, download, downloader):
+    what = _TITLES[name]
     if split not in FILES:
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    root = _resolve_root(root)
+    root = _resolve_root(root, name)
     bases = FILES[split]
     paths = [_find(root, b) for b in bases]
     missing = [b for b, p in zip(bases, paths) if p is None]
     if missing and download:
-        download_mnist(root, files=[b + ".gz" for b in missing])
+        downloader(root, files=[b + ".gz" for b in missing])
         paths = [_find(root, b) for b in bases]
         missing = [b for b, p in zip(bases, paths) if p is None]
     if missing:
         names = ", ".join(f"{b}.gz (or {b})" for b in missing)
         raise FileNotFoundError(
-            f"MNIST {split} file(s) not found in directory {str(root)!r}: {names}. "
+            f"{what} {split} file(s) not found in directory {str(root)!r}: {names}. "
             f"Pass download=True to fetch them, or set {_ENV_VAR} (or root=) to a directory "
-            f"holding the standard MNIST IDX files.")
+            f"holding the standard {what} IDX files.")
     img_path, lbl_path = paths
     images = read_idx(img_path)
     labels = read_idx(lbl_path)
@@ -306,10 +395,229 @@ def load_mnist(root=None, split="train", download=False):
     return images, labels
 
 
+# --------------------------------------------------------------------------- CIFAR-10
+
+class CIFARError(ValueError):
+    """A file is not valid CIFAR-10 binary data (names the file and the defect)."""
+
+    def __init__(self, path, message):
+        self.path = str(path)
+        super().__init__(f"{self.path}: {message}")
+
+
+def read_cifar10_batch(path, expect_records=None):
+    """Read one CIFAR-10 binary batch file (raw or gzip-compressed, detected by content).
+
+    Returns ``images uint8 (N, 3, 32, 32)`` and ``labels uint8 (N,)``.  The file must hold a
+    whole number of 3073-byte records, every label must be 0..9, and with ``expect_records``
+    the record count must equal it; otherwise :class:`CIFARError` names the file and defect.
+    """
+    path = os.fspath(path)
+    with open(path, "rb") as raw:
+        is_gzip = raw.read(2) == _GZIP_MAGIC
+        raw.seek(0)
+        try:
+            if is_gzip:
+                with gzip.GzipFile(fileobj=raw, mode="rb") as f:
+                    chunks, n = _read_up_to(f, 64 * CIFAR10_BATCH_RECORDS * CIFAR10_RECORD)
+                    n += _count_rest(f)
+            else:
+                chunks, n = _read_up_to(raw, 64 * CIFAR10_BATCH_RECORDS * CIFAR10_RECORD)
+                n += _count_rest(raw)
+        except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+            raise CIFARError(path, f"corrupt gzip data ({type(exc).__name__}: {exc})") from exc
+    if n == 0:
+        raise CIFARError(path, "empty file (no CIFAR-10 records)")
+    if n % CIFAR10_RECORD:
+        raise CIFARError(path, f"{n} bytes is not a whole number of {CIFAR10_RECORD}-byte records "
+                               f"({n // CIFAR10_RECORD} records and {n % CIFAR10_RECORD} extra bytes); "
+                               f"truncated or not a CIFAR-10 binary batch")
+    count = n // CIFAR10_RECORD
+    if expect_records is not None and count != expect_records:
+        raise CIFARError(path, f"holds {count} records, expected {expect_records}")
+    buf = np.frombuffer(b"".join(chunks), dtype=np.uint8).reshape(count, CIFAR10_RECORD)
+    labels = buf[:, 0].copy()
+    if labels.max() > 9:
+        bad = int(np.argmax(labels > 9))
+        raise CIFARError(path, f"label {int(labels[bad])} of record {bad} is outside 0..9 "
+                               f"(not a CIFAR-10 batch; CIFAR-100 records are 3074 bytes)")
+    images = buf[:, 1:].reshape(count, 3, 32, 32).copy()
+    return images, labels
+
+
+def load_cifar10(root=None, split="train", download=False, *, test_file=None, verbose=False):
+    """Load one CIFAR-10 split from the official *binary* batches (never pickle).
+
+    Parameters
+    ----------
+    root : str or os.PathLike, optional
+        Directory holding ``data_batch_1.bin`` ... ``data_batch_5.bin`` and ``test_batch.bin``
+        (each raw or as ``.bin.gz``), or a parent of a ``cifar10`` directory; default as in
+        :func:`data_root` (``~/.cache/fastcnn/cifar10``).
+    split : {"train", "test"}
+        ``"train"``: the five training batches in order (50000 images); ``"test"``:
+        ``test_batch.bin`` (10000 images).
+    download : bool
+        Fetch missing files with :func:`download_cifar10` (the official archive, MD5 checked,
+        each extracted batch SHA-256 checked).
+    test_file : str or os.PathLike, optional
+        With ``split="test"``: read this file instead of ``test_batch.bin`` (a name under
+        ``root`` or a path), e.g. a partial test set such as ``test_batch_first1000.bin.gz``.
+        Any whole number of records is accepted; a :class:`UserWarning` says how many of the
+        official 10000 were read.
+    verbose : bool
+        Also print what was read (files, record counts) to stderr.
+
+    Returns
+    -------
+    images : numpy.ndarray
+        ``uint8 (N, 3, 32, 32)``, channels R, G, B.
+    labels : numpy.ndarray
+        ``uint8 (N,)``, 0..9 in the order of :data:`CLASSES` ``["cifar10"]``.
+
+    Raises
+    ------
+    FileNotFoundError
+        A file is missing (the message names partial test files found instead, if any).
+    CIFARError
+        (a :class:`ValueError`) A file is not whole 3073-byte records, a label is outside
+        0..9, or an official batch does not hold exactly 10000 records.
+    """
+    import sys
+    import warnings
+
+    if split not in CIFAR10_FILES:
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if test_file is not None and split != "test":
+        raise ValueError("test_file= applies to split='test' only")
+    root = _resolve_root(root, "cifar10")
+    if test_file is not None:
+        p = Path(test_file).expanduser()
+        p = p if p.is_absolute() or p.exists() else root / p
+        if not p.is_file():
+            raise FileNotFoundError(f"CIFAR-10 test file {str(p)!r} not found")
+        images, labels = read_cifar10_batch(p)
+        msg = (f"CIFAR-10 test: read {len(labels)} records from {str(p)!r}"
+               + ("" if len(labels) == CIFAR10_BATCH_RECORDS else
+                  f" (a partial test set: the official test_batch.bin has {CIFAR10_BATCH_RECORDS})"))
+        if len(labels) != CIFAR10_BATCH_RECORDS:
+            warnings.warn(msg, stacklevel=2)
+        if verbose:
+            print(msg, file=sys.stderr)
+        return images, labels
+    names = CIFAR10_FILES[split]
+    paths = [_find(root, n) for n in names]
+    if any(p is None for p in paths) and download:
+        download_cifar10(root)
+        paths = [_find(root, n) for n in names]
+    missing = [n for n, p in zip(names, paths) if p is None]
+    if missing:
+        partial = sorted(q.name for q in root.glob("test_batch*") if q.is_file()) if root.is_dir() else []
+        hint = ""
+        if split == "test" and partial:
+            hint = (f" Found {', '.join(partial)} instead: to use a partial test set, name it "
+                    f"with test_file= (command line: --test-file NAME).")
+        raise FileNotFoundError(
+            f"CIFAR-10 {split} file(s) not found in directory {str(root)!r}: "
+            f"{', '.join(n + '(.gz)' for n in missing)}.{hint} Pass download=True to fetch the "
+            f"official binary archive, or set {_ENV_VAR} (or root=) to a directory holding the "
+            f"binary batches.")
+    parts = [read_cifar10_batch(p, CIFAR10_BATCH_RECORDS) for p in paths]
+    images = np.concatenate([x for x, _ in parts]) if len(parts) > 1 else parts[0][0]
+    labels = np.concatenate([y for _, y in parts]) if len(parts) > 1 else parts[0][1]
+    if verbose:
+        print(f"CIFAR-10 {split}: read {len(labels)} records from {len(paths)} file(s) in "
+              f"{str(root)!r}", file=sys.stderr)
+    return images, labels
+
+
+def download_cifar10(root=None, urls=None, *, timeout=60.0, progress=False, force=False):
+    """Download the official CIFAR-10 binary archive, check its MD5, and extract the six
+    batches into ``root`` as ``data_batch_N.bin`` / ``test_batch.bin``.
+
+    The archive goes through the verified, atomic downloader of :func:`download_mnist`
+    (temporary file, MD5 :data:`CIFAR10_ARCHIVE_MD5`, rename).  Only the six expected regular
+    members are read from it (no path from the archive is ever used), each is checked
+    against :data:`CIFAR10_SHA256` and written atomically.  Files already present with the
+    right SHA-256 are kept; the archive is deleted afterwards.
+
+    Returns
+    -------
+    list of pathlib.Path
+        The six batch files.
+    """
+    import tarfile
+
+    from .model import atomic_write
+
+    root = _resolve_root(root, "cifar10")
+    root.mkdir(parents=True, exist_ok=True)
+    wanted = {n: root / n for n in CIFAR10_SHA256}
+    todo = {n: p for n, p in wanted.items()
+            if force or not (p.is_file() and _sha256_file(p) == CIFAR10_SHA256[n])}
+    if not todo:
+        return list(wanted.values())
+    urls = list(CIFAR10_URLS if urls is None else urls)
+    mirrors = [u.rsplit("/", 1)[0] + "/" for u in urls]
+    names = {u.rsplit("/", 1)[1] for u in urls}
+    if names != {CIFAR10_ARCHIVE}:
+        raise ValueError(f"CIFAR-10 URLs must end in /{CIFAR10_ARCHIVE}, got {urls}")
+    (archive,) = _download_files(root, mirrors, {CIFAR10_ARCHIVE: CIFAR10_ARCHIVE_MD5}, "md5",
+                                 "CIFAR-10", force=True, files=None, timeout=timeout,
+                                 progress=progress)
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            members = {m.name.rsplit("/", 1)[-1]: m for m in tar.getmembers() if m.isfile()}
+            for name, dest in todo.items():
+                if name not in members:
+                    raise DownloadError(f"{archive}: no member {name} in the CIFAR-10 archive")
+                blob = tar.extractfile(members[name]).read()
+                digest = hashlib.sha256(blob).hexdigest()
+                if digest != CIFAR10_SHA256[name]:
+                    raise DownloadError(f"{archive}: member {name} has SHA-256 {digest}, "
+                                        f"expected {CIFAR10_SHA256[name]}")
+                atomic_write(dest, lambda f, b=blob: f.write(b))
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
+        if isinstance(exc, DownloadError):
+            raise
+        raise DownloadError(f"{archive}: cannot read the CIFAR-10 archive ({exc})") from exc
+    finally:
+        archive.unlink(missing_ok=True)
+    return list(wanted.values())
+
+
+def download_fashion_mnist(root=None, mirrors=None, force=False, *, files=None, timeout=30.0,
+                           progress=False):
+    """As :func:`download_mnist` for Fashion-MNIST (:data:`FASHION_MIRRORS`, checked against
+    the published MD5s :data:`FASHION_MD5`)."""
+    return _download_files(_resolve_root(root, "fashion-mnist"),
+                           FASHION_MIRRORS if mirrors is None else mirrors, FASHION_MD5, "md5",
+                           "Fashion-MNIST", force=force, files=files, timeout=timeout,
+                           progress=progress)
+
+
+_LOADERS = {"mnist": load_mnist, "fashion-mnist": load_fashion_mnist, "cifar10": load_cifar10}
+
+
+def load_dataset(name, root=None, split="train", download=False, **kw):
+    """``load_mnist`` / ``load_fashion_mnist`` / ``load_cifar10`` by name (see :data:`DATASETS`);
+    images come back as ``uint8 (N, C, H, W)`` (a channel axis is added to the MNIST-style
+    ``(N, 28, 28)``)."""
+    if name not in _LOADERS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    images, labels = _LOADERS[name](root, split, download, **kw)
+    if images.ndim == 3:
+        images = images[:, None]
+    return images, labels
+
+
 # --------------------------------------------------------------------------- downloading
 
-def _sha256_file(path):
-    h = hashlib.sha256()
+_ALGO_NAMES = {"sha256": "SHA-256", "md5": "MD5"}
+
+
+def _sha256_file(path, algo="sha256"):
+    h = hashlib.new(algo)
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(_NET_CHUNK), b""):
             h.update(chunk)
@@ -328,8 +636,10 @@ def _progress_bar(enabled, total, desc):
                 disable=None, leave=False)
 
 
-def _fetch(opener, url, dest, expected, timeout, progress):
+def _fetch(opener, url, dest, expected, timeout, progress, algo="sha256"):
     """Download ``url`` to ``dest`` through a temp file in the same directory.
+
+    ``expected`` is the hex digest under ``algo`` (a :mod:`hashlib` name).
 
     The temp file is hashed while written, fsynced, verified, then renamed over ``dest``;
     on any failure it is removed and the exception propagates."""
@@ -343,7 +653,7 @@ def _fetch(opener, url, dest, expected, timeout, progress):
             length = resp.headers.get("Content-Length")
             length = int(length) if length and length.isdigit() else None
             bar = _progress_bar(progress, length, dest.name)
-            h = hashlib.sha256()
+            h = hashlib.new(algo)
             got = 0
             while True:
                 chunk = resp.read(_NET_CHUNK)
@@ -361,7 +671,7 @@ def _fetch(opener, url, dest, expected, timeout, progress):
         tmp.close()
         digest = h.hexdigest()
         if digest != expected:
-            raise DownloadError(f"SHA-256 mismatch: got {digest}, expected {expected} "
+            raise DownloadError(f"{_ALGO_NAMES.get(algo, algo)} mismatch: got {digest}, expected {expected} "
                                 f"({got} bytes received)")
         os.replace(tmp.name, dest)
         done = True
@@ -422,38 +732,47 @@ def download_mnist(root=None, mirrors=None, force=False, *, files=None, timeout=
         If every mirror fails for some file (the message lists each URL and its error), or an
         existing file has the wrong hash and ``force`` is false.
     """
-    root = _resolve_root(root)
-    mirrors = list(MIRRORS if mirrors is None else mirrors)
+    return _download_files(_resolve_root(root, "mnist"), MIRRORS if mirrors is None else mirrors,
+                           SHA256, "sha256", "MNIST", force=force, files=files, timeout=timeout,
+                           progress=progress)
+
+
+def _download_files(root, mirrors, table, algo, what, *, force, files, timeout, progress):
+    """Fetch the files ``files`` (keys of ``table``: name -> hex digest under ``algo``) into
+    ``root`` from the first mirror that serves a verified copy; see :func:`download_mnist`."""
+    root = Path(root)
+    mirrors = list(mirrors)
     if isinstance(files, str):
         files = [files]
-    names = list(SHA256) if files is None else list(files)
-    unknown = [n for n in names if n not in SHA256]
+    names = list(table) if files is None else list(files)
+    unknown = [n for n in names if n not in table]
     if unknown:
-        raise ValueError(f"unknown MNIST file(s) {unknown}; known: {sorted(SHA256)}")
+        raise ValueError(f"unknown {what} file(s) {unknown}; known: {sorted(table)}")
     if not mirrors:
         raise ValueError("no mirrors given")
     root.mkdir(parents=True, exist_ok=True)
     # a fresh opener per call so proxy settings come from the environment at call time
     opener = urllib.request.build_opener()
+    label = _ALGO_NAMES.get(algo, algo)
     out = []
     for name in names:
-        expected = SHA256[name].lower()
+        expected = table[name].lower()
         dest = root / name
         if dest.exists() and not force:
-            digest = _sha256_file(dest)
+            digest = _sha256_file(dest, algo)
             if digest == expected:
                 out.append(dest)
                 continue
             raise DownloadError(
-                f"existing file {str(dest)!r} has SHA-256 {digest}, expected {expected}; "
-                f"it is corrupt or not the original MNIST file. Delete it, or pass force=True "
+                f"existing file {str(dest)!r} has {label} {digest}, expected {expected}; "
+                f"it is corrupt or not the original {what} file. Delete it, or pass force=True "
                 f"to replace it.")
         failures = []
         for base in mirrors:
             url = base if base.endswith("/") else base + "/"
             url += name
             try:
-                _fetch(opener, url, dest, expected, timeout, progress)
+                _fetch(opener, url, dest, expected, timeout, progress, algo)
             except Exception as exc:  # noqa: BLE001 - any failure means: try the next mirror
                 failures.append(f"  {url}: {type(exc).__name__}: {exc}")
                 continue

@@ -13,8 +13,8 @@ def to_torch(model):
     A :class:`~fastcnn.Sequential` becomes ``torch.nn.Sequential``; a ``Residual`` block and a
     :class:`fastcnn.graph.Model` become small ``nn.Module`` classes holding their layers as
     attributes under the same names.  Supports Conv2D (int/pair padding, or ``"same"`` with
-    stride 1 and odd kernels), the pooling layers (not ``"same"``), ReLU, Flatten, Dense,
-    BatchNorm2D and the merge layers.
+    stride 1 and odd kernels), the pooling layers (max, average, sum, global average; not
+    ``"same"``), ReLU, Sigmoid, Tanh, Dropout, Flatten, Dense, BatchNorm2D and the merge layers.
     """
     import torch
 
@@ -65,6 +65,19 @@ def _module(layer):
         return nn.Linear(a["in_features"], a["out_features"], bias=a["bias"])
     if isinstance(layer, L.BatchNorm2D):
         return nn.BatchNorm2d(layer._args["num_features"], layer.eps, layer.momentum)
+    if isinstance(layer, L.SumPool2D):
+        if layer.padding == "same":
+            raise ValueError("to_torch: pooling with 'same' padding has no torch equivalent")
+        pad = 0 if layer.padding == "valid" else layer.padding
+        return nn.AvgPool2d(layer.kernel_size, layer.stride, pad, divisor_override=1)
+    if isinstance(layer, L.GlobalAvgPool2D):
+        return nn.AdaptiveAvgPool2d(1)
+    if isinstance(layer, L.Sigmoid):
+        return nn.Sigmoid()
+    if isinstance(layer, L.Tanh):
+        return nn.Tanh()
+    if isinstance(layer, L.Dropout):
+        return nn.Dropout(layer.p)
     raise TypeError(f"to_torch: no torch equivalent for {type(layer).__name__}")
 
 

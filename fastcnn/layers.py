@@ -389,4 +389,131 @@ class Residual(Layer):
         return gx + gs
 
 
-LAYERS = {cls.__name__: cls for cls in (Conv2D, MaxPool2D, AvgPool2D, ReLU, Flatten, Dense, BatchNorm2D)}
+class SumPool2D(_Pool):
+    """2-D sum pooling: the sum of each window (padded cells count as zeros); the compiled
+    average-pooling kernels scaled by the window area (= ``torch``'s ``avg_pool2d`` with
+    ``divisor_override=1``)."""
+
+    def forward(self, x):
+        self._shape = np.shape(x)
+        y = F.avg_pool2d(x, self.kernel_size, self.stride, self.padding, count_include_pad=True, ws=self._ws)
+        y *= np.float32(self.kernel_size[0] * self.kernel_size[1])
+        return y
+
+    def backward(self, grad_out):
+        self._expect_cache("_shape")
+        gx = F.avg_pool2d_backward(grad_out, self._shape, self.kernel_size, self.stride, self.padding,
+                                   count_include_pad=True)
+        gx *= np.float32(self.kernel_size[0] * self.kernel_size[1])
+        return gx
+
+
+class GlobalAvgPool2D(Layer):
+    """Mean over each feature map: ``(N, C, H, W)`` -> ``(N, C, 1, 1)``, as
+    ``torch.nn.AdaptiveAvgPool2d(1)`` (the compiled average-pooling kernel, window = H x W)."""
+
+    def __init__(self):
+        self._args = {}
+        self._shape = None
+        self._ws = F.Workspace()
+
+    def forward(self, x):
+        x = as_float32(x, "input", 4, "GlobalAvgPool2D")
+        self._shape = x.shape
+        return F.avg_pool2d(x, x.shape[2:], x.shape[2:], 0, ws=self._ws)
+
+    def backward(self, grad_out):
+        self._expect_cache("_shape")
+        k = self._shape[2:]
+        return F.avg_pool2d_backward(grad_out, self._shape, k, k, 0)
+
+
+class Sigmoid(Layer):
+    """Elementwise ``1 / (1 + exp(-x))`` (no overflow for large ``|x|``), any shape."""
+
+    def __init__(self):
+        self._args = {}
+        self._y = None
+
+    def forward(self, x):
+        x = as_float32(x, "input", None, "Sigmoid")
+        e = np.exp(-np.abs(x))  # in (0, 1]: never overflows
+        y = np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(np.float32)
+        self._y = y if self.training else None
+        return y
+
+    def backward(self, grad_out):
+        self._expect_cache("_y")
+        grad_out = _same_shape(grad_out, self._y, "Sigmoid.backward")
+        return grad_out * self._y * (1 - self._y)
+
+
+class Tanh(Layer):
+    """Elementwise hyperbolic tangent, any shape."""
+
+    def __init__(self):
+        self._args = {}
+        self._y = None
+
+    def forward(self, x):
+        y = np.tanh(as_float32(x, "input", None, "Tanh"))
+        self._y = y if self.training else None
+        return y
+
+    def backward(self, grad_out):
+        self._expect_cache("_y")
+        grad_out = _same_shape(grad_out, self._y, "Tanh.backward")
+        return grad_out * (1 - self._y * self._y)
+
+
+class Dropout(Layer):
+    """Inverted dropout as ``torch.nn.Dropout``: in training mode each element is zeroed with
+    probability ``p`` and the rest scaled by ``1 / (1 - p)``; identity in eval mode.
+
+    The masks are seeded: a standalone layer draws from ``default_rng([seed, calls])``, counting
+    its training forwards; :func:`fastcnn.train.fit` calls :meth:`reseed` before every step
+    with ``(run seed, global step, layer index)``, so a resumed run draws the same masks.
+    """
+
+    def __init__(self, p=0.5, seed=0):
+        if not 0 <= p < 1:
+            raise ValueError(f"Dropout: p must be in [0, 1), got {p!r}")
+        self.p, self.seed = float(p), int(seed)
+        self._args = dict(p=self.p, seed=self.seed)
+        self.calls = 0
+        self._rng = None
+        self._mask = None
+
+    def reseed(self, entropy):
+        """Draw the next masks from ``numpy.random.default_rng(entropy)``."""
+        self._rng = np.random.default_rng(entropy)
+
+    def forward(self, x):
+        x = as_float32(x, "input", None, "Dropout")
+        if not self.training or self.p == 0:
+            self._mask = None
+            return x.copy()
+        rng = self._rng if self._rng is not None else np.random.default_rng([self.seed, self.calls])
+        self.calls += 1
+        keep = rng.random(x.shape, dtype=np.float32) >= np.float32(self.p)
+        self._mask = keep.astype(np.float32) * np.float32(1 / (1 - self.p))
+        return x * self._mask
+
+    def backward(self, grad_out):
+        grad_out = as_float32(grad_out, "grad_out", None, "Dropout.backward")
+        if self._mask is None:
+            return grad_out.copy()
+        if grad_out.shape != self._mask.shape:
+            raise ValueError(f"Dropout.backward: grad_out {grad_out.shape} does not match input {self._mask.shape}")
+        return grad_out * self._mask
+
+
+def _same_shape(grad_out, y, op):
+    grad_out = as_float32(grad_out, "grad_out", None, op)
+    if grad_out.shape != y.shape:
+        raise ValueError(f"{op}: grad_out shape {grad_out.shape} does not match output shape {y.shape}")
+    return grad_out
+
+
+LAYERS = {cls.__name__: cls for cls in (Conv2D, MaxPool2D, AvgPool2D, ReLU, Flatten, Dense, BatchNorm2D,
+                                        SumPool2D, GlobalAvgPool2D, Sigmoid, Tanh, Dropout)}

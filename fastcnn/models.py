@@ -16,6 +16,24 @@ INPUT_SIZE = {"scratch": 28, "lenet": 28, "bn": 28, "resnet": 32}
 
 NAMES = tuple(RECIPES)
 
+#: Recipe changes for a model on a dataset: the PyTorch ResNet tutorial trains on CIFAR-10
+#: with its augmentation (resize 40, flip, random crop 32) and the learning rate divided by 3
+#: every 20 epochs.
+DATASET_RECIPES = {
+    ("resnet", "cifar10"): dict(augment="tutorial", schedule="step", step_size=20, gamma=1 / 3),
+}
+
+
+def recipe(name, dataset="mnist"):
+    """The training recipe of model ``name`` on ``dataset``: optimizer, lr, batch_size,
+    augment (a name of :data:`fastcnn.augment.RECIPES`) and schedule (``"none"`` or ``"step"``
+    with ``step_size`` and ``gamma``)."""
+    if name not in RECIPES:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(NAMES)}")
+    r = dict(RECIPES[name], augment="none", schedule="none")
+    r.update(DATASET_RECIPES.get((name, dataset), {}))
+    return r
+
 
 def _scratch(rng, in_channels):
     return Sequential(

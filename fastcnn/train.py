@@ -1,25 +1,35 @@
 """Training and evaluation loops used by the ``fastcnn`` command line."""
 import math
+import sys
 import time
 
 import numpy as np
 
 from . import data as _data
 from .losses import SoftmaxCrossEntropy
-from .optim import SGD, Adam
+from .optim import SGD, Adam, AdamW
 
 
 class NonFiniteLoss(FloatingPointError):
     """Training produced a NaN or infinite loss."""
 
 
-def make_optimizer(name, params, lr):
-    """``"sgd"`` or ``"adam"`` over ``params`` with learning rate ``lr``."""
+OPTIMIZERS = ("sgd", "adam", "adamw")
+
+
+def make_optimizer(name, params, lr, *, momentum=0.0, nesterov=False, weight_decay=None):
+    """``"sgd"``, ``"adam"`` or ``"adamw"`` over ``params`` with learning rate ``lr``
+    (``weight_decay`` None: torch's default, 0 for SGD/Adam and 0.01 for AdamW)."""
+    wd = {} if weight_decay is None else {"weight_decay": weight_decay}
     if name == "sgd":
-        return SGD(params, lr)
+        return SGD(params, lr, momentum, nesterov=nesterov, **wd)
+    if momentum or nesterov:
+        raise ValueError(f"momentum/nesterov apply to sgd only, not {name}")
     if name == "adam":
-        return Adam(params, lr)
-    raise ValueError(f"unknown optimizer {name!r}; choose sgd or adam")
+        return Adam(params, lr, **wd)
+    if name == "adamw":
+        return AdamW(params, lr, **wd)
+    raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
 
 
 def recipe_step(name, seed=0):
@@ -59,8 +69,12 @@ def pad_to(x, size):
     return out
 
 
-def evaluate(model, images, labels, batch_size=1000, input_size=None):
-    """Accuracy and mean loss of ``model`` (eval mode) on uint8 ``images (N, H, W)``.
+def evaluate(model, images, labels, batch_size=1000, input_size=None, preprocess=None):
+    """Accuracy and mean loss of ``model`` (eval mode) on uint8 ``images`` ``(N, H, W)`` or
+    ``(N, C, H, W)``.
+
+    ``preprocess`` maps a uint8 batch to the network input (default ``pixel / 255``, padded to
+    ``input_size``); pass the training :class:`fastcnn.augment.Pipeline`'s ``eval``.
 
     Returns
     -------
@@ -71,10 +85,18 @@ def evaluate(model, images, labels, batch_size=1000, input_size=None):
     model.eval()
     loss_fn = SoftmaxCrossEntropy()
     correct, total_loss, n = 0, 0.0, 0
+    labels = np.asarray(labels)
+    if len(labels) == 0:
+        raise ValueError("evaluate: no images")
     try:
-        for x, y in _data.iterate_batches(images, labels, batch_size, shuffle=False):
-            if input_size:
-                x = pad_to(x, input_size)
+        for start in range(0, len(labels), batch_size):
+            xb, y = images[start:start + batch_size], labels[start:start + batch_size].astype(np.int64)
+            if preprocess is not None:
+                x = preprocess(xb)
+            else:
+                x = _data.to_float(xb)
+                if input_size:
+                    x = pad_to(x, input_size)
             logits = model.forward(x)
             total_loss += loss_fn.forward(logits, y) * len(y)
             correct += int(np.sum(np.argmax(logits, axis=1) == y))
@@ -84,76 +106,407 @@ def evaluate(model, images, labels, batch_size=1000, input_size=None):
     return correct / n, total_loss / n
 
 
-def train_epoch(model, optimizer, images, labels, *, batch_size, seed, epoch, start_step=0,
-                input_size=None, progress=None, on_step=None, history=None, detect_anomaly=False):
-    """One pass over the data in the seeded order of ``(seed, epoch)``.
+# --------------------------------------------------------------------------- the training loop
+
+#: Keys of the ``logs`` dict given to :meth:`Callback.on_epoch_end` (None where not applicable).
+LOG_KEYS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds", "images_per_s")
+
+
+class Callback:
+    """Hooks into :func:`fit`; override any of these no-op methods.
+
+    ``trainer`` (a :class:`Trainer`) exposes ``model``, ``optimizer``, ``history`` (list of
+    per-epoch logs dicts), ``epoch`` (0-based, the current epoch), ``global_step`` (optimizer
+    steps taken so far) and a settable ``stop_training`` (checked after each epoch).
+
+    A callback that keeps state across epochs (a best value, a patience counter) should
+    implement ``state_dict() -> JSON-able dict`` and ``load_state_dict(d)``: the trainer
+    stores it in resumable checkpoints.
+    """
+
+    def on_train_begin(self, trainer):
+        pass
+
+    def on_epoch_begin(self, trainer, epoch):
+        pass
+
+    def on_after_backward(self, trainer):
+        """Gradients are ready (``p.grad`` of ``trainer.model.parameters()``); before the
+        optimizer step."""
+
+    def on_step_end(self, trainer, step, loss):
+        """After the optimizer step; ``step`` is the global step count (1 after the first)."""
+
+    def on_epoch_end(self, trainer, epoch, logs):
+        pass
+
+    def on_train_end(self, trainer):
+        pass
+
+
+class Trainer:
+    """The state and loop behind :func:`fit` (see there for the arguments).
+
+    ``state`` (from :meth:`state_dict` of an interrupted run) resumes mid-epoch; with the
+    model and optimizer restored from the same checkpoint the run continues bit-identically.
+    """
+
+    def __init__(self, model, loss_fn, optimizer, train_data, *, epochs, batch_size, val_data=None,
+                 schedule=None, augment=None, callbacks=(), seed=0, progress=None, detect_anomaly=False,
+                 state=None, step_history=None, base_lr=None, eval_batch_size=1000):
+        from .augment import Pipeline
+
+        images, labels = train_data
+        labels = np.asarray(labels)
+        if len(images) != len(labels) or len(labels) == 0:
+            raise ValueError(f"fit: train_data needs as many labels as images (>0), got {len(images)} images "
+                             f"and {len(labels)} labels")
+        for name, v in (("epochs", epochs), ("batch_size", batch_size)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise ValueError(f"fit: {name} must be a positive int, got {v!r}")
+        if val_data is not None and len(val_data[1]) == 0:
+            val_data = None
+        self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
+        self.images, self.labels = images, labels
+        self.val_data = val_data
+        self.epochs, self.batch_size, self.seed = int(epochs), int(batch_size), int(seed)
+        self.schedule = schedule
+        self.base_lr = float(optimizer.lr if base_lr is None else base_lr)
+        self.augment = augment if augment is not None else Pipeline()
+        self.preprocess = getattr(self.augment, "eval", None)
+        self.callbacks = list(callbacks)
+        self.progress = progress
+        self.detect_anomaly = detect_anomaly
+        self.eval_batch_size = eval_batch_size
+        self.stop_training = False
+        self._epoch_done = False
+        self.steps_per_epoch = -(-len(labels) // self.batch_size)
+        self._dropouts = [layer for layer in _walk(model) if hasattr(layer, "reseed")]
+        st = dict(state or {})
+        self.epoch = int(st.get("epoch", 0))
+        self.step = int(st.get("step", 0))  # next step within the epoch
+        self.global_step = int(st.get("global_step", self.epoch * self.steps_per_epoch + self.step))
+        self.history = list(st.get("epoch_logs", []))
+        self.epoch_seconds = list(st.get("epoch_seconds", []))
+        self.images_seen = int(st.get("images_seen", 0))
+        self.seconds = float(st.get("seconds", 0.0))
+        self._partial_seconds = float(st.get("partial_seconds", 0.0))
+        self.steps = step_history if step_history is not None else {}
+        self.steps.setdefault("loss", [])
+        self.steps.setdefault("accuracy", [])
+        for key, cb in self._stateful_callbacks():
+            if key in st.get("callbacks", {}):
+                cb.load_state_dict(st["callbacks"][key])
+
+    def _stateful_callbacks(self):
+        """(key, callback) of callbacks with state; the key is the class name and its
+        occurrence, so adding a stateless callback on resume does not shift the keys."""
+        out, seen = [], {}
+        for cb in self.callbacks:
+            if hasattr(cb, "state_dict"):
+                name = type(cb).__name__
+                seen[name] = seen.get(name, -1) + 1
+                out.append((f"{name}.{seen[name]}", cb))
+        return out
+
+    def state_dict(self):
+        """Everything needed to resume (JSON-able): position, timings, epoch logs, callbacks."""
+        epoch, step = (self.epoch + 1, 0) if self._epoch_done else (self.epoch, self.step)
+        return {"epoch": epoch, "step": step, "global_step": self.global_step,
+                "epoch_logs": self.history, "epoch_seconds": self.epoch_seconds,
+                "images_seen": self.images_seen, "seconds": self.seconds,
+                "partial_seconds": self._partial_seconds,
+                "callbacks": {k: cb.state_dict() for k, cb in self._stateful_callbacks()}}
+
+    @property
+    def lr(self):
+        return self.optimizer.lr
+
+    def _call(self, hook, *args):
+        for cb in self.callbacks:
+            getattr(cb, hook)(self, *args)
+
+    def run(self):
+        self._call("on_train_begin")
+        while self.epoch < self.epochs and not self.stop_training:
+            self._run_epoch()
+        self._call("on_train_end")
+        return self.history
+
+    def _set_lr(self):
+        if self.schedule is not None:
+            self.optimizer.lr = self.schedule.lr_at(self.epoch, self.base_lr)
+
+    def _batch(self, order, step):
+        idx = order[step * self.batch_size:(step + 1) * self.batch_size]
+        rng = np.random.default_rng([self.seed, self.epoch, step, 1])
+        x = self.augment(self.images[idx], rng)
+        return x, self.labels[idx].astype(np.int64)
+
+    def _run_epoch(self):
+        epoch = self.epoch
+        self._set_lr()
+        self._call("on_epoch_begin", epoch)
+        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.labels))
+        self.model.train()
+        self.model.needs_input_grad = False  # nothing consumes the gradient w.r.t. the images
+        bar = self._bar(epoch)
+        t0 = time.perf_counter()
+        try:
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # reported as NonFiniteLoss
+                while self.step < self.steps_per_epoch:
+                    self._train_step(order, bar, t0)
+        finally:
+            if bar is not None:
+                bar.close()
+        seconds = self._partial_seconds + time.perf_counter() - t0
+        self._partial_seconds = 0.0
+        logs = self._epoch_logs(epoch, seconds)
+        self.history.append(logs)
+        self.epoch_seconds.append(seconds)
+        self.images_seen += len(self.labels)
+        self.seconds += seconds
+        self._epoch_done = True  # state_dict() now points at the next epoch
+        try:
+            self._call("on_epoch_end", epoch, logs)
+        finally:
+            self._epoch_done = False
+        self.epoch, self.step = epoch + 1, 0
+
+    def _train_step(self, order, bar, t0):
+        x, y = self._batch(order, self.step)
+        for i, d in enumerate(self._dropouts):
+            d.reseed([self.seed, self.global_step, i, 2])
+        self.optimizer.zero_grad()
+        logits = self.model.forward(x)
+        loss = self.loss_fn.forward(logits, y)
+        if not math.isfinite(loss):
+            raise NonFiniteLoss(f"non-finite loss {loss} at epoch {self.epoch}, step {self.step}")
+        self.model.backward(self.loss_fn.backward())
+        self._call("on_after_backward")
+        if self.detect_anomaly:
+            check_finite(self.model, f"after backward at epoch {self.epoch}, step {self.step}")
+        self.optimizer.step()
+        acc = float(np.mean(np.argmax(logits, axis=1) == y))
+        self.steps["loss"].append(loss)
+        self.steps["accuracy"].append(acc)
+        self.step += 1
+        self.global_step += 1
+        if bar is not None:
+            bar.update(len(y))
+            bar.set_postfix(loss=f"{loss:.4f}", acc=f"{acc:.3f}", lr=f"{self.optimizer.lr:.3g}", refresh=False)
+        # time so far in this epoch, so a checkpoint written now can carry it
+        self._step_time = time.perf_counter() - t0
+        self._call("on_step_end", self.global_step, loss)
+
+    def partial_state(self):
+        """:meth:`state_dict` including the time spent so far in the current epoch (for a
+        checkpoint written mid-epoch)."""
+        st = self.state_dict()
+        st["partial_seconds"] = self._partial_seconds + getattr(self, "_step_time", 0.0)
+        return st
+
+    def _epoch_logs(self, epoch, seconds):
+        n = len(self.labels)
+        sizes = np.minimum(self.batch_size, n - self.batch_size * np.arange(self.steps_per_epoch))
+        losses = np.asarray(self.steps["loss"][-self.steps_per_epoch:])
+        accs = np.asarray(self.steps["accuracy"][-self.steps_per_epoch:])
+        logs = dict.fromkeys(LOG_KEYS)
+        logs.update(epoch=epoch + 1, loss=float(losses @ sizes / n), accuracy=float(accs @ sizes / n),
+                    lr=float(self.optimizer.lr), seconds=float(seconds), images_per_s=float(n / max(seconds, 1e-9)))
+        if self.val_data is not None:
+            vx, vy = self.val_data
+            logs["val_accuracy"], logs["val_loss"] = evaluate(self.model, vx, vy, self.eval_batch_size,
+                                                              preprocess=self.preprocess)
+        return logs
+
+    def _bar(self, epoch):
+        if not self.progress:
+            return None
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(self.labels), desc=f"epoch {epoch + 1}/{self.epochs}", unit="img",
+                   mininterval=0.5, file=sys.stderr)
+        if self.step:
+            bar.update(min(self.step * self.batch_size, len(self.labels)))
+        return bar
+
+
+def _walk(layer):
+    yield layer
+    kids = getattr(layer, "layers", None)
+    if kids is None and hasattr(layer, "children"):
+        kids = layer.children().values()
+    for k in kids or ():
+        yield from _walk(k)
+
+
+def fit(model, loss_fn, optimizer, train_data, *, epochs, batch_size, val_data=None, schedule=None,
+        augment=None, callbacks=(), seed=0, progress=None, detect_anomaly=False, state=None,
+        step_history=None, base_lr=None):
+    """Train ``model`` for ``epochs`` epochs; return the history (one logs dict per epoch).
 
     Parameters
     ----------
-    start_step : int
-        Skip this many batches first (resuming mid-epoch).
-    progress : tqdm-like or None
-        Updated with the number of images per step, postfix loss / accuracy / images/s.
-    on_step : callable(step_in_epoch) or None
-        Called after every optimizer step (checkpointing, interruption).
-    history : dict of lists, optional
-        ``"loss"`` and ``"accuracy"`` of every step are appended.
+    model : fastcnn.Sequential
+    loss_fn : fastcnn.losses.SoftmaxCrossEntropy (or a loss with ``forward``/``backward``)
+    optimizer : fastcnn.optim.Optimizer
+    train_data : (images, labels)
+        ``uint8`` images ``(N, C, H, W)`` (or ``(N, H, W)``) and integer labels ``(N,)``.
+    epochs, batch_size : int
+        The last batch of an epoch may be smaller.
+    val_data : (images, labels), optional
+        Evaluated (eval mode, no augmentation) after every epoch: ``val_loss`` and
+        ``val_accuracy`` in the logs.
+    schedule : fastcnn.optim.Schedule, optional
+        Sets ``optimizer.lr = schedule.lr_at(epoch, base_lr)`` at the start of each epoch.
+    augment : fastcnn.augment.Pipeline or callable, optional
+        ``augment(uint8_batch, rng) -> float32 batch``; its ``eval`` method (if any)
+        preprocesses validation images.  Default: ``pixel / 255``.
+    callbacks : sequence of :class:`Callback`
+    seed : int
+        The data order of epoch ``e`` is ``default_rng([seed, e]).permutation(N)``, the
+        augmentation of step ``s`` draws from ``default_rng([seed, e, s, 1])`` and Dropout
+        layers from ``default_rng([seed, global_step, i, 2])``: a run is a function of its
+        seed, and resuming from a checkpoint continues it exactly.
+    progress : bool, optional
+        A tqdm bar per epoch (default: only when stderr is a terminal).
     detect_anomaly : bool
-        Check every parameter and gradient for NaN/Inf after each step (slow; off by default).
+        Check all parameters and gradients for NaN/Inf after every backward (slow).
+    state, step_history : optional
+        Resume: :meth:`Trainer.state_dict` and the per-step ``{"loss": [...], "accuracy":
+        [...]}`` lists of an interrupted run.
+    base_lr : float, optional
+        The schedule's base learning rate (default: ``optimizer.lr``).
 
     Returns
     -------
-    images_seen : int
-    seconds : float
+    list of dict
+        Per epoch, the keys of :data:`LOG_KEYS`.
+
+    Examples
+    --------
+    >>> from fastcnn import augment, data, losses, models, optim, train   # doctest: +SKIP
+    >>> x, y = data.load_cifar10(split="train")
+    >>> model = models.build("resnet")
+    >>> opt = optim.Adam(model.parameters(), 1e-3)
+    >>> hist = train.fit(model, losses.SoftmaxCrossEntropy(), opt, (x[:45000], y[:45000]),
+    ...                  epochs=5, batch_size=100, val_data=(x[45000:], y[45000:]),
+    ...                  schedule=optim.StepLR(20, 1 / 3), augment=augment.from_name("tutorial"),
+    ...                  callbacks=[train.EarlyStopping(3), train.CSVLogger("history.csv")])
     """
-    model.train()
-    model.needs_input_grad = False  # nothing consumes the gradient w.r.t. the images
-    loss_fn = SoftmaxCrossEntropy()
-    history = {} if history is None else history
-    losses = history.setdefault("loss", [])
-    accs = history.setdefault("accuracy", [])
-    batches = _data.iterate_batches(images, labels, batch_size, shuffle=True, seed=seed, epoch=epoch)
-    if progress is not None and start_step:
-        progress.update(min(start_step * batch_size, len(labels)))
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # reported as NonFiniteLoss
-        return _steps(model, optimizer, loss_fn, batches, epoch, start_step, input_size, progress, on_step,
-                      losses, accs, detect_anomaly)
+    if progress is None:
+        progress = sys.stderr.isatty()
+    trainer = Trainer(model, loss_fn, optimizer, train_data, epochs=epochs, batch_size=batch_size,
+                      val_data=val_data, schedule=schedule, augment=augment, callbacks=callbacks, seed=seed,
+                      progress=progress, detect_anomaly=detect_anomaly, state=state, step_history=step_history,
+                      base_lr=base_lr)
+    return trainer.run()
 
 
-def _steps(model, optimizer, loss_fn, batches, epoch, start_step, input_size, progress, on_step, losses, accs,
-           detect_anomaly):
-    seen, t0, last_post = 0, time.perf_counter(), 0.0
-    run_loss = run_acc = None
-    for step, (x, y) in enumerate(batches):
-        if step < start_step:
-            continue
-        if input_size:
-            x = pad_to(x, input_size)
-        optimizer.zero_grad()
-        logits = model.forward(x)
-        loss = loss_fn.forward(logits, y)
-        if not math.isfinite(loss):
-            raise NonFiniteLoss(f"non-finite loss {loss} at epoch {epoch}, step {step}")
-        model.backward(loss_fn.backward())
-        if detect_anomaly:
-            check_finite(model, f"after backward at epoch {epoch}, step {step}")
-        optimizer.step()
-        acc = float(np.mean(np.argmax(logits, axis=1) == y))
-        losses.append(loss)
-        accs.append(acc)
-        seen += len(y)
-        if progress is not None:
-            run_loss = loss if run_loss is None else 0.99 * run_loss + 0.01 * loss
-            run_acc = acc if run_acc is None else 0.99 * run_acc + 0.01 * acc
-            progress.update(len(y))
-            now = time.perf_counter()
-            if now - last_post > 0.5:
-                last_post = now
-                progress.set_postfix(loss=f"{run_loss:.4f}", acc=f"{run_acc:.3f}",
-                                     img_s=f"{seen / (now - t0):.0f}", refresh=False)
-        if on_step is not None:
-            on_step(step)
-    return seen, time.perf_counter() - t0
+# --------------------------------------------------------------------------- callbacks
+
+def _monitor_value(logs, monitor):
+    v = logs.get(monitor)
+    if v is None:
+        raise ValueError(f"monitored value {monitor!r} is not in the epoch logs (validation data given?)")
+    return v
+
+
+class BestCheckpoint(Callback):
+    """Save the model to ``path`` whenever ``monitor`` (default ``val_accuracy``, higher is
+    better; ``mode="min"`` for losses) improves; ``metadata`` goes into the file."""
+
+    def __init__(self, path, monitor="val_accuracy", mode="max", metadata=None):
+        self.path, self.monitor, self.mode = path, monitor, mode
+        self.metadata = dict(metadata or {})
+        self.best, self.best_epoch = None, None
+
+    def on_epoch_end(self, trainer, epoch, logs):
+        v = _monitor_value(logs, self.monitor)
+        if self.best is None or (v > self.best if self.mode == "max" else v < self.best):
+            self.best, self.best_epoch = v, epoch + 1
+            trainer.model.save(self.path, metadata={**self.metadata, "epoch": epoch + 1, self.monitor: v})
+
+    def state_dict(self):
+        return {"best": self.best, "best_epoch": self.best_epoch}
+
+    def load_state_dict(self, d):
+        self.best, self.best_epoch = d["best"], d["best_epoch"]
+
+
+class EarlyStopping(Callback):
+    """Stop when ``monitor`` has not improved by more than ``min_delta`` for ``patience``
+    epochs (Keras's ``EarlyStopping``)."""
+
+    def __init__(self, patience, monitor="val_accuracy", mode="max", min_delta=0.0):
+        if patience < 1:
+            raise ValueError(f"EarlyStopping: patience must be >= 1, got {patience}")
+        self.patience, self.monitor, self.mode, self.min_delta = int(patience), monitor, mode, float(min_delta)
+        self.best, self.wait, self.stopped_epoch = None, 0, None
+
+    def on_epoch_end(self, trainer, epoch, logs):
+        v = _monitor_value(logs, self.monitor)
+        better = self.best is None or (v > self.best + self.min_delta if self.mode == "max"
+                                       else v < self.best - self.min_delta)
+        if better:
+            self.best, self.wait = v, 0
+        else:
+            self.wait += 1
+            if self.wait >= self.patience:
+                trainer.stop_training = True
+                self.stopped_epoch = epoch + 1
+
+    def state_dict(self):
+        return {"best": self.best, "wait": self.wait, "stopped_epoch": self.stopped_epoch}
+
+    def load_state_dict(self, d):
+        self.best, self.wait, self.stopped_epoch = d["best"], d["wait"], d["stopped_epoch"]
+
+
+def write_history_csv(path, history):
+    """Write per-epoch logs as CSV (columns :data:`LOG_KEYS`), atomically."""
+    import csv
+    import io
+
+    from .model import atomic_write
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(LOG_KEYS)
+    for logs in history:
+        w.writerow(["" if logs.get(k) is None else logs[k] for k in LOG_KEYS])
+    atomic_write(path, lambda f: f.write(buf.getvalue().encode()))
+
+
+class CSVLogger(Callback):
+    """Rewrite ``path`` (``history.csv``) after every epoch with all epochs so far."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def on_epoch_end(self, trainer, epoch, logs):
+        write_history_csv(self.path, trainer.history)
+
+
+def format_logs(logs, epochs=None):
+    """One summary line for an epoch's logs."""
+    parts = [f"epoch {logs['epoch']}" + (f"/{epochs}" if epochs else ""),
+             f"loss {logs['loss']:.4f}", f"acc {logs['accuracy']:.4f}"]
+    if logs.get("val_accuracy") is not None:
+        parts += [f"val_loss {logs['val_loss']:.4f}", f"val_acc {logs['val_accuracy']:.4f}"]
+    parts += [f"lr {logs['lr']:.3g}", f"{logs['seconds']:.1f} s", f"{logs['images_per_s']:.0f} img/s"]
+    return "  ".join(parts)
+
+
+class EpochLog(Callback):
+    """Print :func:`format_logs` after each epoch to ``file`` (default stderr)."""
+
+    def __init__(self, file=None):
+        self.file = file
+
+    def on_epoch_end(self, trainer, epoch, logs):
+        print(format_logs(logs, trainer.epochs), file=self.file or sys.stderr, flush=True)
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -184,7 +537,7 @@ def save_checkpoint(path, model, optimizer, state, history):
     extra = {"__optim__." + k: v for k, v in optimizer.state_dict().items()}
     for key in ("loss", "accuracy"):
         extra["__history__." + key] = np.asarray(history.get(key, []), np.float64)
-    save(model, path, metadata={"model": state["model"], "trainer": state}, extra=extra)
+    save(model, path, metadata={"model": state.get("model"), "trainer": state}, extra=extra)
 
 
 def load_checkpoint(path):

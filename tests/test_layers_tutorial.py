@@ -1,0 +1,130 @@
+"""The layers the tutorials name that fastcnn added later: Dropout, Sigmoid, Tanh, SumPool2D,
+GlobalAvgPool2D — against PyTorch (float64 gold), finite differences and each other."""
+import numpy as np
+import pytest
+
+import fastcnn
+from fastcnn import layers as L
+
+from conftest import assert_close, needs_torch
+from gold import torch_twin
+
+
+def _check(layer, x, rtol=1e-5):
+    """Forward and input gradient equal the float64 torch twin's (float32 rounding: 1e-5)."""
+    import torch
+
+    twin = torch_twin(fastcnn.Sequential(layer))[0].double()
+    tx = torch.tensor(x.astype(np.float64), requires_grad=True)
+    ty = twin(tx)
+    y = layer.forward(x)
+    assert y.dtype == np.float32
+    assert_close(y, ty.detach().numpy(), rtol, what="forward")
+    gy = np.random.default_rng(0).standard_normal(y.shape).astype(np.float32)
+    ty.backward(torch.tensor(gy, dtype=torch.float64))
+    assert_close(layer.backward(gy), tx.grad.numpy(), rtol, what="grad input")
+
+
+SHAPES = [(3, 4, 9, 9), (1, 1, 5, 7), (2, 3, 8, 8)]
+
+
+@needs_torch
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("make", [lambda: L.SumPool2D(2), lambda: L.SumPool2D(3, 2, 1), lambda: L.SumPool2D((2, 3), 1),
+                                  lambda: L.GlobalAvgPool2D()], ids=["sum2", "sum3s2p1", "sum23s1", "gap"])
+def test_pooling_layers_match_torch(backend, make, shape):
+    x = np.random.default_rng(2).standard_normal(shape).astype(np.float32)
+    _check(make(), x)
+
+
+@needs_torch
+@pytest.mark.parametrize("make", [L.Sigmoid, L.Tanh])
+def test_activations_match_torch(make):
+    x = np.random.default_rng(3).standard_normal((3, 5, 4, 3)).astype(np.float32) * 4
+    x[0, 0, 0, :] = [-100.0, 100.0, 0.0]  # saturation, no overflow warning
+    with np.errstate(over="raise", invalid="raise", divide="raise"):
+        _check(make(), x)
+
+
+@pytest.mark.parametrize("make", [L.Sigmoid, L.Tanh, lambda: L.SumPool2D(3, 2, 1), L.GlobalAvgPool2D])
+def test_finite_difference_gradient(make):
+    """d(sum(y * r))/dx by central differences in float64 of the float32 layer."""
+    rng = np.random.default_rng(4)
+    layer = make()
+    x = rng.standard_normal((2, 2, 5, 5)).astype(np.float32)
+    r = rng.standard_normal(layer.forward(x).shape).astype(np.float32)
+    layer.forward(x)
+    g = layer.backward(r)
+    eps = 1e-2
+    for idx in [(0, 0, 0, 0), (1, 1, 2, 3), (0, 1, 4, 4), (1, 0, 3, 1)]:
+        xp, xm = x.copy(), x.copy()
+        xp[idx] += eps
+        xm[idx] -= eps
+        num = (np.sum(layer.forward(xp).astype(np.float64) * r) - np.sum(layer.forward(xm).astype(np.float64) * r)) / (2 * eps)
+        # central differences of a float32 function: truncation O(eps^2) + rounding ~1e-5
+        assert abs(num - g[idx]) <= 2e-3 * max(1.0, abs(num)), (idx, num, g[idx])
+
+
+def test_sum_pool_equals_area_times_average(backend):
+    x = np.random.default_rng(5).random((2, 3, 6, 6)).astype(np.float32)
+    y = L.SumPool2D(2).forward(x)
+    # the sum of a 2x2 window, computed directly in float64
+    want = x.reshape(2, 3, 3, 2, 3, 2).astype(np.float64).sum(axis=(3, 5))
+    np.testing.assert_allclose(y, want, rtol=1e-6)
+
+
+def test_global_avg_pool_shapes_and_errors():
+    layer = L.GlobalAvgPool2D()
+    x = np.random.default_rng(6).random((1, 7, 3, 5)).astype(np.float32)
+    y = layer.forward(x)
+    assert y.shape == (1, 7, 1, 1)
+    np.testing.assert_allclose(y[:, :, 0, 0], x.mean(axis=(2, 3)), rtol=1e-6)
+    with pytest.raises(ValueError, match="4-D"):
+        layer.forward(np.zeros((2, 3), np.float32))
+
+
+def test_dropout_is_seeded_scaled_and_identity_in_eval():
+    x = np.ones((64, 32, 4, 4), np.float32)
+    d = L.Dropout(0.25, seed=7)
+    y1 = d.forward(x)
+    kept = y1 != 0
+    assert abs(kept.mean() - 0.75) < 0.01
+    np.testing.assert_array_equal(y1[kept], np.float32(1 / 0.75))
+    g = d.backward(np.full(x.shape, 2.0, np.float32))
+    np.testing.assert_array_equal(g, np.where(kept, np.float32(2 / 0.75), 0))
+    y2 = d.forward(x)
+    assert not np.array_equal(y1, y2)  # a new mask every call
+    d2 = L.Dropout(0.25, seed=7)
+    np.testing.assert_array_equal(d2.forward(x), y1)  # same seed, same masks
+    np.testing.assert_array_equal(d2.forward(x), y2)
+    d.reseed([0, 5, 1])
+    d2.reseed([0, 5, 1])
+    np.testing.assert_array_equal(d.forward(x), d2.forward(x))  # reseeded: the trainer's way
+    d.eval()
+    np.testing.assert_array_equal(d.forward(x), x)
+    np.testing.assert_array_equal(d.backward(x), x)
+    with pytest.raises(ValueError, match="p must be"):
+        L.Dropout(1.0)
+
+
+@needs_torch
+def test_dropout_matches_torch_given_the_mask():
+    """torch's Dropout is ``x * mask / (1 - p)``; with the mask fastcnn drew, equal outputs."""
+    import torch
+
+    d = L.Dropout(0.4, seed=1)
+    x = np.random.default_rng(8).standard_normal((5, 6)).astype(np.float32)
+    y = d.forward(x)
+    mask = torch.tensor(y != 0, dtype=torch.float32)
+    want = torch.tensor(x) * mask / (1 - 0.4)
+    np.testing.assert_allclose(y, want.numpy(), rtol=1e-6)
+
+
+def test_new_layers_round_trip_through_checkpoint(tmp_path):
+    model = fastcnn.Sequential(L.Conv2D(1, 2, 3, rng=0), L.Tanh(), L.SumPool2D(2), L.Dropout(0.3, seed=2),
+                               L.Sigmoid(), L.GlobalAvgPool2D(), L.Flatten(), L.Dense(2, 3, rng=0))
+    model.eval()
+    x = np.random.default_rng(9).random((2, 1, 8, 8)).astype(np.float32)
+    model.save(tmp_path / "m.npz")
+    again = fastcnn.load(tmp_path / "m.npz").eval()
+    np.testing.assert_array_equal(again.forward(x), model.forward(x))

@@ -1,0 +1,300 @@
+"""fastcnn.train.fit: callbacks, validation, best checkpoint, early stopping, schedules,
+seeded augmentation and dropout, bit-identical resume; the CIFAR-10 command line (with --limit)."""
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import fastcnn
+from fastcnn import augment, layers as L, losses, optim
+from fastcnn.train import (LOG_KEYS, BestCheckpoint, Callback, CSVLogger, EarlyStopping, Trainer, fit,
+                           load_checkpoint, save_checkpoint)
+
+from conftest import NEUTRAL_CWD
+
+
+def _data(n=120, seed=0):
+    """Learnable synthetic 3x8x8 uint8 images: the class sets the mean brightness of a channel."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 10, n).astype(np.uint8)
+    x = rng.integers(0, 80, (n, 3, 8, 8)).astype(np.int64)
+    x[np.arange(n), y % 3] += 16 * (y[:, None, None] + 1)
+    return np.clip(x, 0, 255).astype(np.uint8), y
+
+
+def _model(seed=0):
+    return fastcnn.Sequential(L.Conv2D(3, 6, 3, padding=1, rng=seed), L.BatchNorm2D(6), L.ReLU(), L.Dropout(0.2),
+                              L.GlobalAvgPool2D(), L.Flatten(), L.Dense(6, 10, rng=seed))
+
+
+def _pipe():
+    return augment.Pipeline([augment.RandomCrop(8, 2), augment.HorizontalFlip()])
+
+
+class Recorder(Callback):
+    def __init__(self):
+        self.calls = []
+
+    def on_train_begin(self, trainer):
+        self.calls.append("begin")
+
+    def on_epoch_begin(self, trainer, epoch):
+        self.calls.append(("epoch", epoch, trainer.optimizer.lr))
+
+    def on_after_backward(self, trainer):
+        assert any(np.any(p.grad != 0) for p in trainer.model.parameters())
+        self.calls.append("backward")
+
+    def on_step_end(self, trainer, step, loss):
+        assert step == trainer.global_step and np.isfinite(loss)
+        self.calls.append("step")
+
+    def on_epoch_end(self, trainer, epoch, logs):
+        assert trainer.history[-1] is logs and trainer.epoch == epoch
+        self.calls.append(("end", epoch))
+
+    def on_train_end(self, trainer):
+        self.calls.append("done")
+
+
+def test_fit_history_callbacks_schedule_and_outputs(tmp_path):
+    x, y = _data()
+    model = _model()
+    opt = optim.Adam(model.parameters(), 0.05)
+    rec = Recorder()
+    hist = fit(model, losses.SoftmaxCrossEntropy(), opt, (x[:100], y[:100]), epochs=3, batch_size=32,
+               val_data=(x[100:], y[100:]), schedule=optim.StepLR(1, 0.5), augment=_pipe(),
+               callbacks=[rec, CSVLogger(tmp_path / "h.csv"), BestCheckpoint(tmp_path / "best.npz", metadata={"k": 1})],
+               progress=False)
+    assert [list(h) for h in hist] == [list(LOG_KEYS)] * 3
+    assert [h["lr"] for h in hist] == [0.05, 0.025, 0.0125]
+    assert all(0 <= h["val_accuracy"] <= 1 and h["val_loss"] > 0 and h["images_per_s"] > 0 for h in hist)
+    assert hist[-1]["loss"] < hist[0]["loss"]  # it learns
+    assert rec.calls[0] == "begin" and rec.calls[-1] == "done"
+    assert rec.calls.count("step") == rec.calls.count("backward") == 3 * 4
+    assert [c for c in rec.calls if isinstance(c, tuple)] == [("epoch", 0, 0.05), ("end", 0), ("epoch", 1, 0.025),
+                                                            ("end", 1), ("epoch", 2, 0.0125), ("end", 2)]
+    rows = list(csv.DictReader(open(tmp_path / "h.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert float(rows[1]["val_accuracy"]) == pytest.approx(hist[1]["val_accuracy"])
+    best, meta = fastcnn.load(tmp_path / "best.npz", return_metadata=True)
+    vals = [h["val_accuracy"] for h in hist]
+    assert meta["val_accuracy"] == max(vals) and meta["epoch"] == vals.index(max(vals)) + 1 and meta["k"] == 1
+
+
+def test_early_stopping_stops_and_callback_can_stop():
+    x, y = _data()
+    model = _model()
+    opt = optim.SGD(model.parameters(), 1e-9)  # learns nothing: no improvement after epoch 1
+    stop = EarlyStopping(2)
+    hist = fit(model, losses.SoftmaxCrossEntropy(), opt, (x[:100], y[:100]), epochs=10, batch_size=50,
+               val_data=(x[100:], y[100:]), callbacks=[stop], progress=False)
+    assert len(hist) == 3 and stop.stopped_epoch == 3
+
+    class StopAfterOne(Callback):
+        def on_epoch_end(self, trainer, epoch, logs):
+            trainer.stop_training = True
+
+    assert len(fit(_model(), losses.SoftmaxCrossEntropy(), optim.SGD(_model().parameters(), 0.1), (x, y), epochs=5,
+                   batch_size=60, callbacks=[StopAfterOne()], progress=False)) == 1
+    with pytest.raises(ValueError, match="val_accuracy"):
+        fit(_model(), losses.SoftmaxCrossEntropy(), optim.SGD(_model().parameters(), 0.1), (x, y), epochs=1,
+            batch_size=60, callbacks=[EarlyStopping(1)], progress=False)
+
+
+class _Cut(Exception):
+    pass
+
+
+def test_resume_mid_epoch_is_bit_identical(tmp_path):
+    """Stop after global step 7 (mid epoch 2), checkpoint, rebuild everything from the file,
+    resume: the final weights, the optimizer state and the history equal an uninterrupted run.
+    Covers the data order, the augmentation, Dropout, BatchNorm, AdamW and a schedule."""
+    x, y = _data(150)
+    train, val = (x[:130], y[:130]), (x[130:], y[130:])
+    kw = dict(epochs=3, batch_size=32, val_data=val, schedule=optim.Chained(optim.LinearLR(0.5, total_iters=2),
+                                                                            optim.CosineAnnealingLR(3)),
+              augment=_pipe(), seed=4, progress=False)
+
+    def run(callbacks=(), model=None, opt=None, **extra):
+        model = model or _model(1)
+        opt = opt or optim.AdamW(model.parameters(), 0.02, weight_decay=0.05)
+        hist = fit(model, losses.SoftmaxCrossEntropy(), opt, train, callbacks=list(callbacks), base_lr=0.02,
+                   **kw, **extra)
+        return model, opt, hist
+
+    full_model, full_opt, full_hist = run([EarlyStopping(5)])
+
+    class CutAt(Callback):
+        def on_step_end(self, trainer, step, loss):
+            if step == 7:
+                save_checkpoint(tmp_path / "c.npz", trainer.model, trainer.optimizer, trainer.partial_state(),
+                                trainer.steps)
+                raise _Cut
+
+    stop = EarlyStopping(5)
+    with pytest.raises(_Cut):
+        run([stop, CutAt()])
+    model, opt_state, state, steps = load_checkpoint(tmp_path / "c.npz")
+    assert (state["epoch"], state["step"]) == (1, 2)
+    opt = optim.AdamW(model.parameters(), 0.02, weight_decay=0.05)
+    opt.load_state_dict(opt_state)
+    stop2 = EarlyStopping(5)
+    model, opt, hist = run([CSVLogger(tmp_path / "h.csv"), stop2], model=model, opt=opt, state=state,
+                           step_history=steps)
+    assert stop2.best == max(h["val_accuracy"] for h in full_hist)  # its state came through the checkpoint
+    for k, v in full_model.state_dict().items():
+        assert v.tobytes() == model.state_dict()[k].tobytes(), k
+    for k, v in full_opt.state_dict().items():
+        assert np.asarray(v).tobytes() == np.asarray(opt.state_dict()[k]).tobytes(), k
+    drop = lambda hs: [{k: v for k, v in h.items() if k not in ("seconds", "images_per_s")} for h in hs]  # noqa: E731
+    assert drop(hist) == drop(full_hist)
+
+
+def test_trainer_argument_errors():
+    x, y = _data(10)
+    m = _model()
+    opt = optim.SGD(m.parameters(), 0.1)
+    with pytest.raises(ValueError, match="batch_size"):
+        Trainer(m, losses.SoftmaxCrossEntropy(), opt, (x, y), epochs=1, batch_size=0)
+    with pytest.raises(ValueError, match="labels"):
+        Trainer(m, losses.SoftmaxCrossEntropy(), opt, (x, y[:5]), epochs=1, batch_size=2)
+
+
+# --------------------------------------------------------------------------- command line, CIFAR-10
+
+def _cifar_root():
+    mnist = os.environ.get("FASTCNN_DATA")
+    root = Path(os.environ.get("FASTCNN_CIFAR10") or (Path(mnist).parent / "cifar10" if mnist else "none"))
+    if not (root / "data_batch_1.bin.gz").is_file():
+        pytest.skip("real CIFAR-10 not found (set FASTCNN_CIFAR10)")
+    return root
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "fastcnn", *args], capture_output=True, text=True, timeout=900,
+                          cwd=NEUTRAL_CWD)
+
+
+def test_cli_cifar10_resnet_recipe_outputs_and_resume(tmp_path):
+    root = _cifar_root()
+    common = ["--model", "resnet", "--dataset", "cifar10", "--data-dir", str(root), "--limit", "150",
+              "--val-split", "50", "--batch-size", "50", "--threads", "1", "--no-progress",
+              "--test-file", "test_batch_first1000.bin.gz"]
+    full = _cli("train", *common, "--epochs", "2", "--early-stop", "5", "--out", str(tmp_path / "full"))
+    assert full.returncode == 0, full.stderr
+    err = full.stderr
+    assert "augment tutorial" in err and "StepLR(step_size=20" in err and "adam lr 0.001" in err
+    assert "1000 images from test_batch_first1000.bin.gz (a partial CIFAR-10 test set" in err
+    assert sum(line.startswith("epoch 1/2") or line.startswith("epoch 2/2") for line in err.splitlines()) == 2
+    out = tmp_path / "full"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert len(metrics["val_accuracy"]) == 2 and metrics["test_images"] == 1000 and metrics["train_images"] == 100
+    assert metrics["val_images"] == 50 and metrics["dataset"] == "cifar10"
+    rows = list(csv.DictReader(open(out / "history.csv")))
+    assert [r["epoch"] for r in rows] == ["1", "2"] and set(rows[0]) == set(LOG_KEYS)
+    args = json.loads((out / "args.json").read_text())
+    assert args["augment"] == "tutorial" and args["schedule"] == {"type": "StepLR", "step_size": 20, "gamma": 1 / 3}
+    for name in ("model.npz", "best.npz"):
+        _, meta = fastcnn.load(out / name, return_metadata=True)
+        pre = meta["preprocess"]
+        assert pre["dataset"] == "cifar10" and pre["input_shape"] == [3, 32, 32]
+        assert pre["mean"] == [0.0] * 3 and pre["std"] == [1.0] * 3 and pre["classes"][0] == "airplane"
+    ev = _cli("evaluate", "--checkpoint", str(out / "model.npz"), "--data-dir", str(root),
+              "--test-file", "test_batch_first1000.bin.gz")
+    assert ev.returncode == 0, ev.stderr
+    assert ev.stdout.strip().splitlines()[-1] == full.stdout.strip().splitlines()[-1]
+    # one epoch, then --resume to two: the same weights as two epochs straight
+    cut = tmp_path / "cut"
+    r1 = _cli("train", *common, "--epochs", "1", "--early-stop", "5", "--checkpoint-every", "100", "--out", str(cut))
+    assert r1.returncode == 0, r1.stderr
+    r2 = _cli("train", "--resume", str(cut / "checkpoint.npz"), "--epochs", "2", "--data-dir", str(root),
+              "--threads", "1", "--no-progress", "--out", str(cut))
+    assert r2.returncode == 0, r2.stderr
+    a, b = fastcnn.load(out / "model.npz").state_dict(), fastcnn.load(cut / "model.npz").state_dict()
+    for k in a:
+        assert a[k].tobytes() == b[k].tobytes(), k
+    assert json.loads((cut / "metrics.json").read_text())["val_accuracy"] == metrics["val_accuracy"]
+
+
+def test_cli_flags_build_optimizer_schedule_and_normalisation(tmp_path):
+    root = _cifar_root()
+    r = _cli("train", "--model", "resnet", "--dataset", "cifar10", "--data-dir", str(root), "--limit", "40",
+             "--batch-size", "20", "--threads", "1", "--no-progress", "--test-file", "test_batch_first1000.bin.gz",
+             "--optimizer", "sgd", "--lr", "0.1", "--momentum", "0.9", "--nesterov", "--weight-decay", "5e-4",
+             "--schedule", "cosine", "--warmup", "1", "--augment", "crop", "--normalize", "--epochs", "2",
+             "--out", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    hist = json.loads((tmp_path / "metrics.json").read_text())
+    want = optim.Chained(optim.LinearLR(0.1, 1.0, 1), optim.CosineAnnealingLR(2))
+    assert hist["lr_per_epoch"] == [want.lr_at(e, 0.1) for e in range(2)]
+    pre = fastcnn.load(tmp_path / "model.npz", return_metadata=True)[1]["preprocess"]
+    x, _ = fastcnn.data.load_cifar10(root, "train")
+    np.testing.assert_allclose(pre["mean"], augment.channel_stats(x[:40])[0])
+    bad = _cli("train", "--model", "resnet", "--dataset", "cifar10", "--data-dir", str(root), "--limit", "40",
+               "--out", str(tmp_path / "b"))
+    assert bad.returncode == 1 and "test_batch_first1000.bin.gz" in bad.stderr and "--test-file" in bad.stderr
+    bad = _cli("train", "--model", "lenet", "--dataset", "cifar10", "--data-dir", str(root), "--limit", "40",
+               "--test-file", "test_batch_first1000.bin.gz", "--out", str(tmp_path / "b"))
+    assert bad.returncode == 1 and "28x28" in bad.stderr
+    bad = _cli("train", "--model", "bn", "--early-stop", "2", "--out", str(tmp_path / "b"))
+    assert bad.returncode == 1 and "--val-split" in bad.stderr
+
+
+# --------------------------------------------------------------------------- ResNet parity with PyTorch
+
+@pytest.mark.parametrize("batch", [20, pytest.param(100, marks=pytest.mark.slow)])
+def test_resnet_cifar10_loss_curve_matches_torch(batch):
+    """The tutorial ResNet on real CIFAR-10, tutorial augmentation, Adam 1e-3, 30 steps, from
+    the same weights and the same augmented batches as fit() draws them.  Gold: PyTorch in
+    float64.  fastcnn's per-step loss must follow it as closely as PyTorch's own float32 run
+    does, or within 1e-3 relative, whichever is looser; the initial logits within 1e-4."""
+    torch = pytest.importorskip("torch")
+    from fastcnn import data, models
+    from fastcnn.interop import to_torch
+
+    x, y = data.load_cifar10(_cifar_root(), "train")
+    x, y = x[:45000], y[:45000]
+    model = models.build("resnet", seed=0)
+    gold = to_torch(model).double()
+    t32 = to_torch(model).float()
+    pipe = augment.from_name("tutorial")
+    xb0 = pipe(x[:batch], np.random.default_rng(0))
+    model.eval()
+    gold.eval()
+    with torch.no_grad():
+        want = gold(torch.tensor(xb0, dtype=torch.float64)).numpy()
+    assert np.abs(model.forward(xb0) - want).max() <= 1e-4
+    model.train()
+    gold.train()
+    opt = optim.Adam(model.parameters(), 1e-3)
+    gopt = torch.optim.Adam(gold.parameters(), 1e-3)
+    topt = torch.optim.Adam(t32.parameters(), 1e-3)
+    loss_fn = losses.SoftmaxCrossEntropy()
+    trainer = Trainer(model, loss_fn, opt, (x, y), epochs=1, batch_size=batch, augment=pipe, seed=0)
+    order = np.random.default_rng([0, 0]).permutation(len(y))
+    ours, gold_l, f32 = [], [], []
+    for step in range(30):
+        xb, yb = trainer._batch(order, step)  # exactly what fit() trains on
+        opt.zero_grad()
+        ours.append(loss_fn.forward(model.forward(xb), yb))
+        model.backward(loss_fn.backward())
+        opt.step()
+        for net, o, dt, out in ((gold, gopt, torch.float64, gold_l), (t32, topt, torch.float32, f32)):
+            o.zero_grad()
+            loss = torch.nn.functional.cross_entropy(net(torch.tensor(xb, dtype=dt)), torch.tensor(yb))
+            loss.backward()
+            o.step()
+            out.append(loss.item())
+    ours, gold_l, f32 = map(np.asarray, (ours, gold_l, f32))
+    rel_ours = np.abs(ours - gold_l) / np.abs(gold_l)
+    rel_torch = np.abs(f32 - gold_l) / np.abs(gold_l)
+    print(f"batch {batch}: max rel diff from float64 torch: fastcnn {rel_ours.max():.2e}, "
+          f"torch float32 {rel_torch.max():.2e}")
+    assert rel_ours.max() <= max(rel_torch.max(), 1e-3)
+    assert gold_l[-5:].mean() < gold_l[:5].mean()  # it is learning
