@@ -356,13 +356,13 @@ def _pipeline(cfg, train_images):
 
 
 def _preprocess_record(cfg, pipe, images):
-    """What ``fastcnn predict`` needs to prepare an image: ``x = (pixel / 255 - mean) / std``
-    per channel, zero-padded to ``input_shape``."""
-    from . import data, models
+    """What ``fastcnn predict`` needs to prepare an image as training did: pixels of
+    ``input_shape`` scaled to ``[0, 1]``, zero-padded to ``pad_to`` (None: no padding), then
+    ``(x - mean) / std`` per channel."""
+    from . import data
 
-    c = images.shape[1]
-    size = models.INPUT_SIZE[cfg["model"]]
-    return {"dataset": cfg["dataset"], "input_shape": [c, size, size],
+    c, h, w = (1, *images.shape[1:]) if images.ndim == 3 else images.shape[1:]
+    return {"dataset": cfg["dataset"], "input_shape": [c, h, w], "pad_to": pipe.input_size,
             "mean": pipe.mean or [0.0] * c, "std": pipe.std or [1.0] * c,
             "classes": data.CLASSES[cfg["dataset"]]}
 
@@ -520,20 +520,20 @@ _SAVED = ("model", "dataset", "seed", "batch_size", "lr", "optimizer", "momentum
 
 
 def cmd_evaluate(args):
+    import functools
+
     import fastcnn
-    from . import augment, data, models
+    from . import data
+    from .predict import normalize, preprocess_info
     from .train import evaluate
 
     _setup(args)
     model, meta = fastcnn.load(args.checkpoint, return_metadata=True)
-    pre = meta.get("preprocess") or {}
-    dataset = args.dataset or pre.get("dataset", "mnist")
+    pre = preprocess_info(meta)
+    dataset = args.dataset or pre["dataset"]
     kw = {"test_file": args.test_file} if args.test_file else {}
     test_x, test_y = data.load_dataset(dataset, args.data_dir, "test", **kw)
-    size = pre.get("input_shape", [None, models.INPUT_SIZE.get(meta.get("model"), 28)])[1]
-    pipe = augment.Pipeline(mean=pre.get("mean"), std=pre.get("std"),
-                            input_size=size if test_x.shape[-1] < size else None)
-    acc, loss = evaluate(model, test_x, test_y, preprocess=pipe.eval)
+    acc, loss = evaluate(model, test_x, test_y, preprocess=functools.partial(normalize, prep=pre))
     print(f"test loss: {loss:.4f} ({len(test_y)} images)", file=sys.stderr)
     print(f"test accuracy: {acc:.4f}")
     return 0

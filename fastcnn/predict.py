@@ -65,7 +65,7 @@ def preprocess_info(metadata):
         out = {"dataset": prep.get("dataset"), "input_shape": [int(v) for v in prep["input_shape"]],
                "mean": [float(v) for v in prep.get("mean", [0.0] * c)],
                "std": [float(v) for v in prep.get("std", [1.0] * c)],
-               "classes": [str(v) for v in prep.get("classes", [])], "pad_to": None}
+               "classes": [str(v) for v in prep.get("classes", [])], "pad_to": prep.get("pad_to")}
         if len(out["mean"]) != c or len(out["std"]) != c:
             raise ValueError(f"checkpoint preprocess: mean/std need {c} values, got {out['mean']}, {out['std']}")
         return out
@@ -75,18 +75,11 @@ def preprocess_info(metadata):
 
 
 def normalize(images, prep):
-    """uint8 images ``(N, C, H, W)`` (or ``(N, H, W)``) -> the float32 model input."""
-    from . import data
-    from .train import pad_to
+    """uint8 images ``(N, C, H, W)`` (or ``(N, H, W)``) -> the float32 model input, exactly as
+    training prepared its evaluation input (:meth:`fastcnn.augment.Pipeline.eval`)."""
+    from .augment import Pipeline
 
-    x = data.to_float(images)
-    if prep.get("mean") is not None:
-        mean = np.asarray(prep["mean"], np.float32).reshape(1, -1, 1, 1)
-        std = np.asarray(prep["std"], np.float32).reshape(1, -1, 1, 1)
-        x = (x - mean) / std
-    if prep.get("pad_to"):
-        x = pad_to(x, prep["pad_to"])
-    return np.ascontiguousarray(x, dtype=np.float32)
+    return Pipeline(mean=prep.get("mean"), std=prep.get("std"), input_size=prep.get("pad_to")).eval(images)
 
 
 def list_images(paths):

@@ -4,6 +4,7 @@ import functools
 import gzip
 import json
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -31,20 +32,12 @@ CIFAR = _cifar_dir()
 needs_cifar = pytest.mark.skipif(CIFAR is None, reason="CIFAR-10 binary batches not found")
 
 
-def _read_cifar(name, limit=None):
-    """The official binary layout: 3,073-byte records, label byte then 1024 R, G, B bytes."""
-    with gzip.open(CIFAR / name, "rb") as f:
-        raw = np.frombuffer(f.read(), np.uint8)
-    recs = raw.reshape(-1, 3073)[:limit]
-    return recs[:, 1:].reshape(-1, 3, 32, 32).copy(), recs[:, 0].copy()
-
-
 def _cifar(split, limit=None):
-    load = getattr(data, "load_cifar10", None)
-    if load is not None:
-        x, y = load(str(CIFAR), split)
-        return x[:limit], y[:limit]
-    return _read_cifar("data_batch_1.bin.gz" if split == "train" else "test_batch_first1000.bin.gz", limit)
+    kw = {"test_file": "test_batch_first1000.bin.gz"} if split == "test" else {}
+    with warnings.catch_warnings():  # (the partial test file is announced with a UserWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        x, y = data.load_cifar10(str(CIFAR), split, **kw)
+    return x[:limit], y[:limit]
 
 
 def _small_cifar_net(seed=0):
