@@ -2,6 +2,7 @@
 import json
 import os
 import tempfile
+import threading
 import zipfile
 
 import numpy as np
@@ -10,6 +11,26 @@ from .layers import LAYERS, Layer, Residual
 
 _CONFIG_KEY = "__fastcnn_config__"
 FORMAT_VERSION = 1
+
+_STEP_GUARD = threading.Lock()  # check-and-set of Sequential._step_thread
+
+
+def _claim_training(model):
+    """Mark ``model`` as in a training step (forward ... backward) of the calling thread.
+
+    Training mode keeps per-call state (inputs for backward, batch statistics) in the layers,
+    so one model cannot take training steps from two threads at once: the second thread gets
+    a ``RuntimeError`` instead of silently mixed gradients.  Inference (eval mode) is not
+    restricted (the layers' scratch buffers are per thread).
+    """
+    me = threading.get_ident()
+    with _STEP_GUARD:
+        other = model._step_thread
+        if other is not None and other != me and other in {t.ident for t in threading.enumerate()}:
+            raise RuntimeError("this model is in a training step (forward ... backward) in another thread; "
+                               "training one model from two threads at once is not supported (inference in "
+                               "eval mode is thread-safe)")
+        model._step_thread = me
 
 
 class Sequential(Layer):
@@ -24,6 +45,7 @@ class Sequential(Layer):
                 raise TypeError(f"Sequential: item {i} is {type(layer).__name__}, not a fastcnn layer")
         self.layers = list(layers)
         self._args = {}
+        self._step_thread = None
 
     def __len__(self):
         return len(self.layers)
@@ -35,15 +57,22 @@ class Sequential(Layer):
         return iter(self.layers)
 
     def forward(self, x):
+        if self.training:
+            _claim_training(self)
         for layer in self.layers:
             x = layer.forward(x)
         return x
 
     def backward(self, grad_out):
-        for layer in reversed(self.layers):
-            grad_out = layer.backward(grad_out)
-            if grad_out is None:
-                break
+        if self._step_thread is not None:
+            _claim_training(self)  # refuses a backward from another thread
+        try:
+            for layer in reversed(self.layers):
+                grad_out = layer.backward(grad_out)
+                if grad_out is None:
+                    break
+        finally:
+            self._step_thread = None
         return grad_out
 
     def parameters(self):
@@ -51,6 +80,7 @@ class Sequential(Layer):
 
     def train(self, mode=True):
         self.training = bool(mode)
+        self._step_thread = None
         for layer in self.layers:
             layer.train(mode)
         return self
