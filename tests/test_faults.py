@@ -153,3 +153,207 @@ def test_training_one_model_from_two_threads_is_refused():
     t.start()
     t.join(60)
     assert len(seen) == 1
+
+
+# --------------------------------------------------------------------------- checkpoint integrity
+
+def _saved(tmp_path, name="scratch"):
+    from fastcnn import models
+
+    model = models.build(name, seed=0)
+    path = tmp_path / "m.npz"
+    model.save(path)
+    return model, path
+
+
+def _zip_header_spans(data):
+    """Byte ranges of every zip local header, .npy header and the central directory."""
+    import zipfile
+
+    with zipfile.ZipFile(__import__("io").BytesIO(data)) as zf:
+        spans = [(i.header_offset, i.header_offset + 30 + len(i.filename) + 20 + 128) for i in zf.infolist()]
+        cd = min(i.header_offset for i in zf.infolist())
+    end = data.rfind(b"PK\x01\x02")
+    first_cd = data.find(b"PK\x01\x02")
+    return spans + [(first_cd if first_cd >= 0 else end, len(data))] + [(cd, cd + 1)]
+
+
+def test_every_single_byte_flip_in_headers_is_refused_or_harmless(tmp_path):
+    """Flip each byte of every zip header, .npy header and the central directory (and a sample
+    of the data): loading must raise ValueError naming the file, or give the same weights
+    (fields zipfile does not use, e.g. a timestamp).  Never a shifted model, never another
+    exception type."""
+    model, path = _saved(tmp_path)
+    ref = model.state_dict()
+    data = path.read_bytes()
+    positions = set()
+    for a, b in _zip_header_spans(data):
+        positions.update(range(a, min(b, len(data))))
+    positions.update(np.random.default_rng(0).integers(0, len(data), 100).tolist())
+    bad = tmp_path / "bad.npz"
+    refused = 0
+    for pos in sorted(positions):
+        for flip in (0x01, 0x80) if pos < 200 else (0x04,):
+            mutated = bytearray(data)
+            mutated[pos] ^= flip
+            bad.write_bytes(bytes(mutated))
+            try:
+                got = fastcnn.load(bad).state_dict()
+            except ValueError as exc:
+                assert str(bad) in str(exc)
+                refused += 1
+                continue
+            assert got.keys() == ref.keys() and all(got[k].tobytes() == ref[k].tobytes() for k in ref), pos
+    assert refused > len(positions) // 2  # most flips are detected
+
+
+def test_truncated_and_garbage_checkpoints_raise_value_error(tmp_path):
+    _, path = _saved(tmp_path)
+    data = path.read_bytes()
+    bad = tmp_path / "bad.npz"
+    for cut in list(range(0, 200, 7)) + [len(data) // 2, len(data) - 22, len(data) - 1]:
+        bad.write_bytes(data[:cut])
+        with pytest.raises(ValueError, match="bad.npz"):
+            fastcnn.load(bad)
+    for junk in (b"\x93NUMPY\x01\x00{'descr': '<f4', 'fortran_order': False, 'shape': (3,)", b"PK\x03\x04" * 50):
+        bad.write_bytes(junk)
+        with pytest.raises(ValueError, match="bad.npz"):
+            fastcnn.load(bad)
+    with pytest.raises(FileNotFoundError):
+        fastcnn.load(tmp_path / "missing.npz")
+
+
+def _write_npz(path, arrays, cfg):
+    """A checkpoint written by hand: ``arrays`` plus the architecture record ``cfg``."""
+    import json
+
+    arrays = dict(arrays)
+    arrays["__fastcnn_config__"] = np.frombuffer(json.dumps(cfg).encode(), np.uint8)
+    np.savez(path, **arrays)
+
+
+def test_tiny_checkpoint_declaring_a_huge_layer_is_refused_without_building_it(tmp_path):
+    """A few hundred bytes declaring Dense(200000, 100000) (80 GB of weights) must be refused
+    from the declared sizes alone: quickly and without allocating."""
+    import time
+    import tracemalloc
+
+    cfg = {"format": 1, "metadata": {}, "model": {"type": "Sequential", "layers": [
+        {"type": "Dense", "args": {"in_features": 200000, "out_features": 100000, "bias": True}}]}}
+    path = tmp_path / "bomb.npz"
+    _write_npz(path, {"0.weight": np.zeros((1, 1), np.float32), "0.bias": np.zeros(1, np.float32)}, cfg)
+    assert path.stat().st_size < 2000
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match="bomb.npz"):
+        fastcnn.load(path)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert time.perf_counter() - t0 < 1.0 and peak < 10 << 20, peak
+
+
+@pytest.mark.parametrize("case", ["object dtype", "wrong dtype", "extra key", "bad config", "bad args", "deep",
+                                  "inf weight", "inf buffer"])
+def test_inconsistent_checkpoints_are_refused(tmp_path, case):
+    from fastcnn import models
+
+    model = models.build("bn", seed=0)
+    state, cfg = model.state_dict(), {"format": 1, "metadata": {}, "model": model.config()}
+    path = tmp_path / "x.npz"
+    if case == "object dtype":
+        state["1.weight"] = np.array([None] * 16, dtype=object)
+        arrays = dict(state)
+        arrays["__fastcnn_config__"] = np.frombuffer(__import__("json").dumps(cfg).encode(), np.uint8)
+        import io
+        import zipfile
+
+        with zipfile.ZipFile(path, "w") as zf:  # np.savez would pickle: write the member by hand
+            for k, v in arrays.items():
+                buf = io.BytesIO()
+                np.lib.format.write_array(buf, v, allow_pickle=True)
+                zf.writestr(k + ".npy", buf.getvalue())
+    else:
+        if case == "wrong dtype":
+            state["0.weight"] = state["0.weight"].astype(np.float64)
+        elif case == "extra key":
+            state["9.weight"] = np.zeros(3, np.float32)
+        elif case == "bad config":
+            cfg["model"] = {"type": "Sequential", "layers": [{"type": "Nope"}]}
+        elif case == "bad args":
+            cfg["model"]["layers"][0]["args"]["stride"] = -3
+        elif case == "deep":
+            inner = {"type": "Sequential", "layers": []}
+            for _ in range(200):
+                inner = {"type": "Sequential", "layers": [inner]}
+            cfg["model"] = inner
+        elif case == "inf weight":
+            state["0.weight"][0, 0, 0, 0] = np.inf
+        elif case == "inf buffer":
+            state["1.running_var"][3] = np.inf
+        _write_npz(path, state, cfg)
+    with pytest.raises(ValueError, match="x.npz"):
+        fastcnn.load(path)
+
+
+def test_declared_state_matches_the_layers():
+    """The sizes checked before building (model._declared_state) are those the layers build."""
+    from fastcnn import layers as L
+    from fastcnn import models
+    from fastcnn.model import Sequential, _declared_state
+
+    nets = [models.build(n, seed=0) for n in models.NAMES]
+    nets.append(Sequential(L.Conv2D(2, 3, (1, 2), bias=False), L.Dense(4, 5, bias=False), L.BatchNorm2D(7)))
+    for net in nets:
+        got = _declared_state(net.config())
+        assert got == {k: (v.shape, v.dtype) for k, v in net.state_dict().items()}
+
+
+def test_resume_refuses_a_corrupt_checkpoint(tmp_path):
+    from fastcnn import models, optim
+    from fastcnn.train import load_checkpoint, save_checkpoint
+
+    model = models.build("scratch", seed=0)
+    opt = optim.SGD(model.parameters(), 0.1, momentum=0.9)
+    for p in model.parameters():
+        p.grad[...] = 1.0
+    opt.step()
+    path = tmp_path / "checkpoint.npz"
+    save_checkpoint(path, model, opt, {"model": "scratch", "epoch": 0, "step": 3}, {"loss": [1.0]})
+    load_checkpoint(path)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x10  # inside the weights: only the CRC can tell
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="checkpoint.npz"):
+        load_checkpoint(path)
+
+
+# --------------------------------------------------------------------------- non-finite state
+
+@pytest.mark.parametrize("where", ["parameter", "running statistic", "optimizer"])
+def test_no_checkpoint_or_model_with_non_finite_state_is_written(tmp_path, where):
+    from fastcnn import models, optim
+    from fastcnn.train import NonFiniteLoss, save_checkpoint
+
+    model = models.build("bn", seed=0)
+    opt = optim.Adam(model.parameters(), 1e-3)
+    for p in model.parameters():
+        p.grad[...] = 1.0
+    opt.step()
+    path = tmp_path / "checkpoint.npz"
+    state = {"model": "bn", "epoch": 0, "step": 1}
+    save_checkpoint(path, model, opt, state, {"loss": [1.0]})
+    before = path.read_bytes()
+    if where == "parameter":
+        model.parameters()[0].data[0, 0, 0, 0] = np.nan
+    elif where == "running statistic":
+        model[1].running_var[2] = np.inf
+    else:
+        opt._v[0][0, 0, 0, 0] = np.inf
+    with pytest.raises(NonFiniteLoss, match="non-finite"):
+        save_checkpoint(path, model, opt, dict(state, step=2), {"loss": [1.0, 2.0]})
+    assert path.read_bytes() == before
+    if where != "optimizer":
+        with pytest.raises(FloatingPointError, match="non-finite"):
+            model.save(tmp_path / "model.npz")
+        assert not (tmp_path / "model.npz").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.npz"]
