@@ -357,3 +357,128 @@ def test_no_checkpoint_or_model_with_non_finite_state_is_written(tmp_path, where
             model.save(tmp_path / "model.npz")
         assert not (tmp_path / "model.npz").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.npz"]
+
+
+# --------------------------------------------------------------------------- resource bombs
+
+def _gz_bomb(path, header, zeros):
+    """``header`` followed by ``zeros`` zero bytes, gzip-compressed (written in pieces)."""
+    import gzip
+
+    with gzip.open(path, "wb", compresslevel=1) as f:
+        f.write(header)
+        block = bytes(1 << 20)
+        for _ in range(zeros >> 20):
+            f.write(block)
+
+
+def _bounded(fn, seconds=1.0, megabytes=40):
+    """Run ``fn`` (which must raise IDXError); check it was quick and allocated little."""
+    import time
+    import tracemalloc
+
+    from fastcnn.data import IDXError
+
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    with pytest.raises(IDXError) as ei:
+        fn()
+    elapsed, peak = time.perf_counter() - t0, tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert elapsed < seconds and peak < megabytes << 20, (elapsed, peak)
+    return str(ei.value)
+
+
+def test_mnist_gz_claiming_a_billion_images_is_refused_from_its_header(tmp_path):
+    import struct
+
+    from fastcnn import data
+
+    img, lbl = data.FILES["train"]
+    _gz_bomb(tmp_path / (img + ".gz"), bytes([0, 0, 8, 3]) + struct.pack(">3I", 10**9, 28, 28), 64 << 20)
+    _gz_bomb(tmp_path / (lbl + ".gz"), bytes([0, 0, 8, 1]) + struct.pack(">I", 10**9), 0)
+    assert (tmp_path / (img + ".gz")).stat().st_size < 1 << 20
+    msg = _bounded(lambda: data.load_mnist(tmp_path, "train"))
+    assert "N <= 60000" in msg and img in msg
+
+
+def test_gz_idx_declaring_more_than_it_can_inflate_to_is_refused_without_reading_it(tmp_path):
+    import struct
+
+    from fastcnn.data import read_idx
+
+    p = tmp_path / "x.gz"
+    _gz_bomb(p, bytes([0, 0, 8, 1]) + struct.pack(">I", 2**32 - 1), 32 << 20)  # 32 MiB of 4 GiB declared
+    msg = _bounded(lambda: read_idx(p))
+    assert "truncated" in msg and "x.gz" in msg
+
+
+def test_gz_idx_with_endless_trailing_data_is_bounded(tmp_path):
+    import struct
+
+    from fastcnn.data import read_idx
+
+    p = tmp_path / "t.gz"
+    _gz_bomb(p, bytes([0, 0, 8, 1]) + struct.pack(">I", 4) + bytes(4), 128 << 20)
+    msg = _bounded(lambda: read_idx(p))
+    assert "trailing" in msg and "more than" in msg
+
+
+@pytest.fixture
+def evil_mirror():
+    """A local HTTP mirror: ``/endless/<name>`` streams zeros forever (no Content-Length),
+    ``/long/<name>`` sends the right file then junk, ``/good/<name>`` the file itself."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    files = {}
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.0"
+
+        def do_GET(self):
+            kind, name = self.path.strip("/").split("/", 1)
+            self.send_response(200)
+            if kind == "good":
+                self.send_header("Content-Length", str(len(files[name])))
+            self.end_headers()
+            try:
+                if kind == "endless":
+                    while True:
+                        self.wfile.write(bytes(1 << 16))
+                self.wfile.write(files[name] + (bytes(1 << 20) if kind == "long" else b""))
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+
+        def log_message(self, *args):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.daemon_threads = True
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", files
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_download_stops_at_the_expected_length(tmp_path, evil_mirror, monkeypatch):
+    import gzip
+    import hashlib
+    import time
+
+    from fastcnn import data
+
+    base, files = evil_mirror
+    name = "t10k-labels-idx1-ubyte.gz"
+    files[name] = gzip.compress(bytes([0, 0, 8, 1, 0, 0, 0, 2, 3, 4]), mtime=0)
+    monkeypatch.setattr(data, "SHA256", {name: hashlib.sha256(files[name]).hexdigest()})
+    monkeypatch.setattr(data, "SIZES", {name: len(files[name])})
+    t0 = time.perf_counter()
+    out = data.download_mnist(tmp_path, mirrors=[f"{base}/endless/", f"{base}/long/", f"{base}/good/"],
+                              files=[name], timeout=10)
+    assert time.perf_counter() - t0 < 10
+    assert out[0].read_bytes() == files[name]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]  # no temporaries left
+    with pytest.raises(data.DownloadError, match="more than the"):
+        data.download_mnist(tmp_path / "x", mirrors=[f"{base}/endless/"], files=[name], timeout=10)
