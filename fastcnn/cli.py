@@ -150,6 +150,15 @@ def _plot(history, test_acc, path):
 
 
 def cmd_train(args):
+    from ._runio import check_writable, clean_stale_temporaries, lock_output_dir
+
+    with lock_output_dir(args.out):  # before anything is written to --out
+        clean_stale_temporaries(args.out)
+        check_writable(args.out)  # before the first step
+        return _train(args)
+
+
+def _train(args):
     import numpy as np
     from tqdm import tqdm
 
@@ -231,22 +240,26 @@ def cmd_train(args):
             state["epoch"], state["step"] = epoch + 1, 0
             if args.checkpoint_every:
                 save_checkpoint(ckpt, model, optimizer, state, history)
-    test_acc, test_loss = evaluate(model, test_x, test_y, input_size=input_size)
-    metrics = {
-        "model": state["model"], "test_accuracy": test_acc, "test_loss": test_loss,
-        "epoch_seconds": state["epoch_seconds"],
-        "train_images_per_second": state["images_seen"] / max(state["seconds"], 1e-9),
-        "backend": backend, "threads": threads, "epochs": state["epochs"], "batch_size": state["batch_size"],
-        "lr": state["lr"], "optimizer": state["optimizer"], "seed": state["seed"],
-        "train_images": int(len(train_y)), "resumed": bool(args.resume),
-        "final_train_loss": float(np.mean(history["loss"][-100:])) if history.get("loss") else None,
-        "fastcnn_version": fastcnn.__version__,
-    }
-    model.save(os.path.join(args.out, "model.npz"),
-               metadata={k: metrics[k] for k in ("model", "test_accuracy", "seed")})
-    atomic_write(os.path.join(args.out, "metrics.json"),
-                 lambda f: f.write(json.dumps(metrics, indent=2).encode() + b"\n"))
-    _plot(history, test_acc, os.path.join(args.out, "curves.png"))
+        # The trained weights go to disk first; then a signal stops at once (the final
+        # evaluation and the other outputs can be lost, the weights cannot).
+        model_path = os.path.join(args.out, "model.npz")
+        model.save(model_path, metadata={"model": state["model"], "seed": state["seed"]})
+        flag.stop_at_once(model_path)
+        test_acc, test_loss = evaluate(model, test_x, test_y, input_size=input_size)
+        metrics = {
+            "model": state["model"], "test_accuracy": test_acc, "test_loss": test_loss,
+            "epoch_seconds": state["epoch_seconds"],
+            "train_images_per_second": state["images_seen"] / max(state["seconds"], 1e-9),
+            "backend": backend, "threads": threads, "epochs": state["epochs"], "batch_size": state["batch_size"],
+            "lr": state["lr"], "optimizer": state["optimizer"], "seed": state["seed"],
+            "train_images": int(len(train_y)), "resumed": bool(args.resume),
+            "final_train_loss": float(np.mean(history["loss"][-100:])) if history.get("loss") else None,
+            "fastcnn_version": fastcnn.__version__,
+        }
+        model.save(model_path, metadata={k: metrics[k] for k in ("model", "test_accuracy", "seed")})
+        atomic_write(os.path.join(args.out, "metrics.json"),
+                     lambda f: f.write(json.dumps(metrics, indent=2).encode() + b"\n"))
+        _plot(history, test_acc, os.path.join(args.out, "curves.png"))
     print(f"epoch seconds: {', '.join(f'{s:.1f}' for s in state['epoch_seconds'])}; "
           f"{metrics['train_images_per_second']:.0f} images/s; wrote {args.out}", file=sys.stderr)
     print(f"test accuracy: {test_acc:.4f}")

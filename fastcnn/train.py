@@ -236,22 +236,32 @@ def _check_trainer_state(path, model, state, opt_state):
 
 
 class Interrupted(Exception):
-    """Training stopped by a signal after saving a checkpoint."""
+    """Training stopped by a signal after saving a checkpoint (``resumable``) or, once training
+    has finished, after saving the trained model."""
 
-    def __init__(self, signum, path):
+    def __init__(self, signum, path, resumable=True):
         import signal
 
-        self.signum, self.path = signum, path
-        super().__init__(f"interrupted by {signal.Signals(signum).name}; checkpoint saved to {path} "
-                         f"(continue with --resume {path})")
+        self.signum, self.path, self.resumable = signum, path, resumable
+        name = signal.Signals(signum).name
+        if resumable:
+            msg = f"interrupted by {name}; checkpoint saved to {path} (continue with --resume {path})"
+        else:
+            msg = f"interrupted by {name} after training; the trained model is saved to {path}"
+        super().__init__(msg)
 
 
 class SignalFlag:
-    """Turns SIGINT/SIGTERM into a flag the training loop checks after each step."""
+    """Turns SIGINT/SIGTERM into a flag the training loop checks after each step.
+
+    After :meth:`stop_at_once` (called once the trained weights are on disk) a pending or new
+    signal raises :class:`Interrupted` right away, e.g. in the middle of the final evaluation.
+    """
 
     def __init__(self):
         self.signum = None
         self._old = {}
+        self._saved = None
 
     def __enter__(self):
         import signal
@@ -261,9 +271,17 @@ class SignalFlag:
         return self
 
     def _handle(self, signum, frame):
+        if self._saved is not None:
+            raise Interrupted(signum, self._saved, resumable=False)
         if self.signum is not None:  # a second signal: stop now
             raise KeyboardInterrupt
         self.signum = signum
+
+    def stop_at_once(self, saved_path):
+        """From now on a signal stops at once: the trained model is saved at ``saved_path``."""
+        self._saved = saved_path
+        if self.signum is not None:
+            raise Interrupted(self.signum, saved_path, resumable=False)
 
     def __exit__(self, *exc):
         import signal

@@ -482,3 +482,181 @@ def test_download_stops_at_the_expected_length(tmp_path, evil_mirror, monkeypatc
     assert sorted(p.name for p in tmp_path.iterdir()) == [name]  # no temporaries left
     with pytest.raises(data.DownloadError, match="more than the"):
         data.download_mnist(tmp_path / "x", mirrors=[f"{base}/endless/"], files=[name], timeout=10)
+
+
+# --------------------------------------------------------------------------- signals, output directory
+
+DATA = os.environ.get("FASTCNN_DATA")
+needs_mnist = pytest.mark.skipif(not DATA or not os.path.isdir(DATA or ""), reason="FASTCNN_DATA not set to MNIST")
+
+# Runs ``fastcnn train`` in this child and sends itself ``signum`` at a chosen moment of the
+# run (through a wrapper around the function named ``hook``), so the moment is exact.
+_SIGNAL_AT = """
+    import os, signal, sys
+    import fastcnn.cli as cli, fastcnn.train as train, fastcnn.model as model
+    hook, signum, out, data = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+    mod, name = {"evaluate": (train, "evaluate"), "save": (model.Sequential, "save"),
+                 "plot": (cli, "_plot"), "iterate": (train._data, "iterate_batches")}[hook]
+    real = getattr(mod, name)
+    calls = []
+
+    def wrapped(*a, **k):
+        calls.append(1)
+        # evaluate: while it runs (first batch); save: during the first model write;
+        # iterate: the 2nd call is the final evaluation's
+        if hook != "iterate" or len(calls) == 2:
+            os.kill(os.getpid(), signum)
+        return real(*a, **k)
+
+    setattr(mod, name, wrapped)
+    sys.exit(cli.main(["train", "--model", "scratch", "--limit", "50", "--no-progress", "--threads", "1",
+                       "--out", out, "--data-dir", data]))
+"""
+
+
+@needs_mnist
+@pytest.mark.parametrize("hook", ["iterate", "evaluate", "save", "plot"])
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_signal_after_training_keeps_the_trained_weights(tmp_path, hook, signame):
+    """A signal during the final evaluation, the model write or the plot: exit 128 + signal
+    with the trained model on disk and loadable (before: --out was left empty)."""
+    import signal
+
+    signum = getattr(signal, signame)
+    out = tmp_path / "out"
+    r = _python(_SIGNAL_AT, hook, int(signum), out, DATA, timeout=300)
+    assert r.returncode == 128 + signum, r.stderr[-3000:]
+    assert "trained model is saved" in r.stderr
+    model = fastcnn.load(out / "model.npz")
+    assert model.state_dict()["3.weight"].shape == (10, 1352)
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+@needs_mnist
+@pytest.mark.parametrize("delay", [0.3, 1.0, 2.0])
+def test_sigterm_at_arbitrary_moments_leaves_a_loadable_checkpoint(tmp_path, delay):
+    """SIGTERM at several moments after training has started: either the run finished (exit 0),
+    or it exited 128 + 15 leaving checkpoint.npz or model.npz that loads."""
+    import signal
+    import time
+
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "fastcnn", "train", "--model", "scratch", "--limit", "3000", "--no-progress",
+           "--threads", "1", "--out", str(out), "--data-dir", DATA]
+    proc = subprocess.Popen(cmd, cwd=NEUTRAL_CWD, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = ""
+    deadline = time.time() + 120
+    while time.time() < deadline and "training scratch" not in line:
+        line = proc.stderr.readline()
+    time.sleep(delay)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode in (0, 128 + signal.SIGTERM), err
+    files = [out / n for n in ("checkpoint.npz", "model.npz") if (out / n).exists()]
+    assert files, (proc.returncode, err)
+    for f in files:
+        fastcnn.load(f)
+
+
+@needs_mnist
+def test_second_run_into_the_same_out_is_refused(tmp_path):
+    from fastcnn._runio import lock_output_dir
+
+    out = tmp_path / "out"
+    with lock_output_dir(out):  # as a first run would hold it
+        r = _python("import sys, fastcnn.cli as c; sys.exit(c.main(sys.argv[1:]))", "train", "--model", "scratch",
+                    "--limit", "10", "--no-progress", "--out", out, "--data-dir", DATA, timeout=120)
+    assert r.returncode == 1
+    assert f"in use by another fastcnn run (pid {os.getpid()})" in r.stderr
+    assert sorted(p.name for p in out.iterdir()) == [".fastcnn.lock"]
+
+
+def test_lock_is_exclusive_and_released_when_the_holder_dies(tmp_path):
+    from fastcnn._runio import lock_output_dir
+
+    r = _python("""
+        import os, sys
+        from fastcnn._runio import lock_output_dir
+        with lock_output_dir(sys.argv[1]):
+            os._exit(9)  # killed while holding the lock
+    """, tmp_path)
+    assert r.returncode == 9
+    with lock_output_dir(tmp_path):  # the kernel released it
+        r = _python("""
+            import sys
+            from fastcnn._runio import OutputDirBusy, lock_output_dir
+            try:
+                with lock_output_dir(sys.argv[1]):
+                    sys.exit(4)
+            except OutputDirBusy as exc:
+                print(exc)
+                sys.exit(3)
+        """, tmp_path)
+    assert r.returncode == 3 and f"pid {os.getpid()}" in r.stdout, r.stdout + r.stderr
+
+
+@needs_mnist
+def test_unwritable_out_is_reported_before_training(tmp_path, monkeypatch, capsys):
+    """An existing --out where no file can be created (simulated: the tests may run as root)
+    fails before any data is loaded or any step taken."""
+    import tempfile
+
+    from fastcnn import cli, data
+
+    out = tmp_path / "ro"
+    out.mkdir()
+    real = tempfile.mkstemp
+
+    def no_write(*a, dir=None, **k):
+        if dir is not None and os.path.samefile(dir, out):
+            raise PermissionError(13, "Permission denied")
+        return real(*a, dir=dir, **k)
+
+    monkeypatch.setattr(tempfile, "mkstemp", no_write)
+    monkeypatch.setattr(data, "load_mnist", lambda *a, **k: pytest.fail("data loaded before the check"))
+    rc = cli.main(["train", "--model", "scratch", "--limit", "10", "--no-progress", "--out", str(out),
+                   "--data-dir", DATA])
+    assert rc == 1
+    assert "not writable" in capsys.readouterr().err
+
+
+def test_stale_temporaries_are_cleaned_and_nothing_else(tmp_path):
+    from fastcnn._runio import clean_stale_temporaries
+
+    ours = [".model.npz.ab12_xyz.tmp", ".checkpoint.npz.k3j4h5g6.tmp", ".metrics.json.zzzzzzzz.tmp"]
+    others = ["model.npz", ".keep.tmp", "notes.tmp", ".model.npz.TOOLONG123.tmp", ".x.abcdefgh.tmp.bak"]
+    for n in ours + others:
+        (tmp_path / n).write_bytes(b"x" * 100)
+    (tmp_path / ".sub.abcdefgh.tmp").mkdir()  # a directory of that name is not ours
+    assert sorted(clean_stale_temporaries(tmp_path)) == sorted(ours)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(others + [".sub.abcdefgh.tmp"])
+
+
+@needs_mnist
+def test_train_cleans_stale_temporaries_in_out(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".model.npz.q1w2e3r4.tmp").write_bytes(bytes(1000))
+    r = _python("import sys, fastcnn.cli as c; sys.exit(c.main(sys.argv[1:]))", "train", "--model", "scratch",
+                "--limit", "10", "--no-progress", "--out", out, "--data-dir", DATA, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_written_files_follow_the_umask_and_keep_an_existing_mode(tmp_path):
+    import stat
+
+    from fastcnn.model import atomic_write
+
+    old = os.umask(0o022)
+    try:
+        atomic_write(tmp_path / "a", lambda f: f.write(b"1"))
+        assert stat.S_IMODE((tmp_path / "a").stat().st_mode) == 0o644
+        os.umask(0o077)
+        atomic_write(tmp_path / "b", lambda f: f.write(b"1"))
+        assert stat.S_IMODE((tmp_path / "b").stat().st_mode) == 0o600
+        (tmp_path / "a").chmod(0o640)
+        atomic_write(tmp_path / "a", lambda f: f.write(b"2"))  # replaced, mode kept
+        assert stat.S_IMODE((tmp_path / "a").stat().st_mode) == 0o640
+    finally:
+        os.umask(old)
