@@ -255,7 +255,7 @@ def _npy_array(buf, where):
     try:
         text = bytes(buf[start:start + hlen]).decode("utf-8" if major == 3 else "latin1")
         header = ast.literal_eval(text)
-    except Exception as exc:  # SyntaxError, ValueError, MemoryError, RecursionError ...
+    except Exception as exc:  # noqa: BLE001 - SyntaxError, ValueError, MemoryError, RecursionError ...
         raise ValueError(f"{where}: corrupt .npy header ({type(exc).__name__})") from None
     if not isinstance(header, dict) or set(header) != {"descr", "fortran_order", "shape"}:
         raise ValueError(f"{where}: corrupt .npy header {text.strip()[:200]!r}")
@@ -265,7 +265,7 @@ def _npy_array(buf, where):
         raise ValueError(f"{where}: corrupt .npy header {text.strip()[:200]!r}")
     try:
         dtype = np.dtype(descr)
-    except Exception:
+    except Exception:  # noqa: BLE001 - any invalid descr
         raise ValueError(f"{where}: corrupt .npy header: unknown dtype {descr[:50]!r}") from None
     if dtype.kind not in _NPZ_KINDS or dtype.fields is not None or dtype.subdtype is not None:
         raise ValueError(f"{where}: dtype {dtype} is not allowed in a checkpoint")
@@ -333,7 +333,7 @@ def verify_npz(path):
         raise
     except ValueError as exc:
         raise ValueError(f"{path}: corrupt checkpoint: {exc}") from None
-    except Exception as exc:  # zipfile.BadZipFile (bad CRC, bad header), EOFError, OSError, ...
+    except Exception as exc:  # noqa: BLE001 - zipfile.BadZipFile (bad CRC, header), EOFError, OSError
         raise ValueError(f"{path}: corrupt or truncated checkpoint ({type(exc).__name__}: {exc})") from None
     return arrays
 

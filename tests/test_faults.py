@@ -8,15 +8,14 @@ import textwrap
 
 import numpy as np
 import pytest
+from conftest import COMPILED, NEUTRAL_CWD
 
 import fastcnn
-
-from conftest import COMPILED, NEUTRAL_CWD
 
 
 def _python(code, *args, timeout=180, **kw):
     """Run ``code`` in a fresh interpreter from a neutral directory (installed fastcnn)."""
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code), *map(str, args)], cwd=NEUTRAL_CWD,
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code), *map(str, args)], check=False, cwd=NEUTRAL_CWD,
                           capture_output=True, text=True, timeout=timeout, **kw)
 
 
@@ -55,7 +54,7 @@ _FORK_CHILD = """
 def test_fork_forkserver_spawn_children_after_threads_work(backend, tmp_path):
     script = tmp_path / "forkcheck.py"  # spawn/forkserver children re-import the main module
     script.write_text(textwrap.dedent(_FORK_CHILD))
-    r = subprocess.run([sys.executable, str(script), backend], cwd=NEUTRAL_CWD, capture_output=True, text=True,
+    r = subprocess.run([sys.executable, str(script), backend], check=False, cwd=NEUTRAL_CWD, capture_output=True, text=True,
                        timeout=240)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.split() == ["fork", "ok", "forkserver", "ok", "spawn", "ok"], r.stdout
