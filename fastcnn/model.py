@@ -9,6 +9,7 @@ import struct
 import tempfile
 import threading
 import zipfile
+from threading import get_ident
 
 import numpy as np
 
@@ -18,21 +19,22 @@ from .layers import LAYERS, Layer, Residual
 _CONFIG_KEY = "__fastcnn_config__"
 FORMAT_VERSION = 1
 
-_STEP_GUARD = threading.Lock()  # check-and-set of Sequential._step_thread
+_STEP_GUARD = threading.Lock()  # taken only when a model changes training thread
 
 
-def _claim_training(model):
-    """Mark ``model`` as in a training step (forward ... backward) of the calling thread.
+def _claim_training(model, me):
+    """Make the calling thread (``me``) the one that takes ``model``'s training steps.
 
-    Training mode keeps per-call state (inputs for backward, batch statistics) in the layers,
-    so one model cannot take training steps from two threads at once: the second thread gets
-    a ``RuntimeError`` instead of silently mixed gradients.  Inference (eval mode) is not
+    Training mode keeps per-call state in the layers (inputs for backward, batch statistics),
+    so one model cannot take training steps from two threads at once: a thread that finds the
+    model in the middle of another live thread's step (forward ... backward) gets a
+    ``RuntimeError`` instead of silently mixed gradients.  Inference (eval mode) is not
     restricted (the layers' scratch buffers are per thread).
     """
-    me = threading.get_ident()
     with _STEP_GUARD:
         other = model._step_thread
-        if other is not None and other != me and other in {t.ident for t in threading.enumerate()}:
+        if (other is not None and other != me and model._in_step
+                and other in {t.ident for t in threading.enumerate()}):
             raise RuntimeError("this model is in a training step (forward ... backward) in another thread; "
                                "training one model from two threads at once is not supported (inference in "
                                "eval mode is thread-safe)")
@@ -51,7 +53,8 @@ class Sequential(Layer):
                 raise TypeError(f"Sequential: item {i} is {type(layer).__name__}, not a fastcnn layer")
         self.layers = list(layers)
         self._args = {}
-        self._step_thread = None
+        self._step_thread = None  # the thread taking training steps (see _claim_training)
+        self._in_step = False  # between a training forward and its backward
 
     def __len__(self):
         return len(self.layers)
@@ -64,21 +67,24 @@ class Sequential(Layer):
 
     def forward(self, x):
         if self.training:
-            _claim_training(self)
+            me = get_ident()
+            if self._step_thread != me:
+                _claim_training(self, me)
+            self._in_step = True
         for layer in self.layers:
             x = layer.forward(x)
         return x
 
     def backward(self, grad_out):
-        if self._step_thread is not None:
-            _claim_training(self)  # refuses a backward from another thread
+        if self._in_step and self._step_thread != get_ident():
+            _claim_training(self, get_ident())  # refuses a backward into another thread's step
         try:
             for layer in reversed(self.layers):
                 grad_out = layer.backward(grad_out)
                 if grad_out is None:
                     break
         finally:
-            self._step_thread = None
+            self._in_step = False
         return grad_out
 
     def parameters(self):
@@ -86,7 +92,7 @@ class Sequential(Layer):
 
     def train(self, mode=True):
         self.training = bool(mode)
-        self._step_thread = None
+        self._in_step = False
         for layer in self.layers:
             layer.train(mode)
         return self
