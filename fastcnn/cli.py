@@ -149,6 +149,11 @@ def _plot(history, test_acc, path):
     atomic_write(path, lambda f: f.write(buf.getvalue()))
 
 
+#: Trainer-state entries ``--resume`` needs (written by every ``fastcnn train`` checkpoint).
+_RESUME_KEYS = ("model", "seed", "batch_size", "lr", "optimizer", "epochs", "limit", "epoch", "step",
+                "epoch_seconds", "images_seen", "seconds")
+
+
 def cmd_train(args):
     from ._runio import check_writable, clean_stale_temporaries, lock_output_dir
 
@@ -177,6 +182,10 @@ def _train(args):
     _setup(args)
     if args.resume:
         model, opt_state, state, history = load_checkpoint(args.resume)
+        missing = [k for k in _RESUME_KEYS if k not in state]
+        if missing or state["model"] not in models.RECIPES:
+            raise ValueError(f"{args.resume}: not a checkpoint of fastcnn train (trainer state lacks {missing} "
+                             f"or names an unknown model)")
         for key, given in (("model", args.model), ("batch_size", args.batch_size), ("lr", args.lr),
                            ("optimizer", args.optimizer), ("seed", args.seed), ("limit", args.limit)):
             if given is not None and given != state[key]:

@@ -659,3 +659,15 @@ def test_written_files_follow_the_umask_and_keep_an_existing_mode(tmp_path):
         assert stat.S_IMODE((tmp_path / "a").stat().st_mode) == 0o640
     finally:
         os.umask(old)
+
+
+@needs_mnist
+def test_resume_from_a_checkpoint_without_trainer_state_fields_is_refused(tmp_path):
+    from fastcnn import models, optim
+    from fastcnn.train import save_checkpoint
+
+    model = models.build("scratch", seed=0)
+    save_checkpoint(tmp_path / "c.npz", model, optim.SGD(model.parameters(), 0.1), {"model": "scratch"}, {})
+    r = _python("import sys, fastcnn.cli as c; sys.exit(c.main(sys.argv[1:]))", "train", "--resume",
+                tmp_path / "c.npz", "--out", tmp_path / "o", "--data-dir", DATA, timeout=120)
+    assert r.returncode == 1 and "trainer state lacks" in r.stderr and "c.npz" in r.stderr, r.stderr
