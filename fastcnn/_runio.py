@@ -36,7 +36,10 @@ def lock_output_dir(out):
         return
     os.makedirs(out, exist_ok=True)
     path = os.path.join(out, LOCK_NAME)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as exc:
+        raise type(exc)(exc.errno, f"output directory {out!r} is not writable ({exc.strerror})") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
