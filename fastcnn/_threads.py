@@ -3,7 +3,7 @@ import os
 
 from ._config import env_threads
 
-_state = {"n": None, "blas_limiter": None}
+_state = {"n": None, "blas_limiter": None, "forked": False}
 
 #: SciPy's BLAS, which the per-image convolution kernels call from their own threads
 #: (``np.dot`` in Numba, ``scipy.linalg.cython_blas`` in Cython).  See :func:`init_gemm_blas`.
@@ -102,6 +102,13 @@ def set_num_threads(n):
         numba = None
     if not 1 <= n <= max(top, 1):
         raise ValueError(f"set_num_threads: n must be between 1 and {top}, got {n}")
+    if _state["forked"] and n > 1:
+        import warnings
+
+        warnings.warn(f"set_num_threads({n}) in a process created by fork(): fastcnn's kernels run on one "
+                      "thread here (OpenMP cannot be used after fork; start workers with the 'spawn' or "
+                      "'forkserver' method to use threads, docs/ROBUSTNESS.md)", RuntimeWarning, stacklevel=2)
+        n = 1
     if numba is not None:
         numba.set_num_threads(n)
     try:
@@ -132,3 +139,38 @@ def get_num_threads():
         n = env_threads()
         set_num_threads(n if n is not None else max_threads())
     return _state["n"]
+
+
+def in_forked_child():
+    """Whether this process was created by ``fork()`` from a process that had imported fastcnn."""
+    return _state["forked"]
+
+
+def _after_fork_in_child():
+    """Run every kernel on one thread, without entering a thread pool, in a forked child.
+
+    GNU OpenMP's thread pool and Numba's OpenMP layer do not survive ``fork()``: the child's
+    first parallel region waits forever for threads that were not copied (Cython) or aborts
+    (Numba).  The child therefore takes the serial paths only: the Cython kernels get one
+    thread (``_threads_for`` then never starts a team) and the Numba dispatch
+    (``_kernels._parallel``) calls the serial compilations, whatever the work size.  Results
+    are the same bytes as at one thread in the parent.  Runs between ``fork()`` and the return
+    to Python in the child, so it only sets numbers.
+    """
+    from . import _config
+
+    _state["forked"] = True
+    _state["n"] = 1
+    _config.PAR_MIN_WORK = 1 << 62  # Numba: serial compilations only
+    try:
+        from ._ext import _omp
+    except ImportError:
+        return
+    try:
+        _omp.set_num_threads(1)
+    except Exception:  # pragma: no cover - never let a fork handler raise
+        pass
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

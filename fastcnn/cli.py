@@ -302,7 +302,12 @@ def _resume_config(args):
     contradict the checkpoint are refused."""
     from .train import load_checkpoint
 
+    from . import models
+
     model, opt_state, state, steps = load_checkpoint(args.resume)
+    if state.get("model") not in models.RECIPES:
+        raise ValueError(f"{args.resume}: not a checkpoint of fastcnn train (its trainer state names model "
+                         f"{state.get('model')!r})")
     for key, default in (("dataset", "mnist"), ("augment", "none"), ("normalize", False), ("schedule", None),
                          ("val_split", 0), ("early_stop", None), ("test_file", None), ("momentum", 0.0),
                          ("nesterov", False), ("weight_decay", None)):
@@ -394,14 +399,19 @@ class _Checkpointing(Callback):
             self.save(trainer)
 
 
-def _write_outputs(out, cfg, model, history, steps, test, preprocess_meta, backend, threads, resumed):
-    """Final evaluation on the test split; model.npz, metrics.json, history.csv, curves.png."""
+def _write_outputs(out, cfg, model, history, steps, test, preprocess_meta, backend, threads, resumed, flag):
+    """model.npz first; then (a signal now stops at once: the weights are safe) the final
+    evaluation on the test split, model.npz with its test accuracy, metrics.json,
+    history.csv, curves.png."""
     import numpy as np
 
     import fastcnn
     from .model import atomic_write
     from .train import evaluate, write_history_csv
 
+    model_path = os.path.join(out, "model.npz")
+    model.save(model_path, metadata={"model": cfg["model"], "seed": cfg["seed"], "preprocess": preprocess_meta})
+    flag.stop_at_once(model_path)
     test_x, test_y = test
     test_acc, test_loss = evaluate(model, test_x, test_y, preprocess=cfg["_pipeline"].eval)
     seconds = sum(e["seconds"] for e in history)
@@ -425,9 +435,8 @@ def _write_outputs(out, cfg, model, history, steps, test, preprocess_meta, backe
         best = int(np.argmax(vals))
         metrics.update(val_accuracy=vals, val_loss=[e["val_loss"] for e in history],
                        best_val_accuracy=vals[best], best_epoch=best + 1)
-    model.save(os.path.join(out, "model.npz"),
-               metadata={"model": cfg["model"], "test_accuracy": test_acc, "seed": cfg["seed"],
-                         "preprocess": preprocess_meta})
+    model.save(model_path, metadata={"model": cfg["model"], "test_accuracy": test_acc, "seed": cfg["seed"],
+                                     "preprocess": preprocess_meta})
     atomic_write(os.path.join(out, "metrics.json"),
                  lambda f: f.write(json.dumps(metrics, indent=2).encode() + b"\n"))
     write_history_csv(os.path.join(out, "history.csv"), history)
@@ -436,12 +445,21 @@ def _write_outputs(out, cfg, model, history, steps, test, preprocess_meta, backe
 
 
 def cmd_train(args):
+    from ._runio import check_writable, clean_stale_temporaries, lock_output_dir
+
+    _check_args(args)  # (a bad flag creates nothing)
+    with lock_output_dir(args.out):  # before anything is written to --out
+        clean_stale_temporaries(args.out)
+        check_writable(args.out)  # before the data is read and the first step
+        return _train(args)
+
+
+def _train(args):
     import fastcnn
     from . import losses, models, optim
     from .model import atomic_write
     from .train import (BestCheckpoint, CSVLogger, EarlyStopping, EpochLog, SignalFlag, fit, make_optimizer)
 
-    _check_args(args)
     _setup(args)
     if args.resume:
         model, opt_state, cfg, steps = _resume_config(args)
@@ -498,9 +516,9 @@ def cmd_train(args):
                       schedule=optim.schedule_from_config(cfg["schedule"]), augment=pipe, callbacks=callbacks,
                       seed=cfg["seed"], progress=progress, detect_anomaly=args.detect_anomaly, state=fit_state,
                       step_history=steps, base_lr=cfg["lr"])
-    cfg["_pipeline"], cfg["_n_train"] = pipe, len(train[1])
-    metrics = _write_outputs(args.out, cfg, model, history, steps,
-                             test, pre, backend, threads, args.resume)
+        cfg["_pipeline"], cfg["_n_train"] = pipe, len(train[1])
+        metrics = _write_outputs(args.out, cfg, model, history, steps, test, pre, backend, threads, args.resume,
+                                 flag)
     if len(history) < cfg["epochs"]:
         print(f"early stop after epoch {len(history)}: no better validation accuracy for {cfg['early_stop']} epochs",
               file=sys.stderr)

@@ -64,6 +64,18 @@ SHA256 = {
     "t10k-labels-idx1-ubyte.gz": "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
 }
 
+#: Size in bytes of each file in :data:`SHA256`: a download stops there (a mirror sending
+#: more, or endless data, fails), and a ``Content-Length`` that differs is refused at once.
+SIZES = {
+    "train-images-idx3-ubyte.gz": 9912422,
+    "train-labels-idx1-ubyte.gz": 28881,
+    "t10k-images-idx3-ubyte.gz": 1648877,
+    "t10k-labels-idx1-ubyte.gz": 4542,
+}
+
+#: Images in each standard split: a file claiming more is refused from its header alone.
+SPLIT_SIZES = {"train": 60000, "test": 10000}
+
 #: Uncompressed base names of the (images, labels) files of each split.
 FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -99,12 +111,20 @@ FASHION_MD5 = {
     "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
     "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
 }
+#: Sizes in bytes of the files in :data:`FASHION_MD5` (as :data:`SIZES` for MNIST).
+FASHION_SIZES = {
+    "train-images-idx3-ubyte.gz": 26421880,
+    "train-labels-idx1-ubyte.gz": 29515,
+    "t10k-images-idx3-ubyte.gz": 4422102,
+    "t10k-labels-idx1-ubyte.gz": 5148,
+}
 
 #: CIFAR-10: the official binary archive (www.cs.toronto.edu/~kriz/cifar.html) and its
 #: published MD5; the archive holds ``cifar-10-batches-bin/<name>`` for the names below.
 CIFAR10_URLS = ["https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"]
 CIFAR10_ARCHIVE = "cifar-10-binary.tar.gz"
 CIFAR10_ARCHIVE_MD5 = "c32a1d4ab5d03f1284b67883e8d87530"
+CIFAR10_ARCHIVE_SIZE = 170052171
 #: SHA-256 of each uncompressed binary batch, as published with the per-file checksums of the
 #: official archive's members (e.g. torchvision-ruby's ``cifar10.rb``); every file read or
 #: extracted is checked against its entry on download.
@@ -155,30 +175,36 @@ class DownloadError(OSError):
 
 # --------------------------------------------------------------------------- IDX reading
 
-def _read_up_to(f, nbytes):
-    """Read at most ``nbytes`` from ``f`` in chunks; return ``(chunks, count)``.
+#: Deflate expands at most 1032:1, so a gzip file of C bytes holds at most this many times C.
+_GZIP_MAX_RATIO = 1032
 
-    Chunked so that a header claiming an absurd size costs only the memory the file has."""
-    chunks, count = [], 0
-    while count < nbytes:
-        chunk = f.read(min(nbytes - count, _CHUNK))
-        if not chunk:
+
+def _readinto_exact(f, buf):
+    """Fill the writable buffer ``buf`` from ``f`` in bounded reads; return the bytes read."""
+    view, pos = memoryview(buf).cast("B"), 0
+    while pos < len(view):
+        n = f.readinto(view[pos:pos + _CHUNK])
+        if not n:
             break
-        chunks.append(chunk)
-        count += len(chunk)
-    return chunks, count
+        pos += n
+    return pos
 
 
-def _count_rest(f):
+def _count_rest(f, limit=_CHUNK):
+    """Bytes left in ``f``, counting at most ``limit`` (a stream may be endless)."""
     n = 0
-    while True:
-        chunk = f.read(_CHUNK)
+    while n <= limit:
+        chunk = f.read(min(_CHUNK, limit + 1 - n))
         if not chunk:
-            return n
+            return n, False
         n += len(chunk)
+    return n, True
 
 
-def _parse_idx(f, path, hint, size=None):
+def _parse_idx(f, path, hint, capacity, expect=None):
+    """Parse an IDX stream.  ``capacity``: the most payload bytes the file can hold (its size
+    when raw, ``_GZIP_MAX_RATIO`` times it when compressed); ``expect(dtype, dims)`` may refuse
+    the header.  Both are checked before any payload is read or allocated."""
     head = f.read(4)
     if len(head) < 4:
         raise IDXError(path, f"too short for an IDX header: need 4 bytes, found {len(head)}{hint}")
@@ -200,43 +226,31 @@ def _parse_idx(f, path, hint, size=None):
     nbytes = dtype.itemsize
     for d in dims:
         nbytes *= d
-    if size is not None:
-        # raw file: the payload size is known up front; read straight into the array
-        found = size - 4 - 4 * ndim
-        if found == nbytes:
-            buf = np.empty(nbytes, dtype=np.uint8)
-            view = memoryview(buf)
-            pos = 0
-            while pos < nbytes:
-                n = f.readinto(view[pos:])
-                if not n:
-                    break
-                pos += n
-            found = pos  # differs only if the file shrank while being read
-    else:
-        chunks, found = _read_up_to(f, nbytes)
-        if found == nbytes:
-            found += _count_rest(f)
+    if expect is not None:
+        expect(dtype, dims)
+    if nbytes > capacity:
+        # the payload cannot be there: count what is (bounded), and never allocate nbytes
+        found, more = _count_rest(f, min(capacity, _CHUNK))
+        raise IDXError(path, f"truncated payload: header shape {dims} of {dtype.name} -> expected {nbytes} "
+                             f"bytes of data, found {'more than ' if more else ''}{found}")
+    buf = np.empty(nbytes, dtype=np.uint8)
+    found = _readinto_exact(f, buf)
     if found < nbytes:
         raise IDXError(path, f"truncated payload: header shape {dims} of {dtype.name} -> "
                              f"expected {nbytes} bytes of data, found {found}")
-    if found > nbytes:
+    extra, more = _count_rest(f)
+    if extra:
+        found = f"{'more than ' if more else ''}{nbytes + extra}"
         raise IDXError(path, f"trailing data: header shape {dims} of {dtype.name} -> "
                              f"expected {nbytes} bytes of data, found {found} "
-                             f"({found - nbytes} unexpected trailing bytes)")
-    if size is None:
-        buf = np.empty(nbytes, dtype=np.uint8)
-        pos = 0
-        for chunk in chunks:
-            buf[pos:pos + len(chunk)] = np.frombuffer(chunk, dtype=np.uint8)
-            pos += len(chunk)
+                             f"({'more than ' if more else ''}{extra} unexpected trailing bytes)")
     arr = buf.view(dtype).reshape(dims)
     if not dtype.isnative and dtype.itemsize > 1:
         arr = arr.astype(dtype.newbyteorder("="))
     return arr
 
 
-def read_idx(path):
+def read_idx(path, expect=None):
     """Read an IDX file, gzip-compressed or raw.
 
     Compression is detected from the content (gzip magic ``1f 8b``), not the name.  The header
@@ -244,10 +258,19 @@ def read_idx(path):
     int16, ``0x0C`` int32, ``0x0D`` float32, ``0x0E`` float64; big-endian on disk), at least one
     dimension, and a payload of exactly ``prod(dims) * itemsize`` bytes.
 
+    Memory is bounded by what the file can hold: a header declaring more payload than the file
+    (or, compressed, 1032 times the file: deflate's limit) is refused before anything is
+    allocated, and data is read in bounded chunks, never past the declared size (+ a bounded
+    count of trailing bytes).
+
     Parameters
     ----------
     path : str or os.PathLike
         The file to read.
+    expect : callable(dtype, dims), optional
+        Called with the header's dtype and dimensions before the payload is read; raises
+        :class:`IDXError` to refuse a header the file type does not allow (e.g. more images
+        than the split has).
 
     Returns
     -------
@@ -267,13 +290,14 @@ def read_idx(path):
     with open(path, "rb") as raw:
         is_gzip = raw.read(2) == _GZIP_MAGIC
         raw.seek(0)
+        size = os.fstat(raw.fileno()).st_size
         if not is_gzip:
             hint = (" (the name ends in .gz but the file is not gzip-compressed)"
                     if path.endswith(".gz") else "")
-            return _parse_idx(raw, path, hint, size=os.fstat(raw.fileno()).st_size)
+            return _parse_idx(raw, path, hint, size, expect)
         try:
             with gzip.GzipFile(fileobj=raw, mode="rb") as f:
-                return _parse_idx(f, path, "")
+                return _parse_idx(f, path, "", size * _GZIP_MAX_RATIO, expect)
         except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
             raise IDXError(path, f"corrupt gzip data ({type(exc).__name__}: {exc})") from exc
 
@@ -311,6 +335,17 @@ def _find(root, base):
         if p.is_file():
             return p
     return None
+
+
+def _expect(path, what, item_shape, max_items):
+    """An ``expect`` for :func:`read_idx`: uint8 ``(N,) + item_shape`` with ``N <= max_items``."""
+    shape = "(N, " + ", ".join(map(str, item_shape)) + ")" if item_shape else "(N,)"
+
+    def check(dtype, dims):
+        if dtype != np.uint8 or tuple(dims[1:]) != tuple(item_shape) or dims[0] > max_items:
+            raise IDXError(path, f"expected uint8 {what} of shape {shape} with N <= {max_items}, "
+                                 f"found {dtype.name} {dims} (header)")
+    return check
 
 
 def load_mnist(root=None, split="train", download=False):
@@ -378,8 +413,8 @@ def _load_idx_dataset(name, root, split, download, downloader):
             f"Pass download=True to fetch them, or set {_ENV_VAR} (or root=) to a directory "
             f"holding the standard {what} IDX files.")
     img_path, lbl_path = paths
-    images = read_idx(img_path)
-    labels = read_idx(lbl_path)
+    images = read_idx(img_path, expect=_expect(img_path, "images", (28, 28), SPLIT_SIZES[split]))
+    labels = read_idx(lbl_path, expect=_expect(lbl_path, "labels", (), SPLIT_SIZES[split]))
     if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (28, 28):
         raise IDXError(img_path, f"expected uint8 images of shape (N, 28, 28), "
                                  f"found {images.dtype} {images.shape}")
@@ -563,7 +598,8 @@ def download_cifar10(root=None, urls=None, *, timeout=60.0, progress=False, forc
     if names != {CIFAR10_ARCHIVE}:
         raise ValueError(f"CIFAR-10 URLs must end in /{CIFAR10_ARCHIVE}, got {urls}")
     (archive,) = _download_files(root, mirrors, {CIFAR10_ARCHIVE: CIFAR10_ARCHIVE_MD5}, "md5",
-                                 "CIFAR-10", force=True, files=None, timeout=timeout,
+                                 "CIFAR-10", sizes={CIFAR10_ARCHIVE: CIFAR10_ARCHIVE_SIZE}, force=True,
+                                 files=None, timeout=timeout,
                                  progress=progress)
     try:
         with tarfile.open(archive, "r:gz") as tar:
@@ -592,7 +628,7 @@ def download_fashion_mnist(root=None, mirrors=None, force=False, *, files=None, 
     the published MD5s :data:`FASHION_MD5`)."""
     return _download_files(_resolve_root(root, "fashion-mnist"),
                            FASHION_MIRRORS if mirrors is None else mirrors, FASHION_MD5, "md5",
-                           "Fashion-MNIST", force=force, files=files, timeout=timeout,
+                           "Fashion-MNIST", sizes=FASHION_SIZES, force=force, files=files, timeout=timeout,
                            progress=progress)
 
 
@@ -636,13 +672,14 @@ def _progress_bar(enabled, total, desc):
                 disable=None, leave=False)
 
 
-def _fetch(opener, url, dest, expected, timeout, progress, algo="sha256"):
+def _fetch(opener, url, dest, expected, timeout, progress, algo="sha256", *, size):
     """Download ``url`` to ``dest`` through a temp file in the same directory.
 
-    ``expected`` is the hex digest under ``algo`` (a :mod:`hashlib` name).
-
-    The temp file is hashed while written, fsynced, verified, then renamed over ``dest``;
-    on any failure it is removed and the exception propagates."""
+    ``expected`` is the hex digest under ``algo`` (a :mod:`hashlib` name).  ``size`` is the
+    file's known length in bytes: a ``Content-Length`` that differs is refused before the body
+    is read, and the body is read only up to ``size + 1`` bytes (a mirror that sends more, or
+    endless data, fails at once).  The temp file is hashed while written, fsynced, verified,
+    then renamed over ``dest``; on any failure it is removed and the exception propagates."""
     tmp = tempfile.NamedTemporaryFile(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part",
                                       delete=False)
     done = False
@@ -652,20 +689,25 @@ def _fetch(opener, url, dest, expected, timeout, progress, algo="sha256"):
         with opener.open(req, timeout=timeout) as resp:
             length = resp.headers.get("Content-Length")
             length = int(length) if length and length.isdigit() else None
-            bar = _progress_bar(progress, length, dest.name)
+            if length is not None and length != size:
+                raise DownloadError(f"the mirror announces {length} bytes; {dest.name} has {size}")
+            bar = _progress_bar(progress, size, dest.name)
             h = hashlib.new(algo)
             got = 0
             while True:
-                chunk = resp.read(_NET_CHUNK)
+                chunk = resp.read(min(_NET_CHUNK, size + 1 - got))
                 if not chunk:
                     break
+                if got + len(chunk) > size:
+                    raise DownloadError(f"the mirror sent more than the {size} bytes of {dest.name}; "
+                                        f"stopped reading")
                 tmp.write(chunk)
                 h.update(chunk)
                 got += len(chunk)
                 if bar is not None:
                     bar.update(len(chunk))
-        if length is not None and got != length:
-            raise DownloadError(f"incomplete transfer: received {got} of {length} bytes")
+        if got != size:
+            raise DownloadError(f"incomplete transfer: received {got} of {size} bytes")
         tmp.flush()
         os.fsync(tmp.fileno())
         tmp.close()
@@ -733,13 +775,14 @@ def download_mnist(root=None, mirrors=None, force=False, *, files=None, timeout=
         existing file has the wrong hash and ``force`` is false.
     """
     return _download_files(_resolve_root(root, "mnist"), MIRRORS if mirrors is None else mirrors,
-                           SHA256, "sha256", "MNIST", force=force, files=files, timeout=timeout,
+                           SHA256, "sha256", "MNIST", sizes=SIZES, force=force, files=files, timeout=timeout,
                            progress=progress)
 
 
-def _download_files(root, mirrors, table, algo, what, *, force, files, timeout, progress):
-    """Fetch the files ``files`` (keys of ``table``: name -> hex digest under ``algo``) into
-    ``root`` from the first mirror that serves a verified copy; see :func:`download_mnist`."""
+def _download_files(root, mirrors, table, algo, what, *, sizes, force, files, timeout, progress):
+    """Fetch the files ``files`` (keys of ``table``: name -> hex digest under ``algo``; ``sizes``:
+    name -> length in bytes) into ``root`` from the first mirror that serves a verified copy;
+    see :func:`download_mnist`."""
     root = Path(root)
     mirrors = list(mirrors)
     if isinstance(files, str):
@@ -772,7 +815,7 @@ def _download_files(root, mirrors, table, algo, what, *, force, files, timeout, 
             url = base if base.endswith("/") else base + "/"
             url += name
             try:
-                _fetch(opener, url, dest, expected, timeout, progress, algo)
+                _fetch(opener, url, dest, expected, timeout, progress, algo, size=sizes[name])
             except Exception as exc:  # noqa: BLE001 - any failure means: try the next mirror
                 failures.append(f"  {url}: {type(exc).__name__}: {exc}")
                 continue

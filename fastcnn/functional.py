@@ -11,6 +11,8 @@ chunks, GEMM results) and checked geometry are reused between calls of the same 
 layers keep one each).  Outputs and gradients are always new arrays.
 """
 import functools
+import threading
+from threading import get_ident
 
 import numpy as np
 
@@ -22,18 +24,36 @@ from ._shapes import (as_float32, as_labels, check_padding_arg, is_float32_array
 class Workspace:
     """Named scratch buffers, reallocated only when the shape or dtype changes, and the
     checked geometry of recent argument combinations (so a layer called again with the same
-    shapes skips re-deriving it; the arrays' dtype and layout are still checked every call)."""
+    shapes skips re-deriving it; the arrays' dtype and layout are still checked every call).
+
+    The buffers are per Python thread (keyed on :func:`threading.get_ident`), so one model can
+    run inference from any number of threads at once: each thread gets its own scratch.  The
+    buffers of threads that have ended are dropped when a new thread first asks.  The geometry
+    cache holds immutable values and is shared.
+    """
 
     def __init__(self):
-        self._bufs = {}
+        self._bufs = {}  # thread ident -> {name: array}
         self._plans = {}
 
     def get(self, name, shape, dtype=np.float32):
-        buf = self._bufs.get(name)
+        bufs = self._bufs.get(get_ident())
+        if bufs is None:
+            bufs = self._thread_bufs()
+        buf = bufs.get(name)
         if buf is None or buf.shape != tuple(shape) or buf.dtype != dtype:
             buf = np.empty(shape, dtype=dtype)
-            self._bufs[name] = buf
+            bufs[name] = buf
         return buf
+
+    def _thread_bufs(self):
+        """A fresh buffer dict for the calling thread; forget threads that have ended."""
+        alive = {t.ident for t in threading.enumerate()}
+        for ident in list(self._bufs):
+            if ident not in alive:
+                self._bufs.pop(ident, None)
+        bufs = self._bufs[get_ident()] = {}
+        return bufs
 
     def clear(self):
         self._bufs.clear()

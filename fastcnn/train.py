@@ -524,17 +524,18 @@ def save_checkpoint(path, model, optimizer, state, history):
 
     The data order is a function of ``(seed, epoch)``, so ``state`` (seed, epoch, next step)
     is the whole random state of a run.  The file is also a plain model file for
-    :func:`fastcnn.load`.  Weights that are not finite are never written: ``NonFiniteLoss``
-    is raised and the previous checkpoint stays.
+    :func:`fastcnn.load`.  Nothing non-finite is ever written (parameters, batch-norm running
+    statistics, optimizer state): ``NonFiniteLoss`` is raised and the previous checkpoint stays.
     """
-    from .model import save
+    from .model import assert_all_finite, save
 
-    for i, p in enumerate(model.parameters()):
-        if not np.all(np.isfinite(p.data)):
-            raise NonFiniteLoss(f"non-finite weights in parameter {i} {p.data.shape} at epoch "
-                                f"{state.get('epoch')}, step {state.get('step')}; checkpoint not written")
+    where = (f"at epoch {state.get('epoch')}, step {state.get('step')}; checkpoint not written "
+             f"(the previous one is kept)")
+    assert_all_finite(model.state_dict(), where, NonFiniteLoss)  # parameters and buffers
+    opt_state = optimizer.state_dict()
+    assert_all_finite({"optimizer " + k: v for k, v in opt_state.items()}, where, NonFiniteLoss)
 
-    extra = {"__optim__." + k: v for k, v in optimizer.state_dict().items()}
+    extra = {"__optim__." + k: v for k, v in opt_state.items()}
     for key in ("loss", "accuracy"):
         extra["__history__." + key] = np.asarray(history.get(key, []), np.float64)
     save(model, path, metadata={"model": state.get("model"), "trainer": state}, extra=extra)
@@ -552,28 +553,68 @@ def load_checkpoint(path):
     model, meta, extra = load(path, return_metadata=True, return_extra=True)
     if "trainer" not in meta:
         raise ValueError(f"{path}: a model file, not a training checkpoint (no trainer state)")
+    state = meta["trainer"]
     opt_state = {k[len("__optim__."):]: v for k, v in extra.items() if k.startswith("__optim__.")}
     history = {k[len("__history__."):]: v.tolist() for k, v in extra.items() if k.startswith("__history__.")}
-    return model, opt_state, meta["trainer"], history
+    _check_trainer_state(path, model, state, opt_state)
+    return model, opt_state, state, history
+
+
+_TRAINER_KEYS = {"model": str, "seed": int, "batch_size": int, "lr": (int, float), "optimizer": str,
+                 "epochs": int, "epoch": int, "step": int}
+
+
+def _check_trainer_state(path, model, state, opt_state):
+    """The trainer and optimizer state of a checkpoint: types, ranges, shapes, finiteness."""
+    from .model import assert_all_finite
+
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: trainer state is not a mapping")
+    for key, kind in _TRAINER_KEYS.items():
+        if key in state and (not isinstance(state[key], kind) or isinstance(state[key], bool)):
+            raise ValueError(f"{path}: trainer state {key!r} = {state[key]!r} has the wrong type")
+        if key in ("seed", "epoch", "step") and isinstance(state.get(key), int) and state[key] < 0:
+            raise ValueError(f"{path}: trainer state {key!r} = {state[key]} is negative")
+    steps = opt_state.get("steps")
+    if opt_state and (steps is None or steps.shape != () or steps.dtype.kind not in "iu" or steps < 0):
+        raise ValueError(f"{path}: optimizer state has no valid step count")
+    shapes = [p.data.shape for p in model.parameters()]
+    for key, arr in opt_state.items():
+        if key == "steps":
+            continue
+        name, _, idx = key.rpartition(".")
+        if not idx.isdigit() or int(idx) >= len(shapes) or arr.shape != shapes[int(idx)] or arr.dtype.kind != "f":
+            raise ValueError(f"{path}: optimizer state {key!r} ({arr.dtype} {arr.shape}) does not match the model")
+    assert_all_finite(opt_state, f"of the optimizer state in {path}", ValueError)
 
 
 class Interrupted(Exception):
-    """Training stopped by a signal after saving a checkpoint."""
+    """Training stopped by a signal after saving a checkpoint (``resumable``) or, once training
+    has finished, after saving the trained model."""
 
-    def __init__(self, signum, path):
+    def __init__(self, signum, path, resumable=True):
         import signal
 
-        self.signum, self.path = signum, path
-        super().__init__(f"interrupted by {signal.Signals(signum).name}; checkpoint saved to {path} "
-                         f"(continue with --resume {path})")
+        self.signum, self.path, self.resumable = signum, path, resumable
+        name = signal.Signals(signum).name
+        if resumable:
+            msg = f"interrupted by {name}; checkpoint saved to {path} (continue with --resume {path})"
+        else:
+            msg = f"interrupted by {name} after training; the trained model is saved to {path}"
+        super().__init__(msg)
 
 
 class SignalFlag:
-    """Turns SIGINT/SIGTERM into a flag the training loop checks after each step."""
+    """Turns SIGINT/SIGTERM into a flag the training loop checks after each step.
+
+    After :meth:`stop_at_once` (called once the trained weights are on disk) a pending or new
+    signal raises :class:`Interrupted` right away, e.g. in the middle of the final evaluation.
+    """
 
     def __init__(self):
         self.signum = None
         self._old = {}
+        self._saved = None
 
     def __enter__(self):
         import signal
@@ -583,9 +624,17 @@ class SignalFlag:
         return self
 
     def _handle(self, signum, frame):
+        if self._saved is not None:
+            raise Interrupted(signum, self._saved, resumable=False)
         if self.signum is not None:  # a second signal: stop now
             raise KeyboardInterrupt
         self.signum = signum
+
+    def stop_at_once(self, saved_path):
+        """From now on a signal stops at once: the trained model is saved at ``saved_path``."""
+        self._saved = saved_path
+        if self.signum is not None:
+            raise Interrupted(self.signum, saved_path, resumable=False)
 
     def __exit__(self, *exc):
         import signal

@@ -455,6 +455,7 @@ def fake_mnist(monkeypatch):
     """Small synthetic .gz files with the SHA256 table patched to match them."""
     blobs, sums = synthetic_gz_files()
     monkeypatch.setattr(data, "SHA256", sums)
+    monkeypatch.setattr(data, "SIZES", {k: len(v) for k, v in blobs.items()})
     return blobs
 
 
