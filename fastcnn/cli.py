@@ -232,6 +232,10 @@ def _plot(steps, epochs, test_acc, path):
 
 # --------------------------------------------------------------------------- train: pieces
 
+#: Trainer-state entries ``--resume`` needs (written by every ``fastcnn train`` checkpoint).
+_RESUME_KEYS = ("model", "seed", "batch_size", "lr", "optimizer", "epochs", "limit", "epoch", "step",
+                "global_step", "epoch_logs", "epoch_seconds", "images_seen", "seconds")
+
 #: Run settings kept in a checkpoint; a --resume refuses a command line that contradicts them.
 _RESUME_CHECKED = ("model", "dataset", "batch_size", "lr", "optimizer", "seed", "limit", "val_split",
                    "momentum", "weight_decay", "augment")
@@ -305,9 +309,10 @@ def _resume_config(args):
     from . import models
 
     model, opt_state, state, steps = load_checkpoint(args.resume)
-    if state.get("model") not in models.RECIPES:
-        raise ValueError(f"{args.resume}: not a checkpoint of fastcnn train (its trainer state names model "
-                         f"{state.get('model')!r})")
+    missing = [k for k in _RESUME_KEYS if k not in state]
+    if missing or state["model"] not in models.RECIPES:
+        raise ValueError(f"{args.resume}: not a checkpoint of fastcnn train (trainer state lacks {missing} "
+                         f"or names an unknown model)")
     for key, default in (("dataset", "mnist"), ("augment", "none"), ("normalize", False), ("schedule", None),
                          ("val_split", 0), ("early_stop", None), ("test_file", None), ("momentum", 0.0),
                          ("nesterov", False), ("weight_decay", None)):
@@ -519,15 +524,15 @@ def _train(args):
         cfg["_pipeline"], cfg["_n_train"] = pipe, len(train[1])
         metrics = _write_outputs(args.out, cfg, model, history, steps, test, pre, backend, threads, args.resume,
                                  flag)
-    if len(history) < cfg["epochs"]:
-        print(f"early stop after epoch {len(history)}: no better validation accuracy for {cfg['early_stop']} epochs",
-              file=sys.stderr)
-    if "best_val_accuracy" in metrics:
-        print(f"best validation accuracy: {metrics['best_val_accuracy']:.4f} (epoch {metrics['best_epoch']}, "
-              f"{os.path.join(args.out, 'best.npz')})", file=sys.stderr)
-    print(f"epoch seconds: {', '.join(f'{s:.1f}' for s in metrics['epoch_seconds'])}; "
-          f"{metrics['train_images_per_second']:.0f} images/s; wrote {args.out}", file=sys.stderr)
-    print(f"test accuracy: {metrics['test_accuracy']:.4f}")
+        if len(history) < cfg["epochs"]:
+            print(f"early stop after epoch {len(history)}: no better validation accuracy for {cfg['early_stop']} epochs",
+                  file=sys.stderr)
+        if "best_val_accuracy" in metrics:
+            print(f"best validation accuracy: {metrics['best_val_accuracy']:.4f} (epoch {metrics['best_epoch']}, "
+                  f"{os.path.join(args.out, 'best.npz')})", file=sys.stderr)
+        print(f"epoch seconds: {', '.join(f'{s:.1f}' for s in metrics['epoch_seconds'])}; "
+              f"{metrics['train_images_per_second']:.0f} images/s; wrote {args.out}", file=sys.stderr)
+        print(f"test accuracy: {metrics['test_accuracy']:.4f}")
     return 0
 
 

@@ -448,19 +448,22 @@ def read_cifar10_batch(path, expect_records=None):
     the record count must equal it; otherwise :class:`CIFARError` names the file and defect.
     """
     path = os.fspath(path)
+    cap = CIFAR10_BATCH_RECORDS * CIFAR10_RECORD  # an official batch; a larger payload is refused
+    data = np.empty(cap + 1, np.uint8)  # bounded: a gzip bomb is read only this far
     with open(path, "rb") as raw:
         is_gzip = raw.read(2) == _GZIP_MAGIC
         raw.seek(0)
         try:
             if is_gzip:
                 with gzip.GzipFile(fileobj=raw, mode="rb") as f:
-                    chunks, n = _read_up_to(f, 64 * CIFAR10_BATCH_RECORDS * CIFAR10_RECORD)
-                    n += _count_rest(f)
+                    n = _readinto_exact(f, data)
             else:
-                chunks, n = _read_up_to(raw, 64 * CIFAR10_BATCH_RECORDS * CIFAR10_RECORD)
-                n += _count_rest(raw)
+                n = _readinto_exact(raw, data)
         except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
             raise CIFARError(path, f"corrupt gzip data ({type(exc).__name__}: {exc})") from exc
+    if n > cap:
+        raise CIFARError(path, f"more than {cap} bytes ({CIFAR10_BATCH_RECORDS} records, an official batch); "
+                               f"not a CIFAR-10 binary batch")
     if n == 0:
         raise CIFARError(path, "empty file (no CIFAR-10 records)")
     if n % CIFAR10_RECORD:
@@ -470,7 +473,7 @@ def read_cifar10_batch(path, expect_records=None):
     count = n // CIFAR10_RECORD
     if expect_records is not None and count != expect_records:
         raise CIFARError(path, f"holds {count} records, expected {expect_records}")
-    buf = np.frombuffer(b"".join(chunks), dtype=np.uint8).reshape(count, CIFAR10_RECORD)
+    buf = data[:n].reshape(count, CIFAR10_RECORD)
     labels = buf[:, 0].copy()
     if labels.max() > 9:
         bad = int(np.argmax(labels > 9))

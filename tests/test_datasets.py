@@ -197,6 +197,7 @@ def test_fashion_mnist_download_md5_verified(tmp_path, server, monkeypatch):  # 
         blobs[img + ".gz"] = gzip.compress(idx_bytes(images), mtime=0)
         blobs[lbl + ".gz"] = gzip.compress(idx_bytes(labels), mtime=0)
     monkeypatch.setattr(data, "FASHION_MD5", {k: hashlib.md5(v).hexdigest() for k, v in blobs.items()})
+    monkeypatch.setattr(data, "FASHION_SIZES", {k: len(v) for k, v in blobs.items()})
     bad = server.mirror("bad", {k: v[:-1] + b"x" for k, v in blobs.items()})
     good = server.mirror("good", blobs)
     monkeypatch.setattr(data, "FASHION_MIRRORS", [bad, good])
@@ -226,6 +227,7 @@ def test_cifar10_download_extracts_verified_batches(tmp_path, server, monkeypatc
     arch = _archive(members)
     monkeypatch.setattr(data, "CIFAR10_SHA256", {k: hashlib.sha256(v).hexdigest() for k, v in blobs.items()})
     monkeypatch.setattr(data, "CIFAR10_ARCHIVE_MD5", hashlib.md5(arch).hexdigest())
+    monkeypatch.setattr(data, "CIFAR10_ARCHIVE_SIZE", len(arch))
     base = server.mirror("kriz", {data.CIFAR10_ARCHIVE: arch})
     monkeypatch.setattr(data, "CIFAR10_URLS", [base + data.CIFAR10_ARCHIVE])
     root = tmp_path / "c"
@@ -244,6 +246,9 @@ def test_cifar10_download_rejects_bad_archive_and_bad_member(tmp_path, server, m
     arch = _archive({"cifar-10-batches-bin/data_batch_1.bin": blob})
     base = server.mirror("k", {data.CIFAR10_ARCHIVE: arch})
     monkeypatch.setattr(data, "CIFAR10_URLS", [base + data.CIFAR10_ARCHIVE])
+    with pytest.raises(DownloadError, match="announces"):  # the real size: refused before reading
+        data.download_cifar10(tmp_path / "s")
+    monkeypatch.setattr(data, "CIFAR10_ARCHIVE_SIZE", len(arch))
     with pytest.raises(DownloadError, match="MD5 mismatch"):  # the real MD5 table: refused
         data.download_cifar10(tmp_path / "a")
     assert not list((tmp_path / "a").iterdir())
