@@ -288,22 +288,8 @@ class Model(Layer):
         return res[0] if self._single_in else res
 
     # -- state and files ----------------------------------------------------------------------
-    def state_dict(self, prefix=""):
-        d = {}
-        for name, layer in self.named_layers():
-            d.update(layer.state_dict(f"{prefix}{name}."))
-        return d
-
-    def load_state_dict(self, state, prefix=""):
-        """Load arrays by name; at the top level missing or unexpected keys raise ``KeyError``."""
-        if not prefix:
-            expected = set(self.state_dict())
-            unexpected = sorted(set(state) - expected)
-            missing = sorted(expected - set(state))
-            if unexpected or missing:
-                raise KeyError(f"Model.load_state_dict: missing keys {missing}, unexpected keys {unexpected}")
-        for name, layer in self.named_layers():
-            layer.load_state_dict(state, f"{prefix}{name}.")
+    def children(self):
+        return dict(self.named_layers())
 
     def config(self):
         return {

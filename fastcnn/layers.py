@@ -95,6 +95,16 @@ class Layer:
         """Class index (argmax of the outputs) of each input in ``x``, as :meth:`predict_proba`."""
         return self.predict_proba(x, batch_size).argmax(axis=1)
 
+    def children(self):
+        """Named sub-layers (containers override this); their state is under ``name.``."""
+        return {}
+
+    def modules(self):
+        """This layer and every layer inside it, depth first (as torch's ``Module.modules``)."""
+        yield self
+        for child in self.children().values():
+            yield from child.modules()
+
     def state_dict(self, prefix=""):
         d = {}
         for n in self._params:
@@ -103,9 +113,20 @@ class Layer:
                 d[prefix + n] = p.data.copy()
         for n in self._buffers:
             d[prefix + n] = np.array(getattr(self, n), copy=True)
+        for name, child in self.children().items():
+            d.update(child.state_dict(f"{prefix}{name}."))
         return d
 
     def load_state_dict(self, state, prefix=""):
+        """Load arrays by name; shapes must match.  At the top of a container, missing or
+        unexpected keys raise ``KeyError``."""
+        kids = self.children()
+        if kids and not prefix:
+            expected = set(self.state_dict())
+            unexpected, missing = sorted(set(state) - expected), sorted(expected - set(state))
+            if unexpected or missing:
+                raise KeyError(f"{type(self).__name__}.load_state_dict: missing keys {missing}, "
+                               f"unexpected keys {unexpected}")
         for n in self._params:
             p = getattr(self, n)
             if p is not None:
@@ -117,6 +138,8 @@ class Layer:
                 cur[...] = arr
             else:
                 setattr(self, n, type(cur)(arr))
+        for name, child in kids.items():
+            child.load_state_dict(state, f"{prefix}{name}.")
 
     def _expect_cache(self, name):
         if getattr(self, name, None) is None:
@@ -368,13 +391,6 @@ class Residual(Layer):
 
     def config(self):
         return {"type": "Residual", "body": self.body.config(), "shortcut": self.shortcut.config()}
-
-    def state_dict(self, prefix=""):
-        return {**self.body.state_dict(prefix + "body."), **self.shortcut.state_dict(prefix + "shortcut.")}
-
-    def load_state_dict(self, state, prefix=""):
-        self.body.load_state_dict(state, prefix + "body.")
-        self.shortcut.load_state_dict(state, prefix + "shortcut.")
 
     def forward(self, x):
         s = self.shortcut.forward(x)

@@ -110,22 +110,8 @@ class Sequential(Layer):
     def config(self):
         return {"type": "Sequential", "layers": [layer.config() for layer in self.layers]}
 
-    def state_dict(self, prefix=""):
-        d = {}
-        for i, layer in enumerate(self.layers):
-            d.update(layer.state_dict(f"{prefix}{i}."))
-        return d
-
-    def load_state_dict(self, state, prefix=""):
-        """Load arrays by name; shapes must match; missing or unexpected keys raise ``KeyError``."""
-        if not prefix:
-            expected = set(self.state_dict())
-            unexpected = sorted(set(state) - expected)
-            missing = sorted(expected - set(state))
-            if unexpected or missing:
-                raise KeyError(f"Sequential.load_state_dict: missing keys {missing}, unexpected keys {unexpected}")
-        for i, layer in enumerate(self.layers):
-            layer.load_state_dict(state, f"{prefix}{i}.")
+    def children(self):
+        return {str(i): layer for i, layer in enumerate(self.layers)}
 
     def save(self, path, metadata=None, format="npz"):
         """Write architecture and weights to ``path`` atomically (``.npz``, or ``format="safetensors"``)."""

@@ -181,7 +181,7 @@ class Trainer:
         self.stop_training = False
         self._epoch_done = False
         self.steps_per_epoch = -(-len(labels) // self.batch_size)
-        self._dropouts = [layer for layer in _walk(model) if hasattr(layer, "reseed")]
+        self._dropouts = [layer for layer in model.modules() if hasattr(layer, "reseed")]
         st = dict(state or {})
         self.epoch = int(st.get("epoch", 0))
         self.step = int(st.get("step", 0))  # next step within the epoch
@@ -330,15 +330,6 @@ class Trainer:
         if self.step:
             bar.update(min(self.step * self.batch_size, len(self.labels)))
         return bar
-
-
-def _walk(layer):
-    yield layer
-    kids = getattr(layer, "layers", None)
-    if kids is None and hasattr(layer, "children"):
-        kids = layer.children().values()
-    for k in kids or ():
-        yield from _walk(k)
 
 
 def fit(model, loss_fn, optimizer, train_data, *, epochs, batch_size, val_data=None, schedule=None,
