@@ -48,6 +48,11 @@ def _parser():
     t.add_argument("--resume", default=None, metavar="PATH", help="continue from a checkpoint")
     t.add_argument("--detect-anomaly", action="store_true",
                    help="check parameters and gradients for NaN/Inf after every step (slow)")
+    t.add_argument("--distributed", action="store_true",
+                   help="data-parallel over MPI: run as mpiexec -n K fastcnn train --distributed ... "
+                        "(needs fastcnn[distributed]; --batch-size is the global batch)")
+    t.add_argument("--sync-bn", action="store_true",
+                   help="with --distributed: BatchNorm statistics of the global batch (default: per rank)")
     e = sub.add_parser("evaluate", help="evaluate a checkpoint on the MNIST test split")
     e.add_argument("--checkpoint", required=True)
     e.add_argument("--data-dir", default=None)
@@ -57,13 +62,18 @@ def _parser():
     return p
 
 
-def _setup(args):
+def _setup(args, comm=None):
     import fastcnn
+    from ._config import env_threads
 
     if getattr(args, "backend", None):
         fastcnn.set_backend(args.backend)
     if getattr(args, "threads", None) is not None:
         fastcnn.set_num_threads(args.threads)
+    elif comm is not None and env_threads() is None:  # the host's cores shared among its ranks
+        from . import distributed
+
+        fastcnn.set_num_threads(distributed.default_threads(comm))
     else:
         fastcnn.get_num_threads()
 
@@ -150,14 +160,16 @@ def _plot(history, test_acc, path):
 
 
 def cmd_train(args):
+    import signal
+
     import numpy as np
     from tqdm import tqdm
 
     import fastcnn
     from . import data, models
     from .model import atomic_write
-    from .train import (Interrupted, SignalFlag, evaluate, load_checkpoint, make_optimizer, save_checkpoint,
-                        train_epoch)
+    from .train import (Interrupted, SignalFlag, _StepState, evaluate, load_checkpoint, make_optimizer,
+                        save_checkpoint, train_epoch)
 
     for name, value, low in (("--epochs", args.epochs, 1), ("--batch-size", args.batch_size, 1),
                              ("--limit", args.limit, 1), ("--checkpoint-every", args.checkpoint_every, 1)):
@@ -165,7 +177,17 @@ def cmd_train(args):
             raise ValueError(f"{name} must be >= {low}, got {value}")
     if args.lr is not None and not args.lr > 0:
         raise ValueError(f"--lr must be > 0, got {args.lr}")
-    _setup(args)
+    if args.sync_bn and not args.distributed:
+        raise ValueError("--sync-bn needs --distributed")
+    comm = dist = None
+    if args.distributed:
+        from . import distributed
+
+        comm = distributed.world()
+        dist = distributed.DistributedCallback(comm, sync_bn=args.sync_bn)
+    rank0 = comm is None or comm.Get_rank() == 0
+    log = sys.stderr if rank0 else io.StringIO()  # only rank 0 prints and writes files
+    _setup(args, comm)
     if args.resume:
         model, opt_state, state, history = load_checkpoint(args.resume)
         for key, given in (("model", args.model), ("batch_size", args.batch_size), ("lr", args.lr),
@@ -189,29 +211,47 @@ def cmd_train(args):
         model = models.build(state["model"], seed=state["seed"], in_channels=1)
         optimizer = make_optimizer(state["optimizer"], model.parameters(), state["lr"])
         history = {}
-    train_x, train_y = data.load_mnist(args.data_dir, "train", download=args.download)
-    test_x, test_y = data.load_mnist(args.data_dir, "test", download=args.download)
+    if comm is not None and comm.Get_size() > state["batch_size"]:
+        raise ValueError(f"--batch-size {state['batch_size']} (the global batch) is smaller than the "
+                         f"{comm.Get_size()} ranks")
+    download = args.download
+    if comm is not None and download:  # one download per host, then everyone reads
+        if distributed.local_rank(comm) == 0:
+            data.load_mnist(args.data_dir, "train", download=True)
+            data.load_mnist(args.data_dir, "test", download=True)
+        comm.Barrier()
+        download = False
+    train_x, train_y = data.load_mnist(args.data_dir, "train", download=download)
+    test_x, test_y = data.load_mnist(args.data_dir, "test", download=download)
     if state["limit"]:
         train_x, train_y = train_x[:state["limit"]], train_y[:state["limit"]]
     backend, threads = fastcnn.get_backend(), fastcnn.get_num_threads()
     state["backend"], state["threads"] = backend, threads
     fastcnn.warmup(backend)
     input_size = models.INPUT_SIZE[state["model"]]
-    os.makedirs(args.out, exist_ok=True)
+    if rank0:
+        os.makedirs(args.out, exist_ok=True)
     ckpt = os.path.join(args.out, "checkpoint.npz")
+    ranks = comm.Get_size() if comm is not None else 1
+    if dist is not None:
+        state["ranks"] = ranks
+        dist.on_train_begin(_StepState(model, optimizer))
     print(f"training {state['model']} on {len(train_y)} images: {state['optimizer']} lr {state['lr']}, "
           f"batch {state['batch_size']}, {state['epochs']} epoch(s), backend {backend}, {threads} thread(s)"
+          + (f", {ranks} MPI ranks (batch {state['batch_size']} split among them"
+             f"{', synchronised BatchNorm' if args.sync_bn else ''})" if dist is not None else "")
           + (f", resuming at epoch {state['epoch'] + 1} step {state['step']}" if args.resume else ""),
-          file=sys.stderr)
+          file=log)
     with SignalFlag() as flag:
         def on_step(step):
             state["step"] = step + 1
             done = state["images_seen"] + seen_in_epoch(step)
-            if flag.signum is not None:
+            if flag.signum is not None or (dist is not None and dist.stop):  # all ranks at the same step
                 state["partial_images"] = done - state["images_seen"]
-                save_checkpoint(ckpt, model, optimizer, state, history)
-                raise Interrupted(flag.signum, ckpt)
-            if args.checkpoint_every and (step + 1) % args.checkpoint_every == 0:
+                if rank0:
+                    save_checkpoint(ckpt, model, optimizer, state, history)
+                raise Interrupted(flag.signum or signal.SIGTERM, ckpt)
+            if args.checkpoint_every and (step + 1) % args.checkpoint_every == 0 and rank0:
                 save_checkpoint(ckpt, model, optimizer, state, history)
 
         def seen_in_epoch(step):
@@ -220,18 +260,22 @@ def cmd_train(args):
         while state["epoch"] < state["epochs"]:
             epoch = state["epoch"]
             with tqdm(total=len(train_y), desc=f"epoch {epoch + 1}/{state['epochs']}", unit="img",
-                      mininterval=0.5, disable=args.no_progress, file=sys.stderr) as bar:
+                      mininterval=0.5, disable=args.no_progress or not rank0, file=sys.stderr) as bar:
                 seen, seconds = train_epoch(model, optimizer, train_x, train_y, batch_size=state["batch_size"],
                                             seed=state["seed"], epoch=epoch, start_step=state["step"],
                                             input_size=input_size, progress=bar, on_step=on_step,
-                                            history=history, detect_anomaly=args.detect_anomaly)
+                                            history=history, detect_anomaly=args.detect_anomaly, dist=dist,
+                                            stop_requested=lambda: flag.signum is not None)
             state["epoch_seconds"].append(seconds)
             state["images_seen"] += seen
             state["seconds"] += seconds
             state["epoch"], state["step"] = epoch + 1, 0
-            if args.checkpoint_every:
+            if args.checkpoint_every and rank0:
                 save_checkpoint(ckpt, model, optimizer, state, history)
-    test_acc, test_loss = evaluate(model, test_x, test_y, input_size=input_size)
+    if comm is not None:
+        test_acc, test_loss = distributed.evaluate(model, test_x, test_y, comm, input_size=input_size)
+    else:
+        test_acc, test_loss = evaluate(model, test_x, test_y, input_size=input_size)
     metrics = {
         "model": state["model"], "test_accuracy": test_acc, "test_loss": test_loss,
         "epoch_seconds": state["epoch_seconds"],
@@ -240,8 +284,10 @@ def cmd_train(args):
         "lr": state["lr"], "optimizer": state["optimizer"], "seed": state["seed"],
         "train_images": int(len(train_y)), "resumed": bool(args.resume),
         "final_train_loss": float(np.mean(history["loss"][-100:])) if history.get("loss") else None,
-        "fastcnn_version": fastcnn.__version__,
+        "fastcnn_version": fastcnn.__version__, "ranks": ranks,
     }
+    if not rank0:
+        return 0
     model.save(os.path.join(args.out, "model.npz"),
                metadata={k: metrics[k] for k in ("model", "test_accuracy", "seed")})
     atomic_write(os.path.join(args.out, "metrics.json"),
@@ -269,9 +315,36 @@ def cmd_evaluate(args):
 
 
 def main(argv=None):
+    args = _parser().parse_args(argv)
+    if getattr(args, "distributed", False):
+        return _main_distributed(args)
+    return _run(args)
+
+
+def _main_distributed(args):
+    """One rank of ``mpiexec -n K fastcnn train --distributed``: any error or interruption on
+    this rank ends every rank (``MPI_Abort``) with a message naming the rank, never a hang."""
+    from .train import Interrupted
+
+    try:
+        from . import distributed
+
+        comm = distributed.world()
+    except ImportError as exc:
+        print(f"fastcnn: error: {exc}", file=sys.stderr)
+        return 1
+    try:
+        with distributed.abort_on_error(comm, passthrough=(Interrupted,)):
+            return cmd_train(args)
+    except Interrupted as exc:  # every rank stopped at the same step; rank 0 saved
+        if comm.Get_rank() == 0:
+            print(f"fastcnn: {exc}", file=sys.stderr)
+        return 128 + exc.signum
+
+
+def _run(args):
     from .train import Interrupted, NonFiniteLoss
 
-    args = _parser().parse_args(argv)
     try:
         return {"train": cmd_train, "evaluate": cmd_evaluate, "info": cmd_info}[args.command](args)
     except Interrupted as exc:

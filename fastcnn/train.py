@@ -85,7 +85,8 @@ def evaluate(model, images, labels, batch_size=1000, input_size=None):
 
 
 def train_epoch(model, optimizer, images, labels, *, batch_size, seed, epoch, start_step=0,
-                input_size=None, progress=None, on_step=None, history=None, detect_anomaly=False):
+                input_size=None, progress=None, on_step=None, history=None, detect_anomaly=False, dist=None,
+                stop_requested=None):
     """One pass over the data in the seeded order of ``(seed, epoch)``.
 
     Parameters
@@ -100,10 +101,17 @@ def train_epoch(model, optimizer, images, labels, *, batch_size, seed, epoch, st
         ``"loss"`` and ``"accuracy"`` of every step are appended.
     detect_anomaly : bool
         Check every parameter and gradient for NaN/Inf after each step (slow; off by default).
+    dist : fastcnn.distributed.DistributedCallback or None
+        Data-parallel training: each rank trains on its shard of every batch and the
+        gradients, loss and accuracy are those of the global batch (a final batch smaller
+        than the number of ranks is skipped).  ``on_train_begin`` must have run.
+    stop_requested : callable() -> bool or None
+        Distributed: whether this rank wants to stop; all ranks then stop after the same step
+        (``on_step`` sees ``dist.stop``).
 
     Returns
     -------
-    images_seen : int
+    images_seen : int  (all ranks' images when distributed)
     seconds : float
     """
     model.train()
@@ -117,16 +125,30 @@ def train_epoch(model, optimizer, images, labels, *, batch_size, seed, epoch, st
         progress.update(min(start_step * batch_size, len(labels)))
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # reported as NonFiniteLoss
         return _steps(model, optimizer, loss_fn, batches, epoch, start_step, input_size, progress, on_step,
-                      losses, accs, detect_anomaly)
+                      losses, accs, detect_anomaly, dist, stop_requested)
+
+
+class _StepState:
+    """What :class:`fastcnn.distributed.DistributedCallback` reads and writes in a step."""
+
+    def __init__(self, model, optimizer):
+        self.model, self.optimizer = model, optimizer
+        self.stop_training, self.step_metrics = False, None
 
 
 def _steps(model, optimizer, loss_fn, batches, epoch, start_step, input_size, progress, on_step, losses, accs,
-           detect_anomaly):
+           detect_anomaly, dist=None, stop_requested=None):
     seen, t0, last_post = 0, time.perf_counter(), 0.0
     run_loss = run_acc = None
+    trainer = _StepState(model, optimizer)
     for step, (x, y) in enumerate(batches):
         if step < start_step:
             continue
+        n_global = len(y)
+        if dist is not None:
+            if n_global < dist.size:  # the same on every rank: all skip it
+                continue
+            x, y = dist.shard_batch(x, y)
         if input_size:
             x = pad_to(x, input_size)
         optimizer.zero_grad()
@@ -135,17 +157,24 @@ def _steps(model, optimizer, loss_fn, batches, epoch, start_step, input_size, pr
         if not math.isfinite(loss):
             raise NonFiniteLoss(f"non-finite loss {loss} at epoch {epoch}, step {step}")
         model.backward(loss_fn.backward())
+        correct = int(np.sum(np.argmax(logits, axis=1) == y))
+        acc = correct / len(y)
+        if dist is not None:
+            trainer.stop_training = bool(stop_requested()) if stop_requested is not None else False
+            trainer.step_metrics = (loss, correct)
+            dist.on_after_backward(trainer)  # gradients, loss and accuracy of the global batch
+            loss, acc = trainer.step_metrics[0], trainer.step_metrics[1] / n_global
+            dist.stop = trainer.stop_training
         if detect_anomaly:
             check_finite(model, f"after backward at epoch {epoch}, step {step}")
         optimizer.step()
-        acc = float(np.mean(np.argmax(logits, axis=1) == y))
         losses.append(loss)
         accs.append(acc)
-        seen += len(y)
+        seen += n_global
         if progress is not None:
             run_loss = loss if run_loss is None else 0.99 * run_loss + 0.01 * loss
             run_acc = acc if run_acc is None else 0.99 * run_acc + 0.01 * acc
-            progress.update(len(y))
+            progress.update(n_global)
             now = time.perf_counter()
             if now - last_post > 0.5:
                 last_post = now
