@@ -1,0 +1,126 @@
+"""Run by tests/test_distributed.py, under ``mpiexec -n K`` or as one plain process.
+
+``python tests/mpi_worker.py MODE MODEL BACKEND BATCH STEPS OUT [options]``
+
+Trains ``MODEL`` for ``STEPS`` steps of global batch ``BATCH`` on seeded synthetic images and
+writes the parameters and buffers (rank 0) to ``OUT`` (.npz):
+
+- ``plain``: one process, no MPI (the reference).
+- ``dist``: ``fastcnn.train.train_epoch`` with a ``DistributedCallback``; also checks that every
+  rank ends with bit-identical parameters.
+- ``ghost``: one process, no MPI, each global batch cut into ``--shards`` shards whose
+  gradients are combined as the ranks' are (what per-rank BatchNorm statistics amount to).
+- ``fail``: as ``dist``, but rank ``--fail-rank`` raises (``--how raise``) or kills itself
+  (``--how kill``) at step 5.
+"""
+import argparse
+import os
+import signal
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import fastcnn  # noqa: E402
+from fastcnn import losses, models, optim  # noqa: E402
+from fastcnn.train import make_optimizer, train_epoch  # noqa: E402
+
+
+def data(n, size):
+    rng = np.random.default_rng(1234)
+    images = rng.integers(0, 256, size=(n, size, size), dtype=np.uint8)
+    labels = rng.integers(0, 10, size=n).astype(np.uint8)
+    return images, labels
+
+
+def build(name, optimizer):
+    model = models.build(name, seed=0, in_channels=1)
+    recipe = models.RECIPES[name]
+    opt = make_optimizer(optimizer or recipe["optimizer"], model.parameters(), recipe["lr"])
+    return model, opt
+
+
+def ghost(model, opt, images, labels, batch, shards, input_size):
+    from fastcnn.data import iterate_batches
+    from fastcnn.distributed import shard
+    from fastcnn.train import pad_to
+
+    model.train()
+    model.needs_input_grad = False
+    loss_fn = losses.SoftmaxCrossEntropy()
+    acc = [np.zeros_like(p.data) for p in model.parameters()]
+    for x, y in iterate_batches(images, labels, batch, shuffle=True, seed=0, epoch=0):
+        for a in acc:
+            a[...] = 0
+        for r in range(shards):
+            xs, ys = shard((x, y), r, shards)
+            opt.zero_grad()
+            loss_fn.forward(model.forward(pad_to(xs, input_size)), ys)
+            model.backward(loss_fn.backward())
+            for a, p in zip(acc, model.parameters()):
+                a += p.grad * np.float32(len(ys) / len(y))
+        for a, p in zip(acc, model.parameters()):
+            p.grad[...] = a
+        opt.step()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("mode", choices=("plain", "dist", "ghost", "fail"))
+    ap.add_argument("model")
+    ap.add_argument("backend")
+    ap.add_argument("batch", type=int)
+    ap.add_argument("steps", type=int)
+    ap.add_argument("out")
+    ap.add_argument("--sync-bn", action="store_true")
+    ap.add_argument("--optimizer", default=None)
+    ap.add_argument("--shards", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--fail-rank", type=int, default=1)
+    ap.add_argument("--how", default="raise")
+    a = ap.parse_args()
+    fastcnn.set_backend(a.backend)
+    fastcnn.set_num_threads(a.threads)
+    size = models.INPUT_SIZE[a.model]
+    images, labels = data(a.batch * a.steps, 28)
+    model, opt = build(a.model, a.optimizer)
+    rank = 0
+    if a.mode == "plain":
+        train_epoch(model, opt, images, labels, batch_size=a.batch, seed=0, epoch=0, input_size=size)
+    elif a.mode == "ghost":
+        ghost(model, opt, images, labels, a.batch, a.shards, size)
+    else:
+        from fastcnn import distributed
+        from fastcnn.train import _StepState
+
+        comm = distributed.world()
+        rank = comm.Get_rank()
+        with distributed.abort_on_error(comm):
+            dist = distributed.DistributedCallback(comm, sync_bn=a.sync_bn)
+            dist.on_train_begin(_StepState(model, opt))
+            on_step = None
+            if a.mode == "fail":
+                def on_step(step):
+                    if step == 5 and rank == a.fail_rank:
+                        if a.how == "kill":
+                            os.kill(os.getpid(), signal.SIGKILL)
+                        raise RuntimeError(f"injected failure at step {step}")
+            train_epoch(model, opt, images, labels, batch_size=a.batch, seed=0, epoch=0, input_size=size,
+                        dist=dist, on_step=on_step)
+            if not a.sync_bn:  # running statistics are per rank: keep rank 0's, as DDP does
+                distributed.broadcast_buffers(model, comm)
+            state = model.state_dict()
+            every = comm.gather(state, root=0)
+            if rank == 0:
+                for r, other in enumerate(every[1:], 1):
+                    for k, v in state.items():
+                        if not np.array_equal(v, other[k]):
+                            raise AssertionError(f"rank {r} differs from rank 0 in {k}")
+    if rank == 0:
+        np.savez(a.out, **model.state_dict())
+        print(f"wrote {a.out} ({len(opt.params)} parameters, {opt.steps} steps)")
+
+
+if __name__ == "__main__":
+    main()
