@@ -16,15 +16,12 @@ writes the parameters and buffers (rank 0) to ``OUT`` (.npz):
 import argparse
 import os
 import signal
-import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import fastcnn  # noqa: E402
-from fastcnn import losses, models, optim  # noqa: E402
-from fastcnn.train import make_optimizer, train_epoch  # noqa: E402
+import fastcnn
+from fastcnn import losses, models
+from fastcnn.train import make_optimizer, train_epoch
 
 
 def data(n, size):

@@ -9,10 +9,14 @@ import time
 import numpy as np
 import pytest
 
+import fastcnn
 from fastcnn import distributed, models
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-WORKER = os.path.join(ROOT, "tests", "mpi_worker.py")
+WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mpi_worker.py")
+# The subprocesses import the fastcnn this process imported (source tree or installed).
+ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(
+    [os.path.dirname(os.path.dirname(os.path.abspath(fastcnn.__file__)))]
+    + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
 TIMEOUT = 120  # seconds for any one job: a hang fails the test instead of blocking CI
 
 
@@ -27,10 +31,11 @@ def _have_mpi():
 needs_mpi = pytest.mark.skipif(not _have_mpi(), reason='needs mpi4py and mpiexec: pip install "fastcnn[distributed]"')
 
 
-def run(args, ranks=None, check=True):
+def run(args, ranks=None, check=True, cwd=None):
     cmd = ([shutil.which("mpiexec"), "-n", str(ranks)] if ranks else []) + [sys.executable] + args
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT, stdin=subprocess.DEVNULL)
+    proc = subprocess.run(cmd, cwd=cwd or os.path.dirname(WORKER), env=ENV, capture_output=True, text=True,
+                          timeout=TIMEOUT, stdin=subprocess.DEVNULL)
     proc.seconds = time.perf_counter() - t0
     if check and proc.returncode != 0:
         raise AssertionError(f"{cmd} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
