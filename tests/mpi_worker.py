@@ -12,6 +12,8 @@ writes the parameters and buffers (rank 0) to ``OUT`` (.npz):
   gradients are combined as the ranks' are (what per-rank BatchNorm statistics amount to).
 - ``fail``: as ``dist``, but rank ``--fail-rank`` raises (``--how raise``) or kills itself
   (``--how kill``) at step 5.
+- ``stop``: as ``dist``, but only rank 1 asks to stop (as on a signal) from step 5; every rank
+  writes ``OUT.rankR`` with the number of steps it took.
 """
 import argparse
 import os
@@ -64,7 +66,7 @@ def ghost(model, opt, images, labels, batch, shards, input_size):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("mode", choices=("plain", "dist", "ghost", "fail"))
+    ap.add_argument("mode", choices=("plain", "dist", "ghost", "fail", "stop"))
     ap.add_argument("model")
     ap.add_argument("backend")
     ap.add_argument("batch", type=int)
@@ -103,6 +105,26 @@ def main():
                         if a.how == "kill":
                             os.kill(os.getpid(), signal.SIGKILL)
                         raise RuntimeError(f"injected failure at step {step}")
+            if a.mode == "stop":
+                done = []
+
+                class Stopped(Exception):
+                    pass
+
+                def on_step(step):
+                    done.append(step)
+                    if dist.stop:
+                        raise Stopped
+
+                try:
+                    train_epoch(model, opt, images, labels, batch_size=a.batch, seed=0, epoch=0,
+                                input_size=size, dist=dist, on_step=on_step,
+                                stop_requested=lambda: rank == 1 and len(done) >= 5)
+                except Stopped:
+                    pass
+                with open(f"{a.out}.rank{rank}", "w") as f:
+                    f.write(str(len(done)))
+                return
             train_epoch(model, opt, images, labels, batch_size=a.batch, seed=0, epoch=0, input_size=size,
                         dist=dist, on_step=on_step)
             if not a.sync_bn:  # running statistics are per rank: keep rank 0's, as DDP does

@@ -171,6 +171,15 @@ def test_a_failing_rank_ends_the_job(tmp_path, how):
 
 
 @needs_mpi
+def test_a_stop_request_on_one_rank_stops_all_at_the_same_step(tmp_path):
+    """Only rank 1 asks to stop (a signal) from its 6th step: the flag rides in that step's
+    Allreduce, so both ranks end after the same step instead of one waiting forever."""
+    out = tmp_path / "s.npz"
+    run([WORKER, "stop", "scratch", "numpy", "8", "20", str(out)], ranks=2)
+    assert [(tmp_path / f"s.npz.rank{r}").read_text() for r in (0, 1)] == ["6", "6"]
+
+
+@needs_mpi
 def test_cli_distributed_end_to_end_and_resume(tmp_path):
     """``mpiexec -n 2 fastcnn train --distributed``: only rank 0 prints and writes; a run
     stopped after one epoch and resumed equals the straight run bit for bit."""
