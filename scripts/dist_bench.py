@@ -32,7 +32,7 @@ def throughput(a):
 
         comm = distributed.world()
         rank, ranks = comm.Get_rank(), comm.Get_size()
-        dist = distributed.DistributedCallback(comm)
+        dist = distributed.DistributedCallback(comm, overlap=a.overlap)
         dist.on_train_begin(_StepState(model, opt))
     fastcnn.warmup()
     times = []
@@ -44,7 +44,7 @@ def throughput(a):
                 input_size=models.INPUT_SIZE[a.model], on_step=on_step, dist=dist)
     if rank == 0:
         rate = a.steps * batch / (times[-1] - times[2])
-        print(f"{a.model} batch {batch} ranks {ranks} threads {fastcnn.get_num_threads()} "
+        print(f"{a.model} batch {batch} ranks {ranks}{' overlap' if a.overlap else ''} threads {fastcnn.get_num_threads()} "
               f"backend {fastcnn.get_backend()}: {rate:.0f} images/s")
 
 
@@ -74,6 +74,7 @@ def main():
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--batch", type=int, default=None)
     ap.add_argument("--dist", action="store_true")
+    ap.add_argument("--overlap", action="store_true")
     ap.add_argument("--repeats", type=int, default=50)
     a = ap.parse_args()
     throughput(a) if a.what == "throughput" else allreduce(a)

@@ -73,6 +73,7 @@ def main():
     ap.add_argument("steps", type=int)
     ap.add_argument("out")
     ap.add_argument("--sync-bn", action="store_true")
+    ap.add_argument("--overlap", action="store_true")
     ap.add_argument("--optimizer", default=None)
     ap.add_argument("--shards", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
@@ -96,7 +97,7 @@ def main():
         comm = distributed.world()
         rank = comm.Get_rank()
         with distributed.abort_on_error(comm):
-            dist = distributed.DistributedCallback(comm, sync_bn=a.sync_bn)
+            dist = distributed.DistributedCallback(comm, sync_bn=a.sync_bn, overlap=a.overlap)
             dist.on_train_begin(_StepState(model, opt))
             on_step = None
             if a.mode == "fail":

@@ -130,6 +130,17 @@ def test_two_ranks_bit_identical_to_accumulated_shards(tmp_path, model, backend,
 
 
 @needs_mpi
+@pytest.mark.parametrize("model,sync", [("lenet", False), ("bn", True)])
+def test_overlapped_allreduce_is_bit_identical(tmp_path, model, sync):
+    """Per-layer Iallreduce during the backward pass: the same sums as the one Allreduce."""
+    extra = ("--sync-bn",) if sync else ()
+    one = worker(tmp_path, "dist", model, "cython", 16, 10, 2, *extra)
+    over = worker(tmp_path, "dist", model, "cython", 16, 10, 2, "--overlap", *extra)
+    assert all(np.array_equal(one[k], over[k]) for k in one)
+    assert not all(np.array_equal(one[k], models.build(model, seed=0, in_channels=1).state_dict()[k]) for k in one)
+
+
+@needs_mpi
 def test_sync_batchnorm_matches_one_process_sgd(tmp_path):
     """Synchronised statistics: parameters and running statistics as one process (SGD)."""
     init = models.build("bn", seed=0, in_channels=1).state_dict()
