@@ -137,7 +137,8 @@ class BatchNormSync:
 
     Each rank's per-channel count, mean and biased variance (float64) are gathered and
     combined in rank order (Chan et al.'s pairwise formula: no catastrophic cancellation), so
-    every rank computes bit-identical statistics; the backward sums likewise.  Two small
+    every rank computes bit-identical statistics; the backward sums likewise (weighted by
+    the shard sizes, which may differ by one image).  Two small
     ``Allgather`` per BatchNorm layer and step (forward and backward).
     """
 
@@ -159,9 +160,14 @@ class BatchNormSync:
         gvar = (counts * (varis + (means - gmean) ** 2)).sum(axis=0) / total
         return int(total), gmean, gvar
 
-    def grad_sums(self, gsum, gdot):
+    def grad_sums(self, count, gsum, gdot):
+        """The backward sums of the global batch, in this rank's scale.  Each rank's loss is
+        the mean over its own shard (its gradients are weighted by its share ``count / total``
+        only in the gradient ``Allreduce``), so rank r's sums enter weighted by
+        ``count_r / count``: the plain sum when the shards are equal (factors exactly 1)."""
         c = gsum.size
-        every = self._gather(gsum, gdot).sum(axis=0)
+        every = self._gather(count, gsum, gdot)
+        every = (every[:, 1:] * (every[:, :1] / count)).sum(axis=0)
         return every[:c], every[c:]
 
 

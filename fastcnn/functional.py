@@ -611,8 +611,8 @@ def batch_norm2d(x, weight, bias, running_mean, running_var, *, training, moment
     sync : object or None
         Synchronised statistics across processes (:mod:`fastcnn.distributed`): in training,
         ``sync.stats(count, mean, var) -> (count, mean, var)`` turns this batch's per-channel
-        statistics into those of the global batch, and ``sync.grad_sums(gsum, gdot)`` does
-        the same for the backward sums.
+        statistics into those of the global batch, and ``sync.grad_sums(count, gsum, gdot)``
+        does the same for the backward sums (``count``: this batch's values per channel).
 
     Returns
     -------
@@ -677,7 +677,7 @@ def batch_norm2d_backward(grad_out, cache, weight):
     k.batchnorm_backward_reduce(grad_out, xhat, gb, gw)  # sum(gy), sum(gy * xhat)
     scale = weight * inv_std
     if training:
-        sb, sw = (gb, gw) if sync is None else sync.grad_sums(gb, gw)
+        sb, sw = (gb, gw) if sync is None else sync.grad_sums(xhat.size // c, gb, gw)
         a = (sb / m).astype(np.float32)
         b = (sw / m).astype(np.float32)
     else:  # gx = gy * scale

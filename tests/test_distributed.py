@@ -201,27 +201,114 @@ def test_a_stop_request_on_one_rank_stops_all_at_the_same_step(tmp_path):
     assert [(tmp_path / f"s.npz.rank{r}").read_text() for r in (0, 1)] == ["6", "6"]
 
 
-@needs_mpi
-def test_cli_distributed_end_to_end_and_resume(tmp_path):
-    """``mpiexec -n 2 fastcnn train --distributed``: only rank 0 prints and writes; a run
-    stopped after one epoch and resumed equals the straight run bit for bit."""
+def _mnist():
     data = os.environ.get("FASTCNN_DATA")
     if not data or not os.path.isdir(data):
         pytest.skip("MNIST not found (FASTCNN_DATA)")
-    common = ["-m", "fastcnn", "train", "--distributed", "--sync-bn", "--model", "bn", "--limit", "300",
-              "--batch-size", "50", "--no-progress", "--checkpoint-every", "4"]
-    straight = run(common + ["--epochs", "2", "--out", str(tmp_path / "a")], ranks=2)
-    assert straight.stdout.count("test accuracy:") == 1
-    assert straight.stderr.count("training bn on 300 images") == 1 and "2 MPI ranks" in straight.stderr
-    for name in ("model.npz", "metrics.json", "curves.png", "checkpoint.npz"):
-        assert (tmp_path / "a" / name).exists()
+
+
+def _params(path):
+    with np.load(path) as f:
+        return {k: f[k] for k in f.files if not k.startswith("__")}
+
+
+@needs_mpi
+def test_cli_distributed_end_to_end_and_resume(tmp_path):
+    """``mpiexec -n 2 fastcnn train --distributed``: only rank 0 prints and writes (one banner,
+    one line per epoch, one TensorBoard event file); validation is the whole held-out set; a
+    run stopped after one epoch and resumed equals the straight run bit for bit."""
     import json
 
+    _mnist()
+    common = ["-m", "fastcnn", "train", "--distributed", "--sync-bn", "--model", "bn", "--limit", "350",
+              "--val-split", "50", "--batch-size", "50", "--no-progress", "--checkpoint-every", "4"]
+    straight = run(common + ["--epochs", "2", "--out", str(tmp_path / "a"), "--tensorboard", str(tmp_path / "tb")],
+                   ranks=2)
+    assert straight.stdout.count("test accuracy:") == 1
+    assert straight.stderr.count("training bn on 300 mnist images (50 held out") == 1, straight.stderr
+    assert "2 MPI ranks (batch 50 split among them, synchronised BatchNorm)" in straight.stderr
+    assert straight.stderr.count("epoch 1/2") == 1 and straight.stderr.count("epoch 2/2") == 1
+    assert sorted(os.listdir(tmp_path / "a")) == sorted(
+        [".fastcnn.lock", "args.json", "best.npz", "checkpoint.npz", "curves.png", "history.csv", "metrics.json",
+         "model.npz"])
+    events = [f for _, _, files in os.walk(tmp_path / "tb") for f in files if "tfevents" in f]
+    assert len(events) == 1, events
     metrics = json.loads((tmp_path / "a" / "metrics.json").read_text())
-    assert metrics["ranks"] == 2 and 0.0 <= metrics["test_accuracy"] <= 1.0
+    assert metrics["ranks"] == 2 and 0.0 <= metrics["test_accuracy"] <= 1.0 and metrics["test_images"] == 10000
+    assert len(metrics["val_accuracy"]) == 2 and all(v * 50 == round(v * 50) for v in metrics["val_accuracy"])
     run(common + ["--epochs", "1", "--out", str(tmp_path / "b")], ranks=2)
     run(common + ["--resume", str(tmp_path / "b" / "checkpoint.npz"), "--epochs", "2",
                   "--out", str(tmp_path / "b")], ranks=2)
-    with np.load(tmp_path / "a" / "model.npz") as fa, np.load(tmp_path / "b" / "model.npz") as fb:
-        keys = [k for k in fa.files if not k.startswith("__")]
-        assert keys and all(np.array_equal(fa[k], fb[k]) for k in keys)
+    a, b = _params(tmp_path / "a" / "model.npz"), _params(tmp_path / "b" / "model.npz")
+    assert a and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+@needs_mpi
+def test_cli_two_ranks_match_one_process(tmp_path):
+    """The same command line on 2 ranks and on one process (SGD, synchronised BatchNorm,
+    12 steps of 25: shards of 12 and 13, so the BatchNorm backward sums must be weighted by
+    shard size): the same parameters to float32 rounding (RTOL; observed <= 1.1e-5, unweighted
+    sums gave 5e-2), the same per-epoch loss to 1e-5.  The convolution biases feeding a
+    BatchNorm are left out (true gradient zero: their few rounding-noise steps differ)."""
+    import json
+
+    _mnist()
+    common = ["-m", "fastcnn", "train", "--model", "bn", "--optimizer", "sgd", "--lr", "0.01", "--limit", "300",
+              "--batch-size", "25", "--no-progress", "--backend", "cython"]
+    run(common + ["--out", str(tmp_path / "one")])
+    run(common + ["--distributed", "--sync-bn", "--out", str(tmp_path / "two")], ranks=2)
+    init = models.build("bn", seed=0, in_channels=1).state_dict()
+    one, two = _params(tmp_path / "one" / "model.npz"), _params(tmp_path / "two" / "model.npz")
+    err = {k: v for k, v in update_error(one, two, init).items() if k not in ("0.bias", "4.bias")}
+    assert len(err) == 12 and max(err.values()) < RTOL, err
+    m1, m2 = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("one", "two"))
+    assert (m1["ranks"], m2["ranks"]) == (1, 2)
+    assert abs(m1["train_loss"][0] - m2["train_loss"][0]) < 1e-5
+    assert abs(m1["test_accuracy"] - m2["test_accuracy"]) <= 0.002  # a few of 10000 may flip
+
+
+@needs_mpi
+def test_cli_refuses_a_last_batch_smaller_than_the_ranks(tmp_path):
+    """301 images in batches of 50 leave 1 image for 2 ranks: refused before training, on
+    every rank, with the numbers named; nothing but the lock is written."""
+    _mnist()
+    proc = run(["-m", "fastcnn", "train", "--distributed", "--model", "scratch", "--limit", "301",
+                "--batch-size", "50", "--no-progress", "--out", str(tmp_path / "o")], ranks=2, check=False)
+    assert proc.returncode != 0
+    assert ("--distributed with 2 ranks: the last batch of each epoch has 1 image(s) (301 images in batches "
+            "of 50), fewer than the 2 ranks") in proc.stderr, proc.stderr
+    assert not os.path.exists(tmp_path / "o") or os.listdir(tmp_path / "o") == [".fastcnn.lock"]
+
+
+@needs_mpi
+def test_cli_signal_stops_every_rank_and_resumes(tmp_path):
+    """SIGTERM to mpiexec (forwarded to every rank) mid-epoch: all ranks stop after the same
+    step, rank 0 writes the checkpoint, the job exits 128 + 15; --resume finishes the run."""
+    import signal
+
+    _mnist()
+    out = tmp_path / "o"
+    cmd = [shutil.which("mpiexec"), "-n", "2", sys.executable, "-m", "fastcnn", "train", "--distributed", "--model",
+           "bn", "--limit", "3000", "--batch-size", "10", "--no-progress", "--checkpoint-every", "5",
+           "--out", str(out)]
+    proc = subprocess.Popen(cmd, cwd=os.path.dirname(WORKER), env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    try:
+        t0 = time.perf_counter()
+        while not (out / "checkpoint.npz").exists() and time.perf_counter() - t0 < TIMEOUT:
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, stderr
+    assert stderr.count("interrupted by SIGTERM; checkpoint saved to") == 1, stderr
+    assert "test accuracy" not in stdout and not (out / "model.npz").exists()
+    from fastcnn.train import load_checkpoint
+
+    _, _, state, steps = load_checkpoint(str(out / "checkpoint.npz"))
+    assert state["epoch"] == 0 and 0 < state["step"] < 300 and len(steps["loss"]) == state["step"]
+    done = run(["-m", "fastcnn", "train", "--distributed", "--resume", str(out / "checkpoint.npz"), "--no-progress",
+                "--out", str(out)], ranks=2)
+    assert done.stdout.count("test accuracy:") == 1 and (out / "model.npz").exists()
