@@ -102,6 +102,32 @@ def test_import_and_training_without_mpi4py():
     assert "EXIT 1" in proc.stdout and 'pip install "fastcnn[distributed]"' in proc.stderr
 
 
+class _FakeComm:
+    """Enough of a communicator for DistributedCallback's constructor (no MPI)."""
+
+    def __init__(self, size):
+        self.size = size
+
+    def Get_rank(self):
+        return 0
+
+    def Get_size(self):
+        return self.size
+
+
+@pytest.mark.parametrize("n,batch,match", [(301, 50, "last batch of each epoch has 1 image"),
+                                           (300, 3, "batch size 3 .* smaller than the 4 ranks")])
+def test_fit_refuses_batches_smaller_than_the_ranks(n, batch, match):
+    from fastcnn import losses
+    from fastcnn.train import fit, make_optimizer
+
+    m = models.build("scratch")
+    with pytest.raises(ValueError, match=match):
+        fit(m, losses.SoftmaxCrossEntropy(), make_optimizer("sgd", m.parameters(), 0.01),
+            (np.zeros((n, 28, 28), np.uint8), np.zeros(n, np.uint8)), epochs=1, batch_size=batch, progress=False,
+            distributed=distributed.DistributedCallback(_FakeComm(4 if batch == 3 else 2)))
+
+
 # --------------------------------------------------------------------------- under mpiexec
 
 @needs_mpi
