@@ -81,6 +81,11 @@ def _parser():
                    help="check parameters and gradients for NaN/Inf after every step (slow)")
     t.add_argument("--tensorboard", default=None, metavar="DIR",
                    help='write TensorBoard event files to DIR (needs pip install "fastcnn[tensorboard]")')
+    t.add_argument("--distributed", action="store_true",
+                   help="data-parallel over MPI: run as mpiexec -n K fastcnn train --distributed ... "
+                        "(needs fastcnn[distributed]; --batch-size is the global batch)")
+    t.add_argument("--sync-bn", action="store_true",
+                   help="with --distributed: BatchNorm statistics of the global batch (default: per rank)")
     e = sub.add_parser("evaluate", help="evaluate a checkpoint on a test split")
     e.add_argument("--checkpoint", required=True)
     e.add_argument("--dataset", choices=data.DATASETS, default=None, help="default: the checkpoint's")
@@ -126,13 +131,19 @@ def _parser():
     return p
 
 
-def _setup(args):
+def _setup(args, comm=None):
     import fastcnn
+
+    from ._config import env_threads
 
     if getattr(args, "backend", None):
         fastcnn.set_backend(args.backend)
     if getattr(args, "threads", None) is not None:
         fastcnn.set_num_threads(args.threads)
+    elif comm is not None and env_threads() is None:  # the host's cores shared among its ranks
+        from . import distributed
+
+        fastcnn.set_num_threads(distributed.default_threads(comm))
     else:
         fastcnn.get_num_threads()
 
@@ -253,6 +264,8 @@ def _check_args(args):
             raise ValueError(f"{name} must be > 0, got {value}")
     if args.early_stop and not args.val_split and not args.resume:
         raise ValueError("--early-stop needs a validation set: add --val-split N")
+    if args.sync_bn and not args.distributed:
+        raise ValueError("--sync-bn needs --distributed")
 
 
 def _new_config(args):
@@ -379,23 +392,27 @@ def _preprocess_record(cfg, pipe, images):
 
 class _Checkpointing(Callback):
     """Callback: ``checkpoint.npz`` every N steps and after each epoch (with
-    ``--checkpoint-every``), and on SIGINT/SIGTERM (then raise :class:`Interrupted`)."""
+    ``--checkpoint-every``), and on SIGINT/SIGTERM (``trainer.stop_code``, the signal
+    number; distributed: the same step on every rank) save and raise :class:`Interrupted`.
+    ``write=False`` (ranks other than 0): never write, only stop."""
 
-    def __init__(self, path, every, cfg, flag):
-        self.path, self.every, self.cfg, self.flag = path, every, cfg, flag
+    def __init__(self, path, every, cfg, write=True):
+        self.path, self.every, self.cfg, self.write = path, every, cfg, write
 
     def save(self, trainer, partial=False):
         from .train import save_checkpoint
 
+        if not self.write:
+            return
         st = trainer.partial_state() if partial else trainer.state_dict()
         save_checkpoint(self.path, trainer.model, trainer.optimizer, {**self.cfg, **st}, trainer.steps)
 
     def on_step_end(self, trainer, step, loss):
         from .train import Interrupted
 
-        if self.flag.signum is not None:
+        if trainer.stop_code:
             self.save(trainer, partial=True)
-            raise Interrupted(self.flag.signum, self.path)
+            raise Interrupted(trainer.stop_code, self.path)
         if self.every and trainer.step % self.every == 0:
             self.save(trainer, partial=True)
 
@@ -404,21 +421,30 @@ class _Checkpointing(Callback):
             self.save(trainer)
 
 
-def _write_outputs(out, cfg, model, history, steps, test, preprocess_meta, backend, threads, resumed, flag):
+def _write_outputs(out, cfg, model, history, steps, test, preprocess_meta, backend, threads, resumed, flag,
+                   dist=None):
     """model.npz first; then (a signal now stops at once: the weights are safe) the final
     evaluation on the test split, model.npz with its test accuracy, metrics.json,
-    history.csv, curves.png."""
+    history.csv, curves.png.  Distributed (``dist``): every rank evaluates its shard of the
+    test split, only rank 0 writes (the others return None)."""
     import numpy as np
 
     import fastcnn
     from .model import atomic_write
     from .train import evaluate, write_history_csv
 
+    write = dist is None or dist.rank == 0
     model_path = os.path.join(out, "model.npz")
-    model.save(model_path, metadata={"model": cfg["model"], "seed": cfg["seed"], "preprocess": preprocess_meta})
+    if write:
+        model.save(model_path, metadata={"model": cfg["model"], "seed": cfg["seed"], "preprocess": preprocess_meta})
+    if dist is not None:
+        dist.comm.Barrier()  # model.npz is on disk before any rank may stop (and abort the job) on a signal
+        evaluate = dist.evaluate
     flag.stop_at_once(model_path)
     test_x, test_y = test
     test_acc, test_loss = evaluate(model, test_x, test_y, preprocess=cfg["_pipeline"].eval)
+    if not write:
+        return None
     seconds = sum(e["seconds"] for e in history)
     images = sum(e["images_per_s"] * e["seconds"] for e in history)
     vals = [e["val_accuracy"] for e in history if e.get("val_accuracy") is not None]
@@ -434,7 +460,7 @@ def _write_outputs(out, cfg, model, history, steps, test, preprocess_meta, backe
         "final_train_loss": float(np.mean(steps["loss"][-100:])) if steps.get("loss") else None,
         "train_loss": [e["loss"] for e in history], "train_accuracy": [e["accuracy"] for e in history],
         "lr_per_epoch": [e["lr"] for e in history],
-        "fastcnn_version": fastcnn.__version__,
+        "fastcnn_version": fastcnn.__version__, "ranks": 1 if dist is None else dist.size,
     }
     if vals:
         best = int(np.argmax(vals))
@@ -449,28 +475,58 @@ def _write_outputs(out, cfg, model, history, steps, test, preprocess_meta, backe
     return metrics
 
 
-def cmd_train(args):
+def cmd_train(args, comm=None):
+    """``fastcnn train``; ``comm``: one rank of ``--distributed`` (only rank 0 touches --out)."""
     from ._runio import check_writable, clean_stale_temporaries, lock_output_dir
 
     _check_args(args)  # (a bad flag creates nothing)
+    if comm is not None and comm.Get_rank() != 0:
+        return _train(args, comm)
     with lock_output_dir(args.out):  # before anything is written to --out
         clean_stale_temporaries(args.out)
         check_writable(args.out)  # before the data is read and the first step
-        return _train(args)
+        return _train(args, comm)
 
 
-def _train(args):
+def _load_data_once_per_host(cfg, args, comm):
+    """:func:`_load_data`; with ``--download`` under MPI, one rank per host downloads first."""
+    if comm is None or not args.download:
+        return _load_data(cfg, args)
+    from . import distributed
+
+    first = distributed.local_rank(comm) == 0
+    if first:
+        out = _load_data(cfg, args)
+    comm.Barrier()
+    return out if first else _load_data(cfg, argparse.Namespace(**{**vars(args), "download": False}))
+
+
+def _train(args, comm=None):
     import fastcnn
     from . import losses, models, optim
     from .model import atomic_write
     from .train import (BestCheckpoint, CSVLogger, EarlyStopping, EpochLog, SignalFlag, fit, make_optimizer)
 
-    _setup(args)
+    dist = None
+    if comm is not None:
+        from . import distributed
+
+        dist = distributed.DistributedCallback(comm, sync_bn=args.sync_bn)
+    rank0 = dist is None or dist.rank == 0  # only rank 0 prints and writes files
+    log = sys.stderr if rank0 else io.StringIO()
+    _setup(args, comm)
     if args.resume:
         model, opt_state, cfg, steps = _resume_config(args)
     else:
         cfg, opt_state, steps = _new_config(args), None, None
-    train, val, test = _load_data(cfg, args)
+    train, val, test = _load_data_once_per_host(cfg, args, comm)
+    if dist is not None:  # before the first step, with the flags named
+        from .train import _check_shards
+
+        try:
+            _check_shards(len(train[1]), cfg["batch_size"], dist.size)
+        except ValueError as exc:
+            raise ValueError(f"--distributed with {dist.size} ranks: {str(exc).removeprefix('fit: ')}") from None
     pipe = _pipeline(cfg, train[0])
     if not args.resume:
         model = models.build(cfg["model"], seed=cfg["seed"], in_channels=train[0].shape[1])
@@ -480,13 +536,16 @@ def _train(args):
         optimizer.load_state_dict(opt_state)
     backend, threads = fastcnn.get_backend(), fastcnn.get_num_threads()
     fastcnn.warmup(backend)
-    os.makedirs(args.out, exist_ok=True)
     run_cfg = {k: v for k, v in cfg.items() if k in _SAVED}
-    atomic_write(os.path.join(args.out, "args.json"),
-                 lambda f: f.write(json.dumps({**run_cfg, "backend": backend, "threads": threads,
-                                               "data_dir": args.data_dir, "out": args.out,
-                                               "checkpoint_every": args.checkpoint_every,
-                                               "resume": args.resume}, indent=2).encode() + b"\n"))
+    ranks = 1 if dist is None else dist.size
+    if rank0:
+        os.makedirs(args.out, exist_ok=True)
+        atomic_write(os.path.join(args.out, "args.json"),
+                     lambda f: f.write(json.dumps({**run_cfg, "backend": backend, "threads": threads,
+                                                   "data_dir": args.data_dir, "out": args.out,
+                                                   "checkpoint_every": args.checkpoint_every,
+                                                   "resume": args.resume, "ranks": ranks,
+                                                   "sync_bn": bool(args.sync_bn)}, indent=2).encode() + b"\n"))
     pre = _preprocess_record(cfg, pipe, train[0])
     fit_state = {k: cfg[k] for k in ("epoch", "step", "global_step", "epoch_logs", "epoch_seconds", "images_seen",
                                      "seconds", "partial_seconds", "callbacks") if k in cfg} if args.resume else None
@@ -498,32 +557,40 @@ def _train(args):
           + (f" from {cfg['test_file']}" if cfg.get("test_file") else "")
           + (" (a partial CIFAR-10 test set; the official one has 10000)"
              if cfg["dataset"] == "cifar10" and len(test[1]) != 10000 else "")
-          + (f", resuming at epoch {cfg['epoch'] + 1} step {cfg['step']}" if args.resume else ""),
-          file=sys.stderr, flush=True)
-    progress = not args.no_progress and sys.stderr.isatty()
-    callbacks = [CSVLogger(os.path.join(args.out, "history.csv"))]
-    if not progress:
-        callbacks.append(EpochLog())
-    if val:
-        callbacks.append(BestCheckpoint(os.path.join(args.out, "best.npz"),
-                                        metadata={"model": cfg["model"], "seed": cfg["seed"], "preprocess": pre}))
-    if cfg.get("early_stop"):
+          + (f", resuming at epoch {cfg['epoch'] + 1} step {cfg['step']}" if args.resume else "")
+          + (f"; {ranks} MPI ranks (batch {cfg['batch_size']} split among them"
+             f"{', synchronised BatchNorm' if args.sync_bn else ''})" if dist is not None else ""),
+          file=log, flush=True)
+    progress = rank0 and not args.no_progress and sys.stderr.isatty()
+    callbacks = []
+    if rank0:  # the callbacks that print or write files
+        callbacks.append(CSVLogger(os.path.join(args.out, "history.csv")))
+        if not progress:
+            callbacks.append(EpochLog())
+        if val:
+            callbacks.append(BestCheckpoint(os.path.join(args.out, "best.npz"),
+                                            metadata={"model": cfg["model"], "seed": cfg["seed"], "preprocess": pre}))
+    if cfg.get("early_stop"):  # the same validation metrics, so the same decision, on every rank
         callbacks.append(EarlyStopping(cfg["early_stop"]))
-    if args.tensorboard:
+    if args.tensorboard and rank0:
         from .tensorboard import TensorBoardCallback
 
         callbacks.append(TensorBoardCallback(args.tensorboard))
     steps = {} if steps is None else steps
     with SignalFlag() as flag:
-        callbacks.append(_Checkpointing(os.path.join(args.out, "checkpoint.npz"), args.checkpoint_every, run_cfg, flag))
+        callbacks.append(_Checkpointing(os.path.join(args.out, "checkpoint.npz"), args.checkpoint_every, run_cfg,
+                                        write=rank0))
         history = fit(model, losses.SoftmaxCrossEntropy(), optimizer, train, epochs=cfg["epochs"],
                       batch_size=cfg["batch_size"], val_data=val,
                       schedule=optim.schedule_from_config(cfg["schedule"]), augment=pipe, callbacks=callbacks,
                       seed=cfg["seed"], progress=progress, detect_anomaly=args.detect_anomaly, state=fit_state,
-                      step_history=steps, base_lr=cfg["lr"])
+                      step_history=steps, base_lr=cfg["lr"], distributed=dist,
+                      stop_requested=lambda: flag.signum or 0)
         cfg["_pipeline"], cfg["_n_train"] = pipe, len(train[1])
         metrics = _write_outputs(args.out, cfg, model, history, steps, test, pre, backend, threads, args.resume,
-                                 flag)
+                                 flag, dist)
+        if not rank0:
+            return 0
         if len(history) < cfg["epochs"]:
             print(f"early stop after epoch {len(history)}: no better validation accuracy for {cfg['early_stop']} epochs",
                   file=sys.stderr)
@@ -647,6 +714,8 @@ def main(argv=None):
     from .train import Interrupted, NonFiniteLoss
 
     args = _parser().parse_args(argv)
+    if getattr(args, "distributed", False):
+        return _main_distributed(args)
     try:
         return {"train": cmd_train, "evaluate": cmd_evaluate, "info": cmd_info, "summary": cmd_summary,
                 "visualize": cmd_visualize, "export": cmd_export, "predict": cmd_predict}[args.command](args)
@@ -664,6 +733,32 @@ def main(argv=None):
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         print(f"fastcnn: error: {type(exc).__name__}: {msg}", file=sys.stderr)
         return 1
+
+
+def _main_distributed(args):
+    """One rank of ``mpiexec -n K fastcnn train --distributed``: any error on this rank ends
+    every rank (``MPI_Abort``) with a message naming the rank, never a hang.  A signal
+    during training stops every rank after the same step (rank 0 saves the checkpoint) and
+    all exit 128 + the signal number; one after training, once model.npz is written, ends
+    the job at once."""
+    from .train import Interrupted
+
+    try:
+        from . import distributed
+
+        comm = distributed.world()
+    except ImportError as exc:
+        print(f"fastcnn: error: {exc}", file=sys.stderr)
+        return 1
+    try:
+        with distributed.abort_on_error(comm, passthrough=(Interrupted,)):
+            return cmd_train(args, comm)
+    except Interrupted as exc:
+        if not exc.resumable:  # the ranks may be at different points: end them all
+            distributed.abort(comm, str(exc), code=128 + exc.signum)
+        if comm.Get_rank() == 0:
+            print(f"fastcnn: {exc}", file=sys.stderr)
+        return 128 + exc.signum
 
 
 if __name__ == "__main__":

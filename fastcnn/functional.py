@@ -597,7 +597,7 @@ def _softmax_cross_entropy_backward(probs, labels):
 
 # --------------------------------------------------------------------------- batch norm
 
-def batch_norm2d(x, weight, bias, running_mean, running_var, *, training, momentum=0.1, eps=1e-5):
+def batch_norm2d(x, weight, bias, running_mean, running_var, *, training, momentum=0.1, eps=1e-5, sync=None):
     """Batch normalisation over (N, H, W) per channel, as ``torch.nn.functional.batch_norm``.
 
     Parameters
@@ -608,12 +608,17 @@ def batch_norm2d(x, weight, bias, running_mean, running_var, *, training, moment
         Updated in place when ``training`` (unbiased variance, PyTorch's momentum rule).
     training : bool
         Normalise with the batch statistics (True) or the running ones (False).
+    sync : object or None
+        Synchronised statistics across processes (:mod:`fastcnn.distributed`): in training,
+        ``sync.stats(count, mean, var) -> (count, mean, var)`` turns this batch's per-channel
+        statistics into those of the global batch, and ``sync.grad_sums(count, gsum, gdot)``
+        does the same for the backward sums (``count``: this batch's values per channel).
 
     Returns
     -------
     y : (N, C, H, W) float32
     cache : tuple
-        ``(xhat, inv_std)`` for :func:`batch_norm2d_backward`.
+        For :func:`batch_norm2d_backward`.
     """
     op = "batch_norm2d"
     x = as_float32(x, "input", 4, op)
@@ -633,6 +638,8 @@ def batch_norm2d(x, weight, bias, running_mean, running_var, *, training, moment
         mean = np.empty(c, np.float64)
         var = np.empty(c, np.float64)
         k.batchnorm_stats(x, mean, var)  # biased variance, float64
+        if sync is not None:
+            m, mean, var = sync.stats(m, mean, var)
         running_mean *= 1.0 - momentum
         running_mean += (momentum * mean).astype(np.float32)
         running_var *= 1.0 - momentum
@@ -645,13 +652,18 @@ def batch_norm2d(x, weight, bias, running_mean, running_var, *, training, moment
     xhat = np.empty(x.shape, np.float32)
     y = np.empty(x.shape, np.float32)
     k.batchnorm_forward(x, center, inv_std, weight, bias, xhat, y)
-    return y, (xhat, inv_std, training)
+    return y, (xhat, inv_std, training, m, sync if training else None)
 
 
 def batch_norm2d_backward(grad_out, cache, weight):
-    """Gradients of :func:`batch_norm2d`: ``(grad_x, grad_weight, grad_bias)``."""
+    """Gradients of :func:`batch_norm2d`: ``(grad_x, grad_weight, grad_bias)``.
+
+    With synchronised statistics the weight and bias gradients stay this process's share
+    (summed with the other parameters' gradients later); the input gradient uses the sums
+    over the global batch.
+    """
     op = "batch_norm2d_backward"
-    xhat, inv_std, training = cache
+    xhat, inv_std, training, m, sync = cache
     grad_out = as_float32(grad_out, "grad_out", 4, op)
     if grad_out.shape != xhat.shape:
         raise ValueError(f"{op}: grad_out must have shape {xhat.shape}, got {grad_out.shape}")
@@ -665,9 +677,9 @@ def batch_norm2d_backward(grad_out, cache, weight):
     k.batchnorm_backward_reduce(grad_out, xhat, gb, gw)  # sum(gy), sum(gy * xhat)
     scale = weight * inv_std
     if training:
-        m = xhat.shape[0] * xhat.shape[2] * xhat.shape[3]
-        a = (gb / m).astype(np.float32)
-        b = (gw / m).astype(np.float32)
+        sb, sw = (gb, gw) if sync is None else sync.grad_sums(xhat.size // c, gb, gw)
+        a = (sb / m).astype(np.float32)
+        b = (sw / m).astype(np.float32)
     else:  # gx = gy * scale
         a = b = np.zeros(c, np.float32)
     gx = np.empty(xhat.shape, np.float32)

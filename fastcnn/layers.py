@@ -330,10 +330,13 @@ class BatchNorm2D(Layer):
 
     Training mode normalises with batch statistics and updates ``running_mean`` /
     ``running_var`` (momentum rule and unbiased variance as PyTorch); eval mode uses them.
+    ``sync``: None (statistics of this process's batch) or the object set by
+    :func:`fastcnn.distributed.sync_batchnorm` (statistics of the global batch over MPI).
     """
 
     _params = ("weight", "bias")
     _buffers = ("running_mean", "running_var", "num_batches_tracked")
+    sync = None
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1):
         num_features = pair(num_features, "num_features", "BatchNorm2D")[0]
@@ -348,7 +351,8 @@ class BatchNorm2D(Layer):
 
     def forward(self, x):
         y, cache = F.batch_norm2d(x, self.weight.data, self.bias.data, self.running_mean, self.running_var,
-                                  training=self.training, momentum=self.momentum, eps=self.eps)
+                                  training=self.training, momentum=self.momentum, eps=self.eps,
+                                  sync=self.sync)
         if self.training:
             self.num_batches_tracked += 1
         self._cache = cache

@@ -117,7 +117,8 @@ class Callback:
 
     ``trainer`` (a :class:`Trainer`) exposes ``model``, ``optimizer``, ``history`` (list of
     per-epoch logs dicts), ``epoch`` (0-based, the current epoch), ``global_step`` (optimizer
-    steps taken so far) and a settable ``stop_training`` (checked after each epoch).
+    steps taken so far), a settable ``stop_training`` (checked after each epoch) and
+    ``stop_code`` (see ``stop_requested`` in :func:`fit`).
 
     A callback that keeps state across epochs (a best value, a patience counter) should
     implement ``state_dict() -> JSON-able dict`` and ``load_state_dict(d)``: the trainer
@@ -153,7 +154,8 @@ class Trainer:
 
     def __init__(self, model, loss_fn, optimizer, train_data, *, epochs, batch_size, val_data=None,
                  schedule=None, augment=None, callbacks=(), seed=0, progress=None, detect_anomaly=False,
-                 state=None, step_history=None, base_lr=None, eval_batch_size=1000):
+                 state=None, step_history=None, base_lr=None, eval_batch_size=1000, distributed=None,
+                 stop_requested=None):
         from .augment import Pipeline
 
         images, labels = train_data
@@ -175,12 +177,20 @@ class Trainer:
         self.augment = augment if augment is not None else Pipeline()
         self.preprocess = getattr(self.augment, "eval", None)
         self.callbacks = list(callbacks)
+        self.distributed = distributed
+        if distributed is not None:  # first: the others see global gradients and epoch logs
+            self.callbacks.insert(0, distributed)
+        self.stop_requested = stop_requested
+        self.stop_code = 0
+        self.step_metrics = None
         self.progress = progress
         self.detect_anomaly = detect_anomaly
         self.eval_batch_size = eval_batch_size
         self.stop_training = False
         self._epoch_done = False
         self.steps_per_epoch = -(-len(labels) // self.batch_size)
+        if distributed is not None:
+            _check_shards(len(labels), self.batch_size, distributed.size)
         self._dropouts = [layer for layer in model.modules() if hasattr(layer, "reseed")]
         st = dict(state or {})
         self.epoch = int(st.get("epoch", 0))
@@ -274,26 +284,38 @@ class Trainer:
         self.epoch, self.step = epoch + 1, 0
 
     def _train_step(self, order, bar, t0):
-        x, y = self._batch(order, self.step)
-        for i, d in enumerate(self._dropouts):
-            d.reseed([self.seed, self.global_step, i, 2])
+        x, y = self._batch(order, self.step)  # the global batch (same augmentation draws on every rank)
+        n = len(y)
+        dist = self.distributed
+        if dist is not None:
+            x, y = dist.shard_batch(x, y)
+        for i, d in enumerate(self._dropouts):  # distributed: each rank its own masks
+            d.reseed([self.seed, self.global_step, i, 2] + ([dist.rank] if dist is not None and dist.size > 1 else []))
         self.optimizer.zero_grad()
         logits = self.model.forward(x)
         loss = self.loss_fn.forward(logits, y)
         if not math.isfinite(loss):
             raise NonFiniteLoss(f"non-finite loss {loss} at epoch {self.epoch}, step {self.step}")
         self.model.backward(self.loss_fn.backward())
+        if self.stop_requested is not None:
+            self.stop_code = self.stop_requested() or 0
+        if dist is not None:  # this shard's; the callback puts the global batch's in their place
+            self.step_metrics = (loss, int(np.sum(np.argmax(logits, axis=1) == y)))
         self._call("on_after_backward")
         if self.detect_anomaly:
             check_finite(self.model, f"after backward at epoch {self.epoch}, step {self.step}")
         self.optimizer.step()
-        acc = float(np.mean(np.argmax(logits, axis=1) == y))
+        if dist is not None:
+            loss, correct = self.step_metrics
+            acc = correct / n
+        else:
+            acc = float(np.mean(np.argmax(logits, axis=1) == y))
         self.steps["loss"].append(loss)
         self.steps["accuracy"].append(acc)
         self.step += 1
         self.global_step += 1
         if bar is not None:
-            bar.update(len(y))
+            bar.update(n)
             bar.set_postfix(loss=f"{loss:.4f}", acc=f"{acc:.3f}", lr=f"{self.optimizer.lr:.3g}", refresh=False)
         # time so far in this epoch, so a checkpoint written now can carry it
         self._step_time = time.perf_counter() - t0
@@ -316,8 +338,9 @@ class Trainer:
                     lr=float(self.optimizer.lr), seconds=float(seconds), images_per_s=float(n / max(seconds, 1e-9)))
         if self.val_data is not None:
             vx, vy = self.val_data
-            logs["val_accuracy"], logs["val_loss"] = evaluate(self.model, vx, vy, self.eval_batch_size,
-                                                              preprocess=self.preprocess)
+            ev = evaluate if self.distributed is None else self.distributed.evaluate  # the same on every rank
+            logs["val_accuracy"], logs["val_loss"] = ev(self.model, vx, vy, self.eval_batch_size,
+                                                        preprocess=self.preprocess)
         return logs
 
     def _bar(self, epoch):
@@ -332,9 +355,20 @@ class Trainer:
         return bar
 
 
+def _check_shards(n, batch_size, ranks):
+    """Every batch of an epoch (the last one too) must give each rank at least one image."""
+    last = n - (-(-n // batch_size) - 1) * batch_size
+    if batch_size < ranks:
+        raise ValueError(f"fit: the batch size {batch_size} (the global batch) is smaller than the {ranks} ranks")
+    if last < ranks:
+        raise ValueError(f"fit: the last batch of each epoch has {last} image(s) ({n} images in batches of "
+                         f"{batch_size}), fewer than the {ranks} ranks; change the batch size or the number "
+                         f"of images (--limit, --val-split)")
+
+
 def fit(model, loss_fn, optimizer, train_data, *, epochs, batch_size, val_data=None, schedule=None,
         augment=None, callbacks=(), seed=0, progress=None, detect_anomaly=False, state=None,
-        step_history=None, base_lr=None):
+        step_history=None, base_lr=None, distributed=None, stop_requested=None):
     """Train ``model`` for ``epochs`` epochs; return the history (one logs dict per epoch).
 
     Parameters
@@ -369,6 +403,20 @@ def fit(model, loss_fn, optimizer, train_data, *, epochs, batch_size, val_data=N
         [...]}`` lists of an interrupted run.
     base_lr : float, optional
         The schedule's base learning rate (default: ``optimizer.lr``).
+    distributed : fastcnn.distributed.DistributedCallback, optional
+        Data-parallel training over MPI (docs/DISTRIBUTED.md): call ``fit`` with the same
+        arguments on every rank; each trains on its shard of every global batch of
+        ``batch_size`` images and steps with the global batch's gradient; the per-step and
+        per-epoch loss and accuracy and the validation metrics are the global ones, the same
+        on every rank.  The callback goes first among ``callbacks``.  Every batch (the last
+        one of an epoch too) must hold at least one image per rank (else ``ValueError``).
+    stop_requested : callable, optional
+        ``stop_requested() -> int``, called once per step after the backward pass: non-zero
+        (e.g. a signal number) asks to stop after this step.  The value is
+        ``trainer.stop_code`` from ``on_after_backward`` on; with ``distributed`` it is the
+        largest over all ranks, so every rank sees the request after the same step.  The
+        trainer does not stop by itself: a callback acts on it in ``on_step_end`` (the
+        command line saves a checkpoint and raises :class:`Interrupted`).
 
     Returns
     -------
@@ -391,7 +439,7 @@ def fit(model, loss_fn, optimizer, train_data, *, epochs, batch_size, val_data=N
     trainer = Trainer(model, loss_fn, optimizer, train_data, epochs=epochs, batch_size=batch_size,
                       val_data=val_data, schedule=schedule, augment=augment, callbacks=callbacks, seed=seed,
                       progress=progress, detect_anomaly=detect_anomaly, state=state, step_history=step_history,
-                      base_lr=base_lr)
+                      base_lr=base_lr, distributed=distributed, stop_requested=stop_requested)
     return trainer.run()
 
 

@@ -107,6 +107,35 @@ def test_early_stopping_stops_and_callback_can_stop():
             batch_size=60, callbacks=[EarlyStopping(1)], progress=False)
 
 
+def test_stop_requested_is_polled_once_per_step_after_backward():
+    """``stop_requested`` is read after each backward pass into ``trainer.stop_code``, which
+    a callback acts on in ``on_step_end``; the trainer itself goes on without such a callback."""
+    x, y = _data()
+    polls, seen = [], []
+
+    def request():
+        polls.append(len(polls))
+        return 15 if len(polls) >= 3 else 0
+
+    class Stop(Callback):
+        def on_after_backward(self, trainer):
+            seen.append(trainer.stop_code)
+
+        def on_step_end(self, trainer, step, loss):
+            if trainer.stop_code:
+                raise _Cut(step)
+
+    m = _model()
+    with pytest.raises(_Cut) as info:
+        fit(m, losses.SoftmaxCrossEntropy(), optim.SGD(m.parameters(), 0.1), (x, y), epochs=2, batch_size=20,
+            callbacks=[Stop()], stop_requested=request, progress=False)
+    assert info.value.args == (3,) and seen == [0, 0, 15] and len(polls) == 3
+    m = _model()
+    hist = fit(m, losses.SoftmaxCrossEntropy(), optim.SGD(m.parameters(), 0.1), (x, y), epochs=1, batch_size=20,
+               stop_requested=lambda: 2, progress=False)
+    assert len(hist) == 1
+
+
 class _Cut(Exception):
     pass
 
