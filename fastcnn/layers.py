@@ -193,11 +193,14 @@ class Conv2D(Layer):
         self._ws = F.Workspace()
         self._x = None
 
-    def forward(self, x):
+    def forward(self, x, relu=False):
+        """``relu=True`` (inference only): ``max(conv, 0)`` fused into the convolution's store."""
         x = as_float32(x, "input", 4, "Conv2D")
+        if relu and self.training:
+            raise ValueError("Conv2D.forward: relu=True is for inference (eval mode) only")
         self._x = x if self.training else None
         b = None if self.bias is None else self.bias.data
-        return F.conv2d(x, self.weight.data, b, self.stride, self.padding, ws=self._ws)
+        return F.conv2d(x, self.weight.data, b, self.stride, self.padding, relu=relu, ws=self._ws)
 
     def backward(self, grad_out):
         self._expect_cache("_x")

@@ -15,7 +15,7 @@ import numpy as np
 
 from ._optional import require
 from ._shapes import pair
-from .layers import LAYERS, Layer, Residual
+from .layers import LAYERS, Conv2D, Layer, ReLU, Residual
 
 _CONFIG_KEY = "__fastcnn_config__"
 FORMAT_VERSION = 1
@@ -72,8 +72,18 @@ class Sequential(Layer):
             if self._step_thread != me:
                 _claim_training(self, me)
             self._in_step = True
-        for layer in self.layers:
-            x = layer.forward(x)
+            for layer in self.layers:
+                x = layer.forward(x)
+            return x
+        layers, i = self.layers, 0
+        while i < len(layers):  # inference: a Conv2D's following ReLU is fused into its store
+            layer = layers[i]
+            if (type(layer) is Conv2D and i + 1 < len(layers) and type(layers[i + 1]) is ReLU
+                    and not layer.training and not layers[i + 1].training):
+                x, i = layer.forward(x, relu=True), i + 2
+                layers[i - 1]._y = None  # as ReLU.forward in eval mode
+            else:
+                x, i = layer.forward(x), i + 1
         return x
 
     def backward(self, grad_out):

@@ -251,3 +251,29 @@ def test_resnet_builds_and_runs():
     assert y.shape == (2, 10)
     gx = model.backward(np.ones_like(y))
     assert gx.shape == x.shape and np.all(np.isfinite(gx))
+
+
+@pytest.mark.parametrize("name", ["lenet", "bn", "resnet"])
+def test_eval_forward_fuses_conv_relu_bit_identically(backend, name):
+    """In eval mode a Sequential fuses each Conv2D + ReLU pair (the ReLU in the convolution's
+    store); the logits equal the layer-by-layer ones bit for bit, on every strategy."""
+    from fastcnn import models
+
+    m = models.build(name, seed=3).eval()
+    c, s = (3, 32) if name == "resnet" else (1, models.INPUT_SIZE[name])
+    x = np.random.default_rng(0).random((5, c, s, s), dtype=np.float32)
+
+    def unfused(layer, h):
+        if isinstance(layer, fastcnn.Sequential):
+            for child in layer:
+                h = unfused(child, h)
+            return h
+        if isinstance(layer, L.Residual):
+            return np.maximum(unfused(layer.body, h) + unfused(layer.shortcut, h), 0)
+        return layer.forward(h)
+
+    for conv in ("direct", "per_image", "chunked"):
+        with fastcnn.config(conv=conv):
+            np.testing.assert_array_equal(m.forward(x), unfused(m, x))
+    with pytest.raises(ValueError, match="eval mode"):
+        m.train()[0].forward(x, relu=True)
