@@ -79,7 +79,8 @@ class Sequential(Layer):
         while i < len(layers):  # inference: a Conv2D's following ReLU is fused into its store
             layer = layers[i]
             if (type(layer) is Conv2D and i + 1 < len(layers) and type(layers[i + 1]) is ReLU
-                    and not layer.training and not layers[i + 1].training):
+                    and not layer.training and not layers[i + 1].training
+                    and not _hooked(layer) and not _hooked(layers[i + 1])):
                 x, i = layer.forward(x, relu=True), i + 2
                 layers[i - 1]._y = None  # as ReLU.forward in eval mode
             else:
@@ -130,6 +131,12 @@ class Sequential(Layer):
     def __repr__(self):
         inner = ",\n".join("  " + repr(layer).replace("\n", "\n  ") for layer in self.layers)
         return f"Sequential(\n{inner}\n)"
+
+
+def _hooked(layer):
+    """Whether ``layer.forward`` is wrapped on the instance (e.g. by ``fastcnn.viz.trace``, which
+    records every layer's output): such layers are run one by one, unfused."""
+    return "forward" in vars(layer)
 
 
 def from_config(cfg):
