@@ -14,6 +14,7 @@ from fastcnn import functional as F
 from fastcnn.functional import ConvGeometry
 
 import naive
+from utils import numgrad
 from conftest import COMPILED, NEUTRAL_CWD
 
 # Backends whose direct primitives are real kernels (not the reference itself).
@@ -161,20 +162,6 @@ def test_bit_identical_run_to_run_and_across_threads(name):
             assert a.tobytes() == c.tobytes()
 
 
-def _numgrad(f, x, eps=1e-6):
-    g = np.zeros_like(x)
-    flat, gflat = x.reshape(-1), g.reshape(-1)
-    for i in range(flat.size):
-        old = flat[i]
-        flat[i] = old + eps
-        fp = f()
-        flat[i] = old - eps
-        fm = f()
-        flat[i] = old
-        gflat[i] = (fp - fm) / (2 * eps)
-    return g
-
-
 @pytest.mark.parametrize("name", DIRECT)
 @pytest.mark.parametrize("stride,padding", [(1, "same"), (2, 1), ((1, 3), (2, 0))])
 def test_functional_gradients_through_direct_path_match_finite_differences(name, stride, padding):
@@ -202,9 +189,9 @@ def test_functional_gradients_through_direct_path_match_finite_differences(name,
 
     # float32 gradients against float64 differences: a few float32 roundings of sums of
     # ~50 terms of size ~3 -> 1e-4 absolute.
-    np.testing.assert_allclose(gx, _numgrad(loss, x64), rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(gw, _numgrad(loss, w64), rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(gb, _numgrad(loss, b64), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(gx, numgrad(loss, x64), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(gw, numgrad(loss, w64), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(gb, numgrad(loss, b64), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("name", DIRECT)

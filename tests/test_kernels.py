@@ -12,6 +12,7 @@ from fastcnn.functional import ConvGeometry
 
 import naive
 from conftest import BACKENDS, COMPILED, assert_close, needs_torch
+from utils import numgrad
 
 HSET = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -349,19 +350,6 @@ def test_pools_all_backends_match_naive(geo):
 
 # ----------------------------------------------------------------------------- finite differences (float64)
 
-def _numgrad(f, x, eps=1e-6):
-    g = np.zeros_like(x)
-    flat, gflat = x.reshape(-1), g.reshape(-1)
-    for i in range(flat.size):
-        old = flat[i]
-        flat[i] = old + eps
-        fp = f()
-        flat[i] = old - eps
-        fm = f()
-        flat[i] = old
-        gflat[i] = (fp - fm) / (2 * eps)
-    return g
-
 
 @pytest.mark.parametrize("stride,padding,kernel,size", [
     (1, 0, 3, (5, 6)), (2, "same", 3, (7, 5)), (2, "same", 2, (6, 7)), (1, (2, 1), 5, (4, 5)), (3, 1, 1, (5, 5)),
@@ -380,7 +368,7 @@ def test_conv2d_reference_backward_finite_differences(stride, padding, kernel, s
         return float(np.sum(r * F._conv2d_forward(_ref, x, w, b, g, None)))
 
     for got, arr in ((gx, x), (gw, w), (gb, b)):
-        np.testing.assert_allclose(got, _numgrad(loss, arr), rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(got, numgrad(loss, arr), rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("kernel,stride,padding,size", [(2, 2, 0, (6, 6)), (3, 2, "same", (7, 6)), (3, 1, 1, (5, 4)),
@@ -399,14 +387,14 @@ def test_pool_reference_backward_finite_differences(kernel, stride, padding, siz
             return float(np.sum(r * y))
         gx = np.empty_like(x)
         _ref.avgpool2d_backward(r, *g.args, include, gx)
-        np.testing.assert_allclose(gx, _numgrad(avg, xs), rtol=1e-6, atol=1e-8)
+        np.testing.assert_allclose(gx, numgrad(avg, xs), rtol=1e-6, atol=1e-8)
     y, idx = np.empty(shape), np.empty(shape, np.int32)
 
     def mx():
         _ref.maxpool2d_forward(x, *g.args, y, idx)
         return float(np.sum(r * y))
 
-    num = _numgrad(mx, x, eps=1e-3)  # distinct integers 1 apart: eps well inside the gaps
+    num = numgrad(mx, x, eps=1e-3)  # distinct integers 1 apart: eps well inside the gaps
     mx()
     gx = np.empty_like(x)
     _ref.maxpool2d_backward(r, idx, gx)
@@ -428,7 +416,7 @@ def test_relu_and_softmax_reference_backward_finite_differences():
     _ref.relu_forward(x, y)
     gx = np.empty_like(x)
     _ref.relu_backward(r, y, gx)
-    np.testing.assert_allclose(gx, _numgrad(relu_loss, x), rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(gx, numgrad(relu_loss, x), rtol=1e-6, atol=1e-8)
 
     labels = np.array([0, 6, 3, 3])
 
@@ -441,7 +429,7 @@ def test_relu_and_softmax_reference_backward_finite_differences():
     _ref.softmax_xent_forward(x, labels, p, l)
     gx = np.empty_like(x)
     _ref.softmax_xent_backward(p, labels, gx)
-    np.testing.assert_allclose(gx, _numgrad(xent, x), rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(gx, numgrad(xent, x), rtol=1e-6, atol=1e-8)
     loss, g = naive.softmax_xent(x, labels)
     assert abs(xent() - loss) < 1e-12
     np.testing.assert_allclose(gx, g, rtol=1e-12)
