@@ -241,7 +241,7 @@ def part_fastcnn(threads, reps):
 def run_part(part, threads, reps):
     cmd = [sys.executable, os.path.abspath(__file__), "--part", part, "--threads", str(threads),
            "--reps", str(reps)]
-    # As scripts/run_benchmarks.sh: without the environment's forced (slower) OpenBLAS kernel.
+    # As benches/run_benchmarks.sh: without the environment's forced (slower) OpenBLAS kernel.
     env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
     res = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
     return json.loads(res.stdout.strip().splitlines()[-1])

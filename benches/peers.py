@@ -17,7 +17,7 @@ cores (taskset) and verifies its thread count: ``fastcnn.get_num_threads()``,
 setting of its own) the CPU affinity plus ``XLA_FLAGS``.  Training: images/s over timed steps
 after warm-up steps (random data of the right shape; the first steps compile); inference:
 images/s of eval-mode forward passes at batch 1000.  ``OPENBLAS_CORETYPE``/``OPENBLAS_L2_SIZE``
-are unset in the children, as in ``scripts/run_benchmarks.sh``.
+are unset in the children, as in ``benches/run_benchmarks.sh``.
 """
 import argparse
 import json

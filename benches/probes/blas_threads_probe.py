@@ -4,7 +4,7 @@ fastcnn sets it (one thread), with SciPy imported before fastcnn (its OpenBLAS s
 its own threads, then limited to one by fastcnn), and with SciPy's BLAS at two threads.
 Each case runs in its own process; median ms of 15 calls.
 
-Usage: env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python scripts/blas_threads_probe.py
+Usage: env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benches/probes/blas_threads_probe.py
 """
 import subprocess
 import sys

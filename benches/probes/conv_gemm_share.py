@@ -1,7 +1,7 @@
 """lenet conv2 forward (128x32x14x14 -> 64, 5x5 same) GFLOP/s as a share of SGEMM 2048^2 GFLOP/s,
 measured alternately in one process, 3 rounds.
 
-Usage: env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python scripts/conv_gemm_share.py
+Usage: env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benches/probes/conv_gemm_share.py
 """
 import fastcnn  # before NumPy (docs/PERFORMANCE.md)
 import numpy as np, time

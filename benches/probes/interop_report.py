@@ -1,7 +1,7 @@
 """Figures of docs/INTEROP.md: ONNX agreement, DenseNet-block loss curve against torch, CIFAR-10
 PNG prediction with a briefly trained ResNet, int8 accuracy.
 
-    FASTCNN_DATA=/path/to/shared/data/mnist python scripts/interop_report.py [--steps 20]
+    FASTCNN_DATA=/path/to/shared/data/mnist python benches/probes/interop_report.py [--steps 20]
 
 Reuses the test builders (tests/test_graph.py, tests/test_predict.py).
 """
@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
 
 import fastcnn  # noqa: E402  (before NumPy: thread defaults)

@@ -1,7 +1,7 @@
 """Training steps with NumPy imported *before* fastcnn (the usual order in user code): one
 thread pool against two, alternating rounds, median ms per step (numba, 2 threads).
 
-Usage: env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python scripts/import_order.py [BACKEND]
+Usage: env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benches/probes/import_order.py [BACKEND]
 """
 import sys
 import time

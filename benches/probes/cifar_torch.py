@@ -7,7 +7,7 @@ same way), so only the arithmetic differs.  Adam lr 1e-3, batch 100, StepLR(20, 
 float32.  Writes one JSON line per epoch to ``--out`` (epoch, loss, accuracy, val_loss,
 val_accuracy, lr, seconds, images_per_s) and a final line with the test accuracy.
 
-    python scripts/cifar_torch.py --epochs 5 --val-split 5000 --seed 0 --threads 2 \\
+    python benches/probes/cifar_torch.py --epochs 5 --val-split 5000 --seed 0 --threads 2 \\
         --data-dir ../shared/data --test-file test_batch_first1000.bin.gz --out runs/torch.jsonl
 """
 import argparse

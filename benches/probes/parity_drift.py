@@ -1,7 +1,7 @@
 """Per-step loss of fastcnn and PyTorch (float32 at 1 and 2 threads, and float64) from the same
 initial weights and batches of real MNIST; prints the relative differences per step.
 
-Usage: FASTCNN_DATA=../shared/data/mnist python scripts/parity_drift.py lenet 30
+Usage: FASTCNN_DATA=../shared/data/mnist python benches/probes/parity_drift.py lenet 30
 """
 import sys
 

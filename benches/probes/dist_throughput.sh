@@ -5,7 +5,7 @@ set -euo pipefail
 export PYTHONPATH="$(pwd)${PYTHONPATH:+:$PYTHONPATH}"
 for round in $(seq "${ROUNDS:-3}"); do
   for model in bn lenet; do
-    FASTCNN_NUM_THREADS=2 python scripts/dist_bench.py throughput "$model" --steps 30
-    FASTCNN_NUM_THREADS=1 mpiexec -n 2 python scripts/dist_bench.py throughput "$model" --steps 30 --dist
+    FASTCNN_NUM_THREADS=2 python benches/probes/dist_bench.py throughput "$model" --steps 30
+    FASTCNN_NUM_THREADS=1 mpiexec -n 2 python benches/probes/dist_bench.py throughput "$model" --steps 30 --dist
   done
 done

@@ -1,6 +1,6 @@
 """Batch-1 training step of the scratch network, call by call (timeit, best of 5 x 20,000).
 
-Usage: python scripts/batch1_parts.py [BACKEND]
+Usage: python benches/probes/batch1_parts.py [BACKEND]
 """
 import sys
 import timeit

@@ -3,7 +3,7 @@ chunked im2col + NumPy's multi-threaded SGEMM, at the lenet and bn shapes, forwa
 backward, alternating rounds; then whole training steps of lenet and bn under each
 ``fastcnn.config(conv=...)`` strategy (auto: the direct kernels where they win).  Median ms.
 
-Usage: env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python scripts/conv_paths.py [BACKEND] [THREADS]
+Usage: env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benches/probes/conv_paths.py [BACKEND] [THREADS]
 """
 import sys
 import time

@@ -25,5 +25,5 @@ env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -c \
   "from threadpoolctl import threadpool_info; import numpy; print('BLAS:', [(i['internal_api'], i['version'], i['architecture']) for i in threadpool_info()])"
 for t in 2 1; do
   echo "## $t thread(s)"; echo
-  python scripts/bench_report.py "$out"/threads$t-*.json
+  python benches/bench_report.py "$out"/threads$t-*.json
 done

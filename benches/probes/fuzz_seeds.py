@@ -2,14 +2,14 @@
 N cases per seed, all cases of a seed in one child process; stops at the first crash and
 prints the case that caused it.
 
-Usage: python scripts/fuzz_seeds.py FIRST_SEED LAST_SEED_EXCLUSIVE [CASES_PER_SEED]
+Usage: python benches/probes/fuzz_seeds.py FIRST_SEED LAST_SEED_EXCLUSIVE [CASES_PER_SEED]
 """
 import json
 import os
 import sys
 from collections import Counter
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tests"))
 
 from hypothesis import HealthCheck, given, seed, settings  # noqa: E402
 

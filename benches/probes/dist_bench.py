@@ -1,10 +1,10 @@
 """Measurements for docs/DISTRIBUTED.md.
 
-``python scripts/dist_bench.py throughput MODEL [--steps N]`` (plain, or under ``mpiexec -n K``
+``python benches/probes/dist_bench.py throughput MODEL [--steps N]`` (plain, or under ``mpiexec -n K``
 with ``--dist``): training images/s of the recipe's global batch on seeded synthetic MNIST-sized
 images, timed after 3 warm-up steps; prints one line from rank 0.
 
-``mpiexec -n K python scripts/dist_bench.py allreduce``: median time of one in-place float32
+``mpiexec -n K python benches/probes/dist_bench.py allreduce``: median time of one in-place float32
 ``Allreduce`` of each seed network's gradient size (as ``GradientBuffer`` does it).
 """
 import argparse

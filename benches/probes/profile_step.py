@@ -1,7 +1,7 @@
 """Per-layer time of one training step (forward, loss, backward, optimizer), median over steps.
 
-Usage: python scripts/profile_step.py MODEL [BACKEND] [THREADS]
-  e.g. env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python scripts/profile_step.py lenet cython 2
+Usage: python benches/probes/profile_step.py MODEL [BACKEND] [THREADS]
+  e.g. env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benches/probes/profile_step.py lenet cython 2
 """
 import sys
 import time

@@ -1,6 +1,6 @@
 """Wall time from process start to the end of the first lenet training step.
 
-Usage: python scripts/first_step.py {numba,cython}   (run twice: the first run fills the Numba cache)
+Usage: python benches/probes/first_step.py {numba,cython}   (run twice: the first run fills the Numba cache)
 """
 import time, sys
 t0 = time.perf_counter()
