@@ -53,7 +53,9 @@ C_SRC = r"""
     for (int k = 1; k < ACC; k++) a[0] = ADD(a[0], a[k]);                      \
     float out[W]; _mm_empty(); memcpy_(out, &a[0], sizeof out);                \
     return out[0];
-static void memcpy_(void *d, const void *s, unsigned long n) { char *dd = d; const char *ss = s; while (n--) *dd++ = *ss++; }
+static void memcpy_(void *d, const void *s, unsigned long n) {
+    char *dd = d; const char *ss = s; while (n--) *dd++ = *ss++;
+}
 /* 24 zmm accumulators (of 32 registers); 12 ymm ones (16 registers without AVX512VL). */
 float fma_zmm(int64_t iters) { BODY(__m512, _mm512_set1_ps, _mm512_fmadd_ps, _mm512_add_ps, 16, 24) }
 float fma_ymm(int64_t iters) { BODY(__m256, _mm256_set1_ps, _mm256_fmadd_ps, _mm256_add_ps, 8, 12) }

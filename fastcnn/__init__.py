@@ -3,13 +3,8 @@ __version__ = "0.1.0"
 
 import os as _os
 
-# fastcnn alternates OpenMP/Numba kernels with BLAS calls on the same cores.  Idle threads
-# that keep spinning in one pool steal the cores the next call needs (on 2 cores a lenet
-# training step went from 162 ms to 76 ms with these two settings; docs/PERFORMANCE.md).
-# They are defaults only: values already in the environment win.  OpenBLAS reads its
-# setting when NumPy is first imported, OpenMP when the first OpenMP library loads.
-# FASTCNN_NO_THREAD_DEFAULTS=1 leaves both untouched (e.g. to measure another library's
-# defaults in a process that also imports fastcnn).
+# Idle threads of OpenMP and OpenBLAS must not spin (docs/PERFORMANCE.md, section 2): defaults set
+# before NumPy loads OpenBLAS; values in the environment win; FASTCNN_NO_THREAD_DEFAULTS=1 skips them.
 if _os.environ.get("FASTCNN_NO_THREAD_DEFAULTS", "") not in ("1", "true", "yes"):
     if "torch" in __import__("sys").modules and "OMP_WAIT_POLICY" not in _os.environ:
         import warnings as _warnings
@@ -32,13 +27,15 @@ from ._backend import available_backends, get_backend, set_backend
 from ._dispatch import config, get_config
 from ._threads import get_num_threads, set_num_threads
 
+# Before the kernel modules import SciPy: it finds SciPy's OpenBLAS as the library that loading
+# SciPy's BLAS adds (docs/PERFORMANCE.md, section 1).
 _threads.init_gemm_blas()
-from . import data, functional, layers, losses, models, optim
-from . import export, graph, predict
-from .graph import Input, Model
-from .layers import Parameter
-from .model import Sequential, load, save
-from ._summary import summary
+
+from . import data, export, functional, graph, layers, losses, models, optim, predict  # noqa: E402
+from ._summary import summary  # noqa: E402
+from .graph import Input, Model  # noqa: E402
+from .layers import Parameter  # noqa: E402
+from .model import Sequential, load, save  # noqa: E402
 
 __all__ = [
     "__version__",
@@ -91,8 +88,8 @@ def warmup(backend=None):
 
 
 def _run_every_op(F, np):
-    from .optim import Adam
     from .layers import Parameter
+    from .optim import Adam
 
     x = np.ones((2, 2, 5, 5), np.float32)
     w = np.ones((3, 2, 3, 3), np.float32)

@@ -343,6 +343,7 @@ def visualize_checkpoint(checkpoint, out, dataset="mnist", data_dir=None, index=
     Returns the paths written.
     """
     import fastcnn
+
     from . import data, models
     from .train import pad_to
 

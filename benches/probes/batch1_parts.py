@@ -7,6 +7,8 @@ import timeit
 
 import fastcnn  # before NumPy (docs/PERFORMANCE.md)
 
+# isort: split
+
 import numpy as np
 
 from fastcnn import losses, models

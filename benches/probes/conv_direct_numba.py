@@ -71,7 +71,10 @@ def main():
         t_bi = median_time(lambda: F.conv2d_backward(y, x, wt, s, p, ws=ws), a.reps)
         t_bd = median_time(lambda: D.conv2d_direct_backward_data(y, wt, s, s, p, p, gx), a.reps)
         t_bw = median_time(lambda: D.conv2d_direct_backward_weight(y, x, s, s, p, p, gw, gb), a.reps)
-        g = lambda t, f=1: f * flop / t / 1e9
+
+        def g(t, f=1, flop=flop):
+            return f * flop / t / 1e9
+
         print(f"{name:20s} {g(t_fi):10.1f} {g(t_fd):10.1f} {g(t_bi, 2):17.1f} {g(t_bd):15.1f} {g(t_bw):12.1f}"
               f"   (ms: fwd {t_fi*1e3:.2f}/{t_fd*1e3:.2f}, bwd {t_bi*1e3:.2f} vs {(t_bd+t_bw)*1e3:.2f})")
 

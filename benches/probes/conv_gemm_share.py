@@ -3,24 +3,47 @@ measured alternately in one process, 3 rounds.
 
 Usage: env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benches/probes/conv_gemm_share.py
 """
+import time
+
 import fastcnn  # before NumPy (docs/PERFORMANCE.md)
-import numpy as np, time
+
+# isort: split
+
+import numpy as np
+
 from fastcnn import functional as F
-fastcnn.set_num_threads(2)
-def t(f, reps=15):
-    f(); ts=[]
+
+
+def median_s(f, reps=15):
+    f()
+    ts = []
     for _ in range(reps):
-        t0=time.perf_counter(); f(); ts.append(time.perf_counter()-t0)
+        t0 = time.perf_counter()
+        f()
+        ts.append(time.perf_counter() - t0)
     return np.median(ts)
-r=np.random.default_rng(0)
-A=r.random((2048,2048),dtype=np.float32); B=r.random((2048,2048),dtype=np.float32); o=np.empty_like(A)
-x=r.standard_normal((128,32,14,14),dtype=np.float32); w=r.standard_normal((64,32,5,5),dtype=np.float32); b=np.zeros(64,np.float32)
-fl = 2*128*196*64*800
-for rnd in range(3):
-    g = 2*2048**3/t(lambda: np.matmul(A,B,out=o))/1e9
-    row=[f"sgemm {g:.0f} GFLOP/s"]
-    for be in ("numba","cython"):
-        fastcnn.set_backend(be); ws=F.Workspace()
-        c = fl/t(lambda: F.conv2d(x,w,b,1,2,ws=ws))/1e9
-        row.append(f"{be} conv2 fwd {c:.0f} GFLOP/s = {100*c/g:.0f}%")
-    print(" | ".join(row))
+
+
+def main():
+    fastcnn.set_num_threads(2)
+    r = np.random.default_rng(0)
+    a = r.random((2048, 2048), dtype=np.float32)
+    b = r.random((2048, 2048), dtype=np.float32)
+    o = np.empty_like(a)
+    x = r.standard_normal((128, 32, 14, 14), dtype=np.float32)
+    w = r.standard_normal((64, 32, 5, 5), dtype=np.float32)
+    bias = np.zeros(64, np.float32)
+    flop = 2 * 128 * 196 * 64 * 800
+    for _ in range(3):
+        g = 2 * 2048**3 / median_s(lambda: np.matmul(a, b, out=o)) / 1e9
+        row = [f"sgemm {g:.0f} GFLOP/s"]
+        for be in ("numba", "cython"):
+            fastcnn.set_backend(be)
+            ws = F.Workspace()
+            c = flop / median_s(lambda: F.conv2d(x, w, bias, 1, 2, ws=ws)) / 1e9
+            row.append(f"{be} conv2 fwd {c:.0f} GFLOP/s = {100 * c / g:.0f}%")
+        print(" | ".join(row))
+
+
+if __name__ == "__main__":
+    main()

@@ -10,6 +10,8 @@ import time
 
 import fastcnn  # before NumPy (docs/PERFORMANCE.md)
 
+# isort: split
+
 import numpy as np
 
 from fastcnn import functional as F

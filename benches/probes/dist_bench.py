@@ -46,8 +46,8 @@ def throughput(a):
         distributed=dist)
     if rank == 0:
         rate = a.steps * batch / (times[-1] - times[2])
-        print(f"{a.model} batch {batch} ranks {ranks}{' overlap' if a.overlap else ''} threads {fastcnn.get_num_threads()} "
-              f"backend {fastcnn.get_backend()}: {rate:.0f} images/s")
+        print(f"{a.model} batch {batch} ranks {ranks}{' overlap' if a.overlap else ''} "
+              f"threads {fastcnn.get_num_threads()} backend {fastcnn.get_backend()}: {rate:.0f} images/s")
 
 
 def allreduce(a):

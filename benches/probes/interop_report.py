@@ -17,7 +17,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
 
-import fastcnn  # noqa: E402  (before NumPy: thread defaults)
+import fastcnn  # noqa: E402  (before NumPy: thread defaults, docs/PERFORMANCE.md)
+
+# isort: split
+
 import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 
@@ -60,8 +63,9 @@ def densenet_curve():
 
 
 def cifar_resnet(tmp, steps):
-    import test_predict as tp
     from PIL import Image
+
+    import test_predict as tp
 
     if tp.CIFAR is None:
         print("CIFAR-10 not found: skipped")

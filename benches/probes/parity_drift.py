@@ -5,13 +5,15 @@ Usage: FASTCNN_DATA=../shared/data/mnist python benches/probes/parity_drift.py l
 """
 import sys
 
-import numpy as np
+from fastcnn import data, losses, models  # before NumPy and torch (docs/PERFORMANCE.md)
 
-from fastcnn import data, losses, models  # fastcnn before torch (docs/PERFORMANCE.md)
+# isort: split
+
+import numpy as np
+import torch
+
 from fastcnn.interop import to_torch
 from fastcnn.train import make_optimizer
-
-import torch  # noqa: E402
 
 
 def main(name, steps):

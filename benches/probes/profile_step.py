@@ -9,7 +9,10 @@ from collections import defaultdict
 
 import fastcnn  # before NumPy (docs/PERFORMANCE.md)
 
+# isort: split
+
 import numpy as np
+
 from fastcnn import losses, models
 from fastcnn.train import make_optimizer
 
