@@ -4,7 +4,9 @@ Used by ``fastcnn train`` (docs/ROBUSTNESS.md, "Output directory"):
 
 * :func:`lock_output_dir` first, before anything is written to the directory;
 * :func:`clean_stale_temporaries` right after taking the lock;
-* :func:`check_writable` before the first training step.
+* :func:`check_writable` before the first training step;
+
+:func:`claim_output_dir` does the three in that order.
 """
 import contextlib
 import errno
@@ -100,3 +102,13 @@ def clean_stale_temporaries(out):
             except FileNotFoundError:
                 pass
     return removed
+
+
+@contextlib.contextmanager
+def claim_output_dir(out):
+    """For the ``with`` block: :func:`lock_output_dir`, then :func:`clean_stale_temporaries` and
+    :func:`check_writable` (before the data is read and the first step)."""
+    with lock_output_dir(out):
+        clean_stale_temporaries(out)
+        check_writable(out)
+        yield

@@ -1,13 +1,9 @@
 """The ``fastcnn`` command line: ``train``, ``evaluate``, ``summary``, ``visualize``, ``export``,
 ``predict``, ``info``."""
 import argparse
-import io
 import json
-import os
 import platform
 import sys
-
-from .train import Callback
 
 SIMD_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512dq", "avx512cd", "avx512bw",
               "avx512vl", "avx512_vnni", "avx512_bf16", "amx_tile", "neon", "asimd", "sve")
@@ -199,57 +195,24 @@ def cmd_info(args):
     return 0
 
 
-def _plot(steps, epochs, test_acc, path):
-    """Training curves: per-step loss (log scale) and accuracies (training mean per window,
-    validation per epoch, test)."""
-    import matplotlib
+# --------------------------------------------------------------------------- train
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
+def cmd_train(args, comm=None):
+    """``fastcnn train``: the flags as :class:`fastcnn._run.Settings`, then :func:`fastcnn._run.run`.
+    ``comm``: one rank of ``--distributed`` (only rank 0 touches --out)."""
+    from contextlib import nullcontext
 
-    from .model import atomic_write
+    from . import _run
+    from ._runio import claim_output_dir
 
-    loss = np.asarray(steps["loss"])
-    acc = np.asarray(steps["accuracy"])
-    win = max(1, min(len(loss) // 50, 1000))
-    kernel = np.ones(win) / win
-    x = np.arange(len(loss))
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
-    a1.plot(x, loss, alpha=0.25, lw=0.5, label="per step")
-    if len(loss) >= win:
-        a1.plot(x[win - 1:], np.convolve(loss, kernel, "valid"), label=f"mean of {win}")
-    a1.set_xlabel("step")
-    a1.set_ylabel("training loss")
-    a1.set_yscale("log")
-    a1.legend()
-    if len(acc) >= win:
-        a2.plot(x[win - 1:], np.convolve(acc, kernel, "valid"), label=f"training (mean of {win})")
-    val = [(e["epoch"], e["val_accuracy"]) for e in epochs if e.get("val_accuracy") is not None]
-    if val and len(loss):
-        per_epoch = len(loss) / max(e["epoch"] for e in epochs)
-        a2.plot([ep * per_epoch for ep, _ in val], [v for _, v in val], "o-", label="validation")
-    if test_acc is not None:
-        a2.axhline(test_acc, color="C3", ls="--", label=f"test {test_acc:.4f}")
-    a2.set_xlabel("step")
-    a2.set_ylabel("accuracy")
-    a2.legend(loc="lower right")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    atomic_write(path, lambda f: f.write(buf.getvalue()))
-
-
-# --------------------------------------------------------------------------- train: pieces
-
-#: Trainer-state entries ``--resume`` needs (written by every ``fastcnn train`` checkpoint).
-_RESUME_KEYS = ("model", "seed", "batch_size", "lr", "optimizer", "epochs", "limit", "epoch", "step",
-                "global_step", "epoch_logs", "epoch_seconds", "images_seen", "seconds")
-
-#: Run settings kept in a checkpoint; a --resume refuses a command line that contradicts them.
-_RESUME_CHECKED = ("model", "dataset", "batch_size", "lr", "optimizer", "seed", "limit", "val_split",
-                   "momentum", "weight_decay", "augment")
+    _check_args(args)  # (a bad flag creates nothing)
+    with nullcontext() if comm is not None and comm.Get_rank() != 0 else claim_output_dir(args.out):
+        _setup(args, comm)
+        settings, resumed = _resume_settings(args) if args.resume else (_new_settings(args), None)
+        return _run.run(settings, args.out, resumed=resumed, data_dir=args.data_dir, download=args.download,
+                        checkpoint_every=args.checkpoint_every, detect_anomaly=args.detect_anomaly,
+                        tensorboard=args.tensorboard, progress=not args.no_progress, comm=comm,
+                        sync_bn=args.sync_bn)
 
 
 def _check_args(args):
@@ -268,29 +231,28 @@ def _check_args(args):
         raise ValueError("--sync-bn needs --distributed")
 
 
-def _new_config(args):
-    """The run's settings: the model's recipe on the dataset, overridden by the flags."""
+def _new_settings(args):
+    """A new run: the model's recipe on the dataset, overridden by the flags."""
     from . import models
+    from ._run import Settings
 
     if args.model is None:
         raise ValueError("--model is required (or --resume CHECKPOINT)")
     dataset = args.dataset or "mnist"
     r = models.recipe(args.model, dataset)
-    sched = args.schedule or r["schedule"]
-    cfg = {
-        "model": args.model, "dataset": dataset, "seed": args.seed if args.seed is not None else 0,
-        "batch_size": args.batch_size or r["batch_size"], "lr": args.lr or r["lr"],
-        "optimizer": args.optimizer or r["optimizer"], "momentum": args.momentum or 0.0,
-        "nesterov": bool(args.nesterov), "weight_decay": args.weight_decay,
-        "epochs": args.epochs or 1, "limit": args.limit, "val_split": args.val_split or 0,
-        "early_stop": args.early_stop, "augment": args.augment or r["augment"],
-        "normalize": bool(args.normalize), "test_file": args.test_file,
-        "schedule": _schedule_config(args, sched, r),
-    }
-    return cfg
+    return Settings(
+        model=args.model, dataset=dataset, seed=args.seed if args.seed is not None else 0,
+        batch_size=args.batch_size or r["batch_size"], lr=args.lr or r["lr"],
+        optimizer=args.optimizer or r["optimizer"], momentum=args.momentum or 0.0,
+        nesterov=bool(args.nesterov), weight_decay=args.weight_decay, epochs=args.epochs or 1, limit=args.limit,
+        val_split=args.val_split or 0, early_stop=args.early_stop, augment=args.augment or r["augment"],
+        normalize=bool(args.normalize), test_file=args.test_file,
+        schedule=_schedule(args, args.schedule or r["schedule"], r),
+    )
 
 
-def _schedule_config(args, kind, recipe):
+def _schedule(args, kind, recipe):
+    """The learning-rate schedule flags as a :meth:`fastcnn.optim.Schedule.config` (None: constant)."""
     from . import optim
 
     s = None
@@ -314,305 +276,29 @@ def _schedule_config(args, kind, recipe):
     return None if s is None else s.config()
 
 
-def _resume_config(args):
-    """Model, optimizer state, run settings and fit state of ``--resume``; flags that
-    contradict the checkpoint are refused."""
-    from .train import load_checkpoint
+def _resume_settings(args):
+    """``--resume``: the checkpoint's settings (flags that contradict them are refused; --epochs
+    may extend the run) and what the run continues from."""
+    import dataclasses
 
-    from . import models
+    from . import _run
 
-    model, opt_state, state, steps = load_checkpoint(args.resume)
-    missing = [k for k in _RESUME_KEYS if k not in state]
-    if missing or state["model"] not in models.RECIPES:
-        raise ValueError(f"{args.resume}: not a checkpoint of fastcnn train (trainer state lacks {missing} "
-                         f"or names an unknown model)")
-    for key, default in (("dataset", "mnist"), ("augment", "none"), ("normalize", False), ("schedule", None),
-                         ("val_split", 0), ("early_stop", None), ("test_file", None), ("momentum", 0.0),
-                         ("nesterov", False), ("weight_decay", None)):
-        state.setdefault(key, default)
-    for key in _RESUME_CHECKED:
-        given = getattr(args, key, None)
-        if given is not None and key in state and given != state[key]:
-            raise ValueError(f"--resume: checkpoint has {key} {state[key]!r}, the command line says {given!r}")
+    settings, resumed = _run.resume(args.resume)
+    for key in _run.RESUME_CHECKED:
+        given, saved = getattr(args, key, None), getattr(settings, key)
+        if given is not None and given != saved:
+            raise ValueError(f"--resume: checkpoint has {key} {saved!r}, the command line says {given!r}")
     if args.epochs is not None:
-        state["epochs"] = args.epochs
-    return model, opt_state, state, steps
+        settings = dataclasses.replace(settings, epochs=args.epochs)
+    return settings, resumed
 
-
-def _load_data(cfg, args):
-    """(train, val, test) uint8 image/label pairs, with --limit and --val-split applied."""
-    from . import data, models
-
-    kw = {"test_file": cfg["test_file"]} if cfg.get("test_file") else {}
-    if kw and cfg["dataset"] != "cifar10":
-        raise ValueError("--test-file applies to --dataset cifar10 only")
-    import warnings
-
-    train_x, train_y = data.load_dataset(cfg["dataset"], args.data_dir, "train", download=args.download)
-    with warnings.catch_warnings():  # a partial test file: the banner says what was read
-        warnings.simplefilter("ignore", UserWarning)
-        test_x, test_y = data.load_dataset(cfg["dataset"], args.data_dir, "test", download=args.download, **kw)
-    size = models.INPUT_SIZE[cfg["model"]]
-    if train_x.shape[2] > size:
-        raise ValueError(f"model {cfg['model']} takes {size}x{size} images; {cfg['dataset']} images are "
-                         f"{train_x.shape[2]}x{train_x.shape[3]} (use --model resnet)")
-    if cfg["limit"]:
-        train_x, train_y = train_x[:cfg["limit"]], train_y[:cfg["limit"]]
-    v = cfg.get("val_split") or 0
-    if v >= len(train_y):
-        raise ValueError(f"--val-split {v} leaves no training images (only {len(train_y)})")
-    val = (train_x[len(train_y) - v:], train_y[len(train_y) - v:]) if v else None
-    train = (train_x[:len(train_y) - v], train_y[:len(train_y) - v])
-    return train, val, (test_x, test_y)
-
-
-def _pipeline(cfg, train_images):
-    """The augmentation/preprocessing pipeline; with --normalize the per-channel mean and std
-    of the training images (computed once, then kept in the run settings)."""
-    from . import augment, models
-
-    if cfg["normalize"] and cfg.get("mean") is None:
-        cfg["mean"], cfg["std"] = augment.channel_stats(train_images)
-    size = models.INPUT_SIZE[cfg["model"]]
-    pad = size if train_images.shape[-1] < size else None
-    return augment.from_name(cfg["augment"], cfg.get("mean"), cfg.get("std"), input_size=pad)
-
-
-def _preprocess_record(cfg, pipe, images):
-    """What ``fastcnn predict`` needs to prepare an image as training did: pixels of
-    ``input_shape`` scaled to ``[0, 1]``, zero-padded to ``pad_to`` (None: no padding), then
-    ``(x - mean) / std`` per channel."""
-    from . import data
-
-    c, h, w = (1, *images.shape[1:]) if images.ndim == 3 else images.shape[1:]
-    return {"dataset": cfg["dataset"], "input_shape": [c, h, w], "pad_to": pipe.input_size,
-            "mean": pipe.mean or [0.0] * c, "std": pipe.std or [1.0] * c,
-            "classes": data.CLASSES[cfg["dataset"]]}
-
-
-class _Checkpointing(Callback):
-    """Callback: ``checkpoint.npz`` every N steps and after each epoch (with
-    ``--checkpoint-every``), and on SIGINT/SIGTERM (``trainer.stop_code``, the signal
-    number; distributed: the same step on every rank) save and raise :class:`Interrupted`.
-    ``write=False`` (ranks other than 0): never write, only stop."""
-
-    def __init__(self, path, every, cfg, write=True):
-        self.path, self.every, self.cfg, self.write = path, every, cfg, write
-
-    def save(self, trainer, partial=False):
-        from .train import save_checkpoint
-
-        if not self.write:
-            return
-        st = trainer.partial_state() if partial else trainer.state_dict()
-        save_checkpoint(self.path, trainer.model, trainer.optimizer, {**self.cfg, **st}, trainer.steps)
-
-    def on_step_end(self, trainer, step, loss):
-        from .train import Interrupted
-
-        if trainer.stop_code:
-            self.save(trainer, partial=True)
-            raise Interrupted(trainer.stop_code, self.path)
-        if self.every and trainer.step % self.every == 0:
-            self.save(trainer, partial=True)
-
-    def on_epoch_end(self, trainer, epoch, logs):
-        if self.every:
-            self.save(trainer)
-
-
-def _write_outputs(out, cfg, model, history, steps, test, preprocess_meta, backend, threads, resumed, flag,
-                   dist=None):
-    """model.npz first; then (a signal now stops at once: the weights are safe) the final
-    evaluation on the test split, model.npz with its test accuracy, metrics.json,
-    history.csv, curves.png.  Distributed (``dist``): every rank evaluates its shard of the
-    test split, only rank 0 writes (the others return None)."""
-    import numpy as np
-
-    import fastcnn
-    from .model import atomic_write
-    from .train import evaluate, write_history_csv
-
-    write = dist is None or dist.rank == 0
-    model_path = os.path.join(out, "model.npz")
-    if write:
-        model.save(model_path, metadata={"model": cfg["model"], "seed": cfg["seed"], "preprocess": preprocess_meta})
-    if dist is not None:
-        dist.comm.Barrier()  # model.npz is on disk before any rank may stop (and abort the job) on a signal
-        evaluate = dist.evaluate
-    flag.stop_at_once(model_path)
-    test_x, test_y = test
-    test_acc, test_loss = evaluate(model, test_x, test_y, preprocess=cfg["_pipeline"].eval)
-    if not write:
-        return None
-    seconds = sum(e["seconds"] for e in history)
-    images = sum(e["images_per_s"] * e["seconds"] for e in history)
-    vals = [e["val_accuracy"] for e in history if e.get("val_accuracy") is not None]
-    metrics = {
-        "model": cfg["model"], "dataset": cfg["dataset"], "test_accuracy": test_acc, "test_loss": test_loss,
-        "test_images": int(len(test_y)), "test_file": cfg.get("test_file"),
-        "epoch_seconds": [e["seconds"] for e in history],
-        "train_images_per_second": images / max(seconds, 1e-9),
-        "backend": backend, "threads": threads, "epochs": cfg["epochs"], "epochs_run": len(history),
-        "batch_size": cfg["batch_size"], "lr": cfg["lr"], "optimizer": cfg["optimizer"], "seed": cfg["seed"],
-        "train_images": int(cfg["_n_train"]), "val_images": int(cfg.get("val_split") or 0),
-        "resumed": bool(resumed),
-        "final_train_loss": float(np.mean(steps["loss"][-100:])) if steps.get("loss") else None,
-        "train_loss": [e["loss"] for e in history], "train_accuracy": [e["accuracy"] for e in history],
-        "lr_per_epoch": [e["lr"] for e in history],
-        "fastcnn_version": fastcnn.__version__, "ranks": 1 if dist is None else dist.size,
-    }
-    if vals:
-        best = int(np.argmax(vals))
-        metrics.update(val_accuracy=vals, val_loss=[e["val_loss"] for e in history],
-                       best_val_accuracy=vals[best], best_epoch=best + 1)
-    model.save(model_path, metadata={"model": cfg["model"], "test_accuracy": test_acc, "seed": cfg["seed"],
-                                     "preprocess": preprocess_meta})
-    atomic_write(os.path.join(out, "metrics.json"),
-                 lambda f: f.write(json.dumps(metrics, indent=2).encode() + b"\n"))
-    write_history_csv(os.path.join(out, "history.csv"), history)
-    _plot(steps, history, test_acc, os.path.join(out, "curves.png"))
-    return metrics
-
-
-def cmd_train(args, comm=None):
-    """``fastcnn train``; ``comm``: one rank of ``--distributed`` (only rank 0 touches --out)."""
-    from ._runio import check_writable, clean_stale_temporaries, lock_output_dir
-
-    _check_args(args)  # (a bad flag creates nothing)
-    if comm is not None and comm.Get_rank() != 0:
-        return _train(args, comm)
-    with lock_output_dir(args.out):  # before anything is written to --out
-        clean_stale_temporaries(args.out)
-        check_writable(args.out)  # before the data is read and the first step
-        return _train(args, comm)
-
-
-def _load_data_once_per_host(cfg, args, comm):
-    """:func:`_load_data`; with ``--download`` under MPI, one rank per host downloads first."""
-    if comm is None or not args.download:
-        return _load_data(cfg, args)
-    from . import distributed
-
-    first = distributed.local_rank(comm) == 0
-    if first:
-        out = _load_data(cfg, args)
-    comm.Barrier()
-    return out if first else _load_data(cfg, argparse.Namespace(**{**vars(args), "download": False}))
-
-
-def _train(args, comm=None):
-    import fastcnn
-    from . import losses, models, optim
-    from .model import atomic_write
-    from .train import (BestCheckpoint, CSVLogger, EarlyStopping, EpochLog, SignalFlag, fit, make_optimizer)
-
-    dist = None
-    if comm is not None:
-        from . import distributed
-
-        dist = distributed.DistributedCallback(comm, sync_bn=args.sync_bn)
-    rank0 = dist is None or dist.rank == 0  # only rank 0 prints and writes files
-    log = sys.stderr if rank0 else io.StringIO()
-    _setup(args, comm)
-    if args.resume:
-        model, opt_state, cfg, steps = _resume_config(args)
-    else:
-        cfg, opt_state, steps = _new_config(args), None, None
-    train, val, test = _load_data_once_per_host(cfg, args, comm)
-    if dist is not None:  # before the first step, with the flags named
-        from .train import _check_shards
-
-        try:
-            _check_shards(len(train[1]), cfg["batch_size"], dist.size)
-        except ValueError as exc:
-            raise ValueError(f"--distributed with {dist.size} ranks: {str(exc).removeprefix('fit: ')}") from None
-    pipe = _pipeline(cfg, train[0])
-    if not args.resume:
-        model = models.build(cfg["model"], seed=cfg["seed"], in_channels=train[0].shape[1])
-    optimizer = make_optimizer(cfg["optimizer"], model.parameters(), cfg["lr"], momentum=cfg.get("momentum", 0.0),
-                               nesterov=cfg.get("nesterov", False), weight_decay=cfg.get("weight_decay"))
-    if opt_state is not None:
-        optimizer.load_state_dict(opt_state)
-    backend, threads = fastcnn.get_backend(), fastcnn.get_num_threads()
-    fastcnn.warmup(backend)
-    run_cfg = {k: v for k, v in cfg.items() if k in _SAVED}
-    ranks = 1 if dist is None else dist.size
-    if rank0:
-        os.makedirs(args.out, exist_ok=True)
-        atomic_write(os.path.join(args.out, "args.json"),
-                     lambda f: f.write(json.dumps({**run_cfg, "backend": backend, "threads": threads,
-                                                   "data_dir": args.data_dir, "out": args.out,
-                                                   "checkpoint_every": args.checkpoint_every,
-                                                   "resume": args.resume, "ranks": ranks,
-                                                   "sync_bn": bool(args.sync_bn)}, indent=2).encode() + b"\n"))
-    pre = _preprocess_record(cfg, pipe, train[0])
-    fit_state = {k: cfg[k] for k in ("epoch", "step", "global_step", "epoch_logs", "epoch_seconds", "images_seen",
-                                     "seconds", "partial_seconds", "callbacks") if k in cfg} if args.resume else None
-    print(f"training {cfg['model']} on {len(train[1])} {cfg['dataset']} images"
-          + (f" ({len(val[1])} held out for validation)" if val else "")
-          + f": {cfg['optimizer']} lr {cfg['lr']}, batch {cfg['batch_size']}, {cfg['epochs']} epoch(s), "
-          f"augment {cfg['augment']}, schedule {optim.schedule_from_config(cfg['schedule'])}, backend {backend}, "
-          f"{threads} thread(s); test: {len(test[1])} images"
-          + (f" from {cfg['test_file']}" if cfg.get("test_file") else "")
-          + (" (a partial CIFAR-10 test set; the official one has 10000)"
-             if cfg["dataset"] == "cifar10" and len(test[1]) != 10000 else "")
-          + (f", resuming at epoch {cfg['epoch'] + 1} step {cfg['step']}" if args.resume else "")
-          + (f"; {ranks} MPI ranks (batch {cfg['batch_size']} split among them"
-             f"{', synchronised BatchNorm' if args.sync_bn else ''})" if dist is not None else ""),
-          file=log, flush=True)
-    progress = rank0 and not args.no_progress and sys.stderr.isatty()
-    callbacks = []
-    if rank0:  # the callbacks that print or write files
-        callbacks.append(CSVLogger(os.path.join(args.out, "history.csv")))
-        if not progress:
-            callbacks.append(EpochLog())
-        if val:
-            callbacks.append(BestCheckpoint(os.path.join(args.out, "best.npz"),
-                                            metadata={"model": cfg["model"], "seed": cfg["seed"], "preprocess": pre}))
-    if cfg.get("early_stop"):  # the same validation metrics, so the same decision, on every rank
-        callbacks.append(EarlyStopping(cfg["early_stop"]))
-    if args.tensorboard and rank0:
-        from .tensorboard import TensorBoardCallback
-
-        callbacks.append(TensorBoardCallback(args.tensorboard))
-    steps = {} if steps is None else steps
-    with SignalFlag() as flag:
-        callbacks.append(_Checkpointing(os.path.join(args.out, "checkpoint.npz"), args.checkpoint_every, run_cfg,
-                                        write=rank0))
-        history = fit(model, losses.SoftmaxCrossEntropy(), optimizer, train, epochs=cfg["epochs"],
-                      batch_size=cfg["batch_size"], val_data=val,
-                      schedule=optim.schedule_from_config(cfg["schedule"]), augment=pipe, callbacks=callbacks,
-                      seed=cfg["seed"], progress=progress, detect_anomaly=args.detect_anomaly, state=fit_state,
-                      step_history=steps, base_lr=cfg["lr"], distributed=dist,
-                      stop_requested=lambda: flag.signum or 0)
-        cfg["_pipeline"], cfg["_n_train"] = pipe, len(train[1])
-        metrics = _write_outputs(args.out, cfg, model, history, steps, test, pre, backend, threads, args.resume,
-                                 flag, dist)
-        if not rank0:
-            return 0
-        if len(history) < cfg["epochs"]:
-            print(f"early stop after epoch {len(history)}: no better validation accuracy for {cfg['early_stop']} epochs",
-                  file=sys.stderr)
-        if "best_val_accuracy" in metrics:
-            print(f"best validation accuracy: {metrics['best_val_accuracy']:.4f} (epoch {metrics['best_epoch']}, "
-                  f"{os.path.join(args.out, 'best.npz')})", file=sys.stderr)
-        print(f"epoch seconds: {', '.join(f'{s:.1f}' for s in metrics['epoch_seconds'])}; "
-              f"{metrics['train_images_per_second']:.0f} images/s; wrote {args.out}", file=sys.stderr)
-        print(f"test accuracy: {metrics['test_accuracy']:.4f}")
-    return 0
-
-
-#: Run-setting keys written to checkpoints and args.json.
-_SAVED = ("model", "dataset", "seed", "batch_size", "lr", "optimizer", "momentum", "nesterov", "weight_decay",
-          "epochs", "limit", "val_split", "early_stop", "augment", "normalize", "mean", "std", "test_file",
-          "schedule")
 
 
 def cmd_evaluate(args):
     import functools
 
     import fastcnn
+
     from . import data
     from .predict import normalize, preprocess_info
     from .train import evaluate
@@ -638,6 +324,7 @@ def _ints(text, what):
 
 def cmd_summary(args):
     import fastcnn
+
     from . import models
     from ._summary import summary
 
@@ -674,6 +361,7 @@ def cmd_visualize(args):
 
 def cmd_export(args):
     import fastcnn
+
     from .export import to_onnx, to_safetensors
     from .predict import preprocess_info
 
@@ -695,6 +383,7 @@ def cmd_export(args):
 
 def cmd_predict(args):
     import fastcnn
+
     from .predict import predict_files
 
     if args.top_k < 1 or args.batch_size < 1:

@@ -63,9 +63,9 @@ def pad_to(x, size):
         return x
     if h > size or w > size:
         raise ValueError(f"images of {h}x{w} are larger than the model input {size}x{size}")
-    t, l = (size - h) // 2, (size - w) // 2
+    top, left = (size - h) // 2, (size - w) // 2
     out = np.zeros(x.shape[:2] + (size, size), np.float32)
-    out[:, :, t:t + h, l:l + w] = x
+    out[:, :, top:top + h, left:left + w] = x
     return out
 
 
@@ -190,7 +190,7 @@ class Trainer:
         self._epoch_done = False
         self.steps_per_epoch = -(-len(labels) // self.batch_size)
         if distributed is not None:
-            _check_shards(len(labels), self.batch_size, distributed.size)
+            check_shards(len(labels), self.batch_size, distributed.size)
         self._dropouts = [layer for layer in model.modules() if hasattr(layer, "reseed")]
         st = dict(state or {})
         self.epoch = int(st.get("epoch", 0))
@@ -355,7 +355,7 @@ class Trainer:
         return bar
 
 
-def _check_shards(n, batch_size, ranks):
+def check_shards(n, batch_size, ranks):
     """Every batch of an epoch (the last one too) must give each rank at least one image."""
     last = n - (-(-n // batch_size) - 1) * batch_size
     if batch_size < ranks:
@@ -516,6 +516,52 @@ def write_history_csv(path, history):
     for logs in history:
         w.writerow(["" if logs.get(k) is None else logs[k] for k in LOG_KEYS])
     atomic_write(path, lambda f: f.write(buf.getvalue().encode()))
+
+
+def plot_history(path, history, steps, test_accuracy=None):
+    """Write the training curves to the PNG ``path``, atomically: per-step loss (log scale)
+    and accuracies (training mean per window, validation per epoch, ``test_accuracy``).
+
+    ``history``: per-epoch logs (:func:`fit`'s result); ``steps``: the per-step ``{"loss":
+    [...], "accuracy": [...]}`` lists (``fit(step_history=...)``)."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .model import atomic_write
+
+    loss = np.asarray(steps["loss"])
+    acc = np.asarray(steps["accuracy"])
+    win = max(1, min(len(loss) // 50, 1000))
+    kernel = np.ones(win) / win
+    x = np.arange(len(loss))
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+    a1.plot(x, loss, alpha=0.25, lw=0.5, label="per step")
+    if len(loss) >= win:
+        a1.plot(x[win - 1:], np.convolve(loss, kernel, "valid"), label=f"mean of {win}")
+    a1.set_xlabel("step")
+    a1.set_ylabel("training loss")
+    a1.set_yscale("log")
+    a1.legend()
+    if len(acc) >= win:
+        a2.plot(x[win - 1:], np.convolve(acc, kernel, "valid"), label=f"training (mean of {win})")
+    val = [(e["epoch"], e["val_accuracy"]) for e in history if e.get("val_accuracy") is not None]
+    if val and len(loss):
+        per_epoch = len(loss) / max(e["epoch"] for e in history)
+        a2.plot([ep * per_epoch for ep, _ in val], [v for _, v in val], "o-", label="validation")
+    if test_accuracy is not None:
+        a2.axhline(test_accuracy, color="C3", ls="--", label=f"test {test_accuracy:.4f}")
+    a2.set_xlabel("step")
+    a2.set_ylabel("accuracy")
+    a2.legend(loc="lower right")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    atomic_write(path, lambda f: f.write(buf.getvalue()))
 
 
 class CSVLogger(Callback):

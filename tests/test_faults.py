@@ -495,7 +495,7 @@ _SIGNAL_AT = """
     import fastcnn.augment as augment, fastcnn.cli as cli, fastcnn.train as train, fastcnn.model as model
     hook, signum, out, data = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
     mod, name = {"evaluate": (train, "evaluate"), "save": (model.Sequential, "save"),
-                 "plot": (cli, "_plot"), "batch": (augment.Pipeline, "eval")}[hook]
+                 "plot": (train, "plot_history"), "batch": (augment.Pipeline, "eval")}[hook]
     real = getattr(mod, name)
     calls = []
 
