@@ -1,15 +1,22 @@
 """The ``fastcnn`` command line: ``train``, ``evaluate``, ``summary``, ``visualize``, ``export``,
 ``predict``, ``info``."""
+from __future__ import annotations
+
 import argparse
 import json
 import platform
 import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from . import _run
 
 SIMD_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512dq", "avx512cd", "avx512bw",
               "avx512vl", "avx512_vnni", "avx512_bf16", "amx_tile", "neon", "asimd", "sve")
 
 
-def cpu_simd_features():
+def cpu_simd_features() -> list[str]:
     """SIMD features of this CPU, from /proc/cpuinfo (or numba's view of the host)."""
     flags = set()
     try:
@@ -23,7 +30,7 @@ def cpu_simd_features():
     return [f for f in SIMD_FLAGS if f in flags]
 
 
-def _parser():
+def _parser() -> argparse.ArgumentParser:
     from . import augment, data, models, train
 
     p = argparse.ArgumentParser(prog="fastcnn", description="Fast CPU convolutional networks.")
@@ -127,7 +134,7 @@ def _parser():
     return p
 
 
-def _setup(args, comm=None):
+def _setup(args: argparse.Namespace, comm: Any = None) -> None:
     import fastcnn
 
     from ._config import env_threads
@@ -144,7 +151,7 @@ def _setup(args, comm=None):
         fastcnn.get_num_threads()
 
 
-def cmd_info(args):
+def cmd_info(args: argparse.Namespace) -> int:
     import numpy as np
 
     import fastcnn
@@ -197,7 +204,7 @@ def cmd_info(args):
 
 # --------------------------------------------------------------------------- train
 
-def cmd_train(args, comm=None):
+def cmd_train(args: argparse.Namespace, comm: Any = None) -> int:
     """``fastcnn train``: the flags as :class:`fastcnn._run.Settings`, then :func:`fastcnn._run.run`.
     ``comm``: one rank of ``--distributed`` (only rank 0 touches --out)."""
     from contextlib import nullcontext
@@ -215,7 +222,7 @@ def cmd_train(args, comm=None):
                         sync_bn=args.sync_bn)
 
 
-def _check_args(args):
+def _check_args(args: argparse.Namespace) -> None:
     for name, value, low in (("--epochs", args.epochs, 1), ("--batch-size", args.batch_size, 1),
                              ("--limit", args.limit, 1), ("--checkpoint-every", args.checkpoint_every, 1),
                              ("--val-split", args.val_split, 0), ("--early-stop", args.early_stop, 1),
@@ -231,7 +238,7 @@ def _check_args(args):
         raise ValueError("--sync-bn needs --distributed")
 
 
-def _new_settings(args):
+def _new_settings(args: argparse.Namespace) -> _run.Settings:
     """A new run: the model's recipe on the dataset, overridden by the flags."""
     from . import models
     from ._run import Settings
@@ -251,11 +258,11 @@ def _new_settings(args):
     )
 
 
-def _schedule(args, kind, recipe):
+def _schedule(args: argparse.Namespace, kind: str, recipe: dict[str, Any]) -> dict[str, Any] | None:
     """The learning-rate schedule flags as a :meth:`fastcnn.optim.Schedule.config` (None: constant)."""
     from . import optim
 
-    s = None
+    s: optim.Schedule | None = None
     if kind == "step":
         step = args.step_size or recipe.get("step_size", 20)
         gamma = args.gamma if args.gamma is not None else recipe.get("gamma", 0.1)
@@ -276,7 +283,7 @@ def _schedule(args, kind, recipe):
     return None if s is None else s.config()
 
 
-def _resume_settings(args):
+def _resume_settings(args: argparse.Namespace) -> tuple[_run.Settings, _run.Resumed]:
     """``--resume``: the checkpoint's settings (flags that contradict them are refused; --epochs
     may extend the run) and what the run continues from."""
     import dataclasses
@@ -294,7 +301,7 @@ def _resume_settings(args):
 
 
 
-def cmd_evaluate(args):
+def cmd_evaluate(args: argparse.Namespace) -> int:
     import functools
 
     import fastcnn
@@ -315,14 +322,14 @@ def cmd_evaluate(args):
     return 0
 
 
-def _ints(text, what):
+def _ints(text: str, what: str) -> tuple[int, ...]:
     try:
         return tuple(int(v) for v in text.replace("x", ",").split(","))
     except ValueError:
         raise ValueError(f"{what} must be integers separated by commas, got {text!r}") from None
 
 
-def cmd_summary(args):
+def cmd_summary(args: argparse.Namespace) -> int:
     import fastcnn
 
     from . import models
@@ -347,7 +354,7 @@ def cmd_summary(args):
     return 0
 
 
-def cmd_visualize(args):
+def cmd_visualize(args: argparse.Namespace) -> int:
     from . import viz
 
     _setup(args)
@@ -359,7 +366,7 @@ def cmd_visualize(args):
     return 0
 
 
-def cmd_export(args):
+def cmd_export(args: argparse.Namespace) -> int:
     import fastcnn
 
     from .export import to_onnx, to_safetensors
@@ -381,7 +388,7 @@ def cmd_export(args):
     return 0
 
 
-def cmd_predict(args):
+def cmd_predict(args: argparse.Namespace) -> int:
     import fastcnn
 
     from .predict import predict_files
@@ -399,7 +406,7 @@ def cmd_predict(args):
     return 0
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> int:
     from .train import Interrupted, NonFiniteLoss
 
     args = _parser().parse_args(argv)
@@ -424,7 +431,7 @@ def main(argv=None):
         return 1
 
 
-def _main_distributed(args):
+def _main_distributed(args: argparse.Namespace) -> int:
     """One rank of ``mpiexec -n K fastcnn train --distributed``: any error on this rank ends
     every rank (``MPI_Abort``) with a message naming the rank, never a hang.  A signal
     during training stops every rank after the same step (rank 0 saves the checkpoint) and

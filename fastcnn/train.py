@@ -1,13 +1,35 @@
 """Training and evaluation loops used by the ``fastcnn`` command line."""
+from __future__ import annotations
+
 import math
 import sys
 import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import IO, TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 
 from . import data as _data
 from .losses import SoftmaxCrossEntropy
 from .optim import SGD, Adam, AdamW
+
+if TYPE_CHECKING:
+    from .distributed import DistributedCallback
+    from .layers import Layer, Parameter
+    from .optim import Optimizer, Schedule
+
+#: Per-epoch logs: the keys of :data:`LOG_KEYS`.
+Logs = dict[str, Any]
+#: ``(images, labels)``: uint8 images and integer labels.
+Dataset = tuple[np.ndarray, np.ndarray]
+
+
+class Loss(Protocol):
+    """What :func:`fit` needs of a loss (:class:`fastcnn.losses.SoftmaxCrossEntropy`)."""
+
+    def forward(self, prediction: np.ndarray, target: np.ndarray, /) -> float: ...
+
+    def backward(self) -> np.ndarray: ...
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -17,7 +39,8 @@ class NonFiniteLoss(FloatingPointError):
 OPTIMIZERS = ("sgd", "adam", "adamw")
 
 
-def make_optimizer(name, params, lr, *, momentum=0.0, nesterov=False, weight_decay=None):
+def make_optimizer(name: str, params: Iterable[Parameter], lr: float, *, momentum: float = 0.0,
+                   nesterov: bool = False, weight_decay: float | None = None) -> SGD | Adam:
     """``"sgd"``, ``"adam"`` or ``"adamw"`` over ``params`` with learning rate ``lr``
     (``weight_decay`` None: torch's default, 0 for SGD/Adam and 0.01 for AdamW)."""
     wd = {} if weight_decay is None else {"weight_decay": weight_decay}
@@ -32,7 +55,7 @@ def make_optimizer(name, params, lr, *, momentum=0.0, nesterov=False, weight_dec
     raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
 
 
-def recipe_step(name, seed=0):
+def recipe_step(name: str, seed: int = 0) -> tuple[Layer, Callable[[np.ndarray, np.ndarray], float]]:
     """The seed network ``name`` with its recipe's optimizer, and ``step(x, y) -> loss``: one
     training step (zero the gradients, forward, softmax cross-entropy, backward, update).
 
@@ -40,13 +63,13 @@ def recipe_step(name, seed=0):
     """
     from . import losses, models
 
-    recipe = models.RECIPES[name]
+    recipe: dict[str, Any] = models.RECIPES[name]
     model = models.build(name, seed=seed)
     model.needs_input_grad = False
     opt = make_optimizer(recipe["optimizer"], model.parameters(), recipe["lr"])
     loss_fn = losses.SoftmaxCrossEntropy()
 
-    def step(x, y):
+    def step(x: np.ndarray, y: np.ndarray) -> float:
         opt.zero_grad()
         loss = loss_fn.forward(model.forward(x), y)
         model.backward(loss_fn.backward())
@@ -56,7 +79,7 @@ def recipe_step(name, seed=0):
     return model, step
 
 
-def pad_to(x, size):
+def pad_to(x: np.ndarray, size: int) -> np.ndarray:
     """Zero-pad ``(N, C, H, W)`` images symmetrically to ``size x size`` (no-op if already)."""
     h, w = x.shape[2:]
     if (h, w) == (size, size):
@@ -69,7 +92,9 @@ def pad_to(x, size):
     return out
 
 
-def evaluate(model, images, labels, batch_size=1000, input_size=None, preprocess=None):
+def evaluate(model: Layer, images: np.ndarray, labels: np.ndarray, batch_size: int = 1000,
+             input_size: int | None = None,
+             preprocess: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[float, float]:
     """Accuracy and mean loss of ``model`` (eval mode) on uint8 ``images`` ``(N, H, W)`` or
     ``(N, C, H, W)``.
 
@@ -125,23 +150,23 @@ class Callback:
     stores it in resumable checkpoints.
     """
 
-    def on_train_begin(self, trainer):
+    def on_train_begin(self, trainer: Trainer) -> None:
         pass
 
-    def on_epoch_begin(self, trainer, epoch):
+    def on_epoch_begin(self, trainer: Trainer, epoch: int) -> None:
         pass
 
-    def on_after_backward(self, trainer):
+    def on_after_backward(self, trainer: Trainer) -> None:
         """Gradients are ready (``p.grad`` of ``trainer.model.parameters()``); before the
         optimizer step."""
 
-    def on_step_end(self, trainer, step, loss):
+    def on_step_end(self, trainer: Trainer, step: int, loss: float) -> None:
         """After the optimizer step; ``step`` is the global step count (1 after the first)."""
 
-    def on_epoch_end(self, trainer, epoch, logs):
+    def on_epoch_end(self, trainer: Trainer, epoch: int, logs: Logs) -> None:
         pass
 
-    def on_train_end(self, trainer):
+    def on_train_end(self, trainer: Trainer) -> None:
         pass
 
 
@@ -152,10 +177,14 @@ class Trainer:
     model and optimizer restored from the same checkpoint the run continues bit-identically.
     """
 
-    def __init__(self, model, loss_fn, optimizer, train_data, *, epochs, batch_size, val_data=None,
-                 schedule=None, augment=None, callbacks=(), seed=0, progress=None, detect_anomaly=False,
-                 state=None, step_history=None, base_lr=None, eval_batch_size=1000, distributed=None,
-                 stop_requested=None):
+    def __init__(self, model: Layer, loss_fn: Loss, optimizer: Optimizer, train_data: Dataset, *, epochs: int,
+                 batch_size: int, val_data: Dataset | None = None, schedule: Schedule | None = None,
+                 augment: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None,
+                 callbacks: Sequence[Callback] = (), seed: int = 0, progress: bool | None = None,
+                 detect_anomaly: bool = False, state: dict[str, Any] | None = None,
+                 step_history: dict[str, list[float]] | None = None, base_lr: float | None = None,
+                 eval_batch_size: int = 1000, distributed: DistributedCallback | None = None,
+                 stop_requested: Callable[[], int] | None = None):
         from .augment import Pipeline
 
         images, labels = train_data
@@ -168,25 +197,18 @@ class Trainer:
                 raise ValueError(f"fit: {name} must be a positive int, got {v!r}")
         if val_data is not None and len(val_data[1]) == 0:
             val_data = None
-        self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
-        self.images, self.labels = images, labels
-        self.val_data = val_data
+        self.model, self.loss_fn, self.optimizer, self.schedule = model, loss_fn, optimizer, schedule
+        self.images, self.labels, self.val_data = images, labels, val_data
         self.epochs, self.batch_size, self.seed = int(epochs), int(batch_size), int(seed)
-        self.schedule = schedule
         self.base_lr = float(optimizer.lr if base_lr is None else base_lr)
         self.augment = augment if augment is not None else Pipeline()
-        self.preprocess = getattr(self.augment, "eval", None)
-        self.callbacks = list(callbacks)
-        self.distributed = distributed
-        if distributed is not None:  # first: the others see global gradients and epoch logs
-            self.callbacks.insert(0, distributed)
-        self.stop_requested = stop_requested
-        self.stop_code = 0
-        self.step_metrics = None
-        self.progress = progress
-        self.detect_anomaly = detect_anomaly
+        self.preprocess: Callable[[np.ndarray], np.ndarray] | None = getattr(self.augment, "eval", None)
+        # the distributed callback first: the others see global gradients and epoch logs
+        self.callbacks: list[Callback] = [*([distributed] if distributed is not None else []), *callbacks]
+        self.distributed, self.progress, self.detect_anomaly = distributed, progress, detect_anomaly
         self.eval_batch_size = eval_batch_size
-        self.stop_training = False
+        self.stop_requested, self.stop_code, self.stop_training = stop_requested, 0, False
+        self.step_metrics: tuple[float, int] | None = None
         self._epoch_done = False
         self.steps_per_epoch = -(-len(labels) // self.batch_size)
         if distributed is not None:
@@ -196,22 +218,23 @@ class Trainer:
         self.epoch = int(st.get("epoch", 0))
         self.step = int(st.get("step", 0))  # next step within the epoch
         self.global_step = int(st.get("global_step", self.epoch * self.steps_per_epoch + self.step))
-        self.history = list(st.get("epoch_logs", []))
+        self.history: list[Logs] = list(st.get("epoch_logs", []))
         self.epoch_seconds = list(st.get("epoch_seconds", []))
         self.images_seen = int(st.get("images_seen", 0))
         self.seconds = float(st.get("seconds", 0.0))
         self._partial_seconds = float(st.get("partial_seconds", 0.0))
-        self.steps = step_history if step_history is not None else {}
+        self.steps: dict[str, list[float]] = step_history if step_history is not None else {}
         self.steps.setdefault("loss", [])
         self.steps.setdefault("accuracy", [])
         for key, cb in self._stateful_callbacks():
             if key in st.get("callbacks", {}):
                 cb.load_state_dict(st["callbacks"][key])
 
-    def _stateful_callbacks(self):
+    def _stateful_callbacks(self) -> list[tuple[str, Any]]:
         """(key, callback) of callbacks with state; the key is the class name and its
         occurrence, so adding a stateless callback on resume does not shift the keys."""
-        out, seen = [], {}
+        out: list[tuple[str, Any]] = []
+        seen: dict[str, int] = {}
         for cb in self.callbacks:
             if hasattr(cb, "state_dict"):
                 name = type(cb).__name__
@@ -219,7 +242,7 @@ class Trainer:
                 out.append((f"{name}.{seen[name]}", cb))
         return out
 
-    def state_dict(self):
+    def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume (JSON-able): position, timings, epoch logs, callbacks."""
         epoch, step = (self.epoch + 1, 0) if self._epoch_done else (self.epoch, self.step)
         return {"epoch": epoch, "step": step, "global_step": self.global_step,
@@ -229,14 +252,15 @@ class Trainer:
                 "callbacks": {k: cb.state_dict() for k, cb in self._stateful_callbacks()}}
 
     @property
-    def lr(self):
+    def lr(self) -> float:
         return self.optimizer.lr
 
     def _call(self, hook, *args):
         for cb in self.callbacks:
             getattr(cb, hook)(self, *args)
 
-    def run(self):
+    def run(self) -> list[Logs]:
+        """Train until ``epochs`` or ``stop_training``; returns :attr:`history`."""
         self._call("on_train_begin")
         while self.epoch < self.epochs and not self.stop_training:
             self._run_epoch()
@@ -321,7 +345,7 @@ class Trainer:
         self._step_time = time.perf_counter() - t0
         self._call("on_step_end", self.global_step, loss)
 
-    def partial_state(self):
+    def partial_state(self) -> dict[str, Any]:
         """:meth:`state_dict` including the time spent so far in the current epoch (for a
         checkpoint written mid-epoch)."""
         st = self.state_dict()
@@ -355,7 +379,7 @@ class Trainer:
         return bar
 
 
-def check_shards(n, batch_size, ranks):
+def check_shards(n: int, batch_size: int, ranks: int) -> None:
     """Every batch of an epoch (the last one too) must give each rank at least one image."""
     last = n - (-(-n // batch_size) - 1) * batch_size
     if batch_size < ranks:
@@ -366,9 +390,14 @@ def check_shards(n, batch_size, ranks):
                          f"of images (--limit, --val-split)")
 
 
-def fit(model, loss_fn, optimizer, train_data, *, epochs, batch_size, val_data=None, schedule=None,
-        augment=None, callbacks=(), seed=0, progress=None, detect_anomaly=False, state=None,
-        step_history=None, base_lr=None, distributed=None, stop_requested=None):
+def fit(model: Layer, loss_fn: Loss, optimizer: Optimizer, train_data: Dataset, *, epochs: int, batch_size: int,
+        val_data: Dataset | None = None, schedule: Schedule | None = None,
+        augment: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None,
+        callbacks: Sequence[Callback] = (), seed: int = 0, progress: bool | None = None,
+        detect_anomaly: bool = False, state: dict[str, Any] | None = None,
+        step_history: dict[str, list[float]] | None = None, base_lr: float | None = None,
+        distributed: DistributedCallback | None = None, stop_requested: Callable[[], int] | None = None,
+        ) -> list[Logs]:
     """Train ``model`` for ``epochs`` epochs; return the history (one logs dict per epoch).
 
     Parameters
@@ -445,7 +474,7 @@ def fit(model, loss_fn, optimizer, train_data, *, epochs, batch_size, val_data=N
 
 # --------------------------------------------------------------------------- callbacks
 
-def _monitor_value(logs, monitor):
+def _monitor_value(logs: Logs, monitor: str) -> float:
     v = logs.get(monitor)
     if v is None:
         raise ValueError(f"monitored value {monitor!r} is not in the epoch logs (validation data given?)")
@@ -456,21 +485,25 @@ class BestCheckpoint(Callback):
     """Save the model to ``path`` whenever ``monitor`` (default ``val_accuracy``, higher is
     better; ``mode="min"`` for losses) improves; ``metadata`` goes into the file."""
 
-    def __init__(self, path, monitor="val_accuracy", mode="max", metadata=None):
+    def __init__(self, path: str, monitor: str = "val_accuracy", mode: str = "max",
+                 metadata: dict[str, Any] | None = None):
         self.path, self.monitor, self.mode = path, monitor, mode
         self.metadata = dict(metadata or {})
-        self.best, self.best_epoch = None, None
+        self.best: float | None = None
+        self.best_epoch: int | None = None
 
-    def on_epoch_end(self, trainer, epoch, logs):
+    def on_epoch_end(self, trainer: Trainer, epoch: int, logs: Logs) -> None:
+        from .model import save
+
         v = _monitor_value(logs, self.monitor)
         if self.best is None or (v > self.best if self.mode == "max" else v < self.best):
             self.best, self.best_epoch = v, epoch + 1
-            trainer.model.save(self.path, metadata={**self.metadata, "epoch": epoch + 1, self.monitor: v})
+            save(trainer.model, self.path, metadata={**self.metadata, "epoch": epoch + 1, self.monitor: v})
 
-    def state_dict(self):
+    def state_dict(self) -> dict[str, Any]:
         return {"best": self.best, "best_epoch": self.best_epoch}
 
-    def load_state_dict(self, d):
+    def load_state_dict(self, d: dict[str, Any]) -> None:
         self.best, self.best_epoch = d["best"], d["best_epoch"]
 
 
@@ -478,13 +511,15 @@ class EarlyStopping(Callback):
     """Stop when ``monitor`` has not improved by more than ``min_delta`` for ``patience``
     epochs (Keras's ``EarlyStopping``)."""
 
-    def __init__(self, patience, monitor="val_accuracy", mode="max", min_delta=0.0):
+    def __init__(self, patience: int, monitor: str = "val_accuracy", mode: str = "max", min_delta: float = 0.0):
         if patience < 1:
             raise ValueError(f"EarlyStopping: patience must be >= 1, got {patience}")
         self.patience, self.monitor, self.mode, self.min_delta = int(patience), monitor, mode, float(min_delta)
-        self.best, self.wait, self.stopped_epoch = None, 0, None
+        self.best: float | None = None
+        self.wait = 0
+        self.stopped_epoch: int | None = None
 
-    def on_epoch_end(self, trainer, epoch, logs):
+    def on_epoch_end(self, trainer: Trainer, epoch: int, logs: Logs) -> None:
         v = _monitor_value(logs, self.monitor)
         better = self.best is None or (v > self.best + self.min_delta if self.mode == "max"
                                        else v < self.best - self.min_delta)
@@ -496,14 +531,14 @@ class EarlyStopping(Callback):
                 trainer.stop_training = True
                 self.stopped_epoch = epoch + 1
 
-    def state_dict(self):
+    def state_dict(self) -> dict[str, Any]:
         return {"best": self.best, "wait": self.wait, "stopped_epoch": self.stopped_epoch}
 
-    def load_state_dict(self, d):
+    def load_state_dict(self, d: dict[str, Any]) -> None:
         self.best, self.wait, self.stopped_epoch = d["best"], d["wait"], d["stopped_epoch"]
 
 
-def write_history_csv(path, history):
+def write_history_csv(path: str, history: Sequence[Logs]) -> None:
     """Write per-epoch logs as CSV (columns :data:`LOG_KEYS`), atomically."""
     import csv
     import io
@@ -518,7 +553,8 @@ def write_history_csv(path, history):
     atomic_write(path, lambda f: f.write(buf.getvalue().encode()))
 
 
-def plot_history(path, history, steps, test_accuracy=None):
+def plot_history(path: str, history: Sequence[Logs], steps: dict[str, list[float]],
+                 test_accuracy: float | None = None) -> None:
     """Write the training curves to the PNG ``path``, atomically: per-step loss (log scale)
     and accuracies (training mean per window, validation per epoch, ``test_accuracy``).
 
@@ -567,14 +603,14 @@ def plot_history(path, history, steps, test_accuracy=None):
 class CSVLogger(Callback):
     """Rewrite ``path`` (``history.csv``) after every epoch with all epochs so far."""
 
-    def __init__(self, path):
+    def __init__(self, path: str):
         self.path = path
 
-    def on_epoch_end(self, trainer, epoch, logs):
+    def on_epoch_end(self, trainer: Trainer, epoch: int, logs: Logs) -> None:
         write_history_csv(self.path, trainer.history)
 
 
-def format_logs(logs, epochs=None):
+def format_logs(logs: Logs, epochs: int | None = None) -> str:
     """One summary line for an epoch's logs."""
     parts = [f"epoch {logs['epoch']}" + (f"/{epochs}" if epochs else ""),
              f"loss {logs['loss']:.4f}", f"acc {logs['accuracy']:.4f}"]
@@ -587,16 +623,16 @@ def format_logs(logs, epochs=None):
 class EpochLog(Callback):
     """Print :func:`format_logs` after each epoch to ``file`` (default stderr)."""
 
-    def __init__(self, file=None):
+    def __init__(self, file: IO[str] | None = None):
         self.file = file
 
-    def on_epoch_end(self, trainer, epoch, logs):
+    def on_epoch_end(self, trainer: Trainer, epoch: int, logs: Logs) -> None:
         print(format_logs(logs, trainer.epochs), file=self.file or sys.stderr, flush=True)
 
 
 # --------------------------------------------------------------------------- checkpoints
 
-def check_finite(model, where):
+def check_finite(model: Layer, where: str) -> None:
     """Opt-in anomaly check: every parameter and gradient finite, else ``NonFiniteLoss``."""
     for i, p in enumerate(model.parameters()):
         for what, arr in (("value", p.data), ("gradient", p.grad)):
@@ -604,7 +640,8 @@ def check_finite(model, where):
                 raise NonFiniteLoss(f"non-finite {what} in parameter {i} {p.data.shape} {where}")
 
 
-def save_checkpoint(path, model, optimizer, state, history):
+def save_checkpoint(path: str, model: Layer, optimizer: Optimizer, state: dict[str, Any],
+                    history: dict[str, list[float]]) -> None:
     """Write a resumable checkpoint: weights, optimizer state, trainer state and history.
 
     The data order is a function of ``(seed, epoch)``, so ``state`` (seed, epoch, next step)
@@ -626,7 +663,7 @@ def save_checkpoint(path, model, optimizer, state, history):
     save(model, path, metadata={"model": state.get("model"), "trainer": state}, extra=extra)
 
 
-def load_checkpoint(path):
+def load_checkpoint(path: str) -> tuple[Layer, dict[str, np.ndarray], dict[str, Any], dict[str, list[float]]]:
     """Read a checkpoint written by :func:`save_checkpoint`.
 
     Returns
@@ -677,7 +714,7 @@ class Interrupted(Exception):
     """Training stopped by a signal after saving a checkpoint (``resumable``) or, once training
     has finished, after saving the trained model."""
 
-    def __init__(self, signum, path, resumable=True):
+    def __init__(self, signum: int, path: str, resumable: bool = True):
         import signal
 
         self.signum, self.path, self.resumable = signum, path, resumable
@@ -696,12 +733,12 @@ class SignalFlag:
     signal raises :class:`Interrupted` right away, e.g. in the middle of the final evaluation.
     """
 
-    def __init__(self):
-        self.signum = None
-        self._old = {}
-        self._saved = None
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+        self._saved: str | None = None
 
-    def __enter__(self):
+    def __enter__(self) -> SignalFlag:
         import signal
 
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -715,13 +752,13 @@ class SignalFlag:
             raise KeyboardInterrupt
         self.signum = signum
 
-    def stop_at_once(self, saved_path):
+    def stop_at_once(self, saved_path: str) -> None:
         """From now on a signal stops at once: the trained model is saved at ``saved_path``."""
         self._saved = saved_path
         if self.signum is not None:
             raise Interrupted(self.signum, saved_path, resumable=False)
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> Literal[False]:
         import signal
 
         for sig, old in self._old.items():
