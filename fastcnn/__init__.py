@@ -66,7 +66,7 @@ __all__ = [
 ]
 
 
-def warmup(backend=None):
+def warmup(backend: str | None = None) -> None:
     """Compile (or load from Numba's cache) every kernel of ``backend`` (default: all available)
     by running each op once on a tiny input, so the first training step pays no compile time.
     Numba kernels exist in a parallel and a serial compilation; both are loaded."""

@@ -19,7 +19,10 @@ The environment variable ``FASTCNN_CONV`` sets the initial strategy (read at fir
 A batch of one image takes a single GEMM with no reorders on the ``per_image`` and
 ``chunked`` strategies (and on ``auto`` where the rule picks no direct kernel).
 """
+from __future__ import annotations
+
 import os
+from typing import Any
 
 from . import _ref, _threads
 
@@ -37,10 +40,10 @@ DIRECT_AUTO_MODULES = ("fastcnn._ext",)
 
 ENV_CONV = "FASTCNN_CONV"
 
-_settings = {}
+_settings: dict[str, str] = {}
 
 
-def _current():
+def _current() -> dict[str, str]:
     if not _settings:
         env = os.environ.get(ENV_CONV, "").strip().lower() or "auto"
         if env not in CONV_STRATEGIES:
@@ -53,22 +56,21 @@ class _Config:
     """Returned by :func:`config`: the settings are already applied; as a context manager it
     restores the previous ones on exit."""
 
-    def __init__(self, previous):
+    def __init__(self, previous: dict[str, str]):
         self._previous = previous
 
-    def __enter__(self):
+    def __enter__(self) -> _Config:
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         _settings.clear()
         _settings.update(self._previous)
-        return False
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"fastcnn.config({', '.join(f'{k}={v!r}' for k, v in _settings.items())})"
 
 
-def config(*, conv=None):
+def config(*, conv: str | None = None) -> _Config:
     """Set fastcnn's settings; usable as a context manager that restores them on exit.
 
     Parameters
@@ -91,7 +93,7 @@ def config(*, conv=None):
     return _Config(previous)
 
 
-def get_config():
+def get_config() -> dict[str, Any]:
     """The current settings, as a new dict (``{"conv": ...}``)."""
     return dict(_current())
 

@@ -1,12 +1,13 @@
 """Optional dependencies: import them or fail with the one-line ``pip install`` to run."""
 import importlib
+from types import ModuleType
 
 
 class MissingExtra(ImportError):
     """An optional dependency of one feature is not installed."""
 
 
-def require(module, extra, feature):
+def require(module: str, extra: str, feature: str) -> ModuleType:
     """Import ``module`` or raise :class:`MissingExtra` naming ``pip install "fastcnn[extra]"``."""
     try:
         return importlib.import_module(module)

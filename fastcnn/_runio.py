@@ -8,9 +8,12 @@ Used by ``fastcnn train`` (docs/ROBUSTNESS.md, "Output directory"):
 
 :func:`claim_output_dir` does the three in that order.
 """
+from __future__ import annotations
+
 import contextlib
 import errno
 import os
+from collections.abc import Iterator
 
 from .model import TEMP_NAME
 
@@ -23,7 +26,7 @@ class OutputDirBusy(RuntimeError):
 
 
 @contextlib.contextmanager
-def lock_output_dir(out):
+def lock_output_dir(out: str | os.PathLike[str]) -> Iterator[None]:
     """Hold an exclusive lock on the directory ``out`` (created if needed) for the ``with`` block.
 
     The lock is ``flock`` on ``out/.fastcnn.lock``: the kernel releases it when the process
@@ -61,7 +64,7 @@ def lock_output_dir(out):
         os.close(fd)  # releases the lock
 
 
-def check_writable(out):
+def check_writable(out: str | os.PathLike[str]) -> None:
     """Raise ``PermissionError``/``OSError`` naming ``out`` unless a file can be created in it.
 
     Creates and removes a small temporary file (as :func:`fastcnn.model.atomic_write` will),
@@ -81,7 +84,7 @@ def check_writable(out):
         os.unlink(tmp)
 
 
-def clean_stale_temporaries(out):
+def clean_stale_temporaries(out: str | os.PathLike[str]) -> list[str]:
     """Remove temporary files of :func:`fastcnn.model.atomic_write` (``.NAME.XXXXXXXX.tmp``,
     :data:`fastcnn.model.TEMP_NAME`) left in ``out`` by a killed write.
 
@@ -105,7 +108,7 @@ def clean_stale_temporaries(out):
 
 
 @contextlib.contextmanager
-def claim_output_dir(out):
+def claim_output_dir(out: str | os.PathLike[str]) -> Iterator[None]:
     """For the ``with`` block: :func:`lock_output_dir`, then :func:`clean_stale_temporaries` and
     :func:`check_writable` (before the data is read and the first step)."""
     with lock_output_dir(out):

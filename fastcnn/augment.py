@@ -15,7 +15,13 @@ Recipes (``from_name``):
 - ``"tutorial"``: resize to 40x40 (bilinear), random 32x32 crop, horizontal flip (the recipe
   of the PyTorch ResNet tutorial: ``Scale(40)``, ``RandomHorizontalFlip``, ``RandomCrop(32)``).
 """
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
 import numpy as np
+from numpy.typing import ArrayLike
 
 __all__ = ["RandomCrop", "Resize", "HorizontalFlip", "Pipeline", "RECIPES", "from_name",
            "channel_stats"]
@@ -25,12 +31,12 @@ class RandomCrop:
     """Zero-pad by ``padding`` on every side, then crop a random ``size x size`` window per
     image (offsets uniform over all positions, as torchvision's ``RandomCrop``)."""
 
-    def __init__(self, size=32, padding=4):
+    def __init__(self, size: int = 32, padding: int = 4):
         self.size, self.padding = int(size), int(padding)
         if self.size < 1 or self.padding < 0:
             raise ValueError(f"RandomCrop: size must be >= 1 and padding >= 0, got {size}, {padding}")
 
-    def __call__(self, x, rng):
+    def __call__(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         p, s = self.padding, self.size
         if p:
             x = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)))
@@ -44,7 +50,7 @@ class RandomCrop:
         cols = (left[:, None] + ar)[:, None, None, :]
         return x[np.arange(n)[:, None, None, None], np.arange(c)[None, :, None, None], rows, cols]
 
-    def config(self):
+    def config(self) -> dict[str, Any]:
         return {"type": "RandomCrop", "size": self.size, "padding": self.padding}
 
 
@@ -65,42 +71,51 @@ def _bilinear_matrix(n_in, n_out):
 class Resize:
     """Deterministic bilinear resize to ``size x size`` (enlarging; as two matrix products)."""
 
-    def __init__(self, size=40):
+    def __init__(self, size: int = 40):
         self.size = int(size)
-        self._mats = {}
+        self._mats: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
 
-    def __call__(self, x, rng=None):
+    def __call__(self, x: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
         h, w = x.shape[2:]
         if (h, w) not in self._mats:
             self._mats[(h, w)] = (_bilinear_matrix(h, self.size), _bilinear_matrix(w, self.size).T.copy())
         mh, mwt = self._mats[(h, w)]
         return np.ascontiguousarray(np.matmul(np.matmul(mh, x), mwt))
 
-    def config(self):
+    def config(self) -> dict[str, Any]:
         return {"type": "Resize", "size": self.size}
 
 
 class HorizontalFlip:
     """Mirror each image left-right with probability ``p``."""
 
-    def __init__(self, p=0.5):
+    def __init__(self, p: float = 0.5):
         self.p = float(p)
 
-    def __call__(self, x, rng):
+    def __call__(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         flip = rng.random(len(x)) < self.p
         if flip.any():
             x = x.copy() if not x.flags.writeable else x
             x[flip] = x[flip, :, :, ::-1]
         return x
 
-    def config(self):
+    def config(self) -> dict[str, Any]:
         return {"type": "HorizontalFlip", "p": self.p}
 
 
-_TRANSFORMS = {"RandomCrop": RandomCrop, "Resize": Resize, "HorizontalFlip": HorizontalFlip}
+class Transform(Protocol):
+    """A transform of float32 batches, ``t(x, rng) -> x``, with its ``config()``."""
+
+    def __call__(self, x: np.ndarray, rng: np.random.Generator, /) -> np.ndarray: ...
+
+    def config(self) -> dict[str, Any]: ...
+
+
+_TRANSFORMS: dict[str, Callable[..., Transform]] = {
+    "RandomCrop": RandomCrop, "Resize": Resize, "HorizontalFlip": HorizontalFlip}
 
 #: Named recipes: lists of transform configs.
-RECIPES = {
+RECIPES: dict[str, list[dict[str, Any]]] = {
     "none": [],
     "crop": [{"type": "RandomCrop", "size": 32, "padding": 4}, {"type": "HorizontalFlip", "p": 0.5}],
     "tutorial": [{"type": "Resize", "size": 40}, {"type": "HorizontalFlip", "p": 0.5},
@@ -122,7 +137,8 @@ class Pipeline:
         32x32 ResNet) before the transforms.
     """
 
-    def __init__(self, transforms=(), mean=None, std=None, input_size=None):
+    def __init__(self, transforms: Sequence[Transform] = (), mean: Sequence[float] | None = None,
+                 std: Sequence[float] | None = None, input_size: int | None = None):
         self.transforms = list(transforms)
         self.mean = None if mean is None else [float(m) for m in mean]
         self.std = None if std is None else [float(s) for s in std]
@@ -132,7 +148,7 @@ class Pipeline:
             raise ValueError(f"Pipeline: std must be positive, got {self.std}")
         self.input_size = input_size
 
-    def _to_float(self, x):
+    def _to_float(self, x: ArrayLike) -> np.ndarray:
         x = np.asarray(x)
         if x.dtype != np.uint8:
             raise TypeError(f"augment: images must be uint8, got {x.dtype}")
@@ -146,7 +162,7 @@ class Pipeline:
             out = pad_to(out, self.input_size)
         return out
 
-    def _normalize(self, x):
+    def _normalize(self, x: np.ndarray) -> np.ndarray:
         if self.mean is not None:
             c = x.shape[1]
             if len(self.mean) != c:
@@ -154,23 +170,23 @@ class Pipeline:
             x = (x - np.asarray(self.mean, np.float32)[:, None, None]) / np.asarray(self.std, np.float32)[:, None, None]
         return np.ascontiguousarray(x, dtype=np.float32)
 
-    def __call__(self, x, rng):
+    def __call__(self, x: ArrayLike, rng: np.random.Generator) -> np.ndarray:
         """Training input: random transforms drawn from ``rng``."""
         x = self._to_float(x)
         for t in self.transforms:
             x = t(x, rng)
         return self._normalize(x)
 
-    def eval(self, x):
+    def eval(self, x: ArrayLike) -> np.ndarray:
         """Evaluation input: scaling, padding and normalisation only (no random transform)."""
         return self._normalize(self._to_float(x))
 
-    def config(self):
+    def config(self) -> dict[str, Any]:
         return {"transforms": [t.config() for t in self.transforms], "mean": self.mean,
                 "std": self.std, "input_size": self.input_size}
 
     @classmethod
-    def from_config(cls, cfg):
+    def from_config(cls, cfg: dict[str, Any]) -> Pipeline:
         ts = []
         for t in cfg.get("transforms", []):
             t = dict(t)
@@ -181,7 +197,8 @@ class Pipeline:
         return cls(ts, cfg.get("mean"), cfg.get("std"), cfg.get("input_size"))
 
 
-def from_name(name, mean=None, std=None, input_size=None):
+def from_name(name: str, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+              input_size: int | None = None) -> Pipeline:
     """A :class:`Pipeline` for a recipe of :data:`RECIPES` (``"none"``, ``"crop"``, ``"tutorial"``)."""
     if name not in RECIPES:
         raise ValueError(f"unknown augmentation {name!r}; choose one of {', '.join(RECIPES)}")
@@ -189,7 +206,7 @@ def from_name(name, mean=None, std=None, input_size=None):
                                  "input_size": input_size})
 
 
-def channel_stats(images):
+def channel_stats(images: ArrayLike) -> tuple[list[float], list[float]]:
     """Per-channel mean and standard deviation of uint8 images scaled to ``[0, 1]``
     (float64 accumulation), as lists: the values to normalise with."""
     x = np.asarray(images)

@@ -15,15 +15,25 @@ missing files are fetched by :func:`download_mnist` from :data:`MIRRORS` and che
 :func:`iterate_batches` (or :class:`DataLoader`) turns the ``uint8`` arrays into float32
 mini-batches ``(B, 1, 28, 28)`` in ``[0, 1]`` with int64 labels, converting one batch at a time.
 """
+from __future__ import annotations
+
 import gzip
 import hashlib
 import os
 import tempfile
 import urllib.request
 import zlib
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any, Union
 
 import numpy as np
+from numpy.typing import ArrayLike
+
+#: A file or directory name.
+PathLike = Union[str, "os.PathLike[str]"]
+#: ``(images, labels)``.
+Split = tuple[np.ndarray, np.ndarray]
 
 __all__ = [
     "IDXError",
@@ -164,7 +174,7 @@ class IDXError(ValueError):
         The offending file.
     """
 
-    def __init__(self, path, message):
+    def __init__(self, path: PathLike, message: str):
         self.path = str(path)
         super().__init__(f"{self.path}: {message}")
 
@@ -250,7 +260,7 @@ def _parse_idx(f, path, hint, capacity, expect=None):
     return arr
 
 
-def read_idx(path, expect=None):
+def read_idx(path: PathLike, expect: Callable[[np.dtype, tuple[int, ...]], None] | None = None) -> np.ndarray:
     """Read an IDX file, gzip-compressed or raw.
 
     Compression is detected from the content (gzip magic ``1f 8b``), not the name.  The header
@@ -304,7 +314,7 @@ def read_idx(path, expect=None):
 
 # --------------------------------------------------------------------------- MNIST loading
 
-def data_root(name, root=None):
+def data_root(name: str, root: PathLike | None = None) -> Path:
     """The directory :func:`load_mnist`, :func:`load_fashion_mnist` and :func:`load_cifar10`
     read dataset ``name`` (``"mnist"``, ``"fashion-mnist"``, ``"cifar10"``) from.
 
@@ -316,10 +326,10 @@ def data_root(name, root=None):
     """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
-    base = root if root is not None else os.environ.get(_ENV_VAR)
-    if not base:
+    given = root if root is not None else os.environ.get(_ENV_VAR)
+    if not given:
         return (_CACHE / name).expanduser()
-    base = Path(base).expanduser()
+    base = Path(given).expanduser()
     sub = base / name
     return sub if sub.is_dir() else base
 
@@ -348,7 +358,7 @@ def _expect(path, what, item_shape, max_items):
     return check
 
 
-def load_mnist(root=None, split="train", download=False):
+def load_mnist(root: PathLike | None = None, split: str = "train", download: bool = False) -> Split:
     """Load one MNIST split from the four standard IDX files.
 
     Parameters
@@ -385,7 +395,7 @@ def load_mnist(root=None, split="train", download=False):
     return _load_idx_dataset("mnist", root, split, download, download_mnist)
 
 
-def load_fashion_mnist(root=None, split="train", download=False):
+def load_fashion_mnist(root: PathLike | None = None, split: str = "train", download: bool = False) -> Split:
     """Load one Fashion-MNIST split: the same four IDX files, names and checks as
     :func:`load_mnist` (60000 training and 10000 test images, 28x28, labels 0..9 in the order
     of :data:`CLASSES` ``["fashion-mnist"]``).  ``root`` defaults as in :func:`data_root`
@@ -435,12 +445,12 @@ def _load_idx_dataset(name, root, split, download, downloader):
 class CIFARError(ValueError):
     """A file is not valid CIFAR-10 binary data (names the file and the defect)."""
 
-    def __init__(self, path, message):
+    def __init__(self, path: PathLike, message: str):
         self.path = str(path)
         super().__init__(f"{self.path}: {message}")
 
 
-def read_cifar10_batch(path, expect_records=None):
+def read_cifar10_batch(path: PathLike, expect_records: int | None = None) -> Split:
     """Read one CIFAR-10 binary batch file (raw or gzip-compressed, detected by content).
 
     Returns ``images uint8 (N, 3, 32, 32)`` and ``labels uint8 (N,)``.  The file must hold a
@@ -483,7 +493,8 @@ def read_cifar10_batch(path, expect_records=None):
     return images, labels
 
 
-def load_cifar10(root=None, split="train", download=False, *, test_file=None, verbose=False):
+def load_cifar10(root: PathLike | None = None, split: str = "train", download: bool = False, *,
+                 test_file: str | None = None, verbose: bool = False) -> Split:
     """Load one CIFAR-10 split from the official *binary* batches (never pickle).
 
     Parameters
@@ -528,10 +539,10 @@ def load_cifar10(root=None, split="train", download=False, *, test_file=None, ve
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     if test_file is not None and split != "test":
         raise ValueError("test_file= applies to split='test' only")
-    root = _resolve_root(root, "cifar10")
+    folder = data_root("cifar10", root)
     if test_file is not None:
         p = Path(test_file).expanduser()
-        p = p if p.is_absolute() or p.exists() else root / p
+        p = p if p.is_absolute() or p.exists() else folder / p
         if not p.is_file():
             raise FileNotFoundError(f"CIFAR-10 test file {str(p)!r} not found")
         images, labels = read_cifar10_batch(p)
@@ -544,19 +555,19 @@ def load_cifar10(root=None, split="train", download=False, *, test_file=None, ve
             print(msg, file=sys.stderr)
         return images, labels
     names = CIFAR10_FILES[split]
-    paths = [_find(root, n) for n in names]
+    paths = [_find(folder, n) for n in names]
     if any(p is None for p in paths) and download:
-        download_cifar10(root)
-        paths = [_find(root, n) for n in names]
+        download_cifar10(folder)
+        paths = [_find(folder, n) for n in names]
     missing = [n for n, p in zip(names, paths) if p is None]
     if missing:
-        partial = sorted(q.name for q in root.glob("test_batch*") if q.is_file()) if root.is_dir() else []
+        partial = sorted(q.name for q in folder.glob("test_batch*") if q.is_file()) if folder.is_dir() else []
         hint = ""
         if split == "test" and partial:
             hint = (f" Found {', '.join(partial)} instead: to use a partial test set, name it "
                     f"with test_file= (command line: --test-file NAME).")
         raise FileNotFoundError(
-            f"CIFAR-10 {split} file(s) not found in directory {str(root)!r}: "
+            f"CIFAR-10 {split} file(s) not found in directory {str(folder)!r}: "
             f"{', '.join(n + '(.gz)' for n in missing)}.{hint} Pass download=True to fetch the "
             f"official binary archive, or set {_ENV_VAR} (or root=) to a directory holding the "
             f"binary batches.")
@@ -565,11 +576,12 @@ def load_cifar10(root=None, split="train", download=False, *, test_file=None, ve
     labels = np.concatenate([y for _, y in parts]) if len(parts) > 1 else parts[0][1]
     if verbose:
         print(f"CIFAR-10 {split}: read {len(labels)} records from {len(paths)} file(s) in "
-              f"{str(root)!r}", file=sys.stderr)
+              f"{str(folder)!r}", file=sys.stderr)
     return images, labels
 
 
-def download_cifar10(root=None, urls=None, *, timeout=60.0, progress=False, force=False):
+def download_cifar10(root: PathLike | None = None, urls: Sequence[str] | None = None, *, timeout: float = 60.0,
+                     progress: bool = False, force: bool = False) -> list[Path]:
     """Download the official CIFAR-10 binary archive, check its MD5, and extract the six
     batches into ``root`` as ``data_batch_N.bin`` / ``test_batch.bin``.
 
@@ -588,9 +600,9 @@ def download_cifar10(root=None, urls=None, *, timeout=60.0, progress=False, forc
 
     from .model import atomic_write
 
-    root = _resolve_root(root, "cifar10")
-    root.mkdir(parents=True, exist_ok=True)
-    wanted = {n: root / n for n in CIFAR10_SHA256}
+    folder = data_root("cifar10", root)
+    folder.mkdir(parents=True, exist_ok=True)
+    wanted = {n: folder / n for n in CIFAR10_SHA256}
     todo = {n: p for n, p in wanted.items()
             if force or not (p.is_file() and _sha256_file(p) == CIFAR10_SHA256[n])}
     if not todo:
@@ -600,7 +612,7 @@ def download_cifar10(root=None, urls=None, *, timeout=60.0, progress=False, forc
     names = {u.rsplit("/", 1)[1] for u in urls}
     if names != {CIFAR10_ARCHIVE}:
         raise ValueError(f"CIFAR-10 URLs must end in /{CIFAR10_ARCHIVE}, got {urls}")
-    (archive,) = _download_files(root, mirrors, {CIFAR10_ARCHIVE: CIFAR10_ARCHIVE_MD5}, "md5",
+    (archive,) = _download_files(folder, mirrors, {CIFAR10_ARCHIVE: CIFAR10_ARCHIVE_MD5}, "md5",
                                  "CIFAR-10", sizes={CIFAR10_ARCHIVE: CIFAR10_ARCHIVE_SIZE}, force=True,
                                  files=None, timeout=timeout,
                                  progress=progress)
@@ -610,7 +622,8 @@ def download_cifar10(root=None, urls=None, *, timeout=60.0, progress=False, forc
             for name, dest in todo.items():
                 if name not in members:
                     raise DownloadError(f"{archive}: no member {name} in the CIFAR-10 archive")
-                blob = tar.extractfile(members[name]).read()
+                member = tar.extractfile(members[name])
+                blob = member.read() if member is not None else b""  # (regular files only)
                 digest = hashlib.sha256(blob).hexdigest()
                 if digest != CIFAR10_SHA256[name]:
                     raise DownloadError(f"{archive}: member {name} has SHA-256 {digest}, "
@@ -625,8 +638,9 @@ def download_cifar10(root=None, urls=None, *, timeout=60.0, progress=False, forc
     return list(wanted.values())
 
 
-def download_fashion_mnist(root=None, mirrors=None, force=False, *, files=None, timeout=30.0,
-                           progress=False):
+def download_fashion_mnist(root: PathLike | None = None, mirrors: Sequence[str] | None = None, force: bool = False,
+                           *, files: Sequence[str] | None = None, timeout: float = 30.0,
+                           progress: bool = False) -> list[Path]:
     """As :func:`download_mnist` for Fashion-MNIST (:data:`FASHION_MIRRORS`, checked against
     the published MD5s :data:`FASHION_MD5`)."""
     return _download_files(_resolve_root(root, "fashion-mnist"),
@@ -638,7 +652,8 @@ def download_fashion_mnist(root=None, mirrors=None, force=False, *, files=None, 
 _LOADERS = {"mnist": load_mnist, "fashion-mnist": load_fashion_mnist, "cifar10": load_cifar10}
 
 
-def load_dataset(name, root=None, split="train", download=False, **kw):
+def load_dataset(name: str, root: PathLike | None = None, split: str = "train", download: bool = False,
+                 **kw: Any) -> Split:
     """``load_mnist`` / ``load_fashion_mnist`` / ``load_cifar10`` by name (see :data:`DATASETS`);
     images come back as ``uint8 (N, C, H, W)`` (a channel axis is added to the MNIST-style
     ``(N, 28, 28)``)."""
@@ -739,8 +754,8 @@ def _fetch(opener, url, dest, expected, timeout, progress, algo="sha256", *, siz
         pass
 
 
-def download_mnist(root=None, mirrors=None, force=False, *, files=None, timeout=30.0,
-                   progress=False):
+def download_mnist(root: PathLike | None = None, mirrors: Sequence[str] | None = None, force: bool = False, *,
+                   files: Sequence[str] | None = None, timeout: float = 30.0, progress: bool = False) -> list[Path]:
     """Download the gzipped MNIST files into ``root``, verifying their SHA-256.
 
     For each file: if it already exists with the right hash it is kept (not fetched again);
@@ -832,7 +847,7 @@ def _download_files(root, mirrors, table, algo, what, *, sizes, force, files, ti
 
 # --------------------------------------------------------------------------- batches
 
-def _check_images(images, fn):
+def _check_images(images: ArrayLike, fn: str) -> np.ndarray:
     images = np.asarray(images)
     if images.dtype != np.uint8:
         raise TypeError(f"{fn}: images must be uint8 (pixel values 0..255), got {images.dtype}")
@@ -850,7 +865,7 @@ def _scale(batch):
     return x
 
 
-def to_float(images):
+def to_float(images: ArrayLike) -> np.ndarray:
     """Convert uint8 images to float32 in ``[0, 1]`` with a channel axis.
 
     Parameters
@@ -866,7 +881,8 @@ def to_float(images):
     return _scale(_check_images(images, "to_float"))
 
 
-def iterate_batches(images, labels, batch_size, shuffle=True, seed=0, epoch=0, drop_last=False):
+def iterate_batches(images: ArrayLike, labels: ArrayLike, batch_size: int, shuffle: bool = True, seed: int = 0,
+                    epoch: int = 0, drop_last: bool = False) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield mini-batches ``(x, y)`` covering the data once.
 
     Each batch is gathered from the uint8 array by fancy indexing and converted on its own,
@@ -945,8 +961,8 @@ class DataLoader:
     >>> for x, y in loader: ...                            # doctest: +SKIP
     """
 
-    def __init__(self, images, labels, batch_size, shuffle=True, seed=0, drop_last=False,
-                 epoch=0):
+    def __init__(self, images: ArrayLike, labels: ArrayLike, batch_size: int, shuffle: bool = True, seed: int = 0,
+                 drop_last: bool = False, epoch: int = 0):
         self.images = _check_images(images, "DataLoader")
         self.labels = np.asarray(labels)
         self.batch_size = batch_size
@@ -957,11 +973,11 @@ class DataLoader:
         # validate eagerly
         iterate_batches(self.images, self.labels, batch_size, shuffle, seed, epoch, drop_last)
 
-    def __len__(self):
+    def __len__(self) -> int:
         n, b = self.images.shape[0], self.batch_size
         return n // b if self.drop_last else -(-n // b)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         it = iterate_batches(self.images, self.labels, self.batch_size, self.shuffle, self.seed,
                              self.epoch, self.drop_last)
         self.epoch += 1

@@ -6,17 +6,27 @@ cost model are in docs/DISTRIBUTED.md.  Needs the optional extra: ``pip install
 "fastcnn[distributed]"`` (mpi4py; the ``mpich`` wheel brings ``mpiexec``).  Nothing here
 imports mpi4py until it is used, so ``import fastcnn`` does not need it.
 """
+from __future__ import annotations
+
 import os
 import sys
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 
 from . import train as _train
 
+if TYPE_CHECKING:
+    from .layers import Layer, Parameter
+
+#: An ``mpi4py.MPI.Comm`` (mpi4py is optional, so typed loosely).
+Comm = Any
+
 _HINT = 'pip install "fastcnn[distributed]"'
 
 
-def _mpi():
+def _mpi() -> Any:
     try:
         from mpi4py import MPI
     except ImportError as exc:
@@ -24,14 +34,14 @@ def _mpi():
     return MPI
 
 
-def world():
+def world() -> Comm:
     """``MPI.COMM_WORLD`` (initialising MPI on first use)."""
     return _mpi().COMM_WORLD
 
 
 # --------------------------------------------------------------------------- sharding
 
-def shard_bounds(n, rank, size):
+def shard_bounds(n: int, rank: int, size: int) -> tuple[int, int]:
     """``(lo, hi)``: rank ``rank`` of ``size`` takes items ``lo:hi`` of ``n``.  Contiguous
     blocks in rank order whose sizes differ by at most one, so the shards of all ranks,
     concatenated in rank order, are the whole batch."""
@@ -43,7 +53,7 @@ def shard_bounds(n, rank, size):
     return rank * n // size, (rank + 1) * n // size
 
 
-def shard(batch, rank, size):
+def shard(batch: Any, rank: int, size: int) -> Any:
     """Rank ``rank``'s share of a global batch: an array (or index array) sliced along its
     first axis, or a tuple/list of them sliced alike (e.g. ``(x, y)``).  See
     :func:`shard_bounds`."""
@@ -67,13 +77,15 @@ class GradientBuffer:
     without packing copies.  A parameter whose ``grad`` was replaced by another array is
     copied back in and re-attached (:meth:`attach`)."""
 
-    def __init__(self, params, extra=0):
+    def __init__(self, params: Iterable[Parameter], extra: int = 0):
         self.params = list(params)
         self.size = sum(p.data.size for p in self.params)
         self.flat = np.zeros(self.size + extra, np.float32)
         self.grads = self.flat[:self.size]
         self.extra = self.flat[self.size:]
-        self._views, self.offsets, off = [], [], 0
+        self._views: list[np.ndarray] = []
+        self.offsets: list[int] = []
+        off = 0
         for p in self.params:
             v = self.flat[off:off + p.data.size].reshape(p.data.shape)
             v[...] = p.grad
@@ -83,17 +95,17 @@ class GradientBuffer:
             off += p.data.size
 
     @property
-    def nbytes(self):
+    def nbytes(self) -> int:
         return self.grads.nbytes
 
-    def attach(self):
+    def attach(self) -> None:
         """Make every ``param.grad`` a view of :attr:`flat` again (copying its values in)."""
         for p, v in zip(self.params, self._views):
             if p.grad is not v:
                 v[...] = p.grad
                 p.grad = v
 
-    def allreduce(self, comm, scale=None):
+    def allreduce(self, comm: Comm, scale: float | None = None) -> None:
         """Scale the gradients by ``scale`` (this rank's share) and sum :attr:`flat` over
         ``comm`` in place: one ``Allreduce``."""
         MPI = _mpi()
@@ -103,7 +115,7 @@ class GradientBuffer:
         comm.Allreduce(MPI.IN_PLACE, [self.flat, MPI.FLOAT], op=MPI.SUM)
 
 
-def broadcast_model(model, comm, root=0):
+def broadcast_model(model: Layer, comm: Comm, root: int = 0) -> None:
     """Copy every parameter and buffer (BatchNorm running statistics) of ``root`` to all
     ranks, in place."""
     for p in model.parameters():
@@ -111,7 +123,7 @@ def broadcast_model(model, comm, root=0):
     broadcast_buffers(model, comm, root)
 
 
-def broadcast_buffers(model, comm, root=0):
+def broadcast_buffers(model: Layer, comm: Comm, root: int = 0) -> None:
     """Copy ``root``'s BatchNorm running statistics to every rank (what PyTorch DDP does by
     default before each forward; the ranks' own are overwritten)."""
     for layer in model.modules():
@@ -133,7 +145,7 @@ class BatchNormSync:
     ``Allgather`` per BatchNorm layer and step (forward and backward).
     """
 
-    def __init__(self, comm):
+    def __init__(self, comm: Comm):
         self.comm = comm
 
     def _gather(self, *arrays):
@@ -142,7 +154,9 @@ class BatchNormSync:
         self.comm.Allgather(mine, every)
         return every
 
-    def stats(self, count, mean, var):
+    def stats(self, count: int, mean: np.ndarray, var: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
+        """The global batch's count, per-channel mean and biased variance (float64), from this
+        rank's."""
         c = mean.size
         every = self._gather(count, mean, var)
         counts, means, varis = every[:, :1], every[:, 1:1 + c], every[:, 1 + c:]
@@ -151,7 +165,7 @@ class BatchNormSync:
         gvar = (counts * (varis + (means - gmean) ** 2)).sum(axis=0) / total
         return int(total), gmean, gvar
 
-    def grad_sums(self, count, gsum, gdot):
+    def grad_sums(self, count: int, gsum: np.ndarray, gdot: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The backward sums of the global batch, in this rank's scale.  Each rank's loss is
         the mean over its own shard (its gradients are weighted by its share ``count / total``
         only in the gradient ``Allreduce``), so rank r's sums enter weighted by
@@ -162,7 +176,7 @@ class BatchNormSync:
         return every[:c], every[c:]
 
 
-def sync_batchnorm(model, comm, enabled=True):
+def sync_batchnorm(model: Layer, comm: Comm, enabled: bool = True) -> int:
     """Make every ``BatchNorm2D`` of ``model`` normalise with the statistics of the global
     batch (``enabled=False``: back to per-rank statistics).  Returns the number of layers."""
     from .layers import BatchNorm2D
@@ -171,7 +185,7 @@ def sync_batchnorm(model, comm, enabled=True):
     n = 0
     for layer in model.modules():
         if isinstance(layer, BatchNorm2D):
-            layer.sync = sync
+            cast(Any, layer).sync = sync
             n += 1
     return n
 
@@ -201,17 +215,19 @@ class DistributedCallback(_train.Callback):
     scalars.  Same sums, in the same order for 2 ranks (bit-identical to ``overlap=False``).
     """
 
-    def __init__(self, comm=None, sync_bn=False, overlap=False):
+    def __init__(self, comm: Comm = None, sync_bn: bool = False, overlap: bool = False):
         self.comm = world() if comm is None else comm
-        self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
-        self.sync_bn = bool(sync_bn)
-        self.overlap = bool(overlap)
-        self._buckets, self._started, self._requests = [], set(), []
-        self.buffer = None
+        self.rank: int = self.comm.Get_rank()
+        self.size: int = self.comm.Get_size()
+        self.sync_bn, self.overlap = bool(sync_bn), bool(overlap)
+        self._buckets: list[tuple[int, int]] = []
+        self._started: set[int] = set()
+        self._requests: list[Any] = []
+        self.buffer: GradientBuffer | None = None
         self.n_local = self.n_global = 0
 
     # helpers the loop calls -------------------------------------------------------------
-    def shard_batch(self, x, y):
+    def shard_batch(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """This rank's shard of the global batch ``(x, y)``; remembers both sizes."""
         if len(y) < self.size:
             raise ValueError(f"a global batch of {len(y)} images cannot be split over {self.size} ranks")
@@ -220,12 +236,13 @@ class DistributedCallback(_train.Callback):
         self.n_local = len(y)
         return x, y
 
-    def evaluate(self, model, images, labels, batch_size=1000, **kwargs):
+    def evaluate(self, model: Layer, images: np.ndarray, labels: np.ndarray, batch_size: int = 1000,
+                 **kwargs: Any) -> tuple[float, float]:
         """:func:`evaluate` over this callback's communicator."""
         return evaluate(model, images, labels, self.comm, batch_size=batch_size, **kwargs)
 
     # the callback protocol ---------------------------------------------------------------
-    def on_train_begin(self, trainer):
+    def on_train_begin(self, trainer: _train.Trainer) -> None:
         broadcast_model(trainer.model, self.comm)
         self.buffer = GradientBuffer(trainer.model.parameters(), extra=3)
         if self.sync_bn:
@@ -273,9 +290,11 @@ class DistributedCallback(_train.Callback):
         self._started.add(bucket)
         MPI.Request.Testall(self._requests)  # lets MPI progress the transfers started so far
 
-    def on_after_backward(self, trainer):
+    def on_after_backward(self, trainer: _train.Trainer) -> None:
         if self.n_global == 0:
             raise RuntimeError("DistributedCallback: shard_batch was not called for this step")
+        if self.buffer is None:
+            raise RuntimeError("DistributedCallback: on_train_begin was not called")
         extra = self.buffer.extra
         metrics = getattr(trainer, "step_metrics", None)
         code = int(getattr(trainer, "stop_code", 0) or 0)
@@ -300,11 +319,11 @@ class DistributedCallback(_train.Callback):
             trainer.step_metrics = (float(extra[1]) / self.n_global, float(extra[2]))
         self.n_global = 0
 
-    def on_epoch_end(self, trainer, epoch, logs):
+    def on_epoch_end(self, trainer: _train.Trainer, epoch: int, logs: _train.Logs) -> None:
         reduce_logs(logs, self.comm, len(trainer.labels))
 
 
-def reduce_logs(logs, comm, images):
+def reduce_logs(logs: _train.Logs, comm: Comm, images: int) -> _train.Logs:
     """One epoch's ``logs`` (already those of the global batches) made the same on every
     rank, in place: ``seconds`` the slowest rank's and ``images_per_s`` the epoch's
     ``images`` (all ranks') over that time."""
@@ -313,7 +332,7 @@ def reduce_logs(logs, comm, images):
     return logs
 
 
-def evaluate(model, images, labels, comm, **kwargs):
+def evaluate(model: Layer, images: np.ndarray, labels: np.ndarray, comm: Comm, **kwargs: Any) -> tuple[float, float]:
     """:func:`fastcnn.train.evaluate` with each rank on its shard of the data; the accuracy
     and mean loss of the whole set, on every rank.  BatchNorm running statistics are rank
     0's (:func:`broadcast_buffers`)."""
@@ -328,7 +347,7 @@ def evaluate(model, images, labels, comm, **kwargs):
 
 # --------------------------------------------------------------------------- processes
 
-def default_threads(comm):
+def default_threads(comm: Comm) -> int:
     """Threads per rank: the cores this rank may run on, divided among the ranks of this
     host whose core sets overlap it (``mpiexec`` without binding: all of them)."""
     MPI = _mpi()
@@ -347,7 +366,7 @@ def default_threads(comm):
     return max(1, len(mine) // max(sharing, 1))
 
 
-def local_rank(comm):
+def local_rank(comm: Comm) -> int:
     """This rank's index among the ranks of its host."""
     MPI = _mpi()
     node = comm.Split_type(MPI.COMM_TYPE_SHARED)
@@ -362,21 +381,21 @@ class abort_on_error:
     ``passthrough``) prints one line naming the rank and ends every rank with ``MPI_Abort``,
     so the others never wait forever in a collective for it."""
 
-    def __init__(self, comm, passthrough=()):
+    def __init__(self, comm: Comm, passthrough: Iterable[type[BaseException]] = ()):
         self.comm, self.passthrough = comm, tuple(passthrough)
 
-    def __enter__(self):
+    def __enter__(self) -> abort_on_error:
         return self
 
-    def __exit__(self, kind, exc, tb):
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any) -> Literal[False]:
         if exc is None or isinstance(exc, self.passthrough) or (isinstance(exc, SystemExit) and not exc.code):
             return False
         msg = str(exc).splitlines()[0] if str(exc) else ""
-        abort(self.comm, f"error: {kind.__name__}: {msg}".rstrip(": "))
+        abort(self.comm, f"error: {type(exc).__name__}: {msg}".rstrip(": "))
         return False  # pragma: no cover - Abort does not return
 
 
-def abort(comm, message, code=1):
+def abort(comm: Comm, message: str, code: int = 1) -> None:
     """Print ``message`` (naming this rank) and end every rank of the job: ``MPI_Abort``."""
     print(f"fastcnn: rank {comm.Get_rank()} of {comm.Get_size()}: {message}; aborting all ranks",
           file=sys.stderr, flush=True)

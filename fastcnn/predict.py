@@ -7,9 +7,14 @@ per channel).  Checkpoints without it are MNIST models: ``[1, 28, 28]``, ``[0, 1
 (:func:`fastcnn.data.to_float`), classes ``"0"``..``"9"``, zero-padded to the model's input
 size (the ResNet takes 32x32).
 """
+from __future__ import annotations
+
 import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ._optional import require
 from ._shapes import as_float32
@@ -17,10 +22,13 @@ from ._shapes import as_float32
 __all__ = ["softmax", "predict_proba", "preprocess_info", "normalize", "load_images", "list_images",
            "predict_files", "IMAGE_EXTENSIONS"]
 
+if TYPE_CHECKING:
+    from .layers import Layer
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
-def softmax(logits):
+def softmax(logits: ArrayLike) -> np.ndarray:
     """Row-wise softmax (computed in float64, returned as float32)."""
     z = np.asarray(logits, dtype=np.float64)
     z = z - z.max(axis=1, keepdims=True)
@@ -28,22 +36,22 @@ def softmax(logits):
     return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
-def predict_proba(model, x, batch_size=256):
+def predict_proba(model: Layer, x: ArrayLike, batch_size: int = 256) -> np.ndarray:
     """Softmax of ``model``'s outputs for ``x`` (``(N, ...)`` float), in eval mode, batched.
 
     The model's train/eval mode is restored afterwards.
     """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"predict_proba: batch_size must be a positive int, got {batch_size!r}")
-    x = as_float32(x, "x", None, "predict_proba")
-    if x.ndim < 2:
-        raise ValueError(f"predict_proba: x must have a batch dimension, got shape {x.shape}")
+    inputs: np.ndarray = as_float32(x, "x", None, "predict_proba")
+    if inputs.ndim < 2:
+        raise ValueError(f"predict_proba: x must have a batch dimension, got shape {inputs.shape}")
     was = model.training
     model.eval()
     try:
         outs = []
-        for i in range(0, len(x), batch_size):
-            y = model.forward(x[i:i + batch_size])
+        for i in range(0, len(inputs), batch_size):
+            y = model.forward(inputs[i:i + batch_size])
             if isinstance(y, (list, tuple)) or np.ndim(y) != 2:
                 raise ValueError("predict_proba: the model must have one output of shape (N, classes)")
             outs.append(softmax(y))
@@ -54,7 +62,7 @@ def predict_proba(model, x, batch_size=256):
     return np.concatenate(outs)
 
 
-def preprocess_info(metadata):
+def preprocess_info(metadata: dict[str, Any] | None) -> dict[str, Any]:
     """The checkpoint's ``"preprocess"`` record, or the MNIST fallback of older checkpoints."""
     from . import models
 
@@ -69,12 +77,12 @@ def preprocess_info(metadata):
         if len(out["mean"]) != c or len(out["std"]) != c:
             raise ValueError(f"checkpoint preprocess: mean/std need {c} values, got {out['mean']}, {out['std']}")
         return out
-    size = models.INPUT_SIZE.get(meta.get("model"), 28)
+    size = models.INPUT_SIZE.get(str(meta.get("model")), 28)
     return {"dataset": "mnist", "input_shape": [1, 28, 28], "mean": None, "std": None,
             "classes": [str(i) for i in range(10)], "pad_to": size if size != 28 else None}
 
 
-def normalize(images, prep):
+def normalize(images: ArrayLike, prep: dict[str, Any]) -> np.ndarray:
     """uint8 images ``(N, C, H, W)`` (or ``(N, H, W)``) -> the float32 model input, exactly as
     training prepared its evaluation input (:meth:`fastcnn.augment.Pipeline.eval`)."""
     from .augment import Pipeline
@@ -82,7 +90,7 @@ def normalize(images, prep):
     return Pipeline(mean=prep.get("mean"), std=prep.get("std"), input_size=prep.get("pad_to")).eval(images)
 
 
-def list_images(paths):
+def list_images(paths: Sequence[str | os.PathLike[str]]) -> list[str]:
     """Expand directories (sorted, image extensions only); files are kept as given."""
     files = []
     for p in paths:
@@ -99,7 +107,7 @@ def list_images(paths):
     return files
 
 
-def load_images(files, prep):
+def load_images(files: Sequence[str], prep: dict[str, Any]) -> np.ndarray:
     """Read image files as uint8 ``(N, C, H, W)``: converted to grayscale (C=1) or RGB (C=3)
     and resized (bilinear) to the model's input size when they differ."""
     Image = require("PIL.Image", "images", "reading image files")
@@ -120,7 +128,8 @@ def load_images(files, prep):
     return out
 
 
-def predict_files(model, metadata, paths, top_k=5, batch_size=256):
+def predict_files(model: Layer, metadata: dict[str, Any] | None, paths: Sequence[str | os.PathLike[str]],
+                  top_k: int = 5, batch_size: int = 256) -> list[dict[str, Any]]:
     """Classify image files (or directories of them).
 
     Returns a list, one dict per file: ``{"file", "class", "index", "top": [{"class",

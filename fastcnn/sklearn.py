@@ -5,7 +5,13 @@ to ``input_shape`` when given, else fed to a small fully connected network), and
 string labels.  It works in ``Pipeline`` and ``GridSearchCV``; pickling (as joblib does)
 stores the network as its config and arrays, never the layer objects.
 """
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ._optional import require
 
@@ -55,8 +61,9 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         fastcnn backend to train with (default: the current one).
     """
 
-    def __init__(self, model="auto", input_shape=None, hidden_units=32, epochs=10, batch_size=32, lr=1e-2,
-                 optimizer="adam", random_state=0, backend=None):
+    def __init__(self, model: str | Callable[..., Any] = "auto", input_shape: Sequence[int] | None = None,
+                 hidden_units: int = 32, epochs: int = 10, batch_size: int = 32, lr: float = 1e-2,
+                 optimizer: str = "adam", random_state: int | None = 0, backend: str | None = None):
         self.model = model
         self.input_shape = input_shape
         self.hidden_units = hidden_units
@@ -151,7 +158,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
                              "are not among the classes")
         return idx.astype(np.int64)
 
-    def fit(self, X, y):
+    def fit(self, X: ArrayLike, y: ArrayLike) -> CNNClassifier:
         """Train from scratch for ``epochs`` passes over ``(X, y)``."""
         X, y = validate_data(self, X, y, reset=True, allow_nd=True, dtype=np.float32)
         y = self._labels(y)
@@ -162,7 +169,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
             self._epoch(X, yi)
         return self
 
-    def partial_fit(self, X, y, classes=None):
+    def partial_fit(self, X: ArrayLike, y: ArrayLike, classes: ArrayLike | None = None) -> CNNClassifier:
         """One pass over ``(X, y)``; the first call needs ``classes`` (all labels to expect)."""
         first = not hasattr(self, "model_")
         X, y = validate_data(self, X, y, reset=first, allow_nd=True, dtype=np.float32)
@@ -178,16 +185,16 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         return self
 
     # -- inference -----------------------------------------------------------------------
-    def predict_proba(self, X):
+    def predict_proba(self, X: ArrayLike) -> np.ndarray:
         check_is_fitted(self, "model_")
         return self.model_.predict_proba(self._x(X, reset=False)).astype(np.float64)
 
-    def predict(self, X):
+    def predict(self, X: ArrayLike) -> np.ndarray:
         proba = self.predict_proba(X)
         return self.classes_[np.argmax(proba, axis=1)]
 
     # -- pickling (joblib, GridSearchCV): the network as config + arrays, no layer objects --------
-    def __getstate__(self):
+    def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         if "model_" in state:
             state["model_"] = {"config": self.model_.config(), "state": self.model_.state_dict()}
@@ -195,7 +202,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
             state.pop("_loss", None)
         return state
 
-    def __setstate__(self, state):
+    def __setstate__(self, state: dict[str, Any]) -> None:
         if "model_" in state:
             from .losses import SoftmaxCrossEntropy
             from .model import from_config

@@ -8,33 +8,14 @@ Tags: per epoch ``train/loss``, ``train/accuracy``, ``val/loss``, ``val/accuracy
 ``logs["epoch"]``; every ``log_every`` optimizer steps ``train/step_loss`` at the global step;
 per epoch a histogram ``weights/<name>`` of every parameter and BatchNorm running statistic.
 """
+from __future__ import annotations
+
+import os
+from typing import Any
+
 import numpy as np
 
-try:
-    from .train import Callback
-except ImportError:
-    # Stand-in until fastcnn.train grows its callback protocol (the training-loop rework):
-    # the same method names and arguments, all no-ops.
-    class Callback:
-        """Base class of training callbacks: every method is a no-op."""
-
-        def on_train_begin(self, trainer):
-            pass
-
-        def on_epoch_begin(self, trainer, epoch):
-            pass
-
-        def on_after_backward(self, trainer):
-            pass
-
-        def on_step_end(self, trainer, step, loss):
-            pass
-
-        def on_epoch_end(self, trainer, epoch, logs):
-            pass
-
-        def on_train_end(self, trainer):
-            pass
+from .train import Callback, Logs, Trainer
 
 __all__ = ["TensorBoardCallback", "SCALARS"]
 
@@ -45,7 +26,7 @@ SCALARS = {
 }
 
 
-def _summary_writer(logdir):
+def _summary_writer(logdir: str) -> Any:
     try:
         from tensorboardX import SummaryWriter
     except ImportError:
@@ -65,18 +46,18 @@ class TensorBoardCallback(Callback):
         Write a histogram of every weight array at the end of each epoch.
     """
 
-    def __init__(self, logdir, log_every=50, histograms=True):
+    def __init__(self, logdir: str | os.PathLike[str], log_every: int = 50, histograms: bool = True):
         if log_every < 0:
             raise ValueError(f"TensorBoardCallback: log_every must be >= 0, got {log_every}")
         self.logdir, self.log_every, self.histograms = str(logdir), int(log_every), bool(histograms)
         self.writer = _summary_writer(self.logdir)
 
-    def on_step_end(self, trainer, step, loss):
+    def on_step_end(self, trainer: Trainer, step: int, loss: float) -> None:
         g = int(trainer.global_step)
         if self.log_every and g % self.log_every == 0:
             self.writer.add_scalar("train/step_loss", float(loss), g)
 
-    def on_epoch_end(self, trainer, epoch, logs):
+    def on_epoch_end(self, trainer: Trainer, epoch: int, logs: Logs) -> None:
         at = int(logs.get("epoch", epoch))
         for key, tag in SCALARS.items():
             value = logs.get(key)
@@ -89,5 +70,5 @@ class TensorBoardCallback(Callback):
                     self.writer.add_histogram("weights/" + name, arr, at)
         self.writer.flush()
 
-    def on_train_end(self, trainer):
+    def on_train_end(self, trainer: Trainer) -> None:
         self.writer.close()

@@ -208,7 +208,7 @@ class Trainer:
         self.distributed, self.progress, self.detect_anomaly = distributed, progress, detect_anomaly
         self.eval_batch_size = eval_batch_size
         self.stop_requested, self.stop_code, self.stop_training = stop_requested, 0, False
-        self.step_metrics: tuple[float, int] | None = None
+        self.step_metrics: tuple[float, float] | None = None
         self._epoch_done = False
         self.steps_per_epoch = -(-len(labels) // self.batch_size)
         if distributed is not None:

@@ -11,14 +11,21 @@
 - :func:`plot_maps`, :func:`plot_projections`, :func:`plot_filters`: PNG grids (matplotlib,
   written atomically).  :func:`visualize_checkpoint` is ``fastcnn visualize``.
 """
+from __future__ import annotations
+
 import io
 import math
 import os
+from collections.abc import Iterator, Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from . import functional as F
 from . import layers as L
+
+#: A file name to write.
+PathLike = str | os.PathLike[str]
 
 __all__ = ["trace", "feature_maps", "project", "plot_maps", "plot_projections", "plot_filters",
            "visualize_checkpoint"]
@@ -30,11 +37,11 @@ class Record:
 
     __slots__ = ("name", "layer", "input", "output", "indices")
 
-    def __init__(self, name, layer, x, y, indices=None):
+    def __init__(self, name: str, layer: L.Layer, x: np.ndarray, y: np.ndarray, indices: np.ndarray | None = None):
         self.name, self.layer, self.input, self.output, self.indices = name, layer, x, y, indices
 
 
-def named_leaves(model, prefix=""):
+def named_leaves(model: L.Layer, prefix: str = "") -> Iterator[tuple[str, L.Layer]]:
     """``(name, layer)`` of every leaf layer, with state-dict style names (``"3"``, ``"5.body.0"``)."""
     from .model import Sequential
 
@@ -57,7 +64,7 @@ def _as_batch(x, op):
     return x
 
 
-def trace(model, x):
+def trace(model: L.Layer, x: np.ndarray) -> tuple[np.ndarray, list[Record]]:
     """Run ``model`` in eval mode on ``x`` and record every leaf layer's call, in order.
 
     Returns
@@ -65,7 +72,7 @@ def trace(model, x):
     output : array
     records : list of :class:`Record`
     """
-    records = []
+    records: list[Record] = []
     leaves = list(named_leaves(model))
 
     def wrap(name, layer):
@@ -82,7 +89,7 @@ def trace(model, x):
     model.eval()
     try:
         for name, layer in leaves:
-            layer.forward = wrap(name, layer)  # an instance attribute, removed below
+            setattr(layer, "forward", wrap(name, layer))  # an instance attribute, removed below
         out = model.forward(x)
     finally:
         for _, layer in leaves:
@@ -110,7 +117,7 @@ def _title(block):
     return block[0].name + " " + " + ".join(type(r.layer).__name__ for r in block)
 
 
-def feature_maps(model, x):
+def feature_maps(model: L.Layer, x: ArrayLike) -> list[tuple[str, str, np.ndarray]]:
     """Activations of every convolution layer for one image.
 
     Parameters
@@ -133,7 +140,8 @@ def _conv_names(records):
     return [b[0].name for b in _blocks(records)]
 
 
-def project(model, x, layer=None, top=9):
+def project(model: L.Layer, x: ArrayLike, layer: str | int | None = None,
+            top: int = 9) -> tuple[str, np.ndarray, np.ndarray, np.ndarray]:
     """Deconvnet projections of a convolution layer's strongest activations to pixel space.
 
     Parameters
@@ -158,10 +166,10 @@ def project(model, x, layer=None, top=9):
         The projections, in input space.
     """
     op = "project"
-    x = _as_batch(x, op)
+    batch = _as_batch(x, op)
     if top < 1:
         raise ValueError(f"{op}: top must be >= 1, got {top}")
-    _, records = trace(model, x)
+    _, records = trace(model, batch)
     blocks = _blocks(records)
     names = [b[0].name for b in blocks]
     if not names:
@@ -172,7 +180,7 @@ def project(model, x, layer=None, top=9):
     block = blocks[names.index(name)]
     end = records.index(block[-1])
     chain = records[:end + 1]
-    for prev, cur in zip([None] + chain[:-1], chain):
+    for prev, cur in zip([None, *chain[:-1]], chain):
         ok = isinstance(cur.layer, (L.Conv2D, L.BatchNorm2D, L.ReLU, L.MaxPool2D, L.AvgPool2D))
         if not ok or (prev is not None and cur.input is not prev.output):
             raise ValueError(f"{op}: layers below {name!r} must be a plain chain of Conv2D, BatchNorm2D, ReLU "
@@ -254,21 +262,21 @@ def _show(ax, img, cmap="gray", vmin=None, vmax=None):
     ax.set_yticks([])
 
 
-def plot_maps(maps, path, title="", tile=1.0):
+def plot_maps(maps: ArrayLike, path: PathLike, title: str = "", tile: float = 1.0) -> str:
     """A grid of feature maps ``(channels, H, W)``, one titled tile per channel; writes ``path``.
 
     All tiles share one colour scale (black = the smallest activation of the layer, white =
     the largest), so tiles compare with each other.
     """
     plt = _pyplot()
-    maps = np.asarray(maps, np.float32)
-    cols, rows = _grid(len(maps))
+    arr = np.asarray(maps, np.float32)
+    cols, rows = _grid(len(arr))
     fig, axes = plt.subplots(rows, cols, figsize=(max(cols * tile, 4.5), rows * tile * 1.15 + 0.6), dpi=80,
                              squeeze=False, layout="constrained")
-    lo, hi = float(maps.min()), float(maps.max())
+    lo, hi = float(arr.min()), float(arr.max())
     for i, ax in enumerate(axes.flat):
-        if i < len(maps):
-            _show(ax, maps[i], vmin=lo, vmax=hi)
+        if i < len(arr):
+            _show(ax, arr[i], vmin=lo, vmax=hi)
             ax.set_title(f"ch {i}", fontsize=7, pad=2)
         else:
             ax.axis("off")
@@ -276,7 +284,8 @@ def plot_maps(maps, path, title="", tile=1.0):
     return _save(fig, path)
 
 
-def plot_projections(image, channels, values, images, path, title=""):
+def plot_projections(image: ArrayLike, channels: Sequence[int] | np.ndarray, values: Sequence[float] | np.ndarray,
+                     images: np.ndarray, path: PathLike, title: str = "") -> str:
     """The input image, then each deconvnet projection (each scaled to its own range)."""
     plt = _pyplot()
     cols, rows = _grid(len(images), extra=1)
@@ -296,7 +305,7 @@ def plot_projections(image, channels, values, images, path, title=""):
     return _save(fig, path)
 
 
-def plot_filters(model, path):
+def plot_filters(model: L.Layer, path: PathLike) -> str:
     """The first convolution layer's kernels, one tile each (grey for one input channel, RGB
     for three, else the first input channel), on a shared scale centred at zero."""
     plt = _pyplot()
@@ -321,21 +330,9 @@ def plot_filters(model, path):
 
 # --------------------------------------------------------------------------- command line
 
-def _load_test_set(dataset, data_dir):
-    from . import data
-
-    loaders = {"mnist": "load_mnist", "fashion-mnist": "load_fashion_mnist", "cifar10": "load_cifar10"}
-    if dataset not in loaders:
-        raise ValueError(f"unknown dataset {dataset!r}; choose one of {', '.join(loaders)}")
-    load = getattr(data, loaders[dataset], None)
-    if load is None:
-        raise ValueError(f"dataset {dataset!r} needs fastcnn.data.{loaders[dataset]}, "
-                         "which this version of fastcnn does not have")
-    return load(data_dir, "test")
-
-
-def visualize_checkpoint(checkpoint, out, dataset="mnist", data_dir=None, index=0, project=False, layer=None,
-                         top=9, filters=False):
+def visualize_checkpoint(checkpoint: PathLike, out: PathLike, dataset: str = "mnist", data_dir: PathLike | None = None,
+                         index: int = 0, project: bool = False, layer: str | int | None = None, top: int = 9,
+                         filters: bool = False) -> list[str]:
     """``fastcnn visualize``: draw test image ``index`` of ``dataset`` through ``checkpoint``.
 
     Writes to ``out``: ``input.png``, ``maps_<layer>.png`` for every convolution layer, and
@@ -348,11 +345,11 @@ def visualize_checkpoint(checkpoint, out, dataset="mnist", data_dir=None, index=
     from .train import pad_to
 
     model, meta = fastcnn.load(checkpoint, return_metadata=True)
-    images, labels = _load_test_set(dataset, data_dir)
+    images, labels = data.load_dataset(dataset, data_dir, "test")
     if not 0 <= index < len(images):
         raise ValueError(f"--index {index} is out of range: the {dataset} test split has {len(images)} images")
     x = data.to_float(images[index:index + 1])
-    size = models.INPUT_SIZE.get(meta.get("model"))
+    size = models.INPUT_SIZE.get(str(meta.get("model")))
     if size:
         x = pad_to(x, size)
     logits = trace(model, x)[0]
