@@ -27,8 +27,7 @@ from ._backend import available_backends, get_backend, set_backend
 from ._dispatch import config, get_config
 from ._threads import get_num_threads, set_num_threads
 
-# Before the kernel modules import SciPy: it finds SciPy's OpenBLAS as the library that loading
-# SciPy's BLAS adds (docs/PERFORMANCE.md, section 1).
+# Before the kernel modules import SciPy (one thread pool: docs/PERFORMANCE.md, section 3).
 _threads.init_gemm_blas()
 
 from . import data, export, functional, graph, layers, losses, models, optim, predict  # noqa: E402

@@ -9,11 +9,10 @@
 ``"direct"``
     The direct kernels (``conv2d_direct_*`` primitives), every batch size.
 ``"per_image"``
-    im2col + SGEMM one image per thread at a time, dense layers as blocks of a GEMM, all on
-    the kernels' threads with SciPy's single-threaded BLAS ("one thread pool").
+    im2col + SGEMM one image per thread, dense layers by blocks: one thread pool
+    (docs/PERFORMANCE.md, section 3).
 ``"chunked"``
-    im2col of chunks of the batch + NumPy's multi-threaded SGEMM, dense layers through
-    NumPy's BLAS ("two thread pools").
+    im2col of chunks of the batch + NumPy's multi-threaded SGEMM: two thread pools.
 
 The environment variable ``FASTCNN_CONV`` sets the initial strategy (read at first use).
 A batch of one image takes a single GEMM with no reorders on the ``per_image`` and
