@@ -21,11 +21,14 @@ import argparse
 import ctypes
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+
+from probes.timing import median_seconds
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -70,9 +73,7 @@ uint64_t dep_adds(int64_t n) {
 """
 
 
-def median(ts):
-    ts = sorted(ts)
-    return ts[len(ts) // 2]
+median = statistics.median_high
 
 
 def in_threads(fn, nthreads):
@@ -178,13 +179,7 @@ def conv_flops(shape):
 
 
 def _time(fn, reps):
-    fn()
-    ts = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return median(ts)
+    return median_seconds(fn, reps, median)
 
 
 def part_torch(threads, reps):

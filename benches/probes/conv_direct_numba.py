@@ -9,7 +9,6 @@ through ``fastcnn.functional`` with the numba backend (its one-pool per-image ke
 import argparse
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
@@ -18,6 +17,8 @@ import numpy as np
 import fastcnn
 from fastcnn import functional as F
 from fastcnn._kernels import conv_direct as D
+
+from timing import median_seconds
 
 #: name: (N, C, H, W, OC, k, stride, pad)
 SHAPES = {
@@ -30,16 +31,6 @@ SHAPES = {
     "resnet 64ch 8x8": (100, 64, 8, 8, 64, 3, 1, 1),
     "resnet 16->32 s2": (100, 16, 32, 32, 32, 3, 2, 1),
 }
-
-
-def median_time(fn, reps):
-    fn()
-    ts = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return float(np.median(ts))
 
 
 def main():
@@ -65,12 +56,12 @@ def main():
         gx = np.empty_like(x)
         gw = np.empty_like(wt)
         gb = np.empty(oc, np.float32)
-        t_fi = median_time(lambda: F.conv2d(x, wt, b, s, p, ws=ws), a.reps)
-        t_fd = median_time(lambda: D.conv2d_direct_forward(x, wt, b, s, s, p, p, 0, yd), a.reps)
+        t_fi = median_seconds(lambda: F.conv2d(x, wt, b, s, p, ws=ws), a.reps)
+        t_fd = median_seconds(lambda: D.conv2d_direct_forward(x, wt, b, s, s, p, p, 0, yd), a.reps)
         # im2col backward computes both gradients in one pass (2 GEMMs).
-        t_bi = median_time(lambda: F.conv2d_backward(y, x, wt, s, p, ws=ws), a.reps)
-        t_bd = median_time(lambda: D.conv2d_direct_backward_data(y, wt, s, s, p, p, gx), a.reps)
-        t_bw = median_time(lambda: D.conv2d_direct_backward_weight(y, x, s, s, p, p, gw, gb), a.reps)
+        t_bi = median_seconds(lambda: F.conv2d_backward(y, x, wt, s, p, ws=ws), a.reps)
+        t_bd = median_seconds(lambda: D.conv2d_direct_backward_data(y, wt, s, s, p, p, gx), a.reps)
+        t_bw = median_seconds(lambda: D.conv2d_direct_backward_weight(y, x, s, s, p, p, gw, gb), a.reps)
 
         def g(t, f=1, flop=flop):
             return f * flop / t / 1e9

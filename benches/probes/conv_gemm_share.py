@@ -3,8 +3,6 @@ measured alternately in one process, 3 rounds.
 
 Usage: env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benches/probes/conv_gemm_share.py
 """
-import time
-
 import fastcnn  # before NumPy (docs/PERFORMANCE.md)
 
 # isort: split
@@ -13,15 +11,7 @@ import numpy as np
 
 from fastcnn import functional as F
 
-
-def median_s(f, reps=15):
-    f()
-    ts = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        f()
-        ts.append(time.perf_counter() - t0)
-    return np.median(ts)
+from timing import median_seconds
 
 
 def main():
@@ -35,12 +25,12 @@ def main():
     bias = np.zeros(64, np.float32)
     flop = 2 * 128 * 196 * 64 * 800
     for _ in range(3):
-        g = 2 * 2048**3 / median_s(lambda: np.matmul(a, b, out=o)) / 1e9
+        g = 2 * 2048**3 / median_seconds(lambda: np.matmul(a, b, out=o), 15) / 1e9
         row = [f"sgemm {g:.0f} GFLOP/s"]
         for be in ("numba", "cython"):
             fastcnn.set_backend(be)
             ws = F.Workspace()
-            c = flop / median_s(lambda: F.conv2d(x, w, bias, 1, 2, ws=ws)) / 1e9
+            c = flop / median_seconds(lambda: F.conv2d(x, w, bias, 1, 2, ws=ws), 15) / 1e9
             row.append(f"{be} conv2 fwd {c:.0f} GFLOP/s = {100 * c / g:.0f}%")
         print(" | ".join(row))
 

@@ -6,7 +6,6 @@ backward, alternating rounds; then whole training steps of lenet and bn under ea
 Usage: env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benches/probes/conv_paths.py [BACKEND] [THREADS]
 """
 import sys
-import time
 
 import fastcnn  # before NumPy (docs/PERFORMANCE.md)
 
@@ -18,6 +17,8 @@ from fastcnn import functional as F
 from fastcnn import models
 from fastcnn.train import recipe_step
 
+from timing import median_seconds
+
 SHAPES = [("lenet conv1 128x1x28x28->32", (128, 1, 28, 28), 32, False),
           ("lenet conv2 128x32x14x14->64", (128, 32, 14, 14), 64, True),
           ("bn conv1 100x1x28x28->16", (100, 1, 28, 28), 16, False),
@@ -25,13 +26,7 @@ SHAPES = [("lenet conv1 128x1x28x28->32", (128, 1, 28, 28), 32, False),
 
 
 def median_ms(f, reps):
-    f()
-    ts = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        f()
-        ts.append(time.perf_counter() - t0)
-    return np.median(ts) * 1e3
+    return median_seconds(f, reps) * 1e3
 
 
 def main(backend="numba", threads=2):

@@ -4,7 +4,6 @@ thread pool against two, alternating rounds, median ms per step (numba, 2 thread
 Usage: env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benches/probes/import_order.py [BACKEND]
 """
 import sys
-import time
 
 import numpy as np  # first, on purpose
 
@@ -12,15 +11,11 @@ import fastcnn
 from fastcnn import models
 from fastcnn.train import recipe_step
 
+from timing import median_seconds
+
 
 def median_ms(step, x, y, reps=8):
-    step(x, y)
-    ts = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        step(x, y)
-        ts.append(time.perf_counter() - t0)
-    return np.median(ts) * 1e3
+    return median_seconds(lambda: step(x, y), reps) * 1e3
 
 
 def main(backend="numba"):
