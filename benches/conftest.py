@@ -8,7 +8,7 @@ import importlib.util
 import os
 import time
 
-import fastcnn  # before NumPy: fastcnn's OpenBLAS thread defaults apply (docs/PERFORMANCE.md)
+import fastcnn  # isort: skip  (before NumPy: fastcnn's OpenBLAS thread defaults apply, docs/PERFORMANCE.md)
 
 import numpy as np
 import pytest

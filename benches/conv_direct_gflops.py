@@ -17,9 +17,7 @@ processes on a shared machine.  One "FLOP" = one multiply or add of the convolut
 import sys
 import time
 
-import fastcnn  # before NumPy (docs/PERFORMANCE.md)
-
-# isort: split
+import fastcnn  # isort: skip  (before NumPy: docs/PERFORMANCE.md)
 
 import numpy as np
 

@@ -1,7 +1,7 @@
 import os
 from pathlib import Path
 
-import fastcnn  # before NumPy, so that fastcnn's OpenBLAS thread defaults apply (docs/PERFORMANCE.md)
+import fastcnn  # isort: skip  (before NumPy, so that fastcnn's OpenBLAS thread defaults apply: docs/PERFORMANCE.md)
 
 import numpy as np
 import pytest

@@ -5,9 +5,7 @@ Usage: python benches/probes/batch1_parts.py [BACKEND]
 import sys
 import timeit
 
-import fastcnn  # before NumPy (docs/PERFORMANCE.md)
-
-# isort: split
+import fastcnn  # isort: skip  (before NumPy: docs/PERFORMANCE.md)
 
 import numpy as np
 

@@ -3,9 +3,7 @@ measured alternately in one process, 3 rounds.
 
 Usage: env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benches/probes/conv_gemm_share.py
 """
-import fastcnn  # before NumPy (docs/PERFORMANCE.md)
-
-# isort: split
+import fastcnn  # isort: skip  (before NumPy: docs/PERFORMANCE.md)
 
 import numpy as np
 

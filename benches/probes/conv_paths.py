@@ -7,9 +7,7 @@ Usage: env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benches/probes/conv_p
 """
 import sys
 
-import fastcnn  # before NumPy (docs/PERFORMANCE.md)
-
-# isort: split
+import fastcnn  # isort: skip  (before NumPy: docs/PERFORMANCE.md)
 
 import numpy as np
 

@@ -7,9 +7,7 @@ import time
 
 t0 = time.perf_counter()
 
-import fastcnn  # noqa: E402  (timed from before the import; before NumPy, docs/PERFORMANCE.md)
-
-# isort: split
+import fastcnn  # noqa: E402  # isort: skip  (timed from before the import; before NumPy, docs/PERFORMANCE.md)
 
 import numpy as np  # noqa: E402
 

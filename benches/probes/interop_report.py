@@ -17,9 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
 
-import fastcnn  # noqa: E402  (before NumPy: thread defaults, docs/PERFORMANCE.md)
-
-# isort: split
+import fastcnn  # noqa: E402  # isort: skip  (before NumPy: thread defaults, docs/PERFORMANCE.md)
 
 import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402

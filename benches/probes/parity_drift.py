@@ -5,9 +5,7 @@ Usage: FASTCNN_DATA=../shared/data/mnist python benches/probes/parity_drift.py l
 """
 import sys
 
-from fastcnn import data, losses, models  # before NumPy and torch (docs/PERFORMANCE.md)
-
-# isort: split
+from fastcnn import data, losses, models  # isort: skip  (before NumPy and torch: docs/PERFORMANCE.md)
 
 import numpy as np
 import torch

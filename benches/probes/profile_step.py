@@ -7,9 +7,7 @@ import sys
 import time
 from collections import defaultdict
 
-import fastcnn  # before NumPy (docs/PERFORMANCE.md)
-
-# isort: split
+import fastcnn  # isort: skip  (before NumPy: docs/PERFORMANCE.md)
 
 import numpy as np
 
