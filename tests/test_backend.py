@@ -2,16 +2,13 @@
 the NumPy reference (``_ref``), which test_ref.py checks against naive loops."""
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 import fastcnn
 from fastcnn import _backend, _ref
-from fastcnn.functional import ConvGeometry
 
-from conftest import BACKENDS, COMPILED, assert_close
-
-HSET = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+from utils import BACKENDS, COMPILED, DIRECT_CASES, HSET, assert_close, direct_data, geometries
 
 
 def test_all_backends_compiled():
@@ -19,28 +16,6 @@ def test_all_backends_compiled():
     assert fastcnn.available_backends() == ("numpy", "numba", "cython"), {
         b: repr(_backend.backend_error(b)) for b in ("numba", "cython")
     }
-
-
-@st.composite
-def geometries(draw, pool=False):
-    n = draw(st.sampled_from([1, 2, 3]))
-    c = draw(st.sampled_from([1, 2, 3, 5, 16, 33, 64])) if not pool else draw(st.integers(1, 7))
-    kh = draw(st.sampled_from([1, 2, 3, 5]))
-    kw = draw(st.sampled_from([kh, 1, 3]))
-    sh = draw(st.sampled_from([1, 2, 3]))
-    sw = draw(st.sampled_from([sh, 1, 2]))
-    h = draw(st.integers(max(kh, 1), 13))
-    w = draw(st.integers(max(kw, 1), 13))
-    padding = draw(st.sampled_from(["valid", "same", 0, 1, 2, (1, 0)]))
-    if pool and isinstance(padding, (int, tuple)):
-        ph, pw = (padding, padding) if isinstance(padding, int) else padding
-        if 2 * ph > kh or 2 * pw > kw:
-            padding = "valid"
-    g = ConvGeometry((kh, kw), (sh, sw), padding, (h, w), "test")
-    if pool and (max(g.pt, g.pb) >= kh or max(g.pl, g.pr) >= kw):
-        g = ConvGeometry((kh, kw), (sh, sw), "valid", (h, w), "test")
-    seed = draw(st.integers(0, 2**31 - 1))
-    return n, c, h, w, g, np.random.default_rng(seed)
 
 
 def _mod(name):
@@ -390,44 +365,6 @@ DIRECT = [b for b in COMPILED if _backend.ops(b).conv2d_direct_forward is not _r
 RTOL = 1e-5
 
 
-# (n, c, h, w, oc, kh, kw, stride, padding): odd shapes, batch 1, strides 1/2/3, TF "same"
-# (asymmetric), C = 1/3/16/17/64, kh != kw, OC not a multiple of 16, images smaller than
-# the kernel, padding larger than the kernel.
-CASES = [
-    (2, 3, 7, 9, 5, 3, 3, 1, 1),
-    (1, 1, 28, 28, 32, 5, 5, 1, "same"),
-    (3, 16, 14, 14, 32, 5, 5, 1, 2),
-    (2, 17, 11, 8, 9, 3, 2, (2, 3), (1, 0)),
-    (1, 64, 8, 8, 64, 3, 3, 2, 1),
-    (2, 3, 9, 13, 20, 4, 3, (3, 2), "same"),
-    (3, 2, 10, 10, 3, 1, 1, 3, 0),
-    (2, 4, 3, 2, 6, 5, 4, (1, 2), (3, 2)),
-    (1, 5, 2, 3, 17, 3, 3, 1, 4),
-    (2, 16, 6, 7, 16, 3, 3, 2, "same"),
-    (4, 1, 9, 9, 8, 2, 5, 1, "valid"),
-    (2, 3, 1, 1, 9, 1, 1, 1, 2),  # output cells made of padding only
-    (2, 6, 15, 15, 40, 3, 3, 1, 1),  # pixel vectors aligned to rows (OW < 16 < Wq)
-    (1, 5, 14, 14, 13, 5, 5, 1, "same"),  # rows, stored directly, OC not a multiple of 4
-]
-
-
-def _geo(case):
-    _, _, h, w, _, kh, kw, stride, padding = case
-    stride = stride if isinstance(stride, tuple) else (stride, stride)
-    return ConvGeometry((kh, kw), stride, padding, (h, w), "test")
-
-
-def _data(case, seed=0):
-    n, c, h, w, oc, kh, kw, _, _ = case
-    g = _geo(case)
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((n, c, h, w), dtype=np.float32)
-    wt = rng.standard_normal((oc, c, kh, kw), dtype=np.float32)
-    b = rng.standard_normal(oc, dtype=np.float32)
-    gy = rng.standard_normal((n, oc, g.oh, g.ow), dtype=np.float32)
-    return g, x, wt, b, gy
-
-
 def _close(got, want, abs_scale, what):
     """Element-wise: |got - want| <= RTOL * (sum of absolute terms) (+ a denormal floor)."""
     err = np.abs(got.astype(np.float64) - want)
@@ -448,12 +385,12 @@ def _run(mod, case, g, x, wt, b, gy, relu=0):
 
 
 @pytest.mark.parametrize("name", DIRECT)
-@pytest.mark.parametrize("case", CASES)
-def test_primitives_match_reference(name, case):
+@pytest.mark.parametrize("case", DIRECT_CASES)
+def test_direct_primitives_match_reference(name, case):
     """Every direct primitive of a compiled backend against the reference (float64), with
     the bound on the rounding above; every output element is written."""
     k = _backend.ops(name)
-    g, x, wt, b, gy = _data(case)
+    g, x, wt, b, gy = direct_data(case)
     for relu in (0, 1):
         y, gx, gw, gb = _run(k, case, g, x, wt, b, gy, relu)
         x64, w64, b64, gy64 = (a.astype(np.float64) for a in (x, wt, b, gy))
@@ -473,10 +410,10 @@ def test_primitives_match_reference(name, case):
 
 
 @pytest.mark.parametrize("name", DIRECT)
-def test_fused_relu_is_max_of_plain(name):
+def test_direct_fused_relu_is_max_of_plain(name):
     k = _backend.ops(name)
     case = (3, 16, 9, 11, 24, 3, 3, 1, 1)
-    g, x, wt, b, gy = _data(case, 3)
+    g, x, wt, b, gy = direct_data(case, 3)
     plain, _, _, _ = _run(k, case, g, x, wt, b, gy, 0)
     fused, _, _, _ = _run(k, case, g, x, wt, b, gy, 1)
     assert (plain < 0).any() and (plain > 0).any()
@@ -484,12 +421,12 @@ def test_fused_relu_is_max_of_plain(name):
 
 
 @pytest.mark.parametrize("name", DIRECT)
-def test_bit_identical_run_to_run_and_across_threads(name):
+def test_direct_bit_identical_run_to_run_and_across_threads(name):
     """Fixed summation order: repeated runs, and 1 vs 2 threads, agree bit for bit (the
     weight gradient is summed in fixed slots of consecutive images)."""
     k = _backend.ops(name)
     case = (13, 17, 12, 11, 20, 3, 5, (1, 2), "same")
-    g, x, wt, b, gy = _data(case, 5)
+    g, x, wt, b, gy = direct_data(case, 5)
     before = fastcnn.get_num_threads()
     runs = []
     try:

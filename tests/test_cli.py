@@ -5,7 +5,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,17 +13,13 @@ import fastcnn
 from fastcnn import augment, optim
 from fastcnn.train import LOG_KEYS
 
-from conftest import NEUTRAL_CWD
-from test_train import _cifar_root
-
-DATA = os.environ.get("FASTCNN_DATA")
-needs_mnist = pytest.mark.skipif(not DATA or not Path(DATA).is_dir(), reason="FASTCNN_DATA not set to MNIST")
+from utils import DATA, NEUTRAL_CWD, cifar10_root, needs_mnist
 
 
-def _run_cli(*args, **kw):
-    env = dict(os.environ)
-    return subprocess.run([sys.executable, "-m", "fastcnn", *args], capture_output=True, text=True, env=env,
-                          timeout=600, cwd=NEUTRAL_CWD, **kw)
+def _cli(*args, timeout=900):
+    """``python -m fastcnn *args`` from a neutral directory (the installed fastcnn is imported)."""
+    return subprocess.run([sys.executable, "-m", "fastcnn", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=NEUTRAL_CWD)
 
 
 @needs_mnist
@@ -32,7 +27,7 @@ def _run_cli(*args, **kw):
 def test_cli_train_limit_smoke(tmp_path, model, backend):
     out = tmp_path / "run"
     extra = ["--backend", backend] if backend else []
-    r = _run_cli("train", "--model", model, "--limit", "300", "--data-dir", DATA, "--out", str(out),
+    r = _cli("train", "--model", model, "--limit", "300", "--data-dir", DATA, "--out", str(out),
                  "--threads", "1", *extra)
     assert r.returncode == 0, r.stderr
     last = r.stdout.strip().splitlines()[-1]
@@ -46,23 +41,36 @@ def test_cli_train_limit_smoke(tmp_path, model, backend):
     assert metrics["threads"] == 1 and metrics["train_images"] == 300
     assert metrics["backend"] == (backend or os.environ.get("FASTCNN_BACKEND") or fastcnn.available_backends()[-1])
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    r2 = _run_cli("evaluate", "--checkpoint", str(out / "model.npz"), "--data-dir", DATA)
+    r2 = _cli("evaluate", "--checkpoint", str(out / "model.npz"), "--data-dir", DATA)
     assert r2.returncode == 0, r2.stderr
     assert r2.stdout.strip().splitlines()[-1] == last
 
 
 def test_cli_errors_are_one_line_and_nonzero(tmp_path):
-    r = _run_cli("train", "--model", "bn", "--data-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o"))
+    r = _cli("train", "--model", "bn", "--data-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o"))
     assert r.returncode != 0
     assert len(r.stderr.strip().splitlines()) == 1 and "error" in r.stderr
-    r = _run_cli("train", "--model", "bn", "--backend", "gpu", "--out", str(tmp_path / "o"))
+    r = _cli("train", "--model", "bn", "--backend", "gpu", "--out", str(tmp_path / "o"))
     assert r.returncode != 0 and "available" in r.stderr
-    r = _run_cli("evaluate", "--checkpoint", str(tmp_path / "missing.npz"))
+    r = _cli("evaluate", "--checkpoint", str(tmp_path / "missing.npz"))
     assert r.returncode != 0 and "missing.npz" in r.stderr
 
 
+@needs_mnist
+def test_resume_refuses_conflicting_arguments(tmp_path):
+    r = _cli("train", "--model", "scratch", "--limit", "20", "--checkpoint-every", "5", "--no-progress",
+             "--out", str(tmp_path), "--data-dir", DATA)
+    assert r.returncode == 0, r.stderr
+    r = _cli("train", "--resume", str(tmp_path / "checkpoint.npz"), "--model", "lenet",
+             "--out", str(tmp_path), "--data-dir", DATA)
+    assert r.returncode == 1 and "checkpoint has model 'scratch'" in r.stderr
+    r = _cli("train", "--resume", str(tmp_path / "model.npz"), "--out", str(tmp_path),
+             "--data-dir", DATA)
+    assert r.returncode == 1 and "not a training checkpoint" in r.stderr
+
+
 def test_cli_info():
-    r = _run_cli("info")
+    r = _cli("info")
     assert r.returncode == 0, r.stderr
     for word in ("fastcnn", "backends:", "threads:", "openmp:", "cpu simd:"):
         assert word in r.stdout
@@ -76,7 +84,7 @@ TARGETS = {"scratch": 0.950, "lenet": 0.980, "bn": 0.978}
 @needs_mnist
 @pytest.mark.parametrize("name", ["bn", "lenet", "scratch"])
 def test_full_epoch_accuracy_target(tmp_path, name):
-    r = _run_cli("train", "--model", name, "--epochs", "1", "--seed", "0", "--data-dir", DATA,
+    r = _cli("train", "--model", name, "--epochs", "1", "--seed", "0", "--data-dir", DATA,
                  "--out", str(tmp_path / name), "--no-progress")
     assert r.returncode == 0, r.stderr
     metrics = json.loads((tmp_path / name / "metrics.json").read_text())
@@ -86,13 +94,8 @@ def test_full_epoch_accuracy_target(tmp_path, name):
 
 # --------------------------------------------------------------------------- CIFAR-10
 
-def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "fastcnn", *args], capture_output=True, text=True, timeout=900,
-                          cwd=NEUTRAL_CWD)
-
-
 def test_cli_cifar10_resnet_recipe_outputs_and_resume(tmp_path):
-    root = _cifar_root()
+    root = cifar10_root()
     common = ["--model", "resnet", "--dataset", "cifar10", "--data-dir", str(root), "--limit", "150",
               "--val-split", "50", "--batch-size", "50", "--threads", "1", "--no-progress",
               "--test-file", "test_batch_first1000.bin.gz"]
@@ -133,7 +136,7 @@ def test_cli_cifar10_resnet_recipe_outputs_and_resume(tmp_path):
 
 
 def test_cli_flags_build_optimizer_schedule_and_normalisation(tmp_path):
-    root = _cifar_root()
+    root = cifar10_root()
     r = _cli("train", "--model", "resnet", "--dataset", "cifar10", "--data-dir", str(root), "--limit", "40",
              "--batch-size", "20", "--threads", "1", "--no-progress", "--test-file", "test_batch_first1000.bin.gz",
              "--optimizer", "sgd", "--lr", "0.1", "--momentum", "0.9", "--nesterov", "--weight-decay", "5e-4",

@@ -33,6 +33,8 @@ from fastcnn.data import (
     to_float,
 )
 
+from utils import cifar10_root
+
 GZ_NAMES = [
     "train-images-idx3-ubyte.gz",
     "train-labels-idx1-ubyte.gz",
@@ -736,18 +738,6 @@ def test_download_with_progress_flag(tmp_path, server, fake_mnist, capsys):
 REC = data.CIFAR10_RECORD
 
 
-def _cifar_dir():
-    env = os.environ.get("FASTCNN_CIFAR10")
-    if env:
-        root = Path(env)
-    else:
-        mnist = os.environ.get("FASTCNN_DATA")
-        root = Path(mnist).parent / "cifar10" if mnist else None
-    if root is None or not (root / "data_batch_1.bin.gz").is_file():
-        pytest.skip("real CIFAR-10 not found (set FASTCNN_CIFAR10)")
-    return root
-
-
 def records(n, seed=0, labels=None):
     rng = np.random.default_rng(seed)
     lab = rng.integers(0, 10, n, dtype=np.uint8) if labels is None else np.asarray(labels, np.uint8)
@@ -779,7 +769,7 @@ def write_cifar(root, n=20, compress=False, test=True):
 # --------------------------------------------------------------------------- real data
 
 def test_real_cifar10_train():
-    x, y = data.load_cifar10(_cifar_dir(), "train")
+    x, y = data.load_cifar10(cifar10_root(), "train")
     assert x.shape == (50000, 3, 32, 32) and x.dtype == np.uint8 and y.dtype == np.uint8
     # published facts (the data README): counts, first labels, first pixels, channel means
     assert np.bincount(y).tolist() == [5000] * 10
@@ -790,7 +780,7 @@ def test_real_cifar10_train():
 
 
 def test_real_cifar10_partial_test_file_is_named_and_reported(capsys):
-    root = _cifar_dir()
+    root = cifar10_root()
     with pytest.raises(FileNotFoundError, match="test_batch_first1000.bin.gz.*test_file="):
         data.load_cifar10(root, "test")
     with pytest.warns(UserWarning, match="read 1000 records.*partial"):
@@ -802,7 +792,7 @@ def test_real_cifar10_partial_test_file_is_named_and_reported(capsys):
 
 
 def test_real_cifar10_sha256_table_matches_the_files():
-    root = _cifar_dir()
+    root = cifar10_root()
     sums = dict(line.split()[::-1] for line in (root / "SHA256SUMS").read_text().splitlines() if line.strip())
     for name in data.CIFAR10_FILES["train"]:
         assert sums[name] == data.CIFAR10_SHA256[name]
@@ -903,7 +893,7 @@ def test_load_dataset_by_name_adds_channel_axis(tmp_path):
 
 # --------------------------------------------------------------------------- downloading
 
-def test_fashion_mnist_download_md5_verified(tmp_path, server, monkeypatch):  # noqa: F811
+def test_fashion_mnist_download_md5_verified(tmp_path, server, monkeypatch):
     blobs = {}
     for split, n in (("train", 6), ("test", 4)):
         images, labels = synthetic(n, seed=n)
@@ -933,7 +923,7 @@ def _archive(members):
     return buf.getvalue()
 
 
-def test_cifar10_download_extracts_verified_batches(tmp_path, server, monkeypatch, small_batches):  # noqa: F811
+def test_cifar10_download_extracts_verified_batches(tmp_path, server, monkeypatch, small_batches):
     blobs = {name: records(20, seed=i)[0]
              for i, name in enumerate(data.CIFAR10_SHA256)}
     members = {f"cifar-10-batches-bin/{k}": v for k, v in blobs.items()}
@@ -955,7 +945,7 @@ def test_cifar10_download_extracts_verified_batches(tmp_path, server, monkeypatc
     assert len(server.requests) == n
 
 
-def test_cifar10_download_rejects_bad_archive_and_bad_member(tmp_path, server, monkeypatch):  # noqa: F811
+def test_cifar10_download_rejects_bad_archive_and_bad_member(tmp_path, server, monkeypatch):
     blob = records(10, seed=0)[0]
     arch = _archive({"cifar-10-batches-bin/data_batch_1.bin": blob})
     base = server.mirror("k", {data.CIFAR10_ARCHIVE: arch})

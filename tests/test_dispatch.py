@@ -7,7 +7,7 @@ import fastcnn
 from fastcnn import _backend, _dispatch, _ref
 from fastcnn import functional as F
 
-from conftest import assert_close
+from utils import assert_close
 
 
 def test_per_image_path_choice(compiled, monkeypatch, request):

@@ -1,6 +1,5 @@
 """Every script in examples/ runs (small sizes) and prints what its docstring says it shows."""
 import importlib.util
-import os
 import re
 import subprocess
 import sys
@@ -13,11 +12,9 @@ import fastcnn
 from fastcnn import data, models
 from fastcnn.train import evaluate
 
-from conftest import NEUTRAL_CWD
+from utils import DATA, NEUTRAL_CWD, needs_mnist
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-DATA = os.environ.get("FASTCNN_DATA")
-needs_mnist = pytest.mark.skipif(not DATA or not Path(DATA).is_dir(), reason="FASTCNN_DATA not set to MNIST")
 CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"
 
 

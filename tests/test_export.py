@@ -9,9 +9,7 @@ from fastcnn.export import to_onnx
 from fastcnn.layers import AvgPool2D, BatchNorm2D, Conv2D, Dense, Flatten, MaxPool2D, ReLU
 from fastcnn.predict import normalize
 
-from conftest import needs_torch
-from test_graph import _densenet, _inception, _torch_inception
-from test_predict import _cifar, needs_cifar, trained_small_cifar
+from utils import cifar, densenet, inception, needs_cifar, needs_torch, smooth_graph, torch_inception, trained_small_cifar
 
 onnx = pytest.importorskip("onnx", reason="pip install .[onnx]")
 ort = pytest.importorskip("onnxruntime", reason="pip install .[onnx]")
@@ -37,13 +35,13 @@ def _same_padding_net():
 
 
 def _graph_net():
-    return _inception(np.random.default_rng(0))
+    return inception(np.random.default_rng(0))
 
 
 NETS = {**{n: (lambda n=n: models.build(n, seed=0), SHAPES[n]) for n in SHAPES},
         "same_padding": (_same_padding_net, (2, 11, 11)),
         "inception_graph": (_graph_net, (4, 9, 9)),
-        "densenet_graph": (lambda: _densenet(np.random.default_rng(0)), (3, 8, 8))}
+        "densenet_graph": (lambda: densenet(np.random.default_rng(0)), (3, 8, 8))}
 
 
 def _session(path):
@@ -70,9 +68,7 @@ def test_onnx_runtime_equals_fastcnn(tmp_path, name):
 
 
 def test_onnx_two_inputs_two_outputs(tmp_path):
-    from test_graph import _smooth_graph
-
-    model = _smooth_graph().eval()
+    model = smooth_graph().eval()
     path = tmp_path / "two.onnx"
     to_onnx(model, path)   # a graph Model knows its input shapes
     sess = _session(path)
@@ -98,8 +94,8 @@ def test_int8_quantization_keeps_accuracy(tmp_path):
     from fastcnn.export import quantize_int8
 
     model, _, info = trained_small_cifar()
-    calib = normalize(_cifar("train", 256)[0], info)
-    test_x, test_y = _cifar("test", 1000)
+    calib = normalize(cifar("train", 256)[0], info)
+    test_x, test_y = cifar("test", 1000)
     x = normalize(test_x, info)
     to_onnx(model, tmp_path / "f.onnx", (3, 32, 32))
     quantize_int8(tmp_path / "f.onnx", tmp_path / "q.onnx", calib)
@@ -123,7 +119,7 @@ def test_safetensors_fastcnn_to_torch(tmp_path, name):
     model = _warm_stats(build(), shape)
     model.save(tmp_path / "m.safetensors", format="safetensors", metadata={"note": "x"})
     # a torch module with other weights takes the file as is (strict names, no pickle)
-    twin = _torch_inception() if name == "inception_graph" else to_torch(models.build(name, seed=5))
+    twin = torch_inception() if name == "inception_graph" else to_torch(models.build(name, seed=5))
     twin.load_state_dict(load_file(str(tmp_path / "m.safetensors")))
     twin.eval()
     x = np.random.default_rng(0).standard_normal((3,) + shape).astype(np.float32)

@@ -9,7 +9,7 @@ import pytest
 
 import fastcnn
 
-from conftest import NEUTRAL_CWD
+from utils import NEUTRAL_CWD
 
 
 _ISA_SCRIPT = """

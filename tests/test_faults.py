@@ -14,15 +14,9 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from conftest import COMPILED, NEUTRAL_CWD
+from utils import COMPILED, DATA, NEUTRAL_CWD, needs_mnist, run_python
 
 import fastcnn
-
-
-def _python(code, *args, timeout=180, **kw):
-    """Run ``code`` in a fresh interpreter from a neutral directory (installed fastcnn)."""
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code), *map(str, args)], check=False, cwd=NEUTRAL_CWD,
-                          capture_output=True, text=True, timeout=timeout, **kw)
 
 
 # --------------------------------------------------------------------------- fork safety
@@ -68,7 +62,7 @@ def test_fork_forkserver_spawn_children_after_threads_work(backend, tmp_path):
 
 @pytest.mark.parametrize("backend", COMPILED)
 def test_forked_child_asking_for_threads_gets_one_with_a_warning(backend):
-    r = _python("""
+    r = run_python("""
         import os, sys, warnings
         import numpy as np
         import fastcnn
@@ -478,8 +472,6 @@ def test_download_stops_at_the_expected_length(tmp_path, evil_mirror, monkeypatc
 
 # --------------------------------------------------------------------------- signals
 
-DATA = os.environ.get("FASTCNN_DATA")
-needs_mnist = pytest.mark.skipif(not DATA or not os.path.isdir(DATA or ""), reason="FASTCNN_DATA not set to MNIST")
 
 # Runs ``fastcnn train`` in this child and sends itself ``signum`` at a chosen moment of the
 # run (through a wrapper around the function named ``hook``), so the moment is exact.
@@ -515,7 +507,7 @@ def test_signal_after_training_keeps_the_trained_weights(tmp_path, hook, signame
 
     signum = getattr(signal, signame)
     out = tmp_path / "out"
-    r = _python(_SIGNAL_AT, hook, int(signum), out, DATA, timeout=300)
+    r = run_python(_SIGNAL_AT, hook, int(signum), out, DATA, timeout=300)
     assert r.returncode == 128 + signum, r.stderr[-3000:]
     assert "trained model is saved" in r.stderr
     model = fastcnn.load(out / "model.npz")
@@ -558,7 +550,7 @@ def test_resume_from_a_checkpoint_without_trainer_state_fields_is_refused(tmp_pa
 
     model = models.build("scratch", seed=0)
     save_checkpoint(tmp_path / "c.npz", model, optim.SGD(model.parameters(), 0.1), {"model": "scratch"}, {})
-    r = _python("import sys, fastcnn.cli as c; sys.exit(c.main(sys.argv[1:]))", "train", "--resume",
+    r = run_python("import sys, fastcnn.cli as c; sys.exit(c.main(sys.argv[1:]))", "train", "--resume",
                 tmp_path / "c.npz", "--out", tmp_path / "o", "--data-dir", DATA, timeout=120)
     assert r.returncode == 1 and "trainer state lacks" in r.stderr and "c.npz" in r.stderr, r.stderr
 
@@ -609,20 +601,6 @@ def test_sigint_mid_epoch_then_resume_is_bit_identical(tmp_path):
     for k in a:
         assert a[k].tobytes() == b[k].tobytes(), k
     assert res.stdout.strip().splitlines()[-1] == full.stdout.strip().splitlines()[-1]
-
-
-@needs_mnist
-def test_resume_refuses_conflicting_arguments(tmp_path):
-    r = _run(_cli("train", "--model", "scratch", "--limit", "20", "--checkpoint-every", "5", "--no-progress",
-                            "--out", str(tmp_path), "--data-dir", DATA), capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr
-    r = _run(_cli("train", "--resume", str(tmp_path / "checkpoint.npz"), "--model", "lenet",
-                            "--out", str(tmp_path), "--data-dir", DATA), capture_output=True, text=True, timeout=600)
-    assert r.returncode == 1 and "checkpoint has model 'scratch'" in r.stderr
-    r = _run(_cli("train", "--resume", str(tmp_path / "model.npz"), "--out", str(tmp_path),
-                            "--data-dir", DATA), capture_output=True, text=True, timeout=600)
-    assert r.returncode == 1 and "not a training checkpoint" in r.stderr
-
 
 
 @needs_mnist

@@ -13,9 +13,8 @@ from fastcnn import functional as F
 from fastcnn.functional import ConvGeometry
 
 import naive
-from conftest import BACKENDS, assert_close, needs_torch
-from test_backend import DIRECT, HSET, geometries
-from utils import numgrad
+from test_backend import DIRECT
+from utils import BACKENDS, HSET, assert_close, geometries, needs_torch, numgrad
 
 
 @pytest.mark.parametrize("n", [1, 3])
@@ -404,7 +403,7 @@ def test_functional_gradients_through_direct_path_match_finite_differences(name,
 
 
 @pytest.mark.parametrize("name", DIRECT)
-def test_functional_relu_flag(name):
+def test_conv2d_relu_flag_on_direct_and_gemm_paths(name):
     previous = fastcnn.get_backend()
     fastcnn.set_backend(name)
     try:
@@ -421,7 +420,7 @@ def test_functional_relu_flag(name):
 
 # ----------------------------------------------------------------------------- corr2d
 
-def test_worked_example_and_docstring():
+def test_corr2d_worked_example_and_docstring():
     y = F.corr2d(np.array([[0, 1, 2], [3, 4, 5], [6, 7, 8]], np.float32), np.array([[0, 1], [2, 3]], np.float32))
     assert y.dtype == np.float32 and y.tolist() == [[19, 25], [37, 43]]
     finder = doctest.DocTestFinder()
@@ -431,7 +430,7 @@ def test_worked_example_and_docstring():
     assert runner.failures == 0 and runner.tries == 3
 
 
-def test_edge_detector_of_the_tutorial():
+def test_corr2d_edge_detector_of_the_tutorial():
     x = np.ones((6, 8), np.float32)
     x[:, 2:6] = 0
     y = F.corr2d(x, np.array([[1.0, -1.0]], np.float32))
@@ -442,7 +441,7 @@ def test_edge_detector_of_the_tutorial():
 
 
 @pytest.mark.parametrize("shape,kshape", [((7, 9), (3, 2)), ((1, 5), (1, 5)), ((4, 4), (1, 1)), ((10, 3), (4, 3))])
-def test_equals_loops_and_conv2d(backend, shape, kshape):
+def test_corr2d_equals_loops_and_conv2d(backend, shape, kshape):
     rng = np.random.default_rng(1)
     x = rng.standard_normal(shape).astype(np.float32)
     k = rng.standard_normal(kshape).astype(np.float32)
@@ -452,7 +451,7 @@ def test_equals_loops_and_conv2d(backend, shape, kshape):
     assert np.array_equal(y, F.conv2d(x[None, None], k[None, None])[0, 0])
 
 
-def test_bad_input():
+def test_corr2d_bad_input():
     with pytest.raises(ValueError, match="corr2d: input must be 2-D"):
         F.corr2d(np.ones((1, 3, 3), np.float32), np.ones((2, 2), np.float32))
     with pytest.raises(TypeError, match="kernel"):

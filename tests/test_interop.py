@@ -3,14 +3,13 @@ import numpy as np
 
 from fastcnn import models
 
-from conftest import needs_torch
-from gold import to_numpy_state, torch_twin
-from test_layers import _torch
+from utils import needs_torch, to_numpy_state, torch_twin
 
 
 @needs_torch
 def test_torch_state_dict_loads_as_is():
-    torch = _torch()
+    import torch
+
     model = models.build("bn", seed=1)
     twin = torch_twin(models.build("bn", seed=2))  # different weights
     with torch.no_grad():

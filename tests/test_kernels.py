@@ -5,7 +5,7 @@ the code generated per ISA."""
 import naive
 import numpy as np
 import pytest
-from conftest import assert_close
+from utils import NEUTRAL_CWD, assert_close
 
 import fastcnn
 from fastcnn import _config, _ref
@@ -187,8 +187,6 @@ def test_generated_code_per_isa(isa, tmp_path):
     import subprocess
     import sys
     from pathlib import Path
-
-    from conftest import NEUTRAL_CWD
 
     flags = Path("/proc/cpuinfo").read_text() if os.path.exists("/proc/cpuinfo") else ""
     if isa != "baseline" and (" avx512f" if isa == "avx512" else " avx2") not in flags:

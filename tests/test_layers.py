@@ -7,19 +7,13 @@ import pytest
 import fastcnn
 from fastcnn import layers as L
 
-from conftest import assert_close, needs_torch
-from gold import torch_twin
-
-
-def _torch():
-    import torch
-
-    return torch
+from utils import assert_close, needs_torch, torch_twin
 
 
 def _check_layer(layer, twin, x, rtol=1e-5, train=True):
     """Forward, input gradient and parameter gradients of ``layer`` equal ``twin``'s."""
-    torch = _torch()
+    import torch
+
     layer.train(train)
     twin.train(train)
     tx = torch.tensor(x, requires_grad=True)

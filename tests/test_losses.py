@@ -3,13 +3,13 @@ import numpy as np
 
 from fastcnn import losses
 
-from conftest import assert_close, needs_torch
-from test_layers import _torch
+from utils import assert_close, needs_torch
 
 
 @needs_torch
 def test_mse_matches_torch():
-    torch = _torch()
+    import torch
+
     rng = np.random.default_rng(8)
     a, b = rng.standard_normal((4, 7)).astype(np.float32), rng.standard_normal((4, 7)).astype(np.float32)
     ta = torch.tensor(a, requires_grad=True)

@@ -5,15 +5,14 @@ import pytest
 
 from fastcnn import losses, models, optim
 
-from conftest import assert_close, needs_torch
-from gold import torch_twin
-from test_layers import _torch
+from utils import assert_close, needs_torch, torch_twin
 
 
 @needs_torch
 @pytest.mark.parametrize("name", ["scratch", "lenet", "bn"])
 def test_model_logits_and_gradients_match_torch(backend, conv_path, name):
-    torch = _torch()
+    import torch
+
     model = models.build(name, seed=0)
     twin = torch_twin(model)
     x = np.random.default_rng(5).random((8, 1, 28, 28), dtype=np.float32)

@@ -6,8 +6,7 @@ import fastcnn
 from fastcnn import optim
 from fastcnn.layers import Parameter
 
-from conftest import assert_close, needs_torch
-from test_layers import _torch
+from utils import assert_close, needs_torch
 
 SHAPES = [(7, 3), (5,), (2, 3, 3, 3)]
 
@@ -158,7 +157,8 @@ def test_tutorial_step_schedule_values():
 @needs_torch
 @pytest.mark.parametrize("kind", ["sgd", "sgd_momentum", "adam"])
 def test_optimizers_match_torch(kind):
-    torch = _torch()
+    import torch
+
     rng = np.random.default_rng(7)
     w0 = rng.standard_normal((5, 3)).astype(np.float32)
     p = fastcnn.Parameter(w0.copy())

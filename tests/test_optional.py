@@ -9,7 +9,7 @@ import pytest
 from fastcnn import models
 from fastcnn.export import to_onnx
 
-from conftest import NEUTRAL_CWD
+from utils import NEUTRAL_CWD
 
 
 def test_missing_extra_message(monkeypatch, tmp_path):

@@ -8,8 +8,7 @@ from fastcnn import functional as F
 from fastcnn.functional import ConvGeometry
 
 import naive
-from test_backend import CASES, _data
-from utils import numgrad
+from utils import DIRECT_CASES, direct_data, numgrad
 
 
 @pytest.mark.parametrize("stride,padding,kernel,size", [
@@ -98,10 +97,10 @@ def test_relu_and_softmax_reference_backward_finite_differences():
 
 # ----------------------------------------------------------------------------- direct convolution against naive loops
 
-@pytest.mark.parametrize("case", CASES)
-def test_reference_matches_naive_loops(case):
+@pytest.mark.parametrize("case", DIRECT_CASES)
+def test_direct_reference_matches_naive_loops(case):
     """The reference primitives (the contract) against naive float64 loops."""
-    g, x, wt, b, gy = _data(case)
+    g, x, wt, b, gy = direct_data(case)
     x, wt, b, gy = (a.astype(np.float64) for a in (x, wt, b, gy))
     pads = (g.pt, g.pb, g.pl, g.pr)
     y, gx, gw, gb = (np.empty(a.shape) for a in (gy, x, wt, b))

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from test_faults import DATA, _python, needs_mnist
+from utils import DATA, needs_mnist, run_python
 
 
 @needs_mnist
@@ -13,7 +13,7 @@ def test_second_run_into_the_same_out_is_refused(tmp_path):
 
     out = tmp_path / "out"
     with lock_output_dir(out):  # as a first run would hold it
-        r = _python("import sys, fastcnn.cli as c; sys.exit(c.main(sys.argv[1:]))", "train", "--model", "scratch",
+        r = run_python("import sys, fastcnn.cli as c; sys.exit(c.main(sys.argv[1:]))", "train", "--model", "scratch",
                     "--limit", "10", "--no-progress", "--out", out, "--data-dir", DATA, timeout=120)
     assert r.returncode == 1
     assert f"in use by another fastcnn run (pid {os.getpid()})" in r.stderr
@@ -23,7 +23,7 @@ def test_second_run_into_the_same_out_is_refused(tmp_path):
 def test_lock_is_exclusive_and_released_when_the_holder_dies(tmp_path):
     from fastcnn._runio import lock_output_dir
 
-    r = _python("""
+    r = run_python("""
         import os, sys
         from fastcnn._runio import lock_output_dir
         with lock_output_dir(sys.argv[1]):
@@ -31,7 +31,7 @@ def test_lock_is_exclusive_and_released_when_the_holder_dies(tmp_path):
     """, tmp_path)
     assert r.returncode == 9
     with lock_output_dir(tmp_path):  # the kernel released it
-        r = _python("""
+        r = run_python("""
             import sys
             from fastcnn._runio import OutputDirBusy, lock_output_dir
             try:
@@ -86,7 +86,7 @@ def test_train_cleans_stale_temporaries_in_out(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / ".model.npz.q1w2e3r4.tmp").write_bytes(bytes(1000))
-    r = _python("import sys, fastcnn.cli as c; sys.exit(c.main(sys.argv[1:]))", "train", "--model", "scratch",
+    r = run_python("import sys, fastcnn.cli as c; sys.exit(c.main(sys.argv[1:]))", "train", "--model", "scratch",
                 "--limit", "10", "--no-progress", "--out", out, "--data-dir", DATA, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]

@@ -7,7 +7,7 @@ from fastcnn import layers as L
 from fastcnn import models
 from fastcnn import summary
 
-from conftest import NEUTRAL_CWD, needs_torch
+from utils import NEUTRAL_CWD, needs_torch
 
 SHAPES = {"scratch": (1, 28, 28), "lenet": (1, 28, 28), "bn": (1, 28, 28), "resnet": (3, 32, 32)}
 

@@ -1,6 +1,5 @@
 """TensorBoardCallback: events written through tensorboardX, read back with TensorBoard's reader."""
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,12 +11,10 @@ import pytest
 import fastcnn
 from fastcnn import models
 
-from conftest import NEUTRAL_CWD
+from utils import DATA, NEUTRAL_CWD
 
 pytest.importorskip("tensorboardX")
 event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
-
-DATA = os.environ.get("FASTCNN_DATA")
 
 
 def read(logdir):

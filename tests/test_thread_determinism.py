@@ -4,7 +4,7 @@ fixed thread count every backend trains bit-identically run to run, and its logi
 across thread counts."""
 import numpy as np
 import pytest
-from conftest import COMPILED
+from utils import COMPILED
 
 import fastcnn
 from fastcnn import models

@@ -4,6 +4,8 @@ import pytest
 
 import fastcnn
 
+from utils import NEUTRAL_CWD
+
 
 def test_thread_knob():
     from threadpoolctl import threadpool_info
@@ -43,8 +45,6 @@ def _blas_probe(pre="", threads=1, env=None):
     import subprocess
     import sys
 
-    from conftest import NEUTRAL_CWD
-
     full_env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_THREAD_TIMEOUT", "FASTCNN_NO_THREAD_DEFAULTS")}
     full_env.update(env or {})
     out = subprocess.run([sys.executable, "-c", _BLAS_PROBE.format(pre=pre, threads=threads)], cwd=NEUTRAL_CWD,
@@ -81,8 +81,6 @@ def test_import_and_ops_work_without_optional_blas_control(missing):
     import os
     import subprocess
     import sys
-
-    from conftest import NEUTRAL_CWD
 
     code = f"""
 import sys

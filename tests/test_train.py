@@ -2,8 +2,6 @@
 seeded augmentation and dropout, bit-identical resume; the per-step loss of the seed networks
 (MNIST) and the tutorial ResNet (CIFAR-10) beside PyTorch."""
 import csv
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,9 +11,7 @@ from fastcnn import augment, data, layers as L, losses, models, optim
 from fastcnn.train import (LOG_KEYS, BestCheckpoint, Callback, CSVLogger, EarlyStopping, Trainer, fit,
                            load_checkpoint, make_optimizer, save_checkpoint)
 
-from conftest import needs_torch
-from gold import torch_twin
-from test_faults import DATA, needs_mnist
+from utils import DATA, cifar10_root, needs_mnist, needs_torch, torch_twin
 
 
 def _data(n=120, seed=0):
@@ -197,13 +193,6 @@ def test_trainer_argument_errors():
 
 # --------------------------------------------------------------------------- CIFAR-10
 
-def _cifar_root():
-    mnist = os.environ.get("FASTCNN_DATA")
-    root = Path(os.environ.get("FASTCNN_CIFAR10") or (Path(mnist).parent / "cifar10" if mnist else "none"))
-    if not (root / "data_batch_1.bin.gz").is_file():
-        pytest.skip("real CIFAR-10 not found (set FASTCNN_CIFAR10)")
-    return root
-
 
 # --------------------------------------------------------------------------- ResNet parity with PyTorch
 
@@ -217,7 +206,7 @@ def test_resnet_cifar10_loss_curve_matches_torch(batch):
     from fastcnn import data, models
     from fastcnn.interop import to_torch
 
-    x, y = data.load_cifar10(_cifar_root(), "train")
+    x, y = data.load_cifar10(cifar10_root(), "train")
     x, y = x[:45000], y[:45000]
     model = models.build("resnet", seed=0)
     gold = to_torch(model).double()
