@@ -4,10 +4,12 @@ import numpy as np
 import pytest
 
 import fastcnn
-from fastcnn import _backend, _dispatch, _ref
+from fastcnn import _backend, _dispatch
 from fastcnn import functional as F
 
 from utils import assert_close
+
+REF = _backend.ops("numpy")  # the numpy backend's primitives: the reference, fastcnn._ref
 
 
 def test_per_image_path_choice(compiled, monkeypatch, request):
@@ -20,7 +22,7 @@ def test_per_image_path_choice(compiled, monkeypatch, request):
     assert _dispatch.conv_plan(k, 3, 4, 5, 3, 3, 9, 9, 4) == ("per_image" if single else "chunked")
     big = _dispatch.CHUNK_BYTES // (4 * 9 * 4) + 1  # pixels whose 4x3x3 columns exceed it
     assert _dispatch.conv_plan(k, 3, 4, 5, 3, 3, big, 1, 4) == "chunked"
-    assert _dispatch.conv_plan(_ref, 3, 4, 5, 3, 3, 9, 9, 4) == "chunked"
+    assert _dispatch.conv_plan(REF, 3, 4, 5, 3, 3, 9, 9, 4) == "chunked"
     rng = np.random.default_rng(4)
     x = rng.standard_normal((3, 4, 9, 9), dtype=np.float32)
     w = rng.standard_normal((5, 4, 3, 3), dtype=np.float32)
@@ -80,9 +82,9 @@ def test_conv_plan_rules():
             assert _dispatch.conv_plan(k, 100, 1, 32, 5, 5, 28, 28, 4, backward=True) != "direct"
             assert _dispatch.conv_plan(k, 100, 16, 32, 3, 3, 16, 16, 4, (2, 2), True) != "direct"
         # the numpy backend keeps its reference path
-        assert _dispatch.conv_plan(_ref, 100, 16, 32, 5, 5, 14, 14, 4) == "chunked"
-        assert _dispatch.conv_plan(_ref, 1, 16, 32, 5, 5, 14, 14, 4) == "single"
+        assert _dispatch.conv_plan(REF, 100, 16, 32, 5, 5, 14, 14, 4) == "chunked"
+        assert _dispatch.conv_plan(REF, 1, 16, 32, 5, 5, 14, 14, 4) == "single"
     for conv in ("direct", "per_image", "chunked"):
         with fastcnn.config(conv=conv):
-            assert _dispatch.conv_plan(_ref, 5, 3, 4, 3, 3, 8, 8, 4) == conv
-            assert _dispatch.conv_plan(_ref, 1, 3, 4, 3, 3, 8, 8, 4) == ("direct" if conv == "direct" else "single")
+            assert _dispatch.conv_plan(REF, 5, 3, 4, 3, 3, 8, 8, 4) == conv
+            assert _dispatch.conv_plan(REF, 1, 3, 4, 3, 3, 8, 8, 4) == ("direct" if conv == "direct" else "single")

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from utils import COMPILED, DATA, NEUTRAL_CWD, needs_mnist, run_python
+from utils import COMPILED, DATA, NEUTRAL_CWD, cores, needs_mnist, run_python
 
 import fastcnn
 
@@ -36,7 +36,7 @@ _FORK_CHILD = """
     if __name__ == "__main__":
         backend = sys.argv[1]
         fastcnn.set_backend(backend)
-        fastcnn.set_num_threads(fastcnn._threads.max_threads())
+        fastcnn.set_num_threads(int(sys.argv[2]))  # every core
         ref, _ = work(backend)  # the parent's thread pools are now running
         for method in ("fork", "forkserver", "spawn"):
             with mp.get_context(method).Pool(2) as pool:
@@ -54,7 +54,7 @@ _FORK_CHILD = """
 def test_fork_forkserver_spawn_children_after_threads_work(backend, tmp_path):
     script = tmp_path / "forkcheck.py"  # spawn/forkserver children re-import the main module
     script.write_text(textwrap.dedent(_FORK_CHILD))
-    r = subprocess.run([sys.executable, str(script), backend], check=False, cwd=NEUTRAL_CWD, capture_output=True, text=True,
+    r = subprocess.run([sys.executable, str(script), backend, str(cores())], check=False, cwd=NEUTRAL_CWD, capture_output=True, text=True,
                        timeout=240)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.split() == ["fork", "ok", "forkserver", "ok", "spawn", "ok"], r.stdout

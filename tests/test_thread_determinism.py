@@ -4,7 +4,7 @@ fixed thread count every backend trains bit-identically run to run, and its logi
 across thread counts."""
 import numpy as np
 import pytest
-from utils import COMPILED
+from utils import COMPILED, cores
 
 import fastcnn
 from fastcnn import models
@@ -28,7 +28,7 @@ def _train(name, backend, threads, steps=3):
 @pytest.mark.parametrize("backend", COMPILED)
 @pytest.mark.parametrize("name", ["lenet", "bn"])
 def test_training_bit_identical_at_1_and_2_threads(name, backend):
-    if fastcnn._threads.max_threads() < 2:
+    if cores() < 2:
         pytest.skip("needs 2 cores")
     before_b, before_t = fastcnn.get_backend(), fastcnn.get_num_threads()
     try:
@@ -76,7 +76,7 @@ def test_training_is_bit_identical_at_fixed_threads_and_close_across_threads(bac
     summation order, so weights differ by rounding; Adam turns rounding noise in a gradient
     whose true value is 0 (a conv bias before BatchNorm) into steps of size lr, so the check
     across thread counts is on what the network computes: its logits."""
-    top = fastcnn._threads.max_threads()
+    top = cores()
     (a, la), (b, lb) = _train_weights(name, backend, top), _train_weights(name, backend, top)
     for k in a:
         assert a[k].tobytes() == b[k].tobytes(), k
