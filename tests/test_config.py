@@ -4,7 +4,6 @@ import pytest
 
 from fastcnn import _config
 
-
 AVX512_HOST = "+64bit,+avx,+avx2,+fma,+avx512f,+avx512vl,+evex512,-amx-tile,+sse2"
 AVX2_HOST = "+64bit,+avx,+avx2,+fma,-avx512f,+sse2"
 

@@ -733,7 +733,7 @@ def test_download_with_progress_flag(tmp_path, server, fake_mnist, capsys):
     assert capsys.readouterr().err == ""
 
 
-# --------------------------------------------------------------------------- CIFAR-10, Fashion-MNIST, the data root: helpers
+# --------------------------------------------------------------------------- CIFAR-10, Fashion-MNIST: helpers
 
 REC = data.CIFAR10_RECORD
 

@@ -9,7 +9,16 @@ from fastcnn.export import to_onnx
 from fastcnn.layers import AvgPool2D, BatchNorm2D, Conv2D, Dense, Flatten, MaxPool2D, ReLU
 from fastcnn.predict import normalize
 
-from utils import cifar, densenet, inception, needs_cifar, needs_torch, smooth_graph, torch_inception, trained_small_cifar
+from utils import (
+    cifar,
+    densenet,
+    inception,
+    needs_cifar,
+    needs_torch,
+    smooth_graph,
+    torch_inception,
+    trained_small_cifar,
+)
 
 onnx = pytest.importorskip("onnx", reason="pip install .[onnx]")
 ort = pytest.importorskip("onnxruntime", reason="pip install .[onnx]")

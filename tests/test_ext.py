@@ -11,7 +11,6 @@ import fastcnn
 
 from utils import NEUTRAL_CWD
 
-
 _ISA_SCRIPT = """
 import numpy as np
 import fastcnn

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from utils import COMPILED, DATA, NEUTRAL_CWD, cores, needs_mnist, run_python
 
 import fastcnn
 
+from utils import COMPILED, DATA, NEUTRAL_CWD, cores, needs_mnist, run_python
 
 # --------------------------------------------------------------------------- fork safety
 
@@ -54,8 +54,8 @@ _FORK_CHILD = """
 def test_fork_forkserver_spawn_children_after_threads_work(backend, tmp_path):
     script = tmp_path / "forkcheck.py"  # spawn/forkserver children re-import the main module
     script.write_text(textwrap.dedent(_FORK_CHILD))
-    r = subprocess.run([sys.executable, str(script), backend, str(cores())], check=False, cwd=NEUTRAL_CWD, capture_output=True, text=True,
-                       timeout=240)
+    r = subprocess.run([sys.executable, str(script), backend, str(cores())], check=False, cwd=NEUTRAL_CWD,
+                       capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.split() == ["fork", "ok", "forkserver", "ok", "spawn", "ok"], r.stdout
 
@@ -555,7 +555,7 @@ def test_resume_from_a_checkpoint_without_trainer_state_fields_is_refused(tmp_pa
     assert r.returncode == 1 and "trainer state lacks" in r.stderr and "c.npz" in r.stderr, r.stderr
 
 
-# --------------------------------------------------------------------------- interruption and resume, non-finite loss, disk full
+# --------------------------------------------------------------------------- interruption, non-finite loss, full disk
 
 def _cli(*args):
     return [sys.executable, "-m", "fastcnn", *args]

@@ -14,7 +14,6 @@ from fastcnn.functional import ConvGeometry
 import naive
 from utils import BACKENDS, COMPILED, HSET, assert_close, cores, geometries, needs_torch, numgrad
 
-
 # ----------------------------------------------------------------------------- against naive loops and PyTorch
 
 @HSET
@@ -154,7 +153,8 @@ def test_linear_with_no_input_features(backend, conv_path, n):
 
 
 
-@pytest.mark.parametrize("stride,padding,use_bias", [(1, "same", True), (2, 1, False), (1, 0, True), (3, "same", False)])
+@pytest.mark.parametrize("stride,padding,use_bias",
+                         [(1, "same", True), (2, 1, False), (1, 0, True), (3, "same", False)])
 def test_conv_single_image_path_matches_batched(backend, stride, padding, use_bias):
     """Batch 1 skips the GEMM-layout reorders; each image of a batch gets the same result."""
     rng = np.random.default_rng(21)

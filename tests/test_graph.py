@@ -10,7 +10,6 @@ from fastcnn.layers import Conv2D, Dense, Flatten, ReLU
 
 from utils import assert_close, densenet, inception, needs_torch, smooth_graph, torch_densenet, torch_inception
 
-
 # ---------------------------------------------------------------- finite differences
 
 

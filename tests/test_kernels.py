@@ -2,15 +2,16 @@
 (``_kernels.conv_direct``) against naive float64 loops and the float64 reference; finite
 differences; determinism across runs, thread counts and the serial/parallel compilations;
 the code generated per ISA."""
-import naive
 import numpy as np
 import pytest
-from utils import NEUTRAL_CWD, assert_close, cores
 
 import fastcnn
 from fastcnn import _config, _ref
 from fastcnn._kernels import conv_direct as D
 from fastcnn.functional import ConvGeometry
+
+import naive
+from utils import NEUTRAL_CWD, assert_close, cores
 
 # Float32 sums of up to C*kh*kw = 17*25 = 425 products (forward, input gradient) or
 # N*OH*OW products (weight gradient: float32 partials per pixel over <= 6 images, then a

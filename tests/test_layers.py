@@ -130,7 +130,8 @@ def test_finite_difference_gradient(make):
         xp, xm = x.copy(), x.copy()
         xp[idx] += eps
         xm[idx] -= eps
-        num = (np.sum(layer.forward(xp).astype(np.float64) * r) - np.sum(layer.forward(xm).astype(np.float64) * r)) / (2 * eps)
+        num = (np.sum(layer.forward(xp).astype(np.float64) * r)
+               - np.sum(layer.forward(xm).astype(np.float64) * r)) / (2 * eps)
         # central differences of a float32 function: truncation O(eps^2) + rounding ~1e-5
         assert abs(num - g[idx]) <= 2e-3 * max(1.0, abs(num)), (idx, num, g[idx])
 

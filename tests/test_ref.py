@@ -81,12 +81,12 @@ def test_relu_and_softmax_reference_backward_finite_differences():
     labels = np.array([0, 6, 3, 3])
 
     def xent():
-        p, l = np.empty_like(x), np.empty(4)
-        _ref.softmax_xent_forward(x, labels, p, l)
-        return float(l.mean())
+        p, losses = np.empty_like(x), np.empty(4)
+        _ref.softmax_xent_forward(x, labels, p, losses)
+        return float(losses.mean())
 
-    p, l = np.empty_like(x), np.empty(4)
-    _ref.softmax_xent_forward(x, labels, p, l)
+    p, losses = np.empty_like(x), np.empty(4)
+    _ref.softmax_xent_forward(x, labels, p, losses)
     gx = np.empty_like(x)
     _ref.softmax_xent_backward(p, labels, gx)
     np.testing.assert_allclose(gx, numgrad(xent, x), rtol=1e-6, atol=1e-8)

@@ -4,8 +4,7 @@ import pytest
 
 import fastcnn
 from fastcnn import layers as L
-from fastcnn import models
-from fastcnn import summary
+from fastcnn import models, summary
 
 from utils import NEUTRAL_CWD, needs_torch
 

@@ -4,11 +4,12 @@ fixed thread count every backend trains bit-identically run to run, and its logi
 across thread counts."""
 import numpy as np
 import pytest
-from utils import COMPILED, cores
 
 import fastcnn
 from fastcnn import models
 from fastcnn.train import recipe_step
+
+from utils import COMPILED, cores
 
 
 def _train(name, backend, threads, steps=3):

@@ -45,7 +45,8 @@ def _blas_probe(pre="", threads=1, env=None):
     import subprocess
     import sys
 
-    full_env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_THREAD_TIMEOUT", "FASTCNN_NO_THREAD_DEFAULTS")}
+    drop = ("OPENBLAS_THREAD_TIMEOUT", "FASTCNN_NO_THREAD_DEFAULTS")
+    full_env = {k: v for k, v in os.environ.items() if k not in drop}
     full_env.update(env or {})
     out = subprocess.run([sys.executable, "-c", _BLAS_PROBE.format(pre=pre, threads=threads)], cwd=NEUTRAL_CWD,
                          env=full_env, capture_output=True, text=True, timeout=300)

@@ -7,9 +7,20 @@ import numpy as np
 import pytest
 
 import fastcnn
-from fastcnn import augment, data, layers as L, losses, models, optim
-from fastcnn.train import (LOG_KEYS, BestCheckpoint, Callback, CSVLogger, EarlyStopping, Trainer, fit,
-                           load_checkpoint, make_optimizer, save_checkpoint)
+from fastcnn import augment, data, losses, models, optim
+from fastcnn import layers as L
+from fastcnn.train import (
+    LOG_KEYS,
+    BestCheckpoint,
+    Callback,
+    CSVLogger,
+    EarlyStopping,
+    Trainer,
+    fit,
+    load_checkpoint,
+    make_optimizer,
+    save_checkpoint,
+)
 
 from utils import DATA, cifar10_root, needs_mnist, needs_torch, torch_twin
 
