@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 import fastcnn
 from fastcnn import _backend, _ref
 
-from utils import BACKENDS, COMPILED, DIRECT_CASES, HSET, assert_close, cores, direct_data, geometries
+from utils import BACKENDS, COMPILED, DIRECT_CASES, HSET, assert_close, cores, direct_data, geometries, run_direct
 
 
 def test_all_backends_compiled():
@@ -373,17 +373,6 @@ def _close(got, want, abs_scale, what):
     assert worst <= 1.0, f"{what}: error {worst:.3g} x the bound"
 
 
-def _run(mod, case, g, x, wt, b, gy, relu=0):
-    y = np.full((x.shape[0], wt.shape[0], g.oh, g.ow), np.nan, np.float32)
-    mod.conv2d_direct_forward(x, wt, b, g.sh, g.sw, g.pt, g.pl, relu, y)
-    gx = np.full(x.shape, np.nan, np.float32)
-    mod.conv2d_direct_backward_data(gy, wt, g.sh, g.sw, g.pt, g.pl, gx)
-    gw = np.full(wt.shape, np.nan, np.float32)
-    gb = np.full(wt.shape[0], np.nan, np.float32)
-    mod.conv2d_direct_backward_weight(gy, x, g.sh, g.sw, g.pt, g.pl, gw, gb)
-    return y, gx, gw, gb
-
-
 @pytest.mark.parametrize("name", DIRECT)
 @pytest.mark.parametrize("case", DIRECT_CASES)
 def test_direct_primitives_match_reference(name, case):
@@ -392,7 +381,7 @@ def test_direct_primitives_match_reference(name, case):
     k = _backend.ops(name)
     g, x, wt, b, gy = direct_data(case)
     for relu in (0, 1):
-        y, gx, gw, gb = _run(k, case, g, x, wt, b, gy, relu)
+        y, gx, gw, gb = run_direct(k, g, x, wt, b, gy, relu)
         x64, w64, b64, gy64 = (a.astype(np.float64) for a in (x, wt, b, gy))
         want = [np.empty(a.shape) for a in (y, gx, gw, gb)]
         _ref.conv2d_direct_forward(x64, w64, b64, g.sh, g.sw, g.pt, g.pl, relu, want[0])
@@ -414,8 +403,8 @@ def test_direct_fused_relu_is_max_of_plain(name):
     k = _backend.ops(name)
     case = (3, 16, 9, 11, 24, 3, 3, 1, 1)
     g, x, wt, b, gy = direct_data(case, 3)
-    plain, _, _, _ = _run(k, case, g, x, wt, b, gy, 0)
-    fused, _, _, _ = _run(k, case, g, x, wt, b, gy, 1)
+    plain, _, _, _ = run_direct(k, g, x, wt, b, gy, 0)
+    fused, _, _, _ = run_direct(k, g, x, wt, b, gy, 1)
     assert (plain < 0).any() and (plain > 0).any()
     np.testing.assert_array_equal(fused, np.maximum(plain, 0))
 
@@ -434,7 +423,7 @@ def test_direct_bit_identical_run_to_run_and_across_threads(name):
             if threads > cores():
                 continue
             fastcnn.set_num_threads(threads)
-            runs.append(_run(k, case, g, x, wt, b, gy, 1))
+            runs.append(run_direct(k, g, x, wt, b, gy, 1))
     finally:
         fastcnn.set_num_threads(before)
     assert len(runs) >= 2

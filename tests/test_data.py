@@ -85,14 +85,20 @@ def write_split(root, split, images, labels, compress=True):
     write(Path(root) / (lbl + ext), idx_bytes(labels), compress)
 
 
-def synthetic_gz_files():
-    """gz bytes for all four names (small synthetic MNIST) and their SHA-256 table."""
+def gz_blobs(train=20, test=8):
+    """gz bytes of the four MNIST-format files of a small synthetic dataset, by file name."""
     blobs = {}
-    for split, n in (("train", 20), ("test", 8)):
+    for split, n in (("train", train), ("test", test)):
         images, labels = synthetic(n, seed=n)
         img, lbl = data.FILES[split]
         blobs[img + ".gz"] = gzip.compress(idx_bytes(images), mtime=0)
         blobs[lbl + ".gz"] = gzip.compress(idx_bytes(labels), mtime=0)
+    return blobs
+
+
+def synthetic_gz_files():
+    """gz bytes for all four names (small synthetic MNIST) and their SHA-256 table."""
+    blobs = gz_blobs()
     sums = {k: hashlib.sha256(v).hexdigest() for k, v in blobs.items()}
     return blobs, sums
 
@@ -894,12 +900,7 @@ def test_load_dataset_by_name_adds_channel_axis(tmp_path):
 # --------------------------------------------------------------------------- downloading
 
 def test_fashion_mnist_download_md5_verified(tmp_path, server, monkeypatch):
-    blobs = {}
-    for split, n in (("train", 6), ("test", 4)):
-        images, labels = synthetic(n, seed=n)
-        img, lbl = data.FILES[split]
-        blobs[img + ".gz"] = gzip.compress(idx_bytes(images), mtime=0)
-        blobs[lbl + ".gz"] = gzip.compress(idx_bytes(labels), mtime=0)
+    blobs = gz_blobs(train=6, test=4)
     monkeypatch.setattr(data, "FASHION_MD5", {k: hashlib.md5(v).hexdigest() for k, v in blobs.items()})
     monkeypatch.setattr(data, "FASHION_SIZES", {k: len(v) for k, v in blobs.items()})
     bad = server.mirror("bad", {k: v[:-1] + b"x" for k, v in blobs.items()})

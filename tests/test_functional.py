@@ -12,7 +12,7 @@ from fastcnn import functional as F
 from fastcnn.functional import ConvGeometry
 
 import naive
-from utils import BACKENDS, COMPILED, HSET, assert_close, cores, geometries, needs_torch, numgrad
+from utils import BACKENDS, HSET, assert_close, cores, geometries, needs_torch, numgrad
 
 # ----------------------------------------------------------------------------- against naive loops and PyTorch
 
@@ -193,24 +193,18 @@ def test_conv_single_image_path_matches_batched(backend, stride, padding, use_bi
 
 
 
-@pytest.mark.parametrize("name", COMPILED)
 @pytest.mark.parametrize("stride,padding", [(1, "same"), (2, 1), ((1, 3), (2, 0))])
-def test_functional_gradients_through_direct_path_match_finite_differences(name, stride, padding):
+def test_functional_gradients_through_direct_path_match_finite_differences(compiled, stride, padding):
     """F.conv2d_backward on the direct strategy against central differences of the float64
-    reference forward (loss = sum(r * conv))."""
-    previous = fastcnn.get_backend()
-    fastcnn.set_backend(name)
-    try:
-        with fastcnn.config(conv="direct"):
-            rng = np.random.default_rng(11)
-            x = rng.standard_normal((2, 3, 6, 5), dtype=np.float32)
-            w = rng.standard_normal((9, 3, 3, 2), dtype=np.float32)
-            b = rng.standard_normal(9, dtype=np.float32)
-            y = F.conv2d(x, w, b, stride, padding)
-            r = rng.standard_normal(y.shape).astype(np.float32)
-            gx, gw, gb = F.conv2d_backward(r, x, w, stride, padding)
-    finally:
-        fastcnn.set_backend(previous)
+    naive forward (loss = sum(r * conv))."""
+    with fastcnn.config(conv="direct"):
+        rng = np.random.default_rng(11)
+        x = rng.standard_normal((2, 3, 6, 5), dtype=np.float32)
+        w = rng.standard_normal((9, 3, 3, 2), dtype=np.float32)
+        b = rng.standard_normal(9, dtype=np.float32)
+        y = F.conv2d(x, w, b, stride, padding)
+        r = rng.standard_normal(y.shape).astype(np.float32)
+        gx, gw, gb = F.conv2d_backward(r, x, w, stride, padding)
     s = stride if isinstance(stride, tuple) else (stride, stride)
     g = ConvGeometry((3, 2), s, padding, (6, 5), "test")
     x64, w64, b64, r64 = (a.astype(np.float64) for a in (x, w, b, r))
@@ -226,20 +220,14 @@ def test_functional_gradients_through_direct_path_match_finite_differences(name,
 
 
 
-@pytest.mark.parametrize("name", COMPILED)
-def test_conv2d_relu_flag_on_direct_and_gemm_paths(name):
-    previous = fastcnn.get_backend()
-    fastcnn.set_backend(name)
-    try:
-        rng = np.random.default_rng(2)
-        x = rng.standard_normal((3, 4, 8, 8), dtype=np.float32)
-        w = rng.standard_normal((16, 4, 3, 3), dtype=np.float32)
-        for conv in ("direct", "per_image", "chunked"):
-            with fastcnn.config(conv=conv):
-                np.testing.assert_array_equal(F.conv2d(x, w, None, 1, 1, relu=True),
-                                              np.maximum(F.conv2d(x, w, None, 1, 1), 0))
-    finally:
-        fastcnn.set_backend(previous)
+def test_conv2d_relu_flag_on_direct_and_gemm_paths(compiled):
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((3, 4, 8, 8), dtype=np.float32)
+    w = rng.standard_normal((16, 4, 3, 3), dtype=np.float32)
+    for conv in ("direct", "per_image", "chunked"):
+        with fastcnn.config(conv=conv):
+            np.testing.assert_array_equal(F.conv2d(x, w, None, 1, 1, relu=True),
+                                          np.maximum(F.conv2d(x, w, None, 1, 1), 0))
 
 
 # ----------------------------------------------------------------------------- determinism across runs and threads

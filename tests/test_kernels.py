@@ -11,7 +11,7 @@ from fastcnn._kernels import conv_direct as D
 from fastcnn.functional import ConvGeometry
 
 import naive
-from utils import NEUTRAL_CWD, assert_close, cores
+from utils import NEUTRAL_CWD, assert_close, cores, run_direct
 
 # Float32 sums of up to C*kh*kw = 17*25 = 425 products (forward, input gradient) or
 # N*OH*OW products (weight gradient: float32 partials per pixel over <= 6 images, then a
@@ -53,22 +53,11 @@ def _setup(case, seed=0):
     return g, x, wt, b, gy
 
 
-def _run(g, x, wt, b, gy, relu=0):
-    y = np.full((x.shape[0], wt.shape[0], g.oh, g.ow), np.nan, np.float32)
-    D.conv2d_direct_forward(x, wt, b, g.sh, g.sw, g.pt, g.pl, relu, y)
-    gx = np.full(x.shape, np.nan, np.float32)
-    D.conv2d_direct_backward_data(gy, wt, g.sh, g.sw, g.pt, g.pl, gx)
-    gw = np.full(wt.shape, np.nan, np.float32)
-    gb = np.full(wt.shape[0], np.nan, np.float32)
-    D.conv2d_direct_backward_weight(gy, x, g.sh, g.sw, g.pt, g.pl, gw, gb)
-    return y, gx, gw, gb
-
-
 @pytest.mark.parametrize("relu", [0, 1])
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_matches_naive_and_reference(case, relu):
     g, x, wt, b, gy = _setup(case)
-    y, gx, gw, gb = _run(g, x, wt, b, gy, relu)
+    y, gx, gw, gb = run_direct(D, g, x, wt, b, gy, relu)
     want = naive.conv2d(x.astype(np.float64), wt.astype(np.float64), b.astype(np.float64),
                         (g.sh, g.sw), (g.pt, g.pb, g.pl, g.pr))
     if relu:
@@ -108,7 +97,7 @@ def test_finite_differences(case):
     is exact up to float32 rounding of L, ~1e-6 relative here)."""
     g, x, wt, b, gy = _setup(case, seed=3)
     rng = np.random.default_rng(4)
-    _, gx, gw, gb = _run(g, x, wt, b, gy)
+    _, gx, gw, gb = run_direct(D, g, x, wt, b, gy)
 
     def loss(xx, ww, bb):
         y = np.empty(gy.shape, np.float32)
@@ -138,7 +127,7 @@ def test_bit_identical_runs_and_threads(k):
     try:
         for threads in (1, 2, 2):
             fastcnn.set_num_threads(threads)
-            runs.append(_run(g, x, wt, b, gy, relu=1))
+            runs.append(run_direct(D, g, x, wt, b, gy, relu=1))
     finally:
         fastcnn.set_num_threads(before)
     for other in runs[1:]:
@@ -155,14 +144,14 @@ def test_serial_and_parallel_compilations_agree(monkeypatch, stride, k):
     runs = []
     for threshold in (0, 1 << 62):
         monkeypatch.setattr(_config, "PAR_MIN_WORK", threshold)
-        runs.append(_run(g, x, wt, b, gy))
+        runs.append(run_direct(D, g, x, wt, b, gy))
     for a, c in zip(*runs):
         assert a.tobytes() == c.tobytes()
 
 
 def test_input_gradient_overwrites_and_relu_clamps():
     g, x, wt, b, gy = _setup(CASES[1])
-    y, gx, _, _ = _run(g, x, wt, b, gy, relu=1)
+    y, gx, _, _ = run_direct(D, g, x, wt, b, gy, relu=1)
     assert np.isfinite(gx).all() and np.isfinite(y).all()  # (buffers started as NaN)
     assert (y >= 0).all() and (y == 0).any()
 

@@ -146,6 +146,19 @@ def direct_geometry(case):
     return ConvGeometry((kh, kw), stride, padding, (h, w), "test")
 
 
+def run_direct(mod, g, x, wt, b, gy, relu=0):
+    """The three direct-convolution primitives of the primitive module ``mod`` on NaN-filled
+    outputs: ``(y, gx, gw, gb)``."""
+    y = np.full((x.shape[0], wt.shape[0], g.oh, g.ow), np.nan, np.float32)
+    mod.conv2d_direct_forward(x, wt, b, g.sh, g.sw, g.pt, g.pl, relu, y)
+    gx = np.full(x.shape, np.nan, np.float32)
+    mod.conv2d_direct_backward_data(gy, wt, g.sh, g.sw, g.pt, g.pl, gx)
+    gw = np.full(wt.shape, np.nan, np.float32)
+    gb = np.full(wt.shape[0], np.nan, np.float32)
+    mod.conv2d_direct_backward_weight(gy, x, g.sh, g.sw, g.pt, g.pl, gw, gb)
+    return y, gx, gw, gb
+
+
 def direct_data(case, seed=0):
     n, c, h, w, oc, kh, kw, _, _ = case
     g = direct_geometry(case)
