@@ -1,26 +1,27 @@
 """Benchmarks: every kernel and training step for each backend and for PyTorch, side by side.
 
 Run: ``pytest benches --benchmark-only --benchmark-group-by=group`` (threads from
-``FASTCNN_NUM_THREADS``; PyTorch is given the same number).  ``scripts/run_benchmarks.sh``
+``FASTCNN_NUM_THREADS``; PyTorch is given the same number).  ``benches/run_benchmarks.sh``
 runs them at 1 and 2 threads and writes the tables of docs/BENCHMARKS.md.
 """
-import importlib.util
 import os
+import sys
 import time
+from pathlib import Path
 
 import fastcnn  # isort: skip  (before NumPy: fastcnn's OpenBLAS thread defaults apply, docs/PERFORMANCE.md)
 
-import numpy as np
+# isort: split
 import pytest
 
-# torch is imported only by the torch benchmarks.  scripts/run_benchmarks.sh runs those in
-# processes of their own: torch ships its own libgomp.so.1, and whichever OpenMP runtime a
-# process loads first is the one both libraries use, with that library's threading settings
-# (docs/PERFORMANCE.md).  Separate processes give each side its own defaults.
-HAVE_TORCH = importlib.util.find_spec("torch") is not None
+# The helpers shared with the tests (tests/utils.py): BACKENDS, HAVE_TORCH, rng, ...
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-BACKENDS = fastcnn.available_backends()
-IMPLS = BACKENDS + (("torch",) if HAVE_TORCH else ())
+# torch is imported only by the torch benchmarks (utils.HAVE_TORCH finds it without importing
+# it).  benches/run_benchmarks.sh runs those in processes of their own: torch ships its own
+# libgomp.so.1, and whichever OpenMP runtime a process loads first is the one both libraries
+# use, with that library's threading settings (docs/PERFORMANCE.md).  Separate processes give
+# each side its own defaults.
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -44,10 +45,6 @@ def use_backend():
 
     yield use
     fastcnn.set_backend(previous)
-
-
-def rng(seed=0):
-    return np.random.default_rng(seed)
 
 
 def _busy_jiffies():

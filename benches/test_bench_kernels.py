@@ -4,7 +4,9 @@ import pytest
 
 from fastcnn import functional as F
 
-from conftest import IMPLS, rng
+from utils import BACKENDS, HAVE_TORCH, rng
+
+IMPLS = BACKENDS + (("torch",) if HAVE_TORCH else ())
 
 CONVS = {
     # name: (input shape, weight shape, padding, needs input grad)

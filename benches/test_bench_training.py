@@ -6,10 +6,9 @@ import pytest
 from fastcnn import models
 from fastcnn.train import recipe_step
 
-from conftest import BACKENDS, HAVE_TORCH, rng
 from naive_seed import NaiveScratchNet
+from utils import COMPILED, HAVE_TORCH, rng
 
-COMPILED = tuple(b for b in BACKENDS if b != "numpy")
 TRAIN_IMPLS = COMPILED + (("torch",) if HAVE_TORCH else ())
 STEPS = {"lenet": 4, "bn": 8, "scratch": 200}  # steps per benchmark round
 

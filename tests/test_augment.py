@@ -7,7 +7,7 @@ import pytest
 from fastcnn import augment, models
 from fastcnn.train import recipe_step
 
-from conftest import needs_torch
+from utils import needs_torch
 
 
 def _imgs(n=6, c=3, h=32, w=32, seed=0):

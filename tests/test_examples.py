@@ -1,6 +1,5 @@
 """Every script in examples/ runs (small sizes) and prints what its docstring says it shows."""
 import importlib.util
-import os
 import re
 import subprocess
 import sys
@@ -13,12 +12,9 @@ import fastcnn
 from fastcnn import data, models
 from fastcnn.train import evaluate
 
-from conftest import NEUTRAL_CWD
+from utils import CIFAR, DATA, NEUTRAL_CWD, needs_cifar, needs_mnist
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-DATA = os.environ.get("FASTCNN_DATA")
-needs_mnist = pytest.mark.skipif(not DATA or not Path(DATA).is_dir(), reason="FASTCNN_DATA not set to MNIST")
-CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"
 
 
 def run(script, *args):
@@ -89,7 +85,7 @@ def test_batchnorm_mnist():
     assert out[2].startswith("test accuracy: ") and float(out[2].split(": ")[1]) > 0.8
 
 
-@pytest.mark.skipif(not CIFAR.is_dir(), reason=f"no CIFAR-10 data at {CIFAR}")
+@needs_cifar
 def test_cifar10_resnet():
     out = run("cifar10_resnet.py", "--limit", "200", "--test", "100", "--data-dir", str(CIFAR),
               "--test-file", "test_batch_first1000.bin.gz")

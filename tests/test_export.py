@@ -1,9 +1,5 @@
 """ONNX export checked with onnxruntime, safetensors both ways with torch, the export
-command, and the one-line messages of missing extras."""
-import os
-import subprocess
-import sys
-
+command."""
 import numpy as np
 import pytest
 
@@ -13,9 +9,16 @@ from fastcnn.export import to_onnx
 from fastcnn.layers import AvgPool2D, BatchNorm2D, Conv2D, Dense, Flatten, MaxPool2D, ReLU
 from fastcnn.predict import normalize
 
-from conftest import NEUTRAL_CWD, needs_torch
-from test_graph import _densenet, _inception, _torch_inception
-from test_predict import _cifar, needs_cifar, trained_small_cifar
+from utils import (
+    cifar,
+    densenet,
+    inception,
+    needs_cifar,
+    needs_torch,
+    smooth_graph,
+    torch_inception,
+    trained_small_cifar,
+)
 
 onnx = pytest.importorskip("onnx", reason="pip install .[onnx]")
 ort = pytest.importorskip("onnxruntime", reason="pip install .[onnx]")
@@ -41,13 +44,13 @@ def _same_padding_net():
 
 
 def _graph_net():
-    return _inception(np.random.default_rng(0))
+    return inception(np.random.default_rng(0))
 
 
 NETS = {**{n: (lambda n=n: models.build(n, seed=0), SHAPES[n]) for n in SHAPES},
         "same_padding": (_same_padding_net, (2, 11, 11)),
         "inception_graph": (_graph_net, (4, 9, 9)),
-        "densenet_graph": (lambda: _densenet(np.random.default_rng(0)), (3, 8, 8))}
+        "densenet_graph": (lambda: densenet(np.random.default_rng(0)), (3, 8, 8))}
 
 
 def _session(path):
@@ -74,9 +77,7 @@ def test_onnx_runtime_equals_fastcnn(tmp_path, name):
 
 
 def test_onnx_two_inputs_two_outputs(tmp_path):
-    from test_graph import _smooth_graph
-
-    model = _smooth_graph().eval()
+    model = smooth_graph().eval()
     path = tmp_path / "two.onnx"
     to_onnx(model, path)   # a graph Model knows its input shapes
     sess = _session(path)
@@ -102,8 +103,8 @@ def test_int8_quantization_keeps_accuracy(tmp_path):
     from fastcnn.export import quantize_int8
 
     model, _, info = trained_small_cifar()
-    calib = normalize(_cifar("train", 256)[0], info)
-    test_x, test_y = _cifar("test", 1000)
+    calib = normalize(cifar("train", 256)[0], info)
+    test_x, test_y = cifar("test", 1000)
     x = normalize(test_x, info)
     to_onnx(model, tmp_path / "f.onnx", (3, 32, 32))
     quantize_int8(tmp_path / "f.onnx", tmp_path / "q.onnx", calib)
@@ -127,7 +128,7 @@ def test_safetensors_fastcnn_to_torch(tmp_path, name):
     model = _warm_stats(build(), shape)
     model.save(tmp_path / "m.safetensors", format="safetensors", metadata={"note": "x"})
     # a torch module with other weights takes the file as is (strict names, no pickle)
-    twin = _torch_inception() if name == "inception_graph" else to_torch(models.build(name, seed=5))
+    twin = torch_inception() if name == "inception_graph" else to_torch(models.build(name, seed=5))
     twin.load_state_dict(load_file(str(tmp_path / "m.safetensors")))
     twin.eval()
     x = np.random.default_rng(0).standard_normal((3,) + shape).astype(np.float32)
@@ -200,52 +201,3 @@ def test_cli_export(tmp_path, capsys):
                      "--out", str(tmp_path / "bad.onnx"), "--input-shape", "3,28,28"]) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "channels" in err
-
-
-# ---------------------------------------------------------------- missing extras
-def test_missing_extra_message(monkeypatch, tmp_path):
-    for mod in ("onnx", "onnx.numpy_helper", "safetensors", "safetensors.numpy", "PIL", "PIL.Image"):
-        monkeypatch.setitem(sys.modules, mod, None)   # import of these now raises ImportError
-    from fastcnn._optional import MissingExtra
-
-    with pytest.raises(MissingExtra, match=r'pip install "fastcnn\[onnx\]"'):
-        to_onnx(models.build("scratch"), tmp_path / "m.onnx", (1, 28, 28))
-    with pytest.raises(MissingExtra, match=r'pip install "fastcnn\[safetensors\]"'):
-        models.build("scratch").save(tmp_path / "m.st", format="safetensors")
-    from fastcnn.predict import load_images
-
-    with pytest.raises(MissingExtra, match=r'pip install "fastcnn\[images\]"'):
-        load_images(["x.png"], {"input_shape": [1, 28, 28]})
-
-
-_NO_EXTRAS = r"""
-import sys
-class Block:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("onnx", "onnxruntime", "safetensors", "PIL", "sklearn", "torch"):
-            raise ImportError(f"blocked {name}")
-sys.meta_path.insert(0, Block())
-import numpy as np, fastcnn
-from fastcnn import models, losses, optim
-m = models.build("scratch"); opt = optim.SGD(m.parameters(), 0.01); lf = losses.SoftmaxCrossEntropy()
-x = np.random.default_rng(0).random((4, 1, 28, 28), dtype=np.float32)
-lf.forward(m.forward(x), np.arange(4)); m.backward(lf.backward()); opt.step()
-try:
-    import fastcnn.sklearn
-except ImportError as e:
-    print(e)
-try:
-    fastcnn.export.to_onnx(m, "never.onnx", (1, 28, 28))
-except ImportError as e:
-    print(e)
-print("trained")
-"""
-
-
-def test_import_and_training_need_no_extra():
-    r = subprocess.run([sys.executable, "-c", _NO_EXTRAS], capture_output=True, text=True, cwd=NEUTRAL_CWD,
-                       env=dict(os.environ), timeout=300)
-    assert r.returncode == 0, r.stderr
-    lines = r.stdout.strip().splitlines()
-    assert lines == ["fastcnn.sklearn needs the 'sklearn' package: pip install \"fastcnn[sklearn]\"",
-                     "ONNX export needs the 'onnx' package: pip install \"fastcnn[onnx]\"", "trained"]

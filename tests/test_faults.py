@@ -1,23 +1,23 @@
 """Fault injection (issue 12): fork children, concurrent inference, corrupt and hostile files,
-signals at any moment, non-finite state, output-directory housekeeping.  Signals and forks run
-in subprocesses with timeouts, so a hang fails the test instead of stalling the run."""
+signals at any moment, interruption and resume, non-finite state, a full disk, hostile layer
+inputs (fuzzing).  Signals, forks and the fuzzer run in subprocesses with timeouts, so a hang or
+a crash fails the test instead of stalling the run."""
+import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
-from conftest import COMPILED, NEUTRAL_CWD
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import fastcnn
 
-
-def _python(code, *args, timeout=180, **kw):
-    """Run ``code`` in a fresh interpreter from a neutral directory (installed fastcnn)."""
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code), *map(str, args)], check=False, cwd=NEUTRAL_CWD,
-                          capture_output=True, text=True, timeout=timeout, **kw)
-
+from utils import COMPILED, DATA, NEUTRAL_CWD, cores, needs_mnist, run_python
 
 # --------------------------------------------------------------------------- fork safety
 
@@ -36,7 +36,7 @@ _FORK_CHILD = """
     if __name__ == "__main__":
         backend = sys.argv[1]
         fastcnn.set_backend(backend)
-        fastcnn.set_num_threads(fastcnn._threads.max_threads())
+        fastcnn.set_num_threads(int(sys.argv[2]))  # every core
         ref, _ = work(backend)  # the parent's thread pools are now running
         for method in ("fork", "forkserver", "spawn"):
             with mp.get_context(method).Pool(2) as pool:
@@ -54,15 +54,15 @@ _FORK_CHILD = """
 def test_fork_forkserver_spawn_children_after_threads_work(backend, tmp_path):
     script = tmp_path / "forkcheck.py"  # spawn/forkserver children re-import the main module
     script.write_text(textwrap.dedent(_FORK_CHILD))
-    r = subprocess.run([sys.executable, str(script), backend], check=False, cwd=NEUTRAL_CWD, capture_output=True, text=True,
-                       timeout=240)
+    r = subprocess.run([sys.executable, str(script), backend, str(cores())], check=False, cwd=NEUTRAL_CWD,
+                       capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.split() == ["fork", "ok", "forkserver", "ok", "spawn", "ok"], r.stdout
 
 
 @pytest.mark.parametrize("backend", COMPILED)
 def test_forked_child_asking_for_threads_gets_one_with_a_warning(backend):
-    r = _python("""
+    r = run_python("""
         import os, sys, warnings
         import numpy as np
         import fastcnn
@@ -294,19 +294,6 @@ def test_inconsistent_checkpoints_are_refused(tmp_path, case):
         fastcnn.load(path)
 
 
-def test_declared_state_matches_the_layers():
-    """The sizes checked before building (model._declared_state) are those the layers build."""
-    from fastcnn import layers as L
-    from fastcnn import models
-    from fastcnn.model import Sequential, _declared_state
-
-    nets = [models.build(n, seed=0) for n in models.NAMES]
-    nets.append(Sequential(L.Conv2D(2, 3, (1, 2), bias=False), L.Dense(4, 5, bias=False), L.BatchNorm2D(7)))
-    for net in nets:
-        got = _declared_state(net.config())
-        assert got == {k: (v.shape, v.dtype) for k, v in net.state_dict().items()}
-
-
 def test_resume_refuses_a_corrupt_checkpoint(tmp_path):
     from fastcnn import models, optim
     from fastcnn.train import load_checkpoint, save_checkpoint
@@ -483,10 +470,8 @@ def test_download_stops_at_the_expected_length(tmp_path, evil_mirror, monkeypatc
         data.download_mnist(tmp_path / "x", mirrors=[f"{base}/endless/"], files=[name], timeout=10)
 
 
-# --------------------------------------------------------------------------- signals, output directory
+# --------------------------------------------------------------------------- signals
 
-DATA = os.environ.get("FASTCNN_DATA")
-needs_mnist = pytest.mark.skipif(not DATA or not os.path.isdir(DATA or ""), reason="FASTCNN_DATA not set to MNIST")
 
 # Runs ``fastcnn train`` in this child and sends itself ``signum`` at a chosen moment of the
 # run (through a wrapper around the function named ``hook``), so the moment is exact.
@@ -522,7 +507,7 @@ def test_signal_after_training_keeps_the_trained_weights(tmp_path, hook, signame
 
     signum = getattr(signal, signame)
     out = tmp_path / "out"
-    r = _python(_SIGNAL_AT, hook, int(signum), out, DATA, timeout=300)
+    r = run_python(_SIGNAL_AT, hook, int(signum), out, DATA, timeout=300)
     assert r.returncode == 128 + signum, r.stderr[-3000:]
     assert "trained model is saved" in r.stderr
     model = fastcnn.load(out / "model.npz")
@@ -559,116 +544,209 @@ def test_sigterm_at_arbitrary_moments_leaves_a_loadable_checkpoint(tmp_path, del
 
 
 @needs_mnist
-def test_second_run_into_the_same_out_is_refused(tmp_path):
-    from fastcnn._runio import lock_output_dir
-
-    out = tmp_path / "out"
-    with lock_output_dir(out):  # as a first run would hold it
-        r = _python("import sys, fastcnn.cli as c; sys.exit(c.main(sys.argv[1:]))", "train", "--model", "scratch",
-                    "--limit", "10", "--no-progress", "--out", out, "--data-dir", DATA, timeout=120)
-    assert r.returncode == 1
-    assert f"in use by another fastcnn run (pid {os.getpid()})" in r.stderr
-    assert sorted(p.name for p in out.iterdir()) == [".fastcnn.lock"]
-
-
-def test_lock_is_exclusive_and_released_when_the_holder_dies(tmp_path):
-    from fastcnn._runio import lock_output_dir
-
-    r = _python("""
-        import os, sys
-        from fastcnn._runio import lock_output_dir
-        with lock_output_dir(sys.argv[1]):
-            os._exit(9)  # killed while holding the lock
-    """, tmp_path)
-    assert r.returncode == 9
-    with lock_output_dir(tmp_path):  # the kernel released it
-        r = _python("""
-            import sys
-            from fastcnn._runio import OutputDirBusy, lock_output_dir
-            try:
-                with lock_output_dir(sys.argv[1]):
-                    sys.exit(4)
-            except OutputDirBusy as exc:
-                print(exc)
-                sys.exit(3)
-        """, tmp_path)
-    assert r.returncode == 3 and f"pid {os.getpid()}" in r.stdout, r.stdout + r.stderr
-
-
-@needs_mnist
-def test_unwritable_out_is_reported_before_training(tmp_path, monkeypatch, capsys):
-    """An existing --out where no file can be created (simulated: the tests may run as root)
-    fails before any data is loaded or any step taken."""
-    import tempfile
-
-    from fastcnn import cli, data
-
-    out = tmp_path / "ro"
-    out.mkdir()
-    real = tempfile.mkstemp
-
-    def no_write(*a, dir=None, **k):
-        if dir is not None and os.path.samefile(dir, out):
-            raise PermissionError(13, "Permission denied")
-        return real(*a, dir=dir, **k)
-
-    monkeypatch.setattr(tempfile, "mkstemp", no_write)
-    monkeypatch.setattr(data, "load_mnist", lambda *a, **k: pytest.fail("data loaded before the check"))
-    rc = cli.main(["train", "--model", "scratch", "--limit", "10", "--no-progress", "--out", str(out),
-                   "--data-dir", DATA])
-    assert rc == 1
-    assert "not writable" in capsys.readouterr().err
-
-
-def test_stale_temporaries_are_cleaned_and_nothing_else(tmp_path):
-    from fastcnn._runio import clean_stale_temporaries
-
-    ours = [".model.npz.ab12_xyz.tmp", ".checkpoint.npz.k3j4h5g6.tmp", ".metrics.json.zzzzzzzz.tmp"]
-    others = ["model.npz", ".keep.tmp", "notes.tmp", ".model.npz.TOOLONG123.tmp", ".x.abcdefgh.tmp.bak"]
-    for n in ours + others:
-        (tmp_path / n).write_bytes(b"x" * 100)
-    (tmp_path / ".sub.abcdefgh.tmp").mkdir()  # a directory of that name is not ours
-    assert sorted(clean_stale_temporaries(tmp_path)) == sorted(ours)
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(others + [".sub.abcdefgh.tmp"])
-
-
-@needs_mnist
-def test_train_cleans_stale_temporaries_in_out(tmp_path):
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / ".model.npz.q1w2e3r4.tmp").write_bytes(bytes(1000))
-    r = _python("import sys, fastcnn.cli as c; sys.exit(c.main(sys.argv[1:]))", "train", "--model", "scratch",
-                "--limit", "10", "--no-progress", "--out", out, "--data-dir", DATA, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
-
-
-def test_written_files_follow_the_umask_and_keep_an_existing_mode(tmp_path):
-    import stat
-
-    from fastcnn.model import atomic_write
-
-    old = os.umask(0o022)
-    try:
-        atomic_write(tmp_path / "a", lambda f: f.write(b"1"))
-        assert stat.S_IMODE((tmp_path / "a").stat().st_mode) == 0o644
-        os.umask(0o077)
-        atomic_write(tmp_path / "b", lambda f: f.write(b"1"))
-        assert stat.S_IMODE((tmp_path / "b").stat().st_mode) == 0o600
-        (tmp_path / "a").chmod(0o640)
-        atomic_write(tmp_path / "a", lambda f: f.write(b"2"))  # replaced, mode kept
-        assert stat.S_IMODE((tmp_path / "a").stat().st_mode) == 0o640
-    finally:
-        os.umask(old)
-
-
-@needs_mnist
 def test_resume_from_a_checkpoint_without_trainer_state_fields_is_refused(tmp_path):
     from fastcnn import models, optim
     from fastcnn.train import save_checkpoint
 
     model = models.build("scratch", seed=0)
     save_checkpoint(tmp_path / "c.npz", model, optim.SGD(model.parameters(), 0.1), {"model": "scratch"}, {})
-    r = _python("import sys, fastcnn.cli as c; sys.exit(c.main(sys.argv[1:]))", "train", "--resume",
+    r = run_python("import sys, fastcnn.cli as c; sys.exit(c.main(sys.argv[1:]))", "train", "--resume",
                 tmp_path / "c.npz", "--out", tmp_path / "o", "--data-dir", DATA, timeout=120)
     assert r.returncode == 1 and "trainer state lacks" in r.stderr and "c.npz" in r.stderr, r.stderr
+
+
+# --------------------------------------------------------------------------- interruption, non-finite loss, full disk
+
+def _cli(*args):
+    return [sys.executable, "-m", "fastcnn", *args]
+
+
+def _run(args, **kw):
+    """Run a command from a neutral directory (the installed fastcnn is imported)."""
+    return subprocess.run(args, cwd=NEUTRAL_CWD, **kw)
+
+
+def _weights(path):
+    return fastcnn.load(path).state_dict()
+
+
+@needs_mnist
+def test_sigint_mid_epoch_then_resume_is_bit_identical(tmp_path):
+    common = ["--model", "bn", "--limit", "30000", "--threads", "1", "--no-progress", "--data-dir", DATA]
+    full = _run(_cli("train", *common, "--out", str(tmp_path / "full")), capture_output=True, text=True,
+                          timeout=600)
+    assert full.returncode == 0, full.stderr
+    out = tmp_path / "cut"
+    proc = subprocess.Popen(_cli("train", *common, "--out", str(out)), cwd=NEUTRAL_CWD, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    # wait until training has started (the progress line is printed before the first step)
+    deadline = time.time() + 300
+    line = ""
+    while time.time() < deadline and "training bn" not in line:
+        line = proc.stderr.readline()
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    if proc.returncode == 0:
+        pytest.fail("training finished before the signal arrived; raise --limit")
+    assert proc.returncode == 128 + signal.SIGINT, err
+    assert "checkpoint saved" in err
+    meta = fastcnn.load(out / "checkpoint.npz", return_metadata=True)[1]
+    assert 0 < meta["trainer"]["step"] < 300  # mid-epoch (300 steps of 100 images)
+    res = _run(_cli("train", "--resume", str(out / "checkpoint.npz"), "--out", str(out), "--no-progress",
+                              "--threads", "1", "--data-dir", DATA), capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    a, b = _weights(tmp_path / "full" / "model.npz"), _weights(out / "model.npz")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k].tobytes() == b[k].tobytes(), k
+    assert res.stdout.strip().splitlines()[-1] == full.stdout.strip().splitlines()[-1]
+
+
+@needs_mnist
+def test_non_finite_loss_stops_training_and_keeps_checkpoint(tmp_path):
+    r = _run(_cli("train", "--model", "scratch", "--limit", "400", "--lr", "1e5", "--checkpoint-every",
+                            "1", "--no-progress", "--out", str(tmp_path), "--data-dir", DATA),
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 1
+    assert "non-finite" in r.stderr and len(r.stderr.strip().splitlines()) == 2  # banner + one error line
+    model = fastcnn.load(tmp_path / "checkpoint.npz")
+    assert all(np.all(np.isfinite(v)) for v in model.state_dict().values())
+    assert not (tmp_path / "model.npz").exists()
+
+
+def test_checkpoint_write_failure_keeps_previous(tmp_path, monkeypatch):
+    from fastcnn import models, optim
+    from fastcnn.train import load_checkpoint, save_checkpoint
+
+    model = models.build("scratch", seed=0)
+    opt = optim.SGD(model.parameters(), 0.1, momentum=0.9)
+    path = tmp_path / "checkpoint.npz"
+    state = {"model": "scratch", "epoch": 0, "step": 3}
+    save_checkpoint(path, model, opt, state, {"loss": [1.0, 0.5]})
+    before = path.read_bytes()
+    real_fsync = os.fsync
+
+    def full_disk(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        save_checkpoint(path, model, opt, dict(state, step=4), {"loss": [1.0, 0.5, 0.2]})
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.npz"]
+    _, _, st, hist = load_checkpoint(path)
+    assert st["step"] == 3 and hist["loss"] == [1.0, 0.5]
+
+
+# --------------------------------------------------------------------------- fuzzing layer inputs
+
+_FUZZ_CHILD = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    import fastcnn
+    from fastcnn import layers as L
+
+    def run(case):
+        fastcnn.set_backend(case["backend"])
+        rng = np.random.default_rng(case["seed"])
+        shape = tuple(case["shape"])
+        if case["dtype"] == "object":
+            x = np.empty(shape, dtype=object)
+        else:
+            x = rng.standard_normal(shape).astype(case["dtype"])
+        if case["special"] and x.size and x.dtype.kind == "f":
+            x.flat[:: max(1, x.size // 3)] = {"nan": np.nan, "inf": np.inf, "-inf": -np.inf}[case["special"]]
+        if case["view"] and x.ndim >= 1 and x.shape[-1] > 1:
+            x = x[..., ::2]
+        make = {
+            "conv": lambda: L.Conv2D(case["c"], 3, case["k"], case["stride"], case["padding"], rng=0),
+            "maxpool": lambda: L.MaxPool2D(case["k"], case["stride"], case["padding"]),
+            "avgpool": lambda: L.AvgPool2D(case["k"], case["stride"], case["padding"]),
+            "relu": lambda: L.ReLU(),
+            "dense": lambda: L.Dense(case["c"], 4, rng=0),
+            "bn": lambda: L.BatchNorm2D(case["c"]),
+            "flatten": lambda: L.Flatten(),
+        }[case["layer"]]
+        try:
+            layer = make()
+            y = layer.forward(x)
+            g = layer.backward(np.ones_like(y))
+            assert y.dtype == np.float32
+            assert g is None or g.shape == np.shape(x), (g.shape, np.shape(x))
+            if case["special"] is None and x.dtype.kind == "f" and x.dtype.itemsize >= 4:
+                assert np.all(np.isfinite(y)), "non-finite output from finite input"
+            return "OK"
+        except (ValueError, TypeError) as exc:
+            assert str(exc), "empty error message"
+            return "ERR " + type(exc).__name__
+
+    for case in json.loads(sys.stdin.read()):
+        print(run(case), flush=True)
+""")
+
+
+@st.composite
+def fuzz_cases(draw):
+    c = draw(st.integers(1, 4))
+    if draw(st.integers(0, 9)) < 7:  # mostly plausible NCHW / NC shapes, sometimes anything
+        shape = [draw(st.integers(0, 3)), draw(st.sampled_from([c, c, c, c + 1]))]
+        shape += [draw(st.integers(0, 9)) for _ in range(draw(st.sampled_from([2, 2, 2, 0])))]
+    else:
+        shape = [draw(st.integers(0, 6)) for _ in range(draw(st.integers(0, 5)))]
+    return {
+        "backend": draw(st.sampled_from(fastcnn.available_backends())),
+        "layer": draw(st.sampled_from(["conv", "maxpool", "avgpool", "relu", "dense", "bn", "flatten"])),
+        "shape": shape,
+        "dtype": draw(st.sampled_from(["float32"] * 4 + ["float64", "float16", "int32", "bool", "complex64",
+                                                          "object"])),
+        "special": draw(st.sampled_from([None, None, None, "nan", "inf", "-inf"])),
+        "view": draw(st.booleans()),
+        "c": c,
+        "k": draw(st.integers(1, 4)),
+        "stride": draw(st.integers(1, 3)),
+        "padding": draw(st.sampled_from([0, 1, 2, "same", "valid"])),
+        "seed": draw(st.integers(0, 1000)),
+    }
+
+
+def _run_cases(cases):
+    return _run([sys.executable, "-c", _FUZZ_CHILD], input=json.dumps(cases), capture_output=True,
+                          text=True, timeout=600)
+
+
+FUZZ_CASES = int(os.environ.get("FASTCNN_FUZZ_EXAMPLES", "400"))
+
+
+def test_fuzz_layer_inputs_never_crash():
+    """Hypothesis-drawn layer inputs, run in a subprocess so a crash cannot take pytest down.
+
+    Every case must end in a correct float32 result or a ValueError/TypeError with a message.
+    The cases run in one child process; if it dies, each case is rerun alone to name the culprit.
+    """
+    cases = []
+
+    @settings(max_examples=FUZZ_CASES, deadline=None, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(case=fuzz_cases())
+    def collect(case):
+        cases.append(case)
+
+    collect()
+    r = _run_cases(cases)
+    if r.returncode != 0:
+        for case in cases:
+            one = _run_cases([case])
+            assert one.returncode == 0, f"case {case} exited {one.returncode}: {one.stderr[-2000:]}"
+        pytest.fail(f"child exited {r.returncode}: {r.stderr[-2000:]}")
+    outcomes = r.stdout.split()
+    lines = r.stdout.strip().splitlines()
+    assert len(lines) == len(cases)
+    from collections import Counter
+
+    counts = Counter(lines)
+    print(f"fuzz: {len(cases)} cases: {dict(counts)}")
+    assert counts["OK"] > len(cases) // 10, counts  # the generator reaches real computations
+    assert "ERR ValueError" in counts and "ERR TypeError" in counts
+    assert outcomes

@@ -6,31 +6,11 @@ import pytest
 import fastcnn
 from fastcnn import losses
 from fastcnn.graph import Add, Concatenate, Input, Model, Multiply
-from fastcnn.layers import AvgPool2D, BatchNorm2D, Conv2D, Dense, Flatten, MaxPool2D, ReLU
+from fastcnn.layers import Conv2D, Dense, Flatten, ReLU
 
-from conftest import assert_close, needs_torch
-
+from utils import assert_close, densenet, inception, needs_torch, smooth_graph, torch_densenet, torch_inception
 
 # ---------------------------------------------------------------- finite differences
-def _smooth_graph(seed=0):
-    """Two inputs, a tensor read by three nodes, Add / Multiply / Concatenate, two outputs.
-    No ReLU or max pooling, so central differences see no kinks."""
-    rng = np.random.default_rng(seed)
-    a = Input((2, 6, 6), name="a")
-    b = Input((2, 6, 6), name="b")
-    c1 = Conv2D(2, 3, 3, padding="same", rng=rng)(a)               # read by three nodes below
-    c2 = Conv2D(2, 3, 1, rng=rng)(b)
-    s = Add()([c1, c2])
-    m = Multiply()([c1, s])
-    cat = Concatenate()([m, c1, AvgPool2D(3, 1, padding=1)(c1)])    # 9 channels
-    bn = BatchNorm2D(9)(cat)
-    head = Dense(9 * 9, 4, rng=rng)(Flatten()(AvgPool2D(2)(bn)))
-    side = Flatten()(Conv2D(3, 1, 6, rng=rng)(s))                 # second output (N, 1)
-    model = Model([a, b], [head, side])
-    # non-trivial affine BatchNorm parameters
-    model.nodes[[type(n.layer) for n in model.nodes].index(BatchNorm2D)].layer.weight.data[:] = \
-        rng.uniform(0.5, 1.5, 9).astype(np.float32)
-    return model
 
 
 def _objective(model, xs, ws):
@@ -41,7 +21,7 @@ def _objective(model, xs, ws):
 def test_gradients_by_finite_differences():
     """Training mode (layers keep their forward caches); BatchNorm's batch statistics make the
     objective a function of the whole batch, which central differences see as well."""
-    model = _smooth_graph().train()
+    model = smooth_graph().train()
     rng = np.random.default_rng(1)
     xs = [rng.standard_normal((3, 2, 6, 6)).astype(np.float32) for _ in range(2)]
     outs = model.forward(xs)
@@ -85,89 +65,10 @@ def test_gradient_of_a_shared_tensor_is_summed():
 
 
 # ---------------------------------------------------------------- equal to torch
-def _inception(rng):
-    x = Input((4, 9, 9))
-    b1 = ReLU()(BatchNorm2D(4)(Conv2D(4, 4, 1, rng=rng)(x, name="b1_conv"), name="b1_bn"))
-    b2 = ReLU()(Conv2D(4, 3, 1, rng=rng)(x, name="b2_reduce"))
-    b2 = ReLU()(Conv2D(3, 5, 3, padding=1, rng=rng)(b2, name="b2_conv"))
-    b3 = ReLU()(Conv2D(4, 2, 1, rng=rng)(x, name="b3_reduce"))
-    b3 = ReLU()(Conv2D(2, 3, 5, padding="same", rng=rng)(b3, name="b3_conv"))
-    b4 = ReLU()(Conv2D(4, 2, 1, rng=rng)(MaxPool2D(3, 1, padding=1)(x), name="b4_proj"))
-    cat = Concatenate()([b1, b2, b3, b4])                                  # 14 channels
-    short = Conv2D(4, 14, 1, bias=False, rng=rng)(x, name="shortcut")
-    y = ReLU()(Add()([cat, short]))
-    y = Dense(14 * 9, 5, rng=rng)(Flatten()(AvgPool2D(3)(y)), name="fc")
-    return Model(x, y)
 
 
-def _torch_inception():
-    import torch
-    from torch import nn
-
-    class Inception(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.b1_conv, self.b1_bn = nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4)
-            self.b2_reduce, self.b2_conv = nn.Conv2d(4, 3, 1), nn.Conv2d(3, 5, 3, padding=1)
-            self.b3_reduce, self.b3_conv = nn.Conv2d(4, 2, 1), nn.Conv2d(2, 3, 5, padding=2)
-            self.b4_proj = nn.Conv2d(4, 2, 1)
-            self.shortcut = nn.Conv2d(4, 14, 1, bias=False)
-            self.fc = nn.Linear(14 * 9, 5)
-
-        def forward(self, x):
-            r = torch.relu
-            b1 = r(self.b1_bn(self.b1_conv(x)))
-            b2 = r(self.b2_conv(r(self.b2_reduce(x))))
-            b3 = r(self.b3_conv(r(self.b3_reduce(x))))
-            b4 = r(self.b4_proj(nn.functional.max_pool2d(x, 3, 1, 1)))
-            y = r(torch.cat([b1, b2, b3, b4], 1) + self.shortcut(x))
-            return self.fc(torch.flatten(nn.functional.avg_pool2d(y, 3), 1))
-
-    return Inception()
-
-
-def _densenet(rng, growth=4):
-    x = Input((3, 8, 8))
-    feats = Conv2D(3, 6, 3, padding=1, rng=rng)(x, name="stem")
-    ch = 6
-    for i in range(1, 4):
-        h = ReLU()(BatchNorm2D(ch)(feats, name=f"bn{i}"))
-        h = Conv2D(ch, growth, 3, padding=1, rng=rng)(h, name=f"conv{i}")
-        feats = Concatenate()([feats, h])
-        ch += growth
-    h = ReLU()(BatchNorm2D(ch)(feats, name="bn_t"))
-    h = AvgPool2D(2)(Conv2D(ch, 8, 1, rng=rng)(h, name="conv_t"))
-    return Model(x, Dense(8 * 16, 10, rng=rng)(Flatten()(h), name="fc"))
-
-
-def _torch_densenet(growth=4):
-    import torch
-    from torch import nn
-
-    class Dense(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.stem = nn.Conv2d(3, 6, 3, padding=1)
-            ch = 6
-            for i in range(1, 4):
-                setattr(self, f"bn{i}", nn.BatchNorm2d(ch))
-                setattr(self, f"conv{i}", nn.Conv2d(ch, growth, 3, padding=1))
-                ch += growth
-            self.bn_t, self.conv_t, self.fc = nn.BatchNorm2d(ch), nn.Conv2d(ch, 8, 1), nn.Linear(8 * 16, 10)
-
-        def forward(self, x):
-            f = self.stem(x)
-            for i in range(1, 4):
-                h = getattr(self, f"conv{i}")(torch.relu(getattr(self, f"bn{i}")(f)))
-                f = torch.cat([f, h], 1)
-            h = nn.functional.avg_pool2d(self.conv_t(torch.relu(self.bn_t(f))), 2)
-            return self.fc(torch.flatten(h, 1))
-
-    return Dense()
-
-
-BLOCKS = {"inception": (_inception, _torch_inception, (4, 9, 9), 5),
-          "densenet": (_densenet, _torch_densenet, (3, 8, 8), 10)}
+BLOCKS = {"inception": (inception, torch_inception, (4, 9, 9), 5),
+          "densenet": (densenet, torch_densenet, (3, 8, 8), 10)}
 
 
 @needs_torch
@@ -211,7 +112,7 @@ def test_block_equals_torch(backend, name):
 def _densenet_loss_curves(steps=20):
     import torch
 
-    model = _densenet(np.random.default_rng(0))
+    model = densenet(np.random.default_rng(0))
     init = {k: torch.tensor(v) for k, v in model.state_dict().items()}
     rng = np.random.default_rng(4)
     xs = rng.standard_normal((64, 3, 8, 8)).astype(np.float32)
@@ -228,7 +129,7 @@ def _densenet_loss_curves(steps=20):
         opt.step()
     curves["fastcnn"] = np.array(ours)
     for dtype in (torch.float64, torch.float32):
-        twin = _torch_densenet()
+        twin = torch_densenet()
         twin.load_state_dict(init)
         twin = twin.to(dtype)
         topt = torch.optim.Adam(twin.parameters(), lr=1e-3)
@@ -257,7 +158,7 @@ def test_densenet_block_follows_torch_loss_curve():
 # ---------------------------------------------------------------- API, files, errors
 def test_save_load_npz_and_nesting(tmp_path):
     rng = np.random.default_rng(0)
-    inner = _densenet(rng)
+    inner = densenet(rng)
     x = Input((3, 8, 8))
     seq = fastcnn.Sequential(Conv2D(3, 3, 1, rng=rng), ReLU())
     y = inner(seq(x, name="pre"), name="dense")                 # Sequential and Model as nodes
@@ -277,7 +178,7 @@ def test_save_load_npz_and_nesting(tmp_path):
 
 
 def test_train_eval_and_predict():
-    model = _densenet(np.random.default_rng(0))
+    model = densenet(np.random.default_rng(0))
     model.eval()
     assert all(not n.layer.training for n in model.nodes)
     model.train()
@@ -291,7 +192,7 @@ def test_train_eval_and_predict():
 
 
 def test_needs_input_grad_false_skips_the_input_gradient():
-    model = _inception(np.random.default_rng(0))
+    model = inception(np.random.default_rng(0))
     model.needs_input_grad = False
     out = model.forward(np.zeros((2, 4, 9, 9), np.float32))
     assert model.backward(np.ones_like(out)) is None

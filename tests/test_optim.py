@@ -6,7 +6,7 @@ import fastcnn
 from fastcnn import optim
 from fastcnn.layers import Parameter
 
-from conftest import needs_torch
+from utils import assert_close, needs_torch
 
 SHAPES = [(7, 3), (5,), (2, 3, 3, 3)]
 
@@ -152,3 +152,28 @@ def test_tutorial_step_schedule_values():
     assert s.lr_at(40, 1e-3) == pytest.approx(1e-3 / 9, rel=1e-15)
     with pytest.raises(ValueError):
         s.lr_at(-1, 1e-3)
+
+
+@needs_torch
+@pytest.mark.parametrize("kind", ["sgd", "sgd_momentum", "adam"])
+def test_optimizers_match_torch(kind):
+    import torch
+
+    rng = np.random.default_rng(7)
+    w0 = rng.standard_normal((5, 3)).astype(np.float32)
+    p = fastcnn.Parameter(w0.copy())
+    tp = torch.nn.Parameter(torch.tensor(w0.copy()))
+    if kind == "adam":
+        opt, topt = optim.Adam([p], lr=0.01), torch.optim.Adam([tp], lr=0.01)
+    else:
+        m = 0.9 if kind == "sgd_momentum" else 0.0
+        opt, topt = optim.SGD([p], lr=0.05, momentum=m), torch.optim.SGD([tp], lr=0.05, momentum=m)
+    for _ in range(20):
+        g = rng.standard_normal((5, 3)).astype(np.float32)
+        opt.zero_grad()
+        topt.zero_grad()
+        p.grad += g
+        tp.grad = torch.tensor(g)
+        opt.step()
+        topt.step()
+    assert_close(p.data, tp.detach().numpy(), 1e-5)

@@ -1,77 +1,24 @@
 """Prediction: predict/predict_proba, and `fastcnn predict` on image files (CIFAR-10 test
 records written as PNG classify exactly as the arrays do)."""
-import functools
-import gzip
 import json
-import os
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import fastcnn
-from fastcnn import cli, data, losses, models, optim
-from fastcnn.layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU
-from fastcnn.predict import normalize, preprocess_info
+from fastcnn import cli, data, models
+from fastcnn.predict import normalize
+
+from utils import CIFAR_CLASSES, cifar, needs_cifar, trained_small_cifar
 
 Image = pytest.importorskip("PIL.Image", reason="pip install .[images]")
-
-CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-
-
-def _cifar_dir():
-    """../shared/data/cifar10 beside the repository, or beside $FASTCNN_DATA (the MNIST dir)."""
-    cands = [Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"]
-    if os.environ.get("FASTCNN_DATA"):
-        cands.append(Path(os.environ["FASTCNN_DATA"]).resolve().parent / "cifar10")
-    return next((c for c in cands if (c / "test_batch_first1000.bin.gz").is_file()), None)
-
-
-CIFAR = _cifar_dir()
-needs_cifar = pytest.mark.skipif(CIFAR is None, reason="CIFAR-10 binary batches not found")
-
-
-def _cifar(split, limit=None):
-    kw = {"test_file": "test_batch_first1000.bin.gz"} if split == "test" else {}
-    with warnings.catch_warnings():  # (the partial test file is announced with a UserWarning)
-        warnings.simplefilter("ignore", UserWarning)
-        x, y = data.load_cifar10(str(CIFAR), split, **kw)
-    return x[:limit], y[:limit]
-
-
-def _small_cifar_net(seed=0):
-    rng = np.random.default_rng(seed)
-    return fastcnn.Sequential(Conv2D(3, 16, 3, padding="same", rng=rng), ReLU(), MaxPool2D(2),
-                              Conv2D(16, 32, 3, padding="same", rng=rng), ReLU(), MaxPool2D(2),
-                              Flatten(), Dense(32 * 8 * 8, 10, rng=rng))
-
-
-@functools.lru_cache(maxsize=1)
-def trained_small_cifar():
-    """A small CNN trained 2 epochs on the first 2,000 CIFAR-10 training images (~4 s):
-    ``(model, preprocess record, preprocess info)``; normalisation from those images."""
-    train_x, train_y = _cifar("train", 2000)
-    scaled = train_x.astype(np.float64) / 255
-    prep = {"dataset": "cifar10", "input_shape": [3, 32, 32], "mean": scaled.mean(axis=(0, 2, 3)).tolist(),
-            "std": scaled.std(axis=(0, 2, 3)).tolist(), "classes": CIFAR_CLASSES}
-    info = preprocess_info({"preprocess": prep})
-    model = _small_cifar_net()
-    opt, loss_fn = optim.Adam(model.parameters(), 1e-3), losses.SoftmaxCrossEntropy()
-    xs = normalize(train_x, info)
-    for epoch in range(2):
-        for idx in np.random.default_rng([0, epoch]).permutation(2000).reshape(-1, 50):
-            opt.zero_grad()
-            loss_fn.forward(model.forward(xs[idx]), train_y[idx])
-            model.backward(loss_fn.backward())
-            opt.step()
-    return model.eval(), prep, info
 
 
 @needs_cifar
 def test_predict_cifar_png_files_equal_array_evaluation(tmp_path, capsys):
     model, prep, info = trained_small_cifar()
-    test_x, test_y = _cifar("test", 1000)
+    test_x, test_y = cifar("test", 1000)
     assert test_x.shape == (1000, 3, 32, 32)
     ckpt = tmp_path / "model.npz"
     model.save(ckpt, metadata={"preprocess": prep})

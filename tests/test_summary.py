@@ -4,10 +4,9 @@ import pytest
 
 import fastcnn
 from fastcnn import layers as L
-from fastcnn import models
-from fastcnn import summary
+from fastcnn import models, summary
 
-from conftest import NEUTRAL_CWD, needs_torch
+from utils import NEUTRAL_CWD, needs_torch
 
 SHAPES = {"scratch": (1, 28, 28), "lenet": (1, 28, 28), "bn": (1, 28, 28), "resnet": (3, 32, 32)}
 

@@ -1,9 +1,7 @@
 """TensorBoardCallback: events written through tensorboardX, read back with TensorBoard's reader."""
 import json
-import os
 import subprocess
 import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -12,12 +10,10 @@ import pytest
 import fastcnn
 from fastcnn import models
 
-from conftest import NEUTRAL_CWD
+from utils import DATA, NEUTRAL_CWD, needs_mnist
 
 pytest.importorskip("tensorboardX")
 event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
-
-DATA = os.environ.get("FASTCNN_DATA")
 
 
 def read(logdir):
@@ -72,12 +68,13 @@ def test_missing_tensorboardx_is_one_line(monkeypatch):
         T.TensorBoardCallback("unused")
 
 
-@pytest.mark.skipif(not DATA or not Path(DATA).is_dir(), reason="FASTCNN_DATA not set to MNIST")
+@needs_mnist
 def test_cli_train_tensorboard(tmp_path):
     tb = tmp_path / "tb"
     r = subprocess.run([sys.executable, "-m", "fastcnn", "train", "--model", "scratch", "--limit", "120",
                         "--epochs", "2", "--data-dir", DATA, "--out", str(tmp_path / "run"), "--no-progress",
-                        "--tensorboard", str(tb), "--checkpoint-every", "1000"], capture_output=True, text=True, cwd=NEUTRAL_CWD, timeout=600)
+                        "--tensorboard", str(tb), "--checkpoint-every", "1000"],
+                       capture_output=True, text=True, cwd=NEUTRAL_CWD, timeout=600)
     assert r.returncode == 0, r.stderr
     scalars, hists = read(tb)
     extra = fastcnn.load(tmp_path / "run" / "checkpoint.npz", return_extra=True)[1]

@@ -1,9 +1,7 @@
 """fastcnn.viz: traced activations, the deconvnet projection (against PyTorch's unpool and
 transposed convolution), the PNG grids and ``fastcnn visualize``."""
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,10 +10,8 @@ import fastcnn
 from fastcnn import layers as L
 from fastcnn import models, viz
 
-from conftest import NEUTRAL_CWD, needs_torch
+from utils import DATA, NEUTRAL_CWD, needs_mnist, needs_torch
 
-DATA = os.environ.get("FASTCNN_DATA")
-needs_mnist = pytest.mark.skipif(not DATA or not Path(DATA).is_dir(), reason="FASTCNN_DATA not set to MNIST")
 PNG = b"\x89PNG\r\n\x1a\n"
 
 

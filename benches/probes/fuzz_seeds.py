@@ -1,4 +1,4 @@
-"""Run the layer-input fuzzer (tests/test_robustness.py) for a range of hypothesis seeds,
+"""Run the layer-input fuzzer (tests/test_faults.py) for a range of hypothesis seeds,
 N cases per seed, all cases of a seed in one child process; stops at the first crash and
 prints the case that caused it.
 
@@ -13,7 +13,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from hypothesis import HealthCheck, given, seed, settings  # noqa: E402
 
-import test_robustness as T  # noqa: E402
+import test_faults as T  # noqa: E402
 
 
 def main(first, last, per_seed=2000):

@@ -3,7 +3,7 @@ PNG prediction with a briefly trained ResNet, int8 accuracy.
 
     FASTCNN_DATA=/path/to/shared/data/mnist python benches/probes/interop_report.py [--steps 20]
 
-Reuses the test builders (tests/test_graph.py, tests/test_predict.py).
+Reuses the test builders (tests/utils.py, tests/test_graph.py).
 """
 import argparse
 import json
@@ -28,12 +28,12 @@ from fastcnn.predict import normalize, preprocess_info  # noqa: E402
 
 
 def onnx_table(tmp):
-    import test_graph as tg
+    import utils
 
     nets = {n: (models.build(n, seed=0), (3, 32, 32) if n == "resnet" else (1, 28, 28))
             for n in ("scratch", "lenet", "bn", "resnet")}
-    nets["inception graph"] = (tg._inception(np.random.default_rng(0)), (4, 9, 9))
-    nets["densenet graph"] = (tg._densenet(np.random.default_rng(0)), (3, 8, 8))
+    nets["inception graph"] = (utils.inception(np.random.default_rng(0)), (4, 9, 9))
+    nets["densenet graph"] = (utils.densenet(np.random.default_rng(0)), (3, 8, 8))
     print("| network | batch | max abs diff | max abs output |")
     print("| --- | ---: | ---: | ---: |")
     for name, (m, shape) in nets.items():
@@ -63,13 +63,13 @@ def densenet_curve():
 def cifar_resnet(tmp, steps):
     from PIL import Image
 
-    import test_predict as tp
+    import utils as tp
 
     if tp.CIFAR is None:
         print("CIFAR-10 not found: skipped")
         return
-    train_x, train_y = tp._cifar("train", 100 * steps)
-    test_x, test_y = tp._cifar("test", 1000)
+    train_x, train_y = tp.cifar("train", 100 * steps)
+    test_x, test_y = tp.cifar("test", 1000)
     scaled = train_x.astype(np.float64) / 255
     prep = {"dataset": "cifar10", "input_shape": [3, 32, 32], "mean": scaled.mean(axis=(0, 2, 3)).tolist(),
             "std": scaled.std(axis=(0, 2, 3)).tolist(), "classes": tp.CIFAR_CLASSES}

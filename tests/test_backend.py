@@ -1,0 +1,432 @@
+"""The backend registry (``fastcnn._backend``): every compiled backend's primitives against
+the NumPy reference (``_ref``), which test_ref.py checks against naive loops."""
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import fastcnn
+from fastcnn import _backend, _ref
+
+from utils import BACKENDS, COMPILED, DIRECT_CASES, HSET, assert_close, cores, direct_data, geometries, run_direct
+
+
+def test_all_backends_compiled():
+    """An installed fastcnn has all three backends (the Cython extension and Numba)."""
+    assert fastcnn.available_backends() == ("numpy", "numba", "cython"), {
+        b: repr(_backend.backend_error(b)) for b in ("numba", "cython")
+    }
+
+
+def _mod(name):
+    return _backend.ops(name)
+
+
+# ----------------------------------------------------------------------------- primitives
+
+@pytest.mark.parametrize("name", COMPILED)
+@HSET
+@given(geo=geometries())
+def test_im2col_col2im_match_reference(name, geo):
+    n, c, h, w, g, rng = geo
+    k = _mod(name)
+    x = rng.standard_normal((n, c, h, w), dtype=np.float32)
+    kdim, cols_n = c * g.kh * g.kw, n * g.oh * g.ow
+    want = np.empty((kdim, cols_n), np.float32)
+    got = np.full((kdim, cols_n), np.nan, np.float32)
+    _ref.im2col(x, *g.args, g.oh, g.ow, want)
+    k.im2col(x, *g.args, g.oh, g.ow, got)
+    np.testing.assert_array_equal(got, want)
+    cols = rng.standard_normal((kdim, cols_n), dtype=np.float32)
+    want = np.empty(x.shape, np.float32)
+    got = np.full(x.shape, np.nan, np.float32)
+    _ref.col2im(cols, *g.args, g.oh, g.ow, want)
+    k.col2im(cols, *g.args, g.oh, g.ow, got)
+    assert_close(got, want, 1e-5, what="col2im")
+
+
+@pytest.mark.parametrize("name", COMPILED)
+@HSET
+@given(n=st.integers(1, 4), oc=st.integers(1, 70), p=st.integers(1, 50), seed=st.integers(0, 99))
+def test_reorders_match_reference(name, n, oc, p, seed):
+    rng = np.random.default_rng(seed)
+    k = _mod(name)
+    ycnp = rng.standard_normal((oc, n * p), dtype=np.float32)
+    bias = rng.standard_normal(oc, dtype=np.float32)
+    want, got = np.empty((n, oc, p), np.float32), np.full((n, oc, p), np.nan, np.float32)
+    _ref.cnp_to_ncp_bias(ycnp, bias, want)
+    k.cnp_to_ncp_bias(ycnp, bias, got)
+    np.testing.assert_array_equal(got, want)
+    gy = rng.standard_normal((n, oc, p), dtype=np.float32)
+    wc, gc = np.empty((oc, n * p), np.float32), np.full((oc, n * p), np.nan, np.float32)
+    wb, gb = np.empty(oc, np.float32), np.full(oc, np.nan, np.float32)
+    _ref.ncp_to_cnp_sum(gy, wc, wb)
+    k.ncp_to_cnp_sum(gy, gc, gb)
+    np.testing.assert_array_equal(gc, wc)
+    assert_close(gb, wb, 1e-5, what="bias grad")
+
+
+@st.composite
+def batched_geometries(draw):
+    n0, c, h, w, g, rng = draw(geometries())
+    n = draw(st.sampled_from([1, 2, 3, 7, 8, 9, 20]))  # fewer, as many and more images than slots
+    return n, min(c, 16), h, w, g, rng
+
+
+@pytest.mark.parametrize("name", COMPILED)
+@HSET
+@given(geo=batched_geometries(), oc=st.sampled_from([1, 3, 8]), input_grad=st.booleans())
+def test_per_image_primitives_match_reference(name, geo, oc, input_grad):
+    n, c, h, w, g, rng = geo
+    k = _mod(name)
+    kdim, p = c * g.kh * g.kw, g.oh * g.ow
+    x = rng.standard_normal((n, c, h, w), dtype=np.float32)
+    w2 = rng.standard_normal((oc, kdim), dtype=np.float32)
+    bias = rng.standard_normal(oc, dtype=np.float32)
+    slots = 3
+    want, got = np.empty((n, oc, p), np.float32), np.full((n, oc, p), np.nan, np.float32)
+    _ref.conv2d_forward_images(x, w2, bias, *g.args, g.oh, g.ow, np.empty((1, kdim, p), np.float32), want)
+    k.conv2d_forward_images(x, w2, bias, *g.args, g.oh, g.ow, np.full((slots, kdim, p), np.nan, np.float32), got)
+    assert_close(got, want, 1e-5, what="forward")
+    gy = rng.standard_normal((n, oc, p), dtype=np.float32)
+    outs = []
+    for mod, t in ((_ref, 1), (k, slots)):
+        parts = (np.full((_ref.SLOTS, kdim, oc), np.nan, np.float32), np.full((_ref.SLOTS, oc), np.nan))
+        gx = np.full(x.shape if input_grad else (1, 1, 1, 1), np.nan, np.float32)
+        mod.conv2d_backward_images(gy, x, w2, *g.args, g.oh, g.ow, input_grad,
+                                   np.full((t, kdim, p), np.nan, np.float32),
+                                   np.full((t, kdim, oc), np.nan, np.float32), *parts, gx)
+        outs.append(parts + (gx,))
+    (wgw, wgb, wgx), (ggw, ggb, ggx) = outs
+    for s in range(_ref.SLOTS):  # every slot, including the empty ones (zeros)
+        assert_close(ggw[s], wgw[s], 1e-5, what=f"weight-gradient slot {s}")
+        assert_close(ggb[s], wgb[s], 1e-12, what=f"bias-gradient slot {s}")
+    if input_grad:
+        assert_close(ggx, wgx, 1e-5, what="input gradient")
+
+
+@pytest.mark.parametrize("name", COMPILED)
+@HSET
+@given(n=st.integers(1, 40), k_in=st.integers(1, 70), k_out=st.integers(1, 70), nblocks=st.integers(1, 5),
+       input_grad=st.booleans(), seed=st.integers(0, 99))
+def test_linear_primitives_match_reference(name, n, k_in, k_out, nblocks, input_grad, seed):
+    rng = np.random.default_rng(seed)
+    k = _mod(name)
+    x = rng.standard_normal((n, k_in), dtype=np.float32)
+    w = rng.standard_normal((k_out, k_in), dtype=np.float32)
+    b = rng.standard_normal(k_out, dtype=np.float32)
+    want, got = np.empty((n, k_out), np.float32), np.full((n, k_out), np.nan, np.float32)
+    _ref.linear_forward(x, w, b, nblocks, want)
+    k.linear_forward(x, w, b, nblocks, got)
+    assert_close(got, want, 1e-5, what="linear forward")
+    gy = rng.standard_normal((n, k_out), dtype=np.float32)
+    outs = []
+    for mod in (_ref, k):
+        gw, gb = np.full(w.shape, np.nan, np.float32), np.full(k_out, np.nan, np.float32)
+        gx = np.full(x.shape if input_grad else (1, 1), np.nan, np.float32)
+        mod.linear_backward(gy, x, w, input_grad, nblocks, np.full((k_out, n), np.nan, np.float32), gw, gb, gx)
+        outs.append((gw, gb, gx))
+    (wgw, wgb, wgx), (ggw, ggb, ggx) = outs
+    assert_close(ggw, wgw, 1e-5, what="weight gradient")
+    assert_close(ggb, wgb, 1e-6, what="bias gradient")
+    if input_grad:
+        assert_close(ggx, wgx, 1e-5, what="input gradient")
+
+
+@pytest.mark.parametrize("name", COMPILED)
+@pytest.mark.parametrize("values", ["normal", "ties", "special"])
+@HSET
+@given(geo=geometries(pool=True))
+def test_pooling_matches_reference(name, values, geo):
+    n, c, h, w, g, rng = geo
+    k = _mod(name)
+    if values == "normal":
+        x = rng.standard_normal((n, c, h, w), dtype=np.float32)
+    elif values == "ties":
+        x = rng.integers(-2, 3, (n, c, h, w)).astype(np.float32)
+    else:
+        x = rng.choice(np.array([-np.inf, np.nan, 0.0, 1.0, -1.0], np.float32), (n, c, h, w))
+    shape = (n, c, g.oh, g.ow)
+    wy, gy_ = np.empty(shape, np.float32), np.full(shape, 7.0, np.float32)
+    wi, gi = np.empty(shape, np.int32), np.full(shape, -1, np.int32)
+    _ref.maxpool2d_forward(x, *g.args, wy, wi)
+    k.maxpool2d_forward(x, *g.args, gy_, gi)
+    np.testing.assert_array_equal(gi, wi)
+    np.testing.assert_array_equal(gy_, wy)  # NaN positions compare equal
+    grad = rng.standard_normal(shape, dtype=np.float32)
+    want, got = np.empty(x.shape, np.float32), np.full(x.shape, np.nan, np.float32)
+    _ref.maxpool2d_backward(grad, wi, want)
+    k.maxpool2d_backward(grad, wi, got)
+    assert_close(got, want, 1e-6, what="maxpool backward")
+    if values == "special":
+        return
+    for include in (True, False):
+        want, got = np.empty(shape, np.float32), np.full(shape, np.nan, np.float32)
+        _ref.avgpool2d_forward(x, *g.args, include, want)
+        k.avgpool2d_forward(x, *g.args, include, got)
+        assert_close(got, want, 1e-6, what="avgpool forward")
+        want, got = np.empty(x.shape, np.float32), np.full(x.shape, np.nan, np.float32)
+        _ref.avgpool2d_backward(grad, *g.args, include, want)
+        k.avgpool2d_backward(grad, *g.args, include, got)
+        assert_close(got, want, 1e-6, what="avgpool backward")
+
+
+@pytest.mark.parametrize("name", COMPILED)
+@pytest.mark.parametrize("shape", [(1,), (7,), (3, 5), (2, 3, 4, 5), (129, 1001)])
+def test_relu_matches_reference(name, shape):
+    rng = np.random.default_rng(1)
+    k = _mod(name)
+    x = rng.standard_normal(shape, dtype=np.float32)
+    want, got = np.empty(shape, np.float32), np.full(shape, np.nan, np.float32)
+    _ref.relu_forward(x, want)
+    k.relu_forward(x, got)
+    np.testing.assert_array_equal(got, want)
+    gy = rng.standard_normal(shape, dtype=np.float32)
+    _ref.relu_backward(gy, want, want.copy())
+    w2, g2 = np.empty(shape, np.float32), np.empty(shape, np.float32)
+    _ref.relu_backward(gy, x, w2)
+    k.relu_backward(gy, x, g2)
+    np.testing.assert_array_equal(g2, w2)
+
+
+@pytest.mark.parametrize("name", COMPILED)
+@HSET
+@given(n=st.integers(1, 130), classes=st.integers(1, 20), scale=st.sampled_from([0.1, 1.0, 30.0, 300.0]),
+       seed=st.integers(0, 99))
+def test_softmax_xent_matches_reference(name, n, classes, scale, seed):
+    rng = np.random.default_rng(seed)
+    k = _mod(name)
+    logits = (scale * rng.standard_normal((n, classes))).astype(np.float32)
+    labels = rng.integers(0, classes, n).astype(np.int64)
+    wp, gp = np.empty_like(logits), np.full_like(logits, np.nan)
+    wl, gl = np.empty(n, np.float32), np.full(n, np.nan, np.float32)
+    _ref.softmax_xent_forward(logits, labels, wp, wl)
+    k.softmax_xent_forward(logits, labels, gp, gl)
+    assert np.all(np.isfinite(gl)) and np.all(np.isfinite(gp))
+    assert_close(gp, wp, 1e-5, what="probs")
+    assert_close(gl, wl, 1e-5, atol=1e-6, what="losses")
+    wg, gg = np.empty_like(logits), np.full_like(logits, np.nan)
+    _ref.softmax_xent_backward(wp, labels, wg)
+    k.softmax_xent_backward(wp, labels, gg)
+    assert_close(gg, wg, 1e-6, what="xent grad")
+
+
+# ----------------------------------------------------------------------------- registry
+
+
+def test_backend_registry_errors():
+    with pytest.raises(ValueError, match="available: numpy"):
+        fastcnn.set_backend("tensorflow")
+    assert fastcnn.get_backend() in fastcnn.available_backends()
+
+
+# ----------------------------------------------------------------------------- batch norm, Adam
+
+def _unfused(name):
+    """Whether backend ``name`` rounds every float32 operation (no fused multiply-add), so its
+    element-wise kernels must match the reference bit for bit.  Numba runs with fastmath off;
+    a Cython build with ``-march=native`` may let the C compiler contract ``a * b + c``."""
+    if name != "cython":
+        return True
+    from fastcnn._ext import _omp
+
+    return "-march" not in _omp.COMPILE_ARGS
+
+
+def _assert_f32(got, want, exact, what):
+    if exact:
+        np.testing.assert_array_equal(got, want, err_msg=what)
+    else:
+        assert_close(got, want, 1e-6, atol=1e-6, what=what)
+
+
+@pytest.mark.parametrize("name", COMPILED)
+@HSET
+@given(n=st.integers(1, 4), c=st.integers(1, 33), h=st.integers(1, 15), w=st.integers(1, 15),
+       loc=st.sampled_from([0.0, 3.0, 1000.0]), scale=st.sampled_from([1e-3, 1.0, 50.0]),
+       seed=st.integers(0, 99))
+def test_batchnorm_primitives_match_reference(name, n, c, h, w, loc, scale, seed):
+    rng = np.random.default_rng(seed)
+    k = _mod(name)
+    exact = _unfused(name)
+    shape = (n, c, h, w)
+    x = (loc + scale * rng.standard_normal(shape)).astype(np.float32)
+    # statistics: float64, fixed order of their own -> equal to rounding
+    wm, wv = np.empty(c), np.empty(c)
+    gm, gv = np.full(c, np.nan), np.full(c, np.nan)
+    _ref.batchnorm_stats(x, wm, wv)
+    k.batchnorm_stats(x, gm, gv)
+    assert_close(gm, wm, 1e-13, atol=0, what="mean")
+    assert_close(gv, wv, 1e-10, atol=1e-300, what="var")
+    # normalisation: float32 operations in the reference's order
+    mean = wm.astype(np.float32)
+    inv_std = (1.0 / np.sqrt(wv + 1e-5)).astype(np.float32)
+    weight = rng.uniform(0.5, 2, c).astype(np.float32)
+    bias = rng.standard_normal(c).astype(np.float32)
+    wh, wy = np.empty(shape, np.float32), np.empty(shape, np.float32)
+    gh, gy_ = np.full(shape, np.nan, np.float32), np.full(shape, np.nan, np.float32)
+    _ref.batchnorm_forward(x, mean, inv_std, weight, bias, wh, wy)
+    k.batchnorm_forward(x, mean, inv_std, weight, bias, gh, gy_)
+    _assert_f32(gh, wh, exact, "xhat")
+    _assert_f32(gy_, wy, exact, "y")
+    # gradients
+    grad = rng.standard_normal(shape, dtype=np.float32)
+    ws_, wd = np.empty(c), np.empty(c)
+    gs, gd = np.full(c, np.nan), np.full(c, np.nan)
+    _ref.batchnorm_backward_reduce(grad, wh, ws_, wd)
+    k.batchnorm_backward_reduce(grad, wh, gs, gd)
+    assert_close(gs, ws_, 1e-12, atol=1e-12, what="gsum")
+    assert_close(gd, wd, 1e-12, atol=1e-12, what="gdot")
+    m = n * h * w
+    for a, b in ((ws_ / m, wd / m), (np.zeros(c), np.zeros(c))):  # training, eval
+        a, b = a.astype(np.float32), b.astype(np.float32)
+        sc = weight * inv_std
+        want, got = np.empty(shape, np.float32), np.full(shape, np.nan, np.float32)
+        _ref.batchnorm_backward_apply(grad, wh, sc, a, b, want)
+        k.batchnorm_backward_apply(grad, wh, sc, a, b, got)
+        _assert_f32(got, want, exact, "gx")
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+@pytest.mark.parametrize("loc", [0.0, 1000.0, -3e4])
+def test_batchnorm_stats_accurate_for_large_mean(name, loc):
+    """Mean 1000, std 1 (and worse): the variance keeps ~all its digits (two-pass, float64)."""
+    rng = np.random.default_rng(11)
+    x = (loc + rng.standard_normal((8, 3, 11, 13))).astype(np.float32)
+    x64 = x.astype(np.float64)
+    mean, var = np.empty(3), np.empty(3)
+    _mod(name).batchnorm_stats(x, mean, var)
+    assert_close(mean, x64.mean(axis=(0, 2, 3)), 1e-14, atol=0, what="mean")
+    want = ((x64 - x64.mean(axis=(0, 2, 3), keepdims=True)) ** 2).mean(axis=(0, 2, 3))
+    assert_close(var, want, 1e-12, atol=0, what="var")
+
+
+@pytest.mark.parametrize("name", COMPILED)
+@pytest.mark.parametrize("shape", [(1,), (7,), (3, 5, 7), (2 * 16384 + 5,), (64, 32, 5, 5)])
+def test_adam_step_matches_reference(name, shape):
+    rng = np.random.default_rng(14)
+    k = _mod(name)
+    p0 = rng.standard_normal(shape).astype(np.float32)
+    want = [p0.copy(), np.zeros(shape, np.float32), np.zeros(shape, np.float32)]
+    got = [p0.copy(), np.zeros(shape, np.float32), np.zeros(shape, np.float32)]
+    lr, (b1, b2), eps = 1e-3, (0.9, 0.999), 1e-8
+    for t in range(1, 11):
+        g = rng.standard_normal(shape).astype(np.float32)
+        g[rng.random(shape) < 0.1] = 0.0
+        args = (lr / (1 - b1 ** t), b1, b2, eps, np.sqrt(1 - b2 ** t))
+        _ref.adam_step(want[0], g, want[1], want[2], *args)
+        k.adam_step(got[0], g, got[1], got[2], *args)
+    for what, a, b in zip(("p", "m", "v"), got, want):
+        _assert_f32(a, b, _unfused(name), what)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        big = np.zeros((4, 6), np.float32)
+        k.adam_step(big[:, ::2], np.zeros((4, 3), np.float32), np.zeros((4, 3), np.float32),
+                    np.zeros((4, 3), np.float32), *args)
+
+
+def test_adam_optimizer_backends_agree():
+    """``optim.Adam`` through each backend: the same parameters after 10 steps."""
+    from fastcnn import optim
+
+    shapes = [(32, 1, 5, 5), (32,), (10, 33)]
+    rng = np.random.default_rng(15)
+    init = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    grads = [[rng.standard_normal(s).astype(np.float32) for s in shapes] for _ in range(10)]
+    before = fastcnn.get_backend()
+    result = {}
+    try:
+        for name in BACKENDS:
+            fastcnn.set_backend(name)
+            params = [fastcnn.Parameter(a) for a in init]
+            opt = optim.Adam(params, lr=0.01)
+            for step in grads:
+                for p, g in zip(params, step):
+                    p.grad[...] = g
+                opt.step()
+            result[name] = [p.data.copy() for p in params]
+    finally:
+        fastcnn.set_backend(before)
+    for name in COMPILED:
+        for a, b in zip(result[name], result["numpy"]):
+            _assert_f32(a, b, _unfused(name), f"{name} Adam")
+
+
+# ----------------------------------------------------------------------------- direct convolution primitives
+
+# Backends whose direct primitives are real kernels (not the reference itself).
+DIRECT = [b for b in COMPILED if _backend.ops(b).conv2d_direct_forward is not _ref.conv2d_direct_forward]
+
+
+# Tolerance: the kernels sum the K = C*kh*kw (forward), OC*kh*kw (input gradient) or
+# N*OH*OW (weight gradient) float32 products of an output in another order than the
+# reference (FMA, lanes).  Rounding then stays within ~sqrt(K) * eps32 * sum|terms|
+# (worst case K * eps32); with K <= 1600 here, sqrt(K) * eps32 <= 2.4e-6, so 1e-5 of the
+# sum of absolute terms (computed in float64) leaves a 4x margin.
+RTOL = 1e-5
+
+
+def _close(got, want, abs_scale, what):
+    """Element-wise: |got - want| <= RTOL * (sum of absolute terms) (+ a denormal floor)."""
+    err = np.abs(got.astype(np.float64) - want)
+    bound = RTOL * abs_scale + 1e-30
+    worst = np.max(err / bound)
+    assert worst <= 1.0, f"{what}: error {worst:.3g} x the bound"
+
+
+@pytest.mark.parametrize("name", DIRECT)
+@pytest.mark.parametrize("case", DIRECT_CASES)
+def test_direct_primitives_match_reference(name, case):
+    """Every direct primitive of a compiled backend against the reference (float64), with
+    the bound on the rounding above; every output element is written."""
+    k = _backend.ops(name)
+    g, x, wt, b, gy = direct_data(case)
+    for relu in (0, 1):
+        y, gx, gw, gb = run_direct(k, g, x, wt, b, gy, relu)
+        x64, w64, b64, gy64 = (a.astype(np.float64) for a in (x, wt, b, gy))
+        want = [np.empty(a.shape) for a in (y, gx, gw, gb)]
+        _ref.conv2d_direct_forward(x64, w64, b64, g.sh, g.sw, g.pt, g.pl, relu, want[0])
+        _ref.conv2d_direct_backward_data(gy64, w64, g.sh, g.sw, g.pt, g.pl, want[1])
+        _ref.conv2d_direct_backward_weight(gy64, x64, g.sh, g.sw, g.pt, g.pl, want[2], want[3])
+        scale = [np.empty(a.shape) for a in want]
+        _ref.conv2d_direct_forward(np.abs(x64), np.abs(w64), np.abs(b64), g.sh, g.sw, g.pt, g.pl, 0, scale[0])
+        _ref.conv2d_direct_backward_data(np.abs(gy64), np.abs(w64), g.sh, g.sw, g.pt, g.pl, scale[1])
+        _ref.conv2d_direct_backward_weight(np.abs(gy64), np.abs(x64), g.sh, g.sw, g.pt, g.pl, scale[2], scale[3])
+        for got, w_, s, what in zip((y, gx, gw, gb), want, scale, ("y", "gx", "gw", "gb")):
+            assert np.isfinite(got).all(), what
+            _close(got, w_, s, f"{name} {case} relu={relu} {what}")
+        if relu:
+            assert (y >= 0).all()
+
+
+@pytest.mark.parametrize("name", DIRECT)
+def test_direct_fused_relu_is_max_of_plain(name):
+    k = _backend.ops(name)
+    case = (3, 16, 9, 11, 24, 3, 3, 1, 1)
+    g, x, wt, b, gy = direct_data(case, 3)
+    plain, _, _, _ = run_direct(k, g, x, wt, b, gy, 0)
+    fused, _, _, _ = run_direct(k, g, x, wt, b, gy, 1)
+    assert (plain < 0).any() and (plain > 0).any()
+    np.testing.assert_array_equal(fused, np.maximum(plain, 0))
+
+
+@pytest.mark.parametrize("name", DIRECT)
+def test_direct_bit_identical_run_to_run_and_across_threads(name):
+    """Fixed summation order: repeated runs, and 1 vs 2 threads, agree bit for bit (the
+    weight gradient is summed in fixed slots of consecutive images)."""
+    k = _backend.ops(name)
+    case = (13, 17, 12, 11, 20, 3, 5, (1, 2), "same")
+    g, x, wt, b, gy = direct_data(case, 5)
+    before = fastcnn.get_num_threads()
+    runs = []
+    try:
+        for threads in (1, 1, 2, 2):
+            if threads > cores():
+                continue
+            fastcnn.set_num_threads(threads)
+            runs.append(run_direct(k, g, x, wt, b, gy, 1))
+    finally:
+        fastcnn.set_num_threads(before)
+    assert len(runs) >= 2
+    for run in runs[1:]:
+        for a, c in zip(run, runs[0]):
+            assert a.tobytes() == c.tobytes()

@@ -1,0 +1,28 @@
+"""The compilation and threading settings (``fastcnn._config``): Numba's target ISA from
+``FASTCNN_ISA``."""
+import pytest
+
+from fastcnn import _config
+
+AVX512_HOST = "+64bit,+avx,+avx2,+fma,+avx512f,+avx512vl,+evex512,-amx-tile,+sse2"
+AVX2_HOST = "+64bit,+avx,+avx2,+fma,-avx512f,+sse2"
+
+
+def test_numba_isa_environment_choices(monkeypatch):
+    env = _config._numba_isa_env
+    assert env(None, AVX512_HOST) == (None, AVX512_HOST + ",-prefer-256-bit")
+    assert env("avx512", AVX512_HOST) == (None, AVX512_HOST + ",-prefer-256-bit")
+    name, feats = env("avx2", AVX512_HOST)
+    assert name is None and "+avx2" in feats.split(",") and "+fma" in feats.split(",")
+    assert not [f for f in feats.split(",") if f.startswith("+") and ("avx512" in f or "evex512" in f)]
+    assert env("baseline", AVX512_HOST) == ("generic", None)
+    assert env(None, AVX2_HOST) == (None, None)  # Numba's own default without AVX-512
+    with pytest.raises(ValueError, match="FASTCNN_ISA=avx512 but this CPU has no AVX-512"):
+        env("avx512", AVX2_HOST)
+    with pytest.raises(ValueError, match="no AVX2"):
+        env("avx2", "+64bit,+sse2")
+    monkeypatch.setenv("FASTCNN_ISA", "sse9")
+    with pytest.raises(ValueError, match="FASTCNN_ISA must be one of"):
+        _config.requested_isa()
+    monkeypatch.setenv("FASTCNN_ISA", " AVX2 ")
+    assert _config.requested_isa() == "avx2"

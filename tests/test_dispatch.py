@@ -1,0 +1,90 @@
+"""The convolution strategy (``fastcnn._dispatch``): the public setting ``fastcnn.config``,
+the plan per shape, the chunks of the chunked path."""
+import numpy as np
+import pytest
+
+import fastcnn
+from fastcnn import _backend, _dispatch
+from fastcnn import functional as F
+
+from utils import assert_close
+
+REF = _backend.ops("numpy")  # the numpy backend's primitives: the reference, fastcnn._ref
+
+
+def test_per_image_path_choice(compiled, monkeypatch, request):
+    """Auto mode, on a shape the direct kernels do not take (OC < 8): per image for the
+    compiled backends when SciPy's BLAS is single-threaded, but never when one image's
+    unfolded matrix exceeds CHUNK_BYTES (memory per thread)."""
+    k = _backend.ops()
+    request.addfinalizer(fastcnn.config(conv="auto").__exit__)  # (restored after the test)
+    single = fastcnn._threads.gemm_blas_single()
+    assert _dispatch.conv_plan(k, 3, 4, 5, 3, 3, 9, 9, 4) == ("per_image" if single else "chunked")
+    big = _dispatch.CHUNK_BYTES // (4 * 9 * 4) + 1  # pixels whose 4x3x3 columns exceed it
+    assert _dispatch.conv_plan(k, 3, 4, 5, 3, 3, big, 1, 4) == "chunked"
+    assert _dispatch.conv_plan(REF, 3, 4, 5, 3, 3, 9, 9, 4) == "chunked"
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((3, 4, 9, 9), dtype=np.float32)
+    w = rng.standard_normal((5, 4, 3, 3), dtype=np.float32)
+    want = F.conv2d(x, w, None, 1, 1)
+    monkeypatch.setattr(_dispatch, "CHUNK_BYTES", 4 * 36 * 81 - 1)  # one image's columns no longer fit
+    assert _dispatch.conv_plan(k, 3, 4, 5, 3, 3, 9, 9, 4) == "chunked"
+    assert_close(F.conv2d(x, w, None, 1, 1), want, 1e-6)
+
+
+def test_conv_chunking_matches_single_pass(backend, monkeypatch, request):
+    """Several im2col chunks (uneven last one) give the single-chunk result."""
+    request.addfinalizer(fastcnn.config(conv="chunked").__exit__)  # (restored after the test)
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((7, 3, 9, 8), dtype=np.float32)
+    w = rng.standard_normal((5, 3, 3, 3), dtype=np.float32)
+    b = rng.standard_normal(5, dtype=np.float32)
+    gy = rng.standard_normal((7, 5, 5, 4), dtype=np.float32)
+    whole = (F.conv2d(x, w, b, 2, "same"),) + F.conv2d_backward(gy, x, w, 2, "same")
+    per_image = 27 * 20 * 4
+    monkeypatch.setattr(_dispatch, "CHUNK_BYTES", 3 * per_image)  # chunks of 3, 3, 1 images
+    assert _dispatch.chunks(7, 27 * 20, 4) == [(0, 3), (3, 6), (6, 7)]
+    chunked = (F.conv2d(x, w, b, 2, "same"),) + F.conv2d_backward(gy, x, w, 2, "same")
+    for a, c in zip(whole, chunked):
+        assert_close(c, a, 1e-6)
+
+
+# ----------------------------------------------------------------------------- the setting and the plan
+
+def test_config_sets_restores_and_validates():
+    start = fastcnn.get_config()
+    assert start["conv"] in _dispatch.CONV_STRATEGIES
+    with fastcnn.config(conv="direct") as cfg:
+        assert fastcnn.get_config() == {"conv": "direct"}
+        assert "direct" in repr(cfg)
+        with fastcnn.config(conv="chunked"):
+            assert fastcnn.get_config()["conv"] == "chunked"
+        assert fastcnn.get_config()["conv"] == "direct"
+    assert fastcnn.get_config() == start
+    for bad in ("fast", "", ["auto"], 1):
+        with pytest.raises(ValueError, match="conv must be one of"):
+            fastcnn.config(conv=bad)
+    assert fastcnn.get_config() == start
+    fastcnn.config()  # no change
+    assert fastcnn.get_config() == start
+
+
+def test_conv_plan_rules():
+    with fastcnn.config(conv="auto"):
+        if "cython" in fastcnn.available_backends():
+            k = _backend.ops("cython")
+            assert _dispatch.conv_plan(k, 100, 16, 32, 5, 5, 14, 14, 4) == "direct"
+            assert _dispatch.conv_plan(k, 1, 16, 32, 5, 5, 14, 14, 4) == "direct"
+            assert _dispatch.conv_plan(k, 100, 16, 32, 5, 5, 14, 14, 8) != "direct"  # float64
+            assert _dispatch.conv_plan(k, 100, 16, 32, 5, 5, 14, 14, 4, backward=True) == "direct"
+            # first layers and strided convolutions: direct forward, im2col backward
+            assert _dispatch.conv_plan(k, 100, 1, 32, 5, 5, 28, 28, 4) == "direct"
+            assert _dispatch.conv_plan(k, 100, 1, 32, 5, 5, 28, 28, 4, backward=True) != "direct"
+            assert _dispatch.conv_plan(k, 100, 16, 32, 3, 3, 16, 16, 4, (2, 2), True) != "direct"
+        # the numpy backend keeps its reference path
+        assert _dispatch.conv_plan(REF, 100, 16, 32, 5, 5, 14, 14, 4) == "chunked"
+        assert _dispatch.conv_plan(REF, 1, 16, 32, 5, 5, 14, 14, 4) == "single"
+    for conv in ("direct", "per_image", "chunked"):
+        with fastcnn.config(conv=conv):
+            assert _dispatch.conv_plan(REF, 5, 3, 4, 3, 3, 8, 8, 4) == conv
+            assert _dispatch.conv_plan(REF, 1, 3, 4, 3, 3, 8, 8, 4) == ("direct" if conv == "direct" else "single")

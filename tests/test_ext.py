@@ -1,0 +1,66 @@
+"""The Cython backend (``fastcnn._ext``): the SIMD paths of the direct convolution kernels
+(``FASTCNN_ISA``)."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import fastcnn
+
+from utils import NEUTRAL_CWD
+
+_ISA_SCRIPT = """
+import numpy as np
+import fastcnn
+from fastcnn import _ref
+from fastcnn._ext import conv_direct as d
+print(d.active_isa(), fastcnn.get_config()["conv"])
+rng = np.random.default_rng(0)
+x = rng.standard_normal((3, 5, 9, 7), dtype=np.float32)
+w = rng.standard_normal((11, 5, 3, 2), dtype=np.float32)
+b = rng.standard_normal(11, dtype=np.float32)
+y, want = (np.empty((3, 11, 5, 4), np.float32) for _ in range(2))
+d.conv2d_direct_forward(x, w, b, 2, 2, 1, 1, 0, y)
+_ref.conv2d_direct_forward(x, w, b, 2, 2, 1, 1, 0, want)
+assert np.abs(y - want).max() <= 1e-5 * np.abs(want).max(), "mismatch"
+"""
+
+
+def _isa_run(isa, extra_env=None):
+    env = dict(os.environ, FASTCNN_ISA=isa, FASTCNN_BACKEND="cython")
+    # the package under test, also when it is not installed (a source checkout)
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(fastcnn.__file__).resolve().parents[1]),
+                                         env.get("PYTHONPATH", "")])
+    env.update(extra_env or {})
+    return subprocess.run([sys.executable, "-c", _ISA_SCRIPT], cwd=NEUTRAL_CWD, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.skipif("cython" not in fastcnn.available_backends(), reason="Cython backend not built")
+def test_every_supported_isa_runs_and_can_be_forced():
+    """Each SIMD path this CPU supports can be forced with FASTCNN_ISA and computes the
+    reference's result (the whole module runs under each in .ci/run)."""
+    from fastcnn._ext import conv_direct
+
+    supported = conv_direct.supported_isas()
+    assert supported[0] == "baseline"
+    for isa in supported:
+        out = _isa_run(isa, {"FASTCNN_CONV": "direct"})
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.split() == [isa, "direct"], out.stdout
+
+
+@pytest.mark.skipif("cython" not in fastcnn.available_backends(), reason="Cython backend not built")
+def test_bad_or_unsupported_isa_is_a_clear_error():
+    from fastcnn._ext import conv_direct
+
+    out = _isa_run("sse9")
+    assert out.returncode != 0 and "FASTCNN_ISA must be one of auto, baseline, avx2, avx512" in out.stderr
+    missing = [isa for isa in conv_direct.ISAS if isa not in conv_direct.supported_isas()]
+    for isa in missing:  # (none on an AVX-512 machine)
+        out = _isa_run(isa)
+        assert out.returncode != 0 and f"FASTCNN_ISA={isa}" in out.stderr and "this CPU" in out.stderr
+    out = _isa_run("", {"FASTCNN_CONV": "sideways"})
+    assert out.returncode != 0 and "FASTCNN_CONV must be one of" in out.stderr

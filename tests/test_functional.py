@@ -1,0 +1,471 @@
+"""fastcnn.functional: every op on every backend against naive loops and PyTorch; the
+convolution paths; determinism across runs and threads; bad input; corr2d."""
+import doctest
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import fastcnn
+from fastcnn import functional as F
+from fastcnn.functional import ConvGeometry
+
+import naive
+from utils import BACKENDS, HSET, assert_close, cores, geometries, needs_torch, numgrad
+
+# ----------------------------------------------------------------------------- against naive loops and PyTorch
+
+@HSET
+@given(geo=geometries(), oc=st.sampled_from([1, 4, 7]), use_bias=st.booleans())
+def test_conv2d_all_backends_match_naive(conv_path, geo, oc, use_bias):
+    n, c, h, w, g, rng = geo
+    c = min(c, 8)
+    x = rng.standard_normal((n, c, h, w), dtype=np.float32)
+    wt = rng.standard_normal((oc, c, g.kh, g.kw), dtype=np.float32)
+    b = rng.standard_normal(oc, dtype=np.float32) if use_bias else None
+    pads = (g.pt, g.pb, g.pl, g.pr)
+    want = naive.conv2d(x.astype(np.float64), wt.astype(np.float64), None if b is None else b.astype(np.float64),
+                        (g.sh, g.sw), pads)
+    previous = fastcnn.get_backend()
+    try:
+        for name in BACKENDS:
+            fastcnn.set_backend(name)
+            # pass explicit pads through an int/pair or string exactly as resolved
+            y = F.conv2d(x, wt, b, (g.sh, g.sw), _padding_for(g, h, w))
+            assert_close(y, want, 2e-5, what=f"conv2d[{name}]")
+    finally:
+        fastcnn.set_backend(previous)
+
+
+
+def _padding_for(g, h, w):
+    """A padding argument that resolves to g's pads (symmetric int pair or 'same')."""
+    if g.pt == g.pb and g.pl == g.pr:
+        return (g.pt, g.pl)
+    return "same"
+
+
+
+@HSET
+@given(geo=geometries(pool=True))
+def test_pools_all_backends_match_naive(geo):
+    n, c, h, w, g, rng = geo
+    x = rng.standard_normal((n, c, h, w), dtype=np.float32)
+    pads = (g.pt, g.pb, g.pl, g.pr)
+    pad_arg = _padding_for(g, h, w)
+    want_max, want_idx = naive.pool2d(x.astype(np.float64), (g.kh, g.kw), (g.sh, g.sw), pads, "max")
+    include = pad_arg != "same"
+    want_avg, _ = naive.pool2d(x.astype(np.float64), (g.kh, g.kw), (g.sh, g.sw), pads, "avg", include)
+    previous = fastcnn.get_backend()
+    try:
+        for name in BACKENDS:
+            fastcnn.set_backend(name)
+            y, idx = F.max_pool2d(x, (g.kh, g.kw), (g.sh, g.sw), pad_arg, return_indices=True)
+            np.testing.assert_array_equal(y, want_max.astype(np.float32))
+            np.testing.assert_array_equal(idx, want_idx)
+            assert_close(F.avg_pool2d(x, (g.kh, g.kw), (g.sh, g.sw), pad_arg), want_avg, 1e-6, what=name)
+    finally:
+        fastcnn.set_backend(previous)
+
+
+
+@needs_torch
+@pytest.mark.parametrize("n,c,oc,hw,k,stride,padding", [
+    (1, 1, 32, (28, 28), 5, 1, "same"), (3, 32, 64, (14, 14), 5, 1, "same"), (2, 3, 5, (9, 7), 3, 2, "same"),
+    (2, 16, 8, (11, 11), 3, 2, 1), (1, 5, 3, (6, 9), 1, 1, 0), (2, 4, 6, (8, 8), 4, 2, "same"),
+    (11, 3, 4, (7, 6), 3, 1, 1),
+])
+def test_conv2d_forward_backward_match_torch(backend, conv_path, n, c, oc, hw, k, stride, padding):
+    import torch
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((n, c) + hw, dtype=np.float32)
+    w = rng.standard_normal((oc, c, k, k), dtype=np.float32) * 0.1
+    b = rng.standard_normal(oc, dtype=np.float32)
+    g = ConvGeometry((k, k), (stride, stride), padding, hw, "test")
+    tx = torch.tensor(x, requires_grad=True)
+    tw = torch.tensor(w, requires_grad=True)
+    tb = torch.tensor(b, requires_grad=True)
+    ty = torch.nn.functional.conv2d(torch.nn.functional.pad(tx, (g.pl, g.pr, g.pt, g.pb)), tw, tb, stride)
+    gy = rng.standard_normal(tuple(ty.shape), dtype=np.float32)
+    ty.backward(torch.tensor(gy))
+    y = F.conv2d(x, w, b, stride, padding)
+    assert_close(y, ty.detach().numpy(), 1e-5, what="forward")
+    gx, gw, gb = F.conv2d_backward(gy, x, w, stride, padding)
+    assert_close(gx, tx.grad.numpy(), 1e-5, what="grad x")
+    assert_close(gw, tw.grad.numpy(), 1e-5, what="grad w")
+    assert_close(gb, tb.grad.numpy(), 1e-5, what="grad b")
+
+
+
+@needs_torch
+@pytest.mark.parametrize("shape,k,stride,padding", [((3, 32, 28, 28), 2, 2, 0), ((1, 3, 7, 7), 3, 2, 1),
+                                                    ((2, 2, 9, 6), 3, 1, 1), ((2, 64, 14, 14), 2, 2, 0)])
+def test_pools_match_torch(backend, shape, k, stride, padding):
+    import torch
+
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal(shape, dtype=np.float32)
+    tx = torch.tensor(x, requires_grad=True)
+    ty, tidx = torch.nn.functional.max_pool2d(tx, k, stride, padding, return_indices=True)
+    gy = rng.standard_normal(tuple(ty.shape), dtype=np.float32)
+    ty.backward(torch.tensor(gy))
+    y, idx = F.max_pool2d(x, k, stride, padding, return_indices=True)
+    np.testing.assert_array_equal(y, ty.detach().numpy())
+    np.testing.assert_array_equal(idx, tidx.numpy())
+    assert_close(F.max_pool2d_backward(gy, idx, x.shape), tx.grad.numpy(), 1e-6)
+    tx.grad = None
+    ta = torch.nn.functional.avg_pool2d(tx, k, stride, padding)
+    ta.backward(torch.tensor(gy))
+    assert_close(F.avg_pool2d(x, k, stride, padding), ta.detach().numpy(), 1e-6)
+    assert_close(F.avg_pool2d_backward(gy, x.shape, k, stride, padding), tx.grad.numpy(), 1e-6)
+
+
+
+@needs_torch
+def test_softmax_cross_entropy_matches_torch(backend):
+    import torch
+
+    rng = np.random.default_rng(5)
+    logits = (rng.standard_normal((128, 10)) * 5).astype(np.float32)
+    labels = rng.integers(0, 10, 128)
+    tl = torch.tensor(logits, requires_grad=True)
+    tloss = torch.nn.functional.cross_entropy(tl, torch.tensor(labels))
+    tloss.backward()
+    loss, probs = F.softmax_cross_entropy(logits, labels)
+    assert abs(loss - tloss.item()) <= 1e-5 * abs(tloss.item())
+    assert_close(F.softmax_cross_entropy_backward(probs, labels), tl.grad.numpy(), 1e-5)
+
+
+# ----------------------------------------------------------------------------- the convolution and dense paths
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_linear_with_no_input_features(backend, conv_path, n):
+    """K = 0: the output is the bias and the gradients are empty or zero, on every path."""
+    b = np.array([1.5, -2.0], np.float32)
+    y = F.linear(np.ones((n, 0), np.float32), np.ones((2, 0), np.float32), b)
+    np.testing.assert_array_equal(y, np.tile(b, (n, 1)))
+    gx, gw, gb = F.linear_backward(np.ones((n, 2), np.float32), np.ones((n, 0), np.float32),
+                                   np.ones((2, 0), np.float32))
+    assert gx.shape == (n, 0) and gw.shape == (2, 0)
+    np.testing.assert_array_equal(gb, [n, n])
+
+
+
+@pytest.mark.parametrize("stride,padding,use_bias",
+                         [(1, "same", True), (2, 1, False), (1, 0, True), (3, "same", False)])
+def test_conv_single_image_path_matches_batched(backend, stride, padding, use_bias):
+    """Batch 1 skips the GEMM-layout reorders; each image of a batch gets the same result."""
+    rng = np.random.default_rng(21)
+    x = rng.standard_normal((3, 5, 11, 9), dtype=np.float32)
+    w = rng.standard_normal((7, 5, 3, 3), dtype=np.float32)
+    b = rng.standard_normal(7, dtype=np.float32) if use_bias else None
+    y = F.conv2d(x, w, b, stride, padding)
+    gy = rng.standard_normal(y.shape, dtype=np.float32)
+    gx, gw, gb = F.conv2d_backward(gy, x, w, stride, padding, bias=use_bias)
+    sum_gw = np.zeros_like(gw)
+    for i in range(3):
+        yi = F.conv2d(x[i:i + 1], w, b, stride, padding)
+        assert_close(yi, y[i:i + 1], 1e-6, what="forward")
+        gxi, gwi, gbi = F.conv2d_backward(gy[i:i + 1], x[i:i + 1], w, stride, padding, bias=use_bias)
+        assert_close(gxi, gx[i:i + 1], 1e-6, what="grad x")
+        want_gb = gy[i].sum(axis=(1, 2), dtype=np.float64).astype(np.float32)
+        if use_bias:
+            assert_close(gbi, want_gb, 1e-6, what="grad b")
+        else:
+            assert gbi is None
+        sum_gw += gwi
+    assert_close(sum_gw, gw, 1e-5, what="grad w summed over images")
+    # The one-image weight gradient against naive loops: conv is linear in w, so
+    # gw[o, c, i, j] = sum(gy[o] * conv(x, unit weight at (c, i, j))).
+    _, gw1, _ = F.conv2d_backward(gy[:1], x[:1], w, stride, padding, input_grad=False)
+    g = ConvGeometry((3, 3), (stride, stride), padding, (11, 9), "test")
+    want = np.empty(w.shape)
+    for c in range(5):
+        for i in range(3):
+            for j in range(3):
+                unit = np.zeros((1, 5, 3, 3))
+                unit[0, c, i, j] = 1.0
+                resp = naive.conv2d(x[:1].astype(np.float64), unit, None, (stride, stride), (g.pt, g.pb, g.pl, g.pr))
+                want[:, c, i, j] = (gy[0].astype(np.float64) * resp[0]).sum(axis=(1, 2))
+    assert_close(gw1, want, 2e-5, what="grad w vs naive")
+
+
+
+@pytest.mark.parametrize("stride,padding", [(1, "same"), (2, 1), ((1, 3), (2, 0))])
+def test_functional_gradients_through_direct_path_match_finite_differences(compiled, stride, padding):
+    """F.conv2d_backward on the direct strategy against central differences of the float64
+    naive forward (loss = sum(r * conv))."""
+    with fastcnn.config(conv="direct"):
+        rng = np.random.default_rng(11)
+        x = rng.standard_normal((2, 3, 6, 5), dtype=np.float32)
+        w = rng.standard_normal((9, 3, 3, 2), dtype=np.float32)
+        b = rng.standard_normal(9, dtype=np.float32)
+        y = F.conv2d(x, w, b, stride, padding)
+        r = rng.standard_normal(y.shape).astype(np.float32)
+        gx, gw, gb = F.conv2d_backward(r, x, w, stride, padding)
+    s = stride if isinstance(stride, tuple) else (stride, stride)
+    g = ConvGeometry((3, 2), s, padding, (6, 5), "test")
+    x64, w64, b64, r64 = (a.astype(np.float64) for a in (x, w, b, r))
+
+    def loss():
+        return float(np.sum(r64 * naive.conv2d(x64, w64, b64, s, (g.pt, g.pb, g.pl, g.pr))))
+
+    # float32 gradients against float64 differences: a few float32 roundings of sums of
+    # ~50 terms of size ~3 -> 1e-4 absolute.
+    np.testing.assert_allclose(gx, numgrad(loss, x64), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(gw, numgrad(loss, w64), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(gb, numgrad(loss, b64), rtol=1e-4, atol=1e-4)
+
+
+
+def test_conv2d_relu_flag_on_direct_and_gemm_paths(compiled):
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((3, 4, 8, 8), dtype=np.float32)
+    w = rng.standard_normal((16, 4, 3, 3), dtype=np.float32)
+    for conv in ("direct", "per_image", "chunked"):
+        with fastcnn.config(conv=conv):
+            np.testing.assert_array_equal(F.conv2d(x, w, None, 1, 1, relu=True),
+                                          np.maximum(F.conv2d(x, w, None, 1, 1), 0))
+
+
+# ----------------------------------------------------------------------------- determinism across runs and threads
+
+@pytest.mark.parametrize("strategy", ["per_image", "direct"])
+def test_per_image_results_do_not_depend_on_threads(compiled, strategy, request):
+    """The per-image and direct paths sum the weight gradient in fixed slots: 1 and 2
+    threads agree bit for bit."""
+    if cores() < 2:
+        pytest.skip("needs 2 cores")
+    request.addfinalizer(fastcnn.config(conv=strategy).__exit__)  # (restored after the test)
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((13, 6, 12, 12), dtype=np.float32)
+    w = rng.standard_normal((10, 6, 3, 3), dtype=np.float32)
+    b = rng.standard_normal(10, dtype=np.float32)
+    gy = rng.standard_normal((13, 10, 12, 12), dtype=np.float32)
+    before = fastcnn.get_num_threads()
+    runs = []
+    try:
+        for threads in (1, 2):
+            fastcnn.set_num_threads(threads)
+            runs.append((F.conv2d(x, w, b, 1, 1),) + F.conv2d_backward(gy, x, w, 1, 1))
+    finally:
+        fastcnn.set_num_threads(before)
+    for a, c in zip(*runs):
+        assert a.tobytes() == c.tobytes()
+
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_conv_backward_is_bit_identical_run_to_run(backend, conv_path, threads):
+    if threads > cores():
+        pytest.skip("needs 2 cores")
+    before = fastcnn.get_num_threads()
+    fastcnn.set_num_threads(threads)
+    try:
+        rng = np.random.default_rng(6)
+        x = rng.standard_normal((16, 8, 14, 14), dtype=np.float32)
+        w = rng.standard_normal((12, 8, 5, 5), dtype=np.float32)
+        gy = rng.standard_normal((16, 12, 14, 14), dtype=np.float32)
+        runs = [F.conv2d_backward(gy, x, w, 1, "same") for _ in range(3)]
+        for gx, gw, gb in runs[1:]:
+            assert gx.tobytes() == runs[0][0].tobytes()
+            assert gw.tobytes() == runs[0][1].tobytes()
+            assert gb.tobytes() == runs[0][2].tobytes()
+    finally:
+        fastcnn.set_num_threads(before)
+
+
+# ----------------------------------------------------------------------------- batch norm
+
+@pytest.mark.parametrize("shape", [(1, 3, 1, 1), (1, 1, 1, 1)])
+def test_batch_norm2d_training_needs_two_values(backend, shape):
+    args = [np.ones(shape[1], np.float32), np.zeros(shape[1], np.float32),
+            np.zeros(shape[1], np.float32), np.ones(shape[1], np.float32)]
+    with pytest.raises(ValueError, match="more than one value per channel"):
+        F.batch_norm2d(np.zeros(shape, np.float32), *args, training=True)
+    y, cache = F.batch_norm2d(np.ones(shape, np.float32), *args, training=False)  # eval is fine
+    assert y.shape == shape
+    gx, gw, gb = F.batch_norm2d_backward(np.ones(shape, np.float32), cache, args[0])
+    assert gx.shape == shape and gw.shape == gb.shape == (shape[1],)
+
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_batch_norm2d_backends_agree(compiled, train):
+    """The whole op (statistics, running stats, forward, backward) against the numpy backend."""
+    rng = np.random.default_rng(12)
+    x = (1000 + rng.standard_normal((3, 7, 5, 9))).astype(np.float32)
+    gy = rng.standard_normal(x.shape, dtype=np.float32)
+    weight = rng.uniform(0.5, 2, 7).astype(np.float32)
+    bias = rng.standard_normal(7).astype(np.float32)
+    out = {}
+    for name in ("numpy", compiled):
+        fastcnn.set_backend(name)
+        rm, rv = np.full(7, 999.5, np.float32), np.linspace(0.5, 2, 7, dtype=np.float32)
+        y, cache = F.batch_norm2d(x, weight, bias, rm, rv, training=train)
+        out[name] = (y, rm, rv) + F.batch_norm2d_backward(gy, cache, weight)
+    fastcnn.set_backend(compiled)
+    names = ("y", "running_mean", "running_var", "gx", "gw", "gb")
+    for what, a, b in zip(names, out[compiled], out["numpy"]):
+        assert_close(a, b, 1e-5, atol=1e-6, what=what)
+
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_batch_norm2d_is_bit_identical_run_to_run(backend, threads):
+    if threads > cores():
+        pytest.skip("needs 2 cores")
+    before = fastcnn.get_num_threads()
+    rng = np.random.default_rng(13)
+    x = (5 + 3 * rng.standard_normal((16, 12, 14, 14))).astype(np.float32)
+    gy = rng.standard_normal(x.shape, dtype=np.float32)
+    weight = rng.uniform(0.5, 2, 12).astype(np.float32)
+    bias = rng.standard_normal(12).astype(np.float32)
+
+    def run():
+        rm, rv = np.zeros(12, np.float32), np.ones(12, np.float32)
+        y, cache = F.batch_norm2d(x, weight, bias, rm, rv, training=True)
+        return (y, rm, rv) + F.batch_norm2d_backward(gy, cache, weight)
+
+    try:
+        fastcnn.set_num_threads(1)
+        single = run()
+        fastcnn.set_num_threads(threads)
+        runs = [run() for _ in range(3)]
+    finally:
+        fastcnn.set_num_threads(before)
+    for r in runs:
+        for a, b in zip(r, single):  # same bytes on repeat and for any thread count
+            assert a.tobytes() == b.tobytes()
+
+
+# ----------------------------------------------------------------------------- bad input
+
+@pytest.mark.parametrize("call,exc,match", [
+    (lambda: F.conv2d(np.zeros((1, 3, 8, 8), np.float32)[0], np.zeros((4, 3, 3, 3), np.float32)), ValueError, "4-D"),
+    (lambda: F.conv2d(np.zeros((1, 3, 8, 8), np.int32), np.zeros((4, 3, 3, 3), np.float32)), TypeError, "floating"),
+    (lambda: F.conv2d(np.zeros((1, 2, 8, 8), np.float32), np.zeros((4, 3, 3, 3), np.float32)), ValueError,
+     r"expected input shape \(N, 3, H, W\)"),
+    (lambda: F.conv2d(np.zeros((1, 3, 2, 2), np.float32), np.zeros((4, 3, 3, 3), np.float32)), ValueError,
+     "larger than the padded input"),
+    (lambda: F.conv2d(np.zeros((1, 3, 8, 8), np.float32), np.zeros((4, 3, 3, 3), np.float32), np.zeros(5, np.float32)),
+     ValueError, r"bias must have shape \(4,\)"),
+    (lambda: F.conv2d(np.zeros((1, 3, 8, 8), np.float32), np.zeros((4, 3, 3, 3), np.float32), padding="full"),
+     ValueError, "padding"),
+    (lambda: F.conv2d(np.zeros((1, 3, 8, 8), np.float32), np.zeros((4, 3, 3, 3), np.float32), stride=0),
+     ValueError, "stride"),
+    (lambda: F.conv2d(np.zeros((0, 3, 8, 8), np.float32), np.zeros((4, 3, 3, 3), np.float32)), ValueError, "empty"),
+    (lambda: F.max_pool2d(np.zeros((1, 3, 1, 1), np.float32), 2), ValueError, "larger than the padded input"),
+    # found by fuzzing: an empty plane with padding left windows with no real cell
+    (lambda: F.max_pool2d(np.zeros((2, 1, 1, 0), np.float32), 4, 3, 2), ValueError, "empty input"),
+    (lambda: F.avg_pool2d(np.zeros((2, 1, 0, 3), np.float32), 2, 1, 1), ValueError, "empty input"),
+    (lambda: F.conv2d(np.zeros((1, 3, 0, 4), np.float32), np.zeros((4, 3, 3, 3), np.float32), padding=2),
+     ValueError, "empty input"),
+    (lambda: F.max_pool2d(np.zeros((1, 3, 8, 8), np.float32), 2, padding=2), ValueError, "padding"),
+    (lambda: F.max_pool2d("x", 2), TypeError, "floating"),
+    (lambda: F.max_pool2d(object(), 2), TypeError, "numpy array"),
+    (lambda: F.softmax_cross_entropy(np.zeros((2, 3), np.float32), [0, 3]), ValueError, r"\[0, 3\)"),
+    (lambda: F.softmax_cross_entropy(np.zeros((2, 3), np.float32), [0.0, 1.0]), TypeError, "integer"),
+    (lambda: F.softmax_cross_entropy(np.zeros((2, 3), np.float32), [0]), ValueError, r"shape \(2,\)"),
+    (lambda: F.linear(np.zeros((2, 5), np.float32), np.zeros((3, 4), np.float32)), ValueError,
+     r"expected input shape \(N, 4\)"),
+])
+def test_bad_input_raises_clear_errors(backend, call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
+
+
+
+def test_workspace_plan_cache_keeps_every_check():
+    """A Workspace remembers checked geometry, but arguments that differ only by type (bool,
+    float) still fail, and new shapes or dtypes are checked again."""
+    ws = F.Workspace()
+    x = np.ones((2, 3, 8, 8), np.float32)
+    w = np.ones((4, 3, 3, 3), np.float32)
+    F.conv2d(x, w, None, 1, 1, ws=ws)
+    F.max_pool2d(x, 2, ws=ws)
+    with pytest.raises(TypeError, match="padding"):
+        F.conv2d(x, w, None, 1, True, ws=ws)
+    with pytest.raises(TypeError, match="stride"):
+        F.conv2d(x, w, None, 1.0, 1, ws=ws)
+    with pytest.raises(TypeError, match="kernel_size"):
+        F.max_pool2d(x, 2.0, ws=ws)
+    with pytest.raises(ValueError, match="channels"):
+        F.conv2d(np.ones((2, 5, 8, 8), np.float32), w, None, 1, 1, ws=ws)
+    with pytest.raises(ValueError, match="must be smaller than the kernel|at most half"):
+        F.max_pool2d(x, 2, padding=2, ws=ws)
+    y64 = F.conv2d(x.astype(np.float64), w, None, 1, 1, ws=ws)  # converted, same result
+    assert y64.dtype == np.float32
+    np.testing.assert_array_equal(y64, F.conv2d(x, w, None, 1, 1))
+    small = F.conv2d(np.ones((1, 3, 5, 5), np.float32), w, None, 1, 1, ws=ws)
+    assert small.shape == (1, 4, 5, 5)
+
+
+
+def test_float64_and_noncontiguous_inputs_are_converted(backend):
+    rng = np.random.default_rng(7)
+    x64 = rng.standard_normal((2, 3, 9, 9))
+    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    y = F.conv2d(x64, w)
+    assert y.dtype == np.float32
+    assert_close(y, F.conv2d(x64.astype(np.float32), w), 1e-6)
+    big = rng.standard_normal((2, 3, 18, 18), dtype=np.float32)
+    view = big[:, :, ::2, ::2]
+    assert not view.flags.c_contiguous
+    assert_close(F.conv2d(view, w), F.conv2d(np.ascontiguousarray(view), w), 0)
+    assert_close(F.max_pool2d(view, 2), F.max_pool2d(np.ascontiguousarray(view), 2), 0)
+
+
+
+def test_zero_dim_and_empty_relu_keep_their_shape(backend):
+    for x in (np.float64(-2.0) * np.ones(()), np.zeros((0, 3), np.float32)):
+        y = F.relu(x)
+        assert y.shape == x.shape and y.dtype == np.float32
+        assert F.relu_backward(np.ones_like(y), y).shape == x.shape
+
+
+# ----------------------------------------------------------------------------- corr2d
+
+def test_corr2d_worked_example_and_docstring():
+    y = F.corr2d(np.array([[0, 1, 2], [3, 4, 5], [6, 7, 8]], np.float32), np.array([[0, 1], [2, 3]], np.float32))
+    assert y.dtype == np.float32 and y.tolist() == [[19, 25], [37, 43]]
+    finder = doctest.DocTestFinder()
+    runner = doctest.DocTestRunner()
+    for test in finder.find(F.corr2d, "corr2d"):
+        runner.run(test)
+    assert runner.failures == 0 and runner.tries == 3
+
+
+
+def test_corr2d_edge_detector_of_the_tutorial():
+    x = np.ones((6, 8), np.float32)
+    x[:, 2:6] = 0
+    y = F.corr2d(x, np.array([[1.0, -1.0]], np.float32))
+    expected = np.zeros((6, 7))
+    expected[:, 1], expected[:, 5] = 1, -1  # white->black edge 1, black->white edge -1
+    assert y.tolist() == expected.tolist()
+    assert F.corr2d(x.T, np.array([[1.0, -1.0]], np.float32)).tolist() == np.zeros((8, 5)).tolist()
+
+
+
+@pytest.mark.parametrize("shape,kshape", [((7, 9), (3, 2)), ((1, 5), (1, 5)), ((4, 4), (1, 1)), ((10, 3), (4, 3))])
+def test_corr2d_equals_loops_and_conv2d(backend, shape, kshape):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(shape).astype(np.float32)
+    k = rng.standard_normal(kshape).astype(np.float32)
+    y = F.corr2d(x, k)
+    assert_close(y, naive.corr2d(x.astype(np.float64), k.astype(np.float64)), rtol=1e-5, what="corr2d")
+    # the same numbers as the 4-D primitive (same kernels, so bit-identical)
+    assert np.array_equal(y, F.conv2d(x[None, None], k[None, None])[0, 0])
+
+
+
+def test_corr2d_bad_input():
+    with pytest.raises(ValueError, match="corr2d: input must be 2-D"):
+        F.corr2d(np.ones((1, 3, 3), np.float32), np.ones((2, 2), np.float32))
+    with pytest.raises(TypeError, match="kernel"):
+        F.corr2d(np.ones((3, 3), np.float32), np.ones((2, 2), np.int64))
+    with pytest.raises(ValueError, match="larger"):
+        F.corr2d(np.ones((2, 2), np.float32), np.ones((3, 3), np.float32))
