@@ -36,8 +36,8 @@ _threads.init_gemm_blas()
 from . import data, functional, layers, losses, models, optim
 from . import export, graph, predict
 from .graph import Input, Model
-from .layers import Parameter, Sequential
-from .model import load, save
+from .layers import Parameter
+from .model import Sequential, load, save
 from ._summary import summary
 
 __all__ = [

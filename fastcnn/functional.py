@@ -23,8 +23,18 @@ import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 
 from . import _backend, _config, _dispatch, _ref, _threads
-from ._shapes import (IntOrPair, Padding, as_float32, as_labels, as_shape, check_padding_arg, is_float32_array,
-                      output_size, pair, resolve_padding)
+from ._shapes import (
+    IntOrPair,
+    Padding,
+    as_float32,
+    as_labels,
+    as_shape,
+    check_padding_arg,
+    is_float32_array,
+    output_size,
+    pair,
+    resolve_padding,
+)
 
 __all__ = [
     "Workspace", "ConvGeometry",

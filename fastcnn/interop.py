@@ -99,17 +99,17 @@ def _torch_classes() -> dict[str, Any]:
     class Residual(nn.Module):
         """``relu(body(x) + shortcut(x))``."""
 
-        def __init__(self, body, shortcut):
+        def __init__(self, body: Any, shortcut: Any) -> None:
             super().__init__()
             self.body, self.shortcut = body, shortcut
 
-        def forward(self, x):
+        def forward(self, x: Any) -> Any:
             return torch.relu(self.body(x) + self.shortcut(x))
 
     class Graph(nn.Module):
         """The nodes of a fastcnn graph Model as attributes, run in its topological order."""
 
-        def __init__(self, model, modules):
+        def __init__(self, model: G.Model, modules: list[Any]) -> None:
             super().__init__()
             self._names = list(model.node_names)
             self._wiring = list(model.wiring)
@@ -119,7 +119,7 @@ def _torch_classes() -> dict[str, Any]:
             for name, m in zip(self._names, modules):
                 self.add_module(name, m)
 
-        def forward(self, *xs):
+        def forward(self, *xs: Any) -> Any:
             if len(xs) == 1 and isinstance(xs[0], (list, tuple)):
                 xs = tuple(xs[0])
             values = dict(zip(self._inputs, xs))
@@ -130,25 +130,25 @@ def _torch_classes() -> dict[str, Any]:
             return outs[0] if self._single_out else outs
 
     class Add(nn.Module):
-        def forward(self, xs):
+        def forward(self, xs: Any) -> Any:
             y = xs[0]
             for x in xs[1:]:
                 y = y + x
             return y
 
     class Multiply(nn.Module):
-        def forward(self, xs):
+        def forward(self, xs: Any) -> Any:
             y = xs[0]
             for x in xs[1:]:
                 y = y * x
             return y
 
     class Concatenate(nn.Module):
-        def __init__(self, axis=1):
+        def __init__(self, axis: int = 1) -> None:
             super().__init__()
             self.axis = axis
 
-        def forward(self, xs):
+        def forward(self, xs: Any) -> Any:
             return torch.cat(list(xs), dim=self.axis)
 
     _CLASSES.update(Residual=Residual, Graph=Graph, Add=Add, Multiply=Multiply, Concatenate=Concatenate)
