@@ -934,9 +934,9 @@ _F32 = np.dtype(np.float32)
 
 def _check_update(op: str, params: Sequence[Any], grads: Sequence[Any], *state: tuple[str, Sequence[Any]],
                   compiled: bool = False) -> None:
-    """A parameter update's arrays: per parameter, its gradient and state (None: no state yet)
-    float32 arrays of its shape; for a compiled update also C-contiguous and the updated ones
-    writeable (NumPy refuses a read-only array itself)."""
+    """A parameter update's arrays: per parameter, its gradient and state float32 arrays of its
+    shape; for a compiled update also C-contiguous, the updated ones writeable (NumPy refuses a
+    read-only array itself) and every state present (NumPy updates: None, no state yet)."""
     if not _update_ok(params, grads, [arrays for _, arrays in state], compiled):
         _update_error(op, params, grads, state, compiled)
 
@@ -957,7 +957,9 @@ def _update_ok(params: Sequence[Any], grads: Sequence[Any], state: list[Sequence
             return False
         for arrays in state:
             a = arrays[i]
-            if a is not None and not (type(a) is np.ndarray and a.dtype == _F32 and a.shape == p.shape and (
+            if a is None and not compiled:
+                continue
+            if not (type(a) is np.ndarray and a.dtype == _F32 and a.shape == p.shape and (
                     not compiled or (a.flags.c_contiguous and a.flags.writeable))):
                 return False
     return True
@@ -973,7 +975,7 @@ def _update_error(op: str, params: Sequence[Any], grads: Sequence[Any], state: t
     want = "a C-contiguous float32 array" if compiled else "a float32 array"
     for i, p in enumerate(params):
         for name, a in (("params", p),) + tuple((n, arrays[i]) for n, arrays in lists):
-            if a is None and name not in ("params", "grads"):
+            if a is None and name not in ("params", "grads") and not compiled:
                 continue
             if not (is_float32_array(a) if compiled else _is_float32(a)) or (name != "params" and a.shape != p.shape):
                 of = "" if name == "params" else f" of shape {getattr(p, 'shape', None)}"

@@ -73,12 +73,10 @@ def _symbolic_recorder(x: Any) -> Callable[..., Any] | None:
 class Layer:
     """Base class of the layers and containers.
 
-    Train/eval caching, the one rule: ``forward`` passes what ``backward`` needs to
-    :meth:`_keep`, which keeps it in training mode, and in eval mode only for layers whose
-    eval-mode computation differs from the training one (``_keeps_in_eval``: BatchNorm2D,
-    Dropout), so that such a layer can be frozen in eval mode inside a model that trains.
-    ``backward`` reads it back with :meth:`_kept`.  Scratch buffers and checked shapes are
-    the layer's :class:`fastcnn.functional.Workspace`, given to every functional op it calls.
+    ``forward`` hands what ``backward`` needs to :meth:`_keep`, ``backward`` reads it back
+    with :meth:`_kept` (the one train/eval rule: docs/ROBUSTNESS.md, "Train and eval mode");
+    scratch buffers and checked shapes are the layer's :class:`fastcnn.functional.Workspace`,
+    given to every functional op it calls.
     """
 
     training: bool = True
@@ -90,6 +88,7 @@ class Layer:
     #: Constructor arguments, read back from the public attributes of the same names by
     #: :meth:`config` and ``repr`` (for a Parameter's name: whether it exists).
     _config_args: ClassVar[tuple[str, ...]] = ()
+    #: Whether :meth:`_keep` keeps in eval mode too (an eval-mode computation of its own).
     _keeps_in_eval: ClassVar[bool] = False
     _saved: tuple[Any, ...] | None = None
 
