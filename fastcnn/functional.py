@@ -449,8 +449,10 @@ def max_pool2d_backward(grad_out: ArrayLike, indices: ArrayLike, input_shape: Se
     grad_out = as_float32(grad_out, "grad_out", 4, op)
     if type(indices) is not np.ndarray:
         indices = np.asarray(indices)
-    if indices.dtype != np.int32 or indices.shape != grad_out.shape:
-        raise ValueError(f"{op}: indices must be int32 of shape {grad_out.shape}, got {indices.dtype} {indices.shape}")
+    if indices.dtype != np.int32:
+        raise ValueError(f"{op}: indices must be int32 (from max_pool2d), got {indices.dtype}")
+    if grad_out.shape != indices.shape:
+        raise ValueError(f"{op}: grad_out must have the shape of indices {indices.shape}, got {grad_out.shape}")
     gx = _new_grad(input_shape, op)
     if gx.ndim != 4 or gx.shape[:2] != grad_out.shape[:2]:
         raise ValueError(f"{op}: input_shape {gx.shape} does not match grad_out {grad_out.shape}")
