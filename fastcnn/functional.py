@@ -453,22 +453,16 @@ def max_pool2d_backward(grad_out: ArrayLike, indices: ArrayLike, input_shape: Se
         raise ValueError(f"{op}: indices must be int32 (from max_pool2d), got {indices.dtype}")
     if grad_out.shape != indices.shape:
         raise ValueError(f"{op}: grad_out must have the shape of indices {indices.shape}, got {grad_out.shape}")
-    gx = _new_grad(input_shape, op)
-    if gx.ndim != 4 or gx.shape[:2] != grad_out.shape[:2]:
-        raise ValueError(f"{op}: input_shape {gx.shape} does not match grad_out {grad_out.shape}")
+    shape = as_shape(input_shape, "input_shape", 4, op)
+    if shape[:2] != grad_out.shape[:2]:
+        raise ValueError(f"{op}: input_shape {shape} does not match grad_out {grad_out.shape}")
     # (viewed as unsigned, a negative index is out of range too: one pass over the indices)
-    if indices.size and int(np.maximum.reduce(indices.view(np.uint32), axis=None)) >= gx.shape[2] * gx.shape[3]:
-        raise ValueError(f"{op}: indices out of range for input plane {gx.shape[2:]}")
+    if indices.size and int(np.maximum.reduce(indices.view(np.uint32), axis=None)) >= shape[2] * shape[3]:
+        raise ValueError(f"{op}: indices out of range for input plane {shape[2:]}")
+    gx = np.empty(shape, np.float32)
     _backend.ops().maxpool2d_backward(grad_out, np.ascontiguousarray(indices), gx)
     return gx
 
-
-def _new_grad(input_shape: Sequence[int], op: str) -> np.ndarray:
-    """A new float32 gradient array of ``input_shape`` (NumPy checks the shape: ints >= 0)."""
-    try:
-        return np.empty(input_shape, np.float32)
-    except (TypeError, ValueError) as exc:
-        raise type(exc)(f"{op}: input_shape must be non-negative ints, got {input_shape!r}") from None
 
 
 def _include_pad(count_include_pad: bool | None, padding: tuple[int, int] | str) -> bool:
@@ -622,12 +616,10 @@ def flatten_backward(grad_out: ArrayLike, input_shape: Sequence[int]) -> np.ndar
     """Gradient of :func:`flatten`: ``grad_out`` (N, F) reshaped to ``input_shape``."""
     op = "flatten_backward"
     grad_out = as_float32(grad_out, "grad_out", 2, op)
-    try:  # (NumPy's reshape checks the ints; the size and no -1)
-        if grad_out.size == math.prod(input_shape) and min(input_shape, default=0) >= 0:
-            return grad_out.reshape(input_shape)
-    except (TypeError, ValueError):
-        pass
-    raise ValueError(f"{op}: grad_out {grad_out.shape} does not match input shape {input_shape!r}")
+    shape = as_shape(input_shape, "input_shape", None, op)
+    if grad_out.size != math.prod(shape):
+        raise ValueError(f"{op}: grad_out {grad_out.shape} does not match input shape {shape}")
+    return grad_out.reshape(shape)
 
 
 def dropout(x: ArrayLike, p: float = 0.5, *, rng: Any = None, training: bool = True
@@ -934,16 +926,11 @@ def batch_norm2d_backward(grad_out: ArrayLike, cache: tuple[Any, ...], weight: A
 _F32 = np.dtype(np.float32)
 
 
-def _check_update(op: str, params: Sequence[Any], grads: Sequence[Any], *state: tuple[str, Sequence[Any]],
-                  compiled: bool = False) -> None:
-    """A parameter update's arrays: per parameter, its gradient and state float32 arrays of its
-    shape; for a compiled update also C-contiguous, the updated ones writeable (NumPy refuses a
-    read-only array itself) and every state present (NumPy updates: None, no state yet)."""
-    if not _update_ok(params, grads, [arrays for _, arrays in state], compiled):
-        _update_error(op, params, grads, state, compiled)
-
-
-def _update_ok(params: Sequence[Any], grads: Sequence[Any], state: list[Sequence[Any]], compiled: bool) -> bool:
+def _update_ok(params: Sequence[Any], grads: Sequence[Any], state: Sequence[Sequence[Any]], compiled: bool) -> bool:
+    """Whether a parameter update's arrays are right: per parameter, its gradient and state
+    float32 arrays of its shape; for a compiled update also C-contiguous, the updated ones
+    writeable (NumPy refuses a read-only array itself) and every state present (NumPy
+    updates: None, no state yet).  :func:`_update_error` says what is wrong."""
     n = len(params)
     if len(grads) != n:
         return False
@@ -969,7 +956,7 @@ def _update_ok(params: Sequence[Any], grads: Sequence[Any], state: list[Sequence
 
 def _update_error(op: str, params: Sequence[Any], grads: Sequence[Any], state: tuple[tuple[str, Sequence[Any]], ...],
                   compiled: bool) -> NoReturn:
-    """Raise the precise error for the arrays :func:`_check_update` refused."""
+    """Raise the precise error for the arrays :func:`_update_ok` refused."""
     lists = (("grads", grads),) + state
     for name, arrays in lists:
         if len(arrays) != len(params):
@@ -1003,7 +990,8 @@ def sgd_step(params: Sequence[np.ndarray], grads: Sequence[np.ndarray], momentum
     ``momentum_buffers`` (one per parameter, None before the first step) is updated in place.
     The arrays are checked here; the hyperparameters by :class:`fastcnn.optim.SGD`.
     """
-    _check_update("sgd_step", params, grads, ("momentum_buffers", momentum_buffers))
+    if not _update_ok(params, grads, (momentum_buffers,), False):
+        _update_error("sgd_step", params, grads, (("momentum_buffers", momentum_buffers),), False)
     f = np.float32
     lr32 = f(lr)
     for i, (param, grad) in enumerate(zip(params, grads)):
@@ -1036,7 +1024,8 @@ def adam_step(params: Sequence[np.ndarray], grads: Sequence[np.ndarray], exp_avg
     (:func:`fastcnn._ref.adam_step`).  The arrays are checked here; the hyperparameters by
     :class:`fastcnn.optim.Adam`.
     """
-    _check_update("adam_step", params, grads, ("exp_avgs", exp_avgs), ("exp_avg_sqs", exp_avg_sqs), compiled=True)
+    if not _update_ok(params, grads, (exp_avgs, exp_avg_sqs), True):
+        _update_error("adam_step", params, grads, (("exp_avgs", exp_avgs), ("exp_avg_sqs", exp_avg_sqs)), True)
     b1, b2 = betas
     step_size = lr / (1.0 - b1 ** step)  # both rounded to float32 by the kernel
     bc2_sqrt = float(np.sqrt(1.0 - b2 ** step))
