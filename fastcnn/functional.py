@@ -17,7 +17,7 @@ import threading
 from collections.abc import Hashable, Sequence
 from threading import get_ident
 from types import ModuleType
-from typing import Any, Literal, NoReturn, overload
+from typing import Any, Literal, overload
 
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
@@ -46,23 +46,25 @@ __all__ = [
     "linear", "linear_backward",
     "softmax_cross_entropy", "softmax_cross_entropy_backward", "mse_loss", "mse_loss_backward",
     "batch_norm2d", "batch_norm2d_backward",
-    "sgd_step", "adam_step",
+    "adam_step",
     "corr2d",
 ]
 
 
 class Workspace:
-    """Named scratch buffers, reallocated only when the shape or dtype changes, and the
-    checked geometry of recent argument combinations (so a layer called again with the same
-    shapes skips re-deriving it; the arrays' dtype and layout are still checked every call).
+    """Named scratch buffers, reallocated only when the shape or dtype changes; the checked
+    geometry of recent argument combinations (so a layer called again with the same shapes
+    skips re-deriving it; the arrays' dtype and layout are still checked every call); and what
+    a forward op made and checked for its backward (``max_pool2d``'s indices, read-only), so
+    that the backward given the same workspace and arrays does not check them again.
 
-    The buffers are per Python thread (docs/ROBUSTNESS.md, "Threads"); the buffers of
-    threads that have ended are dropped when a new thread first asks.  The plans hold
+    The buffers and those records are per Python thread (docs/ROBUSTNESS.md, "Threads"); those
+    of threads that have ended are dropped when a new thread first asks.  The plans hold
     immutable values and are shared.
     """
 
     def __init__(self) -> None:
-        self._bufs: dict[int, dict[str, np.ndarray]] = {}  # thread ident -> {name: array}
+        self._bufs: dict[int, dict[str, Any]] = {}  # thread ident -> {name: array or record}
         self._plans: dict[Hashable, Any] = {}
 
     def get(self, name: str, shape: tuple[int, ...], dtype: DTypeLike = np.float32) -> np.ndarray:
@@ -75,15 +77,26 @@ class Workspace:
             bufs[name] = buf
         return buf
 
-    def _thread_bufs(self) -> dict[str, np.ndarray]:
+    def _thread_bufs(self) -> dict[str, Any]:
         """A fresh buffer dict for the calling thread; forget threads that have ended."""
         alive = {t.ident for t in threading.enumerate()}
         for ident in list(self._bufs):
             if ident not in alive:
                 self._bufs.pop(ident, None)
-        bufs: dict[str, np.ndarray] = {}
+        bufs: dict[str, Any] = {}
         self._bufs[get_ident()] = bufs
         return bufs
+
+    def _record(self, op: str, *values: Any) -> None:
+        """Remember, for this thread, what forward op ``op`` made and checked for its backward."""
+        bufs = self._bufs.get(get_ident())
+        if bufs is None:
+            bufs = self._thread_bufs()
+        bufs["record " + op] = values
+
+    def _recorded(self, op: str) -> tuple[Any, ...] | None:
+        bufs = self._bufs.get(get_ident())
+        return None if bufs is None else bufs.get("record " + op)
 
     def clear(self) -> None:
         self._bufs.clear()
@@ -424,11 +437,16 @@ def max_pool2d(x: ArrayLike, kernel_size: IntOrPair = 2, stride: IntOrPair | Non
     op = "max_pool2d"
     x = as_float32(x, "input", 4, op)
     g, _ = _pool_check(x.shape, kernel_size, stride, padding, op, ws)
-    n, c = x.shape[:2]
-    y = np.empty((n, c, g.oh, g.ow), np.float32)
-    idx = np.empty((n, c, g.oh, g.ow), np.int32)
+    shape = x.shape[:2] + (g.oh, g.ow)
+    y = np.empty(shape, np.float32)
+    idx = np.empty(shape, np.int32)
     _backend.ops().maxpool2d_forward(x, *g.args, y, idx)
-    return (y, idx) if return_indices else y
+    if not return_indices:
+        return y
+    if ws is not None:  # made here, for this input shape: max_pool2d_backward with ws trusts them
+        idx.flags.writeable = False
+        ws._record(op, idx, x.shape)
+    return y, idx
 
 
 def max_pool2d_backward(grad_out: ArrayLike, indices: ArrayLike, input_shape: Sequence[int], *,
@@ -447,6 +465,20 @@ def max_pool2d_backward(grad_out: ArrayLike, indices: ArrayLike, input_shape: Se
     """
     op = "max_pool2d_backward"
     grad_out = as_float32(grad_out, "grad_out", 4, op)
+    made: tuple[np.ndarray, tuple[int, ...]] | None = None if ws is None else ws._recorded("max_pool2d")
+    if (made is not None and indices is made[0] and input_shape == made[1] and grad_out.shape == made[0].shape
+            and not made[0].flags.writeable):  # made by max_pool2d with this workspace, unchanged since
+        indices, shape = made
+    else:
+        indices, shape = _check_pool_indices(grad_out, indices, input_shape, op)
+    gx = np.empty(shape, np.float32)
+    _backend.ops().maxpool2d_backward(grad_out, np.ascontiguousarray(indices), gx)
+    return gx
+
+
+def _check_pool_indices(grad_out: np.ndarray, indices: ArrayLike, input_shape: Sequence[int], op: str
+                        ) -> tuple[np.ndarray, tuple[int, ...]]:
+    """Arg-max indices for ``grad_out`` and the input shape they index into, checked."""
     if type(indices) is not np.ndarray:
         indices = np.asarray(indices)
     if indices.dtype != np.int32:
@@ -459,10 +491,7 @@ def max_pool2d_backward(grad_out: ArrayLike, indices: ArrayLike, input_shape: Se
     # (viewed as unsigned, a negative index is out of range too: one pass over the indices)
     if indices.size and int(np.maximum.reduce(indices.view(np.uint32), axis=None)) >= shape[2] * shape[3]:
         raise ValueError(f"{op}: indices out of range for input plane {shape[2:]}")
-    gx = np.empty(shape, np.float32)
-    _backend.ops().maxpool2d_backward(grad_out, np.ascontiguousarray(indices), gx)
-    return gx
-
+    return indices, shape
 
 
 def _include_pad(count_include_pad: bool | None, padding: tuple[int, int] | str) -> bool:
@@ -616,10 +645,12 @@ def flatten_backward(grad_out: ArrayLike, input_shape: Sequence[int]) -> np.ndar
     """Gradient of :func:`flatten`: ``grad_out`` (N, F) reshaped to ``input_shape``."""
     op = "flatten_backward"
     grad_out = as_float32(grad_out, "grad_out", 2, op)
-    shape = as_shape(input_shape, "input_shape", None, op)
-    if grad_out.size != math.prod(shape):
-        raise ValueError(f"{op}: grad_out {grad_out.shape} does not match input shape {shape}")
-    return grad_out.reshape(shape)
+    try:  # (the size, no negative size, and NumPy's reshape checks that the sizes are ints)
+        if grad_out.size == math.prod(input_shape) and min(input_shape, default=0) >= 0:
+            return grad_out.reshape(input_shape)
+    except (TypeError, ValueError):
+        pass
+    raise ValueError(f"{op}: grad_out {grad_out.shape} does not match input shape {input_shape!r}")
 
 
 def dropout(x: ArrayLike, p: float = 0.5, *, rng: Any = None, training: bool = True
@@ -923,90 +954,20 @@ def batch_norm2d_backward(grad_out: ArrayLike, cache: tuple[Any, ...], weight: A
 
 # --------------------------------------------------------------------------- optimizer updates
 
-_F32 = np.dtype(np.float32)
-
-
-def _update_ok(params: Sequence[Any], grads: Sequence[Any], state: Sequence[Sequence[Any]], compiled: bool) -> bool:
-    """Whether a parameter update's arrays are right: per parameter, its gradient and state
-    float32 arrays of its shape; for a compiled update also C-contiguous, the updated ones
-    writeable (NumPy refuses a read-only array itself) and every state present (NumPy
-    updates: None, no state yet).  :func:`_update_error` says what is wrong."""
-    n = len(params)
-    if len(grads) != n:
-        return False
-    for arrays in state:
-        if len(arrays) != n:
-            return False
-    for i, p in enumerate(params):
-        g = grads[i]
-        if not (type(p) is np.ndarray and type(g) is np.ndarray and p.dtype == _F32 and g.dtype == _F32
-                and g.shape == p.shape):
-            return False
-        if compiled and not (p.flags.c_contiguous and g.flags.c_contiguous and p.flags.writeable):
-            return False
-        for arrays in state:
-            a = arrays[i]
-            if a is None and not compiled:
-                continue
-            if not (type(a) is np.ndarray and a.dtype == _F32 and a.shape == p.shape and (
-                    not compiled or (a.flags.c_contiguous and a.flags.writeable))):
-                return False
-    return True
-
-
-def _update_error(op: str, params: Sequence[Any], grads: Sequence[Any], state: tuple[tuple[str, Sequence[Any]], ...],
-                  compiled: bool) -> NoReturn:
-    """Raise the precise error for the arrays :func:`_update_ok` refused."""
-    lists = (("grads", grads),) + state
-    for name, arrays in lists:
+def _check_update_arrays(op: str, params: Sequence[Any], **state: Sequence[Any]) -> None:
+    """Per parameter: its gradient and state C-contiguous float32 arrays of its shape, the
+    parameter and the state (all but ``grads``) writeable: they are updated in place."""
+    for name, arrays in state.items():
         if len(arrays) != len(params):
             raise ValueError(f"{op}: {len(arrays)} {name} for {len(params)} params")
-    want = "a C-contiguous float32 array" if compiled else "a float32 array"
     for i, p in enumerate(params):
-        for name, a in (("params", p),) + tuple((n, arrays[i]) for n, arrays in lists):
-            if a is None and name not in ("params", "grads") and not compiled:
-                continue
-            if not (is_float32_array(a) if compiled else _is_float32(a)) or (name != "params" and a.shape != p.shape):
+        for name, a in [("params", p)] + [(n, arrays[i]) for n, arrays in state.items()]:
+            if not is_float32_array(a) or a.shape != p.shape:
                 of = "" if name == "params" else f" of shape {getattr(p, 'shape', None)}"
-                raise TypeError(f"{op}: {name}[{i}] must be {want}{of}, got {type(a).__name__} "
-                                f"{getattr(a, 'dtype', '')} {getattr(a, 'shape', '')}".rstrip())
-            if compiled and name != "grads" and not a.flags.writeable:
+                raise TypeError(f"{op}: {name}[{i}] must be a C-contiguous float32 array{of}, got "
+                                f"{type(a).__name__} {getattr(a, 'dtype', '')} {getattr(a, 'shape', '')}".rstrip())
+            if name != "grads" and not a.flags.writeable:
                 raise ValueError(f"{op}: {name}[{i}] is read-only; it is updated in place")
-    raise AssertionError(f"{op}: no bad array found")  # pragma: no cover
-
-
-def _is_float32(a: Any) -> bool:
-    return type(a) is np.ndarray and a.dtype == _F32
-
-
-def sgd_step(params: Sequence[np.ndarray], grads: Sequence[np.ndarray], momentum_buffers: list[np.ndarray | None],
-             *, lr: float, momentum: float = 0.0, dampening: float = 0.0, nesterov: bool = False,
-             weight_decay: float = 0.0) -> None:
-    """One SGD update of every array of ``params`` in place, as ``torch.optim.SGD``: ``g = grad +
-    weight_decay * param``; with momentum ``buf = momentum * buf + (1 - dampening) * g``
-    (``buf = g`` at first), then ``g = g + momentum * buf`` (Nesterov) or ``g = buf``;
-    ``param -= lr * g``.
-
-    ``momentum_buffers`` (one per parameter, None before the first step) is updated in place.
-    The arrays are checked here; the hyperparameters by :class:`fastcnn.optim.SGD`.
-    """
-    if not _update_ok(params, grads, (momentum_buffers,), False):
-        _update_error("sgd_step", params, grads, (("momentum_buffers", momentum_buffers),), False)
-    f = np.float32
-    lr32 = f(lr)
-    for i, (param, grad) in enumerate(zip(params, grads)):
-        g = grad
-        if weight_decay:
-            g = g + f(weight_decay) * param
-        if momentum:
-            buf = momentum_buffers[i]
-            if buf is None:
-                buf = momentum_buffers[i] = g.copy()
-            else:
-                buf *= f(momentum)
-                buf += g if dampening == 0 else f(1.0 - dampening) * g
-            g = g + f(momentum) * buf if nesterov else buf
-        param -= lr32 * g
 
 
 def adam_step(params: Sequence[np.ndarray], grads: Sequence[np.ndarray], exp_avgs: Sequence[np.ndarray],
@@ -1024,8 +985,7 @@ def adam_step(params: Sequence[np.ndarray], grads: Sequence[np.ndarray], exp_avg
     (:func:`fastcnn._ref.adam_step`).  The arrays are checked here; the hyperparameters by
     :class:`fastcnn.optim.Adam`.
     """
-    if not _update_ok(params, grads, (exp_avgs, exp_avg_sqs), True):
-        _update_error("adam_step", params, grads, (("exp_avgs", exp_avgs), ("exp_avg_sqs", exp_avg_sqs)), True)
+    _check_update_arrays("adam_step", params, grads=grads, exp_avgs=exp_avgs, exp_avg_sqs=exp_avg_sqs)
     b1, b2 = betas
     step_size = lr / (1.0 - b1 ** step)  # both rounded to float32 by the kernel
     bc2_sqrt = float(np.sqrt(1.0 - b2 ** step))

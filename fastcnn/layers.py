@@ -109,9 +109,13 @@ class Layer:
     def backward(self, grad_out: Any) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def _keeping(self) -> bool:
+        """Whether a forward now keeps what backward needs: in training mode, or ``_keeps_in_eval``."""
+        return self.training or self._keeps_in_eval
+
     def _keep(self, *values: Any) -> None:
-        """Keep ``values`` for :meth:`backward` (training mode, or ``_keeps_in_eval``), else nothing."""
-        self._saved = values if self.training or self._keeps_in_eval else None
+        """Keep ``values`` for :meth:`backward` if :meth:`_keeping`, else nothing."""
+        self._saved = values if self._keeping() else None
 
     def _kept(self) -> tuple[Any, ...]:
         saved = self._saved
@@ -311,6 +315,9 @@ class MaxPool2D(_Pool):
     """
 
     def forward(self, x: ArrayLike) -> np.ndarray:
+        if not self._keeping():  # (no indices needed)
+            self._keep()
+            return F.max_pool2d(x, self.kernel_size, self.stride, self.padding, ws=self._ws)
         y, idx = F.max_pool2d(x, self.kernel_size, self.stride, self.padding, return_indices=True, ws=self._ws)
         self._keep(x, idx)
         return y
