@@ -472,7 +472,7 @@ def max_pool2d_backward(grad_out: ArrayLike, indices: ArrayLike, input_shape: Se
     else:
         indices, shape = _check_pool_indices(grad_out, indices, input_shape, op)
     gx = np.empty(shape, np.float32)
-    _backend.ops().maxpool2d_backward(grad_out, np.ascontiguousarray(indices), gx)
+    _backend.ops().maxpool2d_backward(grad_out, indices, gx)
     return gx
 
 
@@ -491,7 +491,7 @@ def _check_pool_indices(grad_out: np.ndarray, indices: ArrayLike, input_shape: S
     # (viewed as unsigned, a negative index is out of range too: one pass over the indices)
     if indices.size and int(np.maximum.reduce(indices.view(np.uint32), axis=None)) >= shape[2] * shape[3]:
         raise ValueError(f"{op}: indices out of range for input plane {shape[2:]}")
-    return indices, shape
+    return np.ascontiguousarray(indices), shape
 
 
 def _include_pad(count_include_pad: bool | None, padding: tuple[int, int] | str) -> bool:
