@@ -432,7 +432,9 @@ def max_pool2d(x: ArrayLike, kernel_size: IntOrPair = 2, stride: IntOrPair | Non
     Returns
     -------
     y : (N, C, OH, OW) float32
-    indices : (N, C, OH, OW) int32, only if ``return_indices``; flat ``h*W + w`` per plane
+    indices : (N, C, OH, OW) int32, only if ``return_indices``; flat ``h*W + w`` per plane;
+        read-only with ``ws`` (:func:`max_pool2d_backward` given the same ``ws`` does not check
+        them again)
     """
     op = "max_pool2d"
     x = as_float32(x, "input", 4, op)
