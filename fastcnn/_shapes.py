@@ -1,15 +1,25 @@
 """The one shape-and-dtype check helper, and padding/output-size arithmetic."""
+from __future__ import annotations
+
 import numbers
+import operator
+from typing import Any, TypeGuard, Union
 
 import numpy as np
+from numpy.typing import ArrayLike
+
+#: An int or a pair of ints (kernel sizes, strides).
+IntOrPair = Union[int, tuple[int, int]]
+#: A padding argument: an int, a pair of ints, ``"valid"`` or ``"same"``.
+Padding = Union[int, tuple[int, int], str]
 
 
-def is_float32_array(x):
+def is_float32_array(x: Any) -> TypeGuard[np.ndarray]:
     """Whether ``x`` is already a C-contiguous, aligned float32 ndarray (nothing to convert)."""
     return type(x) is np.ndarray and x.dtype == np.float32 and x.flags.c_contiguous and x.flags.aligned
 
 
-def as_float32(x, name, ndim=None, op="fastcnn"):
+def as_float32(x: ArrayLike, name: str, ndim: int | tuple[int, ...] | None = None, op: str = "fastcnn") -> np.ndarray:
     """Validate an array argument and return it as a C-contiguous float32 array.
 
     Real floating dtypes (float16/float64) are converted to float32; integer, bool, complex
@@ -45,7 +55,7 @@ def as_float32(x, name, ndim=None, op="fastcnn"):
     return x
 
 
-def as_labels(labels, n, num_classes, op="fastcnn"):
+def as_labels(labels: ArrayLike, n: int, num_classes: int, op: str = "fastcnn") -> np.ndarray:
     """Validate class-index labels: integer dtype, shape ``(n,)``, values in ``[0, num_classes)``."""
     if type(labels) is np.ndarray and labels.dtype == np.int64 and labels.shape == (n,) and 0 < n <= 64:
         values = labels.tolist()  # small batches: Python's min/max beat two NumPy reductions
@@ -66,7 +76,25 @@ def as_labels(labels, n, num_classes, op="fastcnn"):
     return np.ascontiguousarray(labels, dtype=np.int64)
 
 
-def pair(value, name, op="fastcnn", minimum=1):
+_INT_CHECK = int.__instancecheck__
+
+
+def as_shape(shape: Any, name: str, ndim: int | None = None, op: str = "fastcnn") -> tuple[int, ...]:
+    """Validate a shape argument: a sequence of non-negative ints (``ndim`` of them if given)."""
+    if (type(shape) is tuple and all(map(_INT_CHECK, shape)) and (ndim is None or len(shape) == ndim)
+            and min(shape, default=0) >= 0):
+        return shape  # fast path: already a tuple of ints
+    try:
+        out = tuple(map(operator.index, shape))
+    except TypeError:
+        raise TypeError(f"{op}: {name} must be a sequence of ints, got {shape!r}") from None
+    if (ndim is not None and len(out) != ndim) or min(out, default=0) < 0:
+        want = f"{ndim} " if ndim is not None else ""
+        raise ValueError(f"{op}: {name} must be {want}non-negative ints, got {shape!r}")
+    return out
+
+
+def pair(value: Any, name: str, op: str = "fastcnn", minimum: int = 1) -> tuple[int, int]:
     """Turn an int or a pair of ints into a tuple ``(h, w)`` with both ``>= minimum``."""
     if type(value) is tuple and len(value) == 2 and type(value[0]) is int and type(value[1]) is int:
         if min(value) < minimum:
@@ -89,7 +117,7 @@ def pair(value, name, op="fastcnn", minimum=1):
     return out
 
 
-def check_padding_arg(padding, op="fastcnn"):
+def check_padding_arg(padding: Any, op: str = "fastcnn") -> tuple[int, int] | str:
     """Validate a padding argument without knowing the input size yet."""
     if type(padding) is int and padding >= 0:
         return (padding, padding)  # fast path
@@ -101,7 +129,8 @@ def check_padding_arg(padding, op="fastcnn"):
     return pair(padding, "padding", op, minimum=0)
 
 
-def resolve_padding(padding, kernel, stride, size, op="fastcnn"):
+def resolve_padding(padding: Any, kernel: tuple[int, int], stride: tuple[int, int], size: tuple[int, ...],
+                    op: str = "fastcnn") -> tuple[int, int, int, int]:
     """Return ``(top, bottom, left, right)`` zero padding.
 
     ``"same"`` follows TensorFlow: output size ``ceil(in / stride)``, total padding
@@ -116,12 +145,13 @@ def resolve_padding(padding, kernel, stride, size, op="fastcnn"):
             out = -(-n // s)
             total = max((out - 1) * s + k - n, 0)
             pads += [total // 2, total - total // 2]
-        return tuple(pads)
+        return (pads[0], pads[1], pads[2], pads[3])
     ph, pw = padding
     return (ph, ph, pw, pw)
 
 
-def output_size(size, kernel, stride, pads, op="fastcnn"):
+def output_size(size: tuple[int, ...], kernel: tuple[int, int], stride: tuple[int, int],
+                pads: tuple[int, int, int, int], op: str = "fastcnn") -> tuple[int, int]:
     """Spatial output size ``(OH, OW)``; raises if the kernel exceeds the padded input."""
     (h, w), (kh, kw), (sh, sw) = size, kernel, stride
     pt, pb, pl, pr = pads

@@ -14,11 +14,14 @@ Counting rules (docs/TUTORIALS.md derives them):
 - Activation memory: every leaf layer's output, float32, summed (what a forward pass in
   training mode keeps for the backward pass, roughly).
 """
+from __future__ import annotations
+
 import math
+from collections.abc import Sequence
+from typing import Any
 
 from . import layers as L
-from .functional import _geometry
-from ._shapes import check_padding_arg
+from .functional import ConvGeometry
 
 __all__ = ["summary", "Summary", "Row"]
 
@@ -28,82 +31,84 @@ class Row:
 
     __slots__ = ("name", "kind", "depth", "shape", "params", "state", "macs", "act", "leaf", "desc")
 
-    def __init__(self, name, kind, depth, shape, params, state, macs, act, leaf, desc=""):
+    def __init__(self, name: str, kind: str, depth: int, shape: tuple[int, ...], params: int, state: int,
+                 macs: int, act: int, leaf: bool, desc: str = "") -> None:
         self.name, self.kind, self.depth, self.shape = name, kind, depth, shape
         self.params, self.state, self.macs, self.act, self.leaf, self.desc = params, state, macs, act, leaf, desc
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return (f"Row({self.name!r}, {self.kind}, shape={self.shape}, params={self.params}, "
                 f"macs={self.macs}, act={self.act})")
 
 
-def _conv_desc(layer):
-    a = layer._args
-    kh, kw = a["kernel_size"]
-    s = "" if a["stride"] == (1, 1) else f", stride {a['stride'][0]}" if a["stride"][0] == a["stride"][1] \
-        else f", stride {a['stride']}"
-    p = a["padding"]
-    p = "" if p in ((0, 0), "valid") else f", pad {p if isinstance(p, str) else p[0] if p[0] == p[1] else p}"
-    return f"{a['in_channels']}->{a['out_channels']}, {kh}x{kw}{s}{p}" + ("" if a["bias"] else ", no bias")
+def _short(v: tuple[int, int] | str) -> Any:
+    """A pair written as one int when both are equal."""
+    return v if isinstance(v, str) or v[0] != v[1] else v[0]
 
 
-def _pool_desc(layer):
-    k, s, p = layer.kernel_size, layer.stride, layer.padding
-    k = k[0] if k[0] == k[1] else k
-    s = "" if s == layer.kernel_size else f", stride {s[0] if s[0] == s[1] else s}"
-    p = "" if p in ((0, 0), "valid") else f", pad {p if isinstance(p, str) else p[0] if p[0] == p[1] else p}"
-    return f"{k}{s}{p}"
+def _stride_pad(layer: L.Conv2D | L.MaxPool2D | L.AvgPool2D, default_stride: tuple[int, int]) -> str:
+    s = "" if layer.stride == default_stride else f", stride {_short(layer.stride)}"
+    p = "" if layer.padding in ((0, 0), "valid") else f", pad {_short(layer.padding)}"
+    return s + p
 
 
-def _leaf(layer, shape, op):
+def _conv_desc(layer: L.Conv2D) -> str:
+    kh, kw = layer.kernel_size
+    return (f"{layer.in_channels}->{layer.out_channels}, {kh}x{kw}{_stride_pad(layer, (1, 1))}"
+            + ("" if layer.bias is not None else ", no bias"))
+
+
+def _pool_desc(layer: L.MaxPool2D | L.AvgPool2D) -> str:
+    return f"{_short(layer.kernel_size)}{_stride_pad(layer, layer.kernel_size)}"
+
+
+def _leaf(layer: L.Layer, shape: tuple[int, ...], op: str) -> tuple[tuple[int, ...], int, int, int, str]:
     """``(out_shape, params, state, macs, description)`` of one leaf layer for a per-image
     input ``shape`` (no batch axis).  Raises ValueError when the shapes do not fit."""
     kind = type(layer).__name__
     nparams = sum(p.data.size for p in layer.parameters())
     if isinstance(layer, L.Conv2D):
-        a = layer._args
-        if len(shape) != 3 or shape[0] != a["in_channels"]:
-            raise ValueError(f"{op}: Conv2D expects (C={a['in_channels']}, H, W) per image, gets {shape}")
-        g = _geometry(a["kernel_size"], a["stride"], check_padding_arg(a["padding"], kind), shape[1:], op)
-        out = (a["out_channels"], g.oh, g.ow)
-        kh, kw = a["kernel_size"]
-        macs = kh * kw * g.oh * g.ow * a["in_channels"] * a["out_channels"]  # I*J*M*N*K*L
-        if a["bias"]:
-            macs += a["out_channels"] * g.oh * g.ow
+        if len(shape) != 3 or shape[0] != layer.in_channels:
+            raise ValueError(f"{op}: Conv2D expects (C={layer.in_channels}, H, W) per image, gets {shape}")
+        g = ConvGeometry(layer.kernel_size, layer.stride, layer.padding, shape[1:], op)
+        out = (layer.out_channels, g.oh, g.ow)
+        kh, kw = layer.kernel_size
+        macs = kh * kw * g.oh * g.ow * layer.in_channels * layer.out_channels  # I*J*M*N*K*L
+        if layer.bias is not None:
+            macs += layer.out_channels * g.oh * g.ow
         return out, nparams, 0, macs, _conv_desc(layer)
     if isinstance(layer, (L.MaxPool2D, L.AvgPool2D)):
         if len(shape) != 3:
             raise ValueError(f"{op}: {kind} expects (C, H, W) per image, gets {shape}")
-        g = _geometry(layer.kernel_size, layer.stride, layer.padding, shape[1:], op)
+        g = ConvGeometry(layer.kernel_size, layer.stride, layer.padding, shape[1:], op)
         return (shape[0], g.oh, g.ow), 0, 0, 0, _pool_desc(layer)
     if isinstance(layer, L.ReLU):
         return shape, 0, 0, 0, ""
     if isinstance(layer, L.Flatten):
         return (math.prod(shape),), 0, 0, 0, ""
     if isinstance(layer, L.Dense):
-        a = layer._args
-        if shape != (a["in_features"],):
-            raise ValueError(f"{op}: Dense expects ({a['in_features']},) per image, gets {shape}")
-        macs = a["in_features"] * a["out_features"] + (a["out_features"] if a["bias"] else 0)
-        return (a["out_features"],), nparams, 0, macs, f"{a['in_features']}->{a['out_features']}"
+        i, o = layer.in_features, layer.out_features
+        if shape != (i,):
+            raise ValueError(f"{op}: Dense expects ({i},) per image, gets {shape}")
+        macs = i * o + (o if layer.bias is not None else 0)
+        return (o,), nparams, 0, macs, f"{i}->{o}"
     if isinstance(layer, L.BatchNorm2D):
-        c = layer._args["num_features"]
+        c = layer.num_features
         if len(shape) != 3 or shape[0] != c:
             raise ValueError(f"{op}: BatchNorm2D expects (C={c}, H, W) per image, gets {shape}")
         return shape, nparams, layer.running_mean.size + layer.running_var.size, 2 * c, str(c)
     raise TypeError(f"{op}: no shape rule for layer type {kind}")
 
 
-def _walk(layer, shape, name, depth, rows, op):
+def _walk(layer: L.Layer, shape: tuple[int, ...], name: str, depth: int, rows: list[Any], op: str
+          ) -> tuple[int, ...]:
     """Append the rows of ``layer`` (and its children) to ``rows``; return its output shape."""
-    from .model import Sequential
-
-    if isinstance(layer, (Sequential, L.Residual)):
+    if isinstance(layer, (L.Sequential, L.Residual)):
         at = len(rows)
         if depth >= 0:
             rows.append(None)  # the container's own row, filled in below
         pre = f"{name}." if name else ""
-        if isinstance(layer, Sequential):
+        if isinstance(layer, L.Sequential):
             out = shape
             for i, child in enumerate(layer):
                 out = _walk(child, out, f"{pre}{i}", depth + 1, rows, op)
@@ -124,7 +129,7 @@ def _walk(layer, shape, name, depth, rows, op):
     return out
 
 
-def _container_desc(layer):
+def _container_desc(layer: L.Sequential | L.Residual) -> str:
     if isinstance(layer, L.Residual):
         return "relu(body + shortcut)"
     return f"{len(layer)} layers" if len(layer) else "identity"
@@ -134,7 +139,7 @@ class Summary:
     """The result of :func:`summary`: ``rows`` (list of :class:`Row`, per image), totals as
     attributes, and the printed table as ``str(summary)``."""
 
-    def __init__(self, rows, input_shape, batch_size):
+    def __init__(self, rows: list[Row], input_shape: Sequence[int], batch_size: int) -> None:
         self.rows, self.input_shape, self.batch_size = rows, tuple(input_shape), int(batch_size)
         leaves = [r for r in rows if r.leaf]
         self.output_shape = leaves[-1].shape if leaves else self.input_shape
@@ -147,13 +152,13 @@ class Summary:
         self.param_bytes = 4 * (self.total_params + self.non_trainable_state)
 
     @property
-    def macs_per_batch(self):
+    def macs_per_batch(self) -> int:
         return self.macs * self.batch_size
 
-    def __str__(self):
+    def __str__(self) -> str:
         return self.table()
 
-    def table(self):
+    def table(self) -> str:
         head = ("Layer (type)", "Output shape", "Params", "Non-train", "MACs", "Activations")
         body = []
         for r in self.rows:
@@ -162,7 +167,7 @@ class Summary:
             body.append((label, str(r.shape), fmt(r.params), fmt(r.state), fmt(r.macs), _bytes(4 * r.act)))
         width = [max(len(row[i]) for row in [head] + body) for i in range(len(head))]
 
-        def line(cells):
+        def line(cells: Sequence[str]) -> str:
             return "  ".join(c.ljust(width[0]) if i == 0 else c.rjust(width[i]) for i, c in enumerate(cells))
 
         rule = "-" * len(line(head))
@@ -181,14 +186,14 @@ class Summary:
         return "\n".join(out)
 
 
-def _bytes(n):
-    for unit in ("B", "KiB", "MiB"):
-        if n < 1024 or unit == "MiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
+def _bytes(n: float) -> str:
+    if n < 1024:
+        return f"{n:.0f} B"
+    n /= 1024
+    return f"{n:.1f} KiB" if n < 1024 else f"{n / 1024:.1f} MiB"
 
 
-def summary(model, input_shape, batch_size=None):
+def summary(model: L.Layer, input_shape: Sequence[int], batch_size: int | None = None) -> Summary:
     """Layer table of ``model``: output shapes, parameters, MACs and activation memory.
 
     Parameters
@@ -217,6 +222,6 @@ def summary(model, input_shape, batch_size=None):
         raise ValueError(f"{op}: batch_size must be >= 1, got {batch_size}")
     if not isinstance(model, L.Layer):
         raise TypeError(f"{op}: model must be a fastcnn layer, got {type(model).__name__}")
-    rows = []
+    rows: list[Row] = []
     _walk(model, shape, "", -1, rows, op)
     return Summary(rows, shape, batch_size)

@@ -6,13 +6,21 @@ Padding is written out explicitly per side, so TensorFlow-style ``"same"`` (whic
 odd cell at the bottom/right) needs no ``auto_pad``.  The graph is traced by running each
 layer once on a zero input of the given shape, which also fixes every explicit padding.
 """
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
+from numpy.typing import ArrayLike
 
 from . import graph as G
 from . import layers as L
+from ._modelfile import atomic_write, save
 from ._optional import require
 from ._shapes import resolve_padding
-from .model import Sequential, atomic_write
 
 __all__ = ["to_onnx", "quantize_int8", "to_safetensors", "OPSET"]
 
@@ -21,11 +29,13 @@ _IR_VERSION = 8  # the IR version of opset 17: readable by every runtime that ru
 
 
 class _Builder:
-    def __init__(self, onnx):
+    def __init__(self, onnx: Any) -> None:
         self.onnx = onnx
-        self.nodes, self.inits, self.used = [], [], set()
+        self.nodes: list[Any] = []
+        self.inits: list[Any] = []
+        self.used: set[str] = set()
 
-    def fresh(self, base):
+    def fresh(self, base: str) -> str:
         name, k = base, 0
         while name in self.used:
             k += 1
@@ -33,31 +43,31 @@ class _Builder:
         self.used.add(name)
         return name
 
-    def const(self, name, array):
+    def const(self, name: str, array: np.ndarray) -> str:
         name = self.fresh(name)
         self.inits.append(self.onnx.numpy_helper.from_array(np.ascontiguousarray(array), name))
         return name
 
-    def op(self, op_type, inputs, base, **attrs):
+    def op(self, op_type: str, inputs: Sequence[str], base: str, **attrs: Any) -> str:
         out = self.fresh(base)
         self.nodes.append(self.onnx.helper.make_node(op_type, list(inputs), [out], name=out, **attrs))
         return out
 
 
-def _pads(layer, x):
+def _pads(layer: L.Conv2D | L.MaxPool2D | L.AvgPool2D | L.SumPool2D, x: np.ndarray) -> list[int]:
     t, b, l_, r = resolve_padding(layer.padding, layer.kernel_size, layer.stride, x.shape[2:],
                                   type(layer).__name__)
     return [t, l_, b, r]
 
 
-def _emit(B, layer, x, v, prefix):
+def _emit(B: _Builder, layer: L.Layer, x: Any, v: Any, prefix: str) -> tuple[Any, Any]:
     """Append ONNX nodes for ``layer`` reading tensor name(s) ``x`` with value(s) ``v``.
 
     Returns ``(output name, output value)``; ``prefix`` is the layer's state-dict prefix.
     """
     base = prefix.rstrip(".") or type(layer).__name__.lower()
     kind = type(layer).__name__
-    if isinstance(layer, Sequential):
+    if isinstance(layer, L.Sequential):
         for i, sub in enumerate(layer):
             x, v = _emit(B, sub, x, v, f"{prefix}{i}.")
         return x, v
@@ -67,15 +77,15 @@ def _emit(B, layer, x, v, prefix):
         s = B.op("Add", [yb, ys], base + ".add")
         return B.op("Relu", [s], base + ".relu"), layer.forward(v)
     if isinstance(layer, G.Model):
-        xs, vs = ([x], [v]) if layer._single_in else (list(x), list(v))
+        xs, vs = ([x], [v]) if layer.single_input else (list(x), list(v))
         names = dict(zip(layer.input_names, xs))
         values = dict(zip(layer.input_names, vs))
-        for (name, sub), (srcs, multi) in zip(layer.named_layers(), layer._wiring):
+        for (name, sub), (srcs, multi) in zip(layer.named_layers(), layer.wiring):
             a, av = [names[s] for s in srcs], [values[s] for s in srcs]
             names[name], values[name] = _emit(B, sub, a if multi else a[0], av if multi else av[0],
                                               f"{prefix}{name}.")
-        outs = [(names[k], values[k]) for k in layer._out_keys]
-        if layer._single_out:
+        outs = [(names[k], values[k]) for k in layer.output_names]
+        if layer.single_output:
             return outs[0]
         return [o[0] for o in outs], [o[1] for o in outs]
     y = layer.forward(v)
@@ -91,20 +101,20 @@ def _emit(B, layer, x, v, prefix):
     elif isinstance(layer, L.AvgPool2D):  # int padding counts in the divisor (torch), "same" not (TF)
         out = B.op("AveragePool", [x], base, kernel_shape=list(layer.kernel_size), strides=list(layer.stride),
                    pads=_pads(layer, v), ceil_mode=0, count_include_pad=int(layer.padding != "same"))
-    elif kind in ("SumPool2D", "SumPooling2D", "SumPool"):  # issue 11; sum = average over k*k cells with padding
+    elif isinstance(layer, L.SumPool2D):  # the sum: the average over k*k cells, padding counted
         kh, kw = layer.kernel_size
         avg = B.op("AveragePool", [x], base + ".avg", kernel_shape=[kh, kw], strides=list(layer.stride),
                    pads=_pads(layer, v), ceil_mode=0, count_include_pad=1)
         out = B.op("Mul", [avg, B.const(base + ".cells", np.array(kh * kw, np.float32))], base)
-    elif kind in ("GlobalAvgPool2D", "GlobalAveragePool2D", "GlobalAvgPool", "GlobalAveragePooling2D"):
+    elif isinstance(layer, L.GlobalAvgPool2D):
         out = B.op("GlobalAveragePool", [x], base if y.ndim == 4 else base + ".pool")
         if y.ndim == 2:
             out = B.op("Flatten", [out], base, axis=1)
     elif isinstance(layer, L.ReLU):
         out = B.op("Relu", [x], base)
-    elif kind in ("Sigmoid", "Tanh"):
+    elif isinstance(layer, (L.Sigmoid, L.Tanh)):
         out = B.op(kind, [x], base)
-    elif kind == "Dropout":  # identity in eval mode
+    elif isinstance(layer, L.Dropout):  # identity in eval mode
         out = B.op("Identity", [x], base)
     elif isinstance(layer, L.Flatten):
         out = B.op("Flatten", [x], base, axis=1)
@@ -130,7 +140,7 @@ def _emit(B, layer, x, v, prefix):
     return out, y
 
 
-def _input_shapes(model, input_shape):
+def _input_shapes(model: L.Layer, input_shape: Any) -> list[tuple[int, ...]]:
     if isinstance(model, G.Model):
         shapes = [tuple(s) for s in model.input_shapes]
         if input_shape is not None:
@@ -150,7 +160,8 @@ def _input_shapes(model, input_shape):
     return [shape]
 
 
-def to_onnx(model, path, input_shape=None, check=True):
+def to_onnx(model: L.Layer, path: str | os.PathLike[str], input_shape: Sequence[Any] | None = None,
+            check: bool = True) -> Any:
     """Write ``model`` (eval-mode computation) to an ONNX file at ``path``, atomically.
 
     Parameters
@@ -183,7 +194,7 @@ def to_onnx(model, path, input_shape=None, check=True):
     model.eval()
     try:
         dummies = [np.zeros((1,) + s, np.float32) for s in shapes]
-        multi = isinstance(model, G.Model) and not model._single_in
+        multi = isinstance(model, G.Model) and not model.single_input
         x, v = _emit(B, model, in_names if multi else in_names[0], dummies if multi else dummies[0], "")
     finally:
         model.train(was)
@@ -192,7 +203,7 @@ def to_onnx(model, path, input_shape=None, check=True):
     for o, name in zip(outs, out_names):  # rename the last node outputs (or add an Identity)
         B.nodes.append(helper.make_node("Identity", [o], [name], name=name + "_identity"))
 
-    def vi(name, shape):
+    def vi(name: str, shape: Sequence[int]) -> Any:
         return helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch"] + list(shape))
 
     g = helper.make_graph(B.nodes, "fastcnn", [vi(n, s) for n, s in zip(in_names, shapes)],
@@ -206,7 +217,8 @@ def to_onnx(model, path, input_shape=None, check=True):
     return proto
 
 
-def quantize_int8(src, dst, calibration, batch_size=32):
+def quantize_int8(src: str | os.PathLike[str], dst: str | os.PathLike[str], calibration: ArrayLike,
+                  batch_size: int = 32) -> None:
     """Static int8 quantization of an exported ONNX file with onnxruntime (QDQ format,
     per-channel int8 weights, int8 activations whose ranges come from ``calibration``).
 
@@ -216,22 +228,20 @@ def quantize_int8(src, dst, calibration, batch_size=32):
     calibration : float32 array ``(N, ...)``
         Representative model inputs (already normalised as in training), fed in batches.
     """
-    import os
-    import tempfile
-
     require("onnxruntime", "onnx", "int8 quantization")
     q = require("onnxruntime.quantization", "onnx", "int8 quantization")
     onnx = require("onnx", "onnx", "int8 quantization")
-    calibration = np.ascontiguousarray(calibration, dtype=np.float32)
-    if calibration.ndim < 2 or not len(calibration):
-        raise ValueError(f"quantize_int8: calibration must be a non-empty batch of inputs, got {calibration.shape}")
+    data = np.ascontiguousarray(calibration, dtype=np.float32)
+    if data.ndim < 2 or not len(data):
+        raise ValueError(f"quantize_int8: calibration must be a non-empty batch of inputs, got {data.shape}")
     name = onnx.load(os.fspath(src)).graph.input[0].name
+    reader_base: Any = q.CalibrationDataReader
 
-    class Reader(q.CalibrationDataReader):
-        def __init__(self):
-            self.batches = iter([calibration[i:i + batch_size] for i in range(0, len(calibration), batch_size)])
+    class Reader(reader_base):
+        def __init__(self) -> None:
+            self.batches = iter([data[i:i + batch_size] for i in range(0, len(data), batch_size)])
 
-        def get_next(self):
+        def get_next(self) -> dict[str, np.ndarray] | None:
             b = next(self.batches, None)
             return None if b is None else {name: b}
 
@@ -240,12 +250,10 @@ def quantize_int8(src, dst, calibration, batch_size=32):
         q.quantize_static(os.fspath(src), out, Reader(), quant_format=q.QuantFormat.QDQ, per_channel=True,
                           activation_type=q.QuantType.QInt8, weight_type=q.QuantType.QInt8)
         with open(out, "rb") as f:
-            data = f.read()
-    atomic_write(dst, lambda f: f.write(data))
+            model = f.read()
+    atomic_write(dst, lambda f: f.write(model))
 
 
-def to_safetensors(model, path, metadata=None):
+def to_safetensors(model: L.Layer, path: str | os.PathLike[str], metadata: dict[str, Any] | None = None) -> None:
     """Write ``model`` as safetensors (torch's key names; architecture in the metadata)."""
-    from .model import save
-
     save(model, path, metadata, format="safetensors")

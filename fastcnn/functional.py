@@ -1,42 +1,73 @@
 """Stateless operations: arrays in, arrays out.
 
-Each op validates its arguments (the one shape helper in ``_shapes``), then runs the kernel
-primitives of the active backend (see :mod:`fastcnn._backend`).  Convolutions run on the
-strategy :mod:`fastcnn._dispatch` picks per shape (public setting ``fastcnn.config(conv=...)``):
-direct kernels, im2col + SGEMM one image per thread (dense layers then run as blocks of a GEMM
-on the same threads), or chunks of the batch through NumPy's multi-threaded SGEMM.
+Every public op here is the one place its arguments are checked (with the helpers of
+``_shapes``); it then runs the kernel primitives of the active backend
+(:mod:`fastcnn._backend`) on the checked arrays.  Convolutions run on the strategy
+:mod:`fastcnn._dispatch` picks per shape (docs/PERFORMANCE.md, sections 1 and 3).
 
-Every op accepts ``ws``: a :class:`Workspace` whose scratch buffers (unfolded images or
-chunks, GEMM results) and checked geometry are reused between calls of the same shape (the
-layers keep one each).  Outputs and gradients are always new arrays.
+The ops of the layers accept ``ws``: a :class:`Workspace` whose scratch buffers (unfolded
+images or chunks, GEMM results) and checked geometry ("plans") are reused between calls of
+the same shapes (each layer keeps one).  Outputs and gradients are new arrays (``flatten``:
+a view).
 """
-import functools
+from __future__ import annotations
+
+import math
 import threading
+from collections.abc import Hashable, Sequence
 from threading import get_ident
+from types import ModuleType
+from typing import Any, Literal, overload
 
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike
 
 from . import _backend, _config, _dispatch, _ref, _threads
-from ._shapes import (as_float32, as_labels, check_padding_arg, is_float32_array, output_size, pair,
-                      resolve_padding)
+from ._shapes import (
+    IntOrPair,
+    Padding,
+    as_float32,
+    as_labels,
+    as_shape,
+    check_padding_arg,
+    is_float32_array,
+    output_size,
+    pair,
+    resolve_padding,
+)
+
+__all__ = [
+    "Workspace", "ConvGeometry",
+    "conv2d", "conv2d_backward",
+    "max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward",
+    "sum_pool2d", "sum_pool2d_backward", "global_avg_pool2d", "global_avg_pool2d_backward",
+    "relu", "relu_backward", "sigmoid", "sigmoid_backward", "tanh", "tanh_backward",
+    "flatten", "flatten_backward", "dropout", "dropout_backward",
+    "linear", "linear_backward",
+    "softmax_cross_entropy", "softmax_cross_entropy_backward", "mse_loss", "mse_loss_backward",
+    "batch_norm2d", "batch_norm2d_backward",
+    "adam_step",
+    "corr2d",
+]
 
 
 class Workspace:
-    """Named scratch buffers, reallocated only when the shape or dtype changes, and the
-    checked geometry of recent argument combinations (so a layer called again with the same
-    shapes skips re-deriving it; the arrays' dtype and layout are still checked every call).
+    """Named scratch buffers, reallocated only when the shape or dtype changes; the checked
+    geometry of recent argument combinations (so a layer called again with the same shapes
+    skips re-deriving it; the arrays' dtype and layout are still checked every call); and what
+    a forward op made and checked for its backward (``max_pool2d``'s indices, read-only), so
+    that the backward given the same workspace and arrays does not check them again.
 
-    The buffers are per Python thread (keyed on :func:`threading.get_ident`), so one model can
-    run inference from any number of threads at once: each thread gets its own scratch.  The
-    buffers of threads that have ended are dropped when a new thread first asks.  The geometry
-    cache holds immutable values and is shared.
+    The buffers and those records are per Python thread (docs/ROBUSTNESS.md, "Threads"); those
+    of threads that have ended are dropped when a new thread first asks.  The plans hold
+    immutable values and are shared.
     """
 
-    def __init__(self):
-        self._bufs = {}  # thread ident -> {name: array}
-        self._plans = {}
+    def __init__(self) -> None:
+        self._bufs: dict[int, dict[str, Any]] = {}  # thread ident -> {name: array or record}
+        self._plans: dict[Hashable, Any] = {}
 
-    def get(self, name, shape, dtype=np.float32):
+    def get(self, name: str, shape: tuple[int, ...], dtype: DTypeLike = np.float32) -> np.ndarray:
         bufs = self._bufs.get(get_ident())
         if bufs is None:
             bufs = self._thread_bufs()
@@ -46,82 +77,86 @@ class Workspace:
             bufs[name] = buf
         return buf
 
-    def _thread_bufs(self):
+    def _thread_bufs(self) -> dict[str, Any]:
         """A fresh buffer dict for the calling thread; forget threads that have ended."""
         alive = {t.ident for t in threading.enumerate()}
         for ident in list(self._bufs):
             if ident not in alive:
                 self._bufs.pop(ident, None)
-        bufs = self._bufs[get_ident()] = {}
+        bufs: dict[str, Any] = {}
+        self._bufs[get_ident()] = bufs
         return bufs
 
-    def clear(self):
+    def _record(self, op: str, *values: Any) -> None:
+        """Remember, for this thread, what forward op ``op`` made and checked for its backward."""
+        bufs = self._bufs.get(get_ident())
+        if bufs is None:
+            bufs = self._thread_bufs()
+        bufs["record " + op] = values
+
+    def _recorded(self, op: str) -> tuple[Any, ...] | None:
+        bufs = self._bufs.get(get_ident())
+        return None if bufs is None else bufs.get("record " + op)
+
+    def clear(self) -> None:
         self._bufs.clear()
         self._plans.clear()
 
-    def _plan(self, key):
-        try:
-            return self._plans.get(key)
-        except TypeError:  # an unhashable argument (e.g. a list): no caching
-            return None
+    def _plan(self, key: Hashable) -> Any:
+        """The plan stored under ``key`` (arguments checked before), or None."""
+        return self._plans.get(key)
 
-    def _set_plan(self, key, value):
-        try:
-            if len(self._plans) >= 32:
-                self._plans.clear()
-            self._plans[key] = value
-        except TypeError:
-            pass
+    def _set_plan(self, key: Hashable, value: Any) -> None:
+        if len(self._plans) >= 32:
+            self._plans.clear()
+        self._plans[key] = value
 
 
-def _plain(v):
+def _plain(v: object) -> bool:
     """Whether a kernel/stride/padding argument is an int, a str or a pair of ints exactly
     (so equal cache keys mean equal arguments: ``True == 1`` and ``1.0 == 1`` must miss)."""
     t = type(v)
-    return t is int or t is str or v is None or (t is tuple and len(v) == 2 and type(v[0]) is int
-                                                 and type(v[1]) is int)
+    if t is int or t is str or v is None:
+        return True
+    return type(v) is tuple and len(v) == 2 and type(v[0]) is int and type(v[1]) is int
 
 
-def _buf(ws, name, shape, dtype=np.float32):
+def _buf(ws: Workspace | None, name: str, shape: tuple[int, ...], dtype: DTypeLike = np.float32) -> np.ndarray:
     return np.empty(shape, dtype=dtype) if ws is None else ws.get(name, shape, dtype)
 
 
 # --------------------------------------------------------------------------- convolution
 
 class ConvGeometry:
-    """Resolved geometry of a 2-D convolution or pooling window."""
+    """Resolved geometry of a 2-D convolution or pooling window over ``size = (H, W)``;
+    raises ``ValueError`` if the kernel does not fit the padded input."""
 
     __slots__ = ("kh", "kw", "sh", "sw", "pt", "pb", "pl", "pr", "oh", "ow")
 
-    def __init__(self, kernel, stride, padding, size, op):
+    def __init__(self, kernel: tuple[int, int], stride: tuple[int, int], padding: Padding,
+                 size: tuple[int, ...], op: str) -> None:
         self.kh, self.kw = kernel
         self.sh, self.sw = stride
         self.pt, self.pb, self.pl, self.pr = resolve_padding(padding, kernel, stride, size, op)
         self.oh, self.ow = output_size(size, kernel, stride, (self.pt, self.pb, self.pl, self.pr), op)
 
     @property
-    def args(self):
+    def args(self) -> tuple[int, int, int, int, int, int]:
         """``(kh, kw, sh, sw, pt, pl)`` as the primitives take them."""
         return (self.kh, self.kw, self.sh, self.sw, self.pt, self.pl)
 
 
-@functools.lru_cache(maxsize=256)
-def _geometry(kernel, stride, padding, size, op):
-    """Cached :class:`ConvGeometry` (arguments already normalised, so hashable)."""
-    return ConvGeometry(kernel, stride, padding, size, op)
-
-
-def _conv_check(x, weight, bias, stride, padding, op="conv2d", ws=None):
-    ready = is_float32_array
-    if (ws is not None and ready(x) and ready(weight) and (bias is None or ready(bias))
-            and _plain(stride) and _plain(padding)):
+def _conv_check(x: ArrayLike, weight: ArrayLike, bias: ArrayLike | None, stride: IntOrPair, padding: Padding,
+                op: str = "conv2d", ws: Workspace | None = None
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, ConvGeometry]:
+    """The checked arrays and geometry of a convolution; remembered per shapes in ``ws``."""
+    key = None
+    if (ws is not None and is_float32_array(x) and is_float32_array(weight)
+            and (bias is None or is_float32_array(bias)) and _plain(stride) and _plain(padding)):
         key = (op, x.shape, weight.shape, None if bias is None else bias.shape, stride, padding)
         g = ws._plan(key)
         if g is not None:  # these shapes and arguments passed every check before
             return x, weight, bias, g
-        x, weight, bias, g = _conv_check(x, weight, bias, stride, padding, op)
-        ws._set_plan(key, g)
-        return x, weight, bias, g
     x = as_float32(x, "input", 4, op)
     weight = as_float32(weight, "weight", 4, op)
     oc, c, kh, kw = weight.shape
@@ -138,11 +173,14 @@ def _conv_check(x, weight, bias, stride, padding, op="conv2d", ws=None):
         bias = as_float32(bias, "bias", 1, op)
         if bias.shape != (oc,):
             raise ValueError(f"{op}: bias must have shape ({oc},), got {bias.shape}")
-    geo = _geometry((kh, kw), pair(stride, "stride", op), check_padding_arg(padding, op), x.shape[2:], op)
-    return x, weight, bias, geo
+    g = ConvGeometry((kh, kw), pair(stride, "stride", op), check_padding_arg(padding, op), x.shape[2:], op)
+    if ws is not None and key is not None:
+        ws._set_plan(key, g)
+    return x, weight, bias, g
 
 
-def conv2d(x, weight, bias=None, stride=1, padding=0, *, relu=False, ws=None):
+def conv2d(x: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None, stride: IntOrPair = 1,
+           padding: Padding = 0, *, relu: bool = False, ws: Workspace | None = None) -> np.ndarray:
     """2-D cross-correlation, as ``torch.nn.functional.conv2d``.
 
     Parameters
@@ -164,7 +202,8 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, *, relu=False, ws=None):
     return _conv2d_forward(_backend.ops(), x, weight, bias, g, ws, relu)
 
 
-def _conv2d_forward(k, x, weight, bias, g, ws, relu=False):
+def _conv2d_forward(k: ModuleType, x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, g: ConvGeometry,
+                    ws: Workspace | None, relu: bool = False) -> np.ndarray:
     """Forward with the primitives of backend module ``k`` (dtype of ``x``) on the strategy of
     :func:`fastcnn._dispatch.conv_plan`: direct kernels; one image (GEMM straight into the
     output); one image per thread at a time (``conv2d_forward_images``); or chunked im2col +
@@ -186,7 +225,8 @@ def _conv2d_forward(k, x, weight, bias, g, ws, relu=False):
     return y
 
 
-def _conv2d_forward_gemm(k, x, weight, bias, g, ws, plan):
+def _conv2d_forward_gemm(k: ModuleType, x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
+                         g: ConvGeometry, ws: Workspace | None, plan: str) -> np.ndarray:
     n, c = x.shape[:2]
     oc = weight.shape[0]
     p = g.oh * g.ow
@@ -217,7 +257,9 @@ def _conv2d_forward_gemm(k, x, weight, bias, g, ws, plan):
     return y.reshape(n, oc, g.oh, g.ow)
 
 
-def conv2d_backward(grad_out, x, weight, stride=1, padding=0, *, bias=True, input_grad=True, ws=None):
+def conv2d_backward(grad_out: ArrayLike, x: ArrayLike, weight: ArrayLike, stride: IntOrPair = 1,
+                    padding: Padding = 0, *, bias: bool = True, input_grad: bool = True,
+                    ws: Workspace | None = None) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
     """Gradients of :func:`conv2d`.
 
     Parameters
@@ -247,7 +289,9 @@ def conv2d_backward(grad_out, x, weight, stride=1, padding=0, *, bias=True, inpu
     return _conv2d_backward(_backend.ops(), grad_out, x, weight, g, bias, input_grad, ws)
 
 
-def _conv2d_backward(k, grad_out, x, weight, g, bias, input_grad, ws):
+def _conv2d_backward(k: ModuleType, grad_out: np.ndarray, x: np.ndarray, weight: np.ndarray, g: ConvGeometry,
+                     bias: bool, input_grad: bool, ws: Workspace | None
+                     ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
     """Gradients on the strategy of :func:`fastcnn._dispatch.conv_plan`: direct kernels; one
     image (no reorders); one image per thread at a time (``conv2d_backward_images``); or per
     chunk: unfold again (cheaper than keeping the whole matrix), reorder the output gradient,
@@ -258,6 +302,7 @@ def _conv2d_backward(k, grad_out, x, weight, g, bias, input_grad, ws):
     kdim = c * g.kh * g.kw
     dt = x.dtype
     plan = _dispatch.conv_plan(k, n, c, oc, g.kh, g.kw, g.oh, g.ow, dt.itemsize, (g.sh, g.sw), True)
+    gx: np.ndarray | None
     if plan == "direct":
         gw = np.empty(weight.shape, dt)
         gb = np.empty((oc,), dt)
@@ -279,8 +324,8 @@ def _conv2d_backward(k, grad_out, x, weight, g, bias, input_grad, ws):
             np.dot(w2.T, g0, out=cols)
             gx = np.empty(x.shape, dtype=dt)
             k.col2im(cols, *g.args, g.oh, g.ow, gx)
-        gb = g0.sum(axis=1, dtype=np.float64).astype(dt) if bias else None
-        return gx, gw.reshape(weight.shape), gb
+        gb1 = g0.sum(axis=1, dtype=np.float64).astype(dt) if bias else None
+        return gx, gw.reshape(weight.shape), gb1
     if plan == "per_image":
         cols = _buf(ws, "icols", (_threads.get_num_threads(), kdim, p), dt)
         tmp = _buf(ws, "igwt", (_threads.get_num_threads(), kdim, oc), dt)
@@ -295,7 +340,7 @@ def _conv2d_backward(k, grad_out, x, weight, g, bias, input_grad, ws):
         gw = np.ascontiguousarray(gwt.T).reshape(weight.shape)
         return (gx if input_grad else None), gw, (gb_part.sum(axis=0).astype(dt) if bias else None)
     # The weight gradient is accumulated transposed, (kdim, OC) = cols @ gcnp.T: OpenBLAS
-    # runs that orientation faster than gcnp @ cols.T (docs/PERFORMANCE.md).
+    # runs that orientation faster than gcnp @ cols.T (docs/PERFORMANCE.md, section 6).
     gwt = np.zeros((kdim, oc), dt)
     gb = np.zeros((oc,), np.float64)  # chunk sums added in chunk order
     gx = np.empty(x.shape, dtype=dt) if input_grad else None
@@ -312,7 +357,7 @@ def _conv2d_backward(k, grad_out, x, weight, g, bias, input_grad, ws):
         np.matmul(cols, gcnp.T, out=gwt_c)
         if gwt_c is not gwt:
             gwt += gwt_c
-        if input_grad:
+        if gx is not None:
             np.matmul(w2.T, gcnp, out=cols)  # the columns' gradient, in place of the columns
             k.col2im(cols, *g.args, g.oh, g.ow, gx[a:b])
     gw = np.ascontiguousarray(gwt.T)
@@ -321,33 +366,61 @@ def _conv2d_backward(k, grad_out, x, weight, g, bias, input_grad, ws):
 
 # --------------------------------------------------------------------------- pooling
 
-def _pool_geometry(x, kernel_size, stride, padding, op, ws=None):
-    if ws is not None and is_float32_array(x) and _plain(kernel_size) and _plain(stride) and _plain(padding):
-        key = (op, x.shape, kernel_size, stride, padding)
+def _pool_check(shape: tuple[int, ...], kernel_size: IntOrPair, stride: IntOrPair | None, padding: Padding,
+                op: str, ws: Workspace | None) -> tuple[ConvGeometry, tuple[int, int] | str]:
+    """Checked geometry and padding of a pooling window over an input of ``shape``
+    (N, C, H, W); remembered per shape and arguments in ``ws``."""
+    key = None
+    if ws is not None and _plain(kernel_size) and _plain(stride) and _plain(padding):
+        key = (op, shape, kernel_size, stride, padding)
         hit = ws._plan(key)
         if hit is not None:  # these shapes and arguments passed every check before
-            return (x,) + hit
-        x, g, padding_ = _pool_geometry(x, kernel_size, stride, padding, op)
-        ws._set_plan(key, (g, padding_))
-        return x, g, padding_
-    x = as_float32(x, "input", 4, op)
-    if min(x.shape) < 1:  # (an empty plane would leave windows with no real cell)
-        raise ValueError(f"{op}: empty input of shape {x.shape}; expected (N, C, H, W) with all sizes >= 1")
+            return hit
+    if min(shape) < 1:  # (an empty plane would leave windows with no real cell)
+        raise ValueError(f"{op}: empty input of shape {shape}; expected (N, C, H, W) with all sizes >= 1")
     kernel = pair(kernel_size, "kernel_size", op)
-    stride = kernel if stride is None else pair(stride, "stride", op)
-    padding = check_padding_arg(padding, op)
-    g = _geometry(kernel, stride, padding, x.shape[2:], op)
+    strides = kernel if stride is None else pair(stride, "stride", op)
+    pad = check_padding_arg(padding, op)
+    g = ConvGeometry(kernel, strides, pad, shape[2:], op)
     if max(g.pt, g.pb) >= g.kh or max(g.pl, g.pr) >= g.kw:
         raise ValueError(
             f"{op}: padding {(g.pt, g.pb, g.pl, g.pr)} must be smaller than the kernel {kernel} "
             "so that every window holds a real cell"
         )
-    if isinstance(padding, tuple) and (2 * padding[0] > kernel[0] or 2 * padding[1] > kernel[1]):
-        raise ValueError(f"{op}: padding {padding} must be at most half the kernel size {kernel}")
-    return x, g, padding
+    if isinstance(pad, tuple) and (2 * pad[0] > kernel[0] or 2 * pad[1] > kernel[1]):
+        raise ValueError(f"{op}: padding {pad} must be at most half the kernel size {kernel}")
+    if ws is not None and key is not None:
+        ws._set_plan(key, (g, pad))
+    return g, pad
 
 
-def max_pool2d(x, kernel_size=2, stride=None, padding=0, *, ws=None, return_indices=False):
+def _pool_grad_check(grad_out: ArrayLike, input_shape: Sequence[int], kernel_size: IntOrPair | None,
+                     stride: IntOrPair | None, padding: Padding, op: str, ws: Workspace | None
+                     ) -> tuple[np.ndarray, tuple[int, ...], ConvGeometry, tuple[int, int] | str]:
+    """Checked arguments of a pooling gradient (average, sum, global average: ``kernel_size``
+    None, the whole plane)."""
+    shape = as_shape(input_shape, "input_shape", 4, op)
+    kernel = shape[2:] if kernel_size is None else kernel_size
+    g, pad = _pool_check(shape, kernel, stride, padding, op, ws)  # type: ignore[arg-type]
+    grad_out = as_float32(grad_out, "grad_out", 4, op)
+    if grad_out.shape != shape[:2] + (g.oh, g.ow):
+        raise ValueError(f"{op}: grad_out must have shape {shape[:2] + (g.oh, g.ow)}, got {grad_out.shape}")
+    return grad_out, shape, g, pad
+
+
+@overload
+def max_pool2d(x: ArrayLike, kernel_size: IntOrPair = ..., stride: IntOrPair | None = ..., padding: Padding = ...,
+               *, ws: Workspace | None = ..., return_indices: Literal[False] = ...) -> np.ndarray: ...
+@overload
+def max_pool2d(x: ArrayLike, kernel_size: IntOrPair = ..., stride: IntOrPair | None = ..., padding: Padding = ...,
+               *, ws: Workspace | None = ..., return_indices: Literal[True]) -> tuple[np.ndarray, np.ndarray]: ...
+@overload
+def max_pool2d(x: ArrayLike, kernel_size: IntOrPair = ..., stride: IntOrPair | None = ..., padding: Padding = ...,
+               *, ws: Workspace | None = ..., return_indices: bool = ...
+               ) -> np.ndarray | tuple[np.ndarray, np.ndarray]: ...
+def max_pool2d(x: ArrayLike, kernel_size: IntOrPair = 2, stride: IntOrPair | None = None, padding: Padding = 0,
+               *, ws: Workspace | None = None, return_indices: bool = False
+               ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """2-D max pooling (``torch.nn.functional.max_pool2d``; ``padding="same"`` as TensorFlow).
 
     Parameters
@@ -359,17 +432,27 @@ def max_pool2d(x, kernel_size=2, stride=None, padding=0, *, ws=None, return_indi
     Returns
     -------
     y : (N, C, OH, OW) float32
-    indices : (N, C, OH, OW) int32, only if ``return_indices``; flat ``h*W + w`` per plane
+    indices : (N, C, OH, OW) int32, only if ``return_indices``; flat ``h*W + w`` per plane;
+        read-only with ``ws`` (:func:`max_pool2d_backward` given the same ``ws`` does not check
+        them again)
     """
-    x, g, _ = _pool_geometry(x, kernel_size, stride, padding, "max_pool2d", ws)
-    n, c = x.shape[:2]
-    y = np.empty((n, c, g.oh, g.ow), np.float32)
-    idx = np.empty((n, c, g.oh, g.ow), np.int32)
+    op = "max_pool2d"
+    x = as_float32(x, "input", 4, op)
+    g, _ = _pool_check(x.shape, kernel_size, stride, padding, op, ws)
+    shape = x.shape[:2] + (g.oh, g.ow)
+    y = np.empty(shape, np.float32)
+    idx = np.empty(shape, np.int32)
     _backend.ops().maxpool2d_forward(x, *g.args, y, idx)
-    return (y, idx) if return_indices else y
+    if not return_indices:
+        return y
+    if ws is not None:  # made here, for this input shape: max_pool2d_backward with ws trusts them
+        idx.flags.writeable = False
+        ws._record(op, idx, x.shape)
+    return y, idx
 
 
-def max_pool2d_backward(grad_out, indices, input_shape, *, ws=None):
+def max_pool2d_backward(grad_out: ArrayLike, indices: ArrayLike, input_shape: Sequence[int], *,
+                        ws: Workspace | None = None) -> np.ndarray:
     """Gradient of :func:`max_pool2d`: each output gradient goes to its arg-max.
 
     Parameters
@@ -384,32 +467,55 @@ def max_pool2d_backward(grad_out, indices, input_shape, *, ws=None):
     """
     op = "max_pool2d_backward"
     grad_out = as_float32(grad_out, "grad_out", 4, op)
-    indices = np.asarray(indices)
-    if indices.dtype != np.int32 or indices.shape != grad_out.shape:
-        raise ValueError(f"{op}: indices must be int32 of shape {grad_out.shape}, got {indices.dtype} {indices.shape}")
-    input_shape = tuple(int(v) for v in input_shape)
-    if len(input_shape) != 4 or input_shape[:2] != grad_out.shape[:2]:
-        raise ValueError(f"{op}: input_shape {input_shape} does not match grad_out {grad_out.shape}")
-    plane = input_shape[2] * input_shape[3]
-    if indices.size and (indices.min() < 0 or indices.max() >= plane):
-        raise ValueError(f"{op}: indices out of range for input plane {input_shape[2:]}")
-    return _max_pool2d_backward(grad_out, np.ascontiguousarray(indices), input_shape)
-
-
-def _max_pool2d_backward(grad_out, indices, input_shape):
-    """Arguments already checked (indices from :func:`max_pool2d`)."""
-    gx = np.empty(input_shape, np.float32)
+    made: tuple[np.ndarray, tuple[int, ...]] | None = None if ws is None else ws._recorded("max_pool2d")
+    if (made is not None and indices is made[0] and input_shape == made[1] and grad_out.shape == made[0].shape
+            and not made[0].flags.writeable):  # made by max_pool2d with this workspace, unchanged since
+        indices, shape = made
+    else:
+        indices, shape = _check_pool_indices(grad_out, indices, input_shape, op)
+    gx = np.empty(shape, np.float32)
     _backend.ops().maxpool2d_backward(grad_out, indices, gx)
     return gx
 
 
-def _include_pad(count_include_pad, padding):
+def _check_pool_indices(grad_out: np.ndarray, indices: ArrayLike, input_shape: Sequence[int], op: str
+                        ) -> tuple[np.ndarray, tuple[int, ...]]:
+    """Arg-max indices for ``grad_out`` and the input shape they index into, checked."""
+    if type(indices) is not np.ndarray:
+        indices = np.asarray(indices)
+    if indices.dtype != np.int32:
+        raise ValueError(f"{op}: indices must be int32 (from max_pool2d), got {indices.dtype}")
+    if grad_out.shape != indices.shape:
+        raise ValueError(f"{op}: grad_out must have the shape of indices {indices.shape}, got {grad_out.shape}")
+    shape = as_shape(input_shape, "input_shape", 4, op)
+    if shape[:2] != grad_out.shape[:2]:
+        raise ValueError(f"{op}: input_shape {shape} does not match grad_out {grad_out.shape}")
+    # (viewed as unsigned, a negative index is out of range too: one pass over the indices)
+    if indices.size and int(np.maximum.reduce(indices.view(np.uint32), axis=None)) >= shape[2] * shape[3]:
+        raise ValueError(f"{op}: indices out of range for input plane {shape[2:]}")
+    return np.ascontiguousarray(indices), shape
+
+
+def _include_pad(count_include_pad: bool | None, padding: tuple[int, int] | str) -> bool:
     if count_include_pad is None:  # PyTorch counts padding; TensorFlow SAME does not
         return padding != "same"
     return bool(count_include_pad)
 
 
-def avg_pool2d(x, kernel_size=2, stride=None, padding=0, count_include_pad=None, *, ws=None):
+def _avg_pool(x: np.ndarray, g: ConvGeometry, include_pad: bool) -> np.ndarray:
+    y = np.empty(x.shape[:2] + (g.oh, g.ow), np.float32)
+    _backend.ops().avgpool2d_forward(x, *g.args, include_pad, y)
+    return y
+
+
+def _avg_pool_grad(grad_out: np.ndarray, shape: tuple[int, ...], g: ConvGeometry, include_pad: bool) -> np.ndarray:
+    gx = np.empty(shape, np.float32)
+    _backend.ops().avgpool2d_backward(grad_out, *g.args, include_pad, gx)
+    return gx
+
+
+def avg_pool2d(x: ArrayLike, kernel_size: IntOrPair = 2, stride: IntOrPair | None = None, padding: Padding = 0,
+               count_include_pad: bool | None = None, *, ws: Workspace | None = None) -> np.ndarray:
     """2-D average pooling.
 
     Parameters
@@ -424,36 +530,73 @@ def avg_pool2d(x, kernel_size=2, stride=None, padding=0, count_include_pad=None,
     -------
     y : (N, C, OH, OW) float32
     """
-    x, g, padding = _pool_geometry(x, kernel_size, stride, padding, "avg_pool2d", ws)
-    n, c = x.shape[:2]
-    y = np.empty((n, c, g.oh, g.ow), np.float32)
-    _backend.ops().avgpool2d_forward(x, *g.args, _include_pad(count_include_pad, padding), y)
+    op = "avg_pool2d"
+    x = as_float32(x, "input", 4, op)
+    g, pad = _pool_check(x.shape, kernel_size, stride, padding, op, ws)
+    return _avg_pool(x, g, _include_pad(count_include_pad, pad))
+
+
+def avg_pool2d_backward(grad_out: ArrayLike, input_shape: Sequence[int], kernel_size: IntOrPair = 2,
+                        stride: IntOrPair | None = None, padding: Padding = 0, count_include_pad: bool | None = None,
+                        *, ws: Workspace | None = None) -> np.ndarray:
+    """Gradient of :func:`avg_pool2d`: ``grad_x`` (N, C, H, W) float32 for ``input_shape``."""
+    grad_out, shape, g, pad = _pool_grad_check(grad_out, input_shape, kernel_size, stride, padding,
+                                               "avg_pool2d_backward", ws)
+    return _avg_pool_grad(grad_out, shape, g, _include_pad(count_include_pad, pad))
+
+
+def sum_pool2d(x: ArrayLike, kernel_size: IntOrPair = 2, stride: IntOrPair | None = None, padding: Padding = 0,
+               *, ws: Workspace | None = None) -> np.ndarray:
+    """2-D sum pooling: the sum of each window, padded cells counting as zeros (= ``torch``'s
+    ``avg_pool2d`` with ``divisor_override=1``); the average-pooling kernels scaled by the
+    window area.  Arguments as :func:`max_pool2d`."""
+    op = "sum_pool2d"
+    x = as_float32(x, "input", 4, op)
+    g, _ = _pool_check(x.shape, kernel_size, stride, padding, op, ws)
+    y = _avg_pool(x, g, True)
+    y *= np.float32(g.kh * g.kw)
     return y
 
 
-def avg_pool2d_backward(grad_out, input_shape, kernel_size=2, stride=None, padding=0,
-                        count_include_pad=None, *, ws=None):
-    """Gradient of :func:`avg_pool2d`.
-
-    Returns
-    -------
-    grad_x : (N, C, H, W) float32
-    """
-    op = "avg_pool2d_backward"
-    dummy = np.empty((1, 1) + tuple(int(v) for v in input_shape[2:]), np.float32)
-    _, g, padding = _pool_geometry(dummy, kernel_size, stride, padding, op)
-    grad_out = as_float32(grad_out, "grad_out", 4, op)
-    input_shape = tuple(int(v) for v in input_shape)
-    if grad_out.shape != input_shape[:2] + (g.oh, g.ow):
-        raise ValueError(f"{op}: grad_out must have shape {input_shape[:2] + (g.oh, g.ow)}, got {grad_out.shape}")
-    gx = np.empty(input_shape, np.float32)
-    _backend.ops().avgpool2d_backward(grad_out, *g.args, _include_pad(count_include_pad, padding), gx)
+def sum_pool2d_backward(grad_out: ArrayLike, input_shape: Sequence[int], kernel_size: IntOrPair = 2,
+                        stride: IntOrPair | None = None, padding: Padding = 0, *,
+                        ws: Workspace | None = None) -> np.ndarray:
+    """Gradient of :func:`sum_pool2d`: ``grad_x`` (N, C, H, W) float32 for ``input_shape``."""
+    grad_out, shape, g, _ = _pool_grad_check(grad_out, input_shape, kernel_size, stride, padding,
+                                             "sum_pool2d_backward", ws)
+    gx = _avg_pool_grad(grad_out, shape, g, True)
+    gx *= np.float32(g.kh * g.kw)
     return gx
+
+
+def global_avg_pool2d(x: ArrayLike, *, ws: Workspace | None = None) -> np.ndarray:
+    """Mean over each feature map: ``(N, C, H, W)`` -> ``(N, C, 1, 1)`` float32, as
+    ``torch.nn.functional.adaptive_avg_pool2d(x, 1)`` (the average-pooling kernel, window H x W)."""
+    op = "global_avg_pool2d"
+    x = as_float32(x, "input", 4, op)
+    g, _ = _pool_check(x.shape, x.shape[2:], None, 0, op, ws)
+    return _avg_pool(x, g, True)
+
+
+def global_avg_pool2d_backward(grad_out: ArrayLike, input_shape: Sequence[int], *,
+                               ws: Workspace | None = None) -> np.ndarray:
+    """Gradient of :func:`global_avg_pool2d`: ``grad_x`` (N, C, H, W) float32 for ``input_shape``."""
+    grad_out, shape, g, _ = _pool_grad_check(grad_out, input_shape, None, None, 0, "global_avg_pool2d_backward", ws)
+    return _avg_pool_grad(grad_out, shape, g, True)
 
 
 # --------------------------------------------------------------------------- activations
 
-def relu(x, *, ws=None):
+def _grad_and_output(grad_out: ArrayLike, y: ArrayLike, op: str) -> tuple[np.ndarray, np.ndarray]:
+    """An elementwise op's checked output gradient and forward output (equal shapes)."""
+    grad_out = as_float32(grad_out, "grad_out", None, op)
+    y = as_float32(y, "output", None, op)
+    if grad_out.shape != y.shape:
+        raise ValueError(f"{op}: grad_out shape {grad_out.shape} does not match output shape {y.shape}")
+    return grad_out, y
+
+
+def relu(x: ArrayLike, *, ws: Workspace | None = None) -> np.ndarray:
     """Rectified linear unit. x : any shape float32. Returns a new array of the same shape."""
     x = as_float32(x, "input", None, "relu")
     y = np.empty(x.shape, np.float32)
@@ -461,21 +604,102 @@ def relu(x, *, ws=None):
     return y
 
 
-def relu_backward(grad_out, y, *, ws=None):
+def relu_backward(grad_out: ArrayLike, y: ArrayLike, *, ws: Workspace | None = None) -> np.ndarray:
     """Gradient of :func:`relu` given its output ``y`` (same shape as ``grad_out``)."""
-    op = "relu_backward"
-    grad_out = as_float32(grad_out, "grad_out", None, op)
-    y = as_float32(y, "output", None, op)
-    if grad_out.shape != y.shape:
-        raise ValueError(f"{op}: grad_out shape {grad_out.shape} does not match output shape {y.shape}")
+    grad_out, y = _grad_and_output(grad_out, y, "relu_backward")
     gx = np.empty(y.shape, np.float32)
     _backend.ops().relu_backward(grad_out, y, gx)
     return gx
 
 
+def sigmoid(x: ArrayLike) -> np.ndarray:
+    """Elementwise ``1 / (1 + exp(-x))`` of any shape, float32 (no overflow for large ``|x|``)."""
+    x = as_float32(x, "input", None, "sigmoid")
+    e = np.exp(-np.abs(x))  # in (0, 1]: never overflows
+    return np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(np.float32)
+
+
+def sigmoid_backward(grad_out: ArrayLike, y: ArrayLike) -> np.ndarray:
+    """Gradient of :func:`sigmoid` given its output ``y``: ``grad_out * y * (1 - y)``."""
+    grad_out, y = _grad_and_output(grad_out, y, "sigmoid_backward")
+    return grad_out * y * (1 - y)
+
+
+def tanh(x: ArrayLike) -> np.ndarray:
+    """Elementwise hyperbolic tangent of any shape, float32."""
+    return np.tanh(as_float32(x, "input", None, "tanh"))
+
+
+def tanh_backward(grad_out: ArrayLike, y: ArrayLike) -> np.ndarray:
+    """Gradient of :func:`tanh` given its output ``y``: ``grad_out * (1 - y * y)``."""
+    grad_out, y = _grad_and_output(grad_out, y, "tanh_backward")
+    return grad_out * (1 - y * y)
+
+
+def flatten(x: ArrayLike) -> np.ndarray:
+    """``(N, ...)`` -> ``(N, prod(...))`` in C order, as ``torch.flatten(x, 1)`` (2-D to 5-D input;
+    a view of ``x`` when it is already a C-contiguous float32 array)."""
+    x = as_float32(x, "input", (2, 3, 4, 5), "flatten")
+    return x.reshape(x.shape[0], -1)
+
+
+def flatten_backward(grad_out: ArrayLike, input_shape: Sequence[int]) -> np.ndarray:
+    """Gradient of :func:`flatten`: ``grad_out`` (N, F) reshaped to ``input_shape``."""
+    op = "flatten_backward"
+    grad_out = as_float32(grad_out, "grad_out", 2, op)
+    try:  # (the size, no negative size, and NumPy's reshape checks that the sizes are ints)
+        if grad_out.size == math.prod(input_shape) and min(input_shape, default=0) >= 0:
+            return grad_out.reshape(input_shape)
+    except (TypeError, ValueError):
+        pass
+    raise ValueError(f"{op}: grad_out {grad_out.shape} does not match input shape {input_shape!r}")
+
+
+def dropout(x: ArrayLike, p: float = 0.5, *, rng: Any = None, training: bool = True
+            ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Inverted dropout as ``torch.nn.functional.dropout``: each element zeroed with probability
+    ``p``, the rest scaled by ``1 / (1 - p)``; the identity (a copy) if not ``training`` or ``p == 0``.
+
+    Parameters
+    ----------
+    x : any shape, float32
+    p : float in [0, 1)
+    rng : numpy Generator, or a seed for ``numpy.random.default_rng`` (drawn from only when
+        elements are dropped)
+    training : bool
+
+    Returns
+    -------
+    y : float32, the shape of ``x``
+    mask : float32 (``keep / (1 - p)``) for :func:`dropout_backward`, or None for the identity
+    """
+    op = "dropout"
+    x = as_float32(x, "input", None, op)
+    if not 0 <= p < 1:
+        raise ValueError(f"{op}: p must be in [0, 1), got {p!r}")
+    if not training or p == 0:
+        return x.copy(), None
+    keep = np.random.default_rng(rng).random(x.shape, dtype=np.float32) >= np.float32(p)
+    mask = keep.astype(np.float32) * np.float32(1 / (1 - p))
+    return x * mask, mask
+
+
+def dropout_backward(grad_out: ArrayLike, mask: ArrayLike | None) -> np.ndarray:
+    """Gradient of :func:`dropout` given its ``mask`` (None: the identity, a copy)."""
+    op = "dropout_backward"
+    grad_out = as_float32(grad_out, "grad_out", None, op)
+    if mask is None:
+        return grad_out.copy()
+    mask = as_float32(mask, "mask", None, op)
+    if grad_out.shape != mask.shape:
+        raise ValueError(f"{op}: grad_out {grad_out.shape} does not match input {mask.shape}")
+    return grad_out * mask
+
+
 # --------------------------------------------------------------------------- dense
 
-def _linear_check(x, weight, bias, op):
+def _linear_check(x: ArrayLike, weight: ArrayLike, bias: ArrayLike | None, op: str
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     x = as_float32(x, "input", 2, op)
     weight = as_float32(weight, "weight", 2, op)
     if x.shape[1] != weight.shape[1]:
@@ -492,8 +716,10 @@ def _linear_check(x, weight, bias, op):
     return x, weight, bias
 
 
-def linear(x, weight, bias=None, *, ws=None):
-    """``x @ weight.T + bias`` through NumPy's BLAS.
+def linear(x: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None, *,
+           ws: Workspace | None = None) -> np.ndarray:
+    """``x @ weight.T + bias``: GEMM blocks on the kernels' threads (one thread pool) or
+    NumPy's BLAS (docs/PERFORMANCE.md, section 3).
 
     Parameters
     ----------
@@ -520,7 +746,9 @@ def linear(x, weight, bias=None, *, ws=None):
     return y
 
 
-def linear_backward(grad_out, x, weight, *, bias=True, input_grad=True, ws=None):
+def linear_backward(grad_out: ArrayLike, x: ArrayLike, weight: ArrayLike, *, bias: bool = True,
+                    input_grad: bool = True, ws: Workspace | None = None
+                    ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
     """Gradients of :func:`linear`: ``(grad_x, grad_weight, grad_bias)``."""
     op = "linear_backward"
     x, weight, _ = _linear_check(x, weight, None, op)
@@ -537,22 +765,34 @@ def linear_backward(grad_out, x, weight, *, bias=True, input_grad=True, ws=None)
                           _buf(ws, "gyt", (out, n)), gw, gb, gx)
         return (gx if input_grad else None), gw, (gb if bias else None)
     # np.dot, not matmul: for N = 1 (an outer product) matmul takes a slow non-BLAS loop
-    # (15 us against 2.6 us at 10x1352); for N > 1 both call the same SGEMM.
+    # (docs/PERFORMANCE.md, section 5); for N > 1 both call the same SGEMM.
     gw = np.dot(grad_out.T, x)
     if x.shape[0] == 1:
-        gb = grad_out[0].copy() if bias else None  # (a sum of one term)
+        gb1 = grad_out[0].copy() if bias else None  # (a sum of one term)
     else:
-        gb = grad_out.sum(axis=0, dtype=np.float64).astype(np.float32) if bias else None
-    gx = None
+        gb1 = grad_out.sum(axis=0, dtype=np.float64).astype(np.float32) if bias else None
+    gx1 = None
     if input_grad:
-        gx = np.empty(x.shape, np.float32)
-        np.dot(grad_out, weight, out=gx)
-    return gx, gw, gb
+        gx1 = np.empty(x.shape, np.float32)
+        np.dot(grad_out, weight, out=gx1)
+    return gx1, gw, gb1
 
 
-# --------------------------------------------------------------------------- loss
+# --------------------------------------------------------------------------- losses
 
-def softmax_cross_entropy(logits, labels, *, ws=None, return_labels=False):
+@overload
+def softmax_cross_entropy(logits: ArrayLike, labels: ArrayLike, *, ws: Workspace | None = ...,
+                          return_labels: Literal[False] = ...) -> tuple[float, np.ndarray]: ...
+@overload
+def softmax_cross_entropy(logits: ArrayLike, labels: ArrayLike, *, ws: Workspace | None = ...,
+                          return_labels: Literal[True]) -> tuple[float, np.ndarray, np.ndarray]: ...
+@overload
+def softmax_cross_entropy(logits: ArrayLike, labels: ArrayLike, *, ws: Workspace | None = ...,
+                          return_labels: bool = ...
+                          ) -> tuple[float, np.ndarray] | tuple[float, np.ndarray, np.ndarray]: ...
+def softmax_cross_entropy(logits: ArrayLike, labels: ArrayLike, *, ws: Workspace | None = None,
+                          return_labels: bool = False
+                          ) -> tuple[float, np.ndarray] | tuple[float, np.ndarray, np.ndarray]:
     """Mean softmax cross-entropy (``torch.nn.functional.cross_entropy``).
 
     Parameters
@@ -567,7 +807,7 @@ def softmax_cross_entropy(logits, labels, *, ws=None, return_labels=False):
     probs : (N, K) float32
         Softmax, for :func:`softmax_cross_entropy_backward`.
     labels : (N,) int64
-        The validated labels, only if ``return_labels``.
+        The checked labels, only if ``return_labels``.
     """
     op = "softmax_cross_entropy"
     logits = as_float32(logits, "logits", 2, op)
@@ -581,23 +821,49 @@ def softmax_cross_entropy(logits, labels, *, ws=None, return_labels=False):
     return (loss, probs, labels) if return_labels else (loss, probs)
 
 
-def softmax_cross_entropy_backward(probs, labels, *, ws=None):
+def softmax_cross_entropy_backward(probs: ArrayLike, labels: ArrayLike, *, ws: Workspace | None = None) -> np.ndarray:
     """Gradient of the mean loss w.r.t. the logits: ``(probs - onehot) / N``, (N, K) float32."""
     op = "softmax_cross_entropy_backward"
     probs = as_float32(probs, "probs", 2, op)
-    return _softmax_cross_entropy_backward(probs, as_labels(labels, probs.shape[0], probs.shape[1], op))
-
-
-def _softmax_cross_entropy_backward(probs, labels):
-    """Arguments already checked (labels int64, in range)."""
+    labels = as_labels(labels, probs.shape[0], probs.shape[1], op)
     gx = np.empty(probs.shape, np.float32)
     _backend.ops().softmax_xent_backward(probs, labels, gx)
     return gx
 
 
+def mse_loss(pred: ArrayLike, target: ArrayLike) -> tuple[float, np.ndarray]:
+    """Mean squared error over all elements (``torch.nn.functional.mse_loss``).
+
+    Returns
+    -------
+    loss : float
+    diff : float32 ``pred - target``, for :func:`mse_loss_backward`
+    """
+    op = "mse_loss"
+    pred = as_float32(pred, "prediction", None, op)
+    target = as_float32(target, "target", None, op)
+    if pred.shape != target.shape:
+        raise ValueError(f"{op}: prediction shape {pred.shape} does not match target shape {target.shape}")
+    if pred.size == 0:
+        raise ValueError(f"{op}: empty input")
+    diff = pred - target
+    return float(np.mean(np.square(diff, dtype=np.float64))), diff
+
+
+def mse_loss_backward(diff: ArrayLike) -> np.ndarray:
+    """Gradient of :func:`mse_loss` w.r.t. the prediction: ``2 * diff / diff.size``."""
+    op = "mse_loss_backward"
+    diff = as_float32(diff, "diff", None, op)
+    if diff.size == 0:
+        raise ValueError(f"{op}: empty input")
+    return diff * np.float32(2.0 / diff.size)
+
+
 # --------------------------------------------------------------------------- batch norm
 
-def batch_norm2d(x, weight, bias, running_mean, running_var, *, training, momentum=0.1, eps=1e-5, sync=None):
+def batch_norm2d(x: ArrayLike, weight: ArrayLike, bias: ArrayLike, running_mean: np.ndarray,
+                 running_var: np.ndarray, *, training: bool, momentum: float = 0.1, eps: float = 1e-5,
+                 sync: Any = None) -> tuple[np.ndarray, tuple[Any, ...]]:
     """Batch normalisation over (N, H, W) per channel, as ``torch.nn.functional.batch_norm``.
 
     Parameters
@@ -625,8 +891,8 @@ def batch_norm2d(x, weight, bias, running_mean, running_var, *, training, moment
     c = x.shape[1]
     for name, arr in (("weight", weight), ("bias", bias), ("running_mean", running_mean),
                       ("running_var", running_var)):
-        if arr.shape != (c,):
-            raise ValueError(f"{op}: {name} must have shape ({c},) for input {x.shape}, got {arr.shape}")
+        if np.shape(arr) != (c,):
+            raise ValueError(f"{op}: {name} must have shape ({c},) for input {x.shape}, got {np.shape(arr)}")
     weight = as_float32(weight, "weight", 1, op)
     bias = as_float32(bias, "bias", 1, op)
     n, _, h, w = x.shape
@@ -655,7 +921,8 @@ def batch_norm2d(x, weight, bias, running_mean, running_var, *, training, moment
     return y, (xhat, inv_std, training, m, sync if training else None)
 
 
-def batch_norm2d_backward(grad_out, cache, weight):
+def batch_norm2d_backward(grad_out: ArrayLike, cache: tuple[Any, ...], weight: ArrayLike
+                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Gradients of :func:`batch_norm2d`: ``(grad_x, grad_weight, grad_bias)``.
 
     With synchronised statistics the weight and bias gradients stay this process's share
@@ -687,9 +954,56 @@ def batch_norm2d_backward(grad_out, cache, weight):
     return gx, gw.astype(np.float32), gb.astype(np.float32)
 
 
+# --------------------------------------------------------------------------- optimizer updates
+
+def _check_update_arrays(op: str, params: Sequence[Any], **state: Sequence[Any]) -> None:
+    """Per parameter: its gradient and state C-contiguous float32 arrays of its shape, the
+    parameter and the state (all but ``grads``) writeable: they are updated in place."""
+    for name, arrays in state.items():
+        if len(arrays) != len(params):
+            raise ValueError(f"{op}: {len(arrays)} {name} for {len(params)} params")
+    for i, p in enumerate(params):
+        for name, a in [("params", p)] + [(n, arrays[i]) for n, arrays in state.items()]:
+            if not is_float32_array(a) or a.shape != p.shape:
+                of = "" if name == "params" else f" of shape {getattr(p, 'shape', None)}"
+                raise TypeError(f"{op}: {name}[{i}] must be a C-contiguous float32 array{of}, got "
+                                f"{type(a).__name__} {getattr(a, 'dtype', '')} {getattr(a, 'shape', '')}".rstrip())
+            if name != "grads" and not a.flags.writeable:
+                raise ValueError(f"{op}: {name}[{i}] is read-only; it is updated in place")
+
+
+def adam_step(params: Sequence[np.ndarray], grads: Sequence[np.ndarray], exp_avgs: Sequence[np.ndarray],
+              exp_avg_sqs: Sequence[np.ndarray], *, step: int, lr: float = 1e-3,
+              betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
+              decoupled_weight_decay: bool = False) -> None:
+    """One Adam update of every array of ``params`` and of their ``exp_avgs`` and ``exp_avg_sqs``
+    in place (``step``: 1 for the first), as ``torch.optim.Adam`` (no amsgrad), or
+    ``torch.optim.AdamW`` with ``decoupled_weight_decay``: ``param *= 1 - lr * weight_decay``
+    first, instead of adding ``weight_decay * param`` to the gradient.
+
+    One fused compiled pass per parameter, float32 in torch's order (its ``lerp_``/``addcmul_``
+    forms): ``m += (1 - b1) (g - m)``; ``v = b2 v + (1 - b2) g^2``; ``param -= step_size * m /
+    (sqrt(v) / sqrt(1 - b2^step) + eps)`` with ``step_size = lr / (1 - b1^step)``
+    (:func:`fastcnn._ref.adam_step`).  The arrays are checked here; the hyperparameters by
+    :class:`fastcnn.optim.Adam`.
+    """
+    _check_update_arrays("adam_step", params, grads=grads, exp_avgs=exp_avgs, exp_avg_sqs=exp_avg_sqs)
+    b1, b2 = betas
+    step_size = lr / (1.0 - b1 ** step)  # both rounded to float32 by the kernel
+    bc2_sqrt = float(np.sqrt(1.0 - b2 ** step))
+    k = _backend.ops()
+    for param, grad, m, v in zip(params, grads, exp_avgs, exp_avg_sqs):
+        g = grad
+        if weight_decay and decoupled_weight_decay:
+            param *= np.float32(1.0 - lr * weight_decay)
+        elif weight_decay:
+            g = grad + np.float32(weight_decay) * param
+        k.adam_step(param, g, m, v, step_size, b1, b2, eps, bc2_sqrt)
+
+
 # --------------------------------------------------------------------------- tutorial form
 
-def corr2d(x, k):
+def corr2d(x: ArrayLike, k: ArrayLike) -> np.ndarray:
     """Single-channel 2-D cross-correlation, the tutorials' ``corr2d(X, K)``.
 
     ``Y[i, j] = sum(X[i:i + h, j:j + w] * K)`` for a ``(h, w)`` kernel: "convolution" as deep

@@ -1,12 +1,15 @@
 """PyTorch interoperability (needs ``torch``: ``pip install fastcnn[compare]``)."""
+from __future__ import annotations
+
+from typing import Any
+
 import numpy as np
 
 from . import graph as G
 from . import layers as L
-from .model import Sequential
 
 
-def to_torch(model):
+def to_torch(model: L.Layer) -> Any:
     """A torch module computing what ``model`` computes, with its weights and the same
     state-dict names.
 
@@ -24,11 +27,11 @@ def to_torch(model):
     return twin
 
 
-def _module(layer):
+def _module(layer: L.Layer) -> Any:
     from torch import nn
 
     T = _torch_classes()
-    if isinstance(layer, Sequential):
+    if isinstance(layer, L.Sequential):
         return nn.Sequential(*[_module(x) for x in layer])
     if isinstance(layer, L.Residual):
         return T["Residual"](_module(layer.body), _module(layer.shortcut))
@@ -41,35 +44,30 @@ def _module(layer):
     if isinstance(layer, G.Concatenate):
         return T["Concatenate"](layer.axis)
     if isinstance(layer, L.Conv2D):
-        a = layer._args
-        pad = layer.padding
+        pad: Any = layer.padding
         if pad == "same":
-            kh, kw = a["kernel_size"]
-            if a["stride"] != (1, 1) or not (kh % 2 and kw % 2):
+            kh, kw = layer.kernel_size
+            if layer.stride != (1, 1) or not (kh % 2 and kw % 2):
                 raise ValueError("to_torch: 'same' padding is supported for stride 1 and odd kernels only")
             pad = (kh // 2, kw // 2)
         elif pad == "valid":
             pad = 0
-        return nn.Conv2d(a["in_channels"], a["out_channels"], a["kernel_size"], a["stride"], pad, bias=a["bias"])
-    if isinstance(layer, (L.MaxPool2D, L.AvgPool2D)):
-        if layer.padding == "same":
-            raise ValueError("to_torch: pooling with 'same' padding has no torch equivalent")
-        cls = nn.MaxPool2d if isinstance(layer, L.MaxPool2D) else nn.AvgPool2d
-        return cls(layer.kernel_size, layer.stride, 0 if layer.padding == "valid" else layer.padding)
+        return nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, pad,
+                         bias=layer.bias is not None)
+    if isinstance(layer, L.MaxPool2D):
+        return nn.MaxPool2d(layer.kernel_size, layer.stride, _pool_padding(layer))
+    if isinstance(layer, L.AvgPool2D):
+        return nn.AvgPool2d(layer.kernel_size, layer.stride, _pool_padding(layer))
     if isinstance(layer, L.ReLU):
         return nn.ReLU()
     if isinstance(layer, L.Flatten):
         return nn.Flatten()
     if isinstance(layer, L.Dense):
-        a = layer._args
-        return nn.Linear(a["in_features"], a["out_features"], bias=a["bias"])
+        return nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
     if isinstance(layer, L.BatchNorm2D):
-        return nn.BatchNorm2d(layer._args["num_features"], layer.eps, layer.momentum)
+        return nn.BatchNorm2d(layer.num_features, layer.eps, layer.momentum)
     if isinstance(layer, L.SumPool2D):
-        if layer.padding == "same":
-            raise ValueError("to_torch: pooling with 'same' padding has no torch equivalent")
-        pad = 0 if layer.padding == "valid" else layer.padding
-        return nn.AvgPool2d(layer.kernel_size, layer.stride, pad, divisor_override=1)
+        return nn.AvgPool2d(layer.kernel_size, layer.stride, _pool_padding(layer), divisor_override=1)
     if isinstance(layer, L.GlobalAvgPool2D):
         return nn.AdaptiveAvgPool2d(1)
     if isinstance(layer, L.Sigmoid):
@@ -81,10 +79,18 @@ def _module(layer):
     raise TypeError(f"to_torch: no torch equivalent for {type(layer).__name__}")
 
 
-_CLASSES = {}
+def _pool_padding(layer: L.MaxPool2D | L.AvgPool2D | L.SumPool2D) -> tuple[int, int]:
+    if isinstance(layer.padding, str):
+        if layer.padding == "same":
+            raise ValueError("to_torch: pooling with 'same' padding has no torch equivalent")
+        return (0, 0)  # "valid"
+    return layer.padding
 
 
-def _torch_classes():
+_CLASSES: dict[str, Any] = {}
+
+
+def _torch_classes() -> dict[str, Any]:
     if _CLASSES:
         return _CLASSES
     import torch
@@ -93,27 +99,27 @@ def _torch_classes():
     class Residual(nn.Module):
         """``relu(body(x) + shortcut(x))``."""
 
-        def __init__(self, body, shortcut):
+        def __init__(self, body: Any, shortcut: Any) -> None:
             super().__init__()
             self.body, self.shortcut = body, shortcut
 
-        def forward(self, x):
+        def forward(self, x: Any) -> Any:
             return torch.relu(self.body(x) + self.shortcut(x))
 
     class Graph(nn.Module):
         """The nodes of a fastcnn graph Model as attributes, run in its topological order."""
 
-        def __init__(self, model, modules):
+        def __init__(self, model: G.Model, modules: list[Any]) -> None:
             super().__init__()
             self._names = list(model.node_names)
-            self._wiring = list(model._wiring)
+            self._wiring = list(model.wiring)
             self._inputs = list(model.input_names)
-            self._outputs = list(model._out_keys)
-            self._single_out = model._single_out
+            self._outputs = list(model.output_names)
+            self._single_out = model.single_output
             for name, m in zip(self._names, modules):
                 self.add_module(name, m)
 
-        def forward(self, *xs):
+        def forward(self, *xs: Any) -> Any:
             if len(xs) == 1 and isinstance(xs[0], (list, tuple)):
                 xs = tuple(xs[0])
             values = dict(zip(self._inputs, xs))
@@ -124,31 +130,31 @@ def _torch_classes():
             return outs[0] if self._single_out else outs
 
     class Add(nn.Module):
-        def forward(self, xs):
+        def forward(self, xs: Any) -> Any:
             y = xs[0]
             for x in xs[1:]:
                 y = y + x
             return y
 
     class Multiply(nn.Module):
-        def forward(self, xs):
+        def forward(self, xs: Any) -> Any:
             y = xs[0]
             for x in xs[1:]:
                 y = y * x
             return y
 
     class Concatenate(nn.Module):
-        def __init__(self, axis=1):
+        def __init__(self, axis: int = 1) -> None:
             super().__init__()
             self.axis = axis
 
-        def forward(self, xs):
+        def forward(self, xs: Any) -> Any:
             return torch.cat(list(xs), dim=self.axis)
 
     _CLASSES.update(Residual=Residual, Graph=Graph, Add=Add, Multiply=Multiply, Concatenate=Concatenate)
     return _CLASSES
 
 
-def state_dict_from_torch(module):
+def state_dict_from_torch(module: Any) -> dict[str, np.ndarray]:
     """A torch module's state dict as NumPy arrays (for ``load_state_dict``)."""
     return {k: v.detach().cpu().numpy() for k, v in module.state_dict().items()}

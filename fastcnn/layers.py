@@ -1,16 +1,36 @@
-"""Stateful layers: thin objects over :mod:`fastcnn.functional`.
+"""Stateful layers over :mod:`fastcnn.functional`, and the containers ``Sequential`` and ``Residual``.
 
 Every layer has ``forward(x)`` (also ``__call__``), ``backward(grad_out) -> grad_in``,
-``parameters()``, ``train()`` / ``eval()``, ``state_dict()`` / ``load_state_dict()`` and
-``config()`` (the constructor arguments, used by :func:`fastcnn.load`).  Weights use PyTorch's
-layouts and default initialisation.
+``parameters()``, ``train()`` / ``eval()``, ``state_dict()`` / ``load_state_dict()``,
+``config()`` (its type and constructor arguments, read from its public attributes;
+:func:`from_config` rebuilds it) and ``save(path)``.  Weights use PyTorch's layouts and
+default initialisation.
+
+A layer checks its constructor arguments and keeps them as normalised public attributes
+(``Conv2D(1, 8, 3).kernel_size == (3, 3)``); its input arrays are checked by the functional
+ops it calls.  What a forward keeps for backward follows one rule for every layer
+(:meth:`Layer._keep`; docs/ROBUSTNESS.md, "Train and eval mode").
 """
+from __future__ import annotations
+
 import math
+import os
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from threading import get_ident
+from typing import Any, ClassVar
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from . import functional as F
-from ._shapes import as_float32, check_padding_arg, pair
+from ._modelfile import save as _save_model
+from ._shapes import IntOrPair, Padding, check_padding_arg, pair
+from .predict import predict_proba
+
+__all__ = ["Parameter", "Layer", "Conv2D", "MaxPool2D", "AvgPool2D", "SumPool2D", "GlobalAvgPool2D", "ReLU",
+           "Sigmoid", "Tanh", "Flatten", "Dense", "BatchNorm2D", "Dropout", "Sequential", "Residual", "LAYERS",
+           "register", "from_config"]
 
 
 class Parameter:
@@ -18,19 +38,19 @@ class Parameter:
 
     __slots__ = ("data", "grad")
 
-    def __init__(self, data):
-        self.data = np.asarray(data, dtype=np.float32, order="C").copy()
-        self.grad = np.zeros_like(self.data)
+    def __init__(self, data: ArrayLike) -> None:
+        self.data: np.ndarray = np.asarray(data, dtype=np.float32, order="C").copy()
+        self.grad: np.ndarray = np.zeros_like(self.data)
 
     @property
-    def shape(self):
+    def shape(self) -> tuple[int, ...]:
         return self.data.shape
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"Parameter(shape={self.data.shape})"
 
 
-def _rng(rng):
+def _rng(rng: Any) -> np.random.Generator:
     if rng is None:
         return np.random.default_rng()
     if isinstance(rng, np.random.Generator):
@@ -38,74 +58,122 @@ def _rng(rng):
     return np.random.default_rng(rng)
 
 
-def _uniform(rng, bound, shape):
+def _uniform(rng: np.random.Generator, bound: float, shape: tuple[int, ...]) -> np.ndarray:
     return rng.uniform(-bound, bound, size=shape).astype(np.float32)
 
 
-def _is_symbolic(x):
-    if isinstance(x, (list, tuple)):
-        return bool(x) and all(getattr(t, "_fastcnn_symbolic", False) for t in x)
-    return getattr(x, "_fastcnn_symbolic", False)
+def _symbolic_recorder(x: Any) -> Callable[..., Any] | None:
+    """How to record a call on symbolic tensor(s) of :mod:`fastcnn.graph` (they carry it), else None."""
+    items = x if isinstance(x, (list, tuple)) else (x,)
+    if items and all(hasattr(t, "_fastcnn_record") for t in items):
+        return items[0]._fastcnn_record
+    return None
 
 
 class Layer:
-    """Base class."""
+    """Base class of the layers and containers.
 
-    training = True
+    ``forward`` hands what ``backward`` needs to :meth:`_keep`, ``backward`` reads it back
+    with :meth:`_kept` (the one train/eval rule: docs/ROBUSTNESS.md, "Train and eval mode");
+    scratch buffers and checked shapes are the layer's :class:`fastcnn.functional.Workspace`,
+    given to every functional op it calls.
+    """
+
+    training: bool = True
     #: Set to False on a network's first layer to skip the input gradient.
-    needs_input_grad = True
-    _params = ()  # attribute names of Parameters, in state-dict order
-    _buffers = ()  # attribute names of non-trainable state arrays
+    needs_input_grad: bool = True
+    #: Attribute names of Parameters and of non-trainable state arrays, in state-dict order.
+    _params: ClassVar[tuple[str, ...]] = ()
+    _buffers: ClassVar[tuple[str, ...]] = ()
+    #: Constructor arguments, read back from the public attributes of the same names by
+    #: :meth:`config` and ``repr`` (for a Parameter's name: whether it exists).
+    _config_args: ClassVar[tuple[str, ...]] = ()
+    #: Whether :meth:`_keep` keeps in eval mode too (an eval-mode computation of its own).
+    _keeps_in_eval: ClassVar[bool] = False
+    _saved: tuple[Any, ...] | None = None
 
-    def __call__(self, x, **kwargs):
-        if _is_symbolic(x):  # functional model API: record a node (fastcnn.graph)
-            from .graph import call_symbolic
+    def __init__(self) -> None:
+        self._ws = F.Workspace()
 
-            return call_symbolic(self, x, **kwargs)
+    def __call__(self, x: Any, **kwargs: Any) -> Any:
+        record = _symbolic_recorder(x)
+        if record is not None:  # functional model API: record a node (fastcnn.graph)
+            return record(self, x, **kwargs)
         if kwargs:
             raise TypeError(f"{type(self).__name__}: unexpected keyword arguments {sorted(kwargs)}")
         return self.forward(x)
 
-    def forward(self, x):  # pragma: no cover - abstract
+    def forward(self, x: Any) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def backward(self, grad_out):  # pragma: no cover - abstract
+    def backward(self, grad_out: Any) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def parameters(self):
+    def _keeping(self) -> bool:
+        """Whether a forward now keeps what backward needs: in training mode, or ``_keeps_in_eval``."""
+        return self.training or self._keeps_in_eval
+
+    def _keep(self, *values: Any) -> None:
+        """Keep ``values`` for :meth:`backward` if :meth:`_keeping`, else nothing."""
+        self._saved = values if self._keeping() else None
+
+    def _kept(self) -> tuple[Any, ...]:
+        saved = self._saved
+        if saved is None:
+            when = "forward" if self._keeps_in_eval else "a training-mode forward"
+            raise RuntimeError(f"{type(self).__name__}.backward called before {when}")
+        return saved
+
+    def parameters(self) -> list[Parameter]:
         return [getattr(self, n) for n in self._params if getattr(self, n) is not None]
 
-    def train(self, mode=True):
+    def train(self, mode: bool = True) -> Layer:
         self.training = bool(mode)
         return self
 
-    def eval(self):
+    def eval(self) -> Layer:
         return self.train(False)
 
-    def config(self):
-        return {"type": type(self).__name__, "args": self._args}
+    def _arguments(self) -> dict[str, Any]:
+        """The constructor arguments that rebuild this layer, from its public attributes."""
+        return {n: (getattr(self, n) is not None) if n in self._params else getattr(self, n)
+                for n in self._config_args}
 
-    def predict_proba(self, x, batch_size=256):
+    def config(self) -> dict[str, Any]:
+        """The architecture record of this layer (written into model files): type and arguments."""
+        return {"type": type(self).__name__, "args": self._arguments()}
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> Layer:
+        """Rebuild a layer of this type from its :meth:`config` (JSON lists back to tuples)."""
+        args = {k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg.get("args", {}).items()}
+        return cls(**args)
+
+    def save(self, path: str | os.PathLike[str], metadata: Mapping[str, Any] | None = None,
+             format: str = "npz") -> None:
+        """Write architecture and weights to ``path`` atomically (``.npz``, or
+        ``format="safetensors"``); :func:`fastcnn.load` reads it back."""
+        _save_model(self, path, metadata, format=format)
+
+    def predict_proba(self, x: ArrayLike, batch_size: int = 256) -> np.ndarray:
         """Softmax of the outputs for inputs ``x``, in eval mode, ``batch_size`` samples at a time."""
-        from .predict import predict_proba
-
         return predict_proba(self, x, batch_size)
 
-    def predict(self, x, batch_size=256):
+    def predict(self, x: ArrayLike, batch_size: int = 256) -> np.ndarray:
         """Class index (argmax of the outputs) of each input in ``x``, as :meth:`predict_proba`."""
         return self.predict_proba(x, batch_size).argmax(axis=1)
 
-    def children(self):
+    def children(self) -> dict[str, Layer]:
         """Named sub-layers (containers override this); their state is under ``name.``."""
         return {}
 
-    def modules(self):
+    def modules(self) -> Iterator[Layer]:
         """This layer and every layer inside it, depth first (as torch's ``Module.modules``)."""
         yield self
         for child in self.children().values():
             yield from child.modules()
 
-    def state_dict(self, prefix=""):
+    def state_dict(self, prefix: str = "") -> dict[str, np.ndarray]:
         d = {}
         for n in self._params:
             p = getattr(self, n)
@@ -117,7 +185,7 @@ class Layer:
             d.update(child.state_dict(f"{prefix}{name}."))
         return d
 
-    def load_state_dict(self, state, prefix=""):
+    def load_state_dict(self, state: Mapping[str, ArrayLike], prefix: str = "") -> None:
         """Load arrays by name; shapes must match.  At the top of a container, missing or
         unexpected keys raise ``KeyError``."""
         kids = self.children()
@@ -141,16 +209,19 @@ class Layer:
         for name, child in kids.items():
             child.load_state_dict(state, f"{prefix}{name}.")
 
-    def _expect_cache(self, name):
-        if getattr(self, name, None) is None:
-            raise RuntimeError(f"{type(self).__name__}.backward called before a training-mode forward")
-
-    def __repr__(self):
-        args = ", ".join(f"{k}={v!r}" for k, v in self._args.items())
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self._arguments().items())
         return f"{type(self).__name__}({args})"
 
 
-def _take(state, key, shape, layer):
+def _add_grads(weight: Parameter, bias: Parameter | None, gw: np.ndarray, gb: np.ndarray | None) -> None:
+    """Accumulate a layer's weight and bias gradients."""
+    weight.grad += gw
+    if bias is not None and gb is not None:
+        bias.grad += gb
+
+
+def _take(state: Mapping[str, ArrayLike], key: str, shape: tuple[int, ...], layer: str) -> np.ndarray:
     if key not in state:
         raise KeyError(f"{layer}: state dict has no entry {key!r}")
     arr = np.asarray(state[key])
@@ -171,57 +242,70 @@ class Conv2D(Layer):
     rng : numpy Generator or seed, optional
         Initialisation as PyTorch: weight and bias ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``.
 
+    Attributes: ``in_channels``, ``out_channels``, ``kernel_size`` and ``stride`` (pairs),
+    ``padding`` (a pair or ``"valid"``/``"same"``), ``weight``, ``bias`` (a Parameter or None).
+
     Shapes: x ``(N, in_channels, H, W)`` float32 -> ``(N, out_channels, OH, OW)`` float32.
     """
 
     _params = ("weight", "bias")
+    _config_args = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "bias")
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True, rng=None):
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: IntOrPair, stride: IntOrPair = 1,
+                 padding: Padding = 0, bias: bool = True, rng: Any = None) -> None:
+        super().__init__()
         op = "Conv2D"
-        in_channels = pair(in_channels, "in_channels", op)[0]
-        out_channels = pair(out_channels, "out_channels", op)[0]
+        self.in_channels = pair(in_channels, "in_channels", op)[0]
+        self.out_channels = pair(out_channels, "out_channels", op)[0]
         self.kernel_size = pair(kernel_size, "kernel_size", op)
         self.stride = pair(stride, "stride", op)
         self.padding = check_padding_arg(padding, op)
-        self._args = dict(in_channels=in_channels, out_channels=out_channels, kernel_size=self.kernel_size,
-                          stride=self.stride, padding=self.padding, bias=bool(bias))
-        rng = _rng(rng)
-        fan_in = in_channels * self.kernel_size[0] * self.kernel_size[1]
-        bound = 1.0 / math.sqrt(fan_in)
-        self.weight = Parameter(_uniform(rng, bound, (out_channels, in_channels) + self.kernel_size))
-        self.bias = Parameter(_uniform(rng, bound, (out_channels,))) if bias else None
-        self._ws = F.Workspace()
-        self._x = None
+        gen = _rng(rng)
+        bound = 1.0 / math.sqrt(self.in_channels * self.kernel_size[0] * self.kernel_size[1])  # 1/sqrt(fan_in)
+        self.weight = Parameter(_uniform(gen, bound, (self.out_channels, self.in_channels) + self.kernel_size))
+        self.bias = Parameter(_uniform(gen, bound, (self.out_channels,))) if bias else None
 
-    def forward(self, x, relu=False):
+    def forward(self, x: ArrayLike, relu: bool = False) -> np.ndarray:
         """``relu=True`` (inference only): ``max(conv, 0)`` fused into the convolution's store."""
-        x = as_float32(x, "input", 4, "Conv2D")
         if relu and self.training:
             raise ValueError("Conv2D.forward: relu=True is for inference (eval mode) only")
-        self._x = x if self.training else None
         b = None if self.bias is None else self.bias.data
-        return F.conv2d(x, self.weight.data, b, self.stride, self.padding, relu=relu, ws=self._ws)
+        y = F.conv2d(x, self.weight.data, b, self.stride, self.padding, relu=relu, ws=self._ws)
+        self._keep(x)
+        return y
 
-    def backward(self, grad_out):
-        self._expect_cache("_x")
-        gx, gw, gb = F.conv2d_backward(grad_out, self._x, self.weight.data, self.stride, self.padding,
-                                       bias=self.bias is not None, input_grad=self.needs_input_grad,
-                                       ws=self._ws)
-        self.weight.grad += gw
-        if self.bias is not None:
-            self.bias.grad += gb
+    def backward(self, grad_out: ArrayLike) -> np.ndarray | None:
+        (x,) = self._kept()
+        gx, gw, gb = F.conv2d_backward(grad_out, x, self.weight.data, self.stride, self.padding,
+                                       bias=self.bias is not None, input_grad=self.needs_input_grad, ws=self._ws)
+        _add_grads(self.weight, self.bias, gw, gb)
         return gx
 
 
 class _Pool(Layer):
-    def __init__(self, kernel_size=2, stride=None, padding=0):
+    """Pooling over windows: ``kernel_size`` and ``stride`` (pairs; stride defaults to the
+    kernel), ``padding`` (a pair or ``"valid"``/``"same"``)."""
+
+    _config_args = ("kernel_size", "stride", "padding")
+    _op: ClassVar[Callable[..., np.ndarray]]
+    _op_backward: ClassVar[Callable[..., np.ndarray]]
+
+    def __init__(self, kernel_size: IntOrPair = 2, stride: IntOrPair | None = None, padding: Padding = 0) -> None:
+        super().__init__()
         op = type(self).__name__
         self.kernel_size = pair(kernel_size, "kernel_size", op)
         self.stride = self.kernel_size if stride is None else pair(stride, "stride", op)
         self.padding = check_padding_arg(padding, op)
-        self._args = dict(kernel_size=self.kernel_size, stride=self.stride, padding=self.padding)
-        self._shape = None
-        self._ws = F.Workspace()
+
+    def forward(self, x: ArrayLike) -> np.ndarray:
+        y = type(self)._op(x, self.kernel_size, self.stride, self.padding, ws=self._ws)
+        self._keep(x)
+        return y
+
+    def backward(self, grad_out: ArrayLike) -> np.ndarray:
+        (x,) = self._kept()
+        return type(self)._op_backward(grad_out, np.shape(x), self.kernel_size, self.stride, self.padding,
+                                       ws=self._ws)
 
 
 class MaxPool2D(_Pool):
@@ -230,101 +314,128 @@ class MaxPool2D(_Pool):
     Shapes: ``(N, C, H, W)`` float32 -> ``(N, C, OH, OW)`` float32.
     """
 
-    def forward(self, x):
+    def forward(self, x: ArrayLike) -> np.ndarray:
+        if not self._keeping():  # (no indices needed)
+            self._keep()
+            return F.max_pool2d(x, self.kernel_size, self.stride, self.padding, ws=self._ws)
         y, idx = F.max_pool2d(x, self.kernel_size, self.stride, self.padding, return_indices=True, ws=self._ws)
-        self._idx, self._shape = idx, np.shape(x)
+        self._keep(x, idx)
         return y
 
-    def backward(self, grad_out):
-        self._expect_cache("_shape")
-        grad_out = as_float32(grad_out, "grad_out", 4, "MaxPool2D.backward")
-        if grad_out.shape != self._idx.shape:
-            raise ValueError(f"MaxPool2D.backward: grad_out must have shape {self._idx.shape}, got {grad_out.shape}")
-        return F._max_pool2d_backward(grad_out, self._idx, self._shape)
+    def backward(self, grad_out: ArrayLike) -> np.ndarray:
+        x, idx = self._kept()
+        return F.max_pool2d_backward(grad_out, idx, np.shape(x), ws=self._ws)
 
 
 class AvgPool2D(_Pool):
     """2-D average pooling (padding counted as PyTorch for int padding, not for ``"same"``)."""
 
-    def forward(self, x):
-        self._shape = np.shape(x)
-        return F.avg_pool2d(x, self.kernel_size, self.stride, self.padding, ws=self._ws)
-
-    def backward(self, grad_out):
-        self._expect_cache("_shape")
-        return F.avg_pool2d_backward(grad_out, self._shape, self.kernel_size, self.stride, self.padding)
+    _op = F.avg_pool2d
+    _op_backward = F.avg_pool2d_backward
 
 
-class ReLU(Layer):
-    """Elementwise ``max(x, 0)``, any shape."""
+class SumPool2D(_Pool):
+    """2-D sum pooling: the sum of each window (padded cells count as zeros), as ``torch``'s
+    ``avg_pool2d`` with ``divisor_override=1`` (:func:`fastcnn.functional.sum_pool2d`)."""
 
-    def __init__(self):
-        self._args = {}
-        self._y = None
+    _op = F.sum_pool2d
+    _op_backward = F.sum_pool2d_backward
 
-    def forward(self, x):
-        y = F.relu(x)
-        self._y = y if self.training else None
+
+class GlobalAvgPool2D(Layer):
+    """Mean over each feature map: ``(N, C, H, W)`` -> ``(N, C, 1, 1)``, as
+    ``torch.nn.AdaptiveAvgPool2d(1)`` (the compiled average-pooling kernel, window = H x W)."""
+
+    def forward(self, x: ArrayLike) -> np.ndarray:
+        y = F.global_avg_pool2d(x, ws=self._ws)
+        self._keep(x)
         return y
 
-    def backward(self, grad_out):
-        self._expect_cache("_y")
-        return F.relu_backward(grad_out, self._y)
+    def backward(self, grad_out: ArrayLike) -> np.ndarray:
+        (x,) = self._kept()
+        return F.global_avg_pool2d_backward(grad_out, np.shape(x), ws=self._ws)
+
+
+class _Elementwise(Layer):
+    """An elementwise function of any shape whose gradient is computed from its output."""
+
+    _op: ClassVar[Callable[[ArrayLike], np.ndarray]]
+    _op_backward: ClassVar[Callable[[ArrayLike, ArrayLike], np.ndarray]]
+
+    def forward(self, x: ArrayLike) -> np.ndarray:
+        y = type(self)._op(x)
+        self._keep(y)
+        return y
+
+    def backward(self, grad_out: ArrayLike) -> np.ndarray:
+        (y,) = self._kept()
+        return type(self)._op_backward(grad_out, y)
+
+
+class ReLU(_Elementwise):
+    """Elementwise ``max(x, 0)``, any shape."""
+
+    _op = F.relu
+    _op_backward = F.relu_backward
+
+
+class Sigmoid(_Elementwise):
+    """Elementwise ``1 / (1 + exp(-x))`` (no overflow for large ``|x|``), any shape."""
+
+    _op = F.sigmoid
+    _op_backward = F.sigmoid_backward
+
+
+class Tanh(_Elementwise):
+    """Elementwise hyperbolic tangent, any shape."""
+
+    _op = F.tanh
+    _op_backward = F.tanh_backward
 
 
 class Flatten(Layer):
     """``(N, ...)`` -> ``(N, prod(...))`` in C order, as ``torch.flatten(x, 1)``."""
 
-    def __init__(self):
-        self._args = {}
-        self._shape = None
+    def forward(self, x: ArrayLike) -> np.ndarray:
+        y = F.flatten(x)
+        self._keep(x)
+        return y
 
-    def forward(self, x):
-        x = as_float32(x, "input", (2, 3, 4, 5), "Flatten")
-        self._shape = x.shape
-        return x.reshape(x.shape[0], -1)
-
-    def backward(self, grad_out):
-        self._expect_cache("_shape")
-        grad_out = as_float32(grad_out, "grad_out", 2, "Flatten.backward")
-        if grad_out.size != math.prod(self._shape):
-            raise ValueError(f"Flatten.backward: grad_out {grad_out.shape} does not match input {self._shape}")
-        return grad_out.reshape(self._shape)
+    def backward(self, grad_out: ArrayLike) -> np.ndarray:
+        (x,) = self._kept()
+        return F.flatten_backward(grad_out, np.shape(x))
 
 
 class Dense(Layer):
-    """Fully connected layer ``x @ W.T + b`` (NumPy BLAS).
+    """Fully connected layer ``x @ W.T + b``.
 
     Shapes: ``(N, in_features)`` float32 -> ``(N, out_features)`` float32; weight
     ``(out_features, in_features)``.  Initialisation as PyTorch's ``nn.Linear``.
+    Attributes: ``in_features``, ``out_features``, ``weight``, ``bias`` (a Parameter or None).
     """
 
     _params = ("weight", "bias")
+    _config_args = ("in_features", "out_features", "bias")
 
-    def __init__(self, in_features, out_features, bias=True, rng=None):
-        op = "Dense"
-        in_features = pair(in_features, "in_features", op)[0]
-        out_features = pair(out_features, "out_features", op)[0]
-        self._args = dict(in_features=in_features, out_features=out_features, bias=bool(bias))
-        rng = _rng(rng)
-        bound = 1.0 / math.sqrt(in_features)
-        self.weight = Parameter(_uniform(rng, bound, (out_features, in_features)))
-        self.bias = Parameter(_uniform(rng, bound, (out_features,))) if bias else None
-        self._x = None
-        self._ws = F.Workspace()
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, rng: Any = None) -> None:
+        super().__init__()
+        self.in_features = pair(in_features, "in_features", "Dense")[0]
+        self.out_features = pair(out_features, "out_features", "Dense")[0]
+        gen = _rng(rng)
+        bound = 1.0 / math.sqrt(self.in_features)
+        self.weight = Parameter(_uniform(gen, bound, (self.out_features, self.in_features)))
+        self.bias = Parameter(_uniform(gen, bound, (self.out_features,))) if bias else None
 
-    def forward(self, x):
+    def forward(self, x: ArrayLike) -> np.ndarray:
         y = F.linear(x, self.weight.data, None if self.bias is None else self.bias.data, ws=self._ws)
-        self._x = as_float32(x, "input", 2, "Dense") if self.training else None
+        self._keep(x)
         return y
 
-    def backward(self, grad_out):
-        self._expect_cache("_x")
-        gx, gw, gb = F.linear_backward(grad_out, self._x, self.weight.data, bias=self.bias is not None,
+    def backward(self, grad_out: ArrayLike) -> np.ndarray | None:
+        (x,) = self._kept()
+        gx, gw, gb = F.linear_backward(grad_out, x, self.weight.data, bias=self.bias is not None,
                                        input_grad=self.needs_input_grad, ws=self._ws)
-        self.weight.grad += gw
-        if self.bias is not None:
-            self.bias.grad += gb
+        _add_grads(self.weight, self.bias, gw, gb)
         return gx
 
 
@@ -332,161 +443,41 @@ class BatchNorm2D(Layer):
     """Batch normalisation per channel of ``(N, C, H, W)`` input, as ``torch.nn.BatchNorm2d``.
 
     Training mode normalises with batch statistics and updates ``running_mean`` /
-    ``running_var`` (momentum rule and unbiased variance as PyTorch); eval mode uses them.
+    ``running_var`` (momentum rule and unbiased variance as PyTorch); eval mode uses them
+    (and its backward is that of the eval-mode computation).
     ``sync``: None (statistics of this process's batch) or the object set by
     :func:`fastcnn.distributed.sync_batchnorm` (statistics of the global batch over MPI).
     """
 
     _params = ("weight", "bias")
     _buffers = ("running_mean", "running_var", "num_batches_tracked")
-    sync = None
+    _config_args = ("num_features", "eps", "momentum")
+    _keeps_in_eval = True
+    sync: Any = None
 
-    def __init__(self, num_features, eps=1e-5, momentum=0.1):
-        num_features = pair(num_features, "num_features", "BatchNorm2D")[0]
-        self._args = dict(num_features=num_features, eps=float(eps), momentum=float(momentum))
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1) -> None:
+        super().__init__()
+        self.num_features = pair(num_features, "num_features", "BatchNorm2D")[0]
         self.eps, self.momentum = float(eps), float(momentum)
-        self.weight = Parameter(np.ones(num_features, np.float32))
-        self.bias = Parameter(np.zeros(num_features, np.float32))
-        self.running_mean = np.zeros(num_features, np.float32)
-        self.running_var = np.ones(num_features, np.float32)
+        self.weight = Parameter(np.ones(self.num_features, np.float32))
+        self.bias = Parameter(np.zeros(self.num_features, np.float32))
+        self.running_mean = np.zeros(self.num_features, np.float32)
+        self.running_var = np.ones(self.num_features, np.float32)
         self.num_batches_tracked = np.zeros((), np.int64)
-        self._cache = None
 
-    def forward(self, x):
+    def forward(self, x: ArrayLike) -> np.ndarray:
         y, cache = F.batch_norm2d(x, self.weight.data, self.bias.data, self.running_mean, self.running_var,
-                                  training=self.training, momentum=self.momentum, eps=self.eps,
-                                  sync=self.sync)
+                                  training=self.training, momentum=self.momentum, eps=self.eps, sync=self.sync)
         if self.training:
             self.num_batches_tracked += 1
-        self._cache = cache
+        self._keep(cache)
         return y
 
-    def backward(self, grad_out):
-        self._expect_cache("_cache")
-        gx, gw, gb = F.batch_norm2d_backward(grad_out, self._cache, self.weight.data)
-        self.weight.grad += gw
-        self.bias.grad += gb
+    def backward(self, grad_out: ArrayLike) -> np.ndarray:
+        (cache,) = self._kept()
+        gx, gw, gb = F.batch_norm2d_backward(grad_out, cache, self.weight.data)
+        _add_grads(self.weight, self.bias, gw, gb)
         return gx
-
-
-class Residual(Layer):
-    """``relu(body(x) + shortcut(x))``: the basic block of the CIFAR-10 ResNet.
-
-    ``body`` and ``shortcut`` are :class:`Sequential` (an empty shortcut is the identity).
-    """
-
-    def __init__(self, body, shortcut=None):
-        from .model import Sequential
-
-        self.body = body
-        self.shortcut = shortcut if shortcut is not None else Sequential()
-        self._relu = ReLU()
-        self._args = {}
-
-    def children(self):
-        return {"body": self.body, "shortcut": self.shortcut}
-
-    def parameters(self):
-        return self.body.parameters() + self.shortcut.parameters()
-
-    def train(self, mode=True):
-        self.training = bool(mode)
-        self.body.train(mode)
-        self.shortcut.train(mode)
-        self._relu.train(mode)
-        return self
-
-    def config(self):
-        return {"type": "Residual", "body": self.body.config(), "shortcut": self.shortcut.config()}
-
-    def forward(self, x):
-        s = self.shortcut.forward(x)
-        y = self.body.forward(x)
-        y += s
-        return self._relu.forward(y)
-
-    def backward(self, grad_out):
-        g = self._relu.backward(grad_out)
-        gx = self.body.backward(g)
-        gs = self.shortcut.backward(g)
-        return gx + gs
-
-
-class SumPool2D(_Pool):
-    """2-D sum pooling: the sum of each window (padded cells count as zeros); the compiled
-    average-pooling kernels scaled by the window area (= ``torch``'s ``avg_pool2d`` with
-    ``divisor_override=1``)."""
-
-    def forward(self, x):
-        self._shape = np.shape(x)
-        y = F.avg_pool2d(x, self.kernel_size, self.stride, self.padding, count_include_pad=True, ws=self._ws)
-        y *= np.float32(self.kernel_size[0] * self.kernel_size[1])
-        return y
-
-    def backward(self, grad_out):
-        self._expect_cache("_shape")
-        gx = F.avg_pool2d_backward(grad_out, self._shape, self.kernel_size, self.stride, self.padding,
-                                   count_include_pad=True)
-        gx *= np.float32(self.kernel_size[0] * self.kernel_size[1])
-        return gx
-
-
-class GlobalAvgPool2D(Layer):
-    """Mean over each feature map: ``(N, C, H, W)`` -> ``(N, C, 1, 1)``, as
-    ``torch.nn.AdaptiveAvgPool2d(1)`` (the compiled average-pooling kernel, window = H x W)."""
-
-    def __init__(self):
-        self._args = {}
-        self._shape = None
-        self._ws = F.Workspace()
-
-    def forward(self, x):
-        x = as_float32(x, "input", 4, "GlobalAvgPool2D")
-        self._shape = x.shape
-        return F.avg_pool2d(x, x.shape[2:], x.shape[2:], 0, ws=self._ws)
-
-    def backward(self, grad_out):
-        self._expect_cache("_shape")
-        k = self._shape[2:]
-        return F.avg_pool2d_backward(grad_out, self._shape, k, k, 0)
-
-
-class Sigmoid(Layer):
-    """Elementwise ``1 / (1 + exp(-x))`` (no overflow for large ``|x|``), any shape."""
-
-    def __init__(self):
-        self._args = {}
-        self._y = None
-
-    def forward(self, x):
-        x = as_float32(x, "input", None, "Sigmoid")
-        e = np.exp(-np.abs(x))  # in (0, 1]: never overflows
-        y = np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(np.float32)
-        self._y = y if self.training else None
-        return y
-
-    def backward(self, grad_out):
-        self._expect_cache("_y")
-        grad_out = _same_shape(grad_out, self._y, "Sigmoid.backward")
-        return grad_out * self._y * (1 - self._y)
-
-
-class Tanh(Layer):
-    """Elementwise hyperbolic tangent, any shape."""
-
-    def __init__(self):
-        self._args = {}
-        self._y = None
-
-    def forward(self, x):
-        y = np.tanh(as_float32(x, "input", None, "Tanh"))
-        self._y = y if self.training else None
-        return y
-
-    def backward(self, grad_out):
-        self._expect_cache("_y")
-        grad_out = _same_shape(grad_out, self._y, "Tanh.backward")
-        return grad_out * (1 - self._y * self._y)
 
 
 class Dropout(Layer):
@@ -498,45 +489,223 @@ class Dropout(Layer):
     with ``(run seed, global step, layer index)``, so a resumed run draws the same masks.
     """
 
-    def __init__(self, p=0.5, seed=0):
+    _config_args = ("p", "seed")
+    _keeps_in_eval = True
+
+    def __init__(self, p: float = 0.5, seed: int = 0) -> None:
+        super().__init__()
         if not 0 <= p < 1:
             raise ValueError(f"Dropout: p must be in [0, 1), got {p!r}")
         self.p, self.seed = float(p), int(seed)
-        self._args = dict(p=self.p, seed=self.seed)
         self.calls = 0
-        self._rng = None
-        self._mask = None
+        self._rng: np.random.Generator | None = None
 
-    def reseed(self, entropy):
+    def reseed(self, entropy: Any) -> None:
         """Draw the next masks from ``numpy.random.default_rng(entropy)``."""
         self._rng = np.random.default_rng(entropy)
 
-    def forward(self, x):
-        x = as_float32(x, "input", None, "Dropout")
-        if not self.training or self.p == 0:
-            self._mask = None
-            return x.copy()
-        rng = self._rng if self._rng is not None else np.random.default_rng([self.seed, self.calls])
-        self.calls += 1
-        keep = rng.random(x.shape, dtype=np.float32) >= np.float32(self.p)
-        self._mask = keep.astype(np.float32) * np.float32(1 / (1 - self.p))
-        return x * self._mask
+    def forward(self, x: ArrayLike) -> np.ndarray:
+        rng = self._rng if self._rng is not None else [self.seed, self.calls]
+        y, mask = F.dropout(x, self.p, rng=rng, training=self.training)
+        if mask is not None:  # (a mask drawn: count the call)
+            self.calls += 1
+        self._keep(mask)
+        return y
 
-    def backward(self, grad_out):
-        grad_out = as_float32(grad_out, "grad_out", None, "Dropout.backward")
-        if self._mask is None:
-            return grad_out.copy()
-        if grad_out.shape != self._mask.shape:
-            raise ValueError(f"Dropout.backward: grad_out {grad_out.shape} does not match input {self._mask.shape}")
-        return grad_out * self._mask
+    def backward(self, grad_out: ArrayLike) -> np.ndarray:
+        (mask,) = self._kept()
+        return F.dropout_backward(grad_out, mask)
 
 
-def _same_shape(grad_out, y, op):
-    grad_out = as_float32(grad_out, "grad_out", None, op)
-    if grad_out.shape != y.shape:
-        raise ValueError(f"{op}: grad_out shape {grad_out.shape} does not match output shape {y.shape}")
-    return grad_out
+# --------------------------------------------------------------------------- containers
+
+_STEP_GUARD = threading.Lock()  # taken only when a model changes training thread
 
 
-LAYERS = {cls.__name__: cls for cls in (Conv2D, MaxPool2D, AvgPool2D, ReLU, Flatten, Dense, BatchNorm2D,
-                                        SumPool2D, GlobalAvgPool2D, Sigmoid, Tanh, Dropout)}
+def _claim_training(model: Sequential, me: int) -> None:
+    """Make the calling thread (``me``) the one that takes ``model``'s training steps.
+
+    Training mode keeps per-call state in the layers (inputs for backward, batch statistics),
+    so one model cannot take training steps from two threads at once: a thread that finds the
+    model in the middle of another live thread's step (forward ... backward) gets a
+    ``RuntimeError`` instead of silently mixed gradients.  Inference (eval mode) is not
+    restricted (the layers' scratch buffers are per thread).
+    """
+    with _STEP_GUARD:
+        other = model._step_thread
+        if (other is not None and other != me and model._in_step
+                and other in {t.ident for t in threading.enumerate()}):
+            raise RuntimeError("this model is in a training step (forward ... backward) in another thread; "
+                               "training one model from two threads at once is not supported (inference in "
+                               "eval mode is thread-safe)")
+        model._step_thread = me
+
+
+def _hooked(layer: Layer) -> bool:
+    """Whether ``layer.forward`` is wrapped on the instance (e.g. by ``fastcnn.viz.trace``, which
+    records every layer's output): such layers are run one by one, unfused."""
+    return "forward" in vars(layer)
+
+
+class Sequential(Layer):
+    """A chain of layers; itself a layer.
+
+    ``state_dict()`` uses PyTorch-style dotted names (``"0.weight"``, ``"3.body.1.running_mean"``).
+    In eval mode a ``Conv2D`` directly followed by a ``ReLU`` runs as one convolution with the
+    ReLU fused into its store (docs/PERFORMANCE.md, section 9).
+    """
+
+    def __init__(self, *layers: Layer) -> None:
+        super().__init__()
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, Layer):
+                raise TypeError(f"Sequential: item {i} is {type(layer).__name__}, not a fastcnn layer")
+        self.layers = list(layers)
+        self._step_thread: int | None = None  # the thread taking training steps (see _claim_training)
+        self._in_step = False  # between a training forward and its backward
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> Sequential:
+        return cls(*[from_config(c) for c in cfg["layers"]])
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __getitem__(self, i: int) -> Layer:
+        return self.layers[i]
+
+    def __iter__(self) -> Iterator[Layer]:
+        return iter(self.layers)
+
+    def forward(self, x: Any) -> Any:
+        if self.training:
+            me = get_ident()
+            if self._step_thread != me:
+                _claim_training(self, me)
+            self._in_step = True
+            for layer in self.layers:
+                x = layer.forward(x)
+            return x
+        layers, i = self.layers, 0
+        while i < len(layers):  # inference: a Conv2D's following ReLU is fused into its store
+            layer = layers[i]
+            if (type(layer) is Conv2D and i + 1 < len(layers) and type(relu := layers[i + 1]) is ReLU
+                    and not layer.training and not relu.training and not _hooked(layer) and not _hooked(relu)):
+                x, i = layer.forward(x, relu=True), i + 2
+                relu._keep()  # (keeps nothing, as its own eval-mode forward)
+            else:
+                x, i = layer.forward(x), i + 1
+        return x
+
+    def backward(self, grad_out: Any) -> Any:
+        if self._in_step and self._step_thread != get_ident():
+            _claim_training(self, get_ident())  # refuses a backward into another thread's step
+        try:
+            for layer in reversed(self.layers):
+                grad_out = layer.backward(grad_out)
+                if grad_out is None:
+                    break
+        finally:
+            self._in_step = False
+        return grad_out
+
+    def parameters(self) -> list[Parameter]:
+        return [p for layer in self.layers for p in layer.parameters()]
+
+    def train(self, mode: bool = True) -> Sequential:
+        self.training = bool(mode)
+        self._in_step = False
+        for layer in self.layers:
+            layer.train(mode)
+        return self
+
+    @property
+    def needs_input_grad(self) -> bool:
+        return self.layers[0].needs_input_grad if self.layers else True
+
+    @needs_input_grad.setter
+    def needs_input_grad(self, value: bool) -> None:
+        if self.layers:
+            self.layers[0].needs_input_grad = bool(value)
+
+    def config(self) -> dict[str, Any]:
+        return {"type": "Sequential", "layers": [layer.config() for layer in self.layers]}
+
+    def children(self) -> dict[str, Layer]:
+        return {str(i): layer for i, layer in enumerate(self.layers)}
+
+    def __repr__(self) -> str:
+        inner = ",\n".join("  " + repr(layer).replace("\n", "\n  ") for layer in self.layers)
+        return f"Sequential(\n{inner}\n)"
+
+
+class Residual(Layer):
+    """``relu(body(x) + shortcut(x))``: the basic block of the CIFAR-10 ResNet.
+
+    ``body`` and ``shortcut`` are :class:`Sequential` (an empty shortcut is the identity).
+    """
+
+    def __init__(self, body: Layer, shortcut: Layer | None = None) -> None:
+        super().__init__()
+        self.body = body
+        self.shortcut = shortcut if shortcut is not None else Sequential()
+        self._relu = ReLU()
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> Residual:
+        return cls(from_config(cfg["body"]), from_config(cfg["shortcut"]))
+
+    def children(self) -> dict[str, Layer]:
+        return {"body": self.body, "shortcut": self.shortcut}
+
+    def parameters(self) -> list[Parameter]:
+        return self.body.parameters() + self.shortcut.parameters()
+
+    def train(self, mode: bool = True) -> Residual:
+        self.training = bool(mode)
+        self.body.train(mode)
+        self.shortcut.train(mode)
+        self._relu.train(mode)
+        return self
+
+    def config(self) -> dict[str, Any]:
+        return {"type": "Residual", "body": self.body.config(), "shortcut": self.shortcut.config()}
+
+    def forward(self, x: ArrayLike) -> np.ndarray:
+        s = self.shortcut.forward(x)
+        y = self.body.forward(x)
+        y += s
+        return self._relu.forward(y)
+
+    def backward(self, grad_out: ArrayLike) -> np.ndarray:
+        g = self._relu.backward(grad_out)
+        gx = self.body.backward(g)
+        gs = self.shortcut.backward(g)
+        return gx + gs
+
+
+# --------------------------------------------------------------------------- architecture records
+
+#: Every layer type an architecture record may name: type name -> class.  Complete once
+#: ``fastcnn`` is imported (:mod:`fastcnn.graph` registers the graph model and merge layers).
+LAYERS: dict[str, type[Layer]] = {}
+
+
+def register(*classes: type[Layer]) -> None:
+    """Let :func:`from_config` (and so :func:`fastcnn.load`) build these layer types by name."""
+    for cls in classes:
+        LAYERS[cls.__name__] = cls
+
+
+register(Conv2D, MaxPool2D, AvgPool2D, ReLU, Flatten, Dense, BatchNorm2D, SumPool2D, GlobalAvgPool2D, Sigmoid,
+         Tanh, Dropout, Sequential, Residual)
+
+
+def from_config(cfg: Any) -> Layer:
+    """Build a layer tree from :meth:`Layer.config` output."""
+    if not isinstance(cfg, dict) or "type" not in cfg:
+        raise ValueError(f"invalid layer config {cfg!r}")
+    kind = cfg["type"]
+    if kind not in LAYERS:
+        raise ValueError(f"unknown layer type {kind!r} in checkpoint")
+    return LAYERS[kind].from_config(cfg)

@@ -1,265 +1,30 @@
-"""``Sequential`` and checkpoint files (``.npz``, never pickle)."""
+"""Model files (``.npz``, never pickle, or safetensors): reading them back, verified.
+
+:func:`load` checks every member (:func:`verify_npz`) and the architecture record against
+the arrays before any layer is built.  Writing (:func:`save`, :func:`atomic_write`,
+:func:`assert_all_finite`) is :mod:`fastcnn._modelfile`, below the layers (whose ``save``
+uses it); it is re-exported here, as are ``Sequential`` and ``from_config`` of
+:mod:`fastcnn.layers`.
+"""
+from __future__ import annotations
+
 import ast
 import json
 import math
 import os
-import re
-import stat
 import struct
-import tempfile
-import threading
 import zipfile
-from threading import get_ident
+from typing import Any, cast
 
 import numpy as np
 
+from ._modelfile import _CONFIG_KEY, FORMAT_VERSION, TEMP_NAME, assert_all_finite, atomic_write, save
 from ._optional import require
 from ._shapes import pair
-from .layers import LAYERS, Conv2D, Layer, ReLU, Residual
+from .layers import LAYERS, Sequential, from_config
 
-_CONFIG_KEY = "__fastcnn_config__"
-FORMAT_VERSION = 1
-
-_STEP_GUARD = threading.Lock()  # taken only when a model changes training thread
-
-
-def _claim_training(model, me):
-    """Make the calling thread (``me``) the one that takes ``model``'s training steps.
-
-    Training mode keeps per-call state in the layers (inputs for backward, batch statistics),
-    so one model cannot take training steps from two threads at once: a thread that finds the
-    model in the middle of another live thread's step (forward ... backward) gets a
-    ``RuntimeError`` instead of silently mixed gradients.  Inference (eval mode) is not
-    restricted (the layers' scratch buffers are per thread).
-    """
-    with _STEP_GUARD:
-        other = model._step_thread
-        if (other is not None and other != me and model._in_step
-                and other in {t.ident for t in threading.enumerate()}):
-            raise RuntimeError("this model is in a training step (forward ... backward) in another thread; "
-                               "training one model from two threads at once is not supported (inference in "
-                               "eval mode is thread-safe)")
-        model._step_thread = me
-
-
-class Sequential(Layer):
-    """A chain of layers; itself a layer.
-
-    ``state_dict()`` uses PyTorch-style dotted names (``"0.weight"``, ``"3.body.1.running_mean"``).
-    """
-
-    def __init__(self, *layers):
-        for i, layer in enumerate(layers):
-            if not isinstance(layer, Layer):
-                raise TypeError(f"Sequential: item {i} is {type(layer).__name__}, not a fastcnn layer")
-        self.layers = list(layers)
-        self._args = {}
-        self._step_thread = None  # the thread taking training steps (see _claim_training)
-        self._in_step = False  # between a training forward and its backward
-
-    def __len__(self):
-        return len(self.layers)
-
-    def __getitem__(self, i):
-        return self.layers[i]
-
-    def __iter__(self):
-        return iter(self.layers)
-
-    def forward(self, x):
-        if self.training:
-            me = get_ident()
-            if self._step_thread != me:
-                _claim_training(self, me)
-            self._in_step = True
-            for layer in self.layers:
-                x = layer.forward(x)
-            return x
-        layers, i = self.layers, 0
-        while i < len(layers):  # inference: a Conv2D's following ReLU is fused into its store
-            layer = layers[i]
-            if (type(layer) is Conv2D and i + 1 < len(layers) and type(layers[i + 1]) is ReLU
-                    and not layer.training and not layers[i + 1].training
-                    and not _hooked(layer) and not _hooked(layers[i + 1])):
-                x, i = layer.forward(x, relu=True), i + 2
-                layers[i - 1]._y = None  # as ReLU.forward in eval mode
-            else:
-                x, i = layer.forward(x), i + 1
-        return x
-
-    def backward(self, grad_out):
-        if self._in_step and self._step_thread != get_ident():
-            _claim_training(self, get_ident())  # refuses a backward into another thread's step
-        try:
-            for layer in reversed(self.layers):
-                grad_out = layer.backward(grad_out)
-                if grad_out is None:
-                    break
-        finally:
-            self._in_step = False
-        return grad_out
-
-    def parameters(self):
-        return [p for layer in self.layers for p in layer.parameters()]
-
-    def train(self, mode=True):
-        self.training = bool(mode)
-        self._in_step = False
-        for layer in self.layers:
-            layer.train(mode)
-        return self
-
-    @property
-    def needs_input_grad(self):
-        return self.layers[0].needs_input_grad if self.layers else True
-
-    @needs_input_grad.setter
-    def needs_input_grad(self, value):
-        if self.layers:
-            self.layers[0].needs_input_grad = bool(value)
-
-    def config(self):
-        return {"type": "Sequential", "layers": [layer.config() for layer in self.layers]}
-
-    def children(self):
-        return {str(i): layer for i, layer in enumerate(self.layers)}
-
-    def save(self, path, metadata=None, format="npz"):
-        """Write architecture and weights to ``path`` atomically (``.npz``, or ``format="safetensors"``)."""
-        save(self, path, metadata, format=format)
-
-    def __repr__(self):
-        inner = ",\n".join("  " + repr(layer).replace("\n", "\n  ") for layer in self.layers)
-        return f"Sequential(\n{inner}\n)"
-
-
-def _hooked(layer):
-    """Whether ``layer.forward`` is wrapped on the instance (e.g. by ``fastcnn.viz.trace``, which
-    records every layer's output): such layers are run one by one, unfused."""
-    return "forward" in vars(layer)
-
-
-def from_config(cfg):
-    """Build a layer tree from :meth:`Layer.config` output."""
-    if not isinstance(cfg, dict) or "type" not in cfg:
-        raise ValueError(f"invalid layer config {cfg!r}")
-    kind = cfg["type"]
-    if kind == "Sequential":
-        return Sequential(*[from_config(c) for c in cfg["layers"]])
-    if kind == "Residual":
-        return Residual(from_config(cfg["body"]), from_config(cfg["shortcut"]))
-    from . import graph
-
-    if kind == "Model":
-        return graph.Model.from_config(cfg)
-    registry = {**LAYERS, **graph.LAYERS}
-    if kind not in registry:
-        raise ValueError(f"unknown layer type {kind!r} in checkpoint")
-    args = {k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg.get("args", {}).items()}
-    return registry[kind](**args)
-
-
-def _umask():
-    """The process umask, read without changing it (``/proc``), else by setting it back."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    old = os.umask(0o022)
-    os.umask(old)
-    return old
-
-
-#: Name of :func:`atomic_write`'s temporary files: ``.<target name>.<8 random chars>.tmp``.
-TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.[a-z0-9_]{8}\.tmp$")
-
-
-def atomic_write(path, write):
-    """Call ``write(fileobj)`` on a temporary file beside ``path``, fsync, then rename over it.
-
-    The previous file at ``path`` stays intact if anything fails.  The new file gets the mode
-    of the file it replaces, or else the mode the umask gives a new file (``0o666 & ~umask``).
-    Temporaries are named as :data:`TEMP_NAME`; one left by a killed process is removed by
-    :func:`fastcnn._runio.clean_stale_temporaries`.
-    """
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    try:
-        mode = stat.S_IMODE(os.stat(path).st_mode)
-    except OSError:
-        mode = 0o666 & ~_umask()
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), mode)  # mkstemp creates 0600
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    try:  # make the rename durable
-        dfd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
-
-
-def assert_all_finite(arrays, where, error=FloatingPointError):
-    """Raise ``error`` naming the first array of ``arrays`` (name -> array) holding NaN or Inf.
-
-    Checked before every model or checkpoint is written: parameters, buffers (batch-norm
-    running statistics) and optimizer state alike.
-    """
-    for name, arr in arrays.items():
-        arr = np.asarray(arr)
-        if arr.dtype.kind in "fc" and not np.isfinite(arr).all():
-            bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
-            raise error(f"non-finite values ({bad} of {arr.size}) in {name!r} {where}")
-
-
-def save(model, path, metadata=None, extra=None, format="npz"):
-    """Save ``model`` (architecture + state dict + optional JSON metadata) to an ``.npz`` file.
-
-    ``extra`` holds further arrays (optimizer state, training history) under names starting
-    with ``"__"``; :func:`load` returns them with ``return_extra=True``.
-    ``format="safetensors"`` writes a safetensors file instead: tensors under the state-dict
-    (= torch) names, the architecture and metadata as JSON in its string metadata
-    (needs ``pip install "fastcnn[safetensors]"``).  Nothing is written if any parameter,
-    buffer or extra array holds NaN or Inf (``FloatingPointError``).
-    """
-    cfg = {"format": FORMAT_VERSION, "model": model.config(), "metadata": metadata or {}}
-    if format == "safetensors":
-        if extra:
-            raise ValueError("save: extra arrays are only stored in .npz checkpoints")
-        st = require("safetensors.numpy", "safetensors", "saving safetensors")
-        # (not ascontiguousarray: it turns num_batches_tracked's 0-d arrays into 1-d)
-        tensors = {k: np.asarray(v, order="C") for k, v in model.state_dict().items()}
-        assert_all_finite(tensors, f"of the model to be saved to {os.fspath(path)}; not written")
-        blob = st.save(tensors, metadata={_CONFIG_KEY: json.dumps(cfg)})
-        atomic_write(path, lambda f: f.write(blob))
-        return
-    if format != "npz":
-        raise ValueError(f"save: format must be 'npz' or 'safetensors', got {format!r}")
-    arrays = {k: np.asarray(v) for k, v in model.state_dict().items()}
-    for k, v in (extra or {}).items():
-        if not k.startswith("__"):
-            raise ValueError(f"extra array names must start with '__', got {k!r}")
-        arrays[k] = np.asarray(v)
-    assert_all_finite(arrays, f"of the model to be saved to {os.fspath(path)}; not written")
-    arrays[_CONFIG_KEY] = np.frombuffer(json.dumps(cfg).encode("utf-8"), dtype=np.uint8)
-    atomic_write(path, lambda f: np.savez(f, **arrays))
+__all__ = ["FORMAT_VERSION", "TEMP_NAME", "Sequential", "assert_all_finite", "atomic_write", "from_config", "load",
+           "read_state_dict", "save", "verify_npz"]
 
 
 # --------------------------------------------------------------------------- verified reading
@@ -269,7 +34,7 @@ _NPZ_KINDS = "fiub"
 _MAX_NPY_HEADER = 10000  # as NumPy's own default limit
 
 
-def _npy_array(buf, where):
+def _npy_array(buf: bytearray, where: str) -> np.ndarray:
     """Parse one ``.npy`` member held in ``buf`` (a bytearray), checking everything."""
     if len(buf) < 10 or bytes(buf[:6]) != b"\x93NUMPY":
         raise ValueError(f"{where}: not a .npy array (bad magic)")
@@ -308,7 +73,7 @@ def _npy_array(buf, where):
     return arr.astype(dtype.newbyteorder("="), order="C", copy=False)
 
 
-def verify_npz(path):
+def verify_npz(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     """Read every member of the ``.npz`` archive ``path`` and check its integrity.
 
     Each member must be a stored (uncompressed) ``.npy`` array, as :func:`save` writes: names
@@ -352,7 +117,7 @@ def verify_npz(path):
                 view, pos = memoryview(buf), 0
                 with zf.open(info) as f:  # the CRC-32 is checked when the member is read to its end
                     while pos < len(buf):
-                        n = f.readinto(view[pos:pos + (1 << 24)])
+                        n = cast(zipfile.ZipExtFile, f).readinto(view[pos:pos + (1 << 24)])
                         if not n:
                             break
                         pos += n
@@ -368,7 +133,7 @@ def verify_npz(path):
     return arrays
 
 
-def _declared_state(cfg, prefix="", depth=0):
+def _declared_state(cfg: Any, prefix: str = "", depth: int = 0) -> dict[str, tuple[tuple[int, ...], np.dtype[Any]]]:
     """``{name: (shape, dtype)}`` of the state dict the architecture record ``cfg`` declares,
     computed without building any layer (so a record declaring huge layers costs nothing).
     Mirrors the layer constructors; ``tests/test_faults.py`` checks it against them."""
@@ -397,10 +162,6 @@ def _declared_state(cfg, prefix="", depth=0):
         for node in nodes:
             out.update(_declared_state(node.get("layer"), f"{prefix}{node['name']}.", depth + 1))
         return out
-    from . import graph
-
-    if kind in graph.LAYERS:  # merge layers: no state
-        return {}
     if kind not in LAYERS:
         raise ValueError(f"unknown layer type {kind!r}")
     args = cfg.get("args", {})
@@ -426,8 +187,8 @@ def _declared_state(cfg, prefix="", depth=0):
     return out
 
 
-def load(path, return_metadata=False, return_extra=False):
-    """Load a model written by :meth:`Sequential.save` (``.npz`` or safetensors, told apart by
+def load(path: str | os.PathLike[str], return_metadata: bool = False, return_extra: bool = False) -> Any:
+    """Load a model written by :func:`save` or a layer's ``save`` (``.npz`` or safetensors, told apart by
     the file's first bytes).
 
     Every member is verified first (:func:`verify_npz`: CRC, sizes, dtypes, shapes); the
@@ -442,7 +203,7 @@ def load(path, return_metadata=False, return_extra=False):
         if cfg is None:
             raise ValueError(f"{path}: a safetensors file without a fastcnn architecture record; build the model "
                              "and use model.load_state_dict(fastcnn.model.read_state_dict(path))")
-        extra = {}
+        extra: dict[str, np.ndarray] = {}
     else:
         cfg, state, extra = _read_npz(path)
     try:
@@ -469,7 +230,7 @@ def load(path, return_metadata=False, return_extra=False):
         model.load_state_dict(state)
     except (ValueError, TypeError, KeyError) as exc:
         raise ValueError(f"{path}: invalid architecture record ({type(exc).__name__}: {exc})") from None
-    out = (model,)
+    out: tuple[Any, ...] = (model,)
     if return_metadata:
         out += (cfg.get("metadata", {}),)
     if return_extra:
@@ -477,14 +238,14 @@ def load(path, return_metadata=False, return_extra=False):
     return out if len(out) > 1 else model
 
 
-def _is_safetensors(path):
+def _is_safetensors(path: str) -> bool:
     """safetensors: 8-byte little-endian header length, then a JSON header starting with '{'."""
     with open(path, "rb") as f:
         head = f.read(9)
     return len(head) == 9 and head[8:9] == b"{" and not head.startswith(b"PK")
 
 
-def _read_safetensors(path):
+def _read_safetensors(path: str) -> tuple[Any, dict[str, np.ndarray]]:
     st = require("safetensors", "safetensors", "reading safetensors")
     try:
         with st.safe_open(path, framework="numpy") as f:
@@ -500,7 +261,7 @@ def _read_safetensors(path):
     return cfg, state
 
 
-def read_state_dict(path):
+def read_state_dict(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     """The arrays of a weights file (fastcnn ``.npz`` or any safetensors file, e.g. one written
     by ``safetensors.torch.save_file``) by name, for ``model.load_state_dict``."""
     path = os.fspath(path)
@@ -509,7 +270,7 @@ def read_state_dict(path):
     return _read_npz(path)[1]
 
 
-def _read_npz(path):
+def _read_npz(path: str) -> tuple[Any, dict[str, np.ndarray], dict[str, np.ndarray]]:
     """``(architecture record, state, extra arrays)`` of a verified ``.npz`` (:func:`verify_npz`)."""
     arrays = verify_npz(path)
     if _CONFIG_KEY not in arrays:

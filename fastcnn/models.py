@@ -1,11 +1,15 @@
 """The networks of the seed tutorials: ``build(name, seed=0)``."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 
-from .layers import AvgPool2D, BatchNorm2D, Conv2D, Dense, Flatten, MaxPool2D, ReLU, Residual
-from .model import Sequential
+from .layers import AvgPool2D, BatchNorm2D, Conv2D, Dense, Flatten, Layer, MaxPool2D, ReLU, Residual, Sequential
 
 #: Training recipe of each model: optimizer, learning rate, batch size (from the tutorials).
-RECIPES = {
+RECIPES: dict[str, dict[str, Any]] = {
     "scratch": dict(optimizer="sgd", lr=0.005, batch_size=1),
     "lenet": dict(optimizer="adam", lr=1e-3, batch_size=128),
     "bn": dict(optimizer="adam", lr=1e-3, batch_size=100),
@@ -19,12 +23,12 @@ NAMES = tuple(RECIPES)
 #: Recipe changes for a model on a dataset: the PyTorch ResNet tutorial trains on CIFAR-10
 #: with its augmentation (resize 40, flip, random crop 32) and the learning rate divided by 3
 #: every 20 epochs.
-DATASET_RECIPES = {
+DATASET_RECIPES: dict[tuple[str, str], dict[str, Any]] = {
     ("resnet", "cifar10"): dict(augment="tutorial", schedule="step", step_size=20, gamma=1 / 3),
 }
 
 
-def recipe(name, dataset="mnist"):
+def recipe(name: str, dataset: str = "mnist") -> dict[str, Any]:
     """The training recipe of model ``name`` on ``dataset``: optimizer, lr, batch_size,
     augment (a name of :data:`fastcnn.augment.RECIPES`) and schedule (``"none"`` or ``"step"``
     with ``step_size`` and ``gamma``)."""
@@ -35,7 +39,7 @@ def recipe(name, dataset="mnist"):
     return r
 
 
-def _scratch(rng, in_channels):
+def _scratch(rng: np.random.Generator, in_channels: int) -> Sequential:
     return Sequential(
         Conv2D(in_channels, 8, 3, bias=False, rng=rng),
         MaxPool2D(2),
@@ -44,7 +48,7 @@ def _scratch(rng, in_channels):
     )
 
 
-def _lenet(rng, in_channels):
+def _lenet(rng: np.random.Generator, in_channels: int) -> Sequential:
     return Sequential(
         Conv2D(in_channels, 32, 5, padding="same", rng=rng), ReLU(), MaxPool2D(2),
         Conv2D(32, 64, 5, padding="same", rng=rng), ReLU(), MaxPool2D(2),
@@ -54,7 +58,7 @@ def _lenet(rng, in_channels):
     )
 
 
-def _bn(rng, in_channels):
+def _bn(rng: np.random.Generator, in_channels: int) -> Sequential:
     return Sequential(
         Conv2D(in_channels, 16, 5, padding=2, rng=rng), BatchNorm2D(16), ReLU(), MaxPool2D(2),
         Conv2D(16, 32, 5, padding=2, rng=rng), BatchNorm2D(32), ReLU(), MaxPool2D(2),
@@ -63,7 +67,7 @@ def _bn(rng, in_channels):
     )
 
 
-def _block(rng, cin, cout, stride):
+def _block(rng: np.random.Generator, cin: int, cout: int, stride: int) -> Residual:
     body = Sequential(
         Conv2D(cin, cout, 3, stride, 1, bias=False, rng=rng), BatchNorm2D(cout), ReLU(),
         Conv2D(cout, cout, 3, 1, 1, bias=False, rng=rng), BatchNorm2D(cout),
@@ -74,8 +78,8 @@ def _block(rng, cin, cout, stride):
     return Residual(body, shortcut)
 
 
-def _resnet(rng, in_channels, blocks=(2, 2, 2)):
-    layers = [Conv2D(in_channels, 16, 3, 1, 1, bias=False, rng=rng), BatchNorm2D(16), ReLU()]
+def _resnet(rng: np.random.Generator, in_channels: int, blocks: tuple[int, ...] = (2, 2, 2)) -> Sequential:
+    layers: list[Layer] = [Conv2D(in_channels, 16, 3, 1, 1, bias=False, rng=rng), BatchNorm2D(16), ReLU()]
     cin = 16
     for stage, cout in enumerate((16, 32, 64)):
         for i in range(blocks[stage]):
@@ -86,10 +90,10 @@ def _resnet(rng, in_channels, blocks=(2, 2, 2)):
     return Sequential(*layers)
 
 
-_BUILDERS = {"scratch": _scratch, "lenet": _lenet, "bn": _bn, "resnet": _resnet}
+_BUILDERS: dict[str, Callable[..., Sequential]] = {"scratch": _scratch, "lenet": _lenet, "bn": _bn, "resnet": _resnet}
 
 
-def build(name, seed=0, in_channels=None):
+def build(name: str, seed: int = 0, in_channels: int | None = None) -> Sequential:
     """Build a seed-tutorial network with PyTorch's default initialisation.
 
     Parameters

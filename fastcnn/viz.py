@@ -80,8 +80,10 @@ def trace(model: L.Layer, x: np.ndarray) -> tuple[np.ndarray, list[Record]]:
 
         def recording(x):
             y = forward(layer, x)
-            idx = getattr(layer, "_idx", None) if isinstance(layer, L.MaxPool2D) else None
-            records.append(Record(name, layer, x, y, None if idx is None else idx.copy()))
+            idx = None
+            if isinstance(layer, L.MaxPool2D):  # (eval mode keeps nothing for backward: the arg-maxes again)
+                idx = F.max_pool2d(x, layer.kernel_size, layer.stride, layer.padding, return_indices=True)[1]
+            records.append(Record(name, layer, x, y, idx))
             return y
         return recording
 
