@@ -580,6 +580,11 @@ def load_cifar10(root: PathLike | None = None, split: str = "train", download: b
     return images, labels
 
 
+def _writer(blob: bytes) -> Callable[[Any], object]:
+    """``atomic_write``'s writer of ``blob``."""
+    return lambda f: f.write(blob)
+
+
 def download_cifar10(root: PathLike | None = None, urls: Sequence[str] | None = None, *, timeout: float = 60.0,
                      progress: bool = False, force: bool = False) -> list[Path]:
     """Download the official CIFAR-10 binary archive, check its MD5, and extract the six
@@ -628,7 +633,7 @@ def download_cifar10(root: PathLike | None = None, urls: Sequence[str] | None = 
                 if digest != CIFAR10_SHA256[name]:
                     raise DownloadError(f"{archive}: member {name} has SHA-256 {digest}, "
                                         f"expected {CIFAR10_SHA256[name]}")
-                atomic_write(dest, lambda f, b=blob: f.write(b))
+                atomic_write(dest, _writer(blob))
     except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
         if isinstance(exc, DownloadError):
             raise

@@ -43,15 +43,14 @@ def make_optimizer(name: str, params: Iterable[Parameter], lr: float, *, momentu
                    nesterov: bool = False, weight_decay: float | None = None) -> SGD | Adam:
     """``"sgd"``, ``"adam"`` or ``"adamw"`` over ``params`` with learning rate ``lr``
     (``weight_decay`` None: torch's default, 0 for SGD/Adam and 0.01 for AdamW)."""
-    wd = {} if weight_decay is None else {"weight_decay": weight_decay}
     if name == "sgd":
-        return SGD(params, lr, momentum, nesterov=nesterov, **wd)
+        return SGD(params, lr, momentum, nesterov=nesterov, weight_decay=weight_decay or 0.0)
     if momentum or nesterov:
         raise ValueError(f"momentum/nesterov apply to sgd only, not {name}")
     if name == "adam":
-        return Adam(params, lr, **wd)
+        return Adam(params, lr, weight_decay=weight_decay or 0.0)
     if name == "adamw":
-        return AdamW(params, lr, **wd)
+        return AdamW(params, lr, weight_decay=0.01 if weight_decay is None else weight_decay)
     raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
 
 
