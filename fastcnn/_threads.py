@@ -153,7 +153,7 @@ def _after_fork_in_child():
     first parallel region waits forever for threads that were not copied (Cython) or aborts
     (Numba).  The child therefore takes the serial paths only: the Cython kernels get one
     thread (``_threads_for`` then never starts a team) and the Numba dispatch
-    (``_kernels._parallel``) calls the serial compilations, whatever the work size.  Results
+    (``_kernels._common``) calls the serial compilations, whatever the work size.  Results
     are the same bytes as at one thread in the parent.  Runs between ``fork()`` and the return
     to Python in the child, so it only sets numbers.
     """

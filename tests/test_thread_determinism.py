@@ -38,3 +38,34 @@ def test_training_bit_identical_at_1_and_2_threads(name, backend):
     assert one.keys() == two.keys()
     differ = [k for k in one if one[k].tobytes() != two[k].tobytes()]
     assert not differ, f"{name}/{backend}: parameters differ between 1 and 2 threads: {differ}"
+
+
+@pytest.mark.skipif("cython" not in fastcnn.available_backends(), reason="Cython backend not built")
+def test_every_cython_kernel_module_uses_the_thread_count_from_any_thread():
+    """``set_num_threads`` reaches every compiled kernel module (each keeps its own count), so
+    kernels called from a non-main Python thread, whose OpenMP default is all cores, use it."""
+    import importlib
+    import pkgutil
+    import threading
+
+    import fastcnn._ext
+
+    if fastcnn._threads.max_threads() < 2:
+        pytest.skip("needs 2 cores")
+    names = [m.name for m in pkgutil.iter_modules(fastcnn._ext.__path__) if m.name != "_omp"]
+    assert "dense" in names
+    seen = {}
+
+    def probe():  # threads a kernel with plenty of work would use, asked from this thread
+        for name in names:
+            seen[name] = importlib.import_module(f"fastcnn._ext.{name}")._threads_for_work(1 << 40)
+
+    before = fastcnn.get_num_threads()
+    try:
+        fastcnn.set_num_threads(1)
+        t = threading.Thread(target=probe)
+        t.start()
+        t.join()
+    finally:
+        fastcnn.set_num_threads(before)
+    assert seen == dict.fromkeys(names, 1)
