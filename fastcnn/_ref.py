@@ -3,8 +3,8 @@
 These primitives (dtype-generic: the finite-difference tests run them in float64) define the
 contract shared by all backends (``fastcnn._kernels`` for Numba, ``fastcnn._ext`` for Cython):
 arrays are C-contiguous, dtypes are exactly as documented, shapes agree, every pooling window
-holds at least one real (non-padding) cell.  The compiled backends check that first
-(``fastcnn._backend.check_<primitive>``); callers (``functional.py``) validate the user's
+holds at least one real (non-padding) cell.  The compiled backends check the sizes first
+(``fastcnn._backend.sizes_<primitive>``); callers (``functional.py``) validate the user's
 input before.  Primitives write into the ``# OUT`` buffers the caller passes and return
 nothing.
 

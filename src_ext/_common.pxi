@@ -47,15 +47,15 @@ cdef inline int _threads_for(Py_ssize_t work) noexcept nogil:
 
 
 # --------------------------------------------------------------------------- argument check
-# Every primitive runs its check of the backend contract (``fastcnn._backend.check_<name>``,
-# shared with the Numba backend) before a kernel touches memory.  The typed memoryviews fix
-# dtype, dimensions and C-contiguity, so a call whose integer arguments and sizes (its key)
-# equal those of the last call that passed needs no second check: a training loop pays for it
-# once per shape.  The pattern, with the GIL held::
+# Every primitive runs the size check of the backend contract (``fastcnn._backend.sizes_<name>``,
+# shared with the Numba backend) before a kernel touches memory; the typed memoryviews fix
+# dtype, dimensions and C-contiguity.  A call whose integer arguments and sizes (its key) equal
+# those of the last call that passed needs no second check: a training loop pays for it once
+# per shape.  The pattern, with the GIL held::
 #
 #     cdef _Key k = _key(<integer arguments>)
 #     if _new(&_<name>_ok, &k, <memoryview shapes>):
-#         _passed(&_<name>_ok, &k, _backend.check_<name>(<the arguments, arrays as mv.base>))
+#         _passed(&_<name>_ok, &k, _backend.sizes_<name>(<the arguments, arrays as shapes>))
 
 cdef enum:
     _KEY_MAX = 48
@@ -99,25 +99,27 @@ cdef inline void _passed(_Key* last, const _Key* k, checked) noexcept:
     memcpy(last, k, sizeof(_Key))
 
 
-cdef inline int _flat(object a, bint out, float** data, Py_ssize_t* size, check,
-                      tuple args) except -1:
+cdef inline tuple _dims(const Py_ssize_t* shape, int ndim):
+    """The shape of a memoryview (``mv.shape``, ``ndim`` entries) as a tuple."""
+    return tuple([shape[i] for i in range(ndim)])
+
+
+cdef inline int _flat(object a, bint out, float** data, Py_ssize_t* size) except -1:
     """The data and size of ``a``, a C-contiguous float32 array of any shape (``out``: and
-    writable), without a copy (what a kernel writes into a copy would be lost); anything else
-    fails ``check(*args)``."""
+    writable), without a copy (what a kernel writes into a copy would be lost)."""
     cdef Py_buffer v
     cdef bint ok
     try:
         PyObject_GetBuffer(a, &v, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (PyBUF_WRITABLE if out else 0))
-    except (BufferError, TypeError, ValueError):
-        check(*args)
-        raise
+    except BufferError as exc:
+        raise ValueError(f"expected a C-contiguous{' writable' if out else ''} float32 array "
+                         f"({exc})") from None
     ok = v.format != NULL and v.format[0] == b'f' and v.format[1] == 0
     data[0] = <float*>v.buf  # (stays valid: the caller holds a reference to ``a``)
     size[0] = v.len // <Py_ssize_t>sizeof(float)
     PyBuffer_Release(&v)
     if not ok:
-        check(*args)
-        raise ValueError("expected a float32 array")
+        raise ValueError(f"expected a float32 array, got {a.dtype}")
     return 0
 
 

@@ -69,12 +69,11 @@ def relu_forward(x, y):
     cdef float* xp
     cdef float* yp
     cdef Py_ssize_t nx, ny
-    cdef tuple args = (x, y)
-    _flat(x, False, &xp, &nx, _backend.check_relu_forward, args)
-    _flat(y, True, &yp, &ny, _backend.check_relu_forward, args)
+    _flat(x, False, &xp, &nx)
+    _flat(y, True, &yp, &ny)
     cdef _Key k = _key(nx, ny)
     if _new(&_fwd_ok, &k):
-        _passed(&_fwd_ok, &k, _backend.check_relu_forward(*args))
+        _passed(&_fwd_ok, &k, _backend.sizes_relu_forward(nx, ny))
     if nx == 0:
         return
     with nogil:  # (in place: a loop of its own, so that it still vectorises)
@@ -87,13 +86,12 @@ def relu_backward(gy, y, gx):
     cdef float* yp
     cdef float* xp
     cdef Py_ssize_t ng, ny, nx
-    cdef tuple args = (gy, y, gx)
-    _flat(gy, False, &gp, &ng, _backend.check_relu_backward, args)
-    _flat(y, False, &yp, &ny, _backend.check_relu_backward, args)
-    _flat(gx, True, &xp, &nx, _backend.check_relu_backward, args)
+    _flat(gy, False, &gp, &ng)
+    _flat(y, False, &yp, &ny)
+    _flat(gx, True, &xp, &nx)
     cdef _Key k = _key(ng, ny, nx)
     if _new(&_bwd_ok, &k):
-        _passed(&_bwd_ok, &k, _backend.check_relu_backward(*args))
+        _passed(&_bwd_ok, &k, _backend.sizes_relu_backward(ng, ny, nx))
     if nx == 0:
         return
     with nogil:

@@ -305,8 +305,8 @@ def im2col(const float[:, :, :, ::1] x, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t
     """Unfold convolution windows into ``cols`` (see :func:`fastcnn._ref.im2col`)."""
     cdef _Key k = _key(kh, kw, sh, sw, pt, pl, oh, ow)
     if _new(&_im2col_ok, &k, x.shape, cols.shape):
-        _passed(&_im2col_ok, &k, _backend.check_im2col(
-            x.base, kh, kw, sh, sw, pt, pl, oh, ow, cols.base))
+        _passed(&_im2col_ok, &k, _backend.sizes_im2col(
+            _dims(x.shape, 4), kh, kw, sh, sw, pt, pl, oh, ow, _dims(cols.shape, 2)))
     if cols.shape[0] == 0 or cols.shape[1] == 0:
         return
     with nogil:
@@ -320,8 +320,8 @@ def col2im(const float[:, ::1] cols, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh
     """Fold ``cols`` back into ``dx``, summing overlaps (see :func:`fastcnn._ref.col2im`)."""
     cdef _Key k = _key(kh, kw, sh, sw, pt, pl, oh, ow)
     if _new(&_col2im_ok, &k, cols.shape, dx.shape):
-        _passed(&_col2im_ok, &k, _backend.check_col2im(
-            cols.base, kh, kw, sh, sw, pt, pl, oh, ow, dx.base))
+        _passed(&_col2im_ok, &k, _backend.sizes_col2im(
+            _dims(cols.shape, 2), kh, kw, sh, sw, pt, pl, oh, ow, _dims(dx.shape, 4)))
     if dx.shape[0] == 0 or dx.shape[1] == 0 or dx.shape[2] == 0 or dx.shape[3] == 0:
         return
     if cols.shape[0] == 0 or cols.shape[1] == 0:
@@ -336,7 +336,8 @@ def cnp_to_ncp_bias(const float[:, ::1] ycnp, const float[::1] bias, float[:, :,
     """``y[n, o, p] = ycnp[o, n*P + p] + bias[o]`` (see :func:`fastcnn._ref.cnp_to_ncp_bias`)."""
     cdef _Key k = _key()
     if _new(&_cnp_ok, &k, ycnp.shape, bias.shape, y.shape):
-        _passed(&_cnp_ok, &k, _backend.check_cnp_to_ncp_bias(ycnp.base, bias.base, y.base))
+        _passed(&_cnp_ok, &k, _backend.sizes_cnp_to_ncp_bias(
+            _dims(ycnp.shape, 2), _dims(bias.shape, 1), _dims(y.shape, 3)))
     if y.shape[0] == 0 or y.shape[1] == 0 or y.shape[2] == 0:
         return
     with nogil:
@@ -348,10 +349,9 @@ def ncp_to_cnp_sum(const float[:, :, ::1] gy, float[:, ::1] gcnp, float[::1] gb)
     (see :func:`fastcnn._ref.ncp_to_cnp_sum`)."""
     cdef _Key k = _key()
     if _new(&_ncp_ok, &k, gy.shape, gcnp.shape, gb.shape):
-        _passed(&_ncp_ok, &k, _backend.check_ncp_to_cnp_sum(gy.base, gcnp.base, gb.base))
-    if gy.shape[1] == 0:
-        return
-    if gy.shape[0] == 0 or gy.shape[2] == 0:
+        _passed(&_ncp_ok, &k, _backend.sizes_ncp_to_cnp_sum(
+            _dims(gy.shape, 3), _dims(gcnp.shape, 2), _dims(gb.shape, 1)))
+    if gy.shape[0] == 0 or gy.shape[1] == 0 or gy.shape[2] == 0:
         gb[...] = 0.0
         return
     with nogil:
@@ -365,8 +365,9 @@ def conv2d_forward_images(const float[:, :, :, ::1] x, const float[:, ::1] w2,
     """Convolution one image at a time (see :func:`fastcnn._ref.conv2d_forward_images`)."""
     cdef _Key k = _key(kh, kw, sh, sw, pt, pl, oh, ow)
     if _new(&_fwd_ok, &k, x.shape, w2.shape, bias.shape, cols.shape, y.shape):
-        _passed(&_fwd_ok, &k, _backend.check_conv2d_forward_images(
-            x.base, w2.base, bias.base, kh, kw, sh, sw, pt, pl, oh, ow, cols.base, y.base))
+        _passed(&_fwd_ok, &k, _backend.sizes_conv2d_forward_images(
+            _dims(x.shape, 4), _dims(w2.shape, 2), _dims(bias.shape, 1), kh, kw, sh, sw, pt, pl, oh,
+            ow, _dims(cols.shape, 3), _dims(y.shape, 3)))
     if x.shape[0] == 0 or w2.shape[0] == 0:
         return
     cdef int nt = min(_threads_for(y.shape[0] * y.shape[1] * y.shape[2]), cols.shape[0])
@@ -385,9 +386,10 @@ def conv2d_backward_images(const float[:, :, ::1] gy, const float[:, :, :, ::1] 
     cdef _Key k = _key(kh, kw, sh, sw, pt, pl, oh, ow, input_grad)
     if _new(&_bwd_ok, &k, gy.shape, x.shape, w2.shape, cols.shape, gwt_tmp.shape,
             gwt_part.shape, gb_part.shape, gx.shape):
-        _passed(&_bwd_ok, &k, _backend.check_conv2d_backward_images(
-            gy.base, x.base, w2.base, kh, kw, sh, sw, pt, pl, oh, ow, input_grad, cols.base,
-            gwt_tmp.base, gwt_part.base, gb_part.base, gx.base))
+        _passed(&_bwd_ok, &k, _backend.sizes_conv2d_backward_images(
+            _dims(gy.shape, 3), _dims(x.shape, 4), _dims(w2.shape, 2), kh, kw, sh, sw, pt, pl, oh,
+            ow, input_grad, _dims(cols.shape, 3), _dims(gwt_tmp.shape, 3), _dims(gwt_part.shape, 3),
+            _dims(gb_part.shape, 2), _dims(gx.shape, 4)))
     if x.shape[0] == 0 or w2.shape[0] == 0:
         gwt_part[...] = 0.0
         gb_part[...] = 0.0

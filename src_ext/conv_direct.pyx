@@ -128,8 +128,9 @@ def conv2d_direct_forward(const float[:, :, :, ::1] x, const float[:, :, :, ::1]
         active_isa()
     cdef _Key k = _key(sh, sw, pt, pl)
     if _new(&_fwd_ok, &k, x.shape, w.shape, bias.shape, y.shape):
-        _passed(&_fwd_ok, &k, _backend.check_conv2d_direct_forward(
-            x.base, w.base, bias.base, sh, sw, pt, pl, relu, y.base))
+        _passed(&_fwd_ok, &k, _backend.sizes_conv2d_direct_forward(
+            _dims(x.shape, 4), _dims(w.shape, 4), _dims(bias.shape, 1), sh, sw, pt, pl, relu,
+            _dims(y.shape, 4)))
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], OC = w.shape[0], OH = y.shape[2], OW = y.shape[3]
     if N == 0:
         return
@@ -149,8 +150,8 @@ def conv2d_direct_backward_data(const float[:, :, :, ::1] gy, const float[:, :, 
         active_isa()
     cdef _Key k = _key(sh, sw, pt, pl)
     if _new(&_data_ok, &k, gy.shape, w.shape, gx.shape):
-        _passed(&_data_ok, &k, _backend.check_conv2d_direct_backward_data(
-            gy.base, w.base, sh, sw, pt, pl, gx.base))
+        _passed(&_data_ok, &k, _backend.sizes_conv2d_direct_backward_data(
+            _dims(gy.shape, 4), _dims(w.shape, 4), sh, sw, pt, pl, _dims(gx.shape, 4)))
     cdef Py_ssize_t N = gy.shape[0], OC = gy.shape[1], OH = gy.shape[2], OW = gy.shape[3]
     cdef Py_ssize_t C = w.shape[1], KH = w.shape[2], KW = w.shape[3], H = gx.shape[2], W = gx.shape[3]
     if N == 0:
@@ -173,8 +174,9 @@ def conv2d_direct_backward_weight(const float[:, :, :, ::1] gy, const float[:, :
         active_isa()
     cdef _Key k = _key(sh, sw, pt, pl)
     if _new(&_weight_ok, &k, gy.shape, x.shape, gw.shape, gb.shape):
-        _passed(&_weight_ok, &k, _backend.check_conv2d_direct_backward_weight(
-            gy.base, x.base, sh, sw, pt, pl, gw.base, gb.base))
+        _passed(&_weight_ok, &k, _backend.sizes_conv2d_direct_backward_weight(
+            _dims(gy.shape, 4), _dims(x.shape, 4), sh, sw, pt, pl, _dims(gw.shape, 4),
+            _dims(gb.shape, 1)))
     cdef Py_ssize_t N = gy.shape[0], OC = gy.shape[1], OH = gy.shape[2], OW = gy.shape[3]
     cdef Py_ssize_t C = x.shape[1], KH = gw.shape[2], KW = gw.shape[3], KK = KH * KW
     if N == 0:

@@ -79,8 +79,8 @@ def linear_forward(const float[:, ::1] x, const float[:, ::1] w, const float[::1
     """``y = x @ w.T + bias`` by blocks of output features (see :func:`fastcnn._ref.linear_forward`)."""
     cdef _Key k = _key(nblocks)
     if _new(&_fwd_ok, &k, x.shape, w.shape, bias.shape, y.shape):
-        _passed(&_fwd_ok, &k, _backend.check_linear_forward(
-            x.base, w.base, bias.base, nblocks, y.base))
+        _passed(&_fwd_ok, &k, _backend.sizes_linear_forward(
+            _dims(x.shape, 2), _dims(w.shape, 2), _dims(bias.shape, 1), nblocks, _dims(y.shape, 2)))
     cdef int nt = _threads_for(x.shape[0] * x.shape[1])
     with nogil:
         _linear_fwd(x, w, bias, nblocks, y, nt)
@@ -92,8 +92,9 @@ def linear_backward(const float[:, ::1] gy, const float[:, ::1] x, const float[:
     """Gradients by blocks of output and input features (see :func:`fastcnn._ref.linear_backward`)."""
     cdef _Key k = _key(input_grad, nblocks)
     if _new(&_bwd_ok, &k, gy.shape, x.shape, w.shape, gyt.shape, gw.shape, gb.shape, gx.shape):
-        _passed(&_bwd_ok, &k, _backend.check_linear_backward(
-            gy.base, x.base, w.base, input_grad, nblocks, gyt.base, gw.base, gb.base, gx.base))
+        _passed(&_bwd_ok, &k, _backend.sizes_linear_backward(
+            _dims(gy.shape, 2), _dims(x.shape, 2), _dims(w.shape, 2), input_grad, nblocks,
+            _dims(gyt.shape, 2), _dims(gw.shape, 2), _dims(gb.shape, 1), _dims(gx.shape, 2)))
     cdef int nt = _threads_for(gy.shape[0] * gy.shape[1] + x.shape[0] * x.shape[1])
     with nogil:
         _linear_bwd(gy, x, w, input_grad, nblocks, gyt, gw, gb, gx, nt)

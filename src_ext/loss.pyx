@@ -100,8 +100,9 @@ def softmax_xent_forward(const float[:, ::1] logits, const int64_t[::1] labels,
     """Softmax and per-sample cross-entropy (see :func:`fastcnn._ref.softmax_xent_forward`)."""
     cdef _Key k = _key()
     if _new(&_fwd_ok, &k, logits.shape, labels.shape, probs.shape, losses.shape):
-        _passed(&_fwd_ok, &k, _backend.check_softmax_xent_forward(
-            logits.base, labels.base, probs.base, losses.base))
+        _passed(&_fwd_ok, &k, _backend.sizes_softmax_xent_forward(
+            _dims(logits.shape, 2), _dims(labels.shape, 1), _dims(probs.shape, 2),
+            _dims(losses.shape, 1)))
     if logits.shape[0] == 0 or logits.shape[1] == 0:
         return
     _in_range("softmax_xent_forward", _bad_labels(labels, logits.shape[1]), "labels")
@@ -115,8 +116,8 @@ def softmax_xent_backward(const float[:, ::1] probs, const int64_t[::1] labels,
     """``gx = (probs - onehot(labels)) / N`` (see :func:`fastcnn._ref.softmax_xent_backward`)."""
     cdef _Key k = _key()
     if _new(&_bwd_ok, &k, probs.shape, labels.shape, gx.shape):
-        _passed(&_bwd_ok, &k, _backend.check_softmax_xent_backward(
-            probs.base, labels.base, gx.base))
+        _passed(&_bwd_ok, &k, _backend.sizes_softmax_xent_backward(
+            _dims(probs.shape, 2), _dims(labels.shape, 1), _dims(gx.shape, 2)))
     if probs.shape[0] == 0 or probs.shape[1] == 0:
         return
     _in_range("softmax_xent_backward", _bad_labels(labels, probs.shape[1]), "labels")

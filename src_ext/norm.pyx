@@ -182,10 +182,9 @@ def batchnorm_stats(const float[:, :, :, ::1] x, double[::1] mean, double[::1] v
     """Per-channel mean and biased variance (see :func:`fastcnn._ref.batchnorm_stats`)."""
     cdef _Key k = _key()
     if _new(&_stats_ok, &k, x.shape, mean.shape, var.shape):
-        _passed(&_stats_ok, &k, _backend.check_batchnorm_stats(x.base, mean.base, var.base))
-    if x.shape[1] == 0:
-        return
-    if _size4(x.shape) == 0:  # M = 0: 0/0 as the reference
+        _passed(&_stats_ok, &k, _backend.sizes_batchnorm_stats(
+            _dims(x.shape, 4), _dims(mean.shape, 1), _dims(var.shape, 1)))
+    if _size4(x.shape) == 0:  # M = 0: 0/0 as the reference (C = 0: nothing to write)
         mean[:] = float("nan")
         var[:] = float("nan")
         return
@@ -206,8 +205,9 @@ def batchnorm_forward(const float[:, :, :, ::1] x, const float[::1] mean,
     cdef _Key k = _key()
     if _new(&_fwd_ok, &k, x.shape, mean.shape, inv_std.shape, weight.shape, bias.shape,
             xhat.shape, y.shape):
-        _passed(&_fwd_ok, &k, _backend.check_batchnorm_forward(
-            x.base, mean.base, inv_std.base, weight.base, bias.base, xhat.base, y.base))
+        _passed(&_fwd_ok, &k, _backend.sizes_batchnorm_forward(
+            _dims(x.shape, 4), _dims(mean.shape, 1), _dims(inv_std.shape, 1),
+            _dims(weight.shape, 1), _dims(bias.shape, 1), _dims(xhat.shape, 4), _dims(y.shape, 4)))
     if _size4(x.shape) == 0:
         return
     with nogil:
@@ -220,10 +220,8 @@ def batchnorm_backward_reduce(const float[:, :, :, ::1] gy, const float[:, :, :,
     (see :func:`fastcnn._ref.batchnorm_backward_reduce`)."""
     cdef _Key k = _key()
     if _new(&_reduce_ok, &k, gy.shape, xhat.shape, gsum.shape, gdot.shape):
-        _passed(&_reduce_ok, &k, _backend.check_batchnorm_backward_reduce(
-            gy.base, xhat.base, gsum.base, gdot.base))
-    if gy.shape[1] == 0:
-        return
+        _passed(&_reduce_ok, &k, _backend.sizes_batchnorm_backward_reduce(
+            _dims(gy.shape, 4), _dims(xhat.shape, 4), _dims(gsum.shape, 1), _dims(gdot.shape, 1)))
     if _size4(gy.shape) == 0:
         gsum[:] = 0.0
         gdot[:] = 0.0
@@ -245,8 +243,9 @@ def batchnorm_backward_apply(const float[:, :, :, ::1] gy, const float[:, :, :, 
     (see :func:`fastcnn._ref.batchnorm_backward_apply`)."""
     cdef _Key k = _key()
     if _new(&_apply_ok, &k, gy.shape, xhat.shape, scale.shape, a.shape, b.shape, gx.shape):
-        _passed(&_apply_ok, &k, _backend.check_batchnorm_backward_apply(
-            gy.base, xhat.base, scale.base, a.base, b.base, gx.base))
+        _passed(&_apply_ok, &k, _backend.sizes_batchnorm_backward_apply(
+            _dims(gy.shape, 4), _dims(xhat.shape, 4), _dims(scale.shape, 1), _dims(a.shape, 1),
+            _dims(b.shape, 1), _dims(gx.shape, 4)))
     if _size4(gy.shape) == 0:
         return
     with nogil:

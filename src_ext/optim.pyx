@@ -51,14 +51,14 @@ def adam_step(p, g, m, v, double lr_t, double beta1, double beta2, double eps, d
     cdef float* mp
     cdef float* vp
     cdef Py_ssize_t np_, ng, nm, nv
-    cdef tuple args = (p, g, m, v, lr_t, beta1, beta2, eps, bc2_sqrt)
-    _flat(p, True, &pp, &np_, _backend.check_adam_step, args)
-    _flat(g, False, &gp, &ng, _backend.check_adam_step, args)
-    _flat(m, True, &mp, &nm, _backend.check_adam_step, args)
-    _flat(v, True, &vp, &nv, _backend.check_adam_step, args)
+    _flat(p, True, &pp, &np_)
+    _flat(g, False, &gp, &ng)
+    _flat(m, True, &mp, &nm)
+    _flat(v, True, &vp, &nv)
     cdef _Key k = _key(np_, ng, nm, nv)
     if _new(&_adam_ok, &k):
-        _passed(&_adam_ok, &k, _backend.check_adam_step(*args))
+        _passed(&_adam_ok, &k, _backend.sizes_adam_step(
+            np_, ng, nm, nv, lr_t, beta1, beta2, eps, bc2_sqrt))
     if np_ == 0:
         return
     cdef float c1 = <float>(1.0 - beta1), c2 = <float>(1.0 - beta2)

@@ -332,8 +332,8 @@ def maxpool2d_forward(const float[:, :, :, ::1] x, Py_ssize_t kh, Py_ssize_t kw,
     """Max pooling with int32 arg-max indices (see :func:`fastcnn._ref.maxpool2d_forward`)."""
     cdef _Key k = _key(kh, kw, sh, sw, pt, pl)
     if _new(&_maxf_ok, &k, x.shape, y.shape, idx.shape):
-        _passed(&_maxf_ok, &k, _backend.check_maxpool2d_forward(
-            x.base, kh, kw, sh, sw, pt, pl, y.base, idx.base))
+        _passed(&_maxf_ok, &k, _backend.sizes_maxpool2d_forward(
+            _dims(x.shape, 4), kh, kw, sh, sw, pt, pl, _dims(y.shape, 4), _dims(idx.shape, 4)))
     if _size4(y.shape) == 0:
         return
     cdef bint fast = _fast(x.shape[2], x.shape[3], kh, kw, sh, sw, pt, pl, y.shape[2], y.shape[3])
@@ -346,7 +346,8 @@ def maxpool2d_backward(const float[:, :, :, ::1] gy, const int[:, :, :, ::1] idx
     """Route each output gradient to its arg-max (see :func:`fastcnn._ref.maxpool2d_backward`)."""
     cdef _Key k = _key()
     if _new(&_maxb_ok, &k, gy.shape, idx.shape, gx.shape):
-        _passed(&_maxb_ok, &k, _backend.check_maxpool2d_backward(gy.base, idx.base, gx.base))
+        _passed(&_maxb_ok, &k, _backend.sizes_maxpool2d_backward(
+            _dims(gy.shape, 4), _dims(idx.shape, 4), _dims(gx.shape, 4)))
     if _size4(gx.shape) == 0:
         return
     if _size4(gy.shape) == 0:
@@ -365,8 +366,9 @@ cdef int _avgpool(bint forward, const float[:, :, :, ::1] src, Py_ssize_t kh, Py
     cdef _Key* last = &_avgf_ok if forward else &_avgb_ok
     cdef _Key k = _key(kh, kw, sh, sw, pt, pl, forward)
     if _new(last, &k, src.shape, dst.shape):
-        check = _backend.check_avgpool2d_forward if forward else _backend.check_avgpool2d_backward
-        _passed(last, &k, check(src.base, kh, kw, sh, sw, pt, pl, include_pad, dst.base))
+        check = _backend.sizes_avgpool2d_forward if forward else _backend.sizes_avgpool2d_backward
+        _passed(last, &k, check(
+            _dims(src.shape, 4), kh, kw, sh, sw, pt, pl, include_pad, _dims(dst.shape, 4)))
     cdef Py_ssize_t* xs = &src.shape[0] if forward else &dst.shape[0]  # the input-sized array
     cdef Py_ssize_t* ys = &dst.shape[0] if forward else &src.shape[0]
     if _size4(dst.shape) == 0:

@@ -1,12 +1,18 @@
 """Shared by the Numba kernel modules: ``parallel_kernel`` and the small jitted helpers (the
-twin of ``src_ext/_common.pxi``)."""
+twin of ``src_ext/_common.pxi``).
+
+Numba's on-disk cache tracks each kernel's own source file only: after editing a helper here,
+delete the cached kernels (``fastcnn/_kernels/__pycache__/*.nbi``, ``*.nbc``).
+"""
 import functools
 import types
 
 import numpy as np
 from numba import njit
+from numba import types as nbtypes
+from numba.extending import overload, register_jitable
 
-from .. import _config
+from .. import _backend, _config
 
 #: Index cast used for every computed flat index.  Numba wraps negative signed indices
 #: around, and that (unprovable) branch keeps LLVM from vectorising the inner loops; an
@@ -16,18 +22,23 @@ _u = np.uint64
 #: Decorator of the small helpers the kernels call: compiled into each caller.
 helper = njit(inline="always", **_config.NUMBA_SERIAL)
 
+# The size checks of the backend contract (``_backend.sizes_<primitive>``): the kernels call
+# them first, compiled.
+for _name, _fn in vars(_backend).items():
+    if "sizes_" in _name and callable(_fn):
+        register_jitable(_fn)
 
-def parallel_kernel(fn=None, *, fma=False, check=None):
+
+def parallel_kernel(fn=None, *, fma=False):
     """Decorator for a ``prange`` kernel whose first argument is its main array.
 
     Calls with fewer than ``_config.PAR_MIN_WORK`` elements in that array run the serial
     compilation (``prange`` as ``range``), the others the parallel one; both give the same
     bytes since every kernel is race-free and reduces in a fixed order.  ``fma=True``
-    compiles with FMA contraction (``_config.NUMBA_PARALLEL_FMA``).  ``check``: the
-    primitive's argument check (``_backend.check_<name>``), run first on every call.
+    compiles with FMA contraction (``_config.NUMBA_PARALLEL_FMA``).
     """
     if fn is None:
-        return functools.partial(parallel_kernel, fma=fma, check=check)
+        return functools.partial(parallel_kernel, fma=fma)
     par = njit(**(_config.NUMBA_PARALLEL_FMA if fma else _config.NUMBA_PARALLEL))(fn)
     # A copy with its own qualified name: Numba's on-disk cache is keyed by the function's
     # name and source line, so two compilations of one function would overwrite each other.
@@ -37,18 +48,33 @@ def parallel_kernel(fn=None, *, fma=False, check=None):
     twin.__doc__ = fn.__doc__
     ser = njit(**(_config.NUMBA_SERIAL_FMA if fma else _config.NUMBA_SERIAL))(twin)
 
-    if check is None:
-        def call(*args):
-            return (par if args[0].size >= _config.PAR_MIN_WORK else ser)(*args)
-    else:
-        def call(*args):
-            check(*args)
-            return (par if args[0].size >= _config.PAR_MIN_WORK else ser)(*args)
-
-    functools.update_wrapper(call, fn)
+    @functools.wraps(fn)
+    def call(*args):
+        return (par if args[0].size >= _config.PAR_MIN_WORK else ser)(*args)
 
     call.parallel, call.serial = par, ser
     return call
+
+
+def flat_or_none(a):
+    """In a kernel: ``a`` as a 1-D view, or None for None (compiled for each case on its own:
+    the result is never an optional)."""
+
+
+@overload(flat_or_none)
+def _flat_or_none(a):
+    if isinstance(a, nbtypes.NoneType):
+        return lambda a: None
+    return lambda a: a.reshape(a.size)
+
+
+def flat(a, name, op):
+    """``a`` (any shape) as a 1-D view for the element-wise kernels; refuses an array that is
+    not C-contiguous, whose reshape would be a copy (what a kernel writes there would be lost).
+    As ``_flat`` in ``src_ext/_common.pxi``."""
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{op}: {name} must be C-contiguous")
+    return a.reshape(-1)
 
 
 @helper

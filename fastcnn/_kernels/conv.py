@@ -15,11 +15,14 @@ from ._common import _u, add_plane, block, fold_tap, helper, parallel_kernel, to
 
 
 @helper
-def _unfold_geometry(w, kw, sh, sw, pl, ow):
-    """What im2col and col2im derive from the geometry: ``wlo, whi``, the valid outputs
+def _unfold_geometry(x, cols, kh, kw, sh, sw, pt, pl, oh, ow):
+    """The size check of im2col and col2im (over the shapes of the image array and of cols),
+    then what they derive from the geometry: ``wlo, whi``, the valid outputs
     (:func:`valid_range`) of each kernel column (the same for every row and image), and
     ``flat``: stride 1 with OW == W ("same" convolutions), where the valid rows of one kernel
     offset are one contiguous shifted run of the input plane."""
+    _backend.sizes_im2col(x, kh, kw, sh, sw, pt, pl, oh, ow, cols)
+    w = x[3]
     wlo = np.empty(kw, np.int64)
     whi = np.empty(kw, np.int64)
     for j in range(kw):
@@ -41,12 +44,12 @@ def _copy_row(cf, d, xf, s0, lo, hi, ow, sw):
 
 
 @parallel_kernel
-def _im2col(x, kh, kw, sh, sw, pt, pl, oh, ow, cols):
+def im2col(x, kh, kw, sh, sw, pt, pl, oh, ow, cols):
+    """Unfold convolution windows into ``cols`` (see :func:`fastcnn._ref.im2col`)."""
+    wlo, whi, flat = _unfold_geometry(x.shape, cols.shape, kh, kw, sh, sw, pt, pl, oh, ow)
     n, c, h, w = x.shape
     p = oh * ow
-    xf = x.reshape(x.size)
-    cf = cols.reshape(cols.size)
-    wlo, whi, flat = _unfold_geometry(w, kw, sh, sw, pl, ow)
+    xf, cf = x.reshape(x.size), cols.reshape(cols.size)
     # One iteration: one kernel row (c, i, j) of ``cols`` and one image, i.e. a contiguous
     # run of OH*OW elements of ``cols``.
     for t in prange(c * kh * kw * n):
@@ -84,19 +87,12 @@ def _im2col(x, kh, kw, sh, sw, pt, pl, oh, ow, cols):
                     _copy_row(cf, d, xf, s0, lo, hi, ow, sw)
 
 
-def im2col(x, kh, kw, sh, sw, pt, pl, oh, ow, cols):
-    """Unfold convolution windows into ``cols`` (see :func:`fastcnn._ref.im2col`)."""
-    _backend.check_im2col(x, kh, kw, sh, sw, pt, pl, oh, ow, cols)
-    _im2col(x, kh, kw, sh, sw, pt, pl, oh, ow, cols)
-
-
 @parallel_kernel
 def _col2im(cols, kh, kw, sh, sw, pt, pl, oh, ow, dx, nimg):
+    wlo, whi, flat = _unfold_geometry(dx.shape, cols.shape, kh, kw, sh, sw, pt, pl, oh, ow)
     n, c, h, w = dx.shape
     p = oh * ow
-    cf = cols.reshape(cols.size)
-    df = dx.reshape(dx.size)
-    wlo, whi, flat = _unfold_geometry(w, kw, sh, sw, pl, ow)
+    cf, df = cols.reshape(cols.size), dx.reshape(dx.size)
     # Flat: as in im2col, one contiguous shifted run per kernel offset; the columns that fall
     # in the padding are masked (they add +0.0, which changes nothing).
     mask = np.zeros(kw * p if flat else 0, np.bool_)
@@ -138,13 +134,13 @@ def _col2im(cols, kh, kw, sh, sw, pt, pl, oh, ow, dx, nimg):
 
 def col2im(cols, kh, kw, sh, sw, pt, pl, oh, ow, dx):
     """Fold ``cols`` back into ``dx``, summing overlaps (see :func:`fastcnn._ref.col2im`)."""
-    _backend.check_col2im(cols, kh, kw, sh, sw, pt, pl, oh, ow, dx)
     _col2im(cols, kh, kw, sh, sw, pt, pl, oh, ow, dx, _config.COL2IM_IMAGES)
 
 
-@parallel_kernel(check=_backend.check_cnp_to_ncp_bias)
+@parallel_kernel
 def cnp_to_ncp_bias(ycnp, bias, y):
     """``y[n, o, p] = ycnp[o, n*P + p] + bias[o]`` (see :func:`fastcnn._ref.cnp_to_ncp_bias`)."""
+    _backend.sizes_cnp_to_ncp_bias(ycnp.shape, bias.shape, y.shape)
     n, oc, p = y.shape
     yc = ycnp.reshape(ycnp.size)
     yf = y.reshape(y.size)
@@ -158,10 +154,11 @@ def cnp_to_ncp_bias(ycnp, bias, y):
             yf[_u(d0 + e)] = yc[_u(s0 + e)] + bo
 
 
-@parallel_kernel(check=_backend.check_ncp_to_cnp_sum)
+@parallel_kernel
 def ncp_to_cnp_sum(gy, gcnp, gb):
     """``gcnp[o, n*P + p] = gy[n, o, p]`` and ``gb`` = float64 sum of ``gy`` over N and P
     (see :func:`fastcnn._ref.ncp_to_cnp_sum`)."""
+    _backend.sizes_ncp_to_cnp_sum(gy.shape, gcnp.shape, gb.shape)
     n, oc, p = gy.shape
     gf = gy.reshape(gy.size)
     gc = gcnp.reshape(gcnp.size)
@@ -182,13 +179,15 @@ def ncp_to_cnp_sum(gy, gcnp, gb):
 # One thread pool (docs/PERFORMANCE.md, 1): each thread unfolds one image into its own buffer
 # and multiplies it with a single-threaded SGEMM (``np.dot`` calls SciPy's BLAS).
 
-_im2col_serial = _im2col.serial
+_im2col_serial = im2col.serial
 _col2im_serial = _col2im.serial
 
 
-@parallel_kernel(check=_backend.check_conv2d_forward_images)
+@parallel_kernel
 def conv2d_forward_images(x, w2, bias, kh, kw, sh, sw, pt, pl, oh, ow, cols, y):
     """Convolution one image at a time (see :func:`fastcnn._ref.conv2d_forward_images`)."""
+    _backend.sizes_conv2d_forward_images(x.shape, w2.shape, bias.shape, kh, kw, sh, sw, pt, pl, oh,
+                                         ow, cols.shape, y.shape)
     n = x.shape[0]
     oc = w2.shape[0]
     p = oh * ow
@@ -208,10 +207,13 @@ def conv2d_forward_images(x, w2, bias, kh, kw, sh, sw, pt, pl, oh, ow, cols, y):
                     yi[o, e] += bo
 
 
-@parallel_kernel(check=_backend.check_conv2d_backward_images)
+@parallel_kernel
 def conv2d_backward_images(gy, x, w2, kh, kw, sh, sw, pt, pl, oh, ow, input_grad, cols, gwt_tmp,
                            gwt_part, gb_part, gx):
     """Gradients one image at a time (see :func:`fastcnn._ref.conv2d_backward_images`)."""
+    _backend.sizes_conv2d_backward_images(gy.shape, x.shape, w2.shape, kh, kw, sh, sw, pt, pl, oh,
+                                          ow, input_grad, cols.shape, gwt_tmp.shape,
+                                          gwt_part.shape, gb_part.shape, gx.shape)
     n = x.shape[0]
     oc, kdim = w2.shape
     nslot = gwt_part.shape[0]

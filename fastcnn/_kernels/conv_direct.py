@@ -221,7 +221,7 @@ def _forward_strided(xq, w, bias, relu, y):
 def conv2d_direct_forward(x, w, bias, sh, sw, pt, pl, relu, y):
     """Direct convolution with fused bias and optional ReLU
     (see :func:`fastcnn._ref.conv2d_direct_forward`)."""
-    _backend.check_conv2d_direct_forward(x, w, bias, sh, sw, pt, pl, relu, y)
+    _backend.sizes_conv2d_direct_forward(x.shape, w.shape, bias.shape, sh, sw, pt, pl, relu, y.shape)
     n, c = x.shape[:2]
     kh, kw = w.shape[2:]
     oh, ow = y.shape[2:]
@@ -263,7 +263,7 @@ def _dilate_flip(gy, w, sh, sw, gd, wt):
 
 def conv2d_direct_backward_data(gy, w, sh, sw, pt, pl, gx):
     """Input gradient (see :func:`fastcnn._ref.conv2d_direct_backward_data`)."""
-    _backend.check_conv2d_direct_backward_data(gy, w, sh, sw, pt, pl, gx)
+    _backend.sizes_conv2d_direct_backward_data(gy.shape, w.shape, sh, sw, pt, pl, gx.shape)
     n, oc, oh, ow = gy.shape
     c, kh, kw = w.shape[1:]
     h, wd = gx.shape[2:]
@@ -421,7 +421,7 @@ def _bias_grad(gy, gb):
 
 def conv2d_direct_backward_weight(gy, x, sh, sw, pt, pl, gw, gb):
     """Weight and bias gradients (see :func:`fastcnn._ref.conv2d_direct_backward_weight`)."""
-    _backend.check_conv2d_direct_backward_weight(gy, x, sh, sw, pt, pl, gw, gb)
+    _backend.sizes_conv2d_direct_backward_weight(gy.shape, x.shape, sh, sw, pt, pl, gw.shape, gb.shape)
     n, c = x.shape[:2]
     oh, ow = gy.shape[2:]
     kh, kw = gw.shape[2:]

@@ -1,7 +1,7 @@
-"""Numba kernels of the dense layer: blocks of a GEMM in one thread pool.
+"""Numba kernels of the dense layer: blocks of a GEMM in one thread pool (docs/PERFORMANCE.md, 1).
 
 Each ``prange`` iteration multiplies one block of features with a single-threaded SGEMM from
-SciPy's BLAS (``np.dot``; one thread pool, docs/PERFORMANCE.md, 1).  Blocks are of output features (``y``, ``gw``) or input features
+SciPy's BLAS (``np.dot``).  Blocks are of output features (``y``, ``gw``) or input features
 (``gx``), so each thread packs only its part of the weights, and their bounds depend on the
 shapes and ``nblocks`` only: the same SGEMM calls, hence the same bytes, at any thread count.
 Contracts: :mod:`fastcnn._ref`.
@@ -13,10 +13,11 @@ from .. import _backend
 from ._common import block, parallel_kernel
 
 
-@parallel_kernel(check=_backend.check_linear_forward)
+@parallel_kernel
 def linear_forward(x, w, bias, nblocks, y):
     """``y = x @ w.T + bias`` by blocks of output features
     (see :func:`fastcnn._ref.linear_forward`)."""
+    _backend.sizes_linear_forward(x.shape, w.shape, bias.shape, nblocks, y.shape)
     n = x.shape[0]
     out = w.shape[0]
     for t in prange(nblocks):
@@ -29,10 +30,12 @@ def linear_forward(x, w, bias, nblocks, y):
                     y[i, o] = yb[i, o - o0] + bias[o]
 
 
-@parallel_kernel(check=_backend.check_linear_backward)
+@parallel_kernel
 def linear_backward(gy, x, w, input_grad, nblocks, gyt, gw, gb, gx):
     """Gradients by blocks of output features (``gw``, ``gb``) and of input features (``gx``)
     (see :func:`fastcnn._ref.linear_backward`)."""
+    _backend.sizes_linear_backward(gy.shape, x.shape, w.shape, input_grad, nblocks, gyt.shape, gw.shape,
+                                   gb.shape, gx.shape)
     n, out = gy.shape
     k = x.shape[1]
     for t in prange(nblocks):

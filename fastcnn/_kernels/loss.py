@@ -20,6 +20,7 @@ def _bad_labels(labels, k):
 
 @parallel_kernel
 def _softmax_xent_forward(logits, labels, probs, losses):
+    _backend.sizes_softmax_xent_forward(logits.shape, labels.shape, probs.shape, losses.shape)
     n, k = logits.shape
     bad = _bad_labels(labels, k)
     if bad:
@@ -45,13 +46,14 @@ def _softmax_xent_forward(logits, labels, probs, losses):
 
 def softmax_xent_forward(logits, labels, probs, losses):
     """Softmax and per-sample cross-entropy (see :func:`fastcnn._ref.softmax_xent_forward`)."""
-    _backend.check_softmax_xent_forward(logits, labels, probs, losses)
-    _backend.check_in_range("softmax_xent_forward", _softmax_xent_forward(logits, labels, probs, losses),
-                            "labels")
+    bad = _softmax_xent_forward(logits, labels, probs, losses)
+    if bad:
+        _backend.check_in_range("softmax_xent_forward", bad, "labels")
 
 
 @parallel_kernel
 def _softmax_xent_backward(probs, labels, gx):
+    _backend.sizes_softmax_xent_backward(probs.shape, labels.shape, gx.shape)
     n, k = probs.shape
     bad = _bad_labels(labels, k)
     if bad:
@@ -70,5 +72,6 @@ def _softmax_xent_backward(probs, labels, gx):
 
 def softmax_xent_backward(probs, labels, gx):
     """``gx = (probs - onehot(labels)) / N`` (see :func:`fastcnn._ref.softmax_xent_backward`)."""
-    _backend.check_softmax_xent_backward(probs, labels, gx)
-    _backend.check_in_range("softmax_xent_backward", _softmax_xent_backward(probs, labels, gx), "labels")
+    bad = _softmax_xent_backward(probs, labels, gx)
+    if bad:
+        _backend.check_in_range("softmax_xent_backward", bad, "labels")

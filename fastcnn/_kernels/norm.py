@@ -78,9 +78,10 @@ def _bwd_plane(gf, hf, of, a, p, sc, ac, bc):
         of[_u(e)] = (gf[_u(e)] - (hf[_u(e)] * bc + ac)) * sc
 
 
-@parallel_kernel(check=_backend.check_batchnorm_stats)
+@parallel_kernel
 def batchnorm_stats(x, mean, var):
     """Per-channel mean and biased variance, two passes (see :func:`fastcnn._ref.batchnorm_stats`)."""
+    _backend.sizes_batchnorm_stats(x.shape, mean.shape, var.shape)
     n, c, h, w = x.shape
     p = h * w
     m = n * p
@@ -99,20 +100,23 @@ def batchnorm_stats(x, mean, var):
         var[ch] = _row_sum(row, p) / m
 
 
-@parallel_kernel(check=_backend.check_batchnorm_forward)
+@parallel_kernel
 def batchnorm_forward(x, mean, inv_std, weight, bias, xhat, y):
     """``xhat = (x - mean) * inv_std``, ``y = xhat * weight + bias`` per channel
     (see :func:`fastcnn._ref.batchnorm_forward`)."""
+    _backend.sizes_batchnorm_forward(x.shape, mean.shape, inv_std.shape, weight.shape, bias.shape,
+                                     xhat.shape, y.shape)
     c, p = x.shape[1], x.shape[2] * x.shape[3]
     xf, hf, yf = x.reshape(x.size), xhat.reshape(xhat.size), y.reshape(y.size)
     for t in prange(x.shape[0] * c):
         _fwd_plane(xf, hf, yf, t * p, p, mean[t % c], inv_std[t % c], weight[t % c], bias[t % c])
 
 
-@parallel_kernel(check=_backend.check_batchnorm_backward_reduce)
+@parallel_kernel
 def batchnorm_backward_reduce(gy, xhat, gsum, gdot):
     """Per-channel ``sum(gy)`` and ``sum(gy * xhat)`` in float64
     (see :func:`fastcnn._ref.batchnorm_backward_reduce`)."""
+    _backend.sizes_batchnorm_backward_reduce(gy.shape, xhat.shape, gsum.shape, gdot.shape)
     n, c, h, w = gy.shape
     p = h * w
     gf = gy.reshape(gy.size)
@@ -127,10 +131,12 @@ def batchnorm_backward_reduce(gy, xhat, gsum, gdot):
         gdot[ch] = _row_sum(rd, p)
 
 
-@parallel_kernel(check=_backend.check_batchnorm_backward_apply)
+@parallel_kernel
 def batchnorm_backward_apply(gy, xhat, scale, a, b, gx):
     """``gx = (gy - (xhat * b + a)) * scale`` per channel
     (see :func:`fastcnn._ref.batchnorm_backward_apply`)."""
+    _backend.sizes_batchnorm_backward_apply(gy.shape, xhat.shape, scale.shape, a.shape, b.shape,
+                                            gx.shape)
     c, p = gy.shape[1], gy.shape[2] * gy.shape[3]
     gf, hf, of = gy.reshape(gy.size), xhat.reshape(xhat.size), gx.reshape(gx.size)
     for t in prange(gy.shape[0] * c):

@@ -8,13 +8,14 @@ import numpy as np
 from numba import prange
 
 from .. import _backend, _config
-from ._common import _u, chunk, parallel_kernel
+from ._common import _u, chunk, flat, parallel_kernel
 
 
 @parallel_kernel
 def _adam(p, g, m, v, lr_t, c1, b2, c2, eps, bc2, blk):
     # All scalars are float32, so every operation below is a float32 operation.
     size = p.shape[0]
+    _backend.sizes_adam_step(size, g.size, m.size, v.size, lr_t, c1, b2, eps, bc2)
     for t in prange((size + blk - 1) // blk):
         lo, hi = chunk(t, size, blk)
         for e in range(lo, hi):
@@ -29,7 +30,6 @@ def _adam(p, g, m, v, lr_t, c1, b2, c2, eps, bc2, blk):
 
 def adam_step(p, g, m, v, lr_t, beta1, beta2, eps, bc2_sqrt):
     """One ``torch.optim.Adam`` update in place (see :func:`fastcnn._ref.adam_step`)."""
-    _backend.check_adam_step(p, g, m, v, lr_t, beta1, beta2, eps, bc2_sqrt)
-    f = np.float32
-    _adam(p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1), f(lr_t), f(1.0 - beta1),
-          f(beta2), f(1.0 - beta2), f(eps), f(bc2_sqrt), _config.ELEMWISE_BLOCK)
+    f, op = np.float32, "adam_step"
+    _adam(flat(p, "p", op), flat(g, "g", op), flat(m, "m", op), flat(v, "v", op), f(lr_t),
+          f(1.0 - beta1), f(beta2), f(1.0 - beta2), f(eps), f(bc2_sqrt), _config.ELEMWISE_BLOCK)

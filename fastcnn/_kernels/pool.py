@@ -18,7 +18,7 @@ from numba import njit, prange
 
 from .. import _backend, _ref
 from .._config import NUMBA_SERIAL
-from ._common import _u, fold_tap, helper, parallel_kernel, valid_range
+from ._common import _u, flat_or_none, fold_tap, helper, parallel_kernel, valid_range
 
 
 @helper
@@ -85,9 +85,14 @@ def _row(xf, x0, w, ih0, nr, c0, lo, hi, r, yf, jf, div, d0, kw, sw):
 
 
 @parallel_kernel
-def _pool_forward(x, kh, kw, sh, sw, pt, pl, y, jf, div):
-    """Max pooling into ``y`` and the flat indices ``jf`` (``div`` None), or average pooling
-    into ``y`` divided by the flat divisors ``div`` (``jf`` None)."""
+def _pool_forward(x, kh, kw, sh, sw, pt, pl, y, idx, div):
+    """Max pooling into ``y`` and the indices ``idx`` (``div`` None), or average pooling into
+    ``y`` divided by the flat divisors ``div`` (``idx`` None)."""
+    if idx is not None:
+        _backend.sizes_maxpool2d_forward(x.shape, kh, kw, sh, sw, pt, pl, y.shape, idx.shape)
+    if div is not None:
+        _backend.sizes_avgpool2d_forward(x.shape, kh, kw, sh, sw, pt, pl, False, y.shape)
+    jf = flat_or_none(idx)
     n, c, h, w = x.shape
     oh = y.shape[2]
     ow = y.shape[3]
@@ -119,13 +124,11 @@ def _pool_forward(x, kh, kw, sh, sw, pt, pl, y, jf, div):
 
 def maxpool2d_forward(x, kh, kw, sh, sw, pt, pl, y, idx):
     """Max pooling with int32 arg-max indices (see :func:`fastcnn._ref.maxpool2d_forward`)."""
-    _backend.check_maxpool2d_forward(x, kh, kw, sh, sw, pt, pl, y, idx)
-    _pool_forward(x, kh, kw, sh, sw, pt, pl, y, idx.reshape(-1), None)
+    _pool_forward(x, kh, kw, sh, sw, pt, pl, y, idx, None)
 
 
 def avgpool2d_forward(x, kh, kw, sh, sw, pt, pl, count_include_pad, y):
     """Average pooling (see :func:`fastcnn._ref.avgpool2d_forward`)."""
-    _backend.check_avgpool2d_forward(x, kh, kw, sh, sw, pt, pl, count_include_pad, y)
     div = _ref.avg_divisor(x.shape[2], x.shape[3], kh, kw, sh, sw, pt, pl, y.shape[2], y.shape[3],
                            bool(count_include_pad))
     _pool_forward(x, kh, kw, sh, sw, pt, pl, y, None, div.reshape(-1))
@@ -133,6 +136,7 @@ def avgpool2d_forward(x, kh, kw, sh, sw, pt, pl, count_include_pad, y):
 
 @parallel_kernel
 def _maxpool2d_backward(gy, idx, gx):
+    _backend.sizes_maxpool2d_backward(gy.shape, idx.shape, gx.shape)
     n, c, h, w = gx.shape
     p = gy.shape[2] * gy.shape[3]
     gf = gy.reshape(gy.size)
@@ -154,9 +158,9 @@ def _maxpool2d_backward(gy, idx, gx):
 
 def maxpool2d_backward(gy, idx, gx):
     """Route each output gradient to its arg-max (see :func:`fastcnn._ref.maxpool2d_backward`)."""
-    _backend.check_maxpool2d_backward(gy, idx, gx)
-    _backend.check_in_range("maxpool2d_backward", _maxpool2d_backward(gy, idx, gx),
-                            "indices (into the input plane)")
+    bad = _maxpool2d_backward(gy, idx, gx)
+    if bad:
+        _backend.check_in_range("maxpool2d_backward", bad, "indices (into the input plane)")
 
 
 @njit(**NUMBA_SERIAL)
@@ -173,6 +177,7 @@ def _tile_row(xf, r0, gf, s0, div, d0, ow, kw):
 
 @parallel_kernel
 def _avgpool2d_backward(gy, kh, kw, sh, sw, pt, pl, div, gx):
+    _backend.sizes_avgpool2d_backward(gy.shape, kh, kw, sh, sw, pt, pl, False, gx.shape)
     n, c, h, w = gx.shape
     oh = gy.shape[2]
     ow = gy.shape[3]
@@ -207,7 +212,6 @@ def _avgpool2d_backward(gy, kh, kw, sh, sw, pt, pl, div, gx):
 
 def avgpool2d_backward(gy, kh, kw, sh, sw, pt, pl, count_include_pad, gx):
     """Gradient of average pooling (see :func:`fastcnn._ref.avgpool2d_backward`)."""
-    _backend.check_avgpool2d_backward(gy, kh, kw, sh, sw, pt, pl, count_include_pad, gx)
     div = _ref.avg_divisor(gx.shape[2], gx.shape[3], kh, kw, sh, sw, pt, pl, gy.shape[2],
                            gy.shape[3], bool(count_include_pad))
     _avgpool2d_backward(gy, kh, kw, sh, sw, pt, pl, div.reshape(-1), gx)
