@@ -183,17 +183,26 @@ cdef inline double _sum8_runs(const _real* a, Py_ssize_t count, Py_ssize_t strid
     return _sum8_total(acc)
 
 
-cdef inline Py_ssize_t _ceil_pos(Py_ssize_t a, Py_ssize_t s) noexcept nogil:
-    """``ceil(a / s)`` for ``a > 0``, else 0 (``s >= 1``)."""
-    return (a + s - 1) // s if a > 0 else 0
-
-
 cdef inline void _valid_range(Py_ssize_t off, Py_ssize_t s, Py_ssize_t W, Py_ssize_t OW,
                               Py_ssize_t* lo, Py_ssize_t* hi) noexcept nogil:
     """Outputs ``q`` in ``[lo, hi)`` whose input ``q*s + off`` lies in ``[0, W)``, clamped to
-    ``[0, OW]`` (an empty range has ``lo == hi``); as ``valid_range`` of the Numba kernels."""
-    hi[0] = min(_ceil_pos(W - off, s), OW)
-    lo[0] = min(_ceil_pos(-off, s), hi[0])
+    ``[0, OW]`` (an empty range has ``lo == hi``); as ``valid_range`` of the Numba kernels.
+    (Keep this form of the clamps: ``lo = min(lo, hi)`` compiled slower here.)"""
+    cdef Py_ssize_t a = 0, b
+    if off < 0:
+        a = (-off + s - 1) // s
+    if W - off <= 0:
+        b = 0
+    else:
+        b = (W - off + s - 1) // s
+    if a > OW:
+        a = OW
+    if b > OW:
+        b = OW
+    if b < a:
+        b = a
+    lo[0] = a
+    hi[0] = b
 
 
 cdef inline Py_ssize_t _size4(const Py_ssize_t* shape) noexcept nogil:

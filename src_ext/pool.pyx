@@ -304,10 +304,12 @@ cdef void _avgpool_planes(bint forward,
     cdef const float* dp = &div[0, 0]
     cdef float* op = &dst[0, 0, 0, 0]
     cdef Py_ssize_t t
-    for t in prange(NC, schedule='static', num_threads=nt):
-        if not forward:
+    if not forward:
+        for t in prange(NC, schedule='static', num_threads=nt):
             _avgpool_bwd_plane(sp + t * S, dp, op + t * D, H, W, kh, kw, sh, sw, pt, pl, OH, OW)
-        elif fast:
+        return
+    for t in prange(NC, schedule='static', num_threads=nt):
+        if fast:
             _avgpool_plane_2x2(sp + t * S, dp, op + t * D, W, OH, OW)
         else:
             _avgpool_plane(sp + t * S, dp, op + t * D, H, W, kh, kw, sh, sw, pt, pl, OH, OW)

@@ -96,8 +96,8 @@ def valid_range(off, s, w, o):
     empty range has ``lo == hi``); as ``_valid_range`` in ``src_ext/_common.pxi``."""
     lo = (-off + s - 1) // s if off < 0 else 0
     hi = (w - off + s - 1) // s if w - off > 0 else 0
-    hi = min(hi, o)
-    return min(lo, hi), hi
+    lo = min(lo, o)
+    return lo, max(min(hi, o), lo)
 
 
 @helper

@@ -147,12 +147,15 @@ def _maxpool2d_backward(gy, idx, gx):
         x0 = t * h * w
         for e in range(h * w):
             xf[_u(x0 + e)] = 0.0
+        out = 0  # indices outside the plane: counted, and the plane left zero
         for e in range(p):
             k = jf[_u(t * p + e)]
-            if 0 <= k < h * w:
-                xf[_u(x0 + k)] += gf[_u(t * p + e)]
-            else:
-                bad += 1
+            out += (k < 0) | (k >= h * w)
+        if out:
+            bad += out
+            continue
+        for e in range(p):
+            xf[_u(x0 + jf[_u(t * p + e)])] += gf[_u(t * p + e)]
     return bad
 
 
