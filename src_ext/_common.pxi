@@ -239,20 +239,20 @@ cdef inline void _fold_tap(const float* src, const float* div, float* dx, Py_ssi
         h = oh * sh - pt + i
         if h < 0 or h >= H:
             continue
-        r = dx + h * W + off
+        r = dx + h * W
         s = src + oh * OW
         if div == NULL:
             if sw == 1:
                 for ow in range(lo, hi):
-                    r[ow] += s[ow]
+                    r[ow + off] += s[ow]
             else:
                 for ow in range(lo, hi):
-                    r[ow * sw] += s[ow]
+                    r[ow * sw + off] += s[ow]
             continue
         d = div + oh * OW
         if sw == 1:
             for ow in range(lo, hi):
-                r[ow] += s[ow] / d[ow]
+                r[ow + off] += s[ow] / d[ow]
         else:
             for ow in range(lo, hi):
-                r[ow * sw] += s[ow] / d[ow]
+                r[ow * sw + off] += s[ow] / d[ow]

@@ -1,8 +1,9 @@
 """Shared by the Numba kernel modules: ``parallel_kernel`` and the small jitted helpers (the
 twin of ``src_ext/_common.pxi``).
 
-Numba's on-disk cache tracks each kernel's own source file only: after editing a helper here,
-delete the cached kernels (``fastcnn/_kernels/__pycache__/*.nbi``, ``*.nbc``).
+Numba's on-disk cache tracks each kernel's own source file only: after editing a helper here
+or a size check in ``fastcnn/_backend.py``, delete the cached kernels
+(``fastcnn/_kernels/__pycache__/*.nbi``, ``*.nbc``).
 """
 import functools
 import types
@@ -16,7 +17,8 @@ from .. import _backend, _config
 
 #: Index cast used for every computed flat index.  Numba wraps negative signed indices
 #: around, and that (unprovable) branch keeps LLVM from vectorising the inner loops; an
-#: unsigned index has no wraparound.  All indices computed here are in range by construction.
+#: unsigned index has no wraparound.  All indices computed are in range once the size check of
+#: the primitive (``_backend.sizes_<primitive>``) has passed.
 _u = np.uint64
 
 #: Decorator of the small helpers the kernels call: compiled into each caller.
