@@ -80,40 +80,46 @@ def active_isa():
     return _active
 
 
-cdef int _direct(fcd_geo* g, const float* src, Py_ssize_t src_stride, const float* w, int flip,
-                 const float* bias, int relu, float* out, Py_ssize_t out_stride, Py_ssize_t N,
-                 int nt) except -1:
-    """The forward kernel of :func:`conv2d_direct_forward` and :func:`conv2d_direct_backward_data`:
-    ``N`` images of geometry ``g``, image ``i`` read at ``src + i*src_stride`` and written at
-    ``out + i*out_stride``, weights ``w`` packed with ``flip`` (see ``fcd_pack_weights``),
-    ``bias`` (or NULL) and ``relu`` applied on the way out.
+cdef void _direct_images(const fcd_geo* g,
+                         const float[:, :, :, ::1] src,  # IN  (N, g.C, g.Hs, g.Ws)
+                         const float* w, int flip,       # IN  weights, packed with flip
+                         const float* bias, int relu,    # IN  bias (or NULL), ReLU on output
+                         float[::1] wp, Py_ssize_t[::1] tab, float[:, ::1] xq, float[:, ::1] yg,
+                         Py_ssize_t[:, ::1] st,          # scratch (see _direct)
+                         float[:, :, :, ::1] out,        # OUT (N, g.OC, g.OH, g.OW)
+                         int nt) noexcept nogil:
+    """The forward kernel of :func:`conv2d_direct_forward` and :func:`conv2d_direct_backward_data`,
+    one block of consecutive images per iteration, each block with its own scratch."""
+    cdef Py_ssize_t N = src.shape[0], T = xq.shape[0], t, i, NS
+    cdef int rows
+    fcd_pack_weights(g, w, flip, &wp[0])
+    fcd_make_tab(g, &tab[0])
+    NS = fcd_pixel_starts(g, fcd_VL, &st[0, 0], &st[1, 0], &st[2, 0], &rows)
+    for t in prange(T, schedule='static', num_threads=nt):
+        for i in range(_part(t, N, T), _part(t + 1, N, T)):
+            fcd_pack_input(g, &src[i, 0, 0, 0], &xq[t, 0])
+            if rows:  # (tiles written to the output directly)
+                fcd_fwd_image(g, &xq[t, 0], &tab[0], &wp[0], &st[0, 0], &st[1, 0], &st[2, 0],
+                              NS, bias, relu, &out[i, 0, 0, 0], &yg[t, 0])
+            else:
+                fcd_fwd_image(g, &xq[t, 0], &tab[0], &wp[0], &st[0, 0], NULL, NULL, NS,
+                              NULL, 0, NULL, &yg[t, 0])
+                fcd_unpack_output(g, &yg[t, 0], bias, relu, &out[i, 0, 0, 0])
 
-    src : (N, g.C, g.Hs, g.Ws)  # IN
-    out : (N, g.OC, g.OH, g.OW)  # OUT
-    """
-    cdef Py_ssize_t T = min(<Py_ssize_t>nt, N)
+
+cdef int _direct(fcd_geo* g, const float[:, :, :, ::1] src, const float* w, int flip,
+                 const float* bias, int relu, float[:, :, :, ::1] out, int nt) except -1:
+    """:func:`_direct_images` with its scratch: packed weights, tap offsets, pixel starts, and
+    per block of images the packed input and the output grid."""
+    cdef Py_ssize_t T = min(<Py_ssize_t>nt, src.shape[0])
     cdef float[::1] wp = np.empty(g.OCP * g.C * g.KH * g.KW, np.float32)
     cdef Py_ssize_t[::1] tab = np.empty(g.KH * g.KW, np.intp)
     cdef float[:, ::1] xq = np.empty((T, g.xq_size), np.float32)
     cdef float[:, ::1] yg = np.empty((T, g.OCP * g.PR), np.float32)
     cdef Py_ssize_t[:, ::1] st = np.empty((3, g.P // fcd_VL + 1 + g.OH * (g.OW // fcd_VL + 1)), np.intp)
-    cdef Py_ssize_t t, i, NS
-    cdef int rows
-    with nogil:
-        fcd_pack_weights(g, w, flip, &wp[0])
-        fcd_make_tab(g, &tab[0])
-        NS = fcd_pixel_starts(g, fcd_VL, &st[0, 0], &st[1, 0], &st[2, 0], &rows)
-        # One iteration per block of consecutive images, each with its own scratch.
-        for t in prange(T, schedule='static', num_threads=nt):
-            for i in range(_part(t, N, T), _part(t + 1, N, T)):
-                fcd_pack_input(g, src + i * src_stride, &xq[t, 0])
-                if rows:  # (tiles written to the output directly)
-                    fcd_fwd_image(g, &xq[t, 0], &tab[0], &wp[0], &st[0, 0], &st[1, 0], &st[2, 0],
-                                  NS, bias, relu, out + i * out_stride, &yg[t, 0])
-                else:
-                    fcd_fwd_image(g, &xq[t, 0], &tab[0], &wp[0], &st[0, 0], NULL, NULL, NS,
-                                  NULL, 0, NULL, &yg[t, 0])
-                    fcd_unpack_output(g, &yg[t, 0], bias, relu, out + i * out_stride)
+    with nogil:  # (the prange lives in a nogil function: within this one, which holds the GIL,
+        #  it compiled slower)
+        _direct_images(g, src, w, flip, bias, relu, wp, tab, xq, yg, st, out, nt)
     return 0
 
 
@@ -137,8 +143,7 @@ def conv2d_direct_forward(const float[:, :, :, ::1] x, const float[:, :, :, ::1]
     cdef fcd_geo g
     fcd_geo_init(&g, C, x.shape[2], x.shape[3], 1, 1, OC, w.shape[2], w.shape[3], sh, sw, pt, pl,
                  OH, OW, fcd_J)
-    _direct(&g, &x[0, 0, 0, 0], C * x.shape[2] * x.shape[3], &w[0, 0, 0, 0], 0, &bias[0], relu,
-            &y[0, 0, 0, 0], OC * OH * OW, N, _threads_for(N * OC * OH * OW))
+    _direct(&g, x, &w[0, 0, 0, 0], 0, &bias[0], relu, y, _threads_for(N * OC * OH * OW))
 
 
 def conv2d_direct_backward_data(const float[:, :, :, ::1] gy, const float[:, :, :, ::1] w,
@@ -158,8 +163,7 @@ def conv2d_direct_backward_data(const float[:, :, :, ::1] gy, const float[:, :, 
         return
     cdef fcd_geo g
     fcd_geo_init(&g, OC, OH, OW, sh, sw, C, KH, KW, 1, 1, KH - 1 - pt, KW - 1 - pl, H, W, fcd_J)
-    _direct(&g, &gy[0, 0, 0, 0], OC * OH * OW, &w[0, 0, 0, 0], 1, NULL, 0, &gx[0, 0, 0, 0],
-            C * H * W, N, _threads_for(N * C * H * W))
+    _direct(&g, gy, &w[0, 0, 0, 0], 1, NULL, 0, gx, _threads_for(N * C * H * W))
 
 
 def conv2d_direct_backward_weight(const float[:, :, :, ::1] gy, const float[:, :, :, ::1] x,
