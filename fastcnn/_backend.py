@@ -1,13 +1,14 @@
-"""The one backend registry.
+"""The one backend registry, and the size checks of the backend contract.
 
 A backend is a module exposing the kernel primitives listed in ``PRIMITIVES`` with the
 signatures documented in :mod:`fastcnn._ref` (the NumPy reference, which is the oracle).
-``functional.py`` validates arguments and then calls the primitives of the active backend.
+``functional.py`` validates arguments and then calls the primitives of the active backend;
+the compiled backends run ``sizes_<primitive>`` first (see "size checks" below).
 """
 import importlib
 import os
 
-from ._config import BACKENDS, ENV_BACKEND
+from ._config import BACKENDS, ENV_BACKEND, KERNEL_MODULES
 
 PRIMITIVES = (
     "im2col",
@@ -34,10 +35,6 @@ PRIMITIVES = (
     "batchnorm_backward_reduce",
     "batchnorm_backward_apply",
     "adam_step",
-    # Direct convolutions (no im2col matrix).
-    "conv2d_direct_forward",
-    "conv2d_direct_backward_data",
-    "conv2d_direct_backward_weight",
 )
 
 _MODULES = {
@@ -45,6 +42,18 @@ _MODULES = {
     "numba": "fastcnn._kernels",
     "cython": "fastcnn._ext",
 }
+
+
+
+def collect_primitives(package):
+    """``{name: function}`` of the primitives in the kernel modules of a compiled backend's
+    package (``_config.KERNEL_MODULES``): what its ``__init__`` exports."""
+    found = {}
+    for module in KERNEL_MODULES:
+        mod = importlib.import_module(f"{package}.{module}")
+        found.update((name, getattr(mod, name)) for name in PRIMITIVES if hasattr(mod, name))
+    return found
+
 
 _loaded = {}
 _errors = {}
@@ -117,3 +126,187 @@ def ops(name=None):
     if mod is None:
         set_backend(name)  # raises the ValueError listing available backends
     return mod
+
+
+# --------------------------------------------------------------------------- size checks
+# One check per primitive of the sizes and integer arguments its kernels index with, run by
+# both compiled backends before a kernel touches memory: compiled into the Numba kernels
+# (``_kernels._common`` registers these functions with Numba), called by the Cython wrappers
+# for each new combination of sizes (``src_ext/_common.pxi``).  Arrays come in as their
+# shapes; dtype, dimensions and C-contiguity are fixed by each backend's types (Cython's
+# typed memoryviews raise; Numba compiles for the dtype it is given and refuses to flatten a
+# non-contiguous array).  Plain functions of tuples and integers that raise ValueError with
+# constant messages, so that Numba can compile them.  These are not the user-facing checks:
+# ``fastcnn.functional`` validates the user's input first, in the user's terms.
+
+
+def check_in_range(op, bad, what):
+    """After a kernel that skipped ``bad`` out-of-range index values (``what``): raise if any."""
+    if bad:
+        raise ValueError(f"{op}: {what} out of range")
+
+
+def sizes_windows(h, w, kh, kw, sh, sw, pt, pl, oh, ow, real_cell):
+    """Positive kernel and stride, non-negative padding and output size; with ``real_cell``
+    every window of the (oh, ow) output holds at least one of the (h, w) input cells."""
+    if not (kh >= 1 and kw >= 1 and sh >= 1 and sw >= 1):
+        raise ValueError("kernel and stride must be >= 1")
+    if not (pt >= 0 and pl >= 0 and oh >= 0 and ow >= 0):
+        raise ValueError("padding and output size must be >= 0")
+    if real_cell and oh > 0 and ow > 0 and not (
+            h >= 1 and w >= 1 and pt < kh and pl < kw and (oh - 1) * sh - pt < h
+            and (ow - 1) * sw - pl < w):
+        raise ValueError("a pooling window holds no input cell")
+
+
+def sizes_im2col(x, kh, kw, sh, sw, pt, pl, oh, ow, cols):
+    n, c, h, w = x
+    sizes_windows(h, w, kh, kw, sh, sw, pt, pl, oh, ow, False)
+    if cols != (c * kh * kw, n * oh * ow):
+        raise ValueError("im2col/col2im: cols must have shape (C*kh*kw, N*oh*ow)")
+
+
+def sizes_col2im(cols, kh, kw, sh, sw, pt, pl, oh, ow, dx):
+    sizes_im2col(dx, kh, kw, sh, sw, pt, pl, oh, ow, cols)
+
+
+def sizes_cnp_to_ncp_bias(ycnp, bias, y):
+    n, oc, p = y
+    if ycnp != (oc, n * p) or bias != (oc,):
+        raise ValueError("GEMM reorder: shapes do not match")
+
+
+def sizes_ncp_to_cnp_sum(gy, gcnp, gb):
+    sizes_cnp_to_ncp_bias(gcnp, gb, gy)
+
+
+def _sizes_per_image(x, w2, kh, kw, sh, sw, pt, pl, oh, ow, cols):
+    """Shared by the per-image convolutions."""
+    n, c, h, w = x
+    sizes_windows(h, w, kh, kw, sh, sw, pt, pl, oh, ow, False)
+    if not (oh >= 1 and ow >= 1 and w2[1] == c * kh * kw and cols[0] >= 1
+            and cols[1:] == (w2[1], oh * ow)):
+        raise ValueError("per-image convolution: shapes do not match")
+
+
+def sizes_conv2d_forward_images(x, w2, bias, kh, kw, sh, sw, pt, pl, oh, ow, cols, y):
+    _sizes_per_image(x, w2, kh, kw, sh, sw, pt, pl, oh, ow, cols)
+    if bias != w2[:1] or y != (x[0], w2[0], oh * ow):
+        raise ValueError("conv2d_forward_images: shapes do not match")
+
+
+def sizes_conv2d_backward_images(gy, x, w2, kh, kw, sh, sw, pt, pl, oh, ow, input_grad, cols,
+                                 gwt_tmp, gwt_part, gb_part, gx):
+    _sizes_per_image(x, w2, kh, kw, sh, sw, pt, pl, oh, ow, cols)
+    if not (gy == (x[0], w2[0], oh * ow) and gwt_tmp == (cols[0], w2[1], w2[0])
+            and gwt_part[0] >= 1 and gwt_part[1:] == (w2[1], w2[0])
+            and gb_part == (gwt_part[0], w2[0]) and (gx == x or not input_grad)):
+        raise ValueError("conv2d_backward_images: shapes do not match")
+
+
+def _sizes_direct(x, w, y, sh, sw, pt, pl):
+    """Shared by the direct convolutions, over the forward's (x, w, y) shapes."""
+    n, c, h, wd = x
+    oc, _, kh, kw = w
+    if not (w[1] == c and y[:2] == (n, oc) and c >= 1 and oc >= 1 and h >= 1 and wd >= 1
+            and y[2] >= 1 and y[3] >= 1):
+        raise ValueError("direct convolution: shapes do not match")
+    sizes_windows(h, wd, kh, kw, sh, sw, pt, pl, y[2], y[3], False)
+
+
+def sizes_conv2d_direct_forward(x, w, bias, sh, sw, pt, pl, relu, y):
+    _sizes_direct(x, w, y, sh, sw, pt, pl)
+    if bias != w[:1]:
+        raise ValueError("conv2d_direct_forward: bias must have shape (OC,)")
+
+
+def sizes_conv2d_direct_backward_data(gy, w, sh, sw, pt, pl, gx):
+    _sizes_direct(gx, w, gy, sh, sw, pt, pl)
+
+
+def sizes_conv2d_direct_backward_weight(gy, x, sh, sw, pt, pl, gw, gb):
+    _sizes_direct(x, gw, gy, sh, sw, pt, pl)
+    if gb != gw[:1]:
+        raise ValueError("conv2d_direct_backward_weight: gb must have shape (OC,)")
+
+
+def sizes_linear_forward(x, w, bias, nblocks, y):
+    if not (w[1] == x[1] and bias == w[:1] and y == (x[0], w[0]) and nblocks >= 1):
+        raise ValueError("dense layer: shapes do not match")
+    if not (x[0] >= 1 and x[1] >= 1 and w[0] >= 1):
+        raise ValueError("dense layer: empty dimension")
+
+
+def sizes_linear_backward(gy, x, w, input_grad, nblocks, gyt, gw, gb, gx):
+    sizes_linear_forward(x, w, gb, nblocks, gy)
+    if not (gyt == (w[0], x[0]) and gw == w and (gx == x or not input_grad)):
+        raise ValueError("linear_backward: gyt, gw or gx has the wrong shape")
+
+
+def sizes_maxpool2d_forward(x, kh, kw, sh, sw, pt, pl, y, idx):
+    sizes_avgpool2d_forward(x, kh, kw, sh, sw, pt, pl, False, y)
+    if idx != y:
+        raise ValueError("maxpool2d_forward: idx must have the shape of y")
+
+
+def sizes_maxpool2d_backward(gy, idx, gx):
+    if gy[:2] != gx[:2] or idx != gy:
+        raise ValueError("maxpool2d_backward: shapes do not match")
+
+
+def sizes_avgpool2d_forward(x, kh, kw, sh, sw, pt, pl, count_include_pad, y):
+    if y[:2] != x[:2]:
+        raise ValueError("pooling: input and output differ in batch size or channels")
+    sizes_windows(x[2], x[3], kh, kw, sh, sw, pt, pl, y[2], y[3], True)
+
+
+def sizes_avgpool2d_backward(gy, kh, kw, sh, sw, pt, pl, count_include_pad, gx):
+    sizes_avgpool2d_forward(gx, kh, kw, sh, sw, pt, pl, count_include_pad, gy)
+
+
+def sizes_relu_forward(x, y):
+    """(Sizes, not shapes: the arrays may have any shape.)"""
+    if x != y:
+        raise ValueError("relu_forward: x and y differ in size")
+
+
+def sizes_relu_backward(gy, y, gx):
+    if not (gy == y and y == gx):
+        raise ValueError("relu_backward: gy, y and gx differ in size")
+
+
+def sizes_softmax_xent_forward(logits, labels, probs, losses):
+    if probs != logits or labels != logits[:1] or losses != logits[:1]:
+        raise ValueError("softmax_xent_forward: shapes do not match")
+
+
+def sizes_softmax_xent_backward(probs, labels, gx):
+    if gx != probs or labels != probs[:1]:
+        raise ValueError("softmax_xent_backward: shapes do not match")
+
+
+def sizes_batchnorm_stats(x, mean, var):
+    if mean != x[1:2] or var != x[1:2]:
+        raise ValueError("batch norm: the per-channel sums must have shape (C,)")
+
+
+def sizes_batchnorm_forward(x, mean, inv_std, weight, bias, xhat, y):
+    if not (mean == x[1:2] and inv_std == x[1:2] and weight == x[1:2] and bias == x[1:2]
+            and xhat == x and y == x):
+        raise ValueError("batch norm: shapes do not match")
+
+
+def sizes_batchnorm_backward_reduce(gy, xhat, gsum, gdot):
+    sizes_batchnorm_stats(gy, gsum, gdot)
+    if xhat != gy:
+        raise ValueError("batchnorm_backward_reduce: xhat must have the shape of gy")
+
+
+def sizes_batchnorm_backward_apply(gy, xhat, scale, a, b, gx):
+    sizes_batchnorm_forward(gy, scale, a, b, scale, xhat, gx)
+
+
+def sizes_adam_step(p, g, m, v, lr_t, beta1, beta2, eps, bc2_sqrt):
+    """(Sizes, not shapes: the arrays may have any shape.)"""
+    if not (p == g and g == m and m == v):
+        raise ValueError("adam_step: p, g, m and v differ in size")

@@ -1,4 +1,11 @@
-"""One place for compilation and threading flags of the compiled kernels."""
+"""The one source of the compiled kernels' tunables, lists and compilation flags.
+
+``setup.py`` reads the literal values named in its ``FROM_CONFIG`` (module list, work
+threshold, block size) from this file without importing it and generates the Cython side
+from them (``fastcnn_config.h`` in the build directory): change them here, then rebuild.
+Numba kernels get the tunables they use as arguments from their Python wrappers (Numba's
+on-disk cache would keep a compiled-in global after it changed here).
+"""
 import os
 import sys
 import warnings
@@ -43,10 +50,30 @@ def env_threads():
         raise ValueError(f"{ENV_THREADS} must be a positive integer, got {value!r}")
     return n
 
+#: The kernel modules of both compiled backends: ``fastcnn._kernels.<name>`` (Numba) and
+#: ``fastcnn._ext.<name>`` (Cython, from ``src_ext/<name>.pyx``; ``_ext._omp``, the thread
+#: control, is built beside them and sets the thread count of each).
+KERNEL_MODULES = ("conv", "conv_direct", "dense", "pool", "activation", "loss", "norm", "optim")
+
 #: Below this many elements of work a kernel runs serially: waking the other threads costs
-#: more than it saves (batch-1 training).  The Cython kernels use the same number
-#: (``_PAR_MIN_WORK`` in ``src_ext/_common.pxi``).
+#: more than it saves (batch-1 training).  Both compiled backends (docs/PERFORMANCE.md, 2).
 PAR_MIN_WORK = 16384
+
+#: Element-wise kernels (ReLU, Adam) run over blocks of this many elements, one block per
+#: parallel iteration.
+ELEMWISE_BLOCK = 16384
+
+#: Partial weight-gradient sums of the per-image and direct convolution kernels: image ``i``
+#: of ``N`` adds into slot ``i * SLOTS // N``, each slot summed by one thread in image order,
+#: then the slots in order.  A constant, so results do not depend on the thread count.
+SLOTS = 8
+
+#: Numba col2im: images per work item (one input channel of that many images).
+COL2IM_IMAGES = 8
+
+#: Numba direct forward: accumulator elements of one work item (rows are blocked to stay
+#: near this, in L1).
+DIRECT_TILE = 2048
 
 #: Dense layers run as at most this many blocks of a GEMM (of output features for the output
 #: and the weight gradient, of input features for the input gradient), each at least

@@ -1,10 +1,12 @@
 """NumPy reference backend: the oracle every compiled kernel is tested against.
 
-These primitives (dtype-generic: the finite-difference tests run them in float64) define the contract shared by all backends (``fastcnn._kernels`` for Numba,
-``fastcnn._ext`` for Cython).  Callers (``functional.py``) validate everything first: arrays are
-C-contiguous, dtypes are exactly as documented, shapes agree, every pooling window holds at
-least one real (non-padding) cell.  Primitives write into the ``# OUT`` buffers the caller
-passes and return nothing.
+These primitives (dtype-generic: the finite-difference tests run them in float64) define the
+contract shared by all backends (``fastcnn._kernels`` for Numba, ``fastcnn._ext`` for Cython):
+arrays are C-contiguous, dtypes are exactly as documented, shapes agree, every pooling window
+holds at least one real (non-padding) cell.  The compiled backends check the sizes first
+(``fastcnn._backend.sizes_<primitive>``); callers (``functional.py``) validate the user's
+input before.  Primitives write into the ``# OUT`` buffers the caller passes and return
+nothing.
 
 Layouts
 -------
@@ -15,8 +17,12 @@ Pooling ``idx`` : (N, C, OH, OW) int32
     Flat index ``h*W + w`` into the input plane of the window's maximum; ties go to the first
     maximum in row-major window order; padded cells never win.
 """
+import functools
+
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
+
+from ._config import SLOTS
 
 
 def _padded(x, kh, kw, sh, sw, pt, pl, oh, ow, fill=0.0):
@@ -68,12 +74,6 @@ def col2im(cols, kh, kw, sh, sw, pt, pl, oh, ow, dx):
     dx[...] = xp[:, :, pt : pt + h, pl : pl + w]
 
 
-#: Number of partial weight-gradient sums of :func:`conv2d_backward_images`: image ``i`` of
-#: ``N`` adds into slot ``i * SLOTS // N``.  A constant, so the result does not depend on the
-#: number of threads (each slot is summed by one thread, in image order).
-SLOTS = 8
-
-
 def conv2d_forward_images(x, w2, bias, kh, kw, sh, sw, pt, pl, oh, ow, cols, y):
     """Convolution one image at a time: unfold the image, one GEMM into its output.
 
@@ -108,7 +108,7 @@ def conv2d_backward_images(gy, x, w2, kh, kw, sh, sw, pt, pl, oh, ow, input_grad
     gwt_tmp : (T, C*kh*kw, OC) float32  # scratch, one per block
     gwt_part : (SLOTS, C*kh*kw, OC) float32  # OUT  slot ``s``: sum over its images (in order)
         of ``im2col(x[i]) @ gy[i].T`` (the transposed weight gradient); image ``i`` belongs to
-        slot ``i * SLOTS // N``
+        slot ``i * SLOTS // N`` (``_config.SLOTS``)
     gb_part : (SLOTS, OC) float64  # OUT  slot sums of ``gy[i]`` over its images and OH*OW
     gx : (N, C, H, W) float32  # OUT if ``input_grad``: ``col2im(w2.T @ gy[i])``
     """
@@ -236,8 +236,7 @@ def maxpool2d_backward(gy, idx, gx):
 
     Parameters
     ----------
-    gy : (N, C, OH, OW) float32  # IN
-    idx : (N, C, OH, OW) int32  # IN
+    gy, idx : (N, C, OH, OW) float32 and int32 (from :func:`maxpool2d_forward`)  # IN
     gx : (N, C, H, W) float32  # OUT, overwritten
     """
     n, c, h, w = gx.shape
@@ -247,14 +246,21 @@ def maxpool2d_backward(gy, idx, gx):
     gx[...] = flat.reshape(gx.shape)
 
 
-def _avg_divisor(h, w, kh, kw, sh, sw, pt, pl, oh, ow, count_include_pad):
+@functools.lru_cache(maxsize=64)
+def avg_divisor(h, w, kh, kw, sh, sw, pt, pl, oh, ow, count_include_pad):
+    """The (OH, OW) float32 divisors of average pooling (read-only, cached): ``kh*kw``, or
+    with ``count_include_pad`` false the number of real cells of each window.  The compiled
+    backends divide by these too."""
     if count_include_pad:
-        return np.full((oh, ow), float(kh * kw), dtype=np.float32)
-    hs = np.arange(oh) * sh - pt
-    ws = np.arange(ow) * sw - pl
-    rh = np.minimum(hs + kh, h) - np.maximum(hs, 0)
-    rw = np.minimum(ws + kw, w) - np.maximum(ws, 0)
-    return (rh[:, None] * rw[None, :]).astype(np.float32)
+        d = np.full((oh, ow), float(kh * kw), dtype=np.float32)
+    else:
+        hs = np.arange(oh) * sh - pt
+        ws = np.arange(ow) * sw - pl
+        rh = np.minimum(hs + kh, h) - np.maximum(hs, 0)
+        rw = np.minimum(ws + kw, w) - np.maximum(ws, 0)
+        d = (rh[:, None] * rw[None, :]).astype(np.float32)
+    d.flags.writeable = False
+    return d
 
 
 def avgpool2d_forward(x, kh, kw, sh, sw, pt, pl, count_include_pad, y):
@@ -272,7 +278,7 @@ def avgpool2d_forward(x, kh, kw, sh, sw, pt, pl, count_include_pad, y):
     oh, ow = y.shape[2:]
     win = _windows(_padded(x, kh, kw, sh, sw, pt, pl, oh, ow), kh, kw, sh, sw, oh, ow)
     s = win.sum(axis=(-2, -1), dtype=y.dtype)
-    y[...] = s / _avg_divisor(h, w, kh, kw, sh, sw, pt, pl, oh, ow, count_include_pad)
+    y[...] = s / avg_divisor(h, w, kh, kw, sh, sw, pt, pl, oh, ow, count_include_pad)
 
 
 def avgpool2d_backward(gy, kh, kw, sh, sw, pt, pl, count_include_pad, gx):
@@ -285,7 +291,7 @@ def avgpool2d_backward(gy, kh, kw, sh, sw, pt, pl, count_include_pad, gx):
     """
     n, c, h, w = gx.shape
     oh, ow = gy.shape[2:]
-    g = gy / _avg_divisor(h, w, kh, kw, sh, sw, pt, pl, oh, ow, count_include_pad)
+    g = gy / avg_divisor(h, w, kh, kw, sh, sw, pt, pl, oh, ow, count_include_pad)
     xp = np.zeros(_padded_shape(gx.shape, kh, kw, sh, sw, pt, pl, oh, ow), dtype=gx.dtype)
     for i in range(kh):
         for j in range(kw):
@@ -501,8 +507,8 @@ def conv2d_direct_backward_weight(gy, x, sh, sw, pt, pl, gw, gb):
     gw : (OC, C, KH, KW) float32  # OUT  sum over images and positions of gy * window
     gb : (OC,) float32  # OUT  ``gy`` summed over N, OH, OW (in float64)
 
-    The compiled kernels sum images in :data:`SLOTS` fixed slots of consecutive images, then
-    the slots in order, so their result does not depend on the thread count.
+    The compiled kernels sum images in ``_config.SLOTS`` fixed slots of consecutive images,
+    then the slots in order, so their result does not depend on the thread count.
     """
     kh, kw = gw.shape[2:]
     oh, ow = gy.shape[2:]

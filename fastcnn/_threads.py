@@ -5,27 +5,22 @@ from ._config import env_threads
 
 _state = {"n": None, "blas_limiter": None, "forked": False}
 
-#: SciPy's BLAS, which the per-image convolution kernels call from their own threads
-#: (``np.dot`` in Numba, ``scipy.linalg.cython_blas`` in Cython).  See :func:`init_gemm_blas`.
+#: SciPy's BLAS, which the kernels call from their own threads (``np.dot`` in Numba,
+#: ``scipy.linalg.cython_blas`` in Cython).  See :func:`init_gemm_blas`.
 _gemm_blas = {"filepath": None, "why": "not initialised"}
 
 
 def init_gemm_blas():
-    """Run SciPy's BLAS single-threaded, for GEMMs called from the kernels' own threads.
+    """Run SciPy's BLAS single-threaded, for the GEMMs the convolution and dense kernels call
+    from their own threads (the one-thread-pool design: docs/PERFORMANCE.md, sections 1, 3).
 
-    The convolution and dense kernels run one thread pool: each thread multiplies its block
-    (an unfolded image, a block of rows) with SciPy's SGEMM, which must then run on one
-    thread: with two OpenBLAS threads per call, concurrent calls from the kernels' threads
-    were many-fold slower (``scripts/blas_threads_probe.py``).  So SciPy's OpenBLAS is limited to
-    one thread (threadpoolctl) and :func:`set_num_threads` leaves it there; NumPy's BLAS, a
-    separate library in the wheels, keeps its threads.
-
-    SciPy's library is the one that importing ``scipy.linalg.cython_blas`` loads, or, if SciPy
-    was imported earlier, the OpenBLAS inside SciPy's installation.  If there is no such
-    separate OpenBLAS (e.g. one BLAS shared with NumPy), or SciPy or threadpoolctl cannot be
-    imported, or ``FASTCNN_NO_THREAD_DEFAULTS=1``, :func:`gemm_blas_single` is False and
-    convolutions and dense layers take the two-pool path with NumPy's multi-threaded BLAS.
-    Never raises.
+    SciPy's OpenBLAS (the one importing ``scipy.linalg.cython_blas`` loads, or, if SciPy was
+    imported earlier, the one inside SciPy's installation) is limited to one thread
+    (threadpoolctl) and :func:`set_num_threads` leaves it there; NumPy's BLAS, a separate
+    library in the wheels, keeps its threads.  If there is no such separate OpenBLAS (e.g. one
+    BLAS shared with NumPy), or SciPy or threadpoolctl cannot be imported, or
+    ``FASTCNN_NO_THREAD_DEFAULTS=1``, :func:`gemm_blas_single` is False and convolutions and
+    dense layers take the two-pool path with NumPy's multi-threaded BLAS.  Never raises.
     """
     if _gemm_blas["why"] != "not initialised":
         return
@@ -153,7 +148,7 @@ def _after_fork_in_child():
     first parallel region waits forever for threads that were not copied (Cython) or aborts
     (Numba).  The child therefore takes the serial paths only: the Cython kernels get one
     thread (``_threads_for`` then never starts a team) and the Numba dispatch
-    (``_kernels._parallel``) calls the serial compilations, whatever the work size.  Results
+    (``_kernels._common``) calls the serial compilations, whatever the work size.  Results
     are the same bytes as at one thread in the parent.  Runs between ``fork()`` and the return
     to Python in the child, so it only sets numbers.
     """

@@ -13,6 +13,8 @@
 import importlib
 import operator
 
+from fastcnn._config import KERNEL_MODULES
+
 cdef extern from "_omp_shim.h" nogil:
     int fastcnn_omp_enabled()
     int fastcnn_omp_get_max_threads()
@@ -30,7 +32,6 @@ LINK_ARGS = FASTCNN_LINK_ARGS.decode("utf-8", "replace")
 COMPILER = FASTCNN_COMPILER.decode("utf-8", "replace")
 BUILD_INFO = FASTCNN_BUILD_INFO.decode("utf-8", "replace")
 
-_KERNEL_MODULES = ("conv", "conv_direct", "pool", "activation", "loss", "norm", "optim")
 _requested = 0
 
 
@@ -47,7 +48,7 @@ def set_num_threads(n):
     if n > 1 << 16:
         raise ValueError(f"set_num_threads: n = {n} is unreasonably large")
     fastcnn_omp_set_num_threads(<int>n)
-    for name in _KERNEL_MODULES:
+    for name in KERNEL_MODULES:
         importlib.import_module("fastcnn._ext." + name)._set_num_threads(n)
     _requested = n
 

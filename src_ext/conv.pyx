@@ -1,21 +1,18 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
-"""Convolution helpers of the Cython backend: im2col, col2im and the GEMM-layout reorders.
+"""Convolution helpers of the Cython backend: im2col, col2im, the GEMM-layout reorders and the
+per-image convolutions.
 
-Contract (signatures, layouts, ``# IN`` / ``# OUT`` buffers): :mod:`fastcnn._ref`.  The callers
-in ``fastcnn.functional`` have validated shapes, dtypes and C-contiguity.  Every parallel loop
-writes disjoint parts of its outputs, and every sum runs in a fixed order inside one
-iteration, so results are bit-identical for any thread count.
+Contract (signatures, layouts, ``# IN`` / ``# OUT`` buffers): :mod:`fastcnn._ref`.  Every
+parallel loop writes disjoint parts of its outputs, and every sum runs in a fixed order inside
+one iteration, so results are bit-identical for any thread count.
 """
 from cython.parallel cimport prange
 from libc.stdlib cimport free, malloc
-from scipy.linalg.cython_blas cimport sgemm
 
 include "_common.pxi"
 
 
 # --------------------------------------------------------------------------- helpers
-
-
 
 cdef inline void _im2col_seg(const float* xc, float* d,
                              Py_ssize_t i, Py_ssize_t j, Py_ssize_t H, Py_ssize_t W,
@@ -61,32 +58,13 @@ cdef inline void _col2im_plane(const float* cols, float* dx, Py_ssize_t c, Py_ss
     cols : (C*kh*kw, N*OH*OW)  # IN
     dx : the (H, W) plane of (n, c)  # OUT
     """
-    cdef Py_ssize_t i, j, oh, ow, h, lo, hi, off
-    cdef Py_ssize_t P = OH * OW
-    cdef const float* src
-    cdef const float* sr
-    cdef float* dr
-    for h in range(H * W):
-        dx[h] = 0.0
+    cdef Py_ssize_t i, j, e
+    for e in range(H * W):
+        dx[e] = 0.0
     for i in range(kh):
         for j in range(kw):
-            src = cols + ((c * kh + i) * kw + j) * NP + n * P
-            off = j - pl
-            _valid_range(off, sw, W, OW, &lo, &hi)
-            if lo >= hi:
-                continue
-            for oh in range(OH):
-                h = oh * sh - pt + i
-                if h < 0 or h >= H:
-                    continue
-                dr = dx + h * W
-                sr = src + oh * OW
-                if sw == 1:
-                    for ow in range(lo, hi):
-                        dr[ow + off] += sr[ow]
-                else:
-                    for ow in range(lo, hi):
-                        dr[ow * sw + off] += sr[ow]
+            _fold_tap(cols + ((c * kh + i) * kw + j) * NP + n * OH * OW, NULL, dx, i, j, H, W,
+                      sh, sw, pt, pl, OH, OW)
 
 
 cdef inline void _add_bias_row(const float* src, float b, float* dst,
@@ -99,29 +77,15 @@ cdef inline void _add_bias_row(const float* src, float b, float* dst,
 cdef inline float _copy_sum_rows(const float* gy, float* dst, Py_ssize_t N, Py_ssize_t rstride,
                                  Py_ssize_t P) noexcept nogil:
     """Copy ``N`` rows of ``P`` (row ``n`` at ``gy + n*rstride``) to ``dst`` back to back and
-    return their sum, accumulated in double in a fixed order (8 interleaved partial sums)."""
-    cdef double a0 = 0.0, a1 = 0.0, a2 = 0.0, a3 = 0.0
-    cdef double a4 = 0.0, a5 = 0.0, a6 = 0.0, a7 = 0.0
-    cdef Py_ssize_t n, p, P8 = P - P % 8
-    cdef const float* r
-    cdef float* d
+    return their float64 sum (in the order of :func:`_sum8_add`)."""
+    cdef double acc[8]
+    cdef Py_ssize_t n, p
+    _sum8_zero(acc)
     for n in range(N):
-        r = gy + n * rstride
-        d = dst + n * P
         for p in range(P):
-            d[p] = r[p]
-        for p in range(0, P8, 8):
-            a0 += r[p]
-            a1 += r[p + 1]
-            a2 += r[p + 2]
-            a3 += r[p + 3]
-            a4 += r[p + 4]
-            a5 += r[p + 5]
-            a6 += r[p + 6]
-            a7 += r[p + 7]
-        for p in range(P8, P):
-            a0 += r[p]
-    return <float>(((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7)))
+            dst[n * P + p] = gy[n * rstride + p]
+        _sum8_add(acc, gy + n * rstride, P)
+    return <float>_sum8_total(acc)
 
 
 # --------------------------------------------------------------------------- kernels
@@ -136,7 +100,7 @@ cdef void _im2col(const float[:, :, :, ::1] x,    # IN  (N, C, H, W)
     cdef const float* xp = &x[0, 0, 0, 0]
     cdef float* cp = &cols[0, 0]
     cdef Py_ssize_t t, r, n, c, k, i, j
-    if nt == 1:  # (a parallel region, even of one thread, costs ~0.7 us: batch-1 steps)
+    if nt == 1:  # (a parallel region, even of one thread, costs: docs/PERFORMANCE.md, 5)
         for n in range(N):
             _im2col_image(xp + n * C * HW, cp + n * P, C, kh, kw, H, W, sh, sw, pt, pl, OH, OW, NP)
         return
@@ -201,10 +165,8 @@ cdef void _ncp_to_cnp_sum(const float[:, :, ::1] gy,   # IN  (N, OC, P)
 
 
 # --------------------------------------------------------------------------- one image at a time
-# One thread pool: each thread unfolds one image into its own buffer (which stays in its
-# core's cache) and calls SciPy's single-threaded SGEMM on it (SciPy's BLAS is loaded with one
-# thread by ``fastcnn._threads.init_gemm_blas``).  Row-major products are computed as their
-# column-major transposes: C = A @ B is C^T = B^T @ A^T.
+# One thread pool (docs/PERFORMANCE.md, 1): each thread unfolds one image into its own buffer
+# and multiplies it with SciPy's single-threaded SGEMM (:func:`_gemm`).
 
 cdef inline void _im2col_image(const float* xi, float* c, Py_ssize_t C, Py_ssize_t kh,
                                Py_ssize_t kw, Py_ssize_t H, Py_ssize_t W, Py_ssize_t sh,
@@ -261,22 +223,18 @@ cdef void _forward_images(const float[:, :, :, ::1] x,   # IN  (N, C, H, W)
     cdef const float* wp = &w2[0, 0]
     cdef float* cp = &cols[0, 0, 0]
     cdef float* yp = &y[0, 0, 0]
-    cdef Py_ssize_t T = cols.shape[0], t, i, o, e
+    cdef Py_ssize_t T = cols.shape[0], t, i, o
     cdef float* c
     cdef float* yi
-    cdef int m = <int>P, n = <int>OC, k = <int>K
-    cdef float one = 1.0, zero = 0.0
     # One iteration per block of consecutive images, with its own buffer cols[t].
     for t in prange(T, schedule='static', num_threads=nt):
         c = cp + t * K * P
-        for i in range(t * N // T, (t + 1) * N // T):
+        for i in range(_part(t, N, T), _part(t + 1, N, T)):
             _im2col_image(xp + i * C * H * W, c, C, kh, kw, H, W, sh, sw, pt, pl, OH, OW, P)
             yi = yp + i * OC * P
-            # y_i (OC, P) = w2 @ c, as y_i^T = c^T @ w2^T in column-major terms
-            sgemm("N", "N", &m, &n, &k, &one, c, &m, <float*>wp, &k, &zero, yi, &m)
+            _gemm(False, False, OC, P, K, wp, K, c, P, 0.0, yi, P)  # y_i = w2 @ c
             for o in range(OC):
-                for e in range(P):
-                    yi[o * P + e] = yi[o * P + e] + bias[o]
+                _add_bias_row(yi + o * P, bias[o], yi + o * P, P)
 
 
 cdef void _backward_images(const float[:, :, ::1] gy,      # IN  (N, OC, OH*OW)
@@ -305,15 +263,13 @@ cdef void _backward_images(const float[:, :, ::1] gy,      # IN  (N, OC, OH*OW)
     cdef const float* g
     cdef double* ba
     cdef double sm
-    cdef int m_oc = <int>OC, n_k = <int>K, k_p = <int>P
-    cdef float one = 1.0, zero = 0.0
     # One iteration per block of consecutive slots, with its own buffer cols[t].  A slot is a
     # run of consecutive images whose weight gradients it sums in image order (SGEMM with
     # beta = 1), so the result does not depend on the number of blocks or threads.
     for t in prange(T, schedule='static', num_threads=nt):
         c = cp + t * K * P
         ba = bacc + t * OC * P
-        for s in range(t * S // T, (t + 1) * S // T):
+        for s in range(_part(t, S, T), _part(t + 1, S, T)):
             for e in range(K * OC):
                 gwp[s * K * OC + e] = 0.0
             # Bias sums: element-wise double partial sums over the slot's images (vectorisable
@@ -323,15 +279,11 @@ cdef void _backward_images(const float[:, :, ::1] gy,      # IN  (N, OC, OH*OW)
             for i in range((s * N + S - 1) // S, ((s + 1) * N + S - 1) // S):
                 g = gp + i * OC * P
                 _im2col_image(xp + i * C * H * W, c, C, kh, kw, H, W, sh, sw, pt, pl, OH, OW, P)
-                # gwt_s (K, OC) += c @ g^T, as gwt_s^T (OC, K) += g @ c^T column-major
-                sgemm("T", "N", &m_oc, &n_k, &k_p, &one, <float*>g, &k_p, c, &k_p, &one,
-                      gwp + s * K * OC, &m_oc)
+                _gemm(False, True, K, OC, P, c, P, g, P, 1.0, gwp + s * K * OC, OC)  # += c @ g^T
                 for e in range(OC * P):
                     ba[e] = ba[e] + g[e]
                 if input_grad:
-                    # c (K, P) = w2^T @ g, as c^T (P, K) = g^T @ w2 column-major
-                    sgemm("N", "T", &k_p, &n_k, &m_oc, &one, <float*>g, &k_p, <float*>wp, &n_k,
-                          &zero, c, &k_p)
+                    _gemm(True, False, K, P, OC, wp, K, g, P, 0.0, c, P)  # c = w2^T @ g
                     for ci in range(C):
                         _col2im_plane(c, gxp + (i * C + ci) * H * W, ci, 0, kh, kw, H, W, sh,
                                       sw, pt, pl, OH, OW, P)
@@ -344,13 +296,17 @@ cdef void _backward_images(const float[:, :, ::1] gy,      # IN  (N, OC, OH*OW)
 
 # --------------------------------------------------------------------------- Python API
 
+cdef _Key _im2col_ok, _col2im_ok, _cnp_ok, _ncp_ok, _fwd_ok, _bwd_ok
+
+
 def im2col(const float[:, :, :, ::1] x, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh,
            Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t oh, Py_ssize_t ow,
            float[:, ::1] cols):
     """Unfold convolution windows into ``cols`` (see :func:`fastcnn._ref.im2col`)."""
-    _check_windows(x.shape[2], x.shape[3], kh, kw, sh, sw, pt, pl, oh, ow, False)
-    _check(oh >= 0 and ow >= 0 and cols.shape[0] == x.shape[1] * kh * kw
-           and cols.shape[1] == x.shape[0] * oh * ow, "im2col: cols has the wrong shape")
+    cdef _Key k = _key(kh, kw, sh, sw, pt, pl, oh, ow)
+    if _new(&_im2col_ok, &k, x.shape, cols.shape):
+        _passed(&_im2col_ok, &k, _backend.sizes_im2col(
+            _dims(x.shape, 4), kh, kw, sh, sw, pt, pl, oh, ow, _dims(cols.shape, 2)))
     if cols.shape[0] == 0 or cols.shape[1] == 0:
         return
     with nogil:
@@ -362,9 +318,10 @@ def col2im(const float[:, ::1] cols, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh
            Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t oh, Py_ssize_t ow,
            float[:, :, :, ::1] dx):
     """Fold ``cols`` back into ``dx``, summing overlaps (see :func:`fastcnn._ref.col2im`)."""
-    _check_windows(dx.shape[2], dx.shape[3], kh, kw, sh, sw, pt, pl, oh, ow, False)
-    _check(oh >= 0 and ow >= 0 and cols.shape[0] == dx.shape[1] * kh * kw
-           and cols.shape[1] == dx.shape[0] * oh * ow, "col2im: cols has the wrong shape")
+    cdef _Key k = _key(kh, kw, sh, sw, pt, pl, oh, ow)
+    if _new(&_col2im_ok, &k, cols.shape, dx.shape):
+        _passed(&_col2im_ok, &k, _backend.sizes_col2im(
+            _dims(cols.shape, 2), kh, kw, sh, sw, pt, pl, oh, ow, _dims(dx.shape, 4)))
     if dx.shape[0] == 0 or dx.shape[1] == 0 or dx.shape[2] == 0 or dx.shape[3] == 0:
         return
     if cols.shape[0] == 0 or cols.shape[1] == 0:
@@ -377,8 +334,10 @@ def col2im(const float[:, ::1] cols, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh
 
 def cnp_to_ncp_bias(const float[:, ::1] ycnp, const float[::1] bias, float[:, :, ::1] y):
     """``y[n, o, p] = ycnp[o, n*P + p] + bias[o]`` (see :func:`fastcnn._ref.cnp_to_ncp_bias`)."""
-    _check(ycnp.shape[0] == y.shape[1] and ycnp.shape[1] == y.shape[0] * y.shape[2]
-           and bias.shape[0] == y.shape[1], "cnp_to_ncp_bias: shapes do not match")
+    cdef _Key k = _key()
+    if _new(&_cnp_ok, &k, ycnp.shape, bias.shape, y.shape):
+        _passed(&_cnp_ok, &k, _backend.sizes_cnp_to_ncp_bias(
+            _dims(ycnp.shape, 2), _dims(bias.shape, 1), _dims(y.shape, 3)))
     if y.shape[0] == 0 or y.shape[1] == 0 or y.shape[2] == 0:
         return
     with nogil:
@@ -388,11 +347,11 @@ def cnp_to_ncp_bias(const float[:, ::1] ycnp, const float[::1] bias, float[:, :,
 def ncp_to_cnp_sum(const float[:, :, ::1] gy, float[:, ::1] gcnp, float[::1] gb):
     """``gcnp[o, n*P + p] = gy[n, o, p]``; ``gb[o]`` = sum over n, p in float64
     (see :func:`fastcnn._ref.ncp_to_cnp_sum`)."""
-    _check(gcnp.shape[0] == gy.shape[1] and gcnp.shape[1] == gy.shape[0] * gy.shape[2]
-           and gb.shape[0] == gy.shape[1], "ncp_to_cnp_sum: shapes do not match")
-    if gy.shape[1] == 0:
-        return
-    if gy.shape[0] == 0 or gy.shape[2] == 0:
+    cdef _Key k = _key()
+    if _new(&_ncp_ok, &k, gy.shape, gcnp.shape, gb.shape):
+        _passed(&_ncp_ok, &k, _backend.sizes_ncp_to_cnp_sum(
+            _dims(gy.shape, 3), _dims(gcnp.shape, 2), _dims(gb.shape, 1)))
+    if gy.shape[0] == 0 or gy.shape[1] == 0 or gy.shape[2] == 0:
         gb[...] = 0.0
         return
     with nogil:
@@ -404,17 +363,14 @@ def conv2d_forward_images(const float[:, :, :, ::1] x, const float[:, ::1] w2,
                           Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t oh,
                           Py_ssize_t ow, float[:, :, ::1] cols, float[:, :, ::1] y):
     """Convolution one image at a time (see :func:`fastcnn._ref.conv2d_forward_images`)."""
-    _check_windows(x.shape[2], x.shape[3], kh, kw, sh, sw, pt, pl, oh, ow, False)
-    _check(oh >= 1 and ow >= 1 and w2.shape[1] == x.shape[1] * kh * kw
-           and bias.shape[0] == w2.shape[0] and cols.shape[0] >= 1
-           and cols.shape[1] == w2.shape[1] and cols.shape[2] == oh * ow
-           and y.shape[0] == x.shape[0] and y.shape[1] == w2.shape[0] and y.shape[2] == oh * ow,
-           "conv2d_forward_images: shapes do not match")
+    cdef _Key k = _key(kh, kw, sh, sw, pt, pl, oh, ow)
+    if _new(&_fwd_ok, &k, x.shape, w2.shape, bias.shape, cols.shape, y.shape):
+        _passed(&_fwd_ok, &k, _backend.sizes_conv2d_forward_images(
+            _dims(x.shape, 4), _dims(w2.shape, 2), _dims(bias.shape, 1), kh, kw, sh, sw, pt, pl, oh,
+            ow, _dims(cols.shape, 3), _dims(y.shape, 3)))
     if x.shape[0] == 0 or w2.shape[0] == 0:
         return
-    cdef int nt = _threads_for(y.shape[0] * y.shape[1] * y.shape[2])
-    if nt > cols.shape[0]:
-        nt = <int>cols.shape[0]
+    cdef int nt = min(_threads_for(y.shape[0] * y.shape[1] * y.shape[2]), cols.shape[0])
     with nogil:
         _forward_images(x, w2, bias, kh, kw, sh, sw, pt, pl, oh, ow, cols, y, nt)
 
@@ -427,24 +383,18 @@ def conv2d_backward_images(const float[:, :, ::1] gy, const float[:, :, :, ::1] 
                            double[:, ::1] gb_part, float[:, :, :, ::1] gx):
     """Gradients one image at a time (see :func:`fastcnn._ref.conv2d_backward_images`;
     ``gwt_tmp`` is not needed here: SGEMM accumulates into ``gwt_part`` directly)."""
-    _check_windows(x.shape[2], x.shape[3], kh, kw, sh, sw, pt, pl, oh, ow, False)
-    _check(oh >= 1 and ow >= 1 and w2.shape[1] == x.shape[1] * kh * kw
-           and gy.shape[0] == x.shape[0] and gy.shape[1] == w2.shape[0] and gy.shape[2] == oh * ow
-           and cols.shape[0] >= 1 and cols.shape[1] == w2.shape[1] and cols.shape[2] == oh * ow
-           and gwt_part.shape[0] >= 1 and gwt_part.shape[1] == w2.shape[1]
-           and gwt_part.shape[2] == w2.shape[0] and gb_part.shape[0] == gwt_part.shape[0]
-           and gb_part.shape[1] == w2.shape[0],
-           "conv2d_backward_images: shapes do not match")
-    if input_grad:
-        _check(gx.shape[0] == x.shape[0] and gx.shape[1] == x.shape[1] and gx.shape[2] == x.shape[2]
-               and gx.shape[3] == x.shape[3], "conv2d_backward_images: gx has the wrong shape")
+    cdef _Key k = _key(kh, kw, sh, sw, pt, pl, oh, ow, input_grad)
+    if _new(&_bwd_ok, &k, gy.shape, x.shape, w2.shape, cols.shape, gwt_tmp.shape,
+            gwt_part.shape, gb_part.shape, gx.shape):
+        _passed(&_bwd_ok, &k, _backend.sizes_conv2d_backward_images(
+            _dims(gy.shape, 3), _dims(x.shape, 4), _dims(w2.shape, 2), kh, kw, sh, sw, pt, pl, oh,
+            ow, input_grad, _dims(cols.shape, 3), _dims(gwt_tmp.shape, 3), _dims(gwt_part.shape, 3),
+            _dims(gb_part.shape, 2), _dims(gx.shape, 4)))
     if x.shape[0] == 0 or w2.shape[0] == 0:
         gwt_part[...] = 0.0
         gb_part[...] = 0.0
         return
-    cdef int nt = _threads_for(gy.shape[0] * gy.shape[1] * gy.shape[2])
-    if nt > cols.shape[0]:
-        nt = <int>cols.shape[0]
+    cdef int nt = min(_threads_for(gy.shape[0] * gy.shape[1] * gy.shape[2]), cols.shape[0])
     cdef double* bacc = <double*>malloc(cols.shape[0] * gy.shape[1] * gy.shape[2] * sizeof(double))
     if bacc == NULL:
         raise MemoryError("conv2d_backward_images: no memory for the bias partial sums")

@@ -203,6 +203,17 @@ static void fcd_pack_grad_t(const fcd_geo* g, const float* gy, fcd_i OCV, float*
 
 typedef void (*fcd_fwd_fn)(const fcd_geo*, const float*, const fcd_i*, const float*, const fcd_i*,
                            const fcd_i*, const fcd_i*, fcd_i, const float*, int, float*, float*);
+typedef void (*fcd_bww_fn)(const float*, fcd_i, const float*, fcd_i, fcd_i, fcd_i, fcd_i, fcd_i,
+                           fcd_i, fcd_i, fcd_i, int, const fcd_i*, float*);
+typedef float (*fcd_probe_fn)(long, float);
+
+/* One ISA's kernels and tile sizes (each compilation of conv_direct_kern.h defines one). */
+typedef struct {
+    fcd_fwd_fn fwd_image;
+    fcd_bww_fn bwd_weight_tile;
+    fcd_probe_fn fma_probe;
+    fcd_i J, VL, WT;
+} fcd_isa_kernels;
 
 /* A forward tile buffer tb[jj*TB + v*VL + lane] -> y[jj*HW + yo[v] + lane] for the nv[v]
  * valid lanes of each of the n vectors and the nj real channels, plus bias, ReLU. */
@@ -227,8 +238,6 @@ static void fcd_store_tile(const float* tb, fcd_i TB, fcd_i VL, fcd_i n, fcd_i n
         }
     }
 }
-typedef void (*fcd_bww_fn)(const float*, fcd_i, const float*, fcd_i, fcd_i, fcd_i, fcd_i, fcd_i,
-                           fcd_i, fcd_i, fcd_i, int, const fcd_i*, float*);
 
 /* Portable baseline: GCC/Clang vector extension, 4 lanes (SSE2 on x86-64, NEON on arm64). */
 #define FCD_SUFFIX base
@@ -313,35 +322,24 @@ static int fcd_cpu_supports(int isa)
 static int fcd_cpu_supports(int isa) { return isa == 0; }
 #endif
 
-static fcd_fwd_fn fcd_fwd_image = fcd_fwd_image_base;
-static fcd_bww_fn fcd_bwd_weight_tile = fcd_bwd_weight_tile_base;
-typedef float (*fcd_probe_fn)(long, float);
-static fcd_probe_fn fcd_fma_probe = fcd_fma_probe_base;
-static fcd_i fcd_J = 4, fcd_VL = 4, fcd_WT = 6;
+/* The selected ISA's kernels and tile sizes (fcd_set_isa). */
+static const fcd_isa_kernels* fcd_isa = &fcd_kernels_base;
+#define fcd_fwd_image (fcd_isa->fwd_image)
+#define fcd_bwd_weight_tile (fcd_isa->bwd_weight_tile)
+#define fcd_fma_probe (fcd_isa->fma_probe)
+#define fcd_J (fcd_isa->J)
+#define fcd_VL (fcd_isa->VL)
+#define fcd_WT (fcd_isa->WT)
 
-/* Select the kernels of ``isa``; -1 if unsupported. */
+/* Select the kernels of ``isa`` (0 baseline, 1 avx2, 2 avx512); -1 if unsupported. */
 static int fcd_set_isa(int isa)
 {
     if (!fcd_cpu_supports(isa)) return -1;
+    fcd_isa = &fcd_kernels_base;
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-    if (isa == 2) {
-        fcd_fwd_image = fcd_fwd_image_avx512;
-        fcd_bwd_weight_tile = fcd_bwd_weight_tile_avx512;
-        fcd_fma_probe = fcd_fma_probe_avx512;
-        fcd_J = 8; fcd_VL = 16; fcd_WT = 12;
-        return 0;
-    }
-    if (isa == 1) {
-        fcd_fwd_image = fcd_fwd_image_avx2;
-        fcd_bwd_weight_tile = fcd_bwd_weight_tile_avx2;
-        fcd_fma_probe = fcd_fma_probe_avx2;
-        fcd_J = 4; fcd_VL = 8; fcd_WT = 6;
-        return 0;
-    }
+    if (isa == 2) fcd_isa = &fcd_kernels_avx512;
+    if (isa == 1) fcd_isa = &fcd_kernels_avx2;
 #endif
-    fcd_fwd_image = fcd_fwd_image_base;
-    fcd_bwd_weight_tile = fcd_bwd_weight_tile_base;
-    fcd_J = 4; fcd_VL = 4; fcd_WT = 6;
     return 0;
 }
 

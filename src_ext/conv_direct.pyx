@@ -2,14 +2,13 @@
 """Direct convolution kernels of the Cython backend (C micro-kernels in ``conv_direct.h``).
 
 Contract: :func:`fastcnn._ref.conv2d_direct_forward` and friends (``# IN`` / ``# OUT``).  The
-callers in ``fastcnn.functional`` have validated everything; the checks here only stop a
-mistaken direct call from reading or writing out of bounds.  The SIMD path (AVX-512, AVX2+FMA
-or a portable baseline) is chosen at import from the CPU, or forced by ``FASTCNN_ISA``.
+SIMD path (AVX-512, AVX2+FMA or a portable baseline) is chosen at import from the CPU, or
+forced by ``FASTCNN_ISA``.
 """
 
 import numpy as np
 
-from cython.parallel cimport prange, threadid
+from cython.parallel cimport prange
 
 include "_common.pxi"
 
@@ -39,10 +38,7 @@ cdef extern from "conv_direct.h" nogil:
     fcd_i fcd_VL
     fcd_i fcd_WT
 
-from fastcnn._config import ENV_ISA, ISAS, requested_isa  # ISAS: slowest first = the C code's ISA number
-#: Fixed slots of consecutive images for the weight gradient (as ``_ref.SLOTS``): the sum
-#: order does not depend on the thread count.
-SLOTS = 8
+from fastcnn._config import ENV_ISA, ISAS, SLOTS, requested_isa  # ISAS: slowest first = the C code's ISA number
 
 _active = None
 _error = None
@@ -84,71 +80,70 @@ def active_isa():
     return _active
 
 
-cdef inline void _blocks(Py_ssize_t n, Py_ssize_t T, Py_ssize_t t, Py_ssize_t* a,
-                         Py_ssize_t* b) noexcept nogil:
-    a[0] = t * n // T
-    b[0] = (t + 1) * n // T
+cdef void _direct_images(const fcd_geo* g,
+                         const float[:, :, :, ::1] src,  # IN  (N, g.C, g.Hs, g.Ws)
+                         const float* w, int flip,       # IN  weights, packed with flip
+                         const float* bias, int relu,    # IN  bias (or NULL), ReLU on output
+                         float[::1] wp, Py_ssize_t[::1] tab, float[:, ::1] xq, float[:, ::1] yg,
+                         Py_ssize_t[:, ::1] st,          # scratch (see _direct)
+                         float[:, :, :, ::1] out,        # OUT (N, g.OC, g.OH, g.OW)
+                         int nt) noexcept nogil:
+    """The forward kernel of :func:`conv2d_direct_forward` and :func:`conv2d_direct_backward_data`,
+    one block of consecutive images per iteration, each block with its own scratch."""
+    cdef Py_ssize_t N = src.shape[0], T = xq.shape[0], t, i, NS
+    cdef int rows
+    fcd_pack_weights(g, w, flip, &wp[0])
+    fcd_make_tab(g, &tab[0])
+    NS = fcd_pixel_starts(g, fcd_VL, &st[0, 0], &st[1, 0], &st[2, 0], &rows)
+    for t in prange(T, schedule='static', num_threads=nt):
+        for i in range(_part(t, N, T), _part(t + 1, N, T)):
+            fcd_pack_input(g, &src[i, 0, 0, 0], &xq[t, 0])
+            if rows:  # (tiles written to the output directly)
+                fcd_fwd_image(g, &xq[t, 0], &tab[0], &wp[0], &st[0, 0], &st[1, 0], &st[2, 0],
+                              NS, bias, relu, &out[i, 0, 0, 0], &yg[t, 0])
+            else:
+                fcd_fwd_image(g, &xq[t, 0], &tab[0], &wp[0], &st[0, 0], NULL, NULL, NS,
+                              NULL, 0, NULL, &yg[t, 0])
+                fcd_unpack_output(g, &yg[t, 0], bias, relu, &out[i, 0, 0, 0])
 
 
-cdef inline double _plane_sums(const float* g, Py_ssize_t N, Py_ssize_t stride,
-                              Py_ssize_t P) noexcept nogil:
-    """Sum of N planes of P floats (plane n at g + n*stride) in float64, in a fixed order:
-    8 interleaved partial sums, combined pairwise."""
-    cdef double a[8]
-    cdef Py_ssize_t n, p, l, P8 = P - P % 8
-    cdef const float* r
-    for l in range(8):
-        a[l] = 0.0
-    for n in range(N):
-        r = g + n * stride
-        for p in range(0, P8, 8):
-            for l in range(8):
-                a[l] += r[p + l]
-        for p in range(P8, P):
-            a[0] += r[p]
-    return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]))
+cdef int _direct(fcd_geo* g, const float[:, :, :, ::1] src, const float* w, int flip,
+                 const float* bias, int relu, float[:, :, :, ::1] out, int nt) except -1:
+    """:func:`_direct_images` with its scratch: packed weights, tap offsets, pixel starts, and
+    per block of images the packed input and the output grid."""
+    cdef Py_ssize_t T = min(<Py_ssize_t>nt, src.shape[0])
+    cdef float[::1] wp = np.empty(g.OCP * g.C * g.KH * g.KW, np.float32)
+    cdef Py_ssize_t[::1] tab = np.empty(g.KH * g.KW, np.intp)
+    cdef float[:, ::1] xq = np.empty((T, g.xq_size), np.float32)
+    cdef float[:, ::1] yg = np.empty((T, g.OCP * g.PR), np.float32)
+    cdef Py_ssize_t[:, ::1] st = np.empty((3, g.P // fcd_VL + 1 + g.OH * (g.OW // fcd_VL + 1)), np.intp)
+    with nogil:  # (the prange lives in a nogil function: within this one, which holds the GIL,
+        #  it compiled slower)
+        _direct_images(g, src, w, flip, bias, relu, wp, tab, xq, yg, st, out, nt)
+    return 0
+
+
+cdef _Key _fwd_ok, _data_ok, _weight_ok
 
 
 def conv2d_direct_forward(const float[:, :, :, ::1] x, const float[:, :, :, ::1] w,
                           const float[::1] bias, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt,
                           Py_ssize_t pl, int relu, float[:, :, :, ::1] y):
     """Direct convolution (see :func:`fastcnn._ref.conv2d_direct_forward`)."""
-    active_isa()
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], OC = w.shape[0], KH = w.shape[2], KW = w.shape[3]
-    cdef Py_ssize_t OH = y.shape[2], OW = y.shape[3]
-    _check_windows(x.shape[2], x.shape[3], KH, KW, sh, sw, pt, pl, OH, OW, False)
-    _check(w.shape[1] == C and bias.shape[0] == OC and y.shape[0] == N and y.shape[1] == OC
-           and OH >= 1 and OW >= 1 and C >= 1 and OC >= 1,
-           "conv2d_direct_forward: shapes do not match")
+    if _active is None:
+        active_isa()
+    cdef _Key k = _key(sh, sw, pt, pl)
+    if _new(&_fwd_ok, &k, x.shape, w.shape, bias.shape, y.shape):
+        _passed(&_fwd_ok, &k, _backend.sizes_conv2d_direct_forward(
+            _dims(x.shape, 4), _dims(w.shape, 4), _dims(bias.shape, 1), sh, sw, pt, pl, relu,
+            _dims(y.shape, 4)))
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], OC = w.shape[0], OH = y.shape[2], OW = y.shape[3]
     if N == 0:
         return
     cdef fcd_geo g
-    fcd_geo_init(&g, C, x.shape[2], x.shape[3], 1, 1, OC, KH, KW, sh, sw, pt, pl, OH, OW, fcd_J)
-    cdef int nt = _threads_for(N * OC * OH * OW)
-    cdef Py_ssize_t T = min(<Py_ssize_t>nt, N)
-    cdef float[::1] wp = np.empty(g.OCP * C * KH * KW, np.float32)
-    cdef Py_ssize_t[::1] tab = np.empty(KH * KW, np.intp)
-    cdef float[:, ::1] xq = np.empty((T, g.xq_size), np.float32)
-    cdef float[:, ::1] yg = np.empty((T, g.OCP * g.PR), np.float32)
-    cdef Py_ssize_t[:, ::1] st = np.empty((3, g.P // fcd_VL + 1 + OH * (OW // fcd_VL + 1)), np.intp)
-    cdef Py_ssize_t t, i, a, b, NS
-    cdef int rows
-    with nogil:
-        fcd_pack_weights(&g, &w[0, 0, 0, 0], 0, &wp[0])
-        fcd_make_tab(&g, &tab[0])
-        NS = fcd_pixel_starts(&g, fcd_VL, &st[0, 0], &st[1, 0], &st[2, 0], &rows)
-        # One iteration per block of consecutive images, each with its own scratch.
-        for t in prange(T, schedule='static', num_threads=nt):
-            _blocks(N, T, t, &a, &b)
-            for i in range(a, b):
-                fcd_pack_input(&g, &x[i, 0, 0, 0], &xq[t, 0])
-                if rows:  # (tiles written to y directly)
-                    fcd_fwd_image(&g, &xq[t, 0], &tab[0], &wp[0], &st[0, 0], &st[1, 0], &st[2, 0],
-                                  NS, &bias[0], relu, &y[i, 0, 0, 0], &yg[t, 0])
-                else:
-                    fcd_fwd_image(&g, &xq[t, 0], &tab[0], &wp[0], &st[0, 0], NULL, NULL, NS,
-                                  NULL, 0, NULL, &yg[t, 0])
-                    fcd_unpack_output(&g, &yg[t, 0], &bias[0], relu, &y[i, 0, 0, 0])
+    fcd_geo_init(&g, C, x.shape[2], x.shape[3], 1, 1, OC, w.shape[2], w.shape[3], sh, sw, pt, pl,
+                 OH, OW, fcd_J)
+    _direct(&g, x, &w[0, 0, 0, 0], 0, &bias[0], relu, y, _threads_for(N * OC * OH * OW))
 
 
 def conv2d_direct_backward_data(const float[:, :, :, ::1] gy, const float[:, :, :, ::1] w,
@@ -156,41 +151,19 @@ def conv2d_direct_backward_data(const float[:, :, :, ::1] gy, const float[:, :, 
                                 float[:, :, :, ::1] gx):
     """Input gradient (see :func:`fastcnn._ref.conv2d_direct_backward_data`): a stride-1
     convolution of the output gradient, dilated by the stride, with the rotated weights."""
-    active_isa()
+    if _active is None:
+        active_isa()
+    cdef _Key k = _key(sh, sw, pt, pl)
+    if _new(&_data_ok, &k, gy.shape, w.shape, gx.shape):
+        _passed(&_data_ok, &k, _backend.sizes_conv2d_direct_backward_data(
+            _dims(gy.shape, 4), _dims(w.shape, 4), sh, sw, pt, pl, _dims(gx.shape, 4)))
     cdef Py_ssize_t N = gy.shape[0], OC = gy.shape[1], OH = gy.shape[2], OW = gy.shape[3]
     cdef Py_ssize_t C = w.shape[1], KH = w.shape[2], KW = w.shape[3], H = gx.shape[2], W = gx.shape[3]
-    _check_windows(H, W, KH, KW, sh, sw, pt, pl, OH, OW, False)
-    _check(w.shape[0] == OC and gx.shape[0] == N and gx.shape[1] == C and H >= 1 and W >= 1
-           and OH >= 1 and OW >= 1 and C >= 1 and OC >= 1,
-           "conv2d_direct_backward_data: shapes do not match")
     if N == 0:
         return
     cdef fcd_geo g
     fcd_geo_init(&g, OC, OH, OW, sh, sw, C, KH, KW, 1, 1, KH - 1 - pt, KW - 1 - pl, H, W, fcd_J)
-    cdef int nt = _threads_for(N * C * H * W)
-    cdef Py_ssize_t T = min(<Py_ssize_t>nt, N)
-    cdef float[::1] wp = np.empty(g.OCP * OC * KH * KW, np.float32)
-    cdef Py_ssize_t[::1] tab = np.empty(KH * KW, np.intp)
-    cdef float[:, ::1] xq = np.empty((T, g.xq_size), np.float32)
-    cdef float[:, ::1] yg = np.empty((T, g.OCP * g.PR), np.float32)
-    cdef Py_ssize_t[:, ::1] st = np.empty((3, g.P // fcd_VL + 1 + H * (W // fcd_VL + 1)), np.intp)
-    cdef Py_ssize_t t, i, a, b, NS
-    cdef int rows
-    with nogil:
-        fcd_pack_weights(&g, &w[0, 0, 0, 0], 1, &wp[0])
-        fcd_make_tab(&g, &tab[0])
-        NS = fcd_pixel_starts(&g, fcd_VL, &st[0, 0], &st[1, 0], &st[2, 0], &rows)
-        for t in prange(T, schedule='static', num_threads=nt):
-            _blocks(N, T, t, &a, &b)
-            for i in range(a, b):
-                fcd_pack_input(&g, &gy[i, 0, 0, 0], &xq[t, 0])
-                if rows:
-                    fcd_fwd_image(&g, &xq[t, 0], &tab[0], &wp[0], &st[0, 0], &st[1, 0], &st[2, 0],
-                                  NS, NULL, 0, &gx[i, 0, 0, 0], &yg[t, 0])
-                else:
-                    fcd_fwd_image(&g, &xq[t, 0], &tab[0], &wp[0], &st[0, 0], NULL, NULL, NS,
-                                  NULL, 0, NULL, &yg[t, 0])
-                    fcd_unpack_output(&g, &yg[t, 0], NULL, 0, &gx[i, 0, 0, 0])
+    _direct(&g, gy, &w[0, 0, 0, 0], 1, NULL, 0, gx, _threads_for(N * C * H * W))
 
 
 def conv2d_direct_backward_weight(const float[:, :, :, ::1] gy, const float[:, :, :, ::1] x,
@@ -201,13 +174,15 @@ def conv2d_direct_backward_weight(const float[:, :, :, ::1] gy, const float[:, :
     Image ``i`` of ``N`` belongs to slot ``i * SLOTS // N``; each (slot, output-channel
     block) is summed by one thread in image order, then the slots in order: the result does
     not depend on the thread count."""
-    active_isa()
+    if _active is None:
+        active_isa()
+    cdef _Key k = _key(sh, sw, pt, pl)
+    if _new(&_weight_ok, &k, gy.shape, x.shape, gw.shape, gb.shape):
+        _passed(&_weight_ok, &k, _backend.sizes_conv2d_direct_backward_weight(
+            _dims(gy.shape, 4), _dims(x.shape, 4), sh, sw, pt, pl, _dims(gw.shape, 4),
+            _dims(gb.shape, 1)))
     cdef Py_ssize_t N = gy.shape[0], OC = gy.shape[1], OH = gy.shape[2], OW = gy.shape[3]
     cdef Py_ssize_t C = x.shape[1], KH = gw.shape[2], KW = gw.shape[3], KK = KH * KW
-    _check_windows(x.shape[2], x.shape[3], KH, KW, sh, sw, pt, pl, OH, OW, False)
-    _check(x.shape[0] == N and gw.shape[0] == OC and gw.shape[1] == C and gb.shape[0] == OC
-           and OH >= 1 and OW >= 1 and C >= 1 and OC >= 1,
-           "conv2d_direct_backward_weight: shapes do not match")
     if N == 0:
         gw[...] = 0.0
         gb[...] = 0.0
@@ -251,8 +226,9 @@ def conv2d_direct_backward_weight(const float[:, :, :, ::1] gy, const float[:, :
             gwp[e] = part[0, q * OCV + o]
             for s in range(1, S):
                 gwp[e] = gwp[e] + part[s, q * OCV + o]
+        # Bias: the output channel's N planes (float64, fixed order).
         for o in prange(OC, schedule='static', num_threads=nt):
-            gb[o] = <float>_plane_sums(&gy[0, o, 0, 0], N, OC * P, P)
+            gb[o] = <float>_sum8_runs(&gy[0, o, 0, 0], N, OC * P, P)
 
 
 def fma_peak_probe(long iters, int threads):

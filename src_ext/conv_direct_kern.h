@@ -8,6 +8,19 @@
 #define FCD_NAME(n) FCD_CAT(n, FCD_SUFFIX)
 #ifndef FCD_UNROLL  /* register tiles: the small constant loops must be fully unrolled */
 #define FCD_UNROLL _Pragma("GCC unroll 32")
+/* A register tile acc[R][V] of vectors: zeroed; updated by acc[r][v] += x[v] * s(r) (one
+ * broadcast of the scalar expression s(r_) per row); each vector stored at addr(r_, v_). */
+#define FCD_TILE_ZERO(acc, R, V) \
+    FCD_UNROLL for (int r_ = 0; r_ < (R); r_++) \
+        FCD_UNROLL for (int v_ = 0; v_ < (V); v_++) acc[r_][v_] = FCD_ZERO();
+#define FCD_TILE_FMA(acc, R, V, x, s) \
+    FCD_UNROLL for (int r_ = 0; r_ < (R); r_++) { \
+        FCD_VT b_ = FCD_SET1(s); \
+        FCD_UNROLL for (int v_ = 0; v_ < (V); v_++) acc[r_][v_] = FCD_FMA(x[v_], b_, acc[r_][v_]); \
+    }
+#define FCD_TILE_STORE(acc, R, V, addr) \
+    FCD_UNROLL for (int r_ = 0; r_ < (R); r_++) \
+        FCD_UNROLL for (int v_ = 0; v_ < (V); v_++) FCD_STORE(addr, acc[r_][v_]);
 #endif
 
 /* V pixel vectors (grid positions st[v] ... st[v] + VL - 1) x J output channels of block
@@ -20,12 +33,8 @@ FCD_NAME(fcd_fwd_tile)(const float* xq, const fcd_i* tab, const float* wpb, fcd_
 {
     FCD_VT acc[FCD_J][FCD_VMAX];
     fcd_i c, kk;
-    int jj, v;
-    FCD_UNROLL
-    for (jj = 0; jj < FCD_J; jj++)
-        FCD_UNROLL
-        for (v = 0; v < V; v++)
-            acc[jj][v] = FCD_ZERO();
+    int v;
+    FCD_TILE_ZERO(acc, FCD_J, V)
     for (c = 0; c < C; c++) {
         const float* xc = xq + c * plane;
         const float* wc = wpb + c * KK * FCD_J;
@@ -36,20 +45,10 @@ FCD_NAME(fcd_fwd_tile)(const float* xq, const fcd_i* tab, const float* wpb, fcd_
             FCD_UNROLL
             for (v = 0; v < V; v++)
                 xv[v] = FCD_LOAD(xk + st[v]);
-            FCD_UNROLL
-            for (jj = 0; jj < FCD_J; jj++) {
-                FCD_VT b = FCD_SET1(wk[jj]);
-                FCD_UNROLL
-                for (v = 0; v < V; v++)
-                    acc[jj][v] = FCD_FMA(xv[v], b, acc[jj][v]);
-            }
+            FCD_TILE_FMA(acc, FCD_J, V, xv, wk[r_])
         }
     }
-    FCD_UNROLL
-    for (jj = 0; jj < FCD_J; jj++)
-        FCD_UNROLL
-        for (v = 0; v < V; v++)
-            FCD_STORE(yb + jj * PR + so[v], acc[jj][v]);
+    FCD_TILE_STORE(acc, FCD_J, V, yb + r_ * PR + so[v_])
 }
 
 /* One image: xq (packed input), NS pixel vectors starting at grid positions st (see
@@ -97,14 +96,10 @@ FCD_NAME(fcd_bww_tile)(const float* xq_all, fcd_i xs, const float* gt_all, fcd_i
                        fcd_i OH, fcd_i OW, fcd_i Wq, fcd_i n0, fcd_i n1, const fcd_i* off,
                        float* out, const int V, const int T)
 {
-    FCD_VT acc[2][2 * FCD_WT];
+    FCD_VT acc[2 * FCD_WT][2];  /* [tap][channel vector] */
     fcd_i n, oh, ow;
-    int v, t;
-    FCD_UNROLL
-    for (v = 0; v < V; v++)
-        FCD_UNROLL
-        for (t = 0; t < T; t++)
-            acc[v][t] = FCD_ZERO();
+    int v;
+    FCD_TILE_ZERO(acc, T, V)
     for (n = n0; n < n1; n++)
         for (oh = 0; oh < OH; oh++) {  /* valid positions only */
             const float* xb = xq_all + n * xs + oh * Wq;
@@ -114,20 +109,10 @@ FCD_NAME(fcd_bww_tile)(const float* xq_all, fcd_i xs, const float* gt_all, fcd_i
                 FCD_UNROLL
                 for (v = 0; v < V; v++)
                     gv[v] = FCD_LOAD(gb + ow * OCV + v * FCD_VL);
-                FCD_UNROLL
-                for (t = 0; t < T; t++) {
-                    FCD_VT b = FCD_SET1(xb[off[t] + ow]);
-                    FCD_UNROLL
-                    for (v = 0; v < V; v++)
-                        acc[v][t] = FCD_FMA(gv[v], b, acc[v][t]);
-                }
+                FCD_TILE_FMA(acc, T, V, gv, xb[off[r_] + ow])
             }
         }
-    FCD_UNROLL
-    for (t = 0; t < T; t++)
-        FCD_UNROLL
-        for (v = 0; v < V; v++)
-            FCD_STORE(out + t * OCV + v * FCD_VL, acc[v][t]);
+    FCD_TILE_STORE(acc, T, V, out + r_ * OCV + v_ * FCD_VL)
 }
 
 /* Task: images n0 .. n1-1 (one slot, summed in order), channel vectors ob*V ... (V = 1 or
@@ -170,6 +155,10 @@ static float FCD_NAME(fcd_fma_probe)(long iters, float m)
         s += out[l];
     return s;
 }
+
+static const fcd_isa_kernels FCD_NAME(fcd_kernels) = {
+    FCD_NAME(fcd_fwd_image), FCD_NAME(fcd_bwd_weight_tile), FCD_NAME(fcd_fma_probe),
+    FCD_J, FCD_VL, FCD_WT};
 
 #undef FCD_SUFFIX
 #undef FCD_VL

@@ -49,12 +49,12 @@ cdef inline void _softmax_bwd_row(const float* p, float* g, Py_ssize_t K, int64_
     g[label] = pl * inv
 
 
-cdef bint _labels_ok(const int64_t[::1] labels, Py_ssize_t K) noexcept nogil:
-    cdef Py_ssize_t n
+cdef Py_ssize_t _bad_labels(const int64_t[::1] labels, Py_ssize_t K) noexcept nogil:
+    """How many labels lie outside ``[0, K)``."""
+    cdef Py_ssize_t n, bad = 0
     for n in range(labels.shape[0]):
-        if labels[n] < 0 or labels[n] >= K:
-            return False
-    return True
+        bad += labels[n] < 0 or labels[n] >= K
+    return bad
 
 
 cdef void _softmax_fwd(const float[:, ::1] logits,   # IN  (N, K)
@@ -67,7 +67,7 @@ cdef void _softmax_fwd(const float[:, ::1] logits,   # IN  (N, K)
     cdef const int64_t* lp = &labels[0]
     cdef float* pp = &probs[0, 0]
     cdef float* op = &losses[0]
-    if nt == 1:  # (a parallel region, even of one thread, costs ~0.7 us: batch-1 steps)
+    if nt == 1:  # (a parallel region, even of one thread, costs: docs/PERFORMANCE.md, 5)
         for n in range(N):
             op[n] = _softmax_row(zp + n * K, pp + n * K, K, lp[n])
         return
@@ -92,26 +92,34 @@ cdef void _softmax_bwd(const float[:, ::1] probs,    # IN  (N, K)
         _softmax_bwd_row(pp + n * K, gp + n * K, K, lp[n], inv)
 
 
+cdef _Key _fwd_ok, _bwd_ok
+
+
 def softmax_xent_forward(const float[:, ::1] logits, const int64_t[::1] labels,
                          float[:, ::1] probs, float[::1] losses):
     """Softmax and per-sample cross-entropy (see :func:`fastcnn._ref.softmax_xent_forward`)."""
-    _check(probs.shape[0] == logits.shape[0] and probs.shape[1] == logits.shape[1]
-           and labels.shape[0] == logits.shape[0] and losses.shape[0] == logits.shape[0],
-           "softmax_xent_forward: shapes do not match")
+    cdef _Key k = _key()
+    if _new(&_fwd_ok, &k, logits.shape, labels.shape, probs.shape, losses.shape):
+        _passed(&_fwd_ok, &k, _backend.sizes_softmax_xent_forward(
+            _dims(logits.shape, 2), _dims(labels.shape, 1), _dims(probs.shape, 2),
+            _dims(losses.shape, 1)))
     if logits.shape[0] == 0 or logits.shape[1] == 0:
         return
-    _check(_labels_ok(labels, logits.shape[1]), "softmax_xent_forward: labels out of range")
+    _in_range("softmax_xent_forward", _bad_labels(labels, logits.shape[1]), "labels")
     with nogil:
-        _softmax_fwd(logits, labels, probs, losses, _threads_for(8 * logits.shape[0] * logits.shape[1]))
+        _softmax_fwd(logits, labels, probs, losses,
+                     _threads_for(8 * logits.shape[0] * logits.shape[1]))
 
 
 def softmax_xent_backward(const float[:, ::1] probs, const int64_t[::1] labels,
                           float[:, ::1] gx):
     """``gx = (probs - onehot(labels)) / N`` (see :func:`fastcnn._ref.softmax_xent_backward`)."""
-    _check(gx.shape[0] == probs.shape[0] and gx.shape[1] == probs.shape[1]
-           and labels.shape[0] == probs.shape[0], "softmax_xent_backward: shapes do not match")
+    cdef _Key k = _key()
+    if _new(&_bwd_ok, &k, probs.shape, labels.shape, gx.shape):
+        _passed(&_bwd_ok, &k, _backend.sizes_softmax_xent_backward(
+            _dims(probs.shape, 2), _dims(labels.shape, 1), _dims(gx.shape, 2)))
     if probs.shape[0] == 0 or probs.shape[1] == 0:
         return
-    _check(_labels_ok(labels, probs.shape[1]), "softmax_xent_backward: labels out of range")
+    _in_range("softmax_xent_backward", _bad_labels(labels, probs.shape[1]), "labels")
     with nogil:
         _softmax_bwd(probs, labels, gx, _threads_for(probs.shape[0] * probs.shape[1]))

@@ -4,7 +4,7 @@
 The reductions (batch statistics, gradient sums) run one channel per parallel iteration and
 accumulate in double in a fixed order: the channel's N planes are added element-wise, in order
 of n, into one double row of H*W partial sums (a loop the compiler vectorises without
-reassociating anything), and that row is summed with 8 interleaved partial sums.  So results
+reassociating anything), and that row is summed by ``_sum8_runs`` (8 interleaved partial sums).  So results
 are bit-identical for any thread count (and equal to the Numba backend's, same order).  The element-wise
 kernels run one (n, c) plane per iteration with the reference's float32 operations in the
 reference's order, so they match it bit for bit.
@@ -45,25 +45,6 @@ cdef inline void _acc_plane_sum_dot(double* accs, double* accd, const float* g, 
         accd[e] += gv * <double>h[e]
 
 
-cdef inline double _row_sum(const double* a, Py_ssize_t P) noexcept nogil:
-    """``sum(a[:P])``, 8 interleaved partial sums."""
-    cdef double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0
-    cdef double s4 = 0.0, s5 = 0.0, s6 = 0.0, s7 = 0.0
-    cdef Py_ssize_t e, P8 = P - P % 8
-    for e in range(0, P8, 8):
-        s0 += a[e]
-        s1 += a[e + 1]
-        s2 += a[e + 2]
-        s3 += a[e + 3]
-        s4 += a[e + 4]
-        s5 += a[e + 5]
-        s6 += a[e + 6]
-        s7 += a[e + 7]
-    for e in range(P8, P):
-        s0 += a[e]
-    return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
-
-
 cdef inline void _zero(double* a, Py_ssize_t P) noexcept nogil:
     cdef Py_ssize_t e
     for e in range(P):
@@ -84,12 +65,12 @@ cdef inline void _stats_channel(const float* x, Py_ssize_t c, Py_ssize_t N, Py_s
     _zero(acc, P)
     for b in range(N):
         _acc_plane(acc, x + (b * C + c) * P, P)
-    mu = _row_sum(acc, P) / M
+    mu = _sum8_runs(acc, 1, 0, P) / M
     _zero(acc, P)
     for b in range(N):
         _acc_plane_sqdev(acc, x + (b * C + c) * P, P, mu)
     mean[0] = mu
-    var[0] = _row_sum(acc, P) / M
+    var[0] = _sum8_runs(acc, 1, 0, P) / M
 
 
 cdef inline void _reduce_channel(const float* gy, const float* xh, Py_ssize_t c, Py_ssize_t N,
@@ -106,8 +87,8 @@ cdef inline void _reduce_channel(const float* gy, const float* xh, Py_ssize_t c,
     for b in range(N):
         o = (b * C + c) * P
         _acc_plane_sum_dot(acc, acc + P, gy + o, xh + o, P)
-    gsum[0] = _row_sum(acc, P)
-    gdot[0] = _row_sum(acc + P, P)
+    gsum[0] = _sum8_runs(acc, 1, 0, P)
+    gdot[0] = _sum8_runs(acc + P, 1, 0, P)
 
 
 cdef inline void _fwd_plane(const float* x, float* xh, float* y, Py_ssize_t P, float mu,
@@ -194,21 +175,16 @@ cdef void _apply(const float[:, :, :, ::1] gy,    # IN  (N, C, H, W)
 
 # --------------------------------------------------------------------------- Python API
 
-cdef inline bint _same4(Py_ssize_t* a, Py_ssize_t* b) noexcept nogil:
-    return a[0] == b[0] and a[1] == b[1] and a[2] == b[2] and a[3] == b[3]
-
-
-cdef inline Py_ssize_t _size4(Py_ssize_t* s) noexcept nogil:
-    return s[0] * s[1] * s[2] * s[3]
+cdef _Key _stats_ok, _fwd_ok, _reduce_ok, _apply_ok
 
 
 def batchnorm_stats(const float[:, :, :, ::1] x, double[::1] mean, double[::1] var):
     """Per-channel mean and biased variance (see :func:`fastcnn._ref.batchnorm_stats`)."""
-    _check(mean.shape[0] == x.shape[1] and var.shape[0] == x.shape[1],
-           "batchnorm_stats: shapes do not match")
-    if x.shape[1] == 0:
-        return
-    if _size4(x.shape) == 0:  # M = 0: 0/0 as the reference
+    cdef _Key k = _key()
+    if _new(&_stats_ok, &k, x.shape, mean.shape, var.shape):
+        _passed(&_stats_ok, &k, _backend.sizes_batchnorm_stats(
+            _dims(x.shape, 4), _dims(mean.shape, 1), _dims(var.shape, 1)))
+    if _size4(x.shape) == 0:  # M = 0: 0/0 as the reference (C = 0: nothing to write)
         mean[:] = float("nan")
         var[:] = float("nan")
         return
@@ -226,10 +202,12 @@ def batchnorm_forward(const float[:, :, :, ::1] x, const float[::1] mean,
                       const float[::1] inv_std, const float[::1] weight, const float[::1] bias,
                       float[:, :, :, ::1] xhat, float[:, :, :, ::1] y):
     """Normalise, scale and shift per channel (see :func:`fastcnn._ref.batchnorm_forward`)."""
-    cdef Py_ssize_t C = x.shape[1]
-    _check(_same4(x.shape, xhat.shape) and _same4(x.shape, y.shape)
-           and mean.shape[0] == C and inv_std.shape[0] == C and weight.shape[0] == C
-           and bias.shape[0] == C, "batchnorm_forward: shapes do not match")
+    cdef _Key k = _key()
+    if _new(&_fwd_ok, &k, x.shape, mean.shape, inv_std.shape, weight.shape, bias.shape,
+            xhat.shape, y.shape):
+        _passed(&_fwd_ok, &k, _backend.sizes_batchnorm_forward(
+            _dims(x.shape, 4), _dims(mean.shape, 1), _dims(inv_std.shape, 1),
+            _dims(weight.shape, 1), _dims(bias.shape, 1), _dims(xhat.shape, 4), _dims(y.shape, 4)))
     if _size4(x.shape) == 0:
         return
     with nogil:
@@ -240,10 +218,10 @@ def batchnorm_backward_reduce(const float[:, :, :, ::1] gy, const float[:, :, :,
                               double[::1] gsum, double[::1] gdot):
     """Per-channel ``sum(gy)`` and ``sum(gy * xhat)`` in double
     (see :func:`fastcnn._ref.batchnorm_backward_reduce`)."""
-    _check(_same4(gy.shape, xhat.shape) and gsum.shape[0] == gy.shape[1]
-           and gdot.shape[0] == gy.shape[1], "batchnorm_backward_reduce: shapes do not match")
-    if gy.shape[1] == 0:
-        return
+    cdef _Key k = _key()
+    if _new(&_reduce_ok, &k, gy.shape, xhat.shape, gsum.shape, gdot.shape):
+        _passed(&_reduce_ok, &k, _backend.sizes_batchnorm_backward_reduce(
+            _dims(gy.shape, 4), _dims(xhat.shape, 4), _dims(gsum.shape, 1), _dims(gdot.shape, 1)))
     if _size4(gy.shape) == 0:
         gsum[:] = 0.0
         gdot[:] = 0.0
@@ -263,10 +241,11 @@ def batchnorm_backward_apply(const float[:, :, :, ::1] gy, const float[:, :, :, 
                              float[:, :, :, ::1] gx):
     """``gx = (gy - (xhat * b + a)) * scale`` per channel
     (see :func:`fastcnn._ref.batchnorm_backward_apply`)."""
-    cdef Py_ssize_t C = gy.shape[1]
-    _check(_same4(gy.shape, xhat.shape) and _same4(gy.shape, gx.shape)
-           and scale.shape[0] == C and a.shape[0] == C and b.shape[0] == C,
-           "batchnorm_backward_apply: shapes do not match")
+    cdef _Key k = _key()
+    if _new(&_apply_ok, &k, gy.shape, xhat.shape, scale.shape, a.shape, b.shape, gx.shape):
+        _passed(&_apply_ok, &k, _backend.sizes_batchnorm_backward_apply(
+            _dims(gy.shape, 4), _dims(xhat.shape, 4), _dims(scale.shape, 1), _dims(a.shape, 1),
+            _dims(b.shape, 1), _dims(gx.shape, 4)))
     if _size4(gy.shape) == 0:
         return
     with nogil:

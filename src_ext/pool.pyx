@@ -1,86 +1,57 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
 """Pooling kernels of the Cython backend: max and average pooling, forward and backward.
 
-Contract: :mod:`fastcnn._ref`.  Every window holds at least one real cell (the callers check).
+Contract: :mod:`fastcnn._ref`.  Every window holds at least one real cell (checked).
 The parallel loops run over (n, c) planes; each plane is written by one iteration in a fixed
 order, so results are bit-identical for any thread count.
 """
 from cython.parallel cimport prange
-from libc.stdlib cimport malloc, free
 from libc.string cimport memset
+
+from fastcnn._ref import avg_divisor
 
 include "_common.pxi"
 
 
 # --------------------------------------------------------------------------- helpers
 
-cdef inline Py_ssize_t _imax(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
-    return a if a > b else b
+cdef inline void _span(Py_ssize_t o, Py_ssize_t s, Py_ssize_t p, Py_ssize_t k, Py_ssize_t n,
+                       Py_ssize_t* lo, Py_ssize_t* hi) noexcept nogil:
+    """The real cells ``[lo, hi)`` of output ``o``'s window along one axis (stride ``s``,
+    padding ``p``, kernel ``k``, input size ``n``)."""
+    lo[0] = max(o * s - p, 0)
+    hi[0] = min(o * s - p + k, n)
 
 
-cdef inline Py_ssize_t _imin(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
-    return a if a < b else b
-
-
-cdef void _fill_divisor(float* div, Py_ssize_t H, Py_ssize_t W, Py_ssize_t kh, Py_ssize_t kw,
-                        Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl,
-                        Py_ssize_t OH, Py_ssize_t OW, bint include_pad) noexcept nogil:
-    """The (OH, OW) divisors of average pooling, as ``fastcnn._ref._avg_divisor``.
-
-    div : OH*OW floats  # OUT
-    """
-    cdef Py_ssize_t oh, ow, hs, ws, rh, rw
-    for oh in range(OH):
-        hs = oh * sh - pt
-        rh = _imin(hs + kh, H) - _imax(hs, 0)
-        for ow in range(OW):
-            if include_pad:
-                div[oh * OW + ow] = <float>(kh * kw)
-            else:
-                ws = ow * sw - pl
-                rw = _imin(ws + kw, W) - _imax(ws, 0)
-                div[oh * OW + ow] = <float>(rh * rw)
-
-
-cdef float* _new_divisor(Py_ssize_t H, Py_ssize_t W, Py_ssize_t kh, Py_ssize_t kw,
-                         Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl,
-                         Py_ssize_t OH, Py_ssize_t OW, bint include_pad) except NULL:
-    """A malloc'ed, filled divisor array of ``OH*OW`` floats; the caller frees it."""
-    cdef float* div = <float*>malloc(OH * OW * sizeof(float))
-    if div == NULL:
-        raise MemoryError()
-    _fill_divisor(div, H, W, kh, kw, sh, sw, pt, pl, OH, OW, include_pad)
-    return div
+cdef inline bint _replaces(float v, float b) noexcept nogil:
+    """Whether a later real cell ``v`` replaces the best ``b`` so far: the scan rule of
+    :func:`fastcnn._ref.maxpool2d_forward` (``v > b`` or ``v`` NaN), and a NaN best stays."""
+    return not (v <= b) and b == b
 
 
 cdef inline void _maxpool_plane(const float* x, float* y, int* idx,
                                 Py_ssize_t H, Py_ssize_t W, Py_ssize_t kh, Py_ssize_t kw,
                                 Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl,
                                 Py_ssize_t OH, Py_ssize_t OW) noexcept nogil:
-    """Max pooling of one plane.
+    """Max pooling of one plane: each window scanned in row-major order from its first real
+    cell.
 
-    Scan rule (shared by all backends): start from the window's first real cell; a later real
-    cell ``v`` replaces the best ``b`` when ``v > b`` or (``v`` is NaN and ``b`` is not).
     x : (H, W) plane  # IN
     y, idx : (OH, OW) planes  # OUT
     """
-    cdef Py_ssize_t oh, ow, h, w, h0, w0, hlo, hhi, wlo, whi, bi, k
+    cdef Py_ssize_t oh, ow, h, w, hlo, hhi, wlo, whi, bi, k
     cdef float b, v
     for oh in range(OH):
-        h0 = oh * sh - pt
-        hlo = _imax(h0, 0)
-        hhi = _imin(h0 + kh, H)
+        _span(oh, sh, pt, kh, H, &hlo, &hhi)
         for ow in range(OW):
-            w0 = ow * sw - pl
-            wlo = _imax(w0, 0)
-            whi = _imin(w0 + kw, W)
+            _span(ow, sw, pl, kw, W, &wlo, &whi)
             bi = hlo * W + wlo
             b = x[bi]
             for h in range(hlo, hhi):
                 for w in range(wlo, whi):
                     k = h * W + w
                     v = x[k]
-                    if v > b or (v != v and b == b):
+                    if _replaces(v, b):
                         b = v
                         bi = k
             y[oh * OW + ow] = b
@@ -92,8 +63,6 @@ cdef inline void _maxpool_plane_2x2(const float* x, float* y, int* idx,
     """:func:`_maxpool_plane` for a 2x2 kernel, stride 2, windows wholly inside the plane
     (``2*OH <= H``, ``2*OW <= W``), written so that gcc vectorises the ``ow`` loops.
 
-    Same scan order and rule, with the rule in the equivalent form
-    ``not (v <= b) and b == b`` (NaN ``b`` never moves; otherwise ``v > b`` or ``v`` is NaN).
     The first loop stores the winner's window position 0..3 in ``idx``, the second turns it
     into the flat input index (two simple loops vectorise better than one).
     """
@@ -102,7 +71,7 @@ cdef inline void _maxpool_plane_2x2(const float* x, float* y, int* idx,
     cdef const float* r1
     cdef float* yr
     cdef int* ir
-    cdef float a0, a1, a2, a3, b
+    cdef float a1, a2, a3, b
     cdef int base, code, w = <int>W
     for oh in range(OH):
         r0 = x + 2 * oh * W
@@ -110,24 +79,20 @@ cdef inline void _maxpool_plane_2x2(const float* x, float* y, int* idx,
         yr = y + oh * OW
         ir = idx + oh * OW
         for ow in range(OW):
-            a0 = r0[2 * ow]
+            b = r0[2 * ow]
             a1 = r0[2 * ow + 1]
             a2 = r1[2 * ow]
             a3 = r1[2 * ow + 1]
-            b = a0
             code = 0
-            if not (a1 <= b):
-                if b == b:
-                    b = a1
-                    code = 1
-            if not (a2 <= b):
-                if b == b:
-                    b = a2
-                    code = 2
-            if not (a3 <= b):
-                if b == b:
-                    b = a3
-                    code = 3
+            if _replaces(a1, b):
+                b = a1
+                code = 1
+            if _replaces(a2, b):
+                b = a2
+                code = 2
+            if _replaces(a3, b):
+                b = a3
+                code = 3
             yr[ow] = b
             ir[ow] = code
         base = <int>(2 * oh * W)
@@ -213,17 +178,13 @@ cdef inline void _avgpool_plane(const float* x, const float* div, float* y,
     div : (OH, OW) divisors  # IN
     y : (OH, OW) plane  # OUT
     """
-    cdef Py_ssize_t oh, ow, h, w, h0, w0, hlo, hhi, wlo, whi
+    cdef Py_ssize_t oh, ow, h, w, hlo, hhi, wlo, whi
     cdef float s, r
     cdef const float* xr
     for oh in range(OH):
-        h0 = oh * sh - pt
-        hlo = _imax(h0, 0)
-        hhi = _imin(h0 + kh, H)
+        _span(oh, sh, pt, kh, H, &hlo, &hhi)
         for ow in range(OW):
-            w0 = ow * sw - pl
-            wlo = _imax(w0, 0)
-            whi = _imin(w0 + kw, W)
+            _span(ow, sw, pl, kw, W, &wlo, &whi)
             s = 0.0
             for h in range(hlo, hhi):
                 xr = x + h * W
@@ -232,7 +193,7 @@ cdef inline void _avgpool_plane(const float* x, const float* div, float* y,
                     for w in range(wlo, whi):
                         r = r + xr[w]
                 else:
-                    r = _pairwise_row(xr, w0, kw, W)
+                    r = _pairwise_row(xr, ow * sw - pl, kw, W)
                 s = s + r
             y[oh * OW + ow] = s / div[oh * OW + ow]
 
@@ -245,18 +206,14 @@ cdef inline void _avgpool_plane_2x2(const float* x, const float* div, float* y,
     cdef Py_ssize_t oh, ow
     cdef const float* r0
     cdef const float* r1
-    cdef const float* dv
-    cdef float* yr
     cdef float zero = 0.0, s0, s1
     for oh in range(OH):
         r0 = x + 2 * oh * W
         r1 = r0 + W
-        dv = div + oh * OW
-        yr = y + oh * OW
         for ow in range(OW):
             s0 = (zero + r0[2 * ow]) + r0[2 * ow + 1]
             s1 = (zero + r1[2 * ow]) + r1[2 * ow + 1]
-            yr[ow] = ((zero + s0) + s1) / dv[ow]
+            y[oh * OW + ow] = ((zero + s0) + s1) / div[oh * OW + ow]
 
 
 cdef inline void _avgpool_bwd_plane(const float* gy, const float* div, float* gx,
@@ -270,30 +227,11 @@ cdef inline void _avgpool_bwd_plane(const float* gy, const float* div, float* gx
     div : (OH, OW) divisors  # IN
     gx : (H, W) plane  # OUT
     """
-    cdef Py_ssize_t i, j, oh, ow, h, lo, hi, off
-    cdef const float* g
-    cdef const float* dv
-    cdef float* dr
+    cdef Py_ssize_t i, j
     memset(gx, 0, H * W * sizeof(float))
     for i in range(kh):
         for j in range(kw):
-            off = j - pl
-            _valid_range(off, sw, W, OW, &lo, &hi)
-            if lo >= hi:
-                continue
-            for oh in range(OH):
-                h = oh * sh - pt + i
-                if h < 0 or h >= H:
-                    continue
-                dr = gx + h * W
-                g = gy + oh * OW
-                dv = div + oh * OW
-                if sw == 1:
-                    for ow in range(lo, hi):
-                        dr[ow + off] += g[ow] / dv[ow]
-                else:
-                    for ow in range(lo, hi):
-                        dr[ow * sw + off] += g[ow] / dv[ow]
+            _fold_tap(gy, div, gx, i, j, H, W, sh, sw, pt, pl, OH, OW)
 
 
 # --------------------------------------------------------------------------- kernels
@@ -301,6 +239,7 @@ cdef inline void _avgpool_bwd_plane(const float* gy, const float* div, float* gx
 cdef void _maxpool_fwd(const float[:, :, :, ::1] x,   # IN  (N, C, H, W)
                        Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
                        Py_ssize_t pt, Py_ssize_t pl,
+                       bint fast,                      # IN  2x2/2 windows inside the plane
                        float[:, :, :, ::1] y,          # OUT (N, C, OH, OW)
                        int[:, :, :, ::1] idx,          # OUT (N, C, OH, OW) int32
                        int nt) noexcept nogil:
@@ -310,10 +249,7 @@ cdef void _maxpool_fwd(const float[:, :, :, ::1] x,   # IN  (N, C, H, W)
     cdef float* yp = &y[0, 0, 0, 0]
     cdef int* ip = &idx[0, 0, 0, 0]
     cdef Py_ssize_t t
-    # 2x2/2 windows that lie wholly inside the input (no padding reached): branch-free path.
-    cdef bint fast = (kh == 2 and kw == 2 and sh == 2 and sw == 2 and pt == 0 and pl == 0
-                      and 2 * OH <= H and 2 * OW <= W)
-    if nt == 1:  # (a parallel region, even of one thread, costs ~0.7 us: batch-1 steps)
+    if nt == 1:  # (a parallel region, even of one thread, costs: docs/PERFORMANCE.md, 5)
         for t in range(NC):
             if fast:
                 _maxpool_plane_2x2(xp + t * HW, yp + t * P, ip + t * P, W, OH, OW)
@@ -349,118 +285,115 @@ cdef Py_ssize_t _maxpool_bwd(const float[:, :, :, ::1] gy,  # IN  (N, C, OH, OW)
     return bad
 
 
-cdef void _avgpool_fwd(const float[:, :, :, ::1] x,   # IN  (N, C, H, W)
-                       Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
-                       Py_ssize_t pt, Py_ssize_t pl,
-                       const float* div,               # IN  (OH, OW) divisors
-                       float[:, :, :, ::1] y,          # OUT (N, C, OH, OW)
-                       int nt) noexcept nogil:
-    cdef Py_ssize_t NC = x.shape[0] * x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef Py_ssize_t OH = y.shape[2], OW = y.shape[3], HW = H * W, P = OH * OW
-    cdef const float* xp = &x[0, 0, 0, 0]
-    cdef float* yp = &y[0, 0, 0, 0]
+cdef void _avgpool_planes(bint forward,
+                          const float[:, :, :, ::1] src,  # IN  x (N, C, H, W), or gy (N, C, OH, OW)
+                          Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                          Py_ssize_t pt, Py_ssize_t pl,
+                          bint fast,                      # IN  2x2/2 windows inside the plane
+                          const float[:, ::1] div,        # IN  (OH, OW) divisors
+                          float[:, :, :, ::1] dst,        # OUT y, or gx (overwritten)
+                          int nt) noexcept nogil:
+    """Average pooling (``forward``) or its gradient, one (n, c) plane per iteration."""
+    cdef Py_ssize_t NC = src.shape[0] * src.shape[1], S = src.shape[2] * src.shape[3]
+    cdef Py_ssize_t D = dst.shape[2] * dst.shape[3]
+    cdef Py_ssize_t H = src.shape[2] if forward else dst.shape[2]
+    cdef Py_ssize_t W = src.shape[3] if forward else dst.shape[3]
+    cdef Py_ssize_t OH = dst.shape[2] if forward else src.shape[2]
+    cdef Py_ssize_t OW = dst.shape[3] if forward else src.shape[3]
+    cdef const float* sp = &src[0, 0, 0, 0]
+    cdef const float* dp = &div[0, 0]
+    cdef float* op = &dst[0, 0, 0, 0]
     cdef Py_ssize_t t
-    cdef bint fast = (kh == 2 and kw == 2 and sh == 2 and sw == 2 and pt == 0 and pl == 0
-                      and 2 * OH <= H and 2 * OW <= W)
+    if not forward:
+        for t in prange(NC, schedule='static', num_threads=nt):
+            _avgpool_bwd_plane(sp + t * S, dp, op + t * D, H, W, kh, kw, sh, sw, pt, pl, OH, OW)
+        return
     for t in prange(NC, schedule='static', num_threads=nt):
         if fast:
-            _avgpool_plane_2x2(xp + t * HW, div, yp + t * P, W, OH, OW)
+            _avgpool_plane_2x2(sp + t * S, dp, op + t * D, W, OH, OW)
         else:
-            _avgpool_plane(xp + t * HW, div, yp + t * P, H, W, kh, kw, sh, sw, pt, pl, OH, OW)
-
-
-cdef void _avgpool_bwd(const float[:, :, :, ::1] gy,  # IN  (N, C, OH, OW)
-                       Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
-                       Py_ssize_t pt, Py_ssize_t pl,
-                       const float* div,               # IN  (OH, OW) divisors
-                       float[:, :, :, ::1] gx,         # OUT (N, C, H, W), overwritten
-                       int nt) noexcept nogil:
-    cdef Py_ssize_t NC = gx.shape[0] * gx.shape[1], H = gx.shape[2], W = gx.shape[3]
-    cdef Py_ssize_t OH = gy.shape[2], OW = gy.shape[3], HW = H * W, P = OH * OW
-    cdef const float* gp = &gy[0, 0, 0, 0]
-    cdef float* xp = &gx[0, 0, 0, 0]
-    cdef Py_ssize_t t
-    for t in prange(NC, schedule='static', num_threads=nt):
-        _avgpool_bwd_plane(gp + t * P, div, xp + t * HW, H, W, kh, kw, sh, sw, pt, pl, OH, OW)
+            _avgpool_plane(sp + t * S, dp, op + t * D, H, W, kh, kw, sh, sw, pt, pl, OH, OW)
 
 
 # --------------------------------------------------------------------------- Python API
 
-cdef inline bint _empty4(Py_ssize_t* shape) noexcept:
-    return shape[0] == 0 or shape[1] == 0 or shape[2] == 0 or shape[3] == 0
+cdef inline bint _fast(Py_ssize_t H, Py_ssize_t W, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh,
+                       Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t OH,
+                       Py_ssize_t OW) noexcept:
+    """2x2/2 windows that lie wholly inside the input (no padding reached): branch-free path."""
+    return (kh == 2 and kw == 2 and sh == 2 and sw == 2 and pt == 0 and pl == 0
+            and 2 * OH <= H and 2 * OW <= W)
+
+
+cdef _Key _maxf_ok, _maxb_ok, _avgf_ok, _avgb_ok
 
 
 def maxpool2d_forward(const float[:, :, :, ::1] x, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh,
                       Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl,
                       float[:, :, :, ::1] y, int[:, :, :, ::1] idx):
     """Max pooling with int32 arg-max indices (see :func:`fastcnn._ref.maxpool2d_forward`)."""
-    _check(y.shape[0] == x.shape[0] and y.shape[1] == x.shape[1]
-           and idx.shape[0] == y.shape[0] and idx.shape[1] == y.shape[1]
-           and idx.shape[2] == y.shape[2] and idx.shape[3] == y.shape[3],
-           "maxpool2d_forward: shapes do not match")
-    _check_windows(x.shape[2], x.shape[3], kh, kw, sh, sw, pt, pl, y.shape[2], y.shape[3], True)
-    if _empty4(y.shape) or _empty4(x.shape):
+    cdef _Key k = _key(kh, kw, sh, sw, pt, pl)
+    if _new(&_maxf_ok, &k, x.shape, y.shape, idx.shape):
+        _passed(&_maxf_ok, &k, _backend.sizes_maxpool2d_forward(
+            _dims(x.shape, 4), kh, kw, sh, sw, pt, pl, _dims(y.shape, 4), _dims(idx.shape, 4)))
+    if _size4(y.shape) == 0:
         return
+    cdef bint fast = _fast(x.shape[2], x.shape[3], kh, kw, sh, sw, pt, pl, y.shape[2], y.shape[3])
     with nogil:
-        _maxpool_fwd(x, kh, kw, sh, sw, pt, pl, y, idx,
-                     _threads_for(x.shape[0] * x.shape[1] * x.shape[2] * x.shape[3]))
+        _maxpool_fwd(x, kh, kw, sh, sw, pt, pl, fast, y, idx, _threads_for(_size4(x.shape)))
 
 
 def maxpool2d_backward(const float[:, :, :, ::1] gy, const int[:, :, :, ::1] idx,
                        float[:, :, :, ::1] gx):
     """Route each output gradient to its arg-max (see :func:`fastcnn._ref.maxpool2d_backward`)."""
-    _check(gy.shape[0] == gx.shape[0] and gy.shape[1] == gx.shape[1]
-           and idx.shape[0] == gy.shape[0] and idx.shape[1] == gy.shape[1]
-           and idx.shape[2] == gy.shape[2] and idx.shape[3] == gy.shape[3],
-           "maxpool2d_backward: shapes do not match")
-    if _empty4(gx.shape):
+    cdef _Key k = _key()
+    if _new(&_maxb_ok, &k, gy.shape, idx.shape, gx.shape):
+        _passed(&_maxb_ok, &k, _backend.sizes_maxpool2d_backward(
+            _dims(gy.shape, 4), _dims(idx.shape, 4), _dims(gx.shape, 4)))
+    if _size4(gx.shape) == 0:
         return
-    if _empty4(gy.shape):
+    if _size4(gy.shape) == 0:
         gx[...] = 0.0
         return
     cdef Py_ssize_t bad
     with nogil:
-        bad = _maxpool_bwd(gy, idx, gx,
-                           _threads_for(gx.shape[0] * gx.shape[1] * gx.shape[2] * gx.shape[3]))
-    _check(bad == 0, "maxpool2d_backward: indices out of range for the input plane")
+        bad = _maxpool_bwd(gy, idx, gx, _threads_for(_size4(gx.shape)))
+    _in_range("maxpool2d_backward", bad, "indices (into the input plane)")
 
 
-def avgpool2d_forward(const float[:, :, :, ::1] x, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh,
-                      Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl, bint count_include_pad,
-                      float[:, :, :, ::1] y):
+cdef int _avgpool(bint forward, const float[:, :, :, ::1] src, Py_ssize_t kh, Py_ssize_t kw,
+                  Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl, bint include_pad,
+                  float[:, :, :, ::1] dst) except -1:
+    """Average pooling (``forward``: src x, dst y) or its gradient (src gy, dst gx)."""
+    cdef _Key* last = &_avgf_ok if forward else &_avgb_ok
+    cdef _Key k = _key(kh, kw, sh, sw, pt, pl, forward)
+    if _new(last, &k, src.shape, dst.shape):
+        check = _backend.sizes_avgpool2d_forward if forward else _backend.sizes_avgpool2d_backward
+        _passed(last, &k, check(
+            _dims(src.shape, 4), kh, kw, sh, sw, pt, pl, include_pad, _dims(dst.shape, 4)))
+    cdef Py_ssize_t* xs = &src.shape[0] if forward else &dst.shape[0]  # the input-sized array
+    cdef Py_ssize_t* ys = &dst.shape[0] if forward else &src.shape[0]
+    if _size4(dst.shape) == 0:
+        return 0
+    if _size4(src.shape) == 0:  # (gradient of an empty output)
+        dst[...] = 0.0
+        return 0
+    cdef const float[:, ::1] div = avg_divisor(xs[2], xs[3], kh, kw, sh, sw, pt, pl, ys[2], ys[3],
+                                               include_pad)
+    cdef bint fast = forward and _fast(xs[2], xs[3], kh, kw, sh, sw, pt, pl, ys[2], ys[3])
+    with nogil:
+        _avgpool_planes(forward, src, kh, kw, sh, sw, pt, pl, fast, div, dst,
+                        _threads_for(_size4(xs)))
+    return 0
+
+
+def avgpool2d_forward(x, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt,
+                      Py_ssize_t pl, bint count_include_pad, y):
     """Average pooling (see :func:`fastcnn._ref.avgpool2d_forward`)."""
-    _check(y.shape[0] == x.shape[0] and y.shape[1] == x.shape[1],
-           "avgpool2d_forward: shapes do not match")
-    _check_windows(x.shape[2], x.shape[3], kh, kw, sh, sw, pt, pl, y.shape[2], y.shape[3], True)
-    if _empty4(y.shape) or _empty4(x.shape):
-        return
-    cdef float* div = _new_divisor(x.shape[2], x.shape[3], kh, kw, sh, sw, pt, pl,
-                                   y.shape[2], y.shape[3], count_include_pad)
-    try:
-        with nogil:
-            _avgpool_fwd(x, kh, kw, sh, sw, pt, pl, div, y,
-                         _threads_for(x.shape[0] * x.shape[1] * x.shape[2] * x.shape[3]))
-    finally:
-        free(div)
+    _avgpool(True, x, kh, kw, sh, sw, pt, pl, count_include_pad, y)
 
 
-def avgpool2d_backward(const float[:, :, :, ::1] gy, Py_ssize_t kh, Py_ssize_t kw,
-                       Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl,
-                       bint count_include_pad, float[:, :, :, ::1] gx):
+def avgpool2d_backward(gy, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                       Py_ssize_t pt, Py_ssize_t pl, bint count_include_pad, gx):
     """Gradient of average pooling (see :func:`fastcnn._ref.avgpool2d_backward`)."""
-    _check(gy.shape[0] == gx.shape[0] and gy.shape[1] == gx.shape[1],
-           "avgpool2d_backward: shapes do not match")
-    _check_windows(gx.shape[2], gx.shape[3], kh, kw, sh, sw, pt, pl, gy.shape[2], gy.shape[3], True)
-    if _empty4(gx.shape):
-        return
-    if _empty4(gy.shape):
-        gx[...] = 0.0
-        return
-    cdef float* div = _new_divisor(gx.shape[2], gx.shape[3], kh, kw, sh, sw, pt, pl,
-                                   gy.shape[2], gy.shape[3], count_include_pad)
-    try:
-        with nogil:
-            _avgpool_bwd(gy, kh, kw, sh, sw, pt, pl, div, gx,
-                         _threads_for(gx.shape[0] * gx.shape[1] * gx.shape[2] * gx.shape[3]))
-    finally:
-        free(div)
+    _avgpool(False, gy, kh, kw, sh, sw, pt, pl, count_include_pad, gx)

@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 
 import fastcnn
 from fastcnn import _backend, _ref
+from fastcnn import functional as F
 
 from utils import BACKENDS, COMPILED, DIRECT_CASES, HSET, assert_close, cores, direct_data, geometries, run_direct
 
@@ -430,3 +431,95 @@ def test_direct_bit_identical_run_to_run_and_across_threads(name):
     for run in runs[1:]:
         for a, c in zip(run, runs[0]):
             assert a.tobytes() == c.tobytes()
+
+
+def _recorded_primitive_calls(name):
+    """The primitive calls (name, args) a few functional ops make on backend ``name``."""
+    from fastcnn.layers import Parameter
+    from fastcnn.optim import Adam
+
+    k, calls = _backend.ops(name), []
+
+    class Recorder:
+        def __getattr__(self, prim):
+            def call(*args):
+                calls.append((prim, args))
+                return getattr(k, prim)(*args)
+            return call
+
+    rng = np.random.default_rng(3)
+    x, w = rng.standard_normal((3, 2, 7, 7), dtype=np.float32), rng.standard_normal((4, 2, 3, 3), dtype=np.float32)
+    ops, previous = _backend.ops, fastcnn.get_backend()
+    _backend.ops = lambda backend=None: Recorder()
+    try:
+        fastcnn.set_backend(name)
+        for conv in ("direct", "per_image", "chunked"):
+            with fastcnn.config(conv=conv):
+                F.conv2d_backward(F.conv2d(x, w, None, 2, 1), x, w, 2, 1)
+        y, idx = F.max_pool2d(x, 2, return_indices=True)
+        F.max_pool2d_backward(y, idx, x.shape)
+        F.avg_pool2d_backward(F.avg_pool2d(x, 3, 2, 1), x.shape, 3, 2, 1)
+        F.relu_backward(x, F.relu(x))
+        F.softmax_cross_entropy_backward(F.softmax_cross_entropy(x[:, 0, 0], [1, 2, 0])[1], [1, 2, 0])
+        F.linear_backward(F.linear(x[:, 0, 0], x[0, 0]), x[:, 0, 0], x[0, 0])
+        F.batch_norm2d_backward(*F.batch_norm2d(x, np.ones(2, np.float32), np.zeros(2, np.float32),
+                                                np.zeros(2, np.float32), np.ones(2, np.float32),
+                                                training=True), np.ones(2, np.float32))
+        p = Parameter(w.copy())
+        p.grad[...] = 1.0
+        Adam([p]).step()
+    finally:
+        _backend.ops = ops
+        fastcnn.set_backend(previous)
+    return calls
+
+
+@pytest.mark.parametrize("name", COMPILED)
+def test_primitives_survive_bad_arrays(name):
+    """A primitive of a compiled backend called with an array of the wrong size raises or
+    runs safely, never crashes: the size check of the contract runs first in both backends.
+    Cython's typed memoryviews also refuse other dtypes and layouts (Numba compiles a kernel
+    for the dtype it gets, and refuses to flatten a non-contiguous array: not swept here, each
+    would be a compilation)."""
+    k = _backend.ops(name)
+    calls = _recorded_primitive_calls(name)
+    assert {prim for prim, _ in calls} >= set(_backend.PRIMITIVES) - {"linear_forward", "linear_backward"}
+    for prim, args in calls:
+        for i, a in enumerate(args):
+            if not isinstance(a, np.ndarray) or a.size < 2:
+                continue
+            wrong = np.float32 if a.dtype != np.float32 else np.float64
+            smaller = np.ascontiguousarray(a[..., 1:] if a.shape[-1] > 1 else a[1:])
+            bads = (smaller,) if name == "numba" else (a.astype(wrong), np.repeat(a, 2, axis=-1)[..., ::2], smaller)
+            for bad in bads:
+                try:
+                    getattr(k, prim)(*args[:i], bad, *args[i + 1:])
+                except Exception:  # noqa: BLE001  (Numba's typing errors included)
+                    continue
+                assert name == "numba" or bad is smaller, f"{prim}: argument {i} {bad.dtype} accepted"
+
+
+@pytest.mark.parametrize("name", COMPILED)
+def test_size_checks_of_the_contract_are_the_same_for_both_compiled_backends(name):
+    k = _backend.ops(name)
+    f32 = np.zeros
+    cases = [
+        (k.im2col, (f32((2, 3, 6, 6), np.float32), 3, 3, 1, 1, 0, 0, 4, 4, f32((27, 31), np.float32))),
+        (k.maxpool2d_forward, (f32((1, 2, 4, 4), np.float32), 2, 2, 2, 2, 0, 0, f32((1, 2, 2, 2), np.float32),
+                               f32((1, 2, 2, 3), np.int32))),
+        (k.maxpool2d_backward, (f32((1, 1, 2, 2), np.float32), np.full((1, 1, 2, 2), 99, np.int32),
+                                f32((1, 1, 4, 4), np.float32))),
+        (k.avgpool2d_forward, (f32((1, 2, 4, 4), np.float32), 2, 2, 2, 2, 2, 0, True, f32((1, 2, 3, 2), np.float32))),
+        (k.softmax_xent_forward, (f32((2, 3), np.float32), np.array([0, 3]), f32((2, 3), np.float32),
+                                  f32(2, np.float32))),
+        (k.relu_forward, (f32((2, 3), np.float32), f32((2, 2), np.float32))),
+        (k.adam_step, (f32(4, np.float32), f32(4, np.float32), f32(3, np.float32), f32(4, np.float32),
+                       1e-3, 0.9, 0.999, 1e-8, 1.0)),
+        (k.conv2d_direct_forward, (f32((1, 2, 5, 5), np.float32), f32((3, 2, 3, 3), np.float32),
+                                   f32(4, np.float32), 1, 1, 0, 0, 0, f32((1, 3, 3, 3), np.float32))),
+        (k.batchnorm_forward, (f32((2, 3, 2, 2), np.float32), *[f32(3, np.float32)] * 3, f32(2, np.float32),
+                               f32((2, 3, 2, 2), np.float32), f32((2, 3, 2, 2), np.float32))),
+    ]
+    for fn, args in cases:
+        with pytest.raises(ValueError, match="shape|size|range|window|match"):
+            fn(*args)

@@ -9,7 +9,7 @@ import pytest
 
 import fastcnn
 
-from utils import NEUTRAL_CWD
+from utils import NEUTRAL_CWD, cores
 
 _ISA_SCRIPT = """
 import numpy as np
@@ -64,3 +64,34 @@ def test_bad_or_unsupported_isa_is_a_clear_error():
         assert out.returncode != 0 and f"FASTCNN_ISA={isa}" in out.stderr and "this CPU" in out.stderr
     out = _isa_run("", {"FASTCNN_CONV": "sideways"})
     assert out.returncode != 0 and "FASTCNN_CONV must be one of" in out.stderr
+
+
+@pytest.mark.skipif("cython" not in fastcnn.available_backends(), reason="Cython backend not built")
+def test_every_cython_kernel_module_uses_the_thread_count_from_any_thread():
+    """``set_num_threads`` reaches every compiled kernel module (each keeps its own count), so
+    kernels called from a non-main Python thread, whose OpenMP default is all cores, use it."""
+    import importlib
+    import pkgutil
+    import threading
+
+    import fastcnn._ext
+
+    if cores() < 2:
+        pytest.skip("needs 2 cores")
+    names = [m.name for m in pkgutil.iter_modules(fastcnn._ext.__path__) if m.name != "_omp"]
+    assert "dense" in names
+    seen = {}
+
+    def probe():  # threads a kernel with plenty of work would use, asked from this thread
+        for name in names:
+            seen[name] = importlib.import_module(f"fastcnn._ext.{name}")._threads_for_work(1 << 40)
+
+    before = fastcnn.get_num_threads()
+    try:
+        fastcnn.set_num_threads(1)
+        t = threading.Thread(target=probe)
+        t.start()
+        t.join()
+    finally:
+        fastcnn.set_num_threads(before)
+    assert seen == dict.fromkeys(names, 1)

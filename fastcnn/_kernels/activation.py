@@ -2,42 +2,41 @@
 import numpy as np
 from numba import prange
 
-from ._parallel import parallel_kernel
-from .conv import _u
-
-_CHUNK = 1 << 14
+from .. import _backend, _config
+from ._common import _u, chunk, flat, parallel_kernel
 
 
 @parallel_kernel
-def _relu_forward(x, y):
+def _relu_forward(x, y, blk):
     # ``np.maximum(x, 0)``: NaN propagates, -0.0 gives +0.0.
-    m = x.shape[0]
-    for blk in prange((m + _CHUNK - 1) // _CHUNK):
-        a = blk * _CHUNK
-        b = min(a + _CHUNK, m)
-        for e in range(a, b):
+    _backend.sizes_relu_forward(x.size, y.size)
+    m = x.size
+    for t in prange((m + blk - 1) // blk):
+        lo, hi = chunk(t, m, blk)
+        for e in range(lo, hi):
             v = x[_u(e)]
             y[_u(e)] = v if (v > 0) | (v != v) else np.float32(0.0)
 
 
 @parallel_kernel
-def _relu_backward(gy, y, gx):
+def _relu_backward(gy, y, gx, blk):
     # ``gy * (y > 0)``: multiplies by 1 or 0 (so NaN/inf gradients behave as in NumPy).
-    m = gy.shape[0]
+    _backend.sizes_relu_backward(gy.size, y.size, gx.size)
+    m = gy.size
     one = np.float32(1.0)
     zero = np.float32(0.0)
-    for blk in prange((m + _CHUNK - 1) // _CHUNK):
-        a = blk * _CHUNK
-        b = min(a + _CHUNK, m)
-        for e in range(a, b):
+    for t in prange((m + blk - 1) // blk):
+        lo, hi = chunk(t, m, blk)
+        for e in range(lo, hi):
             gx[_u(e)] = gy[_u(e)] * (one if y[_u(e)] > 0 else zero)
 
 
 def relu_forward(x, y):
     """``y = max(x, 0)``; x, y : any shape, float32, C-contiguous (y may be x)."""
-    _relu_forward(x.reshape(-1), y.reshape(-1))
+    _relu_forward(flat(x, "x", "relu_forward"), flat(y, "y", "relu_forward"), _config.ELEMWISE_BLOCK)
 
 
 def relu_backward(gy, y, gx):
     """``gx = gy * (y > 0)``; gy, y IN; gx OUT (may be gy)."""
-    _relu_backward(gy.reshape(-1), y.reshape(-1), gx.reshape(-1))
+    op = "relu_backward"
+    _relu_backward(flat(gy, "gy", op), flat(y, "y", op), flat(gx, "gx", op), _config.ELEMWISE_BLOCK)

@@ -18,13 +18,10 @@ has one fixed summation order whatever the number of threads.  FMA contraction o
 import numpy as np
 from numba import njit, prange
 
+from .. import _backend, _config
 from .._config import NUMBA_SERIAL_FMA
-from ._parallel import parallel_kernel
+from ._common import _u, add_plane, helper, parallel_kernel, total
 
-_u = np.uint64  # unsigned flat indices: no wraparound branch, so LLVM vectorises (see conv.py)
-
-#: Accumulator elements of one forward work item (rows are blocked to stay near this).
-_TILE = 2048
 #: Forward runs are rounded up to a multiple of this (one zmm of float32): the few extra
 #: outputs land in dropped columns, and the vector loop needs no scalar remainder.
 _VEC = 16
@@ -56,27 +53,50 @@ def _pad(x, pt, pl, xp):
                     xp[b, ci, r, q] = x[b, ci, sr, sq] if 0 <= sq < w else np.float32(0.0)
 
 
+@helper
+def _w3(wf, w0):
+    return wf[w0], wf[w0 + 1], wf[w0 + 2]
+
+
+@helper
+def _w5(wf, w0):
+    return wf[w0], wf[w0 + 1], wf[w0 + 2], wf[w0 + 3], wf[w0 + 4]
+
+
+@helper
+def _taps(acc, a0, xf, x0, ks, m):
+    """``acc[a0+e] += sum_j ks[j] * xf[x0+e+j]`` for e < m, taps added in j order; ``ks`` is a
+    tuple of weights (a constant count: the tap loop is unrolled, the weights stay in
+    registers and the loop over e vectorises)."""
+    for e in range(m):
+        s = acc[_u(a0 + e)]
+        for j in range(len(ks)):
+            s += ks[j] * xf[_u(x0 + e + j)]
+        acc[_u(a0 + e)] = s
+
+
+@helper
+def _taps2(acc, d, xf, x0, ka, kb, m):
+    """:func:`_taps` for two output channels at once (weights ``ka`` and ``kb``, sums at
+    ``acc[e]`` and ``acc[d + e]``): each input load feeds two FMAs."""
+    for e in range(m):
+        s = acc[_u(e)]
+        t = acc[_u(d + e)]
+        for j in range(len(ka)):
+            v = xf[_u(x0 + e + j)]
+            s += ka[j] * v
+            t += kb[j] * v
+        acc[_u(e)] = s
+        acc[_u(d + e)] = t
+
+
 @njit(**NUMBA_SERIAL_FMA)
 def _row_acc(acc, a0, xf, x0, wf, w0, kw, m):
     """``acc[a0+e] += sum_j wf[w0+j] * xf[x0+e+j]`` for e < m, taps added in j order."""
     if kw == 3:
-        k0, k1, k2 = wf[w0], wf[w0 + 1], wf[w0 + 2]
-        for e in range(m):
-            s = acc[_u(a0 + e)]
-            s += k0 * xf[_u(x0 + e)]
-            s += k1 * xf[_u(x0 + e + 1)]
-            s += k2 * xf[_u(x0 + e + 2)]
-            acc[_u(a0 + e)] = s
+        _taps(acc, a0, xf, x0, _w3(wf, w0), m)
     elif kw == 5:
-        k0, k1, k2, k3, k4 = wf[w0], wf[w0 + 1], wf[w0 + 2], wf[w0 + 3], wf[w0 + 4]
-        for e in range(m):
-            s = acc[_u(a0 + e)]
-            s += k0 * xf[_u(x0 + e)]
-            s += k1 * xf[_u(x0 + e + 1)]
-            s += k2 * xf[_u(x0 + e + 2)]
-            s += k3 * xf[_u(x0 + e + 3)]
-            s += k4 * xf[_u(x0 + e + 4)]
-            acc[_u(a0 + e)] = s
+        _taps(acc, a0, xf, x0, _w5(wf, w0), m)
     else:
         for j in range(kw):
             kj = wf[w0 + j]
@@ -87,62 +107,26 @@ def _row_acc(acc, a0, xf, x0, wf, w0, kw, m):
 @njit(**NUMBA_SERIAL_FMA)
 def _row_acc2(acc, d, xf, x0, wf, wa, wb, kw, m):
     """:func:`_row_acc` for two output channels at once (weights at ``wa`` and ``wb``, sums at
-    ``acc[e]`` and ``acc[d + e]``): each input load feeds two FMAs."""
+    ``acc[e]`` and ``acc[d + e]``)."""
     if kw == 3:
-        a0, a1, a2 = wf[wa + 0], wf[wa + 1], wf[wa + 2]
-        b0, b1, b2 = wf[wb + 0], wf[wb + 1], wf[wb + 2]
-        for e in range(m):
-            s = acc[_u(e)]
-            t = acc[_u(d + e)]
-            v = xf[_u(x0 + e + 0)]
-            s += a0 * v
-            t += b0 * v
-            v = xf[_u(x0 + e + 1)]
-            s += a1 * v
-            t += b1 * v
-            v = xf[_u(x0 + e + 2)]
-            s += a2 * v
-            t += b2 * v
-            acc[_u(e)] = s
-            acc[_u(d + e)] = t
+        _taps2(acc, d, xf, x0, _w3(wf, wa), _w3(wf, wb), m)
     elif kw == 5:
-        a0, a1, a2, a3, a4 = wf[wa + 0], wf[wa + 1], wf[wa + 2], wf[wa + 3], wf[wa + 4]
-        b0, b1, b2, b3, b4 = wf[wb + 0], wf[wb + 1], wf[wb + 2], wf[wb + 3], wf[wb + 4]
-        for e in range(m):
-            s = acc[_u(e)]
-            t = acc[_u(d + e)]
-            v = xf[_u(x0 + e + 0)]
-            s += a0 * v
-            t += b0 * v
-            v = xf[_u(x0 + e + 1)]
-            s += a1 * v
-            t += b1 * v
-            v = xf[_u(x0 + e + 2)]
-            s += a2 * v
-            t += b2 * v
-            v = xf[_u(x0 + e + 3)]
-            s += a3 * v
-            t += b3 * v
-            v = xf[_u(x0 + e + 4)]
-            s += a4 * v
-            t += b4 * v
-            acc[_u(e)] = s
-            acc[_u(d + e)] = t
+        _taps2(acc, d, xf, x0, _w5(wf, wa), _w5(wf, wb), m)
     else:
         _row_acc(acc, 0, xf, x0, wf, wa, kw, m)
         _row_acc(acc, d, xf, x0, wf, wb, kw, m)
 
 
-
 @parallel_kernel(fma=True)
-def _forward(xp, xf, w, bias, relu, y):
+def _forward(xp, xf, w, bias, relu, y, tile):
     """Stride-1 direct convolution of the padded input ``xp`` (no padding left to apply);
     ``xf`` is its flat buffer with ``_VEC`` elements of tail (see :func:`_padded_buffer`).
-    Outputs are computed at the padded row pitch ``wp`` (the extra columns are dropped)."""
+    Outputs are computed at the padded row pitch ``wp`` (the extra columns are dropped), in
+    blocks of rows of about ``tile`` accumulators (``_config.DIRECT_TILE``)."""
     n, c, hp, wp = xp.shape
     oc, _, kh, kw = w.shape
     oh, ow = y.shape[2], y.shape[3]
-    rb = max(1, min(oh, _TILE // wp))
+    rb = max(1, min(oh, tile // wp))
     nrb = (oh + rb - 1) // rb
     wf = w.reshape(w.size)
     plane = hp * wp
@@ -225,7 +209,7 @@ def _forward_strided(xq, w, bias, relu, y):
                 w0 = ((o * c + ci) * kh + i) * kw
                 for j in range(kw):
                     x0 = xc + ((i % sh) * sw + j % sw) * sub + (i // sh) * wq + j // sw
-                    _row_acc(acc, 0, xf, x0, wf, w0 + j, 1, m)
+                    _taps(acc, 0, xf, x0, (wf[w0 + j],), m)
         for r in range(oh):
             for q in range(ow):
                 v = acc[_u(r * wq + q)]
@@ -237,6 +221,7 @@ def _forward_strided(xq, w, bias, relu, y):
 def conv2d_direct_forward(x, w, bias, sh, sw, pt, pl, relu, y):
     """Direct convolution with fused bias and optional ReLU
     (see :func:`fastcnn._ref.conv2d_direct_forward`)."""
+    _backend.sizes_conv2d_direct_forward(x.shape, w.shape, bias.shape, sh, sw, pt, pl, relu, y.shape)
     n, c = x.shape[:2]
     kh, kw = w.shape[2:]
     oh, ow = y.shape[2:]
@@ -248,7 +233,7 @@ def conv2d_direct_forward(x, w, bias, sh, sw, pt, pl, relu, y):
         _phase_split(xp, xq)
         _forward_strided(xq, w, bias, int(relu), y)
     else:
-        _forward(xp, xf, w, bias, int(relu), y)
+        _forward(xp, xf, w, bias, int(relu), y, _config.DIRECT_TILE)
 
 
 @parallel_kernel(fma=True)
@@ -278,6 +263,7 @@ def _dilate_flip(gy, w, sh, sw, gd, wt):
 
 def conv2d_direct_backward_data(gy, w, sh, sw, pt, pl, gx):
     """Input gradient (see :func:`fastcnn._ref.conv2d_direct_backward_data`)."""
+    _backend.sizes_conv2d_direct_backward_data(gy.shape, w.shape, sh, sw, pt, pl, gx.shape)
     n, oc, oh, ow = gy.shape
     c, kh, kw = w.shape[1:]
     h, wd = gx.shape[2:]
@@ -288,7 +274,7 @@ def conv2d_direct_backward_data(gy, w, sh, sw, pt, pl, gx):
     # convolution with top/left padding kh-1-pt, kw-1-pl and output size H x W.
     gp, gf = _padded_buffer(n, oc, h - 1 + kh, wd - 1 + kw)
     _pad(gd, kh - 1 - pt, kw - 1 - pl, gp)
-    _forward(gp, gf, wt, np.zeros(c, np.float32), 0, gx)
+    _forward(gp, gf, wt, np.zeros(c, np.float32), 0, gx, _config.DIRECT_TILE)
 
 
 @parallel_kernel(fma=True)
@@ -306,106 +292,59 @@ def _pitch_gy(gy, gp):
                 gp[b, o, r, q] = 0.0
 
 
+@helper
+def _wgrad_taps(acc, a0, gf, g0, xf, x0, js, m):
+    """``acc[a0 + j*m + e] += gf[g0+e] * xf[x0+e+j]`` for the taps ``j`` in ``js`` (a tuple: a
+    constant count, unrolled) and e < m, element-wise."""
+    for e in range(m):
+        g = gf[_u(g0 + e)]
+        for j in js:
+            acc[_u(a0 + j * m + e)] += g * xf[_u(x0 + e + j)]
+
+
 @njit(**NUMBA_SERIAL_FMA)
 def _wgrad_row(acc, a0, gf, g0, xf, x0, kw, m):
     """``acc[a0 + j*m + e] += gf[g0+e] * xf[x0+e+j]`` for j < kw, e < m (element-wise)."""
     if kw == 3:
-        for e in range(m):
-            g = gf[_u(g0 + e)]
-            acc[_u(a0 + e)] += g * xf[_u(x0 + e)]
-            acc[_u(a0 + m + e)] += g * xf[_u(x0 + e + 1)]
-            acc[_u(a0 + 2 * m + e)] += g * xf[_u(x0 + e + 2)]
+        _wgrad_taps(acc, a0, gf, g0, xf, x0, (0, 1, 2), m)
     elif kw == 5:
-        for e in range(m):
-            g = gf[_u(g0 + e)]
-            acc[_u(a0 + e)] += g * xf[_u(x0 + e)]
-            acc[_u(a0 + m + e)] += g * xf[_u(x0 + e + 1)]
-            acc[_u(a0 + 2 * m + e)] += g * xf[_u(x0 + e + 2)]
-            acc[_u(a0 + 3 * m + e)] += g * xf[_u(x0 + e + 3)]
-            acc[_u(a0 + 4 * m + e)] += g * xf[_u(x0 + e + 4)]
+        _wgrad_taps(acc, a0, gf, g0, xf, x0, (0, 1, 2, 3, 4), m)
     else:
         for j in range(kw):
             for e in range(m):
                 acc[_u(a0 + j * m + e)] += gf[_u(g0 + e)] * xf[_u(x0 + e + j)]
 
 
-# Four images at a time, for up to 3 taps of a kernel row: the partial sums stay in registers
-# over the 4 images, added in image order as in _wgrad_row (so the same bytes).  Three taps at
-# most: with 5 LLVM did not vectorise the loop (runtime alias checks over too many streams).
-@njit(**NUMBA_SERIAL_FMA)
-def _wgrad4_1(acc, a0, gf, g0, gs, xf, x0, xs, m):
+@helper
+def _wgrad4_taps(acc, a0, gf, g0, gs, xf, x0, xs, js, m):
+    """:func:`_wgrad_taps` for the 4 images at offsets ``g0 + q*gs``, ``x0 + q*xs``: each
+    partial sum stays in a register over the 4 images, added in image order (so the same
+    bytes as one image at a time).  At most 3 taps: with 5 LLVM did not vectorise the loop
+    (runtime alias checks over too many streams)."""
     for e in range(m):
-        s0 = acc[_u(a0 + 0 * m + e)]
-        g = gf[_u(g0 + 0 * gs + e)]
-        s0 += g * xf[_u(x0 + 0 * xs + e + 0)]
-        g = gf[_u(g0 + 1 * gs + e)]
-        s0 += g * xf[_u(x0 + 1 * xs + e + 0)]
-        g = gf[_u(g0 + 2 * gs + e)]
-        s0 += g * xf[_u(x0 + 2 * xs + e + 0)]
-        g = gf[_u(g0 + 3 * gs + e)]
-        s0 += g * xf[_u(x0 + 3 * xs + e + 0)]
-        acc[_u(a0 + 0 * m + e)] = s0
-
-
-@njit(**NUMBA_SERIAL_FMA)
-def _wgrad4_2(acc, a0, gf, g0, gs, xf, x0, xs, m):
-    for e in range(m):
-        s0 = acc[_u(a0 + 0 * m + e)]
-        s1 = acc[_u(a0 + 1 * m + e)]
-        g = gf[_u(g0 + 0 * gs + e)]
-        s0 += g * xf[_u(x0 + 0 * xs + e + 0)]
-        s1 += g * xf[_u(x0 + 0 * xs + e + 1)]
-        g = gf[_u(g0 + 1 * gs + e)]
-        s0 += g * xf[_u(x0 + 1 * xs + e + 0)]
-        s1 += g * xf[_u(x0 + 1 * xs + e + 1)]
-        g = gf[_u(g0 + 2 * gs + e)]
-        s0 += g * xf[_u(x0 + 2 * xs + e + 0)]
-        s1 += g * xf[_u(x0 + 2 * xs + e + 1)]
-        g = gf[_u(g0 + 3 * gs + e)]
-        s0 += g * xf[_u(x0 + 3 * xs + e + 0)]
-        s1 += g * xf[_u(x0 + 3 * xs + e + 1)]
-        acc[_u(a0 + 0 * m + e)] = s0
-        acc[_u(a0 + 1 * m + e)] = s1
-
-
-@njit(**NUMBA_SERIAL_FMA)
-def _wgrad4_3(acc, a0, gf, g0, gs, xf, x0, xs, m):
-    for e in range(m):
-        s0 = acc[_u(a0 + 0 * m + e)]
-        s1 = acc[_u(a0 + 1 * m + e)]
-        s2 = acc[_u(a0 + 2 * m + e)]
-        g = gf[_u(g0 + 0 * gs + e)]
-        s0 += g * xf[_u(x0 + 0 * xs + e + 0)]
-        s1 += g * xf[_u(x0 + 0 * xs + e + 1)]
-        s2 += g * xf[_u(x0 + 0 * xs + e + 2)]
-        g = gf[_u(g0 + 1 * gs + e)]
-        s0 += g * xf[_u(x0 + 1 * xs + e + 0)]
-        s1 += g * xf[_u(x0 + 1 * xs + e + 1)]
-        s2 += g * xf[_u(x0 + 1 * xs + e + 2)]
-        g = gf[_u(g0 + 2 * gs + e)]
-        s0 += g * xf[_u(x0 + 2 * xs + e + 0)]
-        s1 += g * xf[_u(x0 + 2 * xs + e + 1)]
-        s2 += g * xf[_u(x0 + 2 * xs + e + 2)]
-        g = gf[_u(g0 + 3 * gs + e)]
-        s0 += g * xf[_u(x0 + 3 * xs + e + 0)]
-        s1 += g * xf[_u(x0 + 3 * xs + e + 1)]
-        s2 += g * xf[_u(x0 + 3 * xs + e + 2)]
-        acc[_u(a0 + 0 * m + e)] = s0
-        acc[_u(a0 + 1 * m + e)] = s1
-        acc[_u(a0 + 2 * m + e)] = s2
+        g_0 = gf[_u(g0 + e)]
+        g_1 = gf[_u(g0 + gs + e)]
+        g_2 = gf[_u(g0 + 2 * gs + e)]
+        g_3 = gf[_u(g0 + 3 * gs + e)]
+        for j in js:
+            s = acc[_u(a0 + j * m + e)]
+            s += g_0 * xf[_u(x0 + e + j)]
+            s += g_1 * xf[_u(x0 + xs + e + j)]
+            s += g_2 * xf[_u(x0 + 2 * xs + e + j)]
+            s += g_3 * xf[_u(x0 + 3 * xs + e + j)]
+            acc[_u(a0 + j * m + e)] = s
 
 
 @njit(**NUMBA_SERIAL_FMA)
 def _wgrad_row4(acc, a0, gf, g0, gs, xf, x0, xs, kw, m):
-    """:func:`_wgrad_row` for the 4 images at offsets ``g0 + q*gs``, ``x0 + q*xs``."""
-    for j0 in range(0, kw, 3):
-        t = min(3, kw - j0)
-        if t == 3:
-            _wgrad4_3(acc, a0 + j0 * m, gf, g0, gs, xf, x0 + j0, xs, m)
-        elif t == 2:
-            _wgrad4_2(acc, a0 + j0 * m, gf, g0, gs, xf, x0 + j0, xs, m)
-        else:
-            _wgrad4_1(acc, a0 + j0 * m, gf, g0, gs, xf, x0 + j0, xs, m)
+    """:func:`_wgrad_row` for the 4 images at offsets ``g0 + q*gs``, ``x0 + q*xs`` (kw <= 3)."""
+    if kw == 3:
+        _wgrad4_taps(acc, a0, gf, g0, gs, xf, x0, xs, (0, 1, 2), m)
+    elif kw == 2:
+        _wgrad4_taps(acc, a0, gf, g0, gs, xf, x0, xs, (0, 1), m)
+    else:
+        _wgrad4_taps(acc, a0, gf, g0, gs, xf, x0, xs, (0,), m)
+
 
 @njit(**NUMBA_SERIAL_FMA)
 def _wgrad_row_strided(acc, a0, gf, g0, xf, x0, kw, m, sw):
@@ -476,17 +415,13 @@ def _bias_grad(gy, gb):
     for o in prange(oc):
         acc = np.zeros(p, np.float64)
         for b in range(n):
-            s0 = (b * oc + o) * p
-            for e in range(p):
-                acc[_u(e)] += np.float64(gf[_u(s0 + e)])
-        tot = 0.0
-        for e in range(p):
-            tot += acc[_u(e)]
-        gb[o] = np.float32(tot)
+            add_plane(acc, 0, gf, (b * oc + o) * p, p)
+        gb[o] = np.float32(total(acc, 0, p))
 
 
 def conv2d_direct_backward_weight(gy, x, sh, sw, pt, pl, gw, gb):
     """Weight and bias gradients (see :func:`fastcnn._ref.conv2d_direct_backward_weight`)."""
+    _backend.sizes_conv2d_direct_backward_weight(gy.shape, x.shape, sh, sw, pt, pl, gw.shape, gb.shape)
     n, c = x.shape[:2]
     oh, ow = gy.shape[2:]
     kh, kw = gw.shape[2:]

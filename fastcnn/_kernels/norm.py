@@ -14,9 +14,9 @@ match it bit for bit.
 import numpy as np
 from numba import njit, prange
 
+from .. import _backend
 from .._config import NUMBA_SERIAL
-from ._parallel import parallel_kernel
-from .conv import _u
+from ._common import _u, helper, parallel_kernel
 
 
 @njit(**NUMBA_SERIAL)
@@ -45,7 +45,7 @@ def _acc_plane_sum_dot(accs, accd, gf, hf, a, p):
 
 @njit(**NUMBA_SERIAL)
 def _row_sum(acc, p):
-    """``sum(acc[:p])``, 8 interleaved partial sums."""
+    """``sum(acc[:p])``, 8 interleaved partial sums (as ``_sum8_runs`` of the Cython kernels)."""
     s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0.0
     e8 = p - p % 8
     for e in range(0, e8, 8):
@@ -62,9 +62,26 @@ def _row_sum(acc, p):
     return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
 
 
+@helper
+def _fwd_plane(xf, hf, yf, a, p, mu, s, wt, bs):
+    """``xhat = (x - mu) * s``, ``y = xhat * wt + bs`` over one plane, float32 as the reference."""
+    for e in range(a, a + p):
+        v = (xf[_u(e)] - mu) * s
+        hf[_u(e)] = v
+        yf[_u(e)] = v * wt + bs
+
+
+@helper
+def _bwd_plane(gf, hf, of, a, p, sc, ac, bc):
+    """``gx = (gy - (xhat * bc + ac)) * sc`` over one plane, float32 as the reference."""
+    for e in range(a, a + p):
+        of[_u(e)] = (gf[_u(e)] - (hf[_u(e)] * bc + ac)) * sc
+
+
 @parallel_kernel
 def batchnorm_stats(x, mean, var):
     """Per-channel mean and biased variance, two passes (see :func:`fastcnn._ref.batchnorm_stats`)."""
+    _backend.sizes_batchnorm_stats(x.shape, mean.shape, var.shape)
     n, c, h, w = x.shape
     p = h * w
     m = n * p
@@ -87,28 +104,19 @@ def batchnorm_stats(x, mean, var):
 def batchnorm_forward(x, mean, inv_std, weight, bias, xhat, y):
     """``xhat = (x - mean) * inv_std``, ``y = xhat * weight + bias`` per channel
     (see :func:`fastcnn._ref.batchnorm_forward`)."""
-    n, c, h, w = x.shape
-    p = h * w
-    xf = x.reshape(x.size)
-    hf = xhat.reshape(xhat.size)
-    yf = y.reshape(y.size)
-    for t in prange(n * c):
-        ch = t % c
-        mu = mean[ch]
-        s = inv_std[ch]
-        wt = weight[ch]
-        bs = bias[ch]
-        a = t * p
-        for e in range(a, a + p):
-            v = (xf[_u(e)] - mu) * s
-            hf[_u(e)] = v
-            yf[_u(e)] = v * wt + bs
+    _backend.sizes_batchnorm_forward(x.shape, mean.shape, inv_std.shape, weight.shape, bias.shape,
+                                     xhat.shape, y.shape)
+    c, p = x.shape[1], x.shape[2] * x.shape[3]
+    xf, hf, yf = x.reshape(x.size), xhat.reshape(xhat.size), y.reshape(y.size)
+    for t in prange(x.shape[0] * c):
+        _fwd_plane(xf, hf, yf, t * p, p, mean[t % c], inv_std[t % c], weight[t % c], bias[t % c])
 
 
 @parallel_kernel
 def batchnorm_backward_reduce(gy, xhat, gsum, gdot):
     """Per-channel ``sum(gy)`` and ``sum(gy * xhat)`` in float64
     (see :func:`fastcnn._ref.batchnorm_backward_reduce`)."""
+    _backend.sizes_batchnorm_backward_reduce(gy.shape, xhat.shape, gsum.shape, gdot.shape)
     n, c, h, w = gy.shape
     p = h * w
     gf = gy.reshape(gy.size)
@@ -127,16 +135,9 @@ def batchnorm_backward_reduce(gy, xhat, gsum, gdot):
 def batchnorm_backward_apply(gy, xhat, scale, a, b, gx):
     """``gx = (gy - (xhat * b + a)) * scale`` per channel
     (see :func:`fastcnn._ref.batchnorm_backward_apply`)."""
-    n, c, h, w = gy.shape
-    p = h * w
-    gf = gy.reshape(gy.size)
-    hf = xhat.reshape(xhat.size)
-    of = gx.reshape(gx.size)
-    for t in prange(n * c):
-        ch = t % c
-        sc = scale[ch]
-        ac = a[ch]
-        bc = b[ch]
-        e0 = t * p
-        for e in range(e0, e0 + p):
-            of[_u(e)] = (gf[_u(e)] - (hf[_u(e)] * bc + ac)) * sc
+    _backend.sizes_batchnorm_backward_apply(gy.shape, xhat.shape, scale.shape, a.shape, b.shape,
+                                            gx.shape)
+    c, p = gy.shape[1], gy.shape[2] * gy.shape[3]
+    gf, hf, of = gy.reshape(gy.size), xhat.reshape(xhat.size), gx.reshape(gx.size)
+    for t in prange(gy.shape[0] * c):
+        _bwd_plane(gf, hf, of, t * p, p, scale[t % c], a[t % c], b[t % c])

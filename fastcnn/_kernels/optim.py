@@ -7,19 +7,17 @@ the result matches :func:`fastcnn._ref.adam_step` bit for bit, for any thread co
 import numpy as np
 from numba import prange
 
-from ._parallel import parallel_kernel
-from .conv import _u
-
-_CHUNK = 1 << 14
+from .. import _backend, _config
+from ._common import _u, chunk, flat, parallel_kernel
 
 
 @parallel_kernel
-def _adam(p, g, m, v, lr_t, c1, b2, c2, eps, bc2):
+def _adam(p, g, m, v, lr_t, c1, b2, c2, eps, bc2, blk):
     # All scalars are float32, so every operation below is a float32 operation.
     size = p.shape[0]
-    for blk in prange((size + _CHUNK - 1) // _CHUNK):
-        lo = blk * _CHUNK
-        hi = min(lo + _CHUNK, size)
+    _backend.sizes_adam_step(size, g.size, m.size, v.size, lr_t, c1, b2, eps, bc2)
+    for t in prange((size + blk - 1) // blk):
+        lo, hi = chunk(t, size, blk)
         for e in range(lo, hi):
             gi = g[_u(e)]
             mi = m[_u(e)]
@@ -30,17 +28,8 @@ def _adam(p, g, m, v, lr_t, c1, b2, c2, eps, bc2):
             p[_u(e)] = p[_u(e)] - (mi / (np.sqrt(vi) / bc2 + eps)) * lr_t
 
 
-def _flat_out(a, name):
-    if not a.flags.c_contiguous:  # reshape would copy and the update would be lost
-        raise ValueError(f"adam_step: {name} must be C-contiguous")
-    return a.reshape(-1)
-
-
 def adam_step(p, g, m, v, lr_t, beta1, beta2, eps, bc2_sqrt):
     """One ``torch.optim.Adam`` update in place (see :func:`fastcnn._ref.adam_step`)."""
-    f = np.float32
-    pf, mf, vf = _flat_out(p, "p"), _flat_out(m, "m"), _flat_out(v, "v")
-    gf = g.reshape(-1)
-    if not (gf.shape[0] == pf.shape[0] == mf.shape[0] == vf.shape[0]):
-        raise ValueError("adam_step: p, g, m and v differ in size")
-    _adam(pf, gf, mf, vf, f(lr_t), f(1.0 - beta1), f(beta2), f(1.0 - beta2), f(eps), f(bc2_sqrt))
+    f, op = np.float32, "adam_step"
+    _adam(flat(p, "p", op), flat(g, "g", op), flat(m, "m", op), flat(v, "v", op), f(lr_t),
+          f(1.0 - beta1), f(beta2), f(1.0 - beta2), f(eps), f(bc2_sqrt), _config.ELEMWISE_BLOCK)

@@ -1,0 +1,147 @@
+"""Shared by the Numba kernel modules: ``parallel_kernel`` and the small jitted helpers (the
+twin of ``src_ext/_common.pxi``).
+
+Numba's on-disk cache tracks each kernel's own source file only: after editing a helper here
+or a size check in ``fastcnn/_backend.py``, delete the cached kernels
+(``fastcnn/_kernels/__pycache__/*.nbi``, ``*.nbc``).
+"""
+import functools
+import types
+
+import numpy as np
+from numba import njit
+from numba import types as nbtypes
+from numba.extending import overload, register_jitable
+
+from .. import _backend, _config
+
+#: Index cast used for every computed flat index.  Numba wraps negative signed indices
+#: around, and that (unprovable) branch keeps LLVM from vectorising the inner loops; an
+#: unsigned index has no wraparound.  All indices computed are in range once the size check of
+#: the primitive (``_backend.sizes_<primitive>``) has passed.
+_u = np.uint64
+
+#: Decorator of the small helpers the kernels call: compiled into each caller.
+helper = njit(inline="always", **_config.NUMBA_SERIAL)
+
+# The size checks of the backend contract (``_backend.sizes_<primitive>``): the kernels call
+# them first, compiled.
+for _name, _fn in vars(_backend).items():
+    if "sizes_" in _name and callable(_fn):
+        register_jitable(_fn)
+
+
+def parallel_kernel(fn=None, *, fma=False):
+    """Decorator for a ``prange`` kernel whose first argument is its main array.
+
+    Calls with fewer than ``_config.PAR_MIN_WORK`` elements in that array run the serial
+    compilation (``prange`` as ``range``), the others the parallel one; both give the same
+    bytes since every kernel is race-free and reduces in a fixed order.  ``fma=True``
+    compiles with FMA contraction (``_config.NUMBA_PARALLEL_FMA``).
+    """
+    if fn is None:
+        return functools.partial(parallel_kernel, fma=fma)
+    par = njit(**(_config.NUMBA_PARALLEL_FMA if fma else _config.NUMBA_PARALLEL))(fn)
+    # A copy with its own qualified name: Numba's on-disk cache is keyed by the function's
+    # name and source line, so two compilations of one function would overwrite each other.
+    twin = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + "_serial", fn.__defaults__,
+                              fn.__closure__)
+    twin.__qualname__ = fn.__qualname__ + "_serial"
+    twin.__doc__ = fn.__doc__
+    ser = njit(**(_config.NUMBA_SERIAL_FMA if fma else _config.NUMBA_SERIAL))(twin)
+
+    @functools.wraps(fn)
+    def call(*args):
+        return (par if args[0].size >= _config.PAR_MIN_WORK else ser)(*args)
+
+    call.parallel, call.serial = par, ser
+    return call
+
+
+def flat_or_none(a):
+    """In a kernel: ``a`` as a 1-D view, or None for None (compiled for each case on its own:
+    the result is never an optional)."""
+
+
+@overload(flat_or_none)
+def _flat_or_none(a):
+    if isinstance(a, nbtypes.NoneType):
+        return lambda a: None
+    return lambda a: a.reshape(a.size)
+
+
+def flat(a, name, op):
+    """``a`` (any shape) as a 1-D view for the element-wise kernels; refuses an array that is
+    not C-contiguous, whose reshape would be a copy (what a kernel writes there would be lost).
+    As ``_flat`` in ``src_ext/_common.pxi``."""
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{op}: {name} must be C-contiguous")
+    return a.reshape(-1)
+
+
+@helper
+def block(t, size, nblocks):
+    """``[lo, hi)``: block ``t`` of ``nblocks`` near-equal blocks of ``range(size)``."""
+    return t * size // nblocks, (t + 1) * size // nblocks
+
+
+@helper
+def chunk(t, size, step):
+    """``[lo, hi)``: chunk ``t`` of ``range(size)`` cut into runs of ``step``."""
+    lo = t * step
+    return lo, min(lo + step, size)
+
+
+@helper
+def valid_range(off, s, w, o):
+    """Outputs ``q`` in ``[lo, hi)`` with ``0 <= q*s + off < w``, clamped to ``[0, o]`` (an
+    empty range has ``lo == hi``); as ``_valid_range`` in ``src_ext/_common.pxi``."""
+    lo = (-off + s - 1) // s if off < 0 else 0
+    hi = (w - off + s - 1) // s if w - off > 0 else 0
+    lo = min(lo, o)
+    return lo, max(min(hi, o), lo)
+
+
+@helper
+def add_plane(acc, a0, src, s0, n):
+    """``acc[a0 + e] += float64(src[s0 + e])`` for ``e < n``: element-wise partial sums (over
+    images, say) that vectorise without reassociating anything; :func:`total` sums them."""
+    for e in range(n):
+        acc[_u(a0 + e)] += np.float64(src[_u(s0 + e)])
+
+
+@helper
+def total(acc, a0, n):
+    """``sum(acc[a0:a0 + n])`` in index order."""
+    s = 0.0
+    for e in range(n):
+        s += acc[_u(a0 + e)]
+    return s
+
+
+@njit(**_config.NUMBA_SERIAL)
+def _add_row(df, dd, cf, s0, lo, hi, sw):
+    """``df[dd + u*sw] += cf[s0 + u]`` for u in [lo, hi) (literal ``sw`` for stride 1)."""
+    for u in range(lo, hi):
+        df[_u(dd + u * sw)] += cf[_u(s0 + u)]
+
+
+@njit(**_config.NUMBA_SERIAL)
+def fold_tap(dst, d0, src, s0, div, i, j, h, w, sh, sw, pt, pl, oh, ow):
+    """Add an output plane to the input cells kernel tap ``(i, j)`` reads:
+    ``dst[d0 + (q*sh - pt + i)*w + u*sw - pl + j] += src[s0 + q*ow + u]`` (``/ div[q*ow + u]``
+    unless ``div`` is None), for the cells inside the (h, w) plane (col2im, average-pool
+    gradient); as ``_fold_tap`` in ``src_ext/_common.pxi``."""
+    qlo, qhi = valid_range(i - pt, sh, h, oh)
+    lo, hi = valid_range(j - pl, sw, w, ow)
+    for q in range(qlo, qhi):
+        dd = d0 + (q * sh - pt + i) * w + j - pl
+        ss = s0 + q * ow
+        if div is None:
+            if sw == 1:
+                _add_row(dst, dd, src, ss, lo, hi, 1)
+            else:
+                _add_row(dst, dd, src, ss, lo, hi, sw)
+        else:
+            for u in range(lo, hi):
+                dst[_u(dd + u * sw)] += src[_u(ss + u)] / div[_u(q * ow + u)]
