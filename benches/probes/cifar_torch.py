@@ -21,8 +21,11 @@ from fastcnn import augment, data, models
 from fastcnn.interop import to_torch
 
 
-def evaluate(net, pipe, x, y, bs=1000):
-    net.eval()
+def evaluate(net, pipe, x, y, bs=1000, batch_stats=False):
+    """Accuracy and mean loss; ``batch_stats``: BatchNorm normalises with each 1,000-image batch's
+    own statistics (train mode, running statistics restored after) instead of the running ones."""
+    saved = {k: v.clone() for k, v in net.state_dict().items()}
+    net.train(batch_stats)
     correct, loss = 0, 0.0
     with torch.no_grad():
         for s in range(0, len(y), bs):
@@ -30,6 +33,7 @@ def evaluate(net, pipe, x, y, bs=1000):
             t = torch.from_numpy(y[s:s + bs].astype(np.int64))
             loss += torch.nn.functional.cross_entropy(logits, t, reduction="sum").item()
             correct += int((logits.argmax(1) == t).sum())
+    net.load_state_dict(saved)
     net.train()
     return correct / len(y), loss / len(y)
 
@@ -87,6 +91,9 @@ def main():
             f.flush()
             print(row, flush=True)
         ta, tl = evaluate(net, pipe, tx, ty)
+        vb, _ = evaluate(net, pipe, vx, vy, batch_stats=True)
+        f.write(json.dumps({"val_accuracy_batch_stats": vb}) + "\n")
+        print("validation accuracy with batch statistics", vb, flush=True)
         f.write(json.dumps({"test_accuracy": ta, "test_loss": tl, "test_images": len(ty),
                             "torch": torch.__version__, "threads": a.threads}) + "\n")
         print("test accuracy", ta, flush=True)
