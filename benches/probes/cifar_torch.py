@@ -48,6 +48,7 @@ def main():
     p.add_argument("--data-dir", default=None)
     p.add_argument("--test-file", default=None)
     p.add_argument("--out", required=True)
+    p.add_argument("--save", default=None, help="write the final state dict here (.npz, names as fastcnn's)")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     x, y = data.load_cifar10(a.data_dir, "train")
@@ -92,6 +93,8 @@ def main():
             print(row, flush=True)
         ta, tl = evaluate(net, pipe, tx, ty)
         vb, _ = evaluate(net, pipe, vx, vy, batch_stats=True)
+        if a.save:
+            np.savez(a.save, **{k: v.numpy() for k, v in net.state_dict().items()})
         f.write(json.dumps({"val_accuracy_batch_stats": vb}) + "\n")
         print("validation accuracy with batch statistics", vb, flush=True)
         f.write(json.dumps({"test_accuracy": ta, "test_loss": tl, "test_images": len(ty),
