@@ -48,6 +48,7 @@ def main():
     p.add_argument("--data-dir", default=None)
     p.add_argument("--test-file", default=None)
     p.add_argument("--out", required=True)
+    p.add_argument("--augment", default=None, help="a fastcnn.augment recipe (default: the recipe's, tutorial)")
     p.add_argument("--save", default=None, help="write the final state dict here (.npz, names as fastcnn's)")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
@@ -59,7 +60,7 @@ def main():
     n = len(y) - a.val_split
     vx, vy, x, y = x[n:], y[n:], x[:n], y[:n]
     r = models.recipe("resnet", "cifar10")
-    pipe = augment.from_name(r["augment"])
+    pipe = augment.from_name(a.augment or r["augment"])
     net = to_torch(models.build("resnet", seed=a.seed)).float().train()
     opt = torch.optim.Adam(net.parameters(), lr=r["lr"])
     sched = torch.optim.lr_scheduler.StepLR(opt, r["step_size"], r["gamma"])
