@@ -1,5 +1,5 @@
 """fastcnn.augment: each transform against a per-image loop (and torch for resizing)."""
-import time
+import timeit
 
 import numpy as np
 import pytest
@@ -98,12 +98,7 @@ def test_augmentation_costs_under_5_percent_of_a_resnet_step():
     step(batch, y)  # warm up
 
     def best(fn, n):
-        times = []
-        for _ in range(n):
-            t = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t)
-        return min(times)
+        return min(timeit.repeat(fn, number=1, repeat=n))
 
     t_aug = best(lambda: pipe(x, np.random.default_rng(1)), 20)
     t_step = best(lambda: step(batch, y), 3)
