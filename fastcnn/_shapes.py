@@ -14,9 +14,17 @@ IntOrPair = Union[int, tuple[int, int]]
 Padding = Union[int, tuple[int, int], str]
 
 
+_F32 = np.dtype(np.float32)  # (native byte order; ``is`` compares it without a conversion)
+_I64 = np.dtype(np.int64)
+
+
 def is_float32_array(x: Any) -> TypeGuard[np.ndarray]:
     """Whether ``x`` is already a C-contiguous, aligned float32 ndarray (nothing to convert)."""
-    return type(x) is np.ndarray and x.dtype == np.float32 and x.flags.c_contiguous and x.flags.aligned
+    if type(x) is not np.ndarray:
+        return False
+    if x.dtype is _F32 and x.flags.carray:  # (fast test: carray = C-contiguous, aligned, writeable)
+        return True
+    return x.dtype == np.float32 and x.flags.c_contiguous and x.flags.aligned
 
 
 def as_float32(x: ArrayLike, name: str, ndim: int | tuple[int, ...] | None = None, op: str = "fastcnn") -> np.ndarray:
@@ -35,9 +43,9 @@ def as_float32(x: ArrayLike, name: str, ndim: int | tuple[int, ...] | None = Non
     op : str
         Operation or layer name used in error messages.
     """
-    if is_float32_array(x) and (ndim is None or x.ndim == ndim
-                                or (not isinstance(ndim, int) and x.ndim in ndim)):
-        return x  # fast path: nothing to check or convert
+    if (type(x) is np.ndarray and x.dtype is _F32 and x.flags.carray
+            and (ndim is None or x.ndim == ndim or (type(ndim) is tuple and x.ndim in ndim))):
+        return x  # fast path (is_float32_array inlined): nothing to check or convert
     if not isinstance(x, np.ndarray):
         if isinstance(x, (list, tuple)) or np.isscalar(x):
             x = np.asarray(x)
@@ -57,9 +65,12 @@ def as_float32(x: ArrayLike, name: str, ndim: int | tuple[int, ...] | None = Non
 
 def as_labels(labels: ArrayLike, n: int, num_classes: int, op: str = "fastcnn") -> np.ndarray:
     """Validate class-index labels: integer dtype, shape ``(n,)``, values in ``[0, num_classes)``."""
-    if type(labels) is np.ndarray and labels.dtype == np.int64 and labels.shape == (n,) and 0 < n <= 64:
-        values = labels.tolist()  # small batches: Python's min/max beat two NumPy reductions
-        lo, hi = min(values), max(values)
+    if type(labels) is np.ndarray and labels.dtype is _I64 and labels.shape == (n,) and 0 < n <= 64:
+        if n == 1:
+            lo = hi = labels.item()
+        else:
+            values = labels.tolist()  # small batches: Python's min/max beat two NumPy reductions
+            lo, hi = min(values), max(values)
         if lo < 0 or hi >= num_classes:
             raise ValueError(f"{op}: labels must lie in [0, {num_classes}), got range [{lo}, {hi}]")
         return labels if labels.flags.c_contiguous else np.ascontiguousarray(labels)

@@ -115,7 +115,7 @@ class Layer:
 
     def _keep(self, *values: Any) -> None:
         """Keep ``values`` for :meth:`backward` if :meth:`_keeping`, else nothing."""
-        self._saved = values if self._keeping() else None
+        self._saved = values if (self.training or self._keeps_in_eval) else None  # (_keeping, inlined)
 
     def _kept(self) -> tuple[Any, ...]:
         saved = self._saved
@@ -221,6 +221,11 @@ def _add_grads(weight: Parameter, bias: Parameter | None, gw: np.ndarray, gb: np
         bias.grad += gb
 
 
+def _shape(x: Any) -> tuple[int, ...]:
+    """``np.shape(x)``, without its dispatch for arrays (backward of the shape-only layers)."""
+    return x.shape if type(x) is np.ndarray else np.shape(x)
+
+
 def _take(state: Mapping[str, ArrayLike], key: str, shape: tuple[int, ...], layer: str) -> np.ndarray:
     if key not in state:
         raise KeyError(f"{layer}: state dict has no entry {key!r}")
@@ -304,7 +309,7 @@ class _Pool(Layer):
 
     def backward(self, grad_out: ArrayLike) -> np.ndarray:
         (x,) = self._kept()
-        return type(self)._op_backward(grad_out, np.shape(x), self.kernel_size, self.stride, self.padding,
+        return type(self)._op_backward(grad_out, _shape(x), self.kernel_size, self.stride, self.padding,
                                        ws=self._ws)
 
 
@@ -324,7 +329,7 @@ class MaxPool2D(_Pool):
 
     def backward(self, grad_out: ArrayLike) -> np.ndarray:
         x, idx = self._kept()
-        return F.max_pool2d_backward(grad_out, idx, np.shape(x), ws=self._ws)
+        return F.max_pool2d_backward(grad_out, idx, _shape(x), ws=self._ws)
 
 
 class AvgPool2D(_Pool):
@@ -353,7 +358,7 @@ class GlobalAvgPool2D(Layer):
 
     def backward(self, grad_out: ArrayLike) -> np.ndarray:
         (x,) = self._kept()
-        return F.global_avg_pool2d_backward(grad_out, np.shape(x), ws=self._ws)
+        return F.global_avg_pool2d_backward(grad_out, _shape(x), ws=self._ws)
 
 
 class _Elementwise(Layer):
@@ -403,7 +408,7 @@ class Flatten(Layer):
 
     def backward(self, grad_out: ArrayLike) -> np.ndarray:
         (x,) = self._kept()
-        return F.flatten_backward(grad_out, np.shape(x))
+        return F.flatten_backward(grad_out, _shape(x))
 
 
 class Dense(Layer):
