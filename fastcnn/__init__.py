@@ -22,10 +22,12 @@ if _os.environ.get("FASTCNN_NO_THREAD_DEFAULTS", "") not in ("1", "true", "yes")
 
 import numpy as _np  # noqa: F401  (NumPy's BLAS loads first, with the defaults above)
 
-from . import _threads
+from . import _heap, _threads
 from ._backend import available_backends, get_backend, set_backend
 from ._dispatch import config, get_config
 from ._threads import get_num_threads, set_num_threads
+
+_heap.configure()  # freed memory is kept for the next step (docs/PERFORMANCE.md, "Freed memory is kept")
 
 # Before the kernel modules import SciPy (one thread pool: docs/PERFORMANCE.md, section 3).
 _threads.init_gemm_blas()

@@ -30,6 +30,14 @@ ENV_BACKEND = "FASTCNN_BACKEND"
 ENV_THREADS = "FASTCNN_NUM_THREADS"
 ENV_DATA = "FASTCNN_DATA"
 ENV_ISA = "FASTCNN_ISA"
+ENV_HEAP = "FASTCNN_HEAP"
+
+#: glibc heap thresholds set at import (``FASTCNN_HEAP=keep``, the default; docs/PERFORMANCE.md,
+#: "Freed memory is kept"): blocks below ``HEAP_MMAP_THRESHOLD`` bytes come from the heap, and
+#: the heap is returned to the system only when more than ``HEAP_TRIM_THRESHOLD`` bytes at its
+#: top are free, so a training step reuses the pages the previous one freed.
+HEAP_MMAP_THRESHOLD = 32 << 20
+HEAP_TRIM_THRESHOLD = 512 << 20
 
 #: Instruction sets ``FASTCNN_ISA`` may force (unset or ``auto``: the best this CPU has).
 ISAS = ("baseline", "avx2", "avx512")

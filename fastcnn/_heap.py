@@ -1,0 +1,52 @@
+"""Keep freed memory for reuse: glibc heap thresholds, set once at import (docs/PERFORMANCE.md,
+"Freed memory is kept").
+
+A training step frees its activations and gradients at the end and allocates the same sizes
+again in the next step.  With glibc's default (adaptive) thresholds the freed top of the heap
+is returned to the system and every step faults its pages in again.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+
+from . import _config
+
+M_TRIM_THRESHOLD = -1  # (mallopt parameters, glibc's malloc.h)
+M_MMAP_THRESHOLD = -3
+
+MODES = ("keep", "system")
+
+#: What :func:`configure` did: ``"keep"`` (thresholds set), ``"system"`` (asked not to),
+#: ``"environment"`` (the user's ``MALLOC_*_`` variables rule), or ``"unsupported: <why>"``.
+state = "not configured"
+
+
+def _glibc() -> bool:
+    try:
+        return os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc")  # type: ignore[union-attr]
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
+def configure() -> str:
+    """Set the thresholds unless ``FASTCNN_HEAP=system`` or glibc's own ``MALLOC_TRIM_THRESHOLD_`` /
+    ``MALLOC_MMAP_THRESHOLD_`` are set; returns (and records in :data:`state`) what was done."""
+    global state
+    mode = os.environ.get(_config.ENV_HEAP, "").strip() or "keep"
+    if mode not in MODES:
+        raise ValueError(f"{_config.ENV_HEAP} must be one of {', '.join(MODES)}, got {mode!r}")
+    if mode == "system":
+        state = "system"
+    elif any(v in os.environ for v in ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_")):
+        state = "environment"
+    elif not _glibc():
+        state = "unsupported: not glibc"
+    else:
+        mallopt = ctypes.CDLL(None).mallopt
+        mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+        # (The mmap threshold first: setting either fixes both, ending glibc's adaptation.)
+        ok = (mallopt(M_MMAP_THRESHOLD, _config.HEAP_MMAP_THRESHOLD) == 1
+              and mallopt(M_TRIM_THRESHOLD, _config.HEAP_TRIM_THRESHOLD) == 1)
+        state = "keep" if ok else "unsupported: mallopt refused the thresholds"
+    return state
