@@ -234,6 +234,33 @@ cdef inline void _avgpool_bwd_plane(const float* gy, const float* div, float* gx
             _fold_tap(gy, div, gx, i, j, H, W, sh, sw, pt, pl, OH, OW)
 
 
+cdef inline void _avgpool_bwd_plane_tiled(const float* gy, const float* div, float* gx,
+                                          Py_ssize_t H, Py_ssize_t W, Py_ssize_t kh, Py_ssize_t kw,
+                                          Py_ssize_t OH, Py_ssize_t OW) noexcept nogil:
+    """:func:`_avgpool_bwd_plane` when the windows tile the plane (stride = kernel, no padding):
+    every cell gets the share of its only window, ``0 + gy / div`` as the reference's sum;
+    cells past the last window get 0.
+
+    gy, div : (OH, OW) planes  # IN
+    gx : (H, W) plane  # OUT
+    """
+    cdef Py_ssize_t ih, q, u, j
+    cdef float* r
+    cdef float g, zero = 0.0
+    for ih in range(H):
+        q = ih // kh
+        r = gx + ih * W
+        if q >= OH:
+            memset(r, 0, W * sizeof(float))
+            continue
+        for u in range(OW):
+            g = zero + gy[q * OW + u] / div[q * OW + u]
+            for j in range(kw):
+                r[u * kw + j] = g
+        if OW * kw < W:
+            memset(r + OW * kw, 0, (W - OW * kw) * sizeof(float))
+
+
 # --------------------------------------------------------------------------- kernels
 
 cdef void _maxpool_fwd(const float[:, :, :, ::1] x,   # IN  (N, C, H, W)
@@ -289,7 +316,8 @@ cdef void _avgpool_planes(bint forward,
                           const float[:, :, :, ::1] src,  # IN  x (N, C, H, W), or gy (N, C, OH, OW)
                           Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
                           Py_ssize_t pt, Py_ssize_t pl,
-                          bint fast,                      # IN  2x2/2 windows inside the plane
+                          bint fast,                      # IN  forward: 2x2/2 windows inside the plane;
+                                                          #     backward: windows tiling the plane
                           const float[:, ::1] div,        # IN  (OH, OW) divisors
                           float[:, :, :, ::1] dst,        # OUT y, or gx (overwritten)
                           int nt) noexcept nogil:
@@ -306,7 +334,10 @@ cdef void _avgpool_planes(bint forward,
     cdef Py_ssize_t t
     if not forward:
         for t in prange(NC, schedule='static', num_threads=nt):
-            _avgpool_bwd_plane(sp + t * S, dp, op + t * D, H, W, kh, kw, sh, sw, pt, pl, OH, OW)
+            if fast:
+                _avgpool_bwd_plane_tiled(sp + t * S, dp, op + t * D, H, W, kh, kw, OH, OW)
+            else:
+                _avgpool_bwd_plane(sp + t * S, dp, op + t * D, H, W, kh, kw, sh, sw, pt, pl, OH, OW)
         return
     for t in prange(NC, schedule='static', num_threads=nt):
         if fast:
@@ -380,7 +411,8 @@ cdef int _avgpool(bint forward, const float[:, :, :, ::1] src, Py_ssize_t kh, Py
         return 0
     cdef const float[:, ::1] div = avg_divisor(xs[2], xs[3], kh, kw, sh, sw, pt, pl, ys[2], ys[3],
                                                include_pad)
-    cdef bint fast = forward and _fast(xs[2], xs[3], kh, kw, sh, sw, pt, pl, ys[2], ys[3])
+    cdef bint fast = (_fast(xs[2], xs[3], kh, kw, sh, sw, pt, pl, ys[2], ys[3]) if forward else
+                      kh == sh and kw == sw and pt == 0 and pl == 0 and ys[2] * kh <= xs[2] and ys[3] * kw <= xs[3])
     with nogil:
         _avgpool_planes(forward, src, kh, kw, sh, sw, pt, pl, fast, div, dst,
                         _threads_for(_size4(xs)))

@@ -173,6 +173,23 @@ def test_pooling_matches_reference(name, values, geo):
 
 
 @pytest.mark.parametrize("name", COMPILED)
+@pytest.mark.parametrize("hw,k", [((8, 8), 8), ((7, 9), 2), ((10, 11), 3), ((4, 6), (4, 3)), ((1, 5), 1)])
+def test_avgpool_backward_tiling_windows_bit_identical(name, hw, k):
+    """Windows that tile the plane (stride = kernel, no padding; rows and columns past the last
+    window get 0) take the kernels' one-window path: the same bytes as the reference,
+    including ``0 + (-0.0) = +0.0``."""
+    k = (k, k) if isinstance(k, int) else k
+    oh, ow = hw[0] // k[0], hw[1] // k[1]
+    grad = np.random.default_rng(0).standard_normal((2, 3, oh, ow), dtype=np.float32)
+    grad.flat[0], grad.flat[1] = -0.0, 0.0
+    for include in (True, False):
+        want, got = np.empty((2, 3) + hw, np.float32), np.full((2, 3) + hw, np.nan, np.float32)
+        _ref.avgpool2d_backward(grad, *k, *k, 0, 0, include, want)
+        _mod(name).avgpool2d_backward(grad, *k, *k, 0, 0, include, got)
+        assert got.tobytes() == want.tobytes()
+
+
+@pytest.mark.parametrize("name", COMPILED)
 @pytest.mark.parametrize("shape", [(1,), (7,), (3, 5), (2, 3, 4, 5), (129, 1001)])
 def test_relu_matches_reference(name, shape):
     rng = np.random.default_rng(1)
