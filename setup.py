@@ -210,7 +210,10 @@ class BuildExt(build_ext):
         # -fno-math-errno: the kernels never read errno, and without it GCC keeps a libm call
         # path beside every sqrtf, which stops the Adam loop from vectorising (results are the
         # same: IEEE square root either way).
-        compile_args = ["/O2"] if msvc else ["-O3", "-fno-math-errno"]
+        # -ffp-contract=off: no multiply-add is fused unless written as an FMA intrinsic (the direct
+        # convolutions), so the kernels compiled for AVX2/AVX-512 (or -march=native) give the
+        # reference's bytes.
+        compile_args = ["/O2"] if msvc else ["-O3", "-fno-math-errno", "-ffp-contract=off"]
         link_args = []
 
         if _env_flag("FASTCNN_NATIVE") and not msvc:
@@ -281,7 +284,7 @@ class BuildExt(build_ext):
 
 def extensions():
     common = [os.path.join(SRC_DIR, f) for f in
-              ("_common.pxi", "_omp_shim.h", "conv_direct.h", "conv_direct_kern.h")]
+              ("_common.pxi", "_omp_shim.h", "conv_direct.h", "conv_direct_kern.h", "norm_kern.h")]
     return [
         Extension(f"fastcnn._ext.{name}", [os.path.join(SRC_DIR, f"{name}.pyx")], depends=common)
         for name in MODULES

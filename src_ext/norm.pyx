@@ -7,7 +7,8 @@ of n, into one double row of H*W partial sums (a loop the compiler vectorises wi
 reassociating anything), and that row is summed by ``_sum8_runs`` (8 interleaved partial sums).  So results
 are bit-identical for any thread count (and equal to the Numba backend's, same order).  The element-wise
 kernels run one (n, c) plane per iteration with the reference's float32 operations in the
-reference's order, so they match it bit for bit.
+reference's order, so they match it bit for bit.  The plane loops are C (``norm_kern.h``),
+compiled for each SIMD path; the path is the direct convolutions' (``FASTCNN_ISA`` forces it).
 """
 from cython.parallel cimport prange
 from libc.stdlib cimport free, malloc
@@ -17,32 +18,31 @@ include "_common.pxi"
 
 # --------------------------------------------------------------------------- plane helpers
 
-cdef inline void _acc_plane(double* acc, const float* x, Py_ssize_t P) noexcept nogil:
-    """``acc[e] += x[e]`` in double (element-wise: it vectorises)."""
-    cdef Py_ssize_t e
-    for e in range(P):
-        acc[e] += x[e]
+cdef extern from "norm_kern.h" nogil:
+    ctypedef struct fnk_table:  # (the loops of one SIMD path)
+        void (*acc_plane)(double* acc, const float* x, Py_ssize_t P) noexcept nogil  # acc[e] += x[e]
+        void (*acc_plane_sqdev)(double* acc, const float* x, Py_ssize_t P, double mu) noexcept nogil  # += (x[e]-mu)**2
+        void (*acc_plane_sum_dot)(double* accs, double* accd, const float* g, const float* h,
+                                  Py_ssize_t P) noexcept nogil
+        void (*fwd_plane)(const float* x, float* xh, float* y, Py_ssize_t P, float mu, float s, float w,
+                          float b) noexcept nogil  # xh = (x - mu) * s; y = xh * w + b
+        void (*bwd_plane)(const float* gy, const float* xh, float* gx, Py_ssize_t P, float sc, float a,
+                          float b) noexcept nogil  # gx = (gy - (xh * b + a)) * sc
+    const fnk_table* fnk
+    void fnk_set_isa(int isa)
+
+from fastcnn._config import ISAS
+
+cdef bint _isa_set = False
 
 
-cdef inline void _acc_plane_sqdev(double* acc, const float* x, Py_ssize_t P,
-                                  double mu) noexcept nogil:
-    """``acc[e] += (x[e] - mu)**2`` in double."""
-    cdef Py_ssize_t e
-    cdef double d
-    for e in range(P):
-        d = x[e] - mu
-        acc[e] += d * d
-
-
-cdef inline void _acc_plane_sum_dot(double* accs, double* accd, const float* g, const float* h,
-                                    Py_ssize_t P) noexcept nogil:
-    """``accs[e] += g[e]``, ``accd[e] += g[e] * h[e]`` in double (exact products)."""
-    cdef Py_ssize_t e
-    cdef double gv
-    for e in range(P):
-        gv = g[e]
-        accs[e] += gv
-        accd[e] += gv * <double>h[e]
+cdef int _use_isa() except -1:
+    """Select the plane loops of the direct convolutions' SIMD path (once)."""
+    global _isa_set
+    from fastcnn._ext import conv_direct
+    fnk_set_isa(ISAS.index(conv_direct.active_isa()))  # (raises if FASTCNN_ISA asks too much)
+    _isa_set = True
+    return 0
 
 
 cdef inline void _zero(double* a, Py_ssize_t P) noexcept nogil:
@@ -64,11 +64,11 @@ cdef inline void _stats_channel(const float* x, Py_ssize_t c, Py_ssize_t N, Py_s
     cdef double M = <double>(N * P), mu
     _zero(acc, P)
     for b in range(N):
-        _acc_plane(acc, x + (b * C + c) * P, P)
+        fnk.acc_plane(acc, x + (b * C + c) * P, P)
     mu = _sum8_runs(acc, 1, 0, P) / M
     _zero(acc, P)
     for b in range(N):
-        _acc_plane_sqdev(acc, x + (b * C + c) * P, P, mu)
+        fnk.acc_plane_sqdev(acc, x + (b * C + c) * P, P, mu)
     mean[0] = mu
     var[0] = _sum8_runs(acc, 1, 0, P) / M
 
@@ -86,28 +86,9 @@ cdef inline void _reduce_channel(const float* gy, const float* xh, Py_ssize_t c,
     _zero(acc, 2 * P)
     for b in range(N):
         o = (b * C + c) * P
-        _acc_plane_sum_dot(acc, acc + P, gy + o, xh + o, P)
+        fnk.acc_plane_sum_dot(acc, acc + P, gy + o, xh + o, P)
     gsum[0] = _sum8_runs(acc, 1, 0, P)
     gdot[0] = _sum8_runs(acc + P, 1, 0, P)
-
-
-cdef inline void _fwd_plane(const float* x, float* xh, float* y, Py_ssize_t P, float mu,
-                            float s, float w, float b) noexcept nogil:
-    """``xh = (x - mu) * s``, ``y = xh * w + b`` over one plane, float32 as the reference."""
-    cdef Py_ssize_t e
-    cdef float v
-    for e in range(P):
-        v = (x[e] - mu) * s
-        xh[e] = v
-        y[e] = v * w + b
-
-
-cdef inline void _bwd_plane(const float* gy, const float* xh, float* gx, Py_ssize_t P, float sc,
-                            float a, float b) noexcept nogil:
-    """``gx = (gy - (xh * b + a)) * sc`` over one plane, float32 as the reference."""
-    cdef Py_ssize_t e
-    for e in range(P):
-        gx[e] = (gy[e] - (xh[e] * b + a)) * sc
 
 
 # --------------------------------------------------------------------------- kernels
@@ -154,7 +135,7 @@ cdef void _forward(const float[:, :, :, ::1] x,   # IN  (N, C, H, W)
     cdef float* yp = &y[0, 0, 0, 0]
     for t in prange(NC, schedule='static', num_threads=nt):
         c = t % C
-        _fwd_plane(xp + t * P, hp + t * P, yp + t * P, P, mean[c], inv_std[c], weight[c], bias[c])
+        fnk.fwd_plane(xp + t * P, hp + t * P, yp + t * P, P, mean[c], inv_std[c], weight[c], bias[c])
 
 
 cdef void _apply(const float[:, :, :, ::1] gy,    # IN  (N, C, H, W)
@@ -170,7 +151,7 @@ cdef void _apply(const float[:, :, :, ::1] gy,    # IN  (N, C, H, W)
     cdef float* op = &gx[0, 0, 0, 0]
     for t in prange(NC, schedule='static', num_threads=nt):
         c = t % C
-        _bwd_plane(gp + t * P, hp + t * P, op + t * P, P, scale[c], a[c], b[c])
+        fnk.bwd_plane(gp + t * P, hp + t * P, op + t * P, P, scale[c], a[c], b[c])
 
 
 # --------------------------------------------------------------------------- Python API
@@ -180,6 +161,8 @@ cdef _Key _stats_ok, _fwd_ok, _reduce_ok, _apply_ok
 
 def batchnorm_stats(const float[:, :, :, ::1] x, double[::1] mean, double[::1] var):
     """Per-channel mean and biased variance (see :func:`fastcnn._ref.batchnorm_stats`)."""
+    if not _isa_set:
+        _use_isa()
     cdef _Key k = _key()
     if _new(&_stats_ok, &k, x.shape, mean.shape, var.shape):
         _passed(&_stats_ok, &k, _backend.sizes_batchnorm_stats(
@@ -202,6 +185,8 @@ def batchnorm_forward(const float[:, :, :, ::1] x, const float[::1] mean,
                       const float[::1] inv_std, const float[::1] weight, const float[::1] bias,
                       float[:, :, :, ::1] xhat, float[:, :, :, ::1] y):
     """Normalise, scale and shift per channel (see :func:`fastcnn._ref.batchnorm_forward`)."""
+    if not _isa_set:
+        _use_isa()
     cdef _Key k = _key()
     if _new(&_fwd_ok, &k, x.shape, mean.shape, inv_std.shape, weight.shape, bias.shape,
             xhat.shape, y.shape):
@@ -218,6 +203,8 @@ def batchnorm_backward_reduce(const float[:, :, :, ::1] gy, const float[:, :, :,
                               double[::1] gsum, double[::1] gdot):
     """Per-channel ``sum(gy)`` and ``sum(gy * xhat)`` in double
     (see :func:`fastcnn._ref.batchnorm_backward_reduce`)."""
+    if not _isa_set:
+        _use_isa()
     cdef _Key k = _key()
     if _new(&_reduce_ok, &k, gy.shape, xhat.shape, gsum.shape, gdot.shape):
         _passed(&_reduce_ok, &k, _backend.sizes_batchnorm_backward_reduce(
@@ -241,6 +228,8 @@ def batchnorm_backward_apply(const float[:, :, :, ::1] gy, const float[:, :, :, 
                              float[:, :, :, ::1] gx):
     """``gx = (gy - (xhat * b + a)) * scale`` per channel
     (see :func:`fastcnn._ref.batchnorm_backward_apply`)."""
+    if not _isa_set:
+        _use_isa()
     cdef _Key k = _key()
     if _new(&_apply_ok, &k, gy.shape, xhat.shape, scale.shape, a.shape, b.shape, gx.shape):
         _passed(&_apply_ok, &k, _backend.sizes_batchnorm_backward_apply(

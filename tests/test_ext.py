@@ -52,6 +52,49 @@ def test_every_supported_isa_runs_and_can_be_forced():
         assert out.stdout.split() == [isa, "direct"], out.stdout
 
 
+_BN_SCRIPT = """
+import hashlib
+import numpy as np
+from fastcnn._ext import conv_direct, norm
+rng = np.random.default_rng(0)
+h = hashlib.sha256()
+for shape in ((3, 5, 9, 7), (2, 16, 32, 32), (1, 3, 1, 37)):
+    x = (3 + rng.standard_normal(shape)).astype(np.float32)
+    g = rng.standard_normal(shape, dtype=np.float32)
+    c = shape[1]
+    mean, var, gs, gd = (np.empty(c) for _ in range(4))
+    xh, y, gx = (np.empty(shape, np.float32) for _ in range(3))
+    p = [rng.standard_normal(c, dtype=np.float32) for _ in range(5)]
+    norm.batchnorm_stats(x, mean, var)
+    norm.batchnorm_forward(x, *p[:4], xh, y)
+    norm.batchnorm_backward_reduce(g, xh, gs, gd)
+    norm.batchnorm_backward_apply(g, xh, *p[2:], gx)
+    for a in (mean, var, xh, y, gs, gd, gx):
+        h.update(a.tobytes())
+print(conv_direct.active_isa(), h.hexdigest())
+"""
+
+
+@pytest.mark.skipif("cython" not in fastcnn.available_backends(), reason="Cython backend not built")
+def test_batchnorm_loops_give_the_same_bytes_on_every_isa():
+    """The batch-norm plane loops are compiled for each SIMD path (norm_kern.h): statistics,
+    normalisation and gradients must not depend on which one runs."""
+    from fastcnn._ext import conv_direct
+
+    outs = {}
+    for isa in conv_direct.supported_isas():
+        env = dict(os.environ, FASTCNN_ISA=isa)
+        env["PYTHONPATH"] = os.pathsep.join([str(Path(fastcnn.__file__).resolve().parents[1]),
+                                             env.get("PYTHONPATH", "")])
+        r = subprocess.run([sys.executable, "-c", _BN_SCRIPT], cwd=NEUTRAL_CWD, env=env, capture_output=True,
+                           text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        got_isa, digest = r.stdout.split()
+        assert got_isa == isa
+        outs[isa] = digest
+    assert len(set(outs.values())) == 1, outs
+
+
 @pytest.mark.skipif("cython" not in fastcnn.available_backends(), reason="Cython backend not built")
 def test_bad_or_unsupported_isa_is_a_clear_error():
     from fastcnn._ext import conv_direct

@@ -1,0 +1,81 @@
+/* Plane loops of the BatchNorm2D kernels (norm.pyx), compiled once per SIMD path (AVX-512,
+ * AVX2, portable baseline) and chosen at run time with the direct convolutions' path
+ * (fnk_set_isa; FASTCNN_ISA forces it).  Element-wise loops without contraction
+ * (-ffp-contract=off, setup.py): every path gives the reference's bytes. */
+#ifndef FASTCNN_NORM_KERN_H
+#define FASTCNN_NORM_KERN_H
+
+#include <stddef.h>
+
+typedef ptrdiff_t fnk_i;
+
+#define FNK_BODY(SUFFIX)                                                                      \
+/* acc[e] += x[e] in double */                                                                \
+static void fnk_acc_plane_##SUFFIX(double* acc, const float* x, fnk_i P)                      \
+{ for (fnk_i e = 0; e < P; e++) acc[e] += (double)x[e]; }                                     \
+/* acc[e] += (x[e] - mu)**2 in double */                                                      \
+static void fnk_acc_plane_sqdev_##SUFFIX(double* acc, const float* x, fnk_i P, double mu)     \
+{ for (fnk_i e = 0; e < P; e++) { double d = (double)x[e] - mu; acc[e] += d * d; } }          \
+/* accs[e] += g[e], accd[e] += g[e] * h[e] in double (exact products) */                      \
+static void fnk_acc_plane_sum_dot_##SUFFIX(double* accs, double* accd, const float* g,        \
+                                           const float* h, fnk_i P)                           \
+{ for (fnk_i e = 0; e < P; e++) { double gv = g[e]; accs[e] += gv; accd[e] += gv * (double)h[e]; } } \
+/* xh = (x - mu) * s, y = xh * w + b, float32 */                                              \
+static void fnk_fwd_plane_##SUFFIX(const float* x, float* xh, float* y, fnk_i P, float mu,     \
+                                   float s, float w, float b)                                 \
+{ for (fnk_i e = 0; e < P; e++) { float v = (x[e] - mu) * s; xh[e] = v; y[e] = v * w + b; } } \
+/* gx = (gy - (xh * b + a)) * sc, float32 */                                                  \
+static void fnk_bwd_plane_##SUFFIX(const float* gy, const float* xh, float* gx, fnk_i P,       \
+                                   float sc, float a, float b)                                \
+{ for (fnk_i e = 0; e < P; e++) gx[e] = (gy[e] - (xh[e] * b + a)) * sc; }                     \
+static const fnk_table fnk_table_##SUFFIX = {                                                 \
+    fnk_acc_plane_##SUFFIX, fnk_acc_plane_sqdev_##SUFFIX, fnk_acc_plane_sum_dot_##SUFFIX,      \
+    fnk_fwd_plane_##SUFFIX, fnk_bwd_plane_##SUFFIX};
+
+typedef struct {
+    void (*acc_plane)(double*, const float*, fnk_i);
+    void (*acc_plane_sqdev)(double*, const float*, fnk_i, double);
+    void (*acc_plane_sum_dot)(double*, double*, const float*, const float*, fnk_i);
+    void (*fwd_plane)(const float*, float*, float*, fnk_i, float, float, float, float);
+    void (*bwd_plane)(const float*, const float*, float*, fnk_i, float, float, float);
+} fnk_table;
+
+FNK_BODY(base)
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#endif
+FNK_BODY(avx2)
+#if defined(__clang__)
+#pragma clang attribute pop
+#pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma"))), apply_to = function)
+#else
+#pragma GCC pop_options
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,fma")
+#endif
+FNK_BODY(avx512)
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
+#endif
+
+/* The selected path's loops (fnk_set_isa: 0 baseline, 1 avx2, 2 avx512, as conv_direct.h). */
+static const fnk_table* fnk = &fnk_table_base;
+
+static void fnk_set_isa(int isa)
+{
+    fnk = &fnk_table_base;
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+    if (isa == 2) fnk = &fnk_table_avx512;
+    if (isa == 1) fnk = &fnk_table_avx2;
+#endif
+}
+
+#endif /* FASTCNN_NORM_KERN_H */
