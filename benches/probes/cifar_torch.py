@@ -17,8 +17,47 @@ import time
 import numpy as np
 import torch
 
+import fastcnn
 from fastcnn import augment, data, models
+from fastcnn import functional as F
 from fastcnn.interop import to_torch
+
+
+class _FastcnnBatchNorm(torch.autograd.Function):
+    """``torch.nn.BatchNorm2d``'s arithmetic replaced by fastcnn's (``--fastcnn-bn``): forward
+    with :func:`fastcnn.functional.batch_norm2d` (running statistics updated in place in the
+    module's buffers), backward with :func:`fastcnn.functional.batch_norm2d_backward`."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, module):
+        y, ctx.cache = F.batch_norm2d(x.detach().contiguous().numpy(), weight.detach().numpy(),
+                                      bias.detach().numpy(), module.running_mean.numpy(),
+                                      module.running_var.numpy(), training=module.training,
+                                      momentum=module.momentum, eps=module.eps)
+        ctx.weight = weight.detach().numpy()
+        return torch.from_numpy(y)
+
+    @staticmethod
+    def backward(ctx, gy):
+        gx, gw, gb = F.batch_norm2d_backward(gy.contiguous().numpy(), ctx.cache, ctx.weight)
+        return torch.from_numpy(gx), torch.from_numpy(gw), torch.from_numpy(gb), None
+
+
+class FastcnnBatchNorm2d(torch.nn.BatchNorm2d):
+    def forward(self, x):
+        return _FastcnnBatchNorm.apply(x, self.weight, self.bias, self)
+
+
+def use_fastcnn_batchnorm(net):
+    """Swap every ``BatchNorm2d`` of ``net`` for :class:`FastcnnBatchNorm2d` (same parameters
+    and buffers)."""
+    for module in list(net.modules()):
+        for name, child in list(module.named_children()):
+            if type(child) is torch.nn.BatchNorm2d:
+                new = FastcnnBatchNorm2d(child.num_features, child.eps, child.momentum)
+                new.load_state_dict(child.state_dict())
+                setattr(module, name, new)
+    return net
 
 
 def evaluate(net, pipe, x, y, bs=1000, batch_stats=False):
@@ -49,9 +88,12 @@ def main():
     p.add_argument("--test-file", default=None)
     p.add_argument("--out", required=True)
     p.add_argument("--augment", default=None, help="a fastcnn.augment recipe (default: the recipe's, tutorial)")
+    p.add_argument("--fastcnn-bn", action="store_true",
+                   help="batch norm with fastcnn's arithmetic (the rest PyTorch's): which part owns a difference")
     p.add_argument("--save", default=None, help="write the final state dict here (.npz, names as fastcnn's)")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
+    fastcnn.set_num_threads(a.threads)
     x, y = data.load_cifar10(a.data_dir, "train")
     if a.limit:
         x, y = x[:a.limit], y[:a.limit]
@@ -62,6 +104,8 @@ def main():
     r = models.recipe("resnet", "cifar10")
     pipe = augment.from_name(a.augment or r["augment"])
     net = to_torch(models.build("resnet", seed=a.seed)).float().train()
+    if a.fastcnn_bn:
+        net = use_fastcnn_batchnorm(net)
     opt = torch.optim.Adam(net.parameters(), lr=r["lr"])
     sched = torch.optim.lr_scheduler.StepLR(opt, r["step_size"], r["gamma"])
     bs = r["batch_size"]
