@@ -226,8 +226,8 @@ def sizes_conv2d_direct_backward_data(gy, w, sh, sw, pt, pl, gx):
 
 def sizes_conv2d_direct_backward_weight(gy, x, sh, sw, pt, pl, gw, gb):
     _sizes_direct(x, gw, gy, sh, sw, pt, pl)
-    if gb != gw[:1]:
-        raise ValueError("conv2d_direct_backward_weight: gb must have shape (OC,)")
+    if gb != gw[:1] and gb != (0,):
+        raise ValueError("conv2d_direct_backward_weight: gb must have shape (OC,) or (0,)")
 
 
 def sizes_linear_forward(x, w, bias, nblocks, y):

@@ -505,7 +505,8 @@ def conv2d_direct_backward_weight(gy, x, sh, sw, pt, pl, gw, gb):
     gy : (N, OC, OH, OW) float32  # IN
     x : (N, C, H, W) float32  # IN
     gw : (OC, C, KH, KW) float32  # OUT  sum over images and positions of gy * window
-    gb : (OC,) float32  # OUT  ``gy`` summed over N, OH, OW (in float64)
+    gb : (OC,) float32  # OUT  ``gy`` summed over N, OH, OW (in float64); or (0,): no bias
+        gradient (a layer without bias)
 
     The compiled kernels sum images in ``_config.SLOTS`` fixed slots of consecutive images,
     then the slots in order, so their result does not depend on the thread count.
@@ -514,4 +515,5 @@ def conv2d_direct_backward_weight(gy, x, sh, sw, pt, pl, gw, gb):
     oh, ow = gy.shape[2:]
     win = _windows(_padded(x, kh, kw, sh, sw, pt, pl, oh, ow), kh, kw, sh, sw, oh, ow)
     gw[...] = np.tensordot(gy, win, axes=([0, 2, 3], [0, 2, 3]))
-    gb[...] = gy.sum(axis=(0, 2, 3), dtype=np.float64)
+    if gb.size:
+        gb[...] = gy.sum(axis=(0, 2, 3), dtype=np.float64)

@@ -305,7 +305,7 @@ def _conv2d_backward(k: ModuleType, grad_out: np.ndarray, x: np.ndarray, weight:
     gx: np.ndarray | None
     if plan == "direct":
         gw = np.empty(weight.shape, dt)
-        gb = np.empty((oc,), dt)
+        gb = np.empty((oc if bias else 0,), dt)  # (empty: the kernels skip the bias sum)
         k.conv2d_direct_backward_weight(grad_out, x, g.sh, g.sw, g.pt, g.pl, gw, gb)
         gx = None
         if input_grad:

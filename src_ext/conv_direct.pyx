@@ -226,8 +226,8 @@ def conv2d_direct_backward_weight(const float[:, :, :, ::1] gy, const float[:, :
             gwp[e] = part[0, q * OCV + o]
             for s in range(1, S):
                 gwp[e] = gwp[e] + part[s, q * OCV + o]
-        # Bias: the output channel's N planes (float64, fixed order).
-        for o in prange(OC, schedule='static', num_threads=nt):
+        # Bias (unless gb is empty): the output channel's N planes (float64, fixed order).
+        for o in prange(gb.shape[0], schedule='static', num_threads=nt):
             gb[o] = <float>_sum8_runs(&gy[0, o, 0, 0], N, OC * P, P)
 
 

@@ -416,6 +416,23 @@ def test_direct_primitives_match_reference(name, case):
             assert (y >= 0).all()
 
 
+@pytest.mark.parametrize("name", ["numpy"] + DIRECT)
+def test_direct_weight_gradient_without_bias(name):
+    """An empty ``gb`` asks for no bias gradient (a layer without bias): the weight gradient
+    is the same bytes, nothing else is written; any other wrong length is refused."""
+    k = _backend.ops(name)
+    g, x, wt, b, gy = direct_data(DIRECT_CASES[0])
+    gw, gb = np.empty(wt.shape, np.float32), np.empty(wt.shape[0], np.float32)
+    k.conv2d_direct_backward_weight(gy, x, g.sh, g.sw, g.pt, g.pl, gw, gb)
+    gw0, empty = np.full(wt.shape, np.nan, np.float32), np.empty(0, np.float32)
+    k.conv2d_direct_backward_weight(gy, x, g.sh, g.sw, g.pt, g.pl, gw0, empty)
+    assert gw0.tobytes() == gw.tobytes()
+    if name == "numpy":  # (the reference is the spec; the compiled backends check sizes)
+        return
+    with pytest.raises(ValueError, match=r"gb must have shape \(OC,\) or \(0,\)"):
+        k.conv2d_direct_backward_weight(gy, x, g.sh, g.sw, g.pt, g.pl, gw0, np.empty(wt.shape[0] + 1, np.float32))
+
+
 @pytest.mark.parametrize("name", DIRECT)
 def test_direct_fused_relu_is_max_of_plain(name):
     k = _backend.ops(name)

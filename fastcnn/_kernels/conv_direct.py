@@ -433,4 +433,5 @@ def conv2d_direct_backward_weight(gy, x, sh, sw, pt, pl, gw, gb):
     else:
         g = gy
     _backward_weight(g, xp, sh, sw, oh, ow, gw)
-    _bias_grad(gy, gb)
+    if gb.shape[0]:  # (an empty gb: no bias gradient wanted)
+        _bias_grad(gy, gb)
