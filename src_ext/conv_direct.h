@@ -185,20 +185,6 @@ static void fcd_unpack_output(const fcd_geo* g, const float* yg, const float* bi
     }
 }
 
-/* Output gradient (OC, OH, OW) -> channels-last gt[oh*OW + ow][OCV], zero channels >= OC. */
-static void fcd_pack_grad_t(const fcd_geo* g, const float* gy, fcd_i OCV, float* gt)
-{
-    fcd_i o, e, HW = g->OH * g->OW;
-    /* Contiguous writes, reads one cache line per channel plane at a time. */
-    for (e = 0; e < HW; e++) {
-        float* d = gt + e * OCV;
-        for (o = 0; o < g->OC; o++)
-            d[o] = gy[o * HW + e];
-        for (o = g->OC; o < OCV; o++)
-            d[o] = 0.0f;
-    }
-}
-
 /* ---------------------------------------------------------------- ISA-specific kernels */
 
 typedef void (*fcd_fwd_fn)(const fcd_geo*, const float*, const fcd_i*, const float*, const fcd_i*,
@@ -206,12 +192,14 @@ typedef void (*fcd_fwd_fn)(const fcd_geo*, const float*, const fcd_i*, const flo
 typedef void (*fcd_bww_fn)(const float*, fcd_i, const float*, fcd_i, fcd_i, fcd_i, fcd_i, fcd_i,
                            fcd_i, fcd_i, fcd_i, int, const fcd_i*, float*);
 typedef float (*fcd_probe_fn)(long, float);
+typedef void (*fcd_pack_fn)(const fcd_geo*, const float*, fcd_i, float*);
 
 /* One ISA's kernels and tile sizes (each compilation of conv_direct_kern.h defines one). */
 typedef struct {
     fcd_fwd_fn fwd_image;
     fcd_bww_fn bwd_weight_tile;
     fcd_probe_fn fma_probe;
+    fcd_pack_fn pack_grad_t;
     fcd_i J, VL, WT;
 } fcd_isa_kernels;
 
@@ -299,7 +287,41 @@ typedef float fcd_v4u __attribute__((vector_size(16), aligned(4)));
 #define FCD_SET1(s) _mm512_set1_ps(s)
 #define FCD_ZERO() _mm512_setzero_ps()
 #define FCD_FMA(a, b, c) _mm512_fmadd_ps((a), (b), (c))
+#define FCD_TRANSPOSE16 fcd_transpose16_avx512
+
+/* r[i] (16 rows of 16 floats) -> r[j] = column j: unpack 32-bit, then 64-bit pairs, then two
+ * rounds of 128-bit lane shuffles. */
+static inline void fcd_transpose16_avx512(__m512* r)
+{
+    __m512 t[16];
+    int i;
+    for (i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (i = 0; i < 4; i++) {
+        __m512d a = _mm512_castps_pd(t[4 * i]), b = _mm512_castps_pd(t[4 * i + 1]);
+        __m512d c = _mm512_castps_pd(t[4 * i + 2]), d = _mm512_castps_pd(t[4 * i + 3]);
+        r[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+        r[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+        r[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+        r[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+    }
+    for (i = 0; i < 4; i++) {
+        t[i] = _mm512_shuffle_f32x4(r[i], r[4 + i], 0x88);
+        t[4 + i] = _mm512_shuffle_f32x4(r[i], r[4 + i], 0xdd);
+        t[8 + i] = _mm512_shuffle_f32x4(r[8 + i], r[12 + i], 0x88);
+        t[12 + i] = _mm512_shuffle_f32x4(r[8 + i], r[12 + i], 0xdd);
+    }
+    for (i = 0; i < 4; i++) {
+        r[i] = _mm512_shuffle_f32x4(t[i], t[8 + i], 0x88);
+        r[8 + i] = _mm512_shuffle_f32x4(t[i], t[8 + i], 0xdd);
+        r[4 + i] = _mm512_shuffle_f32x4(t[4 + i], t[12 + i], 0x88);
+        r[12 + i] = _mm512_shuffle_f32x4(t[4 + i], t[12 + i], 0xdd);
+    }
+}
 #include "conv_direct_kern.h"
+#undef FCD_TRANSPOSE16
 #if defined(__clang__)
 #pragma clang attribute pop
 #else
@@ -327,6 +349,7 @@ static const fcd_isa_kernels* fcd_isa = &fcd_kernels_base;
 #define fcd_fwd_image (fcd_isa->fwd_image)
 #define fcd_bwd_weight_tile (fcd_isa->bwd_weight_tile)
 #define fcd_fma_probe (fcd_isa->fma_probe)
+#define fcd_pack_grad_t (fcd_isa->pack_grad_t)
 #define fcd_J (fcd_isa->J)
 #define fcd_VL (fcd_isa->VL)
 #define fcd_WT (fcd_isa->WT)

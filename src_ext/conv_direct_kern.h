@@ -131,6 +131,35 @@ static void FCD_NAME(fcd_bwd_weight_tile)(const float* xq_all, fcd_i xs, const f
         FCD_NAME(fcd_bww_tile)(xq_all, xs, gt, gs, OCV, OH, OW, Wq, n0, n1, off, o, 1, 2 * FCD_WT);
 }
 
+/* Output gradient (OC, OH, OW) -> channels-last gt[oh*OW + ow][OCV], zero channels >= OC.
+ * With FCD_TRANSPOSE16 (AVX-512) and whole blocks of 16 channels: 16 x 16 blocks transposed
+ * in registers; otherwise (and for the last positions) one value at a time. */
+static void FCD_NAME(fcd_pack_grad_t)(const fcd_geo* g, const float* gy, fcd_i OCV, float* gt)
+{
+    fcd_i o, e = 0, HW = g->OH * g->OW;
+#ifdef FCD_TRANSPOSE16
+    if (g->OC % 16 == 0 && OCV == g->OC) {
+        FCD_VT r[16];
+        int i;
+        for (; e + 16 <= HW; e += 16)
+            for (o = 0; o < g->OC; o += 16) {
+                for (i = 0; i < 16; i++)
+                    r[i] = FCD_LOAD(gy + (o + i) * HW + e);
+                FCD_TRANSPOSE16(r);
+                for (i = 0; i < 16; i++)
+                    FCD_STORE(gt + (e + i) * OCV + o, r[i]);
+            }
+    }
+#endif
+    for (; e < HW; e++) {  /* contiguous writes, one cache line per channel plane read at a time */
+        float* d = gt + e * OCV;
+        for (o = 0; o < g->OC; o++)
+            d[o] = gy[o * HW + e];
+        for (o = g->OC; o < OCV; o++)
+            d[o] = 0.0f;
+    }
+}
+
 /* Peak probe: iters x 24 independent FMA chains of one vector each; returns a lane sum so
  * that nothing is optimised away.  Flops = iters * 24 * VL * 2. */
 static float FCD_NAME(fcd_fma_probe)(long iters, float m)
@@ -158,7 +187,7 @@ static float FCD_NAME(fcd_fma_probe)(long iters, float m)
 
 static const fcd_isa_kernels FCD_NAME(fcd_kernels) = {
     FCD_NAME(fcd_fwd_image), FCD_NAME(fcd_bwd_weight_tile), FCD_NAME(fcd_fma_probe),
-    FCD_J, FCD_VL, FCD_WT};
+    FCD_NAME(fcd_pack_grad_t), FCD_J, FCD_VL, FCD_WT};
 
 #undef FCD_SUFFIX
 #undef FCD_VL
