@@ -14,6 +14,8 @@
 #include <stddef.h>
 #include <string.h>
 
+#include "_simd.h"
+
 typedef ptrdiff_t fcd_i;
 
 typedef struct {
@@ -243,15 +245,10 @@ typedef float fcd_v4u __attribute__((vector_size(16), aligned(4)));
 #define FCD_FMA(a, b, c) ((a) * (b) + (c))
 #include "conv_direct_kern.h"
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#ifdef FC_SIMD
 #include <immintrin.h>
 
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
-#else
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-#endif
+FC_TARGET_PUSH(FC_AVX2)
 #define FCD_SUFFIX avx2
 #define FCD_VL 8
 #define FCD_J 4
@@ -264,18 +261,9 @@ typedef float fcd_v4u __attribute__((vector_size(16), aligned(4)));
 #define FCD_ZERO() _mm256_setzero_ps()
 #define FCD_FMA(a, b, c) _mm256_fmadd_ps((a), (b), (c))
 #include "conv_direct_kern.h"
-#if defined(__clang__)
-#pragma clang attribute pop
-#else
-#pragma GCC pop_options
-#endif
+FC_TARGET_POP
 
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma"))), apply_to = function)
-#else
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,fma")
-#endif
+FC_TARGET_PUSH(FC_AVX512)
 #define FCD_SUFFIX avx512
 #define FCD_VL 16
 #define FCD_J 8
@@ -322,11 +310,7 @@ static inline void fcd_transpose16_avx512(__m512* r)
 }
 #include "conv_direct_kern.h"
 #undef FCD_TRANSPOSE16
-#if defined(__clang__)
-#pragma clang attribute pop
-#else
-#pragma GCC pop_options
-#endif
+FC_TARGET_POP
 
 /* 0 baseline, 1 avx2, 2 avx512: whether the CPU (and OS) support it. */
 static int fcd_cpu_supports(int isa)
@@ -359,7 +343,7 @@ static int fcd_set_isa(int isa)
 {
     if (!fcd_cpu_supports(isa)) return -1;
     fcd_isa = &fcd_kernels_base;
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#ifdef FC_SIMD
     if (isa == 2) fcd_isa = &fcd_kernels_avx512;
     if (isa == 1) fcd_isa = &fcd_kernels_avx2;
 #endif

@@ -7,6 +7,8 @@
 
 #include <stddef.h>
 
+#include "_simd.h"
+
 typedef ptrdiff_t fnk_i;
 
 #define FNK_BODY(SUFFIX)                                                                      \
@@ -42,28 +44,13 @@ typedef struct {
 
 FNK_BODY(base)
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
-#else
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-#endif
+#ifdef FC_SIMD
+FC_TARGET_PUSH(FC_AVX2)
 FNK_BODY(avx2)
-#if defined(__clang__)
-#pragma clang attribute pop
-#pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma"))), apply_to = function)
-#else
-#pragma GCC pop_options
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,fma")
-#endif
+FC_TARGET_POP
+FC_TARGET_PUSH(FC_AVX512)
 FNK_BODY(avx512)
-#if defined(__clang__)
-#pragma clang attribute pop
-#else
-#pragma GCC pop_options
-#endif
+FC_TARGET_POP
 #endif
 
 /* The selected path's loops (fnk_set_isa: 0 baseline, 1 avx2, 2 avx512, as conv_direct.h). */
@@ -72,7 +59,7 @@ static const fnk_table* fnk = &fnk_table_base;
 static void fnk_set_isa(int isa)
 {
     fnk = &fnk_table_base;
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#ifdef FC_SIMD
     if (isa == 2) fnk = &fnk_table_avx512;
     if (isa == 1) fnk = &fnk_table_avx2;
 #endif
