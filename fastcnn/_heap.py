@@ -43,7 +43,11 @@ def configure() -> str:
     elif not _glibc():
         state = "unsupported: not glibc"
     else:
-        mallopt = ctypes.CDLL(None).mallopt
+        try:
+            mallopt = ctypes.CDLL(None).mallopt
+        except (AttributeError, OSError) as exc:
+            state = f"unsupported: no mallopt ({exc})"
+            return state
         mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
         # (The mmap threshold first: setting either fixes both, ending glibc's adaptation.)
         ok = (mallopt(M_MMAP_THRESHOLD, _config.HEAP_MMAP_THRESHOLD) == 1
