@@ -90,9 +90,13 @@ def main():
     p.add_argument("--augment", default=None, help="a fastcnn.augment recipe (default: the recipe's, tutorial)")
     p.add_argument("--fastcnn-bn", action="store_true",
                    help="batch norm with fastcnn's arithmetic (the rest PyTorch's): which part owns a difference")
+    p.add_argument("--no-mkldnn", action="store_true",
+                   help="convolutions without oneDNN (torch.backends.mkldnn.enabled = False): a PyTorch-only change "
+                        "of arithmetic, the control for --fastcnn-bn")
     p.add_argument("--save", default=None, help="write the final state dict here (.npz, names as fastcnn's)")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
+    torch.backends.mkldnn.enabled = not a.no_mkldnn
     fastcnn.set_num_threads(a.threads)
     x, y = data.load_cifar10(a.data_dir, "train")
     if a.limit:
