@@ -246,6 +246,13 @@ def maxpool2d_backward(gy, idx, gx):
     gx[...] = flat.reshape(gx.shape)
 
 
+def windows_tile(h, w, kh, kw, sh, sw, pt, pl, oh, ow):
+    """Whether the pooling windows tile the (h, w) plane: stride = kernel, no padding, so every
+    cell lies in at most one window (the compiled average-pool gradients then write each
+    cell's one share directly; cells past the last window get 0)."""
+    return kh == sh and kw == sw and pt == 0 and pl == 0 and oh * kh <= h and ow * kw <= w
+
+
 @functools.lru_cache(maxsize=64)
 def avg_divisor(h, w, kh, kw, sh, sw, pt, pl, oh, ow, count_include_pad):
     """The (OH, OW) float32 divisors of average pooling (read-only, cached): ``kh*kw``, or

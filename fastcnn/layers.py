@@ -115,7 +115,7 @@ class Layer:
 
     def _keep(self, *values: Any) -> None:
         """Keep ``values`` for :meth:`backward` if :meth:`_keeping`, else nothing."""
-        self._saved = values if (self.training or self._keeps_in_eval) else None  # (_keeping, inlined)
+        self._saved = values if self._keeping() else None
 
     def _kept(self) -> tuple[Any, ...]:
         saved = self._saved

@@ -8,7 +8,7 @@ order, so results are bit-identical for any thread count.
 from cython.parallel cimport prange
 from libc.string cimport memset
 
-from fastcnn._ref import avg_divisor
+from fastcnn._ref import avg_divisor, windows_tile
 
 include "_common.pxi"
 
@@ -412,7 +412,7 @@ cdef int _avgpool(bint forward, const float[:, :, :, ::1] src, Py_ssize_t kh, Py
     cdef const float[:, ::1] div = avg_divisor(xs[2], xs[3], kh, kw, sh, sw, pt, pl, ys[2], ys[3],
                                                include_pad)
     cdef bint fast = (_fast(xs[2], xs[3], kh, kw, sh, sw, pt, pl, ys[2], ys[3]) if forward else
-                      kh == sh and kw == sw and pt == 0 and pl == 0 and ys[2] * kh <= xs[2] and ys[3] * kw <= xs[3])
+                      windows_tile(xs[2], xs[3], kh, kw, sh, sw, pt, pl, ys[2], ys[3]))
     with nogil:
         _avgpool_planes(forward, src, kh, kw, sh, sw, pt, pl, fast, div, dst,
                         _threads_for(_size4(xs)))

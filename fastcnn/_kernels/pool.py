@@ -179,15 +179,14 @@ def _tile_row(xf, r0, gf, s0, div, d0, ow, kw):
 
 
 @parallel_kernel
-def _avgpool2d_backward(gy, kh, kw, sh, sw, pt, pl, div, gx):
+def _avgpool2d_backward(gy, kh, kw, sh, sw, pt, pl, div, tiled, gx):
     _backend.sizes_avgpool2d_backward(gy.shape, kh, kw, sh, sw, pt, pl, False, gx.shape)
     n, c, h, w = gx.shape
     oh = gy.shape[2]
     ow = gy.shape[3]
     gf = gy.reshape(gy.size)
     xf = gx.reshape(gx.size)
-    if kh == sh and kw == sw and pt == 0 and pl == 0 and oh * kh <= h and ow * kw <= w:
-        # Windows tile the input: each cell has at most one window, no sum needed.
+    if tiled:  # (_ref.windows_tile: each cell has at most one window, no sum needed)
         for t in prange(n * c):
             for ih in range(h):
                 q = ih // kh
@@ -217,4 +216,5 @@ def avgpool2d_backward(gy, kh, kw, sh, sw, pt, pl, count_include_pad, gx):
     """Gradient of average pooling (see :func:`fastcnn._ref.avgpool2d_backward`)."""
     div = _ref.avg_divisor(gx.shape[2], gx.shape[3], kh, kw, sh, sw, pt, pl, gy.shape[2],
                            gy.shape[3], bool(count_include_pad))
-    _avgpool2d_backward(gy, kh, kw, sh, sw, pt, pl, div.reshape(-1), gx)
+    tiled = _ref.windows_tile(gx.shape[2], gx.shape[3], kh, kw, sh, sw, pt, pl, gy.shape[2], gy.shape[3])
+    _avgpool2d_backward(gy, kh, kw, sh, sw, pt, pl, div.reshape(-1), tiled, gx)
