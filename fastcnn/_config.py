@@ -39,6 +39,11 @@ ENV_HEAP = "FASTCNN_HEAP"
 HEAP_MMAP_THRESHOLD = 32 << 20
 HEAP_TRIM_THRESHOLD = 512 << 20
 
+#: Seconds ``distributed.abort`` waits between printing its message and ``MPI_Abort``: the
+#: launcher forwards a rank's stderr from a pipe and stops reading it once the abort reaches
+#: it, so without the pause the one line saying which rank failed and why can be lost.
+ABORT_GRACE_SECONDS = 0.5
+
 #: Instruction sets ``FASTCNN_ISA`` may force (unset or ``auto``: the best this CPU has).
 ISAS = ("baseline", "avx2", "avx512")
 

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 
+from . import _config
 from . import train as _train
 
 if TYPE_CHECKING:
@@ -399,4 +401,5 @@ def abort(comm: Comm, message: str, code: int = 1) -> None:
     """Print ``message`` (naming this rank) and end every rank of the job: ``MPI_Abort``."""
     print(f"fastcnn: rank {comm.Get_rank()} of {comm.Get_size()}: {message}; aborting all ranks",
           file=sys.stderr, flush=True)
+    time.sleep(_config.ABORT_GRACE_SECONDS)
     comm.Abort(code)
