@@ -58,6 +58,7 @@ def collect_primitives(package):
 _loaded = {}
 _errors = {}
 _active = None
+_active_ops = None  # _loaded[_active], once chosen: ops() is called by every functional op
 
 
 def _load(name):
@@ -97,31 +98,35 @@ def _default():
 
 def set_backend(name):
     """Select the kernel backend: ``"numpy"``, ``"numba"`` or ``"cython"``."""
-    global _active
+    global _active, _active_ops
     if not isinstance(name, str) or name not in BACKENDS or _load(name) is None:
         avail = available_backends()
         extra = ""
         if isinstance(name, str) and name in BACKENDS:
             extra = f" ({name} failed to load: {_errors.get(name)})"
         raise ValueError(f"unknown or unavailable backend {name!r}{extra}; available: {', '.join(avail)}")
-    _active = name
+    _active, _active_ops = name, _loaded[name]
 
 
 def get_backend():
     """Name of the active backend (default: ``"cython"`` if compiled, else ``"numba"``)."""
-    global _active
+    global _active, _active_ops
     if _active is None:
         env = os.environ.get(ENV_BACKEND)
         if env:
             set_backend(env.strip().lower())
         else:
             _active = _default()
+            _active_ops = _loaded[_active]
     return _active
 
 
 def ops(name=None):
     """The primitive module of backend ``name`` (default: the active one)."""
-    name = get_backend() if name is None else name
+    if name is None:
+        if _active_ops is not None:
+            return _active_ops
+        name = get_backend()
     mod = _load(name)
     if mod is None:
         set_backend(name)  # raises the ValueError listing available backends
