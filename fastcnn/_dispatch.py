@@ -17,6 +17,11 @@
 The environment variable ``FASTCNN_CONV`` sets the initial strategy (read at first use).
 A batch of one image takes a single GEMM with no reorders on the ``per_image`` and
 ``chunked`` strategies (and on ``auto`` where the rule picks no direct kernel).
+
+``fastcnn.config(fold_bn=...)`` (default True): at inference a ``Sequential`` runs each
+``Conv2D`` followed by a ``BatchNorm2D`` as one convolution with the normalisation folded into
+its weights and bias (:func:`fastcnn.functional.fold_batch_norm`; docs/PERFORMANCE.md,
+section 12).  False runs them one by one, as in training mode's arithmetic.
 """
 from __future__ import annotations
 
@@ -39,15 +44,16 @@ DIRECT_AUTO_MODULES = ("fastcnn._ext",)
 
 ENV_CONV = "FASTCNN_CONV"
 
-_settings: dict[str, str] = {}
+_settings: dict[str, Any] = {}
 
 
-def _current() -> dict[str, str]:
+def _current() -> dict[str, Any]:
     if not _settings:
         env = os.environ.get(ENV_CONV, "").strip().lower() or "auto"
         if env not in CONV_STRATEGIES:
             raise ValueError(f"{ENV_CONV} must be one of {', '.join(CONV_STRATEGIES)}, got {env!r}")
         _settings["conv"] = env
+        _settings["fold_bn"] = True
     return _settings
 
 
@@ -55,7 +61,7 @@ class _Config:
     """Returned by :func:`config`: the settings are already applied; as a context manager it
     restores the previous ones on exit."""
 
-    def __init__(self, previous: dict[str, str]):
+    def __init__(self, previous: dict[str, Any]):
         self._previous = previous
 
     def __enter__(self) -> _Config:
@@ -69,7 +75,7 @@ class _Config:
         return f"fastcnn.config({', '.join(f'{k}={v!r}' for k, v in _settings.items())})"
 
 
-def config(*, conv: str | None = None) -> _Config:
+def config(*, conv: str | None = None, fold_bn: bool | None = None) -> _Config:
     """Set fastcnn's settings; usable as a context manager that restores them on exit.
 
     Parameters
@@ -77,6 +83,9 @@ def config(*, conv: str | None = None) -> _Config:
     conv : {"auto", "direct", "per_image", "chunked"}, optional
         Convolution strategy of the compiled backends (see :mod:`fastcnn._dispatch`).
         None leaves it unchanged.
+    fold_bn : bool, optional
+        Whether eval-mode ``Sequential`` models fold a ``BatchNorm2D`` into the ``Conv2D``
+        before it (default True).  None leaves it unchanged.
 
     Examples
     --------
@@ -86,15 +95,24 @@ def config(*, conv: str | None = None) -> _Config:
     """
     if conv is not None and (not isinstance(conv, str) or conv not in CONV_STRATEGIES):
         raise ValueError(f"config: conv must be one of {', '.join(map(repr, CONV_STRATEGIES))}, got {conv!r}")
+    if fold_bn is not None and type(fold_bn) is not bool:
+        raise TypeError(f"config: fold_bn must be True or False, got {fold_bn!r}")
     previous = dict(_current())
     if conv is not None:
         _settings["conv"] = conv
+    if fold_bn is not None:
+        _settings["fold_bn"] = fold_bn
     return _Config(previous)
 
 
 def get_config() -> dict[str, Any]:
-    """The current settings, as a new dict (``{"conv": ...}``)."""
+    """The current settings, as a new dict (``{"conv": ..., "fold_bn": ...}``)."""
     return dict(_current())
+
+
+def fold_bn() -> bool:
+    """Whether eval-mode ``Sequential`` models fold batch norms into convolutions."""
+    return bool(_current()["fold_bn"])
 
 
 def one_pool(k):

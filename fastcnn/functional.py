@@ -45,7 +45,7 @@ __all__ = [
     "flatten", "flatten_backward", "dropout", "dropout_backward",
     "linear", "linear_backward",
     "softmax_cross_entropy", "softmax_cross_entropy_backward", "mse_loss", "mse_loss_backward",
-    "batch_norm2d", "batch_norm2d_backward",
+    "batch_norm2d", "batch_norm2d_backward", "fold_batch_norm",
     "adam_step",
     "corr2d",
 ]
@@ -952,6 +952,39 @@ def batch_norm2d_backward(grad_out: ArrayLike, cache: tuple[Any, ...], weight: A
     gx = np.empty(xhat.shape, np.float32)
     k.batchnorm_backward_apply(grad_out, xhat, scale, a, b, gx)
     return gx, gw.astype(np.float32), gb.astype(np.float32)
+
+
+def fold_batch_norm(weight: ArrayLike, bias: ArrayLike | None, running_mean: ArrayLike, running_var: ArrayLike,
+                    bn_weight: ArrayLike, bn_bias: ArrayLike, eps: float = 1e-5) -> tuple[np.ndarray, np.ndarray]:
+    """A convolution followed by an eval-mode batch norm, as one convolution.
+
+    ``conv2d(x, w, b)`` equals ``batch_norm2d(conv2d(x, weight, bias), ..., training=False)``
+    up to float32 rounding, with ``s = bn_weight / sqrt(running_var + eps)``,
+    ``w = weight * s`` (per output channel) and ``b = bn_bias + (bias - running_mean) * s``
+    (``bias`` None: zero), computed in float64 and rounded once.
+
+    Returns
+    -------
+    w : (OC, C, kh, kw) float32
+    b : (OC,) float32
+    """
+    op = "fold_batch_norm"
+    weight = as_float32(weight, "weight", 4, op)
+    oc = weight.shape[0]
+    named = {"running_mean": running_mean, "running_var": running_var, "bn_weight": bn_weight, "bn_bias": bn_bias}
+    if bias is not None:
+        named["bias"] = bias
+    vec = {}
+    for name, arr in named.items():
+        vec[name] = as_float32(arr, name, 1, op).astype(np.float64)
+        if vec[name].shape != (oc,):
+            raise ValueError(f"{op}: {name} must have shape ({oc},) for weight {weight.shape}, got {vec[name].shape}")
+    if not eps > 0:
+        raise ValueError(f"{op}: eps must be > 0, got {eps!r}")
+    s = vec["bn_weight"] / np.sqrt(vec["running_var"] + eps)
+    w = (weight * s[:, None, None, None]).astype(np.float32)
+    b = (vec["bn_bias"] + (vec.get("bias", 0.0) - vec["running_mean"]) * s).astype(np.float32)
+    return w, b
 
 
 # --------------------------------------------------------------------------- optimizer updates

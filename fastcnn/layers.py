@@ -18,11 +18,12 @@ import os
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from threading import get_ident
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import numpy as np
 from numpy.typing import ArrayLike
 
+from . import _dispatch
 from . import functional as F
 from ._modelfile import save as _save_model
 from ._shapes import IntOrPair, Padding, check_padding_arg, pair
@@ -270,12 +271,21 @@ class Conv2D(Layer):
         self.weight = Parameter(_uniform(gen, bound, (self.out_channels, self.in_channels) + self.kernel_size))
         self.bias = Parameter(_uniform(gen, bound, (self.out_channels,))) if bias else None
 
-    def forward(self, x: ArrayLike, relu: bool = False) -> np.ndarray:
-        """``relu=True`` (inference only): ``max(conv, 0)`` fused into the convolution's store."""
-        if relu and self.training:
-            raise ValueError("Conv2D.forward: relu=True is for inference (eval mode) only")
-        b = None if self.bias is None else self.bias.data
-        y = F.conv2d(x, self.weight.data, b, self.stride, self.padding, relu=relu, ws=self._ws)
+    def forward(self, x: ArrayLike, relu: bool = False, batch_norm: BatchNorm2D | None = None) -> np.ndarray:
+        """Inference only: ``relu=True`` fuses ``max(conv, 0)`` into the convolution's store;
+        ``batch_norm`` (an eval-mode ``BatchNorm2D`` of ``out_channels`` features) is folded
+        into the weights and bias (:func:`fastcnn.functional.fold_batch_norm`), so the
+        result is that layer's output (before the ReLU) up to float32 rounding."""
+        if (relu or batch_norm is not None) and self.training:
+            raise ValueError("Conv2D.forward: relu=True and batch_norm are for inference (eval mode) only")
+        w, b = self.weight.data, (None if self.bias is None else self.bias.data)
+        if batch_norm is not None:
+            bn = batch_norm
+            if type(bn) is not BatchNorm2D or bn.training or bn.num_features != self.out_channels:
+                raise ValueError(f"Conv2D.forward: batch_norm must be an eval-mode BatchNorm2D of "
+                                 f"{self.out_channels} features, got {bn!r}")
+            w, b = F.fold_batch_norm(w, b, bn.running_mean, bn.running_var, bn.weight.data, bn.bias.data, bn.eps)
+        y = F.conv2d(x, w, b, self.stride, self.padding, relu=relu, ws=self._ws)
         self._keep(x)
         return y
 
@@ -552,12 +562,19 @@ def _hooked(layer: Layer) -> bool:
     return "forward" in vars(layer)
 
 
+def _fusable(layer: Layer) -> bool:
+    """Whether eval-mode ``Sequential`` may fuse ``layer`` into the convolution before it."""
+    return not layer.training and not _hooked(layer)
+
+
 class Sequential(Layer):
     """A chain of layers; itself a layer.
 
     ``state_dict()`` uses PyTorch-style dotted names (``"0.weight"``, ``"3.body.1.running_mean"``).
-    In eval mode a ``Conv2D`` directly followed by a ``ReLU`` runs as one convolution with the
-    ReLU fused into its store (docs/PERFORMANCE.md, section 9).
+    In eval mode a ``Conv2D`` directly followed by a ``BatchNorm2D`` and/or a ``ReLU`` runs as
+    one convolution: the batch norm folded into its weights (unless
+    ``fastcnn.config(fold_bn=False)``), the ReLU fused into its store (docs/PERFORMANCE.md,
+    sections 9 and 12).
     """
 
     def __init__(self, *layers: Layer) -> None:
@@ -591,15 +608,23 @@ class Sequential(Layer):
             for layer in self.layers:
                 x = layer.forward(x)
             return x
-        layers, i = self.layers, 0
-        while i < len(layers):  # inference: a Conv2D's following ReLU is fused into its store
+        layers, i, n = self.layers, 0, len(self.layers)
+        while i < n:  # inference: a Conv2D runs with the BatchNorm2D and ReLU after it fused in
             layer = layers[i]
-            if (type(layer) is Conv2D and i + 1 < len(layers) and type(relu := layers[i + 1]) is ReLU
-                    and not layer.training and not relu.training and not _hooked(layer) and not _hooked(relu)):
-                x, i = layer.forward(x, relu=True), i + 2
-                relu._keep()  # (keeps nothing, as its own eval-mode forward)
-            else:
-                x, i = layer.forward(x), i + 1
+            i += 1
+            if type(layer) is not Conv2D or layer.training or _hooked(layer):
+                x = layer.forward(x)
+                continue
+            bn = relu = None
+            if (i < n and type(layers[i]) is BatchNorm2D and _fusable(layers[i]) and _dispatch.fold_bn()
+                    and cast(BatchNorm2D, layers[i]).num_features == layer.out_channels):
+                bn, i = cast(BatchNorm2D, layers[i]), i + 1
+            if i < n and type(layers[i]) is ReLU and _fusable(layers[i]):
+                relu, i = layers[i], i + 1
+            x = layer.forward(x, relu=relu is not None, batch_norm=bn)
+            for fused in (bn, relu):
+                if fused is not None:
+                    fused._keep()  # (keeps nothing, as its own eval-mode forward)
         return x
 
     def backward(self, grad_out: Any) -> Any:

@@ -292,6 +292,53 @@ def test_batch_norm2d_training_needs_two_values(backend, shape):
 
 
 
+def _fold_args(oc=6, c=4, seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.normal(0, 0.3, (oc, c, 3, 3)).astype(np.float32), rng.normal(0, 0.1, oc).astype(np.float32),
+            rng.normal(0, 0.5, oc).astype(np.float32), rng.uniform(0.1, 4, oc).astype(np.float32),
+            rng.uniform(0.5, 1.5, oc).astype(np.float32), rng.normal(0, 0.3, oc).astype(np.float32))
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_fold_batch_norm_equals_conv_then_eval_batch_norm(backend, with_bias):
+    w, b, mean, var, gamma, beta = _fold_args()
+    b = b if with_bias else None
+    x = np.random.default_rng(1).random((2, 4, 7, 5), dtype=np.float32)
+    wf, bf = F.fold_batch_norm(w, b, mean, var, gamma, beta, 1e-3)
+    assert wf.dtype == bf.dtype == np.float32 and wf.shape == w.shape and bf.shape == (6,)
+    plain, _ = F.batch_norm2d(F.conv2d(x, w, b, 1, 1), gamma, beta, mean.copy(), var.copy(),
+                              training=False, eps=1e-3)
+    # 36-term sums of values of order 1, rounded differently (weights scaled before, not after):
+    # a few float32 units of the largest output.
+    np.testing.assert_allclose(F.conv2d(x, wf, bf, 1, 1), plain, rtol=0, atol=2e-6 * np.abs(plain).max())
+
+
+@needs_torch
+def test_fold_batch_norm_matches_torch():
+    import torch
+    from torch.nn.utils.fusion import fuse_conv_bn_weights
+
+    w, b, mean, var, gamma, beta = _fold_args(seed=3)
+    wf, bf = F.fold_batch_norm(w, b, mean, var, gamma, beta, 1e-5)
+    tw, tb = fuse_conv_bn_weights(*map(torch.from_numpy, (w, b, mean, var)), 1e-5, torch.from_numpy(gamma),
+                                  torch.from_numpy(beta))
+    # torch folds in float32 (two roundings per value), fastcnn in float64 (one): 2 units.
+    np.testing.assert_allclose(wf, tw.detach().numpy(), rtol=2.5e-7, atol=0)
+    np.testing.assert_allclose(bf, tb.detach().numpy(), rtol=0, atol=4.8e-7 * np.abs(bf).max())
+
+
+def test_fold_batch_norm_refuses_mismatched_shapes():
+    w, b, mean, var, gamma, beta = _fold_args()
+    with pytest.raises(ValueError, match=r"fold_batch_norm: running_var must have shape \(6,\)"):
+        F.fold_batch_norm(w, b, mean, var[:5], gamma, beta)
+    with pytest.raises(ValueError, match=r"fold_batch_norm: bias must have shape \(6,\)"):
+        F.fold_batch_norm(w, b[:3], mean, var, gamma, beta)
+    with pytest.raises(ValueError, match="fold_batch_norm: weight"):
+        F.fold_batch_norm(w[0], b, mean, var, gamma, beta)
+    with pytest.raises(ValueError, match="eps must be > 0"):
+        F.fold_batch_norm(w, b, mean, var, gamma, beta, 0.0)
+
+
 @pytest.mark.parametrize("train", [True, False])
 def test_batch_norm2d_backends_agree(compiled, train):
     """The whole op (statistics, running stats, forward, backward) against the numpy backend."""

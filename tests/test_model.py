@@ -1,11 +1,13 @@
 """``Sequential`` and checkpoint files (``fastcnn.model``): save/load round trips, refusal of
-pickles and foreign files, atomic writes, the declared state; Conv2D + ReLU fusion in eval mode."""
+pickles and foreign files, atomic writes, the declared state; Conv2D + BatchNorm2D + ReLU fusion in
+eval mode."""
 import os
 
 import numpy as np
 import pytest
 
 import fastcnn
+from fastcnn import functional as F
 from fastcnn import layers as L
 from fastcnn import models
 
@@ -79,7 +81,8 @@ def test_save_is_atomic_on_failure(tmp_path, monkeypatch):
 @pytest.mark.parametrize("name", ["lenet", "bn", "resnet"])
 def test_eval_forward_fuses_conv_relu_bit_identically(backend, name):
     """In eval mode a Sequential fuses each Conv2D + ReLU pair (the ReLU in the convolution's
-    store); the logits equal the layer-by-layer ones bit for bit, on every strategy."""
+    store); without batch-norm folding the logits equal the layer-by-layer ones bit for bit,
+    on every strategy."""
     from fastcnn import models
 
     m = models.build(name, seed=3).eval()
@@ -96,10 +99,77 @@ def test_eval_forward_fuses_conv_relu_bit_identically(backend, name):
         return layer.forward(h)
 
     for conv in ("direct", "per_image", "chunked"):
-        with fastcnn.config(conv=conv):
+        with fastcnn.config(conv=conv, fold_bn=False):
             np.testing.assert_array_equal(m.forward(x), unfused(m, x))
     with pytest.raises(ValueError, match="eval mode"):
         m.train()[0].forward(x, relu=True)
+
+
+def _random_bn(bn, rng):
+    bn.running_mean[...] = rng.normal(0, 0.5, bn.num_features)
+    bn.running_var[...] = rng.uniform(0.2, 3.0, bn.num_features)
+    bn.weight.data[...] = rng.uniform(0.5, 1.5, bn.num_features)
+    bn.bias.data[...] = rng.normal(0, 0.3, bn.num_features)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_eval_forward_folds_batch_norm_into_the_conv(backend, bias):
+    """Eval mode runs Conv2D + BatchNorm2D (+ ReLU) as one convolution with the folded weights:
+    bit for bit ``conv2d(x, *fold_batch_norm(...), relu=True)``, and within float32 rounding of
+    the layer-by-layer result (which ``fold_bn=False`` gives bit for bit)."""
+    rng = np.random.default_rng(5)
+    conv, bn = L.Conv2D(3, 16, 3, 1, 1, bias=bias, rng=1), L.BatchNorm2D(16, eps=1e-3)
+    _random_bn(bn, rng)
+    m = fastcnn.Sequential(conv, bn, L.ReLU()).eval()
+    x = rng.random((4, 3, 9, 11), dtype=np.float32)
+    w, b = F.fold_batch_norm(conv.weight.data, None if conv.bias is None else conv.bias.data,
+                             bn.running_mean, bn.running_var, bn.weight.data, bn.bias.data, bn.eps)
+    folded = m.forward(x)
+    np.testing.assert_array_equal(folded, F.conv2d(x, w, b, 1, 1, relu=True))
+    plain = np.maximum(bn.forward(conv.forward(x)), 0)
+    # Folding rounds each weight once (2^-24 relative) where the plain path rounds the
+    # convolution's sum and then three normalisation steps: a few units of float32 rounding of
+    # the largest activation (27-term sums, values of order 1).
+    np.testing.assert_allclose(folded, plain, rtol=0, atol=1e-6 * max(1.0, np.abs(plain).max()))
+    with fastcnn.config(fold_bn=False):
+        np.testing.assert_array_equal(m.forward(x), plain)
+    with pytest.raises(ValueError, match="eval mode"):
+        conv.train().forward(x, batch_norm=bn)
+    conv.eval()
+    with pytest.raises(ValueError, match="eval-mode BatchNorm2D of 16 features"):
+        conv.forward(x, batch_norm=bn.train())
+    with pytest.raises(ValueError, match="eval-mode BatchNorm2D of 16 features"):
+        conv.forward(x, batch_norm=L.BatchNorm2D(8).eval())
+
+
+@pytest.mark.parametrize("name", ["bn", "resnet"])
+def test_eval_logits_with_folded_batch_norms_stay_within_rounding(backend, name):
+    """The recipe networks with random batch-norm statistics: folded and unfused logits agree
+    to float32 rounding compounded over the layers (observed 1e-6 of the largest logit)."""
+    from fastcnn import models
+
+    rng = np.random.default_rng(2)
+    m = models.build(name, seed=3)
+    bns = [v for v in _layers(m) if isinstance(v, L.BatchNorm2D)]
+    assert len(bns) == (2 if name == "bn" else 15)
+    for bn in bns:
+        _random_bn(bn, rng)
+    m.eval()
+    c, s = (3, 32) if name == "resnet" else (1, models.INPUT_SIZE[name])
+    x = rng.random((3, c, s, s), dtype=np.float32)
+    folded = m.forward(x)
+    with fastcnn.config(fold_bn=False):
+        plain = m.forward(x)
+    np.testing.assert_allclose(folded, plain, rtol=0, atol=1e-5 * np.abs(plain).max())
+
+
+def _layers(layer):
+    """``layer`` and every layer inside it (Sequential items, Residual body and shortcut)."""
+    yield layer
+    children = list(layer) if isinstance(layer, fastcnn.Sequential) else (
+        [c for c in (layer.body, layer.shortcut) if c is not None] if isinstance(layer, L.Residual) else [])
+    for child in children:
+        yield from _layers(child)
 
 
 def test_declared_state_matches_the_layers():
