@@ -18,6 +18,7 @@ PRIMITIVES = (
     "conv2d_forward_images",
     "conv2d_backward_images",
     "conv2d_direct_forward",
+    "conv2d_direct_forward_maxpool2",
     "conv2d_direct_backward_data",
     "conv2d_direct_backward_weight",
     "linear_forward",
@@ -223,6 +224,13 @@ def sizes_conv2d_direct_forward(x, w, bias, sh, sw, pt, pl, relu, y):
     _sizes_direct(x, w, y, sh, sw, pt, pl)
     if bias != w[:1]:
         raise ValueError("conv2d_direct_forward: bias must have shape (OC,)")
+
+
+def sizes_conv2d_direct_forward_maxpool2(x, w, bias, sh, sw, pt, pl, relu, oh, ow, y):
+    sizes_conv2d_direct_forward(x, w, bias, sh, sw, pt, pl, relu, y[:2] + (oh, ow))
+    if y[2:] != (oh // 2, ow // 2) or oh < 2 or ow < 2:
+        raise ValueError("conv2d_direct_forward_maxpool2: y must have shape (N, OC, oh // 2, ow // 2), "
+                         "the convolution's output (oh, ow) at least 2 x 2")
 
 
 def sizes_conv2d_direct_backward_data(gy, w, sh, sw, pt, pl, gx):

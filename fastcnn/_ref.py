@@ -488,6 +488,27 @@ def conv2d_direct_forward(x, w, bias, sh, sw, pt, pl, relu, y):
         np.maximum(y, 0, out=y)
 
 
+def conv2d_direct_forward_maxpool2(x, w, bias, sh, sw, pt, pl, relu, oh, ow, y):
+    """:func:`conv2d_direct_forward` followed by a 2x2 max pooling of stride 2 (inference: no
+    indices), without the full-size output.
+
+    Parameters
+    ----------
+    x, w, bias, sh, sw, pt, pl, relu
+        As :func:`conv2d_direct_forward`, whose output is ``(N, OC, oh, ow)``.
+    oh, ow : int
+        The convolution's output size (>= 2 each).
+    y : (N, OC, oh // 2, ow // 2) float32  # OUT
+        Window ``(i, j)`` covers rows ``2i, 2i + 1`` and columns ``2j, 2j + 1`` of the
+        convolution's output (an odd last row or column is dropped); :func:`maxpool2d_forward`'s
+        scan rule, so the result equals that of the two primitives in sequence bit for bit.
+    """
+    n, oc = y.shape[:2]
+    full = np.empty((n, oc, oh, ow), np.float32)
+    conv2d_direct_forward(x, w, bias, sh, sw, pt, pl, relu, full)
+    maxpool2d_forward(full, 2, 2, 2, 2, 0, 0, y, np.empty(y.shape, np.int32))
+
+
 def conv2d_direct_backward_data(gy, w, sh, sw, pt, pl, gx):
     """Input gradient of :func:`conv2d_direct_forward` (without the ReLU).
 

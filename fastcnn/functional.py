@@ -180,7 +180,8 @@ def _conv_check(x: ArrayLike, weight: ArrayLike, bias: ArrayLike | None, stride:
 
 
 def conv2d(x: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None, stride: IntOrPair = 1,
-           padding: Padding = 0, *, relu: bool = False, ws: Workspace | None = None) -> np.ndarray:
+           padding: Padding = 0, *, relu: bool = False, max_pool2: bool = False,
+           ws: Workspace | None = None) -> np.ndarray:
     """2-D cross-correlation, as ``torch.nn.functional.conv2d``.
 
     Parameters
@@ -192,18 +193,22 @@ def conv2d(x: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None, strid
     padding : int, (int, int), ``"valid"`` or ``"same"`` (TensorFlow SAME, any stride)
     relu : bool
         Return ``max(conv, 0)`` (fused into the direct kernels).
+    max_pool2 : bool
+        Return ``max_pool2d(y, 2)`` of that instead (inference: no indices), fused into the
+        direct kernels (each image pooled while its output is in cache), bit for bit the
+        two ops in sequence.
     ws : Workspace, optional
 
     Returns
     -------
-    y : (N, OC, OH, OW) float32
+    y : (N, OC, OH, OW) float32; with ``max_pool2`` (N, OC, OH // 2, OW // 2)
     """
     x, weight, bias, g = _conv_check(x, weight, bias, stride, padding, ws=ws)
-    return _conv2d_forward(_backend.ops(), x, weight, bias, g, ws, relu)
+    return _conv2d_forward(_backend.ops(), x, weight, bias, g, ws, relu, max_pool2)
 
 
 def _conv2d_forward(k: ModuleType, x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, g: ConvGeometry,
-                    ws: Workspace | None, relu: bool = False) -> np.ndarray:
+                    ws: Workspace | None, relu: bool = False, max_pool2: bool = False) -> np.ndarray:
     """Forward with the primitives of backend module ``k`` (dtype of ``x``) on the strategy of
     :func:`fastcnn._dispatch.conv_plan`: direct kernels; one image (GEMM straight into the
     output); one image per thread at a time (``conv2d_forward_images``); or chunked im2col +
@@ -213,16 +218,20 @@ def _conv2d_forward(k: ModuleType, x: np.ndarray, weight: np.ndarray, bias: np.n
     dt = x.dtype
     plan = _dispatch.conv_plan(k, n, c, oc, g.kh, g.kw, g.oh, g.ow, dt.itemsize, (g.sh, g.sw))
     if plan == "direct":
-        y = np.empty((n, oc, g.oh, g.ow), dt)
         if bias is None:
             bias = _buf(ws, "zeros", (oc,), dt)
             bias[...] = 0
+        if max_pool2 and g.oh >= 2 and g.ow >= 2:
+            y = np.empty((n, oc, g.oh // 2, g.ow // 2), dt)
+            k.conv2d_direct_forward_maxpool2(x, weight, bias, g.sh, g.sw, g.pt, g.pl, int(bool(relu)), g.oh, g.ow, y)
+            return y
+        y = np.empty((n, oc, g.oh, g.ow), dt)
         k.conv2d_direct_forward(x, weight, bias, g.sh, g.sw, g.pt, g.pl, int(bool(relu)), y)
-        return y
-    y = _conv2d_forward_gemm(k, x, weight, bias, g, ws, plan)
-    if relu:
-        np.maximum(y, 0, out=y)
-    return y
+    else:
+        y = _conv2d_forward_gemm(k, x, weight, bias, g, ws, plan)
+        if relu:
+            np.maximum(y, 0, out=y)
+    return max_pool2d(y, 2) if max_pool2 else y  # (too small to pool: max_pool2d says so)
 
 
 def _conv2d_forward_gemm(k: ModuleType, x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,

@@ -271,13 +271,15 @@ class Conv2D(Layer):
         self.weight = Parameter(_uniform(gen, bound, (self.out_channels, self.in_channels) + self.kernel_size))
         self.bias = Parameter(_uniform(gen, bound, (self.out_channels,))) if bias else None
 
-    def forward(self, x: ArrayLike, relu: bool = False, batch_norm: BatchNorm2D | None = None) -> np.ndarray:
+    def forward(self, x: ArrayLike, relu: bool = False, batch_norm: BatchNorm2D | None = None,
+                max_pool2: bool = False) -> np.ndarray:
         """Inference only: ``relu=True`` fuses ``max(conv, 0)`` into the convolution's store;
         ``batch_norm`` (an eval-mode ``BatchNorm2D`` of ``out_channels`` features) is folded
         into the weights and bias (:func:`fastcnn.functional.fold_batch_norm`), so the
-        result is that layer's output (before the ReLU) up to float32 rounding."""
-        if (relu or batch_norm is not None) and self.training:
-            raise ValueError("Conv2D.forward: relu=True and batch_norm are for inference (eval mode) only")
+        result is that layer's output (before the ReLU) up to float32 rounding;
+        ``max_pool2=True`` returns the 2x2 max pooling (stride 2) of the result."""
+        if (relu or batch_norm is not None or max_pool2) and self.training:
+            raise ValueError("Conv2D.forward: relu=True, batch_norm and max_pool2 are for inference (eval mode) only")
         w, b = self.weight.data, (None if self.bias is None else self.bias.data)
         if batch_norm is not None:
             bn = batch_norm
@@ -285,7 +287,7 @@ class Conv2D(Layer):
                 raise ValueError(f"Conv2D.forward: batch_norm must be an eval-mode BatchNorm2D of "
                                  f"{self.out_channels} features, got {bn!r}")
             w, b = F.fold_batch_norm(w, b, bn.running_mean, bn.running_var, bn.weight.data, bn.bias.data, bn.eps)
-        y = F.conv2d(x, w, b, self.stride, self.padding, relu=relu, ws=self._ws)
+        y = F.conv2d(x, w, b, self.stride, self.padding, relu=relu, max_pool2=max_pool2, ws=self._ws)
         self._keep(x)
         return y
 
@@ -567,14 +569,19 @@ def _fusable(layer: Layer) -> bool:
     return not layer.training and not _hooked(layer)
 
 
+def _pools_2x2(pool: MaxPool2D) -> bool:
+    """Whether ``pool`` is the 2x2 max pooling of stride 2 without padding (fusable)."""
+    return pool.kernel_size == (2, 2) and pool.stride == (2, 2) and pool.padding in ((0, 0), "valid")
+
+
 class Sequential(Layer):
     """A chain of layers; itself a layer.
 
     ``state_dict()`` uses PyTorch-style dotted names (``"0.weight"``, ``"3.body.1.running_mean"``).
-    In eval mode a ``Conv2D`` directly followed by a ``BatchNorm2D`` and/or a ``ReLU`` runs as
-    one convolution: the batch norm folded into its weights (unless
-    ``fastcnn.config(fold_bn=False)``), the ReLU fused into its store (docs/PERFORMANCE.md,
-    sections 9 and 12).
+    In eval mode a ``Conv2D`` directly followed by a ``BatchNorm2D``, a ``ReLU`` and a 2x2
+    ``MaxPool2D`` (any of them, in that order) runs as one convolution: the batch norm folded
+    into its weights (unless ``fastcnn.config(fold_bn=False)``), the ReLU and the pooling
+    fused into its store (docs/PERFORMANCE.md, sections 9 and 12).
     """
 
     def __init__(self, *layers: Layer) -> None:
@@ -621,8 +628,11 @@ class Sequential(Layer):
                 bn, i = cast(BatchNorm2D, layers[i]), i + 1
             if i < n and type(layers[i]) is ReLU and _fusable(layers[i]):
                 relu, i = layers[i], i + 1
-            x = layer.forward(x, relu=relu is not None, batch_norm=bn)
-            for fused in (bn, relu):
+            pool = None
+            if i < n and type(layers[i]) is MaxPool2D and _fusable(layers[i]) and _pools_2x2(layers[i]):
+                pool, i = layers[i], i + 1
+            x = layer.forward(x, relu=relu is not None, batch_norm=bn, max_pool2=pool is not None)
+            for fused in (bn, relu, pool):
                 if fused is not None:
                     fused._keep()  # (keeps nothing, as its own eval-mode forward)
         return x

@@ -23,6 +23,7 @@ cdef extern from "conv_direct.h" nogil:
     void fcd_pack_input(const fcd_geo* g, const float* src, float* xq)
     void fcd_pack_weights(const fcd_geo* g, const float* w, int flip, float* wp)
     void fcd_unpack_output(const fcd_geo* g, const float* yg, const float* bias, int relu, float* y)
+    void fcd_maxpool2(const float* y, fcd_i C, fcd_i H, fcd_i W, float* out)
     void fcd_pack_grad_t(const fcd_geo* g, const float* gy, fcd_i OCV, float* gt)
     void fcd_fwd_image(const fcd_geo* g, const float* xq, const fcd_i* tab, const float* wp,
                        const fcd_i* st, const fcd_i* yo, const fcd_i* nv, fcd_i NS,
@@ -86,32 +87,40 @@ cdef void _direct_images(const fcd_geo* g,
                          const float* bias, int relu,    # IN  bias (or NULL), ReLU on output
                          float[::1] wp, Py_ssize_t[::1] tab, float[:, ::1] xq, float[:, ::1] yg,
                          Py_ssize_t[:, ::1] st,          # scratch (see _direct)
-                         float[:, :, :, ::1] out,        # OUT (N, g.OC, g.OH, g.OW)
+                         float[:, ::1] yi,               # scratch (T, OC*OH*OW) if pooled, else unused
+                         float[:, :, :, ::1] out,        # OUT (N, g.OC, g.OH, g.OW), pooled: halved
                          int nt) noexcept nogil:
     """The forward kernel of :func:`conv2d_direct_forward` and :func:`conv2d_direct_backward_data`,
-    one block of consecutive images per iteration, each block with its own scratch."""
+    one block of consecutive images per iteration, each block with its own scratch; with
+    ``yi`` each image's output goes there and ``out`` gets its 2x2 max pooling."""
     cdef Py_ssize_t N = src.shape[0], T = xq.shape[0], t, i, NS
-    cdef int rows
+    cdef int rows, pooled = yi.shape[1] > 0
+    cdef float* dst
     fcd_pack_weights(g, w, flip, &wp[0])
     fcd_make_tab(g, &tab[0])
     NS = fcd_pixel_starts(g, fcd_VL, &st[0, 0], &st[1, 0], &st[2, 0], &rows)
     for t in prange(T, schedule='static', num_threads=nt):
         for i in range(_part(t, N, T), _part(t + 1, N, T)):
+            dst = &yi[t, 0] if pooled else &out[i, 0, 0, 0]
             fcd_pack_input(g, &src[i, 0, 0, 0], &xq[t, 0])
             if rows:  # (tiles written to the output directly)
                 fcd_fwd_image(g, &xq[t, 0], &tab[0], &wp[0], &st[0, 0], &st[1, 0], &st[2, 0],
-                              NS, bias, relu, &out[i, 0, 0, 0], &yg[t, 0])
+                              NS, bias, relu, dst, &yg[t, 0])
             else:
                 fcd_fwd_image(g, &xq[t, 0], &tab[0], &wp[0], &st[0, 0], NULL, NULL, NS,
                               NULL, 0, NULL, &yg[t, 0])
-                fcd_unpack_output(g, &yg[t, 0], bias, relu, &out[i, 0, 0, 0])
+                fcd_unpack_output(g, &yg[t, 0], bias, relu, dst)
+            if pooled:
+                fcd_maxpool2(dst, g.OC, g.OH, g.OW, &out[i, 0, 0, 0])
 
 
 cdef int _direct(fcd_geo* g, const float[:, :, :, ::1] src, const float* w, int flip,
-                 const float* bias, int relu, float[:, :, :, ::1] out, int nt) except -1:
+                 const float* bias, int relu, float[:, :, :, ::1] out, int nt, int pool=0) except -1:
     """:func:`_direct_images` with its scratch: packed weights, tap offsets, pixel starts, and
-    per block of images the packed input and the output grid."""
+    per block of images the packed input and the output grid (and with ``pool`` one image's
+    full output)."""
     cdef Py_ssize_t T = min(<Py_ssize_t>nt, src.shape[0])
+    cdef float[:, ::1] yi = np.empty((T, g.OC * g.OH * g.OW if pool else 0), np.float32)
     cdef float[::1] wp = np.empty(g.OCP * g.C * g.KH * g.KW, np.float32)
     cdef Py_ssize_t[::1] tab = np.empty(g.KH * g.KW, np.intp)
     cdef float[:, ::1] xq = np.empty((T, g.xq_size), np.float32)
@@ -119,11 +128,11 @@ cdef int _direct(fcd_geo* g, const float[:, :, :, ::1] src, const float* w, int 
     cdef Py_ssize_t[:, ::1] st = np.empty((3, g.P // fcd_VL + 1 + g.OH * (g.OW // fcd_VL + 1)), np.intp)
     with nogil:  # (the prange lives in a nogil function: within this one, which holds the GIL,
         #  it compiled slower)
-        _direct_images(g, src, w, flip, bias, relu, wp, tab, xq, yg, st, out, nt)
+        _direct_images(g, src, w, flip, bias, relu, wp, tab, xq, yg, st, yi, out, nt)
     return 0
 
 
-cdef _Key _fwd_ok, _data_ok, _weight_ok
+cdef _Key _fwd_ok, _pool_ok, _data_ok, _weight_ok
 
 
 def conv2d_direct_forward(const float[:, :, :, ::1] x, const float[:, :, :, ::1] w,
@@ -144,6 +153,28 @@ def conv2d_direct_forward(const float[:, :, :, ::1] x, const float[:, :, :, ::1]
     fcd_geo_init(&g, C, x.shape[2], x.shape[3], 1, 1, OC, w.shape[2], w.shape[3], sh, sw, pt, pl,
                  OH, OW, fcd_J)
     _direct(&g, x, &w[0, 0, 0, 0], 0, &bias[0], relu, y, _threads_for(N * OC * OH * OW))
+
+
+def conv2d_direct_forward_maxpool2(const float[:, :, :, ::1] x, const float[:, :, :, ::1] w,
+                                   const float[::1] bias, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt,
+                                   Py_ssize_t pl, int relu, Py_ssize_t oh, Py_ssize_t ow,
+                                   float[:, :, :, ::1] y):
+    """Direct convolution, then 2x2 max pooling, per image (see
+    :func:`fastcnn._ref.conv2d_direct_forward_maxpool2`)."""
+    if _active is None:
+        active_isa()
+    cdef _Key k = _key(sh, sw, pt, pl, oh, ow)
+    if _new(&_pool_ok, &k, x.shape, w.shape, bias.shape, y.shape):
+        _passed(&_pool_ok, &k, _backend.sizes_conv2d_direct_forward_maxpool2(
+            _dims(x.shape, 4), _dims(w.shape, 4), _dims(bias.shape, 1), sh, sw, pt, pl, relu, oh, ow,
+            _dims(y.shape, 4)))
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], OC = w.shape[0]
+    if N == 0:
+        return
+    cdef fcd_geo g
+    fcd_geo_init(&g, C, x.shape[2], x.shape[3], 1, 1, OC, w.shape[2], w.shape[3], sh, sw, pt, pl,
+                 oh, ow, fcd_J)
+    _direct(&g, x, &w[0, 0, 0, 0], 0, &bias[0], relu, y, _threads_for(N * OC * oh * ow), 1)
 
 
 def conv2d_direct_backward_data(const float[:, :, :, ::1] gy, const float[:, :, :, ::1] w,

@@ -445,6 +445,30 @@ def test_direct_fused_relu_is_max_of_plain(name):
 
 
 @pytest.mark.parametrize("name", DIRECT)
+@pytest.mark.parametrize("case", [c for c in DIRECT_CASES if direct_data(c)[0].oh >= 2 and direct_data(c)[0].ow >= 2])
+def test_direct_maxpool2_is_the_pool_of_the_forward(name, case):
+    """``conv2d_direct_forward_maxpool2`` is bit for bit the reference's 2x2 max pooling of the
+    same backend's ``conv2d_direct_forward`` (odd sizes drop the last row or column; NaNs win
+    as in the pooling kernels), at 1 and 2 threads, every output written."""
+    k = _backend.ops(name)
+    g, x, wt, b, gy = direct_data(case, 7)
+    x[0, 0, 0, 0] = np.nan  # (a few NaN outputs: the scan rule's NaN case)
+    before = fastcnn.get_num_threads()
+    try:
+        for relu in (0, 1):
+            full, _, _, _ = run_direct(k, g, x, wt, b, gy, relu)
+            want = np.empty(full.shape[:2] + (g.oh // 2, g.ow // 2), np.float32)
+            _ref.maxpool2d_forward(full, 2, 2, 2, 2, 0, 0, want, np.empty(want.shape, np.int32))
+            for threads in (1, 2):
+                fastcnn.set_num_threads(min(threads, cores()))
+                y = np.full(want.shape, -7.0, np.float32)
+                k.conv2d_direct_forward_maxpool2(x, wt, b, g.sh, g.sw, g.pt, g.pl, relu, g.oh, g.ow, y)
+                assert y.tobytes() == want.tobytes(), (case, relu, threads)
+    finally:
+        fastcnn.set_num_threads(before)
+
+
+@pytest.mark.parametrize("name", DIRECT)
 def test_direct_bit_identical_run_to_run_and_across_threads(name):
     """Fixed summation order: repeated runs, and 1 vs 2 threads, agree bit for bit (the
     weight gradient is summed in fixed slots of consecutive images)."""
@@ -490,6 +514,7 @@ def _recorded_primitive_calls(name):
         for conv in ("direct", "per_image", "chunked"):
             with fastcnn.config(conv=conv):
                 F.conv2d_backward(F.conv2d(x, w, None, 2, 1), x, w, 2, 1)
+                F.conv2d(x, w, None, 1, 1, relu=True, max_pool2=True)
         y, idx = F.max_pool2d(x, 2, return_indices=True)
         F.max_pool2d_backward(y, idx, x.shape)
         F.avg_pool2d_backward(F.avg_pool2d(x, 3, 2, 1), x.shape, 3, 2, 1)
@@ -551,6 +576,10 @@ def test_size_checks_of_the_contract_are_the_same_for_both_compiled_backends(nam
                        1e-3, 0.9, 0.999, 1e-8, 1.0)),
         (k.conv2d_direct_forward, (f32((1, 2, 5, 5), np.float32), f32((3, 2, 3, 3), np.float32),
                                    f32(4, np.float32), 1, 1, 0, 0, 0, f32((1, 3, 3, 3), np.float32))),
+        (k.conv2d_direct_forward_maxpool2, (f32((1, 2, 5, 5), np.float32), f32((3, 2, 3, 3), np.float32),
+                                            f32(3, np.float32), 1, 1, 0, 0, 0, 3, 3, f32((1, 3, 2, 2), np.float32))),
+        (k.conv2d_direct_forward_maxpool2, (f32((1, 2, 5, 5), np.float32), f32((3, 2, 3, 3), np.float32),
+                                            f32(3, np.float32), 1, 1, 0, 0, 0, 3, 3, f32((1, 3, 1, 2), np.float32))),
         (k.batchnorm_forward, (f32((2, 3, 2, 2), np.float32), *[f32(3, np.float32)] * 3, f32(2, np.float32),
                                f32((2, 3, 2, 2), np.float32), f32((2, 3, 2, 2), np.float32))),
     ]

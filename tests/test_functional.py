@@ -230,6 +230,28 @@ def test_conv2d_relu_flag_on_direct_and_gemm_paths(compiled):
                                           np.maximum(F.conv2d(x, w, None, 1, 1), 0))
 
 
+
+@pytest.mark.parametrize("size", [(8, 8), (9, 7), (2, 3)])
+def test_conv2d_max_pool2_flag_is_the_two_ops_in_sequence(compiled, size):
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((3, 4) + size, dtype=np.float32)
+    w = rng.standard_normal((16, 4, 3, 3), dtype=np.float32)
+    b = rng.standard_normal(16, dtype=np.float32)
+    for conv in ("direct", "per_image", "chunked"):
+        with fastcnn.config(conv=conv):
+            for relu in (False, True):
+                got = F.conv2d(x, w, b, 1, 1, relu=relu, max_pool2=True)
+                assert got.shape == (3, 16, size[0] // 2, size[1] // 2)
+                np.testing.assert_array_equal(got, F.max_pool2d(F.conv2d(x, w, b, 1, 1, relu=relu), 2))
+
+
+def test_conv2d_max_pool2_of_a_one_row_output_is_refused_as_the_pooling_would_be(compiled):
+    x, w = np.ones((1, 1, 1, 5), np.float32), np.ones((8, 1, 1, 1), np.float32)
+    for conv in ("direct", "per_image"):
+        with fastcnn.config(conv=conv), pytest.raises(ValueError, match="max_pool2d"):
+            F.conv2d(x, w, max_pool2=True)
+
+
 # ----------------------------------------------------------------------------- determinism across runs and threads
 
 @pytest.mark.parametrize("strategy", ["per_image", "direct"])

@@ -20,6 +20,7 @@ from numba import njit, prange
 
 from .. import _backend, _config
 from .._config import NUMBA_SERIAL_FMA
+from . import pool as _pool
 from ._common import _u, add_plane, helper, parallel_kernel, total
 
 #: Forward runs are rounded up to a multiple of this (one zmm of float32): the few extra
@@ -234,6 +235,16 @@ def conv2d_direct_forward(x, w, bias, sh, sw, pt, pl, relu, y):
         _forward_strided(xq, w, bias, int(relu), y)
     else:
         _forward(xp, xf, w, bias, int(relu), y, _config.DIRECT_TILE)
+
+
+def conv2d_direct_forward_maxpool2(x, w, bias, sh, sw, pt, pl, relu, oh, ow, y):
+    """The direct forward, then 2x2 max pooling of its output
+    (see :func:`fastcnn._ref.conv2d_direct_forward_maxpool2`)."""
+    _backend.sizes_conv2d_direct_forward_maxpool2(x.shape, w.shape, bias.shape, sh, sw, pt, pl, relu, oh, ow,
+                                                  y.shape)
+    full = np.empty(y.shape[:2] + (oh, ow), np.float32)
+    conv2d_direct_forward(x, w, bias, sh, sw, pt, pl, relu, full)
+    _pool.maxpool2d_forward(full, 2, 2, 2, 2, 0, 0, y, np.empty(y.shape, np.int32))
 
 
 @parallel_kernel(fma=True)
