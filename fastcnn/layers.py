@@ -629,7 +629,8 @@ class Sequential(Layer):
             if i < n and type(layers[i]) is ReLU and _fusable(layers[i]):
                 relu, i = layers[i], i + 1
             pool = None
-            if i < n and type(layers[i]) is MaxPool2D and _fusable(layers[i]) and _pools_2x2(layers[i]):
+            if (i < n and type(layers[i]) is MaxPool2D and _fusable(layers[i])
+                    and _pools_2x2(cast(MaxPool2D, layers[i]))):
                 pool, i = layers[i], i + 1
             x = layer.forward(x, relu=relu is not None, batch_norm=bn, max_pool2=pool is not None)
             for fused in (bn, relu, pool):
