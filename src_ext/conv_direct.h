@@ -177,7 +177,7 @@ static void fcd_unpack_output(const fcd_geo* g, const float* yg, const float* bi
             if (relu) {
                 for (ow = 0; ow < g->OW; ow++) {
                     float v = s[ow] + bo;
-                    d[ow] = v > 0.0f ? v : 0.0f;
+                    d[ow] = v <= 0.0f ? 0.0f : v;  /* the ReLU kernels' rule: NaN stays, -0 -> +0 */
                 }
             } else {
                 for (ow = 0; ow < g->OW; ow++)
@@ -245,7 +245,7 @@ static void fcd_store_tile(const float* tb, fcd_i TB, fcd_i VL, fcd_i n, fcd_i n
             if (relu) {
                 for (l = 0; l < nv[v]; l++) {
                     float r = s[l] + b;
-                    d[l] = r > 0.0f ? r : 0.0f;
+                    d[l] = r <= 0.0f ? 0.0f : r;
                 }
             } else {
                 for (l = 0; l < nv[v]; l++)

@@ -442,6 +442,17 @@ def test_direct_fused_relu_is_max_of_plain(name):
     fused, _, _, _ = run_direct(k, g, x, wt, b, gy, 1)
     assert (plain < 0).any() and (plain > 0).any()
     np.testing.assert_array_equal(fused, np.maximum(plain, 0))
+    # The ReLU kernels' rule, byte for byte: NaN stays NaN (a NaN input is never hidden), and
+    # -0.0 becomes +0.0 (all-zero weights of sign -, bias -0.0, inputs >= 0: the Numba kernels
+    # sum to -0.0 there; accumulators started at +0.0 give +0.0).
+    x = np.abs(x)
+    x[0, 0, 4, 5] = np.nan
+    for wt_, b_ in ((wt, b), (np.full_like(wt, -0.0), np.full_like(b, -0.0))):
+        plain, _, _, _ = run_direct(k, g, x, wt_, b_, gy, 0)
+        fused, _, _, _ = run_direct(k, g, x, wt_, b_, gy, 1)
+        want = np.empty_like(plain)
+        _ref.relu_forward(plain, want)
+        assert np.isnan(plain).any() and fused.tobytes() == want.tobytes()
 
 
 @pytest.mark.parametrize("name", DIRECT)

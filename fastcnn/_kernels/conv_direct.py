@@ -160,7 +160,7 @@ def _forward(xp, xf, w, bias, relu, y, tile):
             for r in range(rows):
                 for q in range(ow):
                     v = acc[_u(k * d + r * wp + q)]
-                    if relu and v < 0.0:
+                    if relu and v <= 0.0:  # (the ReLU kernels' rule: NaN stays, -0 -> +0)
                         v = np.float32(0.0)
                     y[b, o + k, r0 + r, q] = v
 
@@ -214,7 +214,7 @@ def _forward_strided(xq, w, bias, relu, y):
         for r in range(oh):
             for q in range(ow):
                 v = acc[_u(r * wq + q)]
-                if relu and v < 0.0:
+                if relu and v <= 0.0:  # (the ReLU kernels' rule: NaN stays, -0 -> +0)
                     v = np.float32(0.0)
                 y[b, o, r, q] = v
 
