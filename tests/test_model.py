@@ -142,6 +142,21 @@ def test_eval_forward_folds_batch_norm_into_the_conv(backend, bias):
         conv.forward(x, batch_norm=L.BatchNorm2D(8).eval())
 
 
+@pytest.mark.parametrize("pool", [dict(kernel_size=2), dict(kernel_size=2, padding=1), dict(kernel_size=3),
+                                  dict(kernel_size=2, stride=1), dict(kernel_size=2, padding="same")])
+def test_eval_forward_fuses_only_the_plain_2x2_pooling(backend, pool):
+    """Conv2D + ReLU + MaxPool2D in eval mode: whatever the pooling's geometry (only 2x2 of
+    stride 2 without padding is fused into the convolution), the result is the layers' own,
+    bit for bit, on odd sizes too."""
+    m = fastcnn.Sequential(L.Conv2D(3, 8, 3, padding=1, rng=0), L.ReLU(), L.MaxPool2D(**pool)).eval()
+    x = np.random.default_rng(1).standard_normal((2, 3, 9, 7), dtype=np.float32)
+    for conv in ("direct", "per_image"):
+        with fastcnn.config(conv=conv):
+            want = m[2].forward(m[1].forward(m[0].forward(x)))
+            got = m.forward(x)
+            assert got.shape == want.shape and got.tobytes() == want.tobytes()
+
+
 @pytest.mark.parametrize("name", ["bn", "resnet"])
 def test_eval_logits_with_folded_batch_norms_stay_within_rounding(backend, name):
     """The recipe networks with random batch-norm statistics: folded and unfused logits agree
