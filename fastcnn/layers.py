@@ -616,7 +616,7 @@ class Sequential(Layer):
                 x = layer.forward(x)
             return x
         layers, i, n = self.layers, 0, len(self.layers)
-        while i < n:  # inference: a Conv2D runs with the BatchNorm2D and ReLU after it fused in
+        while i < n:  # inference: a Conv2D runs with the BatchNorm2D, ReLU and 2x2 pooling after it fused in
             layer = layers[i]
             i += 1
             if type(layer) is not Conv2D or layer.training or _hooked(layer):
