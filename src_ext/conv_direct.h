@@ -187,32 +187,6 @@ static void fcd_unpack_output(const fcd_geo* g, const float* yg, const float* bi
     }
 }
 
-/* y (C, H, W) -> out (C, H/2, W/2): 2x2 max pooling of stride 2, an odd last row or column
-   dropped; the scan rule of the pooling kernels (a later value replaces the best if it is
-   greater, or NaN where the best is not). */
-static inline float fcd_max_rule(float b, float v)
-{
-    return (v > b || (v != v && b == b)) ? v : b;
-}
-
-static void fcd_maxpool2(const float* y, fcd_i C, fcd_i H, fcd_i W, float* out)
-{
-    fcd_i c, i, j, PH = H / 2, PW = W / 2;
-    for (c = 0; c < C; c++) {
-        for (i = 0; i < PH; i++) {
-            const float* r0 = y + (c * H + 2 * i) * W;
-            const float* r1 = r0 + W;
-            float* d = out + (c * PH + i) * PW;
-            for (j = 0; j < PW; j++) {
-                float b = r0[2 * j];
-                b = fcd_max_rule(b, r0[2 * j + 1]);
-                b = fcd_max_rule(b, r1[2 * j]);
-                d[j] = fcd_max_rule(b, r1[2 * j + 1]);
-            }
-        }
-    }
-}
-
 /* ---------------------------------------------------------------- ISA-specific kernels */
 
 typedef void (*fcd_fwd_fn)(const fcd_geo*, const float*, const fcd_i*, const float*, const fcd_i*,

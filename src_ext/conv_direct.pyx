@@ -23,7 +23,6 @@ cdef extern from "conv_direct.h" nogil:
     void fcd_pack_input(const fcd_geo* g, const float* src, float* xq)
     void fcd_pack_weights(const fcd_geo* g, const float* w, int flip, float* wp)
     void fcd_unpack_output(const fcd_geo* g, const float* yg, const float* bias, int relu, float* y)
-    void fcd_maxpool2(const float* y, fcd_i C, fcd_i H, fcd_i W, float* out)
     void fcd_pack_grad_t(const fcd_geo* g, const float* gy, fcd_i OCV, float* gt)
     void fcd_fwd_image(const fcd_geo* g, const float* xq, const fcd_i* tab, const float* wp,
                        const fcd_i* st, const fcd_i* yo, const fcd_i* nv, fcd_i NS,
@@ -87,21 +86,23 @@ cdef void _direct_images(const fcd_geo* g,
                          const float* bias, int relu,    # IN  bias (or NULL), ReLU on output
                          float[::1] wp, Py_ssize_t[::1] tab, float[:, ::1] xq, float[:, ::1] yg,
                          Py_ssize_t[:, ::1] st,          # scratch (see _direct)
-                         float[:, ::1] yi,               # scratch (T, OC*OH*OW) if pooled, else unused
+                         float* yi, int* ii,             # scratch if pooled (else NULL): per block
+                         #                                 one image's output, one pooled plane's indices
                          float[:, :, :, ::1] out,        # OUT (N, g.OC, g.OH, g.OW), pooled: halved
                          int nt) noexcept nogil:
     """The forward kernel of :func:`conv2d_direct_forward` and :func:`conv2d_direct_backward_data`,
     one block of consecutive images per iteration, each block with its own scratch; with
     ``yi`` each image's output goes there and ``out`` gets its 2x2 max pooling."""
-    cdef Py_ssize_t N = src.shape[0], T = xq.shape[0], t, i, NS
-    cdef int rows, pooled = yi.shape[1] > 0
+    cdef Py_ssize_t N = src.shape[0], T = xq.shape[0], t, i, c, NS
+    cdef Py_ssize_t HW = g.OH * g.OW, PH = g.OH // 2, PW = g.OW // 2
+    cdef int rows
     cdef float* dst
     fcd_pack_weights(g, w, flip, &wp[0])
     fcd_make_tab(g, &tab[0])
     NS = fcd_pixel_starts(g, fcd_VL, &st[0, 0], &st[1, 0], &st[2, 0], &rows)
     for t in prange(T, schedule='static', num_threads=nt):
         for i in range(_part(t, N, T), _part(t + 1, N, T)):
-            dst = &yi[t, 0] if pooled else &out[i, 0, 0, 0]
+            dst = yi + t * g.OC * HW if yi != NULL else &out[i, 0, 0, 0]
             fcd_pack_input(g, &src[i, 0, 0, 0], &xq[t, 0])
             if rows:  # (tiles written to the output directly)
                 fcd_fwd_image(g, &xq[t, 0], &tab[0], &wp[0], &st[0, 0], &st[1, 0], &st[2, 0],
@@ -110,8 +111,9 @@ cdef void _direct_images(const fcd_geo* g,
                 fcd_fwd_image(g, &xq[t, 0], &tab[0], &wp[0], &st[0, 0], NULL, NULL, NS,
                               NULL, 0, NULL, &yg[t, 0])
                 fcd_unpack_output(g, &yg[t, 0], bias, relu, dst)
-            if pooled:
-                fcd_maxpool2(dst, g.OC, g.OH, g.OW, &out[i, 0, 0, 0])
+            if yi != NULL:  # (the pooling kernels' 2x2 plane, without flat indices)
+                for c in range(g.OC):
+                    _maxpool_plane_2x2(dst + c * HW, &out[i, c, 0, 0], ii + t * PH * PW, g.OW, PH, PW, False)
 
 
 cdef int _direct(fcd_geo* g, const float[:, :, :, ::1] src, const float* w, int flip,
@@ -120,7 +122,14 @@ cdef int _direct(fcd_geo* g, const float[:, :, :, ::1] src, const float* w, int 
     per block of images the packed input and the output grid (and with ``pool`` one image's
     full output)."""
     cdef Py_ssize_t T = min(<Py_ssize_t>nt, src.shape[0])
-    cdef float[:, ::1] yi = np.empty((T, g.OC * g.OH * g.OW if pool else 0), np.float32)
+    cdef float[::1] yi
+    cdef int[::1] ii
+    cdef float* yip = NULL
+    cdef int* iip = NULL
+    if pool:
+        yi = np.empty(T * g.OC * g.OH * g.OW, np.float32)
+        ii = np.empty(T * (g.OH // 2) * (g.OW // 2), np.int32)
+        yip, iip = &yi[0], &ii[0]
     cdef float[::1] wp = np.empty(g.OCP * g.C * g.KH * g.KW, np.float32)
     cdef Py_ssize_t[::1] tab = np.empty(g.KH * g.KW, np.intp)
     cdef float[:, ::1] xq = np.empty((T, g.xq_size), np.float32)
@@ -128,7 +137,7 @@ cdef int _direct(fcd_geo* g, const float[:, :, :, ::1] src, const float* w, int 
     cdef Py_ssize_t[:, ::1] st = np.empty((3, g.P // fcd_VL + 1 + g.OH * (g.OW // fcd_VL + 1)), np.intp)
     with nogil:  # (the prange lives in a nogil function: within this one, which holds the GIL,
         #  it compiled slower)
-        _direct_images(g, src, w, flip, bias, relu, wp, tab, xq, yg, st, yi, out, nt)
+        _direct_images(g, src, w, flip, bias, relu, wp, tab, xq, yg, st, yip, iip, out, nt)
     return 0
 
 

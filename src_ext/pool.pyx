@@ -23,12 +23,6 @@ cdef inline void _span(Py_ssize_t o, Py_ssize_t s, Py_ssize_t p, Py_ssize_t k, P
     hi[0] = min(o * s - p + k, n)
 
 
-cdef inline bint _replaces(float v, float b) noexcept nogil:
-    """Whether a later real cell ``v`` replaces the best ``b`` so far: the scan rule of
-    :func:`fastcnn._ref.maxpool2d_forward` (``v > b`` or ``v`` NaN), and a NaN best stays."""
-    return not (v <= b) and b == b
-
-
 cdef inline void _maxpool_plane(const float* x, float* y, int* idx,
                                 Py_ssize_t H, Py_ssize_t W, Py_ssize_t kh, Py_ssize_t kw,
                                 Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl,
@@ -56,50 +50,6 @@ cdef inline void _maxpool_plane(const float* x, float* y, int* idx,
                         bi = k
             y[oh * OW + ow] = b
             idx[oh * OW + ow] = <int>bi
-
-
-cdef inline void _maxpool_plane_2x2(const float* x, float* y, int* idx,
-                                    Py_ssize_t W, Py_ssize_t OH, Py_ssize_t OW) noexcept nogil:
-    """:func:`_maxpool_plane` for a 2x2 kernel, stride 2, windows wholly inside the plane
-    (``2*OH <= H``, ``2*OW <= W``), written so that gcc vectorises the ``ow`` loops.
-
-    The first loop stores the winner's window position 0..3 in ``idx``, the second turns it
-    into the flat input index (two simple loops vectorise better than one).
-    """
-    cdef Py_ssize_t oh, ow
-    cdef const float* r0
-    cdef const float* r1
-    cdef float* yr
-    cdef int* ir
-    cdef float a1, a2, a3, b
-    cdef int base, code, w = <int>W
-    for oh in range(OH):
-        r0 = x + 2 * oh * W
-        r1 = r0 + W
-        yr = y + oh * OW
-        ir = idx + oh * OW
-        for ow in range(OW):
-            b = r0[2 * ow]
-            a1 = r0[2 * ow + 1]
-            a2 = r1[2 * ow]
-            a3 = r1[2 * ow + 1]
-            code = 0
-            if _replaces(a1, b):
-                b = a1
-                code = 1
-            if _replaces(a2, b):
-                b = a2
-                code = 2
-            if _replaces(a3, b):
-                b = a3
-                code = 3
-            yr[ow] = b
-            ir[ow] = code
-        base = <int>(2 * oh * W)
-        for ow in range(OW):
-            code = ir[ow]
-            # (code & 1) columns right, (code >> 1) rows down
-            ir[ow] = base + 2 * <int>ow + (code & 1) + (-(code >> 1) & w)
 
 
 cdef inline Py_ssize_t _maxpool_bwd_plane(const float* gy, const int* idx, float* gx,
