@@ -9,7 +9,7 @@ import pytest
 import fastcnn
 from fastcnn import functional as F
 from fastcnn import layers as L
-from fastcnn import models
+from fastcnn import models, viz
 
 
 @pytest.mark.parametrize("name", ["lenet", "bn"])
@@ -165,7 +165,7 @@ def test_eval_logits_with_folded_batch_norms_stay_within_rounding(backend, name)
 
     rng = np.random.default_rng(2)
     m = models.build(name, seed=3)
-    bns = [v for v in _layers(m) if isinstance(v, L.BatchNorm2D)]
+    bns = [v for _, v in viz.named_leaves(m) if isinstance(v, L.BatchNorm2D)]
     assert len(bns) == (2 if name == "bn" else 15)
     for bn in bns:
         _random_bn(bn, rng)
@@ -176,15 +176,6 @@ def test_eval_logits_with_folded_batch_norms_stay_within_rounding(backend, name)
     with fastcnn.config(fold_bn=False):
         plain = m.forward(x)
     np.testing.assert_allclose(folded, plain, rtol=0, atol=1e-5 * np.abs(plain).max())
-
-
-def _layers(layer):
-    """``layer`` and every layer inside it (Sequential items, Residual body and shortcut)."""
-    yield layer
-    children = list(layer) if isinstance(layer, fastcnn.Sequential) else (
-        [c for c in (layer.body, layer.shortcut) if c is not None] if isinstance(layer, L.Residual) else [])
-    for child in children:
-        yield from _layers(child)
 
 
 def test_declared_state_matches_the_layers():
