@@ -623,9 +623,8 @@ class Sequential(Layer):
                 x = layer.forward(x)
                 continue
             bn = relu = None
-            if (i < n and type(layers[i]) is BatchNorm2D and _fusable(layers[i]) and _dispatch.fold_bn()
-                    and cast(BatchNorm2D, layers[i]).num_features == layer.out_channels):
-                bn, i = cast(BatchNorm2D, layers[i]), i + 1
+            if i < n and type(layers[i]) is BatchNorm2D and _fusable(layers[i]) and _dispatch.fold_bn():
+                bn, i = cast(BatchNorm2D, layers[i]), i + 1  # (Conv2D.forward checks its size)
             if i < n and type(layers[i]) is ReLU and _fusable(layers[i]):
                 relu, i = layers[i], i + 1
             pool = None
