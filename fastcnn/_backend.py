@@ -226,11 +226,13 @@ def sizes_conv2d_direct_forward(x, w, bias, sh, sw, pt, pl, relu, y):
         raise ValueError("conv2d_direct_forward: bias must have shape (OC,)")
 
 
-def sizes_conv2d_direct_forward_maxpool2(x, w, bias, sh, sw, pt, pl, relu, oh, ow, y):
+def sizes_conv2d_direct_forward_maxpool2(x, w, bias, sh, sw, pt, pl, relu, oh, ow, y, idx):
     sizes_conv2d_direct_forward(x, w, bias, sh, sw, pt, pl, relu, y[:2] + (oh, ow))
     if y[2:] != (oh // 2, ow // 2) or oh < 2 or ow < 2:
         raise ValueError("conv2d_direct_forward_maxpool2: y must have shape (N, OC, oh // 2, ow // 2), "
                          "the convolution's output (oh, ow) at least 2 x 2")
+    if idx != y and idx != (0, 0, 0, 0):
+        raise ValueError("conv2d_direct_forward_maxpool2: idx must have the shape of y, or (0, 0, 0, 0) for none")
 
 
 def sizes_conv2d_direct_backward_data(gy, w, sh, sw, pt, pl, gx):

@@ -18,10 +18,15 @@ The environment variable ``FASTCNN_CONV`` sets the initial strategy (read at fir
 A batch of one image takes a single GEMM with no reorders on the ``per_image`` and
 ``chunked`` strategies (and on ``auto`` where the rule picks no direct kernel).
 
-``fastcnn.config(fold_bn=...)`` (default True): at inference a ``Sequential`` runs each
-``Conv2D`` followed by a ``BatchNorm2D`` as one convolution with the normalisation folded into
-its weights and bias (:func:`fastcnn.functional.fold_batch_norm`; docs/PERFORMANCE.md,
-section 12).  False runs them one by one, as in training mode's arithmetic.
+``fastcnn.config(fuse=...)`` (default True): a ``Sequential`` runs each ``Conv2D`` with the
+``ReLU`` and 2x2 ``MaxPool2D`` after it as one op (the ReLU and the pooling in the convolution's
+store; bit for bit the layers one by one), in training and at inference (docs/PERFORMANCE.md,
+sections 12 and 13).  False runs every layer by itself.
+
+``fastcnn.config(fold_bn=...)`` (default True): with ``fuse``, at inference a ``Sequential``
+also runs each ``Conv2D`` followed by a ``BatchNorm2D`` as one convolution with the
+normalisation folded into its weights and bias (:func:`fastcnn.functional.fold_batch_norm`;
+docs/PERFORMANCE.md, section 12).  False runs them one by one, as in training mode's arithmetic.
 """
 from __future__ import annotations
 
@@ -53,6 +58,7 @@ def _current() -> dict[str, Any]:
         if env not in CONV_STRATEGIES:
             raise ValueError(f"{ENV_CONV} must be one of {', '.join(CONV_STRATEGIES)}, got {env!r}")
         _settings["conv"] = env
+        _settings["fuse"] = True
         _settings["fold_bn"] = True
     return _settings
 
@@ -75,7 +81,7 @@ class _Config:
         return f"fastcnn.config({', '.join(f'{k}={v!r}' for k, v in _settings.items())})"
 
 
-def config(*, conv: str | None = None, fold_bn: bool | None = None) -> _Config:
+def config(*, conv: str | None = None, fuse: bool | None = None, fold_bn: bool | None = None) -> _Config:
     """Set fastcnn's settings; usable as a context manager that restores them on exit.
 
     Parameters
@@ -83,9 +89,12 @@ def config(*, conv: str | None = None, fold_bn: bool | None = None) -> _Config:
     conv : {"auto", "direct", "per_image", "chunked"}, optional
         Convolution strategy of the compiled backends (see :mod:`fastcnn._dispatch`).
         None leaves it unchanged.
+    fuse : bool, optional
+        Whether ``Sequential`` models run a ``Conv2D`` with the ``ReLU`` and 2x2 ``MaxPool2D``
+        after it as one op (default True).  None leaves it unchanged.
     fold_bn : bool, optional
-        Whether eval-mode ``Sequential`` models fold a ``BatchNorm2D`` into the ``Conv2D``
-        before it (default True).  None leaves it unchanged.
+        Whether eval-mode ``Sequential`` models (with ``fuse``) fold a ``BatchNorm2D`` into the
+        ``Conv2D`` before it (default True).  None leaves it unchanged.
 
     Examples
     --------
@@ -95,19 +104,27 @@ def config(*, conv: str | None = None, fold_bn: bool | None = None) -> _Config:
     """
     if conv is not None and (not isinstance(conv, str) or conv not in CONV_STRATEGIES):
         raise ValueError(f"config: conv must be one of {', '.join(map(repr, CONV_STRATEGIES))}, got {conv!r}")
-    if fold_bn is not None and type(fold_bn) is not bool:
-        raise TypeError(f"config: fold_bn must be True or False, got {fold_bn!r}")
+    for name, value in (("fuse", fuse), ("fold_bn", fold_bn)):
+        if value is not None and type(value) is not bool:
+            raise TypeError(f"config: {name} must be True or False, got {value!r}")
     previous = dict(_current())
     if conv is not None:
         _settings["conv"] = conv
+    if fuse is not None:
+        _settings["fuse"] = fuse
     if fold_bn is not None:
         _settings["fold_bn"] = fold_bn
     return _Config(previous)
 
 
 def get_config() -> dict[str, Any]:
-    """The current settings, as a new dict (``{"conv": ..., "fold_bn": ...}``)."""
+    """The current settings, as a new dict (``{"conv": ..., "fuse": ..., "fold_bn": ...}``)."""
     return dict(_current())
+
+
+def fuse() -> bool:
+    """Whether ``Sequential`` models fuse a ``Conv2D`` with the ReLU and pooling after it."""
+    return bool(_current()["fuse"])
 
 
 def fold_bn() -> bool:

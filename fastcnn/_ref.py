@@ -488,9 +488,9 @@ def conv2d_direct_forward(x, w, bias, sh, sw, pt, pl, relu, y):
         np.maximum(y, 0, out=y)
 
 
-def conv2d_direct_forward_maxpool2(x, w, bias, sh, sw, pt, pl, relu, oh, ow, y):
-    """:func:`conv2d_direct_forward` followed by a 2x2 max pooling of stride 2 (inference: no
-    indices), without the full-size output.
+def conv2d_direct_forward_maxpool2(x, w, bias, sh, sw, pt, pl, relu, oh, ow, y, idx):
+    """:func:`conv2d_direct_forward` followed by a 2x2 max pooling of stride 2, without the
+    full-size output.
 
     Parameters
     ----------
@@ -502,11 +502,13 @@ def conv2d_direct_forward_maxpool2(x, w, bias, sh, sw, pt, pl, relu, oh, ow, y):
         Window ``(i, j)`` covers rows ``2i, 2i + 1`` and columns ``2j, 2j + 1`` of the
         convolution's output (an odd last row or column is dropped); :func:`maxpool2d_forward`'s
         scan rule, so the result equals that of the two primitives in sequence bit for bit.
+    idx : (N, OC, oh // 2, ow // 2) int32  # OUT  as :func:`maxpool2d_forward`'s (flat into
+        the ``(oh, ow)`` plane), or shape ``(0, 0, 0, 0)``: no indices (inference)
     """
     n, oc = y.shape[:2]
     full = np.empty((n, oc, oh, ow), np.float32)
     conv2d_direct_forward(x, w, bias, sh, sw, pt, pl, relu, full)
-    maxpool2d_forward(full, 2, 2, 2, 2, 0, 0, y, np.empty(y.shape, np.int32))
+    maxpool2d_forward(full, 2, 2, 2, 2, 0, 0, y, idx if idx.size else np.empty(y.shape, np.int32))
 
 
 def conv2d_direct_backward_data(gy, w, sh, sw, pt, pl, gx):

@@ -181,7 +181,7 @@ def _conv_check(x: ArrayLike, weight: ArrayLike, bias: ArrayLike | None, stride:
 
 def conv2d(x: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None, stride: IntOrPair = 1,
            padding: Padding = 0, *, relu: bool = False, max_pool2: bool = False,
-           ws: Workspace | None = None) -> np.ndarray:
+           return_indices: bool = False, ws: Workspace | None = None) -> Any:
     """2-D cross-correlation, as ``torch.nn.functional.conv2d``.
 
     Parameters
@@ -194,21 +194,28 @@ def conv2d(x: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None, strid
     relu : bool
         Return ``max(conv, 0)`` (fused into the direct kernels).
     max_pool2 : bool
-        Return ``max_pool2d(y, 2)`` of that instead (inference: no indices), fused into the
-        direct kernels (each image pooled while its output is in cache), bit for bit the
-        two ops in sequence.
+        Return ``max_pool2d(y, 2)`` of that instead, fused into the direct kernels (each image
+        pooled while its output is in cache), bit for bit the two ops in sequence.
+    return_indices : bool
+        With ``max_pool2``: also return the pooling's indices, as ``max_pool2d``'s (for
+        :func:`max_pool2d_backward` into the convolution's output shape).
     ws : Workspace, optional
 
     Returns
     -------
     y : (N, OC, OH, OW) float32; with ``max_pool2`` (N, OC, OH // 2, OW // 2)
+    indices : (N, OC, OH // 2, OW // 2) int32, with ``return_indices`` (read-only with ``ws``,
+        as ``max_pool2d``'s)
     """
+    if return_indices and not max_pool2:
+        raise ValueError("conv2d: return_indices=True needs max_pool2=True")
     x, weight, bias, g = _conv_check(x, weight, bias, stride, padding, ws=ws)
-    return _conv2d_forward(_backend.ops(), x, weight, bias, g, ws, relu, max_pool2)
+    return _conv2d_forward(_backend.ops(), x, weight, bias, g, ws, relu, max_pool2, return_indices)
 
 
 def _conv2d_forward(k: ModuleType, x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, g: ConvGeometry,
-                    ws: Workspace | None, relu: bool = False, max_pool2: bool = False) -> np.ndarray:
+                    ws: Workspace | None, relu: bool = False, max_pool2: bool = False,
+                    return_indices: bool = False) -> Any:
     """Forward with the primitives of backend module ``k`` (dtype of ``x``) on the strategy of
     :func:`fastcnn._dispatch.conv_plan`: direct kernels; one image (GEMM straight into the
     output); one image per thread at a time (``conv2d_forward_images``); or chunked im2col +
@@ -223,15 +230,24 @@ def _conv2d_forward(k: ModuleType, x: np.ndarray, weight: np.ndarray, bias: np.n
             bias[...] = 0
         if max_pool2 and g.oh >= 2 and g.ow >= 2:
             y = np.empty((n, oc, g.oh // 2, g.ow // 2), dt)
-            k.conv2d_direct_forward_maxpool2(x, weight, bias, g.sh, g.sw, g.pt, g.pl, int(bool(relu)), g.oh, g.ow, y)
-            return y
+            idx = np.empty(y.shape if return_indices else (0, 0, 0, 0), np.int32)
+            k.conv2d_direct_forward_maxpool2(x, weight, bias, g.sh, g.sw, g.pt, g.pl, int(bool(relu)), g.oh, g.ow,
+                                             y, idx)
+            if not return_indices:
+                return y
+            if ws is not None:  # as max_pool2d's: trusted by max_pool2d_backward with this ws
+                idx.flags.writeable = False
+                ws._record("max_pool2d", idx, (n, oc, g.oh, g.ow))
+            return y, idx
         y = np.empty((n, oc, g.oh, g.ow), dt)
         k.conv2d_direct_forward(x, weight, bias, g.sh, g.sw, g.pt, g.pl, int(bool(relu)), y)
     else:
         y = _conv2d_forward_gemm(k, x, weight, bias, g, ws, plan)
         if relu:
             np.maximum(y, 0, out=y)
-    return max_pool2d(y, 2) if max_pool2 else y  # (too small to pool: max_pool2d says so)
+    if not max_pool2:
+        return y
+    return max_pool2d(y, 2, return_indices=return_indices, ws=ws)  # (too small to pool: it says so)
 
 
 def _conv2d_forward_gemm(k: ModuleType, x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,

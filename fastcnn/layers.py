@@ -256,6 +256,7 @@ class Conv2D(Layer):
 
     _params = ("weight", "bias")
     _config_args = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "bias")
+    _sizes: tuple[tuple[int, ...], tuple[int, int]] = ((), (0, 0))  # last input size -> output size
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: IntOrPair, stride: IntOrPair = 1,
                  padding: Padding = 0, bias: bool = True, rng: Any = None) -> None:
@@ -273,26 +274,40 @@ class Conv2D(Layer):
 
     def forward(self, x: ArrayLike, relu: bool = False, batch_norm: BatchNorm2D | None = None,
                 max_pool2: bool = False) -> np.ndarray:
-        """Inference only: ``relu=True`` fuses ``max(conv, 0)`` into the convolution's store;
-        ``batch_norm`` (an eval-mode ``BatchNorm2D`` of ``out_channels`` features) is folded
-        into the weights and bias (:func:`fastcnn.functional.fold_batch_norm`), so the
-        result is that layer's output (before the ReLU) up to float32 rounding;
-        ``max_pool2=True`` returns the 2x2 max pooling (stride 2) of the result."""
-        if (relu or batch_norm is not None or max_pool2) and self.training:
-            raise ValueError("Conv2D.forward: relu=True, batch_norm and max_pool2 are for inference (eval mode) only")
+        """``relu=True`` fuses ``max(conv, 0)`` into the convolution's store; ``max_pool2=True``
+        returns the 2x2 max pooling (stride 2) of the result; :meth:`backward` then takes the
+        gradient of what this returned.  ``batch_norm`` (inference only: an eval-mode
+        ``BatchNorm2D`` of ``out_channels`` features) is folded into the weights and bias
+        (:func:`fastcnn.functional.fold_batch_norm`), so the result is that layer's output
+        (before the ReLU) up to float32 rounding."""
         w, b = self.weight.data, (None if self.bias is None else self.bias.data)
         if batch_norm is not None:
             bn = batch_norm
+            if self.training:
+                raise ValueError("Conv2D.forward: batch_norm is for inference (eval mode) only")
             if type(bn) is not BatchNorm2D or bn.training or bn.num_features != self.out_channels:
                 raise ValueError(f"Conv2D.forward: batch_norm must be an eval-mode BatchNorm2D of "
                                  f"{self.out_channels} features, got {bn!r}")
             w, b = F.fold_batch_norm(w, b, bn.running_mean, bn.running_var, bn.weight.data, bn.bias.data, bn.eps)
-        y = F.conv2d(x, w, b, self.stride, self.padding, relu=relu, max_pool2=max_pool2, ws=self._ws)
-        self._keep(x)
+        if not (self.training and max_pool2):
+            y = F.conv2d(x, w, b, self.stride, self.padding, relu=relu, max_pool2=max_pool2, ws=self._ws)
+            self._keep(x, y if relu else None, None, None)
+            return y
+        y, idx = F.conv2d(x, w, b, self.stride, self.padding, relu=relu, max_pool2=True, return_indices=True,
+                          ws=self._ws)
+        size = _shape(x)[2:]
+        if self._sizes[0] != size:  # the convolution's output size, for the pooling's backward
+            g = F.ConvGeometry(self.kernel_size, self.stride, self.padding, size, "Conv2D")
+            self._sizes = (size, (g.oh, g.ow))
+        self._keep(x, y if relu else None, idx, idx.shape[:2] + self._sizes[1])
         return y
 
     def backward(self, grad_out: ArrayLike) -> np.ndarray | None:
-        (x,) = self._kept()
+        x, y, idx, full = self._kept()
+        if y is not None:  # fused ReLU: its mask, at the pooled size if pooled (same arithmetic)
+            grad_out = F.relu_backward(grad_out, y, ws=self._ws)
+        if idx is not None:
+            grad_out = F.max_pool2d_backward(grad_out, idx, full, ws=self._ws)
         gx, gw, gb = F.conv2d_backward(grad_out, x, self.weight.data, self.stride, self.padding,
                                        bias=self.bias is not None, input_grad=self.needs_input_grad, ws=self._ws)
         _add_grads(self.weight, self.bias, gw, gb)
@@ -564,9 +579,9 @@ def _hooked(layer: Layer) -> bool:
     return "forward" in vars(layer)
 
 
-def _fusable(layer: Layer) -> bool:
-    """Whether eval-mode ``Sequential`` may fuse ``layer`` into the convolution before it."""
-    return not layer.training and not _hooked(layer)
+def _fusable(layer: Layer, training: bool) -> bool:
+    """Whether ``Sequential`` may fuse ``layer`` into the convolution before it (same mode)."""
+    return layer.training == training and not _hooked(layer)
 
 
 def _pools_2x2(pool: MaxPool2D) -> bool:
@@ -592,6 +607,7 @@ class Sequential(Layer):
         self.layers = list(layers)
         self._step_thread: int | None = None  # the thread taking training steps (see _claim_training)
         self._in_step = False  # between a training forward and its backward
+        self._run: list[Layer] | None = None  # the layers the last forward called (see forward)
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> Sequential:
@@ -612,36 +628,38 @@ class Sequential(Layer):
             if self._step_thread != me:
                 _claim_training(self, me)
             self._in_step = True
-            for layer in self.layers:
-                x = layer.forward(x)
-            return x
+        run: list[Layer] = []  # the layers called, fused ones left out: what backward walks back
+        self._run = run
         layers, i, n = self.layers, 0, len(self.layers)
-        while i < n:  # inference: a Conv2D runs with the BatchNorm2D, ReLU and 2x2 pooling after it fused in
+        fuse = _dispatch.fuse()
+        while i < n:  # a Conv2D runs with the ReLU and 2x2 pooling after it fused in (eval: and the BatchNorm2D)
             layer = layers[i]
             i += 1
-            if type(layer) is not Conv2D or layer.training or _hooked(layer):
+            run.append(layer)
+            if type(layer) is not Conv2D or not fuse or _hooked(layer):
                 x = layer.forward(x)
                 continue
-            bn = relu = None
-            if i < n and type(layers[i]) is BatchNorm2D and _fusable(layers[i]) and _dispatch.fold_bn():
+            mode = layer.training
+            bn = relu = pool = None
+            if (not mode and i < n and type(layers[i]) is BatchNorm2D and _fusable(layers[i], mode)
+                    and _dispatch.fold_bn()):
                 bn, i = cast(BatchNorm2D, layers[i]), i + 1  # (Conv2D.forward checks its size)
-            if i < n and type(layers[i]) is ReLU and _fusable(layers[i]):
+            if i < n and type(layers[i]) is ReLU and _fusable(layers[i], mode):
                 relu, i = layers[i], i + 1
-            pool = None
-            if (i < n and type(layers[i]) is MaxPool2D and _fusable(layers[i])
+            if (i < n and type(layers[i]) is MaxPool2D and _fusable(layers[i], mode)
                     and _pools_2x2(cast(MaxPool2D, layers[i]))):
                 pool, i = layers[i], i + 1
             x = layer.forward(x, relu=relu is not None, batch_norm=bn, max_pool2=pool is not None)
             for fused in (bn, relu, pool):
                 if fused is not None:
-                    fused._keep()  # (keeps nothing, as its own eval-mode forward)
+                    fused._saved = None  # (its backward is the convolution's)
         return x
 
     def backward(self, grad_out: Any) -> Any:
         if self._in_step and self._step_thread != get_ident():
             _claim_training(self, get_ident())  # refuses a backward into another thread's step
         try:
-            for layer in reversed(self.layers):
+            for layer in reversed(self._run if self._run is not None else self.layers):
                 grad_out = layer.backward(grad_out)
                 if grad_out is None:
                     break

@@ -89,10 +89,12 @@ cdef void _direct_images(const fcd_geo* g,
                          float* yi, int* ii,             # scratch if pooled (else NULL): per block
                          #                                 one image's output, one pooled plane's indices
                          float[:, :, :, ::1] out,        # OUT (N, g.OC, g.OH, g.OW), pooled: halved
+                         int* io,                        # OUT pooled: NULL or out's flat arg-max indices
                          int nt) noexcept nogil:
     """The forward kernel of :func:`conv2d_direct_forward` and :func:`conv2d_direct_backward_data`,
     one block of consecutive images per iteration, each block with its own scratch; with
-    ``yi`` each image's output goes there and ``out`` gets its 2x2 max pooling."""
+    ``yi`` each image's output goes there and ``out`` gets its 2x2 max pooling (and ``io``, if
+    given, the pooling's indices)."""
     cdef Py_ssize_t N = src.shape[0], T = xq.shape[0], t, i, c, NS
     cdef Py_ssize_t HW = g.OH * g.OW, PH = g.OH // 2, PW = g.OW // 2
     cdef int rows
@@ -111,16 +113,21 @@ cdef void _direct_images(const fcd_geo* g,
                 fcd_fwd_image(g, &xq[t, 0], &tab[0], &wp[0], &st[0, 0], NULL, NULL, NS,
                               NULL, 0, NULL, &yg[t, 0])
                 fcd_unpack_output(g, &yg[t, 0], bias, relu, dst)
-            if yi != NULL:  # (the pooling kernels' 2x2 plane, without flat indices)
+            if yi != NULL and io != NULL:  # (the pooling kernels' 2x2 plane)
+                for c in range(g.OC):
+                    _maxpool_plane_2x2(dst + c * HW, &out[i, c, 0, 0], io + (i * g.OC + c) * PH * PW,
+                                       g.OW, PH, PW, True)
+            elif yi != NULL:  # (without flat indices)
                 for c in range(g.OC):
                     _maxpool_plane_2x2(dst + c * HW, &out[i, c, 0, 0], ii + t * PH * PW, g.OW, PH, PW, False)
 
 
 cdef int _direct(fcd_geo* g, const float[:, :, :, ::1] src, const float* w, int flip,
-                 const float* bias, int relu, float[:, :, :, ::1] out, int nt, int pool=0) except -1:
+                 const float* bias, int relu, float[:, :, :, ::1] out, int nt, int pool=0,
+                 int* io=NULL) except -1:
     """:func:`_direct_images` with its scratch: packed weights, tap offsets, pixel starts, and
     per block of images the packed input and the output grid (and with ``pool`` one image's
-    full output)."""
+    full output; ``io`` receives the pooling's indices)."""
     cdef Py_ssize_t T = min(<Py_ssize_t>nt, src.shape[0])
     cdef float[::1] yi
     cdef int[::1] ii
@@ -137,7 +144,7 @@ cdef int _direct(fcd_geo* g, const float[:, :, :, ::1] src, const float* w, int 
     cdef Py_ssize_t[:, ::1] st = np.empty((3, g.P // fcd_VL + 1 + g.OH * (g.OW // fcd_VL + 1)), np.intp)
     with nogil:  # (the prange lives in a nogil function: within this one, which holds the GIL,
         #  it compiled slower)
-        _direct_images(g, src, w, flip, bias, relu, wp, tab, xq, yg, st, yip, iip, out, nt)
+        _direct_images(g, src, w, flip, bias, relu, wp, tab, xq, yg, st, yip, iip, out, io, nt)
     return 0
 
 
@@ -167,7 +174,7 @@ def conv2d_direct_forward(const float[:, :, :, ::1] x, const float[:, :, :, ::1]
 def conv2d_direct_forward_maxpool2(const float[:, :, :, ::1] x, const float[:, :, :, ::1] w,
                                    const float[::1] bias, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt,
                                    Py_ssize_t pl, int relu, Py_ssize_t oh, Py_ssize_t ow,
-                                   float[:, :, :, ::1] y):
+                                   float[:, :, :, ::1] y, int[:, :, :, ::1] idx):
     """Direct convolution, then 2x2 max pooling, per image (see
     :func:`fastcnn._ref.conv2d_direct_forward_maxpool2`)."""
     if _active is None:
@@ -176,14 +183,15 @@ def conv2d_direct_forward_maxpool2(const float[:, :, :, ::1] x, const float[:, :
     if _new(&_pool_ok, &k, x.shape, w.shape, bias.shape, y.shape):
         _passed(&_pool_ok, &k, _backend.sizes_conv2d_direct_forward_maxpool2(
             _dims(x.shape, 4), _dims(w.shape, 4), _dims(bias.shape, 1), sh, sw, pt, pl, relu, oh, ow,
-            _dims(y.shape, 4)))
+            _dims(y.shape, 4), _dims(idx.shape, 4)))
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], OC = w.shape[0]
     if N == 0:
         return
     cdef fcd_geo g
     fcd_geo_init(&g, C, x.shape[2], x.shape[3], 1, 1, OC, w.shape[2], w.shape[3], sh, sw, pt, pl,
                  oh, ow, fcd_J)
-    _direct(&g, x, &w[0, 0, 0, 0], 0, &bias[0], relu, y, _threads_for(N * OC * oh * ow), 1)
+    _direct(&g, x, &w[0, 0, 0, 0], 0, &bias[0], relu, y, _threads_for(N * OC * oh * ow), 1,
+            &idx[0, 0, 0, 0] if idx.shape[0] else NULL)
 
 
 def conv2d_direct_backward_data(const float[:, :, :, ::1] gy, const float[:, :, :, ::1] w,

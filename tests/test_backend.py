@@ -460,7 +460,8 @@ def test_direct_fused_relu_is_max_of_plain(name):
 def test_direct_maxpool2_is_the_pool_of_the_forward(name, case):
     """``conv2d_direct_forward_maxpool2`` is bit for bit the reference's 2x2 max pooling of the
     same backend's ``conv2d_direct_forward`` (odd sizes drop the last row or column; NaNs win
-    as in the pooling kernels), at 1 and 2 threads, every output written."""
+    as in the pooling kernels), at 1 and 2 threads, every output written; the indices, when
+    asked for, are the pooling's."""
     k = _backend.ops(name)
     g, x, wt, b, gy = direct_data(case, 7)
     x[0, 0, 0, 0] = np.nan  # (a few NaN outputs: the scan rule's NaN case)
@@ -469,12 +470,16 @@ def test_direct_maxpool2_is_the_pool_of_the_forward(name, case):
         for relu in (0, 1):
             full, _, _, _ = run_direct(k, g, x, wt, b, gy, relu)
             want = np.empty(full.shape[:2] + (g.oh // 2, g.ow // 2), np.float32)
-            _ref.maxpool2d_forward(full, 2, 2, 2, 2, 0, 0, want, np.empty(want.shape, np.int32))
+            want_idx = np.empty(want.shape, np.int32)
+            _ref.maxpool2d_forward(full, 2, 2, 2, 2, 0, 0, want, want_idx)
             for threads in (1, 2):
                 fastcnn.set_num_threads(min(threads, cores()))
-                y = np.full(want.shape, -7.0, np.float32)
-                k.conv2d_direct_forward_maxpool2(x, wt, b, g.sh, g.sw, g.pt, g.pl, relu, g.oh, g.ow, y)
-                assert y.tobytes() == want.tobytes(), (case, relu, threads)
+                for with_idx in (False, True):
+                    y = np.full(want.shape, -7.0, np.float32)
+                    idx = np.full(want.shape if with_idx else (0, 0, 0, 0), -7, np.int32)
+                    k.conv2d_direct_forward_maxpool2(x, wt, b, g.sh, g.sw, g.pt, g.pl, relu, g.oh, g.ow, y, idx)
+                    assert y.tobytes() == want.tobytes(), (case, relu, threads)
+                    assert not with_idx or idx.tobytes() == want_idx.tobytes(), (case, relu, threads)
     finally:
         fastcnn.set_num_threads(before)
 
@@ -526,6 +531,7 @@ def _recorded_primitive_calls(name):
             with fastcnn.config(conv=conv):
                 F.conv2d_backward(F.conv2d(x, w, None, 2, 1), x, w, 2, 1)
                 F.conv2d(x, w, None, 1, 1, relu=True, max_pool2=True)
+                F.conv2d(x, w, None, 1, 1, max_pool2=True, return_indices=True)
         y, idx = F.max_pool2d(x, 2, return_indices=True)
         F.max_pool2d_backward(y, idx, x.shape)
         F.avg_pool2d_backward(F.avg_pool2d(x, 3, 2, 1), x.shape, 3, 2, 1)
@@ -588,9 +594,14 @@ def test_size_checks_of_the_contract_are_the_same_for_both_compiled_backends(nam
         (k.conv2d_direct_forward, (f32((1, 2, 5, 5), np.float32), f32((3, 2, 3, 3), np.float32),
                                    f32(4, np.float32), 1, 1, 0, 0, 0, f32((1, 3, 3, 3), np.float32))),
         (k.conv2d_direct_forward_maxpool2, (f32((1, 2, 5, 5), np.float32), f32((3, 2, 3, 3), np.float32),
-                                            f32(3, np.float32), 1, 1, 0, 0, 0, 3, 3, f32((1, 3, 2, 2), np.float32))),
+                                            f32(3, np.float32), 1, 1, 0, 0, 0, 3, 3, f32((1, 3, 2, 2), np.float32),
+                                            np.empty((0, 0, 0, 0), np.int32))),
         (k.conv2d_direct_forward_maxpool2, (f32((1, 2, 5, 5), np.float32), f32((3, 2, 3, 3), np.float32),
-                                            f32(3, np.float32), 1, 1, 0, 0, 0, 3, 3, f32((1, 3, 1, 2), np.float32))),
+                                            f32(3, np.float32), 1, 1, 0, 0, 0, 3, 3, f32((1, 3, 1, 2), np.float32),
+                                            np.empty((0, 0, 0, 0), np.int32))),
+        (k.conv2d_direct_forward_maxpool2, (f32((1, 2, 5, 5), np.float32), f32((3, 2, 3, 3), np.float32),
+                                            f32(3, np.float32), 1, 1, 0, 0, 0, 3, 3, f32((1, 3, 1, 1), np.float32),
+                                            np.empty((1, 3, 2, 1), np.int32))),
         (k.batchnorm_forward, (f32((2, 3, 2, 2), np.float32), *[f32(3, np.float32)] * 3, f32(2, np.float32),
                                f32((2, 3, 2, 2), np.float32), f32((2, 3, 2, 2), np.float32))),
     ]

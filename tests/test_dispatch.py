@@ -55,7 +55,7 @@ def test_config_sets_restores_and_validates():
     start = fastcnn.get_config()
     assert start["conv"] in _dispatch.CONV_STRATEGIES
     with fastcnn.config(conv="direct") as cfg:
-        assert fastcnn.get_config() == {"conv": "direct", "fold_bn": start["fold_bn"]}
+        assert fastcnn.get_config() == {"conv": "direct", "fuse": start["fuse"], "fold_bn": start["fold_bn"]}
         assert "direct" in repr(cfg)
         with fastcnn.config(conv="chunked"):
             assert fastcnn.get_config()["conv"] == "chunked"
@@ -67,14 +67,15 @@ def test_config_sets_restores_and_validates():
     assert fastcnn.get_config() == start
     fastcnn.config()  # no change
     assert fastcnn.get_config() == start
-    assert start["fold_bn"] is True  # the default
-    with fastcnn.config(fold_bn=False):
-        assert fastcnn.get_config() == dict(start, fold_bn=False)
-    assert fastcnn.get_config() == start
-    for bad in ("yes", 1, None.__class__):
-        with pytest.raises(TypeError, match="fold_bn must be True or False"):
-            fastcnn.config(fold_bn=bad)
-    assert fastcnn.get_config() == start
+    for flag in ("fuse", "fold_bn"):
+        assert start[flag] is True  # the default
+        with fastcnn.config(**{flag: False}):
+            assert fastcnn.get_config() == dict(start, **{flag: False})
+        assert fastcnn.get_config() == start
+        for bad in ("yes", 1, None.__class__):
+            with pytest.raises(TypeError, match=f"{flag} must be True or False"):
+                fastcnn.config(**{flag: bad})
+        assert fastcnn.get_config() == start
 
 
 def test_conv_plan_rules():

@@ -243,6 +243,20 @@ def test_conv2d_max_pool2_flag_is_the_two_ops_in_sequence(compiled, size):
                 got = F.conv2d(x, w, b, 1, 1, relu=relu, max_pool2=True)
                 assert got.shape == (3, 16, size[0] // 2, size[1] // 2)
                 np.testing.assert_array_equal(got, F.max_pool2d(F.conv2d(x, w, b, 1, 1, relu=relu), 2))
+                ws = F.Workspace()
+                got, idx = F.conv2d(x, w, b, 1, 1, relu=relu, max_pool2=True, return_indices=True, ws=ws)
+                full = F.conv2d(x, w, b, 1, 1, relu=relu)
+                want, want_idx = F.max_pool2d(full, 2, return_indices=True)
+                np.testing.assert_array_equal(got, want)
+                np.testing.assert_array_equal(idx, want_idx)
+                gy = rng.standard_normal(got.shape, dtype=np.float32)
+                np.testing.assert_array_equal(F.max_pool2d_backward(gy, idx, full.shape, ws=ws),
+                                              F.max_pool2d_backward(gy, want_idx, full.shape))
+
+
+def test_conv2d_return_indices_needs_max_pool2():
+    with pytest.raises(ValueError, match="return_indices=True needs max_pool2=True"):
+        F.conv2d(np.ones((1, 1, 4, 4), np.float32), np.ones((8, 1, 1, 1), np.float32), return_indices=True)
 
 
 def test_conv2d_max_pool2_of_a_one_row_output_is_refused_as_the_pooling_would_be(compiled):

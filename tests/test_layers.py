@@ -45,6 +45,67 @@ def test_conv2d_layer_matches_torch(backend, conv_path, args, shape):
 
 
 @needs_torch
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("args,shape", [
+    (dict(in_channels=1, out_channels=8, kernel_size=5, padding="same"), (3, 1, 12, 12)),
+    (dict(in_channels=3, out_channels=16, kernel_size=3, stride=2, padding=1), (1, 3, 11, 9)),
+    (dict(in_channels=5, out_channels=9, kernel_size=(3, 2), padding=(1, 0), bias=False), (2, 5, 7, 8)),
+])
+def test_conv2d_fused_relu_and_pooling_in_training_match_torch(backend, conv_path, relu, args, shape):
+    """``Conv2D.forward(x, relu, max_pool2=True)`` in training mode, and its backward (the
+    gradient of the pooled output), are torch's conv2d -> relu -> max_pool2d(2) (odd sizes drop
+    the last row or column)."""
+    import torch
+
+    layer = L.Conv2D(**args, rng=1)
+    twin = torch_twin(fastcnn.Sequential(layer))[0]
+    x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+    tx = torch.tensor(x, requires_grad=True)
+    th = twin(tx)
+    ty = torch.nn.functional.max_pool2d(torch.relu(th) if relu else th, 2)
+    y = layer.forward(x, relu=relu, max_pool2=True)
+    assert_close(y, ty.detach().numpy(), 1e-5, what="forward")
+    gy = np.random.default_rng(0).standard_normal(y.shape).astype(np.float32)
+    ty.backward(torch.tensor(gy))
+    for p in layer.parameters():
+        p.grad[...] = 0
+    assert_close(layer.backward(gy), tx.grad.numpy(), 1e-5, what="grad input")
+    for p, (name, tp) in zip(layer.parameters(), twin.named_parameters()):
+        assert_close(p.grad, tp.grad.numpy(), 1e-5, what=f"grad {name}")
+
+
+def test_conv2d_fused_relu_and_pooling_finite_difference_gradient(backend):
+    """d(sum(y * r))/dx and /dw of the fused training-mode Conv2D + ReLU + 2x2 pooling by central
+    differences in float64 of the float32 layer (a fixed draw; a window's winner or a ReLU
+    flipping within eps at a probed point would show as a mismatch)."""
+    rng = np.random.default_rng(6)
+    layer = L.Conv2D(2, 8, 3, padding=1, rng=2)
+    x = rng.standard_normal((2, 2, 7, 6)).astype(np.float32)
+    r = rng.standard_normal(layer.forward(x, relu=True, max_pool2=True).shape).astype(np.float32)
+    layer.weight.grad[...] = 0
+    layer.bias.grad[...] = 0
+    gx = layer.backward(r)
+    gw = layer.weight.grad.copy()
+
+    def f():
+        return np.sum(layer.forward(x, relu=True, max_pool2=True).astype(np.float64) * r)
+
+    eps = 1e-3
+    for arr, grad, where in [(x, gx, [(0, 0, 0, 0), (1, 1, 3, 4), (0, 1, 6, 5), (1, 0, 2, 2)]),
+                             (layer.weight.data, gw, [(0, 0, 0, 0), (7, 1, 2, 1), (3, 0, 1, 1)])]:
+        for idx in where:
+            old = arr[idx]
+            arr[idx] = old + eps
+            fp = f()
+            arr[idx] = old - eps
+            fm = f()
+            arr[idx] = old
+            num = (fp - fm) / (2 * eps)
+            # central differences of a float32 function: truncation O(eps^2), rounding ~1e-4
+            assert abs(num - grad[idx]) <= 5e-3 * max(1.0, abs(num)), (idx, num, grad[idx])
+
+
+@needs_torch
 @pytest.mark.parametrize("make", [lambda: L.MaxPool2D(2), lambda: L.MaxPool2D(3, 2, 1), lambda: L.AvgPool2D(2),
                                   lambda: L.AvgPool2D(3, 1, 1), lambda: L.ReLU(), lambda: L.Flatten()])
 def test_parameterless_layers_match_torch(backend, make):

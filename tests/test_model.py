@@ -101,8 +101,61 @@ def test_eval_forward_fuses_conv_relu_bit_identically(backend, name):
     for conv in ("direct", "per_image", "chunked"):
         with fastcnn.config(conv=conv, fold_bn=False):
             np.testing.assert_array_equal(m.forward(x), unfused(m, x))
-    with pytest.raises(ValueError, match="eval mode"):
-        m.train()[0].forward(x, relu=True)
+        with fastcnn.config(conv=conv, fuse=False):
+            np.testing.assert_array_equal(m.forward(x), unfused(m, x))
+
+
+@pytest.mark.parametrize("name", ["scratch", "lenet", "bn"])
+def test_training_fuses_conv_relu_pool_bit_identically(backend, name):
+    """In training mode a Sequential runs each Conv2D with the ReLU and 2x2 MaxPool2D after it
+    as one op (pooling indices from the convolution's store; the ReLU's mask applied to the
+    pooled gradient): three Adam steps give the parameters, gradients, losses and input
+    gradients of the layer-by-layer run (``fuse=False``) bit for bit, on every strategy; the
+    batch of one image included."""
+    from fastcnn import losses, models
+    from fastcnn.train import make_optimizer
+
+    s = models.INPUT_SIZE[name]
+    for n in (1, 6):
+        rng = np.random.default_rng(n)
+        x = rng.random((n, 1, s, s), dtype=np.float32)
+        y = rng.integers(0, 10, n)
+        for conv in ("direct", "per_image", "chunked"):
+            runs = []
+            for fuse in (False, True):
+                with fastcnn.config(conv=conv, fuse=fuse):
+                    m = models.build(name, seed=4)
+                    opt = make_optimizer("adam", m.parameters(), 1e-2)
+                    loss_fn = losses.SoftmaxCrossEntropy()
+                    seen = []
+                    for _ in range(3):
+                        opt.zero_grad()
+                        seen.append(loss_fn.forward(m.forward(x), y))
+                        gx = m.backward(loss_fn.backward())
+                        seen += [gx] + [p.grad.copy() for p in m.parameters()]
+                        opt.step()
+                    runs.append(seen + [p.data for p in m.parameters()])
+            assert len(runs[0]) == len(runs[1])
+            for a, b in zip(*runs):
+                assert np.asarray(a).tobytes() == np.asarray(b).tobytes(), (name, n, conv)
+
+
+def test_training_fusion_skips_hooked_and_mixed_mode_layers():
+    """A layer wrapped on the instance (as ``viz.trace`` does) or in the other mode than the
+    convolution is run by itself: its own forward and backward are called."""
+    m = fastcnn.Sequential(L.Conv2D(1, 8, 3, rng=0), L.ReLU(), L.MaxPool2D(2))
+    x = np.random.default_rng(0).standard_normal((2, 1, 8, 8), dtype=np.float32)
+    calls = []
+    pool = m[2]
+    pool.forward = lambda h, f=pool.forward: calls.append("forward") or f(h)
+    pool.backward = lambda g, f=pool.backward: calls.append("backward") or f(g)
+    y = m.forward(x)
+    m.backward(np.ones_like(y))
+    assert calls == ["forward", "backward"]
+    del pool.forward, pool.backward
+    m[1].eval()
+    m.forward(x)
+    assert m[1]._saved is None and m[2]._saved is not None  # (the ReLU ran by itself, in eval mode)
 
 
 def _random_bn(bn, rng):

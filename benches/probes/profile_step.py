@@ -1,6 +1,6 @@
 """Per-layer time of one training step (forward, loss, backward, optimizer), median over steps.
 
-Usage: python benches/probes/profile_step.py MODEL [BACKEND] [THREADS]
+Usage: python benches/probes/profile_step.py MODEL [BACKEND] [THREADS] [fuse|nofuse]
   e.g. env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benches/probes/profile_step.py lenet cython 2
 """
 import sys
@@ -15,7 +15,8 @@ from fastcnn import losses, models
 from fastcnn.train import make_optimizer
 
 
-def main(name, backend=None, threads=None):
+def main(name, backend=None, threads=None, fuse="fuse"):
+    fastcnn.config(fuse=fuse == "fuse")
     if backend:
         fastcnn.set_backend(backend)
     if threads:
@@ -30,24 +31,29 @@ def main(name, backend=None, threads=None):
     x = rng.random((bs, 1, 28, 28), dtype=np.float32)
     y = rng.integers(0, 10, bs)
     times = defaultdict(list)
+    index = {id(layer): i for i, layer in enumerate(model.layers)}
 
-    def timed(key, f, *a):
+    def timed(key, f, *a, **kw):
         t0 = time.perf_counter()
-        out = f(*a)
+        out = f(*a, **kw)
         times[key].append(time.perf_counter() - t0)
         return out
 
+    # Timers on the layer classes, not the instances: a Sequential fuses only unwrapped
+    # instances, so the step runs as in training (a fused Conv2D's time includes its ReLU and
+    # pooling; the fused layers then show no time).
+    for cls in {type(layer) for layer in model.layers}:
+        for what in ("forward", "backward"):
+            def wrapper(self, *a, _f=getattr(cls, what), _what=what, **kw):
+                i = index[id(self)]
+                return timed(f"{i:2d} {type(self).__name__} {_what}", _f, self, *a, **kw)
+            setattr(cls, what, wrapper)
+
     def step():
         opt.zero_grad()
-        h = x
-        for i, layer in enumerate(model.layers):
-            h = timed(f"{i:2d} {type(layer).__name__} forward", layer.forward, h)
+        h = model.forward(x)
         timed("   loss forward+backward", loss_fn.forward, h, y)
-        g = loss_fn.backward()
-        for i in reversed(range(len(model.layers))):
-            g = timed(f"{i:2d} {type(model.layers[i]).__name__} backward", model.layers[i].backward, g)
-            if g is None:
-                break
+        model.backward(loss_fn.backward())
         timed("   optimizer step", opt.step)
 
     for _ in range(3):
@@ -58,10 +64,10 @@ def main(name, backend=None, threads=None):
     for _ in range(steps):
         step()
     total = (time.perf_counter() - t0) / steps
-    print(f"{name} backend={fastcnn.get_backend()} threads={fastcnn.get_num_threads()}: "
+    print(f"{name} backend={fastcnn.get_backend()} threads={fastcnn.get_num_threads()} {fuse}: "
           f"step {total * 1e3:.2f} ms, {bs / total:.0f} images/s")
     parts = sum(np.median(v) for v in times.values())
-    for key, v in times.items():
+    for key, v in sorted(times.items(), key=lambda kv: (kv[0].endswith("backward"), kv[0])):
         print(f"  {key:28s} {np.median(v) * 1e3:8.3f} ms")
     print(f"  {'sum of parts':28s} {parts * 1e3:8.3f} ms  (the rest is Python between the parts)")
 

@@ -237,14 +237,14 @@ def conv2d_direct_forward(x, w, bias, sh, sw, pt, pl, relu, y):
         _forward(xp, xf, w, bias, int(relu), y, _config.DIRECT_TILE)
 
 
-def conv2d_direct_forward_maxpool2(x, w, bias, sh, sw, pt, pl, relu, oh, ow, y):
+def conv2d_direct_forward_maxpool2(x, w, bias, sh, sw, pt, pl, relu, oh, ow, y, idx):
     """The direct forward, then 2x2 max pooling of its output
     (see :func:`fastcnn._ref.conv2d_direct_forward_maxpool2`)."""
     _backend.sizes_conv2d_direct_forward_maxpool2(x.shape, w.shape, bias.shape, sh, sw, pt, pl, relu, oh, ow,
-                                                  y.shape)
+                                                  y.shape, idx.shape)
     full = np.empty(y.shape[:2] + (oh, ow), np.float32)
     conv2d_direct_forward(x, w, bias, sh, sw, pt, pl, relu, full)
-    _pool.maxpool2d_forward(full, 2, 2, 2, 2, 0, 0, y, np.empty(y.shape, np.int32))
+    _pool.maxpool2d_forward(full, 2, 2, 2, 2, 0, 0, y, idx if idx.size else np.empty(y.shape, np.int32))
 
 
 @parallel_kernel(fma=True)
