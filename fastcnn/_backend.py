@@ -33,6 +33,7 @@ PRIMITIVES = (
     "softmax_xent_backward",
     "batchnorm_stats",
     "batchnorm_forward",
+    "batchnorm_forward_maxpool2",
     "batchnorm_backward_reduce",
     "batchnorm_backward_apply",
     "adam_step",
@@ -309,6 +310,13 @@ def sizes_batchnorm_forward(x, mean, inv_std, weight, bias, xhat, y):
     if not (mean == x[1:2] and inv_std == x[1:2] and weight == x[1:2] and bias == x[1:2]
             and xhat == x and y == x):
         raise ValueError("batch norm: shapes do not match")
+
+
+def sizes_batchnorm_forward_maxpool2(x, mean, inv_std, weight, bias, relu, xhat, y, idx):
+    sizes_batchnorm_forward(x, mean, inv_std, weight, bias, xhat, x)
+    if y != x[:2] + (x[2] // 2, x[3] // 2) or idx != y or x[2] < 2 or x[3] < 2:
+        raise ValueError("batchnorm_forward_maxpool2: y and idx must have shape (N, C, H // 2, W // 2), "
+                         "the input (H, W) at least 2 x 2")
 
 
 def sizes_batchnorm_backward_reduce(gy, xhat, gsum, gdot):

@@ -391,6 +391,28 @@ def batchnorm_forward(x, mean, inv_std, weight, bias, xhat, y):
     y += _per_channel(bias)
 
 
+def batchnorm_forward_maxpool2(x, mean, inv_std, weight, bias, relu, xhat, y, idx):
+    """:func:`batchnorm_forward`, an optional ReLU, then a 2x2 max pooling of stride 2, without
+    the full-size output.
+
+    Parameters
+    ----------
+    x, mean, inv_std, weight, bias
+        As :func:`batchnorm_forward`; ``x`` is ``(N, C, H, W)`` with ``H, W >= 2``.
+    relu : int
+        1: pool ``max(y, 0)`` (:func:`relu_forward`'s rule); 0: pool ``y``.
+    xhat : (N, C, H, W) float32  # OUT  as :func:`batchnorm_forward`'s
+    y : (N, C, H // 2, W // 2) float32  # OUT  bit for bit :func:`maxpool2d_forward` (2x2,
+        stride 2) of the normalised (and ReLU'd) values; an odd last row or column is dropped
+    idx : (N, C, H // 2, W // 2) int32  # OUT  its indices (flat into the ``(H, W)`` plane)
+    """
+    full = np.empty(x.shape, np.float32)
+    batchnorm_forward(x, mean, inv_std, weight, bias, xhat, full)
+    if relu:
+        relu_forward(full, full)
+    maxpool2d_forward(full, 2, 2, 2, 2, 0, 0, y, idx)
+
+
 def batchnorm_backward_reduce(gy, xhat, gsum, gdot):
     """Per-channel sums for the BatchNorm gradients (float64 accumulation).
 

@@ -888,7 +888,7 @@ def mse_loss_backward(diff: ArrayLike) -> np.ndarray:
 
 def batch_norm2d(x: ArrayLike, weight: ArrayLike, bias: ArrayLike, running_mean: np.ndarray,
                  running_var: np.ndarray, *, training: bool, momentum: float = 0.1, eps: float = 1e-5,
-                 sync: Any = None) -> tuple[np.ndarray, tuple[Any, ...]]:
+                 sync: Any = None, relu: bool = False, max_pool2: bool = False) -> tuple[np.ndarray, tuple[Any, ...]]:
     """Batch normalisation over (N, H, W) per channel, as ``torch.nn.functional.batch_norm``.
 
     Parameters
@@ -904,12 +904,17 @@ def batch_norm2d(x: ArrayLike, weight: ArrayLike, bias: ArrayLike, running_mean:
         ``sync.stats(count, mean, var) -> (count, mean, var)`` turns this batch's per-channel
         statistics into those of the global batch, and ``sync.grad_sums(count, gsum, gdot)``
         does the same for the backward sums (``count``: this batch's values per channel).
+    relu : bool
+        Return ``max(y, 0)`` (:func:`relu`'s rule).
+    max_pool2 : bool
+        Return ``max_pool2d(y, 2)`` of that instead (each plane pooled while in cache; needs
+        ``H, W >= 2``), bit for bit the ops in sequence.
 
     Returns
     -------
-    y : (N, C, H, W) float32
+    y : (N, C, H, W) float32; with ``max_pool2`` (N, C, H // 2, W // 2)
     cache : tuple
-        For :func:`batch_norm2d_backward`.
+        For :func:`batch_norm2d_backward`, which then takes the gradient of this ``y``.
     """
     op = "batch_norm2d"
     x = as_float32(x, "input", 4, op)
@@ -941,9 +946,20 @@ def batch_norm2d(x: ArrayLike, weight: ArrayLike, bias: ArrayLike, running_mean:
         inv_std = (1.0 / np.sqrt(running_var.astype(np.float64) + eps)).astype(np.float32)
         center = np.ascontiguousarray(running_mean, dtype=np.float32)
     xhat = np.empty(x.shape, np.float32)
-    y = np.empty(x.shape, np.float32)
-    k.batchnorm_forward(x, center, inv_std, weight, bias, xhat, y)
-    return y, (xhat, inv_std, training, m, sync if training else None)
+    if max_pool2:
+        if h < 2 or w < 2:
+            raise ValueError(f"{op}: max_pool2 needs an input of at least 2 x 2, got {x.shape}")
+        y = np.empty((n, c, h // 2, w // 2), np.float32)
+        idx = np.empty(y.shape, np.int32)
+        k.batchnorm_forward_maxpool2(x, center, inv_std, weight, bias, int(bool(relu)), xhat, y, idx)
+        post: tuple[Any, ...] | None = (y if relu else None, idx)
+    else:
+        y = np.empty(x.shape, np.float32)
+        k.batchnorm_forward(x, center, inv_std, weight, bias, xhat, y)
+        if relu:
+            k.relu_forward(y, y)
+        post = (y, None) if relu else None
+    return y, (xhat, inv_std, training, m, sync if training else None, post)
 
 
 def batch_norm2d_backward(grad_out: ArrayLike, cache: tuple[Any, ...], weight: ArrayLike
@@ -955,8 +971,22 @@ def batch_norm2d_backward(grad_out: ArrayLike, cache: tuple[Any, ...], weight: A
     over the global batch.
     """
     op = "batch_norm2d_backward"
-    xhat, inv_std, training, m, sync = cache
+    xhat, inv_std, training, m, sync, post = cache
     grad_out = as_float32(grad_out, "grad_out", 4, op)
+    if post is not None:  # the fused ReLU (its mask from the output it made) and pooling
+        y, idx = post
+        want = xhat.shape if idx is None else idx.shape
+        if grad_out.shape != want:
+            raise ValueError(f"{op}: grad_out must have shape {want}, got {grad_out.shape}")
+        k = _backend.ops()
+        if y is not None:
+            g = np.empty(grad_out.shape, np.float32)
+            k.relu_backward(grad_out, y, g)
+            grad_out = g
+        if idx is not None:
+            g = np.empty(xhat.shape, np.float32)
+            k.maxpool2d_backward(grad_out, idx, g)
+            grad_out = g
     if grad_out.shape != xhat.shape:
         raise ValueError(f"{op}: grad_out must have shape {xhat.shape}, got {grad_out.shape}")
     weight = as_float32(weight, "weight", 1, op)

@@ -497,9 +497,12 @@ class BatchNorm2D(Layer):
         self.running_var = np.ones(self.num_features, np.float32)
         self.num_batches_tracked = np.zeros((), np.int64)
 
-    def forward(self, x: ArrayLike) -> np.ndarray:
+    def forward(self, x: ArrayLike, relu: bool = False, max_pool2: bool = False) -> np.ndarray:
+        """``relu=True`` returns ``max(y, 0)``; ``max_pool2=True`` the 2x2 max pooling (stride 2)
+        of that; :meth:`backward` then takes the gradient of what this returned."""
         y, cache = F.batch_norm2d(x, self.weight.data, self.bias.data, self.running_mean, self.running_var,
-                                  training=self.training, momentum=self.momentum, eps=self.eps, sync=self.sync)
+                                  training=self.training, momentum=self.momentum, eps=self.eps, sync=self.sync,
+                                  relu=relu, max_pool2=max_pool2)
         if self.training:
             self.num_batches_tracked += 1
         self._keep(cache)
@@ -593,10 +596,11 @@ class Sequential(Layer):
     """A chain of layers; itself a layer.
 
     ``state_dict()`` uses PyTorch-style dotted names (``"0.weight"``, ``"3.body.1.running_mean"``).
-    In eval mode a ``Conv2D`` directly followed by a ``BatchNorm2D``, a ``ReLU`` and a 2x2
-    ``MaxPool2D`` (any of them, in that order) runs as one convolution: the batch norm folded
-    into its weights (unless ``fastcnn.config(fold_bn=False)``), the ReLU and the pooling
-    fused into its store (docs/PERFORMANCE.md, sections 9 and 12).
+    A ``Conv2D`` or ``BatchNorm2D`` directly followed by a ``ReLU`` and a 2x2 ``MaxPool2D``
+    (either or both, in that order, in the same mode) runs as one op, the ReLU and the pooling
+    fused into its store, bit for bit the layers one by one; in eval mode a ``BatchNorm2D``
+    right after a ``Conv2D`` is folded into its weights too (``fastcnn.config(fuse=...,
+    fold_bn=...)``; docs/PERFORMANCE.md, sections 12 and 13).
     """
 
     def __init__(self, *layers: Layer) -> None:
@@ -632,27 +636,31 @@ class Sequential(Layer):
         self._run = run
         layers, i, n = self.layers, 0, len(self.layers)
         fuse = _dispatch.fuse()
-        while i < n:  # a Conv2D runs with the ReLU and 2x2 pooling after it fused in (eval: and the BatchNorm2D)
+        while i < n:  # a Conv2D or BatchNorm2D runs with the ReLU and 2x2 pooling after it fused in
             layer = layers[i]
             i += 1
             run.append(layer)
-            if type(layer) is not Conv2D or not fuse or _hooked(layer):
+            head = type(layer)
+            if (head is not Conv2D and head is not BatchNorm2D) or not fuse or _hooked(layer):
                 x = layer.forward(x)
                 continue
             mode = layer.training
             bn = relu = pool = None
-            if (not mode and i < n and type(layers[i]) is BatchNorm2D and _fusable(layers[i], mode)
-                    and _dispatch.fold_bn()):
-                bn, i = cast(BatchNorm2D, layers[i]), i + 1  # (Conv2D.forward checks its size)
+            if (head is Conv2D and not mode and i < n and type(layers[i]) is BatchNorm2D
+                    and _fusable(layers[i], mode) and _dispatch.fold_bn()):
+                bn, i = cast(BatchNorm2D, layers[i]), i + 1  # folded (Conv2D.forward checks its size)
             if i < n and type(layers[i]) is ReLU and _fusable(layers[i], mode):
                 relu, i = layers[i], i + 1
             if (i < n and type(layers[i]) is MaxPool2D and _fusable(layers[i], mode)
                     and _pools_2x2(cast(MaxPool2D, layers[i]))):
                 pool, i = layers[i], i + 1
-            x = layer.forward(x, relu=relu is not None, batch_norm=bn, max_pool2=pool is not None)
+            if head is Conv2D:
+                x = layer.forward(x, relu=relu is not None, batch_norm=bn, max_pool2=pool is not None)
+            else:
+                x = layer.forward(x, relu=relu is not None, max_pool2=pool is not None)
             for fused in (bn, relu, pool):
                 if fused is not None:
-                    fused._saved = None  # (its backward is the convolution's)
+                    fused._saved = None  # (its backward is the head's)
         return x
 
     def backward(self, grad_out: Any) -> Any:

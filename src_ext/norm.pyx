@@ -138,6 +138,34 @@ cdef void _forward(const float[:, :, :, ::1] x,   # IN  (N, C, H, W)
         fnk.fwd_plane(xp + t * P, hp + t * P, yp + t * P, P, mean[c], inv_std[c], weight[c], bias[c])
 
 
+cdef void _forward_pool(const float[:, :, :, ::1] x,   # IN  (N, C, H, W), H and W >= 2
+                        const float[::1] mean,          # IN  (C,)
+                        const float[::1] inv_std,       # IN  (C,)
+                        const float[::1] weight,        # IN  (C,)
+                        const float[::1] bias,          # IN  (C,)
+                        int relu,                       # IN  ReLU before pooling
+                        float[:, :, :, ::1] xhat,       # OUT (N, C, H, W)
+                        float[:, :, :, ::1] y,          # OUT (N, C, H // 2, W // 2)
+                        int[:, :, :, ::1] idx,          # OUT (N, C, H // 2, W // 2)
+                        float* buf,                     # scratch: one plane per block
+                        int nt) noexcept nogil:
+    """:func:`_forward` one plane at a time into ``buf`` (in cache), then the pooling kernels'
+    2x2 plane of it: blocks of consecutive planes, one per thread."""
+    cdef Py_ssize_t C = x.shape[1], W = x.shape[3], P = x.shape[2] * W, NC = x.shape[0] * C
+    cdef Py_ssize_t PH = x.shape[2] // 2, PW = W // 2, T = min(<Py_ssize_t>nt, NC), t, i, c, e
+    cdef float* yb
+    for t in prange(T, schedule='static', num_threads=nt):
+        yb = buf + t * P
+        for i in range(_part(t, NC, T), _part(t + 1, NC, T)):
+            c = i % C
+            fnk.fwd_plane(&x[0, 0, 0, 0] + i * P, &xhat[0, 0, 0, 0] + i * P, yb, P, mean[c], inv_std[c],
+                          weight[c], bias[c])
+            if relu:  # (relu_forward's rule: v <= 0 -> +0, NaN stays)
+                for e in range(P):
+                    yb[e] = 0.0 if yb[e] <= 0.0 else yb[e]
+            _maxpool_plane_2x2(yb, &y[0, 0, 0, 0] + i * PH * PW, &idx[0, 0, 0, 0] + i * PH * PW, W, PH, PW, True)
+
+
 cdef void _apply(const float[:, :, :, ::1] gy,    # IN  (N, C, H, W)
                  const float[:, :, :, ::1] xhat,  # IN  (N, C, H, W)
                  const float[::1] scale,          # IN  (C,)
@@ -156,7 +184,7 @@ cdef void _apply(const float[:, :, :, ::1] gy,    # IN  (N, C, H, W)
 
 # --------------------------------------------------------------------------- Python API
 
-cdef _Key _stats_ok, _fwd_ok, _reduce_ok, _apply_ok
+cdef _Key _stats_ok, _fwd_ok, _pool_ok, _reduce_ok, _apply_ok
 
 
 def batchnorm_stats(const float[:, :, :, ::1] x, double[::1] mean, double[::1] var):
@@ -197,6 +225,34 @@ def batchnorm_forward(const float[:, :, :, ::1] x, const float[::1] mean,
         return
     with nogil:
         _forward(x, mean, inv_std, weight, bias, xhat, y, _threads_for(_size4(x.shape)))
+
+
+def batchnorm_forward_maxpool2(const float[:, :, :, ::1] x, const float[::1] mean,
+                               const float[::1] inv_std, const float[::1] weight, const float[::1] bias,
+                               int relu, float[:, :, :, ::1] xhat, float[:, :, :, ::1] y,
+                               int[:, :, :, ::1] idx):
+    """The forward, the ReLU and 2x2 max pooling, one plane at a time
+    (see :func:`fastcnn._ref.batchnorm_forward_maxpool2`)."""
+    if not _isa_set:
+        _use_isa()
+    cdef _Key k = _key(relu)
+    if _new(&_pool_ok, &k, x.shape, mean.shape, inv_std.shape, weight.shape, bias.shape,
+            xhat.shape, y.shape, idx.shape):
+        _passed(&_pool_ok, &k, _backend.sizes_batchnorm_forward_maxpool2(
+            _dims(x.shape, 4), _dims(mean.shape, 1), _dims(inv_std.shape, 1),
+            _dims(weight.shape, 1), _dims(bias.shape, 1), relu, _dims(xhat.shape, 4), _dims(y.shape, 4),
+            _dims(idx.shape, 4)))
+    if _size4(x.shape) == 0:
+        return
+    cdef int nt = _threads_for(_size4(x.shape))
+    cdef float* buf = <float*>malloc(nt * x.shape[2] * x.shape[3] * sizeof(float))
+    if buf == NULL:
+        raise MemoryError()
+    try:
+        with nogil:
+            _forward_pool(x, mean, inv_std, weight, bias, relu, xhat, y, idx, buf, nt)
+    finally:
+        free(buf)
 
 
 def batchnorm_backward_reduce(const float[:, :, :, ::1] gy, const float[:, :, :, ::1] xhat,

@@ -287,6 +287,17 @@ def test_batchnorm_primitives_match_reference(name, n, c, h, w, loc, scale, seed
     k.batchnorm_forward(x, mean, inv_std, weight, bias, gh, gy_)
     _assert_f32(gh, wh, exact, "xhat")
     _assert_f32(gy_, wy, exact, "y")
+    if h >= 2 and w >= 2:  # the fused ReLU and pooling: the three primitives in sequence
+        for relu in (0, 1):
+            pooled = (n, c, h // 2, w // 2)
+            wy2, wi = np.empty(pooled, np.float32), np.empty(pooled, np.int32)
+            _ref.maxpool2d_forward(np.maximum(wy, 0) if relu else wy, 2, 2, 2, 2, 0, 0, wy2, wi)
+            gh2, gy2, gi = np.full(shape, np.nan, np.float32), np.full(pooled, np.nan, np.float32), np.full(pooled, -1, np.int32)
+            k.batchnorm_forward_maxpool2(x, mean, inv_std, weight, bias, relu, gh2, gy2, gi)
+            _assert_f32(gh2, wh, exact, "xhat, pooled")
+            _assert_f32(gy2, wy2, exact, "y, pooled")
+            if exact:
+                np.testing.assert_array_equal(gi, wi)
     # gradients
     grad = rng.standard_normal(shape, dtype=np.float32)
     ws_, wd = np.empty(c), np.empty(c)
@@ -541,6 +552,9 @@ def _recorded_primitive_calls(name):
         F.batch_norm2d_backward(*F.batch_norm2d(x, np.ones(2, np.float32), np.zeros(2, np.float32),
                                                 np.zeros(2, np.float32), np.ones(2, np.float32),
                                                 training=True), np.ones(2, np.float32))
+        y, cache = F.batch_norm2d(x, np.ones(2, np.float32), np.zeros(2, np.float32), np.zeros(2, np.float32),
+                                  np.ones(2, np.float32), training=True, relu=True, max_pool2=True)
+        F.batch_norm2d_backward(y, cache, np.ones(2, np.float32))
         p = Parameter(w.copy())
         p.grad[...] = 1.0
         Adam([p]).step()
@@ -604,6 +618,12 @@ def test_size_checks_of_the_contract_are_the_same_for_both_compiled_backends(nam
                                             np.empty((1, 3, 2, 1), np.int32))),
         (k.batchnorm_forward, (f32((2, 3, 2, 2), np.float32), *[f32(3, np.float32)] * 3, f32(2, np.float32),
                                f32((2, 3, 2, 2), np.float32), f32((2, 3, 2, 2), np.float32))),
+        (k.batchnorm_forward_maxpool2, (f32((2, 3, 4, 5), np.float32), *[f32(3, np.float32)] * 4, 1,
+                                        f32((2, 3, 4, 5), np.float32), f32((2, 3, 2, 3), np.float32),
+                                        np.empty((2, 3, 2, 3), np.int32))),
+        (k.batchnorm_forward_maxpool2, (f32((2, 3, 1, 5), np.float32), *[f32(3, np.float32)] * 4, 1,
+                                        f32((2, 3, 1, 5), np.float32), f32((2, 3, 0, 2), np.float32),
+                                        np.empty((2, 3, 0, 2), np.int32))),
     ]
     for fn, args in cases:
         with pytest.raises(ValueError, match="shape|size|range|window|match"):

@@ -396,6 +396,38 @@ def test_batch_norm2d_backends_agree(compiled, train):
 
 
 
+@pytest.mark.parametrize("train", [True, False])
+@pytest.mark.parametrize("shape", [(3, 5, 8, 8), (1, 2, 7, 5), (2, 3, 2, 3)])
+def test_batch_norm2d_fused_relu_and_pooling_are_the_ops_in_sequence(backend, train, shape):
+    """``batch_norm2d(relu=..., max_pool2=...)`` and its backward (given the gradient of what
+    it returned) equal batch_norm2d -> relu -> max_pool2d and back, bit for bit, with the same
+    running statistics."""
+    rng = np.random.default_rng(14)
+    c = shape[1]
+    x = (2 + rng.standard_normal(shape)).astype(np.float32)
+    weight = rng.uniform(0.5, 2, c).astype(np.float32)
+    bias = rng.standard_normal(c).astype(np.float32)
+    for relu in (False, True):
+        for pool in (False, True):
+            rm0, rv0 = rng.standard_normal(c).astype(np.float32), rng.uniform(0.5, 2, c).astype(np.float32)
+            rm, rv = rm0.copy(), rv0.copy()
+            y, cache = F.batch_norm2d(x, weight, bias, rm, rv, training=train, relu=relu, max_pool2=pool)
+            srm, srv = rm0.copy(), rv0.copy()
+            t, scache = F.batch_norm2d(x, weight, bias, srm, srv, training=train)
+            r = F.relu(t) if relu else t
+            want, idx = F.max_pool2d(r, 2, return_indices=True) if pool else (r, None)
+            assert y.tobytes() == want.tobytes() and rm.tobytes() == srm.tobytes() and rv.tobytes() == srv.tobytes()
+            gy = rng.standard_normal(y.shape, dtype=np.float32)
+            g = F.max_pool2d_backward(gy, idx, r.shape) if pool else gy
+            g = F.relu_backward(g, r) if relu else g
+            for got, exp in zip(F.batch_norm2d_backward(gy, cache, weight), F.batch_norm2d_backward(g, scache, weight)):
+                np.testing.assert_array_equal(got, exp)
+            with pytest.raises(ValueError, match="grad_out must have shape"):
+                F.batch_norm2d_backward(np.zeros((1,) + y.shape, np.float32)[0, :, :1], cache, weight)
+    with pytest.raises(ValueError, match="max_pool2 needs an input of at least 2 x 2"):
+        F.batch_norm2d(x[:, :, :1], weight, bias, rm, rv, training=train, max_pool2=True)
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_batch_norm2d_is_bit_identical_run_to_run(backend, threads):
     if threads > cores():

@@ -139,6 +139,70 @@ def test_batchnorm_layer_matches_torch(backend, train):
     assert int(layer.num_batches_tracked) == int(twin.num_batches_tracked)
 
 
+@needs_torch
+@pytest.mark.parametrize("train", [True, False])
+@pytest.mark.parametrize("shape", [(4, 6, 5, 3), (1, 6, 8, 8)])
+def test_batchnorm_layer_fused_relu_and_pooling_match_torch(backend, train, shape):
+    """``BatchNorm2D.forward(x, relu=True, max_pool2=True)`` and its backward are torch's
+    batch_norm -> relu -> max_pool2d(2), running statistics included."""
+    import torch
+
+    layer = L.BatchNorm2D(6)
+    rng = np.random.default_rng(4)
+    layer.weight.data[...] = rng.uniform(0.5, 2, 6)
+    layer.bias.data[...] = rng.standard_normal(6)
+    layer.running_mean[...] = rng.standard_normal(6)
+    layer.running_var[...] = rng.uniform(0.5, 2, 6)
+    twin = torch_twin(fastcnn.Sequential(layer))[0]
+    layer.train(train)
+    twin.train(train)
+    x = (3 * rng.standard_normal(shape) + 1).astype(np.float32)
+    tx = torch.tensor(x, requires_grad=True)
+    ty = torch.nn.functional.max_pool2d(torch.relu(twin(tx)), 2)
+    y = layer.forward(x, relu=True, max_pool2=True)
+    assert_close(y, ty.detach().numpy(), 1e-5, what="forward")
+    gy = rng.standard_normal(y.shape).astype(np.float32)
+    ty.backward(torch.tensor(gy))
+    for p in layer.parameters():
+        p.grad[...] = 0
+    assert_close(layer.backward(gy), tx.grad.numpy(), 1e-5, what="grad input")
+    for p, (name, tp) in zip(layer.parameters(), twin.named_parameters()):
+        assert_close(p.grad, tp.grad.numpy(), 1e-5, what=f"grad {name}")
+    assert_close(layer.running_mean, twin.running_mean.numpy(), 1e-6)
+    assert_close(layer.running_var, twin.running_var.numpy(), 1e-6)
+
+
+def test_batchnorm_fused_relu_and_pooling_finite_difference_gradient(backend):
+    """d(sum(y * r))/dx and /dweight of the training-mode BatchNorm2D + ReLU + 2x2 pooling by
+    central differences in float64 of the float32 layer (running statistics restored)."""
+    rng = np.random.default_rng(7)
+    layer = L.BatchNorm2D(3)
+    layer.weight.data[...] = rng.uniform(0.5, 2, 3)
+    layer.bias.data[...] = rng.standard_normal(3)
+    x = rng.standard_normal((2, 3, 6, 5)).astype(np.float32)
+    r = rng.standard_normal(layer.forward(x, relu=True, max_pool2=True).shape).astype(np.float32)
+    layer.weight.grad[...] = 0
+    gx = layer.backward(r)
+    gw = layer.weight.grad.copy()
+
+    def f():
+        return np.sum(layer.forward(x, relu=True, max_pool2=True).astype(np.float64) * r)
+
+    eps = 1e-3
+    for arr, grad, where in [(x, gx, [(0, 0, 0, 0), (1, 2, 3, 4), (0, 1, 5, 2), (1, 0, 2, 2)]),
+                             (layer.weight.data, gw, [(0,), (1,), (2,)])]:
+        for idx in where:
+            old = arr[idx]
+            arr[idx] = old + eps
+            fp = f()
+            arr[idx] = old - eps
+            fm = f()
+            arr[idx] = old
+            num = (fp - fm) / (2 * eps)
+            # central differences of a float32 function: truncation O(eps^2), rounding ~1e-4
+            assert abs(num - grad[idx]) <= 5e-3 * max(1.0, abs(num)), (idx, num, grad[idx])
+
+
 # ---------------------------------------------------------------- Dropout, Sigmoid, Tanh, SumPool2D, GlobalAvgPool2D
 
 def _check(layer, x, rtol=1e-5):

@@ -105,20 +105,21 @@ def test_eval_forward_fuses_conv_relu_bit_identically(backend, name):
             np.testing.assert_array_equal(m.forward(x), unfused(m, x))
 
 
-@pytest.mark.parametrize("name", ["scratch", "lenet", "bn"])
-def test_training_fuses_conv_relu_pool_bit_identically(backend, name):
-    """In training mode a Sequential runs each Conv2D with the ReLU and 2x2 MaxPool2D after it
-    as one op (pooling indices from the convolution's store; the ReLU's mask applied to the
+@pytest.mark.parametrize("name", ["scratch", "lenet", "bn", "resnet"])
+def test_training_fuses_relu_and_pooling_bit_identically(backend, name):
+    """In training mode a Sequential runs each Conv2D or BatchNorm2D with the ReLU and 2x2
+    MaxPool2D after it as one op (pooling indices from its store; the ReLU's mask applied to the
     pooled gradient): three Adam steps give the parameters, gradients, losses and input
     gradients of the layer-by-layer run (``fuse=False``) bit for bit, on every strategy; the
-    batch of one image included."""
+    batch of one image included (two for the batch norms)."""
     from fastcnn import losses, models
     from fastcnn.train import make_optimizer
 
     s = models.INPUT_SIZE[name]
-    for n in (1, 6):
+    c = 3 if name == "resnet" else 1
+    for n in ((2,) if name == "resnet" else (1, 6) if name != "bn" else (2, 6)):
         rng = np.random.default_rng(n)
-        x = rng.random((n, 1, s, s), dtype=np.float32)
+        x = rng.random((n, c, s, s), dtype=np.float32)
         y = rng.integers(0, 10, n)
         for conv in ("direct", "per_image", "chunked"):
             runs = []

@@ -16,6 +16,8 @@ from numba import njit, prange
 
 from .. import _backend
 from .._config import NUMBA_SERIAL
+from . import activation as _activation
+from . import pool as _pool
 from ._common import _u, helper, parallel_kernel
 
 
@@ -110,6 +112,18 @@ def batchnorm_forward(x, mean, inv_std, weight, bias, xhat, y):
     xf, hf, yf = x.reshape(x.size), xhat.reshape(xhat.size), y.reshape(y.size)
     for t in prange(x.shape[0] * c):
         _fwd_plane(xf, hf, yf, t * p, p, mean[t % c], inv_std[t % c], weight[t % c], bias[t % c])
+
+
+def batchnorm_forward_maxpool2(x, mean, inv_std, weight, bias, relu, xhat, y, idx):
+    """The forward, the ReLU, then 2x2 max pooling of the full-size result
+    (see :func:`fastcnn._ref.batchnorm_forward_maxpool2`)."""
+    _backend.sizes_batchnorm_forward_maxpool2(x.shape, mean.shape, inv_std.shape, weight.shape, bias.shape, relu,
+                                              xhat.shape, y.shape, idx.shape)
+    full = np.empty(x.shape, np.float32)
+    batchnorm_forward(x, mean, inv_std, weight, bias, xhat, full)
+    if relu:
+        _activation.relu_forward(full, full)
+    _pool.maxpool2d_forward(full, 2, 2, 2, 2, 0, 0, y, idx)
 
 
 @parallel_kernel
