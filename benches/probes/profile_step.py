@@ -11,7 +11,7 @@ import fastcnn  # isort: skip  (before NumPy: docs/PERFORMANCE.md)
 
 import numpy as np
 
-from fastcnn import losses, models
+from fastcnn import losses, models, viz
 from fastcnn.train import make_optimizer
 
 
@@ -28,10 +28,12 @@ def main(name, backend=None, threads=None, fuse="fuse"):
     opt = make_optimizer(recipe["optimizer"], model.parameters(), recipe["lr"])
     loss_fn = losses.SoftmaxCrossEntropy()
     rng = np.random.default_rng(0)
-    x = rng.random((bs, 1, 28, 28), dtype=np.float32)
+    c = 3 if name == "resnet" else 1
+    x = rng.random((bs, c, models.INPUT_SIZE[name], models.INPUT_SIZE[name]), dtype=np.float32)
     y = rng.integers(0, 10, bs)
     times = defaultdict(list)
-    index = {id(layer): i for i, layer in enumerate(model.layers)}
+    leaves = list(viz.named_leaves(model))
+    index = {id(layer): name for name, layer in leaves}
 
     def timed(key, f, *a, **kw):
         t0 = time.perf_counter()
@@ -42,11 +44,11 @@ def main(name, backend=None, threads=None, fuse="fuse"):
     # Timers on the layer classes, not the instances: a Sequential fuses only unwrapped
     # instances, so the step runs as in training (a fused Conv2D's time includes its ReLU and
     # pooling; the fused layers then show no time).
-    for cls in {type(layer) for layer in model.layers}:
+    for cls in {type(layer) for _, layer in leaves}:
         for what in ("forward", "backward"):
             def wrapper(self, *a, _f=getattr(cls, what), _what=what, **kw):
-                i = index[id(self)]
-                return timed(f"{i:2d} {type(self).__name__} {_what}", _f, self, *a, **kw)
+                where = index.get(id(self), "(a Residual's)")  # (its closing ReLU is no leaf)
+                return timed(f"{where:>6s} {type(self).__name__} {_what}", _f, self, *a, **kw)
             setattr(cls, what, wrapper)
 
     def step():
@@ -67,7 +69,7 @@ def main(name, backend=None, threads=None, fuse="fuse"):
     print(f"{name} backend={fastcnn.get_backend()} threads={fastcnn.get_num_threads()} {fuse}: "
           f"step {total * 1e3:.2f} ms, {bs / total:.0f} images/s")
     parts = sum(np.median(v) for v in times.values())
-    for key, v in sorted(times.items(), key=lambda kv: (kv[0].endswith("backward"), kv[0])):
+    for key, v in sorted(times.items(), key=lambda kv: (kv[0].endswith("backward"), kv[0].split()[0].zfill(3))):
         print(f"  {key:28s} {np.median(v) * 1e3:8.3f} ms")
     print(f"  {'sum of parts':28s} {parts * 1e3:8.3f} ms  (the rest is Python between the parts)")
 
