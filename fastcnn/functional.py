@@ -335,10 +335,7 @@ def _conv2d_backward(k: ModuleType, grad_out: np.ndarray, x: np.ndarray, weight:
         gx = None
         if input_grad:
             gx = np.empty(x.shape, dt)
-            if g.sh == 1 and g.sw == 1:
-                k.conv2d_direct_backward_data(grad_out, weight, 1, 1, g.pt, g.pl, gx)
-            else:
-                _direct_backward_data_phases(k, grad_out, weight, g, gx)
+            k.conv2d_direct_backward_data(grad_out, weight, g.sh, g.sw, g.pt, g.pl, gx)
         return gx, gw, (gb if bias else None)
     w2 = weight.reshape(oc, kdim)
     gy = grad_out.reshape(n, oc, p)
@@ -390,43 +387,6 @@ def _conv2d_backward(k: ModuleType, grad_out: np.ndarray, x: np.ndarray, weight:
             k.col2im(cols, *g.args, g.oh, g.ow, gx[a:b])
     gw = np.ascontiguousarray(gwt.T)
     return gx, gw.reshape(weight.shape), (gb.astype(dt) if bias else None)
-
-
-def _phase_taps(size: int, k: int, s: int, pad: int, out: int) -> list[tuple[int, int, int, int, int]]:
-    """Per input phase ``a`` (rows ``a, a + s, ...``) of a strided convolution's input gradient
-    along one axis: ``(a, first tap, taps, padding, rows)``.  Phase ``a`` is a stride-1
-    correlation of the output gradient (cropped by ``-padding`` rows if that is negative) with
-    taps ``first, first + s, ...`` of the kernel, reversed; no taps: the phase is zero."""
-    phases = []
-    for a in range(min(s, size)):
-        i0 = (a + pad) % s
-        taps = len(range(i0, k, s))
-        d = (a + pad - i0) // s
-        phases.append((a, i0, taps, taps - 1 - d, len(range(a, size, s))))
-    return phases
-
-
-def _direct_backward_data_phases(k: ModuleType, grad_out: np.ndarray, weight: np.ndarray, g: ConvGeometry,
-                                 gx: np.ndarray) -> None:
-    """Input gradient of a strided convolution on the direct forward kernel, one stride-1
-    correlation per phase of the input (sub-pixel split; docs/PERFORMANCE.md, section 13):
-    no multiplications by the zeros of a dilated output gradient."""
-    n, c, h, w = gx.shape
-    oh, ow = grad_out.shape[2:]
-    zeros = np.zeros(c, gx.dtype)
-    for a, i0, mi, pt, hp in _phase_taps(h, g.kh, g.sh, g.pt, oh):
-        for b, j0, mj, pl, wp in _phase_taps(w, g.kw, g.sw, g.pl, ow):
-            dst = gx[:, :, a::g.sh, b::g.sw]
-            src = grad_out
-            if pt < 0 or pl < 0:  # (the phase starts past the output gradient's first rows or columns)
-                src = np.ascontiguousarray(grad_out[:, :, max(0, -pt):, max(0, -pl):])
-            if mi == 0 or mj == 0 or src.shape[2] == 0 or src.shape[3] == 0:
-                dst[...] = 0
-                continue
-            sub = np.ascontiguousarray(weight[:, :, i0::g.sh, j0::g.sw][:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
-            part = np.empty((n, c, hp, wp), gx.dtype)
-            k.conv2d_direct_forward(src, sub, zeros, 1, 1, max(0, pt), max(0, pl), 0, part)
-            dst[...] = part
 
 
 # --------------------------------------------------------------------------- pooling
