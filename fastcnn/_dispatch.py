@@ -145,10 +145,13 @@ def one_pool(k):
 
 def _direct_wins(c, oc, kh, kw, stride, backward):
     """The ``auto`` rule for the direct kernels, from benches/conv_direct_gflops.py
-    (docs/PERFORMANCE.md): forward on every measured shape with 8+ output channels;
+    (docs/PERFORMANCE.md): forward on every measured shape with 8+ output channels and a
+    kernel larger than 1x1 (a 1x1 convolution is one SGEMM on the per-image path);
     backward only at stride 1 (the input gradient of a strided convolution runs on the
     gradient dilated with zeros) and with more than 3 input channels (first layers: the
     weight gradient's transposition of the output gradient outweighs its few FMAs)."""
+    if kh == 1 and kw == 1:
+        return False
     if backward:
         return oc >= 8 and c > 3 and stride == (1, 1)
     return oc >= 8

@@ -9,6 +9,7 @@ forced by ``FASTCNN_ISA``.
 import numpy as np
 
 from cython.parallel cimport prange
+from libc.stdlib cimport free, malloc
 
 include "_common.pxi"
 
@@ -80,71 +81,93 @@ def active_isa():
     return _active
 
 
+cdef inline Py_ssize_t _al64(Py_ssize_t nbytes) noexcept nogil:
+    """``nbytes`` rounded up to whole 64-byte lines (each scratch part starts on a line)."""
+    return (nbytes + 63) & ~(<Py_ssize_t>63)
+
+
 cdef void _direct_images(const fcd_geo* g,
                          const float[:, :, :, ::1] src,  # IN  (N, g.C, g.Hs, g.Ws)
                          const float* w, int flip,       # IN  weights, packed with flip
                          const float* bias, int relu,    # IN  bias (or NULL), ReLU on output
-                         float[::1] wp, Py_ssize_t[::1] tab, float[:, ::1] xq, float[:, ::1] yg,
-                         Py_ssize_t[:, ::1] st,          # scratch (see _direct)
-                         float* yi, int* ii,             # scratch if pooled (else NULL): per block
-                         #                                 one image's output, one pooled plane's indices
+                         float* wp, Py_ssize_t* tab, Py_ssize_t* st, Py_ssize_t L,
+                         #                                 scratch: packed weights, tap offsets,
+                         #                                 pixel starts (3 rows of L)
+                         char* blocks, Py_ssize_t size, Py_ssize_t o_yg, Py_ssize_t o_yi,
+                         #                                 scratch per block of images (``size``
+                         #                                 bytes): packed input at 0, output grid
+                         #                                 at o_yg, pooled: one image's output at
+                         #                                 o_yi (else -1), the indices after it
                          float[:, :, :, ::1] out,        # OUT (N, g.OC, g.OH, g.OW), pooled: halved
                          int* io,                        # OUT pooled: NULL or out's flat arg-max indices
-                         int nt) noexcept nogil:
+                         Py_ssize_t T, int nt) noexcept nogil:
     """The forward kernel of :func:`conv2d_direct_forward` and :func:`conv2d_direct_backward_data`,
-    one block of consecutive images per iteration, each block with its own scratch; with
-    ``yi`` each image's output goes there and ``out`` gets its 2x2 max pooling (and ``io``, if
-    given, the pooling's indices)."""
-    cdef Py_ssize_t N = src.shape[0], T = xq.shape[0], t, i, c, NS
+    ``T`` blocks of consecutive images, each with its own scratch; pooled (``o_yi >= 0``) each
+    image's output goes to its block's scratch and ``out`` gets its 2x2 max pooling (and
+    ``io``, if given, the pooling's indices)."""
+    cdef Py_ssize_t N = src.shape[0], t, i, c, NS
     cdef Py_ssize_t HW = g.OH * g.OW, PH = g.OH // 2, PW = g.OW // 2
     cdef int rows
     cdef float* dst
-    fcd_pack_weights(g, w, flip, &wp[0])
-    fcd_make_tab(g, &tab[0])
-    NS = fcd_pixel_starts(g, fcd_VL, &st[0, 0], &st[1, 0], &st[2, 0], &rows)
+    cdef float* xq
+    cdef float* yg
+    cdef float* yi
+    cdef int* ii
+    fcd_pack_weights(g, w, flip, wp)
+    fcd_make_tab(g, tab)
+    NS = fcd_pixel_starts(g, fcd_VL, st, st + L, st + 2 * L, &rows)
     for t in prange(T, schedule='static', num_threads=nt):
+        xq = <float*>(blocks + t * size)
+        yg = <float*>(blocks + t * size + o_yg)
+        yi = <float*>(blocks + t * size + o_yi) if o_yi >= 0 else NULL
+        ii = <int*>(yi + g.OC * HW) if o_yi >= 0 else NULL
         for i in range(_part(t, N, T), _part(t + 1, N, T)):
-            dst = yi + t * g.OC * HW if yi != NULL else &out[i, 0, 0, 0]
-            fcd_pack_input(g, &src[i, 0, 0, 0], &xq[t, 0])
+            dst = yi if yi != NULL else &out[i, 0, 0, 0]
+            fcd_pack_input(g, &src[i, 0, 0, 0], xq)
             if rows:  # (tiles written to the output directly)
-                fcd_fwd_image(g, &xq[t, 0], &tab[0], &wp[0], &st[0, 0], &st[1, 0], &st[2, 0],
-                              NS, bias, relu, dst, &yg[t, 0])
+                fcd_fwd_image(g, xq, tab, wp, st, st + L, st + 2 * L, NS, bias, relu, dst, yg)
             else:
-                fcd_fwd_image(g, &xq[t, 0], &tab[0], &wp[0], &st[0, 0], NULL, NULL, NS,
-                              NULL, 0, NULL, &yg[t, 0])
-                fcd_unpack_output(g, &yg[t, 0], bias, relu, dst)
+                fcd_fwd_image(g, xq, tab, wp, st, NULL, NULL, NS, NULL, 0, NULL, yg)
+                fcd_unpack_output(g, yg, bias, relu, dst)
             if yi != NULL and io != NULL:  # (the pooling kernels' 2x2 plane)
                 for c in range(g.OC):
                     _maxpool_plane_2x2(dst + c * HW, &out[i, c, 0, 0], io + (i * g.OC + c) * PH * PW,
                                        g.OW, PH, PW, True)
             elif yi != NULL:  # (without flat indices)
                 for c in range(g.OC):
-                    _maxpool_plane_2x2(dst + c * HW, &out[i, c, 0, 0], ii + t * PH * PW, g.OW, PH, PW, False)
+                    _maxpool_plane_2x2(dst + c * HW, &out[i, c, 0, 0], ii, g.OW, PH, PW, False)
 
 
 cdef int _direct(fcd_geo* g, const float[:, :, :, ::1] src, const float* w, int flip,
                  const float* bias, int relu, float[:, :, :, ::1] out, int nt, int pool=0,
                  int* io=NULL) except -1:
-    """:func:`_direct_images` with its scratch: packed weights, tap offsets, pixel starts, and
-    per block of images the packed input and the output grid (and with ``pool`` one image's
-    full output; ``io`` receives the pooling's indices)."""
+    """:func:`_direct_images` with its scratch, one allocation: packed weights, tap offsets,
+    pixel starts, and per block of images the packed input and the output grid (and with
+    ``pool`` one image's full output and one pooled plane's indices)."""
     cdef Py_ssize_t T = min(<Py_ssize_t>nt, src.shape[0])
-    cdef float[::1] yi
-    cdef int[::1] ii
-    cdef float* yip = NULL
-    cdef int* iip = NULL
+    cdef Py_ssize_t L = g.P // fcd_VL + 1 + g.OH * (g.OW // fcd_VL + 1)
+    cdef Py_ssize_t b_wp = _al64(g.OCP * g.C * g.KH * g.KW * sizeof(float))
+    cdef Py_ssize_t b_tab = _al64(g.KH * g.KW * sizeof(Py_ssize_t))
+    cdef Py_ssize_t b_st = _al64(3 * L * sizeof(Py_ssize_t))
+    cdef Py_ssize_t o_yg = _al64(g.xq_size * sizeof(float))
+    cdef Py_ssize_t o_yi = o_yg + _al64(g.OCP * g.PR * sizeof(float))
+    cdef Py_ssize_t size = o_yi
     if pool:
-        yi = np.empty(T * g.OC * g.OH * g.OW, np.float32)
-        ii = np.empty(T * (g.OH // 2) * (g.OW // 2), np.int32)
-        yip, iip = &yi[0], &ii[0]
-    cdef float[::1] wp = np.empty(g.OCP * g.C * g.KH * g.KW, np.float32)
-    cdef Py_ssize_t[::1] tab = np.empty(g.KH * g.KW, np.intp)
-    cdef float[:, ::1] xq = np.empty((T, g.xq_size), np.float32)
-    cdef float[:, ::1] yg = np.empty((T, g.OCP * g.PR), np.float32)
-    cdef Py_ssize_t[:, ::1] st = np.empty((3, g.P // fcd_VL + 1 + g.OH * (g.OW // fcd_VL + 1)), np.intp)
-    with nogil:  # (the prange lives in a nogil function: within this one, which holds the GIL,
-        #  it compiled slower)
-        _direct_images(g, src, w, flip, bias, relu, wp, tab, xq, yg, st, yip, iip, out, io, nt)
+        size += _al64(g.OC * g.OH * g.OW * sizeof(float) + (g.OH // 2) * (g.OW // 2) * sizeof(int))
+    else:
+        o_yi = -1
+    cdef char* mem = <char*>malloc(b_wp + b_tab + b_st + T * size + 64)
+    if mem == NULL:
+        raise MemoryError()
+    cdef char* base = <char*>_al64(<Py_ssize_t>mem)
+    try:
+        with nogil:  # (the prange lives in a nogil function: within this one, which holds the GIL,
+            #  it compiled slower)
+            _direct_images(g, src, w, flip, bias, relu, <float*>base, <Py_ssize_t*>(base + b_wp),
+                           <Py_ssize_t*>(base + b_wp + b_tab), L, base + b_wp + b_tab + b_st, size, o_yg,
+                           o_yi, out, io, T, nt)
+    finally:
+        free(mem)
     return 0
 
 
