@@ -7,18 +7,20 @@ import pytest
 import fastcnn
 from fastcnn import layers as L
 
-from utils import assert_close, needs_torch, torch_twin
+from utils import assert_close, assert_grad_at, needs_torch, torch_twin
 
 
-def _check_layer(layer, twin, x, rtol=1e-5, train=True):
-    """Forward, input gradient and parameter gradients of ``layer`` equal ``twin``'s."""
+def _check_layer(layer, twin, x, rtol=1e-5, train=True, after=None, **fused):
+    """Forward, input gradient and parameter gradients of ``layer`` equal ``twin``'s; with
+    ``fused`` (``relu``, ``max_pool2``) those of ``layer.forward(x, **fused)`` equal
+    ``after(twin(x))``'s."""
     import torch
 
     layer.train(train)
     twin.train(train)
     tx = torch.tensor(x, requires_grad=True)
-    ty = twin(tx)
-    y = layer.forward(x)
+    ty = twin(tx) if after is None else after(twin(tx))
+    y = layer.forward(x, **fused)
     assert_close(y, ty.detach().numpy(), rtol, what="forward")
     rng = np.random.default_rng(0)
     gy = rng.standard_normal(y.shape).astype(np.float32)
@@ -57,52 +59,33 @@ def test_conv2d_fused_relu_and_pooling_in_training_match_torch(backend, conv_pat
     the last row or column)."""
     import torch
 
+    def after(t):
+        return torch.nn.functional.max_pool2d(torch.relu(t) if relu else t, 2)
+
     layer = L.Conv2D(**args, rng=1)
-    twin = torch_twin(fastcnn.Sequential(layer))[0]
-    x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
-    tx = torch.tensor(x, requires_grad=True)
-    th = twin(tx)
-    ty = torch.nn.functional.max_pool2d(torch.relu(th) if relu else th, 2)
-    y = layer.forward(x, relu=relu, max_pool2=True)
-    assert_close(y, ty.detach().numpy(), 1e-5, what="forward")
-    gy = np.random.default_rng(0).standard_normal(y.shape).astype(np.float32)
-    ty.backward(torch.tensor(gy))
-    for p in layer.parameters():
-        p.grad[...] = 0
-    assert_close(layer.backward(gy), tx.grad.numpy(), 1e-5, what="grad input")
-    for p, (name, tp) in zip(layer.parameters(), twin.named_parameters()):
-        assert_close(p.grad, tp.grad.numpy(), 1e-5, what=f"grad {name}")
+    _check_layer(layer, torch_twin(fastcnn.Sequential(layer))[0],
+                 np.random.default_rng(1).standard_normal(shape).astype(np.float32), after=after, relu=relu,
+                 max_pool2=True)
+
+
+def _fused_finite_differences(layer, x, x_at, w_at, seed):
+    """d(sum(y * r))/dx and /dweight of ``layer.forward(x, relu=True, max_pool2=True)`` in
+    training mode by central differences in float64 of the float32 layer (a fixed draw: a
+    window's winner or a ReLU flipping within eps at a probed point would show as a mismatch)."""
+    r = np.random.default_rng(seed).standard_normal(layer.forward(x, relu=True, max_pool2=True).shape)
+    r = r.astype(np.float32)
+    layer.weight.grad[...] = 0
+    gx = layer.backward(r)
+    gw = layer.weight.grad.copy()
+    assert_grad_at(lambda: np.sum(layer.forward(x, relu=True, max_pool2=True).astype(np.float64) * r),
+                   [(x, gx, x_at), (layer.weight.data, gw, w_at)])
 
 
 def test_conv2d_fused_relu_and_pooling_finite_difference_gradient(backend):
-    """d(sum(y * r))/dx and /dw of the fused training-mode Conv2D + ReLU + 2x2 pooling by central
-    differences in float64 of the float32 layer (a fixed draw; a window's winner or a ReLU
-    flipping within eps at a probed point would show as a mismatch)."""
-    rng = np.random.default_rng(6)
-    layer = L.Conv2D(2, 8, 3, padding=1, rng=2)
-    x = rng.standard_normal((2, 2, 7, 6)).astype(np.float32)
-    r = rng.standard_normal(layer.forward(x, relu=True, max_pool2=True).shape).astype(np.float32)
-    layer.weight.grad[...] = 0
-    layer.bias.grad[...] = 0
-    gx = layer.backward(r)
-    gw = layer.weight.grad.copy()
-
-    def f():
-        return np.sum(layer.forward(x, relu=True, max_pool2=True).astype(np.float64) * r)
-
-    eps = 1e-3
-    for arr, grad, where in [(x, gx, [(0, 0, 0, 0), (1, 1, 3, 4), (0, 1, 6, 5), (1, 0, 2, 2)]),
-                             (layer.weight.data, gw, [(0, 0, 0, 0), (7, 1, 2, 1), (3, 0, 1, 1)])]:
-        for idx in where:
-            old = arr[idx]
-            arr[idx] = old + eps
-            fp = f()
-            arr[idx] = old - eps
-            fm = f()
-            arr[idx] = old
-            num = (fp - fm) / (2 * eps)
-            # central differences of a float32 function: truncation O(eps^2), rounding ~1e-4
-            assert abs(num - grad[idx]) <= 5e-3 * max(1.0, abs(num)), (idx, num, grad[idx])
+    x = np.random.default_rng(6).standard_normal((2, 2, 7, 6)).astype(np.float32)
+    _fused_finite_differences(L.Conv2D(2, 8, 3, padding=1, rng=2), x,
+                              [(0, 0, 0, 0), (1, 1, 3, 4), (0, 1, 6, 5), (1, 0, 2, 2)],
+                              [(0, 0, 0, 0), (7, 1, 2, 1), (3, 0, 1, 1)], 6)
 
 
 @needs_torch
@@ -124,27 +107,10 @@ def test_dense_layer_matches_torch(backend, conv_path, n):
 
 @needs_torch
 @pytest.mark.parametrize("train", [True, False])
-def test_batchnorm_layer_matches_torch(backend, train):
-    layer = L.BatchNorm2D(6)
-    rng = np.random.default_rng(4)
-    layer.weight.data[...] = rng.uniform(0.5, 2, 6)
-    layer.bias.data[...] = rng.standard_normal(6)
-    layer.running_mean[...] = rng.standard_normal(6)
-    layer.running_var[...] = rng.uniform(0.5, 2, 6)
-    twin = torch_twin(fastcnn.Sequential(layer))[0]
-    x = (3 * rng.standard_normal((4, 6, 5, 3)) + 1).astype(np.float32)
-    _check_layer(layer, twin, x, train=train)
-    assert_close(layer.running_mean, twin.running_mean.numpy(), 1e-6)
-    assert_close(layer.running_var, twin.running_var.numpy(), 1e-6)
-    assert int(layer.num_batches_tracked) == int(twin.num_batches_tracked)
-
-
-@needs_torch
-@pytest.mark.parametrize("train", [True, False])
-@pytest.mark.parametrize("shape", [(4, 6, 5, 3), (1, 6, 8, 8)])
-def test_batchnorm_layer_fused_relu_and_pooling_match_torch(backend, train, shape):
-    """``BatchNorm2D.forward(x, relu=True, max_pool2=True)`` and its backward are torch's
-    batch_norm -> relu -> max_pool2d(2), running statistics included."""
+@pytest.mark.parametrize("fused,shape", [(False, (4, 6, 5, 3)), (True, (4, 6, 5, 3)), (True, (1, 6, 8, 8))])
+def test_batchnorm_layer_matches_torch(backend, train, fused, shape):
+    """Running statistics included; ``fused``: ``forward(x, relu=True, max_pool2=True)`` and its
+    backward are torch's batch_norm -> relu -> max_pool2d(2)."""
     import torch
 
     layer = L.BatchNorm2D(6)
@@ -154,53 +120,25 @@ def test_batchnorm_layer_fused_relu_and_pooling_match_torch(backend, train, shap
     layer.running_mean[...] = rng.standard_normal(6)
     layer.running_var[...] = rng.uniform(0.5, 2, 6)
     twin = torch_twin(fastcnn.Sequential(layer))[0]
-    layer.train(train)
-    twin.train(train)
     x = (3 * rng.standard_normal(shape) + 1).astype(np.float32)
-    tx = torch.tensor(x, requires_grad=True)
-    ty = torch.nn.functional.max_pool2d(torch.relu(twin(tx)), 2)
-    y = layer.forward(x, relu=True, max_pool2=True)
-    assert_close(y, ty.detach().numpy(), 1e-5, what="forward")
-    gy = rng.standard_normal(y.shape).astype(np.float32)
-    ty.backward(torch.tensor(gy))
-    for p in layer.parameters():
-        p.grad[...] = 0
-    assert_close(layer.backward(gy), tx.grad.numpy(), 1e-5, what="grad input")
-    for p, (name, tp) in zip(layer.parameters(), twin.named_parameters()):
-        assert_close(p.grad, tp.grad.numpy(), 1e-5, what=f"grad {name}")
+    if fused:
+        _check_layer(layer, twin, x, train=train, after=lambda t: torch.nn.functional.max_pool2d(torch.relu(t), 2),
+                     relu=True, max_pool2=True)
+    else:
+        _check_layer(layer, twin, x, train=train)
     assert_close(layer.running_mean, twin.running_mean.numpy(), 1e-6)
     assert_close(layer.running_var, twin.running_var.numpy(), 1e-6)
+    assert int(layer.num_batches_tracked) == int(twin.num_batches_tracked)
 
 
 def test_batchnorm_fused_relu_and_pooling_finite_difference_gradient(backend):
-    """d(sum(y * r))/dx and /dweight of the training-mode BatchNorm2D + ReLU + 2x2 pooling by
-    central differences in float64 of the float32 layer (running statistics restored)."""
     rng = np.random.default_rng(7)
     layer = L.BatchNorm2D(3)
     layer.weight.data[...] = rng.uniform(0.5, 2, 3)
     layer.bias.data[...] = rng.standard_normal(3)
     x = rng.standard_normal((2, 3, 6, 5)).astype(np.float32)
-    r = rng.standard_normal(layer.forward(x, relu=True, max_pool2=True).shape).astype(np.float32)
-    layer.weight.grad[...] = 0
-    gx = layer.backward(r)
-    gw = layer.weight.grad.copy()
-
-    def f():
-        return np.sum(layer.forward(x, relu=True, max_pool2=True).astype(np.float64) * r)
-
-    eps = 1e-3
-    for arr, grad, where in [(x, gx, [(0, 0, 0, 0), (1, 2, 3, 4), (0, 1, 5, 2), (1, 0, 2, 2)]),
-                             (layer.weight.data, gw, [(0,), (1,), (2,)])]:
-        for idx in where:
-            old = arr[idx]
-            arr[idx] = old + eps
-            fp = f()
-            arr[idx] = old - eps
-            fm = f()
-            arr[idx] = old
-            num = (fp - fm) / (2 * eps)
-            # central differences of a float32 function: truncation O(eps^2), rounding ~1e-4
-            assert abs(num - grad[idx]) <= 5e-3 * max(1.0, abs(num)), (idx, num, grad[idx])
+    _fused_finite_differences(layer, x, [(0, 0, 0, 0), (1, 2, 3, 4), (0, 1, 5, 2), (1, 0, 2, 2)],
+                              [(0,), (1,), (2,)], 7)
 
 
 # ---------------------------------------------------------------- Dropout, Sigmoid, Tanh, SumPool2D, GlobalAvgPool2D
@@ -250,15 +188,8 @@ def test_finite_difference_gradient(make):
     r = rng.standard_normal(layer.forward(x).shape).astype(np.float32)
     layer.forward(x)
     g = layer.backward(r)
-    eps = 1e-2
-    for idx in [(0, 0, 0, 0), (1, 1, 2, 3), (0, 1, 4, 4), (1, 0, 3, 1)]:
-        xp, xm = x.copy(), x.copy()
-        xp[idx] += eps
-        xm[idx] -= eps
-        num = (np.sum(layer.forward(xp).astype(np.float64) * r)
-               - np.sum(layer.forward(xm).astype(np.float64) * r)) / (2 * eps)
-        # central differences of a float32 function: truncation O(eps^2) + rounding ~1e-5
-        assert abs(num - g[idx]) <= 2e-3 * max(1.0, abs(num)), (idx, num, g[idx])
+    assert_grad_at(lambda: np.sum(layer.forward(x).astype(np.float64) * r),
+                   [(x, g, [(0, 0, 0, 0), (1, 1, 2, 3), (0, 1, 4, 4), (1, 0, 3, 1)])], eps=1e-2, tol=2e-3)
 
 
 def test_sum_pool_equals_area_times_average(backend):

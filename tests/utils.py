@@ -76,20 +76,36 @@ def assert_close(actual, desired, rtol=1e-5, atol=1e-7, what=""):
     assert err <= rtol * scale + atol, f"{what}: max abs err {err:.3g} > {rtol:g} * scale {scale:.3g} + {atol:g}"
 
 
+def _central(f, arr, idx, eps):
+    """``(f(arr[idx] + eps) - f(arr[idx] - eps)) / (2 eps)``, ``arr`` changed in place and restored."""
+    old = arr[idx]
+    arr[idx] = old + eps
+    fp = f()
+    arr[idx] = old - eps
+    fm = f()
+    arr[idx] = old
+    return (fp - fm) / (2 * eps)
+
+
 def numgrad(f, x, eps=1e-6):
     """Central finite differences of the scalar ``f()`` with respect to every element of the
     float64 array ``x`` (changed in place and restored)."""
     g = np.zeros_like(x)
     flat, gflat = x.reshape(-1), g.reshape(-1)
     for i in range(flat.size):
-        old = flat[i]
-        flat[i] = old + eps
-        fp = f()
-        flat[i] = old - eps
-        fm = f()
-        flat[i] = old
-        gflat[i] = (fp - fm) / (2 * eps)
+        gflat[i] = _central(f, flat, i, eps)
     return g
+
+
+def assert_grad_at(f, checks, eps=1e-3, tol=5e-3):
+    """Central differences of the scalar ``f()`` (computed in float64 from a float32 layer) at
+    chosen elements of its input arrays, changed in place and restored, against the analytic
+    gradients: ``checks`` lists ``(array, grad, indices)``.  Truncation is O(eps^2) and
+    float32 rounding of ``f`` ~1e-4, so ``tol`` is relative to max(1, |difference|)."""
+    for arr, grad, where in checks:
+        for idx in where:
+            num = _central(f, arr, idx, eps)
+            assert abs(num - grad[idx]) <= tol * max(1.0, abs(num)), (idx, num, grad[idx])
 
 
 # --------------------------------------------------------------------------- convolution geometries
