@@ -655,9 +655,9 @@ class Sequential(Layer):
                     and _pools_2x2(cast(MaxPool2D, layers[i]))):
                 pool, i = layers[i], i + 1
             if head is Conv2D:
-                x = layer.forward(x, relu=relu is not None, batch_norm=bn, max_pool2=pool is not None)
+                x = cast(Conv2D, layer).forward(x, relu=relu is not None, batch_norm=bn, max_pool2=pool is not None)
             else:
-                x = layer.forward(x, relu=relu is not None, max_pool2=pool is not None)
+                x = cast(BatchNorm2D, layer).forward(x, relu=relu is not None, max_pool2=pool is not None)
             for fused in (bn, relu, pool):
                 if fused is not None:
                     fused._saved = None  # (its backward is the head's)
