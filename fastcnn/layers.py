@@ -18,7 +18,7 @@ import os
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from threading import get_ident
-from typing import Any, ClassVar, cast
+from typing import Any, ClassVar
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -641,23 +641,25 @@ class Sequential(Layer):
             i += 1
             run.append(layer)
             head = type(layer)
-            if (head is not Conv2D and head is not BatchNorm2D) or not fuse or _hooked(layer):
-                x = layer.forward(x)
+            if (head is not Conv2D and head is not BatchNorm2D) or not fuse or "forward" in layer.__dict__:
+                x = layer.forward(x)  # (not a head, fusion off, or wrapped on the instance: _hooked)
                 continue
             mode = layer.training
             bn = relu = pool = None
-            if (head is Conv2D and not mode and i < n and type(layers[i]) is BatchNorm2D
-                    and _fusable(layers[i], mode) and _dispatch.fold_bn()):
-                bn, i = cast(BatchNorm2D, layers[i]), i + 1  # folded (Conv2D.forward checks its size)
-            if i < n and type(layers[i]) is ReLU and _fusable(layers[i], mode):
-                relu, i = layers[i], i + 1
-            if (i < n and type(layers[i]) is MaxPool2D and _fusable(layers[i], mode)
-                    and _pools_2x2(cast(MaxPool2D, layers[i]))):
-                pool, i = layers[i], i + 1
-            if head is Conv2D:
-                x = cast(Conv2D, layer).forward(x, relu=relu is not None, batch_norm=bn, max_pool2=pool is not None)
-            else:
-                x = cast(BatchNorm2D, layer).forward(x, relu=relu is not None, max_pool2=pool is not None)
+            nxt = layers[i] if i < n else None
+            if (head is Conv2D and not mode and type(nxt) is BatchNorm2D and _fusable(nxt, mode)
+                    and _dispatch.fold_bn()):
+                bn, i = nxt, i + 1  # folded (Conv2D.forward checks its size)
+                nxt = layers[i] if i < n else None
+            if type(nxt) is ReLU and _fusable(nxt, mode):
+                relu, i = nxt, i + 1
+                nxt = layers[i] if i < n else None
+            if type(nxt) is MaxPool2D and _fusable(nxt, mode) and _pools_2x2(nxt):
+                pool, i = nxt, i + 1
+            if type(layer) is Conv2D:
+                x = layer.forward(x, relu=relu is not None, batch_norm=bn, max_pool2=pool is not None)
+            elif type(layer) is BatchNorm2D:
+                x = layer.forward(x, relu=relu is not None, max_pool2=pool is not None)
             for fused in (bn, relu, pool):
                 if fused is not None:
                     fused._saved = None  # (its backward is the head's)
