@@ -17,7 +17,10 @@ cores (taskset) and verifies its thread count: ``fastcnn.get_num_threads()``,
 setting of its own) the CPU affinity plus ``XLA_FLAGS``.  Training: images/s over timed steps
 after warm-up steps (random data of the right shape; the first steps compile); inference:
 images/s of eval-mode forward passes at batch 1000.  ``OPENBLAS_CORETYPE``/``OPENBLAS_L2_SIZE``
-are unset in the children, as in ``benches/run_benchmarks.sh``.
+are unset in the children, as in ``benches/run_benchmarks.sh``.  Every child starts from the
+environment the parent was started with (before fastcnn's import set its thread defaults:
+until the fifth session PyTorch's children inherited ``OMP_WAIT_POLICY=PASSIVE`` from it and
+trained up to 1.6x slower than in a process of its own; docs/BENCHMARKS.md).
 """
 import argparse
 import json
@@ -26,6 +29,11 @@ import subprocess
 import sys
 import tempfile
 import time
+
+#: The environment before the parent imports fastcnn (``specs``): fastcnn's import sets
+#: thread defaults (``OMP_WAIT_POLICY=PASSIVE``, ...) in ``os.environ`` for its own runtime,
+#: and a peer's child must start with the user's environment, not with those.
+_USER_ENV = dict(os.environ)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -54,7 +62,7 @@ def specs():
 
 
 def run_child(framework, model, spec_path, threads):
-    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
+    env = {k: v for k, v in _USER_ENV.items() if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
     env["FASTCNN_NUM_THREADS"] = str(threads)
     if framework == "jax":
         env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + f" --xla_cpu_multi_thread_eigen=true "
