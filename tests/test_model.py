@@ -154,9 +154,11 @@ def test_training_fusion_skips_hooked_and_mixed_mode_layers():
     m.backward(np.ones_like(y))
     assert calls == ["forward", "backward"]
     del pool.forward, pool.backward
-    m[1].eval()
-    m.forward(x)
-    assert m[1]._saved is None and m[2]._saved is not None  # (the ReLU ran by itself, in eval mode)
+    m[1].eval()  # the ReLU runs by itself, in eval mode: it keeps nothing, so the backward stops there
+    y = m.forward(x)
+    assert y.shape == (2, 8, 3, 3)
+    with pytest.raises(RuntimeError, match="ReLU.backward called before a training-mode forward"):
+        m.backward(np.ones_like(y))
 
 
 def _random_bn(bn, rng):
