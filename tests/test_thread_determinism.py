@@ -18,16 +18,17 @@ def _train(name, backend, threads, steps=3):
     model, step = recipe_step(name, seed=1)
     batch = models.RECIPES[name]["batch_size"]
     size = models.INPUT_SIZE[name]
+    channels = 3 if name == "resnet" else 1
     rng = np.random.default_rng(5)
     for _ in range(steps):
-        x = rng.random((batch, 1, size, size), dtype=np.float32)
+        x = rng.random((batch, channels, size, size), dtype=np.float32)
         y = rng.integers(0, 10, batch)
         step(x, y)
     return {k: v.copy() for k, v in model.state_dict().items()}
 
 
 @pytest.mark.parametrize("backend", COMPILED)
-@pytest.mark.parametrize("name", ["lenet", "bn"])
+@pytest.mark.parametrize("name", ["lenet", "bn", "resnet"])
 def test_training_bit_identical_at_1_and_2_threads(name, backend):
     if cores() < 2:
         pytest.skip("needs 2 cores")
