@@ -641,8 +641,8 @@ class Sequential(Layer):
             i += 1
             run.append(layer)
             head = type(layer)
-            if (head is not Conv2D and head is not BatchNorm2D) or not fuse or "forward" in layer.__dict__:
-                x = layer.forward(x)  # (not a head, fusion off, or wrapped on the instance: _hooked)
+            if (head is not Conv2D and head is not BatchNorm2D) or not fuse or _hooked(layer):
+                x = layer.forward(x)
                 continue
             mode = layer.training
             bn = relu = pool = None

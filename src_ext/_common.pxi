@@ -258,6 +258,14 @@ cdef inline void _fold_tap(const float* src, const float* div, float* dx, Py_ssi
                 r[ow * sw + off] += s[ow] / d[ow]
 
 
+# --------------------------------------------------------------------------- ReLU
+
+cdef inline float _relu(float v) noexcept nogil:
+    """``max(v, 0)`` as ``np.maximum(v, 0.0)``: NaN stays NaN, -0.0 becomes +0.0 (the ReLU kernels
+    and the batch norm's pooled store)."""
+    return 0.0 if v <= 0.0 else v
+
+
 # --------------------------------------------------------------------------- max pooling
 # (the pooling kernels, and the direct convolution's pooled store)
 

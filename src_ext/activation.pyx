@@ -18,21 +18,17 @@ ctypedef void (*_block_fn)(const float* a, const float* b, float* out,
 
 
 cdef void _relu_block(const float* x, const float* unused, float* y, Py_ssize_t m) noexcept nogil:
-    """``y = max(x, 0)`` as ``np.maximum(x, 0.0)``: NaN stays NaN, -0.0 becomes +0.0."""
+    """``y = max(x, 0)`` (:func:`_relu`)."""
     cdef Py_ssize_t i
-    cdef float v
     for i in range(m):
-        v = x[i]
-        y[i] = 0.0 if v <= 0.0 else v
+        y[i] = _relu(x[i])
 
 
 cdef void _relu_block_inplace(const float* unused, const float* unused2, float* y,
                               Py_ssize_t m) noexcept nogil:
     cdef Py_ssize_t i
-    cdef float v
     for i in range(m):
-        v = y[i]
-        y[i] = 0.0 if v <= 0.0 else v
+        y[i] = _relu(y[i])
 
 
 cdef void _relu_bwd_block(const float* gy, const float* y, float* gx, Py_ssize_t m) noexcept nogil:

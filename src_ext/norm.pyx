@@ -160,9 +160,9 @@ cdef void _forward_pool(const float[:, :, :, ::1] x,   # IN  (N, C, H, W), H and
             c = i % C
             fnk.fwd_plane(&x[0, 0, 0, 0] + i * P, &xhat[0, 0, 0, 0] + i * P, yb, P, mean[c], inv_std[c],
                           weight[c], bias[c])
-            if relu:  # (relu_forward's rule: v <= 0 -> +0, NaN stays)
+            if relu:
                 for e in range(P):
-                    yb[e] = 0.0 if yb[e] <= 0.0 else yb[e]
+                    yb[e] = _relu(yb[e])
             _maxpool_plane_2x2(yb, &y[0, 0, 0, 0] + i * PH * PW, &idx[0, 0, 0, 0] + i * PH * PW, W, PH, PW, True)
 
 
