@@ -165,28 +165,6 @@ static void fcd_pack_weights(const fcd_geo* g, const float* w, int flip, float* 
                 }
 }
 
-/* Grid result (OCP, PR) -> y (OC, OH, OW) plus bias, optional ReLU. */
-static void fcd_unpack_output(const fcd_geo* g, const float* yg, const float* bias, int relu, float* y)
-{
-    fcd_i o, oh, ow;
-    for (o = 0; o < g->OC; o++) {
-        float bo = bias ? bias[o] : 0.0f;
-        for (oh = 0; oh < g->OH; oh++) {
-            const float* s = yg + o * g->PR + oh * g->Wq;
-            float* d = y + (o * g->OH + oh) * g->OW;
-            if (relu) {
-                for (ow = 0; ow < g->OW; ow++) {
-                    float v = s[ow] + bo;
-                    d[ow] = v <= 0.0f ? 0.0f : v;  /* the ReLU kernels' rule: NaN stays, -0 -> +0 */
-                }
-            } else {
-                for (ow = 0; ow < g->OW; ow++)
-                    d[ow] = s[ow] + bo;
-            }
-        }
-    }
-}
-
 /* ---------------------------------------------------------------- ISA-specific kernels */
 
 typedef void (*fcd_fwd_fn)(const fcd_geo*, const float*, const fcd_i*, const float*, const fcd_i*,
@@ -195,6 +173,7 @@ typedef void (*fcd_bww_fn)(const float*, fcd_i, const float*, fcd_i, fcd_i, fcd_
                            fcd_i, fcd_i, fcd_i, int, const fcd_i*, float*);
 typedef float (*fcd_probe_fn)(long, float);
 typedef void (*fcd_pack_fn)(const fcd_geo*, const float*, fcd_i, float*);
+typedef void (*fcd_unpack_fn)(const fcd_geo*, const float*, const float*, int, float*);
 
 /* One ISA's kernels and tile sizes (each compilation of conv_direct_kern.h defines one). */
 typedef struct {
@@ -202,32 +181,9 @@ typedef struct {
     fcd_bww_fn bwd_weight_tile;
     fcd_probe_fn fma_probe;
     fcd_pack_fn pack_grad_t;
+    fcd_unpack_fn unpack_output;
     fcd_i J, VL, WT;
 } fcd_isa_kernels;
-
-/* A forward tile buffer tb[jj*TB + v*VL + lane] -> y[jj*HW + yo[v] + lane] for the nv[v]
- * valid lanes of each of the n vectors and the nj real channels, plus bias, ReLU. */
-static void fcd_store_tile(const float* tb, fcd_i TB, fcd_i VL, fcd_i n, fcd_i nj, const fcd_i* yo,
-                           const fcd_i* nv, const float* bias, int relu, float* y, fcd_i HW)
-{
-    fcd_i jj, v, l;
-    for (jj = 0; jj < nj; jj++) {
-        float b = bias ? bias[jj] : 0.0f;
-        for (v = 0; v < n; v++) {
-            const float* s = tb + jj * TB + v * VL;
-            float* d = y + jj * HW + yo[v];
-            if (relu) {
-                for (l = 0; l < nv[v]; l++) {
-                    float r = s[l] + b;
-                    d[l] = r <= 0.0f ? 0.0f : r;
-                }
-            } else {
-                for (l = 0; l < nv[v]; l++)
-                    d[l] = s[l] + b;
-            }
-        }
-    }
-}
 
 /* Portable baseline: GCC/Clang vector extension, 4 lanes (SSE2 on x86-64, NEON on arm64). */
 #define FCD_SUFFIX base
@@ -237,12 +193,23 @@ static void fcd_store_tile(const float* tb, fcd_i TB, fcd_i VL, fcd_i n, fcd_i n
 #define FCD_WT 6
 typedef float fcd_v4 __attribute__((vector_size(16)));
 typedef float fcd_v4u __attribute__((vector_size(16), aligned(4)));
+typedef int fcd_i4 __attribute__((vector_size(16)));
 #define FCD_VT fcd_v4
 #define FCD_LOAD(p) (*(const fcd_v4u*)(p))
 #define FCD_STORE(p, v) (*(fcd_v4u*)(p) = (v))
 #define FCD_SET1(s) ((fcd_v4){(s), (s), (s), (s)})
 #define FCD_ZERO() ((fcd_v4){0.0f, 0.0f, 0.0f, 0.0f})
 #define FCD_FMA(a, b, c) ((a) * (b) + (c))
+#define FCD_ADD(a, b) ((a) + (b))
+#define FCD_RELU(v) ((fcd_v4)((fcd_i4)(v) & ~((v) <= FCD_ZERO())))  /* (v <= 0: all bits 0) */
+#define FCD_STORE_N(p, v, n) fcd_store_n((p), (const float*)&(v), (n))
+/* The first n floats of a vector (the last, partial vector of a row). */
+static inline void fcd_store_n(float* d, const float* s, fcd_i n)
+{
+    fcd_i l;
+    for (l = 0; l < n; l++)
+        d[l] = s[l];
+}
 #include "conv_direct_kern.h"
 
 #ifdef FC_SIMD
@@ -260,6 +227,10 @@ FC_TARGET_PUSH(FC_AVX2)
 #define FCD_SET1(s) _mm256_set1_ps(s)
 #define FCD_ZERO() _mm256_setzero_ps()
 #define FCD_FMA(a, b, c) _mm256_fmadd_ps((a), (b), (c))
+#define FCD_ADD(a, b) _mm256_add_ps((a), (b))
+#define FCD_RELU(v) _mm256_andnot_ps(_mm256_cmp_ps((v), _mm256_setzero_ps(), _CMP_LE_OQ), (v))
+#define FCD_STORE_N(p, v, n) _mm256_maskstore_ps((p), _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(n)), \
+                                                 _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)), (v))
 #include "conv_direct_kern.h"
 FC_TARGET_POP
 
@@ -275,6 +246,10 @@ FC_TARGET_PUSH(FC_AVX512)
 #define FCD_SET1(s) _mm512_set1_ps(s)
 #define FCD_ZERO() _mm512_setzero_ps()
 #define FCD_FMA(a, b, c) _mm512_fmadd_ps((a), (b), (c))
+#define FCD_ADD(a, b) _mm512_add_ps((a), (b))
+#define FCD_RELU(v) _mm512_mask_blend_ps(_mm512_cmp_ps_mask((v), _mm512_setzero_ps(), _CMP_LE_OQ), (v), \
+                                         _mm512_setzero_ps())
+#define FCD_STORE_N(p, v, n) _mm512_mask_storeu_ps((p), (__mmask16)((1u << (n)) - 1u), (v))
 #define FCD_TRANSPOSE16 fcd_transpose16_avx512
 
 /* r[i] (16 rows of 16 floats) -> r[j] = column j: unpack 32-bit, then 64-bit pairs, then two
@@ -334,6 +309,7 @@ static const fcd_isa_kernels* fcd_isa = &fcd_kernels_base;
 #define fcd_bwd_weight_tile (fcd_isa->bwd_weight_tile)
 #define fcd_fma_probe (fcd_isa->fma_probe)
 #define fcd_pack_grad_t (fcd_isa->pack_grad_t)
+#define fcd_unpack_output (fcd_isa->unpack_output)
 #define fcd_J (fcd_isa->J)
 #define fcd_VL (fcd_isa->VL)
 #define fcd_WT (fcd_isa->WT)

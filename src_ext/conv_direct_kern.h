@@ -23,6 +23,52 @@
         FCD_UNROLL for (int v_ = 0; v_ < (V); v_++) FCD_STORE(addr, acc[r_][v_]);
 #endif
 
+/* Bias and ReLU on one vector (the ReLU kernels' rule: NaN stays, -0 -> +0), then its first
+ * n lanes stored at d. */
+static inline __attribute__((always_inline)) void
+FCD_NAME(fcd_put)(float* d, FCD_VT s, FCD_VT b, int relu, fcd_i n)
+{
+    s = FCD_ADD(s, b);
+    if (relu)
+        s = FCD_RELU(s);
+    if (n == FCD_VL)
+        FCD_STORE(d, s);
+    else
+        FCD_STORE_N(d, s, n);
+}
+
+/* A forward tile buffer tb[jj*TB + v*VL + lane] -> y[jj*HW + yo[v] + lane] for the nv[v]
+ * valid lanes of each of the n vectors and the nj real channels, plus bias, ReLU. */
+static inline void FCD_NAME(fcd_store_tile)(const float* tb, fcd_i TB, fcd_i n, fcd_i nj,
+                                            const fcd_i* yo, const fcd_i* nv, const float* bias,
+                                            int relu, float* y, fcd_i HW)
+{
+    fcd_i jj, v;
+    for (jj = 0; jj < nj; jj++) {
+        FCD_VT b = FCD_SET1(bias ? bias[jj] : 0.0f);
+        for (v = 0; v < n; v++)
+            FCD_NAME(fcd_put)(y + jj * HW + yo[v], FCD_LOAD(tb + jj * TB + v * FCD_VL), b, relu, nv[v]);
+    }
+}
+
+/* Grid result (OCP, PR) -> y (OC, OH, OW) plus bias, optional ReLU (each row's vectors read at
+ * most VL - 1 floats past it, within PR). */
+static void FCD_NAME(fcd_unpack_output)(const fcd_geo* g, const float* yg, const float* bias,
+                                        int relu, float* y)
+{
+    fcd_i o, oh, ow;
+    for (o = 0; o < g->OC; o++) {
+        FCD_VT b = FCD_SET1(bias ? bias[o] : 0.0f);
+        for (oh = 0; oh < g->OH; oh++) {
+            const float* s = yg + o * g->PR + oh * g->Wq;
+            float* d = y + (o * g->OH + oh) * g->OW;
+            for (ow = 0; ow < g->OW; ow += FCD_VL)
+                FCD_NAME(fcd_put)(d + ow, FCD_LOAD(s + ow), b, relu,
+                                  g->OW - ow < FCD_VL ? g->OW - ow : FCD_VL);
+        }
+    }
+}
+
 /* V pixel vectors (grid positions st[v] ... st[v] + VL - 1) x J output channels of block
  * wpb, over all C*KK taps; vector v goes to yb + jj*PR + so[v].  Every lane computes the
  * output of its own grid position, so vectors may overlap. */
@@ -81,8 +127,8 @@ static void FCD_NAME(fcd_fwd_image)(const fcd_geo* g, const float* xq, const fcd
             else
                 FCD_NAME(fcd_fwd_tile)(xq, tab, wpb, g->C, KK, g->plane, yb, pr, st + i, so, 1);
             if (yo)
-                fcd_store_tile(tb, TB, FCD_VL, n, nj, yo + i, nv + i, bias ? bias + ob * FCD_J : NULL,
-                               relu, y + ob * FCD_J * g->OH * g->OW, g->OH * g->OW);
+                FCD_NAME(fcd_store_tile)(tb, TB, n, nj, yo + i, nv + i, bias ? bias + ob * FCD_J : NULL,
+                                         relu, y + ob * FCD_J * g->OH * g->OW, g->OH * g->OW);
         }
     }
 }
@@ -187,7 +233,7 @@ static float FCD_NAME(fcd_fma_probe)(long iters, float m)
 
 static const fcd_isa_kernels FCD_NAME(fcd_kernels) = {
     FCD_NAME(fcd_fwd_image), FCD_NAME(fcd_bwd_weight_tile), FCD_NAME(fcd_fma_probe),
-    FCD_NAME(fcd_pack_grad_t), FCD_J, FCD_VL, FCD_WT};
+    FCD_NAME(fcd_pack_grad_t), FCD_NAME(fcd_unpack_output), FCD_J, FCD_VL, FCD_WT};
 
 #undef FCD_SUFFIX
 #undef FCD_VL
@@ -200,3 +246,6 @@ static const fcd_isa_kernels FCD_NAME(fcd_kernels) = {
 #undef FCD_SET1
 #undef FCD_ZERO
 #undef FCD_FMA
+#undef FCD_ADD
+#undef FCD_RELU
+#undef FCD_STORE_N
