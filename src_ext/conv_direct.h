@@ -165,6 +165,41 @@ static void fcd_pack_weights(const fcd_geo* g, const float* w, int flip, float* 
                 }
 }
 
+/* A strided convolution's input gradient computed per input phase (a, b) (rows a, a + sh, ...,
+ * columns b, b + sw, ...): pb + poff[a*sw + b] holds phase (a, b) as (C, Ha, Wb); this writes
+ * them interleaved into gx (C, H, W), row by row. */
+static void fcd_interleave_phases(const float* pb, const fcd_i* poff, fcd_i C, fcd_i H, fcd_i W,
+                                  fcd_i sh, fcd_i sw, float* gx)
+{
+    fcd_i c, h, a, u, b, v, Ha, Wb, n1;
+    for (c = 0; c < C; c++)
+        for (h = 0; h < H; h++) {
+            float* d = gx + (c * H + h) * W;
+            a = h % sh;
+            u = h / sh;
+            Ha = (H - a + sh - 1) / sh;
+            if (sw == 2 && W >= 2) {  /* two phases per row: a plain interleave */
+                const float* s0 = pb + poff[a * 2] + (c * Ha + u) * ((W + 1) / 2);
+                const float* s1 = pb + poff[a * 2 + 1] + (c * Ha + u) * (W / 2);
+                n1 = W / 2;
+                for (v = 0; v < n1; v++) {
+                    d[2 * v] = s0[v];
+                    d[2 * v + 1] = s1[v];
+                }
+                if (W % 2)
+                    d[W - 1] = s0[n1];
+                continue;
+            }
+            for (b = 0; b < sw && b < W; b++) {
+                const float* s = pb + poff[a * sw + b];
+                Wb = (W - b + sw - 1) / sw;
+                s += (c * Ha + u) * Wb;
+                for (v = 0; v < Wb; v++)
+                    d[b + sw * v] = s[v];
+            }
+        }
+}
+
 /* ---------------------------------------------------------------- ISA-specific kernels */
 
 typedef void (*fcd_fwd_fn)(const fcd_geo*, const float*, const fcd_i*, const float*, const fcd_i*,

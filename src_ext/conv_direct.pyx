@@ -28,6 +28,8 @@ cdef extern from "conv_direct.h" nogil:
     void fcd_fwd_image(const fcd_geo* g, const float* xq, const fcd_i* tab, const float* wp,
                        const fcd_i* st, const fcd_i* yo, const fcd_i* nv, fcd_i NS,
                        const float* bias, int relu, float* y, float* yg)
+    void fcd_interleave_phases(const float* pb, const fcd_i* poff, fcd_i C, fcd_i H, fcd_i W,
+                               fcd_i sh, fcd_i sw, float* gx)
     fcd_i fcd_pixel_starts(const fcd_geo* g, fcd_i VL, fcd_i* st, fcd_i* yo, fcd_i* nv, int* rows)
     void fcd_bwd_weight_tile(const float* xq_all, fcd_i xs, const float* gt_all, fcd_i gs,
                              fcd_i OCV, fcd_i OH, fcd_i OW, fcd_i Wq, fcd_i n0, fcd_i n1,
@@ -171,6 +173,157 @@ cdef int _direct(fcd_geo* g, const float[:, :, :, ::1] src, const float* w, int 
     return 0
 
 
+cdef void _phases_images(const fcd_geo* geo, Py_ssize_t NPH,
+                         const float[:, :, :, ::1] gy,   # IN  (N, OC, OH, OW)
+                         const float* wp, const Py_ssize_t* tab, const Py_ssize_t* st,
+                         const Py_ssize_t* o_wp, const Py_ssize_t* o_tab, const Py_ssize_t* o_st,
+                         const Py_ssize_t* ns, const Py_ssize_t* lst, const int* rows,
+                         #                                 per phase: packed weights, tap offsets,
+                         #                                 pixel starts (3 rows of lst), their
+                         #                                 offsets, vector counts, store mode
+                         const Py_ssize_t* poff,         # IN  phase p's (C, Ha, Wb) in a phase buffer
+                         char* blocks, Py_ssize_t size, Py_ssize_t o_yg, Py_ssize_t o_pb,
+                         #                                 scratch per block of images: packed
+                         #                                 input, output grid, phase buffer
+                         Py_ssize_t pb_size, Py_ssize_t sh, Py_ssize_t sw,
+                         float[:, :, :, ::1] gx,         # OUT (N, C, H, W)
+                         Py_ssize_t T, int nt) noexcept nogil:
+    """:func:`_data_by_phases`'s loop: ``T`` blocks of consecutive images; per image every
+    phase with taps goes through the forward kernel into the block's phase buffer (phases
+    without taps stay zero), then the phases are interleaved into ``gx``."""
+    cdef Py_ssize_t N = gy.shape[0], C = gx.shape[1], H = gx.shape[2], W = gx.shape[3]
+    cdef Py_ssize_t t, i, p, e
+    cdef float* xq
+    cdef float* yg
+    cdef float* pb
+    for t in prange(T, schedule='static', num_threads=nt):
+        xq = <float*>(blocks + t * size)
+        yg = <float*>(blocks + t * size + o_yg)
+        pb = <float*>(blocks + t * size + o_pb)
+        for e in range(pb_size):
+            pb[e] = 0.0
+        for i in range(_part(t, N, T), _part(t + 1, N, T)):
+            for p in range(NPH):
+                if ns[p] == 0:  # (no taps reach this phase: its gradient is zero)
+                    continue
+                fcd_pack_input(&geo[p], &gy[i, 0, 0, 0], xq)
+                if rows[p]:
+                    fcd_fwd_image(&geo[p], xq, tab + o_tab[p], wp + o_wp[p], st + o_st[p],
+                                  st + o_st[p] + lst[p], st + o_st[p] + 2 * lst[p], ns[p], NULL, 0,
+                                  pb + poff[p], yg)
+                else:
+                    fcd_fwd_image(&geo[p], xq, tab + o_tab[p], wp + o_wp[p], st + o_st[p], NULL,
+                                  NULL, ns[p], NULL, 0, NULL, yg)
+                    fcd_unpack_output(&geo[p], yg, NULL, 0, pb + poff[p])
+            fcd_interleave_phases(pb, poff, C, H, W, sh, sw, &gx[i, 0, 0, 0])
+
+
+cdef int _data_by_phases(const float[:, :, :, ::1] gy, const float[:, :, :, ::1] w,
+                         Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl,
+                         float[:, :, :, ::1] gx, int nt) except -1:
+    """Input gradient of a strided convolution, one stride-1 correlation per input phase
+    ``(a, b)`` (rows ``a, a + sh, ...``, columns ``b, b + sw, ...``) with the taps that reach
+    it: no multiplications by the zeros of a dilated output gradient.  Phase ``(a, b)`` gets
+    taps ``i = i0, i0 + sh, ...`` (``i0 = (a + pt) % sh``), reversed, with padding
+    ``taps - 1 - (a + pt - i0) // sh`` (likewise for columns)."""
+    cdef Py_ssize_t N = gy.shape[0], OC = gy.shape[1], OH = gy.shape[2], OW = gy.shape[3]
+    cdef Py_ssize_t C = gx.shape[1], H = gx.shape[2], W = gx.shape[3]
+    cdef Py_ssize_t NPH = sh * sw, p, a, b, i0, j0, mi, mj, Ha, Wb
+    cdef fcd_geo* geo = <fcd_geo*>malloc(NPH * sizeof(fcd_geo))
+    if geo == NULL:
+        raise MemoryError()
+    cdef Py_ssize_t[::1] meta = np.zeros(8 * NPH + 1, np.intp)
+    cdef Py_ssize_t* o_wp = &meta[0]
+    cdef Py_ssize_t* o_tab = o_wp + NPH
+    cdef Py_ssize_t* o_st = o_tab + NPH
+    cdef Py_ssize_t* ns = o_st + NPH
+    cdef Py_ssize_t* lst = ns + NPH
+    cdef Py_ssize_t* poff = lst + NPH
+    cdef int[::1] rows = np.zeros(NPH, np.intc)
+    cdef Py_ssize_t n_wp = 0, n_tab = 0, n_st = 0, n_pb = 0, xq_max = 0, yg_max = 0
+    subs = []
+    try:
+        for p in range(NPH):
+            a = p // sw
+            b = p % sw
+            i0 = (a + pt) % sh
+            j0 = (b + pl) % sw
+            mi = len(range(i0, w.shape[2], sh)) if a < H else 0
+            mj = len(range(j0, w.shape[3], sw)) if b < W else 0
+            Ha = len(range(a, H, sh))
+            Wb = len(range(b, W, sw))
+            poff[p] = n_pb
+            n_pb += C * Ha * Wb
+            subs.append(None)
+            if mi == 0 or mj == 0 or Ha == 0 or Wb == 0:
+                fcd_geo_init(&geo[p], OC, OH, OW, 1, 1, C, 1, 1, 1, 1, 0, 0, 1, 1, fcd_J)
+                continue
+            # (C, OC, mi, mj): this phase's taps, reversed, input and output channels swapped
+            subs[p] = np.ascontiguousarray(np.asarray(w)[:, :, i0::sh, j0::sw][:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+            fcd_geo_init(&geo[p], OC, OH, OW, 1, 1, C, mi, mj, 1, 1, mi - 1 - (a + pt - i0) // sh,
+                         mj - 1 - (b + pl - j0) // sw, Ha, Wb, fcd_J)
+            o_wp[p] = n_wp
+            n_wp += geo[p].OCP * OC * mi * mj
+            o_tab[p] = n_tab
+            n_tab += mi * mj
+            lst[p] = geo[p].P // fcd_VL + 1 + geo[p].OH * (geo[p].OW // fcd_VL + 1)
+            o_st[p] = n_st
+            n_st += 3 * lst[p]
+            ns[p] = 1  # (set below)
+            xq_max = max(xq_max, geo[p].xq_size)
+            yg_max = max(yg_max, geo[p].OCP * geo[p].PR)
+        wp_arr = np.empty(max(n_wp, 1), np.float32)
+        tab_arr = np.empty(max(n_tab, 1), np.intp)
+        st_arr = np.empty(max(n_st, 1), np.intp)
+        _phase_plans(geo, NPH, subs, wp_arr, tab_arr, st_arr, o_wp, o_tab, o_st, ns, lst, &rows[0])
+        _phases_run(geo, NPH, gy, wp_arr, tab_arr, st_arr, o_wp, o_tab, o_st, ns, lst, &rows[0], poff,
+                    xq_max, yg_max, n_pb, sh, sw, gx, nt)
+    finally:
+        free(geo)
+    return 0
+
+
+cdef int _phase_plans(fcd_geo* geo, Py_ssize_t NPH, list subs, float[::1] wp, Py_ssize_t[::1] tab,
+                      Py_ssize_t[::1] st, Py_ssize_t* o_wp, Py_ssize_t* o_tab, Py_ssize_t* o_st,
+                      Py_ssize_t* ns, Py_ssize_t* lst, int* rows) except -1:
+    """Per phase with taps: packed weights, tap offsets, pixel starts and their count."""
+    cdef Py_ssize_t p
+    cdef const float[:, :, :, ::1] sub
+    for p in range(NPH):
+        if subs[p] is None:
+            ns[p] = 0
+            continue
+        sub = subs[p]
+        fcd_pack_weights(&geo[p], &sub[0, 0, 0, 0], 0, &wp[o_wp[p]])
+        fcd_make_tab(&geo[p], &tab[o_tab[p]])
+        ns[p] = fcd_pixel_starts(&geo[p], fcd_VL, &st[o_st[p]], &st[o_st[p] + lst[p]],
+                                 &st[o_st[p] + 2 * lst[p]], &rows[p])
+    return 0
+
+
+cdef int _phases_run(fcd_geo* geo, Py_ssize_t NPH, const float[:, :, :, ::1] gy, float[::1] wp,
+                     Py_ssize_t[::1] tab, Py_ssize_t[::1] st, Py_ssize_t* o_wp, Py_ssize_t* o_tab,
+                     Py_ssize_t* o_st, Py_ssize_t* ns, Py_ssize_t* lst, int* rows, Py_ssize_t* poff,
+                     Py_ssize_t xq_max, Py_ssize_t yg_max, Py_ssize_t n_pb, Py_ssize_t sh,
+                     Py_ssize_t sw, float[:, :, :, ::1] gx, int nt) except -1:
+    """:func:`_phases_images` with its per-block scratch (one allocation)."""
+    cdef Py_ssize_t T = min(<Py_ssize_t>nt, gy.shape[0])
+    cdef Py_ssize_t o_yg = _al64(xq_max * sizeof(float))
+    cdef Py_ssize_t o_pb = o_yg + _al64(yg_max * sizeof(float))
+    cdef Py_ssize_t size = o_pb + _al64(n_pb * sizeof(float))
+    cdef char* mem = <char*>malloc(T * size + 64)
+    if mem == NULL:
+        raise MemoryError()
+    cdef char* base = <char*>_al64(<Py_ssize_t>mem)
+    try:
+        with nogil:
+            _phases_images(geo, NPH, gy, &wp[0], &tab[0], &st[0], o_wp, o_tab, o_st, ns, lst, rows,
+                           poff, base, size, o_yg, o_pb, n_pb, sh, sw, gx, T, nt)
+    finally:
+        free(mem)
+    return 0
+
+
 cdef _Key _fwd_ok, _pool_ok, _data_ok, _weight_ok
 
 
@@ -231,6 +384,9 @@ def conv2d_direct_backward_data(const float[:, :, :, ::1] gy, const float[:, :, 
     cdef Py_ssize_t N = gy.shape[0], OC = gy.shape[1], OH = gy.shape[2], OW = gy.shape[3]
     cdef Py_ssize_t C = w.shape[1], KH = w.shape[2], KW = w.shape[3], H = gx.shape[2], W = gx.shape[3]
     if N == 0:
+        return
+    if sh > 1 or sw > 1:
+        _data_by_phases(gy, w, sh, sw, pt, pl, gx, _threads_for(N * C * H * W))
         return
     cdef fcd_geo g
     fcd_geo_init(&g, OC, OH, OW, sh, sw, C, KH, KW, 1, 1, KH - 1 - pt, KW - 1 - pl, H, W, fcd_J)

@@ -1,6 +1,7 @@
 """Direct kernels against the per-image im2col path, forward and backward, at the ResNet's
-strided and 1x1 shapes (the ``auto`` rule's evidence, docs/PERFORMANCE.md section 9): median ms
-over alternated repetitions, and the ratio direct / per_image.
+strided and 1x1 shapes and the seed networks' first layers (the ``auto`` rule's evidence,
+docs/PERFORMANCE.md section 9): median ms over alternated repetitions, and the ratio direct /
+per_image.  First layers (C <= 3) are timed as in training: weight gradient only.
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benches/probes/plan_compare.py [BACKEND] [THREADS]
 """
@@ -16,7 +17,8 @@ from fastcnn import functional as F
 #: (N, C, OC, kernel, stride, padding, input size)
 SHAPES = [(100, 16, 32, 1, 2, 0, 32), (100, 32, 64, 1, 2, 0, 16), (100, 16, 32, 1, 1, 0, 32),
           (100, 32, 64, 1, 1, 0, 16), (100, 64, 64, 1, 1, 0, 8), (100, 16, 32, 3, 2, 1, 32),
-          (100, 32, 64, 3, 2, 1, 16), (100, 32, 32, 3, 1, 1, 16)]
+          (100, 32, 64, 3, 2, 1, 16), (100, 32, 32, 3, 1, 1, 16),
+          (128, 1, 32, 5, 1, 2, 28), (100, 1, 16, 5, 1, 2, 28), (100, 3, 16, 3, 1, 1, 32)]
 
 
 def main(backend="cython", threads=2):
@@ -35,7 +37,7 @@ def main(backend="cython", threads=2):
                     t0 = time.perf_counter()
                     F.conv2d(x, w, None, s, p)
                     t1 = time.perf_counter()
-                    F.conv2d_backward(gy, x, w, s, p, bias=False)
+                    F.conv2d_backward(gy, x, w, s, p, bias=False, input_grad=c > 3)
                     t2 = time.perf_counter()
                 runs[cv, "fwd"].append(t1 - t0)
                 runs[cv, "bwd"].append(t2 - t1)
