@@ -319,14 +319,16 @@ def sizes_batchnorm_forward_maxpool2(x, mean, inv_std, weight, bias, relu, xhat,
                          "the input (H, W) at least 2 x 2")
 
 
-def sizes_batchnorm_backward_reduce(gy, xhat, gsum, gdot):
+def sizes_batchnorm_backward_reduce(gy, xhat, weight, bias, gsum, gdot):
     sizes_batchnorm_stats(gy, gsum, gdot)
-    if xhat != gy:
-        raise ValueError("batchnorm_backward_reduce: xhat must have the shape of gy")
+    if xhat != gy or weight != gy[1:2] or bias != gy[1:2]:
+        raise ValueError("batchnorm_backward_reduce: xhat must have the shape of gy, weight and bias (C,)")
 
 
-def sizes_batchnorm_backward_apply(gy, xhat, scale, a, b, gx):
+def sizes_batchnorm_backward_apply(gy, xhat, weight, bias, scale, a, b, gx):
     sizes_batchnorm_forward(gy, scale, a, b, scale, xhat, gx)
+    if weight != gy[1:2] or bias != gy[1:2]:
+        raise ValueError("batchnorm_backward_apply: weight and bias must have shape (C,)")
 
 
 def sizes_adam_step(p, g, m, v, lr_t, beta1, beta2, eps, bc2_sqrt):

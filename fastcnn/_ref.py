@@ -372,13 +372,14 @@ def batchnorm_stats(x, mean, var):
     var[...] = np.einsum("nchw,nchw->c", d, d) / m
 
 
-def batchnorm_forward(x, mean, inv_std, weight, bias, xhat, y):
+def batchnorm_forward(x, mean, inv_std, weight, bias, relu, xhat, y):
     """Normalise, scale and shift per channel.
 
     Parameters
     ----------
     x : (N, C, H, W) float32  # IN
     mean, inv_std, weight, bias : (C,) float32  # IN
+    relu : int  # IN  1: ``y`` is ``max(xhat * weight[c] + bias[c], 0)`` (:func:`relu_forward`'s rule)
     xhat : (N, C, H, W) float32  # OUT  ``(x - mean[c]) * inv_std[c]``
     y : (N, C, H, W) float32  # OUT  ``xhat * weight[c] + bias[c]``
 
@@ -389,6 +390,8 @@ def batchnorm_forward(x, mean, inv_std, weight, bias, xhat, y):
     xhat *= _per_channel(inv_std)
     np.multiply(xhat, _per_channel(weight), out=y)
     y += _per_channel(bias)
+    if relu:
+        relu_forward(y, y)
 
 
 def batchnorm_forward_maxpool2(x, mean, inv_std, weight, bias, relu, xhat, y, idx):
@@ -407,42 +410,58 @@ def batchnorm_forward_maxpool2(x, mean, inv_std, weight, bias, relu, xhat, y, id
     idx : (N, C, H // 2, W // 2) int32  # OUT  its indices (flat into the ``(H, W)`` plane)
     """
     full = np.empty(x.shape, np.float32)
-    batchnorm_forward(x, mean, inv_std, weight, bias, xhat, full)
-    if relu:
-        relu_forward(full, full)
+    batchnorm_forward(x, mean, inv_std, weight, bias, relu, xhat, full)
     maxpool2d_forward(full, 2, 2, 2, 2, 0, 0, y, idx)
 
 
-def batchnorm_backward_reduce(gy, xhat, gsum, gdot):
+def _relu_masked(gy, xhat, weight, bias):
+    """:func:`relu_backward` of ``gy`` through ``max(xhat * weight[c] + bias[c], 0)``, that
+    output recomputed from ``xhat`` with :func:`batchnorm_forward`'s float32 operations."""
+    v = np.multiply(xhat, _per_channel(weight))
+    v += _per_channel(bias)
+    g = np.empty(gy.shape, gy.dtype)
+    relu_backward(gy, v, g)
+    return g
+
+
+def batchnorm_backward_reduce(gy, xhat, weight, bias, relu, gsum, gdot):
     """Per-channel sums for the BatchNorm gradients (float64 accumulation).
 
     Parameters
     ----------
     gy, xhat : (N, C, H, W) float32  # IN
-    gsum : (C,) float64  # OUT  ``sum(gy[:, c])`` (the bias gradient)
-    gdot : (C,) float64  # OUT  ``sum(gy[:, c] * xhat[:, c])`` (the weight gradient)
+    weight, bias : (C,) float32  # IN  the forward's (used with ``relu`` only)
+    relu : int  # IN  1: ``gy`` is the gradient of :func:`batchnorm_forward`'s output with
+        ``relu=1``; the ReLU's mask is applied first (:func:`relu_backward`, the output
+        recomputed from ``xhat``), so the forward's output need not be kept
+    gsum : (C,) float64  # OUT  ``sum(g[:, c])`` (the bias gradient), ``g`` = ``gy`` masked
+    gdot : (C,) float64  # OUT  ``sum(g[:, c] * xhat[:, c])`` (the weight gradient)
 
     As for :func:`batchnorm_stats`, the compiled kernels agree to rounding, in a fixed order.
     """
-    gsum[...] = gy.sum(axis=(0, 2, 3), dtype=np.float64)
-    gdot[...] = np.einsum("nchw,nchw->c", gy, xhat, dtype=np.float64)
+    g = _relu_masked(gy, xhat, weight, bias) if relu else gy
+    gsum[...] = g.sum(axis=(0, 2, 3), dtype=np.float64)
+    gdot[...] = np.einsum("nchw,nchw->c", g, xhat, dtype=np.float64)
 
 
-def batchnorm_backward_apply(gy, xhat, scale, a, b, gx):
-    """Input gradient of BatchNorm: ``gx = (gy - (xhat * b[c] + a[c])) * scale[c]``.
+def batchnorm_backward_apply(gy, xhat, weight, bias, relu, scale, a, b, gx):
+    """Input gradient of BatchNorm: ``gx = (g - (xhat * b[c] + a[c])) * scale[c]``, ``g`` =
+    ``gy`` masked as in :func:`batchnorm_backward_reduce`.
 
     Parameters
     ----------
     gy, xhat : (N, C, H, W) float32  # IN
+    weight, bias, relu : as :func:`batchnorm_backward_reduce`  # IN
     scale, a, b : (C,) float32  # IN  training: ``scale = weight * inv_std``, ``a = gsum / M``,
         ``b = gdot / M``; eval: ``a = b = 0``
     gx : (N, C, H, W) float32  # OUT, must not alias ``gy`` or ``xhat``
 
     Every operation is rounded to float32 in this order (bit-identical across backends).
     """
+    g = _relu_masked(gy, xhat, weight, bias) if relu else gy
     np.multiply(xhat, _per_channel(b), out=gx)
     gx += _per_channel(a)
-    np.subtract(gy, gx, out=gx)
+    np.subtract(g, gx, out=gx)
     gx *= _per_channel(scale)
 
 

@@ -955,10 +955,9 @@ def batch_norm2d(x: ArrayLike, weight: ArrayLike, bias: ArrayLike, running_mean:
         post: tuple[Any, ...] | None = (y if relu else None, idx)
     else:
         y = np.empty(x.shape, np.float32)
-        k.batchnorm_forward(x, center, inv_std, weight, bias, xhat, y)
-        if relu:
-            k.relu_forward(y, y)
-        post = (y, None) if relu else None
+        k.batchnorm_forward(x, center, inv_std, weight, bias, int(bool(relu)), xhat, y)
+        # (the ReLU's mask is recomputed from xhat by the backward: y is not kept)
+        post = ("relu", weight.copy(), bias.copy()) if relu else None
     return y, (xhat, inv_std, training, m, sync if training else None, post)
 
 
@@ -973,7 +972,8 @@ def batch_norm2d_backward(grad_out: ArrayLike, cache: tuple[Any, ...], weight: A
     op = "batch_norm2d_backward"
     xhat, inv_std, training, m, sync, post = cache
     grad_out = as_float32(grad_out, "grad_out", 4, op)
-    if post is not None:  # the fused ReLU (its mask from the output it made) and pooling
+    mask = post is not None and isinstance(post[0], str)  # the fused ReLU alone: masked by the kernels
+    if post is not None and not mask:  # the fused pooling (and ReLU: its mask from the pooled output)
         y, idx = post
         want = xhat.shape if idx is None else idx.shape
         if grad_out.shape != want:
@@ -996,7 +996,8 @@ def batch_norm2d_backward(grad_out: ArrayLike, cache: tuple[Any, ...], weight: A
     k = _backend.ops()
     gb = np.empty(c, np.float64)
     gw = np.empty(c, np.float64)
-    k.batchnorm_backward_reduce(grad_out, xhat, gb, gw)  # sum(gy), sum(gy * xhat)
+    fw, fb = (post[1], post[2]) if mask else (weight, weight)  # (the forward's; unused without mask)
+    k.batchnorm_backward_reduce(grad_out, xhat, fw, fb, int(mask), gb, gw)  # sum(g), sum(g * xhat)
     scale = weight * inv_std
     if training:
         sb, sw = (gb, gw) if sync is None else sync.grad_sums(xhat.size // c, gb, gw)
@@ -1005,7 +1006,7 @@ def batch_norm2d_backward(grad_out: ArrayLike, cache: tuple[Any, ...], weight: A
     else:  # gx = gy * scale
         a = b = np.zeros(c, np.float32)
     gx = np.empty(xhat.shape, np.float32)
-    k.batchnorm_backward_apply(grad_out, xhat, scale, a, b, gx)
+    k.batchnorm_backward_apply(grad_out, xhat, fw, fb, int(mask), scale, a, b, gx)
     return gx, gw.astype(np.float32), gb.astype(np.float32)
 
 

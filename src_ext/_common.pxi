@@ -261,8 +261,8 @@ cdef inline void _fold_tap(const float* src, const float* div, float* dx, Py_ssi
 # --------------------------------------------------------------------------- ReLU
 
 cdef inline float _relu(float v) noexcept nogil:
-    """``max(v, 0)`` as ``np.maximum(v, 0.0)``: NaN stays NaN, -0.0 becomes +0.0 (the ReLU kernels
-    and the batch norm's pooled store)."""
+    """``max(v, 0)`` as ``np.maximum(v, 0.0)``: NaN stays NaN, -0.0 becomes +0.0 (the ReLU kernels;
+    the batch norm's plane loops, norm_kern.h, follow the same rule)."""
     return 0.0 if v <= 0.0 else v
 
 

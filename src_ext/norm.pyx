@@ -23,11 +23,11 @@ cdef extern from "norm_kern.h" nogil:
         void (*acc_plane)(double* acc, const float* x, Py_ssize_t P) noexcept nogil  # acc[e] += x[e]
         void (*acc_plane_sqdev)(double* acc, const float* x, Py_ssize_t P, double mu) noexcept nogil  # += (x[e]-mu)**2
         void (*acc_plane_sum_dot)(double* accs, double* accd, const float* g, const float* h,
-                                  Py_ssize_t P) noexcept nogil
+                                  Py_ssize_t P, float w, float b, int relu) noexcept nogil  # g masked if relu
         void (*fwd_plane)(const float* x, float* xh, float* y, Py_ssize_t P, float mu, float s, float w,
-                          float b) noexcept nogil  # xh = (x - mu) * s; y = xh * w + b
+                          float b, int relu) noexcept nogil  # xh = (x - mu) * s; y = xh * w + b (ReLU'd)
         void (*bwd_plane)(const float* gy, const float* xh, float* gx, Py_ssize_t P, float sc, float a,
-                          float b) noexcept nogil  # gx = (gy - (xh * b + a)) * sc
+                          float b, float w, float bb, int relu) noexcept nogil  # gx = (g - (xh * b + a)) * sc
     const fnk_table* fnk
     void fnk_set_isa(int isa)
 
@@ -74,9 +74,10 @@ cdef inline void _stats_channel(const float* x, Py_ssize_t c, Py_ssize_t N, Py_s
 
 
 cdef inline void _reduce_channel(const float* gy, const float* xh, Py_ssize_t c, Py_ssize_t N,
-                                 Py_ssize_t C, Py_ssize_t P, double* acc, double* gsum,
-                                 double* gdot) noexcept nogil:
-    """``sum(gy)`` and ``sum(gy * xhat)`` of channel ``c``.
+                                 Py_ssize_t C, Py_ssize_t P, float w, float bb, int relu, double* acc,
+                                 double* gsum, double* gdot) noexcept nogil:
+    """``sum(g)`` and ``sum(g * xhat)`` of channel ``c``, ``g`` = ``gy`` (with ``relu``: masked
+    by the ReLU of ``xh * w + bb``).
 
     gy, xh : (N, C, P)  # IN
     acc : 2*P doubles of scratch
@@ -86,7 +87,7 @@ cdef inline void _reduce_channel(const float* gy, const float* xh, Py_ssize_t c,
     _zero(acc, 2 * P)
     for b in range(N):
         o = (b * C + c) * P
-        fnk.acc_plane_sum_dot(acc, acc + P, gy + o, xh + o, P)
+        fnk.acc_plane_sum_dot(acc, acc + P, gy + o, xh + o, P, w, bb, relu)
     gsum[0] = _sum8_runs(acc, 1, 0, P)
     gdot[0] = _sum8_runs(acc + P, 1, 0, P)
 
@@ -108,6 +109,9 @@ cdef void _stats(const float[:, :, :, ::1] x,   # IN  (N, C, H, W)
 
 cdef void _reduce(const float[:, :, :, ::1] gy,    # IN  (N, C, H, W)
                   const float[:, :, :, ::1] xhat,  # IN  (N, C, H, W)
+                  const float[::1] weight,         # IN  (C,) with relu: the forward's
+                  const float[::1] bias,           # IN  (C,)
+                  int relu,                        # IN  gy masked by the ReLU of xhat * weight + bias
                   double[::1] gsum,                # OUT (C,)
                   double[::1] gdot,                # OUT (C,)
                   double* acc,                     # scratch (C, 2, H*W)
@@ -118,7 +122,7 @@ cdef void _reduce(const float[:, :, :, ::1] gy,    # IN  (N, C, H, W)
     cdef double* sp = &gsum[0]
     cdef double* dp = &gdot[0]
     for c in prange(C, schedule='static', num_threads=nt):
-        _reduce_channel(gp, hp, c, N, C, P, acc + 2 * c * P, sp + c, dp + c)
+        _reduce_channel(gp, hp, c, N, C, P, weight[c], bias[c], relu, acc + 2 * c * P, sp + c, dp + c)
 
 
 cdef void _forward(const float[:, :, :, ::1] x,   # IN  (N, C, H, W)
@@ -126,6 +130,7 @@ cdef void _forward(const float[:, :, :, ::1] x,   # IN  (N, C, H, W)
                    const float[::1] inv_std,       # IN  (C,)
                    const float[::1] weight,        # IN  (C,)
                    const float[::1] bias,          # IN  (C,)
+                   int relu,                       # IN  ReLU on y
                    float[:, :, :, ::1] xhat,       # OUT (N, C, H, W)
                    float[:, :, :, ::1] y,          # OUT (N, C, H, W)
                    int nt) noexcept nogil:
@@ -135,7 +140,7 @@ cdef void _forward(const float[:, :, :, ::1] x,   # IN  (N, C, H, W)
     cdef float* yp = &y[0, 0, 0, 0]
     for t in prange(NC, schedule='static', num_threads=nt):
         c = t % C
-        fnk.fwd_plane(xp + t * P, hp + t * P, yp + t * P, P, mean[c], inv_std[c], weight[c], bias[c])
+        fnk.fwd_plane(xp + t * P, hp + t * P, yp + t * P, P, mean[c], inv_std[c], weight[c], bias[c], relu)
 
 
 cdef void _forward_pool(const float[:, :, :, ::1] x,   # IN  (N, C, H, W), H and W >= 2
@@ -152,22 +157,22 @@ cdef void _forward_pool(const float[:, :, :, ::1] x,   # IN  (N, C, H, W), H and
     """:func:`_forward` one plane at a time into ``buf`` (in cache), then the pooling kernels'
     2x2 plane of it: blocks of consecutive planes, one per thread."""
     cdef Py_ssize_t C = x.shape[1], W = x.shape[3], P = x.shape[2] * W, NC = x.shape[0] * C
-    cdef Py_ssize_t PH = x.shape[2] // 2, PW = W // 2, T = min(<Py_ssize_t>nt, NC), t, i, c, e
+    cdef Py_ssize_t PH = x.shape[2] // 2, PW = W // 2, T = min(<Py_ssize_t>nt, NC), t, i, c
     cdef float* yb
     for t in prange(T, schedule='static', num_threads=nt):
         yb = buf + t * P
         for i in range(_part(t, NC, T), _part(t + 1, NC, T)):
             c = i % C
             fnk.fwd_plane(&x[0, 0, 0, 0] + i * P, &xhat[0, 0, 0, 0] + i * P, yb, P, mean[c], inv_std[c],
-                          weight[c], bias[c])
-            if relu:
-                for e in range(P):
-                    yb[e] = _relu(yb[e])
+                          weight[c], bias[c], relu)
             _maxpool_plane_2x2(yb, &y[0, 0, 0, 0] + i * PH * PW, &idx[0, 0, 0, 0] + i * PH * PW, W, PH, PW, True)
 
 
 cdef void _apply(const float[:, :, :, ::1] gy,    # IN  (N, C, H, W)
                  const float[:, :, :, ::1] xhat,  # IN  (N, C, H, W)
+                 const float[::1] weight,         # IN  (C,) with relu: the forward's
+                 const float[::1] bias,           # IN  (C,)
+                 int relu,                        # IN  gy masked by the ReLU of xhat * weight + bias
                  const float[::1] scale,          # IN  (C,)
                  const float[::1] a,              # IN  (C,)
                  const float[::1] b,              # IN  (C,)
@@ -179,7 +184,7 @@ cdef void _apply(const float[:, :, :, ::1] gy,    # IN  (N, C, H, W)
     cdef float* op = &gx[0, 0, 0, 0]
     for t in prange(NC, schedule='static', num_threads=nt):
         c = t % C
-        fnk.bwd_plane(gp + t * P, hp + t * P, op + t * P, P, scale[c], a[c], b[c])
+        fnk.bwd_plane(gp + t * P, hp + t * P, op + t * P, P, scale[c], a[c], b[c], weight[c], bias[c], relu)
 
 
 # --------------------------------------------------------------------------- Python API
@@ -211,8 +216,9 @@ def batchnorm_stats(const float[:, :, :, ::1] x, double[::1] mean, double[::1] v
 
 def batchnorm_forward(const float[:, :, :, ::1] x, const float[::1] mean,
                       const float[::1] inv_std, const float[::1] weight, const float[::1] bias,
-                      float[:, :, :, ::1] xhat, float[:, :, :, ::1] y):
-    """Normalise, scale and shift per channel (see :func:`fastcnn._ref.batchnorm_forward`)."""
+                      int relu, float[:, :, :, ::1] xhat, float[:, :, :, ::1] y):
+    """Normalise, scale and shift per channel, optionally the ReLU (see
+    :func:`fastcnn._ref.batchnorm_forward`)."""
     if not _isa_set:
         _use_isa()
     cdef _Key k = _key()
@@ -224,7 +230,7 @@ def batchnorm_forward(const float[:, :, :, ::1] x, const float[::1] mean,
     if _size4(x.shape) == 0:
         return
     with nogil:
-        _forward(x, mean, inv_std, weight, bias, xhat, y, _threads_for(_size4(x.shape)))
+        _forward(x, mean, inv_std, weight, bias, relu, xhat, y, _threads_for(_size4(x.shape)))
 
 
 def batchnorm_forward_maxpool2(const float[:, :, :, ::1] x, const float[::1] mean,
@@ -256,15 +262,17 @@ def batchnorm_forward_maxpool2(const float[:, :, :, ::1] x, const float[::1] mea
 
 
 def batchnorm_backward_reduce(const float[:, :, :, ::1] gy, const float[:, :, :, ::1] xhat,
+                              const float[::1] weight, const float[::1] bias, int relu,
                               double[::1] gsum, double[::1] gdot):
-    """Per-channel ``sum(gy)`` and ``sum(gy * xhat)`` in double
-    (see :func:`fastcnn._ref.batchnorm_backward_reduce`)."""
+    """Per-channel ``sum(g)`` and ``sum(g * xhat)`` in double, ``g`` = ``gy`` (masked by the
+    forward's ReLU with ``relu``; see :func:`fastcnn._ref.batchnorm_backward_reduce`)."""
     if not _isa_set:
         _use_isa()
     cdef _Key k = _key()
-    if _new(&_reduce_ok, &k, gy.shape, xhat.shape, gsum.shape, gdot.shape):
+    if _new(&_reduce_ok, &k, gy.shape, xhat.shape, weight.shape, bias.shape, gsum.shape, gdot.shape):
         _passed(&_reduce_ok, &k, _backend.sizes_batchnorm_backward_reduce(
-            _dims(gy.shape, 4), _dims(xhat.shape, 4), _dims(gsum.shape, 1), _dims(gdot.shape, 1)))
+            _dims(gy.shape, 4), _dims(xhat.shape, 4), _dims(weight.shape, 1), _dims(bias.shape, 1),
+            _dims(gsum.shape, 1), _dims(gdot.shape, 1)))
     if _size4(gy.shape) == 0:
         gsum[:] = 0.0
         gdot[:] = 0.0
@@ -274,24 +282,26 @@ def batchnorm_backward_reduce(const float[:, :, :, ::1] gy, const float[:, :, :,
         raise MemoryError()
     try:
         with nogil:
-            _reduce(gy, xhat, gsum, gdot, acc, _threads_for(2 * _size4(gy.shape)))
+            _reduce(gy, xhat, weight, bias, relu, gsum, gdot, acc, _threads_for(2 * _size4(gy.shape)))
     finally:
         free(acc)
 
 
 def batchnorm_backward_apply(const float[:, :, :, ::1] gy, const float[:, :, :, ::1] xhat,
+                             const float[::1] weight, const float[::1] bias, int relu,
                              const float[::1] scale, const float[::1] a, const float[::1] b,
                              float[:, :, :, ::1] gx):
-    """``gx = (gy - (xhat * b + a)) * scale`` per channel
-    (see :func:`fastcnn._ref.batchnorm_backward_apply`)."""
+    """``gx = (g - (xhat * b + a)) * scale`` per channel, ``g`` as in
+    :func:`batchnorm_backward_reduce` (see :func:`fastcnn._ref.batchnorm_backward_apply`)."""
     if not _isa_set:
         _use_isa()
     cdef _Key k = _key()
-    if _new(&_apply_ok, &k, gy.shape, xhat.shape, scale.shape, a.shape, b.shape, gx.shape):
+    if _new(&_apply_ok, &k, gy.shape, xhat.shape, weight.shape, bias.shape, scale.shape, a.shape, b.shape,
+            gx.shape):
         _passed(&_apply_ok, &k, _backend.sizes_batchnorm_backward_apply(
-            _dims(gy.shape, 4), _dims(xhat.shape, 4), _dims(scale.shape, 1), _dims(a.shape, 1),
-            _dims(b.shape, 1), _dims(gx.shape, 4)))
+            _dims(gy.shape, 4), _dims(xhat.shape, 4), _dims(weight.shape, 1), _dims(bias.shape, 1),
+            _dims(scale.shape, 1), _dims(a.shape, 1), _dims(b.shape, 1), _dims(gx.shape, 4)))
     if _size4(gy.shape) == 0:
         return
     with nogil:
-        _apply(gy, xhat, scale, a, b, gx, _threads_for(_size4(gy.shape)))
+        _apply(gy, xhat, weight, bias, relu, scale, a, b, gx, _threads_for(_size4(gy.shape)))

@@ -18,18 +18,42 @@ static void fnk_acc_plane_##SUFFIX(double* acc, const float* x, fnk_i P)        
 /* acc[e] += (x[e] - mu)**2 in double */                                                      \
 static void fnk_acc_plane_sqdev_##SUFFIX(double* acc, const float* x, fnk_i P, double mu)     \
 { for (fnk_i e = 0; e < P; e++) { double d = (double)x[e] - mu; acc[e] += d * d; } }          \
-/* accs[e] += g[e], accd[e] += g[e] * h[e] in double (exact products) */                      \
+/* g[e] through the ReLU of h[e] * w + b (float32: relu_backward's product by 0 or 1) */            \
+static inline float fnk_mask_##SUFFIX(float g, float h, float w, float b)                     \
+{ float v = h * w + b; return g * (v > 0.0f ? 1.0f : 0.0f); }                                 \
+/* accs[e] += g, accd[e] += g * h[e] in double (exact products); g = g[e], masked if relu */   \
 static void fnk_acc_plane_sum_dot_##SUFFIX(double* accs, double* accd, const float* g,        \
-                                           const float* h, fnk_i P)                           \
-{ for (fnk_i e = 0; e < P; e++) { double gv = g[e]; accs[e] += gv; accd[e] += gv * (double)h[e]; } } \
-/* xh = (x - mu) * s, y = xh * w + b, float32 */                                              \
+                                           const float* h, fnk_i P, float w, float b, int relu) \
+{                                                                                             \
+    if (relu)                                                                                 \
+        for (fnk_i e = 0; e < P; e++) {                                                       \
+            double gv = fnk_mask_##SUFFIX(g[e], h[e], w, b);                                  \
+            accs[e] += gv; accd[e] += gv * (double)h[e];                                      \
+        }                                                                                     \
+    else                                                                                      \
+        for (fnk_i e = 0; e < P; e++) { double gv = g[e]; accs[e] += gv; accd[e] += gv * (double)h[e]; } \
+}                                                                                             \
+/* xh = (x - mu) * s, y = xh * w + b (then the ReLU kernels' rule if relu), float32 */        \
 static void fnk_fwd_plane_##SUFFIX(const float* x, float* xh, float* y, fnk_i P, float mu,     \
-                                   float s, float w, float b)                                 \
-{ for (fnk_i e = 0; e < P; e++) { float v = (x[e] - mu) * s; xh[e] = v; y[e] = v * w + b; } } \
-/* gx = (gy - (xh * b + a)) * sc, float32 */                                                  \
+                                   float s, float w, float b, int relu)                       \
+{                                                                                             \
+    if (relu)                                                                                 \
+        for (fnk_i e = 0; e < P; e++) {                                                       \
+            float v = (x[e] - mu) * s, r = v * w + b; xh[e] = v; y[e] = r <= 0.0f ? 0.0f : r;  \
+        }                                                                                     \
+    else                                                                                      \
+        for (fnk_i e = 0; e < P; e++) { float v = (x[e] - mu) * s; xh[e] = v; y[e] = v * w + b; } \
+}                                                                                             \
+/* gx = (g - (xh * b + a)) * sc, float32; g = gy[e], masked through the ReLU of xh * w + bb */ \
 static void fnk_bwd_plane_##SUFFIX(const float* gy, const float* xh, float* gx, fnk_i P,       \
-                                   float sc, float a, float b)                                \
-{ for (fnk_i e = 0; e < P; e++) gx[e] = (gy[e] - (xh[e] * b + a)) * sc; }                     \
+                                   float sc, float a, float b, float w, float bb, int relu)    \
+{                                                                                             \
+    if (relu)                                                                                 \
+        for (fnk_i e = 0; e < P; e++)                                                         \
+            gx[e] = (fnk_mask_##SUFFIX(gy[e], xh[e], w, bb) - (xh[e] * b + a)) * sc;          \
+    else                                                                                      \
+        for (fnk_i e = 0; e < P; e++) gx[e] = (gy[e] - (xh[e] * b + a)) * sc;                 \
+}                                                                                             \
 static const fnk_table fnk_table_##SUFFIX = {                                                 \
     fnk_acc_plane_##SUFFIX, fnk_acc_plane_sqdev_##SUFFIX, fnk_acc_plane_sum_dot_##SUFFIX,      \
     fnk_fwd_plane_##SUFFIX, fnk_bwd_plane_##SUFFIX};
@@ -37,9 +61,9 @@ static const fnk_table fnk_table_##SUFFIX = {                                   
 typedef struct {
     void (*acc_plane)(double*, const float*, fnk_i);
     void (*acc_plane_sqdev)(double*, const float*, fnk_i, double);
-    void (*acc_plane_sum_dot)(double*, double*, const float*, const float*, fnk_i);
-    void (*fwd_plane)(const float*, float*, float*, fnk_i, float, float, float, float);
-    void (*bwd_plane)(const float*, const float*, float*, fnk_i, float, float, float);
+    void (*acc_plane_sum_dot)(double*, double*, const float*, const float*, fnk_i, float, float, int);
+    void (*fwd_plane)(const float*, float*, float*, fnk_i, float, float, float, float, int);
+    void (*bwd_plane)(const float*, const float*, float*, fnk_i, float, float, float, float, float, int);
 } fnk_table;
 
 FNK_BODY(base)

@@ -283,10 +283,16 @@ def test_batchnorm_primitives_match_reference(name, n, c, h, w, loc, scale, seed
     bias = rng.standard_normal(c).astype(np.float32)
     wh, wy = np.empty(shape, np.float32), np.empty(shape, np.float32)
     gh, gy_ = np.full(shape, np.nan, np.float32), np.full(shape, np.nan, np.float32)
-    _ref.batchnorm_forward(x, mean, inv_std, weight, bias, wh, wy)
-    k.batchnorm_forward(x, mean, inv_std, weight, bias, gh, gy_)
+    _ref.batchnorm_forward(x, mean, inv_std, weight, bias, 0, wh, wy)
+    k.batchnorm_forward(x, mean, inv_std, weight, bias, 0, gh, gy_)
     _assert_f32(gh, wh, exact, "xhat")
     _assert_f32(gy_, wy, exact, "y")
+    # the fused ReLU: the ReLU kernel's rule on y, bit for bit
+    wr, gh1, gr = np.empty(shape, np.float32), np.full(shape, np.nan, np.float32), np.full(shape, np.nan, np.float32)
+    _ref.relu_forward(wy, wr)
+    k.batchnorm_forward(x, mean, inv_std, weight, bias, 1, gh1, gr)
+    _assert_f32(gh1, wh, exact, "xhat, relu")
+    _assert_f32(gr, wr, exact, "y, relu")
     if h >= 2 and w >= 2:  # the fused ReLU and pooling: the three primitives in sequence
         for relu in (0, 1):
             pooled = (n, c, h // 2, w // 2)
@@ -299,22 +305,26 @@ def test_batchnorm_primitives_match_reference(name, n, c, h, w, loc, scale, seed
             _assert_f32(gy2, wy2, exact, "y, pooled")
             if exact:
                 np.testing.assert_array_equal(gi, wi)
-    # gradients
+    # gradients; with relu=1 the gradient of the ReLU'd output, masked as relu_backward with
+    # that output (recomputed from xhat by the kernels)
     grad = rng.standard_normal(shape, dtype=np.float32)
-    ws_, wd = np.empty(c), np.empty(c)
-    gs, gd = np.full(c, np.nan), np.full(c, np.nan)
-    _ref.batchnorm_backward_reduce(grad, wh, ws_, wd)
-    k.batchnorm_backward_reduce(grad, wh, gs, gd)
-    assert_close(gs, ws_, 1e-12, atol=1e-12, what="gsum")
-    assert_close(gd, wd, 1e-12, atol=1e-12, what="gdot")
+    masked = np.empty(shape, np.float32)
+    _ref.relu_backward(grad, wr, masked)
     m = n * h * w
-    for a, b in ((ws_ / m, wd / m), (np.zeros(c), np.zeros(c))):  # training, eval
-        a, b = a.astype(np.float32), b.astype(np.float32)
-        sc = weight * inv_std
-        want, got = np.empty(shape, np.float32), np.full(shape, np.nan, np.float32)
-        _ref.batchnorm_backward_apply(grad, wh, sc, a, b, want)
-        k.batchnorm_backward_apply(grad, wh, sc, a, b, got)
-        _assert_f32(got, want, exact, "gx")
+    for relu in (0, 1):
+        ws_, wd = np.empty(c), np.empty(c)
+        gs, gd = np.full(c, np.nan), np.full(c, np.nan)
+        _ref.batchnorm_backward_reduce(masked if relu else grad, wh, weight, bias, 0, ws_, wd)
+        k.batchnorm_backward_reduce(grad, wh, weight, bias, relu, gs, gd)
+        assert_close(gs, ws_, 1e-12, atol=1e-12, what=f"gsum relu={relu}")
+        assert_close(gd, wd, 1e-12, atol=1e-12, what=f"gdot relu={relu}")
+        for a, b in ((ws_ / m, wd / m), (np.zeros(c), np.zeros(c))):  # training, eval
+            a, b = a.astype(np.float32), b.astype(np.float32)
+            sc = weight * inv_std
+            want, got = np.empty(shape, np.float32), np.full(shape, np.nan, np.float32)
+            _ref.batchnorm_backward_apply(masked if relu else grad, wh, weight, bias, 0, sc, a, b, want)
+            k.batchnorm_backward_apply(grad, wh, weight, bias, relu, sc, a, b, got)
+            _assert_f32(got, want, exact, f"gx relu={relu}")
 
 
 @pytest.mark.parametrize("name", BACKENDS)
@@ -617,8 +627,13 @@ def test_size_checks_of_the_contract_are_the_same_for_both_compiled_backends(nam
         (k.conv2d_direct_forward_maxpool2, (f32((1, 2, 5, 5), np.float32), f32((3, 2, 3, 3), np.float32),
                                             f32(3, np.float32), 1, 1, 0, 0, 0, 3, 3, f32((1, 3, 1, 1), np.float32),
                                             np.empty((1, 3, 2, 1), np.int32))),
-        (k.batchnorm_forward, (f32((2, 3, 2, 2), np.float32), *[f32(3, np.float32)] * 3, f32(2, np.float32),
+        (k.batchnorm_forward, (f32((2, 3, 2, 2), np.float32), *[f32(3, np.float32)] * 3, f32(2, np.float32), 0,
                                f32((2, 3, 2, 2), np.float32), f32((2, 3, 2, 2), np.float32))),
+        (k.batchnorm_backward_reduce, (f32((2, 3, 2, 2), np.float32), f32((2, 3, 2, 2), np.float32),
+                                       f32(3, np.float32), f32(2, np.float32), 1, f32(3), f32(3))),
+        (k.batchnorm_backward_apply, (f32((2, 3, 2, 2), np.float32), f32((2, 3, 2, 2), np.float32),
+                                      f32(2, np.float32), f32(3, np.float32), 1, *[f32(3, np.float32)] * 3,
+                                      f32((2, 3, 2, 2), np.float32))),
         (k.batchnorm_forward_maxpool2, (f32((2, 3, 4, 5), np.float32), *[f32(3, np.float32)] * 4, 1,
                                         f32((2, 3, 4, 5), np.float32), f32((2, 3, 2, 3), np.float32),
                                         np.empty((2, 3, 2, 3), np.int32))),

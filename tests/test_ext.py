@@ -66,11 +66,12 @@ for shape in ((3, 5, 9, 7), (2, 16, 32, 32), (1, 3, 1, 37)):
     xh, y, gx = (np.empty(shape, np.float32) for _ in range(3))
     p = [rng.standard_normal(c, dtype=np.float32) for _ in range(5)]
     norm.batchnorm_stats(x, mean, var)
-    norm.batchnorm_forward(x, *p[:4], xh, y)
-    norm.batchnorm_backward_reduce(g, xh, gs, gd)
-    norm.batchnorm_backward_apply(g, xh, *p[2:], gx)
-    for a in (mean, var, xh, y, gs, gd, gx):
-        h.update(a.tobytes())
+    for relu in (0, 1):
+        norm.batchnorm_forward(x, *p[:4], relu, xh, y)
+        norm.batchnorm_backward_reduce(g, xh, p[2], p[3], relu, gs, gd)
+        norm.batchnorm_backward_apply(g, xh, p[2], p[3], relu, *p[2:], gx)
+        for a in (mean, var, xh, y, gs, gd, gx):
+            h.update(a.tobytes())
 print(conv_direct.active_isa(), h.hexdigest())
 """
 

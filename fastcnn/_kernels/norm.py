@@ -16,7 +16,6 @@ from numba import njit, prange
 
 from .. import _backend
 from .._config import NUMBA_SERIAL
-from . import activation as _activation
 from . import pool as _pool
 from ._common import _u, helper, parallel_kernel
 
@@ -37,10 +36,14 @@ def _acc_plane_sqdev(acc, xf, a, p, mu):
 
 
 @njit(**NUMBA_SERIAL)
-def _acc_plane_sum_dot(accs, accd, gf, hf, a, p):
-    """``accs[e] += gf[a + e]``, ``accd[e] += gf[a + e] * hf[a + e]`` in float64 (exact products)."""
+def _acc_plane_sum_dot(accs, accd, gf, hf, a, p, wt, bs, relu):
+    """``accs[e] += g``, ``accd[e] += g * hf[a + e]`` in float64 (exact products), ``g`` =
+    ``gf[a + e]``, with ``relu`` masked by :func:`_relu_mask`."""
     for e in range(p):
-        g = np.float64(gf[_u(a + e)])
+        gv = gf[_u(a + e)]
+        if relu:
+            gv = _relu_mask(gv, hf[_u(a + e)], wt, bs)
+        g = np.float64(gv)
         accs[e] += g
         accd[e] += g * np.float64(hf[_u(a + e)])
 
@@ -65,19 +68,33 @@ def _row_sum(acc, p):
 
 
 @helper
-def _fwd_plane(xf, hf, yf, a, p, mu, s, wt, bs):
-    """``xhat = (x - mu) * s``, ``y = xhat * wt + bs`` over one plane, float32 as the reference."""
+def _fwd_plane(xf, hf, yf, a, p, mu, s, wt, bs, relu):
+    """``xhat = (x - mu) * s``, ``y = xhat * wt + bs`` (then the ReLU kernels' rule) over one
+    plane, float32 as the reference."""
     for e in range(a, a + p):
         v = (xf[_u(e)] - mu) * s
         hf[_u(e)] = v
-        yf[_u(e)] = v * wt + bs
+        r = v * wt + bs
+        if relu and r <= 0.0:
+            r = np.float32(0.0)
+        yf[_u(e)] = r
 
 
 @helper
-def _bwd_plane(gf, hf, of, a, p, sc, ac, bc):
-    """``gx = (gy - (xhat * bc + ac)) * sc`` over one plane, float32 as the reference."""
+def _relu_mask(g, h, wt, bs):
+    """``g`` through the ReLU of ``h * wt + bs`` (float32, :func:`fastcnn._ref.relu_backward`)."""
+    return g * np.float32(1.0 if h * wt + bs > 0.0 else 0.0)
+
+
+@helper
+def _bwd_plane(gf, hf, of, a, p, sc, ac, bc, wt, bs, relu):
+    """``gx = (g - (xhat * bc + ac)) * sc`` over one plane, float32 as the reference (``g``:
+    ``gy``, with ``relu`` masked by :func:`_relu_mask`)."""
     for e in range(a, a + p):
-        of[_u(e)] = (gf[_u(e)] - (hf[_u(e)] * bc + ac)) * sc
+        g = gf[_u(e)]
+        if relu:
+            g = _relu_mask(g, hf[_u(e)], wt, bs)
+        of[_u(e)] = (g - (hf[_u(e)] * bc + ac)) * sc
 
 
 @parallel_kernel
@@ -103,15 +120,15 @@ def batchnorm_stats(x, mean, var):
 
 
 @parallel_kernel
-def batchnorm_forward(x, mean, inv_std, weight, bias, xhat, y):
-    """``xhat = (x - mean) * inv_std``, ``y = xhat * weight + bias`` per channel
-    (see :func:`fastcnn._ref.batchnorm_forward`)."""
+def batchnorm_forward(x, mean, inv_std, weight, bias, relu, xhat, y):
+    """``xhat = (x - mean) * inv_std``, ``y = xhat * weight + bias`` (``relu``: then the ReLU)
+    per channel (see :func:`fastcnn._ref.batchnorm_forward`)."""
     _backend.sizes_batchnorm_forward(x.shape, mean.shape, inv_std.shape, weight.shape, bias.shape,
                                      xhat.shape, y.shape)
     c, p = x.shape[1], x.shape[2] * x.shape[3]
     xf, hf, yf = x.reshape(x.size), xhat.reshape(xhat.size), y.reshape(y.size)
     for t in prange(x.shape[0] * c):
-        _fwd_plane(xf, hf, yf, t * p, p, mean[t % c], inv_std[t % c], weight[t % c], bias[t % c])
+        _fwd_plane(xf, hf, yf, t * p, p, mean[t % c], inv_std[t % c], weight[t % c], bias[t % c], relu != 0)
 
 
 def batchnorm_forward_maxpool2(x, mean, inv_std, weight, bias, relu, xhat, y, idx):
@@ -120,17 +137,16 @@ def batchnorm_forward_maxpool2(x, mean, inv_std, weight, bias, relu, xhat, y, id
     _backend.sizes_batchnorm_forward_maxpool2(x.shape, mean.shape, inv_std.shape, weight.shape, bias.shape, relu,
                                               xhat.shape, y.shape, idx.shape)
     full = np.empty(x.shape, np.float32)
-    batchnorm_forward(x, mean, inv_std, weight, bias, xhat, full)
-    if relu:
-        _activation.relu_forward(full, full)
+    batchnorm_forward(x, mean, inv_std, weight, bias, relu, xhat, full)
     _pool.maxpool2d_forward(full, 2, 2, 2, 2, 0, 0, y, idx)
 
 
 @parallel_kernel
-def batchnorm_backward_reduce(gy, xhat, gsum, gdot):
-    """Per-channel ``sum(gy)`` and ``sum(gy * xhat)`` in float64
-    (see :func:`fastcnn._ref.batchnorm_backward_reduce`)."""
-    _backend.sizes_batchnorm_backward_reduce(gy.shape, xhat.shape, gsum.shape, gdot.shape)
+def batchnorm_backward_reduce(gy, xhat, weight, bias, relu, gsum, gdot):
+    """Per-channel ``sum(g)`` and ``sum(g * xhat)`` in float64, ``g`` = ``gy`` (masked by the
+    ReLU with ``relu``; see :func:`fastcnn._ref.batchnorm_backward_reduce`)."""
+    _backend.sizes_batchnorm_backward_reduce(gy.shape, xhat.shape, weight.shape, bias.shape, gsum.shape,
+                                             gdot.shape)
     n, c, h, w = gy.shape
     p = h * w
     gf = gy.reshape(gy.size)
@@ -140,18 +156,19 @@ def batchnorm_backward_reduce(gy, xhat, gsum, gdot):
         rs = acc[ch, 0]
         rd = acc[ch, 1]
         for b in range(n):
-            _acc_plane_sum_dot(rs, rd, gf, hf, (b * c + ch) * p, p)
+            _acc_plane_sum_dot(rs, rd, gf, hf, (b * c + ch) * p, p, weight[ch], bias[ch], relu != 0)
         gsum[ch] = _row_sum(rs, p)
         gdot[ch] = _row_sum(rd, p)
 
 
 @parallel_kernel
-def batchnorm_backward_apply(gy, xhat, scale, a, b, gx):
-    """``gx = (gy - (xhat * b + a)) * scale`` per channel
+def batchnorm_backward_apply(gy, xhat, weight, bias, relu, scale, a, b, gx):
+    """``gx = (g - (xhat * b + a)) * scale`` per channel, ``g`` as in :func:`batchnorm_backward_reduce`
     (see :func:`fastcnn._ref.batchnorm_backward_apply`)."""
-    _backend.sizes_batchnorm_backward_apply(gy.shape, xhat.shape, scale.shape, a.shape, b.shape,
-                                            gx.shape)
+    _backend.sizes_batchnorm_backward_apply(gy.shape, xhat.shape, weight.shape, bias.shape, scale.shape,
+                                            a.shape, b.shape, gx.shape)
     c, p = gy.shape[1], gy.shape[2] * gy.shape[3]
     gf, hf, of = gy.reshape(gy.size), xhat.reshape(xhat.size), gx.reshape(gx.size)
     for t in prange(gy.shape[0] * c):
-        _bwd_plane(gf, hf, of, t * p, p, scale[t % c], a[t % c], b[t % c])
+        _bwd_plane(gf, hf, of, t * p, p, scale[t % c], a[t % c], b[t % c], weight[t % c], bias[t % c],
+                   relu != 0)
