@@ -35,13 +35,43 @@ __all__ = ["Parameter", "Layer", "Conv2D", "MaxPool2D", "AvgPool2D", "SumPool2D"
 
 
 class Parameter:
-    """A trainable array and its gradient (both float32, same shape)."""
+    """A trainable array and its gradient (both float32, same shape).
 
-    __slots__ = ("data", "grad")
+    :meth:`zero_grad` is deferred: the gradient reads as zeros afterwards, but its memory is
+    only cleared on the next read of ``grad``, and the next :meth:`accumulate` writes
+    ``0 + g`` instead of adding (one pass over a large weight instead of three).
+    """
+
+    __slots__ = ("data", "_grad", "_stale")
 
     def __init__(self, data: ArrayLike) -> None:
         self.data: np.ndarray = np.asarray(data, dtype=np.float32, order="C").copy()
-        self.grad: np.ndarray = np.zeros_like(self.data)
+        self._grad: np.ndarray = np.zeros_like(self.data)
+        self._stale = False  # True: _grad holds old values that read as zeros
+
+    @property
+    def grad(self) -> np.ndarray:
+        if self._stale:
+            self._grad[...] = 0.0
+            self._stale = False
+        return self._grad
+
+    @grad.setter
+    def grad(self, value: np.ndarray) -> None:
+        self._grad = value
+        self._stale = False
+
+    def zero_grad(self) -> None:
+        """Set the gradient to zeros (deferred, see the class)."""
+        self._stale = True
+
+    def accumulate(self, g: np.ndarray) -> None:
+        """``grad += g``."""
+        if self._stale:
+            np.add(g, np.float32(0.0), out=self._grad)  # (0 + g, bit for bit: -0.0 becomes +0.0)
+            self._stale = False
+        else:
+            self._grad += g
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -217,9 +247,9 @@ class Layer:
 
 def _add_grads(weight: Parameter, bias: Parameter | None, gw: np.ndarray, gb: np.ndarray | None) -> None:
     """Accumulate a layer's weight and bias gradients."""
-    weight.grad += gw
+    weight.accumulate(gw)
     if bias is not None and gb is not None:
-        bias.grad += gb
+        bias.accumulate(gb)
 
 
 def _shape(x: Any) -> tuple[int, ...]:

@@ -30,7 +30,7 @@ class Optimizer:
 
     def zero_grad(self) -> None:
         for p in self.params:
-            p.grad[...] = 0.0
+            p.zero_grad()
 
     def step(self) -> None:  # pragma: no cover - abstract
         raise NotImplementedError

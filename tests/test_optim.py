@@ -177,3 +177,27 @@ def test_optimizers_match_torch(kind):
         opt.step()
         topt.step()
     assert_close(p.data, tp.detach().numpy(), 1e-5)
+
+
+def test_zero_grad_is_deferred_but_reads_as_zeros():
+    """``zero_grad`` only marks the gradients: they read as zeros, and the next accumulation
+    writes ``0 + g`` (bit for bit, -0.0 becomes +0.0) instead of adding to old values."""
+    p = Parameter(np.ones((2, 3), np.float32))
+    opt = optim.SGD([p], 0.1)
+    p.accumulate(np.full((2, 3), 5.0, np.float32))
+    opt.zero_grad()
+    buf = p._grad
+    assert (buf == 5.0).all()  # (not cleared yet)
+    g = np.array([[1.5, -0.0, 2.0], [0.0, -3.0, np.nan]], np.float32)
+    p.accumulate(g)
+    want = np.zeros((2, 3), np.float32) + g
+    assert p.grad is buf and p.grad.tobytes() == want.tobytes()
+    assert not np.signbit(p.grad[0, 1])
+    p.accumulate(g)
+    assert p.grad.tobytes() == (want + g).tobytes()
+    opt.zero_grad()
+    assert (p.grad == 0).all() and p.grad is buf  # read: cleared in place
+    opt.zero_grad()
+    p.grad = np.full((2, 3), 7.0, np.float32)  # assigned: no longer stale
+    p.accumulate(np.ones((2, 3), np.float32))
+    assert (p.grad == 8.0).all()
