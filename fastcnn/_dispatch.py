@@ -143,21 +143,21 @@ def one_pool(k):
     return k is not _ref and _threads.gemm_blas_single()
 
 
-def _direct_wins(c, oc, kh, kw, stride, backward, input_grad=True):
-    """The ``auto`` rule for the direct kernels, from benches/conv_direct_gflops.py and
-    benches/probes/plan_compare.py (docs/PERFORMANCE.md): forward on every measured shape with
-    8+ output channels and a kernel larger than 1x1 (a 1x1 convolution is one SGEMM on the
-    per-image path); backward only at stride 1 (strided: as fast as im2col, not faster) and,
-    for first layers (3 input channels or fewer), only without the input gradient (whose
-    direct kernel has too few taps per output there)."""
+def _direct_wins(c, oc, kh, kw, stride, backward):
+    """The ``auto`` rule for the direct kernels, from benches/conv_direct_gflops.py
+    (docs/PERFORMANCE.md): forward on every measured shape with 8+ output channels and a
+    kernel larger than 1x1 (a 1x1 convolution is one SGEMM on the per-image path);
+    backward only at stride 1 (the input gradient of a strided convolution runs on the
+    gradient dilated with zeros) and with more than 3 input channels (first layers: the
+    weight gradient's transposition of the output gradient outweighs its few FMAs)."""
     if kh == 1 and kw == 1:
         return False
     if backward:
-        return oc >= 8 and stride == (1, 1) and (c > 3 or not input_grad)
+        return oc >= 8 and c > 3 and stride == (1, 1)
     return oc >= 8
 
 
-def conv_plan(k, n, c, oc, kh, kw, oh, ow, itemsize, stride=(1, 1), backward=False, input_grad=True):
+def conv_plan(k, n, c, oc, kh, kw, oh, ow, itemsize, stride=(1, 1), backward=False):
     """Strategy for one convolution: ``"direct"``, ``"single"`` (batch of one: one GEMM),
     ``"per_image"`` or ``"chunked"``.
 
@@ -168,13 +168,12 @@ def conv_plan(k, n, c, oc, kh, kw, oh, ow, itemsize, stride=(1, 1), backward=Fal
     itemsize : bytes per element (the finite-difference tests run the reference in float64)
     stride : (sh, sw)
     backward : whether the plan is for the gradients (else the forward pass)
-    input_grad : whether the gradients include the input's (backward only)
     """
     conv = _current()["conv"]
     if conv == "direct":
         return "direct"
     if (conv == "auto" and getattr(k, "__name__", None) in DIRECT_AUTO_MODULES and itemsize == 4
-            and _direct_wins(c, oc, kh, kw, tuple(stride), backward, input_grad)):
+            and _direct_wins(c, oc, kh, kw, tuple(stride), backward)):
         return "direct"
     if n == 1:
         return "single"

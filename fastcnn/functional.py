@@ -326,7 +326,7 @@ def _conv2d_backward(k: ModuleType, grad_out: np.ndarray, x: np.ndarray, weight:
     p = g.oh * g.ow
     kdim = c * g.kh * g.kw
     dt = x.dtype
-    plan = _dispatch.conv_plan(k, n, c, oc, g.kh, g.kw, g.oh, g.ow, dt.itemsize, (g.sh, g.sw), True, input_grad)
+    plan = _dispatch.conv_plan(k, n, c, oc, g.kh, g.kw, g.oh, g.ow, dt.itemsize, (g.sh, g.sw), True)
     gx: np.ndarray | None
     if plan == "direct":
         gw = np.empty(weight.shape, dt)
