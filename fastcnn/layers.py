@@ -772,8 +772,8 @@ class Residual(Layer):
     def forward(self, x: ArrayLike) -> np.ndarray:
         s = self.shortcut.forward(x)
         y = self.body.forward(x)
-        y += s
-        return self._relu.forward(y)
+        # (a new sum, not ``y += s``: the body's last layer may keep its output for its backward)
+        return self._relu.forward(np.add(y, s))
 
     def backward(self, grad_out: ArrayLike) -> np.ndarray:
         g = self._relu.backward(grad_out)

@@ -255,3 +255,17 @@ def test_new_layers_round_trip_through_checkpoint(tmp_path):
     model.save(tmp_path / "m.npz")
     again = fastcnn.load(tmp_path / "m.npz").eval()
     np.testing.assert_array_equal(again.forward(x), model.forward(x))
+
+
+@pytest.mark.parametrize("last", [L.ReLU, L.Sigmoid, L.Tanh])
+def test_residual_gradient_when_the_body_keeps_its_output(last):
+    """A body whose last layer keeps its output for its backward (ReLU, Sigmoid, Tanh): the
+    block's sum must not overwrite it (it did: ``y += s`` in place gave wrong gradients)."""
+    rng = np.random.default_rng(0)
+    res = L.Residual(L.Sequential(L.Conv2D(2, 2, 3, 1, 1, rng=rng), last()))
+    x = rng.standard_normal((2, 2, 5, 4)).astype(np.float32)
+    r = rng.standard_normal((2, 2, 5, 4))
+    res.forward(x)
+    gx = res.backward(r.astype(np.float32))
+    assert_grad_at(lambda: np.sum(res.forward(x).astype(np.float64) * r),
+                   [(x, gx, [(0, 0, 1, 1), (1, 1, 4, 3), (0, 1, 2, 0), (1, 0, 0, 2)])])
