@@ -779,7 +779,9 @@ class Residual(Layer):
         g = self._relu.backward(grad_out)
         gx = self.body.backward(g)
         gs = self.shortcut.backward(g)
-        return gx + gs
+        if not gx.flags.writeable:  # (else the body's gradient is ours: summed in place)
+            return gx + gs
+        return np.add(gx, gs, out=gx)
 
 
 # --------------------------------------------------------------------------- architecture records
