@@ -143,17 +143,17 @@ def one_pool(k):
     return k is not _ref and _threads.gemm_blas_single()
 
 
-def _direct_wins(c, oc, kh, kw, stride, backward):
-    """The ``auto`` rule for the direct kernels, from benches/conv_direct_gflops.py
-    (docs/PERFORMANCE.md): forward on every measured shape with 8+ output channels and a
-    kernel larger than 1x1 (a 1x1 convolution is one SGEMM on the per-image path);
-    backward only at stride 1 (the input gradient of a strided convolution runs on the
-    gradient dilated with zeros) and with more than 3 input channels (first layers: the
-    weight gradient's transposition of the output gradient outweighs its few FMAs)."""
+def _direct_wins(c, oc, kh, kw, stride, backward, out_pixels):
+    """The ``auto`` rule for the direct kernels, from benches/conv_direct_gflops.py and
+    benches/probes/plan_compare.py (docs/PERFORMANCE.md, section 9): forward on every measured
+    shape with 8+ output channels and a kernel larger than 1x1 (a 1x1 convolution is one
+    SGEMM on the per-image path); backward with more than 3 input channels (first layers: the
+    weight gradient's transposition of the output gradient outweighs its few FMAs), strided
+    ones only with outputs of 16 x 16 pixels or more (smaller: the per-image path is faster)."""
     if kh == 1 and kw == 1:
         return False
     if backward:
-        return oc >= 8 and c > 3 and stride == (1, 1)
+        return oc >= 8 and c > 3 and (stride == (1, 1) or out_pixels >= 256)
     return oc >= 8
 
 
@@ -173,7 +173,7 @@ def conv_plan(k, n, c, oc, kh, kw, oh, ow, itemsize, stride=(1, 1), backward=Fal
     if conv == "direct":
         return "direct"
     if (conv == "auto" and getattr(k, "__name__", None) in DIRECT_AUTO_MODULES and itemsize == 4
-            and _direct_wins(c, oc, kh, kw, tuple(stride), backward)):
+            and _direct_wins(c, oc, kh, kw, tuple(stride), backward, oh * ow)):
         return "direct"
     if n == 1:
         return "single"
