@@ -232,7 +232,7 @@ cdef int _data_by_phases(const float[:, :, :, ::1] gy, const float[:, :, :, ::1]
     cdef fcd_geo* geo = <fcd_geo*>malloc(NPH * sizeof(fcd_geo))
     if geo == NULL:
         raise MemoryError()
-    cdef Py_ssize_t[::1] meta = np.zeros(8 * NPH + 1, np.intp)
+    cdef Py_ssize_t[::1] meta = np.zeros(6 * NPH, np.intp)
     cdef Py_ssize_t* o_wp = &meta[0]
     cdef Py_ssize_t* o_tab = o_wp + NPH
     cdef Py_ssize_t* o_st = o_tab + NPH
