@@ -12,24 +12,19 @@ import fastcnn  # isort: skip  (before NumPy: docs/PERFORMANCE.md)
 
 import numpy as np
 
-from fastcnn import _backend, losses, models, optim
+from fastcnn import _backend
+from fastcnn.train import recipe_step
 
 
 def main():
     fastcnn.set_backend("cython")
     fastcnn.set_num_threads(2)
-    model = models.build("scratch", seed=0)
-    model.needs_input_grad = False
-    opt = optim.SGD(model.parameters(), lr=0.005)
-    loss_fn = losses.SoftmaxCrossEntropy()
+    _, train_step = recipe_step("scratch")
     x = np.random.default_rng(0).random((1, 1, 28, 28), dtype=np.float32)
     y = np.array([3])
 
     def step():
-        opt.zero_grad()
-        loss_fn.forward(model.forward(x), y)
-        model.backward(loss_fn.backward())
-        opt.step()
+        train_step(x, y)
 
     for _ in range(50):
         step()

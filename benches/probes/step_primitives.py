@@ -12,22 +12,18 @@ import fastcnn  # isort: skip  (before NumPy: docs/PERFORMANCE.md)
 
 import numpy as np
 
-from fastcnn import _backend, losses, models
-from fastcnn.train import make_optimizer
+from fastcnn import _backend, models
+from fastcnn.train import recipe_step
 
 
 def main(name, backend="cython", threads=2, steps=10):
     fastcnn.set_backend(backend)
     fastcnn.set_num_threads(int(threads))
-    recipe = models.RECIPES[name]
-    model = models.build(name, seed=0)
-    model.needs_input_grad = False
-    opt = make_optimizer(recipe["optimizer"], model.parameters(), recipe["lr"])
-    loss_fn = losses.SoftmaxCrossEntropy()
+    _, train_step = recipe_step(name)
     rng = np.random.default_rng(0)
-    size = models.INPUT_SIZE[name]
-    x = rng.random((recipe["batch_size"], 3 if name == "resnet" else 1, size, size), dtype=np.float32)
-    y = rng.integers(0, 10, recipe["batch_size"])
+    size, batch = models.INPUT_SIZE[name], models.RECIPES[name]["batch_size"]
+    x = rng.random((batch, 3 if name == "resnet" else 1, size, size), dtype=np.float32)
+    y = rng.integers(0, 10, batch)
     k = _backend.ops()
     spent, calls = defaultdict(float), Counter()
     for attr in dir(k):  # (a timer around every primitive of the backend module)
@@ -42,10 +38,7 @@ def main(name, backend="cython", threads=2, steps=10):
             setattr(k, attr, timed)
 
     def step():
-        opt.zero_grad()
-        loss_fn.forward(model.forward(x), y)
-        model.backward(loss_fn.backward())
-        opt.step()
+        train_step(x, y)
 
     for _ in range(3):
         step()
