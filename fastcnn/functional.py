@@ -953,12 +953,14 @@ def batch_norm2d(x: ArrayLike, weight: ArrayLike, bias: ArrayLike, running_mean:
         idx = np.empty(y.shape, np.int32)
         k.batchnorm_forward_maxpool2(x, center, inv_std, weight, bias, int(bool(relu)), xhat, y, idx)
         post: tuple[Any, ...] | None = (y if relu else None, idx)
+        affine = None
     else:
         y = np.empty(x.shape, np.float32)
         k.batchnorm_forward(x, center, inv_std, weight, bias, int(bool(relu)), xhat, y)
-        # (the ReLU's mask is recomputed from xhat by the backward: y is not kept)
-        post = ("relu", weight.copy(), bias.copy()) if relu else None
-    return y, (xhat, inv_std, training, m, sync if training else None, post)
+        post = None
+        # the ReLU's mask is recomputed from xhat by the backward kernels: y is not kept
+        affine = (weight.copy(), bias.copy()) if relu else None
+    return y, (xhat, inv_std, training, m, sync if training else None, post, affine)
 
 
 def batch_norm2d_backward(grad_out: ArrayLike, cache: tuple[Any, ...], weight: ArrayLike
@@ -970,10 +972,9 @@ def batch_norm2d_backward(grad_out: ArrayLike, cache: tuple[Any, ...], weight: A
     over the global batch.
     """
     op = "batch_norm2d_backward"
-    xhat, inv_std, training, m, sync, post = cache
+    xhat, inv_std, training, m, sync, post, affine = cache
     grad_out = as_float32(grad_out, "grad_out", 4, op)
-    mask = post is not None and isinstance(post[0], str)  # the fused ReLU alone: masked by the kernels
-    if post is not None and not mask:  # the fused pooling (and ReLU: its mask from the pooled output)
+    if post is not None:  # the fused pooling (and ReLU: its mask from the pooled output)
         y, idx = post
         want = xhat.shape if idx is None else idx.shape
         if grad_out.shape != want:
@@ -996,8 +997,9 @@ def batch_norm2d_backward(grad_out: ArrayLike, cache: tuple[Any, ...], weight: A
     k = _backend.ops()
     gb = np.empty(c, np.float64)
     gw = np.empty(c, np.float64)
-    fw, fb = (post[1], post[2]) if mask else (weight, weight)  # (the forward's; unused without mask)
-    k.batchnorm_backward_reduce(grad_out, xhat, fw, fb, int(mask), gb, gw)  # sum(g), sum(g * xhat)
+    relu = affine is not None  # the fused ReLU alone: the kernels mask with the forward's affine
+    fw, fb = affine if relu else (weight, weight)  # (unused without the ReLU)
+    k.batchnorm_backward_reduce(grad_out, xhat, fw, fb, int(relu), gb, gw)  # sum(g), sum(g * xhat)
     scale = weight * inv_std
     if training:
         sb, sw = (gb, gw) if sync is None else sync.grad_sums(xhat.size // c, gb, gw)
@@ -1006,7 +1008,7 @@ def batch_norm2d_backward(grad_out: ArrayLike, cache: tuple[Any, ...], weight: A
     else:  # gx = gy * scale
         a = b = np.zeros(c, np.float32)
     gx = np.empty(xhat.shape, np.float32)
-    k.batchnorm_backward_apply(grad_out, xhat, fw, fb, int(mask), scale, a, b, gx)
+    k.batchnorm_backward_apply(grad_out, xhat, fw, fb, int(relu), scale, a, b, gx)
     return gx, gw.astype(np.float32), gb.astype(np.float32)
 
 
