@@ -228,35 +228,39 @@ cdef int _data_by_phases(const float[:, :, :, ::1] gy, const float[:, :, :, ::1]
     ``taps - 1 - (a + pt - i0) // sh`` (likewise for columns)."""
     cdef Py_ssize_t N = gy.shape[0], OC = gy.shape[1], OH = gy.shape[2], OW = gy.shape[3]
     cdef Py_ssize_t C = gx.shape[1], H = gx.shape[2], W = gx.shape[3]
-    cdef Py_ssize_t NPH = sh * sw, p, a, b, i0, j0, mi, mj, Ha, Wb
+    cdef Py_ssize_t NPH = sh * sw, T = min(<Py_ssize_t>nt, N), p, a, b, i0, j0, mi, mj, Ha, Wb
+    cdef Py_ssize_t[::1] meta = np.zeros(6 * NPH, np.intp)
+    cdef Py_ssize_t* o_wp = &meta[0]       # per phase: offset of its packed weights,
+    cdef Py_ssize_t* o_tab = o_wp + NPH    # of its tap offsets,
+    cdef Py_ssize_t* o_st = o_tab + NPH    # of its pixel starts (3 rows of lst[p]),
+    cdef Py_ssize_t* lst = o_st + NPH      # that row length,
+    cdef Py_ssize_t* ns = lst + NPH        # its pixel vectors (0: no taps, the phase is zero),
+    cdef Py_ssize_t* poff = ns + NPH       # the offset of its (C, Ha, Wb) in a phase buffer
+    cdef int[::1] rows = np.zeros(NPH, np.intc)
+    cdef Py_ssize_t n_wp = 0, n_tab = 0, n_st = 0, n_pb = 0, xq_max = 0, yg_max = 0
+    cdef float[::1] wp
+    cdef Py_ssize_t[::1] tab, st
+    cdef const float[:, :, :, ::1] sub
+    cdef Py_ssize_t o_yg, o_pb, size
+    cdef char* mem = NULL
     cdef fcd_geo* geo = <fcd_geo*>malloc(NPH * sizeof(fcd_geo))
     if geo == NULL:
         raise MemoryError()
-    cdef Py_ssize_t[::1] meta = np.zeros(6 * NPH, np.intp)
-    cdef Py_ssize_t* o_wp = &meta[0]
-    cdef Py_ssize_t* o_tab = o_wp + NPH
-    cdef Py_ssize_t* o_st = o_tab + NPH
-    cdef Py_ssize_t* ns = o_st + NPH
-    cdef Py_ssize_t* lst = ns + NPH
-    cdef Py_ssize_t* poff = lst + NPH
-    cdef int[::1] rows = np.zeros(NPH, np.intc)
-    cdef Py_ssize_t n_wp = 0, n_tab = 0, n_st = 0, n_pb = 0, xq_max = 0, yg_max = 0
-    subs = []
     try:
-        for p in range(NPH):
+        subs = []
+        for p in range(NPH):  # each phase's geometry and the sizes of its parts
             a = p // sw
             b = p % sw
             i0 = (a + pt) % sh
             j0 = (b + pl) % sw
-            mi = len(range(i0, w.shape[2], sh)) if a < H else 0
-            mj = len(range(j0, w.shape[3], sw)) if b < W else 0
+            mi = len(range(i0, w.shape[2], sh))
+            mj = len(range(j0, w.shape[3], sw))
             Ha = len(range(a, H, sh))
             Wb = len(range(b, W, sw))
             poff[p] = n_pb
             n_pb += C * Ha * Wb
             subs.append(None)
             if mi == 0 or mj == 0 or Ha == 0 or Wb == 0:
-                fcd_geo_init(&geo[p], OC, OH, OW, 1, 1, C, 1, 1, 1, 1, 0, 0, 1, 1, fcd_J)
                 continue
             # (C, OC, mi, mj): this phase's taps, reversed, input and output channels swapped
             subs[p] = np.ascontiguousarray(np.asarray(w)[:, :, i0::sh, j0::sw][:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
@@ -269,58 +273,33 @@ cdef int _data_by_phases(const float[:, :, :, ::1] gy, const float[:, :, :, ::1]
             lst[p] = geo[p].P // fcd_VL + 1 + geo[p].OH * (geo[p].OW // fcd_VL + 1)
             o_st[p] = n_st
             n_st += 3 * lst[p]
-            ns[p] = 1  # (set below)
             xq_max = max(xq_max, geo[p].xq_size)
             yg_max = max(yg_max, geo[p].OCP * geo[p].PR)
-        wp_arr = np.empty(max(n_wp, 1), np.float32)
-        tab_arr = np.empty(max(n_tab, 1), np.intp)
-        st_arr = np.empty(max(n_st, 1), np.intp)
-        _phase_plans(geo, NPH, subs, wp_arr, tab_arr, st_arr, o_wp, o_tab, o_st, ns, lst, &rows[0])
-        _phases_run(geo, NPH, gy, wp_arr, tab_arr, st_arr, o_wp, o_tab, o_st, ns, lst, &rows[0], poff,
-                    xq_max, yg_max, n_pb, sh, sw, gx, nt)
-    finally:
-        free(geo)
-    return 0
-
-
-cdef int _phase_plans(fcd_geo* geo, Py_ssize_t NPH, list subs, float[::1] wp, Py_ssize_t[::1] tab,
-                      Py_ssize_t[::1] st, Py_ssize_t* o_wp, Py_ssize_t* o_tab, Py_ssize_t* o_st,
-                      Py_ssize_t* ns, Py_ssize_t* lst, int* rows) except -1:
-    """Per phase with taps: packed weights, tap offsets, pixel starts and their count."""
-    cdef Py_ssize_t p
-    cdef const float[:, :, :, ::1] sub
-    for p in range(NPH):
-        if subs[p] is None:
-            ns[p] = 0
-            continue
-        sub = subs[p]
-        fcd_pack_weights(&geo[p], &sub[0, 0, 0, 0], 0, &wp[o_wp[p]])
-        fcd_make_tab(&geo[p], &tab[o_tab[p]])
-        ns[p] = fcd_pixel_starts(&geo[p], fcd_VL, &st[o_st[p]], &st[o_st[p] + lst[p]],
-                                 &st[o_st[p] + 2 * lst[p]], &rows[p])
-    return 0
-
-
-cdef int _phases_run(fcd_geo* geo, Py_ssize_t NPH, const float[:, :, :, ::1] gy, float[::1] wp,
-                     Py_ssize_t[::1] tab, Py_ssize_t[::1] st, Py_ssize_t* o_wp, Py_ssize_t* o_tab,
-                     Py_ssize_t* o_st, Py_ssize_t* ns, Py_ssize_t* lst, int* rows, Py_ssize_t* poff,
-                     Py_ssize_t xq_max, Py_ssize_t yg_max, Py_ssize_t n_pb, Py_ssize_t sh,
-                     Py_ssize_t sw, float[:, :, :, ::1] gx, int nt) except -1:
-    """:func:`_phases_images` with its per-block scratch (one allocation)."""
-    cdef Py_ssize_t T = min(<Py_ssize_t>nt, gy.shape[0])
-    cdef Py_ssize_t o_yg = _al64(xq_max * sizeof(float))
-    cdef Py_ssize_t o_pb = o_yg + _al64(yg_max * sizeof(float))
-    cdef Py_ssize_t size = o_pb + _al64(n_pb * sizeof(float))
-    cdef char* mem = <char*>malloc(T * size + 64)
-    if mem == NULL:
-        raise MemoryError()
-    cdef char* base = <char*>_al64(<Py_ssize_t>mem)
-    try:
+        wp = np.empty(max(n_wp, 1), np.float32)
+        tab = np.empty(max(n_tab, 1), np.intp)
+        st = np.empty(max(n_st, 1), np.intp)
+        for p in range(NPH):  # each phase's packed weights, tap offsets and pixel starts
+            if subs[p] is None:
+                continue
+            sub = subs[p]
+            fcd_pack_weights(&geo[p], &sub[0, 0, 0, 0], 0, &wp[o_wp[p]])
+            fcd_make_tab(&geo[p], &tab[o_tab[p]])
+            ns[p] = fcd_pixel_starts(&geo[p], fcd_VL, &st[o_st[p]], &st[o_st[p] + lst[p]],
+                                     &st[o_st[p] + 2 * lst[p]], &rows[p])
+        # per block of images, one allocation: packed input, output grid, phase buffer
+        o_yg = _al64(xq_max * sizeof(float))
+        o_pb = o_yg + _al64(yg_max * sizeof(float))
+        size = o_pb + _al64(n_pb * sizeof(float))
+        mem = <char*>malloc(T * size + 64)
+        if mem == NULL:
+            raise MemoryError()
         with nogil:
-            _phases_images(geo, NPH, gy, &wp[0], &tab[0], &st[0], o_wp, o_tab, o_st, ns, lst, rows,
-                           poff, base, size, o_yg, o_pb, n_pb, sh, sw, gx, T, nt)
+            _phases_images(geo, NPH, gy, &wp[0], &tab[0], &st[0], o_wp, o_tab, o_st, ns, lst,
+                           &rows[0], poff, <char*>_al64(<Py_ssize_t>mem), size, o_yg, o_pb, n_pb,
+                           sh, sw, gx, T, nt)
     finally:
         free(mem)
+        free(geo)
     return 0
 
 
