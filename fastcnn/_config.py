@@ -81,6 +81,11 @@ ELEMWISE_BLOCK = 16384
 #: then the slots in order.  A constant, so results do not depend on the thread count.
 SLOTS = 8
 
+#: Cython direct weight gradient: bytes of packed images (input and channels-last output
+#: gradient) a thread runs through all its register tiles at a time, so that they stay in
+#: the core's L2 cache (docs/PERFORMANCE.md, section 9).  Any value gives the same bytes.
+DIRECT_WGRAD_BYTES = 256 << 10
+
 #: Numba col2im: images per work item (one input channel of that many images).
 COL2IM_IMAGES = 8
 

@@ -208,12 +208,26 @@ static void fcd_interleave_phases(const float* pb, const fcd_i* poff, fcd_i C, f
         }
 }
 
+/* Part k of K of the n floats at p, requested into the caches (the next image's data while
+ * the current one is computed). */
+static inline void fcd_prefetch_part(const float* p, fcd_i n, fcd_i k, fcd_i K)
+{
+#if defined(__GNUC__) || defined(__clang__)
+    const char* a = (const char*)(p + k * n / K);
+    const char* e = (const char*)(p + (k + 1) * n / K);
+    for (; a < e; a += 64)
+        __builtin_prefetch(a, 0, 2);
+#else
+    (void)p; (void)n; (void)k; (void)K;
+#endif
+}
+
 /* ---------------------------------------------------------------- ISA-specific kernels */
 
 typedef void (*fcd_fwd_fn)(const fcd_geo*, const float*, const fcd_i*, const float*, const fcd_i*,
                            const fcd_i*, const fcd_i*, fcd_i, const float*, int, float*, float*);
 typedef void (*fcd_bww_fn)(const float*, fcd_i, const float*, fcd_i, fcd_i, fcd_i, fcd_i, fcd_i,
-                           fcd_i, fcd_i, fcd_i, int, const fcd_i*, float*);
+                           fcd_i, fcd_i, int, const fcd_i*, float*, int);
 typedef float (*fcd_probe_fn)(long, float);
 typedef void (*fcd_pack_fn)(const fcd_geo*, const float*, fcd_i, float*);
 typedef void (*fcd_unpack_fn)(const fcd_geo*, const float*, const float*, int, float*);

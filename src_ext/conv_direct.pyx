@@ -31,9 +31,10 @@ cdef extern from "conv_direct.h" nogil:
     void fcd_interleave_phases(const float* pb, const fcd_i* poff, fcd_i C, fcd_i H, fcd_i W,
                                fcd_i sh, fcd_i sw, float* gx)
     fcd_i fcd_pixel_starts(const fcd_geo* g, fcd_i VL, fcd_i* st, fcd_i* yo, fcd_i* nv, int* rows)
-    void fcd_bwd_weight_tile(const float* xq_all, fcd_i xs, const float* gt_all, fcd_i gs,
-                             fcd_i OCV, fcd_i OH, fcd_i OW, fcd_i Wq, fcd_i n0, fcd_i n1,
-                             fcd_i ob, int V, const fcd_i* off, float* out)
+    void fcd_bwd_weight_tile(const float* xq, fcd_i xs, const float* gt, fcd_i gs, fcd_i NI,
+                             fcd_i OCV, fcd_i OH, fcd_i OW, fcd_i Wq, fcd_i ob, int V,
+                             const fcd_i* off, float* out, int add)
+    void fcd_prefetch_part(const float* p, fcd_i n, fcd_i k, fcd_i K)
     float fcd_fma_probe(long iters, float m)
     int fcd_cpu_supports(int isa)
     int fcd_set_isa(int isa)
@@ -41,7 +42,7 @@ cdef extern from "conv_direct.h" nogil:
     fcd_i fcd_VL
     fcd_i fcd_WT
 
-from fastcnn._config import ENV_ISA, ISAS, SLOTS, requested_isa  # ISAS: slowest first = the C code's ISA number
+from fastcnn._config import DIRECT_WGRAD_BYTES, ENV_ISA, ISAS, SLOTS, requested_isa  # ISAS: slowest first = the C code's ISA number
 
 _active = None
 _error = None
@@ -397,35 +398,65 @@ def conv2d_direct_backward_weight(const float[:, :, :, ::1] gy, const float[:, :
     fcd_geo_init(&g, C, x.shape[2], x.shape[3], 1, 1, OC, KH, KW, sh, sw, pt, pl, OH, OW, fcd_J)
     cdef int nt = _threads_for(N * OC * OH * OW)
     cdef Py_ssize_t VL = fcd_VL, OCV = (OC + VL - 1) // VL * VL
-    # Tiles of V channel vectors x T taps (q = c*KK + kk; padded with offset 0 up to NQB*T).
+    # Tiles of V channel vectors x T taps (q = c*KK + kk; padded with offset 0 up to NQB*T);
+    # U = NOB*NQB tiles per image.
     cdef int V = 2 if (OCV // VL) % 2 == 0 else 1
     cdef Py_ssize_t T = fcd_WT * (2 // V), Q = C * KK, NQB = (Q + T - 1) // T
-    cdef Py_ssize_t NOB = OCV // (V * VL), S = min(<Py_ssize_t>SLOTS, N), P = OH * OW
-    cdef Py_ssize_t NT = S * NOB * NQB
+    cdef Py_ssize_t NOB = OCV // (V * VL), U = NOB * NQB, S = min(<Py_ssize_t>SLOTS, N), P = OH * OW
+    # Tasks: a slot's images through a G-th of the tiles (G > 1 only when there are fewer
+    # than two slots per thread; each such task packs the slot's images itself).
+    cdef Py_ssize_t G = 1 if S >= 2 * nt else min(U, (2 * nt + S - 1) // S)
+    cdef Py_ssize_t NT = S * G, B = min(<Py_ssize_t>nt, NT)
+    # Each task packs NI images at a time and runs them through its tiles while in cache.
+    cdef Py_ssize_t b_gt = _al64(P * OCV * sizeof(float)), b_xq = _al64(g.xq_size * sizeof(float))
+    cdef Py_ssize_t NI = max(1, min((N + S - 1) // S, DIRECT_WGRAD_BYTES // (b_gt + b_xq)))
+    cdef Py_ssize_t size = NI * (b_gt + b_xq), gs = b_gt // sizeof(float), xs = b_xq // sizeof(float)
     cdef Py_ssize_t[::1] tab = np.empty(KK, np.intp)
     cdef Py_ssize_t[::1] off = np.zeros(NQB * T, np.intp)
-    cdef float[:, ::1] xq = np.empty((N, g.xq_size), np.float32)
-    cdef float[:, ::1] gt = np.empty((N, P * OCV), np.float32)
     cdef float[:, ::1] part = np.empty((S, NQB * T * OCV), np.float32)
     cdef float* gwp = &gw[0, 0, 0, 0]
-    cdef Py_ssize_t t, i, s, ob, qb, r, o, q, e
+    cdef Py_ssize_t t, b, i, i0, i1, j, ni, nn, u0, u1, s, u, ob, qb, o, q, e
+    cdef Py_ssize_t xsize = C * x.shape[2] * x.shape[3]
+    cdef char* mem = <char*>malloc(B * size + 64)
+    if mem == NULL:
+        raise MemoryError()
+    cdef char* base = <char*>_al64(<Py_ssize_t>mem)
+    cdef float* gt
+    cdef float* xq
+    try:
+        with nogil:
+            fcd_make_tab(&g, &tab[0])
+            for q in range(Q):
+                off[q] = (q // KK) * g.plane + tab[q % KK]
+            # Block b of B (one per thread) takes tasks [_part(b), _part(b + 1)); image i is in
+            # slot i*S//N with S = min(SLOTS, N) (for N >= SLOTS the reference's i*SLOTS//N).
+            for b in prange(B, schedule='static', num_threads=nt):
+                gt = <float*>(base + b * size)
+                xq = gt + NI * gs
+                for t in range(_part(b, NT, B), _part(b + 1, NT, B)):
+                    s = t // G
+                    i0 = (s * N + S - 1) // S
+                    i1 = ((s + 1) * N + S - 1) // S
+                    u0 = _part(t - s * G, U, G)
+                    u1 = _part(t - s * G + 1, U, G)
+                    for j in range((i1 - i0 + NI - 1) // NI):
+                        i = i0 + j * NI
+                        ni = min(NI, i1 - i)
+                        nn = min(NI, i1 - i - ni)  # (the next images, requested while these run)
+                        for e in range(ni):
+                            fcd_pack_input(&g, &x[i + e, 0, 0, 0], xq + e * xs)
+                            fcd_pack_grad_t(&g, &gy[i + e, 0, 0, 0], OCV, gt + e * gs)
+                        for u in range(u0, u1):
+                            ob = u // NQB
+                            qb = u - ob * NQB
+                            fcd_bwd_weight_tile(xq, xs, gt, gs, ni, OCV, OH, OW, g.Wq, ob, V, &off[qb * T],
+                                                &part[s, qb * T * OCV], i > i0)
+                            if nn > 0:
+                                fcd_prefetch_part(&x[i + ni, 0, 0, 0], nn * xsize, u - u0, u1 - u0)
+                                fcd_prefetch_part(&gy[i + ni, 0, 0, 0], nn * OC * P, u - u0, u1 - u0)
+    finally:
+        free(mem)
     with nogil:
-        fcd_make_tab(&g, &tab[0])
-        for q in range(Q):
-            off[q] = (q // KK) * g.plane + tab[q % KK]
-        for i in prange(N, schedule='static', num_threads=nt):
-            fcd_pack_input(&g, &x[i, 0, 0, 0], &xq[i, 0])
-            fcd_pack_grad_t(&g, &gy[i, 0, 0, 0], OCV, &gt[i, 0])
-        # Image i goes to slot i*S//N with S = min(SLOTS, N) (for N >= SLOTS the reference's
-        # i*SLOTS//N); consecutive tasks share a slot's gradient block (cache reuse).
-        for t in prange(NT, schedule='static', num_threads=nt):
-            s = t // (NOB * NQB)
-            r = t - s * (NOB * NQB)
-            ob = r // NQB
-            qb = r - ob * NQB
-            fcd_bwd_weight_tile(&xq[0, 0], g.xq_size, &gt[0, 0], P * OCV, OCV, OH, OW, g.Wq,
-                                (s * N + S - 1) // S, ((s + 1) * N + S - 1) // S, ob, V,
-                                &off[qb * T], &part[s, qb * T * OCV])
         for e in prange(OC * Q, schedule='static', num_threads=nt):
             o = e // Q
             q = e - o * Q

@@ -133,23 +133,30 @@ static void FCD_NAME(fcd_fwd_image)(const fcd_geo* g, const float* xq, const fcd
     }
 }
 
-/* Weight gradient, vectorised over output channels: gt holds the output gradient
- * channels-last ([oh*OW + ow][OCV]), so one tile of V channel vectors x T taps
- * (q = c*KK + kk, input at xq + off[q] + oh*Wq + ow) is accumulated over every output
- * position of every image of a slot in registers, with no reduction across lanes. */
+/* Weight gradient, vectorised over output channels: gt holds the output gradient of NI
+ * images channels-last ([oh*OW + ow][OCV], image i at gt + i*gs; packed inputs at xq + i*xs),
+ * so one tile of V channel vectors x T taps (q = c*KK + kk, input at xq + off[q] + oh*Wq + ow)
+ * is accumulated over their output positions in registers, with no reduction across lanes.
+ * The tile starts from out (add) or from zero, and is stored back to out: the images of a
+ * slot are summed in order. */
 static inline __attribute__((always_inline)) void
-FCD_NAME(fcd_bww_tile)(const float* xq_all, fcd_i xs, const float* gt_all, fcd_i gs, fcd_i OCV,
-                       fcd_i OH, fcd_i OW, fcd_i Wq, fcd_i n0, fcd_i n1, const fcd_i* off,
-                       float* out, const int V, const int T)
+FCD_NAME(fcd_bww_tile)(const float* xq, fcd_i xs, const float* gt, fcd_i gs, fcd_i NI, fcd_i OCV,
+                       fcd_i OH, fcd_i OW, fcd_i Wq, const fcd_i* off, float* out, int add,
+                       const int V, const int T)
 {
     FCD_VT acc[2 * FCD_WT][2];  /* [tap][channel vector] */
     fcd_i n, oh, ow;
     int v;
-    FCD_TILE_ZERO(acc, T, V)
-    for (n = n0; n < n1; n++)
+    if (add) {
+        FCD_UNROLL for (int r_ = 0; r_ < T; r_++)
+            FCD_UNROLL for (int v_ = 0; v_ < V; v_++) acc[r_][v_] = FCD_LOAD(out + r_ * OCV + v_ * FCD_VL);
+    } else {
+        FCD_TILE_ZERO(acc, T, V)
+    }
+    for (n = 0; n < NI; n++)
         for (oh = 0; oh < OH; oh++) {  /* valid positions only */
-            const float* xb = xq_all + n * xs + oh * Wq;
-            const float* gb = gt_all + n * gs + oh * OW * OCV;
+            const float* xb = xq + n * xs + oh * Wq;
+            const float* gb = gt + n * gs + oh * OW * OCV;
             for (ow = 0; ow < OW; ow++) {
                 FCD_VT gv[2];
                 FCD_UNROLL
@@ -161,20 +168,20 @@ FCD_NAME(fcd_bww_tile)(const float* xq_all, fcd_i xs, const float* gt_all, fcd_i
     FCD_TILE_STORE(acc, T, V, out + r_ * OCV + v_ * FCD_VL)
 }
 
-/* Task: images n0 .. n1-1 (one slot, summed in order), channel vectors ob*V ... (V = 1 or
- * 2 vectors of VL channels), taps off[0 .. T) with T = fcd_bww_taps(V); writes
- * out[t*OCV + channel] (out: the slot's (Q, OCV) partial sum, offset to the tile). */
-static void FCD_NAME(fcd_bwd_weight_tile)(const float* xq_all, fcd_i xs, const float* gt_all,
-                                          fcd_i gs, fcd_i OCV, fcd_i OH, fcd_i OW, fcd_i Wq,
-                                          fcd_i n0, fcd_i n1, fcd_i ob, int V, const fcd_i* off,
-                                          float* out)
+/* NI images (packed inputs xq + i*xs, channels-last gradients gt + i*gs) into a slot's
+ * partial sums: channel vectors ob*V ... (V = 1 or 2 vectors of VL channels), taps
+ * off[0 .. T) with T = 2*WT/V; out[t*OCV + channel] (out: the slot's (Q, OCV) sums, offset to
+ * the tile's first tap), started from zero unless add. */
+static void FCD_NAME(fcd_bwd_weight_tile)(const float* xq, fcd_i xs, const float* gt, fcd_i gs,
+                                          fcd_i NI, fcd_i OCV, fcd_i OH, fcd_i OW, fcd_i Wq,
+                                          fcd_i ob, int V, const fcd_i* off, float* out, int add)
 {
-    const float* gt = gt_all + ob * V * FCD_VL;
+    const float* g = gt + ob * V * FCD_VL;
     float* o = out + ob * V * FCD_VL;
     if (V == 2)
-        FCD_NAME(fcd_bww_tile)(xq_all, xs, gt, gs, OCV, OH, OW, Wq, n0, n1, off, o, 2, FCD_WT);
+        FCD_NAME(fcd_bww_tile)(xq, xs, g, gs, NI, OCV, OH, OW, Wq, off, o, add, 2, FCD_WT);
     else
-        FCD_NAME(fcd_bww_tile)(xq_all, xs, gt, gs, OCV, OH, OW, Wq, n0, n1, off, o, 1, 2 * FCD_WT);
+        FCD_NAME(fcd_bww_tile)(xq, xs, g, gs, NI, OCV, OH, OW, Wq, off, o, add, 1, 2 * FCD_WT);
 }
 
 /* Output gradient (OC, OH, OW) -> channels-last gt[oh*OW + ow][OCV], zero channels >= OC.

@@ -529,6 +529,42 @@ def test_direct_bit_identical_run_to_run_and_across_threads(name):
             assert a.tobytes() == c.tobytes()
 
 
+@pytest.mark.parametrize("name", DIRECT)
+@pytest.mark.parametrize("case", [
+    (40, 16, 26, 26, 16, 3, 3, 1, 1),  # Cython: 2 images per pass (L2 budget), slots of 5: 2, 2, 1
+    (37, 8, 9, 9, 40, 3, 3, 2, 1),     # many small images per pass, slots of 4 and 5
+    (1, 16, 12, 12, 32, 5, 5, 1, 2),   # one slot: the tiles split across threads
+    (3, 20, 7, 7, 16, 3, 3, 1, 1),
+])
+def test_direct_weight_gradient_any_threads(name, case):
+    """The weight gradient against the reference, and the same bytes at 1 and 2 threads:
+    however a thread's images are packed and its tiles grouped, each slot sums its images
+    in order."""
+    k = _backend.ops(name)
+    g, x, _, _, gy = direct_data(case, 11)
+    want_w = np.empty((case[4], case[1], case[5], case[6]))
+    want_b = np.empty(case[4])
+    _ref.conv2d_direct_backward_weight(gy.astype(np.float64), x.astype(np.float64), g.sh, g.sw, g.pt, g.pl,
+                                       want_w, want_b)
+    scale_w, scale_b = np.empty_like(want_w), np.empty_like(want_b)
+    _ref.conv2d_direct_backward_weight(np.abs(gy.astype(np.float64)), np.abs(x.astype(np.float64)), g.sh, g.sw,
+                                       g.pt, g.pl, scale_w, scale_b)
+    before = fastcnn.get_num_threads()
+    runs = []
+    try:
+        for threads in (1, min(2, cores())):
+            fastcnn.set_num_threads(threads)
+            gw = np.full(want_w.shape, np.nan, np.float32)
+            gb = np.full(want_b.shape, np.nan, np.float32)
+            k.conv2d_direct_backward_weight(gy, x, g.sh, g.sw, g.pt, g.pl, gw, gb)
+            runs.append((gw.tobytes(), gb.tobytes()))
+            _close(gw, want_w, scale_w, f"{name} {case} gw, {threads} threads")
+            _close(gb, want_b, scale_b, f"{name} {case} gb, {threads} threads")
+    finally:
+        fastcnn.set_num_threads(before)
+    assert runs[1] == runs[0]
+
+
 def _recorded_primitive_calls(name):
     """The primitive calls (name, args) a few functional ops make on backend ``name``."""
     from fastcnn.layers import Parameter
