@@ -772,18 +772,31 @@ def linear(x: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None, *,
 
 
 def linear_backward(grad_out: ArrayLike, x: ArrayLike, weight: ArrayLike, *, bias: bool = True,
-                    input_grad: bool = True, ws: Workspace | None = None
+                    input_grad: bool = True, weight_grad_out: np.ndarray | None = None,
+                    ws: Workspace | None = None
                     ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
-    """Gradients of :func:`linear`: ``(grad_x, grad_weight, grad_bias)``."""
+    """Gradients of :func:`linear`: ``(grad_x, grad_weight, grad_bias)``.
+
+    ``weight_grad_out``: a writeable C-contiguous float32 array of the weight's shape, sharing
+    no memory with the inputs, to write ``grad_weight`` into (it is then the one returned).
+    """
     op = "linear_backward"
     x, weight, _ = _linear_check(x, weight, None, op)
     grad_out = as_float32(grad_out, "grad_out", 2, op)
     if grad_out.shape != (x.shape[0], weight.shape[0]):
         raise ValueError(f"{op}: grad_out must have shape {(x.shape[0], weight.shape[0])}, got {grad_out.shape}")
+    gw_out = weight_grad_out
+    if gw_out is not None and not (
+            type(gw_out) is np.ndarray and gw_out.dtype == np.float32 and gw_out.shape == weight.shape
+            and gw_out.flags.c_contiguous and gw_out.flags.writeable
+            and not any(np.may_share_memory(gw_out, a) for a in (x, grad_out, weight))):
+        raise ValueError(f"{op}: weight_grad_out must be a writeable C-contiguous float32 array of shape "
+                         f"{weight.shape} sharing no memory with the inputs, got "
+                         f"{type(gw_out).__name__} {getattr(gw_out, 'dtype', '')} {getattr(gw_out, 'shape', '')}")
     k = _backend.ops()
     if x.shape[0] > 1 and x.shape[1] > 0 and _dispatch.one_pool(k):  # (no GEMM blocks for empty K)
         n, out = grad_out.shape
-        gw = np.empty(weight.shape, np.float32)
+        gw = np.empty(weight.shape, np.float32) if gw_out is None else gw_out
         gb = np.empty((out,), np.float32)
         gx = np.empty(x.shape, np.float32) if input_grad else _buf(ws, "nogx", (1, 1))
         k.linear_backward(grad_out, x, weight, bool(input_grad), _config.dense_blocks(out),
@@ -791,7 +804,7 @@ def linear_backward(grad_out: ArrayLike, x: ArrayLike, weight: ArrayLike, *, bia
         return (gx if input_grad else None), gw, (gb if bias else None)
     # np.dot, not matmul: for N = 1 (an outer product) matmul takes a slow non-BLAS loop
     # (docs/PERFORMANCE.md, section 5); for N > 1 both call the same SGEMM.
-    gw = np.dot(grad_out.T, x)
+    gw = np.dot(grad_out.T, x, out=gw_out)
     if x.shape[0] == 1:
         gb1 = grad_out[0].copy() if bias else None  # (a sum of one term)
     else:

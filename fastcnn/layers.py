@@ -38,8 +38,9 @@ class Parameter:
     """A trainable array and its gradient (both float32, same shape).
 
     :meth:`zero_grad` is deferred: the gradient reads as zeros afterwards, but its memory is
-    only cleared on the next read of ``grad``, and the next :meth:`accumulate` writes
-    ``0 + g`` instead of adding (one pass over a large weight instead of three).
+    only cleared on the next read of ``grad``, and the next :meth:`accumulate` stores its
+    gradient instead of adding it, as PyTorch's backward after ``zero_grad(set_to_none=True)``
+    (a dense layer writes it there directly: :meth:`overwritable_grad`).
     """
 
     __slots__ = ("data", "_grad", "_stale")
@@ -65,10 +66,19 @@ class Parameter:
         """Set the gradient to zeros (deferred, see the class)."""
         self._stale = True
 
+    def overwritable_grad(self) -> np.ndarray | None:
+        """The gradient's memory while it is stale (after :meth:`zero_grad`), for a backward
+        to write its gradient into and then hand to :meth:`accumulate` (no copy); else None."""
+        g = self._grad
+        if not self._stale or not (g.dtype == np.float32 and g.flags.c_contiguous and g.flags.writeable):
+            return None  # (an assigned gradient of another kind: accumulate copies into it)
+        return g
+
     def accumulate(self, g: np.ndarray) -> None:
-        """``grad += g``."""
+        """``grad += g``; after :meth:`zero_grad`, ``grad = g`` (bit for bit)."""
         if self._stale:
-            np.add(g, np.float32(0.0), out=self._grad)  # (0 + g, bit for bit: -0.0 becomes +0.0)
+            if g is not self._grad:  # (else g was written in place: see overwritable_grad)
+                np.copyto(self._grad, g)
             self._stale = False
         else:
             self._grad += g
@@ -496,7 +506,8 @@ class Dense(Layer):
     def backward(self, grad_out: ArrayLike) -> np.ndarray | None:
         (x,) = self._kept()
         gx, gw, gb = F.linear_backward(grad_out, x, self.weight.data, bias=self.bias is not None,
-                                       input_grad=self.needs_input_grad, ws=self._ws)
+                                       input_grad=self.needs_input_grad,
+                                       weight_grad_out=self.weight.overwritable_grad(), ws=self._ws)
         _add_grads(self.weight, self.bias, gw, gb)
         return gx
 

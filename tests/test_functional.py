@@ -152,6 +152,30 @@ def test_linear_with_no_input_features(backend, conv_path, n):
     np.testing.assert_array_equal(gb, [n, n])
 
 
+@pytest.mark.parametrize("n", [1, 5])
+def test_linear_backward_writes_the_weight_gradient_into_weight_grad_out(backend, n):
+    """``weight_grad_out`` receives the same bytes as the returned gradient without it (the
+    N = 1 outer product and the batched GEMMs); anything else given there is refused."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((n, 37), dtype=np.float32)
+    w = rng.standard_normal((19, 37), dtype=np.float32)
+    gy = rng.standard_normal((n, 19), dtype=np.float32)
+    want = F.linear_backward(gy, x, w)
+    out = np.full(w.shape, np.nan, np.float32)
+    got = F.linear_backward(gy, x, w, weight_grad_out=out)
+    assert got[1] is out
+    for a, b in zip(got, want):
+        assert a.tobytes() == b.tobytes()
+    for bad in (np.empty((37, 19), np.float32), np.empty(w.shape, np.float64),
+                np.empty((19, 74), np.float32)[:, ::2], w, x[:1].reshape(37)[None].repeat(19, 0)[:, :0], [[0.0]]):
+        with pytest.raises(ValueError, match="linear_backward: weight_grad_out must be"):
+            F.linear_backward(gy, x, w, weight_grad_out=bad)
+    ro = np.empty(w.shape, np.float32)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="weight_grad_out"):
+        F.linear_backward(gy, x, w, weight_grad_out=ro)
+
+
 
 @pytest.mark.parametrize("stride,padding,use_bias",
                          [(1, "same", True), (2, 1, False), (1, 0, True), (3, "same", False)])

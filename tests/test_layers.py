@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import fastcnn
+from fastcnn import functional as F
 from fastcnn import layers as L
 
 from utils import assert_close, assert_grad_at, needs_torch, torch_twin
@@ -103,6 +104,27 @@ def test_dense_layer_matches_torch(backend, conv_path, n):
     layer = L.Dense(37, 11, rng=3)
     _check_layer(layer, torch_twin(fastcnn.Sequential(layer))[0],
                  np.random.default_rng(3).standard_normal((n, 37)).astype(np.float32))
+
+
+@pytest.mark.parametrize("n", [1, 5])
+def test_dense_writes_a_zeroed_gradient_in_place(backend, n):
+    """After ``zero_grad`` a Dense backward writes its weight gradient into the gradient's own
+    memory (no copy, the array kept: views such as distributed's flat buffer stay valid);
+    the second backward adds to it."""
+    layer = L.Dense(37, 11, rng=3)
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((n, 37)).astype(np.float32)
+    gy = rng.standard_normal((n, 11)).astype(np.float32)
+    want = F.linear_backward(gy, x, layer.weight.data)[1]
+    buf = layer.weight.grad
+    buf[...] = 9.0
+    layer.weight.zero_grad()
+    layer.forward(x)
+    layer.backward(gy)
+    assert layer.weight.grad is buf and buf.tobytes() == want.tobytes()
+    layer.forward(x)
+    layer.backward(gy)
+    assert layer.weight.grad is buf and buf.tobytes() == (want + want).tobytes()
 
 
 @needs_torch

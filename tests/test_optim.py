@@ -181,20 +181,30 @@ def test_optimizers_match_torch(kind):
 
 def test_zero_grad_is_deferred_but_reads_as_zeros():
     """``zero_grad`` only marks the gradients: they read as zeros, and the next accumulation
-    writes ``0 + g`` (bit for bit, -0.0 becomes +0.0) instead of adding to old values."""
+    stores its gradient bit for bit (-0.0 stays -0.0, as PyTorch's first backward after
+    ``zero_grad(set_to_none=True)``) instead of adding to old values; a backward may write
+    it into ``overwritable_grad()`` itself."""
     p = Parameter(np.ones((2, 3), np.float32))
     opt = optim.SGD([p], 0.1)
+    assert p.overwritable_grad() is None  # (fresh: a backward must add)
     p.accumulate(np.full((2, 3), 5.0, np.float32))
     opt.zero_grad()
     buf = p._grad
     assert (buf == 5.0).all()  # (not cleared yet)
     g = np.array([[1.5, -0.0, 2.0], [0.0, -3.0, np.nan]], np.float32)
     p.accumulate(g)
-    want = np.zeros((2, 3), np.float32) + g
+    want = g.copy()
     assert p.grad is buf and p.grad.tobytes() == want.tobytes()
-    assert not np.signbit(p.grad[0, 1])
+    assert np.signbit(p.grad[0, 1])
+    assert p.overwritable_grad() is None
     p.accumulate(g)
     assert p.grad.tobytes() == (want + g).tobytes()
+    opt.zero_grad()
+    target = p.overwritable_grad()
+    assert target is buf
+    target[...] = 4.0  # (a backward writing its gradient in place)
+    p.accumulate(target)
+    assert (p.grad == 4.0).all() and p.grad is buf and p.overwritable_grad() is None
     opt.zero_grad()
     assert (p.grad == 0).all() and p.grad is buf  # read: cleared in place
     opt.zero_grad()
