@@ -21,6 +21,7 @@ PRIMITIVES = (
     "conv2d_direct_forward_maxpool2",
     "conv2d_direct_backward_data",
     "conv2d_direct_backward_weight",
+    "conv2d_direct_backward_maxpool2",
     "linear_forward",
     "linear_backward",
     "maxpool2d_forward",
@@ -244,6 +245,20 @@ def sizes_conv2d_direct_backward_weight(gy, x, sh, sw, pt, pl, gw, gb):
     _sizes_direct(x, gw, gy, sh, sw, pt, pl)
     if gb != gw[:1] and gb != (0,):
         raise ValueError("conv2d_direct_backward_weight: gb must have shape (OC,) or (0,)")
+
+
+def sizes_conv2d_direct_backward_maxpool2(gp, idx, y, x, w, sh, sw, pt, pl, oh, ow, gx, gw, gb):
+    sizes_conv2d_direct_forward_maxpool2(x, w, w[:1], sh, sw, pt, pl, 0, oh, ow, gp, idx)
+    if idx != gp:
+        raise ValueError("conv2d_direct_backward_maxpool2: idx must have the shape of gp")
+    if y != gp and y != (0, 0, 0, 0):
+        raise ValueError("conv2d_direct_backward_maxpool2: y must have the shape of gp, or (0, 0, 0, 0) for no ReLU")
+    if gx != x and gx != (0, 0, 0, 0):
+        raise ValueError("conv2d_direct_backward_maxpool2: gx must have the shape of x, or (0, 0, 0, 0) for none")
+    if gw != w:
+        raise ValueError("conv2d_direct_backward_maxpool2: gw must have the shape of w")
+    if gb != w[:1] and gb != (0,):
+        raise ValueError("conv2d_direct_backward_maxpool2: gb must have shape (OC,) or (0,)")
 
 
 def sizes_linear_forward(x, w, bias, nblocks, y):

@@ -588,3 +588,32 @@ def conv2d_direct_backward_weight(gy, x, sh, sw, pt, pl, gw, gb):
     gw[...] = np.tensordot(gy, win, axes=([0, 2, 3], [0, 2, 3]))
     if gb.size:
         gb[...] = gy.sum(axis=(0, 2, 3), dtype=np.float64)
+
+
+def conv2d_direct_backward_maxpool2(gp, idx, y, x, w, sh, sw, pt, pl, oh, ow, gx, gw, gb):
+    """Gradients of :func:`conv2d_direct_forward_maxpool2` (and of its ReLU) from the gradient
+    of its pooled output, without a full-size gradient array: the same bytes as
+    :func:`relu_backward` (if ``y`` has elements), :func:`maxpool2d_backward` into
+    ``(N, OC, oh, ow)``, :func:`conv2d_direct_backward_weight` and (if ``gx`` has elements)
+    :func:`conv2d_direct_backward_data` in sequence.
+
+    Parameters
+    ----------
+    gp : (N, OC, oh // 2, ow // 2) float32  # IN  gradient of the pooled output
+    idx : (N, OC, oh // 2, ow // 2) int32  # IN  the forward's pooling indices (flat into (oh, ow))
+    y : (N, OC, oh // 2, ow // 2) float32  # IN  the pooled output after the fused ReLU (its
+        mask ``y > 0``), or shape (0, 0, 0, 0): no ReLU
+    x, w : the forward's input and weights  # IN
+    sh, sw, pt, pl, oh, ow : as :func:`conv2d_direct_forward_maxpool2`
+    gx : (N, C, H, W) float32  # OUT, or shape (0, 0, 0, 0): no input gradient
+    gw, gb : as :func:`conv2d_direct_backward_weight`  # OUT
+    """
+    g = gp
+    if y.size:
+        g = np.empty_like(gp)
+        relu_backward(gp, y, g)
+    full = np.empty(gp.shape[:2] + (oh, ow), np.float32)
+    maxpool2d_backward(g, idx, full)
+    conv2d_direct_backward_weight(full, x, sh, sw, pt, pl, gw, gb)
+    if gx.size:
+        conv2d_direct_backward_data(full, w, sh, sw, pt, pl, gx)

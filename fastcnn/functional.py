@@ -284,12 +284,14 @@ def _conv2d_forward_gemm(k: ModuleType, x: np.ndarray, weight: np.ndarray, bias:
 
 def conv2d_backward(grad_out: ArrayLike, x: ArrayLike, weight: ArrayLike, stride: IntOrPair = 1,
                     padding: Padding = 0, *, bias: bool = True, input_grad: bool = True,
+                    pool_indices: ArrayLike | None = None, relu_output: ArrayLike | None = None,
                     ws: Workspace | None = None) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
     """Gradients of :func:`conv2d`.
 
     Parameters
     ----------
     grad_out : (N, OC, OH, OW) float32
+        With ``pool_indices``: the gradient of the pooled output, (N, OC, OH // 2, OW // 2).
     x : (N, C, H, W) float32
         The forward input.
     weight : (OC, C, kh, kw) float32
@@ -297,6 +299,15 @@ def conv2d_backward(grad_out: ArrayLike, x: ArrayLike, weight: ArrayLike, stride
         Whether to return the bias gradient.
     input_grad : bool
         Whether to compute the input gradient (False for a network's first layer).
+    pool_indices : int32, optional
+        The indices of ``conv2d(..., max_pool2=True, return_indices=True)``: the gradients of
+        that fused pooling (and of its ReLU, with ``relu_output``) too.  On the direct kernels
+        one primitive takes the pooled gradient and rebuilds each image's full-size gradient
+        where it is packed (``conv2d_direct_backward_maxpool2``); the other strategies run
+        :func:`relu_backward` and :func:`max_pool2d_backward` first.  The same bytes either way.
+    relu_output : float32, optional
+        The output of ``conv2d(..., relu=True)`` (the pooled one with ``pool_indices``):
+        ``grad_out`` is masked by ``relu_output > 0`` first (:func:`relu_backward`).
 
     Returns
     -------
@@ -308,10 +319,33 @@ def conv2d_backward(grad_out: ArrayLike, x: ArrayLike, weight: ArrayLike, stride
     x, weight, _, g = _conv_check(x, weight, None, stride, padding, op, ws)
     n, c = x.shape[:2]
     oc = weight.shape[0]
+    full = (n, oc, g.oh, g.ow)
+    want = full if pool_indices is None else (n, oc, g.oh // 2, g.ow // 2)
     grad_out = as_float32(grad_out, "grad_out", 4, op)
-    if grad_out.shape != (n, oc, g.oh, g.ow):
-        raise ValueError(f"{op}: grad_out must have shape {(n, oc, g.oh, g.ow)}, got {grad_out.shape}")
-    return _conv2d_backward(_backend.ops(), grad_out, x, weight, g, bias, input_grad, ws)
+    if grad_out.shape != want:
+        raise ValueError(f"{op}: grad_out must have shape {want}, got {grad_out.shape}")
+    k = _backend.ops()
+    if relu_output is not None:
+        relu_output = as_float32(relu_output, "relu_output", 4, op)
+        if relu_output.shape != want:
+            raise ValueError(f"{op}: relu_output must have shape {want}, got {relu_output.shape}")
+    if pool_indices is not None:
+        idx, _ = _pool_indices(grad_out, pool_indices, full, op, ws)
+        if _dispatch.conv_plan(k, n, c, oc, g.kh, g.kw, g.oh, g.ow, x.dtype.itemsize, (g.sh, g.sw), True,
+                               input_grad) == "direct":
+            gx = np.empty(x.shape if input_grad else (0, 0, 0, 0), np.float32)
+            gw = np.empty(weight.shape, np.float32)
+            gb = np.empty((oc if bias else 0,), np.float32)
+            y = relu_output if relu_output is not None else _buf(ws, "noy", (0, 0, 0, 0))
+            k.conv2d_direct_backward_maxpool2(grad_out, idx, y, x, weight, g.sh, g.sw, g.pt, g.pl, g.oh, g.ow,
+                                              gx, gw, gb)
+            return (gx if input_grad else None), gw, (gb if bias else None)
+        if relu_output is not None:
+            grad_out = relu_backward(grad_out, relu_output, ws=ws)
+        grad_out = max_pool2d_backward(grad_out, idx, full, ws=ws)
+    elif relu_output is not None:
+        grad_out = relu_backward(grad_out, relu_output, ws=ws)
+    return _conv2d_backward(k, grad_out, x, weight, g, bias, input_grad, ws)
 
 
 def _conv2d_backward(k: ModuleType, grad_out: np.ndarray, x: np.ndarray, weight: np.ndarray, g: ConvGeometry,
@@ -326,7 +360,7 @@ def _conv2d_backward(k: ModuleType, grad_out: np.ndarray, x: np.ndarray, weight:
     p = g.oh * g.ow
     kdim = c * g.kh * g.kw
     dt = x.dtype
-    plan = _dispatch.conv_plan(k, n, c, oc, g.kh, g.kw, g.oh, g.ow, dt.itemsize, (g.sh, g.sw), True)
+    plan = _dispatch.conv_plan(k, n, c, oc, g.kh, g.kw, g.oh, g.ow, dt.itemsize, (g.sh, g.sw), True, input_grad)
     gx: np.ndarray | None
     if plan == "direct":
         gw = np.empty(weight.shape, dt)
@@ -492,15 +526,21 @@ def max_pool2d_backward(grad_out: ArrayLike, indices: ArrayLike, input_shape: Se
     """
     op = "max_pool2d_backward"
     grad_out = as_float32(grad_out, "grad_out", 4, op)
-    made: tuple[np.ndarray, tuple[int, ...]] | None = None if ws is None else ws._recorded("max_pool2d")
-    if (made is not None and indices is made[0] and input_shape == made[1] and grad_out.shape == made[0].shape
-            and not made[0].flags.writeable):  # made by max_pool2d with this workspace, unchanged since
-        indices, shape = made
-    else:
-        indices, shape = _check_pool_indices(grad_out, indices, input_shape, op)
+    indices, shape = _pool_indices(grad_out, indices, input_shape, op, ws)
     gx = np.empty(shape, np.float32)
     _backend.ops().maxpool2d_backward(grad_out, indices, gx)
     return gx
+
+
+def _pool_indices(grad_out: np.ndarray, indices: ArrayLike, input_shape: Sequence[int], op: str,
+                  ws: Workspace | None) -> tuple[np.ndarray, tuple[int, ...]]:
+    """:func:`_check_pool_indices`, unless ``indices`` were made by a max pooling with ``ws``
+    (``max_pool2d`` or a pooled ``conv2d``) and are unchanged since."""
+    made: tuple[np.ndarray, tuple[int, ...]] | None = None if ws is None else ws._recorded("max_pool2d")
+    if (made is not None and indices is made[0] and tuple(input_shape) == made[1]
+            and grad_out.shape == made[0].shape and not made[0].flags.writeable):
+        return made
+    return _check_pool_indices(grad_out, indices, input_shape, op)
 
 
 def _check_pool_indices(grad_out: np.ndarray, indices: ArrayLike, input_shape: Sequence[int], op: str

@@ -296,7 +296,6 @@ class Conv2D(Layer):
 
     _params = ("weight", "bias")
     _config_args = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "bias")
-    _sizes: tuple[tuple[int, ...], tuple[int, int]] = ((), (0, 0))  # last input size -> output size
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: IntOrPair, stride: IntOrPair = 1,
                  padding: Padding = 0, bias: bool = True, rng: Any = None) -> None:
@@ -331,25 +330,18 @@ class Conv2D(Layer):
             w, b = F.fold_batch_norm(w, b, bn.running_mean, bn.running_var, bn.weight.data, bn.bias.data, bn.eps)
         if not (self.training and max_pool2):
             y = F.conv2d(x, w, b, self.stride, self.padding, relu=relu, max_pool2=max_pool2, ws=self._ws)
-            self._keep(x, y if relu else None, None, None)
+            self._keep(x, y if relu else None, None)
             return y
         y, idx = F.conv2d(x, w, b, self.stride, self.padding, relu=relu, max_pool2=True, return_indices=True,
                           ws=self._ws)
-        size = _shape(x)[2:]
-        if self._sizes[0] != size:  # the convolution's output size, for the pooling's backward
-            g = F.ConvGeometry(self.kernel_size, self.stride, self.padding, size, "Conv2D")
-            self._sizes = (size, (g.oh, g.ow))
-        self._keep(x, y if relu else None, idx, idx.shape[:2] + self._sizes[1])
+        self._keep(x, y if relu else None, idx)
         return y
 
     def backward(self, grad_out: ArrayLike) -> np.ndarray | None:
-        x, y, idx, full = self._kept()
-        if y is not None:  # fused ReLU: its mask, at the pooled size if pooled (same arithmetic)
-            grad_out = F.relu_backward(grad_out, y, ws=self._ws)
-        if idx is not None:
-            grad_out = F.max_pool2d_backward(grad_out, idx, full, ws=self._ws)
+        x, y, idx = self._kept()  # (fused ReLU: y; pooling: idx, the gradient's at the pooled size)
         gx, gw, gb = F.conv2d_backward(grad_out, x, self.weight.data, self.stride, self.padding,
-                                       bias=self.bias is not None, input_grad=self.needs_input_grad, ws=self._ws)
+                                       bias=self.bias is not None, input_grad=self.needs_input_grad,
+                                       pool_indices=idx, relu_output=y, ws=self._ws)
         _add_grads(self.weight, self.bias, gw, gb)
         return gx
 

@@ -10,6 +10,7 @@ import numpy as np
 
 from cython.parallel cimport prange
 from libc.stdlib cimport free, malloc
+from libc.string cimport memset
 
 include "_common.pxi"
 
@@ -89,8 +90,50 @@ cdef inline Py_ssize_t _al64(Py_ssize_t nbytes) noexcept nogil:
     return (nbytes + 63) & ~(<Py_ssize_t>63)
 
 
-cdef void _direct_images(const fcd_geo* g,
-                         const float[:, :, :, ::1] src,  # IN  (N, g.C, g.Hs, g.Ws)
+ctypedef struct _Unpool:
+    # The full-size gradient of a convolution whose output was 2x2 max pooled (and ReLU'd),
+    # rebuilt one plane at a time from the pooled gradient (conv2d_direct_backward_maxpool2).
+    const float* gp   # (N, C, PHW) gradient of the pooled output
+    const int* idx    # (N, C, PHW) pooling indices, flat into the (OH, OW) plane
+    const float* y    # (N, C, PHW) pooled output (the ReLU's mask y > 0), or NULL: no ReLU
+    Py_ssize_t C, PHW, P
+
+
+cdef Py_ssize_t _unpool_plane(const _Unpool* u, Py_ssize_t plane, float* out) noexcept nogil:
+    """Plane ``plane`` (image * C + channel) of the full-size gradient into ``out`` (P floats):
+    zeros, then each pooled gradient times the ReLU's mask added at its index, the arithmetic
+    of relu_backward then maxpool2d_backward; returns the count of out-of-range indices
+    (skipped)."""
+    cdef const float* g = u.gp + plane * u.PHW
+    cdef const int* ix = u.idx + plane * u.PHW
+    cdef const float* m = u.y + plane * u.PHW if u.y != NULL else NULL
+    cdef Py_ssize_t k, bad = 0
+    cdef int e
+    cdef float v, one = 1.0, zero = 0.0
+    memset(out, 0, u.P * sizeof(float))
+    for k in range(u.PHW):
+        v = g[k]
+        if m != NULL:
+            v = v * (one if m[k] > 0.0 else zero)
+        e = ix[k]
+        if 0 <= e < u.P:
+            out[e] += v
+        else:
+            bad += 1
+    return bad
+
+
+cdef Py_ssize_t _unpool_image(const _Unpool* u, Py_ssize_t i, float* out) noexcept nogil:
+    """Image ``i`` of the full-size gradient, (C, P) floats; returns the bad index count."""
+    cdef Py_ssize_t c, bad = 0
+    for c in range(u.C):
+        bad += _unpool_plane(u, i * u.C + c, out + c * u.P)
+    return bad
+
+
+cdef Py_ssize_t _direct_images(const fcd_geo* g,
+                         const float* src, Py_ssize_t N, # IN  (N, g.C, g.Hs, g.Ws), or NULL: rebuilt
+                         const _Unpool* up,              #     from up, image by image (else NULL)
                          const float* w, int flip,       # IN  weights, packed with flip
                          const float* bias, int relu,    # IN  bias (or NULL), ReLU on output
                          float* wp, Py_ssize_t* tab, Py_ssize_t* st, Py_ssize_t L,
@@ -100,15 +143,17 @@ cdef void _direct_images(const fcd_geo* g,
                          #                                 scratch per block of images (``size``
                          #                                 bytes): packed input at 0, output grid
                          #                                 at o_yg, pooled: one image's output at
-                         #                                 o_yi (else -1), the indices after it
+                         #                                 o_yi (else -1), the indices after it;
+                         Py_ssize_t o_up,                #                 up: the rebuilt image at o_up
                          float[:, :, :, ::1] out,        # OUT (N, g.OC, g.OH, g.OW), pooled: halved
                          int* io,                        # OUT pooled: NULL or out's flat arg-max indices
                          Py_ssize_t T, int nt) noexcept nogil:
     """The forward kernel of :func:`conv2d_direct_forward` and :func:`conv2d_direct_backward_data`,
     ``T`` blocks of consecutive images, each with its own scratch; pooled (``o_yi >= 0``) each
     image's output goes to its block's scratch and ``out`` gets its 2x2 max pooling (and
-    ``io``, if given, the pooling's indices)."""
-    cdef Py_ssize_t N = src.shape[0], t, i, c, NS
+    ``io``, if given, the pooling's indices).  Returns the bad index count of ``up``."""
+    cdef Py_ssize_t CHW = g.C * g.Hs * g.Ws, t, i, c, NS, bad = 0
+    cdef const float* si
     cdef Py_ssize_t HW = g.OH * g.OW, PH = g.OH // 2, PW = g.OW // 2
     cdef int rows
     cdef float* dst
@@ -126,7 +171,12 @@ cdef void _direct_images(const fcd_geo* g,
         ii = <int*>(yi + g.OC * HW) if o_yi >= 0 else NULL
         for i in range(_part(t, N, T), _part(t + 1, N, T)):
             dst = yi if yi != NULL else &out[i, 0, 0, 0]
-            fcd_pack_input(g, &src[i, 0, 0, 0], xq)
+            if up != NULL:
+                si = <float*>(blocks + t * size + o_up)
+                bad += _unpool_image(up, i, <float*>si)
+            else:
+                si = src + i * CHW
+            fcd_pack_input(g, si, xq)
             if rows:  # (tiles written to the output directly)
                 fcd_fwd_image(g, xq, tab, wp, st, st + L, st + 2 * L, NS, bias, relu, dst, yg)
             else:
@@ -139,26 +189,31 @@ cdef void _direct_images(const fcd_geo* g,
             elif yi != NULL:  # (without flat indices)
                 for c in range(g.OC):
                     _maxpool_plane_2x2(dst + c * HW, &out[i, c, 0, 0], ii, g.OW, PH, PW, False)
+    return bad
 
 
-cdef int _direct(fcd_geo* g, const float[:, :, :, ::1] src, const float* w, int flip,
-                 const float* bias, int relu, float[:, :, :, ::1] out, int nt, int pool=0,
-                 int* io=NULL) except -1:
+cdef Py_ssize_t _direct(fcd_geo* g, const float* src, Py_ssize_t N, const float* w, int flip,
+                        const float* bias, int relu, float[:, :, :, ::1] out, int nt, int pool=0,
+                        int* io=NULL, const _Unpool* up=NULL) except -1:
     """:func:`_direct_images` with its scratch, one allocation: packed weights, tap offsets,
     pixel starts, and per block of images the packed input and the output grid (and with
-    ``pool`` one image's full output and one pooled plane's indices)."""
-    cdef Py_ssize_t T = min(<Py_ssize_t>nt, src.shape[0])
+    ``pool`` one image's full output and one pooled plane's indices; with ``up`` the rebuilt
+    source image).  Returns the bad index count of ``up``."""
+    cdef Py_ssize_t T = min(<Py_ssize_t>nt, N), bad
     cdef Py_ssize_t L = g.P // fcd_VL + 1 + g.OH * (g.OW // fcd_VL + 1)
     cdef Py_ssize_t b_wp = _al64(g.OCP * g.C * g.KH * g.KW * sizeof(float))
     cdef Py_ssize_t b_tab = _al64(g.KH * g.KW * sizeof(Py_ssize_t))
     cdef Py_ssize_t b_st = _al64(3 * L * sizeof(Py_ssize_t))
     cdef Py_ssize_t o_yg = _al64(g.xq_size * sizeof(float))
     cdef Py_ssize_t o_yi = o_yg + _al64(g.OCP * g.PR * sizeof(float))
-    cdef Py_ssize_t size = o_yi
+    cdef Py_ssize_t size = o_yi, o_up = 0
     if pool:
         size += _al64(g.OC * g.OH * g.OW * sizeof(float) + (g.OH // 2) * (g.OW // 2) * sizeof(int))
     else:
         o_yi = -1
+    if up != NULL:
+        o_up = size
+        size += _al64(g.C * g.Hs * g.Ws * sizeof(float))
     cdef char* mem = <char*>malloc(b_wp + b_tab + b_st + T * size + 64)
     if mem == NULL:
         raise MemoryError()
@@ -166,12 +221,12 @@ cdef int _direct(fcd_geo* g, const float[:, :, :, ::1] src, const float* w, int 
     try:
         with nogil:  # (the prange lives in a nogil function: within this one, which holds the GIL,
             #  it compiled slower)
-            _direct_images(g, src, w, flip, bias, relu, <float*>base, <Py_ssize_t*>(base + b_wp),
-                           <Py_ssize_t*>(base + b_wp + b_tab), L, base + b_wp + b_tab + b_st, size, o_yg,
-                           o_yi, out, io, T, nt)
+            bad = _direct_images(g, src, N, up, w, flip, bias, relu, <float*>base, <Py_ssize_t*>(base + b_wp),
+                                 <Py_ssize_t*>(base + b_wp + b_tab), L, base + b_wp + b_tab + b_st, size,
+                                 o_yg, o_yi, o_up, out, io, T, nt)
     finally:
         free(mem)
-    return 0
+    return bad
 
 
 cdef void _phases_images(const fcd_geo* geo, Py_ssize_t NPH,
@@ -324,7 +379,7 @@ def conv2d_direct_forward(const float[:, :, :, ::1] x, const float[:, :, :, ::1]
     cdef fcd_geo g
     fcd_geo_init(&g, C, x.shape[2], x.shape[3], 1, 1, OC, w.shape[2], w.shape[3], sh, sw, pt, pl,
                  OH, OW, fcd_J)
-    _direct(&g, x, &w[0, 0, 0, 0], 0, &bias[0], relu, y, _threads_for(N * OC * OH * OW))
+    _direct(&g, &x[0, 0, 0, 0], N, &w[0, 0, 0, 0], 0, &bias[0], relu, y, _threads_for(N * OC * OH * OW))
 
 
 def conv2d_direct_forward_maxpool2(const float[:, :, :, ::1] x, const float[:, :, :, ::1] w,
@@ -346,7 +401,7 @@ def conv2d_direct_forward_maxpool2(const float[:, :, :, ::1] x, const float[:, :
     cdef fcd_geo g
     fcd_geo_init(&g, C, x.shape[2], x.shape[3], 1, 1, OC, w.shape[2], w.shape[3], sh, sw, pt, pl,
                  oh, ow, fcd_J)
-    _direct(&g, x, &w[0, 0, 0, 0], 0, &bias[0], relu, y, _threads_for(N * OC * oh * ow), 1,
+    _direct(&g, &x[0, 0, 0, 0], N, &w[0, 0, 0, 0], 0, &bias[0], relu, y, _threads_for(N * OC * oh * ow), 1,
             &idx[0, 0, 0, 0] if idx.shape[0] else NULL)
 
 
@@ -370,7 +425,7 @@ def conv2d_direct_backward_data(const float[:, :, :, ::1] gy, const float[:, :, 
         return
     cdef fcd_geo g
     fcd_geo_init(&g, OC, OH, OW, sh, sw, C, KH, KW, 1, 1, KH - 1 - pt, KW - 1 - pl, H, W, fcd_J)
-    _direct(&g, gy, &w[0, 0, 0, 0], 1, NULL, 0, gx, _threads_for(N * C * H * W))
+    _direct(&g, &gy[0, 0, 0, 0], N, &w[0, 0, 0, 0], 1, NULL, 0, gx, _threads_for(N * C * H * W))
 
 
 def conv2d_direct_backward_weight(const float[:, :, :, ::1] gy, const float[:, :, :, ::1] x,
@@ -396,7 +451,29 @@ def conv2d_direct_backward_weight(const float[:, :, :, ::1] gy, const float[:, :
         return
     cdef fcd_geo g
     fcd_geo_init(&g, C, x.shape[2], x.shape[3], 1, 1, OC, KH, KW, sh, sw, pt, pl, OH, OW, fcd_J)
-    cdef int nt = _threads_for(N * OC * OH * OW)
+    _weight(&g, &gy[0, 0, 0, 0], NULL, x, gw, gb, _threads_for(N * OC * OH * OW))
+
+
+cdef inline double _sum_column(const double* a, Py_ssize_t n, Py_ssize_t stride,
+                               Py_ssize_t j) noexcept nogil:
+    """``a[0, j] + a[1, j] + ...`` over ``n`` rows, in order."""
+    cdef double acc = 0.0
+    cdef Py_ssize_t r
+    for r in range(n):
+        acc = acc + a[r * stride + j]
+    return acc
+
+
+cdef Py_ssize_t _weight(const fcd_geo* g, const float* gy, const _Unpool* up,
+                        const float[:, :, :, ::1] x,  # IN  (N, C, H, W)
+                        float[:, :, :, ::1] gw,       # OUT (OC, C, KH, KW)
+                        float[::1] gb,                # OUT (OC,) or (0,): no bias gradient
+                        int nt) except -1:
+    """The weight (and bias) gradient of :func:`conv2d_direct_backward_weight` from the output
+    gradient ``gy`` (N, OC, OH, OW), or, if ``gy`` is NULL, rebuilt from ``up`` image by image
+    (plane by plane for the bias); returns the bad index count of ``up``."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], OC = gw.shape[0], OH = g.OH, OW = g.OW
+    cdef Py_ssize_t KK = gw.shape[2] * gw.shape[3]
     cdef Py_ssize_t VL = fcd_VL, OCV = (OC + VL - 1) // VL * VL
     # Tiles of V channel vectors x T taps (q = c*KK + kk; padded with offset 0 up to NQB*T);
     # U = NOB*NQB tiles per image.
@@ -411,11 +488,16 @@ def conv2d_direct_backward_weight(const float[:, :, :, ::1] gy, const float[:, :
     cdef Py_ssize_t b_gt = _al64(P * OCV * sizeof(float)), b_xq = _al64(g.xq_size * sizeof(float))
     cdef Py_ssize_t NI = max(1, min((N + S - 1) // S, DIRECT_WGRAD_BYTES // (b_gt + b_xq)))
     cdef Py_ssize_t size = NI * (b_gt + b_xq), gs = b_gt // sizeof(float), xs = b_xq // sizeof(float)
+    cdef Py_ssize_t o_up = size, bad = 0
+    if up != NULL:  # (the rebuilt output gradient of one image)
+        size += _al64(OC * OH * OW * sizeof(float))
     cdef Py_ssize_t[::1] tab = np.empty(KK, np.intp)
     cdef Py_ssize_t[::1] off = np.zeros(NQB * T, np.intp)
     cdef float[:, ::1] part = np.empty((S, NQB * T * OCV), np.float32)
+    cdef Py_ssize_t nb = gb.shape[0]
+    cdef double[:, ::1] bsum = np.empty((N, nb), np.float64)
     cdef float* gwp = &gw[0, 0, 0, 0]
-    cdef Py_ssize_t t, b, i, i0, i1, j, ni, nn, u0, u1, s, u, ob, qb, o, q, e
+    cdef Py_ssize_t t, b, i, i0, i1, j, ni, nn, u0, u1, s, u, ob, qb, o, q, e, n
     cdef Py_ssize_t xsize = C * x.shape[2] * x.shape[3]
     cdef char* mem = <char*>malloc(B * size + 64)
     if mem == NULL:
@@ -423,9 +505,10 @@ def conv2d_direct_backward_weight(const float[:, :, :, ::1] gy, const float[:, :
     cdef char* base = <char*>_al64(<Py_ssize_t>mem)
     cdef float* gt
     cdef float* xq
+    cdef float* gi
     try:
         with nogil:
-            fcd_make_tab(&g, &tab[0])
+            fcd_make_tab(g, &tab[0])
             for q in range(Q):
                 off[q] = (q // KK) * g.plane + tab[q % KK]
             # Block b of B (one per thread) takes tasks [_part(b), _part(b + 1)); image i is in
@@ -444,8 +527,16 @@ def conv2d_direct_backward_weight(const float[:, :, :, ::1] gy, const float[:, :
                         ni = min(NI, i1 - i)
                         nn = min(NI, i1 - i - ni)  # (the next images, requested while these run)
                         for e in range(ni):
-                            fcd_pack_input(&g, &x[i + e, 0, 0, 0], xq + e * xs)
-                            fcd_pack_grad_t(&g, &gy[i + e, 0, 0, 0], OCV, gt + e * gs)
+                            fcd_pack_input(g, &x[i + e, 0, 0, 0], xq + e * xs)
+                            if up != NULL:
+                                gi = <float*>(base + b * size + o_up)
+                                bad += _unpool_image(up, i + e, gi)
+                            else:
+                                gi = <float*>gy + (i + e) * OC * P
+                            fcd_pack_grad_t(g, gi, OCV, gt + e * gs)
+                            if nb > 0 and t == s * G:  # (the bias: once per image, by its first task)
+                                for o in range(nb):
+                                    bsum[i + e, o] = _sum8_runs(gi + o * P, 1, P, P)
                         for u in range(u0, u1):
                             ob = u // NQB
                             qb = u - ob * NQB
@@ -453,7 +544,8 @@ def conv2d_direct_backward_weight(const float[:, :, :, ::1] gy, const float[:, :
                                                 &part[s, qb * T * OCV], i > i0)
                             if nn > 0:
                                 fcd_prefetch_part(&x[i + ni, 0, 0, 0], nn * xsize, u - u0, u1 - u0)
-                                fcd_prefetch_part(&gy[i + ni, 0, 0, 0], nn * OC * P, u - u0, u1 - u0)
+                                if up == NULL:
+                                    fcd_prefetch_part(gy + (i + ni) * OC * P, nn * OC * P, u - u0, u1 - u0)
     finally:
         free(mem)
     with nogil:
@@ -463,9 +555,59 @@ def conv2d_direct_backward_weight(const float[:, :, :, ::1] gy, const float[:, :
             gwp[e] = part[0, q * OCV + o]
             for s in range(1, S):
                 gwp[e] = gwp[e] + part[s, q * OCV + o]
-        # Bias (unless gb is empty): the output channel's N planes (float64, fixed order).
-        for o in prange(gb.shape[0], schedule='static', num_threads=nt):
-            gb[o] = <float>_sum8_runs(&gy[0, o, 0, 0], N, OC * P, P)
+        # Bias (unless gb is empty): each image's plane summed in float64 (_sum8_runs) while
+        # it is in cache above, then the images in order.
+        for o in prange(nb, schedule='static', num_threads=nt):
+            gb[o] = <float>_sum_column(&bsum[0, 0], N, nb, o)
+    return bad
+
+
+cdef _Key _pool_bwd_ok
+
+
+def conv2d_direct_backward_maxpool2(const float[:, :, :, ::1] gp, const int[:, :, :, ::1] idx,
+                                    const float[:, :, :, ::1] y, const float[:, :, :, ::1] x,
+                                    const float[:, :, :, ::1] w, Py_ssize_t sh, Py_ssize_t sw,
+                                    Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t oh, Py_ssize_t ow,
+                                    float[:, :, :, ::1] gx, float[:, :, :, ::1] gw, float[::1] gb):
+    """Gradients of :func:`conv2d_direct_forward_maxpool2` from the gradient of its pooled
+    output (see :func:`fastcnn._ref.conv2d_direct_backward_maxpool2`): each image's full-size
+    output gradient is rebuilt in a thread's scratch where the kernels pack it, never as a
+    whole array (at strides > 1 the input gradient still builds one)."""
+    if _active is None:
+        active_isa()
+    cdef _Key k = _key(sh, sw, pt, pl, oh, ow)
+    if _new(&_pool_bwd_ok, &k, gp.shape, idx.shape, y.shape, x.shape, w.shape, gx.shape, gw.shape, gb.shape):
+        _passed(&_pool_bwd_ok, &k, _backend.sizes_conv2d_direct_backward_maxpool2(
+            _dims(gp.shape, 4), _dims(idx.shape, 4), _dims(y.shape, 4), _dims(x.shape, 4),
+            _dims(w.shape, 4), sh, sw, pt, pl, oh, ow, _dims(gx.shape, 4), _dims(gw.shape, 4),
+            _dims(gb.shape, 1)))
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], OC = w.shape[0], KH = w.shape[2], KW = w.shape[3]
+    cdef Py_ssize_t H = x.shape[2], W = x.shape[3], bad = 0, i
+    if N == 0:
+        gw[...] = 0.0
+        gb[...] = 0.0
+        return
+    cdef _Unpool up
+    up.gp = &gp[0, 0, 0, 0]
+    up.idx = &idx[0, 0, 0, 0]
+    up.y = &y[0, 0, 0, 0] if y.shape[0] else NULL
+    up.C, up.PHW, up.P = OC, gp.shape[2] * gp.shape[3], oh * ow
+    cdef fcd_geo g
+    fcd_geo_init(&g, C, H, W, 1, 1, OC, KH, KW, sh, sw, pt, pl, oh, ow, fcd_J)
+    bad = _weight(&g, NULL, &up, x, gw, gb, _threads_for(N * OC * oh * ow))
+    cdef float[:, :, :, ::1] full
+    cdef int nt = _threads_for(N * C * H * W)
+    if gx.shape[0] and sh == 1 and sw == 1:
+        fcd_geo_init(&g, OC, oh, ow, 1, 1, C, KH, KW, 1, 1, KH - 1 - pt, KW - 1 - pl, H, W, fcd_J)
+        bad += _direct(&g, NULL, N, &w[0, 0, 0, 0], 1, NULL, 0, gx, nt, 0, NULL, &up)
+    elif gx.shape[0]:  # (strided: the phases read a whole gradient array)
+        full = np.empty((N, OC, oh, ow), np.float32)
+        with nogil:
+            for i in prange(N, schedule='static', num_threads=nt):
+                bad += _unpool_image(&up, i, &full[i, 0, 0, 0])
+        _data_by_phases(full, w, sh, sw, pt, pl, gx, nt)
+    _in_range("conv2d_direct_backward_maxpool2", bad, "pooling indices (into the convolution's output plane)")
 
 
 def fma_peak_probe(long iters, int threads):

@@ -507,6 +507,55 @@ def test_direct_maxpool2_is_the_pool_of_the_forward(name, case):
 
 
 @pytest.mark.parametrize("name", DIRECT)
+@pytest.mark.parametrize("case", [c for c in DIRECT_CASES if direct_data(c)[0].oh >= 2 and direct_data(c)[0].ow >= 2]
+                         + [(9, 17, 8, 8, 20, 3, 3, 1, 1)])
+def test_direct_backward_maxpool2_is_the_composition(name, case):
+    """``conv2d_direct_backward_maxpool2`` gives bit for bit the backend's own relu_backward,
+    maxpool2d_backward, conv2d_direct_backward_weight and _data in sequence, with and without
+    the ReLU and the input gradient, at 1 and 2 threads (a -0.0 and a NaN gradient included);
+    out-of-range indices raise."""
+    k = _backend.ops(name)
+    g, x, wt, b, _ = direct_data(case, 9)
+    n, oc = x.shape[0], wt.shape[0]
+    rng = np.random.default_rng(2)
+    before = fastcnn.get_num_threads()
+    try:
+        for relu in (0, 1):
+            y = np.empty((n, oc, g.oh // 2, g.ow // 2), np.float32)
+            idx = np.empty(y.shape, np.int32)
+            k.conv2d_direct_forward_maxpool2(x, wt, b, g.sh, g.sw, g.pt, g.pl, relu, g.oh, g.ow, y, idx)
+            gp = rng.standard_normal(y.shape, dtype=np.float32)
+            gp.flat[0], gp.flat[-1] = -0.0, np.nan
+            g1 = gp
+            if relu:
+                g1 = np.empty_like(gp)
+                k.relu_backward(gp, y, g1)
+            full = np.empty((n, oc, g.oh, g.ow), np.float32)
+            k.maxpool2d_backward(g1, idx, full)
+            want = [np.empty(x.shape, np.float32), np.empty(wt.shape, np.float32), np.empty(oc, np.float32)]
+            k.conv2d_direct_backward_data(full, wt, g.sh, g.sw, g.pt, g.pl, want[0])
+            k.conv2d_direct_backward_weight(full, x, g.sh, g.sw, g.pt, g.pl, want[1], want[2])
+            mask = y if relu else np.empty((0, 0, 0, 0), np.float32)
+            for threads in (1, min(2, cores())):
+                fastcnn.set_num_threads(threads)
+                for with_gx in (True, False):
+                    gx = np.full(x.shape if with_gx else (0, 0, 0, 0), np.nan, np.float32)
+                    gw, gb = np.full(wt.shape, np.nan, np.float32), np.full(oc, np.nan, np.float32)
+                    k.conv2d_direct_backward_maxpool2(gp, idx, mask, x, wt, g.sh, g.sw, g.pt, g.pl, g.oh, g.ow,
+                                                      gx, gw, gb)
+                    what = (case, relu, threads, with_gx)
+                    assert gw.tobytes() == want[1].tobytes() and gb.tobytes() == want[2].tobytes(), what
+                    assert not with_gx or gx.tobytes() == want[0].tobytes(), what
+    finally:
+        fastcnn.set_num_threads(before)
+    bad = idx.copy()  # (the reference, a composition, is the spec: its BLAS sums vary with alignment)
+    bad.flat[-1] = g.oh * g.ow
+    with pytest.raises(ValueError, match="out of range"):
+        k.conv2d_direct_backward_maxpool2(gp, bad, mask, x, wt, g.sh, g.sw, g.pt, g.pl, g.oh, g.ow,
+                                          np.empty(x.shape, np.float32), gw, gb)
+
+
+@pytest.mark.parametrize("name", DIRECT)
 def test_direct_bit_identical_run_to_run_and_across_threads(name):
     """Fixed summation order: repeated runs, and 1 vs 2 threads, agree bit for bit (the
     weight gradient is summed in fixed slots of consecutive images)."""
@@ -590,6 +639,8 @@ def _recorded_primitive_calls(name):
                 F.conv2d_backward(F.conv2d(x, w, None, 2, 1), x, w, 2, 1)
                 F.conv2d(x, w, None, 1, 1, relu=True, max_pool2=True)
                 F.conv2d(x, w, None, 1, 1, max_pool2=True, return_indices=True)
+                yp, ip = F.conv2d(x, w, None, 1, 1, relu=True, max_pool2=True, return_indices=True)
+                F.conv2d_backward(yp, x, w, 1, 1, pool_indices=ip, relu_output=yp)
         y, idx = F.max_pool2d(x, 2, return_indices=True)
         F.max_pool2d_backward(y, idx, x.shape)
         F.avg_pool2d_backward(F.avg_pool2d(x, 3, 2, 1), x.shape, 3, 2, 1)
@@ -663,6 +714,21 @@ def test_size_checks_of_the_contract_are_the_same_for_both_compiled_backends(nam
         (k.conv2d_direct_forward_maxpool2, (f32((1, 2, 5, 5), np.float32), f32((3, 2, 3, 3), np.float32),
                                             f32(3, np.float32), 1, 1, 0, 0, 0, 3, 3, f32((1, 3, 1, 1), np.float32),
                                             np.empty((1, 3, 2, 1), np.int32))),
+        (k.conv2d_direct_backward_maxpool2, (f32((1, 3, 2, 2), np.float32), np.zeros((1, 3, 2, 2), np.int32),
+                                             np.empty((0, 0, 0, 0), np.float32), f32((1, 2, 5, 5), np.float32),
+                                             f32((3, 2, 3, 3), np.float32), 1, 1, 0, 0, 3, 3,
+                                             np.empty((0, 0, 0, 0), np.float32), f32((3, 2, 3, 3), np.float32),
+                                             f32(3, np.float32))),
+        (k.conv2d_direct_backward_maxpool2, (f32((1, 3, 1, 1), np.float32), np.zeros((1, 3, 1, 1), np.int32),
+                                             f32((1, 3, 1, 2), np.float32), f32((1, 2, 4, 4), np.float32),
+                                             f32((3, 2, 3, 3), np.float32), 1, 1, 0, 0, 2, 2,
+                                             f32((1, 2, 4, 4), np.float32), f32((3, 2, 3, 3), np.float32),
+                                             f32(0, np.float32))),
+        (k.conv2d_direct_backward_maxpool2, (f32((1, 3, 1, 1), np.float32), np.zeros((1, 3, 1, 1), np.int32),
+                                             np.empty((0, 0, 0, 0), np.float32), f32((1, 2, 4, 4), np.float32),
+                                             f32((3, 2, 3, 3), np.float32), 1, 1, 0, 0, 2, 2,
+                                             f32((1, 2, 4, 5), np.float32), f32((3, 2, 3, 3), np.float32),
+                                             f32(3, np.float32))),
         (k.batchnorm_forward, (f32((2, 3, 2, 2), np.float32), *[f32(3, np.float32)] * 3, f32(2, np.float32), 0,
                                f32((2, 3, 2, 2), np.float32), f32((2, 3, 2, 2), np.float32))),
         (k.batchnorm_backward_reduce, (f32((2, 3, 2, 2), np.float32), f32((2, 3, 2, 2), np.float32),

@@ -86,9 +86,10 @@ def test_conv_plan_rules():
             assert _dispatch.conv_plan(k, 1, 16, 32, 5, 5, 14, 14, 4) == "direct"
             assert _dispatch.conv_plan(k, 100, 16, 32, 5, 5, 14, 14, 8) != "direct"  # float64
             assert _dispatch.conv_plan(k, 100, 16, 32, 5, 5, 14, 14, 4, backward=True) == "direct"
-            # first layers: direct forward, im2col backward
+            # first layers: direct both ways when only the weight gradient is wanted
             assert _dispatch.conv_plan(k, 100, 1, 32, 5, 5, 28, 28, 4) == "direct"
             assert _dispatch.conv_plan(k, 100, 1, 32, 5, 5, 28, 28, 4, backward=True) != "direct"
+            assert _dispatch.conv_plan(k, 100, 3, 16, 3, 3, 32, 32, 4, backward=True, input_grad=False) == "direct"
             # strided: direct backward only with outputs of 16 x 16 or more
             assert _dispatch.conv_plan(k, 100, 16, 32, 3, 3, 16, 16, 4, (2, 2), True) == "direct"
             assert _dispatch.conv_plan(k, 100, 32, 64, 3, 3, 8, 8, 4, (2, 2), True) != "direct"

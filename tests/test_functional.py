@@ -177,6 +177,37 @@ def test_linear_backward_writes_the_weight_gradient_into_weight_grad_out(backend
 
 
 
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("stride,padding", [(1, "same"), (2, 1)])
+def test_conv2d_backward_through_the_fused_pooling(backend, conv_path, relu, stride, padding):
+    """``conv2d_backward(..., pool_indices=, relu_output=)`` takes the gradient of the pooled
+    (and ReLU'd) output: the same bytes as relu_backward, max_pool2d_backward and the plain
+    backward on every strategy; wrong shapes are refused."""
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((3, 5, 11, 10), dtype=np.float32)
+    w = rng.standard_normal((9, 5, 3, 3), dtype=np.float32)
+    b = rng.standard_normal(9, dtype=np.float32)
+    full = F.conv2d(x, w, b, stride, padding, relu=relu)
+    y, idx = F.conv2d(x, w, b, stride, padding, relu=relu, max_pool2=True, return_indices=True)
+    gp = rng.standard_normal(y.shape, dtype=np.float32)
+    g = F.relu_backward(gp, y) if relu else gp
+    want = F.conv2d_backward(F.max_pool2d_backward(g, idx, full.shape), x, w, stride, padding)
+    got = F.conv2d_backward(gp, x, w, stride, padding, pool_indices=idx, relu_output=y if relu else None)
+    for a, c in zip(got, want):
+        if backend == "numpy":  # (the reference's BLAS sums may round differently with alignment)
+            assert_close(a, c, 1e-5)
+        else:
+            assert a.tobytes() == c.tobytes()
+    gx, gw, gb = F.conv2d_backward(gp, x, w, stride, padding, bias=False, input_grad=False, pool_indices=idx)
+    assert gx is None and gb is None
+    with pytest.raises(ValueError, match="conv2d_backward: grad_out must have shape"):
+        F.conv2d_backward(full, x, w, stride, padding, pool_indices=idx)
+    with pytest.raises(ValueError, match="conv2d_backward: relu_output must have shape"):
+        F.conv2d_backward(gp, x, w, stride, padding, pool_indices=idx, relu_output=full)
+    with pytest.raises(ValueError, match="indices out of range"):
+        F.conv2d_backward(gp, x, w, stride, padding, pool_indices=np.full(idx.shape, 10**6, np.int32))
+
+
 @pytest.mark.parametrize("stride,padding,use_bias",
                          [(1, "same", True), (2, 1, False), (1, 0, True), (3, "same", False)])
 def test_conv_single_image_path_matches_batched(backend, stride, padding, use_bias):

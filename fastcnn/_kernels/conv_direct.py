@@ -20,6 +20,7 @@ from numba import njit, prange
 
 from .. import _backend, _config
 from .._config import NUMBA_SERIAL_FMA
+from . import activation as _activation
 from . import pool as _pool
 from ._common import _u, add_plane, helper, parallel_kernel, total
 
@@ -446,3 +447,19 @@ def conv2d_direct_backward_weight(gy, x, sh, sw, pt, pl, gw, gb):
     _backward_weight(g, xp, sh, sw, oh, ow, gw)
     if gb.shape[0]:  # (an empty gb: no bias gradient wanted)
         _bias_grad(gy, gb)
+
+
+def conv2d_direct_backward_maxpool2(gp, idx, y, x, w, sh, sw, pt, pl, oh, ow, gx, gw, gb):
+    """Gradients of the pooled direct forward, composed of this backend's primitives
+    (see :func:`fastcnn._ref.conv2d_direct_backward_maxpool2`)."""
+    _backend.sizes_conv2d_direct_backward_maxpool2(gp.shape, idx.shape, y.shape, x.shape, w.shape, sh, sw, pt, pl,
+                                                   oh, ow, gx.shape, gw.shape, gb.shape)
+    g = gp
+    if y.size:
+        g = np.empty_like(gp)
+        _activation.relu_backward(gp, y, g)
+    full = np.empty(gp.shape[:2] + (oh, ow), np.float32)
+    _pool.maxpool2d_backward(g, idx, full)
+    conv2d_direct_backward_weight(full, x, sh, sw, pt, pl, gw, gb)
+    if gx.size:
+        conv2d_direct_backward_data(full, w, sh, sw, pt, pl, gx)
