@@ -90,64 +90,6 @@ static inline fcd_i fcd_src(fcd_i r, fcd_i pad, fcd_i dil, fcd_i n)
     return u < n ? u : -1;
 }
 
-/* src (C, Hs, Ws) -> xq (fcd_geo.xq_size floats, all written). */
-static void fcd_pack_input(const fcd_geo* g, const float* src, float* xq)
-{
-    fcd_i a, b, c, hh, ww, u, v, lo, hi;
-    for (a = 0; a < g->sh; a++) {
-        for (b = 0; b < g->sw; b++) {
-            float* ph = xq + (a * g->sw + b) * g->C * g->plane;
-            for (c = 0; c < g->C; c++) {
-                const float* sc = src + c * g->Hs * g->Ws;
-                for (hh = 0; hh < g->Hq; hh++) {
-                    float* d = ph + c * g->plane + hh * g->Wq;
-                    u = fcd_src(hh * g->sh + a, g->pt, g->dh, g->Hs);
-                    if (u < 0) {
-                        memset(d, 0, (size_t)g->Wq * sizeof(float));
-                        continue;
-                    }
-                    if (g->sw == 1 && g->dw == 1) {  /* one contiguous run */
-                        lo = g->pl < 0 ? 0 : g->pl;
-                        hi = g->pl + g->Ws;
-                        if (hi > g->Wq) hi = g->Wq;
-                        if (hi < lo) hi = lo;
-                        if (lo > g->Wq) lo = hi = g->Wq;
-                        memset(d, 0, (size_t)lo * sizeof(float));
-                        if (hi > lo)
-                            memcpy(d + lo, sc + u * g->Ws + (lo - g->pl), (size_t)(hi - lo) * sizeof(float));
-                        memset(d + hi, 0, (size_t)(g->Wq - hi) * sizeof(float));
-                        continue;
-                    }
-                    if (g->dw == 1) {  /* strided gather: source column ww*sw + b - pl, for
-                                          ww in [lo, hi) (a loop the compiler vectorises) */
-                        const float* sr = sc + u * g->Ws + b - g->pl;
-                        lo = g->pl - b <= 0 ? 0 : (g->pl - b + g->sw - 1) / g->sw;
-                        hi = g->Ws - b + g->pl <= 0 ? 0 : (g->Ws - b + g->pl + g->sw - 1) / g->sw;
-                        if (hi > g->Wq) hi = g->Wq;
-                        if (lo > hi) lo = hi;
-                        memset(d, 0, (size_t)lo * sizeof(float));
-                        if (g->sw == 2)
-                            for (ww = lo; ww < hi; ww++)
-                                d[ww] = sr[2 * ww];
-                        else
-                            for (ww = lo; ww < hi; ww++)
-                                d[ww] = sr[ww * g->sw];
-                        memset(d + hi, 0, (size_t)(g->Wq - hi) * sizeof(float));
-                        continue;
-                    }
-                    memset(d, 0, (size_t)g->Wq * sizeof(float));
-                    for (v = 0; v < g->Ws; v++) {  /* scatter: source column v at padded v*dw + pl */
-                        fcd_i q = v * g->dw + g->pl - b;
-                        if (q >= 0 && q % g->sw == 0 && q / g->sw < g->Wq)
-                            d[q / g->sw] = sc[u * g->Ws + v];
-                    }
-                }
-            }
-        }
-    }
-    memset(xq + g->nph * g->C * g->plane, 0, (size_t)(g->xq_size - g->nph * g->C * g->plane) * sizeof(float));
-}
-
 /* Forward weights (OC, C, KH, KW) -> wp[ob][c][kk][J] (zero rows past OC).  With flip:
  * backward-data weights from w (C', OC', KH, KW) of the forward layer: this convolution's
  * output channel o is the layer's input channel, its input channel c the layer's output
@@ -230,6 +172,7 @@ typedef void (*fcd_bww_fn)(const float*, fcd_i, const float*, fcd_i, fcd_i, fcd_
                            fcd_i, fcd_i, int, const fcd_i*, float*, int);
 typedef float (*fcd_probe_fn)(long, float);
 typedef void (*fcd_pack_fn)(const fcd_geo*, const float*, fcd_i, float*);
+typedef void (*fcd_pack_in_fn)(const fcd_geo*, const float*, float*, int);
 typedef void (*fcd_unpack_fn)(const fcd_geo*, const float*, const float*, int, float*);
 
 /* One ISA's kernels and tile sizes (each compilation of conv_direct_kern.h defines one). */
@@ -238,6 +181,7 @@ typedef struct {
     fcd_bww_fn bwd_weight_tile;
     fcd_probe_fn fma_probe;
     fcd_pack_fn pack_grad_t;
+    fcd_pack_in_fn pack_input;
     fcd_unpack_fn unpack_output;
     fcd_i J, VL, WT;
 } fcd_isa_kernels;
@@ -366,6 +310,7 @@ static const fcd_isa_kernels* fcd_isa = &fcd_kernels_base;
 #define fcd_bwd_weight_tile (fcd_isa->bwd_weight_tile)
 #define fcd_fma_probe (fcd_isa->fma_probe)
 #define fcd_pack_grad_t (fcd_isa->pack_grad_t)
+#define fcd_pack_input (fcd_isa->pack_input)
 #define fcd_unpack_output (fcd_isa->unpack_output)
 #define fcd_J (fcd_isa->J)
 #define fcd_VL (fcd_isa->VL)

@@ -22,7 +22,7 @@ cdef extern from "conv_direct.h" nogil:
                       fcd_i KH, fcd_i KW, fcd_i sh, fcd_i sw, fcd_i pt, fcd_i pl, fcd_i OH,
                       fcd_i OW, fcd_i J)
     void fcd_make_tab(const fcd_geo* g, fcd_i* tab)
-    void fcd_pack_input(const fcd_geo* g, const float* src, float* xq)
+    void fcd_pack_input(const fcd_geo* g, const float* src, float* xq, int zeroed)
     void fcd_pack_weights(const fcd_geo* g, const float* w, int flip, float* wp)
     void fcd_unpack_output(const fcd_geo* g, const float* yg, const float* bias, int relu, float* y)
     void fcd_pack_grad_t(const fcd_geo* g, const float* gy, fcd_i OCV, float* gt)
@@ -152,7 +152,7 @@ cdef Py_ssize_t _direct_images(const fcd_geo* g,
     ``T`` blocks of consecutive images, each with its own scratch; pooled (``o_yi >= 0``) each
     image's output goes to its block's scratch and ``out`` gets its 2x2 max pooling (and
     ``io``, if given, the pooling's indices).  Returns the bad index count of ``up``."""
-    cdef Py_ssize_t CHW = g.C * g.Hs * g.Ws, t, i, c, NS, bad = 0
+    cdef Py_ssize_t CHW = g.C * g.Hs * g.Ws, t, i, i0, c, NS, bad = 0
     cdef const float* si
     cdef Py_ssize_t HW = g.OH * g.OW, PH = g.OH // 2, PW = g.OW // 2
     cdef int rows
@@ -169,14 +169,15 @@ cdef Py_ssize_t _direct_images(const fcd_geo* g,
         yg = <float*>(blocks + t * size + o_yg)
         yi = <float*>(blocks + t * size + o_yi) if o_yi >= 0 else NULL
         ii = <int*>(yi + g.OC * HW) if o_yi >= 0 else NULL
-        for i in range(_part(t, N, T), _part(t + 1, N, T)):
+        i0 = _part(t, N, T)
+        for i in range(i0, _part(t + 1, N, T)):
             dst = yi if yi != NULL else &out[i, 0, 0, 0]
             if up != NULL:
                 si = <float*>(blocks + t * size + o_up)
                 bad += _unpool_image(up, i, <float*>si)
             else:
                 si = src + i * CHW
-            fcd_pack_input(g, si, xq)
+            fcd_pack_input(g, si, xq, i > i0)  # (the padding's zeros stay from the block's first image)
             if rows:  # (tiles written to the output directly)
                 fcd_fwd_image(g, xq, tab, wp, st, st + L, st + 2 * L, NS, bias, relu, dst, yg)
             else:
@@ -262,7 +263,7 @@ cdef void _phases_images(const fcd_geo* geo, Py_ssize_t NPH,
             for p in range(NPH):
                 if ns[p] == 0:  # (no taps reach this phase: its gradient is zero)
                     continue
-                fcd_pack_input(&geo[p], &gy[i, 0, 0, 0], xq)
+                fcd_pack_input(&geo[p], &gy[i, 0, 0, 0], xq, 0)
                 if rows[p]:
                     fcd_fwd_image(&geo[p], xq, tab + o_tab[p], wp + o_wp[p], st + o_st[p],
                                   st + o_st[p] + lst[p], st + o_st[p] + 2 * lst[p], ns[p], NULL, 0,
@@ -497,7 +498,7 @@ cdef Py_ssize_t _weight(const fcd_geo* g, const float* gy, const _Unpool* up,
     cdef Py_ssize_t nb = gb.shape[0]
     cdef double[:, ::1] bsum = np.empty((N, nb), np.float64)
     cdef float* gwp = &gw[0, 0, 0, 0]
-    cdef Py_ssize_t t, b, i, i0, i1, j, ni, nn, u0, u1, s, u, ob, qb, o, q, e, n
+    cdef Py_ssize_t t, b, i, i0, i1, j, ni, nn, u0, u1, s, u, ob, qb, o, q, e, n, npk
     cdef Py_ssize_t xsize = C * x.shape[2] * x.shape[3]
     cdef char* mem = <char*>malloc(B * size + 64)
     if mem == NULL:
@@ -516,6 +517,7 @@ cdef Py_ssize_t _weight(const fcd_geo* g, const float* gy, const _Unpool* up,
             for b in prange(B, schedule='static', num_threads=nt):
                 gt = <float*>(base + b * size)
                 xq = gt + NI * gs
+                npk = 0
                 for t in range(_part(b, NT, B), _part(b + 1, NT, B)):
                     s = t // G
                     i0 = (s * N + S - 1) // S
@@ -527,7 +529,8 @@ cdef Py_ssize_t _weight(const fcd_geo* g, const float* gy, const _Unpool* up,
                         ni = min(NI, i1 - i)
                         nn = min(NI, i1 - i - ni)  # (the next images, requested while these run)
                         for e in range(ni):
-                            fcd_pack_input(g, &x[i + e, 0, 0, 0], xq + e * xs)
+                            fcd_pack_input(g, &x[i + e, 0, 0, 0], xq + e * xs, e < npk)
+                            npk = max(npk, e + 1)  # (buffers 0 .. npk-1 hold a packing: zeros in place)
                             if up != NULL:
                                 gi = <float*>(base + b * size + o_up)
                                 bad += _unpool_image(up, i + e, gi)

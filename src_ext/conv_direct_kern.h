@@ -184,6 +184,53 @@ static void FCD_NAME(fcd_bwd_weight_tile)(const float* xq, fcd_i xs, const float
         FCD_NAME(fcd_bww_tile)(xq, xs, g, gs, NI, OCV, OH, OW, Wq, off, o, add, 1, 2 * FCD_WT);
 }
 
+/* src (C, Hs, Ws) -> xq (fcd_geo.xq_size floats).  Unless ``zeroed`` (xq holds an earlier
+ * packing of the same geometry, whose zeros are where this one's are) the buffer is zeroed
+ * first; then only the source's cells are copied.  Each phase row's source row and column
+ * range are worked out once for all channels; the copies are loops compiled for this SIMD
+ * path. */
+static void FCD_NAME(fcd_pack_input)(const fcd_geo* g, const float* src, float* xq, int zeroed)
+{
+    fcd_i a, b, c, hh, ww, u, v, lo, hi, HW = g->Hs * g->Ws;
+    if (!zeroed)
+        memset(xq, 0, (size_t)g->xq_size * sizeof(float));
+    for (a = 0; a < g->sh; a++) {
+        for (b = 0; b < g->sw; b++) {
+            float* ph = xq + (a * g->sw + b) * g->C * g->plane;
+            const fcd_i c0 = b - g->pl;  /* phase column ww reads source column ww*sw + c0 (dw == 1) */
+            lo = -c0 <= 0 ? 0 : (-c0 + g->sw - 1) / g->sw;
+            hi = g->Ws - c0 <= 0 ? 0 : (g->Ws - c0 + g->sw - 1) / g->sw;
+            if (hi > g->Wq) hi = g->Wq;
+            if (lo > hi) lo = hi;
+            for (hh = 0; hh < g->Hq; hh++) {
+                u = fcd_src(hh * g->sh + a, g->pt, g->dh, g->Hs);
+                if (u < 0)
+                    continue;
+                for (c = 0; c < g->C; c++) {
+                    float* __restrict__ d = ph + c * g->plane + hh * g->Wq;
+                    const float* __restrict__ sr = src + c * HW + u * g->Ws;
+                    if (g->dw != 1) {  /* scatter: source column v at padded v*dw + pl */
+                        for (v = 0; v < g->Ws; v++) {
+                            fcd_i q = v * g->dw + g->pl - b;
+                            if (q >= 0 && q % g->sw == 0 && q / g->sw < g->Wq)
+                                d[q / g->sw] = sr[v];
+                        }
+                    } else if (g->sw == 1) {  /* one contiguous run */
+                        for (ww = lo; ww < hi; ww++)
+                            d[ww] = sr[ww + c0];
+                    } else if (g->sw == 2) {  /* a strided gather the compiler vectorises */
+                        for (ww = lo; ww < hi; ww++)
+                            d[ww] = sr[2 * ww + c0];
+                    } else {
+                        for (ww = lo; ww < hi; ww++)
+                            d[ww] = sr[ww * g->sw + c0];
+                    }
+                }
+            }
+        }
+    }
+}
+
 /* Output gradient (OC, OH, OW) -> channels-last gt[oh*OW + ow][OCV], zero channels >= OC.
  * With FCD_TRANSPOSE16 (AVX-512) and whole blocks of 16 channels: 16 x 16 blocks transposed
  * in registers; otherwise (and for the last positions) one value at a time. */
@@ -240,7 +287,8 @@ static float FCD_NAME(fcd_fma_probe)(long iters, float m)
 
 static const fcd_isa_kernels FCD_NAME(fcd_kernels) = {
     FCD_NAME(fcd_fwd_image), FCD_NAME(fcd_bwd_weight_tile), FCD_NAME(fcd_fma_probe),
-    FCD_NAME(fcd_pack_grad_t), FCD_NAME(fcd_unpack_output), FCD_J, FCD_VL, FCD_WT};
+    FCD_NAME(fcd_pack_grad_t), FCD_NAME(fcd_pack_input), FCD_NAME(fcd_unpack_output), FCD_J, FCD_VL,
+    FCD_WT};
 
 #undef FCD_SUFFIX
 #undef FCD_VL

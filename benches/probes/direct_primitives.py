@@ -1,6 +1,6 @@
 """The three direct primitives at every shape of ``benches/conv_direct_gflops.py``: median ms
 of REPS calls each (default 11), 2 threads.  Run trees alternately (``PYTHONPATH=<tree>``) to
-compare them; ``PASS`` limits the output to ``forward``, ``data`` or ``weight``.
+compare them; ``PASS`` (``forward``, ``data``, ``weight``; default ``all``) limits the output.
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benches/probes/direct_primitives.py [PASS] [REPS]
 """
@@ -36,7 +36,7 @@ def main(which=None, reps=11):
                  "data": lambda: k.conv2d_direct_backward_data(gy, w, *a, gx),
                  "weight": lambda: k.conv2d_direct_backward_weight(gy, x, *a, gw, gb)}
         cells = [f"{p} {median_seconds(f, int(reps)) * 1e3:.3f}" for p, f in calls.items()
-                 if which in (None, p)]
+                 if which in (None, "all", p)]
         print(f"{name}: " + ", ".join(cells) + " ms", flush=True)
 
 
