@@ -143,18 +143,17 @@ def one_pool(k):
     return k is not _ref and _threads.gemm_blas_single()
 
 
-def _direct_wins(c, oc, kh, kw, stride, backward, out_pixels, input_grad=True):
+def _direct_wins(c, oc, kh, kw, backward, input_grad=True):
     """The ``auto`` rule for the direct kernels, from benches/conv_direct_gflops.py and
     benches/probes/plan_compare.py (docs/PERFORMANCE.md, section 9): forward on every measured
     shape with 8+ output channels and a kernel larger than 1x1 (a 1x1 convolution is one
-    SGEMM on the per-image path); backward with more than 3 input channels, or any when only
-    the weight gradient is wanted (first layers: an input gradient of 1-3 channels fills few
-    lanes), strided ones only with outputs of 16 x 16 pixels or more (smaller: the per-image
-    path is faster)."""
+    SGEMM on the per-image path); backward likewise with more than 3 input channels, or any
+    when only the weight gradient is wanted (first layers: an input gradient of 1-3 channels
+    fills few lanes)."""
     if kh == 1 and kw == 1:
         return False
     if backward:
-        return oc >= 8 and (c > 3 or not input_grad) and (stride == (1, 1) or out_pixels >= 256)
+        return oc >= 8 and (c > 3 or not input_grad)
     return oc >= 8
 
 
@@ -167,7 +166,7 @@ def conv_plan(k, n, c, oc, kh, kw, oh, ow, itemsize, stride=(1, 1), backward=Fal
     k : the backend's primitive module
     n, c, oc, kh, kw, oh, ow : batch, channels, output channels, kernel and output sizes
     itemsize : bytes per element (the finite-difference tests run the reference in float64)
-    stride : (sh, sw)
+    stride : (sh, sw) (the measured rule no longer depends on it)
     backward : whether the plan is for the gradients (else the forward pass)
     input_grad : with ``backward``, whether the input gradient is wanted too
     """
@@ -175,7 +174,7 @@ def conv_plan(k, n, c, oc, kh, kw, oh, ow, itemsize, stride=(1, 1), backward=Fal
     if conv == "direct":
         return "direct"
     if (conv == "auto" and getattr(k, "__name__", None) in DIRECT_AUTO_MODULES and itemsize == 4
-            and _direct_wins(c, oc, kh, kw, tuple(stride), backward, oh * ow, input_grad)):
+            and _direct_wins(c, oc, kh, kw, backward, input_grad)):
         return "direct"
     if n == 1:
         return "single"
