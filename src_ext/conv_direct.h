@@ -252,6 +252,27 @@ FC_TARGET_PUSH(FC_AVX512)
                                          _mm512_setzero_ps())
 #define FCD_STORE_N(p, v, n) _mm512_mask_storeu_ps((p), (__mmask16)((1u << (n)) - 1u), (v))
 #define FCD_TRANSPOSE16 fcd_transpose16_avx512
+#define FCD_EVEN16 fcd_even16_avx512
+
+/* d[0 .. n) = s[0], s[2], ..., s[2n - 2] (a stride-2 row of the input packing): two loads and
+ * one permutation per 16 values, the last (partial) ones masked, so nothing past s[2n - 2] is
+ * read. */
+static inline void fcd_even16_avx512(float* d, const float* s, fcd_i n)
+{
+    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    fcd_i k = 0;
+    for (; k + 16 <= n; k += 16) {
+        __m512 lo = _mm512_loadu_ps(s + 2 * k);
+        __m512 hi = _mm512_maskz_loadu_ps((__mmask16)0x7fff, s + 2 * k + 16);  /* (s[2k + 31] unread) */
+        _mm512_storeu_ps(d + k, _mm512_permutex2var_ps(lo, even, hi));
+    }
+    if (k < n) {
+        fcd_i r = 2 * (n - k) - 1;  /* source values s[2k] .. s[2n - 2] */
+        __m512 lo = _mm512_maskz_loadu_ps((__mmask16)(r >= 16 ? 0xffffu : (1u << r) - 1u), s + 2 * k);
+        __m512 hi = _mm512_maskz_loadu_ps((__mmask16)(r > 16 ? (1u << (r - 16)) - 1u : 0u), s + 2 * k + 16);
+        _mm512_mask_storeu_ps(d + k, (__mmask16)((1u << (n - k)) - 1u), _mm512_permutex2var_ps(lo, even, hi));
+    }
+}
 
 /* r[i] (16 rows of 16 floats) -> r[j] = column j: unpack 32-bit, then 64-bit pairs, then two
  * rounds of 128-bit lane shuffles. */
@@ -286,6 +307,7 @@ static inline void fcd_transpose16_avx512(__m512* r)
 }
 #include "conv_direct_kern.h"
 #undef FCD_TRANSPOSE16
+#undef FCD_EVEN16
 FC_TARGET_POP
 
 /* 0 baseline, 1 avx2, 2 avx512: whether the CPU (and OS) support it. */

@@ -218,9 +218,14 @@ static void FCD_NAME(fcd_pack_input)(const fcd_geo* g, const float* src, float* 
                     } else if (g->sw == 1) {  /* one contiguous run */
                         for (ww = lo; ww < hi; ww++)
                             d[ww] = sr[ww + c0];
-                    } else if (g->sw == 2) {  /* a strided gather the compiler vectorises */
+                    } else if (g->sw == 2) {  /* a stride-2 gather */
+#ifdef FCD_EVEN16
+                        if (hi > lo)
+                            FCD_EVEN16(d + lo, sr + 2 * lo + c0, hi - lo);
+#else
                         for (ww = lo; ww < hi; ww++)
                             d[ww] = sr[2 * ww + c0];
+#endif
                     } else {
                         for (ww = lo; ww < hi; ww++)
                             d[ww] = sr[ww * g->sw + c0];
