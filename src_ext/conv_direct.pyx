@@ -239,9 +239,10 @@ cdef void _phases_images(const fcd_geo* geo, Py_ssize_t NPH,
                          #                                 pixel starts (3 rows of lst), their
                          #                                 offsets, vector counts, store mode
                          const Py_ssize_t* poff,         # IN  phase p's (C, Ha, Wb) in a phase buffer
+                         const Py_ssize_t* oxq,          # IN  phase p's packed input in a block
                          char* blocks, Py_ssize_t size, Py_ssize_t o_yg, Py_ssize_t o_pb,
                          #                                 scratch per block of images: packed
-                         #                                 input, output grid, phase buffer
+                         #                                 inputs (oxq), output grid, phase buffer
                          Py_ssize_t pb_size, Py_ssize_t sh, Py_ssize_t sw,
                          float[:, :, :, ::1] gx,         # OUT (N, C, H, W)
                          Py_ssize_t T, int nt) noexcept nogil:
@@ -249,21 +250,22 @@ cdef void _phases_images(const fcd_geo* geo, Py_ssize_t NPH,
     phase with taps goes through the forward kernel into the block's phase buffer (phases
     without taps stay zero), then the phases are interleaved into ``gx``."""
     cdef Py_ssize_t N = gy.shape[0], C = gx.shape[1], H = gx.shape[2], W = gx.shape[3]
-    cdef Py_ssize_t t, i, p, e
+    cdef Py_ssize_t t, i, i0, p, e
     cdef float* xq
     cdef float* yg
     cdef float* pb
     for t in prange(T, schedule='static', num_threads=nt):
-        xq = <float*>(blocks + t * size)
         yg = <float*>(blocks + t * size + o_yg)
         pb = <float*>(blocks + t * size + o_pb)
         for e in range(pb_size):
             pb[e] = 0.0
-        for i in range(_part(t, N, T), _part(t + 1, N, T)):
+        i0 = _part(t, N, T)
+        for i in range(i0, _part(t + 1, N, T)):
             for p in range(NPH):
                 if ns[p] == 0:  # (no taps reach this phase: its gradient is zero)
                     continue
-                fcd_pack_input(&geo[p], &gy[i, 0, 0, 0], xq, 0)
+                xq = <float*>(blocks + t * size + oxq[p])
+                fcd_pack_input(&geo[p], &gy[i, 0, 0, 0], xq, i > i0)
                 if rows[p]:
                     fcd_fwd_image(&geo[p], xq, tab + o_tab[p], wp + o_wp[p], st + o_st[p],
                                   st + o_st[p] + lst[p], st + o_st[p] + 2 * lst[p], ns[p], NULL, 0,
@@ -286,13 +288,14 @@ cdef int _data_by_phases(const float[:, :, :, ::1] gy, const float[:, :, :, ::1]
     cdef Py_ssize_t N = gy.shape[0], OC = gy.shape[1], OH = gy.shape[2], OW = gy.shape[3]
     cdef Py_ssize_t C = gx.shape[1], H = gx.shape[2], W = gx.shape[3]
     cdef Py_ssize_t NPH = sh * sw, T = min(<Py_ssize_t>nt, N), p, a, b, i0, j0, mi, mj, Ha, Wb
-    cdef Py_ssize_t[::1] meta = np.zeros(6 * NPH, np.intp)
+    cdef Py_ssize_t[::1] meta = np.zeros(7 * NPH, np.intp)
     cdef Py_ssize_t* o_wp = &meta[0]       # per phase: offset of its packed weights,
     cdef Py_ssize_t* o_tab = o_wp + NPH    # of its tap offsets,
     cdef Py_ssize_t* o_st = o_tab + NPH    # of its pixel starts (3 rows of lst[p]),
     cdef Py_ssize_t* lst = o_st + NPH      # that row length,
     cdef Py_ssize_t* ns = lst + NPH        # its pixel vectors (0: no taps, the phase is zero),
-    cdef Py_ssize_t* poff = ns + NPH       # the offset of its (C, Ha, Wb) in a phase buffer
+    cdef Py_ssize_t* poff = ns + NPH       # the offset of its (C, Ha, Wb) in a phase buffer,
+    cdef Py_ssize_t* oxq = poff + NPH      # of its packed gradient in a block's scratch
     cdef int[::1] rows = np.zeros(NPH, np.intc)
     cdef Py_ssize_t n_wp = 0, n_tab = 0, n_st = 0, n_pb = 0, xq_max = 0, yg_max = 0
     cdef float[::1] wp
@@ -330,7 +333,8 @@ cdef int _data_by_phases(const float[:, :, :, ::1] gy, const float[:, :, :, ::1]
             lst[p] = geo[p].P // fcd_VL + 1 + geo[p].OH * (geo[p].OW // fcd_VL + 1)
             o_st[p] = n_st
             n_st += 3 * lst[p]
-            xq_max = max(xq_max, geo[p].xq_size)
+            oxq[p] = xq_max  # (bytes: a packing of each phase, its zeros kept from image to image)
+            xq_max += _al64(geo[p].xq_size * sizeof(float))
             yg_max = max(yg_max, geo[p].OCP * geo[p].PR)
         wp = np.empty(max(n_wp, 1), np.float32)
         tab = np.empty(max(n_tab, 1), np.intp)
@@ -344,7 +348,7 @@ cdef int _data_by_phases(const float[:, :, :, ::1] gy, const float[:, :, :, ::1]
             ns[p] = fcd_pixel_starts(&geo[p], fcd_VL, &st[o_st[p]], &st[o_st[p] + lst[p]],
                                      &st[o_st[p] + 2 * lst[p]], &rows[p])
         # per block of images, one allocation: packed input, output grid, phase buffer
-        o_yg = _al64(xq_max * sizeof(float))
+        o_yg = xq_max
         o_pb = o_yg + _al64(yg_max * sizeof(float))
         size = o_pb + _al64(n_pb * sizeof(float))
         mem = <char*>malloc(T * size + 64)
@@ -352,7 +356,7 @@ cdef int _data_by_phases(const float[:, :, :, ::1] gy, const float[:, :, :, ::1]
             raise MemoryError()
         with nogil:
             _phases_images(geo, NPH, gy, &wp[0], &tab[0], &st[0], o_wp, o_tab, o_st, ns, lst,
-                           &rows[0], poff, <char*>_al64(<Py_ssize_t>mem), size, o_yg, o_pb, n_pb,
+                           &rows[0], poff, oxq, <char*>_al64(<Py_ssize_t>mem), size, o_yg, o_pb, n_pb,
                            sh, sw, gx, T, nt)
     finally:
         free(mem)

@@ -585,30 +585,30 @@ def test_direct_bit_identical_run_to_run_and_across_threads(name):
     (1, 16, 12, 12, 32, 5, 5, 1, 2),   # one slot: the tiles split across threads
     (3, 20, 7, 7, 16, 3, 3, 1, 1),
 ])
-def test_direct_weight_gradient_any_threads(name, case):
-    """The weight gradient against the reference, and the same bytes at 1 and 2 threads:
-    however a thread's images are packed and its tiles grouped, each slot sums its images
-    in order."""
+def test_direct_primitives_many_images_any_threads(name, case):
+    """All three primitives against the reference, and the same bytes at 1 and 2 threads, with
+    many images per thread (each packing reuses its buffer's zeros) and, for the weight
+    gradient, however a thread's images are packed and its tiles grouped (each slot sums its
+    images in order)."""
     k = _backend.ops(name)
-    g, x, _, _, gy = direct_data(case, 11)
-    want_w = np.empty((case[4], case[1], case[5], case[6]))
-    want_b = np.empty(case[4])
-    _ref.conv2d_direct_backward_weight(gy.astype(np.float64), x.astype(np.float64), g.sh, g.sw, g.pt, g.pl,
-                                       want_w, want_b)
-    scale_w, scale_b = np.empty_like(want_w), np.empty_like(want_b)
-    _ref.conv2d_direct_backward_weight(np.abs(gy.astype(np.float64)), np.abs(x.astype(np.float64)), g.sh, g.sw,
-                                       g.pt, g.pl, scale_w, scale_b)
+    g, x, wt, b, gy = direct_data(case, 11)
+    x64, w64, b64, gy64 = (a.astype(np.float64) for a in (x, wt, b, gy))
+    want = [np.empty((case[0], case[4], g.oh, g.ow)), np.empty(x.shape), np.empty(wt.shape), np.empty(case[4])]
+    scale = [np.empty_like(a) for a in want]
+    for arrs, out in (((x64, w64, b64, gy64), want), ((np.abs(x64), np.abs(w64), np.abs(b64), np.abs(gy64)), scale)):
+        xx, ww, bb, gg = arrs
+        _ref.conv2d_direct_forward(xx, ww, bb, g.sh, g.sw, g.pt, g.pl, 0, out[0])
+        _ref.conv2d_direct_backward_data(gg, ww, g.sh, g.sw, g.pt, g.pl, out[1])
+        _ref.conv2d_direct_backward_weight(gg, xx, g.sh, g.sw, g.pt, g.pl, out[2], out[3])
     before = fastcnn.get_num_threads()
     runs = []
     try:
         for threads in (1, min(2, cores())):
             fastcnn.set_num_threads(threads)
-            gw = np.full(want_w.shape, np.nan, np.float32)
-            gb = np.full(want_b.shape, np.nan, np.float32)
-            k.conv2d_direct_backward_weight(gy, x, g.sh, g.sw, g.pt, g.pl, gw, gb)
-            runs.append((gw.tobytes(), gb.tobytes()))
-            _close(gw, want_w, scale_w, f"{name} {case} gw, {threads} threads")
-            _close(gb, want_b, scale_b, f"{name} {case} gb, {threads} threads")
+            got = run_direct(k, g, x, wt, b, gy)
+            runs.append([a.tobytes() for a in got])
+            for a, w_, sc, what in zip(got, want, scale, ("y", "gx", "gw", "gb")):
+                _close(a, w_, sc, f"{name} {case} {what}, {threads} threads")
     finally:
         fastcnn.set_num_threads(before)
     assert runs[1] == runs[0]
