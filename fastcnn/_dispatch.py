@@ -143,17 +143,17 @@ def one_pool(k):
     return k is not _ref and _threads.gemm_blas_single()
 
 
-def _direct_wins(c, oc, kh, kw, backward, input_grad=True):
+def _direct_wins(n, c, oc, kh, kw, backward, input_grad=True):
     """The ``auto`` rule for the direct kernels, from benches/conv_direct_gflops.py and
     benches/probes/plan_compare.py (docs/PERFORMANCE.md, section 9): forward on every measured
     shape with 8+ output channels and a kernel larger than 1x1 (a 1x1 convolution is one
     SGEMM on the per-image path); backward likewise with more than 3 input channels, or any
-    when only the weight gradient is wanted (first layers: an input gradient of 1-3 channels
-    fills few lanes)."""
+    when only the weight gradient of a batch is wanted (first layers: an input gradient of 1-3
+    channels fills few lanes; at batch 1 one GEMM is faster)."""
     if kh == 1 and kw == 1:
         return False
     if backward:
-        return oc >= 8 and (c > 3 or not input_grad)
+        return oc >= 8 and (c > 3 or (not input_grad and n > 1))
     return oc >= 8
 
 
@@ -174,7 +174,7 @@ def conv_plan(k, n, c, oc, kh, kw, oh, ow, itemsize, stride=(1, 1), backward=Fal
     if conv == "direct":
         return "direct"
     if (conv == "auto" and getattr(k, "__name__", None) in DIRECT_AUTO_MODULES and itemsize == 4
-            and _direct_wins(c, oc, kh, kw, backward, input_grad)):
+            and _direct_wins(n, c, oc, kh, kw, backward, input_grad)):
         return "direct"
     if n == 1:
         return "single"

@@ -90,6 +90,7 @@ def test_conv_plan_rules():
             assert _dispatch.conv_plan(k, 100, 1, 32, 5, 5, 28, 28, 4) == "direct"
             assert _dispatch.conv_plan(k, 100, 1, 32, 5, 5, 28, 28, 4, backward=True) != "direct"
             assert _dispatch.conv_plan(k, 100, 3, 16, 3, 3, 32, 32, 4, backward=True, input_grad=False) == "direct"
+            assert _dispatch.conv_plan(k, 1, 1, 8, 3, 3, 26, 26, 4, backward=True, input_grad=False) == "single"
             # strided: direct both ways
             assert _dispatch.conv_plan(k, 100, 16, 32, 3, 3, 16, 16, 4, (2, 2), True) == "direct"
             assert _dispatch.conv_plan(k, 100, 32, 64, 3, 3, 8, 8, 4, (2, 2), True) == "direct"
