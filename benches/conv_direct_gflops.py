@@ -63,6 +63,28 @@ def peak(threads):
     return best  # (flops per wall second, flops per CPU second)
 
 
+def case(rng, x_shape, oc, k, s, pad):
+    """Random arrays for one shape of ``SHAPES``: ``(calls, flops)``, where ``calls(mod)`` is
+    ``{"forward": f, "data": f, "weight": f}``, the direct primitives of the primitive module
+    ``mod`` on those arrays, and ``flops`` those of one pass."""
+    n, c, h, wd = x_shape
+    g = F.ConvGeometry((k, k), (s, s), pad, (h, wd), "bench")
+    x = rng.standard_normal(x_shape, dtype=np.float32)
+    w = rng.standard_normal((oc, c, k, k), dtype=np.float32)
+    b = np.zeros(oc, np.float32)
+    y = np.empty((n, oc, g.oh, g.ow), np.float32)
+    gy = rng.standard_normal(y.shape, dtype=np.float32)
+    gx, gw, gb = np.empty_like(x), np.empty_like(w), np.empty_like(b)
+    a = (g.sh, g.sw, g.pt, g.pl)
+
+    def calls(mod):
+        return {"forward": lambda: mod.conv2d_direct_forward(x, w, b, *a, 0, y),
+                "data": lambda: mod.conv2d_direct_backward_data(gy, w, *a, gx),
+                "weight": lambda: mod.conv2d_direct_backward_weight(gy, x, *a, gw, gb)}
+
+    return calls, 2.0 * y.size * c * k * k
+
+
 def kernels(threads, reps=9):
     """The direct primitives alone (no functional layer), % of the probe by CPU time."""
     from fastcnn._ext import conv_direct as d
@@ -76,20 +98,8 @@ def kernels(threads, reps=9):
     print("|---|---:|---:|---:|")
     rng = np.random.default_rng(0)
     for name, (n, c, h, wd), oc, k, s, pad in SHAPES:
-        g = F.ConvGeometry((k, k), (s, s), pad, (h, wd), "bench")
-        x = rng.standard_normal((n, c, h, wd), dtype=np.float32)
-        w = rng.standard_normal((oc, c, k, k), dtype=np.float32)
-        b = np.zeros(oc, np.float32)
-        y = np.empty((n, oc, g.oh, g.ow), np.float32)
-        gy = rng.standard_normal(y.shape, dtype=np.float32)
-        gx, gw, gb = np.empty_like(x), np.empty_like(w), np.empty_like(b)
-        flops = 2.0 * y.size * c * k * k
-        args = (g.sh, g.sw, g.pt, g.pl)
-        cells = []
-        for fn in (lambda: d.conv2d_direct_forward(x, w, b, *args, 0, y),
-                   lambda: d.conv2d_direct_backward_data(gy, w, *args, gx),
-                   lambda: d.conv2d_direct_backward_weight(gy, x, *args, gw, gb)):
-            cells.append(f"{flops / timed(fn, reps)[1] / pc:.0%}")
+        calls, flops = case(rng, (n, c, h, wd), oc, k, s, pad)
+        cells = [f"{flops / timed(fn, reps)[1] / pc:.0%}" for fn in calls(d).values()]
         print(f"| {name} {(n, c, h, wd)}->{oc} k{k} s{s} | " + " | ".join(cells) + " |", flush=True)
 
 

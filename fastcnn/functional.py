@@ -329,10 +329,11 @@ def conv2d_backward(grad_out: ArrayLike, x: ArrayLike, weight: ArrayLike, stride
         relu_output = as_float32(relu_output, "relu_output", 4, op)
         if relu_output.shape != want:
             raise ValueError(f"{op}: relu_output must have shape {want}, got {relu_output.shape}")
+    plan = _dispatch.conv_plan(k, n, c, oc, g.kh, g.kw, g.oh, g.ow, x.dtype.itemsize, (g.sh, g.sw), True,
+                               input_grad)
     if pool_indices is not None:
         idx, _ = _pool_indices(grad_out, pool_indices, full, op, ws)
-        if _dispatch.conv_plan(k, n, c, oc, g.kh, g.kw, g.oh, g.ow, x.dtype.itemsize, (g.sh, g.sw), True,
-                               input_grad) == "direct":
+        if plan == "direct":
             gx = np.empty(x.shape if input_grad else (0, 0, 0, 0), np.float32)
             gw = np.empty(weight.shape, np.float32)
             gb = np.empty((oc if bias else 0,), np.float32)
@@ -340,27 +341,34 @@ def conv2d_backward(grad_out: ArrayLike, x: ArrayLike, weight: ArrayLike, stride
             k.conv2d_direct_backward_maxpool2(grad_out, idx, y, x, weight, g.sh, g.sw, g.pt, g.pl, g.oh, g.ow,
                                               gx, gw, gb)
             return (gx if input_grad else None), gw, (gb if bias else None)
-        if relu_output is not None:
-            grad_out = relu_backward(grad_out, relu_output, ws=ws)
-        grad_out = max_pool2d_backward(grad_out, idx, full, ws=ws)
+        if relu_output is not None:  # (both checked above: the primitives directly)
+            g1 = np.empty(grad_out.shape, np.float32)
+            k.relu_backward(grad_out, relu_output, g1)
+            grad_out = g1
+        g2 = np.empty(full, np.float32)
+        k.maxpool2d_backward(grad_out, idx, g2)
+        grad_out = g2
     elif relu_output is not None:
         grad_out = relu_backward(grad_out, relu_output, ws=ws)
-    return _conv2d_backward(k, grad_out, x, weight, g, bias, input_grad, ws)
+    return _conv2d_backward(k, grad_out, x, weight, g, bias, input_grad, ws, plan)
 
 
 def _conv2d_backward(k: ModuleType, grad_out: np.ndarray, x: np.ndarray, weight: np.ndarray, g: ConvGeometry,
-                     bias: bool, input_grad: bool, ws: Workspace | None
+                     bias: bool, input_grad: bool, ws: Workspace | None, plan: str | None = None
                      ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
-    """Gradients on the strategy of :func:`fastcnn._dispatch.conv_plan`: direct kernels; one
-    image (no reorders); one image per thread at a time (``conv2d_backward_images``); or per
-    chunk: unfold again (cheaper than keeping the whole matrix), reorder the output gradient,
-    accumulate the weight gradient in chunk order, fold the input gradient."""
+    """Gradients on the strategy of :func:`fastcnn._dispatch.conv_plan` (``plan``, if the
+    caller has it): direct kernels; one image (no reorders); one image per thread at a time
+    (``conv2d_backward_images``); or per chunk: unfold again (cheaper than keeping the whole
+    matrix), reorder the output gradient, accumulate the weight gradient in chunk order, fold
+    the input gradient."""
     n, c = x.shape[:2]
     oc = weight.shape[0]
     p = g.oh * g.ow
     kdim = c * g.kh * g.kw
     dt = x.dtype
-    plan = _dispatch.conv_plan(k, n, c, oc, g.kh, g.kw, g.oh, g.ow, dt.itemsize, (g.sh, g.sw), True, input_grad)
+    if plan is None:
+        plan = _dispatch.conv_plan(k, n, c, oc, g.kh, g.kw, g.oh, g.ow, dt.itemsize, (g.sh, g.sw), True,
+                                   input_grad)
     gx: np.ndarray | None
     if plan == "direct":
         gw = np.empty(weight.shape, dt)
@@ -811,6 +819,26 @@ def linear(x: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None, *,
     return y
 
 
+def _root(a: np.ndarray) -> Any:
+    """The object at the end of ``a``'s chain of bases (``a`` itself if it owns its memory)."""
+    while isinstance(a.base, np.ndarray):
+        a = a.base
+    return a if a.base is None else a.base
+
+
+def _may_overlap(a: np.ndarray, others: tuple[np.ndarray, ...]) -> bool:
+    """Whether ``np.may_share_memory(a, b)`` for any ``b`` of ``others``, skipped for arrays that
+    own separate memory (a few attribute reads instead of its ~0.4 us each, which the batch-1
+    step notices); asked whenever either memory belongs to another object (a buffer, which
+    another array may view too)."""
+    ra = _root(a)
+    for b in others:
+        rb = _root(b)
+        if (ra is rb or type(ra) is not np.ndarray or type(rb) is not np.ndarray) and np.may_share_memory(a, b):
+            return True
+    return False
+
+
 def linear_backward(grad_out: ArrayLike, x: ArrayLike, weight: ArrayLike, *, bias: bool = True,
                     input_grad: bool = True, weight_grad_out: np.ndarray | None = None,
                     ws: Workspace | None = None
@@ -829,7 +857,7 @@ def linear_backward(grad_out: ArrayLike, x: ArrayLike, weight: ArrayLike, *, bia
     if gw_out is not None and not (
             type(gw_out) is np.ndarray and gw_out.dtype == np.float32 and gw_out.shape == weight.shape
             and gw_out.flags.c_contiguous and gw_out.flags.writeable
-            and not any(np.may_share_memory(gw_out, a) for a in (x, grad_out, weight))):
+            and not _may_overlap(gw_out, (x, grad_out, weight))):
         raise ValueError(f"{op}: weight_grad_out must be a writeable C-contiguous float32 array of shape "
                          f"{weight.shape} sharing no memory with the inputs, got "
                          f"{type(gw_out).__name__} {getattr(gw_out, 'dtype', '')} {getattr(gw_out, 'shape', '')}")

@@ -43,12 +43,13 @@ class Parameter:
     (a dense layer writes it there directly: :meth:`overwritable_grad`).
     """
 
-    __slots__ = ("data", "_grad", "_stale")
+    __slots__ = ("data", "_grad", "_stale", "_plain")
 
     def __init__(self, data: ArrayLike) -> None:
         self.data: np.ndarray = np.asarray(data, dtype=np.float32, order="C").copy()
         self._grad: np.ndarray = np.zeros_like(self.data)
         self._stale = False  # True: _grad holds old values that read as zeros
+        self._plain = True  # _grad is a writeable C-contiguous float32 array (overwritable_grad)
 
     @property
     def grad(self) -> np.ndarray:
@@ -61,6 +62,8 @@ class Parameter:
     def grad(self, value: np.ndarray) -> None:
         self._grad = value
         self._stale = False
+        self._plain = (type(value) is np.ndarray and value.dtype == np.float32 and value.flags.c_contiguous
+                       and value.flags.writeable)
 
     def zero_grad(self) -> None:
         """Set the gradient to zeros (deferred, see the class)."""
@@ -69,10 +72,8 @@ class Parameter:
     def overwritable_grad(self) -> np.ndarray | None:
         """The gradient's memory while it is stale (after :meth:`zero_grad`), for a backward
         to write its gradient into and then hand to :meth:`accumulate` (no copy); else None."""
-        g = self._grad
-        if not self._stale or not (g.dtype == np.float32 and g.flags.c_contiguous and g.flags.writeable):
-            return None  # (an assigned gradient of another kind: accumulate copies into it)
-        return g
+        # (an assigned gradient of another kind: None, accumulate copies into it)
+        return self._grad if self._stale and self._plain else None
 
     def accumulate(self, g: np.ndarray) -> None:
         """``grad += g``; after :meth:`zero_grad`, ``grad = g`` (bit for bit)."""

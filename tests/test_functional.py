@@ -174,6 +174,11 @@ def test_linear_backward_writes_the_weight_gradient_into_weight_grad_out(backend
     ro.flags.writeable = False
     with pytest.raises(ValueError, match="weight_grad_out"):
         F.linear_backward(gy, x, w, weight_grad_out=ro)
+    raw = bytearray(4 * (x.size + w.size))  # (two arrays over one buffer: views of different objects)
+    xb = np.frombuffer(raw, np.float32)[:x.size].reshape(x.shape)
+    xb[...] = x
+    with pytest.raises(ValueError, match="weight_grad_out"):
+        F.linear_backward(gy, xb, w, weight_grad_out=np.frombuffer(raw, np.float32)[3:3 + w.size].reshape(w.shape))
 
 
 

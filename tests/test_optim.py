@@ -211,3 +211,8 @@ def test_zero_grad_is_deferred_but_reads_as_zeros():
     p.grad = np.full((2, 3), 7.0, np.float32)  # assigned: no longer stale
     p.accumulate(np.ones((2, 3), np.float32))
     assert (p.grad == 8.0).all()
+    p.grad = np.full((3, 2), 1.0, np.float32).T  # (not C-contiguous: never handed out to write into)
+    opt.zero_grad()
+    assert p.overwritable_grad() is None
+    p.accumulate(np.ones((2, 3), np.float32))
+    assert (p.grad == 1.0).all()

@@ -18,10 +18,8 @@ import fastcnn  # isort: skip  (before NumPy: docs/PERFORMANCE.md)
 
 import numpy as np
 
-from fastcnn import functional as F
-
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from conv_direct_gflops import SHAPES  # noqa: E402
+from conv_direct_gflops import SHAPES, case  # noqa: E402
 
 
 def load(tree):
@@ -41,22 +39,13 @@ def main(tree_a, tree_b, which="all", reps=15):
     print(f"A = {tree_a} ({mods[0].active_isa()}), B = {tree_b} ({mods[1].active_isa()}); "
           f"median ms of {reps} interleaved calls, 2 threads")
     rng = np.random.default_rng(0)
-    for name, (n, c, h, wd), oc, kk, s, pad in SHAPES:
-        g = F.ConvGeometry((kk, kk), (s, s), pad, (h, wd), "probe")
-        x = rng.standard_normal((n, c, h, wd), dtype=np.float32)
-        w = rng.standard_normal((oc, c, kk, kk), dtype=np.float32)
-        b = np.zeros(oc, np.float32)
-        y = np.empty((n, oc, g.oh, g.ow), np.float32)
-        gy = rng.standard_normal(y.shape, dtype=np.float32)
-        gx, gw, gb = np.empty_like(x), np.empty_like(w), np.empty_like(b)
-        a = (g.sh, g.sw, g.pt, g.pl)
+    for name, x_shape, oc, kk, s, pad in SHAPES:
+        calls_of = case(rng, x_shape, oc, kk, s, pad)[0]
         cells = []
         for p in ("forward", "data", "weight"):
             if which not in ("all", p):
                 continue
-            calls = [{"forward": lambda k=k: k.conv2d_direct_forward(x, w, b, *a, 0, y),
-                      "data": lambda k=k: k.conv2d_direct_backward_data(gy, w, *a, gx),
-                      "weight": lambda k=k: k.conv2d_direct_backward_weight(gy, x, *a, gw, gb)}[p] for k in mods]
+            calls = [calls_of(k)[p] for k in mods]
             times = [[], []]
             for f in calls:
                 f()
