@@ -341,13 +341,7 @@ def conv2d_backward(grad_out: ArrayLike, x: ArrayLike, weight: ArrayLike, stride
             k.conv2d_direct_backward_maxpool2(grad_out, idx, y, x, weight, g.sh, g.sw, g.pt, g.pl, g.oh, g.ow,
                                               gx, gw, gb)
             return (gx if input_grad else None), gw, (gb if bias else None)
-        if relu_output is not None:  # (both checked above: the primitives directly)
-            g1 = np.empty(grad_out.shape, np.float32)
-            k.relu_backward(grad_out, relu_output, g1)
-            grad_out = g1
-        g2 = np.empty(full, np.float32)
-        k.maxpool2d_backward(grad_out, idx, g2)
-        grad_out = g2
+        grad_out = _unpooled(k, grad_out, idx, relu_output, full)
     elif relu_output is not None:
         grad_out = relu_backward(grad_out, relu_output, ws=ws)
     return _conv2d_backward(k, grad_out, x, weight, g, bias, input_grad, ws, plan)
@@ -538,6 +532,20 @@ def max_pool2d_backward(grad_out: ArrayLike, indices: ArrayLike, input_shape: Se
     gx = np.empty(shape, np.float32)
     _backend.ops().maxpool2d_backward(grad_out, indices, gx)
     return gx
+
+
+def _unpooled(k: ModuleType, grad_out: np.ndarray, idx: np.ndarray, relu_output: np.ndarray | None,
+              shape: tuple[int, ...]) -> np.ndarray:
+    """The full-size gradient of a fused ReLU (its pooled output ``relu_output``, or None) and
+    2x2 max pooling (indices ``idx``) from the pooled ``grad_out``, all checked by the caller:
+    the primitives ``relu_backward`` and ``maxpool2d_backward`` of backend module ``k``."""
+    if relu_output is not None:
+        g = np.empty(grad_out.shape, np.float32)
+        k.relu_backward(grad_out, relu_output, g)
+        grad_out = g
+    full = np.empty(shape, np.float32)
+    k.maxpool2d_backward(grad_out, idx, full)
+    return full
 
 
 def _pool_indices(grad_out: np.ndarray, indices: ArrayLike, input_shape: Sequence[int], op: str,
@@ -1057,18 +1065,9 @@ def batch_norm2d_backward(grad_out: ArrayLike, cache: tuple[Any, ...], weight: A
     grad_out = as_float32(grad_out, "grad_out", 4, op)
     if post is not None:  # the fused pooling (and ReLU: its mask from the pooled output)
         y, idx = post
-        want = xhat.shape if idx is None else idx.shape
-        if grad_out.shape != want:
-            raise ValueError(f"{op}: grad_out must have shape {want}, got {grad_out.shape}")
-        k = _backend.ops()
-        if y is not None:
-            g = np.empty(grad_out.shape, np.float32)
-            k.relu_backward(grad_out, y, g)
-            grad_out = g
-        if idx is not None:
-            g = np.empty(xhat.shape, np.float32)
-            k.maxpool2d_backward(grad_out, idx, g)
-            grad_out = g
+        if grad_out.shape != idx.shape:
+            raise ValueError(f"{op}: grad_out must have shape {idx.shape}, got {grad_out.shape}")
+        grad_out = _unpooled(_backend.ops(), grad_out, idx, y, xhat.shape)
     if grad_out.shape != xhat.shape:
         raise ValueError(f"{op}: grad_out must have shape {xhat.shape}, got {grad_out.shape}")
     weight = as_float32(weight, "weight", 1, op)

@@ -8,7 +8,7 @@
 
 from cpython.buffer cimport (PyBUF_C_CONTIGUOUS, PyBUF_FORMAT, PyBUF_WRITABLE, PyBuffer_Release,
                              PyObject_GetBuffer)
-from libc.string cimport memcmp, memcpy
+from libc.string cimport memcmp, memcpy, memset
 from scipy.linalg.cython_blas cimport sgemm
 
 from fastcnn import _backend
@@ -273,6 +273,32 @@ cdef inline bint _replaces(float v, float b) noexcept nogil:
     """Whether a later real cell ``v`` replaces the best ``b`` so far: the scan rule of
     :func:`fastcnn._ref.maxpool2d_forward` (``v > b`` or ``v`` NaN), and a NaN best stays."""
     return not (v <= b) and b == b
+
+
+cdef inline Py_ssize_t _maxpool_bwd_plane(const float* gy, const int* idx, const float* mask,
+                                          float* gx, Py_ssize_t HW, Py_ssize_t P) noexcept nogil:
+    """Zero the plane, then scatter-add ``gy`` to ``idx`` in row-major output order; return the
+    number of indices outside ``[0, HW)`` (skipped).  With a ``mask`` (a fused ReLU's pooled
+    output) each value is first ``gy * (mask > 0)``, relu_backward's float product.
+
+    gy, idx : (OH, OW) planes (P values)  # IN
+    mask : (OH, OW) plane or NULL  # IN
+    gx : (H, W) plane (HW values)  # OUT
+    """
+    cdef Py_ssize_t k, bad = 0
+    cdef int i
+    cdef float v, one = 1.0, zero = 0.0
+    memset(gx, 0, HW * sizeof(float))
+    for k in range(P):
+        v = gy[k]
+        if mask != NULL:
+            v = v * (one if mask[k] > 0.0 else zero)
+        i = idx[k]
+        if 0 <= i < HW:
+            gx[i] += v
+        else:
+            bad += 1
+    return bad
 
 
 cdef inline void _maxpool_plane_2x2(const float* x, float* y, int* idx,

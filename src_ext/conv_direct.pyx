@@ -10,7 +10,6 @@ import numpy as np
 
 from cython.parallel cimport prange
 from libc.stdlib cimport free, malloc
-from libc.string cimport memset
 
 include "_common.pxi"
 
@@ -99,35 +98,14 @@ ctypedef struct _Unpool:
     Py_ssize_t C, PHW, P
 
 
-cdef Py_ssize_t _unpool_plane(const _Unpool* u, Py_ssize_t plane, float* out) noexcept nogil:
-    """Plane ``plane`` (image * C + channel) of the full-size gradient into ``out`` (P floats):
-    zeros, then each pooled gradient times the ReLU's mask added at its index, the arithmetic
-    of relu_backward then maxpool2d_backward; returns the count of out-of-range indices
-    (skipped)."""
-    cdef const float* g = u.gp + plane * u.PHW
-    cdef const int* ix = u.idx + plane * u.PHW
-    cdef const float* m = u.y + plane * u.PHW if u.y != NULL else NULL
-    cdef Py_ssize_t k, bad = 0
-    cdef int e
-    cdef float v, one = 1.0, zero = 0.0
-    memset(out, 0, u.P * sizeof(float))
-    for k in range(u.PHW):
-        v = g[k]
-        if m != NULL:
-            v = v * (one if m[k] > 0.0 else zero)
-        e = ix[k]
-        if 0 <= e < u.P:
-            out[e] += v
-        else:
-            bad += 1
-    return bad
-
-
 cdef Py_ssize_t _unpool_image(const _Unpool* u, Py_ssize_t i, float* out) noexcept nogil:
-    """Image ``i`` of the full-size gradient, (C, P) floats; returns the bad index count."""
-    cdef Py_ssize_t c, bad = 0
+    """Image ``i`` of the full-size gradient, (C, P) floats (each plane as maxpool2d_backward
+    of relu_backward's product); returns the bad index count."""
+    cdef Py_ssize_t c, o, bad = 0
     for c in range(u.C):
-        bad += _unpool_plane(u, i * u.C + c, out + c * u.P)
+        o = (i * u.C + c) * u.PHW
+        bad += _maxpool_bwd_plane(u.gp + o, u.idx + o, u.y + o if u.y != NULL else NULL, out + c * u.P,
+                                  u.P, u.PHW)
     return bad
 
 
@@ -502,7 +480,7 @@ cdef Py_ssize_t _weight(const fcd_geo* g, const float* gy, const _Unpool* up,
     cdef Py_ssize_t nb = gb.shape[0]
     cdef double[:, ::1] bsum = np.empty((N, nb), np.float64)
     cdef float* gwp = &gw[0, 0, 0, 0]
-    cdef Py_ssize_t t, b, i, i0, i1, j, ni, nn, u0, u1, s, u, ob, qb, o, q, e, n, npk
+    cdef Py_ssize_t t, b, i, i0, i1, j, ni, nn, u0, u1, s, u, ob, qb, o, q, e, npk
     cdef Py_ssize_t xsize = C * x.shape[2] * x.shape[3]
     cdef char* mem = <char*>malloc(B * size + 64)
     if mem == NULL:

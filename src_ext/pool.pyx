@@ -6,7 +6,6 @@ The parallel loops run over (n, c) planes; each plane is written by one iteratio
 order, so results are bit-identical for any thread count.
 """
 from cython.parallel cimport prange
-from libc.string cimport memset
 
 from fastcnn._ref import avg_divisor, windows_tile
 
@@ -50,26 +49,6 @@ cdef inline void _maxpool_plane(const float* x, float* y, int* idx,
                         bi = k
             y[oh * OW + ow] = b
             idx[oh * OW + ow] = <int>bi
-
-
-cdef inline Py_ssize_t _maxpool_bwd_plane(const float* gy, const int* idx, float* gx,
-                                          Py_ssize_t HW, Py_ssize_t P) noexcept nogil:
-    """Zero the plane, then scatter-add ``gy`` to ``idx`` in row-major output order; return the
-    number of indices outside ``[0, HW)`` (skipped).
-
-    gy, idx : (OH, OW) planes  # IN
-    gx : (H, W) plane  # OUT
-    """
-    cdef Py_ssize_t k, bad = 0
-    cdef int i
-    memset(gx, 0, HW * sizeof(float))
-    for k in range(P):
-        i = idx[k]
-        if 0 <= i < HW:
-            gx[i] += gy[k]
-        else:
-            bad += 1
-    return bad
 
 
 cdef inline float _cell(const float* xr, Py_ssize_t w, Py_ssize_t W) noexcept nogil:
@@ -255,10 +234,10 @@ cdef Py_ssize_t _maxpool_bwd(const float[:, :, :, ::1] gy,  # IN  (N, C, OH, OW)
     cdef Py_ssize_t t, bad = 0
     if nt == 1:
         for t in range(NC):
-            bad += _maxpool_bwd_plane(gp + t * P, ip + t * P, xp + t * HW, HW, P)
+            bad += _maxpool_bwd_plane(gp + t * P, ip + t * P, NULL, xp + t * HW, HW, P)
         return bad
     for t in prange(NC, schedule='static', num_threads=nt):
-        bad += _maxpool_bwd_plane(gp + t * P, ip + t * P, xp + t * HW, HW, P)
+        bad += _maxpool_bwd_plane(gp + t * P, ip + t * P, NULL, xp + t * HW, HW, P)
     return bad
 
 
