@@ -157,7 +157,7 @@ def _direct_wins(n, c, oc, kh, kw, backward, input_grad=True):
     return oc >= 8
 
 
-def conv_plan(k, n, c, oc, kh, kw, oh, ow, itemsize, stride=(1, 1), backward=False, input_grad=True):
+def conv_plan(k, n, c, oc, kh, kw, oh, ow, itemsize, backward=False, input_grad=True):
     """Strategy for one convolution: ``"direct"``, ``"single"`` (batch of one: one GEMM),
     ``"per_image"`` or ``"chunked"``.
 
@@ -166,7 +166,6 @@ def conv_plan(k, n, c, oc, kh, kw, oh, ow, itemsize, stride=(1, 1), backward=Fal
     k : the backend's primitive module
     n, c, oc, kh, kw, oh, ow : batch, channels, output channels, kernel and output sizes
     itemsize : bytes per element (the finite-difference tests run the reference in float64)
-    stride : (sh, sw) (the measured rule no longer depends on it)
     backward : whether the plan is for the gradients (else the forward pass)
     input_grad : with ``backward``, whether the input gradient is wanted too
     """

@@ -91,14 +91,13 @@ def test_conv_plan_rules():
             assert _dispatch.conv_plan(k, 100, 1, 32, 5, 5, 28, 28, 4, backward=True) != "direct"
             assert _dispatch.conv_plan(k, 100, 3, 16, 3, 3, 32, 32, 4, backward=True, input_grad=False) == "direct"
             assert _dispatch.conv_plan(k, 1, 1, 8, 3, 3, 26, 26, 4, backward=True, input_grad=False) == "single"
-            # strided: direct both ways
-            assert _dispatch.conv_plan(k, 100, 16, 32, 3, 3, 16, 16, 4, (2, 2), True) == "direct"
-            assert _dispatch.conv_plan(k, 100, 32, 64, 3, 3, 8, 8, 4, (2, 2), True) == "direct"
-            assert _dispatch.conv_plan(k, 100, 32, 64, 3, 3, 8, 8, 4, (2, 2)) == "direct"
+            # any stride (the ResNet's stride-2 shapes): direct both ways
+            assert _dispatch.conv_plan(k, 100, 16, 32, 3, 3, 16, 16, 4, True) == "direct"
+            assert _dispatch.conv_plan(k, 100, 32, 64, 3, 3, 8, 8, 4, True) == "direct"
+            assert _dispatch.conv_plan(k, 100, 32, 64, 3, 3, 8, 8, 4) == "direct"
             # 1x1 convolutions (the ResNet's shortcuts): one SGEMM per image
-            for stride in ((1, 1), (2, 2)):
-                for backward in (False, True):
-                    assert _dispatch.conv_plan(k, 100, 16, 32, 1, 1, 16, 16, 4, stride, backward) == "per_image"
+            for backward in (False, True):
+                assert _dispatch.conv_plan(k, 100, 16, 32, 1, 1, 16, 16, 4, backward) == "per_image"
         # the numpy backend keeps its reference path
         assert _dispatch.conv_plan(REF, 100, 16, 32, 5, 5, 14, 14, 4) == "chunked"
         assert _dispatch.conv_plan(REF, 1, 16, 32, 5, 5, 14, 14, 4) == "single"
