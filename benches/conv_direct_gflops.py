@@ -1,11 +1,11 @@
 """GFLOP/s of the convolution strategies per layer shape, as % of a measured FMA peak.
 
 Usage (from the repository root):
-    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benches/conv_direct_gflops.py [THREADS] [REPS]
-    python benches/conv_direct_gflops.py kernels [THREADS]   # the three primitives alone
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benches/conv_direct_gflops.py [THREADS] [REPS] [BACKEND]
+    python benches/conv_direct_gflops.py kernels [THREADS] [BACKEND]   # the three primitives alone
 
 Forward and backward (input + weight gradients; weight gradient only for the first layers,
-C <= 3, as in training) of each shape on the cython backend, under ``fastcnn.config(conv=...)``
+C <= 3, as in training) of each shape on BACKEND (``cython``, the default, or ``numba``), under ``fastcnn.config(conv=...)``
 = direct, per_image and chunked.  Medians of REPS calls (default 15).  The peak is this
 machine's measured FP32 FMA throughput on the same threads (``fma_peak_probe``: 24
 independent FMA chains per thread with the active SIMD path), re-measured before each shape.
@@ -85,14 +85,15 @@ def case(rng, x_shape, oc, k, s, pad):
     return calls, 2.0 * y.size * c * k * k
 
 
-def kernels(threads, reps=9):
+def kernels(threads, backend="cython", reps=9):
     """The direct primitives alone (no functional layer), % of the probe by CPU time."""
-    from fastcnn._ext import conv_direct as d
+    from fastcnn import _backend
 
-    fastcnn.set_backend("cython")
+    fastcnn.set_backend(backend)
     fastcnn.set_num_threads(threads)
+    d = _backend.ops(backend)
     pc = peak(threads)[1]
-    print(f"direct primitives, {d.active_isa()}, {threads} thread(s), median of {reps}; "
+    print(f"{backend} direct primitives, {_isa(backend)}, {threads} thread(s), median of {reps}; "
           f"probe {pc / 1e9:.0f} GFLOP per CPU-second")
     print("| shape | forward | input gradient | weight gradient |")
     print("|---|---:|---:|---:|")
@@ -103,16 +104,25 @@ def kernels(threads, reps=9):
         print(f"| {name} {(n, c, h, wd)}->{oc} k{k} s{s} | " + " | ".join(cells) + " |", flush=True)
 
 
+def _isa(backend):
+    """The SIMD path of ``backend``'s direct kernels."""
+    if backend == "numba":
+        from fastcnn import _config
+        return f"Numba {_config.NUMBA_ISA['isa']}"
+    from fastcnn._ext import conv_direct
+    return conv_direct.active_isa()
+
+
 def main():
     if len(sys.argv) > 1 and sys.argv[1] == "kernels":
-        return kernels(int(sys.argv[2]) if len(sys.argv) > 2 else 1)
+        return kernels(int(sys.argv[2]) if len(sys.argv) > 2 else 1, sys.argv[3] if len(sys.argv) > 3 else "cython")
     threads = int(sys.argv[1]) if len(sys.argv) > 1 else 2
     reps = int(sys.argv[2]) if len(sys.argv) > 2 else 15
-    fastcnn.set_backend("cython")
+    backend = sys.argv[3] if len(sys.argv) > 3 else "cython"
+    fastcnn.set_backend(backend)
     fastcnn.set_num_threads(threads)
-    from fastcnn._ext import conv_direct
 
-    print(f"cython backend, {threads} thread(s), direct kernels: {conv_direct.active_isa()}, "
+    print(f"{backend} backend, {threads} thread(s), direct kernels: {_isa(backend)}, "
           f"median of {reps}")
     print("| shape | pass | peak GF/s (wall) | " + " | ".join(
         f"{s} GF/s, % peak wall / cpu" for s in STRATEGIES) + " |")

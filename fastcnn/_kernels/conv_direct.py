@@ -23,17 +23,16 @@ from .._config import NUMBA_SERIAL_FMA
 from . import activation as _activation
 from . import pool as _pool
 from ._common import _u, add_plane, helper, parallel_kernel, total
+from ._simd import MAX_VL, VL, J, V, tile_fma, tile_store, tile_zero, vloads
 
-#: Forward runs are rounded up to a multiple of this (one zmm of float32): the few extra
-#: outputs land in dropped columns, and the vector loop needs no scalar remainder.
-_VEC = 16
-
-
-def _padded_buffer(n, c, hp, wp):
-    """An (n, c, hp, wp) float32 buffer followed by ``_VEC`` zeros (read by rounded-up runs)."""
-    flat = np.empty(n * c * hp * wp + _VEC, np.float32)
-    flat[n * c * hp * wp:] = 0.0
-    return flat[:n * c * hp * wp].reshape(n, c, hp, wp), flat
+def _grid_input(n, c, nph, hq, wq, kw):
+    """An (n, c, nph, hq, wq) float32 buffer (the grid layout: zero-padded input split into its
+    ``nph`` stride phases) and its flat view, followed by zeros that the last pixel vectors read
+    past the last plane (``kw + MAX_VL``, enough for any lane count)."""
+    size = n * c * nph * hq * wq
+    flat = np.empty(size + kw + MAX_VL, np.float32)
+    flat[size:] = 0.0
+    return flat[:size].reshape(n, c, nph, hq, wq), flat
 
 
 @parallel_kernel(fma=True)
@@ -55,187 +54,121 @@ def _pad(x, pt, pl, xp):
                     xp[b, ci, r, q] = x[b, ci, sr, sq] if 0 <= sq < w else np.float32(0.0)
 
 
-@helper
-def _w3(wf, w0):
-    return wf[w0], wf[w0 + 1], wf[w0 + 2]
-
-
-@helper
-def _w5(wf, w0):
-    return wf[w0], wf[w0 + 1], wf[w0 + 2], wf[w0 + 3], wf[w0 + 4]
-
-
-@helper
-def _taps(acc, a0, xf, x0, ks, m):
-    """``acc[a0+e] += sum_j ks[j] * xf[x0+e+j]`` for e < m, taps added in j order; ``ks`` is a
-    tuple of weights (a constant count: the tap loop is unrolled, the weights stay in
-    registers and the loop over e vectorises)."""
-    for e in range(m):
-        s = acc[_u(a0 + e)]
-        for j in range(len(ks)):
-            s += ks[j] * xf[_u(x0 + e + j)]
-        acc[_u(a0 + e)] = s
-
-
-@helper
-def _taps2(acc, d, xf, x0, ka, kb, m):
-    """:func:`_taps` for two output channels at once (weights ``ka`` and ``kb``, sums at
-    ``acc[e]`` and ``acc[d + e]``): each input load feeds two FMAs."""
-    for e in range(m):
-        s = acc[_u(e)]
-        t = acc[_u(d + e)]
-        for j in range(len(ka)):
-            v = xf[_u(x0 + e + j)]
-            s += ka[j] * v
-            t += kb[j] * v
-        acc[_u(e)] = s
-        acc[_u(d + e)] = t
-
-
-@njit(**NUMBA_SERIAL_FMA)
-def _row_acc(acc, a0, xf, x0, wf, w0, kw, m):
-    """``acc[a0+e] += sum_j wf[w0+j] * xf[x0+e+j]`` for e < m, taps added in j order."""
-    if kw == 3:
-        _taps(acc, a0, xf, x0, _w3(wf, w0), m)
-    elif kw == 5:
-        _taps(acc, a0, xf, x0, _w5(wf, w0), m)
-    else:
-        for j in range(kw):
-            kj = wf[w0 + j]
-            for e in range(m):
-                acc[_u(a0 + e)] += kj * xf[_u(x0 + e + j)]
-
-
-@njit(**NUMBA_SERIAL_FMA)
-def _row_acc2(acc, d, xf, x0, wf, wa, wb, kw, m):
-    """:func:`_row_acc` for two output channels at once (weights at ``wa`` and ``wb``, sums at
-    ``acc[e]`` and ``acc[d + e]``)."""
-    if kw == 3:
-        _taps2(acc, d, xf, x0, _w3(wf, wa), _w3(wf, wb), m)
-    elif kw == 5:
-        _taps2(acc, d, xf, x0, _w5(wf, wa), _w5(wf, wb), m)
-    else:
-        _row_acc(acc, 0, xf, x0, wf, wa, kw, m)
-        _row_acc(acc, d, xf, x0, wf, wb, kw, m)
-
-
 @parallel_kernel(fma=True)
-def _forward(xp, xf, w, bias, relu, y, tile):
-    """Stride-1 direct convolution of the padded input ``xp`` (no padding left to apply);
-    ``xf`` is its flat buffer with ``_VEC`` elements of tail (see :func:`_padded_buffer`).
-    Outputs are computed at the padded row pitch ``wp`` (the extra columns are dropped), in
-    blocks of rows of about ``tile`` accumulators (``_config.DIRECT_TILE``)."""
-    n, c, hp, wp = xp.shape
-    oc, _, kh, kw = w.shape
-    oh, ow = y.shape[2], y.shape[3]
-    rb = max(1, min(oh, tile // wp))
-    nrb = (oh + rb - 1) // rb
-    wf = w.reshape(w.size)
-    plane = hp * wp
-    og = (oc + 1) // 2  # output channels in pairs, the last one maybe alone
-    for t in prange(n * og * nrb):
-        b = t // (og * nrb)
-        rem = t - b * og * nrb
-        g = rem // nrb
-        r0 = (rem - g * nrb) * rb
-        r1 = min(r0 + rb, oh)
-        rows = r1 - r0
-        m = (rows - 1) * wp + ow
-        m = (m + _VEC - 1) // _VEC * _VEC  # <= rows*wp + _VEC - 1
-        d = max(rows * wp, m)
-        o = 2 * g
-        two = o + 1 < oc
-        acc = np.empty(2 * d if two else d, np.float32)
-        acc[:d] = bias[o]
-        if two:
-            acc[d:] = bias[o + 1]
-        for ci in range(c):
-            xc = (b * c + ci) * plane
-            for i in range(kh):
-                w0 = ((o * c + ci) * kh + i) * kw
-                if two:
-                    _row_acc2(acc, d, xf, xc + (r0 + i) * wp, wf, w0, w0 + c * kh * kw, kw, m)
-                else:
-                    _row_acc(acc, 0, xf, xc + (r0 + i) * wp, wf, w0, kw, m)
-        for k in range(2 if two else 1):
-            for r in range(rows):
-                for q in range(ow):
-                    v = acc[_u(k * d + r * wp + q)]
-                    if relu and v <= 0.0:  # (the ReLU kernels' rule: NaN stays, -0 -> +0)
-                        v = np.float32(0.0)
-                    y[b, o + k, r0 + r, q] = v
-
-
-@parallel_kernel(fma=True)
-def _phase_split(xp, xq):
-    """``xq[n, c, a, e, R, Q] = xp[n, c, R*sh + a, Q*sw + e]`` (0 past the plane), with
-    ``(sh, sw) = xq.shape[2:4]``: what a strided convolution reads for one tap becomes a
-    contiguous block (row pitch ``Q``), as for stride 1."""
-    n, c, hp, wp = xp.shape
-    sh, sw, hq, wq = xq.shape[2], xq.shape[3], xq.shape[4], xq.shape[5]
+def _pad_phases(x, pt, pl, sh, sw, xq):
+    """``xq[n, c, a*sw + e, R, Q] = x[n, c, R*sh + a - pt, Q*sw + e - pl]``, 0 outside ``x``:
+    the zero-padded input split into its stride phases, so that the input of one tap over
+    the output plane is one block at row pitch ``Q`` (the grid layout, docs/PERFORMANCE.md,
+    section 9)."""
+    n, c, h, w = x.shape
+    hq, wq = xq.shape[3], xq.shape[4]
     for t in prange(n * c):
         b = t // c
         ci = t - b * c
         for a in range(sh):
             for e in range(sw):
                 for r in range(hq):
-                    row = r * sh + a
+                    sr = r * sh + a - pt
                     for q in range(wq):
-                        col = q * sw + e
+                        sq = q * sw + e - pl
                         v = np.float32(0.0)
-                        if row < hp and col < wp:
-                            v = xp[b, ci, row, col]
-                        xq[b, ci, a, e, r, q] = v
+                        if 0 <= sr < h and 0 <= sq < w:
+                            v = x[b, ci, sr, sq]
+                        xq[b, ci, a * sw + e, r, q] = v
+
+
+@helper
+def _fwd_tile(xf, xb, cs, tab, c, kk_n, wp, wb, offs, g, pitch):
+    """One register tile: ``J`` output channels (packed weights from ``wp[wb]``) x the pixel
+    vectors at grid positions ``offs``, over all ``c * kk_n`` taps (channel by channel, tap by
+    tap, one FMA each), stored to ``g[jj*pitch + offs[v]]``."""
+    acc = tile_zero(offs)
+    for ci in range(c):
+        xc = xb + ci * cs
+        wc = wb + ci * kk_n * J
+        for kk in range(kk_n):
+            acc = tile_fma(acc, vloads(xf, xc + tab[kk], offs), wp, wc + kk * J)
+    tile_store(g, 0, pitch, offs, acc)
 
 
 @parallel_kernel(fma=True)
-def _forward_strided(xq, w, bias, relu, y):
-    """Direct convolution with strides ``xq.shape[2:4]`` from the phase-split input: tap
-    (i, j) of output (r, q) reads ``xq[.., i % sh, j % sw, r + i // sh, q + j // sw]``, so
-    each tap is one contiguous run over the output plane at row pitch ``Q``."""
-    n, c, sh, sw, hq, wq = xq.shape
-    oc, _, kh, kw = w.shape
-    oh, ow = y.shape[2], y.shape[3]
-    xf = xq.reshape(xq.size)
-    wf = w.reshape(w.size)
-    sub = hq * wq
-    m = (oh - 1) * wq + ow
-    for t in prange(n * oc):
-        b = t // oc
-        o = t - b * oc
-        acc = np.empty(oh * wq, np.float32)
-        acc[:] = bias[o]
+def _forward(xf, xs, cs, tab, w, bias, relu, wq, y):
+    """Direct convolution from the grid-layout input ``xf`` (flat; image ``b`` at ``b*xs``,
+    channel planes ``cs`` apart, tap ``kk`` of grid position ``p`` at ``p + tab[kk]``, output
+    row pitch ``wq``): one work item per image and block of ``J`` output channels, register
+    tiles of ``J`` x ``V`` vectors, then bias and ReLU on the way to ``y``."""
+    n, oc, oh, ow = y.shape
+    c = w.shape[1]
+    kw = w.shape[3]
+    kk_n = w.shape[2] * kw
+    nob = (oc + J - 1) // J
+    wp = np.zeros(nob * c * kk_n * J, np.float32)  # [ob][c][kk][J], zeros past oc
+    for o in range(oc):
         for ci in range(c):
-            xc = (b * c + ci) * sh * sw * sub
-            for i in range(kh):
-                w0 = ((o * c + ci) * kh + i) * kw
-                for j in range(kw):
-                    x0 = xc + ((i % sh) * sw + j % sw) * sub + (i // sh) * wq + j // sw
-                    _taps(acc, 0, xf, x0, (wf[w0 + j],), m)
-        for r in range(oh):
-            for q in range(ow):
-                v = acc[_u(r * wq + q)]
-                if relu and v <= 0.0:  # (the ReLU kernels' rule: NaN stays, -0 -> +0)
-                    v = np.float32(0.0)
-                y[b, o, r, q] = v
+            for kk in range(kk_n):
+                wp[(((o // J) * c + ci) * kk_n + kk) * J + o % J] = w[o, ci, kk // kw, kk % kw]
+    # Pixel vectors: consecutive ones over the grid, or per output row (which skips the
+    # dropped columns when OW <= VL*k < wq), whichever are fewer.
+    grid = (oh * wq + VL - 1) // VL
+    per_row = (ow + VL - 1) // VL
+    rows = grid > oh * per_row
+    ns = oh * per_row if rows else grid
+    st = np.empty(ns, np.int64)
+    for k in range(ns):
+        st[k] = (k // per_row) * wq + (k % per_row) * VL if rows else k * VL
+    pitch = (grid + 1) * VL  # >= the last start + VL
+    for t in prange(n * nob):
+        b = t // nob
+        ob = t - b * nob
+        g = np.empty(J * pitch, np.float32)
+        xb = b * xs
+        wb = ob * c * kk_n * J
+        k = 0
+        while k + V <= ns:
+            if V == 3:
+                _fwd_tile(xf, xb, cs, tab, c, kk_n, wp, wb, (st[k], st[k + 1], st[k + 2]), g, pitch)
+            else:
+                _fwd_tile(xf, xb, cs, tab, c, kk_n, wp, wb, (st[k], st[k + 1]), g, pitch)
+            k += V
+        if ns - k == 2:
+            _fwd_tile(xf, xb, cs, tab, c, kk_n, wp, wb, (st[k], st[k + 1]), g, pitch)
+        elif ns - k == 1:
+            _fwd_tile(xf, xb, cs, tab, c, kk_n, wp, wb, (st[k],), g, pitch)
+        for jj in range(min(J, oc - ob * J)):
+            o = ob * J + jj
+            for r in range(oh):
+                for q in range(ow):
+                    v = g[_u(jj * pitch + r * wq + q)] + bias[o]
+                    if relu and v <= 0.0:  # (the ReLU kernels' rule: NaN stays, -0 -> +0)
+                        v = np.float32(0.0)
+                    y[b, o, r, q] = v
+
+
+def _taps_table(c, hq, wq, kh, kw, sh, sw):
+    """``tab[i*kw + j]``: offset of tap (i, j) in a grid-layout image (``c`` channels of
+    ``sh*sw`` phases of ``hq x wq``) relative to the output's grid position."""
+    sub = hq * wq
+    return np.array([((i % sh) * sw + j % sw) * sub + (i // sh) * wq + j // sw
+                     for i in range(kh) for j in range(kw)], np.int64)
+
+
+def _direct(x, w, bias, sh, sw, pt, pl, relu, y):
+    """``y`` = the direct convolution of ``x`` (any stride and padding) plus bias, ReLU."""
+    n, c = x.shape[:2]
+    kh, kw = w.shape[2:]
+    oh, ow = y.shape[2:]
+    hq, wq = oh + (kh - 1) // sh, ow + (kw - 1) // sw
+    xq, xf = _grid_input(n, c, sh * sw, hq, wq, kw)
+    _pad_phases(x, pt, pl, sh, sw, xq)
+    _forward(xf, c * sh * sw * hq * wq, sh * sw * hq * wq, _taps_table(c, hq, wq, kh, kw, sh, sw), w, bias,
+             int(relu), wq, y)
 
 
 def conv2d_direct_forward(x, w, bias, sh, sw, pt, pl, relu, y):
     """Direct convolution with fused bias and optional ReLU
     (see :func:`fastcnn._ref.conv2d_direct_forward`)."""
     _backend.sizes_conv2d_direct_forward(x.shape, w.shape, bias.shape, sh, sw, pt, pl, relu, y.shape)
-    n, c = x.shape[:2]
-    kh, kw = w.shape[2:]
-    oh, ow = y.shape[2:]
-    xp, xf = _padded_buffer(n, c, (oh - 1) * sh + kh, (ow - 1) * sw + kw)
-    _pad(x, pt, pl, xp)
-    if sh > 1 or sw > 1:  # contiguous runs instead of strided loads
-        hp, wp = xp.shape[2:]
-        xq = np.empty((n, c, sh, sw, (hp + sh - 1) // sh, (wp + sw - 1) // sw), np.float32)
-        _phase_split(xp, xq)
-        _forward_strided(xq, w, bias, int(relu), y)
-    else:
-        _forward(xp, xf, w, bias, int(relu), y, _config.DIRECT_TILE)
+    _direct(x, w, bias, sh, sw, pt, pl, relu, y)
 
 
 def conv2d_direct_forward_maxpool2(x, w, bias, sh, sw, pt, pl, relu, oh, ow, y, idx):
@@ -244,7 +177,7 @@ def conv2d_direct_forward_maxpool2(x, w, bias, sh, sw, pt, pl, relu, oh, ow, y, 
     _backend.sizes_conv2d_direct_forward_maxpool2(x.shape, w.shape, bias.shape, sh, sw, pt, pl, relu, oh, ow,
                                                   y.shape, idx.shape)
     full = np.empty(y.shape[:2] + (oh, ow), np.float32)
-    conv2d_direct_forward(x, w, bias, sh, sw, pt, pl, relu, full)
+    _direct(x, w, bias, sh, sw, pt, pl, relu, full)
     _pool.maxpool2d_forward(full, 2, 2, 2, 2, 0, 0, y, idx if idx.size else np.empty(y.shape, np.int32))
 
 
@@ -284,9 +217,7 @@ def conv2d_direct_backward_data(gy, w, sh, sw, pt, pl, gx):
     _dilate_flip(gy, w, sh, sw, gd, wt)
     # gx[h] = sum_i w[i] gd[h + pt - i] = sum_i' wt[i'] gd[h - (kh-1-pt) + i']: a stride-1
     # convolution with top/left padding kh-1-pt, kw-1-pl and output size H x W.
-    gp, gf = _padded_buffer(n, oc, h - 1 + kh, wd - 1 + kw)
-    _pad(gd, kh - 1 - pt, kw - 1 - pl, gp)
-    _forward(gp, gf, wt, np.zeros(c, np.float32), 0, gx, _config.DIRECT_TILE)
+    _direct(gd, wt, np.zeros(c, np.float32), 1, 1, kh - 1 - pt, kw - 1 - pl, False, gx)
 
 
 @parallel_kernel(fma=True)

@@ -1,0 +1,123 @@
+"""Explicit SIMD vectors for the Numba kernels' register tiles (docs/PERFORMANCE.md, section 9).
+
+LLVM keeps a loop's scalar sums in registers but not an array of them: the direct
+convolution's tile of output pixels x output channels is therefore a tuple of LLVM vectors
+(``<VL x float>``), carried through the loop over the taps and updated by the intrinsics below,
+each of which emits a fixed, small piece of IR (loads, broadcasts, ``llvm.fma``).
+
+``VL`` (lanes), ``J`` (output channels per tile) and ``V`` (pixel vectors per tile) follow
+Numba's SIMD path (:data:`fastcnn._config.NUMBA_ISA`), as the Cython kernels' per ISA: J*V
+accumulators, V input vectors and one broadcast fit the register file (32 zmm with AVX-512,
+16 ymm / xmm otherwise).  The Python callers size their buffers for any ``VL <= MAX_VL``.
+"""
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic, models, register_model
+
+from .. import _config
+
+#: The largest VL of any path: callers' slack is sized for it.
+MAX_VL = 16
+
+_ISA = _config.NUMBA_ISA["isa"]
+#: (lanes, output channels per tile, pixel vectors per tile), as the Cython kernels' per ISA.
+VL, J, V = {"avx512": (16, 8, 3), "avx2": (8, 4, 3), "baseline": (4, 4, 2)}.get(_ISA, (8, 4, 3))
+
+
+class Vec(types.Type):
+    """``VL`` float32 lanes in one LLVM vector value."""
+
+    def __init__(self, lanes):
+        self.lanes = lanes
+        super().__init__(name=f"f32x{lanes}")
+
+
+vec = Vec(VL)
+
+
+@register_model(Vec)
+class _VecModel(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        super().__init__(dmm, fe_type, ir.VectorType(ir.FloatType(), fe_type.lanes))
+
+
+_LLV = ir.VectorType(ir.FloatType(), VL)
+_I32 = ir.IntType(32)
+
+
+def _ptr(context, builder, aty, arr, idx, ity):
+    """``&arr[idx]`` (1-D float32 array ``arr``, no bounds check) as a vector pointer."""
+    a = context.make_array(aty)(context, builder, arr)
+    i = context.cast(builder, idx, ity, types.intp)
+    return builder.bitcast(builder.gep(a.data, [i]), _LLV.as_pointer())
+
+
+def _splat(builder, s):
+    one = builder.insert_element(ir.Constant(_LLV, ir.Undefined), s, ir.Constant(_I32, 0))
+    return builder.shuffle_vector(one, ir.Constant(_LLV, ir.Undefined), ir.Constant(ir.VectorType(_I32, VL), [0] * VL))
+
+
+@intrinsic
+def tile_zero(typingctx, offs):
+    """Zero accumulators for a tile of ``J`` output channels x ``len(offs)`` pixel vectors."""
+    tt = types.UniTuple(vec, J * offs.count)
+
+    def codegen(context, builder, sig, args):
+        return context.make_tuple(builder, tt, [ir.Constant(_LLV, [0.0] * VL)] * tt.count)
+    return tt(offs), codegen
+
+
+@intrinsic
+def vloads(typingctx, arr, base, offs):
+    """The vectors ``arr[base + offs[v] : ... + VL]`` for each offset of the tuple ``offs``."""
+    tt = types.UniTuple(vec, offs.count)
+
+    def codegen(context, builder, sig, args):
+        aty, bty, oty = sig.args
+        b = context.cast(builder, args[1], bty, types.intp)
+        out = []
+        for v in range(oty.count):
+            o = context.cast(builder, builder.extract_value(args[2], v), oty.dtype, types.intp)
+            out.append(builder.load(_ptr(context, builder, aty, args[0], builder.add(b, o), types.intp), align=4))
+        return context.make_tuple(builder, tt, out)
+    return tt(arr, base, offs), codegen
+
+
+@intrinsic
+def tile_fma(typingctx, acc, xv, wp, wk):
+    """``acc[r*V' + v] += xv[v] * wp[wk + r]`` (one FMA each, r < len(acc) / len(xv))."""
+    def codegen(context, builder, sig, args):
+        aty, xty, wty, kty = sig.args
+        nv = xty.count
+        a = context.make_array(wty)(context, builder, args[2])
+        k = context.cast(builder, args[3], kty, types.intp)
+        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_LLV, [_LLV] * 3), f"llvm.fma.v{VL}f32")
+        xs = [builder.extract_value(args[1], v) for v in range(nv)]
+        res = args[0]
+        for r in range(aty.count // nv):
+            s = builder.load(builder.gep(a.data, [builder.add(k, ir.Constant(k.type, r))]))
+            b = _splat(builder, s)
+            for v in range(nv):
+                cur = builder.extract_value(res, r * nv + v)
+                res = builder.insert_value(res, builder.call(fma, [xs[v], b, cur]), r * nv + v)
+        return res
+    return acc(acc, xv, wp, wk), codegen
+
+
+@intrinsic
+def tile_store(typingctx, g, base, pitch, offs, acc):
+    """``g[base + r*pitch + offs[v] : ... + VL] = acc[r*V' + v]``."""
+    def codegen(context, builder, sig, args):
+        gty, bty, pty, oty, aty = sig.args
+        nv = oty.count
+        b = context.cast(builder, args[1], bty, types.intp)
+        p = context.cast(builder, args[2], pty, types.intp)
+        for r in range(aty.count // nv):
+            row = builder.add(b, builder.mul(p, ir.Constant(p.type, r)))
+            for v in range(nv):
+                o = context.cast(builder, builder.extract_value(args[3], v), oty.dtype, types.intp)
+                ptr = _ptr(context, builder, gty, args[0], builder.add(row, o), types.intp)
+                builder.store(builder.extract_value(args[4], r * nv + v), ptr, align=4)
+        return context.get_dummy_value()
+    return types.none(g, base, pitch, offs, acc), codegen
