@@ -21,8 +21,9 @@ from .. import _config
 MAX_VL = 16
 
 _ISA = _config.NUMBA_ISA["isa"]
-#: (lanes, output channels per tile, pixel vectors per tile), as the Cython kernels' per ISA.
-VL, J, V = {"avx512": (16, 8, 3), "avx2": (8, 4, 3), "baseline": (4, 4, 2)}.get(_ISA, (8, 4, 3))
+#: (lanes, output channels per forward tile, pixel vectors per forward tile, taps per
+#: weight-gradient tile of 2 channel vectors), as the Cython kernels' per ISA.
+VL, J, V, WT = {"avx512": (16, 8, 3, 12), "avx2": (8, 4, 3, 6), "baseline": (4, 4, 2, 6)}.get(_ISA, (8, 4, 3, 6))
 
 
 class Vec(types.Type):
@@ -84,25 +85,75 @@ def vloads(typingctx, arr, base, offs):
     return tt(arr, base, offs), codegen
 
 
+def _fma_rows(context, builder, acc, xv, nv, scalars):
+    """``acc[r*nv + v] = fma(xv[v], splat(scalars[r]), acc[r*nv + v])``, row by row."""
+    fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_LLV, [_LLV] * 3), f"llvm.fma.v{VL}f32")
+    xs = [builder.extract_value(xv, v) for v in range(nv)]
+    for r, s in enumerate(scalars):
+        b = _splat(builder, s)
+        for v in range(nv):
+            acc = builder.insert_value(acc, builder.call(fma, [xs[v], b, builder.extract_value(acc, r * nv + v)]),
+                                       r * nv + v)
+    return acc
+
+
+def _elem(context, builder, aty, arr, i):
+    """``arr[i]`` (1-D array, intp index, no bounds check)."""
+    a = context.make_array(aty)(context, builder, arr)
+    return builder.load(builder.gep(a.data, [i]))
+
+
 @intrinsic
 def tile_fma(typingctx, acc, xv, wp, wk):
-    """``acc[r*V' + v] += xv[v] * wp[wk + r]`` (one FMA each, r < len(acc) / len(xv))."""
+    """``acc[r*V' + v] += xv[v] * wp[wk + r]`` (one FMA each; V' = len(xv), r < len(acc) / V')."""
     def codegen(context, builder, sig, args):
         aty, xty, wty, kty = sig.args
-        nv = xty.count
-        a = context.make_array(wty)(context, builder, args[2])
         k = context.cast(builder, args[3], kty, types.intp)
-        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_LLV, [_LLV] * 3), f"llvm.fma.v{VL}f32")
-        xs = [builder.extract_value(args[1], v) for v in range(nv)]
-        res = args[0]
-        for r in range(aty.count // nv):
-            s = builder.load(builder.gep(a.data, [builder.add(k, ir.Constant(k.type, r))]))
-            b = _splat(builder, s)
-            for v in range(nv):
-                cur = builder.extract_value(res, r * nv + v)
-                res = builder.insert_value(res, builder.call(fma, [xs[v], b, cur]), r * nv + v)
-        return res
+        rows = [_elem(context, builder, wty, args[2], builder.add(k, ir.Constant(k.type, r)))
+                for r in range(aty.count // xty.count)]
+        return _fma_rows(context, builder, args[0], args[1], xty.count, rows)
     return acc(acc, xv, wp, wk), codegen
+
+
+@intrinsic
+def tile_fma_at(typingctx, acc, xv, src, base, off, o0):
+    """``acc[r*V' + v] += xv[v] * src[base + off[o0 + r]]`` (V' = len(xv), r < len(acc) / V')."""
+    def codegen(context, builder, sig, args):
+        aty, xty, sty, bty, oty, o0ty = sig.args
+        b = context.cast(builder, args[3], bty, types.intp)
+        o0 = context.cast(builder, args[5], o0ty, types.intp)
+        rows = []
+        for r in range(aty.count // xty.count):
+            o = _elem(context, builder, oty, args[4], builder.add(o0, ir.Constant(o0.type, r)))
+            o = context.cast(builder, o, oty.dtype, types.intp)
+            rows.append(_elem(context, builder, sty, args[2], builder.add(b, o)))
+        return _fma_rows(context, builder, args[0], args[1], xty.count, rows)
+    return acc(acc, xv, src, base, off, o0), codegen
+
+
+#: Accumulators of a weight-gradient tile (taps x channel vectors).
+_WTILE = types.UniTuple(vec, 2 * WT)
+
+
+@intrinsic
+def wtile_load(typingctx, g, base, pitch, offs):
+    """A weight-gradient tile from ``g[base + r*pitch + offs[v]]`` (or zeros if ``g`` is None),
+    ``2*WT / len(offs)`` rows."""
+    def codegen(context, builder, sig, args):
+        gty, bty, pty, oty = sig.args
+        nv = oty.count
+        if isinstance(gty, types.NoneType):
+            return context.make_tuple(builder, _WTILE, [ir.Constant(_LLV, [0.0] * VL)] * _WTILE.count)
+        b = context.cast(builder, args[1], bty, types.intp)
+        p = context.cast(builder, args[2], pty, types.intp)
+        out = []
+        for r in range(_WTILE.count // nv):
+            row = builder.add(b, builder.mul(p, ir.Constant(p.type, r)))
+            for v in range(nv):
+                o = context.cast(builder, builder.extract_value(args[3], v), oty.dtype, types.intp)
+                out.append(builder.load(_ptr(context, builder, gty, args[0], builder.add(row, o), types.intp), align=4))
+        return context.make_tuple(builder, _WTILE, out)
+    return _WTILE(g, base, pitch, offs), codegen
 
 
 @intrinsic

@@ -16,14 +16,13 @@ has one fixed summation order whatever the number of threads.  FMA contraction o
 (``_config.NUMBA_*_FMA``): no reassociation.
 """
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
-from .. import _backend, _config
-from .._config import NUMBA_SERIAL_FMA
+from .. import _backend, _config, _threads
 from . import activation as _activation
 from . import pool as _pool
 from ._common import _u, add_plane, helper, parallel_kernel, total
-from ._simd import MAX_VL, VL, J, V, tile_fma, tile_store, tile_zero, vloads
+from ._simd import MAX_VL, VL, WT, J, V, tile_fma, tile_fma_at, tile_store, tile_zero, vloads, wtile_load
 
 def _grid_input(n, c, nph, hq, wq, kw):
     """An (n, c, nph, hq, wq) float32 buffer (the grid layout: zero-padded input split into its
@@ -221,132 +220,94 @@ def conv2d_direct_backward_data(gy, w, sh, sw, pt, pl, gx):
 
 
 @parallel_kernel(fma=True)
-def _pitch_gy(gy, gp):
-    """``gp[n, o, r, q] = gy[n, o, r, q]`` for q < OW, 0 for the extra columns."""
+def _channels_last(gy, gt):
+    """``gt[b, p, o] = gy[b, o, p]`` (p = oh*OW + ow), 0 for the channels past OC."""
     n, oc, oh, ow = gy.shape
-    pw = gp.shape[3]
-    for t in prange(n * oc):
-        b = t // oc
-        o = t - b * oc
+    ocv = gt.shape[2]
+    for b in prange(n):
         for r in range(oh):
             for q in range(ow):
-                gp[b, o, r, q] = gy[b, o, r, q]
-            for q in range(ow, pw):
-                gp[b, o, r, q] = 0.0
+                for o in range(oc):
+                    gt[b, r * ow + q, o] = gy[b, o, r, q]
+                for o in range(oc, ocv):
+                    gt[b, r * ow + q, o] = 0.0
 
 
 @helper
-def _wgrad_taps(acc, a0, gf, g0, xf, x0, js, m):
-    """``acc[a0 + j*m + e] += gf[g0+e] * xf[x0+e+j]`` for the taps ``j`` in ``js`` (a tuple: a
-    constant count, unrolled) and e < m, element-wise."""
-    for e in range(m):
-        g = gf[_u(g0 + e)]
-        for j in js:
-            acc[_u(a0 + j * m + e)] += g * xf[_u(x0 + e + j)]
-
-
-@njit(**NUMBA_SERIAL_FMA)
-def _wgrad_row(acc, a0, gf, g0, xf, x0, kw, m):
-    """``acc[a0 + j*m + e] += gf[g0+e] * xf[x0+e+j]`` for j < kw, e < m (element-wise)."""
-    if kw == 3:
-        _wgrad_taps(acc, a0, gf, g0, xf, x0, (0, 1, 2), m)
-    elif kw == 5:
-        _wgrad_taps(acc, a0, gf, g0, xf, x0, (0, 1, 2, 3, 4), m)
-    else:
-        for j in range(kw):
-            for e in range(m):
-                acc[_u(a0 + j * m + e)] += gf[_u(g0 + e)] * xf[_u(x0 + e + j)]
+def _wgrad_tile(xf, xs, gf, gs, i0, ni, oh, ow, wq, ocv, offs, off, q0, part, pb, add):
+    """One weight-gradient tile: the channel vectors at ``offs`` x the taps ``off[q0 ...]``,
+    over the output positions of images ``i0 .. i0+ni`` (in order), started from
+    ``part[pb ...]`` (``add``) or zero, stored back there (row pitch ``ocv``)."""
+    acc = wtile_load(part, pb, ocv, offs) if add else wtile_load(None, pb, ocv, offs)
+    for i in range(i0, i0 + ni):
+        for r in range(oh):
+            xr = i * xs + r * wq
+            gr = i * gs + r * ow * ocv
+            for q in range(ow):
+                acc = tile_fma_at(acc, vloads(gf, gr + q * ocv, offs), xf, xr + q, off, q0)
+    tile_store(part, pb, ocv, offs, acc)
 
 
 @helper
-def _wgrad4_taps(acc, a0, gf, g0, gs, xf, x0, xs, js, m):
-    """:func:`_wgrad_taps` for the 4 images at offsets ``g0 + q*gs``, ``x0 + q*xs``: each
-    partial sum stays in a register over the 4 images, added in image order (so the same
-    bytes as one image at a time).  At most 3 taps: with 5 LLVM did not vectorise the loop
-    (runtime alias checks over too many streams)."""
-    for e in range(m):
-        g_0 = gf[_u(g0 + e)]
-        g_1 = gf[_u(g0 + gs + e)]
-        g_2 = gf[_u(g0 + 2 * gs + e)]
-        g_3 = gf[_u(g0 + 3 * gs + e)]
-        for j in js:
-            s = acc[_u(a0 + j * m + e)]
-            s += g_0 * xf[_u(x0 + e + j)]
-            s += g_1 * xf[_u(x0 + xs + e + j)]
-            s += g_2 * xf[_u(x0 + 2 * xs + e + j)]
-            s += g_3 * xf[_u(x0 + 3 * xs + e + j)]
-            acc[_u(a0 + j * m + e)] = s
-
-
-@njit(**NUMBA_SERIAL_FMA)
-def _wgrad_row4(acc, a0, gf, g0, gs, xf, x0, xs, kw, m):
-    """:func:`_wgrad_row` for the 4 images at offsets ``g0 + q*gs``, ``x0 + q*xs`` (kw <= 3)."""
-    if kw == 3:
-        _wgrad4_taps(acc, a0, gf, g0, gs, xf, x0, xs, (0, 1, 2), m)
-    elif kw == 2:
-        _wgrad4_taps(acc, a0, gf, g0, gs, xf, x0, xs, (0, 1), m)
-    else:
-        _wgrad4_taps(acc, a0, gf, g0, gs, xf, x0, xs, (0,), m)
-
-
-@njit(**NUMBA_SERIAL_FMA)
-def _wgrad_row_strided(acc, a0, gf, g0, xf, x0, kw, m, sw):
-    for j in range(kw):
-        for e in range(m):
-            acc[_u(a0 + j * m + e)] += gf[_u(g0 + e)] * xf[_u(x0 + e * sw + j)]
+def _taps_per_tile(ocv):
+    """Taps T of a weight-gradient tile: 2*WT accumulators = T taps x 2 channel vectors when
+    the channel vectors pair up, else 2*WT taps x 1."""
+    return WT if (ocv // VL) % 2 == 0 else 2 * WT
 
 
 @parallel_kernel(fma=True)
-def _backward_weight(gp, xp, sh, sw, oh, ow, gw):
-    """``gw[o, c]``: one work item per channel pair; partial sums per tap and output pixel
-    (over images, in order), then each tap's partials summed in pixel order (float64)."""
-    n, oc, _, pitch = gp.shape
-    c, hp, wp = xp.shape[1], xp.shape[2], xp.shape[3]
-    kh, kw = gw.shape[2], gw.shape[3]
-    flat = sh == 1 and sw == 1
-    m = (oh - 1) * pitch + ow if flat else ow  # run length of one pass
-    gf = gp.reshape(gp.size)
-    xf = xp.reshape(xp.size)
-    plane = hp * wp
-    gplane = oh * pitch
-    for t in prange(oc * c):
-        o = t // c
-        ci = t - o * c
-        rows = 1 if flat else oh
-        run = rows * m  # partials per tap
-        acc = np.zeros(kh * kw * run, np.float32)
-        b4 = 0
-        if flat and kw <= 3:  # images 4 at a time, then one at a time (helps 3x3, not 5x5)
-            while b4 + 4 <= n:
-                g0 = (b4 * oc + o) * gplane
-                xc = (b4 * c + ci) * plane
-                for i in range(kh):
-                    _wgrad_row4(acc, i * kw * run, gf, g0, oc * gplane, xf, xc + i * wp, c * plane, kw, m)
-                b4 += 4
-        for b in range(b4, n):
-            g0 = (b * oc + o) * gplane
-            xc = (b * c + ci) * plane
-            for i in range(kh):
-                a0 = i * kw * run
-                if flat:
-                    _wgrad_row(acc, a0, gf, g0, xf, xc + i * wp, kw, m)
+def _backward_weight(xf, xs, cs, tab, gt, n, oh, ow, wq, groups, ni_max, part):
+    """``part[s, q, o]``: slot ``s``'s sum of the weight gradient of tap ``q = c*KK + kk`` and
+    output channel ``o`` over its images (image ``i`` in slot ``i*S//n``), in image order.
+    Work items: a slot's images through a ``groups``-th of its tiles, ``ni_max`` images at a
+    time (all of a chunk's tiles while the chunk is in cache)."""
+    ns, qt, ocv = part.shape
+    gs = gt.shape[1] * ocv
+    gf = gt.reshape(gt.size)
+    pf = part.reshape(part.size)
+    kk_n = tab.size
+    t_n = _taps_per_tile(ocv)
+    nv = (2 * WT) // t_n
+    nqb = qt // t_n
+    ntiles = (ocv // (nv * VL)) * nqb
+    q_n = min(qt, (xs // cs) * kk_n)  # real taps; the rest of off reads offset 0
+    off = np.zeros(qt, np.int64)
+    for q in range(q_n):
+        off[q] = (q // kk_n) * cs + tab[q % kk_n]
+    for t in prange(ns * groups):
+        s = t // groups
+        g = t - s * groups
+        i0 = (s * n + ns - 1) // ns
+        i1 = ((s + 1) * n + ns - 1) // ns
+        u0 = g * ntiles // groups
+        u1 = (g + 1) * ntiles // groups
+        for i in range(i0, i1, ni_max):
+            ni = min(ni_max, i1 - i)
+            for u in range(u0, u1):
+                ob = u // nqb
+                qb = u - ob * nqb
+                c0 = ob * nv * VL
+                pb = (s * qt + qb * t_n) * ocv
+                if nv == 2:
+                    _wgrad_tile(xf, xs, gf, gs, i, ni, oh, ow, wq, ocv, (c0, c0 + VL), off, qb * t_n, pf, pb, i > i0)
                 else:
-                    for r in range(oh):
-                        _wgrad_row_strided(acc, a0 + r * m * kw, gf, g0 + r * pitch, xf,
-                                           xc + (r * sh + i) * wp, kw, m, sw)
-        for i in range(kh):
-            for j in range(kw):
-                s = 0.0
-                if flat:
-                    base = (i * kw + j) * run
-                    for e in range(run):
-                        s += np.float64(acc[_u(base + e)])
-                else:
-                    for r in range(oh):
-                        base = i * kw * run + r * m * kw + j * m
-                        for e in range(m):
-                            s += np.float64(acc[_u(base + e)])
-                gw[o, ci, i, j] = np.float32(s)
+                    _wgrad_tile(xf, xs, gf, gs, i, ni, oh, ow, wq, ocv, (c0,), off, qb * t_n, pf, pb, i > i0)
+
+
+@parallel_kernel(fma=True)
+def _sum_slots(part, gw):
+    """``gw[o, c, i, j] = part[0, q, o] + part[1, q, o] + ...`` (q = (c*kh + i)*kw + j), in slot order."""
+    oc, c, kh, kw = gw.shape
+    kk_n = kh * kw
+    for e in prange(oc * c):
+        o = e // c
+        ci = e - o * c
+        for kk in range(kk_n):
+            q = ci * kk_n + kk
+            acc = part[0, q, o]
+            for s in range(1, part.shape[0]):
+                acc += part[s, q, o]
+            gw[o, ci, kk // kw, kk % kw] = acc
 
 
 @parallel_kernel(fma=True)
@@ -363,19 +324,35 @@ def _bias_grad(gy, gb):
 
 
 def conv2d_direct_backward_weight(gy, x, sh, sw, pt, pl, gw, gb):
-    """Weight and bias gradients (see :func:`fastcnn._ref.conv2d_direct_backward_weight`)."""
+    """Weight and bias gradients (see :func:`fastcnn._ref.conv2d_direct_backward_weight`):
+    register tiles over the output channels (channels-last output gradient) x taps, summed
+    per slot of images (``_config.SLOTS``) in image order, then the slots in order, whatever
+    the thread count."""
     _backend.sizes_conv2d_direct_backward_weight(gy.shape, x.shape, sh, sw, pt, pl, gw.shape, gb.shape)
     n, c = x.shape[:2]
-    oh, ow = gy.shape[2:]
+    oc, oh, ow = gy.shape[1:]
     kh, kw = gw.shape[2:]
-    xp = np.empty((n, c, (oh - 1) * sh + kh, (ow - 1) * sw + kw), np.float32)
-    _pad(x, pt, pl, xp)
-    if sh == 1 and sw == 1 and kw > 1:  # output gradient at the padded row pitch
-        g = np.empty((n, gy.shape[1], oh, xp.shape[3]), np.float32)
-        _pitch_gy(gy, g)
-    else:
-        g = gy
-    _backward_weight(g, xp, sh, sw, oh, ow, gw)
+    if n == 0:
+        gw[...] = 0.0
+        gb[...] = 0.0
+        return
+    hq, wq = oh + (kh - 1) // sh, ow + (kw - 1) // sw
+    xq, xf = _grid_input(n, c, sh * sw, hq, wq, kw)
+    _pad_phases(x, pt, pl, sh, sw, xq)
+    ocv = -(-oc // VL) * VL
+    gt = np.empty((n, oh * ow, ocv), np.float32)
+    _channels_last(gy, gt)
+    taps = WT if (ocv // VL) % 2 == 0 else 2 * WT
+    slots = min(_config.SLOTS, n)
+    part = np.empty((slots, -(-c * kh * kw // taps) * taps, ocv), np.float32)
+    threads = _threads.get_num_threads()
+    ntiles = (ocv * taps // (2 * WT * VL)) * (part.shape[1] // taps)
+    groups = 1 if slots >= 2 * threads else min(ntiles, -(-2 * threads // slots))
+    per_image = (oh * ow * ocv + xq[0].size) * 4
+    ni_max = max(1, min(-(-n // slots), _config.DIRECT_WGRAD_BYTES // per_image))
+    _backward_weight(xf, xq[0].size, sh * sw * hq * wq, _taps_table(c, hq, wq, kh, kw, sh, sw), gt, n, oh, ow, wq,
+                     groups, ni_max, part)
+    _sum_slots(part, gw)
     if gb.shape[0]:  # (an empty gb: no bias gradient wanted)
         _bias_grad(gy, gb)
 
