@@ -43,9 +43,8 @@ CONV_STRATEGIES = ("auto", "direct", "per_image", "chunked")
 #: image's unfolded matrix exceeds it (one such buffer per thread).
 CHUNK_BYTES = 8 << 20
 
-#: Backend modules whose direct kernels ``auto`` may pick (the Numba direct kernels,
-#: ``fastcnn._kernels``, join once they replace the stand-ins).
-DIRECT_AUTO_MODULES = ("fastcnn._ext",)
+#: Backend modules whose direct kernels ``auto`` may pick: Cython's and Numba's.
+DIRECT_AUTO_MODULES = ("fastcnn._ext", "fastcnn._kernels")
 
 ENV_CONV = "FASTCNN_CONV"
 
@@ -143,21 +142,25 @@ def one_pool(k):
     return k is not _ref and _threads.gemm_blas_single()
 
 
-def _direct_wins(n, c, oc, kh, kw, backward, input_grad=True):
-    """The ``auto`` rule for the direct kernels, from benches/conv_direct_gflops.py and
-    benches/probes/plan_compare.py (docs/PERFORMANCE.md, section 9): forward on every measured
-    shape with 8+ output channels and a kernel larger than 1x1 (a 1x1 convolution is one
-    SGEMM on the per-image path); backward likewise with more than 3 input channels, or any
+def _direct_wins(module, n, c, oc, kh, kw, backward, input_grad=True, strided=False):
+    """The ``auto`` rule for the direct kernels of backend module ``module`` (its name), from
+    benches/conv_direct_gflops.py and benches/probes/plan_compare.py (docs/PERFORMANCE.md,
+    section 9).  Never for a 1x1 kernel (one SGEMM on the per-image path) or fewer than 8
+    output channels.  Cython: forward always; backward with more than 3 input channels, or
     when only the weight gradient of a batch is wanted (first layers: an input gradient of 1-3
-    channels fills few lanes; at batch 1 one GEMM is faster)."""
-    if kh == 1 and kw == 1:
+    channels fills few lanes; at batch 1 one GEMM is faster).  Numba: forward with 3+ input
+    channels; backward with more than 3 and stride 1 (its strided input gradient runs on the
+    stride-dilated gradient)."""
+    if (kh == 1 and kw == 1) or oc < 8:
         return False
+    if module == "fastcnn._kernels":
+        return (c > 3 and not strided) if backward else c >= 3
     if backward:
-        return oc >= 8 and (c > 3 or (not input_grad and n > 1))
-    return oc >= 8
+        return c > 3 or (not input_grad and n > 1)
+    return True
 
 
-def conv_plan(k, n, c, oc, kh, kw, oh, ow, itemsize, backward=False, input_grad=True):
+def conv_plan(k, n, c, oc, kh, kw, oh, ow, itemsize, backward=False, input_grad=True, strided=False):
     """Strategy for one convolution: ``"direct"``, ``"single"`` (batch of one: one GEMM),
     ``"per_image"`` or ``"chunked"``.
 
@@ -168,12 +171,14 @@ def conv_plan(k, n, c, oc, kh, kw, oh, ow, itemsize, backward=False, input_grad=
     itemsize : bytes per element (the finite-difference tests run the reference in float64)
     backward : whether the plan is for the gradients (else the forward pass)
     input_grad : with ``backward``, whether the input gradient is wanted too
+    strided : whether a stride is larger than 1
     """
     conv = _current()["conv"]
     if conv == "direct":
         return "direct"
-    if (conv == "auto" and getattr(k, "__name__", None) in DIRECT_AUTO_MODULES and itemsize == 4
-            and _direct_wins(n, c, oc, kh, kw, backward, input_grad)):
+    name = getattr(k, "__name__", None)
+    if (conv == "auto" and name in DIRECT_AUTO_MODULES and itemsize == 4
+            and _direct_wins(name, n, c, oc, kh, kw, backward, input_grad, strided)):
         return "direct"
     if n == 1:
         return "single"

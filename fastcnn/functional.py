@@ -223,7 +223,7 @@ def _conv2d_forward(k: ModuleType, x: np.ndarray, weight: np.ndarray, bias: np.n
     n, c = x.shape[:2]
     oc = weight.shape[0]
     dt = x.dtype
-    plan = _dispatch.conv_plan(k, n, c, oc, g.kh, g.kw, g.oh, g.ow, dt.itemsize)
+    plan = _dispatch.conv_plan(k, n, c, oc, g.kh, g.kw, g.oh, g.ow, dt.itemsize, strided=g.sh * g.sw > 1)
     if plan == "direct":
         if bias is None:
             bias = _buf(ws, "zeros", (oc,), dt)
@@ -329,7 +329,8 @@ def conv2d_backward(grad_out: ArrayLike, x: ArrayLike, weight: ArrayLike, stride
         relu_output = as_float32(relu_output, "relu_output", 4, op)
         if relu_output.shape != want:
             raise ValueError(f"{op}: relu_output must have shape {want}, got {relu_output.shape}")
-    plan = _dispatch.conv_plan(k, n, c, oc, g.kh, g.kw, g.oh, g.ow, x.dtype.itemsize, True, input_grad)
+    plan = _dispatch.conv_plan(k, n, c, oc, g.kh, g.kw, g.oh, g.ow, x.dtype.itemsize, True, input_grad,
+                               g.sh * g.sw > 1)
     if pool_indices is not None:
         idx, _ = _pool_indices(grad_out, pool_indices, full, op, ws)
         if plan == "direct":
@@ -360,7 +361,8 @@ def _conv2d_backward(k: ModuleType, grad_out: np.ndarray, x: np.ndarray, weight:
     kdim = c * g.kh * g.kw
     dt = x.dtype
     if plan is None:
-        plan = _dispatch.conv_plan(k, n, c, oc, g.kh, g.kw, g.oh, g.ow, dt.itemsize, True, input_grad)
+        plan = _dispatch.conv_plan(k, n, c, oc, g.kh, g.kw, g.oh, g.ow, dt.itemsize, True, input_grad,
+                                   g.sh * g.sw > 1)
     gx: np.ndarray | None
     if plan == "direct":
         gw = np.empty(weight.shape, dt)

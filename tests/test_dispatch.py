@@ -98,6 +98,17 @@ def test_conv_plan_rules():
             # 1x1 convolutions (the ResNet's shortcuts): one SGEMM per image
             for backward in (False, True):
                 assert _dispatch.conv_plan(k, 100, 16, 32, 1, 1, 16, 16, 4, backward) == "per_image"
+        if "numba" in fastcnn.available_backends():
+            k = _backend.ops("numba")
+            assert _dispatch.conv_plan(k, 100, 16, 32, 5, 5, 14, 14, 4) == "direct"
+            assert _dispatch.conv_plan(k, 100, 16, 32, 5, 5, 14, 14, 4, backward=True) == "direct"
+            assert _dispatch.conv_plan(k, 100, 3, 16, 3, 3, 32, 32, 4) == "direct"
+            # first layers of one channel, their weight gradients, strided backward: im2col
+            assert _dispatch.conv_plan(k, 100, 1, 32, 5, 5, 28, 28, 4) == "per_image"
+            assert _dispatch.conv_plan(k, 100, 3, 16, 3, 3, 32, 32, 4, True, False) == "per_image"
+            assert _dispatch.conv_plan(k, 100, 16, 32, 3, 3, 16, 16, 4, strided=True) == "direct"
+            assert _dispatch.conv_plan(k, 100, 16, 32, 3, 3, 16, 16, 4, True, strided=True) == "per_image"
+            assert _dispatch.conv_plan(k, 100, 16, 32, 1, 1, 16, 16, 4) == "per_image"
         # the numpy backend keeps its reference path
         assert _dispatch.conv_plan(REF, 100, 16, 32, 5, 5, 14, 14, 4) == "chunked"
         assert _dispatch.conv_plan(REF, 1, 16, 32, 5, 5, 14, 14, 4) == "single"
