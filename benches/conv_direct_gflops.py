@@ -5,9 +5,9 @@ Usage (from the repository root):
     python benches/conv_direct_gflops.py kernels [THREADS] [BACKEND]   # the three primitives alone
 
 Forward and backward (input + weight gradients; weight gradient only for the first layers,
-C <= 3, as in training) of each shape on BACKEND (``cython``, the default, or ``numba``), under ``fastcnn.config(conv=...)``
-= direct, per_image and chunked.  Medians of REPS calls (default 15).  The peak is this
-machine's measured FP32 FMA throughput on the same threads (``fma_peak_probe``: 24
+C <= 3, as in training) of each shape on BACKEND (``cython``, the default, or ``numba``),
+under ``fastcnn.config(conv=...)`` = direct, per_image and chunked.  Medians of REPS calls
+(default 15).  The peak is this machine's measured FP32 FMA throughput on the same threads (``fma_peak_probe``: 24
 independent FMA chains per thread with the active SIMD path), re-measured before each shape.
 Two figures: wall-clock (GFLOP/s / peak GFLOP/s, both wall) and CPU-time (flops per
 CPU-second of the process, against the probe's), the second being less disturbed by other

@@ -81,17 +81,13 @@ ELEMWISE_BLOCK = 16384
 #: then the slots in order.  A constant, so results do not depend on the thread count.
 SLOTS = 8
 
-#: Cython direct weight gradient: bytes of packed images (input and channels-last output
+#: Direct weight gradients (Cython and Numba): bytes of packed images (input and channels-last output
 #: gradient) a thread runs through all its register tiles at a time, so that they stay in
 #: the core's L2 cache (docs/PERFORMANCE.md, section 9).  Any value gives the same bytes.
 DIRECT_WGRAD_BYTES = 256 << 10
 
 #: Numba col2im: images per work item (one input channel of that many images).
 COL2IM_IMAGES = 8
-
-#: Numba direct forward: accumulator elements of one work item (rows are blocked to stay
-#: near this, in L1).
-DIRECT_TILE = 2048
 
 #: Dense layers run as at most this many blocks of a GEMM (of output features for the output
 #: and the weight gradient, of input features for the input gradient), each at least

@@ -86,8 +86,10 @@ def vloads(typingctx, arr, base, offs):
 
 
 def _fma_rows(context, builder, acc, xv, nv, scalars):
-    """``acc[r*nv + v] = fma(xv[v], splat(scalars[r]), acc[r*nv + v])``, row by row."""
-    fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_LLV, [_LLV] * 3), f"llvm.fma.v{VL}f32")
+    """``acc[r*nv + v] = fmuladd(xv[v], splat(scalars[r]), acc[r*nv + v])``, row by row: one FMA
+    where the target has them, a multiply and an add on the baseline path (``llvm.fma`` there
+    would be a library call per lane)."""
+    fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_LLV, [_LLV] * 3), f"llvm.fmuladd.v{VL}f32")
     xs = [builder.extract_value(xv, v) for v in range(nv)]
     for r, s in enumerate(scalars):
         b = _splat(builder, s)

@@ -1,19 +1,13 @@
 """Numba direct convolutions: no im2col matrix, no GEMM (contracts: :mod:`fastcnn._ref`).
 
-The input is first copied into a zero-padded buffer (every window then lies inside it).  A
-work item is one output plane (or a block of its rows) of one image and two output channels;
-it accumulates in a small buffer that stays in L1, one kernel row at a time, the ``kw`` taps
-of a row unrolled in the vectorised loop over output pixels.  The output is walked at the
-padded row pitch: one long contiguous run per kernel row (the ``kw - 1`` extra columns per
-row are computed and dropped).  With strides > 1 the padded input is first split into its
-``sh*sw`` phases (every ``sh``-th row, ``sw``-th column), after which every tap reads one
-contiguous run too (one output channel per work item).
-
-Backward data is the forward convolution of the (stride-dilated) output gradient with the
-flipped, transposed kernel.  Backward weight: one work item per (output, input) channel pair,
-element-wise partial sums over images and pixels, then summed in index order, so every result
-has one fixed summation order whatever the number of threads.  FMA contraction only
-(``_config.NUMBA_*_FMA``): no reassociation.
+The Cython kernels' design (docs/PERFORMANCE.md, sections 9 and 10): the batch packed into
+the grid layout (zero padded, split into its stride phases), register tiles of explicit LLVM
+vectors (:mod:`._simd`): forward tiles of ``J`` output channels x ``V`` pixel vectors over all
+taps; the input gradient as the forward of the (stride-dilated) output gradient with the
+flipped, transposed kernel; weight-gradient tiles of taps x output-channel vectors over a
+channels-last output gradient, summed per slot of images in image order, then the slots in
+order (the same bytes at any thread count).  FMA contraction only (``_config.NUMBA_*_FMA``):
+no reassociation.
 """
 import numpy as np
 from numba import prange
@@ -23,6 +17,7 @@ from . import activation as _activation
 from . import pool as _pool
 from ._common import _u, add_plane, helper, parallel_kernel, total
 from ._simd import MAX_VL, VL, WT, J, V, tile_fma, tile_fma_at, tile_store, tile_zero, vloads, wtile_load
+
 
 def _grid_input(n, c, nph, hq, wq, kw):
     """An (n, c, nph, hq, wq) float32 buffer (the grid layout: zero-padded input split into its
@@ -339,15 +334,15 @@ def conv2d_direct_backward_weight(gy, x, sh, sw, pt, pl, gw, gb):
     hq, wq = oh + (kh - 1) // sh, ow + (kw - 1) // sw
     xq, xf = _grid_input(n, c, sh * sw, hq, wq, kw)
     _pad_phases(x, pt, pl, sh, sw, xq)
-    ocv = -(-oc // VL) * VL
+    # Channels padded to 16 and taps to 24: whole tiles for any lane count and tile shape of
+    # _simd (a kernel compiled for another SIMD path can never index past these buffers).
+    ocv = -(-oc // MAX_VL) * MAX_VL
     gt = np.empty((n, oh * ow, ocv), np.float32)
     _channels_last(gy, gt)
-    taps = WT if (ocv // VL) % 2 == 0 else 2 * WT
     slots = min(_config.SLOTS, n)
-    part = np.empty((slots, -(-c * kh * kw // taps) * taps, ocv), np.float32)
+    part = np.empty((slots, -(-c * kh * kw // 24) * 24, ocv), np.float32)
     threads = _threads.get_num_threads()
-    ntiles = (ocv * taps // (2 * WT * VL)) * (part.shape[1] // taps)
-    groups = 1 if slots >= 2 * threads else min(ntiles, -(-2 * threads // slots))
+    groups = 1 if slots >= 2 * threads else -(-2 * threads // slots)
     per_image = (oh * ow * ocv + xq[0].size) * 4
     ni_max = max(1, min(-(-n // slots), _config.DIRECT_WGRAD_BYTES // per_image))
     _backward_weight(xf, xq[0].size, sh * sw * hq * wq, _taps_table(c, hq, wq, kh, kw, sh, sw), gt, n, oh, ow, wq,
