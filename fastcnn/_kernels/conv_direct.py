@@ -30,25 +30,6 @@ def _grid_input(n, c, nph, hq, wq, kw):
 
 
 @parallel_kernel(fma=True)
-def _pad(x, pt, pl, xp):
-    """``xp[n, c, h, w] = x[n, c, h - pt, w - pl]``, 0 outside ``x`` (``pt``/``pl`` may be < 0)."""
-    n, c, h, w = x.shape
-    hp, wp = xp.shape[2], xp.shape[3]
-    for t in prange(n * c):
-        b = t // c
-        ci = t - b * c
-        for r in range(hp):
-            sr = r - pt
-            if sr < 0 or sr >= h:
-                for q in range(wp):
-                    xp[b, ci, r, q] = 0.0
-            else:
-                for q in range(wp):
-                    sq = q - pl
-                    xp[b, ci, r, q] = x[b, ci, sr, sq] if 0 <= sq < w else np.float32(0.0)
-
-
-@parallel_kernel(fma=True)
 def _pad_phases(x, pt, pl, sh, sw, xq):
     """``xq[n, c, a*sw + e, R, Q] = x[n, c, R*sh + a - pt, Q*sw + e - pl]``, 0 outside ``x``:
     the zero-padded input split into its stride phases, so that the input of one tap over
