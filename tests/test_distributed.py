@@ -170,15 +170,18 @@ def test_overlapped_allreduce_is_bit_identical(tmp_path, model, sync):
 
 @needs_mpi
 def test_sync_batchnorm_matches_one_process_sgd(tmp_path):
-    """Synchronised statistics: parameters and running statistics as one process (SGD)."""
+    """Synchronised statistics: parameters and running statistics as one process (SGD).
+    12 steps: on an AMD Zen 4 the two runs stay within 2e-5 of each tensor's update through
+    17 steps, then one rounding-level difference flips a discrete choice (a ReLU or a pooling
+    maximum) and the runs part by 5e-3 at step 20, on the code of the seventh session too."""
     init = models.build("bn", seed=0, in_channels=1).state_dict()
-    plain = worker(tmp_path, "plain", "bn", "cython", 32, 20, None, "--optimizer", "sgd")
-    dist = worker(tmp_path, "dist", "bn", "cython", 32, 20, 2, "--optimizer", "sgd", "--sync-bn")
+    plain = worker(tmp_path, "plain", "bn", "cython", 32, 12, None, "--optimizer", "sgd")
+    dist = worker(tmp_path, "dist", "bn", "cython", 32, 12, 2, "--optimizer", "sgd", "--sync-bn")
     err = update_error(plain, dist, init)
     assert len(err) == 14 and max(err.values()) < RTOL, err
-    assert dist["1.num_batches_tracked"] == plain["1.num_batches_tracked"] == 20
+    assert dist["1.num_batches_tracked"] == plain["1.num_batches_tracked"] == 12
     # Per-rank statistics differ from the global batch's: the option does something.
-    per_rank = worker(tmp_path, "dist", "bn", "cython", 32, 20, 2, "--optimizer", "sgd")
+    per_rank = worker(tmp_path, "dist", "bn", "cython", 32, 12, 2, "--optimizer", "sgd")
     assert max(update_error(plain, per_rank, init)[k] for k in ("1.weight", "9.weight")) > 100 * RTOL
 
 
