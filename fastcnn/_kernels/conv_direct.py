@@ -156,43 +156,33 @@ def conv2d_direct_forward_maxpool2(x, w, bias, sh, sw, pt, pl, relu, oh, ow, y, 
     _pool.maxpool2d_forward(full, 2, 2, 2, 2, 0, 0, y, idx if idx.size else np.empty(y.shape, np.int32))
 
 
-@parallel_kernel(fma=True)
-def _dilate_flip(gy, w, sh, sw, gd, wt):
-    """``gd[n, o, r*sh, q*sw] = gy[n, o, r, q]`` (zeros elsewhere) and
-    ``wt[c, o, i, j] = w[o, c, kh-1-i, kw-1-j]``."""
-    n, oc, oh, ow = gy.shape
-    c, kh, kw = w.shape[1], w.shape[2], w.shape[3]
-    for t in prange(n * oc):
-        b = t // oc
-        o = t - b * oc
-        if sh == 1 and sw == 1:
-            for r in range(oh):
-                for q in range(ow):
-                    gd[b, o, r, q] = gy[b, o, r, q]
-        else:
-            gd[b, o, :, :] = 0.0
-            for r in range(oh):
-                for q in range(ow):
-                    gd[b, o, r * sh, q * sw] = gy[b, o, r, q]
-        if b == 0:
-            for ci in range(c):
-                for i in range(kh):
-                    for j in range(kw):
-                        wt[ci, o, i, j] = w[o, ci, kh - 1 - i, kw - 1 - j]
-
-
 def conv2d_direct_backward_data(gy, w, sh, sw, pt, pl, gx):
-    """Input gradient (see :func:`fastcnn._ref.conv2d_direct_backward_data`)."""
+    """Input gradient (see :func:`fastcnn._ref.conv2d_direct_backward_data`), one input phase
+    at a time: the rows ``a, a + sh, ...`` and columns ``b, b + sw, ...`` of ``gx`` receive
+    only the taps ``i = i0, i0 + sh, ...`` (``i0 = (a + pt) % sh``) and ``j = j0, j0 + sw, ...``:
+    a stride-1 convolution of ``gy`` with those taps flipped and transposed (at stride 1 the
+    one phase is the whole of ``gx``)."""
     _backend.sizes_conv2d_direct_backward_data(gy.shape, w.shape, sh, sw, pt, pl, gx.shape)
-    n, oc, oh, ow = gy.shape
-    c, kh, kw = w.shape[1:]
-    h, wd = gx.shape[2:]
-    gd = np.empty((n, oc, (oh - 1) * sh + 1, (ow - 1) * sw + 1), np.float32)
-    wt = np.empty((c, oc, kh, kw), np.float32)
-    _dilate_flip(gy, w, sh, sw, gd, wt)
-    # gx[h] = sum_i w[i] gd[h + pt - i] = sum_i' wt[i'] gd[h - (kh-1-pt) + i']: a stride-1
-    # convolution with top/left padding kh-1-pt, kw-1-pl and output size H x W.
-    _direct(gd, wt, np.zeros(c, np.float32), 1, 1, kh - 1 - pt, kw - 1 - pl, False, gx)
+    n, c, h, wd = gx.shape
+    kh, kw = w.shape[2:]
+    zeros = np.zeros(c, np.float32)
+    for a in range(sh):
+        for b in range(sw):
+            i0, j0 = (a + pt) % sh, (b + pl) % sw
+            # Phase row R gets tap i0 + sh*k from gy row R + (a + pt - i0)//sh - k: with the
+            # ka taps flipped, top padding ka - 1 - (a + pt - i0)//sh (likewise for columns).
+            ka, kb = len(range(i0, kh, sh)), len(range(j0, kw, sw))
+            out = gx if sh == sw == 1 else np.empty((n, c, len(range(a, h, sh)), len(range(b, wd, sw))), np.float32)
+            if out.size == 0:
+                continue
+            if ka == 0 or kb == 0:
+                out[...] = 0.0
+            else:
+                wt = np.ascontiguousarray(w[:, :, i0::sh, j0::sw][:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+                _direct(gy, wt, zeros, 1, 1, ka - 1 - (a + pt - i0) // sh, kb - 1 - (b + pl - j0) // sw, False,
+                        out)
+            if out is not gx:
+                gx[:, :, a::sh, b::sw] = out
 
 
 @parallel_kernel(fma=True)
