@@ -31,25 +31,43 @@ def _grid_input(n, c, nph, hq, wq, kw):
 
 @parallel_kernel(fma=True)
 def _pad_phases(x, pt, pl, sh, sw, xq):
-    """``xq[n, c, a*sw + e, R, Q] = x[n, c, R*sh + a - pt, Q*sw + e - pl]``, 0 outside ``x``:
-    the zero-padded input split into its stride phases, so that the input of one tap over
-    the output plane is one block at row pitch ``Q`` (the grid layout, docs/PERFORMANCE.md,
-    section 9)."""
+    """``xq[n, c, a*sw + e, R, Q] = x[n, c, R*sh + a - pt, Q*sw + e - pl]``, 0 outside ``x``
+    (both C-contiguous): the zero-padded input split into its stride phases, so that the input
+    of one tap over the output plane is one block at row pitch ``Q`` (the grid layout,
+    docs/PERFORMANCE.md, section 9).  Each phase row: zeros, the source run, zeros."""
     n, c, h, w = x.shape
-    hq, wq = xq.shape[3], xq.shape[4]
+    nph, hq, wq = xq.shape[2], xq.shape[3], xq.shape[4]
+    xs = x.reshape(x.size)
+    xd = xq.reshape(xq.size)
     for t in prange(n * c):
-        b = t // c
-        ci = t - b * c
         for a in range(sh):
             for e in range(sw):
+                dst = (t * nph + a * sw + e) * hq * wq
+                q0 = min(wq, max(0, (pl - e + sw - 1) // sw))  # phase columns [q0, q1) are in x
+                q1 = max(q0, min(wq, (w + pl - e + sw - 1) // sw))
                 for r in range(hq):
                     sr = r * sh + a - pt
-                    for q in range(wq):
-                        sq = q * sw + e - pl
-                        v = np.float32(0.0)
-                        if 0 <= sr < h and 0 <= sq < w:
-                            v = x[b, ci, sr, sq]
-                        xq[b, ci, a * sw + e, r, q] = v
+                    d = dst + r * wq
+                    if sr < 0 or sr >= h:
+                        q0r, q1r = wq, wq
+                    else:
+                        q0r, q1r = q0, q1
+                    for q in range(q0r):
+                        xd[_u(d + q)] = 0.0
+                    src = (t * h + sr) * w + e - pl
+                    if sw == 1:
+                        for q in range(q0r, q1r):
+                            xd[_u(d + q)] = xs[_u(src + q)]
+                    else:
+                        for q in range(q0r, q1r):
+                            xd[_u(d + q)] = xs[_u(src + q * sw)]
+                    for q in range(q1r, wq):
+                        xd[_u(d + q)] = 0.0
+
+
+#: Work items of the tiled forward are run in at most this many chunks of consecutive ones,
+#: each with one tile buffer (an allocation per item cost ~2 us).
+_CHUNKS = 64
 
 
 @helper
@@ -70,8 +88,9 @@ def _fwd_tile(xf, xb, cs, tab, c, kk_n, wp, wb, offs, g, pitch):
 def _forward(xf, xs, cs, tab, w, bias, relu, wq, y):
     """Direct convolution from the grid-layout input ``xf`` (flat; image ``b`` at ``b*xs``,
     channel planes ``cs`` apart, tap ``kk`` of grid position ``p`` at ``p + tab[kk]``, output
-    row pitch ``wq``): one work item per image and block of ``J`` output channels, register
-    tiles of ``J`` x ``V`` vectors, then bias and ReLU on the way to ``y``."""
+    row pitch ``wq``): one work item per image and block of ``J`` output channels (run in
+    chunks of consecutive items, each with one tile buffer), register tiles of ``J`` x ``V``
+    vectors, then bias and ReLU on the way to ``y``."""
     n, oc, oh, ow = y.shape
     c = w.shape[1]
     kw = w.shape[3]
@@ -92,31 +111,34 @@ def _forward(xf, xs, cs, tab, w, bias, relu, wq, y):
     for k in range(ns):
         st[k] = (k // per_row) * wq + (k % per_row) * VL if rows else k * VL
     pitch = (grid + 1) * VL  # >= the last start + VL
-    for t in prange(n * nob):
-        b = t // nob
-        ob = t - b * nob
+    tasks = n * nob
+    chunks = min(tasks, _CHUNKS)
+    for ch in prange(chunks):
         g = np.empty(J * pitch, np.float32)
-        xb = b * xs
-        wb = ob * c * kk_n * J
-        k = 0
-        while k + V <= ns:
-            if V == 3:
-                _fwd_tile(xf, xb, cs, tab, c, kk_n, wp, wb, (st[k], st[k + 1], st[k + 2]), g, pitch)
-            else:
+        for t in range(ch * tasks // chunks, (ch + 1) * tasks // chunks):
+            b = t // nob
+            ob = t - b * nob
+            xb = b * xs
+            wb = ob * c * kk_n * J
+            k = 0
+            while k + V <= ns:
+                if V == 3:
+                    _fwd_tile(xf, xb, cs, tab, c, kk_n, wp, wb, (st[k], st[k + 1], st[k + 2]), g, pitch)
+                else:
+                    _fwd_tile(xf, xb, cs, tab, c, kk_n, wp, wb, (st[k], st[k + 1]), g, pitch)
+                k += V
+            if ns - k == 2:
                 _fwd_tile(xf, xb, cs, tab, c, kk_n, wp, wb, (st[k], st[k + 1]), g, pitch)
-            k += V
-        if ns - k == 2:
-            _fwd_tile(xf, xb, cs, tab, c, kk_n, wp, wb, (st[k], st[k + 1]), g, pitch)
-        elif ns - k == 1:
-            _fwd_tile(xf, xb, cs, tab, c, kk_n, wp, wb, (st[k],), g, pitch)
-        for jj in range(min(J, oc - ob * J)):
-            o = ob * J + jj
-            for r in range(oh):
-                for q in range(ow):
-                    v = g[_u(jj * pitch + r * wq + q)] + bias[o]
-                    if relu and v <= 0.0:  # (the ReLU kernels' rule: NaN stays, -0 -> +0)
-                        v = np.float32(0.0)
-                    y[b, o, r, q] = v
+            elif ns - k == 1:
+                _fwd_tile(xf, xb, cs, tab, c, kk_n, wp, wb, (st[k],), g, pitch)
+            for jj in range(min(J, oc - ob * J)):
+                o = ob * J + jj
+                for r in range(oh):
+                    for q in range(ow):
+                        v = g[_u(jj * pitch + r * wq + q)] + bias[o]
+                        if relu and v <= 0.0:  # (the ReLU kernels' rule: NaN stays, -0 -> +0)
+                            v = np.float32(0.0)
+                        y[b, o, r, q] = v
 
 
 def _taps_table(c, hq, wq, kh, kw, sh, sw):
@@ -134,7 +156,7 @@ def _direct(x, w, bias, sh, sw, pt, pl, relu, y):
     oh, ow = y.shape[2:]
     hq, wq = oh + (kh - 1) // sh, ow + (kw - 1) // sw
     xq, xf = _grid_input(n, c, sh * sw, hq, wq, kw)
-    _pad_phases(x, pt, pl, sh, sw, xq)
+    _pad_phases(np.ascontiguousarray(x), pt, pl, sh, sw, xq)
     _forward(xf, c * sh * sw * hq * wq, sh * sw * hq * wq, _taps_table(c, hq, wq, kh, kw, sh, sw), w, bias,
              int(relu), wq, y)
 
@@ -302,7 +324,7 @@ def conv2d_direct_backward_weight(gy, x, sh, sw, pt, pl, gw, gb):
         return
     hq, wq = oh + (kh - 1) // sh, ow + (kw - 1) // sw
     xq, xf = _grid_input(n, c, sh * sw, hq, wq, kw)
-    _pad_phases(x, pt, pl, sh, sw, xq)
+    _pad_phases(np.ascontiguousarray(x), pt, pl, sh, sw, xq)
     # Channels padded to 16 and taps to 24: whole tiles for any lane count and tile shape of
     # _simd (a kernel compiled for another SIMD path can never index past these buffers).
     ocv = -(-oc // MAX_VL) * MAX_VL
