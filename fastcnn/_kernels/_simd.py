@@ -1,14 +1,16 @@
-"""Explicit SIMD vectors for the Numba kernels' register tiles (docs/PERFORMANCE.md, section 9).
+"""Explicit SIMD vectors for the Numba kernels' register tiles (docs/PERFORMANCE.md, section 10).
 
 LLVM keeps a loop's scalar sums in registers but not an array of them: the direct
 convolution's tile of output pixels x output channels is therefore a tuple of LLVM vectors
 (``<VL x float>``), carried through the loop over the taps and updated by the intrinsics below,
-each of which emits a fixed, small piece of IR (loads, broadcasts, ``llvm.fma``).
+each of which emits a fixed, small piece of IR (loads, broadcasts, ``llvm.fmuladd``).  The
+loads and stores do no bounds checks: the callers' buffers are sized for any ``VL <= MAX_VL``.
 
-``VL`` (lanes), ``J`` (output channels per tile) and ``V`` (pixel vectors per tile) follow
-Numba's SIMD path (:data:`fastcnn._config.NUMBA_ISA`), as the Cython kernels' per ISA: J*V
-accumulators, V input vectors and one broadcast fit the register file (32 zmm with AVX-512,
-16 ymm / xmm otherwise).  The Python callers size their buffers for any ``VL <= MAX_VL``.
+``VL`` (lanes), ``J`` and ``V`` (output channels and pixel vectors of a forward tile) and ``WT``
+(taps of a weight-gradient tile of two channel vectors) follow Numba's SIMD path
+(:data:`fastcnn._config.NUMBA_ISA`), as the Cython kernels' per ISA: the accumulators, the
+input vectors and one broadcast fit the register file (32 zmm with AVX-512, 16 ymm / xmm
+otherwise).
 """
 from llvmlite import ir
 from numba import types
