@@ -149,8 +149,8 @@ def _direct_wins(module, n, c, oc, kh, kw, backward, input_grad=True, strided=Fa
     output channels.  Cython: forward always; backward with more than 3 input channels, or
     when only the weight gradient of a batch is wanted (first layers: an input gradient of 1-3
     channels fills few lanes; at batch 1 one GEMM is faster).  Numba: forward with 3+ input
-    channels; backward with more than 3 and stride 1 (its strided input gradient runs on the
-    stride-dilated gradient)."""
+    channels; backward with more than 3 and stride 1 (strided, the per-image path measured
+    faster: docs/PERFORMANCE.md, section 10)."""
     if (kh == 1 and kw == 1) or oc < 8:
         return False
     if module == "fastcnn._kernels":

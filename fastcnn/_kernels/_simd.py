@@ -19,8 +19,11 @@ from numba.extending import intrinsic, models, register_model
 
 from .. import _config
 
-#: The largest VL of any path: callers' slack is sized for it.
+#: The largest VL of any path, and a multiple of every path's weight-gradient tile height
+#: (WT or 2*WT taps): callers size their buffers with these, so that a kernel compiled for any
+#: path stays inside them.
 MAX_VL = 16
+MAX_TAPS = 24
 
 _ISA = _config.NUMBA_ISA["isa"]
 #: (lanes, output channels per forward tile, pixel vectors per forward tile, taps per

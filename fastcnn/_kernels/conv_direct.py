@@ -3,8 +3,8 @@
 The Cython kernels' design (docs/PERFORMANCE.md, sections 9 and 10): the batch packed into
 the grid layout (zero padded, split into its stride phases), register tiles of explicit LLVM
 vectors (:mod:`._simd`): forward tiles of ``J`` output channels x ``V`` pixel vectors over all
-taps; the input gradient as the forward of the (stride-dilated) output gradient with the
-flipped, transposed kernel; weight-gradient tiles of taps x output-channel vectors over a
+taps; the input gradient as that forward of the output gradient with the flipped, transposed
+kernel (at strides > 1 once per input phase); weight-gradient tiles of taps x output-channel vectors over a
 channels-last output gradient, summed per slot of images in image order, then the slots in
 order (the same bytes at any thread count).  FMA contraction only (``_config.NUMBA_*_FMA``):
 no reassociation.
@@ -16,17 +16,25 @@ from .. import _backend, _config, _threads
 from . import activation as _activation
 from . import pool as _pool
 from ._common import _u, add_plane, helper, parallel_kernel, total
-from ._simd import MAX_VL, VL, WT, J, V, tile_fma, tile_fma_at, tile_store, tile_zero, vloads, wtile_load
+from ._simd import MAX_TAPS, MAX_VL, VL, WT, J, V, tile_fma, tile_fma_at, tile_store, tile_zero, vloads, wtile_load
 
 
-def _grid_input(n, c, nph, hq, wq, kw):
-    """An (n, c, nph, hq, wq) float32 buffer (the grid layout: zero-padded input split into its
-    ``nph`` stride phases) and its flat view, followed by zeros that the last pixel vectors read
-    past the last plane (``kw + MAX_VL``, enough for any lane count)."""
-    size = n * c * nph * hq * wq
-    flat = np.empty(size + kw + MAX_VL, np.float32)
-    flat[size:] = 0.0
-    return flat[:size].reshape(n, c, nph, hq, wq), flat
+def _grid(x, kh, kw, sh, sw, pt, pl, oh, ow):
+    """``x`` packed into the grid layout (zero padded, split into its ``sh*sw`` stride phases
+    of ``hq x wq``; docs/PERFORMANCE.md, section 9) for an ``oh x ow`` output:
+    ``(xf, cs, wq, tab)`` with ``xf`` the flat buffer (image ``b`` at ``b*c*cs``, channel
+    planes ``cs`` apart, followed by ``kw + MAX_VL`` zeros that the last pixel vectors of any
+    lane count read past the last plane) and ``tab[i*kw + j]`` the offset of tap (i, j)
+    relative to the output's grid position."""
+    n, c = x.shape[:2]
+    hq, wq = oh + (kh - 1) // sh, ow + (kw - 1) // sw
+    size = n * c * sh * sw * hq * wq
+    xf = np.empty(size + kw + MAX_VL, np.float32)
+    xf[size:] = 0.0
+    _pad_phases(np.ascontiguousarray(x), pt, pl, sh, sw, xf[:size].reshape(n, c, sh * sw, hq, wq))
+    tab = np.array([((i % sh) * sw + j % sw) * hq * wq + (i // sh) * wq + j // sw
+                    for i in range(kh) for j in range(kw)], np.int64)
+    return xf, sh * sw * hq * wq, wq, tab
 
 
 @parallel_kernel(fma=True)
@@ -120,17 +128,14 @@ def _forward(xf, xs, cs, tab, w, bias, relu, wq, y):
             ob = t - b * nob
             xb = b * xs
             wb = ob * c * kk_n * J
-            k = 0
-            while k + V <= ns:
-                if V == 3:
+            for k in range(0, ns, V):  # tiles of V vectors (3 or 2), the last maybe fewer
+                m = min(V, ns - k)
+                if m == 3:
                     _fwd_tile(xf, xb, cs, tab, c, kk_n, wp, wb, (st[k], st[k + 1], st[k + 2]), g, pitch)
-                else:
+                elif m == 2:
                     _fwd_tile(xf, xb, cs, tab, c, kk_n, wp, wb, (st[k], st[k + 1]), g, pitch)
-                k += V
-            if ns - k == 2:
-                _fwd_tile(xf, xb, cs, tab, c, kk_n, wp, wb, (st[k], st[k + 1]), g, pitch)
-            elif ns - k == 1:
-                _fwd_tile(xf, xb, cs, tab, c, kk_n, wp, wb, (st[k],), g, pitch)
+                else:
+                    _fwd_tile(xf, xb, cs, tab, c, kk_n, wp, wb, (st[k],), g, pitch)
             for jj in range(min(J, oc - ob * J)):
                 o = ob * J + jj
                 for r in range(oh):
@@ -141,24 +146,11 @@ def _forward(xf, xs, cs, tab, w, bias, relu, wq, y):
                         y[b, o, r, q] = v
 
 
-def _taps_table(c, hq, wq, kh, kw, sh, sw):
-    """``tab[i*kw + j]``: offset of tap (i, j) in a grid-layout image (``c`` channels of
-    ``sh*sw`` phases of ``hq x wq``) relative to the output's grid position."""
-    sub = hq * wq
-    return np.array([((i % sh) * sw + j % sw) * sub + (i // sh) * wq + j // sw
-                     for i in range(kh) for j in range(kw)], np.int64)
-
-
 def _direct(x, w, bias, sh, sw, pt, pl, relu, y):
     """``y`` = the direct convolution of ``x`` (any stride and padding) plus bias, ReLU."""
-    n, c = x.shape[:2]
     kh, kw = w.shape[2:]
-    oh, ow = y.shape[2:]
-    hq, wq = oh + (kh - 1) // sh, ow + (kw - 1) // sw
-    xq, xf = _grid_input(n, c, sh * sw, hq, wq, kw)
-    _pad_phases(np.ascontiguousarray(x), pt, pl, sh, sw, xq)
-    _forward(xf, c * sh * sw * hq * wq, sh * sw * hq * wq, _taps_table(c, hq, wq, kh, kw, sh, sw), w, bias,
-             int(relu), wq, y)
+    xf, cs, wq, tab = _grid(x, kh, kw, sh, sw, pt, pl, *y.shape[2:])
+    _forward(xf, x.shape[1] * cs, cs, tab, w, bias, int(relu), wq, y)
 
 
 def conv2d_direct_forward(x, w, bias, sh, sw, pt, pl, relu, y):
@@ -242,24 +234,19 @@ def _taps_per_tile(ocv):
 
 
 @parallel_kernel(fma=True)
-def _backward_weight(xf, xs, cs, tab, gt, n, oh, ow, wq, groups, ni_max, part):
-    """``part[s, q, o]``: slot ``s``'s sum of the weight gradient of tap ``q = c*KK + kk`` and
-    output channel ``o`` over its images (image ``i`` in slot ``i*S//n``), in image order.
-    Work items: a slot's images through a ``groups``-th of its tiles, ``ni_max`` images at a
-    time (all of a chunk's tiles while the chunk is in cache)."""
+def _backward_weight(xf, xs, off, gt, n, oh, ow, wq, groups, ni_max, part):
+    """``part[s, q, o]``: slot ``s``'s sum of the weight gradient of tap ``q = c*KK + kk`` (its
+    input at grid position + ``off[q]``) and output channel ``o`` over its images (image ``i``
+    in slot ``i*S//n``), in image order.  Work items: a slot's images through a ``groups``-th
+    of its tiles, ``ni_max`` images at a time (all of a chunk's tiles while it is in cache)."""
     ns, qt, ocv = part.shape
     gs = gt.shape[1] * ocv
     gf = gt.reshape(gt.size)
     pf = part.reshape(part.size)
-    kk_n = tab.size
     t_n = _taps_per_tile(ocv)
     nv = (2 * WT) // t_n
     nqb = qt // t_n
     ntiles = (ocv // (nv * VL)) * nqb
-    q_n = min(qt, (xs // cs) * kk_n)  # real taps; the rest of off reads offset 0
-    off = np.zeros(qt, np.int64)
-    for q in range(q_n):
-        off[q] = (q // kk_n) * cs + tab[q % kk_n]
     for t in prange(ns * groups):
         s = t // groups
         g = t - s * groups
@@ -322,22 +309,21 @@ def conv2d_direct_backward_weight(gy, x, sh, sw, pt, pl, gw, gb):
         gw[...] = 0.0
         gb[...] = 0.0
         return
-    hq, wq = oh + (kh - 1) // sh, ow + (kw - 1) // sw
-    xq, xf = _grid_input(n, c, sh * sw, hq, wq, kw)
-    _pad_phases(np.ascontiguousarray(x), pt, pl, sh, sw, xq)
-    # Channels padded to 16 and taps to 24: whole tiles for any lane count and tile shape of
-    # _simd (a kernel compiled for another SIMD path can never index past these buffers).
+    xf, cs, wq, tab = _grid(x, kh, kw, sh, sw, pt, pl, oh, ow)
+    # Channels and taps padded to whole tiles of any SIMD path (_simd.MAX_VL, MAX_TAPS); the
+    # padding taps read offset 0.
     ocv = -(-oc // MAX_VL) * MAX_VL
     gt = np.empty((n, oh * ow, ocv), np.float32)
     _channels_last(gy, gt)
+    off = np.zeros(-(-c * kh * kw // MAX_TAPS) * MAX_TAPS, np.int64)
+    off[:c * kh * kw] = (np.arange(c)[:, None] * cs + tab).ravel()
     slots = min(_config.SLOTS, n)
-    part = np.empty((slots, -(-c * kh * kw // 24) * 24, ocv), np.float32)
+    part = np.empty((slots, off.size, ocv), np.float32)
     threads = _threads.get_num_threads()
     groups = 1 if slots >= 2 * threads else -(-2 * threads // slots)
-    per_image = (oh * ow * ocv + xq[0].size) * 4
+    per_image = (oh * ow * ocv + c * cs) * 4
     ni_max = max(1, min(-(-n // slots), _config.DIRECT_WGRAD_BYTES // per_image))
-    _backward_weight(xf, xq[0].size, sh * sw * hq * wq, _taps_table(c, hq, wq, kh, kw, sh, sw), gt, n, oh, ow, wq,
-                     groups, ni_max, part)
+    _backward_weight(xf, c * cs, off, gt, n, oh, ow, wq, groups, ni_max, part)
     _sum_slots(part, gw)
     if gb.shape[0]:  # (an empty gb: no bias gradient wanted)
         _bias_grad(gy, gb)
