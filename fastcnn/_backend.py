@@ -22,6 +22,8 @@ PRIMITIVES = (
     "conv2d_direct_backward_data",
     "conv2d_direct_backward_weight",
     "conv2d_direct_backward_maxpool2",
+    "conv2d_winograd_forward",
+    "conv2d_winograd_backward_data",
     "linear_forward",
     "linear_backward",
     "maxpool2d_forward",
@@ -245,6 +247,20 @@ def sizes_conv2d_direct_backward_weight(gy, x, sh, sw, pt, pl, gw, gb):
     _sizes_direct(x, gw, gy, sh, sw, pt, pl)
     if gb != gw[:1] and gb != (0,):
         raise ValueError("conv2d_direct_backward_weight: gb must have shape (OC,) or (0,)")
+
+
+def sizes_conv2d_winograd_forward(x, w, bias, pt, pl, relu, y):
+    _sizes_direct(x, w, y, 1, 1, pt, pl)
+    if w[2:] != (3, 3) or pt > 2 or pl > 2:
+        raise ValueError("conv2d_winograd_forward: the kernel must be 3 x 3, the padding at most 2")
+    if bias != w[:1]:
+        raise ValueError("conv2d_winograd_forward: bias must have shape (OC,)")
+
+
+def sizes_conv2d_winograd_backward_data(gy, w, pt, pl, gx):
+    _sizes_direct(gx, w, gy, 1, 1, pt, pl)
+    if w[2:] != (3, 3) or pt > 2 or pl > 2:
+        raise ValueError("conv2d_winograd_backward_data: the kernel must be 3 x 3, the padding at most 2")
 
 
 def sizes_conv2d_direct_backward_maxpool2(gp, idx, y, x, w, sh, sw, pt, pl, oh, ow, gx, gw, gb):

@@ -86,6 +86,15 @@ SLOTS = 8
 #: the core's L2 cache (docs/PERFORMANCE.md, section 9).  Any value gives the same bytes.
 DIRECT_WGRAD_BYTES = 256 << 10
 
+#: Winograd convolutions (Cython and Numba): output tiles (2x2 outputs each) transformed and
+#: multiplied together, whole images of a thread's block: small images are grouped so that the
+#: register tiles' vectors are mostly full (docs/PERFORMANCE.md, "Winograd convolutions").
+#: Any value gives the same bytes.
+WINOGRAD_TILES = 128
+#: Winograd convolutions (Cython): vectors of tiles per chunk taken through the three steps
+#: (input transform, products, output transform) while their buffers are in cache.
+WINOGRAD_VECTORS = 3
+
 #: Numba col2im: images per work item (one input channel of that many images).
 COL2IM_IMAGES = 8
 

@@ -223,8 +223,15 @@ def _conv2d_forward(k: ModuleType, x: np.ndarray, weight: np.ndarray, bias: np.n
     n, c = x.shape[:2]
     oc = weight.shape[0]
     dt = x.dtype
-    plan = _dispatch.conv_plan(k, n, c, oc, g.kh, g.kw, g.oh, g.ow, dt.itemsize, strided=g.sh * g.sw > 1)
-    if plan == "direct":
+    plan = _dispatch.conv_plan(k, n, c, oc, g.kh, g.kw, g.oh, g.ow, dt.itemsize, strided=g.sh * g.sw > 1,
+                               pad=max(g.pt, g.pl))
+    if plan == "winograd":  # (a 2x2 pooling after it: by max_pool2d below)
+        if bias is None:
+            bias = _buf(ws, "zeros", (oc,), dt)
+            bias[...] = 0
+        y = np.empty((n, oc, g.oh, g.ow), dt)
+        k.conv2d_winograd_forward(x, weight, bias, g.pt, g.pl, int(bool(relu)), y)
+    elif plan == "direct":
         if bias is None:
             bias = _buf(ws, "zeros", (oc,), dt)
             bias[...] = 0
@@ -330,7 +337,7 @@ def conv2d_backward(grad_out: ArrayLike, x: ArrayLike, weight: ArrayLike, stride
         if relu_output.shape != want:
             raise ValueError(f"{op}: relu_output must have shape {want}, got {relu_output.shape}")
     plan = _dispatch.conv_plan(k, n, c, oc, g.kh, g.kw, g.oh, g.ow, x.dtype.itemsize, True, input_grad,
-                               g.sh * g.sw > 1)
+                               g.sh * g.sw > 1, max(g.pt, g.pl))
     if pool_indices is not None:
         idx, _ = _pool_indices(grad_out, pool_indices, full, op, ws)
         if plan == "direct":
@@ -362,14 +369,17 @@ def _conv2d_backward(k: ModuleType, grad_out: np.ndarray, x: np.ndarray, weight:
     dt = x.dtype
     if plan is None:
         plan = _dispatch.conv_plan(k, n, c, oc, g.kh, g.kw, g.oh, g.ow, dt.itemsize, True, input_grad,
-                                   g.sh * g.sw > 1)
+                                   g.sh * g.sw > 1, max(g.pt, g.pl))
     gx: np.ndarray | None
-    if plan == "direct":
+    if plan in ("direct", "winograd"):  # (Winograd: the input gradient; the weights' by direct)
         gw = np.empty(weight.shape, dt)
         gb = np.empty((oc if bias else 0,), dt)  # (empty: the kernels skip the bias sum)
         k.conv2d_direct_backward_weight(grad_out, x, g.sh, g.sw, g.pt, g.pl, gw, gb)
         gx = None
-        if input_grad:
+        if input_grad and plan == "winograd":
+            gx = np.empty(x.shape, dt)
+            k.conv2d_winograd_backward_data(grad_out, weight, g.pt, g.pl, gx)
+        elif input_grad:
             gx = np.empty(x.shape, dt)
             k.conv2d_direct_backward_data(grad_out, weight, g.sh, g.sw, g.pt, g.pl, gx)
         return gx, gw, (gb if bias else None)

@@ -164,6 +164,44 @@ static inline void fcd_prefetch_part(const float* p, fcd_i n, fcd_i k, fcd_i K)
 #endif
 }
 
+/* Winograd F(2x2, 3x3) weights of output-channel block ob: V = G g G^T of each 3x3 kernel g
+ * (in double, rounded once), packed vp[xi][ob][c][J] (zero rows past OC), xi = 4*row + column
+ * of V.  With flip, g is taken from w (C, OC, 3, 3) rotated by 180 degrees, as
+ * fcd_pack_weights. */
+static void fcw_pack_weights(fcd_i OC, fcd_i C, fcd_i J, fcd_i OCP, const float* w, int flip,
+                             fcd_i ob, float* vp)
+{
+    fcd_i NOB = OCP / J, c, jj, o, i, j;
+    for (c = 0; c < C; c++)
+        for (jj = 0; jj < J; jj++) {
+            double gg[3][3], t[4][3], v;
+            o = ob * J + jj;
+            for (i = 0; i < 3; i++)
+                for (j = 0; j < 3; j++)
+                    gg[i][j] = o >= OC ? 0.0 : flip ? w[(c * OC + o) * 9 + 8 - (i * 3 + j)]
+                                                    : w[(o * C + c) * 9 + i * 3 + j];
+            for (j = 0; j < 3; j++) {
+                t[0][j] = gg[0][j];
+                t[1][j] = 0.5 * (gg[0][j] + gg[1][j] + gg[2][j]);
+                t[2][j] = 0.5 * (gg[0][j] - gg[1][j] + gg[2][j]);
+                t[3][j] = gg[2][j];
+            }
+            for (i = 0; i < 4; i++)
+                for (j = 0; j < 4; j++) {
+                    v = j == 0 ? t[i][0] : j == 3 ? t[i][2]
+                        : 0.5 * (t[i][0] + (j == 1 ? t[i][1] : -t[i][1]) + t[i][2]);
+                    vp[(((i * 4 + j) * NOB + ob) * C + c) * J + jj] = (float)v;
+                }
+        }
+}
+
+/* Winograd scratch: floats between consecutive xi planes of the transformed input (C rows of
+ * Q) and of the products (J rows of Q), one cache line more than the rows, so that the 16
+ * planes of a tile do not share a cache set when C*Q or J*Q is a power of two. */
+static inline fcd_i fcw_u_stride(fcd_i C, fcd_i Q) { return C * Q + 16; }
+static inline fcd_i fcw_m_stride(fcd_i J, fcd_i Q) { return J * Q + 16; }
+#define FCW_QMAX 64  /* tile positions per chunk, at most */
+
 /* ---------------------------------------------------------------- ISA-specific kernels */
 
 typedef void (*fcd_fwd_fn)(const fcd_geo*, const float*, const fcd_i*, const float*, const fcd_i*,
@@ -174,6 +212,9 @@ typedef float (*fcd_probe_fn)(long, float);
 typedef void (*fcd_pack_fn)(const fcd_geo*, const float*, fcd_i, float*);
 typedef void (*fcd_pack_in_fn)(const fcd_geo*, const float*, float*, int);
 typedef void (*fcd_unpack_fn)(const fcd_geo*, const float*, const float*, int, float*);
+typedef void (*fcw_images_fn)(const fcd_geo*, const fcd_i*, const float*, fcd_i, const float*,
+                              const fcd_i*, const float*, int, fcd_i, fcd_i, float*, float*, fcd_i,
+                              int, float*, float*, float*, fcd_i, const float*, fcd_i);
 
 /* One ISA's kernels and tile sizes (each compilation of conv_direct_kern.h defines one). */
 typedef struct {
@@ -183,6 +224,7 @@ typedef struct {
     fcd_pack_fn pack_grad_t;
     fcd_pack_in_fn pack_input;
     fcd_unpack_fn unpack_output;
+    fcw_images_fn wino_images;
     fcd_i J, VL, WT;
 } fcd_isa_kernels;
 
@@ -202,6 +244,7 @@ typedef int fcd_i4 __attribute__((vector_size(16)));
 #define FCD_ZERO() ((fcd_v4){0.0f, 0.0f, 0.0f, 0.0f})
 #define FCD_FMA(a, b, c) ((a) * (b) + (c))
 #define FCD_ADD(a, b) ((a) + (b))
+#define FCD_SUB(a, b) ((a) - (b))
 #define FCD_RELU(v) ((fcd_v4)((fcd_i4)(v) & ~((v) <= FCD_ZERO())))  /* (v <= 0: all bits 0) */
 #define FCD_STORE_N(p, v, n) fcd_store_n((p), (const float*)&(v), (n))
 /* The first n floats of a vector (the last, partial vector of a row). */
@@ -229,6 +272,7 @@ FC_TARGET_PUSH(FC_AVX2)
 #define FCD_ZERO() _mm256_setzero_ps()
 #define FCD_FMA(a, b, c) _mm256_fmadd_ps((a), (b), (c))
 #define FCD_ADD(a, b) _mm256_add_ps((a), (b))
+#define FCD_SUB(a, b) _mm256_sub_ps((a), (b))
 #define FCD_RELU(v) _mm256_andnot_ps(_mm256_cmp_ps((v), _mm256_setzero_ps(), _CMP_LE_OQ), (v))
 #define FCD_STORE_N(p, v, n) _mm256_maskstore_ps((p), _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(n)), \
                                                  _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)), (v))
@@ -248,11 +292,55 @@ FC_TARGET_PUSH(FC_AVX512)
 #define FCD_ZERO() _mm512_setzero_ps()
 #define FCD_FMA(a, b, c) _mm512_fmadd_ps((a), (b), (c))
 #define FCD_ADD(a, b) _mm512_add_ps((a), (b))
+#define FCD_SUB(a, b) _mm512_sub_ps((a), (b))
 #define FCD_RELU(v) _mm512_mask_blend_ps(_mm512_cmp_ps_mask((v), _mm512_setzero_ps(), _CMP_LE_OQ), (v), \
                                          _mm512_setzero_ps())
 #define FCD_STORE_N(p, v, n) _mm512_mask_storeu_ps((p), (__mmask16)((1u << (n)) - 1u), (v))
 #define FCD_TRANSPOSE16 fcd_transpose16_avx512
 #define FCD_EVEN16 fcd_even16_avx512
+#define FCD_DEINTERLEAVE fcd_deinterleave_avx512
+#define FCD_INTERLEAVE fcd_interleave_avx512
+
+static inline __mmask16 fcd_mask16(fcd_i n) { return n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1u); }
+
+/* The n source floats s -> even columns e[0 .. ne), odd columns o[0 .. no) (ne, no <= what s
+ * holds); 32 source values per two masked loads and two permutations. */
+static inline void fcd_deinterleave_avx512(const float* s, fcd_i n, float* e, fcd_i ne, float* o, fcd_i no)
+{
+    const __m512i ie = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i io = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    fcd_i k;
+    for (k = 0; k < ne || k < no; k += 16) {
+        __m512 lo = _mm512_maskz_loadu_ps(fcd_mask16(n - 2 * k), s + 2 * k);
+        __m512 hi = _mm512_maskz_loadu_ps(fcd_mask16(n - 2 * k - 16 > 0 ? n - 2 * k - 16 : 0), s + 2 * k + 16);
+        if (k < ne)
+            _mm512_mask_storeu_ps(e + k, fcd_mask16(ne - k), _mm512_permutex2var_ps(lo, ie, hi));
+        if (k < no)
+            _mm512_mask_storeu_ps(o + k, fcd_mask16(no - k), _mm512_permutex2var_ps(lo, io, hi));
+    }
+}
+
+/* d[2e] = f(s0[e]), d[2e + 1] = f(s1[e]) for e < n, f(v) = v + b, then the ReLU if relu;
+ * returns n (done by vectors of 16 pairs, the last one masked). */
+static inline fcd_i fcd_interleave_avx512(const float* s0, const float* s1, fcd_i n, float b, int relu, float* d)
+{
+    const __m512i il = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    const __m512i ih = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+    const __m512 bv = _mm512_set1_ps(b), z = _mm512_setzero_ps();
+    fcd_i k;
+    for (k = 0; k < n; k += 16) {
+        __m512 a = _mm512_add_ps(_mm512_loadu_ps(s0 + k), bv), c = _mm512_add_ps(_mm512_loadu_ps(s1 + k), bv);
+        fcd_i m = 2 * (n - k);
+        if (relu) {
+            a = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(a, z, _CMP_LE_OQ), a, z);
+            c = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(c, z, _CMP_LE_OQ), c, z);
+        }
+        _mm512_mask_storeu_ps(d + 2 * k, fcd_mask16(m), _mm512_permutex2var_ps(a, il, c));
+        if (m > 16)
+            _mm512_mask_storeu_ps(d + 2 * k + 16, fcd_mask16(m - 16), _mm512_permutex2var_ps(a, ih, c));
+    }
+    return n;
+}
 
 /* d[0 .. n) = s[0], s[2], ..., s[2n - 2] (a stride-2 row of the input packing): two loads and
  * one permutation per 16 values, the last (partial) ones masked, so nothing past s[2n - 2] is
@@ -308,6 +396,8 @@ static inline void fcd_transpose16_avx512(__m512* r)
 #include "conv_direct_kern.h"
 #undef FCD_TRANSPOSE16
 #undef FCD_EVEN16
+#undef FCD_DEINTERLEAVE
+#undef FCD_INTERLEAVE
 FC_TARGET_POP
 
 /* 0 baseline, 1 avx2, 2 avx512: whether the CPU (and OS) support it. */
@@ -334,6 +424,7 @@ static const fcd_isa_kernels* fcd_isa = &fcd_kernels_base;
 #define fcd_pack_grad_t (fcd_isa->pack_grad_t)
 #define fcd_pack_input (fcd_isa->pack_input)
 #define fcd_unpack_output (fcd_isa->unpack_output)
+#define fcw_images (fcd_isa->wino_images)
 #define fcd_J (fcd_isa->J)
 #define fcd_VL (fcd_isa->VL)
 #define fcd_WT (fcd_isa->WT)

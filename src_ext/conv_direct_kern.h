@@ -290,10 +290,12 @@ static float FCD_NAME(fcd_fma_probe)(long iters, float m)
     return s;
 }
 
+#include "winograd_kern.h"
+
 static const fcd_isa_kernels FCD_NAME(fcd_kernels) = {
     FCD_NAME(fcd_fwd_image), FCD_NAME(fcd_bwd_weight_tile), FCD_NAME(fcd_fma_probe),
-    FCD_NAME(fcd_pack_grad_t), FCD_NAME(fcd_pack_input), FCD_NAME(fcd_unpack_output), FCD_J, FCD_VL,
-    FCD_WT};
+    FCD_NAME(fcd_pack_grad_t), FCD_NAME(fcd_pack_input), FCD_NAME(fcd_unpack_output),
+    FCD_NAME(fcw_images), FCD_J, FCD_VL, FCD_WT};
 
 #undef FCD_SUFFIX
 #undef FCD_VL
@@ -307,5 +309,6 @@ static const fcd_isa_kernels FCD_NAME(fcd_kernels) = {
 #undef FCD_ZERO
 #undef FCD_FMA
 #undef FCD_ADD
+#undef FCD_SUB
 #undef FCD_RELU
 #undef FCD_STORE_N

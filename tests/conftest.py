@@ -26,10 +26,11 @@ def compiled(request):
     fastcnn.set_backend(previous)
 
 
-@pytest.fixture(params=["chunked", "per_image", "direct"])
+@pytest.fixture(params=["chunked", "per_image", "direct", "winograd"])
 def conv_path(request):
     """Run the test with each convolution strategy (``fastcnn.config(conv=...)``): chunked
-    im2col + multi-threaded SGEMM, one image at a time per thread, direct kernels."""
+    im2col + multi-threaded SGEMM, one image at a time per thread, direct kernels, Winograd
+    kernels (3x3 stride-1 layers; the others direct)."""
     with fastcnn.config(conv=request.param):
         yield request.param
 

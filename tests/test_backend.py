@@ -634,8 +634,9 @@ def _recorded_primitive_calls(name):
     _backend.ops = lambda backend=None: Recorder()
     try:
         fastcnn.set_backend(name)
-        for conv in ("direct", "per_image", "chunked"):
+        for conv in ("direct", "winograd", "per_image", "chunked"):
             with fastcnn.config(conv=conv):
+                F.conv2d_backward(F.conv2d(x, w, None, 1, 1), x, w, 1, 1)
                 F.conv2d_backward(F.conv2d(x, w, None, 2, 1), x, w, 2, 1)
                 F.conv2d(x, w, None, 1, 1, relu=True, max_pool2=True)
                 F.conv2d(x, w, None, 1, 1, max_pool2=True, return_indices=True)
@@ -729,6 +730,12 @@ def test_size_checks_of_the_contract_are_the_same_for_both_compiled_backends(nam
                                              f32((3, 2, 3, 3), np.float32), 1, 1, 0, 0, 2, 2,
                                              f32((1, 2, 4, 5), np.float32), f32((3, 2, 3, 3), np.float32),
                                              f32(3, np.float32))),
+        (k.conv2d_winograd_forward, (f32((1, 2, 5, 5), np.float32), f32((3, 2, 3, 3), np.float32),
+                                     f32(4, np.float32), 1, 1, 0, f32((1, 3, 5, 5), np.float32))),
+        (k.conv2d_winograd_forward, (f32((1, 2, 5, 5), np.float32), f32((3, 2, 3, 3), np.float32),
+                                     f32(3, np.float32), 1, 1, 0, f32((2, 3, 5, 5), np.float32))),
+        (k.conv2d_winograd_backward_data, (f32((1, 3, 5, 5), np.float32), f32((3, 2, 3, 3), np.float32), 1, 1,
+                                           f32((1, 3, 5, 5), np.float32))),
         (k.batchnorm_forward, (f32((2, 3, 2, 2), np.float32), *[f32(3, np.float32)] * 3, f32(2, np.float32), 0,
                                f32((2, 3, 2, 2), np.float32), f32((2, 3, 2, 2), np.float32))),
         (k.batchnorm_backward_reduce, (f32((2, 3, 2, 2), np.float32), f32((2, 3, 2, 2), np.float32),

@@ -91,10 +91,10 @@ def test_conv_plan_rules():
             assert _dispatch.conv_plan(k, 100, 1, 32, 5, 5, 28, 28, 4, backward=True) != "direct"
             assert _dispatch.conv_plan(k, 100, 3, 16, 3, 3, 32, 32, 4, backward=True, input_grad=False) == "direct"
             assert _dispatch.conv_plan(k, 1, 1, 8, 3, 3, 26, 26, 4, backward=True, input_grad=False) == "single"
-            # any stride (the ResNet's stride-2 shapes): direct both ways
-            assert _dispatch.conv_plan(k, 100, 16, 32, 3, 3, 16, 16, 4, True) == "direct"
-            assert _dispatch.conv_plan(k, 100, 32, 64, 3, 3, 8, 8, 4, True) == "direct"
-            assert _dispatch.conv_plan(k, 100, 32, 64, 3, 3, 8, 8, 4) == "direct"
+            # the ResNet's stride-2 shapes: direct both ways (stride 1: tests/test_winograd.py)
+            assert _dispatch.conv_plan(k, 100, 16, 32, 3, 3, 16, 16, 4, True, strided=True) == "direct"
+            assert _dispatch.conv_plan(k, 100, 32, 64, 3, 3, 8, 8, 4, True, strided=True) == "direct"
+            assert _dispatch.conv_plan(k, 100, 32, 64, 3, 3, 8, 8, 4, strided=True) == "direct"
             # 1x1 convolutions (the ResNet's shortcuts): one SGEMM per image
             for backward in (False, True):
                 assert _dispatch.conv_plan(k, 100, 16, 32, 1, 1, 16, 16, 4, backward) == "per_image"
@@ -114,5 +114,5 @@ def test_conv_plan_rules():
         assert _dispatch.conv_plan(REF, 1, 16, 32, 5, 5, 14, 14, 4) == "single"
     for conv in ("direct", "per_image", "chunked"):
         with fastcnn.config(conv=conv):
-            assert _dispatch.conv_plan(REF, 5, 3, 4, 3, 3, 8, 8, 4) == conv
-            assert _dispatch.conv_plan(REF, 1, 3, 4, 3, 3, 8, 8, 4) == ("direct" if conv == "direct" else "single")
+            assert _dispatch.conv_plan(REF, 5, 3, 4, 5, 5, 8, 8, 4) == conv
+            assert _dispatch.conv_plan(REF, 1, 3, 4, 5, 5, 8, 8, 4) == ("direct" if conv == "direct" else "single")

@@ -284,7 +284,7 @@ def test_conv2d_relu_flag_on_direct_and_gemm_paths(compiled):
     rng = np.random.default_rng(2)
     x = rng.standard_normal((3, 4, 8, 8), dtype=np.float32)
     w = rng.standard_normal((16, 4, 3, 3), dtype=np.float32)
-    for conv in ("direct", "per_image", "chunked"):
+    for conv in ("direct", "winograd", "per_image", "chunked"):
         with fastcnn.config(conv=conv):
             np.testing.assert_array_equal(F.conv2d(x, w, None, 1, 1, relu=True),
                                           np.maximum(F.conv2d(x, w, None, 1, 1), 0))
@@ -297,7 +297,7 @@ def test_conv2d_max_pool2_flag_is_the_two_ops_in_sequence(compiled, size):
     x = rng.standard_normal((3, 4) + size, dtype=np.float32)
     w = rng.standard_normal((16, 4, 3, 3), dtype=np.float32)
     b = rng.standard_normal(16, dtype=np.float32)
-    for conv in ("direct", "per_image", "chunked"):
+    for conv in ("direct", "winograd", "per_image", "chunked"):
         with fastcnn.config(conv=conv):
             for relu in (False, True):
                 got = F.conv2d(x, w, b, 1, 1, relu=relu, max_pool2=True)

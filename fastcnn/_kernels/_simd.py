@@ -179,3 +179,28 @@ def tile_store(typingctx, g, base, pitch, offs, acc):
                 builder.store(builder.extract_value(args[4], r * nv + v), ptr, align=4)
         return context.get_dummy_value()
     return types.none(g, base, pitch, offs, acc), codegen
+
+
+@intrinsic
+def vstore(typingctx, arr, i, v):
+    """``arr[i : i + VL] = v``."""
+    def codegen(context, builder, sig, args):
+        builder.store(args[2], _ptr(context, builder, sig.args[0], args[0], args[1], sig.args[1]), align=4)
+        return context.get_dummy_value()
+    return types.none(arr, i, v), codegen
+
+
+@intrinsic
+def vadd(typingctx, a, b):
+    """``a + b``, lane by lane."""
+    def codegen(context, builder, sig, args):
+        return builder.fadd(args[0], args[1])
+    return vec(a, b), codegen
+
+
+@intrinsic
+def vsub(typingctx, a, b):
+    """``a - b``, lane by lane."""
+    def codegen(context, builder, sig, args):
+        return builder.fsub(args[0], args[1])
+    return vec(a, b), codegen

@@ -1,0 +1,167 @@
+"""Numba Winograd F(2x2, 3x3) convolutions (contracts: :func:`fastcnn._ref.conv2d_winograd_forward`
+and :func:`fastcnn._ref.conv2d_winograd_backward_data`).
+
+The Cython kernels' design (docs/PERFORMANCE.md, "Winograd convolutions"): the input packed as
+for a 4x4 convolution of stride 2 (:func:`.conv_direct._grid`), then per chunk of ``V*VL`` output
+tiles of a group of images: the input transform ``B^T d B`` in explicit vectors
+(:mod:`._simd`), the 16 products by the direct kernels' register tiles (one tap, the
+transformed kernel's element per channel), the output transform ``A^T m A`` with bias and
+ReLU into the output.  The same operations in the same order as the Cython kernels.
+"""
+import numpy as np
+from numba import prange
+
+from .. import _backend, _config, _ref
+from ._common import _u, helper, parallel_kernel
+from ._simd import MAX_VL, VL, J, V, tile_fma, tile_store, tile_zero, vadd, vloads, vstore, vsub
+from .conv_direct import _grid
+
+
+def _weights(w, flip):
+    """``V = G g G^T`` of each 3x3 kernel ``g`` (float64, rounded once) packed
+    ``[xi][ob][c][J]``, zeros past the output channels; ``flip``: ``g`` from ``w`` (C, OC, 3, 3)
+    rotated by 180 degrees, as the input gradient's."""
+    g = w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3) if flip else w
+    oc, c = g.shape[:2]
+    nob = -(-oc // J)
+    v = np.zeros((4, 4, c, nob * J), np.float64)
+    v[..., :oc] = np.einsum("ai,ocij,bj->abco", _ref.WINOGRAD_G, g.astype(np.float64), _ref.WINOGRAD_G)
+    return np.ascontiguousarray(v.reshape(16, c, nob, J).transpose(0, 2, 1, 3), np.float32).reshape(-1)
+
+
+@helper
+def _in_tf(d):
+    """``B^T d B`` of 16 vectors (rows, then columns), as the Cython kernels'."""
+    t0, t1, t2, t3 = vsub(d[0], d[8]), vsub(d[1], d[9]), vsub(d[2], d[10]), vsub(d[3], d[11])
+    t4, t5, t6, t7 = vadd(d[4], d[8]), vadd(d[5], d[9]), vadd(d[6], d[10]), vadd(d[7], d[11])
+    t8, t9, t10, t11 = vsub(d[8], d[4]), vsub(d[9], d[5]), vsub(d[10], d[6]), vsub(d[11], d[7])
+    t12, t13, t14, t15 = vsub(d[4], d[12]), vsub(d[5], d[13]), vsub(d[6], d[14]), vsub(d[7], d[15])
+    return (vsub(t0, t2), vadd(t1, t2), vsub(t2, t1), vsub(t1, t3),
+            vsub(t4, t6), vadd(t5, t6), vsub(t6, t5), vsub(t5, t7),
+            vsub(t8, t10), vadd(t9, t10), vsub(t10, t9), vsub(t9, t11),
+            vsub(t12, t14), vadd(t13, t14), vsub(t14, t13), vsub(t13, t15))
+
+
+@helper
+def _out_tf(m):
+    """``A^T m A`` of 16 vectors: the 2x2 outputs ``(y00, y01, y10, y11)``."""
+    r0, r1 = vadd(vadd(m[0], m[4]), m[8]), vadd(vadd(m[1], m[5]), m[9])
+    r2, r3 = vadd(vadd(m[2], m[6]), m[10]), vadd(vadd(m[3], m[7]), m[11])
+    r4, r5 = vsub(vsub(m[4], m[8]), m[12]), vsub(vsub(m[5], m[9]), m[13])
+    r6, r7 = vsub(vsub(m[6], m[10]), m[14]), vsub(vsub(m[7], m[11]), m[15])
+    return (vadd(vadd(r0, r1), r2), vsub(vsub(r1, r2), r3), vadd(vadd(r4, r5), r6), vsub(vsub(r5, r6), r7))
+
+
+@helper
+def _product_tile(u, ub, qp, c, vp, wb, offs, m, mb):
+    """``J`` output channels x the tile vectors at ``offs``: ``m[mb + jj*qp + offs[v] ...] =
+    sum_c vp[wb + c*J + jj] * u[ub + c*qp + offs[v] ...]``, channel by channel."""
+    acc = tile_zero(offs)
+    for ci in range(c):
+        acc = tile_fma(acc, vloads(u, ub + ci * qp, offs), vp, wb + ci * J)
+    tile_store(m, mb, qp, offs, acc)
+
+
+@parallel_kernel(fma=True)
+def _winograd(xf, xs, cs, ps, wq, vp, bias, relu, ni, y):
+    """``y`` from the packed input ``xf`` (image ``b`` at ``b*xs``, channels ``cs`` apart, the
+    four stride phases ``ps`` apart, row pitch ``wq``) and the transformed weights ``vp``:
+    one work item per group of ``ni`` images, in chunks of ``V*VL`` tiles."""
+    n, oc, oh, ow = y.shape
+    c = xs // cs
+    th, tw = (oh + 1) // 2, (ow + 1) // 2
+    nt = th * tw
+    nob = (oc + J - 1) // J
+    q = V * VL
+    qp = q + MAX_VL  # (a row's last vector may spill past q: into this padding)
+    us, ms = c * qp, J * qp
+    # window value (i, j) of grid position p: phase (i % 2, j % 2) at (i // 2)*wq + j // 2
+    tab = (0, ps, 1, ps + 1, 2 * ps, 3 * ps, 2 * ps + 1, 3 * ps + 1,
+           wq, ps + wq, wq + 1, ps + wq + 1, 2 * ps + wq, 3 * ps + wq, 2 * ps + wq + 1, 3 * ps + wq + 1)
+    groups = (n + ni - 1) // ni
+    for gi in prange(groups):
+        u = np.zeros(16 * us + MAX_VL, np.float32)
+        m = np.zeros(16 * ms + MAX_VL, np.float32)
+        z = np.zeros(4 * qp, np.float32)
+        i0 = gi * ni
+        nq_all = min(ni, n - i0) * nt
+        for q0 in range(0, nq_all, q):
+            nq = min(q, nq_all - q0)
+            # 1. input transform, run by run (tiles of one tile row), full vectors in order
+            e = q0
+            while e < q0 + nq:
+                k = e // nt
+                ty = (e - k * nt) // tw
+                tx = e - k * nt - ty * tw
+                rn = min(tw - tx, q0 + nq - e)
+                for ci in range(c):
+                    src = (i0 + k) * xs + ci * cs + ty * wq + tx
+                    dst = ci * qp + e - q0
+                    for t in range(0, rn, VL):
+                        d = _in_tf(vloads(xf, src + t, tab))
+                        for xi in range(16):  # (unrolled by LLVM: xi is the tuple's index)
+                            vstore(u, xi * us + dst + t, d[xi])
+                e += rn
+            nv = (nq + VL - 1) // VL
+            for ob in range(nob):
+                # 2. products, xi by xi: tiles of J channels x V vectors
+                for xi in range(16):
+                    wb = (xi * nob + ob) * c * J
+                    for v in range(0, nv, V):
+                        r = min(V, nv - v)
+                        if r == 3:
+                            _product_tile(u, xi * us, qp, c, vp, wb, (v * VL, v * VL + VL, v * VL + 2 * VL), m, xi * ms)
+                        elif r == 2:
+                            _product_tile(u, xi * us, qp, c, vp, wb, (v * VL, v * VL + VL), m, xi * ms)
+                        else:
+                            _product_tile(u, xi * us, qp, c, vp, wb, (v * VL,), m, xi * ms)
+                # 3. output transform, bias, ReLU, channel by channel
+                for jj in range(min(J, oc - ob * J)):
+                    o = ob * J + jj
+                    for v in range(nv):
+                        b0 = jj * qp + v * VL
+                        mm = vloads(m, b0, (0, ms, 2 * ms, 3 * ms, 4 * ms, 5 * ms, 6 * ms, 7 * ms, 8 * ms,
+                                            9 * ms, 10 * ms, 11 * ms, 12 * ms, 13 * ms, 14 * ms, 15 * ms))
+                        yy = _out_tf(mm)
+                        vstore(z, v * VL, yy[0])
+                        vstore(z, qp + v * VL, yy[1])
+                        vstore(z, 2 * qp + v * VL, yy[2])
+                        vstore(z, 3 * qp + v * VL, yy[3])
+                    e = q0
+                    while e < q0 + nq:  # the four phases interleaved into the output rows
+                        k = e // nt
+                        ty = (e - k * nt) // tw
+                        tx = e - k * nt - ty * tw
+                        rn = min(tw - tx, q0 + nq - e)
+                        for a in range(min(2, oh - 2 * ty)):
+                            for f in range(rn):
+                                for bb in range(min(2, ow - 2 * (tx + f))):
+                                    val = z[_u((2 * a + bb) * qp + e - q0 + f)] + bias[o]
+                                    if relu and val <= 0.0:  # (the ReLU kernels' rule: NaN stays, -0 -> +0)
+                                        val = np.float32(0.0)
+                                    y[i0 + k, o, 2 * ty + a, 2 * (tx + f) + bb] = val
+                        e += rn
+
+
+def _run(x, w, flip, bias, pt, pl, relu, y):
+    """The Winograd convolution of ``x`` with ``w`` (rotated and transposed with ``flip``)."""
+    n, oc, oh, ow = y.shape
+    th, tw = (oh + 1) // 2, (ow + 1) // 2
+    xf, cs, wq, _ = _grid(x, 4, 4, 2, 2, pt, pl, th, tw)
+    ni = min(n, max(1, -(-_config.WINOGRAD_TILES // (th * tw))))
+    _winograd(xf, x.shape[1] * cs, cs, cs // 4, wq, _weights(w, flip), bias, int(relu), ni, y)
+
+
+def conv2d_winograd_forward(x, w, bias, pt, pl, relu, y):
+    """Winograd F(2x2, 3x3) convolution (see :func:`fastcnn._ref.conv2d_winograd_forward`)."""
+    _backend.sizes_conv2d_winograd_forward(x.shape, w.shape, bias.shape, pt, pl, relu, y.shape)
+    if x.shape[0]:
+        _run(x, w, False, bias, pt, pl, relu, y)
+
+
+def conv2d_winograd_backward_data(gy, w, pt, pl, gx):
+    """Input gradient (see :func:`fastcnn._ref.conv2d_winograd_backward_data`): the same
+    algorithm on the output gradient with the rotated, transposed weights."""
+    _backend.sizes_conv2d_winograd_backward_data(gy.shape, w.shape, pt, pl, gx.shape)
+    if gy.shape[0]:
+        _run(gy, w, True, np.zeros(w.shape[1], np.float32), 2 - pt, 2 - pl, False, gx)

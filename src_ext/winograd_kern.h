@@ -1,0 +1,207 @@
+/* Winograd F(2x2, 3x3) convolution of a group of images (design: docs/PERFORMANCE.md,
+ * "Winograd convolutions"), compiled once per ISA by conv_direct_kern.h with its macros.
+ *
+ * Output tile (ty, tx) is the 2x2 block of outputs at rows 2ty, 2ty + 1 and columns 2tx,
+ * 2tx + 1; it reads the 4x4 input window at padded row 2ty and column 2tx.  The input is
+ * packed as for a 4x4 convolution of stride 2 (fcd_geo with KH = KW = 4, sh = sw = 2 and
+ * OH x OW = TH x TW tiles), so window value (i, j) of VL consecutive tiles of a tile row is one
+ * unaligned load at tab[i*4 + j].  Per group of NI images:
+ *   1. u[xi][c][q] = (B^T d B)[xi] for every channel c and tile q = k*T + ty*TW + tx of image k
+ *      (compact: no padding columns), 16 transformed values xi per window;
+ *   2. per block of J output channels and each xi: m[xi][j][q] = sum_c vp[xi][j][c] u[xi][c][q],
+ *      the direct kernel's register tile with one tap (fcd_fwd_tile);
+ *   3. per channel: the output tile A^T m A, bias and ReLU, into y (N, OC, OH, OW).
+ * Every output is summed in one fixed order (per xi over c, then the fixed transforms). */
+
+/* Rows (B^T d) then columns (t B) of the input transform, in place over 16 vectors. */
+static inline __attribute__((always_inline)) void FCD_NAME(fcw_in_tf)(FCD_VT* d)
+{
+    FCD_VT t[16];
+    int i, j;
+    FCD_UNROLL
+    for (j = 0; j < 4; j++) {
+        t[j] = FCD_SUB(d[j], d[8 + j]);
+        t[4 + j] = FCD_ADD(d[4 + j], d[8 + j]);
+        t[8 + j] = FCD_SUB(d[8 + j], d[4 + j]);
+        t[12 + j] = FCD_SUB(d[4 + j], d[12 + j]);
+    }
+    FCD_UNROLL
+    for (i = 0; i < 4; i++) {
+        d[4 * i] = FCD_SUB(t[4 * i], t[4 * i + 2]);
+        d[4 * i + 1] = FCD_ADD(t[4 * i + 1], t[4 * i + 2]);
+        d[4 * i + 2] = FCD_SUB(t[4 * i + 2], t[4 * i + 1]);
+        d[4 * i + 3] = FCD_SUB(t[4 * i + 1], t[4 * i + 3]);
+    }
+}
+
+/* Output transform A^T m A of 16 vectors -> y[a*2 + b] (4 vectors). */
+static inline __attribute__((always_inline)) void FCD_NAME(fcw_out_tf)(const FCD_VT* m, FCD_VT* y)
+{
+    FCD_VT r[8];
+    int a, j;
+    FCD_UNROLL
+    for (j = 0; j < 4; j++) {
+        r[j] = FCD_ADD(FCD_ADD(m[j], m[4 + j]), m[8 + j]);
+        r[4 + j] = FCD_SUB(FCD_SUB(m[4 + j], m[8 + j]), m[12 + j]);
+    }
+    FCD_UNROLL
+    for (a = 0; a < 2; a++) {
+        y[2 * a] = FCD_ADD(FCD_ADD(r[4 * a], r[4 * a + 1]), r[4 * a + 2]);
+        y[2 * a + 1] = FCD_SUB(FCD_SUB(r[4 * a + 1], r[4 * a + 2]), r[4 * a + 3]);
+    }
+}
+
+/* src (C, Hs, Ws) -> xq, the stride-2 phase packing of fcd_pack_input (sh = sw = 2, no
+ * dilation), in source order: each source row is read once, its even and odd columns written
+ * to their two phases.  Unless ``zeroed`` (as fcd_pack_input) the buffer is zeroed first. */
+static void FCD_NAME(fcw_pack)(const fcd_geo* g, const float* src, float* xq, int zeroed)
+{
+    fcd_i c, r, m, hh, R, e0 = g->pl / 2, o0 = (g->pl + 1) / 2, ne, no;
+    fcd_i be = g->pl % 2, bo = 1 - be;
+    if (!zeroed)
+        memset(xq, 0, (size_t)g->xq_size * sizeof(float));
+    ne = (g->Ws + 1) / 2;  /* even source columns 2m -> phase column m + e0 < Wq */
+    if (ne > g->Wq - e0) ne = g->Wq - e0;
+    no = g->Ws / 2;  /* odd source columns 2m + 1 -> phase column m + o0 < Wq */
+    if (no > g->Wq - o0) no = g->Wq - o0;
+    for (c = 0; c < g->C; c++)
+        for (r = 0; r < g->Hs; r++) {
+            R = r + g->pt;
+            hh = R / 2;
+            if (R < 0 || hh >= g->Hq)
+                continue;
+            const float* __restrict__ s = src + (c * g->Hs + r) * g->Ws;
+            float* __restrict__ de = xq + (((R % 2) * 2 + be) * g->C + c) * g->plane + hh * g->Wq + e0;
+            float* __restrict__ dd = xq + (((R % 2) * 2 + bo) * g->C + c) * g->plane + hh * g->Wq + o0;
+#ifdef FCD_DEINTERLEAVE
+            FCD_DEINTERLEAVE(s, g->Ws, de, ne, dd, no);
+#else
+            for (m = 0; m < ne; m++)
+                de[m] = s[2 * m];
+            for (m = 0; m < no; m++)
+                dd[m] = s[2 * m + 1];
+#endif
+        }
+}
+
+/* A group of NI images: src (NI, C, Hs, Ws) -> y (NI, OC, OH, OW) (OH, OW: the convolution's
+ * output; g: the 4x4 stride-2 packing with g->OH x g->OW tiles), in chunks of Q <= FCW_QMAX
+ * tile positions (a multiple of VL).  vp: transformed weights [xi][ob][c][J]; st: the vector
+ * starts v*VL of a chunk.  Scratch: xq (NI packings of xs floats; zeroed: they hold earlier
+ * packings of this geometry), u (16 fcw_u_stride(C, Q), finite), m (16 fcw_m_stride(J, Q)),
+ * z (4 Q).  The nn floats at nxt (the next group's images) are prefetched, a part per chunk. */
+static void FCD_NAME(fcw_images)(const fcd_geo* g, const fcd_i* tab, const float* src, fcd_i NI,
+                                 const float* vp, const fcd_i* st, const float* bias, int relu,
+                                 fcd_i OH, fcd_i OW, float* y, float* xq, fcd_i xs, int zeroed,
+                                 float* u, float* m, float* z, fcd_i Q, const float* nxt, fcd_i nn)
+{
+    fcd_i TH = g->OH, TW = g->OW, T = TH * TW, C = g->C, OC = g->OC, NOB = g->OCP / FCD_J;
+    fcd_i US = fcw_u_stride(C, Q), MS = fcw_m_stride(FCD_J, Q), CP = C * g->plane, OHW = OH * OW;
+    fcd_i k, ob, xi, i, n, v, nv, jj, q0, nq, c, ty, tx, t, a, e, r, nr;
+    fcd_i rq[FCW_QMAX], rn[FCW_QMAX], rsrc[FCW_QMAX], rdst[FCW_QMAX], rpairs[FCW_QMAX], rrows[FCW_QMAX];
+    const fcd_i tab0[1] = {0};
+    (void)tab;
+    for (k = 0; k < NI; k++)
+        FCD_NAME(fcw_pack)(g, src + k * C * g->Hs * g->Ws, xq + k * xs, zeroed);
+    for (q0 = 0; q0 < NI * T; q0 += Q) {
+        nq = NI * T - q0 < Q ? NI * T - q0 : Q;
+        nv = (nq + FCD_VL - 1) / FCD_VL;
+        if (nxt)
+            fcd_prefetch_part(nxt, nn, q0 / Q, (NI * T + Q - 1) / Q);
+        /* the chunk's runs: tiles of one tile row (image k, row ty, from column tx) */
+        for (nr = 0, e = q0; e < q0 + nq; e += n, nr++) {
+            k = e / T;
+            ty = e % T / TW;
+            tx = e % TW;
+            n = TW - tx < q0 + nq - e ? TW - tx : q0 + nq - e;
+            rq[nr] = e - q0;
+            rn[nr] = n;
+            rsrc[nr] = k * xs + ty * g->Wq + tx;
+            rdst[nr] = k * OC * OHW + 2 * ty * OW + 2 * tx;
+            rpairs[nr] = 2 * (tx + n) <= OW ? n : n - 1;  /* (an odd last column has no pair) */
+            rrows[nr] = 2 * ty + 1 < OH ? 2 : 1;
+        }
+        /* 1. input transform of the chunk's windows, run by run */
+        for (r = 0; r < nr; r++)
+            for (c = 0; c < C; c++)
+                for (t = 0; t < rn[r]; t += FCD_VL) {
+                    /* window value (i, j) is in phase (i % 2, j % 2) at (i / 2)*Wq + j / 2 */
+                    const float* p0 = xq + rsrc[r] + c * g->plane + t;
+                    const float* p1 = p0 + CP;
+                    const float* p2 = p1 + CP;
+                    const float* p3 = p2 + CP;
+                    const fcd_i W1 = g->Wq, W2 = g->Wq + 1;
+                    float* d0 = u + c * Q + rq[r] + t;
+                    fcd_i nl = rn[r] - t < FCD_VL ? rn[r] - t : FCD_VL;
+                    FCD_VT d[16] = {
+                        FCD_LOAD(p0), FCD_LOAD(p1), FCD_LOAD(p0 + 1), FCD_LOAD(p1 + 1),
+                        FCD_LOAD(p2), FCD_LOAD(p3), FCD_LOAD(p2 + 1), FCD_LOAD(p3 + 1),
+                        FCD_LOAD(p0 + W1), FCD_LOAD(p1 + W1), FCD_LOAD(p0 + W2), FCD_LOAD(p1 + W2),
+                        FCD_LOAD(p2 + W1), FCD_LOAD(p3 + W1), FCD_LOAD(p2 + W2), FCD_LOAD(p3 + W2)};
+                    FCD_NAME(fcw_in_tf)(d);
+                    if (nl == FCD_VL) {
+                        FCD_UNROLL
+                        for (i = 0; i < 16; i++)
+                            FCD_STORE(d0 + i * US, d[i]);
+                    } else {
+                        for (i = 0; i < 16; i++)
+                            FCD_STORE_N(d0 + i * US, d[i], nl);
+                    }
+                }
+        for (ob = 0; ob < NOB; ob++) {
+            fcd_i nj = OC - ob * FCD_J < FCD_J ? OC - ob * FCD_J : FCD_J;
+            /* 2. products, xi by xi */
+            for (xi = 0; xi < 16; xi++) {
+                const float* wpb = vp + (xi * NOB + ob) * C * FCD_J;
+                for (v = 0; v < nv; v += n) {
+                    n = nv - v < FCD_VMAX ? nv - v : FCD_VMAX;
+                    if (n == FCD_VMAX)
+                        FCD_NAME(fcd_fwd_tile)(u + xi * US, tab0, wpb, C, 1, Q, m + xi * MS, Q, st + v, st + v, FCD_VMAX);
+                    else if (n == 2)  /* FCD_VMAX <= 3 */
+                        FCD_NAME(fcd_fwd_tile)(u + xi * US, tab0, wpb, C, 1, Q, m + xi * MS, Q, st + v, st + v, 2);
+                    else
+                        FCD_NAME(fcd_fwd_tile)(u + xi * US, tab0, wpb, C, 1, Q, m + xi * MS, Q, st + v, st + v, 1);
+                }
+            }
+            /* 3. output transform, bias, ReLU, channel by channel */
+            for (jj = 0; jj < nj; jj++) {
+                fcd_i o = ob * FCD_J + jj;
+                float b = bias ? bias[o] : 0.0f;
+                for (v = 0; v < nv; v++) {
+                    FCD_VT mm[16], yy[4];
+                    FCD_UNROLL
+                    for (xi = 0; xi < 16; xi++)
+                        mm[xi] = FCD_LOAD(m + xi * MS + jj * Q + v * FCD_VL);
+                    FCD_NAME(fcw_out_tf)(mm, yy);
+                    FCD_UNROLL
+                    for (i = 0; i < 4; i++)
+                        FCD_STORE(z + i * Q + v * FCD_VL, yy[i]);
+                }
+                for (r = 0; r < nr; r++)  /* the four phases interleaved into the output rows */
+                    for (a = 0; a < rrows[r]; a++) {
+                        float* __restrict__ d = y + rdst[r] + o * OHW + a * OW;
+                        const float* __restrict__ s0 = z + 2 * a * Q + rq[r];
+                        const float* __restrict__ s1 = s0 + Q;
+                        fcd_i n2 = rpairs[r];
+                        e = 0;
+#ifdef FCD_INTERLEAVE
+                        e = FCD_INTERLEAVE(s0, s1, n2, b, relu, d);
+#endif
+                        for (; e < n2; e++) {
+                            float e0 = s0[e] + b, e1 = s1[e] + b;
+                            if (relu) {  /* (the ReLU kernels' rule: NaN stays, -0 -> +0) */
+                                e0 = e0 <= 0.0f ? 0.0f : e0;
+                                e1 = e1 <= 0.0f ? 0.0f : e1;
+                            }
+                            d[2 * e] = e0;
+                            d[2 * e + 1] = e1;
+                        }
+                        if (n2 < rn[r]) {  /* an odd last column */
+                            float e0 = s0[n2] + b;
+                            d[2 * n2] = relu && e0 <= 0.0f ? 0.0f : e0;
+                        }
+                    }
+            }
+        }
+    }
+}
