@@ -753,3 +753,152 @@ def test_size_checks_of_the_contract_are_the_same_for_both_compiled_backends(nam
     for fn, args in cases:
         with pytest.raises(ValueError, match="shape|size|range|window|match"):
             fn(*args)
+
+
+# --------------------------------------------------------------------------- Winograd
+
+# (N, C, H, W, OC, pt, pl, OH, OW): odd sizes, batch 1, paddings 0-2 (bottom/right padding as
+# implied by the output, which may cut the last tile), OC not a multiple of any tile, many
+# small images (grouped), channel counts of the ResNet.
+WINOGRAD_CASES = [
+    (2, 3, 7, 9, 5, 1, 1, 7, 9),
+    (1, 1, 5, 5, 1, 0, 0, 3, 3),
+    (3, 5, 9, 11, 7, 1, 1, 9, 11),
+    (1, 3, 5, 6, 9, 0, 0, 3, 4),
+    (2, 4, 7, 7, 8, 2, 2, 9, 9),
+    (2, 2, 6, 6, 3, 1, 0, 5, 4),
+    (1, 16, 32, 32, 16, 1, 1, 32, 32),
+    (20, 17, 8, 8, 33, 1, 1, 8, 8),
+    (3, 32, 16, 16, 32, 1, 1, 16, 16),
+    (2, 6, 1, 1, 4, 1, 1, 1, 1),  # one output of a 1x1 image: all but the centre tap padding
+    (2, 7, 2, 19, 10, 2, 1, 4, 19),
+]
+
+# Tolerance: Winograd's F(2x2, 3x3) sums other terms than the direct convolution: per output,
+# sum_c of 16 products u*v of transformed values (|u| <= 4 max|x|: B^T d B adds 4 inputs;
+# |v| <= 9/4 max|w|: G g G^T), then A^T m A adds 9 of them.  Its float32 rounding is a
+# multiple of eps32 times the direct sum of absolute terms sum |x||w| (Barabasz et al., "Error
+# analysis and improving the accuracy of Winograd convolution", 2020: a small constant for
+# F(2x2, 3x3)); these cases stay within the direct kernels' bound, 1e-5 = 84 eps32 of that sum
+# (their worst, over five seeds, is below a tenth of it).
+WINOGRAD_RTOL = 1e-5
+
+
+def _wdata(case, seed=0):
+    n, c, h, w, oc, pt, pl, oh, ow = case
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, c, h, w), dtype=np.float32)
+    wt = rng.standard_normal((oc, c, 3, 3), dtype=np.float32)
+    b = rng.standard_normal(oc, dtype=np.float32)
+    gy = rng.standard_normal((n, oc, oh, ow), dtype=np.float32)
+    return x, wt, b, gy
+
+
+def _wdirect64(x, wt, b, gy, pt, pl, relu, oh, ow):
+    """The direct reference in float64: forward, input gradient, and their sums of |terms|."""
+    x64, w64, b64, gy64 = (a.astype(np.float64) for a in (x, wt, b, gy))
+    out = {}
+    for key, (xx, ww, bb, gg, r) in {"want": (x64, w64, b64, gy64, relu),
+                                     "scale": (np.abs(x64), np.abs(w64), np.abs(b64), np.abs(gy64), 0)}.items():
+        y = np.empty(gy.shape)
+        _ref.conv2d_direct_forward(xx, ww, bb, 1, 1, pt, pl, r, y)
+        gx = np.empty(x.shape)
+        _ref.conv2d_direct_backward_data(gg, ww, 1, 1, pt, pl, gx)
+        out[key] = (y, gx)
+    return out
+
+
+def _wrun(k, x, wt, b, gy, pt, pl, relu):
+    y = np.full(gy.shape, np.nan, x.dtype)
+    k.conv2d_winograd_forward(x, wt, b, pt, pl, relu, y)
+    gx = np.full(x.shape, np.nan, x.dtype)
+    k.conv2d_winograd_backward_data(gy, wt, pt, pl, gx)
+    return y, gx
+
+
+def _wclose(got, want, scale, what):
+    err = np.abs(got.astype(np.float64) - want)
+    worst = np.max(err / (WINOGRAD_RTOL * scale + 1e-30))
+    assert worst <= 1.0, f"{what}: error {worst:.3g} x the bound"
+
+
+@pytest.mark.parametrize("case", WINOGRAD_CASES)
+def test_winograd_reference_is_the_direct_reference(case):
+    """In float64 the reference's Winograd algorithm equals the direct correlation to rounding."""
+    x, wt, b, gy = (a.astype(np.float64) for a in _wdata(case))
+    pt, pl, oh, ow = case[5:]
+    ref = _wdirect64(x, wt, b, gy, pt, pl, 1, oh, ow)
+    got = _wrun(_ref, x, wt, b, gy, pt, pl, 1)
+    for g, w_, s in zip(got, ref["want"], ref["scale"]):
+        assert np.all(np.abs(g - w_) <= 1e-13 * s + 1e-300)
+
+
+@pytest.mark.parametrize("name", ["numpy"] + list(COMPILED))
+@pytest.mark.parametrize("case", WINOGRAD_CASES)
+def test_winograd_primitives_match_reference(name, case):
+    """Forward (with and without ReLU, with bias) and input gradient of each backend against
+    the float64 direct reference, with the bound above; every output element is written."""
+    k = _backend.ops(name)
+    x, wt, b, gy = _wdata(case, 3)
+    pt, pl, oh, ow = case[5:]
+    for relu in (0, 1):
+        ref = _wdirect64(x, wt, b, gy, pt, pl, relu, oh, ow)
+        for got, want, scale, what in zip(_wrun(k, x, wt, b, gy, pt, pl, relu), ref["want"], ref["scale"], ("y", "gx")):
+            assert np.isfinite(got).all(), what
+            _wclose(got, want, scale, f"{name} {case} relu={relu} {what}")
+
+
+@pytest.mark.parametrize("name", COMPILED)
+def test_winograd_fused_relu_is_max_of_plain(name):
+    """The ReLU rule of the ReLU kernels (NaN stays, -0 -> +0), bit for bit."""
+    k = _backend.ops(name)
+    x, wt, b, gy = _wdata((2, 5, 9, 7, 6, 1, 1, 9, 7), 4)
+    x[0, 0, 3, 3] = np.nan
+    y0, _ = _wrun(k, x, wt, b, gy, 1, 1, 0)
+    y1, _ = _wrun(k, x, wt, b, gy, 1, 1, 1)
+    want = np.where(y0 <= 0, np.float32(0), y0)
+    assert np.isnan(y0).any()
+    assert want.tobytes() == y1.tobytes()
+
+
+@pytest.mark.parametrize("name", COMPILED)
+def test_winograd_bit_identical_run_to_run_and_across_threads(name):
+    """Each output is summed in one fixed order: repeated runs and 1 vs 2 threads agree bit
+    for bit, for whole images and for grouped small ones."""
+    k = _backend.ops(name)
+    before = fastcnn.get_num_threads()
+    for case in [(13, 17, 12, 11, 20, 1, 1, 12, 11), (37, 16, 8, 8, 16, 1, 1, 8, 8)]:
+        x, wt, b, gy = _wdata(case, 5)
+        runs = []
+        try:
+            for threads in (1, 1, 2, 2):
+                if threads <= cores():
+                    fastcnn.set_num_threads(threads)
+                    runs.append(_wrun(k, x, wt, b, gy, 1, 1, 1))
+        finally:
+            fastcnn.set_num_threads(before)
+        assert len(runs) >= 2
+        for run in runs[1:]:
+            for a, c in zip(run, runs[0]):
+                assert a.tobytes() == c.tobytes()
+
+
+@pytest.mark.parametrize("name", COMPILED)
+def test_winograd_size_checks(name):
+    """Shapes the Winograd kernels do not take are refused with a ValueError naming the
+    problem (never a crash): other kernel sizes, padding beyond 2, mismatched outputs."""
+    k = _backend.ops(name)
+    x = np.zeros((2, 3, 8, 8), np.float32)
+    y = np.zeros((2, 4, 8, 8), np.float32)
+    with pytest.raises(ValueError, match="3 x 3"):
+        k.conv2d_winograd_forward(x, np.zeros((4, 3, 5, 5), np.float32), np.zeros(4, np.float32), 2, 2, 0,
+                                  y)
+    with pytest.raises(ValueError, match="padding at most 2"):
+        k.conv2d_winograd_forward(x, np.zeros((4, 3, 3, 3), np.float32), np.zeros(4, np.float32), 3, 3, 0,
+                                  np.zeros((2, 4, 12, 12), np.float32))
+    with pytest.raises(ValueError):
+        k.conv2d_winograd_forward(x, np.zeros((4, 3, 3, 3), np.float32), np.zeros(4, np.float32), 1, 1, 0,
+                                  np.zeros((2, 5, 8, 8), np.float32))
+    with pytest.raises(ValueError):
+        k.conv2d_winograd_backward_data(y, np.zeros((4, 3, 3, 3), np.float32), 1, 1,
+                                        np.zeros((2, 5, 8, 8), np.float32))

@@ -139,3 +139,36 @@ def test_every_cython_kernel_module_uses_the_thread_count_from_any_thread():
     finally:
         fastcnn.set_num_threads(before)
     assert seen == dict.fromkeys(names, 1)
+
+
+@pytest.mark.skipif(not {"cython", "numba"} <= set(fastcnn.available_backends()), reason="needs both compiled backends")
+def test_winograd_numba_and_cython_give_the_same_bytes():
+    """The Winograd kernels of the two compiled backends run the same operations in the same
+    order (transforms, then FMAs over the channels): on one SIMD path, the same bytes, forward
+    and input gradient."""
+    import numpy as np
+
+    from fastcnn import _config
+    from fastcnn import functional as F
+    from fastcnn._ext import conv_direct
+
+    if _config.NUMBA_ISA["isa"] != conv_direct.active_isa():
+        pytest.skip(f"Numba runs {_config.NUMBA_ISA['isa']}, Cython {conv_direct.active_isa()}")
+    rng = np.random.default_rng(6)
+    previous = fastcnn.get_backend()
+    try:
+        for n, c, oc, h, w, padding in [(3, 5, 7, 9, 11, 1), (1, 3, 9, 5, 6, 0), (20, 17, 33, 8, 8, 1),
+                                        (2, 16, 16, 32, 32, 1), (2, 4, 8, 7, 7, 2)]:
+            x = rng.standard_normal((n, c, h, w), dtype=np.float32)
+            wt = rng.standard_normal((oc, c, 3, 3), dtype=np.float32)
+            b = rng.standard_normal(oc, dtype=np.float32)
+            got = {}
+            for backend in ("numba", "cython"):
+                fastcnn.set_backend(backend)
+                with fastcnn.config(conv="winograd"):
+                    y = F.conv2d(x, wt, b, 1, padding, relu=True)
+                    gx, _, _ = F.conv2d_backward(y, x, wt, 1, padding)
+                got[backend] = (y.tobytes(), gx.tobytes())
+            assert got["numba"] == got["cython"], (n, c, oc, h, w, padding)
+    finally:
+        fastcnn.set_backend(previous)

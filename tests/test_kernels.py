@@ -198,3 +198,9 @@ def test_generated_code_per_isa(isa, tmp_path):
         assert zmm == 0 and ymm > 0
     else:
         assert total == 0
+
+
+def test_numba_winograd_is_exported_by_its_conv_direct_module():
+    """The Numba backend's Winograd primitives live in ``_kernels.winograd`` and are collected
+    through ``_kernels.conv_direct`` (the module of ``_config.KERNEL_MODULES``)."""
+    assert fastcnn._kernels.conv2d_winograd_forward is D.conv2d_winograd_forward

@@ -46,6 +46,8 @@ COLLABORATORS = {
     },
     "test_ext.py": {
         "_ref": "the reference primitives are the oracle of the kernels under each SIMD path",
+        "_config": "NUMBA_ISA says whether the Numba kernels run the Cython kernels' SIMD path (then "
+                   "their Winograd kernels give the same bytes)",
     },
     "test_dispatch.py": {
         "_backend": "conv_plan takes a backend's primitive module, which the registry hands out",
