@@ -6,13 +6,15 @@ Usage (from the repository root):
 
 Forward and backward (input + weight gradients; weight gradient only for the first layers,
 C <= 3, as in training) of each shape on BACKEND (``cython``, the default, or ``numba``),
-under ``fastcnn.config(conv=...)`` = direct, per_image and chunked.  Medians of REPS calls
+under ``fastcnn.config(conv=...)`` = direct, winograd (3x3 stride 1; the other shapes run
+direct), per_image and chunked.  Medians of REPS calls
 (default 15).  The peak is this machine's measured FP32 FMA throughput on the same threads (``fma_peak_probe``: 24
 independent FMA chains per thread with the active SIMD path), re-measured before each shape.
 Two figures: wall-clock (GFLOP/s / peak GFLOP/s, both wall) and CPU-time (flops per
 CPU-second of the process, against the probe's), the second being less disturbed by other
 processes on a shared machine.  One "FLOP" = one multiply or add of the convolution
-(2 * N * OC * OH * OW * C * KH * KW per pass).
+(2 * N * OC * OH * OW * C * KH * KW per pass; for the Winograd kernels, which do fewer,
+the same count: "direct-equivalent" GFLOP/s).
 """
 import sys
 import time
@@ -35,7 +37,7 @@ SHAPES = [  # name, (N, C, H, W), OC, kernel, stride, padding
     ("resnet 16->32 s2", (100, 16, 32, 32), 32, 3, 2, 1),
     ("resnet 32->64 s2", (100, 32, 16, 16), 64, 3, 2, 1),
 ]
-STRATEGIES = ("direct", "per_image", "chunked")
+STRATEGIES = ("direct", "winograd", "per_image", "chunked")
 
 
 def timed(fn, reps):
@@ -66,7 +68,8 @@ def peak(threads):
 def case(rng, x_shape, oc, k, s, pad):
     """Random arrays for one shape of ``SHAPES``: ``(calls, flops)``, where ``calls(mod)`` is
     ``{"forward": f, "data": f, "weight": f}``, the direct primitives of the primitive module
-    ``mod`` on those arrays, and ``flops`` those of one pass."""
+    ``mod`` on those arrays (and, for a 3x3 stride-1 shape, ``"winograd forward"``,
+    ``"winograd data"``), and ``flops`` those of one pass."""
     n, c, h, wd = x_shape
     g = F.ConvGeometry((k, k), (s, s), pad, (h, wd), "bench")
     x = rng.standard_normal(x_shape, dtype=np.float32)
@@ -78,9 +81,13 @@ def case(rng, x_shape, oc, k, s, pad):
     a = (g.sh, g.sw, g.pt, g.pl)
 
     def calls(mod):
-        return {"forward": lambda: mod.conv2d_direct_forward(x, w, b, *a, 0, y),
-                "data": lambda: mod.conv2d_direct_backward_data(gy, w, *a, gx),
-                "weight": lambda: mod.conv2d_direct_backward_weight(gy, x, *a, gw, gb)}
+        out = {"forward": lambda: mod.conv2d_direct_forward(x, w, b, *a, 0, y),
+               "data": lambda: mod.conv2d_direct_backward_data(gy, w, *a, gx),
+               "weight": lambda: mod.conv2d_direct_backward_weight(gy, x, *a, gw, gb)}
+        if k == 3 and s == 1:
+            out["winograd forward"] = lambda: mod.conv2d_winograd_forward(x, w, b, g.pt, g.pl, 0, y)
+            out["winograd data"] = lambda: mod.conv2d_winograd_backward_data(gy, w, g.pt, g.pl, gx)
+        return out
 
     return calls, 2.0 * y.size * c * k * k
 
@@ -95,12 +102,13 @@ def kernels(threads, backend="cython", reps=9):
     pc = peak(threads)[1]
     print(f"{backend} direct primitives, {_isa(backend)}, {threads} thread(s), median of {reps}; "
           f"probe {pc / 1e9:.0f} GFLOP per CPU-second")
-    print("| shape | forward | input gradient | weight gradient |")
-    print("|---|---:|---:|---:|")
+    print("| shape | forward | input gradient | weight gradient | Winograd forward | Winograd input gradient |")
+    print("|---|---:|---:|---:|---:|---:|")
     rng = np.random.default_rng(0)
     for name, (n, c, h, wd), oc, k, s, pad in SHAPES:
         calls, flops = case(rng, (n, c, h, wd), oc, k, s, pad)
         cells = [f"{flops / timed(fn, reps)[1] / pc:.0%}" for fn in calls(d).values()]
+        cells += [""] * (5 - len(cells))
         print(f"| {name} {(n, c, h, wd)}->{oc} k{k} s{s} | " + " | ".join(cells) + " |", flush=True)
 
 
