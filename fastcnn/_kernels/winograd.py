@@ -24,8 +24,9 @@ def _weights(w, flip):
     g = w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3) if flip else w
     oc, c = g.shape[:2]
     nob = -(-oc // J)
-    v = np.zeros((4, 4, c, nob * J), np.float64)
-    v[..., :oc] = np.einsum("ai,ocij,bj->abco", _ref.WINOGRAD_G, g.astype(np.float64), _ref.WINOGRAD_G)
+    gt = (g.astype(np.float64).reshape(-1, 3) @ _ref.WINOGRAD_G.T).reshape(oc, c, 3, 4)  # g G^T
+    v = np.zeros((4, 4, c, nob * J), np.float64)  # (sums of a few floats: exact in float64)
+    v[..., :oc] = np.tensordot(_ref.WINOGRAD_G, gt, axes=([1], [2])).transpose(0, 3, 2, 1)
     return np.ascontiguousarray(v.reshape(16, c, nob, J).transpose(0, 2, 1, 3), np.float32).reshape(-1)
 
 
@@ -62,11 +63,37 @@ def _product_tile(u, ub, qp, c, vp, wb, offs, m, mb):
     tile_store(m, mb, qp, offs, acc)
 
 
+#: Groups of images are run in at most this many chunks of consecutive ones, each with one
+#: set of buffers.
+_CHUNKS = 64
+
+
+@helper
+def _put_row(yf, d, z, s0, n2, odd, bias, relu):
+    """``yf[d + 2e] = f(z[s0 + e])``, ``yf[d + 2e + 1] = f(z[s1 + e])`` (``s1 = s0 + len(z)//4``)
+    for ``e < n2``, and ``yf[d + 2*n2] = f(z[s0 + n2])`` if ``odd``; ``f(v) = v + bias``, then the
+    ReLU if ``relu`` (the ReLU kernels' rule: NaN stays, -0 -> +0)."""
+    s1 = s0 + z.size // 4
+    zero = np.float32(0.0)
+    for e in range(n2):
+        v0 = z[_u(s0 + e)] + bias
+        v1 = z[_u(s1 + e)] + bias
+        if relu:
+            v0 = zero if v0 <= zero else v0
+            v1 = zero if v1 <= zero else v1
+        yf[_u(d + 2 * e)] = v0
+        yf[_u(d + 2 * e + 1)] = v1
+    if odd:
+        v0 = z[_u(s0 + n2)] + bias
+        yf[_u(d + 2 * n2)] = zero if relu and v0 <= zero else v0
+
+
 @parallel_kernel(fma=True)
 def _winograd(xf, xs, cs, ps, wq, vp, bias, relu, ni, y):
     """``y`` from the packed input ``xf`` (image ``b`` at ``b*xs``, channels ``cs`` apart, the
     four stride phases ``ps`` apart, row pitch ``wq``) and the transformed weights ``vp``:
-    one work item per group of ``ni`` images, in chunks of ``V*VL`` tiles."""
+    work items of ``ni`` images (run in chunks of consecutive items, each with one set of
+    buffers), in chunks of ``V*VL`` tiles."""
     n, oc, oh, ow = y.shape
     c = xs // cs
     th, tw = (oh + 1) // 2, (ow + 1) // 2
@@ -75,72 +102,87 @@ def _winograd(xf, xs, cs, ps, wq, vp, bias, relu, ni, y):
     q = V * VL
     qp = q + MAX_VL  # (a row's last vector may spill past q: into this padding)
     us, ms = c * qp, J * qp
+    yf = y.reshape(y.size)
     # window value (i, j) of grid position p: phase (i % 2, j % 2) at (i // 2)*wq + j // 2
     tab = (0, ps, 1, ps + 1, 2 * ps, 3 * ps, 2 * ps + 1, 3 * ps + 1,
            wq, ps + wq, wq + 1, ps + wq + 1, 2 * ps + wq, 3 * ps + wq, 2 * ps + wq + 1, 3 * ps + wq + 1)
+    moff = (0, ms, 2 * ms, 3 * ms, 4 * ms, 5 * ms, 6 * ms, 7 * ms, 8 * ms, 9 * ms, 10 * ms, 11 * ms,
+            12 * ms, 13 * ms, 14 * ms, 15 * ms)
     groups = (n + ni - 1) // ni
-    for gi in prange(groups):
+    chunks = min(groups, _CHUNKS)
+    for ch in prange(chunks):
         u = np.zeros(16 * us + MAX_VL, np.float32)
         m = np.zeros(16 * ms + MAX_VL, np.float32)
         z = np.zeros(4 * qp, np.float32)
-        i0 = gi * ni
-        nq_all = min(ni, n - i0) * nt
-        for q0 in range(0, nq_all, q):
-            nq = min(q, nq_all - q0)
-            # 1. input transform, run by run (tiles of one tile row), full vectors in order
-            e = q0
-            while e < q0 + nq:
-                k = e // nt
-                ty = (e - k * nt) // tw
-                tx = e - k * nt - ty * tw
-                rn = min(tw - tx, q0 + nq - e)
-                for ci in range(c):
-                    src = (i0 + k) * xs + ci * cs + ty * wq + tx
-                    dst = ci * qp + e - q0
-                    for t in range(0, rn, VL):
-                        d = _in_tf(vloads(xf, src + t, tab))
-                        for xi in range(16):  # (unrolled by LLVM: xi is the tuple's index)
-                            vstore(u, xi * us + dst + t, d[xi])
-                e += rn
-            nv = (nq + VL - 1) // VL
-            for ob in range(nob):
-                # 2. products, xi by xi: tiles of J channels x V vectors
-                for xi in range(16):
-                    wb = (xi * nob + ob) * c * J
-                    for v in range(0, nv, V):
-                        r = min(V, nv - v)
-                        if r == 3:
-                            _product_tile(u, xi * us, qp, c, vp, wb, (v * VL, v * VL + VL, v * VL + 2 * VL), m, xi * ms)
-                        elif r == 2:
-                            _product_tile(u, xi * us, qp, c, vp, wb, (v * VL, v * VL + VL), m, xi * ms)
-                        else:
-                            _product_tile(u, xi * us, qp, c, vp, wb, (v * VL,), m, xi * ms)
-                # 3. output transform, bias, ReLU, channel by channel
-                for jj in range(min(J, oc - ob * J)):
-                    o = ob * J + jj
-                    for v in range(nv):
-                        b0 = jj * qp + v * VL
-                        mm = vloads(m, b0, (0, ms, 2 * ms, 3 * ms, 4 * ms, 5 * ms, 6 * ms, 7 * ms, 8 * ms,
-                                            9 * ms, 10 * ms, 11 * ms, 12 * ms, 13 * ms, 14 * ms, 15 * ms))
-                        yy = _out_tf(mm)
-                        vstore(z, v * VL, yy[0])
-                        vstore(z, qp + v * VL, yy[1])
-                        vstore(z, 2 * qp + v * VL, yy[2])
-                        vstore(z, 3 * qp + v * VL, yy[3])
-                    e = q0
-                    while e < q0 + nq:  # the four phases interleaved into the output rows
-                        k = e // nt
-                        ty = (e - k * nt) // tw
-                        tx = e - k * nt - ty * tw
-                        rn = min(tw - tx, q0 + nq - e)
-                        for a in range(min(2, oh - 2 * ty)):
-                            for f in range(rn):
-                                for bb in range(min(2, ow - 2 * (tx + f))):
-                                    val = z[_u((2 * a + bb) * qp + e - q0 + f)] + bias[o]
-                                    if relu and val <= 0.0:  # (the ReLU kernels' rule: NaN stays, -0 -> +0)
-                                        val = np.float32(0.0)
-                                    y[i0 + k, o, 2 * ty + a, 2 * (tx + f) + bb] = val
-                        e += rn
+        for gi in range(ch * groups // chunks, (ch + 1) * groups // chunks):
+            i0 = gi * ni
+            nq_all = min(ni, n - i0) * nt
+            for q0 in range(0, nq_all, q):
+                nq = min(q, nq_all - q0)
+                # 1. input transform, run by run (tiles of one tile row), full vectors in order
+                e = q0
+                while e < q0 + nq:
+                    k = e // nt
+                    ty = (e - k * nt) // tw
+                    tx = e - k * nt - ty * tw
+                    rn = min(tw - tx, q0 + nq - e)
+                    for ci in range(c):
+                        src = (i0 + k) * xs + ci * cs + ty * wq + tx
+                        dst = ci * qp + e - q0
+                        for t in range(0, rn, VL):
+                            d = _in_tf(vloads(xf, src + t, tab))
+                            o = dst + t
+                            vstore(u, o, d[0])
+                            vstore(u, o + us, d[1])
+                            vstore(u, o + 2 * us, d[2])
+                            vstore(u, o + 3 * us, d[3])
+                            vstore(u, o + 4 * us, d[4])
+                            vstore(u, o + 5 * us, d[5])
+                            vstore(u, o + 6 * us, d[6])
+                            vstore(u, o + 7 * us, d[7])
+                            vstore(u, o + 8 * us, d[8])
+                            vstore(u, o + 9 * us, d[9])
+                            vstore(u, o + 10 * us, d[10])
+                            vstore(u, o + 11 * us, d[11])
+                            vstore(u, o + 12 * us, d[12])
+                            vstore(u, o + 13 * us, d[13])
+                            vstore(u, o + 14 * us, d[14])
+                            vstore(u, o + 15 * us, d[15])
+                    e += rn
+                nv = (nq + VL - 1) // VL
+                for ob in range(nob):
+                    # 2. products, xi by xi: tiles of J channels x V vectors
+                    for xi in range(16):
+                        wb = (xi * nob + ob) * c * J
+                        for v in range(0, nv, V):
+                            r = min(V, nv - v)
+                            if r == 3:
+                                _product_tile(u, xi * us, qp, c, vp, wb, (v * VL, v * VL + VL, v * VL + 2 * VL), m,
+                                              xi * ms)
+                            elif r == 2:
+                                _product_tile(u, xi * us, qp, c, vp, wb, (v * VL, v * VL + VL), m, xi * ms)
+                            else:
+                                _product_tile(u, xi * us, qp, c, vp, wb, (v * VL,), m, xi * ms)
+                    # 3. output transform, bias, ReLU, channel by channel
+                    for jj in range(min(J, oc - ob * J)):
+                        o = ob * J + jj
+                        for v in range(nv):
+                            yy = _out_tf(vloads(m, jj * qp + v * VL, moff))
+                            vstore(z, v * VL, yy[0])
+                            vstore(z, qp + v * VL, yy[1])
+                            vstore(z, 2 * qp + v * VL, yy[2])
+                            vstore(z, 3 * qp + v * VL, yy[3])
+                        e = q0
+                        while e < q0 + nq:  # the four phases interleaved into the output rows
+                            k = e // nt
+                            ty = (e - k * nt) // tw
+                            tx = e - k * nt - ty * tw
+                            rn = min(tw - tx, q0 + nq - e)
+                            odd = 2 * (tx + rn) > ow  # (an odd last column has no pair)
+                            for a in range(min(2, oh - 2 * ty)):
+                                _put_row(yf, (((i0 + k) * oc + o) * oh + 2 * ty + a) * ow + 2 * tx, z,
+                                         2 * a * qp + e - q0, rn - 1 if odd else rn, odd, bias[o], relu)
+                            e += rn
 
 
 def _run(x, w, flip, bias, pt, pl, relu, y):
