@@ -119,24 +119,25 @@ def test_conv_plan_rules():
 
 
 def test_winograd_plan_rules():
-    """``auto`` picks Winograd for the Cython backend's 3x3 stride-1 layers of 16+ channels
+    """``auto`` picks Winograd for the Cython backend's 3x3 stride-1 layers of 32+ channels
     (forward and input gradient), never for Numba's; ``winograd`` forces it wherever it
     applies and runs the rest as ``direct``."""
     with fastcnn.config(conv="auto"):
         if "cython" in fastcnn.available_backends():
             k = _backend.ops("cython")
-            assert _dispatch.conv_plan(k, 100, 16, 16, 3, 3, 32, 32, 4) == "winograd"
+            assert _dispatch.conv_plan(k, 100, 32, 32, 3, 3, 16, 16, 4) == "winograd"
+            assert _dispatch.conv_plan(k, 100, 16, 16, 3, 3, 32, 32, 4) == "direct"  # as fast
             assert _dispatch.conv_plan(k, 100, 32, 64, 3, 3, 8, 8, 4, backward=True) == "winograd"
-            assert _dispatch.conv_plan(k, 100, 16, 16, 3, 3, 32, 32, 4, True, input_grad=False) == "direct"
+            assert _dispatch.conv_plan(k, 100, 32, 32, 3, 3, 16, 16, 4, True, input_grad=False) == "direct"
             assert _dispatch.conv_plan(k, 100, 16, 32, 3, 3, 16, 16, 4, strided=True) == "direct"
             assert _dispatch.conv_plan(k, 100, 3, 16, 3, 3, 32, 32, 4) == "direct"  # first layer
-            assert _dispatch.conv_plan(k, 1, 16, 16, 3, 3, 32, 32, 4) == "direct"  # one image
-            assert _dispatch.conv_plan(k, 100, 16, 16, 3, 3, 32, 32, 4, pad=3) == "direct"
+            assert _dispatch.conv_plan(k, 1, 32, 32, 3, 3, 16, 16, 4) == "direct"  # one image
+            assert _dispatch.conv_plan(k, 100, 32, 32, 3, 3, 16, 16, 4, pad=3) == "direct"
             assert _dispatch.conv_plan(k, 100, 16, 32, 5, 5, 14, 14, 4) == "direct"
-            assert _dispatch.conv_plan(k, 100, 16, 16, 3, 3, 32, 32, 8) != "winograd"  # float64
+            assert _dispatch.conv_plan(k, 100, 32, 32, 3, 3, 16, 16, 8) != "winograd"  # float64
         if "numba" in fastcnn.available_backends():
             k = _backend.ops("numba")
-            assert _dispatch.conv_plan(k, 100, 16, 16, 3, 3, 32, 32, 4) == "direct"
+            assert _dispatch.conv_plan(k, 100, 32, 32, 3, 3, 16, 16, 4) == "direct"
         assert _dispatch.conv_plan(REF, 100, 16, 16, 3, 3, 32, 32, 4) == "chunked"
     with fastcnn.config(conv="winograd"):
         for k in [REF] + [_backend.ops(b) for b in fastcnn.available_backends() if b != "numpy"]:
