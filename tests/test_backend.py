@@ -562,19 +562,24 @@ def test_direct_bit_identical_run_to_run_and_across_threads(name):
     k = _backend.ops(name)
     case = (13, 17, 12, 11, 20, 3, 5, (1, 2), "same")
     g, x, wt, b, gy = direct_data(case, 5)
+    _assert_same_bytes_at_1_and_2_threads(lambda: run_direct(k, g, x, wt, b, gy, 1))
+
+
+def _assert_same_bytes_at_1_and_2_threads(run):
+    """``run()`` (a tuple of arrays) twice at 1 thread and twice at 2 (as the cores allow):
+    the same bytes every time."""
     before = fastcnn.get_num_threads()
     runs = []
     try:
         for threads in (1, 1, 2, 2):
-            if threads > cores():
-                continue
-            fastcnn.set_num_threads(threads)
-            runs.append(run_direct(k, g, x, wt, b, gy, 1))
+            if threads <= cores():
+                fastcnn.set_num_threads(threads)
+                runs.append(run())
     finally:
         fastcnn.set_num_threads(before)
     assert len(runs) >= 2
-    for run in runs[1:]:
-        for a, c in zip(run, runs[0]):
+    for other in runs[1:]:
+        for a, c in zip(other, runs[0]):
             assert a.tobytes() == c.tobytes()
 
 
@@ -866,21 +871,9 @@ def test_winograd_bit_identical_run_to_run_and_across_threads(name):
     """Each output is summed in one fixed order: repeated runs and 1 vs 2 threads agree bit
     for bit, for whole images and for grouped small ones."""
     k = _backend.ops(name)
-    before = fastcnn.get_num_threads()
     for case in [(13, 17, 12, 11, 20, 1, 1, 12, 11), (37, 16, 8, 8, 16, 1, 1, 8, 8)]:
         x, wt, b, gy = _wdata(case, 5)
-        runs = []
-        try:
-            for threads in (1, 1, 2, 2):
-                if threads <= cores():
-                    fastcnn.set_num_threads(threads)
-                    runs.append(_wrun(k, x, wt, b, gy, 1, 1, 1))
-        finally:
-            fastcnn.set_num_threads(before)
-        assert len(runs) >= 2
-        for run in runs[1:]:
-            for a, c in zip(run, runs[0]):
-                assert a.tobytes() == c.tobytes()
+        _assert_same_bytes_at_1_and_2_threads(lambda: _wrun(k, x, wt, b, gy, 1, 1, 1))
 
 
 @pytest.mark.parametrize("name", COMPILED)

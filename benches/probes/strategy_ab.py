@@ -15,7 +15,8 @@ import time
 
 import numpy as np
 
-from fastcnn import losses, models, optim
+from fastcnn import models
+from fastcnn.train import recipe_step
 
 
 def main():
@@ -29,22 +30,11 @@ def main():
     a = p.parse_args()
     fastcnn.set_backend(a.backend)
     fastcnn.set_num_threads(a.threads)
+    _, step = recipe_step(a.model)
     c = 3 if a.model == "resnet" else 1
-    model = models.build(a.model, in_channels=c)
-    model.needs_input_grad = False
-    rec = models.RECIPES[a.model]
-    opt = (optim.Adam(model.parameters(), rec["lr"]) if rec["optimizer"] == "adam"
-           else optim.SGD(model.parameters(), rec["lr"]))
-    loss_fn = losses.SoftmaxCrossEntropy()
     rng = np.random.default_rng(0)
-    s, bs = models.INPUT_SIZE[a.model], rec["batch_size"]
+    s, bs = models.INPUT_SIZE[a.model], models.RECIPES[a.model]["batch_size"]
     data = [(rng.random((bs, c, s, s), dtype=np.float32), rng.integers(0, 10, bs)) for _ in range(3)]
-
-    def step(x, y):
-        opt.zero_grad()
-        loss_fn.forward(model.forward(x), y)
-        model.backward(loss_fn.backward())
-        opt.step()
 
     for conv in a.strategies:  # warm-up (Numba compilation, first-touch of buffers)
         with fastcnn.config(conv=conv):
