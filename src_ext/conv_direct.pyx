@@ -41,7 +41,7 @@ cdef extern from "conv_direct.h" nogil:
     fcd_i fcw_m_stride(fcd_i J, fcd_i Q)
     void fcw_pack_weights(fcd_i OC, fcd_i C, fcd_i J, fcd_i OCP, const float* w, int flip, fcd_i ob,
                           float* vp)
-    void fcw_images(const fcd_geo* g, const fcd_i* tab, const float* src, fcd_i NI, const float* vp,
+    void fcw_images(const fcd_geo* g, const float* src, fcd_i NI, const float* vp,
                     const fcd_i* st, const float* bias, int relu, fcd_i OH, fcd_i OW, float* y,
                     float* xq, fcd_i xs, int zeroed, float* u, float* m, float* z, fcd_i Q,
                     const float* nxt, fcd_i nn)
@@ -604,7 +604,7 @@ def conv2d_direct_backward_maxpool2(const float[:, :, :, ::1] gp, const int[:, :
     _in_range("conv2d_direct_backward_maxpool2", bad, "pooling indices (into the convolution's output plane)")
 
 
-cdef void _winograd_blocks(const fcd_geo* g, const Py_ssize_t* tab,
+cdef void _winograd_blocks(const fcd_geo* g,
                            const float* src, Py_ssize_t N,   # IN  (N, g.C, g.Hs, g.Ws)
                            const float* vp, const Py_ssize_t* st, Py_ssize_t NI,
                            #                                   transformed weights, vector
@@ -629,7 +629,7 @@ cdef void _winograd_blocks(const fcd_geo* g, const Py_ssize_t* tab,
         i = i0
         while i < i1:
             nn = min(NI, i1 - i - NI) * CHW  # (the next group's images, prefetched meanwhile)
-            fcw_images(g, tab, src + i * CHW, min(NI, i1 - i), vp, st, bias, relu, out.shape[2],
+            fcw_images(g, src + i * CHW, min(NI, i1 - i), vp, st, bias, relu, out.shape[2],
                        out.shape[3], &out[i, 0, 0, 0], <float*>(blocks + t * size), xs, i > i0, u,
                        <float*>(blocks + t * size + o_m), <float*>(blocks + t * size + o_z), Q,
                        src + (i + NI) * CHW if nn > 0 else NULL, nn)
@@ -641,8 +641,8 @@ cdef int _winograd(const float* src, Py_ssize_t N, Py_ssize_t C, Py_ssize_t H, P
                    const float* bias, int relu, float[:, :, :, ::1] out, int nt) except -1:
     """Winograd F(2x2, 3x3) convolution of ``src`` (N, C, H, W) with 3x3 weights ``w``
     (packed with ``flip`` as :c:func:`fcd_pack_weights`) into ``out`` (N, OC, OH, OW):
-    scratch in one allocation (transformed weights, tap offsets, a chunk's vector starts, and
-    per block of images the packed inputs of a group and the chunk buffers)."""
+    scratch in one allocation (transformed weights, a chunk's vector starts, and per block of
+    images the packed inputs of a group and the chunk buffers)."""
     cdef Py_ssize_t OH = out.shape[2], OW = out.shape[3], TH = (OH + 1) // 2, TW = (OW + 1) // 2
     cdef Py_ssize_t Tn = TH * TW, NI = min(N, max(1, (WINOGRAD_TILES + Tn - 1) // Tn))
     cdef Py_ssize_t T = min(<Py_ssize_t>nt, N), Q = min(WINOGRAD_VECTORS * fcd_VL, FCW_QMAX), v, xs
@@ -650,28 +650,25 @@ cdef int _winograd(const float* src, Py_ssize_t N, Py_ssize_t C, Py_ssize_t H, P
     fcd_geo_init(&g, C, H, W, 1, 1, OC, 4, 4, 2, 2, pt, pl, TH, TW, fcd_J)
     xs = (g.xq_size + 15) // 16 * 16
     cdef Py_ssize_t b_vp = _al64(16 * g.OCP * C * sizeof(float))
-    cdef Py_ssize_t b_tab = _al64(16 * sizeof(Py_ssize_t))
     cdef Py_ssize_t b_st = _al64(WINOGRAD_VECTORS * sizeof(Py_ssize_t))
     cdef Py_ssize_t o_u = _al64(NI * xs * sizeof(float))
     cdef Py_ssize_t o_m = o_u + _al64(16 * fcw_u_stride(C, Q) * sizeof(float))
     cdef Py_ssize_t o_z = o_m + _al64(16 * fcw_m_stride(fcd_J, Q) * sizeof(float))
     cdef Py_ssize_t size = o_z + _al64(4 * Q * sizeof(float))
-    cdef char* mem = <char*>malloc(b_vp + b_tab + b_st + T * size + 64)
+    cdef char* mem = <char*>malloc(b_vp + b_st + T * size + 64)
     if mem == NULL:
         raise MemoryError()
     cdef char* base = <char*>_al64(<Py_ssize_t>mem)
-    cdef Py_ssize_t* tab = <Py_ssize_t*>(base + b_vp)
-    cdef Py_ssize_t* st = <Py_ssize_t*>(base + b_vp + b_tab)
+    cdef Py_ssize_t* st = <Py_ssize_t*>(base + b_vp)
     cdef Py_ssize_t ob
     try:
-        fcd_make_tab(&g, tab)
         for v in range(WINOGRAD_VECTORS):
             st[v] = v * fcd_VL
         with nogil:
             for ob in prange(g.OCP // fcd_J, schedule='static', num_threads=nt):
                 fcw_pack_weights(OC, C, fcd_J, g.OCP, w, flip, ob, <float*>base)
-            _winograd_blocks(&g, tab, src, N, <float*>base, st, NI, bias, relu,
-                             base + b_vp + b_tab + b_st, size, xs, o_u, o_m, o_z, Q, out, T, nt)
+            _winograd_blocks(&g, src, N, <float*>base, st, NI, bias, relu,
+                             base + b_vp + b_st, size, xs, o_u, o_m, o_z, Q, out, T, nt)
     finally:
         free(mem)
     return 0

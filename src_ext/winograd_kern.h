@@ -5,7 +5,7 @@
  * 2tx + 1; it reads the 4x4 input window at padded row 2ty and column 2tx.  The input is
  * packed as for a 4x4 convolution of stride 2 (fcd_geo with KH = KW = 4, sh = sw = 2 and
  * OH x OW = TH x TW tiles), so window value (i, j) of VL consecutive tiles of a tile row is one
- * unaligned load at tab[i*4 + j].  Per group of NI images:
+ * unaligned load from phase (i % 2, j % 2) at (i / 2)*Wq + j / 2.  Per group of NI images:
  *   1. u[xi][c][q] = (B^T d B)[xi] for every channel c and tile q = k*T + ty*TW + tx of image k
  *      (compact: no padding columns), 16 transformed values xi per window;
  *   2. per block of J output channels and each xi: m[xi][j][q] = sum_c vp[xi][j][c] u[xi][c][q],
@@ -90,7 +90,7 @@ static void FCD_NAME(fcw_pack)(const fcd_geo* g, const float* src, float* xq, in
  * starts v*VL of a chunk.  Scratch: xq (NI packings of xs floats; zeroed: they hold earlier
  * packings of this geometry), u (16 fcw_u_stride(C, Q), finite), m (16 fcw_m_stride(J, Q)),
  * z (4 Q).  The nn floats at nxt (the next group's images) are prefetched, a part per chunk. */
-static void FCD_NAME(fcw_images)(const fcd_geo* g, const fcd_i* tab, const float* src, fcd_i NI,
+static void FCD_NAME(fcw_images)(const fcd_geo* g, const float* src, fcd_i NI,
                                  const float* vp, const fcd_i* st, const float* bias, int relu,
                                  fcd_i OH, fcd_i OW, float* y, float* xq, fcd_i xs, int zeroed,
                                  float* u, float* m, float* z, fcd_i Q, const float* nxt, fcd_i nn)
@@ -100,7 +100,6 @@ static void FCD_NAME(fcw_images)(const fcd_geo* g, const fcd_i* tab, const float
     fcd_i k, ob, xi, i, n, v, nv, jj, q0, nq, c, ty, tx, t, a, e, r, nr;
     fcd_i rq[FCW_QMAX], rn[FCW_QMAX], rsrc[FCW_QMAX], rdst[FCW_QMAX], rpairs[FCW_QMAX], rrows[FCW_QMAX];
     const fcd_i tab0[1] = {0};
-    (void)tab;
     for (k = 0; k < NI; k++)
         FCD_NAME(fcw_pack)(g, src + k * C * g->Hs * g->Ws, xq + k * xs, zeroed);
     for (q0 = 0; q0 < NI * T; q0 += Q) {
