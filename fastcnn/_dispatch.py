@@ -167,10 +167,9 @@ def _direct_wins(module, n, c, oc, kh, kw, backward, input_grad=True, strided=Fa
 def _winograd_wins(module, n, c, oc):
     """The ``auto`` rule for the Winograd kernels of backend module ``module`` (its name), for a
     3x3 convolution of stride 1, from benches/conv_direct_gflops.py (docs/PERFORMANCE.md,
-    "Winograd convolutions"): Cython with 32 or more input and output channels (at 16 the
-    direct kernels are as fast) and more than one image; never Numba's (slower than its direct
-    kernels)."""
-    return module == "fastcnn._ext" and n > 1 and c >= 32 and oc >= 32
+    "Winograd convolutions"): Cython with 16 or more input and output channels and more than
+    one image; never Numba's (slower than its direct kernels)."""
+    return module == "fastcnn._ext" and n > 1 and c >= 16 and oc >= 16
 
 
 def conv_plan(k, n, c, oc, kh, kw, oh, ow, itemsize, backward=False, input_grad=True, strided=False, pad=0):

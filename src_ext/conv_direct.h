@@ -300,6 +300,7 @@ FC_TARGET_PUSH(FC_AVX512)
 #define FCD_EVEN16 fcd_even16_avx512
 #define FCD_DEINTERLEAVE fcd_deinterleave_avx512
 #define FCD_INTERLEAVE fcd_interleave_avx512
+#define FCD_PUT_PAIRS fcd_put_pairs_avx512
 
 static inline __mmask16 fcd_mask16(fcd_i n) { return n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1u); }
 
@@ -318,6 +319,23 @@ static inline void fcd_deinterleave_avx512(const float* s, fcd_i n, float* e, fc
         if (k < no)
             _mm512_mask_storeu_ps(o + k, fcd_mask16(no - k), _mm512_permutex2var_ps(lo, io, hi));
     }
+}
+
+/* d[0 .. 32) = f(a[0]), f(c[0]), f(a[1]), f(c[1]), ..., f(v) = v + b, then the ReLU if relu
+ * (as fcd_interleave_avx512, from registers). */
+static inline void fcd_put_pairs_avx512(float* d, __m512 a, __m512 c, float b, int relu)
+{
+    const __m512i il = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    const __m512i ih = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+    const __m512 bv = _mm512_set1_ps(b), z = _mm512_setzero_ps();
+    a = _mm512_add_ps(a, bv);
+    c = _mm512_add_ps(c, bv);
+    if (relu) {
+        a = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(a, z, _CMP_LE_OQ), a, z);
+        c = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(c, z, _CMP_LE_OQ), c, z);
+    }
+    _mm512_storeu_ps(d, _mm512_permutex2var_ps(a, il, c));
+    _mm512_storeu_ps(d + 16, _mm512_permutex2var_ps(a, ih, c));
 }
 
 /* d[2e] = f(s0[e]), d[2e + 1] = f(s1[e]) for e < n, f(v) = v + b, then the ReLU if relu;
@@ -398,6 +416,7 @@ static inline void fcd_transpose16_avx512(__m512* r)
 #undef FCD_EVEN16
 #undef FCD_DEINTERLEAVE
 #undef FCD_INTERLEAVE
+#undef FCD_PUT_PAIRS
 FC_TARGET_POP
 
 /* 0 baseline, 1 avx2, 2 avx512: whether the CPU (and OS) support it. */

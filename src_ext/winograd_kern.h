@@ -98,6 +98,7 @@ static void FCD_NAME(fcw_images)(const fcd_geo* g, const float* src, fcd_i NI,
     fcd_i TH = g->OH, TW = g->OW, T = TH * TW, C = g->C, OC = g->OC, NOB = g->OCP / FCD_J;
     fcd_i US = fcw_u_stride(C, Q), MS = fcw_m_stride(FCD_J, Q), CP = C * g->plane, OHW = OH * OW;
     fcd_i k, ob, xi, i, n, v, nv, jj, q0, nq, c, ty, tx, t, a, e, r, nr;
+    int whole;
     fcd_i rq[FCW_QMAX], rn[FCW_QMAX], rsrc[FCW_QMAX], rdst[FCW_QMAX], rpairs[FCW_QMAX], rrows[FCW_QMAX];
     const fcd_i tab0[1] = {0};
     for (k = 0; k < NI; k++)
@@ -120,6 +121,11 @@ static void FCD_NAME(fcw_images)(const fcd_geo* g, const float* src, fcd_i NI,
             rpairs[nr] = 2 * (tx + n) <= OW ? n : n - 1;  /* (an odd last column has no pair) */
             rrows[nr] = 2 * ty + 1 < OH ? 2 : 1;
         }
+        /* whole: every run is one whole vector (rows of VL tiles, an even output width) */
+        whole = 0;
+#ifdef FCD_PUT_PAIRS
+        whole = TW == FCD_VL && OW == 2 * TW;
+#endif
         /* 1. input transform of the chunk's windows, run by run */
         for (r = 0; r < nr; r++)
             for (c = 0; c < C; c++)
@@ -172,11 +178,19 @@ static void FCD_NAME(fcw_images)(const fcd_geo* g, const float* src, fcd_i NI,
                     for (xi = 0; xi < 16; xi++)
                         mm[xi] = FCD_LOAD(m + xi * MS + jj * Q + v * FCD_VL);
                     FCD_NAME(fcw_out_tf)(mm, yy);
+#ifdef FCD_PUT_PAIRS
+                    if (whole) {  /* vector v is run v, a whole tile row: straight to its two rows */
+                        FCD_PUT_PAIRS(y + rdst[v] + o * OHW, yy[0], yy[1], b, relu);
+                        if (rrows[v] == 2)
+                            FCD_PUT_PAIRS(y + rdst[v] + o * OHW + OW, yy[2], yy[3], b, relu);
+                        continue;
+                    }
+#endif
                     FCD_UNROLL
                     for (i = 0; i < 4; i++)
                         FCD_STORE(z + i * Q + v * FCD_VL, yy[i]);
                 }
-                for (r = 0; r < nr; r++)  /* the four phases interleaved into the output rows */
+                for (r = 0; r < nr && !whole; r++)  /* the four phases interleaved into the output rows */
                     for (a = 0; a < rrows[r]; a++) {
                         float* __restrict__ d = y + rdst[r] + o * OHW + a * OW;
                         const float* __restrict__ s0 = z + 2 * a * Q + rq[r];

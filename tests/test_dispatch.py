@@ -119,14 +119,15 @@ def test_conv_plan_rules():
 
 
 def test_winograd_plan_rules():
-    """``auto`` picks Winograd for the Cython backend's 3x3 stride-1 layers of 32+ channels
+    """``auto`` picks Winograd for the Cython backend's 3x3 stride-1 layers of 16+ channels
     (forward and input gradient), never for Numba's; ``winograd`` forces it wherever it
     applies and runs the rest as ``direct``."""
     with fastcnn.config(conv="auto"):
         if "cython" in fastcnn.available_backends():
             k = _backend.ops("cython")
             assert _dispatch.conv_plan(k, 100, 32, 32, 3, 3, 16, 16, 4) == "winograd"
-            assert _dispatch.conv_plan(k, 100, 16, 16, 3, 3, 32, 32, 4) == "direct"  # as fast
+            assert _dispatch.conv_plan(k, 100, 16, 16, 3, 3, 32, 32, 4) == "winograd"
+            assert _dispatch.conv_plan(k, 100, 8, 16, 3, 3, 32, 32, 4) == "direct"
             assert _dispatch.conv_plan(k, 100, 32, 64, 3, 3, 8, 8, 4, backward=True) == "winograd"
             assert _dispatch.conv_plan(k, 100, 32, 32, 3, 3, 16, 16, 4, True, input_grad=False) == "direct"
             assert _dispatch.conv_plan(k, 100, 16, 32, 3, 3, 16, 16, 4, strided=True) == "direct"
