@@ -189,11 +189,46 @@ static void FCD_NAME(fcd_bwd_weight_tile)(const float* xq, fcd_i xs, const float
  * first; then only the source's cells are copied.  Each phase row's source row and column
  * range are worked out once for all channels; the copies are loops compiled for this SIMD
  * path. */
+/* fcd_pack_input for sh = sw = 2, no dilation, pt, pl >= 0, in source order: each source row
+ * is read once, its even and odd columns written to their two phases (the general loop below
+ * visits the channels within each phase row, a cache miss per row on a batch's first pass). */
+static void FCD_NAME(fcd_pack_input_s2)(const fcd_geo* g, const float* src, float* xq)
+{
+    fcd_i c, r, m, hh, R, e0 = g->pl / 2, o0 = (g->pl + 1) / 2, ne, no;
+    fcd_i be = g->pl % 2, bo = 1 - be;
+    ne = (g->Ws + 1) / 2;  /* even source columns 2m -> phase column m + e0 < Wq */
+    if (ne > g->Wq - e0) ne = g->Wq - e0;
+    no = g->Ws / 2;  /* odd source columns 2m + 1 -> phase column m + o0 < Wq */
+    if (no > g->Wq - o0) no = g->Wq - o0;
+    for (c = 0; c < g->C; c++)
+        for (r = 0; r < g->Hs; r++) {
+            R = r + g->pt;
+            hh = R / 2;
+            if (hh >= g->Hq)
+                continue;
+            const float* __restrict__ s = src + (c * g->Hs + r) * g->Ws;
+            float* __restrict__ de = xq + (((R % 2) * 2 + be) * g->C + c) * g->plane + hh * g->Wq + e0;
+            float* __restrict__ dd = xq + (((R % 2) * 2 + bo) * g->C + c) * g->plane + hh * g->Wq + o0;
+#ifdef FCD_DEINTERLEAVE
+            FCD_DEINTERLEAVE(s, g->Ws, de, ne, dd, no);
+#else
+            for (m = 0; m < ne; m++)
+                de[m] = s[2 * m];
+            for (m = 0; m < no; m++)
+                dd[m] = s[2 * m + 1];
+#endif
+        }
+}
+
 static void FCD_NAME(fcd_pack_input)(const fcd_geo* g, const float* src, float* xq, int zeroed)
 {
     fcd_i a, b, c, hh, ww, u, v, lo, hi, HW = g->Hs * g->Ws;
     if (!zeroed)
         memset(xq, 0, (size_t)g->xq_size * sizeof(float));
+    if (g->sh == 2 && g->sw == 2 && g->dh == 1 && g->dw == 1 && g->pt >= 0 && g->pl >= 0) {
+        FCD_NAME(fcd_pack_input_s2)(g, src, xq);
+        return;
+    }
     for (a = 0; a < g->sh; a++) {
         for (b = 0; b < g->sw; b++) {
             float* ph = xq + (a * g->sw + b) * g->C * g->plane;

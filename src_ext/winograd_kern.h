@@ -51,39 +51,6 @@ static inline __attribute__((always_inline)) void FCD_NAME(fcw_out_tf)(const FCD
     }
 }
 
-/* src (C, Hs, Ws) -> xq, the stride-2 phase packing of fcd_pack_input (sh = sw = 2, no
- * dilation), in source order: each source row is read once, its even and odd columns written
- * to their two phases.  Unless ``zeroed`` (as fcd_pack_input) the buffer is zeroed first. */
-static void FCD_NAME(fcw_pack)(const fcd_geo* g, const float* src, float* xq, int zeroed)
-{
-    fcd_i c, r, m, hh, R, e0 = g->pl / 2, o0 = (g->pl + 1) / 2, ne, no;
-    fcd_i be = g->pl % 2, bo = 1 - be;
-    if (!zeroed)
-        memset(xq, 0, (size_t)g->xq_size * sizeof(float));
-    ne = (g->Ws + 1) / 2;  /* even source columns 2m -> phase column m + e0 < Wq */
-    if (ne > g->Wq - e0) ne = g->Wq - e0;
-    no = g->Ws / 2;  /* odd source columns 2m + 1 -> phase column m + o0 < Wq */
-    if (no > g->Wq - o0) no = g->Wq - o0;
-    for (c = 0; c < g->C; c++)
-        for (r = 0; r < g->Hs; r++) {
-            R = r + g->pt;
-            hh = R / 2;
-            if (R < 0 || hh >= g->Hq)
-                continue;
-            const float* __restrict__ s = src + (c * g->Hs + r) * g->Ws;
-            float* __restrict__ de = xq + (((R % 2) * 2 + be) * g->C + c) * g->plane + hh * g->Wq + e0;
-            float* __restrict__ dd = xq + (((R % 2) * 2 + bo) * g->C + c) * g->plane + hh * g->Wq + o0;
-#ifdef FCD_DEINTERLEAVE
-            FCD_DEINTERLEAVE(s, g->Ws, de, ne, dd, no);
-#else
-            for (m = 0; m < ne; m++)
-                de[m] = s[2 * m];
-            for (m = 0; m < no; m++)
-                dd[m] = s[2 * m + 1];
-#endif
-        }
-}
-
 /* A group of NI images: src (NI, C, Hs, Ws) -> y (NI, OC, OH, OW) (OH, OW: the convolution's
  * output; g: the 4x4 stride-2 packing with g->OH x g->OW tiles), in chunks of Q <= FCW_QMAX
  * tile positions (a multiple of VL).  vp: transformed weights [xi][ob][c][J]; st: the vector
@@ -102,7 +69,7 @@ static void FCD_NAME(fcw_images)(const fcd_geo* g, const float* src, fcd_i NI,
     fcd_i rq[FCW_QMAX], rn[FCW_QMAX], rsrc[FCW_QMAX], rdst[FCW_QMAX], rpairs[FCW_QMAX], rrows[FCW_QMAX];
     const fcd_i tab0[1] = {0};
     for (k = 0; k < NI; k++)
-        FCD_NAME(fcw_pack)(g, src + k * C * g->Hs * g->Ws, xq + k * xs, zeroed);
+        FCD_NAME(fcd_pack_input)(g, src + k * C * g->Hs * g->Ws, xq + k * xs, zeroed);
     for (q0 = 0; q0 < NI * T; q0 += Q) {
         nq = NI * T - q0 < Q ? NI * T - q0 : Q;
         nv = (nq + FCD_VL - 1) / FCD_VL;
