@@ -225,16 +225,13 @@ def _conv2d_forward(k: ModuleType, x: np.ndarray, weight: np.ndarray, bias: np.n
     dt = x.dtype
     plan = _dispatch.conv_plan(k, n, c, oc, g.kh, g.kw, g.oh, g.ow, dt.itemsize, strided=g.sh * g.sw > 1,
                                pad=max(g.pt, g.pl))
+    if plan in ("direct", "winograd") and bias is None:
+        bias = _buf(ws, "zeros", (oc,), dt)
+        bias[...] = 0
     if plan == "winograd":  # (a 2x2 pooling after it: by max_pool2d below)
-        if bias is None:
-            bias = _buf(ws, "zeros", (oc,), dt)
-            bias[...] = 0
         y = np.empty((n, oc, g.oh, g.ow), dt)
         k.conv2d_winograd_forward(x, weight, bias, g.pt, g.pl, int(bool(relu)), y)
     elif plan == "direct":
-        if bias is None:
-            bias = _buf(ws, "zeros", (oc,), dt)
-            bias[...] = 0
         if max_pool2 and g.oh >= 2 and g.ow >= 2:
             y = np.empty((n, oc, g.oh // 2, g.ow // 2), dt)
             idx = np.empty(y.shape if return_indices else (0, 0, 0, 0), np.int32)

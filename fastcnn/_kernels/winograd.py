@@ -63,6 +63,24 @@ def _product_tile(u, ub, qp, c, vp, wb, offs, m, mb):
     tile_store(m, mb, qp, offs, acc)
 
 
+@helper
+def _runs(q0, nq, nt, tw, runs):
+    """The runs of a chunk ``[q0, q0 + nq)`` of a group's tiles (``nt`` per image, ``tw`` per tile
+    row): tiles of one tile row, ``runs[r] = (chunk position, length, image, tile row, first
+    tile)``; returns their count."""
+    nr = 0
+    e = q0
+    while e < q0 + nq:
+        k = e // nt
+        ty = (e - k * nt) // tw
+        tx = e - k * nt - ty * tw
+        rn = min(tw - tx, q0 + nq - e)
+        runs[nr, 0], runs[nr, 1], runs[nr, 2], runs[nr, 3], runs[nr, 4] = e - q0, rn, k, ty, tx
+        nr += 1
+        e += rn
+    return nr
+
+
 #: Groups of images are run in at most this many chunks of consecutive ones, each with one
 #: set of buffers.
 _CHUNKS = 64
@@ -114,21 +132,19 @@ def _winograd(xf, xs, cs, ps, wq, vp, bias, relu, ni, y):
         u = np.zeros(16 * us + MAX_VL, np.float32)
         m = np.zeros(16 * ms + MAX_VL, np.float32)
         z = np.zeros(4 * qp, np.float32)
+        runs = np.empty((q, 5), np.int64)  # a chunk's runs: position, length, image, tile row, column
         for gi in range(ch * groups // chunks, (ch + 1) * groups // chunks):
             i0 = gi * ni
             nq_all = min(ni, n - i0) * nt
             for q0 in range(0, nq_all, q):
                 nq = min(q, nq_all - q0)
+                nr = _runs(q0, nq, nt, tw, runs)
                 # 1. input transform, run by run (tiles of one tile row), full vectors in order
-                e = q0
-                while e < q0 + nq:
-                    k = e // nt
-                    ty = (e - k * nt) // tw
-                    tx = e - k * nt - ty * tw
-                    rn = min(tw - tx, q0 + nq - e)
+                for r in range(nr):
+                    e, rn, k, ty, tx = runs[r, 0], runs[r, 1], runs[r, 2], runs[r, 3], runs[r, 4]
                     for ci in range(c):
                         src = (i0 + k) * xs + ci * cs + ty * wq + tx
-                        dst = ci * qp + e - q0
+                        dst = ci * qp + e
                         for t in range(0, rn, VL):
                             d = _in_tf(vloads(xf, src + t, tab))
                             o = dst + t
@@ -148,7 +164,6 @@ def _winograd(xf, xs, cs, ps, wq, vp, bias, relu, ni, y):
                             vstore(u, o + 13 * us, d[13])
                             vstore(u, o + 14 * us, d[14])
                             vstore(u, o + 15 * us, d[15])
-                    e += rn
                 nv = (nq + VL - 1) // VL
                 for ob in range(nob):
                     # 2. products, xi by xi: tiles of J channels x V vectors
@@ -172,17 +187,12 @@ def _winograd(xf, xs, cs, ps, wq, vp, bias, relu, ni, y):
                             vstore(z, qp + v * VL, yy[1])
                             vstore(z, 2 * qp + v * VL, yy[2])
                             vstore(z, 3 * qp + v * VL, yy[3])
-                        e = q0
-                        while e < q0 + nq:  # the four phases interleaved into the output rows
-                            k = e // nt
-                            ty = (e - k * nt) // tw
-                            tx = e - k * nt - ty * tw
-                            rn = min(tw - tx, q0 + nq - e)
+                        for r in range(nr):  # the four phases interleaved into the output rows
+                            e, rn, k, ty, tx = runs[r, 0], runs[r, 1], runs[r, 2], runs[r, 3], runs[r, 4]
                             odd = 2 * (tx + rn) > ow  # (an odd last column has no pair)
                             for a in range(min(2, oh - 2 * ty)):
                                 _put_row(yf, (((i0 + k) * oc + o) * oh + 2 * ty + a) * ow + 2 * tx, z,
-                                         2 * a * qp + e - q0, rn - 1 if odd else rn, odd, bias[o], relu)
-                            e += rn
+                                         2 * a * qp + e, rn - 1 if odd else rn, odd, bias[o], relu)
 
 
 def _run(x, w, flip, bias, pt, pl, relu, y):
