@@ -194,7 +194,7 @@ static void FCD_NAME(fcd_bwd_weight_tile)(const float* xq, fcd_i xs, const float
  * visits the channels within each phase row, a cache miss per row on a batch's first pass). */
 static void FCD_NAME(fcd_pack_input_s2)(const fcd_geo* g, const float* src, float* xq)
 {
-    fcd_i c, r, m, hh, R, e0 = g->pl / 2, o0 = (g->pl + 1) / 2, ne, no;
+    fcd_i c, r, hh, R, e0 = g->pl / 2, o0 = (g->pl + 1) / 2, ne, no;
     fcd_i be = g->pl % 2, bo = 1 - be;
     ne = (g->Ws + 1) / 2;  /* even source columns 2m -> phase column m + e0 < Wq */
     if (ne > g->Wq - e0) ne = g->Wq - e0;
@@ -212,9 +212,9 @@ static void FCD_NAME(fcd_pack_input_s2)(const fcd_geo* g, const float* src, floa
 #ifdef FCD_DEINTERLEAVE
             FCD_DEINTERLEAVE(s, g->Ws, de, ne, dd, no);
 #else
-            for (m = 0; m < ne; m++)
+            for (fcd_i m = 0; m < ne; m++)
                 de[m] = s[2 * m];
-            for (m = 0; m < no; m++)
+            for (fcd_i m = 0; m < no; m++)
                 dd[m] = s[2 * m + 1];
 #endif
         }
