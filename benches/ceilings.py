@@ -62,12 +62,16 @@ static void memcpy_(void *d, const void *s, unsigned long n) {
 /* 24 zmm accumulators (of 32 registers); 12 ymm ones (16 registers without AVX512VL). */
 float fma_zmm(int64_t iters) { BODY(__m512, _mm512_set1_ps, _mm512_fmadd_ps, _mm512_add_ps, 16, 24) }
 float fma_ymm(int64_t iters) { BODY(__m256, _mm256_set1_ps, _mm256_fmadd_ps, _mm256_add_ps, 8, 12) }
-/* n dependent adds: n cycles (1-cycle latency); 8 per iteration hide the loop overhead. */
+/* n dependent register adds: n cycles (1-cycle latency); 8 per iteration hide the loop
+   overhead.  Register operands, not immediates: some cores fold chains of immediate adds at
+   rename, which made such a chain run several adds per cycle. */
 uint64_t dep_adds(int64_t n) {
-    uint64_t x = 0;
+    uint64_t x = 0, one = 1;
+    __asm__ volatile("" : "+r"(one));
     for (int64_t i = 0; i < n; i += 8)
-        __asm__ volatile("add $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\t"
-                         "add $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\tadd $1, %0" : "+r"(x));
+        __asm__ volatile("add %1, %0\n\tadd %1, %0\n\tadd %1, %0\n\tadd %1, %0\n\t"
+                         "add %1, %0\n\tadd %1, %0\n\tadd %1, %0\n\tadd %1, %0"
+                         : "+r"(x) : "r"(one));
     return x;
 }
 """
