@@ -207,7 +207,7 @@ static inline fcd_i fcw_m_stride(fcd_i J, fcd_i Q) { return J * Q + 16; }
 typedef void (*fcd_fwd_fn)(const fcd_geo*, const float*, const fcd_i*, const float*, const fcd_i*,
                            const fcd_i*, const fcd_i*, fcd_i, const float*, int, float*, float*);
 typedef void (*fcd_bww_fn)(const float*, fcd_i, const float*, fcd_i, fcd_i, fcd_i, fcd_i, fcd_i,
-                           fcd_i, fcd_i, int, const fcd_i*, float*, int);
+                           fcd_i, fcd_i, int, const fcd_i*, float*, int, int);
 typedef float (*fcd_probe_fn)(long, float);
 typedef void (*fcd_pack_fn)(const fcd_geo*, const float*, fcd_i, float*);
 typedef void (*fcd_pack_in_fn)(const fcd_geo*, const float*, float*, int);

@@ -16,7 +16,7 @@ include "_common.pxi"
 cdef extern from "conv_direct.h" nogil:
     ctypedef Py_ssize_t fcd_i
     ctypedef struct fcd_geo:
-        fcd_i C, Hs, Ws, OC, KH, KW, OH, OW, Hq, Wq, plane, P, PR, xq_size, J, OCP
+        fcd_i C, Hs, Ws, OC, KH, KW, sw, OH, OW, Hq, Wq, plane, P, PR, xq_size, J, OCP
     void fcd_geo_init(fcd_geo* g, fcd_i C, fcd_i Hs, fcd_i Ws, fcd_i dh, fcd_i dw, fcd_i OC,
                       fcd_i KH, fcd_i KW, fcd_i sh, fcd_i sw, fcd_i pt, fcd_i pl, fcd_i OH,
                       fcd_i OW, fcd_i J)
@@ -33,7 +33,7 @@ cdef extern from "conv_direct.h" nogil:
     fcd_i fcd_pixel_starts(const fcd_geo* g, fcd_i VL, fcd_i* st, fcd_i* yo, fcd_i* nv, int* rows)
     void fcd_bwd_weight_tile(const float* xq, fcd_i xs, const float* gt, fcd_i gs, fcd_i NI,
                              fcd_i OCV, fcd_i OH, fcd_i OW, fcd_i Wq, fcd_i ob, int V,
-                             const fcd_i* off, float* out, int add)
+                             const fcd_i* off, float* out, int add, int kw)
     void fcd_prefetch_part(const float* p, fcd_i n, fcd_i k, fcd_i K)
     float fcd_fma_probe(long iters, float m)
     enum: FCW_QMAX
@@ -468,9 +468,14 @@ cdef Py_ssize_t _weight(const fcd_geo* g, const float* gy, const _Unpool* up,
     cdef Py_ssize_t KK = gw.shape[2] * gw.shape[3]
     cdef Py_ssize_t VL = fcd_VL, OCV = (OC + VL - 1) // VL * VL
     # Tiles of V channel vectors x T taps (q = c*KK + kk; padded with offset 0 up to NQB*T);
-    # U = NOB*NQB tiles per image.
+    # U = NOB*NQB tiles per image.  Rows of 3 or 5 taps at stride 1 along the rows: tiles of
+    # whole tap rows (kw = KW; fcd_bwd_weight_tile's row pointers).
     cdef int V = 2 if (OCV // VL) % 2 == 0 else 1
-    cdef Py_ssize_t T = fcd_WT * (2 // V), Q = C * KK, NQB = (Q + T - 1) // T
+    cdef int kw = 0
+    if g.sw == 1 and (gw.shape[3] == 3 or gw.shape[3] == 5):
+        kw = <int>gw.shape[3]
+    cdef Py_ssize_t T = (fcd_WT * 2 // V // kw) * kw if kw else fcd_WT * (2 // V)
+    cdef Py_ssize_t Q = C * KK, NQB = (Q + T - 1) // T
     cdef Py_ssize_t NOB = OCV // (V * VL), U = NOB * NQB, S = min(<Py_ssize_t>SLOTS, N), P = OH * OW
     # Tasks: a slot's images through a G-th of the tiles (G > 1 only when there are fewer
     # than two slots per thread; each such task packs the slot's images itself).
@@ -535,7 +540,7 @@ cdef Py_ssize_t _weight(const fcd_geo* g, const float* gy, const _Unpool* up,
                             ob = u // NQB
                             qb = u - ob * NQB
                             fcd_bwd_weight_tile(xq, xs, gt, gs, ni, OCV, OH, OW, g.Wq, ob, V, &off[qb * T],
-                                                &part[s, qb * T * OCV], i > i0)
+                                                &part[s, qb * T * OCV], i > i0, kw)
                             if nn > 0:
                                 fcd_prefetch_part(&x[i + ni, 0, 0, 0], nn * xsize, u - u0, u1 - u0)
                                 if up == NULL:

@@ -8,6 +8,14 @@
 #define FCD_NAME(n) FCD_CAT(n, FCD_SUFFIX)
 #ifndef FCD_UNROLL  /* register tiles: the small constant loops must be fully unrolled */
 #define FCD_UNROLL _Pragma("GCC unroll 32")
+/* GCC's predictive commoning would carry fcd_bww_rows' broadcasts from one column to the next
+ * (tap j + 1 at ow is tap j at ow + 1) in spilled vector registers; the tile wants them
+ * reloaded (a broadcast load is one FMA operand). */
+#if defined(__GNUC__) && !defined(__clang__)
+#define FCD_NO_PCOM __attribute__((optimize("no-predictive-commoning", "fp-contract=off")))
+#else
+#define FCD_NO_PCOM
+#endif
 /* A register tile acc[R][V] of vectors: zeroed; updated by acc[r][v] += x[v] * s(r) (one
  * broadcast of the scalar expression s(r_) per row); each vector stored at addr(r_, v_). */
 #define FCD_TILE_ZERO(acc, R, V) \
@@ -168,17 +176,78 @@ FCD_NAME(fcd_bww_tile)(const float* xq, fcd_i xs, const float* gt, fcd_i gs, fcd
     FCD_TILE_STORE(acc, T, V, out + r_ * OCV + v_ * FCD_VL)
 }
 
+/* fcd_bww_tile for taps in R whole rows of KW (stride 1 along the rows: tap r*KW + j reads
+ * row pointer r at column ow + j): R row pointers instead of R*KW tap offsets, so the tile's
+ * addresses stay in registers.  The same FMAs in the same order as fcd_bww_tile. */
+static inline __attribute__((always_inline)) void
+FCD_NAME(fcd_bww_rows)(const float* xq, fcd_i xs, const float* gt, fcd_i gs, fcd_i NI, fcd_i OCV,
+                       fcd_i OH, fcd_i OW, fcd_i Wq, const fcd_i* off, float* out, int add,
+                       const int V, const int R, const int KW)
+{
+    FCD_VT acc[2 * FCD_WT][2];  /* [tap][channel vector] */
+    fcd_i n, oh, ow;
+    if (add) {
+        FCD_UNROLL for (int r_ = 0; r_ < R * KW; r_++)
+            FCD_UNROLL for (int v_ = 0; v_ < V; v_++) acc[r_][v_] = FCD_LOAD(out + r_ * OCV + v_ * FCD_VL);
+    } else {
+        FCD_TILE_ZERO(acc, R * KW, V)
+    }
+    for (n = 0; n < NI; n++)
+        for (oh = 0; oh < OH; oh++) {
+            const float* xr[2 * FCD_WT];
+            const float* gb = gt + n * gs + oh * OW * OCV;
+            FCD_UNROLL for (int r_ = 0; r_ < R; r_++) xr[r_] = xq + n * xs + oh * Wq + off[r_ * KW];
+            for (ow = 0; ow < OW; ow++) {
+                FCD_VT gv[2];
+                FCD_UNROLL for (int v_ = 0; v_ < V; v_++) gv[v_] = FCD_LOAD(gb + ow * OCV + v_ * FCD_VL);
+                FCD_UNROLL for (int r_ = 0; r_ < R; r_++)
+                    FCD_UNROLL for (int j_ = 0; j_ < KW; j_++) {
+                        FCD_VT b_ = FCD_SET1(xr[r_][ow + j_]);
+                        FCD_UNROLL for (int v_ = 0; v_ < V; v_++)
+                            acc[r_ * KW + j_][v_] = FCD_FMA(gv[v_], b_, acc[r_ * KW + j_][v_]);
+                    }
+            }
+        }
+    FCD_TILE_STORE(acc, R * KW, V, out + r_ * OCV + v_ * FCD_VL)
+}
+
+/* fcd_bww_rows for 1 or 2 channel vectors and rows of 3 or 5 taps, each compiled without
+ * predictive commoning. */
+#define FCD_BWW_ROWS(V_, KW_) \
+FCD_NO_PCOM __attribute__((noinline)) static void \
+FCD_NAME(fcd_bww_rows##V_##_##KW_)(const float* xq, fcd_i xs, const float* gt, fcd_i gs, fcd_i NI, \
+                                    fcd_i OCV, fcd_i OH, fcd_i OW, fcd_i Wq, const fcd_i* off, \
+                                    float* out, int add) \
+{ \
+    FCD_NAME(fcd_bww_rows)(xq, xs, gt, gs, NI, OCV, OH, OW, Wq, off, out, add, V_, \
+                           2 * FCD_WT / V_ / KW_, KW_); \
+}
+FCD_BWW_ROWS(1, 3)
+FCD_BWW_ROWS(1, 5)
+FCD_BWW_ROWS(2, 3)
+FCD_BWW_ROWS(2, 5)
+#undef FCD_BWW_ROWS
+
 /* NI images (packed inputs xq + i*xs, channels-last gradients gt + i*gs) into a slot's
  * partial sums: channel vectors ob*V ... (V = 1 or 2 vectors of VL channels), taps
  * off[0 .. T) with T = 2*WT/V; out[t*OCV + channel] (out: the slot's (Q, OCV) sums, offset to
  * the tile's first tap), started from zero unless add. */
 static void FCD_NAME(fcd_bwd_weight_tile)(const float* xq, fcd_i xs, const float* gt, fcd_i gs,
                                           fcd_i NI, fcd_i OCV, fcd_i OH, fcd_i OW, fcd_i Wq,
-                                          fcd_i ob, int V, const fcd_i* off, float* out, int add)
+                                          fcd_i ob, int V, const fcd_i* off, float* out, int add,
+                                          int kw)
 {
     const float* g = gt + ob * V * FCD_VL;
     float* o = out + ob * V * FCD_VL;
-    if (V == 2)
+    if (kw == 3 && V == 1)
+        FCD_NAME(fcd_bww_rows1_3)(xq, xs, g, gs, NI, OCV, OH, OW, Wq, off, o, add);
+    else if (kw == 5 && V == 1)
+        FCD_NAME(fcd_bww_rows1_5)(xq, xs, g, gs, NI, OCV, OH, OW, Wq, off, o, add);
+    else if (kw == 3)
+        FCD_NAME(fcd_bww_rows2_3)(xq, xs, g, gs, NI, OCV, OH, OW, Wq, off, o, add);
+    else if (kw == 5)
+        FCD_NAME(fcd_bww_rows2_5)(xq, xs, g, gs, NI, OCV, OH, OW, Wq, off, o, add);
+    else if (V == 2)
         FCD_NAME(fcd_bww_tile)(xq, xs, g, gs, NI, OCV, OH, OW, Wq, off, o, add, 2, FCD_WT);
     else
         FCD_NAME(fcd_bww_tile)(xq, xs, g, gs, NI, OCV, OH, OW, Wq, off, o, add, 1, 2 * FCD_WT);

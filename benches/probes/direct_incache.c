@@ -34,8 +34,8 @@ static void shape(int C, int OC, int H, int K, int s, double peak)
     fcd_geo_init(&g, C, H, H, 1, 1, OC, K, K, s, s, pad, pad, OH, OH, fcd_J);
     fcd_i L = g.P / fcd_VL + 1 + g.OH * (g.OW / fcd_VL + 1), tab[64], r, u;
     fcd_i KK = K * K, Q = C * KK, OCV = (OC + fcd_VL - 1) / fcd_VL * fcd_VL;
-    int V = (OCV / fcd_VL) % 2 == 0 ? 2 : 1, rows;
-    fcd_i T = fcd_WT * (2 / V), NQB = (Q + T - 1) / T, NOB = OCV / (V * fcd_VL);
+    int V = (OCV / fcd_VL) % 2 == 0 ? 2 : 1, rows, kw = s == 1 && (K == 3 || K == 5) ? K : 0;
+    fcd_i T = kw ? fcd_WT * 2 / V / kw * kw : fcd_WT * (2 / V), NQB = (Q + T - 1) / T, NOB = OCV / (V * fcd_VL);
     float *x = buf(C * H * H), *w = buf(OC * C * KK), *gy = buf(OC * OH * OH), *bias = buf(OC);
     float *wp = buf(g.OCP * C * KK), *xq = buf(g.xq_size), *y = buf(OC * OH * OH), *yg = buf(g.OCP * g.PR);
     float *gt = buf(OH * OH * OCV), *part = buf(NQB * T * OCV);
@@ -66,7 +66,7 @@ static void shape(int C, int OC, int H, int K, int s, double peak)
     for (r = 0; r < reps; r++)
         for (u = 0; u < NOB * NQB; u++)
             fcd_bwd_weight_tile(xq, 0, gt, 0, 1, OCV, OH, OH, g.Wq, u / NQB, V, &off[(u % NQB) * T],
-                                &part[(u % NQB) * T * OCV], r > 0);
+                                &part[(u % NQB) * T * OCV], r > 0, kw);
     double tw = (now() - t0) / reps;
     double gf = 2.0 * OC * C * KK * OH * OH / 1e9;
     printf("| %d -> %d, %dx%d, k%d s%d | %.2f | %.2f (%.0f%%) | %.2f (%.0f%%) |\n", C, OC, H, H, K, s, tp * 1e6,
