@@ -16,7 +16,8 @@ from .. import _backend, _config, _threads
 from . import activation as _activation
 from . import pool as _pool
 from ._common import _u, add_plane, helper, parallel_kernel, total
-from ._simd import MAX_TAPS, MAX_VL, VL, WT, J, V, tile_fma, tile_fma_at, tile_store, tile_zero, vloads, wtile_load
+from ._simd import (MAX_TAPS, MAX_VL, VL, WT, J, V, tile_fma, tile_fma_at, tile_fma_rows3, tile_store, tile_zero, vloads,
+                    wtile_load)
 
 
 def _grid(x, kh, kw, sh, sw, pt, pl, oh, ow):
@@ -212,17 +213,22 @@ def _channels_last(gy, gt):
 
 
 @helper
-def _wgrad_tile(xf, xs, gf, gs, i0, ni, oh, ow, wq, ocv, offs, off, q0, part, pb, add):
-    """One weight-gradient tile: the channel vectors at ``offs`` x the taps ``off[q0 ...]``,
-    over the output positions of images ``i0 .. i0+ni`` (in order), started from
-    ``part[pb ...]`` (``add``) or zero, stored back there (row pitch ``ocv``)."""
+def _wgrad_tile(xf, xs, gf, gs, i0, ni, oh, ow, wq, ocv, offs, off, q0, part, pb, add, rows3):
+    """One weight-gradient tile: the channel vectors at ``offs`` x the taps ``off[q0 ...]``
+    (``rows3``: in rows of 3, :func:`tile_fma_rows3`), over the output positions of images
+    ``i0 .. i0+ni`` (in order), started from ``part[pb ...]`` (``add``) or zero, stored back
+    there (row pitch ``ocv``)."""
     acc = wtile_load(part, pb, ocv, offs) if add else wtile_load(None, pb, ocv, offs)
     for i in range(i0, i0 + ni):
         for r in range(oh):
             xr = i * xs + r * wq
             gr = i * gs + r * ow * ocv
-            for q in range(ow):
-                acc = tile_fma_at(acc, vloads(gf, gr + q * ocv, offs), xf, xr + q, off, q0)
+            if rows3:
+                for q in range(ow):
+                    acc = tile_fma_rows3(acc, vloads(gf, gr + q * ocv, offs), xf, xr + q, off, q0)
+            else:
+                for q in range(ow):
+                    acc = tile_fma_at(acc, vloads(gf, gr + q * ocv, offs), xf, xr + q, off, q0)
     tile_store(part, pb, ocv, offs, acc)
 
 
@@ -234,11 +240,12 @@ def _taps_per_tile(ocv):
 
 
 @parallel_kernel(fma=True)
-def _backward_weight(xf, xs, off, gt, n, oh, ow, wq, groups, ni_max, part):
+def _backward_weight(xf, xs, off, gt, n, oh, ow, wq, groups, ni_max, rows3, part):
     """``part[s, q, o]``: slot ``s``'s sum of the weight gradient of tap ``q = c*KK + kk`` (its
-    input at grid position + ``off[q]``) and output channel ``o`` over its images (image ``i``
-    in slot ``i*S//n``), in image order.  Work items: a slot's images through a ``groups``-th
-    of its tiles, ``ni_max`` images at a time (all of a chunk's tiles while it is in cache)."""
+    input at grid position + ``off[q]``; ``rows3``: taps in rows of 3) and output channel ``o``
+    over its images (image ``i`` in slot ``i*S//n``), in image order.  Work items: a slot's
+    images through a ``groups``-th of its tiles, ``ni_max`` images at a time (all of a chunk's
+    tiles while it is in cache)."""
     ns, qt, ocv = part.shape
     gs = gt.shape[1] * ocv
     gf = gt.reshape(gt.size)
@@ -262,9 +269,10 @@ def _backward_weight(xf, xs, off, gt, n, oh, ow, wq, groups, ni_max, part):
                 c0 = ob * nv * VL
                 pb = (s * qt + qb * t_n) * ocv
                 if nv == 2:
-                    _wgrad_tile(xf, xs, gf, gs, i, ni, oh, ow, wq, ocv, (c0, c0 + VL), off, qb * t_n, pf, pb, i > i0)
+                    _wgrad_tile(xf, xs, gf, gs, i, ni, oh, ow, wq, ocv, (c0, c0 + VL), off, qb * t_n, pf, pb, i > i0,
+                                rows3)
                 else:
-                    _wgrad_tile(xf, xs, gf, gs, i, ni, oh, ow, wq, ocv, (c0,), off, qb * t_n, pf, pb, i > i0)
+                    _wgrad_tile(xf, xs, gf, gs, i, ni, oh, ow, wq, ocv, (c0,), off, qb * t_n, pf, pb, i > i0, rows3)
 
 
 @parallel_kernel(fma=True)
@@ -323,7 +331,10 @@ def conv2d_direct_backward_weight(gy, x, sh, sw, pt, pl, gw, gb):
     groups = 1 if slots >= 2 * threads else -(-2 * threads // slots)
     per_image = (oh * ow * ocv + c * cs) * 4
     ni_max = max(1, min(-(-n // slots), _config.DIRECT_WGRAD_BYTES // per_image))
-    _backward_weight(xf, c * cs, off, gt, n, oh, ow, wq, groups, ni_max, part)
+    # 3-wide rows at horizontal stride 1: every tile (T = WT or 2*WT taps, a multiple of 3 on
+    # every SIMD path) is whole tap rows, its taps at +0, +1, +2.
+    rows3 = kw == 3 and sw == 1 and WT % 3 == 0
+    _backward_weight(xf, c * cs, off, gt, n, oh, ow, wq, groups, ni_max, rows3, part)
     _sum_slots(part, gw)
     if gb.shape[0]:  # (an empty gb: no bias gradient wanted)
         _bias_grad(gy, gb)
