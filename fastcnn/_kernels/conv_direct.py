@@ -16,8 +16,21 @@ from .. import _backend, _config, _threads
 from . import activation as _activation
 from . import pool as _pool
 from ._common import _u, add_plane, helper, parallel_kernel, total
-from ._simd import (MAX_TAPS, MAX_VL, VL, WT, J, V, tile_fma, tile_fma_at, tile_fma_rows3, tile_store, tile_zero, vloads,
-                    wtile_load)
+from ._simd import (
+    MAX_TAPS,
+    MAX_VL,
+    VL,
+    WT,
+    J,
+    V,
+    tile_fma,
+    tile_fma_at,
+    tile_fma_rows3,
+    tile_store,
+    tile_zero,
+    vloads,
+    wtile_load,
+)
 
 
 def _grid(x, kh, kw, sh, sw, pt, pl, oh, ow):
