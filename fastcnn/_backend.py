@@ -32,6 +32,8 @@ PRIMITIVES = (
     "avgpool2d_backward",
     "relu_forward",
     "relu_backward",
+    "add_forward",
+    "add_relu_forward",
     "softmax_xent_forward",
     "softmax_xent_backward",
     "batchnorm_stats",
@@ -320,6 +322,16 @@ def sizes_relu_forward(x, y):
 def sizes_relu_backward(gy, y, gx):
     if not (gy == y and y == gx):
         raise ValueError("relu_backward: gy, y and gx differ in size")
+
+
+def sizes_add_forward(a, b, y):
+    if not (a == b and b == y):
+        raise ValueError("add_forward: a, b and y differ in size")
+
+
+def sizes_add_relu_forward(a, b, y):
+    if not (a == b and b == y):
+        raise ValueError("add_relu_forward: a, b and y differ in size")
 
 
 def sizes_softmax_xent_forward(logits, labels, probs, losses):

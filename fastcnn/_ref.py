@@ -316,6 +316,19 @@ def relu_backward(gy, y, gx):
     np.multiply(gy, y > 0, out=gx)
 
 
+def add_forward(a, b, y):
+    """``y = a + b`` (float32); a, b, y : any shape, the same size, C-contiguous (y may be a or
+    b): the sum of a residual block's two branches, or of two gradients."""
+    np.add(a, b, out=y)
+
+
+def add_relu_forward(a, b, y):
+    """``y = max(a + b, 0)``: :func:`add_forward`, then :func:`relu_forward`'s rule (NaN stays
+    NaN, -0.0 becomes +0.0), one pass; the same arrays as :func:`add_forward`."""
+    np.add(a, b, out=y)
+    np.maximum(y, 0.0, out=y)
+
+
 def softmax_xent_forward(logits, labels, probs, losses):
     """Softmax and per-sample cross-entropy, log-sum-exp stable.
 

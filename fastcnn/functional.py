@@ -42,6 +42,7 @@ __all__ = [
     "max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward",
     "sum_pool2d", "sum_pool2d_backward", "global_avg_pool2d", "global_avg_pool2d_backward",
     "relu", "relu_backward", "sigmoid", "sigmoid_backward", "tanh", "tanh_backward",
+    "add", "add_relu",
     "flatten", "flatten_backward", "dropout", "dropout_backward",
     "linear", "linear_backward",
     "softmax_cross_entropy", "softmax_cross_entropy_backward", "mse_loss", "mse_loss_backward",
@@ -698,6 +699,38 @@ def relu_backward(grad_out: ArrayLike, y: ArrayLike, *, ws: Workspace | None = N
     gx = np.empty(y.shape, np.float32)
     _backend.ops().relu_backward(grad_out, y, gx)
     return gx
+
+
+def _addends(a: ArrayLike, b: ArrayLike, op: str) -> tuple[np.ndarray, np.ndarray]:
+    """Two checked float32 arrays of one shape (no broadcasting)."""
+    a = as_float32(a, "a", None, op)
+    b = as_float32(b, "b", None, op)
+    if a.shape != b.shape:
+        raise ValueError(f"{op}: a shape {a.shape} does not match b shape {b.shape}")
+    return a, b
+
+
+def add(a: ArrayLike, b: ArrayLike, *, out: np.ndarray | None = None) -> np.ndarray:
+    """``a + b`` of two float32 arrays of one shape (no broadcasting), on fastcnn's threads
+    (a residual block's two branches, or two gradients).  ``out``: a writable C-contiguous
+    float32 array of that shape to receive it (it may be ``a`` or ``b``); by default a new one."""
+    a, b = _addends(a, b, "add")
+    if out is None:
+        out = np.empty(a.shape, np.float32)
+    elif not (isinstance(out, np.ndarray) and out.dtype == np.float32 and out.shape == a.shape
+              and out.flags.c_contiguous and out.flags.writeable):
+        raise ValueError(f"add: out must be a writable C-contiguous float32 array of shape {a.shape}")
+    _backend.ops().add_forward(a, b, out)
+    return out
+
+
+def add_relu(a: ArrayLike, b: ArrayLike) -> np.ndarray:
+    """``relu(a + b)`` in one pass (a new array; arguments as :func:`add`).  Its gradient is
+    :func:`relu_backward` of its output, passed on to both addends."""
+    a, b = _addends(a, b, "add_relu")
+    y = np.empty(a.shape, np.float32)
+    _backend.ops().add_relu_forward(a, b, y)
+    return y
 
 
 def sigmoid(x: ArrayLike) -> np.ndarray:

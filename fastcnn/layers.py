@@ -751,7 +751,6 @@ class Residual(Layer):
         super().__init__()
         self.body = body
         self.shortcut = shortcut if shortcut is not None else Sequential()
-        self._relu = ReLU()
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> Residual:
@@ -767,7 +766,6 @@ class Residual(Layer):
         self.training = bool(mode)
         self.body.train(mode)
         self.shortcut.train(mode)
-        self._relu.train(mode)
         return self
 
     def config(self) -> dict[str, Any]:
@@ -776,16 +774,19 @@ class Residual(Layer):
     def forward(self, x: ArrayLike) -> np.ndarray:
         s = self.shortcut.forward(x)
         y = self.body.forward(x)
-        # (a new sum, not ``y += s``: the body's last layer may keep its output for its backward)
-        return self._relu.forward(np.add(y, s))
+        # (a new array, not in place: the body's last layer may keep its output for its backward)
+        out = F.add_relu(y, s)
+        self._keep(out)
+        return out
 
     def backward(self, grad_out: ArrayLike) -> np.ndarray:
-        g = self._relu.backward(grad_out)
+        (out,) = self._kept()
+        g = F.relu_backward(grad_out, out)
         gx = self.body.backward(g)
         gs = self.shortcut.backward(g)
-        if not gx.flags.writeable:  # (else the body's gradient is ours: summed in place)
-            return gx + gs
-        return np.add(gx, gs, out=gx)
+        # (the body's gradient is ours unless read-only: then summed in place)
+        mine = gx.flags.writeable and gx.flags.c_contiguous and gx.dtype == np.float32
+        return F.add(gx, gs, out=gx if mine else None)
 
 
 # --------------------------------------------------------------------------- architecture records

@@ -1,5 +1,5 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
-"""ReLU kernels of the Cython backend (contract: :mod:`fastcnn._ref`).
+"""ReLU kernels and the sum of two arrays, of the Cython backend (contract: :mod:`fastcnn._ref`).
 
 The arrays may have any shape and are C-contiguous, so the kernels see them as flat runs of
 floats.  They run over fixed blocks of elements (``_config.ELEMWISE_BLOCK``); outputs may be
@@ -47,6 +47,44 @@ cdef void _relu_bwd_block_inplace(const float* unused, const float* y, float* g,
         g[i] = g[i] * (one if y[i] > 0.0 else zero)
 
 
+# a + b, then with relu _relu; y = out may be a or b: a loop for each case, so that each
+# vectorises (GCC gives up on a loop whose output may exactly alias an input).
+cdef void _add_block(const float* a, const float* b, float* y, Py_ssize_t m) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(m):
+        y[i] = a[i] + b[i]
+
+
+cdef void _add_block_ya(const float* unused, const float* b, float* y, Py_ssize_t m) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(m):
+        y[i] = y[i] + b[i]
+
+
+cdef void _add_block_yb(const float* a, const float* unused, float* y, Py_ssize_t m) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(m):
+        y[i] = a[i] + y[i]
+
+
+cdef void _add_relu_block(const float* a, const float* b, float* y, Py_ssize_t m) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(m):
+        y[i] = _relu(a[i] + b[i])
+
+
+cdef void _add_relu_block_ya(const float* unused, const float* b, float* y, Py_ssize_t m) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(m):
+        y[i] = _relu(y[i] + b[i])
+
+
+cdef void _add_relu_block_yb(const float* a, const float* unused, float* y, Py_ssize_t m) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(m):
+        y[i] = _relu(a[i] + y[i])
+
+
 cdef void _blocks(_block_fn f, const float* a,   # IN  (M,)
                   const float* b,                 # IN  (M,)
                   float* out,                     # OUT (M,)
@@ -57,7 +95,42 @@ cdef void _blocks(_block_fn f, const float* a,   # IN  (M,)
         f(a + t * _BLOCK, b + t * _BLOCK, out + t * _BLOCK, min(M - t * _BLOCK, _BLOCK))
 
 
-cdef _Key _fwd_ok, _bwd_ok
+cdef _Key _fwd_ok, _bwd_ok, _add_ok, _add_relu_ok
+
+
+cdef _add(a, b, y, bint relu):
+    """``y = a + b`` (with ``relu``: then ``max(., 0)``); a, b IN; y OUT (may be a or b)."""
+    cdef float* ap
+    cdef float* bp
+    cdef float* yp
+    cdef Py_ssize_t na, nb, ny
+    cdef _block_fn f
+    op = "add_relu_forward" if relu else "add_forward"
+    _flat(a, False, &ap, &na)
+    _flat(b, False, &bp, &nb)
+    _flat(y, True, &yp, &ny)
+    cdef _Key k = _key(na, nb, ny)
+    cdef _Key* last = &_add_relu_ok if relu else &_add_ok
+    if _new(last, &k):
+        _passed(last, &k, (_backend.sizes_add_relu_forward if relu else _backend.sizes_add_forward)(na, nb, ny))
+    if ny == 0:
+        return
+    if relu:
+        f = _add_relu_block_ya if yp == ap else _add_relu_block_yb if yp == bp else _add_relu_block
+    else:
+        f = _add_block_ya if yp == ap else _add_block_yb if yp == bp else _add_block
+    with nogil:
+        _blocks(f, ap, bp, yp, ny, _threads_for(ny))
+
+
+def add_forward(a, b, y):
+    """``y = a + b``; a, b, y : any shape, the same size, float32, C-contiguous (y may be a or b)."""
+    _add(a, b, y, False)
+
+
+def add_relu_forward(a, b, y):
+    """``y = max(a + b, 0)``; as :func:`add_forward`."""
+    _add(a, b, y, True)
 
 
 def relu_forward(x, y):

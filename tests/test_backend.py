@@ -208,6 +208,30 @@ def test_relu_matches_reference(name, shape):
 
 
 @pytest.mark.parametrize("name", COMPILED)
+@pytest.mark.parametrize("shape", [(1,), (7,), (3, 5), (2, 3, 4, 5), (129, 1001)])
+@pytest.mark.parametrize("relu", [False, True])
+def test_add_matches_reference(name, shape, relu):
+    """``add_forward`` / ``add_relu_forward``, into a new array and in place into either
+    addend: the reference's bytes (NaN, infinities and signed zeros included)."""
+    rng = np.random.default_rng(2)
+    prim = "add_relu_forward" if relu else "add_forward"
+    a, b = (rng.standard_normal(shape, dtype=np.float32) for _ in range(2))
+    special = np.array([np.nan, np.inf, -np.inf, -0.0, 0.0, 1.0], np.float32)
+    other = np.array([1.0, -1.0, 0.0, -0.0, -0.0, np.nan], np.float32)  # (-0 + -0: -0, ReLU'd +0)
+    a.ravel()[:6], b.ravel()[:6] = special[:a.size], other[:a.size]
+    want = np.empty(shape, np.float32)
+    getattr(_ref, prim)(a, b, want)
+    got = np.full(shape, 7.0, np.float32)
+    getattr(_mod(name), prim)(a, b, got)
+    assert got.tobytes() == want.tobytes()
+    for into in (0, 1):
+        arrays = [a.copy(), b.copy()]
+        getattr(_mod(name), prim)(arrays[0], arrays[1], arrays[into])
+        assert arrays[into].tobytes() == want.tobytes()
+        assert arrays[1 - into].tobytes() == (a, b)[1 - into].tobytes()
+
+
+@pytest.mark.parametrize("name", COMPILED)
 @HSET
 @given(n=st.integers(1, 130), classes=st.integers(1, 20), scale=st.sampled_from([0.1, 1.0, 30.0, 300.0]),
        seed=st.integers(0, 99))
@@ -651,6 +675,7 @@ def _recorded_primitive_calls(name):
         F.max_pool2d_backward(y, idx, x.shape)
         F.avg_pool2d_backward(F.avg_pool2d(x, 3, 2, 1), x.shape, 3, 2, 1)
         F.relu_backward(x, F.relu(x))
+        F.add(x, F.add_relu(x, x[::-1].copy()))
         F.softmax_cross_entropy_backward(F.softmax_cross_entropy(x[:, 0, 0], [1, 2, 0])[1], [1, 2, 0])
         F.linear_backward(F.linear(x[:, 0, 0], x[0, 0]), x[:, 0, 0], x[0, 0])
         F.batch_norm2d_backward(*F.batch_norm2d(x, np.ones(2, np.float32), np.zeros(2, np.float32),
@@ -707,6 +732,8 @@ def test_size_checks_of_the_contract_are_the_same_for_both_compiled_backends(nam
         (k.softmax_xent_forward, (f32((2, 3), np.float32), np.array([0, 3]), f32((2, 3), np.float32),
                                   f32(2, np.float32))),
         (k.relu_forward, (f32((2, 3), np.float32), f32((2, 2), np.float32))),
+        (k.add_forward, (f32((2, 3), np.float32), f32(6, np.float32), f32((2, 2), np.float32))),
+        (k.add_relu_forward, (f32((2, 3), np.float32), f32(5, np.float32), f32((2, 3), np.float32))),
         (k.adam_step, (f32(4, np.float32), f32(4, np.float32), f32(3, np.float32), f32(4, np.float32),
                        1e-3, 0.9, 0.999, 1e-8, 1.0)),
         (k.conv2d_direct_forward, (f32((1, 2, 5, 5), np.float32), f32((3, 2, 3, 3), np.float32),

@@ -643,6 +643,30 @@ def test_float64_and_noncontiguous_inputs_are_converted(backend):
 
 
 
+def test_add_and_add_relu(backend):
+    """``F.add`` (new array or ``out``, which may be either addend) and ``F.add_relu`` equal
+    NumPy's sum and ``F.relu`` of it; mismatched shapes and unusable ``out`` are refused."""
+    rng = np.random.default_rng(4)
+    a, b = (rng.standard_normal((3, 4, 5, 6)).astype(np.float32) for _ in range(2))
+    want = a + b
+    np.testing.assert_array_equal(F.add(a, b), want)
+    np.testing.assert_array_equal(F.add_relu(a, b), F.relu(want))
+    for into in (0, 1):
+        pair = [a.copy(), b.copy()]
+        assert F.add(*pair, out=pair[into]) is pair[into]
+        np.testing.assert_array_equal(pair[into], want)
+    with pytest.raises(ValueError, match=r"add: a shape \(3, 4, 5, 6\) does not match b shape \(3, 4, 5\)"):
+        F.add(a, b[..., 0])
+    with pytest.raises(ValueError, match="add_relu: a shape"):
+        F.add_relu(a[0], b)
+    read_only = np.empty(a.shape, np.float32)
+    read_only.flags.writeable = False
+    for bad in (np.empty(a.shape, np.float64), np.empty((3, 4, 5, 7), np.float32)[..., :6],
+                np.empty((2, 4, 5, 6), np.float32), read_only):
+        with pytest.raises(ValueError, match="out must be a writable C-contiguous float32 array"):
+            F.add(a, b, out=bad)
+
+
 def test_zero_dim_and_empty_relu_keep_their_shape(backend):
     for x in (np.float64(-2.0) * np.ones(()), np.zeros((0, 3), np.float32)):
         y = F.relu(x)

@@ -1,4 +1,5 @@
-"""Numba kernels of the ReLU activation (any shape, flattened to 1-D by the wrappers)."""
+"""Numba kernels of the ReLU activation and of the sum of two arrays (any shape, flattened to
+1-D by the wrappers)."""
 import numpy as np
 from numba import prange
 
@@ -29,6 +30,33 @@ def _relu_backward(gy, y, gx, blk):
         lo, hi = chunk(t, m, blk)
         for e in range(lo, hi):
             gx[_u(e)] = gy[_u(e)] * (one if y[_u(e)] > 0 else zero)
+
+
+@parallel_kernel
+def _add(a, b, y, blk, relu):
+    # ``a + b``, then with ``relu`` the rule of _relu_forward.
+    m = a.size
+    for t in prange((m + blk - 1) // blk):
+        lo, hi = chunk(t, m, blk)
+        for e in range(lo, hi):
+            v = a[_u(e)] + b[_u(e)]
+            y[_u(e)] = v if (not relu) | (v > 0) | (v != v) else np.float32(0.0)
+
+
+def _add_arrays(a, b, y, relu, op):
+    a, b, y = flat(a, "a", op), flat(b, "b", op), flat(y, "y", op)
+    (_backend.sizes_add_relu_forward if relu else _backend.sizes_add_forward)(a.size, b.size, y.size)
+    _add(a, b, y, _config.ELEMWISE_BLOCK, relu)
+
+
+def add_forward(a, b, y):
+    """``y = a + b``; a, b, y : any shape, the same size, float32, C-contiguous (y may be a or b)."""
+    _add_arrays(a, b, y, False, "add_forward")
+
+
+def add_relu_forward(a, b, y):
+    """``y = max(a + b, 0)``; as :func:`add_forward`."""
+    _add_arrays(a, b, y, True, "add_relu_forward")
 
 
 def relu_forward(x, y):
