@@ -65,7 +65,7 @@ static fcd_i fcd_pixel_starts(const fcd_geo* g, fcd_i VL, fcd_i* st, fcd_i* yo, 
                               int* rows)
 {
     fcd_i grid = (g->P + VL - 1) / VL, per_row = (g->OW + VL - 1) / VL, n = 0, oh, k;
-    *rows = grid > g->OH * per_row;
+    *rows = grid >= g->OH * per_row;
     if (!*rows) {
         for (k = 0; k < grid; k++)
             st[n++] = k * VL;

@@ -45,20 +45,6 @@ FCD_NAME(fcd_put)(float* d, FCD_VT s, FCD_VT b, int relu, fcd_i n)
         FCD_STORE_N(d, s, n);
 }
 
-/* A forward tile buffer tb[jj*TB + v*VL + lane] -> y[jj*HW + yo[v] + lane] for the nv[v]
- * valid lanes of each of the n vectors and the nj real channels, plus bias, ReLU. */
-static inline void FCD_NAME(fcd_store_tile)(const float* tb, fcd_i TB, fcd_i n, fcd_i nj,
-                                            const fcd_i* yo, const fcd_i* nv, const float* bias,
-                                            int relu, float* y, fcd_i HW)
-{
-    fcd_i jj, v;
-    for (jj = 0; jj < nj; jj++) {
-        FCD_VT b = FCD_SET1(bias ? bias[jj] : 0.0f);
-        for (v = 0; v < n; v++)
-            FCD_NAME(fcd_put)(y + jj * HW + yo[v], FCD_LOAD(tb + jj * TB + v * FCD_VL), b, relu, nv[v]);
-    }
-}
-
 /* Grid result (OCP, PR) -> y (OC, OH, OW) plus bias, optional ReLU (each row's vectors read at
  * most VL - 1 floats past it, within PR). */
 static void FCD_NAME(fcd_unpack_output)(const fcd_geo* g, const float* yg, const float* bias,
@@ -77,15 +63,13 @@ static void FCD_NAME(fcd_unpack_output)(const fcd_geo* g, const float* yg, const
     }
 }
 
-/* V pixel vectors (grid positions st[v] ... st[v] + VL - 1) x J output channels of block
- * wpb, over all C*KK taps; vector v goes to yb + jj*PR + so[v].  Every lane computes the
- * output of its own grid position, so vectors may overlap. */
+/* The accumulators of V pixel vectors (grid positions st[v] ... st[v] + VL - 1) x J output
+ * channels of block wpb, over all C*KK taps.  Every lane computes the output of its own grid
+ * position, so vectors may overlap. */
 static inline __attribute__((always_inline)) void
-FCD_NAME(fcd_fwd_tile)(const float* xq, const fcd_i* tab, const float* wpb, fcd_i C, fcd_i KK,
-                       fcd_i plane, float* yb, fcd_i PR, const fcd_i* st, const fcd_i* so,
-                       const int V)
+FCD_NAME(fcd_fwd_acc)(const float* xq, const fcd_i* tab, const float* wpb, fcd_i C, fcd_i KK,
+                      fcd_i plane, const fcd_i* st, const int V, FCD_VT acc[FCD_J][FCD_VMAX])
 {
-    FCD_VT acc[FCD_J][FCD_VMAX];
     fcd_i c, kk;
     int v;
     FCD_TILE_ZERO(acc, FCD_J, V)
@@ -102,12 +86,42 @@ FCD_NAME(fcd_fwd_tile)(const float* xq, const fcd_i* tab, const float* wpb, fcd_
             FCD_TILE_FMA(acc, FCD_J, V, xv, wk[r_])
         }
     }
+}
+
+/* fcd_fwd_acc's tile, vector v stored to yb + jj*PR + so[v]. */
+static inline __attribute__((always_inline)) void
+FCD_NAME(fcd_fwd_tile)(const float* xq, const fcd_i* tab, const float* wpb, fcd_i C, fcd_i KK,
+                       fcd_i plane, float* yb, fcd_i PR, const fcd_i* st, const fcd_i* so,
+                       const int V)
+{
+    FCD_VT acc[FCD_J][FCD_VMAX];
+    FCD_NAME(fcd_fwd_acc)(xq, tab, wpb, C, KK, plane, st, V, acc);
     FCD_TILE_STORE(acc, FCD_J, V, yb + r_ * PR + so[v_])
+}
+
+/* fcd_fwd_acc's tile of row-aligned vectors straight to y (OC, OH, OW) from the registers:
+ * vector v of channel jj < nj at y + jj*HW + yo[v], its nv[v] valid lanes, with bias and
+ * ReLU (fcd_put). */
+static inline __attribute__((always_inline)) void
+FCD_NAME(fcd_fwd_tile_put)(const float* xq, const fcd_i* tab, const float* wpb, fcd_i C, fcd_i KK,
+                           fcd_i plane, const fcd_i* st, const fcd_i* yo, const fcd_i* nv,
+                           fcd_i nj, const float* bias, int relu, float* y, fcd_i HW, const int V)
+{
+    FCD_VT acc[FCD_J][FCD_VMAX];
+    FCD_NAME(fcd_fwd_acc)(xq, tab, wpb, C, KK, plane, st, V, acc);
+    FCD_UNROLL
+    for (int jj = 0; jj < FCD_J; jj++)
+        if (jj < nj) {
+            FCD_VT b = FCD_SET1(bias ? bias[jj] : 0.0f);
+            FCD_UNROLL
+            for (int v = 0; v < V; v++)
+                FCD_NAME(fcd_put)(y + jj * HW + yo[v], acc[jj][v], b, relu, nv[v]);
+        }
 }
 
 /* One image: xq (packed input), NS pixel vectors starting at grid positions st (see
  * fcd_pixel_starts).  With row-aligned vectors (yo != NULL: output offsets oh*OW + ow0 and
- * nv valid lanes per vector) each tile goes through a small buffer straight to y
+ * nv valid lanes per vector) each tile goes from the registers straight to y
  * (OC, OH, OW) with bias and ReLU; otherwise to the grid yg (OCP, PR), for
  * fcd_unpack_output. */
 static void FCD_NAME(fcd_fwd_image)(const fcd_geo* g, const float* xq, const fcd_i* tab,
@@ -115,28 +129,34 @@ static void FCD_NAME(fcd_fwd_image)(const fcd_geo* g, const float* xq, const fcd
                                     const fcd_i* nv, fcd_i NS, const float* bias, int relu,
                                     float* y, float* yg)
 {
-    fcd_i KK = g->KH * g->KW, ob, i, n, TB = FCD_VMAX * FCD_VL;
-    fcd_i loc[FCD_VMAX];
-    float tb[FCD_J * FCD_VMAX * FCD_VL];
-    for (i = 0; i < FCD_VMAX; i++)
-        loc[i] = i * FCD_VL;
+    fcd_i KK = g->KH * g->KW, ob, i, n;
     for (ob = 0; ob < g->OCP / FCD_J; ob++) {
         const float* wpb = wp + ob * g->C * KK * FCD_J;
         fcd_i nj = g->OC - ob * FCD_J < FCD_J ? g->OC - ob * FCD_J : FCD_J;
         for (i = 0; i < NS; i += n) {
             n = NS - i < FCD_VMAX ? NS - i : FCD_VMAX;
-            float* yb = yo ? tb : yg + ob * FCD_J * g->PR;
-            fcd_i pr = yo ? TB : g->PR;
-            const fcd_i* so = yo ? loc : st + i;
+            if (yo) {
+                const float* bb = bias ? bias + ob * FCD_J : NULL;
+                float* yj = y + ob * FCD_J * g->OH * g->OW;
+                fcd_i HW = g->OH * g->OW;
+                if (n == FCD_VMAX)
+                    FCD_NAME(fcd_fwd_tile_put)(xq, tab, wpb, g->C, KK, g->plane, st + i, yo + i, nv + i, nj, bb,
+                                               relu, yj, HW, FCD_VMAX);
+                else if (n == 2)  /* FCD_VMAX <= 3 */
+                    FCD_NAME(fcd_fwd_tile_put)(xq, tab, wpb, g->C, KK, g->plane, st + i, yo + i, nv + i, nj, bb,
+                                               relu, yj, HW, 2);
+                else
+                    FCD_NAME(fcd_fwd_tile_put)(xq, tab, wpb, g->C, KK, g->plane, st + i, yo + i, nv + i, nj, bb,
+                                               relu, yj, HW, 1);
+                continue;
+            }
+            float* yb = yg + ob * FCD_J * g->PR;
             if (n == FCD_VMAX)
-                FCD_NAME(fcd_fwd_tile)(xq, tab, wpb, g->C, KK, g->plane, yb, pr, st + i, so, FCD_VMAX);
+                FCD_NAME(fcd_fwd_tile)(xq, tab, wpb, g->C, KK, g->plane, yb, g->PR, st + i, st + i, FCD_VMAX);
             else if (n == 2)  /* FCD_VMAX <= 3 */
-                FCD_NAME(fcd_fwd_tile)(xq, tab, wpb, g->C, KK, g->plane, yb, pr, st + i, so, 2);
+                FCD_NAME(fcd_fwd_tile)(xq, tab, wpb, g->C, KK, g->plane, yb, g->PR, st + i, st + i, 2);
             else
-                FCD_NAME(fcd_fwd_tile)(xq, tab, wpb, g->C, KK, g->plane, yb, pr, st + i, so, 1);
-            if (yo)
-                FCD_NAME(fcd_store_tile)(tb, TB, n, nj, yo + i, nv + i, bias ? bias + ob * FCD_J : NULL,
-                                         relu, y + ob * FCD_J * g->OH * g->OW, g->OH * g->OW);
+                FCD_NAME(fcd_fwd_tile)(xq, tab, wpb, g->C, KK, g->plane, yb, g->PR, st + i, st + i, 1);
         }
     }
 }
