@@ -214,7 +214,7 @@ typedef void (*fcd_pack_in_fn)(const fcd_geo*, const float*, float*, int);
 typedef void (*fcd_unpack_fn)(const fcd_geo*, const float*, const float*, int, float*);
 typedef void (*fcw_images_fn)(const fcd_geo*, const float*, fcd_i, const float*,
                               const fcd_i*, const float*, int, fcd_i, fcd_i, float*, float*, fcd_i,
-                              int, float*, float*, float*, fcd_i, const float*, fcd_i);
+                              int, float*, float*, float*, fcd_i);
 
 /* One ISA's kernels and tile sizes (each compilation of conv_direct_kern.h defines one). */
 typedef struct {

@@ -43,8 +43,7 @@ cdef extern from "conv_direct.h" nogil:
                           float* vp)
     void fcw_images(const fcd_geo* g, const float* src, fcd_i NI, const float* vp,
                     const fcd_i* st, const float* bias, int relu, fcd_i OH, fcd_i OW, float* y,
-                    float* xq, fcd_i xs, int zeroed, float* u, float* m, float* z, fcd_i Q,
-                    const float* nxt, fcd_i nn)
+                    float* xq, fcd_i xs, int zeroed, float* u, float* m, float* z, fcd_i Q)
     int fcd_cpu_supports(int isa)
     int fcd_set_isa(int isa)
     fcd_i fcd_J
@@ -623,7 +622,7 @@ cdef void _winograd_blocks(const fcd_geo* g,
                            Py_ssize_t T, int nt) noexcept nogil:
     """``T`` blocks of consecutive images, each with its own scratch, in groups of up to
     ``NI`` images (:c:func:`fcw_images`)."""
-    cdef Py_ssize_t CHW = g.C * g.Hs * g.Ws, t, i, i0, i1, e, nn
+    cdef Py_ssize_t CHW = g.C * g.Hs * g.Ws, t, i, i0, i1, e
     cdef float* u
     for t in prange(T, schedule='static', num_threads=nt):
         u = <float*>(blocks + t * size + o_u)
@@ -633,11 +632,9 @@ cdef void _winograd_blocks(const fcd_geo* g,
         i1 = _part(t + 1, N, T)
         i = i0
         while i < i1:
-            nn = min(NI, i1 - i - NI) * CHW  # (the next group's images, prefetched meanwhile)
             fcw_images(g, src + i * CHW, min(NI, i1 - i), vp, st, bias, relu, out.shape[2],
                        out.shape[3], &out[i, 0, 0, 0], <float*>(blocks + t * size), xs, i > i0, u,
-                       <float*>(blocks + t * size + o_m), <float*>(blocks + t * size + o_z), Q,
-                       src + (i + NI) * CHW if nn > 0 else NULL, nn)
+                       <float*>(blocks + t * size + o_m), <float*>(blocks + t * size + o_z), Q)
             i = i + NI
 
 

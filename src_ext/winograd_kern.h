@@ -56,11 +56,11 @@ static inline __attribute__((always_inline)) void FCD_NAME(fcw_out_tf)(const FCD
  * tile positions (a multiple of VL).  vp: transformed weights [xi][ob][c][J]; st: the vector
  * starts v*VL of a chunk.  Scratch: xq (NI packings of xs floats; zeroed: they hold earlier
  * packings of this geometry), u (16 fcw_u_stride(C, Q), finite), m (16 fcw_m_stride(J, Q)),
- * z (4 Q).  The nn floats at nxt (the next group's images) are prefetched, a part per chunk. */
+ * z (4 Q). */
 static void FCD_NAME(fcw_images)(const fcd_geo* g, const float* src, fcd_i NI,
                                  const float* vp, const fcd_i* st, const float* bias, int relu,
                                  fcd_i OH, fcd_i OW, float* y, float* xq, fcd_i xs, int zeroed,
-                                 float* u, float* m, float* z, fcd_i Q, const float* nxt, fcd_i nn)
+                                 float* u, float* m, float* z, fcd_i Q)
 {
     fcd_i TH = g->OH, TW = g->OW, T = TH * TW, C = g->C, OC = g->OC, NOB = g->OCP / FCD_J;
     fcd_i US = fcw_u_stride(C, Q), MS = fcw_m_stride(FCD_J, Q), CP = C * g->plane, OHW = OH * OW;
@@ -73,8 +73,6 @@ static void FCD_NAME(fcw_images)(const fcd_geo* g, const float* src, fcd_i NI,
     for (q0 = 0; q0 < NI * T; q0 += Q) {
         nq = NI * T - q0 < Q ? NI * T - q0 : Q;
         nv = (nq + FCD_VL - 1) / FCD_VL;
-        if (nxt)
-            fcd_prefetch_part(nxt, nn, q0 / Q, (NI * T + Q - 1) / Q);
         /* the chunk's runs: tiles of one tile row (image k, row ty, from column tx) */
         for (nr = 0, e = q0; e < q0 + nq; e += n, nr++) {
             k = e / T;
