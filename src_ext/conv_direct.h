@@ -150,20 +150,6 @@ static void fcd_interleave_phases(const float* pb, const fcd_i* poff, fcd_i C, f
         }
 }
 
-/* Part k of K of the n floats at p, requested into the caches (the next image's data while
- * the current one is computed). */
-static inline void fcd_prefetch_part(const float* p, fcd_i n, fcd_i k, fcd_i K)
-{
-#if defined(__GNUC__) || defined(__clang__)
-    const char* a = (const char*)(p + k * n / K);
-    const char* e = (const char*)(p + (k + 1) * n / K);
-    for (; a < e; a += 64)
-        __builtin_prefetch(a, 0, 2);
-#else
-    (void)p; (void)n; (void)k; (void)K;
-#endif
-}
-
 /* Winograd F(2x2, 3x3) weights of output-channel block ob: V = G g G^T of each 3x3 kernel g
  * (in double, rounded once), packed vp[xi][ob][c][J] (zero rows past OC), xi = 4*row + column
  * of V.  With flip, g is taken from w (C, OC, 3, 3) rotated by 180 degrees, as

@@ -34,7 +34,6 @@ cdef extern from "conv_direct.h" nogil:
     void fcd_bwd_weight_tile(const float* xq, fcd_i xs, const float* gt, fcd_i gs, fcd_i NI,
                              fcd_i OCV, fcd_i OH, fcd_i OW, fcd_i Wq, fcd_i ob, int V,
                              const fcd_i* off, float* out, int add, int kw)
-    void fcd_prefetch_part(const float* p, fcd_i n, fcd_i k, fcd_i K)
     float fcd_fma_probe(long iters, float m)
     enum: FCW_QMAX
     fcd_i fcw_u_stride(fcd_i C, fcd_i Q)
@@ -493,8 +492,7 @@ cdef Py_ssize_t _weight(const fcd_geo* g, const float* gy, const _Unpool* up,
     cdef Py_ssize_t nb = gb.shape[0]
     cdef double[:, ::1] bsum = np.empty((N, nb), np.float64)
     cdef float* gwp = &gw[0, 0, 0, 0]
-    cdef Py_ssize_t t, b, i, i0, i1, j, ni, nn, u0, u1, s, u, ob, qb, o, q, e, npk
-    cdef Py_ssize_t xsize = C * x.shape[2] * x.shape[3]
+    cdef Py_ssize_t t, b, i, i0, i1, j, ni, u0, u1, s, u, ob, qb, o, q, e, npk
     cdef char* mem = <char*>malloc(B * size + 64)
     if mem == NULL:
         raise MemoryError()
@@ -522,7 +520,6 @@ cdef Py_ssize_t _weight(const fcd_geo* g, const float* gy, const _Unpool* up,
                     for j in range((i1 - i0 + NI - 1) // NI):
                         i = i0 + j * NI
                         ni = min(NI, i1 - i)
-                        nn = min(NI, i1 - i - ni)  # (the next images, requested while these run)
                         for e in range(ni):
                             fcd_pack_input(g, &x[i + e, 0, 0, 0], xq + e * xs, e < npk)
                             npk = max(npk, e + 1)  # (buffers 0 .. npk-1 hold a packing: zeros in place)
@@ -540,10 +537,6 @@ cdef Py_ssize_t _weight(const fcd_geo* g, const float* gy, const _Unpool* up,
                             qb = u - ob * NQB
                             fcd_bwd_weight_tile(xq, xs, gt, gs, ni, OCV, OH, OW, g.Wq, ob, V, &off[qb * T],
                                                 &part[s, qb * T * OCV], i > i0, kw)
-                            if nn > 0:
-                                fcd_prefetch_part(&x[i + ni, 0, 0, 0], nn * xsize, u - u0, u1 - u0)
-                                if up == NULL:
-                                    fcd_prefetch_part(gy + (i + ni) * OC * P, nn * OC * P, u - u0, u1 - u0)
     finally:
         free(mem)
     with nogil:
