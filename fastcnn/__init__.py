@@ -3,8 +3,10 @@ __version__ = "0.1.0"
 
 import os as _os
 
-# Idle threads of OpenMP and OpenBLAS must not spin (docs/PERFORMANCE.md, section 2): defaults set
-# before NumPy loads OpenBLAS; values in the environment win; FASTCNN_NO_THREAD_DEFAULTS=1 skips them.
+from . import _config as _cfg  # (no NumPy: the settings below must precede it)
+
+# Idle threads of OpenMP and OpenBLAS spin only briefly (docs/PERFORMANCE.md, section 2): defaults
+# set before NumPy loads OpenBLAS; values in the environment win; FASTCNN_NO_THREAD_DEFAULTS=1 skips them.
 if _os.environ.get("FASTCNN_NO_THREAD_DEFAULTS", "") not in ("1", "true", "yes"):
     if "torch" in __import__("sys").modules and "OMP_WAIT_POLICY" not in _os.environ:
         import warnings as _warnings
@@ -17,8 +19,8 @@ if _os.environ.get("FASTCNN_NO_THREAD_DEFAULTS", "") not in ("1", "true", "yes")
             RuntimeWarning,
             stacklevel=2,
         )
-    _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    _os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+    for _name, _value in _cfg.THREAD_DEFAULTS.items():
+        _os.environ.setdefault(_name, _value)
 
 import numpy as _np  # noqa: F401  (NumPy's BLAS loads first, with the defaults above)
 

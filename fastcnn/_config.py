@@ -25,6 +25,14 @@ NUMBA_SERIAL = dict(parallel=False, cache=True, nogil=True, fastmath=False, erro
 NUMBA_PARALLEL_FMA = dict(NUMBA_PARALLEL, fastmath={"contract"})
 NUMBA_SERIAL_FMA = dict(NUMBA_SERIAL, fastmath={"contract"})
 
+#: Thread-runtime settings ``import fastcnn`` puts in ``os.environ`` (before NumPy and the
+#: OpenMP runtimes load) unless already set (docs/PERFORMANCE.md, section 2): idle OpenMP
+#: threads spin for ``GOMP_SPINCOUNT`` iterations after a parallel region (libgomp honours
+#: it under ``PASSIVE``; a fraction of a millisecond), long enough to span the Python between
+#: two kernels of a training step, then sleep; OpenBLAS's idle threads sleep after 4 units
+#: of its timeout.
+THREAD_DEFAULTS = {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "20000", "OPENBLAS_THREAD_TIMEOUT": "4"}
+
 #: Environment variables read at import time.
 ENV_BACKEND = "FASTCNN_BACKEND"
 ENV_THREADS = "FASTCNN_NUM_THREADS"

@@ -26,3 +26,30 @@ def test_numba_isa_environment_choices(monkeypatch):
         _config.requested_isa()
     monkeypatch.setenv("FASTCNN_ISA", " AVX2 ")
     assert _config.requested_isa() == "avx2"
+
+
+@pytest.mark.parametrize("preset", [{}, {"GOMP_SPINCOUNT": "7", "OMP_WAIT_POLICY": "ACTIVE"},
+                                    {"FASTCNN_NO_THREAD_DEFAULTS": "1"}])
+def test_thread_runtime_defaults_are_set_before_numpy_unless_given(preset):
+    """``import fastcnn`` puts ``_config.THREAD_DEFAULTS`` in ``os.environ``, keeps values the
+    user set, and sets nothing with FASTCNN_NO_THREAD_DEFAULTS=1."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from utils import NEUTRAL_CWD
+
+    code = ("import sys, os, json; import fastcnn; "
+            f"print(json.dumps({{k: os.environ.get(k) for k in {sorted(_config.THREAD_DEFAULTS)!r}}}))")
+    env = {k: v for k, v in os.environ.items() if k not in _config.THREAD_DEFAULTS
+           and k != "FASTCNN_NO_THREAD_DEFAULTS"}
+    env.update(preset)
+    out = subprocess.run([sys.executable, "-c", code], cwd=NEUTRAL_CWD, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    if "FASTCNN_NO_THREAD_DEFAULTS" in preset:
+        assert got == {k: None for k in _config.THREAD_DEFAULTS}
+    else:
+        assert got == {k: preset.get(k, v) for k, v in _config.THREAD_DEFAULTS.items()}
