@@ -115,40 +115,6 @@ static void fcd_pack_weights(const fcd_geo* g, const float* w, int flip, float* 
                 }
 }
 
-/* A strided convolution's input gradient computed per input phase (a, b) (rows a, a + sh, ...,
- * columns b, b + sw, ...): pb + poff[a*sw + b] holds phase (a, b) as (C, Ha, Wb); this writes
- * them interleaved into gx (C, H, W), row by row. */
-static void fcd_interleave_phases(const float* pb, const fcd_i* poff, fcd_i C, fcd_i H, fcd_i W,
-                                  fcd_i sh, fcd_i sw, float* gx)
-{
-    fcd_i c, h, a, u, b, v, Ha, Wb, n1;
-    for (c = 0; c < C; c++)
-        for (h = 0; h < H; h++) {
-            float* d = gx + (c * H + h) * W;
-            a = h % sh;
-            u = h / sh;
-            Ha = (H - a + sh - 1) / sh;
-            if (sw == 2 && W >= 2) {  /* two phases per row: a plain interleave */
-                const float* s0 = pb + poff[a * 2] + (c * Ha + u) * ((W + 1) / 2);
-                const float* s1 = pb + poff[a * 2 + 1] + (c * Ha + u) * (W / 2);
-                n1 = W / 2;
-                for (v = 0; v < n1; v++) {
-                    d[2 * v] = s0[v];
-                    d[2 * v + 1] = s1[v];
-                }
-                if (W % 2)
-                    d[W - 1] = s0[n1];
-                continue;
-            }
-            for (b = 0; b < sw && b < W; b++) {
-                const float* s = pb + poff[a * sw + b];
-                Wb = (W - b + sw - 1) / sw;
-                s += (c * Ha + u) * Wb;
-                for (v = 0; v < Wb; v++)
-                    d[b + sw * v] = s[v];
-            }
-        }
-}
 
 /* Winograd F(2x2, 3x3) weights of output-channel block ob: V = G g G^T of each 3x3 kernel g
  * (in double, rounded once), packed vp[xi][ob][c][J] (zero rows past OC), xi = 4*row + column
@@ -198,6 +164,7 @@ typedef float (*fcd_probe_fn)(long, float);
 typedef void (*fcd_pack_fn)(const fcd_geo*, const float*, fcd_i, float*);
 typedef void (*fcd_pack_in_fn)(const fcd_geo*, const float*, float*, int);
 typedef void (*fcd_unpack_fn)(const fcd_geo*, const float*, const float*, int, float*);
+typedef void (*fcd_phases_fn)(const float*, const fcd_i*, fcd_i, fcd_i, fcd_i, fcd_i, fcd_i, float*);
 typedef void (*fcw_images_fn)(const fcd_geo*, const float*, fcd_i, const float*,
                               const fcd_i*, const float*, int, fcd_i, fcd_i, float*, float*, fcd_i,
                               int, float*, float*, float*, fcd_i);
@@ -211,6 +178,7 @@ typedef struct {
     fcd_pack_in_fn pack_input;
     fcd_unpack_fn unpack_output;
     fcw_images_fn wino_images;
+    fcd_phases_fn interleave_phases;
     fcd_i J, VL, WT;
 } fcd_isa_kernels;
 
@@ -429,6 +397,7 @@ static const fcd_isa_kernels* fcd_isa = &fcd_kernels_base;
 #define fcd_pack_grad_t (fcd_isa->pack_grad_t)
 #define fcd_pack_input (fcd_isa->pack_input)
 #define fcd_unpack_output (fcd_isa->unpack_output)
+#define fcd_interleave_phases (fcd_isa->interleave_phases)
 #define fcw_images (fcd_isa->wino_images)
 #define fcd_J (fcd_isa->J)
 #define fcd_VL (fcd_isa->VL)

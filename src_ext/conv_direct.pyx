@@ -224,16 +224,17 @@ cdef void _phases_images(const fcd_geo* geo, Py_ssize_t NPH,
                          #                                 pixel starts (3 rows of lst), their
                          #                                 offsets, vector counts, store mode
                          const Py_ssize_t* poff,         # IN  phase p's (C, Ha, Wb) in a phase buffer
-                         const Py_ssize_t* oxq,          # IN  phase p's packed input in a block
+                         const fcd_geo* gc,              # IN  the packing all phases read
                          char* blocks, Py_ssize_t size, Py_ssize_t o_yg, Py_ssize_t o_pb,
                          #                                 scratch per block of images: packed
-                         #                                 inputs (oxq), output grid, phase buffer
+                         #                                 input (at 0), output grid, phase buffer
                          Py_ssize_t pb_size, Py_ssize_t sh, Py_ssize_t sw,
                          float[:, :, :, ::1] gx,         # OUT (N, C, H, W)
                          Py_ssize_t T, int nt) noexcept nogil:
-    """:func:`_data_by_phases`'s loop: ``T`` blocks of consecutive images; per image every
-    phase with taps goes through the forward kernel into the block's phase buffer (phases
-    without taps stay zero), then the phases are interleaved into ``gx``."""
+    """:func:`_data_by_phases`'s loop: ``T`` blocks of consecutive images; per image the output
+    gradient is packed once (``gc``), every phase with taps goes through the forward kernel
+    into the block's phase buffer (phases without taps stay zero), then the phases are
+    interleaved into ``gx``."""
     cdef Py_ssize_t N = gy.shape[0], C = gx.shape[1], H = gx.shape[2], W = gx.shape[3]
     cdef Py_ssize_t t, i, i0, p, e
     cdef float* xq
@@ -245,12 +246,12 @@ cdef void _phases_images(const fcd_geo* geo, Py_ssize_t NPH,
         for e in range(pb_size):
             pb[e] = 0.0
         i0 = _part(t, N, T)
+        xq = <float*>(blocks + t * size)
         for i in range(i0, _part(t + 1, N, T)):
+            fcd_pack_input(gc, &gy[i, 0, 0, 0], xq, i > i0)
             for p in range(NPH):
                 if ns[p] == 0:  # (no taps reach this phase: its gradient is zero)
                     continue
-                xq = <float*>(blocks + t * size + oxq[p])
-                fcd_pack_input(&geo[p], &gy[i, 0, 0, 0], xq, i > i0)
                 if rows[p]:
                     fcd_fwd_image(&geo[p], xq, tab + o_tab[p], wp + o_wp[p], st + o_st[p],
                                   st + o_st[p] + lst[p], st + o_st[p] + 2 * lst[p], ns[p], NULL, 0,
@@ -269,20 +270,25 @@ cdef int _data_by_phases(const float[:, :, :, ::1] gy, const float[:, :, :, ::1]
     ``(a, b)`` (rows ``a, a + sh, ...``, columns ``b, b + sw, ...``) with the taps that reach
     it: no multiplications by the zeros of a dilated output gradient.  Phase ``(a, b)`` gets
     taps ``i = i0, i0 + sh, ...`` (``i0 = (a + pt) % sh``), reversed, with padding
-    ``taps - 1 - (a + pt - i0) // sh`` (likewise for columns)."""
+    ``taps - 1 - (a + pt - i0) // sh`` (likewise for columns).  The phases read one packing
+    of each image's output gradient, padded for all of them (their grids widened to its rows,
+    their tap offsets shifted by their padding's difference): the same sums, one packing."""
     cdef Py_ssize_t N = gy.shape[0], OC = gy.shape[1], OH = gy.shape[2], OW = gy.shape[3]
     cdef Py_ssize_t C = gx.shape[1], H = gx.shape[2], W = gx.shape[3]
     cdef Py_ssize_t NPH = sh * sw, T = min(<Py_ssize_t>nt, N), p, a, b, i0, j0, mi, mj, Ha, Wb
-    cdef Py_ssize_t[::1] meta = np.zeros(7 * NPH, np.intp)
+    cdef Py_ssize_t[::1] meta = np.zeros(8 * NPH, np.intp)
     cdef Py_ssize_t* o_wp = &meta[0]       # per phase: offset of its packed weights,
     cdef Py_ssize_t* o_tab = o_wp + NPH    # of its tap offsets,
     cdef Py_ssize_t* o_st = o_tab + NPH    # of its pixel starts (3 rows of lst[p]),
     cdef Py_ssize_t* lst = o_st + NPH      # that row length,
     cdef Py_ssize_t* ns = lst + NPH        # its pixel vectors (0: no taps, the phase is zero),
     cdef Py_ssize_t* poff = ns + NPH       # the offset of its (C, Ha, Wb) in a phase buffer,
-    cdef Py_ssize_t* oxq = poff + NPH      # of its packed gradient in a block's scratch
+    cdef Py_ssize_t* ptp = poff + NPH      # its top and left padding
+    cdef Py_ssize_t* plp = ptp + NPH
     cdef int[::1] rows = np.zeros(NPH, np.intc)
-    cdef Py_ssize_t n_wp = 0, n_tab = 0, n_st = 0, n_pb = 0, xq_max = 0, yg_max = 0
+    cdef Py_ssize_t n_wp = 0, n_tab = 0, n_st = 0, n_pb = 0, yg_max = 0, ptc = 0, plc = 0, hqc = 1, wqc = 1
+    cdef Py_ssize_t kk
+    cdef fcd_geo gc
     cdef float[::1] wp
     cdef Py_ssize_t[::1] tab, st
     cdef const float[:, :, :, ::1] sub
@@ -309,17 +315,32 @@ cdef int _data_by_phases(const float[:, :, :, ::1] gy, const float[:, :, :, ::1]
                 continue
             # (C, OC, mi, mj): this phase's taps, reversed, input and output channels swapped
             subs[p] = np.ascontiguousarray(np.asarray(w)[:, :, i0::sh, j0::sw][:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
-            fcd_geo_init(&geo[p], OC, OH, OW, 1, 1, C, mi, mj, 1, 1, mi - 1 - (a + pt - i0) // sh,
-                         mj - 1 - (b + pl - j0) // sw, Ha, Wb, fcd_J)
+            ptp[p] = mi - 1 - (a + pt - i0) // sh
+            plp[p] = mj - 1 - (b + pl - j0) // sw
+            fcd_geo_init(&geo[p], OC, OH, OW, 1, 1, C, mi, mj, 1, 1, ptp[p], plp[p], Ha, Wb, fcd_J)
+            ptc = max(ptc, ptp[p])
+            plc = max(plc, plp[p])
             o_wp[p] = n_wp
             n_wp += geo[p].OCP * OC * mi * mj
             o_tab[p] = n_tab
             n_tab += mi * mj
+        for p in range(NPH):  # the common packing: every phase's rows and columns, shifted
+            if subs[p] is not None:
+                hqc = max(hqc, ptc - ptp[p] + geo[p].Hq)
+                wqc = max(wqc, plc - plp[p] + geo[p].Wq)
+        fcd_geo_init(&gc, OC, OH, OW, 1, 1, OC, 1, 1, 1, 1, ptc, plc, hqc, wqc, fcd_J)
+        for p in range(NPH):  # each phase's grid widened to it
+            if subs[p] is None:
+                continue
+            geo[p].Hq = hqc
+            geo[p].Wq = wqc
+            geo[p].plane = hqc * wqc
+            geo[p].P = geo[p].OH * wqc
+            geo[p].PR = (geo[p].P + 15) // 16 * 16 + 16
+            geo[p].xq_size = gc.xq_size
             lst[p] = geo[p].P // fcd_VL + 1 + geo[p].OH * (geo[p].OW // fcd_VL + 1)
             o_st[p] = n_st
             n_st += 3 * lst[p]
-            oxq[p] = xq_max  # (bytes: a packing of each phase, its zeros kept from image to image)
-            xq_max += _al64(geo[p].xq_size * sizeof(float))
             yg_max = max(yg_max, geo[p].OCP * geo[p].PR)
         wp = np.empty(max(n_wp, 1), np.float32)
         tab = np.empty(max(n_tab, 1), np.intp)
@@ -330,18 +351,20 @@ cdef int _data_by_phases(const float[:, :, :, ::1] gy, const float[:, :, :, ::1]
             sub = subs[p]
             fcd_pack_weights(&geo[p], &sub[0, 0, 0, 0], 0, &wp[o_wp[p]])
             fcd_make_tab(&geo[p], &tab[o_tab[p]])
+            for kk in range(geo[p].KH * geo[p].KW):  # (its padding is ptp[p], plp[p], not gc's)
+                tab[o_tab[p] + kk] += (ptc - ptp[p]) * wqc + (plc - plp[p])
             ns[p] = fcd_pixel_starts(&geo[p], fcd_VL, &st[o_st[p]], &st[o_st[p] + lst[p]],
                                      &st[o_st[p] + 2 * lst[p]], &rows[p])
         # per block of images, one allocation: packed input, output grid, phase buffer
-        o_yg = xq_max
+        o_yg = _al64(gc.xq_size * sizeof(float))
         o_pb = o_yg + _al64(yg_max * sizeof(float))
-        size = o_pb + _al64(n_pb * sizeof(float))
+        size = o_pb + _al64((n_pb + 16) * sizeof(float))  # (an interleave reads up to 15 floats past a row)
         mem = <char*>malloc(T * size + 64)
         if mem == NULL:
             raise MemoryError()
         with nogil:
             _phases_images(geo, NPH, gy, &wp[0], &tab[0], &st[0], o_wp, o_tab, o_st, ns, lst,
-                           &rows[0], poff, oxq, <char*>_al64(<Py_ssize_t>mem), size, o_yg, o_pb, n_pb,
+                           &rows[0], poff, &gc, <char*>_al64(<Py_ssize_t>mem), size, o_yg, o_pb, n_pb,
                            sh, sw, gx, T, nt)
     finally:
         free(mem)

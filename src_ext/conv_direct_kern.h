@@ -416,10 +416,50 @@ static float FCD_NAME(fcd_fma_probe)(long iters, float m)
 
 #include "winograd_kern.h"
 
+/* A strided convolution's input gradient computed per input phase (a, b) (rows a, a + sh, ...,
+ * columns b, b + sw, ...): pb + poff[a*sw + b] holds phase (a, b) as (C, Ha, Wb); this writes
+ * them interleaved into gx (C, H, W), row by row.  (The phases come from the forward kernel's
+ * store, which adds a zero bias: no -0.0 among them, so FCD_INTERLEAVE's + 0 is exact.) */
+static void FCD_NAME(fcd_interleave_phases)(const float* pb, const fcd_i* poff, fcd_i C, fcd_i H, fcd_i W,
+                                            fcd_i sh, fcd_i sw, float* gx)
+{
+    fcd_i c, h, a, u, b, v, Ha, Wb, n1;
+    for (c = 0; c < C; c++)
+        for (h = 0; h < H; h++) {
+            float* d = gx + (c * H + h) * W;
+            a = h % sh;
+            u = h / sh;
+            Ha = (H - a + sh - 1) / sh;
+            if (sw == 2 && W >= 2) {  /* two phases per row: a plain interleave */
+                const float* s0 = pb + poff[a * 2] + (c * Ha + u) * ((W + 1) / 2);
+                const float* s1 = pb + poff[a * 2 + 1] + (c * Ha + u) * (W / 2);
+                n1 = W / 2;
+                v = 0;
+#ifdef FCD_INTERLEAVE
+                v = FCD_INTERLEAVE(s0, s1, n1, 0.0f, 0, d);
+#endif
+                for (; v < n1; v++) {
+                    d[2 * v] = s0[v];
+                    d[2 * v + 1] = s1[v];
+                }
+                if (W % 2)
+                    d[W - 1] = s0[n1];
+                continue;
+            }
+            for (b = 0; b < sw && b < W; b++) {
+                const float* s = pb + poff[a * sw + b];
+                Wb = (W - b + sw - 1) / sw;
+                s += (c * Ha + u) * Wb;
+                for (v = 0; v < Wb; v++)
+                    d[b + sw * v] = s[v];
+            }
+        }
+}
+
 static const fcd_isa_kernels FCD_NAME(fcd_kernels) = {
     FCD_NAME(fcd_fwd_image), FCD_NAME(fcd_bwd_weight_tile), FCD_NAME(fcd_fma_probe),
     FCD_NAME(fcd_pack_grad_t), FCD_NAME(fcd_pack_input), FCD_NAME(fcd_unpack_output),
-    FCD_NAME(fcw_images), FCD_J, FCD_VL, FCD_WT};
+    FCD_NAME(fcw_images), FCD_NAME(fcd_interleave_phases), FCD_J, FCD_VL, FCD_WT};
 
 #undef FCD_SUFFIX
 #undef FCD_VL
