@@ -2,7 +2,7 @@
 
 Usage (from the repository root):
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benches/conv_direct_gflops.py [THREADS] [REPS] [BACKEND]
-    python benches/conv_direct_gflops.py kernels [THREADS] [BACKEND]   # the three primitives alone
+    python benches/conv_direct_gflops.py kernels [THREADS] [BACKEND]   # the primitives alone (wall clock)
 
 Forward and backward (input + weight gradients; weight gradient only for the first layers,
 C <= 3, as in training) of each shape on BACKEND (``cython``, the default, or ``numba``),
@@ -11,8 +11,10 @@ direct), per_image and chunked.  Medians of REPS calls
 (default 15).  The peak is this machine's measured FP32 FMA throughput on the same threads (``fma_peak_probe``: 24
 independent FMA chains per thread with the active SIMD path), re-measured before each shape.
 Two figures: wall-clock (GFLOP/s / peak GFLOP/s, both wall) and CPU-time (flops per
-CPU-second of the process, against the probe's), the second being less disturbed by other
-processes on a shared machine.  One "FLOP" = one multiply or add of the convolution
+CPU-second of the process, against the probe's).  The CPU-time figure is unreliable since
+idle OpenMP threads spin between regions (``GOMP_SPINCOUNT``, docs/PERFORMANCE.md, section 2):
+a thread that never sleeps has its CPU time accounted late, so short calls look cheap (figures
+above 100 %); ``kernels`` reports wall-clock figures.  One "FLOP" = one multiply or add of the convolution
 (2 * N * OC * OH * OW * C * KH * KW per pass; for the Winograd kernels, which do fewer,
 the same count: "direct-equivalent" GFLOP/s).
 """
@@ -93,21 +95,21 @@ def case(rng, x_shape, oc, k, s, pad):
 
 
 def kernels(threads, backend="cython", reps=9):
-    """The direct primitives alone (no functional layer), % of the probe by CPU time."""
+    """The direct primitives alone (no functional layer), % of the probe's wall-clock peak."""
     from fastcnn import _backend
 
     fastcnn.set_backend(backend)
     fastcnn.set_num_threads(threads)
     d = _backend.ops(backend)
-    pc = peak(threads)[1]
+    pw = peak(threads)[0]
     print(f"{backend} direct primitives, {_isa(backend)}, {threads} thread(s), median of {reps}; "
-          f"probe {pc / 1e9:.0f} GFLOP per CPU-second")
+          f"probe {pw / 1e9:.0f} GFLOP/s (wall)")
     print("| shape | forward | input gradient | weight gradient | Winograd forward | Winograd input gradient |")
     print("|---|---:|---:|---:|---:|---:|")
     rng = np.random.default_rng(0)
     for name, (n, c, h, wd), oc, k, s, pad in SHAPES:
         calls, flops = case(rng, (n, c, h, wd), oc, k, s, pad)
-        cells = [f"{flops / timed(fn, reps)[1] / pc:.0%}" for fn in calls(d).values()]
+        cells = [f"{flops / timed(fn, reps)[0] / pw:.0%}" for fn in calls(d).values()]
         cells += [""] * (5 - len(cells))
         print(f"| {name} {(n, c, h, wd)}->{oc} k{k} s{s} | " + " | ".join(cells) + " |", flush=True)
 
