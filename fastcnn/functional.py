@@ -676,13 +676,18 @@ def global_avg_pool2d_backward(grad_out: ArrayLike, input_shape: Sequence[int], 
 
 # --------------------------------------------------------------------------- activations
 
+def _same_shape(a: ArrayLike, b: ArrayLike, names: tuple[str, str], op: str) -> tuple[np.ndarray, np.ndarray]:
+    """Two checked float32 arrays of one shape (no broadcasting), named ``names`` in errors."""
+    a = as_float32(a, names[0], None, op)
+    b = as_float32(b, names[1], None, op)
+    if a.shape != b.shape:
+        raise ValueError(f"{op}: {names[0]} shape {a.shape} does not match {names[1]} shape {b.shape}")
+    return a, b
+
+
 def _grad_and_output(grad_out: ArrayLike, y: ArrayLike, op: str) -> tuple[np.ndarray, np.ndarray]:
     """An elementwise op's checked output gradient and forward output (equal shapes)."""
-    grad_out = as_float32(grad_out, "grad_out", None, op)
-    y = as_float32(y, "output", None, op)
-    if grad_out.shape != y.shape:
-        raise ValueError(f"{op}: grad_out shape {grad_out.shape} does not match output shape {y.shape}")
-    return grad_out, y
+    return _same_shape(grad_out, y, ("grad_out", "output"), op)
 
 
 def relu(x: ArrayLike, *, ws: Workspace | None = None) -> np.ndarray:
@@ -701,20 +706,11 @@ def relu_backward(grad_out: ArrayLike, y: ArrayLike, *, ws: Workspace | None = N
     return gx
 
 
-def _addends(a: ArrayLike, b: ArrayLike, op: str) -> tuple[np.ndarray, np.ndarray]:
-    """Two checked float32 arrays of one shape (no broadcasting)."""
-    a = as_float32(a, "a", None, op)
-    b = as_float32(b, "b", None, op)
-    if a.shape != b.shape:
-        raise ValueError(f"{op}: a shape {a.shape} does not match b shape {b.shape}")
-    return a, b
-
-
 def add(a: ArrayLike, b: ArrayLike, *, out: np.ndarray | None = None) -> np.ndarray:
     """``a + b`` of two float32 arrays of one shape (no broadcasting), on fastcnn's threads
     (a residual block's two branches, or two gradients).  ``out``: a writable C-contiguous
     float32 array of that shape to receive it (it may be ``a`` or ``b``); by default a new one."""
-    a, b = _addends(a, b, "add")
+    a, b = _same_shape(a, b, ("a", "b"), "add")
     if out is None:
         out = np.empty(a.shape, np.float32)
     elif not (isinstance(out, np.ndarray) and out.dtype == np.float32 and out.shape == a.shape
@@ -727,7 +723,7 @@ def add(a: ArrayLike, b: ArrayLike, *, out: np.ndarray | None = None) -> np.ndar
 def add_relu(a: ArrayLike, b: ArrayLike) -> np.ndarray:
     """``relu(a + b)`` in one pass (a new array; arguments as :func:`add`).  Its gradient is
     :func:`relu_backward` of its output, passed on to both addends."""
-    a, b = _addends(a, b, "add_relu")
+    a, b = _same_shape(a, b, ("a", "b"), "add_relu")
     y = np.empty(a.shape, np.float32)
     _backend.ops().add_relu_forward(a, b, y)
     return y
