@@ -153,12 +153,13 @@ def _direct_wins(module, n, c, oc, kh, kw, backward, input_grad=True, strided=Fa
     output channels.  Cython: forward always; backward with more than 3 input channels, or
     when only the weight gradient of a batch is wanted (first layers: an input gradient of 1-3
     channels fills few lanes; at batch 1 one GEMM is faster).  Numba: forward with 3+ input
-    channels; backward with more than 3 and stride 1 (strided, the per-image path measured
-    faster: docs/PERFORMANCE.md, section 10)."""
+    channels, or of a batch (one-channel first layers: direct since the tenth session);
+    backward with more than 3 and stride 1 (strided, the per-image path measured faster:
+    docs/PERFORMANCE.md, section 10)."""
     if (kh == 1 and kw == 1) or oc < 8:
         return False
     if module == "fastcnn._kernels":
-        return (c > 3 and not strided) if backward else c >= 3
+        return (c > 3 and not strided) if backward else (c >= 3 or n > 1)
     if backward:
         return c > 3 or (not input_grad and n > 1)
     return True
