@@ -716,6 +716,10 @@ def add(a: ArrayLike, b: ArrayLike, *, out: np.ndarray | None = None) -> np.ndar
     elif not (isinstance(out, np.ndarray) and out.dtype == np.float32 and out.shape == a.shape
               and out.flags.c_contiguous and out.flags.writeable):
         raise ValueError(f"add: out must be a writable C-contiguous float32 array of shape {a.shape}")
+    else:
+        for arr, name in ((a, "a"), (b, "b")):  # (the kernels sum element by element in place)
+            if np.may_share_memory(out, arr) and out.ctypes.data != arr.ctypes.data:
+                raise ValueError(f"add: out overlaps part of {name}; it may be {name} itself, or separate")
     _backend.ops().add_forward(a, b, out)
     return out
 

@@ -659,6 +659,10 @@ def test_add_and_add_relu(backend):
         F.add(a, b[..., 0])
     with pytest.raises(ValueError, match="add_relu: a shape"):
         F.add_relu(a[0], b)
+    buf = np.zeros(a.size + 1, np.float32)
+    shifted_a, shifted_out = buf[:-1].reshape(a.shape), buf[1:].reshape(a.shape)
+    with pytest.raises(ValueError, match="out overlaps part of a"):
+        F.add(shifted_a, b, out=shifted_out)
     read_only = np.empty(a.shape, np.float32)
     read_only.flags.writeable = False
     for bad in (np.empty(a.shape, np.float64), np.empty((3, 4, 5, 7), np.float32)[..., :6],
