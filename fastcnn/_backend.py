@@ -324,14 +324,17 @@ def sizes_relu_backward(gy, y, gx):
         raise ValueError("relu_backward: gy, y and gx differ in size")
 
 
-def sizes_add_forward(a, b, y):
+def _sizes_sum(op, a, b, y):
     if not (a == b and b == y):
-        raise ValueError("add_forward: a, b and y differ in size")
+        raise ValueError(f"{op}: a, b and y differ in size")
+
+
+def sizes_add_forward(a, b, y):
+    _sizes_sum("add_forward", a, b, y)
 
 
 def sizes_add_relu_forward(a, b, y):
-    if not (a == b and b == y):
-        raise ValueError("add_relu_forward: a, b and y differ in size")
+    _sizes_sum("add_relu_forward", a, b, y)
 
 
 def sizes_softmax_xent_forward(logits, labels, probs, losses):

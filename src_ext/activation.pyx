@@ -47,42 +47,30 @@ cdef void _relu_bwd_block_inplace(const float* unused, const float* y, float* g,
         g[i] = g[i] * (one if y[i] > 0.0 else zero)
 
 
-# a + b, then with relu _relu; y = out may be a or b: a loop for each case, so that each
-# vectorises (GCC gives up on a loop whose output may exactly alias an input).
-cdef void _add_block(const float* a, const float* b, float* y, Py_ssize_t m) noexcept nogil:
-    cdef Py_ssize_t i
-    for i in range(m):
-        y[i] = a[i] + b[i]
-
-
-cdef void _add_block_ya(const float* unused, const float* b, float* y, Py_ssize_t m) noexcept nogil:
-    cdef Py_ssize_t i
-    for i in range(m):
-        y[i] = y[i] + b[i]
-
-
-cdef void _add_block_yb(const float* a, const float* unused, float* y, Py_ssize_t m) noexcept nogil:
-    cdef Py_ssize_t i
-    for i in range(m):
-        y[i] = a[i] + y[i]
-
-
-cdef void _add_relu_block(const float* a, const float* b, float* y, Py_ssize_t m) noexcept nogil:
-    cdef Py_ssize_t i
-    for i in range(m):
-        y[i] = _relu(a[i] + b[i])
-
-
-cdef void _add_relu_block_ya(const float* unused, const float* b, float* y, Py_ssize_t m) noexcept nogil:
-    cdef Py_ssize_t i
-    for i in range(m):
-        y[i] = _relu(y[i] + b[i])
-
-
-cdef void _add_relu_block_yb(const float* a, const float* unused, float* y, Py_ssize_t m) noexcept nogil:
-    cdef Py_ssize_t i
-    for i in range(m):
-        y[i] = _relu(a[i] + y[i])
+cdef extern from *:
+    """
+    /* y = a + b, then with relu the ReLU kernels' rule (_relu); y may be a or b: no element
+       depends on another, which ivdep tells GCC, so the loop vectorises with y aliasing an
+       input too (GCC otherwise falls back to scalar code when it finds an exact alias). */
+    #if defined(__GNUC__) && !defined(__clang__)
+    #define FC_IVDEP _Pragma("GCC ivdep")
+    #else
+    #define FC_IVDEP
+    #endif
+    static inline void fc_add_run(const float* a, const float* b, float* y, Py_ssize_t m, int relu)
+    {
+        Py_ssize_t i;
+        if (relu) {
+            FC_IVDEP for (i = 0; i < m; i++) { float v = a[i] + b[i]; y[i] = v <= 0.0f ? 0.0f : v; }
+        } else {
+            FC_IVDEP for (i = 0; i < m; i++) y[i] = a[i] + b[i];
+        }
+    }
+    static void fc_add_block(const float* a, const float* b, float* y, Py_ssize_t m) { fc_add_run(a, b, y, m, 0); }
+    static void fc_add_relu_block(const float* a, const float* b, float* y, Py_ssize_t m) { fc_add_run(a, b, y, m, 1); }
+    """
+    void fc_add_block(const float* a, const float* b, float* y, Py_ssize_t m) noexcept nogil
+    void fc_add_relu_block(const float* a, const float* b, float* y, Py_ssize_t m) noexcept nogil
 
 
 cdef void _blocks(_block_fn f, const float* a,   # IN  (M,)
@@ -104,8 +92,6 @@ cdef _add(a, b, y, bint relu):
     cdef float* bp
     cdef float* yp
     cdef Py_ssize_t na, nb, ny
-    cdef _block_fn f
-    op = "add_relu_forward" if relu else "add_forward"
     _flat(a, False, &ap, &na)
     _flat(b, False, &bp, &nb)
     _flat(y, True, &yp, &ny)
@@ -115,12 +101,8 @@ cdef _add(a, b, y, bint relu):
         _passed(last, &k, (_backend.sizes_add_relu_forward if relu else _backend.sizes_add_forward)(na, nb, ny))
     if ny == 0:
         return
-    if relu:
-        f = _add_relu_block_ya if yp == ap else _add_relu_block_yb if yp == bp else _add_relu_block
-    else:
-        f = _add_block_ya if yp == ap else _add_block_yb if yp == bp else _add_block
     with nogil:
-        _blocks(f, ap, bp, yp, ny, _threads_for(ny))
+        _blocks(fc_add_relu_block if relu else fc_add_block, ap, bp, yp, ny, _threads_for(ny))
 
 
 def add_forward(a, b, y):

@@ -26,6 +26,18 @@ typedef struct {
 
 #define FCD_SLACK_EXTRA 32
 
+/* The grid of Hq x Wq positions per phase and channel, and what follows from it. */
+static void fcd_geo_grid(fcd_geo* g, fcd_i Hq, fcd_i Wq)
+{
+    g->Hq = Hq;
+    g->Wq = Wq;
+    g->plane = Hq * Wq;
+    g->P = g->OH * Wq;
+    g->PR = (g->P + 15) / 16 * 16 + 16;  /* (the last row's vector may pass P) */
+    /* Vectors past the last grid position read at most Wq + 15 floats beyond the planes. */
+    g->xq_size = g->nph * g->C * g->plane + Wq + FCD_SLACK_EXTRA;
+}
+
 /* pt, pl may be negative (backward data with padding >= kernel). */
 static void fcd_geo_init(fcd_geo* g, fcd_i C, fcd_i Hs, fcd_i Ws, fcd_i dh, fcd_i dw, fcd_i OC,
                          fcd_i KH, fcd_i KW, fcd_i sh, fcd_i sw, fcd_i pt, fcd_i pl, fcd_i OH,
@@ -35,13 +47,7 @@ static void fcd_geo_init(fcd_geo* g, fcd_i C, fcd_i Hs, fcd_i Ws, fcd_i dh, fcd_
     g->OC = OC; g->KH = KH; g->KW = KW; g->sh = sh; g->sw = sw; g->pt = pt; g->pl = pl;
     g->OH = OH; g->OW = OW;
     g->nph = sh * sw;
-    g->Hq = OH + (KH - 1) / sh;
-    g->Wq = OW + (KW - 1) / sw;
-    g->plane = g->Hq * g->Wq;
-    g->P = OH * g->Wq;
-    g->PR = (g->P + 15) / 16 * 16 + 16;  /* (the last row's vector may pass P) */
-    /* Vectors past the last grid position read at most Wq + 15 floats beyond the planes. */
-    g->xq_size = g->nph * C * g->plane + g->Wq + FCD_SLACK_EXTRA;
+    fcd_geo_grid(g, OH + (KH - 1) / sh, OW + (KW - 1) / sw);
     g->J = J;
     g->OCP = (OC + J - 1) / J * J;
 }

@@ -20,6 +20,7 @@ cdef extern from "conv_direct.h" nogil:
     void fcd_geo_init(fcd_geo* g, fcd_i C, fcd_i Hs, fcd_i Ws, fcd_i dh, fcd_i dw, fcd_i OC,
                       fcd_i KH, fcd_i KW, fcd_i sh, fcd_i sw, fcd_i pt, fcd_i pl, fcd_i OH,
                       fcd_i OW, fcd_i J)
+    void fcd_geo_grid(fcd_geo* g, fcd_i Hq, fcd_i Wq)
     void fcd_make_tab(const fcd_geo* g, fcd_i* tab)
     void fcd_pack_input(const fcd_geo* g, const float* src, float* xq, int zeroed)
     void fcd_pack_weights(const fcd_geo* g, const float* w, int flip, float* wp)
@@ -332,12 +333,7 @@ cdef int _data_by_phases(const float[:, :, :, ::1] gy, const float[:, :, :, ::1]
         for p in range(NPH):  # each phase's grid widened to it
             if subs[p] is None:
                 continue
-            geo[p].Hq = hqc
-            geo[p].Wq = wqc
-            geo[p].plane = hqc * wqc
-            geo[p].P = geo[p].OH * wqc
-            geo[p].PR = (geo[p].P + 15) // 16 * 16 + 16
-            geo[p].xq_size = gc.xq_size
+            fcd_geo_grid(&geo[p], hqc, wqc)  # (so its xq_size is gc's)
             lst[p] = geo[p].P // fcd_VL + 1 + geo[p].OH * (geo[p].OW // fcd_VL + 1)
             o_st[p] = n_st
             n_st += 3 * lst[p]

@@ -122,20 +122,28 @@ def tile_fma(typingctx, acc, xv, wp, wk):
     return acc(acc, xv, wp, wk), codegen
 
 
-@intrinsic
-def tile_fma_at(typingctx, acc, xv, src, base, off, o0):
-    """``acc[r*V' + v] += xv[v] * src[base + off[o0 + r]]`` (V' = len(xv), r < len(acc) / V')."""
+def _tap_fma(width):
+    """Code generator of the tile FMAs below: ``acc[r*V' + v] += xv[v] * src[base + off[o0 + r0]
+    + r - r0]`` with ``r0 = r - r % width`` (args acc, xv, src, base, off, o0): one offset load
+    per ``width`` rows."""
     def codegen(context, builder, sig, args):
         aty, xty, sty, bty, oty, o0ty = sig.args
         b = context.cast(builder, args[3], bty, types.intp)
         o0 = context.cast(builder, args[5], o0ty, types.intp)
         rows = []
-        for r in range(aty.count // xty.count):
+        for r in range(0, aty.count // xty.count, width):
             o = _elem(context, builder, oty, args[4], builder.add(o0, ir.Constant(o0.type, r)))
-            o = context.cast(builder, o, oty.dtype, types.intp)
-            rows.append(_elem(context, builder, sty, args[2], builder.add(b, o)))
+            row = builder.add(b, context.cast(builder, o, oty.dtype, types.intp))
+            rows += [_elem(context, builder, sty, args[2], builder.add(row, ir.Constant(row.type, j)))
+                     for j in range(width)]
         return _fma_rows(context, builder, args[0], args[1], xty.count, rows)
-    return acc(acc, xv, src, base, off, o0), codegen
+    return codegen
+
+
+@intrinsic
+def tile_fma_at(typingctx, acc, xv, src, base, off, o0):
+    """``acc[r*V' + v] += xv[v] * src[base + off[o0 + r]]`` (V' = len(xv), r < len(acc) / V')."""
+    return acc(acc, xv, src, base, off, o0), _tap_fma(1)
 
 
 @intrinsic
@@ -143,18 +151,7 @@ def tile_fma_rows3(typingctx, acc, xv, src, base, off, o0):
     """:func:`tile_fma_at` for taps in rows of 3 (``off[o0 + 3*i + j] = off[o0 + 3*i] + j``): one
     offset per row, the row's taps at constant displacements, so a tile's addresses fit the
     general registers."""
-    def codegen(context, builder, sig, args):
-        aty, xty, sty, bty, oty, o0ty = sig.args
-        b = context.cast(builder, args[3], bty, types.intp)
-        o0 = context.cast(builder, args[5], o0ty, types.intp)
-        rows = []
-        for r in range(0, aty.count // xty.count, 3):
-            o = _elem(context, builder, oty, args[4], builder.add(o0, ir.Constant(o0.type, r)))
-            row = builder.add(b, context.cast(builder, o, oty.dtype, types.intp))
-            rows += [_elem(context, builder, sty, args[2], builder.add(row, ir.Constant(row.type, j)))
-                     for j in range(3)]
-        return _fma_rows(context, builder, args[0], args[1], xty.count, rows)
-    return acc(acc, xv, src, base, off, o0), codegen
+    return acc(acc, xv, src, base, off, o0), _tap_fma(3)
 
 
 #: Accumulators of a weight-gradient tile (taps x channel vectors).
