@@ -86,23 +86,29 @@ cdef void _blocks(_block_fn f, const float* a,   # IN  (M,)
 cdef _Key _fwd_ok, _bwd_ok, _add_ok, _add_relu_ok
 
 
+cdef Py_ssize_t _flat3(a, b, y, float** ap, float** bp, float** yp, _Key* last, sizes) except -1:
+    """Two inputs and an output as flat runs of floats, their sizes checked by ``sizes`` (the
+    contract's, once per new combination of sizes); returns the output's size."""
+    cdef Py_ssize_t na, nb, ny
+    _flat(a, False, ap, &na)
+    _flat(b, False, bp, &nb)
+    _flat(y, True, yp, &ny)
+    cdef _Key k = _key(na, nb, ny)
+    if _new(last, &k):
+        _passed(last, &k, sizes(na, nb, ny))
+    return ny
+
+
 cdef _add(a, b, y, bint relu):
     """``y = a + b`` (with ``relu``: then ``max(., 0)``); a, b IN; y OUT (may be a or b)."""
     cdef float* ap
     cdef float* bp
     cdef float* yp
-    cdef Py_ssize_t na, nb, ny
-    _flat(a, False, &ap, &na)
-    _flat(b, False, &bp, &nb)
-    _flat(y, True, &yp, &ny)
-    cdef _Key k = _key(na, nb, ny)
-    cdef _Key* last = &_add_relu_ok if relu else &_add_ok
-    if _new(last, &k):
-        _passed(last, &k, (_backend.sizes_add_relu_forward if relu else _backend.sizes_add_forward)(na, nb, ny))
-    if ny == 0:
-        return
-    with nogil:
-        _blocks(fc_add_relu_block if relu else fc_add_block, ap, bp, yp, ny, _threads_for(ny))
+    cdef Py_ssize_t n = _flat3(a, b, y, &ap, &bp, &yp, &_add_relu_ok if relu else &_add_ok,
+                               _backend.sizes_add_relu_forward if relu else _backend.sizes_add_forward)
+    if n:
+        with nogil:
+            _blocks(fc_add_relu_block if relu else fc_add_block, ap, bp, yp, n, _threads_for(n))
 
 
 def add_forward(a, b, y):
@@ -136,13 +142,7 @@ def relu_backward(gy, y, gx):
     cdef float* gp
     cdef float* yp
     cdef float* xp
-    cdef Py_ssize_t ng, ny, nx
-    _flat(gy, False, &gp, &ng)
-    _flat(y, False, &yp, &ny)
-    _flat(gx, True, &xp, &nx)
-    cdef _Key k = _key(ng, ny, nx)
-    if _new(&_bwd_ok, &k):
-        _passed(&_bwd_ok, &k, _backend.sizes_relu_backward(ng, ny, nx))
+    cdef Py_ssize_t nx = _flat3(gy, y, gx, &gp, &yp, &xp, &_bwd_ok, _backend.sizes_relu_backward)
     if nx == 0:
         return
     with nogil:
