@@ -214,6 +214,17 @@ static inline void fcd_store_n(float* d, const float* s, fcd_i n)
     for (l = 0; l < n; l++)
         d[l] = s[l];
 }
+/* Lanes lo .. hi - 1 of a replaced by p[lo .. hi) (no other lane of p is read). */
+#define FCD_MASK_T fcd_i
+#define FCD_LANES(lo, hi) ((lo) | (hi) << 8)
+#define FCD_LOAD_MASKED(a, m, p) fcd_load_lanes((a), (m), (p))
+static inline fcd_v4 fcd_load_lanes(fcd_v4 a, fcd_i m, const float* p)
+{
+    fcd_i l;
+    for (l = m & 255; l < m >> 8; l++)
+        a[l] = p[l];
+    return a;
+}
 #include "conv_direct_kern.h"
 
 #ifdef FC_SIMD
@@ -236,6 +247,12 @@ FC_TARGET_PUSH(FC_AVX2)
 #define FCD_RELU(v) _mm256_andnot_ps(_mm256_cmp_ps((v), _mm256_setzero_ps(), _CMP_LE_OQ), (v))
 #define FCD_STORE_N(p, v, n) _mm256_maskstore_ps((p), _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(n)), \
                                                  _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)), (v))
+#define FCD_MASK_T __m256i
+#define FCD_LANES(lo, hi) _mm256_andnot_si256( \
+    _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(lo)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)), \
+    _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(hi)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)))
+/* (the masked-off lanes load as +0.0, so OR merges the run into a's zero lanes) */
+#define FCD_LOAD_MASKED(a, m, p) _mm256_or_ps((a), _mm256_maskload_ps((p), (m)))
 #include "conv_direct_kern.h"
 FC_TARGET_POP
 
@@ -256,6 +273,9 @@ FC_TARGET_PUSH(FC_AVX512)
 #define FCD_RELU(v) _mm512_mask_blend_ps(_mm512_cmp_ps_mask((v), _mm512_setzero_ps(), _CMP_LE_OQ), (v), \
                                          _mm512_setzero_ps())
 #define FCD_STORE_N(p, v, n) _mm512_mask_storeu_ps((p), (__mmask16)((1u << (n)) - 1u), (v))
+#define FCD_MASK_T __mmask16
+#define FCD_LANES(lo, hi) ((__mmask16)(((1u << (hi)) - 1u) & ~((1u << (lo)) - 1u)))
+#define FCD_LOAD_MASKED(a, m, p) _mm512_mask_loadu_ps((a), (m), (p))
 #define FCD_TRANSPOSE16 fcd_transpose16_avx512
 #define FCD_EVEN16 fcd_even16_avx512
 #define FCD_DEINTERLEAVE fcd_deinterleave_avx512

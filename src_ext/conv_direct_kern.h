@@ -476,3 +476,6 @@ static const fcd_isa_kernels FCD_NAME(fcd_kernels) = {
 #undef FCD_SUB
 #undef FCD_RELU
 #undef FCD_STORE_N
+#undef FCD_MASK_T
+#undef FCD_LANES
+#undef FCD_LOAD_MASKED

@@ -13,6 +13,18 @@
  *   3. per channel: the output tile A^T m A, bias and ReLU, into y (N, OC, OH, OW).
  * Every output is summed in one fixed order (per xi over c, then the fixed transforms). */
 
+/* The 16 values of VL windows, d[4 i + j] = window value (i, j), phase (i % 2, j % 2) at
+ * p0 .. p3 (phases (0, 0), (0, 1), (1, 0), (1, 1)), row i / 2 (row length W1 = W2 - 1), column
+ * j / 2: LD(d[k], m, address) loads them (m: FCW_MERGE's lane mask). */
+#define FCW_WINDOW(d, LD, m, p0, p1, p2, p3, W1, W2) do { \
+    LD(d[0], m, p0); LD(d[1], m, p1); LD(d[2], m, p0 + 1); LD(d[3], m, p1 + 1); \
+    LD(d[4], m, p2); LD(d[5], m, p3); LD(d[6], m, p2 + 1); LD(d[7], m, p3 + 1); \
+    LD(d[8], m, p0 + W1); LD(d[9], m, p1 + W1); LD(d[10], m, p0 + W2); LD(d[11], m, p1 + W2); \
+    LD(d[12], m, p2 + W1); LD(d[13], m, p3 + W1); LD(d[14], m, p2 + W2); LD(d[15], m, p3 + W2); \
+} while (0)
+#define FCW_LOAD(v, m, p) ((v) = FCD_LOAD(p))
+#define FCW_MERGE(v, m, p) ((v) = FCD_LOAD_MASKED((v), (m), (p)))
+
 /* Rows (B^T d) then columns (t B) of the input transform, in place over 16 vectors. */
 static inline __attribute__((always_inline)) void FCD_NAME(fcw_in_tf)(FCD_VT* d)
 {
@@ -32,6 +44,16 @@ static inline __attribute__((always_inline)) void FCD_NAME(fcw_in_tf)(FCD_VT* d)
         d[4 * i + 2] = FCD_SUB(t[4 * i + 2], t[4 * i + 1]);
         d[4 * i + 3] = FCD_SUB(t[4 * i + 1], t[4 * i + 3]);
     }
+}
+
+/* The input transform of d, stored to planes d0, d0 + US, ... */
+static inline __attribute__((always_inline)) void FCD_NAME(fcw_in_put)(FCD_VT* d, float* d0, fcd_i US)
+{
+    int i;
+    FCD_NAME(fcw_in_tf)(d);
+    FCD_UNROLL
+    for (i = 0; i < 16; i++)
+        FCD_STORE(d0 + i * US, d[i]);
 }
 
 /* Output transform A^T m A of 16 vectors -> y[a*2 + b] (4 vectors). */
@@ -64,7 +86,8 @@ static void FCD_NAME(fcw_images)(const fcd_geo* g, const float* src, fcd_i NI,
 {
     fcd_i TH = g->OH, TW = g->OW, T = TH * TW, C = g->C, OC = g->OC, NOB = g->OCP / FCD_J;
     fcd_i US = fcw_u_stride(C, Q), MS = fcw_m_stride(FCD_J, Q), CP = C * g->plane, OHW = OH * OW;
-    fcd_i k, ob, xi, i, n, v, nv, jj, q0, nq, c, ty, tx, t, a, e, r, nr;
+    fcd_i k, ob, xi, i, n, v, nv, jj, q0, nq, c, ty, tx, a, e, r, nr;
+    const fcd_i W1 = g->Wq, W2 = g->Wq + 1;
     int whole;
     fcd_i rq[FCW_QMAX], rn[FCW_QMAX], rsrc[FCW_QMAX], rdst[FCW_QMAX], rpairs[FCW_QMAX], rrows[FCW_QMAX];
     const fcd_i tab0[1] = {0};
@@ -91,33 +114,50 @@ static void FCD_NAME(fcw_images)(const fcd_geo* g, const float* src, fcd_i NI,
 #ifdef FCD_PUT_PAIRS
         whole = TW == FCD_VL && OW == 2 * TW;
 #endif
-        /* 1. input transform of the chunk's windows, run by run */
-        for (r = 0; r < nr; r++)
-            for (c = 0; c < C; c++)
-                for (t = 0; t < rn[r]; t += FCD_VL) {
-                    /* window value (i, j) is in phase (i % 2, j % 2) at (i / 2)*Wq + j / 2 */
-                    const float* p0 = xq + rsrc[r] + c * g->plane + t;
+        /* 1. input transform of the chunk's windows, vector by vector: a vector's lanes are
+         *    tiles of one or more runs (short tile rows share a vector), each run's lanes
+         *    loaded under a mask; lanes past the chunk's tiles are zeros */
+        for (v = 0, r = 0; v < nv; v++) {
+            fcd_i v0 = v * FCD_VL, ns = 0, sb[FCD_VL];
+            FCD_MASK_T sm[FCD_VL];
+            int full = 0;
+            while (rq[r] + rn[r] <= v0)
+                r++;
+            for (e = r; e < nr && rq[e] < v0 + FCD_VL; e++, ns++) {
+                fcd_i lo = rq[e] > v0 ? rq[e] - v0 : 0;
+                fcd_i hi = rq[e] + rn[e] < v0 + FCD_VL ? rq[e] + rn[e] - v0 : FCD_VL;
+                sb[ns] = rsrc[e] - rq[e] + v0;  /* lane l of the run reads offset sb + l */
+                sm[ns] = FCD_LANES(lo, hi);
+                full = lo == 0 && hi == FCD_VL;
+            }
+            full = full && ns == 1;
+            /* window value (i, j) is in phase (i % 2, j % 2) at (i / 2)*Wq + j / 2 */
+            if (full)
+                for (c = 0; c < C; c++) {
+                    const float* p0 = xq + c * g->plane + sb[0];
                     const float* p1 = p0 + CP;
                     const float* p2 = p1 + CP;
                     const float* p3 = p2 + CP;
-                    const fcd_i W1 = g->Wq, W2 = g->Wq + 1;
-                    float* d0 = u + c * Q + rq[r] + t;
-                    fcd_i nl = rn[r] - t < FCD_VL ? rn[r] - t : FCD_VL;
-                    FCD_VT d[16] = {
-                        FCD_LOAD(p0), FCD_LOAD(p1), FCD_LOAD(p0 + 1), FCD_LOAD(p1 + 1),
-                        FCD_LOAD(p2), FCD_LOAD(p3), FCD_LOAD(p2 + 1), FCD_LOAD(p3 + 1),
-                        FCD_LOAD(p0 + W1), FCD_LOAD(p1 + W1), FCD_LOAD(p0 + W2), FCD_LOAD(p1 + W2),
-                        FCD_LOAD(p2 + W1), FCD_LOAD(p3 + W1), FCD_LOAD(p2 + W2), FCD_LOAD(p3 + W2)};
-                    FCD_NAME(fcw_in_tf)(d);
-                    if (nl == FCD_VL) {
-                        FCD_UNROLL
-                        for (i = 0; i < 16; i++)
-                            FCD_STORE(d0 + i * US, d[i]);
-                    } else {
-                        for (i = 0; i < 16; i++)
-                            FCD_STORE_N(d0 + i * US, d[i], nl);
-                    }
+                    FCD_VT d[16];
+                    FCW_WINDOW(d, FCW_LOAD, 0, p0, p1, p2, p3, W1, W2);
+                    FCD_NAME(fcw_in_put)(d, u + c * Q + v0, US);
                 }
+            else
+                for (c = 0; c < C; c++) {
+                    FCD_VT d[16];
+                    FCD_UNROLL
+                    for (i = 0; i < 16; i++)
+                        d[i] = FCD_ZERO();
+                    for (e = 0; e < ns; e++) {
+                        const float* p0 = xq + c * g->plane + sb[e];
+                        const float* p1 = p0 + CP;
+                        const float* p2 = p1 + CP;
+                        const float* p3 = p2 + CP;
+                        FCW_WINDOW(d, FCW_MERGE, sm[e], p0, p1, p2, p3, W1, W2);
+                    }
+                    FCD_NAME(fcw_in_put)(d, u + c * Q + v0, US);
+                }
+        }
         for (ob = 0; ob < NOB; ob++) {
             fcd_i nj = OC - ob * FCD_J < FCD_J ? OC - ob * FCD_J : FCD_J;
             /* 2. products, xi by xi */
@@ -183,3 +223,7 @@ static void FCD_NAME(fcw_images)(const fcd_geo* g, const float* src, fcd_i NI,
         }
     }
 }
+
+#undef FCW_WINDOW
+#undef FCW_LOAD
+#undef FCW_MERGE
