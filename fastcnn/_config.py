@@ -111,7 +111,7 @@ COL2IM_IMAGES = 8
 #: ``DENSE_MIN_BLOCK`` output features wide.  The count depends on the layer's shape only,
 #: never on the thread count, so the same SGEMM calls (and bytes) run at any thread count;
 #: changing these constants changes the rounding, not the determinism.
-DENSE_BLOCKS = 4
+DENSE_BLOCKS = 2
 DENSE_MIN_BLOCK = 32
 
 
