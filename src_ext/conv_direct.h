@@ -129,10 +129,11 @@ static void fcd_pack_weights(const fcd_geo* g, const float* w, int flip, float* 
 static void fcw_pack_weights(fcd_i OC, fcd_i C, fcd_i J, fcd_i OCP, const float* w, int flip,
                              fcd_i ob, float* vp)
 {
-    fcd_i NOB = OCP / J, c, jj, o, i, j;
-    for (c = 0; c < C; c++)
+    fcd_i NOB = OCP / J, c, jj, o, i, j, xi;
+    float blk[16][64];  /* a channel's 16 planes of the block (J <= 64), stored row by row */
+    for (c = 0; c < C; c++) {
         for (jj = 0; jj < J; jj++) {
-            double gg[3][3], t[4][3], v;
+            double gg[3][3], t[4][3];
             o = ob * J + jj;
             for (i = 0; i < 3; i++)
                 for (j = 0; j < 3; j++)
@@ -144,13 +145,16 @@ static void fcw_pack_weights(fcd_i OC, fcd_i C, fcd_i J, fcd_i OCP, const float*
                 t[2][j] = 0.5 * (gg[0][j] - gg[1][j] + gg[2][j]);
                 t[3][j] = gg[2][j];
             }
-            for (i = 0; i < 4; i++)
-                for (j = 0; j < 4; j++) {
-                    v = j == 0 ? t[i][0] : j == 3 ? t[i][2]
-                        : 0.5 * (t[i][0] + (j == 1 ? t[i][1] : -t[i][1]) + t[i][2]);
-                    vp[(((i * 4 + j) * NOB + ob) * C + c) * J + jj] = (float)v;
-                }
+            for (i = 0; i < 4; i++) {
+                blk[4 * i][jj] = (float)t[i][0];
+                blk[4 * i + 1][jj] = (float)(0.5 * (t[i][0] + t[i][1] + t[i][2]));
+                blk[4 * i + 2][jj] = (float)(0.5 * (t[i][0] + -t[i][1] + t[i][2]));
+                blk[4 * i + 3][jj] = (float)t[i][2];
+            }
         }
+        for (xi = 0; xi < 16; xi++)
+            memcpy(vp + ((xi * NOB + ob) * C + c) * J, blk[xi], J * sizeof(float));
+    }
 }
 
 /* Winograd scratch: floats between consecutive xi planes of the transformed input (C rows of
