@@ -20,10 +20,10 @@ include "_common.pxi"
 
 cdef extern from "norm_kern.h" nogil:
     ctypedef struct fnk_table:  # (the loops of one SIMD path)
-        void (*acc_plane)(double* acc, const float* x, Py_ssize_t P) noexcept nogil  # acc[e] += x[e]
+        void (*acc_plane)(double* acc, const float* x, Py_ssize_t P, Py_ssize_t D) noexcept nogil  # acc[e] += x[e]
         void (*acc_plane_sqdev)(double* acc, const float* x, Py_ssize_t P, double mu) noexcept nogil  # += (x[e]-mu)**2
         void (*acc_plane_sum_dot)(double* accs, double* accd, const float* g, const float* h,
-                                  Py_ssize_t P, float w, float b, int relu) noexcept nogil  # g masked if relu
+                                  Py_ssize_t P, float w, float b, int relu, Py_ssize_t D) noexcept nogil  # g masked if relu
         void (*fwd_plane)(const float* x, float* xh, float* y, Py_ssize_t P, float mu, float s, float w,
                           float b, int relu) noexcept nogil  # xh = (x - mu) * s; y = xh * w + b (ReLU'd)
         void (*bwd_plane)(const float* gy, const float* xh, float* gx, Py_ssize_t P, float sc, float a,
@@ -64,7 +64,7 @@ cdef inline void _stats_channel(const float* x, Py_ssize_t c, Py_ssize_t N, Py_s
     cdef double M = <double>(N * P), mu
     _zero(acc, P)
     for b in range(N):
-        fnk.acc_plane(acc, x + (b * C + c) * P, P)
+        fnk.acc_plane(acc, x + (b * C + c) * P, P, C * P)
     mu = _sum8_runs(acc, 1, 0, P) / M
     _zero(acc, P)
     for b in range(N):
@@ -87,7 +87,7 @@ cdef inline void _reduce_channel(const float* gy, const float* xh, Py_ssize_t c,
     _zero(acc, 2 * P)
     for b in range(N):
         o = (b * C + c) * P
-        fnk.acc_plane_sum_dot(acc, acc + P, gy + o, xh + o, P, w, bb, relu)
+        fnk.acc_plane_sum_dot(acc, acc + P, gy + o, xh + o, P, w, bb, relu, C * P)
     gsum[0] = _sum8_runs(acc, 1, 0, P)
     gdot[0] = _sum8_runs(acc + P, 1, 0, P)
 

@@ -11,10 +11,23 @@
 
 typedef ptrdiff_t fnk_i;
 
+/* The reductions walk a channel's planes, one per image (C planes apart): too short a run
+ * for the hardware prefetcher, so each run of FNK_RUN floats (four cache lines) asks for the
+ * same lines of the next image's plane (a prefetch past the array does not fault). */
+#define FNK_RUN 64
+#define FNK_PREFETCH(p) do { const char* p_ = (const char*)(p); __builtin_prefetch(p_, 0, 3); \
+    __builtin_prefetch(p_ + 64, 0, 3); __builtin_prefetch(p_ + 128, 0, 3); __builtin_prefetch(p_ + 192, 0, 3); } while (0)
+
 #define FNK_BODY(SUFFIX)                                                                      \
-/* acc[e] += x[e] in double */                                                                \
-static void fnk_acc_plane_##SUFFIX(double* acc, const float* x, fnk_i P)                      \
-{ for (fnk_i e = 0; e < P; e++) acc[e] += (double)x[e]; }                                     \
+/* acc[e] += x[e] in double; the plane D floats further is prefetched meanwhile */          \
+static void fnk_acc_plane_##SUFFIX(double* acc, const float* x, fnk_i P, fnk_i D)             \
+{                                                                                             \
+    for (fnk_i e0 = 0; e0 < P; e0 += FNK_RUN) {                                               \
+        fnk_i e1 = e0 + FNK_RUN < P ? e0 + FNK_RUN : P;                                       \
+        FNK_PREFETCH(x + D + e0);                                                             \
+        for (fnk_i e = e0; e < e1; e++) acc[e] += (double)x[e];                               \
+    }                                                                                         \
+}                                                                                             \
 /* acc[e] += (x[e] - mu)**2 in double */                                                      \
 static void fnk_acc_plane_sqdev_##SUFFIX(double* acc, const float* x, fnk_i P, double mu)     \
 { for (fnk_i e = 0; e < P; e++) { double d = (double)x[e] - mu; acc[e] += d * d; } }          \
@@ -23,15 +36,23 @@ static inline float fnk_mask_##SUFFIX(float g, float h, float w, float b)       
 { float v = h * w + b; return g * (v > 0.0f ? 1.0f : 0.0f); }                                 \
 /* accs[e] += g, accd[e] += g * h[e] in double (exact products); g = g[e], masked if relu */   \
 static void fnk_acc_plane_sum_dot_##SUFFIX(double* accs, double* accd, const float* g,        \
-                                           const float* h, fnk_i P, float w, float b, int relu) \
+                                           const float* h, fnk_i P, float w, float b, int relu, \
+                                           fnk_i D)                                            \
 {                                                                                             \
-    if (relu)                                                                                 \
-        for (fnk_i e = 0; e < P; e++) {                                                       \
-            double gv = fnk_mask_##SUFFIX(g[e], h[e], w, b);                                  \
-            accs[e] += gv; accd[e] += gv * (double)h[e];                                      \
-        }                                                                                     \
-    else                                                                                      \
-        for (fnk_i e = 0; e < P; e++) { double gv = g[e]; accs[e] += gv; accd[e] += gv * (double)h[e]; } \
+    for (fnk_i e0 = 0; e0 < P; e0 += FNK_RUN) {                                               \
+        fnk_i e1 = e0 + FNK_RUN < P ? e0 + FNK_RUN : P;                                       \
+        FNK_PREFETCH(g + D + e0);                                                             \
+        FNK_PREFETCH(h + D + e0);                                                             \
+        if (relu)                                                                             \
+            for (fnk_i e = e0; e < e1; e++) {                                                 \
+                double gv = fnk_mask_##SUFFIX(g[e], h[e], w, b);                              \
+                accs[e] += gv; accd[e] += gv * (double)h[e];                                  \
+            }                                                                                 \
+        else                                                                                  \
+            for (fnk_i e = e0; e < e1; e++) {                                                 \
+                double gv = g[e]; accs[e] += gv; accd[e] += gv * (double)h[e];                \
+            }                                                                                 \
+    }                                                                                         \
 }                                                                                             \
 /* xh = (x - mu) * s, y = xh * w + b (then the ReLU kernels' rule if relu), float32 */        \
 static void fnk_fwd_plane_##SUFFIX(const float* x, float* xh, float* y, fnk_i P, float mu,     \
@@ -59,9 +80,9 @@ static const fnk_table fnk_table_##SUFFIX = {                                   
     fnk_fwd_plane_##SUFFIX, fnk_bwd_plane_##SUFFIX};
 
 typedef struct {
-    void (*acc_plane)(double*, const float*, fnk_i);
+    void (*acc_plane)(double*, const float*, fnk_i, fnk_i);
     void (*acc_plane_sqdev)(double*, const float*, fnk_i, double);
-    void (*acc_plane_sum_dot)(double*, double*, const float*, const float*, fnk_i, float, float, int);
+    void (*acc_plane_sum_dot)(double*, double*, const float*, const float*, fnk_i, float, float, int, fnk_i);
     void (*fwd_plane)(const float*, float*, float*, fnk_i, float, float, float, float, int);
     void (*bwd_plane)(const float*, const float*, float*, fnk_i, float, float, float, float, float, int);
 } fnk_table;
