@@ -251,18 +251,24 @@ def sizes_conv2d_direct_backward_weight(gy, x, sh, sw, pt, pl, gw, gb):
         raise ValueError("conv2d_direct_backward_weight: gb must have shape (OC,) or (0,)")
 
 
+def _sizes_winograd(op, w, pt, pl):
+    if w[2:] not in ((3, 3), (5, 5)):
+        raise ValueError(f"{op}: the kernel must be 3 x 3 or 5 x 5, got {w[2]} x {w[3]}")
+    if max(pt, pl) > w[2] - 1:
+        raise ValueError(f"{op}: the padding must be at most {w[2] - 1} for a {w[2]} x {w[3]} kernel, "
+                         f"got {pt}, {pl}")
+
+
 def sizes_conv2d_winograd_forward(x, w, bias, pt, pl, relu, y):
     _sizes_direct(x, w, y, 1, 1, pt, pl)
-    if w[2:] != (3, 3) or pt > 2 or pl > 2:
-        raise ValueError("conv2d_winograd_forward: the kernel must be 3 x 3, the padding at most 2")
+    _sizes_winograd("conv2d_winograd_forward", w, pt, pl)
     if bias != w[:1]:
         raise ValueError("conv2d_winograd_forward: bias must have shape (OC,)")
 
 
 def sizes_conv2d_winograd_backward_data(gy, w, pt, pl, gx):
     _sizes_direct(gx, w, gy, 1, 1, pt, pl)
-    if w[2:] != (3, 3) or pt > 2 or pl > 2:
-        raise ValueError("conv2d_winograd_backward_data: the kernel must be 3 x 3, the padding at most 2")
+    _sizes_winograd("conv2d_winograd_backward_data", w, pt, pl)
 
 
 def sizes_conv2d_direct_backward_maxpool2(gp, idx, y, x, w, sh, sw, pt, pl, oh, ow, gx, gw, gb):

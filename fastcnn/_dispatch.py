@@ -9,9 +9,9 @@
 ``"direct"``
     The direct kernels (``conv2d_direct_*`` primitives), every batch size.
 ``"winograd"``
-    Winograd F(2x2, 3x3) kernels (``conv2d_winograd_*`` primitives) for every 3x3 convolution
-    of stride 1 (forward and input gradient; the weight gradient on the direct kernels);
-    other layers as ``"direct"``.
+    Winograd F(2x2, 3x3) and F(2x2, 5x5) kernels (``conv2d_winograd_*`` primitives) for every
+    3x3 and 5x5 convolution of stride 1 (forward and input gradient; the weight gradient on the
+    direct kernels); other layers as ``"direct"``.
 ``"per_image"``
     im2col + SGEMM one image per thread, dense layers by blocks: one thread pool
     (docs/PERFORMANCE.md, section 3).
@@ -167,14 +167,14 @@ def _direct_wins(module, n, c, oc, kh, kw, backward, input_grad=True, strided=Fa
 
 def _winograd_wins(module, n, c, oc):
     """The ``auto`` rule for the Winograd kernels of backend module ``module`` (its name), for a
-    3x3 convolution of stride 1, from benches/conv_direct_gflops.py (docs/PERFORMANCE.md,
+    3x3 or 5x5 convolution of stride 1, from benches/conv_direct_gflops.py (docs/PERFORMANCE.md,
     "Winograd convolutions"): Cython with 16 or more input and output channels and more than
     one image; never Numba's (slower than its direct kernels)."""
     return module == "fastcnn._ext" and n > 1 and c >= 16 and oc >= 16
 
 
 def conv_plan(k, n, c, oc, kh, kw, oh, ow, itemsize, backward=False, input_grad=True, strided=False, pad=0):
-    """Strategy for one convolution: ``"winograd"`` (3x3, stride 1: forward and input
+    """Strategy for one convolution: ``"winograd"`` (3x3 or 5x5, stride 1: forward and input
     gradient), ``"direct"``, ``"single"`` (batch of one: one GEMM), ``"per_image"`` or
     ``"chunked"``.
 
@@ -186,11 +186,11 @@ def conv_plan(k, n, c, oc, kh, kw, oh, ow, itemsize, backward=False, input_grad=
     backward : whether the plan is for the gradients (else the forward pass)
     input_grad : with ``backward``, whether the input gradient is wanted too
     strided : whether a stride is larger than 1
-    pad : the larger of the top and left padding (Winograd: at most 2)
+    pad : the larger of the top and left padding (Winograd: at most the kernel size - 1)
     """
     conv = _current()["conv"]
     name = getattr(k, "__name__", None)
-    if (kh == kw == 3 and not strided and pad <= 2 and (not backward or input_grad)
+    if (kh == kw and kh in (3, 5) and not strided and pad <= kh - 1 and (not backward or input_grad)
             and (conv == "winograd" or (conv == "auto" and itemsize == 4 and _winograd_wins(name, n, c, oc)))):
         return "winograd"
     if conv in ("direct", "winograd"):

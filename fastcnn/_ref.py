@@ -632,41 +632,53 @@ def conv2d_direct_backward_maxpool2(gp, idx, y, x, w, sh, sw, pt, pl, oh, ow, gx
         conv2d_direct_backward_data(full, w, sh, sw, pt, pl, gx)
 
 
-# Winograd's minimal filtering F(2x2, 3x3) (docs/PERFORMANCE.md, "Winograd convolutions"):
-# a 2x2 output tile of a 3x3 correlation from its 4x4 input window d and kernel g is
-# A^T [(G g G^T) * (B^T d B)] A, 16 multiplications instead of 36.
+# Winograd's minimal filtering F(2x2, r x r) (docs/PERFORMANCE.md, "Winograd convolutions"):
+# a 2x2 output tile of an r x r correlation from its (r + 1) x (r + 1) input window d and kernel
+# g is A^T [(G g G^T) * (B^T d B)] A: (r + 1)**2 multiplications instead of 4 r**2.
+# F(2x2, 3x3): the points 0, 1, -1 and infinity.
 WINOGRAD_BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float64)
 WINOGRAD_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], np.float64)
 WINOGRAD_AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float64)
+# F(2x2, 5x5): the points 0, 1, -1, 2, -2 and infinity.
+WINOGRAD5_BT = np.array([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
+                         [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]], np.float64)
+WINOGRAD5_G = np.array([[1 / 4, 0, 0, 0, 0], [-1 / 6] * 5, [-1 / 6, 1 / 6, -1 / 6, 1 / 6, -1 / 6],
+                        [1 / 24, 1 / 12, 1 / 6, 1 / 3, 2 / 3], [1 / 24, -1 / 12, 1 / 6, -1 / 3, 2 / 3],
+                        [0, 0, 0, 0, 1]], np.float64)
+WINOGRAD5_AT = np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 1]], np.float64)
+WINOGRAD_MATRICES = {3: (WINOGRAD_BT, WINOGRAD_G, WINOGRAD_AT), 5: (WINOGRAD5_BT, WINOGRAD5_G, WINOGRAD5_AT)}
 
 
 def conv2d_winograd_forward(x, w, bias, pt, pl, relu, y):
-    """3x3 convolution of stride 1 by Winograd's F(2x2, 3x3): the same result as
-    :func:`conv2d_direct_forward` (``sh = sw = 1``) up to rounding.
+    """3x3 or 5x5 convolution of stride 1 by Winograd's F(2x2, 3x3) or F(2x2, 5x5): the same
+    result as :func:`conv2d_direct_forward` (``sh = sw = 1``) up to rounding.
 
     Parameters
     ----------
     x : (N, C, H, W) float32  # IN
-    w : (OC, C, 3, 3) float32  # IN
+    w : (OC, C, r, r) float32  # IN, r = 3 or 5
     bias : (OC,) float32  # IN
     pt, pl : int
-        Top/left padding; bottom/right padding as implied by the output size.
+        Top/left padding, at most ``r - 1``; bottom/right padding as implied by the output size.
     relu : int
         As :func:`conv2d_direct_forward`.
     y : (N, OC, OH, OW) float32  # OUT
 
     Output tile ``(ty, tx)`` (rows ``2ty, 2ty + 1``, columns ``2tx, 2tx + 1``; the last ones
-    cut to ``OH x OW``) reads the 4x4 window of the padded input at ``(2ty, 2tx)``; the kernel
-    is transformed in float64 and rounded once; the input and the products are transformed in
-    the input's precision.
+    cut to ``OH x OW``) reads the ``(r + 1) x (r + 1)`` window of the padded input at
+    ``(2ty, 2tx)``; the kernel is transformed in float64 and rounded once; the input and the
+    products are transformed in the input's precision.
     """
     dt = x.dtype
     oh, ow = y.shape[2:]
+    r = w.shape[2]
+    a = r + 1
+    bt, g, at = WINOGRAD_MATRICES[r]
     th, tw = (oh + 1) // 2, (ow + 1) // 2
-    win = _windows(_padded(x, 4, 4, 2, 2, pt, pl, th, tw), 4, 4, 2, 2, th, tw)  # (N, C, th, tw, 4, 4)
-    bt, at = WINOGRAD_BT.astype(dt), WINOGRAD_AT.astype(dt)
+    win = _windows(_padded(x, a, a, 2, 2, pt, pl, th, tw), a, a, 2, 2, th, tw)  # (N, C, th, tw, a, a)
+    bt, at = bt.astype(dt), at.astype(dt)
     u = np.einsum("ai,nctwij,bj->nctwab", bt, win, bt)
-    v = np.einsum("ai,ocij,bj->ocab", WINOGRAD_G, w.astype(np.float64), WINOGRAD_G).astype(dt)
+    v = np.einsum("ai,ocij,bj->ocab", g, w.astype(np.float64), g).astype(dt)
     m = np.einsum("nctwab,ocab->notwab", u, v)
     t = np.einsum("ai,notwij,bj->notwab", at, m, at)  # (N, OC, th, tw, 2, 2)
     full = t.transpose(0, 1, 2, 4, 3, 5).reshape(y.shape[:2] + (2 * th, 2 * tw))
@@ -678,13 +690,14 @@ def conv2d_winograd_forward(x, w, bias, pt, pl, relu, y):
 def conv2d_winograd_backward_data(gy, w, pt, pl, gx):
     """Input gradient of :func:`conv2d_winograd_forward` (without the ReLU):
     :func:`conv2d_winograd_forward` of ``gy`` with the kernel rotated by 180 degrees and its
-    channels swapped, padding ``2 - pt, 2 - pl``.
+    channels swapped, padding ``r - 1 - pt, r - 1 - pl``.
 
     Parameters
     ----------
     gy : (N, OC, OH, OW) float32  # IN
-    w : (OC, C, 3, 3) float32  # IN
+    w : (OC, C, r, r) float32  # IN
     gx : (N, C, H, W) float32  # OUT
     """
+    r = w.shape[2]
     wt = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
-    conv2d_winograd_forward(gy, wt, np.zeros(wt.shape[0], gy.dtype), 2 - pt, 2 - pl, 0, gx)
+    conv2d_winograd_forward(gy, wt, np.zeros(wt.shape[0], gy.dtype), r - 1 - pt, r - 1 - pl, 0, gx)

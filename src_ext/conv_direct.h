@@ -157,9 +157,54 @@ static void fcw_pack_weights(fcd_i OC, fcd_i C, fcd_i J, fcd_i OCP, const float*
     }
 }
 
+/* Winograd F(2x2, 5x5): G of the 1-D algorithm at the points 0, 1, -1, 2, -2 and infinity
+ * (docs/PERFORMANCE.md, "Winograd convolutions"; the reference's WINOGRAD5_G). */
+static const double fcw_g5[6][5] = {
+    {1.0 / 4, 0.0, 0.0, 0.0, 0.0},
+    {-1.0 / 6, -1.0 / 6, -1.0 / 6, -1.0 / 6, -1.0 / 6},
+    {-1.0 / 6, 1.0 / 6, -1.0 / 6, 1.0 / 6, -1.0 / 6},
+    {1.0 / 24, 1.0 / 12, 1.0 / 6, 1.0 / 3, 2.0 / 3},
+    {1.0 / 24, -1.0 / 12, 1.0 / 6, -1.0 / 3, 2.0 / 3},
+    {0.0, 0.0, 0.0, 0.0, 1.0}};
+
+/* fcw_pack_weights for 5x5 kernels: V = G g G^T (6x6, xi = 6*row + column) in double, each sum
+ * in order of its terms (the Numba backend's order), rounded once. */
+static void fcw_pack_weights5(fcd_i OC, fcd_i C, fcd_i J, fcd_i OCP, const float* w, int flip,
+                              fcd_i ob, float* vp)
+{
+    fcd_i NOB = OCP / J, c, jj, o, i, j, k, xi;
+    float blk[36][64];  /* a channel's 36 planes of the block (J <= 64), stored row by row */
+    for (c = 0; c < C; c++) {
+        for (jj = 0; jj < J; jj++) {
+            double gg[5][5], t[6][5], v;
+            o = ob * J + jj;
+            for (i = 0; i < 5; i++)
+                for (j = 0; j < 5; j++)
+                    gg[i][j] = o >= OC ? 0.0 : flip ? w[(c * OC + o) * 25 + 24 - (i * 5 + j)]
+                                                    : w[(o * C + c) * 25 + i * 5 + j];
+            for (i = 0; i < 6; i++)
+                for (j = 0; j < 5; j++) {
+                    v = fcw_g5[i][0] * gg[0][j];
+                    for (k = 1; k < 5; k++)
+                        v = v + fcw_g5[i][k] * gg[k][j];
+                    t[i][j] = v;
+                }
+            for (i = 0; i < 6; i++)
+                for (j = 0; j < 6; j++) {
+                    v = t[i][0] * fcw_g5[j][0];
+                    for (k = 1; k < 5; k++)
+                        v = v + t[i][k] * fcw_g5[j][k];
+                    blk[6 * i + j][jj] = (float)v;
+                }
+        }
+        for (xi = 0; xi < 36; xi++)
+            memcpy(vp + ((xi * NOB + ob) * C + c) * J, blk[xi], J * sizeof(float));
+    }
+}
+
 /* Winograd scratch: floats between consecutive xi planes of the transformed input (C rows of
  * Q) and of the products (J rows of Q), one cache line more than the rows, so that the 16
- * planes of a tile do not share a cache set when C*Q or J*Q is a power of two. */
+ * (36) planes of a tile do not share a cache set when C*Q or J*Q is a power of two. */
 static inline fcd_i fcw_u_stride(fcd_i C, fcd_i Q) { return C * Q + 16; }
 static inline fcd_i fcw_m_stride(fcd_i J, fcd_i Q) { return J * Q + 16; }
 #define FCW_QMAX 64  /* tile positions per chunk, at most */
@@ -177,7 +222,7 @@ typedef void (*fcd_unpack_fn)(const fcd_geo*, const float*, const float*, int, f
 typedef void (*fcd_phases_fn)(const float*, const fcd_i*, fcd_i, fcd_i, fcd_i, fcd_i, fcd_i, float*);
 typedef void (*fcw_images_fn)(const fcd_geo*, const float*, fcd_i, const float*,
                               const fcd_i*, const float*, int, fcd_i, fcd_i, float*, float*, fcd_i,
-                              int, float*, float*, float*, fcd_i);
+                              int, float*, float*, float*, fcd_i, int);
 
 /* One ISA's kernels and tile sizes (each compilation of conv_direct_kern.h defines one). */
 typedef struct {

@@ -41,9 +41,11 @@ cdef extern from "conv_direct.h" nogil:
     fcd_i fcw_m_stride(fcd_i J, fcd_i Q)
     void fcw_pack_weights(fcd_i OC, fcd_i C, fcd_i J, fcd_i OCP, const float* w, int flip, fcd_i ob,
                           float* vp)
+    void fcw_pack_weights5(fcd_i OC, fcd_i C, fcd_i J, fcd_i OCP, const float* w, int flip, fcd_i ob,
+                           float* vp)
     void fcw_images(const fcd_geo* g, const float* src, fcd_i NI, const float* vp,
                     const fcd_i* st, const float* bias, int relu, fcd_i OH, fcd_i OW, float* y,
-                    float* xq, fcd_i xs, int zeroed, float* u, float* m, float* z, fcd_i Q)
+                    float* xq, fcd_i xs, int zeroed, float* u, float* m, float* z, fcd_i Q, int R)
     int fcd_cpu_supports(int isa)
     int fcd_set_isa(int isa)
     fcd_i fcd_J
@@ -631,14 +633,14 @@ cdef void _winograd_blocks(const fcd_geo* g,
                            #                                   scratch per block of images: NI
                            #                                   packings of xs floats, chunk buffers
                            float[:, :, :, ::1] out,          # OUT (N, g.OC, OH, OW)
-                           Py_ssize_t T, int nt) noexcept nogil:
+                           Py_ssize_t T, int R, int nt) noexcept nogil:
     """``T`` blocks of consecutive images, each with its own scratch, in groups of up to
-    ``NI`` images (:c:func:`fcw_images`)."""
+    ``NI`` images (:c:func:`fcw_images`; ``R x R`` kernels)."""
     cdef Py_ssize_t CHW = g.C * g.Hs * g.Ws, t, i, i0, i1, e
     cdef float* u
     for t in prange(T, schedule='static', num_threads=nt):
         u = <float*>(blocks + t * size + o_u)
-        for e in range(16 * fcw_u_stride(g.C, Q)):  # (lanes past a chunk's tiles stay finite)
+        for e in range((R + 1) * (R + 1) * fcw_u_stride(g.C, Q)):  # (lanes past a chunk's tiles stay finite)
             u[e] = 0.0
         i0 = _part(t, N, T)
         i1 = _part(t + 1, N, T)
@@ -646,28 +648,29 @@ cdef void _winograd_blocks(const fcd_geo* g,
         while i < i1:
             fcw_images(g, src + i * CHW, min(NI, i1 - i), vp, st, bias, relu, out.shape[2],
                        out.shape[3], &out[i, 0, 0, 0], <float*>(blocks + t * size), xs, i > i0, u,
-                       <float*>(blocks + t * size + o_m), <float*>(blocks + t * size + o_z), Q)
+                       <float*>(blocks + t * size + o_m), <float*>(blocks + t * size + o_z), Q, R)
             i = i + NI
 
 
 cdef int _winograd(const float* src, Py_ssize_t N, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
                    const float* w, int flip, Py_ssize_t OC, Py_ssize_t pt, Py_ssize_t pl,
-                   const float* bias, int relu, float[:, :, :, ::1] out, int nt) except -1:
-    """Winograd F(2x2, 3x3) convolution of ``src`` (N, C, H, W) with 3x3 weights ``w``
-    (packed with ``flip`` as :c:func:`fcd_pack_weights`) into ``out`` (N, OC, OH, OW):
+                   const float* bias, int relu, float[:, :, :, ::1] out, int R, int nt) except -1:
+    """Winograd F(2x2, RxR) convolution of ``src`` (N, C, H, W) with RxR weights ``w`` (R = 3
+    or 5; packed with ``flip`` as :c:func:`fcd_pack_weights`) into ``out`` (N, OC, OH, OW):
     scratch in one allocation (transformed weights, a chunk's vector starts, and per block of
     images the packed inputs of a group and the chunk buffers)."""
     cdef Py_ssize_t OH = out.shape[2], OW = out.shape[3], TH = (OH + 1) // 2, TW = (OW + 1) // 2
     cdef Py_ssize_t Tn = TH * TW, NI = min(N, max(1, (WINOGRAD_TILES + Tn - 1) // Tn))
     cdef Py_ssize_t T = min(<Py_ssize_t>nt, N), Q = min(WINOGRAD_VECTORS * fcd_VL, FCW_QMAX), v, xs
+    cdef Py_ssize_t NX = (R + 1) * (R + 1)
     cdef fcd_geo g
-    fcd_geo_init(&g, C, H, W, 1, 1, OC, 4, 4, 2, 2, pt, pl, TH, TW, fcd_J)
+    fcd_geo_init(&g, C, H, W, 1, 1, OC, R + 1, R + 1, 2, 2, pt, pl, TH, TW, fcd_J)
     xs = (g.xq_size + 15) // 16 * 16
-    cdef Py_ssize_t b_vp = _al64(16 * g.OCP * C * sizeof(float))
+    cdef Py_ssize_t b_vp = _al64(NX * g.OCP * C * sizeof(float))
     cdef Py_ssize_t b_st = _al64(WINOGRAD_VECTORS * sizeof(Py_ssize_t))
     cdef Py_ssize_t o_u = _al64(NI * xs * sizeof(float))
-    cdef Py_ssize_t o_m = o_u + _al64(16 * fcw_u_stride(C, Q) * sizeof(float))
-    cdef Py_ssize_t o_z = o_m + _al64(16 * fcw_m_stride(fcd_J, Q) * sizeof(float))
+    cdef Py_ssize_t o_m = o_u + _al64(NX * fcw_u_stride(C, Q) * sizeof(float))
+    cdef Py_ssize_t o_z = o_m + _al64(NX * fcw_m_stride(fcd_J, Q) * sizeof(float))
     cdef Py_ssize_t size = o_z + _al64(4 * Q * sizeof(float))
     cdef char* mem = <char*>malloc(b_vp + b_st + T * size + 64)
     if mem == NULL:
@@ -680,9 +683,12 @@ cdef int _winograd(const float* src, Py_ssize_t N, Py_ssize_t C, Py_ssize_t H, P
             st[v] = v * fcd_VL
         with nogil:
             for ob in prange(g.OCP // fcd_J, schedule='static', num_threads=nt):
-                fcw_pack_weights(OC, C, fcd_J, g.OCP, w, flip, ob, <float*>base)
+                if R == 5:
+                    fcw_pack_weights5(OC, C, fcd_J, g.OCP, w, flip, ob, <float*>base)
+                else:
+                    fcw_pack_weights(OC, C, fcd_J, g.OCP, w, flip, ob, <float*>base)
             _winograd_blocks(&g, src, N, <float*>base, st, NI, bias, relu,
-                             base + b_vp + b_st, size, xs, o_u, o_m, o_z, Q, out, T, nt)
+                             base + b_vp + b_st, size, xs, o_u, o_m, o_z, Q, out, T, R, nt)
     finally:
         free(mem)
     return 0
@@ -694,7 +700,8 @@ cdef _Key _wfwd_ok, _wdata_ok
 def conv2d_winograd_forward(const float[:, :, :, ::1] x, const float[:, :, :, ::1] w,
                             const float[::1] bias, Py_ssize_t pt, Py_ssize_t pl, int relu,
                             float[:, :, :, ::1] y):
-    """Winograd F(2x2, 3x3) convolution (see :func:`fastcnn._ref.conv2d_winograd_forward`)."""
+    """Winograd F(2x2, 3x3) or F(2x2, 5x5) convolution (see
+    :func:`fastcnn._ref.conv2d_winograd_forward`)."""
     if _active is None:
         active_isa()
     cdef _Key k = _key(pt, pl)
@@ -706,7 +713,7 @@ def conv2d_winograd_forward(const float[:, :, :, ::1] x, const float[:, :, :, ::
     if N == 0:
         return
     _winograd(&x[0, 0, 0, 0], N, x.shape[1], x.shape[2], x.shape[3], &w[0, 0, 0, 0], 0, w.shape[0],
-              pt, pl, &bias[0], relu, y, _threads_for(N * w.shape[0] * y.shape[2] * y.shape[3]))
+              pt, pl, &bias[0], relu, y, w.shape[2], _threads_for(N * w.shape[0] * y.shape[2] * y.shape[3]))
 
 
 def conv2d_winograd_backward_data(const float[:, :, :, ::1] gy, const float[:, :, :, ::1] w,
@@ -723,8 +730,9 @@ def conv2d_winograd_backward_data(const float[:, :, :, ::1] gy, const float[:, :
     cdef Py_ssize_t N = gy.shape[0], C = w.shape[1]
     if N == 0:
         return
+    cdef Py_ssize_t R = w.shape[2]
     _winograd(&gy[0, 0, 0, 0], N, gy.shape[1], gy.shape[2], gy.shape[3], &w[0, 0, 0, 0], 1, C,
-              2 - pt, 2 - pl, NULL, 0, gx, _threads_for(N * C * gx.shape[2] * gx.shape[3]))
+              R - 1 - pt, R - 1 - pl, NULL, 0, gx, R, _threads_for(N * C * gx.shape[2] * gx.shape[3]))
 
 
 def fma_peak_probe(long iters, int threads):

@@ -1,13 +1,15 @@
-/* Winograd F(2x2, 3x3) convolution of a group of images (design: docs/PERFORMANCE.md,
- * "Winograd convolutions"), compiled once per ISA by conv_direct_kern.h with its macros.
+/* Winograd F(2x2, 3x3) and F(2x2, 5x5) convolutions of a group of images (design:
+ * docs/PERFORMANCE.md, "Winograd convolutions"), compiled once per ISA by conv_direct_kern.h
+ * with its macros.
  *
- * Output tile (ty, tx) is the 2x2 block of outputs at rows 2ty, 2ty + 1 and columns 2tx,
- * 2tx + 1; it reads the 4x4 input window at padded row 2ty and column 2tx.  The input is
- * packed as for a 4x4 convolution of stride 2 (fcd_geo with KH = KW = 4, sh = sw = 2 and
- * OH x OW = TH x TW tiles), so window value (i, j) of VL consecutive tiles of a tile row is one
- * unaligned load from phase (i % 2, j % 2) at (i / 2)*Wq + j / 2.  Per group of NI images:
+ * For an R x R kernel (R = 3 or 5) output tile (ty, tx) is the 2x2 block of outputs at rows
+ * 2ty, 2ty + 1 and columns 2tx, 2tx + 1; it reads the A x A input window (A = R + 1) at padded
+ * row 2ty and column 2tx.  The input is packed as for an A x A convolution of stride 2 (fcd_geo
+ * with KH = KW = A, sh = sw = 2 and OH x OW = TH x TW tiles), so window value (i, j) of VL
+ * consecutive tiles of a tile row is one unaligned load from phase (i % 2, j % 2) at
+ * (i / 2)*Wq + j / 2.  Per group of NI images:
  *   1. u[xi][c][q] = (B^T d B)[xi] for every channel c and tile q = k*T + ty*TW + tx of image k
- *      (compact: no padding columns), 16 transformed values xi per window;
+ *      (compact: no padding columns), NX = A*A transformed values xi per window;
  *   2. per block of J output channels and each xi: m[xi][j][q] = sum_c vp[xi][j][c] u[xi][c][q],
  *      the direct kernel's register tile with one tap (fcd_fwd_tile);
  *   3. per channel: the output tile A^T m A, bias and ReLU, into y (N, OC, OH, OW).
@@ -56,6 +58,68 @@ static inline __attribute__((always_inline)) void FCD_NAME(fcw_in_put)(FCD_VT* d
         FCD_STORE(d0 + i * US, d[i]);
 }
 
+/* F(2x2, 5x5): B^T of 6 vectors v[0], v[s], ... -> r[0], r[rs], ... (B^T's rows (4 0 -5 0 1 0),
+ * (0 -4 -4 1 1 0), (0 4 -4 -1 1 0), (0 -2 -1 2 1 0), (0 2 -1 -2 1 0), (0 4 0 -5 0 1); products by
+ * 2 and 4 as exact sums). */
+static inline __attribute__((always_inline)) void FCD_NAME(fcw_bt6)(const FCD_VT* v, int s, FCD_VT* r, int rs)
+{
+    FCD_VT a = FCD_SUB(v[4 * s], v[2 * s]), t;
+    t = FCD_SUB(v[0], v[2 * s]);
+    t = FCD_ADD(t, t);
+    r[0] = FCD_ADD(FCD_ADD(t, t), a);
+    t = FCD_ADD(v[s], v[2 * s]);
+    t = FCD_ADD(t, t);
+    r[rs] = FCD_SUB(FCD_ADD(v[3 * s], v[4 * s]), FCD_ADD(t, t));
+    t = FCD_SUB(v[s], v[2 * s]);
+    t = FCD_ADD(t, t);
+    r[2 * rs] = FCD_ADD(FCD_SUB(v[4 * s], v[3 * s]), FCD_ADD(t, t));
+    t = FCD_SUB(v[3 * s], v[s]);
+    t = FCD_ADD(t, t);
+    r[3 * rs] = FCD_ADD(a, t);
+    r[4 * rs] = FCD_SUB(a, t);
+    t = FCD_SUB(v[s], v[3 * s]);
+    t = FCD_ADD(t, t);
+    r[5 * rs] = FCD_ADD(FCD_ADD(t, t), FCD_SUB(v[5 * s], v[3 * s]));
+}
+
+/* F(2x2, 5x5): the input transform of the 36 window vectors d, stored to planes d0, d0 + US, ...
+ * (columns of B^T d first, then the rows of the result). */
+static inline __attribute__((always_inline)) void FCD_NAME(fcw_in_put6)(const FCD_VT* d, float* d0, fcd_i US)
+{
+    FCD_VT t[36], r[6];
+    int i, j;
+    FCD_UNROLL
+    for (j = 0; j < 6; j++)
+        FCD_NAME(fcw_bt6)(d + j, 6, t + j, 6);
+    FCD_UNROLL
+    for (i = 0; i < 6; i++) {
+        FCD_NAME(fcw_bt6)(t + 6 * i, 1, r, 1);
+        FCD_UNROLL
+        for (j = 0; j < 6; j++)
+            FCD_STORE(d0 + (6 * i + j) * US, r[j]);
+    }
+}
+
+/* F(2x2, 5x5): A^T of 6 vectors v[0], v[s], ... (rows (1 1 1 1 1 0), (0 1 -1 2 -2 1)). */
+static inline __attribute__((always_inline)) void FCD_NAME(fcw_at6)(const FCD_VT* v, int s, FCD_VT* y0, FCD_VT* y1)
+{
+    FCD_VT t = FCD_SUB(v[3 * s], v[4 * s]);
+    *y0 = FCD_ADD(FCD_ADD(FCD_ADD(v[s], v[2 * s]), FCD_ADD(v[3 * s], v[4 * s])), v[0]);
+    *y1 = FCD_ADD(FCD_ADD(FCD_SUB(v[s], v[2 * s]), FCD_ADD(t, t)), v[5 * s]);
+}
+
+/* F(2x2, 5x5): output transform A^T m A of 36 vectors -> y[a*2 + b] (4 vectors). */
+static inline __attribute__((always_inline)) void FCD_NAME(fcw_out_tf6)(const FCD_VT* m, FCD_VT* y)
+{
+    FCD_VT r[12];
+    int j;
+    FCD_UNROLL
+    for (j = 0; j < 6; j++)
+        FCD_NAME(fcw_at6)(m + j, 6, r + j, r + 6 + j);
+    FCD_NAME(fcw_at6)(r, 1, y, y + 1);
+    FCD_NAME(fcw_at6)(r + 6, 1, y + 2, y + 3);
+}
+
 /* Output transform A^T m A of 16 vectors -> y[a*2 + b] (4 vectors). */
 static inline __attribute__((always_inline)) void FCD_NAME(fcw_out_tf)(const FCD_VT* m, FCD_VT* y)
 {
@@ -74,20 +138,22 @@ static inline __attribute__((always_inline)) void FCD_NAME(fcw_out_tf)(const FCD
 }
 
 /* A group of NI images: src (NI, C, Hs, Ws) -> y (NI, OC, OH, OW) (OH, OW: the convolution's
- * output; g: the 4x4 stride-2 packing with g->OH x g->OW tiles), in chunks of Q <= FCW_QMAX
+ * output; g: the A x A stride-2 packing with g->OH x g->OW tiles), in chunks of Q <= FCW_QMAX
  * tile positions (a multiple of VL).  vp: transformed weights [xi][ob][c][J]; st: the vector
  * starts v*VL of a chunk.  Scratch: xq (NI packings of xs floats; zeroed: they hold earlier
- * packings of this geometry), u (16 fcw_u_stride(C, Q), finite), m (16 fcw_m_stride(J, Q)),
- * z (4 Q). */
-static void FCD_NAME(fcw_images)(const fcd_geo* g, const float* src, fcd_i NI,
-                                 const float* vp, const fcd_i* st, const float* bias, int relu,
-                                 fcd_i OH, fcd_i OW, float* y, float* xq, fcd_i xs, int zeroed,
-                                 float* u, float* m, float* z, fcd_i Q)
+ * packings of this geometry), u (NX fcw_u_stride(C, Q), finite), m (NX fcw_m_stride(J, Q)),
+ * z (4 Q).  R: 3 or 5, a constant once inlined. */
+static inline __attribute__((always_inline)) void
+FCD_NAME(fcw_images_r)(const fcd_geo* g, const float* src, fcd_i NI,
+                       const float* vp, const fcd_i* st, const float* bias, int relu,
+                       fcd_i OH, fcd_i OW, float* y, float* xq, fcd_i xs, int zeroed,
+                       float* u, float* m, float* z, fcd_i Q, const int R)
 {
     fcd_i TH = g->OH, TW = g->OW, T = TH * TW, C = g->C, OC = g->OC, NOB = g->OCP / FCD_J;
     fcd_i US = fcw_u_stride(C, Q), MS = fcw_m_stride(FCD_J, Q), CP = C * g->plane, OHW = OH * OW;
-    fcd_i k, ob, xi, i, n, v, nv, jj, q0, nq, c, ty, tx, a, e, r, nr;
+    fcd_i k, ob, xi, i, j, n, v, nv, jj, q0, nq, c, ty, tx, a, e, r, nr;
     const fcd_i W1 = g->Wq, W2 = g->Wq + 1;
+    const int NX = (R + 1) * (R + 1);
     int whole;
     fcd_i rq[FCW_QMAX], rn[FCW_QMAX], rsrc[FCW_QMAX], rdst[FCW_QMAX], rpairs[FCW_QMAX], rrows[FCW_QMAX];
     const fcd_i tab0[1] = {0};
@@ -132,7 +198,33 @@ static void FCD_NAME(fcw_images)(const fcd_geo* g, const float* src, fcd_i NI,
             }
             full = full && ns == 1;
             /* window value (i, j) is in phase (i % 2, j % 2) at (i / 2)*Wq + j / 2 */
-            if (full)
+            if (R == 5)
+                for (c = 0; c < C; c++) {
+                    FCD_VT d[36];
+                    if (full) {
+                        const float* p0 = xq + c * g->plane + sb[0];
+                        FCD_UNROLL
+                        for (i = 0; i < 6; i++)
+                            FCD_UNROLL
+                            for (j = 0; j < 6; j++)
+                                d[6 * i + j] = FCD_LOAD(p0 + ((i & 1) * 2 + (j & 1)) * CP + (i >> 1) * W1 + (j >> 1));
+                    } else {
+                        FCD_UNROLL
+                        for (i = 0; i < 36; i++)
+                            d[i] = FCD_ZERO();
+                        for (e = 0; e < ns; e++) {
+                            const float* p0 = xq + c * g->plane + sb[e];
+                            FCD_UNROLL
+                            for (i = 0; i < 6; i++)
+                                FCD_UNROLL
+                                for (j = 0; j < 6; j++)
+                                    d[6 * i + j] = FCD_LOAD_MASKED(d[6 * i + j], sm[e],
+                                        p0 + ((i & 1) * 2 + (j & 1)) * CP + (i >> 1) * W1 + (j >> 1));
+                        }
+                    }
+                    FCD_NAME(fcw_in_put6)(d, u + c * Q + v0, US);
+                }
+            else if (full)
                 for (c = 0; c < C; c++) {
                     const float* p0 = xq + c * g->plane + sb[0];
                     const float* p1 = p0 + CP;
@@ -161,7 +253,7 @@ static void FCD_NAME(fcw_images)(const fcd_geo* g, const float* src, fcd_i NI,
         for (ob = 0; ob < NOB; ob++) {
             fcd_i nj = OC - ob * FCD_J < FCD_J ? OC - ob * FCD_J : FCD_J;
             /* 2. products, xi by xi */
-            for (xi = 0; xi < 16; xi++) {
+            for (xi = 0; xi < NX; xi++) {
                 const float* wpb = vp + (xi * NOB + ob) * C * FCD_J;
                 for (v = 0; v < nv; v += n) {
                     n = nv - v < FCD_VMAX ? nv - v : FCD_VMAX;
@@ -178,11 +270,14 @@ static void FCD_NAME(fcw_images)(const fcd_geo* g, const float* src, fcd_i NI,
                 fcd_i o = ob * FCD_J + jj;
                 float b = bias ? bias[o] : 0.0f;
                 for (v = 0; v < nv; v++) {
-                    FCD_VT mm[16], yy[4];
+                    FCD_VT mm[36], yy[4];
                     FCD_UNROLL
-                    for (xi = 0; xi < 16; xi++)
+                    for (xi = 0; xi < NX; xi++)
                         mm[xi] = FCD_LOAD(m + xi * MS + jj * Q + v * FCD_VL);
-                    FCD_NAME(fcw_out_tf)(mm, yy);
+                    if (R == 5)
+                        FCD_NAME(fcw_out_tf6)(mm, yy);
+                    else
+                        FCD_NAME(fcw_out_tf)(mm, yy);
 #ifdef FCD_PUT_PAIRS
                     if (whole) {  /* vector v is run v, a whole tile row: straight to its two rows */
                         FCD_PUT_PAIRS(y + rdst[v] + o * OHW, yy[0], yy[1], b, relu);
@@ -222,6 +317,18 @@ static void FCD_NAME(fcw_images)(const fcd_geo* g, const float* src, fcd_i NI,
             }
         }
     }
+}
+
+/* fcw_images_r for 3x3 (R = 3) or 5x5 (R = 5) kernels. */
+static void FCD_NAME(fcw_images)(const fcd_geo* g, const float* src, fcd_i NI,
+                                 const float* vp, const fcd_i* st, const float* bias, int relu,
+                                 fcd_i OH, fcd_i OW, float* y, float* xq, fcd_i xs, int zeroed,
+                                 float* u, float* m, float* z, fcd_i Q, int R)
+{
+    if (R == 5)
+        FCD_NAME(fcw_images_r)(g, src, NI, vp, st, bias, relu, OH, OW, y, xq, xs, zeroed, u, m, z, Q, 5);
+    else
+        FCD_NAME(fcw_images_r)(g, src, NI, vp, st, bias, relu, OH, OW, y, xq, xs, zeroed, u, m, z, Q, 3);
 }
 
 #undef FCW_WINDOW

@@ -805,22 +805,35 @@ WINOGRAD_CASES = [
     (2, 6, 1, 1, 4, 1, 1, 1, 1),  # one output of a 1x1 image: all but the centre tap padding
     (2, 7, 2, 19, 10, 2, 1, 4, 19),
 ]
+# F(2x2, 5x5) (a tenth field: the kernel size; padding up to 4)
+WINOGRAD_CASES += [
+    (2, 3, 9, 7, 5, 2, 2, 9, 7, 5),
+    (3, 16, 14, 14, 32, 2, 2, 14, 14, 5),
+    (1, 5, 6, 11, 4, 0, 1, 2, 9, 5),
+    (4, 7, 5, 5, 9, 4, 4, 9, 9, 5),
+    (5, 17, 8, 8, 16, 2, 2, 8, 8, 5),
+    (2, 4, 13, 6, 3, 3, 1, 13, 4, 5),
+    (3, 2, 1, 1, 2, 2, 2, 1, 1, 5),  # one output of a 1x1 image: all but the centre tap padding
+    (2, 32, 14, 14, 64, 2, 2, 14, 14, 5),
+]
 
 # Tolerance: Winograd's F(2x2, 3x3) sums other terms than the direct convolution: per output,
 # sum_c of 16 products u*v of transformed values (|u| <= 4 max|x|: B^T d B adds 4 inputs;
 # |v| <= 9/4 max|w|: G g G^T), then A^T m A adds 9 of them.  Its float32 rounding is a
 # multiple of eps32 times the direct sum of absolute terms sum |x||w| (Barabasz et al., "Error
 # analysis and improving the accuracy of Winograd convolution", 2020: a small constant for
-# F(2x2, 3x3)); these cases stay within the direct kernels' bound, 1e-5 = 84 eps32 of that sum
-# (their worst, over five seeds, is below a tenth of it).
+# F(2x2, 3x3), larger for F(2x2, 5x5), whose points 2 and -2 weight inputs by up to 5);
+# these cases stay within the direct kernels' bound, 1e-5 = 84 eps32 of that sum (their worst,
+# over five seeds, compiled kernels: 6.6 eps32 for 3x3, 28 eps32 for 5x5).
 WINOGRAD_RTOL = 1e-5
 
 
 def _wdata(case, seed=0):
-    n, c, h, w, oc, pt, pl, oh, ow = case
+    n, c, h, w, oc, pt, pl, oh, ow = case[:9]
+    r = case[9] if len(case) > 9 else 3
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((n, c, h, w), dtype=np.float32)
-    wt = rng.standard_normal((oc, c, 3, 3), dtype=np.float32)
+    wt = rng.standard_normal((oc, c, r, r), dtype=np.float32)
     b = rng.standard_normal(oc, dtype=np.float32)
     gy = rng.standard_normal((n, oc, oh, ow), dtype=np.float32)
     return x, wt, b, gy
@@ -858,7 +871,7 @@ def _wclose(got, want, scale, what):
 def test_winograd_reference_is_the_direct_reference(case):
     """In float64 the reference's Winograd algorithm equals the direct correlation to rounding."""
     x, wt, b, gy = (a.astype(np.float64) for a in _wdata(case))
-    pt, pl, oh, ow = case[5:]
+    pt, pl, oh, ow = case[5:9]
     ref = _wdirect64(x, wt, b, gy, pt, pl, 1, oh, ow)
     got = _wrun(_ref, x, wt, b, gy, pt, pl, 1)
     for g, w_, s in zip(got, ref["want"], ref["scale"]):
@@ -872,7 +885,7 @@ def test_winograd_primitives_match_reference(name, case):
     the float64 direct reference, with the bound above; every output element is written."""
     k = _backend.ops(name)
     x, wt, b, gy = _wdata(case, 3)
-    pt, pl, oh, ow = case[5:]
+    pt, pl, oh, ow = case[5:9]
     for relu in (0, 1):
         ref = _wdirect64(x, wt, b, gy, pt, pl, relu, oh, ow)
         for got, want, scale, what in zip(_wrun(k, x, wt, b, gy, pt, pl, relu), ref["want"], ref["scale"], ("y", "gx")):
@@ -884,13 +897,14 @@ def test_winograd_primitives_match_reference(name, case):
 def test_winograd_fused_relu_is_max_of_plain(name):
     """The ReLU rule of the ReLU kernels (NaN stays, -0 -> +0), bit for bit."""
     k = _backend.ops(name)
-    x, wt, b, gy = _wdata((2, 5, 9, 7, 6, 1, 1, 9, 7), 4)
-    x[0, 0, 3, 3] = np.nan
-    y0, _ = _wrun(k, x, wt, b, gy, 1, 1, 0)
-    y1, _ = _wrun(k, x, wt, b, gy, 1, 1, 1)
-    want = np.where(y0 <= 0, np.float32(0), y0)
-    assert np.isnan(y0).any()
-    assert want.tobytes() == y1.tobytes()
+    for case in [(2, 5, 9, 7, 6, 1, 1, 9, 7), (2, 5, 9, 7, 6, 2, 2, 9, 7, 5)]:
+        x, wt, b, gy = _wdata(case, 4)
+        x[0, 0, 3, 3] = np.nan
+        y0, _ = _wrun(k, x, wt, b, gy, case[5], case[6], 0)
+        y1, _ = _wrun(k, x, wt, b, gy, case[5], case[6], 1)
+        want = np.where(y0 <= 0, np.float32(0), y0)
+        assert np.isnan(y0).any()
+        assert want.tobytes() == y1.tobytes()
 
 
 @pytest.mark.parametrize("name", COMPILED)
@@ -898,24 +912,32 @@ def test_winograd_bit_identical_run_to_run_and_across_threads(name):
     """Each output is summed in one fixed order: repeated runs and 1 vs 2 threads agree bit
     for bit, for whole images and for grouped small ones."""
     k = _backend.ops(name)
-    for case in [(13, 17, 12, 11, 20, 1, 1, 12, 11), (37, 16, 8, 8, 16, 1, 1, 8, 8)]:
+    for case in [(13, 17, 12, 11, 20, 1, 1, 12, 11), (37, 16, 8, 8, 16, 1, 1, 8, 8),
+                 (11, 16, 14, 14, 32, 2, 2, 14, 14, 5), (29, 9, 6, 7, 12, 2, 2, 6, 7, 5)]:
         x, wt, b, gy = _wdata(case, 5)
-        _assert_same_bytes_at_1_and_2_threads(lambda: _wrun(k, x, wt, b, gy, 1, 1, 1))
+        _assert_same_bytes_at_1_and_2_threads(lambda: _wrun(k, x, wt, b, gy, case[5], case[6], 1))
 
 
 @pytest.mark.parametrize("name", COMPILED)
 def test_winograd_size_checks(name):
     """Shapes the Winograd kernels do not take are refused with a ValueError naming the
-    problem (never a crash): other kernel sizes, padding beyond 2, mismatched outputs."""
+    problem (never a crash): other kernel sizes, padding beyond the kernel size - 1,
+    mismatched outputs."""
     k = _backend.ops(name)
     x = np.zeros((2, 3, 8, 8), np.float32)
     y = np.zeros((2, 4, 8, 8), np.float32)
-    with pytest.raises(ValueError, match="3 x 3"):
-        k.conv2d_winograd_forward(x, np.zeros((4, 3, 5, 5), np.float32), np.zeros(4, np.float32), 2, 2, 0,
+    with pytest.raises(ValueError, match="must be 3 x 3 or 5 x 5, got 7 x 7"):
+        k.conv2d_winograd_forward(x, np.zeros((4, 3, 7, 7), np.float32), np.zeros(4, np.float32), 3, 3, 0,
                                   y)
-    with pytest.raises(ValueError, match="padding at most 2"):
+    with pytest.raises(ValueError, match="3 x 3 or 5 x 5, got 3 x 5"):
+        k.conv2d_winograd_backward_data(np.zeros((2, 4, 8, 6), np.float32), np.zeros((4, 3, 3, 5), np.float32),
+                                        1, 1, x)
+    with pytest.raises(ValueError, match="padding must be at most 2 for a 3 x 3 kernel"):
         k.conv2d_winograd_forward(x, np.zeros((4, 3, 3, 3), np.float32), np.zeros(4, np.float32), 3, 3, 0,
                                   np.zeros((2, 4, 12, 12), np.float32))
+    with pytest.raises(ValueError, match="padding must be at most 4 for a 5 x 5 kernel"):
+        k.conv2d_winograd_forward(x, np.zeros((4, 3, 5, 5), np.float32), np.zeros(4, np.float32), 5, 5, 0,
+                                  np.zeros((2, 4, 14, 14), np.float32))
     with pytest.raises(ValueError):
         k.conv2d_winograd_forward(x, np.zeros((4, 3, 3, 3), np.float32), np.zeros(4, np.float32), 1, 1, 0,
                                   np.zeros((2, 5, 8, 8), np.float32))

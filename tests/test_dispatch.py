@@ -82,10 +82,10 @@ def test_conv_plan_rules():
     with fastcnn.config(conv="auto"):
         if "cython" in fastcnn.available_backends():
             k = _backend.ops("cython")
-            assert _dispatch.conv_plan(k, 100, 16, 32, 5, 5, 14, 14, 4) == "direct"
+            assert _dispatch.conv_plan(k, 100, 8, 32, 5, 5, 14, 14, 4) == "direct"
             assert _dispatch.conv_plan(k, 1, 16, 32, 5, 5, 14, 14, 4) == "direct"
-            assert _dispatch.conv_plan(k, 100, 16, 32, 5, 5, 14, 14, 8) != "direct"  # float64
-            assert _dispatch.conv_plan(k, 100, 16, 32, 5, 5, 14, 14, 4, backward=True) == "direct"
+            assert _dispatch.conv_plan(k, 100, 16, 32, 5, 5, 14, 14, 8) not in ("direct", "winograd")  # float64
+            assert _dispatch.conv_plan(k, 100, 8, 32, 5, 5, 14, 14, 4, backward=True) == "direct"
             # first layers: direct both ways when only the weight gradient is wanted
             assert _dispatch.conv_plan(k, 100, 1, 32, 5, 5, 28, 28, 4) == "direct"
             assert _dispatch.conv_plan(k, 100, 1, 32, 5, 5, 28, 28, 4, backward=True) != "direct"
@@ -121,9 +121,9 @@ def test_conv_plan_rules():
 
 
 def test_winograd_plan_rules():
-    """``auto`` picks Winograd for the Cython backend's 3x3 stride-1 layers of 16+ channels
-    (forward and input gradient), never for Numba's; ``winograd`` forces it wherever it
-    applies and runs the rest as ``direct``."""
+    """``auto`` picks Winograd for the Cython backend's 3x3 and 5x5 stride-1 layers of 16+
+    channels (forward and input gradient), never for Numba's; ``winograd`` forces it wherever
+    it applies and runs the rest as ``direct``."""
     with fastcnn.config(conv="auto"):
         if "cython" in fastcnn.available_backends():
             k = _backend.ops("cython")
@@ -136,7 +136,12 @@ def test_winograd_plan_rules():
             assert _dispatch.conv_plan(k, 100, 3, 16, 3, 3, 32, 32, 4) == "direct"  # first layer
             assert _dispatch.conv_plan(k, 1, 32, 32, 3, 3, 16, 16, 4) == "direct"  # one image
             assert _dispatch.conv_plan(k, 100, 32, 32, 3, 3, 16, 16, 4, pad=3) == "direct"
-            assert _dispatch.conv_plan(k, 100, 16, 32, 5, 5, 14, 14, 4) == "direct"
+            assert _dispatch.conv_plan(k, 100, 16, 32, 5, 5, 14, 14, 4, pad=2) == "winograd"  # bn conv2
+            assert _dispatch.conv_plan(k, 128, 32, 64, 5, 5, 14, 14, 4, True, pad=2) == "winograd"  # lenet conv2
+            assert _dispatch.conv_plan(k, 128, 1, 32, 5, 5, 28, 28, 4, pad=2) == "direct"  # lenet conv1
+            assert _dispatch.conv_plan(k, 100, 16, 32, 5, 5, 14, 14, 4, pad=5) == "direct"
+            assert _dispatch.conv_plan(k, 100, 16, 32, 7, 7, 14, 14, 4) == "direct"
+            assert _dispatch.conv_plan(k, 100, 16, 32, 3, 5, 14, 14, 4) == "direct"
             assert _dispatch.conv_plan(k, 100, 32, 32, 3, 3, 16, 16, 8) != "winograd"  # float64
         if "numba" in fastcnn.available_backends():
             k = _backend.ops("numba")
@@ -147,5 +152,6 @@ def test_winograd_plan_rules():
             assert _dispatch.conv_plan(k, 1, 3, 4, 3, 3, 8, 8, 4) == "winograd"
             assert _dispatch.conv_plan(k, 5, 3, 4, 3, 3, 8, 8, 8, backward=True) == "winograd"
             assert _dispatch.conv_plan(k, 5, 3, 4, 3, 3, 8, 8, 4, True, input_grad=False) == "direct"
-            assert _dispatch.conv_plan(k, 5, 3, 4, 5, 5, 8, 8, 4) == "direct"
+            assert _dispatch.conv_plan(k, 5, 3, 4, 5, 5, 8, 8, 4, pad=4) == "winograd"
+            assert _dispatch.conv_plan(k, 5, 3, 4, 7, 7, 8, 8, 4) == "direct"
             assert _dispatch.conv_plan(k, 5, 3, 4, 3, 3, 8, 8, 4, strided=True) == "direct"

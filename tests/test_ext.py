@@ -157,10 +157,11 @@ def test_winograd_numba_and_cython_give_the_same_bytes():
     rng = np.random.default_rng(6)
     previous = fastcnn.get_backend()
     try:
-        for n, c, oc, h, w, padding in [(3, 5, 7, 9, 11, 1), (1, 3, 9, 5, 6, 0), (20, 17, 33, 8, 8, 1),
-                                        (2, 16, 16, 32, 32, 1), (2, 4, 8, 7, 7, 2)]:
+        for n, c, oc, h, w, padding, r in [(3, 5, 7, 9, 11, 1, 3), (1, 3, 9, 5, 6, 0, 3), (20, 17, 33, 8, 8, 1, 3),
+                                           (2, 16, 16, 32, 32, 1, 3), (2, 4, 8, 7, 7, 2, 3),
+                                           (3, 32, 64, 14, 14, 2, 5), (2, 5, 7, 9, 11, 4, 5), (1, 3, 9, 6, 5, 0, 5)]:
             x = rng.standard_normal((n, c, h, w), dtype=np.float32)
-            wt = rng.standard_normal((oc, c, 3, 3), dtype=np.float32)
+            wt = rng.standard_normal((oc, c, r, r), dtype=np.float32)
             b = rng.standard_normal(oc, dtype=np.float32)
             got = {}
             for backend in ("numba", "cython"):
@@ -169,6 +170,6 @@ def test_winograd_numba_and_cython_give_the_same_bytes():
                     y = F.conv2d(x, wt, b, 1, padding, relu=True)
                     gx, _, _ = F.conv2d_backward(y, x, wt, 1, padding)
                 got[backend] = (y.tobytes(), gx.tobytes())
-            assert got["numba"] == got["cython"], (n, c, oc, h, w, padding)
+            assert got["numba"] == got["cython"], (n, c, oc, h, w, padding, r)
     finally:
         fastcnn.set_backend(previous)

@@ -280,50 +280,53 @@ def test_functional_gradients_through_direct_path_match_finite_differences(compi
 
 
 
-@pytest.mark.parametrize("padding", [1, 0, 2, "same"])
-def test_winograd_strategy_gradients_match_finite_differences(compiled, padding):
+@pytest.mark.parametrize("kernel,padding", [(3, 1), (3, 0), (3, 2), (3, "same"), (5, 2), (5, 0), (5, 4)])
+def test_winograd_strategy_gradients_match_finite_differences(compiled, kernel, padding):
     """F.conv2d / F.conv2d_backward on the ``winograd`` strategy (forward and input gradient
     by Winograd, weight gradient by the direct kernels) against central differences of the
     float64 naive forward (loss = sum(r * conv))."""
     rng = np.random.default_rng(12)
     x = rng.standard_normal((2, 3, 7, 6), dtype=np.float32)
-    w = rng.standard_normal((5, 3, 3, 3), dtype=np.float32)
+    w = rng.standard_normal((5, 3, kernel, kernel), dtype=np.float32)
     b = rng.standard_normal(5, dtype=np.float32)
     with fastcnn.config(conv="winograd"):
         y = F.conv2d(x, w, b, 1, padding)
         r = rng.standard_normal(y.shape).astype(np.float32)
         gx, gw, gb = F.conv2d_backward(r, x, w, 1, padding)
-    with fastcnn.config(conv="direct"):
-        assert np.allclose(y, F.conv2d(x, w, b, 1, padding), rtol=1e-5, atol=1e-5)
-    p = {1: 1, 0: 0, 2: 2, "same": 1}[padding]
+    p = (kernel - 1) // 2 if padding == "same" else padding
     x64, w64, b64, r64 = (a.astype(np.float64) for a in (x, w, b, r))
+    with fastcnn.config(conv="direct"):  # each within 1e-5 of the sum of |terms| (test_backend.py)
+        scale = naive.conv2d(np.abs(x64), np.abs(w64), np.abs(b64), (1, 1), (p, p, p, p))
+        assert np.all(np.abs(y - F.conv2d(x, w, b, 1, padding)) <= 2e-5 * scale)
 
     def loss():
         return float(np.sum(r64 * naive.conv2d(x64, w64, b64, (1, 1), (p, p, p, p))))
 
     # float32 gradients against float64 differences: a few float32 roundings of sums of
-    # ~30 terms of size ~3 -> 1e-4 absolute.
+    # ~30 (5x5: ~80) terms of size ~3 -> 1e-4 absolute.
     np.testing.assert_allclose(gx, numgrad(loss, x64), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(gw, numgrad(loss, w64), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(gb, numgrad(loss, b64), rtol=1e-4, atol=1e-4)
 
 
-def test_winograd_strategy_with_fused_pooling_and_relu(compiled):
+@pytest.mark.parametrize("kernel", [3, 5])
+def test_winograd_strategy_with_fused_pooling_and_relu(compiled, kernel):
     """On the ``winograd`` strategy ``conv2d(relu=True, max_pool2=True)`` is the ReLU'd
     Winograd forward pooled, and its backward with the indices is the composition."""
     rng = np.random.default_rng(13)
     x = rng.standard_normal((3, 4, 10, 9), dtype=np.float32)
-    w = rng.standard_normal((6, 4, 3, 3), dtype=np.float32)
+    w = rng.standard_normal((6, 4, kernel, kernel), dtype=np.float32)
     b = rng.standard_normal(6, dtype=np.float32)
+    p = kernel // 2
     with fastcnn.config(conv="winograd"):
-        full = F.conv2d(x, w, b, 1, 1, relu=True)
-        y, idx = F.conv2d(x, w, b, 1, 1, relu=True, max_pool2=True, return_indices=True)
+        full = F.conv2d(x, w, b, 1, p, relu=True)
+        y, idx = F.conv2d(x, w, b, 1, p, relu=True, max_pool2=True, return_indices=True)
         want, want_idx = F.max_pool2d(full, 2, return_indices=True)
         assert y.tobytes() == want.tobytes() and np.array_equal(idx, want_idx)
         gp = rng.standard_normal(y.shape).astype(np.float32)
-        got = F.conv2d_backward(gp, x, w, 1, 1, pool_indices=idx, relu_output=y)
+        got = F.conv2d_backward(gp, x, w, 1, p, pool_indices=idx, relu_output=y)
         g_full = F.max_pool2d_backward(F.relu_backward(gp, y), idx, full.shape)
-        comp = F.conv2d_backward(g_full, x, w, 1, 1)
+        comp = F.conv2d_backward(g_full, x, w, 1, p)
     for a, c in zip(got, comp):
         assert a.tobytes() == c.tobytes()
 

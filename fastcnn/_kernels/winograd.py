@@ -1,12 +1,12 @@
-"""Numba Winograd F(2x2, 3x3) convolutions (contracts: :func:`fastcnn._ref.conv2d_winograd_forward`
-and :func:`fastcnn._ref.conv2d_winograd_backward_data`).
+"""Numba Winograd F(2x2, 3x3) and F(2x2, 5x5) convolutions (contracts:
+:func:`fastcnn._ref.conv2d_winograd_forward` and :func:`fastcnn._ref.conv2d_winograd_backward_data`).
 
 The Cython kernels' design (docs/PERFORMANCE.md, "Winograd convolutions"): the input packed as
-for a 4x4 convolution of stride 2 (:func:`.conv_direct._grid`), then per chunk of ``V*VL`` output
-tiles of a group of images: the input transform ``B^T d B`` in explicit vectors
-(:mod:`._simd`), the 16 products by the direct kernels' register tiles (one tap, the
-transformed kernel's element per channel), the output transform ``A^T m A`` with bias and
-ReLU into the output.  The same operations in the same order as the Cython kernels.
+for an ``(r + 1) x (r + 1)`` convolution of stride 2 (:func:`.conv_direct._grid`), then per
+chunk of ``V*VL`` output tiles of a group of images: the input transform ``B^T d B`` in explicit
+vectors (:mod:`._simd`), the ``(r + 1)**2`` products by the direct kernels' register tiles (one
+tap, the transformed kernel's element per channel), the output transform ``A^T m A`` with bias
+and ReLU into the output.  The same operations in the same order as the Cython kernels.
 """
 import numpy as np
 from numba import prange
@@ -18,16 +18,25 @@ from .conv_direct import _grid
 
 
 def _weights(w, flip):
-    """``V = G g G^T`` of each 3x3 kernel ``g`` (float64, rounded once) packed
-    ``[xi][ob][c][J]``, zeros past the output channels; ``flip``: ``g`` from ``w`` (C, OC, 3, 3)
+    """``V = G g G^T`` of each ``r x r`` kernel ``g`` (float64, rounded once) packed
+    ``[xi][ob][c][J]``, zeros past the output channels; ``flip``: ``g`` from ``w`` (C, OC, r, r)
     rotated by 180 degrees, as the input gradient's."""
     g = w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3) if flip else w
-    oc, c = g.shape[:2]
+    oc, c, r = g.shape[:3]
     nob = -(-oc // J)
-    gt = (g.astype(np.float64).reshape(-1, 3) @ _ref.WINOGRAD_G.T).reshape(oc, c, 3, 4)  # g G^T
-    v = np.zeros((4, 4, c, nob * J), np.float64)  # (sums of a few floats: exact in float64)
-    v[..., :oc] = np.tensordot(_ref.WINOGRAD_G, gt, axes=([1], [2])).transpose(0, 3, 2, 1)
-    return np.ascontiguousarray(v.reshape(16, c, nob, J).transpose(0, 2, 1, 3), np.float32).reshape(-1)
+    nx = (r + 1) ** 2
+    v = np.zeros((r + 1, r + 1, c, nob * J), np.float64)
+    if r == 3:
+        gt = (g.astype(np.float64).reshape(-1, 3) @ _ref.WINOGRAD_G.T).reshape(oc, c, 3, 4)  # g G^T
+        v[..., :oc] = np.tensordot(_ref.WINOGRAD_G, gt, axes=([1], [2])).transpose(0, 3, 2, 1)  # (exact sums)
+    else:  # G's entries are not all dyadic: each sum in order of its terms, as the Cython kernels'
+        gm, gd = _ref.WINOGRAD5_G, g.astype(np.float64).transpose(2, 3, 1, 0)  # gd[k, j, c, o]
+        t = [[sum((gm[i, k] * gd[k, j] for k in range(1, 5)), start=gm[i, 0] * gd[0, j]) for j in range(5)]
+             for i in range(6)]
+        for i in range(6):
+            for j in range(6):
+                v[i, j, :, :oc] = sum((t[i][k] * gm[j, k] for k in range(1, 5)), start=t[i][0] * gm[j, 0])
+    return np.ascontiguousarray(v.reshape(nx, c, nob, J).transpose(0, 2, 1, 3), np.float32).reshape(-1)
 
 
 @helper
@@ -51,6 +60,61 @@ def _out_tf(m):
     r4, r5 = vsub(vsub(m[4], m[8]), m[12]), vsub(vsub(m[5], m[9]), m[13])
     r6, r7 = vsub(vsub(m[6], m[10]), m[14]), vsub(vsub(m[7], m[11]), m[15])
     return (vadd(vadd(r0, r1), r2), vsub(vsub(r1, r2), r3), vadd(vadd(r4, r5), r6), vsub(vsub(r5, r6), r7))
+
+
+@helper
+def _bt6(v0, v1, v2, v3, v4, v5):
+    """F(2x2, 5x5): ``B^T`` of 6 vectors (products by 2 and 4 as exact sums), as the Cython
+    kernels' ``fcw_bt6``."""
+    a = vsub(v4, v2)
+    t = vsub(v0, v2)
+    t = vadd(t, t)
+    r0 = vadd(vadd(t, t), a)
+    t = vadd(v1, v2)
+    t = vadd(t, t)
+    r1 = vsub(vadd(v3, v4), vadd(t, t))
+    t = vsub(v1, v2)
+    t = vadd(t, t)
+    r2 = vadd(vsub(v4, v3), vadd(t, t))
+    t = vsub(v3, v1)
+    t = vadd(t, t)
+    r3, r4 = vadd(a, t), vsub(a, t)
+    t = vsub(v1, v3)
+    t = vadd(t, t)
+    return r0, r1, r2, r3, r4, vadd(vadd(t, t), vsub(v5, v3))
+
+
+@helper
+def _in_tf6(d):
+    """F(2x2, 5x5): ``B^T d B`` of 36 vectors (the columns of ``B^T d``, then its rows)."""
+    c0 = _bt6(d[0], d[6], d[12], d[18], d[24], d[30])
+    c1 = _bt6(d[1], d[7], d[13], d[19], d[25], d[31])
+    c2 = _bt6(d[2], d[8], d[14], d[20], d[26], d[32])
+    c3 = _bt6(d[3], d[9], d[15], d[21], d[27], d[33])
+    c4 = _bt6(d[4], d[10], d[16], d[22], d[28], d[34])
+    c5 = _bt6(d[5], d[11], d[17], d[23], d[29], d[35])
+    return (_bt6(c0[0], c1[0], c2[0], c3[0], c4[0], c5[0]) + _bt6(c0[1], c1[1], c2[1], c3[1], c4[1], c5[1])
+            + _bt6(c0[2], c1[2], c2[2], c3[2], c4[2], c5[2]) + _bt6(c0[3], c1[3], c2[3], c3[3], c4[3], c5[3])
+            + _bt6(c0[4], c1[4], c2[4], c3[4], c4[4], c5[4]) + _bt6(c0[5], c1[5], c2[5], c3[5], c4[5], c5[5]))
+
+
+@helper
+def _at6(v0, v1, v2, v3, v4, v5):
+    """F(2x2, 5x5): ``A^T`` of 6 vectors, as the Cython kernels' ``fcw_at6``."""
+    t = vsub(v3, v4)
+    return vadd(vadd(vadd(v1, v2), vadd(v3, v4)), v0), vadd(vadd(vsub(v1, v2), vadd(t, t)), v5)
+
+
+@helper
+def _out_tf6(m):
+    """F(2x2, 5x5): ``A^T m A`` of 36 vectors: the 2x2 outputs ``(y00, y01, y10, y11)``."""
+    r0 = _at6(m[0], m[6], m[12], m[18], m[24], m[30])
+    r1 = _at6(m[1], m[7], m[13], m[19], m[25], m[31])
+    r2 = _at6(m[2], m[8], m[14], m[20], m[26], m[32])
+    r3 = _at6(m[3], m[9], m[15], m[21], m[27], m[33])
+    r4 = _at6(m[4], m[10], m[16], m[22], m[28], m[34])
+    r5 = _at6(m[5], m[11], m[17], m[23], m[29], m[35])
+    return (_at6(r0[0], r1[0], r2[0], r3[0], r4[0], r5[0]) + _at6(r0[1], r1[1], r2[1], r3[1], r4[1], r5[1]))
 
 
 @helper
@@ -107,16 +171,17 @@ def _put_row(yf, d, z, s0, n2, odd, bias, relu):
 
 
 @parallel_kernel(fma=True)
-def _winograd(xf, xs, cs, ps, wq, vp, bias, relu, ni, y):
+def _winograd(xf, xs, cs, ps, wq, vp, bias, relu, ni, r5, y):
     """``y`` from the packed input ``xf`` (image ``b`` at ``b*xs``, channels ``cs`` apart, the
-    four stride phases ``ps`` apart, row pitch ``wq``) and the transformed weights ``vp``:
-    work items of ``ni`` images (run in chunks of consecutive items, each with one set of
-    buffers), in chunks of ``V*VL`` tiles."""
+    four stride phases ``ps`` apart, row pitch ``wq``) and the transformed weights ``vp``
+    (``r5``: of 5x5 kernels, else 3x3): work items of ``ni`` images (run in chunks of
+    consecutive items, each with one set of buffers), in chunks of ``V*VL`` tiles."""
     n, oc, oh, ow = y.shape
     c = xs // cs
     th, tw = (oh + 1) // 2, (ow + 1) // 2
     nt = th * tw
     nob = (oc + J - 1) // J
+    nx = 36 if r5 else 16
     q = V * VL
     qp = q + MAX_VL  # (a row's last vector may spill past q: into this padding)
     us, ms = c * qp, J * qp
@@ -124,13 +189,22 @@ def _winograd(xf, xs, cs, ps, wq, vp, bias, relu, ni, y):
     # window value (i, j) of grid position p: phase (i % 2, j % 2) at (i // 2)*wq + j // 2
     tab = (0, ps, 1, ps + 1, 2 * ps, 3 * ps, 2 * ps + 1, 3 * ps + 1,
            wq, ps + wq, wq + 1, ps + wq + 1, 2 * ps + wq, 3 * ps + wq, 2 * ps + wq + 1, 3 * ps + wq + 1)
+    tab6 = (0, ps, 1, ps + 1, 2, ps + 2, 2 * ps, 3 * ps, 2 * ps + 1, 3 * ps + 1, 2 * ps + 2, 3 * ps + 2,
+            wq, ps + wq, wq + 1, ps + wq + 1, wq + 2, ps + wq + 2, 2 * ps + wq, 3 * ps + wq, 2 * ps + wq + 1,
+            3 * ps + wq + 1, 2 * ps + wq + 2, 3 * ps + wq + 2, 2 * wq, ps + 2 * wq, 2 * wq + 1, ps + 2 * wq + 1,
+            2 * wq + 2, ps + 2 * wq + 2, 2 * ps + 2 * wq, 3 * ps + 2 * wq, 2 * ps + 2 * wq + 1,
+            3 * ps + 2 * wq + 1, 2 * ps + 2 * wq + 2, 3 * ps + 2 * wq + 2)
     moff = (0, ms, 2 * ms, 3 * ms, 4 * ms, 5 * ms, 6 * ms, 7 * ms, 8 * ms, 9 * ms, 10 * ms, 11 * ms,
             12 * ms, 13 * ms, 14 * ms, 15 * ms)
+    moff6 = (0, ms, 2 * ms, 3 * ms, 4 * ms, 5 * ms, 6 * ms, 7 * ms, 8 * ms, 9 * ms, 10 * ms, 11 * ms,
+             12 * ms, 13 * ms, 14 * ms, 15 * ms, 16 * ms, 17 * ms, 18 * ms, 19 * ms, 20 * ms, 21 * ms, 22 * ms,
+             23 * ms, 24 * ms, 25 * ms, 26 * ms, 27 * ms, 28 * ms, 29 * ms, 30 * ms, 31 * ms, 32 * ms, 33 * ms,
+             34 * ms, 35 * ms)
     groups = (n + ni - 1) // ni
     chunks = min(groups, _CHUNKS)
     for ch in prange(chunks):
-        u = np.zeros(16 * us + MAX_VL, np.float32)
-        m = np.zeros(16 * ms + MAX_VL, np.float32)
+        u = np.zeros(nx * us + MAX_VL, np.float32)
+        m = np.zeros(nx * ms + MAX_VL, np.float32)
         z = np.zeros(4 * qp, np.float32)
         runs = np.empty((q, 5), np.int64)  # a chunk's runs: position, length, image, tile row, column
         for gi in range(ch * groups // chunks, (ch + 1) * groups // chunks):
@@ -145,6 +219,12 @@ def _winograd(xf, xs, cs, ps, wq, vp, bias, relu, ni, y):
                     for ci in range(c):
                         src = (i0 + k) * xs + ci * cs + ty * wq + tx
                         dst = ci * qp + e
+                        if r5:
+                            for t in range(0, rn, VL):
+                                d6 = _in_tf6(vloads(xf, src + t, tab6))
+                                for i in range(36):
+                                    vstore(u, dst + t + i * us, d6[i])
+                            continue
                         for t in range(0, rn, VL):
                             d = _in_tf(vloads(xf, src + t, tab))
                             o = dst + t
@@ -167,7 +247,7 @@ def _winograd(xf, xs, cs, ps, wq, vp, bias, relu, ni, y):
                 nv = (nq + VL - 1) // VL
                 for ob in range(nob):
                     # 2. products, xi by xi: tiles of J channels x V vectors
-                    for xi in range(16):
+                    for xi in range(nx):
                         wb = (xi * nob + ob) * c * J
                         for v in range(0, nv, V):
                             r = min(V, nv - v)
@@ -182,7 +262,10 @@ def _winograd(xf, xs, cs, ps, wq, vp, bias, relu, ni, y):
                     for jj in range(min(J, oc - ob * J)):
                         o = ob * J + jj
                         for v in range(nv):
-                            yy = _out_tf(vloads(m, jj * qp + v * VL, moff))
+                            if r5:
+                                yy = _out_tf6(vloads(m, jj * qp + v * VL, moff6))
+                            else:
+                                yy = _out_tf(vloads(m, jj * qp + v * VL, moff))
                             vstore(z, v * VL, yy[0])
                             vstore(z, qp + v * VL, yy[1])
                             vstore(z, 2 * qp + v * VL, yy[2])
@@ -198,14 +281,16 @@ def _winograd(xf, xs, cs, ps, wq, vp, bias, relu, ni, y):
 def _run(x, w, flip, bias, pt, pl, relu, y):
     """The Winograd convolution of ``x`` with ``w`` (rotated and transposed with ``flip``)."""
     n, oc, oh, ow = y.shape
+    r = w.shape[2]
     th, tw = (oh + 1) // 2, (ow + 1) // 2
-    xf, cs, wq, _ = _grid(x, 4, 4, 2, 2, pt, pl, th, tw)
+    xf, cs, wq, _ = _grid(x, r + 1, r + 1, 2, 2, pt, pl, th, tw)
     ni = min(n, max(1, -(-_config.WINOGRAD_TILES // (th * tw))))
-    _winograd(xf, x.shape[1] * cs, cs, cs // 4, wq, _weights(w, flip), bias, int(relu), ni, y)
+    _winograd(xf, x.shape[1] * cs, cs, cs // 4, wq, _weights(w, flip), bias, int(relu), ni, r == 5, y)
 
 
 def conv2d_winograd_forward(x, w, bias, pt, pl, relu, y):
-    """Winograd F(2x2, 3x3) convolution (see :func:`fastcnn._ref.conv2d_winograd_forward`)."""
+    """Winograd F(2x2, 3x3) or F(2x2, 5x5) convolution (see
+    :func:`fastcnn._ref.conv2d_winograd_forward`)."""
     _backend.sizes_conv2d_winograd_forward(x.shape, w.shape, bias.shape, pt, pl, relu, y.shape)
     if x.shape[0]:
         _run(x, w, False, bias, pt, pl, relu, y)
@@ -216,4 +301,5 @@ def conv2d_winograd_backward_data(gy, w, pt, pl, gx):
     algorithm on the output gradient with the rotated, transposed weights."""
     _backend.sizes_conv2d_winograd_backward_data(gy.shape, w.shape, pt, pl, gx.shape)
     if gy.shape[0]:
-        _run(gy, w, True, np.zeros(w.shape[1], np.float32), 2 - pt, 2 - pl, False, gx)
+        r = w.shape[2]
+        _run(gy, w, True, np.zeros(w.shape[1], np.float32), r - 1 - pt, r - 1 - pl, False, gx)
