@@ -220,3 +220,59 @@ def vsub(typingctx, a, b):
     def codegen(context, builder, sig, args):
         return builder.fsub(args[0], args[1])
     return vec(a, b), codegen
+
+
+@intrinsic
+def vloads_lanes(typingctx, acc, arr, base, offs, lo, hi):
+    """``acc[v]`` with lanes ``lo .. hi - 1`` replaced by those of ``arr[base + offs[v] : ... + VL]``
+    for each offset of ``offs`` (masked loads: no other lane of ``arr`` is read)."""
+    tt = types.UniTuple(vec, offs.count)
+
+    def codegen(context, builder, sig, args):
+        _, aty, bty, oty, lty, hty = sig.args
+        b = context.cast(builder, args[2], bty, types.intp)
+        lanes = ir.Constant(ir.VectorType(_I32, VL), list(range(VL)))
+        lo = _splat_i32(builder, builder.trunc(context.cast(builder, args[4], lty, types.intp), _I32))
+        hi = _splat_i32(builder, builder.trunc(context.cast(builder, args[5], hty, types.intp), _I32))
+        mask = builder.and_(builder.icmp_signed(">=", lanes, lo), builder.icmp_signed("<", lanes, hi))
+        ptr_t = _LLV.as_pointer()
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(_LLV, [ptr_t, _I32, ir.VectorType(ir.IntType(1), VL), _LLV]),
+            f"llvm.masked.load.v{VL}f32.p0")
+        out = []
+        for v in range(oty.count):
+            o = context.cast(builder, builder.extract_value(args[3], v), oty.dtype, types.intp)
+            p = _ptr(context, builder, aty, args[1], builder.add(b, o), types.intp)
+            out.append(builder.call(fn, [p, ir.Constant(_I32, 4), mask, builder.extract_value(args[0], v)]))
+        return context.make_tuple(builder, tt, out)
+    return tt(acc, arr, base, offs, lo, hi), codegen
+
+
+def _splat_i32(builder, s):
+    vt = ir.VectorType(_I32, VL)
+    one = builder.insert_element(ir.Constant(vt, ir.Undefined), s, ir.Constant(_I32, 0))
+    return builder.shuffle_vector(one, ir.Constant(vt, ir.Undefined), ir.Constant(vt, [0] * VL))
+
+
+@intrinsic
+def vzeros(typingctx, offs):
+    """``len(offs)`` zero vectors."""
+    tt = types.UniTuple(vec, offs.count)
+
+    def codegen(context, builder, sig, args):
+        return context.make_tuple(builder, tt, [ir.Constant(_LLV, [0.0] * VL)] * tt.count)
+    return tt(offs), codegen
+
+
+@intrinsic
+def vstores(typingctx, arr, base, offs, vs):
+    """``arr[base + offs[v] : ... + VL] = vs[v]`` for each offset of ``offs``."""
+    def codegen(context, builder, sig, args):
+        aty, bty, oty, _ = sig.args
+        b = context.cast(builder, args[1], bty, types.intp)
+        for v in range(oty.count):
+            o = context.cast(builder, builder.extract_value(args[2], v), oty.dtype, types.intp)
+            builder.store(builder.extract_value(args[3], v),
+                          _ptr(context, builder, aty, args[0], builder.add(b, o), types.intp), align=4)
+        return context.get_dummy_value()
+    return types.none(arr, base, offs, vs), codegen

@@ -9,11 +9,26 @@ tap, the transformed kernel's element per channel), the output transform ``A^T m
 and ReLU into the output.  The same operations in the same order as the Cython kernels.
 """
 import numpy as np
-from numba import prange
+from numba import njit, prange
 
 from .. import _backend, _config, _ref
 from ._common import _u, helper, parallel_kernel
-from ._simd import MAX_VL, VL, J, V, tile_fma, tile_store, tile_zero, vadd, vloads, vstore, vsub
+from ._simd import (
+    MAX_VL,
+    VL,
+    J,
+    V,
+    tile_fma,
+    tile_store,
+    tile_zero,
+    vadd,
+    vloads,
+    vloads_lanes,
+    vstore,
+    vstores,
+    vsub,
+    vzeros,
+)
 from .conv_direct import _grid
 
 
@@ -29,14 +44,31 @@ def _weights(w, flip):
     if r == 3:
         gt = (g.astype(np.float64).reshape(-1, 3) @ _ref.WINOGRAD_G.T).reshape(oc, c, 3, 4)  # g G^T
         v[..., :oc] = np.tensordot(_ref.WINOGRAD_G, gt, axes=([1], [2])).transpose(0, 3, 2, 1)  # (exact sums)
-    else:  # G's entries are not all dyadic: each sum in order of its terms, as the Cython kernels'
-        gm, gd = _ref.WINOGRAD5_G, g.astype(np.float64).transpose(2, 3, 1, 0)  # gd[k, j, c, o]
-        t = [[sum((gm[i, k] * gd[k, j] for k in range(1, 5)), start=gm[i, 0] * gd[0, j]) for j in range(5)]
-             for i in range(6)]
-        for i in range(6):
-            for j in range(6):
-                v[i, j, :, :oc] = sum((t[i][k] * gm[j, k] for k in range(1, 5)), start=t[i][0] * gm[j, 0])
+    else:
+        _weights5(np.ascontiguousarray(g), _ref.WINOGRAD5_G, v)
     return np.ascontiguousarray(v.reshape(nx, c, nob, J).transpose(0, 2, 1, 3), np.float32).reshape(-1)
+
+
+@njit(**_config.NUMBA_SERIAL)
+def _weights5(g, gm, v):
+    """``v[:, :, c, o] = G g[o, c] G^T`` of 5x5 kernels in float64, each sum in the order of its
+    terms (G's entries are not all dyadic): the Cython kernels' ``fcw_pack_weights5``."""
+    oc, c = g.shape[:2]
+    t = np.empty((6, 5))
+    for o in range(oc):
+        for ci in range(c):
+            for i in range(6):
+                for j in range(5):
+                    s = gm[i, 0] * np.float64(g[o, ci, 0, j])
+                    for k in range(1, 5):
+                        s = s + gm[i, k] * np.float64(g[o, ci, k, j])
+                    t[i, j] = s
+            for i in range(6):
+                for j in range(6):
+                    s = t[i, 0] * gm[j, 0]
+                    for k in range(1, 5):
+                        s = s + t[i, k] * gm[j, k]
+                    v[i, j, ci, o] = s
 
 
 @helper
@@ -200,6 +232,12 @@ def _winograd(xf, xs, cs, ps, wq, vp, bias, relu, ni, r5, y):
              12 * ms, 13 * ms, 14 * ms, 15 * ms, 16 * ms, 17 * ms, 18 * ms, 19 * ms, 20 * ms, 21 * ms, 22 * ms,
              23 * ms, 24 * ms, 25 * ms, 26 * ms, 27 * ms, 28 * ms, 29 * ms, 30 * ms, 31 * ms, 32 * ms, 33 * ms,
              34 * ms, 35 * ms)
+    uoff = (0, us, 2 * us, 3 * us, 4 * us, 5 * us, 6 * us, 7 * us, 8 * us, 9 * us, 10 * us, 11 * us,
+            12 * us, 13 * us, 14 * us, 15 * us)
+    uoff6 = (0, us, 2 * us, 3 * us, 4 * us, 5 * us, 6 * us, 7 * us, 8 * us, 9 * us, 10 * us, 11 * us,
+             12 * us, 13 * us, 14 * us, 15 * us, 16 * us, 17 * us, 18 * us, 19 * us, 20 * us, 21 * us, 22 * us,
+             23 * us, 24 * us, 25 * us, 26 * us, 27 * us, 28 * us, 29 * us, 30 * us, 31 * us, 32 * us, 33 * us,
+             34 * us, 35 * us)
     groups = (n + ni - 1) // ni
     chunks = min(groups, _CHUNKS)
     for ch in prange(chunks):
@@ -207,44 +245,49 @@ def _winograd(xf, xs, cs, ps, wq, vp, bias, relu, ni, r5, y):
         m = np.zeros(nx * ms + MAX_VL, np.float32)
         z = np.zeros(4 * qp, np.float32)
         runs = np.empty((q, 5), np.int64)  # a chunk's runs: position, length, image, tile row, column
+        seg = np.empty((MAX_VL, 3), np.int64)  # a vector's runs: source offset of lane 0, lanes lo, hi
         for gi in range(ch * groups // chunks, (ch + 1) * groups // chunks):
             i0 = gi * ni
             nq_all = min(ni, n - i0) * nt
             for q0 in range(0, nq_all, q):
                 nq = min(q, nq_all - q0)
                 nr = _runs(q0, nq, nt, tw, runs)
-                # 1. input transform, run by run (tiles of one tile row), full vectors in order
-                for r in range(nr):
-                    e, rn, k, ty, tx = runs[r, 0], runs[r, 1], runs[r, 2], runs[r, 3], runs[r, 4]
-                    for ci in range(c):
-                        src = (i0 + k) * xs + ci * cs + ty * wq + tx
-                        dst = ci * qp + e
-                        if r5:
-                            for t in range(0, rn, VL):
-                                d6 = _in_tf6(vloads(xf, src + t, tab6))
-                                for i in range(36):
-                                    vstore(u, dst + t + i * us, d6[i])
-                            continue
-                        for t in range(0, rn, VL):
-                            d = _in_tf(vloads(xf, src + t, tab))
-                            o = dst + t
-                            vstore(u, o, d[0])
-                            vstore(u, o + us, d[1])
-                            vstore(u, o + 2 * us, d[2])
-                            vstore(u, o + 3 * us, d[3])
-                            vstore(u, o + 4 * us, d[4])
-                            vstore(u, o + 5 * us, d[5])
-                            vstore(u, o + 6 * us, d[6])
-                            vstore(u, o + 7 * us, d[7])
-                            vstore(u, o + 8 * us, d[8])
-                            vstore(u, o + 9 * us, d[9])
-                            vstore(u, o + 10 * us, d[10])
-                            vstore(u, o + 11 * us, d[11])
-                            vstore(u, o + 12 * us, d[12])
-                            vstore(u, o + 13 * us, d[13])
-                            vstore(u, o + 14 * us, d[14])
-                            vstore(u, o + 15 * us, d[15])
+                # 1. input transform, vector by vector: a vector's lanes are tiles of one or more
+                #    runs, each run's lanes a masked load (as the Cython kernels'); lanes past the
+                #    chunk's tiles are zeros
                 nv = (nq + VL - 1) // VL
+                r = 0
+                for v in range(nv):
+                    v0 = v * VL
+                    while runs[r, 0] + runs[r, 1] <= v0:
+                        r += 1
+                    ns = 0
+                    e = r
+                    while e < nr and runs[e, 0] < v0 + VL:
+                        seg[ns, 0] = (i0 + runs[e, 2]) * xs + runs[e, 3] * wq + runs[e, 4] - runs[e, 0] + v0
+                        seg[ns, 1] = max(runs[e, 0] - v0, 0)
+                        seg[ns, 2] = min(runs[e, 0] + runs[e, 1] - v0, VL)
+                        ns += 1
+                        e += 1
+                    full = ns == 1 and seg[0, 1] == 0 and seg[0, 2] == VL
+                    for ci in range(c):
+                        dst = ci * qp + v0
+                        if r5:
+                            if full:
+                                d6 = vloads(xf, seg[0, 0] + ci * cs, tab6)
+                            else:
+                                d6 = vzeros(tab6)
+                                for si in range(ns):
+                                    d6 = vloads_lanes(d6, xf, seg[si, 0] + ci * cs, tab6, seg[si, 1], seg[si, 2])
+                            vstores(u, dst, uoff6, _in_tf6(d6))
+                        else:
+                            if full:
+                                d = vloads(xf, seg[0, 0] + ci * cs, tab)
+                            else:
+                                d = vzeros(tab)
+                                for si in range(ns):
+                                    d = vloads_lanes(d, xf, seg[si, 0] + ci * cs, tab, seg[si, 1], seg[si, 2])
+                            vstores(u, dst, uoff, _in_tf(d))
                 for ob in range(nob):
                     # 2. products, xi by xi: tiles of J channels x V vectors
                     for xi in range(nx):
