@@ -23,6 +23,7 @@ PRIMITIVES = (
     "conv2d_direct_backward_weight",
     "conv2d_direct_backward_maxpool2",
     "conv2d_winograd_forward",
+    "conv2d_winograd_forward_maxpool2",
     "conv2d_winograd_backward_data",
     "linear_forward",
     "linear_backward",
@@ -264,6 +265,15 @@ def sizes_conv2d_winograd_forward(x, w, bias, pt, pl, relu, y):
     _sizes_winograd("conv2d_winograd_forward", w, pt, pl)
     if bias != w[:1]:
         raise ValueError("conv2d_winograd_forward: bias must have shape (OC,)")
+
+
+def sizes_conv2d_winograd_forward_maxpool2(x, w, bias, pt, pl, relu, oh, ow, y, idx):
+    sizes_conv2d_winograd_forward(x, w, bias, pt, pl, relu, y[:2] + (oh, ow))
+    if y[2:] != (oh // 2, ow // 2) or oh < 2 or ow < 2:
+        raise ValueError("conv2d_winograd_forward_maxpool2: y must have shape (N, OC, oh // 2, ow // 2), "
+                         "the convolution's output (oh, ow) at least 2 x 2")
+    if idx != y and idx != (0, 0, 0, 0):
+        raise ValueError("conv2d_winograd_forward_maxpool2: idx must have the shape of y, or (0, 0, 0, 0) for none")
 
 
 def sizes_conv2d_winograd_backward_data(gy, w, pt, pl, gx):

@@ -687,6 +687,17 @@ def conv2d_winograd_forward(x, w, bias, pt, pl, relu, y):
         np.maximum(y, 0, out=y)
 
 
+def conv2d_winograd_forward_maxpool2(x, w, bias, pt, pl, relu, oh, ow, y, idx):
+    """:func:`conv2d_winograd_forward` followed by a 2x2 max pooling of stride 2, without the
+    full-size output: as :func:`conv2d_direct_forward_maxpool2` (``oh, ow``: the convolution's
+    output, at least 2 x 2; ``idx`` of shape ``(0, 0, 0, 0)``: no indices), bit for bit the two
+    primitives in sequence."""
+    n, oc = y.shape[:2]
+    full = np.empty((n, oc, oh, ow), np.float32)
+    conv2d_winograd_forward(x, w, bias, pt, pl, relu, full)
+    maxpool2d_forward(full, 2, 2, 2, 2, 0, 0, y, idx if idx.size else np.empty(y.shape, np.int32))
+
+
 def conv2d_winograd_backward_data(gy, w, pt, pl, gx):
     """Input gradient of :func:`conv2d_winograd_forward` (without the ReLU):
     :func:`conv2d_winograd_forward` of ``gy`` with the kernel rotated by 180 degrees and its

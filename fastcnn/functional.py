@@ -195,8 +195,9 @@ def conv2d(x: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None, strid
     relu : bool
         Return ``max(conv, 0)`` (fused into the direct kernels).
     max_pool2 : bool
-        Return ``max_pool2d(y, 2)`` of that instead, fused into the direct kernels (each image
-        pooled while its output is in cache), bit for bit the two ops in sequence.
+        Return ``max_pool2d(y, 2)`` of that instead, fused into the direct and Winograd kernels
+        (each image or group of images pooled while its output is in cache), bit for bit the
+        two ops in sequence.
     return_indices : bool
         With ``max_pool2``: also return the pooling's indices, as ``max_pool2d``'s (for
         :func:`max_pool2d_backward` into the convolution's output shape).
@@ -229,21 +230,24 @@ def _conv2d_forward(k: ModuleType, x: np.ndarray, weight: np.ndarray, bias: np.n
     if plan in ("direct", "winograd") and bias is None:
         bias = _buf(ws, "zeros", (oc,), dt)
         bias[...] = 0
-    if plan == "winograd":  # (a 2x2 pooling after it: by max_pool2d below)
+    if plan in ("direct", "winograd") and max_pool2 and g.oh >= 2 and g.ow >= 2:  # (the pooling in the kernels)
+        y = np.empty((n, oc, g.oh // 2, g.ow // 2), dt)
+        idx = np.empty(y.shape if return_indices else (0, 0, 0, 0), np.int32)
+        if plan == "winograd":
+            k.conv2d_winograd_forward_maxpool2(x, weight, bias, g.pt, g.pl, int(bool(relu)), g.oh, g.ow, y, idx)
+        else:
+            k.conv2d_direct_forward_maxpool2(x, weight, bias, g.sh, g.sw, g.pt, g.pl, int(bool(relu)), g.oh, g.ow,
+                                             y, idx)
+        if not return_indices:
+            return y
+        if ws is not None:  # as max_pool2d's: trusted by max_pool2d_backward with this ws
+            idx.flags.writeable = False
+            ws._record("max_pool2d", idx, (n, oc, g.oh, g.ow))
+        return y, idx
+    if plan == "winograd":
         y = np.empty((n, oc, g.oh, g.ow), dt)
         k.conv2d_winograd_forward(x, weight, bias, g.pt, g.pl, int(bool(relu)), y)
     elif plan == "direct":
-        if max_pool2 and g.oh >= 2 and g.ow >= 2:
-            y = np.empty((n, oc, g.oh // 2, g.ow // 2), dt)
-            idx = np.empty(y.shape if return_indices else (0, 0, 0, 0), np.int32)
-            k.conv2d_direct_forward_maxpool2(x, weight, bias, g.sh, g.sw, g.pt, g.pl, int(bool(relu)), g.oh, g.ow,
-                                             y, idx)
-            if not return_indices:
-                return y
-            if ws is not None:  # as max_pool2d's: trusted by max_pool2d_backward with this ws
-                idx.flags.writeable = False
-                ws._record("max_pool2d", idx, (n, oc, g.oh, g.ow))
-            return y, idx
         y = np.empty((n, oc, g.oh, g.ow), dt)
         k.conv2d_direct_forward(x, weight, bias, g.sh, g.sw, g.pt, g.pl, int(bool(relu)), y)
     else:

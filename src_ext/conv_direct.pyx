@@ -633,11 +633,20 @@ cdef void _winograd_blocks(const fcd_geo* g,
                            #                                   scratch per block of images: NI
                            #                                   packings of xs floats, chunk buffers
                            float[:, :, :, ::1] out,          # OUT (N, g.OC, OH, OW)
-                           Py_ssize_t T, int R, int nt) noexcept nogil:
+                           Py_ssize_t T, int R, Py_ssize_t OH, Py_ssize_t OW,
+                           Py_ssize_t o_yf, int* io,      # pooled (o_yf >= 0): a group's full
+                           #                                output in the block's scratch; OUT
+                           #                                the pooling's indices (or NULL)
+                           int nt) noexcept nogil:
     """``T`` blocks of consecutive images, each with its own scratch, in groups of up to
-    ``NI`` images (:c:func:`fcw_images`; ``R x R`` kernels)."""
-    cdef Py_ssize_t CHW = g.C * g.Hs * g.Ws, t, i, i0, i1, e
+    ``NI`` images (:c:func:`fcw_images`; ``R x R`` kernels).  Pooled, ``out`` gets each
+    group's 2x2 max pooling (the pooling kernels' plane loop) while the group's output is in
+    cache."""
+    cdef Py_ssize_t CHW = g.C * g.Hs * g.Ws, t, i, i0, i1, e, ni, p
+    cdef Py_ssize_t OHW = OH * OW, PH = OH // 2, PW = OW // 2
     cdef float* u
+    cdef float* yf
+    cdef int* ii
     for t in prange(T, schedule='static', num_threads=nt):
         u = <float*>(blocks + t * size + o_u)
         for e in range((R + 1) * (R + 1) * fcw_u_stride(g.C, Q)):  # (lanes past a chunk's tiles stay finite)
@@ -646,20 +655,37 @@ cdef void _winograd_blocks(const fcd_geo* g,
         i1 = _part(t + 1, N, T)
         i = i0
         while i < i1:
-            fcw_images(g, src + i * CHW, min(NI, i1 - i), vp, st, bias, relu, out.shape[2],
-                       out.shape[3], &out[i, 0, 0, 0], <float*>(blocks + t * size), xs, i > i0, u,
-                       <float*>(blocks + t * size + o_m), <float*>(blocks + t * size + o_z), Q, R)
+            ni = min(NI, i1 - i)
+            yf = <float*>(blocks + t * size + o_yf) if o_yf >= 0 else &out[i, 0, 0, 0]
+            fcw_images(g, src + i * CHW, ni, vp, st, bias, relu, OH, OW, yf, <float*>(blocks + t * size),
+                       xs, i > i0, u, <float*>(blocks + t * size + o_m), <float*>(blocks + t * size + o_z), Q, R)
+            if o_yf >= 0:
+                ii = <int*>(yf + NI * g.OC * OHW)
+                for p in range(ni * g.OC):  # (plane p of the group: image i + p // OC)
+                    if io != NULL:
+                        _maxpool_plane_2x2(yf + p * OHW, &out[i, 0, 0, 0] + p * PH * PW,
+                                           io + (i * g.OC + p) * PH * PW, OW, PH, PW, True)
+                    else:
+                        _maxpool_plane_2x2(yf + p * OHW, &out[i, 0, 0, 0] + p * PH * PW, ii, OW, PH, PW, False)
             i = i + NI
 
 
 cdef int _winograd(const float* src, Py_ssize_t N, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
                    const float* w, int flip, Py_ssize_t OC, Py_ssize_t pt, Py_ssize_t pl,
-                   const float* bias, int relu, float[:, :, :, ::1] out, int R, int nt) except -1:
+                   const float* bias, int relu, float[:, :, :, ::1] out, int R, int nt,
+                   Py_ssize_t OH=-1, Py_ssize_t OW=-1, int* io=NULL) except -1:
     """Winograd F(2x2, RxR) convolution of ``src`` (N, C, H, W) with RxR weights ``w`` (R = 3
-    or 5; packed with ``flip`` as :c:func:`fcd_pack_weights`) into ``out`` (N, OC, OH, OW):
-    scratch in one allocation (transformed weights, a chunk's vector starts, and per block of
-    images the packed inputs of a group and the chunk buffers)."""
-    cdef Py_ssize_t OH = out.shape[2], OW = out.shape[3], TH = (OH + 1) // 2, TW = (OW + 1) // 2
+    or 5; packed with ``flip`` as :c:func:`fcd_pack_weights`) into ``out`` (N, OC, OH, OW), or
+    given ``OH, OW`` its 2x2 max pooling into ``out`` (N, OC, OH // 2, OW // 2) and the
+    indices into ``io`` (if not NULL): scratch in one allocation (transformed weights, a
+    chunk's vector starts, and per block of images the packed inputs of a group, the chunk
+    buffers and, pooled, the group's full output and one plane's pooling positions)."""
+    cdef Py_ssize_t o_yf = -1
+    if OH < 0:
+        OH, OW = out.shape[2], out.shape[3]
+    else:
+        o_yf = 0
+    cdef Py_ssize_t TH = (OH + 1) // 2, TW = (OW + 1) // 2
     cdef Py_ssize_t Tn = TH * TW, NI = min(N, max(1, (WINOGRAD_TILES + Tn - 1) // Tn))
     cdef Py_ssize_t T = min(<Py_ssize_t>nt, N), Q = min(WINOGRAD_VECTORS * fcd_VL, FCW_QMAX), v, xs
     cdef Py_ssize_t NX = (R + 1) * (R + 1)
@@ -672,6 +698,9 @@ cdef int _winograd(const float* src, Py_ssize_t N, Py_ssize_t C, Py_ssize_t H, P
     cdef Py_ssize_t o_m = o_u + _al64(NX * fcw_u_stride(C, Q) * sizeof(float))
     cdef Py_ssize_t o_z = o_m + _al64(NX * fcw_m_stride(fcd_J, Q) * sizeof(float))
     cdef Py_ssize_t size = o_z + _al64(4 * Q * sizeof(float))
+    if o_yf == 0:
+        o_yf = size
+        size += _al64(NI * OC * OH * OW * sizeof(float) + (OH // 2) * (OW // 2) * sizeof(int))
     cdef char* mem = <char*>malloc(b_vp + b_st + T * size + 64)
     if mem == NULL:
         raise MemoryError()
@@ -688,13 +717,13 @@ cdef int _winograd(const float* src, Py_ssize_t N, Py_ssize_t C, Py_ssize_t H, P
                 else:
                     fcw_pack_weights(OC, C, fcd_J, g.OCP, w, flip, ob, <float*>base)
             _winograd_blocks(&g, src, N, <float*>base, st, NI, bias, relu,
-                             base + b_vp + b_st, size, xs, o_u, o_m, o_z, Q, out, T, R, nt)
+                             base + b_vp + b_st, size, xs, o_u, o_m, o_z, Q, out, T, R, OH, OW, o_yf, io, nt)
     finally:
         free(mem)
     return 0
 
 
-cdef _Key _wfwd_ok, _wdata_ok
+cdef _Key _wfwd_ok, _wpool_ok, _wdata_ok
 
 
 def conv2d_winograd_forward(const float[:, :, :, ::1] x, const float[:, :, :, ::1] w,
@@ -714,6 +743,27 @@ def conv2d_winograd_forward(const float[:, :, :, ::1] x, const float[:, :, :, ::
         return
     _winograd(&x[0, 0, 0, 0], N, x.shape[1], x.shape[2], x.shape[3], &w[0, 0, 0, 0], 0, w.shape[0],
               pt, pl, &bias[0], relu, y, w.shape[2], _threads_for(N * w.shape[0] * y.shape[2] * y.shape[3]))
+
+
+def conv2d_winograd_forward_maxpool2(const float[:, :, :, ::1] x, const float[:, :, :, ::1] w,
+                                     const float[::1] bias, Py_ssize_t pt, Py_ssize_t pl, int relu,
+                                     Py_ssize_t oh, Py_ssize_t ow, float[:, :, :, ::1] y,
+                                     int[:, :, :, ::1] idx):
+    """Winograd convolution, then 2x2 max pooling, per group of images (see
+    :func:`fastcnn._ref.conv2d_winograd_forward_maxpool2`)."""
+    if _active is None:
+        active_isa()
+    cdef _Key k = _key(pt, pl, oh, ow)
+    if _new(&_wpool_ok, &k, x.shape, w.shape, bias.shape, y.shape):
+        _passed(&_wpool_ok, &k, _backend.sizes_conv2d_winograd_forward_maxpool2(
+            _dims(x.shape, 4), _dims(w.shape, 4), _dims(bias.shape, 1), pt, pl, relu, oh, ow,
+            _dims(y.shape, 4), _dims(idx.shape, 4)))
+    cdef Py_ssize_t N = x.shape[0]
+    if N == 0:
+        return
+    _winograd(&x[0, 0, 0, 0], N, x.shape[1], x.shape[2], x.shape[3], &w[0, 0, 0, 0], 0, w.shape[0],
+              pt, pl, &bias[0], relu, y, w.shape[2], _threads_for(N * w.shape[0] * oh * ow), oh, ow,
+              &idx[0, 0, 0, 0] if idx.shape[0] else NULL)
 
 
 def conv2d_winograd_backward_data(const float[:, :, :, ::1] gy, const float[:, :, :, ::1] w,

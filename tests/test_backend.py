@@ -768,6 +768,15 @@ def test_size_checks_of_the_contract_are_the_same_for_both_compiled_backends(nam
                                      f32(3, np.float32), 1, 1, 0, f32((2, 3, 5, 5), np.float32))),
         (k.conv2d_winograd_backward_data, (f32((1, 3, 5, 5), np.float32), f32((3, 2, 3, 3), np.float32), 1, 1,
                                            f32((1, 3, 5, 5), np.float32))),
+        (k.conv2d_winograd_forward_maxpool2, (f32((1, 2, 5, 5), np.float32), f32((3, 2, 3, 3), np.float32),
+                                              f32(3, np.float32), 1, 1, 0, 5, 5, f32((1, 3, 3, 2), np.float32),
+                                              np.empty((0, 0, 0, 0), np.int32))),
+        (k.conv2d_winograd_forward_maxpool2, (f32((1, 2, 5, 5), np.float32), f32((3, 2, 3, 3), np.float32),
+                                              f32(3, np.float32), 1, 1, 0, 5, 5, f32((1, 3, 2, 2), np.float32),
+                                              np.empty((1, 3, 2, 1), np.int32))),
+        (k.conv2d_winograd_forward_maxpool2, (f32((1, 2, 5, 5), np.float32), f32((3, 2, 3, 3), np.float32),
+                                              f32(3, np.float32), 1, 1, 0, 5, 1, f32((1, 3, 2, 0), np.float32),
+                                              np.empty((0, 0, 0, 0), np.int32))),
         (k.batchnorm_forward, (f32((2, 3, 2, 2), np.float32), *[f32(3, np.float32)] * 3, f32(2, np.float32), 0,
                                f32((2, 3, 2, 2), np.float32), f32((2, 3, 2, 2), np.float32))),
         (k.batchnorm_backward_reduce, (f32((2, 3, 2, 2), np.float32), f32((2, 3, 2, 2), np.float32),
@@ -905,6 +914,37 @@ def test_winograd_fused_relu_is_max_of_plain(name):
         want = np.where(y0 <= 0, np.float32(0), y0)
         assert np.isnan(y0).any()
         assert want.tobytes() == y1.tobytes()
+
+
+@pytest.mark.parametrize("name", ["numpy"] + list(COMPILED))
+@pytest.mark.parametrize("case", [c for c in WINOGRAD_CASES if c[7] >= 2 and c[8] >= 2])
+def test_winograd_maxpool2_is_the_pool_of_the_forward(name, case):
+    """``conv2d_winograd_forward_maxpool2`` is bit for bit the backend's Winograd forward then
+    the reference's 2x2 max pooling (odd sizes drop the last row or column; NaNs win as in the
+    pooling kernels), at 1 and 2 threads, every output written; the indices, when asked for,
+    are the pooling's."""
+    k = _backend.ops(name)
+    x, wt, b, _ = _wdata(case, 8)
+    pt, pl, oh, ow = case[5:9]
+    x[0, 0, 0, 0] = np.nan
+    before = fastcnn.get_num_threads()
+    try:
+        for relu in (0, 1):
+            full = np.empty((x.shape[0], wt.shape[0], oh, ow), np.float32)
+            k.conv2d_winograd_forward(x, wt, b, pt, pl, relu, full)
+            want = np.empty(full.shape[:2] + (oh // 2, ow // 2), np.float32)
+            want_idx = np.empty(want.shape, np.int32)
+            _ref.maxpool2d_forward(full, 2, 2, 2, 2, 0, 0, want, want_idx)
+            for threads in (1, 2):
+                fastcnn.set_num_threads(min(threads, cores()))
+                for with_idx in (False, True):
+                    y = np.full(want.shape, -7.0, np.float32)
+                    idx = np.full(want.shape if with_idx else (0, 0, 0, 0), -7, np.int32)
+                    k.conv2d_winograd_forward_maxpool2(x, wt, b, pt, pl, relu, oh, ow, y, idx)
+                    assert y.tobytes() == want.tobytes(), (case, relu, threads)
+                    assert not with_idx or idx.tobytes() == want_idx.tobytes(), (case, relu, threads)
+    finally:
+        fastcnn.set_num_threads(before)
 
 
 @pytest.mark.parametrize("name", COMPILED)

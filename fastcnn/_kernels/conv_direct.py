@@ -371,4 +371,8 @@ def conv2d_direct_backward_maxpool2(gp, idx, y, x, w, sh, sw, pt, pl, oh, ow, gx
 
 # The Winograd convolutions (their own module, which packs with _grid) are this module's
 # primitives too, as in the Cython backend's conv_direct.
-from .winograd import conv2d_winograd_backward_data, conv2d_winograd_forward  # noqa: E402, F401
+from .winograd import (  # noqa: E402, F401
+    conv2d_winograd_backward_data,
+    conv2d_winograd_forward,
+    conv2d_winograd_forward_maxpool2,
+)

@@ -30,6 +30,7 @@ from ._simd import (
     vzeros,
 )
 from .conv_direct import _grid
+from .pool import maxpool2d_forward
 
 
 def _weights(w, flip):
@@ -337,6 +338,17 @@ def conv2d_winograd_forward(x, w, bias, pt, pl, relu, y):
     _backend.sizes_conv2d_winograd_forward(x.shape, w.shape, bias.shape, pt, pl, relu, y.shape)
     if x.shape[0]:
         _run(x, w, False, bias, pt, pl, relu, y)
+
+
+def conv2d_winograd_forward_maxpool2(x, w, bias, pt, pl, relu, oh, ow, y, idx):
+    """The Winograd convolution, then 2x2 max pooling (see
+    :func:`fastcnn._ref.conv2d_winograd_forward_maxpool2`): the two primitives in sequence."""
+    _backend.sizes_conv2d_winograd_forward_maxpool2(x.shape, w.shape, bias.shape, pt, pl, relu, oh, ow, y.shape,
+                                                    idx.shape)
+    if x.shape[0]:
+        full = np.empty(y.shape[:2] + (oh, ow), np.float32)
+        _run(x, w, False, bias, pt, pl, relu, full)
+        maxpool2d_forward(full, 2, 2, 2, 2, 0, 0, y, idx if idx.size else np.empty(y.shape, np.int32))
 
 
 def conv2d_winograd_backward_data(gy, w, pt, pl, gx):
