@@ -204,3 +204,27 @@ def test_numba_winograd_is_exported_by_its_conv_direct_module():
     """The Numba backend's Winograd primitives live in ``_kernels.winograd`` and are collected
     through ``_kernels.conv_direct`` (the module of ``_config.KERNEL_MODULES``)."""
     assert fastcnn._kernels.conv2d_winograd_forward is D.conv2d_winograd_forward
+
+
+def test_numba_pooled_forwards_in_chunks_are_the_composition():
+    """The Numba fused forwards (direct and Winograd, 2x2 max pooling) run a large batch in
+    chunks of images (``POOL_CHUNK_BYTES`` of full-size output at a time): bit for bit the
+    forward of the whole batch, then the pooling, here over three chunks and a short last one."""
+    rng = np.random.default_rng(21)
+    n, oc, h = 11, 16, 128
+    per = D.POOL_CHUNK_BYTES // (oc * h * h * 4)
+    assert 1 < per < n and n % per  # (several chunks, the last one shorter)
+    x = rng.standard_normal((n, 2, h, h), dtype=np.float32)
+    w = rng.standard_normal((oc, 2, 3, 3), dtype=np.float32)
+    b = rng.standard_normal(oc, dtype=np.float32)
+    for fwd, fused, args in [(lambda full: D.conv2d_direct_forward(x, w, b, 1, 1, 1, 1, 1, full),
+                              D.conv2d_direct_forward_maxpool2, (1, 1, 1, 1, 1)),
+                             (lambda full: D.conv2d_winograd_forward(x, w, b, 1, 1, 1, full),
+                              D.conv2d_winograd_forward_maxpool2, (1, 1, 1))]:
+        full = np.empty((n, oc, h, h), np.float32)
+        fwd(full)
+        want, want_idx = np.empty((n, oc, h // 2, h // 2), np.float32), np.empty((n, oc, h // 2, h // 2), np.int32)
+        _ref.maxpool2d_forward(full, 2, 2, 2, 2, 0, 0, want, want_idx)
+        y, idx = np.full(want.shape, np.nan, np.float32), np.full(want.shape, -1, np.int32)
+        fused(x, w, b, *args, h, h, y, idx)
+        assert y.tobytes() == want.tobytes() and idx.tobytes() == want_idx.tobytes()

@@ -179,9 +179,29 @@ def conv2d_direct_forward_maxpool2(x, w, bias, sh, sw, pt, pl, relu, oh, ow, y, 
     (see :func:`fastcnn._ref.conv2d_direct_forward_maxpool2`)."""
     _backend.sizes_conv2d_direct_forward_maxpool2(x.shape, w.shape, bias.shape, sh, sw, pt, pl, relu, oh, ow,
                                                   y.shape, idx.shape)
-    full = np.empty(y.shape[:2] + (oh, ow), np.float32)
-    _direct(x, w, bias, sh, sw, pt, pl, relu, full)
-    _pool.maxpool2d_forward(full, 2, 2, 2, 2, 0, 0, y, idx if idx.size else np.empty(y.shape, np.int32))
+    pooled_by_chunks(lambda a, b, full: _direct(x[a:b], w, bias, sh, sw, pt, pl, relu, full), oh, ow, y, idx)
+
+
+#: The fused forwards' full-size output is made this many bytes at most at a time (a chunk of
+#: images, pooled before the next): a batch's whole output (100 MB for lenet's first layer at
+#: batch 1000) is a fresh mapping each call, its pages faulted in every time.
+POOL_CHUNK_BYTES = 4 << 20
+
+
+def pooled_by_chunks(forward, oh, ow, y, idx):
+    """The 2x2 max pooling of a convolution's ``(N, OC, oh, ow)`` output into ``y`` (and
+    ``idx``, if it has elements), ``forward(a, b, full)`` writing the output of images
+    ``a .. b - 1`` into ``full``, chunk by chunk (each image's bytes do not depend on the
+    chunk)."""
+    n, oc = y.shape[:2]
+    per = max(1, min(n, POOL_CHUNK_BYTES // max(1, oc * oh * ow * 4)))
+    buf = np.empty((per, oc, oh, ow), np.float32)
+    for a in range(0, n, per):
+        b = min(n, a + per)
+        full = buf[:b - a]
+        forward(a, b, full)
+        _pool.maxpool2d_forward(full, 2, 2, 2, 2, 0, 0, y[a:b],
+                                idx[a:b] if idx.size else np.empty(y[a:b].shape, np.int32))
 
 
 def conv2d_direct_backward_data(gy, w, sh, sw, pt, pl, gx):

@@ -29,8 +29,7 @@ from ._simd import (
     vsub,
     vzeros,
 )
-from .conv_direct import _grid
-from .pool import maxpool2d_forward
+from .conv_direct import _grid, pooled_by_chunks
 
 
 def _weights(w, flip):
@@ -346,9 +345,7 @@ def conv2d_winograd_forward_maxpool2(x, w, bias, pt, pl, relu, oh, ow, y, idx):
     _backend.sizes_conv2d_winograd_forward_maxpool2(x.shape, w.shape, bias.shape, pt, pl, relu, oh, ow, y.shape,
                                                     idx.shape)
     if x.shape[0]:
-        full = np.empty(y.shape[:2] + (oh, ow), np.float32)
-        _run(x, w, False, bias, pt, pl, relu, full)
-        maxpool2d_forward(full, 2, 2, 2, 2, 0, 0, y, idx if idx.size else np.empty(y.shape, np.int32))
+        pooled_by_chunks(lambda a, b, full: _run(x[a:b], w, False, bias, pt, pl, relu, full), oh, ow, y, idx)
 
 
 def conv2d_winograd_backward_data(gy, w, pt, pl, gx):
