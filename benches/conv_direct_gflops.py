@@ -6,8 +6,8 @@ Usage (from the repository root):
 
 Forward and backward (input + weight gradients; weight gradient only for the first layers,
 C <= 3, as in training) of each shape on BACKEND (``cython``, the default, or ``numba``),
-under ``fastcnn.config(conv=...)`` = direct, winograd (3x3 stride 1; the other shapes run
-direct), per_image and chunked.  Medians of REPS calls
+under ``fastcnn.config(conv=...)`` = direct, winograd (3x3 and 5x5, stride 1; the other
+shapes run direct), per_image and chunked.  Medians of REPS calls
 (default 15).  The peak is this machine's measured FP32 FMA throughput on the same threads (``fma_peak_probe``: 24
 independent FMA chains per thread with the active SIMD path), re-measured before each shape.
 Two figures: wall-clock (GFLOP/s / peak GFLOP/s, both wall) and CPU-time (flops per
@@ -70,8 +70,8 @@ def peak(threads):
 def case(rng, x_shape, oc, k, s, pad):
     """Random arrays for one shape of ``SHAPES``: ``(calls, flops)``, where ``calls(mod)`` is
     ``{"forward": f, "data": f, "weight": f}``, the direct primitives of the primitive module
-    ``mod`` on those arrays (and, for a 3x3 stride-1 shape, ``"winograd forward"``,
-    ``"winograd data"``), and ``flops`` those of one pass."""
+    ``mod`` on those arrays (and, for a 3x3 or 5x5 stride-1 shape of more than 3 input
+    channels, ``"winograd forward"``, ``"winograd data"``), and ``flops`` those of one pass."""
     n, c, h, wd = x_shape
     g = F.ConvGeometry((k, k), (s, s), pad, (h, wd), "bench")
     x = rng.standard_normal(x_shape, dtype=np.float32)
@@ -86,7 +86,7 @@ def case(rng, x_shape, oc, k, s, pad):
         out = {"forward": lambda: mod.conv2d_direct_forward(x, w, b, *a, 0, y),
                "data": lambda: mod.conv2d_direct_backward_data(gy, w, *a, gx),
                "weight": lambda: mod.conv2d_direct_backward_weight(gy, x, *a, gw, gb)}
-        if k == 3 and s == 1:
+        if k in (3, 5) and s == 1 and c > 3:
             out["winograd forward"] = lambda: mod.conv2d_winograd_forward(x, w, b, g.pt, g.pl, 0, y)
             out["winograd data"] = lambda: mod.conv2d_winograd_backward_data(gy, w, g.pt, g.pl, gx)
         return out

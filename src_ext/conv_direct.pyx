@@ -514,6 +514,7 @@ cdef Py_ssize_t _weight(const fcd_geo* g, const float* gy, const _Unpool* up,
     cdef double[:, ::1] bsum = np.empty((N, nb), np.float64)
     cdef float* gwp = &gw[0, 0, 0, 0]
     cdef Py_ssize_t t, b, i, i0, i1, j, ni, u0, u1, s, u, ob, qb, o, q, e, npk
+    cdef float acc
     cdef char* mem = <char*>malloc(B * size + 64)
     if mem == NULL:
         raise MemoryError()
@@ -561,12 +562,15 @@ cdef Py_ssize_t _weight(const fcd_geo* g, const float* gy, const _Unpool* up,
     finally:
         free(mem)
     with nogil:
-        for e in prange(OC * Q, schedule='static', num_threads=nt):
-            o = e // Q
-            q = e - o * Q
-            gwp[e] = part[0, q * OCV + o]
-            for s in range(1, S):
-                gwp[e] = gwp[e] + part[s, q * OCV + o]
+        # (blocks of VL channels: each (slot, tap) row of part read a cache line at a time, and
+        # each thread writes its own rows of gw)
+        for ob in prange(OCV // VL, schedule='static', num_threads=nt):
+            for q in range(Q):
+                for o in range(ob * VL, min(OC, ob * VL + VL)):
+                    acc = part[0, q * OCV + o]
+                    for s in range(1, S):
+                        acc = acc + part[s, q * OCV + o]
+                    gwp[o * Q + q] = acc
         # Bias (unless gb is empty): each image's plane summed in float64 (_sum8_runs) while
         # it is in cache above, then the images in order.
         for o in prange(nb, schedule='static', num_threads=nt):
