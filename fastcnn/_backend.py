@@ -25,6 +25,7 @@ PRIMITIVES = (
     "conv2d_winograd_forward",
     "conv2d_winograd_forward_maxpool2",
     "conv2d_winograd_backward_data",
+    "conv2d_winograd_backward_weight",
     "linear_forward",
     "linear_backward",
     "maxpool2d_forward",
@@ -279,6 +280,13 @@ def sizes_conv2d_winograd_forward_maxpool2(x, w, bias, pt, pl, relu, oh, ow, y, 
 def sizes_conv2d_winograd_backward_data(gy, w, pt, pl, gx):
     _sizes_direct(gx, w, gy, 1, 1, pt, pl)
     _sizes_winograd("conv2d_winograd_backward_data", w, pt, pl)
+
+
+def sizes_conv2d_winograd_backward_weight(gy, x, pt, pl, gw, gb):
+    _sizes_direct(x, gw, gy, 1, 1, pt, pl)
+    _sizes_winograd("conv2d_winograd_backward_weight", gw, pt, pl)
+    if gb != gw[:1] and gb != (0,):
+        raise ValueError("conv2d_winograd_backward_weight: gb must have shape (OC,) or (0,)")
 
 
 def sizes_conv2d_direct_backward_maxpool2(gp, idx, y, x, w, sh, sw, pt, pl, oh, ow, gx, gw, gb):

@@ -10,8 +10,9 @@
     The direct kernels (``conv2d_direct_*`` primitives), every batch size.
 ``"winograd"``
     Winograd F(2x2, 3x3) and F(2x2, 5x5) kernels (``conv2d_winograd_*`` primitives) for every
-    3x3 and 5x5 convolution of stride 1 (forward and input gradient; the weight gradient on the
-    direct kernels); other layers as ``"direct"``.
+    3x3 and 5x5 convolution of stride 1 (forward, input and weight gradients; a first layer's
+    weight gradient alone on the direct kernels; ``auto``'s Winograd layers keep the direct
+    weight gradient); other layers as ``"direct"``.
 ``"per_image"``
     im2col + SGEMM one image per thread, dense layers by blocks: one thread pool
     (docs/PERFORMANCE.md, section 3).
@@ -171,6 +172,16 @@ def _winograd_wins(module, n, c, oc):
     "Winograd convolutions"): Cython with 16 or more input and output channels and more than
     one image; never Numba's (slower than its direct kernels)."""
     return module == "fastcnn._ext" and n > 1 and c >= 16 and oc >= 16
+
+
+def winograd_weight():
+    """Whether a convolution on the ``"winograd"`` plan takes its weight gradient from the
+    Winograd kernels too (``conv2d_winograd_backward_weight``): only when ``winograd`` is forced.
+    ``auto`` keeps the direct weight gradient: the Winograd one, faster at 32+ channels (lenet's
+    step 0.95x the time), rounds each tap relative to its kernel's largest (4-17x the direct
+    kernels' error), enough to flip the sign of Adam's first steps on near-zero gradients
+    (docs/PERFORMANCE.md, "Winograd convolutions")."""
+    return _current()["conv"] == "winograd"
 
 
 def conv_plan(k, n, c, oc, kh, kw, oh, ow, itemsize, backward=False, input_grad=True, strided=False, pad=0):

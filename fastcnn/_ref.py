@@ -687,6 +687,41 @@ def conv2d_winograd_forward(x, w, bias, pt, pl, relu, y):
         np.maximum(y, 0, out=y)
 
 
+def conv2d_winograd_backward_weight(gy, x, pt, pl, gw, gb):
+    """Weight and bias gradients of :func:`conv2d_winograd_forward` (without the ReLU) by the same
+    algorithm: with ``U`` the input transform of every tile and ``M = A dY A^T`` of its 2x2 output
+    gradient ``dY`` (zeros past the output), ``gw[o, c] = G^T Z G`` with ``Z = sum over the tiles
+    of M[o] * U[c]`` (element-wise); the same result as :func:`conv2d_direct_backward_weight` up
+    to rounding.
+
+    Parameters
+    ----------
+    gy : (N, OC, OH, OW) float32  # IN
+    x : (N, C, H, W) float32  # IN
+    pt, pl : int  # the forward's padding, at most ``r - 1``
+    gw : (OC, C, r, r) float32  # OUT, r = 3 or 5
+    gb : (OC,) float32  # OUT  as :func:`conv2d_direct_backward_weight`'s, or shape (0,)
+
+    ``Z`` is summed in the input's precision, the back transform in float64, rounded once.
+    """
+    dt = x.dtype
+    n, oc, oh, ow = gy.shape
+    r = gw.shape[2]
+    a = r + 1
+    bt, g, at = WINOGRAD_MATRICES[r]
+    th, tw = (oh + 1) // 2, (ow + 1) // 2
+    win = _windows(_padded(x, a, a, 2, 2, pt, pl, th, tw), a, a, 2, 2, th, tw)  # (N, C, th, tw, a, a)
+    u = np.einsum("ai,nctwij,bj->nctwab", bt.astype(dt), win, bt.astype(dt))
+    dy = np.zeros((n, oc, 2 * th, 2 * tw), dt)
+    dy[:, :, :oh, :ow] = gy
+    dy = dy.reshape(n, oc, th, 2, tw, 2).transpose(0, 1, 2, 4, 3, 5)  # (N, OC, th, tw, 2, 2)
+    m = np.einsum("ai,notwab,bj->notwij", at.astype(dt), dy, at.astype(dt))  # A dY A^T
+    z = np.einsum("notwij,nctwij->ocij", m, u)
+    gw[...] = np.einsum("ia,ocij,jb->ocab", g, z.astype(np.float64), g)
+    if gb.size:
+        gb[...] = gy.sum(axis=(0, 2, 3), dtype=np.float64)
+
+
 def conv2d_winograd_forward_maxpool2(x, w, bias, pt, pl, relu, oh, ow, y, idx):
     """:func:`conv2d_winograd_forward` followed by a 2x2 max pooling of stride 2, without the
     full-size output: as :func:`conv2d_direct_forward_maxpool2` (``oh, ow``: the convolution's

@@ -373,10 +373,13 @@ def _conv2d_backward(k: ModuleType, grad_out: np.ndarray, x: np.ndarray, weight:
         plan = _dispatch.conv_plan(k, n, c, oc, g.kh, g.kw, g.oh, g.ow, dt.itemsize, True, input_grad,
                                    g.sh * g.sw > 1, max(g.pt, g.pl))
     gx: np.ndarray | None
-    if plan in ("direct", "winograd"):  # (Winograd: the input gradient; the weights' by direct)
+    if plan in ("direct", "winograd"):  # (Winograd: the input gradient; the weights' if forced)
         gw = np.empty(weight.shape, dt)
         gb = np.empty((oc if bias else 0,), dt)  # (empty: the kernels skip the bias sum)
-        k.conv2d_direct_backward_weight(grad_out, x, g.sh, g.sw, g.pt, g.pl, gw, gb)
+        if plan == "winograd" and _dispatch.winograd_weight():
+            k.conv2d_winograd_backward_weight(grad_out, x, g.pt, g.pl, gw, gb)
+        else:
+            k.conv2d_direct_backward_weight(grad_out, x, g.sh, g.sw, g.pt, g.pl, gw, gb)
         gx = None
         if input_grad and plan == "winograd":
             gx = np.empty(x.shape, dt)

@@ -202,6 +202,35 @@ static void fcw_pack_weights5(fcd_i OC, fcd_i C, fcd_i J, fcd_i OCP, const float
     }
 }
 
+static const double fcw_g3[4][3] = {{1.0, 0.0, 0.0}, {0.5, 0.5, 0.5}, {0.5, -0.5, 0.5}, {0.0, 0.0, 1.0}};
+
+/* The weight gradient from its transform: gw[o][c] = G^T Z G (R x R) of each channel pair, Z
+ * the A x A values z[xi][c][o] (xi = A*row + column; planes zs floats apart, channel rows of
+ * OCV), in double, each sum in order of its terms, rounded once; channels c0 .. c1 - 1. */
+static void fcw_unpack_wgrad(const float* z, fcd_i zs, fcd_i OCV, fcd_i C, fcd_i OC, int R, fcd_i c0,
+                             fcd_i c1, float* gw)
+{
+    fcd_i A = R + 1, c, o, i, j, a, b;
+    for (c = c0; c < c1; c++)
+        for (o = 0; o < OC; o++) {
+            double t[6][6], v;
+            for (a = 0; a < R; a++)
+                for (j = 0; j < A; j++) {
+                    v = 0.0;
+                    for (i = 0; i < A; i++)
+                        v = v + (R == 5 ? fcw_g5[i][a] : fcw_g3[i][a]) * (double)z[(i * A + j) * zs + c * OCV + o];
+                    t[a][j] = v;
+                }
+            for (a = 0; a < R; a++)
+                for (b = 0; b < R; b++) {
+                    v = 0.0;
+                    for (j = 0; j < A; j++)
+                        v = v + t[a][j] * (R == 5 ? fcw_g5[j][b] : fcw_g3[j][b]);
+                    gw[((o * C + c) * R + a) * R + b] = (float)v;
+                }
+        }
+}
+
 /* Winograd scratch: floats between consecutive xi planes of the transformed input (C rows of
  * Q) and of the products (J rows of Q), one cache line more than the rows, so that the 16
  * (36) planes of a tile do not share a cache set when C*Q or J*Q is a power of two. */
@@ -219,6 +248,9 @@ typedef float (*fcd_probe_fn)(long, float);
 typedef void (*fcd_pack_fn)(const fcd_geo*, const float*, fcd_i, float*);
 typedef void (*fcd_pack_in_fn)(const fcd_geo*, const float*, float*, int);
 typedef void (*fcd_unpack_fn)(const fcd_geo*, const float*, const float*, int, float*);
+typedef void (*fcw_wgrad_fn)(const fcd_geo*, const float*, fcd_i, const float*, fcd_i, fcd_i, fcd_i, fcd_i,
+                             float*, fcd_i, int, float*, float*, fcd_i, const fcd_i*, fcd_i, int, float*, int,
+                             int);
 typedef void (*fcd_phases_fn)(const float*, const fcd_i*, fcd_i, fcd_i, fcd_i, fcd_i, fcd_i, float*);
 typedef void (*fcw_images_fn)(const fcd_geo*, const float*, fcd_i, const float*,
                               const fcd_i*, const float*, int, fcd_i, fcd_i, float*, float*, fcd_i,
@@ -233,6 +265,7 @@ typedef struct {
     fcd_pack_in_fn pack_input;
     fcd_unpack_fn unpack_output;
     fcw_images_fn wino_images;
+    fcw_wgrad_fn wino_wgrad;
     fcd_phases_fn interleave_phases;
     fcd_i J, VL, WT;
 } fcd_isa_kernels;
@@ -474,6 +507,7 @@ static const fcd_isa_kernels* fcd_isa = &fcd_kernels_base;
 #define fcd_unpack_output (fcd_isa->unpack_output)
 #define fcd_interleave_phases (fcd_isa->interleave_phases)
 #define fcw_images (fcd_isa->wino_images)
+#define fcw_wgrad (fcd_isa->wino_wgrad)
 #define fcd_J (fcd_isa->J)
 #define fcd_VL (fcd_isa->VL)
 #define fcd_WT (fcd_isa->WT)

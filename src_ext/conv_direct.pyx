@@ -46,6 +46,11 @@ cdef extern from "conv_direct.h" nogil:
     void fcw_images(const fcd_geo* g, const float* src, fcd_i NI, const float* vp,
                     const fcd_i* st, const float* bias, int relu, fcd_i OH, fcd_i OW, float* y,
                     float* xq, fcd_i xs, int zeroed, float* u, float* m, float* z, fcd_i Q, int R)
+    void fcw_wgrad(const fcd_geo* g, const float* src, fcd_i NI, const float* gt, fcd_i gs, fcd_i OCV,
+                   fcd_i OH, fcd_i OW, float* xq, fcd_i xs, int zeroed, float* u, float* mt, fcd_i Q,
+                   const fcd_i* off, fcd_i T, int V, float* z, int add, int R)
+    void fcw_unpack_wgrad(const float* z, fcd_i zs, fcd_i OCV, fcd_i C, fcd_i OC, int R, fcd_i c0, fcd_i c1,
+                          float* gw)
     int fcd_cpu_supports(int isa)
     int fcd_set_isa(int isa)
     fcd_i fcd_J
@@ -768,6 +773,103 @@ def conv2d_winograd_forward_maxpool2(const float[:, :, :, ::1] x, const float[:,
     _winograd(&x[0, 0, 0, 0], N, x.shape[1], x.shape[2], x.shape[3], &w[0, 0, 0, 0], 0, w.shape[0],
               pt, pl, &bias[0], relu, y, w.shape[2], _threads_for(N * w.shape[0] * oh * ow), oh, ow,
               &idx[0, 0, 0, 0] if idx.shape[0] else NULL)
+
+
+cdef int _winograd_weight(const float[:, :, :, ::1] gy,  # IN  (N, OC, OH, OW)
+                          const float[:, :, :, ::1] x,   # IN  (N, C, H, W)
+                          Py_ssize_t pt, Py_ssize_t pl,
+                          float[:, :, :, ::1] gw,        # OUT (OC, C, R, R)
+                          float[::1] gb,                 # OUT (OC,) or (0,)
+                          int nt) except -1:
+    """The Winograd weight gradient (:c:func:`fcw_wgrad`): image i in slot i*S//N as the direct
+    weight gradient's, a block (thread) per run of slots, each slot's groups of images in order;
+    the slots' transformed sums added in slot order, then ``G^T Z G``.  The bias as the direct
+    kernels' (each plane summed in float64, then the images in order)."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], OC = gw.shape[0], OH = gy.shape[2], OW = gy.shape[3]
+    cdef int R = <int>gw.shape[2]
+    cdef Py_ssize_t TH = (OH + 1) // 2, TW = (OW + 1) // 2, Tn = TH * TW, P = OH * OW
+    cdef Py_ssize_t NI = min(N, max(1, (WINOGRAD_TILES + Tn - 1) // Tn))
+    cdef Py_ssize_t Q = min(WINOGRAD_VECTORS * fcd_VL, FCW_QMAX), NX = (R + 1) * (R + 1)
+    cdef Py_ssize_t VL = fcd_VL, OCV = (OC + VL - 1) // VL * VL
+    cdef int V = 2 if (OCV // VL) % 2 == 0 else 1
+    cdef Py_ssize_t T = fcd_WT * (2 // V), NQB = (C + T - 1) // T, S = min(<Py_ssize_t>SLOTS, N)
+    cdef Py_ssize_t B = min(<Py_ssize_t>nt, S), ZS = NQB * T * OCV
+    cdef fcd_geo g, gg
+    fcd_geo_init(&g, C, x.shape[2], x.shape[3], 1, 1, OC, R + 1, R + 1, 2, 2, pt, pl, TH, TW, fcd_J)
+    fcd_geo_init(&gg, C, x.shape[2], x.shape[3], 1, 1, OC, R, R, 1, 1, pt, pl, OH, OW, fcd_J)
+    cdef Py_ssize_t xs = (g.xq_size + 15) // 16 * 16, gs = (P * OCV + 15) // 16 * 16
+    cdef Py_ssize_t o_gt = _al64(NI * xs * sizeof(float))
+    cdef Py_ssize_t o_u = o_gt + _al64(NI * gs * sizeof(float))
+    cdef Py_ssize_t o_mt = o_u + _al64(NX * fcw_u_stride(C, Q) * sizeof(float))
+    cdef Py_ssize_t size = o_mt + _al64(NX * (Q * OCV + 16) * sizeof(float))
+    cdef Py_ssize_t[::1] off = np.zeros(NQB * T, np.intp)
+    cdef float[:, ::1] part = np.empty((S, NX * ZS), np.float32)
+    cdef Py_ssize_t nb = gb.shape[0]
+    cdef double[:, ::1] bsum = np.empty((N, nb), np.float64)
+    cdef Py_ssize_t b, s, i, i0, i1, ni, e, o, npk, c
+    cdef char* blk
+    cdef float* u
+    cdef const float* gi
+    cdef char* mem = <char*>malloc(B * size + 64)
+    if mem == NULL:
+        raise MemoryError()
+    cdef char* base = <char*>_al64(<Py_ssize_t>mem)
+    try:
+        for c in range(C):
+            off[c] = c * Q
+        with nogil:
+            for b in prange(B, schedule='static', num_threads=nt):
+                blk = base + b * size
+                u = <float*>(blk + o_u)
+                for e in range(NX * fcw_u_stride(C, Q)):  # (lanes past a chunk's tiles stay finite)
+                    u[e] = 0.0
+                npk = 0
+                for s in range(_part(b, S, B), _part(b + 1, S, B)):
+                    i0 = (s * N + S - 1) // S
+                    i1 = ((s + 1) * N + S - 1) // S
+                    i = i0
+                    while i < i1:
+                        ni = min(NI, i1 - i)
+                        for e in range(ni):
+                            gi = &gy[i + e, 0, 0, 0]
+                            fcd_pack_grad_t(&gg, gi, OCV, <float*>(blk + o_gt) + e * gs)
+                            for o in range(nb):
+                                bsum[i + e, o] = _sum8_runs(gi + o * P, 1, P, P)
+                        fcw_wgrad(&g, &x[i, 0, 0, 0], ni, <float*>(blk + o_gt), gs, OCV, OH, OW, <float*>blk, xs,
+                                  ni <= npk, u, <float*>(blk + o_mt), Q, &off[0], T, V, &part[s, 0], i > i0, R)
+                        npk = max(npk, ni)
+                        i = i + ni
+    finally:
+        free(mem)
+    with nogil:
+        for e in prange(NX * ZS, schedule='static', num_threads=nt):  # the slots in order
+            for s in range(1, S):
+                part[0, e] = part[0, e] + part[s, e]
+        for c in prange(C, schedule='static', num_threads=nt):
+            fcw_unpack_wgrad(&part[0, 0], ZS, OCV, C, OC, R, c, c + 1, &gw[0, 0, 0, 0])
+        for o in prange(nb, schedule='static', num_threads=nt):
+            gb[o] = <float>_sum_column(&bsum[0, 0], N, nb, o)
+    return 0
+
+
+cdef _Key _wweight_ok
+
+
+def conv2d_winograd_backward_weight(const float[:, :, :, ::1] gy, const float[:, :, :, ::1] x,
+                                    Py_ssize_t pt, Py_ssize_t pl, float[:, :, :, ::1] gw, float[::1] gb):
+    """Weight and bias gradients by Winograd's algorithm (see
+    :func:`fastcnn._ref.conv2d_winograd_backward_weight`)."""
+    if _active is None:
+        active_isa()
+    cdef _Key k = _key(pt, pl)
+    if _new(&_wweight_ok, &k, gy.shape, x.shape, gw.shape, gb.shape):
+        _passed(&_wweight_ok, &k, _backend.sizes_conv2d_winograd_backward_weight(
+            _dims(gy.shape, 4), _dims(x.shape, 4), pt, pl, _dims(gw.shape, 4), _dims(gb.shape, 1)))
+    if x.shape[0] == 0:
+        gw[...] = 0.0
+        gb[...] = 0.0
+        return
+    _winograd_weight(gy, x, pt, pl, gw, gb, _threads_for(x.shape[0] * gw.shape[0] * gy.shape[2] * gy.shape[3]))
 
 
 def conv2d_winograd_backward_data(const float[:, :, :, ::1] gy, const float[:, :, :, ::1] w,

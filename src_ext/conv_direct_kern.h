@@ -459,7 +459,7 @@ static void FCD_NAME(fcd_interleave_phases)(const float* pb, const fcd_i* poff, 
 static const fcd_isa_kernels FCD_NAME(fcd_kernels) = {
     FCD_NAME(fcd_fwd_image), FCD_NAME(fcd_bwd_weight_tile), FCD_NAME(fcd_fma_probe),
     FCD_NAME(fcd_pack_grad_t), FCD_NAME(fcd_pack_input), FCD_NAME(fcd_unpack_output),
-    FCD_NAME(fcw_images), FCD_NAME(fcd_interleave_phases), FCD_J, FCD_VL, FCD_WT};
+    FCD_NAME(fcw_images), FCD_NAME(fcw_wgrad), FCD_NAME(fcd_interleave_phases), FCD_J, FCD_VL, FCD_WT};
 
 #undef FCD_SUFFIX
 #undef FCD_VL

@@ -137,6 +137,85 @@ static inline __attribute__((always_inline)) void FCD_NAME(fcw_out_tf)(const FCD
     }
 }
 
+/* Step 1 of fcw_images for a chunk of runs (rq, rn, rsrc: position in the chunk, length and
+ * packed source offset of each of the nr runs; nv vectors of tiles): u[xi][c][q] = (B^T d B)[xi]
+ * vector by vector: a vector's lanes are tiles of one or more runs (short tile rows share a
+ * vector), each run's lanes loaded under a mask; lanes past the chunk's tiles are zeros. */
+static inline __attribute__((always_inline)) void
+FCD_NAME(fcw_in_chunk)(const fcd_geo* g, const float* xq, const fcd_i* rq, const fcd_i* rn,
+                       const fcd_i* rsrc, fcd_i nr, fcd_i nv, float* u, fcd_i US, fcd_i Q, const int R)
+{
+    fcd_i C = g->C, CP = C * g->plane, v, r, e, c, i, j;
+    const fcd_i W1 = g->Wq, W2 = g->Wq + 1;
+    for (v = 0, r = 0; v < nv; v++) {
+        fcd_i v0 = v * FCD_VL, ns = 0, sb[FCD_VL];
+        FCD_MASK_T sm[FCD_VL];
+        int full = 0;
+        while (rq[r] + rn[r] <= v0)
+            r++;
+        for (e = r; e < nr && rq[e] < v0 + FCD_VL; e++, ns++) {
+            fcd_i lo = rq[e] > v0 ? rq[e] - v0 : 0;
+            fcd_i hi = rq[e] + rn[e] < v0 + FCD_VL ? rq[e] + rn[e] - v0 : FCD_VL;
+            sb[ns] = rsrc[e] - rq[e] + v0;  /* lane l of the run reads offset sb + l */
+            sm[ns] = FCD_LANES(lo, hi);
+            full = lo == 0 && hi == FCD_VL;
+        }
+        full = full && ns == 1;
+        /* window value (i, j) is in phase (i % 2, j % 2) at (i / 2)*Wq + j / 2 */
+        if (R == 5)
+            for (c = 0; c < C; c++) {
+                FCD_VT d[36];
+                if (full) {
+                    const float* p0 = xq + c * g->plane + sb[0];
+                    FCD_UNROLL
+                    for (i = 0; i < 6; i++)
+                        FCD_UNROLL
+                        for (j = 0; j < 6; j++)
+                            d[6 * i + j] = FCD_LOAD(p0 + ((i & 1) * 2 + (j & 1)) * CP + (i >> 1) * W1 + (j >> 1));
+                } else {
+                    FCD_UNROLL
+                    for (i = 0; i < 36; i++)
+                        d[i] = FCD_ZERO();
+                    for (e = 0; e < ns; e++) {
+                        const float* p0 = xq + c * g->plane + sb[e];
+                        FCD_UNROLL
+                        for (i = 0; i < 6; i++)
+                            FCD_UNROLL
+                            for (j = 0; j < 6; j++)
+                                d[6 * i + j] = FCD_LOAD_MASKED(d[6 * i + j], sm[e],
+                                    p0 + ((i & 1) * 2 + (j & 1)) * CP + (i >> 1) * W1 + (j >> 1));
+                    }
+                }
+                FCD_NAME(fcw_in_put6)(d, u + c * Q + v0, US);
+            }
+        else if (full)
+            for (c = 0; c < C; c++) {
+                const float* p0 = xq + c * g->plane + sb[0];
+                const float* p1 = p0 + CP;
+                const float* p2 = p1 + CP;
+                const float* p3 = p2 + CP;
+                FCD_VT d[16];
+                FCW_WINDOW(d, FCW_LOAD, 0, p0, p1, p2, p3, W1, W2);
+                FCD_NAME(fcw_in_put)(d, u + c * Q + v0, US);
+            }
+        else
+            for (c = 0; c < C; c++) {
+                FCD_VT d[16];
+                FCD_UNROLL
+                for (i = 0; i < 16; i++)
+                    d[i] = FCD_ZERO();
+                for (e = 0; e < ns; e++) {
+                    const float* p0 = xq + c * g->plane + sb[e];
+                    const float* p1 = p0 + CP;
+                    const float* p2 = p1 + CP;
+                    const float* p3 = p2 + CP;
+                    FCW_WINDOW(d, FCW_MERGE, sm[e], p0, p1, p2, p3, W1, W2);
+                }
+                FCD_NAME(fcw_in_put)(d, u + c * Q + v0, US);
+            }
+    }
+}
+
 /* A group of NI images: src (NI, C, Hs, Ws) -> y (NI, OC, OH, OW) (OH, OW: the convolution's
  * output; g: the A x A stride-2 packing with g->OH x g->OW tiles), in chunks of Q <= FCW_QMAX
  * tile positions (a multiple of VL).  vp: transformed weights [xi][ob][c][J]; st: the vector
@@ -150,9 +229,8 @@ FCD_NAME(fcw_images_r)(const fcd_geo* g, const float* src, fcd_i NI,
                        float* u, float* m, float* z, fcd_i Q, const int R)
 {
     fcd_i TH = g->OH, TW = g->OW, T = TH * TW, C = g->C, OC = g->OC, NOB = g->OCP / FCD_J;
-    fcd_i US = fcw_u_stride(C, Q), MS = fcw_m_stride(FCD_J, Q), CP = C * g->plane, OHW = OH * OW;
-    fcd_i k, ob, xi, i, j, n, v, nv, jj, q0, nq, c, ty, tx, a, e, r, nr;
-    const fcd_i W1 = g->Wq, W2 = g->Wq + 1;
+    fcd_i US = fcw_u_stride(C, Q), MS = fcw_m_stride(FCD_J, Q), OHW = OH * OW;
+    fcd_i k, ob, xi, i, n, v, nv, jj, q0, nq, ty, tx, a, e, r, nr;
     const int NX = (R + 1) * (R + 1);
     int whole;
     fcd_i rq[FCW_QMAX], rn[FCW_QMAX], rsrc[FCW_QMAX], rdst[FCW_QMAX], rpairs[FCW_QMAX], rrows[FCW_QMAX];
@@ -180,76 +258,8 @@ FCD_NAME(fcw_images_r)(const fcd_geo* g, const float* src, fcd_i NI,
 #ifdef FCD_PUT_PAIRS
         whole = TW == FCD_VL && OW == 2 * TW;
 #endif
-        /* 1. input transform of the chunk's windows, vector by vector: a vector's lanes are
-         *    tiles of one or more runs (short tile rows share a vector), each run's lanes
-         *    loaded under a mask; lanes past the chunk's tiles are zeros */
-        for (v = 0, r = 0; v < nv; v++) {
-            fcd_i v0 = v * FCD_VL, ns = 0, sb[FCD_VL];
-            FCD_MASK_T sm[FCD_VL];
-            int full = 0;
-            while (rq[r] + rn[r] <= v0)
-                r++;
-            for (e = r; e < nr && rq[e] < v0 + FCD_VL; e++, ns++) {
-                fcd_i lo = rq[e] > v0 ? rq[e] - v0 : 0;
-                fcd_i hi = rq[e] + rn[e] < v0 + FCD_VL ? rq[e] + rn[e] - v0 : FCD_VL;
-                sb[ns] = rsrc[e] - rq[e] + v0;  /* lane l of the run reads offset sb + l */
-                sm[ns] = FCD_LANES(lo, hi);
-                full = lo == 0 && hi == FCD_VL;
-            }
-            full = full && ns == 1;
-            /* window value (i, j) is in phase (i % 2, j % 2) at (i / 2)*Wq + j / 2 */
-            if (R == 5)
-                for (c = 0; c < C; c++) {
-                    FCD_VT d[36];
-                    if (full) {
-                        const float* p0 = xq + c * g->plane + sb[0];
-                        FCD_UNROLL
-                        for (i = 0; i < 6; i++)
-                            FCD_UNROLL
-                            for (j = 0; j < 6; j++)
-                                d[6 * i + j] = FCD_LOAD(p0 + ((i & 1) * 2 + (j & 1)) * CP + (i >> 1) * W1 + (j >> 1));
-                    } else {
-                        FCD_UNROLL
-                        for (i = 0; i < 36; i++)
-                            d[i] = FCD_ZERO();
-                        for (e = 0; e < ns; e++) {
-                            const float* p0 = xq + c * g->plane + sb[e];
-                            FCD_UNROLL
-                            for (i = 0; i < 6; i++)
-                                FCD_UNROLL
-                                for (j = 0; j < 6; j++)
-                                    d[6 * i + j] = FCD_LOAD_MASKED(d[6 * i + j], sm[e],
-                                        p0 + ((i & 1) * 2 + (j & 1)) * CP + (i >> 1) * W1 + (j >> 1));
-                        }
-                    }
-                    FCD_NAME(fcw_in_put6)(d, u + c * Q + v0, US);
-                }
-            else if (full)
-                for (c = 0; c < C; c++) {
-                    const float* p0 = xq + c * g->plane + sb[0];
-                    const float* p1 = p0 + CP;
-                    const float* p2 = p1 + CP;
-                    const float* p3 = p2 + CP;
-                    FCD_VT d[16];
-                    FCW_WINDOW(d, FCW_LOAD, 0, p0, p1, p2, p3, W1, W2);
-                    FCD_NAME(fcw_in_put)(d, u + c * Q + v0, US);
-                }
-            else
-                for (c = 0; c < C; c++) {
-                    FCD_VT d[16];
-                    FCD_UNROLL
-                    for (i = 0; i < 16; i++)
-                        d[i] = FCD_ZERO();
-                    for (e = 0; e < ns; e++) {
-                        const float* p0 = xq + c * g->plane + sb[e];
-                        const float* p1 = p0 + CP;
-                        const float* p2 = p1 + CP;
-                        const float* p3 = p2 + CP;
-                        FCW_WINDOW(d, FCW_MERGE, sm[e], p0, p1, p2, p3, W1, W2);
-                    }
-                    FCD_NAME(fcw_in_put)(d, u + c * Q + v0, US);
-                }
-        }
+        /* 1. input transform of the chunk's windows */
+        FCD_NAME(fcw_in_chunk)(g, xq, rq, rn, rsrc, nr, nv, u, US, Q, R);
         for (ob = 0; ob < NOB; ob++) {
             fcd_i nj = OC - ob * FCD_J < FCD_J ? OC - ob * FCD_J : FCD_J;
             /* 2. products, xi by xi */
@@ -317,6 +327,108 @@ FCD_NAME(fcw_images_r)(const fcd_geo* g, const float* src, fcd_i NI,
             }
         }
     }
+}
+
+/* The 1-D transform A of a 2-tap output gradient (y0, y1) -> r[0], r[rs], ... (A = the
+ * transpose of A^T: 3x3 (1 0), (1 1), (1 -1), (0 -1); 5x5 (1 0), (1 1), (1 -1), (1 2), (1 -2), (0 1)). */
+static inline __attribute__((always_inline)) void FCD_NAME(fcw_a1)(FCD_VT y0, FCD_VT y1, FCD_VT* r, int rs,
+                                                                   const int R)
+{
+    r[0] = y0;
+    r[rs] = FCD_ADD(y0, y1);
+    r[2 * rs] = FCD_SUB(y0, y1);
+    if (R == 5) {
+        FCD_VT t = FCD_ADD(y1, y1);
+        r[3 * rs] = FCD_ADD(y0, t);
+        r[4 * rs] = FCD_SUB(y0, t);
+        r[5 * rs] = y1;
+    } else {
+        r[3 * rs] = FCD_SUB(FCD_ZERO(), y1);
+    }
+}
+
+/* Weight gradient of a group of NI images: z[xi][c][o] += sum over the group's tiles q of
+ * mt[xi][q][o] * u[xi][c][q], with u the forward's input transform and mt[xi][q] = (A dY A^T)[xi]
+ * of tile q's 2x2 output gradient dY (zeros past OH x OW), by the direct weight gradient's
+ * register tiles (the input channels as its taps, the tiles as its pixels).  g: the input
+ * packing (as fcw_images); gt: the group's output gradients transposed (pixel-major, OCV
+ * channels, gs floats per image); z: [xi][NQB*T][OCV], T channels per tile of V channel
+ * vectors (off: the channels' offsets c*Q, padded with 0); add: accumulate into z, else the
+ * group's first chunk overwrites it.  Scratch: xq (as fcw_images), u (NX fcw_u_stride(C, Q)),
+ * mt (NX (Q*OCV + 16)). */
+static inline __attribute__((always_inline)) void
+FCD_NAME(fcw_wgrad_r)(const fcd_geo* g, const float* src, fcd_i NI, const float* gt, fcd_i gs,
+                      fcd_i OCV, fcd_i OH, fcd_i OW, float* xq, fcd_i xs, int zeroed, float* u, float* mt,
+                      fcd_i Q, const fcd_i* off, fcd_i T, int V, float* z, int add, const int R)
+{
+    fcd_i TH = g->OH, TW = g->OW, TT = TH * TW, C = g->C;
+    fcd_i US = fcw_u_stride(C, Q), MS = Q * OCV + 16, NQB = (C + T - 1) / T, NOB = OCV / (V * FCD_VL);
+    fcd_i k, xi, i, j, n, nv, q0, nq, ty, tx, e, r, nr, t, ov, ob, qb;
+    const int A = R + 1, NX = (R + 1) * (R + 1);
+    fcd_i rq[FCW_QMAX], rn[FCW_QMAX], rsrc[FCW_QMAX], rk[FCW_QMAX], rty[FCW_QMAX], rtx[FCW_QMAX];
+    for (k = 0; k < NI; k++)
+        FCD_NAME(fcd_pack_input)(g, src + k * C * g->Hs * g->Ws, xq + k * xs, zeroed);
+    for (q0 = 0; q0 < NI * TT; q0 += Q) {
+        nq = NI * TT - q0 < Q ? NI * TT - q0 : Q;
+        nv = (nq + FCD_VL - 1) / FCD_VL;
+        for (nr = 0, e = q0; e < q0 + nq; e += n, nr++) {
+            k = e / TT;
+            ty = e % TT / TW;
+            tx = e % TW;
+            n = TW - tx < q0 + nq - e ? TW - tx : q0 + nq - e;
+            rq[nr] = e - q0;
+            rn[nr] = n;
+            rsrc[nr] = k * xs + ty * g->Wq + tx;
+            rk[nr] = k;
+            rty[nr] = ty;
+            rtx[nr] = tx;
+        }
+        /* 1. the input transform */
+        FCD_NAME(fcw_in_chunk)(g, xq, rq, rn, rsrc, nr, nv, u, US, Q, R);
+        /* 2. the output gradient's transform, tile by tile, channel vector by vector */
+        for (r = 0; r < nr; r++)
+            for (t = 0; t < rn[r]; t++) {
+                fcd_i x0 = 2 * (rtx[r] + t), y0 = 2 * rty[r], q = rq[r] + t;
+                const float* b = gt + rk[r] * gs + (y0 * OW + x0) * OCV;
+                int c1 = x0 + 1 < OW, r1 = y0 + 1 < OH;
+                for (ov = 0; ov < OCV; ov += FCD_VL) {
+                    FCD_VT d00 = FCD_LOAD(b + ov), d01 = FCD_ZERO(), d10 = FCD_ZERO(), d11 = FCD_ZERO();
+                    FCD_VT tt[12], mm[36];
+                    if (c1)
+                        d01 = FCD_LOAD(b + OCV + ov);
+                    if (r1)
+                        d10 = FCD_LOAD(b + OW * OCV + ov);
+                    if (r1 && c1)
+                        d11 = FCD_LOAD(b + (OW + 1) * OCV + ov);
+                    FCD_NAME(fcw_a1)(d00, d10, tt, 2, R);      /* columns: tt[2 i + b] */
+                    FCD_NAME(fcw_a1)(d01, d11, tt + 1, 2, R);
+                    FCD_UNROLL
+                    for (i = 0; i < A; i++)                     /* then rows: mm[A i + j] */
+                        FCD_NAME(fcw_a1)(tt[2 * i], tt[2 * i + 1], mm + A * i, 1, R);
+                    FCD_UNROLL
+                    for (xi = 0; xi < NX; xi++)
+                        FCD_STORE(mt + xi * MS + q * OCV + ov, mm[xi]);
+                }
+            }
+        /* 3. the products, xi by xi: the channels as taps, the chunk's tiles as pixels */
+        for (xi = 0; xi < NX; xi++)
+            for (ob = 0; ob < NOB; ob++)
+                for (qb = 0; qb < NQB; qb++)
+                    FCD_NAME(fcd_bwd_weight_tile)(u + xi * US, 0, mt + xi * MS, 0, 1, OCV, 1, nq, 0, ob, V,
+                                                  off + qb * T, z + (xi * NQB + qb) * T * OCV, add || q0 > 0, 0);
+    }
+    (void)j;
+}
+
+/* fcw_wgrad_r for 3x3 (R = 3) or 5x5 (R = 5) kernels. */
+static void FCD_NAME(fcw_wgrad)(const fcd_geo* g, const float* src, fcd_i NI, const float* gt, fcd_i gs,
+                                fcd_i OCV, fcd_i OH, fcd_i OW, float* xq, fcd_i xs, int zeroed, float* u,
+                                float* mt, fcd_i Q, const fcd_i* off, fcd_i T, int V, float* z, int add, int R)
+{
+    if (R == 5)
+        FCD_NAME(fcw_wgrad_r)(g, src, NI, gt, gs, OCV, OH, OW, xq, xs, zeroed, u, mt, Q, off, T, V, z, add, 5);
+    else
+        FCD_NAME(fcw_wgrad_r)(g, src, NI, gt, gs, OCV, OH, OW, xq, xs, zeroed, u, mt, Q, off, T, V, z, add, 3);
 }
 
 /* fcw_images_r for 3x3 (R = 3) or 5x5 (R = 5) kernels. */

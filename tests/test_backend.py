@@ -833,7 +833,10 @@ WINOGRAD_CASES += [
 # analysis and improving the accuracy of Winograd convolution", 2020: a small constant for
 # F(2x2, 3x3), larger for F(2x2, 5x5), whose points 2 and -2 weight inputs by up to 5);
 # these cases stay within the direct kernels' bound, 1e-5 = 84 eps32 of that sum (their worst,
-# over five seeds, compiled kernels: 6.6 eps32 for 3x3, 28 eps32 for 5x5).
+# over five seeds, compiled kernels: 6.6 eps32 for 3x3, 28 eps32 for 5x5).  The weight
+# gradient G^T Z G mixes all taps of a kernel (a tap that sees only padding gets rounding noise,
+# not an exact 0): its bound is relative to the largest of the kernel's tap sums (worst: 1.6
+# eps32 of it for 3x3, 19 eps32 for 5x5).
 WINOGRAD_RTOL = 1e-5
 
 
@@ -849,7 +852,8 @@ def _wdata(case, seed=0):
 
 
 def _wdirect64(x, wt, b, gy, pt, pl, relu, oh, ow):
-    """The direct reference in float64: forward, input gradient, and their sums of |terms|."""
+    """The direct reference in float64: forward, input and weight gradients, and their sums of
+    |terms|."""
     x64, w64, b64, gy64 = (a.astype(np.float64) for a in (x, wt, b, gy))
     out = {}
     for key, (xx, ww, bb, gg, r) in {"want": (x64, w64, b64, gy64, relu),
@@ -858,7 +862,11 @@ def _wdirect64(x, wt, b, gy, pt, pl, relu, oh, ow):
         _ref.conv2d_direct_forward(xx, ww, bb, 1, 1, pt, pl, r, y)
         gx = np.empty(x.shape)
         _ref.conv2d_direct_backward_data(gg, ww, 1, 1, pt, pl, gx)
-        out[key] = (y, gx)
+        gw, gb = np.empty(wt.shape), np.empty(wt.shape[0])
+        _ref.conv2d_direct_backward_weight(gg, xx, 1, 1, pt, pl, gw, gb)
+        if key == "scale":  # (G^T Z G mixes a kernel's taps: each bounded by the kernel's largest sum)
+            gw[...] = gw.max(axis=(2, 3), keepdims=True)
+        out[key] = (y, gx, gw)
     return out
 
 
@@ -867,7 +875,9 @@ def _wrun(k, x, wt, b, gy, pt, pl, relu):
     k.conv2d_winograd_forward(x, wt, b, pt, pl, relu, y)
     gx = np.full(x.shape, np.nan, x.dtype)
     k.conv2d_winograd_backward_data(gy, wt, pt, pl, gx)
-    return y, gx
+    gw, gb = np.full(wt.shape, np.nan, x.dtype), np.full(wt.shape[0], np.nan, x.dtype)
+    k.conv2d_winograd_backward_weight(gy, x, pt, pl, gw, gb)
+    return y, gx, gw
 
 
 def _wclose(got, want, scale, what):
@@ -890,14 +900,16 @@ def test_winograd_reference_is_the_direct_reference(case):
 @pytest.mark.parametrize("name", ["numpy"] + list(COMPILED))
 @pytest.mark.parametrize("case", WINOGRAD_CASES)
 def test_winograd_primitives_match_reference(name, case):
-    """Forward (with and without ReLU, with bias) and input gradient of each backend against
-    the float64 direct reference, with the bound above; every output element is written."""
+    """Forward (with and without ReLU, with bias), input and weight gradients of each backend
+    against the float64 direct reference, with the bound above; every output element is
+    written."""
     k = _backend.ops(name)
     x, wt, b, gy = _wdata(case, 3)
     pt, pl, oh, ow = case[5:9]
     for relu in (0, 1):
         ref = _wdirect64(x, wt, b, gy, pt, pl, relu, oh, ow)
-        for got, want, scale, what in zip(_wrun(k, x, wt, b, gy, pt, pl, relu), ref["want"], ref["scale"], ("y", "gx")):
+        for got, want, scale, what in zip(_wrun(k, x, wt, b, gy, pt, pl, relu), ref["want"], ref["scale"],
+                                          ("y", "gx", "gw")):
             assert np.isfinite(got).all(), what
             _wclose(got, want, scale, f"{name} {case} relu={relu} {what}")
 
@@ -909,8 +921,8 @@ def test_winograd_fused_relu_is_max_of_plain(name):
     for case in [(2, 5, 9, 7, 6, 1, 1, 9, 7), (2, 5, 9, 7, 6, 2, 2, 9, 7, 5)]:
         x, wt, b, gy = _wdata(case, 4)
         x[0, 0, 3, 3] = np.nan
-        y0, _ = _wrun(k, x, wt, b, gy, case[5], case[6], 0)
-        y1, _ = _wrun(k, x, wt, b, gy, case[5], case[6], 1)
+        y0, _, _ = _wrun(k, x, wt, b, gy, case[5], case[6], 0)
+        y1, _, _ = _wrun(k, x, wt, b, gy, case[5], case[6], 1)
         want = np.where(y0 <= 0, np.float32(0), y0)
         assert np.isnan(y0).any()
         assert want.tobytes() == y1.tobytes()
@@ -978,6 +990,14 @@ def test_winograd_size_checks(name):
     with pytest.raises(ValueError, match="padding must be at most 4 for a 5 x 5 kernel"):
         k.conv2d_winograd_forward(x, np.zeros((4, 3, 5, 5), np.float32), np.zeros(4, np.float32), 5, 5, 0,
                                   np.zeros((2, 4, 14, 14), np.float32))
+    with pytest.raises(ValueError, match="3 x 3 or 5 x 5, got 7 x 7"):
+        k.conv2d_winograd_backward_weight(np.zeros((2, 4, 8, 8), np.float32), x, 3, 3,
+                                          np.zeros((4, 3, 7, 7), np.float32), np.zeros(4, np.float32))
+    with pytest.raises(ValueError, match="gb must have shape"):
+        k.conv2d_winograd_backward_weight(y, x, 1, 1, np.zeros((4, 3, 3, 3), np.float32), np.zeros(3, np.float32))
+    with pytest.raises(ValueError):
+        k.conv2d_winograd_backward_weight(np.zeros((2, 5, 8, 8), np.float32), x, 1, 1,
+                                          np.zeros((4, 3, 3, 3), np.float32), np.zeros(4, np.float32))
     with pytest.raises(ValueError):
         k.conv2d_winograd_forward(x, np.zeros((4, 3, 3, 3), np.float32), np.zeros(4, np.float32), 1, 1, 0,
                                   np.zeros((2, 5, 8, 8), np.float32))

@@ -147,7 +147,10 @@ def test_winograd_plan_rules():
             k = _backend.ops("numba")
             assert _dispatch.conv_plan(k, 100, 32, 32, 3, 3, 16, 16, 4) == "direct"
         assert _dispatch.conv_plan(REF, 100, 16, 16, 3, 3, 32, 32, 4) == "chunked"
+    with fastcnn.config(conv="auto"):
+        assert not _dispatch.winograd_weight()  # (auto: the direct weight gradient, more accurate)
     with fastcnn.config(conv="winograd"):
+        assert _dispatch.winograd_weight()
         for k in [REF] + [_backend.ops(b) for b in fastcnn.available_backends() if b != "numpy"]:
             assert _dispatch.conv_plan(k, 1, 3, 4, 3, 3, 8, 8, 4) == "winograd"
             assert _dispatch.conv_plan(k, 5, 3, 4, 3, 3, 8, 8, 8, backward=True) == "winograd"

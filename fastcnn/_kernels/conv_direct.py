@@ -393,6 +393,7 @@ def conv2d_direct_backward_maxpool2(gp, idx, y, x, w, sh, sw, pt, pl, oh, ow, gx
 # primitives too, as in the Cython backend's conv_direct.
 from .winograd import (  # noqa: E402, F401
     conv2d_winograd_backward_data,
+    conv2d_winograd_backward_weight,
     conv2d_winograd_forward,
     conv2d_winograd_forward_maxpool2,
 )

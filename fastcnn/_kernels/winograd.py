@@ -348,6 +348,15 @@ def conv2d_winograd_forward_maxpool2(x, w, bias, pt, pl, relu, oh, ow, y, idx):
         pooled_by_chunks(lambda a, b, full: _run(x[a:b], w, False, bias, pt, pl, relu, full), oh, ow, y, idx)
 
 
+def conv2d_winograd_backward_weight(gy, x, pt, pl, gw, gb):
+    """Weight and bias gradients by Winograd's algorithm (see
+    :func:`fastcnn._ref.conv2d_winograd_backward_weight`): the reference's NumPy algorithm (the
+    Numba backend's weight gradients run on its direct kernels, faster here: docs/PERFORMANCE.md,
+    "Winograd convolutions")."""
+    _backend.sizes_conv2d_winograd_backward_weight(gy.shape, x.shape, pt, pl, gw.shape, gb.shape)
+    _ref.conv2d_winograd_backward_weight(gy, x, pt, pl, gw, gb)
+
+
 def conv2d_winograd_backward_data(gy, w, pt, pl, gx):
     """Input gradient (see :func:`fastcnn._ref.conv2d_winograd_backward_data`): the same
     algorithm on the output gradient with the rotated, transposed weights."""
