@@ -211,7 +211,7 @@ def test_numba_pooled_forwards_in_chunks_are_the_composition():
     chunks of images (``POOL_CHUNK_BYTES`` of full-size output at a time): bit for bit the
     forward of the whole batch, then the pooling, here over three chunks and a short last one."""
     rng = np.random.default_rng(21)
-    n, oc, h = 11, 16, 128
+    n, oc, h = 37, 16, 128
     per = D.POOL_CHUNK_BYTES // (oc * h * h * 4)
     assert 1 < per < n and n % per  # (several chunks, the last one shorter)
     x = rng.standard_normal((n, 2, h, h), dtype=np.float32)

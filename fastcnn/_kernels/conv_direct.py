@@ -184,8 +184,10 @@ def conv2d_direct_forward_maxpool2(x, w, bias, sh, sw, pt, pl, relu, oh, ow, y, 
 
 #: The fused forwards' full-size output is made this many bytes at most at a time (a chunk of
 #: images, pooled before the next): a batch's whole output (100 MB for lenet's first layer at
-#: batch 1000) is a fresh mapping each call, its pages faulted in every time.
-POOL_CHUNK_BYTES = 4 << 20
+#: batch 1000) is a fresh mapping each call, its pages faulted in every time; a chunk stays
+#: below the mmap threshold fastcnn sets (32 MB, ``fastcnn/_heap.py``) and is reused from the
+#: heap, and a training batch of the seed networks is one chunk.
+POOL_CHUNK_BYTES = 16 << 20
 
 
 def pooled_by_chunks(forward, oh, ow, y, idx):
