@@ -137,6 +137,28 @@ static inline __attribute__((always_inline)) void FCD_NAME(fcw_out_tf)(const FCD
     }
 }
 
+/* The runs of a chunk [q0, q0 + nq) of a group's tiles (T per image, TW per tile row): tiles of
+ * one tile row; run r: position rq in the chunk, length rn, packed source offset rsrc (xs floats
+ * per image), image rk, tile row rty, first tile rtx.  Returns the number of runs. */
+static inline fcd_i FCD_NAME(fcw_runs)(const fcd_geo* g, fcd_i q0, fcd_i nq, fcd_i T, fcd_i xs, fcd_i* rq,
+                                       fcd_i* rn, fcd_i* rsrc, fcd_i* rk, fcd_i* rty, fcd_i* rtx)
+{
+    fcd_i TW = g->OW, nr, e, n, k, ty, tx;
+    for (nr = 0, e = q0; e < q0 + nq; e += n, nr++) {
+        k = e / T;
+        ty = e % T / TW;
+        tx = e % TW;
+        n = TW - tx < q0 + nq - e ? TW - tx : q0 + nq - e;
+        rq[nr] = e - q0;
+        rn[nr] = n;
+        rsrc[nr] = k * xs + ty * g->Wq + tx;
+        rk[nr] = k;
+        rty[nr] = ty;
+        rtx[nr] = tx;
+    }
+    return nr;
+}
+
 /* Step 1 of fcw_images for a chunk of runs (rq, rn, rsrc: position in the chunk, length and
  * packed source offset of each of the nr runs; nv vectors of tiles): u[xi][c][q] = (B^T d B)[xi]
  * vector by vector: a vector's lanes are tiles of one or more runs (short tile rows share a
@@ -230,10 +252,11 @@ FCD_NAME(fcw_images_r)(const fcd_geo* g, const float* src, fcd_i NI,
 {
     fcd_i TH = g->OH, TW = g->OW, T = TH * TW, C = g->C, OC = g->OC, NOB = g->OCP / FCD_J;
     fcd_i US = fcw_u_stride(C, Q), MS = fcw_m_stride(FCD_J, Q), OHW = OH * OW;
-    fcd_i k, ob, xi, i, n, v, nv, jj, q0, nq, ty, tx, a, e, r, nr;
+    fcd_i k, ob, xi, i, n, v, nv, jj, q0, nq, a, e, r, nr;
     const int NX = (R + 1) * (R + 1);
     int whole;
     fcd_i rq[FCW_QMAX], rn[FCW_QMAX], rsrc[FCW_QMAX], rdst[FCW_QMAX], rpairs[FCW_QMAX], rrows[FCW_QMAX];
+    fcd_i rk[FCW_QMAX], rty[FCW_QMAX], rtx[FCW_QMAX];
     const fcd_i tab0[1] = {0};
     for (k = 0; k < NI; k++)
         FCD_NAME(fcd_pack_input)(g, src + k * C * g->Hs * g->Ws, xq + k * xs, zeroed);
@@ -241,17 +264,11 @@ FCD_NAME(fcw_images_r)(const fcd_geo* g, const float* src, fcd_i NI,
         nq = NI * T - q0 < Q ? NI * T - q0 : Q;
         nv = (nq + FCD_VL - 1) / FCD_VL;
         /* the chunk's runs: tiles of one tile row (image k, row ty, from column tx) */
-        for (nr = 0, e = q0; e < q0 + nq; e += n, nr++) {
-            k = e / T;
-            ty = e % T / TW;
-            tx = e % TW;
-            n = TW - tx < q0 + nq - e ? TW - tx : q0 + nq - e;
-            rq[nr] = e - q0;
-            rn[nr] = n;
-            rsrc[nr] = k * xs + ty * g->Wq + tx;
-            rdst[nr] = k * OC * OHW + 2 * ty * OW + 2 * tx;
-            rpairs[nr] = 2 * (tx + n) <= OW ? n : n - 1;  /* (an odd last column has no pair) */
-            rrows[nr] = 2 * ty + 1 < OH ? 2 : 1;
+        nr = FCD_NAME(fcw_runs)(g, q0, nq, T, xs, rq, rn, rsrc, rk, rty, rtx);
+        for (r = 0; r < nr; r++) {
+            rdst[r] = rk[r] * OC * OHW + 2 * rty[r] * OW + 2 * rtx[r];
+            rpairs[r] = 2 * (rtx[r] + rn[r]) <= OW ? rn[r] : rn[r] - 1;  /* (an odd last column has no pair) */
+            rrows[r] = 2 * rty[r] + 1 < OH ? 2 : 1;
         }
         /* whole: every run is one whole vector (rows of VL tiles, an even output width) */
         whole = 0;
@@ -363,7 +380,7 @@ FCD_NAME(fcw_wgrad_r)(const fcd_geo* g, const float* src, fcd_i NI, const float*
 {
     fcd_i TH = g->OH, TW = g->OW, TT = TH * TW, C = g->C;
     fcd_i US = fcw_u_stride(C, Q), MS = Q * OCV + 16, NQB = (C + T - 1) / T, NOB = OCV / (V * FCD_VL);
-    fcd_i k, xi, i, j, n, nv, q0, nq, ty, tx, e, r, nr, t, ov, ob, qb;
+    fcd_i k, xi, i, nv, q0, nq, r, nr, t, ov, ob, qb;
     const int A = R + 1, NX = (R + 1) * (R + 1);
     fcd_i rq[FCW_QMAX], rn[FCW_QMAX], rsrc[FCW_QMAX], rk[FCW_QMAX], rty[FCW_QMAX], rtx[FCW_QMAX];
     for (k = 0; k < NI; k++)
@@ -371,18 +388,7 @@ FCD_NAME(fcw_wgrad_r)(const fcd_geo* g, const float* src, fcd_i NI, const float*
     for (q0 = 0; q0 < NI * TT; q0 += Q) {
         nq = NI * TT - q0 < Q ? NI * TT - q0 : Q;
         nv = (nq + FCD_VL - 1) / FCD_VL;
-        for (nr = 0, e = q0; e < q0 + nq; e += n, nr++) {
-            k = e / TT;
-            ty = e % TT / TW;
-            tx = e % TW;
-            n = TW - tx < q0 + nq - e ? TW - tx : q0 + nq - e;
-            rq[nr] = e - q0;
-            rn[nr] = n;
-            rsrc[nr] = k * xs + ty * g->Wq + tx;
-            rk[nr] = k;
-            rty[nr] = ty;
-            rtx[nr] = tx;
-        }
+        nr = FCD_NAME(fcw_runs)(g, q0, nq, TT, xs, rq, rn, rsrc, rk, rty, rtx);
         /* 1. the input transform */
         FCD_NAME(fcw_in_chunk)(g, xq, rq, rn, rsrc, nr, nv, u, US, Q, R);
         /* 2. the output gradient's transform, tile by tile, channel vector by vector */
@@ -417,7 +423,6 @@ FCD_NAME(fcw_wgrad_r)(const fcd_geo* g, const float* src, fcd_i NI, const float*
                     FCD_NAME(fcd_bwd_weight_tile)(u + xi * US, 0, mt + xi * MS, 0, 1, OCV, 1, nq, 0, ob, V,
                                                   off + qb * T, z + (xi * NQB + qb) * T * OCV, add || q0 > 0, 0);
     }
-    (void)j;
 }
 
 /* fcw_wgrad_r for 3x3 (R = 3) or 5x5 (R = 5) kernels. */

@@ -501,6 +501,22 @@ def test_direct_fused_relu_is_max_of_plain(name):
         assert np.isnan(plain).any() and fused.tobytes() == want.tobytes()
 
 
+def _assert_pooled_forward(full, fused, what):
+    """``fused(y, idx)`` (a fused forward with 2x2 max pooling) writes bit for bit the reference
+    pooling of ``full`` (its unfused forward), at 1 and 2 threads, with and without indices."""
+    want = np.empty(full.shape[:2] + (full.shape[2] // 2, full.shape[3] // 2), np.float32)
+    want_idx = np.empty(want.shape, np.int32)
+    _ref.maxpool2d_forward(full, 2, 2, 2, 2, 0, 0, want, want_idx)
+    for threads in (1, 2):
+        fastcnn.set_num_threads(min(threads, cores()))
+        for with_idx in (False, True):
+            y = np.full(want.shape, -7.0, np.float32)
+            idx = np.full(want.shape if with_idx else (0, 0, 0, 0), -7, np.int32)
+            fused(y, idx)
+            assert y.tobytes() == want.tobytes(), (what, threads)
+            assert not with_idx or idx.tobytes() == want_idx.tobytes(), (what, threads)
+
+
 @pytest.mark.parametrize("name", DIRECT)
 @pytest.mark.parametrize("case", [c for c in DIRECT_CASES if direct_data(c)[0].oh >= 2 and direct_data(c)[0].ow >= 2])
 def test_direct_maxpool2_is_the_pool_of_the_forward(name, case):
@@ -515,17 +531,8 @@ def test_direct_maxpool2_is_the_pool_of_the_forward(name, case):
     try:
         for relu in (0, 1):
             full, _, _, _ = run_direct(k, g, x, wt, b, gy, relu)
-            want = np.empty(full.shape[:2] + (g.oh // 2, g.ow // 2), np.float32)
-            want_idx = np.empty(want.shape, np.int32)
-            _ref.maxpool2d_forward(full, 2, 2, 2, 2, 0, 0, want, want_idx)
-            for threads in (1, 2):
-                fastcnn.set_num_threads(min(threads, cores()))
-                for with_idx in (False, True):
-                    y = np.full(want.shape, -7.0, np.float32)
-                    idx = np.full(want.shape if with_idx else (0, 0, 0, 0), -7, np.int32)
-                    k.conv2d_direct_forward_maxpool2(x, wt, b, g.sh, g.sw, g.pt, g.pl, relu, g.oh, g.ow, y, idx)
-                    assert y.tobytes() == want.tobytes(), (case, relu, threads)
-                    assert not with_idx or idx.tobytes() == want_idx.tobytes(), (case, relu, threads)
+            _assert_pooled_forward(full, lambda y, idx: k.conv2d_direct_forward_maxpool2(
+                x, wt, b, g.sh, g.sw, g.pt, g.pl, relu, g.oh, g.ow, y, idx), (case, relu))
     finally:
         fastcnn.set_num_threads(before)
 
@@ -944,17 +951,8 @@ def test_winograd_maxpool2_is_the_pool_of_the_forward(name, case):
         for relu in (0, 1):
             full = np.empty((x.shape[0], wt.shape[0], oh, ow), np.float32)
             k.conv2d_winograd_forward(x, wt, b, pt, pl, relu, full)
-            want = np.empty(full.shape[:2] + (oh // 2, ow // 2), np.float32)
-            want_idx = np.empty(want.shape, np.int32)
-            _ref.maxpool2d_forward(full, 2, 2, 2, 2, 0, 0, want, want_idx)
-            for threads in (1, 2):
-                fastcnn.set_num_threads(min(threads, cores()))
-                for with_idx in (False, True):
-                    y = np.full(want.shape, -7.0, np.float32)
-                    idx = np.full(want.shape if with_idx else (0, 0, 0, 0), -7, np.int32)
-                    k.conv2d_winograd_forward_maxpool2(x, wt, b, pt, pl, relu, oh, ow, y, idx)
-                    assert y.tobytes() == want.tobytes(), (case, relu, threads)
-                    assert not with_idx or idx.tobytes() == want_idx.tobytes(), (case, relu, threads)
+            _assert_pooled_forward(full, lambda y, idx: k.conv2d_winograd_forward_maxpool2(
+                x, wt, b, pt, pl, relu, oh, ow, y, idx), (case, relu))
     finally:
         fastcnn.set_num_threads(before)
 
