@@ -59,19 +59,27 @@ def _ptr(context, builder, aty, arr, idx, ity):
     return builder.bitcast(builder.gep(a.data, [i]), _LLV.as_pointer())
 
 
-def _splat(builder, s):
-    one = builder.insert_element(ir.Constant(_LLV, ir.Undefined), s, ir.Constant(_I32, 0))
-    return builder.shuffle_vector(one, ir.Constant(_LLV, ir.Undefined), ir.Constant(ir.VectorType(_I32, VL), [0] * VL))
+def _splat(builder, s, vt=_LLV):
+    """``s`` in every lane of a vector of type ``vt`` (float lanes by default)."""
+    one = builder.insert_element(ir.Constant(vt, ir.Undefined), s, ir.Constant(_I32, 0))
+    return builder.shuffle_vector(one, ir.Constant(vt, ir.Undefined), ir.Constant(ir.VectorType(_I32, VL), [0] * VL))
 
 
-@intrinsic
-def tile_zero(typingctx, offs):
-    """Zero accumulators for a tile of ``J`` output channels x ``len(offs)`` pixel vectors."""
-    tt = types.UniTuple(vec, J * offs.count)
+def _zeros(per):
+    """An intrinsic returning ``per * len(offs)`` zero vectors for a tuple ``offs``."""
+    def zeros(typingctx, offs):
+        tt = types.UniTuple(vec, per * offs.count)
 
-    def codegen(context, builder, sig, args):
-        return context.make_tuple(builder, tt, [ir.Constant(_LLV, [0.0] * VL)] * tt.count)
-    return tt(offs), codegen
+        def codegen(context, builder, sig, args):
+            return context.make_tuple(builder, tt, [ir.Constant(_LLV, [0.0] * VL)] * tt.count)
+        return tt(offs), codegen
+    return zeros
+
+
+#: Zero accumulators for a tile of ``J`` output channels x ``len(offs)`` pixel vectors.
+tile_zero = intrinsic(_zeros(J))
+#: ``len(offs)`` zero vectors.
+vzeros = intrinsic(_zeros(1))
 
 
 @intrinsic
@@ -232,8 +240,9 @@ def vloads_lanes(typingctx, acc, arr, base, offs, lo, hi):
         _, aty, bty, oty, lty, hty = sig.args
         b = context.cast(builder, args[2], bty, types.intp)
         lanes = ir.Constant(ir.VectorType(_I32, VL), list(range(VL)))
-        lo = _splat_i32(builder, builder.trunc(context.cast(builder, args[4], lty, types.intp), _I32))
-        hi = _splat_i32(builder, builder.trunc(context.cast(builder, args[5], hty, types.intp), _I32))
+        vi = ir.VectorType(_I32, VL)
+        lo = _splat(builder, builder.trunc(context.cast(builder, args[4], lty, types.intp), _I32), vi)
+        hi = _splat(builder, builder.trunc(context.cast(builder, args[5], hty, types.intp), _I32), vi)
         mask = builder.and_(builder.icmp_signed(">=", lanes, lo), builder.icmp_signed("<", lanes, hi))
         ptr_t = _LLV.as_pointer()
         fn = cgutils.get_or_insert_function(
@@ -246,22 +255,6 @@ def vloads_lanes(typingctx, acc, arr, base, offs, lo, hi):
             out.append(builder.call(fn, [p, ir.Constant(_I32, 4), mask, builder.extract_value(args[0], v)]))
         return context.make_tuple(builder, tt, out)
     return tt(acc, arr, base, offs, lo, hi), codegen
-
-
-def _splat_i32(builder, s):
-    vt = ir.VectorType(_I32, VL)
-    one = builder.insert_element(ir.Constant(vt, ir.Undefined), s, ir.Constant(_I32, 0))
-    return builder.shuffle_vector(one, ir.Constant(vt, ir.Undefined), ir.Constant(vt, [0] * VL))
-
-
-@intrinsic
-def vzeros(typingctx, offs):
-    """``len(offs)`` zero vectors."""
-    tt = types.UniTuple(vec, offs.count)
-
-    def codegen(context, builder, sig, args):
-        return context.make_tuple(builder, tt, [ir.Constant(_LLV, [0.0] * VL)] * tt.count)
-    return tt(offs), codegen
 
 
 @intrinsic

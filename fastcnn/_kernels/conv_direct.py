@@ -198,12 +198,11 @@ def pooled_by_chunks(forward, oh, ow, y, idx):
     n, oc = y.shape[:2]
     per = max(1, min(n, POOL_CHUNK_BYTES // max(1, oc * oh * ow * 4)))
     buf = np.empty((per, oc, oh, ow), np.float32)
+    ibuf = idx if idx.size else np.empty((per,) + y.shape[1:], np.int32)  # (indices not asked: scratch)
     for a in range(0, n, per):
         b = min(n, a + per)
-        full = buf[:b - a]
-        forward(a, b, full)
-        _pool.maxpool2d_forward(full, 2, 2, 2, 2, 0, 0, y[a:b],
-                                idx[a:b] if idx.size else np.empty(y[a:b].shape, np.int32))
+        forward(a, b, buf[:b - a])
+        _pool.maxpool2d_forward(buf[:b - a], 2, 2, 2, 2, 0, 0, y[a:b], idx[a:b] if idx.size else ibuf[:b - a])
 
 
 def conv2d_direct_backward_data(gy, w, sh, sw, pt, pl, gx):
