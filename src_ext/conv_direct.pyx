@@ -113,6 +113,19 @@ ctypedef struct _Unpool:
     Py_ssize_t C, PHW, P
 
 
+cdef inline void _pool_planes(const float* full, float* out, int* io, int* scratch, Py_ssize_t planes,
+                              Py_ssize_t OH, Py_ssize_t OW) noexcept nogil:
+    """The 2x2 max pooling (the pooling kernels' plane loop) of ``planes`` consecutive (OH, OW)
+    planes of ``full`` into ``out``, with the flat indices into ``io`` (consecutive pooled
+    planes), or, if ``io`` is NULL, the window positions into one plane of ``scratch``."""
+    cdef Py_ssize_t p, PP = (OH // 2) * (OW // 2)
+    for p in range(planes):
+        if io != NULL:
+            _maxpool_plane_2x2(full + p * OH * OW, out + p * PP, io + p * PP, OW, OH // 2, OW // 2, True)
+        else:
+            _maxpool_plane_2x2(full + p * OH * OW, out + p * PP, scratch, OW, OH // 2, OW // 2, False)
+
+
 cdef Py_ssize_t _unpool_image(const _Unpool* u, Py_ssize_t i, float* out) noexcept nogil:
     """Image ``i`` of the full-size gradient, (C, P) floats (each plane as maxpool2d_backward
     of relu_backward's product); returns the bad index count."""
@@ -176,13 +189,9 @@ cdef Py_ssize_t _direct_images(const fcd_geo* g,
             else:
                 fcd_fwd_image(g, xq, tab, wp, st, NULL, NULL, NS, NULL, 0, NULL, yg)
                 fcd_unpack_output(g, yg, bias, relu, dst)
-            if yi != NULL and io != NULL:  # (the pooling kernels' 2x2 plane)
-                for c in range(g.OC):
-                    _maxpool_plane_2x2(dst + c * HW, &out[i, c, 0, 0], io + (i * g.OC + c) * PH * PW,
-                                       g.OW, PH, PW, True)
-            elif yi != NULL:  # (without flat indices)
-                for c in range(g.OC):
-                    _maxpool_plane_2x2(dst + c * HW, &out[i, c, 0, 0], ii, g.OW, PH, PW, False)
+            if yi != NULL:
+                _pool_planes(dst, &out[i, 0, 0, 0], io + i * g.OC * PH * PW if io != NULL else NULL, ii, g.OC,
+                             g.OH, g.OW)
     return bad
 
 
@@ -651,11 +660,10 @@ cdef void _winograd_blocks(const fcd_geo* g,
     ``NI`` images (:c:func:`fcw_images`; ``R x R`` kernels).  Pooled, ``out`` gets each
     group's 2x2 max pooling (the pooling kernels' plane loop) while the group's output is in
     cache."""
-    cdef Py_ssize_t CHW = g.C * g.Hs * g.Ws, t, i, i0, i1, e, ni, p
+    cdef Py_ssize_t CHW = g.C * g.Hs * g.Ws, t, i, i0, i1, e, ni
     cdef Py_ssize_t OHW = OH * OW, PH = OH // 2, PW = OW // 2
     cdef float* u
     cdef float* yf
-    cdef int* ii
     for t in prange(T, schedule='static', num_threads=nt):
         u = <float*>(blocks + t * size + o_u)
         for e in range((R + 1) * (R + 1) * fcw_u_stride(g.C, Q)):  # (lanes past a chunk's tiles stay finite)
@@ -669,13 +677,8 @@ cdef void _winograd_blocks(const fcd_geo* g,
             fcw_images(g, src + i * CHW, ni, vp, st, bias, relu, OH, OW, yf, <float*>(blocks + t * size),
                        xs, i > i0, u, <float*>(blocks + t * size + o_m), <float*>(blocks + t * size + o_z), Q, R)
             if o_yf >= 0:
-                ii = <int*>(yf + NI * g.OC * OHW)
-                for p in range(ni * g.OC):  # (plane p of the group: image i + p // OC)
-                    if io != NULL:
-                        _maxpool_plane_2x2(yf + p * OHW, &out[i, 0, 0, 0] + p * PH * PW,
-                                           io + (i * g.OC + p) * PH * PW, OW, PH, PW, True)
-                    else:
-                        _maxpool_plane_2x2(yf + p * OHW, &out[i, 0, 0, 0] + p * PH * PW, ii, OW, PH, PW, False)
+                _pool_planes(yf, &out[i, 0, 0, 0], io + i * g.OC * PH * PW if io != NULL else NULL,
+                             <int*>(yf + NI * g.OC * OHW), ni * g.OC, OH, OW)
             i = i + NI
 
 
