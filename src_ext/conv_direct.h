@@ -252,6 +252,9 @@ typedef void (*fcw_wgrad_fn)(const fcd_geo*, const float*, fcd_i, const float*, 
                              float*, fcd_i, int, float*, float*, fcd_i, const fcd_i*, fcd_i, int, float*, int,
                              int);
 typedef void (*fcd_phases_fn)(const float*, const fcd_i*, fcd_i, fcd_i, fcd_i, fcd_i, fcd_i, float*);
+typedef fcd_i (*fcd_unpool_t_fn)(const float*, const int*, const float*, fcd_i, fcd_i, fcd_i, fcd_i, float*,
+                                 float*);
+typedef void (*fcd_sums_t_fn)(const float*, fcd_i, fcd_i, fcd_i, double*);
 typedef void (*fcw_images_fn)(const fcd_geo*, const float*, fcd_i, const float*,
                               const fcd_i*, const float*, int, fcd_i, fcd_i, float*, float*, fcd_i,
                               int, float*, float*, float*, fcd_i, int);
@@ -267,6 +270,8 @@ typedef struct {
     fcw_images_fn wino_images;
     fcw_wgrad_fn wino_wgrad;
     fcd_phases_fn interleave_phases;
+    fcd_unpool_t_fn unpool_grad_t;
+    fcd_sums_t_fn grad_t_sums;
     fcd_i J, VL, WT;
 } fcd_isa_kernels;
 
@@ -506,6 +511,8 @@ static const fcd_isa_kernels* fcd_isa = &fcd_kernels_base;
 #define fcd_pack_input (fcd_isa->pack_input)
 #define fcd_unpack_output (fcd_isa->unpack_output)
 #define fcd_interleave_phases (fcd_isa->interleave_phases)
+#define fcd_unpool_grad_t (fcd_isa->unpool_grad_t)
+#define fcd_grad_t_sums (fcd_isa->grad_t_sums)
 #define fcw_images (fcd_isa->wino_images)
 #define fcw_wgrad (fcd_isa->wino_wgrad)
 #define fcd_J (fcd_isa->J)

@@ -26,6 +26,9 @@ cdef extern from "conv_direct.h" nogil:
     void fcd_pack_weights(const fcd_geo* g, const float* w, int flip, float* wp)
     void fcd_unpack_output(const fcd_geo* g, const float* yg, const float* bias, int relu, float* y)
     void fcd_pack_grad_t(const fcd_geo* g, const float* gy, fcd_i OCV, float* gt)
+    fcd_i fcd_unpool_grad_t(const float* gp, const int* idx, const float* y, fcd_i OC, fcd_i OH, fcd_i OW,
+                            fcd_i OCV, float* gt, float* sc)
+    void fcd_grad_t_sums(const float* gt, fcd_i P, fcd_i OCV, fcd_i n, double* out)
     void fcd_fwd_image(const fcd_geo* g, const float* xq, const fcd_i* tab, const float* wp,
                        const fcd_i* st, const fcd_i* yo, const fcd_i* nv, fcd_i NS,
                        const float* bias, int relu, float* y, float* yg)
@@ -495,8 +498,8 @@ cdef Py_ssize_t _weight(const fcd_geo* g, const float* gy, const _Unpool* up,
                         float[::1] gb,                # OUT (OC,) or (0,): no bias gradient
                         int nt) except -1:
     """The weight (and bias) gradient of :func:`conv2d_direct_backward_weight` from the output
-    gradient ``gy`` (N, OC, OH, OW), or, if ``gy`` is NULL, rebuilt from ``up`` image by image
-    (plane by plane for the bias); returns the bad index count of ``up``."""
+    gradient ``gy`` (N, OC, OH, OW), or, if ``gy`` is NULL, from the pooled gradient of ``up``
+    (scattered image by image into the packed gradient); returns the bad index count of ``up``."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], OC = gw.shape[0], OH = g.OH, OW = g.OW
     cdef Py_ssize_t KK = gw.shape[2] * gw.shape[3]
     cdef Py_ssize_t VL = fcd_VL, OCV = (OC + VL - 1) // VL * VL
@@ -519,8 +522,8 @@ cdef Py_ssize_t _weight(const fcd_geo* g, const float* gy, const _Unpool* up,
     cdef Py_ssize_t NI = max(1, min((N + S - 1) // S, DIRECT_WGRAD_BYTES // (b_gt + b_xq)))
     cdef Py_ssize_t size = NI * (b_gt + b_xq), gs = b_gt // sizeof(float), xs = b_xq // sizeof(float)
     cdef Py_ssize_t o_up = size, bad = 0
-    if up != NULL:  # (the rebuilt output gradient of one image)
-        size += _al64(OC * OH * OW * sizeof(float))
+    if up != NULL:  # (fcd_unpool_grad_t's transposed pooled planes)
+        size += _al64(3 * up.PHW * OCV * sizeof(float))
     cdef Py_ssize_t[::1] tab = np.empty(KK, np.intp)
     cdef Py_ssize_t[::1] off = np.zeros(NQB * T, np.intp)
     cdef float[:, ::1] part = np.empty((S, NQB * T * OCV), np.float32)
@@ -535,7 +538,6 @@ cdef Py_ssize_t _weight(const fcd_geo* g, const float* gy, const _Unpool* up,
     cdef char* base = <char*>_al64(<Py_ssize_t>mem)
     cdef float* gt
     cdef float* xq
-    cdef float* gi
     try:
         with nogil:
             fcd_make_tab(g, &tab[0])
@@ -559,15 +561,15 @@ cdef Py_ssize_t _weight(const fcd_geo* g, const float* gy, const _Unpool* up,
                         for e in range(ni):
                             fcd_pack_input(g, &x[i + e, 0, 0, 0], xq + e * xs, e < npk)
                             npk = max(npk, e + 1)  # (buffers 0 .. npk-1 hold a packing: zeros in place)
-                            if up != NULL:
-                                gi = <float*>(base + b * size + o_up)
-                                bad += _unpool_image(up, i + e, gi)
+                            o = (i + e) * OC * up.PHW if up != NULL else 0
+                            if up != NULL:  # (the pooled gradient scattered straight into gt)
+                                bad += fcd_unpool_grad_t(up.gp + o, up.idx + o, up.y + o if up.y != NULL else NULL,
+                                                         OC, OH, OW, OCV, gt + e * gs,
+                                                         <float*>(base + b * size + o_up))
                             else:
-                                gi = <float*>gy + (i + e) * OC * P
-                            fcd_pack_grad_t(g, gi, OCV, gt + e * gs)
+                                fcd_pack_grad_t(g, gy + (i + e) * OC * P, OCV, gt + e * gs)
                             if nb > 0 and t == s * G:  # (the bias: once per image, by its first task)
-                                for o in range(nb):
-                                    bsum[i + e, o] = _sum8_runs(gi + o * P, 1, P, P)
+                                fcd_grad_t_sums(gt + e * gs, P, OCV, nb, &bsum[i + e, 0])
                         for u in range(u0, u1):
                             ob = u // NQB
                             qb = u - ob * NQB
@@ -585,8 +587,8 @@ cdef Py_ssize_t _weight(const fcd_geo* g, const float* gy, const _Unpool* up,
                     for s in range(1, S):
                         acc = acc + part[s, q * OCV + o]
                     gwp[o * Q + q] = acc
-        # Bias (unless gb is empty): each image's plane summed in float64 (_sum8_runs) while
-        # it is in cache above, then the images in order.
+        # Bias (unless gb is empty): each image's planes summed in float64 in pixel order
+        # (fcd_grad_t_sums on its packed gradient) while in cache above, then the images in order.
         for o in prange(nb, schedule='static', num_threads=nt):
             gb[o] = <float>_sum_column(&bsum[0, 0], N, nb, o)
     return bad

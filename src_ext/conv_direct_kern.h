@@ -360,32 +360,137 @@ static void FCD_NAME(fcd_pack_input)(const fcd_geo* g, const float* src, float* 
     }
 }
 
-/* Output gradient (OC, OH, OW) -> channels-last gt[oh*OW + ow][OCV], zero channels >= OC.
- * With FCD_TRANSPOSE16 (AVX-512) and whole blocks of 16 channels: 16 x 16 blocks transposed
- * in registers; otherwise (and for the last positions) one value at a time. */
-static void FCD_NAME(fcd_pack_grad_t)(const fcd_geo* g, const float* gy, fcd_i OCV, float* gt)
+/* (OC, HW) planes -> channels-last rows d[e][OCV], channels >= OC set to ``pad`` (32-bit lanes
+ * moved, never computed on: int planes pass through as well).  With FCD_TRANSPOSE16 (AVX-512)
+ * and whole blocks of 16 channels: 16 x 16 blocks transposed in registers; otherwise (and for
+ * the last positions) one value at a time. */
+static void FCD_NAME(fcd_transpose)(const float* s, fcd_i OC, fcd_i HW, fcd_i OCV, float pad, float* d)
 {
-    fcd_i o, e = 0, HW = g->OH * g->OW;
+    fcd_i o, e = 0;
 #ifdef FCD_TRANSPOSE16
-    if (g->OC % 16 == 0 && OCV == g->OC) {
+    if (OC % 16 == 0 && OCV == OC) {
         FCD_VT r[16];
         int i;
         for (; e + 16 <= HW; e += 16)
-            for (o = 0; o < g->OC; o += 16) {
+            for (o = 0; o < OC; o += 16) {
                 for (i = 0; i < 16; i++)
-                    r[i] = FCD_LOAD(gy + (o + i) * HW + e);
+                    r[i] = FCD_LOAD(s + (o + i) * HW + e);
                 FCD_TRANSPOSE16(r);
                 for (i = 0; i < 16; i++)
-                    FCD_STORE(gt + (e + i) * OCV + o, r[i]);
+                    FCD_STORE(d + (e + i) * OCV + o, r[i]);
             }
     }
 #endif
     for (; e < HW; e++) {  /* contiguous writes, one cache line per channel plane read at a time */
-        float* d = gt + e * OCV;
-        for (o = 0; o < g->OC; o++)
-            d[o] = gy[o * HW + e];
-        for (o = g->OC; o < OCV; o++)
-            d[o] = 0.0f;
+        float* de = d + e * OCV;
+        for (o = 0; o < OC; o++)
+            de[o] = s[o * HW + e];
+        for (o = OC; o < OCV; o++)
+            de[o] = pad;
+    }
+}
+
+/* Output gradient (OC, OH, OW) -> channels-last gt[oh*OW + ow][OCV], zero channels >= OC. */
+static void FCD_NAME(fcd_pack_grad_t)(const fcd_geo* g, const float* gy, fcd_i OCV, float* gt)
+{
+    FCD_NAME(fcd_transpose)(gy, g->OC, g->OH * g->OW, OCV, 0.0f, gt);
+}
+
+/* The transposed (OH*OW, OCV) output gradient of one image as fcd_pack_grad_t packs it, rebuilt
+ * from the gradient of its 2x2 max-pooled output: ``gp``, ``idx`` and the ReLU mask ``y`` (or
+ * NULL) are (OC, PH*PW) planes (PH = OH/2, PW = OW/2); each value (times relu_backward's 1 or 0)
+ * is added at its index into a zeroed plane, as _maxpool_bwd_plane does.  Indices inside their
+ * own 2x2 window (all that the forward writes): the pooled rows transposed into ``sc`` (3 planes
+ * of PH*PW*OCV floats), then each window's four rows of gt written whole by vector selects.
+ * Any other index: the image scattered one value at a time.  Returns the count of indices
+ * outside [0, OH*OW). */
+static fcd_i FCD_NAME(fcd_unpool_grad_t)(const float* gp, const int* idx, const float* y, fcd_i OC,
+                                         fcd_i OH, fcd_i OW, fcd_i OCV, float* gt, float* sc)
+{
+    fcd_i PH = OH / 2, PW = OW / 2, PHW = PH * PW, P = OH * OW, o, k, a, b, e, bad = 0;
+    float* vt = sc;
+    int* it = (int*)(sc + PHW * OCV);
+    float* mt = sc + 2 * PHW * OCV;
+    int stray = 0;
+    FCD_NAME(fcd_transpose)(gp, OC, PHW, OCV, 0.0f, vt);
+    FCD_NAME(fcd_transpose)((const float*)idx, OC, PHW, OCV, 0.0f, (float*)it);
+    for (k = 0; k < PHW; k++)  /* (the padding channels' index: -1, in no window) */
+        for (o = OC; o < OCV; o++)
+            it[k * OCV + o] = -1;
+    if (y) {
+        FCD_NAME(fcd_transpose)(y, OC, PHW, OCV, 0.0f, mt);
+        for (e = 0; e < PHW * OCV; e++)
+            vt[e] = vt[e] * (mt[e] > 0.0f ? 1.0f : 0.0f);
+    }
+    for (a = 0; a < OH; a++) {
+        if (a >= 2 * PH) {  /* (rows past the last window: zero) */
+            memset(gt + a * OW * OCV, 0, (size_t)(OW * OCV) * sizeof(float));
+            continue;
+        }
+        for (b = 0; b < OW; b++) {
+            float* d = gt + (a * OW + b) * OCV;
+            fcd_i p = a * OW + b;
+            if (b >= 2 * PW) {
+                for (o = 0; o < OCV; o++)
+                    d[o] = 0.0f;
+                continue;
+            }
+            k = (a / 2) * PW + b / 2;
+            {
+                const float* v = vt + k * OCV;
+                const int* ix = it + k * OCV;
+                for (o = 0; o < OCV; o++)  /* (0 + v: the scatter-add's sum, -0.0 -> +0.0) */
+                    d[o] = ix[o] == (int)p ? 0.0f + v[o] : 0.0f;
+                if ((a & 1) == 0 && (b & 1) == 0) {  /* (once per window: its indices all inside it) */
+                    int miss = 0;
+                    for (o = 0; o < OC; o++)
+                        miss |= (ix[o] != (int)p) & (ix[o] != (int)(p + 1)) & (ix[o] != (int)(p + OW))
+                                & (ix[o] != (int)(p + OW + 1));
+                    stray |= miss;
+                }
+            }
+        }
+    }
+    if (!stray)
+        return 0;
+    memset(gt, 0, (size_t)(P * OCV) * sizeof(float));
+    for (o = 0; o < OC; o++) {
+        const float* s = gp + o * PHW;
+        const int* ix = idx + o * PHW;
+        const float* m = y ? y + o * PHW : NULL;
+        for (k = 0; k < PHW; k++) {
+            float v = m ? s[k] * (m[k] > 0.0f ? 1.0f : 0.0f) : s[k];
+            int i = ix[k];
+            if (i >= 0 && i < P)
+                gt[(fcd_i)i * OCV + o] += v;
+            else
+                bad++;
+        }
+    }
+    return bad;
+}
+
+/* out[o] = the float64 sum of column o < n of the (P, OCV) rows ``gt``, row by row (each
+ * channel's output gradient in pixel order; the bias gradient of one image). */
+static void FCD_NAME(fcd_grad_t_sums)(const float* gt, fcd_i P, fcd_i OCV, fcd_i n, double* out)
+{
+    enum { B = 32 };
+    double acc[B];
+    fcd_i o0, o, e, nb;
+    for (o0 = 0; o0 < n; o0 += B) {
+        nb = n - o0 < B ? n - o0 : B;
+        for (o = 0; o < B; o++)
+            acc[o] = 0.0;
+        if (nb == B)
+            for (e = 0; e < P; e++)
+                for (o = 0; o < B; o++)  /* (a vector loop: each lane sums one column in order) */
+                    acc[o] += (double)gt[e * OCV + o0 + o];
+        else
+            for (e = 0; e < P; e++)
+                for (o = 0; o < nb; o++)
+                    acc[o] += (double)gt[e * OCV + o0 + o];
+        for (o = 0; o < nb; o++)
+            out[o0 + o] = acc[o];
     }
 }
 
@@ -459,7 +564,8 @@ static void FCD_NAME(fcd_interleave_phases)(const float* pb, const fcd_i* poff, 
 static const fcd_isa_kernels FCD_NAME(fcd_kernels) = {
     FCD_NAME(fcd_fwd_image), FCD_NAME(fcd_bwd_weight_tile), FCD_NAME(fcd_fma_probe),
     FCD_NAME(fcd_pack_grad_t), FCD_NAME(fcd_pack_input), FCD_NAME(fcd_unpack_output),
-    FCD_NAME(fcw_images), FCD_NAME(fcw_wgrad), FCD_NAME(fcd_interleave_phases), FCD_J, FCD_VL, FCD_WT};
+    FCD_NAME(fcw_images), FCD_NAME(fcw_wgrad), FCD_NAME(fcd_interleave_phases),
+    FCD_NAME(fcd_unpool_grad_t), FCD_NAME(fcd_grad_t_sums), FCD_J, FCD_VL, FCD_WT};
 
 #undef FCD_SUFFIX
 #undef FCD_VL

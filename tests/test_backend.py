@@ -543,8 +543,8 @@ def test_direct_maxpool2_is_the_pool_of_the_forward(name, case):
 def test_direct_backward_maxpool2_is_the_composition(name, case):
     """``conv2d_direct_backward_maxpool2`` gives bit for bit the backend's own relu_backward,
     maxpool2d_backward, conv2d_direct_backward_weight and _data in sequence, with and without
-    the ReLU and the input gradient, at 1 and 2 threads (a -0.0 and a NaN gradient included);
-    out-of-range indices raise."""
+    the ReLU and the input gradient, at 1 and 2 threads (a -0.0 and a NaN gradient included),
+    and with indices outside their own windows; out-of-range indices raise."""
     k = _backend.ops(name)
     g, x, wt, b, _ = direct_data(case, 9)
     n, oc = x.shape[0], wt.shape[0]
@@ -579,6 +579,15 @@ def test_direct_backward_maxpool2_is_the_composition(name, case):
                     assert not with_gx or gx.tobytes() == want[0].tobytes(), what
     finally:
         fastcnn.set_num_threads(before)
+    stray = idx.copy()  # in range, but outside their own windows (and twice the same): as well
+    stray.flat[0] = stray.flat[-1] = g.oh * g.ow - 1
+    gp = rng.standard_normal(y.shape, dtype=np.float32)
+    full = np.empty((n, oc, g.oh, g.ow), np.float32)
+    k.maxpool2d_backward(gp, stray, full)
+    k.conv2d_direct_backward_weight(full, x, g.sh, g.sw, g.pt, g.pl, want[1], want[2])
+    none = np.empty((0, 0, 0, 0), np.float32)
+    k.conv2d_direct_backward_maxpool2(gp, stray, none, x, wt, g.sh, g.sw, g.pt, g.pl, g.oh, g.ow, none, gw, gb)
+    assert gw.tobytes() == want[1].tobytes() and gb.tobytes() == want[2].tobytes(), case
     bad = idx.copy()  # (the reference, a composition, is the spec: its BLAS sums vary with alignment)
     bad.flat[-1] = g.oh * g.ow
     with pytest.raises(ValueError, match="out of range"):
