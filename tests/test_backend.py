@@ -518,7 +518,8 @@ def _assert_pooled_forward(full, fused, what):
 
 
 @pytest.mark.parametrize("name", DIRECT)
-@pytest.mark.parametrize("case", [c for c in DIRECT_CASES if direct_data(c)[0].oh >= 2 and direct_data(c)[0].ow >= 2])
+@pytest.mark.parametrize("case", [c for c in DIRECT_CASES if direct_data(c)[0].oh >= 2 and direct_data(c)[0].ow >= 2]
+                         + [(2, 3, 37, 35, 8, 3, 3, 1, 1)])  # (rows of more than 16 windows)
 def test_direct_maxpool2_is_the_pool_of_the_forward(name, case):
     """``conv2d_direct_forward_maxpool2`` is bit for bit the reference's 2x2 max pooling of the
     same backend's ``conv2d_direct_forward`` (odd sizes drop the last row or column; NaNs win
