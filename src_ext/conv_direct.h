@@ -370,7 +370,7 @@ FC_TARGET_PUSH(FC_AVX512)
 #define FCD_DEINTERLEAVE fcd_deinterleave_avx512
 #define FCD_INTERLEAVE fcd_interleave_avx512
 #define FCD_PUT_PAIRS fcd_put_pairs_avx512
-#define FCD_POOL_ROW fcd_pool_row_avx512
+#define FCD_POOL_AVX512 1
 
 static inline __mmask16 fcd_mask16(fcd_i n) { return n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1u); }
 
@@ -388,42 +388,6 @@ static inline void fcd_deinterleave_avx512(const float* s, fcd_i n, float* e, fc
             _mm512_mask_storeu_ps(e + k, fcd_mask16(ne - k), _mm512_permutex2var_ps(lo, ie, hi));
         if (k < no)
             _mm512_mask_storeu_ps(o + k, fcd_mask16(no - k), _mm512_permutex2var_ps(lo, io, hi));
-    }
-}
-
-/* One row of 2x2 max pooling: the windows of rows r0, r1 (2 * PW floats each) -> yr[0 .. PW)
- * and ir (flat indices base + column + row * w if flat, else window positions 0..3), by
- * vectors of 16 windows (the last masked); fcd_pool_planes's scan rule with mask moves. */
-static inline void fcd_pool_row_avx512(const float* r0, const float* r1, fcd_i PW, float* yr, int* ir,
-                                       int base, int w, int flat)
-{
-    const __m512i ie = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-    const __m512i io = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
-    const __m512i lane2 = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-    fcd_i k;
-    for (k = 0; k < PW; k += 16) {
-        __mmask16 lo = fcd_mask16(2 * (PW - k)), hi = fcd_mask16(2 * (PW - k) - 16 > 0 ? 2 * (PW - k) - 16 : 0);
-        __m512 x0 = _mm512_maskz_loadu_ps(lo, r0 + 2 * k), x1 = _mm512_maskz_loadu_ps(hi, r0 + 2 * k + 16);
-        __m512 y0 = _mm512_maskz_loadu_ps(lo, r1 + 2 * k), y1 = _mm512_maskz_loadu_ps(hi, r1 + 2 * k + 16);
-        __m512 m = _mm512_permutex2var_ps(x0, ie, x1), a[3];
-        __m512i code = _mm512_setzero_si512();
-        int j;
-        a[0] = _mm512_permutex2var_ps(x0, io, x1);
-        a[1] = _mm512_permutex2var_ps(y0, ie, y1);
-        a[2] = _mm512_permutex2var_ps(y0, io, y1);
-        for (j = 0; j < 3; j++) {  /* (a later cell wins if not <= the best, unless the best is NaN) */
-            __mmask16 c = _mm512_cmp_ps_mask(a[j], m, _CMP_NLE_UQ) & _mm512_cmp_ps_mask(m, m, _CMP_ORD_Q);
-            m = _mm512_mask_mov_ps(m, c, a[j]);
-            code = _mm512_mask_mov_epi32(code, c, _mm512_set1_epi32(j + 1));
-        }
-        _mm512_mask_storeu_ps(yr + k, fcd_mask16(PW - k), m);
-        if (flat)  /* (code & 1) columns right, (code >> 1) rows down */
-            code = _mm512_add_epi32(
-                _mm512_add_epi32(_mm512_set1_epi32(base + 2 * (int)k), lane2),
-                _mm512_add_epi32(_mm512_and_si512(code, _mm512_set1_epi32(1)),
-                                 _mm512_and_si512(_mm512_sub_epi32(_mm512_setzero_si512(), _mm512_srli_epi32(code, 1)),
-                                                  _mm512_set1_epi32(w))));
-        _mm512_mask_storeu_epi32(ir + k, fcd_mask16(PW - k), code);
     }
 }
 
@@ -520,7 +484,7 @@ static inline void fcd_transpose16_avx512(__m512* r)
 #include "conv_direct_kern.h"
 #undef FCD_TRANSPOSE16
 #undef FCD_EVEN16
-#undef FCD_POOL_ROW
+#undef FCD_POOL_AVX512
 #undef FCD_DEINTERLEAVE
 #undef FCD_INTERLEAVE
 #undef FCD_PUT_PAIRS

@@ -494,39 +494,12 @@ static void FCD_NAME(fcd_grad_t_sums)(const float* gt, fcd_i P, fcd_i OCV, fcd_i
     }
 }
 
-/* 2x2 max pooling (stride 2) of ``planes`` consecutive (OH, OW) planes of ``full`` into ``out``
- * ((OH/2)*(OW/2) per plane) with the flat arg-max indices into ``io``, or, if ``io`` is NULL,
- * the window positions 0..3 into ``scratch`` (one plane): _maxpool_plane_2x2's scan rule (a
- * later cell replaces the best if greater or NaN, a NaN best stays), compiled for this ISA. */
-static void FCD_NAME(fcd_pool_planes)(const float* full, float* out, int* io, int* scratch, fcd_i planes,
-                                      fcd_i OH, fcd_i OW)
-{
-    fcd_i PH = OH / 2, PW = OW / 2, p, a, b;
-    for (p = 0; p < planes; p++)
-        for (a = 0; a < PH; a++) {
-            const float* r0 = full + (p * OH + 2 * a) * OW;
-            const float* r1 = r0 + OW;
-            float* yr = out + (p * PH + a) * PW;
-            int* ir = io ? io + (p * PH + a) * PW : scratch + a * PW;
-            int base = (int)(2 * a * OW), w = (int)OW;
-#ifdef FCD_POOL_ROW
-            FCD_POOL_ROW(r0, r1, PW, yr, ir, base, w, io != NULL);
-            continue;
+/* 2x2 max pooling of whole planes (fcd_pool_planes): pool2_kern.h for this path. */
+#define FCP_SUFFIX FCD_SUFFIX
+#ifdef FCD_POOL_AVX512
+#define FCP_AVX512 1
 #endif
-            for (b = 0; b < PW; b++) {  /* (this form vectorises; loads between the tests did not) */
-                float m = r0[2 * b], a1 = r0[2 * b + 1], a2 = r1[2 * b], a3 = r1[2 * b + 1];
-                int code = 0;
-                if (!(a1 <= m) && m == m) { m = a1; code = 1; }
-                if (!(a2 <= m) && m == m) { m = a2; code = 2; }
-                if (!(a3 <= m) && m == m) { m = a3; code = 3; }
-                yr[b] = m;
-                ir[b] = code;
-            }
-            if (io)  /* (code & 1) columns right, (code >> 1) rows down */
-                for (b = 0; b < PW; b++)
-                    ir[b] = base + 2 * (int)b + (ir[b] & 1) + (-(ir[b] >> 1) & w);
-        }
-}
+#include "pool2_kern.h"
 
 /* Peak probe: iters x 24 independent FMA chains of one vector each; returns a lane sum so
  * that nothing is optimised away.  Flops = iters * 24 * VL * 2. */
@@ -599,7 +572,7 @@ static const fcd_isa_kernels FCD_NAME(fcd_kernels) = {
     FCD_NAME(fcd_fwd_image), FCD_NAME(fcd_bwd_weight_tile), FCD_NAME(fcd_fma_probe),
     FCD_NAME(fcd_pack_grad_t), FCD_NAME(fcd_pack_input), FCD_NAME(fcd_unpack_output),
     FCD_NAME(fcw_images), FCD_NAME(fcw_wgrad), FCD_NAME(fcd_interleave_phases),
-    FCD_NAME(fcd_unpool_grad_t), FCD_NAME(fcd_grad_t_sums), FCD_NAME(fcd_pool_planes), FCD_J, FCD_VL, FCD_WT};
+    FCD_NAME(fcd_unpool_grad_t), FCD_NAME(fcd_grad_t_sums), FCD_NAME(fcp_pool_planes), FCD_J, FCD_VL, FCD_WT};
 
 #undef FCD_SUFFIX
 #undef FCD_VL

@@ -1,0 +1,84 @@
+/* 2x2 max pooling (stride 2) of whole planes, compiled once per SIMD path by the headers that
+ * include it (conv_direct.h, norm_kern.h) inside their FC_TARGET blocks, with FCP_SUFFIX
+ * defined (and FCP_AVX512 on the AVX-512 path).  The scan rule of the pooling kernels
+ * (_maxpool_plane_2x2): a later cell of the window replaces the best if it is not <= it
+ * (greater, or NaN), unless the best is NaN already. */
+#define FCP_CAT_(a, b) a##_##b
+#define FCP_CAT(a, b) FCP_CAT_(a, b)
+#define FCP_NAME(n) FCP_CAT(n, FCP_SUFFIX)
+
+#ifdef FCP_AVX512
+/* One row: the windows of rows r0, r1 (2 * PW floats each) -> yr[0 .. PW) and ir (flat indices
+ * base + column + row * w if flat, else the window positions 0..3), by vectors of 16 windows
+ * (the last masked). */
+static inline void FCP_NAME(fcp_row)(const float* r0, const float* r1, ptrdiff_t PW, float* yr, int* ir,
+                                     int base, int w, int flat)
+{
+    const __m512i ie = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i io = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    ptrdiff_t k;
+    for (k = 0; k < PW; k += 16) {
+        ptrdiff_t n = PW - k < 16 ? PW - k : 16;
+        __mmask16 lo = (__mmask16)(2 * n >= 16 ? 0xffffu : (1u << (2 * n)) - 1u);
+        __mmask16 hi = (__mmask16)(2 * n > 16 ? (1u << (2 * n - 16)) - 1u : 0u);
+        __mmask16 out = (__mmask16)(n >= 16 ? 0xffffu : (1u << n) - 1u);
+        __m512 x0 = _mm512_maskz_loadu_ps(lo, r0 + 2 * k), x1 = _mm512_maskz_loadu_ps(hi, r0 + 2 * k + 16);
+        __m512 y0 = _mm512_maskz_loadu_ps(lo, r1 + 2 * k), y1 = _mm512_maskz_loadu_ps(hi, r1 + 2 * k + 16);
+        __m512 m = _mm512_permutex2var_ps(x0, ie, x1), a[3];
+        __m512i code = _mm512_setzero_si512();
+        int j;
+        a[0] = _mm512_permutex2var_ps(x0, io, x1);
+        a[1] = _mm512_permutex2var_ps(y0, ie, y1);
+        a[2] = _mm512_permutex2var_ps(y0, io, y1);
+        for (j = 0; j < 3; j++) {
+            __mmask16 c = _mm512_cmp_ps_mask(a[j], m, _CMP_NLE_UQ) & _mm512_cmp_ps_mask(m, m, _CMP_ORD_Q);
+            m = _mm512_mask_mov_ps(m, c, a[j]);
+            code = _mm512_mask_mov_epi32(code, c, _mm512_set1_epi32(j + 1));
+        }
+        _mm512_mask_storeu_ps(yr + k, out, m);
+        if (flat)  /* (code & 1) columns right, (code >> 1) rows down */
+            code = _mm512_add_epi32(
+                _mm512_add_epi32(_mm512_set1_epi32(base + 2 * (int)k), ie),  /* (ie: 2 * lane) */
+                _mm512_add_epi32(_mm512_and_si512(code, _mm512_set1_epi32(1)),
+                                 _mm512_and_si512(_mm512_sub_epi32(_mm512_setzero_si512(), _mm512_srli_epi32(code, 1)),
+                                                  _mm512_set1_epi32(w))));
+        _mm512_mask_storeu_epi32(ir + k, out, code);
+    }
+}
+#endif
+
+/* ``planes`` consecutive (OH, OW) planes of ``full`` -> out ((OH/2)*(OW/2) per plane) with the
+ * flat arg-max indices into ``io``, or, if ``io`` is NULL, the window positions 0..3 into
+ * ``scratch`` (one pooled plane). */
+static void FCP_NAME(fcp_pool_planes)(const float* full, float* out, int* io, int* scratch, ptrdiff_t planes,
+                                      ptrdiff_t OH, ptrdiff_t OW)
+{
+    ptrdiff_t PH = OH / 2, PW = OW / 2, p, a, b;
+    for (p = 0; p < planes; p++)
+        for (a = 0; a < PH; a++) {
+            const float* r0 = full + (p * OH + 2 * a) * OW;
+            const float* r1 = r0 + OW;
+            float* yr = out + (p * PH + a) * PW;
+            int* ir = io ? io + (p * PH + a) * PW : scratch + a * PW;
+            int base = (int)(2 * a * OW), w = (int)OW;
+#ifdef FCP_AVX512
+            FCP_NAME(fcp_row)(r0, r1, PW, yr, ir, base, w, io != NULL);
+            continue;
+#endif
+            for (b = 0; b < PW; b++) {  /* (this form vectorises; loads between the tests did not) */
+                float m = r0[2 * b], a1 = r0[2 * b + 1], a2 = r1[2 * b], a3 = r1[2 * b + 1];
+                int code = 0;
+                if (!(a1 <= m) && m == m) { m = a1; code = 1; }
+                if (!(a2 <= m) && m == m) { m = a2; code = 2; }
+                if (!(a3 <= m) && m == m) { m = a3; code = 3; }
+                yr[b] = m;
+                ir[b] = code;
+            }
+            if (io)
+                for (b = 0; b < PW; b++)
+                    ir[b] = base + 2 * (int)b + (ir[b] & 1) + (-(ir[b] >> 1) & w);
+        }
+}
+
+#undef FCP_SUFFIX
+#undef FCP_AVX512
