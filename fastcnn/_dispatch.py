@@ -166,12 +166,15 @@ def _direct_wins(module, n, c, oc, kh, kw, backward, input_grad=True, strided=Fa
     return True
 
 
-def _winograd_wins(module, n, c, oc):
+def _winograd_wins(module, n, c, oc, k):
     """The ``auto`` rule for the Winograd kernels of backend module ``module`` (its name), for a
-    3x3 or 5x5 convolution of stride 1, from benches/conv_direct_gflops.py (docs/PERFORMANCE.md,
-    "Winograd convolutions"): Cython with 16 or more input and output channels and more than
-    one image; never Numba's (slower than its direct kernels)."""
-    return module == "fastcnn._ext" and n > 1 and c >= 16 and oc >= 16
+    ``k`` x ``k`` (3 or 5) convolution of stride 1 of more than one image, from
+    benches/conv_direct_gflops.py and benches/probes/step_time.py (docs/PERFORMANCE.md,
+    "Winograd convolutions"): Cython with 16 or more input and output channels; Numba for 5x5
+    kernels of 32 or more (its 3x3 and 16-channel ones are slower than its direct kernels)."""
+    if module == "fastcnn._ext":
+        return n > 1 and c >= 16 and oc >= 16
+    return module == "fastcnn._kernels" and n > 1 and k == 5 and c >= 32 and oc >= 32
 
 
 def winograd_weight():
@@ -202,7 +205,7 @@ def conv_plan(k, n, c, oc, kh, kw, oh, ow, itemsize, backward=False, input_grad=
     conv = _current()["conv"]
     name = getattr(k, "__name__", None)
     if (kh == kw and kh in (3, 5) and not strided and pad <= kh - 1 and (not backward or input_grad)
-            and (conv == "winograd" or (conv == "auto" and itemsize == 4 and _winograd_wins(name, n, c, oc)))):
+            and (conv == "winograd" or (conv == "auto" and itemsize == 4 and _winograd_wins(name, n, c, oc, kh)))):
         return "winograd"
     if conv in ("direct", "winograd"):
         return "direct"
