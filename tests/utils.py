@@ -66,12 +66,14 @@ def run_python(code, *args, timeout=180, **kw):
 
 # --------------------------------------------------------------------------- comparisons
 
-def assert_close(actual, desired, rtol=1e-5, atol=1e-7, what=""):
-    """Max abs error within rtol times the output scale (max |desired|)."""
+def assert_close(actual, desired, rtol=1e-5, atol=1e-7, what="", scale=None):
+    """Max abs error within rtol times the output scale (max |desired|, or ``scale``: e.g. the
+    largest sum of |terms| where a sum may cancel)."""
     actual = np.asarray(actual, dtype=np.float64)
     desired = np.asarray(desired, dtype=np.float64)
     assert actual.shape == desired.shape, f"{what}: shape {actual.shape} != {desired.shape}"
-    scale = np.max(np.abs(desired)) if desired.size else 0.0
+    if scale is None:
+        scale = np.max(np.abs(desired)) if desired.size else 0.0
     err = np.max(np.abs(actual - desired)) if desired.size else 0.0
     assert err <= rtol * scale + atol, f"{what}: max abs err {err:.3g} > {rtol:g} * scale {scale:.3g} + {atol:g}"
 

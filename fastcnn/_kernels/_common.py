@@ -5,13 +5,14 @@ Numba's on-disk cache tracks each kernel's own source file only: after editing a
 or a size check in ``fastcnn/_backend.py``, delete the cached kernels
 (``fastcnn/_kernels/__pycache__/*.nbi``, ``*.nbc``).
 """
+import ctypes
 import functools
 import types
 
 import numpy as np
 from numba import njit
 from numba import types as nbtypes
-from numba.extending import overload, register_jitable
+from numba.extending import get_cython_function_address, overload, register_jitable
 
 from .. import _backend, _config
 
@@ -83,6 +84,37 @@ def flat(a, name, op):
 def block(t, size, nblocks):
     """``[lo, hi)``: block ``t`` of ``nblocks`` near-equal blocks of ``range(size)``."""
     return t * size // nblocks, (t + 1) * size // nblocks
+
+
+def _sgemm():
+    """SciPy's single-threaded SGEMM (the one NumPy-in-Numba's ``np.dot`` and the Cython
+    kernels call) as a ctypes function of 13 pointers.  Kernels take it as an argument: a
+    function pointer in a kernel's globals would keep Numba from caching the kernel."""
+    vp = ctypes.c_void_p
+    return ctypes.CFUNCTYPE(None, *(vp,) * 13)(get_cython_function_address("scipy.linalg.cython_blas", "sgemm"))
+
+
+#: Pass this to the kernels that call :func:`gemm`.
+SGEMM = _sgemm()
+
+
+@helper
+def gemm(sgemm, ta, tb, m, n, k, a, lda, b, ldb, c, ldc):
+    """Row-major ``c (m x n) = op(a) @ op(b)`` by ``sgemm`` (:data:`SGEMM`), the Cython
+    backend's ``_gemm``: ``a``, ``b``, ``c`` are the addresses of float32 matrices with row
+    lengths (as stored) ``lda``, ``ldb``, ``ldc``; ``op(a)`` is (m x k), stored transposed with
+    ``ta``; likewise ``op(b)`` (k x n).  BLAS is column-major: it computes ``c^T = op(b)^T @
+    op(a)^T``."""
+    ch = np.empty(2, np.uint8)
+    ch[0] = 84 if tb else 78  # ('T', 'N')
+    ch[1] = 84 if ta else 78
+    iv = np.empty(6, np.int32)
+    iv[0], iv[1], iv[2], iv[3], iv[4], iv[5] = n, m, k, ldb, lda, ldc
+    fv = np.empty(2, np.float32)
+    fv[0], fv[1] = 1.0, 0.0
+    p = iv.ctypes.data
+    sgemm(ch.ctypes.data, ch.ctypes.data + 1, p, p + 4, p + 8, fv.ctypes.data, b, p + 12, a, p + 16,
+          fv.ctypes.data + 4, c, p + 20)
 
 
 @helper
