@@ -11,7 +11,10 @@ registers, one window per iteration of a loop over the outputs.  For the common 
 (2x2 and 3x3 windows, stride 1 or 2) that loop is compiled with literal window sizes and
 stride, so LLVM unrolls the window and vectorises across outputs; other geometries take the
 same code with runtime sizes.  Window rows that lie in the padding are skipped for the whole
-output row.
+output row.  The 2x2 stride-2 max pooling (after every pooled convolution) takes explicit
+vectors of ``VL`` windows instead (:func:`._simd.pool2_row`: masked loads of the two rows,
+even and odd lanes by shuffles, the scan rule by compares and selects), which LLVM did not
+form from the loop.
 """
 import numpy as np
 from numba import njit, prange
@@ -19,6 +22,7 @@ from numba import njit, prange
 from .. import _backend, _ref
 from .._config import NUMBA_SERIAL
 from ._common import _u, flat_or_none, fold_tap, helper, parallel_kernel, valid_range
+from ._simd import VL, pool2_row
 
 
 @helper
@@ -111,7 +115,12 @@ def _pool_forward(x, kh, kw, sh, sw, pt, pl, y, idx, div):
                         yf, jf, div, r + u, q * ow + u)
             # interior windows; common geometries with compile-time sizes (vectorised)
             if nr == kh and kh == 2 and kw == 2 and sw == 2:
-                _row(xf, x0, w, ih0, 2, -pl, lo, hi, r, yf, jf, div, q * ow, 2, 2)
+                if idx is not None:  # (max: explicit vectors of VL windows, the last masked)
+                    for u0 in range(lo, hi, VL):
+                        k0 = ih0 * w + 2 * u0 - pl
+                        pool2_row(xf, x0 + k0, x0 + k0 + w, min(VL, hi - u0), yf, jf, r + u0, k0, w)
+                else:
+                    _row(xf, x0, w, ih0, 2, -pl, lo, hi, r, yf, jf, div, q * ow, 2, 2)
             elif nr == kh and kh == 3 and kw == 3 and sw == 2:
                 _row(xf, x0, w, ih0, 3, -pl, lo, hi, r, yf, jf, div, q * ow, 3, 2)
             elif nr == kh and kh == 3 and kw == 3 and sw == 1:
