@@ -159,13 +159,26 @@ def _numba_isa_env(isa, host_features):
     return None, host_features + ",-prefer-256-bit"
 
 
+def _isa_of_target(name, features):
+    """The SIMD path whose vector sizes the Numba kernels use for the target ``name`` /
+    ``features`` (NUMBA_CPU_NAME, NUMBA_CPU_FEATURES), as :func:`_setup_numba_isa` would have
+    chosen them for it; ``"numba default"`` when the features are not given."""
+    if features:
+        has = {f[1:] for f in features.split(",") if f.startswith("+")}
+        return "avx512" if "avx512f" in has else "avx2" if {"avx2", "fma"} <= has else "baseline"
+    return "baseline" if name == "generic" else "numba default"
+
+
 def _setup_numba_isa():
     """Set ``NUMBA_CPU_NAME``/``NUMBA_CPU_FEATURES`` for ``FASTCNN_ISA`` (default: wide vectors
-    on AVX-512 CPUs) before Numba is first imported.  Values the user set win; Numba's on-disk
-    cache is keyed on the CPU name and features, so each setting has its own cache entries."""
+    on AVX-512 CPUs) before Numba is first imported.  Values the user set win (a child process
+    inherits its parent's); Numba's on-disk cache is keyed on the CPU name and features, not on
+    the kernels' vector sizes (``_simd.VL``, ...), so those are a function of the name and
+    features alone: each setting has its own cache entries, compiled with the same sizes."""
     isa = requested_isa()
     if "NUMBA_CPU_NAME" in os.environ or "NUMBA_CPU_FEATURES" in os.environ:
-        NUMBA_ISA.update(isa="user", why="NUMBA_CPU_NAME/NUMBA_CPU_FEATURES set by the user")
+        NUMBA_ISA.update(isa=_isa_of_target(os.environ.get("NUMBA_CPU_NAME"), os.environ.get("NUMBA_CPU_FEATURES")),
+                         why="NUMBA_CPU_NAME/NUMBA_CPU_FEATURES set by the user or a parent process")
         if isa is not None:
             warnings.warn(f"{ENV_ISA}={isa} is ignored by the Numba kernels: NUMBA_CPU_NAME or "
                           "NUMBA_CPU_FEATURES is set", RuntimeWarning, stacklevel=3)

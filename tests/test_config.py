@@ -53,3 +53,23 @@ def test_thread_runtime_defaults_are_set_before_numpy_unless_given(preset):
         assert got == {k: None for k in _config.THREAD_DEFAULTS}
     else:
         assert got == {k: preset.get(k, v) for k, v in _config.THREAD_DEFAULTS.items()}
+
+
+def test_numba_vector_sizes_follow_the_target():
+    """The Numba kernels' vector sizes are a function of NUMBA_CPU_NAME / NUMBA_CPU_FEATURES
+    alone (the on-disk cache is keyed on them), whoever set them: each setting
+    ``_numba_isa_env`` makes maps back to its ISA, and a child process, which inherits this
+    process's settings, runs the same sizes (it once took them for a user's and ran default
+    sizes against kernels cached with AVX-512 ones: wrong results)."""
+    for isa, host in (("avx512", AVX512_HOST), ("avx2", AVX512_HOST), ("baseline", AVX512_HOST)):
+        assert _config._isa_of_target(*_config._numba_isa_env(isa, host)) == isa
+    assert _config._isa_of_target(None, None) == "numba default"
+    import os
+    import subprocess
+    import sys
+
+    import fastcnn  # noqa: F401  (sets this process's NUMBA_CPU_* for the child to inherit)
+    code = "import fastcnn._config as c; print(c.NUMBA_ISA['isa'])"
+    r = subprocess.run([sys.executable, "-c", code], env=dict(os.environ), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == _config.NUMBA_ISA["isa"]
