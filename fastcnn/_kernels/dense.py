@@ -1,9 +1,10 @@
 """Numba kernels of the dense layer: blocks of a GEMM in one thread pool (docs/PERFORMANCE.md, 1).
 
 Each ``prange`` iteration multiplies one block of features with a single-threaded SGEMM from
-SciPy's BLAS (:func:`._common.gemm`, the Cython kernels' calls: the same bytes).  Blocks are of output features (``y``, ``gw``) or input features
-(``gx``), so each thread packs only its part of the weights, and their bounds depend on the
-shapes and ``nblocks`` only: the same SGEMM calls, hence the same bytes, at any thread count.
+SciPy's BLAS (:func:`._common.gemm`: the Cython kernels' calls, the same bytes).  Blocks are
+of output features (``y``, ``gw``) or input features (``gx``), so each thread packs only its
+part of the weights, and their bounds depend on the shapes and ``nblocks`` only: the same
+SGEMM calls, hence the same bytes, at any thread count.
 Contracts: :mod:`fastcnn._ref`.
 """
 import numpy as np
