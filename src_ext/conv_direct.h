@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "_simd.h"
+#include "pool2.h"
 
 typedef ptrdiff_t fcd_i;
 
@@ -255,7 +256,6 @@ typedef void (*fcd_phases_fn)(const float*, const fcd_i*, fcd_i, fcd_i, fcd_i, f
 typedef fcd_i (*fcd_unpool_t_fn)(const float*, const int*, const float*, fcd_i, fcd_i, fcd_i, fcd_i, float*,
                                  float*);
 typedef void (*fcd_sums_t_fn)(const float*, fcd_i, fcd_i, fcd_i, double*);
-typedef void (*fcd_pool_fn)(const float*, float*, int*, int*, fcd_i, fcd_i, fcd_i);
 typedef void (*fcw_images_fn)(const fcd_geo*, const float*, fcd_i, const float*,
                               const fcd_i*, const float*, int, fcd_i, fcd_i, float*, float*, fcd_i,
                               int, float*, float*, float*, fcd_i, int);
@@ -273,7 +273,6 @@ typedef struct {
     fcd_phases_fn interleave_phases;
     fcd_unpool_t_fn unpool_grad_t;
     fcd_sums_t_fn grad_t_sums;
-    fcd_pool_fn pool_planes;
     fcd_i J, VL, WT;
 } fcd_isa_kernels;
 
@@ -370,7 +369,6 @@ FC_TARGET_PUSH(FC_AVX512)
 #define FCD_DEINTERLEAVE fcd_deinterleave_avx512
 #define FCD_INTERLEAVE fcd_interleave_avx512
 #define FCD_PUT_PAIRS fcd_put_pairs_avx512
-#define FCD_POOL_AVX512 1
 
 static inline __mmask16 fcd_mask16(fcd_i n) { return n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1u); }
 
@@ -484,7 +482,6 @@ static inline void fcd_transpose16_avx512(__m512* r)
 #include "conv_direct_kern.h"
 #undef FCD_TRANSPOSE16
 #undef FCD_EVEN16
-#undef FCD_POOL_AVX512
 #undef FCD_DEINTERLEAVE
 #undef FCD_INTERLEAVE
 #undef FCD_PUT_PAIRS
@@ -517,7 +514,6 @@ static const fcd_isa_kernels* fcd_isa = &fcd_kernels_base;
 #define fcd_interleave_phases (fcd_isa->interleave_phases)
 #define fcd_unpool_grad_t (fcd_isa->unpool_grad_t)
 #define fcd_grad_t_sums (fcd_isa->grad_t_sums)
-#define fcd_pool_planes (fcd_isa->pool_planes)
 #define fcw_images (fcd_isa->wino_images)
 #define fcw_wgrad (fcd_isa->wino_wgrad)
 #define fcd_J (fcd_isa->J)
@@ -528,6 +524,7 @@ static const fcd_isa_kernels* fcd_isa = &fcd_kernels_base;
 static int fcd_set_isa(int isa)
 {
     if (!fcd_cpu_supports(isa)) return -1;
+    fcp_set_isa(isa);
     fcd_isa = &fcd_kernels_base;
 #ifdef FC_SIMD
     if (isa == 2) fcd_isa = &fcd_kernels_avx512;

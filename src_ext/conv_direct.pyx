@@ -29,7 +29,7 @@ cdef extern from "conv_direct.h" nogil:
     fcd_i fcd_unpool_grad_t(const float* gp, const int* idx, const float* y, fcd_i OC, fcd_i OH, fcd_i OW,
                             fcd_i OCV, float* gt, float* sc)
     void fcd_grad_t_sums(const float* gt, fcd_i P, fcd_i OCV, fcd_i n, double* out)
-    void fcd_pool_planes(const float* full, float* out, int* io, int* scratch, fcd_i planes, fcd_i OH, fcd_i OW)
+    void fcp_pool_planes(const float* full, float* out, int* io, int* scratch, fcd_i planes, fcd_i OH, fcd_i OW)
     void fcd_fwd_image(const fcd_geo* g, const float* xq, const fcd_i* tab, const float* wp,
                        const fcd_i* st, const fcd_i* yo, const fcd_i* nv, fcd_i NS,
                        const float* bias, int relu, float* y, float* yg)
@@ -181,7 +181,7 @@ cdef Py_ssize_t _direct_images(const fcd_geo* g,
                 fcd_fwd_image(g, xq, tab, wp, st, NULL, NULL, NS, NULL, 0, NULL, yg)
                 fcd_unpack_output(g, yg, bias, relu, dst)
             if yi != NULL:
-                fcd_pool_planes(dst, &out[i, 0, 0, 0], io + i * g.OC * PH * PW if io != NULL else NULL, ii, g.OC,
+                fcp_pool_planes(dst, &out[i, 0, 0, 0], io + i * g.OC * PH * PW if io != NULL else NULL, ii, g.OC,
                                 g.OH, g.OW)
     return bad
 
@@ -667,7 +667,7 @@ cdef void _winograd_blocks(const fcd_geo* g,
             fcw_images(g, src + i * CHW, ni, vp, st, bias, relu, OH, OW, yf, <float*>(blocks + t * size),
                        xs, i > i0, u, <float*>(blocks + t * size + o_m), <float*>(blocks + t * size + o_z), Q, R)
             if o_yf >= 0:
-                fcd_pool_planes(yf, &out[i, 0, 0, 0], io + i * g.OC * PH * PW if io != NULL else NULL,
+                fcp_pool_planes(yf, &out[i, 0, 0, 0], io + i * g.OC * PH * PW if io != NULL else NULL,
                                 <int*>(yf + NI * g.OC * OHW), ni * g.OC, OH, OW)
             i = i + NI
 

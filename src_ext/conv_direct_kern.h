@@ -494,13 +494,6 @@ static void FCD_NAME(fcd_grad_t_sums)(const float* gt, fcd_i P, fcd_i OCV, fcd_i
     }
 }
 
-/* 2x2 max pooling of whole planes (fcd_pool_planes): pool2_kern.h for this path. */
-#define FCP_SUFFIX FCD_SUFFIX
-#ifdef FCD_POOL_AVX512
-#define FCP_AVX512 1
-#endif
-#include "pool2_kern.h"
-
 /* Peak probe: iters x 24 independent FMA chains of one vector each; returns a lane sum so
  * that nothing is optimised away.  Flops = iters * 24 * VL * 2. */
 static float FCD_NAME(fcd_fma_probe)(long iters, float m)
@@ -572,7 +565,7 @@ static const fcd_isa_kernels FCD_NAME(fcd_kernels) = {
     FCD_NAME(fcd_fwd_image), FCD_NAME(fcd_bwd_weight_tile), FCD_NAME(fcd_fma_probe),
     FCD_NAME(fcd_pack_grad_t), FCD_NAME(fcd_pack_input), FCD_NAME(fcd_unpack_output),
     FCD_NAME(fcw_images), FCD_NAME(fcw_wgrad), FCD_NAME(fcd_interleave_phases),
-    FCD_NAME(fcd_unpool_grad_t), FCD_NAME(fcd_grad_t_sums), FCD_NAME(fcp_pool_planes), FCD_J, FCD_VL, FCD_WT};
+    FCD_NAME(fcd_unpool_grad_t), FCD_NAME(fcd_grad_t_sums), FCD_J, FCD_VL, FCD_WT};
 
 #undef FCD_SUFFIX
 #undef FCD_VL

@@ -28,9 +28,9 @@ cdef extern from "norm_kern.h" nogil:
                           float b, int relu) noexcept nogil  # xh = (x - mu) * s; y = xh * w + b (ReLU'd)
         void (*bwd_plane)(const float* gy, const float* xh, float* gx, Py_ssize_t P, float sc, float a,
                           float b, float w, float bb, int relu) noexcept nogil  # gx = (g - (xh * b + a)) * sc
-        void (*pool_planes)(const float* full, float* out, int* io, int* scratch, Py_ssize_t planes,
-                            Py_ssize_t OH, Py_ssize_t OW) noexcept nogil  # 2x2 max pooling with indices
     const fnk_table* fnk
+    void fcp_pool_planes(const float* full, float* out, int* io, int* scratch, Py_ssize_t planes,
+                         Py_ssize_t OH, Py_ssize_t OW)  # 2x2 max pooling with indices (pool2.h)
     void fnk_set_isa(int isa)
 
 from fastcnn._config import ISAS
@@ -167,7 +167,7 @@ cdef void _forward_pool(const float[:, :, :, ::1] x,   # IN  (N, C, H, W), H and
             c = i % C
             fnk.fwd_plane(&x[0, 0, 0, 0] + i * P, &xhat[0, 0, 0, 0] + i * P, yb, P, mean[c], inv_std[c],
                           weight[c], bias[c], relu)
-            fnk.pool_planes(yb, &y[0, 0, 0, 0] + i * PH * PW, &idx[0, 0, 0, 0] + i * PH * PW, NULL, 1,
+            fcp_pool_planes(yb, &y[0, 0, 0, 0] + i * PH * PW, &idx[0, 0, 0, 0] + i * PH * PW, NULL, 1,
                             x.shape[2], W)
 
 

@@ -8,6 +8,7 @@
 #include <stddef.h>
 
 #include "_simd.h"
+#include "pool2.h"
 
 typedef ptrdiff_t fnk_i;
 
@@ -77,7 +78,7 @@ static void fnk_bwd_plane_##SUFFIX(const float* gy, const float* xh, float* gx, 
 }                                                                                             \
 static const fnk_table fnk_table_##SUFFIX = {                                                 \
     fnk_acc_plane_##SUFFIX, fnk_acc_plane_sqdev_##SUFFIX, fnk_acc_plane_sum_dot_##SUFFIX,      \
-    fnk_fwd_plane_##SUFFIX, fnk_bwd_plane_##SUFFIX, fcp_pool_planes_##SUFFIX};
+    fnk_fwd_plane_##SUFFIX, fnk_bwd_plane_##SUFFIX};
 
 typedef struct {
     void (*acc_plane)(double*, const float*, fnk_i, fnk_i);
@@ -85,25 +86,15 @@ typedef struct {
     void (*acc_plane_sum_dot)(double*, double*, const float*, const float*, fnk_i, float, float, int, fnk_i);
     void (*fwd_plane)(const float*, float*, float*, fnk_i, float, float, float, float, int);
     void (*bwd_plane)(const float*, const float*, float*, fnk_i, float, float, float, float, float, int);
-    void (*pool_planes)(const float*, float*, int*, int*, fnk_i, fnk_i, fnk_i);
 } fnk_table;
 
-/* (each path's 2x2 max pooling of planes, fcp_pool_planes_SUFFIX, comes first) */
-#define FCP_SUFFIX base
-#include "pool2_kern.h"
 FNK_BODY(base)
 
 #ifdef FC_SIMD
-#include <immintrin.h>
 FC_TARGET_PUSH(FC_AVX2)
-#define FCP_SUFFIX avx2
-#include "pool2_kern.h"
 FNK_BODY(avx2)
 FC_TARGET_POP
 FC_TARGET_PUSH(FC_AVX512)
-#define FCP_SUFFIX avx512
-#define FCP_AVX512 1
-#include "pool2_kern.h"
 FNK_BODY(avx512)
 FC_TARGET_POP
 #endif
@@ -113,6 +104,7 @@ static const fnk_table* fnk = &fnk_table_base;
 
 static void fnk_set_isa(int isa)
 {
+    fcp_set_isa(isa);  /* (the pooled forward's plane pooling) */
     fnk = &fnk_table_base;
 #ifdef FC_SIMD
     if (isa == 2) fnk = &fnk_table_avx512;

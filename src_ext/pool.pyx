@@ -11,6 +11,24 @@ from fastcnn._ref import avg_divisor, windows_tile
 
 include "_common.pxi"
 
+cdef extern from "pool2.h" nogil:
+    void fcp_pool_planes(const float* full, float* out, int* io, int* scratch, Py_ssize_t planes,
+                         Py_ssize_t OH, Py_ssize_t OW)  # 2x2 max pooling with indices
+    void fcp_set_isa(int isa)
+
+from fastcnn._config import ISAS
+
+cdef bint _isa_set = False
+
+
+cdef int _use_isa() except -1:
+    """Select the 2x2 pooling loop of the direct convolutions' SIMD path (once)."""
+    global _isa_set
+    from fastcnn._ext import conv_direct
+    fcp_set_isa(ISAS.index(conv_direct.active_isa()))  # (raises if FASTCNN_ISA asks too much)
+    _isa_set = True
+    return 0
+
 
 # --------------------------------------------------------------------------- helpers
 
@@ -208,14 +226,14 @@ cdef void _maxpool_fwd(const float[:, :, :, ::1] x,   # IN  (N, C, H, W)
     if nt == 1:  # (a parallel region, even of one thread, costs: docs/PERFORMANCE.md, 5)
         for t in range(NC):
             if fast:
-                _maxpool_plane_2x2(xp + t * HW, yp + t * P, ip + t * P, W, OH, OW)
+                fcp_pool_planes(xp + t * HW, yp + t * P, ip + t * P, NULL, 1, H, W)
             else:
                 _maxpool_plane(xp + t * HW, yp + t * P, ip + t * P,
                                H, W, kh, kw, sh, sw, pt, pl, OH, OW)
         return
     for t in prange(NC, schedule='static', num_threads=nt):
         if fast:
-            _maxpool_plane_2x2(xp + t * HW, yp + t * P, ip + t * P, W, OH, OW)
+            fcp_pool_planes(xp + t * HW, yp + t * P, ip + t * P, NULL, 1, H, W)
         else:
             _maxpool_plane(xp + t * HW, yp + t * P, ip + t * P,
                            H, W, kh, kw, sh, sw, pt, pl, OH, OW)
@@ -299,6 +317,8 @@ def maxpool2d_forward(const float[:, :, :, ::1] x, Py_ssize_t kh, Py_ssize_t kw,
     if _size4(y.shape) == 0:
         return
     cdef bint fast = _fast(x.shape[2], x.shape[3], kh, kw, sh, sw, pt, pl, y.shape[2], y.shape[3])
+    if fast and not _isa_set:
+        _use_isa()
     with nogil:
         _maxpool_fwd(x, kh, kw, sh, sw, pt, pl, fast, y, idx, _threads_for(_size4(x.shape)))
 

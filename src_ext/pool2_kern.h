@@ -1,8 +1,8 @@
-/* 2x2 max pooling (stride 2) of whole planes, compiled once per SIMD path by the headers that
- * include it (conv_direct.h, norm_kern.h) inside their FC_TARGET blocks, with FCP_SUFFIX
- * defined (and FCP_AVX512 on the AVX-512 path).  The scan rule of the pooling kernels
- * (_maxpool_plane_2x2): a later cell of the window replaces the best if it is not <= it
- * (greater, or NaN), unless the best is NaN already. */
+/* 2x2 max pooling (stride 2) of whole planes, compiled once per SIMD path by pool2.h inside
+ * its FC_TARGET blocks, with FCP_SUFFIX defined (and FCP_AVX512 on the AVX-512 path).  The
+ * pooling kernels' scan rule (_maxpool_plane, fastcnn._ref.maxpool2d_forward): a later cell of
+ * the window replaces the best if it is not <= it (greater, or NaN), unless the best is NaN
+ * already. */
 #define FCP_CAT_(a, b) a##_##b
 #define FCP_CAT(a, b) FCP_CAT_(a, b)
 #define FCP_NAME(n) FCP_CAT(n, FCP_SUFFIX)

@@ -195,6 +195,24 @@ def test_pooling_matches_reference(name, values, geo):
 
 
 @pytest.mark.parametrize("name", COMPILED)
+@pytest.mark.parametrize("shape", [(2, 3, 37, 35), (1, 2, 28, 28), (3, 1, 5, 4), (1, 1, 2, 65)])
+def test_maxpool_2x2_rows_of_any_width(name, shape):
+    """2x2 stride-2 max pooling (the vector rows of the compiled kernels: 16 windows at a time,
+    the last vector masked) is bit for bit the reference's, indices included, on normal
+    values, ties and NaN / -inf."""
+    k = _mod(name)
+    rng = np.random.default_rng(4)
+    pooled = shape[:2] + (shape[2] // 2, shape[3] // 2)
+    for x in (rng.standard_normal(shape, dtype=np.float32), rng.integers(-1, 2, shape).astype(np.float32),
+              rng.choice(np.array([-np.inf, np.nan, 0.0, 1.0], np.float32), shape)):
+        wy, wi = np.empty(pooled, np.float32), np.empty(pooled, np.int32)
+        gy_, gi = np.full(pooled, 7.0, np.float32), np.full(pooled, -1, np.int32)
+        _ref.maxpool2d_forward(x, 2, 2, 2, 2, 0, 0, wy, wi)
+        k.maxpool2d_forward(x, 2, 2, 2, 2, 0, 0, gy_, gi)
+        assert gy_.tobytes() == wy.tobytes() and gi.tobytes() == wi.tobytes()
+
+
+@pytest.mark.parametrize("name", COMPILED)
 @pytest.mark.parametrize("hw,k", [((8, 8), 8), ((7, 9), 2), ((10, 11), 3), ((4, 6), (4, 3)), ((1, 5), 1)])
 def test_avgpool_backward_tiling_windows_bit_identical(name, hw, k):
     """Windows that tile the plane (stride = kernel, no padding; rows and columns past the last
