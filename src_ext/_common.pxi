@@ -299,3 +299,20 @@ cdef inline Py_ssize_t _maxpool_bwd_plane(const float* gy, const int* idx, const
         else:
             bad += 1
     return bad
+
+
+ctypedef void (*_isa_setter)(int) noexcept nogil
+
+cdef bint _isa_set = False
+
+
+cdef int _use_isa(_isa_setter setter) except -1:
+    """Give ``setter`` (a header's SIMD-path switch) the direct convolutions' path, once per
+    module: the per-ISA loops of the other kernels follow it (raises if FASTCNN_ISA asks too
+    much)."""
+    global _isa_set
+    from fastcnn._config import ISAS
+    from fastcnn._ext import conv_direct
+    setter(ISAS.index(conv_direct.active_isa()))
+    _isa_set = True
+    return 0

@@ -33,20 +33,6 @@ cdef extern from "norm_kern.h" nogil:
                          Py_ssize_t OH, Py_ssize_t OW)  # 2x2 max pooling with indices (pool2.h)
     void fnk_set_isa(int isa)
 
-from fastcnn._config import ISAS
-
-cdef bint _isa_set = False
-
-
-cdef int _use_isa() except -1:
-    """Select the plane loops of the direct convolutions' SIMD path (once)."""
-    global _isa_set
-    from fastcnn._ext import conv_direct
-    fnk_set_isa(ISAS.index(conv_direct.active_isa()))  # (raises if FASTCNN_ISA asks too much)
-    _isa_set = True
-    return 0
-
-
 cdef inline void _zero(double* a, Py_ssize_t P) noexcept nogil:
     cdef Py_ssize_t e
     for e in range(P):
@@ -198,7 +184,7 @@ cdef _Key _stats_ok, _fwd_ok, _pool_ok, _reduce_ok, _apply_ok
 def batchnorm_stats(const float[:, :, :, ::1] x, double[::1] mean, double[::1] var):
     """Per-channel mean and biased variance (see :func:`fastcnn._ref.batchnorm_stats`)."""
     if not _isa_set:
-        _use_isa()
+        _use_isa(fnk_set_isa)
     cdef _Key k = _key()
     if _new(&_stats_ok, &k, x.shape, mean.shape, var.shape):
         _passed(&_stats_ok, &k, _backend.sizes_batchnorm_stats(
@@ -223,7 +209,7 @@ def batchnorm_forward(const float[:, :, :, ::1] x, const float[::1] mean,
     """Normalise, scale and shift per channel, optionally the ReLU (see
     :func:`fastcnn._ref.batchnorm_forward`)."""
     if not _isa_set:
-        _use_isa()
+        _use_isa(fnk_set_isa)
     cdef _Key k = _key()
     if _new(&_fwd_ok, &k, x.shape, mean.shape, inv_std.shape, weight.shape, bias.shape,
             xhat.shape, y.shape):
@@ -243,7 +229,7 @@ def batchnorm_forward_maxpool2(const float[:, :, :, ::1] x, const float[::1] mea
     """The forward, the ReLU and 2x2 max pooling, one plane at a time
     (see :func:`fastcnn._ref.batchnorm_forward_maxpool2`)."""
     if not _isa_set:
-        _use_isa()
+        _use_isa(fnk_set_isa)
     cdef _Key k = _key(relu)
     if _new(&_pool_ok, &k, x.shape, mean.shape, inv_std.shape, weight.shape, bias.shape,
             xhat.shape, y.shape, idx.shape):
@@ -270,7 +256,7 @@ def batchnorm_backward_reduce(const float[:, :, :, ::1] gy, const float[:, :, :,
     """Per-channel ``sum(g)`` and ``sum(g * xhat)`` in double, ``g`` = ``gy`` (masked by the
     forward's ReLU with ``relu``; see :func:`fastcnn._ref.batchnorm_backward_reduce`)."""
     if not _isa_set:
-        _use_isa()
+        _use_isa(fnk_set_isa)
     cdef _Key k = _key()
     if _new(&_reduce_ok, &k, gy.shape, xhat.shape, weight.shape, bias.shape, gsum.shape, gdot.shape):
         _passed(&_reduce_ok, &k, _backend.sizes_batchnorm_backward_reduce(
@@ -297,7 +283,7 @@ def batchnorm_backward_apply(const float[:, :, :, ::1] gy, const float[:, :, :, 
     """``gx = (g - (xhat * b + a)) * scale`` per channel, ``g`` as in
     :func:`batchnorm_backward_reduce` (see :func:`fastcnn._ref.batchnorm_backward_apply`)."""
     if not _isa_set:
-        _use_isa()
+        _use_isa(fnk_set_isa)
     cdef _Key k = _key()
     if _new(&_apply_ok, &k, gy.shape, xhat.shape, weight.shape, bias.shape, scale.shape, a.shape, b.shape,
             gx.shape):

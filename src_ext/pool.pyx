@@ -16,19 +16,6 @@ cdef extern from "pool2.h" nogil:
                          Py_ssize_t OH, Py_ssize_t OW)  # 2x2 max pooling with indices
     void fcp_set_isa(int isa)
 
-from fastcnn._config import ISAS
-
-cdef bint _isa_set = False
-
-
-cdef int _use_isa() except -1:
-    """Select the 2x2 pooling loop of the direct convolutions' SIMD path (once)."""
-    global _isa_set
-    from fastcnn._ext import conv_direct
-    fcp_set_isa(ISAS.index(conv_direct.active_isa()))  # (raises if FASTCNN_ISA asks too much)
-    _isa_set = True
-    return 0
-
 
 # --------------------------------------------------------------------------- helpers
 
@@ -318,7 +305,7 @@ def maxpool2d_forward(const float[:, :, :, ::1] x, Py_ssize_t kh, Py_ssize_t kw,
         return
     cdef bint fast = _fast(x.shape[2], x.shape[3], kh, kw, sh, sw, pt, pl, y.shape[2], y.shape[3])
     if fast and not _isa_set:
-        _use_isa()
+        _use_isa(fcp_set_isa)
     with nogil:
         _maxpool_fwd(x, kh, kw, sh, sw, pt, pl, fast, y, idx, _threads_for(_size4(x.shape)))
 
