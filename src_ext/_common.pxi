@@ -306,7 +306,7 @@ ctypedef void (*_isa_setter)(int) noexcept nogil
 cdef bint _isa_set = False
 
 
-cdef int _use_isa(_isa_setter setter) except -1:
+cdef inline int _use_isa(_isa_setter setter) except -1:
     """Give ``setter`` (a header's SIMD-path switch) the direct convolutions' path, once per
     module: the per-ISA loops of the other kernels follow it (raises if FASTCNN_ISA asks too
     much)."""

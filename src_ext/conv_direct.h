@@ -244,7 +244,7 @@ static inline fcd_i fcw_m_stride(fcd_i J, fcd_i Q) { return J * Q + 16; }
 typedef void (*fcd_fwd_fn)(const fcd_geo*, const float*, const fcd_i*, const float*, const fcd_i*,
                            const fcd_i*, const fcd_i*, fcd_i, const float*, int, float*, float*);
 typedef void (*fcd_bww_fn)(const float*, fcd_i, const float*, fcd_i, fcd_i, fcd_i, fcd_i, fcd_i,
-                           fcd_i, fcd_i, int, const fcd_i*, float*, int, int);
+                           fcd_i, fcd_i, int, const fcd_i*, float*, int, int, fcd_i);
 typedef float (*fcd_probe_fn)(long, float);
 typedef void (*fcd_pack_fn)(const fcd_geo*, const float*, fcd_i, float*);
 typedef void (*fcd_pack_in_fn)(const fcd_geo*, const float*, float*, int);
@@ -273,7 +273,7 @@ typedef struct {
     fcd_phases_fn interleave_phases;
     fcd_unpool_t_fn unpool_grad_t;
     fcd_sums_t_fn grad_t_sums;
-    fcd_i J, VL, WT;
+    fcd_i J, VL, WT, TM;
 } fcd_isa_kernels;
 
 /* Portable baseline: GCC/Clang vector extension, 4 lanes (SSE2 on x86-64, NEON on arm64). */
@@ -282,6 +282,7 @@ typedef struct {
 #define FCD_J 4
 #define FCD_VMAX 2
 #define FCD_WT 6
+#define FCD_TAPS_MAX (2 * FCD_WT)  /* taps of a weight-gradient tile of one channel vector, at most */
 typedef float fcd_v4 __attribute__((vector_size(16)));
 typedef float fcd_v4u __attribute__((vector_size(16), aligned(4)));
 typedef int fcd_i4 __attribute__((vector_size(16)));
@@ -324,6 +325,7 @@ FC_TARGET_PUSH(FC_AVX2)
 #define FCD_J 4
 #define FCD_VMAX 3
 #define FCD_WT 6
+#define FCD_TAPS_MAX (2 * FCD_WT)  /* taps of a weight-gradient tile of one channel vector, at most */
 #define FCD_VT __m256
 #define FCD_LOAD(p) _mm256_loadu_ps(p)
 #define FCD_STORE(p, v) _mm256_storeu_ps((p), (v))
@@ -350,6 +352,7 @@ FC_TARGET_PUSH(FC_AVX512)
 #define FCD_J 8
 #define FCD_VMAX 3
 #define FCD_WT 12
+#define FCD_TAPS_MAX 27  /* taps of a weight-gradient tile of one channel vector, at most */
 #define FCD_VT __m512
 #define FCD_LOAD(p) _mm512_loadu_ps(p)
 #define FCD_STORE(p, v) _mm512_storeu_ps((p), (v))
@@ -519,6 +522,7 @@ static const fcd_isa_kernels* fcd_isa = &fcd_kernels_base;
 #define fcd_J (fcd_isa->J)
 #define fcd_VL (fcd_isa->VL)
 #define fcd_WT (fcd_isa->WT)
+#define fcd_TM (fcd_isa->TM)
 
 /* Select the kernels of ``isa`` (0 baseline, 1 avx2, 2 avx512); -1 if unsupported. */
 static int fcd_set_isa(int isa)

@@ -38,7 +38,7 @@ cdef extern from "conv_direct.h" nogil:
     fcd_i fcd_pixel_starts(const fcd_geo* g, fcd_i VL, fcd_i* st, fcd_i* yo, fcd_i* nv, int* rows)
     void fcd_bwd_weight_tile(const float* xq, fcd_i xs, const float* gt, fcd_i gs, fcd_i NI,
                              fcd_i OCV, fcd_i OH, fcd_i OW, fcd_i Wq, fcd_i ob, int V,
-                             const fcd_i* off, float* out, int add, int kw)
+                             const fcd_i* off, float* out, int add, int kw, fcd_i T)
     float fcd_fma_probe(long iters, float m)
     enum: FCW_QMAX
     fcd_i fcw_u_stride(fcd_i C, fcd_i Q)
@@ -60,6 +60,7 @@ cdef extern from "conv_direct.h" nogil:
     fcd_i fcd_J
     fcd_i fcd_VL
     fcd_i fcd_WT
+    fcd_i fcd_TM
 
 from fastcnn._config import DIRECT_WGRAD_BYTES, ENV_ISA, ISAS, SLOTS, WINOGRAD_TILES, WINOGRAD_VECTORS, requested_isa  # ISAS: slowest first = the C code's ISA number
 
@@ -499,7 +500,10 @@ cdef Py_ssize_t _weight(const fcd_geo* g, const float* gy, const _Unpool* up,
     if g.sw == 1 and (gw.shape[3] == 3 or gw.shape[3] == 5):
         kw = <int>gw.shape[3]
     cdef Py_ssize_t T = (fcd_WT * 2 // V // kw) * kw if kw else fcd_WT * (2 // V)
-    cdef Py_ssize_t Q = C * KK, NQB = (Q + T - 1) // T
+    cdef Py_ssize_t Q = C * KK, NQB
+    if V == 1 and ((kw == 5 and Q == 25) or (kw == 3 and Q == 27)) and Q <= fcd_TM:
+        T = Q  # (one tile of the whole kernel: one-channel 5x5, three-channel 3x3)
+    NQB = (Q + T - 1) // T
     cdef Py_ssize_t NOB = OCV // (V * VL), U = NOB * NQB, S = min(<Py_ssize_t>SLOTS, N), P = OH * OW
     # Tasks: a slot's images through a G-th of the tiles (G > 1 only when there are fewer
     # than two slots per thread; each such task packs the slot's images itself).
@@ -562,7 +566,7 @@ cdef Py_ssize_t _weight(const fcd_geo* g, const float* gy, const _Unpool* up,
                             ob = u // NQB
                             qb = u - ob * NQB
                             fcd_bwd_weight_tile(xq, xs, gt, gs, ni, OCV, OH, OW, g.Wq, ob, V, &off[qb * T],
-                                                &part[s, qb * T * OCV], i > i0, kw)
+                                                &part[s, qb * T * OCV], i > i0, kw, T)
     finally:
         free(mem)
     with nogil:

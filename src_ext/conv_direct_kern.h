@@ -204,7 +204,7 @@ FCD_NAME(fcd_bww_rows)(const float* xq, fcd_i xs, const float* gt, fcd_i gs, fcd
                        fcd_i OH, fcd_i OW, fcd_i Wq, const fcd_i* off, float* out, int add,
                        const int V, const int R, const int KW)
 {
-    FCD_VT acc[2 * FCD_WT][2];  /* [tap][channel vector] */
+    FCD_VT acc[FCD_TAPS_MAX][2];  /* [tap][channel vector] */
     fcd_i n, oh, ow;
     if (add) {
         FCD_UNROLL for (int r_ = 0; r_ < R * KW; r_++)
@@ -214,7 +214,7 @@ FCD_NAME(fcd_bww_rows)(const float* xq, fcd_i xs, const float* gt, fcd_i gs, fcd
     }
     for (n = 0; n < NI; n++)
         for (oh = 0; oh < OH; oh++) {
-            const float* xr[2 * FCD_WT];
+            const float* xr[FCD_TAPS_MAX];
             const float* gb = gt + n * gs + oh * OW * OCV;
             FCD_UNROLL for (int r_ = 0; r_ < R; r_++) xr[r_] = xq + n * xs + oh * Wq + off[r_ * KW];
             for (ow = 0; ow < OW; ow++) {
@@ -248,6 +248,24 @@ FCD_BWW_ROWS(2, 3)
 FCD_BWW_ROWS(2, 5)
 #undef FCD_BWW_ROWS
 
+#if FCD_TAPS_MAX >= 27
+/* One channel vector x a whole one-channel kernel (5 rows of 5 taps, or 9 rows of 3: a 3x3
+ * kernel of 3 channels): 25 or 27 accumulators, which the 32 AVX-512 registers hold; the
+ * 2*WT-tap tiles would need two tiles with 15 or 21 padded taps. */
+FCD_NO_PCOM __attribute__((noinline)) static void
+FCD_NAME(fcd_bww_whole_5)(const float* xq, fcd_i xs, const float* gt, fcd_i gs, fcd_i NI, fcd_i OCV, fcd_i OH,
+                          fcd_i OW, fcd_i Wq, const fcd_i* off, float* out, int add)
+{
+    FCD_NAME(fcd_bww_rows)(xq, xs, gt, gs, NI, OCV, OH, OW, Wq, off, out, add, 1, 5, 5);
+}
+FCD_NO_PCOM __attribute__((noinline)) static void
+FCD_NAME(fcd_bww_whole_3)(const float* xq, fcd_i xs, const float* gt, fcd_i gs, fcd_i NI, fcd_i OCV, fcd_i OH,
+                          fcd_i OW, fcd_i Wq, const fcd_i* off, float* out, int add)
+{
+    FCD_NAME(fcd_bww_rows)(xq, xs, gt, gs, NI, OCV, OH, OW, Wq, off, out, add, 1, 9, 3);
+}
+#endif
+
 /* NI images (packed inputs xq + i*xs, channels-last gradients gt + i*gs) into a slot's
  * partial sums: channel vectors ob*V ... (V = 1 or 2 vectors of VL channels), taps
  * off[0 .. T) with T = 2*WT/V; out[t*OCV + channel] (out: the slot's (Q, OCV) sums, offset to
@@ -255,10 +273,21 @@ FCD_BWW_ROWS(2, 5)
 static void FCD_NAME(fcd_bwd_weight_tile)(const float* xq, fcd_i xs, const float* gt, fcd_i gs,
                                           fcd_i NI, fcd_i OCV, fcd_i OH, fcd_i OW, fcd_i Wq,
                                           fcd_i ob, int V, const fcd_i* off, float* out, int add,
-                                          int kw)
+                                          int kw, fcd_i T)
 {
     const float* g = gt + ob * V * FCD_VL;
     float* o = out + ob * V * FCD_VL;
+#if FCD_TAPS_MAX >= 27
+    if (kw == 5 && V == 1 && T == 25) {
+        FCD_NAME(fcd_bww_whole_5)(xq, xs, g, gs, NI, OCV, OH, OW, Wq, off, o, add);
+        return;
+    }
+    if (kw == 3 && V == 1 && T == 27) {
+        FCD_NAME(fcd_bww_whole_3)(xq, xs, g, gs, NI, OCV, OH, OW, Wq, off, o, add);
+        return;
+    }
+#endif
+    (void)T;
     if (kw == 3 && V == 1)
         FCD_NAME(fcd_bww_rows1_3)(xq, xs, g, gs, NI, OCV, OH, OW, Wq, off, o, add);
     else if (kw == 5 && V == 1)
@@ -565,13 +594,14 @@ static const fcd_isa_kernels FCD_NAME(fcd_kernels) = {
     FCD_NAME(fcd_fwd_image), FCD_NAME(fcd_bwd_weight_tile), FCD_NAME(fcd_fma_probe),
     FCD_NAME(fcd_pack_grad_t), FCD_NAME(fcd_pack_input), FCD_NAME(fcd_unpack_output),
     FCD_NAME(fcw_images), FCD_NAME(fcw_wgrad), FCD_NAME(fcd_interleave_phases),
-    FCD_NAME(fcd_unpool_grad_t), FCD_NAME(fcd_grad_t_sums), FCD_J, FCD_VL, FCD_WT};
+    FCD_NAME(fcd_unpool_grad_t), FCD_NAME(fcd_grad_t_sums), FCD_J, FCD_VL, FCD_WT, FCD_TAPS_MAX};
 
 #undef FCD_SUFFIX
 #undef FCD_VL
 #undef FCD_J
 #undef FCD_VMAX
 #undef FCD_WT
+#undef FCD_TAPS_MAX
 #undef FCD_VT
 #undef FCD_LOAD
 #undef FCD_STORE

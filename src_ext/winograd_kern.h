@@ -421,7 +421,7 @@ FCD_NAME(fcw_wgrad_r)(const fcd_geo* g, const float* src, fcd_i NI, const float*
             for (ob = 0; ob < NOB; ob++)
                 for (qb = 0; qb < NQB; qb++)
                     FCD_NAME(fcd_bwd_weight_tile)(u + xi * US, 0, mt + xi * MS, 0, 1, OCV, 1, nq, 0, ob, V,
-                                                  off + qb * T, z + (xi * NQB + qb) * T * OCV, add || q0 > 0, 0);
+                                                  off + qb * T, z + (xi * NQB + qb) * T * OCV, add || q0 > 0, 0, T);
     }
 }
 

@@ -670,6 +670,8 @@ def _assert_same_bytes_at_1_and_2_threads(run):
     (37, 8, 9, 9, 40, 3, 3, 2, 1),     # many small images per pass, slots of 4 and 5
     (1, 16, 12, 12, 32, 5, 5, 1, 2),   # one slot: the tiles split across threads
     (3, 20, 7, 7, 16, 3, 3, 1, 1),
+    (5, 1, 13, 11, 16, 5, 5, 1, 2),    # weight gradient: the one-channel 5x5 kernel as one tile
+    (4, 3, 9, 10, 9, 3, 3, 1, 1),      # ... the three-channel 3x3 kernel as one tile
 ])
 def test_direct_primitives_many_images_any_threads(name, case):
     """All three primitives against the reference, and the same bytes at 1 and 2 threads, with
