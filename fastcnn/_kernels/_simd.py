@@ -332,3 +332,39 @@ def pool2_row(typingctx, xf, a0, a1, n, yf, jf, yo, base, w):
         builder.call(_masked(builder, "store", vi, mt), [flat, jp, ir.Constant(_I32, 4), m_out])
         return context.get_dummy_value()
     return types.none(xf, a0, a1, n, yf, jf, yo, base, w), codegen
+
+
+@intrinsic
+def vput_pairs(typingctx, yf, d, z, s0, s1, n, bias, relu):
+    """``yf[d + 2e] = f(z[s0 + e])``, ``yf[d + 2e + 1] = f(z[s1 + e])`` for ``e < n`` (<= VL),
+    ``f(v) = v + bias``, then the ReLU if ``relu`` (``v <= 0``: +0; NaN stays): one vector of
+    each row, zipped by a shuffle, one masked store of ``2n`` floats.  Reads ``VL`` floats of
+    each row (the caller's rows are padded)."""
+    def codegen(context, builder, sig, args):
+        yty, dty, zty, s0t, s1t, nty, bty, rty = sig.args
+        vi2 = ir.VectorType(_I32, 2 * VL)
+        f2 = ir.VectorType(ir.FloatType(), 2 * VL)
+        m2 = ir.VectorType(ir.IntType(1), 2 * VL)
+        zero = ir.Constant(_LLV, [0.0] * VL)
+        b = _splat(builder, context.cast(builder, args[6], bty, types.float32))
+        relu = builder.icmp_signed("!=", context.cast(builder, args[7], rty, types.intp),
+                                   ir.Constant(ir.IntType(64), 0))
+
+        def row(s, st):
+            v = builder.fadd(builder.load(_ptr(context, builder, zty, args[2], s, st), align=4), b)
+            r = builder.select(builder.fcmp_ordered("<=", v, zero), zero, v)
+            return builder.select(relu, r, v)
+
+        a, c = row(args[3], s0t), row(args[4], s1t)
+        pairs = builder.shuffle_vector(a, c, ir.Constant(vi2, [k // 2 + (k % 2) * VL for k in range(2 * VL)]))
+        nn = builder.trunc(context.cast(builder, args[5], nty, types.intp), _I32)
+        two_n = builder.insert_element(ir.Constant(vi2, ir.Undefined), builder.add(nn, nn), ir.Constant(_I32, 0))
+        two_n = builder.shuffle_vector(two_n, ir.Constant(vi2, ir.Undefined), ir.Constant(vi2, [0] * (2 * VL)))
+        mask = builder.icmp_signed("<", ir.Constant(vi2, list(range(2 * VL))), two_n)
+        ya = context.make_array(yty)(context, builder, args[0])
+        p = builder.bitcast(builder.gep(ya.data, [context.cast(builder, args[1], dty, types.intp)]), f2.as_pointer())
+        fty = ir.FunctionType(ir.VoidType(), [f2, f2.as_pointer(), _I32, m2])
+        fn = cgutils.get_or_insert_function(builder.module, fty, f"llvm.masked.store.v{2 * VL}f32.p0")
+        builder.call(fn, [pairs, p, ir.Constant(_I32, 4), mask])
+        return context.get_dummy_value()
+    return types.none(yf, d, z, s0, s1, n, bias, relu), codegen

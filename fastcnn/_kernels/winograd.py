@@ -24,6 +24,7 @@ from ._simd import (
     vadd,
     vloads,
     vloads_lanes,
+    vput_pairs,
     vstore,
     vstores,
     vsub,
@@ -189,14 +190,8 @@ def _put_row(yf, d, z, s0, n2, odd, bias, relu):
     ReLU if ``relu`` (the ReLU kernels' rule: NaN stays, -0 -> +0)."""
     s1 = s0 + z.size // 4
     zero = np.float32(0.0)
-    for e in range(n2):
-        v0 = z[_u(s0 + e)] + bias
-        v1 = z[_u(s1 + e)] + bias
-        if relu:
-            v0 = zero if v0 <= zero else v0
-            v1 = zero if v1 <= zero else v1
-        yf[_u(d + 2 * e)] = v0
-        yf[_u(d + 2 * e + 1)] = v1
+    for e in range(0, n2, VL):  # (vectors of VL pairs, the last masked)
+        vput_pairs(yf, d + 2 * e, z, s0 + e, s1 + e, min(VL, n2 - e), bias, relu)
     if odd:
         v0 = z[_u(s0 + n2)] + bias
         yf[_u(d + 2 * n2)] = zero if relu and v0 <= zero else v0
