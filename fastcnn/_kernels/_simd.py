@@ -76,6 +76,18 @@ def _zeros(per):
     return zeros
 
 
+def _masked(builder, name, vt):
+    """The declaration of ``llvm.masked.load`` or ``.store`` for vectors of type ``vt`` (float
+    or int32 lanes; the mask a vector of as many i1)."""
+    mt = ir.VectorType(ir.IntType(1), vt.count)
+    suffix = f"v{vt.count}{'f32' if vt.element == ir.FloatType() else 'i32'}.p0"
+    if name == "load":
+        fty = ir.FunctionType(vt, [vt.as_pointer(), _I32, mt, vt])
+    else:
+        fty = ir.FunctionType(ir.VoidType(), [vt, vt.as_pointer(), _I32, mt])
+    return cgutils.get_or_insert_function(builder.module, fty, f"llvm.masked.{name}.{suffix}")
+
+
 #: Zero accumulators for a tile of ``J`` output channels x ``len(offs)`` pixel vectors.
 tile_zero = intrinsic(_zeros(J))
 #: ``len(offs)`` zero vectors.
@@ -244,10 +256,7 @@ def vloads_lanes(typingctx, acc, arr, base, offs, lo, hi):
         lo = _splat(builder, builder.trunc(context.cast(builder, args[4], lty, types.intp), _I32), vi)
         hi = _splat(builder, builder.trunc(context.cast(builder, args[5], hty, types.intp), _I32), vi)
         mask = builder.and_(builder.icmp_signed(">=", lanes, lo), builder.icmp_signed("<", lanes, hi))
-        ptr_t = _LLV.as_pointer()
-        fn = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(_LLV, [ptr_t, _I32, ir.VectorType(ir.IntType(1), VL), _LLV]),
-            f"llvm.masked.load.v{VL}f32.p0")
+        fn = _masked(builder, "load", _LLV)
         out = []
         for v in range(oty.count):
             o = context.cast(builder, builder.extract_value(args[3], v), oty.dtype, types.intp)
@@ -271,16 +280,6 @@ def vstores(typingctx, arr, base, offs, vs):
     return types.none(arr, base, offs, vs), codegen
 
 
-def _masked(builder, name, vt, mt):
-    """The declaration of ``llvm.masked.load`` or ``.store`` for vectors of type ``vt``."""
-    suffix = f"v{VL}{'f32' if vt.element == ir.FloatType() else 'i32'}.p0"
-    if name == "load":
-        fty = ir.FunctionType(vt, [vt.as_pointer(), _I32, mt, vt])
-    else:
-        fty = ir.FunctionType(ir.VoidType(), [vt, vt.as_pointer(), _I32, mt])
-    return cgutils.get_or_insert_function(builder.module, fty, f"llvm.masked.{name}.{suffix}")
-
-
 @intrinsic
 def pool2_row(typingctx, xf, a0, a1, n, yf, jf, yo, base, w):
     """One vector of ``n`` (<= VL) 2x2 max-pooling windows: window ``e`` is ``xf[a0 + 2e],
@@ -291,7 +290,6 @@ def pool2_row(typingctx, xf, a0, a1, n, yf, jf, yo, base, w):
     def codegen(context, builder, sig, args):
         xty, a0t, a1t, nty, yty, jty, yot, bty, wty = sig.args
         vi = ir.VectorType(_I32, VL)
-        mt = ir.VectorType(ir.IntType(1), VL)
         lanes = ir.Constant(vi, list(range(VL)))
         i32 = lambda v, t: builder.trunc(context.cast(builder, v, t, types.intp), _I32)  # noqa: E731
         nn = i32(args[3], nty)
@@ -299,7 +297,7 @@ def pool2_row(typingctx, xf, a0, a1, n, yf, jf, yo, base, w):
         m_lo = builder.icmp_signed("<", lanes, two_n)
         m_hi = builder.icmp_signed("<", builder.add(lanes, ir.Constant(vi, [VL] * VL)), two_n)
         m_out = builder.icmp_signed("<", lanes, _splat(builder, nn, vi))
-        load = _masked(builder, "load", _LLV, mt)
+        load = _masked(builder, "load", _LLV)
         zero = ir.Constant(_LLV, [0.0] * VL)
 
         def row(a, at):
@@ -325,11 +323,11 @@ def pool2_row(typingctx, xf, a0, a1, n, yf, jf, yo, base, w):
         flat = builder.add(builder.add(_splat(builder, i32(args[7], bty), vi), builder.add(lanes, lanes)),
                            builder.add(builder.and_(code, ir.Constant(vi, [1] * VL)), row_off))
         yo = context.cast(builder, args[6], yot, types.intp)
-        builder.call(_masked(builder, "store", _LLV, mt),
+        builder.call(_masked(builder, "store", _LLV),
                      [m, _ptr(context, builder, yty, args[4], yo, types.intp), ir.Constant(_I32, 4), m_out])
         ja = context.make_array(jty)(context, builder, args[5])
         jp = builder.bitcast(builder.gep(ja.data, [yo]), vi.as_pointer())
-        builder.call(_masked(builder, "store", vi, mt), [flat, jp, ir.Constant(_I32, 4), m_out])
+        builder.call(_masked(builder, "store", vi), [flat, jp, ir.Constant(_I32, 4), m_out])
         return context.get_dummy_value()
     return types.none(xf, a0, a1, n, yf, jf, yo, base, w), codegen
 
@@ -344,7 +342,6 @@ def vput_pairs(typingctx, yf, d, z, s0, s1, n, bias, relu):
         yty, dty, zty, s0t, s1t, nty, bty, rty = sig.args
         vi2 = ir.VectorType(_I32, 2 * VL)
         f2 = ir.VectorType(ir.FloatType(), 2 * VL)
-        m2 = ir.VectorType(ir.IntType(1), 2 * VL)
         zero = ir.Constant(_LLV, [0.0] * VL)
         b = _splat(builder, context.cast(builder, args[6], bty, types.float32))
         relu = builder.icmp_signed("!=", context.cast(builder, args[7], rty, types.intp),
@@ -363,8 +360,6 @@ def vput_pairs(typingctx, yf, d, z, s0, s1, n, bias, relu):
         mask = builder.icmp_signed("<", ir.Constant(vi2, list(range(2 * VL))), two_n)
         ya = context.make_array(yty)(context, builder, args[0])
         p = builder.bitcast(builder.gep(ya.data, [context.cast(builder, args[1], dty, types.intp)]), f2.as_pointer())
-        fty = ir.FunctionType(ir.VoidType(), [f2, f2.as_pointer(), _I32, m2])
-        fn = cgutils.get_or_insert_function(builder.module, fty, f"llvm.masked.store.v{2 * VL}f32.p0")
-        builder.call(fn, [pairs, p, ir.Constant(_I32, 4), mask])
+        builder.call(_masked(builder, "store", f2), [pairs, p, ir.Constant(_I32, 4), mask])
         return context.get_dummy_value()
     return types.none(yf, d, z, s0, s1, n, bias, relu), codegen
