@@ -253,8 +253,8 @@ typedef void (*fcw_wgrad_fn)(const fcd_geo*, const float*, fcd_i, const float*, 
                              float*, fcd_i, int, float*, float*, fcd_i, const fcd_i*, fcd_i, int, float*, int,
                              int);
 typedef void (*fcd_phases_fn)(const float*, const fcd_i*, fcd_i, fcd_i, fcd_i, fcd_i, fcd_i, float*);
-typedef fcd_i (*fcd_unpool_t_fn)(const float*, const int*, const float*, fcd_i, fcd_i, fcd_i, fcd_i, float*,
-                                 float*);
+typedef int (*fcd_unpool_t_fn)(const float*, const int*, const float*, fcd_i, fcd_i, fcd_i, fcd_i, float*,
+                               float*);
 typedef void (*fcd_sums_t_fn)(const float*, fcd_i, fcd_i, fcd_i, double*);
 typedef void (*fcw_images_fn)(const fcd_geo*, const float*, fcd_i, const float*,
                               const fcd_i*, const float*, int, fcd_i, fcd_i, float*, float*, fcd_i,

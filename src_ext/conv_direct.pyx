@@ -26,8 +26,8 @@ cdef extern from "conv_direct.h" nogil:
     void fcd_pack_weights(const fcd_geo* g, const float* w, int flip, float* wp)
     void fcd_unpack_output(const fcd_geo* g, const float* yg, const float* bias, int relu, float* y)
     void fcd_pack_grad_t(const fcd_geo* g, const float* gy, fcd_i OCV, float* gt)
-    fcd_i fcd_unpool_grad_t(const float* gp, const int* idx, const float* y, fcd_i OC, fcd_i OH, fcd_i OW,
-                            fcd_i OCV, float* gt, float* sc)
+    int fcd_unpool_grad_t(const float* gp, const int* idx, const float* y, fcd_i OC, fcd_i OH, fcd_i OW,
+                          fcd_i OCV, float* gt, float* sc)
     void fcd_grad_t_sums(const float* gt, fcd_i P, fcd_i OCV, fcd_i n, double* out)
     void fcp_pool_planes(const float* full, float* out, int* io, int* scratch, fcd_i planes, fcd_i OH, fcd_i OW)
     void fcd_fwd_image(const fcd_geo* g, const float* xq, const fcd_i* tab, const float* wp,
@@ -514,8 +514,8 @@ cdef Py_ssize_t _weight(const fcd_geo* g, const float* gy, const _Unpool* up,
     cdef Py_ssize_t NI = max(1, min((N + S - 1) // S, DIRECT_WGRAD_BYTES // (b_gt + b_xq)))
     cdef Py_ssize_t size = NI * (b_gt + b_xq), gs = b_gt // sizeof(float), xs = b_xq // sizeof(float)
     cdef Py_ssize_t o_up = size, bad = 0
-    if up != NULL:  # (fcd_unpool_grad_t's transposed pooled planes)
-        size += _al64(3 * up.PHW * OCV * sizeof(float))
+    if up != NULL:  # (fcd_unpool_grad_t's transposed pooled planes, or one image rebuilt)
+        size += _al64(max(3 * up.PHW * OCV, OC * P) * sizeof(float))
     cdef Py_ssize_t[::1] tab = np.empty(KK, np.intp)
     cdef Py_ssize_t[::1] off = np.zeros(NQB * T, np.intp)
     cdef float[:, ::1] part = np.empty((S, NQB * T * OCV), np.float32)
@@ -530,6 +530,7 @@ cdef Py_ssize_t _weight(const fcd_geo* g, const float* gy, const _Unpool* up,
     cdef char* base = <char*>_al64(<Py_ssize_t>mem)
     cdef float* gt
     cdef float* xq
+    cdef float* sc
     try:
         with nogil:
             fcd_make_tab(g, &tab[0])
@@ -554,10 +555,12 @@ cdef Py_ssize_t _weight(const fcd_geo* g, const float* gy, const _Unpool* up,
                             fcd_pack_input(g, &x[i + e, 0, 0, 0], xq + e * xs, e < npk)
                             npk = max(npk, e + 1)  # (buffers 0 .. npk-1 hold a packing: zeros in place)
                             o = (i + e) * OC * up.PHW if up != NULL else 0
-                            if up != NULL:  # (the pooled gradient scattered straight into gt)
-                                bad += fcd_unpool_grad_t(up.gp + o, up.idx + o, up.y + o if up.y != NULL else NULL,
-                                                         OC, OH, OW, OCV, gt + e * gs,
-                                                         <float*>(base + b * size + o_up))
+                            if up != NULL:  # (the pooled gradient straight into gt, or else rebuilt and packed)
+                                sc = <float*>(base + b * size + o_up)
+                                if fcd_unpool_grad_t(up.gp + o, up.idx + o, up.y + o if up.y != NULL else NULL,
+                                                     OC, OH, OW, OCV, gt + e * gs, sc):
+                                    bad += _unpool_image(up, i + e, sc)
+                                    fcd_pack_grad_t(g, sc, OCV, gt + e * gs)
                             else:
                                 fcd_pack_grad_t(g, gy + (i + e) * OC * P, OCV, gt + e * gs)
                             if nb > 0 and t == s * G:  # (the bias: once per image, by its first task)

@@ -431,12 +431,12 @@ static void FCD_NAME(fcd_pack_grad_t)(const fcd_geo* g, const float* gy, fcd_i O
  * is added at its index into a zeroed plane, as _maxpool_bwd_plane does.  Indices inside their
  * own 2x2 window (all that the forward writes): the pooled rows transposed into ``sc`` (3 planes
  * of PH*PW*OCV floats), then each window's four rows of gt written whole by vector selects.
- * Any other index: the image scattered one value at a time.  Returns the count of indices
- * outside [0, OH*OW). */
-static fcd_i FCD_NAME(fcd_unpool_grad_t)(const float* gp, const int* idx, const float* y, fcd_i OC,
-                                         fcd_i OH, fcd_i OW, fcd_i OCV, float* gt, float* sc)
+ * Returns nonzero, gt unfinished, if an index lies outside its own window (or the plane):
+ * the caller then scatters the image (_unpool_image) and packs it. */
+static int FCD_NAME(fcd_unpool_grad_t)(const float* gp, const int* idx, const float* y, fcd_i OC,
+                                       fcd_i OH, fcd_i OW, fcd_i OCV, float* gt, float* sc)
 {
-    fcd_i PH = OH / 2, PW = OW / 2, PHW = PH * PW, P = OH * OW, o, k, a, b, e, bad = 0;
+    fcd_i PH = OH / 2, PW = OW / 2, PHW = PH * PW, o, k, a, b, e;
     float* vt = sc;
     int* it = (int*)(sc + PHW * OCV);
     float* mt = sc + 2 * PHW * OCV;
@@ -480,23 +480,7 @@ static fcd_i FCD_NAME(fcd_unpool_grad_t)(const float* gp, const int* idx, const 
             }
         }
     }
-    if (!stray)
-        return 0;
-    memset(gt, 0, (size_t)(P * OCV) * sizeof(float));
-    for (o = 0; o < OC; o++) {
-        const float* s = gp + o * PHW;
-        const int* ix = idx + o * PHW;
-        const float* m = y ? y + o * PHW : NULL;
-        for (k = 0; k < PHW; k++) {
-            float v = m ? s[k] * (m[k] > 0.0f ? 1.0f : 0.0f) : s[k];
-            int i = ix[k];
-            if (i >= 0 && i < P)
-                gt[(fcd_i)i * OCV + o] += v;
-            else
-                bad++;
-        }
-    }
-    return bad;
+    return stray;
 }
 
 /* out[o] = the float64 sum of column o < n of the (P, OCV) rows ``gt``, row by row (each
