@@ -809,7 +809,6 @@ cdef int _winograd_weight(const float[:, :, :, ::1] gy,  # IN  (N, OC, OH, OW)
     cdef Py_ssize_t b, s, i, i0, i1, ni, e, o, npk, c
     cdef char* blk
     cdef float* u
-    cdef const float* gi
     cdef char* mem = <char*>malloc(B * size + 64)
     if mem == NULL:
         raise MemoryError()
@@ -831,10 +830,9 @@ cdef int _winograd_weight(const float[:, :, :, ::1] gy,  # IN  (N, OC, OH, OW)
                     while i < i1:
                         ni = min(NI, i1 - i)
                         for e in range(ni):
-                            gi = &gy[i + e, 0, 0, 0]
-                            fcd_pack_grad_t(&gg, gi, OCV, <float*>(blk + o_gt) + e * gs)
-                            for o in range(nb):
-                                bsum[i + e, o] = _sum8_runs(gi + o * P, 1, P, P)
+                            fcd_pack_grad_t(&gg, &gy[i + e, 0, 0, 0], OCV, <float*>(blk + o_gt) + e * gs)
+                            if nb > 0:  # (the bias as the direct kernels': per image from the packed rows)
+                                fcd_grad_t_sums(<float*>(blk + o_gt) + e * gs, P, OCV, nb, &bsum[i + e, 0])
                         fcw_wgrad(&g, &x[i, 0, 0, 0], ni, <float*>(blk + o_gt), gs, OCV, OH, OW, <float*>blk, xs,
                                   ni <= npk, u, <float*>(blk + o_mt), Q, &off[0], T, V, &part[s, 0], i > i0, R)
                         npk = max(npk, ni)
