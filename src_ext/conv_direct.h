@@ -367,7 +367,7 @@ FC_TARGET_PUSH(FC_AVX512)
 #define FCD_MASK_T __mmask16
 #define FCD_LANES(lo, hi) ((__mmask16)(((1u << (hi)) - 1u) & ~((1u << (lo)) - 1u)))
 #define FCD_LOAD_MASKED(a, m, p) _mm512_mask_loadu_ps((a), (m), (p))
-#define FCD_TRANSPOSE16 fcd_transpose16_avx512
+#define FCD_TRANSPOSE16 fc_transpose16_avx512
 #define FCD_EVEN16 fcd_even16_avx512
 #define FCD_DEINTERLEAVE fcd_deinterleave_avx512
 #define FCD_INTERLEAVE fcd_interleave_avx512
@@ -451,37 +451,7 @@ static inline void fcd_even16_avx512(float* d, const float* s, fcd_i n)
     }
 }
 
-/* r[i] (16 rows of 16 floats) -> r[j] = column j: unpack 32-bit, then 64-bit pairs, then two
- * rounds of 128-bit lane shuffles. */
-static inline void fcd_transpose16_avx512(__m512* r)
-{
-    __m512 t[16];
-    int i;
-    for (i = 0; i < 8; i++) {
-        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-    }
-    for (i = 0; i < 4; i++) {
-        __m512d a = _mm512_castps_pd(t[4 * i]), b = _mm512_castps_pd(t[4 * i + 1]);
-        __m512d c = _mm512_castps_pd(t[4 * i + 2]), d = _mm512_castps_pd(t[4 * i + 3]);
-        r[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
-        r[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
-        r[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
-        r[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
-    }
-    for (i = 0; i < 4; i++) {
-        t[i] = _mm512_shuffle_f32x4(r[i], r[4 + i], 0x88);
-        t[4 + i] = _mm512_shuffle_f32x4(r[i], r[4 + i], 0xdd);
-        t[8 + i] = _mm512_shuffle_f32x4(r[8 + i], r[12 + i], 0x88);
-        t[12 + i] = _mm512_shuffle_f32x4(r[8 + i], r[12 + i], 0xdd);
-    }
-    for (i = 0; i < 4; i++) {
-        r[i] = _mm512_shuffle_f32x4(t[i], t[8 + i], 0x88);
-        r[8 + i] = _mm512_shuffle_f32x4(t[i], t[8 + i], 0xdd);
-        r[4 + i] = _mm512_shuffle_f32x4(t[4 + i], t[12 + i], 0x88);
-        r[12 + i] = _mm512_shuffle_f32x4(t[4 + i], t[12 + i], 0xdd);
-    }
-}
+#include "transpose16.h"
 #include "conv_direct_kern.h"
 #undef FCD_TRANSPOSE16
 #undef FCD_EVEN16

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import fastcnn
@@ -94,6 +95,83 @@ def test_batchnorm_loops_give_the_same_bytes_on_every_isa():
         assert got_isa == isa
         outs[isa] = digest
     assert len(set(outs.values())) == 1, outs
+
+
+_DENSE_SCRIPT = """
+import hashlib
+import numpy as np
+from fastcnn._ext import conv_direct, dense
+rng = np.random.default_rng(0)
+h = hashlib.sha256()
+for n, k_in, k_out, nblocks in ((1, 1, 1, 1), (3, 5, 7, 2), (7, 129, 200, 3), (65, 300, 130, 2),
+                                (128, 3136, 64, 2), (2, 1000, 9, 1)):
+    x = rng.standard_normal((n, k_in), dtype=np.float32)
+    w = rng.standard_normal((k_out, k_in), dtype=np.float32)
+    b, gy = rng.standard_normal(k_out, dtype=np.float32), rng.standard_normal((n, k_out), dtype=np.float32)
+    y, gw, gb, gx = (np.full(s, np.nan, np.float32) for s in ((n, k_out), w.shape, (k_out,), x.shape))
+    dense.linear_forward(x, w, b, nblocks, y)
+    dense.linear_backward(gy, x, w, True, nblocks, np.empty((k_out, n), np.float32), gw, gb, gx)
+    for a in (y, gw, gb, gx):
+        h.update(a.tobytes())
+print(conv_direct.active_isa(), h.hexdigest())
+"""
+
+
+@pytest.mark.skipif("cython" not in fastcnn.available_backends(), reason="Cython backend not built")
+def test_dense_gemm_gives_the_same_bytes_on_every_simd_isa():
+    """The dense layers' GEMM (gemm_kern.h) sums every output as one chain of FMAs in the
+    order of the inner index, whatever the vector width and blocking: AVX2 and AVX-512 give
+    the same bytes (the baseline path calls SciPy's SGEMM)."""
+    from fastcnn._ext import conv_direct
+
+    outs = {}
+    for isa in conv_direct.supported_isas():
+        env = dict(os.environ, FASTCNN_ISA=isa)
+        env["PYTHONPATH"] = os.pathsep.join([str(Path(fastcnn.__file__).resolve().parents[1]),
+                                             env.get("PYTHONPATH", "")])
+        r = subprocess.run([sys.executable, "-c", _DENSE_SCRIPT], cwd=NEUTRAL_CWD, env=env, capture_output=True,
+                           text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        got_isa, digest = r.stdout.split()
+        assert got_isa == isa
+        outs[isa] = digest
+    simd = {outs[isa] for isa in outs if isa != "baseline"}
+    if not simd:
+        pytest.skip("this CPU has neither AVX2 nor AVX-512")
+    assert len(simd) == 1, outs
+
+
+def _fma_chain(a, b):
+    """``a @ b`` (float32) as one FMA per inner index in order: each step in float64 (the
+    float32 product is exact there), rounded once to float32.  That equals a float32 FMA
+    unless the float64 sum itself was rounded onto a float32 rounding midpoint (chance about
+    2**-29 a step; the fixed seeds below never hit it)."""
+    c = np.zeros((a.shape[0], b.shape[1]), np.float32)
+    for p in range(a.shape[1]):
+        c = (np.outer(a[:, p].astype(np.float64), b[p].astype(np.float64)) + c).astype(np.float32)
+    return c
+
+
+@pytest.mark.skipif("cython" not in fastcnn.available_backends(), reason="Cython backend not built")
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (5, 300, 17, 2), (20, 200, 70, 3), (64, 9, 131, 2)])
+def test_dense_gemm_is_one_fma_chain_per_output(shape):
+    """On the AVX2/AVX-512 paths every output of the dense kernels is the FMA chain over the
+    inner index in order (so it does not depend on blocks, threads or vector width)."""
+    from fastcnn._ext import conv_direct, dense
+
+    if conv_direct.active_isa() == "baseline":
+        pytest.skip("the baseline path calls SciPy's SGEMM (its own order)")
+    n, k_in, k_out, nblocks = shape
+    rng = np.random.default_rng(sum(shape))
+    x, w = rng.standard_normal((n, k_in), dtype=np.float32), rng.standard_normal((k_out, k_in), dtype=np.float32)
+    b, gy = rng.standard_normal(k_out, dtype=np.float32), rng.standard_normal((n, k_out), dtype=np.float32)
+    y, gw, gb, gx = (np.full(s, np.nan, np.float32) for s in ((n, k_out), w.shape, (k_out,), x.shape))
+    dense.linear_forward(x, w, b, nblocks, y)
+    dense.linear_backward(gy, x, w, True, nblocks, np.empty((k_out, n), np.float32), gw, gb, gx)
+    assert y.tobytes() == (_fma_chain(x, w.T) + b).tobytes()
+    assert gw.tobytes() == _fma_chain(gy.T, x).tobytes()
+    assert gx.tobytes() == _fma_chain(gy, w).tobytes()
+    assert gb.tobytes() == gy.sum(axis=0, dtype=np.float64).astype(np.float32).tobytes()
 
 
 @pytest.mark.skipif("cython" not in fastcnn.available_backends(), reason="Cython backend not built")
