@@ -129,16 +129,15 @@ static void FCG_NAME(fcg_pack_b)(const float* b, fcg_i ldb, fcg_i kc, fcg_i nj, 
  * and B[p][j] = b[(j / W)*bts + p*ldb + j % W], W = FCG_V*FCG_VL: b's column tiles of W side
  * by side in rows (bts = W; each block of a tile is then copied to a buffer of kc x W first,
  * its rows being far apart) or packed one after another (bts = k*ldb, ldb = W).  Steps in
- * blocks of FCG_KC.  rows_outer = 0: per block, the column tiles, each over all row tiles (the
- * block of b in L1, a from L2); 1: per row tile, the blocks and their column tiles (a's rows
- * streamed once, b from L2). */
+ * blocks of FCG_KC; per block, the column tiles, each over all row tiles (the block of b in
+ * L1, a from L2; the next tile's rows of a prefetched to L2). */
 static void FCG_NAME(fcg_gemm)(fcg_i m, fcg_i n, fcg_i k, const float* a, fcg_i ars, fcg_i aps,
                                const float* b, fcg_i ldb, fcg_i bts, int beta, float* c,
-                               fcg_i ldc, int rows_outer)
+                               fcg_i ldc)
 {
     const fcg_i W = FCG_V * FCG_VL;
     const int arow = ars == 1, pack = bts == W && ldb != W;
-    fcg_i p0, j0, i0, i1, kc, nj, v, R;
+    fcg_i p0, j0, i0, kc, nj, v, R;
     FCG_MASK_T full[FCG_V], tail[FCG_V];
     float bp[FCG_KC * FCG_V * FCG_VL] __attribute__((aligned(64)));
     if (k == 0) {
@@ -153,33 +152,32 @@ static void FCG_NAME(fcg_gemm)(fcg_i m, fcg_i n, fcg_i k, const float* a, fcg_i 
         full[v] = FCG_MASK_N(FCG_VL);
         tail[v] = FCG_MASK_N(left <= 0 ? 0 : left < FCG_VL ? left : FCG_VL);
     }
-    for (i1 = 0; i1 < m; i1 += rows_outer ? FCG_R : m)
-        for (p0 = 0; p0 < k; p0 += FCG_KC) {
-            kc = k - p0 < FCG_KC ? k - p0 : FCG_KC;
-            for (j0 = 0; j0 < n; j0 += W) {
-                const float* bt = b + (j0 / W) * bts + p0 * ldb;
-                fcg_i lb = ldb;
-                nj = n - j0 < W ? n - j0 : W;
-                if (pack) {
-                    FCG_NAME(fcg_pack_b)(bt, ldb, kc, nj, bp);
-                    bt = bp;
-                    lb = W;
+    for (p0 = 0; p0 < k; p0 += FCG_KC) {
+        kc = k - p0 < FCG_KC ? k - p0 : FCG_KC;
+        for (j0 = 0; j0 < n; j0 += W) {
+            const float* bt = b + (j0 / W) * bts + p0 * ldb;
+            fcg_i lb = ldb;
+            nj = n - j0 < W ? n - j0 : W;
+            if (pack) {
+                FCG_NAME(fcg_pack_b)(bt, ldb, kc, nj, bp);
+                bt = bp;
+                lb = W;
+            }
+            for (i0 = 0; i0 < m; i0 += FCG_R) {
+                R = m - i0 < FCG_R ? m - i0 : FCG_R;
+                if (!arow && i0 + FCG_R < m) {  /* the next tile's rows of a -> L2 */
+                    const float* an = a + (i0 + FCG_R) * ars + p0 * aps;
+                    fcg_i r, e;
+                    for (r = 0; r < FCG_R && i0 + FCG_R + r < m; r++)
+                        for (e = 0; e < kc; e += 16)
+                            _mm_prefetch((const char*)(an + r * ars + e), _MM_HINT_T1);
                 }
-                for (i0 = i1; i0 < (rows_outer ? i1 + 1 : m); i0 += FCG_R) {
-                    R = m - i0 < FCG_R ? m - i0 : FCG_R;
-                    if (!arow && i0 + FCG_R < m) {  /* the next tile's rows of a -> L2 */
-                        const float* an = a + (i0 + FCG_R) * ars + p0 * aps;
-                        fcg_i r, q;
-                        for (r = 0; r < FCG_R && i0 + FCG_R + r < m; r++)
-                            for (q = 0; q < kc; q += 16)
-                                _mm_prefetch((const char*)(an + r * ars + q), _MM_HINT_T1);
-                    }
-                    FCG_NAME(fcg_tiles)[arow][nj < W][R - 1](
-                        a + i0 * ars + p0 * aps, ars, aps, bt, lb, kc, c + i0 * ldc + j0, ldc,
-                        nj < W ? tail : full, beta || p0 > 0);
-                }
+                FCG_NAME(fcg_tiles)[arow][nj < W][R - 1](
+                    a + i0 * ars + p0 * aps, ars, aps, bt, lb, kc, c + i0 * ldc + j0, ldc,
+                    nj < W ? tail : full, beta || p0 > 0);
             }
         }
+    }
 }
 
 #undef FCG_NAME
