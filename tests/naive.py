@@ -102,3 +102,14 @@ def conv2d_backward(gy, x, w, stride, pads):
             gw += np.tensordot(g, xp[:, :, rows, cols], axes=([0], [0]))
             gxp[:, :, rows, cols] += np.tensordot(g, w, axes=([1], [0]))
     return gxp[:, :, pt:pt + h, pl:pl + wd], gw, gy.sum(axis=(0, 2, 3))
+
+
+def fma_chain(a, b):
+    """``a @ b`` (float32) as one FMA per inner index in order: each step in float64 (the
+    float32 product is exact there), rounded once to float32.  That equals a float32 FMA
+    unless the float64 sum itself was rounded onto a float32 rounding midpoint (chance about
+    2**-29 a step; the fixed seeds below never hit it)."""
+    c = np.zeros((a.shape[0], b.shape[1]), np.float32)
+    for p in range(a.shape[1]):
+        c = (np.outer(a[:, p].astype(np.float64), b[p].astype(np.float64)) + c).astype(np.float32)
+    return c

@@ -138,30 +138,6 @@ def test_linear_primitives_match_reference(name, n, k_in, k_out, nblocks, input_
         assert_close(ggx, wgx, 1e-5, what="input gradient", scale=np.max(ag @ aw))
 
 
-@pytest.mark.skipif(len(COMPILED) < 2, reason="needs both compiled backends")
-@pytest.mark.parametrize("shape", [(128, 3136, 1024, 2), (7, 33, 65, 3), (1, 5, 3, 1)])
-def test_linear_same_bytes_in_both_compiled_backends(shape):
-    """On the baseline path the Numba and Cython dense kernels make the same SGEMM calls: the
-    same bytes (the AVX2/AVX-512 paths' own GEMM: test_ext.py; .ci/run runs this one with
-    FASTCNN_ISA=baseline)."""
-    from fastcnn._ext import conv_direct
-
-    if conv_direct.active_isa() != "baseline":
-        pytest.skip("the Cython dense kernels use SciPy's SGEMM on the baseline path only")
-    n, k_in, k_out, nblocks = shape
-    rng = np.random.default_rng(3)
-    x, w = rng.standard_normal((n, k_in), dtype=np.float32), rng.standard_normal((k_out, k_in), dtype=np.float32)
-    b, gy = rng.standard_normal(k_out, dtype=np.float32), rng.standard_normal((n, k_out), dtype=np.float32)
-    outs = []
-    for name in COMPILED:
-        k = _backend.ops(name)
-        y, gw, gb, gx = (np.full(a, np.nan, np.float32) for a in ((n, k_out), w.shape, (k_out,), x.shape))
-        k.linear_forward(x, w, b, nblocks, y)
-        k.linear_backward(gy, x, w, True, nblocks, np.empty((k_out, n), np.float32), gw, gb, gx)
-        outs.append([a.tobytes() for a in (y, gw, gb, gx)])
-    assert outs[0] == outs[1]
-
-
 @pytest.mark.parametrize("name", COMPILED)
 @pytest.mark.parametrize("values", ["normal", "ties", "special"])
 @HSET

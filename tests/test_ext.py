@@ -10,6 +10,7 @@ import pytest
 
 import fastcnn
 
+import naive
 from utils import NEUTRAL_CWD, cores
 
 _ISA_SCRIPT = """
@@ -141,17 +142,6 @@ def test_dense_gemm_gives_the_same_bytes_on_every_simd_isa():
     assert len(simd) == 1, outs
 
 
-def _fma_chain(a, b):
-    """``a @ b`` (float32) as one FMA per inner index in order: each step in float64 (the
-    float32 product is exact there), rounded once to float32.  That equals a float32 FMA
-    unless the float64 sum itself was rounded onto a float32 rounding midpoint (chance about
-    2**-29 a step; the fixed seeds below never hit it)."""
-    c = np.zeros((a.shape[0], b.shape[1]), np.float32)
-    for p in range(a.shape[1]):
-        c = (np.outer(a[:, p].astype(np.float64), b[p].astype(np.float64)) + c).astype(np.float32)
-    return c
-
-
 @pytest.mark.skipif("cython" not in fastcnn.available_backends(), reason="Cython backend not built")
 @pytest.mark.parametrize("shape", [(1, 1, 1, 1), (5, 300, 17, 2), (20, 200, 70, 3), (64, 9, 131, 2)])
 def test_dense_gemm_is_one_fma_chain_per_output(shape):
@@ -168,9 +158,9 @@ def test_dense_gemm_is_one_fma_chain_per_output(shape):
     y, gw, gb, gx = (np.full(s, np.nan, np.float32) for s in ((n, k_out), w.shape, (k_out,), x.shape))
     dense.linear_forward(x, w, b, nblocks, y)
     dense.linear_backward(gy, x, w, True, nblocks, np.empty((k_out, n), np.float32), gw, gb, gx)
-    assert y.tobytes() == (_fma_chain(x, w.T) + b).tobytes()
-    assert gw.tobytes() == _fma_chain(gy.T, x).tobytes()
-    assert gx.tobytes() == _fma_chain(gy, w).tobytes()
+    assert y.tobytes() == (naive.fma_chain(x, w.T) + b).tobytes()
+    assert gw.tobytes() == naive.fma_chain(gy.T, x).tobytes()
+    assert gx.tobytes() == naive.fma_chain(gy, w).tobytes()
     assert gb.tobytes() == gy.sum(axis=0, dtype=np.float64).astype(np.float32).tobytes()
 
 

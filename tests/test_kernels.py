@@ -1,12 +1,15 @@
 """The Numba backend (``fastcnn._kernels``): its direct-convolution kernels
 (``_kernels.conv_direct``) against naive float64 loops and the float64 reference; finite
 differences; determinism across runs, thread counts and the serial/parallel compilations;
-the code generated per ISA."""
+the code generated per ISA; the dense layers' GEMM (one FMA chain per output)."""
+import os
+
 import numpy as np
 import pytest
 
 import fastcnn
 from fastcnn import _config, _ref
+from fastcnn import functional as F
 from fastcnn._kernels import conv_direct as D
 from fastcnn.functional import ConvGeometry
 
@@ -228,3 +231,49 @@ def test_numba_pooled_forwards_in_chunks_are_the_composition():
         y, idx = np.full(want.shape, np.nan, np.float32), np.full(want.shape, -1, np.int32)
         fused(x, w, b, *args, h, h, y, idx)
         assert y.tobytes() == want.tobytes() and idx.tobytes() == want_idx.tobytes()
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (5, 300, 17, 2), (20, 200, 70, 3), (64, 9, 131, 2)])
+def test_dense_gemm_is_one_fma_chain_per_output(shape):
+    """On the AVX2/AVX-512 paths every output of the Numba dense kernels is the FMA chain over
+    the inner index in order, as the Cython kernels' (test_ext.py): the two backends give the
+    same bytes."""
+    from fastcnn._kernels import dense
+
+    if not dense.TILED:
+        pytest.skip("the baseline path calls SciPy's SGEMM (its own order)")
+    n, k_in, k_out, nblocks = shape
+    rng = np.random.default_rng(sum(shape))
+    x, w = rng.standard_normal((n, k_in), dtype=np.float32), rng.standard_normal((k_out, k_in), dtype=np.float32)
+    b, gy = rng.standard_normal(k_out, dtype=np.float32), rng.standard_normal((n, k_out), dtype=np.float32)
+    y, gw, gb, gx = (np.full(s, np.nan, np.float32) for s in ((n, k_out), w.shape, (k_out,), x.shape))
+    dense.linear_forward(x, w, b, nblocks, y)
+    dense.linear_backward(gy, x, w, True, nblocks, np.empty((k_out, n), np.float32), gw, gb, gx)
+    assert y.tobytes() == (naive.fma_chain(x, w.T) + b).tobytes()
+    assert gw.tobytes() == naive.fma_chain(gy.T, x).tobytes()
+    assert gx.tobytes() == naive.fma_chain(gy, w).tobytes()
+    assert gb.tobytes() == gy.sum(axis=0, dtype=np.float64).astype(np.float32).tobytes()
+
+
+@pytest.mark.skipif("cython" not in fastcnn.available_backends(), reason="Cython backend not built")
+@pytest.mark.parametrize("shape", [(128, 3136, 1024), (7, 33, 65), (1, 5, 3)])
+def test_dense_same_bytes_as_cython_on_the_baseline_path(shape):
+    """With FASTCNN_ISA=baseline (.ci/run) both backends make the same SciPy SGEMM calls: the
+    same bytes (on the SIMD paths both are the FMA chain, the test above and test_ext.py)."""
+    from fastcnn._kernels import dense
+
+    if dense.TILED or os.environ.get("FASTCNN_ISA", "").strip().lower() != "baseline":
+        pytest.skip("runs with FASTCNN_ISA=baseline (both backends on SciPy's SGEMM)")
+    n, k_in, k_out = shape
+    rng = np.random.default_rng(3)
+    x, w = rng.standard_normal((n, k_in), dtype=np.float32), rng.standard_normal((k_out, k_in), dtype=np.float32)
+    b, gy = rng.standard_normal(k_out, dtype=np.float32), rng.standard_normal((n, k_out), dtype=np.float32)
+    outs, previous = [], fastcnn.get_backend()
+    try:
+        for name in ("numba", "cython"):
+            fastcnn.set_backend(name)
+            gx, gw, gb = F.linear_backward(gy, x, w)
+            outs.append([a.tobytes() for a in (F.linear(x, w, b), gw, gb, gx)])
+    finally:
+        fastcnn.set_backend(previous)
+    assert outs[0] == outs[1]

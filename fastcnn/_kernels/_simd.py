@@ -29,6 +29,8 @@ _ISA = _config.NUMBA_ISA["isa"]
 #: (lanes, output channels per forward tile, pixel vectors per forward tile, taps per
 #: weight-gradient tile of 2 channel vectors), as the Cython kernels' per ISA.
 VL, J, V, WT = {"avx512": (16, 8, 3, 12), "avx2": (8, 4, 3, 6), "baseline": (4, 4, 2, 6)}.get(_ISA, (8, 4, 3, 6))
+#: Rows and vectors of the dense layers' GEMM tile (as src_ext/gemm.h): 24 / 12 accumulators.
+GR, GV = {"avx512": (6, 4), "avx2": (6, 2)}.get(_ISA, (6, 2))
 
 
 class Vec(types.Type):
@@ -92,6 +94,8 @@ def _masked(builder, name, vt):
 tile_zero = intrinsic(_zeros(J))
 #: ``len(offs)`` zero vectors.
 vzeros = intrinsic(_zeros(1))
+#: Zero accumulators for a GEMM tile of ``GR`` rows x ``len(offs)`` vectors.
+gtile_zero = intrinsic(_zeros(GR))
 
 
 @intrinsic
@@ -197,6 +201,35 @@ def wtile_load(typingctx, g, base, pitch, offs):
                 out.append(builder.load(_ptr(context, builder, gty, args[0], builder.add(row, o), types.intp), align=4))
         return context.make_tuple(builder, _WTILE, out)
     return _WTILE(g, base, pitch, offs), codegen
+
+
+@intrinsic
+def tile_load(typingctx, g, base, pitch, offs, like):
+    """A tile of ``like``'s size from ``g[base + r*pitch + offs[v] : ... + VL]`` (the inverse of
+    :func:`tile_store`)."""
+    def codegen(context, builder, sig, args):
+        gty, bty, pty, oty, lty = sig.args
+        nv = oty.count
+        b = context.cast(builder, args[1], bty, types.intp)
+        p = context.cast(builder, args[2], pty, types.intp)
+        out = []
+        for r in range(lty.count // nv):
+            row = builder.add(b, builder.mul(p, ir.Constant(p.type, r)))
+            for v in range(nv):
+                o = context.cast(builder, builder.extract_value(args[3], v), oty.dtype, types.intp)
+                out.append(builder.load(_ptr(context, builder, gty, args[0], builder.add(row, o), types.intp), align=4))
+        return context.make_tuple(builder, lty, out)
+    return like(g, base, pitch, offs, like), codegen
+
+
+@intrinsic
+def fma32(typingctx, a, b, c):
+    """``a * b + c`` rounded once (``llvm.fma.f32``: one instruction where the target has FMA)."""
+    def codegen(context, builder, sig, args):
+        f = ir.FloatType()
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(f, [f] * 3), "llvm.fma.f32")
+        return builder.call(fn, [context.cast(builder, v, t, types.float32) for v, t in zip(args, sig.args)])
+    return types.float32(a, b, c), codegen
 
 
 @intrinsic

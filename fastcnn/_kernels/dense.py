@@ -1,17 +1,123 @@
-"""Numba kernels of the dense layer: blocks of a GEMM in one thread pool (docs/PERFORMANCE.md, 1).
+"""Numba kernels of the dense layer: blocks of a GEMM in one thread pool (docs/PERFORMANCE.md, 3).
 
-Each ``prange`` iteration multiplies one block of features with a single-threaded SGEMM from
-SciPy's BLAS (:func:`._common.gemm`: the Cython kernels' calls, the same bytes).  Blocks are
-of output features (``y``, ``gw``) or input features (``gx``), so each thread packs only its
-part of the weights, and their bounds depend on the shapes and ``nblocks`` only: the same
-SGEMM calls, hence the same bytes, at any thread count.
-Contracts: :mod:`fastcnn._ref`.
+On the AVX-512 and AVX2 paths each ``prange`` iteration runs the register-tiled GEMM of the
+Cython kernels (``src_ext/gemm_kern.h``) written with explicit vectors (:mod:`._simd`): every
+output is one chain of FMAs in the order of the inner index, so both backends give the same
+bytes.  On the baseline path it calls SciPy's single-threaded SGEMM (:func:`._common.gemm`, as
+the Cython kernels do there).  Blocks are of output features (``y``, ``gw``) or input
+features (``gx``); their bounds depend on the shapes and ``nblocks`` only: the same bytes at
+any thread count.  Contracts: :mod:`fastcnn._ref`.
 """
 import numpy as np
 from numba import prange
 
-from .. import _backend
-from ._common import SGEMM, block, gemm, parallel_kernel
+from .. import _backend, _config
+from ._common import SGEMM, _u, block, gemm, helper, parallel_kernel
+from ._simd import GR, GV, VL, fma32, gtile_zero, tile_fma, tile_fma_at, tile_load, tile_store, vloads, vzeros
+
+#: Whether the tiled GEMM runs (Numba's SIMD path has FMA); else SciPy's SGEMM.
+TILED = _config.NUMBA_ISA["isa"] in ("avx512", "avx2")
+#: Steps of the inner index per block and columns per tile (as src_ext/gemm.h).
+KC, W = 128, GV * VL
+_OFFS = tuple(range(0, W, VL))
+_OFF1 = (0,)
+
+
+@helper
+def _chain(acc, a, a0, ars, aps, aoffs, b, b0, ldb, kc, offs):
+    """``acc[r, v] += a[a0 + r*ars + p*aps] * b[b0 + p*ldb + offs[v] ...]`` for p < kc, in order
+    (``aoffs[r] = r*ars``; ``aps == 1`` unless ``ars == 1``)."""
+    if ars == 1:
+        for p in range(kc):
+            acc = tile_fma(acc, vloads(b, b0 + p * ldb, offs), a, a0 + p * aps)
+    else:
+        for p in range(kc):
+            acc = tile_fma_at(acc, vloads(b, b0 + p * ldb, offs), a, a0 + p, aoffs, 0)
+    return acc
+
+
+@helper
+def _tile(zero, load, a, a0, ars, aps, aoffs, b, b0, ldb, kc, c, c0, ldc, offs):
+    """One tile of ``zero``'s size at ``c[c0]``, from ``c`` if ``load``."""
+    acc = tile_load(c, c0, ldc, offs, zero) if load else zero
+    tile_store(c, c0, ldc, offs, _chain(acc, a, a0, ars, aps, aoffs, b, b0, ldb, kc, offs))
+
+
+@helper
+def _panel(m, nj, a, a0, ars, aps, aoffs, b, b0, ldb, kc, c, c0, ldc, load):
+    """Columns ``[0, nj)`` (nj <= W) of one block: whole tiles, tiles of one row or one vector,
+    the last columns one at a time (the same chains)."""
+    nv = W // VL if nj == W else nj // VL
+    for v in range(nv if nj < W else 1):
+        o = v * VL
+        i0 = 0
+        while i0 + GR <= m:
+            if nj < W:
+                _tile(gtile_zero(_OFF1), load, a, a0 + i0 * ars, ars, aps, aoffs, b, b0 + o, ldb, kc, c,
+                      c0 + i0 * ldc + o, ldc, _OFF1)
+            else:
+                _tile(gtile_zero(_OFFS), load, a, a0 + i0 * ars, ars, aps, aoffs, b, b0, ldb, kc, c,
+                      c0 + i0 * ldc, ldc, _OFFS)
+            i0 += GR
+        for i in range(i0, m):
+            if nj < W:
+                _tile(vzeros(_OFF1), load, a, a0 + i * ars, ars, aps, aoffs, b, b0 + o, ldb, kc, c,
+                      c0 + i * ldc + o, ldc, _OFF1)
+            else:
+                _tile(vzeros(_OFFS), load, a, a0 + i * ars, ars, aps, aoffs, b, b0, ldb, kc, c,
+                      c0 + i * ldc, ldc, _OFFS)
+    for j in range(nv * VL if nj < W else W, nj):
+        for i in range(m):
+            s = c[c0 + i * ldc + j] if load else np.float32(0.0)
+            for p in range(kc):
+                s = fma32(a[a0 + i * ars + p * aps], b[b0 + p * ldb + j], s)
+            c[c0 + i * ldc + j] = s
+
+
+@helper
+def _gemm(m, n, k, a, a0, ars, aps, b, b0, ldb, bts, c, c0, ldc):
+    """``c[c0 + i*ldc + j] = sum_p a[a0 + i*ars + p*aps] * b[b0 + (j // W)*bts + p*ldb + j % W]``
+    (1-D arrays; as ``fcg_gemm`` of src_ext/gemm_kern.h, same blocks and order)."""
+    aoffs = np.empty(GR, np.int64)
+    for r in range(GR):
+        aoffs[r] = r * ars
+    bp = np.empty(KC * W, np.float32)
+    if k == 0:
+        for i in range(m):
+            for j in range(n):
+                c[c0 + i * ldc + j] = 0.0
+    for p0 in range(0, k, KC):
+        kc = min(KC, k - p0)
+        for j0 in range(0, n, W):
+            nj = min(W, n - j0)
+            bt = b0 + (j0 // W) * bts + p0 * ldb
+            for p in range(kc):  # (always copied, also when contiguous: one compiled panel)
+                for j in range(nj):
+                    bp[_u(p * W + j)] = b[_u(bt + p * ldb + j)]
+            _panel(m, nj, a, a0 + p0 * aps, ars, aps, aoffs, bp, 0, W, kc, c, c0 + j0, ldc, p0 > 0)
+
+
+@parallel_kernel
+def _linear_forward_tiled(x, w, bias, nblocks, y):
+    _backend.sizes_linear_forward(x.shape, w.shape, bias.shape, nblocks, y.shape)
+    n, k = x.shape
+    out = w.shape[0]
+    nt = (n + W - 1) // W
+    xf, wf, yf = x.reshape(x.size), w.reshape(w.size), y.reshape(y.size)
+    xt = np.empty(nt * W * k, np.float32)  # x^T in tiles of W columns (zero past n)
+    yt = np.empty(out * n, np.float32)  # y^T
+    for jt in prange(nt):  # (writes along rows of xt; the W lines of x read stay cached)
+        for p in range(k):
+            for c in range(W):
+                i = jt * W + c
+                xt[_u((jt * k + p) * W + c)] = xf[_u(i * k + p)] if i < n else np.float32(0.0)
+    for t in prange(nblocks):
+        o0, o1 = block(t, out, nblocks)
+        if o1 > o0:  # y^T[o0:o1] = w[o0:o1] x^T, then y[:, o0:o1] = y^T[o0:o1]^T + bias
+            _gemm(o1 - o0, n, k, wf, o0 * k, k, 1, xt, 0, W, k * W, yt, o0 * n, n)
+            for i in range(n):
+                for o in range(o0, o1):
+                    yf[_u(i * out + o)] = yt[_u(o * n + i)] + bias[o]
 
 
 @parallel_kernel
@@ -32,34 +138,51 @@ def _linear_forward(x, w, bias, nblocks, y, sgemm):
 def linear_forward(x, w, bias, nblocks, y):
     """``y = x @ w.T + bias`` by blocks of output features
     (see :func:`fastcnn._ref.linear_forward`)."""
-    _linear_forward(x, w, bias, nblocks, y, SGEMM)
+    if TILED:
+        _linear_forward_tiled(x, w, bias, nblocks, y)
+    else:
+        _linear_forward(x, w, bias, nblocks, y, SGEMM)
 
 
 @parallel_kernel
-def _linear_backward(gy, x, w, input_grad, nblocks, gyt, gw, gb, gx, sgemm):
+def _linear_backward(gy, x, w, input_grad, nblocks, gyt, gw, gb, gx, sgemm, tiled):
     _backend.sizes_linear_backward(gy.shape, x.shape, w.shape, input_grad, nblocks, gyt.shape, gw.shape,
                                    gb.shape, gx.shape)
     n, out = gy.shape
     k = x.shape[1]
+    xf, wf, tf, gwf, gxf = x.reshape(x.size), w.reshape(w.size), gyt.reshape(gyt.size), gw.reshape(gw.size), \
+        gx.reshape(gx.size)
     for t in prange(nblocks):
         o0, o1 = block(t, out, nblocks)
-        if o1 > o0:  # gyt[o0:o1] = gy[:, o0:o1]^T and the bias sums (float64, in row order)
-            for o in range(o0, o1):
-                s = 0.0
+        if o1 > o0:  # gyt[o0:o1] = gy[:, o0:o1]^T and the bias sums (float64, in row order),
+            acc = np.empty(16)  # by 16 columns: a line of gy per row, 16 lines of gyt written
+            for c0 in range(o0, o1, 16):
+                c1 = min(c0 + 16, o1)
+                acc[:] = 0.0
                 for i in range(n):
-                    v = gy[i, o]
-                    gyt[o, i] = v
-                    s += np.float64(v)
-                gb[o] = np.float32(s)
-            gemm(sgemm, False, False, o1 - o0, k, n, gyt.ctypes.data + 4 * o0 * n, n, x.ctypes.data, k,
-                 gw.ctypes.data + 4 * o0 * k, k)
+                    for q in range(c1 - c0):
+                        v = gy[i, c0 + q]
+                        gyt[c0 + q, i] = v
+                        acc[q] += np.float64(v)
+                for q in range(c1 - c0):
+                    gb[c0 + q] = np.float32(acc[q])
+            if tiled:  # (gy^T's rows broadcast, x's rows the vectors)
+                _gemm(o1 - o0, k, n, tf, o0 * n, n, 1, xf, 0, k, W, gwf, o0 * k, k)
+            else:
+                gemm(sgemm, False, False, o1 - o0, k, n, gyt.ctypes.data + 4 * o0 * n, n, x.ctypes.data, k,
+                     gw.ctypes.data + 4 * o0 * k, k)
         i0, i1 = block(t, k, nblocks)
-        if input_grad and i1 > i0:  # gx[:, i0:i1] = gy @ w[:, i0:i1]
+        if input_grad and i1 > i0 and not tiled:  # gx[:, i0:i1] = gy @ w[:, i0:i1]
             gemm(sgemm, False, False, n, i1 - i0, out, gy.ctypes.data, out, w.ctypes.data + 4 * i0, k,
                  gx.ctypes.data + 4 * i0, k)
+    if input_grad and tiled:  # (all of gy^T first: its columns broadcast)
+        for t in prange(nblocks):
+            i0, i1 = block(t, k, nblocks)
+            if i1 > i0:
+                _gemm(n, i1 - i0, out, tf, 0, 1, n, wf, i0, k, W, gxf, i0, k)
 
 
 def linear_backward(gy, x, w, input_grad, nblocks, gyt, gw, gb, gx):
     """Gradients by blocks of output features (``gw``, ``gb``) and of input features (``gx``)
     (see :func:`fastcnn._ref.linear_backward`)."""
-    _linear_backward(gy, x, w, input_grad, nblocks, gyt, gw, gb, gx, SGEMM)
+    _linear_backward(gy, x, w, input_grad, nblocks, gyt, gw, gb, gx, SGEMM, TILED)
