@@ -10,8 +10,7 @@ import pytest
 
 import fastcnn
 
-import naive
-from utils import NEUTRAL_CWD, cores
+from utils import NEUTRAL_CWD, check_dense_fma_chain, cores
 
 _ISA_SCRIPT = """
 import numpy as np
@@ -78,10 +77,9 @@ print(conv_direct.active_isa(), h.hexdigest())
 """
 
 
-@pytest.mark.skipif("cython" not in fastcnn.available_backends(), reason="Cython backend not built")
-def test_batchnorm_loops_give_the_same_bytes_on_every_isa():
-    """The batch-norm plane loops are compiled for each SIMD path (norm_kern.h): statistics,
-    normalisation and gradients must not depend on which one runs."""
+def _digests_per_isa(script):
+    """{isa: the digest ``script`` prints} for each SIMD path this CPU supports, each run in a
+    process of its own with FASTCNN_ISA set (the script prints the active path and a digest)."""
     from fastcnn._ext import conv_direct
 
     outs = {}
@@ -89,12 +87,20 @@ def test_batchnorm_loops_give_the_same_bytes_on_every_isa():
         env = dict(os.environ, FASTCNN_ISA=isa)
         env["PYTHONPATH"] = os.pathsep.join([str(Path(fastcnn.__file__).resolve().parents[1]),
                                              env.get("PYTHONPATH", "")])
-        r = subprocess.run([sys.executable, "-c", _BN_SCRIPT], cwd=NEUTRAL_CWD, env=env, capture_output=True,
+        r = subprocess.run([sys.executable, "-c", script], cwd=NEUTRAL_CWD, env=env, capture_output=True,
                            text=True, timeout=300)
         assert r.returncode == 0, r.stderr
         got_isa, digest = r.stdout.split()
         assert got_isa == isa
         outs[isa] = digest
+    return outs
+
+
+@pytest.mark.skipif("cython" not in fastcnn.available_backends(), reason="Cython backend not built")
+def test_batchnorm_loops_give_the_same_bytes_on_every_isa():
+    """The batch-norm plane loops are compiled for each SIMD path (norm_kern.h): statistics,
+    normalisation and gradients must not depend on which one runs."""
+    outs = _digests_per_isa(_BN_SCRIPT)
     assert len(set(outs.values())) == 1, outs
 
 
@@ -123,19 +129,7 @@ def test_dense_gemm_gives_the_same_bytes_on_every_simd_isa():
     """The dense layers' GEMM (gemm_kern.h) sums every output as one chain of FMAs in the
     order of the inner index, whatever the vector width and blocking: AVX2 and AVX-512 give
     the same bytes (the baseline path calls SciPy's SGEMM)."""
-    from fastcnn._ext import conv_direct
-
-    outs = {}
-    for isa in conv_direct.supported_isas():
-        env = dict(os.environ, FASTCNN_ISA=isa)
-        env["PYTHONPATH"] = os.pathsep.join([str(Path(fastcnn.__file__).resolve().parents[1]),
-                                             env.get("PYTHONPATH", "")])
-        r = subprocess.run([sys.executable, "-c", _DENSE_SCRIPT], cwd=NEUTRAL_CWD, env=env, capture_output=True,
-                           text=True, timeout=300)
-        assert r.returncode == 0, r.stderr
-        got_isa, digest = r.stdout.split()
-        assert got_isa == isa
-        outs[isa] = digest
+    outs = _digests_per_isa(_DENSE_SCRIPT)
     simd = {outs[isa] for isa in outs if isa != "baseline"}
     if not simd:
         pytest.skip("this CPU has neither AVX2 nor AVX-512")
@@ -151,17 +145,7 @@ def test_dense_gemm_is_one_fma_chain_per_output(shape):
 
     if conv_direct.active_isa() == "baseline":
         pytest.skip("the baseline path calls SciPy's SGEMM (its own order)")
-    n, k_in, k_out, nblocks = shape
-    rng = np.random.default_rng(sum(shape))
-    x, w = rng.standard_normal((n, k_in), dtype=np.float32), rng.standard_normal((k_out, k_in), dtype=np.float32)
-    b, gy = rng.standard_normal(k_out, dtype=np.float32), rng.standard_normal((n, k_out), dtype=np.float32)
-    y, gw, gb, gx = (np.full(s, np.nan, np.float32) for s in ((n, k_out), w.shape, (k_out,), x.shape))
-    dense.linear_forward(x, w, b, nblocks, y)
-    dense.linear_backward(gy, x, w, True, nblocks, np.empty((k_out, n), np.float32), gw, gb, gx)
-    assert y.tobytes() == (naive.fma_chain(x, w.T) + b).tobytes()
-    assert gw.tobytes() == naive.fma_chain(gy.T, x).tobytes()
-    assert gx.tobytes() == naive.fma_chain(gy, w).tobytes()
-    assert gb.tobytes() == gy.sum(axis=0, dtype=np.float64).astype(np.float32).tobytes()
+    check_dense_fma_chain(dense, shape)
 
 
 @pytest.mark.skipif("cython" not in fastcnn.available_backends(), reason="Cython backend not built")
@@ -214,7 +198,6 @@ def test_winograd_numba_and_cython_give_the_same_bytes():
     """The Winograd kernels of the two compiled backends run the same operations in the same
     order (transforms, then FMAs over the channels): on one SIMD path, the same bytes, forward
     and input gradient."""
-    import numpy as np
 
     from fastcnn import _config
     from fastcnn import functional as F

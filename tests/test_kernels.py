@@ -14,7 +14,7 @@ from fastcnn._kernels import conv_direct as D
 from fastcnn.functional import ConvGeometry
 
 import naive
-from utils import NEUTRAL_CWD, assert_close, cores, run_direct
+from utils import NEUTRAL_CWD, assert_close, check_dense_fma_chain, cores, run_direct
 
 # Float32 sums of up to C*kh*kw = 17*25 = 425 products (forward, input gradient) or
 # N*OH*OW products (weight gradient: float32 partials per pixel over <= 6 images, then a
@@ -242,17 +242,7 @@ def test_dense_gemm_is_one_fma_chain_per_output(shape):
 
     if not dense.TILED:
         pytest.skip("the baseline path calls SciPy's SGEMM (its own order)")
-    n, k_in, k_out, nblocks = shape
-    rng = np.random.default_rng(sum(shape))
-    x, w = rng.standard_normal((n, k_in), dtype=np.float32), rng.standard_normal((k_out, k_in), dtype=np.float32)
-    b, gy = rng.standard_normal(k_out, dtype=np.float32), rng.standard_normal((n, k_out), dtype=np.float32)
-    y, gw, gb, gx = (np.full(s, np.nan, np.float32) for s in ((n, k_out), w.shape, (k_out,), x.shape))
-    dense.linear_forward(x, w, b, nblocks, y)
-    dense.linear_backward(gy, x, w, True, nblocks, np.empty((k_out, n), np.float32), gw, gb, gx)
-    assert y.tobytes() == (naive.fma_chain(x, w.T) + b).tobytes()
-    assert gw.tobytes() == naive.fma_chain(gy.T, x).tobytes()
-    assert gx.tobytes() == naive.fma_chain(gy, w).tobytes()
-    assert gb.tobytes() == gy.sum(axis=0, dtype=np.float64).astype(np.float32).tobytes()
+    check_dense_fma_chain(dense, shape)
 
 
 @pytest.mark.skipif("cython" not in fastcnn.available_backends(), reason="Cython backend not built")

@@ -355,3 +355,21 @@ def torch_densenet(growth=4):
 
     return Dense()
 
+
+def check_dense_fma_chain(dense, shape):
+    """Assert that the dense kernels of module ``dense`` (``linear_forward``/``_backward``) give
+    every output as the FMA chain over the inner index in order (:func:`naive.fma_chain`).
+    ``shape``: (batch, in features, out features, blocks)."""
+    import naive
+
+    n, k_in, k_out, nblocks = shape
+    rng = np.random.default_rng(sum(shape))
+    x, w = rng.standard_normal((n, k_in), dtype=np.float32), rng.standard_normal((k_out, k_in), dtype=np.float32)
+    b, gy = rng.standard_normal(k_out, dtype=np.float32), rng.standard_normal((n, k_out), dtype=np.float32)
+    y, gw, gb, gx = (np.full(s, np.nan, np.float32) for s in ((n, k_out), w.shape, (k_out,), x.shape))
+    dense.linear_forward(x, w, b, nblocks, y)
+    dense.linear_backward(gy, x, w, True, nblocks, np.empty((k_out, n), np.float32), gw, gb, gx)
+    assert y.tobytes() == (naive.fma_chain(x, w.T) + b).tobytes()
+    assert gw.tobytes() == naive.fma_chain(gy.T, x).tobytes()
+    assert gx.tobytes() == naive.fma_chain(gy, w).tobytes()
+    assert gb.tobytes() == gy.sum(axis=0, dtype=np.float64).astype(np.float32).tobytes()

@@ -182,24 +182,30 @@ def tile_fma_rows3(typingctx, acc, xv, src, base, off, o0):
 _WTILE = types.UniTuple(vec, 2 * WT)
 
 
+def _tile_rows(context, builder, sig, args, count):
+    """The ``count`` vectors ``g[base + r*pitch + offs[v] : ... + VL]``, row by row (args g,
+    base, pitch, offs)."""
+    gty, bty, pty, oty = sig.args[:4]
+    nv = oty.count
+    b = context.cast(builder, args[1], bty, types.intp)
+    p = context.cast(builder, args[2], pty, types.intp)
+    out = []
+    for r in range(count // nv):
+        row = builder.add(b, builder.mul(p, ir.Constant(p.type, r)))
+        for v in range(nv):
+            o = context.cast(builder, builder.extract_value(args[3], v), oty.dtype, types.intp)
+            out.append(builder.load(_ptr(context, builder, gty, args[0], builder.add(row, o), types.intp), align=4))
+    return out
+
+
 @intrinsic
 def wtile_load(typingctx, g, base, pitch, offs):
     """A weight-gradient tile from ``g[base + r*pitch + offs[v]]`` (or zeros if ``g`` is None),
     ``2*WT / len(offs)`` rows."""
     def codegen(context, builder, sig, args):
-        gty, bty, pty, oty = sig.args
-        nv = oty.count
-        if isinstance(gty, types.NoneType):
+        if isinstance(sig.args[0], types.NoneType):
             return context.make_tuple(builder, _WTILE, [ir.Constant(_LLV, [0.0] * VL)] * _WTILE.count)
-        b = context.cast(builder, args[1], bty, types.intp)
-        p = context.cast(builder, args[2], pty, types.intp)
-        out = []
-        for r in range(_WTILE.count // nv):
-            row = builder.add(b, builder.mul(p, ir.Constant(p.type, r)))
-            for v in range(nv):
-                o = context.cast(builder, builder.extract_value(args[3], v), oty.dtype, types.intp)
-                out.append(builder.load(_ptr(context, builder, gty, args[0], builder.add(row, o), types.intp), align=4))
-        return context.make_tuple(builder, _WTILE, out)
+        return context.make_tuple(builder, _WTILE, _tile_rows(context, builder, sig, args, _WTILE.count))
     return _WTILE(g, base, pitch, offs), codegen
 
 
@@ -208,17 +214,7 @@ def tile_load(typingctx, g, base, pitch, offs, like):
     """A tile of ``like``'s size from ``g[base + r*pitch + offs[v] : ... + VL]`` (the inverse of
     :func:`tile_store`)."""
     def codegen(context, builder, sig, args):
-        gty, bty, pty, oty, lty = sig.args
-        nv = oty.count
-        b = context.cast(builder, args[1], bty, types.intp)
-        p = context.cast(builder, args[2], pty, types.intp)
-        out = []
-        for r in range(lty.count // nv):
-            row = builder.add(b, builder.mul(p, ir.Constant(p.type, r)))
-            for v in range(nv):
-                o = context.cast(builder, builder.extract_value(args[3], v), oty.dtype, types.intp)
-                out.append(builder.load(_ptr(context, builder, gty, args[0], builder.add(row, o), types.intp), align=4))
-        return context.make_tuple(builder, lty, out)
+        return context.make_tuple(builder, sig.args[4], _tile_rows(context, builder, sig, args, sig.args[4].count))
     return like(g, base, pitch, offs, like), codegen
 
 

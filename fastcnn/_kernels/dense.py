@@ -44,29 +44,28 @@ def _tile(zero, load, a, a0, ars, aps, aoffs, b, b0, ldb, kc, c, c0, ldc, offs):
 
 
 @helper
+def _rows(zero, zrow, offs, m, load, a, a0, ars, aps, aoffs, b, b0, ldb, kc, c, c0, ldc):
+    """Tiles of ``offs`` vectors over all m rows: of ``GR`` rows (``zero``), then of one (``zrow``)."""
+    i0 = 0
+    while i0 + GR <= m:
+        _tile(zero, load, a, a0 + i0 * ars, ars, aps, aoffs, b, b0, ldb, kc, c, c0 + i0 * ldc, ldc, offs)
+        i0 += GR
+    for i in range(i0, m):
+        _tile(zrow, load, a, a0 + i * ars, ars, aps, aoffs, b, b0, ldb, kc, c, c0 + i * ldc, ldc, offs)
+
+
+@helper
 def _panel(m, nj, a, a0, ars, aps, aoffs, b, b0, ldb, kc, c, c0, ldc, load):
     """Columns ``[0, nj)`` (nj <= W) of one block: whole tiles, tiles of one row or one vector,
     the last columns one at a time (the same chains)."""
     nv = W // VL if nj == W else nj // VL
-    for v in range(nv if nj < W else 1):
-        o = v * VL
-        i0 = 0
-        while i0 + GR <= m:
-            if nj < W:
-                _tile(gtile_zero(_OFF1), load, a, a0 + i0 * ars, ars, aps, aoffs, b, b0 + o, ldb, kc, c,
-                      c0 + i0 * ldc + o, ldc, _OFF1)
-            else:
-                _tile(gtile_zero(_OFFS), load, a, a0 + i0 * ars, ars, aps, aoffs, b, b0, ldb, kc, c,
-                      c0 + i0 * ldc, ldc, _OFFS)
-            i0 += GR
-        for i in range(i0, m):
-            if nj < W:
-                _tile(vzeros(_OFF1), load, a, a0 + i * ars, ars, aps, aoffs, b, b0 + o, ldb, kc, c,
-                      c0 + i * ldc + o, ldc, _OFF1)
-            else:
-                _tile(vzeros(_OFFS), load, a, a0 + i * ars, ars, aps, aoffs, b, b0, ldb, kc, c,
-                      c0 + i * ldc, ldc, _OFFS)
-    for j in range(nv * VL if nj < W else W, nj):
+    if nj == W:
+        _rows(gtile_zero(_OFFS), vzeros(_OFFS), _OFFS, m, load, a, a0, ars, aps, aoffs, b, b0, ldb, kc, c, c0, ldc)
+    else:
+        for v in range(nv):
+            _rows(gtile_zero(_OFF1), vzeros(_OFF1), _OFF1, m, load, a, a0, ars, aps, aoffs, b, b0 + v * VL, ldb, kc,
+                  c, c0 + v * VL, ldc)
+    for j in range(nv * VL, nj):
         for i in range(m):
             s = c[c0 + i * ldc + j] if load else np.float32(0.0)
             for p in range(kc):
