@@ -120,6 +120,18 @@ def dense_blocks(out_features):
     return max(1, min(DENSE_BLOCKS, out_features // DENSE_MIN_BLOCK))
 
 
+#: The dense layers' own GEMM (AVX-512/AVX2 paths) runs the forward of a batch of ``n`` only
+#: when ``n`` is a multiple of this (its column tiles of 64 images are then all full; other
+#: batches ran 15-30 % slower than SciPy's SGEMM: BENCHMARKS.md, "thirteenth session"); their
+#: gradients always.  Both backends follow it (the same bytes).
+DENSE_TILED_BATCH = 64
+
+
+def dense_forward_tiled(n):
+    """Whether a dense forward of ``n`` images runs on the tiled GEMM where the path has one."""
+    return n % DENSE_TILED_BATCH == 0
+
+
 # --------------------------------------------------------------------------- Numba's target ISA
 #: What :func:`_setup_numba_isa` did, for ``fastcnn info`` and the tests.
 NUMBA_ISA = {"isa": None, "why": "not set up"}

@@ -12,6 +12,8 @@ from libc.stdlib cimport free, malloc
 
 include "_common.pxi"
 
+from fastcnn import _config
+
 cdef extern from "gemm.h" nogil:
     ctypedef void (*fcg_gemm_fn)(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
                                  const float* a, Py_ssize_t ars, Py_ssize_t aps,  # IN
@@ -159,7 +161,7 @@ def linear_forward(const float[:, ::1] x, const float[:, ::1] w, const float[::1
     cdef int nt = _threads_for(x.shape[0] * x.shape[1])
     cdef Py_ssize_t N = x.shape[0], K = x.shape[1], M = w.shape[0]
     cdef float* xt
-    if fcg_gemm == NULL:
+    if fcg_gemm == NULL or not _config.dense_forward_tiled(N):
         with nogil:
             _linear_fwd(x, w, bias, nblocks, y, nt)
         return

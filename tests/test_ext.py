@@ -10,7 +10,7 @@ import pytest
 
 import fastcnn
 
-from utils import NEUTRAL_CWD, check_dense_fma_chain, cores
+from utils import DENSE_CHAIN_SHAPES, NEUTRAL_CWD, check_dense_fma_chain, cores
 
 _ISA_SCRIPT = """
 import numpy as np
@@ -137,7 +137,7 @@ def test_dense_gemm_gives_the_same_bytes_on_every_simd_isa():
 
 
 @pytest.mark.skipif("cython" not in fastcnn.available_backends(), reason="Cython backend not built")
-@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (5, 300, 17, 2), (20, 200, 70, 3), (64, 9, 131, 2)])
+@pytest.mark.parametrize("shape", DENSE_CHAIN_SHAPES)
 def test_dense_gemm_is_one_fma_chain_per_output(shape):
     """On the AVX2/AVX-512 paths every output of the dense kernels is the FMA chain over the
     inner index in order (so it does not depend on blocks, threads or vector width)."""

@@ -14,7 +14,7 @@ from fastcnn._kernels import conv_direct as D
 from fastcnn.functional import ConvGeometry
 
 import naive
-from utils import NEUTRAL_CWD, assert_close, check_dense_fma_chain, cores, run_direct
+from utils import DENSE_CHAIN_SHAPES, NEUTRAL_CWD, assert_close, check_dense_fma_chain, cores, run_direct
 
 # Float32 sums of up to C*kh*kw = 17*25 = 425 products (forward, input gradient) or
 # N*OH*OW products (weight gradient: float32 partials per pixel over <= 6 images, then a
@@ -233,7 +233,7 @@ def test_numba_pooled_forwards_in_chunks_are_the_composition():
         assert y.tobytes() == want.tobytes() and idx.tobytes() == want_idx.tobytes()
 
 
-@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (5, 300, 17, 2), (20, 200, 70, 3), (64, 9, 131, 2)])
+@pytest.mark.parametrize("shape", DENSE_CHAIN_SHAPES)
 def test_dense_gemm_is_one_fma_chain_per_output(shape):
     """On the AVX2/AVX-512 paths every output of the Numba dense kernels is the FMA chain over
     the inner index in order, as the Cython kernels' (test_ext.py): the two backends give the

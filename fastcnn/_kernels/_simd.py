@@ -218,14 +218,54 @@ def tile_load(typingctx, g, base, pitch, offs, like):
     return like(g, base, pitch, offs, like), codegen
 
 
+def _lane_masks(context, builder, nty, nval, count):
+    """Masks of ``count`` consecutive vectors: lane ``l`` of vector ``v`` set if
+    ``v*VL + l < nval``."""
+    vi = ir.VectorType(_I32, VL)
+    n = _splat(builder, builder.trunc(context.cast(builder, nval, nty, types.intp), _I32), vi)
+    return [builder.icmp_signed("<", ir.Constant(vi, [v * VL + lane for lane in range(VL)]), n) for v in range(count)]
+
+
 @intrinsic
-def fma32(typingctx, a, b, c):
-    """``a * b + c`` rounded once (``llvm.fma.f32``: one instruction where the target has FMA)."""
+def tile_load_masked(typingctx, g, base, pitch, offs, like, nval):
+    """:func:`tile_load` of the lanes before column ``nval`` of each row (``offs`` consecutive
+    vectors, offs[v] = v*VL); the other lanes zero, their memory not read."""
     def codegen(context, builder, sig, args):
-        f = ir.FloatType()
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(f, [f] * 3), "llvm.fma.f32")
-        return builder.call(fn, [context.cast(builder, v, t, types.float32) for v, t in zip(args, sig.args)])
-    return types.float32(a, b, c), codegen
+        gty, bty, pty, oty, lty, nty = sig.args
+        masks = _lane_masks(context, builder, nty, args[5], oty.count)
+        fn = _masked(builder, "load", _LLV)
+        b = context.cast(builder, args[1], bty, types.intp)
+        p = context.cast(builder, args[2], pty, types.intp)
+        zero, out = ir.Constant(_LLV, [0.0] * VL), []
+        for r in range(lty.count // oty.count):
+            row = builder.add(b, builder.mul(p, ir.Constant(p.type, r)))
+            for v in range(oty.count):
+                o = context.cast(builder, builder.extract_value(args[3], v), oty.dtype, types.intp)
+                ptr = _ptr(context, builder, gty, args[0], builder.add(row, o), types.intp)
+                out.append(builder.call(fn, [ptr, ir.Constant(_I32, 4), masks[v], zero]))
+        return context.make_tuple(builder, lty, out)
+    return like(g, base, pitch, offs, like, nval), codegen
+
+
+@intrinsic
+def tile_store_masked(typingctx, g, base, pitch, offs, acc, nval):
+    """:func:`tile_store` of the lanes before column ``nval`` of each row (as
+    :func:`tile_load_masked`); nothing else is written."""
+    def codegen(context, builder, sig, args):
+        gty, bty, pty, oty, aty, nty = sig.args
+        masks = _lane_masks(context, builder, nty, args[5], oty.count)
+        fn = _masked(builder, "store", _LLV)
+        b = context.cast(builder, args[1], bty, types.intp)
+        p = context.cast(builder, args[2], pty, types.intp)
+        for r in range(aty.count // oty.count):
+            row = builder.add(b, builder.mul(p, ir.Constant(p.type, r)))
+            for v in range(oty.count):
+                o = context.cast(builder, builder.extract_value(args[3], v), oty.dtype, types.intp)
+                ptr = _ptr(context, builder, gty, args[0], builder.add(row, o), types.intp)
+                val = builder.extract_value(args[4], r * oty.count + v)
+                builder.call(fn, [val, ptr, ir.Constant(_I32, 4), masks[v]])
+        return context.get_dummy_value()
+    return types.none(g, base, pitch, offs, acc, nval), codegen
 
 
 @intrinsic

@@ -13,14 +13,26 @@ from numba import prange
 
 from .. import _backend, _config
 from ._common import SGEMM, _u, block, gemm, helper, parallel_kernel
-from ._simd import GR, GV, VL, fma32, gtile_zero, tile_fma, tile_fma_at, tile_load, tile_store, vloads, vzeros
+from ._simd import (
+    GR,
+    GV,
+    VL,
+    gtile_zero,
+    tile_fma,
+    tile_fma_at,
+    tile_load,
+    tile_load_masked,
+    tile_store,
+    tile_store_masked,
+    vloads,
+    vzeros,
+)
 
 #: Whether the tiled GEMM runs (Numba's SIMD path has FMA); else SciPy's SGEMM.
 TILED = _config.NUMBA_ISA["isa"] in ("avx512", "avx2")
 #: Steps of the inner index per block and columns per tile (as src_ext/gemm.h).
 KC, W = 128, GV * VL
 _OFFS = tuple(range(0, W, VL))
-_OFF1 = (0,)
 
 
 @helper
@@ -37,40 +49,27 @@ def _chain(acc, a, a0, ars, aps, aoffs, b, b0, ldb, kc, offs):
 
 
 @helper
-def _tile(zero, load, a, a0, ars, aps, aoffs, b, b0, ldb, kc, c, c0, ldc, offs):
-    """One tile of ``zero``'s size at ``c[c0]``, from ``c`` if ``load``."""
-    acc = tile_load(c, c0, ldc, offs, zero) if load else zero
-    tile_store(c, c0, ldc, offs, _chain(acc, a, a0, ars, aps, aoffs, b, b0, ldb, kc, offs))
-
-
-@helper
-def _rows(zero, zrow, offs, m, load, a, a0, ars, aps, aoffs, b, b0, ldb, kc, c, c0, ldc):
-    """Tiles of ``offs`` vectors over all m rows: of ``GR`` rows (``zero``), then of one (``zrow``)."""
-    i0 = 0
-    while i0 + GR <= m:
-        _tile(zero, load, a, a0 + i0 * ars, ars, aps, aoffs, b, b0, ldb, kc, c, c0 + i0 * ldc, ldc, offs)
-        i0 += GR
-    for i in range(i0, m):
-        _tile(zrow, load, a, a0 + i * ars, ars, aps, aoffs, b, b0, ldb, kc, c, c0 + i * ldc, ldc, offs)
+def _tile(zero, load, a, a0, ars, aps, aoffs, b, b0, ldb, kc, c, c0, ldc, nj):
+    """One tile of ``zero``'s size at ``c[c0]``, from ``c`` if ``load``; only its first ``nj``
+    columns of c read and written (b's are zero past them)."""
+    if nj == W:
+        acc = tile_load(c, c0, ldc, _OFFS, zero) if load else zero
+        tile_store(c, c0, ldc, _OFFS, _chain(acc, a, a0, ars, aps, aoffs, b, b0, ldb, kc, _OFFS))
+    else:
+        acc = tile_load_masked(c, c0, ldc, _OFFS, zero, nj) if load else zero
+        tile_store_masked(c, c0, ldc, _OFFS, _chain(acc, a, a0, ars, aps, aoffs, b, b0, ldb, kc, _OFFS), nj)
 
 
 @helper
 def _panel(m, nj, a, a0, ars, aps, aoffs, b, b0, ldb, kc, c, c0, ldc, load):
-    """Columns ``[0, nj)`` (nj <= W) of one block: whole tiles, tiles of one row or one vector,
-    the last columns one at a time (the same chains)."""
-    nv = W // VL if nj == W else nj // VL
-    if nj == W:
-        _rows(gtile_zero(_OFFS), vzeros(_OFFS), _OFFS, m, load, a, a0, ars, aps, aoffs, b, b0, ldb, kc, c, c0, ldc)
-    else:
-        for v in range(nv):
-            _rows(gtile_zero(_OFF1), vzeros(_OFF1), _OFF1, m, load, a, a0, ars, aps, aoffs, b, b0 + v * VL, ldb, kc,
-                  c, c0 + v * VL, ldc)
-    for j in range(nv * VL, nj):
-        for i in range(m):
-            s = c[c0 + i * ldc + j] if load else np.float32(0.0)
-            for p in range(kc):
-                s = fma32(a[a0 + i * ars + p * aps], b[b0 + p * ldb + j], s)
-            c[c0 + i * ldc + j] = s
+    """Columns ``[0, nj)`` (nj <= W) of one block, over all m rows: tiles of ``GR`` rows, then
+    of one (the same chains)."""
+    i0 = 0
+    while i0 + GR <= m:
+        _tile(gtile_zero(_OFFS), load, a, a0 + i0 * ars, ars, aps, aoffs, b, b0, ldb, kc, c, c0 + i0 * ldc, ldc, nj)
+        i0 += GR
+    for i in range(i0, m):
+        _tile(vzeros(_OFFS), load, a, a0 + i * ars, ars, aps, aoffs, b, b0, ldb, kc, c, c0 + i * ldc, ldc, nj)
 
 
 @helper
@@ -93,6 +92,8 @@ def _gemm(m, n, k, a, a0, ars, aps, b, b0, ldb, bts, c, c0, ldc):
             for p in range(kc):  # (always copied, also when contiguous: one compiled panel)
                 for j in range(nj):
                     bp[_u(p * W + j)] = b[_u(bt + p * ldb + j)]
+                for j in range(nj, W):
+                    bp[_u(p * W + j)] = 0.0
             _panel(m, nj, a, a0 + p0 * aps, ars, aps, aoffs, bp, 0, W, kc, c, c0 + j0, ldc, p0 > 0)
 
 
@@ -137,7 +138,7 @@ def _linear_forward(x, w, bias, nblocks, y, sgemm):
 def linear_forward(x, w, bias, nblocks, y):
     """``y = x @ w.T + bias`` by blocks of output features
     (see :func:`fastcnn._ref.linear_forward`)."""
-    if TILED:
+    if TILED and _config.dense_forward_tiled(x.shape[0]):
         _linear_forward_tiled(x, w, bias, nblocks, y)
     else:
         _linear_forward(x, w, bias, nblocks, y, SGEMM)
