@@ -182,9 +182,9 @@ def tile_fma_rows3(typingctx, acc, xv, src, base, off, o0):
 _WTILE = types.UniTuple(vec, 2 * WT)
 
 
-def _tile_rows(context, builder, sig, args, count):
-    """The ``count`` vectors ``g[base + r*pitch + offs[v] : ... + VL]``, row by row (args g,
-    base, pitch, offs)."""
+def _tile_ptrs(context, builder, sig, args, count):
+    """Vector pointers to ``g[base + r*pitch + offs[v]]`` of a tile of ``count`` vectors, row by
+    row (args g, base, pitch, offs)."""
     gty, bty, pty, oty = sig.args[:4]
     nv = oty.count
     b = context.cast(builder, args[1], bty, types.intp)
@@ -194,8 +194,14 @@ def _tile_rows(context, builder, sig, args, count):
         row = builder.add(b, builder.mul(p, ir.Constant(p.type, r)))
         for v in range(nv):
             o = context.cast(builder, builder.extract_value(args[3], v), oty.dtype, types.intp)
-            out.append(builder.load(_ptr(context, builder, gty, args[0], builder.add(row, o), types.intp), align=4))
+            out.append(_ptr(context, builder, gty, args[0], builder.add(row, o), types.intp))
     return out
+
+
+def _tile_rows(context, builder, sig, args, count):
+    """The ``count`` vectors ``g[base + r*pitch + offs[v] : ... + VL]``, row by row (args g,
+    base, pitch, offs)."""
+    return [builder.load(q, align=4) for q in _tile_ptrs(context, builder, sig, args, count)]
 
 
 @intrinsic
@@ -231,19 +237,12 @@ def tile_load_masked(typingctx, g, base, pitch, offs, like, nval):
     """:func:`tile_load` of the lanes before column ``nval`` of each row (``offs`` consecutive
     vectors, offs[v] = v*VL); the other lanes zero, their memory not read."""
     def codegen(context, builder, sig, args):
-        gty, bty, pty, oty, lty, nty = sig.args
-        masks = _lane_masks(context, builder, nty, args[5], oty.count)
-        fn = _masked(builder, "load", _LLV)
-        b = context.cast(builder, args[1], bty, types.intp)
-        p = context.cast(builder, args[2], pty, types.intp)
-        zero, out = ir.Constant(_LLV, [0.0] * VL), []
-        for r in range(lty.count // oty.count):
-            row = builder.add(b, builder.mul(p, ir.Constant(p.type, r)))
-            for v in range(oty.count):
-                o = context.cast(builder, builder.extract_value(args[3], v), oty.dtype, types.intp)
-                ptr = _ptr(context, builder, gty, args[0], builder.add(row, o), types.intp)
-                out.append(builder.call(fn, [ptr, ir.Constant(_I32, 4), masks[v], zero]))
-        return context.make_tuple(builder, lty, out)
+        nv, count = sig.args[3].count, sig.args[4].count
+        masks = _lane_masks(context, builder, sig.args[5], args[5], nv)
+        fn, zero = _masked(builder, "load", _LLV), ir.Constant(_LLV, [0.0] * VL)
+        out = [builder.call(fn, [q, ir.Constant(_I32, 4), masks[i % nv], zero])
+               for i, q in enumerate(_tile_ptrs(context, builder, sig, args, count))]
+        return context.make_tuple(builder, sig.args[4], out)
     return like(g, base, pitch, offs, like, nval), codegen
 
 
@@ -252,18 +251,11 @@ def tile_store_masked(typingctx, g, base, pitch, offs, acc, nval):
     """:func:`tile_store` of the lanes before column ``nval`` of each row (as
     :func:`tile_load_masked`); nothing else is written."""
     def codegen(context, builder, sig, args):
-        gty, bty, pty, oty, aty, nty = sig.args
-        masks = _lane_masks(context, builder, nty, args[5], oty.count)
+        nv, count = sig.args[3].count, sig.args[4].count
+        masks = _lane_masks(context, builder, sig.args[5], args[5], nv)
         fn = _masked(builder, "store", _LLV)
-        b = context.cast(builder, args[1], bty, types.intp)
-        p = context.cast(builder, args[2], pty, types.intp)
-        for r in range(aty.count // oty.count):
-            row = builder.add(b, builder.mul(p, ir.Constant(p.type, r)))
-            for v in range(oty.count):
-                o = context.cast(builder, builder.extract_value(args[3], v), oty.dtype, types.intp)
-                ptr = _ptr(context, builder, gty, args[0], builder.add(row, o), types.intp)
-                val = builder.extract_value(args[4], r * oty.count + v)
-                builder.call(fn, [val, ptr, ir.Constant(_I32, 4), masks[v]])
+        for i, q in enumerate(_tile_ptrs(context, builder, sig, args, count)):
+            builder.call(fn, [builder.extract_value(args[4], i), q, ir.Constant(_I32, 4), masks[i % nv]])
         return context.get_dummy_value()
     return types.none(g, base, pitch, offs, acc, nval), codegen
 
