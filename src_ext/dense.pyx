@@ -18,7 +18,7 @@ cdef extern from "gemm.h" nogil:
     ctypedef void (*fcg_gemm_fn)(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
                                  const float* a, Py_ssize_t ars, Py_ssize_t aps,  # IN
                                  const float* b, Py_ssize_t ldb, Py_ssize_t bts,  # IN
-                                 int beta, float* c, Py_ssize_t ldc) noexcept nogil  # OUT
+                                 float* c, Py_ssize_t ldc) noexcept nogil  # OUT
     ctypedef void (*fcg_transpose_fn)(const float* s, Py_ssize_t lds, Py_ssize_t rows,  # IN
                                       Py_ssize_t cols, const float* add,  # IN (rows,) or NULL
                                       float* d, Py_ssize_t ldd) noexcept nogil  # OUT
@@ -43,19 +43,14 @@ cdef void _linear_fwd_tiled(const float[:, ::1] x,       # IN  (N, IN)
     cdef const float* xp = &x[0, 0]
     cdef const float* wp = &w[0, 0]
     cdef float* yp = &y[0, 0]
-    cdef Py_ssize_t t, o0, o1, i, p, jt, c
-    for jt in prange(NT, schedule='static', num_threads=nt):
-        c = N - jt * W if N - jt * W < W else W
-        fcg_transpose(xp + jt * W * K, K, c, K, NULL, xt + jt * W * K, W)
-        if c < W:
-            for p in range(K):
-                for i in range(c, W):
-                    xt[jt * W * K + p * W + i] = 0.0
+    cdef Py_ssize_t t, o0, o1, jt
+    for jt in prange(NT, schedule='static', num_threads=nt):  # (a last tile's lanes past N: never read)
+        fcg_transpose(xp + jt * W * K, K, N - jt * W if N - jt * W < W else W, K, NULL, xt + jt * W * K, W)
     for t in prange(nblocks, schedule='static', num_threads=nt):
         o0 = _part(t, M, nblocks)
         o1 = _part(t + 1, M, nblocks)
         if o1 > o0:
-            fcg_gemm(o1 - o0, N, K, wp + o0 * K, K, 1, xt, W, K * W, 0, yt + o0 * N, N)
+            fcg_gemm(o1 - o0, N, K, wp + o0 * K, K, 1, xt, W, K * W, yt + o0 * N, N)
             fcg_transpose(yt + o0 * N, N, o1 - o0, N, &bias[o0], yp + o0, M)
 
 
@@ -115,24 +110,18 @@ cdef void _linear_bwd(const float[:, ::1] gy,      # IN  (N, OUT)
     cdef float* gwp = &gw[0, 0]
     cdef float* gxp = &gx[0, 0]
     cdef Py_ssize_t t, o0, o1, o, i, i0, i1
-    cdef double s
-    cdef float v
     for t in prange(nblocks, schedule='static', num_threads=nt):
         o0 = _part(t, M, nblocks)
         o1 = _part(t + 1, M, nblocks)
         if o1 > o0 and fcg_gemm != NULL:  # (gy^T's rows broadcast, x's rows the vectors)
             fcg_transpose(gp + o0, M, N, o1 - o0, NULL, tp + o0 * N, N)
             _bias_sums(gp, N, M, o0, o1, &gb[0])
-            fcg_gemm(o1 - o0, K, N, tp + o0 * N, N, 1, xp, K, fcg_W, 0, gwp + o0 * K, K)
-        elif o1 > o0:
-            # gyt[o0:o1] = gy[:, o0:o1]^T and the bias sums (float64, in row order)
+            fcg_gemm(o1 - o0, K, N, tp + o0 * N, N, 1, xp, K, fcg_W, gwp + o0 * K, K)
+        elif o1 > o0:  # gyt[o0:o1] = gy[:, o0:o1]^T, the bias sums
             for o in range(o0, o1):
-                s = 0.0
                 for i in range(N):
-                    v = gp[i * M + o]
-                    tp[o * N + i] = v
-                    s = s + v
-                gb[o] = <float>s
+                    tp[o * N + i] = gp[i * M + o]
+            _bias_sums(gp, N, M, o0, o1, &gb[0])
             _gemm(False, False, o1 - o0, K, N, tp + o0 * N, N, xp, K, 0.0, gwp + o0 * K, K)
         i0 = _part(t, K, nblocks)
         i1 = _part(t + 1, K, nblocks)
@@ -143,7 +132,7 @@ cdef void _linear_bwd(const float[:, ::1] gy,      # IN  (N, OUT)
             i0 = _part(t, K, nblocks)
             i1 = _part(t + 1, K, nblocks)
             if i1 > i0:
-                fcg_gemm(N, i1 - i0, M, tp, 1, N, wp + i0, K, fcg_W, 0, gxp + i0, K)
+                fcg_gemm(N, i1 - i0, M, tp, 1, N, wp + i0, K, fcg_W, gxp + i0, K)
 
 
 cdef _Key _fwd_ok, _bwd_ok

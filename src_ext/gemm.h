@@ -11,7 +11,7 @@
 typedef ptrdiff_t fcg_i;
 typedef void (*fcg_transpose_fn)(const float*, fcg_i, fcg_i, fcg_i, const float*, float*, fcg_i);
 typedef void (*fcg_gemm_fn)(fcg_i, fcg_i, fcg_i, const float*, fcg_i, fcg_i, const float*, fcg_i,
-                            fcg_i, int, float*, fcg_i);
+                            fcg_i, float*, fcg_i);
 
 #ifdef FC_SIMD
 #include <immintrin.h>

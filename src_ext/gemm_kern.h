@@ -106,7 +106,7 @@ static void FCG_NAME(fcg_transpose)(const float* s, fcg_i lds, fcg_i rows, fcg_i
                 d[j * ldd + i] = s[i * lds + j] + (add ? add[i] : 0.0f);
 }
 
-/* b's slice of steps [p0, p0 + kc) and columns [j0, j0 + nj) -> bp[kc][W], zero past nj. */
+/* b's slice of steps [p0, p0 + kc) and columns [j0, j0 + nj) -> bp[kc][W]. */
 static void FCG_NAME(fcg_pack_b)(const float* b, fcg_i ldb, fcg_i kc, fcg_i nj, float* bp)
 {
     const fcg_i W = FCG_V * FCG_VL;
@@ -117,36 +117,25 @@ static void FCG_NAME(fcg_pack_b)(const float* b, fcg_i ldb, fcg_i kc, fcg_i nj, 
                 FCG_STORE(bp + p * W + v * FCG_VL, FCG_LOAD(b + p * ldb + v * FCG_VL));
         return;
     }
-    for (p = 0; p < kc; p++) {
+    for (p = 0; p < kc; p++)  /* (lanes past nj: the tiles load them masked) */
         for (j = 0; j < nj; j++)
             bp[p * W + j] = b[p * ldb + j];
-        for (; j < W; j++)
-            bp[p * W + j] = 0.0f;
-    }
 }
 
-/* c (m x n, row stride ldc) = [c +] A B with A[i][p] = a[i*ars + p*aps] (ars == 1 or aps == 1)
+/* c (m x n, row stride ldc) = A B with A[i][p] = a[i*ars + p*aps] (ars == 1 or aps == 1)
  * and B[p][j] = b[(j / W)*bts + p*ldb + j % W], W = FCG_V*FCG_VL: b's column tiles of W side
  * by side in rows (bts = W; each block of a tile is then copied to a buffer of kc x W first,
- * its rows being far apart) or packed one after another (bts = k*ldb, ldb = W).  Steps in
- * blocks of FCG_KC; per block, the column tiles, each over all row tiles (the block of b in
+ * its rows being far apart) or packed one after another (bts = k*ldb, ldb = W).  Steps (k >= 1)
+ * in blocks of FCG_KC; per block, the column tiles, each over all row tiles (the block of b in
  * L1, a from L2; the next tile's rows of a prefetched to L2). */
 static void FCG_NAME(fcg_gemm)(fcg_i m, fcg_i n, fcg_i k, const float* a, fcg_i ars, fcg_i aps,
-                               const float* b, fcg_i ldb, fcg_i bts, int beta, float* c,
-                               fcg_i ldc)
+                               const float* b, fcg_i ldb, fcg_i bts, float* c, fcg_i ldc)
 {
     const fcg_i W = FCG_V * FCG_VL;
     const int arow = ars == 1, pack = bts == W && ldb != W;
     fcg_i p0, j0, i0, kc, nj, v, R;
     FCG_MASK_T full[FCG_V], tail[FCG_V];
     float bp[FCG_KC * FCG_V * FCG_VL] __attribute__((aligned(64)));
-    if (k == 0) {
-        if (!beta)
-            for (i0 = 0; i0 < m; i0++)
-                for (j0 = 0; j0 < n; j0++)
-                    c[i0 * ldc + j0] = 0.0f;
-        return;
-    }
     for (v = 0; v < FCG_V; v++) {
         fcg_i left = n % W - v * FCG_VL;
         full[v] = FCG_MASK_N(FCG_VL);
@@ -174,7 +163,7 @@ static void FCG_NAME(fcg_gemm)(fcg_i m, fcg_i n, fcg_i k, const float* a, fcg_i 
                 }
                 FCG_NAME(fcg_tiles)[arow][nj < W][R - 1](
                     a + i0 * ars + p0 * aps, ars, aps, bt, lb, kc, c + i0 * ldc + j0, ldc,
-                    nj < W ? tail : full, beta || p0 > 0);
+                    nj < W ? tail : full, p0 > 0);
             }
         }
     }

@@ -75,15 +75,11 @@ def _panel(m, nj, a, a0, ars, aps, aoffs, b, b0, ldb, kc, c, c0, ldc, load):
 @helper
 def _gemm(m, n, k, a, a0, ars, aps, b, b0, ldb, bts, c, c0, ldc):
     """``c[c0 + i*ldc + j] = sum_p a[a0 + i*ars + p*aps] * b[b0 + (j // W)*bts + p*ldb + j % W]``
-    (1-D arrays; as ``fcg_gemm`` of src_ext/gemm_kern.h, same blocks and order)."""
+    (1-D arrays, k >= 1; as ``fcg_gemm`` of src_ext/gemm_kern.h, same blocks and order)."""
     aoffs = np.empty(GR, np.int64)
     for r in range(GR):
         aoffs[r] = r * ars
     bp = np.empty(KC * W, np.float32)
-    if k == 0:
-        for i in range(m):
-            for j in range(n):
-                c[c0 + i * ldc + j] = 0.0
     for p0 in range(0, k, KC):
         kc = min(KC, k - p0)
         for j0 in range(0, n, W):
