@@ -385,7 +385,15 @@ def batchnorm_stats(x, mean, var):
     var[...] = np.einsum("nchw,nchw->c", d, d) / m
 
 
-def batchnorm_forward(x, mean, inv_std, weight, bias, relu, xhat, y):
+def _xhat(x, mean, inv_std):
+    """``(x - mean[c]) * inv_std[c]``, float32: the normalised values every batch-norm kernel
+    computes from ``x`` with these two roundings (the forward keeps ``x``, not its result)."""
+    xhat = np.subtract(x, _per_channel(mean))
+    xhat *= _per_channel(inv_std)
+    return xhat
+
+
+def batchnorm_forward(x, mean, inv_std, weight, bias, relu, y):
     """Normalise, scale and shift per channel.
 
     Parameters
@@ -393,21 +401,19 @@ def batchnorm_forward(x, mean, inv_std, weight, bias, relu, xhat, y):
     x : (N, C, H, W) float32  # IN
     mean, inv_std, weight, bias : (C,) float32  # IN
     relu : int  # IN  1: ``y`` is ``max(xhat * weight[c] + bias[c], 0)`` (:func:`relu_forward`'s rule)
-    xhat : (N, C, H, W) float32  # OUT  ``(x - mean[c]) * inv_std[c]``
-    y : (N, C, H, W) float32  # OUT  ``xhat * weight[c] + bias[c]``
+    y : (N, C, H, W) float32  # OUT  ``xhat * weight[c] + bias[c]``, ``xhat = (x - mean[c]) * inv_std[c]``
 
     Every operation is rounded to float32 in this order (no fused multiply-add), so the
-    compiled kernels match this reference bit for bit.  The outputs must not alias ``x``.
+    compiled kernels match this reference bit for bit.  ``y`` must not alias ``x``.  ``xhat``
+    is not stored: the backward kernels recompute it from ``x`` with the same operations.
     """
-    np.subtract(x, _per_channel(mean), out=xhat)
-    xhat *= _per_channel(inv_std)
-    np.multiply(xhat, _per_channel(weight), out=y)
+    np.multiply(_xhat(x, mean, inv_std), _per_channel(weight), out=y)
     y += _per_channel(bias)
     if relu:
         relu_forward(y, y)
 
 
-def batchnorm_forward_maxpool2(x, mean, inv_std, weight, bias, relu, xhat, y, idx):
+def batchnorm_forward_maxpool2(x, mean, inv_std, weight, bias, relu, y, idx):
     """:func:`batchnorm_forward`, an optional ReLU, then a 2x2 max pooling of stride 2, without
     the full-size output.
 
@@ -417,13 +423,12 @@ def batchnorm_forward_maxpool2(x, mean, inv_std, weight, bias, relu, xhat, y, id
         As :func:`batchnorm_forward`; ``x`` is ``(N, C, H, W)`` with ``H, W >= 2``.
     relu : int
         1: pool ``max(y, 0)`` (:func:`relu_forward`'s rule); 0: pool ``y``.
-    xhat : (N, C, H, W) float32  # OUT  as :func:`batchnorm_forward`'s
     y : (N, C, H // 2, W // 2) float32  # OUT  bit for bit :func:`maxpool2d_forward` (2x2,
         stride 2) of the normalised (and ReLU'd) values; an odd last row or column is dropped
     idx : (N, C, H // 2, W // 2) int32  # OUT  its indices (flat into the ``(H, W)`` plane)
     """
     full = np.empty(x.shape, np.float32)
-    batchnorm_forward(x, mean, inv_std, weight, bias, relu, xhat, full)
+    batchnorm_forward(x, mean, inv_std, weight, bias, relu, full)
     maxpool2d_forward(full, 2, 2, 2, 2, 0, 0, y, idx)
 
 
@@ -437,12 +442,13 @@ def _relu_masked(gy, xhat, weight, bias):
     return g
 
 
-def batchnorm_backward_reduce(gy, xhat, weight, bias, relu, gsum, gdot):
+def batchnorm_backward_reduce(gy, x, mean, inv_std, weight, bias, relu, gsum, gdot):
     """Per-channel sums for the BatchNorm gradients (float64 accumulation).
 
     Parameters
     ----------
-    gy, xhat : (N, C, H, W) float32  # IN
+    gy, x : (N, C, H, W) float32  # IN  the output's gradient, the forward's input
+    mean, inv_std : (C,) float32  # IN  the forward's (``xhat`` recomputed as it did)
     weight, bias : (C,) float32  # IN  the forward's (used with ``relu`` only)
     relu : int  # IN  1: ``gy`` is the gradient of :func:`batchnorm_forward`'s output with
         ``relu=1``; the ReLU's mask is applied first (:func:`relu_backward`, the output
@@ -452,25 +458,26 @@ def batchnorm_backward_reduce(gy, xhat, weight, bias, relu, gsum, gdot):
 
     As for :func:`batchnorm_stats`, the compiled kernels agree to rounding, in a fixed order.
     """
+    xhat = _xhat(x, mean, inv_std)
     g = _relu_masked(gy, xhat, weight, bias) if relu else gy
     gsum[...] = g.sum(axis=(0, 2, 3), dtype=np.float64)
     gdot[...] = np.einsum("nchw,nchw->c", g, xhat, dtype=np.float64)
 
 
-def batchnorm_backward_apply(gy, xhat, weight, bias, relu, scale, a, b, gx):
+def batchnorm_backward_apply(gy, x, mean, inv_std, weight, bias, relu, scale, a, b, gx):
     """Input gradient of BatchNorm: ``gx = (g - (xhat * b[c] + a[c])) * scale[c]``, ``g`` =
     ``gy`` masked as in :func:`batchnorm_backward_reduce`.
 
     Parameters
     ----------
-    gy, xhat : (N, C, H, W) float32  # IN
-    weight, bias, relu : as :func:`batchnorm_backward_reduce`  # IN
+    gy, x, mean, inv_std, weight, bias, relu : as :func:`batchnorm_backward_reduce`  # IN
     scale, a, b : (C,) float32  # IN  training: ``scale = weight * inv_std``, ``a = gsum / M``,
         ``b = gdot / M``; eval: ``a = b = 0``
-    gx : (N, C, H, W) float32  # OUT, must not alias ``gy`` or ``xhat``
+    gx : (N, C, H, W) float32  # OUT, must not alias ``gy`` or ``x``
 
     Every operation is rounded to float32 in this order (bit-identical across backends).
     """
+    xhat = _xhat(x, mean, inv_std)
     g = _relu_masked(gy, xhat, weight, bias) if relu else gy
     np.multiply(xhat, _per_channel(b), out=gx)
     gx += _per_channel(a)

@@ -1050,7 +1050,9 @@ def batch_norm2d(x: ArrayLike, weight: ArrayLike, bias: ArrayLike, running_mean:
     -------
     y : (N, C, H, W) float32; with ``max_pool2`` (N, C, H // 2, W // 2)
     cache : tuple
-        For :func:`batch_norm2d_backward`, which then takes the gradient of this ``y``.
+        For :func:`batch_norm2d_backward`, which then takes the gradient of this ``y``.  It
+        refers to ``x`` itself (the backward recomputes the normalised values from it): leave
+        ``x`` unchanged until then.
     """
     op = "batch_norm2d"
     x = as_float32(x, "input", 4, op)
@@ -1081,22 +1083,22 @@ def batch_norm2d(x: ArrayLike, weight: ArrayLike, bias: ArrayLike, running_mean:
     else:
         inv_std = (1.0 / np.sqrt(running_var.astype(np.float64) + eps)).astype(np.float32)
         center = np.ascontiguousarray(running_mean, dtype=np.float32)
-    xhat = np.empty(x.shape, np.float32)
     if max_pool2:
         if h < 2 or w < 2:
             raise ValueError(f"{op}: max_pool2 needs an input of at least 2 x 2, got {x.shape}")
         y = np.empty((n, c, h // 2, w // 2), np.float32)
         idx = np.empty(y.shape, np.int32)
-        k.batchnorm_forward_maxpool2(x, center, inv_std, weight, bias, int(bool(relu)), xhat, y, idx)
+        k.batchnorm_forward_maxpool2(x, center, inv_std, weight, bias, int(bool(relu)), y, idx)
         post: tuple[Any, ...] | None = (y if relu else None, idx)
         affine = None
     else:
         y = np.empty(x.shape, np.float32)
-        k.batchnorm_forward(x, center, inv_std, weight, bias, int(bool(relu)), xhat, y)
+        k.batchnorm_forward(x, center, inv_std, weight, bias, int(bool(relu)), y)
         post = None
-        # the ReLU's mask is recomputed from xhat by the backward kernels: y is not kept
+        # the ReLU's mask is recomputed from x by the backward kernels: y is not kept
         affine = (weight.copy(), bias.copy()) if relu else None
-    return y, (xhat, inv_std, training, m, sync if training else None, post, affine)
+    # x is kept, not the normalised values (the backward kernels recompute them from it)
+    return y, (x, center, inv_std, training, m, sync if training else None, post, affine)
 
 
 def batch_norm2d_backward(grad_out: ArrayLike, cache: tuple[Any, ...], weight: ArrayLike
@@ -1108,17 +1110,17 @@ def batch_norm2d_backward(grad_out: ArrayLike, cache: tuple[Any, ...], weight: A
     over the global batch.
     """
     op = "batch_norm2d_backward"
-    xhat, inv_std, training, m, sync, post, affine = cache
+    x, center, inv_std, training, m, sync, post, affine = cache
     grad_out = as_float32(grad_out, "grad_out", 4, op)
     if post is not None:  # the fused pooling (and ReLU: its mask from the pooled output)
         y, idx = post
         if grad_out.shape != idx.shape:
             raise ValueError(f"{op}: grad_out must have shape {idx.shape}, got {grad_out.shape}")
-        grad_out = _unpooled(_backend.ops(), grad_out, idx, y, xhat.shape)
-    if grad_out.shape != xhat.shape:
-        raise ValueError(f"{op}: grad_out must have shape {xhat.shape}, got {grad_out.shape}")
+        grad_out = _unpooled(_backend.ops(), grad_out, idx, y, x.shape)
+    if grad_out.shape != x.shape:
+        raise ValueError(f"{op}: grad_out must have shape {x.shape}, got {grad_out.shape}")
     weight = as_float32(weight, "weight", 1, op)
-    c = xhat.shape[1]
+    c = x.shape[1]
     if weight.shape != (c,):
         raise ValueError(f"{op}: weight must have shape ({c},), got {weight.shape}")
     k = _backend.ops()
@@ -1126,16 +1128,16 @@ def batch_norm2d_backward(grad_out: ArrayLike, cache: tuple[Any, ...], weight: A
     gw = np.empty(c, np.float64)
     relu = affine is not None  # the fused ReLU alone: the kernels mask with the forward's affine
     fw, fb = affine if relu else (weight, weight)  # (unused without the ReLU)
-    k.batchnorm_backward_reduce(grad_out, xhat, fw, fb, int(relu), gb, gw)  # sum(g), sum(g * xhat)
+    k.batchnorm_backward_reduce(grad_out, x, center, inv_std, fw, fb, int(relu), gb, gw)  # sum(g), sum(g * xhat)
     scale = weight * inv_std
     if training:
-        sb, sw = (gb, gw) if sync is None else sync.grad_sums(xhat.size // c, gb, gw)
+        sb, sw = (gb, gw) if sync is None else sync.grad_sums(x.size // c, gb, gw)
         a = (sb / m).astype(np.float32)
         b = (sw / m).astype(np.float32)
     else:  # gx = gy * scale
         a = b = np.zeros(c, np.float32)
-    gx = np.empty(xhat.shape, np.float32)
-    k.batchnorm_backward_apply(grad_out, xhat, fw, fb, int(relu), scale, a, b, gx)
+    gx = np.empty(x.shape, np.float32)
+    k.batchnorm_backward_apply(grad_out, x, center, inv_std, fw, fb, int(relu), scale, a, b, gx)
     return gx, gw.astype(np.float32), gb.astype(np.float32)
 
 

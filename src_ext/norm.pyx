@@ -19,15 +19,16 @@ include "_common.pxi"
 # --------------------------------------------------------------------------- plane helpers
 
 cdef extern from "norm_kern.h" nogil:
-    ctypedef struct fnk_table:  # (the loops of one SIMD path)
+    ctypedef struct fnk_table:  # (the loops of one SIMD path; xh = (x - mu) * s, float32)
         void (*acc_plane)(double* acc, const float* x, Py_ssize_t P, Py_ssize_t D) noexcept nogil  # acc[e] += x[e]
         void (*acc_plane_sqdev)(double* acc, const float* x, Py_ssize_t P, double mu) noexcept nogil  # += (x[e]-mu)**2
-        void (*acc_plane_sum_dot)(double* accs, double* accd, const float* g, const float* h,
-                                  Py_ssize_t P, float w, float b, int relu, Py_ssize_t D) noexcept nogil  # g masked if relu
-        void (*fwd_plane)(const float* x, float* xh, float* y, Py_ssize_t P, float mu, float s, float w,
-                          float b, int relu) noexcept nogil  # xh = (x - mu) * s; y = xh * w + b (ReLU'd)
-        void (*bwd_plane)(const float* gy, const float* xh, float* gx, Py_ssize_t P, float sc, float a,
-                          float b, float w, float bb, int relu) noexcept nogil  # gx = (g - (xh * b + a)) * sc
+        void (*acc_plane_sum_dot)(double* accs, double* accd, const float* g, const float* x, Py_ssize_t P,
+                                  float mu, float s, float w, float b, int relu,
+                                  Py_ssize_t D) noexcept nogil  # += g, g * xh; g masked if relu
+        void (*fwd_plane)(const float* x, float* y, Py_ssize_t P, float mu, float s, float w, float b,
+                          int relu) noexcept nogil  # y = xh * w + b (ReLU'd)
+        void (*bwd_plane)(const float* gy, const float* x, float* gx, Py_ssize_t P, float mu, float s, float sc,
+                          float a, float b, float w, float bb, int relu) noexcept nogil  # (g - (xh * b + a)) * sc
     const fnk_table* fnk
     void fcp_pool_planes(const float* full, float* out, int* io, int* scratch, Py_ssize_t planes,
                          Py_ssize_t OH, Py_ssize_t OW)  # 2x2 max pooling with indices (pool2.h)
@@ -61,13 +62,13 @@ cdef inline void _stats_channel(const float* x, Py_ssize_t c, Py_ssize_t N, Py_s
     var[0] = _sum8_runs(acc, 1, 0, P) / M
 
 
-cdef inline void _reduce_channel(const float* gy, const float* xh, Py_ssize_t c, Py_ssize_t N,
-                                 Py_ssize_t C, Py_ssize_t P, float w, float bb, int relu, double* acc,
-                                 double* gsum, double* gdot) noexcept nogil:
-    """``sum(g)`` and ``sum(g * xhat)`` of channel ``c``, ``g`` = ``gy`` (with ``relu``: masked
-    by the ReLU of ``xh * w + bb``).
+cdef inline void _reduce_channel(const float* gy, const float* x, Py_ssize_t c, Py_ssize_t N,
+                                 Py_ssize_t C, Py_ssize_t P, float mu, float s, float w, float bb, int relu,
+                                 double* acc, double* gsum, double* gdot) noexcept nogil:
+    """``sum(g)`` and ``sum(g * xhat)`` of channel ``c``, ``xhat = (x - mu) * s``, ``g`` = ``gy``
+    (with ``relu``: masked by the ReLU of ``xhat * w + bb``).
 
-    gy, xh : (N, C, P)  # IN
+    gy, x : (N, C, P)  # IN
     acc : 2*P doubles of scratch
     gsum, gdot : the channel's outputs  # OUT
     """
@@ -75,7 +76,7 @@ cdef inline void _reduce_channel(const float* gy, const float* xh, Py_ssize_t c,
     _zero(acc, 2 * P)
     for b in range(N):
         o = (b * C + c) * P
-        fnk.acc_plane_sum_dot(acc, acc + P, gy + o, xh + o, P, w, bb, relu, C * P)
+        fnk.acc_plane_sum_dot(acc, acc + P, gy + o, x + o, P, mu, s, w, bb, relu, C * P)
     gsum[0] = _sum8_runs(acc, 1, 0, P)
     gdot[0] = _sum8_runs(acc + P, 1, 0, P)
 
@@ -96,7 +97,9 @@ cdef void _stats(const float[:, :, :, ::1] x,   # IN  (N, C, H, W)
 
 
 cdef void _reduce(const float[:, :, :, ::1] gy,    # IN  (N, C, H, W)
-                  const float[:, :, :, ::1] xhat,  # IN  (N, C, H, W)
+                  const float[:, :, :, ::1] x,     # IN  (N, C, H, W) the forward's input
+                  const float[::1] mean,           # IN  (C,) the forward's
+                  const float[::1] inv_std,        # IN  (C,)
                   const float[::1] weight,         # IN  (C,) with relu: the forward's
                   const float[::1] bias,           # IN  (C,)
                   int relu,                        # IN  gy masked by the ReLU of xhat * weight + bias
@@ -106,11 +109,12 @@ cdef void _reduce(const float[:, :, :, ::1] gy,    # IN  (N, C, H, W)
                   int nt) noexcept nogil:
     cdef Py_ssize_t N = gy.shape[0], C = gy.shape[1], P = gy.shape[2] * gy.shape[3], c
     cdef const float* gp = &gy[0, 0, 0, 0]
-    cdef const float* hp = &xhat[0, 0, 0, 0]
+    cdef const float* xp = &x[0, 0, 0, 0]
     cdef double* sp = &gsum[0]
     cdef double* dp = &gdot[0]
     for c in prange(C, schedule='static', num_threads=nt):
-        _reduce_channel(gp, hp, c, N, C, P, weight[c], bias[c], relu, acc + 2 * c * P, sp + c, dp + c)
+        _reduce_channel(gp, xp, c, N, C, P, mean[c], inv_std[c], weight[c], bias[c], relu, acc + 2 * c * P,
+                        sp + c, dp + c)
 
 
 cdef void _forward(const float[:, :, :, ::1] x,   # IN  (N, C, H, W)
@@ -119,16 +123,14 @@ cdef void _forward(const float[:, :, :, ::1] x,   # IN  (N, C, H, W)
                    const float[::1] weight,        # IN  (C,)
                    const float[::1] bias,          # IN  (C,)
                    int relu,                       # IN  ReLU on y
-                   float[:, :, :, ::1] xhat,       # OUT (N, C, H, W)
                    float[:, :, :, ::1] y,          # OUT (N, C, H, W)
                    int nt) noexcept nogil:
     cdef Py_ssize_t C = x.shape[1], P = x.shape[2] * x.shape[3], NC = x.shape[0] * C, t, c
     cdef const float* xp = &x[0, 0, 0, 0]
-    cdef float* hp = &xhat[0, 0, 0, 0]
     cdef float* yp = &y[0, 0, 0, 0]
     for t in prange(NC, schedule='static', num_threads=nt):
         c = t % C
-        fnk.fwd_plane(xp + t * P, hp + t * P, yp + t * P, P, mean[c], inv_std[c], weight[c], bias[c], relu)
+        fnk.fwd_plane(xp + t * P, yp + t * P, P, mean[c], inv_std[c], weight[c], bias[c], relu)
 
 
 cdef void _forward_pool(const float[:, :, :, ::1] x,   # IN  (N, C, H, W), H and W >= 2
@@ -137,7 +139,6 @@ cdef void _forward_pool(const float[:, :, :, ::1] x,   # IN  (N, C, H, W), H and
                         const float[::1] weight,        # IN  (C,)
                         const float[::1] bias,          # IN  (C,)
                         int relu,                       # IN  ReLU before pooling
-                        float[:, :, :, ::1] xhat,       # OUT (N, C, H, W)
                         float[:, :, :, ::1] y,          # OUT (N, C, H // 2, W // 2)
                         int[:, :, :, ::1] idx,          # OUT (N, C, H // 2, W // 2)
                         float* buf,                     # scratch: one plane per block
@@ -145,20 +146,20 @@ cdef void _forward_pool(const float[:, :, :, ::1] x,   # IN  (N, C, H, W), H and
     """:func:`_forward` one plane at a time into ``buf`` (in cache), then the pooling kernels'
     2x2 plane of it: blocks of consecutive planes, one per thread."""
     cdef Py_ssize_t C = x.shape[1], W = x.shape[3], P = x.shape[2] * W, NC = x.shape[0] * C
-    cdef Py_ssize_t PH = x.shape[2] // 2, PW = W // 2, T = min(<Py_ssize_t>nt, NC), t, i, c
+    cdef Py_ssize_t Q = (x.shape[2] // 2) * (W // 2), T = min(<Py_ssize_t>nt, NC), t, i, c
     cdef float* yb
     for t in prange(T, schedule='static', num_threads=nt):
         yb = buf + t * P
         for i in range(_part(t, NC, T), _part(t + 1, NC, T)):
             c = i % C
-            fnk.fwd_plane(&x[0, 0, 0, 0] + i * P, &xhat[0, 0, 0, 0] + i * P, yb, P, mean[c], inv_std[c],
-                          weight[c], bias[c], relu)
-            fcp_pool_planes(yb, &y[0, 0, 0, 0] + i * PH * PW, &idx[0, 0, 0, 0] + i * PH * PW, NULL, 1,
-                            x.shape[2], W)
+            fnk.fwd_plane(&x[0, 0, 0, 0] + i * P, yb, P, mean[c], inv_std[c], weight[c], bias[c], relu)
+            fcp_pool_planes(yb, &y[0, 0, 0, 0] + i * Q, &idx[0, 0, 0, 0] + i * Q, NULL, 1, x.shape[2], W)
 
 
 cdef void _apply(const float[:, :, :, ::1] gy,    # IN  (N, C, H, W)
-                 const float[:, :, :, ::1] xhat,  # IN  (N, C, H, W)
+                 const float[:, :, :, ::1] x,     # IN  (N, C, H, W) the forward's input
+                 const float[::1] mean,           # IN  (C,) the forward's
+                 const float[::1] inv_std,        # IN  (C,)
                  const float[::1] weight,         # IN  (C,) with relu: the forward's
                  const float[::1] bias,           # IN  (C,)
                  int relu,                        # IN  gy masked by the ReLU of xhat * weight + bias
@@ -169,11 +170,12 @@ cdef void _apply(const float[:, :, :, ::1] gy,    # IN  (N, C, H, W)
                  int nt) noexcept nogil:
     cdef Py_ssize_t C = gy.shape[1], P = gy.shape[2] * gy.shape[3], NC = gy.shape[0] * C, t, c
     cdef const float* gp = &gy[0, 0, 0, 0]
-    cdef const float* hp = &xhat[0, 0, 0, 0]
+    cdef const float* xp = &x[0, 0, 0, 0]
     cdef float* op = &gx[0, 0, 0, 0]
     for t in prange(NC, schedule='static', num_threads=nt):
         c = t % C
-        fnk.bwd_plane(gp + t * P, hp + t * P, op + t * P, P, scale[c], a[c], b[c], weight[c], bias[c], relu)
+        fnk.bwd_plane(gp + t * P, xp + t * P, op + t * P, P, mean[c], inv_std[c], scale[c], a[c], b[c],
+                      weight[c], bias[c], relu)
 
 
 # --------------------------------------------------------------------------- Python API
@@ -205,38 +207,34 @@ def batchnorm_stats(const float[:, :, :, ::1] x, double[::1] mean, double[::1] v
 
 def batchnorm_forward(const float[:, :, :, ::1] x, const float[::1] mean,
                       const float[::1] inv_std, const float[::1] weight, const float[::1] bias,
-                      int relu, float[:, :, :, ::1] xhat, float[:, :, :, ::1] y):
+                      int relu, float[:, :, :, ::1] y):
     """Normalise, scale and shift per channel, optionally the ReLU (see
     :func:`fastcnn._ref.batchnorm_forward`)."""
     if not _isa_set:
         _use_isa(fnk_set_isa)
     cdef _Key k = _key()
-    if _new(&_fwd_ok, &k, x.shape, mean.shape, inv_std.shape, weight.shape, bias.shape,
-            xhat.shape, y.shape):
+    if _new(&_fwd_ok, &k, x.shape, mean.shape, inv_std.shape, weight.shape, bias.shape, y.shape):
         _passed(&_fwd_ok, &k, _backend.sizes_batchnorm_forward(
             _dims(x.shape, 4), _dims(mean.shape, 1), _dims(inv_std.shape, 1),
-            _dims(weight.shape, 1), _dims(bias.shape, 1), _dims(xhat.shape, 4), _dims(y.shape, 4)))
+            _dims(weight.shape, 1), _dims(bias.shape, 1), _dims(y.shape, 4)))
     if _size4(x.shape) == 0:
         return
     with nogil:
-        _forward(x, mean, inv_std, weight, bias, relu, xhat, y, _threads_for(_size4(x.shape)))
+        _forward(x, mean, inv_std, weight, bias, relu, y, _threads_for(_size4(x.shape)))
 
 
 def batchnorm_forward_maxpool2(const float[:, :, :, ::1] x, const float[::1] mean,
                                const float[::1] inv_std, const float[::1] weight, const float[::1] bias,
-                               int relu, float[:, :, :, ::1] xhat, float[:, :, :, ::1] y,
-                               int[:, :, :, ::1] idx):
+                               int relu, float[:, :, :, ::1] y, int[:, :, :, ::1] idx):
     """The forward, the ReLU and 2x2 max pooling, one plane at a time
     (see :func:`fastcnn._ref.batchnorm_forward_maxpool2`)."""
     if not _isa_set:
         _use_isa(fnk_set_isa)
     cdef _Key k = _key(relu)
-    if _new(&_pool_ok, &k, x.shape, mean.shape, inv_std.shape, weight.shape, bias.shape,
-            xhat.shape, y.shape, idx.shape):
+    if _new(&_pool_ok, &k, x.shape, mean.shape, inv_std.shape, weight.shape, bias.shape, y.shape, idx.shape):
         _passed(&_pool_ok, &k, _backend.sizes_batchnorm_forward_maxpool2(
             _dims(x.shape, 4), _dims(mean.shape, 1), _dims(inv_std.shape, 1),
-            _dims(weight.shape, 1), _dims(bias.shape, 1), relu, _dims(xhat.shape, 4), _dims(y.shape, 4),
-            _dims(idx.shape, 4)))
+            _dims(weight.shape, 1), _dims(bias.shape, 1), relu, _dims(y.shape, 4), _dims(idx.shape, 4)))
     if _size4(x.shape) == 0:
         return
     cdef int nt = _threads_for(_size4(x.shape))
@@ -245,23 +243,24 @@ def batchnorm_forward_maxpool2(const float[:, :, :, ::1] x, const float[::1] mea
         raise MemoryError()
     try:
         with nogil:
-            _forward_pool(x, mean, inv_std, weight, bias, relu, xhat, y, idx, buf, nt)
+            _forward_pool(x, mean, inv_std, weight, bias, relu, y, idx, buf, nt)
     finally:
         free(buf)
 
 
-def batchnorm_backward_reduce(const float[:, :, :, ::1] gy, const float[:, :, :, ::1] xhat,
+def batchnorm_backward_reduce(const float[:, :, :, ::1] gy, const float[:, :, :, ::1] x,
+                              const float[::1] mean, const float[::1] inv_std,
                               const float[::1] weight, const float[::1] bias, int relu,
                               double[::1] gsum, double[::1] gdot):
     """Per-channel ``sum(g)`` and ``sum(g * xhat)`` in double, ``g`` = ``gy`` (masked by the
     forward's ReLU with ``relu``; see :func:`fastcnn._ref.batchnorm_backward_reduce`)."""
     if not _isa_set:
         _use_isa(fnk_set_isa)
-    cdef _Key k = _key()
-    if _new(&_reduce_ok, &k, gy.shape, xhat.shape, weight.shape, bias.shape, gsum.shape, gdot.shape):
+    cdef _Key k = _key(mean.shape[0], inv_std.shape[0])
+    if _new(&_reduce_ok, &k, gy.shape, x.shape, weight.shape, bias.shape, gsum.shape, gdot.shape):
         _passed(&_reduce_ok, &k, _backend.sizes_batchnorm_backward_reduce(
-            _dims(gy.shape, 4), _dims(xhat.shape, 4), _dims(weight.shape, 1), _dims(bias.shape, 1),
-            _dims(gsum.shape, 1), _dims(gdot.shape, 1)))
+            _dims(gy.shape, 4), _dims(x.shape, 4), _dims(mean.shape, 1), _dims(inv_std.shape, 1),
+            _dims(weight.shape, 1), _dims(bias.shape, 1), _dims(gsum.shape, 1), _dims(gdot.shape, 1)))
     if _size4(gy.shape) == 0:
         gsum[:] = 0.0
         gdot[:] = 0.0
@@ -271,12 +270,13 @@ def batchnorm_backward_reduce(const float[:, :, :, ::1] gy, const float[:, :, :,
         raise MemoryError()
     try:
         with nogil:
-            _reduce(gy, xhat, weight, bias, relu, gsum, gdot, acc, _threads_for(2 * _size4(gy.shape)))
+            _reduce(gy, x, mean, inv_std, weight, bias, relu, gsum, gdot, acc, _threads_for(2 * _size4(gy.shape)))
     finally:
         free(acc)
 
 
-def batchnorm_backward_apply(const float[:, :, :, ::1] gy, const float[:, :, :, ::1] xhat,
+def batchnorm_backward_apply(const float[:, :, :, ::1] gy, const float[:, :, :, ::1] x,
+                             const float[::1] mean, const float[::1] inv_std,
                              const float[::1] weight, const float[::1] bias, int relu,
                              const float[::1] scale, const float[::1] a, const float[::1] b,
                              float[:, :, :, ::1] gx):
@@ -284,13 +284,13 @@ def batchnorm_backward_apply(const float[:, :, :, ::1] gy, const float[:, :, :, 
     :func:`batchnorm_backward_reduce` (see :func:`fastcnn._ref.batchnorm_backward_apply`)."""
     if not _isa_set:
         _use_isa(fnk_set_isa)
-    cdef _Key k = _key()
-    if _new(&_apply_ok, &k, gy.shape, xhat.shape, weight.shape, bias.shape, scale.shape, a.shape, b.shape,
-            gx.shape):
+    cdef _Key k = _key(mean.shape[0], inv_std.shape[0], weight.shape[0], bias.shape[0])
+    if _new(&_apply_ok, &k, gy.shape, x.shape, scale.shape, a.shape, b.shape, gx.shape):
         _passed(&_apply_ok, &k, _backend.sizes_batchnorm_backward_apply(
-            _dims(gy.shape, 4), _dims(xhat.shape, 4), _dims(weight.shape, 1), _dims(bias.shape, 1),
-            _dims(scale.shape, 1), _dims(a.shape, 1), _dims(b.shape, 1), _dims(gx.shape, 4)))
+            _dims(gy.shape, 4), _dims(x.shape, 4), _dims(mean.shape, 1), _dims(inv_std.shape, 1),
+            _dims(weight.shape, 1), _dims(bias.shape, 1), _dims(scale.shape, 1), _dims(a.shape, 1),
+            _dims(b.shape, 1), _dims(gx.shape, 4)))
     if _size4(gy.shape) == 0:
         return
     with nogil:
-        _apply(gy, xhat, weight, bias, relu, scale, a, b, gx, _threads_for(_size4(gy.shape)))
+        _apply(gy, x, mean, inv_std, weight, bias, relu, scale, a, b, gx, _threads_for(_size4(gy.shape)))

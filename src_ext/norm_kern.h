@@ -35,46 +35,54 @@ static void fnk_acc_plane_sqdev_##SUFFIX(double* acc, const float* x, fnk_i P, d
 /* g[e] through the ReLU of h[e] * w + b (float32: relu_backward's product by 0 or 1) */            \
 static inline float fnk_mask_##SUFFIX(float g, float h, float w, float b)                     \
 { float v = h * w + b; return g * (v > 0.0f ? 1.0f : 0.0f); }                                 \
-/* accs[e] += g, accd[e] += g * h[e] in double (exact products); g = g[e], masked if relu */   \
+/* accs[e] += g, accd[e] += g * h in double (exact products), h = (x[e] - mu) * s (float32, \
+ * the forward's xhat); g = g[e], masked if relu */                                           \
 static void fnk_acc_plane_sum_dot_##SUFFIX(double* accs, double* accd, const float* g,        \
-                                           const float* h, fnk_i P, float w, float b, int relu, \
-                                           fnk_i D)                                            \
+                                           const float* x, fnk_i P, float mu, float s, float w, \
+                                           float b, int relu, fnk_i D)                         \
 {                                                                                             \
     for (fnk_i e0 = 0; e0 < P; e0 += FNK_RUN) {                                               \
         fnk_i e1 = e0 + FNK_RUN < P ? e0 + FNK_RUN : P;                                       \
         FNK_PREFETCH(g + D + e0);                                                             \
-        FNK_PREFETCH(h + D + e0);                                                             \
+        FNK_PREFETCH(x + D + e0);                                                             \
         if (relu)                                                                             \
             for (fnk_i e = e0; e < e1; e++) {                                                 \
-                double gv = fnk_mask_##SUFFIX(g[e], h[e], w, b);                              \
-                accs[e] += gv; accd[e] += gv * (double)h[e];                                  \
+                float h = (x[e] - mu) * s;                                                    \
+                double gv = fnk_mask_##SUFFIX(g[e], h, w, b);                                 \
+                accs[e] += gv; accd[e] += gv * (double)h;                                     \
             }                                                                                 \
         else                                                                                  \
             for (fnk_i e = e0; e < e1; e++) {                                                 \
-                double gv = g[e]; accs[e] += gv; accd[e] += gv * (double)h[e];                \
+                double gv = g[e]; accs[e] += gv; accd[e] += gv * (double)((x[e] - mu) * s);   \
             }                                                                                 \
     }                                                                                         \
 }                                                                                             \
-/* xh = (x - mu) * s, y = xh * w + b (then the ReLU kernels' rule if relu), float32 */        \
-static void fnk_fwd_plane_##SUFFIX(const float* x, float* xh, float* y, fnk_i P, float mu,     \
-                                   float s, float w, float b, int relu)                       \
+/* y = ((x - mu) * s) * w + b (then the ReLU kernels' rule if relu), float32 */               \
+static void fnk_fwd_plane_##SUFFIX(const float* x, float* y, fnk_i P, float mu, float s,      \
+                                   float w, float b, int relu)                                \
 {                                                                                             \
     if (relu)                                                                                 \
         for (fnk_i e = 0; e < P; e++) {                                                       \
-            float v = (x[e] - mu) * s, r = v * w + b; xh[e] = v; y[e] = r <= 0.0f ? 0.0f : r;  \
+            float r = ((x[e] - mu) * s) * w + b; y[e] = r <= 0.0f ? 0.0f : r;                  \
         }                                                                                     \
     else                                                                                      \
-        for (fnk_i e = 0; e < P; e++) { float v = (x[e] - mu) * s; xh[e] = v; y[e] = v * w + b; } \
+        for (fnk_i e = 0; e < P; e++) y[e] = ((x[e] - mu) * s) * w + b;                       \
 }                                                                                             \
-/* gx = (g - (xh * b + a)) * sc, float32; g = gy[e], masked through the ReLU of xh * w + bb */ \
-static void fnk_bwd_plane_##SUFFIX(const float* gy, const float* xh, float* gx, fnk_i P,       \
-                                   float sc, float a, float b, float w, float bb, int relu)    \
+/* gx = (g - (xh * b + a)) * sc, xh = (x - mu) * s, float32; g = gy[e], masked through the     \
+ * ReLU of xh * w + bb */                                                                     \
+static void fnk_bwd_plane_##SUFFIX(const float* gy, const float* x, float* gx, fnk_i P,        \
+                                   float mu, float s, float sc, float a, float b, float w,    \
+                                   float bb, int relu)                                        \
 {                                                                                             \
     if (relu)                                                                                 \
-        for (fnk_i e = 0; e < P; e++)                                                         \
-            gx[e] = (fnk_mask_##SUFFIX(gy[e], xh[e], w, bb) - (xh[e] * b + a)) * sc;          \
+        for (fnk_i e = 0; e < P; e++) {                                                       \
+            float h = (x[e] - mu) * s;                                                        \
+            gx[e] = (fnk_mask_##SUFFIX(gy[e], h, w, bb) - (h * b + a)) * sc;                  \
+        }                                                                                     \
     else                                                                                      \
-        for (fnk_i e = 0; e < P; e++) gx[e] = (gy[e] - (xh[e] * b + a)) * sc;                 \
+        for (fnk_i e = 0; e < P; e++) {                                                       \
+            float h = (x[e] - mu) * s; gx[e] = (gy[e] - (h * b + a)) * sc;                    \
+        }                                                                                     \
 }                                                                                             \
 static const fnk_table fnk_table_##SUFFIX = {                                                 \
     fnk_acc_plane_##SUFFIX, fnk_acc_plane_sqdev_##SUFFIX, fnk_acc_plane_sum_dot_##SUFFIX,      \
@@ -83,9 +91,11 @@ static const fnk_table fnk_table_##SUFFIX = {                                   
 typedef struct {
     void (*acc_plane)(double*, const float*, fnk_i, fnk_i);
     void (*acc_plane_sqdev)(double*, const float*, fnk_i, double);
-    void (*acc_plane_sum_dot)(double*, double*, const float*, const float*, fnk_i, float, float, int, fnk_i);
-    void (*fwd_plane)(const float*, float*, float*, fnk_i, float, float, float, float, int);
-    void (*bwd_plane)(const float*, const float*, float*, fnk_i, float, float, float, float, float, int);
+    void (*acc_plane_sum_dot)(double*, double*, const float*, const float*, fnk_i, float, float, float, float,
+                              int, fnk_i);
+    void (*fwd_plane)(const float*, float*, fnk_i, float, float, float, float, int);
+    void (*bwd_plane)(const float*, const float*, float*, fnk_i, float, float, float, float, float, float,
+                      float, int);
 } fnk_table;
 
 FNK_BODY(base)

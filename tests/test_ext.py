@@ -64,15 +64,21 @@ for shape in ((3, 5, 9, 7), (2, 16, 32, 32), (1, 3, 1, 37)):
     g = rng.standard_normal(shape, dtype=np.float32)
     c = shape[1]
     mean, var, gs, gd = (np.empty(c) for _ in range(4))
-    xh, y, gx = (np.empty(shape, np.float32) for _ in range(3))
+    y, gx = (np.empty(shape, np.float32) for _ in range(2))
+    pooled = shape[:2] + (shape[2] // 2, shape[3] // 2)
+    yp, idx = np.empty(pooled, np.float32), np.empty(pooled, np.int32)
     p = [rng.standard_normal(c, dtype=np.float32) for _ in range(5)]
     norm.batchnorm_stats(x, mean, var)
     for relu in (0, 1):
-        norm.batchnorm_forward(x, *p[:4], relu, xh, y)
-        norm.batchnorm_backward_reduce(g, xh, p[2], p[3], relu, gs, gd)
-        norm.batchnorm_backward_apply(g, xh, p[2], p[3], relu, *p[2:], gx)
-        for a in (mean, var, xh, y, gs, gd, gx):
+        norm.batchnorm_forward(x, *p[:4], relu, y)
+        norm.batchnorm_backward_reduce(g, x, *p[:4], relu, gs, gd)
+        norm.batchnorm_backward_apply(g, x, *p[:4], relu, *p[2:], gx)
+        for a in (mean, var, y, gs, gd, gx):
             h.update(a.tobytes())
+        if shape[2] >= 2:
+            norm.batchnorm_forward_maxpool2(x, *p[:4], relu, yp, idx)
+            h.update(yp.tobytes())
+            h.update(idx.tobytes())
 print(conv_direct.active_isa(), h.hexdigest())
 """
 

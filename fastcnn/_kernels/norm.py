@@ -36,16 +36,18 @@ def _acc_plane_sqdev(acc, xf, a, p, mu):
 
 
 @njit(**NUMBA_SERIAL)
-def _acc_plane_sum_dot(accs, accd, gf, hf, a, p, wt, bs, relu):
-    """``accs[e] += g``, ``accd[e] += g * hf[a + e]`` in float64 (exact products), ``g`` =
-    ``gf[a + e]``, with ``relu`` masked by :func:`_relu_mask`."""
+def _acc_plane_sum_dot(accs, accd, gf, xf, a, p, mu, s, wt, bs, relu):
+    """``accs[e] += g``, ``accd[e] += g * h`` in float64 (exact products), ``h = (xf[a + e] - mu)
+    * s`` (float32, the forward's xhat), ``g`` = ``gf[a + e]``, with ``relu`` masked by
+    :func:`_relu_mask`."""
     for e in range(p):
+        h = (xf[_u(a + e)] - mu) * s
         gv = gf[_u(a + e)]
         if relu:
-            gv = _relu_mask(gv, hf[_u(a + e)], wt, bs)
+            gv = _relu_mask(gv, h, wt, bs)
         g = np.float64(gv)
         accs[e] += g
-        accd[e] += g * np.float64(hf[_u(a + e)])
+        accd[e] += g * np.float64(h)
 
 
 @njit(**NUMBA_SERIAL)
@@ -68,13 +70,11 @@ def _row_sum(acc, p):
 
 
 @helper
-def _fwd_plane(xf, hf, yf, a, p, mu, s, wt, bs, relu):
-    """``xhat = (x - mu) * s``, ``y = xhat * wt + bs`` (then the ReLU kernels' rule) over one
-    plane, float32 as the reference."""
+def _fwd_plane(xf, yf, a, p, mu, s, wt, bs, relu):
+    """``y = ((x - mu) * s) * wt + bs`` (then the ReLU kernels' rule) over one plane, float32 as
+    the reference."""
     for e in range(a, a + p):
-        v = (xf[_u(e)] - mu) * s
-        hf[_u(e)] = v
-        r = v * wt + bs
+        r = ((xf[_u(e)] - mu) * s) * wt + bs
         if relu and r <= 0.0:
             r = np.float32(0.0)
         yf[_u(e)] = r
@@ -87,14 +87,15 @@ def _relu_mask(g, h, wt, bs):
 
 
 @helper
-def _bwd_plane(gf, hf, of, a, p, sc, ac, bc, wt, bs, relu):
-    """``gx = (g - (xhat * bc + ac)) * sc`` over one plane, float32 as the reference (``g``:
-    ``gy``, with ``relu`` masked by :func:`_relu_mask`)."""
+def _bwd_plane(gf, xf, of, a, p, mu, s, sc, ac, bc, wt, bs, relu):
+    """``gx = (g - (xhat * bc + ac)) * sc``, ``xhat = (x - mu) * s``, over one plane, float32 as
+    the reference (``g``: ``gy``, with ``relu`` masked by :func:`_relu_mask`)."""
     for e in range(a, a + p):
+        h = (xf[_u(e)] - mu) * s
         g = gf[_u(e)]
         if relu:
-            g = _relu_mask(g, hf[_u(e)], wt, bs)
-        of[_u(e)] = (g - (hf[_u(e)] * bc + ac)) * sc
+            g = _relu_mask(g, h, wt, bs)
+        of[_u(e)] = (g - (h * bc + ac)) * sc
 
 
 @parallel_kernel
@@ -120,55 +121,56 @@ def batchnorm_stats(x, mean, var):
 
 
 @parallel_kernel
-def batchnorm_forward(x, mean, inv_std, weight, bias, relu, xhat, y):
-    """``xhat = (x - mean) * inv_std``, ``y = xhat * weight + bias`` (``relu``: then the ReLU)
+def batchnorm_forward(x, mean, inv_std, weight, bias, relu, y):
+    """``y = xhat * weight + bias``, ``xhat = (x - mean) * inv_std`` (``relu``: then the ReLU)
     per channel (see :func:`fastcnn._ref.batchnorm_forward`)."""
-    _backend.sizes_batchnorm_forward(x.shape, mean.shape, inv_std.shape, weight.shape, bias.shape,
-                                     xhat.shape, y.shape)
+    _backend.sizes_batchnorm_forward(x.shape, mean.shape, inv_std.shape, weight.shape, bias.shape, y.shape)
     c, p = x.shape[1], x.shape[2] * x.shape[3]
-    xf, hf, yf = x.reshape(x.size), xhat.reshape(xhat.size), y.reshape(y.size)
+    xf, yf = x.reshape(x.size), y.reshape(y.size)
     for t in prange(x.shape[0] * c):
-        _fwd_plane(xf, hf, yf, t * p, p, mean[t % c], inv_std[t % c], weight[t % c], bias[t % c], relu != 0)
+        _fwd_plane(xf, yf, t * p, p, mean[t % c], inv_std[t % c], weight[t % c], bias[t % c], relu != 0)
 
 
-def batchnorm_forward_maxpool2(x, mean, inv_std, weight, bias, relu, xhat, y, idx):
+def batchnorm_forward_maxpool2(x, mean, inv_std, weight, bias, relu, y, idx):
     """The forward, the ReLU, then 2x2 max pooling of the full-size result
     (see :func:`fastcnn._ref.batchnorm_forward_maxpool2`)."""
     _backend.sizes_batchnorm_forward_maxpool2(x.shape, mean.shape, inv_std.shape, weight.shape, bias.shape, relu,
-                                              xhat.shape, y.shape, idx.shape)
+                                              y.shape, idx.shape)
     full = np.empty(x.shape, np.float32)
-    batchnorm_forward(x, mean, inv_std, weight, bias, relu, xhat, full)
+    batchnorm_forward(x, mean, inv_std, weight, bias, relu, full)
     _pool.maxpool2d_forward(full, 2, 2, 2, 2, 0, 0, y, idx)
 
 
 @parallel_kernel
-def batchnorm_backward_reduce(gy, xhat, weight, bias, relu, gsum, gdot):
+def batchnorm_backward_reduce(gy, x, mean, inv_std, weight, bias, relu, gsum, gdot):
     """Per-channel ``sum(g)`` and ``sum(g * xhat)`` in float64, ``g`` = ``gy`` (masked by the
     ReLU with ``relu``; see :func:`fastcnn._ref.batchnorm_backward_reduce`)."""
-    _backend.sizes_batchnorm_backward_reduce(gy.shape, xhat.shape, weight.shape, bias.shape, gsum.shape,
-                                             gdot.shape)
+    _backend.sizes_batchnorm_backward_reduce(gy.shape, x.shape, mean.shape, inv_std.shape, weight.shape,
+                                             bias.shape, gsum.shape, gdot.shape)
     n, c, h, w = gy.shape
     p = h * w
     gf = gy.reshape(gy.size)
-    hf = xhat.reshape(xhat.size)
+    xf = x.reshape(x.size)
     acc = np.zeros((c, 2, p))
     for ch in prange(c):
         rs = acc[ch, 0]
         rd = acc[ch, 1]
         for b in range(n):
-            _acc_plane_sum_dot(rs, rd, gf, hf, (b * c + ch) * p, p, weight[ch], bias[ch], relu != 0)
+            _acc_plane_sum_dot(rs, rd, gf, xf, (b * c + ch) * p, p, mean[ch], inv_std[ch], weight[ch], bias[ch],
+                               relu != 0)
         gsum[ch] = _row_sum(rs, p)
         gdot[ch] = _row_sum(rd, p)
 
 
 @parallel_kernel
-def batchnorm_backward_apply(gy, xhat, weight, bias, relu, scale, a, b, gx):
+def batchnorm_backward_apply(gy, x, mean, inv_std, weight, bias, relu, scale, a, b, gx):
     """``gx = (g - (xhat * b + a)) * scale`` per channel, ``g`` as in :func:`batchnorm_backward_reduce`
     (see :func:`fastcnn._ref.batchnorm_backward_apply`)."""
-    _backend.sizes_batchnorm_backward_apply(gy.shape, xhat.shape, weight.shape, bias.shape, scale.shape,
-                                            a.shape, b.shape, gx.shape)
+    _backend.sizes_batchnorm_backward_apply(gy.shape, x.shape, mean.shape, inv_std.shape, weight.shape,
+                                            bias.shape, scale.shape, a.shape, b.shape, gx.shape)
     c, p = gy.shape[1], gy.shape[2] * gy.shape[3]
-    gf, hf, of = gy.reshape(gy.size), xhat.reshape(xhat.size), gx.reshape(gx.size)
+    gf, xf, of = gy.reshape(gy.size), x.reshape(x.size), gx.reshape(gx.size)
     for t in prange(gy.shape[0] * c):
-        _bwd_plane(gf, hf, of, t * p, p, scale[t % c], a[t % c], b[t % c], weight[t % c], bias[t % c],
+        ch = t % c
+        _bwd_plane(gf, xf, of, t * p, p, mean[ch], inv_std[ch], scale[ch], a[ch], b[ch], weight[ch], bias[ch],
                    relu != 0)
