@@ -43,6 +43,7 @@ PRIMITIVES = (
     "batchnorm_forward_maxpool2",
     "batchnorm_backward_reduce",
     "batchnorm_backward_apply",
+    "batchnorm_backward",
     "adam_step",
 )
 
@@ -396,6 +397,11 @@ def sizes_batchnorm_backward_reduce(gy, x, mean, inv_std, weight, bias, gsum, gd
 def sizes_batchnorm_backward_apply(gy, x, mean, inv_std, weight, bias, scale, a, b, gx):
     sizes_batchnorm_forward(gy, mean, inv_std, weight, bias, x)
     sizes_batchnorm_forward(gy, scale, a, b, scale, gx)
+
+
+def sizes_batchnorm_backward(gy, x, mean, inv_std, weight, bias, scale, gsum, gdot, gx):
+    sizes_batchnorm_backward_reduce(gy, x, mean, inv_std, weight, bias, gsum, gdot)
+    sizes_batchnorm_forward(gy, scale, scale, scale, scale, gx)
 
 
 def sizes_adam_step(p, g, m, v, lr_t, beta1, beta2, eps, bc2_sqrt):

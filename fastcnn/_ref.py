@@ -485,6 +485,29 @@ def batchnorm_backward_apply(gy, x, mean, inv_std, weight, bias, relu, scale, a,
     gx *= _per_channel(scale)
 
 
+def batchnorm_backward(gy, x, mean, inv_std, weight, bias, relu, scale, count, gsum, gdot, gx):
+    """:func:`batchnorm_backward_reduce`, then :func:`batchnorm_backward_apply` with ``a = gsum /
+    count`` and ``b = gdot / count`` (float64, rounded once to float32) if ``count > 0``
+    (training: ``count`` = N*H*W), else ``a = b = 0`` (eval): the whole BatchNorm backward
+    without synchronised statistics.  The compiled kernels take it one channel at a time (its
+    gradient and input read again while in cache) and give the two primitives' bytes.
+
+    Parameters
+    ----------
+    gy, x, mean, inv_std, weight, bias, relu : as :func:`batchnorm_backward_reduce`  # IN
+    scale : (C,) float32  # IN  ``weight * inv_std``
+    count : float  # IN  values per channel (training), or 0 (eval)
+    gsum, gdot : (C,) float64  # OUT  as :func:`batchnorm_backward_reduce`'s
+    gx : (N, C, H, W) float32  # OUT  as :func:`batchnorm_backward_apply`'s
+    """
+    batchnorm_backward_reduce(gy, x, mean, inv_std, weight, bias, relu, gsum, gdot)
+    if count > 0:
+        a, b = (gsum / count).astype(np.float32), (gdot / count).astype(np.float32)
+    else:
+        a = b = np.zeros(gsum.shape, np.float32)
+    batchnorm_backward_apply(gy, x, mean, inv_std, weight, bias, relu, scale, a, b, gx)
+
+
 def adam_step(p, g, m, v, lr_t, beta1, beta2, eps, bc2_sqrt):
     """One ``torch.optim.Adam`` update (no weight decay, no amsgrad), in place.
 

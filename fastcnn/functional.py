@@ -1128,15 +1128,17 @@ def batch_norm2d_backward(grad_out: ArrayLike, cache: tuple[Any, ...], weight: A
     gw = np.empty(c, np.float64)
     relu = affine is not None  # the fused ReLU alone: the kernels mask with the forward's affine
     fw, fb = affine if relu else (weight, weight)  # (unused without the ReLU)
-    k.batchnorm_backward_reduce(grad_out, x, center, inv_std, fw, fb, int(relu), gb, gw)  # sum(g), sum(g * xhat)
     scale = weight * inv_std
-    if training:
-        sb, sw = (gb, gw) if sync is None else sync.grad_sums(x.size // c, gb, gw)
-        a = (sb / m).astype(np.float32)
-        b = (sw / m).astype(np.float32)
-    else:  # gx = gy * scale
-        a = b = np.zeros(c, np.float32)
     gx = np.empty(x.shape, np.float32)
+    if sync is None:  # (the sums and gx one channel at a time in the compiled kernels)
+        k.batchnorm_backward(grad_out, x, center, inv_std, fw, fb, int(relu), scale, float(m) if training else 0.0,
+                             gb, gw, gx)
+        return gx, gw.astype(np.float32), gb.astype(np.float32)
+    # synchronised statistics (training only): the input gradient from the global batch's sums
+    k.batchnorm_backward_reduce(grad_out, x, center, inv_std, fw, fb, int(relu), gb, gw)  # sum(g), sum(g * xhat)
+    sb, sw = sync.grad_sums(x.size // c, gb, gw)
+    a = (sb / m).astype(np.float32)
+    b = (sw / m).astype(np.float32)
     k.batchnorm_backward_apply(grad_out, x, center, inv_std, fw, fb, int(relu), scale, a, b, gx)
     return gx, gw.astype(np.float32), gb.astype(np.float32)
 

@@ -117,6 +117,52 @@ cdef void _reduce(const float[:, :, :, ::1] gy,    # IN  (N, C, H, W)
                         sp + c, dp + c)
 
 
+cdef inline void _backward_channel(const float* gy, const float* x, Py_ssize_t c, Py_ssize_t N, Py_ssize_t C,
+                                   Py_ssize_t P, float mu, float s, float w, float bb, int relu, float sc,
+                                   double count, double* acc, double* gsum, double* gdot,
+                                   float* gx) noexcept nogil:
+    """:func:`_reduce_channel`, then the input gradient of channel ``c`` (its planes again, in
+    cache): ``a = gsum / count``, ``b = gdot / count`` rounded to float32 (0 if ``count`` is 0).
+
+    gy, x : (N, C, P)  # IN
+    gx : (N, C, P)  # OUT
+    """
+    cdef Py_ssize_t b, o
+    cdef float a = 0.0, bd = 0.0
+    _reduce_channel(gy, x, c, N, C, P, mu, s, w, bb, relu, acc, gsum, gdot)
+    if count > 0:
+        a = <float>(gsum[0] / count)
+        bd = <float>(gdot[0] / count)
+    for b in range(N):
+        o = (b * C + c) * P
+        fnk.bwd_plane(gy + o, x + o, gx + o, P, mu, s, sc, a, bd, w, bb, relu)
+
+
+cdef void _backward(const float[:, :, :, ::1] gy,    # IN  (N, C, H, W)
+                    const float[:, :, :, ::1] x,     # IN  (N, C, H, W) the forward's input
+                    const float[::1] mean,           # IN  (C,) the forward's
+                    const float[::1] inv_std,        # IN  (C,)
+                    const float[::1] weight,         # IN  (C,) with relu: the forward's
+                    const float[::1] bias,           # IN  (C,)
+                    int relu,                        # IN  gy masked by the ReLU of xhat * weight + bias
+                    const float[::1] scale,          # IN  (C,)
+                    double count,                    # IN  values per channel (training), 0 (eval)
+                    double[::1] gsum,                # OUT (C,)
+                    double[::1] gdot,                # OUT (C,)
+                    float[:, :, :, ::1] gx,          # OUT (N, C, H, W)
+                    double* acc,                     # scratch (C, 2, H*W)
+                    int nt) noexcept nogil:
+    cdef Py_ssize_t N = gy.shape[0], C = gy.shape[1], P = gy.shape[2] * gy.shape[3], c
+    cdef const float* gp = &gy[0, 0, 0, 0]
+    cdef const float* xp = &x[0, 0, 0, 0]
+    cdef float* op = &gx[0, 0, 0, 0]
+    cdef double* sp = &gsum[0]
+    cdef double* dp = &gdot[0]
+    for c in prange(C, schedule='static', num_threads=nt):
+        _backward_channel(gp, xp, c, N, C, P, mean[c], inv_std[c], weight[c], bias[c], relu, scale[c], count,
+                          acc + 2 * c * P, sp + c, dp + c, op)
+
+
 cdef void _forward(const float[:, :, :, ::1] x,   # IN  (N, C, H, W)
                    const float[::1] mean,          # IN  (C,)
                    const float[::1] inv_std,       # IN  (C,)
@@ -180,7 +226,7 @@ cdef void _apply(const float[:, :, :, ::1] gy,    # IN  (N, C, H, W)
 
 # --------------------------------------------------------------------------- Python API
 
-cdef _Key _stats_ok, _fwd_ok, _pool_ok, _reduce_ok, _apply_ok
+cdef _Key _stats_ok, _fwd_ok, _pool_ok, _reduce_ok, _apply_ok, _bwd_ok
 
 
 def batchnorm_stats(const float[:, :, :, ::1] x, double[::1] mean, double[::1] var):
@@ -294,3 +340,33 @@ def batchnorm_backward_apply(const float[:, :, :, ::1] gy, const float[:, :, :, 
         return
     with nogil:
         _apply(gy, x, mean, inv_std, weight, bias, relu, scale, a, b, gx, _threads_for(_size4(gy.shape)))
+
+
+def batchnorm_backward(const float[:, :, :, ::1] gy, const float[:, :, :, ::1] x,
+                       const float[::1] mean, const float[::1] inv_std,
+                       const float[::1] weight, const float[::1] bias, int relu,
+                       const float[::1] scale, double count, double[::1] gsum, double[::1] gdot,
+                       float[:, :, :, ::1] gx):
+    """:func:`batchnorm_backward_reduce` and :func:`batchnorm_backward_apply` one channel at a
+    time (see :func:`fastcnn._ref.batchnorm_backward`)."""
+    if not _isa_set:
+        _use_isa(fnk_set_isa)
+    cdef _Key k = _key(mean.shape[0], inv_std.shape[0], weight.shape[0], bias.shape[0])
+    if _new(&_bwd_ok, &k, gy.shape, x.shape, scale.shape, gsum.shape, gdot.shape, gx.shape):
+        _passed(&_bwd_ok, &k, _backend.sizes_batchnorm_backward(
+            _dims(gy.shape, 4), _dims(x.shape, 4), _dims(mean.shape, 1), _dims(inv_std.shape, 1),
+            _dims(weight.shape, 1), _dims(bias.shape, 1), _dims(scale.shape, 1), _dims(gsum.shape, 1),
+            _dims(gdot.shape, 1), _dims(gx.shape, 4)))
+    if _size4(gy.shape) == 0:
+        gsum[:] = 0.0
+        gdot[:] = 0.0
+        return
+    cdef double* acc = <double*>malloc(2 * gy.shape[1] * gy.shape[2] * gy.shape[3] * sizeof(double))
+    if acc == NULL:
+        raise MemoryError()
+    try:
+        with nogil:
+            _backward(gy, x, mean, inv_std, weight, bias, relu, scale, count, gsum, gdot, gx, acc,
+                      _threads_for(3 * _size4(gy.shape)))
+    finally:
+        free(acc)

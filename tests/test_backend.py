@@ -358,6 +358,17 @@ def test_batchnorm_primitives_match_reference(name, n, c, h, w, loc, scale, seed
             want[...] = ((masked if relu else grad) - (xhat * b[:, None, None] + a[:, None, None])) * sc[:, None, None]
             k.batchnorm_backward_apply(grad, x, mean, inv_std, weight, bias, relu, sc, a, b, got)
             _assert_f32(got, want, exact, f"gx relu={relu}")
+        # the whole backward, one channel at a time: the two primitives' bytes (a, b from gs, gd)
+        for count in (float(m), 0.0):  # training, eval
+            a = (gs / m if count else np.zeros(c)).astype(np.float32)
+            b = (gd / m if count else np.zeros(c)).astype(np.float32)
+            want = np.empty(shape, np.float32)
+            k.batchnorm_backward_apply(grad, x, mean, inv_std, weight, bias, relu, sc, a, b, want)
+            fs, fd, fx = np.full(c, np.nan), np.full(c, np.nan), np.full(shape, np.nan, np.float32)
+            k.batchnorm_backward(grad, x, mean, inv_std, weight, bias, relu, sc, count, fs, fd, fx)
+            np.testing.assert_array_equal(fs, gs)
+            np.testing.assert_array_equal(fd, gd)
+            np.testing.assert_array_equal(fx, want)
     if h >= 2 and w >= 2:  # the fused ReLU and pooling: the three primitives in sequence
         for relu in (0, 1):
             pooled = (n, c, h // 2, w // 2)
@@ -722,6 +733,14 @@ def _recorded_primitive_calls(name):
         y, cache = F.batch_norm2d(x, np.ones(2, np.float32), np.zeros(2, np.float32), np.zeros(2, np.float32),
                                   np.ones(2, np.float32), training=True, relu=True, max_pool2=True)
         F.batch_norm2d_backward(y, cache, np.ones(2, np.float32))
+
+        class OneProcess:  # synchronised statistics of one process: the separate sums and apply
+            stats = staticmethod(lambda m, mean, var: (m, mean, var))
+            grad_sums = staticmethod(lambda count, gsum, gdot: (gsum, gdot))
+
+        F.batch_norm2d_backward(*F.batch_norm2d(x, np.ones(2, np.float32), np.zeros(2, np.float32),
+                                                np.zeros(2, np.float32), np.ones(2, np.float32), training=True,
+                                                sync=OneProcess()), np.ones(2, np.float32))
         p = Parameter(w.copy())
         p.grad[...] = 1.0
         Adam([p]).step()
@@ -827,6 +846,12 @@ def test_size_checks_of_the_contract_are_the_same_for_both_compiled_backends(nam
         (k.batchnorm_backward_apply, (f32((2, 3, 2, 2), np.float32), f32((2, 3, 2, 2), np.float32),
                                       *[f32(3, np.float32)] * 4, 1, *[f32(3, np.float32)] * 3,
                                       f32((1, 3, 2, 2), np.float32))),
+        (k.batchnorm_backward, (f32((2, 3, 2, 2), np.float32), f32((2, 3, 2, 2), np.float32),
+                                *[f32(3, np.float32)] * 4, 1, f32(2, np.float32), 8.0, f32(3), f32(3),
+                                f32((2, 3, 2, 2), np.float32))),
+        (k.batchnorm_backward, (f32((2, 3, 2, 2), np.float32), f32((2, 3, 2, 2), np.float32),
+                                *[f32(3, np.float32)] * 4, 1, f32(3, np.float32), 8.0, f32(3), f32(3),
+                                f32((2, 3, 2, 1), np.float32))),
         (k.batchnorm_forward_maxpool2, (f32((2, 3, 4, 5), np.float32), *[f32(3, np.float32)] * 4, 1,
                                         f32((2, 3, 2, 2), np.float32), np.empty((2, 3, 2, 3), np.int32))),
         (k.batchnorm_forward_maxpool2, (f32((2, 3, 1, 5), np.float32), *[f32(3, np.float32)] * 4, 1,

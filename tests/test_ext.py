@@ -75,6 +75,9 @@ for shape in ((3, 5, 9, 7), (2, 16, 32, 32), (1, 3, 1, 37)):
         norm.batchnorm_backward_apply(g, x, *p[:4], relu, *p[2:], gx)
         for a in (mean, var, y, gs, gd, gx):
             h.update(a.tobytes())
+        norm.batchnorm_backward(g, x, *p[:4], relu, p[4], 7.0, gs, gd, gx)
+        for a in (gs, gd, gx):
+            h.update(a.tobytes())
         if shape[2] >= 2:
             norm.batchnorm_forward_maxpool2(x, *p[:4], relu, yp, idx)
             h.update(yp.tobytes())

@@ -174,3 +174,28 @@ def batchnorm_backward_apply(gy, x, mean, inv_std, weight, bias, relu, scale, a,
         ch = t % c
         _bwd_plane(gf, xf, of, t * p, p, mean[ch], inv_std[ch], scale[ch], a[ch], b[ch], weight[ch], bias[ch],
                    relu != 0)
+
+
+@parallel_kernel
+def batchnorm_backward(gy, x, mean, inv_std, weight, bias, relu, scale, count, gsum, gdot, gx):
+    """:func:`batchnorm_backward_reduce` and :func:`batchnorm_backward_apply` one channel at a
+    time, its planes read again while in cache (see :func:`fastcnn._ref.batchnorm_backward`)."""
+    _backend.sizes_batchnorm_backward(gy.shape, x.shape, mean.shape, inv_std.shape, weight.shape, bias.shape,
+                                      scale.shape, gsum.shape, gdot.shape, gx.shape)
+    n, c, h, w = gy.shape
+    p = h * w
+    gf, xf, of = gy.reshape(gy.size), x.reshape(x.size), gx.reshape(gx.size)
+    acc = np.zeros((c, 2, p))
+    for ch in prange(c):
+        rs = acc[ch, 0]
+        rd = acc[ch, 1]
+        for b in range(n):
+            _acc_plane_sum_dot(rs, rd, gf, xf, (b * c + ch) * p, p, mean[ch], inv_std[ch], weight[ch], bias[ch],
+                               relu != 0)
+        gsum[ch] = _row_sum(rs, p)
+        gdot[ch] = _row_sum(rd, p)
+        a = np.float32(gsum[ch] / count) if count > 0 else np.float32(0.0)
+        bd = np.float32(gdot[ch] / count) if count > 0 else np.float32(0.0)
+        for b in range(n):
+            _bwd_plane(gf, xf, of, (b * c + ch) * p, p, mean[ch], inv_std[ch], scale[ch], a, bd, weight[ch],
+                       bias[ch], relu != 0)
