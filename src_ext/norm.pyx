@@ -96,40 +96,22 @@ cdef void _stats(const float[:, :, :, ::1] x,   # IN  (N, C, H, W)
         _stats_channel(xp, c, N, C, P, acc + c * P, mp + c, vp + c)
 
 
-cdef void _reduce(const float[:, :, :, ::1] gy,    # IN  (N, C, H, W)
-                  const float[:, :, :, ::1] x,     # IN  (N, C, H, W) the forward's input
-                  const float[::1] mean,           # IN  (C,) the forward's
-                  const float[::1] inv_std,        # IN  (C,)
-                  const float[::1] weight,         # IN  (C,) with relu: the forward's
-                  const float[::1] bias,           # IN  (C,)
-                  int relu,                        # IN  gy masked by the ReLU of xhat * weight + bias
-                  double[::1] gsum,                # OUT (C,)
-                  double[::1] gdot,                # OUT (C,)
-                  double* acc,                     # scratch (C, 2, H*W)
-                  int nt) noexcept nogil:
-    cdef Py_ssize_t N = gy.shape[0], C = gy.shape[1], P = gy.shape[2] * gy.shape[3], c
-    cdef const float* gp = &gy[0, 0, 0, 0]
-    cdef const float* xp = &x[0, 0, 0, 0]
-    cdef double* sp = &gsum[0]
-    cdef double* dp = &gdot[0]
-    for c in prange(C, schedule='static', num_threads=nt):
-        _reduce_channel(gp, xp, c, N, C, P, mean[c], inv_std[c], weight[c], bias[c], relu, acc + 2 * c * P,
-                        sp + c, dp + c)
-
-
 cdef inline void _backward_channel(const float* gy, const float* x, Py_ssize_t c, Py_ssize_t N, Py_ssize_t C,
                                    Py_ssize_t P, float mu, float s, float w, float bb, int relu, float sc,
                                    double count, double* acc, double* gsum, double* gdot,
                                    float* gx) noexcept nogil:
-    """:func:`_reduce_channel`, then the input gradient of channel ``c`` (its planes again, in
-    cache): ``a = gsum / count``, ``b = gdot / count`` rounded to float32 (0 if ``count`` is 0).
+    """:func:`_reduce_channel`, then (unless ``gx`` is NULL) the input gradient of channel ``c``
+    (its planes again, in cache): ``a = gsum / count``, ``b = gdot / count`` rounded to float32
+    (0 if ``count`` is 0).
 
     gy, x : (N, C, P)  # IN
-    gx : (N, C, P)  # OUT
+    gx : (N, C, P) or NULL  # OUT
     """
     cdef Py_ssize_t b, o
     cdef float a = 0.0, bd = 0.0
     _reduce_channel(gy, x, c, N, C, P, mu, s, w, bb, relu, acc, gsum, gdot)
+    if gx == NULL:
+        return
     if count > 0:
         a = <float>(gsum[0] / count)
         bd = <float>(gdot[0] / count)
@@ -145,22 +127,42 @@ cdef void _backward(const float[:, :, :, ::1] gy,    # IN  (N, C, H, W)
                     const float[::1] weight,         # IN  (C,) with relu: the forward's
                     const float[::1] bias,           # IN  (C,)
                     int relu,                        # IN  gy masked by the ReLU of xhat * weight + bias
-                    const float[::1] scale,          # IN  (C,)
+                    const float* scale,              # IN  (C,) (with gx)
                     double count,                    # IN  values per channel (training), 0 (eval)
                     double[::1] gsum,                # OUT (C,)
                     double[::1] gdot,                # OUT (C,)
-                    float[:, :, :, ::1] gx,          # OUT (N, C, H, W)
+                    float* gx,                       # OUT (N, C, H, W), or NULL: the sums only
                     double* acc,                     # scratch (C, 2, H*W)
                     int nt) noexcept nogil:
     cdef Py_ssize_t N = gy.shape[0], C = gy.shape[1], P = gy.shape[2] * gy.shape[3], c
     cdef const float* gp = &gy[0, 0, 0, 0]
     cdef const float* xp = &x[0, 0, 0, 0]
-    cdef float* op = &gx[0, 0, 0, 0]
     cdef double* sp = &gsum[0]
     cdef double* dp = &gdot[0]
     for c in prange(C, schedule='static', num_threads=nt):
-        _backward_channel(gp, xp, c, N, C, P, mean[c], inv_std[c], weight[c], bias[c], relu, scale[c], count,
-                          acc + 2 * c * P, sp + c, dp + c, op)
+        _backward_channel(gp, xp, c, N, C, P, mean[c], inv_std[c], weight[c], bias[c], relu,
+                          scale[c] if gx != NULL else 0.0, count, acc + 2 * c * P, sp + c, dp + c, gx)
+
+
+cdef int _run_backward(const float[:, :, :, ::1] gy, const float[:, :, :, ::1] x, const float[::1] mean,
+                       const float[::1] inv_std, const float[::1] weight, const float[::1] bias, int relu,
+                       const float* scale, double count, double[::1] gsum, double[::1] gdot,
+                       float* gx) except -1:
+    """:func:`_backward` with its scratch, after the caller's checks (empty input: zero sums)."""
+    if _size4(gy.shape) == 0:
+        gsum[:] = 0.0
+        gdot[:] = 0.0
+        return 0
+    cdef double* acc = <double*>malloc(2 * gy.shape[1] * gy.shape[2] * gy.shape[3] * sizeof(double))
+    if acc == NULL:
+        raise MemoryError()
+    try:
+        with nogil:
+            _backward(gy, x, mean, inv_std, weight, bias, relu, scale, count, gsum, gdot, gx, acc,
+                      _threads_for((2 if gx == NULL else 3) * _size4(gy.shape)))
+    finally:
+        free(acc)
+    return 0
 
 
 cdef void _forward(const float[:, :, :, ::1] x,   # IN  (N, C, H, W)
@@ -307,18 +309,7 @@ def batchnorm_backward_reduce(const float[:, :, :, ::1] gy, const float[:, :, :,
         _passed(&_reduce_ok, &k, _backend.sizes_batchnorm_backward_reduce(
             _dims(gy.shape, 4), _dims(x.shape, 4), _dims(mean.shape, 1), _dims(inv_std.shape, 1),
             _dims(weight.shape, 1), _dims(bias.shape, 1), _dims(gsum.shape, 1), _dims(gdot.shape, 1)))
-    if _size4(gy.shape) == 0:
-        gsum[:] = 0.0
-        gdot[:] = 0.0
-        return
-    cdef double* acc = <double*>malloc(2 * gy.shape[1] * gy.shape[2] * gy.shape[3] * sizeof(double))
-    if acc == NULL:
-        raise MemoryError()
-    try:
-        with nogil:
-            _reduce(gy, x, mean, inv_std, weight, bias, relu, gsum, gdot, acc, _threads_for(2 * _size4(gy.shape)))
-    finally:
-        free(acc)
+    _run_backward(gy, x, mean, inv_std, weight, bias, relu, NULL, 0.0, gsum, gdot, NULL)
 
 
 def batchnorm_backward_apply(const float[:, :, :, ::1] gy, const float[:, :, :, ::1] x,
@@ -357,16 +348,7 @@ def batchnorm_backward(const float[:, :, :, ::1] gy, const float[:, :, :, ::1] x
             _dims(gy.shape, 4), _dims(x.shape, 4), _dims(mean.shape, 1), _dims(inv_std.shape, 1),
             _dims(weight.shape, 1), _dims(bias.shape, 1), _dims(scale.shape, 1), _dims(gsum.shape, 1),
             _dims(gdot.shape, 1), _dims(gx.shape, 4)))
-    if _size4(gy.shape) == 0:
-        gsum[:] = 0.0
-        gdot[:] = 0.0
-        return
-    cdef double* acc = <double*>malloc(2 * gy.shape[1] * gy.shape[2] * gy.shape[3] * sizeof(double))
-    if acc == NULL:
-        raise MemoryError()
-    try:
-        with nogil:
-            _backward(gy, x, mean, inv_std, weight, bias, relu, scale, count, gsum, gdot, gx, acc,
-                      _threads_for(3 * _size4(gy.shape)))
-    finally:
-        free(acc)
+    if _size4(gy.shape) == 0:  # (no element to point at: zero sums)
+        _run_backward(gy, x, mean, inv_std, weight, bias, relu, NULL, count, gsum, gdot, NULL)
+    else:
+        _run_backward(gy, x, mean, inv_std, weight, bias, relu, &scale[0], count, gsum, gdot, &gx[0, 0, 0, 0])

@@ -98,6 +98,17 @@ def _bwd_plane(gf, xf, of, a, p, mu, s, sc, ac, bc, wt, bs, relu):
         of[_u(e)] = (g - (h * bc + ac)) * sc
 
 
+@helper
+def _channel_sums(acc, gf, xf, n, c, ch, p, mean, inv_std, weight, bias, relu, gsum, gdot):
+    """``gsum[ch]``, ``gdot[ch]``: channel ``ch``'s planes through :func:`_acc_plane_sum_dot`
+    into the two float64 rows ``acc`` (zeros), image by image, then each row's sum."""
+    for b in range(n):
+        _acc_plane_sum_dot(acc[0], acc[1], gf, xf, (b * c + ch) * p, p, mean[ch], inv_std[ch], weight[ch],
+                           bias[ch], relu)
+    gsum[ch] = _row_sum(acc[0], p)
+    gdot[ch] = _row_sum(acc[1], p)
+
+
 @parallel_kernel
 def batchnorm_stats(x, mean, var):
     """Per-channel mean and biased variance, two passes (see :func:`fastcnn._ref.batchnorm_stats`)."""
@@ -147,19 +158,12 @@ def batchnorm_backward_reduce(gy, x, mean, inv_std, weight, bias, relu, gsum, gd
     ReLU with ``relu``; see :func:`fastcnn._ref.batchnorm_backward_reduce`)."""
     _backend.sizes_batchnorm_backward_reduce(gy.shape, x.shape, mean.shape, inv_std.shape, weight.shape,
                                              bias.shape, gsum.shape, gdot.shape)
-    n, c, h, w = gy.shape
-    p = h * w
-    gf = gy.reshape(gy.size)
-    xf = x.reshape(x.size)
+    n, c = gy.shape[:2]
+    p = gy.shape[2] * gy.shape[3]
+    gf, xf = gy.reshape(gy.size), x.reshape(x.size)
     acc = np.zeros((c, 2, p))
     for ch in prange(c):
-        rs = acc[ch, 0]
-        rd = acc[ch, 1]
-        for b in range(n):
-            _acc_plane_sum_dot(rs, rd, gf, xf, (b * c + ch) * p, p, mean[ch], inv_std[ch], weight[ch], bias[ch],
-                               relu != 0)
-        gsum[ch] = _row_sum(rs, p)
-        gdot[ch] = _row_sum(rd, p)
+        _channel_sums(acc[ch], gf, xf, n, c, ch, p, mean, inv_std, weight, bias, relu != 0, gsum, gdot)
 
 
 @parallel_kernel
@@ -182,18 +186,12 @@ def batchnorm_backward(gy, x, mean, inv_std, weight, bias, relu, scale, count, g
     time, its planes read again while in cache (see :func:`fastcnn._ref.batchnorm_backward`)."""
     _backend.sizes_batchnorm_backward(gy.shape, x.shape, mean.shape, inv_std.shape, weight.shape, bias.shape,
                                       scale.shape, gsum.shape, gdot.shape, gx.shape)
-    n, c, h, w = gy.shape
-    p = h * w
+    n, c = gy.shape[:2]
+    p = gy.shape[2] * gy.shape[3]
     gf, xf, of = gy.reshape(gy.size), x.reshape(x.size), gx.reshape(gx.size)
     acc = np.zeros((c, 2, p))
     for ch in prange(c):
-        rs = acc[ch, 0]
-        rd = acc[ch, 1]
-        for b in range(n):
-            _acc_plane_sum_dot(rs, rd, gf, xf, (b * c + ch) * p, p, mean[ch], inv_std[ch], weight[ch], bias[ch],
-                               relu != 0)
-        gsum[ch] = _row_sum(rs, p)
-        gdot[ch] = _row_sum(rd, p)
+        _channel_sums(acc[ch], gf, xf, n, c, ch, p, mean, inv_std, weight, bias, relu != 0, gsum, gdot)
         a = np.float32(gsum[ch] / count) if count > 0 else np.float32(0.0)
         bd = np.float32(gdot[ch] / count) if count > 0 else np.float32(0.0)
         for b in range(n):
