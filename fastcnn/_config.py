@@ -47,6 +47,11 @@ ENV_HEAP = "FASTCNN_HEAP"
 HEAP_MMAP_THRESHOLD = 32 << 20
 HEAP_TRIM_THRESHOLD = 512 << 20
 
+#: Byte alignment of the parameters' gradients (``Parameter``): the Cython dense weight
+#: gradient stores such a gradient past the caches (streaming stores need 64-byte alignment;
+#: docs/PERFORMANCE.md, section 3).
+GRAD_ALIGN = 64
+
 #: Seconds ``distributed.abort`` waits between printing its message and ``MPI_Abort``: the
 #: launcher forwards a rank's stderr from a pipe and stops reading it once the abort reaches
 #: it, so without the pause the one line saying which rank failed and why can be lost.

@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import ctypes
 import os
+from typing import TYPE_CHECKING
 
 from . import _config
+
+if TYPE_CHECKING:  # (NumPy is imported when first needed: fastcnn imports this module before it)
+    import numpy as np
 
 M_TRIM_THRESHOLD = -1  # (mallopt parameters, glibc's malloc.h)
 M_MMAP_THRESHOLD = -3
@@ -54,3 +58,14 @@ def configure() -> str:
               and mallopt(M_TRIM_THRESHOLD, _config.HEAP_TRIM_THRESHOLD) == 1)
         state = "keep" if ok else "unsupported: mallopt refused the thresholds"
     return state
+
+
+def zeros_aligned(shape: tuple[int, ...], align: int = _config.GRAD_ALIGN) -> np.ndarray:
+    """A C-contiguous float32 array of zeros whose data start ``align`` bytes aligned (a view of
+    a slightly larger array)."""
+    import numpy as np
+
+    n = int(np.prod(shape, dtype=np.int64))
+    raw = np.zeros(n + align // 4, np.float32)
+    off = (-raw.ctypes.data % align) // 4
+    return raw[off:off + n].reshape(shape)

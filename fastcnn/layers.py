@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 import numpy as np
 from numpy.typing import ArrayLike
 
-from . import _dispatch
+from . import _dispatch, _heap
 from . import functional as F
 from ._modelfile import save as _save_model
 from ._shapes import IntOrPair, Padding, check_padding_arg, pair
@@ -47,7 +47,7 @@ class Parameter:
 
     def __init__(self, data: ArrayLike) -> None:
         self.data: np.ndarray = np.asarray(data, dtype=np.float32, order="C").copy()
-        self._grad: np.ndarray = np.zeros_like(self.data)
+        self._grad: np.ndarray = _heap.zeros_aligned(self.data.shape)  # (dense layers: docs/PERFORMANCE.md, 3)
         self._stale = False  # True: _grad holds old values that read as zeros
         self._plain = True  # _grad is a writeable C-contiguous float32 array (overwritable_grad)
 

@@ -18,7 +18,8 @@ cdef extern from "gemm.h" nogil:
     ctypedef void (*fcg_gemm_fn)(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
                                  const float* a, Py_ssize_t ars, Py_ssize_t aps,  # IN
                                  const float* b, Py_ssize_t ldb, Py_ssize_t bts,  # IN
-                                 float* c, Py_ssize_t ldc) noexcept nogil  # OUT
+                                 float* c, Py_ssize_t ldc,  # OUT
+                                 int nt) noexcept nogil  # IN  1: c stored past the caches (one block of k)
     ctypedef void (*fcg_transpose_fn)(const float* s, Py_ssize_t lds, Py_ssize_t rows,  # IN
                                       Py_ssize_t cols, const float* add,  # IN (rows,) or NULL
                                       float* d, Py_ssize_t ldd) noexcept nogil  # OUT
@@ -50,7 +51,7 @@ cdef void _linear_fwd_tiled(const float[:, ::1] x,       # IN  (N, IN)
         o0 = _part(t, M, nblocks)
         o1 = _part(t + 1, M, nblocks)
         if o1 > o0:
-            fcg_gemm(o1 - o0, N, K, wp + o0 * K, K, 1, xt, W, K * W, yt + o0 * N, N)
+            fcg_gemm(o1 - o0, N, K, wp + o0 * K, K, 1, xt, W, K * W, yt + o0 * N, N, 0)
             fcg_transpose(yt + o0 * N, N, o1 - o0, N, &bias[o0], yp + o0, M)
 
 
@@ -116,7 +117,7 @@ cdef void _linear_bwd(const float[:, ::1] gy,      # IN  (N, OUT)
         if o1 > o0 and fcg_gemm != NULL:  # (gy^T's rows broadcast, x's rows the vectors)
             fcg_transpose(gp + o0, M, N, o1 - o0, NULL, tp + o0 * N, N)
             _bias_sums(gp, N, M, o0, o1, &gb[0])
-            fcg_gemm(o1 - o0, K, N, tp + o0 * N, N, 1, xp, K, fcg_W, gwp + o0 * K, K)
+            fcg_gemm(o1 - o0, K, N, tp + o0 * N, N, 1, xp, K, fcg_W, gwp + o0 * K, K, 1)
         elif o1 > o0:  # gyt[o0:o1] = gy[:, o0:o1]^T, the bias sums
             for o in range(o0, o1):
                 for i in range(N):
@@ -132,7 +133,7 @@ cdef void _linear_bwd(const float[:, ::1] gy,      # IN  (N, OUT)
             i0 = _part(t, K, nblocks)
             i1 = _part(t + 1, K, nblocks)
             if i1 > i0:
-                fcg_gemm(N, i1 - i0, M, tp, 1, N, wp + i0, K, fcg_W, gxp + i0, K)
+                fcg_gemm(N, i1 - i0, M, tp, 1, N, wp + i0, K, fcg_W, gxp + i0, K, 0)
 
 
 cdef _Key _fwd_ok, _bwd_ok

@@ -8,10 +8,12 @@
 
 #include "_simd.h"
 
+#include <stdint.h>
+
 typedef ptrdiff_t fcg_i;
 typedef void (*fcg_transpose_fn)(const float*, fcg_i, fcg_i, fcg_i, const float*, float*, fcg_i);
 typedef void (*fcg_gemm_fn)(fcg_i, fcg_i, fcg_i, const float*, fcg_i, fcg_i, const float*, fcg_i,
-                            fcg_i, float*, fcg_i);
+                            fcg_i, float*, fcg_i, int);
 
 #ifdef FC_SIMD
 #include <immintrin.h>
@@ -28,6 +30,7 @@ FC_TARGET_PUSH(FC_AVX2)
 #define FCG_LOAD(p) _mm256_loadu_ps(p)
 #define FCG_LOAD_M(p, mk) _mm256_maskload_ps((p), (mk))
 #define FCG_STORE(p, v) _mm256_storeu_ps((p), (v))
+#define FCG_STREAM(p, v) _mm256_stream_ps((p), (v))
 #define FCG_STORE_M(p, mk, v) _mm256_maskstore_ps((p), (mk), (v))
 #define FCG_SET1(s) _mm256_set1_ps(s)
 #define FCG_ZERO() _mm256_setzero_ps()
@@ -44,6 +47,7 @@ FC_TARGET_PUSH(FC_AVX2)
 #undef FCG_LOAD
 #undef FCG_LOAD_M
 #undef FCG_STORE
+#undef FCG_STREAM
 #undef FCG_STORE_M
 #undef FCG_SET1
 #undef FCG_ZERO
@@ -62,6 +66,7 @@ FC_TARGET_PUSH(FC_AVX512)
 #define FCG_LOAD(p) _mm512_loadu_ps(p)
 #define FCG_LOAD_M(p, mk) _mm512_maskz_loadu_ps((mk), (p))
 #define FCG_STORE(p, v) _mm512_storeu_ps((p), (v))
+#define FCG_STREAM(p, v) _mm512_stream_ps((p), (v))
 #define FCG_STORE_M(p, mk, v) _mm512_mask_storeu_ps((p), (mk), (v))
 #define FCG_SET1(s) _mm512_set1_ps(s)
 #define FCG_ZERO() _mm512_setzero_ps()

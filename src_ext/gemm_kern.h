@@ -16,7 +16,8 @@
 #endif
 
 /* One tile: rows i < R (a at a + i*ars, or a + i if arow), vectors v < V of b/c; masked: the
- * last vectors' lanes limited by m (c's lanes past them untouched); load_c: add to c. */
+ * last vectors' lanes limited by m (c's lanes past them untouched); load_c 1: add to c, 2:
+ * store c past the caches (streaming stores, c aligned to the vector). */
 static inline __attribute__((always_inline)) void
 FCG_NAME(fcg_tile)(const int R, const int arow, const int masked, const float* a, fcg_i ars,
                    fcg_i aps, const float* b, fcg_i ldb, fcg_i k, float* c, fcg_i ldc,
@@ -26,7 +27,7 @@ FCG_NAME(fcg_tile)(const int R, const int arow, const int masked, const float* a
     fcg_i p;
     FCG_UNROLL for (int r = 0; r < R; r++)
         FCG_UNROLL for (int v = 0; v < FCG_V; v++)
-            acc[r][v] = !load_c ? FCG_ZERO() : masked ? FCG_LOAD_M(c + r * ldc + v * FCG_VL, m[v])
+            acc[r][v] = load_c != 1 ? FCG_ZERO() : masked ? FCG_LOAD_M(c + r * ldc + v * FCG_VL, m[v])
                                                       : FCG_LOAD(c + r * ldc + v * FCG_VL);
     for (p = 0; p < k; p++) {
         const float* bp = b + p * ldb;
@@ -44,6 +45,8 @@ FCG_NAME(fcg_tile)(const int R, const int arow, const int masked, const float* a
         FCG_UNROLL for (int v = 0; v < FCG_V; v++) {
             if (masked)
                 FCG_STORE_M(c + r * ldc + v * FCG_VL, m[v], acc[r][v]);
+            else if (load_c == 2)
+                FCG_STREAM(c + r * ldc + v * FCG_VL, acc[r][v]);
             else
                 FCG_STORE(c + r * ldc + v * FCG_VL, acc[r][v]);
         }
@@ -127,15 +130,18 @@ static void FCG_NAME(fcg_pack_b)(const float* b, fcg_i ldb, fcg_i kc, fcg_i nj, 
  * by side in rows (bts = W; each block of a tile is then copied to a buffer of kc x W first,
  * its rows being far apart) or packed one after another (bts = k*ldb, ldb = W).  Steps (k >= 1)
  * in blocks of FCG_KC; per block, the column tiles, each over all row tiles (the block of b in
- * L1, a from L2; the next tile's rows of a prefetched to L2). */
+ * L1, a from L2; the next tile's rows of a prefetched to L2).  nt: c is written once and not
+ * read soon (the weight gradient): if one block covers k and c's rows are 64-byte aligned,
+ * its whole vectors are streaming stores (no read of c's lines into the caches first). */
 static void FCG_NAME(fcg_gemm)(fcg_i m, fcg_i n, fcg_i k, const float* a, fcg_i ars, fcg_i aps,
-                               const float* b, fcg_i ldb, fcg_i bts, float* c, fcg_i ldc)
+                               const float* b, fcg_i ldb, fcg_i bts, float* c, fcg_i ldc, int nt)
 {
     const fcg_i W = FCG_V * FCG_VL;
     const int arow = ars == 1, pack = bts == W && ldb != W;
     fcg_i p0, j0, i0, kc, nj, v, R;
     FCG_MASK_T full[FCG_V], tail[FCG_V];
     float bp[FCG_KC * FCG_V * FCG_VL] __attribute__((aligned(64)));
+    const int stream = nt && k <= FCG_KC && (uintptr_t)c % 64 == 0 && ldc % 16 == 0;
     for (v = 0; v < FCG_V; v++) {
         fcg_i left = n % W - v * FCG_VL;
         full[v] = FCG_MASK_N(FCG_VL);
@@ -163,10 +169,12 @@ static void FCG_NAME(fcg_gemm)(fcg_i m, fcg_i n, fcg_i k, const float* a, fcg_i 
                 }
                 FCG_NAME(fcg_tiles)[arow][nj < W][R - 1](
                     a + i0 * ars + p0 * aps, ars, aps, bt, lb, kc, c + i0 * ldc + j0, ldc,
-                    nj < W ? tail : full, p0 > 0);
+                    nj < W ? tail : full, p0 > 0 ? 1 : stream ? 2 : 0);
             }
         }
     }
+    if (stream)
+        _mm_sfence();  /* (the streaming stores ordered before whatever reads c next) */
 }
 
 #undef FCG_NAME

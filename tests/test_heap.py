@@ -5,7 +5,10 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+
+from fastcnn import _heap
 
 from utils import NEUTRAL_CWD
 
@@ -54,3 +57,12 @@ def test_bad_setting_is_refused_at_import():
     r = subprocess.run([sys.executable, "-c", "import fastcnn"], env=dict(os.environ, FASTCNN_HEAP="all"),
                        cwd=NEUTRAL_CWD, capture_output=True, text=True, timeout=120, check=False)
     assert r.returncode != 0 and "FASTCNN_HEAP must be one of keep, system, got 'all'" in r.stderr
+
+
+def test_zeros_aligned_is_an_aligned_contiguous_float32_array_of_zeros():
+    for shape in ((1,), (3, 5), (1024, 3136), (0,), (2, 0, 3)):
+        for align in (16, 64, 128):
+            a = _heap.zeros_aligned(shape, align)
+            assert a.shape == shape and a.dtype == np.float32 and a.flags.c_contiguous and a.flags.writeable
+            assert a.size == 0 or a.ctypes.data % align == 0
+            assert not a.any()

@@ -359,7 +359,8 @@ def torch_densenet(growth=4):
 #: (batch, in features, out features, blocks) for :func:`check_dense_fma_chain`: odd sizes,
 #: batch 1, and batches of 64 and 128, whose forward runs on the tiled GEMM too (the others'
 #: on SciPy's SGEMM: ``DENSE_TILED_BATCH`` of fastcnn/_config.py).
-DENSE_CHAIN_SHAPES = [(1, 1, 1, 1), (5, 300, 17, 2), (20, 200, 70, 3), (64, 9, 131, 2), (128, 150, 33, 2)]
+DENSE_CHAIN_SHAPES = [(1, 1, 1, 1), (5, 300, 17, 2), (20, 200, 70, 3), (64, 9, 131, 2), (128, 150, 33, 2),
+                      (100, 208, 13, 2)]
 
 
 def check_dense_fma_chain(dense, shape):
@@ -379,5 +380,12 @@ def check_dense_fma_chain(dense, shape):
     if n % 64 == 0:
         assert y.tobytes() == (naive.fma_chain(x, w.T) + b).tobytes()
     assert gw.tobytes() == naive.fma_chain(gy.T, x).tobytes()
+    # a 64-byte aligned weight gradient (a Parameter's): stored past the caches when one block
+    # of steps covers the batch and its rows stay aligned; the same bytes
+    raw = np.full(w.size + 16, np.nan, np.float32)
+    off = (-raw.ctypes.data % 64) // 4
+    ga = raw[off:off + w.size].reshape(w.shape)
+    dense.linear_backward(gy, x, w, True, nblocks, np.empty((k_out, n), np.float32), ga, gb, gx)
+    assert ga.tobytes() == gw.tobytes()
     assert gx.tobytes() == naive.fma_chain(gy, w).tobytes()
     assert gb.tobytes() == gy.sum(axis=0, dtype=np.float64).astype(np.float32).tobytes()
