@@ -1133,13 +1133,12 @@ def batch_norm2d_backward(grad_out: ArrayLike, cache: tuple[Any, ...], weight: A
     if sync is None:  # (the sums and gx one channel at a time in the compiled kernels)
         k.batchnorm_backward(grad_out, x, center, inv_std, fw, fb, int(relu), scale, float(m) if training else 0.0,
                              gb, gw, gx)
-        return gx, gw.astype(np.float32), gb.astype(np.float32)
-    # synchronised statistics (training only): the input gradient from the global batch's sums
-    k.batchnorm_backward_reduce(grad_out, x, center, inv_std, fw, fb, int(relu), gb, gw)  # sum(g), sum(g * xhat)
-    sb, sw = sync.grad_sums(x.size // c, gb, gw)
-    a = (sb / m).astype(np.float32)
-    b = (sw / m).astype(np.float32)
-    k.batchnorm_backward_apply(grad_out, x, center, inv_std, fw, fb, int(relu), scale, a, b, gx)
+    else:  # synchronised statistics (training only): gx from the global batch's sums
+        k.batchnorm_backward_reduce(grad_out, x, center, inv_std, fw, fb, int(relu), gb, gw)  # sum(g), sum(g * xhat)
+        sb, sw = sync.grad_sums(x.size // c, gb, gw)
+        a = (sb / m).astype(np.float32)
+        b = (sw / m).astype(np.float32)
+        k.batchnorm_backward_apply(grad_out, x, center, inv_std, fw, fb, int(relu), scale, a, b, gx)
     return gx, gw.astype(np.float32), gb.astype(np.float32)
 
 

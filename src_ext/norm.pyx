@@ -146,20 +146,26 @@ cdef void _backward(const float[:, :, :, ::1] gy,    # IN  (N, C, H, W)
 
 cdef int _run_backward(const float[:, :, :, ::1] gy, const float[:, :, :, ::1] x, const float[::1] mean,
                        const float[::1] inv_std, const float[::1] weight, const float[::1] bias, int relu,
-                       const float* scale, double count, double[::1] gsum, double[::1] gdot,
-                       float* gx) except -1:
-    """:func:`_backward` with its scratch, after the caller's checks (empty input: zero sums)."""
+                       const float[::1] scale, double count, double[::1] gsum, double[::1] gdot,
+                       float[:, :, :, ::1] gx) except -1:
+    """:func:`_backward` with its scratch, after the caller's checks (empty input: zero sums);
+    ``scale`` and ``gx`` None: the sums only."""
     if _size4(gy.shape) == 0:
         gsum[:] = 0.0
         gdot[:] = 0.0
         return 0
+    cdef const float* sp = NULL
+    cdef float* gp = NULL
+    if gx is not None:
+        sp = &scale[0]
+        gp = &gx[0, 0, 0, 0]
     cdef double* acc = <double*>malloc(2 * gy.shape[1] * gy.shape[2] * gy.shape[3] * sizeof(double))
     if acc == NULL:
         raise MemoryError()
     try:
         with nogil:
-            _backward(gy, x, mean, inv_std, weight, bias, relu, scale, count, gsum, gdot, gx, acc,
-                      _threads_for((2 if gx == NULL else 3) * _size4(gy.shape)))
+            _backward(gy, x, mean, inv_std, weight, bias, relu, sp, count, gsum, gdot, gp, acc,
+                      _threads_for((2 if gp == NULL else 3) * _size4(gy.shape)))
     finally:
         free(acc)
     return 0
@@ -309,7 +315,7 @@ def batchnorm_backward_reduce(const float[:, :, :, ::1] gy, const float[:, :, :,
         _passed(&_reduce_ok, &k, _backend.sizes_batchnorm_backward_reduce(
             _dims(gy.shape, 4), _dims(x.shape, 4), _dims(mean.shape, 1), _dims(inv_std.shape, 1),
             _dims(weight.shape, 1), _dims(bias.shape, 1), _dims(gsum.shape, 1), _dims(gdot.shape, 1)))
-    _run_backward(gy, x, mean, inv_std, weight, bias, relu, NULL, 0.0, gsum, gdot, NULL)
+    _run_backward(gy, x, mean, inv_std, weight, bias, relu, None, 0.0, gsum, gdot, None)
 
 
 def batchnorm_backward_apply(const float[:, :, :, ::1] gy, const float[:, :, :, ::1] x,
@@ -348,7 +354,4 @@ def batchnorm_backward(const float[:, :, :, ::1] gy, const float[:, :, :, ::1] x
             _dims(gy.shape, 4), _dims(x.shape, 4), _dims(mean.shape, 1), _dims(inv_std.shape, 1),
             _dims(weight.shape, 1), _dims(bias.shape, 1), _dims(scale.shape, 1), _dims(gsum.shape, 1),
             _dims(gdot.shape, 1), _dims(gx.shape, 4)))
-    if _size4(gy.shape) == 0:  # (no element to point at: zero sums)
-        _run_backward(gy, x, mean, inv_std, weight, bias, relu, NULL, count, gsum, gdot, NULL)
-    else:
-        _run_backward(gy, x, mean, inv_std, weight, bias, relu, &scale[0], count, gsum, gdot, &gx[0, 0, 0, 0])
+    _run_backward(gy, x, mean, inv_std, weight, bias, relu, scale, count, gsum, gdot, gx)
