@@ -5,7 +5,8 @@
 
 Parts:
   fma      FP32 FMA peak: a C kernel (gcc -O2 -mavx512f -mfma, compiled on the fly) with 24
-           independent zmm accumulators (12 ymm ones for the AVX2 figure), at 1 and 2 threads; and the running clock,
+           independent zmm accumulators (12 ymm ones for the AVX2 figure; zmm only on a CPU
+           with AVX-512, the peak is then the ymm one), at 1 and 2 threads; and the running clock,
            from a chain of dependent integer adds (1 cycle each), next to /proc/cpuinfo's MHz.
   gemm     SGEMM 2048x2048x2048 through NumPy's BLAS at 1 and 2 threads (threadpoolctl).
   triad    Memory bandwidth: a[i] = b[i] + s*c[i] over 3 x 64 MiB (Numba prange), 1 and 2
@@ -106,7 +107,9 @@ def part_fma():
     so.dep_adds.restype = ctypes.c_uint64
     so.dep_adds.argtypes = [ctypes.c_int64]
     with open("/proc/cpuinfo") as f:
-        mhz = [float(line.split(":")[1]) for line in f if line.startswith("cpu MHz")]
+        info = f.read().splitlines()
+    mhz = [float(line.split(":")[1]) for line in info if line.startswith("cpu MHz")]
+    flags = next((line.split(":")[1].split() for line in info if line.startswith("flags")), [])
     out = {"cpuinfo_mhz": mhz[0] if mhz else None}
     nadd = 400_000_000
     so.dep_adds(nadd // 10)
@@ -117,6 +120,8 @@ def part_fma():
     out["clock_ghz_1t"], out["clock_ghz_2t"] = ghz
     iters = 20_000_000
     for name, width, acc in (("zmm", 16, 24), ("ymm", 8, 12)):
+        if name == "zmm" and "avx512f" not in flags:
+            continue
         fn = getattr(so, "fma_" + name)
         fn(iters // 10)
         for nt in (1, 2):
@@ -254,22 +259,23 @@ def report(threads, reps):
     triad = run_part("triad", threads, reps)
     tor = run_part("torch", threads, reps)
     fc = run_part("fastcnn", threads, reps)
-    peak = fma[f"zmm_gflops_{threads}t"]
+    wide = "zmm" if "zmm_gflops_1t" in fma else "ymm"
+    peak = fma[f"{wide}_gflops_{threads}t"]
     lines = [
         f"CPU clock (dependent adds): {fma['clock_ghz_1t']:.2f} GHz at 1 thread, "
         f"{fma['clock_ghz_2t']:.2f} GHz at 2 threads; /proc/cpuinfo says {fma['cpuinfo_mhz']:.0f} MHz.",
         "",
         "| ceiling | 1 thread | 2 threads |",
         "|---|---:|---:|",
-        f"| FP32 FMA peak, zmm (GFLOP/s) | {fma['zmm_gflops_1t']:.0f} | {fma['zmm_gflops_2t']:.0f} |",
-        f"| FP32 FMA, zmm, FLOP/cycle/core | {fma['zmm_flop_per_cycle_1t']:.1f} | {fma['zmm_flop_per_cycle_2t']:.1f} |",
-        f"| FP32 FMA peak, ymm (GFLOP/s) | {fma['ymm_gflops_1t']:.0f} | {fma['ymm_gflops_2t']:.0f} |",
+        *(f"| FP32 FMA peak, {w} (GFLOP/s) | {fma[w + '_gflops_1t']:.0f} | {fma[w + '_gflops_2t']:.0f} |\n"
+          f"| FP32 FMA, {w}, FLOP/cycle/core | {fma[w + '_flop_per_cycle_1t']:.1f} | "
+          f"{fma[w + '_flop_per_cycle_2t']:.1f} |" for w in ("zmm", "ymm") if w + "_gflops_1t" in fma),
         f"| SGEMM 2048^3, NumPy's BLAS (GFLOP/s) | {gemm['sgemm_gflops_1t']:.0f} | {gemm['sgemm_gflops_2t']:.0f} |",
         f"| Triad bandwidth (GB/s) | {triad['triad_gbs_1t']:.1f} | {triad['triad_gbs_2t']:.1f} |",
         "",
         f"BLAS: {gemm['blas']}",
         "",
-        f"Per convolution at {threads} threads: ms (GFLOP/s, % of the {threads}-thread zmm FMA peak "
+        f"Per convolution at {threads} threads: ms (GFLOP/s, % of the {threads}-thread {wide} FMA peak "
         f"{peak:.0f} GFLOP/s). PyTorch {tor['version']} ({tor['threads']} threads); fastcnn "
         f"({fc['threads']} threads, default path).",
         "",

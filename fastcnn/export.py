@@ -218,7 +218,7 @@ def to_onnx(model: L.Layer, path: str | os.PathLike[str], input_shape: Sequence[
 
 
 def quantize_int8(src: str | os.PathLike[str], dst: str | os.PathLike[str], calibration: ArrayLike,
-                  batch_size: int = 32) -> None:
+                  batch_size: int = 32, reduce_range: bool = True) -> None:
     """Static int8 quantization of an exported ONNX file with onnxruntime (QDQ format,
     per-channel int8 weights, int8 activations whose ranges come from ``calibration``).
 
@@ -227,6 +227,9 @@ def quantize_int8(src: str | os.PathLike[str], dst: str | os.PathLike[str], cali
     src, dst : paths of the float ONNX file (from :func:`to_onnx`) and of the int8 one
     calibration : float32 array ``(N, ...)``
         Representative model inputs (already normalised as in training), fed in batches.
+    reduce_range : weights in 7 bits (onnxruntime's ``reduce_range``): x86 CPUs without VNNI
+        add the int8 products in pairs into saturating 16-bit lanes, which full 8-bit weights
+        can overflow (docs/INTEROP.md).  ``False`` only for files run where VNNI (or ARM) is.
     """
     require("onnxruntime", "onnx", "int8 quantization")
     q = require("onnxruntime.quantization", "onnx", "int8 quantization")
@@ -248,7 +251,8 @@ def quantize_int8(src: str | os.PathLike[str], dst: str | os.PathLike[str], cali
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "int8.onnx")
         q.quantize_static(os.fspath(src), out, Reader(), quant_format=q.QuantFormat.QDQ, per_channel=True,
-                          activation_type=q.QuantType.QInt8, weight_type=q.QuantType.QInt8)
+                          activation_type=q.QuantType.QInt8, weight_type=q.QuantType.QInt8,
+                          reduce_range=reduce_range)
         with open(out, "rb") as f:
             model = f.read()
     atomic_write(dst, lambda f: f.write(model))

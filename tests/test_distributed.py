@@ -170,20 +170,21 @@ def test_overlapped_allreduce_is_bit_identical(tmp_path, model, sync):
 
 @needs_mpi
 def test_sync_batchnorm_matches_one_process_sgd(tmp_path):
-    """Synchronised statistics: parameters and running statistics as one process (SGD).
-    8 steps: the two runs stay within 2e-5 of each tensor's update for a while, then one
-    rounding-level difference flips a discrete choice (a ReLU or a pooling maximum) and they
-    part by ~3e-3: after step 17 on an AMD Zen 4 (direct kernels), after step 8 on an Intel
-    Xeon with the second layer on the 5x5 Winograd kernels (step 10: 3.2e-3; direct: within
-    2e-5 at 12 steps, 5e-3 at 20)."""
+    """Synchronised statistics: parameters and running statistics as one process (SGD), over 2
+    steps (the second uses the first's running statistics and parameters).  Longer runs are
+    chaotic: the two stay within 2e-5 of each tensor's update until one rounding-level
+    difference flips a discrete choice (a ReLU or a pooling maximum), then part by ~3e-3 --
+    at a step that depends on the data and the CPU's kernels (after step 17 on an AMD Zen 4,
+    step 8 on an Intel Xeon; on an AMD Zen 3 within 4 of the 8 steps' data, yet not in 5, 6
+    or 7 steps' data), while per-rank statistics move 1.weight and 9.weight by > 1e-2."""
     init = models.build("bn", seed=0, in_channels=1).state_dict()
-    plain = worker(tmp_path, "plain", "bn", "cython", 32, 8, None, "--optimizer", "sgd")
-    dist = worker(tmp_path, "dist", "bn", "cython", 32, 8, 2, "--optimizer", "sgd", "--sync-bn")
+    plain = worker(tmp_path, "plain", "bn", "cython", 32, 2, None, "--optimizer", "sgd")
+    dist = worker(tmp_path, "dist", "bn", "cython", 32, 2, 2, "--optimizer", "sgd", "--sync-bn")
     err = update_error(plain, dist, init)
     assert len(err) == 14 and max(err.values()) < RTOL, err
-    assert dist["1.num_batches_tracked"] == plain["1.num_batches_tracked"] == 8
+    assert dist["1.num_batches_tracked"] == plain["1.num_batches_tracked"] == 2
     # Per-rank statistics differ from the global batch's: the option does something.
-    per_rank = worker(tmp_path, "dist", "bn", "cython", 32, 8, 2, "--optimizer", "sgd")
+    per_rank = worker(tmp_path, "dist", "bn", "cython", 32, 2, 2, "--optimizer", "sgd")
     assert max(update_error(plain, per_rank, init)[k] for k in ("1.weight", "9.weight")) > 100 * RTOL
 
 
