@@ -8,8 +8,8 @@ Forward and backward (input + weight gradients; weight gradient only for the fir
 C <= 3, as in training) of each shape on BACKEND (``cython``, the default, or ``numba``),
 under ``fastcnn.config(conv=...)`` = direct, winograd (3x3 and 5x5, stride 1; the other
 shapes run direct), per_image and chunked.  Medians of REPS calls
-(default 15).  The peak is this machine's measured FP32 FMA throughput on the same threads (``fma_peak_probe``: 24
-independent FMA chains per thread with the active SIMD path), re-measured before each shape.
+(default 15).  The peak is this machine's measured FP32 FMA throughput on the same threads (``fma_peak_probe``: the
+forward tile's 24 zmm or 12 ymm FMA chains per thread with the active SIMD path), re-measured before each shape.
 Two figures: wall-clock (GFLOP/s / peak GFLOP/s, both wall) and CPU-time (flops per
 CPU-second of the process, against the probe's).  The CPU-time figure is unreliable since
 idle OpenMP threads spin between regions (``GOMP_SPINCOUNT``, docs/PERFORMANCE.md, section 2):
@@ -56,7 +56,7 @@ def timed(fn, reps):
 def peak(threads):
     from fastcnn._ext import conv_direct
 
-    iters = 2_000_000
+    iters = 10_000_000  # (2,000,000 read half the peak on an AVX2 CPU: threads still waking)
     conv_direct.fma_peak_probe(iters // 10, threads)
     best = None
     for _ in range(3):

@@ -245,7 +245,7 @@ typedef void (*fcd_fwd_fn)(const fcd_geo*, const float*, const fcd_i*, const flo
                            const fcd_i*, const fcd_i*, fcd_i, const float*, int, float*, float*);
 typedef void (*fcd_bww_fn)(const float*, fcd_i, const float*, fcd_i, fcd_i, fcd_i, fcd_i, fcd_i,
                            fcd_i, fcd_i, int, const fcd_i*, float*, int, int, fcd_i);
-typedef float (*fcd_probe_fn)(long, float);
+typedef float (*fcd_probe_fn)(long, float, fcd_i*);
 typedef void (*fcd_pack_fn)(const fcd_geo*, const float*, fcd_i, float*);
 typedef void (*fcd_pack_in_fn)(const fcd_geo*, const float*, float*, int);
 typedef void (*fcd_unpack_fn)(const fcd_geo*, const float*, const float*, int, float*);

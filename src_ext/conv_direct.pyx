@@ -39,7 +39,7 @@ cdef extern from "conv_direct.h" nogil:
     void fcd_bwd_weight_tile(const float* xq, fcd_i xs, const float* gt, fcd_i gs, fcd_i NI,
                              fcd_i OCV, fcd_i OH, fcd_i OW, fcd_i Wq, fcd_i ob, int V,
                              const fcd_i* off, float* out, int add, int kw, fcd_i T)
-    float fcd_fma_probe(long iters, float m)
+    float fcd_fma_probe(long iters, float m, fcd_i* chains)
     enum: FCW_QMAX
     fcd_i fcw_u_stride(fcd_i C, fcd_i Q)
     fcd_i fcw_m_stride(fcd_i J, fcd_i Q)
@@ -890,15 +890,17 @@ def conv2d_winograd_backward_data(const float[:, :, :, ::1] gy, const float[:, :
 
 
 def fma_peak_probe(long iters, int threads):
-    """Run ``iters`` x 24 independent vector FMA chains on each of ``threads`` threads with
-    the active ISA; returns the FP32 flops done (time the call to get the machine's measured
-    FMA peak)."""
+    """Run ``iters`` x A independent vector FMA chains on each of ``threads`` threads with the
+    active ISA (A: the forward tile's accumulators, 24 zmm or 12 ymm); returns the FP32 flops
+    done (time the call to get the machine's measured FMA peak)."""
     active_isa()
     cdef int t
-    cdef float sink = 0.0
+    cdef fcd_i chains = 0, mine
+    cdef float sink = fcd_fma_probe(0, 1.0, &chains)
     with nogil:
         for t in prange(threads, schedule='static', num_threads=threads):
-            sink += fcd_fma_probe(iters, 0.999999)
+            mine = 0  # (thread-private)
+            sink += fcd_fma_probe(iters, 0.999999, &mine)
     if sink != sink:  # (keeps the result alive)
         pass
-    return float(iters) * 24 * fcd_VL * 2 * threads
+    return float(iters) * chains * fcd_VL * 2 * threads

@@ -507,30 +507,34 @@ static void FCD_NAME(fcd_grad_t_sums)(const float* gt, fcd_i P, fcd_i OCV, fcd_i
     }
 }
 
-/* Peak probe: iters x 24 independent FMA chains of one vector each; returns a lane sum so
- * that nothing is optimised away.  Flops = iters * 24 * VL * 2. */
-static float FCD_NAME(fcd_fma_probe)(long iters, float m)
+/* Peak probe: iters x A independent FMA chains of one vector each, A = the forward tile's
+ * accumulators (J x VMAX: 24 of AVX-512's 32 registers, 12 of AVX2's 16), stored to *chains;
+ * returns a lane sum so that nothing is optimised away.  Flops = iters * A * VL * 2. */
+#define FCD_CHAINS (FCD_J * FCD_VMAX)
+static float FCD_NAME(fcd_fma_probe)(long iters, float m, fcd_i* chains)
 {
-    FCD_VT acc[24], mv = FCD_SET1(m), av = FCD_SET1(1e-7f);
+    FCD_VT acc[FCD_CHAINS], mv = FCD_SET1(m), av = FCD_SET1(1e-7f);
     float out[FCD_VL], s = 0.0f;
     long it;
     int k, l;
     FCD_UNROLL
-    for (k = 0; k < 24; k++)
+    for (k = 0; k < FCD_CHAINS; k++)
         acc[k] = FCD_SET1((float)k);
     for (it = 0; it < iters; it++)
         FCD_UNROLL
-        for (k = 0; k < 24; k++)
+        for (k = 0; k < FCD_CHAINS; k++)
             acc[k] = FCD_FMA(acc[k], mv, av);
     FCD_UNROLL
-    for (k = 1; k < 24; k++)
+    for (k = 1; k < FCD_CHAINS; k++)
         acc[0] = acc[0] + acc[k];
     FCD_STORE(out, acc[0]);
     FCD_UNROLL
     for (l = 0; l < FCD_VL; l++)
         s += out[l];
+    *chains = FCD_CHAINS;
     return s;
 }
+#undef FCD_CHAINS
 
 #include "winograd_kern.h"
 
