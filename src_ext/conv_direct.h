@@ -295,6 +295,11 @@ typedef int fcd_i4 __attribute__((vector_size(16)));
 #define FCD_ADD(a, b) ((a) + (b))
 #define FCD_SUB(a, b) ((a) - (b))
 #define FCD_RELU(v) ((fcd_v4)((fcd_i4)(v) & ~((v) <= FCD_ZERO())))  /* (v <= 0: all bits 0) */
+typedef int fcd_i4u __attribute__((vector_size(16), aligned(4)));
+/* v where the int lanes at p equal n, else +0.0; a lane of 1.0f where m > 0, else 0.0f */
+#define FCD_SEL_EQ(p, n, v) ((fcd_v4)((fcd_i4)(v) & (*(const fcd_i4u*)(p) == (n))))
+#define FCD_ONE_IF_POS(m) ((fcd_v4)((fcd_i4)FCD_SET1(1.0f) & ((m) > FCD_ZERO())))
+#define FCD_MUL(a, b) ((a) * (b))
 #define FCD_STORE_N(p, v, n) fcd_store_n((p), (const float*)&(v), (n))
 /* The first n floats of a vector (the last, partial vector of a row). */
 static inline void fcd_store_n(float* d, const float* s, fcd_i n)
@@ -335,6 +340,10 @@ FC_TARGET_PUSH(FC_AVX2)
 #define FCD_ADD(a, b) _mm256_add_ps((a), (b))
 #define FCD_SUB(a, b) _mm256_sub_ps((a), (b))
 #define FCD_RELU(v) _mm256_andnot_ps(_mm256_cmp_ps((v), _mm256_setzero_ps(), _CMP_LE_OQ), (v))
+#define FCD_SEL_EQ(p, n, v) _mm256_and_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32( \
+    _mm256_loadu_si256((const __m256i*)(p)), _mm256_set1_epi32(n))), (v))
+#define FCD_ONE_IF_POS(m) _mm256_and_ps(_mm256_cmp_ps((m), _mm256_setzero_ps(), _CMP_GT_OQ), _mm256_set1_ps(1.0f))
+#define FCD_MUL(a, b) _mm256_mul_ps((a), (b))
 #define FCD_STORE_N(p, v, n) _mm256_maskstore_ps((p), _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(n)), \
                                                  _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)), (v))
 #define FCD_MASK_T __m256i
@@ -343,7 +352,10 @@ FC_TARGET_PUSH(FC_AVX2)
     _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(hi)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)))
 /* (the masked-off lanes load as +0.0, so OR merges the run into a's zero lanes) */
 #define FCD_LOAD_MASKED(a, m, p) _mm256_or_ps((a), _mm256_maskload_ps((p), (m)))
+#define FCD_TRANSPOSE fc_transpose8_avx2
+#include "transpose8.h"
 #include "conv_direct_kern.h"
+#undef FCD_TRANSPOSE
 FC_TARGET_POP
 
 FC_TARGET_PUSH(FC_AVX512)
@@ -363,11 +375,16 @@ FC_TARGET_PUSH(FC_AVX512)
 #define FCD_SUB(a, b) _mm512_sub_ps((a), (b))
 #define FCD_RELU(v) _mm512_mask_blend_ps(_mm512_cmp_ps_mask((v), _mm512_setzero_ps(), _CMP_LE_OQ), (v), \
                                          _mm512_setzero_ps())
+#define FCD_SEL_EQ(p, n, v) _mm512_maskz_mov_ps(_mm512_cmpeq_epi32_mask(_mm512_loadu_si512(p), \
+                                                                    _mm512_set1_epi32(n)), (v))
+#define FCD_ONE_IF_POS(m) _mm512_maskz_mov_ps(_mm512_cmp_ps_mask((m), _mm512_setzero_ps(), _CMP_GT_OQ), \
+                                              _mm512_set1_ps(1.0f))
+#define FCD_MUL(a, b) _mm512_mul_ps((a), (b))
 #define FCD_STORE_N(p, v, n) _mm512_mask_storeu_ps((p), (__mmask16)((1u << (n)) - 1u), (v))
 #define FCD_MASK_T __mmask16
 #define FCD_LANES(lo, hi) ((__mmask16)(((1u << (hi)) - 1u) & ~((1u << (lo)) - 1u)))
 #define FCD_LOAD_MASKED(a, m, p) _mm512_mask_loadu_ps((a), (m), (p))
-#define FCD_TRANSPOSE16 fc_transpose16_avx512
+#define FCD_TRANSPOSE fc_transpose16_avx512
 #define FCD_EVEN16 fcd_even16_avx512
 #define FCD_DEINTERLEAVE fcd_deinterleave_avx512
 #define FCD_INTERLEAVE fcd_interleave_avx512
@@ -453,7 +470,7 @@ static inline void fcd_even16_avx512(float* d, const float* s, fcd_i n)
 
 #include "transpose16.h"
 #include "conv_direct_kern.h"
-#undef FCD_TRANSPOSE16
+#undef FCD_TRANSPOSE
 #undef FCD_EVEN16
 #undef FCD_DEINTERLEAVE
 #undef FCD_INTERLEAVE

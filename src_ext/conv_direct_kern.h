@@ -390,22 +390,22 @@ static void FCD_NAME(fcd_pack_input)(const fcd_geo* g, const float* src, float* 
 }
 
 /* (OC, HW) planes -> channels-last rows d[e][OCV], channels >= OC set to ``pad`` (32-bit lanes
- * moved, never computed on: int planes pass through as well).  With FCD_TRANSPOSE16 (AVX-512)
- * and whole blocks of 16 channels: 16 x 16 blocks transposed in registers; otherwise (and for
- * the last positions) one value at a time. */
+ * moved, never computed on: int planes pass through as well).  With FCD_TRANSPOSE (AVX-512,
+ * AVX2) and whole blocks of VL channels: VL x VL blocks transposed in registers; otherwise (and
+ * for the last positions) one value at a time. */
 static void FCD_NAME(fcd_transpose)(const float* s, fcd_i OC, fcd_i HW, fcd_i OCV, float pad, float* d)
 {
     fcd_i o, e = 0;
-#ifdef FCD_TRANSPOSE16
-    if (OC % 16 == 0 && OCV == OC) {
-        FCD_VT r[16];
+#ifdef FCD_TRANSPOSE
+    if (OC % FCD_VL == 0 && OCV == OC) {
+        FCD_VT r[FCD_VL];
         int i;
-        for (; e + 16 <= HW; e += 16)
-            for (o = 0; o < OC; o += 16) {
-                for (i = 0; i < 16; i++)
+        for (; e + FCD_VL <= HW; e += FCD_VL)
+            for (o = 0; o < OC; o += FCD_VL) {
+                for (i = 0; i < FCD_VL; i++)
                     r[i] = FCD_LOAD(s + (o + i) * HW + e);
-                FCD_TRANSPOSE16(r);
-                for (i = 0; i < 16; i++)
+                FCD_TRANSPOSE(r);
+                for (i = 0; i < FCD_VL; i++)
                     FCD_STORE(d + (e + i) * OCV + o, r[i]);
             }
     }
@@ -448,8 +448,8 @@ static int FCD_NAME(fcd_unpool_grad_t)(const float* gp, const int* idx, const fl
             it[k * OCV + o] = -1;
     if (y) {
         FCD_NAME(fcd_transpose)(y, OC, PHW, OCV, 0.0f, mt);
-        for (e = 0; e < PHW * OCV; e++)
-            vt[e] = vt[e] * (mt[e] > 0.0f ? 1.0f : 0.0f);
+        for (e = 0; e < PHW * OCV; e += FCD_VL)  /* (OCV: whole vectors) */
+            FCD_STORE(vt + e, FCD_MUL(FCD_LOAD(vt + e), FCD_ONE_IF_POS(FCD_LOAD(mt + e))));
     }
     for (a = 0; a < OH; a++) {
         if (a >= 2 * PH) {  /* (rows past the last window: zero) */
@@ -460,16 +460,16 @@ static int FCD_NAME(fcd_unpool_grad_t)(const float* gp, const int* idx, const fl
             float* d = gt + (a * OW + b) * OCV;
             fcd_i p = a * OW + b;
             if (b >= 2 * PW) {
-                for (o = 0; o < OCV; o++)
-                    d[o] = 0.0f;
+                for (o = 0; o < OCV; o += FCD_VL)
+                    FCD_STORE(d + o, FCD_ZERO());
                 continue;
             }
             k = (a / 2) * PW + b / 2;
             {
                 const float* v = vt + k * OCV;
                 const int* ix = it + k * OCV;
-                for (o = 0; o < OCV; o++)  /* (0 + v: the scatter-add's sum, -0.0 -> +0.0) */
-                    d[o] = ix[o] == (int)p ? 0.0f + v[o] : 0.0f;
+                for (o = 0; o < OCV; o += FCD_VL)  /* (0 + v: the scatter-add's sum, -0.0 -> +0.0) */
+                    FCD_STORE(d + o, FCD_SEL_EQ(ix + o, (int)p, FCD_ADD(FCD_ZERO(), FCD_LOAD(v + o))));
                 if ((a & 1) == 0 && (b & 1) == 0) {  /* (once per window: its indices all inside it) */
                     int miss = 0;
                     for (o = 0; o < OC; o++)
@@ -599,6 +599,9 @@ static const fcd_isa_kernels FCD_NAME(fcd_kernels) = {
 #undef FCD_ADD
 #undef FCD_SUB
 #undef FCD_RELU
+#undef FCD_SEL_EQ
+#undef FCD_ONE_IF_POS
+#undef FCD_MUL
 #undef FCD_STORE_N
 #undef FCD_MASK_T
 #undef FCD_LANES

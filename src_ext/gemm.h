@@ -35,6 +35,9 @@ FC_TARGET_PUSH(FC_AVX2)
 #define FCG_SET1(s) _mm256_set1_ps(s)
 #define FCG_ZERO() _mm256_setzero_ps()
 #define FCG_FMA(a, b, c) _mm256_fmadd_ps((a), (b), (c))
+#define FCG_ADD(a, b) _mm256_add_ps((a), (b))
+#include "transpose8.h"
+#define FCG_TRANSPOSE fc_transpose8_avx2
 #include "gemm_kern.h"
 #undef FCG_SUFFIX
 #undef FCG_VL
@@ -52,6 +55,8 @@ FC_TARGET_PUSH(FC_AVX2)
 #undef FCG_SET1
 #undef FCG_ZERO
 #undef FCG_FMA
+#undef FCG_ADD
+#undef FCG_TRANSPOSE
 FC_TARGET_POP
 
 FC_TARGET_PUSH(FC_AVX512)
@@ -71,8 +76,9 @@ FC_TARGET_PUSH(FC_AVX512)
 #define FCG_SET1(s) _mm512_set1_ps(s)
 #define FCG_ZERO() _mm512_setzero_ps()
 #define FCG_FMA(a, b, c) _mm512_fmadd_ps((a), (b), (c))
+#define FCG_ADD(a, b) _mm512_add_ps((a), (b))
 #include "transpose16.h"
-#define FCG_TRANSPOSE16 fc_transpose16_avx512
+#define FCG_TRANSPOSE fc_transpose16_avx512
 #include "gemm_kern.h"
 FC_TARGET_POP
 #endif

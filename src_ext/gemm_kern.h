@@ -79,27 +79,27 @@ static const FCG_NAME(fcg_tile_fn) FCG_NAME(fcg_tiles)[2][2][7] = {
 #undef FCG_TILE_FNS
 #undef FCG_TILE_FN
 
-/* d[j*ldd + i] = s[i*lds + j] + (add ? add[i] : 0) for i < rows, j < cols: 16 x 16 blocks in
- * registers with FCG_TRANSPOSE16 (AVX-512), the edges (and other paths) one value at a time. */
+/* d[j*ldd + i] = s[i*lds + j] + (add ? add[i] : 0) for i < rows, j < cols: VL x VL blocks in
+ * registers with FCG_TRANSPOSE (AVX-512, AVX2), the edges (and other paths) one value at a time. */
 static void FCG_NAME(fcg_transpose)(const float* s, fcg_i lds, fcg_i rows, fcg_i cols,
                                     const float* add, float* d, fcg_i ldd)
 {
     fcg_i i0 = 0, j0, i, j;
-#ifdef FCG_TRANSPOSE16
-    __m512 r[16];
-    for (; i0 + 16 <= rows; i0 += 16) {
-        for (j0 = 0; j0 + 16 <= cols; j0 += 16) {
-            for (i = 0; i < 16; i++) {
-                r[i] = _mm512_loadu_ps(s + (i0 + i) * lds + j0);
+#ifdef FCG_TRANSPOSE
+    FCG_VT r[FCG_VL];
+    for (; i0 + FCG_VL <= rows; i0 += FCG_VL) {
+        for (j0 = 0; j0 + FCG_VL <= cols; j0 += FCG_VL) {
+            for (i = 0; i < FCG_VL; i++) {
+                r[i] = FCG_LOAD(s + (i0 + i) * lds + j0);
                 if (add)
-                    r[i] = _mm512_add_ps(r[i], _mm512_set1_ps(add[i0 + i]));
+                    r[i] = FCG_ADD(r[i], FCG_SET1(add[i0 + i]));
             }
-            FCG_TRANSPOSE16(r);
-            for (j = 0; j < 16; j++)
-                _mm512_storeu_ps(d + (j0 + j) * ldd + i0, r[j]);
+            FCG_TRANSPOSE(r);
+            for (j = 0; j < FCG_VL; j++)
+                FCG_STORE(d + (j0 + j) * ldd + i0, r[j]);
         }
         for (j = j0; j < cols; j++)
-            for (i = i0; i < i0 + 16; i++)
+            for (i = i0; i < i0 + FCG_VL; i++)
                 d[j * ldd + i] = s[i * lds + j] + (add ? add[i] : 0.0f);
     }
 #endif
