@@ -213,7 +213,11 @@ class BuildExt(build_ext):
         # -ffp-contract=off: no multiply-add is fused unless written as an FMA intrinsic (the direct
         # convolutions), so the kernels compiled for AVX2/AVX-512 (or -march=native) give the
         # reference's bytes.
-        compile_args = ["/O2"] if msvc else ["-O3", "-fno-math-errno", "-ffp-contract=off"]
+        # -fno-trapping-math: the kernels never read the floating-point exception flags; with
+        # them GCC will not turn a loop's `c ? 1.0f : 0.0f` into a vector select without AVX-512
+        # masks, and the batch-norm loops (ReLU masks) stayed scalar on AVX2 (values unchanged:
+        # it allows no reassociation and no contraction).
+        compile_args = ["/O2"] if msvc else ["-O3", "-fno-math-errno", "-ffp-contract=off", "-fno-trapping-math"]
         link_args = []
 
         if _env_flag("FASTCNN_NATIVE") and not msvc:
