@@ -16,6 +16,7 @@
 #include <immintrin.h>
 FC_TARGET_PUSH(FC_AVX2)
 #define FCP_SUFFIX avx2
+#define FCP_AVX2 1
 #include "pool2_kern.h"
 FC_TARGET_POP
 FC_TARGET_PUSH(FC_AVX512)

@@ -1,5 +1,5 @@
 /* 2x2 max pooling (stride 2) of whole planes, compiled once per SIMD path by pool2.h inside
- * its FC_TARGET blocks, with FCP_SUFFIX defined (and FCP_AVX512 on the AVX-512 path).  The
+ * its FC_TARGET blocks, with FCP_SUFFIX defined (and FCP_AVX512 or FCP_AVX2 on those paths).  The
  * pooling kernels' scan rule (_maxpool_plane, fastcnn._ref.maxpool2d_forward): a later cell of
  * the window replaces the best if it is not <= it (greater, or NaN), unless the best is NaN
  * already. */
@@ -47,6 +47,50 @@ static inline void FCP_NAME(fcp_row)(const float* r0, const float* r1, ptrdiff_t
 }
 #endif
 
+#ifdef FCP_AVX2
+/* fcp_row of the AVX-512 path by vectors of 8 windows: a row's 16 floats deinterleaved by
+ * in-lane shuffles and a 64-bit permutation, the compares' masks applied by blends. */
+static inline __m256 FCP_NAME(fcp_even)(__m256 a, __m256 b, int odd)
+{
+    __m256 s = odd ? _mm256_shuffle_ps(a, b, 0xdd) : _mm256_shuffle_ps(a, b, 0x88);
+    return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(s), 0xd8));
+}
+static inline void FCP_NAME(fcp_row)(const float* r0, const float* r1, ptrdiff_t PW, float* yr, int* ir,
+                                     int base, int w, int flat)
+{
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    ptrdiff_t k;
+    for (k = 0; k < PW; k += 8) {
+        int n = PW - k < 8 ? (int)(PW - k) : 8;
+        __m256i lo = _mm256_cmpgt_epi32(_mm256_set1_epi32(2 * n), lane);
+        __m256i hi = _mm256_cmpgt_epi32(_mm256_set1_epi32(2 * n - 8), lane);
+        __m256i out = _mm256_cmpgt_epi32(_mm256_set1_epi32(n), lane);
+        __m256 x0 = _mm256_maskload_ps(r0 + 2 * k, lo), x1 = _mm256_maskload_ps(r0 + 2 * k + 8, hi);
+        __m256 y0 = _mm256_maskload_ps(r1 + 2 * k, lo), y1 = _mm256_maskload_ps(r1 + 2 * k + 8, hi);
+        __m256 m = FCP_NAME(fcp_even)(x0, x1, 0), a[3], code = _mm256_setzero_ps();
+        __m256i ci;
+        int j;
+        a[0] = FCP_NAME(fcp_even)(x0, x1, 1);
+        a[1] = FCP_NAME(fcp_even)(y0, y1, 0);
+        a[2] = FCP_NAME(fcp_even)(y0, y1, 1);
+        for (j = 0; j < 3; j++) {
+            __m256 c = _mm256_and_ps(_mm256_cmp_ps(a[j], m, _CMP_NLE_UQ), _mm256_cmp_ps(m, m, _CMP_ORD_Q));
+            m = _mm256_blendv_ps(m, a[j], c);
+            code = _mm256_blendv_ps(code, _mm256_castsi256_ps(_mm256_set1_epi32(j + 1)), c);
+        }
+        _mm256_maskstore_ps(yr + k, out, m);
+        ci = _mm256_castps_si256(code);
+        if (flat)  /* (code & 1) columns right, (code >> 1) rows down */
+            ci = _mm256_add_epi32(
+                _mm256_add_epi32(_mm256_set1_epi32(base + 2 * (int)k), _mm256_add_epi32(lane, lane)),
+                _mm256_add_epi32(_mm256_and_si256(ci, _mm256_set1_epi32(1)),
+                                 _mm256_and_si256(_mm256_sub_epi32(_mm256_setzero_si256(), _mm256_srli_epi32(ci, 1)),
+                                                  _mm256_set1_epi32(w))));
+        _mm256_maskstore_epi32(ir + k, out, ci);
+    }
+}
+#endif
+
 /* ``planes`` consecutive (OH, OW) planes of ``full`` -> out ((OH/2)*(OW/2) per plane) with the
  * flat arg-max indices into ``io``, or, if ``io`` is NULL, the window positions 0..3 into
  * ``scratch`` (one pooled plane). */
@@ -61,7 +105,7 @@ static void FCP_NAME(fcp_pool_planes)(const float* full, float* out, int* io, in
             float* yr = out + (p * PH + a) * PW;
             int* ir = io ? io + (p * PH + a) * PW : scratch + a * PW;
             int base = (int)(2 * a * OW), w = (int)OW;
-#ifdef FCP_AVX512
+#if defined(FCP_AVX512) || defined(FCP_AVX2)
             FCP_NAME(fcp_row)(r0, r1, PW, yr, ir, base, w, io != NULL);
             continue;
 #endif
@@ -82,3 +126,4 @@ static void FCP_NAME(fcp_pool_planes)(const float* full, float* out, int* io, in
 
 #undef FCP_SUFFIX
 #undef FCP_AVX512
+#undef FCP_AVX2
