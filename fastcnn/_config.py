@@ -24,6 +24,11 @@ NUMBA_SERIAL = dict(parallel=False, cache=True, nogil=True, fastmath=False, erro
 #: skipped intermediate product, within the tests' tolerances.
 NUMBA_PARALLEL_FMA = dict(NUMBA_PARALLEL, fastmath={"contract"})
 NUMBA_SERIAL_FMA = dict(NUMBA_SERIAL, fastmath={"contract"})
+#: LLVM options ``import fastcnn`` sets (process-wide, before Numba compiles) unless
+#: ``FASTCNN_NUMBA_LLVM_OPTIONS`` replaces them (empty: none): runtime unrolling kept two
+#: iterations of the register tiles' loops live and spilled the accumulators (docs/PERFORMANCE.md,
+#: section 13).  Code only, not values: the same bytes either way.
+NUMBA_LLVM_OPTIONS = ("-unroll-runtime=false",)
 
 #: Thread-runtime settings ``import fastcnn`` puts in ``os.environ`` (before NumPy and the
 #: OpenMP runtimes load) unless already set (docs/PERFORMANCE.md, section 2): idle OpenMP
@@ -38,6 +43,7 @@ ENV_BACKEND = "FASTCNN_BACKEND"
 ENV_THREADS = "FASTCNN_NUM_THREADS"
 ENV_DATA = "FASTCNN_DATA"
 ENV_ISA = "FASTCNN_ISA"
+ENV_LLVM_OPTIONS = "FASTCNN_NUMBA_LLVM_OPTIONS"
 ENV_HEAP = "FASTCNN_HEAP"
 
 #: glibc heap thresholds set at import (``FASTCNN_HEAP=keep``, the default; docs/PERFORMANCE.md,
@@ -169,7 +175,9 @@ def _numba_isa_env(isa, host_features):
     if "avx512f" not in has:
         if isa == "avx512":
             raise ValueError(f"{ENV_ISA}=avx512 but this CPU has no AVX-512")
-        return None, None  # automatic on a CPU without AVX-512: Numba's default
+        if {"avx2", "fma"} <= has:  # automatic on an AVX2 CPU: the avx2 path, named as such
+            return _numba_isa_env("avx2", host_features)
+        return None, None  # automatic on a CPU without AVX2: Numba's default
     # AVX-512: LLVM's tuning for Intel server cores prefers 256-bit vectors (no zmm code at
     # all); ``-prefer-256-bit`` lets the vectoriser use 512-bit ones.  (AMD Zen 4/5 tuning
     # already does; the flag changes nothing there.)
@@ -220,8 +228,26 @@ def _setup_numba_isa():
         os.environ["NUMBA_CPU_NAME"] = name
     if features is not None:
         os.environ["NUMBA_CPU_FEATURES"] = features
-    chosen = isa or ("avx512" if features is not None else "numba default")
+    chosen = isa or _isa_of_target(name, features)
     NUMBA_ISA.update(isa=chosen, why=f"{ENV_ISA}={isa}" if isa else "automatic")
 
 
 _setup_numba_isa()
+
+
+def _set_numba_llvm_options():
+    """Pass :data:`NUMBA_LLVM_OPTIONS` (or ``FASTCNN_NUMBA_LLVM_OPTIONS``, space-separated) to
+    LLVM; without llvmlite (no Numba backend) nothing to do."""
+    value = os.environ.get(ENV_LLVM_OPTIONS)
+    options = NUMBA_LLVM_OPTIONS if value is None else tuple(value.split())
+    if not options:
+        return
+    try:
+        import llvmlite.binding as ll
+    except ImportError:
+        return
+    for option in options:
+        ll.set_option("fastcnn", option)
+
+
+_set_numba_llvm_options()

@@ -16,7 +16,11 @@ def test_numba_isa_environment_choices(monkeypatch):
     assert name is None and "+avx2" in feats.split(",") and "+fma" in feats.split(",")
     assert not [f for f in feats.split(",") if f.startswith("+") and ("avx512" in f or "evex512" in f)]
     assert env("baseline", AVX512_HOST) == ("generic", None)
-    assert env(None, AVX2_HOST) == (None, None)  # Numba's own default without AVX-512
+    # Automatic on an AVX2 CPU: the avx2 path's setting, so that the label (and the kernels'
+    # sizes) follow from the features; Numba's own default only without AVX2.
+    assert env(None, AVX2_HOST) == env("avx2", AVX2_HOST) == (None, AVX2_HOST)
+    assert _config._isa_of_target(*env(None, AVX2_HOST)) == "avx2"
+    assert env(None, "+64bit,+sse2,-avx2") == (None, None)
     with pytest.raises(ValueError, match="FASTCNN_ISA=avx512 but this CPU has no AVX-512"):
         env("avx512", AVX2_HOST)
     with pytest.raises(ValueError, match="no AVX2"):
@@ -26,6 +30,22 @@ def test_numba_isa_environment_choices(monkeypatch):
         _config.requested_isa()
     monkeypatch.setenv("FASTCNN_ISA", " AVX2 ")
     assert _config.requested_isa() == "avx2"
+
+
+@pytest.mark.parametrize("value, expected", [(None, list(_config.NUMBA_LLVM_OPTIONS)), ("", []),
+                                             (" -a=1  -b ", ["-a=1", "-b"])])
+def test_numba_llvm_options_default_and_override(monkeypatch, value, expected):
+    """``_config.NUMBA_LLVM_OPTIONS`` go to LLVM unless ``FASTCNN_NUMBA_LLVM_OPTIONS`` replaces
+    them (empty: none)."""
+    ll = pytest.importorskip("llvmlite.binding")
+    seen = []
+    monkeypatch.setattr(ll, "set_option", lambda name, option: seen.append(option))
+    if value is None:
+        monkeypatch.delenv(_config.ENV_LLVM_OPTIONS, raising=False)
+    else:
+        monkeypatch.setenv(_config.ENV_LLVM_OPTIONS, value)
+    _config._set_numba_llvm_options()
+    assert seen == expected
 
 
 @pytest.mark.parametrize("preset", [{}, {"GOMP_SPINCOUNT": "7", "OMP_WAIT_POLICY": "ACTIVE"},

@@ -25,6 +25,7 @@ from ._simd import (
     tile_store,
     tile_store_masked,
     vloads,
+    vstores,
     vzeros,
 )
 
@@ -86,10 +87,13 @@ def _gemm(m, n, k, a, a0, ars, aps, b, b0, ldb, bts, c, c0, ldc):
             nj = min(W, n - j0)
             bt = b0 + (j0 // W) * bts + p0 * ldb
             for p in range(kc):  # (always copied, also when contiguous: one compiled panel)
-                for j in range(nj):
-                    bp[_u(p * W + j)] = b[_u(bt + p * ldb + j)]
-                for j in range(nj, W):
-                    bp[_u(p * W + j)] = 0.0
+                if nj == W:
+                    vstores(bp, p * W, _OFFS, vloads(b, bt + p * ldb, _OFFS))
+                else:
+                    for j in range(nj):
+                        bp[_u(p * W + j)] = b[_u(bt + p * ldb + j)]
+                    for j in range(nj, W):
+                        bp[_u(p * W + j)] = 0.0
             _panel(m, nj, a, a0 + p0 * aps, ars, aps, aoffs, bp, 0, W, kc, c, c0 + j0, ldc, p0 > 0)
 
 
