@@ -45,6 +45,7 @@ PRIMITIVES = (
     "batchnorm_backward_apply",
     "batchnorm_backward",
     "adam_step",
+    "sgd_step",
 )
 
 _MODULES = {
@@ -402,6 +403,14 @@ def sizes_batchnorm_backward_apply(gy, x, mean, inv_std, weight, bias, scale, a,
 def sizes_batchnorm_backward(gy, x, mean, inv_std, weight, bias, scale, gsum, gdot, gx):
     sizes_batchnorm_backward_reduce(gy, x, mean, inv_std, weight, bias, gsum, gdot)
     sizes_batchnorm_forward(gy, scale, scale, scale, scale, gx)
+
+
+def sizes_sgd_step(p, g, buf, lr, weight_decay, momentum, dampening, nesterov, first):
+    """(Sizes, not shapes: the arrays may have any shape.)"""
+    if p != g:
+        raise ValueError("sgd_step: p and g differ in size")
+    if momentum != 0 and buf != p:
+        raise ValueError("sgd_step: buf and p differ in size (momentum is not 0)")
 
 
 def sizes_adam_step(p, g, m, v, lr_t, beta1, beta2, eps, bc2_sqrt):

@@ -548,6 +548,43 @@ def adam_step(p, g, m, v, lr_t, beta1, beta2, eps, bc2_sqrt):
     p -= tmp
 
 
+def sgd_step(p, g, buf, lr, weight_decay, momentum, dampening, nesterov, first):
+    """One ``torch.optim.SGD`` update, in place.
+
+    Parameters
+    ----------
+    p : float32 array  # IN/OUT  parameters
+    g : float32 array  # IN  gradient
+    buf : float32 array  # IN/OUT  momentum buffer (unused when ``momentum`` is 0: any size)
+        All C-contiguous, of one shape (``buf`` too when ``momentum`` is not 0).
+    lr, weight_decay, momentum, dampening : float
+        The constants used are ``float32(lr)``, ``float32(weight_decay)``,
+        ``float32(momentum)``, ``float32(1 - dampening)``.
+    nesterov, first : bool
+        Nesterov momentum; ``first``: the buffer's first update (it is set, not blended).
+
+    Element-wise, every operation rounded to float32 in this order (torch's; bit-identical
+    across backends)::
+
+        d = g + weight_decay * p                          # if weight_decay != 0
+        buf = d if first else buf * momentum + (1 - dampening) * d  # if momentum != 0,
+        d = d + momentum * buf if nesterov else buf                 # these two
+        p = p - lr * d
+    """
+    f = np.float32
+    d = g
+    if weight_decay:
+        d = g + f(weight_decay) * p
+    if momentum:
+        if first:
+            buf[...] = d
+        else:
+            buf *= f(momentum)
+            buf += f(1.0 - dampening) * d
+        d = d + f(momentum) * buf if nesterov else buf
+    p -= f(lr) * d
+
+
 def conv2d_direct_forward(x, w, bias, sh, sw, pt, pl, relu, y):
     """Direct convolution with an optional fused ReLU.
 

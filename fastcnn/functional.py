@@ -47,7 +47,7 @@ __all__ = [
     "linear", "linear_backward",
     "softmax_cross_entropy", "softmax_cross_entropy_backward", "mse_loss", "mse_loss_backward",
     "batch_norm2d", "batch_norm2d_backward", "fold_batch_norm",
-    "adam_step",
+    "adam_step", "sgd_step",
     "corr2d",
 ]
 
@@ -1183,6 +1183,16 @@ def _check_update_arrays(op: str, params: Sequence[Any], **state: Sequence[Any])
     for name, arrays in state.items():
         if len(arrays) != len(params):
             raise ValueError(f"{op}: {len(arrays)} {name} for {len(params)} params")
+    f32 = np.dtype(np.float32)
+    for arrays in (params, *state.values()):  # (fast path: ``carray`` is C-contiguous, aligned, writeable)
+        for p, a in zip(params, arrays):
+            if not (type(a) is np.ndarray and a.dtype is f32 and a.flags.carray and a.shape == p.shape):
+                break
+        else:
+            continue
+        break
+    else:
+        return
     for i, p in enumerate(params):
         for name, a in [("params", p)] + [(n, arrays[i]) for n, arrays in state.items()]:
             if not is_float32_array(a) or a.shape != p.shape:
@@ -1220,6 +1230,40 @@ def adam_step(params: Sequence[np.ndarray], grads: Sequence[np.ndarray], exp_avg
         elif weight_decay:
             g = grad + np.float32(weight_decay) * param
         k.adam_step(param, g, m, v, step_size, b1, b2, eps, bc2_sqrt)
+
+
+def sgd_step(params: Sequence[np.ndarray], grads: Sequence[np.ndarray], momentum_buffers: list[np.ndarray | None],
+             *, lr: float, momentum: float = 0.0, dampening: float = 0.0, weight_decay: float = 0.0,
+             nesterov: bool = False) -> None:
+    """One SGD update of every array of ``params`` in place, as ``torch.optim.SGD``: ``d = grad
+    + weight_decay * param``; with momentum ``buf = momentum * buf + (1 - dampening) * d``
+    (``buf = d`` at its first update), then ``d = d + momentum * buf`` (Nesterov) or ``d =
+    buf``; ``param -= lr * d``.  One fused compiled pass per parameter, float32 in that order
+    (:func:`fastcnn._ref.sgd_step`).
+
+    ``momentum_buffers`` has one entry per parameter (not used without momentum); an entry
+    ``None`` is a buffer not yet made: it is created and stored in the list (PyTorch's
+    ``momentum_buffer_list``).  The arrays are checked here; the hyperparameters by
+    :class:`fastcnn.optim.SGD`.
+    """
+    if not momentum:
+        _check_update_arrays("sgd_step", params, grads=grads)
+        bufs, first = [_NO_BUFFER] * len(params), [False] * len(params)
+    else:
+        if len(momentum_buffers) != len(params):
+            raise ValueError(f"sgd_step: {len(momentum_buffers)} momentum_buffers for {len(params)} params")
+        first = [b is None for b in momentum_buffers]
+        bufs = [np.empty_like(p) if b is None and is_float32_array(p) else b
+                for p, b in zip(params, momentum_buffers)]
+        _check_update_arrays("sgd_step", params, grads=grads, momentum_buffers=bufs)
+    k = _backend.ops()
+    for i, (param, grad, buf) in enumerate(zip(params, grads, bufs)):
+        k.sgd_step(param, grad, buf, lr, weight_decay, momentum, dampening, nesterov, first[i])
+        if first[i]:
+            momentum_buffers[i] = buf
+
+
+_NO_BUFFER = np.empty(0, np.float32)  # (sgd_step without momentum)
 
 
 # --------------------------------------------------------------------------- tutorial form

@@ -1,6 +1,6 @@
-"""Optimizers with ``torch.optim``'s update rules, updating ``Parameter.data`` in place: SGD
-in NumPy, Adam with the compiled update behind :func:`fastcnn.functional.adam_step` (which
-checks the arrays; the optimizers check the hyperparameters, once, here)."""
+"""Optimizers with ``torch.optim``'s update rules, updating ``Parameter.data`` in place with the
+compiled updates behind :func:`fastcnn.functional.sgd_step` and :func:`~fastcnn.functional.adam_step`
+(which check the arrays; the optimizers check the hyperparameters, once, here)."""
 from __future__ import annotations
 
 import math
@@ -91,21 +91,9 @@ class SGD(Optimizer):
         return {"momentum_buffer": self._buf}
 
     def step(self) -> None:
-        lr = np.float32(self.lr)
-        f = np.float32
-        for i, p in enumerate(self.params):
-            g = p.grad
-            if self.weight_decay:
-                g = g + f(self.weight_decay) * p.data
-            if self.momentum:
-                buf = self._buf[i]
-                if buf is None:
-                    buf = self._buf[i] = g.copy()
-                else:
-                    buf *= f(self.momentum)
-                    buf += g if self.dampening == 0 else f(1.0 - self.dampening) * g
-                g = g + f(self.momentum) * buf if self.nesterov else buf
-            p.data -= lr * g
+        F.sgd_step([p.data for p in self.params], [p.grad for p in self.params], self._buf, lr=self.lr,
+                   momentum=self.momentum, dampening=self.dampening, weight_decay=self.weight_decay,
+                   nesterov=self.nesterov)
         self.steps += 1
 
 

@@ -1,5 +1,5 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
-"""Fused optimizer update of the Cython backend (contract: :mod:`fastcnn._ref`).
+"""Fused optimizer updates of the Cython backend (contract: :mod:`fastcnn._ref`).
 
 The arrays may have any shape and are C-contiguous (a copy would lose the update), so the
 kernel sees them as flat runs of floats, in fixed blocks of elements
@@ -65,3 +65,58 @@ def adam_step(p, g, m, v, double lr_t, double beta1, double beta2, double eps, d
     with nogil:
         _adam(pp, gp, mp, vp, np_, <float>lr_t, c1, <float>beta2, c2, <float>eps,
               <float>bc2_sqrt, _threads_for(np_))
+
+
+
+cdef inline void _sgd_block(float* p, const float* g, float* buf, Py_ssize_t n, float lr, float wd,
+                            float mom, float c, int use_wd, int use_mom, int nesterov,
+                            int first) noexcept nogil:
+    """SGD on ``n`` elements: p, buf IN/OUT (buf unused without momentum); g IN."""
+    cdef Py_ssize_t e
+    cdef float d, b
+    for e in range(n):
+        d = g[e]
+        if use_wd:
+            d = d + wd * p[e]
+        if use_mom:
+            b = d if first else buf[e] * mom + c * d
+            buf[e] = b
+            d = d + mom * b if nesterov else b
+        p[e] = p[e] - lr * d
+
+
+cdef void _sgd(float* p, const float* g, float* buf,  # IN/OUT, IN, IN/OUT (M,)
+               Py_ssize_t M, float lr, float wd, float mom, float c, int use_wd, int use_mom,
+               int nesterov, int first, int nt) noexcept nogil:
+    cdef Py_ssize_t nb = (M + _BLOCK - 1) // _BLOCK, blk, n, o
+    for blk in prange(nb, schedule='static', num_threads=nt):
+        o = blk * _BLOCK
+        n = min(M - o, _BLOCK)
+        _sgd_block(p + o, g + o, buf + o if use_mom else buf, n, lr, wd, mom, c, use_wd, use_mom,
+                   nesterov, first)
+
+
+cdef _Key _sgd_ok
+
+
+def sgd_step(p, g, buf, double lr, double weight_decay, double momentum, double dampening,
+             bint nesterov, bint first):
+    """One ``torch.optim.SGD`` update in place (see :func:`fastcnn._ref.sgd_step`)."""
+    cdef float* pp
+    cdef float* gp
+    cdef float* bp
+    cdef Py_ssize_t np_, ng, nb
+    _flat(p, True, &pp, &np_)
+    _flat(g, False, &gp, &ng)
+    _flat(buf, True, &bp, &nb)
+    cdef int use_mom = momentum != 0
+    cdef _Key k = _key(np_, ng, nb, use_mom)
+    if _new(&_sgd_ok, &k):
+        _passed(&_sgd_ok, &k, _backend.sizes_sgd_step(
+            np_, ng, nb, lr, weight_decay, momentum, dampening, nesterov, first))
+    if np_ == 0:
+        return
+    with nogil:
+        _sgd(pp, gp, bp, np_, <float>lr, <float>weight_decay, <float>momentum,
+             <float>(1.0 - dampening), weight_decay != 0, use_mom, nesterov, first,
+             _threads_for(np_))

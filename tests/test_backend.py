@@ -418,6 +418,34 @@ def test_adam_step_matches_reference(name, shape):
                     np.zeros((4, 3), np.float32), *args)
 
 
+@pytest.mark.parametrize("name", COMPILED)
+@pytest.mark.parametrize("shape", [(1,), (7,), (3, 5, 7), (2 * 16384 + 5,), (64, 32, 5, 5)])
+@pytest.mark.parametrize("momentum, dampening, nesterov, weight_decay",
+                         [(0.0, 0.0, False, 0.0), (0.0, 0.0, False, 5e-4), (0.9, 0.0, False, 0.0),
+                          (0.9, 0.1, False, 5e-4), (0.9, 0.0, True, 1e-2)])
+def test_sgd_step_matches_reference(name, shape, momentum, dampening, nesterov, weight_decay):
+    """Every variant of the SGD update, the buffer's first update included, bit for bit (no
+    fused multiply-add in the element-wise kernels); a NaN gradient stays in its element."""
+    rng = np.random.default_rng(16)
+    k = _mod(name)
+    p0 = rng.standard_normal(shape).astype(np.float32)
+    want, got = [p0.copy(), np.zeros(shape, np.float32)], [p0.copy(), np.zeros(shape, np.float32)]
+    for t in range(6):
+        g = rng.standard_normal(shape).astype(np.float32)
+        g[rng.random(shape) < 0.1] = 0.0
+        if t == 3:
+            g.flat[0] = np.nan
+        args = (0.05, weight_decay, momentum, dampening, nesterov, t == 0)
+        _ref.sgd_step(want[0], g, want[1], *args)
+        k.sgd_step(got[0], g, got[1], *args)
+    for what, a, b in zip(("p", "buf"), got, want):
+        _assert_f32(a, b, _unfused(name), what)
+    assert np.isnan(got[0].flat[0]) and np.isfinite(got[0].flat[1:]).all()
+    with pytest.raises(ValueError, match="C-contiguous"):
+        big = np.zeros((4, 6), np.float32)
+        k.sgd_step(big[:, ::2], np.zeros((4, 3), np.float32), np.zeros((4, 3), np.float32), *args)
+
+
 def test_adam_optimizer_backends_agree():
     """``optim.Adam`` through each backend: the same parameters after 10 steps."""
     from fastcnn import optim
@@ -695,7 +723,7 @@ def test_direct_primitives_many_images_any_threads(name, case):
 def _recorded_primitive_calls(name):
     """The primitive calls (name, args) a few functional ops make on backend ``name``."""
     from fastcnn.layers import Parameter
-    from fastcnn.optim import Adam
+    from fastcnn.optim import SGD, Adam
 
     k, calls = _backend.ops(name), []
 
@@ -744,6 +772,9 @@ def _recorded_primitive_calls(name):
         p = Parameter(w.copy())
         p.grad[...] = 1.0
         Adam([p]).step()
+        sgd = SGD([p], 0.1, momentum=0.9)
+        sgd.step()
+        sgd.step()
     finally:
         _backend.ops = ops
         fastcnn.set_backend(previous)
@@ -793,6 +824,8 @@ def test_size_checks_of_the_contract_are_the_same_for_both_compiled_backends(nam
         (k.add_relu_forward, (f32((2, 3), np.float32), f32(5, np.float32), f32((2, 3), np.float32))),
         (k.adam_step, (f32(4, np.float32), f32(4, np.float32), f32(3, np.float32), f32(4, np.float32),
                        1e-3, 0.9, 0.999, 1e-8, 1.0)),
+        (k.sgd_step, (f32(4, np.float32), f32(3, np.float32), f32(4, np.float32), 0.1, 0.0, 0.9, 0.0, False, False)),
+        (k.sgd_step, (f32(4, np.float32), f32(4, np.float32), f32(3, np.float32), 0.1, 0.0, 0.9, 0.0, False, False)),
         (k.conv2d_direct_forward, (f32((1, 2, 5, 5), np.float32), f32((3, 2, 3, 3), np.float32),
                                    f32(4, np.float32), 1, 1, 0, 0, 0, f32((1, 3, 3, 3), np.float32))),
         (k.conv2d_direct_forward_maxpool2, (f32((1, 2, 5, 5), np.float32), f32((3, 2, 3, 3), np.float32),

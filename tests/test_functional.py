@@ -724,3 +724,27 @@ def test_corr2d_bad_input():
         F.corr2d(np.ones((3, 3), np.float32), np.ones((2, 2), np.int64))
     with pytest.raises(ValueError, match="larger"):
         F.corr2d(np.ones((2, 2), np.float32), np.ones((3, 3), np.float32))
+
+
+def test_sgd_step_creates_missing_momentum_buffers_and_checks_arrays():
+    """``sgd_step`` makes the momentum buffers given as None (set to the first step's
+    direction, stored in the list) and refuses arrays that do not match their parameter."""
+    rng = np.random.default_rng(5)
+    p = [rng.standard_normal((3, 4)).astype(np.float32), rng.standard_normal(5).astype(np.float32)]
+    g = [rng.standard_normal(a.shape).astype(np.float32) for a in p]
+    before = [a.copy() for a in p]
+    bufs = [None, None]
+    F.sgd_step(p, g, bufs, lr=0.1, momentum=0.9, weight_decay=0.01)
+    for a, b, grad, buf in zip(p, before, g, bufs):
+        d = grad + np.float32(0.01) * b
+        np.testing.assert_array_equal(buf, d)
+        np.testing.assert_array_equal(a, b - np.float32(0.1) * d)
+    plain = [b.copy() for b in before]
+    F.sgd_step(plain, g, [], lr=0.1)  # (no momentum: no buffers needed)
+    np.testing.assert_array_equal(plain[1], before[1] - np.float32(0.1) * g[1])
+    with pytest.raises(ValueError, match="1 momentum_buffers for 2 params"):
+        F.sgd_step(p, g, [None], lr=0.1, momentum=0.9)
+    with pytest.raises(TypeError, match=r"momentum_buffers\[1\] must be a C-contiguous float32 array of shape \(5,\)"):
+        F.sgd_step(p, g, [bufs[0], np.zeros(4, np.float32)], lr=0.1, momentum=0.9)
+    with pytest.raises(TypeError, match=r"grads\[0\] must be a C-contiguous float32 array"):
+        F.sgd_step(p, [g[0].astype(np.float64), g[1]], [], lr=0.1)

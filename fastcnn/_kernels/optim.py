@@ -1,8 +1,10 @@
-"""Numba kernel of the fused Adam update (flat arrays, fixed chunks of elements per iteration).
+"""Numba kernels of the fused Adam and SGD updates (flat arrays, fixed chunks of elements per
+iteration).
 
 Every element is updated on its own with the reference's float32 operations in the
 reference's order (``fastmath`` is off: no fused multiply-add; the square root is IEEE), so
-the result matches :func:`fastcnn._ref.adam_step` bit for bit, for any thread count.
+the results match :func:`fastcnn._ref.adam_step` and :func:`fastcnn._ref.sgd_step` bit for
+bit, for any thread count.
 """
 import numpy as np
 from numba import prange
@@ -33,3 +35,28 @@ def adam_step(p, g, m, v, lr_t, beta1, beta2, eps, bc2_sqrt):
     f, op = np.float32, "adam_step"
     _adam(flat(p, "p", op), flat(g, "g", op), flat(m, "m", op), flat(v, "v", op), f(lr_t),
           f(1.0 - beta1), f(beta2), f(1.0 - beta2), f(eps), f(bc2_sqrt), _config.ELEMWISE_BLOCK)
+
+
+@parallel_kernel
+def _sgd(p, g, buf, lr, wd, mom, c, use_wd, use_mom, nesterov, first, blk):
+    # All scalars are float32, so every operation below is a float32 operation.
+    size = p.shape[0]
+    _backend.sizes_sgd_step(size, g.size, buf.size, lr, wd, use_mom, c, nesterov, first)
+    for t in prange((size + blk - 1) // blk):
+        lo, hi = chunk(t, size, blk)
+        for e in range(lo, hi):
+            d = g[_u(e)]
+            if use_wd:
+                d = d + wd * p[_u(e)]
+            if use_mom:
+                b = d if first else buf[_u(e)] * mom + c * d
+                buf[_u(e)] = b
+                d = d + mom * b if nesterov else b
+            p[_u(e)] = p[_u(e)] - lr * d
+
+
+def sgd_step(p, g, buf, lr, weight_decay, momentum, dampening, nesterov, first):
+    """One ``torch.optim.SGD`` update in place (see :func:`fastcnn._ref.sgd_step`)."""
+    f, op = np.float32, "sgd_step"
+    _sgd(flat(p, "p", op), flat(g, "g", op), flat(buf, "buf", op), f(lr), f(weight_decay), f(momentum),
+         f(1.0 - dampening), weight_decay != 0, momentum != 0, bool(nesterov), bool(first), _config.ELEMWISE_BLOCK)
