@@ -27,7 +27,7 @@ NUMBA_SERIAL_FMA = dict(NUMBA_SERIAL, fastmath={"contract"})
 #: LLVM options ``import fastcnn`` sets (process-wide, before Numba compiles) unless
 #: ``FASTCNN_NUMBA_LLVM_OPTIONS`` replaces them (empty: none): runtime unrolling kept two
 #: iterations of the register tiles' loops live and spilled the accumulators (docs/PERFORMANCE.md,
-#: section 13).  Code only, not values: the same bytes either way.
+#: section 10).  Code only, not values: the same bytes either way.
 NUMBA_LLVM_OPTIONS = ("-unroll-runtime=false",)
 
 #: Thread-runtime settings ``import fastcnn`` puts in ``os.environ`` (before NumPy and the
