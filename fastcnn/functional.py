@@ -1248,7 +1248,8 @@ def sgd_step(params: Sequence[np.ndarray], grads: Sequence[np.ndarray], momentum
     """
     if not momentum:
         _check_update_arrays("sgd_step", params, grads=grads)
-        bufs, first = [_NO_BUFFER] * len(params), [False] * len(params)
+        bufs: list[Any] = [_NO_BUFFER] * len(params)
+        first = [False] * len(params)
     else:
         if len(momentum_buffers) != len(params):
             raise ValueError(f"sgd_step: {len(momentum_buffers)} momentum_buffers for {len(params)} params")
