@@ -397,8 +397,9 @@ def pool2_row(typingctx, xf, a0, a1, n, yf, jf, yo, base, w):
 def vput_pairs(typingctx, yf, d, z, s0, s1, n, bias, relu):
     """``yf[d + 2e] = f(z[s0 + e])``, ``yf[d + 2e + 1] = f(z[s1 + e])`` for ``e < n`` (<= VL),
     ``f(v) = v + bias``, then the ReLU if ``relu`` (``v <= 0``: +0; NaN stays): one vector of
-    each row, zipped by a shuffle, one masked store of ``2n`` floats.  Reads ``VL`` floats of
-    each row (the caller's rows are padded)."""
+    each row, zipped by a shuffle, stored as ``2n`` floats (whole vectors plainly, a partial one
+    masked).
+    Reads ``VL`` floats of each row (the caller's rows are padded)."""
     def codegen(context, builder, sig, args):
         yty, dty, zty, s0t, s1t, nty, bty, rty = sig.args
         vi2 = ir.VectorType(_I32, 2 * VL)
@@ -421,6 +422,27 @@ def vput_pairs(typingctx, yf, d, z, s0, s1, n, bias, relu):
         mask = builder.icmp_signed("<", ir.Constant(vi2, list(range(2 * VL))), two_n)
         ya = context.make_array(yty)(context, builder, args[0])
         p = builder.bitcast(builder.gep(ya.data, [context.cast(builder, args[1], dty, types.intp)]), f2.as_pointer())
-        builder.call(_masked(builder, "store", f2), [pairs, p, ir.Constant(_I32, 4), mask])
+        # Masked stores are slow on some CPUs (Zen 3): whole vectors are stored plainly, only a
+        # partial one masked.
+        full = builder.icmp_signed("==", nn, ir.Constant(_I32, VL))
+        with builder.if_else(full) as (whole, part):
+            with whole:
+                builder.store(pairs, p, align=4)
+            with part:
+                lo = builder.shuffle_vector(pairs, pairs, ir.Constant(ir.VectorType(_I32, VL), list(range(VL))))
+                hi = builder.shuffle_vector(pairs, pairs, ir.Constant(ir.VectorType(_I32, VL),
+                                                                       list(range(VL, 2 * VL))))
+                masks = [builder.shuffle_vector(mask, mask, ir.Constant(ir.VectorType(_I32, VL), list(idx)))
+                         for idx in (range(VL), range(VL, 2 * VL))]
+                p0 = builder.bitcast(p, _LLV.as_pointer())
+                p1 = builder.gep(p0, [ir.Constant(_I32, 1)])
+                store = _masked(builder, "store", _LLV)
+                with builder.if_else(builder.icmp_signed(">=", builder.add(nn, nn), ir.Constant(_I32, VL))) as (
+                        half, less):
+                    with half:
+                        builder.store(lo, p0, align=4)
+                        builder.call(store, [hi, p1, ir.Constant(_I32, 4), masks[1]])
+                    with less:
+                        builder.call(store, [lo, p0, ir.Constant(_I32, 4), masks[0]])
         return context.get_dummy_value()
     return types.none(yf, d, z, s0, s1, n, bias, relu), codegen
