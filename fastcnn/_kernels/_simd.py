@@ -346,8 +346,9 @@ def pool2_row(typingctx, xf, a0, a1, n, yf, jf, yo, base, w):
     """One vector of ``n`` (<= VL) 2x2 max-pooling windows: window ``e`` is ``xf[a0 + 2e],
     xf[a0 + 2e + 1]`` over ``xf[a1 + 2e], xf[a1 + 2e + 1]``; its maximum goes to ``yf[yo + e]``
     and its flat index ``base + 2e + column + row * w`` to ``jf[yo + e]``, by the pooling
-    kernels' scan rule (a later cell wins if not <= the best, unless the best is NaN).  Masked
-    loads and stores: nothing outside the windows and the ``n`` outputs is touched."""
+    kernels' scan rule (a later cell wins if not <= the best, unless the best is NaN).  Nothing
+    outside the windows and the ``n`` outputs is touched: plain loads and stores for ``n ==
+    VL``, masked ones otherwise (masked stores are slow on some CPUs: Zen 3)."""
     def codegen(context, builder, sig, args):
         xty, a0t, a1t, nty, yty, jty, yot, bty, wty = sig.args
         vi = ir.VectorType(_I32, VL)
@@ -358,37 +359,51 @@ def pool2_row(typingctx, xf, a0, a1, n, yf, jf, yo, base, w):
         m_lo = builder.icmp_signed("<", lanes, two_n)
         m_hi = builder.icmp_signed("<", builder.add(lanes, ir.Constant(vi, [VL] * VL)), two_n)
         m_out = builder.icmp_signed("<", lanes, _splat(builder, nn, vi))
-        load = _masked(builder, "load", _LLV)
         zero = ir.Constant(_LLV, [0.0] * VL)
-
-        def row(a, at):
-            p = context.cast(builder, a, at, types.intp)
-            lo = builder.call(load, [_ptr(context, builder, xty, args[0], p, types.intp), ir.Constant(_I32, 4),
-                                     m_lo, zero])
-            hi = builder.call(load, [_ptr(context, builder, xty, args[0], builder.add(p, ir.Constant(p.type, VL)),
-                                          types.intp), ir.Constant(_I32, 4), m_hi, zero])
-            even = builder.shuffle_vector(lo, hi, ir.Constant(vi, [2 * e for e in range(VL)]))
-            odd = builder.shuffle_vector(lo, hi, ir.Constant(vi, [2 * e + 1 for e in range(VL)]))
-            return even, odd
-
-        m, c1 = row(args[1], a0t)
-        c2, c3 = row(args[2], a1t)
-        code = ir.Constant(vi, [0] * VL)
-        for j, a in enumerate((c1, c2, c3)):
-            take = builder.and_(builder.fcmp_unordered(">", a, m), builder.fcmp_ordered("ord", m, m))
-            m = builder.select(take, a, m)
-            code = builder.select(take, ir.Constant(vi, [j + 1] * VL), code)
-        # flat index: base + 2e + (code & 1) + (code >> 1) * w
-        row_off = builder.and_(builder.sub(ir.Constant(vi, [0] * VL), builder.lshr(code, ir.Constant(vi, [1] * VL))),
-                               _splat(builder, i32(args[8], wty), vi))
-        flat = builder.add(builder.add(_splat(builder, i32(args[7], bty), vi), builder.add(lanes, lanes)),
-                           builder.add(builder.and_(code, ir.Constant(vi, [1] * VL)), row_off))
         yo = context.cast(builder, args[6], yot, types.intp)
-        builder.call(_masked(builder, "store", _LLV),
-                     [m, _ptr(context, builder, yty, args[4], yo, types.intp), ir.Constant(_I32, 4), m_out])
         ja = context.make_array(jty)(context, builder, args[5])
         jp = builder.bitcast(builder.gep(ja.data, [yo]), vi.as_pointer())
-        builder.call(_masked(builder, "store", vi), [flat, jp, ir.Constant(_I32, 4), m_out])
+        yp = _ptr(context, builder, yty, args[4], yo, types.intp)
+
+        def body(masked):
+            def load(ptr, mask):
+                if masked:
+                    return builder.call(_masked(builder, "load", _LLV), [ptr, ir.Constant(_I32, 4), mask, zero])
+                return builder.load(ptr, align=4)
+
+            def row(a, at):
+                p = context.cast(builder, a, at, types.intp)
+                lo = load(_ptr(context, builder, xty, args[0], p, types.intp), m_lo)
+                hi = load(_ptr(context, builder, xty, args[0], builder.add(p, ir.Constant(p.type, VL)), types.intp),
+                          m_hi)
+                even = builder.shuffle_vector(lo, hi, ir.Constant(vi, [2 * e for e in range(VL)]))
+                odd = builder.shuffle_vector(lo, hi, ir.Constant(vi, [2 * e + 1 for e in range(VL)]))
+                return even, odd
+
+            m, c1 = row(args[1], a0t)
+            c2, c3 = row(args[2], a1t)
+            code = ir.Constant(vi, [0] * VL)
+            for j, a in enumerate((c1, c2, c3)):
+                take = builder.and_(builder.fcmp_unordered(">", a, m), builder.fcmp_ordered("ord", m, m))
+                m = builder.select(take, a, m)
+                code = builder.select(take, ir.Constant(vi, [j + 1] * VL), code)
+            # flat index: base + 2e + (code & 1) + (code >> 1) * w
+            half = builder.lshr(code, ir.Constant(vi, [1] * VL))
+            row_off = builder.and_(builder.sub(ir.Constant(vi, [0] * VL), half), _splat(builder, i32(args[8], wty), vi))
+            flat = builder.add(builder.add(_splat(builder, i32(args[7], bty), vi), builder.add(lanes, lanes)),
+                               builder.add(builder.and_(code, ir.Constant(vi, [1] * VL)), row_off))
+            if masked:
+                builder.call(_masked(builder, "store", _LLV), [m, yp, ir.Constant(_I32, 4), m_out])
+                builder.call(_masked(builder, "store", vi), [flat, jp, ir.Constant(_I32, 4), m_out])
+            else:
+                builder.store(m, yp, align=4)
+                builder.store(flat, jp, align=4)
+
+        with builder.if_else(builder.icmp_signed("==", nn, ir.Constant(_I32, VL))) as (whole, part):
+            with whole:
+                body(False)
+            with part:
+                body(True)
         return context.get_dummy_value()
     return types.none(xf, a0, a1, n, yf, jf, yo, base, w), codegen
 
