@@ -7,7 +7,9 @@ Numba kernels get the tunables they use as arguments from their Python wrappers 
 on-disk cache would keep a compiled-in global after it changed here).
 """
 import os
+import stat
 import sys
+import tempfile
 import warnings
 
 #: Options every parallel Numba kernel is compiled with.  ``fastmath`` stays off so that the
@@ -141,6 +143,81 @@ DENSE_TILED_BATCH = 64
 def dense_forward_tiled(n):
     """Whether a dense forward of ``n`` images runs on the tiled GEMM where the path has one."""
     return n % DENSE_TILED_BATCH == 0
+
+
+# --------------------------------------------------------------------------- Numba's cache
+#: Where Numba's on-disk cache of the kernels goes (:func:`_setup_numba_cache`), for
+#: ``fastcnn info`` and the tests.
+NUMBA_CACHE = {"dir": None, "why": "not set up"}
+
+
+def _writable_dir(path):
+    """Whether ``path`` exists or can be made and takes a file (Numba's own test of a cache
+    location)."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        tempfile.TemporaryFile(dir=path).close()
+    except OSError:
+        return False
+    return True
+
+
+def _private_dir(path):
+    """Whether ``path`` can be made (mode 0700) and is then a directory of this user's that
+    no one else may write: a shared temporary directory's entry must not be another user's,
+    whose files Numba would load as machine code."""
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        st = os.lstat(path)
+    except OSError:
+        return False
+    uid = os.getuid() if hasattr(os, "getuid") else st.st_uid
+    return (stat.S_ISDIR(st.st_mode) and st.st_uid == uid and not st.st_mode & 0o022
+            and _writable_dir(path))
+
+
+def _numba_cache_choice(environ, kernels_dir, tmp_dir, writable=_writable_dir, private=_private_dir):
+    """``(location, set NUMBA_CACHE_DIR, why)`` following Numba's own order of locations
+    (``NUMBA_CACHE_DIR``, next to the kernels' sources, the user-wide cache), then a private
+    directory under ``tmp_dir``; location None: no cache at all."""
+    if environ.get("NUMBA_CACHE_DIR"):
+        return environ["NUMBA_CACHE_DIR"], False, "NUMBA_CACHE_DIR set by the user or a parent process"
+    in_tree = os.path.join(kernels_dir, "__pycache__")
+    if writable(in_tree):
+        return in_tree, False, "next to the kernels' sources"
+    user = os.path.join(environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "numba")
+    if writable(user):
+        return user, False, "the user-wide cache: the package directory is read-only"
+    private_tmp = os.path.join(tmp_dir, f"fastcnn-numba-cache-{os.getuid() if hasattr(os, 'getuid') else 'user'}")
+    if private(private_tmp):
+        return private_tmp, True, "a private temporary directory: the package and the user-wide cache are read-only"
+    return None, False, "no writable location: the kernels compile anew in every process"
+
+
+def _setup_numba_cache():
+    """Make Numba's cache work wherever fastcnn is installed.  Numba refuses to decorate a
+    ``cache=True`` function when none of its locations is writable (a read-only package and
+    an unwritable HOME: a container run as another user), which would leave the Numba backend
+    unavailable; fastcnn then points ``NUMBA_CACHE_DIR`` at a private temporary directory, or,
+    failing that, compiles without a cache (docs/WHEELS.md)."""
+    import importlib.util
+
+    if "numba" not in sys.modules and importlib.util.find_spec("numba") is None:
+        NUMBA_CACHE.update(dir=None, why="Numba is not installed")
+        return
+    kernels_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_kernels")
+    location, set_env, why = _numba_cache_choice(os.environ, kernels_dir, tempfile.gettempdir())
+    if set_env:
+        os.environ["NUMBA_CACHE_DIR"] = location
+        if "numba" in sys.modules:  # Numba reads it when a kernel is decorated: update it now
+            sys.modules["numba"].core.config.reload_config()
+    if location is None:
+        for options in (NUMBA_PARALLEL, NUMBA_SERIAL, NUMBA_PARALLEL_FMA, NUMBA_SERIAL_FMA):
+            options["cache"] = False
+    NUMBA_CACHE.update(dir=location, why=why)
+
+
+_setup_numba_cache()
 
 
 # --------------------------------------------------------------------------- Numba's target ISA

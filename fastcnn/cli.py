@@ -191,6 +191,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         isa = fastcnn._config.NUMBA_ISA
         print(f"numba target: {isa['isa']} ({isa['why']}; NUMBA_CPU_NAME={numba.config.CPU_NAME}, "
               f"-prefer-256-bit={'yes' if '-prefer-256-bit' in (numba.config.CPU_FEATURES or '') else 'no'})")
+        cache = fastcnn._config.NUMBA_CACHE
+        print(f"numba cache: {cache['dir'] or 'none'} ({cache['why']})")
     except ImportError:
         pass
     from threadpoolctl import threadpool_info

@@ -1,5 +1,7 @@
 """The compilation and threading settings (``fastcnn._config``): Numba's target ISA from
 ``FASTCNN_ISA``."""
+import os
+
 import pytest
 
 from fastcnn import _config
@@ -46,6 +48,75 @@ def test_numba_llvm_options_default_and_override(monkeypatch, value, expected):
         monkeypatch.setenv(_config.ENV_LLVM_OPTIONS, value)
     _config._set_numba_llvm_options()
     assert seen == expected
+
+
+def test_numba_cache_location_order(tmp_path):
+    """Numba's own order (NUMBA_CACHE_DIR, next to the sources, the user-wide cache), then a
+    private temporary directory, then no cache; a foreign or group-writable temporary
+    directory is refused (Numba would load its files as machine code)."""
+    choice = _config._numba_cache_choice
+    kernels, tmp = str(tmp_path / "pkg" / "_kernels"), str(tmp_path / "tmp")
+    env = {"XDG_CACHE_HOME": str(tmp_path / "xdg")}
+    def only(*ok):
+        return lambda path: any(path.startswith(str(tmp_path / o)) for o in ok)
+    assert choice({"NUMBA_CACHE_DIR": "/x"}, kernels, tmp, only())[:2] == ("/x", False)
+    assert choice(env, kernels, tmp, only("pkg", "xdg"))[:2] == (kernels + "/__pycache__", False)
+    assert choice(env, kernels, tmp, only("xdg"))[:2] == (str(tmp_path / "xdg" / "numba"), False)
+    location, set_env, why = choice(env, kernels, tmp, only())
+    assert set_env and location.startswith(tmp) and "private temporary" in why
+    assert os.stat(location).st_mode & 0o777 == 0o700  # made by the real _private_dir
+    assert choice(env, kernels, tmp, only(), private=lambda p: False) == (
+        None, False, "no writable location: the kernels compile anew in every process")
+    # The real checks: a file where a directory should be, a group-writable directory.
+    (tmp_path / "file").write_text("")
+    assert not _config._writable_dir(str(tmp_path / "file" / "sub"))
+    assert _config._writable_dir(str(tmp_path / "new" / "sub"))
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o777)
+    os.chmod(shared, 0o777)
+    assert not _config._private_dir(str(shared))
+    if hasattr(os, "geteuid") and os.geteuid() == 0:  # root can give a directory away
+        foreign = tmp_path / "foreign"
+        foreign.mkdir(mode=0o700)
+        os.chown(foreign, 65534, 65534)
+        assert not _config._private_dir(str(foreign))
+
+
+def test_numba_backend_loads_from_a_read_only_package(tmp_path):
+    """With no writable location of Numba's own (the kernels' ``__pycache__`` and HOME
+    unusable, no NUMBA_CACHE_DIR), Numba would refuse the kernels and the backend would not
+    load: it loads, runs, and caches in a private temporary directory."""
+    import shutil
+    import subprocess
+    import sys
+
+    import fastcnn
+    from utils import NEUTRAL_CWD
+
+    if "numba" not in fastcnn.available_backends():
+        pytest.skip("no Numba backend in this installation")
+    site = tmp_path / "site"
+    shutil.copytree(os.path.dirname(fastcnn.__file__), site / "fastcnn",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    (site / "fastcnn" / "_kernels" / "__pycache__").write_text("")  # not a directory: unusable
+    (tmp_path / "file").write_text("")
+    (tmp_path / "tmp").mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", "XDG_CACHE_HOME", "PYTHONPATH")}
+    env.update(PYTHONPATH=str(site), HOME=str(tmp_path / "file" / "home"), TMPDIR=str(tmp_path / "tmp"))
+    code = ("import numpy as np, fastcnn; from fastcnn import _backend, _config; "
+            "print(fastcnn.available_backends(), _backend.backend_error('numba')); "
+            "x = np.linspace(-1, 1, 4099, dtype=np.float32); y = np.empty_like(x); "
+            "_backend.ops('numba').relu_forward(x, y); print(bool((y == np.maximum(x, 0)).all())); "
+            "print(fastcnn.__file__, _config.NUMBA_CACHE['dir'])")
+    out = subprocess.run([sys.executable, "-c", code], cwd=NEUTRAL_CWD, env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    backends, correct, where = out.stdout.strip().splitlines()[-3:]
+    assert backends.startswith("('numpy', 'numba'") and backends.endswith("None"), backends
+    assert correct == "True"
+    module, cache = where.split()
+    assert module.startswith(str(site)) and cache.startswith(str(tmp_path / "tmp" / "fastcnn-numba-cache-"))
+    assert any(p.suffix == ".nbi" for p in (tmp_path / "tmp").rglob("*"))
 
 
 @pytest.mark.parametrize("preset", [{}, {"GOMP_SPINCOUNT": "7", "OMP_WAIT_POLICY": "ACTIVE"},
