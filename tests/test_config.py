@@ -91,6 +91,7 @@ def test_numba_backend_loads_from_a_read_only_package(tmp_path):
     import sys
 
     import fastcnn
+
     from utils import NEUTRAL_CWD
 
     if "numba" not in fastcnn.available_backends():
