@@ -312,11 +312,17 @@ def _setup_numba_isa():
 _setup_numba_isa()
 
 
-def _set_numba_llvm_options():
-    """Pass :data:`NUMBA_LLVM_OPTIONS` (or ``FASTCNN_NUMBA_LLVM_OPTIONS``, space-separated) to
-    LLVM; without llvmlite (no Numba backend) nothing to do."""
+def numba_llvm_options():
+    """The LLVM options in effect: :data:`NUMBA_LLVM_OPTIONS`, or ``FASTCNN_NUMBA_LLVM_OPTIONS``
+    (space-separated) when set."""
     value = os.environ.get(ENV_LLVM_OPTIONS)
-    options = NUMBA_LLVM_OPTIONS if value is None else tuple(value.split())
+    return NUMBA_LLVM_OPTIONS if value is None else tuple(value.split())
+
+
+def _set_numba_llvm_options():
+    """Pass :func:`numba_llvm_options` to LLVM; without llvmlite (no Numba backend) nothing to
+    do."""
+    options = numba_llvm_options()
     if not options:
         return
     try:

@@ -120,6 +120,50 @@ def test_numba_backend_loads_from_a_read_only_package(tmp_path):
     assert any(p.suffix == ".nbi" for p in (tmp_path / "tmp").rglob("*"))
 
 
+def test_numba_cache_dropped_when_a_compiled_in_source_changes(tmp_path):
+    """Numba checks a cached kernel against its own file only: after an edit of a helper module
+    (``_simd.py`` here) ``import fastcnn`` drops the package's cached kernels, once."""
+    import shutil
+    import subprocess
+    import sys
+
+    import fastcnn
+
+    from utils import NEUTRAL_CWD
+
+    if "numba" not in fastcnn.available_backends():
+        pytest.skip("no Numba backend in this installation")
+    site = tmp_path / "site"
+    shutil.copytree(os.path.dirname(fastcnn.__file__), site / "fastcnn",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    cache = site / "fastcnn" / "_kernels" / "__pycache__"
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", "PYTHONPATH")}
+    env["PYTHONPATH"] = str(site)
+    code = ("import sys, numpy as np, fastcnn; from fastcnn import _backend; "
+            "from fastcnn._kernels import _common; import os; "
+            f"print(sorted(f for f in os.listdir({str(cache)!r}) if f.endswith('.nbi'))); "
+            "x = np.linspace(-1, 1, 11, dtype=np.float32); y = np.empty_like(x); "
+            "_backend.ops('numba').relu_forward(x, y); print(bool((y == np.maximum(x, 0)).all()))")
+
+    def run():
+        out = subprocess.run([sys.executable, "-c", code], cwd=NEUTRAL_CWD, env=env, capture_output=True,
+                             text=True, timeout=600)
+        assert out.returncode == 0, out.stderr
+        listed, correct = out.stdout.strip().splitlines()[-2:]
+        assert correct == "True"
+        return eval(listed)
+
+    assert not any(f.startswith("activation.") for f in run())  # nothing cached yet
+    stamp = (cache / "fastcnn-kernels.sha256").read_text()
+    assert any(f.startswith("activation.") for f in run())  # kept: same sources
+    assert (cache / "fastcnn-kernels.sha256").read_text() == stamp
+    with open(site / "fastcnn" / "_kernels" / "_simd.py", "a") as f:
+        f.write("# an edit\n")
+    assert run() == []  # every cached kernel dropped before use ...
+    assert (cache / "fastcnn-kernels.sha256").read_text() != stamp
+    assert any(f.startswith("activation.") for f in run())  # ... and cached again
+
+
 @pytest.mark.parametrize("preset", [{}, {"GOMP_SPINCOUNT": "7", "OMP_WAIT_POLICY": "ACTIVE"},
                                     {"FASTCNN_NO_THREAD_DEFAULTS": "1"}])
 def test_thread_runtime_defaults_are_set_before_numpy_unless_given(preset):

@@ -1,12 +1,15 @@
 """Shared by the Numba kernel modules: ``parallel_kernel`` and the small jitted helpers (the
 twin of ``src_ext/_common.pxi``).
 
-Numba's on-disk cache tracks each kernel's own source file only: after editing a helper here
-or a size check in ``fastcnn/_backend.py``, delete the cached kernels
-(``fastcnn/_kernels/__pycache__/*.nbi``, ``*.nbc``).
+Numba's on-disk cache tracks each kernel's own source file only, not the helpers, intrinsics
+and size checks compiled into it: :func:`drop_stale_cache` (run when the package is imported)
+drops the package's cached kernels whenever any of those sources changed.
 """
 import ctypes
 import functools
+import glob
+import hashlib
+import os
 import types
 
 import numpy as np
@@ -177,3 +180,56 @@ def fold_tap(dst, d0, src, s0, div, i, j, h, w, sh, sw, pt, pl, oh, ow):
         else:
             for u in range(lo, hi):
                 dst[_u(dd + u * sw)] += src[_u(ss + u)] / div[_u(q * ow + u)]
+
+
+#: The sources compiled into the cached kernels besides each kernel's own file: every module
+#: of this package (helpers, intrinsics), the size checks and the compile flags.
+_CACHE_SOURCES = ("_kernels/*.py", "_backend.py", "_config.py")
+_CACHE_STAMP = "fastcnn-kernels.sha256"
+
+
+@njit(**_config.NUMBA_SERIAL)
+def _cache_probe():  # (never called: its cache object names the package's cache directory)
+    return 0
+
+
+def _sources_digest():
+    """Digest of :data:`_CACHE_SOURCES` and of the LLVM options in effect (code, not values:
+    Numba's cache keys on neither)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    h = hashlib.sha256(repr(_config.numba_llvm_options()).encode())
+    for pattern in _CACHE_SOURCES:
+        for path in sorted(glob.glob(os.path.join(root, pattern))):
+            with open(path, "rb") as f:
+                h.update(os.path.basename(path).encode() + b"\0" + f.read())
+    return h.hexdigest()
+
+
+def drop_stale_cache():
+    """Delete the package's cached kernels (``*.nbi``, ``*.nbc`` in its Numba cache directory)
+    unless they were compiled from the present sources (:data:`_CACHE_SOURCES`, their digest
+    kept in :data:`_CACHE_STAMP` beside them), then record the present digest; returns whether
+    it deleted.  Numba alone would keep a kernel compiled with an older helper or intrinsic
+    (after ``git pull`` into an editable install, say).  Nothing to do without a cache."""
+    cache = getattr(_cache_probe, "_cache", None)
+    where = getattr(cache, "cache_path", None)
+    if not where or not os.path.isdir(where):
+        return False
+    digest = _sources_digest()
+    stamp = os.path.join(where, _CACHE_STAMP)
+    try:
+        with open(stamp) as f:
+            if f.read().strip() == digest:
+                return False
+    except OSError:
+        pass
+    try:
+        for path in glob.glob(os.path.join(where, "*.nb[ic]")):
+            os.remove(path)  # (a process loading one meanwhile recompiles it)
+        tmp = f"{stamp}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            f.write(digest + "\n")
+        os.replace(tmp, stamp)
+    except OSError:  # (another process's deletion first, or a read-only cache: Numba copes)
+        pass
+    return True
