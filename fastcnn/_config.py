@@ -179,19 +179,23 @@ def _private_dir(path):
 def _numba_cache_choice(environ, kernels_dir, tmp_dir, writable=_writable_dir, private=_private_dir):
     """``(location, set NUMBA_CACHE_DIR, why)`` following Numba's own order of locations
     (``NUMBA_CACHE_DIR``, next to the kernels' sources, the user-wide cache), then a private
-    directory under ``tmp_dir``; location None: no cache at all."""
-    if environ.get("NUMBA_CACHE_DIR"):
-        return environ["NUMBA_CACHE_DIR"], False, "NUMBA_CACHE_DIR set by the user or a parent process"
+    directory under ``tmp_dir``; location None: no cache at all.  (Numba, too, passes over a
+    ``NUMBA_CACHE_DIR`` it cannot write to.)"""
+    given = environ.get("NUMBA_CACHE_DIR")
+    if given and writable(given):
+        return given, False, "NUMBA_CACHE_DIR set by the user or a parent process"
+    unusable = f" (NUMBA_CACHE_DIR={given} is not writable)" if given else ""
     in_tree = os.path.join(kernels_dir, "__pycache__")
     if writable(in_tree):
-        return in_tree, False, "next to the kernels' sources"
+        return in_tree, False, "next to the kernels' sources" + unusable
     user = os.path.join(environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "numba")
     if writable(user):
-        return user, False, "the user-wide cache: the package directory is read-only"
+        return user, False, "the user-wide cache: the package directory is read-only" + unusable
     private_tmp = os.path.join(tmp_dir, f"fastcnn-numba-cache-{os.getuid() if hasattr(os, 'getuid') else 'user'}")
     if private(private_tmp):
-        return private_tmp, True, "a private temporary directory: the package and the user-wide cache are read-only"
-    return None, False, "no writable location: the kernels compile anew in every process"
+        return private_tmp, True, ("a private temporary directory: the package and the user-wide cache are "
+                                   "read-only" + unusable)
+    return None, False, "no writable location: the kernels compile anew in every process" + unusable
 
 
 def _setup_numba_cache():
@@ -208,6 +212,8 @@ def _setup_numba_cache():
     kernels_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_kernels")
     location, set_env, why = _numba_cache_choice(os.environ, kernels_dir, tempfile.gettempdir())
     if set_env:
+        if os.environ.get("NUMBA_CACHE_DIR"):
+            warnings.warn(f"fastcnn: Numba's cache goes to {location}: {why}", RuntimeWarning, stacklevel=3)
         os.environ["NUMBA_CACHE_DIR"] = location
         if "numba" in sys.modules:  # Numba reads it when a kernel is decorated: update it now
             sys.modules["numba"].core.config.reload_config()

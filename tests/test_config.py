@@ -59,7 +59,10 @@ def test_numba_cache_location_order(tmp_path):
     env = {"XDG_CACHE_HOME": str(tmp_path / "xdg")}
     def only(*ok):
         return lambda path: any(path.startswith(str(tmp_path / o)) for o in ok)
-    assert choice({"NUMBA_CACHE_DIR": "/x"}, kernels, tmp, only())[:2] == ("/x", False)
+    given = {"NUMBA_CACHE_DIR": str(tmp_path / "given"), **env}
+    assert choice(given, kernels, tmp, only("given"))[:2] == (str(tmp_path / "given"), False)
+    location, set_env, why = choice(given, kernels, tmp, only("xdg"))  # (unwritable: passed over, as Numba does)
+    assert location == str(tmp_path / "xdg" / "numba") and not set_env and "is not writable" in why
     assert choice(env, kernels, tmp, only("pkg", "xdg"))[:2] == (kernels + "/__pycache__", False)
     assert choice(env, kernels, tmp, only("xdg"))[:2] == (str(tmp_path / "xdg" / "numba"), False)
     location, set_env, why = choice(env, kernels, tmp, only())
