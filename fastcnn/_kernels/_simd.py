@@ -409,6 +409,38 @@ def pool2_row(typingctx, xf, a0, a1, n, yf, jf, yo, base, w):
 
 
 @intrinsic
+def vpool4(typingctx, y00, y01, y10, y11, bias, relu):
+    """2x2 max pooling of the four outputs of Winograd output tiles, lane by lane: each output
+    ``v + bias``, then the ReLU if ``relu`` (as :func:`vput_pairs`), scanned in the order
+    ``y00, y01, y10, y11`` with the pooling kernels' rule (a later ``v`` replaces the best
+    ``b`` when ``v > b``, or ``v`` is NaN and ``b`` is not).  Returns ``(best, k)``: the values
+    and the position ``k = 2a + b`` of ``y_ab`` as floats."""
+    tt = types.UniTuple(vec, 2)
+
+    def codegen(context, builder, sig, args):
+        bty, rty = sig.args[4], sig.args[5]
+        zero = ir.Constant(_LLV, [0.0] * VL)
+        b = _splat(builder, context.cast(builder, args[4], bty, types.float32))
+        relu = builder.icmp_signed("!=", context.cast(builder, args[5], rty, types.intp),
+                                   ir.Constant(ir.IntType(64), 0))
+
+        def f(v):
+            v = builder.fadd(v, b)
+            return builder.select(relu, builder.select(builder.fcmp_ordered("<=", v, zero), zero, v), v)
+
+        best, pos = f(args[0]), zero
+        for k in (1, 2, 3):
+            v = f(args[k])
+            take = builder.or_(builder.fcmp_ordered(">", v, best),
+                               builder.and_(builder.fcmp_unordered("uno", v, v),
+                                            builder.fcmp_ordered("ord", best, best)))
+            best = builder.select(take, v, best)
+            pos = builder.select(take, ir.Constant(_LLV, [float(k)] * VL), pos)
+        return context.make_tuple(builder, tt, [best, pos])
+    return tt(y00, y01, y10, y11, bias, relu), codegen
+
+
+@intrinsic
 def vput_pairs(typingctx, yf, d, z, s0, s1, n, bias, relu):
     """``yf[d + 2e] = f(z[s0 + e])``, ``yf[d + 2e + 1] = f(z[s1 + e])`` for ``e < n`` (<= VL),
     ``f(v) = v + bias``, then the ReLU if ``relu`` (``v <= 0``: +0; NaN stays): one vector of

@@ -24,13 +24,14 @@ from ._simd import (
     vadd,
     vloads,
     vloads_lanes,
+    vpool4,
     vput_pairs,
     vstore,
     vstores,
     vsub,
     vzeros,
 )
-from .conv_direct import _grid, pooled_by_chunks
+from .conv_direct import _grid
 
 
 def _weights(w, flip):
@@ -198,12 +199,14 @@ def _put_row(yf, d, z, s0, n2, odd, bias, relu):
 
 
 @parallel_kernel(fma=True)
-def _winograd(xf, xs, cs, ps, wq, vp, bias, relu, ni, r5, y):
-    """``y`` from the packed input ``xf`` (image ``b`` at ``b*xs``, channels ``cs`` apart, the
-    four stride phases ``ps`` apart, row pitch ``wq``) and the transformed weights ``vp``
-    (``r5``: of 5x5 kernels, else 3x3): work items of ``ni`` images (run in chunks of
-    consecutive items, each with one set of buffers), in chunks of ``V*VL`` tiles."""
-    n, oc, oh, ow = y.shape
+def _winograd(xf, xs, cs, ps, wq, vp, bias, relu, ni, r5, n, oc, oh, ow, yf, pool, yp, ip):
+    """The ``(n, oc, oh, ow)`` output, flat, into ``yf`` from the packed input ``xf`` (image
+    ``b`` at ``b*xs``, channels ``cs`` apart, the four stride phases ``ps`` apart, row pitch
+    ``wq``) and the transformed weights ``vp`` (``r5``: of 5x5 kernels, else 3x3); with
+    ``pool`` its 2x2 max pooling instead, into ``yp`` (``(n, oc, oh // 2, ow // 2)``, flat),
+    and with ``pool == 2`` the pooling's indices into ``ip``: an output tile is one pooling
+    window.  Work items of ``ni`` images (run in chunks of consecutive items, each with one
+    set of buffers), in chunks of ``V*VL`` tiles."""
     c = xs // cs
     th, tw = (oh + 1) // 2, (ow + 1) // 2
     nt = th * tw
@@ -212,7 +215,7 @@ def _winograd(xf, xs, cs, ps, wq, vp, bias, relu, ni, r5, y):
     q = V * VL
     qp = q + MAX_VL  # (a row's last vector may spill past q: into this padding)
     us, ms = c * qp, J * qp
-    yf = y.reshape(y.size)
+    ph, pw = oh // 2, ow // 2
     # window value (i, j) of grid position p: phase (i % 2, j % 2) at (i // 2)*wq + j // 2
     tab = (0, ps, 1, ps + 1, 2 * ps, 3 * ps, 2 * ps + 1, 3 * ps + 1,
            wq, ps + wq, wq + 1, ps + wq + 1, 2 * ps + wq, 3 * ps + wq, 2 * ps + wq + 1, 3 * ps + wq + 1)
@@ -304,10 +307,26 @@ def _winograd(xf, xs, cs, ps, wq, vp, bias, relu, ni, r5, y):
                                 yy = _out_tf6(vloads(m, jj * qp + v * VL, moff6))
                             else:
                                 yy = _out_tf(vloads(m, jj * qp + v * VL, moff))
-                            vstore(z, v * VL, yy[0])
-                            vstore(z, qp + v * VL, yy[1])
-                            vstore(z, 2 * qp + v * VL, yy[2])
-                            vstore(z, 3 * qp + v * VL, yy[3])
+                            if pool:
+                                best = vpool4(yy[0], yy[1], yy[2], yy[3], bias[o], relu)
+                                vstore(z, v * VL, best[0])
+                                vstore(z, qp + v * VL, best[1])
+                            else:
+                                vstore(z, v * VL, yy[0])
+                                vstore(z, qp + v * VL, yy[1])
+                                vstore(z, 2 * qp + v * VL, yy[2])
+                                vstore(z, 3 * qp + v * VL, yy[3])
+                        if pool:  # the windows of whole tiles, run by run
+                            for r in range(nr):
+                                e, rn, k, ty, tx = runs[r, 0], runs[r, 1], runs[r, 2], runs[r, 3], runs[r, 4]
+                                if ty < ph:
+                                    d = (((i0 + k) * oc + o) * ph + ty) * pw
+                                    for t in range(tx, min(tx + rn, pw)):
+                                        yp[_u(d + t)] = z[_u(e + t - tx)]
+                                        if pool == 2:
+                                            pa = np.int32(z[_u(qp + e + t - tx)])
+                                            ip[_u(d + t)] = (2 * ty + (pa >> 1)) * ow + 2 * t + (pa & 1)
+                            continue
                         for r in range(nr):  # the four phases interleaved into the output rows
                             e, rn, k, ty, tx = runs[r, 0], runs[r, 1], runs[r, 2], runs[r, 3], runs[r, 4]
                             odd = 2 * (tx + rn) > ow  # (an odd last column has no pair)
@@ -316,14 +335,22 @@ def _winograd(xf, xs, cs, ps, wq, vp, bias, relu, ni, r5, y):
                                          2 * a * qp + e, rn - 1 if odd else rn, odd, bias[o], relu)
 
 
-def _run(x, w, flip, bias, pt, pl, relu, y):
-    """The Winograd convolution of ``x`` with ``w`` (rotated and transposed with ``flip``)."""
-    n, oc, oh, ow = y.shape
+_NONE_F, _NONE_I = np.empty(0, np.float32), np.empty(0, np.int32)
+
+
+def _run(x, w, flip, bias, pt, pl, relu, oc, oh, ow, y, pooled=None, idx=None):
+    """The ``(N, oc, oh, ow)`` Winograd convolution of ``x`` with ``w`` (rotated and transposed
+    with ``flip``) into ``y``, or its 2x2 max pooling into ``pooled`` (with ``idx``, if it has
+    elements, the indices)."""
+    n = x.shape[0]
     r = w.shape[2]
     th, tw = (oh + 1) // 2, (ow + 1) // 2
     xf, cs, wq, _ = _grid(x, r + 1, r + 1, 2, 2, pt, pl, th, tw)
     ni = min(n, max(1, -(-_config.WINOGRAD_TILES // (th * tw))))
-    _winograd(xf, x.shape[1] * cs, cs, cs // 4, wq, _weights(w, flip), bias, int(relu), ni, r == 5, y)
+    pool = 0 if pooled is None else 2 if idx.size else 1
+    _winograd(xf, x.shape[1] * cs, cs, cs // 4, wq, _weights(w, flip), bias, int(relu), ni, r == 5, n, oc, oh, ow,
+              _NONE_F if pooled is not None else y.reshape(-1), pool,
+              _NONE_F if pooled is None else pooled.reshape(-1), idx.reshape(-1) if pool == 2 else _NONE_I)
 
 
 def conv2d_winograd_forward(x, w, bias, pt, pl, relu, y):
@@ -331,16 +358,18 @@ def conv2d_winograd_forward(x, w, bias, pt, pl, relu, y):
     :func:`fastcnn._ref.conv2d_winograd_forward`)."""
     _backend.sizes_conv2d_winograd_forward(x.shape, w.shape, bias.shape, pt, pl, relu, y.shape)
     if x.shape[0]:
-        _run(x, w, False, bias, pt, pl, relu, y)
+        _run(x, w, False, bias, pt, pl, relu, *y.shape[1:], y)
 
 
 def conv2d_winograd_forward_maxpool2(x, w, bias, pt, pl, relu, oh, ow, y, idx):
     """The Winograd convolution, then 2x2 max pooling (see
-    :func:`fastcnn._ref.conv2d_winograd_forward_maxpool2`): the two primitives in sequence."""
+    :func:`fastcnn._ref.conv2d_winograd_forward_maxpool2`): each output tile is one pooling
+    window, pooled in registers as it leaves the output transform (the convolution's output
+    is never stored)."""
     _backend.sizes_conv2d_winograd_forward_maxpool2(x.shape, w.shape, bias.shape, pt, pl, relu, oh, ow, y.shape,
                                                     idx.shape)
     if x.shape[0]:
-        pooled_by_chunks(lambda a, b, full: _run(x[a:b], w, False, bias, pt, pl, relu, full), oh, ow, y, idx)
+        _run(x, w, False, bias, pt, pl, relu, y.shape[1], oh, ow, None, y, idx)
 
 
 def conv2d_winograd_backward_weight(gy, x, pt, pl, gw, gb):
@@ -358,4 +387,4 @@ def conv2d_winograd_backward_data(gy, w, pt, pl, gx):
     _backend.sizes_conv2d_winograd_backward_data(gy.shape, w.shape, pt, pl, gx.shape)
     if gy.shape[0]:
         r = w.shape[2]
-        _run(gy, w, True, np.zeros(w.shape[1], np.float32), r - 1 - pt, r - 1 - pl, False, gx)
+        _run(gy, w, True, np.zeros(w.shape[1], np.float32), r - 1 - pt, r - 1 - pl, False, *gx.shape[1:], gx)
