@@ -327,6 +327,102 @@ def vloads_lanes(typingctx, acc, arr, base, offs, lo, hi):
     return tt(acc, arr, base, offs, lo, hi), codegen
 
 
+def _ir_in_tf(b, d):
+    """``B^T d B`` of 16 vectors (rows, then columns) in IR: the Cython kernels' ``fcw_in_tf``
+    operation by operation."""
+    t = [None] * 16
+    for j in range(4):
+        t[j] = b.fsub(d[j], d[8 + j])
+        t[4 + j] = b.fadd(d[4 + j], d[8 + j])
+        t[8 + j] = b.fsub(d[8 + j], d[4 + j])
+        t[12 + j] = b.fsub(d[4 + j], d[12 + j])
+    out = []
+    for i in range(4):
+        out += [b.fsub(t[4 * i], t[4 * i + 2]), b.fadd(t[4 * i + 1], t[4 * i + 2]),
+                b.fsub(t[4 * i + 2], t[4 * i + 1]), b.fsub(t[4 * i + 1], t[4 * i + 3])]
+    return out
+
+
+def _ir_bt6(b, v):
+    """F(2x2, 5x5): ``B^T`` of 6 vectors in IR (products by 2 and 4 as exact sums): the Cython
+    kernels' ``fcw_bt6`` operation by operation."""
+    a = b.fsub(v[4], v[2])
+    t = b.fsub(v[0], v[2])
+    t = b.fadd(t, t)
+    r0 = b.fadd(b.fadd(t, t), a)
+    t = b.fadd(v[1], v[2])
+    t = b.fadd(t, t)
+    r1 = b.fsub(b.fadd(v[3], v[4]), b.fadd(t, t))
+    t = b.fsub(v[1], v[2])
+    t = b.fadd(t, t)
+    r2 = b.fadd(b.fsub(v[4], v[3]), b.fadd(t, t))
+    t = b.fsub(v[3], v[1])
+    t = b.fadd(t, t)
+    r3, r4 = b.fadd(a, t), b.fsub(a, t)
+    t = b.fsub(v[1], v[3])
+    t = b.fadd(t, t)
+    return [r0, r1, r2, r3, r4, b.fadd(b.fadd(t, t), b.fsub(v[5], v[3]))]
+
+
+@intrinsic
+def in_tf_put(typingctx, arr, b0, lo0, hi0, b1, lo1, hi1, offs, u, dst, uoffs):
+    """Winograd input transform ``B^T d B`` of one vector of tiles, straight from the input:
+    ``d[k]`` has lanes ``lo0 .. hi0 - 1`` of ``arr[b0 + offs[k] : ... + VL]`` and lanes
+    ``lo1 .. hi1 - 1`` of ``arr[b1 + offs[k] : ...]`` (disjoint runs; zeros elsewhere; one run
+    of all lanes: plain loads), for 16 offsets (F(2x2, 3x3)) or 36 (F(2x2, 5x5): the columns of
+    ``B^T d``, then its rows); transformed value ``k`` is stored at ``u[dst + uoffs[k]]``.  One
+    straight piece of IR per vector, the Cython kernels' operations in their order."""
+    def codegen(context, builder, sig, args):
+        aty, oty, uty = sig.args[0], sig.args[7], sig.args[8]
+        nk = oty.count
+        lanes = ir.Constant(ir.VectorType(_I32, VL), list(range(VL)))
+        vi = ir.VectorType(_I32, VL)
+        zero = ir.Constant(_LLV, [0.0] * VL)
+        fn = _masked(builder, "load", _LLV)
+        ints = [builder.trunc(context.cast(builder, args[k], sig.args[k], types.intp), _I32) for k in (2, 3, 5, 6)]
+        bases = [context.cast(builder, args[k], sig.args[k], types.intp) for k in (1, 4)]
+        offs = [context.cast(builder, builder.extract_value(args[7], k), oty.dtype, types.intp) for k in range(nk)]
+        full = builder.and_(builder.and_(builder.icmp_signed("==", ints[0], ir.Constant(_I32, 0)),
+                                         builder.icmp_signed("==", ints[1], ir.Constant(_I32, VL))),
+                            builder.icmp_signed(">=", ints[2], ints[3]))
+        with builder.if_else(full) as (whole, part):
+            with whole:
+                dw = [builder.load(_ptr(context, builder, aty, args[0], builder.add(bases[0], o), types.intp), align=4)
+                      for o in offs]
+                blk_w = builder.block
+            with part:
+                masks = []
+                for lo, hi in ((ints[0], ints[1]), (ints[2], ints[3])):
+                    lo, hi = _splat(builder, lo, vi), _splat(builder, hi, vi)
+                    masks.append(builder.and_(builder.icmp_signed(">=", lanes, lo),
+                                              builder.icmp_signed("<", lanes, hi)))
+                dp = []
+                for o in offs:
+                    parts = [builder.bitcast(builder.call(fn, [_ptr(context, builder, aty, args[0], builder.add(bb, o),
+                                                                    types.intp), ir.Constant(_I32, 4), m, zero]), vi)
+                             for bb, m in zip(bases, masks)]
+                    dp.append(builder.bitcast(builder.or_(*parts), _LLV))
+                blk_p = builder.block
+        d = []
+        for a, c in zip(dw, dp):
+            phi = builder.phi(_LLV)
+            phi.add_incoming(a, blk_w)
+            phi.add_incoming(c, blk_p)
+            d.append(phi)
+        if nk == 16:
+            out = _ir_in_tf(builder, d)
+        else:
+            cols = [_ir_bt6(builder, [d[6 * i + j] for i in range(6)]) for j in range(6)]  # cols[j][i]
+            out = [v for i in range(6) for v in _ir_bt6(builder, [cols[j][i] for j in range(6)])]
+        db = context.cast(builder, args[9], sig.args[9], types.intp)
+        uo = sig.args[10]
+        for k in range(nk):
+            o = context.cast(builder, builder.extract_value(args[10], k), uo.dtype, types.intp)
+            builder.store(out[k], _ptr(context, builder, uty, args[8], builder.add(db, o), types.intp), align=4)
+        return context.get_dummy_value()
+    return types.none(arr, b0, lo0, hi0, b1, lo1, hi1, offs, u, dst, uoffs), codegen
+
+
 @intrinsic
 def vstores(typingctx, arr, base, offs, vs):
     """``arr[base + offs[v] : ... + VL] = vs[v]`` for each offset of ``offs``."""

@@ -18,6 +18,7 @@ from ._simd import (
     VL,
     J,
     V,
+    in_tf_put,
     tile_fma,
     tile_store,
     tile_zero,
@@ -74,19 +75,6 @@ def _weights5(g, gm, v):
 
 
 @helper
-def _in_tf(d):
-    """``B^T d B`` of 16 vectors (rows, then columns), as the Cython kernels'."""
-    t0, t1, t2, t3 = vsub(d[0], d[8]), vsub(d[1], d[9]), vsub(d[2], d[10]), vsub(d[3], d[11])
-    t4, t5, t6, t7 = vadd(d[4], d[8]), vadd(d[5], d[9]), vadd(d[6], d[10]), vadd(d[7], d[11])
-    t8, t9, t10, t11 = vsub(d[8], d[4]), vsub(d[9], d[5]), vsub(d[10], d[6]), vsub(d[11], d[7])
-    t12, t13, t14, t15 = vsub(d[4], d[12]), vsub(d[5], d[13]), vsub(d[6], d[14]), vsub(d[7], d[15])
-    return (vsub(t0, t2), vadd(t1, t2), vsub(t2, t1), vsub(t1, t3),
-            vsub(t4, t6), vadd(t5, t6), vsub(t6, t5), vsub(t5, t7),
-            vsub(t8, t10), vadd(t9, t10), vsub(t10, t9), vsub(t9, t11),
-            vsub(t12, t14), vadd(t13, t14), vsub(t14, t13), vsub(t13, t15))
-
-
-@helper
 def _out_tf(m):
     """``A^T m A`` of 16 vectors: the 2x2 outputs ``(y00, y01, y10, y11)``."""
     r0, r1 = vadd(vadd(m[0], m[4]), m[8]), vadd(vadd(m[1], m[5]), m[9])
@@ -94,42 +82,6 @@ def _out_tf(m):
     r4, r5 = vsub(vsub(m[4], m[8]), m[12]), vsub(vsub(m[5], m[9]), m[13])
     r6, r7 = vsub(vsub(m[6], m[10]), m[14]), vsub(vsub(m[7], m[11]), m[15])
     return (vadd(vadd(r0, r1), r2), vsub(vsub(r1, r2), r3), vadd(vadd(r4, r5), r6), vsub(vsub(r5, r6), r7))
-
-
-@helper
-def _bt6(v0, v1, v2, v3, v4, v5):
-    """F(2x2, 5x5): ``B^T`` of 6 vectors (products by 2 and 4 as exact sums), as the Cython
-    kernels' ``fcw_bt6``."""
-    a = vsub(v4, v2)
-    t = vsub(v0, v2)
-    t = vadd(t, t)
-    r0 = vadd(vadd(t, t), a)
-    t = vadd(v1, v2)
-    t = vadd(t, t)
-    r1 = vsub(vadd(v3, v4), vadd(t, t))
-    t = vsub(v1, v2)
-    t = vadd(t, t)
-    r2 = vadd(vsub(v4, v3), vadd(t, t))
-    t = vsub(v3, v1)
-    t = vadd(t, t)
-    r3, r4 = vadd(a, t), vsub(a, t)
-    t = vsub(v1, v3)
-    t = vadd(t, t)
-    return r0, r1, r2, r3, r4, vadd(vadd(t, t), vsub(v5, v3))
-
-
-@helper
-def _in_tf6(d):
-    """F(2x2, 5x5): ``B^T d B`` of 36 vectors (the columns of ``B^T d``, then its rows)."""
-    c0 = _bt6(d[0], d[6], d[12], d[18], d[24], d[30])
-    c1 = _bt6(d[1], d[7], d[13], d[19], d[25], d[31])
-    c2 = _bt6(d[2], d[8], d[14], d[20], d[26], d[32])
-    c3 = _bt6(d[3], d[9], d[15], d[21], d[27], d[33])
-    c4 = _bt6(d[4], d[10], d[16], d[22], d[28], d[34])
-    c5 = _bt6(d[5], d[11], d[17], d[23], d[29], d[35])
-    return (_bt6(c0[0], c1[0], c2[0], c3[0], c4[0], c5[0]) + _bt6(c0[1], c1[1], c2[1], c3[1], c4[1], c5[1])
-            + _bt6(c0[2], c1[2], c2[2], c3[2], c4[2], c5[2]) + _bt6(c0[3], c1[3], c2[3], c3[3], c4[3], c5[3])
-            + _bt6(c0[4], c1[4], c2[4], c3[4], c4[4], c5[4]) + _bt6(c0[5], c1[5], c2[5], c3[5], c4[5], c5[5]))
 
 
 @helper
@@ -178,6 +130,9 @@ def _runs(q0, nq, nt, tw, runs):
         e += rn
     return nr
 
+
+#: Offsets of the window values gathered into a contiguous buffer (3+ runs in a vector).
+_DTAB, _DTAB6 = tuple(k * VL for k in range(16)), tuple(k * VL for k in range(36))
 
 #: Groups of images are run in at most this many chunks of consecutive ones, each with one
 #: set of buffers.
@@ -244,6 +199,7 @@ def _winograd(xf, xs, cs, ps, wq, vp, bias, relu, ni, r5, n, oc, oh, ow, yf, poo
         z = np.zeros(4 * qp, np.float32)
         runs = np.empty((q, 5), np.int64)  # a chunk's runs: position, length, image, tile row, column
         seg = np.empty((MAX_VL, 3), np.int64)  # a vector's runs: source offset of lane 0, lanes lo, hi
+        dbuf = np.empty(36 * VL, np.float32)  # a vector's window values gathered from 3+ runs
         for gi in range(ch * groups // chunks, (ch + 1) * groups // chunks):
             i0 = gi * ni
             nq_all = min(ni, n - i0) * nt
@@ -267,25 +223,28 @@ def _winograd(xf, xs, cs, ps, wq, vp, bias, relu, ni, r5, n, oc, oh, ow, yf, poo
                         seg[ns, 2] = min(runs[e, 0] + runs[e, 1] - v0, VL)
                         ns += 1
                         e += 1
-                    full = ns == 1 and seg[0, 1] == 0 and seg[0, 2] == VL
+                    if ns == 1:  # (an empty second run)
+                        seg[1, 0], seg[1, 1], seg[1, 2] = seg[0, 0], 0, 0
+                    s0, lo0, hi0, s1, lo1, hi1 = seg[0, 0], seg[0, 1], seg[0, 2], seg[1, 0], seg[1, 1], seg[1, 2]
                     for ci in range(c):
                         dst = ci * qp + v0
-                        if r5:
-                            if full:
-                                d6 = vloads(xf, seg[0, 0] + ci * cs, tab6)
+                        if ns <= 2:  # straight from the input
+                            if r5:
+                                in_tf_put(xf, s0 + ci * cs, lo0, hi0, s1 + ci * cs, lo1, hi1, tab6, u, dst, uoff6)
                             else:
-                                d6 = vzeros(tab6)
-                                for si in range(ns):
-                                    d6 = vloads_lanes(d6, xf, seg[si, 0] + ci * cs, tab6, seg[si, 1], seg[si, 2])
-                            vstores(u, dst, uoff6, _in_tf6(d6))
+                                in_tf_put(xf, s0 + ci * cs, lo0, hi0, s1 + ci * cs, lo1, hi1, tab, u, dst, uoff)
+                        elif r5:  # (more runs: tiny images) gathered into dbuf first
+                            d6 = vzeros(tab6)
+                            for si in range(ns):
+                                d6 = vloads_lanes(d6, xf, seg[si, 0] + ci * cs, tab6, seg[si, 1], seg[si, 2])
+                            vstores(dbuf, 0, _DTAB6, d6)
+                            in_tf_put(dbuf, 0, 0, VL, 0, 0, 0, _DTAB6, u, dst, uoff6)
                         else:
-                            if full:
-                                d = vloads(xf, seg[0, 0] + ci * cs, tab)
-                            else:
-                                d = vzeros(tab)
-                                for si in range(ns):
-                                    d = vloads_lanes(d, xf, seg[si, 0] + ci * cs, tab, seg[si, 1], seg[si, 2])
-                            vstores(u, dst, uoff, _in_tf(d))
+                            d = vzeros(tab)
+                            for si in range(ns):
+                                d = vloads_lanes(d, xf, seg[si, 0] + ci * cs, tab, seg[si, 1], seg[si, 2])
+                            vstores(dbuf, 0, _DTAB, d)
+                            in_tf_put(dbuf, 0, 0, VL, 0, 0, 0, _DTAB, u, dst, uoff)
                 for ob in range(nob):
                     # 2. products, xi by xi: tiles of J channels x V vectors
                     for xi in range(nx):
