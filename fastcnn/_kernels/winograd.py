@@ -9,7 +9,7 @@ tap, the transformed kernel's element per channel), the output transform ``A^T m
 and ReLU into the output.  The same operations in the same order as the Cython kernels.
 """
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
 from .. import _backend, _config, _ref
 from ._common import _u, helper, parallel_kernel
@@ -39,39 +39,86 @@ def _weights(w, flip):
     """``V = G g G^T`` of each ``r x r`` kernel ``g`` (float64, rounded once) packed
     ``[xi][ob][c][J]``, zeros past the output channels; ``flip``: ``g`` from ``w`` (C, OC, r, r)
     rotated by 180 degrees, as the input gradient's."""
-    g = w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3) if flip else w
-    oc, c, r = g.shape[:3]
+    c, oc = w.shape[:2] if flip else w.shape[1::-1]
     nob = -(-oc // J)
-    nx = (r + 1) ** 2
-    v = np.zeros((r + 1, r + 1, c, nob * J), np.float64)
-    if r == 3:
-        gt = (g.astype(np.float64).reshape(-1, 3) @ _ref.WINOGRAD_G.T).reshape(oc, c, 3, 4)  # g G^T
-        v[..., :oc] = np.tensordot(_ref.WINOGRAD_G, gt, axes=([1], [2])).transpose(0, 3, 2, 1)  # (exact sums)
+    vp = np.empty((w.shape[2] + 1) ** 2 * nob * c * J, np.float32)
+    if w.shape[2] == 3:
+        _weights3(w, flip, nob, vp)
     else:
-        _weights5(np.ascontiguousarray(g), _ref.WINOGRAD5_G, v)
-    return np.ascontiguousarray(v.reshape(nx, c, nob, J).transpose(0, 2, 1, 3), np.float32).reshape(-1)
+        _weights5(w, flip, nob, _ref.WINOGRAD5_G, vp)
+    return vp
 
 
-@njit(**_config.NUMBA_SERIAL)
-def _weights5(g, gm, v):
-    """``v[:, :, c, o] = G g[o, c] G^T`` of 5x5 kernels in float64, each sum in the order of its
-    terms (G's entries are not all dyadic): the Cython kernels' ``fcw_pack_weights5``."""
-    oc, c = g.shape[:2]
-    t = np.empty((6, 5))
-    for o in range(oc):
+@helper
+def _tap(w, flip, o, ci, i, j, r):
+    """Tap ``(i, j)`` of the kernel from input channel ``ci`` to output ``o`` as float64 (``flip``:
+    ``w`` is (C, OC, r, r), rotated by 180 degrees)."""
+    if flip:
+        return np.float64(w[ci, o, r - 1 - i, r - 1 - j])
+    return np.float64(w[o, ci, i, j])
+
+
+@parallel_kernel
+def _weights3(w, flip, nob, vp):
+    """3x3 kernels: the Cython kernels' ``fcw_pack_weights``, its sums in its order (``G``'s
+    entries are 0, 1 and +-1/2), one block of ``J`` output channels per iteration."""
+    c, oc = (w.shape[0], w.shape[1]) if flip else (w.shape[1], w.shape[0])
+    for ob in prange(nob):
+        t = np.empty((4, 3))
         for ci in range(c):
-            for i in range(6):
-                for j in range(5):
-                    s = gm[i, 0] * np.float64(g[o, ci, 0, j])
-                    for k in range(1, 5):
-                        s = s + gm[i, k] * np.float64(g[o, ci, k, j])
-                    t[i, j] = s
-            for i in range(6):
-                for j in range(6):
-                    s = t[i, 0] * gm[j, 0]
-                    for k in range(1, 5):
-                        s = s + t[i, k] * gm[j, k]
-                    v[i, j, ci, o] = s
+            for jj in range(J):
+                o = ob * J + jj
+                d = (ob * c + ci) * J + jj  # (plane xi: at d + xi * nob * c * J)
+                if o >= oc:
+                    for xi in range(16):
+                        vp[_u(d + xi * nob * c * J)] = 0.0
+                    continue
+                for j in range(3):
+                    g0, g1 = _tap(w, flip, o, ci, 0, j, 3), _tap(w, flip, o, ci, 1, j, 3)
+                    g2 = _tap(w, flip, o, ci, 2, j, 3)
+                    t[0, j] = g0
+                    t[1, j] = 0.5 * (g0 + g1 + g2)
+                    t[2, j] = 0.5 * (g0 - g1 + g2)
+                    t[3, j] = g2
+                for i in range(4):
+                    e = d + 4 * i * nob * c * J
+                    vp[_u(e)] = np.float32(t[i, 0])
+                    vp[_u(e + nob * c * J)] = np.float32(0.5 * (t[i, 0] + t[i, 1] + t[i, 2]))
+                    vp[_u(e + 2 * nob * c * J)] = np.float32(0.5 * (t[i, 0] + -t[i, 1] + t[i, 2]))
+                    vp[_u(e + 3 * nob * c * J)] = np.float32(t[i, 2])
+
+
+@parallel_kernel
+def _weights5(w, flip, nob, gm, vp):
+    """5x5 kernels in float64, each sum in the order of its terms (G's entries are not all
+    dyadic): the Cython kernels' ``fcw_pack_weights5``, one block of ``J`` output channels per
+    iteration."""
+    c, oc = (w.shape[0], w.shape[1]) if flip else (w.shape[1], w.shape[0])
+    for ob in prange(nob):
+        t, gg = np.empty((6, 5)), np.empty((5, 5))
+        for ci in range(c):
+            for jj in range(J):
+                o = ob * J + jj
+                d = (ob * c + ci) * J + jj
+                if o >= oc:
+                    for xi in range(36):
+                        vp[_u(d + xi * nob * c * J)] = 0.0
+                    continue
+                for i in range(5):
+                    for j in range(5):
+                        gg[i, j] = _tap(w, flip, o, ci, i, j, 5)
+                for i in range(6):
+                    for j in range(5):
+                        s = gm[i, 0] * gg[0, j]
+                        for k in range(1, 5):
+                            s = s + gm[i, k] * gg[k, j]
+                        t[i, j] = s
+                for i in range(6):
+                    for j in range(6):
+                        s = t[i, 0] * gm[j, 0]
+                        for k in range(1, 5):
+                            s = s + t[i, k] * gm[j, k]
+                        vp[_u(d + (6 * i + j) * nob * c * J)] = np.float32(s)
 
 
 @helper
