@@ -170,11 +170,11 @@ def _winograd_wins(module, n, c, oc, k):
     """The ``auto`` rule for the Winograd kernels of backend module ``module`` (its name), for a
     ``k`` x ``k`` (3 or 5) convolution of stride 1 of more than one image, from
     benches/conv_direct_gflops.py and benches/probes/step_time.py (docs/PERFORMANCE.md,
-    "Winograd convolutions"): Cython with 16 or more input and output channels; Numba for 5x5
-    kernels of 32 or more (its 3x3 and 16-channel ones are slower than its direct kernels)."""
+    "Winograd convolutions"): Cython with 16 or more input and output channels; Numba with 32
+    or more (its 16-channel ones are no faster than its direct kernels)."""
     if module == "fastcnn._ext":
         return n > 1 and c >= 16 and oc >= 16
-    return module == "fastcnn._kernels" and n > 1 and k == 5 and c >= 32 and oc >= 32
+    return module == "fastcnn._kernels" and n > 1 and c >= 32 and oc >= 32
 
 
 def winograd_weight():

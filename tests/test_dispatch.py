@@ -122,7 +122,7 @@ def test_conv_plan_rules():
 
 def test_winograd_plan_rules():
     """``auto`` picks Winograd for the Cython backend's 3x3 and 5x5 stride-1 layers of 16+
-    channels (forward and input gradient), for Numba's 5x5 ones of 32+; ``winograd`` forces it
+    channels (forward and input gradient), for Numba's of 32+; ``winograd`` forces it
     wherever it applies and runs the rest as ``direct``."""
     with fastcnn.config(conv="auto"):
         if "cython" in fastcnn.available_backends():
@@ -145,7 +145,9 @@ def test_winograd_plan_rules():
             assert _dispatch.conv_plan(k, 100, 32, 32, 3, 3, 16, 16, 8) != "winograd"  # float64
         if "numba" in fastcnn.available_backends():
             k = _backend.ops("numba")
-            assert _dispatch.conv_plan(k, 100, 32, 32, 3, 3, 16, 16, 4) == "direct"
+            assert _dispatch.conv_plan(k, 100, 32, 32, 3, 3, 16, 16, 4) == "winograd"
+            assert _dispatch.conv_plan(k, 100, 64, 64, 3, 3, 8, 8, 4, backward=True) == "winograd"
+            assert _dispatch.conv_plan(k, 100, 16, 16, 3, 3, 32, 32, 4) == "direct"
             assert _dispatch.conv_plan(k, 100, 16, 32, 5, 5, 14, 14, 4, pad=2) == "direct"  # bn conv2
             assert _dispatch.conv_plan(k, 128, 32, 64, 5, 5, 14, 14, 4, True, pad=2) == "winograd"  # lenet conv2
             assert _dispatch.conv_plan(k, 1, 32, 64, 5, 5, 14, 14, 4, pad=2) != "winograd"  # one image
