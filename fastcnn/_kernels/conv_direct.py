@@ -56,35 +56,42 @@ def _pad_phases(x, pt, pl, sh, sw, xq):
     """``xq[n, c, a*sw + e, R, Q] = x[n, c, R*sh + a - pt, Q*sw + e - pl]``, 0 outside ``x``
     (both C-contiguous): the zero-padded input split into its stride phases, so that the input
     of one tap over the output plane is one block at row pitch ``Q`` (the grid layout,
-    docs/PERFORMANCE.md, section 9).  Each phase row: zeros, the source run, zeros."""
+    docs/PERFORMANCE.md, section 9)."""
     n, c, h, w = x.shape
     nph, hq, wq = xq.shape[2], xq.shape[3], xq.shape[4]
     xs = x.reshape(x.size)
     xd = xq.reshape(xq.size)
     for t in prange(n * c):
-        for a in range(sh):
-            for e in range(sw):
-                dst = (t * nph + a * sw + e) * hq * wq
-                q0 = min(wq, max(0, (pl - e + sw - 1) // sw))  # phase columns [q0, q1) are in x
-                q1 = max(q0, min(wq, (w + pl - e + sw - 1) // sw))
-                for r in range(hq):
-                    sr = r * sh + a - pt
-                    d = dst + r * wq
-                    if sr < 0 or sr >= h:
-                        q0r, q1r = wq, wq
-                    else:
-                        q0r, q1r = q0, q1
-                    for q in range(q0r):
-                        xd[_u(d + q)] = 0.0
-                    src = (t * h + sr) * w + e - pl
-                    if sw == 1:
-                        for q in range(q0r, q1r):
-                            xd[_u(d + q)] = xs[_u(src + q)]
-                    else:
-                        for q in range(q0r, q1r):
-                            xd[_u(d + q)] = xs[_u(src + q * sw)]
-                    for q in range(q1r, wq):
-                        xd[_u(d + q)] = 0.0
+        _pad_plane(xs, t, h, w, pt, pl, sh, sw, xd, t * nph * hq * wq, hq, wq)
+
+
+@helper
+def _pad_plane(xs, t, h, w, pt, pl, sh, sw, xd, dst0, hq, wq):
+    """Plane ``t`` of the flat input ``xs`` (``h x w``) as :func:`_pad_phases` packs it, at
+    ``xd[dst0:]``.  Each phase row: zeros, the source run, zeros."""
+    for a in range(sh):
+        for e in range(sw):
+            dst = dst0 + (a * sw + e) * hq * wq
+            q0 = min(wq, max(0, (pl - e + sw - 1) // sw))  # phase columns [q0, q1) are in x
+            q1 = max(q0, min(wq, (w + pl - e + sw - 1) // sw))
+            for r in range(hq):
+                sr = r * sh + a - pt
+                d = dst + r * wq
+                if sr < 0 or sr >= h:
+                    q0r, q1r = wq, wq
+                else:
+                    q0r, q1r = q0, q1
+                for q in range(q0r):
+                    xd[_u(d + q)] = 0.0
+                src = (t * h + sr) * w + e - pl
+                if sw == 1:
+                    for q in range(q0r, q1r):
+                        xd[_u(d + q)] = xs[_u(src + q)]
+                else:
+                    for q in range(q0r, q1r):
+                        xd[_u(d + q)] = xs[_u(src + q * sw)]
+                for q in range(q1r, wq):
+                    xd[_u(d + q)] = 0.0
 
 
 #: Work items of the tiled forward are run in at most this many chunks of consecutive ones,

@@ -32,7 +32,7 @@ from ._simd import (
     vsub,
     vzeros,
 )
-from .conv_direct import _grid
+from .conv_direct import _pad_plane
 
 
 def _weights(w, flip):
@@ -201,15 +201,21 @@ def _put_row(yf, d, z, s0, n2, odd, bias, relu):
 
 
 @parallel_kernel(fma=True)
-def _winograd(xf, xs, cs, ps, wq, vp, bias, relu, ni, r5, n, oc, oh, ow, yf, pool, yp, ip):
-    """The ``(n, oc, oh, ow)`` output, flat, into ``yf`` from the packed input ``xf`` (image
-    ``b`` at ``b*xs``, channels ``cs`` apart, the four stride phases ``ps`` apart, row pitch
-    ``wq``) and the transformed weights ``vp`` (``r5``: of 5x5 kernels, else 3x3); with
-    ``pool`` its 2x2 max pooling instead, into ``yp`` (``(n, oc, oh // 2, ow // 2)``, flat),
-    and with ``pool == 2`` the pooling's indices into ``ip``: an output tile is one pooling
-    window.  Work items of ``ni`` images (run in chunks of consecutive items, each with one
-    set of buffers), in chunks of ``V*VL`` tiles."""
-    c = xs // cs
+def _winograd(x, pt, pl, hq, wq, vp, bias, relu, ni, r5, oc, oh, ow, yf, pool, yp, ip):
+    """The ``(n, oc, oh, ow)`` output, flat, into ``yf`` from the input ``x`` (N, C, H, W) and
+    the transformed weights ``vp`` (``r5``: of 5x5 kernels, else 3x3); with ``pool`` its 2x2
+    max pooling instead, into ``yp`` (``(n, oc, oh // 2, ow // 2)``, flat), and with ``pool ==
+    2`` the pooling's indices into ``ip``: an output tile is one pooling window.  Work items of
+    ``ni`` images (run in chunks of consecutive items, each with one set of buffers), each
+    item's images first packed into the chunk's buffer ``xf`` as :func:`.conv_direct._grid`
+    packs them for a stride-2 convolution (image ``k`` at ``k*xs``, channels ``cs`` apart, the
+    four stride phases ``ps`` apart, ``hq`` rows of pitch ``wq``: while in cache), then in
+    chunks of ``V*VL`` tiles."""
+    n, c, h, w = x.shape
+    xflat = x.reshape(x.size)
+    ps = hq * wq
+    cs = 4 * ps
+    xs = c * cs
     th, tw = (oh + 1) // 2, (ow + 1) // 2
     nt = th * tw
     nob = (oc + J - 1) // J
@@ -241,6 +247,7 @@ def _winograd(xf, xs, cs, ps, wq, vp, bias, relu, ni, r5, n, oc, oh, ow, yf, poo
     groups = (n + ni - 1) // ni
     chunks = min(groups, _CHUNKS)
     for ch in prange(chunks):
+        xf = np.zeros(ni * xs + 8 + MAX_VL, np.float32)  # (zeros past the last plane, as _grid's)
         u = np.zeros(nx * us + MAX_VL, np.float32)
         m = np.zeros(nx * ms + MAX_VL, np.float32)
         z = np.zeros(4 * qp, np.float32)
@@ -249,6 +256,8 @@ def _winograd(xf, xs, cs, ps, wq, vp, bias, relu, ni, r5, n, oc, oh, ow, yf, poo
         dbuf = np.empty(36 * VL, np.float32)  # a vector's window values gathered from 3+ runs
         for gi in range(ch * groups // chunks, (ch + 1) * groups // chunks):
             i0 = gi * ni
+            for t in range(min(ni, n - i0) * c):  # the item's images, packed
+                _pad_plane(xflat, i0 * c + t, h, w, pt, pl, 2, 2, xf, t * cs, hq, wq)
             nq_all = min(ni, n - i0) * nt
             for q0 in range(0, nq_all, q):
                 nq = min(q, nq_all - q0)
@@ -265,7 +274,7 @@ def _winograd(xf, xs, cs, ps, wq, vp, bias, relu, ni, r5, n, oc, oh, ow, yf, poo
                     ns = 0
                     e = r
                     while e < nr and runs[e, 0] < v0 + VL:
-                        seg[ns, 0] = (i0 + runs[e, 2]) * xs + runs[e, 3] * wq + runs[e, 4] - runs[e, 0] + v0
+                        seg[ns, 0] = runs[e, 2] * xs + runs[e, 3] * wq + runs[e, 4] - runs[e, 0] + v0
                         seg[ns, 1] = max(runs[e, 0] - v0, 0)
                         seg[ns, 2] = min(runs[e, 0] + runs[e, 1] - v0, VL)
                         ns += 1
@@ -351,11 +360,11 @@ def _run(x, w, flip, bias, pt, pl, relu, oc, oh, ow, y, pooled=None, idx=None):
     n = x.shape[0]
     r = w.shape[2]
     th, tw = (oh + 1) // 2, (ow + 1) // 2
-    xf, cs, wq, _ = _grid(x, r + 1, r + 1, 2, 2, pt, pl, th, tw)
     ni = min(n, max(1, -(-_config.WINOGRAD_TILES // (th * tw))))
     pool = 0 if pooled is None else 2 if idx.size else 1
-    _winograd(xf, x.shape[1] * cs, cs, cs // 4, wq, _weights(w, flip), bias, int(relu), ni, r == 5, n, oc, oh, ow,
-              _NONE_F if pooled is not None else y.reshape(-1), pool,
+    # (the grid of an (r + 1) x (r + 1) convolution of stride 2 with th x tw outputs)
+    _winograd(np.ascontiguousarray(x), pt, pl, th + r // 2, tw + r // 2, _weights(w, flip), bias, int(relu), ni,
+              r == 5, oc, oh, ow, _NONE_F if pooled is not None else y.reshape(-1), pool,
               _NONE_F if pooled is None else pooled.reshape(-1), idx.reshape(-1) if pool == 2 else _NONE_I)
 
 
