@@ -41,14 +41,21 @@ def _grid(x, kh, kw, sh, sw, pt, pl, oh, ow):
     lane count read past the last plane) and ``tab[i*kw + j]`` the offset of tap (i, j)
     relative to the output's grid position."""
     n, c = x.shape[:2]
-    hq, wq = oh + (kh - 1) // sh, ow + (kw - 1) // sw
+    hq, wq, tab = _grid_shape(kh, kw, sh, sw, oh, ow)
     size = n * c * sh * sw * hq * wq
     xf = np.empty(size + kw + MAX_VL, np.float32)
     xf[size:] = 0.0
     _pad_phases(np.ascontiguousarray(x), pt, pl, sh, sw, xf[:size].reshape(n, c, sh * sw, hq, wq))
+    return xf, sh * sw * hq * wq, wq, tab
+
+
+def _grid_shape(kh, kw, sh, sw, oh, ow):
+    """The grid layout's phase rows ``hq`` and row pitch ``wq``, and the tap offsets ``tab``,
+    as :func:`_grid` packs."""
+    hq, wq = oh + (kh - 1) // sh, ow + (kw - 1) // sw
     tab = np.array([((i % sh) * sw + j % sw) * hq * wq + (i // sh) * wq + j // sw
                     for i in range(kh) for j in range(kw)], np.int64)
-    return xf, sh * sw * hq * wq, wq, tab
+    return hq, wq, tab
 
 
 @parallel_kernel(fma=True)
@@ -114,14 +121,16 @@ def _fwd_tile(xf, xb, cs, tab, c, kk_n, wp, wb, offs, g, pitch):
 
 
 @parallel_kernel(fma=True)
-def _forward(xf, xs, cs, tab, w, bias, relu, wq, y):
-    """Direct convolution from the grid-layout input ``xf`` (flat; image ``b`` at ``b*xs``,
-    channel planes ``cs`` apart, tap ``kk`` of grid position ``p`` at ``p + tab[kk]``, output
-    row pitch ``wq``): one work item per image and block of ``J`` output channels (run in
-    chunks of consecutive items, each with one tile buffer), register tiles of ``J`` x ``V``
-    vectors, then bias and ReLU on the way to ``y``."""
+def _forward(x, sh, sw, pt, pl, hq, wq, tab, w, bias, relu, y):
+    """Direct convolution of ``x``: one work item per image and block of ``J`` output channels
+    (run in chunks of consecutive items, each with one tile buffer and one image buffer ``xf``,
+    where the item's image is packed as :func:`_grid` packs it, while in cache: channel planes
+    ``cs`` apart, tap ``kk`` of grid position ``p`` at ``p + tab[kk]``, output row pitch
+    ``wq``), register tiles of ``J`` x ``V`` vectors, then bias and ReLU on the way to ``y``."""
     n, oc, oh, ow = y.shape
-    c = w.shape[1]
+    c, h, wd = x.shape[1:]
+    xflat = x.reshape(x.size)
+    cs = sh * sw * hq * wq
     kw = w.shape[3]
     kk_n = w.shape[2] * kw
     nob = (oc + J - 1) // J
@@ -144,10 +153,20 @@ def _forward(xf, xs, cs, tab, w, bias, relu, wq, y):
     chunks = min(tasks, _CHUNKS)
     for ch in prange(chunks):
         g = np.empty(J * pitch, np.float32)
-        for t in range(ch * tasks // chunks, (ch + 1) * tasks // chunks):
+        xf = np.empty(c * cs + kw + MAX_VL, np.float32)  # (_pad_plane writes every plane)
+        xf[c * cs:] = 0.0  # (zeros past the last plane, as _grid's)
+        packed = -1
+        # (whole images per chunk when there are enough: each image packed once)
+        t0, t1 = ((ch * n // chunks) * nob, ((ch + 1) * n // chunks) * nob) if n >= chunks else \
+            (ch * tasks // chunks, (ch + 1) * tasks // chunks)
+        for t in range(t0, t1):
             b = t // nob
             ob = t - b * nob
-            xb = b * xs
+            if b != packed:
+                for ci in range(c):
+                    _pad_plane(xflat, b * c + ci, h, wd, pt, pl, sh, sw, xf, ci * cs, hq, wq)
+                packed = b
+            xb = 0
             wb = ob * c * kk_n * J
             for k in range(0, ns, V):  # tiles of V vectors (3 or 2), the last maybe fewer
                 m = min(V, ns - k)
@@ -170,8 +189,8 @@ def _forward(xf, xs, cs, tab, w, bias, relu, wq, y):
 def _direct(x, w, bias, sh, sw, pt, pl, relu, y):
     """``y`` = the direct convolution of ``x`` (any stride and padding) plus bias, ReLU."""
     kh, kw = w.shape[2:]
-    xf, cs, wq, tab = _grid(x, kh, kw, sh, sw, pt, pl, *y.shape[2:])
-    _forward(xf, x.shape[1] * cs, cs, tab, w, bias, int(relu), wq, y)
+    hq, wq, tab = _grid_shape(kh, kw, sh, sw, *y.shape[2:])
+    _forward(np.ascontiguousarray(x), sh, sw, pt, pl, hq, wq, tab, w, bias, int(relu), y)
 
 
 def conv2d_direct_forward(x, w, bias, sh, sw, pt, pl, relu, y):
