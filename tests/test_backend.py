@@ -381,6 +381,38 @@ def test_batchnorm_primitives_match_reference(name, n, c, h, w, loc, scale, seed
                 np.testing.assert_array_equal(gi, wi)
 
 
+@pytest.mark.parametrize("name", COMPILED)
+@pytest.mark.parametrize("shape", [(8, 16, 28, 28), (3, 5, 15, 17), (1, 40, 31, 30)])
+def test_batchnorm_forward_maxpool2_is_the_composition(name, shape):
+    """``batchnorm_forward_maxpool2`` (one plane at a time through a buffer) gives bit for bit
+    the backend's own batchnorm_forward and 2x2 maxpool2d_forward, with and without the ReLU
+    (NaNs, zeros and odd sizes included), on the parallel path (planes past PAR_MIN_WORK) at
+    1 and 2 threads, and at batch 1."""
+    k = _backend.ops(name)
+    rng = np.random.default_rng(5)
+    n, c, h, w = shape
+    x = rng.standard_normal(shape, dtype=np.float32)
+    x.flat[::97] = np.nan
+    x.flat[1::89] = 0.0
+    mean, inv_std = rng.standard_normal(c).astype(np.float32), rng.uniform(0.5, 2, c).astype(np.float32)
+    weight, bias = rng.uniform(-2, 2, c).astype(np.float32), rng.standard_normal(c).astype(np.float32)
+    pooled = (n, c, h // 2, w // 2)
+    before = fastcnn.get_num_threads()
+    try:
+        for relu in (0, 1):
+            full = np.empty(shape, np.float32)
+            k.batchnorm_forward(x, mean, inv_std, weight, bias, relu, full)
+            want, want_idx = np.empty(pooled, np.float32), np.empty(pooled, np.int32)
+            k.maxpool2d_forward(full, 2, 2, 2, 2, 0, 0, want, want_idx)
+            for threads in (1, min(2, cores())):
+                fastcnn.set_num_threads(threads)
+                y, idx = np.full(pooled, -7.0, np.float32), np.full(pooled, -1, np.int32)
+                k.batchnorm_forward_maxpool2(x, mean, inv_std, weight, bias, relu, y, idx)
+                assert y.tobytes() == want.tobytes() and idx.tobytes() == want_idx.tobytes(), (shape, relu, threads)
+    finally:
+        fastcnn.set_num_threads(before)
+
+
 @pytest.mark.parametrize("name", BACKENDS)
 @pytest.mark.parametrize("loc", [0.0, 1000.0, -3e4])
 def test_batchnorm_stats_accurate_for_large_mean(name, loc):

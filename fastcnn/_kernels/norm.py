@@ -16,8 +16,8 @@ from numba import njit, prange
 
 from .. import _backend
 from .._config import NUMBA_SERIAL
-from . import pool as _pool
 from ._common import _u, helper, parallel_kernel
+from ._simd import VL, pool2_row
 
 
 @njit(**NUMBA_SERIAL)
@@ -78,6 +78,16 @@ def _fwd_plane(xf, yf, a, p, mu, s, wt, bs, relu):
         if relu and r <= 0.0:
             r = np.float32(0.0)
         yf[_u(e)] = r
+
+
+@helper
+def _fwd_plane_at(xf, a, buf, p, mu, s, wt, bs, relu):
+    """:func:`_fwd_plane` of the plane at ``xf[a:]`` into ``buf[:p]``."""
+    for e in range(p):
+        r = ((xf[_u(a + e)] - mu) * s) * wt + bs
+        if relu and r <= 0.0:
+            r = np.float32(0.0)
+        buf[_u(e)] = r
 
 
 @helper
@@ -142,14 +152,32 @@ def batchnorm_forward(x, mean, inv_std, weight, bias, relu, y):
         _fwd_plane(xf, yf, t * p, p, mean[t % c], inv_std[t % c], weight[t % c], bias[t % c], relu != 0)
 
 
+#: Planes of the pooled forward are run in at most this many chunks of consecutive ones, each
+#: with one plane buffer.
+_CHUNKS = 64
+
+
+@parallel_kernel
 def batchnorm_forward_maxpool2(x, mean, inv_std, weight, bias, relu, y, idx):
-    """The forward, the ReLU, then 2x2 max pooling of the full-size result
-    (see :func:`fastcnn._ref.batchnorm_forward_maxpool2`)."""
+    """The forward and the ReLU of one plane at a time into a buffer (in cache), then the 2x2
+    max pooling of that plane by the pooling kernels' vectors (:func:`._simd.pool2_row`): the
+    bytes of :func:`batchnorm_forward` and :func:`.pool.maxpool2d_forward` in sequence (see
+    :func:`fastcnn._ref.batchnorm_forward_maxpool2`)."""
     _backend.sizes_batchnorm_forward_maxpool2(x.shape, mean.shape, inv_std.shape, weight.shape, bias.shape, relu,
                                               y.shape, idx.shape)
-    full = np.empty(x.shape, np.float32)
-    batchnorm_forward(x, mean, inv_std, weight, bias, relu, full)
-    _pool.maxpool2d_forward(full, 2, 2, 2, 2, 0, 0, y, idx)
+    n, c, h, w = x.shape
+    p, oh, ow = h * w, h // 2, w // 2
+    xf, yf, jf = x.reshape(x.size), y.reshape(y.size), idx.reshape(idx.size)
+    planes = n * c
+    chunks = min(planes, _CHUNKS)
+    for ch in prange(chunks):
+        buf = np.empty(p, np.float32)
+        for t in range(ch * planes // chunks, (ch + 1) * planes // chunks):
+            _fwd_plane_at(xf, t * p, buf, p, mean[t % c], inv_std[t % c], weight[t % c], bias[t % c], relu != 0)
+            for q in range(oh):
+                for u0 in range(0, ow, VL):
+                    pool2_row(buf, 2 * q * w + 2 * u0, (2 * q + 1) * w + 2 * u0, min(VL, ow - u0), yf, jf,
+                              (t * oh + q) * ow + u0, 2 * q * w + 2 * u0, w)
 
 
 @parallel_kernel
