@@ -416,7 +416,7 @@ def conv2d_direct_backward_maxpool2(gp, idx, y, x, w, sh, sw, pt, pl, oh, ow, gx
         conv2d_direct_backward_data(full, w, sh, sw, pt, pl, gx)
 
 
-# The Winograd convolutions (their own module, which packs with _grid) are this module's
+# The Winograd convolutions (their own module, which packs with _pad_plane) are this module's
 # primitives too, as in the Cython backend's conv_direct.
 from .winograd import (  # noqa: E402, F401
     conv2d_winograd_backward_data,

@@ -1,9 +1,9 @@
 """Numba Winograd F(2x2, 3x3) and F(2x2, 5x5) convolutions (contracts:
 :func:`fastcnn._ref.conv2d_winograd_forward` and :func:`fastcnn._ref.conv2d_winograd_backward_data`).
 
-The Cython kernels' design (docs/PERFORMANCE.md, "Winograd convolutions"): the input packed as
-for an ``(r + 1) x (r + 1)`` convolution of stride 2 (:func:`.conv_direct._grid`), then per
-chunk of ``V*VL`` output tiles of a group of images: the input transform ``B^T d B`` in explicit
+The Cython kernels' design (docs/PERFORMANCE.md, "Winograd convolutions"): a group of images
+packed as for an ``(r + 1) x (r + 1)`` convolution of stride 2 (:func:`.conv_direct._pad_plane`,
+inside the kernel), then per chunk of ``V*VL`` output tiles of the group: the input transform ``B^T d B`` in explicit
 vectors (:mod:`._simd`), the ``(r + 1)**2`` products by the direct kernels' register tiles (one
 tap, the transformed kernel's element per channel), the output transform ``A^T m A`` with bias
 and ReLU into the output.  The same operations in the same order as the Cython kernels.
