@@ -33,49 +33,24 @@ from ._simd import (
 )
 
 
-def _grid(x, kh, kw, sh, sw, pt, pl, oh, ow):
-    """``x`` packed into the grid layout (zero padded, split into its ``sh*sw`` stride phases
-    of ``hq x wq``; docs/PERFORMANCE.md, section 9) for an ``oh x ow`` output:
-    ``(xf, cs, wq, tab)`` with ``xf`` the flat buffer (image ``b`` at ``b*c*cs``, channel
-    planes ``cs`` apart, followed by ``kw + MAX_VL`` zeros that the last pixel vectors of any
-    lane count read past the last plane) and ``tab[i*kw + j]`` the offset of tap (i, j)
-    relative to the output's grid position."""
-    n, c = x.shape[:2]
-    hq, wq, tab = _grid_shape(kh, kw, sh, sw, oh, ow)
-    size = n * c * sh * sw * hq * wq
-    xf = np.empty(size + kw + MAX_VL, np.float32)
-    xf[size:] = 0.0
-    _pad_phases(np.ascontiguousarray(x), pt, pl, sh, sw, xf[:size].reshape(n, c, sh * sw, hq, wq))
-    return xf, sh * sw * hq * wq, wq, tab
-
-
 def _grid_shape(kh, kw, sh, sw, oh, ow):
-    """The grid layout's phase rows ``hq`` and row pitch ``wq``, and the tap offsets ``tab``,
-    as :func:`_grid` packs."""
+    """The grid layout (docs/PERFORMANCE.md, section 9) for an ``oh x ow`` output: each
+    channel zero padded and split into its ``sh*sw`` stride phases of ``hq x wq``
+    (:func:`_pad_plane`), so that tap ``(i, j)`` of grid position ``p`` is at ``p + tab[i*kw
+    + j]``; returns ``(hq, wq, tab)``.  The kernels pack into buffers followed by zeros (at
+    least ``kw + MAX_VL``) that the last pixel vectors of any lane count may read past the last
+    plane."""
     hq, wq = oh + (kh - 1) // sh, ow + (kw - 1) // sw
     tab = np.array([((i % sh) * sw + j % sw) * hq * wq + (i // sh) * wq + j // sw
                     for i in range(kh) for j in range(kw)], np.int64)
     return hq, wq, tab
 
 
-@parallel_kernel(fma=True)
-def _pad_phases(x, pt, pl, sh, sw, xq):
-    """``xq[n, c, a*sw + e, R, Q] = x[n, c, R*sh + a - pt, Q*sw + e - pl]``, 0 outside ``x``
-    (both C-contiguous): the zero-padded input split into its stride phases, so that the input
-    of one tap over the output plane is one block at row pitch ``Q`` (the grid layout,
-    docs/PERFORMANCE.md, section 9)."""
-    n, c, h, w = x.shape
-    nph, hq, wq = xq.shape[2], xq.shape[3], xq.shape[4]
-    xs = x.reshape(x.size)
-    xd = xq.reshape(xq.size)
-    for t in prange(n * c):
-        _pad_plane(xs, t, h, w, pt, pl, sh, sw, xd, t * nph * hq * wq, hq, wq)
-
-
 @helper
 def _pad_plane(xs, t, h, w, pt, pl, sh, sw, xd, dst0, hq, wq):
-    """Plane ``t`` of the flat input ``xs`` (``h x w``) as :func:`_pad_phases` packs it, at
-    ``xd[dst0:]``.  Each phase row: zeros, the source run, zeros."""
+    """Plane ``t`` of the flat input ``xs`` (``h x w``) in the grid layout at ``xd[dst0:]``:
+    ``xd[dst0 + ((a*sw + e)*hq + R)*wq + Q] = x[R*sh + a - pt, Q*sw + e - pl]`` of the plane, 0
+    outside it.  Each phase row: zeros, the source run, zeros."""
     for a in range(sh):
         for e in range(sw):
             dst = dst0 + (a * sw + e) * hq * wq
@@ -124,7 +99,7 @@ def _fwd_tile(xf, xb, cs, tab, c, kk_n, wp, wb, offs, g, pitch):
 def _forward(x, sh, sw, pt, pl, hq, wq, tab, w, bias, relu, y):
     """Direct convolution of ``x``: one work item per image and block of ``J`` output channels
     (run in chunks of consecutive items, each with one tile buffer and one image buffer ``xf``,
-    where the item's image is packed as :func:`_grid` packs it, while in cache: channel planes
+    where the item's image is packed as :func:`_pad_plane` packs it, while in cache: channel planes
     ``cs`` apart, tap ``kk`` of grid position ``p`` at ``p + tab[kk]``, output row pitch
     ``wq``), register tiles of ``J`` x ``V`` vectors, then bias and ReLU on the way to ``y``."""
     n, oc, oh, ow = y.shape
@@ -154,7 +129,7 @@ def _forward(x, sh, sw, pt, pl, hq, wq, tab, w, bias, relu, y):
     for ch in prange(chunks):
         g = np.empty(J * pitch, np.float32)
         xf = np.empty(c * cs + kw + MAX_VL, np.float32)  # (_pad_plane writes every plane)
-        xf[c * cs:] = 0.0  # (zeros past the last plane, as _grid's)
+        xf[c * cs:] = 0.0  # (zeros past the last plane)
         packed = -1
         # (whole images per chunk when there are enough: each image packed once)
         t0, t1 = ((ch * n // chunks) * nob, ((ch + 1) * n // chunks) * nob) if n >= chunks else \
@@ -276,12 +251,12 @@ def _channels_last(gy, gt):
 def _wgrad_tile(xf, xs, gf, gs, i0, ni, oh, ow, wq, ocv, offs, off, q0, part, pb, add, rows3):
     """One weight-gradient tile: the channel vectors at ``offs`` x the taps ``off[q0 ...]``
     (``rows3``: in rows of 3, :func:`tile_fma_rows3`), over the output positions of images
-    ``i0 .. i0+ni`` (in order), started from ``part[pb ...]`` (``add``) or zero, stored back
-    there (row pitch ``ocv``)."""
+    ``i0 .. i0+ni`` (in order; image ``i0`` packed at ``xf[0]``), started from ``part[pb
+    ...]`` (``add``) or zero, stored back there (row pitch ``ocv``)."""
     acc = wtile_load(part, pb, ocv, offs) if add else wtile_load(None, pb, ocv, offs)
     for i in range(i0, i0 + ni):
         for r in range(oh):
-            xr = i * xs + r * wq
+            xr = (i - i0) * xs + r * wq
             gr = i * gs + r * ow * ocv
             if rows3:
                 for q in range(ow):
@@ -300,12 +275,16 @@ def _taps_per_tile(ocv):
 
 
 @parallel_kernel(fma=True)
-def _backward_weight(xf, xs, off, gt, n, oh, ow, wq, groups, ni_max, rows3, part):
+def _backward_weight(x, sh, sw, pt, pl, hq, wq, off, gt, oh, ow, groups, ni_max, rows3, part):
     """``part[s, q, o]``: slot ``s``'s sum of the weight gradient of tap ``q = c*KK + kk`` (its
     input at grid position + ``off[q]``; ``rows3``: taps in rows of 3) and output channel ``o``
     over its images (image ``i`` in slot ``i*S//n``), in image order.  Work items: a slot's
-    images through a ``groups``-th of its tiles, ``ni_max`` images at a time (all of a chunk's
-    tiles while it is in cache)."""
+    images through a ``groups``-th of its tiles, ``ni_max`` images at a time, packed into the
+    item's buffer by :func:`_pad_plane` (all of a chunk's tiles while it is in cache)."""
+    n, c, h, w = x.shape
+    xflat = x.reshape(x.size)
+    cs = sh * sw * hq * wq
+    xs = c * cs
     ns, qt, ocv = part.shape
     gs = gt.shape[1] * ocv
     gf = gt.reshape(gt.size)
@@ -321,8 +300,12 @@ def _backward_weight(xf, xs, off, gt, n, oh, ow, wq, groups, ni_max, rows3, part
         i1 = ((s + 1) * n + ns - 1) // ns
         u0 = g * ntiles // groups
         u1 = (g + 1) * ntiles // groups
+        xf = np.empty(ni_max * xs + MAX_TAPS + MAX_VL, np.float32)  # (_pad_plane writes every plane)
+        xf[ni_max * xs:] = 0.0  # (zeros past the last plane)
         for i in range(i0, i1, ni_max):
             ni = min(ni_max, i1 - i)
+            for k in range(ni * c):
+                _pad_plane(xflat, i * c + k, h, w, pt, pl, sh, sw, xf, k * cs, hq, wq)
             for u in range(u0, u1):
                 ob = u // nqb
                 qb = u - ob * nqb
@@ -377,7 +360,8 @@ def conv2d_direct_backward_weight(gy, x, sh, sw, pt, pl, gw, gb):
         gw[...] = 0.0
         gb[...] = 0.0
         return
-    xf, cs, wq, tab = _grid(x, kh, kw, sh, sw, pt, pl, oh, ow)
+    hq, wq, tab = _grid_shape(kh, kw, sh, sw, oh, ow)
+    cs = sh * sw * hq * wq
     # Channels and taps padded to whole tiles of any SIMD path (_simd.MAX_VL, MAX_TAPS); the
     # padding taps read offset 0.
     ocv = -(-oc // MAX_VL) * MAX_VL
@@ -394,7 +378,7 @@ def conv2d_direct_backward_weight(gy, x, sh, sw, pt, pl, gw, gb):
     # 3-wide rows at horizontal stride 1: every tile (T = WT or 2*WT taps, a multiple of 3 on
     # every SIMD path) is whole tap rows, its taps at +0, +1, +2.
     rows3 = kw == 3 and sw == 1 and WT % 3 == 0
-    _backward_weight(xf, c * cs, off, gt, n, oh, ow, wq, groups, ni_max, rows3, part)
+    _backward_weight(np.ascontiguousarray(x), sh, sw, pt, pl, hq, wq, off, gt, oh, ow, groups, ni_max, rows3, part)
     _sum_slots(part, gw)
     if gb.shape[0]:  # (an empty gb: no bias gradient wanted)
         _bias_grad(gy, gb)

@@ -207,8 +207,8 @@ def _winograd(x, pt, pl, hq, wq, vp, bias, relu, ni, r5, oc, oh, ow, yf, pool, y
     max pooling instead, into ``yp`` (``(n, oc, oh // 2, ow // 2)``, flat), and with ``pool ==
     2`` the pooling's indices into ``ip``: an output tile is one pooling window.  Work items of
     ``ni`` images (run in chunks of consecutive items, each with one set of buffers), each
-    item's images first packed into the chunk's buffer ``xf`` as :func:`.conv_direct._grid`
-    packs them for a stride-2 convolution (image ``k`` at ``k*xs``, channels ``cs`` apart, the
+    item's images first packed into the chunk's buffer ``xf`` by :func:`.conv_direct._pad_plane`
+    for a stride-2 convolution (image ``k`` at ``k*xs``, channels ``cs`` apart, the
     four stride phases ``ps`` apart, ``hq`` rows of pitch ``wq``: while in cache), then in
     chunks of ``V*VL`` tiles."""
     n, c, h, w = x.shape
@@ -248,7 +248,7 @@ def _winograd(x, pt, pl, hq, wq, vp, bias, relu, ni, r5, oc, oh, ow, yf, pool, y
     chunks = min(groups, _CHUNKS)
     for ch in prange(chunks):
         xf = np.empty(ni * xs + 8 + MAX_VL, np.float32)  # (_pad_plane writes every plane)
-        xf[ni * xs:] = 0.0  # (zeros past the last plane, as _grid's)
+        xf[ni * xs:] = 0.0  # (zeros past the last plane)
         u = np.zeros(nx * us + MAX_VL, np.float32)
         m = np.zeros(nx * ms + MAX_VL, np.float32)
         z = np.zeros(4 * qp, np.float32)
