@@ -70,24 +70,14 @@ def _row_sum(acc, p):
 
 
 @helper
-def _fwd_plane(xf, yf, a, p, mu, s, wt, bs, relu):
-    """``y = ((x - mu) * s) * wt + bs`` (then the ReLU kernels' rule) over one plane, float32 as
-    the reference."""
-    for e in range(a, a + p):
-        r = ((xf[_u(e)] - mu) * s) * wt + bs
-        if relu and r <= 0.0:
-            r = np.float32(0.0)
-        yf[_u(e)] = r
-
-
-@helper
-def _fwd_plane_at(xf, a, buf, p, mu, s, wt, bs, relu):
-    """:func:`_fwd_plane` of the plane at ``xf[a:]`` into ``buf[:p]``."""
+def _fwd_plane(xf, a, yf, b, p, mu, s, wt, bs, relu):
+    """``y = ((x - mu) * s) * wt + bs`` (then the ReLU kernels' rule) over one plane, ``xf[a:]``
+    into ``yf[b:]``, float32 as the reference."""
     for e in range(p):
         r = ((xf[_u(a + e)] - mu) * s) * wt + bs
         if relu and r <= 0.0:
             r = np.float32(0.0)
-        buf[_u(e)] = r
+        yf[_u(b + e)] = r
 
 
 @helper
@@ -149,7 +139,7 @@ def batchnorm_forward(x, mean, inv_std, weight, bias, relu, y):
     c, p = x.shape[1], x.shape[2] * x.shape[3]
     xf, yf = x.reshape(x.size), y.reshape(y.size)
     for t in prange(x.shape[0] * c):
-        _fwd_plane(xf, yf, t * p, p, mean[t % c], inv_std[t % c], weight[t % c], bias[t % c], relu != 0)
+        _fwd_plane(xf, t * p, yf, t * p, p, mean[t % c], inv_std[t % c], weight[t % c], bias[t % c], relu != 0)
 
 
 #: Planes of the pooled forward are run in at most this many chunks of consecutive ones, each
@@ -173,7 +163,7 @@ def batchnorm_forward_maxpool2(x, mean, inv_std, weight, bias, relu, y, idx):
     for ch in prange(chunks):
         buf = np.empty(p, np.float32)
         for t in range(ch * planes // chunks, (ch + 1) * planes // chunks):
-            _fwd_plane_at(xf, t * p, buf, p, mean[t % c], inv_std[t % c], weight[t % c], bias[t % c], relu != 0)
+            _fwd_plane(xf, t * p, buf, 0, p, mean[t % c], inv_std[t % c], weight[t % c], bias[t % c], relu != 0)
             for q in range(oh):
                 for u0 in range(0, ow, VL):
                     pool2_row(buf, 2 * q * w + 2 * u0, (2 * q + 1) * w + 2 * u0, min(VL, ow - u0), yf, jf,
