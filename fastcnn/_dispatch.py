@@ -147,7 +147,7 @@ def one_pool(k):
     return k is not _ref and _threads.gemm_blas_single()
 
 
-def _direct_wins(module, n, c, oc, kh, kw, backward, input_grad=True, strided=False):
+def _direct_wins(module, n, c, oc, kh, kw, backward, input_grad=True):
     """The ``auto`` rule for the direct kernels of backend module ``module`` (its name), from
     benches/conv_direct_gflops.py and benches/probes/plan_compare.py (docs/PERFORMANCE.md,
     section 9).  Never for a 1x1 kernel (one SGEMM on the per-image path) or fewer than 8
@@ -155,12 +155,12 @@ def _direct_wins(module, n, c, oc, kh, kw, backward, input_grad=True, strided=Fa
     when only the weight gradient of a batch is wanted (first layers: an input gradient of 1-3
     channels fills few lanes; at batch 1 one GEMM is faster).  Numba: forward with 3+ input
     channels, or of a batch (one-channel first layers: direct since the tenth session);
-    backward with more than 3 and stride 1 (strided, the per-image path measured faster:
-    docs/PERFORMANCE.md, section 10)."""
+    backward with more than 3 (strided too since the nineteenth session: docs/PERFORMANCE.md,
+    section 10)."""
     if (kh == 1 and kw == 1) or oc < 8:
         return False
     if module == "fastcnn._kernels":
-        return (c > 3 and not strided) if backward else (c >= 3 or n > 1)
+        return c > 3 if backward else (c >= 3 or n > 1)
     if backward:
         return c > 3 or (not input_grad and n > 1)
     return True
@@ -210,7 +210,7 @@ def conv_plan(k, n, c, oc, kh, kw, oh, ow, itemsize, backward=False, input_grad=
     if conv in ("direct", "winograd"):
         return "direct"
     if (conv == "auto" and name in DIRECT_AUTO_MODULES and itemsize == 4
-            and _direct_wins(name, n, c, oc, kh, kw, backward, input_grad, strided)):
+            and _direct_wins(name, n, c, oc, kh, kw, backward, input_grad)):
         return "direct"
     if n == 1:
         return "single"

@@ -104,12 +104,13 @@ def test_conv_plan_rules():
             assert _dispatch.conv_plan(k, 100, 16, 32, 5, 5, 14, 14, 4, backward=True) == "direct"
             assert _dispatch.conv_plan(k, 100, 3, 16, 3, 3, 32, 32, 4) == "direct"
             # first layers of one channel: direct forward of a batch, one GEMM for one image;
-            # their weight gradients and strided backward: im2col
+            # their weight gradients: im2col; strided backward: direct
             assert _dispatch.conv_plan(k, 100, 1, 32, 5, 5, 28, 28, 4) == "direct"
             assert _dispatch.conv_plan(k, 1, 1, 32, 5, 5, 28, 28, 4) == "single"
             assert _dispatch.conv_plan(k, 100, 3, 16, 3, 3, 32, 32, 4, True, False) == "per_image"
             assert _dispatch.conv_plan(k, 100, 16, 32, 3, 3, 16, 16, 4, strided=True) == "direct"
-            assert _dispatch.conv_plan(k, 100, 16, 32, 3, 3, 16, 16, 4, True, strided=True) == "per_image"
+            assert _dispatch.conv_plan(k, 100, 16, 32, 3, 3, 16, 16, 4, True, strided=True) == "direct"
+            assert _dispatch.conv_plan(k, 100, 32, 64, 3, 3, 8, 8, 4, True, strided=True) == "direct"
             assert _dispatch.conv_plan(k, 100, 16, 32, 1, 1, 16, 16, 4) == "per_image"
         # the numpy backend keeps its reference path
         assert _dispatch.conv_plan(REF, 100, 16, 32, 5, 5, 14, 14, 4) == "chunked"
