@@ -171,10 +171,11 @@ def _winograd_wins(module, n, c, oc, k):
     ``k`` x ``k`` (3 or 5) convolution of stride 1 of more than one image, from
     benches/conv_direct_gflops.py and benches/probes/step_time.py (docs/PERFORMANCE.md,
     "Winograd convolutions"): Cython with 16 or more input and output channels; Numba with 32
-    or more (its 16-channel ones are no faster than its direct kernels)."""
+    or more output channels and 32 or more input channels (3x3) or 16 (5x5): its other
+    16-channel ones are no faster than its direct kernels."""
     if module == "fastcnn._ext":
         return n > 1 and c >= 16 and oc >= 16
-    return module == "fastcnn._kernels" and n > 1 and c >= 32 and oc >= 32
+    return module == "fastcnn._kernels" and n > 1 and oc >= 32 and (c >= 32 or (k == 5 and c >= 16))
 
 
 def winograd_weight():

@@ -123,7 +123,8 @@ def test_conv_plan_rules():
 
 def test_winograd_plan_rules():
     """``auto`` picks Winograd for the Cython backend's 3x3 and 5x5 stride-1 layers of 16+
-    channels (forward and input gradient), for Numba's of 32+; ``winograd`` forces it
+    channels (forward and input gradient), for Numba's of 32+ output channels and 32+
+    input channels (3x3) or 16+ (5x5); ``winograd`` forces it
     wherever it applies and runs the rest as ``direct``."""
     with fastcnn.config(conv="auto"):
         if "cython" in fastcnn.available_backends():
@@ -149,7 +150,10 @@ def test_winograd_plan_rules():
             assert _dispatch.conv_plan(k, 100, 32, 32, 3, 3, 16, 16, 4) == "winograd"
             assert _dispatch.conv_plan(k, 100, 64, 64, 3, 3, 8, 8, 4, backward=True) == "winograd"
             assert _dispatch.conv_plan(k, 100, 16, 16, 3, 3, 32, 32, 4) == "direct"
-            assert _dispatch.conv_plan(k, 100, 16, 32, 5, 5, 14, 14, 4, pad=2) == "direct"  # bn conv2
+            assert _dispatch.conv_plan(k, 100, 16, 32, 5, 5, 14, 14, 4, pad=2) == "winograd"  # bn conv2
+            assert _dispatch.conv_plan(k, 100, 16, 32, 5, 5, 14, 14, 4, True, pad=2) == "winograd"
+            assert _dispatch.conv_plan(k, 100, 16, 16, 5, 5, 14, 14, 4, pad=2) == "direct"
+            assert _dispatch.conv_plan(k, 100, 16, 32, 3, 3, 16, 16, 4) == "direct"
             assert _dispatch.conv_plan(k, 128, 32, 64, 5, 5, 14, 14, 4, True, pad=2) == "winograd"  # lenet conv2
             assert _dispatch.conv_plan(k, 1, 32, 64, 5, 5, 14, 14, 4, pad=2) != "winograd"  # one image
         assert _dispatch.conv_plan(REF, 100, 16, 16, 3, 3, 32, 32, 4) == "chunked"
