@@ -100,8 +100,8 @@ def test_conv_plan_rules():
                 assert _dispatch.conv_plan(k, 100, 16, 32, 1, 1, 16, 16, 4, backward) == "per_image"
         if "numba" in fastcnn.available_backends():
             k = _backend.ops("numba")
-            assert _dispatch.conv_plan(k, 100, 16, 32, 5, 5, 14, 14, 4) == "direct"
-            assert _dispatch.conv_plan(k, 100, 16, 32, 5, 5, 14, 14, 4, backward=True) == "direct"
+            assert _dispatch.conv_plan(k, 100, 16, 16, 5, 5, 14, 14, 4) == "direct"
+            assert _dispatch.conv_plan(k, 100, 16, 16, 5, 5, 14, 14, 4, backward=True) == "direct"
             assert _dispatch.conv_plan(k, 100, 3, 16, 3, 3, 32, 32, 4) == "direct"
             # first layers of one channel: direct forward of a batch, one GEMM for one image;
             # their weight gradients: im2col; strided backward: direct
