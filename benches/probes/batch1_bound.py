@@ -17,7 +17,7 @@ import fastcnn  # isort: skip  (before NumPy: docs/PERFORMANCE.md)
 
 import numpy as np
 
-from fastcnn import _backend, losses, models
+from fastcnn import _backend, _dispatch, losses, models
 from fastcnn.train import make_optimizer
 
 PARTS = ("conv+pool forward", "flatten forward", "dense forward", "loss forward", "loss backward",
@@ -41,6 +41,8 @@ def main(backend="cython", threads=1, blocks=24, per_block=500):
     zeros8 = np.zeros(8, np.float32)
     labels = y.astype(np.int64)
     none = np.empty(0, np.float32)
+    # the strategy the layers run for this convolution (one image, one channel, 8 outputs)
+    direct = _dispatch.conv_plan(k, 1, 1, 8, 3, 3, 26, 26, 4) == "direct"
     pc = time.perf_counter_ns
 
     def layers(t):
@@ -70,9 +72,9 @@ def main(backend="cython", threads=1, blocks=24, per_block=500):
         t0 = pc()
         yp = np.empty((1, 8, 13, 13), np.float32)
         idx = np.empty((1, 8, 13, 13), np.int32)
-        if backend == "cython":
+        if direct:  # (the pooling fused into the kernel)
             k.conv2d_direct_forward_maxpool2(x, w1c, zeros8, 1, 1, 0, 0, 0, 26, 26, yp, idx)
-        else:  # (Numba at batch 1 with one channel: one GEMM, then the pooling)
+        else:  # (one GEMM, then the pooling)
             cols = np.empty((9, 676), np.float32)
             k.im2col(x, 3, 3, 1, 1, 0, 0, 26, 26, cols)
             full = np.dot(w1c.reshape(8, 9), cols).reshape(1, 8, 26, 26)
@@ -86,7 +88,7 @@ def main(backend="cython", threads=1, blocks=24, per_block=500):
         probs = np.empty((1, 10), np.float32)
         lss = np.empty(1, np.float32)
         k.softmax_xent_forward(logits, labels, probs, lss)
-        float(lss[0])
+        float(lss[0])  # (the loss value the layers return)
         t4 = pc()
         glog = np.empty((1, 10), np.float32)
         k.softmax_xent_backward(probs, labels, glog)
