@@ -64,9 +64,8 @@ static inline void FCP_NAME(fcp_row)(const float* r0, const float* r1, ptrdiff_t
         int n = PW - k < 8 ? (int)(PW - k) : 8;
         __m256i lo = _mm256_cmpgt_epi32(_mm256_set1_epi32(2 * n), lane);
         __m256i hi = _mm256_cmpgt_epi32(_mm256_set1_epi32(2 * n - 8), lane);
-        __m256i out = _mm256_cmpgt_epi32(_mm256_set1_epi32(n), lane);
         __m256 x0, x1, y0, y1;
-        if (n == 8) {  /* (whole vectors: plain loads and stores, masked ones are slow on Zen 3) */
+        if (n == 8) {  /* (whole vectors: plain loads; the stores: fc_store_n_avx2) */
             x0 = _mm256_loadu_ps(r0 + 2 * k), x1 = _mm256_loadu_ps(r0 + 2 * k + 8);
             y0 = _mm256_loadu_ps(r1 + 2 * k), y1 = _mm256_loadu_ps(r1 + 2 * k + 8);
         } else {
@@ -84,10 +83,7 @@ static inline void FCP_NAME(fcp_row)(const float* r0, const float* r1, ptrdiff_t
             m = _mm256_blendv_ps(m, a[j], c);
             code = _mm256_blendv_ps(code, _mm256_castsi256_ps(_mm256_set1_epi32(j + 1)), c);
         }
-        if (n == 8)
-            _mm256_storeu_ps(yr + k, m);
-        else
-            _mm256_maskstore_ps(yr + k, out, m);
+        fc_store_n_avx2(yr + k, m, n);
         ci = _mm256_castps_si256(code);
         if (flat)  /* (code & 1) columns right, (code >> 1) rows down */
             ci = _mm256_add_epi32(
@@ -95,10 +91,7 @@ static inline void FCP_NAME(fcp_row)(const float* r0, const float* r1, ptrdiff_t
                 _mm256_add_epi32(_mm256_and_si256(ci, _mm256_set1_epi32(1)),
                                  _mm256_and_si256(_mm256_sub_epi32(_mm256_setzero_si256(), _mm256_srli_epi32(ci, 1)),
                                                   _mm256_set1_epi32(w))));
-        if (n == 8)
-            _mm256_storeu_si256((__m256i*)(ir + k), ci);
-        else
-            _mm256_maskstore_epi32(ir + k, out, ci);
+        fc_store_n_avx2_epi32(ir + k, ci, n);
     }
 }
 #endif
