@@ -42,9 +42,14 @@ SHAPES = [  # name, (N, C, H, W), OC, kernel, stride, padding
 STRATEGIES = ("direct", "winograd", "per_image", "chunked")
 
 
-def timed(fn, reps):
+def timed(fn, reps, warm=0.3):
+    """Medians of ``reps`` calls' wall and CPU time, after calls for ``warm`` seconds (at least
+    one: a single warm-up call left the first shape's figure erratic)."""
     walls, cpus = [], []
+    t_end = time.perf_counter() + warm
     fn()
+    while time.perf_counter() < t_end:
+        fn()
     for _ in range(reps):
         w0, c0 = time.perf_counter(), time.process_time()
         fn()
