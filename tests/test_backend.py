@@ -638,35 +638,35 @@ def _guarded(shape, dtype, fill, guard=61):
 
 @pytest.mark.parametrize("name", DIRECT)
 @pytest.mark.parametrize("c", [1, 16])
-def test_direct_rows_of_any_width_write_exactly_the_output(name, c):
-    """Output rows of 1 to 17 columns (every partial vector of 8 and of 16 lanes, which the
-    AVX2 path stores 4, 2 and 1 floats at a time): the forward and the fused pooled forward
-    write every element of their outputs and nothing before or after them; the forward within
-    the rounding bound of the reference, the pooled forward (values and indices) bit for bit
-    the reference pooling of it."""
+def test_rows_of_any_width_write_exactly_the_output(name, c):
+    """Output rows of 1 to 17 columns (every partial vector of 4, 8 and 16 lanes, which the AVX2
+    paths store 4, 2 and 1 floats at a time): the direct and Winograd forwards and their fused
+    pooled forwards write every element of their outputs and nothing before or after them; the
+    forwards within their rounding bounds of the reference, the pooled forwards (values and
+    indices) bit for bit the reference pooling of the same kernel's forward."""
     k = _backend.ops(name)
     for w in range(1, 18):
         case = (2, c, 5, w, 3, 3, 3, 1, 1)
         g, x, wt, b, gy = direct_data(case, w)
-        y, ybuf = _guarded((2, 3, g.oh, g.ow), np.float32, 1e30)
-        k.conv2d_direct_forward(x, wt, b, 1, 1, 1, 1, 0, y)
-        want, scale = np.empty(y.shape), np.empty(y.shape)
-        x64, w64, b64 = (a.astype(np.float64) for a in (x, wt, b))
-        _ref.conv2d_direct_forward(x64, w64, b64, 1, 1, 1, 1, 0, want)
-        _ref.conv2d_direct_forward(np.abs(x64), np.abs(w64), np.abs(b64), 1, 1, 1, 1, 0, scale)
-        _close(y, want, scale, f"{name} width {w}")
-        guards = np.concatenate([ybuf[:61], ybuf[-61:]])
-        assert (guards == 1e30).all(), f"{name} width {w}: the forward wrote outside y"
-        if w < 2:
-            continue
-        yp, ypbuf = _guarded((2, 3, g.oh // 2, g.ow // 2), np.float32, 1e30)
-        idx, ibuf = _guarded(yp.shape, np.int32, -7)
-        k.conv2d_direct_forward_maxpool2(x, wt, b, 1, 1, 1, 1, 0, g.oh, g.ow, yp, idx)
-        want_p, want_i = np.empty(yp.shape, np.float32), np.empty(yp.shape, np.int32)
-        _ref.maxpool2d_forward(y, 2, 2, 2, 2, 0, 0, want_p, want_i)
-        assert yp.tobytes() == want_p.tobytes() and idx.tobytes() == want_i.tobytes(), f"{name} width {w}"
-        assert (np.concatenate([ypbuf[:61], ypbuf[-61:]]) == 1e30).all(), f"{name} width {w}: pooled y"
-        assert (np.concatenate([ibuf[:61], ibuf[-61:]]) == -7).all(), f"{name} width {w}: indices"
+        ref = _wdirect64(x, wt, b, gy, 1, 1, 0, g.oh, g.ow)
+        for algo, close in (("direct", _close), ("winograd", _wclose)):
+            forward, pooled = getattr(k, f"conv2d_{algo}_forward"), getattr(k, f"conv2d_{algo}_forward_maxpool2")
+            args = (1, 1, 1, 1) if algo == "direct" else (1, 1)
+            what = f"{name} {algo} width {w}"
+            y, ybuf = _guarded((2, 3, g.oh, g.ow), np.float32, 1e30)
+            forward(x, wt, b, *args, 0, y)
+            close(y, ref["want"][0], ref["scale"][0], what)
+            assert (np.concatenate([ybuf[:61], ybuf[-61:]]) == 1e30).all(), f"{what}: wrote outside y"
+            if w < 2:
+                continue
+            yp, ypbuf = _guarded((2, 3, g.oh // 2, g.ow // 2), np.float32, 1e30)
+            idx, ibuf = _guarded(yp.shape, np.int32, -7)
+            pooled(x, wt, b, *args, 0, g.oh, g.ow, yp, idx)
+            want_p, want_i = np.empty(yp.shape, np.float32), np.empty(yp.shape, np.int32)
+            _ref.maxpool2d_forward(y, 2, 2, 2, 2, 0, 0, want_p, want_i)
+            assert yp.tobytes() == want_p.tobytes() and idx.tobytes() == want_i.tobytes(), what
+            assert (np.concatenate([ypbuf[:61], ypbuf[-61:]]) == 1e30).all(), f"{what}: wrote outside y"
+            assert (np.concatenate([ibuf[:61], ibuf[-61:]]) == -7).all(), f"{what}: wrote outside the indices"
 
 
 @pytest.mark.parametrize("name", DIRECT)

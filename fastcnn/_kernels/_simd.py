@@ -224,6 +224,30 @@ def tile_load(typingctx, g, base, pitch, offs, like):
     return like(g, base, pitch, offs, like), codegen
 
 
+def _store_first(builder, v, ptr, n):
+    """Store the first ``n`` lanes of vector ``v`` (an i32 ``n`` in 0 .. lanes) to ``ptr`` (a
+    pointer to ``v``'s type), nothing else: the whole vector, else its halves, quarters, ... as
+    ``n``'s bits say, high to low (``llvm.masked.store`` becomes vmaskmovps on AVX2, microcoded
+    on AMD Zen)."""
+    lanes = v.type.count
+    whole = builder.icmp_signed("==", n, ir.Constant(_I32, lanes))
+    with builder.if_else(whole) as (all_, part):
+        with all_:
+            builder.store(v, ptr, align=4)
+        with part:
+            p = builder.bitcast(ptr, v.type.element.as_pointer())
+            size = lanes // 2
+            while size >= 1:
+                lo = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, size), list(range(size))))
+                hi = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, size), list(range(size, 2 * size))))
+                bit = builder.icmp_signed("!=", builder.and_(n, ir.Constant(_I32, size)), ir.Constant(_I32, 0))
+                with builder.if_then(bit):
+                    builder.store(lo, builder.bitcast(p, lo.type.as_pointer()), align=4)
+                p = builder.select(bit, builder.gep(p, [ir.Constant(_I32, size)]), p)
+                v = builder.select(bit, hi, lo)
+                size //= 2
+
+
 def _lane_masks(context, builder, nty, nval, count):
     """Masks of ``count`` consecutive vectors: lane ``l`` of vector ``v`` set if
     ``v*VL + l < nval``."""
@@ -252,10 +276,13 @@ def tile_store_masked(typingctx, g, base, pitch, offs, acc, nval):
     :func:`tile_load_masked`); nothing else is written."""
     def codegen(context, builder, sig, args):
         nv, count = sig.args[3].count, sig.args[4].count
-        masks = _lane_masks(context, builder, sig.args[5], args[5], nv)
-        fn = _masked(builder, "store", _LLV)
+        nval = builder.trunc(context.cast(builder, args[5], sig.args[5], types.intp), _I32)
+        lanes = [builder.select(builder.icmp_signed("<", k, ir.Constant(_I32, 0)), ir.Constant(_I32, 0),
+                                builder.select(builder.icmp_signed(">", k, ir.Constant(_I32, VL)),
+                                               ir.Constant(_I32, VL), k))
+                 for k in (builder.sub(nval, ir.Constant(_I32, v * VL)) for v in range(nv))]
         for i, q in enumerate(_tile_ptrs(context, builder, sig, args, count)):
-            builder.call(fn, [builder.extract_value(args[4], i), q, ir.Constant(_I32, 4), masks[i % nv]])
+            _store_first(builder, builder.extract_value(args[4], i), q, lanes[i % nv])
         return context.get_dummy_value()
     return types.none(g, base, pitch, offs, acc, nval), codegen
 
@@ -443,8 +470,8 @@ def pool2_row(typingctx, xf, a0, a1, n, yf, jf, yo, base, w):
     xf[a0 + 2e + 1]`` over ``xf[a1 + 2e], xf[a1 + 2e + 1]``; its maximum goes to ``yf[yo + e]``
     and its flat index ``base + 2e + column + row * w`` to ``jf[yo + e]``, by the pooling
     kernels' scan rule (a later cell wins if not <= the best, unless the best is NaN).  Nothing
-    outside the windows and the ``n`` outputs is touched: plain loads and stores for ``n ==
-    VL``, masked ones otherwise (masked stores are slow on some CPUs: Zen 3)."""
+    outside the windows and the ``n`` outputs is touched: plain loads for ``n == VL``, masked
+    ones otherwise; the stores by :func:`_store_first`."""
     def codegen(context, builder, sig, args):
         xty, a0t, a1t, nty, yty, jty, yot, bty, wty = sig.args
         vi = ir.VectorType(_I32, VL)
@@ -454,7 +481,6 @@ def pool2_row(typingctx, xf, a0, a1, n, yf, jf, yo, base, w):
         two_n = _splat(builder, builder.add(nn, nn), vi)
         m_lo = builder.icmp_signed("<", lanes, two_n)
         m_hi = builder.icmp_signed("<", builder.add(lanes, ir.Constant(vi, [VL] * VL)), two_n)
-        m_out = builder.icmp_signed("<", lanes, _splat(builder, nn, vi))
         zero = ir.Constant(_LLV, [0.0] * VL)
         yo = context.cast(builder, args[6], yot, types.intp)
         ja = context.make_array(jty)(context, builder, args[5])
@@ -489,8 +515,8 @@ def pool2_row(typingctx, xf, a0, a1, n, yf, jf, yo, base, w):
             flat = builder.add(builder.add(_splat(builder, i32(args[7], bty), vi), builder.add(lanes, lanes)),
                                builder.add(builder.and_(code, ir.Constant(vi, [1] * VL)), row_off))
             if masked:
-                builder.call(_masked(builder, "store", _LLV), [m, yp, ir.Constant(_I32, 4), m_out])
-                builder.call(_masked(builder, "store", vi), [flat, jp, ir.Constant(_I32, 4), m_out])
+                _store_first(builder, m, yp, nn)
+                _store_first(builder, flat, jp, nn)
             else:
                 builder.store(m, yp, align=4)
                 builder.store(flat, jp, align=4)
@@ -540,8 +566,7 @@ def vpool4(typingctx, y00, y01, y10, y11, bias, relu):
 def vput_pairs(typingctx, yf, d, z, s0, s1, n, bias, relu):
     """``yf[d + 2e] = f(z[s0 + e])``, ``yf[d + 2e + 1] = f(z[s1 + e])`` for ``e < n`` (<= VL),
     ``f(v) = v + bias``, then the ReLU if ``relu`` (``v <= 0``: +0; NaN stays): one vector of
-    each row, zipped by a shuffle, stored as ``2n`` floats (whole vectors plainly, a partial one
-    masked).
+    each row, zipped by a shuffle, stored as ``2n`` floats (:func:`_store_first`).
     Reads ``VL`` floats of each row (the caller's rows are padded)."""
     def codegen(context, builder, sig, args):
         yty, dty, zty, s0t, s1t, nty, bty, rty = sig.args
@@ -560,32 +585,8 @@ def vput_pairs(typingctx, yf, d, z, s0, s1, n, bias, relu):
         a, c = row(args[3], s0t), row(args[4], s1t)
         pairs = builder.shuffle_vector(a, c, ir.Constant(vi2, [k // 2 + (k % 2) * VL for k in range(2 * VL)]))
         nn = builder.trunc(context.cast(builder, args[5], nty, types.intp), _I32)
-        two_n = builder.insert_element(ir.Constant(vi2, ir.Undefined), builder.add(nn, nn), ir.Constant(_I32, 0))
-        two_n = builder.shuffle_vector(two_n, ir.Constant(vi2, ir.Undefined), ir.Constant(vi2, [0] * (2 * VL)))
-        mask = builder.icmp_signed("<", ir.Constant(vi2, list(range(2 * VL))), two_n)
         ya = context.make_array(yty)(context, builder, args[0])
         p = builder.bitcast(builder.gep(ya.data, [context.cast(builder, args[1], dty, types.intp)]), f2.as_pointer())
-        # Masked stores are slow on some CPUs (Zen 3): whole vectors are stored plainly, only a
-        # partial one masked.
-        full = builder.icmp_signed("==", nn, ir.Constant(_I32, VL))
-        with builder.if_else(full) as (whole, part):
-            with whole:
-                builder.store(pairs, p, align=4)
-            with part:
-                lo = builder.shuffle_vector(pairs, pairs, ir.Constant(ir.VectorType(_I32, VL), list(range(VL))))
-                hi = builder.shuffle_vector(pairs, pairs, ir.Constant(ir.VectorType(_I32, VL),
-                                                                       list(range(VL, 2 * VL))))
-                masks = [builder.shuffle_vector(mask, mask, ir.Constant(ir.VectorType(_I32, VL), list(idx)))
-                         for idx in (range(VL), range(VL, 2 * VL))]
-                p0 = builder.bitcast(p, _LLV.as_pointer())
-                p1 = builder.gep(p0, [ir.Constant(_I32, 1)])
-                store = _masked(builder, "store", _LLV)
-                with builder.if_else(builder.icmp_signed(">=", builder.add(nn, nn), ir.Constant(_I32, VL))) as (
-                        half, less):
-                    with half:
-                        builder.store(lo, p0, align=4)
-                        builder.call(store, [hi, p1, ir.Constant(_I32, 4), masks[1]])
-                    with less:
-                        builder.call(store, [lo, p0, ir.Constant(_I32, 4), masks[0]])
+        _store_first(builder, pairs, p, builder.add(nn, nn))
         return context.get_dummy_value()
     return types.none(yf, d, z, s0, s1, n, bias, relu), codegen
