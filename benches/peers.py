@@ -10,8 +10,9 @@ resnet (the CIFAR ResNet of ``fastcnn.models``, 3x32x32, batch 100, Adam 1e-3) a
 (batch 1, SGD 0.005); each peer builds the same architecture from ``model.config()``.
 
 Every (framework, model) pair runs in its own process, once per round; the order of the
-frameworks alternates between rounds (forward, then reversed); the table gives medians over
-the rounds (and the min-max range).  Each process pins itself to the first ``--threads``
+frameworks alternates between rounds (forward, then reversed); the tables give medians over
+the rounds (and the min-max range) of the images/s, and of each round's ratio of fastcnn to
+PyTorch and to the faster of Keras and JAX (measured side by side).  Each process pins itself to the first ``--threads``
 cores (taskset) and verifies its thread count: ``fastcnn.get_num_threads()``,
 ``torch.get_num_threads()``, TensorFlow's intra-/inter-op pools, and for JAX (no thread
 setting of its own) the CPU affinity plus ``XLA_FLAGS``.  Training: images/s over timed steps
@@ -121,12 +122,55 @@ def table(results, a):
                 cells.append(_stat(vals) if vals else ("error" if errs else "-"))
             print(f"| {model} | " + " | ".join(cells) + " |")
         print()
+    ratio_table(results, a)
     for (model, fw), runs in sorted(results.items()):
         for r in runs:
             if "error" in r:
                 print(f"- {model}/{fw} failed: {r['error']}")
     checks = {fw: runs[0].get("threads") for (model, fw), runs in results.items() if runs and "threads" in runs[0]}
     print("\nThread checks: " + "; ".join(f"{fw}: {v}" for fw, v in sorted(checks.items())))
+
+
+def round_ratios(results, model, fw, peers, key):
+    """Per round: ``fw``'s images/s over the fastest of ``peers`` in the same round (the
+    processes ran minutes apart at most, so a slow spell of the host hits both); rounds where
+    one failed are left out."""
+    out = []
+    for r, run in enumerate(results.get((model, fw), [])):
+        rivals = [results[(model, p)][r].get(key) for p in peers if len(results.get((model, p), [])) > r]
+        rivals = [v for v in rivals if v]
+        if key in run and rivals:
+            out.append(run[key] / max(rivals))
+    return out
+
+
+def ratio_table(results, a):
+    """fastcnn's ratios to PyTorch and to the faster of Keras and JAX, each the median (min-max)
+    over the rounds of that round's ratio."""
+    ours = [fw for fw in a.frameworks if fw in ("cython", "numba")]
+    groups = [(name, peers) for name, peers in (("torch", ["torch"]),
+                                                ("fastest of keras/jax", [p for p in ("keras", "jax")
+                                                                          if p in a.frameworks]))
+              if peers and all(p in a.frameworks for p in peers)]
+    if not ours or not groups:
+        return
+    print("Ratios measured side by side: per round, fastcnn's images/s over the peer's in the same round; "
+          "median (min-max) over the rounds.\n")
+    for what, key in (("training", "train_ips"), ("inference (batch 1000)", "infer_ips")):
+        cols = [(fw, name, peers) for name, peers in groups for fw in ours]
+        print(f"| {what} | " + " | ".join(f"{fw} / {name}" for fw, name, _ in cols) + " |")
+        print("|---|" + "---:|" * len(cols))
+        for model in a.models:
+            cells = []
+            for fw, _, peers in cols:
+                v = sorted(round_ratios(results, model, fw, peers, key))
+                if not v:
+                    cells.append("-")
+                    continue
+                med = v[len(v) // 2] if len(v) % 2 else 0.5 * (v[len(v) // 2 - 1] + v[len(v) // 2])
+                cells.append(f"{med:.2f}" + (f" ({v[0]:.2f}-{v[-1]:.2f})" if len(v) > 1 else ""))
+            print(f"| {model} | " + " | ".join(cells) + " |")
+        print()
 
 
 # --------------------------------------------------------------------------- children
