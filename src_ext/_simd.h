@@ -20,53 +20,35 @@
 
 #include <immintrin.h>
 #include <stddef.h>
+#include <string.h>
 FC_TARGET_PUSH(FC_AVX2)
-/* The first n (0 .. 8) floats of v to d by 8-, 4-, 2- and 1-float stores: AVX2's masked store
- * (vmaskmovps to memory) is microcoded on AMD Zen, several times slower. */
-static inline void fc_store_n_avx2(float* d, __m256 v, ptrdiff_t n)
+/* The first n (0 .. 8) 32-bit lanes of v (floats: _mm256_castps_si256) to d by 8-, 4-, 2- and
+ * 1-lane stores: AVX2's masked store (vmaskmovps to memory) is microcoded on AMD Zen, several
+ * times slower. */
+static inline void fc_store_n_avx2(void* d, __m256i v, ptrdiff_t n)
 {
-    __m128 h = _mm256_castps256_ps128(v);
-    if (n >= 8) {
-        _mm256_storeu_ps(d, v);
-        return;
-    }
-    if (n >= 4) {
-        _mm_storeu_ps(d, h);
-        d += 4;
-        n -= 4;
-        h = _mm256_extractf128_ps(v, 1);
-    }
-    if (n >= 2) {
-        _mm_storel_pi((__m64*)d, h);
-        d += 2;
-        n -= 2;
-        h = _mm_movehl_ps(h, h);
-    }
-    if (n)
-        _mm_store_ss(d, h);
-}
-/* fc_store_n_avx2 of 32-bit integers. */
-static inline void fc_store_n_avx2_epi32(int* d, __m256i v, ptrdiff_t n)
-{
+    char* p = (char*)d;
     __m128i h = _mm256_castsi256_si128(v);
     if (n >= 8) {
-        _mm256_storeu_si256((__m256i*)d, v);
+        _mm256_storeu_si256((__m256i*)p, v);
         return;
     }
     if (n >= 4) {
-        _mm_storeu_si128((__m128i*)d, h);
-        d += 4;
+        _mm_storeu_si128((__m128i*)p, h);
+        p += 16;
         n -= 4;
         h = _mm256_extracti128_si256(v, 1);
     }
     if (n >= 2) {
-        _mm_storel_epi64((__m128i*)d, h);
-        d += 2;
+        _mm_storel_epi64((__m128i*)p, h);
+        p += 8;
         n -= 2;
         h = _mm_srli_si128(h, 8);
     }
-    if (n)
-        *d = _mm_cvtsi128_si32(h);
+    if (n) {
+        int last = _mm_cvtsi128_si32(h);
+        memcpy(p, &last, 4);
+    }
 }
 FC_TARGET_POP
 #endif

@@ -344,7 +344,7 @@ FC_TARGET_PUSH(FC_AVX2)
     _mm256_loadu_si256((const __m256i*)(p)), _mm256_set1_epi32(n))), (v))
 #define FCD_ONE_IF_POS(m) _mm256_and_ps(_mm256_cmp_ps((m), _mm256_setzero_ps(), _CMP_GT_OQ), _mm256_set1_ps(1.0f))
 #define FCD_MUL(a, b) _mm256_mul_ps((a), (b))
-#define FCD_STORE_N(p, v, n) fc_store_n_avx2((p), (v), (n))
+#define FCD_STORE_N(p, v, n) fc_store_n_avx2((p), _mm256_castps_si256(v), (n))
 #define FCD_MASK_T __m256i
 #define FCD_LANES(lo, hi) _mm256_andnot_si256( \
     _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(lo)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)), \

@@ -83,7 +83,7 @@ static inline void FCP_NAME(fcp_row)(const float* r0, const float* r1, ptrdiff_t
             m = _mm256_blendv_ps(m, a[j], c);
             code = _mm256_blendv_ps(code, _mm256_castsi256_ps(_mm256_set1_epi32(j + 1)), c);
         }
-        fc_store_n_avx2(yr + k, m, n);
+        fc_store_n_avx2(yr + k, _mm256_castps_si256(m), n);
         ci = _mm256_castps_si256(code);
         if (flat)  /* (code & 1) columns right, (code >> 1) rows down */
             ci = _mm256_add_epi32(
@@ -91,7 +91,7 @@ static inline void FCP_NAME(fcp_row)(const float* r0, const float* r1, ptrdiff_t
                 _mm256_add_epi32(_mm256_and_si256(ci, _mm256_set1_epi32(1)),
                                  _mm256_and_si256(_mm256_sub_epi32(_mm256_setzero_si256(), _mm256_srli_epi32(ci, 1)),
                                                   _mm256_set1_epi32(w))));
-        fc_store_n_avx2_epi32(ir + k, ci, n);
+        fc_store_n_avx2(ir + k, ci, n);
     }
 }
 #endif
