@@ -29,6 +29,7 @@ CROSS_CUTTING = {
                       "each through the public entry points a user would hit it by",
     "test_thread_determinism.py": "whole training runs bit-identical across runs and thread counts",
     "test_examples.py": "the scripts in examples/ end to end",
+    "test_benches.py": "the analysis in the benchmark scripts of benches/ (their timed children need the peers)",
     "test_layout.py": "the test suite itself",
 }
 

@@ -1,5 +1,5 @@
-"""``benches/peers.py``'s side-by-side ratios (its children need the peers' frameworks; the
-analysis does not)."""
+"""The analysis in the benchmark scripts of ``benches/``: ``peers.py``'s side-by-side ratios (its
+timed children need the peers' frameworks; the analysis does not)."""
 import importlib.util
 import os
 
