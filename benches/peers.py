@@ -99,13 +99,14 @@ def parent(a):
     table(results, a)
 
 
-def _stat(vals):
+def _stat(vals, fmt=".0f"):
+    """``median (min-max)`` of ``vals`` (the range only for two or more), or ``-``."""
     vals = sorted(vals)
     if not vals:
         return "-"
     med = vals[len(vals) // 2] if len(vals) % 2 else 0.5 * (vals[len(vals) // 2 - 1] + vals[len(vals) // 2])
-    rng = f" ({vals[0]:.0f}-{vals[-1]:.0f})" if len(vals) > 1 else ""
-    return f"{med:.0f}{rng}"
+    rng = f" ({vals[0]:{fmt}}-{vals[-1]:{fmt}})" if len(vals) > 1 else ""
+    return f"{med:{fmt}}{rng}"
 
 
 def table(results, a):
@@ -148,10 +149,9 @@ def ratio_table(results, a):
     """fastcnn's ratios to PyTorch and to the faster of Keras and JAX, each the median (min-max)
     over the rounds of that round's ratio."""
     ours = [fw for fw in a.frameworks if fw in ("cython", "numba")]
-    groups = [(name, peers) for name, peers in (("torch", ["torch"]),
-                                                ("fastest of keras/jax", [p for p in ("keras", "jax")
-                                                                          if p in a.frameworks]))
-              if peers and all(p in a.frameworks for p in peers)]
+    groups = [(name, [p for p in peers if p in a.frameworks])
+              for name, peers in (("torch", ["torch"]), ("fastest of keras/jax", ["keras", "jax"]))]
+    groups = [(name, peers) for name, peers in groups if peers]
     if not ours or not groups:
         return
     print("Ratios measured side by side: per round, fastcnn's images/s over the peer's in the same round; "
@@ -161,14 +161,7 @@ def ratio_table(results, a):
         print(f"| {what} | " + " | ".join(f"{fw} / {name}" for fw, name, _ in cols) + " |")
         print("|---|" + "---:|" * len(cols))
         for model in a.models:
-            cells = []
-            for fw, _, peers in cols:
-                v = sorted(round_ratios(results, model, fw, peers, key))
-                if not v:
-                    cells.append("-")
-                    continue
-                med = v[len(v) // 2] if len(v) % 2 else 0.5 * (v[len(v) // 2 - 1] + v[len(v) // 2])
-                cells.append(f"{med:.2f}" + (f" ({v[0]:.2f}-{v[-1]:.2f})" if len(v) > 1 else ""))
+            cells = [_stat(round_ratios(results, model, fw, peers, key), ".2f") for fw, _, peers in cols]
             print(f"| {model} | " + " | ".join(cells) + " |")
         print()
 
