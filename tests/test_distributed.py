@@ -63,6 +63,7 @@ def update_error(a, b, init):
 # 1e-4 leaves a margin and still fails for any real error (a wrong weight per shard or a
 # missed rank moves whole tensors by O(1) of their update).
 RTOL = 1e-4
+ADAM_TOL = 2e-2  # test_sync_batchnorm_matches_one_process_adam says why
 
 
 # --------------------------------------------------------------------------- no MPI needed
@@ -190,24 +191,27 @@ def test_sync_batchnorm_matches_one_process_sgd(tmp_path):
 
 @needs_mpi
 def test_sync_batchnorm_matches_one_process_adam(tmp_path):
-    """The recipe's Adam.  The biases of the convolutions feeding a BatchNorm are left out:
-    their true gradient is zero (the normalisation removes them), so Adam turns rounding noise
-    into steps of +-lr and they differ between any two summation orders.  Through the
-    normalised activations that noise reaches the other tensors too: on fit's batches one
-    process on another backend (numba: other summation orders, no MPI) differs from the
-    cython run by 6.4e-4 of an update (BatchNorm bias).  That measured floor, times 3, is the
-    tolerance; a real error (a missed rank, wrong statistics) moves tensors by O(1)."""
+    """The recipe's Adam over 20 steps.  The biases of the convolutions feeding a BatchNorm are
+    left out: their true gradient is zero (the normalisation removes them), so Adam turns
+    rounding noise into steps of +-lr and they differ between any two summation orders.
+    Through the normalised activations that noise reaches the other tensors and, once it flips
+    a discrete choice (a ReLU, a pooling maximum), parts the runs chaotically: the largest
+    tensor difference is not monotone in the step count (on an AMD Zen 4, 2 / 5 / 10 / 15 / 20
+    steps: 9.5e-5 / 5.3e-4 / 3.9e-3 / 1.0e-5 / 3.3e-3 of an update; one process on the numba
+    backend against the cython one reads up to 5.3e-4).  ADAM_TOL = 2e-2 is 5x that chaos;
+    the nearest real error, per-rank statistics instead of synchronised ones, moves tensors by
+    0.19 of their update here, and must exceed 5x the tolerance for the test to mean anything."""
     init = models.build("bn", seed=0, in_channels=1).state_dict()
     plain = worker(tmp_path, "plain", "bn", "cython", 32, 20, None)
-    other = worker(tmp_path, "plain", "bn", "numba", 32, 20, None)
     dist = worker(tmp_path, "dist", "bn", "cython", 32, 20, 2, "--sync-bn")
+    per_rank = worker(tmp_path, "dist", "bn", "cython", 32, 20, 2)
 
     def checked(err):
         return {k: v for k, v in err.items() if k not in ("0.bias", "4.bias") and "running" not in k}
 
-    floor = max(checked(update_error(plain, other, init)).values())
     err = checked(update_error(plain, dist, init))
-    assert len(err) == 8 and max(err.values()) < max(RTOL, 3 * floor), (floor, err)
+    assert len(err) == 8 and max(err.values()) < ADAM_TOL, err
+    assert max(checked(update_error(plain, per_rank, init)).values()) > 5 * ADAM_TOL
 
 
 @needs_mpi
