@@ -222,7 +222,9 @@ def _winograd(x, pt, pl, hq, wq, vp, bias, relu, ni, r5, oc, oh, ow, yf, pool, y
     nx = 36 if r5 else 16
     q = V * VL
     qp = q + MAX_VL  # (a row's last vector may spill past q: into this padding)
-    us, ms = c * qp, J * qp
+    # (one cache line more than the rows: a power-of-two pitch, 64 * c floats with AVX-512, puts
+    #  the 16 or 36 transformed values of a tile into one L1 set)
+    us, ms = c * qp + 16, J * qp + 16
     ph, pw = oh // 2, ow // 2
     # window value (i, j) of grid position p: phase (i % 2, j % 2) at (i // 2)*wq + j // 2
     tab = (0, ps, 1, ps + 1, 2 * ps, 3 * ps, 2 * ps + 1, 3 * ps + 1,
