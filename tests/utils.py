@@ -155,6 +155,7 @@ DIRECT_CASES = [
     (2, 3, 1, 1, 9, 1, 1, 1, 2),  # output cells made of padding only
     (2, 6, 15, 15, 40, 3, 3, 1, 1),  # pixel vectors aligned to rows (OW < 16 < Wq)
     (1, 5, 14, 14, 13, 5, 5, 1, "same"),  # rows, stored directly, OC not a multiple of 4
+    (2, 3, 5, 37, 8, 3, 3, 2, 1),  # stride-2 phase rows of 16+ values: packed by vectors
 ]
 
 

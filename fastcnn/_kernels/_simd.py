@@ -114,6 +114,19 @@ def vloads(typingctx, arr, base, offs):
     return tt(arr, base, offs), codegen
 
 
+@intrinsic
+def vload_even(typingctx, arr, i):
+    """``arr[i], arr[i + 2], ..., arr[i + 2*(VL - 1)]``: two plain loads and one shuffle (LLVM
+    makes a gather of a stride-2 loop on AVX-512, slow on AMD Zen 4).  Reads ``arr[i : i +
+    2*VL]``: the caller keeps that inside the array."""
+    def codegen(context, builder, sig, args):
+        p = _ptr(context, builder, sig.args[0], args[0], args[1], sig.args[1])
+        lo = builder.load(p, align=4)
+        hi = builder.load(builder.gep(p, [ir.Constant(_I32, 1)]), align=4)
+        return builder.shuffle_vector(lo, hi, ir.Constant(ir.VectorType(_I32, VL), list(range(0, 2 * VL, 2))))
+    return vec(arr, i), codegen
+
+
 def _fma_rows(context, builder, acc, xv, nv, scalars):
     """``acc[r*nv + v] = fmuladd(xv[v], splat(scalars[r]), acc[r*nv + v])``, row by row: one FMA
     where the target has them, a multiply and an add on the baseline path (``llvm.fma`` there

@@ -28,6 +28,8 @@ from ._simd import (
     tile_fma_rows3,
     tile_store,
     tile_zero,
+    vload_even,
+    vstore,
     vloads,
     wtile_load,
 )
@@ -69,6 +71,13 @@ def _pad_plane(xs, t, h, w, pt, pl, sh, sw, xd, dst0, hq, wq):
                 if sw == 1:
                     for q in range(q0r, q1r):
                         xd[_u(d + q)] = xs[_u(src + q)]
+                elif sw == 2:  # (vectors while the pair of source vectors is inside xs)
+                    q = q0r
+                    while q + VL <= q1r and src + 2 * (q + VL) <= xs.size:
+                        vstore(xd, d + q, vload_even(xs, src + 2 * q))
+                        q += VL
+                    for q in range(q, q1r):
+                        xd[_u(d + q)] = xs[_u(src + 2 * q)]
                 else:
                     for q in range(q0r, q1r):
                         xd[_u(d + q)] = xs[_u(src + q * sw)]
