@@ -241,9 +241,18 @@ def requested_isa():
     return value
 
 
-def _numba_isa_env(isa, host_features):
+#: LLVM tuning flags added to the avx2 and avx512 paths' features (LLVM 17 and newer know
+#: them): the vectoriser turns strided loops (packing, transposes, sums over channels) into
+#: gathers and scatters, microcoded on AMD Zen 4 and slow on Intel cores with the
+#: gather-data-sampling fix; the kernels' hot loops are explicit vectors (docs/PERFORMANCE.md,
+#: section 10).
+NUMBA_NO_GATHER = ",+prefer-no-gather,+prefer-no-scatter"
+
+
+def _numba_isa_env(isa, host_features, tuning=NUMBA_NO_GATHER):
     """``(NUMBA_CPU_NAME, NUMBA_CPU_FEATURES)`` for ``isa`` on a host whose LLVM feature string
-    is ``host_features`` (None: leave Numba's default).  Raises ValueError if the CPU lacks it."""
+    is ``host_features`` (None: leave Numba's default), ``tuning`` appended to the avx2 and
+    avx512 paths' features.  Raises ValueError if the CPU lacks the ISA."""
     feats = host_features.split(",")
     has = {f[1:] for f in feats if f.startswith("+")}
     if isa == "baseline":  # x86-64 SSE2 (or the architecture's baseline): portable code
@@ -254,17 +263,17 @@ def _numba_isa_env(isa, host_features):
         # The host's features with AVX-512 (and AMX, AVX10, which imply it) switched off.
         off = ("avx512", "amx", "avx10", "evex512")
         return None, ",".join("-" + f[1:] if f.startswith("+") and f[1:].startswith(off) else f
-                              for f in feats)
+                              for f in feats) + tuning
     if "avx512f" not in has:
         if isa == "avx512":
             raise ValueError(f"{ENV_ISA}=avx512 but this CPU has no AVX-512")
         if {"avx2", "fma"} <= has:  # automatic on an AVX2 CPU: the avx2 path, named as such
-            return _numba_isa_env("avx2", host_features)
+            return _numba_isa_env("avx2", host_features, tuning)
         return None, None  # automatic on a CPU without AVX2: Numba's default
     # AVX-512: LLVM's tuning for Intel server cores prefers 256-bit vectors (no zmm code at
     # all); ``-prefer-256-bit`` lets the vectoriser use 512-bit ones.  (AMD Zen 4/5 tuning
     # already does; the flag changes nothing there.)
-    return None, host_features + ",-prefer-256-bit"
+    return None, host_features + ",-prefer-256-bit" + tuning
 
 
 def _isa_of_target(name, features):
@@ -306,7 +315,7 @@ def _setup_numba_isa():
             raise ValueError(f"{ENV_ISA}={isa}: cannot read the CPU features ({exc})") from None
         NUMBA_ISA.update(isa="numba default", why=f"no llvmlite host features ({exc})")
         return
-    name, features = _numba_isa_env(isa, host)
+    name, features = _numba_isa_env(isa, host, NUMBA_NO_GATHER if ll.llvm_version_info >= (17,) else "")
     if name is not None:
         os.environ["NUMBA_CPU_NAME"] = name
     if features is not None:

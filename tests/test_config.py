@@ -12,15 +12,18 @@ AVX2_HOST = "+64bit,+avx,+avx2,+fma,-avx512f,+sse2"
 
 def test_numba_isa_environment_choices(monkeypatch):
     env = _config._numba_isa_env
-    assert env(None, AVX512_HOST) == (None, AVX512_HOST + ",-prefer-256-bit")
-    assert env("avx512", AVX512_HOST) == (None, AVX512_HOST + ",-prefer-256-bit")
+    tune = _config.NUMBA_NO_GATHER
+    assert env(None, AVX512_HOST) == (None, AVX512_HOST + ",-prefer-256-bit" + tune)
+    assert env("avx512", AVX512_HOST) == (None, AVX512_HOST + ",-prefer-256-bit" + tune)
+    assert env("avx512", AVX512_HOST, "") == (None, AVX512_HOST + ",-prefer-256-bit")  # (LLVM < 17)
+    assert env("avx2", AVX512_HOST)[1].endswith(tune) and not env("avx2", AVX512_HOST, "")[1].endswith(tune)
     name, feats = env("avx2", AVX512_HOST)
     assert name is None and "+avx2" in feats.split(",") and "+fma" in feats.split(",")
     assert not [f for f in feats.split(",") if f.startswith("+") and ("avx512" in f or "evex512" in f)]
     assert env("baseline", AVX512_HOST) == ("generic", None)
     # Automatic on an AVX2 CPU: the avx2 path's setting, so that the label (and the kernels'
     # sizes) follow from the features; Numba's own default only without AVX2.
-    assert env(None, AVX2_HOST) == env("avx2", AVX2_HOST) == (None, AVX2_HOST)
+    assert env(None, AVX2_HOST) == env("avx2", AVX2_HOST) == (None, AVX2_HOST + tune)
     assert _config._isa_of_target(*env(None, AVX2_HOST)) == "avx2"
     assert env(None, "+64bit,+sse2,-avx2") == (None, None)
     with pytest.raises(ValueError, match="FASTCNN_ISA=avx512 but this CPU has no AVX-512"):
