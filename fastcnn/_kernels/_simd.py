@@ -127,6 +127,32 @@ def vload_even(typingctx, arr, i):
     return vec(arr, i), codegen
 
 
+@intrinsic
+def vtranspose(typingctx, src, s0, sp, dst, d0, dp):
+    """``dst[d0 + j*dp + i] = src[s0 + i*sp + j]`` for ``i, j < VL``: VL vectors loaded, transposed
+    in registers by log2(VL) rounds of interleaving rows ``i`` and ``i + VL/2``, stored."""
+    def codegen(context, builder, sig, args):
+        sty, s0t, spt, dty, d0t, dpt = sig.args
+        b, st = context.cast(builder, args[1], s0t, types.intp), context.cast(builder, args[2], spt, types.intp)
+        rows = [builder.load(_ptr(context, builder, sty, args[0], builder.add(b, builder.mul(st, ir.Constant(st.type, i))),
+                                  types.intp), align=4) for i in range(VL)]
+        half = VL // 2
+        lo = ir.Constant(ir.VectorType(_I32, VL), [k // 2 + (VL if k % 2 else 0) for k in range(VL)])
+        hi = ir.Constant(ir.VectorType(_I32, VL), [half + k // 2 + (VL if k % 2 else 0) for k in range(VL)])
+        for _ in range(VL.bit_length() - 1):
+            new = []
+            for i in range(half):
+                new += [builder.shuffle_vector(rows[i], rows[i + half], lo),
+                        builder.shuffle_vector(rows[i], rows[i + half], hi)]
+            rows = new
+        b, st = context.cast(builder, args[4], d0t, types.intp), context.cast(builder, args[5], dpt, types.intp)
+        for j, v in enumerate(rows):
+            builder.store(v, _ptr(context, builder, dty, args[3], builder.add(b, builder.mul(st, ir.Constant(st.type, j))),
+                                  types.intp), align=4)
+        return context.get_dummy_value()
+    return types.none(src, s0, sp, dst, d0, dp), codegen
+
+
 def _fma_rows(context, builder, acc, xv, nv, scalars):
     """``acc[r*nv + v] = fmuladd(xv[v], splat(scalars[r]), acc[r*nv + v])``, row by row: one FMA
     where the target has them, a multiply and an add on the baseline path (``llvm.fma`` there

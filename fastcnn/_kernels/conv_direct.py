@@ -29,8 +29,9 @@ from ._simd import (
     tile_store,
     tile_zero,
     vload_even,
-    vstore,
     vloads,
+    vstore,
+    vtranspose,
     wtile_load,
 )
 
@@ -244,16 +245,26 @@ def conv2d_direct_backward_data(gy, w, sh, sw, pt, pl, gx):
 
 @parallel_kernel(fma=True)
 def _channels_last(gy, gt):
-    """``gt[b, p, o] = gy[b, o, p]`` (p = oh*OW + ow), 0 for the channels past OC."""
+    """``gt[b, p, o] = gy[b, o, p]`` (p = oh*OW + ow, ``gy`` contiguous), 0 for the channels past
+    OC: blocks of VL channels x VL positions transposed in registers, the rest one by one."""
     n, oc, oh, ow = gy.shape
     ocv = gt.shape[2]
+    pn = oh * ow
+    gf = gy.reshape(gy.size)
+    tf = gt.reshape(gt.size)
+    ob, pb = oc // VL * VL, pn // VL * VL
     for b in prange(n):
-        for r in range(oh):
-            for q in range(ow):
-                for o in range(oc):
-                    gt[b, r * ow + q, o] = gy[b, o, r, q]
-                for o in range(oc, ocv):
-                    gt[b, r * ow + q, o] = 0.0
+        for o0 in range(0, ob, VL):
+            for p0 in range(0, pb, VL):
+                vtranspose(gf, (b * oc + o0) * pn + p0, pn, tf, (b * pn + p0) * ocv + o0, ocv)
+            for p in range(pb, pn):
+                for o in range(o0, o0 + VL):
+                    tf[_u((b * pn + p) * ocv + o)] = gf[_u((b * oc + o) * pn + p)]
+        for p in range(pn):
+            for o in range(ob, oc):
+                tf[_u((b * pn + p) * ocv + o)] = gf[_u((b * oc + o) * pn + p)]
+            for o in range(oc, ocv):
+                tf[_u((b * pn + p) * ocv + o)] = 0.0
 
 
 @helper
@@ -375,7 +386,7 @@ def conv2d_direct_backward_weight(gy, x, sh, sw, pt, pl, gw, gb):
     # padding taps read offset 0.
     ocv = -(-oc // MAX_VL) * MAX_VL
     gt = np.empty((n, oh * ow, ocv), np.float32)
-    _channels_last(gy, gt)
+    _channels_last(np.ascontiguousarray(gy), gt)
     off = np.zeros(-(-c * kh * kw // MAX_TAPS) * MAX_TAPS, np.int64)
     off[:c * kh * kw] = (np.arange(c)[:, None] * cs + tab).ravel()
     slots = min(_config.SLOTS, n)
