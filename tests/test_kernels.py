@@ -163,7 +163,7 @@ def test_input_gradient_overwrites_and_relu_clamps():
 
 
 _ASM_PROBE = """
-import re, numpy as np, fastcnn
+import os, re, numpy as np, fastcnn
 from fastcnn._kernels import conv_direct as D
 x, w = np.ones((1, 4, 9, 9), np.float32), np.ones((16, 4, 3, 3), np.float32)
 D.conv2d_direct_forward(x, w, np.zeros(16, np.float32), 1, 1, 1, 1, 0, np.empty((1, 16, 9, 9), np.float32))
@@ -178,6 +178,12 @@ asm = next(iter(D._backward_weight.serial.inspect_asm().values()))
 blocks = re.split(r"\\n\\.LBB\\w+:", asm)
 print(sum(len(re.findall(r"v\\w+\\s+[^\\n]*mm\\d+[^\\n]*\\(%rsp\\)|v\\w+\\s+[^\\n]*\\(%rsp\\)[^\\n]*mm\\d+", b))
           for b in blocks if b.count("vfmadd") >= 12))
+# Gathers and scatters (the vectoriser's, of strided scalar loops) in the strided forward's
+# packing and the channels-last copy: none with _config.NUMBA_NO_GATHER.
+D.conv2d_direct_forward(x, w, np.zeros(16, np.float32), 2, 2, 1, 1, 0, np.empty((1, 16, 5, 5), np.float32))
+D._channels_last.serial(np.ones((1, 16, 9, 9), np.float32), np.empty((1, 81, 16), np.float32))
+asm = "".join(next(iter(f.inspect_asm().values())) for f in (D._forward.serial, D._channels_last.serial))
+print(len(re.findall(r"\\tv(p?gather|p?scatter)", asm)), int(bool(fastcnn._config.NUMBA_NO_GATHER in (os.environ.get("NUMBA_CPU_FEATURES") or ""))))
 """
 
 
@@ -202,8 +208,13 @@ def test_generated_code_per_isa(isa, tmp_path):
     out = subprocess.run([sys.executable, "-c", _ASM_PROBE], env=env, cwd=NEUTRAL_CWD,
                          capture_output=True, text=True, check=True).stdout.split()
     chosen, zmm, ymm, total, spills = out[0], int(out[1]), int(out[2]), int(out[3]), int(out[4])
+    gathers, tuned = int(out[5]), int(out[6])
     assert chosen == isa
     assert spills == 0  # (runtime unrolling spilled them on AVX2: _config.NUMBA_LLVM_OPTIONS)
+    import llvmlite.binding as ll
+    assert tuned == (isa != "baseline" and ll.llvm_version_info >= (17,))
+    if tuned:
+        assert gathers == 0
     if isa == "avx512":
         assert zmm >= 24  # (at least one whole tile: 8 channels x 3 vectors)
     elif isa == "avx2":
