@@ -183,7 +183,8 @@ print(sum(len(re.findall(r"v\\w+\\s+[^\\n]*mm\\d+[^\\n]*\\(%rsp\\)|v\\w+\\s+[^\\
 D.conv2d_direct_forward(x, w, np.zeros(16, np.float32), 2, 2, 1, 1, 0, np.empty((1, 16, 5, 5), np.float32))
 D._channels_last.serial(np.ones((1, 16, 9, 9), np.float32), np.empty((1, 81, 16), np.float32))
 asm = "".join(next(iter(f.inspect_asm().values())) for f in (D._forward.serial, D._channels_last.serial))
-print(len(re.findall(r"\\tv(p?gather|p?scatter)", asm)), int(bool(fastcnn._config.NUMBA_NO_GATHER in (os.environ.get("NUMBA_CPU_FEATURES") or ""))))
+tuned = fastcnn._config.NUMBA_NO_GATHER in (os.environ.get("NUMBA_CPU_FEATURES") or "")
+print(len(re.findall(r"\\tv(p?gather|p?scatter)", asm)), int(tuned))
 """
 
 

@@ -132,10 +132,11 @@ def vtranspose(typingctx, src, s0, sp, dst, d0, dp):
     """``dst[d0 + j*dp + i] = src[s0 + i*sp + j]`` for ``i, j < VL``: VL vectors loaded, transposed
     in registers by log2(VL) rounds of interleaving rows ``i`` and ``i + VL/2``, stored."""
     def codegen(context, builder, sig, args):
-        sty, s0t, spt, dty, d0t, dpt = sig.args
-        b, st = context.cast(builder, args[1], s0t, types.intp), context.cast(builder, args[2], spt, types.intp)
-        rows = [builder.load(_ptr(context, builder, sty, args[0], builder.add(b, builder.mul(st, ir.Constant(st.type, i))),
-                                  types.intp), align=4) for i in range(VL)]
+        def rows_at(k):  # pointers to the VL rows of argument k's array, base k + 1, pitch k + 2
+            b, p = (context.cast(builder, args[k + e], sig.args[k + e], types.intp) for e in (1, 2))
+            return [_ptr(context, builder, sig.args[k], args[k], builder.add(b, builder.mul(p, ir.Constant(p.type, i))),
+                         types.intp) for i in range(VL)]
+        rows = [builder.load(q, align=4) for q in rows_at(0)]
         half = VL // 2
         lo = ir.Constant(ir.VectorType(_I32, VL), [k // 2 + (VL if k % 2 else 0) for k in range(VL)])
         hi = ir.Constant(ir.VectorType(_I32, VL), [half + k // 2 + (VL if k % 2 else 0) for k in range(VL)])
@@ -145,10 +146,8 @@ def vtranspose(typingctx, src, s0, sp, dst, d0, dp):
                 new += [builder.shuffle_vector(rows[i], rows[i + half], lo),
                         builder.shuffle_vector(rows[i], rows[i + half], hi)]
             rows = new
-        b, st = context.cast(builder, args[4], d0t, types.intp), context.cast(builder, args[5], dpt, types.intp)
-        for j, v in enumerate(rows):
-            builder.store(v, _ptr(context, builder, dty, args[3], builder.add(b, builder.mul(st, ir.Constant(st.type, j))),
-                                  types.intp), align=4)
+        for q, v in zip(rows_at(3), rows):
+            builder.store(v, q, align=4)
         return context.get_dummy_value()
     return types.none(src, s0, sp, dst, d0, dp), codegen
 
