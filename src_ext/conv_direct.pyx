@@ -129,6 +129,41 @@ cdef Py_ssize_t _unpool_image(const _Unpool* u, Py_ssize_t i, float* out) noexce
     return bad
 
 
+cdef Py_ssize_t _direct_block(const fcd_geo* g, const float* src, Py_ssize_t N, const _Unpool* up,
+                              const float* bias, int relu, const float* wp, const Py_ssize_t* tab,
+                              const Py_ssize_t* st, Py_ssize_t L, Py_ssize_t NS, int rows,
+                              char* blocks, Py_ssize_t size, Py_ssize_t o_yg, Py_ssize_t o_yi, Py_ssize_t o_up,
+                              float* out, Py_ssize_t out_is, int* io, Py_ssize_t t, Py_ssize_t T) noexcept nogil:
+    """Block ``t`` of :func:`_direct_images` (its images, its scratch); ``out``: image ``i`` at
+    ``out + i*out_is``.  Returns the bad index count of ``up``."""
+    cdef Py_ssize_t CHW = g.C * g.Hs * g.Ws, i, i0, bad = 0
+    cdef Py_ssize_t HW = g.OH * g.OW, PH = g.OH // 2, PW = g.OW // 2
+    cdef const float* si
+    cdef float* dst
+    cdef float* xq = <float*>(blocks + t * size)
+    cdef float* yg = <float*>(blocks + t * size + o_yg)
+    cdef float* yi = <float*>(blocks + t * size + o_yi) if o_yi >= 0 else NULL
+    cdef int* ii = <int*>(yi + g.OC * HW) if o_yi >= 0 else NULL
+    i0 = _part(t, N, T)
+    for i in range(i0, _part(t + 1, N, T)):
+        dst = yi if yi != NULL else out + i * out_is
+        if up != NULL:
+            si = <float*>(blocks + t * size + o_up)
+            bad += _unpool_image(up, i, <float*>si)
+        else:
+            si = src + i * CHW
+        fcd_pack_input(g, si, xq, i > i0)  # (the padding's zeros stay from the block's first image)
+        if rows:  # (tiles written to the output directly)
+            fcd_fwd_image(g, xq, tab, wp, st, st + L, st + 2 * L, NS, bias, relu, dst, yg)
+        else:
+            fcd_fwd_image(g, xq, tab, wp, st, NULL, NULL, NS, NULL, 0, NULL, yg)
+            fcd_unpack_output(g, yg, bias, relu, dst)
+        if yi != NULL:
+            fcp_pool_planes(dst, out + i * out_is, io + i * g.OC * PH * PW if io != NULL else NULL, ii, g.OC,
+                            g.OH, g.OW)
+    return bad
+
+
 cdef Py_ssize_t _direct_images(const fcd_geo* g,
                          const float* src, Py_ssize_t N, # IN  (N, g.C, g.Hs, g.Ws), or NULL: rebuilt
                          const _Unpool* up,              #     from up, image by image (else NULL)
@@ -147,43 +182,21 @@ cdef Py_ssize_t _direct_images(const fcd_geo* g,
                          int* io,                        # OUT pooled: NULL or out's flat arg-max indices
                          Py_ssize_t T, int nt) noexcept nogil:
     """The forward kernel of :func:`conv2d_direct_forward` and :func:`conv2d_direct_backward_data`,
-    ``T`` blocks of consecutive images, each with its own scratch; pooled (``o_yi >= 0``) each
-    image's output goes to its block's scratch and ``out`` gets its 2x2 max pooling (and
-    ``io``, if given, the pooling's indices).  Returns the bad index count of ``up``."""
-    cdef Py_ssize_t CHW = g.C * g.Hs * g.Ws, t, i, i0, c, NS, bad = 0
-    cdef const float* si
-    cdef Py_ssize_t HW = g.OH * g.OW, PH = g.OH // 2, PW = g.OW // 2
+    ``T`` blocks of consecutive images, each with its own scratch (:func:`_direct_block`); pooled
+    (``o_yi >= 0``) each image's output goes to its block's scratch and ``out`` gets its 2x2 max
+    pooling (and ``io``, if given, the pooling's indices).  Returns the bad index count of ``up``."""
+    cdef Py_ssize_t t, NS, bad = 0
+    cdef Py_ssize_t out_is = out.shape[1] * out.shape[2] * out.shape[3]
     cdef int rows
-    cdef float* dst
-    cdef float* xq
-    cdef float* yg
-    cdef float* yi
-    cdef int* ii
     fcd_pack_weights(g, w, flip, wp)
     fcd_make_tab(g, tab)
     NS = fcd_pixel_starts(g, fcd_VL, st, st + L, st + 2 * L, &rows)
+    if nt == 1:  # (a parallel region, even of one thread, costs: docs/PERFORMANCE.md, 5)
+        return _direct_block(g, src, N, up, bias, relu, wp, tab, st, L, NS, rows, blocks, size, o_yg, o_yi, o_up,
+                             &out[0, 0, 0, 0], out_is, io, 0, 1)
     for t in prange(T, schedule='static', num_threads=nt):
-        xq = <float*>(blocks + t * size)
-        yg = <float*>(blocks + t * size + o_yg)
-        yi = <float*>(blocks + t * size + o_yi) if o_yi >= 0 else NULL
-        ii = <int*>(yi + g.OC * HW) if o_yi >= 0 else NULL
-        i0 = _part(t, N, T)
-        for i in range(i0, _part(t + 1, N, T)):
-            dst = yi if yi != NULL else &out[i, 0, 0, 0]
-            if up != NULL:
-                si = <float*>(blocks + t * size + o_up)
-                bad += _unpool_image(up, i, <float*>si)
-            else:
-                si = src + i * CHW
-            fcd_pack_input(g, si, xq, i > i0)  # (the padding's zeros stay from the block's first image)
-            if rows:  # (tiles written to the output directly)
-                fcd_fwd_image(g, xq, tab, wp, st, st + L, st + 2 * L, NS, bias, relu, dst, yg)
-            else:
-                fcd_fwd_image(g, xq, tab, wp, st, NULL, NULL, NS, NULL, 0, NULL, yg)
-                fcd_unpack_output(g, yg, bias, relu, dst)
-            if yi != NULL:
-                fcp_pool_planes(dst, &out[i, 0, 0, 0], io + i * g.OC * PH * PW if io != NULL else NULL, ii, g.OC,
-                                g.OH, g.OW)
+        bad += _direct_block(g, src, N, up, bias, relu, wp, tab, st, L, NS, rows, blocks, size, o_yg, o_yi, o_up,
+                             &out[0, 0, 0, 0], out_is, io, t, T)
     return bad
 
 

@@ -35,6 +35,9 @@ cdef void _adam(float* p, const float* g, float* m, float* v,  # IN/OUT, IN, IN/
                 Py_ssize_t M, float lr_t, float c1, float b2, float c2, float eps, float bc2,
                 int nt) noexcept nogil:
     cdef Py_ssize_t nb = (M + _BLOCK - 1) // _BLOCK, blk, n, o
+    if nt == 1:  # (one pass: element-wise; a parallel region, even of one thread, costs: docs/PERFORMANCE.md, 5)
+        _adam_block(p, g, m, v, M, lr_t, c1, b2, c2, eps, bc2)
+        return
     for blk in prange(nb, schedule='static', num_threads=nt):
         o = blk * _BLOCK
         n = min(M - o, _BLOCK)
@@ -74,21 +77,41 @@ cdef inline void _sgd_block(float* p, const float* g, float* buf, Py_ssize_t n, 
     """SGD on ``n`` elements: p, buf IN/OUT (buf unused without momentum); g IN."""
     cdef Py_ssize_t e
     cdef float d, b
-    for e in range(n):
-        d = g[e]
+    if not use_mom:  # (loops without branches: GCC vectorises them wherever this is inlined)
         if use_wd:
-            d = d + wd * p[e]
-        if use_mom:
-            b = d if first else buf[e] * mom + c * d
+            for e in range(n):
+                p[e] = p[e] - lr * (g[e] + wd * p[e])
+        else:
+            for e in range(n):
+                p[e] = p[e] - lr * g[e]
+        return
+    if first:  # (the buffer's first update: buf = d)
+        for e in range(n):
+            d = g[e] + wd * p[e] if use_wd else g[e]
+            buf[e] = d
+            p[e] = p[e] - lr * (d + mom * d if nesterov else d)
+        return
+    if use_wd:
+        for e in range(n):
+            d = g[e] + wd * p[e]
+            b = buf[e] * mom + c * d
             buf[e] = b
-            d = d + mom * b if nesterov else b
-        p[e] = p[e] - lr * d
+            p[e] = p[e] - lr * (d + mom * b if nesterov else b)
+    else:
+        for e in range(n):
+            d = g[e]
+            b = buf[e] * mom + c * d
+            buf[e] = b
+            p[e] = p[e] - lr * (d + mom * b if nesterov else b)
 
 
 cdef void _sgd(float* p, const float* g, float* buf,  # IN/OUT, IN, IN/OUT (M,)
                Py_ssize_t M, float lr, float wd, float mom, float c, int use_wd, int use_mom,
                int nesterov, int first, int nt) noexcept nogil:
     cdef Py_ssize_t nb = (M + _BLOCK - 1) // _BLOCK, blk, n, o
+    if nt == 1:  # (as _adam's)
+        _sgd_block(p, g, buf, M, lr, wd, mom, c, use_wd, use_mom, nesterov, first)
+        return
     for blk in prange(nb, schedule='static', num_threads=nt):
         o = blk * _BLOCK
         n = min(M - o, _BLOCK)
