@@ -430,43 +430,48 @@ def _ir_bt6(b, v):
 
 
 @intrinsic
-def in_tf_put(typingctx, arr, b0, lo0, hi0, b1, lo1, hi1, offs, u, dst, uoffs):
+def in_tf_put(typingctx, arr, runs, offs, u, dst, uoffs):
     """Winograd input transform ``B^T d B`` of one vector of tiles, straight from the input:
-    ``d[k]`` has lanes ``lo0 .. hi0 - 1`` of ``arr[b0 + offs[k] : ... + VL]`` and lanes
-    ``lo1 .. hi1 - 1`` of ``arr[b1 + offs[k] : ...]`` (disjoint runs; zeros elsewhere; one run
-    of all lanes: plain loads), for 16 offsets (F(2x2, 3x3)) or 36 (F(2x2, 5x5): the columns of
-    ``B^T d``, then its rows); transformed value ``k`` is stored at ``u[dst + uoffs[k]]``.  One
-    straight piece of IR per vector, the Cython kernels' operations in their order."""
+    ``runs`` is ``(b0, lo0, hi0, b1, lo1, hi1, ...)``, disjoint runs of lanes: ``d[k]`` has lanes
+    ``lo .. hi - 1`` of ``arr[b + offs[k] : ... + VL]`` for each run, zeros elsewhere (masked
+    loads; run 0 of all lanes and the others empty: plain loads), for 16 offsets (F(2x2, 3x3))
+    or 36 (F(2x2, 5x5): the columns of ``B^T d``, then its rows); transformed value ``k`` is
+    stored at ``u[dst + uoffs[k]]``.  One straight piece of IR per vector, the Cython kernels'
+    operations in their order."""
     def codegen(context, builder, sig, args):
-        aty, oty, uty = sig.args[0], sig.args[7], sig.args[8]
+        aty, rty, oty, uty = sig.args[0], sig.args[1], sig.args[2], sig.args[3]
         nk = oty.count
         lanes = ir.Constant(ir.VectorType(_I32, VL), list(range(VL)))
         vi = ir.VectorType(_I32, VL)
         zero = ir.Constant(_LLV, [0.0] * VL)
         fn = _masked(builder, "load", _LLV)
-        ints = [builder.trunc(context.cast(builder, args[k], sig.args[k], types.intp), _I32) for k in (2, 3, 5, 6)]
-        bases = [context.cast(builder, args[k], sig.args[k], types.intp) for k in (1, 4)]
-        offs = [context.cast(builder, builder.extract_value(args[7], k), oty.dtype, types.intp) for k in range(nk)]
-        full = builder.and_(builder.and_(builder.icmp_signed("==", ints[0], ir.Constant(_I32, 0)),
-                                         builder.icmp_signed("==", ints[1], ir.Constant(_I32, VL))),
-                            builder.icmp_signed(">=", ints[2], ints[3]))
+        run = [context.cast(builder, builder.extract_value(args[1], k), t, types.intp) for k, t in enumerate(rty.types)]
+        bases = run[0::3]
+        los = [builder.trunc(v, _I32) for v in run[1::3]]
+        his = [builder.trunc(v, _I32) for v in run[2::3]]
+        offs = [context.cast(builder, builder.extract_value(args[2], k), oty.dtype, types.intp) for k in range(nk)]
+        full = builder.and_(builder.icmp_signed("==", los[0], ir.Constant(_I32, 0)),
+                            builder.icmp_signed("==", his[0], ir.Constant(_I32, VL)))
+        for lo, hi in zip(los[1:], his[1:]):
+            full = builder.and_(full, builder.icmp_signed(">=", lo, hi))
         with builder.if_else(full) as (whole, part):
             with whole:
                 dw = [builder.load(_ptr(context, builder, aty, args[0], builder.add(bases[0], o), types.intp), align=4)
                       for o in offs]
                 blk_w = builder.block
             with part:
-                masks = []
-                for lo, hi in ((ints[0], ints[1]), (ints[2], ints[3])):
-                    lo, hi = _splat(builder, lo, vi), _splat(builder, hi, vi)
-                    masks.append(builder.and_(builder.icmp_signed(">=", lanes, lo),
-                                              builder.icmp_signed("<", lanes, hi)))
+                masks = [builder.and_(builder.icmp_signed(">=", lanes, _splat(builder, lo, vi)),
+                                      builder.icmp_signed("<", lanes, _splat(builder, hi, vi)))
+                         for lo, hi in zip(los, his)]
                 dp = []
                 for o in offs:
                     parts = [builder.bitcast(builder.call(fn, [_ptr(context, builder, aty, args[0], builder.add(bb, o),
                                                                     types.intp), ir.Constant(_I32, 4), m, zero]), vi)
                              for bb, m in zip(bases, masks)]
-                    dp.append(builder.bitcast(builder.or_(*parts), _LLV))
+                    v = parts[0]
+                    for q in parts[1:]:
+                        v = builder.or_(v, q)
+                    dp.append(builder.bitcast(v, _LLV))
                 blk_p = builder.block
         d = []
         for a, c in zip(dw, dp):
@@ -479,13 +484,13 @@ def in_tf_put(typingctx, arr, b0, lo0, hi0, b1, lo1, hi1, offs, u, dst, uoffs):
         else:
             cols = [_ir_bt6(builder, [d[6 * i + j] for i in range(6)]) for j in range(6)]  # cols[j][i]
             out = [v for i in range(6) for v in _ir_bt6(builder, [cols[j][i] for j in range(6)])]
-        db = context.cast(builder, args[9], sig.args[9], types.intp)
-        uo = sig.args[10]
+        db = context.cast(builder, args[4], sig.args[4], types.intp)
+        uo = sig.args[5]
         for k in range(nk):
-            o = context.cast(builder, builder.extract_value(args[10], k), uo.dtype, types.intp)
-            builder.store(out[k], _ptr(context, builder, uty, args[8], builder.add(db, o), types.intp), align=4)
+            o = context.cast(builder, builder.extract_value(args[5], k), uo.dtype, types.intp)
+            builder.store(out[k], _ptr(context, builder, uty, args[3], builder.add(db, o), types.intp), align=4)
         return context.get_dummy_value()
-    return types.none(arr, b0, lo0, hi0, b1, lo1, hi1, offs, u, dst, uoffs), codegen
+    return types.none(arr, runs, offs, u, dst, uoffs), codegen
 
 
 @intrinsic

@@ -282,28 +282,36 @@ def _winograd(x, pt, pl, hq, wq, vp, bias, relu, ni, r5, oc, oh, ow, yf, pool, y
                         seg[ns, 2] = min(runs[e, 0] + runs[e, 1] - v0, VL)
                         ns += 1
                         e += 1
-                    if ns == 1:  # (an empty second run)
-                        seg[1, 0], seg[1, 1], seg[1, 2] = seg[0, 0], 0, 0
+                    for e in range(ns, 4):  # (empty runs)
+                        seg[e, 0], seg[e, 1], seg[e, 2] = seg[0, 0], 0, 0
                     s0, lo0, hi0, s1, lo1, hi1 = seg[0, 0], seg[0, 1], seg[0, 2], seg[1, 0], seg[1, 1], seg[1, 2]
+                    s2, lo2, hi2, s3, lo3, hi3 = seg[2, 0], seg[2, 1], seg[2, 2], seg[3, 0], seg[3, 1], seg[3, 2]
                     for ci in range(c):
                         dst = ci * qp + v0
+                        o = ci * cs
                         if ns <= 2:  # straight from the input
                             if r5:
-                                in_tf_put(xf, s0 + ci * cs, lo0, hi0, s1 + ci * cs, lo1, hi1, tab6, u, dst, uoff6)
+                                in_tf_put(xf, (s0 + o, lo0, hi0, s1 + o, lo1, hi1), tab6, u, dst, uoff6)
                             else:
-                                in_tf_put(xf, s0 + ci * cs, lo0, hi0, s1 + ci * cs, lo1, hi1, tab, u, dst, uoff)
+                                in_tf_put(xf, (s0 + o, lo0, hi0, s1 + o, lo1, hi1), tab, u, dst, uoff)
+                        elif ns <= 4:  # (short tile rows)
+                            r4 = (s0 + o, lo0, hi0, s1 + o, lo1, hi1, s2 + o, lo2, hi2, s3 + o, lo3, hi3)
+                            if r5:
+                                in_tf_put(xf, r4, tab6, u, dst, uoff6)
+                            else:
+                                in_tf_put(xf, r4, tab, u, dst, uoff)
                         elif r5:  # (more runs: tiny images) gathered into dbuf first
                             d6 = vzeros(tab6)
                             for si in range(ns):
-                                d6 = vloads_lanes(d6, xf, seg[si, 0] + ci * cs, tab6, seg[si, 1], seg[si, 2])
+                                d6 = vloads_lanes(d6, xf, seg[si, 0] + o, tab6, seg[si, 1], seg[si, 2])
                             vstores(dbuf, 0, _DTAB6, d6)
-                            in_tf_put(dbuf, 0, 0, VL, 0, 0, 0, _DTAB6, u, dst, uoff6)
+                            in_tf_put(dbuf, (0, 0, VL, 0, 0, 0), _DTAB6, u, dst, uoff6)
                         else:
                             d = vzeros(tab)
                             for si in range(ns):
-                                d = vloads_lanes(d, xf, seg[si, 0] + ci * cs, tab, seg[si, 1], seg[si, 2])
+                                d = vloads_lanes(d, xf, seg[si, 0] + o, tab, seg[si, 1], seg[si, 2])
                             vstores(dbuf, 0, _DTAB, d)
-                            in_tf_put(dbuf, 0, 0, VL, 0, 0, 0, _DTAB, u, dst, uoff)
+                            in_tf_put(dbuf, (0, 0, VL, 0, 0, 0), _DTAB, u, dst, uoff)
                 for ob in range(nob):
                     # 2. products, xi by xi: tiles of J channels x V vectors
                     for xi in range(nx):
