@@ -13,6 +13,7 @@ a view).
 from __future__ import annotations
 
 import math
+import operator
 import threading
 from collections.abc import Hashable, Sequence
 from threading import get_ident
@@ -986,7 +987,12 @@ def softmax_cross_entropy_backward(probs: ArrayLike, labels: ArrayLike, *, ws: W
     """Gradient of the mean loss w.r.t. the logits: ``(probs - onehot) / N``, (N, K) float32."""
     op = "softmax_cross_entropy_backward"
     probs = as_float32(probs, "probs", 2, op)
-    labels = as_labels(labels, probs.shape[0], probs.shape[1], op)
+    return _softmax_cross_entropy_backward(probs, as_labels(labels, probs.shape[0], probs.shape[1], op))
+
+
+def _softmax_cross_entropy_backward(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """:func:`softmax_cross_entropy_backward` of arrays checked by its forward (the kernels check
+    sizes and the labels' range again before they write)."""
     gx = np.empty(probs.shape, np.float32)
     _backend.ops().softmax_xent_backward(probs, labels, gx)
     return gx
@@ -1203,10 +1209,24 @@ def _check_update_arrays(op: str, params: Sequence[Any], **state: Sequence[Any])
                 raise ValueError(f"{op}: {name}[{i}] is read-only; it is updated in place")
 
 
+def _update_arrays_checked(op: str, ws: Workspace | None, params: Sequence[Any], **state: Sequence[Any]) -> None:
+    """:func:`_check_update_arrays`, skipped when these very array objects passed it in the last
+    call with ``ws`` (an optimizer's: its parameters' arrays stay the same step after step; the
+    kernels check dtype, contiguity and sizes again before they write)."""
+    arrays = (*params, *(a for v in state.values() for a in v))
+    if ws is not None:
+        seen = ws._recorded(op)
+        if seen is not None and len(seen) == len(arrays) and all(map(operator.is_, seen, arrays)):
+            return
+    _check_update_arrays(op, params, **state)
+    if ws is not None:
+        ws._record(op, *arrays)
+
+
 def adam_step(params: Sequence[np.ndarray], grads: Sequence[np.ndarray], exp_avgs: Sequence[np.ndarray],
               exp_avg_sqs: Sequence[np.ndarray], *, step: int, lr: float = 1e-3,
               betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
-              decoupled_weight_decay: bool = False) -> None:
+              decoupled_weight_decay: bool = False, ws: Workspace | None = None) -> None:
     """One Adam update of every array of ``params`` and of their ``exp_avgs`` and ``exp_avg_sqs``
     in place (``step``: 1 for the first), as ``torch.optim.Adam`` (no amsgrad), or
     ``torch.optim.AdamW`` with ``decoupled_weight_decay``: ``param *= 1 - lr * weight_decay``
@@ -1215,10 +1235,10 @@ def adam_step(params: Sequence[np.ndarray], grads: Sequence[np.ndarray], exp_avg
     One fused compiled pass per parameter, float32 in torch's order (its ``lerp_``/``addcmul_``
     forms): ``m += (1 - b1) (g - m)``; ``v = b2 v + (1 - b2) g^2``; ``param -= step_size * m /
     (sqrt(v) / sqrt(1 - b2^step) + eps)`` with ``step_size = lr / (1 - b1^step)``
-    (:func:`fastcnn._ref.adam_step`).  The arrays are checked here; the hyperparameters by
-    :class:`fastcnn.optim.Adam`.
+    (:func:`fastcnn._ref.adam_step`).  The arrays are checked here (with ``ws``, once for the
+    same array objects); the hyperparameters by :class:`fastcnn.optim.Adam`.
     """
-    _check_update_arrays("adam_step", params, grads=grads, exp_avgs=exp_avgs, exp_avg_sqs=exp_avg_sqs)
+    _update_arrays_checked("adam_step", ws, params, grads=grads, exp_avgs=exp_avgs, exp_avg_sqs=exp_avg_sqs)
     b1, b2 = betas
     step_size = lr / (1.0 - b1 ** step)  # both rounded to float32 by the kernel
     bc2_sqrt = float(np.sqrt(1.0 - b2 ** step))
@@ -1234,7 +1254,7 @@ def adam_step(params: Sequence[np.ndarray], grads: Sequence[np.ndarray], exp_avg
 
 def sgd_step(params: Sequence[np.ndarray], grads: Sequence[np.ndarray], momentum_buffers: list[np.ndarray | None],
              *, lr: float, momentum: float = 0.0, dampening: float = 0.0, weight_decay: float = 0.0,
-             nesterov: bool = False) -> None:
+             nesterov: bool = False, ws: Workspace | None = None) -> None:
     """One SGD update of every array of ``params`` in place, as ``torch.optim.SGD``: ``d = grad
     + weight_decay * param``; with momentum ``buf = momentum * buf + (1 - dampening) * d``
     (``buf = d`` at its first update), then ``d = d + momentum * buf`` (Nesterov) or ``d =
@@ -1243,21 +1263,20 @@ def sgd_step(params: Sequence[np.ndarray], grads: Sequence[np.ndarray], momentum
 
     ``momentum_buffers`` has one entry per parameter (not used without momentum); an entry
     ``None`` is a buffer not yet made: it is created and stored in the list (PyTorch's
-    ``momentum_buffer_list``).  The arrays are checked here; the hyperparameters by
-    :class:`fastcnn.optim.SGD`.
+    ``momentum_buffer_list``).  The arrays are checked here (with ``ws``, once for the same
+    array objects); the hyperparameters by :class:`fastcnn.optim.SGD`.
     """
-    if not momentum:
-        _check_update_arrays("sgd_step", params, grads=grads)
-        bufs: list[Any] = [_NO_BUFFER] * len(params)
-        first = [False] * len(params)
-    else:
-        if len(momentum_buffers) != len(params):
-            raise ValueError(f"sgd_step: {len(momentum_buffers)} momentum_buffers for {len(params)} params")
-        first = [b is None for b in momentum_buffers]
-        bufs = [np.empty_like(p) if b is None and is_float32_array(p) else b
-                for p, b in zip(params, momentum_buffers)]
-        _check_update_arrays("sgd_step", params, grads=grads, momentum_buffers=bufs)
     k = _backend.ops()
+    if not momentum:
+        _update_arrays_checked("sgd_step", ws, params, grads=grads)
+        for param, grad in zip(params, grads):
+            k.sgd_step(param, grad, _NO_BUFFER, lr, weight_decay, 0.0, dampening, nesterov, False)
+        return
+    if len(momentum_buffers) != len(params):
+        raise ValueError(f"sgd_step: {len(momentum_buffers)} momentum_buffers for {len(params)} params")
+    first = [b is None for b in momentum_buffers]
+    bufs = [np.empty_like(p) if b is None and is_float32_array(p) else b for p, b in zip(params, momentum_buffers)]
+    _update_arrays_checked("sgd_step", ws, params, grads=grads, momentum_buffers=bufs)
     for i, (param, grad, buf) in enumerate(zip(params, grads, bufs)):
         k.sgd_step(param, grad, buf, lr, weight_decay, momentum, dampening, nesterov, first[i])
         if first[i]:

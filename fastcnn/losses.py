@@ -36,7 +36,7 @@ class SoftmaxCrossEntropy:
     def backward(self) -> np.ndarray:
         if self._probs is None or self._labels is None:
             raise RuntimeError("SoftmaxCrossEntropy.backward called before forward")
-        return F.softmax_cross_entropy_backward(self._probs, self._labels)
+        return F._softmax_cross_entropy_backward(self._probs, self._labels)  # (checked by forward)
 
 
 class MSE:

@@ -27,6 +27,7 @@ class Optimizer:
             raise ValueError(f"{type(self).__name__}: lr must be a positive number, got {lr!r}")
         self.lr: float = float(lr)
         self.steps: int = 0
+        self._ws: F.Workspace = F.Workspace()  # (the update functions' record of arrays checked before)
 
     def zero_grad(self) -> None:
         for p in self.params:
@@ -93,7 +94,7 @@ class SGD(Optimizer):
     def step(self) -> None:
         F.sgd_step([p.data for p in self.params], [p.grad for p in self.params], self._buf, lr=self.lr,
                    momentum=self.momentum, dampening=self.dampening, weight_decay=self.weight_decay,
-                   nesterov=self.nesterov)
+                   nesterov=self.nesterov, ws=self._ws)
         self.steps += 1
 
 
@@ -130,7 +131,7 @@ class Adam(Optimizer):
         self.steps += 1
         F.adam_step([p.data for p in self.params], [p.grad for p in self.params], self._m, self._v, step=self.steps,
                     lr=self.lr, betas=self.betas, eps=self.eps, weight_decay=self.weight_decay,
-                    decoupled_weight_decay=self.decoupled_weight_decay)
+                    decoupled_weight_decay=self.decoupled_weight_decay, ws=self._ws)
 
 
 class AdamW(Adam):

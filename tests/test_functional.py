@@ -726,6 +726,38 @@ def test_corr2d_bad_input():
         F.corr2d(np.ones((2, 2), np.float32), np.ones((3, 3), np.float32))
 
 
+def test_update_workspace_checks_once_per_array_objects():
+    """With a Workspace the update functions skip the checks only for the very array objects
+    that passed them in the previous call: results are those without it, and an array put in
+    place of one (wrong dtype, read-only, another shape) is refused before anything changes."""
+    rng = np.random.default_rng(6)
+    p = [rng.standard_normal((3, 4)).astype(np.float32), rng.standard_normal(5).astype(np.float32)]
+    g = [rng.standard_normal(a.shape).astype(np.float32) for a in p]
+    ref = [a.copy() for a in p]
+    ws = F.Workspace()
+    m, v, mr, vr = ([np.zeros_like(a) for a in p] for _ in range(4))
+    for step in (1, 2, 3):
+        F.sgd_step(p, g, [], lr=0.1, weight_decay=0.01, ws=ws)
+        F.sgd_step(ref, g, [], lr=0.1, weight_decay=0.01)
+        F.adam_step(p, g, m, v, step=step, lr=0.1, ws=ws)
+        F.adam_step(ref, g, mr, vr, step=step, lr=0.1)
+    for a, b in zip(p + m + v, ref + mr + vr):
+        np.testing.assert_array_equal(a, b)
+    before = [a.copy() for a in p]
+    readonly = p[1].copy()
+    readonly.flags.writeable = False
+    for bad_p, bad_g, exc, match in (
+            (p, [g[0], g[1].astype(np.float64)], TypeError, r"grads\[1\] must be a C-contiguous float32"),
+            ([p[0], readonly], g, ValueError, r"params\[1\] is read-only"),
+            (p, [g[0], np.zeros(4, np.float32)], TypeError, r"grads\[1\] must be .* of shape \(5,\)")):
+        with pytest.raises(exc, match=match):
+            F.sgd_step(bad_p, bad_g, [], lr=0.1, ws=ws)
+        with pytest.raises(exc, match=match):
+            F.adam_step(bad_p, bad_g, m, v, step=4, lr=0.1, ws=ws)
+        for a, b in zip(p, before):
+            np.testing.assert_array_equal(a, b)  # (nothing was updated)
+
+
 def test_sgd_step_creates_missing_momentum_buffers_and_checks_arrays():
     """``sgd_step`` makes the momentum buffers given as None (set to the first step's
     direction, stored in the list) and refuses arrays that do not match their parameter."""
