@@ -15,7 +15,10 @@ from ._common import _u, chunk, flat, parallel_kernel
 
 @parallel_kernel
 def _adam(p, g, m, v, lr_t, c1, b2, c2, eps, bc2, blk):
-    # All scalars are float32, so every operation below is a float32 operation.
+    # The scalars rounded to float32 here (as np.float32 of the same floats outside, which costs
+    # ~0.15 us a call at batch 1), so every operation below is a float32 operation.
+    f = np.float32
+    lr_t, c1, b2, c2, eps, bc2 = f(lr_t), f(c1), f(b2), f(c2), f(eps), f(bc2)
     size = p.shape[0]
     _backend.sizes_adam_step(size, g.size, m.size, v.size, lr_t, c1, b2, eps, bc2)
     for t in prange((size + blk - 1) // blk):
@@ -32,14 +35,16 @@ def _adam(p, g, m, v, lr_t, c1, b2, c2, eps, bc2, blk):
 
 def adam_step(p, g, m, v, lr_t, beta1, beta2, eps, bc2_sqrt):
     """One ``torch.optim.Adam`` update in place (see :func:`fastcnn._ref.adam_step`)."""
-    f, op = np.float32, "adam_step"
+    f, op = float, "adam_step"
     _adam(flat(p, "p", op), flat(g, "g", op), flat(m, "m", op), flat(v, "v", op), f(lr_t),
           f(1.0 - beta1), f(beta2), f(1.0 - beta2), f(eps), f(bc2_sqrt), _config.ELEMWISE_BLOCK)
 
 
 @parallel_kernel
 def _sgd(p, g, buf, lr, wd, mom, c, use_wd, use_mom, nesterov, first, blk):
-    # All scalars are float32, so every operation below is a float32 operation.
+    # The scalars rounded to float32 here (as _adam's).
+    f = np.float32
+    lr, wd, mom, c = f(lr), f(wd), f(mom), f(c)
     size = p.shape[0]
     _backend.sizes_sgd_step(size, g.size, buf.size, lr, wd, use_mom, c, nesterov, first)
     for t in prange((size + blk - 1) // blk):
@@ -57,6 +62,6 @@ def _sgd(p, g, buf, lr, wd, mom, c, use_wd, use_mom, nesterov, first, blk):
 
 def sgd_step(p, g, buf, lr, weight_decay, momentum, dampening, nesterov, first):
     """One ``torch.optim.SGD`` update in place (see :func:`fastcnn._ref.sgd_step`)."""
-    f, op = np.float32, "sgd_step"
+    f, op = float, "sgd_step"
     _sgd(flat(p, "p", op), flat(g, "g", op), flat(buf, "buf", op), f(lr), f(weight_decay), f(momentum),
          f(1.0 - dampening), weight_decay != 0, momentum != 0, bool(nesterov), bool(first), _config.ELEMWISE_BLOCK)
