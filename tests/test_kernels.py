@@ -230,14 +230,12 @@ def test_numba_winograd_is_exported_by_its_conv_direct_module():
     assert fastcnn._kernels.conv2d_winograd_forward is D.conv2d_winograd_forward
 
 
-def test_numba_pooled_forwards_in_chunks_are_the_composition():
-    """The Numba fused forwards (direct and Winograd, 2x2 max pooling) run a large batch in
-    chunks of images (``POOL_CHUNK_BYTES`` of full-size output at a time): bit for bit the
-    forward of the whole batch, then the pooling, here over three chunks and a short last one."""
+def test_numba_pooled_forwards_are_the_composition():
+    """The Numba fused forwards (direct and Winograd, 2x2 max pooling in the kernels, per work
+    item while in cache) on a large batch of odd-sized planes: bit for bit the forward of the
+    whole batch, then the pooling, with and without the indices."""
     rng = np.random.default_rng(21)
-    n, oc, h = 37, 16, 128
-    per = D.POOL_CHUNK_BYTES // (oc * h * h * 4)
-    assert 1 < per < n and n % per  # (several chunks, the last one shorter)
+    n, oc, h = 37, 16, 65
     x = rng.standard_normal((n, 2, h, h), dtype=np.float32)
     w = rng.standard_normal((oc, 2, 3, 3), dtype=np.float32)
     b = rng.standard_normal(oc, dtype=np.float32)
@@ -252,6 +250,9 @@ def test_numba_pooled_forwards_in_chunks_are_the_composition():
         y, idx = np.full(want.shape, np.nan, np.float32), np.full(want.shape, -1, np.int32)
         fused(x, w, b, *args, h, h, y, idx)
         assert y.tobytes() == want.tobytes() and idx.tobytes() == want_idx.tobytes()
+        y = np.full(want.shape, np.nan, np.float32)
+        fused(x, w, b, *args, h, h, y, np.empty((0, 0, 0, 0), np.int32))
+        assert y.tobytes() == want.tobytes()
 
 
 @pytest.mark.parametrize("shape", DENSE_CHAIN_SHAPES)

@@ -25,6 +25,7 @@ from ._simd import (
     WT,
     J,
     V,
+    pool2_row,
     tile_fma,
     tile_fma_at,
     tile_fma_rows3,
@@ -109,14 +110,18 @@ def _fwd_tile(xf, xb, cs, tab, c, kk_n, wp, wb, offs, g, pitch):
 
 
 @parallel_kernel(fma=True)
-def _forward(x, sh, sw, pt, pl, hq, wq, tab, w, bias, relu, y):
+def _forward(x, sh, sw, pt, pl, hq, wq, tab, w, bias, relu, oh, ow, y, pool, yp, ip):
     """Direct convolution of ``x``: one work item per image and block of ``J`` output channels
     (run in chunks of consecutive items, each with one tile buffer and one image buffer ``xf``,
     where the item's image is packed as :func:`_pad_plane` packs it, while in cache: channel planes
     ``cs`` apart, tap ``kk`` of grid position ``p`` at ``p + tab[kk]``, output row pitch
-    ``wq``), register tiles of ``J`` x ``V`` vectors, then bias and ReLU on the way to ``y``."""
-    n, oc, oh, ow = y.shape
-    c, h, wd = x.shape[1:]
+    ``wq``), register tiles of ``J`` x ``V`` vectors, then bias and ReLU on the way to ``y``
+    (``(N, OC, oh, ow)``); with ``pool`` instead to its 2x2 max pooling ``yp`` and the pooling's
+    indices ``ip`` (``(N, OC, oh // 2, ow // 2)``, flat) from the tile buffer, while in cache
+    (:func:`._simd.pool2_row`, the pooling kernels' rule)."""
+    n, c, h, wd = x.shape
+    oc = w.shape[0]
+    ph, pw = oh // 2, ow // 2
     xflat = x.reshape(x.size)
     cs = sh * sw * hq * wq
     kw = w.shape[3]
@@ -166,6 +171,19 @@ def _forward(x, sh, sw, pt, pl, hq, wq, tab, w, bias, relu, y):
                     _fwd_tile(xf, xb, cs, tab, c, kk_n, wp, wb, (st[k],), g, pitch)
             for jj in range(min(J, oc - ob * J)):
                 o = ob * J + jj
+                if pool:  # bias and ReLU in place over the pooled rows, then the windows
+                    for r in range(2 * ph):
+                        for q in range(2 * pw):
+                            v = g[_u(jj * pitch + r * wq + q)] + bias[o]
+                            if relu and v <= 0.0:
+                                v = np.float32(0.0)
+                            g[_u(jj * pitch + r * wq + q)] = v
+                    for r in range(ph):
+                        a0 = jj * pitch + 2 * r * wq
+                        for u0 in range(0, pw, VL):
+                            pool2_row(g, a0 + 2 * u0, a0 + wq + 2 * u0, min(VL, pw - u0), yp, ip,
+                                      ((b * oc + o) * ph + r) * pw + u0, 2 * r * ow + 2 * u0, ow)
+                    continue
                 for r in range(oh):
                     for q in range(ow):
                         v = g[_u(jj * pitch + r * wq + q)] + bias[o]
@@ -174,11 +192,21 @@ def _forward(x, sh, sw, pt, pl, hq, wq, tab, w, bias, relu, y):
                         y[b, o, r, q] = v
 
 
-def _direct(x, w, bias, sh, sw, pt, pl, relu, y):
-    """``y`` = the direct convolution of ``x`` (any stride and padding) plus bias, ReLU."""
+def _direct(x, w, bias, sh, sw, pt, pl, relu, y, oh=-1, ow=-1, pooled=None, idx=None):
+    """``y`` = the direct convolution of ``x`` (any stride and padding) plus bias, ReLU; with
+    ``pooled`` (``y`` unused, the output ``oh x ow``) its 2x2 max pooling there and the
+    pooling's indices into ``idx`` (with no elements: not asked)."""
     kh, kw = w.shape[2:]
-    hq, wq, tab = _grid_shape(kh, kw, sh, sw, *y.shape[2:])
-    _forward(np.ascontiguousarray(x), sh, sw, pt, pl, hq, wq, tab, w, bias, int(relu), y)
+    if pooled is None:
+        oh, ow = y.shape[2:]
+    hq, wq, tab = _grid_shape(kh, kw, sh, sw, oh, ow)
+    pool = 0 if pooled is None else 2 if idx.size else 1
+    ip = _NONE_I if pooled is None else idx.reshape(-1) if idx.size else np.empty(pooled.size, np.int32)
+    _forward(np.ascontiguousarray(x), sh, sw, pt, pl, hq, wq, tab, w, bias, int(relu), oh, ow,
+             _NONE_F4 if pooled is not None else y, pool, _NONE_F if pooled is None else pooled.reshape(-1), ip)
+
+
+_NONE_F, _NONE_I, _NONE_F4 = np.empty(0, np.float32), np.empty(0, np.int32), np.empty((0, 0, 0, 0), np.float32)
 
 
 def conv2d_direct_forward(x, w, bias, sh, sw, pt, pl, relu, y):
@@ -193,30 +221,8 @@ def conv2d_direct_forward_maxpool2(x, w, bias, sh, sw, pt, pl, relu, oh, ow, y, 
     (see :func:`fastcnn._ref.conv2d_direct_forward_maxpool2`)."""
     _backend.sizes_conv2d_direct_forward_maxpool2(x.shape, w.shape, bias.shape, sh, sw, pt, pl, relu, oh, ow,
                                                   y.shape, idx.shape)
-    pooled_by_chunks(lambda a, b, full: _direct(x[a:b], w, bias, sh, sw, pt, pl, relu, full), oh, ow, y, idx)
-
-
-#: The fused forwards' full-size output is made this many bytes at most at a time (a chunk of
-#: images, pooled before the next): a batch's whole output (100 MB for lenet's first layer at
-#: batch 1000) is a fresh mapping each call, its pages faulted in every time; a chunk stays
-#: below the mmap threshold fastcnn sets (32 MB, ``fastcnn/_heap.py``) and is reused from the
-#: heap, and a training batch of the seed networks is one chunk.
-POOL_CHUNK_BYTES = 16 << 20
-
-
-def pooled_by_chunks(forward, oh, ow, y, idx):
-    """The 2x2 max pooling of a convolution's ``(N, OC, oh, ow)`` output into ``y`` (and
-    ``idx``, if it has elements), ``forward(a, b, full)`` writing the output of images
-    ``a .. b - 1`` into ``full``, chunk by chunk (each image's bytes do not depend on the
-    chunk)."""
-    n, oc = y.shape[:2]
-    per = max(1, min(n, POOL_CHUNK_BYTES // max(1, oc * oh * ow * 4)))
-    buf = np.empty((per, oc, oh, ow), np.float32)
-    ibuf = idx if idx.size else np.empty((per,) + y.shape[1:], np.int32)  # (indices not asked: scratch)
-    for a in range(0, n, per):
-        b = min(n, a + per)
-        forward(a, b, buf[:b - a])
-        _pool.maxpool2d_forward(buf[:b - a], 2, 2, 2, 2, 0, 0, y[a:b], idx[a:b] if idx.size else ibuf[:b - a])
+    if x.shape[0]:
+        _direct(x, w, bias, sh, sw, pt, pl, relu, None, oh, ow, y, idx)
 
 
 def conv2d_direct_backward_data(gy, w, sh, sw, pt, pl, gx):
