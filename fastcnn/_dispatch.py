@@ -147,20 +147,21 @@ def one_pool(k):
     return k is not _ref and _threads.gemm_blas_single()
 
 
-def _direct_wins(module, n, c, oc, kh, kw, backward, input_grad=True):
+def _direct_wins(module, n, c, oc, kh, kw, backward, input_grad=True, pooled=False):
     """The ``auto`` rule for the direct kernels of backend module ``module`` (its name), from
     benches/conv_direct_gflops.py and benches/probes/plan_compare.py (docs/PERFORMANCE.md,
     section 9).  Never for a 1x1 kernel (one SGEMM on the per-image path) or fewer than 8
     output channels.  Cython: forward always; backward with more than 3 input channels, or
     when only the weight gradient of a batch is wanted (first layers: an input gradient of 1-3
     channels fills few lanes; at batch 1 one GEMM is faster).  Numba: forward with 3+ input
-    channels, or of a batch (one-channel first layers: direct since the tenth session);
+    channels, of a batch (one-channel first layers: direct since the tenth session), or with
+    the fused 2x2 pooling (its pooling in the kernel since the twenty-second session);
     backward with more than 3 (strided too since the nineteenth session: docs/PERFORMANCE.md,
     section 10)."""
     if (kh == 1 and kw == 1) or oc < 8:
         return False
     if module == "fastcnn._kernels":
-        return c > 3 if backward else (c >= 3 or n > 1)
+        return c > 3 if backward else (c >= 3 or n > 1 or pooled)
     if backward:
         return c > 3 or (not input_grad and n > 1)
     return True
@@ -188,7 +189,8 @@ def winograd_weight():
     return _current()["conv"] == "winograd"
 
 
-def conv_plan(k, n, c, oc, kh, kw, oh, ow, itemsize, backward=False, input_grad=True, strided=False, pad=0):
+def conv_plan(k, n, c, oc, kh, kw, oh, ow, itemsize, backward=False, input_grad=True, strided=False, pad=0,
+              pooled=False):
     """Strategy for one convolution: ``"winograd"`` (3x3 or 5x5, stride 1: forward and input
     gradient), ``"direct"``, ``"single"`` (batch of one: one GEMM), ``"per_image"`` or
     ``"chunked"``.
@@ -202,6 +204,7 @@ def conv_plan(k, n, c, oc, kh, kw, oh, ow, itemsize, backward=False, input_grad=
     input_grad : with ``backward``, whether the input gradient is wanted too
     strided : whether a stride is larger than 1
     pad : the larger of the top and left padding (Winograd: at most the kernel size - 1)
+    pooled : whether the forward's output is 2x2 max pooled in the same call
     """
     conv = _current()["conv"]
     name = getattr(k, "__name__", None)
@@ -211,7 +214,7 @@ def conv_plan(k, n, c, oc, kh, kw, oh, ow, itemsize, backward=False, input_grad=
     if conv in ("direct", "winograd"):
         return "direct"
     if (conv == "auto" and name in DIRECT_AUTO_MODULES and itemsize == 4
-            and _direct_wins(name, n, c, oc, kh, kw, backward, input_grad)):
+            and _direct_wins(name, n, c, oc, kh, kw, backward, input_grad, pooled)):
         return "direct"
     if n == 1:
         return "single"

@@ -227,7 +227,7 @@ def _conv2d_forward(k: ModuleType, x: np.ndarray, weight: np.ndarray, bias: np.n
     oc = weight.shape[0]
     dt = x.dtype
     plan = _dispatch.conv_plan(k, n, c, oc, g.kh, g.kw, g.oh, g.ow, dt.itemsize, strided=g.sh * g.sw > 1,
-                               pad=max(g.pt, g.pl))
+                               pad=max(g.pt, g.pl), pooled=max_pool2 and g.oh >= 2 and g.ow >= 2)
     if plan in ("direct", "winograd") and bias is None:
         bias = _buf(ws, "zeros", (oc,), dt)
         bias[...] = 0

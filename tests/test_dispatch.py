@@ -103,10 +103,11 @@ def test_conv_plan_rules():
             assert _dispatch.conv_plan(k, 100, 16, 16, 5, 5, 14, 14, 4) == "direct"
             assert _dispatch.conv_plan(k, 100, 16, 16, 5, 5, 14, 14, 4, backward=True) == "direct"
             assert _dispatch.conv_plan(k, 100, 3, 16, 3, 3, 32, 32, 4) == "direct"
-            # first layers of one channel: direct forward of a batch, one GEMM for one image;
-            # their weight gradients: im2col; strided backward: direct
+            # first layers of one channel: direct forward of a batch, one GEMM for one image
+            # unless pooled in the same call; their weight gradients: im2col; strided backward: direct
             assert _dispatch.conv_plan(k, 100, 1, 32, 5, 5, 28, 28, 4) == "direct"
             assert _dispatch.conv_plan(k, 1, 1, 32, 5, 5, 28, 28, 4) == "single"
+            assert _dispatch.conv_plan(k, 1, 1, 32, 5, 5, 28, 28, 4, pooled=True) == "direct"
             assert _dispatch.conv_plan(k, 100, 3, 16, 3, 3, 32, 32, 4, True, False) == "per_image"
             assert _dispatch.conv_plan(k, 100, 16, 32, 3, 3, 16, 16, 4, strided=True) == "direct"
             assert _dispatch.conv_plan(k, 100, 16, 32, 3, 3, 16, 16, 4, True, strided=True) == "direct"
