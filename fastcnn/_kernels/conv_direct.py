@@ -39,7 +39,7 @@ from ._simd import (
 )
 
 
-@functools.lru_cache(maxsize=256)  # (building ``tab`` costs ~3.5 us, a batch-1 step notices; never written)
+@functools.lru_cache(maxsize=256)  # (per shape: a batch-1 step notices building ``tab``; never written)
 def _grid_shape(kh, kw, sh, sw, oh, ow):
     """The grid layout (docs/PERFORMANCE.md, section 9) for an ``oh x ow`` output: each
     channel zero padded and split into its ``sh*sw`` stride phases of ``hq x wq``
@@ -201,7 +201,7 @@ def _direct(x, w, bias, sh, sw, pt, pl, relu, y, oh=-1, ow=-1, pooled=None, idx=
         oh, ow = y.shape[2:]
     hq, wq, tab = _grid_shape(kh, kw, sh, sw, oh, ow)
     pool = 0 if pooled is None else 2 if idx.size else 1
-    ip = _NONE_I if pooled is None else idx.reshape(-1) if idx.size else np.empty(pooled.size, np.int32)
+    ip = _NONE_I if pooled is None else idx.reshape(-1) if idx.size else np.empty(pooled.size, np.int32)  # (scratch)
     _forward(np.ascontiguousarray(x), sh, sw, pt, pl, hq, wq, tab, w, bias, int(relu), oh, ow,
              _NONE_F4 if pooled is not None else y, pool, _NONE_F if pooled is None else pooled.reshape(-1), ip)
 
