@@ -226,12 +226,13 @@ def _conv2d_forward(k: ModuleType, x: np.ndarray, weight: np.ndarray, bias: np.n
     n, c = x.shape[:2]
     oc = weight.shape[0]
     dt = x.dtype
+    pooled = max_pool2 and g.oh >= 2 and g.ow >= 2  # (else too small to pool: max_pool2d says so below)
     plan = _dispatch.conv_plan(k, n, c, oc, g.kh, g.kw, g.oh, g.ow, dt.itemsize, strided=g.sh * g.sw > 1,
-                               pad=max(g.pt, g.pl), pooled=max_pool2 and g.oh >= 2 and g.ow >= 2)
+                               pad=max(g.pt, g.pl), pooled=pooled)
     if plan in ("direct", "winograd") and bias is None:
         bias = _buf(ws, "zeros", (oc,), dt)
         bias[...] = 0
-    if plan in ("direct", "winograd") and max_pool2 and g.oh >= 2 and g.ow >= 2:  # (the pooling in the kernels)
+    if plan in ("direct", "winograd") and pooled:  # (the pooling in the kernels)
         y = np.empty((n, oc, g.oh // 2, g.ow // 2), dt)
         idx = np.empty(y.shape if return_indices else (0, 0, 0, 0), np.int32)
         if plan == "winograd":

@@ -192,28 +192,23 @@ def _forward(x, sh, sw, pt, pl, hq, wq, tab, w, bias, relu, oh, ow, y, pool, yp,
                         y[b, o, r, q] = v
 
 
-def _direct(x, w, bias, sh, sw, pt, pl, relu, y, oh=-1, ow=-1, pooled=None, idx=None):
-    """``y`` = the direct convolution of ``x`` (any stride and padding) plus bias, ReLU; with
-    ``pooled`` (``y`` unused, the output ``oh x ow``) its 2x2 max pooling there and the
-    pooling's indices into ``idx`` (with no elements: not asked)."""
-    kh, kw = w.shape[2:]
-    if pooled is None:
-        oh, ow = y.shape[2:]
-    hq, wq, tab = _grid_shape(kh, kw, sh, sw, oh, ow)
-    pool = 0 if pooled is None else 2 if idx.size else 1
-    ip = _NONE_I if pooled is None else idx.reshape(-1) if idx.size else np.empty(pooled.size, np.int32)  # (scratch)
-    _forward(np.ascontiguousarray(x), sh, sw, pt, pl, hq, wq, tab, w, bias, int(relu), oh, ow,
-             _NONE_F4 if pooled is not None else y, pool, _NONE_F if pooled is None else pooled.reshape(-1), ip)
-
-
 _NONE_F, _NONE_I, _NONE_F4 = np.empty(0, np.float32), np.empty(0, np.int32), np.empty((0, 0, 0, 0), np.float32)
+
+
+def _direct(x, w, bias, sh, sw, pt, pl, relu, oh, ow, y=_NONE_F4, pool=0, yp=_NONE_F, ip=_NONE_I):
+    """:func:`_forward` of ``x`` (any stride and padding) on its grid layout: the ``oh x ow``
+    output plus bias, ReLU into ``y``, or with ``pool`` its 2x2 max pooling into ``yp`` and
+    ``ip`` (flat)."""
+    kh, kw = w.shape[2:]
+    hq, wq, tab = _grid_shape(kh, kw, sh, sw, oh, ow)
+    _forward(np.ascontiguousarray(x), sh, sw, pt, pl, hq, wq, tab, w, bias, int(relu), oh, ow, y, pool, yp, ip)
 
 
 def conv2d_direct_forward(x, w, bias, sh, sw, pt, pl, relu, y):
     """Direct convolution with fused bias and optional ReLU
     (see :func:`fastcnn._ref.conv2d_direct_forward`)."""
     _backend.sizes_conv2d_direct_forward(x.shape, w.shape, bias.shape, sh, sw, pt, pl, relu, y.shape)
-    _direct(x, w, bias, sh, sw, pt, pl, relu, y)
+    _direct(x, w, bias, sh, sw, pt, pl, relu, *y.shape[2:], y)
 
 
 def conv2d_direct_forward_maxpool2(x, w, bias, sh, sw, pt, pl, relu, oh, ow, y, idx):
@@ -222,7 +217,8 @@ def conv2d_direct_forward_maxpool2(x, w, bias, sh, sw, pt, pl, relu, oh, ow, y, 
     _backend.sizes_conv2d_direct_forward_maxpool2(x.shape, w.shape, bias.shape, sh, sw, pt, pl, relu, oh, ow,
                                                   y.shape, idx.shape)
     if x.shape[0]:
-        _direct(x, w, bias, sh, sw, pt, pl, relu, None, oh, ow, y, idx)
+        ip = idx.reshape(-1) if idx.size else np.empty(y.size, np.int32)  # (indices not asked: scratch)
+        _direct(x, w, bias, sh, sw, pt, pl, relu, oh, ow, pool=2 if idx.size else 1, yp=y.reshape(-1), ip=ip)
 
 
 def conv2d_direct_backward_data(gy, w, sh, sw, pt, pl, gx):
@@ -249,7 +245,7 @@ def conv2d_direct_backward_data(gy, w, sh, sw, pt, pl, gx):
             else:
                 wt = np.ascontiguousarray(w[:, :, i0::sh, j0::sw][:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
                 _direct(gy, wt, zeros, 1, 1, ka - 1 - (a + pt - i0) // sh, kb - 1 - (b + pl - j0) // sw, False,
-                        out)
+                        *out.shape[2:], out)
 
 
 @parallel_kernel(fma=True)
