@@ -276,8 +276,10 @@ class BuildExt(build_ext):
         sources = {ext.name: ext.sources for ext in generated}
         for ext in self.extensions:
             ext.sources = list(sources[ext.name])
+        import numpy  # (the kernels' argument check, _common.pxi, reads NumPy's array struct)
         for ext in self.extensions:
-            ext.include_dirs = [SRC_DIR, gen_dir] + list(ext.include_dirs)
+            ext.include_dirs = [SRC_DIR, gen_dir, numpy.get_include()] + list(ext.include_dirs)
+            ext.define_macros = list(ext.define_macros) + [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
             ext.extra_compile_args = compile_args + list(ext.extra_compile_args)
             ext.extra_link_args = link_args + list(ext.extra_link_args)
             ext.depends = list(ext.depends) + [os.path.join(gen_dir, h) for h in headers]

@@ -6,10 +6,12 @@
 # ``omp_set_num_threads`` only sets the calling OS thread's default).  ``fastcnn._ext._omp``
 # ``set_num_threads`` updates it in every module of ``_config.KERNEL_MODULES``.
 
-from cpython.buffer cimport (PyBUF_C_CONTIGUOUS, PyBUF_FORMAT, PyBUF_WRITABLE, PyBuffer_Release,
-                             PyObject_GetBuffer)
 from libc.string cimport memcmp, memcpy, memset
 from scipy.linalg.cython_blas cimport sgemm
+
+cimport numpy as cnp
+
+cnp.import_array()
 
 from fastcnn import _backend
 
@@ -48,13 +50,15 @@ cdef inline int _threads_for(Py_ssize_t work) noexcept nogil:
 
 # --------------------------------------------------------------------------- argument check
 # Every primitive runs the size check of the backend contract (``fastcnn._backend.sizes_<name>``,
-# shared with the Numba backend) before a kernel touches memory; the typed memoryviews fix
-# dtype, dimensions and C-contiguity.  A call whose integer arguments and sizes (its key) equal
-# those of the last call that passed needs no second check: a training loop pays for it once
-# per shape.  The pattern, with the GIL held::
+# shared with the Numba backend) before a kernel touches memory; its array arguments' dtype,
+# dimensions, C-contiguity (and writability, for outputs) are fixed by typed memoryviews or, in
+# the primitives a batch-1 step calls, by :func:`_arr` (docs/PERFORMANCE.md, section 5).  A
+# call whose integer arguments and sizes (its key) equal those of the last call that passed
+# needs no second check: a training loop pays for it once per shape.  The pattern, with the
+# GIL held::
 #
 #     cdef _Key k = _key(<integer arguments>)
-#     if _new(&_<name>_ok, &k, <memoryview shapes>):
+#     if _new(&_<name>_ok, &k, <memoryview or _A shapes>):
 #         _passed(&_<name>_ok, &k, _backend.sizes_<name>(<the arguments, arrays as shapes>))
 
 cdef enum:
@@ -80,8 +84,8 @@ cdef inline bint _new(const _Key* last, _Key* k, const Py_ssize_t* s0=NULL,
                       const Py_ssize_t* s3=NULL, const Py_ssize_t* s4=NULL,
                       const Py_ssize_t* s5=NULL, const Py_ssize_t* s6=NULL,
                       const Py_ssize_t* s7=NULL) noexcept:
-    """Add the sizes of up to 8 memoryviews (``mv.shape``, 4 entries each) to the key ``k``;
-    whether it differs from ``last``."""
+    """Add the sizes of up to 8 arrays (a memoryview's or an _A's ``shape``, 4 entries each)
+    to the key ``k``; whether it differs from ``last``."""
     cdef const Py_ssize_t* shapes[8]
     cdef int i
     shapes[:] = [s0, s1, s2, s3, s4, s5, s6, s7]
@@ -100,26 +104,59 @@ cdef inline void _passed(_Key* last, const _Key* k, checked) noexcept:
 
 
 cdef inline tuple _dims(const Py_ssize_t* shape, int ndim):
-    """The shape of a memoryview (``mv.shape``, ``ndim`` entries) as a tuple."""
+    """The shape of a memoryview or an _A (``shape``, ``ndim`` entries) as a tuple."""
     return tuple([shape[i] for i in range(ndim)])
 
 
-cdef inline int _flat(object a, bint out, float** data, Py_ssize_t* size) except -1:
-    """The data and size of ``a``, a C-contiguous float32 array of any shape (``out``: and
-    writable), without a copy (what a kernel writes into a copy would be lost)."""
-    cdef Py_buffer v
-    cdef bint ok
-    try:
-        PyObject_GetBuffer(a, &v, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (PyBUF_WRITABLE if out else 0))
-    except BufferError as exc:
-        raise ValueError(f"expected a C-contiguous{' writable' if out else ''} float32 array "
-                         f"({exc})") from None
-    ok = v.format != NULL and v.format[0] == b'f' and v.format[1] == 0
-    data[0] = <float*>v.buf  # (stays valid: the caller holds a reference to ``a``)
-    size[0] = v.len // <Py_ssize_t>sizeof(float)
-    PyBuffer_Release(&v)
-    if not ok:
-        raise ValueError(f"expected a float32 array, got {a.dtype}")
+ctypedef struct _A:
+    # An array argument checked by _arr: its data and sizes (unused dimensions 0, as a
+    # memoryview's ``shape``).
+    char* p
+    Py_ssize_t shape[4]
+
+
+cdef inline cnp.ndarray _checked(object a, int typenum, int ndim, bint out, str name):
+    """``a`` once it is a NumPy array of ``typenum`` with ``ndim`` dimensions (any, if
+    negative), C-contiguous, aligned and in native byte order (``out``: and writable), as a
+    typed memoryview argument would require; else raise naming ``name``."""
+    cdef int want = cnp.NPY_ARRAY_C_CONTIGUOUS | cnp.NPY_ARRAY_ALIGNED | (cnp.NPY_ARRAY_WRITEABLE if out else 0)
+    cdef cnp.ndarray x
+    if not cnp.PyArray_Check(a):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
+    x = <cnp.ndarray>a
+    if ((ndim >= 0 and cnp.PyArray_NDIM(x) != ndim) or (cnp.PyArray_FLAGS(x) & want) != want
+            or not cnp.PyArray_ISNOTSWAPPED(x)
+            or (cnp.PyArray_TYPE(x) != typenum and not cnp.PyArray_EquivTypenums(cnp.PyArray_TYPE(x), typenum))):
+        _refuse(a, typenum, ndim, out, name)
+    return x
+
+
+cdef int _refuse(object a, int typenum, int ndim, bint out, str name) except -1:
+    import numpy as np
+    raise ValueError(
+        f"{name} must be a C-contiguous, aligned, native-order{', writable' if out else ''} "
+        f"{np.dtype(cnp.PyArray_TypeObjectFromType(typenum)).name} array"
+        f"{f' of {ndim} dimensions' if ndim >= 0 else ''}; got {a.dtype.str} of shape {a.shape} "
+        f"(C-contiguous {a.flags.c_contiguous}, aligned {a.flags.aligned}, writable {a.flags.writeable})")
+
+
+cdef inline int _arr(object a, int typenum, int ndim, bint out, str name, _A* r) except -1:
+    """Fill ``r`` from ``a``, checked by :func:`_checked` (``ndim`` <= 4).  The data stays
+    valid while the caller holds ``a``."""
+    cdef cnp.ndarray x = _checked(a, typenum, ndim, out, name)
+    cdef int i
+    r.p = cnp.PyArray_BYTES(x)
+    for i in range(4):
+        r.shape[i] = cnp.PyArray_DIMS(x)[i] if i < ndim else 0
+    return 0
+
+
+cdef inline int _flat(object a, bint out, str name, float** data, Py_ssize_t* size) except -1:
+    """The data and size of ``a``, a float32 array of any shape checked by :func:`_checked`,
+    without a copy (what a kernel writes into a copy would be lost)."""
+    cdef cnp.ndarray x = _checked(a, cnp.NPY_FLOAT32, -1, out, name)
+    data[0] = <float*>cnp.PyArray_DATA(x)
+    size[0] = cnp.PyArray_SIZE(x)
     return 0
 
 

@@ -86,13 +86,14 @@ cdef void _blocks(_block_fn f, const float* a,   # IN  (M,)
 cdef _Key _fwd_ok, _bwd_ok, _add_ok, _add_relu_ok
 
 
-cdef Py_ssize_t _flat3(a, b, y, float** ap, float** bp, float** yp, _Key* last, sizes) except -1:
+cdef Py_ssize_t _flat3(a, b, y, tuple names, float** ap, float** bp, float** yp, _Key* last, sizes) except -1:
     """Two inputs and an output as flat runs of floats, their sizes checked by ``sizes`` (the
-    contract's, once per new combination of sizes); returns the output's size."""
+    contract's, once per new combination of sizes; ``names``: theirs, for errors); returns the
+    output's size."""
     cdef Py_ssize_t na, nb, ny
-    _flat(a, False, ap, &na)
-    _flat(b, False, bp, &nb)
-    _flat(y, True, yp, &ny)
+    _flat(a, False, names[0], ap, &na)
+    _flat(b, False, names[1], bp, &nb)
+    _flat(y, True, names[2], yp, &ny)
     cdef _Key k = _key(na, nb, ny)
     if _new(last, &k):
         _passed(last, &k, sizes(na, nb, ny))
@@ -104,7 +105,7 @@ cdef _add(a, b, y, bint relu):
     cdef float* ap
     cdef float* bp
     cdef float* yp
-    cdef Py_ssize_t n = _flat3(a, b, y, &ap, &bp, &yp, &_add_relu_ok if relu else &_add_ok,
+    cdef Py_ssize_t n = _flat3(a, b, y, ("a", "b", "y"), &ap, &bp, &yp, &_add_relu_ok if relu else &_add_ok,
                                _backend.sizes_add_relu_forward if relu else _backend.sizes_add_forward)
     if n:
         with nogil:
@@ -126,8 +127,8 @@ def relu_forward(x, y):
     cdef float* xp
     cdef float* yp
     cdef Py_ssize_t nx, ny
-    _flat(x, False, &xp, &nx)
-    _flat(y, True, &yp, &ny)
+    _flat(x, False, "x", &xp, &nx)
+    _flat(y, True, "y", &yp, &ny)
     cdef _Key k = _key(nx, ny)
     if _new(&_fwd_ok, &k):
         _passed(&_fwd_ok, &k, _backend.sizes_relu_forward(nx, ny))
@@ -142,7 +143,7 @@ def relu_backward(gy, y, gx):
     cdef float* gp
     cdef float* yp
     cdef float* xp
-    cdef Py_ssize_t nx = _flat3(gy, y, gx, &gp, &yp, &xp, &_bwd_ok, _backend.sizes_relu_backward)
+    cdef Py_ssize_t nx = _flat3(gy, y, gx, ("gy", "y", "gx"), &gp, &yp, &xp, &_bwd_ok, _backend.sizes_relu_backward)
     if nx == 0:
         return
     with nogil:

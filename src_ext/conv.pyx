@@ -90,15 +90,13 @@ cdef inline float _copy_sum_rows(const float* gy, float* dst, Py_ssize_t N, Py_s
 
 # --------------------------------------------------------------------------- kernels
 
-cdef void _im2col(const float[:, :, :, ::1] x,    # IN  (N, C, H, W)
+cdef void _im2col(const float* xp,                # IN  (N, C, H, W)
+                  Py_ssize_t N, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
                   Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
                   Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t OH, Py_ssize_t OW,
-                  float[:, ::1] cols,              # OUT (C*kh*kw, N*OH*OW)
+                  float* cp,                        # OUT (C*kh*kw, N*OH*OW)
                   int nt) noexcept nogil:
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t P = OH * OW, NP = N * OH * OW, KK = kh * kw, HW = H * W
-    cdef const float* xp = &x[0, 0, 0, 0]
-    cdef float* cp = &cols[0, 0]
     cdef Py_ssize_t t, r, n, c, k, i, j
     if nt == 1:  # (a parallel region, even of one thread, costs: docs/PERFORMANCE.md, 5)
         for n in range(N):
@@ -115,15 +113,12 @@ cdef void _im2col(const float[:, :, :, ::1] x,    # IN  (N, C, H, W)
         _im2col_seg(xp + (n * C + c) * HW, cp + r * NP + n * P, i, j, H, W, sh, sw, pt, pl, OH, OW)
 
 
-cdef void _col2im(const float[:, ::1] cols,        # IN  (C*kh*kw, N*OH*OW)
+cdef void _col2im(const float* cp,                 # IN  (C*kh*kw, N*OH*OW)
                   Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
                   Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t OH, Py_ssize_t OW,
-                  float[:, :, :, ::1] dx,          # OUT (N, C, H, W), overwritten
-                  int nt) noexcept nogil:
-    cdef Py_ssize_t N = dx.shape[0], C = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
+                  float* dp,                        # OUT (N, C, H, W), overwritten
+                  Py_ssize_t N, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, int nt) noexcept nogil:
     cdef Py_ssize_t NP = N * OH * OW, HW = H * W
-    cdef const float* cp = &cols[0, 0]
-    cdef float* dp = &dx[0, 0, 0, 0]
     cdef Py_ssize_t t, n, c
     # One iteration per (n, c) plane of dx, written by that iteration alone.
     for t in prange(N * C, schedule='static', num_threads=nt):
@@ -132,15 +127,11 @@ cdef void _col2im(const float[:, ::1] cols,        # IN  (C*kh*kw, N*OH*OW)
         _col2im_plane(cp, dp + t * HW, c, n, kh, kw, H, W, sh, sw, pt, pl, OH, OW, NP)
 
 
-cdef void _cnp_to_ncp_bias(const float[:, ::1] ycnp,   # IN  (OC, N*P)
-                           const float[::1] bias,      # IN  (OC,)
-                           float[:, :, ::1] y,         # OUT (N, OC, P)
-                           int nt) noexcept nogil:
-    cdef Py_ssize_t N = y.shape[0], OC = y.shape[1], P = y.shape[2]
+cdef void _cnp_to_ncp_bias(const float* src,       # IN  (OC, N*P)
+                           const float* bp,        # IN  (OC,)
+                           float* dst,             # OUT (N, OC, P)
+                           Py_ssize_t N, Py_ssize_t OC, Py_ssize_t P, int nt) noexcept nogil:
     cdef Py_ssize_t NP = N * P
-    cdef const float* src = &ycnp[0, 0]
-    cdef const float* bp = &bias[0]
-    cdef float* dst = &y[0, 0, 0]
     cdef Py_ssize_t t, n, o
     # One iteration per (n, oc) row of y.
     for t in prange(N * OC, schedule='static', num_threads=nt):
@@ -149,15 +140,11 @@ cdef void _cnp_to_ncp_bias(const float[:, ::1] ycnp,   # IN  (OC, N*P)
         _add_bias_row(src + o * NP + n * P, bp[o], dst + t * P, P)
 
 
-cdef void _ncp_to_cnp_sum(const float[:, :, ::1] gy,   # IN  (N, OC, P)
-                          float[:, ::1] gcnp,          # OUT (OC, N*P)
-                          float[::1] gb,               # OUT (OC,)
-                          int nt) noexcept nogil:
-    cdef Py_ssize_t N = gy.shape[0], OC = gy.shape[1], P = gy.shape[2]
+cdef void _ncp_to_cnp_sum(const float* src,        # IN  (N, OC, P)
+                          float* dst,              # OUT (OC, N*P)
+                          float* gbp,              # OUT (OC,)
+                          Py_ssize_t N, Py_ssize_t OC, Py_ssize_t P, int nt) noexcept nogil:
     cdef Py_ssize_t NP = N * P
-    cdef const float* src = &gy[0, 0, 0]
-    cdef float* dst = &gcnp[0, 0]
-    cdef float* gbp = &gb[0]
     cdef Py_ssize_t o
     # One iteration per output channel: its gcnp row and its bias sum (fixed order).
     for o in prange(OC, schedule='static', num_threads=nt):
@@ -209,21 +196,18 @@ cdef inline void _im2col_image(const float* xi, float* c, Py_ssize_t C, Py_ssize
                 d[q * OW + u] = 0.0
 
 
-cdef void _forward_images(const float[:, :, :, ::1] x,   # IN  (N, C, H, W)
-                          const float[:, ::1] w2,         # IN  (OC, C*kh*kw)
-                          const float[::1] bias,          # IN  (OC,)
+cdef void _forward_images(const float* xp,         # IN  (N, C, H, W)
+                          Py_ssize_t N, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
+                          const float* wp,         # IN  (OC, K = C*kh*kw)
+                          Py_ssize_t OC, Py_ssize_t K,
+                          const float* bias,       # IN  (OC,)
                           Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
                           Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t OH, Py_ssize_t OW,
-                          float[:, :, ::1] cols,          # scratch (T blocks, C*kh*kw, OH*OW)
-                          float[:, :, ::1] y,             # OUT (N, OC, OH*OW)
+                          float* cp, Py_ssize_t T, # scratch (T blocks, K, OH*OW)
+                          float* yp,               # OUT (N, OC, OH*OW)
                           int nt) noexcept nogil:
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef Py_ssize_t OC = w2.shape[0], K = w2.shape[1], P = OH * OW
-    cdef const float* xp = &x[0, 0, 0, 0]
-    cdef const float* wp = &w2[0, 0]
-    cdef float* cp = &cols[0, 0, 0]
-    cdef float* yp = &y[0, 0, 0]
-    cdef Py_ssize_t T = cols.shape[0], t, i, o
+    cdef Py_ssize_t P = OH * OW
+    cdef Py_ssize_t t, i, o
     cdef float* c
     cdef float* yi
     # One iteration per block of consecutive images, with its own buffer cols[t].
@@ -237,28 +221,22 @@ cdef void _forward_images(const float[:, :, :, ::1] x,   # IN  (N, C, H, W)
                 _add_bias_row(yi + o * P, bias[o], yi + o * P, P)
 
 
-cdef void _backward_images(const float[:, :, ::1] gy,      # IN  (N, OC, OH*OW)
-                           const float[:, :, :, ::1] x,    # IN  (N, C, H, W)
-                           const float[:, ::1] w2,         # IN  (OC, C*kh*kw)
+cdef void _backward_images(const float* gp,        # IN  (N, OC, OH*OW)
+                           const float* xp,        # IN  (N, C, H, W)
+                           Py_ssize_t N, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
+                           const float* wp,        # IN  (OC, K = C*kh*kw)
+                           Py_ssize_t OC, Py_ssize_t K,
                            Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
                            Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t OH, Py_ssize_t OW,
                            bint input_grad,
-                           float[:, :, ::1] cols,          # scratch (T blocks, C*kh*kw, OH*OW)
-                           float[:, :, ::1] gwt_part,      # OUT (SLOTS, C*kh*kw, OC)
-                           double[:, ::1] gb_part,         # OUT (SLOTS, OC)
-                           float[:, :, :, ::1] gx,         # OUT (N, C, H, W) if input_grad
-                           double* bacc,                   # scratch (T, OC, OH*OW)
+                           float* cp, Py_ssize_t T,  # scratch (T blocks, K, OH*OW)
+                           float* gwp, Py_ssize_t S, # OUT (S slots, K, OC)
+                           double* gbp,            # OUT (S, OC)
+                           float* gxp,             # OUT (N, C, H, W) if input_grad
+                           double* bacc,           # scratch (T, OC, OH*OW)
                            int nt) noexcept nogil:
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef Py_ssize_t OC = w2.shape[0], K = w2.shape[1], P = OH * OW, S = gwt_part.shape[0]
-    cdef const float* gp = &gy[0, 0, 0]
-    cdef const float* xp = &x[0, 0, 0, 0]
-    cdef const float* wp = &w2[0, 0]
-    cdef float* cp = &cols[0, 0, 0]
-    cdef float* gwp = &gwt_part[0, 0, 0]
-    cdef double* gbp = &gb_part[0, 0]
-    cdef float* gxp = &gx[0, 0, 0, 0]
-    cdef Py_ssize_t T = cols.shape[0], t, s, i, o, e, ci
+    cdef Py_ssize_t P = OH * OW
+    cdef Py_ssize_t t, s, i, o, e, ci
     cdef float* c
     cdef const float* g
     cdef double* ba
@@ -299,108 +277,143 @@ cdef void _backward_images(const float[:, :, ::1] gy,      # IN  (N, OC, OH*OW)
 cdef _Key _im2col_ok, _col2im_ok, _cnp_ok, _ncp_ok, _fwd_ok, _bwd_ok
 
 
-def im2col(const float[:, :, :, ::1] x, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh,
-           Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t oh, Py_ssize_t ow,
-           float[:, ::1] cols):
-    """Unfold convolution windows into ``cols`` (see :func:`fastcnn._ref.im2col`)."""
+def im2col(x, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl,
+           Py_ssize_t oh, Py_ssize_t ow, cols):
+    """Unfold convolution windows into ``cols`` (see :func:`fastcnn._ref.im2col`); x
+    (N, C, H, W), cols (C*kh*kw, N*oh*ow) float32."""
+    cdef _A a, c
+    _arr(x, cnp.NPY_FLOAT32, 4, False, "x", &a)
+    _arr(cols, cnp.NPY_FLOAT32, 2, True, "cols", &c)
     cdef _Key k = _key(kh, kw, sh, sw, pt, pl, oh, ow)
-    if _new(&_im2col_ok, &k, x.shape, cols.shape):
+    if _new(&_im2col_ok, &k, a.shape, c.shape):
         _passed(&_im2col_ok, &k, _backend.sizes_im2col(
-            _dims(x.shape, 4), kh, kw, sh, sw, pt, pl, oh, ow, _dims(cols.shape, 2)))
-    if cols.shape[0] == 0 or cols.shape[1] == 0:
+            _dims(a.shape, 4), kh, kw, sh, sw, pt, pl, oh, ow, _dims(c.shape, 2)))
+    if c.shape[0] == 0 or c.shape[1] == 0:
         return
     with nogil:
-        _im2col(x, kh, kw, sh, sw, pt, pl, oh, ow, cols,
-                _threads_for(cols.shape[0] * cols.shape[1]))
+        _im2col(<float*>a.p, a.shape[0], a.shape[1], a.shape[2], a.shape[3], kh, kw, sh, sw, pt, pl, oh, ow,
+                <float*>c.p, _threads_for(c.shape[0] * c.shape[1]))
 
 
-def col2im(const float[:, ::1] cols, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh,
-           Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t oh, Py_ssize_t ow,
-           float[:, :, :, ::1] dx):
-    """Fold ``cols`` back into ``dx``, summing overlaps (see :func:`fastcnn._ref.col2im`)."""
+def col2im(cols, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl,
+           Py_ssize_t oh, Py_ssize_t ow, dx):
+    """Fold ``cols`` back into ``dx``, summing overlaps (see :func:`fastcnn._ref.col2im`); cols
+    (C*kh*kw, N*oh*ow), dx (N, C, H, W) float32."""
+    cdef _A c, d
+    _arr(cols, cnp.NPY_FLOAT32, 2, False, "cols", &c)
+    _arr(dx, cnp.NPY_FLOAT32, 4, True, "dx", &d)
     cdef _Key k = _key(kh, kw, sh, sw, pt, pl, oh, ow)
-    if _new(&_col2im_ok, &k, cols.shape, dx.shape):
+    if _new(&_col2im_ok, &k, c.shape, d.shape):
         _passed(&_col2im_ok, &k, _backend.sizes_col2im(
-            _dims(cols.shape, 2), kh, kw, sh, sw, pt, pl, oh, ow, _dims(dx.shape, 4)))
-    if dx.shape[0] == 0 or dx.shape[1] == 0 or dx.shape[2] == 0 or dx.shape[3] == 0:
+            _dims(c.shape, 2), kh, kw, sh, sw, pt, pl, oh, ow, _dims(d.shape, 4)))
+    if _size4(d.shape) == 0:
         return
-    if cols.shape[0] == 0 or cols.shape[1] == 0:
-        dx[...] = 0.0
+    if c.shape[0] == 0 or c.shape[1] == 0:
+        memset(d.p, 0, _size4(d.shape) * sizeof(float))
         return
     with nogil:
-        _col2im(cols, kh, kw, sh, sw, pt, pl, oh, ow, dx,
-                _threads_for(cols.shape[0] * cols.shape[1]))
+        _col2im(<float*>c.p, kh, kw, sh, sw, pt, pl, oh, ow, <float*>d.p, d.shape[0], d.shape[1], d.shape[2],
+                d.shape[3], _threads_for(c.shape[0] * c.shape[1]))
 
 
-def cnp_to_ncp_bias(const float[:, ::1] ycnp, const float[::1] bias, float[:, :, ::1] y):
-    """``y[n, o, p] = ycnp[o, n*P + p] + bias[o]`` (see :func:`fastcnn._ref.cnp_to_ncp_bias`)."""
+def cnp_to_ncp_bias(ycnp, bias, y):
+    """``y[n, o, p] = ycnp[o, n*P + p] + bias[o]`` (see :func:`fastcnn._ref.cnp_to_ncp_bias`);
+    ycnp (OC, N*P), bias (OC,), y (N, OC, P) float32."""
+    cdef _A c, b, o
+    _arr(ycnp, cnp.NPY_FLOAT32, 2, False, "ycnp", &c)
+    _arr(bias, cnp.NPY_FLOAT32, 1, False, "bias", &b)
+    _arr(y, cnp.NPY_FLOAT32, 3, True, "y", &o)
     cdef _Key k = _key()
-    if _new(&_cnp_ok, &k, ycnp.shape, bias.shape, y.shape):
+    if _new(&_cnp_ok, &k, c.shape, b.shape, o.shape):
         _passed(&_cnp_ok, &k, _backend.sizes_cnp_to_ncp_bias(
-            _dims(ycnp.shape, 2), _dims(bias.shape, 1), _dims(y.shape, 3)))
-    if y.shape[0] == 0 or y.shape[1] == 0 or y.shape[2] == 0:
+            _dims(c.shape, 2), _dims(b.shape, 1), _dims(o.shape, 3)))
+    if o.shape[0] == 0 or o.shape[1] == 0 or o.shape[2] == 0:
         return
     with nogil:
-        _cnp_to_ncp_bias(ycnp, bias, y, _threads_for(y.shape[0] * y.shape[1] * y.shape[2]))
+        _cnp_to_ncp_bias(<float*>c.p, <float*>b.p, <float*>o.p, o.shape[0], o.shape[1], o.shape[2],
+                         _threads_for(o.shape[0] * o.shape[1] * o.shape[2]))
 
 
-def ncp_to_cnp_sum(const float[:, :, ::1] gy, float[:, ::1] gcnp, float[::1] gb):
+def ncp_to_cnp_sum(gy, gcnp, gb):
     """``gcnp[o, n*P + p] = gy[n, o, p]``; ``gb[o]`` = sum over n, p in float64
-    (see :func:`fastcnn._ref.ncp_to_cnp_sum`)."""
+    (see :func:`fastcnn._ref.ncp_to_cnp_sum`); gy (N, OC, P), gcnp (OC, N*P), gb (OC,) float32."""
+    cdef _A g, c, b
+    _arr(gy, cnp.NPY_FLOAT32, 3, False, "gy", &g)
+    _arr(gcnp, cnp.NPY_FLOAT32, 2, True, "gcnp", &c)
+    _arr(gb, cnp.NPY_FLOAT32, 1, True, "gb", &b)
     cdef _Key k = _key()
-    if _new(&_ncp_ok, &k, gy.shape, gcnp.shape, gb.shape):
+    if _new(&_ncp_ok, &k, g.shape, c.shape, b.shape):
         _passed(&_ncp_ok, &k, _backend.sizes_ncp_to_cnp_sum(
-            _dims(gy.shape, 3), _dims(gcnp.shape, 2), _dims(gb.shape, 1)))
-    if gy.shape[0] == 0 or gy.shape[1] == 0 or gy.shape[2] == 0:
-        gb[...] = 0.0
+            _dims(g.shape, 3), _dims(c.shape, 2), _dims(b.shape, 1)))
+    if g.shape[0] == 0 or g.shape[1] == 0 or g.shape[2] == 0:
+        memset(b.p, 0, b.shape[0] * sizeof(float))
         return
     with nogil:
-        _ncp_to_cnp_sum(gy, gcnp, gb, _threads_for(gy.shape[0] * gy.shape[1] * gy.shape[2]))
+        _ncp_to_cnp_sum(<float*>g.p, <float*>c.p, <float*>b.p, g.shape[0], g.shape[1], g.shape[2],
+                        _threads_for(g.shape[0] * g.shape[1] * g.shape[2]))
 
 
-def conv2d_forward_images(const float[:, :, :, ::1] x, const float[:, ::1] w2,
-                          const float[::1] bias, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh,
-                          Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t oh,
-                          Py_ssize_t ow, float[:, :, ::1] cols, float[:, :, ::1] y):
-    """Convolution one image at a time (see :func:`fastcnn._ref.conv2d_forward_images`)."""
+def conv2d_forward_images(x, w2, bias, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                          Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t oh, Py_ssize_t ow, cols, y):
+    """Convolution one image at a time (see :func:`fastcnn._ref.conv2d_forward_images`); x
+    (N, C, H, W), w2 (OC, C*kh*kw), bias (OC,), cols (T, C*kh*kw, oh*ow), y (N, OC, oh*ow)
+    float32."""
+    cdef _A a, w, b, c, o
+    _arr(x, cnp.NPY_FLOAT32, 4, False, "x", &a)
+    _arr(w2, cnp.NPY_FLOAT32, 2, False, "w2", &w)
+    _arr(bias, cnp.NPY_FLOAT32, 1, False, "bias", &b)
+    _arr(cols, cnp.NPY_FLOAT32, 3, True, "cols", &c)
+    _arr(y, cnp.NPY_FLOAT32, 3, True, "y", &o)
     cdef _Key k = _key(kh, kw, sh, sw, pt, pl, oh, ow)
-    if _new(&_fwd_ok, &k, x.shape, w2.shape, bias.shape, cols.shape, y.shape):
+    if _new(&_fwd_ok, &k, a.shape, w.shape, b.shape, c.shape, o.shape):
         _passed(&_fwd_ok, &k, _backend.sizes_conv2d_forward_images(
-            _dims(x.shape, 4), _dims(w2.shape, 2), _dims(bias.shape, 1), kh, kw, sh, sw, pt, pl, oh,
-            ow, _dims(cols.shape, 3), _dims(y.shape, 3)))
-    if x.shape[0] == 0 or w2.shape[0] == 0:
+            _dims(a.shape, 4), _dims(w.shape, 2), _dims(b.shape, 1), kh, kw, sh, sw, pt, pl, oh,
+            ow, _dims(c.shape, 3), _dims(o.shape, 3)))
+    if a.shape[0] == 0 or w.shape[0] == 0:
         return
-    cdef int nt = min(_threads_for(y.shape[0] * y.shape[1] * y.shape[2]), cols.shape[0])
+    cdef int nt = min(_threads_for(o.shape[0] * o.shape[1] * o.shape[2]), c.shape[0])
     with nogil:
-        _forward_images(x, w2, bias, kh, kw, sh, sw, pt, pl, oh, ow, cols, y, nt)
+        _forward_images(<float*>a.p, a.shape[0], a.shape[1], a.shape[2], a.shape[3], <float*>w.p, w.shape[0],
+                        w.shape[1], <float*>b.p, kh, kw, sh, sw, pt, pl, oh, ow, <float*>c.p, c.shape[0],
+                        <float*>o.p, nt)
 
 
-def conv2d_backward_images(const float[:, :, ::1] gy, const float[:, :, :, ::1] x,
-                           const float[:, ::1] w2, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh,
-                           Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t oh,
-                           Py_ssize_t ow, bint input_grad, float[:, :, ::1] cols,
-                           float[:, :, ::1] gwt_tmp, float[:, :, ::1] gwt_part,
-                           double[:, ::1] gb_part, float[:, :, :, ::1] gx):
+def conv2d_backward_images(gy, x, w2, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                           Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t oh, Py_ssize_t ow, bint input_grad,
+                           cols, gwt_tmp, gwt_part, gb_part, gx):
     """Gradients one image at a time (see :func:`fastcnn._ref.conv2d_backward_images`;
-    ``gwt_tmp`` is not needed here: SGEMM accumulates into ``gwt_part`` directly)."""
+    ``gwt_tmp`` is not needed here: SGEMM accumulates into ``gwt_part`` directly); gy
+    (N, OC, oh*ow), x (N, C, H, W), w2 (OC, C*kh*kw), cols (T, C*kh*kw, oh*ow), gwt_tmp
+    (T, C*kh*kw, OC), gwt_part (SLOTS, C*kh*kw, OC), gx (N, C, H, W) float32; gb_part
+    (SLOTS, OC) float64."""
+    cdef _A g, a, w, c, t, gw, gb, d
+    _arr(gy, cnp.NPY_FLOAT32, 3, False, "gy", &g)
+    _arr(x, cnp.NPY_FLOAT32, 4, False, "x", &a)
+    _arr(w2, cnp.NPY_FLOAT32, 2, False, "w2", &w)
+    _arr(cols, cnp.NPY_FLOAT32, 3, True, "cols", &c)
+    _arr(gwt_tmp, cnp.NPY_FLOAT32, 3, True, "gwt_tmp", &t)
+    _arr(gwt_part, cnp.NPY_FLOAT32, 3, True, "gwt_part", &gw)
+    _arr(gb_part, cnp.NPY_FLOAT64, 2, True, "gb_part", &gb)
+    _arr(gx, cnp.NPY_FLOAT32, 4, True, "gx", &d)
     cdef _Key k = _key(kh, kw, sh, sw, pt, pl, oh, ow, input_grad)
-    if _new(&_bwd_ok, &k, gy.shape, x.shape, w2.shape, cols.shape, gwt_tmp.shape,
-            gwt_part.shape, gb_part.shape, gx.shape):
+    if _new(&_bwd_ok, &k, g.shape, a.shape, w.shape, c.shape, t.shape, gw.shape, gb.shape, d.shape):
         _passed(&_bwd_ok, &k, _backend.sizes_conv2d_backward_images(
-            _dims(gy.shape, 3), _dims(x.shape, 4), _dims(w2.shape, 2), kh, kw, sh, sw, pt, pl, oh,
-            ow, input_grad, _dims(cols.shape, 3), _dims(gwt_tmp.shape, 3), _dims(gwt_part.shape, 3),
-            _dims(gb_part.shape, 2), _dims(gx.shape, 4)))
-    if x.shape[0] == 0 or w2.shape[0] == 0:
-        gwt_part[...] = 0.0
-        gb_part[...] = 0.0
+            _dims(g.shape, 3), _dims(a.shape, 4), _dims(w.shape, 2), kh, kw, sh, sw, pt, pl, oh,
+            ow, input_grad, _dims(c.shape, 3), _dims(t.shape, 3), _dims(gw.shape, 3),
+            _dims(gb.shape, 2), _dims(d.shape, 4)))
+    if a.shape[0] == 0 or w.shape[0] == 0:
+        memset(gw.p, 0, gw.shape[0] * gw.shape[1] * gw.shape[2] * sizeof(float))
+        memset(gb.p, 0, gb.shape[0] * gb.shape[1] * sizeof(double))
         return
-    cdef int nt = min(_threads_for(gy.shape[0] * gy.shape[1] * gy.shape[2]), cols.shape[0])
-    cdef double* bacc = <double*>malloc(cols.shape[0] * gy.shape[1] * gy.shape[2] * sizeof(double))
+    cdef int nt = min(_threads_for(g.shape[0] * g.shape[1] * g.shape[2]), c.shape[0])
+    cdef double* bacc = <double*>malloc(c.shape[0] * g.shape[1] * g.shape[2] * sizeof(double))
     if bacc == NULL:
         raise MemoryError("conv2d_backward_images: no memory for the bias partial sums")
     try:
         with nogil:
-            _backward_images(gy, x, w2, kh, kw, sh, sw, pt, pl, oh, ow, input_grad, cols, gwt_part,
-                             gb_part, gx, bacc, nt)
+            _backward_images(<float*>g.p, <float*>a.p, a.shape[0], a.shape[1], a.shape[2], a.shape[3],
+                             <float*>w.p, w.shape[0], w.shape[1], kh, kw, sh, sw, pt, pl, oh, ow, input_grad,
+                             <float*>c.p, c.shape[0], <float*>gw.p, gw.shape[0], <double*>gb.p, <float*>d.p,
+                             bacc, nt)
     finally:
         free(bacc)

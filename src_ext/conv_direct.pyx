@@ -178,7 +178,7 @@ cdef Py_ssize_t _direct_images(const fcd_geo* g,
                          #                                 at o_yg, pooled: one image's output at
                          #                                 o_yi (else -1), the indices after it;
                          Py_ssize_t o_up,                #                 up: the rebuilt image at o_up
-                         float[:, :, :, ::1] out,        # OUT (N, g.OC, g.OH, g.OW), pooled: halved
+                         float* out,                     # OUT (N, g.OC, g.OH, g.OW), pooled: halved
                          int* io,                        # OUT pooled: NULL or out's flat arg-max indices
                          Py_ssize_t T, int nt) noexcept nogil:
     """The forward kernel of :func:`conv2d_direct_forward` and :func:`conv2d_direct_backward_data`,
@@ -186,22 +186,22 @@ cdef Py_ssize_t _direct_images(const fcd_geo* g,
     (``o_yi >= 0``) each image's output goes to its block's scratch and ``out`` gets its 2x2 max
     pooling (and ``io``, if given, the pooling's indices).  Returns the bad index count of ``up``."""
     cdef Py_ssize_t t, NS, bad = 0
-    cdef Py_ssize_t out_is = out.shape[1] * out.shape[2] * out.shape[3]
+    cdef Py_ssize_t out_is = g.OC * (g.OH // 2) * (g.OW // 2) if o_yi >= 0 else g.OC * g.OH * g.OW
     cdef int rows
     fcd_pack_weights(g, w, flip, wp)
     fcd_make_tab(g, tab)
     NS = fcd_pixel_starts(g, fcd_VL, st, st + L, st + 2 * L, &rows)
     if nt == 1:  # (a parallel region, even of one thread, costs: docs/PERFORMANCE.md, 5)
         return _direct_block(g, src, N, up, bias, relu, wp, tab, st, L, NS, rows, blocks, size, o_yg, o_yi, o_up,
-                             &out[0, 0, 0, 0], out_is, io, 0, 1)
+                             out, out_is, io, 0, 1)
     for t in prange(T, schedule='static', num_threads=nt):
         bad += _direct_block(g, src, N, up, bias, relu, wp, tab, st, L, NS, rows, blocks, size, o_yg, o_yi, o_up,
-                             &out[0, 0, 0, 0], out_is, io, t, T)
+                             out, out_is, io, t, T)
     return bad
 
 
 cdef Py_ssize_t _direct(fcd_geo* g, const float* src, Py_ssize_t N, const float* w, int flip,
-                        const float* bias, int relu, float[:, :, :, ::1] out, int nt, int pool=0,
+                        const float* bias, int relu, float* out, int nt, int pool=0,
                         int* io=NULL, const _Unpool* up=NULL) except -1:
     """:func:`_direct_images` with its scratch, one allocation: packed weights, tap offsets,
     pixel starts, and per block of images the packed input and the output grid (and with
@@ -238,7 +238,7 @@ cdef Py_ssize_t _direct(fcd_geo* g, const float* src, Py_ssize_t N, const float*
 
 
 cdef void _phases_images(const fcd_geo* geo, Py_ssize_t NPH,
-                         const float[:, :, :, ::1] gy,   # IN  (N, OC, OH, OW)
+                         const float* gy, Py_ssize_t N,  # IN  (N, gc.C, gc.Hs, gc.Ws)
                          const float* wp, const Py_ssize_t* tab, const Py_ssize_t* st,
                          const Py_ssize_t* o_wp, const Py_ssize_t* o_tab, const Py_ssize_t* o_st,
                          const Py_ssize_t* ns, const Py_ssize_t* lst, const int* rows,
@@ -251,14 +251,13 @@ cdef void _phases_images(const fcd_geo* geo, Py_ssize_t NPH,
                          #                                 scratch per block of images: packed
                          #                                 input (at 0), output grid, phase buffer
                          Py_ssize_t pb_size, Py_ssize_t sh, Py_ssize_t sw,
-                         float[:, :, :, ::1] gx,         # OUT (N, C, H, W)
+                         float* gx, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,  # OUT (N, C, H, W)
                          Py_ssize_t T, int nt) noexcept nogil:
     """:func:`_data_by_phases`'s loop: ``T`` blocks of consecutive images; per image the output
     gradient is packed once (``gc``), every phase with taps goes through the forward kernel
     into the block's phase buffer (phases without taps stay zero), then the phases are
     interleaved into ``gx``."""
-    cdef Py_ssize_t N = gy.shape[0], C = gx.shape[1], H = gx.shape[2], W = gx.shape[3]
-    cdef Py_ssize_t t, i, i0, p, e
+    cdef Py_ssize_t t, i, i0, p, e, GS = gc.C * gc.Hs * gc.Ws
     cdef float* xq
     cdef float* yg
     cdef float* pb
@@ -270,7 +269,7 @@ cdef void _phases_images(const fcd_geo* geo, Py_ssize_t NPH,
         i0 = _part(t, N, T)
         xq = <float*>(blocks + t * size)
         for i in range(i0, _part(t + 1, N, T)):
-            fcd_pack_input(gc, &gy[i, 0, 0, 0], xq, i > i0)
+            fcd_pack_input(gc, gy + i * GS, xq, i > i0)
             for p in range(NPH):
                 if ns[p] == 0:  # (no taps reach this phase: its gradient is zero)
                     continue
@@ -282,19 +281,19 @@ cdef void _phases_images(const fcd_geo* geo, Py_ssize_t NPH,
                     fcd_fwd_image(&geo[p], xq, tab + o_tab[p], wp + o_wp[p], st + o_st[p], NULL,
                                   NULL, ns[p], NULL, 0, NULL, yg)
                     fcd_unpack_output(&geo[p], yg, NULL, 0, pb + poff[p])
-            fcd_interleave_phases(pb, poff, C, H, W, sh, sw, &gx[i, 0, 0, 0])
+            fcd_interleave_phases(pb, poff, C, H, W, sh, sw, gx + i * C * H * W)
 
 
-cdef int _data_by_phases(const float[:, :, :, ::1] gy, const float[:, :, :, ::1] w,
-                         Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl,
-                         float[:, :, :, ::1] gx, int nt) except -1:
+cdef int _data_by_phases(const _A* gy, w, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl,
+                         const _A* gx, int nt) except -1:
     """Input gradient of a strided convolution, one stride-1 correlation per input phase
     ``(a, b)`` (rows ``a, a + sh, ...``, columns ``b, b + sw, ...``) with the taps that reach
     it: no multiplications by the zeros of a dilated output gradient.  Phase ``(a, b)`` gets
     taps ``i = i0, i0 + sh, ...`` (``i0 = (a + pt) % sh``), reversed, with padding
     ``taps - 1 - (a + pt - i0) // sh`` (likewise for columns).  The phases read one packing
     of each image's output gradient, padded for all of them (their grids widened to its rows,
-    their tap offsets shifted by their padding's difference): the same sums, one packing."""
+    their tap offsets shifted by their padding's difference): the same sums, one packing.
+    gy (N, OC, OH, OW) IN; w (OC, C, KH, KW), a checked array, IN; gx (N, C, H, W) OUT."""
     cdef Py_ssize_t N = gy.shape[0], OC = gy.shape[1], OH = gy.shape[2], OW = gy.shape[3]
     cdef Py_ssize_t C = gx.shape[1], H = gx.shape[2], W = gx.shape[3]
     cdef Py_ssize_t NPH = sh * sw, T = min(<Py_ssize_t>nt, N), p, a, b, i0, j0, mi, mj, Ha, Wb
@@ -313,7 +312,7 @@ cdef int _data_by_phases(const float[:, :, :, ::1] gy, const float[:, :, :, ::1]
     cdef fcd_geo gc
     cdef float[::1] wp
     cdef Py_ssize_t[::1] tab, st
-    cdef const float[:, :, :, ::1] sub
+    cdef _A sub
     cdef Py_ssize_t o_yg, o_pb, size
     cdef char* mem = NULL
     cdef fcd_geo* geo = <fcd_geo*>malloc(NPH * sizeof(fcd_geo))
@@ -365,8 +364,8 @@ cdef int _data_by_phases(const float[:, :, :, ::1] gy, const float[:, :, :, ::1]
         for p in range(NPH):  # each phase's packed weights, tap offsets and pixel starts
             if subs[p] is None:
                 continue
-            sub = subs[p]
-            fcd_pack_weights(&geo[p], &sub[0, 0, 0, 0], 0, &wp[o_wp[p]])
+            _arr(subs[p], cnp.NPY_FLOAT32, 4, False, "w", &sub)
+            fcd_pack_weights(&geo[p], <float*>sub.p, 0, &wp[o_wp[p]])
             fcd_make_tab(&geo[p], &tab[o_tab[p]])
             for kk in range(geo[p].KH * geo[p].KW):  # (its padding is ptp[p], plp[p], not gc's)
                 tab[o_tab[p] + kk] += (ptc - ptp[p]) * wqc + (plc - plp[p])
@@ -380,9 +379,9 @@ cdef int _data_by_phases(const float[:, :, :, ::1] gy, const float[:, :, :, ::1]
         if mem == NULL:
             raise MemoryError()
         with nogil:
-            _phases_images(geo, NPH, gy, &wp[0], &tab[0], &st[0], o_wp, o_tab, o_st, ns, lst,
+            _phases_images(geo, NPH, <float*>gy.p, N, &wp[0], &tab[0], &st[0], o_wp, o_tab, o_st, ns, lst,
                            &rows[0], poff, &gc, <char*>_al64(<Py_ssize_t>mem), size, o_yg, o_pb, n_pb,
-                           sh, sw, gx, T, nt)
+                           sh, sw, <float*>gx.p, C, H, W, T, nt)
     finally:
         free(mem)
         free(geo)
@@ -392,96 +391,113 @@ cdef int _data_by_phases(const float[:, :, :, ::1] gy, const float[:, :, :, ::1]
 cdef _Key _fwd_ok, _pool_ok, _data_ok, _weight_ok
 
 
-def conv2d_direct_forward(const float[:, :, :, ::1] x, const float[:, :, :, ::1] w,
-                          const float[::1] bias, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt,
-                          Py_ssize_t pl, int relu, float[:, :, :, ::1] y):
-    """Direct convolution (see :func:`fastcnn._ref.conv2d_direct_forward`)."""
+def conv2d_direct_forward(x, w, bias, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl, int relu, y):
+    """Direct convolution (see :func:`fastcnn._ref.conv2d_direct_forward`); x (N, C, H, W), w
+    (OC, C, KH, KW), bias (OC,), y (N, OC, OH, OW) float32."""
     if _active is None:
         active_isa()
+    cdef _A a, f, b, o
+    _arr(x, cnp.NPY_FLOAT32, 4, False, "x", &a)
+    _arr(w, cnp.NPY_FLOAT32, 4, False, "w", &f)
+    _arr(bias, cnp.NPY_FLOAT32, 1, False, "bias", &b)
+    _arr(y, cnp.NPY_FLOAT32, 4, True, "y", &o)
     cdef _Key k = _key(sh, sw, pt, pl)
-    if _new(&_fwd_ok, &k, x.shape, w.shape, bias.shape, y.shape):
+    if _new(&_fwd_ok, &k, a.shape, f.shape, b.shape, o.shape):
         _passed(&_fwd_ok, &k, _backend.sizes_conv2d_direct_forward(
-            _dims(x.shape, 4), _dims(w.shape, 4), _dims(bias.shape, 1), sh, sw, pt, pl, relu,
-            _dims(y.shape, 4)))
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], OC = w.shape[0], OH = y.shape[2], OW = y.shape[3]
+            _dims(a.shape, 4), _dims(f.shape, 4), _dims(b.shape, 1), sh, sw, pt, pl, relu,
+            _dims(o.shape, 4)))
+    cdef Py_ssize_t N = a.shape[0], C = a.shape[1], OC = f.shape[0], OH = o.shape[2], OW = o.shape[3]
     if N == 0:
         return
     cdef fcd_geo g
-    fcd_geo_init(&g, C, x.shape[2], x.shape[3], 1, 1, OC, w.shape[2], w.shape[3], sh, sw, pt, pl,
+    fcd_geo_init(&g, C, a.shape[2], a.shape[3], 1, 1, OC, f.shape[2], f.shape[3], sh, sw, pt, pl,
                  OH, OW, fcd_J)
-    _direct(&g, &x[0, 0, 0, 0], N, &w[0, 0, 0, 0], 0, &bias[0], relu, y, _threads_for(N * OC * OH * OW))
+    _direct(&g, <float*>a.p, N, <float*>f.p, 0, <float*>b.p, relu, <float*>o.p, _threads_for(N * OC * OH * OW))
 
 
-def conv2d_direct_forward_maxpool2(const float[:, :, :, ::1] x, const float[:, :, :, ::1] w,
-                                   const float[::1] bias, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt,
-                                   Py_ssize_t pl, int relu, Py_ssize_t oh, Py_ssize_t ow,
-                                   float[:, :, :, ::1] y, int[:, :, :, ::1] idx):
+def conv2d_direct_forward_maxpool2(x, w, bias, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl,
+                                   int relu, Py_ssize_t oh, Py_ssize_t ow, y, idx):
     """Direct convolution, then 2x2 max pooling, per image (see
-    :func:`fastcnn._ref.conv2d_direct_forward_maxpool2`)."""
+    :func:`fastcnn._ref.conv2d_direct_forward_maxpool2`); x, w and bias as
+    :func:`conv2d_direct_forward`'s, y (N, OC, oh // 2, ow // 2) float32, idx the same shape
+    or (0, 0, 0, 0) int32."""
     if _active is None:
         active_isa()
+    cdef _A a, f, b, o, i
+    _arr(x, cnp.NPY_FLOAT32, 4, False, "x", &a)
+    _arr(w, cnp.NPY_FLOAT32, 4, False, "w", &f)
+    _arr(bias, cnp.NPY_FLOAT32, 1, False, "bias", &b)
+    _arr(y, cnp.NPY_FLOAT32, 4, True, "y", &o)
+    _arr(idx, cnp.NPY_INT32, 4, True, "idx", &i)
     cdef _Key k = _key(sh, sw, pt, pl, oh, ow)
-    if _new(&_pool_ok, &k, x.shape, w.shape, bias.shape, y.shape):
+    if _new(&_pool_ok, &k, a.shape, f.shape, b.shape, o.shape, i.shape):
         _passed(&_pool_ok, &k, _backend.sizes_conv2d_direct_forward_maxpool2(
-            _dims(x.shape, 4), _dims(w.shape, 4), _dims(bias.shape, 1), sh, sw, pt, pl, relu, oh, ow,
-            _dims(y.shape, 4), _dims(idx.shape, 4)))
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], OC = w.shape[0]
+            _dims(a.shape, 4), _dims(f.shape, 4), _dims(b.shape, 1), sh, sw, pt, pl, relu, oh, ow,
+            _dims(o.shape, 4), _dims(i.shape, 4)))
+    cdef Py_ssize_t N = a.shape[0], C = a.shape[1], OC = f.shape[0]
     if N == 0:
         return
     cdef fcd_geo g
-    fcd_geo_init(&g, C, x.shape[2], x.shape[3], 1, 1, OC, w.shape[2], w.shape[3], sh, sw, pt, pl,
+    fcd_geo_init(&g, C, a.shape[2], a.shape[3], 1, 1, OC, f.shape[2], f.shape[3], sh, sw, pt, pl,
                  oh, ow, fcd_J)
-    _direct(&g, &x[0, 0, 0, 0], N, &w[0, 0, 0, 0], 0, &bias[0], relu, y, _threads_for(N * OC * oh * ow), 1,
-            &idx[0, 0, 0, 0] if idx.shape[0] else NULL)
+    _direct(&g, <float*>a.p, N, <float*>f.p, 0, <float*>b.p, relu, <float*>o.p, _threads_for(N * OC * oh * ow), 1,
+            <int*>i.p if i.shape[0] else NULL)
 
 
-def conv2d_direct_backward_data(const float[:, :, :, ::1] gy, const float[:, :, :, ::1] w,
-                                Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl,
-                                float[:, :, :, ::1] gx):
+def conv2d_direct_backward_data(gy, w, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl, gx):
     """Input gradient (see :func:`fastcnn._ref.conv2d_direct_backward_data`): a stride-1
-    convolution of the output gradient, dilated by the stride, with the rotated weights."""
+    convolution of the output gradient, dilated by the stride, with the rotated weights; gy
+    (N, OC, OH, OW), w (OC, C, KH, KW), gx (N, C, H, W) float32."""
     if _active is None:
         active_isa()
+    cdef _A g_, f, d
+    _arr(gy, cnp.NPY_FLOAT32, 4, False, "gy", &g_)
+    _arr(w, cnp.NPY_FLOAT32, 4, False, "w", &f)
+    _arr(gx, cnp.NPY_FLOAT32, 4, True, "gx", &d)
     cdef _Key k = _key(sh, sw, pt, pl)
-    if _new(&_data_ok, &k, gy.shape, w.shape, gx.shape):
+    if _new(&_data_ok, &k, g_.shape, f.shape, d.shape):
         _passed(&_data_ok, &k, _backend.sizes_conv2d_direct_backward_data(
-            _dims(gy.shape, 4), _dims(w.shape, 4), sh, sw, pt, pl, _dims(gx.shape, 4)))
-    cdef Py_ssize_t N = gy.shape[0], OC = gy.shape[1], OH = gy.shape[2], OW = gy.shape[3]
-    cdef Py_ssize_t C = w.shape[1], KH = w.shape[2], KW = w.shape[3], H = gx.shape[2], W = gx.shape[3]
+            _dims(g_.shape, 4), _dims(f.shape, 4), sh, sw, pt, pl, _dims(d.shape, 4)))
+    cdef Py_ssize_t N = g_.shape[0], OC = g_.shape[1], OH = g_.shape[2], OW = g_.shape[3]
+    cdef Py_ssize_t C = f.shape[1], KH = f.shape[2], KW = f.shape[3], H = d.shape[2], W = d.shape[3]
     if N == 0:
         return
     if sh > 1 or sw > 1:
-        _data_by_phases(gy, w, sh, sw, pt, pl, gx, _threads_for(N * C * H * W))
+        _data_by_phases(&g_, w, sh, sw, pt, pl, &d, _threads_for(N * C * H * W))
         return
     cdef fcd_geo g
     fcd_geo_init(&g, OC, OH, OW, sh, sw, C, KH, KW, 1, 1, KH - 1 - pt, KW - 1 - pl, H, W, fcd_J)
-    _direct(&g, &gy[0, 0, 0, 0], N, &w[0, 0, 0, 0], 1, NULL, 0, gx, _threads_for(N * C * H * W))
+    _direct(&g, <float*>g_.p, N, <float*>f.p, 1, NULL, 0, <float*>d.p, _threads_for(N * C * H * W))
 
 
-def conv2d_direct_backward_weight(const float[:, :, :, ::1] gy, const float[:, :, :, ::1] x,
-                                  Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl,
-                                  float[:, :, :, ::1] gw, float[::1] gb):
-    """Weight and bias gradients (see :func:`fastcnn._ref.conv2d_direct_backward_weight`).
+def conv2d_direct_backward_weight(gy, x, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl, gw, gb):
+    """Weight and bias gradients (see :func:`fastcnn._ref.conv2d_direct_backward_weight`); gy
+    (N, OC, OH, OW), x (N, C, H, W), gw (OC, C, KH, KW), gb (OC,) or (0,) float32.
 
     Image ``i`` of ``N`` belongs to slot ``i * SLOTS // N``; each (slot, output-channel
     block) is summed by one thread in image order, then the slots in order: the result does
     not depend on the thread count."""
     if _active is None:
         active_isa()
+    cdef _A g_, a, dw, db
+    _arr(gy, cnp.NPY_FLOAT32, 4, False, "gy", &g_)
+    _arr(x, cnp.NPY_FLOAT32, 4, False, "x", &a)
+    _arr(gw, cnp.NPY_FLOAT32, 4, True, "gw", &dw)
+    _arr(gb, cnp.NPY_FLOAT32, 1, True, "gb", &db)
     cdef _Key k = _key(sh, sw, pt, pl)
-    if _new(&_weight_ok, &k, gy.shape, x.shape, gw.shape, gb.shape):
+    if _new(&_weight_ok, &k, g_.shape, a.shape, dw.shape, db.shape):
         _passed(&_weight_ok, &k, _backend.sizes_conv2d_direct_backward_weight(
-            _dims(gy.shape, 4), _dims(x.shape, 4), sh, sw, pt, pl, _dims(gw.shape, 4),
-            _dims(gb.shape, 1)))
-    cdef Py_ssize_t N = gy.shape[0], OC = gy.shape[1], OH = gy.shape[2], OW = gy.shape[3]
-    cdef Py_ssize_t C = x.shape[1], KH = gw.shape[2], KW = gw.shape[3], KK = KH * KW
+            _dims(g_.shape, 4), _dims(a.shape, 4), sh, sw, pt, pl, _dims(dw.shape, 4),
+            _dims(db.shape, 1)))
+    cdef Py_ssize_t N = g_.shape[0], OC = g_.shape[1], OH = g_.shape[2], OW = g_.shape[3]
+    cdef Py_ssize_t C = a.shape[1], KH = dw.shape[2], KW = dw.shape[3]
     if N == 0:
-        gw[...] = 0.0
-        gb[...] = 0.0
+        memset(dw.p, 0, _size4(dw.shape) * sizeof(float))
+        memset(db.p, 0, db.shape[0] * sizeof(float))
         return
     cdef fcd_geo g
-    fcd_geo_init(&g, C, x.shape[2], x.shape[3], 1, 1, OC, KH, KW, sh, sw, pt, pl, OH, OW, fcd_J)
-    _weight(&g, &gy[0, 0, 0, 0], NULL, x, gw, gb, _threads_for(N * OC * OH * OW))
+    fcd_geo_init(&g, C, a.shape[2], a.shape[3], 1, 1, OC, KH, KW, sh, sw, pt, pl, OH, OW, fcd_J)
+    _weight(&g, <float*>g_.p, NULL, &a, &dw, &db, _threads_for(N * OC * OH * OW))
 
 
 cdef inline double _sum_column(const double* a, Py_ssize_t n, Py_ssize_t stride,
@@ -495,9 +511,9 @@ cdef inline double _sum_column(const double* a, Py_ssize_t n, Py_ssize_t stride,
 
 
 cdef Py_ssize_t _weight(const fcd_geo* g, const float* gy, const _Unpool* up,
-                        const float[:, :, :, ::1] x,  # IN  (N, C, H, W)
-                        float[:, :, :, ::1] gw,       # OUT (OC, C, KH, KW)
-                        float[::1] gb,                # OUT (OC,) or (0,): no bias gradient
+                        const _A* x,                  # IN  (N, C, H, W)
+                        const _A* gw,                 # OUT (OC, C, KH, KW)
+                        const _A* gb,                 # OUT (OC,) or (0,): no bias gradient
                         int nt) except -1:
     """The weight (and bias) gradient of :func:`conv2d_direct_backward_weight` from the output
     gradient ``gy`` (N, OC, OH, OW), or, if ``gy`` is NULL, from the pooled gradient of ``up``
@@ -532,9 +548,11 @@ cdef Py_ssize_t _weight(const fcd_geo* g, const float* gy, const _Unpool* up,
     cdef Py_ssize_t[::1] tab = np.empty(KK, np.intp)
     cdef Py_ssize_t[::1] off = np.zeros(NQB * T, np.intp)
     cdef float[:, ::1] part = np.empty((S, NQB * T * OCV), np.float32)
-    cdef Py_ssize_t nb = gb.shape[0]
+    cdef Py_ssize_t nb = gb.shape[0], CHW = C * x.shape[2] * x.shape[3]
     cdef double[:, ::1] bsum = np.empty((N, nb), np.float64)
-    cdef float* gwp = &gw[0, 0, 0, 0]
+    cdef const float* xp = <float*>x.p
+    cdef float* gwp = <float*>gw.p
+    cdef float* gbp = <float*>gb.p
     cdef Py_ssize_t t, b, i, i0, i1, j, ni, u0, u1, s, u, ob, qb, o, q, e, npk
     cdef float acc
     cdef char* mem = <char*>malloc(B * size + 64)
@@ -565,7 +583,7 @@ cdef Py_ssize_t _weight(const fcd_geo* g, const float* gy, const _Unpool* up,
                         i = i0 + j * NI
                         ni = min(NI, i1 - i)
                         for e in range(ni):
-                            fcd_pack_input(g, &x[i + e, 0, 0, 0], xq + e * xs, e < npk)
+                            fcd_pack_input(g, xp + (i + e) * CHW, xq + e * xs, e < npk)
                             npk = max(npk, e + 1)  # (buffers 0 .. npk-1 hold a packing: zeros in place)
                             o = (i + e) * OC * up.PHW if up != NULL else 0
                             if up != NULL:  # (the pooled gradient straight into gt, or else rebuilt and packed)
@@ -598,55 +616,64 @@ cdef Py_ssize_t _weight(const fcd_geo* g, const float* gy, const _Unpool* up,
         # Bias (unless gb is empty): each image's planes summed in float64 in pixel order
         # (fcd_grad_t_sums on its packed gradient) while in cache above, then the images in order.
         for o in prange(nb, schedule='static', num_threads=nt):
-            gb[o] = <float>_sum_column(&bsum[0, 0], N, nb, o)
+            gbp[o] = <float>_sum_column(&bsum[0, 0], N, nb, o)
     return bad
 
 
 cdef _Key _pool_bwd_ok
 
 
-def conv2d_direct_backward_maxpool2(const float[:, :, :, ::1] gp, const int[:, :, :, ::1] idx,
-                                    const float[:, :, :, ::1] y, const float[:, :, :, ::1] x,
-                                    const float[:, :, :, ::1] w, Py_ssize_t sh, Py_ssize_t sw,
-                                    Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t oh, Py_ssize_t ow,
-                                    float[:, :, :, ::1] gx, float[:, :, :, ::1] gw, float[::1] gb):
+def conv2d_direct_backward_maxpool2(gp, idx, y, x, w, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl,
+                                    Py_ssize_t oh, Py_ssize_t ow, gx, gw, gb):
     """Gradients of :func:`conv2d_direct_forward_maxpool2` from the gradient of its pooled
     output (see :func:`fastcnn._ref.conv2d_direct_backward_maxpool2`): each image's full-size
     output gradient is rebuilt in a thread's scratch where the kernels pack it, never as a
-    whole array (at strides > 1 the input gradient still builds one)."""
+    whole array (at strides > 1 the input gradient still builds one).  gp (N, OC, oh // 2,
+    ow // 2) float32 and idx int32 the same shape, y that shape or (0, 0, 0, 0) (no ReLU), x
+    (N, C, H, W), w (OC, C, KH, KW), gx x's shape or (0, 0, 0, 0), gw w's, gb (OC,) or (0,)
+    float32."""
     if _active is None:
         active_isa()
+    cdef _A g_, i_, y_, a, f, dx, dw, db, fu
+    _arr(gp, cnp.NPY_FLOAT32, 4, False, "gp", &g_)
+    _arr(idx, cnp.NPY_INT32, 4, False, "idx", &i_)
+    _arr(y, cnp.NPY_FLOAT32, 4, False, "y", &y_)
+    _arr(x, cnp.NPY_FLOAT32, 4, False, "x", &a)
+    _arr(w, cnp.NPY_FLOAT32, 4, False, "w", &f)
+    _arr(gx, cnp.NPY_FLOAT32, 4, True, "gx", &dx)
+    _arr(gw, cnp.NPY_FLOAT32, 4, True, "gw", &dw)
+    _arr(gb, cnp.NPY_FLOAT32, 1, True, "gb", &db)
     cdef _Key k = _key(sh, sw, pt, pl, oh, ow)
-    if _new(&_pool_bwd_ok, &k, gp.shape, idx.shape, y.shape, x.shape, w.shape, gx.shape, gw.shape, gb.shape):
+    if _new(&_pool_bwd_ok, &k, g_.shape, i_.shape, y_.shape, a.shape, f.shape, dx.shape, dw.shape, db.shape):
         _passed(&_pool_bwd_ok, &k, _backend.sizes_conv2d_direct_backward_maxpool2(
-            _dims(gp.shape, 4), _dims(idx.shape, 4), _dims(y.shape, 4), _dims(x.shape, 4),
-            _dims(w.shape, 4), sh, sw, pt, pl, oh, ow, _dims(gx.shape, 4), _dims(gw.shape, 4),
-            _dims(gb.shape, 1)))
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], OC = w.shape[0], KH = w.shape[2], KW = w.shape[3]
-    cdef Py_ssize_t H = x.shape[2], W = x.shape[3], bad = 0, i
+            _dims(g_.shape, 4), _dims(i_.shape, 4), _dims(y_.shape, 4), _dims(a.shape, 4),
+            _dims(f.shape, 4), sh, sw, pt, pl, oh, ow, _dims(dx.shape, 4), _dims(dw.shape, 4),
+            _dims(db.shape, 1)))
+    cdef Py_ssize_t N = a.shape[0], C = a.shape[1], OC = f.shape[0], KH = f.shape[2], KW = f.shape[3]
+    cdef Py_ssize_t H = a.shape[2], W = a.shape[3], bad = 0, i
     if N == 0:
-        gw[...] = 0.0
-        gb[...] = 0.0
+        memset(dw.p, 0, _size4(dw.shape) * sizeof(float))
+        memset(db.p, 0, db.shape[0] * sizeof(float))
         return
     cdef _Unpool up
-    up.gp = &gp[0, 0, 0, 0]
-    up.idx = &idx[0, 0, 0, 0]
-    up.y = &y[0, 0, 0, 0] if y.shape[0] else NULL
-    up.C, up.PHW, up.P = OC, gp.shape[2] * gp.shape[3], oh * ow
+    up.gp = <float*>g_.p
+    up.idx = <int*>i_.p
+    up.y = <float*>y_.p if y_.shape[0] else NULL
+    up.C, up.PHW, up.P = OC, g_.shape[2] * g_.shape[3], oh * ow
     cdef fcd_geo g
     fcd_geo_init(&g, C, H, W, 1, 1, OC, KH, KW, sh, sw, pt, pl, oh, ow, fcd_J)
-    bad = _weight(&g, NULL, &up, x, gw, gb, _threads_for(N * OC * oh * ow))
-    cdef float[:, :, :, ::1] full
+    bad = _weight(&g, NULL, &up, &a, &dw, &db, _threads_for(N * OC * oh * ow))
     cdef int nt = _threads_for(N * C * H * W)
-    if gx.shape[0] and sh == 1 and sw == 1:
+    if dx.shape[0] and sh == 1 and sw == 1:
         fcd_geo_init(&g, OC, oh, ow, 1, 1, C, KH, KW, 1, 1, KH - 1 - pt, KW - 1 - pl, H, W, fcd_J)
-        bad += _direct(&g, NULL, N, &w[0, 0, 0, 0], 1, NULL, 0, gx, nt, 0, NULL, &up)
-    elif gx.shape[0]:  # (strided: the phases read a whole gradient array)
+        bad += _direct(&g, NULL, N, <float*>f.p, 1, NULL, 0, <float*>dx.p, nt, 0, NULL, &up)
+    elif dx.shape[0]:  # (strided: the phases read a whole gradient array)
         full = np.empty((N, OC, oh, ow), np.float32)
+        _arr(full, cnp.NPY_FLOAT32, 4, True, "full", &fu)
         with nogil:
             for i in prange(N, schedule='static', num_threads=nt):
-                bad += _unpool_image(&up, i, &full[i, 0, 0, 0])
-        _data_by_phases(full, w, sh, sw, pt, pl, gx, nt)
+                bad += _unpool_image(&up, i, <float*>fu.p + i * OC * oh * ow)
+        _data_by_phases(&fu, w, sh, sw, pt, pl, &dx, nt)
     _in_range("conv2d_direct_backward_maxpool2", bad, "pooling indices (into the convolution's output plane)")
 
 
@@ -660,7 +687,7 @@ cdef void _winograd_blocks(const fcd_geo* g,
                            Py_ssize_t o_m, Py_ssize_t o_z, Py_ssize_t Q,
                            #                                   scratch per block of images: NI
                            #                                   packings of xs floats, chunk buffers
-                           float[:, :, :, ::1] out,          # OUT (N, g.OC, OH, OW)
+                           float* out,                       # OUT (N, g.OC, OH, OW), pooled: halved
                            Py_ssize_t T, int R, Py_ssize_t OH, Py_ssize_t OW,
                            Py_ssize_t o_yf, int* io,      # pooled (o_yf >= 0): a group's full
                            #                                output in the block's scratch; OUT
@@ -672,6 +699,7 @@ cdef void _winograd_blocks(const fcd_geo* g,
     cache."""
     cdef Py_ssize_t CHW = g.C * g.Hs * g.Ws, t, i, i0, i1, e, ni
     cdef Py_ssize_t OHW = OH * OW, PH = OH // 2, PW = OW // 2
+    cdef Py_ssize_t out_is = g.OC * (PH * PW if o_yf >= 0 else OHW)
     cdef float* u
     cdef float* yf
     for t in prange(T, schedule='static', num_threads=nt):
@@ -683,30 +711,26 @@ cdef void _winograd_blocks(const fcd_geo* g,
         i = i0
         while i < i1:
             ni = min(NI, i1 - i)
-            yf = <float*>(blocks + t * size + o_yf) if o_yf >= 0 else &out[i, 0, 0, 0]
+            yf = <float*>(blocks + t * size + o_yf) if o_yf >= 0 else out + i * out_is
             fcw_images(g, src + i * CHW, ni, vp, st, bias, relu, OH, OW, yf, <float*>(blocks + t * size),
                        xs, i > i0, u, <float*>(blocks + t * size + o_m), <float*>(blocks + t * size + o_z), Q, R)
             if o_yf >= 0:
-                fcp_pool_planes(yf, &out[i, 0, 0, 0], io + i * g.OC * PH * PW if io != NULL else NULL,
+                fcp_pool_planes(yf, out + i * out_is, io + i * g.OC * PH * PW if io != NULL else NULL,
                                 <int*>(yf + NI * g.OC * OHW), ni * g.OC, OH, OW)
             i = i + NI
 
 
 cdef int _winograd(const float* src, Py_ssize_t N, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
                    const float* w, int flip, Py_ssize_t OC, Py_ssize_t pt, Py_ssize_t pl,
-                   const float* bias, int relu, float[:, :, :, ::1] out, int R, int nt,
-                   Py_ssize_t OH=-1, Py_ssize_t OW=-1, int* io=NULL) except -1:
+                   const float* bias, int relu, float* out, Py_ssize_t OH, Py_ssize_t OW, int R, int nt,
+                   int pool=0, int* io=NULL) except -1:
     """Winograd F(2x2, RxR) convolution of ``src`` (N, C, H, W) with RxR weights ``w`` (R = 3
     or 5; packed with ``flip`` as :c:func:`fcd_pack_weights`) into ``out`` (N, OC, OH, OW), or
-    given ``OH, OW`` its 2x2 max pooling into ``out`` (N, OC, OH // 2, OW // 2) and the
+    with ``pool`` its 2x2 max pooling into ``out`` (N, OC, OH // 2, OW // 2) and the
     indices into ``io`` (if not NULL): scratch in one allocation (transformed weights, a
     chunk's vector starts, and per block of images the packed inputs of a group, the chunk
     buffers and, pooled, the group's full output and one plane's pooling positions)."""
-    cdef Py_ssize_t o_yf = -1
-    if OH < 0:
-        OH, OW = out.shape[2], out.shape[3]
-    else:
-        o_yf = 0
+    cdef Py_ssize_t o_yf = 0 if pool else -1
     cdef Py_ssize_t TH = (OH + 1) // 2, TW = (OW + 1) // 2
     cdef Py_ssize_t Tn = TH * TW, NI = min(N, max(1, (WINOGRAD_TILES + Tn - 1) // Tn))
     cdef Py_ssize_t T = min(<Py_ssize_t>nt, N), Q = min(WINOGRAD_VECTORS * fcd_VL, FCW_QMAX), v, xs
@@ -748,51 +772,60 @@ cdef int _winograd(const float* src, Py_ssize_t N, Py_ssize_t C, Py_ssize_t H, P
 cdef _Key _wfwd_ok, _wpool_ok, _wdata_ok
 
 
-def conv2d_winograd_forward(const float[:, :, :, ::1] x, const float[:, :, :, ::1] w,
-                            const float[::1] bias, Py_ssize_t pt, Py_ssize_t pl, int relu,
-                            float[:, :, :, ::1] y):
+def conv2d_winograd_forward(x, w, bias, Py_ssize_t pt, Py_ssize_t pl, int relu, y):
     """Winograd F(2x2, 3x3) or F(2x2, 5x5) convolution (see
-    :func:`fastcnn._ref.conv2d_winograd_forward`)."""
+    :func:`fastcnn._ref.conv2d_winograd_forward`); arrays as :func:`conv2d_direct_forward`'s."""
     if _active is None:
         active_isa()
+    cdef _A a, f, b, o
+    _arr(x, cnp.NPY_FLOAT32, 4, False, "x", &a)
+    _arr(w, cnp.NPY_FLOAT32, 4, False, "w", &f)
+    _arr(bias, cnp.NPY_FLOAT32, 1, False, "bias", &b)
+    _arr(y, cnp.NPY_FLOAT32, 4, True, "y", &o)
     cdef _Key k = _key(pt, pl)
-    if _new(&_wfwd_ok, &k, x.shape, w.shape, bias.shape, y.shape):
+    if _new(&_wfwd_ok, &k, a.shape, f.shape, b.shape, o.shape):
         _passed(&_wfwd_ok, &k, _backend.sizes_conv2d_winograd_forward(
-            _dims(x.shape, 4), _dims(w.shape, 4), _dims(bias.shape, 1), pt, pl, relu,
-            _dims(y.shape, 4)))
-    cdef Py_ssize_t N = x.shape[0]
+            _dims(a.shape, 4), _dims(f.shape, 4), _dims(b.shape, 1), pt, pl, relu,
+            _dims(o.shape, 4)))
+    cdef Py_ssize_t N = a.shape[0]
     if N == 0:
         return
-    _winograd(&x[0, 0, 0, 0], N, x.shape[1], x.shape[2], x.shape[3], &w[0, 0, 0, 0], 0, w.shape[0],
-              pt, pl, &bias[0], relu, y, w.shape[2], _threads_for(N * w.shape[0] * y.shape[2] * y.shape[3]))
+    _winograd(<float*>a.p, N, a.shape[1], a.shape[2], a.shape[3], <float*>f.p, 0, f.shape[0], pt, pl,
+              <float*>b.p, relu, <float*>o.p, o.shape[2], o.shape[3], <int>f.shape[2],
+              _threads_for(N * f.shape[0] * o.shape[2] * o.shape[3]))
 
 
-def conv2d_winograd_forward_maxpool2(const float[:, :, :, ::1] x, const float[:, :, :, ::1] w,
-                                     const float[::1] bias, Py_ssize_t pt, Py_ssize_t pl, int relu,
-                                     Py_ssize_t oh, Py_ssize_t ow, float[:, :, :, ::1] y,
-                                     int[:, :, :, ::1] idx):
+def conv2d_winograd_forward_maxpool2(x, w, bias, Py_ssize_t pt, Py_ssize_t pl, int relu, Py_ssize_t oh,
+                                     Py_ssize_t ow, y, idx):
     """Winograd convolution, then 2x2 max pooling, per group of images (see
-    :func:`fastcnn._ref.conv2d_winograd_forward_maxpool2`)."""
+    :func:`fastcnn._ref.conv2d_winograd_forward_maxpool2`); arrays as
+    :func:`conv2d_direct_forward_maxpool2`'s."""
     if _active is None:
         active_isa()
+    cdef _A a, f, b, o, i
+    _arr(x, cnp.NPY_FLOAT32, 4, False, "x", &a)
+    _arr(w, cnp.NPY_FLOAT32, 4, False, "w", &f)
+    _arr(bias, cnp.NPY_FLOAT32, 1, False, "bias", &b)
+    _arr(y, cnp.NPY_FLOAT32, 4, True, "y", &o)
+    _arr(idx, cnp.NPY_INT32, 4, True, "idx", &i)
     cdef _Key k = _key(pt, pl, oh, ow)
-    if _new(&_wpool_ok, &k, x.shape, w.shape, bias.shape, y.shape):
+    if _new(&_wpool_ok, &k, a.shape, f.shape, b.shape, o.shape, i.shape):
         _passed(&_wpool_ok, &k, _backend.sizes_conv2d_winograd_forward_maxpool2(
-            _dims(x.shape, 4), _dims(w.shape, 4), _dims(bias.shape, 1), pt, pl, relu, oh, ow,
-            _dims(y.shape, 4), _dims(idx.shape, 4)))
-    cdef Py_ssize_t N = x.shape[0]
+            _dims(a.shape, 4), _dims(f.shape, 4), _dims(b.shape, 1), pt, pl, relu, oh, ow,
+            _dims(o.shape, 4), _dims(i.shape, 4)))
+    cdef Py_ssize_t N = a.shape[0]
     if N == 0:
         return
-    _winograd(&x[0, 0, 0, 0], N, x.shape[1], x.shape[2], x.shape[3], &w[0, 0, 0, 0], 0, w.shape[0],
-              pt, pl, &bias[0], relu, y, w.shape[2], _threads_for(N * w.shape[0] * oh * ow), oh, ow,
-              &idx[0, 0, 0, 0] if idx.shape[0] else NULL)
+    _winograd(<float*>a.p, N, a.shape[1], a.shape[2], a.shape[3], <float*>f.p, 0, f.shape[0], pt, pl,
+              <float*>b.p, relu, <float*>o.p, oh, ow, <int>f.shape[2], _threads_for(N * f.shape[0] * oh * ow), 1,
+              <int*>i.p if i.shape[0] else NULL)
 
 
-cdef int _winograd_weight(const float[:, :, :, ::1] gy,  # IN  (N, OC, OH, OW)
-                          const float[:, :, :, ::1] x,   # IN  (N, C, H, W)
+cdef int _winograd_weight(const _A* gy,   # IN  (N, OC, OH, OW)
+                          const _A* x,    # IN  (N, C, H, W)
                           Py_ssize_t pt, Py_ssize_t pl,
-                          float[:, :, :, ::1] gw,        # OUT (OC, C, R, R)
-                          float[::1] gb,                 # OUT (OC,) or (0,)
+                          const _A* gw,   # OUT (OC, C, R, R)
+                          const _A* gb,   # OUT (OC,) or (0,)
                           int nt) except -1:
     """The Winograd weight gradient (:c:func:`fcw_wgrad`): image i in slot i*S//N as the direct
     weight gradient's, a block (thread) per run of slots, each slot's groups of images in order;
@@ -817,8 +850,11 @@ cdef int _winograd_weight(const float[:, :, :, ::1] gy,  # IN  (N, OC, OH, OW)
     cdef Py_ssize_t size = o_mt + _al64(NX * (Q * OCV + 16) * sizeof(float))
     cdef Py_ssize_t[::1] off = np.zeros(NQB * T, np.intp)
     cdef float[:, ::1] part = np.empty((S, NX * ZS), np.float32)
-    cdef Py_ssize_t nb = gb.shape[0]
+    cdef Py_ssize_t nb = gb.shape[0], CHW = C * x.shape[2] * x.shape[3], GS = OC * P
     cdef double[:, ::1] bsum = np.empty((N, nb), np.float64)
+    cdef const float* gyp = <float*>gy.p
+    cdef const float* xp = <float*>x.p
+    cdef float* gbp = <float*>gb.p
     cdef Py_ssize_t b, s, i, i0, i1, ni, e, o, npk, c
     cdef char* blk
     cdef float* u
@@ -843,10 +879,10 @@ cdef int _winograd_weight(const float[:, :, :, ::1] gy,  # IN  (N, OC, OH, OW)
                     while i < i1:
                         ni = min(NI, i1 - i)
                         for e in range(ni):
-                            fcd_pack_grad_t(&gg, &gy[i + e, 0, 0, 0], OCV, <float*>(blk + o_gt) + e * gs)
+                            fcd_pack_grad_t(&gg, gyp + (i + e) * GS, OCV, <float*>(blk + o_gt) + e * gs)
                             if nb > 0:  # (the bias as the direct kernels': per image from the packed rows)
                                 fcd_grad_t_sums(<float*>(blk + o_gt) + e * gs, P, OCV, nb, &bsum[i + e, 0])
-                        fcw_wgrad(&g, &x[i, 0, 0, 0], ni, <float*>(blk + o_gt), gs, OCV, OH, OW, <float*>blk, xs,
+                        fcw_wgrad(&g, xp + i * CHW, ni, <float*>(blk + o_gt), gs, OCV, OH, OW, <float*>blk, xs,
                                   ni <= npk, u, <float*>(blk + o_mt), Q, &off[0], T, V, &part[s, 0], i > i0, R)
                         npk = max(npk, ni)
                         i = i + ni
@@ -857,49 +893,57 @@ cdef int _winograd_weight(const float[:, :, :, ::1] gy,  # IN  (N, OC, OH, OW)
             for s in range(1, S):
                 part[0, e] = part[0, e] + part[s, e]
         for c in prange(C, schedule='static', num_threads=nt):
-            fcw_unpack_wgrad(&part[0, 0], ZS, OCV, C, OC, R, c, c + 1, &gw[0, 0, 0, 0])
+            fcw_unpack_wgrad(&part[0, 0], ZS, OCV, C, OC, R, c, c + 1, <float*>gw.p)
         for o in prange(nb, schedule='static', num_threads=nt):
-            gb[o] = <float>_sum_column(&bsum[0, 0], N, nb, o)
+            gbp[o] = <float>_sum_column(&bsum[0, 0], N, nb, o)
     return 0
 
 
 cdef _Key _wweight_ok
 
 
-def conv2d_winograd_backward_weight(const float[:, :, :, ::1] gy, const float[:, :, :, ::1] x,
-                                    Py_ssize_t pt, Py_ssize_t pl, float[:, :, :, ::1] gw, float[::1] gb):
+def conv2d_winograd_backward_weight(gy, x, Py_ssize_t pt, Py_ssize_t pl, gw, gb):
     """Weight and bias gradients by Winograd's algorithm (see
-    :func:`fastcnn._ref.conv2d_winograd_backward_weight`)."""
+    :func:`fastcnn._ref.conv2d_winograd_backward_weight`); arrays as
+    :func:`conv2d_direct_backward_weight`'s."""
     if _active is None:
         active_isa()
+    cdef _A g_, a, dw, db
+    _arr(gy, cnp.NPY_FLOAT32, 4, False, "gy", &g_)
+    _arr(x, cnp.NPY_FLOAT32, 4, False, "x", &a)
+    _arr(gw, cnp.NPY_FLOAT32, 4, True, "gw", &dw)
+    _arr(gb, cnp.NPY_FLOAT32, 1, True, "gb", &db)
     cdef _Key k = _key(pt, pl)
-    if _new(&_wweight_ok, &k, gy.shape, x.shape, gw.shape, gb.shape):
+    if _new(&_wweight_ok, &k, g_.shape, a.shape, dw.shape, db.shape):
         _passed(&_wweight_ok, &k, _backend.sizes_conv2d_winograd_backward_weight(
-            _dims(gy.shape, 4), _dims(x.shape, 4), pt, pl, _dims(gw.shape, 4), _dims(gb.shape, 1)))
-    if x.shape[0] == 0:
-        gw[...] = 0.0
-        gb[...] = 0.0
+            _dims(g_.shape, 4), _dims(a.shape, 4), pt, pl, _dims(dw.shape, 4), _dims(db.shape, 1)))
+    if a.shape[0] == 0:
+        memset(dw.p, 0, _size4(dw.shape) * sizeof(float))
+        memset(db.p, 0, db.shape[0] * sizeof(float))
         return
-    _winograd_weight(gy, x, pt, pl, gw, gb, _threads_for(x.shape[0] * gw.shape[0] * gy.shape[2] * gy.shape[3]))
+    _winograd_weight(&g_, &a, pt, pl, &dw, &db, _threads_for(a.shape[0] * dw.shape[0] * g_.shape[2] * g_.shape[3]))
 
 
-def conv2d_winograd_backward_data(const float[:, :, :, ::1] gy, const float[:, :, :, ::1] w,
-                                  Py_ssize_t pt, Py_ssize_t pl, float[:, :, :, ::1] gx):
+def conv2d_winograd_backward_data(gy, w, Py_ssize_t pt, Py_ssize_t pl, gx):
     """Input gradient of :func:`conv2d_winograd_forward` (see
     :func:`fastcnn._ref.conv2d_winograd_backward_data`): the same algorithm on the output
-    gradient with the rotated, transposed weights."""
+    gradient with the rotated, transposed weights; arrays as :func:`conv2d_direct_backward_data`'s."""
     if _active is None:
         active_isa()
+    cdef _A g_, f, d
+    _arr(gy, cnp.NPY_FLOAT32, 4, False, "gy", &g_)
+    _arr(w, cnp.NPY_FLOAT32, 4, False, "w", &f)
+    _arr(gx, cnp.NPY_FLOAT32, 4, True, "gx", &d)
     cdef _Key k = _key(pt, pl)
-    if _new(&_wdata_ok, &k, gy.shape, w.shape, gx.shape):
+    if _new(&_wdata_ok, &k, g_.shape, f.shape, d.shape):
         _passed(&_wdata_ok, &k, _backend.sizes_conv2d_winograd_backward_data(
-            _dims(gy.shape, 4), _dims(w.shape, 4), pt, pl, _dims(gx.shape, 4)))
-    cdef Py_ssize_t N = gy.shape[0], C = w.shape[1]
+            _dims(g_.shape, 4), _dims(f.shape, 4), pt, pl, _dims(d.shape, 4)))
+    cdef Py_ssize_t N = g_.shape[0], C = f.shape[1]
     if N == 0:
         return
-    cdef Py_ssize_t R = w.shape[2]
-    _winograd(&gy[0, 0, 0, 0], N, gy.shape[1], gy.shape[2], gy.shape[3], &w[0, 0, 0, 0], 1, C,
-              R - 1 - pt, R - 1 - pl, NULL, 0, gx, R, _threads_for(N * C * gx.shape[2] * gx.shape[3]))
+    cdef Py_ssize_t R = f.shape[2]
+    _winograd(<float*>g_.p, N, g_.shape[1], g_.shape[2], g_.shape[3], <float*>f.p, 1, C, R - 1 - pt, R - 1 - pl,
+              NULL, 0, <float*>d.p, d.shape[2], d.shape[3], <int>R, _threads_for(N * C * d.shape[2] * d.shape[3]))
 
 
 def fma_peak_probe(long iters, int threads):

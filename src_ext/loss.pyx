@@ -49,24 +49,20 @@ cdef inline void _softmax_bwd_row(const float* p, float* g, Py_ssize_t K, int64_
     g[label] = pl * inv
 
 
-cdef Py_ssize_t _bad_labels(const int64_t[::1] labels, Py_ssize_t K) noexcept nogil:
-    """How many labels lie outside ``[0, K)``."""
+cdef Py_ssize_t _bad_labels(const int64_t* labels, Py_ssize_t N, Py_ssize_t K) noexcept nogil:
+    """How many of the ``N`` labels lie outside ``[0, K)``."""
     cdef Py_ssize_t n, bad = 0
-    for n in range(labels.shape[0]):
+    for n in range(N):
         bad += labels[n] < 0 or labels[n] >= K
     return bad
 
 
-cdef void _softmax_fwd(const float[:, ::1] logits,   # IN  (N, K)
-                       const int64_t[::1] labels,     # IN  (N,), in [0, K)
-                       float[:, ::1] probs,           # OUT (N, K)
-                       float[::1] losses,             # OUT (N,)
-                       int nt) noexcept nogil:
-    cdef Py_ssize_t N = logits.shape[0], K = logits.shape[1], n
-    cdef const float* zp = &logits[0, 0]
-    cdef const int64_t* lp = &labels[0]
-    cdef float* pp = &probs[0, 0]
-    cdef float* op = &losses[0]
+cdef void _softmax_fwd(const float* zp,       # IN  (N, K) logits
+                       const int64_t* lp,     # IN  (N,) labels, in [0, K)
+                       float* pp,             # OUT (N, K) probabilities
+                       float* op,             # OUT (N,) losses
+                       Py_ssize_t N, Py_ssize_t K, int nt) noexcept nogil:
+    cdef Py_ssize_t n
     if nt == 1:  # (a parallel region, even of one thread, costs: docs/PERFORMANCE.md, 5)
         for n in range(N):
             op[n] = _softmax_row(zp + n * K, pp + n * K, K, lp[n])
@@ -75,14 +71,11 @@ cdef void _softmax_fwd(const float[:, ::1] logits,   # IN  (N, K)
         op[n] = _softmax_row(zp + n * K, pp + n * K, K, lp[n])
 
 
-cdef void _softmax_bwd(const float[:, ::1] probs,    # IN  (N, K)
-                       const int64_t[::1] labels,     # IN  (N,), in [0, K)
-                       float[:, ::1] gx,              # OUT (N, K), may be probs
-                       int nt) noexcept nogil:
-    cdef Py_ssize_t N = probs.shape[0], K = probs.shape[1], n
-    cdef const float* pp = &probs[0, 0]
-    cdef const int64_t* lp = &labels[0]
-    cdef float* gp = &gx[0, 0]
+cdef void _softmax_bwd(const float* pp,       # IN  (N, K) probabilities
+                       const int64_t* lp,     # IN  (N,) labels, in [0, K)
+                       float* gp,             # OUT (N, K), may be pp
+                       Py_ssize_t N, Py_ssize_t K, int nt) noexcept nogil:
+    cdef Py_ssize_t n
     cdef float inv = <float>(1.0 / <double>N)
     if nt == 1:
         for n in range(N):
@@ -95,31 +88,40 @@ cdef void _softmax_bwd(const float[:, ::1] probs,    # IN  (N, K)
 cdef _Key _fwd_ok, _bwd_ok
 
 
-def softmax_xent_forward(const float[:, ::1] logits, const int64_t[::1] labels,
-                         float[:, ::1] probs, float[::1] losses):
-    """Softmax and per-sample cross-entropy (see :func:`fastcnn._ref.softmax_xent_forward`)."""
+def softmax_xent_forward(logits, labels, probs, losses):
+    """Softmax and per-sample cross-entropy (see :func:`fastcnn._ref.softmax_xent_forward`).
+    logits (N, K), probs (N, K) and losses (N,) float32, labels (N,) int64."""
+    cdef _A z, lb, p, o
+    _arr(logits, cnp.NPY_FLOAT32, 2, False, "logits", &z)
+    _arr(labels, cnp.NPY_INT64, 1, False, "labels", &lb)
+    _arr(probs, cnp.NPY_FLOAT32, 2, True, "probs", &p)
+    _arr(losses, cnp.NPY_FLOAT32, 1, True, "losses", &o)
     cdef _Key k = _key()
-    if _new(&_fwd_ok, &k, logits.shape, labels.shape, probs.shape, losses.shape):
+    if _new(&_fwd_ok, &k, z.shape, lb.shape, p.shape, o.shape):
         _passed(&_fwd_ok, &k, _backend.sizes_softmax_xent_forward(
-            _dims(logits.shape, 2), _dims(labels.shape, 1), _dims(probs.shape, 2),
-            _dims(losses.shape, 1)))
-    if logits.shape[0] == 0 or logits.shape[1] == 0:
+            _dims(z.shape, 2), _dims(lb.shape, 1), _dims(p.shape, 2), _dims(o.shape, 1)))
+    cdef Py_ssize_t N = z.shape[0], K = z.shape[1]
+    if N == 0 or K == 0:
         return
-    _in_range("softmax_xent_forward", _bad_labels(labels, logits.shape[1]), "labels")
+    _in_range("softmax_xent_forward", _bad_labels(<int64_t*>lb.p, N, K), "labels")
     with nogil:
-        _softmax_fwd(logits, labels, probs, losses,
-                     _threads_for(8 * logits.shape[0] * logits.shape[1]))
+        _softmax_fwd(<float*>z.p, <int64_t*>lb.p, <float*>p.p, <float*>o.p, N, K, _threads_for(8 * N * K))
 
 
-def softmax_xent_backward(const float[:, ::1] probs, const int64_t[::1] labels,
-                          float[:, ::1] gx):
-    """``gx = (probs - onehot(labels)) / N`` (see :func:`fastcnn._ref.softmax_xent_backward`)."""
+def softmax_xent_backward(probs, labels, gx):
+    """``gx = (probs - onehot(labels)) / N`` (see :func:`fastcnn._ref.softmax_xent_backward`).
+    probs and gx (N, K) float32 (gx may be probs), labels (N,) int64."""
+    cdef _A p, lb, g
+    _arr(probs, cnp.NPY_FLOAT32, 2, False, "probs", &p)
+    _arr(labels, cnp.NPY_INT64, 1, False, "labels", &lb)
+    _arr(gx, cnp.NPY_FLOAT32, 2, True, "gx", &g)
     cdef _Key k = _key()
-    if _new(&_bwd_ok, &k, probs.shape, labels.shape, gx.shape):
+    if _new(&_bwd_ok, &k, p.shape, lb.shape, g.shape):
         _passed(&_bwd_ok, &k, _backend.sizes_softmax_xent_backward(
-            _dims(probs.shape, 2), _dims(labels.shape, 1), _dims(gx.shape, 2)))
-    if probs.shape[0] == 0 or probs.shape[1] == 0:
+            _dims(p.shape, 2), _dims(lb.shape, 1), _dims(g.shape, 2)))
+    cdef Py_ssize_t N = p.shape[0], K = p.shape[1]
+    if N == 0 or K == 0:
         return
-    _in_range("softmax_xent_backward", _bad_labels(labels, probs.shape[1]), "labels")
+    _in_range("softmax_xent_backward", _bad_labels(<int64_t*>lb.p, N, K), "labels")
     with nogil:
-        _softmax_bwd(probs, labels, gx, _threads_for(probs.shape[0] * probs.shape[1]))
+        _softmax_bwd(<float*>p.p, <int64_t*>lb.p, <float*>g.p, N, K, _threads_for(N * K))

@@ -54,10 +54,10 @@ def adam_step(p, g, m, v, double lr_t, double beta1, double beta2, double eps, d
     cdef float* mp
     cdef float* vp
     cdef Py_ssize_t np_, ng, nm, nv
-    _flat(p, True, &pp, &np_)
-    _flat(g, False, &gp, &ng)
-    _flat(m, True, &mp, &nm)
-    _flat(v, True, &vp, &nv)
+    _flat(p, True, "p", &pp, &np_)
+    _flat(g, False, "g", &gp, &ng)
+    _flat(m, True, "m", &mp, &nm)
+    _flat(v, True, "v", &vp, &nv)
     cdef _Key k = _key(np_, ng, nm, nv)
     if _new(&_adam_ok, &k):
         _passed(&_adam_ok, &k, _backend.sizes_adam_step(
@@ -129,9 +129,9 @@ def sgd_step(p, g, buf, double lr, double weight_decay, double momentum, double 
     cdef float* gp
     cdef float* bp
     cdef Py_ssize_t np_, ng, nb
-    _flat(p, True, &pp, &np_)
-    _flat(g, False, &gp, &ng)
-    _flat(buf, True, &bp, &nb)
+    _flat(p, True, "p", &pp, &np_)
+    _flat(g, False, "g", &gp, &ng)
+    _flat(buf, True, "buf", &bp, &nb)
     cdef int use_mom = momentum != 0
     cdef _Key k = _key(np_, ng, nb, use_mom)
     if _new(&_sgd_ok, &k):

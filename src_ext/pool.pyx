@@ -197,19 +197,15 @@ cdef inline void _avgpool_bwd_plane_tiled(const float* gy, const float* div, flo
 
 # --------------------------------------------------------------------------- kernels
 
-cdef void _maxpool_fwd(const float[:, :, :, ::1] x,   # IN  (N, C, H, W)
+cdef void _maxpool_fwd(const float* xp,               # IN  (NC, H, W)
+                       Py_ssize_t NC, Py_ssize_t H, Py_ssize_t W,
                        Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
                        Py_ssize_t pt, Py_ssize_t pl,
                        bint fast,                      # IN  2x2/2 windows inside the plane
-                       float[:, :, :, ::1] y,          # OUT (N, C, OH, OW)
-                       int[:, :, :, ::1] idx,          # OUT (N, C, OH, OW) int32
-                       int nt) noexcept nogil:
-    cdef Py_ssize_t NC = x.shape[0] * x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef Py_ssize_t OH = y.shape[2], OW = y.shape[3], HW = H * W, P = OH * OW
-    cdef const float* xp = &x[0, 0, 0, 0]
-    cdef float* yp = &y[0, 0, 0, 0]
-    cdef int* ip = &idx[0, 0, 0, 0]
-    cdef Py_ssize_t t
+                       float* yp,                      # OUT (NC, OH, OW)
+                       int* ip,                        # OUT (NC, OH, OW) int32
+                       Py_ssize_t OH, Py_ssize_t OW, int nt) noexcept nogil:
+    cdef Py_ssize_t HW = H * W, P = OH * OW, t
     if nt == 1:  # (a parallel region, even of one thread, costs: docs/PERFORMANCE.md, 5)
         for t in range(NC):
             if fast:
@@ -226,16 +222,11 @@ cdef void _maxpool_fwd(const float[:, :, :, ::1] x,   # IN  (N, C, H, W)
                            H, W, kh, kw, sh, sw, pt, pl, OH, OW)
 
 
-cdef Py_ssize_t _maxpool_bwd(const float[:, :, :, ::1] gy,  # IN  (N, C, OH, OW)
-                             const int[:, :, :, ::1] idx,    # IN  (N, C, OH, OW) int32
-                             float[:, :, :, ::1] gx,         # OUT (N, C, H, W), overwritten
-                             int nt) noexcept nogil:
+cdef Py_ssize_t _maxpool_bwd(const float* gp,        # IN  (NC, P)
+                             const int* ip,          # IN  (NC, P) int32
+                             float* xp,              # OUT (NC, HW), overwritten
+                             Py_ssize_t NC, Py_ssize_t P, Py_ssize_t HW, int nt) noexcept nogil:
     """Returns the number of out-of-range indices (0 for valid input)."""
-    cdef Py_ssize_t NC = gx.shape[0] * gx.shape[1], HW = gx.shape[2] * gx.shape[3]
-    cdef Py_ssize_t P = gy.shape[2] * gy.shape[3]
-    cdef const float* gp = &gy[0, 0, 0, 0]
-    cdef const int* ip = &idx[0, 0, 0, 0]
-    cdef float* xp = &gx[0, 0, 0, 0]
     cdef Py_ssize_t t, bad = 0
     if nt == 1:
         for t in range(NC):
@@ -247,24 +238,18 @@ cdef Py_ssize_t _maxpool_bwd(const float[:, :, :, ::1] gy,  # IN  (N, C, OH, OW)
 
 
 cdef void _avgpool_planes(bint forward,
-                          const float[:, :, :, ::1] src,  # IN  x (N, C, H, W), or gy (N, C, OH, OW)
+                          const float* sp,                # IN  x (NC, H, W), or gy (NC, OH, OW)
+                          Py_ssize_t NC, Py_ssize_t H, Py_ssize_t W,
                           Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
                           Py_ssize_t pt, Py_ssize_t pl,
                           bint fast,                      # IN  forward: 2x2/2 windows inside the plane;
                                                           #     backward: windows tiling the plane
-                          const float[:, ::1] div,        # IN  (OH, OW) divisors
-                          float[:, :, :, ::1] dst,        # OUT y, or gx (overwritten)
-                          int nt) noexcept nogil:
+                          const float* dp,                # IN  (OH, OW) divisors
+                          float* op,                      # OUT y, or gx (overwritten)
+                          Py_ssize_t OH, Py_ssize_t OW, int nt) noexcept nogil:
     """Average pooling (``forward``) or its gradient, one (n, c) plane per iteration."""
-    cdef Py_ssize_t NC = src.shape[0] * src.shape[1], S = src.shape[2] * src.shape[3]
-    cdef Py_ssize_t D = dst.shape[2] * dst.shape[3]
-    cdef Py_ssize_t H = src.shape[2] if forward else dst.shape[2]
-    cdef Py_ssize_t W = src.shape[3] if forward else dst.shape[3]
-    cdef Py_ssize_t OH = dst.shape[2] if forward else src.shape[2]
-    cdef Py_ssize_t OW = dst.shape[3] if forward else src.shape[3]
-    cdef const float* sp = &src[0, 0, 0, 0]
-    cdef const float* dp = &div[0, 0]
-    cdef float* op = &dst[0, 0, 0, 0]
+    cdef Py_ssize_t S = H * W if forward else OH * OW
+    cdef Py_ssize_t D = OH * OW if forward else H * W
     cdef Py_ssize_t t
     if not forward:
         for t in prange(NC, schedule='static', num_threads=nt):
@@ -293,71 +278,84 @@ cdef inline bint _fast(Py_ssize_t H, Py_ssize_t W, Py_ssize_t kh, Py_ssize_t kw,
 cdef _Key _maxf_ok, _maxb_ok, _avgf_ok, _avgb_ok
 
 
-def maxpool2d_forward(const float[:, :, :, ::1] x, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh,
-                      Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl,
-                      float[:, :, :, ::1] y, int[:, :, :, ::1] idx):
-    """Max pooling with int32 arg-max indices (see :func:`fastcnn._ref.maxpool2d_forward`)."""
+def maxpool2d_forward(x, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt,
+                      Py_ssize_t pl, y, idx):
+    """Max pooling with int32 arg-max indices (see :func:`fastcnn._ref.maxpool2d_forward`).
+    x (N, C, H, W), y (N, C, OH, OW) float32; idx (N, C, OH, OW) int32."""
+    cdef _A a, o, i
+    _arr(x, cnp.NPY_FLOAT32, 4, False, "x", &a)
+    _arr(y, cnp.NPY_FLOAT32, 4, True, "y", &o)
+    _arr(idx, cnp.NPY_INT32, 4, True, "idx", &i)
     cdef _Key k = _key(kh, kw, sh, sw, pt, pl)
-    if _new(&_maxf_ok, &k, x.shape, y.shape, idx.shape):
+    if _new(&_maxf_ok, &k, a.shape, o.shape, i.shape):
         _passed(&_maxf_ok, &k, _backend.sizes_maxpool2d_forward(
-            _dims(x.shape, 4), kh, kw, sh, sw, pt, pl, _dims(y.shape, 4), _dims(idx.shape, 4)))
-    if _size4(y.shape) == 0:
+            _dims(a.shape, 4), kh, kw, sh, sw, pt, pl, _dims(o.shape, 4), _dims(i.shape, 4)))
+    if _size4(o.shape) == 0:
         return
-    cdef bint fast = _fast(x.shape[2], x.shape[3], kh, kw, sh, sw, pt, pl, y.shape[2], y.shape[3])
+    cdef bint fast = _fast(a.shape[2], a.shape[3], kh, kw, sh, sw, pt, pl, o.shape[2], o.shape[3])
     if fast and not _isa_set:
         _use_isa(fcp_set_isa)
     with nogil:
-        _maxpool_fwd(x, kh, kw, sh, sw, pt, pl, fast, y, idx, _threads_for(_size4(x.shape)))
+        _maxpool_fwd(<float*>a.p, a.shape[0] * a.shape[1], a.shape[2], a.shape[3], kh, kw, sh, sw, pt, pl, fast,
+                     <float*>o.p, <int*>i.p, o.shape[2], o.shape[3], _threads_for(_size4(a.shape)))
 
 
-def maxpool2d_backward(const float[:, :, :, ::1] gy, const int[:, :, :, ::1] idx,
-                       float[:, :, :, ::1] gx):
-    """Route each output gradient to its arg-max (see :func:`fastcnn._ref.maxpool2d_backward`)."""
+def maxpool2d_backward(gy, idx, gx):
+    """Route each output gradient to its arg-max (see :func:`fastcnn._ref.maxpool2d_backward`).
+    gy (N, C, OH, OW) float32, idx (N, C, OH, OW) int32, gx (N, C, H, W) float32."""
+    cdef _A g, i, o
+    _arr(gy, cnp.NPY_FLOAT32, 4, False, "gy", &g)
+    _arr(idx, cnp.NPY_INT32, 4, False, "idx", &i)
+    _arr(gx, cnp.NPY_FLOAT32, 4, True, "gx", &o)
     cdef _Key k = _key()
-    if _new(&_maxb_ok, &k, gy.shape, idx.shape, gx.shape):
+    if _new(&_maxb_ok, &k, g.shape, i.shape, o.shape):
         _passed(&_maxb_ok, &k, _backend.sizes_maxpool2d_backward(
-            _dims(gy.shape, 4), _dims(idx.shape, 4), _dims(gx.shape, 4)))
-    if _size4(gx.shape) == 0:
+            _dims(g.shape, 4), _dims(i.shape, 4), _dims(o.shape, 4)))
+    if _size4(o.shape) == 0:
         return
-    if _size4(gy.shape) == 0:
-        gx[...] = 0.0
+    if _size4(g.shape) == 0:
+        memset(o.p, 0, _size4(o.shape) * sizeof(float))
         return
     cdef Py_ssize_t bad
     with nogil:
-        bad = _maxpool_bwd(gy, idx, gx, _threads_for(_size4(gx.shape)))
+        bad = _maxpool_bwd(<float*>g.p, <int*>i.p, <float*>o.p, o.shape[0] * o.shape[1], g.shape[2] * g.shape[3],
+                           o.shape[2] * o.shape[3], _threads_for(_size4(o.shape)))
     _in_range("maxpool2d_backward", bad, "indices (into the input plane)")
 
 
-cdef int _avgpool(bint forward, const float[:, :, :, ::1] src, Py_ssize_t kh, Py_ssize_t kw,
-                  Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl, bint include_pad,
-                  float[:, :, :, ::1] dst) except -1:
+cdef int _avgpool(bint forward, src, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                  Py_ssize_t pt, Py_ssize_t pl, bint include_pad, dst) except -1:
     """Average pooling (``forward``: src x, dst y) or its gradient (src gy, dst gx)."""
+    cdef _A s, d
+    _arr(src, cnp.NPY_FLOAT32, 4, False, "x" if forward else "gy", &s)
+    _arr(dst, cnp.NPY_FLOAT32, 4, True, "y" if forward else "gx", &d)
     cdef _Key* last = &_avgf_ok if forward else &_avgb_ok
     cdef _Key k = _key(kh, kw, sh, sw, pt, pl, forward)
-    if _new(last, &k, src.shape, dst.shape):
+    if _new(last, &k, s.shape, d.shape):
         check = _backend.sizes_avgpool2d_forward if forward else _backend.sizes_avgpool2d_backward
         _passed(last, &k, check(
-            _dims(src.shape, 4), kh, kw, sh, sw, pt, pl, include_pad, _dims(dst.shape, 4)))
-    cdef Py_ssize_t* xs = &src.shape[0] if forward else &dst.shape[0]  # the input-sized array
-    cdef Py_ssize_t* ys = &dst.shape[0] if forward else &src.shape[0]
-    if _size4(dst.shape) == 0:
+            _dims(s.shape, 4), kh, kw, sh, sw, pt, pl, include_pad, _dims(d.shape, 4)))
+    cdef Py_ssize_t* xs = &s.shape[0] if forward else &d.shape[0]  # the input-sized array
+    cdef Py_ssize_t* ys = &d.shape[0] if forward else &s.shape[0]
+    if _size4(d.shape) == 0:
         return 0
-    if _size4(src.shape) == 0:  # (gradient of an empty output)
-        dst[...] = 0.0
+    if _size4(s.shape) == 0:  # (gradient of an empty output)
+        memset(d.p, 0, _size4(d.shape) * sizeof(float))
         return 0
     cdef const float[:, ::1] div = avg_divisor(xs[2], xs[3], kh, kw, sh, sw, pt, pl, ys[2], ys[3],
                                                include_pad)
     cdef bint fast = (_fast(xs[2], xs[3], kh, kw, sh, sw, pt, pl, ys[2], ys[3]) if forward else
                       windows_tile(xs[2], xs[3], kh, kw, sh, sw, pt, pl, ys[2], ys[3]))
     with nogil:
-        _avgpool_planes(forward, src, kh, kw, sh, sw, pt, pl, fast, div, dst,
-                        _threads_for(_size4(xs)))
+        _avgpool_planes(forward, <float*>s.p, xs[0] * xs[1], xs[2], xs[3], kh, kw, sh, sw, pt, pl, fast,
+                        &div[0, 0], <float*>d.p, ys[2], ys[3], _threads_for(_size4(xs)))
     return 0
 
 
 def avgpool2d_forward(x, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt,
                       Py_ssize_t pl, bint count_include_pad, y):
-    """Average pooling (see :func:`fastcnn._ref.avgpool2d_forward`)."""
+    """Average pooling (see :func:`fastcnn._ref.avgpool2d_forward`); x (N, C, H, W), y
+    (N, C, OH, OW) float32."""
     _avgpool(True, x, kh, kw, sh, sw, pt, pl, count_include_pad, y)
 
 
