@@ -29,21 +29,22 @@ cdef extern from "gemm.h" nogil:
     void fcg_set_isa(int isa) noexcept
 
 
-cdef void _linear_fwd_tiled(const float[:, ::1] x,       # IN  (N, IN)
-                            const float[:, ::1] w,       # IN  (OUT, IN)
-                            const float[::1] bias,       # IN  (OUT,)
+cdef void _linear_fwd_tiled(const _A* x,                 # IN  (N, IN)
+                            const _A* w,                 # IN  (OUT, IN)
+                            const _A* bias,              # IN  (OUT,)
                             Py_ssize_t nblocks,
                             float* xt,                   # scratch: x^T in column tiles of fcg_W
                             float* yt,                   # scratch (OUT, N): y^T
-                            float[:, ::1] y,             # OUT (N, OUT)
+                            const _A* y,                 # OUT (N, OUT)
                             int nt) noexcept nogil:
     """``y^T = w @ x^T`` by fcg_gemm: w's rows are the broadcast operand, x^T (packed first,
     tile by tile) the vector operand; then ``y = (y^T)^T + bias``."""
     cdef Py_ssize_t N = x.shape[0], K = x.shape[1], M = w.shape[0], W = fcg_W
     cdef Py_ssize_t NT = (N + W - 1) // W
-    cdef const float* xp = &x[0, 0]
-    cdef const float* wp = &w[0, 0]
-    cdef float* yp = &y[0, 0]
+    cdef const float* xp = <float*>x.p
+    cdef const float* wp = <float*>w.p
+    cdef const float* bp = <float*>bias.p
+    cdef float* yp = <float*>y.p
     cdef Py_ssize_t t, o0, o1, jt
     for jt in prange(NT, schedule='static', num_threads=nt):  # (a last tile's lanes past N: never read)
         fcg_transpose(xp + jt * W * K, K, N - jt * W if N - jt * W < W else W, K, NULL, xt + jt * W * K, W)
@@ -52,19 +53,20 @@ cdef void _linear_fwd_tiled(const float[:, ::1] x,       # IN  (N, IN)
         o1 = _part(t + 1, M, nblocks)
         if o1 > o0:
             fcg_gemm(o1 - o0, N, K, wp + o0 * K, K, 1, xt, W, K * W, yt + o0 * N, N, 0)
-            fcg_transpose(yt + o0 * N, N, o1 - o0, N, &bias[o0], yp + o0, M)
+            fcg_transpose(yt + o0 * N, N, o1 - o0, N, bp + o0, yp + o0, M)
 
 
-cdef void _linear_fwd(const float[:, ::1] x,       # IN  (N, IN)
-                      const float[:, ::1] w,       # IN  (OUT, IN)
-                      const float[::1] bias,       # IN  (OUT,)
+cdef void _linear_fwd(const _A* x,                 # IN  (N, IN)
+                      const _A* w,                 # IN  (OUT, IN)
+                      const _A* bias,              # IN  (OUT,)
                       Py_ssize_t nblocks,
-                      float[:, ::1] y,             # OUT (N, OUT)
+                      const _A* y,                 # OUT (N, OUT)
                       int nt) noexcept nogil:
     cdef Py_ssize_t N = x.shape[0], K = x.shape[1], M = w.shape[0]
-    cdef const float* xp = &x[0, 0]
-    cdef const float* wp = &w[0, 0]
-    cdef float* yp = &y[0, 0]
+    cdef const float* xp = <float*>x.p
+    cdef const float* wp = <float*>w.p
+    cdef const float* bp = <float*>bias.p
+    cdef float* yp = <float*>y.p
     cdef Py_ssize_t t, o0, o1, i, o
     for t in prange(nblocks, schedule='static', num_threads=nt):
         o0 = _part(t, M, nblocks)
@@ -73,7 +75,7 @@ cdef void _linear_fwd(const float[:, ::1] x,       # IN  (N, IN)
             _gemm(False, True, N, o1 - o0, K, xp, K, wp + o0 * K, K, 0.0, yp + o0, M)
             for i in range(N):
                 for o in range(o0, o1):
-                    yp[i * M + o] = yp[i * M + o] + bias[o]
+                    yp[i * M + o] = yp[i * M + o] + bp[o]
 
 
 cdef inline void _bias_sums(const float* gp,       # IN  (N, M)
@@ -94,35 +96,36 @@ cdef inline void _bias_sums(const float* gp,       # IN  (N, M)
             gb[c0 + o] = <float>acc[o]
 
 
-cdef void _linear_bwd(const float[:, ::1] gy,      # IN  (N, OUT)
-                      const float[:, ::1] x,       # IN  (N, IN)
-                      const float[:, ::1] w,       # IN  (OUT, IN)
+cdef void _linear_bwd(const _A* gy,                # IN  (N, OUT)
+                      const _A* x,                 # IN  (N, IN)
+                      const _A* w,                 # IN  (OUT, IN)
                       bint input_grad, Py_ssize_t nblocks,
-                      float[:, ::1] gyt,           # scratch (OUT, N)
-                      float[:, ::1] gw,            # OUT (OUT, IN)
-                      float[::1] gb,               # OUT (OUT,)
-                      float[:, ::1] gx,            # OUT (N, IN) if input_grad
+                      const _A* gyt,               # scratch (OUT, N)
+                      const _A* gw,                # OUT (OUT, IN)
+                      const _A* gb,                # OUT (OUT,)
+                      const _A* gx,                # OUT (N, IN) if input_grad
                       int nt) noexcept nogil:
     cdef Py_ssize_t N = gy.shape[0], M = gy.shape[1], K = x.shape[1]
-    cdef const float* gp = &gy[0, 0]
-    cdef const float* xp = &x[0, 0]
-    cdef const float* wp = &w[0, 0]
-    cdef float* tp = &gyt[0, 0]
-    cdef float* gwp = &gw[0, 0]
-    cdef float* gxp = &gx[0, 0]
+    cdef const float* gp = <float*>gy.p
+    cdef const float* xp = <float*>x.p
+    cdef const float* wp = <float*>w.p
+    cdef float* tp = <float*>gyt.p
+    cdef float* gwp = <float*>gw.p
+    cdef float* gbp = <float*>gb.p
+    cdef float* gxp = <float*>gx.p
     cdef Py_ssize_t t, o0, o1, o, i, i0, i1
     for t in prange(nblocks, schedule='static', num_threads=nt):
         o0 = _part(t, M, nblocks)
         o1 = _part(t + 1, M, nblocks)
         if o1 > o0 and fcg_gemm != NULL:  # (gy^T's rows broadcast, x's rows the vectors)
             fcg_transpose(gp + o0, M, N, o1 - o0, NULL, tp + o0 * N, N)
-            _bias_sums(gp, N, M, o0, o1, &gb[0])
+            _bias_sums(gp, N, M, o0, o1, gbp)
             fcg_gemm(o1 - o0, K, N, tp + o0 * N, N, 1, xp, K, fcg_W, gwp + o0 * K, K, 1)
         elif o1 > o0:  # gyt[o0:o1] = gy[:, o0:o1]^T, the bias sums
             for o in range(o0, o1):
                 for i in range(N):
                     tp[o * N + i] = gp[i * M + o]
-            _bias_sums(gp, N, M, o0, o1, &gb[0])
+            _bias_sums(gp, N, M, o0, o1, gbp)
             _gemm(False, False, o1 - o0, K, N, tp + o0 * N, N, xp, K, 0.0, gwp + o0 * K, K)
         i0 = _part(t, K, nblocks)
         i1 = _part(t + 1, K, nblocks)
@@ -139,41 +142,53 @@ cdef void _linear_bwd(const float[:, ::1] gy,      # IN  (N, OUT)
 cdef _Key _fwd_ok, _bwd_ok
 
 
-def linear_forward(const float[:, ::1] x, const float[:, ::1] w, const float[::1] bias,
-                   Py_ssize_t nblocks, float[:, ::1] y):
-    """``y = x @ w.T + bias`` by blocks of output features (see :func:`fastcnn._ref.linear_forward`)."""
+def linear_forward(x, w, bias, Py_ssize_t nblocks, y):
+    """``y = x @ w.T + bias`` by blocks of output features (see :func:`fastcnn._ref.linear_forward`);
+    x (N, IN), w (OUT, IN), bias (OUT,), y (N, OUT) float32."""
+    cdef _A a, f, b, o
+    _arr(x, cnp.NPY_FLOAT32, 2, False, "x", &a)
+    _arr(w, cnp.NPY_FLOAT32, 2, False, "w", &f)
+    _arr(bias, cnp.NPY_FLOAT32, 1, False, "bias", &b)
+    _arr(y, cnp.NPY_FLOAT32, 2, True, "y", &o)
     cdef _Key k = _key(nblocks)
-    if _new(&_fwd_ok, &k, x.shape, w.shape, bias.shape, y.shape):
+    if _new(&_fwd_ok, &k, a.shape, f.shape, b.shape, o.shape):
         _passed(&_fwd_ok, &k, _backend.sizes_linear_forward(
-            _dims(x.shape, 2), _dims(w.shape, 2), _dims(bias.shape, 1), nblocks, _dims(y.shape, 2)))
+            _dims(a.shape, 2), _dims(f.shape, 2), _dims(b.shape, 1), nblocks, _dims(o.shape, 2)))
     if not _isa_set:
         _use_isa(fcg_set_isa)
-    cdef int nt = _threads_for(x.shape[0] * x.shape[1])
-    cdef Py_ssize_t N = x.shape[0], K = x.shape[1], M = w.shape[0]
+    cdef int nt = _threads_for(a.shape[0] * a.shape[1])
+    cdef Py_ssize_t N = a.shape[0], K = a.shape[1], M = f.shape[0]
     cdef float* xt
     if fcg_gemm == NULL or not _config.dense_forward_tiled(N):
         with nogil:
-            _linear_fwd(x, w, bias, nblocks, y, nt)
+            _linear_fwd(&a, &f, &b, nblocks, &o, nt)
         return
     xt = <float*>malloc(((N + fcg_W - 1) // fcg_W * fcg_W * K + M * N) * sizeof(float))
     if xt == NULL:
         raise MemoryError("linear_forward: no memory for the scratch of x transposed")
     with nogil:
-        _linear_fwd_tiled(x, w, bias, nblocks, xt, xt + (N + fcg_W - 1) // fcg_W * fcg_W * K, y, nt)
+        _linear_fwd_tiled(&a, &f, &b, nblocks, xt, xt + (N + fcg_W - 1) // fcg_W * fcg_W * K, &o, nt)
     free(xt)
 
 
-def linear_backward(const float[:, ::1] gy, const float[:, ::1] x, const float[:, ::1] w,
-                    bint input_grad, Py_ssize_t nblocks, float[:, ::1] gyt, float[:, ::1] gw,
-                    float[::1] gb, float[:, ::1] gx):
-    """Gradients by blocks of output and input features (see :func:`fastcnn._ref.linear_backward`)."""
+def linear_backward(gy, x, w, bint input_grad, Py_ssize_t nblocks, gyt, gw, gb, gx):
+    """Gradients by blocks of output and input features (see :func:`fastcnn._ref.linear_backward`);
+    gy (N, OUT), x (N, IN), w (OUT, IN), gyt (OUT, N), gw (OUT, IN), gb (OUT,), gx (N, IN) float32."""
+    cdef _A g_, a, f, t, dw, db, dx
+    _arr(gy, cnp.NPY_FLOAT32, 2, False, "gy", &g_)
+    _arr(x, cnp.NPY_FLOAT32, 2, False, "x", &a)
+    _arr(w, cnp.NPY_FLOAT32, 2, False, "w", &f)
+    _arr(gyt, cnp.NPY_FLOAT32, 2, True, "gyt", &t)
+    _arr(gw, cnp.NPY_FLOAT32, 2, True, "gw", &dw)
+    _arr(gb, cnp.NPY_FLOAT32, 1, True, "gb", &db)
+    _arr(gx, cnp.NPY_FLOAT32, 2, True, "gx", &dx)
     cdef _Key k = _key(input_grad, nblocks)
-    if _new(&_bwd_ok, &k, gy.shape, x.shape, w.shape, gyt.shape, gw.shape, gb.shape, gx.shape):
+    if _new(&_bwd_ok, &k, g_.shape, a.shape, f.shape, t.shape, dw.shape, db.shape, dx.shape):
         _passed(&_bwd_ok, &k, _backend.sizes_linear_backward(
-            _dims(gy.shape, 2), _dims(x.shape, 2), _dims(w.shape, 2), input_grad, nblocks,
-            _dims(gyt.shape, 2), _dims(gw.shape, 2), _dims(gb.shape, 1), _dims(gx.shape, 2)))
+            _dims(g_.shape, 2), _dims(a.shape, 2), _dims(f.shape, 2), input_grad, nblocks,
+            _dims(t.shape, 2), _dims(dw.shape, 2), _dims(db.shape, 1), _dims(dx.shape, 2)))
     if not _isa_set:
         _use_isa(fcg_set_isa)
-    cdef int nt = _threads_for(gy.shape[0] * gy.shape[1] + x.shape[0] * x.shape[1])
+    cdef int nt = _threads_for(g_.shape[0] * g_.shape[1] + a.shape[0] * a.shape[1])
     with nogil:
-        _linear_bwd(gy, x, w, input_grad, nblocks, gyt, gw, gb, gx, nt)
+        _linear_bwd(&g_, &a, &f, input_grad, nblocks, &t, &dw, &db, &dx, nt)

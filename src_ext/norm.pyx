@@ -82,16 +82,21 @@ cdef inline void _reduce_channel(const float* gy, const float* x, Py_ssize_t c, 
 
 
 # --------------------------------------------------------------------------- kernels
+# (arrays as checked by _arr; ``_f(a)``: a float32 array's data)
 
-cdef void _stats(const float[:, :, :, ::1] x,   # IN  (N, C, H, W)
-                 double[::1] mean,              # OUT (C,)
-                 double[::1] var,               # OUT (C,)
-                 double* acc,                   # scratch (C, H*W)
+cdef inline float* _f(const _A* a) noexcept nogil:
+    return <float*>a.p
+
+
+cdef void _stats(const _A* x,      # IN  (N, C, H, W)
+                 const _A* mean,   # OUT (C,) float64
+                 const _A* var,    # OUT (C,) float64
+                 double* acc,      # scratch (C, H*W)
                  int nt) noexcept nogil:
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], P = x.shape[2] * x.shape[3], c
-    cdef const float* xp = &x[0, 0, 0, 0]
-    cdef double* mp = &mean[0]
-    cdef double* vp = &var[0]
+    cdef const float* xp = _f(x)
+    cdef double* mp = <double*>mean.p
+    cdef double* vp = <double*>var.p
     for c in prange(C, schedule='static', num_threads=nt):
         _stats_channel(xp, c, N, C, P, acc + c * P, mp + c, vp + c)
 
@@ -120,45 +125,48 @@ cdef inline void _backward_channel(const float* gy, const float* x, Py_ssize_t c
         fnk.bwd_plane(gy + o, x + o, gx + o, P, mu, s, sc, a, bd, w, bb, relu)
 
 
-cdef void _backward(const float[:, :, :, ::1] gy,    # IN  (N, C, H, W)
-                    const float[:, :, :, ::1] x,     # IN  (N, C, H, W) the forward's input
-                    const float[::1] mean,           # IN  (C,) the forward's
-                    const float[::1] inv_std,        # IN  (C,)
-                    const float[::1] weight,         # IN  (C,) with relu: the forward's
-                    const float[::1] bias,           # IN  (C,)
-                    int relu,                        # IN  gy masked by the ReLU of xhat * weight + bias
-                    const float* scale,              # IN  (C,) (with gx)
-                    double count,                    # IN  values per channel (training), 0 (eval)
-                    double[::1] gsum,                # OUT (C,)
-                    double[::1] gdot,                # OUT (C,)
-                    float* gx,                       # OUT (N, C, H, W), or NULL: the sums only
-                    double* acc,                     # scratch (C, 2, H*W)
+cdef void _backward(const _A* gy,      # IN  (N, C, H, W)
+                    const _A* x,       # IN  (N, C, H, W) the forward's input
+                    const _A* mean,    # IN  (C,) the forward's
+                    const _A* inv_std, # IN  (C,)
+                    const _A* weight,  # IN  (C,) with relu: the forward's
+                    const _A* bias,    # IN  (C,)
+                    int relu,          # IN  gy masked by the ReLU of xhat * weight + bias
+                    const float* scale,  # IN  (C,) (with gx)
+                    double count,      # IN  values per channel (training), 0 (eval)
+                    const _A* gsum,    # OUT (C,) float64
+                    const _A* gdot,    # OUT (C,) float64
+                    float* gx,         # OUT (N, C, H, W), or NULL: the sums only
+                    double* acc,       # scratch (C, 2, H*W)
                     int nt) noexcept nogil:
     cdef Py_ssize_t N = gy.shape[0], C = gy.shape[1], P = gy.shape[2] * gy.shape[3], c
-    cdef const float* gp = &gy[0, 0, 0, 0]
-    cdef const float* xp = &x[0, 0, 0, 0]
-    cdef double* sp = &gsum[0]
-    cdef double* dp = &gdot[0]
+    cdef const float* gp = _f(gy)
+    cdef const float* xp = _f(x)
+    cdef const float* mu = _f(mean)
+    cdef const float* s = _f(inv_std)
+    cdef const float* w = _f(weight)
+    cdef const float* bb = _f(bias)
+    cdef double* sp = <double*>gsum.p
+    cdef double* dp = <double*>gdot.p
     for c in prange(C, schedule='static', num_threads=nt):
-        _backward_channel(gp, xp, c, N, C, P, mean[c], inv_std[c], weight[c], bias[c], relu,
+        _backward_channel(gp, xp, c, N, C, P, mu[c], s[c], w[c], bb[c], relu,
                           scale[c] if gx != NULL else 0.0, count, acc + 2 * c * P, sp + c, dp + c, gx)
 
 
-cdef int _run_backward(const float[:, :, :, ::1] gy, const float[:, :, :, ::1] x, const float[::1] mean,
-                       const float[::1] inv_std, const float[::1] weight, const float[::1] bias, int relu,
-                       const float[::1] scale, double count, double[::1] gsum, double[::1] gdot,
-                       float[:, :, :, ::1] gx) except -1:
+cdef int _run_backward(const _A* gy, const _A* x, const _A* mean, const _A* inv_std, const _A* weight,
+                       const _A* bias, int relu, const _A* scale, double count, const _A* gsum, const _A* gdot,
+                       const _A* gx) except -1:
     """:func:`_backward` with its scratch, after the caller's checks (empty input: zero sums);
-    ``scale`` and ``gx`` None: the sums only."""
+    ``scale`` and ``gx`` NULL: the sums only."""
     if _size4(gy.shape) == 0:
-        gsum[:] = 0.0
-        gdot[:] = 0.0
+        memset(gsum.p, 0, gsum.shape[0] * sizeof(double))
+        memset(gdot.p, 0, gdot.shape[0] * sizeof(double))
         return 0
     cdef const float* sp = NULL
     cdef float* gp = NULL
-    if gx is not None:
-        sp = &scale[0]
-        gp = &gx[0, 0, 0, 0]
+    if gx != NULL:
+        sp = _f(scale)
+        gp = _f(gx)
     cdef double* acc = <double*>malloc(2 * gy.shape[1] * gy.shape[2] * gy.shape[3] * sizeof(double))
     if acc == NULL:
         raise MemoryError()
@@ -171,31 +179,31 @@ cdef int _run_backward(const float[:, :, :, ::1] gy, const float[:, :, :, ::1] x
     return 0
 
 
-cdef void _forward(const float[:, :, :, ::1] x,   # IN  (N, C, H, W)
-                   const float[::1] mean,          # IN  (C,)
-                   const float[::1] inv_std,       # IN  (C,)
-                   const float[::1] weight,        # IN  (C,)
-                   const float[::1] bias,          # IN  (C,)
-                   int relu,                       # IN  ReLU on y
-                   float[:, :, :, ::1] y,          # OUT (N, C, H, W)
+cdef void _forward(const _A* x,       # IN  (N, C, H, W)
+                   const _A* mean,    # IN  (C,)
+                   const _A* inv_std, # IN  (C,)
+                   const _A* weight,  # IN  (C,)
+                   const _A* bias,    # IN  (C,)
+                   int relu,          # IN  ReLU on y
+                   const _A* y,       # OUT (N, C, H, W)
                    int nt) noexcept nogil:
     cdef Py_ssize_t C = x.shape[1], P = x.shape[2] * x.shape[3], NC = x.shape[0] * C, t, c
-    cdef const float* xp = &x[0, 0, 0, 0]
-    cdef float* yp = &y[0, 0, 0, 0]
+    cdef const float* xp = _f(x)
+    cdef float* yp = _f(y)
     for t in prange(NC, schedule='static', num_threads=nt):
         c = t % C
-        fnk.fwd_plane(xp + t * P, yp + t * P, P, mean[c], inv_std[c], weight[c], bias[c], relu)
+        fnk.fwd_plane(xp + t * P, yp + t * P, P, _f(mean)[c], _f(inv_std)[c], _f(weight)[c], _f(bias)[c], relu)
 
 
-cdef void _forward_pool(const float[:, :, :, ::1] x,   # IN  (N, C, H, W), H and W >= 2
-                        const float[::1] mean,          # IN  (C,)
-                        const float[::1] inv_std,       # IN  (C,)
-                        const float[::1] weight,        # IN  (C,)
-                        const float[::1] bias,          # IN  (C,)
-                        int relu,                       # IN  ReLU before pooling
-                        float[:, :, :, ::1] y,          # OUT (N, C, H // 2, W // 2)
-                        int[:, :, :, ::1] idx,          # OUT (N, C, H // 2, W // 2)
-                        float* buf,                     # scratch: one plane per block
+cdef void _forward_pool(const _A* x,       # IN  (N, C, H, W), H and W >= 2
+                        const _A* mean,    # IN  (C,)
+                        const _A* inv_std, # IN  (C,)
+                        const _A* weight,  # IN  (C,)
+                        const _A* bias,    # IN  (C,)
+                        int relu,          # IN  ReLU before pooling
+                        const _A* y,       # OUT (N, C, H // 2, W // 2)
+                        const _A* idx,     # OUT (N, C, H // 2, W // 2) int32
+                        float* buf,        # scratch: one plane per block
                         int nt) noexcept nogil:
     """:func:`_forward` one plane at a time into ``buf`` (in cache), then the pooling kernels'
     2x2 plane of it: blocks of consecutive planes, one per thread."""
@@ -206,30 +214,30 @@ cdef void _forward_pool(const float[:, :, :, ::1] x,   # IN  (N, C, H, W), H and
         yb = buf + t * P
         for i in range(_part(t, NC, T), _part(t + 1, NC, T)):
             c = i % C
-            fnk.fwd_plane(&x[0, 0, 0, 0] + i * P, yb, P, mean[c], inv_std[c], weight[c], bias[c], relu)
-            fcp_pool_planes(yb, &y[0, 0, 0, 0] + i * Q, &idx[0, 0, 0, 0] + i * Q, NULL, 1, x.shape[2], W)
+            fnk.fwd_plane(_f(x) + i * P, yb, P, _f(mean)[c], _f(inv_std)[c], _f(weight)[c], _f(bias)[c], relu)
+            fcp_pool_planes(yb, _f(y) + i * Q, <int*>idx.p + i * Q, NULL, 1, x.shape[2], W)
 
 
-cdef void _apply(const float[:, :, :, ::1] gy,    # IN  (N, C, H, W)
-                 const float[:, :, :, ::1] x,     # IN  (N, C, H, W) the forward's input
-                 const float[::1] mean,           # IN  (C,) the forward's
-                 const float[::1] inv_std,        # IN  (C,)
-                 const float[::1] weight,         # IN  (C,) with relu: the forward's
-                 const float[::1] bias,           # IN  (C,)
-                 int relu,                        # IN  gy masked by the ReLU of xhat * weight + bias
-                 const float[::1] scale,          # IN  (C,)
-                 const float[::1] a,              # IN  (C,)
-                 const float[::1] b,              # IN  (C,)
-                 float[:, :, :, ::1] gx,          # OUT (N, C, H, W)
+cdef void _apply(const _A* gy,      # IN  (N, C, H, W)
+                 const _A* x,       # IN  (N, C, H, W) the forward's input
+                 const _A* mean,    # IN  (C,) the forward's
+                 const _A* inv_std, # IN  (C,)
+                 const _A* weight,  # IN  (C,) with relu: the forward's
+                 const _A* bias,    # IN  (C,)
+                 int relu,          # IN  gy masked by the ReLU of xhat * weight + bias
+                 const _A* scale,   # IN  (C,)
+                 const _A* a,       # IN  (C,)
+                 const _A* b,       # IN  (C,)
+                 const _A* gx,      # OUT (N, C, H, W)
                  int nt) noexcept nogil:
     cdef Py_ssize_t C = gy.shape[1], P = gy.shape[2] * gy.shape[3], NC = gy.shape[0] * C, t, c
-    cdef const float* gp = &gy[0, 0, 0, 0]
-    cdef const float* xp = &x[0, 0, 0, 0]
-    cdef float* op = &gx[0, 0, 0, 0]
+    cdef const float* gp = _f(gy)
+    cdef const float* xp = _f(x)
+    cdef float* op = _f(gx)
     for t in prange(NC, schedule='static', num_threads=nt):
         c = t % C
-        fnk.bwd_plane(gp + t * P, xp + t * P, op + t * P, P, mean[c], inv_std[c], scale[c], a[c], b[c],
-                      weight[c], bias[c], relu)
+        fnk.bwd_plane(gp + t * P, xp + t * P, op + t * P, P, _f(mean)[c], _f(inv_std)[c], _f(scale)[c], _f(a)[c],
+                      _f(b)[c], _f(weight)[c], _f(bias)[c], relu)
 
 
 # --------------------------------------------------------------------------- Python API
@@ -237,121 +245,156 @@ cdef void _apply(const float[:, :, :, ::1] gy,    # IN  (N, C, H, W)
 cdef _Key _stats_ok, _fwd_ok, _pool_ok, _reduce_ok, _apply_ok, _bwd_ok
 
 
-def batchnorm_stats(const float[:, :, :, ::1] x, double[::1] mean, double[::1] var):
-    """Per-channel mean and biased variance (see :func:`fastcnn._ref.batchnorm_stats`)."""
+cdef inline int _params(mean, inv_std, weight, bias, _A* m, _A* s, _A* w, _A* b) except -1:
+    """The four (C,) float32 parameter arrays of a batch-norm primitive, checked."""
+    _arr(mean, cnp.NPY_FLOAT32, 1, False, "mean", m)
+    _arr(inv_std, cnp.NPY_FLOAT32, 1, False, "inv_std", s)
+    _arr(weight, cnp.NPY_FLOAT32, 1, False, "weight", w)
+    _arr(bias, cnp.NPY_FLOAT32, 1, False, "bias", b)
+    return 0
+
+
+def batchnorm_stats(x, mean, var):
+    """Per-channel mean and biased variance (see :func:`fastcnn._ref.batchnorm_stats`); x
+    (N, C, H, W) float32, mean and var (C,) float64."""
     if not _isa_set:
         _use_isa(fnk_set_isa)
+    cdef _A a, m, v
+    _arr(x, cnp.NPY_FLOAT32, 4, False, "x", &a)
+    _arr(mean, cnp.NPY_FLOAT64, 1, True, "mean", &m)
+    _arr(var, cnp.NPY_FLOAT64, 1, True, "var", &v)
     cdef _Key k = _key()
-    if _new(&_stats_ok, &k, x.shape, mean.shape, var.shape):
+    if _new(&_stats_ok, &k, a.shape, m.shape, v.shape):
         _passed(&_stats_ok, &k, _backend.sizes_batchnorm_stats(
-            _dims(x.shape, 4), _dims(mean.shape, 1), _dims(var.shape, 1)))
-    if _size4(x.shape) == 0:  # M = 0: 0/0 as the reference (C = 0: nothing to write)
-        mean[:] = float("nan")
-        var[:] = float("nan")
+            _dims(a.shape, 4), _dims(m.shape, 1), _dims(v.shape, 1)))
+    cdef Py_ssize_t c
+    if _size4(a.shape) == 0:  # M = 0: 0/0 as the reference (C = 0: nothing to write)
+        for c in range(m.shape[0]):
+            (<double*>m.p)[c] = float("nan")
+            (<double*>v.p)[c] = float("nan")
         return
-    cdef double* acc = <double*>malloc(x.shape[1] * x.shape[2] * x.shape[3] * sizeof(double))
+    cdef double* acc = <double*>malloc(a.shape[1] * a.shape[2] * a.shape[3] * sizeof(double))
     if acc == NULL:
         raise MemoryError()
     try:
         with nogil:
-            _stats(x, mean, var, acc, _threads_for(2 * _size4(x.shape)))
+            _stats(&a, &m, &v, acc, _threads_for(2 * _size4(a.shape)))
     finally:
         free(acc)
 
 
-def batchnorm_forward(const float[:, :, :, ::1] x, const float[::1] mean,
-                      const float[::1] inv_std, const float[::1] weight, const float[::1] bias,
-                      int relu, float[:, :, :, ::1] y):
+def batchnorm_forward(x, mean, inv_std, weight, bias, int relu, y):
     """Normalise, scale and shift per channel, optionally the ReLU (see
-    :func:`fastcnn._ref.batchnorm_forward`)."""
+    :func:`fastcnn._ref.batchnorm_forward`); x and y (N, C, H, W), the rest (C,) float32."""
     if not _isa_set:
         _use_isa(fnk_set_isa)
+    cdef _A a, m, s, w, b, o
+    _arr(x, cnp.NPY_FLOAT32, 4, False, "x", &a)
+    _params(mean, inv_std, weight, bias, &m, &s, &w, &b)
+    _arr(y, cnp.NPY_FLOAT32, 4, True, "y", &o)
     cdef _Key k = _key()
-    if _new(&_fwd_ok, &k, x.shape, mean.shape, inv_std.shape, weight.shape, bias.shape, y.shape):
+    if _new(&_fwd_ok, &k, a.shape, m.shape, s.shape, w.shape, b.shape, o.shape):
         _passed(&_fwd_ok, &k, _backend.sizes_batchnorm_forward(
-            _dims(x.shape, 4), _dims(mean.shape, 1), _dims(inv_std.shape, 1),
-            _dims(weight.shape, 1), _dims(bias.shape, 1), _dims(y.shape, 4)))
-    if _size4(x.shape) == 0:
+            _dims(a.shape, 4), _dims(m.shape, 1), _dims(s.shape, 1),
+            _dims(w.shape, 1), _dims(b.shape, 1), _dims(o.shape, 4)))
+    if _size4(a.shape) == 0:
         return
     with nogil:
-        _forward(x, mean, inv_std, weight, bias, relu, y, _threads_for(_size4(x.shape)))
+        _forward(&a, &m, &s, &w, &b, relu, &o, _threads_for(_size4(a.shape)))
 
 
-def batchnorm_forward_maxpool2(const float[:, :, :, ::1] x, const float[::1] mean,
-                               const float[::1] inv_std, const float[::1] weight, const float[::1] bias,
-                               int relu, float[:, :, :, ::1] y, int[:, :, :, ::1] idx):
+def batchnorm_forward_maxpool2(x, mean, inv_std, weight, bias, int relu, y, idx):
     """The forward, the ReLU and 2x2 max pooling, one plane at a time
-    (see :func:`fastcnn._ref.batchnorm_forward_maxpool2`)."""
+    (see :func:`fastcnn._ref.batchnorm_forward_maxpool2`); y (N, C, H // 2, W // 2) float32 and
+    idx int32 the same shape, the rest as :func:`batchnorm_forward`'s."""
     if not _isa_set:
         _use_isa(fnk_set_isa)
+    cdef _A a, m, s, w, b, o, i
+    _arr(x, cnp.NPY_FLOAT32, 4, False, "x", &a)
+    _params(mean, inv_std, weight, bias, &m, &s, &w, &b)
+    _arr(y, cnp.NPY_FLOAT32, 4, True, "y", &o)
+    _arr(idx, cnp.NPY_INT32, 4, True, "idx", &i)
     cdef _Key k = _key(relu)
-    if _new(&_pool_ok, &k, x.shape, mean.shape, inv_std.shape, weight.shape, bias.shape, y.shape, idx.shape):
+    if _new(&_pool_ok, &k, a.shape, m.shape, s.shape, w.shape, b.shape, o.shape, i.shape):
         _passed(&_pool_ok, &k, _backend.sizes_batchnorm_forward_maxpool2(
-            _dims(x.shape, 4), _dims(mean.shape, 1), _dims(inv_std.shape, 1),
-            _dims(weight.shape, 1), _dims(bias.shape, 1), relu, _dims(y.shape, 4), _dims(idx.shape, 4)))
-    if _size4(x.shape) == 0:
+            _dims(a.shape, 4), _dims(m.shape, 1), _dims(s.shape, 1),
+            _dims(w.shape, 1), _dims(b.shape, 1), relu, _dims(o.shape, 4), _dims(i.shape, 4)))
+    if _size4(a.shape) == 0:
         return
-    cdef int nt = _threads_for(_size4(x.shape))
-    cdef float* buf = <float*>malloc(nt * x.shape[2] * x.shape[3] * sizeof(float))
+    cdef int nt = _threads_for(_size4(a.shape))
+    cdef float* buf = <float*>malloc(nt * a.shape[2] * a.shape[3] * sizeof(float))
     if buf == NULL:
         raise MemoryError()
     try:
         with nogil:
-            _forward_pool(x, mean, inv_std, weight, bias, relu, y, idx, buf, nt)
+            _forward_pool(&a, &m, &s, &w, &b, relu, &o, &i, buf, nt)
     finally:
         free(buf)
 
 
-def batchnorm_backward_reduce(const float[:, :, :, ::1] gy, const float[:, :, :, ::1] x,
-                              const float[::1] mean, const float[::1] inv_std,
-                              const float[::1] weight, const float[::1] bias, int relu,
-                              double[::1] gsum, double[::1] gdot):
+def batchnorm_backward_reduce(gy, x, mean, inv_std, weight, bias, int relu, gsum, gdot):
     """Per-channel ``sum(g)`` and ``sum(g * xhat)`` in double, ``g`` = ``gy`` (masked by the
-    forward's ReLU with ``relu``; see :func:`fastcnn._ref.batchnorm_backward_reduce`)."""
+    forward's ReLU with ``relu``; see :func:`fastcnn._ref.batchnorm_backward_reduce`); gy and
+    x (N, C, H, W), the parameters (C,) float32; gsum and gdot (C,) float64."""
     if not _isa_set:
         _use_isa(fnk_set_isa)
-    cdef _Key k = _key(mean.shape[0], inv_std.shape[0])
-    if _new(&_reduce_ok, &k, gy.shape, x.shape, weight.shape, bias.shape, gsum.shape, gdot.shape):
+    cdef _A g_, a, m, s, w, b, gs, gd
+    _arr(gy, cnp.NPY_FLOAT32, 4, False, "gy", &g_)
+    _arr(x, cnp.NPY_FLOAT32, 4, False, "x", &a)
+    _params(mean, inv_std, weight, bias, &m, &s, &w, &b)
+    _arr(gsum, cnp.NPY_FLOAT64, 1, True, "gsum", &gs)
+    _arr(gdot, cnp.NPY_FLOAT64, 1, True, "gdot", &gd)
+    cdef _Key k = _key(m.shape[0], s.shape[0])
+    if _new(&_reduce_ok, &k, g_.shape, a.shape, w.shape, b.shape, gs.shape, gd.shape):
         _passed(&_reduce_ok, &k, _backend.sizes_batchnorm_backward_reduce(
-            _dims(gy.shape, 4), _dims(x.shape, 4), _dims(mean.shape, 1), _dims(inv_std.shape, 1),
-            _dims(weight.shape, 1), _dims(bias.shape, 1), _dims(gsum.shape, 1), _dims(gdot.shape, 1)))
-    _run_backward(gy, x, mean, inv_std, weight, bias, relu, None, 0.0, gsum, gdot, None)
+            _dims(g_.shape, 4), _dims(a.shape, 4), _dims(m.shape, 1), _dims(s.shape, 1),
+            _dims(w.shape, 1), _dims(b.shape, 1), _dims(gs.shape, 1), _dims(gd.shape, 1)))
+    _run_backward(&g_, &a, &m, &s, &w, &b, relu, NULL, 0.0, &gs, &gd, NULL)
 
 
-def batchnorm_backward_apply(const float[:, :, :, ::1] gy, const float[:, :, :, ::1] x,
-                             const float[::1] mean, const float[::1] inv_std,
-                             const float[::1] weight, const float[::1] bias, int relu,
-                             const float[::1] scale, const float[::1] a, const float[::1] b,
-                             float[:, :, :, ::1] gx):
+def batchnorm_backward_apply(gy, x, mean, inv_std, weight, bias, int relu, scale, a, b, gx):
     """``gx = (g - (xhat * b + a)) * scale`` per channel, ``g`` as in
-    :func:`batchnorm_backward_reduce` (see :func:`fastcnn._ref.batchnorm_backward_apply`)."""
+    :func:`batchnorm_backward_reduce` (see :func:`fastcnn._ref.batchnorm_backward_apply`);
+    scale, a and b (C,), gx (N, C, H, W) float32."""
     if not _isa_set:
         _use_isa(fnk_set_isa)
-    cdef _Key k = _key(mean.shape[0], inv_std.shape[0], weight.shape[0], bias.shape[0])
-    if _new(&_apply_ok, &k, gy.shape, x.shape, scale.shape, a.shape, b.shape, gx.shape):
+    cdef _A g_, x_, m, s, w, bb, sc, a_, b_, d
+    _arr(gy, cnp.NPY_FLOAT32, 4, False, "gy", &g_)
+    _arr(x, cnp.NPY_FLOAT32, 4, False, "x", &x_)
+    _params(mean, inv_std, weight, bias, &m, &s, &w, &bb)
+    _arr(scale, cnp.NPY_FLOAT32, 1, False, "scale", &sc)
+    _arr(a, cnp.NPY_FLOAT32, 1, False, "a", &a_)
+    _arr(b, cnp.NPY_FLOAT32, 1, False, "b", &b_)
+    _arr(gx, cnp.NPY_FLOAT32, 4, True, "gx", &d)
+    cdef _Key k = _key(m.shape[0], s.shape[0], w.shape[0], bb.shape[0])
+    if _new(&_apply_ok, &k, g_.shape, x_.shape, sc.shape, a_.shape, b_.shape, d.shape):
         _passed(&_apply_ok, &k, _backend.sizes_batchnorm_backward_apply(
-            _dims(gy.shape, 4), _dims(x.shape, 4), _dims(mean.shape, 1), _dims(inv_std.shape, 1),
-            _dims(weight.shape, 1), _dims(bias.shape, 1), _dims(scale.shape, 1), _dims(a.shape, 1),
-            _dims(b.shape, 1), _dims(gx.shape, 4)))
-    if _size4(gy.shape) == 0:
+            _dims(g_.shape, 4), _dims(x_.shape, 4), _dims(m.shape, 1), _dims(s.shape, 1),
+            _dims(w.shape, 1), _dims(bb.shape, 1), _dims(sc.shape, 1), _dims(a_.shape, 1),
+            _dims(b_.shape, 1), _dims(d.shape, 4)))
+    if _size4(g_.shape) == 0:
         return
     with nogil:
-        _apply(gy, x, mean, inv_std, weight, bias, relu, scale, a, b, gx, _threads_for(_size4(gy.shape)))
+        _apply(&g_, &x_, &m, &s, &w, &bb, relu, &sc, &a_, &b_, &d, _threads_for(_size4(g_.shape)))
 
 
-def batchnorm_backward(const float[:, :, :, ::1] gy, const float[:, :, :, ::1] x,
-                       const float[::1] mean, const float[::1] inv_std,
-                       const float[::1] weight, const float[::1] bias, int relu,
-                       const float[::1] scale, double count, double[::1] gsum, double[::1] gdot,
-                       float[:, :, :, ::1] gx):
+def batchnorm_backward(gy, x, mean, inv_std, weight, bias, int relu, scale, double count, gsum, gdot, gx):
     """:func:`batchnorm_backward_reduce` and :func:`batchnorm_backward_apply` one channel at a
     time (see :func:`fastcnn._ref.batchnorm_backward`)."""
     if not _isa_set:
         _use_isa(fnk_set_isa)
-    cdef _Key k = _key(mean.shape[0], inv_std.shape[0], weight.shape[0], bias.shape[0])
-    if _new(&_bwd_ok, &k, gy.shape, x.shape, scale.shape, gsum.shape, gdot.shape, gx.shape):
+    cdef _A g_, a, m, s, w, b, sc, gs, gd, d
+    _arr(gy, cnp.NPY_FLOAT32, 4, False, "gy", &g_)
+    _arr(x, cnp.NPY_FLOAT32, 4, False, "x", &a)
+    _params(mean, inv_std, weight, bias, &m, &s, &w, &b)
+    _arr(scale, cnp.NPY_FLOAT32, 1, False, "scale", &sc)
+    _arr(gsum, cnp.NPY_FLOAT64, 1, True, "gsum", &gs)
+    _arr(gdot, cnp.NPY_FLOAT64, 1, True, "gdot", &gd)
+    _arr(gx, cnp.NPY_FLOAT32, 4, True, "gx", &d)
+    cdef _Key k = _key(m.shape[0], s.shape[0], w.shape[0], b.shape[0])
+    if _new(&_bwd_ok, &k, g_.shape, a.shape, sc.shape, gs.shape, gd.shape, d.shape):
         _passed(&_bwd_ok, &k, _backend.sizes_batchnorm_backward(
-            _dims(gy.shape, 4), _dims(x.shape, 4), _dims(mean.shape, 1), _dims(inv_std.shape, 1),
-            _dims(weight.shape, 1), _dims(bias.shape, 1), _dims(scale.shape, 1), _dims(gsum.shape, 1),
-            _dims(gdot.shape, 1), _dims(gx.shape, 4)))
-    _run_backward(gy, x, mean, inv_std, weight, bias, relu, scale, count, gsum, gdot, gx)
+            _dims(g_.shape, 4), _dims(a.shape, 4), _dims(m.shape, 1), _dims(s.shape, 1),
+            _dims(w.shape, 1), _dims(b.shape, 1), _dims(sc.shape, 1), _dims(gs.shape, 1),
+            _dims(gd.shape, 1), _dims(d.shape, 4)))
+    _run_backward(&g_, &a, &m, &s, &w, &b, relu, &sc, count, &gs, &gd, &d)

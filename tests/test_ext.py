@@ -233,3 +233,46 @@ def test_winograd_numba_and_cython_give_the_same_bytes():
             assert got["numba"] == got["cython"], (n, c, oc, h, w, padding, r)
     finally:
         fastcnn.set_backend(previous)
+
+
+def test_primitives_refuse_arrays_a_kernel_cannot_take_by_name():
+    """Every array argument is checked before a kernel runs (``_arr`` in _common.pxi): a
+    read-only output, a byte-swapped or misaligned input, another integer width and a
+    non-array are refused, naming the argument; nothing is written."""
+    from fastcnn._ext import conv, loss, optim, pool
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((3, 4), dtype=np.float32)
+    labels = np.array([0, 3, 1])
+    probs, losses = np.zeros((3, 4), np.float32), np.zeros(3, np.float32)
+    loss.softmax_xent_forward(logits, labels, probs, losses)  # (all well-formed: runs)
+    assert np.isfinite(losses).all() and losses.min() > 0
+    readonly = np.zeros((3, 4), np.float32)
+    readonly.flags.writeable = False
+    raw = np.zeros(4 * 12 + 1, np.uint8)
+    misaligned = raw[1:].view(np.float32).reshape(3, 4)
+    misaligned[...] = logits
+    assert not misaligned.flags.aligned
+    cases = [
+        ((logits, labels, readonly, losses), ValueError, r"probs must be .*writable.*writable False"),
+        ((logits.astype(">f4"), labels, probs, losses), ValueError, r"logits must be .*native-order"),
+        ((misaligned, labels, probs, losses), ValueError, r"logits must be .*aligned.*aligned False"),
+        ((logits, labels.astype(np.int32), probs, losses), ValueError, r"labels must be .*int64.*got <i4"),
+        ((logits, labels, probs, losses[None]), ValueError, r"losses must be .*of 1 dimensions; got .* \(1, 3\)"),
+        ((logits.tolist(), labels, probs, losses), TypeError, r"logits must be a numpy.ndarray, got list"),
+    ]
+    for args, exc, match in cases:
+        before = [a.copy() for a in args[2:]]
+        with pytest.raises(exc, match=match):
+            loss.softmax_xent_forward(*args)
+        assert all(np.array_equal(a, b) for a, b in zip(args[2:], before))
+    x = rng.standard_normal((1, 2, 4, 4), dtype=np.float32)
+    cols = np.zeros((18, 4), np.float32)
+    cols.flags.writeable = False
+    with pytest.raises(ValueError, match=r"cols must be .*writable"):
+        conv.im2col(x, 3, 3, 1, 1, 0, 0, 2, 2, cols)
+    with pytest.raises(ValueError, match=r"idx must be .*int32"):
+        pool.maxpool2d_backward(np.zeros((1, 2, 2, 2), np.float32), np.zeros((1, 2, 2, 2), np.int64),
+                                np.zeros((1, 2, 4, 4), np.float32))
+    p = np.zeros(5, np.float32)
+    with pytest.raises(ValueError, match=r"g must be .*float32.*got <f8"):
+        optim.sgd_step(p, np.zeros(5), np.zeros(0, np.float32), 0.1, 0.0, 0.0, 0.0, False, False)
