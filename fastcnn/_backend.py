@@ -149,11 +149,12 @@ def ops(name=None):
 # both compiled backends before a kernel touches memory: compiled into the Numba kernels
 # (``_kernels._common`` registers these functions with Numba), called by the Cython wrappers
 # for each new combination of sizes (``src_ext/_common.pxi``).  Arrays come in as their
-# shapes; dtype, dimensions and C-contiguity are fixed by each backend's types (Cython's
-# typed memoryviews raise; Numba compiles for the dtype it is given and refuses to flatten a
-# non-contiguous array).  Plain functions of tuples and integers that raise ValueError with
-# constant messages, so that Numba can compile them.  These are not the user-facing checks:
-# ``fastcnn.functional`` validates the user's input first, in the user's terms.
+# shapes; dtype, dimensions and C-contiguity are fixed by each backend's own means (the Cython
+# wrappers check each array, ``_arr`` in ``src_ext/_common.pxi``; Numba compiles for the
+# dtype it is given and refuses to flatten a non-contiguous array).  Plain functions of tuples
+# and integers that raise ValueError with constant messages, so that Numba can compile them.
+# These are not the user-facing checks: ``fastcnn.functional`` validates the user's input
+# first, in the user's terms.
 
 
 def check_in_range(op, bad, what):

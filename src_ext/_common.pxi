@@ -50,15 +50,16 @@ cdef inline int _threads_for(Py_ssize_t work) noexcept nogil:
 
 # --------------------------------------------------------------------------- argument check
 # Every primitive runs the size check of the backend contract (``fastcnn._backend.sizes_<name>``,
-# shared with the Numba backend) before a kernel touches memory; its array arguments' dtype,
-# dimensions, C-contiguity (and writability, for outputs) are fixed by typed memoryviews or, in
-# the primitives a batch-1 step calls, by :func:`_arr` (docs/PERFORMANCE.md, section 5).  A
-# call whose integer arguments and sizes (its key) equal those of the last call that passed
-# needs no second check: a training loop pays for it once per shape.  The pattern, with the
-# GIL held::
+# shared with the Numba backend) before a kernel touches memory; before that, each array
+# argument's dtype, dimensions, layout (and writability, for outputs) are checked by
+# :func:`_arr` (not typed memoryviews: docs/PERFORMANCE.md, section 5).  A call whose integer
+# arguments and sizes (its key) equal those of the last call that passed needs no second
+# check: a training loop pays for it once per shape.  The pattern, with the GIL held::
 #
+#     cdef _A a
+#     _arr(x, cnp.NPY_FLOAT32, 4, False, "x", &a)   # (each array argument)
 #     cdef _Key k = _key(<integer arguments>)
-#     if _new(&_<name>_ok, &k, <memoryview or _A shapes>):
+#     if _new(&_<name>_ok, &k, a.shape, ...):
 #         _passed(&_<name>_ok, &k, _backend.sizes_<name>(<the arguments, arrays as shapes>))
 
 cdef enum:
@@ -84,8 +85,8 @@ cdef inline bint _new(const _Key* last, _Key* k, const Py_ssize_t* s0=NULL,
                       const Py_ssize_t* s3=NULL, const Py_ssize_t* s4=NULL,
                       const Py_ssize_t* s5=NULL, const Py_ssize_t* s6=NULL,
                       const Py_ssize_t* s7=NULL) noexcept:
-    """Add the sizes of up to 8 arrays (a memoryview's or an _A's ``shape``, 4 entries each)
-    to the key ``k``; whether it differs from ``last``."""
+    """Add the sizes of up to 8 arrays (an _A's ``shape``, 4 entries each) to the key ``k``;
+    whether it differs from ``last``."""
     cdef const Py_ssize_t* shapes[8]
     cdef int i
     shapes[:] = [s0, s1, s2, s3, s4, s5, s6, s7]
@@ -104,21 +105,20 @@ cdef inline void _passed(_Key* last, const _Key* k, checked) noexcept:
 
 
 cdef inline tuple _dims(const Py_ssize_t* shape, int ndim):
-    """The shape of a memoryview or an _A (``shape``, ``ndim`` entries) as a tuple."""
+    """The sizes of an _A (``shape``, ``ndim`` entries) as a tuple."""
     return tuple([shape[i] for i in range(ndim)])
 
 
 ctypedef struct _A:
-    # An array argument checked by _arr: its data and sizes (unused dimensions 0, as a
-    # memoryview's ``shape``).
+    # An array argument checked by _arr: its data and sizes (unused dimensions 0).
     char* p
     Py_ssize_t shape[4]
 
 
 cdef inline cnp.ndarray _checked(object a, int typenum, int ndim, bint out, str name):
     """``a`` once it is a NumPy array of ``typenum`` with ``ndim`` dimensions (any, if
-    negative), C-contiguous, aligned and in native byte order (``out``: and writable), as a
-    typed memoryview argument would require; else raise naming ``name``."""
+    negative), C-contiguous, aligned and in native byte order (``out``: and writable); else
+    raise naming ``name``."""
     cdef int want = cnp.NPY_ARRAY_C_CONTIGUOUS | cnp.NPY_ARRAY_ALIGNED | (cnp.NPY_ARRAY_WRITEABLE if out else 0)
     cdef cnp.ndarray x
     if not cnp.PyArray_Check(a):
@@ -243,7 +243,7 @@ cdef inline void _valid_range(Py_ssize_t off, Py_ssize_t s, Py_ssize_t W, Py_ssi
 
 
 cdef inline Py_ssize_t _size4(const Py_ssize_t* shape) noexcept nogil:
-    """Elements of a 4-D memoryview (``mv.shape``)."""
+    """Elements of a 4-D array (an _A's ``shape``)."""
     return shape[0] * shape[1] * shape[2] * shape[3]
 
 

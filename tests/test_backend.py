@@ -866,7 +866,7 @@ def _recorded_primitive_calls(name):
 def test_primitives_survive_bad_arrays(name):
     """A primitive of a compiled backend called with an array of the wrong size raises or
     runs safely, never crashes: the size check of the contract runs first in both backends.
-    Cython's typed memoryviews also refuse other dtypes and layouts (Numba compiles a kernel
+    Cython's wrappers also refuse other dtypes and layouts (Numba compiles a kernel
     for the dtype it gets, and refuses to flatten a non-contiguous array: not swept here, each
     would be a compilation)."""
     k = _backend.ops(name)
