@@ -29,10 +29,22 @@ _u = np.uint64
 helper = njit(inline="always", **_config.NUMBA_SERIAL)
 
 # The size checks of the backend contract (``_backend.sizes_<primitive>``): the kernels call
-# them first, compiled.
+# them first, compiled; the wrappers that prepare arrays in Python call them there, through
+# check_once.
 for _name, _fn in vars(_backend).items():
     if "sizes_" in _name and callable(_fn):
         register_jitable(_fn)
+
+_PASSED: dict = {}
+
+
+def check_once(check, *args):
+    """``check(*args)`` (a size check of the contract, its arrays' shapes and the integer
+    arguments) unless the last call of that check that passed had equal arguments: a training
+    loop pays for it once per shape (as the Cython wrappers' ``_new``)."""
+    if _PASSED.get(check) != args:
+        check(*args)
+        _PASSED[check] = args
 
 
 def parallel_kernel(fn=None, *, fma=False):
@@ -72,6 +84,14 @@ def _flat_or_none(a):
     if isinstance(a, nbtypes.NoneType):
         return lambda a: None
     return lambda a: a.reshape(a.size)
+
+
+def not_contiguous(op, **arrays):
+    """Raise for the first of ``arrays`` (by name) that is not C-contiguous: the element-wise
+    kernels that flatten their arrays in the kernel need them contiguous (a flattened copy
+    would lose what a kernel writes)."""
+    name = next(n for n, a in arrays.items() if not a.flags.c_contiguous)
+    raise ValueError(f"{op}: {name} must be C-contiguous")
 
 
 def flat(a, name, op):

@@ -17,7 +17,7 @@ from numba import prange
 from .. import _backend, _config, _threads
 from . import activation as _activation
 from . import pool as _pool
-from ._common import _u, add_plane, helper, parallel_kernel, total
+from ._common import _u, add_plane, check_once, helper, parallel_kernel, total
 from ._simd import (
     MAX_TAPS,
     MAX_VL,
@@ -117,9 +117,10 @@ def _forward(x, sh, sw, pt, pl, hq, wq, tab, w, bias, relu, oh, ow, y, pool, yp,
     ``cs`` apart, tap ``kk`` of grid position ``p`` at ``p + tab[kk]``, output row pitch
     ``wq``), register tiles of ``J`` x ``V`` vectors, then bias and ReLU on the way to ``y``
     (``(N, OC, oh, ow)``); with ``pool`` instead to its 2x2 max pooling ``yp`` and the pooling's
-    indices ``ip`` (``(N, OC, oh // 2, ow // 2)``, flat) from the tile buffer, while in cache
+    indices ``ip`` (``(N, OC, oh // 2, ow // 2)``) from the tile buffer, while in cache
     (:func:`._simd.pool2_row`, the pooling kernels' rule)."""
     n, c, h, wd = x.shape
+    ypf, ipf = yp.reshape(yp.size), ip.reshape(ip.size)
     oc = w.shape[0]
     ph, pw = oh // 2, ow // 2
     xflat = x.reshape(x.size)
@@ -181,7 +182,7 @@ def _forward(x, sh, sw, pt, pl, hq, wq, tab, w, bias, relu, oh, ow, y, pool, yp,
                     for r in range(ph):
                         a0 = jj * pitch + 2 * r * wq
                         for u0 in range(0, pw, VL):
-                            pool2_row(g, a0 + 2 * u0, a0 + wq + 2 * u0, min(VL, pw - u0), yp, ip,
+                            pool2_row(g, a0 + 2 * u0, a0 + wq + 2 * u0, min(VL, pw - u0), ypf, ipf,
                                       ((b * oc + o) * ph + r) * pw + u0, 2 * r * ow + 2 * u0, ow)
                     continue
                 for r in range(oh):
@@ -192,13 +193,13 @@ def _forward(x, sh, sw, pt, pl, hq, wq, tab, w, bias, relu, oh, ow, y, pool, yp,
                         y[b, o, r, q] = v
 
 
-_NONE_F, _NONE_I, _NONE_F4 = np.empty(0, np.float32), np.empty(0, np.int32), np.empty((0, 0, 0, 0), np.float32)
+_NONE_F4, _NONE_I4 = np.empty((0, 0, 0, 0), np.float32), np.empty((0, 0, 0, 0), np.int32)
 
 
-def _direct(x, w, bias, sh, sw, pt, pl, relu, oh, ow, y=_NONE_F4, pool=0, yp=_NONE_F, ip=_NONE_I):
+def _direct(x, w, bias, sh, sw, pt, pl, relu, oh, ow, y=_NONE_F4, pool=0, yp=_NONE_F4, ip=_NONE_I4):
     """:func:`_forward` of ``x`` (any stride and padding) on its grid layout: the ``oh x ow``
     output plus bias, ReLU into ``y``, or with ``pool`` its 2x2 max pooling into ``yp`` and
-    ``ip`` (flat)."""
+    ``ip``."""
     kh, kw = w.shape[2:]
     hq, wq, tab = _grid_shape(kh, kw, sh, sw, oh, ow)
     _forward(np.ascontiguousarray(x), sh, sw, pt, pl, hq, wq, tab, w, bias, int(relu), oh, ow, y, pool, yp, ip)
@@ -207,18 +208,18 @@ def _direct(x, w, bias, sh, sw, pt, pl, relu, oh, ow, y=_NONE_F4, pool=0, yp=_NO
 def conv2d_direct_forward(x, w, bias, sh, sw, pt, pl, relu, y):
     """Direct convolution with fused bias and optional ReLU
     (see :func:`fastcnn._ref.conv2d_direct_forward`)."""
-    _backend.sizes_conv2d_direct_forward(x.shape, w.shape, bias.shape, sh, sw, pt, pl, relu, y.shape)
+    check_once(_backend.sizes_conv2d_direct_forward, x.shape, w.shape, bias.shape, sh, sw, pt, pl, relu, y.shape)
     _direct(x, w, bias, sh, sw, pt, pl, relu, *y.shape[2:], y)
 
 
 def conv2d_direct_forward_maxpool2(x, w, bias, sh, sw, pt, pl, relu, oh, ow, y, idx):
     """The direct forward, then 2x2 max pooling of its output
     (see :func:`fastcnn._ref.conv2d_direct_forward_maxpool2`)."""
-    _backend.sizes_conv2d_direct_forward_maxpool2(x.shape, w.shape, bias.shape, sh, sw, pt, pl, relu, oh, ow,
-                                                  y.shape, idx.shape)
+    check_once(_backend.sizes_conv2d_direct_forward_maxpool2, x.shape, w.shape, bias.shape, sh, sw, pt, pl, relu,
+               oh, ow, y.shape, idx.shape)
     if x.shape[0]:
-        ip = idx.reshape(-1) if idx.size else np.empty(y.size, np.int32)  # (indices not asked: scratch)
-        _direct(x, w, bias, sh, sw, pt, pl, relu, oh, ow, pool=2 if idx.size else 1, yp=y.reshape(-1), ip=ip)
+        ip = idx if idx.size else np.empty(y.shape, np.int32)  # (indices not asked: scratch)
+        _direct(x, w, bias, sh, sw, pt, pl, relu, oh, ow, pool=2 if idx.size else 1, yp=y, ip=ip)
 
 
 def conv2d_direct_backward_data(gy, w, sh, sw, pt, pl, gx):
@@ -227,7 +228,7 @@ def conv2d_direct_backward_data(gy, w, sh, sw, pt, pl, gx):
     only the taps ``i = i0, i0 + sh, ...`` (``i0 = (a + pt) % sh``) and ``j = j0, j0 + sw, ...``:
     a stride-1 convolution of ``gy`` with those taps flipped and transposed (at stride 1 the
     one phase is the whole of ``gx``)."""
-    _backend.sizes_conv2d_direct_backward_data(gy.shape, w.shape, sh, sw, pt, pl, gx.shape)
+    check_once(_backend.sizes_conv2d_direct_backward_data, gy.shape, w.shape, sh, sw, pt, pl, gx.shape)
     n, c, h, wd = gx.shape
     kh, kw = w.shape[2:]
     zeros = np.zeros(c, np.float32)
@@ -377,7 +378,7 @@ def conv2d_direct_backward_weight(gy, x, sh, sw, pt, pl, gw, gb):
     register tiles over the output channels (channels-last output gradient) x taps, summed
     per slot of images (``_config.SLOTS``) in image order, then the slots in order, whatever
     the thread count."""
-    _backend.sizes_conv2d_direct_backward_weight(gy.shape, x.shape, sh, sw, pt, pl, gw.shape, gb.shape)
+    check_once(_backend.sizes_conv2d_direct_backward_weight, gy.shape, x.shape, sh, sw, pt, pl, gw.shape, gb.shape)
     n, c = x.shape[:2]
     oc, oh, ow = gy.shape[1:]
     kh, kw = gw.shape[2:]
@@ -412,8 +413,8 @@ def conv2d_direct_backward_weight(gy, x, sh, sw, pt, pl, gw, gb):
 def conv2d_direct_backward_maxpool2(gp, idx, y, x, w, sh, sw, pt, pl, oh, ow, gx, gw, gb):
     """Gradients of the pooled direct forward, composed of this backend's primitives
     (see :func:`fastcnn._ref.conv2d_direct_backward_maxpool2`)."""
-    _backend.sizes_conv2d_direct_backward_maxpool2(gp.shape, idx.shape, y.shape, x.shape, w.shape, sh, sw, pt, pl,
-                                                   oh, ow, gx.shape, gw.shape, gb.shape)
+    check_once(_backend.sizes_conv2d_direct_backward_maxpool2, gp.shape, idx.shape, y.shape, x.shape, w.shape, sh,
+               sw, pt, pl, oh, ow, gx.shape, gw.shape, gb.shape)
     g = gp
     if y.size:
         g = np.empty_like(gp)

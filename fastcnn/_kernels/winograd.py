@@ -12,7 +12,7 @@ import numpy as np
 from numba import prange
 
 from .. import _backend, _config, _ref
-from ._common import _u, helper, parallel_kernel
+from ._common import _u, check_once, helper, parallel_kernel
 from ._simd import (
     MAX_VL,
     VL,
@@ -382,7 +382,7 @@ def _run(x, w, flip, bias, pt, pl, relu, oc, oh, ow, y, pooled=None, idx=None):
 def conv2d_winograd_forward(x, w, bias, pt, pl, relu, y):
     """Winograd F(2x2, 3x3) or F(2x2, 5x5) convolution (see
     :func:`fastcnn._ref.conv2d_winograd_forward`)."""
-    _backend.sizes_conv2d_winograd_forward(x.shape, w.shape, bias.shape, pt, pl, relu, y.shape)
+    check_once(_backend.sizes_conv2d_winograd_forward, x.shape, w.shape, bias.shape, pt, pl, relu, y.shape)
     if x.shape[0]:
         _run(x, w, False, bias, pt, pl, relu, *y.shape[1:], y)
 
@@ -392,8 +392,8 @@ def conv2d_winograd_forward_maxpool2(x, w, bias, pt, pl, relu, oh, ow, y, idx):
     :func:`fastcnn._ref.conv2d_winograd_forward_maxpool2`): each output tile is one pooling
     window, pooled in registers as it leaves the output transform (the convolution's output
     is never stored)."""
-    _backend.sizes_conv2d_winograd_forward_maxpool2(x.shape, w.shape, bias.shape, pt, pl, relu, oh, ow, y.shape,
-                                                    idx.shape)
+    check_once(_backend.sizes_conv2d_winograd_forward_maxpool2, x.shape, w.shape, bias.shape, pt, pl, relu, oh, ow,
+               y.shape, idx.shape)
     if x.shape[0]:
         _run(x, w, False, bias, pt, pl, relu, y.shape[1], oh, ow, None, y, idx)
 
@@ -403,14 +403,14 @@ def conv2d_winograd_backward_weight(gy, x, pt, pl, gw, gb):
     :func:`fastcnn._ref.conv2d_winograd_backward_weight`): the reference's NumPy algorithm (the
     Numba backend's weight gradients run on its direct kernels, faster here: docs/PERFORMANCE.md,
     "Winograd convolutions")."""
-    _backend.sizes_conv2d_winograd_backward_weight(gy.shape, x.shape, pt, pl, gw.shape, gb.shape)
+    check_once(_backend.sizes_conv2d_winograd_backward_weight, gy.shape, x.shape, pt, pl, gw.shape, gb.shape)
     _ref.conv2d_winograd_backward_weight(gy, x, pt, pl, gw, gb)
 
 
 def conv2d_winograd_backward_data(gy, w, pt, pl, gx):
     """Input gradient (see :func:`fastcnn._ref.conv2d_winograd_backward_data`): the same
     algorithm on the output gradient with the rotated, transposed weights."""
-    _backend.sizes_conv2d_winograd_backward_data(gy.shape, w.shape, pt, pl, gx.shape)
+    check_once(_backend.sizes_conv2d_winograd_backward_data, gy.shape, w.shape, pt, pl, gx.shape)
     if gy.shape[0]:
         r = w.shape[2]
         _run(gy, w, True, np.zeros(w.shape[1], np.float32), r - 1 - pt, r - 1 - pl, False, *gx.shape[1:], gx)
