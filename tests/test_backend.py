@@ -888,6 +888,24 @@ def test_primitives_survive_bad_arrays(name):
 
 
 @pytest.mark.parametrize("name", COMPILED)
+def test_size_check_passed_once_is_run_again_for_new_sizes(name):
+    """The wrappers skip the size check for arguments equal to the last ones that passed it
+    (Cython ``_new``, Numba ``check_once``): a call with other sizes after a good one is
+    checked again, and the good one passes again after it."""
+    k = _backend.ops(name)
+    x, w, b = np.zeros((1, 2, 5, 5), np.float32), np.zeros((3, 2, 3, 3), np.float32), np.zeros(3, np.float32)
+    good = (np.empty((1, 3, 1, 1), np.float32), np.empty((1, 3, 1, 1), np.int32))
+    bad = (np.empty((1, 3, 1, 2), np.float32), np.empty((1, 3, 1, 2), np.int32))
+    for y, idx in (good, bad, good, bad):
+        if y is bad[0]:
+            with pytest.raises(ValueError, match="shape|size"):
+                k.conv2d_direct_forward_maxpool2(x, w, b, 1, 1, 0, 0, 0, 3, 3, y, idx)
+        else:
+            k.conv2d_direct_forward_maxpool2(x, w, b, 1, 1, 0, 0, 0, 3, 3, y, idx)
+            assert (y == 0).all() and (idx >= 0).all()
+
+
+@pytest.mark.parametrize("name", COMPILED)
 def test_size_checks_of_the_contract_are_the_same_for_both_compiled_backends(name):
     k = _backend.ops(name)
     f32 = np.zeros
