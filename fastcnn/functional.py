@@ -12,6 +12,7 @@ a view).
 """
 from __future__ import annotations
 
+import functools
 import math
 import operator
 import threading
@@ -127,6 +128,15 @@ def _buf(ws: Workspace | None, name: str, shape: tuple[int, ...], dtype: DTypeLi
     return np.empty(shape, dtype=dtype) if ws is None else ws.get(name, shape, dtype)
 
 
+@functools.lru_cache(maxsize=64)
+def _zeros(n: int, dtype: Any = np.float32) -> np.ndarray:
+    """A read-only array of ``n`` zeros: the bias of a layer without one, for the kernels that
+    take a bias (shared: nothing writes it)."""
+    z = np.zeros(n, dtype)
+    z.flags.writeable = False
+    return z
+
+
 # --------------------------------------------------------------------------- convolution
 
 class ConvGeometry:
@@ -230,8 +240,7 @@ def _conv2d_forward(k: ModuleType, x: np.ndarray, weight: np.ndarray, bias: np.n
     plan = _dispatch.conv_plan(k, n, c, oc, g.kh, g.kw, g.oh, g.ow, dt.itemsize, strided=g.sh * g.sw > 1,
                                pad=max(g.pt, g.pl), pooled=pooled)
     if plan in ("direct", "winograd") and bias is None:
-        bias = _buf(ws, "zeros", (oc,), dt)
-        bias[...] = 0
+        bias = _zeros(oc, dt)
     if plan in ("direct", "winograd") and pooled:  # (the pooling in the kernels)
         y = np.empty((n, oc, g.oh // 2, g.ow // 2), dt)
         idx = np.empty(y.shape if return_indices else (0, 0, 0, 0), np.int32)
@@ -278,8 +287,7 @@ def _conv2d_forward_gemm(k: ModuleType, x: np.ndarray, weight: np.ndarray, bias:
             y[0] += bias[:, None]
         return y.reshape(n, oc, g.oh, g.ow)
     if bias is None:
-        bias = _buf(ws, "zeros", (oc,), dt)
-        bias[...] = 0
+        bias = _zeros(oc, dt)
     if plan == "per_image":
         cols = _buf(ws, "icols", (_threads.get_num_threads(), kdim, p), dt)
         k.conv2d_forward_images(x, w2, bias, *g.args, g.oh, g.ow, cols, y)
@@ -866,8 +874,7 @@ def linear(x: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None, *,
     k = _backend.ops()
     if x.shape[0] > 1 and x.shape[1] > 0 and _dispatch.one_pool(k):  # (no GEMM blocks for empty K)
         if bias is None:
-            bias = _buf(ws, "zeros", (weight.shape[0],))
-            bias[...] = 0
+            bias = _zeros(weight.shape[0])
         k.linear_forward(x, weight, bias, _config.dense_blocks(weight.shape[0]), y)
         return y
     np.dot(x, weight.T, out=y)  # (np.dot: the same SGEMM as matmul, less call overhead)
