@@ -388,6 +388,16 @@ cdef int _data_by_phases(const _A* gy, w, Py_ssize_t sh, Py_ssize_t sw, Py_ssize
     return 0
 
 
+cdef int _fwd_arrays(x, w, bias, y, _A* a, _A* f, _A* b, _A* o) except -1:
+    """The checked arrays of a forward convolution: x (N, C, H, W), w (OC, C, KH, KW) and bias
+    (OC,) float32 in, y (N, OC, OH, OW) float32 out."""
+    _arr(x, cnp.NPY_FLOAT32, 4, False, "x", a)
+    _arr(w, cnp.NPY_FLOAT32, 4, False, "w", f)
+    _arr(bias, cnp.NPY_FLOAT32, 1, False, "bias", b)
+    _arr(y, cnp.NPY_FLOAT32, 4, True, "y", o)
+    return 0
+
+
 cdef _Key _fwd_ok, _pool_ok, _data_ok, _weight_ok
 
 
@@ -397,10 +407,7 @@ def conv2d_direct_forward(x, w, bias, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t p
     if _active is None:
         active_isa()
     cdef _A a, f, b, o
-    _arr(x, cnp.NPY_FLOAT32, 4, False, "x", &a)
-    _arr(w, cnp.NPY_FLOAT32, 4, False, "w", &f)
-    _arr(bias, cnp.NPY_FLOAT32, 1, False, "bias", &b)
-    _arr(y, cnp.NPY_FLOAT32, 4, True, "y", &o)
+    _fwd_arrays(x, w, bias, y, &a, &f, &b, &o)
     cdef _Key k = _key(sh, sw, pt, pl)
     if _new(&_fwd_ok, &k, a.shape, f.shape, b.shape, o.shape):
         _passed(&_fwd_ok, &k, _backend.sizes_conv2d_direct_forward(
@@ -424,10 +431,7 @@ def conv2d_direct_forward_maxpool2(x, w, bias, Py_ssize_t sh, Py_ssize_t sw, Py_
     if _active is None:
         active_isa()
     cdef _A a, f, b, o, i
-    _arr(x, cnp.NPY_FLOAT32, 4, False, "x", &a)
-    _arr(w, cnp.NPY_FLOAT32, 4, False, "w", &f)
-    _arr(bias, cnp.NPY_FLOAT32, 1, False, "bias", &b)
-    _arr(y, cnp.NPY_FLOAT32, 4, True, "y", &o)
+    _fwd_arrays(x, w, bias, y, &a, &f, &b, &o)
     _arr(idx, cnp.NPY_INT32, 4, True, "idx", &i)
     cdef _Key k = _key(sh, sw, pt, pl, oh, ow)
     if _new(&_pool_ok, &k, a.shape, f.shape, b.shape, o.shape, i.shape):
@@ -778,10 +782,7 @@ def conv2d_winograd_forward(x, w, bias, Py_ssize_t pt, Py_ssize_t pl, int relu, 
     if _active is None:
         active_isa()
     cdef _A a, f, b, o
-    _arr(x, cnp.NPY_FLOAT32, 4, False, "x", &a)
-    _arr(w, cnp.NPY_FLOAT32, 4, False, "w", &f)
-    _arr(bias, cnp.NPY_FLOAT32, 1, False, "bias", &b)
-    _arr(y, cnp.NPY_FLOAT32, 4, True, "y", &o)
+    _fwd_arrays(x, w, bias, y, &a, &f, &b, &o)
     cdef _Key k = _key(pt, pl)
     if _new(&_wfwd_ok, &k, a.shape, f.shape, b.shape, o.shape):
         _passed(&_wfwd_ok, &k, _backend.sizes_conv2d_winograd_forward(
@@ -803,10 +804,7 @@ def conv2d_winograd_forward_maxpool2(x, w, bias, Py_ssize_t pt, Py_ssize_t pl, i
     if _active is None:
         active_isa()
     cdef _A a, f, b, o, i
-    _arr(x, cnp.NPY_FLOAT32, 4, False, "x", &a)
-    _arr(w, cnp.NPY_FLOAT32, 4, False, "w", &f)
-    _arr(bias, cnp.NPY_FLOAT32, 1, False, "bias", &b)
-    _arr(y, cnp.NPY_FLOAT32, 4, True, "y", &o)
+    _fwd_arrays(x, w, bias, y, &a, &f, &b, &o)
     _arr(idx, cnp.NPY_INT32, 4, True, "idx", &i)
     cdef _Key k = _key(pt, pl, oh, ow)
     if _new(&_wpool_ok, &k, a.shape, f.shape, b.shape, o.shape, i.shape):

@@ -254,6 +254,16 @@ cdef inline int _params(mean, inv_std, weight, bias, _A* m, _A* s, _A* w, _A* b)
     return 0
 
 
+cdef inline int _grad_arrays(gy, x, mean, inv_std, weight, bias, _A* g, _A* a, _A* m, _A* s, _A* w,
+                             _A* b) except -1:
+    """The checked inputs of a batch-norm gradient: gy and x (N, C, H, W) float32, and the
+    forward's parameters (:func:`_params`)."""
+    _arr(gy, cnp.NPY_FLOAT32, 4, False, "gy", g)
+    _arr(x, cnp.NPY_FLOAT32, 4, False, "x", a)
+    _params(mean, inv_std, weight, bias, m, s, w, b)
+    return 0
+
+
 def batchnorm_stats(x, mean, var):
     """Per-channel mean and biased variance (see :func:`fastcnn._ref.batchnorm_stats`); x
     (N, C, H, W) float32, mean and var (C,) float64."""
@@ -339,9 +349,7 @@ def batchnorm_backward_reduce(gy, x, mean, inv_std, weight, bias, int relu, gsum
     if not _isa_set:
         _use_isa(fnk_set_isa)
     cdef _A g_, a, m, s, w, b, gs, gd
-    _arr(gy, cnp.NPY_FLOAT32, 4, False, "gy", &g_)
-    _arr(x, cnp.NPY_FLOAT32, 4, False, "x", &a)
-    _params(mean, inv_std, weight, bias, &m, &s, &w, &b)
+    _grad_arrays(gy, x, mean, inv_std, weight, bias, &g_, &a, &m, &s, &w, &b)
     _arr(gsum, cnp.NPY_FLOAT64, 1, True, "gsum", &gs)
     _arr(gdot, cnp.NPY_FLOAT64, 1, True, "gdot", &gd)
     cdef _Key k = _key(m.shape[0], s.shape[0])
@@ -359,9 +367,7 @@ def batchnorm_backward_apply(gy, x, mean, inv_std, weight, bias, int relu, scale
     if not _isa_set:
         _use_isa(fnk_set_isa)
     cdef _A g_, x_, m, s, w, bb, sc, a_, b_, d
-    _arr(gy, cnp.NPY_FLOAT32, 4, False, "gy", &g_)
-    _arr(x, cnp.NPY_FLOAT32, 4, False, "x", &x_)
-    _params(mean, inv_std, weight, bias, &m, &s, &w, &bb)
+    _grad_arrays(gy, x, mean, inv_std, weight, bias, &g_, &x_, &m, &s, &w, &bb)
     _arr(scale, cnp.NPY_FLOAT32, 1, False, "scale", &sc)
     _arr(a, cnp.NPY_FLOAT32, 1, False, "a", &a_)
     _arr(b, cnp.NPY_FLOAT32, 1, False, "b", &b_)
@@ -384,9 +390,7 @@ def batchnorm_backward(gy, x, mean, inv_std, weight, bias, int relu, scale, doub
     if not _isa_set:
         _use_isa(fnk_set_isa)
     cdef _A g_, a, m, s, w, b, sc, gs, gd, d
-    _arr(gy, cnp.NPY_FLOAT32, 4, False, "gy", &g_)
-    _arr(x, cnp.NPY_FLOAT32, 4, False, "x", &a)
-    _params(mean, inv_std, weight, bias, &m, &s, &w, &b)
+    _grad_arrays(gy, x, mean, inv_std, weight, bias, &g_, &a, &m, &s, &w, &b)
     _arr(scale, cnp.NPY_FLOAT32, 1, False, "scale", &sc)
     _arr(gsum, cnp.NPY_FLOAT64, 1, True, "gsum", &gs)
     _arr(gdot, cnp.NPY_FLOAT64, 1, True, "gdot", &gd)
