@@ -335,7 +335,7 @@ cdef int _data_by_phases(const _A* gy, w, Py_ssize_t sh, Py_ssize_t sw, Py_ssize
             if mi == 0 or mj == 0 or Ha == 0 or Wb == 0:
                 continue
             # (C, OC, mi, mj): this phase's taps, reversed, input and output channels swapped
-            subs[p] = np.ascontiguousarray(np.asarray(w)[:, :, i0::sh, j0::sw][:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+            subs[p] = np.ascontiguousarray(w[:, :, i0::sh, j0::sw][:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
             ptp[p] = mi - 1 - (a + pt - i0) // sh
             plp[p] = mj - 1 - (b + pl - j0) // sw
             fcd_geo_init(&geo[p], OC, OH, OW, 1, 1, C, mi, mj, 1, 1, ptp[p], plp[p], Ha, Wb, fcd_J)

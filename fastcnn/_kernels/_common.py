@@ -88,8 +88,8 @@ def _flat_or_none(a):
 
 def not_contiguous(op, **arrays):
     """Raise for the first of ``arrays`` (by name) that is not C-contiguous: the element-wise
-    kernels that flatten their arrays in the kernel need them contiguous (a flattened copy
-    would lose what a kernel writes)."""
+    kernels flatten their arrays (here or in the kernel), which needs them contiguous (a
+    flattened copy would lose what a kernel writes)."""
     name = next(n for n, a in arrays.items() if not a.flags.c_contiguous)
     raise ValueError(f"{op}: {name} must be C-contiguous")
 
@@ -99,7 +99,7 @@ def flat(a, name, op):
     not C-contiguous, whose reshape would be a copy (what a kernel writes there would be lost).
     As ``_flat`` in ``src_ext/_common.pxi``."""
     if not a.flags.c_contiguous:
-        raise ValueError(f"{op}: {name} must be C-contiguous")
+        not_contiguous(op, **{name: a})
     return a.reshape(-1)
 
 
