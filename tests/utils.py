@@ -156,6 +156,8 @@ DIRECT_CASES = [
     (2, 6, 15, 15, 40, 3, 3, 1, 1),  # pixel vectors aligned to rows (OW < 16 < Wq)
     (1, 5, 14, 14, 13, 5, 5, 1, "same"),  # rows, stored directly, OC not a multiple of 4
     (2, 3, 5, 37, 8, 3, 3, 2, 1),  # stride-2 phase rows of 16+ values: packed by vectors
+    (2, 3, 6, 35, 4, 3, 3, 2, 0),  # stride 2, no padding: odd columns to phase 1 from column 0
+    (1, 2, 7, 33, 5, 5, 5, 2, 2),  # stride 2, padding 2: both phases from column 1
 ]
 
 

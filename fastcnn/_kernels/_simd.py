@@ -128,6 +128,35 @@ def vload_even(typingctx, arr, i):
 
 
 @intrinsic
+def vdeinterleave(typingctx, xs, s, n, xd, de, ne, dd, no):
+    """``xd[de + m] = xs[s + 2m]`` for ``m < ne`` and ``xd[dd + m] = xs[s + 2m + 1]`` for ``m <
+    no``: the ``n <= 2*VL`` floats ``xs[s : s + n]`` (masked loads: nothing else is read), split
+    into their even and odd lanes by two shuffles, each stored as its first lanes
+    (:func:`_store_first`)."""
+    def codegen(context, builder, sig, args):
+        xty, sty, nty, dty, dety, nety, ddty, noty = sig.args
+        vi = ir.VectorType(_I32, VL)
+        vi2 = ir.VectorType(_I32, VL)
+
+        def i32(k):
+            return builder.trunc(context.cast(builder, args[k], sig.args[k], types.intp), _I32)
+
+        nn = _splat(builder, i32(2), vi)
+        fn, zero = _masked(builder, "load", _LLV), ir.Constant(_LLV, [0.0] * VL)
+        p = _ptr(context, builder, xty, args[0], args[1], sty)
+        lo = builder.call(fn, [p, ir.Constant(_I32, 4), builder.icmp_signed("<", ir.Constant(vi, list(range(VL))), nn),
+                               zero])
+        hi = builder.call(fn, [builder.gep(p, [ir.Constant(_I32, 1)]), ir.Constant(_I32, 4),
+                               builder.icmp_signed("<", ir.Constant(vi, list(range(VL, 2 * VL))), nn), zero])
+        even = builder.shuffle_vector(lo, hi, ir.Constant(vi2, list(range(0, 2 * VL, 2))))
+        odd = builder.shuffle_vector(lo, hi, ir.Constant(vi2, list(range(1, 2 * VL, 2))))
+        _store_first(builder, even, _ptr(context, builder, dty, args[3], args[4], dety), i32(5))
+        _store_first(builder, odd, _ptr(context, builder, dty, args[3], args[6], ddty), i32(7))
+        return context.get_dummy_value()
+    return types.none(xs, s, n, xd, de, ne, dd, no), codegen
+
+
+@intrinsic
 def vtranspose(typingctx, src, s0, sp, dst, d0, dp):
     """``dst[d0 + j*dp + i] = src[s0 + i*sp + j]`` for ``i, j < VL``: VL vectors loaded, transposed
     in registers by log2(VL) rounds of interleaving rows ``i`` and ``i + VL/2``, stored."""

@@ -31,6 +31,7 @@ from ._simd import (
     tile_fma_rows3,
     tile_store,
     tile_zero,
+    vdeinterleave,
     vload_even,
     vloads,
     vstore,
@@ -54,10 +55,37 @@ def _grid_shape(kh, kw, sh, sw, oh, ow):
 
 
 @helper
+def _pack_s2(xs, t, h, w, pt, pl, xd, dst0, hq, wq):
+    """:func:`_pad_plane` of stride 2 x 2 without the zeros: source rows in order, each split into
+    its even columns (phase ``pl % 2``, from column ``pl // 2``) and its odd ones (the other
+    phase, from ``(pl + 1) // 2``) by :func:`._simd.vdeinterleave`, ``2*VL`` columns a call."""
+    e0, o0 = pl // 2, (pl + 1) // 2
+    be = pl % 2
+    ne = min((w + 1) // 2, wq - e0)
+    no = min(w // 2, wq - o0)
+    for r in range(h):
+        hh = (r + pt) // 2
+        if hh >= hq:
+            break
+        a = (r + pt) % 2
+        src = (t * h + r) * w
+        de = dst0 + ((a * 2 + be) * hq + hh) * wq + e0
+        dd = dst0 + ((a * 2 + 1 - be) * hq + hh) * wq + o0
+        for m in range(0, max(ne, no), VL):
+            vdeinterleave(xs, src + 2 * m, min(2 * VL, w - 2 * m), xd, de + m, max(0, min(VL, ne - m)), dd + m,
+                          max(0, min(VL, no - m)))
+
+
+@helper
 def _pad_plane(xs, t, h, w, pt, pl, sh, sw, xd, dst0, hq, wq):
     """Plane ``t`` of the flat input ``xs`` (``h x w``) in the grid layout at ``xd[dst0:]``:
     ``xd[dst0 + ((a*sw + e)*hq + R)*wq + Q] = x[R*sh + a - pt, Q*sw + e - pl]`` of the plane, 0
-    outside it.  Each phase row: zeros, the source run, zeros."""
+    outside it.  Each phase row: zeros, the source run, zeros; for stride 2 x 2 (``pt, pl >= 0``)
+    only the plane's values (:func:`_pack_s2`): the callers' buffers start zeroed, and every
+    packing of one geometry writes the same positions."""
+    if sh == 2 and sw == 2 and pt >= 0 and pl >= 0:
+        _pack_s2(xs, t, h, w, pt, pl, xd, dst0, hq, wq)
+        return
     for a in range(sh):
         for e in range(sw):
             dst = dst0 + (a * sw + e) * hq * wq
@@ -147,8 +175,7 @@ def _forward(x, sh, sw, pt, pl, hq, wq, tab, w, bias, relu, oh, ow, y, pool, yp,
     chunks = min(tasks, _CHUNKS)
     for ch in prange(chunks):
         g = np.empty(J * pitch, np.float32)
-        xf = np.empty(c * cs + kw + MAX_VL, np.float32)  # (_pad_plane writes every plane)
-        xf[c * cs:] = 0.0  # (zeros past the last plane)
+        xf = np.zeros(c * cs + kw + MAX_VL, np.float32)  # (zeroed: _pad_plane)
         packed = -1
         # (whole images per chunk when there are enough: each image packed once)
         t0, t1 = ((ch * n // chunks) * nob, ((ch + 1) * n // chunks) * nob) if n >= chunks else \
@@ -326,8 +353,7 @@ def _backward_weight(x, sh, sw, pt, pl, hq, wq, off, gt, oh, ow, groups, ni_max,
         i1 = ((s + 1) * n + ns - 1) // ns
         u0 = g * ntiles // groups
         u1 = (g + 1) * ntiles // groups
-        xf = np.empty(ni_max * xs + MAX_TAPS + MAX_VL, np.float32)  # (_pad_plane writes every plane)
-        xf[ni_max * xs:] = 0.0  # (zeros past the last plane)
+        xf = np.zeros(ni_max * xs + MAX_TAPS + MAX_VL, np.float32)  # (zeroed: _pad_plane)
         for i in range(i0, i1, ni_max):
             ni = min(ni_max, i1 - i)
             for k in range(ni * c):

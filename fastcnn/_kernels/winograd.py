@@ -249,8 +249,7 @@ def _winograd(x, pt, pl, hq, wq, vp, bias, relu, ni, r5, oc, oh, ow, yf, pool, y
     groups = (n + ni - 1) // ni
     chunks = min(groups, _CHUNKS)
     for ch in prange(chunks):
-        xf = np.empty(ni * xs + 8 + MAX_VL, np.float32)  # (_pad_plane writes every plane)
-        xf[ni * xs:] = 0.0  # (zeros past the last plane)
+        xf = np.zeros(ni * xs + 8 + MAX_VL, np.float32)  # (zeroed: _pad_plane)
         u = np.zeros(nx * us + MAX_VL, np.float32)
         m = np.zeros(nx * ms + MAX_VL, np.float32)
         z = np.zeros(4 * qp, np.float32)
