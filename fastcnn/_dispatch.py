@@ -171,12 +171,8 @@ def _winograd_wins(module, n, c, oc, k):
     """The ``auto`` rule for the Winograd kernels of backend module ``module`` (its name), for a
     ``k`` x ``k`` (3 or 5) convolution of stride 1 of more than one image, from
     benches/conv_direct_gflops.py and benches/probes/step_time.py (docs/PERFORMANCE.md,
-    "Winograd convolutions"): Cython with 16 or more input and output channels; Numba with 32
-    or more output channels and 32 or more input channels (3x3) or 16 (5x5): its other
-    16-channel ones are no faster than its direct kernels."""
-    if module == "fastcnn._ext":
-        return n > 1 and c >= 16 and oc >= 16
-    return module == "fastcnn._kernels" and n > 1 and oc >= 32 and (c >= 32 or (k == 5 and c >= 16))
+    "Winograd convolutions"): both compiled backends with 16 or more input and output channels."""
+    return module in ("fastcnn._ext", "fastcnn._kernels") and n > 1 and c >= 16 and oc >= 16
 
 
 def winograd_weight():

@@ -91,7 +91,7 @@ def test_conv_plan_rules():
             assert _dispatch.conv_plan(k, 100, 1, 32, 5, 5, 28, 28, 4, backward=True) != "direct"
             assert _dispatch.conv_plan(k, 100, 3, 16, 3, 3, 32, 32, 4, backward=True, input_grad=False) == "direct"
             assert _dispatch.conv_plan(k, 1, 1, 8, 3, 3, 26, 26, 4, backward=True, input_grad=False) == "single"
-            # the ResNet's stride-2 shapes: direct both ways (stride 1: tests/test_winograd.py)
+            # the ResNet's stride-2 shapes: direct both ways (stride 1: test_winograd_plan_rules)
             assert _dispatch.conv_plan(k, 100, 16, 32, 3, 3, 16, 16, 4, True, strided=True) == "direct"
             assert _dispatch.conv_plan(k, 100, 32, 64, 3, 3, 8, 8, 4, True, strided=True) == "direct"
             assert _dispatch.conv_plan(k, 100, 32, 64, 3, 3, 8, 8, 4, strided=True) == "direct"
@@ -100,8 +100,8 @@ def test_conv_plan_rules():
                 assert _dispatch.conv_plan(k, 100, 16, 32, 1, 1, 16, 16, 4, backward) == "per_image"
         if "numba" in fastcnn.available_backends():
             k = _backend.ops("numba")
-            assert _dispatch.conv_plan(k, 100, 16, 16, 5, 5, 14, 14, 4) == "direct"
-            assert _dispatch.conv_plan(k, 100, 16, 16, 5, 5, 14, 14, 4, backward=True) == "direct"
+            assert _dispatch.conv_plan(k, 100, 8, 16, 5, 5, 14, 14, 4) == "direct"
+            assert _dispatch.conv_plan(k, 100, 8, 16, 5, 5, 14, 14, 4, backward=True) == "direct"
             assert _dispatch.conv_plan(k, 100, 3, 16, 3, 3, 32, 32, 4) == "direct"
             # first layers of one channel: direct forward of a batch, one GEMM for one image
             # unless pooled in the same call; their weight gradients: im2col; strided backward: direct
@@ -123,9 +123,8 @@ def test_conv_plan_rules():
 
 
 def test_winograd_plan_rules():
-    """``auto`` picks Winograd for the Cython backend's 3x3 and 5x5 stride-1 layers of 16+
-    channels (forward and input gradient), for Numba's of 32+ output channels and 32+
-    input channels (3x3) or 16+ (5x5); ``winograd`` forces it
+    """``auto`` picks Winograd for the compiled backends' 3x3 and 5x5 stride-1 layers of 16+
+    input and output channels (forward and input gradient); ``winograd`` forces it
     wherever it applies and runs the rest as ``direct``."""
     with fastcnn.config(conv="auto"):
         if "cython" in fastcnn.available_backends():
@@ -150,11 +149,13 @@ def test_winograd_plan_rules():
             k = _backend.ops("numba")
             assert _dispatch.conv_plan(k, 100, 32, 32, 3, 3, 16, 16, 4) == "winograd"
             assert _dispatch.conv_plan(k, 100, 64, 64, 3, 3, 8, 8, 4, backward=True) == "winograd"
-            assert _dispatch.conv_plan(k, 100, 16, 16, 3, 3, 32, 32, 4) == "direct"
+            assert _dispatch.conv_plan(k, 100, 16, 16, 3, 3, 32, 32, 4) == "winograd"
+            assert _dispatch.conv_plan(k, 100, 8, 16, 3, 3, 32, 32, 4) == "direct"
+            assert _dispatch.conv_plan(k, 100, 16, 8, 3, 3, 32, 32, 4) == "direct"
             assert _dispatch.conv_plan(k, 100, 16, 32, 5, 5, 14, 14, 4, pad=2) == "winograd"  # bn conv2
             assert _dispatch.conv_plan(k, 100, 16, 32, 5, 5, 14, 14, 4, True, pad=2) == "winograd"
-            assert _dispatch.conv_plan(k, 100, 16, 16, 5, 5, 14, 14, 4, pad=2) == "direct"
-            assert _dispatch.conv_plan(k, 100, 16, 32, 3, 3, 16, 16, 4) == "direct"
+            assert _dispatch.conv_plan(k, 100, 16, 16, 5, 5, 14, 14, 4, pad=2) == "winograd"
+            assert _dispatch.conv_plan(k, 100, 16, 32, 3, 3, 16, 16, 4) == "winograd"
             assert _dispatch.conv_plan(k, 128, 32, 64, 5, 5, 14, 14, 4, True, pad=2) == "winograd"  # lenet conv2
             assert _dispatch.conv_plan(k, 1, 32, 64, 5, 5, 14, 14, 4, pad=2) != "winograd"  # one image
         assert _dispatch.conv_plan(REF, 100, 16, 16, 3, 3, 32, 32, 4) == "chunked"
