@@ -118,11 +118,6 @@ def _pad_plane(xs, t, h, w, pt, pl, sh, sw, xd, dst0, hq, wq):
                     xd[_u(d + q)] = 0.0
 
 
-#: Work items of the tiled forward are run in at most this many chunks of consecutive ones,
-#: each with one tile buffer (an allocation per item cost ~2 us).
-_CHUNKS = 64
-
-
 @helper
 def _fwd_tile(xf, xb, cs, tab, c, kk_n, wp, wb, offs, g, pitch):
     """One register tile: ``J`` output channels (packed weights from ``wp[wb]``) x the pixel
@@ -138,9 +133,9 @@ def _fwd_tile(xf, xb, cs, tab, c, kk_n, wp, wb, offs, g, pitch):
 
 
 @parallel_kernel(fma=True)
-def _forward(x, sh, sw, pt, pl, hq, wq, tab, w, bias, relu, oh, ow, y, pool, yp, ip):
+def _forward(x, sh, sw, pt, pl, hq, wq, tab, w, bias, relu, oh, ow, y, pool, yp, ip, threads):
     """Direct convolution of ``x``: one work item per image and block of ``J`` output channels
-    (run in chunks of consecutive items, each with one tile buffer and one image buffer ``xf``,
+    (run in ``threads`` chunks of consecutive items, each with one tile buffer and one image buffer ``xf``,
     where the item's image is packed as :func:`_pad_plane` packs it, while in cache: channel planes
     ``cs`` apart, tap ``kk`` of grid position ``p`` at ``p + tab[kk]``, output row pitch
     ``wq``), register tiles of ``J`` x ``V`` vectors, then bias and ReLU on the way to ``y``
@@ -172,7 +167,7 @@ def _forward(x, sh, sw, pt, pl, hq, wq, tab, w, bias, relu, oh, ow, y, pool, yp,
         st[k] = (k // per_row) * wq + (k % per_row) * VL if rows else k * VL
     pitch = (grid + 1) * VL  # >= the last start + VL
     tasks = n * nob
-    chunks = min(tasks, _CHUNKS)
+    chunks = min(tasks, threads)
     for ch in prange(chunks):
         g = np.empty(J * pitch, np.float32)
         xf = np.zeros(c * cs + kw + MAX_VL, np.float32)  # (zeroed: _pad_plane)
@@ -229,7 +224,8 @@ def _direct(x, w, bias, sh, sw, pt, pl, relu, oh, ow, y=_NONE_F4, pool=0, yp=_NO
     ``ip``."""
     kh, kw = w.shape[2:]
     hq, wq, tab = _grid_shape(kh, kw, sh, sw, oh, ow)
-    _forward(np.ascontiguousarray(x), sh, sw, pt, pl, hq, wq, tab, w, bias, int(relu), oh, ow, y, pool, yp, ip)
+    _forward(np.ascontiguousarray(x), sh, sw, pt, pl, hq, wq, tab, w, bias, int(relu), oh, ow, y, pool, yp, ip,
+             _threads.get_num_threads())
 
 
 def conv2d_direct_forward(x, w, bias, sh, sw, pt, pl, relu, y):

@@ -11,7 +11,7 @@ and ReLU into the output.  The same operations in the same order as the Cython k
 import numpy as np
 from numba import prange
 
-from .. import _backend, _config, _ref
+from .. import _backend, _config, _ref, _threads
 from ._common import _u, check_once, helper, parallel_kernel
 from ._simd import (
     MAX_VL,
@@ -181,11 +181,6 @@ def _runs(q0, nq, nt, tw, runs):
 #: Offsets of the window values gathered into a contiguous buffer (3+ runs in a vector).
 _DTAB, _DTAB6 = tuple(k * VL for k in range(16)), tuple(k * VL for k in range(36))
 
-#: Groups of images are run in at most this many chunks of consecutive ones, each with one
-#: set of buffers.
-_CHUNKS = 64
-
-
 @helper
 def _put_row(yf, d, z, s0, n2, odd, bias, relu):
     """``yf[d + 2e] = f(z[s0 + e])``, ``yf[d + 2e + 1] = f(z[s1 + e])`` (``s1 = s0 + len(z)//4``)
@@ -201,13 +196,13 @@ def _put_row(yf, d, z, s0, n2, odd, bias, relu):
 
 
 @parallel_kernel(fma=True)
-def _winograd(x, pt, pl, hq, wq, vp, bias, relu, ni, r5, oc, oh, ow, yf, pool, yp, ip):
+def _winograd(x, pt, pl, hq, wq, vp, bias, relu, ni, r5, oc, oh, ow, yf, pool, yp, ip, threads):
     """The ``(n, oc, oh, ow)`` output, flat, into ``yf`` from the input ``x`` (N, C, H, W) and
     the transformed weights ``vp`` (``r5``: of 5x5 kernels, else 3x3); with ``pool`` its 2x2
     max pooling instead, into ``yp`` (``(n, oc, oh // 2, ow // 2)``, flat), and with ``pool ==
-    2`` the pooling's indices into ``ip``: an output tile is one pooling window.  Work items of
-    ``ni`` images (run in chunks of consecutive items, each with one set of buffers), each
-    item's images first packed into the chunk's buffer ``xf`` by :func:`.conv_direct._pad_plane`
+    2`` the pooling's indices into ``ip``: an output tile is one pooling window.  The images in
+    ``threads`` chunks of consecutive ones (each with one set of buffers), a chunk's in groups
+    of ``ni``, each group's images first packed into the chunk's buffer ``xf`` by :func:`.conv_direct._pad_plane`
     for a stride-2 convolution (image ``k`` at ``k*xs``, channels ``cs`` apart, the
     four stride phases ``ps`` apart, ``hq`` rows of pitch ``wq``: while in cache), then in
     chunks of ``V*VL`` tiles."""
@@ -246,8 +241,7 @@ def _winograd(x, pt, pl, hq, wq, vp, bias, relu, ni, r5, oc, oh, ow, yf, pool, y
              12 * us, 13 * us, 14 * us, 15 * us, 16 * us, 17 * us, 18 * us, 19 * us, 20 * us, 21 * us, 22 * us,
              23 * us, 24 * us, 25 * us, 26 * us, 27 * us, 28 * us, 29 * us, 30 * us, 31 * us, 32 * us, 33 * us,
              34 * us, 35 * us)
-    groups = (n + ni - 1) // ni
-    chunks = min(groups, _CHUNKS)
+    chunks = min(n, threads)
     for ch in prange(chunks):
         xf = np.zeros(ni * xs + 8 + MAX_VL, np.float32)  # (zeroed: _pad_plane)
         u = np.zeros(nx * us + MAX_VL, np.float32)
@@ -256,11 +250,11 @@ def _winograd(x, pt, pl, hq, wq, vp, bias, relu, ni, r5, oc, oh, ow, yf, pool, y
         runs = np.empty((q, 5), np.int64)  # a chunk's runs: position, length, image, tile row, column
         seg = np.empty((MAX_VL, 3), np.int64)  # a vector's runs: source offset of lane 0, lanes lo, hi
         dbuf = np.empty(36 * VL, np.float32)  # a vector's window values gathered from 3+ runs
-        for gi in range(ch * groups // chunks, (ch + 1) * groups // chunks):
-            i0 = gi * ni
-            for t in range(min(ni, n - i0) * c):  # the item's images, packed
+        i_end = (ch + 1) * n // chunks
+        for i0 in range(ch * n // chunks, i_end, ni):
+            for t in range(min(ni, i_end - i0) * c):  # the item's images, packed
                 _pad_plane(xflat, i0 * c + t, h, w, pt, pl, 2, 2, xf, t * cs, hq, wq)
-            nq_all = min(ni, n - i0) * nt
+            nq_all = min(ni, i_end - i0) * nt
             for q0 in range(0, nq_all, q):
                 nq = min(q, nq_all - q0)
                 nr = _runs(q0, nq, nt, tw, runs)
@@ -375,7 +369,8 @@ def _run(x, w, flip, bias, pt, pl, relu, oc, oh, ow, y, pooled=None, idx=None):
     # (the grid of an (r + 1) x (r + 1) convolution of stride 2 with th x tw outputs)
     _winograd(np.ascontiguousarray(x), pt, pl, th + r // 2, tw + r // 2, _weights(w, flip), bias, int(relu), ni,
               r == 5, oc, oh, ow, _NONE_F if pooled is not None else y.reshape(-1), pool,
-              _NONE_F if pooled is None else pooled.reshape(-1), idx.reshape(-1) if pool == 2 else _NONE_I)
+              _NONE_F if pooled is None else pooled.reshape(-1), idx.reshape(-1) if pool == 2 else _NONE_I,
+              _threads.get_num_threads())
 
 
 def conv2d_winograd_forward(x, w, bias, pt, pl, relu, y):
