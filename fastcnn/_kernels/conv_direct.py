@@ -246,30 +246,133 @@ def conv2d_direct_forward_maxpool2(x, w, bias, sh, sw, pt, pl, relu, oh, ow, y, 
 
 
 def conv2d_direct_backward_data(gy, w, sh, sw, pt, pl, gx):
-    """Input gradient (see :func:`fastcnn._ref.conv2d_direct_backward_data`), one input phase
-    at a time: the rows ``a, a + sh, ...`` and columns ``b, b + sw, ...`` of ``gx`` receive
-    only the taps ``i = i0, i0 + sh, ...`` (``i0 = (a + pt) % sh``) and ``j = j0, j0 + sw, ...``:
-    a stride-1 convolution of ``gy`` with those taps flipped and transposed (at stride 1 the
-    one phase is the whole of ``gx``)."""
+    """Input gradient (see :func:`fastcnn._ref.conv2d_direct_backward_data`): at stride 1 the
+    forward kernel on the rotated, transposed weights; strided, one stride-1 correlation per
+    input phase (:func:`_phase_plan`) in one kernel (:func:`_backward_data_phases`)."""
     check_once(_backend.sizes_conv2d_direct_backward_data, gy.shape, w.shape, sh, sw, pt, pl, gx.shape)
     n, c, h, wd = gx.shape
     kh, kw = w.shape[2:]
-    zeros = np.zeros(c, np.float32)
+    if n == 0 or gx.size == 0:
+        return
+    if sh == sw == 1:
+        wt = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+        _direct(gy, wt, _zeros(c), 1, 1, kh - 1 - pt, kw - 1 - pl, False, h, wd, gx)
+        return
+    hq, wq, ptc, plc, tabs, sts, meta, pitch, zero_phases = _phase_plan(kh, kw, sh, sw, pt, pl, h, wd, *gy.shape[2:])
+    for a, b in zero_phases:  # (phases no tap reaches)
+        gx[:, :, a::sh, b::sw] = 0.0
+    _backward_data_phases(np.ascontiguousarray(gy), ptc, plc, hq, wq, _phase_weights(w, sh, sw, pt, pl), tabs, sts,
+                          meta, pitch, sh, sw, gx, _threads.get_num_threads())
+
+
+@functools.lru_cache(maxsize=64)
+def _zeros(c):
+    return np.zeros(c, np.float32)
+
+
+@functools.lru_cache(maxsize=64)  # (per shape; never written)
+def _phase_plan(kh, kw, sh, sw, pt, pl, h, wd, oh, ow):
+    """The strided input gradient as ``sh*sw`` stride-1 correlations of the output gradient,
+    one per input phase ``(a, b)`` (rows ``a, a + sh, ...``, columns ``b, b + sw, ...`` of the
+    input): phase row ``r`` gets tap ``i0 + sh*k`` (``i0 = (a + pt) % sh``) from output row ``r
+    + (a + pt - i0)//sh - k``, i.e. the phase's ``ka`` taps reversed with top padding ``ka - 1
+    - (a + pt - i0)//sh`` (likewise for columns).  All phases read one packing of each image's
+    output gradient with the largest of their paddings (``ptc``, ``plc``; ``hq x wq`` planes),
+    each tap's offset shifted by the difference.  Returns ``(hq, wq, ptc, plc, tabs, sts, meta,
+    pitch, zero_phases)``: the phases' tap offsets and pixel-vector starts (concatenated), per
+    phase ``meta[p] = (a, b, taps, rows, columns, vectors, first tap, first start)``, the tile
+    buffer's row pitch, and the phases no tap reaches."""
+    ph = []
     for a in range(sh):
         for b in range(sw):
             i0, j0 = (a + pt) % sh, (b + pl) % sw
-            # Phase row R gets tap i0 + sh*k from gy row R + (a + pt - i0)//sh - k: with the
-            # ka taps flipped, top padding ka - 1 - (a + pt - i0)//sh (likewise for columns).
             ka, kb = len(range(i0, kh, sh)), len(range(j0, kw, sw))
-            out = gx if sh == sw == 1 else gx[:, :, a::sh, b::sw]  # (written through the view)
-            if out.size == 0:
+            ha, wb = len(range(a, h, sh)), len(range(b, wd, sw))
+            ph.append((a, b, ka, kb, ha, wb, ka - 1 - (a + pt - i0) // sh, kb - 1 - (b + pl - j0) // sw))
+    live = [q for q in ph if q[2] and q[3] and q[4] and q[5]]
+    ptc = max([0] + [q[6] for q in live])
+    plc = max([0] + [q[7] for q in live])
+    hq = max([1] + [q[4] + q[2] - 1 + ptc - q[6] for q in live])
+    wq = max([1] + [q[5] + q[3] - 1 + plc - q[7] for q in live])
+    tabs, sts, meta, grid_max = [], [], [], 0
+    for a, b, ka, kb, ha, wb, ptp, plp in live:
+        t0, s0 = len(tabs), len(sts)
+        tabs += [(i + ptc - ptp) * wq + j + plc - plp for i in range(ka) for j in range(kb)]
+        # pixel vectors: consecutive ones over the grid, or per output row, whichever are fewer
+        grid, per_row = -(-ha * wq // VL), -(-wb // VL)
+        rows = grid > ha * per_row
+        ns = ha * per_row if rows else grid
+        sts += [(k // per_row) * wq + (k % per_row) * VL if rows else k * VL for k in range(ns)]
+        grid_max = max(grid_max, grid)
+        meta.append((a, b, ka * kb, ha, wb, ns, t0, s0))
+    zero_phases = tuple((q[0], q[1]) for q in ph if q[4] and q[5] and not (q[2] and q[3]))
+    return (hq, wq, ptc, plc, np.array(tabs + [0], np.int64), np.array(sts + [0], np.int64),
+            np.array(meta, np.int64).reshape(-1, 8), (grid_max + 1) * VL, zero_phases)
+
+
+def _phase_weights(w, sh, sw, pt, pl):
+    """The phases' weights as :func:`_forward` packs a stride-1 correlation's, concatenated in
+    :func:`_phase_plan`'s order: phase ``(a, b)``'s taps of ``w`` (OC, C, KH, KW) reversed,
+    input and output channels swapped, ``[ob][oc][kk][J]`` with zeros past ``C``."""
+    oc, c, kh, kw = w.shape
+    nob = -(-c // J)
+    parts = []
+    for a in range(sh):
+        for b in range(sw):
+            i0, j0 = (a + pt) % sh, (b + pl) % sw
+            sub = w[:, :, i0::sh, j0::sw][:, :, ::-1, ::-1]  # (OC, C, ka, kb)
+            if sub.size == 0:
                 continue
-            if ka == 0 or kb == 0:
-                out[...] = 0.0
-            else:
-                wt = np.ascontiguousarray(w[:, :, i0::sh, j0::sw][:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
-                _direct(gy, wt, zeros, 1, 1, ka - 1 - (a + pt - i0) // sh, kb - 1 - (b + pl - j0) // sw, False,
-                        *out.shape[2:], out)
+            blk = np.zeros((nob * J, oc, sub.shape[2] * sub.shape[3]), np.float32)
+            blk[:c] = sub.transpose(1, 0, 2, 3).reshape(c, oc, -1)
+            parts.append(blk.reshape(nob, J, oc, -1).transpose(0, 2, 3, 1).ravel())
+    return np.concatenate(parts) if parts else np.zeros(1, np.float32)
+
+
+@parallel_kernel(fma=True)
+def _backward_data_phases(gy, ptc, plc, hq, wq, wp, tabs, sts, meta, pitch, sh, sw, gx, threads):
+    """The strided input gradient ``gx`` (N, C, H, W) from ``gy`` (N, OC, OH, OW) on
+    :func:`_phase_plan`'s plan: ``threads`` chunks of consecutive images, each image's ``gy``
+    packed once (padding ``ptc``, ``plc``; ``hq x wq`` planes), then per phase the forward
+    kernel's register tiles (:func:`_fwd_tile`, its weights ``wp`` from
+    :func:`_phase_weights`) and the tile rows stored to the phase's rows and columns of ``gx``."""
+    n, oc, oh, ow = gy.shape
+    c, h, wd = gx.shape[1], gx.shape[2], gx.shape[3]
+    gyf = gy.reshape(gy.size)
+    gxf = gx.reshape(gx.size)
+    cs = hq * wq
+    nob = (c + J - 1) // J
+    chunks = min(n, threads)
+    for ch in prange(chunks):
+        g = np.empty(J * pitch, np.float32)
+        xf = np.zeros(oc * cs + wq + MAX_VL, np.float32)
+        wbase = 0
+        for b in range(ch * n // chunks, (ch + 1) * n // chunks):
+            for ci in range(oc):
+                _pad_plane(gyf, b * oc + ci, oh, ow, ptc, plc, 1, 1, xf, ci * cs, hq, wq)
+            wbase = 0
+            for p in range(meta.shape[0]):
+                a, bc, kk_n, ha, wb, ns, t0, s0 = (meta[p, 0], meta[p, 1], meta[p, 2], meta[p, 3], meta[p, 4],
+                                                   meta[p, 5], meta[p, 6], meta[p, 7])
+                tab = tabs[t0:t0 + kk_n]
+                for ob in range(nob):
+                    wo = wbase + ob * oc * kk_n * J
+                    for k in range(0, ns, V):
+                        m = min(V, ns - k)
+                        if m == 3:
+                            _fwd_tile(xf, 0, cs, tab, oc, kk_n, wp, wo, (sts[s0 + k], sts[s0 + k + 1], sts[s0 + k + 2]),
+                                      g, pitch)
+                        elif m == 2:
+                            _fwd_tile(xf, 0, cs, tab, oc, kk_n, wp, wo, (sts[s0 + k], sts[s0 + k + 1]), g, pitch)
+                        else:
+                            _fwd_tile(xf, 0, cs, tab, oc, kk_n, wp, wo, (sts[s0 + k],), g, pitch)
+                    for jj in range(min(J, c - ob * J)):
+                        for r in range(ha):
+                            d = (((b * c + ob * J + jj) * h + a + sh * r) * wd + bc)
+                            e = jj * pitch + r * wq
+                            for q in range(wb):
+                                gxf[_u(d + sw * q)] = g[_u(e + q)]
+                wbase += nob * oc * kk_n * J
 
 
 @parallel_kernel(fma=True)
