@@ -151,20 +151,20 @@ def _maxpool2d_backward(gy, idx, gx):
     gf = gy.reshape(gy.size)
     jf = idx.reshape(idx.size)
     xf = gx.reshape(gx.size)
-    hw = h * w
     bad = 0
     for t in prange(n * c):
-        x0 = t * hw
-        for e in range(hw):
+        x0 = t * h * w
+        for e in range(h * w):
             xf[_u(x0 + e)] = 0.0
-        out = 0  # indices outside the plane: counted and skipped (as the Cython kernel)
+        out = 0  # indices outside the plane: counted, and the plane left zero
         for e in range(p):
             k = jf[_u(t * p + e)]
-            if 0 <= k < hw:
-                xf[_u(x0 + k)] += gf[_u(t * p + e)]
-            else:
-                out += 1
-        bad += out
+            out += (k < 0) | (k >= h * w)
+        if out:
+            bad += out
+            continue
+        for e in range(p):
+            xf[_u(x0 + jf[_u(t * p + e)])] += gf[_u(t * p + e)]
     return bad
 
 
