@@ -346,7 +346,6 @@ def _backward_data_phases(gy, ptc, plc, hq, wq, wp, tabs, sts, meta, pitch, sh, 
     for ch in prange(chunks):
         g = np.empty(J * pitch, np.float32)
         xf = np.zeros(oc * cs + wq + MAX_VL, np.float32)
-        wbase = 0
         for b in range(ch * n // chunks, (ch + 1) * n // chunks):
             for ci in range(oc):
                 _pad_plane(gyf, b * oc + ci, oh, ow, ptc, plc, 1, 1, xf, ci * cs, hq, wq)
