@@ -552,6 +552,35 @@ def test_direct_primitives_match_reference(name, case):
             assert (y >= 0).all()
 
 
+@pytest.mark.parametrize("name", DIRECT)
+@HSET
+@given(geo=geometries(), oc=st.sampled_from([1, 5, 16, 19]))
+def test_direct_primitives_match_reference_on_drawn_geometries(name, geo, oc):
+    """The three direct primitives against the reference (float64) on drawn shapes, strides
+    and paddings (the strided input gradient's phases included: a phase with taps but no
+    positions in the input once shifted the next phases' weights)."""
+    n, c, h, w, g, rng = geo
+    k = _backend.ops(name)
+    x = rng.standard_normal((n, c, h, w), dtype=np.float32)
+    wt = rng.standard_normal((oc, c, g.kh, g.kw), dtype=np.float32)
+    b = rng.standard_normal(oc, dtype=np.float32)
+    gy = rng.standard_normal((n, oc, g.oh, g.ow), dtype=np.float32)
+    got = run_direct(k, g, x, wt, b, gy)
+
+    def reference(xx, ww, bb, gg):
+        out = [np.empty(a.shape) for a in got]
+        _ref.conv2d_direct_forward(xx, ww, bb, g.sh, g.sw, g.pt, g.pl, 0, out[0])
+        _ref.conv2d_direct_backward_data(gg, ww, g.sh, g.sw, g.pt, g.pl, out[1])
+        _ref.conv2d_direct_backward_weight(gg, xx, g.sh, g.sw, g.pt, g.pl, out[2], out[3])
+        return out
+
+    arrays = [a.astype(np.float64) for a in (x, wt, b, gy)]
+    want, scale = reference(*arrays), reference(*(np.abs(a) for a in arrays))
+    for a, w_, sc, what in zip(got, want, scale, ("y", "gx", "gw", "gb")):
+        assert np.isfinite(a).all(), what
+        _close(a, w_, sc, f"{name} {(n, c, h, w, oc)} {g.kh}x{g.kw} stride {(g.sh, g.sw)} pad {(g.pt, g.pl)} {what}")
+
+
 @pytest.mark.parametrize("name", ["numpy"] + DIRECT)
 def test_direct_weight_gradient_without_bias(name):
     """An empty ``gb`` asks for no bias gradient (a layer without bias): the weight gradient

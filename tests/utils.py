@@ -158,6 +158,7 @@ DIRECT_CASES = [
     (2, 3, 5, 37, 8, 3, 3, 2, 1),  # stride-2 phase rows of 16+ values: packed by vectors
     (2, 3, 6, 35, 4, 3, 3, 2, 0),  # stride 2, no padding: odd columns to phase 1 from column 0
     (1, 2, 7, 33, 5, 5, 5, 2, 2),  # stride 2, padding 2: both phases from column 1
+    (2, 3, 7, 1, 4, 3, 3, (3, 2), 1),  # input gradient: a phase with taps but no input column
 ]
 
 

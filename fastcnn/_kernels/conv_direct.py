@@ -261,8 +261,8 @@ def conv2d_direct_backward_data(gy, w, sh, sw, pt, pl, gx):
     hq, wq, ptc, plc, tabs, sts, meta, pitch, zero_phases = _phase_plan(kh, kw, sh, sw, pt, pl, h, wd, *gy.shape[2:])
     for a, b in zero_phases:  # (phases no tap reaches)
         gx[:, :, a::sh, b::sw] = 0.0
-    _backward_data_phases(np.ascontiguousarray(gy), ptc, plc, hq, wq, _phase_weights(w, sh, sw, pt, pl), tabs, sts,
-                          meta, pitch, sh, sw, gx, _threads.get_num_threads())
+    _backward_data_phases(np.ascontiguousarray(gy), ptc, plc, hq, wq, _phase_weights(w, sh, sw, pt, pl, meta), tabs,
+                          sts, meta, pitch, sh, sw, gx, _threads.get_num_threads())
 
 
 @functools.lru_cache(maxsize=64)
@@ -310,23 +310,20 @@ def _phase_plan(kh, kw, sh, sw, pt, pl, h, wd, oh, ow):
             np.array(meta, np.int64).reshape(-1, 8), (grid_max + 1) * VL, zero_phases)
 
 
-def _phase_weights(w, sh, sw, pt, pl):
-    """The phases' weights as :func:`_forward` packs a stride-1 correlation's, concatenated in
-    :func:`_phase_plan`'s order: phase ``(a, b)``'s taps of ``w`` (OC, C, KH, KW) reversed,
-    input and output channels swapped, ``[ob][oc][kk][J]`` with zeros past ``C``."""
+def _phase_weights(w, sh, sw, pt, pl, meta):
+    """The weights of the phases of :func:`_phase_plan`'s ``meta`` (in its order) as
+    :func:`_forward` packs a stride-1 correlation's, concatenated: phase ``(a, b)``'s taps of
+    ``w`` (OC, C, KH, KW) reversed, input and output channels swapped, ``[ob][oc][kk][J]`` with
+    zeros past ``C``."""
     oc, c, kh, kw = w.shape
     nob = -(-c // J)
     parts = []
-    for a in range(sh):
-        for b in range(sw):
-            i0, j0 = (a + pt) % sh, (b + pl) % sw
-            sub = w[:, :, i0::sh, j0::sw][:, :, ::-1, ::-1]  # (OC, C, ka, kb)
-            if sub.size == 0:
-                continue
-            blk = np.zeros((nob * J, oc, sub.shape[2] * sub.shape[3]), np.float32)
-            blk[:c] = sub.transpose(1, 0, 2, 3).reshape(c, oc, -1)
-            parts.append(blk.reshape(nob, J, oc, -1).transpose(0, 2, 3, 1).ravel())
-    return np.concatenate(parts) if parts else np.zeros(1, np.float32)
+    for a, b in meta[:, :2]:
+        sub = w[:, :, (a + pt) % sh::sh, (b + pl) % sw::sw][:, :, ::-1, ::-1]  # (OC, C, ka, kb)
+        blk = np.zeros((nob * J, oc, sub.shape[2] * sub.shape[3]), np.float32)
+        blk[:c] = sub.transpose(1, 0, 2, 3).reshape(c, oc, -1)
+        parts.append(blk.reshape(nob, J, oc, -1).transpose(0, 2, 3, 1).ravel())
+    return np.concatenate(parts + [np.zeros(1, np.float32)])  # (never empty)
 
 
 @parallel_kernel(fma=True)
