@@ -14,8 +14,10 @@ import fastcnn  # isort: skip  (before NumPy: docs/PERFORMANCE.md)
 
 import numpy as np
 
-from fastcnn import _backend, models
+from fastcnn import _backend
 from fastcnn.train import recipe_step
+
+from timing import recipe_batch, time_primitives
 
 BACKENDS = ("cython", "numba")
 
@@ -23,24 +25,16 @@ BACKENDS = ("cython", "numba")
 def main(name, steps=12, threads=2):
     fastcnn.set_num_threads(int(threads))
     _, train_step = recipe_step(name)
-    rng = np.random.default_rng(0)
-    size, batch = models.INPUT_SIZE[name], models.RECIPES[name]["batch_size"]
-    x = rng.random((batch, 3 if name == "resnet" else 1, size, size), dtype=np.float32)
-    y = rng.integers(0, 10, batch)
+    x, y = recipe_batch(name)
     spent = {b: defaultdict(list) for b in BACKENDS}  # primitive -> its time in each step
     step_times = {b: [] for b in BACKENDS}
     now: dict = {}
-    for b in BACKENDS:  # (a timer around every primitive of both backend modules)
-        k = _backend.ops(b)
-        for attr in dir(k):
-            f = getattr(k, attr)
-            if callable(f) and not attr.startswith(("_", "sizes")):
-                def timed(*a, _f=f, _n=attr, **kw):
-                    t0 = time.perf_counter()
-                    out = _f(*a, **kw)
-                    now[_n] = now.get(_n, 0.0) + time.perf_counter() - t0
-                    return out
-                setattr(k, attr, timed)
+
+    def record(n, seconds):
+        now[n] = now.get(n, 0.0) + seconds
+
+    for b in BACKENDS:
+        time_primitives(_backend.ops(b), record)
     for b in BACKENDS:
         fastcnn.set_backend(b)
         for _ in range(3):

@@ -10,32 +10,25 @@ from collections import Counter, defaultdict
 
 import fastcnn  # isort: skip  (before NumPy: docs/PERFORMANCE.md)
 
-import numpy as np
 
-from fastcnn import _backend, models
+from fastcnn import _backend
 from fastcnn.train import recipe_step
+
+from timing import recipe_batch, time_primitives
 
 
 def main(name, backend="cython", threads=2, steps=10):
     fastcnn.set_backend(backend)
     fastcnn.set_num_threads(int(threads))
     _, train_step = recipe_step(name)
-    rng = np.random.default_rng(0)
-    size, batch = models.INPUT_SIZE[name], models.RECIPES[name]["batch_size"]
-    x = rng.random((batch, 3 if name == "resnet" else 1, size, size), dtype=np.float32)
-    y = rng.integers(0, 10, batch)
-    k = _backend.ops()
+    x, y = recipe_batch(name)
     spent, calls = defaultdict(float), Counter()
-    for attr in dir(k):  # (a timer around every primitive of the backend module)
-        f = getattr(k, attr)
-        if callable(f) and not attr.startswith(("_", "sizes")):
-            def timed(*a, _f=f, _n=attr, **kw):
-                t0 = time.perf_counter()
-                out = _f(*a, **kw)
-                spent[_n] += time.perf_counter() - t0
-                calls[_n] += 1
-                return out
-            setattr(k, attr, timed)
+
+    def record(n, seconds):
+        spent[n] += seconds
+        calls[n] += 1
+
+    time_primitives(_backend.ops(), record)
 
     def step():
         train_step(x, y)
