@@ -181,6 +181,7 @@ def _runs(q0, nq, nt, tw, runs):
 #: Offsets of the window values gathered into a contiguous buffer (3+ runs in a vector).
 _DTAB, _DTAB6 = tuple(k * VL for k in range(16)), tuple(k * VL for k in range(36))
 
+
 @helper
 def _put_row(yf, d, z, s0, n2, odd, bias, relu):
     """``yf[d + 2e] = f(z[s0 + e])``, ``yf[d + 2e + 1] = f(z[s1 + e])`` (``s1 = s0 + len(z)//4``)
