@@ -1,6 +1,8 @@
-"""The one shape-and-dtype check helper, and padding/output-size arithmetic."""
+"""The one shape-and-dtype check helper, padding/output-size arithmetic, and the shared
+read-only zeros."""
 from __future__ import annotations
 
+import functools
 import numbers
 import operator
 from typing import Any, TypeGuard, Union
@@ -174,3 +176,12 @@ def output_size(size: tuple[int, ...], kernel: tuple[int, int], stride: tuple[in
             f"{max(kh - pt - pb, 1)}x{max(kw - pl - pr, 1)}"
         )
     return ((hp - kh) // sh + 1, (wp - kw) // sw + 1)
+
+
+@functools.lru_cache(maxsize=64)
+def zeros(n: int, dtype: Any = np.float32) -> np.ndarray:
+    """A read-only array of ``n`` zeros: the bias of a layer without one, for the kernels that
+    take a bias (shared: nothing writes it)."""
+    z = np.zeros(n, dtype)
+    z.flags.writeable = False
+    return z

@@ -12,7 +12,6 @@ a view).
 """
 from __future__ import annotations
 
-import functools
 import math
 import operator
 import threading
@@ -36,6 +35,7 @@ from ._shapes import (
     output_size,
     pair,
     resolve_padding,
+    zeros,
 )
 
 __all__ = [
@@ -126,15 +126,6 @@ def _plain(v: object) -> bool:
 
 def _buf(ws: Workspace | None, name: str, shape: tuple[int, ...], dtype: DTypeLike = np.float32) -> np.ndarray:
     return np.empty(shape, dtype=dtype) if ws is None else ws.get(name, shape, dtype)
-
-
-@functools.lru_cache(maxsize=64)
-def _zeros(n: int, dtype: Any = np.float32) -> np.ndarray:
-    """A read-only array of ``n`` zeros: the bias of a layer without one, for the kernels that
-    take a bias (shared: nothing writes it)."""
-    z = np.zeros(n, dtype)
-    z.flags.writeable = False
-    return z
 
 
 # --------------------------------------------------------------------------- convolution
@@ -240,7 +231,7 @@ def _conv2d_forward(k: ModuleType, x: np.ndarray, weight: np.ndarray, bias: np.n
     plan = _dispatch.conv_plan(k, n, c, oc, g.kh, g.kw, g.oh, g.ow, dt.itemsize, strided=g.sh * g.sw > 1,
                                pad=max(g.pt, g.pl), pooled=pooled)
     if plan in ("direct", "winograd") and bias is None:
-        bias = _zeros(oc, dt)
+        bias = zeros(oc, dt)
     if plan in ("direct", "winograd") and pooled:  # (the pooling in the kernels)
         y = np.empty((n, oc, g.oh // 2, g.ow // 2), dt)
         idx = np.empty(y.shape if return_indices else (0, 0, 0, 0), np.int32)
@@ -287,7 +278,7 @@ def _conv2d_forward_gemm(k: ModuleType, x: np.ndarray, weight: np.ndarray, bias:
             y[0] += bias[:, None]
         return y.reshape(n, oc, g.oh, g.ow)
     if bias is None:
-        bias = _zeros(oc, dt)
+        bias = zeros(oc, dt)
     if plan == "per_image":
         cols = _buf(ws, "icols", (_threads.get_num_threads(), kdim, p), dt)
         k.conv2d_forward_images(x, w2, bias, *g.args, g.oh, g.ow, cols, y)
@@ -874,7 +865,7 @@ def linear(x: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None, *,
     k = _backend.ops()
     if x.shape[0] > 1 and x.shape[1] > 0 and _dispatch.one_pool(k):  # (no GEMM blocks for empty K)
         if bias is None:
-            bias = _zeros(weight.shape[0])
+            bias = zeros(weight.shape[0])
         k.linear_forward(x, weight, bias, _config.dense_blocks(weight.shape[0]), y)
         return y
     np.dot(x, weight.T, out=y)  # (np.dot: the same SGEMM as matmul, less call overhead)

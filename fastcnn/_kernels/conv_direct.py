@@ -15,6 +15,7 @@ import numpy as np
 from numba import prange
 
 from .. import _backend, _config, _threads
+from .._shapes import zeros
 from . import activation as _activation
 from . import pool as _pool
 from ._common import _u, add_plane, check_once, helper, parallel_kernel, total
@@ -256,18 +257,13 @@ def conv2d_direct_backward_data(gy, w, sh, sw, pt, pl, gx):
         return
     if sh == sw == 1:
         wt = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
-        _direct(gy, wt, _zeros(c), 1, 1, kh - 1 - pt, kw - 1 - pl, False, h, wd, gx)
+        _direct(gy, wt, zeros(c), 1, 1, kh - 1 - pt, kw - 1 - pl, False, h, wd, gx)
         return
     hq, wq, ptc, plc, tabs, sts, meta, pitch, zero_phases = _phase_plan(kh, kw, sh, sw, pt, pl, h, wd, *gy.shape[2:])
     for a, b in zero_phases:  # (phases no tap reaches)
         gx[:, :, a::sh, b::sw] = 0.0
     _backward_data_phases(np.ascontiguousarray(gy), ptc, plc, hq, wq, _phase_weights(w, sh, sw, pt, pl, meta), tabs,
                           sts, meta, pitch, sh, sw, gx, _threads.get_num_threads())
-
-
-@functools.lru_cache(maxsize=64)
-def _zeros(c):
-    return np.zeros(c, np.float32)
 
 
 @functools.lru_cache(maxsize=64)  # (per shape; never written)
