@@ -508,15 +508,17 @@ def batchnorm_backward(gy, x, mean, inv_std, weight, bias, relu, scale, count, g
     batchnorm_backward_apply(gy, x, mean, inv_std, weight, bias, relu, scale, a, b, gx)
 
 
-def adam_step(p, g, m, v, lr_t, beta1, beta2, eps, bc2_sqrt):
-    """One ``torch.optim.Adam`` update (no weight decay, no amsgrad), in place.
+def adam_step(ps, gs, ms, vs, lr_t, beta1, beta2, eps, bc2_sqrt):
+    """One ``torch.optim.Adam`` update (no weight decay, no amsgrad) of every parameter of
+    ``ps``, in place: one call per optimizer step (PyTorch's "foreach" form).
 
     Parameters
     ----------
-    p : float32 array  # IN/OUT  parameters
-    g : float32 array  # IN  gradient
-    m, v : float32 arrays  # IN/OUT  first and second moment estimates
-        All four have the same shape and are C-contiguous.
+    ps : sequence of float32 arrays  # IN/OUT  parameters
+    gs : sequence of float32 arrays  # IN  gradients
+    ms, vs : sequences of float32 arrays  # IN/OUT  first and second moment estimates
+        Four sequences of one length; the ``i``-th arrays of all four have one size (any
+        shape) and are C-contiguous.
     lr_t : float
         Step size ``lr / (1 - beta1**t)``.
     beta1, beta2 : float
@@ -532,36 +534,41 @@ def adam_step(p, g, m, v, lr_t, beta1, beta2, eps, bc2_sqrt):
         v = v * float32(beta2) + (g * g) * float32(1 - beta2)
         p = p - (m / (sqrt(v) / bc2_sqrt + eps)) * lr_t
     """
-    f = p.dtype.type
-    tmp = np.subtract(g, m)
-    tmp *= f(1.0 - beta1)
-    m += tmp
-    v *= f(beta2)
-    np.multiply(g, g, out=tmp)
-    tmp *= f(1.0 - beta2)
-    v += tmp
-    np.sqrt(v, out=tmp)
-    tmp /= f(bc2_sqrt)
-    tmp += f(eps)
-    np.divide(m, tmp, out=tmp)
-    tmp *= f(lr_t)
-    p -= tmp
+    for p, g, m, v in zip(ps, gs, ms, vs, strict=True):
+        p, g, m, v = p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1)  # (views: C-contiguous)
+        f = p.dtype.type
+        tmp = np.subtract(g, m)
+        tmp *= f(1.0 - beta1)
+        m += tmp
+        v *= f(beta2)
+        np.multiply(g, g, out=tmp)
+        tmp *= f(1.0 - beta2)
+        v += tmp
+        np.sqrt(v, out=tmp)
+        tmp /= f(bc2_sqrt)
+        tmp += f(eps)
+        np.divide(m, tmp, out=tmp)
+        tmp *= f(lr_t)
+        p -= tmp
 
 
-def sgd_step(p, g, buf, lr, weight_decay, momentum, dampening, nesterov, first):
-    """One ``torch.optim.SGD`` update, in place.
+def sgd_step(ps, gs, bufs, lr, weight_decay, momentum, dampening, nesterov, first):
+    """One ``torch.optim.SGD`` update of every parameter of ``ps``, in place: one call per
+    optimizer step.
 
     Parameters
     ----------
-    p : float32 array  # IN/OUT  parameters
-    g : float32 array  # IN  gradient
-    buf : float32 array  # IN/OUT  momentum buffer (unused when ``momentum`` is 0: any size)
-        All C-contiguous, of one shape (``buf`` too when ``momentum`` is not 0).
+    ps : sequence of float32 arrays  # IN/OUT  parameters
+    gs : sequence of float32 arrays  # IN  gradients
+    bufs : sequence of float32 arrays  # IN/OUT  momentum buffers (unused when ``momentum`` is 0:
+        any sizes)
+        Three sequences of one length; the ``i``-th parameter and gradient (and buffer when
+        ``momentum`` is not 0) have one size (any shape); all C-contiguous.
     lr, weight_decay, momentum, dampening : float
         The constants used are ``float32(lr)``, ``float32(weight_decay)``,
         ``float32(momentum)``, ``float32(1 - dampening)``.
     nesterov, first : bool
-        Nesterov momentum; ``first``: the buffer's first update (it is set, not blended).
+        Nesterov momentum; ``first``: the buffers' first update (they are set, not blended).
 
     Element-wise, every operation rounded to float32 in this order (torch's; bit-identical
     across backends)::
@@ -572,17 +579,19 @@ def sgd_step(p, g, buf, lr, weight_decay, momentum, dampening, nesterov, first):
         p = p - lr * d
     """
     f = np.float32
-    d = g
-    if weight_decay:
-        d = g + f(weight_decay) * p
-    if momentum:
-        if first:
-            buf[...] = d
-        else:
-            buf *= f(momentum)
-            buf += f(1.0 - dampening) * d
-        d = d + f(momentum) * buf if nesterov else buf
-    p -= f(lr) * d
+    for p, g, buf in zip(ps, gs, bufs, strict=True):
+        p, g, buf = p.reshape(-1), g.reshape(-1), buf.reshape(-1)  # (views: C-contiguous)
+        d = g
+        if weight_decay:
+            d = g + f(weight_decay) * p
+        if momentum:
+            if first:
+                buf[...] = d
+            else:
+                buf *= f(momentum)
+                buf += f(1.0 - dampening) * d
+            d = d + f(momentum) * buf if nesterov else buf
+        p -= f(lr) * d
 
 
 def conv2d_direct_forward(x, w, bias, sh, sw, pt, pl, relu, y):

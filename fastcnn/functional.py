@@ -12,6 +12,7 @@ a view).
 """
 from __future__ import annotations
 
+import functools
 import math
 import operator
 import threading
@@ -1208,18 +1209,23 @@ def _check_update_arrays(op: str, params: Sequence[Any], **state: Sequence[Any])
                 raise ValueError(f"{op}: {name}[{i}] is read-only; it is updated in place")
 
 
-def _update_arrays_checked(op: str, ws: Workspace | None, params: Sequence[Any], **state: Sequence[Any]) -> None:
+def _update_arrays_checked(op: str, ws: Workspace | None, params: Sequence[Any],
+                           **state: Sequence[Any]) -> tuple[tuple[Any, ...], ...]:
     """:func:`_check_update_arrays`, skipped when these very array objects passed it in the last
     call with ``ws`` (an optimizer's: its parameters' arrays stay the same step after step; the
-    kernels check dtype, contiguity and sizes again before they write)."""
+    kernels check dtype, contiguity and sizes again before they write).  Returns ``params`` and
+    the ``state`` sequences as tuples, the same tuple objects while the arrays are the same (the
+    Numba kernels check and group them once per tuple objects: docs/PERFORMANCE.md, 5)."""
     arrays = (*params, *(a for v in state.values() for a in v))
     if ws is not None:
         seen = ws._recorded(op)
-        if seen is not None and len(seen) == len(arrays) and all(map(operator.is_, seen, arrays)):
-            return
+        if seen is not None and len(seen[0]) == len(arrays) and all(map(operator.is_, seen[0], arrays)):
+            return seen[1]
     _check_update_arrays(op, params, **state)
+    tuples = (tuple(params), *(tuple(v) for v in state.values()))
     if ws is not None:
-        ws._record(op, *arrays)
+        ws._record(op, arrays, tuples)
+    return tuples
 
 
 def adam_step(params: Sequence[np.ndarray], grads: Sequence[np.ndarray], exp_avgs: Sequence[np.ndarray],
@@ -1237,18 +1243,17 @@ def adam_step(params: Sequence[np.ndarray], grads: Sequence[np.ndarray], exp_avg
     (:func:`fastcnn._ref.adam_step`).  The arrays are checked here (with ``ws``, once for the
     same array objects); the hyperparameters by :class:`fastcnn.optim.Adam`.
     """
-    _update_arrays_checked("adam_step", ws, params, grads=grads, exp_avgs=exp_avgs, exp_avg_sqs=exp_avg_sqs)
+    ps, gs, ms, vs = _update_arrays_checked("adam_step", ws, params, grads=grads, exp_avgs=exp_avgs,
+                                            exp_avg_sqs=exp_avg_sqs)
     b1, b2 = betas
     step_size = lr / (1.0 - b1 ** step)  # both rounded to float32 by the kernel
     bc2_sqrt = float(np.sqrt(1.0 - b2 ** step))
-    k = _backend.ops()
-    for param, grad, m, v in zip(params, grads, exp_avgs, exp_avg_sqs):
-        g = grad
-        if weight_decay and decoupled_weight_decay:
+    if weight_decay and decoupled_weight_decay:
+        for param in ps:
             param *= np.float32(1.0 - lr * weight_decay)
-        elif weight_decay:
-            g = grad + np.float32(weight_decay) * param
-        k.adam_step(param, g, m, v, step_size, b1, b2, eps, bc2_sqrt)
+    elif weight_decay:
+        gs = tuple(grad + np.float32(weight_decay) * param for param, grad in zip(ps, gs))
+    _backend.ops().adam_step(ps, gs, ms, vs, step_size, b1, b2, eps, bc2_sqrt)
 
 
 def sgd_step(params: Sequence[np.ndarray], grads: Sequence[np.ndarray], momentum_buffers: list[np.ndarray | None],
@@ -1267,22 +1272,34 @@ def sgd_step(params: Sequence[np.ndarray], grads: Sequence[np.ndarray], momentum
     """
     k = _backend.ops()
     if not momentum:
-        _update_arrays_checked("sgd_step", ws, params, grads=grads)
-        for param, grad in zip(params, grads):
-            k.sgd_step(param, grad, _NO_BUFFER, lr, weight_decay, 0.0, dampening, nesterov, False)
+        ps, gs = _update_arrays_checked("sgd_step", ws, params, grads=grads)
+        k.sgd_step(ps, gs, _no_buffers(len(ps)), lr, weight_decay, 0.0, dampening, nesterov, False)
         return
     if len(momentum_buffers) != len(params):
         raise ValueError(f"sgd_step: {len(momentum_buffers)} momentum_buffers for {len(params)} params")
     first = [b is None for b in momentum_buffers]
     bufs = [np.empty_like(p) if b is None and is_float32_array(p) else b for p, b in zip(params, momentum_buffers)]
-    _update_arrays_checked("sgd_step", ws, params, grads=grads, momentum_buffers=bufs)
-    for i, (param, grad, buf) in enumerate(zip(params, grads, bufs)):
-        k.sgd_step(param, grad, buf, lr, weight_decay, momentum, dampening, nesterov, first[i])
-        if first[i]:
-            momentum_buffers[i] = buf
+    ps, gs, bs = _update_arrays_checked("sgd_step", ws, params, grads=grads, momentum_buffers=bufs)
+    if any(first) and not all(first):  # (buffers made now and buffers given: two calls)
+        for is_first in (True, False):
+            pick = [i for i, f in enumerate(first) if f is is_first]
+            k.sgd_step(tuple(ps[i] for i in pick), tuple(gs[i] for i in pick), tuple(bs[i] for i in pick), lr,
+                       weight_decay, momentum, dampening, nesterov, is_first)
+    else:
+        k.sgd_step(ps, gs, bs, lr, weight_decay, momentum, dampening, nesterov, bool(first) and first[0])
+    for i, is_first in enumerate(first):
+        if is_first:
+            momentum_buffers[i] = bufs[i]
 
 
 _NO_BUFFER = np.empty(0, np.float32)  # (sgd_step without momentum)
+
+
+@functools.lru_cache(maxsize=16)
+def _no_buffers(n: int) -> tuple[np.ndarray, ...]:
+    """``n`` times :data:`_NO_BUFFER`, the same tuple object each call (see
+    :func:`_update_arrays_checked`)."""
+    return (_NO_BUFFER,) * n
 
 
 # --------------------------------------------------------------------------- tutorial form

@@ -115,20 +115,26 @@ ctypedef struct _A:
     Py_ssize_t shape[4]
 
 
-cdef inline cnp.ndarray _checked(object a, int typenum, int ndim, bint out, str name):
-    """``a`` once it is a NumPy array of ``typenum`` with ``ndim`` dimensions (any, if
-    negative), C-contiguous, aligned and in native byte order (``out``: and writable); else
-    raise naming ``name``."""
+cdef inline bint _fits(object a, int typenum, int ndim, bint out):
+    """Whether ``a`` is a NumPy array of ``typenum`` with ``ndim`` dimensions (any, if
+    negative), C-contiguous, aligned and in native byte order (``out``: and writable)."""
     cdef int want = cnp.NPY_ARRAY_C_CONTIGUOUS | cnp.NPY_ARRAY_ALIGNED | (cnp.NPY_ARRAY_WRITEABLE if out else 0)
     cdef cnp.ndarray x
     if not cnp.PyArray_Check(a):
-        raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
+        return False
     x = <cnp.ndarray>a
-    if ((ndim >= 0 and cnp.PyArray_NDIM(x) != ndim) or (cnp.PyArray_FLAGS(x) & want) != want
-            or not cnp.PyArray_ISNOTSWAPPED(x)
-            or (cnp.PyArray_TYPE(x) != typenum and not cnp.PyArray_EquivTypenums(cnp.PyArray_TYPE(x), typenum))):
+    return not ((ndim >= 0 and cnp.PyArray_NDIM(x) != ndim) or (cnp.PyArray_FLAGS(x) & want) != want
+                or not cnp.PyArray_ISNOTSWAPPED(x)
+                or (cnp.PyArray_TYPE(x) != typenum and not cnp.PyArray_EquivTypenums(cnp.PyArray_TYPE(x), typenum)))
+
+
+cdef inline cnp.ndarray _checked(object a, int typenum, int ndim, bint out, str name):
+    """``a`` once :func:`_fits`; else raise naming ``name``."""
+    if not _fits(a, typenum, ndim, out):
+        if not cnp.PyArray_Check(a):
+            raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
         _refuse(a, typenum, ndim, out, name)
-    return x
+    return <cnp.ndarray>a
 
 
 cdef int _refuse(object a, int typenum, int ndim, bint out, str name) except -1:
@@ -157,6 +163,17 @@ cdef inline int _flat(object a, bint out, str name, float** data, Py_ssize_t* si
     cdef cnp.ndarray x = _checked(a, cnp.NPY_FLOAT32, -1, out, name)
     data[0] = <float*>cnp.PyArray_DATA(x)
     size[0] = cnp.PyArray_SIZE(x)
+    return 0
+
+
+cdef inline int _flat_item(object seq, Py_ssize_t i, bint out, str name, float** data,
+                           Py_ssize_t* size) except -1:
+    """:func:`_flat` of ``seq[i]``, named ``name[i]`` if refused (the name built only then)."""
+    cdef object a = seq[i]
+    if not _fits(a, cnp.NPY_FLOAT32, -1, out):
+        _checked(a, cnp.NPY_FLOAT32, -1, out, f"{name}[{i}]")
+    data[0] = <float*>cnp.PyArray_DATA(<cnp.ndarray>a)
+    size[0] = cnp.PyArray_SIZE(<cnp.ndarray>a)
     return 0
 
 

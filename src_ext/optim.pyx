@@ -44,31 +44,37 @@ cdef void _adam(float* p, const float* g, float* m, float* v,  # IN/OUT, IN, IN/
         _adam_block(p + o, g + o, m + o, v + o, n, lr_t, c1, b2, c2, eps, bc2)
 
 
-cdef _Key _adam_ok
+cdef int _same_length(str op, Py_ssize_t n, str name, object seq) except -1:
+    if len(seq) != n:
+        raise ValueError(f"{op}: {len(seq)} {name} for {n} ps")
+    return 0
 
 
-def adam_step(p, g, m, v, double lr_t, double beta1, double beta2, double eps, double bc2_sqrt):
-    """One ``torch.optim.Adam`` update in place (see :func:`fastcnn._ref.adam_step`)."""
+def adam_step(ps, gs, ms, vs, double lr_t, double beta1, double beta2, double eps, double bc2_sqrt):
+    """One ``torch.optim.Adam`` update of every parameter in place (see
+    :func:`fastcnn._ref.adam_step`): one kernel per parameter, each array checked (sizes by
+    ``_backend.sizes_adam_step`` when they differ)."""
     cdef float* pp
     cdef float* gp
     cdef float* mp
     cdef float* vp
-    cdef Py_ssize_t np_, ng, nm, nv
-    _flat(p, True, "p", &pp, &np_)
-    _flat(g, False, "g", &gp, &ng)
-    _flat(m, True, "m", &mp, &nm)
-    _flat(v, True, "v", &vp, &nv)
-    cdef _Key k = _key(np_, ng, nm, nv)
-    if _new(&_adam_ok, &k):
-        _passed(&_adam_ok, &k, _backend.sizes_adam_step(
-            np_, ng, nm, nv, lr_t, beta1, beta2, eps, bc2_sqrt))
-    if np_ == 0:
-        return
+    cdef Py_ssize_t np_, ng, nm, nv, i, n = len(ps)
     cdef float c1 = <float>(1.0 - beta1), c2 = <float>(1.0 - beta2)
-    with nogil:
-        _adam(pp, gp, mp, vp, np_, <float>lr_t, c1, <float>beta2, c2, <float>eps,
-              <float>bc2_sqrt, _threads_for(np_))
-
+    _same_length("adam_step", n, "gs", gs)
+    _same_length("adam_step", n, "ms", ms)
+    _same_length("adam_step", n, "vs", vs)
+    for i in range(n):
+        _flat_item(ps, i, True, "ps", &pp, &np_)
+        _flat_item(gs, i, False, "gs", &gp, &ng)
+        _flat_item(ms, i, True, "ms", &mp, &nm)
+        _flat_item(vs, i, True, "vs", &vp, &nv)
+        if not (np_ == ng and ng == nm and nm == nv):
+            _backend.sizes_adam_step(np_, ng, nm, nv, lr_t, beta1, beta2, eps, bc2_sqrt)
+        if np_ == 0:
+            continue
+        with nogil:
+            _adam(pp, gp, mp, vp, np_, <float>lr_t, c1, <float>beta2, c2, <float>eps,
+                  <float>bc2_sqrt, _threads_for(np_))
 
 
 cdef inline void _sgd_block(float* p, const float* g, float* buf, Py_ssize_t n, float lr, float wd,
@@ -119,27 +125,26 @@ cdef void _sgd(float* p, const float* g, float* buf,  # IN/OUT, IN, IN/OUT (M,)
                    nesterov, first)
 
 
-cdef _Key _sgd_ok
-
-
-def sgd_step(p, g, buf, double lr, double weight_decay, double momentum, double dampening,
+def sgd_step(ps, gs, bufs, double lr, double weight_decay, double momentum, double dampening,
              bint nesterov, bint first):
-    """One ``torch.optim.SGD`` update in place (see :func:`fastcnn._ref.sgd_step`)."""
+    """One ``torch.optim.SGD`` update of every parameter in place (see
+    :func:`fastcnn._ref.sgd_step`): as :func:`adam_step`."""
     cdef float* pp
     cdef float* gp
     cdef float* bp
-    cdef Py_ssize_t np_, ng, nb
-    _flat(p, True, "p", &pp, &np_)
-    _flat(g, False, "g", &gp, &ng)
-    _flat(buf, True, "buf", &bp, &nb)
+    cdef Py_ssize_t np_, ng, nb, i, n = len(ps)
     cdef int use_mom = momentum != 0
-    cdef _Key k = _key(np_, ng, nb, use_mom)
-    if _new(&_sgd_ok, &k):
-        _passed(&_sgd_ok, &k, _backend.sizes_sgd_step(
-            np_, ng, nb, lr, weight_decay, momentum, dampening, nesterov, first))
-    if np_ == 0:
-        return
-    with nogil:
-        _sgd(pp, gp, bp, np_, <float>lr, <float>weight_decay, <float>momentum,
-             <float>(1.0 - dampening), weight_decay != 0, use_mom, nesterov, first,
-             _threads_for(np_))
+    _same_length("sgd_step", n, "gs", gs)
+    _same_length("sgd_step", n, "bufs", bufs)
+    for i in range(n):
+        _flat_item(ps, i, True, "ps", &pp, &np_)
+        _flat_item(gs, i, False, "gs", &gp, &ng)
+        _flat_item(bufs, i, True, "bufs", &bp, &nb)
+        if np_ != ng or (use_mom and nb != np_):
+            _backend.sizes_sgd_step(np_, ng, nb, lr, weight_decay, momentum, dampening, nesterov, first)
+        if np_ == 0:
+            continue
+        with nogil:
+            _sgd(pp, gp, bp, np_, <float>lr, <float>weight_decay, <float>momentum,
+                 <float>(1.0 - dampening), weight_decay != 0, use_mom, nesterov, first,
+                 _threads_for(np_))

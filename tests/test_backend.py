@@ -427,55 +427,83 @@ def test_batchnorm_stats_accurate_for_large_mean(name, loc):
     assert_close(var, want, 1e-12, atol=0, what="var")
 
 
+#: Parameter shapes of one optimizer call: one element, odd sizes, empty, above and below
+#: ``_config.PAR_MIN_WORK`` (parallel and serial runs in one call), several dimensionalities.
+UPDATE_SHAPES = [(1,), (7,), (3, 5, 7), (0,), (2 * 16384 + 5,), (64, 32, 5, 5), (10, 1352), (8, 1, 3, 3)]
+
+
 @pytest.mark.parametrize("name", COMPILED)
-@pytest.mark.parametrize("shape", [(1,), (7,), (3, 5, 7), (2 * 16384 + 5,), (64, 32, 5, 5)])
-def test_adam_step_matches_reference(name, shape):
+@pytest.mark.parametrize("shapes", [UPDATE_SHAPES, UPDATE_SHAPES[:1], UPDATE_SHAPES * 3])
+def test_adam_step_matches_reference(name, shapes):
+    """All parameters in one call (lists or tuples, the same tuples again: the Numba kernel's
+    kept table), bit for bit."""
     rng = np.random.default_rng(14)
     k = _mod(name)
-    p0 = rng.standard_normal(shape).astype(np.float32)
-    want = [p0.copy(), np.zeros(shape, np.float32), np.zeros(shape, np.float32)]
-    got = [p0.copy(), np.zeros(shape, np.float32), np.zeros(shape, np.float32)]
+    p0 = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    want = [[p.copy() for p in p0], [np.zeros(s, np.float32) for s in shapes],
+            [np.zeros(s, np.float32) for s in shapes]]
+    got = [tuple(p.copy() for p in p0), tuple(np.zeros(s, np.float32) for s in shapes),
+           tuple(np.zeros(s, np.float32) for s in shapes)]
+    g = tuple(np.empty(s, np.float32) for s in shapes)
     lr, (b1, b2), eps = 1e-3, (0.9, 0.999), 1e-8
     for t in range(1, 11):
-        g = rng.standard_normal(shape).astype(np.float32)
-        g[rng.random(shape) < 0.1] = 0.0
+        for a in g:
+            a[...] = rng.standard_normal(a.shape)
+            a[rng.random(a.shape) < 0.1] = 0.0
         args = (lr / (1 - b1 ** t), b1, b2, eps, np.sqrt(1 - b2 ** t))
         _ref.adam_step(want[0], g, want[1], want[2], *args)
-        k.adam_step(got[0], g, got[1], got[2], *args)
+        if t % 2:
+            k.adam_step(got[0], g, got[1], got[2], *args)
+        else:
+            k.adam_step(list(got[0]), list(g), list(got[1]), list(got[2]), *args)
     for what, a, b in zip(("p", "m", "v"), got, want):
-        _assert_f32(a, b, _unfused(name), what)
-    with pytest.raises(ValueError, match="C-contiguous"):
+        for x, y in zip(a, b):
+            _assert_f32(x, y, _unfused(name), what)
+    z = np.zeros((4, 3), np.float32)
+    with pytest.raises(ValueError, match=r"ps\[1\] must be .*C-contiguous"):
         big = np.zeros((4, 6), np.float32)
-        k.adam_step(big[:, ::2], np.zeros((4, 3), np.float32), np.zeros((4, 3), np.float32),
-                    np.zeros((4, 3), np.float32), *args)
+        k.adam_step((z.copy(), big[:, ::2]), (z, z), (z.copy(), z.copy()), (z.copy(), z.copy()), *args)
+    with pytest.raises(ValueError, match="1 gs for 2 ps"):
+        k.adam_step((z.copy(), z.copy()), (z,), (z.copy(), z.copy()), (z.copy(), z.copy()), *args)
 
 
 @pytest.mark.parametrize("name", COMPILED)
-@pytest.mark.parametrize("shape", [(1,), (7,), (3, 5, 7), (2 * 16384 + 5,), (64, 32, 5, 5)])
 @pytest.mark.parametrize("momentum, dampening, nesterov, weight_decay",
                          [(0.0, 0.0, False, 0.0), (0.0, 0.0, False, 5e-4), (0.9, 0.0, False, 0.0),
                           (0.9, 0.1, False, 5e-4), (0.9, 0.0, True, 1e-2)])
-def test_sgd_step_matches_reference(name, shape, momentum, dampening, nesterov, weight_decay):
-    """Every variant of the SGD update, the buffer's first update included, bit for bit (no
-    fused multiply-add in the element-wise kernels); a NaN gradient stays in its element."""
+def test_sgd_step_matches_reference(name, momentum, dampening, nesterov, weight_decay):
+    """Every variant of the SGD update, the buffers' first update included, all parameters in
+    one call, bit for bit (no fused multiply-add in the element-wise kernels); a NaN gradient
+    stays in its element."""
     rng = np.random.default_rng(16)
     k = _mod(name)
-    p0 = rng.standard_normal(shape).astype(np.float32)
-    want, got = [p0.copy(), np.zeros(shape, np.float32)], [p0.copy(), np.zeros(shape, np.float32)]
+    shapes = UPDATE_SHAPES
+    p0 = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    want = [[p.copy() for p in p0], [np.zeros(s, np.float32) for s in shapes]]
+    got = [tuple(p.copy() for p in p0), tuple(np.zeros(s, np.float32) for s in shapes)]
+    g = tuple(np.empty(s, np.float32) for s in shapes)
+    if not momentum:  # (buffers unused: any sizes)
+        want[1] = got[1] = (np.empty(0, np.float32),) * len(shapes)
     for t in range(6):
-        g = rng.standard_normal(shape).astype(np.float32)
-        g[rng.random(shape) < 0.1] = 0.0
+        for a in g:
+            a[...] = rng.standard_normal(a.shape)
+            a[rng.random(a.shape) < 0.1] = 0.0
         if t == 3:
-            g.flat[0] = np.nan
+            g[0].flat[0] = np.nan
         args = (0.05, weight_decay, momentum, dampening, nesterov, t == 0)
         _ref.sgd_step(want[0], g, want[1], *args)
         k.sgd_step(got[0], g, got[1], *args)
     for what, a, b in zip(("p", "buf"), got, want):
-        _assert_f32(a, b, _unfused(name), what)
-    assert np.isnan(got[0].flat[0]) and np.isfinite(got[0].flat[1:]).all()
-    with pytest.raises(ValueError, match="C-contiguous"):
+        for x, y in zip(a, b):
+            _assert_f32(x, y, _unfused(name), what)
+    assert np.isnan(got[0][0].flat[0]) and np.isfinite(got[0][1]).all()
+    z = np.zeros((4, 3), np.float32)
+    with pytest.raises(ValueError, match=r"ps\[0\] must be .*C-contiguous"):
         big = np.zeros((4, 6), np.float32)
-        k.sgd_step(big[:, ::2], np.zeros((4, 3), np.float32), np.zeros((4, 3), np.float32), *args)
+        k.sgd_step((big[:, ::2],), (z,), (z.copy(),), *args)
+    z.flags.writeable = False
+    with pytest.raises(ValueError, match=r"ps\[0\] .*(read-only|writable)"):
+        k.sgd_step((z,), (z,), (np.zeros(12, np.float32),), *args)
 
 
 def test_adam_optimizer_backends_agree():
@@ -950,10 +978,12 @@ def test_size_checks_of_the_contract_are_the_same_for_both_compiled_backends(nam
         (k.relu_forward, (f32((2, 3), np.float32), f32((2, 2), np.float32))),
         (k.add_forward, (f32((2, 3), np.float32), f32(6, np.float32), f32((2, 2), np.float32))),
         (k.add_relu_forward, (f32((2, 3), np.float32), f32(5, np.float32), f32((2, 3), np.float32))),
-        (k.adam_step, (f32(4, np.float32), f32(4, np.float32), f32(3, np.float32), f32(4, np.float32),
+        (k.adam_step, ((f32(4, np.float32),), (f32(4, np.float32),), (f32(3, np.float32),), (f32(4, np.float32),),
                        1e-3, 0.9, 0.999, 1e-8, 1.0)),
-        (k.sgd_step, (f32(4, np.float32), f32(3, np.float32), f32(4, np.float32), 0.1, 0.0, 0.9, 0.0, False, False)),
-        (k.sgd_step, (f32(4, np.float32), f32(4, np.float32), f32(3, np.float32), 0.1, 0.0, 0.9, 0.0, False, False)),
+        (k.sgd_step, ((f32(4, np.float32),), (f32(3, np.float32),), (f32(4, np.float32),), 0.1, 0.0, 0.9, 0.0, False,
+                      False)),
+        (k.sgd_step, ((f32(2, np.float32), f32(4, np.float32)), (f32(2, np.float32), f32(4, np.float32)),
+                      (f32(2, np.float32), f32(3, np.float32)), 0.1, 0.0, 0.9, 0.0, False, False)),
         (k.conv2d_direct_forward, (f32((1, 2, 5, 5), np.float32), f32((3, 2, 3, 3), np.float32),
                                    f32(4, np.float32), 1, 1, 0, 0, 0, f32((1, 3, 3, 3), np.float32))),
         (k.conv2d_direct_forward_maxpool2, (f32((1, 2, 5, 5), np.float32), f32((3, 2, 3, 3), np.float32),

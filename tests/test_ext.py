@@ -276,5 +276,5 @@ def test_primitives_refuse_arrays_a_kernel_cannot_take_by_name():
         pool.maxpool2d_backward(np.zeros((1, 2, 2, 2), np.float32), np.zeros((1, 2, 2, 2), np.int64),
                                 np.zeros((1, 2, 4, 4), np.float32))
     p = np.zeros(5, np.float32)
-    with pytest.raises(ValueError, match=r"g must be .*float32.*got <f8"):
-        optim.sgd_step(p, np.zeros(5), np.zeros(0, np.float32), 0.1, 0.0, 0.0, 0.0, False, False)
+    with pytest.raises(ValueError, match=r"gs\[0\] must be .*float32.*got <f8"):
+        optim.sgd_step((p,), (np.zeros(5),), (np.zeros(0, np.float32),), 0.1, 0.0, 0.0, 0.0, False, False)

@@ -15,7 +15,7 @@ import types
 import numpy as np
 from numba import njit
 from numba import types as nbtypes
-from numba.extending import get_cython_function_address, overload, register_jitable
+from numba.extending import get_cython_function_address, intrinsic, overload, register_jitable
 
 from .. import _backend, _config
 
@@ -138,6 +138,18 @@ def gemm(sgemm, ta, tb, m, n, k, a, lda, b, ldb, c, ldc):
     p = iv.ctypes.data
     sgemm(ch.ctypes.data, ch.ctypes.data + 1, p, p + 4, p + 8, fv.ctypes.data, b, p + 12, a, p + 16,
           fv.ctypes.data + 4, c, p + 20)
+
+
+@intrinsic
+def f32_ptr(typingctx, addr):
+    """The integer ``addr`` as a float32 pointer (for ``numba.carray``): the address of an array
+    that the caller keeps alive (the optimizer kernels' tables)."""
+    sig = nbtypes.CPointer(nbtypes.float32)(addr)
+
+    def codegen(context, builder, sig, args):
+        return builder.inttoptr(args[0], context.get_value_type(sig.return_type))
+
+    return sig, codegen
 
 
 @helper
