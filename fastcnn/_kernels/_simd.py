@@ -536,16 +536,10 @@ def vstores(typingctx, arr, base, offs, vs):
     return types.none(arr, base, offs, vs), codegen
 
 
-@intrinsic
-def pool2_row(typingctx, xf, a0, a1, n, yf, jf, yo, base, w):
-    """One vector of ``n`` (<= VL) 2x2 max-pooling windows: window ``e`` is ``xf[a0 + 2e],
-    xf[a0 + 2e + 1]`` over ``xf[a1 + 2e], xf[a1 + 2e + 1]``; its maximum goes to ``yf[yo + e]``
-    and its flat index ``base + 2e + column + row * w`` to ``jf[yo + e]``, by the pooling
-    kernels' scan rule (a later cell wins if not <= the best, unless the best is NaN).  Nothing
-    outside the windows and the ``n`` outputs is touched: plain loads for ``n == VL``, masked
-    ones otherwise; the stores by :func:`_store_first`."""
+def _pool2_row_codegen(biased):
+    """The code of :func:`pool2_row` (``biased``: of :func:`pool2_row_biased`)."""
     def codegen(context, builder, sig, args):
-        xty, a0t, a1t, nty, yty, jty, yot, bty, wty = sig.args
+        xty, a0t, a1t, nty, yty, jty, yot, bty, wty = sig.args[:9]
         vi = ir.VectorType(_I32, VL)
         lanes = ir.Constant(vi, list(range(VL)))
         i32 = lambda v, t: builder.trunc(context.cast(builder, v, t, types.intp), _I32)  # noqa: E731
@@ -558,6 +552,16 @@ def pool2_row(typingctx, xf, a0, a1, n, yf, jf, yo, base, w):
         ja = context.make_array(jty)(context, builder, args[5])
         jp = builder.bitcast(builder.gep(ja.data, [yo]), vi.as_pointer())
         yp = _ptr(context, builder, yty, args[4], yo, types.intp)
+        if biased:
+            b = _splat(builder, context.cast(builder, args[9], sig.args[9], types.float32))
+            relu = builder.icmp_signed("!=", context.cast(builder, args[10], sig.args[10], types.intp),
+                                       ir.Constant(ir.IntType(64), 0))
+
+        def f(v):  # (vpool4's)
+            if not biased:
+                return v
+            v = builder.fadd(v, b)
+            return builder.select(relu, builder.select(builder.fcmp_ordered("<=", v, zero), zero, v), v)
 
         def body(masked):
             def load(ptr, mask):
@@ -572,7 +576,7 @@ def pool2_row(typingctx, xf, a0, a1, n, yf, jf, yo, base, w):
                           m_hi)
                 even = builder.shuffle_vector(lo, hi, ir.Constant(vi, [2 * e for e in range(VL)]))
                 odd = builder.shuffle_vector(lo, hi, ir.Constant(vi, [2 * e + 1 for e in range(VL)]))
-                return even, odd
+                return f(even), f(odd)
 
             m, c1 = row(args[1], a0t)
             c2, c3 = row(args[2], a1t)
@@ -599,7 +603,26 @@ def pool2_row(typingctx, xf, a0, a1, n, yf, jf, yo, base, w):
             with part:
                 body(True)
         return context.get_dummy_value()
-    return types.none(xf, a0, a1, n, yf, jf, yo, base, w), codegen
+    return codegen
+
+
+@intrinsic
+def pool2_row(typingctx, xf, a0, a1, n, yf, jf, yo, base, w):
+    """One vector of ``n`` (<= VL) 2x2 max-pooling windows: window ``e`` is ``xf[a0 + 2e],
+    xf[a0 + 2e + 1]`` over ``xf[a1 + 2e], xf[a1 + 2e + 1]``; its maximum goes to ``yf[yo + e]``
+    and its flat index ``base + 2e + column + row * w`` to ``jf[yo + e]``, by the pooling
+    kernels' scan rule (a later cell wins if not <= the best, unless the best is NaN).  Nothing
+    outside the windows and the ``n`` outputs is touched: plain loads for ``n == VL``, masked
+    ones otherwise; the stores by :func:`_store_first`."""
+    return types.none(xf, a0, a1, n, yf, jf, yo, base, w), _pool2_row_codegen(False)
+
+
+@intrinsic
+def pool2_row_biased(typingctx, xf, a0, a1, n, yf, jf, yo, base, w, bias, relu):
+    """:func:`pool2_row` of ``v + bias``, then the ReLU if ``relu``, for each cell ``v`` (as
+    :func:`vpool4`): the pooling of a convolution's output without a pass that adds the bias to
+    it in memory first."""
+    return types.none(xf, a0, a1, n, yf, jf, yo, base, w, bias, relu), _pool2_row_codegen(True)
 
 
 @intrinsic

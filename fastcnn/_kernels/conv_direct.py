@@ -26,7 +26,7 @@ from ._simd import (
     WT,
     J,
     V,
-    pool2_row,
+    pool2_row_biased,
     tile_fma,
     tile_fma_at,
     tile_fma_rows3,
@@ -142,7 +142,7 @@ def _forward(x, sh, sw, pt, pl, hq, wq, tab, w, bias, relu, oh, ow, y, pool, yp,
     ``wq``), register tiles of ``J`` x ``V`` vectors, then bias and ReLU on the way to ``y``
     (``(N, OC, oh, ow)``); with ``pool`` instead to its 2x2 max pooling ``yp`` and the pooling's
     indices ``ip`` (``(N, OC, oh // 2, ow // 2)``) from the tile buffer, while in cache
-    (:func:`._simd.pool2_row`, the pooling kernels' rule)."""
+    (:func:`._simd.pool2_row_biased`: bias and ReLU in registers, the pooling kernels' rule)."""
     n, c, h, wd = x.shape
     ypf, ipf = yp.reshape(yp.size), ip.reshape(ip.size)
     oc = w.shape[0]
@@ -195,18 +195,12 @@ def _forward(x, sh, sw, pt, pl, hq, wq, tab, w, bias, relu, oh, ow, y, pool, yp,
                     _fwd_tile(xf, xb, cs, tab, c, kk_n, wp, wb, (st[k],), g, pitch)
             for jj in range(min(J, oc - ob * J)):
                 o = ob * J + jj
-                if pool:  # bias and ReLU in place over the pooled rows, then the windows
-                    for r in range(2 * ph):
-                        for q in range(2 * pw):
-                            v = g[_u(jj * pitch + r * wq + q)] + bias[o]
-                            if relu and v <= 0.0:
-                                v = np.float32(0.0)
-                            g[_u(jj * pitch + r * wq + q)] = v
+                if pool:  # the windows of the outputs plus bias, after the ReLU
                     for r in range(ph):
                         a0 = jj * pitch + 2 * r * wq
                         for u0 in range(0, pw, VL):
-                            pool2_row(g, a0 + 2 * u0, a0 + wq + 2 * u0, min(VL, pw - u0), ypf, ipf,
-                                      ((b * oc + o) * ph + r) * pw + u0, 2 * r * ow + 2 * u0, ow)
+                            pool2_row_biased(g, a0 + 2 * u0, a0 + wq + 2 * u0, min(VL, pw - u0), ypf, ipf,
+                                             ((b * oc + o) * ph + r) * pw + u0, 2 * r * ow + 2 * u0, ow, bias[o], relu)
                     continue
                 for r in range(oh):
                     for q in range(ow):
