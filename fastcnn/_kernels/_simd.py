@@ -98,6 +98,28 @@ vzeros = intrinsic(_zeros(1))
 gtile_zero = intrinsic(_zeros(GR))
 
 
+#: Floats per run of the batch-norm reductions, whose next run they prefetch (four cache lines;
+#: ``FNK_RUN`` of src_ext/norm_kern.h).
+PREFETCH_RUN = 64
+
+
+@intrinsic
+def prefetch_run(typingctx, arr, i):
+    """Ask for the four cache lines from ``&arr[i]`` (no bounds check: a prefetch past the
+    array does not fault), as ``FNK_PREFETCH`` of src_ext/norm_kern.h."""
+    def codegen(context, builder, sig, args):
+        a = context.make_array(sig.args[0])(context, builder, args[0])
+        i8p = ir.IntType(8).as_pointer()
+        base = builder.bitcast(builder.gep(a.data, [context.cast(builder, args[1], sig.args[1], types.intp)]), i8p)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, _I32, _I32, _I32]),
+                                            "llvm.prefetch.p0")
+        for k in range(4):  # (read, keep in all levels, data)
+            builder.call(fn, [builder.gep(base, [ir.Constant(ir.IntType(64), 64 * k)]), ir.Constant(_I32, 0),
+                              ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
+        return context.get_dummy_value()
+    return types.none(arr, i), codegen
+
+
 @intrinsic
 def vloads(typingctx, arr, base, offs):
     """The vectors ``arr[base + offs[v] : ... + VL]`` for each offset of the tuple ``offs``."""

@@ -17,14 +17,18 @@ from numba import njit, prange
 from .. import _backend
 from .._config import NUMBA_SERIAL
 from ._common import _u, helper, parallel_kernel
-from ._simd import VL, pool2_row
+from ._simd import PREFETCH_RUN, VL, pool2_row, prefetch_run
 
 
 @njit(**NUMBA_SERIAL)
-def _acc_plane(acc, xf, a, p):
-    """``acc[e] += xf[a + e]`` in float64 (an element-wise loop: it vectorises)."""
-    for e in range(p):
-        acc[e] += np.float64(xf[_u(a + e)])
+def _acc_plane(acc, xf, a, p, d):
+    """``acc[e] += xf[a + e]`` in float64 (an element-wise loop: it vectorises), by runs of
+    :data:`._simd.PREFETCH_RUN`, each prefetching the same run ``d`` floats further (the next
+    image's plane: too short a run for the hardware prefetcher)."""
+    for e0 in range(0, p, PREFETCH_RUN):
+        prefetch_run(xf, a + d + e0)
+        for e in range(e0, min(e0 + PREFETCH_RUN, p)):
+            acc[_u(e)] += np.float64(xf[_u(a + e)])
 
 
 @njit(**NUMBA_SERIAL)
@@ -36,18 +40,21 @@ def _acc_plane_sqdev(acc, xf, a, p, mu):
 
 
 @njit(**NUMBA_SERIAL)
-def _acc_plane_sum_dot(accs, accd, gf, xf, a, p, mu, s, wt, bs, relu):
+def _acc_plane_sum_dot(accs, accd, gf, xf, a, p, mu, s, wt, bs, relu, d):
     """``accs[e] += g``, ``accd[e] += g * h`` in float64 (exact products), ``h = (xf[a + e] - mu)
     * s`` (float32, the forward's xhat), ``g`` = ``gf[a + e]``, with ``relu`` masked by
-    :func:`_relu_mask`."""
-    for e in range(p):
-        h = (xf[_u(a + e)] - mu) * s
-        gv = gf[_u(a + e)]
-        if relu:
-            gv = _relu_mask(gv, h, wt, bs)
-        g = np.float64(gv)
-        accs[e] += g
-        accd[e] += g * np.float64(h)
+    :func:`_relu_mask`; prefetching as :func:`_acc_plane`."""
+    for e0 in range(0, p, PREFETCH_RUN):
+        prefetch_run(gf, a + d + e0)
+        prefetch_run(xf, a + d + e0)
+        for e in range(e0, min(e0 + PREFETCH_RUN, p)):
+            h = (xf[_u(a + e)] - mu) * s
+            gv = gf[_u(a + e)]
+            if relu:
+                gv = _relu_mask(gv, h, wt, bs)
+            g = np.float64(gv)
+            accs[_u(e)] += g
+            accd[_u(e)] += g * np.float64(h)
 
 
 @njit(**NUMBA_SERIAL)
@@ -104,7 +111,7 @@ def _channel_sums(acc, gf, xf, n, c, ch, p, mean, inv_std, weight, bias, relu, g
     into the two float64 rows ``acc`` (zeros), image by image, then each row's sum."""
     for b in range(n):
         _acc_plane_sum_dot(acc[0], acc[1], gf, xf, (b * c + ch) * p, p, mean[ch], inv_std[ch], weight[ch],
-                           bias[ch], relu)
+                           bias[ch], relu, c * p)
     gsum[ch] = _row_sum(acc[0], p)
     gdot[ch] = _row_sum(acc[1], p)
 
@@ -122,7 +129,7 @@ def batchnorm_stats(x, mean, var):
         row = acc[ch]
         row[:] = 0.0
         for b in range(n):
-            _acc_plane(row, xf, (b * c + ch) * p, p)
+            _acc_plane(row, xf, (b * c + ch) * p, p, c * p)
         mu = _row_sum(row, p) / m
         row[:] = 0.0
         for b in range(n):
