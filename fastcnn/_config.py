@@ -112,6 +112,12 @@ SLOTS = 8
 #: the core's L2 cache (docs/PERFORMANCE.md, section 9).  Any value gives the same bytes.
 DIRECT_WGRAD_BYTES = 256 << 10
 
+#: The direct forward kernels run a layer on channel tiles (pixels x output-channel vectors,
+#: inputs broadcast) instead of pixel vectors when the tiles' lanes hold at least this many
+#: percent of the pixel vectors' share of valid outputs: outputs whose rows fill few vectors,
+#: e.g. 8 x 8 (docs/PERFORMANCE.md, section 9).  Both compiled backends.
+DIRECT_CTILE_GAIN_PCT = 115
+
 #: Winograd convolutions (Cython and Numba): output tiles (2x2 outputs each) transformed and
 #: multiplied together, whole images of a thread's block: small images are grouped so that the
 #: register tiles' vectors are mostly full (docs/PERFORMANCE.md, "Winograd convolutions").

@@ -23,6 +23,7 @@ cdef extern from "_omp_shim.h" nogil:
 cdef extern from "fastcnn_config.h":
     const Py_ssize_t FASTCNN_PAR_MIN_WORK      # _config.PAR_MIN_WORK
     const Py_ssize_t FASTCNN_ELEMWISE_BLOCK    # _config.ELEMWISE_BLOCK
+    const Py_ssize_t FASTCNN_DIRECT_CTILE_GAIN_PCT  # _config.DIRECT_CTILE_GAIN_PCT
 
 # 0: not set, use the OpenMP default (OMP_NUM_THREADS or all cores).
 cdef int _nthreads = 0

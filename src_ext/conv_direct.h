@@ -123,6 +123,32 @@ static void fcd_pack_weights(const fcd_geo* g, const float* w, int flip, float* 
 }
 
 
+/* fcd_pack_weights for channel tiles: wp[ob][c][kk][JC], blocks of JC output channels (zero
+ * rows past OC). */
+static void fcd_pack_weights_ct(const fcd_geo* g, const float* w, int flip, fcd_i JC, float* wp)
+{
+    fcd_i KK = g->KH * g->KW, ob, c, kk, jj, o;
+    for (ob = 0; ob * JC < g->OC; ob++)
+        for (c = 0; c < g->C; c++)
+            for (kk = 0; kk < KK; kk++)
+                for (jj = 0; jj < JC; jj++) {
+                    o = ob * JC + jj;
+                    wp[((ob * g->C + c) * KK + kk) * JC + jj] =
+                        o >= g->OC ? 0.0f : flip ? w[(c * g->OC + o) * KK + KK - 1 - kk] : w[(o * g->C + c) * KK + kk];
+                }
+}
+
+/* Whether the forward of g runs on channel tiles: when their lanes hold enough more valid
+ * outputs than the pixel vectors' (NS of VL lanes, J output channels a tile) do, by
+ * gain_pct percent (FASTCNN_DIRECT_CTILE_GAIN_PCT; docs/PERFORMANCE.md, section 9). */
+static int fcd_use_ctile(const fcd_geo* g, fcd_i NS, fcd_i VL, fcd_i JC, fcd_i gain_pct)
+{
+    double pix = (double)(g->OH * g->OW) / (double)(NS * VL) * (double)g->OC / (double)g->OCP;
+    double ch = (double)g->OC / (double)((g->OC + JC - 1) / JC * JC);
+    return ch * 100.0 >= pix * (double)gain_pct;
+}
+
+
 /* Winograd F(2x2, 3x3) weights of output-channel block ob: V = G g G^T of each 3x3 kernel g
  * (in double, rounded once), packed vp[xi][ob][c][J] (zero rows past OC), xi = 4*row + column
  * of V.  With flip, g is taken from w (C, OC, 3, 3) rotated by 180 degrees, as
@@ -261,8 +287,12 @@ typedef void (*fcw_images_fn)(const fcd_geo*, const float*, fcd_i, const float*,
                               int, float*, float*, float*, fcd_i, int);
 
 /* One ISA's kernels and tile sizes (each compilation of conv_direct_kern.h defines one). */
+typedef void (*fcd_fwd_ct_fn)(const fcd_geo*, const float*, const fcd_i*, const float*, const float*, int, float*,
+                              float*);
+
 typedef struct {
     fcd_fwd_fn fwd_image;
+    fcd_fwd_ct_fn fwd_image_ct;
     fcd_bww_fn bwd_weight_tile;
     fcd_probe_fn fma_probe;
     fcd_pack_fn pack_grad_t;
@@ -273,7 +303,7 @@ typedef struct {
     fcd_phases_fn interleave_phases;
     fcd_unpool_t_fn unpool_grad_t;
     fcd_sums_t_fn grad_t_sums;
-    fcd_i J, VL, WT, TM;
+    fcd_i J, VL, WT, TM, JC, CR;
 } fcd_isa_kernels;
 
 /* Portable baseline: GCC/Clang vector extension, 4 lanes (SSE2 on x86-64, NEON on arm64). */
@@ -281,6 +311,8 @@ typedef struct {
 #define FCD_VL 4
 #define FCD_J 4
 #define FCD_VMAX 2
+#define FCD_CV 2  /* channel tiles: output-channel vectors (every path) and pixels (FCD_CR) */
+#define FCD_CR 6
 #define FCD_WT 6
 #define FCD_TAPS_MAX (2 * FCD_WT)  /* taps of a weight-gradient tile of one channel vector, at most */
 typedef float fcd_v4 __attribute__((vector_size(16)));
@@ -329,6 +361,7 @@ FC_TARGET_PUSH(FC_AVX2)
 #define FCD_VL 8
 #define FCD_J 4
 #define FCD_VMAX 3
+#define FCD_CR 6
 #define FCD_WT 6
 #define FCD_TAPS_MAX (2 * FCD_WT)  /* taps of a weight-gradient tile of one channel vector, at most */
 #define FCD_VT __m256
@@ -362,6 +395,7 @@ FC_TARGET_PUSH(FC_AVX512)
 #define FCD_VL 16
 #define FCD_J 8
 #define FCD_VMAX 3
+#define FCD_CR 12
 #define FCD_WT 12
 #define FCD_TAPS_MAX 27  /* taps of a weight-gradient tile of one channel vector, at most */
 #define FCD_VT __m512
@@ -495,6 +529,7 @@ static int fcd_cpu_supports(int isa) { return isa == 0; }
 /* The selected ISA's kernels and tile sizes (fcd_set_isa). */
 static const fcd_isa_kernels* fcd_isa = &fcd_kernels_base;
 #define fcd_fwd_image (fcd_isa->fwd_image)
+#define fcd_fwd_image_ct (fcd_isa->fwd_image_ct)
 #define fcd_bwd_weight_tile (fcd_isa->bwd_weight_tile)
 #define fcd_fma_probe (fcd_isa->fma_probe)
 #define fcd_pack_grad_t (fcd_isa->pack_grad_t)
@@ -509,6 +544,8 @@ static const fcd_isa_kernels* fcd_isa = &fcd_kernels_base;
 #define fcd_VL (fcd_isa->VL)
 #define fcd_WT (fcd_isa->WT)
 #define fcd_TM (fcd_isa->TM)
+#define fcd_JC (fcd_isa->JC)
+#define fcd_CR (fcd_isa->CR)
 
 /* Select the kernels of ``isa`` (0 baseline, 1 avx2, 2 avx512); -1 if unsupported. */
 static int fcd_set_isa(int isa)

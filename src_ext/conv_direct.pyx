@@ -33,6 +33,10 @@ cdef extern from "conv_direct.h" nogil:
     void fcd_fwd_image(const fcd_geo* g, const float* xq, const fcd_i* tab, const float* wp,
                        const fcd_i* st, const fcd_i* yo, const fcd_i* nv, fcd_i NS,
                        const float* bias, int relu, float* y, float* yg)
+    void fcd_fwd_image_ct(const fcd_geo* g, const float* xq, const fcd_i* tab, const float* wp,
+                          const float* bias, int relu, float* y, float* cl)
+    void fcd_pack_weights_ct(const fcd_geo* g, const float* w, int flip, fcd_i JC, float* wp)
+    int fcd_use_ctile(const fcd_geo* g, fcd_i NS, fcd_i VL, fcd_i JC, fcd_i gain_pct)
     void fcd_interleave_phases(const float* pb, const fcd_i* poff, fcd_i C, fcd_i H, fcd_i W,
                                fcd_i sh, fcd_i sw, float* gx)
     fcd_i fcd_pixel_starts(const fcd_geo* g, fcd_i VL, fcd_i* st, fcd_i* yo, fcd_i* nv, int* rows)
@@ -58,6 +62,7 @@ cdef extern from "conv_direct.h" nogil:
     int fcd_cpu_supports(int isa)
     int fcd_set_isa(int isa)
     fcd_i fcd_J
+    fcd_i fcd_JC
     fcd_i fcd_VL
     fcd_i fcd_WT
     fcd_i fcd_TM
@@ -131,7 +136,7 @@ cdef Py_ssize_t _unpool_image(const _Unpool* u, Py_ssize_t i, float* out) noexce
 
 cdef Py_ssize_t _direct_block(const fcd_geo* g, const float* src, Py_ssize_t N, const _Unpool* up,
                               const float* bias, int relu, const float* wp, const Py_ssize_t* tab,
-                              const Py_ssize_t* st, Py_ssize_t L, Py_ssize_t NS, int rows,
+                              const Py_ssize_t* st, Py_ssize_t L, Py_ssize_t NS, int rows, int ct,
                               char* blocks, Py_ssize_t size, Py_ssize_t o_yg, Py_ssize_t o_yi, Py_ssize_t o_up,
                               float* out, Py_ssize_t out_is, int* io, Py_ssize_t t, Py_ssize_t T) noexcept nogil:
     """Block ``t`` of :func:`_direct_images` (its images, its scratch); ``out``: image ``i`` at
@@ -153,7 +158,9 @@ cdef Py_ssize_t _direct_block(const fcd_geo* g, const float* src, Py_ssize_t N, 
         else:
             si = src + i * CHW
         fcd_pack_input(g, si, xq, i > i0)  # (the padding's zeros stay from the block's first image)
-        if rows:  # (tiles written to the output directly)
+        if ct:  # (channel tiles: channels-last rows in yg, then to the output)
+            fcd_fwd_image_ct(g, xq, tab, wp, bias, relu, dst, yg)
+        elif rows:  # (tiles written to the output directly)
             fcd_fwd_image(g, xq, tab, wp, st, st + L, st + 2 * L, NS, bias, relu, dst, yg)
         else:
             fcd_fwd_image(g, xq, tab, wp, st, NULL, NULL, NS, NULL, 0, NULL, yg)
@@ -187,16 +194,20 @@ cdef Py_ssize_t _direct_images(const fcd_geo* g,
     pooling (and ``io``, if given, the pooling's indices).  Returns the bad index count of ``up``."""
     cdef Py_ssize_t t, NS, bad = 0
     cdef Py_ssize_t out_is = g.OC * (g.OH // 2) * (g.OW // 2) if o_yi >= 0 else g.OC * g.OH * g.OW
-    cdef int rows
-    fcd_pack_weights(g, w, flip, wp)
+    cdef int rows, ct
     fcd_make_tab(g, tab)
     NS = fcd_pixel_starts(g, fcd_VL, st, st + L, st + 2 * L, &rows)
+    ct = fcd_use_ctile(g, NS, fcd_VL, fcd_JC, FASTCNN_DIRECT_CTILE_GAIN_PCT)
+    if ct:
+        fcd_pack_weights_ct(g, w, flip, fcd_JC, wp)
+    else:
+        fcd_pack_weights(g, w, flip, wp)
     if nt == 1:  # (a parallel region, even of one thread, costs: docs/PERFORMANCE.md, 5)
-        return _direct_block(g, src, N, up, bias, relu, wp, tab, st, L, NS, rows, blocks, size, o_yg, o_yi, o_up,
-                             out, out_is, io, 0, 1)
+        return _direct_block(g, src, N, up, bias, relu, wp, tab, st, L, NS, rows, ct, blocks, size, o_yg, o_yi,
+                             o_up, out, out_is, io, 0, 1)
     for t in prange(T, schedule='static', num_threads=nt):
-        bad += _direct_block(g, src, N, up, bias, relu, wp, tab, st, L, NS, rows, blocks, size, o_yg, o_yi, o_up,
-                             out, out_is, io, t, T)
+        bad += _direct_block(g, src, N, up, bias, relu, wp, tab, st, L, NS, rows, ct, blocks, size, o_yg, o_yi,
+                             o_up, out, out_is, io, t, T)
     return bad
 
 
@@ -209,11 +220,12 @@ cdef Py_ssize_t _direct(fcd_geo* g, const float* src, Py_ssize_t N, const float*
     source image).  Returns the bad index count of ``up``."""
     cdef Py_ssize_t T = min(<Py_ssize_t>nt, N), bad
     cdef Py_ssize_t L = g.P // fcd_VL + 1 + g.OH * (g.OW // fcd_VL + 1)
-    cdef Py_ssize_t b_wp = _al64(g.OCP * g.C * g.KH * g.KW * sizeof(float))
+    cdef Py_ssize_t ocp_ct = (g.OC + fcd_JC - 1) // fcd_JC * fcd_JC  # (channel tiles' blocks)
+    cdef Py_ssize_t b_wp = _al64(max(g.OCP, ocp_ct) * g.C * g.KH * g.KW * sizeof(float))
     cdef Py_ssize_t b_tab = _al64(g.KH * g.KW * sizeof(Py_ssize_t))
     cdef Py_ssize_t b_st = _al64(3 * L * sizeof(Py_ssize_t))
     cdef Py_ssize_t o_yg = _al64(g.xq_size * sizeof(float))
-    cdef Py_ssize_t o_yi = o_yg + _al64(g.OCP * g.PR * sizeof(float))
+    cdef Py_ssize_t o_yi = o_yg + _al64(max(g.OCP * g.PR, g.OH * g.OW * fcd_JC) * sizeof(float))
     cdef Py_ssize_t size = o_yi, o_up = 0
     if pool:
         size += _al64(g.OC * g.OH * g.OW * sizeof(float) + (g.OH // 2) * (g.OW // 2) * sizeof(int))

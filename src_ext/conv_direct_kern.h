@@ -161,6 +161,94 @@ static void FCD_NAME(fcd_fwd_image)(const fcd_geo* g, const float* xq, const fcd
     }
 }
 
+/* Channel tile (outputs whose rows fill few pixel vectors; docs/PERFORMANCE.md, section 9): R
+ * (<= FCD_CR) output pixels of one row, grid positions p .. p + R - 1, x FCD_CV vectors of output
+ * channels of block wpb ([c][kk][FCD_JC]), over all C*KK taps in the pixel tiles' order (one
+ * product-and-sum per tap and channel, a*b as b*a: the same bytes), the input values broadcast.
+ * Stored channels-last: pixel r's FCD_JC channels at cl + r*FCD_JC. */
+#define FCD_JC (FCD_CV * FCD_VL)
+static inline __attribute__((always_inline)) void
+FCD_NAME(fcd_ctile)(const float* xq, const fcd_i* tab, const float* wpb, fcd_i C, fcd_i KK, fcd_i plane,
+                    fcd_i p, float* cl, const int R)
+{
+    FCD_VT acc[FCD_CR][FCD_CV];
+    fcd_i c, kk;
+    FCD_TILE_ZERO(acc, R, FCD_CV)
+    for (c = 0; c < C; c++) {
+        const float* xc = xq + c * plane + p;
+        const float* wc = wpb + c * KK * FCD_JC;
+        for (kk = 0; kk < KK; kk++) {
+            const float* xk = xc + tab[kk];
+            const float* wk = wc + kk * FCD_JC;
+            FCD_VT wv[FCD_CV];
+            FCD_UNROLL
+            for (int v = 0; v < FCD_CV; v++)
+                wv[v] = FCD_LOAD(wk + v * FCD_VL);
+            FCD_TILE_FMA(acc, R, FCD_CV, wv, xk[r_])
+        }
+    }
+    FCD_TILE_STORE(acc, R, FCD_CV, cl + r_ * FCD_JC + v_ * FCD_VL)
+}
+
+/* Channels-last rows cl (HW, FCD_JC) -> y (nj, HW) plus bias and ReLU (fcd_put's rule; no bias:
+ * + 0.0 as fcd_put): VL x VL blocks transposed in registers where FCD_TRANSPOSE exists, the
+ * rest one value at a time. */
+static void FCD_NAME(fcd_ct_store)(const float* cl, fcd_i HW, fcd_i nj, const float* bias, int relu, float* y)
+{
+    fcd_i e = 0, o;
+#ifdef FCD_TRANSPOSE
+    FCD_VT r[FCD_VL];
+    for (; e + FCD_VL <= HW; e += FCD_VL)
+        for (fcd_i o0 = 0; o0 < nj; o0 += FCD_VL) {
+            int i;
+            for (i = 0; i < FCD_VL; i++)
+                r[i] = FCD_LOAD(cl + (e + i) * FCD_JC + o0);
+            FCD_TRANSPOSE(r);
+            for (i = 0; i < FCD_VL && o0 + i < nj; i++)
+                FCD_NAME(fcd_put)(y + (o0 + i) * HW + e, r[i], FCD_SET1(bias ? bias[o0 + i] : 0.0f), relu, FCD_VL);
+        }
+#endif
+    for (; e < HW; e++)
+        for (o = 0; o < nj; o++) {
+            float v = cl[e * FCD_JC + o] + (bias ? bias[o] : 0.0f);
+            y[o * HW + e] = relu && v <= 0.0f ? 0.0f : v;
+        }
+}
+
+#define FCD_CT_CASE(n_) case n_: FCD_NAME(fcd_ctile)(xq, tab, wpb, g->C, KK, g->plane, p, d, n_); break;
+
+/* One image on channel tiles: per block of FCD_JC output channels (weights wp packed
+ * [ob][c][kk][FCD_JC] by fcd_pack_weights_ct), each output row cut into ceil(OW / FCD_CR)
+ * tiles of nearly equal width, into cl (OH*OW rows of FCD_JC), then fcd_ct_store to y
+ * (OC, OH, OW). */
+static void FCD_NAME(fcd_fwd_image_ct)(const fcd_geo* g, const float* xq, const fcd_i* tab, const float* wp,
+                                       const float* bias, int relu, float* y, float* cl)
+{
+    fcd_i KK = g->KH * g->KW, HW = g->OH * g->OW, nt = (g->OW + FCD_CR - 1) / FCD_CR, ob, oh, k, ow, n;
+    for (ob = 0; ob * FCD_JC < g->OC; ob++) {
+        const float* wpb = wp + ob * g->C * KK * FCD_JC;
+        for (oh = 0; oh < g->OH; oh++)
+            for (k = 0, ow = 0; k < nt; k++, ow += n) {
+                fcd_i p = oh * g->Wq + ow;
+                float* d = cl + (oh * g->OW + ow) * FCD_JC;
+                n = (g->OW - ow + nt - k - 1) / (nt - k);
+                switch (n) {
+                    FCD_CT_CASE(1) FCD_CT_CASE(2) FCD_CT_CASE(3) FCD_CT_CASE(4)
+#if FCD_CR >= 6
+                    FCD_CT_CASE(5) FCD_CT_CASE(6)
+#endif
+#if FCD_CR >= 12
+                    FCD_CT_CASE(7) FCD_CT_CASE(8) FCD_CT_CASE(9) FCD_CT_CASE(10) FCD_CT_CASE(11) FCD_CT_CASE(12)
+#endif
+                    default: break;
+                }
+            }
+        FCD_NAME(fcd_ct_store)(cl, HW, g->OC - ob * FCD_JC < FCD_JC ? g->OC - ob * FCD_JC : FCD_JC,
+                               bias ? bias + ob * FCD_JC : NULL, relu, y + ob * FCD_JC * HW);
+    }
+}
+#undef FCD_CT_CASE
+
 /* Weight gradient, vectorised over output channels: gt holds the output gradient of NI
  * images channels-last ([oh*OW + ow][OCV], image i at gt + i*gs; packed inputs at xq + i*xs),
  * so one tile of V channel vectors x T taps (q = c*KK + kk, input at xq + off[q] + oh*Wq + ow)
@@ -579,14 +667,16 @@ static void FCD_NAME(fcd_interleave_phases)(const float* pb, const fcd_i* poff, 
 }
 
 static const fcd_isa_kernels FCD_NAME(fcd_kernels) = {
-    FCD_NAME(fcd_fwd_image), FCD_NAME(fcd_bwd_weight_tile), FCD_NAME(fcd_fma_probe),
+    FCD_NAME(fcd_fwd_image), FCD_NAME(fcd_fwd_image_ct), FCD_NAME(fcd_bwd_weight_tile), FCD_NAME(fcd_fma_probe),
     FCD_NAME(fcd_pack_grad_t), FCD_NAME(fcd_pack_input), FCD_NAME(fcd_unpack_output),
     FCD_NAME(fcw_images), FCD_NAME(fcw_wgrad), FCD_NAME(fcd_interleave_phases),
-    FCD_NAME(fcd_unpool_grad_t), FCD_NAME(fcd_grad_t_sums), FCD_J, FCD_VL, FCD_WT, FCD_TAPS_MAX};
+    FCD_NAME(fcd_unpool_grad_t), FCD_NAME(fcd_grad_t_sums), FCD_J, FCD_VL, FCD_WT, FCD_TAPS_MAX, FCD_JC, FCD_CR};
 
 #undef FCD_SUFFIX
 #undef FCD_VL
 #undef FCD_J
+#undef FCD_JC
+#undef FCD_CR
 #undef FCD_VMAX
 #undef FCD_WT
 #undef FCD_TAPS_MAX
