@@ -257,6 +257,7 @@ cdef void _phases_images(const fcd_geo* geo, Py_ssize_t NPH,
                          #                                 per phase: packed weights, tap offsets,
                          #                                 pixel starts (3 rows of lst), their
                          #                                 offsets, vector counts, store mode
+                         #                                 (0 grid, 1 rows, 2 channel tiles)
                          const Py_ssize_t* poff,         # IN  phase p's (C, Ha, Wb) in a phase buffer
                          const fcd_geo* gc,              # IN  the packing all phases read
                          char* blocks, Py_ssize_t size, Py_ssize_t o_yg, Py_ssize_t o_pb,
@@ -285,7 +286,9 @@ cdef void _phases_images(const fcd_geo* geo, Py_ssize_t NPH,
             for p in range(NPH):
                 if ns[p] == 0:  # (no taps reach this phase: its gradient is zero)
                     continue
-                if rows[p]:
+                if rows[p] == 2:  # (channel tiles)
+                    fcd_fwd_image_ct(&geo[p], xq, tab + o_tab[p], wp + o_wp[p], NULL, 0, pb + poff[p], yg)
+                elif rows[p]:
                     fcd_fwd_image(&geo[p], xq, tab + o_tab[p], wp + o_wp[p], st + o_st[p],
                                   st + o_st[p] + lst[p], st + o_st[p] + 2 * lst[p], ns[p], NULL, 0,
                                   pb + poff[p], yg)
@@ -354,7 +357,7 @@ cdef int _data_by_phases(const _A* gy, w, Py_ssize_t sh, Py_ssize_t sw, Py_ssize
             ptc = max(ptc, ptp[p])
             plc = max(plc, plp[p])
             o_wp[p] = n_wp
-            n_wp += geo[p].OCP * OC * mi * mj
+            n_wp += max(geo[p].OCP, (C + fcd_JC - 1) // fcd_JC * fcd_JC) * OC * mi * mj  # (either packing)
             o_tab[p] = n_tab
             n_tab += mi * mj
         for p in range(NPH):  # the common packing: every phase's rows and columns, shifted
@@ -369,7 +372,7 @@ cdef int _data_by_phases(const _A* gy, w, Py_ssize_t sh, Py_ssize_t sw, Py_ssize
             lst[p] = geo[p].P // fcd_VL + 1 + geo[p].OH * (geo[p].OW // fcd_VL + 1)
             o_st[p] = n_st
             n_st += 3 * lst[p]
-            yg_max = max(yg_max, geo[p].OCP * geo[p].PR)
+            yg_max = max(yg_max, geo[p].OCP * geo[p].PR, geo[p].OH * geo[p].OW * fcd_JC)
         wp = np.empty(max(n_wp, 1), np.float32)
         tab = np.empty(max(n_tab, 1), np.intp)
         st = np.empty(max(n_st, 1), np.intp)
@@ -377,12 +380,16 @@ cdef int _data_by_phases(const _A* gy, w, Py_ssize_t sh, Py_ssize_t sw, Py_ssize
             if subs[p] is None:
                 continue
             _arr(subs[p], cnp.NPY_FLOAT32, 4, False, "w", &sub)
-            fcd_pack_weights(&geo[p], <float*>sub.p, 0, &wp[o_wp[p]])
             fcd_make_tab(&geo[p], &tab[o_tab[p]])
             for kk in range(geo[p].KH * geo[p].KW):  # (its padding is ptp[p], plp[p], not gc's)
                 tab[o_tab[p] + kk] += (ptc - ptp[p]) * wqc + (plc - plp[p])
             ns[p] = fcd_pixel_starts(&geo[p], fcd_VL, &st[o_st[p]], &st[o_st[p] + lst[p]],
                                      &st[o_st[p] + 2 * lst[p]], &rows[p])
+            if fcd_use_ctile(&geo[p], ns[p], fcd_VL, fcd_JC, FASTCNN_DIRECT_CTILE_GAIN_PCT):
+                rows[p] = 2
+                fcd_pack_weights_ct(&geo[p], <float*>sub.p, 0, fcd_JC, &wp[o_wp[p]])
+            else:
+                fcd_pack_weights(&geo[p], <float*>sub.p, 0, &wp[o_wp[p]])
         # per block of images, one allocation: packed input, output grid, phase buffer
         o_yg = _al64(gc.xq_size * sizeof(float))
         o_pb = o_yg + _al64(yg_max * sizeof(float))
