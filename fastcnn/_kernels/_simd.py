@@ -29,6 +29,11 @@ _ISA = _config.NUMBA_ISA["isa"]
 #: (lanes, output channels per forward tile, pixel vectors per forward tile, taps per
 #: weight-gradient tile of 2 channel vectors), as the Cython kernels' per ISA.
 VL, J, V, WT = {"avx512": (16, 8, 3, 12), "avx2": (8, 4, 3, 6), "baseline": (4, 4, 2, 6)}.get(_ISA, (8, 4, 3, 6))
+#: Channel tiles of the direct forward (as the Cython kernels' FCD_CV, FCD_CR): CV output-channel
+#: vectors (JC channels) x up to CR pixels.
+CV = 2
+JC = CV * VL
+CR = {"avx512": 12}.get(_ISA, 6)
 #: Rows and vectors of the dense layers' GEMM tile (as src_ext/gemm.h): 24 / 12 accumulators.
 GR, GV = {"avx512": (6, 4), "avx2": (6, 2)}.get(_ISA, (6, 2))
 
@@ -92,6 +97,7 @@ def _masked(builder, name, vt):
 
 #: Zero accumulators for a tile of ``J`` output channels x ``len(offs)`` pixel vectors.
 tile_zero = intrinsic(_zeros(J))
+ctile_zero = intrinsic(_zeros(CV))  # (CV vectors per pixel of a channel tile)
 #: ``len(offs)`` zero vectors.
 vzeros = intrinsic(_zeros(1))
 #: Zero accumulators for a GEMM tile of ``GR`` rows x ``len(offs)`` vectors.

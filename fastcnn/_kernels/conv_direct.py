@@ -20,12 +20,15 @@ from . import activation as _activation
 from . import pool as _pool
 from ._common import _u, add_plane, check_once, helper, parallel_kernel, total
 from ._simd import (
+    CR,
+    JC,
     MAX_TAPS,
     MAX_VL,
     VL,
     WT,
     J,
     V,
+    ctile_zero,
     pool2_row_biased,
     tile_fma,
     tile_fma_at,
@@ -210,6 +213,134 @@ def _forward(x, sh, sw, pt, pl, hq, wq, tab, w, bias, relu, oh, ow, y, pool, yp,
                         y[b, o, r, q] = v
 
 
+_CT_OFFS = (0, VL)  # (a channel tile's two channel vectors)
+
+
+@helper
+def _ct_tile(xf, cs, tab, c, kk_n, wp, wb, p, cl, d, rows):
+    """Channel tile (docs/PERFORMANCE.md, section 9): ``len(rows)`` pixels (grid positions ``p``
+    ...) x two output-channel vectors (weights ``[c][kk][JC]`` from ``wp[wb]``), over all taps
+    in the pixel tiles' order (one FMA each, the same bytes), the inputs broadcast; stored
+    channels-last, pixel ``r`` at ``cl[d + r*JC]``."""
+    acc = ctile_zero(rows)
+    for ci in range(c):
+        xc = ci * cs + p
+        wc = wb + ci * kk_n * JC
+        for kk in range(kk_n):
+            acc = tile_fma(acc, vloads(wp, wc + kk * JC, _CT_OFFS), xf, xc + tab[kk])
+    tile_store(cl, d, JC, _CT_OFFS, acc)
+
+
+@helper
+def _ct_run(xf, cs, tab, c, kk_n, wp, wb, p, cl, d, m):
+    """:func:`_ct_tile` of ``m`` (1 to 12, at most CR) pixels."""
+    if m == 1:
+        _ct_tile(xf, cs, tab, c, kk_n, wp, wb, p, cl, d, (0,))
+    elif m == 2:
+        _ct_tile(xf, cs, tab, c, kk_n, wp, wb, p, cl, d, (0, 1))
+    elif m == 3:
+        _ct_tile(xf, cs, tab, c, kk_n, wp, wb, p, cl, d, (0, 1, 2))
+    elif m == 4:
+        _ct_tile(xf, cs, tab, c, kk_n, wp, wb, p, cl, d, (0, 1, 2, 3))
+    elif m == 5:
+        _ct_tile(xf, cs, tab, c, kk_n, wp, wb, p, cl, d, (0, 1, 2, 3, 4))
+    elif m == 6:
+        _ct_tile(xf, cs, tab, c, kk_n, wp, wb, p, cl, d, (0, 1, 2, 3, 4, 5))
+    elif CR >= 12:
+        if m == 7:
+            _ct_tile(xf, cs, tab, c, kk_n, wp, wb, p, cl, d, (0, 1, 2, 3, 4, 5, 6))
+        elif m == 8:
+            _ct_tile(xf, cs, tab, c, kk_n, wp, wb, p, cl, d, (0, 1, 2, 3, 4, 5, 6, 7))
+        elif m == 9:
+            _ct_tile(xf, cs, tab, c, kk_n, wp, wb, p, cl, d, (0, 1, 2, 3, 4, 5, 6, 7, 8))
+        elif m == 10:
+            _ct_tile(xf, cs, tab, c, kk_n, wp, wb, p, cl, d, (0, 1, 2, 3, 4, 5, 6, 7, 8, 9))
+        elif m == 11:
+            _ct_tile(xf, cs, tab, c, kk_n, wp, wb, p, cl, d, (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10))
+        else:
+            _ct_tile(xf, cs, tab, c, kk_n, wp, wb, p, cl, d, (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11))
+
+
+@helper
+def _ct_image(xf, cs, tab, c, kk_n, wp, oc, oh, ow, wq, cl, bias, o_bias, relu, yf, y0):
+    """One packed image on channel tiles: per block of JC output channels every output row in
+    ``ceil(ow / CR)`` tiles of nearly equal width into ``cl`` (``oh*ow`` rows of JC), then to
+    ``yf[y0:]`` (``(oc, oh*ow)``) by VL x VL transposes, plus ``bias[o_bias + o]`` and the
+    ReLU (the ReLU kernels' rule)."""
+    hw = oh * ow
+    nt = (ow + CR - 1) // CR
+    for ob in range((oc + JC - 1) // JC):
+        wb = ob * c * kk_n * JC
+        for r in range(oh):
+            q = 0
+            for k in range(nt):
+                m = (ow - q + nt - k - 1) // (nt - k)
+                _ct_run(xf, cs, tab, c, kk_n, wp, wb, r * wq + q, cl, (r * ow + q) * JC, m)
+                q += m
+        nj = min(JC, oc - ob * JC)
+        d0 = y0 + ob * JC * hw
+        eb, jb = hw // VL * VL, nj // VL * VL
+        for e in range(0, eb, VL):
+            for j in range(0, jb, VL):
+                vtranspose(cl, e * JC + j, JC, yf, d0 + j * hw + e, hw)
+        for j in range(nj):
+            for e in range(eb if j < jb else 0, hw):
+                yf[_u(d0 + j * hw + e)] = cl[_u(e * JC + j)]
+        for j in range(nj):
+            bj = bias[o_bias + ob * JC + j]
+            for e in range(hw):
+                v = yf[_u(d0 + j * hw + e)] + bj
+                if relu and v <= 0.0:  # (the ReLU kernels' rule: NaN stays, -0 -> +0)
+                    v = np.float32(0.0)
+                yf[_u(d0 + j * hw + e)] = v
+
+
+@helper
+def _pack_ct_weights(w):
+    """``w`` (OC, C, KH, KW) packed ``[ob][c][kk][JC]`` for :func:`_ct_tile`, zeros past OC."""
+    oc, c, kh, kw = w.shape
+    kk_n = kh * kw
+    wp = np.zeros(((oc + JC - 1) // JC) * c * kk_n * JC, np.float32)
+    for o in range(oc):
+        for ci in range(c):
+            for kk in range(kk_n):
+                wp[(((o // JC) * c + ci) * kk_n + kk) * JC + o % JC] = w[o, ci, kk // kw, kk % kw]
+    return wp
+
+
+@parallel_kernel(fma=True)
+def _forward_ct(x, sh, sw, pt, pl, hq, wq, tab, w, bias, relu, oh, ow, y, threads):
+    """:func:`_forward` (without pooling) on channel tiles (:func:`_ct_image`): ``threads``
+    chunks of consecutive images, each packed as :func:`_pad_plane` packs it."""
+    n, c, h, wd = x.shape
+    oc, kw = w.shape[0], w.shape[3]
+    kk_n = w.shape[2] * kw
+    xflat, yf = x.reshape(x.size), y.reshape(y.size)
+    cs = sh * sw * hq * wq
+    wp = _pack_ct_weights(w)
+    chunks = min(n, threads)
+    for ch in prange(chunks):
+        cl = np.empty(oh * ow * JC, np.float32)
+        xf = np.zeros(c * cs + kw + MAX_VL, np.float32)  # (zeroed: _pad_plane)
+        for b in range(ch * n // chunks, (ch + 1) * n // chunks):
+            for ci in range(c):
+                _pad_plane(xflat, b * c + ci, h, wd, pt, pl, sh, sw, xf, ci * cs, hq, wq)
+            _ct_image(xf, cs, tab, c, kk_n, wp, oc, oh, ow, wq, cl, bias, 0, relu, yf, b * oc * oh * ow)
+
+
+@functools.lru_cache(maxsize=256)  # (per shape; a pure function of it)
+def _use_ctile(kh, kw, sh, sw, oh, ow, oc):
+    """Whether the forward of this geometry runs on channel tiles: the Cython kernels' rule
+    (``fcd_use_ctile``): their lanes hold ``_config.DIRECT_CTILE_GAIN_PCT`` percent or more of
+    the pixel vectors' share of valid outputs (:func:`_forward`'s vectors, J channels a
+    tile)."""
+    wq = ow + (kw - 1) // sw
+    grid, per_row = -(-oh * wq // VL), -(-ow // VL)
+    ns = oh * per_row if grid > oh * per_row else grid
+    pix = oh * ow / (ns * VL) * oc / (-(-oc // J) * J)
+    return oc / (-(-oc // JC) * JC) * 100 >= pix * _config.DIRECT_CTILE_GAIN_PCT
+
+
 _NONE_F4, _NONE_I4 = np.empty((0, 0, 0, 0), np.float32), np.empty((0, 0, 0, 0), np.int32)
 
 
@@ -219,6 +350,10 @@ def _direct(x, w, bias, sh, sw, pt, pl, relu, oh, ow, y=_NONE_F4, pool=0, yp=_NO
     ``ip``."""
     kh, kw = w.shape[2:]
     hq, wq, tab = _grid_shape(kh, kw, sh, sw, oh, ow)
+    if not pool and _use_ctile(kh, kw, sh, sw, oh, ow, w.shape[0]):
+        _forward_ct(np.ascontiguousarray(x), sh, sw, pt, pl, hq, wq, tab, w, bias, int(relu), oh, ow, y,
+                    _threads.get_num_threads())
+        return
     _forward(np.ascontiguousarray(x), sh, sw, pt, pl, hq, wq, tab, w, bias, int(relu), oh, ow, y, pool, yp, ip,
              _threads.get_num_threads())
 
@@ -256,8 +391,20 @@ def conv2d_direct_backward_data(gy, w, sh, sw, pt, pl, gx):
     hq, wq, ptc, plc, tabs, sts, meta, pitch, zero_phases = _phase_plan(kh, kw, sh, sw, pt, pl, h, wd, *gy.shape[2:])
     for a, b in zero_phases:  # (phases no tap reaches)
         gx[:, :, a::sh, b::sw] = 0.0
-    _backward_data_phases(np.ascontiguousarray(gy), ptc, plc, hq, wq, _phase_weights(w, sh, sw, pt, pl, meta), tabs,
-                          sts, meta, pitch, sh, sw, gx, _threads.get_num_threads())
+    cts = _phase_ctiles(meta, c)
+    _backward_data_phases(np.ascontiguousarray(gy), ptc, plc, hq, wq, _phase_weights(w, sh, sw, pt, pl, meta, cts),
+                          tabs, sts, meta, cts, pitch, sh, sw, gx, _threads.get_num_threads())
+
+
+def _phase_ctiles(meta, c):
+    """Per phase of :func:`_phase_plan`'s ``meta``: 1 if it runs on channel tiles (``c`` output
+    channels; the rule of :func:`_use_ctile`), else 0."""
+    cts = np.zeros(meta.shape[0], np.int64)
+    ch = c / (-(-c // JC) * JC) * 100
+    for p in range(meta.shape[0]):
+        ha, wb, ns = meta[p, 3], meta[p, 4], meta[p, 5]
+        cts[p] = ch >= ha * wb / (ns * VL) * c / (-(-c // J) * J) * _config.DIRECT_CTILE_GAIN_PCT
+    return cts
 
 
 @functools.lru_cache(maxsize=64)  # (per shape; never written)
@@ -300,29 +447,31 @@ def _phase_plan(kh, kw, sh, sw, pt, pl, h, wd, oh, ow):
             np.array(meta, np.int64).reshape(-1, 8), (grid_max + 1) * VL, zero_phases)
 
 
-def _phase_weights(w, sh, sw, pt, pl, meta):
+def _phase_weights(w, sh, sw, pt, pl, meta, cts):
     """The weights of the phases of :func:`_phase_plan`'s ``meta`` (in its order) as
     :func:`_forward` packs a stride-1 correlation's, concatenated: phase ``(a, b)``'s taps of
     ``w`` (OC, C, KH, KW) reversed, input and output channels swapped, ``[ob][oc][kk][J]`` with
-    zeros past ``C``."""
+    zeros past ``C`` (``[ob][oc][kk][JC]`` for a phase on channel tiles, ``cts``)."""
     oc, c, kh, kw = w.shape
-    nob = -(-c // J)
     parts = []
-    for a, b in meta[:, :2]:
+    for (a, b), ct in zip(meta[:, :2], cts):
+        blk_c = JC if ct else J
+        nob = -(-c // blk_c)
         sub = w[:, :, (a + pt) % sh::sh, (b + pl) % sw::sw][:, :, ::-1, ::-1]  # (OC, C, ka, kb)
-        blk = np.zeros((nob * J, oc, sub.shape[2] * sub.shape[3]), np.float32)
+        blk = np.zeros((nob * blk_c, oc, sub.shape[2] * sub.shape[3]), np.float32)
         blk[:c] = sub.transpose(1, 0, 2, 3).reshape(c, oc, -1)
-        parts.append(blk.reshape(nob, J, oc, -1).transpose(0, 2, 3, 1).ravel())
+        parts.append(blk.reshape(nob, blk_c, oc, -1).transpose(0, 2, 3, 1).ravel())
     return np.concatenate(parts + [np.zeros(1, np.float32)])  # (never empty)
 
 
 @parallel_kernel(fma=True)
-def _backward_data_phases(gy, ptc, plc, hq, wq, wp, tabs, sts, meta, pitch, sh, sw, gx, threads):
+def _backward_data_phases(gy, ptc, plc, hq, wq, wp, tabs, sts, meta, cts, pitch, sh, sw, gx, threads):
     """The strided input gradient ``gx`` (N, C, H, W) from ``gy`` (N, OC, OH, OW) on
     :func:`_phase_plan`'s plan: ``threads`` chunks of consecutive images, each image's ``gy``
     packed once (padding ``ptc``, ``plc``; ``hq x wq`` planes), then per phase the forward
     kernel's register tiles (:func:`_fwd_tile`, its weights ``wp`` from
-    :func:`_phase_weights`) and the tile rows stored to the phase's rows and columns of ``gx``."""
+    :func:`_phase_weights`; ``cts[p]``: channel tiles, :func:`_ct_image`, through a buffer) and
+    the tile rows stored to the phase's rows and columns of ``gx``."""
     n, oc, oh, ow = gy.shape
     c, h, wd = gx.shape[1], gx.shape[2], gx.shape[3]
     gyf = gy.reshape(gy.size)
@@ -330,8 +479,14 @@ def _backward_data_phases(gy, ptc, plc, hq, wq, wp, tabs, sts, meta, pitch, sh, 
     cs = hq * wq
     nob = (c + J - 1) // J
     chunks = min(n, threads)
+    hw_max = 0
+    for p in range(meta.shape[0]):
+        hw_max = max(hw_max, meta[p, 3] * meta[p, 4])
+    zc = np.zeros(c, np.float32)
     for ch in prange(chunks):
         g = np.empty(J * pitch, np.float32)
+        cl = np.empty(hw_max * JC, np.float32)
+        pb = np.empty(c * hw_max, np.float32)
         xf = np.zeros(oc * cs + wq + MAX_VL, np.float32)
         for b in range(ch * n // chunks, (ch + 1) * n // chunks):
             for ci in range(oc):
@@ -341,6 +496,16 @@ def _backward_data_phases(gy, ptc, plc, hq, wq, wp, tabs, sts, meta, pitch, sh, 
                 a, bc, kk_n, ha, wb, ns, t0, s0 = (meta[p, 0], meta[p, 1], meta[p, 2], meta[p, 3], meta[p, 4],
                                                    meta[p, 5], meta[p, 6], meta[p, 7])
                 tab = tabs[t0:t0 + kk_n]
+                if cts[p]:  # (the phase's (c, ha*wb) planes in pb, then to its positions of gx)
+                    _ct_image(xf, cs, tab, oc, kk_n, wp[wbase:], c, ha, wb, wq, cl, zc, 0, 0, pb, 0)
+                    for o in range(c):
+                        for r in range(ha):
+                            d = ((b * c + o) * h + a + sh * r) * wd + bc
+                            e = (o * ha + r) * wb
+                            for q in range(wb):
+                                gxf[_u(d + sw * q)] = pb[_u(e + q)]
+                    wbase += ((c + JC - 1) // JC) * oc * kk_n * JC
+                    continue
                 for ob in range(nob):
                     wo = wbase + ob * oc * kk_n * J
                     for k in range(0, ns, V):
