@@ -97,11 +97,6 @@ PAR_MIN_WORK = 16384
 #: parallel iteration.
 ELEMWISE_BLOCK = 16384
 
-#: The Numba optimizer kernels update at most this many parameters a compiled call (one call
-#: per group of an optimizer step; each group padded to a power of two: one compilation per
-#: length; docs/PERFORMANCE.md, section 5).
-UPDATE_GROUP = 16
-
 #: Partial weight-gradient sums of the per-image and direct convolution kernels: image ``i``
 #: of ``N`` adds into slot ``i * SLOTS // N``, each slot summed by one thread in image order,
 #: then the slots in order.  A constant, so results do not depend on the thread count.
