@@ -44,9 +44,12 @@ cdef void _adam(float* p, const float* g, float* m, float* v,  # IN/OUT, IN, IN/
         _adam_block(p + o, g + o, m + o, v + o, n, lr_t, c1, b2, c2, eps, bc2)
 
 
-cdef int _same_length(str op, Py_ssize_t n, str name, object seq) except -1:
-    if len(seq) != n:
-        raise ValueError(f"{op}: {len(seq)} {name} for {n} ps")
+cdef int _same_lengths(str op, tuple seqs, tuple names) except -1:
+    """Raise unless every sequence of ``seqs`` is as long as the first."""
+    cdef Py_ssize_t k, n = len(seqs[0])
+    for k in range(1, len(seqs)):
+        if len(seqs[k]) != n:
+            raise ValueError(f"{op}: {len(seqs[k])} {names[k]} for {n} {names[0]}")
     return 0
 
 
@@ -60,9 +63,7 @@ def adam_step(ps, gs, ms, vs, double lr_t, double beta1, double beta2, double ep
     cdef float* vp
     cdef Py_ssize_t np_, ng, nm, nv, i, n = len(ps)
     cdef float c1 = <float>(1.0 - beta1), c2 = <float>(1.0 - beta2)
-    _same_length("adam_step", n, "gs", gs)
-    _same_length("adam_step", n, "ms", ms)
-    _same_length("adam_step", n, "vs", vs)
+    _same_lengths("adam_step", (ps, gs, ms, vs), ("ps", "gs", "ms", "vs"))
     for i in range(n):
         _flat_item(ps, i, True, "ps", &pp, &np_)
         _flat_item(gs, i, False, "gs", &gp, &ng)
@@ -134,8 +135,7 @@ def sgd_step(ps, gs, bufs, double lr, double weight_decay, double momentum, doub
     cdef float* bp
     cdef Py_ssize_t np_, ng, nb, i, n = len(ps)
     cdef int use_mom = momentum != 0
-    _same_length("sgd_step", n, "gs", gs)
-    _same_length("sgd_step", n, "bufs", bufs)
+    _same_lengths("sgd_step", (ps, gs, bufs), ("ps", "gs", "bufs"))
     for i in range(n):
         _flat_item(ps, i, True, "ps", &pp, &np_)
         _flat_item(gs, i, False, "gs", &gp, &ng)
