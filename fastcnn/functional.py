@@ -1215,7 +1215,8 @@ def _update_arrays_checked(op: str, ws: Workspace | None, params: Sequence[Any],
     call with ``ws`` (an optimizer's: its parameters' arrays stay the same step after step; the
     kernels check dtype, contiguity and sizes again before they write).  Returns ``params`` and
     the ``state`` sequences as tuples, the same tuple objects while the arrays are the same (the
-    Numba kernels check and group them once per tuple objects: docs/PERFORMANCE.md, 5)."""
+    Numba kernels build their table of addresses once per tuple objects: docs/PERFORMANCE.md,
+    5)."""
     arrays = (*params, *(a for v in state.values() for a in v))
     if ws is not None:
         seen = ws._recorded(op)
