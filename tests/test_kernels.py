@@ -166,10 +166,14 @@ _ASM_PROBE = """
 import os, re, numpy as np, fastcnn
 from fastcnn._kernels import conv_direct as D
 x, w = np.ones((1, 4, 9, 9), np.float32), np.ones((16, 4, 3, 3), np.float32)
-D.conv2d_direct_forward(x, w, np.zeros(16, np.float32), 1, 1, 1, 1, 0, np.empty((1, 16, 9, 9), np.float32))
-asm = next(iter(D._forward.serial.inspect_asm().values()))
-fma = re.findall(r"vfmadd\\w+\\s+([^\\n]*)", asm)
-print(fastcnn._config.NUMBA_ISA["isa"], sum("zmm" in f for f in fma), sum("ymm" in f for f in fma), len(fma))
+# (16 x 16 outputs: pixel tiles on every path; 5 x 5 of 32 channels: channel tiles on every path)
+x16 = np.ones((1, 4, 16, 16), np.float32)
+D.conv2d_direct_forward(x16, w, np.zeros(16, np.float32), 1, 1, 1, 1, 0, np.empty((1, 16, 16, 16), np.float32))
+D.conv2d_direct_forward(np.ones((1, 4, 5, 5), np.float32), np.ones((32, 4, 3, 3), np.float32),
+                        np.zeros(32, np.float32), 1, 1, 1, 1, 0, np.empty((1, 32, 5, 5), np.float32))
+for f in (D._forward.serial, D._forward_ct.serial):
+    fma = re.findall(r"vfmadd\\w+\\s+([^\\n]*)", next(iter(f.inspect_asm().values())))
+    print(fastcnn._config.NUMBA_ISA["isa"], sum("zmm" in f for f in fma), sum("ymm" in f for f in fma), len(fma))
 # The weight gradient's tile loops (12+ FMAs in one basic block): vector moves to or from the
 # stack there are spilled accumulators.
 gw, gb = np.empty_like(w), np.empty(16, np.float32)
@@ -190,8 +194,9 @@ print(len(re.findall(r"\\tv(p?gather|p?scatter)", asm)), int(tuned))
 
 @pytest.mark.parametrize("isa", ["baseline", "avx2", "avx512"])
 def test_generated_code_per_isa(isa, tmp_path):
-    """The Numba direct forward (its register tiles) compiles to zmm FMAs under avx512 (the
-    default on an AVX-512 CPU), ymm FMAs under avx2, and no FMA at all under baseline (SSE2)."""
+    """The Numba direct forward (its register tiles: pixel and channel tiles) compiles to zmm
+    FMAs under avx512 (the default on an AVX-512 CPU), ymm FMAs under avx2, and no FMA at all
+    under baseline (SSE2)."""
     import os
     import subprocess
     import sys
@@ -208,9 +213,10 @@ def test_generated_code_per_isa(isa, tmp_path):
     env.pop("NUMBA_CPU_FEATURES", None)
     out = subprocess.run([sys.executable, "-c", _ASM_PROBE], env=env, cwd=NEUTRAL_CWD,
                          capture_output=True, text=True, check=True).stdout.split()
-    chosen, zmm, ymm, total, spills = out[0], int(out[1]), int(out[2]), int(out[3]), int(out[4])
-    gathers, tuned = int(out[5]), int(out[6])
-    assert chosen == isa
+    chosen, zmm, ymm, total = out[0], int(out[1]), int(out[2]), int(out[3])
+    ct_chosen, ct_zmm, ct_ymm, ct_total = out[4], int(out[5]), int(out[6]), int(out[7])
+    spills, gathers, tuned = int(out[8]), int(out[9]), int(out[10])
+    assert chosen == ct_chosen == isa
     assert spills == 0  # (runtime unrolling spilled them on AVX2: _config.NUMBA_LLVM_OPTIONS)
     import llvmlite.binding as ll
     assert tuned == (isa != "baseline" and ll.llvm_version_info >= (17,))
@@ -218,10 +224,11 @@ def test_generated_code_per_isa(isa, tmp_path):
         assert gathers == 0
     if isa == "avx512":
         assert zmm >= 24  # (at least one whole tile: 8 channels x 3 vectors)
+        assert ct_zmm >= 24  # (a channel tile of 12 pixels x 2 vectors)
     elif isa == "avx2":
-        assert zmm == 0 and ymm > 0
+        assert zmm == 0 and ymm > 0 and ct_zmm == 0 and ct_ymm > 0
     else:
-        assert total == 0
+        assert total == 0 and ct_total == 0
 
 
 def test_numba_winograd_is_exported_by_its_conv_direct_module():
