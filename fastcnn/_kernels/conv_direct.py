@@ -38,6 +38,7 @@ from ._simd import (
     vdeinterleave,
     vload_even,
     vloads,
+    vput_pairs,
     vstore,
     vtranspose,
     wtile_load,
@@ -470,8 +471,10 @@ def _backward_data_phases(gy, ptc, plc, hq, wq, wp, tabs, sts, meta, cts, pitch,
     :func:`_phase_plan`'s plan: ``threads`` chunks of consecutive images, each image's ``gy``
     packed once (padding ``ptc``, ``plc``; ``hq x wq`` planes), then per phase the forward
     kernel's register tiles (:func:`_fwd_tile`, its weights ``wp`` from
-    :func:`_phase_weights`; ``cts[p]``: channel tiles, :func:`_ct_image`, through a buffer) and
-    the tile rows stored to the phase's rows and columns of ``gx``."""
+    :func:`_phase_weights`; ``cts[p]``: channel tiles, :func:`_ct_image`).  At stride 2 x 2 with
+    all four phases the phases go to a buffer and each row of ``gx`` is its two phases' rows
+    zipped by vectors (:func:`._simd.vput_pairs`); otherwise each phase's values are stored to
+    its rows and columns of ``gx`` one by one."""
     n, oc, oh, ow = gy.shape
     c, h, wd = gx.shape[1], gx.shape[2], gx.shape[3]
     gyf = gy.reshape(gy.size)
@@ -479,32 +482,37 @@ def _backward_data_phases(gy, ptc, plc, hq, wq, wp, tabs, sts, meta, cts, pitch,
     cs = hq * wq
     nob = (c + J - 1) // J
     chunks = min(n, threads)
+    nph = meta.shape[0]
+    zipped = sh == 2 and sw == 2 and nph == 4  # (then phase p is (p // 2, p % 2))
+    poff = np.zeros(nph + 1, np.int64)  # phase p's (c, ha, wb) planes in pb (zipped), else at 0
     hw_max = 0
-    for p in range(meta.shape[0]):
+    for p in range(nph):
         hw_max = max(hw_max, meta[p, 3] * meta[p, 4])
+        poff[p + 1] = poff[p] + (c * meta[p, 3] * meta[p, 4] if zipped else 0)
     zc = np.zeros(c, np.float32)
     for ch in prange(chunks):
         g = np.empty(J * pitch, np.float32)
         cl = np.empty(hw_max * JC, np.float32)
-        pb = np.empty(c * hw_max, np.float32)
+        pb = np.empty(max(poff[nph], c * hw_max) + MAX_VL, np.float32)  # (vput_pairs reads VL past a row)
         xf = np.zeros(oc * cs + wq + MAX_VL, np.float32)
         for b in range(ch * n // chunks, (ch + 1) * n // chunks):
             for ci in range(oc):
                 _pad_plane(gyf, b * oc + ci, oh, ow, ptc, plc, 1, 1, xf, ci * cs, hq, wq)
             wbase = 0
-            for p in range(meta.shape[0]):
+            for p in range(nph):
                 a, bc, kk_n, ha, wb, ns, t0, s0 = (meta[p, 0], meta[p, 1], meta[p, 2], meta[p, 3], meta[p, 4],
                                                    meta[p, 5], meta[p, 6], meta[p, 7])
                 tab = tabs[t0:t0 + kk_n]
-                if cts[p]:  # (the phase's (c, ha*wb) planes in pb, then to its positions of gx)
-                    _ct_image(xf, cs, tab, oc, kk_n, wp[wbase:], c, ha, wb, wq, cl, zc, 0, 0, pb, 0)
-                    for o in range(c):
-                        for r in range(ha):
-                            d = ((b * c + o) * h + a + sh * r) * wd + bc
-                            e = (o * ha + r) * wb
-                            for q in range(wb):
-                                gxf[_u(d + sw * q)] = pb[_u(e + q)]
+                if cts[p]:  # (the phase's (c, ha*wb) planes in pb)
+                    _ct_image(xf, cs, tab, oc, kk_n, wp[wbase:], c, ha, wb, wq, cl, zc, 0, 0, pb, poff[p])
                     wbase += ((c + JC - 1) // JC) * oc * kk_n * JC
+                    if not zipped:
+                        for o in range(c):
+                            for r in range(ha):
+                                d = ((b * c + o) * h + a + sh * r) * wd + bc
+                                e = (o * ha + r) * wb
+                                for q in range(wb):
+                                    gxf[_u(d + sw * q)] = pb[_u(e + q)]
                     continue
                 for ob in range(nob):
                     wo = wbase + ob * oc * kk_n * J
@@ -519,11 +527,28 @@ def _backward_data_phases(gy, ptc, plc, hq, wq, wp, tabs, sts, meta, cts, pitch,
                             _fwd_tile(xf, 0, cs, tab, oc, kk_n, wp, wo, (sts[s0 + k],), g, pitch)
                     for jj in range(min(J, c - ob * J)):
                         for r in range(ha):
-                            d = (((b * c + ob * J + jj) * h + a + sh * r) * wd + bc)
                             e = jj * pitch + r * wq
-                            for q in range(wb):
-                                gxf[_u(d + sw * q)] = g[_u(e + q)]
+                            if zipped:
+                                d = poff[p] + ((ob * J + jj) * ha + r) * wb
+                                for q in range(wb):
+                                    pb[_u(d + q)] = g[_u(e + q)]
+                            else:
+                                d = (((b * c + ob * J + jj) * h + a + sh * r) * wd + bc)
+                                for q in range(wb):
+                                    gxf[_u(d + sw * q)] = g[_u(e + q)]
                 wbase += nob * oc * kk_n * J
+            if zipped:  # rows a + 2r: phase (a, 0) on the even columns, (a, 1) on the odd ones
+                for o in range(c):
+                    for a in range(2):
+                        ha, w0, w1 = meta[2 * a, 3], meta[2 * a, 4], meta[2 * a + 1, 4]
+                        for r in range(ha):
+                            d = ((b * c + o) * h + a + 2 * r) * wd
+                            e0 = poff[2 * a] + (o * ha + r) * w0
+                            e1 = poff[2 * a + 1] + (o * ha + r) * w1
+                            for q in range(0, w1, VL):
+                                vput_pairs(gxf, d + 2 * q, pb, e0 + q, e1 + q, min(VL, w1 - q), zc[0], 0)
+                            if w0 > w1:  # (an odd width: the last column is phase (a, 0)'s)
+                                gxf[_u(d + 2 * w1)] = pb[_u(e0 + w1)] + zc[0]
 
 
 @parallel_kernel(fma=True)
