@@ -97,45 +97,27 @@ static inline fcd_i fcd_src(fcd_i r, fcd_i pad, fcd_i dil, fcd_i n)
     return u < n ? u : -1;
 }
 
-/* Forward weights (OC, C, KH, KW) -> wp[ob][c][kk][J] (zero rows past OC).  With flip:
- * backward-data weights from w (C', OC', KH, KW) of the forward layer: this convolution's
- * output channel o is the layer's input channel, its input channel c the layer's output
- * channel, taps rotated by 180 degrees. */
-static void fcd_pack_weights(const fcd_geo* g, const float* w, int flip, float* wp)
+/* Forward weights (OC, C, KH, KW) -> wp[ob][c][kk][B] in blocks of B output channels (zero
+ * rows past OC): B = g->J for the pixel tiles (fcd_pack_weights), the ISA's JC for the channel
+ * tiles.  With flip: backward-data weights from w (C', OC', KH, KW) of the forward layer: this
+ * convolution's output channel o is the layer's input channel, its input channel c the
+ * layer's output channel, taps rotated by 180 degrees. */
+static void fcd_pack_weights_blocks(const fcd_geo* g, const float* w, int flip, fcd_i B, float* wp)
 {
-    fcd_i KK = g->KH * g->KW, ob, c, kk, jj, o, src_kk;
-    for (ob = 0; ob < g->OCP / g->J; ob++)
+    fcd_i KK = g->KH * g->KW, ob, c, kk, jj, o;
+    for (ob = 0; ob * B < g->OC; ob++)
         for (c = 0; c < g->C; c++)
             for (kk = 0; kk < KK; kk++)
-                for (jj = 0; jj < g->J; jj++) {
-                    float v = 0.0f;
-                    o = ob * g->J + jj;
-                    if (o < g->OC) {
-                        if (flip) {
-                            src_kk = KK - 1 - kk;
-                            v = w[(c * g->OC + o) * KK + src_kk];
-                        } else {
-                            v = w[(o * g->C + c) * KK + kk];
-                        }
-                    }
-                    wp[((ob * g->C + c) * KK + kk) * g->J + jj] = v;
+                for (jj = 0; jj < B; jj++) {
+                    o = ob * B + jj;
+                    wp[((ob * g->C + c) * KK + kk) * B + jj] =
+                        o >= g->OC ? 0.0f : flip ? w[(c * g->OC + o) * KK + KK - 1 - kk] : w[(o * g->C + c) * KK + kk];
                 }
 }
 
-
-/* fcd_pack_weights for channel tiles: wp[ob][c][kk][JC], blocks of JC output channels (zero
- * rows past OC). */
-static void fcd_pack_weights_ct(const fcd_geo* g, const float* w, int flip, fcd_i JC, float* wp)
+static void fcd_pack_weights(const fcd_geo* g, const float* w, int flip, float* wp)
 {
-    fcd_i KK = g->KH * g->KW, ob, c, kk, jj, o;
-    for (ob = 0; ob * JC < g->OC; ob++)
-        for (c = 0; c < g->C; c++)
-            for (kk = 0; kk < KK; kk++)
-                for (jj = 0; jj < JC; jj++) {
-                    o = ob * JC + jj;
-                    wp[((ob * g->C + c) * KK + kk) * JC + jj] =
-                        o >= g->OC ? 0.0f : flip ? w[(c * g->OC + o) * KK + KK - 1 - kk] : w[(o * g->C + c) * KK + kk];
-                }
+    fcd_pack_weights_blocks(g, w, flip, g->J, wp);
 }
 
 /* Whether the forward of g runs on channel tiles: when their lanes hold enough more valid

@@ -35,7 +35,7 @@ cdef extern from "conv_direct.h" nogil:
                        const float* bias, int relu, float* y, float* yg)
     void fcd_fwd_image_ct(const fcd_geo* g, const float* xq, const fcd_i* tab, const float* wp,
                           const float* bias, int relu, float* y, float* cl)
-    void fcd_pack_weights_ct(const fcd_geo* g, const float* w, int flip, fcd_i JC, float* wp)
+    void fcd_pack_weights_blocks(const fcd_geo* g, const float* w, int flip, fcd_i B, float* wp)
     int fcd_use_ctile(const fcd_geo* g, fcd_i NS, fcd_i VL, fcd_i JC, fcd_i gain_pct)
     void fcd_interleave_phases(const float* pb, const fcd_i* poff, fcd_i C, fcd_i H, fcd_i W,
                                fcd_i sh, fcd_i sw, float* gx)
@@ -199,7 +199,7 @@ cdef Py_ssize_t _direct_images(const fcd_geo* g,
     NS = fcd_pixel_starts(g, fcd_VL, st, st + L, st + 2 * L, &rows)
     ct = fcd_use_ctile(g, NS, fcd_VL, fcd_JC, FASTCNN_DIRECT_CTILE_GAIN_PCT)
     if ct:
-        fcd_pack_weights_ct(g, w, flip, fcd_JC, wp)
+        fcd_pack_weights_blocks(g, w, flip, fcd_JC, wp)
     else:
         fcd_pack_weights(g, w, flip, wp)
     if nt == 1:  # (a parallel region, even of one thread, costs: docs/PERFORMANCE.md, 5)
@@ -387,7 +387,7 @@ cdef int _data_by_phases(const _A* gy, w, Py_ssize_t sh, Py_ssize_t sw, Py_ssize
                                      &st[o_st[p] + 2 * lst[p]], &rows[p])
             if fcd_use_ctile(&geo[p], ns[p], fcd_VL, fcd_JC, FASTCNN_DIRECT_CTILE_GAIN_PCT):
                 rows[p] = 2
-                fcd_pack_weights_ct(&geo[p], <float*>sub.p, 0, fcd_JC, &wp[o_wp[p]])
+                fcd_pack_weights_blocks(&geo[p], <float*>sub.p, 0, fcd_JC, &wp[o_wp[p]])
             else:
                 fcd_pack_weights(&geo[p], <float*>sub.p, 0, &wp[o_wp[p]])
         # per block of images, one allocation: packed input, output grid, phase buffer

@@ -218,7 +218,7 @@ static void FCD_NAME(fcd_ct_store)(const float* cl, fcd_i HW, fcd_i nj, const fl
 #define FCD_CT_CASE(n_) case n_: FCD_NAME(fcd_ctile)(xq, tab, wpb, g->C, KK, g->plane, p, d, n_); break;
 
 /* One image on channel tiles: per block of FCD_JC output channels (weights wp packed
- * [ob][c][kk][FCD_JC] by fcd_pack_weights_ct), each output row cut into ceil(OW / FCD_CR)
+ * [ob][c][kk][FCD_JC] by fcd_pack_weights_blocks), each output row cut into ceil(OW / FCD_CR)
  * tiles of nearly equal width, into cl (OH*OW rows of FCD_JC), then fcd_ct_store to y
  * (OC, OH, OW). */
 static void FCD_NAME(fcd_fwd_image_ct)(const fcd_geo* g, const float* xq, const fcd_i* tab, const float* wp,

@@ -156,11 +156,7 @@ def _forward(x, sh, sw, pt, pl, hq, wq, tab, w, bias, relu, oh, ow, y, pool, yp,
     kw = w.shape[3]
     kk_n = w.shape[2] * kw
     nob = (oc + J - 1) // J
-    wp = np.zeros(nob * c * kk_n * J, np.float32)  # [ob][c][kk][J], zeros past oc
-    for o in range(oc):
-        for ci in range(c):
-            for kk in range(kk_n):
-                wp[(((o // J) * c + ci) * kk_n + kk) * J + o % J] = w[o, ci, kk // kw, kk % kw]
+    wp = _pack_weights(w, J)
     # Pixel vectors: consecutive ones over the grid, or per output row (which skips the
     # dropped columns when OW <= VL*k < wq), whichever are fewer.
     grid = (oh * wq + VL - 1) // VL
@@ -267,7 +263,8 @@ def _ct_image(xf, cs, tab, c, kk_n, wp, oc, oh, ow, wq, cl, bias, o_bias, relu, 
     """One packed image on channel tiles: per block of JC output channels every output row in
     ``ceil(ow / CR)`` tiles of nearly equal width into ``cl`` (``oh*ow`` rows of JC), then to
     ``yf[y0:]`` (``(oc, oh*ow)``) by VL x VL transposes, plus ``bias[o_bias + o]`` and the
-    ReLU (the ReLU kernels' rule)."""
+    ReLU (the ReLU kernels' rule); an empty ``bias``: neither (the sums are never -0, so adding
+    +0 would change nothing)."""
     hw = oh * ow
     nt = (ow + CR - 1) // CR
     for ob in range((oc + JC - 1) // JC):
@@ -287,7 +284,7 @@ def _ct_image(xf, cs, tab, c, kk_n, wp, oc, oh, ow, wq, cl, bias, o_bias, relu, 
         for j in range(nj):
             for e in range(eb if j < jb else 0, hw):
                 yf[_u(d0 + j * hw + e)] = cl[_u(e * JC + j)]
-        for j in range(nj):
+        for j in range(nj if bias.size else 0):
             bj = bias[o_bias + ob * JC + j]
             for e in range(hw):
                 v = yf[_u(d0 + j * hw + e)] + bj
@@ -297,15 +294,16 @@ def _ct_image(xf, cs, tab, c, kk_n, wp, oc, oh, ow, wq, cl, bias, o_bias, relu, 
 
 
 @helper
-def _pack_ct_weights(w):
-    """``w`` (OC, C, KH, KW) packed ``[ob][c][kk][JC]`` for :func:`_ct_tile`, zeros past OC."""
+def _pack_weights(w, blk):
+    """``w`` (OC, C, KH, KW) packed ``[ob][c][kk][blk]`` in blocks of ``blk`` output channels,
+    zeros past OC: ``J`` for the pixel tiles, ``JC`` for the channel tiles."""
     oc, c, kh, kw = w.shape
     kk_n = kh * kw
-    wp = np.zeros(((oc + JC - 1) // JC) * c * kk_n * JC, np.float32)
+    wp = np.zeros(((oc + blk - 1) // blk) * c * kk_n * blk, np.float32)
     for o in range(oc):
         for ci in range(c):
             for kk in range(kk_n):
-                wp[(((o // JC) * c + ci) * kk_n + kk) * JC + o % JC] = w[o, ci, kk // kw, kk % kw]
+                wp[(((o // blk) * c + ci) * kk_n + kk) * blk + o % blk] = w[o, ci, kk // kw, kk % kw]
     return wp
 
 
@@ -318,7 +316,7 @@ def _forward_ct(x, sh, sw, pt, pl, hq, wq, tab, w, bias, relu, oh, ow, y, thread
     kk_n = w.shape[2] * kw
     xflat, yf = x.reshape(x.size), y.reshape(y.size)
     cs = sh * sw * hq * wq
-    wp = _pack_ct_weights(w)
+    wp = _pack_weights(w, JC)
     chunks = min(n, threads)
     for ch in prange(chunks):
         cl = np.empty(oh * ow * JC, np.float32)
@@ -329,17 +327,21 @@ def _forward_ct(x, sh, sw, pt, pl, hq, wq, tab, w, bias, relu, oh, ow, y, thread
             _ct_image(xf, cs, tab, c, kk_n, wp, oc, oh, ow, wq, cl, bias, 0, relu, yf, b * oc * oh * ow)
 
 
+def _ctile_wins(outputs, ns, oc):
+    """The Cython kernels' rule (``fcd_use_ctile``): channel tiles when their lanes hold
+    ``_config.DIRECT_CTILE_GAIN_PCT`` percent or more of the pixel tiles' share of valid values
+    (``outputs`` per channel in ``ns`` vectors, J channels a tile)."""
+    pix = outputs / (ns * VL) * oc / (-(-oc // J) * J)
+    return oc / (-(-oc // JC) * JC) * 100 >= pix * _config.DIRECT_CTILE_GAIN_PCT
+
+
 @functools.lru_cache(maxsize=256)  # (per shape; a pure function of it)
 def _use_ctile(kh, kw, sh, sw, oh, ow, oc):
-    """Whether the forward of this geometry runs on channel tiles: the Cython kernels' rule
-    (``fcd_use_ctile``): their lanes hold ``_config.DIRECT_CTILE_GAIN_PCT`` percent or more of
-    the pixel vectors' share of valid outputs (:func:`_forward`'s vectors, J channels a
-    tile)."""
+    """Whether the forward of this geometry runs on channel tiles (:func:`_ctile_wins`, the
+    pixel vectors :func:`_forward` would take)."""
     wq = ow + (kw - 1) // sw
     grid, per_row = -(-oh * wq // VL), -(-ow // VL)
-    ns = oh * per_row if grid > oh * per_row else grid
-    pix = oh * ow / (ns * VL) * oc / (-(-oc // J) * J)
-    return oc / (-(-oc // JC) * JC) * 100 >= pix * _config.DIRECT_CTILE_GAIN_PCT
+    return _ctile_wins(oh * ow, oh * per_row if grid > oh * per_row else grid, oc)
 
 
 _NONE_F4, _NONE_I4 = np.empty((0, 0, 0, 0), np.float32), np.empty((0, 0, 0, 0), np.int32)
@@ -398,14 +400,9 @@ def conv2d_direct_backward_data(gy, w, sh, sw, pt, pl, gx):
 
 
 def _phase_ctiles(meta, c):
-    """Per phase of :func:`_phase_plan`'s ``meta``: 1 if it runs on channel tiles (``c`` output
-    channels; the rule of :func:`_use_ctile`), else 0."""
-    cts = np.zeros(meta.shape[0], np.int64)
-    ch = c / (-(-c // JC) * JC) * 100
-    for p in range(meta.shape[0]):
-        ha, wb, ns = meta[p, 3], meta[p, 4], meta[p, 5]
-        cts[p] = ch >= ha * wb / (ns * VL) * c / (-(-c // J) * J) * _config.DIRECT_CTILE_GAIN_PCT
-    return cts
+    """Per phase of :func:`_phase_plan`'s ``meta`` (rows, columns, pixel vectors): 1 if it runs
+    on channel tiles (:func:`_ctile_wins`, ``c`` output channels), else 0."""
+    return np.array([_ctile_wins(ha * wb, ns, c) for ha, wb, ns in meta[:, 3:6]], np.int64)
 
 
 @functools.lru_cache(maxsize=64)  # (per shape; never written)
@@ -489,7 +486,8 @@ def _backward_data_phases(gy, ptc, plc, hq, wq, wp, tabs, sts, meta, cts, pitch,
     for p in range(nph):
         hw_max = max(hw_max, meta[p, 3] * meta[p, 4])
         poff[p + 1] = poff[p] + (c * meta[p, 3] * meta[p, 4] if zipped else 0)
-    zc = np.zeros(c, np.float32)
+    nobias = np.empty(0, np.float32)
+    zero = np.float32(0.0)
     for ch in prange(chunks):
         g = np.empty(J * pitch, np.float32)
         cl = np.empty(hw_max * JC, np.float32)
@@ -504,7 +502,7 @@ def _backward_data_phases(gy, ptc, plc, hq, wq, wp, tabs, sts, meta, cts, pitch,
                                                    meta[p, 5], meta[p, 6], meta[p, 7])
                 tab = tabs[t0:t0 + kk_n]
                 if cts[p]:  # (the phase's (c, ha*wb) planes in pb)
-                    _ct_image(xf, cs, tab, oc, kk_n, wp[wbase:], c, ha, wb, wq, cl, zc, 0, 0, pb, poff[p])
+                    _ct_image(xf, cs, tab, oc, kk_n, wp[wbase:], c, ha, wb, wq, cl, nobias, 0, 0, pb, poff[p])
                     wbase += ((c + JC - 1) // JC) * oc * kk_n * JC
                     if not zipped:
                         for o in range(c):
@@ -546,9 +544,9 @@ def _backward_data_phases(gy, ptc, plc, hq, wq, wp, tabs, sts, meta, cts, pitch,
                             e0 = poff[2 * a] + (o * ha + r) * w0
                             e1 = poff[2 * a + 1] + (o * ha + r) * w1
                             for q in range(0, w1, VL):
-                                vput_pairs(gxf, d + 2 * q, pb, e0 + q, e1 + q, min(VL, w1 - q), zc[0], 0)
+                                vput_pairs(gxf, d + 2 * q, pb, e0 + q, e1 + q, min(VL, w1 - q), zero, 0)
                             if w0 > w1:  # (an odd width: the last column is phase (a, 0)'s)
-                                gxf[_u(d + 2 * w1)] = pb[_u(e0 + w1)] + zc[0]
+                                gxf[_u(d + 2 * w1)] = pb[_u(e0 + w1)]
 
 
 @parallel_kernel(fma=True)
