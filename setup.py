@@ -295,6 +295,9 @@ def extensions():
     return [
         Extension(f"fastcnn._ext.{name}", [os.path.join(SRC_DIR, f"{name}.pyx")], depends=common)
         for name in MODULES
+    ] + [  # (outside fastcnn._ext, whose package imports every kernel: fastcnn imports this one first)
+        Extension("fastcnn._heapcache", [os.path.join(SRC_DIR, "_heapcache.pyx")],
+                  depends=[os.path.join(SRC_DIR, "heapcache.h")]),
     ]
 
 

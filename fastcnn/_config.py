@@ -54,6 +54,12 @@ ENV_HEAP = "FASTCNN_HEAP"
 #: top are free, so a training step reuses the pages the previous one freed.
 HEAP_MMAP_THRESHOLD = 32 << 20
 HEAP_TRIM_THRESHOLD = 512 << 20
+#: NumPy arrays' freed data blocks of ``HEAP_CACHE_MIN`` bytes or more (which glibc would map
+#: afresh each time) are kept, up to ``HEAP_CACHE_BYTES`` in all, and reused for requests they
+#: exceed by at most ``HEAP_CACHE_SLACK_PCT`` % (``fastcnn._heapcache``; same section).
+HEAP_CACHE_MIN = HEAP_MMAP_THRESHOLD
+HEAP_CACHE_BYTES = 512 << 20
+HEAP_CACHE_SLACK_PCT = 12
 
 #: Byte alignment of the parameters' gradients (``Parameter``): the Cython dense weight
 #: gradient stores such a gradient past the caches (streaming stores need 64-byte alignment;

@@ -24,6 +24,9 @@ MODES = ("keep", "system")
 #: What :func:`configure` did: ``"keep"`` (thresholds set), ``"system"`` (asked not to),
 #: ``"environment"`` (the user's ``MALLOC_*_`` variables rule), or ``"unsupported: <why>"``.
 state = "not configured"
+#: Whether NumPy's large freed data blocks are kept (``fastcnn._heapcache``): ``"on"``, or
+#: ``"off"`` / ``"off: <why>"``.
+array_cache = "off"
 
 
 def _glibc() -> bool:
@@ -34,8 +37,9 @@ def _glibc() -> bool:
 
 
 def configure() -> str:
-    """Set the thresholds unless ``FASTCNN_HEAP=system`` or glibc's own ``MALLOC_TRIM_THRESHOLD_`` /
-    ``MALLOC_MMAP_THRESHOLD_`` are set; returns (and records in :data:`state`) what was done."""
+    """Set the thresholds and keep NumPy's large freed blocks unless ``FASTCNN_HEAP=system`` or
+    glibc's own ``MALLOC_TRIM_THRESHOLD_`` / ``MALLOC_MMAP_THRESHOLD_`` are set; returns (and
+    records in :data:`state` and :data:`array_cache`) what was done."""
     global state
     mode = os.environ.get(_config.ENV_HEAP, "").strip() or "keep"
     if mode not in MODES:
@@ -57,7 +61,30 @@ def configure() -> str:
         ok = (mallopt(M_MMAP_THRESHOLD, _config.HEAP_MMAP_THRESHOLD) == 1
               and mallopt(M_TRIM_THRESHOLD, _config.HEAP_TRIM_THRESHOLD) == 1)
         state = "keep" if ok else "unsupported: mallopt refused the thresholds"
+        if ok:
+            _keep_large_arrays()
     return state
+
+
+def _keep_large_arrays() -> None:
+    """Install NumPy's data-memory handler that keeps freed blocks above glibc's mmap ceiling
+    (in the importing thread's context: NumPy's handler is a context variable)."""
+    global array_cache
+    try:
+        from . import _heapcache  # type: ignore[attr-defined]
+    except ImportError as exc:  # (a source checkout that was never built)
+        array_cache = f"off: {exc}"
+        return
+    try:
+        from numpy._core.multiarray import get_handler_name
+    except ImportError:  # (NumPy 1.x)
+        from numpy.core.multiarray import get_handler_name  # type: ignore[no-redef]
+    name = get_handler_name()
+    if name != "default_allocator":  # (someone else's handler: left alone)
+        array_cache = f"off: NumPy's memory handler is {name}"
+        return
+    _heapcache.install(_config.HEAP_CACHE_MIN, _config.HEAP_CACHE_BYTES, _config.HEAP_CACHE_SLACK_PCT)
+    array_cache = "on"
 
 
 def zeros_aligned(shape: tuple[int, ...], align: int = _config.GRAD_ALIGN) -> np.ndarray:

@@ -201,6 +201,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(f"{lib['user_api']}: {lib['internal_api']} {lib.get('version')} "
               f"({lib.get('architecture')}, {lib['num_threads']} threads)")
     print(f"cpu simd: {' '.join(cpu_simd_features()) or 'none detected'}")
+    print(f"heap: {fastcnn._heap.state}; large arrays kept for reuse: {fastcnn._heap.array_cache} (FASTCNN_HEAP)")
     return 0
 
 

@@ -72,7 +72,7 @@ def test_resume_refuses_conflicting_arguments(tmp_path):
 def test_cli_info():
     r = _cli("info")
     assert r.returncode == 0, r.stderr
-    for word in ("fastcnn", "backends:", "threads:", "openmp:", "cpu simd:"):
+    for word in ("fastcnn", "backends:", "threads:", "openmp:", "cpu simd:", "heap: "):
         assert word in r.stdout
 
 

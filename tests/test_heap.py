@@ -29,17 +29,20 @@ print(json.dumps({"faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt -
 """
 
 
-def _run(**env):
+def _run(code=_ROUNDS, **env):
     full = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "FASTCNN_HEAP"}
     full.update(env)
-    r = subprocess.run([sys.executable, "-c", _ROUNDS], env=full, cwd=NEUTRAL_CWD, capture_output=True,
+    r = subprocess.run([sys.executable, "-c", code], env=full, cwd=NEUTRAL_CWD, capture_output=True,
                        text=True, timeout=120, check=False)
     assert r.returncode == 0, r.stderr[-2000:]
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux") or "glibc" not in os.confstr("CS_GNU_LIBC_VERSION"),
-                    reason="the thresholds are glibc's")
+GLIBC = pytest.mark.skipif(not sys.platform.startswith("linux") or "glibc" not in os.confstr("CS_GNU_LIBC_VERSION"),
+                           reason="the thresholds and the array cache are glibc's")
+
+
+@GLIBC
 def test_freed_memory_is_reused_without_page_faults():
     keep, system = _run(), _run(FASTCNN_HEAP="system")
     assert keep["state"] == "keep" and system["state"] == "system"
@@ -66,3 +69,99 @@ def test_zeros_aligned_is_an_aligned_contiguous_float32_array_of_zeros():
             assert a.shape == shape and a.dtype == np.float32 and a.flags.c_contiguous and a.flags.writeable
             assert a.size == 0 or a.ctypes.data % align == 0
             assert not a.any()
+
+
+# Large arrays (above glibc's 32 MB mmap ceiling): a block freed is handed to the next array of
+# its size, written with no page fault; prints what each step saw.
+_LARGE = """
+import json, resource
+import fastcnn, fastcnn._heap as heap
+import numpy as np
+from numpy._core.multiarray import get_handler_name
+n = (64 << 20) // 4
+out = {"state": heap.state, "cache": heap.array_cache, "handler": get_handler_name()}
+a = np.ones(n, np.float32); first = a.ctypes.data; del a
+r0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+b = np.full(n, 2.0, np.float32)
+out["faults"] = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r0
+out["same_block"] = b.ctypes.data == first
+out["values_ok"] = bool((b == 2.0).all())
+del b
+z = np.zeros(n, np.float32)  # (a kept, written block: zeroed)
+out["zeros_ok"] = not z.any()
+out["zeros_same_block"] = z.ctypes.data == first
+print(json.dumps(out))
+"""
+
+
+@GLIBC
+def test_large_freed_arrays_are_reused_without_page_faults():
+    keep, system = _run(_LARGE), _run(_LARGE, FASTCNN_HEAP="system")
+    assert keep["cache"] == "on" and keep["handler"] == "fastcnn_heap_cache", keep
+    assert keep["same_block"] and keep["values_ok"] and keep["zeros_ok"] and keep["zeros_same_block"], keep
+    assert system["cache"] == "off" and system["handler"] == "default_allocator", system
+    assert system["values_ok"] and system["zeros_ok"], system
+    # 64 MB written: 16,384 pages of 4 KB (or 32 of 2 MB) faulted in afresh; kept, none.
+    assert keep["faults"] == 0 and system["faults"] > 0, (keep, system)
+
+
+_POLICY = """
+import json, threading, contextvars
+import fastcnn
+from fastcnn import _config, _heapcache
+import numpy as np
+MB = 1 << 20
+out = {}
+big = np.empty(64 * MB, np.uint8); del big               # kept
+out["kept"] = _heapcache.stats()
+smaller = np.empty(40 * MB, np.uint8)                    # 64 MB is more than 12 % to spare: not taken
+out["smaller"] = _heapcache.stats()
+del smaller
+small = [np.empty(MB, np.uint8) for _ in range(8)]; del small   # below the minimum: never kept
+out["small"] = _heapcache.stats()
+many = [np.empty(100 * MB, np.uint8) for _ in range(8)]; del many   # 800 MB freed: the oldest dropped
+out["capped"] = _heapcache.stats()
+grown = np.arange(40 * MB // 4, dtype=np.float32)
+grown.resize(80 * MB // 4, refcheck=False)               # (NumPy's realloc path)
+out["resized_ok"] = bool((grown[:40 * MB // 4] == np.arange(40 * MB // 4, dtype=np.float32)).all())
+del grown
+_heapcache.release()
+out["released"] = _heapcache.stats()
+def churn():
+    for i in range(300):
+        a = np.empty((33 + i % 7) * MB, np.uint8); a[::4096] = 1; del a
+threads = [threading.Thread(target=contextvars.copy_context().run, args=(churn,)) for _ in range(4)]
+for t in threads: t.start()
+for t in threads: t.join()
+out["threads"] = _heapcache.stats()
+out["cap"] = _config.HEAP_CACHE_BYTES
+print(json.dumps(out))
+"""
+
+
+@GLIBC
+def test_array_cache_keeps_only_large_blocks_within_its_limits():
+    r = _run(_POLICY)
+    mb, cap = 1 << 20, r["cap"]
+    assert r["kept"]["blocks"] == 1 and r["kept"]["bytes"] >= 64 * mb, r
+    assert r["smaller"]["blocks"] == 1 and r["smaller"]["misses"] == r["kept"]["misses"] + 1, r
+    assert r["small"] == r["smaller"] | {"blocks": 2, "bytes": r["small"]["bytes"]}, r
+    assert r["small"]["bytes"] >= 104 * mb, r
+    assert r["capped"]["bytes"] <= cap and 0 < r["capped"]["blocks"] <= cap // (100 * mb), r
+    assert r["resized_ok"], r
+    assert r["released"]["blocks"] == 0 and r["released"]["bytes"] == 0, r
+    # Four threads' arrays in the handler's context, 1,200 large requests: served from kept
+    # blocks or not, the books balanced and within the cap.
+    t = r["threads"]
+    assert t["hits"] + t["misses"] >= r["released"]["hits"] + r["released"]["misses"] + 1200, r
+    assert t["hits"] > 0 and t["bytes"] <= cap and t["blocks"] <= 32, r
+
+
+def test_array_cache_wraps_only_numpys_default_handler():
+    if _heap.array_cache != "on":
+        pytest.skip(f"the array cache is {_heap.array_cache}")
+    from fastcnn import _heapcache
+
+    with pytest.raises(ValueError, match="wraps NumPy's default_allocator, not fastcnn_heap_cache"):
+        _heapcache.install(1 << 25, 1 << 29, 12)
+    assert _heapcache.stats()["bytes"] <= 1 << 29
