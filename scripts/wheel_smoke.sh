@@ -79,6 +79,10 @@ names = sorted(m.name for m in pkgutil.iter_modules([omp.__file__.rsplit("/", 1)
 for name in names:
     importlib.import_module("fastcnn._ext." + name)
 print("compiled extensions import OK:", " ".join(names))
+import fastcnn._heapcache  # (the large-array cache: outside fastcnn._ext)
+print("heap:", fastcnn._heap.state, "array cache:", fastcnn._heap.array_cache)
+if fastcnn._heap.state == "keep" and fastcnn._heap.array_cache != "on":
+    sys.exit(1)
 b = fastcnn.available_backends()
 print("backends:", ", ".join(b))
 if "numba" not in b:
