@@ -9,7 +9,8 @@ cdef extern from "heapcache.h":
     object fch_capsule()
     int fch_configure(object base, size_t min_bytes, size_t max_bytes, size_t slack_pct) except -1
     void fch_release()
-    void fch_stats(size_t *blocks, size_t *nbytes, unsigned long long *hits, unsigned long long *misses)
+    void fch_stats(size_t *blocks, size_t *nbytes, unsigned long long *hits, unsigned long long *misses,
+                   size_t *min_bytes, size_t *max_bytes)
 
 cdef extern from "numpy/arrayobject.h":
     object PyDataMem_SetHandler(object handler)
@@ -37,9 +38,10 @@ def release():
 
 
 def stats():
-    """``{"blocks", "bytes", "hits", "misses"}``: the blocks kept now, and the large requests
-    served from them or not since the process started."""
-    cdef size_t blocks, nbytes
+    """``{"blocks", "bytes", "hits", "misses", "min_bytes", "max_bytes"}``: the blocks kept now,
+    the large requests served from them or not since the process started, and the limits."""
+    cdef size_t blocks, nbytes, min_bytes, max_bytes
     cdef unsigned long long hits, misses
-    fch_stats(&blocks, &nbytes, &hits, &misses)
-    return {"blocks": blocks, "bytes": nbytes, "hits": hits, "misses": misses}
+    fch_stats(&blocks, &nbytes, &hits, &misses, &min_bytes, &max_bytes)
+    return {"blocks": blocks, "bytes": nbytes, "hits": hits, "misses": misses, "min_bytes": min_bytes,
+            "max_bytes": max_bytes}

@@ -133,8 +133,11 @@ static int fch_configure(PyObject *base, size_t min_bytes, size_t max_bytes, siz
     return 0;
 }
 
-static void fch_stats(size_t *blocks, size_t *bytes, unsigned long long *hits, unsigned long long *misses) {
+static void fch_stats(size_t *blocks, size_t *bytes, unsigned long long *hits, unsigned long long *misses,
+                      size_t *min_bytes, size_t *max_bytes) {
     pthread_mutex_lock(&fch.lock);
+    *min_bytes = fch.min_bytes;
+    *max_bytes = fch.max_bytes;
     *blocks = (size_t)fch.n;
     *bytes = fch.bytes;
     *hits = fch.hits;
