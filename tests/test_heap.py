@@ -101,5 +101,6 @@ def test_large_freed_arrays_are_reused_without_page_faults():
     assert keep["same_block"] and keep["values_ok"] and keep["zeros_ok"] and keep["zeros_same_block"], keep
     assert system["cache"] == "off" and system["handler"] == "default_allocator", system
     assert system["values_ok"] and system["zeros_ok"], system
-    # 64 MB written: 16,384 pages of 4 KB (or 32 of 2 MB) faulted in afresh; kept, none.
-    assert keep["faults"] == 0 and system["faults"] > 0, (keep, system)
+    # 64 MB written: 16,384 pages of 4 KB (or 32 of 2 MB) faulted in afresh; kept, none (a few
+    # allowed for the interpreter's own allocations).
+    assert keep["faults"] < 8 and system["faults"] >= 32, (keep, system)
