@@ -113,6 +113,9 @@ static void fch_release(void) {
         fch.base.free(fch.base.ctx, old[i].ptr, old[i].cap);
 }
 
+static void fch_lock(void) { pthread_mutex_lock(&fch.lock); }
+static void fch_unlock(void) { pthread_mutex_unlock(&fch.lock); }
+
 /* Wrap base (a capsule of NumPy's default handler, kept alive by the caller); -1 with an
  * exception set if it is not that. */
 static int fch_configure(PyObject *base, size_t min_bytes, size_t max_bytes, size_t slack_pct) {
@@ -123,6 +126,9 @@ static int fch_configure(PyObject *base, size_t min_bytes, size_t max_bytes, siz
         PyErr_Format(PyExc_ValueError, "the array cache wraps NumPy's default_allocator, not %s", h->name);
         return -1;
     }
+    static int forks_handled = 0;  /* (a fork waits for the lock: the child's is free) */
+    if (!forks_handled && pthread_atfork(fch_lock, fch_unlock, fch_unlock) == 0)
+        forks_handled = 1;
     fch_release();
     pthread_mutex_lock(&fch.lock);
     fch.base = h->allocator;

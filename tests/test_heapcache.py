@@ -75,3 +75,31 @@ def test_array_cache_wraps_only_numpys_default_handler():
     with pytest.raises(ValueError, match="wraps NumPy's default_allocator, not fastcnn_heap_cache"):
         _heapcache.install(1 << 25, 1 << 29, 12)
     assert _heapcache.stats()["bytes"] <= 1 << 29
+
+
+_FORKS = """
+import os, threading, contextvars
+import fastcnn
+import numpy as np
+MB = 1 << 20
+stop = False
+def churn():
+    while not stop:
+        a = np.empty(40 * MB, np.uint8); del a
+t = threading.Thread(target=contextvars.copy_context().run, args=(churn,)); t.start()
+codes = []
+for _ in range(20):
+    pid = os.fork()
+    if pid == 0:  # (the child's cache lock must be free, whatever the churning thread held)
+        b = np.full(40 * MB, 7, np.uint8); os._exit(0 if b[-1] == 7 else 1)
+    codes.append(os.waitpid(pid, 0)[1])
+stop = True; t.join()
+print(codes)
+"""
+
+
+@GLIBC
+def test_fork_while_another_thread_allocates():
+    p = run_python(_FORKS, timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.strip().splitlines()[-1] == str([0] * 20), p.stdout
