@@ -50,6 +50,7 @@ __all__ = [
     "get_num_threads",
     "set_num_threads",
     "warmup",
+    "release_memory",
     "data",
     "functional",
     "layers",
@@ -67,6 +68,14 @@ __all__ = [
     "save",
     "summary",
 ]
+
+
+def release_memory() -> int:
+    """Give back to the system the freed memory fastcnn keeps for reuse (freed heap pages and
+    NumPy arrays' large freed blocks; docs/PERFORMANCE.md, section 11), e.g. after a large
+    inference in a long-running process.  Returns the bytes of large blocks released (the
+    heap's pages are returned too but not counted).  Later steps fault their pages in again."""
+    return _heap.release()
 
 
 def warmup(backend: str | None = None) -> None:

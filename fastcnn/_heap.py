@@ -87,6 +87,23 @@ def _keep_large_arrays() -> None:
     array_cache = "on"
 
 
+def release() -> int:
+    """Return the memory fastcnn keeps for reuse to the system: the large-array cache's blocks,
+    then the free pages of glibc's heap (``malloc_trim``).  Returns the cache's bytes freed."""
+    freed = 0
+    if array_cache == "on":
+        from . import _heapcache  # type: ignore[attr-defined]
+
+        freed = int(_heapcache.stats()["bytes"])
+        _heapcache.release()
+    if state == "keep":
+        try:
+            ctypes.CDLL(None).malloc_trim(0)
+        except (AttributeError, OSError):  # (a C library without it: nothing more to return)
+            pass
+    return freed
+
+
 def zeros_aligned(shape: tuple[int, ...], align: int = _config.GRAD_ALIGN) -> np.ndarray:
     """A C-contiguous float32 array of zeros whose data start ``align`` bytes aligned (a view of
     a slightly larger array)."""

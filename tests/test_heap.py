@@ -104,3 +104,27 @@ def test_large_freed_arrays_are_reused_without_page_faults():
     # 64 MB written: 16,384 pages of 4 KB (or 32 of 2 MB) faulted in afresh; kept, none (a few
     # allowed for the interpreter's own allocations).
     assert keep["faults"] < 8 and system["faults"] >= 32, (keep, system)
+
+
+_RELEASE = """
+import json
+import fastcnn
+import numpy as np
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+a = np.ones((100 << 20) // 4, np.float32); del a     # kept by the array cache
+small = [np.ones((4 << 20) // 4, np.float32) for _ in range(25)]; del small   # 100 MB of heap
+kept = rss()
+freed = fastcnn.release_memory()
+print(json.dumps({"freed": freed, "drop": kept - rss(), "again": fastcnn.release_memory()}))
+"""
+
+
+@GLIBC
+def test_release_memory_gives_the_kept_memory_back():
+    r = _run(_RELEASE)
+    mb = 1 << 20
+    assert 100 * mb <= r["freed"] < 101 * mb and r["again"] == 0, r
+    # Both the cached block and the freed heap pages leave the resident set.
+    assert r["drop"] > 180 * mb, r
