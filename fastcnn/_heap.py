@@ -1,9 +1,10 @@
-"""Keep freed memory for reuse: glibc heap thresholds, set once at import (docs/PERFORMANCE.md,
-"Freed memory is kept").
+"""Keep freed memory for reuse: glibc heap thresholds and NumPy's handler for large blocks
+(``fastcnn._heapcache``), set once at import (docs/PERFORMANCE.md, "Freed memory is kept").
 
 A training step frees its activations and gradients at the end and allocates the same sizes
 again in the next step.  With glibc's default (adaptive) thresholds the freed top of the heap
-is returned to the system and every step faults its pages in again.
+is returned to the system and every step faults its pages in again; blocks of 32 MB and more
+(large-batch inference) glibc always maps afresh, so NumPy's handler keeps those.
 """
 from __future__ import annotations
 
