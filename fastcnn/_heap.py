@@ -77,14 +77,10 @@ def _keep_large_arrays() -> None:
         array_cache = f"off: {exc}"
         return
     try:
-        from numpy._core.multiarray import get_handler_name
-    except ImportError:  # (NumPy 1.x)
-        from numpy.core.multiarray import get_handler_name  # type: ignore[no-redef]
-    name = get_handler_name()
-    if name != "default_allocator":  # (someone else's handler: left alone)
-        array_cache = f"off: NumPy's memory handler is {name}"
+        _heapcache.install(_config.HEAP_CACHE_MIN, _config.HEAP_CACHE_BYTES, _config.HEAP_CACHE_SLACK_PCT)
+    except ValueError as exc:  # (someone else's NumPy memory handler: left alone)
+        array_cache = f"off: {exc}"
         return
-    _heapcache.install(_config.HEAP_CACHE_MIN, _config.HEAP_CACHE_BYTES, _config.HEAP_CACHE_SLACK_PCT)
     array_cache = "on"
 
 
@@ -95,8 +91,7 @@ def release() -> int:
     if array_cache == "on":
         from . import _heapcache  # type: ignore[attr-defined]
 
-        freed = int(_heapcache.stats()["bytes"])
-        _heapcache.release()
+        freed = int(_heapcache.release())
     if state == "keep":
         try:
             ctypes.CDLL(None).malloc_trim(0)

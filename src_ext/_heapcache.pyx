@@ -8,7 +8,7 @@ cnp.import_array()
 cdef extern from "heapcache.h":
     object fch_capsule()
     int fch_configure(object base, size_t min_bytes, size_t max_bytes, size_t slack_pct) except -1
-    void fch_release()
+    size_t fch_release()
     void fch_stats(size_t *blocks, size_t *nbytes, unsigned long long *hits, unsigned long long *misses,
                    size_t *min_bytes, size_t *max_bytes)
 
@@ -33,8 +33,8 @@ def install(size_t min_bytes, size_t max_bytes, size_t slack_pct):
 
 
 def release():
-    """Return every kept block to the C library."""
-    fch_release()
+    """Return every kept block to the C library; returns their bytes."""
+    return fch_release()
 
 
 def stats():

@@ -99,18 +99,22 @@ static void fch_free(void *ctx, void *ptr, size_t size) {
         fch.base.free(fch.base.ctx, old[i].ptr, old[i].cap);
 }
 
-/* Free every kept block. */
-static void fch_release(void) {
+/* Free every kept block; returns their bytes. */
+static size_t fch_release(void) {
     fch_block old[FCH_SLOTS];
     int n_old = 0;
+    size_t bytes = 0;
     pthread_mutex_lock(&fch.lock);
     while (fch.n > 0) {
         old[n_old++] = fch.slot[0];
         fch_drop(0);
     }
     pthread_mutex_unlock(&fch.lock);
-    for (int i = 0; i < n_old; i++)
+    for (int i = 0; i < n_old; i++) {
+        bytes += old[i].cap;
         fch.base.free(fch.base.ctx, old[i].ptr, old[i].cap);
+    }
+    return bytes;
 }
 
 static void fch_lock(void) { pthread_mutex_lock(&fch.lock); }

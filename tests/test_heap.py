@@ -6,11 +6,10 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 
 from fastcnn import _heap
 
-from utils import NEUTRAL_CWD
+from utils import GLIBC, NEUTRAL_CWD, heap_env, run_python
 
 # Ten 4 MB arrays allocated, written and freed, eight times over: the pattern of a training
 # step's activations.  Prints the minor page faults of the last seven rounds and the state.
@@ -30,16 +29,9 @@ print(json.dumps({"faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt -
 
 
 def _run(code=_ROUNDS, **env):
-    full = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "FASTCNN_HEAP"}
-    full.update(env)
-    r = subprocess.run([sys.executable, "-c", code], env=full, cwd=NEUTRAL_CWD, capture_output=True,
-                       text=True, timeout=120, check=False)
+    r = run_python(code, env=heap_env(**env), timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     return json.loads(r.stdout.strip().splitlines()[-1])
-
-
-GLIBC = pytest.mark.skipif(not sys.platform.startswith("linux") or "glibc" not in os.confstr("CS_GNU_LIBC_VERSION"),
-                           reason="the thresholds and the array cache are glibc's")
 
 
 @GLIBC

@@ -58,6 +58,19 @@ def rng(seed=0):
     return np.random.default_rng(seed)
 
 
+#: glibc only: fastcnn sets its heap thresholds and installs the large-array cache with them.
+GLIBC = pytest.mark.skipif(not sys.platform.startswith("linux") or "glibc" not in os.confstr("CS_GNU_LIBC_VERSION"),
+                           reason="the heap thresholds and the array cache are glibc's")
+
+
+def heap_env(**env):
+    """This process's environment without any heap setting (glibc's ``MALLOC_*``,
+    ``FASTCNN_HEAP``), plus ``env``: for a fresh interpreter with fastcnn's heap defaults."""
+    full = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "FASTCNN_HEAP"}
+    full.update(env)
+    return full
+
+
 def run_python(code, *args, timeout=180, **kw):
     """Run ``code`` in a fresh interpreter from a neutral directory (installed fastcnn)."""
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code), *map(str, args)], check=False, cwd=NEUTRAL_CWD,
