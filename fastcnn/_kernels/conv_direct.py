@@ -462,6 +462,13 @@ def _phase_weights(w, sh, sw, pt, pl, meta, cts):
     return np.concatenate(parts + [np.zeros(1, np.float32)])  # (never empty)
 
 
+@helper
+def _put_row(dst, d, step, src, e, m):
+    """``dst[d + step*q] = src[e + q]`` for q < m: a phase's row into its columns of ``gx``."""
+    for q in range(m):
+        dst[_u(d + step * q)] = src[_u(e + q)]
+
+
 @parallel_kernel(fma=True)
 def _backward_data_phases(gy, ptc, plc, hq, wq, wp, tabs, sts, meta, cts, pitch, sh, sw, gx, threads):
     """The strided input gradient ``gx`` (N, C, H, W) from ``gy`` (N, OC, OH, OW) on
@@ -507,10 +514,7 @@ def _backward_data_phases(gy, ptc, plc, hq, wq, wp, tabs, sts, meta, cts, pitch,
                     if not zipped:
                         for o in range(c):
                             for r in range(ha):
-                                d = ((b * c + o) * h + a + sh * r) * wd + bc
-                                e = (o * ha + r) * wb
-                                for q in range(wb):
-                                    gxf[_u(d + sw * q)] = pb[_u(e + q)]
+                                _put_row(gxf, ((b * c + o) * h + a + sh * r) * wd + bc, sw, pb, (o * ha + r) * wb, wb)
                     continue
                 for ob in range(nob):
                     wo = wbase + ob * oc * kk_n * J
@@ -527,13 +531,9 @@ def _backward_data_phases(gy, ptc, plc, hq, wq, wp, tabs, sts, meta, cts, pitch,
                         for r in range(ha):
                             e = jj * pitch + r * wq
                             if zipped:
-                                d = poff[p] + ((ob * J + jj) * ha + r) * wb
-                                for q in range(wb):
-                                    pb[_u(d + q)] = g[_u(e + q)]
+                                _put_row(pb, poff[p] + ((ob * J + jj) * ha + r) * wb, 1, g, e, wb)
                             else:
-                                d = (((b * c + ob * J + jj) * h + a + sh * r) * wd + bc)
-                                for q in range(wb):
-                                    gxf[_u(d + sw * q)] = g[_u(e + q)]
+                                _put_row(gxf, ((b * c + ob * J + jj) * h + a + sh * r) * wd + bc, sw, g, e, wb)
                 wbase += nob * oc * kk_n * J
             if zipped:  # rows a + 2r: phase (a, 0) on the even columns, (a, 1) on the odd ones
                 for o in range(c):
