@@ -113,6 +113,13 @@ SLOTS = 8
 #: the core's L2 cache (docs/PERFORMANCE.md, section 9).  Any value gives the same bytes.
 DIRECT_WGRAD_BYTES = 256 << 10
 
+#: The gradient of a convolution whose output was 2x2 max pooled: layers whose kernel has at
+#: least this many values per output channel (input channels x taps) take the weight gradient
+#: from the pooling's winners only (a quarter of the output positions at most;
+#: docs/PERFORMANCE.md, section 9, "Pooled weight gradient").  Both compiled backends; either
+#: way the same bytes.
+POOLED_WGRAD_MIN_PATCH = 192
+
 #: The direct forward kernels run a layer on channel tiles (pixels x output-channel vectors,
 #: inputs broadcast) instead of pixel vectors when the tiles' lanes hold at least this many
 #: percent of the pixel vectors' share of valid outputs: outputs whose rows fill few vectors,

@@ -344,13 +344,20 @@ def conv2d_backward(grad_out: ArrayLike, x: ArrayLike, weight: ArrayLike, stride
                                g.sh * g.sw > 1, max(g.pt, g.pl))
     if pool_indices is not None:
         idx, _ = _pool_indices(grad_out, pool_indices, full, op, ws)
-        if plan == "direct":
-            gx = np.empty(x.shape if input_grad else (0, 0, 0, 0), np.float32)
+        # The direct plan's pooled primitive (its weight gradient from the pooling's winners,
+        # docs/PERFORMANCE.md, section 9); on the Winograd plan for the weights alone.
+        if plan == "direct" or (plan == "winograd" and not _dispatch.winograd_weight()):
+            direct_gx = input_grad and plan == "direct"
+            gx = np.empty(x.shape if direct_gx else (0, 0, 0, 0), np.float32)
             gw = np.empty(weight.shape, np.float32)
             gb = np.empty((oc if bias else 0,), np.float32)
             y = relu_output if relu_output is not None else _buf(ws, "noy", (0, 0, 0, 0))
             k.conv2d_direct_backward_maxpool2(grad_out, idx, y, x, weight, g.sh, g.sw, g.pt, g.pl, g.oh, g.ow,
                                               gx, gw, gb)
+            if input_grad and not direct_gx:
+                gx = np.empty(x.shape, np.float32)
+                k.conv2d_winograd_backward_data(_unpooled(k, grad_out, idx, relu_output, full), weight, g.pt, g.pl,
+                                                gx)
             return (gx if input_grad else None), gw, (gb if bias else None)
         grad_out = _unpooled(k, grad_out, idx, relu_output, full)
     elif relu_output is not None:

@@ -16,7 +16,7 @@ include "_common.pxi"
 cdef extern from "conv_direct.h" nogil:
     ctypedef Py_ssize_t fcd_i
     ctypedef struct fcd_geo:
-        fcd_i C, Hs, Ws, OC, KH, KW, sw, OH, OW, Hq, Wq, plane, P, PR, xq_size, J, OCP
+        fcd_i C, Hs, Ws, OC, KH, KW, sh, sw, pt, pl, OH, OW, Hq, Wq, plane, P, PR, xq_size, J, OCP
     void fcd_geo_init(fcd_geo* g, fcd_i C, fcd_i Hs, fcd_i Ws, fcd_i dh, fcd_i dw, fcd_i OC,
                       fcd_i KH, fcd_i KW, fcd_i sh, fcd_i sw, fcd_i pt, fcd_i pl, fcd_i OH,
                       fcd_i OW, fcd_i J)
@@ -61,13 +61,18 @@ cdef extern from "conv_direct.h" nogil:
                           float* gw)
     int fcd_cpu_supports(int isa)
     int fcd_set_isa(int isa)
+    fcd_i fcd_spw_width(fcd_i want)
+    void fcd_spw_pass(const float* xc, const fcd_i* wo, const float* wv, const int* cnt, fcd_i ws, fcd_i cs,
+                      fcd_i n0, fcd_i n1, fcd_i RS, fcd_i NV, fcd_i R, float* out, fcd_i os)
+    int fcd_pack_cl(const float* src, fcd_i C, fcd_i H, fcd_i W, fcd_i pt, fcd_i pl, fcd_i Hp, fcd_i Wp,
+                    float* tmp, float* dst)
     fcd_i fcd_J
     fcd_i fcd_JC
     fcd_i fcd_VL
     fcd_i fcd_WT
     fcd_i fcd_TM
 
-from fastcnn._config import DIRECT_WGRAD_BYTES, ENV_ISA, ISAS, SLOTS, WINOGRAD_TILES, WINOGRAD_VECTORS, requested_isa  # ISAS: slowest first = the C code's ISA number
+from fastcnn._config import DIRECT_WGRAD_BYTES, ENV_ISA, ISAS, POOLED_WGRAD_MIN_PATCH, SLOTS, WINOGRAD_TILES, WINOGRAD_VECTORS, requested_isa  # ISAS: slowest first = the C code's ISA number
 
 _active = None
 _error = None
@@ -643,6 +648,152 @@ cdef Py_ssize_t _weight(const fcd_geo* g, const float* gy, const _Unpool* up,
     return bad
 
 
+cdef int _winners(const _Unpool* up, Py_ssize_t i, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t sh, Py_ssize_t sw,
+                  Py_ssize_t RS, Py_ssize_t C, Py_ssize_t IS,
+                  Py_ssize_t* wo,    # OUT (C_out, PHW) patch offsets in the channels-last images
+                  float* wv,         # OUT (C_out, PHW) their gradients
+                  Py_ssize_t* lo,    # scratch (PW,) offsets of a window row's lower winners
+                  float* lv,         # scratch (PW,) their gradients
+                  int* cnt,          # OUT (C_out,) winners per output channel
+                  double* bsum) noexcept nogil:  # OUT (C_out,) float64 sums of the winners' gradients
+    """Image ``i``'s winners of each output channel's pooling windows: the cells whose gradient
+    (times the ReLU's 1 or 0) is not zero, in pixel order (a window row's upper cells, then its
+    lower ones); branch-free.  Returns 1, unfinished, if an index lies outside its own window."""
+    cdef Py_ssize_t PW = OW // 2, PHW = up.PHW, o, r, j, k, d, m, ml, e, a, keep, off
+    cdef Py_ssize_t* wop
+    cdef float* wvp
+    cdef const float* gp
+    cdef const int* ix
+    cdef const float* yy
+    cdef float v
+    cdef double bs
+    cdef int bad = 0
+    for o in range(up.C):
+        k = (i * up.C + o) * PHW
+        gp = up.gp + k
+        ix = up.idx + k
+        yy = up.y + k if up.y != NULL else NULL
+        wop = wo + o * PHW
+        wvp = wv + o * PHW
+        m = 0
+        for r in range(OH // 2):
+            ml = 0
+            for j in range(PW):
+                k = r * PW + j
+                d = ix[k] - 2 * (r * OW + j)  # (its place in the window: 0, 1, OW or OW + 1)
+                a = d >= OW
+                d = d - a * OW
+                bad |= (d != 0) & (d != 1)
+                v = gp[k]
+                if yy != NULL:
+                    v = v * (<float>1.0 if yy[k] > 0 else <float>0.0)
+                keep = v != 0  # (a zero term of the direct sum; NaN stays)
+                off = i * IS + (2 * r + a) * sh * RS + (2 * j + d) * sw * C
+                wop[m] = off  # (upper cells in place, lower ones after the row)
+                wvp[m] = v
+                lo[ml] = off
+                lv[ml] = v
+                m += keep & (a == 0)
+                ml += keep & (a == 1)
+            for e in range(ml):
+                wop[m + e] = lo[e]
+                wvp[m + e] = lv[e]
+            m += ml
+        bs = 0.0
+        for e in range(m):
+            bs = bs + <double>wvp[e]
+        cnt[o] = <int>m
+        bsum[o] = bs
+    return bad
+
+
+cdef int _weight_pooled(const fcd_geo* g, const _Unpool* up,
+                        const _A* x,     # IN  (N, C, H, W)
+                        const _A* gw,    # OUT (OC, C, KH, KW)
+                        const _A* gb,    # OUT (OC,) or (0,)
+                        int nt) except -1:
+    """:func:`_weight` from the pooling's winners only (docs/PERFORMANCE.md, section 9, "Pooled
+    weight gradient"): the same sums without their zero terms, so the same bytes.  Returns 1,
+    having written nothing, if an index lies outside its own window or ``x`` holds a value
+    that is not finite (where a zero term would be NaN): the caller runs :func:`_weight`."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3], OC = gw.shape[0]
+    cdef Py_ssize_t KH = gw.shape[2], KW = gw.shape[3], OH = g.OH, OW = g.OW, sh = g.sh, sw = g.sw
+    cdef Py_ssize_t pt = g.pt, pl = g.pl, VL = fcd_VL, A = 2 * fcd_WT
+    # Images channels-last, zero padded to every row and column a patch reads, IS floats apart.
+    cdef Py_ssize_t Hp = max(pt + H, (OH - 1) * sh + KH), Wp = max(pl + W, (OW - 1) * sw + KW)
+    cdef Py_ssize_t RS = Wp * C, IS = Hp * RS, L = KW * C, NVR = (L + VL - 1) // VL
+    cdef Py_ssize_t PHW = up.PHW, S = min(<Py_ssize_t>SLOTS, N), RP = NVR * VL, QS = KH * RP
+    # Passes: (first vector, width NV, first row, rows R) covering the KH x NVR vectors of a patch.
+    passes = []
+    cdef Py_ssize_t v0 = 0, nv, rm, r0
+    while v0 < NVR:  # (rows in groups of A // nv, the rest one at a time: fcd_spw_pass's two tiles)
+        nv = fcd_spw_width(NVR - v0)
+        rm = max(1, A // nv)
+        for r0 in range(KH):
+            if r0 % rm == 0 and r0 + rm <= KH:
+                passes.append((v0, nv, r0, rm))
+            elif r0 >= KH - KH % rm:
+                passes.append((v0, nv, r0, 1))
+        v0 += nv
+    cdef Py_ssize_t NP = len(passes)
+    cdef Py_ssize_t[:, ::1] pas = np.array(passes, np.intp).reshape(NP, 4)
+    cdef Py_ssize_t TS = max(H * W * C, 4 * OW)  # (a thread's scratch: fcd_pack_cl's, then _winners')
+    cdef char* mem = <char*>malloc(_al64((N * IS + RP) * sizeof(float)) + _al64(nt * TS * sizeof(float)) + 64)
+    if mem == NULL:
+        raise MemoryError()
+    cdef float* xc = <float*>_al64(<Py_ssize_t>mem)
+    cdef float* tmp = <float*>(<char*>xc + _al64((N * IS + RP) * sizeof(float)))
+    cdef Py_ssize_t[:, ::1] wo = np.empty((N * OC, max(PHW, 1)), np.intp)
+    cdef float[:, ::1] wv = np.empty((N * OC, max(PHW, 1)), np.float32)
+    cdef int[::1] cnt = np.empty(N * OC, np.intc)
+    cdef double[:, ::1] bsum = np.empty((N, OC), np.float64)
+    cdef float[:, :, ::1] part = np.empty((S, OC, QS), np.float32)
+    cdef const float* xp = <float*>x.p
+    cdef float* gwp = <float*>gw.p
+    cdef float* gbp = <float*>gb.p
+    cdef Py_ssize_t nb = gb.shape[0], NT = S * OC * NP, B, t, b, i, s, o, u, q, c, kh, kw
+    cdef int bad = 0
+    cdef float acc
+    try:
+        with nogil:
+            for b in prange(nt, schedule='static', num_threads=nt):
+                for i in range(_part(b, N, nt), _part(b + 1, N, nt)):
+                    bad |= fcd_pack_cl(xp + i * C * H * W, C, H, W, pt, pl, Hp, Wp, tmp + b * TS, xc + i * IS)
+                    bad |= _winners(up, i, OH, OW, sh, sw, RS, C, IS, &wo[i * OC, 0], &wv[i * OC, 0],
+                                    <Py_ssize_t*>(tmp + b * TS), tmp + b * TS + 2 * OW,
+                                    &cnt[i * OC], &bsum[i, 0])
+        if bad:
+            return 1
+        with nogil:
+            memset(xc + N * IS, 0, RP * sizeof(float))  # (the last vector of a patch row may pass the images)
+            # Tasks (slot, output channel, pass) in that order, blocks of consecutive ones per
+            # thread; image i is in slot i*S//N as in _weight.
+            B = min(<Py_ssize_t>nt, NT)
+            for b in prange(B, schedule='static', num_threads=nt):
+                for t in range(_part(b, NT, B), _part(b + 1, NT, B)):
+                    s = t // (OC * NP)
+                    o = (t // NP) % OC
+                    u = t % NP
+                    fcd_spw_pass(xc + pas[u, 2] * RS + pas[u, 0] * VL, &wo[o, 0], &wv[o, 0], &cnt[o], OC * PHW, OC,
+                                 (s * N + S - 1) // S, ((s + 1) * N + S - 1) // S, RS, pas[u, 1], pas[u, 3],
+                                 &part[s, o, pas[u, 2] * RP + pas[u, 0] * VL], RP)
+            # gw[o, c, kh, kw] = the slots' sums of part[., o, kh*RP + kw*C + c], in slot order.
+            for o in prange(OC, schedule='static', num_threads=nt):
+                for c in range(C):
+                    for kh in range(KH):
+                        for kw in range(KW):
+                            q = kh * RP + kw * C + c
+                            acc = part[0, o, q]
+                            for s in range(1, S):
+                                acc = acc + part[s, o, q]
+                            gwp[((o * C + c) * KH + kh) * KW + kw] = acc
+            for o in prange(nb, schedule='static', num_threads=nt):
+                gbp[o] = <float>_sum_column(&bsum[0, 0], N, OC, o)
+    finally:
+        free(mem)
+    return 0
+
+
 cdef _Key _pool_bwd_ok
 
 
@@ -685,7 +836,9 @@ def conv2d_direct_backward_maxpool2(gp, idx, y, x, w, Py_ssize_t sh, Py_ssize_t 
     up.C, up.PHW, up.P = OC, g_.shape[2] * g_.shape[3], oh * ow
     cdef fcd_geo g
     fcd_geo_init(&g, C, H, W, 1, 1, OC, KH, KW, sh, sw, pt, pl, oh, ow, fcd_J)
-    bad = _weight(&g, NULL, &up, &a, &dw, &db, _threads_for(N * OC * oh * ow))
+    cdef int nw = _threads_for(N * OC * oh * ow)
+    if C * KH * KW < POOLED_WGRAD_MIN_PATCH or _weight_pooled(&g, &up, &a, &dw, &db, nw):
+        bad = _weight(&g, NULL, &up, &a, &dw, &db, nw)
     cdef int nt = _threads_for(N * C * H * W)
     if dx.shape[0] and sh == 1 and sw == 1:
         fcd_geo_init(&g, OC, oh, ow, 1, 1, C, KH, KW, 1, 1, KH - 1 - pt, KW - 1 - pl, H, W, fcd_J)

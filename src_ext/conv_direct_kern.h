@@ -666,11 +666,127 @@ static void FCD_NAME(fcd_interleave_phases)(const float* pb, const fcd_i* poff, 
         }
 }
 
+/* Weight gradient from the winners of a 2x2 max pooling (docs/PERFORMANCE.md, section 9,
+ * "Pooled weight gradient"): xc holds the images channels-last, zero padded (row pitch RS
+ * floats); the winners of output channel o in image n are wo[n*ws + e] (the offset of their
+ * patch in xc) and wv[n*ws + e] (their gradient), e < cnt[n*cs], in pixel order.  A tile of R
+ * patch rows x NV vectors (vector v of row r at + r*RS + v*VL) sums images n0 .. n1 - 1 in
+ * order and stores to out + r*os + v*VL: each sum the direct tile's FMAs without its zero
+ * terms, the same bytes. */
+static inline __attribute__((always_inline)) void
+FCD_NAME(fcd_spw_tile)(const float* xc, const fcd_i* wo, const float* wv, const int* cnt, fcd_i ws, fcd_i cs,
+                       fcd_i n0, fcd_i n1, fcd_i RS, float* out, fcd_i os, const int NV, const int R)
+{
+    FCD_VT acc[R][NV];
+    const float* xr[R];  /* (row bases: each load one base, the winner's offset and a constant) */
+    fcd_i n, e;
+    FCD_UNROLL for (int r_ = 0; r_ < R; r_++) {
+        xr[r_] = xc + r_ * RS;
+        FCD_UNROLL for (int v_ = 0; v_ < NV; v_++) acc[r_][v_] = FCD_ZERO();
+    }
+    for (n = n0; n < n1; n++) {
+        const fcd_i* po = wo + n * ws;
+        const float* pv = wv + n * ws;
+        fcd_i m = cnt[n * cs];
+        for (e = 0; e < m; e++) {
+            fcd_i q = po[e];
+            FCD_VT gv = FCD_SET1(pv[e]);
+            FCD_UNROLL for (int r_ = 0; r_ < R; r_++)
+                FCD_UNROLL for (int v_ = 0; v_ < NV; v_++)
+                    acc[r_][v_] = FCD_FMA(gv, FCD_LOAD(xr[r_] + q + v_ * FCD_VL), acc[r_][v_]);
+        }
+    }
+    FCD_UNROLL for (int r_ = 0; r_ < R; r_++)
+        FCD_UNROLL for (int v_ = 0; v_ < NV; v_++) FCD_STORE(out + r_ * os + v_ * FCD_VL, acc[r_][v_]);
+}
+
+/* fcd_spw_tile of NV vectors and 2*WT / NV rows (_full) or one row (_1), compiled once per NV
+ * of the menu. */
+#define FCD_SPW(NV_) \
+FCD_NO_PCOM __attribute__((noinline)) static void \
+FCD_NAME(fcd_spw_full_##NV_)(const float* xc, const fcd_i* wo, const float* wv, const int* cnt, fcd_i ws, \
+                             fcd_i cs, fcd_i n0, fcd_i n1, fcd_i RS, float* out, fcd_i os) \
+{ \
+    FCD_NAME(fcd_spw_tile)(xc, wo, wv, cnt, ws, cs, n0, n1, RS, out, os, NV_, (2 * FCD_WT) / NV_); \
+} \
+FCD_NO_PCOM __attribute__((noinline)) static void \
+FCD_NAME(fcd_spw_row_##NV_)(const float* xc, const fcd_i* wo, const float* wv, const int* cnt, fcd_i ws, \
+                            fcd_i cs, fcd_i n0, fcd_i n1, fcd_i RS, float* out, fcd_i os) \
+{ \
+    FCD_NAME(fcd_spw_tile)(xc, wo, wv, cnt, ws, cs, n0, n1, RS, out, os, NV_, 1); \
+}
+FCD_SPW(1)
+FCD_SPW(2)
+FCD_SPW(3)
+FCD_SPW(4)
+FCD_SPW(6)
+FCD_SPW(8)
+FCD_SPW(12)
+#if FCD_WT >= 12
+FCD_SPW(5)
+FCD_SPW(10)
+FCD_SPW(16)
+FCD_SPW(20)
+FCD_SPW(24)
+#endif
+#undef FCD_SPW
+
+/* The largest tile width of the menu (vectors) not above ``want`` (>= 1). */
+static fcd_i FCD_NAME(fcd_spw_width)(fcd_i want)
+{
+#if FCD_WT >= 12
+    static const fcd_i menu[] = {24, 20, 16, 12, 10, 8, 6, 5, 4, 3, 2, 1};
+#else
+    static const fcd_i menu[] = {12, 8, 6, 4, 3, 2, 1};
+#endif
+    size_t k;
+    for (k = 0; k < sizeof(menu) / sizeof(menu[0]); k++)
+        if (menu[k] <= want) return menu[k];
+    return 1;
+}
+
+/* One pass of fcd_spw_tile: NV vectors (a width of fcd_spw_width) x R rows, R = 2*WT / NV or 1. */
+static void FCD_NAME(fcd_spw_pass)(const float* xc, const fcd_i* wo, const float* wv, const int* cnt, fcd_i ws,
+                                   fcd_i cs, fcd_i n0, fcd_i n1, fcd_i RS, fcd_i NV, fcd_i R, float* out, fcd_i os)
+{
+    switch (NV) {
+#define FCD_SPW_CASE(NV_) case NV_: \
+        if (R == 1) FCD_NAME(fcd_spw_row_##NV_)(xc, wo, wv, cnt, ws, cs, n0, n1, RS, out, os); \
+        else FCD_NAME(fcd_spw_full_##NV_)(xc, wo, wv, cnt, ws, cs, n0, n1, RS, out, os); \
+        break;
+    FCD_SPW_CASE(1) FCD_SPW_CASE(2) FCD_SPW_CASE(3) FCD_SPW_CASE(4) FCD_SPW_CASE(6) FCD_SPW_CASE(8)
+    FCD_SPW_CASE(12)
+#if FCD_WT >= 12
+    FCD_SPW_CASE(5) FCD_SPW_CASE(10) FCD_SPW_CASE(16) FCD_SPW_CASE(20) FCD_SPW_CASE(24)
+#endif
+#undef FCD_SPW_CASE
+    default: break;
+    }
+}
+
+/* Image src (C, H, W) -> dst (Hp, Wp, C): channels-last, zero padded (its cell (h, w) at row pt + h,
+ * column pl + w), through tmp (H*W*C floats).  Returns nonzero if a value is not finite. */
+static int FCD_NAME(fcd_pack_cl)(const float* src, fcd_i C, fcd_i H, fcd_i W, fcd_i pt, fcd_i pl, fcd_i Hp,
+                                 fcd_i Wp, float* tmp, float* dst)
+{
+    const unsigned* u = (const unsigned*)tmp;
+    unsigned bad = 0;
+    fcd_i h, e, n = H * W * C;
+    FCD_NAME(fcd_transpose)(src, C, H * W, C, 0.0f, tmp);
+    for (e = 0; e < n; e++)  /* (exponent all ones: inf or NaN) */
+        bad |= (~u[e] & 0x7f800000u) == 0u;
+    memset(dst, 0, (size_t)(Hp * Wp * C) * sizeof(float));
+    for (h = 0; h < H; h++)
+        memcpy(dst + ((pt + h) * Wp + pl) * C, tmp + h * W * C, (size_t)(W * C) * sizeof(float));
+    return bad != 0;
+}
+
 static const fcd_isa_kernels FCD_NAME(fcd_kernels) = {
     FCD_NAME(fcd_fwd_image), FCD_NAME(fcd_fwd_image_ct), FCD_NAME(fcd_bwd_weight_tile), FCD_NAME(fcd_fma_probe),
     FCD_NAME(fcd_pack_grad_t), FCD_NAME(fcd_pack_input), FCD_NAME(fcd_unpack_output),
     FCD_NAME(fcw_images), FCD_NAME(fcw_wgrad), FCD_NAME(fcd_interleave_phases),
-    FCD_NAME(fcd_unpool_grad_t), FCD_NAME(fcd_grad_t_sums), FCD_J, FCD_VL, FCD_WT, FCD_TAPS_MAX, FCD_JC, FCD_CR};
+    FCD_NAME(fcd_unpool_grad_t), FCD_NAME(fcd_grad_t_sums), FCD_NAME(fcd_spw_width), FCD_NAME(fcd_spw_pass),
+    FCD_NAME(fcd_pack_cl), FCD_J, FCD_VL, FCD_WT, FCD_TAPS_MAX, FCD_JC, FCD_CR};
 
 #undef FCD_SUFFIX
 #undef FCD_VL

@@ -30,9 +30,11 @@ from ._simd import (
     V,
     ctile_zero,
     pool2_row_biased,
+    rtile_zero,
     tile_fma,
     tile_fma_at,
     tile_fma_rows3,
+    tile_fma_splat,
     tile_store,
     tile_zero,
     vdeinterleave,
@@ -709,18 +711,227 @@ def conv2d_direct_backward_weight(gy, x, sh, sw, pt, pl, gw, gb):
         _bias_grad(gy, gb)
 
 
+@parallel_kernel(fma=True)
+def _pooled_pack(x, gp, idx, y, sh, sw, pt, pl, oh, ow, hp, wq, xc, wo, wv, cnt):
+    """The images channels-last into ``xc`` (zeroed, ``hp`` x ``wq`` cells of C floats each) and
+    the winners of each output channel's pooling windows (as the Cython backend's
+    ``_winners``): ``wo`` the offset of a winner's patch in ``xc``, ``wv`` its gradient (times
+    the ReLU's 1 or 0), ``cnt`` their count, in pixel order (a window row's upper cells, then
+    its lower ones).  Returns how many values were not finite or indices outside their own
+    window (then nothing else is valid)."""
+    n, c, h, w = x.shape
+    oc = gp.shape[1]
+    pw = ow // 2
+    phw = (oh // 2) * pw
+    hw = h * w
+    rs = wq * c
+    isz = hp * rs
+    xf, gf, jf, yf = x.reshape(x.size), gp.reshape(gp.size), idx.reshape(idx.size), y.reshape(y.size)
+    relu = y.size > 0
+    cb = c // VL * VL
+    bad = 0
+    for i in prange(n):
+        t = np.empty(hw * c + MAX_VL, np.float32)  # (the image channels-last, unpadded)
+        for c0 in range(0, cb, VL):
+            for e in range(0, hw // VL * VL, VL):
+                vtranspose(xf, (i * c + c0) * hw + e, hw, t, e * c + c0, c)
+        for ch in range(c):
+            for e in range(hw // VL * VL if ch < cb else 0, hw):
+                t[_u(e * c + ch)] = xf[_u((i * c + ch) * hw + e)]
+        nf = 0
+        for e in range(hw * c):
+            nf += not np.isfinite(t[_u(e)])
+        for r in range(h):
+            d = i * isz + ((pt + r) * wq + pl) * c
+            for e in range(w * c):
+                xc[_u(d + e)] = t[_u(r * w * c + e)]
+        lo = np.empty(pw, np.int64)
+        lv = np.empty(pw, np.float32)
+        for o in range(oc):
+            k0 = (i * oc + o) * phw
+            m = 0
+            for r in range(oh // 2):
+                ml = 0
+                for j in range(pw):
+                    k = k0 + r * pw + j
+                    d = jf[_u(k)] - 2 * (r * ow + j)  # (its place in the window: 0, 1, OW or OW + 1)
+                    a = 1 if d >= ow else 0
+                    d -= a * ow
+                    nf += (d != 0) & (d != 1)
+                    v = gf[_u(k)]
+                    if relu:
+                        v = v * (np.float32(1.0) if yf[_u(k)] > 0 else np.float32(0.0))
+                    keep = v != 0  # (a zero term of the direct sum; NaN stays)
+                    off = i * isz + (2 * r + a) * sh * rs + (2 * j + d) * sw * c
+                    wo[_u(k0 + m)] = off  # (upper cells in place, lower ones after the row)
+                    wv[_u(k0 + m)] = v
+                    lo[ml] = off
+                    lv[ml] = v
+                    m += keep & (a == 0)
+                    ml += keep & (a == 1)
+                for e in range(ml):
+                    wo[_u(k0 + m + e)] = lo[e]
+                    wv[_u(k0 + m + e)] = lv[e]
+                m += ml
+            cnt[i * oc + o] = m
+        bad += nf
+    return bad
+
+
+@helper
+def _spw_run(xc, wo, wv, cnt, o, oc, phw, i0, i1, base, rows, offs, pf, pb, pitch):
+    """Output channel ``o``'s winners of images ``i0 .. i1`` (in order) into a tile of ``rows``
+    x ``offs`` vectors of their patches (at ``base`` + the winner's offset), stored to
+    ``pf[pb + r*pitch + offs[v]]``."""
+    acc = rtile_zero(rows, offs)
+    for i in range(i0, i1):
+        k0 = (i * oc + o) * phw
+        for e in range(cnt[i * oc + o]):
+            acc = tile_fma_splat(acc, xc, base + wo[_u(k0 + e)], rows, offs, wv[_u(k0 + e)])
+    tile_store(pf, pb, pitch, offs, acc)
+
+
+@helper
+def _spw_width(xc, wo, wv, cnt, o, oc, phw, i0, i1, base, rows, nv, pf, pb, pitch):
+    """:func:`_spw_run` of ``nv`` vectors (a width of :data:`_SPW_WIDTHS`) x ``rows``."""
+    if nv == 1:
+        _spw_run(xc, wo, wv, cnt, o, oc, phw, i0, i1, base, rows, (0,), pf, pb, pitch)
+    elif nv == 2:
+        _spw_run(xc, wo, wv, cnt, o, oc, phw, i0, i1, base, rows, (0, VL), pf, pb, pitch)
+    elif nv == 3:
+        _spw_run(xc, wo, wv, cnt, o, oc, phw, i0, i1, base, rows, (0, VL, 2 * VL), pf, pb, pitch)
+    elif nv == 4:
+        _spw_run(xc, wo, wv, cnt, o, oc, phw, i0, i1, base, rows, (0, VL, 2 * VL, 3 * VL), pf, pb, pitch)
+    elif nv == 5:
+        _spw_run(xc, wo, wv, cnt, o, oc, phw, i0, i1, base, rows, (0, VL, 2 * VL, 3 * VL, 4 * VL), pf, pb, pitch)
+    elif nv == 6:
+        _spw_run(xc, wo, wv, cnt, o, oc, phw, i0, i1, base, rows, (0, VL, 2 * VL, 3 * VL, 4 * VL, 5 * VL), pf, pb,
+                 pitch)
+    elif WT >= 12:
+        if nv == 8:
+            _spw_run(xc, wo, wv, cnt, o, oc, phw, i0, i1, base, rows,
+                     (0, VL, 2 * VL, 3 * VL, 4 * VL, 5 * VL, 6 * VL, 7 * VL), pf, pb, pitch)
+        elif nv == 10:
+            _spw_run(xc, wo, wv, cnt, o, oc, phw, i0, i1, base, rows,
+                     (0, VL, 2 * VL, 3 * VL, 4 * VL, 5 * VL, 6 * VL, 7 * VL, 8 * VL, 9 * VL), pf, pb, pitch)
+        else:
+            _spw_run(xc, wo, wv, cnt, o, oc, phw, i0, i1, base, rows,
+                     (0, VL, 2 * VL, 3 * VL, 4 * VL, 5 * VL, 6 * VL, 7 * VL, 8 * VL, 9 * VL, 10 * VL, 11 * VL), pf,
+                     pb, pitch)
+
+
+#: Tile widths (vectors) of the pooled weight gradient, two rows of them in 2*WT registers.
+_SPW_WIDTHS = (12, 10, 8, 6, 5, 4, 3, 2, 1) if WT >= 12 else (6, 5, 4, 3, 2, 1)
+
+
+@functools.lru_cache(maxsize=64)  # (per shape; never written)
+def _spw_passes(kh, nvr):
+    """Passes ``(first vector, width, first row, rows)`` over a patch of ``kh`` rows of ``nvr``
+    vectors: the widest tiles of :data:`_SPW_WIDTHS`, rows in pairs (the last alone)."""
+    out, v0 = [], 0
+    while v0 < nvr:
+        nv = next(k for k in _SPW_WIDTHS if k <= nvr - v0)
+        out += [(v0, nv, r, min(2, kh - r)) for r in range(0, kh, 2)]
+        v0 += nv
+    return np.array(out, np.int64)
+
+
+@parallel_kernel(fma=True)
+def _pooled_tiles(xc, wo, wv, cnt, passes, rs, n, part):
+    """``part[s, o, r*RP + v*VL ...]``: slot ``s``'s sums (image ``i`` in slot ``i*S//n``, in image
+    order) of output channel ``o``'s winners times their patches, tile by tile of ``passes``."""
+    ns, oc, qs = part.shape
+    npass = passes.shape[0]
+    rp = qs // (passes[npass - 1, 2] + passes[npass - 1, 3])
+    phw = wo.size // cnt.size
+    pf = part.reshape(part.size)
+    for t in prange(ns * oc * npass):
+        s = t // (oc * npass)
+        o = (t // npass) % oc
+        v0, nv, r0, nr = passes[t % npass, 0], passes[t % npass, 1], passes[t % npass, 2], passes[t % npass, 3]
+        i0, i1 = (s * n + ns - 1) // ns, ((s + 1) * n + ns - 1) // ns
+        base, pb = r0 * rs + v0 * VL, (s * oc + o) * qs + r0 * rp + v0 * VL
+        if nr == 2:
+            _spw_width(xc, wo, wv, cnt, o, oc, phw, i0, i1, base, (0, rs), nv, pf, pb, rp)
+        else:
+            _spw_width(xc, wo, wv, cnt, o, oc, phw, i0, i1, base, (0,), nv, pf, pb, rp)
+
+
+@parallel_kernel(fma=True)
+def _pooled_sums(part, c, gw, gp, idx, y, oh, ow, gb):
+    """``gw[o, c, i, j]``: the slots' sums of ``part[., o, i*RP + j*C + c]`` in slot order; ``gb``
+    (unless empty) as :func:`_bias_grad` of the unpooled gradient: each winner's value added at
+    its cell of a float64 plane, image by image, then the plane's total."""
+    ns, oc, qs = part.shape
+    kh, kw = gw.shape[2:]
+    rp = qs // kh
+    p = oh * ow
+    phw = gp.shape[2] * gp.shape[3]
+    gf, jf, yf = gp.reshape(gp.size), idx.reshape(idx.size), y.reshape(y.size)
+    for o in prange(oc):
+        for ci in range(c):
+            for i in range(kh):
+                for j in range(kw):
+                    q = i * rp + j * c + ci
+                    acc = part[0, o, q]
+                    for s in range(1, ns):
+                        acc += part[s, o, q]
+                    gw[o, ci, i, j] = acc
+        if gb.size:
+            plane = np.zeros(p, np.float64)
+            for b in range(gp.shape[0]):
+                k0 = (b * oc + o) * phw
+                for k in range(phw):
+                    v = gf[_u(k0 + k)]
+                    if y.size:
+                        v = v * (np.float32(1.0) if yf[_u(k0 + k)] > 0 else np.float32(0.0))
+                    plane[jf[_u(k0 + k)]] += np.float64(np.float32(0.0) + v)
+            gb[o] = np.float32(total(plane, 0, p))
+
+
+def _pooled_weight(gp, idx, y, x, sh, sw, pt, pl, oh, ow, gw, gb):
+    """The weight and bias gradients from the pooling's winners only (docs/PERFORMANCE.md,
+    section 9, "Pooled weight gradient"): the direct kernels' sums without their zero terms, the
+    same bytes.  False, having written nothing, if an index lies outside its own window or ``x``
+    holds a value that is not finite (where a zero term would be NaN)."""
+    n, c, h, w = x.shape
+    oc, _, kh, kw = gw.shape
+    hp, wq = max(pt + h, (oh - 1) * sh + kh), max(pl + w, (ow - 1) * sw + kw)
+    nvr = -(-kw * c // VL)
+    phw = gp.shape[2] * gp.shape[3]
+    xc = np.zeros(n * hp * wq * c + nvr * VL, np.float32)  # (a patch row's last vector may pass the images)
+    wo = np.empty(n * oc * phw, np.int64)
+    wv = np.empty(n * oc * phw, np.float32)
+    cnt = np.empty(n * oc, np.int64)
+    if _pooled_pack(np.ascontiguousarray(x), gp, idx, y, sh, sw, pt, pl, oh, ow, hp, wq, xc, wo, wv, cnt):
+        return False
+    passes = _spw_passes(kh, nvr)
+    part = np.empty((min(_config.SLOTS, n), oc, kh * nvr * VL), np.float32)
+    _pooled_tiles(xc, wo, wv, cnt, passes, wq * c, n, part)
+    _pooled_sums(part, c, gw, gp, idx, y, oh, ow, gb)
+    return True
+
+
 def conv2d_direct_backward_maxpool2(gp, idx, y, x, w, sh, sw, pt, pl, oh, ow, gx, gw, gb):
-    """Gradients of the pooled direct forward, composed of this backend's primitives
-    (see :func:`fastcnn._ref.conv2d_direct_backward_maxpool2`)."""
+    """Gradients of the pooled direct forward (see
+    :func:`fastcnn._ref.conv2d_direct_backward_maxpool2`): the weight gradient from the
+    pooling's winners where the kernel is large enough (``_config.POOLED_WGRAD_MIN_PATCH``),
+    else, and for the input gradient, this backend's primitives composed."""
     check_once(_backend.sizes_conv2d_direct_backward_maxpool2, gp.shape, idx.shape, y.shape, x.shape, w.shape, sh,
                sw, pt, pl, oh, ow, gx.shape, gw.shape, gb.shape)
+    n, c, kh, kw = x.shape[0], x.shape[1], w.shape[2], w.shape[3]
+    pooled = n > 0 and c * kh * kw >= _config.POOLED_WGRAD_MIN_PATCH and _pooled_weight(gp, idx, y, x, sh, sw, pt,
+                                                                                        pl, oh, ow, gw, gb)
+    if pooled and not gx.size:
+        return
     g = gp
     if y.size:
         g = np.empty_like(gp)
         _activation.relu_backward(gp, y, g)
     full = np.empty(gp.shape[:2] + (oh, ow), np.float32)
     _pool.maxpool2d_backward(g, idx, full)
-    conv2d_direct_backward_weight(full, x, sh, sw, pt, pl, gw, gb)
+    if not pooled:
+        conv2d_direct_backward_weight(full, x, sh, sw, pt, pl, gw, gb)
     if gx.size:
         conv2d_direct_backward_data(full, w, sh, sw, pt, pl, gx)
 
