@@ -736,12 +736,18 @@ def test_rows_of_any_width_write_exactly_the_output(name, c):
 
 @pytest.mark.parametrize("name", DIRECT)
 @pytest.mark.parametrize("case", [c for c in DIRECT_CASES if direct_data(c)[0].oh >= 2 and direct_data(c)[0].ow >= 2]
-                         + [(9, 17, 8, 8, 20, 3, 3, 1, 1)])
+                         + [(9, 17, 8, 8, 20, 3, 3, 1, 1),
+                            # the weight gradient from the winners (C x taps >= POOLED_WGRAD_MIN_PATCH):
+                            (3, 13, 9, 11, 10, 5, 5, (1, 2), (2, 1)),  # odd sizes, patch rows of 65 floats
+                            (2, 64, 7, 6, 9, 5, 5, 1, 2),  # rows of 320 floats: tiles of several widths
+                            (10, 8, 12, 12, 6, 7, 7, 1, 3)])  # 7 rows of taps, more images than slots
 def test_direct_backward_maxpool2_is_the_composition(name, case):
     """``conv2d_direct_backward_maxpool2`` gives bit for bit the backend's own relu_backward,
     maxpool2d_backward, conv2d_direct_backward_weight and _data in sequence, with and without
     the ReLU and the input gradient, at 1 and 2 threads (a -0.0 and a NaN gradient included),
-    and with indices outside their own windows; out-of-range indices raise."""
+    with indices outside their own windows, and with an infinite input (where the weight
+    gradient from the winners alone would differ: a zero term is NaN); out-of-range indices
+    raise."""
     k = _backend.ops(name)
     g, x, wt, b, _ = direct_data(case, 9)
     n, oc = x.shape[0], wt.shape[0]
@@ -784,6 +790,12 @@ def test_direct_backward_maxpool2_is_the_composition(name, case):
     k.conv2d_direct_backward_weight(full, x, g.sh, g.sw, g.pt, g.pl, want[1], want[2])
     none = np.empty((0, 0, 0, 0), np.float32)
     k.conv2d_direct_backward_maxpool2(gp, stray, none, x, wt, g.sh, g.sw, g.pt, g.pl, g.oh, g.ow, none, gw, gb)
+    assert gw.tobytes() == want[1].tobytes() and gb.tobytes() == want[2].tobytes(), case
+    xinf = x.copy()
+    xinf.flat[x.size // 2] = np.inf
+    k.maxpool2d_backward(gp, idx, full)
+    k.conv2d_direct_backward_weight(full, xinf, g.sh, g.sw, g.pt, g.pl, want[1], want[2])
+    k.conv2d_direct_backward_maxpool2(gp, idx, none, xinf, wt, g.sh, g.sw, g.pt, g.pl, g.oh, g.ow, none, gw, gb)
     assert gw.tobytes() == want[1].tobytes() and gb.tobytes() == want[2].tobytes(), case
     bad = idx.copy()  # (the reference, a composition, is the spec: its BLAS sums vary with alignment)
     bad.flat[-1] = g.oh * g.ow
