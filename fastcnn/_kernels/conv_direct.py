@@ -12,7 +12,7 @@ no reassociation.
 import functools
 
 import numpy as np
-from numba import prange
+from numba import njit, prange
 
 from .. import _backend, _config, _threads
 from .._shapes import zeros
@@ -711,13 +711,42 @@ def conv2d_direct_backward_weight(gy, x, sh, sw, pt, pl, gw, gb):
         _bias_grad(gy, gb)
 
 
+@njit(**_config.NUMBA_SERIAL)  # (a function of its own: LLVM keeps its loop's values in registers)
+def _winners(gf, jf, yf, relu, i, oc, oh, ow, x0, rstep, cstep, wo, wv, cnt):
+    """Image ``i``'s winners for :func:`_pooled_pack` (patch offsets from ``x0``, ``rstep`` per
+    output row, ``cstep`` per output column); returns how many indices lie outside their own
+    window."""
+    pw = ow // 2
+    phw = (oh // 2) * pw
+    bad = 0
+    for o in range(oc):
+        k0 = (i * oc + o) * phw
+        e0 = (i * oc + o) * (phw + 1)  # (one slot more: a dropped cell is written past the last winner)
+        m = 0
+        for r in range(oh // 2):
+            for a in range(2):  # (the row's upper cells, then its lower ones: pixel order)
+                for j in range(pw):
+                    k = k0 + r * pw + j
+                    d = jf[_u(k)] - 2 * (r * ow + j) - a * ow  # (0 or 1: a cell of this row)
+                    if a == 0:  # (the index's place in its window: 0, 1, OW or OW + 1)
+                        bad += (d != 0) & (d != 1) & (d != ow) & (d != ow + 1)
+                    v = gf[_u(k)]
+                    if relu:
+                        v = v * np.float32(yf[_u(k)] > 0)
+                    wo[_u(e0 + m)] = x0 + (2 * r + a) * rstep + (2 * j + d) * cstep
+                    wv[_u(e0 + m)] = v
+                    m += (v != 0) & ((d == 0) | (d == 1))  # (a zero term of the direct sum dropped; NaN stays)
+        cnt[i * oc + o] = m
+    return bad
+
+
 @parallel_kernel(fma=True)
 def _pooled_pack(x, gp, idx, y, sh, sw, pt, pl, oh, ow, hp, wq, xc, wo, wv, cnt):
-    """The images channels-last into ``xc`` (zeroed, ``hp`` x ``wq`` cells of C floats each) and
+    """The images channels-last into ``xc`` (zero padded, ``hp`` x ``wq`` cells of C floats each) and
     the winners of each output channel's pooling windows (as the Cython backend's
     ``_winners``): ``wo`` the offset of a winner's patch in ``xc``, ``wv`` its gradient (times
     the ReLU's 1 or 0), ``cnt`` their count, in pixel order (a window row's upper cells, then
-    its lower ones).  Returns how many values were not finite or indices outside their own
+    its lower ones), PHW + 1 slots per image and output channel.  Returns how many values were not finite or indices outside their own
     window (then nothing else is valid)."""
     n, c, h, w = x.shape
     oc = gp.shape[1]
@@ -741,39 +770,13 @@ def _pooled_pack(x, gp, idx, y, sh, sw, pt, pl, oh, ow, hp, wq, xc, wo, wv, cnt)
         nf = 0
         for e in range(hw * c):
             nf += not np.isfinite(t[_u(e)])
+        for e in range(isz):
+            xc[_u(i * isz + e)] = 0.0
         for r in range(h):
             d = i * isz + ((pt + r) * wq + pl) * c
             for e in range(w * c):
                 xc[_u(d + e)] = t[_u(r * w * c + e)]
-        lo = np.empty(pw, np.int64)
-        lv = np.empty(pw, np.float32)
-        for o in range(oc):
-            k0 = (i * oc + o) * phw
-            m = 0
-            for r in range(oh // 2):
-                ml = 0
-                for j in range(pw):
-                    k = k0 + r * pw + j
-                    d = jf[_u(k)] - 2 * (r * ow + j)  # (its place in the window: 0, 1, OW or OW + 1)
-                    a = 1 if d >= ow else 0
-                    d -= a * ow
-                    nf += (d != 0) & (d != 1)
-                    v = gf[_u(k)]
-                    if relu:
-                        v = v * (np.float32(1.0) if yf[_u(k)] > 0 else np.float32(0.0))
-                    keep = v != 0  # (a zero term of the direct sum; NaN stays)
-                    off = i * isz + (2 * r + a) * sh * rs + (2 * j + d) * sw * c
-                    wo[_u(k0 + m)] = off  # (upper cells in place, lower ones after the row)
-                    wv[_u(k0 + m)] = v
-                    lo[ml] = off
-                    lv[ml] = v
-                    m += keep & (a == 0)
-                    ml += keep & (a == 1)
-                for e in range(ml):
-                    wo[_u(k0 + m + e)] = lo[e]
-                    wv[_u(k0 + m + e)] = lv[e]
-                m += ml
-            cnt[i * oc + o] = m
+        nf += _winners(gf, jf, yf, relu, i, oc, oh, ow, i * isz, sh * rs, sw * c, wo, wv, cnt)
         bad += nf
     return bad
 
@@ -785,7 +788,7 @@ def _spw_run(xc, wo, wv, cnt, o, oc, phw, i0, i1, base, rows, offs, pf, pb, pitc
     ``pf[pb + r*pitch + offs[v]]``."""
     acc = rtile_zero(rows, offs)
     for i in range(i0, i1):
-        k0 = (i * oc + o) * phw
+        k0 = (i * oc + o) * (phw + 1)
         for e in range(cnt[i * oc + o]):
             acc = tile_fma_splat(acc, xc, base + wo[_u(k0 + e)], rows, offs, wv[_u(k0 + e)])
     tile_store(pf, pb, pitch, offs, acc)
@@ -843,7 +846,7 @@ def _pooled_tiles(xc, wo, wv, cnt, passes, rs, n, part):
     ns, oc, qs = part.shape
     npass = passes.shape[0]
     rp = qs // (passes[npass - 1, 2] + passes[npass - 1, 3])
-    phw = wo.size // cnt.size
+    phw = wo.size // cnt.size - 1
     pf = part.reshape(part.size)
     for t in prange(ns * oc * npass):
         s = t // (oc * npass)
@@ -899,9 +902,10 @@ def _pooled_weight(gp, idx, y, x, sh, sw, pt, pl, oh, ow, gw, gb):
     hp, wq = max(pt + h, (oh - 1) * sh + kh), max(pl + w, (ow - 1) * sw + kw)
     nvr = -(-kw * c // VL)
     phw = gp.shape[2] * gp.shape[3]
-    xc = np.zeros(n * hp * wq * c + nvr * VL, np.float32)  # (a patch row's last vector may pass the images)
-    wo = np.empty(n * oc * phw, np.int64)
-    wv = np.empty(n * oc * phw, np.float32)
+    xc = np.empty(n * hp * wq * c + nvr * VL, np.float32)  # (a patch row's last vector may pass the images)
+    xc[n * hp * wq * c:] = 0.0
+    wo = np.empty(n * oc * (phw + 1), np.int64)
+    wv = np.empty(n * oc * (phw + 1), np.float32)
     cnt = np.empty(n * oc, np.int64)
     if _pooled_pack(np.ascontiguousarray(x), gp, idx, y, sh, sw, pt, pl, oh, ow, hp, wq, xc, wo, wv, cnt):
         return False
