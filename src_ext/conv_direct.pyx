@@ -648,18 +648,18 @@ cdef Py_ssize_t _weight(const fcd_geo* g, const float* gy, const _Unpool* up,
     return bad
 
 
-cdef int _winners(const _Unpool* up, Py_ssize_t i, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t sh, Py_ssize_t sw,
-                  Py_ssize_t RS, Py_ssize_t C, Py_ssize_t IS,
-                  Py_ssize_t* wo,    # OUT (C_out, PHW) patch offsets in the channels-last images
-                  float* wv,         # OUT (C_out, PHW) their gradients
-                  Py_ssize_t* lo,    # scratch (PW,) offsets of a window row's lower winners
-                  float* lv,         # scratch (PW,) their gradients
+cdef int _winners(const _Unpool* up, Py_ssize_t i, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t x0, Py_ssize_t rstep,
+                  Py_ssize_t cstep,
+                  Py_ssize_t* wo,    # OUT (C_out, PHW + 1) patch offsets in the channels-last images
+                  float* wv,         # OUT (C_out, PHW + 1) their gradients
                   int* cnt,          # OUT (C_out,) winners per output channel
                   double* bsum) noexcept nogil:  # OUT (C_out,) float64 sums of the winners' gradients
     """Image ``i``'s winners of each output channel's pooling windows: the cells whose gradient
     (times the ReLU's 1 or 0) is not zero, in pixel order (a window row's upper cells, then its
-    lower ones); branch-free.  Returns 1, unfinished, if an index lies outside its own window."""
-    cdef Py_ssize_t PW = OW // 2, PHW = up.PHW, o, r, j, k, d, m, ml, e, a, keep, off
+    lower ones: two branch-free passes), their patches at ``x0`` + ``rstep`` per output row +
+    ``cstep`` per column.  Returns 1 if an index lies outside its own window (then nothing is
+    valid)."""
+    cdef Py_ssize_t PW = OW // 2, PHW = up.PHW, o, r, a, j, k, d, m, e
     cdef Py_ssize_t* wop
     cdef float* wvp
     cdef const float* gp
@@ -673,32 +673,22 @@ cdef int _winners(const _Unpool* up, Py_ssize_t i, Py_ssize_t OH, Py_ssize_t OW,
         gp = up.gp + k
         ix = up.idx + k
         yy = up.y + k if up.y != NULL else NULL
-        wop = wo + o * PHW
-        wvp = wv + o * PHW
+        wop = wo + o * (PHW + 1)  # (one slot more: a dropped cell is written past the last winner)
+        wvp = wv + o * (PHW + 1)
         m = 0
         for r in range(OH // 2):
-            ml = 0
-            for j in range(PW):
-                k = r * PW + j
-                d = ix[k] - 2 * (r * OW + j)  # (its place in the window: 0, 1, OW or OW + 1)
-                a = d >= OW
-                d = d - a * OW
-                bad |= (d != 0) & (d != 1)
-                v = gp[k]
-                if yy != NULL:
-                    v = v * (<float>1.0 if yy[k] > 0 else <float>0.0)
-                keep = v != 0  # (a zero term of the direct sum; NaN stays)
-                off = i * IS + (2 * r + a) * sh * RS + (2 * j + d) * sw * C
-                wop[m] = off  # (upper cells in place, lower ones after the row)
-                wvp[m] = v
-                lo[ml] = off
-                lv[ml] = v
-                m += keep & (a == 0)
-                ml += keep & (a == 1)
-            for e in range(ml):
-                wop[m + e] = lo[e]
-                wvp[m + e] = lv[e]
-            m += ml
+            for a in range(2):
+                for j in range(PW):
+                    k = r * PW + j
+                    d = ix[k] - 2 * (r * OW + j) - a * OW  # (0 or 1: a cell of this row)
+                    if a == 0:  # (the index's place in its window: 0, 1, OW or OW + 1)
+                        bad |= (d != 0) & (d != 1) & (d != OW) & (d != OW + 1)
+                    v = gp[k]
+                    if yy != NULL:
+                        v = v * (<float>1.0 if yy[k] > 0 else <float>0.0)
+                    wop[m] = x0 + (2 * r + a) * rstep + (2 * j + d) * cstep
+                    wvp[m] = v
+                    m += (v != 0) & ((d == 0) | (d == 1))  # (a zero term of the direct sum dropped; NaN stays)
         bs = 0.0
         for e in range(m):
             bs = bs + <double>wvp[e]
@@ -737,14 +727,14 @@ cdef int _weight_pooled(const fcd_geo* g, const _Unpool* up,
         v0 += nv
     cdef Py_ssize_t NP = len(passes)
     cdef Py_ssize_t[:, ::1] pas = np.array(passes, np.intp).reshape(NP, 4)
-    cdef Py_ssize_t TS = max(H * W * C, 4 * OW)  # (a thread's scratch: fcd_pack_cl's, then _winners')
+    cdef Py_ssize_t TS = H * W * C  # (a thread's scratch of fcd_pack_cl)
     cdef char* mem = <char*>malloc(_al64((N * IS + RP) * sizeof(float)) + _al64(nt * TS * sizeof(float)) + 64)
     if mem == NULL:
         raise MemoryError()
     cdef float* xc = <float*>_al64(<Py_ssize_t>mem)
     cdef float* tmp = <float*>(<char*>xc + _al64((N * IS + RP) * sizeof(float)))
-    cdef Py_ssize_t[:, ::1] wo = np.empty((N * OC, max(PHW, 1)), np.intp)
-    cdef float[:, ::1] wv = np.empty((N * OC, max(PHW, 1)), np.float32)
+    cdef Py_ssize_t[:, ::1] wo = np.empty((N * OC, PHW + 1), np.intp)
+    cdef float[:, ::1] wv = np.empty((N * OC, PHW + 1), np.float32)
     cdef int[::1] cnt = np.empty(N * OC, np.intc)
     cdef double[:, ::1] bsum = np.empty((N, OC), np.float64)
     cdef float[:, :, ::1] part = np.empty((S, OC, QS), np.float32)
@@ -759,8 +749,7 @@ cdef int _weight_pooled(const fcd_geo* g, const _Unpool* up,
             for b in prange(nt, schedule='static', num_threads=nt):
                 for i in range(_part(b, N, nt), _part(b + 1, N, nt)):
                     bad |= fcd_pack_cl(xp + i * C * H * W, C, H, W, pt, pl, Hp, Wp, tmp + b * TS, xc + i * IS)
-                    bad |= _winners(up, i, OH, OW, sh, sw, RS, C, IS, &wo[i * OC, 0], &wv[i * OC, 0],
-                                    <Py_ssize_t*>(tmp + b * TS), tmp + b * TS + 2 * OW,
+                    bad |= _winners(up, i, OH, OW, i * IS, sh * RS, sw * C, &wo[i * OC, 0], &wv[i * OC, 0],
                                     &cnt[i * OC], &bsum[i, 0])
         if bad:
             return 1
@@ -774,7 +763,7 @@ cdef int _weight_pooled(const fcd_geo* g, const _Unpool* up,
                     s = t // (OC * NP)
                     o = (t // NP) % OC
                     u = t % NP
-                    fcd_spw_pass(xc + pas[u, 2] * RS + pas[u, 0] * VL, &wo[o, 0], &wv[o, 0], &cnt[o], OC * PHW, OC,
+                    fcd_spw_pass(xc + pas[u, 2] * RS + pas[u, 0] * VL, &wo[o, 0], &wv[o, 0], &cnt[o], OC * (PHW + 1), OC,
                                  (s * N + S - 1) // S, ((s + 1) * N + S - 1) // S, RS, pas[u, 1], pas[u, 3],
                                  &part[s, o, pas[u, 2] * RP + pas[u, 0] * VL], RP)
             # gw[o, c, kh, kw] = the slots' sums of part[., o, kh*RP + kw*C + c], in slot order.

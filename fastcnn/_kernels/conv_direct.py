@@ -746,12 +746,11 @@ def _pooled_pack(x, gp, idx, y, sh, sw, pt, pl, oh, ow, hp, wq, xc, wo, wv, cnt)
     the winners of each output channel's pooling windows (as the Cython backend's
     ``_winners``): ``wo`` the offset of a winner's patch in ``xc``, ``wv`` its gradient (times
     the ReLU's 1 or 0), ``cnt`` their count, in pixel order (a window row's upper cells, then
-    its lower ones), PHW + 1 slots per image and output channel.  Returns how many values were not finite or indices outside their own
-    window (then nothing else is valid)."""
+    its lower ones), PHW + 1 slots per image and output channel (:func:`_winners`).  Returns
+    how many values were not finite or indices outside their own window (then nothing else is
+    valid)."""
     n, c, h, w = x.shape
     oc = gp.shape[1]
-    pw = ow // 2
-    phw = (oh // 2) * pw
     hw = h * w
     rs = wq * c
     isz = hp * rs
