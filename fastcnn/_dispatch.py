@@ -12,7 +12,8 @@
     Winograd F(2x2, 3x3) and F(2x2, 5x5) kernels (``conv2d_winograd_*`` primitives) for every
     3x3 and 5x5 convolution of stride 1 (forward, input and weight gradients; a first layer's
     weight gradient alone on the direct kernels; ``auto``'s Winograd layers keep the direct
-    weight gradient); other layers as ``"direct"``.
+    weight gradient, from the pooling's winners where the output was pooled); other layers as
+    ``"direct"``.
 ``"per_image"``
     im2col + SGEMM one image per thread, dense layers by blocks: one thread pool
     (docs/PERFORMANCE.md, section 3).

@@ -314,7 +314,8 @@ def conv2d_backward(grad_out: ArrayLike, x: ArrayLike, weight: ArrayLike, stride
         The indices of ``conv2d(..., max_pool2=True, return_indices=True)``: the gradients of
         that fused pooling (and of its ReLU, with ``relu_output``) too.  On the direct kernels
         one primitive takes the pooled gradient and rebuilds each image's full-size gradient
-        where it is packed (``conv2d_direct_backward_maxpool2``); the other strategies run
+        where it is packed (``conv2d_direct_backward_maxpool2``; its weight gradient from the
+        windows' winners alone, which the Winograd plan uses too); the other strategies run
         :func:`relu_backward` and :func:`max_pool2d_backward` first.  The same bytes either way.
     relu_output : float32, optional
         The output of ``conv2d(..., relu=True)`` (the pooled one with ``pool_indices``):
