@@ -264,10 +264,9 @@ typedef void (*fcd_phases_fn)(const float*, const fcd_i*, fcd_i, fcd_i, fcd_i, f
 typedef int (*fcd_unpool_t_fn)(const float*, const int*, const float*, fcd_i, fcd_i, fcd_i, fcd_i, float*,
                                float*);
 typedef void (*fcd_sums_t_fn)(const float*, fcd_i, fcd_i, fcd_i, double*);
-typedef fcd_i (*fcd_spw_width_fn)(fcd_i);
-typedef void (*fcd_spw_pass_fn)(const float*, const fcd_i*, const float*, const int*, fcd_i, fcd_i, fcd_i, fcd_i,
-                                fcd_i, fcd_i, fcd_i, float*, fcd_i);
-typedef int (*fcd_pack_cl_fn)(const float*, fcd_i, fcd_i, fcd_i, fcd_i, fcd_i, fcd_i, fcd_i, float*, float*);
+typedef void (*fcd_spw_pass_fn)(const float*, const fcd_i*, const float*, fcd_i, fcd_i, fcd_i, fcd_i, float*, fcd_i,
+                                int);
+typedef int (*fcd_pack_cl_fn)(const float*, fcd_i, fcd_i, fcd_i, fcd_i, fcd_i, fcd_i, fcd_i, fcd_i, float*, float*);
 typedef void (*fcw_images_fn)(const fcd_geo*, const float*, fcd_i, const float*,
                               const fcd_i*, const float*, int, fcd_i, fcd_i, float*, float*, fcd_i,
                               int, float*, float*, float*, fcd_i, int);
@@ -289,7 +288,6 @@ typedef struct {
     fcd_phases_fn interleave_phases;
     fcd_unpool_t_fn unpool_grad_t;
     fcd_sums_t_fn grad_t_sums;
-    fcd_spw_width_fn spw_width;
     fcd_spw_pass_fn spw_pass;
     fcd_pack_cl_fn pack_cl;
     fcd_i J, VL, WT, TM, JC, CR;
@@ -527,7 +525,6 @@ static const fcd_isa_kernels* fcd_isa = &fcd_kernels_base;
 #define fcd_interleave_phases (fcd_isa->interleave_phases)
 #define fcd_unpool_grad_t (fcd_isa->unpool_grad_t)
 #define fcd_grad_t_sums (fcd_isa->grad_t_sums)
-#define fcd_spw_width (fcd_isa->spw_width)
 #define fcd_spw_pass (fcd_isa->spw_pass)
 #define fcd_pack_cl (fcd_isa->pack_cl)
 #define fcw_images (fcd_isa->wino_images)

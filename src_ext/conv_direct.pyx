@@ -61,10 +61,9 @@ cdef extern from "conv_direct.h" nogil:
                           float* gw)
     int fcd_cpu_supports(int isa)
     int fcd_set_isa(int isa)
-    fcd_i fcd_spw_width(fcd_i want)
-    void fcd_spw_pass(const float* xc, const fcd_i* wo, const float* wv, const int* cnt, fcd_i ws, fcd_i cs,
-                      fcd_i n0, fcd_i n1, fcd_i RS, fcd_i NV, fcd_i R, float* out, fcd_i os)
-    int fcd_pack_cl(const float* src, fcd_i C, fcd_i H, fcd_i W, fcd_i pt, fcd_i pl, fcd_i Hp, fcd_i Wp,
+    void fcd_spw_pass(const float* xc, const fcd_i* wo, const float* wv, fcd_i m, fcd_i RS, fcd_i NV, fcd_i R,
+                      float* out, fcd_i os, int add)
+    int fcd_pack_cl(const float* src, fcd_i C, fcd_i H, fcd_i W, fcd_i pt, fcd_i pl, fcd_i Hp, fcd_i Wp, fcd_i PS,
                     float* tmp, float* dst)
     fcd_i fcd_J
     fcd_i fcd_JC
@@ -708,16 +707,18 @@ cdef int _weight_pooled(const fcd_geo* g, const _Unpool* up,
     that is not finite (where a zero term would be NaN): the caller runs :func:`_weight`."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3], OC = gw.shape[0]
     cdef Py_ssize_t KH = gw.shape[2], KW = gw.shape[3], OH = g.OH, OW = g.OW, sh = g.sh, sw = g.sw
-    cdef Py_ssize_t pt = g.pt, pl = g.pl, VL = fcd_VL, A = 2 * fcd_WT
-    # Images channels-last, zero padded to every row and column a patch reads, IS floats apart.
+    cdef Py_ssize_t pt = g.pt, pl = g.pl, VL = fcd_VL, A = fcd_TM
+    # Each image in CB blocks of VL channels, channels-last and zero padded to every row and
+    # column a patch reads: a patch row of one block is KW vectors.
     cdef Py_ssize_t Hp = max(pt + H, (OH - 1) * sh + KH), Wp = max(pl + W, (OW - 1) * sw + KW)
-    cdef Py_ssize_t RS = Wp * C, IS = Hp * RS, L = KW * C, NVR = (L + VL - 1) // VL
-    cdef Py_ssize_t PHW = up.PHW, S = min(<Py_ssize_t>SLOTS, N), RP = NVR * VL, QS = KH * RP
-    # Passes: (first vector, width NV, first row, rows R) covering the KH x NVR vectors of a patch.
+    cdef Py_ssize_t CB = (C + VL - 1) // VL, RS = Wp * VL, PS = Hp * RS, IS = CB * PS
+    cdef Py_ssize_t PHW = up.PHW, S = min(<Py_ssize_t>SLOTS, N), RP = KW * VL, QS = CB * KH * RP
+    # Passes of a block: (first vector, width NV <= 8, first row, rows R) over KH x KW vectors,
+    # rows in groups of A // NV and the rest one at a time (fcd_spw_pass's two tiles).
     passes = []
     cdef Py_ssize_t v0 = 0, nv, rm, r0
-    while v0 < NVR:  # (rows in groups of A // nv, the rest one at a time: fcd_spw_pass's two tiles)
-        nv = fcd_spw_width(NVR - v0)
+    while v0 < KW:
+        nv = min(8, KW - v0)
         rm = max(1, A // nv)
         for r0 in range(KH):
             if r0 % rm == 0 and r0 + rm <= KH:
@@ -727,12 +728,11 @@ cdef int _weight_pooled(const fcd_geo* g, const _Unpool* up,
         v0 += nv
     cdef Py_ssize_t NP = len(passes)
     cdef Py_ssize_t[:, ::1] pas = np.array(passes, np.intp).reshape(NP, 4)
-    cdef Py_ssize_t TS = H * W * C  # (a thread's scratch of fcd_pack_cl)
-    cdef char* mem = <char*>malloc(_al64((N * IS + RP) * sizeof(float)) + _al64(nt * TS * sizeof(float)) + 64)
+    cdef char* mem = <char*>malloc(_al64(N * IS * sizeof(float)) + _al64(nt * H * W * VL * sizeof(float)) + 64)
     if mem == NULL:
         raise MemoryError()
     cdef float* xc = <float*>_al64(<Py_ssize_t>mem)
-    cdef float* tmp = <float*>(<char*>xc + _al64((N * IS + RP) * sizeof(float)))
+    cdef float* tmp = <float*>(<char*>xc + _al64(N * IS * sizeof(float)))
     cdef Py_ssize_t[:, ::1] wo = np.empty((N * OC, PHW + 1), np.intp)
     cdef float[:, ::1] wv = np.empty((N * OC, PHW + 1), np.float32)
     cdef int[::1] cnt = np.empty(N * OC, np.intc)
@@ -741,37 +741,45 @@ cdef int _weight_pooled(const fcd_geo* g, const _Unpool* up,
     cdef const float* xp = <float*>x.p
     cdef float* gwp = <float*>gw.p
     cdef float* gbp = <float*>gb.p
-    cdef Py_ssize_t nb = gb.shape[0], NT = S * OC * NP, B, t, b, i, s, o, u, q, c, kh, kw
+    # Tasks: a slot's images (in order, each through all its output channels, blocks and
+    # passes while its block is in cache) for a G-th of the output channels (G > 1 only when
+    # there are fewer than two slots per thread).
+    cdef Py_ssize_t G = 1 if S >= 2 * nt else min(OC, (2 * nt + S - 1) // S)
+    cdef Py_ssize_t nb = gb.shape[0], NT = S * G, B, t, b, i, i0, s, o, o0, o1, u, q, c, cb, kh, kw, e
     cdef int bad = 0
     cdef float acc
     try:
         with nogil:
             for b in prange(nt, schedule='static', num_threads=nt):
                 for i in range(_part(b, N, nt), _part(b + 1, N, nt)):
-                    bad |= fcd_pack_cl(xp + i * C * H * W, C, H, W, pt, pl, Hp, Wp, tmp + b * TS, xc + i * IS)
-                    bad |= _winners(up, i, OH, OW, i * IS, sh * RS, sw * C, &wo[i * OC, 0], &wv[i * OC, 0],
+                    bad |= fcd_pack_cl(xp + i * C * H * W, C, H, W, pt, pl, Hp, Wp, PS, tmp + b * H * W * VL,
+                                       xc + i * IS)
+                    bad |= _winners(up, i, OH, OW, 0, sh * RS, sw * VL, &wo[i * OC, 0], &wv[i * OC, 0],
                                     &cnt[i * OC], &bsum[i, 0])
         if bad:
             return 1
         with nogil:
-            memset(xc + N * IS, 0, RP * sizeof(float))  # (the last vector of a patch row may pass the images)
-            # Tasks (slot, output channel, pass) in that order, blocks of consecutive ones per
-            # thread; image i is in slot i*S//N as in _weight.
             B = min(<Py_ssize_t>nt, NT)
             for b in prange(B, schedule='static', num_threads=nt):
                 for t in range(_part(b, NT, B), _part(b + 1, NT, B)):
-                    s = t // (OC * NP)
-                    o = (t // NP) % OC
-                    u = t % NP
-                    fcd_spw_pass(xc + pas[u, 2] * RS + pas[u, 0] * VL, &wo[o, 0], &wv[o, 0], &cnt[o], OC * (PHW + 1), OC,
-                                 (s * N + S - 1) // S, ((s + 1) * N + S - 1) // S, RS, pas[u, 1], pas[u, 3],
-                                 &part[s, o, pas[u, 2] * RP + pas[u, 0] * VL], RP)
-            # gw[o, c, kh, kw] = the slots' sums of part[., o, kh*RP + kw*C + c], in slot order.
+                    s = t // G
+                    o0 = _part(t - s * G, OC, G)
+                    o1 = _part(t - s * G + 1, OC, G)
+                    i0 = (s * N + S - 1) // S
+                    for i in range(i0, ((s + 1) * N + S - 1) // S):
+                        for cb in range(CB):
+                            for o in range(o0, o1):
+                                e = i * OC + o
+                                for u in range(NP):
+                                    fcd_spw_pass(xc + i * IS + cb * PS + pas[u, 2] * RS + pas[u, 0] * VL, &wo[e, 0],
+                                                 &wv[e, 0], cnt[e], RS, pas[u, 1], pas[u, 3],
+                                                 &part[s, o, (cb * KH + pas[u, 2]) * RP + pas[u, 0] * VL], RP, i > i0)
+            # gw[o, c, kh, kw] = the slots' sums of part[., o, (c//VL*KH + kh)*RP + kw*VL + c%VL], in slot order.
             for o in prange(OC, schedule='static', num_threads=nt):
                 for c in range(C):
                     for kh in range(KH):
                         for kw in range(KW):
-                            q = kh * RP + kw * C + c
+                            q = ((c // VL) * KH + kh) * RP + kw * VL + c % VL
                             acc = part[0, o, q]
                             for s in range(1, S):
                                 acc = acc + part[s, o, q]

@@ -667,117 +667,97 @@ static void FCD_NAME(fcd_interleave_phases)(const float* pb, const fcd_i* poff, 
 }
 
 /* Weight gradient from the winners of a 2x2 max pooling (docs/PERFORMANCE.md, section 9,
- * "Pooled weight gradient"): xc holds the images channels-last, zero padded (row pitch RS
- * floats); the winners of output channel o in image n are wo[n*ws + e] (the offset of their
- * patch in xc) and wv[n*ws + e] (their gradient), e < cnt[n*cs], in pixel order.  A tile of R
- * patch rows x NV vectors (vector v of row r at + r*RS + v*VL) sums images n0 .. n1 - 1 in
- * order and stores to out + r*os + v*VL: each sum the direct tile's FMAs without its zero
- * terms, the same bytes. */
+ * "Pooled weight gradient"): xc is one image's block of VL channels, channels-last and zero
+ * padded (row pitch RS floats), so a patch row of KW taps is KW vectors; the m winners of one
+ * output channel are wo[e] (their patch's offset) and wv[e] (their gradient), in pixel order.
+ * A tile of R patch rows x NV vectors (vector v of row r at + r*RS + v*VL) starts from out
+ * (add) or zero and is stored back to out + r*os + v*VL: per slot the images in order, each
+ * sum the direct tile's FMAs without its zero terms, the same bytes. */
 static inline __attribute__((always_inline)) void
-FCD_NAME(fcd_spw_tile)(const float* xc, const fcd_i* wo, const float* wv, const int* cnt, fcd_i ws, fcd_i cs,
-                       fcd_i n0, fcd_i n1, fcd_i RS, float* out, fcd_i os, const int NV, const int R)
+FCD_NAME(fcd_spw_tile)(const float* xc, const fcd_i* wo, const float* wv, fcd_i m, fcd_i RS, float* out, fcd_i os,
+                       int add, const int NV, const int R)
 {
     FCD_VT acc[R][NV];
     const float* xr[R];  /* (row bases: each load one base, the winner's offset and a constant) */
-    fcd_i n, e;
+    fcd_i e;
     FCD_UNROLL for (int r_ = 0; r_ < R; r_++) {
         xr[r_] = xc + r_ * RS;
-        FCD_UNROLL for (int v_ = 0; v_ < NV; v_++) acc[r_][v_] = FCD_ZERO();
+        FCD_UNROLL for (int v_ = 0; v_ < NV; v_++)
+            acc[r_][v_] = add ? FCD_LOAD(out + r_ * os + v_ * FCD_VL) : FCD_ZERO();
     }
-    for (n = n0; n < n1; n++) {
-        const fcd_i* po = wo + n * ws;
-        const float* pv = wv + n * ws;
-        fcd_i m = cnt[n * cs];
-        for (e = 0; e < m; e++) {
-            fcd_i q = po[e];
-            FCD_VT gv = FCD_SET1(pv[e]);
-            FCD_UNROLL for (int r_ = 0; r_ < R; r_++)
-                FCD_UNROLL for (int v_ = 0; v_ < NV; v_++)
-                    acc[r_][v_] = FCD_FMA(gv, FCD_LOAD(xr[r_] + q + v_ * FCD_VL), acc[r_][v_]);
-        }
+    for (e = 0; e < m; e++) {
+        fcd_i q = wo[e];
+        FCD_VT gv = FCD_SET1(wv[e]);
+        FCD_UNROLL for (int r_ = 0; r_ < R; r_++)
+            FCD_UNROLL for (int v_ = 0; v_ < NV; v_++)
+                acc[r_][v_] = FCD_FMA(gv, FCD_LOAD(xr[r_] + q + v_ * FCD_VL), acc[r_][v_]);
     }
     FCD_UNROLL for (int r_ = 0; r_ < R; r_++)
         FCD_UNROLL for (int v_ = 0; v_ < NV; v_++) FCD_STORE(out + r_ * os + v_ * FCD_VL, acc[r_][v_]);
 }
 
-/* fcd_spw_tile of NV vectors and 2*WT / NV rows (_full) or one row (_1), compiled once per NV
- * of the menu. */
+/* Accumulators of a pooled weight-gradient tile, at most (AVX-512: a 5x5 kernel's 25 in one tile). */
+#define FCD_SPW_ACC (FCD_TAPS_MAX)
+
+/* fcd_spw_tile of NV (1 to 8) vectors and FCD_SPW_ACC / NV rows (_full) or one row (_row). */
 #define FCD_SPW(NV_) \
 FCD_NO_PCOM __attribute__((noinline)) static void \
-FCD_NAME(fcd_spw_full_##NV_)(const float* xc, const fcd_i* wo, const float* wv, const int* cnt, fcd_i ws, \
-                             fcd_i cs, fcd_i n0, fcd_i n1, fcd_i RS, float* out, fcd_i os) \
+FCD_NAME(fcd_spw_full_##NV_)(const float* xc, const fcd_i* wo, const float* wv, fcd_i m, fcd_i RS, float* out, \
+                             fcd_i os, int add) \
 { \
-    FCD_NAME(fcd_spw_tile)(xc, wo, wv, cnt, ws, cs, n0, n1, RS, out, os, NV_, (2 * FCD_WT) / NV_); \
+    FCD_NAME(fcd_spw_tile)(xc, wo, wv, m, RS, out, os, add, NV_, FCD_SPW_ACC / NV_); \
 } \
 FCD_NO_PCOM __attribute__((noinline)) static void \
-FCD_NAME(fcd_spw_row_##NV_)(const float* xc, const fcd_i* wo, const float* wv, const int* cnt, fcd_i ws, \
-                            fcd_i cs, fcd_i n0, fcd_i n1, fcd_i RS, float* out, fcd_i os) \
+FCD_NAME(fcd_spw_row_##NV_)(const float* xc, const fcd_i* wo, const float* wv, fcd_i m, fcd_i RS, float* out, \
+                            fcd_i os, int add) \
 { \
-    FCD_NAME(fcd_spw_tile)(xc, wo, wv, cnt, ws, cs, n0, n1, RS, out, os, NV_, 1); \
+    FCD_NAME(fcd_spw_tile)(xc, wo, wv, m, RS, out, os, add, NV_, 1); \
 }
 FCD_SPW(1)
 FCD_SPW(2)
 FCD_SPW(3)
 FCD_SPW(4)
-FCD_SPW(6)
-FCD_SPW(8)
-FCD_SPW(12)
-#if FCD_WT >= 12
 FCD_SPW(5)
-FCD_SPW(10)
-FCD_SPW(16)
-FCD_SPW(20)
-FCD_SPW(24)
-#endif
+FCD_SPW(6)
+FCD_SPW(7)
+FCD_SPW(8)
 #undef FCD_SPW
 
-/* The largest tile width of the menu (vectors) not above ``want`` (>= 1). */
-static fcd_i FCD_NAME(fcd_spw_width)(fcd_i want)
-{
-#if FCD_WT >= 12
-    static const fcd_i menu[] = {24, 20, 16, 12, 10, 8, 6, 5, 4, 3, 2, 1};
-#else
-    static const fcd_i menu[] = {12, 8, 6, 4, 3, 2, 1};
-#endif
-    size_t k;
-    for (k = 0; k < sizeof(menu) / sizeof(menu[0]); k++)
-        if (menu[k] <= want) return menu[k];
-    return 1;
-}
-
-/* One pass of fcd_spw_tile: NV vectors (a width of fcd_spw_width) x R rows, R = 2*WT / NV or 1. */
-static void FCD_NAME(fcd_spw_pass)(const float* xc, const fcd_i* wo, const float* wv, const int* cnt, fcd_i ws,
-                                   fcd_i cs, fcd_i n0, fcd_i n1, fcd_i RS, fcd_i NV, fcd_i R, float* out, fcd_i os)
+/* One pass of fcd_spw_tile: NV (1 to 8) vectors x R rows, R = FCD_SPW_ACC / NV or 1. */
+static void FCD_NAME(fcd_spw_pass)(const float* xc, const fcd_i* wo, const float* wv, fcd_i m, fcd_i RS, fcd_i NV,
+                                   fcd_i R, float* out, fcd_i os, int add)
 {
     switch (NV) {
 #define FCD_SPW_CASE(NV_) case NV_: \
-        if (R == 1) FCD_NAME(fcd_spw_row_##NV_)(xc, wo, wv, cnt, ws, cs, n0, n1, RS, out, os); \
-        else FCD_NAME(fcd_spw_full_##NV_)(xc, wo, wv, cnt, ws, cs, n0, n1, RS, out, os); \
+        if (R == 1) FCD_NAME(fcd_spw_row_##NV_)(xc, wo, wv, m, RS, out, os, add); \
+        else FCD_NAME(fcd_spw_full_##NV_)(xc, wo, wv, m, RS, out, os, add); \
         break;
-    FCD_SPW_CASE(1) FCD_SPW_CASE(2) FCD_SPW_CASE(3) FCD_SPW_CASE(4) FCD_SPW_CASE(6) FCD_SPW_CASE(8)
-    FCD_SPW_CASE(12)
-#if FCD_WT >= 12
-    FCD_SPW_CASE(5) FCD_SPW_CASE(10) FCD_SPW_CASE(16) FCD_SPW_CASE(20) FCD_SPW_CASE(24)
-#endif
+    FCD_SPW_CASE(1) FCD_SPW_CASE(2) FCD_SPW_CASE(3) FCD_SPW_CASE(4) FCD_SPW_CASE(5) FCD_SPW_CASE(6)
+    FCD_SPW_CASE(7) FCD_SPW_CASE(8)
 #undef FCD_SPW_CASE
     default: break;
     }
 }
 
-/* Image src (C, H, W) -> dst (Hp, Wp, C): channels-last, zero padded (its cell (h, w) at row pt + h,
- * column pl + w), through tmp (H*W*C floats).  Returns nonzero if a value is not finite. */
+/* Image src (C, H, W) -> CB = ceil(C / VL) blocks of VL channels, block b at dst + b*PS: (Hp, Wp,
+ * VL) channels-last, zero padded (cell (h, w) at row pt + h, column pl + w; channels past C
+ * zero), through tmp (H*W*VL floats).  Returns nonzero if a value is not finite. */
 static int FCD_NAME(fcd_pack_cl)(const float* src, fcd_i C, fcd_i H, fcd_i W, fcd_i pt, fcd_i pl, fcd_i Hp,
-                                 fcd_i Wp, float* tmp, float* dst)
+                                 fcd_i Wp, fcd_i PS, float* tmp, float* dst)
 {
     const unsigned* u = (const unsigned*)tmp;
     unsigned bad = 0;
-    fcd_i h, e, n = H * W * C;
-    FCD_NAME(fcd_transpose)(src, C, H * W, C, 0.0f, tmp);
-    for (e = 0; e < n; e++)  /* (exponent all ones: inf or NaN) */
-        bad |= (~u[e] & 0x7f800000u) == 0u;
-    memset(dst, 0, (size_t)(Hp * Wp * C) * sizeof(float));
-    for (h = 0; h < H; h++)
-        memcpy(dst + ((pt + h) * Wp + pl) * C, tmp + h * W * C, (size_t)(W * C) * sizeof(float));
+    fcd_i b, h, e, n = H * W * FCD_VL;
+    for (b = 0; b * FCD_VL < C; b++) {
+        fcd_i nc = C - b * FCD_VL < FCD_VL ? C - b * FCD_VL : FCD_VL;
+        float* d = dst + b * PS;
+        FCD_NAME(fcd_transpose)(src + b * FCD_VL * H * W, nc, H * W, FCD_VL, 0.0f, tmp);
+        for (e = 0; e < n; e++)  /* (exponent all ones: inf or NaN) */
+            bad |= (~u[e] & 0x7f800000u) == 0u;
+        memset(d, 0, (size_t)(Hp * Wp * FCD_VL) * sizeof(float));
+        for (h = 0; h < H; h++)
+            memcpy(d + ((pt + h) * Wp + pl) * FCD_VL, tmp + h * W * FCD_VL, (size_t)(W * FCD_VL) * sizeof(float));
+    }
     return bad != 0;
 }
 
@@ -785,7 +765,7 @@ static const fcd_isa_kernels FCD_NAME(fcd_kernels) = {
     FCD_NAME(fcd_fwd_image), FCD_NAME(fcd_fwd_image_ct), FCD_NAME(fcd_bwd_weight_tile), FCD_NAME(fcd_fma_probe),
     FCD_NAME(fcd_pack_grad_t), FCD_NAME(fcd_pack_input), FCD_NAME(fcd_unpack_output),
     FCD_NAME(fcw_images), FCD_NAME(fcw_wgrad), FCD_NAME(fcd_interleave_phases),
-    FCD_NAME(fcd_unpool_grad_t), FCD_NAME(fcd_grad_t_sums), FCD_NAME(fcd_spw_width), FCD_NAME(fcd_spw_pass),
+    FCD_NAME(fcd_unpool_grad_t), FCD_NAME(fcd_grad_t_sums), FCD_NAME(fcd_spw_pass),
     FCD_NAME(fcd_pack_cl), FCD_J, FCD_VL, FCD_WT, FCD_TAPS_MAX, FCD_JC, FCD_CR};
 
 #undef FCD_SUFFIX
