@@ -728,16 +728,16 @@ cdef int _weight_pooled(const fcd_geo* g, const _Unpool* up,
         v0 += nv
     cdef Py_ssize_t NP = len(passes)
     cdef Py_ssize_t[:, ::1] pas = np.array(passes, np.intp).reshape(NP, 4)
-    cdef char* mem = <char*>malloc(_al64(N * IS * sizeof(float)) + _al64(nt * H * W * VL * sizeof(float)) + 64)
-    if mem == NULL:
-        raise MemoryError()
-    cdef float* xc = <float*>_al64(<Py_ssize_t>mem)
-    cdef float* tmp = <float*>(<char*>xc + _al64(N * IS * sizeof(float)))
     cdef Py_ssize_t[:, ::1] wo = np.empty((N * OC, PHW + 1), np.intp)
     cdef float[:, ::1] wv = np.empty((N * OC, PHW + 1), np.float32)
     cdef int[::1] cnt = np.empty(N * OC, np.intc)
     cdef double[:, ::1] bsum = np.empty((N, OC), np.float64)
     cdef float[:, :, ::1] part = np.empty((S, OC, QS), np.float32)
+    cdef char* mem = <char*>malloc(_al64(N * IS * sizeof(float)) + _al64(nt * H * W * VL * sizeof(float)) + 64)
+    if mem == NULL:
+        raise MemoryError()
+    cdef float* xc = <float*>_al64(<Py_ssize_t>mem)
+    cdef float* tmp = <float*>(<char*>xc + _al64(N * IS * sizeof(float)))
     cdef const float* xp = <float*>x.p
     cdef float* gwp = <float*>gw.p
     cdef float* gbp = <float*>gb.p
