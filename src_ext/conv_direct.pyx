@@ -647,16 +647,15 @@ cdef Py_ssize_t _weight(const fcd_geo* g, const float* gy, const _Unpool* up,
     return bad
 
 
-cdef int _winners(const _Unpool* up, Py_ssize_t i, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t x0, Py_ssize_t rstep,
-                  Py_ssize_t cstep,
+cdef int _winners(const _Unpool* up, Py_ssize_t i, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t rstep, Py_ssize_t cstep,
                   Py_ssize_t* wo,    # OUT (C_out, PHW + 1) patch offsets in the channels-last images
                   float* wv,         # OUT (C_out, PHW + 1) their gradients
                   int* cnt,          # OUT (C_out,) winners per output channel
                   double* bsum) noexcept nogil:  # OUT (C_out,) float64 sums of the winners' gradients
     """Image ``i``'s winners of each output channel's pooling windows: the cells whose gradient
     (times the ReLU's 1 or 0) is not zero, in pixel order (a window row's upper cells, then its
-    lower ones: two branch-free passes), their patches at ``x0`` + ``rstep`` per output row +
-    ``cstep`` per column.  Returns 1 if an index lies outside its own window (then nothing is
+    lower ones: two branch-free passes), their patches' offsets ``rstep`` per output row and
+    ``cstep`` per column from the image's block.  Returns 1 if an index lies outside its own window (then nothing is
     valid)."""
     cdef Py_ssize_t PW = OW // 2, PHW = up.PHW, o, r, a, j, k, d, m, e
     cdef Py_ssize_t* wop
@@ -685,7 +684,7 @@ cdef int _winners(const _Unpool* up, Py_ssize_t i, Py_ssize_t OH, Py_ssize_t OW,
                     v = gp[k]
                     if yy != NULL:
                         v = v * (<float>1.0 if yy[k] > 0 else <float>0.0)
-                    wop[m] = x0 + (2 * r + a) * rstep + (2 * j + d) * cstep
+                    wop[m] = (2 * r + a) * rstep + (2 * j + d) * cstep
                     wvp[m] = v
                     m += (v != 0) & ((d == 0) | (d == 1))  # (a zero term of the direct sum dropped; NaN stays)
         bs = 0.0
@@ -754,7 +753,7 @@ cdef int _weight_pooled(const fcd_geo* g, const _Unpool* up,
                 for i in range(_part(b, N, nt), _part(b + 1, N, nt)):
                     bad |= fcd_pack_cl(xp + i * C * H * W, C, H, W, pt, pl, Hp, Wp, PS, tmp + b * H * W * VL,
                                        xc + i * IS)
-                    bad |= _winners(up, i, OH, OW, 0, sh * RS, sw * VL, &wo[i * OC, 0], &wv[i * OC, 0],
+                    bad |= _winners(up, i, OH, OW, sh * RS, sw * VL, &wo[i * OC, 0], &wv[i * OC, 0],
                                     &cnt[i * OC], &bsum[i, 0])
         if bad:
             return 1

@@ -551,28 +551,36 @@ def _backward_data_phases(gy, ptc, plc, hq, wq, wp, tabs, sts, meta, cts, pitch,
                                 gxf[_u(d + 2 * w1)] = pb[_u(e0 + w1)]
 
 
+@helper
+def _image_channels_last(gf, s0, oc, pn, tf, d0, ocv):
+    """``tf[d0 + p*ocv + o] = gf[s0 + o*pn + p]`` (one image's ``oc`` planes of ``pn`` positions),
+    0 for the channels ``oc .. ocv``: blocks of VL channels x VL positions transposed in
+    registers, the rest one by one."""
+    ob, pb = oc // VL * VL, pn // VL * VL
+    for o0 in range(0, ob, VL):
+        for p0 in range(0, pb, VL):
+            vtranspose(gf, s0 + o0 * pn + p0, pn, tf, d0 + p0 * ocv + o0, ocv)
+        for p in range(pb, pn):
+            for o in range(o0, o0 + VL):
+                tf[_u(d0 + p * ocv + o)] = gf[_u(s0 + o * pn + p)]
+    for p in range(pn):
+        for o in range(ob, oc):
+            tf[_u(d0 + p * ocv + o)] = gf[_u(s0 + o * pn + p)]
+        for o in range(oc, ocv):
+            tf[_u(d0 + p * ocv + o)] = 0.0
+
+
 @parallel_kernel(fma=True)
 def _channels_last(gy, gt):
     """``gt[b, p, o] = gy[b, o, p]`` (p = oh*OW + ow, ``gy`` contiguous), 0 for the channels past
-    OC: blocks of VL channels x VL positions transposed in registers, the rest one by one."""
+    OC (:func:`_image_channels_last`)."""
     n, oc, oh, ow = gy.shape
     ocv = gt.shape[2]
     pn = oh * ow
     gf = gy.reshape(gy.size)
     tf = gt.reshape(gt.size)
-    ob, pb = oc // VL * VL, pn // VL * VL
     for b in prange(n):
-        for o0 in range(0, ob, VL):
-            for p0 in range(0, pb, VL):
-                vtranspose(gf, (b * oc + o0) * pn + p0, pn, tf, (b * pn + p0) * ocv + o0, ocv)
-            for p in range(pb, pn):
-                for o in range(o0, o0 + VL):
-                    tf[_u((b * pn + p) * ocv + o)] = gf[_u((b * oc + o) * pn + p)]
-        for p in range(pn):
-            for o in range(ob, oc):
-                tf[_u((b * pn + p) * ocv + o)] = gf[_u((b * oc + o) * pn + p)]
-            for o in range(oc, ocv):
-                tf[_u((b * pn + p) * ocv + o)] = 0.0
+        _image_channels_last(gf, b * oc * pn, oc, pn, tf, b * pn * ocv, ocv)
 
 
 @helper
@@ -756,16 +764,10 @@ def _pooled_pack(x, gp, idx, y, sh, sw, pt, pl, oh, ow, hp, wq, xc, wo, wv, cnt)
     isz = hp * rs
     xf, gf, jf, yf = x.reshape(x.size), gp.reshape(gp.size), idx.reshape(idx.size), y.reshape(y.size)
     relu = y.size > 0
-    cb = c // VL * VL
     bad = 0
     for i in prange(n):
         t = np.empty(hw * c + MAX_VL, np.float32)  # (the image channels-last, unpadded)
-        for c0 in range(0, cb, VL):
-            for e in range(0, hw // VL * VL, VL):
-                vtranspose(xf, (i * c + c0) * hw + e, hw, t, e * c + c0, c)
-        for ch in range(c):
-            for e in range(hw // VL * VL if ch < cb else 0, hw):
-                t[_u(e * c + ch)] = xf[_u((i * c + ch) * hw + e)]
+        _image_channels_last(xf, i * c * hw, c, hw, t, 0, c)
         nf = 0
         for e in range(hw * c):
             nf += not np.isfinite(t[_u(e)])
@@ -870,6 +872,7 @@ def _pooled_sums(part, c, gw, gp, idx, y, oh, ow, gb):
     p = oh * ow
     phw = gp.shape[2] * gp.shape[3]
     gf, jf, yf = gp.reshape(gp.size), idx.reshape(idx.size), y.reshape(y.size)
+    relu = y.size > 0
     for o in prange(oc):
         for ci in range(c):
             for i in range(kh):
@@ -885,8 +888,8 @@ def _pooled_sums(part, c, gw, gp, idx, y, oh, ow, gb):
                 k0 = (b * oc + o) * phw
                 for k in range(phw):
                     v = gf[_u(k0 + k)]
-                    if y.size:
-                        v = v * (np.float32(1.0) if yf[_u(k0 + k)] > 0 else np.float32(0.0))
+                    if relu:  # (as _winners: relu_backward's product)
+                        v = v * np.float32(yf[_u(k0 + k)] > 0)
                     plane[jf[_u(k0 + k)]] += np.float64(np.float32(0.0) + v)
             gb[o] = np.float32(total(plane, 0, p))
 
