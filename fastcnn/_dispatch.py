@@ -39,7 +39,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from . import _ref, _threads
+from . import _config, _ref, _threads
 
 CONV_STRATEGIES = ("auto", "direct", "winograd", "per_image", "chunked")
 
@@ -184,6 +184,15 @@ def winograd_weight():
     kernels' error), enough to flip the sign of Adam's first steps on near-zero gradients
     (docs/PERFORMANCE.md, "Winograd convolutions")."""
     return _current()["conv"] == "winograd"
+
+
+def pooled_input_grad_from_winners(c, kh, kw, sh, sw):
+    """Whether ``conv2d_direct_backward_maxpool2`` (both compiled backends) takes the input
+    gradient from the pooling's winners (docs/PERFORMANCE.md, section 9, "Pooled input
+    gradient"): stride 1 and ``_config.POOLED_DGRAD_MIN_PATCH`` or more kernel values per output
+    channel.  The Winograd plan of a pooled layer then takes it from there too, unless
+    ``winograd`` is forced."""
+    return sh == sw == 1 and c * kh * kw >= _config.POOLED_DGRAD_MIN_PATCH
 
 
 def conv_plan(k, n, c, oc, kh, kw, oh, ow, itemsize, backward=False, input_grad=True, strided=False, pad=0,

@@ -345,10 +345,12 @@ def conv2d_backward(grad_out: ArrayLike, x: ArrayLike, weight: ArrayLike, stride
                                g.sh * g.sw > 1, max(g.pt, g.pl))
     if pool_indices is not None:
         idx, _ = _pool_indices(grad_out, pool_indices, full, op, ws)
-        # The direct plan's pooled primitive (its weight gradient from the pooling's winners,
-        # docs/PERFORMANCE.md, section 9); on the Winograd plan for the weights alone.
+        # The direct plan's pooled primitive (its gradients from the pooling's winners,
+        # docs/PERFORMANCE.md, section 9); on the Winograd plan for the weights, and for the
+        # input where it takes that from the winners.
         if plan == "direct" or (plan == "winograd" and not _dispatch.winograd_weight()):
-            direct_gx = input_grad and plan == "direct"
+            direct_gx = input_grad and (plan == "direct" or _dispatch.pooled_input_grad_from_winners(
+                c, g.kh, g.kw, g.sh, g.sw))
             gx = np.empty(x.shape if direct_gx else (0, 0, 0, 0), np.float32)
             gw = np.empty(weight.shape, np.float32)
             gb = np.empty((oc if bias else 0,), np.float32)

@@ -71,7 +71,7 @@ cdef extern from "conv_direct.h" nogil:
     fcd_i fcd_WT
     fcd_i fcd_TM
 
-from fastcnn._config import DIRECT_WGRAD_BYTES, ENV_ISA, ISAS, POOLED_WGRAD_MIN_PATCH, SLOTS, WINOGRAD_TILES, WINOGRAD_VECTORS, requested_isa  # ISAS: slowest first = the C code's ISA number
+from fastcnn._config import DIRECT_WGRAD_BYTES, ENV_ISA, ISAS, POOLED_DGRAD_MIN_PATCH, POOLED_WGRAD_MIN_PATCH, SLOTS, WINOGRAD_TILES, WINOGRAD_VECTORS, requested_isa  # ISAS: slowest first = the C code's ISA number
 
 _active = None
 _error = None
@@ -695,6 +695,23 @@ cdef int _winners(const _Unpool* up, Py_ssize_t i, Py_ssize_t OH, Py_ssize_t OW,
     return bad
 
 
+def _spw_passes(Py_ssize_t KH, Py_ssize_t KW):
+    """The tiles (first vector, width NV <= 8, first row, rows R) of :c:func:`fcd_spw_pass` over a
+    block's patch of KH rows x KW vectors: rows in groups of TM // NV, the rest one at a time."""
+    passes = []
+    cdef Py_ssize_t v0 = 0, nv, rm, r0
+    while v0 < KW:
+        nv = min(8, KW - v0)
+        rm = max(1, fcd_TM // nv)
+        for r0 in range(KH):
+            if r0 % rm == 0 and r0 + rm <= KH:
+                passes.append((v0, nv, r0, rm))
+            elif r0 >= KH - KH % rm:
+                passes.append((v0, nv, r0, 1))
+        v0 += nv
+    return np.array(passes, np.intp).reshape(len(passes), 4)
+
+
 cdef int _weight_pooled(const fcd_geo* g, const _Unpool* up,
                         const _A* x,     # IN  (N, C, H, W)
                         const _A* gw,    # OUT (OC, C, KH, KW)
@@ -706,27 +723,14 @@ cdef int _weight_pooled(const fcd_geo* g, const _Unpool* up,
     that is not finite (where a zero term would be NaN): the caller runs :func:`_weight`."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3], OC = gw.shape[0]
     cdef Py_ssize_t KH = gw.shape[2], KW = gw.shape[3], OH = g.OH, OW = g.OW, sh = g.sh, sw = g.sw
-    cdef Py_ssize_t pt = g.pt, pl = g.pl, VL = fcd_VL, A = fcd_TM
+    cdef Py_ssize_t pt = g.pt, pl = g.pl, VL = fcd_VL
     # Each image in CB blocks of VL channels, channels-last and zero padded to every row and
     # column a patch reads: a patch row of one block is KW vectors.
     cdef Py_ssize_t Hp = max(pt + H, (OH - 1) * sh + KH), Wp = max(pl + W, (OW - 1) * sw + KW)
     cdef Py_ssize_t CB = (C + VL - 1) // VL, RS = Wp * VL, PS = Hp * RS, IS = CB * PS
     cdef Py_ssize_t PHW = up.PHW, S = min(<Py_ssize_t>SLOTS, N), RP = KW * VL, QS = CB * KH * RP
-    # Passes of a block: (first vector, width NV <= 8, first row, rows R) over KH x KW vectors,
-    # rows in groups of A // NV and the rest one at a time (fcd_spw_pass's two tiles).
-    passes = []
-    cdef Py_ssize_t v0 = 0, nv, rm, r0
-    while v0 < KW:
-        nv = min(8, KW - v0)
-        rm = max(1, A // nv)
-        for r0 in range(KH):
-            if r0 % rm == 0 and r0 + rm <= KH:
-                passes.append((v0, nv, r0, rm))
-            elif r0 >= KH - KH % rm:
-                passes.append((v0, nv, r0, 1))
-        v0 += nv
-    cdef Py_ssize_t NP = len(passes)
-    cdef Py_ssize_t[:, ::1] pas = np.array(passes, np.intp).reshape(NP, 4)
+    cdef Py_ssize_t[:, ::1] pas = _spw_passes(KH, KW)
+    cdef Py_ssize_t NP = pas.shape[0]
     cdef Py_ssize_t[:, ::1] wo = np.empty((N * OC, PHW + 1), np.intp)
     cdef float[:, ::1] wv = np.empty((N * OC, PHW + 1), np.float32)
     cdef int[::1] cnt = np.empty(N * OC, np.intc)
@@ -790,6 +794,126 @@ cdef int _weight_pooled(const fcd_geo* g, const _Unpool* up,
     return 0
 
 
+cdef int _cells(const _Unpool* up, Py_ssize_t i, Py_ssize_t OW, Py_ssize_t ws,
+                int* cnt,           # OUT (P,) winners per output cell (zeroed by the caller)
+                Py_ssize_t* co,     # OUT (P, C_out + 1) their kernels' offsets (o * ws)
+                float* cg) noexcept nogil:  # OUT (P, C_out + 1) their gradients
+    """Image ``i``'s winners (as :func:`_winners`: gradient times the ReLU's 1 or 0, zeros
+    dropped, NaN kept) bucketed by output cell, each cell's in output-channel order.  Returns 1
+    if an index lies outside its own window (then nothing is valid)."""
+    cdef Py_ssize_t PW = OW // 2, PHW = up.PHW, S = up.C + 1, o, k, c0, d, p, s
+    cdef const float* gp
+    cdef const int* ix
+    cdef const float* yy
+    cdef float v
+    cdef int bad = 0, ok
+    for o in range(up.C):
+        k = (i * up.C + o) * PHW
+        gp = up.gp + k
+        ix = up.idx + k
+        yy = up.y + k if up.y != NULL else NULL
+        for k in range(PHW):
+            c0 = 2 * (k // PW * OW + k % PW)  # (the window's upper left cell)
+            d = ix[k] - c0
+            ok = (d == 0) | (d == 1) | (d == OW) | (d == OW + 1)
+            bad |= 1 - ok
+            p = c0 + d * ok
+            v = gp[k]
+            if yy != NULL:
+                v = v * (<float>1.0 if yy[k] > 0 else <float>0.0)
+            s = cnt[p]  # (one slot more per cell: a dropped winner is written past the last one)
+            co[p * S + s] = o * ws
+            cg[p * S + s] = v
+            cnt[p] = <int>(s + ((v != 0) & ok))
+    return bad
+
+
+cdef int _data_pooled(const _Unpool* up, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t pt, Py_ssize_t pl,
+                      const _A* w,     # IN  (OC, C, KH, KW)
+                      const _A* gx,    # OUT (N, C, H, W)
+                      int nt) except -1:
+    """The input gradient of a stride-1 pooled convolution from the pooling's winners
+    (docs/PERFORMANCE.md, section 9, "Pooled input gradient"): per image, cell by cell in pixel
+    order, the kernels of the cell's winning output channels times their gradients (in channel
+    order, one FMA each) added to the image's channels-last gradient, in blocks of VL channels.
+    Returns 1 if an index lies outside its own window or ``w`` holds a value that is not finite
+    (where a dropped zero term would be NaN): the caller then runs the dense kernel, which
+    writes all of ``gx``."""
+    cdef Py_ssize_t N = gx.shape[0], C = gx.shape[1], H = gx.shape[2], W = gx.shape[3]
+    cdef Py_ssize_t OC = w.shape[0], KH = w.shape[2], KW = w.shape[3], VL = fcd_VL
+    cdef Py_ssize_t Hp = max(pt + H, OH + KH - 1), Wp = max(pl + W, OW + KW - 1)
+    cdef Py_ssize_t CB = (C + VL - 1) // VL, RS = Wp * VL, PS = Hp * RS, IS = CB * PS
+    cdef Py_ssize_t KB = KH * KW * VL, WS = CB * KB, P = OH * OW, S = OC + 1
+    # Passes (first vector, width, row, 1): one kernel row at a time (a pass's weights stay in
+    # L1), its vectors in runs of up to 8; each sum follows their order (as the Numba backend's).
+    cdef Py_ssize_t[:, ::1] pas = np.array([(v0, min(8, KW - v0), r, 1) for r in range(KH) for v0 in range(0, KW, 8)],
+                                           np.intp).reshape(-1, 4)
+    cdef Py_ssize_t NP = pas.shape[0]
+    cdef Py_ssize_t b_w = _al64(OC * WS * sizeof(float)), b_x = _al64(IS * sizeof(float))
+    cdef Py_ssize_t b_c = _al64(P * sizeof(int)), b_o = _al64(P * S * sizeof(Py_ssize_t))
+    cdef Py_ssize_t size = b_x + b_c + b_o + _al64(P * S * sizeof(float))
+    cdef char* mem = <char*>malloc(b_w + nt * size + 64)
+    if mem == NULL:
+        raise MemoryError()
+    cdef float* wp = <float*>_al64(<Py_ssize_t>mem)
+    cdef const float* wsrc = <float*>w.p
+    cdef float* dxp = <float*>gx.p
+    cdef char* sc
+    cdef float* xc
+    cdef int* cnt
+    cdef Py_ssize_t* co
+    cdef float* cg
+    cdef const float* xs
+    cdef float* xd
+    cdef Py_ssize_t b, i, o, c, k, e, p, u, cb, m, h, x, l, nc
+    cdef unsigned nf = 0
+    cdef int bad = 0
+    try:
+        with nogil:
+            # wp[o][c // VL][kh][kw][c % VL], channels past C zero; nf: any value not finite.
+            memset(wp, 0, OC * WS * sizeof(float))
+            for o in range(OC):
+                for c in range(C):
+                    for k in range(KH * KW):
+                        wp[o * WS + (c // VL) * KB + k * VL + c % VL] = wsrc[(o * C + c) * KH * KW + k]
+                        nf |= (~(<unsigned*>wsrc)[(o * C + c) * KH * KW + k] & 0x7f800000u) == 0u
+        if nf:
+            return 1
+        with nogil:
+            for b in prange(nt, schedule='static', num_threads=nt):
+                sc = <char*>wp + b_w + b * size
+                xc = <float*>sc
+                cnt = <int*>(sc + b_x)
+                co = <Py_ssize_t*>(sc + b_x + b_c)
+                cg = <float*>(sc + b_x + b_c + b_o)
+                for i in range(_part(b, N, nt), _part(b + 1, N, nt)):
+                    memset(cnt, 0, P * sizeof(int))
+                    bad |= _cells(up, i, OW, WS, cnt, co, cg)
+                    memset(xc, 0, IS * sizeof(float))
+                    for cb in range(CB):
+                        for u in range(NP):
+                            for p in range(P):
+                                m = cnt[p]
+                                if m == 0:
+                                    continue
+                                fcd_spw_pass(wp + cb * KB + (pas[u, 2] * KW + pas[u, 0]) * VL, co + p * S, cg + p * S,
+                                             m, KW * VL, pas[u, 1], pas[u, 3],
+                                             xc + cb * PS + (p // OW + pas[u, 2]) * RS + (p % OW + pas[u, 0]) * VL,
+                                             RS, 1)
+                    # xc (channels-last, padded) -> gx[i] (C, H, W)
+                    for cb in range(CB):
+                        nc = min(VL, C - cb * VL)
+                        for h in range(H):
+                            for x in range(W):
+                                xs = xc + cb * PS + ((pt + h) * Wp + pl + x) * VL
+                                xd = dxp + ((i * C + cb * VL) * H + h) * W + x
+                                for l in range(nc):
+                                    xd[l * H * W] = xs[l]
+    finally:
+        free(mem)
+    return bad
+
+
 cdef _Key _pool_bwd_ok
 
 
@@ -836,7 +960,10 @@ def conv2d_direct_backward_maxpool2(gp, idx, y, x, w, Py_ssize_t sh, Py_ssize_t 
     if C * KH * KW < POOLED_WGRAD_MIN_PATCH or _weight_pooled(&g, &up, &a, &dw, &db, nw):
         bad = _weight(&g, NULL, &up, &a, &dw, &db, nw)
     cdef int nt = _threads_for(N * C * H * W)
-    if dx.shape[0] and sh == 1 and sw == 1:
+    if dx.shape[0] and sh == 1 and sw == 1 and C * KH * KW >= POOLED_DGRAD_MIN_PATCH and not _data_pooled(
+            &up, oh, ow, pt, pl, &f, &dx, nt):
+        pass
+    elif dx.shape[0] and sh == 1 and sw == 1:
         fcd_geo_init(&g, OC, oh, ow, 1, 1, C, KH, KW, 1, 1, KH - 1 - pt, KW - 1 - pl, H, W, fcd_J)
         bad += _direct(&g, NULL, N, <float*>f.p, 1, NULL, 0, <float*>dx.p, nt, 0, NULL, &up)
     elif dx.shape[0]:  # (strided: the phases read a whole gradient array)

@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import fastcnn
-from fastcnn import _backend, _ref
+from fastcnn import _backend, _config, _ref
 from fastcnn import functional as F
 
 from utils import BACKENDS, COMPILED, DIRECT_CASES, HSET, assert_close, cores, direct_data, geometries, run_direct
@@ -745,12 +745,15 @@ def test_direct_backward_maxpool2_is_the_composition(name, case):
     """``conv2d_direct_backward_maxpool2`` gives bit for bit the backend's own relu_backward,
     maxpool2d_backward, conv2d_direct_backward_weight and _data in sequence, with and without
     the ReLU and the input gradient, at 1 and 2 threads (a -0.0 and a NaN gradient included),
-    with indices outside their own windows, and with an infinite input (where the weight
-    gradient from the winners alone would differ: a zero term is NaN); out-of-range indices
-    raise."""
+    with indices outside their own windows, and with an infinite input or weight (where the
+    gradients from the winners alone would differ: a zero term is NaN); out-of-range indices
+    raise.  The input gradient from the winners (stride 1, C x taps >=
+    POOLED_DGRAD_MIN_PATCH) sums in its own order: within the direct kernels' bound of the
+    composition, NaN where it is NaN, the same bytes at 1 and 2 threads."""
     k = _backend.ops(name)
     g, x, wt, b, _ = direct_data(case, 9)
     n, oc = x.shape[0], wt.shape[0]
+    winners_gx = g.sh == g.sw == 1 and x.shape[1] * g.kh * g.kw >= _config.POOLED_DGRAD_MIN_PATCH
     rng = np.random.default_rng(2)
     before = fastcnn.get_num_threads()
     try:
@@ -770,6 +773,7 @@ def test_direct_backward_maxpool2_is_the_composition(name, case):
             k.conv2d_direct_backward_data(full, wt, g.sh, g.sw, g.pt, g.pl, want[0])
             k.conv2d_direct_backward_weight(full, x, g.sh, g.sw, g.pt, g.pl, want[1], want[2])
             mask = y if relu else np.empty((0, 0, 0, 0), np.float32)
+            gxs = []
             for threads in (1, min(2, cores())):
                 fastcnn.set_num_threads(threads)
                 for with_gx in (True, False):
@@ -779,7 +783,19 @@ def test_direct_backward_maxpool2_is_the_composition(name, case):
                                                       gx, gw, gb)
                     what = (case, relu, threads, with_gx)
                     assert gw.tobytes() == want[1].tobytes() and gb.tobytes() == want[2].tobytes(), what
-                    assert not with_gx or gx.tobytes() == want[0].tobytes(), what
+                    if with_gx and not winners_gx:
+                        assert gx.tobytes() == want[0].tobytes(), what
+                    elif with_gx:
+                        gxs.append(gx)
+            if winners_gx:
+                assert all(a.tobytes() == gxs[0].tobytes() for a in gxs[1:]), (case, relu)
+                full64, w64 = full.astype(np.float64), wt.astype(np.float64)
+                ref, scale = np.empty(x.shape), np.empty(x.shape)
+                _ref.conv2d_direct_backward_data(full64, w64, 1, 1, g.pt, g.pl, ref)
+                _ref.conv2d_direct_backward_data(np.abs(full64), np.abs(w64), 1, 1, g.pt, g.pl, scale)
+                nan = np.isnan(ref)
+                assert np.array_equal(np.isnan(gxs[0]), nan), (case, relu)
+                _close(gxs[0][~nan], ref[~nan], scale[~nan], f"{name} {case} relu={relu} gx")
     finally:
         fastcnn.set_num_threads(before)
     stray = idx.copy()  # in range, but outside their own windows (and twice the same): as well
@@ -788,20 +804,49 @@ def test_direct_backward_maxpool2_is_the_composition(name, case):
     full = np.empty((n, oc, g.oh, g.ow), np.float32)
     k.maxpool2d_backward(gp, stray, full)
     k.conv2d_direct_backward_weight(full, x, g.sh, g.sw, g.pt, g.pl, want[1], want[2])
+    k.conv2d_direct_backward_data(full, wt, g.sh, g.sw, g.pt, g.pl, want[0])
     none = np.empty((0, 0, 0, 0), np.float32)
-    k.conv2d_direct_backward_maxpool2(gp, stray, none, x, wt, g.sh, g.sw, g.pt, g.pl, g.oh, g.ow, none, gw, gb)
+    gx = np.empty(x.shape, np.float32)
+    k.conv2d_direct_backward_maxpool2(gp, stray, none, x, wt, g.sh, g.sw, g.pt, g.pl, g.oh, g.ow, gx, gw, gb)
     assert gw.tobytes() == want[1].tobytes() and gb.tobytes() == want[2].tobytes(), case
-    xinf = x.copy()
-    xinf.flat[x.size // 2] = np.inf
+    assert gx.tobytes() == want[0].tobytes(), case
+    xinf, winf = x.copy(), wt.copy()
+    xinf.flat[x.size // 2] = winf.flat[wt.size // 2] = np.inf
     k.maxpool2d_backward(gp, idx, full)
     k.conv2d_direct_backward_weight(full, xinf, g.sh, g.sw, g.pt, g.pl, want[1], want[2])
-    k.conv2d_direct_backward_maxpool2(gp, idx, none, xinf, wt, g.sh, g.sw, g.pt, g.pl, g.oh, g.ow, none, gw, gb)
+    k.conv2d_direct_backward_data(full, winf, g.sh, g.sw, g.pt, g.pl, want[0])
+    k.conv2d_direct_backward_maxpool2(gp, idx, none, xinf, winf, g.sh, g.sw, g.pt, g.pl, g.oh, g.ow, gx, gw, gb)
     assert gw.tobytes() == want[1].tobytes() and gb.tobytes() == want[2].tobytes(), case
+    assert gx.tobytes() == want[0].tobytes(), case
     bad = idx.copy()  # (the reference, a composition, is the spec: its BLAS sums vary with alignment)
     bad.flat[-1] = g.oh * g.ow
     with pytest.raises(ValueError, match="out of range"):
         k.conv2d_direct_backward_maxpool2(gp, bad, mask, x, wt, g.sh, g.sw, g.pt, g.pl, g.oh, g.ow,
                                           np.empty(x.shape, np.float32), gw, gb)
+
+
+def test_pooled_input_grad_same_bytes_in_both_backends():
+    """The input gradient from the winners sums in one order in both compiled backends (passes
+    of kernel rows and runs of up to 8 vectors, cells in pixel order, channels in order): the
+    same bytes on the active instruction set, kernels wider than 8 vectors included."""
+    if len(DIRECT) < 2:
+        pytest.skip("needs both compiled backends")
+    cases = [(3, 32, 14, 14, 64, 5, 5, 1, 2), (2, 33, 13, 13, 5, 7, 7, 1, 3), (2, 3, 12, 11, 6, 9, 11, 1, 4),
+             (1, 17, 9, 10, 9, 5, 3, 1, (1, 0))]
+    for case in cases:
+        g, x, wt, b, _ = direct_data(case, 4)
+        assert x.shape[1] * g.kh * g.kw >= _config.POOLED_DGRAD_MIN_PATCH
+        got = []
+        for name in DIRECT:
+            k = _backend.ops(name)
+            y = np.empty((x.shape[0], wt.shape[0], g.oh // 2, g.ow // 2), np.float32)
+            idx = np.empty(y.shape, np.int32)
+            k.conv2d_direct_forward_maxpool2(x, wt, b, 1, 1, g.pt, g.pl, 1, g.oh, g.ow, y, idx)
+            gp = np.random.default_rng(5).standard_normal(y.shape, dtype=np.float32)
+            gx, gw, gb = np.empty(x.shape, np.float32), np.empty(wt.shape, np.float32), np.empty(0, np.float32)
+            k.conv2d_direct_backward_maxpool2(gp, idx, y, x, wt, 1, 1, g.pt, g.pl, g.oh, g.ow, gx, gw, gb)
+            got.append(gx)
+        assert all(a.tobytes() == got[0].tobytes() for a in got[1:]), case
 
 
 @pytest.mark.parametrize("name", DIRECT)

@@ -111,7 +111,8 @@ def test_training_fuses_relu_and_pooling_bit_identically(backend, name):
     MaxPool2D after it as one op (pooling indices from its store; the ReLU's mask applied to the
     pooled gradient): three Adam steps give the parameters, gradients, losses and input
     gradients of the layer-by-layer run (``fuse=False``) bit for bit, on every strategy; the
-    batch of one image included (two for the batch norms)."""
+    batch of one image included (two for the batch norms); but for an input gradient from the
+    pooling's winners (lenet's second convolution on the direct kernels), within rounding."""
     from fastcnn import losses, models
     from fastcnn.train import make_optimizer
 
@@ -137,6 +138,18 @@ def test_training_fuses_relu_and_pooling_bit_identically(backend, name):
                         opt.step()
                     runs.append(seen + [p.data for p in m.parameters()])
             assert len(runs[0]) == len(runs[1])
+            if conv == "direct" and name == "lenet":
+                # Its second convolution's input gradient comes from the pooling's winners when
+                # fused (32 x 5 x 5 >= POOLED_DGRAD_MIN_PATCH: docs/PERFORMANCE.md, section 13):
+                # another order of the same sums, so the first step within rounding (the loss
+                # and the layers after it bit for bit), Adam's later steps not compared.
+                first = 2 + len(m.parameters())
+                assert np.asarray(runs[0][0]).tobytes() == np.asarray(runs[1][0]).tobytes()
+                for a, b in zip(runs[0][1:first], runs[1][1:first]):
+                    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * np.abs(b).max(), err_msg=name)
+                for a, b in zip(runs[0][4:first], runs[1][4:first]):  # (conv2's and the dense layers')
+                    assert a.tobytes() == b.tobytes(), (name, n, conv)
+                continue
             for a, b in zip(*runs):
                 assert np.asarray(a).tobytes() == np.asarray(b).tobytes(), (name, n, conv)
 

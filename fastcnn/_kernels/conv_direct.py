@@ -18,7 +18,7 @@ from .. import _backend, _config, _threads
 from .._shapes import zeros
 from . import activation as _activation
 from . import pool as _pool
-from ._common import _u, add_plane, check_once, helper, parallel_kernel, total
+from ._common import _u, add_plane, block, check_once, helper, parallel_kernel, total
 from ._simd import (
     CR,
     JC,
@@ -35,6 +35,7 @@ from ._simd import (
     tile_fma_at,
     tile_fma_rows3,
     tile_fma_splat,
+    tile_load,
     tile_store,
     tile_zero,
     vdeinterleave,
@@ -918,16 +919,156 @@ def _pooled_weight(gp, idx, y, x, sh, sw, pt, pl, oh, ow, gw, gb):
     return True
 
 
+@njit(**_config.NUMBA_SERIAL)  # (a function of its own, as _winners)
+def _cells(gf, jf, yf, relu, i, oc, ow, phw, ws, cnt, co, cg):
+    """Image ``i``'s winners (as :func:`_winners`) bucketed by output cell, each cell's in
+    output-channel order (as the Cython backend's ``_cells``): ``cnt[p]`` of them, kernel
+    offsets ``co[p*S + e]`` (o * ws) and gradients ``cg``, S = oc + 1 slots per cell (a
+    dropped winner is written past the last one).  Returns how many indices lie outside their
+    own window."""
+    pw = ow // 2
+    s = oc + 1
+    bad = 0
+    for o in range(oc):
+        k0 = (i * oc + o) * phw
+        for k in range(phw):
+            c0 = 2 * (k // pw * ow + k % pw)  # (the window's upper left cell)
+            d = jf[_u(k0 + k)] - c0
+            ok = (d == 0) | (d == 1) | (d == ow) | (d == ow + 1)
+            bad += 1 - ok
+            p = c0 + d * ok
+            v = gf[_u(k0 + k)]
+            if relu:
+                v = v * np.float32(yf[_u(k0 + k)] > 0)
+            e = cnt[p]
+            co[_u(p * s + e)] = o * ws
+            cg[_u(p * s + e)] = v
+            cnt[p] = e + ((v != 0) & ok)
+    return bad
+
+
+@helper
+def _spd_run(wf, co, cg, k0, m, base, offs, xf, xb):
+    """The ``m`` winners of one cell (``co[k0 ..]``, ``cg[k0 ..]``, in order) into one row of
+    ``offs`` vectors of its patch: ``xf[xb + offs[v]]`` += their gradient times
+    ``wf[base + their offset + offs[v]]``, one FMA each."""
+    acc = tile_load(xf, xb, 0, offs, rtile_zero((0,), offs))
+    for e in range(m):
+        acc = tile_fma_splat(acc, wf, base + co[_u(k0 + e)], (0,), offs, cg[_u(k0 + e)])
+    tile_store(xf, xb, 0, offs, acc)
+
+
+@helper
+def _spd_width(wf, co, cg, k0, m, base, nv, xf, xb):
+    """:func:`_spd_run` of ``nv`` (1 to 8) vectors."""
+    if nv == 1:
+        _spd_run(wf, co, cg, k0, m, base, (0,), xf, xb)
+    elif nv == 2:
+        _spd_run(wf, co, cg, k0, m, base, (0, VL), xf, xb)
+    elif nv == 3:
+        _spd_run(wf, co, cg, k0, m, base, (0, VL, 2 * VL), xf, xb)
+    elif nv == 4:
+        _spd_run(wf, co, cg, k0, m, base, (0, VL, 2 * VL, 3 * VL), xf, xb)
+    elif nv == 5:
+        _spd_run(wf, co, cg, k0, m, base, (0, VL, 2 * VL, 3 * VL, 4 * VL), xf, xb)
+    elif nv == 6:
+        _spd_run(wf, co, cg, k0, m, base, (0, VL, 2 * VL, 3 * VL, 4 * VL, 5 * VL), xf, xb)
+    elif nv == 7:
+        _spd_run(wf, co, cg, k0, m, base, (0, VL, 2 * VL, 3 * VL, 4 * VL, 5 * VL, 6 * VL), xf, xb)
+    else:
+        _spd_run(wf, co, cg, k0, m, base, (0, VL, 2 * VL, 3 * VL, 4 * VL, 5 * VL, 6 * VL, 7 * VL), xf, xb)
+
+
+@functools.lru_cache(maxsize=64)  # (per shape; never written)
+def _spd_passes(kh, kw):
+    """Passes ``(first vector, width, row)`` of the pooled input gradient over a block's patch
+    of ``kh`` rows of ``kw`` vectors: one row at a time, its vectors in runs of up to 8 (the
+    Cython backend's; the order of each sum follows them)."""
+    return np.array([(v0, min(8, kw - v0), r) for r in range(kh) for v0 in range(0, kw, 8)], np.int64)
+
+
+@parallel_kernel(fma=True)
+def _pooled_data(gp, idx, y, wf, kh, kw, passes, pt, pl, oh, ow, hp, wp, gx, threads):
+    """The input gradient from the pooling's winners (as the Cython backend's ``_data_pooled``):
+    per image, in blocks of VL channels (``wf``: the kernels packed ``[o][block][kh][kw][VL]``),
+    pass by pass of ``passes`` (one row of vectors each), cell by cell in pixel order, the
+    cell's winners added to the image's channels-last padded gradient, then that to ``gx``.
+    Returns how many indices lie outside their own window (then ``gx`` is not valid)."""
+    n, c, h, w = gx.shape
+    oc = gp.shape[1]
+    phw = gp.shape[2] * gp.shape[3]
+    cb = (c + VL - 1) // VL
+    kb = kh * kw * VL
+    rs = wp * VL
+    ps = hp * rs
+    p_n = oh * ow
+    s = oc + 1
+    gf, jf, yf = gp.reshape(gp.size), idx.reshape(idx.size), y.reshape(y.size)
+    relu = y.size > 0
+    npass = passes.shape[0]
+    bad = 0
+    for t in prange(threads):
+        xf = np.empty(cb * ps, np.float32)
+        cnt = np.empty(p_n, np.int64)
+        co = np.empty(p_n * s, np.int64)
+        cg = np.empty(p_n * s, np.float32)
+        i0, i1 = block(t, n, threads)
+        nb = 0
+        for i in range(i0, i1):
+            cnt[:] = 0
+            nb += _cells(gf, jf, yf, relu, i, oc, ow, phw, cb * kb, cnt, co, cg)
+            xf[:] = 0.0
+            for b in range(cb):
+                for u in range(npass):
+                    v0, nv, r0 = passes[u, 0], passes[u, 1], passes[u, 2]
+                    base = b * kb + (r0 * kw + v0) * VL
+                    for p in range(p_n):
+                        m = cnt[p]
+                        if m:
+                            _spd_width(wf, co, cg, p * s, m, base, nv, xf,
+                                       b * ps + (p // ow + r0) * rs + (p % ow + v0) * VL)
+            for b in range(cb):  # (channels-last, padded -> gx[i])
+                for ci in range(min(VL, c - b * VL)):
+                    for r in range(h):
+                        e0 = b * ps + ((pt + r) * wp + pl) * VL + ci
+                        for j in range(w):
+                            gx[i, b * VL + ci, r, j] = xf[_u(e0 + j * VL)]
+        bad += nb
+    return bad
+
+
+def _pooled_input_grad(gp, idx, y, w, pt, pl, oh, ow, gx):
+    """``gx`` from the pooling's winners (docs/PERFORMANCE.md, section 9, "Pooled input
+    gradient"; stride 1).  False if an index lies outside its own window or ``w`` holds a
+    value that is not finite (where a dropped zero term would be NaN): the caller then runs the
+    dense kernel, which writes all of ``gx``."""
+    n, c, h, wd = gx.shape
+    oc, _, kh, kw = w.shape
+    if not np.isfinite(w).all():
+        return False
+    cb = -(-c // VL)
+    wf = np.zeros((oc, cb * VL, kh, kw), np.float32)
+    wf[:, :c] = w
+    wf = np.ascontiguousarray(wf.reshape(oc, cb, VL, kh, kw).transpose(0, 1, 3, 4, 2)).reshape(-1)
+    hp, wp = max(pt + h, oh + kh - 1), max(pl + wd, ow + kw - 1)
+    threads = min(_threads.get_num_threads(), n)
+    return not _pooled_data(gp, idx, y, wf, kh, kw, _spd_passes(kh, kw), pt, pl, oh, ow, hp, wp, gx, threads)
+
+
 def conv2d_direct_backward_maxpool2(gp, idx, y, x, w, sh, sw, pt, pl, oh, ow, gx, gw, gb):
     """Gradients of the pooled direct forward (see
     :func:`fastcnn._ref.conv2d_direct_backward_maxpool2`): the weight gradient from the
     pooling's winners where the kernel is large enough (``_config.POOLED_WGRAD_MIN_PATCH``),
-    else, and for the input gradient, this backend's primitives composed."""
+    the input gradient too at stride 1 (``_config.POOLED_DGRAD_MIN_PATCH``), else this
+    backend's primitives composed."""
     check_once(_backend.sizes_conv2d_direct_backward_maxpool2, gp.shape, idx.shape, y.shape, x.shape, w.shape, sh,
                sw, pt, pl, oh, ow, gx.shape, gw.shape, gb.shape)
     n, c, kh, kw = x.shape[0], x.shape[1], w.shape[2], w.shape[3]
     pooled = n > 0 and c * kh * kw >= _config.POOLED_WGRAD_MIN_PATCH and _pooled_weight(gp, idx, y, x, sh, sw, pt,
                                                                                         pl, oh, ow, gw, gb)
+    if gx.size and sh == sw == 1 and c * kh * kw >= _config.POOLED_DGRAD_MIN_PATCH and _pooled_input_grad(
+            gp, idx, y, w, pt, pl, oh, ow, gx):
+        gx = gx[:0]  # (done)
     if pooled and not gx.size:
         return
     g = gp
