@@ -121,9 +121,10 @@ DIRECT_WGRAD_BYTES = 256 << 10
 POOLED_WGRAD_MIN_PATCH = 192
 
 #: Its input gradient (stride 1) from the winners too, for kernels of at least this many
-#: values per output channel (docs/PERFORMANCE.md, section 9, "Pooled input gradient"): its
-#: own order of sums (cell by cell), not the dense kernel's, so not its bytes.
-POOLED_DGRAD_MIN_PATCH = 192
+#: values per output channel (docs/PERFORMANCE.md, section 9, "Pooled input gradient"; at
+#: 32 x 3x3 = 288 the winners were no faster than the dense kernel, slower than Winograd's):
+#: its own order of the sums (cell by cell), not the dense kernel's, so not its bytes.
+POOLED_DGRAD_MIN_PATCH = 400
 
 #: The direct forward kernels run a layer on channel tiles (pixels x output-channel vectors,
 #: inputs broadcast) instead of pixel vectors when the tiles' lanes hold at least this many

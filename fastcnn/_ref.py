@@ -684,7 +684,10 @@ def conv2d_direct_backward_maxpool2(gp, idx, y, x, w, sh, sw, pt, pl, oh, ow, gx
     of its pooled output, without a full-size gradient array: the same bytes as
     :func:`relu_backward` (if ``y`` has elements), :func:`maxpool2d_backward` into
     ``(N, OC, oh, ow)``, :func:`conv2d_direct_backward_weight` and (if ``gx`` has elements)
-    :func:`conv2d_direct_backward_data` in sequence.
+    :func:`conv2d_direct_backward_data` in sequence; but the compiled backends' ``gx`` at
+    stride 1 for kernels of ``_config.POOLED_DGRAD_MIN_PATCH`` or more values per output
+    channel: the same sums from the pooling's winners in their own order (docs/PERFORMANCE.md,
+    section 9, "Pooled input gradient"), within the direct kernels' bound of these.
 
     Parameters
     ----------

@@ -266,6 +266,8 @@ typedef int (*fcd_unpool_t_fn)(const float*, const int*, const float*, fcd_i, fc
 typedef void (*fcd_sums_t_fn)(const float*, fcd_i, fcd_i, fcd_i, double*);
 typedef void (*fcd_spw_pass_fn)(const float*, const fcd_i*, const float*, fcd_i, fcd_i, fcd_i, fcd_i, float*, fcd_i,
                                 int);
+typedef void (*fcd_spd_row_fn)(const float*, const fcd_i*, const float*, const int*, fcd_i, fcd_i, fcd_i,
+                               float*);
 typedef int (*fcd_pack_cl_fn)(const float*, fcd_i, fcd_i, fcd_i, fcd_i, fcd_i, fcd_i, fcd_i, fcd_i, float*, float*);
 typedef void (*fcw_images_fn)(const fcd_geo*, const float*, fcd_i, const float*,
                               const fcd_i*, const float*, int, fcd_i, fcd_i, float*, float*, fcd_i,
@@ -289,6 +291,7 @@ typedef struct {
     fcd_unpool_t_fn unpool_grad_t;
     fcd_sums_t_fn grad_t_sums;
     fcd_spw_pass_fn spw_pass;
+    fcd_spd_row_fn spd_row;
     fcd_pack_cl_fn pack_cl;
     fcd_i J, VL, WT, TM, JC, CR;
 } fcd_isa_kernels;
@@ -526,6 +529,7 @@ static const fcd_isa_kernels* fcd_isa = &fcd_kernels_base;
 #define fcd_unpool_grad_t (fcd_isa->unpool_grad_t)
 #define fcd_grad_t_sums (fcd_isa->grad_t_sums)
 #define fcd_spw_pass (fcd_isa->spw_pass)
+#define fcd_spd_row (fcd_isa->spd_row)
 #define fcd_pack_cl (fcd_isa->pack_cl)
 #define fcw_images (fcd_isa->wino_images)
 #define fcw_wgrad (fcd_isa->wino_wgrad)

@@ -63,6 +63,8 @@ cdef extern from "conv_direct.h" nogil:
     int fcd_set_isa(int isa)
     void fcd_spw_pass(const float* xc, const fcd_i* wo, const float* wv, fcd_i m, fcd_i RS, fcd_i NV, fcd_i R,
                       float* out, fcd_i os, int add)
+    void fcd_spd_row(const float* wb, const fcd_i* co, const float* cg, const int* cnt, fcd_i S, fcd_i OW, fcd_i NV,
+                     float* out)
     int fcd_pack_cl(const float* src, fcd_i C, fcd_i H, fcd_i W, fcd_i pt, fcd_i pl, fcd_i Hp, fcd_i Wp, fcd_i PS,
                     float* tmp, float* dst)
     fcd_i fcd_J
@@ -892,14 +894,10 @@ cdef int _data_pooled(const _Unpool* up, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_
                     memset(xc, 0, IS * sizeof(float))
                     for cb in range(CB):
                         for u in range(NP):
-                            for p in range(P):
-                                m = cnt[p]
-                                if m == 0:
-                                    continue
-                                fcd_spw_pass(wp + cb * KB + (pas[u, 2] * KW + pas[u, 0]) * VL, co + p * S, cg + p * S,
-                                             m, KW * VL, pas[u, 1], pas[u, 3],
-                                             xc + cb * PS + (p // OW + pas[u, 2]) * RS + (p % OW + pas[u, 0]) * VL,
-                                             RS, 1)
+                            for h in range(OH):
+                                fcd_spd_row(wp + cb * KB + (pas[u, 2] * KW + pas[u, 0]) * VL, co + h * OW * S,
+                                            cg + h * OW * S, cnt + h * OW, S, OW, pas[u, 1],
+                                            xc + cb * PS + (h + pas[u, 2]) * RS + pas[u, 0] * VL)
                     # xc (channels-last, padded) -> gx[i] (C, H, W)
                     for cb in range(CB):
                         nc = min(VL, C - cb * VL)

@@ -739,6 +739,71 @@ static void FCD_NAME(fcd_spw_pass)(const float* xc, const fcd_i* wo, const float
     }
 }
 
+/* Input gradient from the winners (docs/PERFORMANCE.md, section 9, "Pooled input gradient"):
+ * one row of OW output cells through one pass (a kernel row's run of NV vectors).  Cell x's
+ * tile is out + x*VL ... + (NV-1)*VL (the padded channels-last gradient); its cnt[x] winners
+ * are co[x*S + e] (kernel offsets from wb) and cg[x*S + e] (gradients), in channel order.  The
+ * tiles of neighbouring cells overlap in all but one vector, so the tile rolls along the row in
+ * registers: each cell stores its first vector and loads one new one.  Each vector is one chain
+ * of FMAs, cell by cell, winner by winner. */
+static inline __attribute__((always_inline)) void
+FCD_NAME(fcd_spd_tile)(const float* wb, const fcd_i* co, const float* cg, const int* cnt, fcd_i S, fcd_i OW,
+                       float* out, const int NV)
+{
+    FCD_VT acc[NV];
+    fcd_i x, e;
+    FCD_UNROLL for (int v_ = 0; v_ < NV; v_++)
+        acc[v_] = FCD_LOAD(out + v_ * FCD_VL);
+    for (x = 0; x < OW; x++) {
+        const fcd_i* q = co + x * S;
+        const float* g = cg + x * S;
+        fcd_i m = cnt[x];
+        for (e = 0; e < m; e++) {
+            const float* p = wb + q[e];
+            FCD_VT gv = FCD_SET1(g[e]);
+            FCD_UNROLL for (int v_ = 0; v_ < NV; v_++)
+                acc[v_] = FCD_FMA(gv, FCD_LOAD(p + v_ * FCD_VL), acc[v_]);
+        }
+        FCD_STORE(out + x * FCD_VL, acc[0]);
+        FCD_UNROLL for (int v_ = 0; v_ + 1 < NV; v_++)
+            acc[v_] = acc[v_ + 1];
+        if (x + 1 < OW)
+            acc[NV - 1] = FCD_LOAD(out + (x + NV) * FCD_VL);
+    }
+    FCD_UNROLL for (int v_ = 0; v_ + 1 < NV; v_++)
+        FCD_STORE(out + (OW + v_) * FCD_VL, acc[v_]);
+}
+
+#define FCD_SPD(NV_) \
+FCD_NO_PCOM __attribute__((noinline)) static void \
+FCD_NAME(fcd_spd_row_##NV_)(const float* wb, const fcd_i* co, const float* cg, const int* cnt, fcd_i S, fcd_i OW, \
+                            float* out) \
+{ \
+    FCD_NAME(fcd_spd_tile)(wb, co, cg, cnt, S, OW, out, NV_); \
+}
+FCD_SPD(1)
+FCD_SPD(2)
+FCD_SPD(3)
+FCD_SPD(4)
+FCD_SPD(5)
+FCD_SPD(6)
+FCD_SPD(7)
+FCD_SPD(8)
+#undef FCD_SPD
+
+/* fcd_spd_tile of NV (1 to 8) vectors. */
+static void FCD_NAME(fcd_spd_row)(const float* wb, const fcd_i* co, const float* cg, const int* cnt, fcd_i S,
+                                  fcd_i OW, fcd_i NV, float* out)
+{
+    switch (NV) {
+#define FCD_SPD_CASE(NV_) case NV_: FCD_NAME(fcd_spd_row_##NV_)(wb, co, cg, cnt, S, OW, out); break;
+    FCD_SPD_CASE(1) FCD_SPD_CASE(2) FCD_SPD_CASE(3) FCD_SPD_CASE(4) FCD_SPD_CASE(5) FCD_SPD_CASE(6)
+    FCD_SPD_CASE(7) FCD_SPD_CASE(8)
+#undef FCD_SPD_CASE
+    default: break;
+    }
+}
+
 /* Image src (C, H, W) -> CB = ceil(C / VL) blocks of VL channels, block b at dst + b*PS: (Hp, Wp,
  * VL) channels-last, zero padded (cell (h, w) at row pt + h, column pl + w; channels past C
  * zero), through tmp (H*W*VL floats).  Returns nonzero if a value is not finite. */
@@ -766,7 +831,7 @@ static const fcd_isa_kernels FCD_NAME(fcd_kernels) = {
     FCD_NAME(fcd_pack_grad_t), FCD_NAME(fcd_pack_input), FCD_NAME(fcd_unpack_output),
     FCD_NAME(fcw_images), FCD_NAME(fcw_wgrad), FCD_NAME(fcd_interleave_phases),
     FCD_NAME(fcd_unpool_grad_t), FCD_NAME(fcd_grad_t_sums), FCD_NAME(fcd_spw_pass),
-    FCD_NAME(fcd_pack_cl), FCD_J, FCD_VL, FCD_WT, FCD_TAPS_MAX, FCD_JC, FCD_CR};
+    FCD_NAME(fcd_spd_row), FCD_NAME(fcd_pack_cl), FCD_J, FCD_VL, FCD_WT, FCD_TAPS_MAX, FCD_JC, FCD_CR};
 
 #undef FCD_SUFFIX
 #undef FCD_VL

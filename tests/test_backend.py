@@ -740,7 +740,10 @@ def test_rows_of_any_width_write_exactly_the_output(name, c):
                             # the weight gradient from the winners (C x taps >= POOLED_WGRAD_MIN_PATCH):
                             (3, 13, 9, 11, 10, 5, 5, (1, 2), (2, 1)),  # odd sizes, patch rows of 65 floats
                             (2, 64, 7, 6, 9, 5, 5, 1, 2),  # rows of 320 floats: tiles of several widths
-                            (10, 8, 12, 12, 6, 7, 7, 1, 3)])  # 7 rows of taps, more images than slots
+                            (10, 8, 12, 12, 6, 7, 7, 1, 3),  # 7 rows of taps, more images than slots
+                            # the input gradient from the winners (stride 1, C x taps >= POOLED_DGRAD_MIN_PATCH):
+                            (3, 19, 11, 9, 13, 5, 5, 1, 2),  # odd sizes, a block of 3 channels
+                            (2, 5, 12, 13, 7, 9, 9, 1, 4)])  # rows of 9 vectors: runs of 8 and 1
 def test_direct_backward_maxpool2_is_the_composition(name, case):
     """``conv2d_direct_backward_maxpool2`` gives bit for bit the backend's own relu_backward,
     maxpool2d_backward, conv2d_direct_backward_weight and _data in sequence, with and without
@@ -831,8 +834,8 @@ def test_pooled_input_grad_same_bytes_in_both_backends():
     same bytes on the active instruction set, kernels wider than 8 vectors included."""
     if len(DIRECT) < 2:
         pytest.skip("needs both compiled backends")
-    cases = [(3, 32, 14, 14, 64, 5, 5, 1, 2), (2, 33, 13, 13, 5, 7, 7, 1, 3), (2, 3, 12, 11, 6, 9, 11, 1, 4),
-             (1, 17, 9, 10, 9, 5, 3, 1, (1, 0))]
+    cases = [(3, 32, 14, 14, 64, 5, 5, 1, 2), (2, 33, 13, 13, 5, 7, 7, 1, 3), (2, 5, 12, 11, 6, 9, 11, 1, 4),
+             (1, 29, 9, 10, 9, 5, 3, 1, (1, 0))]
     for case in cases:
         g, x, wt, b, _ = direct_data(case, 4)
         assert x.shape[1] * g.kh * g.kw >= _config.POOLED_DGRAD_MIN_PATCH

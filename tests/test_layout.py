@@ -39,6 +39,8 @@ COLLABORATORS = {
         "_ref": "the reference primitives are the oracle of every compiled backend",
         "_ext": "the Cython build flags say whether its element-wise kernels may contract a * b + c "
                 "(then they match the reference to rounding, else bit for bit)",
+        "_config": "POOLED_DGRAD_MIN_PATCH says which pooled input gradients come from the winners (their "
+                   "own order of the sums) and which are the composition's bit for bit",
     },
     "test_kernels.py": {
         "_ref": "the float64 reference primitives are the oracle of the Numba kernels",

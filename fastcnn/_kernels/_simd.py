@@ -305,6 +305,35 @@ def tile_fma_splat(typingctx, acc, src, base, rows, offs, s):
     return acc(acc, src, base, rows, offs, s), codegen
 
 
+@intrinsic
+def tile_roll(typingctx, acc, arr, st, ld):
+    """A row tile rolled one vector along its row: ``acc[0]`` stored to ``arr[st : st + VL]``,
+    then ``(acc[1], ..., acc[n - 1], arr[ld : ld + VL])`` (the pooled input gradient's tile,
+    one cell further)."""
+    def codegen(context, builder, sig, args):
+        aty, rty, sty, lty = sig.args
+        n = aty.count
+        builder.store(builder.extract_value(args[0], 0), _ptr(context, builder, rty, args[1], args[2], sty), align=4)
+        vals = [builder.extract_value(args[0], v) for v in range(1, n)]
+        vals.append(builder.load(_ptr(context, builder, rty, args[1], args[3], lty), align=4))
+        return context.make_tuple(builder, aty, vals)
+    return acc(acc, arr, st, ld), codegen
+
+
+@intrinsic
+def tile_store_head(typingctx, arr, base, acc):
+    """``arr[base + v*VL : ... + VL] = acc[v]`` for all but the last vector of ``acc``."""
+    def codegen(context, builder, sig, args):
+        rty, bty, aty = sig.args
+        b = context.cast(builder, args[1], bty, types.intp)
+        for v in range(aty.count - 1):
+            builder.store(builder.extract_value(args[2], v),
+                          _ptr(context, builder, rty, args[0], builder.add(b, ir.Constant(b.type, v * VL)), types.intp),
+                          align=4)
+        return context.get_dummy_value()
+    return types.none(arr, base, acc), codegen
+
+
 #: Accumulators of a weight-gradient tile (taps x channel vectors).
 _WTILE = types.UniTuple(vec, 2 * WT)
 

@@ -36,7 +36,9 @@ from ._simd import (
     tile_fma_rows3,
     tile_fma_splat,
     tile_load,
+    tile_roll,
     tile_store,
+    tile_store_head,
     tile_zero,
     vdeinterleave,
     vload_even,
@@ -948,35 +950,40 @@ def _cells(gf, jf, yf, relu, i, oc, ow, phw, ws, cnt, co, cg):
 
 
 @helper
-def _spd_run(wf, co, cg, k0, m, base, offs, xf, xb):
-    """The ``m`` winners of one cell (``co[k0 ..]``, ``cg[k0 ..]``, in order) into one row of
-    ``offs`` vectors of its patch: ``xf[xb + offs[v]]`` += their gradient times
-    ``wf[base + their offset + offs[v]]``, one FMA each."""
+def _spd_run(wf, co, cg, cnt, c0, s, ow, base, offs, xf, xb):
+    """One row of ``ow`` output cells (``c0`` ...) through one pass of ``offs`` vectors (as the
+    Cython backend's ``fcd_spd_tile``): cell ``x``'s winners (``co[(c0 + x)*s + e]``, ``cg``, in
+    order) add their gradient times ``wf[base + their offset + offs[v]]`` to
+    ``xf[xb + x*VL + offs[v]]``, one FMA each; the tile rolls along the row in registers (the
+    buffer has a vector to spare past its end for the last, unused load)."""
     acc = tile_load(xf, xb, 0, offs, rtile_zero((0,), offs))
-    for e in range(m):
-        acc = tile_fma_splat(acc, wf, base + co[_u(k0 + e)], (0,), offs, cg[_u(k0 + e)])
-    tile_store(xf, xb, 0, offs, acc)
+    for x in range(ow):
+        k0 = (c0 + x) * s
+        for e in range(cnt[c0 + x]):
+            acc = tile_fma_splat(acc, wf, base + co[_u(k0 + e)], (0,), offs, cg[_u(k0 + e)])
+        acc = tile_roll(acc, xf, xb + x * VL, xb + (x + len(offs)) * VL)
+    tile_store_head(xf, xb + ow * VL, acc)
 
 
 @helper
-def _spd_width(wf, co, cg, k0, m, base, nv, xf, xb):
+def _spd_width(wf, co, cg, cnt, c0, s, ow, base, nv, xf, xb):
     """:func:`_spd_run` of ``nv`` (1 to 8) vectors."""
     if nv == 1:
-        _spd_run(wf, co, cg, k0, m, base, (0,), xf, xb)
+        _spd_run(wf, co, cg, cnt, c0, s, ow, base, (0,), xf, xb)
     elif nv == 2:
-        _spd_run(wf, co, cg, k0, m, base, (0, VL), xf, xb)
+        _spd_run(wf, co, cg, cnt, c0, s, ow, base, (0, VL), xf, xb)
     elif nv == 3:
-        _spd_run(wf, co, cg, k0, m, base, (0, VL, 2 * VL), xf, xb)
+        _spd_run(wf, co, cg, cnt, c0, s, ow, base, (0, VL, 2 * VL), xf, xb)
     elif nv == 4:
-        _spd_run(wf, co, cg, k0, m, base, (0, VL, 2 * VL, 3 * VL), xf, xb)
+        _spd_run(wf, co, cg, cnt, c0, s, ow, base, (0, VL, 2 * VL, 3 * VL), xf, xb)
     elif nv == 5:
-        _spd_run(wf, co, cg, k0, m, base, (0, VL, 2 * VL, 3 * VL, 4 * VL), xf, xb)
+        _spd_run(wf, co, cg, cnt, c0, s, ow, base, (0, VL, 2 * VL, 3 * VL, 4 * VL), xf, xb)
     elif nv == 6:
-        _spd_run(wf, co, cg, k0, m, base, (0, VL, 2 * VL, 3 * VL, 4 * VL, 5 * VL), xf, xb)
+        _spd_run(wf, co, cg, cnt, c0, s, ow, base, (0, VL, 2 * VL, 3 * VL, 4 * VL, 5 * VL), xf, xb)
     elif nv == 7:
-        _spd_run(wf, co, cg, k0, m, base, (0, VL, 2 * VL, 3 * VL, 4 * VL, 5 * VL, 6 * VL), xf, xb)
+        _spd_run(wf, co, cg, cnt, c0, s, ow, base, (0, VL, 2 * VL, 3 * VL, 4 * VL, 5 * VL, 6 * VL), xf, xb)
     else:
-        _spd_run(wf, co, cg, k0, m, base, (0, VL, 2 * VL, 3 * VL, 4 * VL, 5 * VL, 6 * VL, 7 * VL), xf, xb)
+        _spd_run(wf, co, cg, cnt, c0, s, ow, base, (0, VL, 2 * VL, 3 * VL, 4 * VL, 5 * VL, 6 * VL, 7 * VL), xf, xb)
 
 
 @functools.lru_cache(maxsize=64)  # (per shape; never written)
@@ -1008,7 +1015,7 @@ def _pooled_data(gp, idx, y, wf, kh, kw, passes, pt, pl, oh, ow, hp, wp, gx, thr
     npass = passes.shape[0]
     bad = 0
     for t in prange(threads):
-        xf = np.empty(cb * ps, np.float32)
+        xf = np.empty(cb * ps + VL, np.float32)  # (a vector past the end: _spd_run's last load)
         cnt = np.empty(p_n, np.int64)
         co = np.empty(p_n * s, np.int64)
         cg = np.empty(p_n * s, np.float32)
@@ -1022,11 +1029,8 @@ def _pooled_data(gp, idx, y, wf, kh, kw, passes, pt, pl, oh, ow, hp, wp, gx, thr
                 for u in range(npass):
                     v0, nv, r0 = passes[u, 0], passes[u, 1], passes[u, 2]
                     base = b * kb + (r0 * kw + v0) * VL
-                    for p in range(p_n):
-                        m = cnt[p]
-                        if m:
-                            _spd_width(wf, co, cg, p * s, m, base, nv, xf,
-                                       b * ps + (p // ow + r0) * rs + (p % ow + v0) * VL)
+                    for r in range(oh):
+                        _spd_width(wf, co, cg, cnt, r * ow, s, ow, base, nv, xf, b * ps + (r + r0) * rs + v0 * VL)
             for b in range(cb):  # (channels-last, padded -> gx[i])
                 for ci in range(min(VL, c - b * VL)):
                     for r in range(h):
