@@ -803,7 +803,7 @@ cdef int _cells(const _Unpool* up, Py_ssize_t i, Py_ssize_t OW, Py_ssize_t ws,
     """Image ``i``'s winners (as :func:`_winners`: gradient times the ReLU's 1 or 0, zeros
     dropped, NaN kept) bucketed by output cell, each cell's in output-channel order.  Returns 1
     if an index lies outside its own window (then nothing is valid)."""
-    cdef Py_ssize_t PW = OW // 2, PHW = up.PHW, S = up.C + 1, o, k, c0, d, p, s
+    cdef Py_ssize_t PW = OW // 2, PHW = up.PHW, S = up.C + 1, o, k, c0, d, p, s, r, j
     cdef const float* gp
     cdef const int* ix
     cdef const float* yy
@@ -814,19 +814,21 @@ cdef int _cells(const _Unpool* up, Py_ssize_t i, Py_ssize_t OW, Py_ssize_t ws,
         gp = up.gp + k
         ix = up.idx + k
         yy = up.y + k if up.y != NULL else NULL
-        for k in range(PHW):
-            c0 = 2 * (k // PW * OW + k % PW)  # (the window's upper left cell)
-            d = ix[k] - c0
-            ok = (d == 0) | (d == 1) | (d == OW) | (d == OW + 1)
-            bad |= 1 - ok
-            p = c0 + d * ok
-            v = gp[k]
-            if yy != NULL:
-                v = v * (<float>1.0 if yy[k] > 0 else <float>0.0)
-            s = cnt[p]  # (one slot more per cell: a dropped winner is written past the last one)
-            co[p * S + s] = o * ws
-            cg[p * S + s] = v
-            cnt[p] = <int>(s + ((v != 0) & ok))
+        for r in range(PHW // PW):
+            for j in range(PW):
+                k = r * PW + j
+                c0 = 2 * (r * OW + j)  # (the window's upper left cell)
+                d = ix[k] - c0
+                ok = (d == 0) | (d == 1) | (d == OW) | (d == OW + 1)
+                bad |= 1 - ok
+                p = c0 + d * ok
+                v = gp[k]
+                if yy != NULL:
+                    v = v * (<float>1.0 if yy[k] > 0 else <float>0.0)
+                s = cnt[p]  # (one slot more per cell: a dropped winner is written past the last one)
+                co[p * S + s] = o * ws
+                cg[p * S + s] = v
+                cnt[p] = <int>(s + ((v != 0) & ok))
     return bad
 
 
@@ -835,9 +837,10 @@ cdef int _data_pooled(const _Unpool* up, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_
                       const _A* gx,    # OUT (N, C, H, W)
                       int nt) except -1:
     """The input gradient of a stride-1 pooled convolution from the pooling's winners
-    (docs/PERFORMANCE.md, section 9, "Pooled input gradient"): per image, cell by cell in pixel
-    order, the kernels of the cell's winning output channels times their gradients (in channel
-    order, one FMA each) added to the image's channels-last gradient, in blocks of VL channels.
+    (docs/PERFORMANCE.md, section 9, "Pooled input gradient"): per image and block of VL
+    channels, pass by pass (a kernel row's run of vectors), cell by cell in pixel order, the
+    kernels of the cell's winning output channels times their gradients (in channel order, one
+    FMA each) added to the image's channels-last gradient (:c:func:`fcd_spd_row`).
     Returns 1 if an index lies outside its own window or ``w`` holds a value that is not finite
     (where a dropped zero term would be NaN): the caller then runs the dense kernel, which
     writes all of ``gx``."""
@@ -898,15 +901,15 @@ cdef int _data_pooled(const _Unpool* up, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_
                                 fcd_spd_row(wp + cb * KB + (pas[u, 2] * KW + pas[u, 0]) * VL, co + h * OW * S,
                                             cg + h * OW * S, cnt + h * OW, S, OW, pas[u, 1],
                                             xc + cb * PS + (h + pas[u, 2]) * RS + pas[u, 0] * VL)
-                    # xc (channels-last, padded) -> gx[i] (C, H, W)
+                    # xc (channels-last, padded) -> gx[i] (C, H, W), row by row of each plane
                     for cb in range(CB):
                         nc = min(VL, C - cb * VL)
-                        for h in range(H):
-                            for x in range(W):
-                                xs = xc + cb * PS + ((pt + h) * Wp + pl + x) * VL
-                                xd = dxp + ((i * C + cb * VL) * H + h) * W + x
-                                for l in range(nc):
-                                    xd[l * H * W] = xs[l]
+                        for l in range(nc):
+                            for h in range(H):
+                                xs = xc + cb * PS + ((pt + h) * Wp + pl) * VL + l
+                                xd = dxp + ((i * C + cb * VL + l) * H + h) * W
+                                for x in range(W):
+                                    xd[x] = xs[x * VL]
     finally:
         free(mem)
     return bad
@@ -918,9 +921,11 @@ cdef _Key _pool_bwd_ok
 def conv2d_direct_backward_maxpool2(gp, idx, y, x, w, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl,
                                     Py_ssize_t oh, Py_ssize_t ow, gx, gw, gb):
     """Gradients of :func:`conv2d_direct_forward_maxpool2` from the gradient of its pooled
-    output (see :func:`fastcnn._ref.conv2d_direct_backward_maxpool2`): each image's full-size
-    output gradient is rebuilt in a thread's scratch where the kernels pack it, never as a
-    whole array (at strides > 1 the input gradient still builds one).  gp (N, OC, oh // 2,
+    output (see :func:`fastcnn._ref.conv2d_direct_backward_maxpool2`): from the pooling's
+    winners where the kernel is large enough (:func:`_weight_pooled`, :func:`_data_pooled`),
+    else each image's full-size output gradient is rebuilt in a thread's scratch where the
+    kernels pack it, never as a whole array (at strides > 1 the input gradient still builds
+    one).  gp (N, OC, oh // 2,
     ow // 2) float32 and idx int32 the same shape, y that shape or (0, 0, 0, 0) (no ReLU), x
     (N, C, H, W), w (OC, C, KH, KW), gx x's shape or (0, 0, 0, 0), gw w's, gb (OC,) or (0,)
     float32."""
@@ -958,12 +963,10 @@ def conv2d_direct_backward_maxpool2(gp, idx, y, x, w, Py_ssize_t sh, Py_ssize_t 
     if C * KH * KW < POOLED_WGRAD_MIN_PATCH or _weight_pooled(&g, &up, &a, &dw, &db, nw):
         bad = _weight(&g, NULL, &up, &a, &dw, &db, nw)
     cdef int nt = _threads_for(N * C * H * W)
-    if dx.shape[0] and sh == 1 and sw == 1 and C * KH * KW >= POOLED_DGRAD_MIN_PATCH and not _data_pooled(
-            &up, oh, ow, pt, pl, &f, &dx, nt):
-        pass
-    elif dx.shape[0] and sh == 1 and sw == 1:
-        fcd_geo_init(&g, OC, oh, ow, 1, 1, C, KH, KW, 1, 1, KH - 1 - pt, KW - 1 - pl, H, W, fcd_J)
-        bad += _direct(&g, NULL, N, <float*>f.p, 1, NULL, 0, <float*>dx.p, nt, 0, NULL, &up)
+    if dx.shape[0] and sh == 1 and sw == 1:
+        if C * KH * KW < POOLED_DGRAD_MIN_PATCH or _data_pooled(&up, oh, ow, pt, pl, &f, &dx, nt):
+            fcd_geo_init(&g, OC, oh, ow, 1, 1, C, KH, KW, 1, 1, KH - 1 - pt, KW - 1 - pl, H, W, fcd_J)
+            bad += _direct(&g, NULL, N, <float*>f.p, 1, NULL, 0, <float*>dx.p, nt, 0, NULL, &up)
     elif dx.shape[0]:  # (strided: the phases read a whole gradient array)
         full = np.empty((N, OC, oh, ow), np.float32)
         _arr(full, cnp.NPY_FLOAT32, 4, True, "full", &fu)

@@ -932,20 +932,21 @@ def _cells(gf, jf, yf, relu, i, oc, ow, phw, ws, cnt, co, cg):
     s = oc + 1
     bad = 0
     for o in range(oc):
-        k0 = (i * oc + o) * phw
-        for k in range(phw):
-            c0 = 2 * (k // pw * ow + k % pw)  # (the window's upper left cell)
-            d = jf[_u(k0 + k)] - c0
-            ok = (d == 0) | (d == 1) | (d == ow) | (d == ow + 1)
-            bad += 1 - ok
-            p = c0 + d * ok
-            v = gf[_u(k0 + k)]
-            if relu:
-                v = v * np.float32(yf[_u(k0 + k)] > 0)
-            e = cnt[p]
-            co[_u(p * s + e)] = o * ws
-            cg[_u(p * s + e)] = v
-            cnt[p] = e + ((v != 0) & ok)
+        for r in range(phw // pw):
+            for j in range(pw):
+                k = (i * oc + o) * phw + r * pw + j
+                c0 = 2 * (r * ow + j)  # (the window's upper left cell)
+                d = jf[_u(k)] - c0
+                ok = (d == 0) | (d == 1) | (d == ow) | (d == ow + 1)
+                bad += 1 - ok
+                p = c0 + d * ok
+                v = gf[_u(k)]
+                if relu:
+                    v = v * np.float32(yf[_u(k)] > 0)
+                e = cnt[p]
+                co[_u(p * s + e)] = o * ws
+                cg[_u(p * s + e)] = v
+                cnt[p] = e + ((v != 0) & ok)
     return bad
 
 
