@@ -10,11 +10,11 @@ dense one in units of the direct kernels' bound (1e-5 of the sum of absolute ter
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benches/probes/pooled_dgrad.py [BACKEND] [THREADS]
 """
 import sys
-import time
 
 import fastcnn  # isort: skip  (before NumPy: docs/PERFORMANCE.md)
 
 import numpy as np
+from pooled_wgrad import alternated, label, pooled_layer
 
 from fastcnn import _backend, _config
 
@@ -30,12 +30,7 @@ def main(backend="cython", threads=2, reps=21):
     print(f"backend={backend} threads={fastcnn.get_num_threads()}; median ms: primitive with the input gradient / "
           "primitive for the weights + Winograd input gradient / dense composition")
     for n, c, oc, hw, kk, p in SHAPES:
-        x = rng.standard_normal((n, c, hw, hw), dtype=np.float32)
-        w = rng.standard_normal((oc, c, kk, kk), dtype=np.float32) * np.float32(0.1)
-        y = np.empty((n, oc, hw // 2, hw // 2), np.float32)
-        idx = np.empty(y.shape, np.int32)
-        k.conv2d_direct_forward_maxpool2(x, w, np.zeros(oc, np.float32), 1, 1, p, p, 1, hw, hw, y, idx)
-        gp = rng.standard_normal(y.shape, dtype=np.float32)
+        x, w, y, idx, gp = pooled_layer(k, rng, n, c, oc, hw, kk, p, 0.1)
         out = {name: (np.empty_like(x), np.empty_like(w), np.empty(oc, np.float32))
                for name in ("primitive", "winograd", "dense")}
         g, full = np.empty_like(gp), np.empty((n, oc, hw, hw), np.float32)
@@ -57,22 +52,14 @@ def main(backend="cython", threads=2, reps=21):
             k.conv2d_direct_backward_weight(full, x, 1, 1, p, p, gw, gb)
             k.conv2d_direct_backward_data(full, w, 1, 1, p, p, gx)
 
-        fns = {"primitive": primitive, "winograd": winograd, "dense": dense}
-        times = {name: [] for name in fns}
-        for _ in range(reps):
-            for name, fn in fns.items():
-                t0 = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - t0)
+        med = alternated({"primitive": primitive, "winograd": winograd, "dense": dense}, reps)
         scale = np.empty(x.shape, np.float32)
         k.conv2d_direct_backward_data(np.abs(full), np.abs(w), 1, 1, p, p, scale)
         err = np.abs(out["primitive"][0].astype(np.float64) - out["dense"][0]) / (1e-5 * scale.astype(np.float64)
                                                                                   + 1e-30)
-        med = {name: float(np.median(t[1:])) * 1e3 for name, t in times.items()}
-        how = "winners" if c * kk * kk >= _config.POOLED_DGRAD_MIN_PATCH else "dense"
-        print(f"  {n}x{c}x{hw}x{hw} -> {oc}, {kk}x{kk} pad {p} ({c * kk * kk} values per output channel: {how}; "
-              f"{np.mean(y > 0):.0%} of the windows positive): {med['primitive']:.2f} / {med['winograd']:.2f} / "
-              f"{med['dense']:.2f} ms; input gradient within {err.max():.3f} x the bound of the dense one")
+        print(f"  {label(n, c, oc, hw, kk, p, y, _config.POOLED_DGRAD_MIN_PATCH)}: {med['primitive']:.2f} / "
+              f"{med['winograd']:.2f} / {med['dense']:.2f} ms; input gradient within {err.max():.3f} x the bound "
+              "of the dense one")
 
 
 if __name__ == "__main__":
