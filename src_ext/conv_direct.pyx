@@ -870,14 +870,14 @@ cdef int _data_pooled(const _Unpool* up, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_
     cdef float* cg
     cdef const float* xs
     cdef float* xd
-    cdef Py_ssize_t b, i, o, c, k, e, p, u, cb, m, h, x, l, nc
+    cdef Py_ssize_t b, i, o, c, k, u, cb, h, x, l, nc
     cdef unsigned nf = 0
     cdef int bad = 0
     try:
         with nogil:
             # wp[o][c // VL][kh][kw][c % VL], channels past C zero; nf: any value not finite.
-            memset(wp, 0, OC * WS * sizeof(float))
-            for o in range(OC):
+            for o in prange(OC, schedule='static', num_threads=nt):
+                memset(wp + o * WS, 0, WS * sizeof(float))
                 for c in range(C):
                     for k in range(KH * KW):
                         wp[o * WS + (c // VL) * KB + k * VL + c % VL] = wsrc[(o * C + c) * KH * KW + k]

@@ -1042,6 +1042,27 @@ def _pooled_data(gp, idx, y, wf, kh, kw, passes, pt, pl, oh, ow, hp, wp, gx, thr
     return bad
 
 
+@parallel_kernel
+def _pack_kernels(w, wf):
+    """``wf[o][c // VL][kh][kw][c % VL] = w[o, c, kh, kw]``, channels past C zero; returns how
+    many values of ``w`` are not finite."""
+    oc, c, kh, kw = w.shape
+    ks = (c + VL - 1) // VL * kh * kw * VL
+    bad = 0
+    for o in prange(oc):
+        nb = 0
+        for e in range(ks):
+            wf[o * ks + e] = 0.0
+        for ch in range(c):
+            for i in range(kh):
+                for j in range(kw):
+                    v = w[o, ch, i, j]
+                    nb += not np.isfinite(v)
+                    wf[o * ks + ((ch // VL * kh + i) * kw + j) * VL + ch % VL] = v
+        bad += nb
+    return bad
+
+
 def _pooled_input_grad(gp, idx, y, w, pt, pl, oh, ow, gx):
     """``gx`` from the pooling's winners (docs/PERFORMANCE.md, section 9, "Pooled input
     gradient"; stride 1).  False if an index lies outside its own window or ``w`` holds a
@@ -1049,12 +1070,9 @@ def _pooled_input_grad(gp, idx, y, w, pt, pl, oh, ow, gx):
     dense kernel, which writes all of ``gx``."""
     n, c, h, wd = gx.shape
     oc, _, kh, kw = w.shape
-    if not np.isfinite(w).all():
+    wf = np.empty(oc * -(-c // VL) * VL * kh * kw, np.float32)
+    if _pack_kernels(np.ascontiguousarray(w), wf):
         return False
-    cb = -(-c // VL)
-    wf = np.zeros((oc, cb * VL, kh, kw), np.float32)
-    wf[:, :c] = w
-    wf = np.ascontiguousarray(wf.reshape(oc, cb, VL, kh, kw).transpose(0, 1, 3, 4, 2)).reshape(-1)
     hp, wp = max(pt + h, oh + kh - 1), max(pl + wd, ow + kw - 1)
     threads = min(_threads.get_num_threads(), n)
     return not _pooled_data(gp, idx, y, wf, kh, kw, _spd_passes(kh, kw), pt, pl, oh, ow, hp, wp, gx, threads)
@@ -1071,10 +1089,9 @@ def conv2d_direct_backward_maxpool2(gp, idx, y, x, w, sh, sw, pt, pl, oh, ow, gx
     n, c, kh, kw = x.shape[0], x.shape[1], w.shape[2], w.shape[3]
     pooled = n > 0 and c * kh * kw >= _config.POOLED_WGRAD_MIN_PATCH and _pooled_weight(gp, idx, y, x, sh, sw, pt,
                                                                                         pl, oh, ow, gw, gb)
-    if gx.size and sh == sw == 1 and c * kh * kw >= _config.POOLED_DGRAD_MIN_PATCH and _pooled_input_grad(
-            gp, idx, y, w, pt, pl, oh, ow, gx):
-        gx = gx[:0]  # (done)
-    if pooled and not gx.size:
+    dense_gx = gx.size > 0 and not (sh == sw == 1 and c * kh * kw >= _config.POOLED_DGRAD_MIN_PATCH
+                                    and _pooled_input_grad(gp, idx, y, w, pt, pl, oh, ow, gx))
+    if pooled and not dense_gx:
         return
     g = gp
     if y.size:
@@ -1084,7 +1101,7 @@ def conv2d_direct_backward_maxpool2(gp, idx, y, x, w, sh, sw, pt, pl, oh, ow, gx
     _pool.maxpool2d_backward(g, idx, full)
     if not pooled:
         conv2d_direct_backward_weight(full, x, sh, sw, pt, pl, gw, gb)
-    if gx.size:
+    if dense_gx:
         conv2d_direct_backward_data(full, w, sh, sw, pt, pl, gx)
 
 
