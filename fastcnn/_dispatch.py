@@ -152,20 +152,17 @@ def _direct_wins(module, n, c, oc, kh, kw, backward, input_grad=True, pooled=Fal
     """The ``auto`` rule for the direct kernels of backend module ``module`` (its name), from
     benches/conv_direct_gflops.py and benches/probes/plan_compare.py (docs/PERFORMANCE.md,
     section 9).  Never for a 1x1 kernel (one SGEMM on the per-image path) or fewer than 8
-    output channels.  Cython: forward always; backward with more than 3 input channels, or
-    when only the weight gradient of a batch is wanted (first layers: an input gradient of 1-3
-    channels fills few lanes; at batch 1 one GEMM is faster).  Numba: forward with 3+ input
-    channels, of a batch (one-channel first layers: direct since the tenth session), or with
-    the fused 2x2 pooling (its pooling in the kernel since the twenty-second session);
-    backward with more than 3 (strided too since the nineteenth session: docs/PERFORMANCE.md,
-    section 10)."""
+    output channels.  Backward (both): with more than 3 input channels, or when only the
+    weight gradient of a batch is wanted (first layers: an input gradient of 1-3 channels fills
+    few lanes; at batch 1 one GEMM is faster; Numba's since the twenty-ninth session).
+    Forward: Cython always; Numba with 3+ input channels, of a batch (one-channel first layers:
+    direct since the tenth session), or with the fused 2x2 pooling (its pooling in the kernel
+    since the twenty-second session)."""
     if (kh == 1 and kw == 1) or oc < 8:
         return False
-    if module == "fastcnn._kernels":
-        return c > 3 if backward else (c >= 3 or n > 1 or pooled)
     if backward:
         return c > 3 or (not input_grad and n > 1)
-    return True
+    return module != "fastcnn._kernels" or c >= 3 or n > 1 or pooled
 
 
 def _winograd_wins(module, n, c, oc, k):

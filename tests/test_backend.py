@@ -852,6 +852,39 @@ def test_pooled_input_grad_same_bytes_in_both_backends():
         assert all(a.tobytes() == got[0].tobytes() for a in got[1:]), case
 
 
+def test_direct_weight_grad_same_bytes_in_both_backends():
+    """The direct weight and bias gradients sum in one order in both compiled backends (each
+    tap and channel over the images in slots, the slots in order; the bias per image in pixel
+    order, then the images): the same bytes on the active instruction set, through every tile
+    kind (a whole one-channel 5x5 and three-channel 3x3 kernel in one vector's tile, rows of 5
+    and of 3 taps, single taps at stride 2 and for 7-wide rows), and from the pooled gradient
+    (each image unpooled where it is packed) as from the unpooled one."""
+    if len(DIRECT) < 2:
+        pytest.skip("needs both compiled backends")
+    cases = [(3, 1, 14, 13, 16, 5, 5, 1, 2), (2, 3, 11, 12, 16, 3, 3, 1, 1), (9, 1, 12, 12, 32, 5, 5, 1, 2),
+             (2, 5, 9, 10, 20, 3, 3, 1, 1), (2, 3, 13, 12, 24, 3, 3, 2, 1), (1, 2, 10, 11, 9, 7, 7, 1, 3)]
+    for case in cases:
+        g, x, wt, b, gy = direct_data(case, 6)
+        got = []
+        for name in DIRECT:
+            k = _backend.ops(name)
+            gw, gb = np.empty(wt.shape, np.float32), np.empty(wt.shape[0], np.float32)
+            k.conv2d_direct_backward_weight(gy, x, g.sh, g.sw, g.pt, g.pl, gw, gb)
+            out = [gw, gb]
+            if g.sh == g.sw == 1 and g.oh > 1 and g.ow > 1:
+                y = np.empty((x.shape[0], wt.shape[0], g.oh // 2, g.ow // 2), np.float32)
+                idx = np.empty(y.shape, np.int32)
+                k.conv2d_direct_forward_maxpool2(x, wt, b, 1, 1, g.pt, g.pl, 1, g.oh, g.ow, y, idx)
+                gp = np.random.default_rng(7).standard_normal(y.shape, dtype=np.float32)
+                pw, pb = np.empty_like(gw), np.empty_like(gb)
+                k.conv2d_direct_backward_maxpool2(gp, idx, y, x, wt, 1, 1, g.pt, g.pl, g.oh, g.ow,
+                                                  np.empty((0, 0, 0, 0), np.float32), pw, pb)
+                out += [pw, pb]
+            got.append(out)
+        for a, want in zip(got[1], got[0]):
+            assert a.tobytes() == want.tobytes(), case
+
+
 @pytest.mark.parametrize("name", DIRECT)
 def test_direct_bit_identical_run_to_run_and_across_threads(name):
     """Fixed summation order: repeated runs, and 1 vs 2 threads, agree bit for bit (the

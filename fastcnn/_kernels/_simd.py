@@ -19,16 +19,16 @@ from numba.extending import intrinsic, models, register_model
 
 from .. import _config
 
-#: The largest VL of any path, and a multiple of every path's weight-gradient tile height
-#: (WT or 2*WT taps): callers size their buffers with these, so that a kernel compiled for any
-#: path stays inside them.
+#: The largest VL of any path: callers size their buffers with it, so that a kernel compiled for
+#: any path stays inside them.
 MAX_VL = 16
-MAX_TAPS = 24
 
 _ISA = _config.NUMBA_ISA["isa"]
 #: (lanes, output channels per forward tile, pixel vectors per forward tile, taps per
-#: weight-gradient tile of 2 channel vectors), as the Cython kernels' per ISA.
+#: weight-gradient tile of 2 channel vectors), as the Cython kernels' per ISA; TAPS_MAX: the
+#: taps of a weight-gradient tile of one channel vector, at most (the Cython FCD_TAPS_MAX).
 VL, J, V, WT = {"avx512": (16, 8, 3, 12), "avx2": (8, 4, 3, 6), "baseline": (4, 4, 2, 6)}.get(_ISA, (8, 4, 3, 6))
+TAPS_MAX = 27 if VL == 16 else 2 * WT
 #: Channel tiles of the direct forward (as the Cython kernels' FCD_CV, FCD_CR): CV output-channel
 #: vectors (JC channels) x up to CR pixels.
 CV = 2
@@ -274,6 +274,12 @@ def tile_fma_rows3(typingctx, acc, xv, src, base, off, o0):
 
 
 @intrinsic
+def tile_fma_rows5(typingctx, acc, xv, src, base, off, o0):
+    """:func:`tile_fma_rows3` for taps in rows of 5."""
+    return acc(acc, xv, src, base, off, o0), _tap_fma(5)
+
+
+@intrinsic
 def rtile_zero(typingctx, rows, offs):
     """``len(rows) * len(offs)`` zero vectors (a tile of :func:`tile_fma_splat`)."""
     tt = types.UniTuple(vec, rows.count * offs.count)
@@ -334,10 +340,6 @@ def tile_store_head(typingctx, arr, base, acc):
     return types.none(arr, base, acc), codegen
 
 
-#: Accumulators of a weight-gradient tile (taps x channel vectors).
-_WTILE = types.UniTuple(vec, 2 * WT)
-
-
 def _tile_ptrs(context, builder, sig, args, count):
     """Vector pointers to ``g[base + r*pitch + offs[v]]`` of a tile of ``count`` vectors, row by
     row (args g, base, pitch, offs)."""
@@ -358,17 +360,6 @@ def _tile_rows(context, builder, sig, args, count):
     """The ``count`` vectors ``g[base + r*pitch + offs[v] : ... + VL]``, row by row (args g,
     base, pitch, offs)."""
     return [builder.load(q, align=4) for q in _tile_ptrs(context, builder, sig, args, count)]
-
-
-@intrinsic
-def wtile_load(typingctx, g, base, pitch, offs):
-    """A weight-gradient tile from ``g[base + r*pitch + offs[v]]`` (or zeros if ``g`` is None),
-    ``2*WT / len(offs)`` rows."""
-    def codegen(context, builder, sig, args):
-        if isinstance(sig.args[0], types.NoneType):
-            return context.make_tuple(builder, _WTILE, [ir.Constant(_LLV, [0.0] * VL)] * _WTILE.count)
-        return context.make_tuple(builder, _WTILE, _tile_rows(context, builder, sig, args, _WTILE.count))
-    return _WTILE(g, base, pitch, offs), codegen
 
 
 @intrinsic

@@ -18,12 +18,12 @@ from .. import _backend, _config, _threads
 from .._shapes import zeros
 from . import activation as _activation
 from . import pool as _pool
-from ._common import _u, add_plane, block, check_once, helper, parallel_kernel, total
+from ._common import _u, block, check_once, helper, parallel_kernel
 from ._simd import (
     CR,
     JC,
-    MAX_TAPS,
     MAX_VL,
+    TAPS_MAX,
     VL,
     WT,
     J,
@@ -34,6 +34,7 @@ from ._simd import (
     tile_fma,
     tile_fma_at,
     tile_fma_rows3,
+    tile_fma_rows5,
     tile_fma_splat,
     tile_load,
     tile_roll,
@@ -46,7 +47,6 @@ from ._simd import (
     vput_pairs,
     vstore,
     vtranspose,
-    wtile_load,
 )
 
 
@@ -573,65 +573,135 @@ def _image_channels_last(gf, s0, oc, pn, tf, d0, ocv):
             tf[_u(d0 + p * ocv + o)] = 0.0
 
 
-@parallel_kernel(fma=True)
-def _channels_last(gy, gt):
-    """``gt[b, p, o] = gy[b, o, p]`` (p = oh*OW + ow, ``gy`` contiguous), 0 for the channels past
-    OC (:func:`_image_channels_last`)."""
-    n, oc, oh, ow = gy.shape
-    ocv = gt.shape[2]
-    pn = oh * ow
-    gf = gy.reshape(gy.size)
-    tf = gt.reshape(gt.size)
-    for b in prange(n):
-        _image_channels_last(gf, b * oc * pn, oc, pn, tf, b * pn * ocv, ocv)
-
-
-@helper
-def _wgrad_tile(xf, xs, gf, gs, i0, ni, oh, ow, wq, ocv, offs, off, q0, part, pb, add, rows3):
-    """One weight-gradient tile: the channel vectors at ``offs`` x the taps ``off[q0 ...]``
-    (``rows3``: in rows of 3, :func:`tile_fma_rows3`), over the output positions of images
-    ``i0 .. i0+ni`` (in order; image ``i0`` packed at ``xf[0]``), started from ``part[pb
-    ...]`` (``add``) or zero, stored back there (row pitch ``ocv``)."""
-    acc = wtile_load(part, pb, ocv, offs) if add else wtile_load(None, pb, ocv, offs)
-    for i in range(i0, i0 + ni):
-        for r in range(oh):
-            xr = (i - i0) * xs + r * wq
-            gr = i * gs + r * ow * ocv
-            if rows3:
+def _wgrad_tile_with(fma):
+    """The weight-gradient tile whose taps ``fma`` adds (:func:`tile_fma_at`, or in rows of 3
+    or 5: :func:`tile_fma_rows3`, :func:`tile_fma_rows5`; the caller's tile whole rows)."""
+    @helper
+    def tile(xf, xs, gf, gs, i0, ni, oh, ow, wq, ocv, offs, off, q0, part, pb, add, zero):
+        """One weight-gradient tile of ``zero``'s size: the channel vectors at ``offs`` x the
+        taps ``off[q0 ...]``, over the output positions of images ``i0 .. i0+ni`` (in order;
+        image ``i0`` packed at ``xf[0]``, its channels-last gradient at ``gf[0]``), started
+        from ``part[pb ...]`` (``add``) or zero, stored back there (row pitch ``ocv``)."""
+        acc = tile_load(part, pb, ocv, offs, zero) if add else zero
+        for i in range(i0, i0 + ni):
+            for r in range(oh):
+                xr = (i - i0) * xs + r * wq
+                gr = (i - i0) * gs + r * ow * ocv
                 for q in range(ow):
-                    acc = tile_fma_rows3(acc, vloads(gf, gr + q * ocv, offs), xf, xr + q, off, q0)
-            else:
-                for q in range(ow):
-                    acc = tile_fma_at(acc, vloads(gf, gr + q * ocv, offs), xf, xr + q, off, q0)
-    tile_store(part, pb, ocv, offs, acc)
+                    acc = fma(acc, vloads(gf, gr + q * ocv, offs), xf, xr + q, off, q0)
+        tile_store(part, pb, ocv, offs, acc)
+    return tile
 
 
-@helper
-def _taps_per_tile(ocv):
-    """Taps T of a weight-gradient tile: 2*WT accumulators = T taps x 2 channel vectors when
-    the channel vectors pair up, else 2*WT taps x 1."""
-    return WT if (ocv // VL) % 2 == 0 else 2 * WT
+_wgrad_at, _wgrad_rows3, _wgrad_rows5 = (_wgrad_tile_with(f) for f in (tile_fma_at, tile_fma_rows3, tile_fma_rows5))
+
+
+#: Tap counts of the weight-gradient tiles (:func:`_wgrad_tiling`), as tuples to size them: 2 or
+#: 1 channel vectors of WT or 2*WT taps, of whole rows of 5, and one vector of a whole
+#: one-channel 5x5 or three-channel 3x3 kernel.
+_T_WT, _T_2WT = tuple(range(WT)), tuple(range(2 * WT))
+_T_5V2, _T_5V1 = tuple(range(WT // 5 * 5)), tuple(range(2 * WT // 5 * 5))
+_T_25, _T_27 = tuple(range(25)), tuple(range(27))
+
+
+def _wgrad_tiling(ocv, q, kw, sw):
+    """``(channel vectors, taps, tap row width)`` of a weight-gradient tile, the Cython kernels'
+    rule: 2 channel vectors when they pair up, else 1; at horizontal stride 1 a kernel row of 3
+    or 5 taps keeps a tile to whole rows (one offset per row); one vector of all ``q`` taps of a
+    one-channel 5x5 or three-channel 3x3 kernel where ``TAPS_MAX`` registers hold them."""
+    nv = 2 if (ocv // VL) % 2 == 0 else 1
+    tw = kw if sw == 1 and kw in (3, 5) else 1
+    t_n = (2 * WT // nv // tw) * tw
+    if nv == 1 and ((tw == 5 and q == 25) or (tw == 3 and q == 27)) and q <= TAPS_MAX:
+        t_n = q
+    return nv, t_n, tw
+
+
+@njit(**_config.NUMBA_SERIAL)  # (a function of its own, as _winners)
+def _unpool_channels_last(gf, jf, yf, relu, i, oc, oh, ow, tf, d0, ocv, vt, it):
+    """Image ``i``'s full-size gradient channels-last (as :func:`_image_channels_last` of
+    relu_backward then maxpool2d_backward; the Cython backend's ``fcd_unpool_grad_t``) from the
+    pooled gradient ``gf``, indices ``jf`` (their bits as float32) and ReLU output ``yf``: the
+    pooled planes channels-last into ``vt`` and ``it`` (PH*PW*ocv floats each; ``vt`` times the
+    ReLU's 1 or 0), then each cell's channels by one select: ``0.0 + g`` where the window's
+    index is the cell, else zero.  Returns how many windows hold an index outside it."""
+    ph, pw = oh // 2, ow // 2
+    phw = ph * pw
+    ix = it.view(np.int32)
+    _image_channels_last(gf, i * oc * phw, oc, phw, vt, 0, ocv)
+    _image_channels_last(jf, i * oc * phw, oc, phw, it, 0, ocv)
+    for k in range(phw):
+        for o in range(oc, ocv):
+            ix[k * ocv + o] = -1  # (the padding channels: in no window)
+    if relu:
+        _image_channels_last(yf, i * oc * phw, oc, phw, tf, d0, ocv)  # (tf: scratch until the cells below)
+        for e in range(phw * ocv):
+            vt[e] = vt[e] * np.float32(tf[_u(d0 + e)] > 0)
+    z = np.float32(0.0)
+    bad = 0
+    for a in range(oh):
+        for b in range(ow):
+            d = d0 + (a * ow + b) * ocv
+            if a >= 2 * ph or b >= 2 * pw:  # (past the last window: zero)
+                for o in range(ocv):
+                    tf[_u(d + o)] = 0.0
+                continue
+            k = ((a // 2) * pw + b // 2) * ocv
+            p = a * ow + b
+            for o in range(ocv):  # (0 + g: the scatter-add's sum, -0.0 -> +0.0)
+                tf[_u(d + o)] = z + vt[k + o] if ix[k + o] == p else z
+    for r in range(ph):  # (each window's indices inside it)
+        for j in range(pw):
+            k = (r * pw + j) * ocv
+            p = 2 * (r * ow + j)
+            miss = 0
+            for o in range(oc):
+                q = ix[k + o]
+                miss |= (q != p) & (q != p + 1) & (q != p + ow) & (q != p + ow + 1)
+            bad += miss
+    return bad
+
+
+@njit(**_config.NUMBA_SERIAL)
+def _column_sums(tf, d0, pn, ocv, nb, bsum, i):
+    """``bsum[i, o]``: column ``o < nb`` of an image's channels-last gradient ``tf[d0 ...]``
+    summed in float64 in pixel order (as the Cython backend's ``fcd_grad_t_sums``)."""
+    acc = np.zeros(nb, np.float64)  # (its own array: the loop over the columns vectorizes)
+    for e in range(pn):
+        for o in range(nb):
+            acc[o] += np.float64(tf[_u(d0 + e * ocv + o)])
+    for o in range(nb):
+        bsum[i, o] = acc[o]
 
 
 @parallel_kernel(fma=True)
-def _backward_weight(x, sh, sw, pt, pl, hq, wq, off, gt, oh, ow, groups, ni_max, rows3, part):
+def _backward_weight(x, sh, sw, pt, pl, hq, wq, off, gy, idx, y, oh, ow, groups, ni_max, nv, t_n, tw, part, bsum):
     """``part[s, q, o]``: slot ``s``'s sum of the weight gradient of tap ``q = c*KK + kk`` (its
-    input at grid position + ``off[q]``; ``rows3``: taps in rows of 3) and output channel ``o``
-    over its images (image ``i`` in slot ``i*S//n``), in image order.  Work items: a slot's
-    images through a ``groups``-th of its tiles, ``ni_max`` images at a time, packed into the
-    item's buffer by :func:`_pad_plane` (all of a chunk's tiles while it is in cache)."""
+    input at grid position + ``off[q]``) and output channel ``o`` over its images (image ``i``
+    in slot ``i*S//n``), in image order, in tiles of ``nv`` channel vectors x ``t_n`` taps in
+    rows of ``tw`` (:func:`_wgrad_tiling`); ``bsum[i, o]``: image ``i``'s bias gradient
+    (:func:`_column_sums`; unless ``bsum`` has no columns).  Work items: a slot's images
+    through a ``groups``-th of its tiles, ``ni_max`` images at a time, packed into the item's
+    buffer by :func:`_pad_plane`, their ``oh`` x ``ow`` output gradients channels-last into its
+    other buffer (all of a chunk's tiles while they are in cache): ``gy`` transposed
+    (:func:`_image_channels_last`), or, with indices ``idx``, ``gy`` is the pooled gradient
+    (and ``y``, unless empty, the pooled ReLU output), unpooled (:func:`_unpool_channels_last`).
+    Returns how many indices lie outside their own window (then nothing is valid)."""
     n, c, h, w = x.shape
+    oc = gy.shape[1]
     xflat = x.reshape(x.size)
+    gyf, jf, yf = gy.reshape(gy.size), idx.reshape(idx.size), y.reshape(y.size)
+    pooled, relu = idx.size > 0, y.size > 0
     cs = sh * sw * hq * wq
     xs = c * cs
     ns, qt, ocv = part.shape
-    gs = gt.shape[1] * ocv
-    gf = gt.reshape(gt.size)
+    nb = bsum.shape[1]
+    pn = oh * ow
+    gs = pn * ocv
     pf = part.reshape(part.size)
-    t_n = _taps_per_tile(ocv)
-    nv = (2 * WT) // t_n
     nqb = qt // t_n
     ntiles = (ocv // (nv * VL)) * nqb
+    bad = 0
     for t in prange(ns * groups):
         s = t // groups
         g = t - s * groups
@@ -639,26 +709,62 @@ def _backward_weight(x, sh, sw, pt, pl, hq, wq, off, gt, oh, ow, groups, ni_max,
         i1 = ((s + 1) * n + ns - 1) // ns
         u0 = g * ntiles // groups
         u1 = (g + 1) * ntiles // groups
-        xf = np.zeros(ni_max * xs + MAX_TAPS + MAX_VL, np.float32)  # (zeroed: _pad_plane)
+        xf = np.zeros(ni_max * xs + MAX_VL, np.float32)  # (zeroed: _pad_plane)
+        gf = np.empty(ni_max * gs, np.float32)
+        vt = np.empty(pn // 4 * ocv if pooled else 0, np.float32)
+        it = np.empty(vt.size, np.float32)
         for i in range(i0, i1, ni_max):
             ni = min(ni_max, i1 - i)
             for k in range(ni * c):
                 _pad_plane(xflat, i * c + k, h, w, pt, pl, sh, sw, xf, k * cs, hq, wq)
+            for k in range(ni):
+                if pooled:
+                    bad += _unpool_channels_last(gyf, jf, yf, relu, i + k, oc, oh, ow, gf, k * gs, ocv, vt, it)
+                else:
+                    _image_channels_last(gyf, (i + k) * oc * pn, oc, pn, gf, k * gs, ocv)
+                if nb > 0 and g == 0:  # (the bias: once per image, by its slot's first item)
+                    _column_sums(gf, k * gs, pn, ocv, nb, bsum, i + k)
             for u in range(u0, u1):
                 ob = u // nqb
                 qb = u - ob * nqb
                 c0 = ob * nv * VL
                 pb = (s * qt + qb * t_n) * ocv
+                q0 = qb * t_n
                 if nv == 2:
-                    _wgrad_tile(xf, xs, gf, gs, i, ni, oh, ow, wq, ocv, (c0, c0 + VL), off, qb * t_n, pf, pb, i > i0,
-                                rows3)
+                    o2 = (c0, c0 + VL)
+                    if tw == 5:
+                        _wgrad_rows5(xf, xs, gf, gs, i, ni, oh, ow, wq, ocv, o2, off, q0, pf, pb, i > i0,
+                                     rtile_zero(_T_5V2, o2))
+                    elif tw == 3:
+                        _wgrad_rows3(xf, xs, gf, gs, i, ni, oh, ow, wq, ocv, o2, off, q0, pf, pb, i > i0,
+                                     rtile_zero(_T_WT, o2))
+                    else:
+                        _wgrad_at(xf, xs, gf, gs, i, ni, oh, ow, wq, ocv, o2, off, q0, pf, pb, i > i0,
+                                  rtile_zero(_T_WT, o2))
                 else:
-                    _wgrad_tile(xf, xs, gf, gs, i, ni, oh, ow, wq, ocv, (c0,), off, qb * t_n, pf, pb, i > i0, rows3)
+                    o1 = (c0,)
+                    if t_n == 25 and TAPS_MAX >= 27:
+                        _wgrad_rows5(xf, xs, gf, gs, i, ni, oh, ow, wq, ocv, o1, off, q0, pf, pb, i > i0,
+                                     rtile_zero(_T_25, o1))
+                    elif t_n == 27 and TAPS_MAX >= 27:
+                        _wgrad_rows3(xf, xs, gf, gs, i, ni, oh, ow, wq, ocv, o1, off, q0, pf, pb, i > i0,
+                                     rtile_zero(_T_27, o1))
+                    elif tw == 5:
+                        _wgrad_rows5(xf, xs, gf, gs, i, ni, oh, ow, wq, ocv, o1, off, q0, pf, pb, i > i0,
+                                     rtile_zero(_T_5V1, o1))
+                    elif tw == 3:
+                        _wgrad_rows3(xf, xs, gf, gs, i, ni, oh, ow, wq, ocv, o1, off, q0, pf, pb, i > i0,
+                                     rtile_zero(_T_2WT, o1))
+                    else:
+                        _wgrad_at(xf, xs, gf, gs, i, ni, oh, ow, wq, ocv, o1, off, q0, pf, pb, i > i0,
+                                  rtile_zero(_T_2WT, o1))
+    return bad
 
 
 @parallel_kernel(fma=True)
-def _sum_slots(part, gw):
-    """``gw[o, c, i, j] = part[0, q, o] + part[1, q, o] + ...`` (q = (c*kh + i)*kw + j), in slot order."""
+def _sum_slots(part, bsum, gw, gb):
+    """``gw[o, c, i, j] = part[0, q, o] + part[1, q, o] + ...`` (q = (c*kh + i)*kw + j), in slot
+    order; ``gb[o]`` (unless empty): the images' ``bsum[., o]`` in order, from 0.0 in float64."""
     oc, c, kh, kw = gw.shape
     kk_n = kh * kw
     for e in prange(oc * c):
@@ -670,19 +776,11 @@ def _sum_slots(part, gw):
             for s in range(1, part.shape[0]):
                 acc += part[s, q, o]
             gw[o, ci, kk // kw, kk % kw] = acc
-
-
-@parallel_kernel(fma=True)
-def _bias_grad(gy, gb):
-    """``gb[o]`` = float64 sum of ``gy[:, o]``: element-wise partials over images, then pixels."""
-    n, oc, oh, ow = gy.shape
-    p = oh * ow
-    gf = gy.reshape(gy.size)
-    for o in prange(oc):
-        acc = np.zeros(p, np.float64)
-        for b in range(n):
-            add_plane(acc, 0, gf, (b * oc + o) * p, p)
-        gb[o] = np.float32(total(acc, 0, p))
+    for o in prange(gb.size):
+        b = 0.0
+        for i in range(bsum.shape[0]):
+            b = b + bsum[i, o]
+        gb[o] = np.float32(b)
 
 
 def conv2d_direct_backward_weight(gy, x, sh, sw, pt, pl, gw, gb):
@@ -691,21 +789,29 @@ def conv2d_direct_backward_weight(gy, x, sh, sw, pt, pl, gw, gb):
     per slot of images (``_config.SLOTS``) in image order, then the slots in order, whatever
     the thread count."""
     check_once(_backend.sizes_conv2d_direct_backward_weight, gy.shape, x.shape, sh, sw, pt, pl, gw.shape, gb.shape)
-    n, c = x.shape[:2]
-    oc, oh, ow = gy.shape[1:]
-    kh, kw = gw.shape[2:]
-    if n == 0:
+    if x.shape[0] == 0:
         gw[...] = 0.0
         gb[...] = 0.0
         return
+    _weight_grad(gy, np.empty(0, np.int32), np.empty(0, np.float32), x, sh, sw, pt, pl, gy.shape[2], gy.shape[3], gw,
+                 gb)
+
+
+def _weight_grad(gy, idx, y, x, sh, sw, pt, pl, oh, ow, gw, gb):
+    """:func:`conv2d_direct_backward_weight` of the ``oh`` x ``ow`` output gradient ``gy``, or,
+    with indices ``idx``, of the unpooled pooled gradient ``gy`` (and ``y``, unless empty: the
+    pooled ReLU output); False, with ``gw`` and ``gb`` not valid, if an index lies outside its
+    own window."""
+    n, c = x.shape[:2]
+    oc = gy.shape[1]
+    kh, kw = gw.shape[2:]
     hq, wq, tab = _grid_shape(kh, kw, sh, sw, oh, ow)
     cs = sh * sw * hq * wq
-    # Channels and taps padded to whole tiles of any SIMD path (_simd.MAX_VL, MAX_TAPS); the
-    # padding taps read offset 0.
+    # Channels padded to whole vectors of any SIMD path (_simd.MAX_VL), taps to whole tiles
+    # (the padding taps read offset 0).
     ocv = -(-oc // MAX_VL) * MAX_VL
-    gt = np.empty((n, oh * ow, ocv), np.float32)
-    _channels_last(np.ascontiguousarray(gy), gt)
-    off = np.zeros(-(-c * kh * kw // MAX_TAPS) * MAX_TAPS, np.int64)
+    nv, t_n, tw = _wgrad_tiling(ocv, c * kh * kw, kw, sw)
+    off = np.zeros(-(-c * kh * kw // t_n) * t_n, np.int64)
     off[:c * kh * kw] = (np.arange(c)[:, None] * cs + tab).ravel()
     slots = min(_config.SLOTS, n)
     part = np.empty((slots, off.size, ocv), np.float32)
@@ -713,13 +819,14 @@ def conv2d_direct_backward_weight(gy, x, sh, sw, pt, pl, gw, gb):
     groups = 1 if slots >= 2 * threads else -(-2 * threads // slots)
     per_image = (oh * ow * ocv + c * cs) * 4
     ni_max = max(1, min(-(-n // slots), _config.DIRECT_WGRAD_BYTES // per_image))
-    # 3-wide rows at horizontal stride 1: every tile (T = WT or 2*WT taps, a multiple of 3 on
-    # every SIMD path) is whole tap rows, its taps at +0, +1, +2.
-    rows3 = kw == 3 and sw == 1 and WT % 3 == 0
-    _backward_weight(np.ascontiguousarray(x), sh, sw, pt, pl, hq, wq, off, gt, oh, ow, groups, ni_max, rows3, part)
-    _sum_slots(part, gw)
-    if gb.shape[0]:  # (an empty gb: no bias gradient wanted)
-        _bias_grad(gy, gb)
+    bsum = np.empty((n, gb.shape[0]), np.float64)  # (an empty gb: no bias gradient wanted)
+    # (idx's bits as float32: transposed as the gradients; idx and y flat: one compilation for both uses)
+    flat = [np.ascontiguousarray(idx).reshape(-1).view(np.float32), np.ascontiguousarray(y).reshape(-1)]
+    if _backward_weight(np.ascontiguousarray(x), sh, sw, pt, pl, hq, wq, off, np.ascontiguousarray(gy), *flat, oh, ow,
+                        groups, ni_max, nv, t_n, tw, part, bsum):
+        return False
+    _sum_slots(part, bsum, gw, gb)
+    return True
 
 
 @njit(**_config.NUMBA_SERIAL)  # (a function of its own: LLVM keeps its loop's values in registers)
@@ -867,15 +974,16 @@ def _pooled_tiles(xc, wo, wv, cnt, passes, rs, n, part):
 @parallel_kernel(fma=True)
 def _pooled_sums(part, c, gw, gp, idx, y, oh, ow, gb):
     """``gw[o, c, i, j]``: the slots' sums of ``part[., o, i*RP + j*C + c]`` in slot order; ``gb``
-    (unless empty) as :func:`_bias_grad` of the unpooled gradient: each winner's value added at
-    its cell of a float64 plane, image by image, then the plane's total."""
+    (unless empty) as :func:`_column_sums` and :func:`_sum_slots` of the unpooled gradient:
+    each image's winners (``0.0 + g``) in pixel order in float64 (its other cells are zeros,
+    which leave such a sum as it is), then the images in order."""
     ns, oc, qs = part.shape
     kh, kw = gw.shape[2:]
     rp = qs // kh
-    p = oh * ow
-    phw = gp.shape[2] * gp.shape[3]
+    ph, pw = gp.shape[2], gp.shape[3]
     gf, jf, yf = gp.reshape(gp.size), idx.reshape(idx.size), y.reshape(y.size)
     relu = y.size > 0
+    z = np.float32(0.0)
     for o in prange(oc):
         for ci in range(c):
             for i in range(kh):
@@ -886,15 +994,20 @@ def _pooled_sums(part, c, gw, gp, idx, y, oh, ow, gb):
                         acc += part[s, o, q]
                     gw[o, ci, i, j] = acc
         if gb.size:
-            plane = np.zeros(p, np.float64)
+            tot = 0.0
             for b in range(gp.shape[0]):
-                k0 = (b * oc + o) * phw
-                for k in range(phw):
-                    v = gf[_u(k0 + k)]
-                    if relu:  # (as _winners: relu_backward's product)
-                        v = v * np.float32(yf[_u(k0 + k)] > 0)
-                    plane[jf[_u(k0 + k)]] += np.float64(np.float32(0.0) + v)
-            gb[o] = np.float32(total(plane, 0, p))
+                im = 0.0
+                for r in range(ph):
+                    for a in range(2):  # (the row's upper cells, then its lower ones; indices checked)
+                        for j in range(pw):
+                            k = ((b * oc + o) * ph + r) * pw + j
+                            if (jf[_u(k)] - 2 * (r * ow + j) >= ow) == (a == 1):
+                                v = gf[_u(k)]
+                                if relu:  # (as _winners: relu_backward's product)
+                                    v = v * np.float32(yf[_u(k)] > 0)
+                                im += np.float64(z + v)
+                tot = tot + im
+            gb[o] = np.float32(tot)
 
 
 def _pooled_weight(gp, idx, y, x, sh, sw, pt, pl, oh, ow, gw, gb):
@@ -1087,8 +1200,12 @@ def conv2d_direct_backward_maxpool2(gp, idx, y, x, w, sh, sw, pt, pl, oh, ow, gx
     check_once(_backend.sizes_conv2d_direct_backward_maxpool2, gp.shape, idx.shape, y.shape, x.shape, w.shape, sh,
                sw, pt, pl, oh, ow, gx.shape, gw.shape, gb.shape)
     n, c, kh, kw = x.shape[0], x.shape[1], w.shape[2], w.shape[3]
-    pooled = n > 0 and c * kh * kw >= _config.POOLED_WGRAD_MIN_PATCH and _pooled_weight(gp, idx, y, x, sh, sw, pt,
-                                                                                        pl, oh, ow, gw, gb)
+    if n == 0:
+        pooled = False
+    elif c * kh * kw >= _config.POOLED_WGRAD_MIN_PATCH:
+        pooled = _pooled_weight(gp, idx, y, x, sh, sw, pt, pl, oh, ow, gw, gb)
+    else:  # (the dense kernel, each image unpooled where it is packed)
+        pooled = _weight_grad(gp, idx, y, x, sh, sw, pt, pl, oh, ow, gw, gb)
     dense_gx = gx.size > 0 and not (sh == sw == 1 and c * kh * kw >= _config.POOLED_DGRAD_MIN_PATCH
                                     and _pooled_input_grad(gp, idx, y, w, pt, pl, oh, ow, gx))
     if pooled and not dense_gx:
