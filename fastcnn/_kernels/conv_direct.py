@@ -618,13 +618,14 @@ def _wgrad_tiling(ocv, q, kw, sw):
 
 
 @njit(**_config.NUMBA_SERIAL)  # (a function of its own, as _winners)
-def _unpool_channels_last(gf, jf, yf, relu, i, oc, oh, ow, tf, d0, ocv, vt, it):
+def _unpool_channels_last(gf, jf, yf, relu, i, oc, oh, ow, tf, d0, ocv, vt, it, cell):
     """Image ``i``'s full-size gradient channels-last (as :func:`_image_channels_last` of
     relu_backward then maxpool2d_backward; the Cython backend's ``fcd_unpool_grad_t``) from the
     pooled gradient ``gf``, indices ``jf`` (their bits as float32) and ReLU output ``yf``: the
     pooled planes channels-last into ``vt`` and ``it`` (PH*PW*ocv floats each; ``vt`` times the
     ReLU's 1 or 0), then each cell's channels by one select: ``0.0 + g`` where the window's
-    index is the cell, else zero.  Returns how many windows hold an index outside it."""
+    index is the cell, else zero.  Returns nonzero if a window holds an index outside it
+    (``cell``: each window's first cell)."""
     ph, pw = oh // 2, ow // 2
     phw = ph * pw
     ix = it.view(np.int32)
@@ -638,7 +639,6 @@ def _unpool_channels_last(gf, jf, yf, relu, i, oc, oh, ow, tf, d0, ocv, vt, it):
         for e in range(phw * ocv):
             vt[e] = vt[e] * np.float32(tf[_u(d0 + e)] > 0)
     z = np.float32(0.0)
-    bad = 0
     for a in range(oh):
         for b in range(ow):
             d = d0 + (a * ow + b) * ocv
@@ -650,16 +650,15 @@ def _unpool_channels_last(gf, jf, yf, relu, i, oc, oh, ow, tf, d0, ocv, vt, it):
             p = a * ow + b
             for o in range(ocv):  # (0 + g: the scatter-add's sum, -0.0 -> +0.0)
                 tf[_u(d + o)] = z + vt[k + o] if ix[k + o] == p else z
-    for r in range(ph):  # (each window's indices inside it)
-        for j in range(pw):
-            k = (r * pw + j) * ocv
-            p = 2 * (r * ow + j)
-            miss = 0
-            for o in range(oc):
-                q = ix[k + o]
-                miss |= (q != p) & (q != p + 1) & (q != p + ow) & (q != p + ow + 1)
-            bad += miss
-    return bad
+    jx = jf.view(np.int32)
+    w = np.int32(ow)
+    miss = np.int32(0)
+    for o in range(oc):  # (each window's index inside it: 0, 1, OW or OW + 1 past its first cell)
+        k0 = (i * oc + o) * phw
+        for e in range(phw):
+            q = jx[k0 + e] - cell[e]
+            miss |= np.int32(((q & -2) != 0) & (((q - w) & -2) != 0))
+    return miss
 
 
 @njit(**_config.NUMBA_SERIAL)
@@ -713,13 +712,17 @@ def _backward_weight(x, sh, sw, pt, pl, hq, wq, off, gy, idx, y, oh, ow, groups,
         gf = np.empty(ni_max * gs, np.float32)
         vt = np.empty(pn // 4 * ocv if pooled else 0, np.float32)
         it = np.empty(vt.size, np.float32)
+        cell = np.empty((oh // 2) * (ow // 2) if pooled else 0, np.int32)
+        for e in range(cell.size):
+            cell[e] = 2 * ((e // (ow // 2)) * ow + e % (ow // 2))
         for i in range(i0, i1, ni_max):
             ni = min(ni_max, i1 - i)
             for k in range(ni * c):
                 _pad_plane(xflat, i * c + k, h, w, pt, pl, sh, sw, xf, k * cs, hq, wq)
             for k in range(ni):
                 if pooled:
-                    bad += _unpool_channels_last(gyf, jf, yf, relu, i + k, oc, oh, ow, gf, k * gs, ocv, vt, it)
+                    bad += _unpool_channels_last(gyf, jf, yf, relu, i + k, oc, oh, ow, gf, k * gs, ocv, vt, it,
+                                                 cell)
                 else:
                     _image_channels_last(gyf, (i + k) * oc * pn, oc, pn, gf, k * gs, ocv)
                 if nb > 0 and g == 0:  # (the bias: once per image, by its slot's first item)
