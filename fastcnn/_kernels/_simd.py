@@ -312,6 +312,39 @@ def tile_fma_splat(typingctx, acc, src, base, rows, offs, s):
 
 
 @intrinsic
+def tile_fma_splat_pitch(typingctx, acc, src, base, pitch, q, offs, s):
+    """``acc[r*V' + v] += s * src[base + r*pitch + q + offs[v] : ... + VL]`` (V' = len(offs), r <
+    len(acc) / V'): the pooled weight gradient's tile of whole rows, one broadcast of the
+    winner's gradient ``s`` per tile.  Addressed as row pointers (``src + base + r*pitch``,
+    loop invariants) + the winner's offset ``q`` + constants, so that a tile of 25 vectors needs
+    one register per row, not one per vector."""
+    def codegen(context, builder, sig, args):
+        aty, sty, bty, pty, qty, oty, _ = sig.args
+        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_LLV, [_LLV] * 3),
+                                             f"llvm.fmuladd.v{VL}f32")
+        a = context.make_array(sty)(context, builder, args[1])
+        b = context.cast(builder, args[2], bty, types.intp)
+        p = context.cast(builder, args[3], pty, types.intp)
+        q = context.cast(builder, args[4], qty, types.intp)
+        g = _splat(builder, args[6])
+        out = args[0]
+        fty = ir.FunctionType(a.data.type, [a.data.type])
+        for r in range(aty.count // oty.count):
+            row = builder.gep(a.data, [builder.add(b, builder.mul(p, ir.Constant(p.type, r)))])
+            # (an empty asm statement: the row pointer opaque in the loop, so that LLVM does not
+            # hoist one pointer per vector, row + constant, out of it)
+            row = builder.asm(fty, "", "=r,0", [row], True)
+            at = builder.gep(row, [q])
+            for v in range(oty.count):
+                o = context.cast(builder, builder.extract_value(args[5], v), oty.dtype, types.intp)
+                x = builder.load(builder.bitcast(builder.gep(at, [o]), _LLV.as_pointer()), align=4)
+                k = r * oty.count + v
+                out = builder.insert_value(out, builder.call(fma, [g, x, builder.extract_value(out, k)]), k)
+        return out
+    return acc(acc, src, base, pitch, q, offs, s), codegen
+
+
+@intrinsic
 def tile_roll(typingctx, acc, arr, st, ld):
     """A row tile rolled one vector along its row: ``acc[0]`` stored to ``arr[st : st + VL]``,
     then ``(acc[1], ..., acc[n - 1], arr[ld : ld + VL])`` (the pooled input gradient's tile,

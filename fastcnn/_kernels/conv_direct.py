@@ -36,6 +36,7 @@ from ._simd import (
     tile_fma_rows3,
     tile_fma_rows5,
     tile_fma_splat,
+    tile_fma_splat_pitch,
     tile_load,
     tile_roll,
     tile_store,
@@ -833,17 +834,21 @@ def _weight_grad(gy, idx, y, x, sh, sw, pt, pl, oh, ow, gw, gb):
 
 
 @njit(**_config.NUMBA_SERIAL)  # (a function of its own: LLVM keeps its loop's values in registers)
-def _winners(gf, jf, yf, relu, i, oc, oh, ow, x0, rstep, cstep, wo, wv, cnt):
+def _winners(gf, jf, yf, relu, i, oc, oh, ow, x0, rstep, cstep, wo, wv, cnt, bsum):
     """Image ``i``'s winners for :func:`_pooled_pack` (patch offsets from ``x0``, ``rstep`` per
-    output row, ``cstep`` per output column); returns how many indices lie outside their own
-    window."""
+    output row, ``cstep`` per output column) and, unless ``bsum`` has no columns, their
+    gradients' float64 sums ``bsum[i, o]`` in pixel order (as :func:`_column_sums` of the
+    unpooled gradient, whose other cells are zeros: they leave such a sum as it is); returns
+    how many indices lie outside their own window."""
     pw = ow // 2
     phw = (oh // 2) * pw
+    z = np.float32(0.0)
     bad = 0
     for o in range(oc):
         k0 = (i * oc + o) * phw
         e0 = (i * oc + o) * (phw + 1)  # (one slot more: a dropped cell is written past the last winner)
         m = 0
+        bs = 0.0
         for r in range(oh // 2):
             for a in range(2):  # (the row's upper cells, then its lower ones: pixel order)
                 for j in range(pw):
@@ -856,161 +861,194 @@ def _winners(gf, jf, yf, relu, i, oc, oh, ow, x0, rstep, cstep, wo, wv, cnt):
                         v = v * np.float32(yf[_u(k)] > 0)
                     wo[_u(e0 + m)] = x0 + (2 * r + a) * rstep + (2 * j + d) * cstep
                     wv[_u(e0 + m)] = v
-                    m += (v != 0) & ((d == 0) | (d == 1))  # (a zero term of the direct sum dropped; NaN stays)
+                    here = (d == 0) | (d == 1)
+                    m += (v != 0) & here  # (a zero term of the direct sum dropped; NaN stays)
+                    bs += np.float64(z + v) if here else 0.0
         cnt[i * oc + o] = m
+        if bsum.shape[1]:
+            bsum[i, o] = bs
     return bad
 
 
 @parallel_kernel(fma=True)
-def _pooled_pack(x, gp, idx, y, sh, sw, pt, pl, oh, ow, hp, wq, xc, wo, wv, cnt):
-    """The images channels-last into ``xc`` (zero padded, ``hp`` x ``wq`` cells of C floats each) and
-    the winners of each output channel's pooling windows (as the Cython backend's
-    ``_winners``): ``wo`` the offset of a winner's patch in ``xc``, ``wv`` its gradient (times
-    the ReLU's 1 or 0), ``cnt`` their count, in pixel order (a window row's upper cells, then
-    its lower ones), PHW + 1 slots per image and output channel (:func:`_winners`).  Returns
-    how many values were not finite or indices outside their own window (then nothing else is
+def _pooled_pack(x, gp, idx, y, sh, sw, pt, pl, oh, ow, hp, wp, xc, wo, wv, cnt, bsum):
+    """The images into ``xc`` in blocks of VL channels, channels-last and zero padded (``hp`` x
+    ``wp`` cells of VL floats per block; the Cython backend's ``fcd_pack_cl``), and the winners
+    of each output channel's pooling windows (as the Cython backend's ``_winners``): ``wo`` the
+    offset of a winner's patch in its image's block, ``wv`` its gradient (times the ReLU's 1 or
+    0), ``cnt`` their count, in pixel order (a window row's upper cells, then its lower ones),
+    PHW + 1 slots per image and output channel, and ``bsum`` (:func:`_winners`).  Returns how
+    many values were not finite or indices outside their own window (then nothing else is
     valid)."""
     n, c, h, w = x.shape
     oc = gp.shape[1]
     hw = h * w
-    rs = wq * c
-    isz = hp * rs
+    cb_n = (c + VL - 1) // VL
+    cbv = cb_n * VL
+    rs = wp * VL
+    ps = hp * rs
+    isz = cb_n * ps
     xf, gf, jf, yf = x.reshape(x.size), gp.reshape(gp.size), idx.reshape(idx.size), y.reshape(y.size)
     relu = y.size > 0
     bad = 0
     for i in prange(n):
-        t = np.empty(hw * c + MAX_VL, np.float32)  # (the image channels-last, unpadded)
-        _image_channels_last(xf, i * c * hw, c, hw, t, 0, c)
+        t = np.empty(hw * cbv + MAX_VL, np.float32)  # (the image channels-last, unpadded, C rounded up to blocks)
+        _image_channels_last(xf, i * c * hw, c, hw, t, 0, cbv)
         nf = 0
-        for e in range(hw * c):
+        for e in range(hw * cbv):
             nf += not np.isfinite(t[_u(e)])
         for e in range(isz):
             xc[_u(i * isz + e)] = 0.0
-        for r in range(h):
-            d = i * isz + ((pt + r) * wq + pl) * c
-            for e in range(w * c):
-                xc[_u(d + e)] = t[_u(r * w * c + e)]
-        nf += _winners(gf, jf, yf, relu, i, oc, oh, ow, i * isz, sh * rs, sw * c, wo, wv, cnt)
+        for cb in range(cb_n):
+            for r in range(h):
+                d = i * isz + cb * ps + ((pt + r) * wp + pl) * VL
+                for q in range(w):
+                    for e in range(VL):
+                        xc[_u(d + q * VL + e)] = t[_u((r * w + q) * cbv + cb * VL + e)]
+        nf += _winners(gf, jf, yf, relu, i, oc, oh, ow, 0, sh * rs, sw * VL, wo, wv, cnt, bsum)
         bad += nf
     return bad
 
 
 @helper
-def _spw_run(xc, wo, wv, cnt, o, oc, phw, i0, i1, base, rows, offs, pf, pb, pitch):
-    """Output channel ``o``'s winners of images ``i0 .. i1`` (in order) into a tile of ``rows``
-    x ``offs`` vectors of their patches (at ``base`` + the winner's offset), stored to
-    ``pf[pb + r*pitch + offs[v]]``."""
-    acc = rtile_zero(rows, offs)
-    for i in range(i0, i1):
-        k0 = (i * oc + o) * (phw + 1)
-        for e in range(cnt[i * oc + o]):
-            acc = tile_fma_splat(acc, xc, base + wo[_u(k0 + e)], rows, offs, wv[_u(k0 + e)])
+def _spw_tile(xc, base, rs, wo, wv, k0, m, offs, pf, pb, pitch, add, zero):
+    """One image's ``m`` winners of one output channel (``wo[k0 ...]``, ``wv``, in pixel order)
+    into a tile of ``zero``'s size: rows of ``offs`` vectors of their patches (row ``r`` at
+    ``base + r*rs`` + the winner's offset), started from ``pf[pb + r*pitch + offs[v]]`` (``add``)
+    or zero and stored back there (the Cython backend's ``fcd_spw_tile``)."""
+    acc = tile_load(pf, pb, pitch, offs, zero) if add else zero
+    for e in range(m):
+        acc = tile_fma_splat_pitch(acc, xc, base, rs, wo[_u(k0 + e)], offs, wv[_u(k0 + e)])
     tile_store(pf, pb, pitch, offs, acc)
 
 
+#: Rows of a full pooled weight-gradient tile of 1 .. 8 vectors: TAPS_MAX accumulators at most.
+_SPW_R1, _SPW_R2, _SPW_R3, _SPW_R4 = (tuple(range(max(1, TAPS_MAX // nv))) for nv in (1, 2, 3, 4))
+_SPW_R5, _SPW_R6, _SPW_R7, _SPW_R8 = (tuple(range(max(1, TAPS_MAX // nv))) for nv in (5, 6, 7, 8))
+
+
 @helper
-def _spw_width(xc, wo, wv, cnt, o, oc, phw, i0, i1, base, rows, nv, pf, pb, pitch):
-    """:func:`_spw_run` of ``nv`` vectors (a width of :data:`_SPW_WIDTHS`) x ``rows``."""
+def _spw_pass(xc, base, rs, wo, wv, k0, m, nv, full, pf, pb, pitch, add):
+    """:func:`_spw_tile` of ``nv`` (1 to 8) vectors x ``TAPS_MAX // nv`` rows (``full``) or one
+    row (the Cython backend's ``fcd_spw_pass``)."""
     if nv == 1:
-        _spw_run(xc, wo, wv, cnt, o, oc, phw, i0, i1, base, rows, (0,), pf, pb, pitch)
-    elif nv == 2:
-        _spw_run(xc, wo, wv, cnt, o, oc, phw, i0, i1, base, rows, (0, VL), pf, pb, pitch)
-    elif nv == 3:
-        _spw_run(xc, wo, wv, cnt, o, oc, phw, i0, i1, base, rows, (0, VL, 2 * VL), pf, pb, pitch)
-    elif nv == 4:
-        _spw_run(xc, wo, wv, cnt, o, oc, phw, i0, i1, base, rows, (0, VL, 2 * VL, 3 * VL), pf, pb, pitch)
-    elif nv == 5:
-        _spw_run(xc, wo, wv, cnt, o, oc, phw, i0, i1, base, rows, (0, VL, 2 * VL, 3 * VL, 4 * VL), pf, pb, pitch)
-    elif nv == 6:
-        _spw_run(xc, wo, wv, cnt, o, oc, phw, i0, i1, base, rows, (0, VL, 2 * VL, 3 * VL, 4 * VL, 5 * VL), pf, pb,
-                 pitch)
-    elif WT >= 12:
-        if nv == 8:
-            _spw_run(xc, wo, wv, cnt, o, oc, phw, i0, i1, base, rows,
-                     (0, VL, 2 * VL, 3 * VL, 4 * VL, 5 * VL, 6 * VL, 7 * VL), pf, pb, pitch)
-        elif nv == 10:
-            _spw_run(xc, wo, wv, cnt, o, oc, phw, i0, i1, base, rows,
-                     (0, VL, 2 * VL, 3 * VL, 4 * VL, 5 * VL, 6 * VL, 7 * VL, 8 * VL, 9 * VL), pf, pb, pitch)
+        o1 = (0,)
+        if full:
+            _spw_tile(xc, base, rs, wo, wv, k0, m, o1, pf, pb, pitch, add, rtile_zero(_SPW_R1, o1))
         else:
-            _spw_run(xc, wo, wv, cnt, o, oc, phw, i0, i1, base, rows,
-                     (0, VL, 2 * VL, 3 * VL, 4 * VL, 5 * VL, 6 * VL, 7 * VL, 8 * VL, 9 * VL, 10 * VL, 11 * VL), pf,
-                     pb, pitch)
-
-
-#: Tile widths (vectors) of the pooled weight gradient, two rows of them in 2*WT registers.
-_SPW_WIDTHS = (12, 10, 8, 6, 5, 4, 3, 2, 1) if WT >= 12 else (6, 5, 4, 3, 2, 1)
+            _spw_tile(xc, base, rs, wo, wv, k0, m, o1, pf, pb, pitch, add, rtile_zero((0,), o1))
+    elif nv == 2:
+        o2 = (0, VL)
+        if full:
+            _spw_tile(xc, base, rs, wo, wv, k0, m, o2, pf, pb, pitch, add, rtile_zero(_SPW_R2, o2))
+        else:
+            _spw_tile(xc, base, rs, wo, wv, k0, m, o2, pf, pb, pitch, add, rtile_zero((0,), o2))
+    elif nv == 3:
+        o3 = (0, VL, 2 * VL)
+        if full:
+            _spw_tile(xc, base, rs, wo, wv, k0, m, o3, pf, pb, pitch, add, rtile_zero(_SPW_R3, o3))
+        else:
+            _spw_tile(xc, base, rs, wo, wv, k0, m, o3, pf, pb, pitch, add, rtile_zero((0,), o3))
+    elif nv == 4:
+        o4 = (0, VL, 2 * VL, 3 * VL)
+        if full:
+            _spw_tile(xc, base, rs, wo, wv, k0, m, o4, pf, pb, pitch, add, rtile_zero(_SPW_R4, o4))
+        else:
+            _spw_tile(xc, base, rs, wo, wv, k0, m, o4, pf, pb, pitch, add, rtile_zero((0,), o4))
+    elif nv == 5:
+        o5 = (0, VL, 2 * VL, 3 * VL, 4 * VL)
+        if full:
+            _spw_tile(xc, base, rs, wo, wv, k0, m, o5, pf, pb, pitch, add, rtile_zero(_SPW_R5, o5))
+        else:
+            _spw_tile(xc, base, rs, wo, wv, k0, m, o5, pf, pb, pitch, add, rtile_zero((0,), o5))
+    elif nv == 6:
+        o6 = (0, VL, 2 * VL, 3 * VL, 4 * VL, 5 * VL)
+        if full:
+            _spw_tile(xc, base, rs, wo, wv, k0, m, o6, pf, pb, pitch, add, rtile_zero(_SPW_R6, o6))
+        else:
+            _spw_tile(xc, base, rs, wo, wv, k0, m, o6, pf, pb, pitch, add, rtile_zero((0,), o6))
+    elif nv == 7:
+        o7 = (0, VL, 2 * VL, 3 * VL, 4 * VL, 5 * VL, 6 * VL)
+        if full:
+            _spw_tile(xc, base, rs, wo, wv, k0, m, o7, pf, pb, pitch, add, rtile_zero(_SPW_R7, o7))
+        else:
+            _spw_tile(xc, base, rs, wo, wv, k0, m, o7, pf, pb, pitch, add, rtile_zero((0,), o7))
+    else:
+        o8 = (0, VL, 2 * VL, 3 * VL, 4 * VL, 5 * VL, 6 * VL, 7 * VL)
+        if full:
+            _spw_tile(xc, base, rs, wo, wv, k0, m, o8, pf, pb, pitch, add, rtile_zero(_SPW_R8, o8))
+        else:
+            _spw_tile(xc, base, rs, wo, wv, k0, m, o8, pf, pb, pitch, add, rtile_zero((0,), o8))
 
 
 @functools.lru_cache(maxsize=64)  # (per shape; never written)
-def _spw_passes(kh, nvr):
-    """Passes ``(first vector, width, first row, rows)`` over a patch of ``kh`` rows of ``nvr``
-    vectors: the widest tiles of :data:`_SPW_WIDTHS`, rows in pairs (the last alone)."""
+def _spw_passes(kh, kw):
+    """The tiles ``(first vector, width NV <= 8, first row, rows R)`` of :func:`_spw_pass` over
+    a block's patch of ``kh`` rows x ``kw`` vectors: rows in groups of ``TAPS_MAX // NV``, the
+    rest one at a time (the Cython backend's rule)."""
     out, v0 = [], 0
-    while v0 < nvr:
-        nv = next(k for k in _SPW_WIDTHS if k <= nvr - v0)
-        out += [(v0, nv, r, min(2, kh - r)) for r in range(0, kh, 2)]
+    while v0 < kw:
+        nv = min(8, kw - v0)
+        rm = max(1, TAPS_MAX // nv)
+        for r0 in range(kh):
+            if r0 % rm == 0 and r0 + rm <= kh:
+                out.append((v0, nv, r0, rm))
+            elif r0 >= kh - kh % rm:
+                out.append((v0, nv, r0, 1))
         v0 += nv
-    return np.array(out, np.int64)
+    return np.array(out, np.int64).reshape(len(out), 4)
 
 
 @parallel_kernel(fma=True)
-def _pooled_tiles(xc, wo, wv, cnt, passes, rs, n, part):
-    """``part[s, o, r*RP + v*VL ...]``: slot ``s``'s sums (image ``i`` in slot ``i*S//n``, in image
-    order) of output channel ``o``'s winners times their patches, tile by tile of ``passes``."""
+def _pooled_tiles(xc, wo, wv, cnt, passes, rs, ps, cb_n, kh, n, groups, part):
+    """``part[s, o, (cb*kh + r)*RP + v*VL + l]``: slot ``s``'s sums (image ``i`` in slot
+    ``i*S//n``, in image order) of output channel ``o``'s winners times their patches (block
+    ``cb``, row ``r``, vector ``v``, lane ``l``).  Tasks (the Cython backend's): a slot's images
+    for a ``groups``-th of the output channels, each image through every block, output channel
+    and pass of ``passes`` while its block is in cache."""
     ns, oc, qs = part.shape
     npass = passes.shape[0]
-    rp = qs // (passes[npass - 1, 2] + passes[npass - 1, 3])
+    rp = qs // (cb_n * kh)
+    isz = cb_n * ps
     phw = wo.size // cnt.size - 1
     pf = part.reshape(part.size)
-    for t in prange(ns * oc * npass):
-        s = t // (oc * npass)
-        o = (t // npass) % oc
-        v0, nv, r0, nr = passes[t % npass, 0], passes[t % npass, 1], passes[t % npass, 2], passes[t % npass, 3]
+    for t in prange(ns * groups):
+        s = t // groups
+        g = t - s * groups
+        o0, o1 = g * oc // groups, (g + 1) * oc // groups
         i0, i1 = (s * n + ns - 1) // ns, ((s + 1) * n + ns - 1) // ns
-        base, pb = r0 * rs + v0 * VL, (s * oc + o) * qs + r0 * rp + v0 * VL
-        if nr == 2:
-            _spw_width(xc, wo, wv, cnt, o, oc, phw, i0, i1, base, (0, rs), nv, pf, pb, rp)
-        else:
-            _spw_width(xc, wo, wv, cnt, o, oc, phw, i0, i1, base, (0,), nv, pf, pb, rp)
+        for i in range(i0, i1):
+            for cb in range(cb_n):
+                for o in range(o0, o1):
+                    e = i * oc + o
+                    for u in range(npass):
+                        v0, nv, r0, rr = passes[u, 0], passes[u, 1], passes[u, 2], passes[u, 3]
+                        _spw_pass(xc, i * isz + cb * ps + r0 * rs + v0 * VL, rs, wo, wv, e * (phw + 1), cnt[e], nv,
+                                  rr > 1, pf, (s * oc + o) * qs + (cb * kh + r0) * rp + v0 * VL, rp, i > i0)
 
 
 @parallel_kernel(fma=True)
-def _pooled_sums(part, c, gw, gp, idx, y, oh, ow, gb):
-    """``gw[o, c, i, j]``: the slots' sums of ``part[., o, i*RP + j*C + c]`` in slot order; ``gb``
-    (unless empty) as :func:`_column_sums` and :func:`_sum_slots` of the unpooled gradient:
-    each image's winners (``0.0 + g``) in pixel order in float64 (its other cells are zeros,
-    which leave such a sum as it is), then the images in order."""
+def _pooled_sums(part, c, bsum, gw, gb):
+    """``gw[o, c, i, j]``: the slots' sums of ``part[., o, (c//VL*KH + i)*RP + j*VL + c%VL]`` in slot
+    order (RP = KW*VL); ``gb`` (unless empty): the images' ``bsum[., o]`` in order, from 0.0 in
+    float64 (as :func:`_sum_slots`)."""
     ns, oc, qs = part.shape
     kh, kw = gw.shape[2:]
-    rp = qs // kh
-    ph, pw = gp.shape[2], gp.shape[3]
-    gf, jf, yf = gp.reshape(gp.size), idx.reshape(idx.size), y.reshape(y.size)
-    relu = y.size > 0
-    z = np.float32(0.0)
+    rp = kw * VL
     for o in prange(oc):
         for ci in range(c):
             for i in range(kh):
                 for j in range(kw):
-                    q = i * rp + j * c + ci
+                    q = ((ci // VL) * kh + i) * rp + j * VL + ci % VL
                     acc = part[0, o, q]
                     for s in range(1, ns):
                         acc += part[s, o, q]
                     gw[o, ci, i, j] = acc
         if gb.size:
-            tot = 0.0
-            for b in range(gp.shape[0]):
-                im = 0.0
-                for r in range(ph):
-                    for a in range(2):  # (the row's upper cells, then its lower ones; indices checked)
-                        for j in range(pw):
-                            k = ((b * oc + o) * ph + r) * pw + j
-                            if (jf[_u(k)] - 2 * (r * ow + j) >= ow) == (a == 1):
-                                v = gf[_u(k)]
-                                if relu:  # (as _winners: relu_backward's product)
-                                    v = v * np.float32(yf[_u(k)] > 0)
-                                im += np.float64(z + v)
-                tot = tot + im
-            gb[o] = np.float32(tot)
+            b = 0.0
+            for i in range(bsum.shape[0]):
+                b = b + bsum[i, o]
+            gb[o] = np.float32(b)
 
 
 def _pooled_weight(gp, idx, y, x, sh, sw, pt, pl, oh, ow, gw, gb):
@@ -1020,20 +1058,23 @@ def _pooled_weight(gp, idx, y, x, sh, sw, pt, pl, oh, ow, gw, gb):
     holds a value that is not finite (where a zero term would be NaN)."""
     n, c, h, w = x.shape
     oc, _, kh, kw = gw.shape
-    hp, wq = max(pt + h, (oh - 1) * sh + kh), max(pl + w, (ow - 1) * sw + kw)
-    nvr = -(-kw * c // VL)
+    hp, wp = max(pt + h, (oh - 1) * sh + kh), max(pl + w, (ow - 1) * sw + kw)
+    cb_n = -(-c // VL)
+    isz = cb_n * hp * wp * VL
     phw = gp.shape[2] * gp.shape[3]
-    xc = np.empty(n * hp * wq * c + nvr * VL, np.float32)  # (a patch row's last vector may pass the images)
-    xc[n * hp * wq * c:] = 0.0
+    xc = np.empty(n * isz, np.float32)
     wo = np.empty(n * oc * (phw + 1), np.int64)
     wv = np.empty(n * oc * (phw + 1), np.float32)
     cnt = np.empty(n * oc, np.int64)
-    if _pooled_pack(np.ascontiguousarray(x), gp, idx, y, sh, sw, pt, pl, oh, ow, hp, wq, xc, wo, wv, cnt):
+    bsum = np.empty((n, gb.shape[0]), np.float64)
+    if _pooled_pack(np.ascontiguousarray(x), gp, idx, y, sh, sw, pt, pl, oh, ow, hp, wp, xc, wo, wv, cnt, bsum):
         return False
-    passes = _spw_passes(kh, nvr)
-    part = np.empty((min(_config.SLOTS, n), oc, kh * nvr * VL), np.float32)
-    _pooled_tiles(xc, wo, wv, cnt, passes, wq * c, n, part)
-    _pooled_sums(part, c, gw, gp, idx, y, oh, ow, gb)
+    slots = min(_config.SLOTS, n)
+    threads = _threads.get_num_threads()
+    groups = 1 if slots >= 2 * threads else min(oc, -(-2 * threads // slots))
+    part = np.empty((slots, oc, cb_n * kh * kw * VL), np.float32)
+    _pooled_tiles(xc, wo, wv, cnt, _spw_passes(kh, kw), wp * VL, hp * wp * VL, cb_n, kh, n, groups, part)
+    _pooled_sums(part, c, bsum, gw, gb)
     return True
 
 
