@@ -652,13 +652,9 @@ def _unpool_channels_last(gf, jf, yf, relu, i, oc, oh, ow, tf, d0, ocv, vt, it, 
             for o in range(ocv):  # (0 + g: the scatter-add's sum, -0.0 -> +0.0)
                 tf[_u(d + o)] = z + vt[k + o] if ix[k + o] == p else z
     jx = jf.view(np.int32)
-    w = np.int32(ow)
-    miss = np.int32(0)
-    for o in range(oc):  # (each window's index inside it: 0, 1, OW or OW + 1 past its first cell)
-        k0 = (i * oc + o) * phw
-        for e in range(phw):
-            q = jx[k0 + e] - cell[e]
-            miss |= np.int32(((q & -2) != 0) & (((q - w) & -2) != 0))
+    miss = 0
+    for o in range(oc):  # (each window's index inside it)
+        miss |= _window_check(jx, (i * oc + o) * phw, phw, cell, ow)
     return miss
 
 
@@ -675,7 +671,8 @@ def _column_sums(tf, d0, pn, ocv, nb, bsum, i):
 
 
 @parallel_kernel(fma=True)
-def _backward_weight(x, sh, sw, pt, pl, hq, wq, off, gy, idx, y, oh, ow, groups, ni_max, nv, t_n, tw, part, bsum):
+def _backward_weight(x, sh, sw, pt, pl, hq, wq, off, gy, idx, y, cell, oh, ow, groups, ni_max, nv, t_n, tw, part,
+                     bsum):
     """``part[s, q, o]``: slot ``s``'s sum of the weight gradient of tap ``q = c*KK + kk`` (its
     input at grid position + ``off[q]``) and output channel ``o`` over its images (image ``i``
     in slot ``i*S//n``), in image order, in tiles of ``nv`` channel vectors x ``t_n`` taps in
@@ -713,9 +710,6 @@ def _backward_weight(x, sh, sw, pt, pl, hq, wq, off, gy, idx, y, oh, ow, groups,
         gf = np.empty(ni_max * gs, np.float32)
         vt = np.empty(pn // 4 * ocv if pooled else 0, np.float32)
         it = np.empty(vt.size, np.float32)
-        cell = np.empty((oh // 2) * (ow // 2) if pooled else 0, np.int32)
-        for e in range(cell.size):
-            cell[e] = 2 * ((e // (ow // 2)) * ow + e % (ow // 2))
         for i in range(i0, i1, ni_max):
             ni = min(ni_max, i1 - i)
             for k in range(ni * c):
@@ -826,52 +820,77 @@ def _weight_grad(gy, idx, y, x, sh, sw, pt, pl, oh, ow, gw, gb):
     bsum = np.empty((n, gb.shape[0]), np.float64)  # (an empty gb: no bias gradient wanted)
     # (idx's bits as float32: transposed as the gradients; idx and y flat: one compilation for both uses)
     flat = [np.ascontiguousarray(idx).reshape(-1).view(np.float32), np.ascontiguousarray(y).reshape(-1)]
-    if _backward_weight(np.ascontiguousarray(x), sh, sw, pt, pl, hq, wq, off, np.ascontiguousarray(gy), *flat, oh, ow,
-                        groups, ni_max, nv, t_n, tw, part, bsum):
+    if _backward_weight(np.ascontiguousarray(x), sh, sw, pt, pl, hq, wq, off, np.ascontiguousarray(gy), *flat,
+                        _first_cells(oh, ow), oh, ow, groups, ni_max, nv, t_n, tw, part, bsum):
         return False
     _sum_slots(part, bsum, gw, gb)
     return True
 
 
 @njit(**_config.NUMBA_SERIAL)  # (a function of its own: LLVM keeps its loop's values in registers)
-def _winners(gf, jf, yf, relu, i, oc, oh, ow, x0, rstep, cstep, wo, wv, cnt, bsum):
+def _winners(gf, jf, yf, relu, i, oc, oh, ow, x0, rstep, cstep, wo, wv, cnt, bsum, cell):
     """Image ``i``'s winners for :func:`_pooled_pack` (patch offsets from ``x0``, ``rstep`` per
     output row, ``cstep`` per output column) and, unless ``bsum`` has no columns, their
     gradients' float64 sums ``bsum[i, o]`` in pixel order (as :func:`_column_sums` of the
-    unpooled gradient, whose other cells are zeros: they leave such a sum as it is); returns
-    how many indices lie outside their own window."""
+    unpooled gradient, whose other cells are zeros); returns nonzero if an index lies outside
+    its own window (:func:`_window_check`; ``cell``: each window's first cell)."""
     pw = ow // 2
     phw = (oh // 2) * pw
-    z = np.float32(0.0)
     bad = 0
     for o in range(oc):
         k0 = (i * oc + o) * phw
+        bad |= _window_check(jf, k0, phw, cell, ow)
         e0 = (i * oc + o) * (phw + 1)  # (one slot more: a dropped cell is written past the last winner)
         m = 0
-        bs = 0.0
         for r in range(oh // 2):
+            kr = k0 + r * pw
             for a in range(2):  # (the row's upper cells, then its lower ones: pixel order)
-                for j in range(pw):
-                    k = k0 + r * pw + j
-                    d = jf[_u(k)] - 2 * (r * ow + j) - a * ow  # (0 or 1: a cell of this row)
-                    if a == 0:  # (the index's place in its window: 0, 1, OW or OW + 1)
-                        bad += (d != 0) & (d != 1) & (d != ow) & (d != ow + 1)
-                    v = gf[_u(k)]
-                    if relu:
-                        v = v * np.float32(yf[_u(k)] > 0)
-                    wo[_u(e0 + m)] = x0 + (2 * r + a) * rstep + (2 * j + d) * cstep
-                    wv[_u(e0 + m)] = v
-                    here = (d == 0) | (d == 1)
-                    m += (v != 0) & here  # (a zero term of the direct sum dropped; NaN stays)
-                    bs += np.float64(z + v) if here else 0.0
+                c0 = 2 * r * ow + a * ow
+                xb = x0 + (2 * r + a) * rstep
+                if relu:  # (two loops: no test per cell)
+                    for j in range(pw):
+                        d = jf[_u(kr + j)] - c0 - 2 * j  # (0 or 1: a cell of this row)
+                        v = gf[_u(kr + j)] * np.float32(yf[_u(kr + j)] > 0)
+                        wo[_u(e0 + m)] = xb + (2 * j + d) * cstep
+                        wv[_u(e0 + m)] = v
+                        m += (v != 0) & ((d == 0) | (d == 1))  # (a zero term of the direct sum dropped; NaN stays)
+                else:
+                    for j in range(pw):
+                        d = jf[_u(kr + j)] - c0 - 2 * j
+                        v = gf[_u(kr + j)]
+                        wo[_u(e0 + m)] = xb + (2 * j + d) * cstep
+                        wv[_u(e0 + m)] = v
+                        m += (v != 0) & ((d == 0) | (d == 1))
         cnt[i * oc + o] = m
-        if bsum.shape[1]:
+        if bsum.shape[1]:  # (the listed winners are the plane's nonzero cells, in pixel order)
+            bs = 0.0
+            for e in range(m):
+                bs = bs + np.float64(wv[_u(e0 + e)])
             bsum[i, o] = bs
     return bad
 
 
+@njit(**_config.NUMBA_SERIAL)
+def _window_check(jf, k0, phw, cell, ow):
+    """Nonzero if one of the pooled plane's indices ``jf[k0 ...]`` is not 0, 1, OW or OW + 1 past
+    its window's first cell ``cell[e]`` (a vectorised loop)."""
+    w = np.int32(ow)
+    miss = np.int32(0)
+    for e in range(phw):
+        q = jf[k0 + e] - cell[e]
+        miss |= np.int32(((q & -2) != 0) & (((q - w) & -2) != 0))
+    return miss
+
+
+@functools.lru_cache(maxsize=64)  # (per shape; never written)
+def _first_cells(oh, ow):
+    """Each 2x2 pooling window's first cell (``2 * (r*OW + j)``) in an ``oh`` x ``ow`` plane."""
+    pw = ow // 2
+    return (2 * (np.arange(oh // 2)[:, None] * ow + np.arange(pw))).astype(np.int32).ravel()
+
+
 @parallel_kernel(fma=True)
-def _pooled_pack(x, gp, idx, y, sh, sw, pt, pl, oh, ow, hp, wp, xc, wo, wv, cnt, bsum):
+def _pooled_pack(x, gp, idx, y, sh, sw, pt, pl, oh, ow, hp, wp, xc, wo, wv, cnt, bsum, cell):
     """The images into ``xc`` in blocks of VL channels, channels-last and zero padded (``hp`` x
     ``wp`` cells of VL floats per block; the Cython backend's ``fcd_pack_cl``), and the winners
     of each output channel's pooling windows (as the Cython backend's ``_winners``): ``wo`` the
@@ -905,7 +924,7 @@ def _pooled_pack(x, gp, idx, y, sh, sw, pt, pl, oh, ow, hp, wp, xc, wo, wv, cnt,
                 for q in range(w):
                     for e in range(VL):
                         xc[_u(d + q * VL + e)] = t[_u((r * w + q) * cbv + cb * VL + e)]
-        nf += _winners(gf, jf, yf, relu, i, oc, oh, ow, 0, sh * rs, sw * VL, wo, wv, cnt, bsum)
+        nf += _winners(gf, jf, yf, relu, i, oc, oh, ow, 0, sh * rs, sw * VL, wo, wv, cnt, bsum, cell)
         bad += nf
     return bad
 
@@ -1067,7 +1086,8 @@ def _pooled_weight(gp, idx, y, x, sh, sw, pt, pl, oh, ow, gw, gb):
     wv = np.empty(n * oc * (phw + 1), np.float32)
     cnt = np.empty(n * oc, np.int64)
     bsum = np.empty((n, gb.shape[0]), np.float64)
-    if _pooled_pack(np.ascontiguousarray(x), gp, idx, y, sh, sw, pt, pl, oh, ow, hp, wp, xc, wo, wv, cnt, bsum):
+    if _pooled_pack(np.ascontiguousarray(x), gp, idx, y, sh, sw, pt, pl, oh, ow, hp, wp, xc, wo, wv, cnt, bsum,
+                    _first_cells(oh, ow)):
         return False
     slots = min(_config.SLOTS, n)
     threads = _threads.get_num_threads()
