@@ -1099,32 +1099,35 @@ def _pooled_weight(gp, idx, y, x, sh, sw, pt, pl, oh, ow, gw, gb):
 
 
 @njit(**_config.NUMBA_SERIAL)  # (a function of its own, as _winners)
-def _cells(gf, jf, yf, relu, i, oc, ow, phw, ws, cnt, co, cg):
+def _cells(gf, jf, yf, relu, i, oc, ow, phw, ws, cnt, co, cg, cell):
     """Image ``i``'s winners (as :func:`_winners`) bucketed by output cell, each cell's in
     output-channel order (as the Cython backend's ``_cells``): ``cnt[p]`` of them, kernel
     offsets ``co[p*S + e]`` (o * ws) and gradients ``cg``, S = oc + 1 slots per cell (a
-    dropped winner is written past the last one).  Returns how many indices lie outside their
-    own window."""
-    pw = ow // 2
+    dropped winner is written past the last one).  Returns nonzero if an index lies outside
+    its own window (:func:`_window_check`; then nothing is valid)."""
     s = oc + 1
-    bad = 0
     for o in range(oc):
-        for r in range(phw // pw):
-            for j in range(pw):
-                k = (i * oc + o) * phw + r * pw + j
-                c0 = 2 * (r * ow + j)  # (the window's upper left cell)
-                d = jf[_u(k)] - c0
-                ok = (d == 0) | (d == 1) | (d == ow) | (d == ow + 1)
-                bad += 1 - ok
-                p = c0 + d * ok
-                v = gf[_u(k)]
-                if relu:
-                    v = v * np.float32(yf[_u(k)] > 0)
+        k0 = (i * oc + o) * phw
+        if _window_check(jf, k0, phw, cell, ow):
+            return 1
+        w = o * ws
+        if relu:  # (two loops: no test per cell)
+            for k in range(phw):
+                p = jf[_u(k0 + k)]
+                v = gf[_u(k0 + k)] * np.float32(yf[_u(k0 + k)] > 0)
                 e = cnt[p]
-                co[_u(p * s + e)] = o * ws
+                co[_u(p * s + e)] = w
                 cg[_u(p * s + e)] = v
-                cnt[p] = e + ((v != 0) & ok)
-    return bad
+                cnt[p] = e + (v != 0)
+        else:
+            for k in range(phw):
+                p = jf[_u(k0 + k)]
+                v = gf[_u(k0 + k)]
+                e = cnt[p]
+                co[_u(p * s + e)] = w
+                cg[_u(p * s + e)] = v
+                cnt[p] = e + (v != 0)
+    return 0
 
 
 @helper
@@ -1173,12 +1176,13 @@ def _spd_passes(kh, kw):
 
 
 @parallel_kernel(fma=True)
-def _pooled_data(gp, idx, y, wf, kh, kw, passes, pt, pl, oh, ow, hp, wp, gx, threads):
+def _pooled_data(gp, idx, y, wf, kh, kw, passes, cell, pt, pl, oh, ow, hp, wp, gx, threads):
     """The input gradient from the pooling's winners (as the Cython backend's ``_data_pooled``):
     per image, in blocks of VL channels (``wf``: the kernels packed ``[o][block][kh][kw][VL]``),
     pass by pass of ``passes`` (one row of vectors each), cell by cell in pixel order, the
-    cell's winners added to the image's channels-last padded gradient, then that to ``gx``.
-    Returns how many indices lie outside their own window (then ``gx`` is not valid)."""
+    cell's winners added to the image's channels-last padded gradient, then that to ``gx``
+    (``cell``: each window's first cell, :func:`_cells`).  Returns nonzero if an index lies
+    outside its own window (then ``gx`` is not valid)."""
     n, c, h, w = gx.shape
     oc = gp.shape[1]
     phw = gp.shape[2] * gp.shape[3]
@@ -1201,7 +1205,7 @@ def _pooled_data(gp, idx, y, wf, kh, kw, passes, pt, pl, oh, ow, hp, wp, gx, thr
         nb = 0
         for i in range(i0, i1):
             cnt[:] = 0
-            nb += _cells(gf, jf, yf, relu, i, oc, ow, phw, cb * kb, cnt, co, cg)
+            nb += _cells(gf, jf, yf, relu, i, oc, ow, phw, cb * kb, cnt, co, cg, cell)
             xf[:] = 0.0
             for b in range(cb):
                 for u in range(npass):
@@ -1252,7 +1256,8 @@ def _pooled_input_grad(gp, idx, y, w, pt, pl, oh, ow, gx):
         return False
     hp, wp = max(pt + h, oh + kh - 1), max(pl + wd, ow + kw - 1)
     threads = min(_threads.get_num_threads(), n)
-    return not _pooled_data(gp, idx, y, wf, kh, kw, _spd_passes(kh, kw), pt, pl, oh, ow, hp, wp, gx, threads)
+    return not _pooled_data(gp, idx, y, wf, kh, kw, _spd_passes(kh, kw), _first_cells(oh, ow), pt, pl, oh, ow, hp, wp,
+                            gx, threads)
 
 
 def conv2d_direct_backward_maxpool2(gp, idx, y, x, w, sh, sw, pt, pl, oh, ow, gx, gw, gb):
