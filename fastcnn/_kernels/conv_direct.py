@@ -597,6 +597,18 @@ def _wgrad_tile_with(fma):
 _wgrad_at, _wgrad_rows3, _wgrad_rows5 = (_wgrad_tile_with(f) for f in (tile_fma_at, tile_fma_rows3, tile_fma_rows5))
 
 
+@helper
+def _wgrad_rows(xf, xs, gf, gs, i0, ni, oh, ow, wq, ocv, offs, off, q0, part, pb, add, tw, zero5, zero):
+    """The weight-gradient tile for taps in rows of ``tw`` (5: of ``zero5``'s size, 3 or single
+    taps: of ``zero``'s)."""
+    if tw == 5:
+        _wgrad_rows5(xf, xs, gf, gs, i0, ni, oh, ow, wq, ocv, offs, off, q0, part, pb, add, zero5)
+    elif tw == 3:
+        _wgrad_rows3(xf, xs, gf, gs, i0, ni, oh, ow, wq, ocv, offs, off, q0, part, pb, add, zero)
+    else:
+        _wgrad_at(xf, xs, gf, gs, i0, ni, oh, ow, wq, ocv, offs, off, q0, part, pb, add, zero)
+
+
 #: Tap counts of the weight-gradient tiles (:func:`_wgrad_tiling`), as tuples to size them: 2 or
 #: 1 channel vectors of WT or 2*WT taps, of whole rows of 5, and one vector of a whole
 #: one-channel 5x5 or three-channel 3x3 kernel.
@@ -730,32 +742,17 @@ def _backward_weight(x, sh, sw, pt, pl, hq, wq, off, gy, idx, y, cell, oh, ow, g
                 q0 = qb * t_n
                 if nv == 2:
                     o2 = (c0, c0 + VL)
-                    if tw == 5:
-                        _wgrad_rows5(xf, xs, gf, gs, i, ni, oh, ow, wq, ocv, o2, off, q0, pf, pb, i > i0,
-                                     rtile_zero(_T_5V2, o2))
-                    elif tw == 3:
-                        _wgrad_rows3(xf, xs, gf, gs, i, ni, oh, ow, wq, ocv, o2, off, q0, pf, pb, i > i0,
-                                     rtile_zero(_T_WT, o2))
-                    else:
-                        _wgrad_at(xf, xs, gf, gs, i, ni, oh, ow, wq, ocv, o2, off, q0, pf, pb, i > i0,
-                                  rtile_zero(_T_WT, o2))
+                    _wgrad_rows(xf, xs, gf, gs, i, ni, oh, ow, wq, ocv, o2, off, q0, pf, pb, i > i0, tw,
+                                rtile_zero(_T_5V2, o2), rtile_zero(_T_WT, o2))
+                elif t_n == 25 and TAPS_MAX >= 27:
+                    _wgrad_rows5(xf, xs, gf, gs, i, ni, oh, ow, wq, ocv, (c0,), off, q0, pf, pb, i > i0,
+                                 rtile_zero(_T_25, (c0,)))
+                elif t_n == 27 and TAPS_MAX >= 27:
+                    _wgrad_rows3(xf, xs, gf, gs, i, ni, oh, ow, wq, ocv, (c0,), off, q0, pf, pb, i > i0,
+                                 rtile_zero(_T_27, (c0,)))
                 else:
-                    o1 = (c0,)
-                    if t_n == 25 and TAPS_MAX >= 27:
-                        _wgrad_rows5(xf, xs, gf, gs, i, ni, oh, ow, wq, ocv, o1, off, q0, pf, pb, i > i0,
-                                     rtile_zero(_T_25, o1))
-                    elif t_n == 27 and TAPS_MAX >= 27:
-                        _wgrad_rows3(xf, xs, gf, gs, i, ni, oh, ow, wq, ocv, o1, off, q0, pf, pb, i > i0,
-                                     rtile_zero(_T_27, o1))
-                    elif tw == 5:
-                        _wgrad_rows5(xf, xs, gf, gs, i, ni, oh, ow, wq, ocv, o1, off, q0, pf, pb, i > i0,
-                                     rtile_zero(_T_5V1, o1))
-                    elif tw == 3:
-                        _wgrad_rows3(xf, xs, gf, gs, i, ni, oh, ow, wq, ocv, o1, off, q0, pf, pb, i > i0,
-                                     rtile_zero(_T_2WT, o1))
-                    else:
-                        _wgrad_at(xf, xs, gf, gs, i, ni, oh, ow, wq, ocv, o1, off, q0, pf, pb, i > i0,
-                                  rtile_zero(_T_2WT, o1))
+                    _wgrad_rows(xf, xs, gf, gs, i, ni, oh, ow, wq, ocv, (c0,), off, q0, pf, pb, i > i0, tw,
+                                rtile_zero(_T_5V1, (c0,)), rtile_zero(_T_2WT, (c0,)))
     return bad
 
 
