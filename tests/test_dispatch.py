@@ -104,11 +104,16 @@ def test_conv_plan_rules():
             assert _dispatch.conv_plan(k, 100, 8, 16, 5, 5, 14, 14, 4, backward=True) == "direct"
             assert _dispatch.conv_plan(k, 100, 3, 16, 3, 3, 32, 32, 4) == "direct"
             # first layers of one channel: direct forward of a batch, one GEMM for one image
-            # unless pooled in the same call; their weight gradients: im2col; strided backward: direct
+            # unless pooled in the same call; their weight gradients of a batch: direct (as
+            # Cython's), of one image: one GEMM; an input gradient of 1-3 channels: im2col;
+            # strided backward: direct
             assert _dispatch.conv_plan(k, 100, 1, 32, 5, 5, 28, 28, 4) == "direct"
             assert _dispatch.conv_plan(k, 1, 1, 32, 5, 5, 28, 28, 4) == "single"
             assert _dispatch.conv_plan(k, 1, 1, 32, 5, 5, 28, 28, 4, pooled=True) == "direct"
-            assert _dispatch.conv_plan(k, 100, 3, 16, 3, 3, 32, 32, 4, True, False) == "per_image"
+            assert _dispatch.conv_plan(k, 100, 3, 16, 3, 3, 32, 32, 4, True, False) == "direct"
+            assert _dispatch.conv_plan(k, 100, 1, 32, 5, 5, 28, 28, 4, True, False) == "direct"
+            assert _dispatch.conv_plan(k, 1, 3, 16, 3, 3, 32, 32, 4, True, False) == "single"
+            assert _dispatch.conv_plan(k, 100, 1, 32, 5, 5, 28, 28, 4, backward=True) != "direct"
             assert _dispatch.conv_plan(k, 100, 16, 32, 3, 3, 16, 16, 4, strided=True) == "direct"
             assert _dispatch.conv_plan(k, 100, 16, 32, 3, 3, 16, 16, 4, True, strided=True) == "direct"
             assert _dispatch.conv_plan(k, 100, 32, 64, 3, 3, 8, 8, 4, True, strided=True) == "direct"

@@ -183,10 +183,9 @@ blocks = re.split(r"\\n\\.LBB\\w+:", asm)
 print(sum(len(re.findall(r"v\\w+\\s+[^\\n]*mm\\d+[^\\n]*\\(%rsp\\)|v\\w+\\s+[^\\n]*\\(%rsp\\)[^\\n]*mm\\d+", b))
           for b in blocks if b.count("vfmadd") >= 12))
 # Gathers and scatters (the vectoriser's, of strided scalar loops) in the strided forward's
-# packing and the channels-last copy: none with _config.NUMBA_NO_GATHER.
+# packing and the weight gradient's channels-last copy: none with _config.NUMBA_NO_GATHER.
 D.conv2d_direct_forward(x, w, np.zeros(16, np.float32), 2, 2, 1, 1, 0, np.empty((1, 16, 5, 5), np.float32))
-D._channels_last.serial(np.ones((1, 16, 9, 9), np.float32), np.empty((1, 81, 16), np.float32))
-asm = "".join(next(iter(f.inspect_asm().values())) for f in (D._forward.serial, D._channels_last.serial))
+asm = "".join(next(iter(f.inspect_asm().values())) for f in (D._forward.serial, D._backward_weight.serial))
 tuned = fastcnn._config.NUMBA_NO_GATHER in (os.environ.get("NUMBA_CPU_FEATURES") or "")
 print(len(re.findall(r"\\tv(p?gather|p?scatter)", asm)), int(tuned))
 """
