@@ -281,7 +281,7 @@ def tile_fma_rows5(typingctx, acc, xv, src, base, off, o0):
 
 @intrinsic
 def rtile_zero(typingctx, rows, offs):
-    """``len(rows) * len(offs)`` zero vectors (a tile of :func:`tile_fma_splat`)."""
+    """``len(rows) * len(offs)`` zero vectors (a tile of ``len(rows)`` rows of ``len(offs)`` vectors)."""
     tt = types.UniTuple(vec, rows.count * offs.count)
 
     def codegen(context, builder, sig, args):
@@ -290,32 +290,10 @@ def rtile_zero(typingctx, rows, offs):
 
 
 @intrinsic
-def tile_fma_splat(typingctx, acc, src, base, rows, offs, s):
-    """``acc[r*V' + v] += s * src[base + rows[r] + offs[v] : ... + VL]`` (V' = len(offs)): the
-    pooled weight gradient's tile, one broadcast of the winner's gradient ``s`` per tile."""
-    def codegen(context, builder, sig, args):
-        aty, sty, bty, rty, oty, _ = sig.args
-        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_LLV, [_LLV] * 3),
-                                             f"llvm.fmuladd.v{VL}f32")
-        b = context.cast(builder, args[2], bty, types.intp)
-        g = _splat(builder, args[5])
-        out = args[0]
-        for r in range(rty.count):
-            row = builder.add(b, context.cast(builder, builder.extract_value(args[3], r), rty.dtype, types.intp))
-            for v in range(oty.count):
-                o = context.cast(builder, builder.extract_value(args[4], v), oty.dtype, types.intp)
-                x = builder.load(_ptr(context, builder, sty, args[1], builder.add(row, o), types.intp), align=4)
-                k = r * oty.count + v
-                out = builder.insert_value(out, builder.call(fma, [g, x, builder.extract_value(out, k)]), k)
-        return out
-    return acc(acc, src, base, rows, offs, s), codegen
-
-
-@intrinsic
-def tile_fma_splat_pitch(typingctx, acc, src, base, pitch, q, offs, s):
+def tile_fma_splat(typingctx, acc, src, base, pitch, q, offs, s):
     """``acc[r*V' + v] += s * src[base + r*pitch + q + offs[v] : ... + VL]`` (V' = len(offs), r <
-    len(acc) / V'): the pooled weight gradient's tile of whole rows, one broadcast of the
-    winner's gradient ``s`` per tile.  Addressed as row pointers (``src + base + r*pitch``,
+    len(acc) / V'): the pooled gradients' tiles of whole rows, one broadcast of the winner's
+    gradient ``s`` per tile.  Addressed as row pointers (``src + base + r*pitch``,
     loop invariants) + the winner's offset ``q`` + constants, so that a tile of 25 vectors needs
     one register per row, not one per vector."""
     def codegen(context, builder, sig, args):

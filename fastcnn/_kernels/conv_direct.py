@@ -36,7 +36,6 @@ from ._simd import (
     tile_fma_rows3,
     tile_fma_rows5,
     tile_fma_splat,
-    tile_fma_splat_pitch,
     tile_load,
     tile_roll,
     tile_store,
@@ -756,10 +755,20 @@ def _backward_weight(x, sh, sw, pt, pl, hq, wq, off, gy, idx, y, cell, oh, ow, g
     return bad
 
 
+@helper
+def _image_sums(bsum, o):
+    """The bias gradient of output channel ``o``: the images' ``bsum[., o]`` in order, from 0.0
+    in float64 (as the Cython backend's ``_sum_column``), rounded to float32."""
+    b = 0.0
+    for i in range(bsum.shape[0]):
+        b = b + bsum[i, o]
+    return np.float32(b)
+
+
 @parallel_kernel(fma=True)
 def _sum_slots(part, bsum, gw, gb):
     """``gw[o, c, i, j] = part[0, q, o] + part[1, q, o] + ...`` (q = (c*kh + i)*kw + j), in slot
-    order; ``gb[o]`` (unless empty): the images' ``bsum[., o]`` in order, from 0.0 in float64."""
+    order; ``gb[o]`` (unless empty): :func:`_image_sums`."""
     oc, c, kh, kw = gw.shape
     kk_n = kh * kw
     for e in prange(oc * c):
@@ -772,10 +781,7 @@ def _sum_slots(part, bsum, gw, gb):
                 acc += part[s, q, o]
             gw[o, ci, kk // kw, kk % kw] = acc
     for o in prange(gb.size):
-        b = 0.0
-        for i in range(bsum.shape[0]):
-            b = b + bsum[i, o]
-        gb[o] = np.float32(b)
+        gb[o] = _image_sums(bsum, o)
 
 
 def conv2d_direct_backward_weight(gy, x, sh, sw, pt, pl, gw, gb):
@@ -934,7 +940,7 @@ def _spw_tile(xc, base, rs, wo, wv, k0, m, offs, pf, pb, pitch, add, zero):
     or zero and stored back there (the Cython backend's ``fcd_spw_tile``)."""
     acc = tile_load(pf, pb, pitch, offs, zero) if add else zero
     for e in range(m):
-        acc = tile_fma_splat_pitch(acc, xc, base, rs, wo[_u(k0 + e)], offs, wv[_u(k0 + e)])
+        acc = tile_fma_splat(acc, xc, base, rs, wo[_u(k0 + e)], offs, wv[_u(k0 + e)])
     tile_store(pf, pb, pitch, offs, acc)
 
 
@@ -944,57 +950,37 @@ _SPW_R5, _SPW_R6, _SPW_R7, _SPW_R8 = (tuple(range(max(1, TAPS_MAX // nv))) for n
 
 
 @helper
+def _spw_rows(xc, base, rs, wo, wv, k0, m, offs, rows, full, pf, pb, pitch, add):
+    """:func:`_spw_tile` of ``offs`` vectors x ``rows`` (``full``) or one row."""
+    if full:
+        _spw_tile(xc, base, rs, wo, wv, k0, m, offs, pf, pb, pitch, add, rtile_zero(rows, offs))
+    else:
+        _spw_tile(xc, base, rs, wo, wv, k0, m, offs, pf, pb, pitch, add, rtile_zero((0,), offs))
+
+
+@helper
 def _spw_pass(xc, base, rs, wo, wv, k0, m, nv, full, pf, pb, pitch, add):
     """:func:`_spw_tile` of ``nv`` (1 to 8) vectors x ``TAPS_MAX // nv`` rows (``full``) or one
     row (the Cython backend's ``fcd_spw_pass``)."""
     if nv == 1:
-        o1 = (0,)
-        if full:
-            _spw_tile(xc, base, rs, wo, wv, k0, m, o1, pf, pb, pitch, add, rtile_zero(_SPW_R1, o1))
-        else:
-            _spw_tile(xc, base, rs, wo, wv, k0, m, o1, pf, pb, pitch, add, rtile_zero((0,), o1))
+        _spw_rows(xc, base, rs, wo, wv, k0, m, (0,), _SPW_R1, full, pf, pb, pitch, add)
     elif nv == 2:
-        o2 = (0, VL)
-        if full:
-            _spw_tile(xc, base, rs, wo, wv, k0, m, o2, pf, pb, pitch, add, rtile_zero(_SPW_R2, o2))
-        else:
-            _spw_tile(xc, base, rs, wo, wv, k0, m, o2, pf, pb, pitch, add, rtile_zero((0,), o2))
+        _spw_rows(xc, base, rs, wo, wv, k0, m, (0, VL), _SPW_R2, full, pf, pb, pitch, add)
     elif nv == 3:
-        o3 = (0, VL, 2 * VL)
-        if full:
-            _spw_tile(xc, base, rs, wo, wv, k0, m, o3, pf, pb, pitch, add, rtile_zero(_SPW_R3, o3))
-        else:
-            _spw_tile(xc, base, rs, wo, wv, k0, m, o3, pf, pb, pitch, add, rtile_zero((0,), o3))
+        _spw_rows(xc, base, rs, wo, wv, k0, m, (0, VL, 2 * VL), _SPW_R3, full, pf, pb, pitch, add)
     elif nv == 4:
-        o4 = (0, VL, 2 * VL, 3 * VL)
-        if full:
-            _spw_tile(xc, base, rs, wo, wv, k0, m, o4, pf, pb, pitch, add, rtile_zero(_SPW_R4, o4))
-        else:
-            _spw_tile(xc, base, rs, wo, wv, k0, m, o4, pf, pb, pitch, add, rtile_zero((0,), o4))
+        _spw_rows(xc, base, rs, wo, wv, k0, m, (0, VL, 2 * VL, 3 * VL), _SPW_R4, full, pf, pb, pitch, add)
     elif nv == 5:
-        o5 = (0, VL, 2 * VL, 3 * VL, 4 * VL)
-        if full:
-            _spw_tile(xc, base, rs, wo, wv, k0, m, o5, pf, pb, pitch, add, rtile_zero(_SPW_R5, o5))
-        else:
-            _spw_tile(xc, base, rs, wo, wv, k0, m, o5, pf, pb, pitch, add, rtile_zero((0,), o5))
+        _spw_rows(xc, base, rs, wo, wv, k0, m, (0, VL, 2 * VL, 3 * VL, 4 * VL), _SPW_R5, full, pf, pb, pitch, add)
     elif nv == 6:
-        o6 = (0, VL, 2 * VL, 3 * VL, 4 * VL, 5 * VL)
-        if full:
-            _spw_tile(xc, base, rs, wo, wv, k0, m, o6, pf, pb, pitch, add, rtile_zero(_SPW_R6, o6))
-        else:
-            _spw_tile(xc, base, rs, wo, wv, k0, m, o6, pf, pb, pitch, add, rtile_zero((0,), o6))
+        _spw_rows(xc, base, rs, wo, wv, k0, m, (0, VL, 2 * VL, 3 * VL, 4 * VL, 5 * VL), _SPW_R6, full, pf, pb, pitch,
+                  add)
     elif nv == 7:
-        o7 = (0, VL, 2 * VL, 3 * VL, 4 * VL, 5 * VL, 6 * VL)
-        if full:
-            _spw_tile(xc, base, rs, wo, wv, k0, m, o7, pf, pb, pitch, add, rtile_zero(_SPW_R7, o7))
-        else:
-            _spw_tile(xc, base, rs, wo, wv, k0, m, o7, pf, pb, pitch, add, rtile_zero((0,), o7))
+        _spw_rows(xc, base, rs, wo, wv, k0, m, (0, VL, 2 * VL, 3 * VL, 4 * VL, 5 * VL, 6 * VL), _SPW_R7, full, pf, pb,
+                  pitch, add)
     else:
-        o8 = (0, VL, 2 * VL, 3 * VL, 4 * VL, 5 * VL, 6 * VL, 7 * VL)
-        if full:
-            _spw_tile(xc, base, rs, wo, wv, k0, m, o8, pf, pb, pitch, add, rtile_zero(_SPW_R8, o8))
-        else:
-            _spw_tile(xc, base, rs, wo, wv, k0, m, o8, pf, pb, pitch, add, rtile_zero((0,), o8))
+        _spw_rows(xc, base, rs, wo, wv, k0, m, (0, VL, 2 * VL, 3 * VL, 4 * VL, 5 * VL, 6 * VL, 7 * VL), _SPW_R8, full,
+                  pf, pb, pitch, add)
 
 
 @functools.lru_cache(maxsize=64)  # (per shape; never written)
@@ -1046,8 +1032,7 @@ def _pooled_tiles(xc, wo, wv, cnt, passes, rs, ps, cb_n, kh, n, groups, part):
 @parallel_kernel(fma=True)
 def _pooled_sums(part, c, bsum, gw, gb):
     """``gw[o, c, i, j]``: the slots' sums of ``part[., o, (c//VL*KH + i)*RP + j*VL + c%VL]`` in slot
-    order (RP = KW*VL); ``gb`` (unless empty): the images' ``bsum[., o]`` in order, from 0.0 in
-    float64 (as :func:`_sum_slots`)."""
+    order (RP = KW*VL); ``gb`` (unless empty): :func:`_image_sums`."""
     ns, oc, qs = part.shape
     kh, kw = gw.shape[2:]
     rp = kw * VL
@@ -1061,10 +1046,7 @@ def _pooled_sums(part, c, bsum, gw, gb):
                         acc += part[s, o, q]
                     gw[o, ci, i, j] = acc
         if gb.size:
-            b = 0.0
-            for i in range(bsum.shape[0]):
-                b = b + bsum[i, o]
-            gb[o] = np.float32(b)
+            gb[o] = _image_sums(bsum, o)
 
 
 def _pooled_weight(gp, idx, y, x, sh, sw, pt, pl, oh, ow, gw, gb):
@@ -1138,7 +1120,7 @@ def _spd_run(wf, co, cg, cnt, c0, s, ow, base, offs, xf, xb):
     for x in range(ow):
         k0 = (c0 + x) * s
         for e in range(cnt[c0 + x]):
-            acc = tile_fma_splat(acc, wf, base + co[_u(k0 + e)], (0,), offs, cg[_u(k0 + e)])
+            acc = tile_fma_splat(acc, wf, base, 0, co[_u(k0 + e)], offs, cg[_u(k0 + e)])
         acc = tile_roll(acc, xf, xb + x * VL, xb + (x + len(offs)) * VL)
     tile_store_head(xf, xb + ow * VL, acc)
 
