@@ -26,6 +26,7 @@ from ._simd import (
     tile_store_masked,
     vloads,
     vstores,
+    vtranspose,
     vzeros,
 )
 
@@ -97,6 +98,27 @@ def _gemm(m, n, k, a, a0, ars, aps, b, b0, ldb, bts, c, c0, ldc):
             _panel(m, nj, a, a0 + p0 * aps, ars, aps, aoffs, bp, 0, W, kc, c, c0 + j0, ldc, p0 > 0)
 
 
+@helper
+def _transpose(s, s0, lds, rows, cols, add, d, d0, ldd):
+    """``d[d0 + j*ldd + i] = s[s0 + i*lds + j] + add[i]`` (``add`` empty: + nothing) for
+    ``i < rows, j < cols``: VL x VL blocks in registers, the edges one value at a time (as
+    ``fcg_transpose``; one value at a time, the VL rows of a column at a 4 KB pitch shared one
+    L1 set)."""
+    ib, jb = rows // VL * VL, cols // VL * VL
+    for i0 in range(0, ib, VL):
+        for j0 in range(0, jb, VL):
+            vtranspose(s, s0 + i0 * lds + j0, lds, d, d0 + j0 * ldd + i0, ldd)
+            if add.size:
+                for j in range(j0, j0 + VL):
+                    for i in range(i0, i0 + VL):
+                        d[_u(d0 + j * ldd + i)] += add[i]
+    for j0 in range(0, cols, 64):  # (blocks of 64 columns: the rows' lines stay cached)
+        for i in range(rows):
+            a = add[i] if add.size else np.float32(0.0)
+            for j in range(j0 if i >= ib else max(j0, jb), min(cols, j0 + 64)):
+                d[_u(d0 + j * ldd + i)] = s[_u(s0 + i * lds + j)] + a
+
+
 @parallel_kernel
 def _linear_forward_tiled(x, w, bias, nblocks, y):
     _backend.sizes_linear_forward(x.shape, w.shape, bias.shape, nblocks, y.shape)
@@ -104,20 +126,16 @@ def _linear_forward_tiled(x, w, bias, nblocks, y):
     out = w.shape[0]
     nt = (n + W - 1) // W
     xf, wf, yf = x.reshape(x.size), w.reshape(w.size), y.reshape(y.size)
-    xt = np.empty(nt * W * k, np.float32)  # x^T in tiles of W columns (zero past n)
+    xt = np.empty(nt * W * k, np.float32)  # x^T in tiles of W columns (lanes past n: never read)
     yt = np.empty(out * n, np.float32)  # y^T
-    for jt in prange(nt):  # (writes along rows of xt; the W lines of x read stay cached)
-        for p in range(k):
-            for c in range(W):
-                i = jt * W + c
-                xt[_u((jt * k + p) * W + c)] = xf[_u(i * k + p)] if i < n else np.float32(0.0)
+    none = np.empty(0, np.float32)
+    for jt in prange(nt):
+        _transpose(xf, jt * W * k, k, min(W, n - jt * W), k, none, xt, jt * k * W, W)
     for t in prange(nblocks):
         o0, o1 = block(t, out, nblocks)
         if o1 > o0:  # y^T[o0:o1] = w[o0:o1] x^T, then y[:, o0:o1] = y^T[o0:o1]^T + bias
             _gemm(o1 - o0, n, k, wf, o0 * k, k, 1, xt, 0, W, k * W, yt, o0 * n, n)
-            for i in range(n):
-                for o in range(o0, o1):
-                    yf[_u(i * out + o)] = yt[_u(o * n + i)] + bias[o]
+            _transpose(yt, o0 * n, n, o1 - o0, n, bias[o0:o1], yf, o0, out)
 
 
 @parallel_kernel
@@ -144,6 +162,21 @@ def linear_forward(x, w, bias, nblocks, y):
         _linear_forward(x, w, bias, nblocks, y, SGEMM)
 
 
+@helper
+def _bias_sums(gy, o0, o1, gb):
+    """``gb[o] = sum over rows of gy[:, o]`` in float64, row by row (the reference's order), by
+    chunks of 64 columns (vectorised across the columns)."""
+    acc = np.empty(64)
+    for c0 in range(o0, o1, 64):
+        c1 = min(c0 + 64, o1)
+        acc[:] = 0.0
+        for i in range(gy.shape[0]):
+            for q in range(c1 - c0):
+                acc[q] += np.float64(gy[i, c0 + q])
+        for q in range(c1 - c0):
+            gb[c0 + q] = np.float32(acc[q])
+
+
 @parallel_kernel
 def _linear_backward(gy, x, w, input_grad, nblocks, gyt, gw, gb, gx, sgemm, tiled):
     _backend.sizes_linear_backward(gy.shape, x.shape, w.shape, input_grad, nblocks, gyt.shape, gw.shape,
@@ -152,20 +185,12 @@ def _linear_backward(gy, x, w, input_grad, nblocks, gyt, gw, gb, gx, sgemm, tile
     k = x.shape[1]
     xf, wf, tf, gwf, gxf = x.reshape(x.size), w.reshape(w.size), gyt.reshape(gyt.size), gw.reshape(gw.size), \
         gx.reshape(gx.size)
+    gyf, none = gy.reshape(gy.size), np.empty(0, np.float32)
     for t in prange(nblocks):
         o0, o1 = block(t, out, nblocks)
-        if o1 > o0:  # gyt[o0:o1] = gy[:, o0:o1]^T and the bias sums (float64, in row order),
-            acc = np.empty(16)  # by 16 columns: a line of gy per row, 16 lines of gyt written
-            for c0 in range(o0, o1, 16):
-                c1 = min(c0 + 16, o1)
-                acc[:] = 0.0
-                for i in range(n):
-                    for q in range(c1 - c0):
-                        v = gy[i, c0 + q]
-                        gyt[c0 + q, i] = v
-                        acc[q] += np.float64(v)
-                for q in range(c1 - c0):
-                    gb[c0 + q] = np.float32(acc[q])
+        if o1 > o0:  # gyt[o0:o1] = gy[:, o0:o1]^T, the bias sums, gw[o0:o1] = gyt[o0:o1] x
+            _transpose(gyf, o0, out, n, o1 - o0, none, tf, o0 * n, n)
+            _bias_sums(gy, o0, o1, gb)
             if tiled:  # (gy^T's rows broadcast, x's rows the vectors)
                 _gemm(o1 - o0, k, n, tf, o0 * n, n, 1, xf, 0, k, W, gwf, o0 * k, k)
             else:
