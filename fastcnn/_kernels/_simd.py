@@ -464,6 +464,33 @@ def tile_store(typingctx, g, base, pitch, offs, acc):
 
 
 @intrinsic
+def vcolumn_sums(typingctx, arr, base, pitch, rows, offs, dst, d0):
+    """``dst[d0 + offs[v] + l] = 0.0 + arr[base + offs[v] + l] + arr[base + pitch + ...] + ...``
+    over ``rows`` rows, in float64, for ``l < 8`` and each offset of the tuple ``offs`` (float32
+    ``arr``, float64 ``dst``): one ``<8 x double>`` accumulator per offset, kept in a register
+    through the loop (a NumPy array of sums was stored and reloaded each row)."""
+    def codegen(context, builder, sig, args):
+        aty, _, _, _, oty, dty, _ = sig.args
+        vt, ft = ir.VectorType(ir.DoubleType(), 8), ir.VectorType(ir.FloatType(), 8)
+        src = context.make_array(aty)(context, builder, args[0]).data
+        out = context.make_array(dty)(context, builder, args[5]).data
+        b, p, n, d = (context.cast(builder, args[k], sig.args[k], types.intp) for k in (1, 2, 3, 6))
+        offs = [context.cast(builder, builder.extract_value(args[4], v), oty.dtype, types.intp)
+                for v in range(oty.count)]
+        accs = [cgutils.alloca_once_value(builder, ir.Constant(vt, [0.0] * 8)) for _ in offs]
+        with cgutils.for_range(builder, n) as loop:
+            row = builder.add(b, builder.mul(loop.index, p))
+            for acc, o in zip(accs, offs):
+                x = builder.load(builder.bitcast(builder.gep(src, [builder.add(row, o)]), ft.as_pointer()), align=4)
+                builder.store(builder.fadd(builder.load(acc), builder.fpext(x, vt)), acc)
+        for acc, o in zip(accs, offs):
+            builder.store(builder.load(acc), builder.bitcast(builder.gep(out, [builder.add(d, o)]), vt.as_pointer()),
+                          align=8)
+        return context.get_dummy_value()
+    return types.none(arr, base, pitch, rows, offs, dst, d0), codegen
+
+
+@intrinsic
 def vstore(typingctx, arr, i, v):
     """``arr[i : i + VL] = v``."""
     def codegen(context, builder, sig, args):

@@ -41,6 +41,7 @@ from ._simd import (
     tile_store,
     tile_store_head,
     tile_zero,
+    vcolumn_sums,
     vdeinterleave,
     vload_even,
     vloads,
@@ -645,11 +646,11 @@ def _unpool_channels_last(gf, jf, yf, relu, i, oc, oh, ow, tf, d0, ocv, vt, it, 
     _image_channels_last(jf, i * oc * phw, oc, phw, it, 0, ocv)
     for k in range(phw):
         for o in range(oc, ocv):
-            ix[k * ocv + o] = -1  # (the padding channels: in no window)
+            ix[_u(k * ocv + o)] = -1  # (the padding channels: in no window)
     if relu:
         _image_channels_last(yf, i * oc * phw, oc, phw, tf, d0, ocv)  # (tf: scratch until the cells below)
         for e in range(phw * ocv):
-            vt[e] = vt[e] * np.float32(tf[_u(d0 + e)] > 0)
+            vt[_u(e)] = vt[_u(e)] * np.float32(tf[_u(d0 + e)] > 0)
     z = np.float32(0.0)
     for a in range(oh):
         for b in range(ow):
@@ -661,22 +662,22 @@ def _unpool_channels_last(gf, jf, yf, relu, i, oc, oh, ow, tf, d0, ocv, vt, it, 
             k = ((a // 2) * pw + b // 2) * ocv
             p = a * ow + b
             for o in range(ocv):  # (0 + g: the scatter-add's sum, -0.0 -> +0.0)
-                tf[_u(d + o)] = z + vt[k + o] if ix[k + o] == p else z
-    jx = jf.view(np.int32)
-    miss = 0
-    for o in range(oc):  # (each window's index inside it)
-        miss |= _window_check(jx, (i * oc + o) * phw, phw, cell, ow)
-    return miss
+                tf[_u(d + o)] = z + vt[_u(k + o)] if ix[_u(k + o)] == p else z
+    return _window_check(jf.view(np.int32), i * oc * phw, oc, phw, cell, ow)  # (each window's index inside it)
 
 
 @njit(**_config.NUMBA_SERIAL)
 def _column_sums(tf, d0, pn, ocv, nb, bsum, i):
     """``bsum[i, o]``: column ``o < nb`` of an image's channels-last gradient ``tf[d0 ...]``
-    summed in float64 in pixel order (as the Cython backend's ``fcd_grad_t_sums``)."""
-    acc = np.zeros(nb, np.float64)  # (its own array: the loop over the columns vectorizes)
-    for e in range(pn):
-        for o in range(nb):
-            acc[o] += np.float64(tf[_u(d0 + e * ocv + o)])
+    summed in float64 in pixel order (as the Cython backend's ``fcd_grad_t_sums``), 32 or 16
+    columns at a time (``ocv``: whole vectors of 16)."""
+    acc = np.empty(ocv, np.float64)
+    o0 = 0
+    while o0 + 32 <= ocv:
+        vcolumn_sums(tf, d0 + o0, ocv, pn, (0, 8, 16, 24), acc, o0)
+        o0 += 32
+    if o0 < ocv:
+        vcolumn_sums(tf, d0 + o0, ocv, pn, (0, 8), acc, o0)
     for o in range(nb):
         bsum[i, o] = acc[o]
 
@@ -839,10 +840,9 @@ def _winners(gf, jf, yf, relu, i, oc, oh, ow, x0, rstep, cstep, wo, wv, cnt, bsu
     its own window (:func:`_window_check`; ``cell``: each window's first cell)."""
     pw = ow // 2
     phw = (oh // 2) * pw
-    bad = 0
+    bad = _window_check(jf, i * oc * phw, oc, phw, cell, ow)
     for o in range(oc):
         k0 = (i * oc + o) * phw
-        bad |= _window_check(jf, k0, phw, cell, ow)
         e0 = (i * oc + o) * (phw + 1)  # (one slot more: a dropped cell is written past the last winner)
         m = 0
         for r in range(oh // 2):
@@ -874,14 +874,16 @@ def _winners(gf, jf, yf, relu, i, oc, oh, ow, x0, rstep, cstep, wo, wv, cnt, bsu
 
 
 @njit(**_config.NUMBA_SERIAL)
-def _window_check(jf, k0, phw, cell, ow):
-    """Nonzero if one of the pooled plane's indices ``jf[k0 ...]`` is not 0, 1, OW or OW + 1 past
-    its window's first cell ``cell[e]`` (a vectorised loop)."""
+def _window_check(jf, k0, planes, phw, cell, ow):
+    """Nonzero if one of the indices ``jf[k0 ...]`` of ``planes`` consecutive pooled planes is not
+    0, 1, OW or OW + 1 past its window's first cell ``cell[e]`` (a vectorised loop: its indices
+    unsigned, ``_u``, or LLVM gathered the values one by one)."""
     w = np.int32(ow)
     miss = np.int32(0)
-    for e in range(phw):
-        q = jf[k0 + e] - cell[e]
-        miss |= np.int32(((q & -2) != 0) & (((q - w) & -2) != 0))
+    for k in range(planes):
+        for e in range(phw):
+            q = jf[_u(k0 + k * phw + e)] - cell[_u(e)]
+            miss |= np.int32(((q & -2) != 0) & (((q - w) & -2) != 0))
     return miss
 
 
@@ -1085,10 +1087,10 @@ def _cells(gf, jf, yf, relu, i, oc, ow, phw, ws, cnt, co, cg, cell):
     dropped winner is written past the last one).  Returns nonzero if an index lies outside
     its own window (:func:`_window_check`; then nothing is valid)."""
     s = oc + 1
+    if _window_check(jf, i * oc * phw, oc, phw, cell, ow):
+        return 1
     for o in range(oc):
         k0 = (i * oc + o) * phw
-        if _window_check(jf, k0, phw, cell, ow):
-            return 1
         w = o * ws
         if relu:  # (two loops: no test per cell)
             for k in range(phw):
