@@ -176,15 +176,20 @@ def maxpool2d_backward(gy, idx, gx):
 
 
 @njit(**NUMBA_SERIAL)
-def _tile_row(xf, r0, gf, s0, div, d0, ow, kw):
-    """One input row of a tiling pooling (kw == sw, no left padding): every cell gets the
-    share of its only window, ``0.0 + g`` as the reference's sum (literal ``kw`` at the
-    call sites)."""
+def _tile_rows(xf, r0, kh, w, gf, s0, div, d0, ow, kw):
+    """The ``kh`` input rows (from ``xf[r0]``, pitch ``w``) under one row of windows of a
+    tiling pooling (kw == sw, no left padding): every cell gets the share of its only window,
+    ``0.0 + g`` as the reference's sum, each share computed once; the cells past the last
+    window zero (literal ``kw`` at the call sites)."""
     z = np.float32(0.0)
     for u in range(ow):
         g = z + gf[_u(s0 + u)] / div[_u(d0 + u)]
-        for j in range(kw):
-            xf[_u(r0 + u * kw + j)] = g
+        for r in range(kh):
+            for j in range(kw):
+                xf[_u(r0 + r * w + u * kw + j)] = g
+    for r in range(kh):
+        for iw in range(ow * kw, w):
+            xf[_u(r0 + r * w + iw)] = 0.0
 
 
 @parallel_kernel
@@ -197,19 +202,14 @@ def _avgpool2d_backward(gy, kh, kw, sh, sw, pt, pl, div, tiled, gx):
     xf = gx.reshape(gx.size)
     if tiled:  # (_ref.windows_tile: each cell has at most one window, no sum needed)
         for t in prange(n * c):
-            for ih in range(h):
-                q = ih // kh
-                r0 = (t * h + ih) * w
-                if q >= oh:
-                    for iw in range(w):
-                        xf[_u(r0 + iw)] = 0.0
+            for q in range(oh):  # (one call per row of windows: one per input row cost more than its work)
+                r0 = (t * h + q * kh) * w
+                if kw == 2:
+                    _tile_rows(xf, r0, kh, w, gf, (t * oh + q) * ow, div, q * ow, ow, 2)
                 else:
-                    if kw == 2:
-                        _tile_row(xf, r0, gf, (t * oh + q) * ow, div, q * ow, ow, 2)
-                    else:
-                        _tile_row(xf, r0, gf, (t * oh + q) * ow, div, q * ow, ow, kw)
-                    for iw in range(ow * kw, w):
-                        xf[_u(r0 + iw)] = 0.0
+                    _tile_rows(xf, r0, kh, w, gf, (t * oh + q) * ow, div, q * ow, ow, kw)
+            for e in range((t * h + oh * kh) * w, (t + 1) * h * w):  # (rows past the last window)
+                xf[_u(e)] = 0.0
         return
     # As the reference: for each window cell (i, j), every output adds its share to one input
     # cell; per input cell the shares arrive in (i, j) order.
