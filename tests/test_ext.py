@@ -220,8 +220,9 @@ def test_winograd_numba_and_cython_give_the_same_bytes():
         for n, c, oc, h, w, padding, r in [(3, 5, 7, 9, 11, 1, 3), (1, 3, 9, 5, 6, 0, 3), (20, 17, 33, 8, 8, 1, 3),
                                            (2, 16, 16, 32, 32, 1, 3), (2, 4, 8, 7, 7, 2, 3),
                                            (3, 32, 64, 14, 14, 2, 5), (2, 5, 7, 9, 11, 4, 5), (1, 3, 9, 6, 5, 0, 5),
-                                           # tile rows of exactly one vector (16 or 8 lanes), an odd last row
-                                           (2, 8, 16, 16, 16, 1, 3), (1, 4, 8, 15, 32, 1, 3), (1, 4, 8, 32, 32, 2, 5)]:
+                                           # tile rows of exactly one vector (16, 8 or 4 lanes), an odd last row
+                                           (2, 8, 16, 16, 16, 1, 3), (1, 4, 8, 15, 32, 1, 3), (1, 4, 8, 32, 32, 2, 5),
+                                           (1, 3, 8, 7, 16, 1, 3), (2, 3, 5, 7, 8, 1, 3)]:
             x = rng.standard_normal((n, c, h, w), dtype=np.float32)
             wt = rng.standard_normal((oc, c, r, r), dtype=np.float32)
             b = rng.standard_normal(oc, dtype=np.float32)

@@ -775,6 +775,28 @@ def vpool4(typingctx, y00, y01, y10, y11, bias, relu):
     return tt(y00, y01, y10, y11, bias, relu), codegen
 
 
+def _pairs(context, builder, a, c, bias, bty, relu, rty):
+    """``f(a)`` and ``f(c)`` zipped (``f(v) = v + bias``, then the ReLU if ``relu``: ``v <= 0``:
+    +0; NaN stays): one vector of ``2*VL`` floats."""
+    zero = ir.Constant(_LLV, [0.0] * VL)
+    b = _splat(builder, context.cast(builder, bias, bty, types.float32))
+    on = builder.icmp_signed("!=", context.cast(builder, relu, rty, types.intp), ir.Constant(ir.IntType(64), 0))
+
+    def f(v):
+        v = builder.fadd(v, b)
+        return builder.select(on, builder.select(builder.fcmp_ordered("<=", v, zero), zero, v), v)
+
+    return builder.shuffle_vector(f(a), f(c), ir.Constant(ir.VectorType(_I32, 2 * VL),
+                                                          [k // 2 + (k % 2) * VL for k in range(2 * VL)]))
+
+
+def _pairs_ptr(context, builder, yty, yf, dty, d):
+    """``&yf[d]`` as a pointer to ``2*VL`` floats."""
+    ya = context.make_array(yty)(context, builder, yf)
+    f2 = ir.VectorType(ir.FloatType(), 2 * VL)
+    return builder.bitcast(builder.gep(ya.data, [context.cast(builder, d, dty, types.intp)]), f2.as_pointer())
+
+
 @intrinsic
 def vput_pairs(typingctx, yf, d, z, s0, s1, n, bias, relu):
     """``yf[d + 2e] = f(z[s0 + e])``, ``yf[d + 2e + 1] = f(z[s1 + e])`` for ``e < n`` (<= VL),
@@ -783,23 +805,22 @@ def vput_pairs(typingctx, yf, d, z, s0, s1, n, bias, relu):
     Reads ``VL`` floats of each row (the caller's rows are padded)."""
     def codegen(context, builder, sig, args):
         yty, dty, zty, s0t, s1t, nty, bty, rty = sig.args
-        vi2 = ir.VectorType(_I32, 2 * VL)
-        f2 = ir.VectorType(ir.FloatType(), 2 * VL)
-        zero = ir.Constant(_LLV, [0.0] * VL)
-        b = _splat(builder, context.cast(builder, args[6], bty, types.float32))
-        relu = builder.icmp_signed("!=", context.cast(builder, args[7], rty, types.intp),
-                                   ir.Constant(ir.IntType(64), 0))
-
-        def row(s, st):
-            v = builder.fadd(builder.load(_ptr(context, builder, zty, args[2], s, st), align=4), b)
-            r = builder.select(builder.fcmp_ordered("<=", v, zero), zero, v)
-            return builder.select(relu, r, v)
-
-        a, c = row(args[3], s0t), row(args[4], s1t)
-        pairs = builder.shuffle_vector(a, c, ir.Constant(vi2, [k // 2 + (k % 2) * VL for k in range(2 * VL)]))
+        a = builder.load(_ptr(context, builder, zty, args[2], args[3], s0t), align=4)
+        c = builder.load(_ptr(context, builder, zty, args[2], args[4], s1t), align=4)
         nn = builder.trunc(context.cast(builder, args[5], nty, types.intp), _I32)
-        ya = context.make_array(yty)(context, builder, args[0])
-        p = builder.bitcast(builder.gep(ya.data, [context.cast(builder, args[1], dty, types.intp)]), f2.as_pointer())
-        _store_first(builder, pairs, p, builder.add(nn, nn))
+        _store_first(builder, _pairs(context, builder, a, c, args[6], bty, args[7], rty),
+                     _pairs_ptr(context, builder, yty, args[0], dty, args[1]), builder.add(nn, nn))
         return context.get_dummy_value()
     return types.none(yf, d, z, s0, s1, n, bias, relu), codegen
+
+
+@intrinsic
+def vput_pair_vectors(typingctx, yf, d, a, c, bias, relu):
+    """``yf[d + 2e] = f(a[e])``, ``yf[d + 2e + 1] = f(c[e])`` for ``e < VL`` (``f`` as
+    :func:`vput_pairs`'): two vectors zipped by a shuffle, stored whole."""
+    def codegen(context, builder, sig, args):
+        yty, dty, _, _, bty, rty = sig.args
+        builder.store(_pairs(context, builder, args[2], args[3], args[4], bty, args[5], rty),
+                      _pairs_ptr(context, builder, yty, args[0], dty, args[1]), align=4)
+        return context.get_dummy_value()
+    return types.none(yf, d, a, c, bias, relu), codegen

@@ -26,6 +26,7 @@ from ._simd import (
     vloads,
     vloads_lanes,
     vpool4,
+    vput_pair_vectors,
     vput_pairs,
     vstore,
     vstores,
@@ -61,17 +62,17 @@ def _tap(w, flip, o, ci, i, j, r):
 @parallel_kernel
 def _weights3(w, flip, nob, vp):
     """3x3 kernels: the Cython kernels' ``fcw_pack_weights``, its sums in its order (``G``'s
-    entries are 0, 1 and +-1/2), one block of ``J`` output channels per iteration."""
+    entries are 0, 1 and +-1/2), one block of ``J`` output channels per iteration; a channel's
+    16 planes of the block built in ``blk``, then copied row by row (stored one by one, 16 KB
+    apart at 64 channels, they conflicted in L1)."""
     c, oc = (w.shape[0], w.shape[1]) if flip else (w.shape[1], w.shape[0])
     for ob in prange(nob):
-        t = np.empty((4, 3))
+        t, blk = np.empty((4, 3)), np.empty((16, J), np.float32)
         for ci in range(c):
             for jj in range(J):
                 o = ob * J + jj
-                d = (ob * c + ci) * J + jj  # (plane xi: at d + xi * nob * c * J)
                 if o >= oc:
-                    for xi in range(16):
-                        vp[_u(d + xi * nob * c * J)] = 0.0
+                    blk[:, jj] = 0.0
                     continue
                 for j in range(3):
                     g0, g1 = _tap(w, flip, o, ci, 0, j, 3), _tap(w, flip, o, ci, 1, j, 3)
@@ -81,28 +82,26 @@ def _weights3(w, flip, nob, vp):
                     t[2, j] = 0.5 * (g0 - g1 + g2)
                     t[3, j] = g2
                 for i in range(4):
-                    e = d + 4 * i * nob * c * J
-                    vp[_u(e)] = np.float32(t[i, 0])
-                    vp[_u(e + nob * c * J)] = np.float32(0.5 * (t[i, 0] + t[i, 1] + t[i, 2]))
-                    vp[_u(e + 2 * nob * c * J)] = np.float32(0.5 * (t[i, 0] + -t[i, 1] + t[i, 2]))
-                    vp[_u(e + 3 * nob * c * J)] = np.float32(t[i, 2])
+                    blk[4 * i, jj] = np.float32(t[i, 0])
+                    blk[4 * i + 1, jj] = np.float32(0.5 * (t[i, 0] + t[i, 1] + t[i, 2]))
+                    blk[4 * i + 2, jj] = np.float32(0.5 * (t[i, 0] + -t[i, 1] + t[i, 2]))
+                    blk[4 * i + 3, jj] = np.float32(t[i, 2])
+            _put_planes(blk, vp, (ob * c + ci) * J, nob * c * J)
 
 
 @parallel_kernel
 def _weights5(w, flip, nob, gm, vp):
     """5x5 kernels in float64, each sum in the order of its terms (G's entries are not all
     dyadic): the Cython kernels' ``fcw_pack_weights5``, one block of ``J`` output channels per
-    iteration."""
+    iteration, a channel's 36 planes built in ``blk`` (as :func:`_weights3`)."""
     c, oc = (w.shape[0], w.shape[1]) if flip else (w.shape[1], w.shape[0])
     for ob in prange(nob):
-        t, gg = np.empty((6, 5)), np.empty((5, 5))
+        t, gg, blk = np.empty((6, 5)), np.empty((5, 5)), np.empty((36, J), np.float32)
         for ci in range(c):
             for jj in range(J):
                 o = ob * J + jj
-                d = (ob * c + ci) * J + jj
                 if o >= oc:
-                    for xi in range(36):
-                        vp[_u(d + xi * nob * c * J)] = 0.0
+                    blk[:, jj] = 0.0
                     continue
                 for i in range(5):
                     for j in range(5):
@@ -118,7 +117,16 @@ def _weights5(w, flip, nob, gm, vp):
                         s = t[i, 0] * gm[j, 0]
                         for k in range(1, 5):
                             s = s + t[i, k] * gm[j, k]
-                        vp[_u(d + (6 * i + j) * nob * c * J)] = np.float32(s)
+                        blk[6 * i + j, jj] = np.float32(s)
+            _put_planes(blk, vp, (ob * c + ci) * J, nob * c * J)
+
+
+@helper
+def _put_planes(blk, vp, d, pitch):
+    """``vp[d + xi*pitch : ... + J] = blk[xi]`` for each plane ``xi``."""
+    for xi in range(blk.shape[0]):
+        for jj in range(J):
+            vp[_u(d + xi * pitch + jj)] = blk[xi, jj]
 
 
 @helper
@@ -222,6 +230,9 @@ def _winograd(x, pt, pl, hq, wq, vp, bias, relu, ni, r5, oc, oh, ow, yf, pool, y
     #  the 16 or 36 transformed values of a tile into one L1 set)
     us, ms = c * qp + 16, J * qp + 16
     ph, pw = oh // 2, ow // 2
+    # every run one whole vector (rows of VL tiles, an even output width): the output rows
+    # straight from the registers (as the Cython kernels' on AVX-512)
+    whole = tw == VL and ow == 2 * tw and pool == 0
     # window value (i, j) of grid position p: phase (i % 2, j % 2) at (i // 2)*wq + j // 2
     tab = (0, ps, 1, ps + 1, 2 * ps, 3 * ps, 2 * ps + 1, 3 * ps + 1,
            wq, ps + wq, wq + 1, ps + wq + 1, 2 * ps + wq, 3 * ps + wq, 2 * ps + wq + 1, 3 * ps + wq + 1)
@@ -322,6 +333,17 @@ def _winograd(x, pt, pl, hq, wq, vp, bias, relu, ni, r5, oc, oh, ow, yf, pool, y
                     # 3. output transform, bias, ReLU, channel by channel
                     for jj in range(min(J, oc - ob * J)):
                         o = ob * J + jj
+                        if whole:  # (vector v is run v, a whole tile row: straight to its two rows)
+                            for v in range(nv):
+                                if r5:
+                                    yy = _out_tf6(vloads(m, jj * qp + v * VL, moff6))
+                                else:
+                                    yy = _out_tf(vloads(m, jj * qp + v * VL, moff))
+                                d = (((i0 + runs[v, 2]) * oc + o) * oh + 2 * runs[v, 3]) * ow
+                                vput_pair_vectors(yf, d, yy[0], yy[1], bias[o], relu)
+                                if 2 * runs[v, 3] + 1 < oh:
+                                    vput_pair_vectors(yf, d + ow, yy[2], yy[3], bias[o], relu)
+                            continue
                         for v in range(nv):
                             if r5:
                                 yy = _out_tf6(vloads(m, jj * qp + v * VL, moff6))
