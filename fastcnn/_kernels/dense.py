@@ -102,8 +102,7 @@ def _gemm(m, n, k, a, a0, ars, aps, b, b0, ldb, bts, c, c0, ldc):
 def _transpose(s, s0, lds, rows, cols, add, d, d0, ldd):
     """``d[d0 + j*ldd + i] = s[s0 + i*lds + j] + add[i]`` (``add`` empty: + nothing) for
     ``i < rows, j < cols``: VL x VL blocks in registers, the edges one value at a time (as
-    ``fcg_transpose``; one value at a time, the VL rows of a column at a 4 KB pitch shared one
-    L1 set)."""
+    ``fcg_transpose``; copied one value at a time, rows read 4 KB apart shared one L1 set)."""
     ib, jb = rows // VL * VL, cols // VL * VL
     for i0 in range(0, ib, VL):
         for j0 in range(0, jb, VL):

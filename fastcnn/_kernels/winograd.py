@@ -333,23 +333,17 @@ def _winograd(x, pt, pl, hq, wq, vp, bias, relu, ni, r5, oc, oh, ow, yf, pool, y
                     # 3. output transform, bias, ReLU, channel by channel
                     for jj in range(min(J, oc - ob * J)):
                         o = ob * J + jj
-                        if whole:  # (vector v is run v, a whole tile row: straight to its two rows)
-                            for v in range(nv):
-                                if r5:
-                                    yy = _out_tf6(vloads(m, jj * qp + v * VL, moff6))
-                                else:
-                                    yy = _out_tf(vloads(m, jj * qp + v * VL, moff))
-                                d = (((i0 + runs[v, 2]) * oc + o) * oh + 2 * runs[v, 3]) * ow
-                                vput_pair_vectors(yf, d, yy[0], yy[1], bias[o], relu)
-                                if 2 * runs[v, 3] + 1 < oh:
-                                    vput_pair_vectors(yf, d + ow, yy[2], yy[3], bias[o], relu)
-                            continue
                         for v in range(nv):
                             if r5:
                                 yy = _out_tf6(vloads(m, jj * qp + v * VL, moff6))
                             else:
                                 yy = _out_tf(vloads(m, jj * qp + v * VL, moff))
-                            if pool:
+                            if whole:  # (vector v is run v, a whole tile row: straight to its two rows)
+                                d = (((i0 + runs[v, 2]) * oc + o) * oh + 2 * runs[v, 3]) * ow
+                                vput_pair_vectors(yf, d, yy[0], yy[1], bias[o], relu)
+                                if 2 * runs[v, 3] + 1 < oh:
+                                    vput_pair_vectors(yf, d + ow, yy[2], yy[3], bias[o], relu)
+                            elif pool:
                                 best = vpool4(yy[0], yy[1], yy[2], yy[3], bias[o], relu)
                                 vstore(z, v * VL, best[0])
                                 vstore(z, qp + v * VL, best[1])
@@ -358,6 +352,8 @@ def _winograd(x, pt, pl, hq, wq, vp, bias, relu, ni, r5, oc, oh, ow, yf, pool, y
                                 vstore(z, qp + v * VL, yy[1])
                                 vstore(z, 2 * qp + v * VL, yy[2])
                                 vstore(z, 3 * qp + v * VL, yy[3])
+                        if whole:
+                            continue
                         if pool:  # the windows of whole tiles, run by run
                             for r in range(nr):
                                 e, rn, k, ty, tx = runs[r, 0], runs[r, 1], runs[r, 2], runs[r, 3], runs[r, 4]
