@@ -154,7 +154,7 @@ def _forward(x, sh, sw, pt, pl, hq, wq, tab, w, bias, relu, oh, ow, y, pool, yp,
     indices ``ip`` (``(N, OC, oh // 2, ow // 2)``) from the tile buffer, while in cache
     (:func:`._simd.pool2_row_biased`: bias and ReLU in registers, the pooling kernels' rule)."""
     n, c, h, wd = x.shape
-    ypf, ipf = yp.reshape(yp.size), ip.reshape(ip.size)
+    yf, ypf, ipf = y.reshape(y.size), yp.reshape(yp.size), ip.reshape(ip.size)
     oc = w.shape[0]
     ph, pw = oh // 2, ow // 2
     xflat = x.reshape(x.size)
@@ -208,12 +208,14 @@ def _forward(x, sh, sw, pt, pl, hq, wq, tab, w, bias, relu, oh, ow, y, pool, yp,
                             pool2_row_biased(g, a0 + 2 * u0, a0 + wq + 2 * u0, min(VL, pw - u0), ypf, ipf,
                                              ((b * oc + o) * ph + r) * pw + u0, 2 * r * ow + 2 * u0, ow, bias[o], relu)
                     continue
-                for r in range(oh):
+                bo = bias[o]
+                for r in range(oh):  # (flat, unsigned indices: a vector loop)
+                    s0, d0 = jj * pitch + r * wq, ((b * oc + o) * oh + r) * ow
                     for q in range(ow):
-                        v = g[_u(jj * pitch + r * wq + q)] + bias[o]
+                        v = g[_u(s0 + q)] + bo
                         if relu and v <= 0.0:  # (the ReLU kernels' rule: NaN stays, -0 -> +0)
                             v = np.float32(0.0)
-                        y[b, o, r, q] = v
+                        yf[_u(d0 + q)] = v
 
 
 _CT_OFFS = (0, VL)  # (a channel tile's two channel vectors)
