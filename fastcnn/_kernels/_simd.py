@@ -59,11 +59,12 @@ _LLV = ir.VectorType(ir.FloatType(), VL)
 _I32 = ir.IntType(32)
 
 
-def _ptr(context, builder, aty, arr, idx, ity):
-    """``&arr[idx]`` (1-D float32 array ``arr``, no bounds check) as a vector pointer."""
+def _ptr(context, builder, aty, arr, idx, ity, vt=None):
+    """``&arr[idx]`` (1-D array ``arr``, no bounds check) as a pointer to a vector of type ``vt``
+    (default ``VL`` floats)."""
     a = context.make_array(aty)(context, builder, arr)
     i = context.cast(builder, idx, ity, types.intp)
-    return builder.bitcast(builder.gep(a.data, [i]), _LLV.as_pointer())
+    return builder.bitcast(builder.gep(a.data, [i]), (vt or _LLV).as_pointer())
 
 
 def _splat(builder, s, vt=_LLV):
@@ -472,8 +473,6 @@ def vcolumn_sums(typingctx, arr, base, pitch, rows, offs, dst, d0):
     def codegen(context, builder, sig, args):
         aty, _, _, _, oty, dty, _ = sig.args
         vt, ft = ir.VectorType(ir.DoubleType(), 8), ir.VectorType(ir.FloatType(), 8)
-        src = context.make_array(aty)(context, builder, args[0]).data
-        out = context.make_array(dty)(context, builder, args[5]).data
         b, p, n, d = (context.cast(builder, args[k], sig.args[k], types.intp) for k in (1, 2, 3, 6))
         offs = [context.cast(builder, builder.extract_value(args[4], v), oty.dtype, types.intp)
                 for v in range(oty.count)]
@@ -481,10 +480,10 @@ def vcolumn_sums(typingctx, arr, base, pitch, rows, offs, dst, d0):
         with cgutils.for_range(builder, n) as loop:
             row = builder.add(b, builder.mul(loop.index, p))
             for acc, o in zip(accs, offs):
-                x = builder.load(builder.bitcast(builder.gep(src, [builder.add(row, o)]), ft.as_pointer()), align=4)
+                x = builder.load(_ptr(context, builder, aty, args[0], builder.add(row, o), types.intp, ft), align=4)
                 builder.store(builder.fadd(builder.load(acc), builder.fpext(x, vt)), acc)
         for acc, o in zip(accs, offs):
-            builder.store(builder.load(acc), builder.bitcast(builder.gep(out, [builder.add(d, o)]), vt.as_pointer()),
+            builder.store(builder.load(acc), _ptr(context, builder, dty, args[5], builder.add(d, o), types.intp, vt),
                           align=8)
         return context.get_dummy_value()
     return types.none(arr, base, pitch, rows, offs, dst, d0), codegen
@@ -790,11 +789,8 @@ def _pairs(context, builder, a, c, bias, bty, relu, rty):
                                                           [k // 2 + (k % 2) * VL for k in range(2 * VL)]))
 
 
-def _pairs_ptr(context, builder, yty, yf, dty, d):
-    """``&yf[d]`` as a pointer to ``2*VL`` floats."""
-    ya = context.make_array(yty)(context, builder, yf)
-    f2 = ir.VectorType(ir.FloatType(), 2 * VL)
-    return builder.bitcast(builder.gep(ya.data, [context.cast(builder, d, dty, types.intp)]), f2.as_pointer())
+#: The type of a zipped pair of vectors (:func:`_pairs`).
+_LLV2 = ir.VectorType(ir.FloatType(), 2 * VL)
 
 
 @intrinsic
@@ -809,7 +805,7 @@ def vput_pairs(typingctx, yf, d, z, s0, s1, n, bias, relu):
         c = builder.load(_ptr(context, builder, zty, args[2], args[4], s1t), align=4)
         nn = builder.trunc(context.cast(builder, args[5], nty, types.intp), _I32)
         _store_first(builder, _pairs(context, builder, a, c, args[6], bty, args[7], rty),
-                     _pairs_ptr(context, builder, yty, args[0], dty, args[1]), builder.add(nn, nn))
+                     _ptr(context, builder, yty, args[0], args[1], dty, _LLV2), builder.add(nn, nn))
         return context.get_dummy_value()
     return types.none(yf, d, z, s0, s1, n, bias, relu), codegen
 
@@ -821,6 +817,6 @@ def vput_pair_vectors(typingctx, yf, d, a, c, bias, relu):
     def codegen(context, builder, sig, args):
         yty, dty, _, _, bty, rty = sig.args
         builder.store(_pairs(context, builder, args[2], args[3], args[4], bty, args[5], rty),
-                      _pairs_ptr(context, builder, yty, args[0], dty, args[1]), align=4)
+                      _ptr(context, builder, yty, args[0], args[1], dty, _LLV2), align=4)
         return context.get_dummy_value()
     return types.none(yf, d, a, c, bias, relu), codegen

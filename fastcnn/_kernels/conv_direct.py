@@ -669,11 +669,10 @@ def _unpool_channels_last(gf, jf, yf, relu, i, oc, oh, ow, tf, d0, ocv, vt, it, 
 
 
 @njit(**_config.NUMBA_SERIAL)
-def _column_sums(tf, d0, pn, ocv, nb, bsum, i):
+def _column_sums(tf, d0, pn, ocv, nb, bsum, i, acc):
     """``bsum[i, o]``: column ``o < nb`` of an image's channels-last gradient ``tf[d0 ...]``
     summed in float64 in pixel order (as the Cython backend's ``fcd_grad_t_sums``), 32 or 16
-    columns at a time (``ocv``: whole vectors of 16)."""
-    acc = np.empty(ocv, np.float64)
+    columns at a time into the scratch ``acc`` (``ocv`` floats; ``ocv``: whole vectors of 16)."""
     o0 = 0
     while o0 + 32 <= ocv:
         vcolumn_sums(tf, d0 + o0, ocv, pn, (0, 8, 16, 24), acc, o0)
@@ -724,6 +723,7 @@ def _backward_weight(x, sh, sw, pt, pl, hq, wq, off, gy, idx, y, cell, oh, ow, g
         gf = np.empty(ni_max * gs, np.float32)
         vt = np.empty(pn // 4 * ocv if pooled else 0, np.float32)
         it = np.empty(vt.size, np.float32)
+        sums = np.empty(ocv, np.float64)  # (the bias's column sums of one image)
         for i in range(i0, i1, ni_max):
             ni = min(ni_max, i1 - i)
             for k in range(ni * c):
@@ -735,7 +735,7 @@ def _backward_weight(x, sh, sw, pt, pl, hq, wq, off, gy, idx, y, cell, oh, ow, g
                 else:
                     _image_channels_last(gyf, (i + k) * oc * pn, oc, pn, gf, k * gs, ocv)
                 if nb > 0 and g == 0:  # (the bias: once per image, by its slot's first item)
-                    _column_sums(gf, k * gs, pn, ocv, nb, bsum, i + k)
+                    _column_sums(gf, k * gs, pn, ocv, nb, bsum, i + k, sums)
             for u in range(u0, u1):
                 ob = u // nqb
                 qb = u - ob * nqb
