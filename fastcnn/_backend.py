@@ -256,17 +256,20 @@ def sizes_conv2d_direct_backward_weight(gy, x, sh, sw, pt, pl, gw, gb):
         raise ValueError("conv2d_direct_backward_weight: gb must have shape (OC,) or (0,)")
 
 
-def _sizes_winograd(op, w, pt, pl):
+def _sizes_winograd(op, w, pt, pl, m=2):
     if w[2:] not in ((3, 3), (5, 5)):
         raise ValueError(f"{op}: the kernel must be 3 x 3 or 5 x 5, got {w[2]} x {w[3]}")
     if max(pt, pl) > w[2] - 1:
         raise ValueError(f"{op}: the padding must be at most {w[2] - 1} for a {w[2]} x {w[3]} kernel, "
                          f"got {pt}, {pl}")
+    if m not in (2, 4) or (m == 4 and w[2] != 3):
+        raise ValueError(f"{op}: the output tile m must be 2, or 4 for a 3 x 3 kernel, got {m} "
+                         f"for a {w[2]} x {w[3]} kernel")
 
 
-def sizes_conv2d_winograd_forward(x, w, bias, pt, pl, relu, y):
+def sizes_conv2d_winograd_forward(x, w, bias, pt, pl, relu, y, m=2):
     _sizes_direct(x, w, y, 1, 1, pt, pl)
-    _sizes_winograd("conv2d_winograd_forward", w, pt, pl)
+    _sizes_winograd("conv2d_winograd_forward", w, pt, pl, m)
     if bias != w[:1]:
         raise ValueError("conv2d_winograd_forward: bias must have shape (OC,)")
 
@@ -280,9 +283,9 @@ def sizes_conv2d_winograd_forward_maxpool2(x, w, bias, pt, pl, relu, oh, ow, y, 
         raise ValueError("conv2d_winograd_forward_maxpool2: idx must have the shape of y, or (0, 0, 0, 0) for none")
 
 
-def sizes_conv2d_winograd_backward_data(gy, w, pt, pl, gx):
+def sizes_conv2d_winograd_backward_data(gy, w, pt, pl, gx, m=2):
     _sizes_direct(gx, w, gy, 1, 1, pt, pl)
-    _sizes_winograd("conv2d_winograd_backward_data", w, pt, pl)
+    _sizes_winograd("conv2d_winograd_backward_data", w, pt, pl, m)
 
 
 def sizes_conv2d_winograd_backward_weight(gy, x, pt, pl, gw, gb):

@@ -9,16 +9,22 @@
 ``"direct"``
     The direct kernels (``conv2d_direct_*`` primitives), every batch size.
 ``"winograd"``
-    Winograd F(2x2, 3x3) and F(2x2, 5x5) kernels (``conv2d_winograd_*`` primitives) for every
-    3x3 and 5x5 convolution of stride 1 (forward, input and weight gradients; a first layer's
-    weight gradient alone on the direct kernels; ``auto``'s Winograd layers keep the direct
-    weight gradient, from the pooling's winners where the output was pooled); other layers as
-    ``"direct"``.
+    Winograd kernels (``conv2d_winograd_*`` primitives) for every 3x3 and 5x5 convolution of
+    stride 1 (forward, input and weight gradients; a first layer's weight gradient alone on the
+    direct kernels; ``auto``'s Winograd layers keep the direct weight gradient, from the
+    pooling's winners where the output was pooled); other layers as ``"direct"``.  The output
+    tile of the forward and the input gradient is ``winograd_tile``'s: F(2x2, 3x3), F(4x4, 3x3)
+    or F(2x2, 5x5); the weight gradient and a pooled forward are F(2x2, r x r).
 ``"per_image"``
     im2col + SGEMM one image per thread, dense layers by blocks: one thread pool
     (docs/PERFORMANCE.md, section 3).
 ``"chunked"``
     im2col of chunks of the batch + NumPy's multi-threaded SGEMM: two thread pools.
+
+``fastcnn.config(winograd_tile=...)``: the Winograd output tile of 3x3 layers, ``"auto"``
+(default: :func:`winograd_tile`'s rule), ``2`` (F(2x2, 3x3)) or ``4`` (F(4x4, 3x3): 2.25 instead
+of 4 multiplications per output, larger transforms and rounding errors; docs/PERFORMANCE.md,
+"Winograd convolutions").  5x5 layers are always F(2x2, 5x5).
 
 The environment variable ``FASTCNN_CONV`` sets the initial strategy (read at first use).
 A batch of one image takes a single GEMM with no reorders on the ``per_image`` and
@@ -42,6 +48,7 @@ from typing import Any
 from . import _config, _ref, _threads
 
 CONV_STRATEGIES = ("auto", "direct", "winograd", "per_image", "chunked")
+WINOGRAD_TILES = ("auto", 2, 4)
 
 #: Target size of one chunk of the im2col matrix on the chunked strategy: the batch is
 #: convolved a few images at a time so that the unfolded columns stay in cache (tuned on a
@@ -63,6 +70,7 @@ def _current() -> dict[str, Any]:
         if env not in CONV_STRATEGIES:
             raise ValueError(f"{ENV_CONV} must be one of {', '.join(CONV_STRATEGIES)}, got {env!r}")
         _settings["conv"] = env
+        _settings["winograd_tile"] = "auto"
         _settings["fuse"] = True
         _settings["fold_bn"] = True
     return _settings
@@ -86,13 +94,17 @@ class _Config:
         return f"fastcnn.config({', '.join(f'{k}={v!r}' for k, v in _settings.items())})"
 
 
-def config(*, conv: str | None = None, fuse: bool | None = None, fold_bn: bool | None = None) -> _Config:
+def config(*, conv: str | None = None, winograd_tile: str | int | None = None, fuse: bool | None = None,
+           fold_bn: bool | None = None) -> _Config:
     """Set fastcnn's settings; usable as a context manager that restores them on exit.
 
     Parameters
     ----------
     conv : {"auto", "direct", "per_image", "chunked"}, optional
         Convolution strategy of the compiled backends (see :mod:`fastcnn._dispatch`).
+        None leaves it unchanged.
+    winograd_tile : {"auto", 2, 4}, optional
+        Output tile of the Winograd kernels for 3x3 layers (see :mod:`fastcnn._dispatch`).
         None leaves it unchanged.
     fuse : bool, optional
         Whether ``Sequential`` models run a ``Conv2D`` with the ``ReLU`` and 2x2 ``MaxPool2D``
@@ -109,12 +121,17 @@ def config(*, conv: str | None = None, fuse: bool | None = None, fold_bn: bool |
     """
     if conv is not None and (not isinstance(conv, str) or conv not in CONV_STRATEGIES):
         raise ValueError(f"config: conv must be one of {', '.join(map(repr, CONV_STRATEGIES))}, got {conv!r}")
+    if winograd_tile is not None and (type(winograd_tile) not in (str, int) or winograd_tile not in WINOGRAD_TILES):
+        raise ValueError(f"config: winograd_tile must be one of {', '.join(map(repr, WINOGRAD_TILES))}, "
+                         f"got {winograd_tile!r}")
     for name, value in (("fuse", fuse), ("fold_bn", fold_bn)):
         if value is not None and type(value) is not bool:
             raise TypeError(f"config: {name} must be True or False, got {value!r}")
     previous = dict(_current())
     if conv is not None:
         _settings["conv"] = conv
+    if winograd_tile is not None:
+        _settings["winograd_tile"] = winograd_tile
     if fuse is not None:
         _settings["fuse"] = fuse
     if fold_bn is not None:
@@ -123,7 +140,8 @@ def config(*, conv: str | None = None, fuse: bool | None = None, fold_bn: bool |
 
 
 def get_config() -> dict[str, Any]:
-    """The current settings, as a new dict (``{"conv": ..., "fuse": ..., "fold_bn": ...}``)."""
+    """The current settings, as a new dict (``{"conv": ..., "winograd_tile": ..., "fuse": ...,
+    "fold_bn": ...}``)."""
     return dict(_current())
 
 
@@ -171,6 +189,20 @@ def _winograd_wins(module, n, c, oc, k):
     benches/conv_direct_gflops.py and benches/probes/step_time.py (docs/PERFORMANCE.md,
     "Winograd convolutions"): both compiled backends with 16 or more input and output channels."""
     return module in ("fastcnn._ext", "fastcnn._kernels") and n > 1 and c >= 16 and oc >= 16
+
+
+def winograd_tile(k, c, oc, kh):
+    """The output tile ``m`` of the Winograd forward and input gradient of a ``kh`` x ``kh``
+    convolution with ``c`` input and ``oc`` output channels on backend module ``k``: 2 for 5x5
+    kernels; for 3x3 the ``winograd_tile`` setting, whose ``"auto"`` picks 4 for the Cython
+    backend's layers of 16 or more channels (F(4x4, 3x3) against F(2x2, 3x3): docs/BENCHMARKS.md,
+    "Issue 10, thirty-first session") and 2 elsewhere."""
+    if kh != 3:
+        return 2
+    tile = _current()["winograd_tile"]
+    if tile != "auto":
+        return tile
+    return 4 if getattr(k, "__name__", None) == "fastcnn._ext" and c >= 16 and oc >= 16 else 2
 
 
 def winograd_weight():

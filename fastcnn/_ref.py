@@ -711,26 +711,33 @@ def conv2d_direct_backward_maxpool2(gp, idx, y, x, w, sh, sw, pt, pl, oh, ow, gx
         conv2d_direct_backward_data(full, w, sh, sw, pt, pl, gx)
 
 
-# Winograd's minimal filtering F(2x2, r x r) (docs/PERFORMANCE.md, "Winograd convolutions"):
-# a 2x2 output tile of an r x r correlation from its (r + 1) x (r + 1) input window d and kernel
-# g is A^T [(G g G^T) * (B^T d B)] A: (r + 1)**2 multiplications instead of 4 r**2.
-# F(2x2, 3x3): the points 0, 1, -1 and infinity.
+# Winograd's minimal filtering F(m x m, r x r) (docs/PERFORMANCE.md, "Winograd convolutions"):
+# an m x m output tile of an r x r correlation from its (m + r - 1) x (m + r - 1) input window d
+# and kernel g is A^T [(G g G^T) * (B^T d B)] A: (m + r - 1)**2 multiplications instead of
+# m**2 r**2.  F(2x2, 3x3): the points 0, 1, -1 and infinity.
 WINOGRAD_BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float64)
 WINOGRAD_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], np.float64)
 WINOGRAD_AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float64)
-# F(2x2, 5x5): the points 0, 1, -1, 2, -2 and infinity.
+# F(2x2, 5x5) and F(4x4, 3x3): the points 0, 1, -1, 2, -2 and infinity (one B^T).
 WINOGRAD5_BT = np.array([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
                          [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]], np.float64)
 WINOGRAD5_G = np.array([[1 / 4, 0, 0, 0, 0], [-1 / 6] * 5, [-1 / 6, 1 / 6, -1 / 6, 1 / 6, -1 / 6],
                         [1 / 24, 1 / 12, 1 / 6, 1 / 3, 2 / 3], [1 / 24, -1 / 12, 1 / 6, -1 / 3, 2 / 3],
                         [0, 0, 0, 0, 1]], np.float64)
 WINOGRAD5_AT = np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 1]], np.float64)
-WINOGRAD_MATRICES = {3: (WINOGRAD_BT, WINOGRAD_G, WINOGRAD_AT), 5: (WINOGRAD5_BT, WINOGRAD5_G, WINOGRAD5_AT)}
+WINOGRAD43_G = np.array([[1 / 4, 0, 0], [-1 / 6] * 3, [-1 / 6, 1 / 6, -1 / 6], [1 / 24, 1 / 12, 1 / 6],
+                         [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]], np.float64)
+WINOGRAD43_AT = np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]],
+                         np.float64)
+#: ``(m, r)`` -> ``(B^T, G, A^T)``: the output tile ``m`` and the kernel size ``r`` of each algorithm.
+WINOGRAD_MATRICES = {(2, 3): (WINOGRAD_BT, WINOGRAD_G, WINOGRAD_AT), (2, 5): (WINOGRAD5_BT, WINOGRAD5_G, WINOGRAD5_AT),
+                     (4, 3): (WINOGRAD5_BT, WINOGRAD43_G, WINOGRAD43_AT)}
 
 
-def conv2d_winograd_forward(x, w, bias, pt, pl, relu, y):
-    """3x3 or 5x5 convolution of stride 1 by Winograd's F(2x2, 3x3) or F(2x2, 5x5): the same
-    result as :func:`conv2d_direct_forward` (``sh = sw = 1``) up to rounding.
+def conv2d_winograd_forward(x, w, bias, pt, pl, relu, y, m=2):
+    """3x3 or 5x5 convolution of stride 1 by Winograd's F(m x m, r x r) (F(2x2, 3x3),
+    F(2x2, 5x5) or F(4x4, 3x3)): the same result as :func:`conv2d_direct_forward`
+    (``sh = sw = 1``) up to rounding.
 
     Parameters
     ----------
@@ -742,25 +749,27 @@ def conv2d_winograd_forward(x, w, bias, pt, pl, relu, y):
     relu : int
         As :func:`conv2d_direct_forward`.
     y : (N, OC, OH, OW) float32  # OUT
+    m : int
+        The output tile's side: 2, or 4 for a 3x3 kernel.
 
-    Output tile ``(ty, tx)`` (rows ``2ty, 2ty + 1``, columns ``2tx, 2tx + 1``; the last ones
-    cut to ``OH x OW``) reads the ``(r + 1) x (r + 1)`` window of the padded input at
-    ``(2ty, 2tx)``; the kernel is transformed in float64 and rounded once; the input and the
+    Output tile ``(ty, tx)`` (rows ``m ty`` to ``m ty + m - 1``, columns likewise; the last ones
+    cut to ``OH x OW``) reads the ``(m + r - 1) x (m + r - 1)`` window of the padded input at
+    ``(m ty, m tx)``; the kernel is transformed in float64 and rounded once; the input and the
     products are transformed in the input's precision.
     """
     dt = x.dtype
     oh, ow = y.shape[2:]
     r = w.shape[2]
-    a = r + 1
-    bt, g, at = WINOGRAD_MATRICES[r]
-    th, tw = (oh + 1) // 2, (ow + 1) // 2
-    win = _windows(_padded(x, a, a, 2, 2, pt, pl, th, tw), a, a, 2, 2, th, tw)  # (N, C, th, tw, a, a)
+    a = m + r - 1
+    bt, g, at = WINOGRAD_MATRICES[m, r]
+    th, tw = -(-oh // m), -(-ow // m)
+    win = _windows(_padded(x, a, a, m, m, pt, pl, th, tw), a, a, m, m, th, tw)  # (N, C, th, tw, a, a)
     bt, at = bt.astype(dt), at.astype(dt)
     u = np.einsum("ai,nctwij,bj->nctwab", bt, win, bt)
     v = np.einsum("ai,ocij,bj->ocab", g, w.astype(np.float64), g).astype(dt)
-    m = np.einsum("nctwab,ocab->notwab", u, v)
-    t = np.einsum("ai,notwij,bj->notwab", at, m, at)  # (N, OC, th, tw, 2, 2)
-    full = t.transpose(0, 1, 2, 4, 3, 5).reshape(y.shape[:2] + (2 * th, 2 * tw))
+    p = np.einsum("nctwab,ocab->notwab", u, v)
+    t = np.einsum("ai,notwij,bj->notwab", at, p, at)  # (N, OC, th, tw, m, m)
+    full = t.transpose(0, 1, 2, 4, 3, 5).reshape(y.shape[:2] + (m * th, m * tw))
     y[...] = full[:, :, :oh, :ow] + bias[None, :, None, None]
     if relu:
         np.maximum(y, 0, out=y)
@@ -787,7 +796,7 @@ def conv2d_winograd_backward_weight(gy, x, pt, pl, gw, gb):
     n, oc, oh, ow = gy.shape
     r = gw.shape[2]
     a = r + 1
-    bt, g, at = WINOGRAD_MATRICES[r]
+    bt, g, at = WINOGRAD_MATRICES[2, r]
     th, tw = (oh + 1) // 2, (ow + 1) // 2
     win = _windows(_padded(x, a, a, 2, 2, pt, pl, th, tw), a, a, 2, 2, th, tw)  # (N, C, th, tw, a, a)
     u = np.einsum("ai,nctwij,bj->nctwab", bt.astype(dt), win, bt.astype(dt))
@@ -812,17 +821,18 @@ def conv2d_winograd_forward_maxpool2(x, w, bias, pt, pl, relu, oh, ow, y, idx):
     maxpool2d_forward(full, 2, 2, 2, 2, 0, 0, y, idx if idx.size else np.empty(y.shape, np.int32))
 
 
-def conv2d_winograd_backward_data(gy, w, pt, pl, gx):
+def conv2d_winograd_backward_data(gy, w, pt, pl, gx, m=2):
     """Input gradient of :func:`conv2d_winograd_forward` (without the ReLU):
     :func:`conv2d_winograd_forward` of ``gy`` with the kernel rotated by 180 degrees and its
-    channels swapped, padding ``r - 1 - pt, r - 1 - pl``.
+    channels swapped, padding ``r - 1 - pt, r - 1 - pl``, output tile ``m``.
 
     Parameters
     ----------
     gy : (N, OC, OH, OW) float32  # IN
     w : (OC, C, r, r) float32  # IN
     gx : (N, C, H, W) float32  # OUT
+    m : int  # as :func:`conv2d_winograd_forward`'s
     """
     r = w.shape[2]
     wt = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
-    conv2d_winograd_forward(gy, wt, np.zeros(wt.shape[0], gy.dtype), r - 1 - pt, r - 1 - pl, 0, gx)
+    conv2d_winograd_forward(gy, wt, np.zeros(wt.shape[0], gy.dtype), r - 1 - pt, r - 1 - pl, 0, gx, m)

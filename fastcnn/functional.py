@@ -249,7 +249,8 @@ def _conv2d_forward(k: ModuleType, x: np.ndarray, weight: np.ndarray, bias: np.n
         return y, idx
     if plan == "winograd":
         y = np.empty((n, oc, g.oh, g.ow), dt)
-        k.conv2d_winograd_forward(x, weight, bias, g.pt, g.pl, int(bool(relu)), y)
+        k.conv2d_winograd_forward(x, weight, bias, g.pt, g.pl, int(bool(relu)), y,
+                                  _dispatch.winograd_tile(k, c, oc, g.kh))
     elif plan == "direct":
         y = np.empty((n, oc, g.oh, g.ow), dt)
         k.conv2d_direct_forward(x, weight, bias, g.sh, g.sw, g.pt, g.pl, int(bool(relu)), y)
@@ -360,7 +361,7 @@ def conv2d_backward(grad_out: ArrayLike, x: ArrayLike, weight: ArrayLike, stride
             if input_grad and not direct_gx:
                 gx = np.empty(x.shape, np.float32)
                 k.conv2d_winograd_backward_data(_unpooled(k, grad_out, idx, relu_output, full), weight, g.pt, g.pl,
-                                                gx)
+                                                gx, _dispatch.winograd_tile(k, c, oc, g.kh))
             return (gx if input_grad else None), gw, (gb if bias else None)
         grad_out = _unpooled(k, grad_out, idx, relu_output, full)
     elif relu_output is not None:
@@ -395,7 +396,8 @@ def _conv2d_backward(k: ModuleType, grad_out: np.ndarray, x: np.ndarray, weight:
         gx = None
         if input_grad and plan == "winograd":
             gx = np.empty(x.shape, dt)
-            k.conv2d_winograd_backward_data(grad_out, weight, g.pt, g.pl, gx)
+            k.conv2d_winograd_backward_data(grad_out, weight, g.pt, g.pl, gx,
+                                            _dispatch.winograd_tile(k, c, oc, g.kh))
         elif input_grad:
             gx = np.empty(x.shape, dt)
             k.conv2d_direct_backward_data(grad_out, weight, g.sh, g.sw, g.pt, g.pl, gx)

@@ -176,39 +176,59 @@ static const double fcw_g5[6][5] = {
     {1.0 / 24, -1.0 / 12, 1.0 / 6, -1.0 / 3, 2.0 / 3},
     {0.0, 0.0, 0.0, 0.0, 1.0}};
 
-/* fcw_pack_weights for 5x5 kernels: V = G g G^T (6x6, xi = 6*row + column) in double, each sum
- * in order of its terms (the Numba backend's order), rounded once. */
-static void fcw_pack_weights5(fcd_i OC, fcd_i C, fcd_i J, fcd_i OCP, const float* w, int flip,
-                              fcd_i ob, float* vp)
+/* Winograd F(4x4, 3x3): G of the same points (the reference's WINOGRAD43_G). */
+static const double fcw_g43[6][3] = {
+    {1.0 / 4, 0.0, 0.0},
+    {-1.0 / 6, -1.0 / 6, -1.0 / 6},
+    {-1.0 / 6, 1.0 / 6, -1.0 / 6},
+    {1.0 / 24, 1.0 / 12, 1.0 / 6},
+    {1.0 / 24, -1.0 / 12, 1.0 / 6},
+    {0.0, 0.0, 1.0}};
+
+/* fcw_pack_weights for the 6 x 6 transforms of K x K kernels (F(2x2, 5x5): K = 5, G = fcw_g5;
+ * F(4x4, 3x3): K = 3, G = fcw_g43): V = G g G^T (xi = 6*row + column) in double, each sum in order
+ * of its terms (the Numba backend's order), rounded once. */
+static inline __attribute__((always_inline)) void
+fcw_pack_weights6_k(fcd_i OC, fcd_i C, fcd_i J, fcd_i OCP, const float* w, int flip, fcd_i ob, float* vp,
+                    const int K, const double* gm)
 {
-    fcd_i NOB = OCP / J, c, jj, o, i, j, k, xi;
+    fcd_i NOB = OCP / J, KK = K * K, c, jj, o, i, j, k, xi;
     float blk[36][64];  /* a channel's 36 planes of the block (J <= 64), stored row by row */
     for (c = 0; c < C; c++) {
         for (jj = 0; jj < J; jj++) {
             double gg[5][5], t[6][5], v;
             o = ob * J + jj;
-            for (i = 0; i < 5; i++)
-                for (j = 0; j < 5; j++)
-                    gg[i][j] = o >= OC ? 0.0 : flip ? w[(c * OC + o) * 25 + 24 - (i * 5 + j)]
-                                                    : w[(o * C + c) * 25 + i * 5 + j];
+            for (i = 0; i < K; i++)
+                for (j = 0; j < K; j++)
+                    gg[i][j] = o >= OC ? 0.0 : flip ? w[(c * OC + o) * KK + KK - 1 - (i * K + j)]
+                                                    : w[(o * C + c) * KK + i * K + j];
             for (i = 0; i < 6; i++)
-                for (j = 0; j < 5; j++) {
-                    v = fcw_g5[i][0] * gg[0][j];
-                    for (k = 1; k < 5; k++)
-                        v = v + fcw_g5[i][k] * gg[k][j];
+                for (j = 0; j < K; j++) {
+                    v = gm[i * K] * gg[0][j];
+                    for (k = 1; k < K; k++)
+                        v = v + gm[i * K + k] * gg[k][j];
                     t[i][j] = v;
                 }
             for (i = 0; i < 6; i++)
                 for (j = 0; j < 6; j++) {
-                    v = t[i][0] * fcw_g5[j][0];
-                    for (k = 1; k < 5; k++)
-                        v = v + t[i][k] * fcw_g5[j][k];
+                    v = t[i][0] * gm[j * K];
+                    for (k = 1; k < K; k++)
+                        v = v + t[i][k] * gm[j * K + k];
                     blk[6 * i + j][jj] = (float)v;
                 }
         }
         for (xi = 0; xi < 36; xi++)
             memcpy(vp + ((xi * NOB + ob) * C + c) * J, blk[xi], J * sizeof(float));
     }
+}
+
+static void fcw_pack_weights6(fcd_i OC, fcd_i C, fcd_i J, fcd_i OCP, const float* w, int flip,
+                              fcd_i ob, int K, float* vp)
+{
+    if (K == 5)
+        fcw_pack_weights6_k(OC, C, J, OCP, w, flip, ob, vp, 5, &fcw_g5[0][0]);
+    else
+        fcw_pack_weights6_k(OC, C, J, OCP, w, flip, ob, vp, 3, &fcw_g43[0][0]);
 }
 
 static const double fcw_g3[4][3] = {{1.0, 0.0, 0.0}, {0.5, 0.5, 0.5}, {0.5, -0.5, 0.5}, {0.0, 0.0, 1.0}};
@@ -271,7 +291,7 @@ typedef void (*fcd_spd_row_fn)(const float*, const fcd_i*, const float*, const i
 typedef int (*fcd_pack_cl_fn)(const float*, fcd_i, fcd_i, fcd_i, fcd_i, fcd_i, fcd_i, fcd_i, fcd_i, float*, float*);
 typedef void (*fcw_images_fn)(const fcd_geo*, const float*, fcd_i, const float*,
                               const fcd_i*, const float*, int, fcd_i, fcd_i, float*, float*, fcd_i,
-                              int, float*, float*, float*, fcd_i, int);
+                              int, float*, float*, float*, fcd_i, int, int);
 
 /* One ISA's kernels and tile sizes (each compilation of conv_direct_kern.h defines one). */
 typedef void (*fcd_fwd_ct_fn)(const fcd_geo*, const float*, const fcd_i*, const float*, const float*, int, float*,
@@ -412,6 +432,8 @@ FC_TARGET_PUSH(FC_AVX512)
 #define FCD_DEINTERLEAVE fcd_deinterleave_avx512
 #define FCD_INTERLEAVE fcd_interleave_avx512
 #define FCD_PUT_PAIRS fcd_put_pairs_avx512
+#define FCD_QUADS fcd_quads_avx512
+#define FCD_DEAL4 fcd_deal4_avx512
 
 static inline __mmask16 fcd_mask16(fcd_i n) { return n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1u); }
 
@@ -471,6 +493,43 @@ static inline fcd_i fcd_interleave_avx512(const float* s0, const float* s1, fcd_
     return n;
 }
 
+/* d[b ps + m] = s[4 m + b - o] for b < 4 and m < nm (zero where 4 m + b - o is not in [0, n)): a
+ * row's four column phases, 64 source values per four masked loads and eight permutations. */
+static inline void fcd_deal4_avx512(const float* s, fcd_i n, fcd_i o, float* d, fcd_i ps, fcd_i nm)
+{
+    const __m512i ie = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i io = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    fcd_i m, u;
+    for (m = 0; m < nm; m += 16) {
+        __m512 x[4];
+        for (u = 0; u < 4; u++) {  /* source values k - o, k = 4 m + 16 u + lane, inside [0, n) */
+            fcd_i k0 = 4 * m + 16 * u - o, lo = k0 < 0 ? -k0 : 0, hi = n - k0 < 16 ? n - k0 : 16;
+            __mmask16 mk = hi > lo ? (__mmask16)(fcd_mask16(hi) & ~fcd_mask16(lo)) : 0;
+            x[u] = _mm512_maskz_loadu_ps(mk, s + k0);
+        }
+        __m512 e01 = _mm512_permutex2var_ps(x[0], ie, x[1]), o01 = _mm512_permutex2var_ps(x[0], io, x[1]);
+        __m512 e23 = _mm512_permutex2var_ps(x[2], ie, x[3]), o23 = _mm512_permutex2var_ps(x[2], io, x[3]);
+        __mmask16 sm = fcd_mask16(nm - m);
+        _mm512_mask_storeu_ps(d + m, sm, _mm512_permutex2var_ps(e01, ie, e23));
+        _mm512_mask_storeu_ps(d + ps + m, sm, _mm512_permutex2var_ps(o01, ie, o23));
+        _mm512_mask_storeu_ps(d + 2 * ps + m, sm, _mm512_permutex2var_ps(e01, io, e23));
+        _mm512_mask_storeu_ps(d + 3 * ps + m, sm, _mm512_permutex2var_ps(o01, io, o23));
+    }
+}
+
+/* d[4 l + k] = q[k][l], l < 16, k < 4: two rounds of pair interleaving. */
+static inline void fcd_quads_avx512(const __m512* q, float* d)
+{
+    const __m512i il = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    const __m512i ih = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+    __m512 p0 = _mm512_permutex2var_ps(q[0], il, q[2]), p1 = _mm512_permutex2var_ps(q[1], il, q[3]);
+    __m512 p2 = _mm512_permutex2var_ps(q[0], ih, q[2]), p3 = _mm512_permutex2var_ps(q[1], ih, q[3]);
+    _mm512_storeu_ps(d, _mm512_permutex2var_ps(p0, il, p1));
+    _mm512_storeu_ps(d + 16, _mm512_permutex2var_ps(p0, ih, p1));
+    _mm512_storeu_ps(d + 32, _mm512_permutex2var_ps(p2, il, p3));
+    _mm512_storeu_ps(d + 48, _mm512_permutex2var_ps(p2, ih, p3));
+}
+
 /* d[0 .. n) = s[0], s[2], ..., s[2n - 2] (a stride-2 row of the input packing): two loads and
  * one permutation per 16 values, the last (partial) ones masked, so nothing past s[2n - 2] is
  * read. */
@@ -498,6 +557,8 @@ static inline void fcd_even16_avx512(float* d, const float* s, fcd_i n)
 #undef FCD_DEINTERLEAVE
 #undef FCD_INTERLEAVE
 #undef FCD_PUT_PAIRS
+#undef FCD_QUADS
+#undef FCD_DEAL4
 FC_TARGET_POP
 
 /* 0 baseline, 1 avx2, 2 avx512: whether the CPU (and OS) support it. */

@@ -49,11 +49,11 @@ cdef extern from "conv_direct.h" nogil:
     fcd_i fcw_m_stride(fcd_i J, fcd_i Q)
     void fcw_pack_weights(fcd_i OC, fcd_i C, fcd_i J, fcd_i OCP, const float* w, int flip, fcd_i ob,
                           float* vp)
-    void fcw_pack_weights5(fcd_i OC, fcd_i C, fcd_i J, fcd_i OCP, const float* w, int flip, fcd_i ob,
-                           float* vp)
+    void fcw_pack_weights6(fcd_i OC, fcd_i C, fcd_i J, fcd_i OCP, const float* w, int flip, fcd_i ob,
+                           int K, float* vp)
     void fcw_images(const fcd_geo* g, const float* src, fcd_i NI, const float* vp,
                     const fcd_i* st, const float* bias, int relu, fcd_i OH, fcd_i OW, float* y,
-                    float* xq, fcd_i xs, int zeroed, float* u, float* m, float* z, fcd_i Q, int R)
+                    float* xq, fcd_i xs, int zeroed, float* u, float* m, float* z, fcd_i Q, int R, int M)
     void fcw_wgrad(const fcd_geo* g, const float* src, fcd_i NI, const float* gt, fcd_i gs, fcd_i OCV,
                    fcd_i OH, fcd_i OW, float* xq, fcd_i xs, int zeroed, float* u, float* mt, fcd_i Q,
                    const fcd_i* off, fcd_i T, int V, float* z, int add, int R)
@@ -988,13 +988,13 @@ cdef void _winograd_blocks(const fcd_geo* g,
                            #                                   scratch per block of images: NI
                            #                                   packings of xs floats, chunk buffers
                            float* out,                       # OUT (N, g.OC, OH, OW), pooled: halved
-                           Py_ssize_t T, int R, Py_ssize_t OH, Py_ssize_t OW,
+                           Py_ssize_t T, int R, int M, Py_ssize_t OH, Py_ssize_t OW,
                            Py_ssize_t o_yf, int* io,      # pooled (o_yf >= 0): a group's full
                            #                                output in the block's scratch; OUT
                            #                                the pooling's indices (or NULL)
                            int nt) noexcept nogil:
     """``T`` blocks of consecutive images, each with its own scratch, in groups of up to
-    ``NI`` images (:c:func:`fcw_images`; ``R x R`` kernels).  Pooled, ``out`` gets each
+    ``NI`` images (:c:func:`fcw_images`; ``R x R`` kernels, ``M x M`` output tiles).  Pooled, ``out`` gets each
     group's 2x2 max pooling (the pooling kernels' plane loop) while the group's output is in
     cache."""
     cdef Py_ssize_t CHW = g.C * g.Hs * g.Ws, t, i, i0, i1, e, ni
@@ -1004,7 +1004,7 @@ cdef void _winograd_blocks(const fcd_geo* g,
     cdef float* yf
     for t in prange(T, schedule='static', num_threads=nt):
         u = <float*>(blocks + t * size + o_u)
-        for e in range((R + 1) * (R + 1) * fcw_u_stride(g.C, Q)):  # (lanes past a chunk's tiles stay finite)
+        for e in range((R + M - 1) * (R + M - 1) * fcw_u_stride(g.C, Q)):  # (lanes past a chunk's tiles stay finite)
             u[e] = 0.0
         i0 = _part(t, N, T)
         i1 = _part(t + 1, N, T)
@@ -1013,7 +1013,7 @@ cdef void _winograd_blocks(const fcd_geo* g,
             ni = min(NI, i1 - i)
             yf = <float*>(blocks + t * size + o_yf) if o_yf >= 0 else out + i * out_is
             fcw_images(g, src + i * CHW, ni, vp, st, bias, relu, OH, OW, yf, <float*>(blocks + t * size),
-                       xs, i > i0, u, <float*>(blocks + t * size + o_m), <float*>(blocks + t * size + o_z), Q, R)
+                       xs, i > i0, u, <float*>(blocks + t * size + o_m), <float*>(blocks + t * size + o_z), Q, R, M)
             if o_yf >= 0:
                 fcp_pool_planes(yf, out + i * out_is, io + i * g.OC * PH * PW if io != NULL else NULL,
                                 <int*>(yf + NI * g.OC * OHW), ni * g.OC, OH, OW)
@@ -1022,28 +1022,28 @@ cdef void _winograd_blocks(const fcd_geo* g,
 
 cdef int _winograd(const float* src, Py_ssize_t N, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
                    const float* w, int flip, Py_ssize_t OC, Py_ssize_t pt, Py_ssize_t pl,
-                   const float* bias, int relu, float* out, Py_ssize_t OH, Py_ssize_t OW, int R, int nt,
+                   const float* bias, int relu, float* out, Py_ssize_t OH, Py_ssize_t OW, int R, int M, int nt,
                    int pool=0, int* io=NULL) except -1:
-    """Winograd F(2x2, RxR) convolution of ``src`` (N, C, H, W) with RxR weights ``w`` (R = 3
-    or 5; packed with ``flip`` as :c:func:`fcd_pack_weights`) into ``out`` (N, OC, OH, OW), or
+    """Winograd F(MxM, RxR) convolution of ``src`` (N, C, H, W) with RxR weights ``w`` (R = 3
+    or 5, M = 2, or 4 with R = 3; packed with ``flip`` as :c:func:`fcd_pack_weights`) into ``out`` (N, OC, OH, OW), or
     with ``pool`` its 2x2 max pooling into ``out`` (N, OC, OH // 2, OW // 2) and the
     indices into ``io`` (if not NULL): scratch in one allocation (transformed weights, a
     chunk's vector starts, and per block of images the packed inputs of a group, the chunk
     buffers and, pooled, the group's full output and one plane's pooling positions)."""
     cdef Py_ssize_t o_yf = 0 if pool else -1
-    cdef Py_ssize_t TH = (OH + 1) // 2, TW = (OW + 1) // 2
+    cdef Py_ssize_t TH = (OH + M - 1) // M, TW = (OW + M - 1) // M
     cdef Py_ssize_t Tn = TH * TW, NI = min(N, max(1, (WINOGRAD_TILES + Tn - 1) // Tn))
     cdef Py_ssize_t T = min(<Py_ssize_t>nt, N), Q = min(WINOGRAD_VECTORS * fcd_VL, FCW_QMAX), v, xs
-    cdef Py_ssize_t NX = (R + 1) * (R + 1)
+    cdef Py_ssize_t NX = (R + M - 1) * (R + M - 1)
     cdef fcd_geo g
-    fcd_geo_init(&g, C, H, W, 1, 1, OC, R + 1, R + 1, 2, 2, pt, pl, TH, TW, fcd_J)
+    fcd_geo_init(&g, C, H, W, 1, 1, OC, R + M - 1, R + M - 1, M, M, pt, pl, TH, TW, fcd_J)
     xs = (g.xq_size + 15) // 16 * 16
     cdef Py_ssize_t b_vp = _al64(NX * g.OCP * C * sizeof(float))
     cdef Py_ssize_t b_st = _al64(WINOGRAD_VECTORS * sizeof(Py_ssize_t))
     cdef Py_ssize_t o_u = _al64(NI * xs * sizeof(float))
     cdef Py_ssize_t o_m = o_u + _al64(NX * fcw_u_stride(C, Q) * sizeof(float))
     cdef Py_ssize_t o_z = o_m + _al64(NX * fcw_m_stride(fcd_J, Q) * sizeof(float))
-    cdef Py_ssize_t size = o_z + _al64(4 * Q * sizeof(float))
+    cdef Py_ssize_t size = o_z + _al64((M * M * Q + 16) * sizeof(float))
     if o_yf == 0:
         o_yf = size
         size += _al64(NI * OC * OH * OW * sizeof(float) + (OH // 2) * (OW // 2) * sizeof(int))
@@ -1058,12 +1058,12 @@ cdef int _winograd(const float* src, Py_ssize_t N, Py_ssize_t C, Py_ssize_t H, P
             st[v] = v * fcd_VL
         with nogil:
             for ob in prange(g.OCP // fcd_J, schedule='static', num_threads=nt):
-                if R == 5:
-                    fcw_pack_weights5(OC, C, fcd_J, g.OCP, w, flip, ob, <float*>base)
+                if NX == 36:
+                    fcw_pack_weights6(OC, C, fcd_J, g.OCP, w, flip, ob, R, <float*>base)
                 else:
                     fcw_pack_weights(OC, C, fcd_J, g.OCP, w, flip, ob, <float*>base)
             _winograd_blocks(&g, src, N, <float*>base, st, NI, bias, relu,
-                             base + b_vp + b_st, size, xs, o_u, o_m, o_z, Q, out, T, R, OH, OW, o_yf, io, nt)
+                             base + b_vp + b_st, size, xs, o_u, o_m, o_z, Q, out, T, R, M, OH, OW, o_yf, io, nt)
     finally:
         free(mem)
     return 0
@@ -1072,23 +1072,23 @@ cdef int _winograd(const float* src, Py_ssize_t N, Py_ssize_t C, Py_ssize_t H, P
 cdef _Key _wfwd_ok, _wpool_ok, _wdata_ok
 
 
-def conv2d_winograd_forward(x, w, bias, Py_ssize_t pt, Py_ssize_t pl, int relu, y):
-    """Winograd F(2x2, 3x3) or F(2x2, 5x5) convolution (see
+def conv2d_winograd_forward(x, w, bias, Py_ssize_t pt, Py_ssize_t pl, int relu, y, int m=2):
+    """Winograd F(2x2, 3x3), F(2x2, 5x5) or F(4x4, 3x3) convolution (see
     :func:`fastcnn._ref.conv2d_winograd_forward`); arrays as :func:`conv2d_direct_forward`'s."""
     if _active is None:
         active_isa()
     cdef _A a, f, b, o
     _fwd_arrays(x, w, bias, y, &a, &f, &b, &o)
-    cdef _Key k = _key(pt, pl)
+    cdef _Key k = _key(pt, pl, m)
     if _new(&_wfwd_ok, &k, a.shape, f.shape, b.shape, o.shape):
         _passed(&_wfwd_ok, &k, _backend.sizes_conv2d_winograd_forward(
             _dims(a.shape, 4), _dims(f.shape, 4), _dims(b.shape, 1), pt, pl, relu,
-            _dims(o.shape, 4)))
+            _dims(o.shape, 4), m))
     cdef Py_ssize_t N = a.shape[0]
     if N == 0:
         return
     _winograd(<float*>a.p, N, a.shape[1], a.shape[2], a.shape[3], <float*>f.p, 0, f.shape[0], pt, pl,
-              <float*>b.p, relu, <float*>o.p, o.shape[2], o.shape[3], <int>f.shape[2],
+              <float*>b.p, relu, <float*>o.p, o.shape[2], o.shape[3], <int>f.shape[2], m,
               _threads_for(N * f.shape[0] * o.shape[2] * o.shape[3]))
 
 
@@ -1111,7 +1111,7 @@ def conv2d_winograd_forward_maxpool2(x, w, bias, Py_ssize_t pt, Py_ssize_t pl, i
     if N == 0:
         return
     _winograd(<float*>a.p, N, a.shape[1], a.shape[2], a.shape[3], <float*>f.p, 0, f.shape[0], pt, pl,
-              <float*>b.p, relu, <float*>o.p, oh, ow, <int>f.shape[2], _threads_for(N * f.shape[0] * oh * ow), 1,
+              <float*>b.p, relu, <float*>o.p, oh, ow, <int>f.shape[2], 2, _threads_for(N * f.shape[0] * oh * ow), 1,
               <int*>i.p if i.shape[0] else NULL)
 
 
@@ -1218,7 +1218,7 @@ def conv2d_winograd_backward_weight(gy, x, Py_ssize_t pt, Py_ssize_t pl, gw, gb)
     _winograd_weight(&g_, &a, pt, pl, &dw, &db, _threads_for(a.shape[0] * dw.shape[0] * g_.shape[2] * g_.shape[3]))
 
 
-def conv2d_winograd_backward_data(gy, w, Py_ssize_t pt, Py_ssize_t pl, gx):
+def conv2d_winograd_backward_data(gy, w, Py_ssize_t pt, Py_ssize_t pl, gx, int m=2):
     """Input gradient of :func:`conv2d_winograd_forward` (see
     :func:`fastcnn._ref.conv2d_winograd_backward_data`): the same algorithm on the output
     gradient with the rotated, transposed weights; arrays as :func:`conv2d_direct_backward_data`'s."""
@@ -1228,16 +1228,16 @@ def conv2d_winograd_backward_data(gy, w, Py_ssize_t pt, Py_ssize_t pl, gx):
     _arr(gy, cnp.NPY_FLOAT32, 4, False, "gy", &g_)
     _arr(w, cnp.NPY_FLOAT32, 4, False, "w", &f)
     _arr(gx, cnp.NPY_FLOAT32, 4, True, "gx", &d)
-    cdef _Key k = _key(pt, pl)
+    cdef _Key k = _key(pt, pl, m)
     if _new(&_wdata_ok, &k, g_.shape, f.shape, d.shape):
         _passed(&_wdata_ok, &k, _backend.sizes_conv2d_winograd_backward_data(
-            _dims(g_.shape, 4), _dims(f.shape, 4), pt, pl, _dims(d.shape, 4)))
+            _dims(g_.shape, 4), _dims(f.shape, 4), pt, pl, _dims(d.shape, 4), m))
     cdef Py_ssize_t N = g_.shape[0], C = f.shape[1]
     if N == 0:
         return
     cdef Py_ssize_t R = f.shape[2]
     _winograd(<float*>g_.p, N, g_.shape[1], g_.shape[2], g_.shape[3], <float*>f.p, 1, C, R - 1 - pt, R - 1 - pl,
-              NULL, 0, <float*>d.p, d.shape[2], d.shape[3], <int>R, _threads_for(N * C * d.shape[2] * d.shape[3]))
+              NULL, 0, <float*>d.p, d.shape[2], d.shape[3], <int>R, m, _threads_for(N * C * d.shape[2] * d.shape[3]))
 
 
 def fma_peak_probe(long iters, int threads):

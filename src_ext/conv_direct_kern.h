@@ -426,6 +426,37 @@ static void FCD_NAME(fcd_pack_input_s2)(const fcd_geo* g, const float* src, floa
         }
 }
 
+/* fcd_pack_input for sh = sw = 4 (F(4x4, 3x3)'s windows), no dilation, pt, pl >= 0, in source
+ * order: each source row read once, its columns dealt to their four phases (with FCD_DEAL4, in
+ * registers: padding columns get the zeros they already hold). */
+static void FCD_NAME(fcd_pack_input_s4)(const fcd_geo* g, const float* src, float* xq)
+{
+    fcd_i c, r, R, hh, v, q;
+    const fcd_i ps = g->C * g->plane, o = g->pl % 4;  /* (from one column phase to the next) */
+    fcd_i nm = (g->Ws + o + 3) / 4;  /* phase columns from pl / 4 on that hold source values */
+    if (nm > g->Wq - g->pl / 4) nm = g->Wq - g->pl / 4;
+    for (c = 0; c < g->C; c++)
+        for (r = 0; r < g->Hs; r++) {
+            R = r + g->pt;
+            hh = R / 4;
+            if (hh >= g->Hq)
+                continue;
+            const float* __restrict__ s = src + (c * g->Hs + r) * g->Ws;
+            float* __restrict__ d = xq + ((R % 4) * 4 * g->C + c) * g->plane + hh * g->Wq;
+#ifdef FCD_DEAL4
+            (void)v, (void)q;
+            if (nm > 0)
+                FCD_DEAL4(s, g->Ws, o, d + g->pl / 4, ps, nm);
+#else
+            for (v = 0; v < g->Ws; v++) {  /* source column v: padded column q, phase q % 4 */
+                q = v + g->pl;
+                if (q / 4 < g->Wq)
+                    d[(q % 4) * ps + q / 4] = s[v];
+            }
+#endif
+        }
+}
+
 static void FCD_NAME(fcd_pack_input)(const fcd_geo* g, const float* src, float* xq, int zeroed)
 {
     fcd_i a, b, c, hh, ww, u, v, lo, hi, HW = g->Hs * g->Ws;
@@ -433,6 +464,10 @@ static void FCD_NAME(fcd_pack_input)(const fcd_geo* g, const float* src, float* 
         memset(xq, 0, (size_t)g->xq_size * sizeof(float));
     if (g->sh == 2 && g->sw == 2 && g->dh == 1 && g->dw == 1 && g->pt >= 0 && g->pl >= 0) {
         FCD_NAME(fcd_pack_input_s2)(g, src, xq);
+        return;
+    }
+    if (g->sh == 4 && g->sw == 4 && g->dh == 1 && g->dw == 1 && g->pt >= 0 && g->pl >= 0) {
+        FCD_NAME(fcd_pack_input_s4)(g, src, xq);
         return;
     }
     for (a = 0; a < g->sh; a++) {

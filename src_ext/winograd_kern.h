@@ -1,18 +1,19 @@
-/* Winograd F(2x2, 3x3) and F(2x2, 5x5) convolutions of a group of images (design:
- * docs/PERFORMANCE.md, "Winograd convolutions"), compiled once per ISA by conv_direct_kern.h
- * with its macros.
+/* Winograd F(2x2, 3x3), F(2x2, 5x5) and F(4x4, 3x3) convolutions of a group of images
+ * (design: docs/PERFORMANCE.md, "Winograd convolutions"), compiled once per ISA by
+ * conv_direct_kern.h with its macros.
  *
- * For an R x R kernel (R = 3 or 5) output tile (ty, tx) is the 2x2 block of outputs at rows
- * 2ty, 2ty + 1 and columns 2tx, 2tx + 1; it reads the A x A input window (A = R + 1) at padded
- * row 2ty and column 2tx.  The input is packed as for an A x A convolution of stride 2 (fcd_geo
- * with KH = KW = A, sh = sw = 2 and OH x OW = TH x TW tiles), so window value (i, j) of VL
- * consecutive tiles of a tile row is one unaligned load from phase (i % 2, j % 2) at
- * (i / 2)*Wq + j / 2.  Per group of NI images:
+ * For an R x R kernel (R = 3 or 5) and output tiles of M x M (M = 2, or 4 for R = 3) output tile
+ * (ty, tx) is the block of outputs at rows M ty .. M ty + M - 1 and columns M tx .. M tx + M - 1;
+ * it reads the A x A input window (A = M + R - 1) at padded row M ty and column M tx.  The input
+ * is packed as for an A x A convolution of stride M (fcd_geo with KH = KW = A, sh = sw = M and
+ * OH x OW = TH x TW tiles), so window value (i, j) of VL consecutive tiles of a tile row is one
+ * unaligned load from phase (i % M, j % M) at (i / M)*Wq + j / M.  Per group of NI images:
  *   1. u[xi][c][q] = (B^T d B)[xi] for every channel c and tile q = k*T + ty*TW + tx of image k
  *      (compact: no padding columns), NX = A*A transformed values xi per window;
  *   2. per block of J output channels and each xi: m[xi][j][q] = sum_c vp[xi][j][c] u[xi][c][q],
  *      the direct kernel's register tile with one tap (fcd_fwd_tile);
- *   3. per channel: the output tile A^T m A, bias and ReLU, into y (N, OC, OH, OW).
+ *   3. per channel: the output tile A^T m A, bias and ReLU, into y (N, OC, OH, OW): the M*M
+ *      phases of the tiles interleaved into the output rows.
  * Every output is summed in one fixed order (per xi over c, then the fixed transforms). */
 
 /* The 16 values of VL windows, d[4 i + j] = window value (i, j), phase (i % 2, j % 2) at
@@ -82,24 +83,6 @@ static inline __attribute__((always_inline)) void FCD_NAME(fcw_bt6)(const FCD_VT
     r[5 * rs] = FCD_ADD(FCD_ADD(t, t), FCD_SUB(v[5 * s], v[3 * s]));
 }
 
-/* F(2x2, 5x5): the input transform of the 36 window vectors d, stored to planes d0, d0 + US, ...
- * (columns of B^T d first, then the rows of the result). */
-static inline __attribute__((always_inline)) void FCD_NAME(fcw_in_put6)(const FCD_VT* d, float* d0, fcd_i US)
-{
-    FCD_VT t[36], r[6];
-    int i, j;
-    FCD_UNROLL
-    for (j = 0; j < 6; j++)
-        FCD_NAME(fcw_bt6)(d + j, 6, t + j, 6);
-    FCD_UNROLL
-    for (i = 0; i < 6; i++) {
-        FCD_NAME(fcw_bt6)(t + 6 * i, 1, r, 1);
-        FCD_UNROLL
-        for (j = 0; j < 6; j++)
-            FCD_STORE(d0 + (6 * i + j) * US, r[j]);
-    }
-}
-
 /* F(2x2, 5x5): A^T of 6 vectors v[0], v[s], ... (rows (1 1 1 1 1 0), (0 1 -1 2 -2 1)). */
 static inline __attribute__((always_inline)) void FCD_NAME(fcw_at6)(const FCD_VT* v, int s, FCD_VT* y0, FCD_VT* y1)
 {
@@ -118,6 +101,33 @@ static inline __attribute__((always_inline)) void FCD_NAME(fcw_out_tf6)(const FC
         FCD_NAME(fcw_at6)(m + j, 6, r + j, r + 6 + j);
     FCD_NAME(fcw_at6)(r, 1, y, y + 1);
     FCD_NAME(fcw_at6)(r + 6, 1, y + 2, y + 3);
+}
+
+/* F(4x4, 3x3): A^T of 6 vectors v[0], v[s], ... -> y[0], y[ys], y[2 ys], y[3 ys] (rows
+ * (1 1 1 1 1 0), (0 1 -1 2 -2 0), (0 1 1 4 4 0), (0 1 -1 8 -8 1); products by 2, 4 and 8 as exact
+ * sums). */
+static inline __attribute__((always_inline)) void FCD_NAME(fcw_at4)(const FCD_VT* v, int s, FCD_VT* y, int ys)
+{
+    FCD_VT a = FCD_ADD(v[s], v[2 * s]), b = FCD_SUB(v[s], v[2 * s]);
+    FCD_VT c = FCD_ADD(v[3 * s], v[4 * s]), d = FCD_SUB(v[3 * s], v[4 * s]);
+    FCD_VT c2 = FCD_ADD(c, c), d2 = FCD_ADD(d, d), d4 = FCD_ADD(d2, d2);
+    y[0] = FCD_ADD(FCD_ADD(a, c), v[0]);
+    y[ys] = FCD_ADD(b, d2);
+    y[2 * ys] = FCD_ADD(a, FCD_ADD(c2, c2));
+    y[3 * ys] = FCD_ADD(FCD_ADD(b, FCD_ADD(d4, d4)), v[5 * s]);
+}
+
+/* F(4x4, 3x3): output transform A^T m A of 36 vectors -> y[a*4 + b] (16 vectors). */
+static inline __attribute__((always_inline)) void FCD_NAME(fcw_out_tf43)(const FCD_VT* m, FCD_VT* y)
+{
+    FCD_VT r[24];
+    int a;
+    FCD_UNROLL
+    for (a = 0; a < 6; a++)  /* columns: r[6 i + a] = (A^T m)[i][a] */
+        FCD_NAME(fcw_at4)(m + a, 6, r + a, 6);
+    FCD_UNROLL
+    for (a = 0; a < 4; a++)  /* then rows */
+        FCD_NAME(fcw_at4)(r + 6 * a, 1, y + 4 * a, 1);
 }
 
 /* Output transform A^T m A of 16 vectors -> y[a*2 + b] (4 vectors). */
@@ -165,7 +175,8 @@ static inline fcd_i FCD_NAME(fcw_runs)(const fcd_geo* g, fcd_i q0, fcd_i nq, fcd
  * vector), each run's lanes loaded under a mask; lanes past the chunk's tiles are zeros. */
 static inline __attribute__((always_inline)) void
 FCD_NAME(fcw_in_chunk)(const fcd_geo* g, const float* xq, const fcd_i* rq, const fcd_i* rn,
-                       const fcd_i* rsrc, fcd_i nr, fcd_i nv, float* u, fcd_i US, fcd_i Q, const int R)
+                       const fcd_i* rsrc, fcd_i nr, fcd_i nv, float* u, fcd_i US, fcd_i Q, const int R,
+                       const int M)
 {
     fcd_i C = g->C, CP = C * g->plane, v, r, e, c, i, j;
     const fcd_i W1 = g->Wq, W2 = g->Wq + 1;
@@ -183,32 +194,38 @@ FCD_NAME(fcw_in_chunk)(const fcd_geo* g, const float* xq, const fcd_i* rq, const
             full = lo == 0 && hi == FCD_VL;
         }
         full = full && ns == 1;
-        /* window value (i, j) is in phase (i % 2, j % 2) at (i / 2)*Wq + j / 2 */
-        if (R == 5)
+        /* window value (i, j) is in phase (i % M, j % M) at (i / M)*Wq + j / M */
+        if (R + M == 7)  /* (6 x 6 windows: column by column, six vectors at a time) */
             for (c = 0; c < C; c++) {
-                FCD_VT d[36];
-                if (full) {
-                    const float* p0 = xq + c * g->plane + sb[0];
-                    FCD_UNROLL
-                    for (i = 0; i < 6; i++)
-                        FCD_UNROLL
-                        for (j = 0; j < 6; j++)
-                            d[6 * i + j] = FCD_LOAD(p0 + ((i & 1) * 2 + (j & 1)) * CP + (i >> 1) * W1 + (j >> 1));
-                } else {
-                    FCD_UNROLL
-                    for (i = 0; i < 36; i++)
-                        d[i] = FCD_ZERO();
-                    for (e = 0; e < ns; e++) {
-                        const float* p0 = xq + c * g->plane + sb[e];
+                FCD_VT t[36], col[6], rr[6];
+                FCD_UNROLL
+                for (j = 0; j < 6; j++) {
+                    if (full) {
+                        const float* p0 = xq + c * g->plane + sb[0];
                         FCD_UNROLL
                         for (i = 0; i < 6; i++)
+                            col[i] = FCD_LOAD(p0 + ((i % M) * M + j % M) * CP + (i / M) * W1 + j / M);
+                    } else {
+                        FCD_UNROLL
+                        for (i = 0; i < 6; i++)
+                            col[i] = FCD_ZERO();
+                        for (e = 0; e < ns; e++) {
+                            const float* p0 = xq + c * g->plane + sb[e];
                             FCD_UNROLL
-                            for (j = 0; j < 6; j++)
-                                d[6 * i + j] = FCD_LOAD_MASKED(d[6 * i + j], sm[e],
-                                    p0 + ((i & 1) * 2 + (j & 1)) * CP + (i >> 1) * W1 + (j >> 1));
+                            for (i = 0; i < 6; i++)
+                                col[i] = FCD_LOAD_MASKED(col[i], sm[e],
+                                                         p0 + ((i % M) * M + j % M) * CP + (i / M) * W1 + j / M);
+                        }
                     }
+                    FCD_NAME(fcw_bt6)(col, 1, t + j, 6);  /* (B^T d)[.][j] */
                 }
-                FCD_NAME(fcw_in_put6)(d, u + c * Q + v0, US);
+                FCD_UNROLL
+                for (i = 0; i < 6; i++) {  /* then the rows of the result */
+                    FCD_NAME(fcw_bt6)(t + 6 * i, 1, rr, 1);
+                    FCD_UNROLL
+                    for (j = 0; j < 6; j++)
+                        FCD_STORE(u + c * Q + v0 + (6 * i + j) * US, rr[j]);
+                }
             }
         else if (full)
             for (c = 0; c < C; c++) {
@@ -238,22 +255,53 @@ FCD_NAME(fcw_in_chunk)(const fcd_geo* g, const float* xq, const fcd_i* rq, const
     }
 }
 
+/* d[4 l + k] = q[k][l] for the VL lanes l of the four vectors q (F(4x4, 3x3): a row of VL tiles'
+ * outputs in column order). */
+static inline __attribute__((always_inline)) void FCD_NAME(fcw_quads)(const FCD_VT* q, float* d)
+{
+#ifdef FCD_QUADS
+    FCD_QUADS(q, d);
+#else
+    float t[4][FCD_VL];
+    int k, l;
+    for (k = 0; k < 4; k++)
+        FCD_STORE(t[k], q[k]);
+    for (l = 0; l < FCD_VL; l++)
+        for (k = 0; k < 4; k++)
+            d[4 * l + k] = t[k][l];
+#endif
+}
+
+/* d[0 .. n) = s[0 .. n) by vectors (the last one's load may read up to VL - 1 floats past s + n). */
+static inline void FCD_NAME(fcw_copy)(const float* __restrict__ s, fcd_i n, float* __restrict__ d)
+{
+    fcd_i k = 0;
+    for (; k + FCD_VL <= n; k += FCD_VL)
+        FCD_STORE(d + k, FCD_LOAD(s + k));
+    if (k < n) {
+        FCD_VT t = FCD_LOAD(s + k);
+        FCD_STORE_N(d + k, t, n - k);
+    }
+}
+
 /* A group of NI images: src (NI, C, Hs, Ws) -> y (NI, OC, OH, OW) (OH, OW: the convolution's
- * output; g: the A x A stride-2 packing with g->OH x g->OW tiles), in chunks of Q <= FCW_QMAX
+ * output; g: the A x A stride-M packing with g->OH x g->OW tiles), in chunks of Q <= FCW_QMAX
  * tile positions (a multiple of VL).  vp: transformed weights [xi][ob][c][J]; st: the vector
  * starts v*VL of a chunk.  Scratch: xq (NI packings of xs floats; zeroed: they hold earlier
  * packings of this geometry), u (NX fcw_u_stride(C, Q), finite), m (NX fcw_m_stride(J, Q)),
- * z (4 Q).  R: 3 or 5, a constant once inlined. */
+ * z (M*M Q + VL).  R (3 or 5) and M (2, or 4 with R = 3): constants once inlined.  M = 4: the
+ * outputs with bias and ReLU, interleaved by rows (z[4 a Q + 4 q + b]: row a, column b of tile q),
+ * then copied run by run. */
 static inline __attribute__((always_inline)) void
 FCD_NAME(fcw_images_r)(const fcd_geo* g, const float* src, fcd_i NI,
                        const float* vp, const fcd_i* st, const float* bias, int relu,
                        fcd_i OH, fcd_i OW, float* y, float* xq, fcd_i xs, int zeroed,
-                       float* u, float* m, float* z, fcd_i Q, const int R)
+                       float* u, float* m, float* z, fcd_i Q, const int R, const int M)
 {
     fcd_i TH = g->OH, TW = g->OW, T = TH * TW, C = g->C, OC = g->OC, NOB = g->OCP / FCD_J;
     fcd_i US = fcw_u_stride(C, Q), MS = fcw_m_stride(FCD_J, Q), OHW = OH * OW;
     fcd_i k, ob, xi, i, n, v, nv, jj, q0, nq, a, e, r, nr;
-    const int NX = (R + 1) * (R + 1);
+    const int NX = (M + R - 1) * (M + R - 1);
     int whole;
     fcd_i rq[FCW_QMAX], rn[FCW_QMAX], rsrc[FCW_QMAX], rdst[FCW_QMAX], rpairs[FCW_QMAX], rrows[FCW_QMAX];
     fcd_i rk[FCW_QMAX], rty[FCW_QMAX], rtx[FCW_QMAX];
@@ -266,17 +314,17 @@ FCD_NAME(fcw_images_r)(const fcd_geo* g, const float* src, fcd_i NI,
         /* the chunk's runs: tiles of one tile row (image k, row ty, from column tx) */
         nr = FCD_NAME(fcw_runs)(g, q0, nq, T, xs, rq, rn, rsrc, rk, rty, rtx);
         for (r = 0; r < nr; r++) {
-            rdst[r] = rk[r] * OC * OHW + 2 * rty[r] * OW + 2 * rtx[r];
-            rpairs[r] = 2 * (rtx[r] + rn[r]) <= OW ? rn[r] : rn[r] - 1;  /* (an odd last column has no pair) */
-            rrows[r] = 2 * rty[r] + 1 < OH ? 2 : 1;
+            rdst[r] = rk[r] * OC * OHW + M * rty[r] * OW + M * rtx[r];
+            rpairs[r] = 2 * (rtx[r] + rn[r]) <= OW ? rn[r] : rn[r] - 1;  /* (M = 2: an odd last column has no pair) */
+            rrows[r] = OH - M * rty[r] < M ? OH - M * rty[r] : M;
         }
         /* whole: every run is one whole vector (rows of VL tiles, an even output width) */
         whole = 0;
 #ifdef FCD_PUT_PAIRS
-        whole = TW == FCD_VL && OW == 2 * TW;
+        whole = M == 2 && TW == FCD_VL && OW == 2 * TW;
 #endif
         /* 1. input transform of the chunk's windows */
-        FCD_NAME(fcw_in_chunk)(g, xq, rq, rn, rsrc, nr, nv, u, US, Q, R);
+        FCD_NAME(fcw_in_chunk)(g, xq, rq, rn, rsrc, nr, nv, u, US, Q, R, M);
         for (ob = 0; ob < NOB; ob++) {
             fcd_i nj = OC - ob * FCD_J < FCD_J ? OC - ob * FCD_J : FCD_J;
             /* 2. products, xi by xi */
@@ -301,6 +349,20 @@ FCD_NAME(fcw_images_r)(const fcd_geo* g, const float* src, fcd_i NI,
                     FCD_UNROLL
                     for (xi = 0; xi < NX; xi++)
                         mm[xi] = FCD_LOAD(m + xi * MS + jj * Q + v * FCD_VL);
+                    if (M == 4) {
+                        FCD_VT bv = FCD_SET1(b), y4[16];
+                        FCD_NAME(fcw_out_tf43)(mm, y4);
+                        FCD_UNROLL
+                        for (i = 0; i < 16; i++) {
+                            y4[i] = FCD_ADD(y4[i], bv);
+                            if (relu)  /* (the ReLU kernels' rule: NaN stays, -0 -> +0) */
+                                y4[i] = FCD_RELU(y4[i]);
+                        }
+                        FCD_UNROLL
+                        for (a = 0; a < 4; a++)
+                            FCD_NAME(fcw_quads)(y4 + 4 * a, z + 4 * a * Q + 4 * v * FCD_VL);
+                        continue;
+                    }
                     if (R == 5)
                         FCD_NAME(fcw_out_tf6)(mm, yy);
                     else
@@ -316,6 +378,13 @@ FCD_NAME(fcw_images_r)(const fcd_geo* g, const float* src, fcd_i NI,
                     FCD_UNROLL
                     for (i = 0; i < 4; i++)
                         FCD_STORE(z + i * Q + v * FCD_VL, yy[i]);
+                }
+                if (M == 4) {  /* each run's rows, its last tile cut to the output's width */
+                    for (r = 0; r < nr; r++)
+                        for (a = 0; a < rrows[r]; a++)
+                            FCD_NAME(fcw_copy)(z + 4 * a * Q + 4 * rq[r], OW - 4 * rtx[r] < 4 * rn[r] ? OW - 4 * rtx[r] : 4 * rn[r],
+                                               y + rdst[r] + o * OHW + a * OW);
+                    continue;
                 }
                 for (r = 0; r < nr && !whole; r++)  /* the four phases interleaved into the output rows */
                     for (a = 0; a < rrows[r]; a++) {
@@ -390,7 +459,7 @@ FCD_NAME(fcw_wgrad_r)(const fcd_geo* g, const float* src, fcd_i NI, const float*
         nv = (nq + FCD_VL - 1) / FCD_VL;
         nr = FCD_NAME(fcw_runs)(g, q0, nq, TT, xs, rq, rn, rsrc, rk, rty, rtx);
         /* 1. the input transform */
-        FCD_NAME(fcw_in_chunk)(g, xq, rq, rn, rsrc, nr, nv, u, US, Q, R);
+        FCD_NAME(fcw_in_chunk)(g, xq, rq, rn, rsrc, nr, nv, u, US, Q, R, 2);
         /* 2. the output gradient's transform, tile by tile, channel vector by vector */
         for (r = 0; r < nr; r++)
             for (t = 0; t < rn[r]; t++) {
@@ -436,16 +505,29 @@ static void FCD_NAME(fcw_wgrad)(const fcd_geo* g, const float* src, fcd_i NI, co
         FCD_NAME(fcw_wgrad_r)(g, src, NI, gt, gs, OCV, OH, OW, xq, xs, zeroed, u, mt, Q, off, T, V, z, add, 3);
 }
 
-/* fcw_images_r for 3x3 (R = 3) or 5x5 (R = 5) kernels. */
+/* fcw_images_r for each (R, M): one function each (inlined into one, the three shared registers badly). */
+#define FCW_IMAGES_RM(name, R_, M_) \
+    static __attribute__((noinline)) void FCD_NAME(name)(const fcd_geo* g, const float* src, fcd_i NI, \
+        const float* vp, const fcd_i* st, const float* bias, int relu, fcd_i OH, fcd_i OW, float* y, float* xq, \
+        fcd_i xs, int zeroed, float* u, float* m, float* z, fcd_i Q) \
+    { FCD_NAME(fcw_images_r)(g, src, NI, vp, st, bias, relu, OH, OW, y, xq, xs, zeroed, u, m, z, Q, R_, M_); }
+FCW_IMAGES_RM(fcw_images_32, 3, 2)
+FCW_IMAGES_RM(fcw_images_52, 5, 2)
+FCW_IMAGES_RM(fcw_images_34, 3, 4)
+#undef FCW_IMAGES_RM
+
+/* F(2x2, 3x3) (R = 3, M = 2), F(2x2, 5x5) (R = 5) or F(4x4, 3x3) (M = 4). */
 static void FCD_NAME(fcw_images)(const fcd_geo* g, const float* src, fcd_i NI,
                                  const float* vp, const fcd_i* st, const float* bias, int relu,
                                  fcd_i OH, fcd_i OW, float* y, float* xq, fcd_i xs, int zeroed,
-                                 float* u, float* m, float* z, fcd_i Q, int R)
+                                 float* u, float* m, float* z, fcd_i Q, int R, int M)
 {
     if (R == 5)
-        FCD_NAME(fcw_images_r)(g, src, NI, vp, st, bias, relu, OH, OW, y, xq, xs, zeroed, u, m, z, Q, 5);
+        FCD_NAME(fcw_images_52)(g, src, NI, vp, st, bias, relu, OH, OW, y, xq, xs, zeroed, u, m, z, Q);
+    else if (M == 4)
+        FCD_NAME(fcw_images_34)(g, src, NI, vp, st, bias, relu, OH, OW, y, xq, xs, zeroed, u, m, z, Q);
     else
-        FCD_NAME(fcw_images_r)(g, src, NI, vp, st, bias, relu, OH, OW, y, xq, xs, zeroed, u, m, z, Q, 3);
+        FCD_NAME(fcw_images_32)(g, src, NI, vp, st, bias, relu, OH, OW, y, xq, xs, zeroed, u, m, z, Q);
 }
 
 #undef FCW_WINDOW

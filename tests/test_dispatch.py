@@ -55,7 +55,8 @@ def test_config_sets_restores_and_validates():
     start = fastcnn.get_config()
     assert start["conv"] in _dispatch.CONV_STRATEGIES
     with fastcnn.config(conv="direct") as cfg:
-        assert fastcnn.get_config() == {"conv": "direct", "fuse": start["fuse"], "fold_bn": start["fold_bn"]}
+        assert fastcnn.get_config() == {"conv": "direct", "winograd_tile": start["winograd_tile"],
+                                        "fuse": start["fuse"], "fold_bn": start["fold_bn"]}
         assert "direct" in repr(cfg)
         with fastcnn.config(conv="chunked"):
             assert fastcnn.get_config()["conv"] == "chunked"
@@ -66,6 +67,15 @@ def test_config_sets_restores_and_validates():
             fastcnn.config(conv=bad)
     assert fastcnn.get_config() == start
     fastcnn.config()  # no change
+    assert fastcnn.get_config() == start
+    assert start["winograd_tile"] == "auto"  # the default
+    for tile in (2, 4):
+        with fastcnn.config(winograd_tile=tile):
+            assert fastcnn.get_config() == dict(start, winograd_tile=tile)
+        assert fastcnn.get_config() == start
+    for bad in (3, "4", 4.0, True, None.__class__):
+        with pytest.raises(ValueError, match="winograd_tile must be one of 'auto', 2, 4"):
+            fastcnn.config(winograd_tile=bad)
     assert fastcnn.get_config() == start
     for flag in ("fuse", "fold_bn"):
         assert start[flag] is True  # the default
@@ -166,6 +176,16 @@ def test_winograd_plan_rules():
         assert _dispatch.conv_plan(REF, 100, 16, 16, 3, 3, 32, 32, 4) == "chunked"
     with fastcnn.config(conv="auto"):
         assert not _dispatch.winograd_weight()  # (auto: the direct weight gradient, more accurate)
+        for b in fastcnn.available_backends():  # the output tile: 4 for Cython's 3x3 layers of 16+ channels
+            k = _backend.ops(b)
+            m = 4 if b == "cython" else 2
+            assert [_dispatch.winograd_tile(k, c, oc, kh) for c, oc, kh in ((16, 16, 3), (64, 64, 3), (32, 64, 5))] \
+                == [m, m, 2]
+            assert _dispatch.winograd_tile(k, 8, 16, 3) == _dispatch.winograd_tile(k, 16, 8, 3) == 2
+            for tile in (2, 4):
+                with fastcnn.config(winograd_tile=tile):
+                    assert _dispatch.winograd_tile(k, 8, 16, 3) == tile
+                    assert _dispatch.winograd_tile(k, 64, 64, 5) == 2  # (5x5: F(2x2, 5x5) only)
     with fastcnn.config(conv="winograd"):
         assert _dispatch.winograd_weight()
         for k in [REF] + [_backend.ops(b) for b in fastcnn.available_backends() if b != "numpy"]:

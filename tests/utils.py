@@ -196,6 +196,18 @@ def run_direct(mod, g, x, wt, b, gy, relu=0):
     return y, gx, gw, gb
 
 
+def tile_max(scale, m):
+    """Each element of ``scale`` (N, C, H, W) replaced by the largest in its m x m output tile
+    (a Winograd F(m x m, r x r) tile's outputs share one transformed window: their rounding is
+    relative to the tile's magnitude)."""
+    n, c, h, w = scale.shape
+    th, tw = -(-h // m), -(-w // m)
+    pad = np.zeros((n, c, th * m, tw * m))
+    pad[:, :, :h, :w] = scale
+    t = pad.reshape(n, c, th, m, tw, m).max(axis=(3, 5))
+    return np.repeat(np.repeat(t, m, 2), m, 3)[:, :, :h, :w]
+
+
 def direct_data(case, seed=0):
     n, c, h, w, oc, kh, kw, _, _ = case
     g = direct_geometry(case)

@@ -1,7 +1,8 @@
 """Training-step time of a recipe network under several convolution strategies
-(``fastcnn.config(conv=...)``), alternated within one process: block by block, the order of
-the strategies rotated each round, so that a shared machine's slow spells hit every strategy
-alike.  Prints each strategy's median step and its ratio to the first strategy's, per round
+(``fastcnn.config(conv=...)``; ``conv:tile`` also sets ``winograd_tile``, e.g. ``auto:2 auto:4``),
+alternated within one process: block by block, the order of the strategies rotated each round,
+so that a shared machine's slow spells hit every strategy alike.  Prints each strategy's
+median step and its ratio to the first strategy's, per round
 and overall (the median of the per-round ratios).
 
 Usage (from the repository root):
@@ -17,6 +18,12 @@ import numpy as np
 
 from fastcnn import models
 from fastcnn.train import recipe_step
+
+
+def _config(strategy):
+    """``fastcnn.config`` of a strategy ``conv`` or ``conv:tile``."""
+    conv, _, tile = strategy.partition(":")
+    return fastcnn.config(conv=conv, winograd_tile=int(tile) if tile.isdigit() else tile or "auto")
 
 
 def main():
@@ -37,7 +44,7 @@ def main():
     data = [(rng.random((bs, c, s, s), dtype=np.float32), rng.integers(0, 10, bs)) for _ in range(3)]
 
     for conv in a.strategies:  # warm-up (Numba compilation, first-touch of buffers)
-        with fastcnn.config(conv=conv):
+        with _config(conv):
             for i in range(3):
                 step(*data[i % 3])
     times = {conv: [] for conv in a.strategies}
@@ -47,7 +54,7 @@ def main():
         order = a.strategies[k:] + a.strategies[:k]
         this = {}
         for conv in order:
-            with fastcnn.config(conv=conv):
+            with _config(conv):
                 t0 = time.perf_counter()
                 for i in range(a.block):
                     step(*data[i % 3])

@@ -820,3 +820,20 @@ def vput_pair_vectors(typingctx, yf, d, a, c, bias, relu):
                       _ptr(context, builder, yty, args[0], args[1], dty, _LLV2), align=4)
         return context.get_dummy_value()
     return types.none(yf, d, a, c, bias, relu), codegen
+
+
+@intrinsic
+def vput_quads(typingctx, z, d, q0, q1, q2, q3, bias, relu):
+    """``z[d + 4l + k] = f(q_k[l])`` for ``l < VL``, ``k < 4`` (``f`` as :func:`vput_pairs`'):
+    four vectors zipped by two rounds of pair shuffles (the Cython kernels' ``fcw_quads``),
+    stored whole."""
+    def codegen(context, builder, sig, args):
+        zty, dty, bty, rty = sig.args[0], sig.args[1], sig.args[6], sig.args[7]
+        p02 = _pairs(context, builder, args[2], args[4], args[6], bty, args[7], rty)
+        p13 = _pairs(context, builder, args[3], args[5], args[6], bty, args[7], rty)
+        zipped = builder.shuffle_vector(p02, p13, ir.Constant(ir.VectorType(_I32, 4 * VL),
+                                                              [k // 2 + (k % 2) * 2 * VL for k in range(4 * VL)]))
+        builder.store(zipped, _ptr(context, builder, zty, args[0], args[1], dty, ir.VectorType(ir.FloatType(), 4 * VL)),
+                      align=4)
+        return context.get_dummy_value()
+    return types.none(z, d, q0, q1, q2, q3, bias, relu), codegen

@@ -1,10 +1,10 @@
-"""Numba Winograd F(2x2, 3x3) and F(2x2, 5x5) convolutions (contracts:
+"""Numba Winograd F(2x2, 3x3), F(2x2, 5x5) and F(4x4, 3x3) convolutions (contracts:
 :func:`fastcnn._ref.conv2d_winograd_forward` and :func:`fastcnn._ref.conv2d_winograd_backward_data`).
 
 The Cython kernels' design (docs/PERFORMANCE.md, "Winograd convolutions"): a group of images
-packed as for an ``(r + 1) x (r + 1)`` convolution of stride 2 (:func:`.conv_direct._pad_plane`,
+packed as for an ``(m + r - 1) x (m + r - 1)`` convolution of stride ``m`` (:func:`.conv_direct._pad_plane`,
 inside the kernel), then per chunk of ``V*VL`` output tiles of the group: the input transform ``B^T d B`` in explicit
-vectors (:mod:`._simd`), the ``(r + 1)**2`` products by the direct kernels' register tiles (one
+vectors (:mod:`._simd`), the ``(m + r - 1)**2`` products by the direct kernels' register tiles (one
 tap, the transformed kernel's element per channel), the output transform ``A^T m A`` with bias
 and ReLU into the output.  The same operations in the same order as the Cython kernels.
 """
@@ -28,6 +28,7 @@ from ._simd import (
     vpool4,
     vput_pair_vectors,
     vput_pairs,
+    vput_quads,
     vstore,
     vstores,
     vsub,
@@ -36,17 +37,17 @@ from ._simd import (
 from .conv_direct import _pad_plane
 
 
-def _weights(w, flip):
+def _weights(w, flip, m):
     """``V = G g G^T`` of each ``r x r`` kernel ``g`` (float64, rounded once) packed
     ``[xi][ob][c][J]``, zeros past the output channels; ``flip``: ``g`` from ``w`` (C, OC, r, r)
-    rotated by 180 degrees, as the input gradient's."""
+    rotated by 180 degrees, as the input gradient's; ``m``: the output tile."""
     c, oc = w.shape[:2] if flip else w.shape[1::-1]
     nob = -(-oc // J)
-    vp = np.empty((w.shape[2] + 1) ** 2 * nob * c * J, np.float32)
-    if w.shape[2] == 3:
+    vp = np.empty((w.shape[2] + m - 1) ** 2 * nob * c * J, np.float32)
+    if m == 2 and w.shape[2] == 3:
         _weights3(w, flip, nob, vp)
     else:
-        _weights5(w, flip, nob, _ref.WINOGRAD5_G, vp)
+        _weights6(w, flip, nob, _ref.WINOGRAD_MATRICES[m, w.shape[2]][1], vp)
     return vp
 
 
@@ -90,32 +91,34 @@ def _weights3(w, flip, nob, vp):
 
 
 @parallel_kernel
-def _weights5(w, flip, nob, gm, vp):
-    """5x5 kernels in float64, each sum in the order of its terms (G's entries are not all
-    dyadic): the Cython kernels' ``fcw_pack_weights5``, one block of ``J`` output channels per
-    iteration, a channel's 36 planes built in ``blk`` (as :func:`_weights3`)."""
+def _weights6(w, flip, nob, gm, vp):
+    """The 6 x 6 transforms (F(2x2, 5x5), F(4x4, 3x3); ``gm``: their G, 6 x r) in float64, each
+    sum in the order of its terms (G's entries are not all dyadic): the Cython kernels'
+    ``fcw_pack_weights6``, one block of ``J`` output channels per iteration, a channel's 36
+    planes built in ``blk`` (as :func:`_weights3`)."""
     c, oc = (w.shape[0], w.shape[1]) if flip else (w.shape[1], w.shape[0])
+    r = w.shape[2]
     for ob in prange(nob):
-        t, gg, blk = np.empty((6, 5)), np.empty((5, 5)), np.empty((36, J), np.float32)
+        t, gg, blk = np.empty((6, r)), np.empty((r, r)), np.empty((36, J), np.float32)
         for ci in range(c):
             for jj in range(J):
                 o = ob * J + jj
                 if o >= oc:
                     blk[:, jj] = 0.0
                     continue
-                for i in range(5):
-                    for j in range(5):
-                        gg[i, j] = _tap(w, flip, o, ci, i, j, 5)
+                for i in range(r):
+                    for j in range(r):
+                        gg[i, j] = _tap(w, flip, o, ci, i, j, r)
                 for i in range(6):
-                    for j in range(5):
+                    for j in range(r):
                         s = gm[i, 0] * gg[0, j]
-                        for k in range(1, 5):
+                        for k in range(1, r):
                             s = s + gm[i, k] * gg[k, j]
                         t[i, j] = s
                 for i in range(6):
                     for j in range(6):
                         s = t[i, 0] * gm[j, 0]
-                        for k in range(1, 5):
+                        for k in range(1, r):
                             s = s + t[i, k] * gm[j, k]
                         blk[6 * i + j, jj] = np.float32(s)
             _put_planes(blk, vp, (ob * c + ci) * J, nob * c * J)
@@ -159,6 +162,33 @@ def _out_tf6(m):
 
 
 @helper
+def _at4(v0, v1, v2, v3, v4, v5):
+    """F(4x4, 3x3): ``A^T`` of 6 vectors, as the Cython kernels' ``fcw_at4``."""
+    a, b, c, d = vadd(v1, v2), vsub(v1, v2), vadd(v3, v4), vsub(v3, v4)
+    c2, d2 = vadd(c, c), vadd(d, d)
+    d4 = vadd(d2, d2)
+    return (vadd(vadd(a, c), v0), vadd(b, d2), vadd(a, vadd(c2, c2)), vadd(vadd(b, vadd(d4, d4)), v5))
+
+
+@helper
+def _out_tf43(m):
+    """F(4x4, 3x3): ``A^T m A`` of 36 vectors: the 16 outputs ``y[4a + b]`` (columns first, as
+    the Cython kernels' ``fcw_out_tf43``)."""
+    c0 = _at4(m[0], m[6], m[12], m[18], m[24], m[30])
+    c1 = _at4(m[1], m[7], m[13], m[19], m[25], m[31])
+    c2 = _at4(m[2], m[8], m[14], m[20], m[26], m[32])
+    c3 = _at4(m[3], m[9], m[15], m[21], m[27], m[33])
+    c4 = _at4(m[4], m[10], m[16], m[22], m[28], m[34])
+    c5 = _at4(m[5], m[11], m[17], m[23], m[29], m[35])
+    r0 = _at4(c0[0], c1[0], c2[0], c3[0], c4[0], c5[0])
+    r1 = _at4(c0[1], c1[1], c2[1], c3[1], c4[1], c5[1])
+    r2 = _at4(c0[2], c1[2], c2[2], c3[2], c4[2], c5[2])
+    r3 = _at4(c0[3], c1[3], c2[3], c3[3], c4[3], c5[3])
+    return (r0[0], r0[1], r0[2], r0[3], r1[0], r1[1], r1[2], r1[3],
+            r2[0], r2[1], r2[2], r2[3], r3[0], r3[1], r3[2], r3[3])
+
+
+@helper
 def _product_tile(u, ub, qp, c, vp, wb, offs, m, mb):
     """``J`` output channels x the tile vectors at ``offs``: ``m[mb + jj*qp + offs[v] ...] =
     sum_c vp[wb + c*J + jj] * u[ub + c*qp + offs[v] ...]``, channel by channel."""
@@ -191,11 +221,10 @@ _DTAB, _DTAB6 = tuple(k * VL for k in range(16)), tuple(k * VL for k in range(36
 
 
 @helper
-def _put_row(yf, d, z, s0, n2, odd, bias, relu):
-    """``yf[d + 2e] = f(z[s0 + e])``, ``yf[d + 2e + 1] = f(z[s1 + e])`` (``s1 = s0 + len(z)//4``)
-    for ``e < n2``, and ``yf[d + 2*n2] = f(z[s0 + n2])`` if ``odd``; ``f(v) = v + bias``, then the
-    ReLU if ``relu`` (the ReLU kernels' rule: NaN stays, -0 -> +0)."""
-    s1 = s0 + z.size // 4
+def _put_row(yf, d, z, s0, s1, n2, odd, bias, relu):
+    """``yf[d + 2e] = f(z[s0 + e])``, ``yf[d + 2e + 1] = f(z[s1 + e])`` for ``e < n2``, and
+    ``yf[d + 2*n2] = f(z[s0 + n2])`` if ``odd``; ``f(v) = v + bias``, then the ReLU if ``relu``
+    (the ReLU kernels' rule: NaN stays, -0 -> +0)."""
     zero = np.float32(0.0)
     for e in range(0, n2, VL):  # (vectors of VL pairs, the last masked)
         vput_pairs(yf, d + 2 * e, z, s0 + e, s1 + e, min(VL, n2 - e), bias, relu)
@@ -205,25 +234,27 @@ def _put_row(yf, d, z, s0, n2, odd, bias, relu):
 
 
 @parallel_kernel(fma=True)
-def _winograd(x, pt, pl, hq, wq, vp, bias, relu, ni, r5, oc, oh, ow, yf, pool, yp, ip, threads):
+def _winograd(x, pt, pl, hq, wq, vp, bias, relu, ni, alg, oc, oh, ow, yf, pool, yp, ip, threads):
     """The ``(n, oc, oh, ow)`` output, flat, into ``yf`` from the input ``x`` (N, C, H, W) and
-    the transformed weights ``vp`` (``r5``: of 5x5 kernels, else 3x3); with ``pool`` its 2x2
+    the transformed weights ``vp`` (``alg``: 0 F(2x2, 3x3), 1 F(2x2, 5x5), 2 F(4x4, 3x3)); with
+    ``pool`` (F(2x2, r x r) only) its 2x2
     max pooling instead, into ``yp`` (``(n, oc, oh // 2, ow // 2)``, flat), and with ``pool ==
     2`` the pooling's indices into ``ip``: an output tile is one pooling window.  The images in
     ``threads`` chunks of consecutive ones (each with one set of buffers), a chunk's in groups
     of ``ni``, each group's images first packed into the chunk's buffer ``xf`` by :func:`.conv_direct._pad_plane`
-    for a stride-2 convolution (image ``k`` at ``k*xs``, channels ``cs`` apart, the
-    four stride phases ``ps`` apart, ``hq`` rows of pitch ``wq``: while in cache), then in
-    chunks of ``V*VL`` tiles."""
+    for a convolution of stride ``mt`` (the output tile: image ``k`` at ``k*xs``, channels ``cs``
+    apart, the ``mt*mt`` stride phases ``ps`` apart, ``hq`` rows of pitch ``wq``: while in cache),
+    then in chunks of ``V*VL`` tiles."""
     n, c, h, w = x.shape
     xflat = x.reshape(x.size)
+    mt = 4 if alg == 2 else 2
     ps = hq * wq
-    cs = 4 * ps
+    cs = mt * mt * ps
     xs = c * cs
-    th, tw = (oh + 1) // 2, (ow + 1) // 2
+    th, tw = (oh + mt - 1) // mt, (ow + mt - 1) // mt
     nt = th * tw
     nob = (oc + J - 1) // J
-    nx = 36 if r5 else 16
+    nx = 16 if alg == 0 else 36
     q = V * VL
     qp = q + MAX_VL  # (a row's last vector may spill past q: into this padding)
     # (one cache line more than the rows: a power-of-two pitch, 64 * c floats with AVX-512, puts
@@ -232,7 +263,7 @@ def _winograd(x, pt, pl, hq, wq, vp, bias, relu, ni, r5, oc, oh, ow, yf, pool, y
     ph, pw = oh // 2, ow // 2
     # every run one whole vector (rows of VL tiles, an even output width): the output rows
     # straight from the registers (as the Cython kernels' on AVX-512)
-    whole = tw == VL and ow == 2 * tw and pool == 0
+    whole = alg != 2 and tw == VL and ow == 2 * tw and pool == 0
     # window value (i, j) of grid position p: phase (i % 2, j % 2) at (i // 2)*wq + j // 2
     tab = (0, ps, 1, ps + 1, 2 * ps, 3 * ps, 2 * ps + 1, 3 * ps + 1,
            wq, ps + wq, wq + 1, ps + wq + 1, 2 * ps + wq, 3 * ps + wq, 2 * ps + wq + 1, 3 * ps + wq + 1)
@@ -241,6 +272,12 @@ def _winograd(x, pt, pl, hq, wq, vp, bias, relu, ni, r5, oc, oh, ow, yf, pool, y
             3 * ps + wq + 1, 2 * ps + wq + 2, 3 * ps + wq + 2, 2 * wq, ps + 2 * wq, 2 * wq + 1, ps + 2 * wq + 1,
             2 * wq + 2, ps + 2 * wq + 2, 2 * ps + 2 * wq, 3 * ps + 2 * wq, 2 * ps + 2 * wq + 1,
             3 * ps + 2 * wq + 1, 2 * ps + 2 * wq + 2, 3 * ps + 2 * wq + 2)
+    # F(4x4, 3x3): phase (i % 4, j % 4) at (i // 4)*wq + j // 4
+    tab43 = (0, ps, 2 * ps, 3 * ps, 1, ps + 1, 4 * ps, 5 * ps, 6 * ps, 7 * ps, 4 * ps + 1, 5 * ps + 1, 8 * ps,
+             9 * ps, 10 * ps, 11 * ps, 8 * ps + 1, 9 * ps + 1, 12 * ps, 13 * ps, 14 * ps, 15 * ps, 12 * ps + 1,
+             13 * ps + 1, wq, ps + wq, 2 * ps + wq, 3 * ps + wq, wq + 1, ps + wq + 1, 4 * ps + wq, 5 * ps + wq,
+             6 * ps + wq, 7 * ps + wq, 4 * ps + wq + 1, 5 * ps + wq + 1)
+    tabw = tab43 if alg == 2 else tab6  # (the 6 x 6 windows' offsets)
     moff = (0, ms, 2 * ms, 3 * ms, 4 * ms, 5 * ms, 6 * ms, 7 * ms, 8 * ms, 9 * ms, 10 * ms, 11 * ms,
             12 * ms, 13 * ms, 14 * ms, 15 * ms)
     moff6 = (0, ms, 2 * ms, 3 * ms, 4 * ms, 5 * ms, 6 * ms, 7 * ms, 8 * ms, 9 * ms, 10 * ms, 11 * ms,
@@ -258,14 +295,14 @@ def _winograd(x, pt, pl, hq, wq, vp, bias, relu, ni, r5, oc, oh, ow, yf, pool, y
         xf = np.zeros(ni * xs + 8 + MAX_VL, np.float32)  # (zeroed: _pad_plane)
         u = np.zeros(nx * us + MAX_VL, np.float32)
         m = np.zeros(nx * ms + MAX_VL, np.float32)
-        z = np.zeros(4 * qp, np.float32)
+        z = np.zeros(mt * mt * qp + MAX_VL, np.float32)  # (F(4x4, 3x3): rows of quadruples, 4*qp apart)
         runs = np.empty((q, 5), np.int64)  # a chunk's runs: position, length, image, tile row, column
         seg = np.empty((MAX_VL, 3), np.int64)  # a vector's runs: source offset of lane 0, lanes lo, hi
         dbuf = np.empty(36 * VL, np.float32)  # a vector's window values gathered from 3+ runs
         i_end = (ch + 1) * n // chunks
         for i0 in range(ch * n // chunks, i_end, ni):
             for t in range(min(ni, i_end - i0) * c):  # the item's images, packed
-                _pad_plane(xflat, i0 * c + t, h, w, pt, pl, 2, 2, xf, t * cs, hq, wq)
+                _pad_plane(xflat, i0 * c + t, h, w, pt, pl, mt, mt, xf, t * cs, hq, wq)
             nq_all = min(ni, i_end - i0) * nt
             for q0 in range(0, nq_all, q):
                 nq = min(q, nq_all - q0)
@@ -295,20 +332,20 @@ def _winograd(x, pt, pl, hq, wq, vp, bias, relu, ni, r5, oc, oh, ow, yf, pool, y
                         dst = ci * qp + v0
                         o = ci * cs
                         if ns <= 2:  # straight from the input
-                            if r5:
-                                in_tf_put(xf, (s0 + o, lo0, hi0, s1 + o, lo1, hi1), tab6, u, dst, uoff6)
+                            if alg:
+                                in_tf_put(xf, (s0 + o, lo0, hi0, s1 + o, lo1, hi1), tabw, u, dst, uoff6)
                             else:
                                 in_tf_put(xf, (s0 + o, lo0, hi0, s1 + o, lo1, hi1), tab, u, dst, uoff)
                         elif ns <= 4:  # (short tile rows)
                             r4 = (s0 + o, lo0, hi0, s1 + o, lo1, hi1, s2 + o, lo2, hi2, s3 + o, lo3, hi3)
-                            if r5:
-                                in_tf_put(xf, r4, tab6, u, dst, uoff6)
+                            if alg:
+                                in_tf_put(xf, r4, tabw, u, dst, uoff6)
                             else:
                                 in_tf_put(xf, r4, tab, u, dst, uoff)
-                        elif r5:  # (more runs: tiny images) gathered into dbuf first
-                            d6 = vzeros(tab6)
+                        elif alg:  # (more runs: tiny images) gathered into dbuf first
+                            d6 = vzeros(tabw)
                             for si in range(ns):
-                                d6 = vloads_lanes(d6, xf, seg[si, 0] + o, tab6, seg[si, 1], seg[si, 2])
+                                d6 = vloads_lanes(d6, xf, seg[si, 0] + o, tabw, seg[si, 1], seg[si, 2])
                             vstores(dbuf, 0, _DTAB6, d6)
                             in_tf_put(dbuf, (0, 0, VL, 0, 0, 0), _DTAB6, u, dst, uoff6)
                         else:
@@ -333,8 +370,25 @@ def _winograd(x, pt, pl, hq, wq, vp, bias, relu, ni, r5, oc, oh, ow, yf, pool, y
                     # 3. output transform, bias, ReLU, channel by channel
                     for jj in range(min(J, oc - ob * J)):
                         o = ob * J + jj
+                        if alg == 2:  # F(4x4, 3x3): rows of quadruples into z, then each run's rows
+                            for v in range(nv):
+                                y4 = _out_tf43(vloads(m, jj * qp + v * VL, moff6))
+                                zv = 4 * v * VL
+                                vput_quads(z, zv, y4[0], y4[1], y4[2], y4[3], bias[o], relu)
+                                vput_quads(z, 4 * qp + zv, y4[4], y4[5], y4[6], y4[7], bias[o], relu)
+                                vput_quads(z, 8 * qp + zv, y4[8], y4[9], y4[10], y4[11], bias[o], relu)
+                                vput_quads(z, 12 * qp + zv, y4[12], y4[13], y4[14], y4[15], bias[o], relu)
+                            for r in range(nr):
+                                e, rn, k, ty, tx = runs[r, 0], runs[r, 1], runs[r, 2], runs[r, 3], runs[r, 4]
+                                nc = min(4 * rn, ow - 4 * tx)  # (the last tile cut to the output's width)
+                                for a in range(min(4, oh - 4 * ty)):
+                                    d = (((i0 + k) * oc + o) * oh + 4 * ty + a) * ow + 4 * tx
+                                    zs = 4 * a * qp + 4 * e
+                                    for t in range(nc):
+                                        yf[_u(d + t)] = z[_u(zs + t)]
+                            continue
                         for v in range(nv):
-                            if r5:
+                            if alg:
                                 yy = _out_tf6(vloads(m, jj * qp + v * VL, moff6))
                             else:
                                 yy = _out_tf(vloads(m, jj * qp + v * VL, moff))
@@ -369,35 +423,36 @@ def _winograd(x, pt, pl, hq, wq, vp, bias, relu, ni, r5, oc, oh, ow, yf, pool, y
                             e, rn, k, ty, tx = runs[r, 0], runs[r, 1], runs[r, 2], runs[r, 3], runs[r, 4]
                             odd = 2 * (tx + rn) > ow  # (an odd last column has no pair)
                             for a in range(min(2, oh - 2 * ty)):
-                                _put_row(yf, (((i0 + k) * oc + o) * oh + 2 * ty + a) * ow + 2 * tx, z,
-                                         2 * a * qp + e, rn - 1 if odd else rn, odd, bias[o], relu)
+                                _put_row(yf, (((i0 + k) * oc + o) * oh + 2 * ty + a) * ow + 2 * tx, z, 2 * a * qp + e,
+                                         (2 * a + 1) * qp + e, rn - 1 if odd else rn, odd, bias[o], relu)
 
 
 _NONE_F, _NONE_I = np.empty(0, np.float32), np.empty(0, np.int32)
 
 
-def _run(x, w, flip, bias, pt, pl, relu, oc, oh, ow, y, pooled=None, idx=None):
+def _run(x, w, flip, bias, pt, pl, relu, oc, oh, ow, y, pooled=None, idx=None, m=2):
     """The ``(N, oc, oh, ow)`` Winograd convolution of ``x`` with ``w`` (rotated and transposed
-    with ``flip``) into ``y``, or its 2x2 max pooling into ``pooled`` (with ``idx``, if it has
-    elements, the indices)."""
+    with ``flip``; output tiles of ``m x m``) into ``y``, or its 2x2 max pooling into ``pooled``
+    (with ``idx``, if it has elements, the indices; ``m = 2``)."""
     n = x.shape[0]
     r = w.shape[2]
-    th, tw = (oh + 1) // 2, (ow + 1) // 2
+    th, tw = -(-oh // m), -(-ow // m)
     ni = min(n, max(1, -(-_config.WINOGRAD_TILES // (th * tw))))
     pool = 0 if pooled is None else 2 if idx.size else 1
-    # (the grid of an (r + 1) x (r + 1) convolution of stride 2 with th x tw outputs)
-    _winograd(np.ascontiguousarray(x), pt, pl, th + r // 2, tw + r // 2, _weights(w, flip), bias, int(relu), ni,
-              r == 5, oc, oh, ow, _NONE_F if pooled is not None else y.reshape(-1), pool,
+    # (the grid of an (m + r - 1) x (m + r - 1) convolution of stride m with th x tw outputs)
+    _winograd(np.ascontiguousarray(x), pt, pl, th + (m + r - 2) // m, tw + (m + r - 2) // m, _weights(w, flip, m),
+              bias, int(relu), ni, 2 if m == 4 else int(r == 5), oc, oh, ow,
+              _NONE_F if pooled is not None else y.reshape(-1), pool,
               _NONE_F if pooled is None else pooled.reshape(-1), idx.reshape(-1) if pool == 2 else _NONE_I,
               _threads.get_num_threads())
 
 
-def conv2d_winograd_forward(x, w, bias, pt, pl, relu, y):
-    """Winograd F(2x2, 3x3) or F(2x2, 5x5) convolution (see
+def conv2d_winograd_forward(x, w, bias, pt, pl, relu, y, m=2):
+    """Winograd F(2x2, 3x3), F(2x2, 5x5) or F(4x4, 3x3) convolution (see
     :func:`fastcnn._ref.conv2d_winograd_forward`)."""
-    check_once(_backend.sizes_conv2d_winograd_forward, x.shape, w.shape, bias.shape, pt, pl, relu, y.shape)
+    check_once(_backend.sizes_conv2d_winograd_forward, x.shape, w.shape, bias.shape, pt, pl, relu, y.shape, m)
     if x.shape[0]:
-        _run(x, w, False, bias, pt, pl, relu, *y.shape[1:], y)
+        _run(x, w, False, bias, pt, pl, relu, *y.shape[1:], y, m=m)
 
 
 def conv2d_winograd_forward_maxpool2(x, w, bias, pt, pl, relu, oh, ow, y, idx):
@@ -420,10 +475,10 @@ def conv2d_winograd_backward_weight(gy, x, pt, pl, gw, gb):
     _ref.conv2d_winograd_backward_weight(gy, x, pt, pl, gw, gb)
 
 
-def conv2d_winograd_backward_data(gy, w, pt, pl, gx):
+def conv2d_winograd_backward_data(gy, w, pt, pl, gx, m=2):
     """Input gradient (see :func:`fastcnn._ref.conv2d_winograd_backward_data`): the same
     algorithm on the output gradient with the rotated, transposed weights."""
-    check_once(_backend.sizes_conv2d_winograd_backward_data, gy.shape, w.shape, pt, pl, gx.shape)
+    check_once(_backend.sizes_conv2d_winograd_backward_data, gy.shape, w.shape, pt, pl, gx.shape, m)
     if gy.shape[0]:
         r = w.shape[2]
-        _run(gy, w, True, np.zeros(w.shape[1], np.float32), r - 1 - pt, r - 1 - pl, False, *gx.shape[1:], gx)
+        _run(gy, w, True, np.zeros(w.shape[1], np.float32), r - 1 - pt, r - 1 - pl, False, *gx.shape[1:], gx, m=m)
