@@ -194,15 +194,15 @@ def _winograd_wins(module, n, c, oc, k):
 def winograd_tile(k, c, oc, kh):
     """The output tile ``m`` of the Winograd forward and input gradient of a ``kh`` x ``kh``
     convolution with ``c`` input and ``oc`` output channels on backend module ``k``: 2 for 5x5
-    kernels; for 3x3 the ``winograd_tile`` setting, whose ``"auto"`` picks 4 for the Cython
-    backend's layers of 16 or more channels (F(4x4, 3x3) against F(2x2, 3x3): docs/BENCHMARKS.md,
+    kernels; for 3x3 the ``winograd_tile`` setting, whose ``"auto"`` picks 4 for the compiled
+    backends' layers of 16 or more channels (F(4x4, 3x3) against F(2x2, 3x3): docs/BENCHMARKS.md,
     "Issue 10, thirty-first session") and 2 elsewhere."""
     if kh != 3:
         return 2
     tile = _current()["winograd_tile"]
     if tile != "auto":
         return tile
-    return 4 if getattr(k, "__name__", None) == "fastcnn._ext" and c >= 16 and oc >= 16 else 2
+    return 4 if getattr(k, "__name__", None) in DIRECT_AUTO_MODULES and c >= 16 and oc >= 16 else 2
 
 
 def winograd_weight():

@@ -176,9 +176,9 @@ def test_winograd_plan_rules():
         assert _dispatch.conv_plan(REF, 100, 16, 16, 3, 3, 32, 32, 4) == "chunked"
     with fastcnn.config(conv="auto"):
         assert not _dispatch.winograd_weight()  # (auto: the direct weight gradient, more accurate)
-        for b in fastcnn.available_backends():  # the output tile: 4 for Cython's 3x3 layers of 16+ channels
+        for b in fastcnn.available_backends():  # the output tile: 4 for the compiled 3x3 layers of 16+ channels
             k = _backend.ops(b)
-            m = 4 if b == "cython" else 2
+            m = 2 if b == "numpy" else 4
             assert [_dispatch.winograd_tile(k, c, oc, kh) for c, oc, kh in ((16, 16, 3), (64, 64, 3), (32, 64, 5))] \
                 == [m, m, 2]
             assert _dispatch.winograd_tile(k, 8, 16, 3) == _dispatch.winograd_tile(k, 16, 8, 3) == 2

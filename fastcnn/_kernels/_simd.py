@@ -837,3 +837,54 @@ def vput_quads(typingctx, z, d, q0, q1, q2, q3, bias, relu):
                       align=4)
         return context.get_dummy_value()
     return types.none(z, d, q0, q1, q2, q3, bias, relu), codegen
+
+
+@intrinsic
+def vdeal4(typingctx, xs, s, lo, hi, xd, d, ps, n):
+    """``xd[d + b*ps + t] = v[4t + b]`` for ``b < 4`` and ``t < n`` (<= VL), where ``v[k] =
+    xs[s + k]`` for ``lo <= k < hi`` and 0 elsewhere (``k < 4*VL``; masked loads: nothing else is
+    read): ``4*VL`` values split into their four column phases by two rounds of pair shuffles
+    (the Cython kernels' ``fcd_deal4``), each stored as its first ``n`` lanes
+    (:func:`_store_first`)."""
+    def codegen(context, builder, sig, args):
+        xty, sty, lty, hty, dty, dot, pty, nty = sig.args
+        vi = ir.VectorType(_I32, VL)
+
+        def i32(k):
+            return builder.trunc(context.cast(builder, args[k], sig.args[k], types.intp), _I32)
+
+        lo, hi = _splat(builder, i32(2), vi), _splat(builder, i32(3), vi)
+        fn, zero = _masked(builder, "load", _LLV), ir.Constant(_LLV, [0.0] * VL)
+        p = _ptr(context, builder, xty, args[0], args[1], sty)
+        x = []
+        for u in range(4):
+            k = ir.Constant(vi, list(range(u * VL, (u + 1) * VL)))
+            mask = builder.and_(builder.icmp_signed(">=", k, lo), builder.icmp_signed("<", k, hi))
+            q = builder.gep(p, [ir.Constant(_I32, u)])  # (p points to vectors)
+            x.append(builder.call(fn, [q, ir.Constant(_I32, 4), mask, zero]))
+        even = ir.Constant(vi, list(range(0, 2 * VL, 2)))
+        odd = ir.Constant(vi, list(range(1, 2 * VL, 2)))
+        e01, o01 = builder.shuffle_vector(x[0], x[1], even), builder.shuffle_vector(x[0], x[1], odd)
+        e23, o23 = builder.shuffle_vector(x[2], x[3], even), builder.shuffle_vector(x[2], x[3], odd)
+        phases = (builder.shuffle_vector(e01, e23, even), builder.shuffle_vector(o01, o23, even),
+                  builder.shuffle_vector(e01, e23, odd), builder.shuffle_vector(o01, o23, odd))
+        d0 = context.cast(builder, args[5], dot, types.intp)
+        pitch = context.cast(builder, args[6], pty, types.intp)
+        for b, v in enumerate(phases):
+            at = builder.add(d0, builder.mul(pitch, ir.Constant(pitch.type, b)))
+            _store_first(builder, v, _ptr(context, builder, dty, args[4], at, types.intp), i32(7))
+        return context.get_dummy_value()
+    return types.none(xs, s, lo, hi, xd, d, ps, n), codegen
+
+
+@intrinsic
+def vcopy_first(typingctx, dst, d, src, s, n):
+    """``dst[d : d + n] = src[s : s + n]`` for ``n <= VL``: one vector load (``VL`` floats of
+    ``src``: the caller's buffer is padded), its first ``n`` lanes stored (:func:`_store_first`)."""
+    def codegen(context, builder, sig, args):
+        dty, dt, sty, st, nty = sig.args
+        v = builder.load(_ptr(context, builder, sty, args[2], args[3], st), align=4)
+        _store_first(builder, v, _ptr(context, builder, dty, args[0], args[1], dt),
+                     builder.trunc(context.cast(builder, args[4], nty, types.intp), _I32))
+        return context.get_dummy_value()
+    return types.none(dst, d, src, s, n), codegen

@@ -42,6 +42,7 @@ from ._simd import (
     tile_store_head,
     tile_zero,
     vcolumn_sums,
+    vdeal4,
     vdeinterleave,
     vload_even,
     vloads,
@@ -88,14 +89,36 @@ def _pack_s2(xs, t, h, w, pt, pl, xd, dst0, hq, wq):
 
 
 @helper
+def _pack_s4(xs, t, h, w, pt, pl, xd, dst0, hq, wq):
+    """:func:`_pad_plane` of stride 4 x 4 (F(4x4, 3x3)'s windows) without the zeros: source rows
+    in order, each dealt to its four column phases (from phase column ``pl // 4``) by
+    :func:`._simd.vdeal4`, ``VL`` phase columns a call (the padding's lanes get the zeros they
+    already hold)."""
+    o = pl % 4
+    n = min(wq - pl // 4, (w + o + 3) // 4)  # phase columns holding source values
+    pp = hq * wq
+    for r in range(h):
+        hh = (r + pt) // 4
+        if hh >= hq:
+            break
+        src = (t * h + r) * w - o  # (virtual column k: source column k - o)
+        d = dst0 + ((r + pt) % 4 * 4 * hq + hh) * wq + pl // 4
+        for m in range(0, n, VL):
+            vdeal4(xs, src + 4 * m, o - 4 * m, o + w - 4 * m, xd, d + m, pp, min(VL, n - m))
+
+
+@helper
 def _pad_plane(xs, t, h, w, pt, pl, sh, sw, xd, dst0, hq, wq):
     """Plane ``t`` of the flat input ``xs`` (``h x w``) in the grid layout at ``xd[dst0:]``:
     ``xd[dst0 + ((a*sw + e)*hq + R)*wq + Q] = x[R*sh + a - pt, Q*sw + e - pl]`` of the plane, 0
-    outside it.  Each phase row: zeros, the source run, zeros; for stride 2 x 2 (``pt, pl >= 0``)
-    only the plane's values (:func:`_pack_s2`): the callers' buffers start zeroed, and every
-    packing of one geometry writes the same positions."""
+    outside it.  Each phase row: zeros, the source run, zeros; for strides 2 x 2 and 4 x 4 (``pt,
+    pl >= 0``) only the plane's values (:func:`_pack_s2`, :func:`_pack_s4`): the callers' buffers
+    start zeroed, and every packing of one geometry writes the same positions."""
     if sh == 2 and sw == 2 and pt >= 0 and pl >= 0:
         _pack_s2(xs, t, h, w, pt, pl, xd, dst0, hq, wq)
+        return
+    if sh == 4 and sw == 4 and pt >= 0 and pl >= 0:
+        _pack_s4(xs, t, h, w, pt, pl, xd, dst0, hq, wq)
         return
     for a in range(sh):
         for e in range(sw):

@@ -23,6 +23,7 @@ from ._simd import (
     tile_store,
     tile_zero,
     vadd,
+    vcopy_first,
     vloads,
     vloads_lanes,
     vpool4,
@@ -384,8 +385,8 @@ def _winograd(x, pt, pl, hq, wq, vp, bias, relu, ni, alg, oc, oh, ow, yf, pool, 
                                 for a in range(min(4, oh - 4 * ty)):
                                     d = (((i0 + k) * oc + o) * oh + 4 * ty + a) * ow + 4 * tx
                                     zs = 4 * a * qp + 4 * e
-                                    for t in range(nc):
-                                        yf[_u(d + t)] = z[_u(zs + t)]
+                                    for t in range(0, nc, VL):
+                                        vcopy_first(yf, d + t, z, zs + t, min(VL, nc - t))
                             continue
                         for v in range(nv):
                             if alg:
