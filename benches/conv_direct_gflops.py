@@ -76,7 +76,9 @@ def case(rng, x_shape, oc, k, s, pad):
     """Random arrays for one shape of ``SHAPES``: ``(calls, flops)``, where ``calls(mod)`` is
     ``{"forward": f, "data": f, "weight": f}``, the direct primitives of the primitive module
     ``mod`` on those arrays (and, for a 3x3 or 5x5 stride-1 shape of more than 3 input
-    channels, ``"winograd forward"``, ``"winograd data"``), and ``flops`` those of one pass."""
+    channels, ``"winograd forward"``, ``"winograd data"`` on F(2x2, r x r) tiles, and for 3x3
+    ``"winograd4 forward"``, ``"winograd4 data"`` on F(4x4, 3x3) tiles), and ``flops`` those of
+    one pass."""
     n, c, h, wd = x_shape
     g = F.ConvGeometry((k, k), (s, s), pad, (h, wd), "bench")
     x = rng.standard_normal(x_shape, dtype=np.float32)
@@ -94,6 +96,9 @@ def case(rng, x_shape, oc, k, s, pad):
         if k in (3, 5) and s == 1 and c > 3:
             out["winograd forward"] = lambda: mod.conv2d_winograd_forward(x, w, b, g.pt, g.pl, 0, y)
             out["winograd data"] = lambda: mod.conv2d_winograd_backward_data(gy, w, g.pt, g.pl, gx)
+        if k == 3 and s == 1 and c > 3:
+            out["winograd4 forward"] = lambda: mod.conv2d_winograd_forward(x, w, b, g.pt, g.pl, 0, y, 4)
+            out["winograd4 data"] = lambda: mod.conv2d_winograd_backward_data(gy, w, g.pt, g.pl, gx, 4)
         return out
 
     return calls, 2.0 * y.size * c * k * k
@@ -109,13 +114,14 @@ def kernels(threads, backend="cython", reps=9):
     pw = peak(threads)[0]
     print(f"{backend} direct primitives, {_isa(backend)}, {threads} thread(s), median of {reps}; "
           f"probe {pw / 1e9:.0f} GFLOP/s (wall)")
-    print("| shape | forward | input gradient | weight gradient | Winograd forward | Winograd input gradient |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| shape | forward | input gradient | weight gradient | Winograd forward | Winograd input gradient "
+          "| F(4x4) forward | F(4x4) input gradient |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     rng = np.random.default_rng(0)
     for name, (n, c, h, wd), oc, k, s, pad in SHAPES:
         calls, flops = case(rng, (n, c, h, wd), oc, k, s, pad)
         cells = [f"{flops / timed(fn, reps)[0] / pw:.0%}" for fn in calls(d).values()]
-        cells += [""] * (5 - len(cells))
+        cells += [""] * (7 - len(cells))
         print(f"| {name} {(n, c, h, wd)}->{oc} k{k} s{s} | " + " | ".join(cells) + " |", flush=True)
 
 
