@@ -325,7 +325,7 @@ def _winograd(x, pt, pl, hq, wq, vp, bias, relu, ni, alg, oc, oh, ow, yf, pool, 
                         seg[ns, 2] = min(runs[e, 0] + runs[e, 1] - v0, VL)
                         ns += 1
                         e += 1
-                    for e in range(ns, 4):  # (empty runs)
+                    for e in range(ns, min(8, MAX_VL)):  # (empty runs)
                         seg[e, 0], seg[e, 1], seg[e, 2] = seg[0, 0], 0, 0
                     s0, lo0, hi0, s1, lo1, hi1 = seg[0, 0], seg[0, 1], seg[0, 2], seg[1, 0], seg[1, 1], seg[1, 2]
                     s2, lo2, hi2, s3, lo3, hi3 = seg[2, 0], seg[2, 1], seg[2, 2], seg[3, 0], seg[3, 1], seg[3, 2]
@@ -343,6 +343,11 @@ def _winograd(x, pt, pl, hq, wq, vp, bias, relu, ni, alg, oc, oh, ow, yf, pool, 
                                 in_tf_put(xf, r4, tabw, u, dst, uoff6)
                             else:
                                 in_tf_put(xf, r4, tab, u, dst, uoff)
+                        elif alg == 2 and ns <= 8:  # (F(4x4, 3x3) at 8x8: tile rows of two)
+                            r8 = (s0 + o, lo0, hi0, s1 + o, lo1, hi1, s2 + o, lo2, hi2, s3 + o, lo3, hi3,
+                                  seg[4, 0] + o, seg[4, 1], seg[4, 2], seg[5, 0] + o, seg[5, 1], seg[5, 2],
+                                  seg[6, 0] + o, seg[6, 1], seg[6, 2], seg[7, 0] + o, seg[7, 1], seg[7, 2])
+                            in_tf_put(xf, r8, tabw, u, dst, uoff6)
                         elif alg:  # (more runs: tiny images) gathered into dbuf first
                             d6 = vzeros(tabw)
                             for si in range(ns):
