@@ -262,7 +262,7 @@ def _sizes_winograd(op, w, pt, pl, m=2):
     if max(pt, pl) > w[2] - 1:
         raise ValueError(f"{op}: the padding must be at most {w[2] - 1} for a {w[2]} x {w[3]} kernel, "
                          f"got {pt}, {pl}")
-    if m not in (2, 4) or (m == 4 and w[2] != 3):
+    if not hasattr(m, "__index__") or m not in (2, 4) or (m == 4 and w[2] != 3):
         raise ValueError(f"{op}: the output tile m must be 2, or 4 for a 3 x 3 kernel, got {m} "
                          f"for a {w[2]} x {w[3]} kernel")
 

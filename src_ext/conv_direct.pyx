@@ -1072,14 +1072,14 @@ cdef int _winograd(const float* src, Py_ssize_t N, Py_ssize_t C, Py_ssize_t H, P
 cdef _Key _wfwd_ok, _wpool_ok, _wdata_ok
 
 
-def conv2d_winograd_forward(x, w, bias, Py_ssize_t pt, Py_ssize_t pl, int relu, y, int m=2):
+def conv2d_winograd_forward(x, w, bias, Py_ssize_t pt, Py_ssize_t pl, int relu, y, m=2):
     """Winograd F(2x2, 3x3), F(2x2, 5x5) or F(4x4, 3x3) convolution (see
     :func:`fastcnn._ref.conv2d_winograd_forward`); arrays as :func:`conv2d_direct_forward`'s."""
     if _active is None:
         active_isa()
     cdef _A a, f, b, o
     _fwd_arrays(x, w, bias, y, &a, &f, &b, &o)
-    cdef _Key k = _key(pt, pl, m)
+    cdef _Key k = _key(pt, pl, m if hasattr(m, "__index__") else -1)  # (-1: checked, refused)
     if _new(&_wfwd_ok, &k, a.shape, f.shape, b.shape, o.shape):
         _passed(&_wfwd_ok, &k, _backend.sizes_conv2d_winograd_forward(
             _dims(a.shape, 4), _dims(f.shape, 4), _dims(b.shape, 1), pt, pl, relu,
@@ -1088,7 +1088,7 @@ def conv2d_winograd_forward(x, w, bias, Py_ssize_t pt, Py_ssize_t pl, int relu, 
     if N == 0:
         return
     _winograd(<float*>a.p, N, a.shape[1], a.shape[2], a.shape[3], <float*>f.p, 0, f.shape[0], pt, pl,
-              <float*>b.p, relu, <float*>o.p, o.shape[2], o.shape[3], <int>f.shape[2], m,
+              <float*>b.p, relu, <float*>o.p, o.shape[2], o.shape[3], <int>f.shape[2], <int>m,
               _threads_for(N * f.shape[0] * o.shape[2] * o.shape[3]))
 
 
@@ -1218,7 +1218,7 @@ def conv2d_winograd_backward_weight(gy, x, Py_ssize_t pt, Py_ssize_t pl, gw, gb)
     _winograd_weight(&g_, &a, pt, pl, &dw, &db, _threads_for(a.shape[0] * dw.shape[0] * g_.shape[2] * g_.shape[3]))
 
 
-def conv2d_winograd_backward_data(gy, w, Py_ssize_t pt, Py_ssize_t pl, gx, int m=2):
+def conv2d_winograd_backward_data(gy, w, Py_ssize_t pt, Py_ssize_t pl, gx, m=2):
     """Input gradient of :func:`conv2d_winograd_forward` (see
     :func:`fastcnn._ref.conv2d_winograd_backward_data`): the same algorithm on the output
     gradient with the rotated, transposed weights; arrays as :func:`conv2d_direct_backward_data`'s."""
@@ -1228,7 +1228,7 @@ def conv2d_winograd_backward_data(gy, w, Py_ssize_t pt, Py_ssize_t pl, gx, int m
     _arr(gy, cnp.NPY_FLOAT32, 4, False, "gy", &g_)
     _arr(w, cnp.NPY_FLOAT32, 4, False, "w", &f)
     _arr(gx, cnp.NPY_FLOAT32, 4, True, "gx", &d)
-    cdef _Key k = _key(pt, pl, m)
+    cdef _Key k = _key(pt, pl, m if hasattr(m, "__index__") else -1)
     if _new(&_wdata_ok, &k, g_.shape, f.shape, d.shape):
         _passed(&_wdata_ok, &k, _backend.sizes_conv2d_winograd_backward_data(
             _dims(g_.shape, 4), _dims(f.shape, 4), pt, pl, _dims(d.shape, 4), m))
@@ -1237,7 +1237,7 @@ def conv2d_winograd_backward_data(gy, w, Py_ssize_t pt, Py_ssize_t pl, gx, int m
         return
     cdef Py_ssize_t R = f.shape[2]
     _winograd(<float*>g_.p, N, g_.shape[1], g_.shape[2], g_.shape[3], <float*>f.p, 1, C, R - 1 - pt, R - 1 - pl,
-              NULL, 0, <float*>d.p, d.shape[2], d.shape[3], <int>R, m, _threads_for(N * C * d.shape[2] * d.shape[3]))
+              NULL, 0, <float*>d.p, d.shape[2], d.shape[3], <int>R, <int>m, _threads_for(N * C * d.shape[2] * d.shape[3]))
 
 
 def fma_peak_probe(long iters, int threads):

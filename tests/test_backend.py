@@ -1361,6 +1361,8 @@ def test_winograd_size_checks(name):
                                   y, 4)
     with pytest.raises(ValueError, match="output tile m must be 2, or 4 for a 3 x 3 kernel, got 3"):
         k.conv2d_winograd_backward_data(y, np.zeros((4, 3, 3, 3), np.float32), 1, 1, x, 3)
+    with pytest.raises(ValueError, match="output tile m must be 2, or 4 for a 3 x 3 kernel, got 4.0"):
+        k.conv2d_winograd_forward(x, np.zeros((4, 3, 3, 3), np.float32), np.zeros(4, np.float32), 1, 1, 0, y, 4.0)
     with pytest.raises(ValueError, match="padding must be at most 4 for a 5 x 5 kernel"):
         k.conv2d_winograd_forward(x, np.zeros((4, 3, 5, 5), np.float32), np.zeros(4, np.float32), 5, 5, 0,
                                   np.zeros((2, 4, 14, 14), np.float32))
