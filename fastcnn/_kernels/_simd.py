@@ -600,41 +600,43 @@ def in_tf_put(typingctx, arr, runs, offs, u, dst, uoffs):
                             builder.icmp_signed("==", his[0], ir.Constant(_I32, VL)))
         for lo, hi in zip(los[1:], his[1:]):
             full = builder.and_(full, builder.icmp_signed(">=", lo, hi))
+        db = context.cast(builder, args[4], sig.args[4], types.intp)
+        uo = sig.args[5]
+        dsts = [_ptr(context, builder, uty, args[3],
+                     builder.add(db, context.cast(builder, builder.extract_value(args[5], k), uo.dtype, types.intp)),
+                     types.intp) for k in range(nk)]
+
+        def transform(load):
+            """Loads (``load(k)``: window value ``k``), transform and stores, in one branch: the
+            36-value windows column by column (six vectors live, not 36: the C kernels' order)."""
+            if nk == 16:
+                out = _ir_in_tf(builder, [load(k) for k in range(16)])
+            else:
+                cols = [_ir_bt6(builder, [load(6 * i + j) for i in range(6)]) for j in range(6)]  # cols[j][i]
+                out = [v for i in range(6) for v in _ir_bt6(builder, [cols[j][i] for j in range(6)])]
+            for k in range(nk):
+                builder.store(out[k], dsts[k], align=4)
+
         with builder.if_else(full) as (whole, part):
             with whole:
-                dw = [builder.load(_ptr(context, builder, aty, args[0], builder.add(bases[0], o), types.intp), align=4)
-                      for o in offs]
-                blk_w = builder.block
+                transform(lambda k: builder.load(_ptr(context, builder, aty, args[0], builder.add(bases[0], offs[k]),
+                                                      types.intp), align=4))
             with part:
                 masks = [builder.and_(builder.icmp_signed(">=", lanes, _splat(builder, lo, vi)),
                                       builder.icmp_signed("<", lanes, _splat(builder, hi, vi)))
                          for lo, hi in zip(los, his)]
-                dp = []
-                for o in offs:
-                    parts = [builder.bitcast(builder.call(fn, [_ptr(context, builder, aty, args[0], builder.add(bb, o),
-                                                                    types.intp), ir.Constant(_I32, 4), m, zero]), vi)
+
+                def merged(k):  # (the runs' lanes are disjoint: their masked loads ORed)
+                    parts = [builder.bitcast(builder.call(fn, [_ptr(context, builder, aty, args[0],
+                                                                    builder.add(bb, offs[k]), types.intp),
+                                                               ir.Constant(_I32, 4), m, zero]), vi)
                              for bb, m in zip(bases, masks)]
                     v = parts[0]
                     for q in parts[1:]:
                         v = builder.or_(v, q)
-                    dp.append(builder.bitcast(v, _LLV))
-                blk_p = builder.block
-        d = []
-        for a, c in zip(dw, dp):
-            phi = builder.phi(_LLV)
-            phi.add_incoming(a, blk_w)
-            phi.add_incoming(c, blk_p)
-            d.append(phi)
-        if nk == 16:
-            out = _ir_in_tf(builder, d)
-        else:
-            cols = [_ir_bt6(builder, [d[6 * i + j] for i in range(6)]) for j in range(6)]  # cols[j][i]
-            out = [v for i in range(6) for v in _ir_bt6(builder, [cols[j][i] for j in range(6)])]
-        db = context.cast(builder, args[4], sig.args[4], types.intp)
-        uo = sig.args[5]
-        for k in range(nk):
-            o = context.cast(builder, builder.extract_value(args[5], k), uo.dtype, types.intp)
-            builder.store(out[k], _ptr(context, builder, uty, args[3], builder.add(db, o), types.intp), align=4)
+                    return builder.bitcast(v, _LLV)
+
+                transform(merged)
         return context.get_dummy_value()
     return types.none(arr, runs, offs, u, dst, uoffs), codegen
 
