@@ -380,10 +380,11 @@ FCD_NAME(fcw_images_r)(const fcd_geo* g, const float* src, fcd_i NI,
                         FCD_STORE(z + i * Q + v * FCD_VL, yy[i]);
                 }
                 if (M == 4) {  /* each run's rows, its last tile cut to the output's width */
-                    for (r = 0; r < nr; r++)
+                    for (r = 0; r < nr; r++) {
+                        fcd_i nc = OW - 4 * rtx[r] < 4 * rn[r] ? OW - 4 * rtx[r] : 4 * rn[r];
                         for (a = 0; a < rrows[r]; a++)
-                            FCD_NAME(fcw_copy)(z + 4 * a * Q + 4 * rq[r], OW - 4 * rtx[r] < 4 * rn[r] ? OW - 4 * rtx[r] : 4 * rn[r],
-                                               y + rdst[r] + o * OHW + a * OW);
+                            FCD_NAME(fcw_copy)(z + 4 * a * Q + 4 * rq[r], nc, y + rdst[r] + o * OHW + a * OW);
+                    }
                     continue;
                 }
                 for (r = 0; r < nr && !whole; r++)  /* the four phases interleaved into the output rows */
