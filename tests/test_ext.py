@@ -222,7 +222,9 @@ def test_winograd_numba_and_cython_give_the_same_bytes():
                                            (3, 32, 64, 14, 14, 2, 5), (2, 5, 7, 9, 11, 4, 5), (1, 3, 9, 6, 5, 0, 5),
                                            # tile rows of exactly one vector (16, 8 or 4 lanes), an odd last row
                                            (2, 8, 16, 16, 16, 1, 3), (1, 4, 8, 15, 32, 1, 3), (1, 4, 8, 32, 32, 2, 5),
-                                           (1, 3, 8, 7, 16, 1, 3), (2, 3, 5, 7, 8, 1, 3)]:
+                                           (1, 3, 8, 7, 16, 1, 3), (2, 3, 5, 7, 8, 1, 3),
+                                           # vectors of five to eight tile rows (and more, 1x1 images)
+                                           (3, 3, 5, 6, 6, 0, 3), (3, 3, 5, 6, 6, 2, 5), (9, 4, 6, 1, 1, 1, 3)]:
             x = rng.standard_normal((n, c, h, w), dtype=np.float32)
             wt = rng.standard_normal((oc, c, r, r), dtype=np.float32)
             b = rng.standard_normal(oc, dtype=np.float32)

@@ -343,12 +343,15 @@ def _winograd(x, pt, pl, hq, wq, vp, bias, relu, ni, alg, oc, oh, ow, yf, pool, 
                                 in_tf_put(xf, r4, tabw, u, dst, uoff6)
                             else:
                                 in_tf_put(xf, r4, tab, u, dst, uoff)
-                        elif alg == 2 and ns <= 8:  # (F(4x4, 3x3) at 8x8: tile rows of two)
+                        elif ns <= 8:  # (tile rows of two or three, e.g. F(4x4, 3x3) at 8x8)
                             r8 = (s0 + o, lo0, hi0, s1 + o, lo1, hi1, s2 + o, lo2, hi2, s3 + o, lo3, hi3,
                                   seg[4, 0] + o, seg[4, 1], seg[4, 2], seg[5, 0] + o, seg[5, 1], seg[5, 2],
                                   seg[6, 0] + o, seg[6, 1], seg[6, 2], seg[7, 0] + o, seg[7, 1], seg[7, 2])
-                            in_tf_put(xf, r8, tabw, u, dst, uoff6)
-                        elif alg:  # (more runs: tiny images) gathered into dbuf first
+                            if alg:
+                                in_tf_put(xf, r8, tabw, u, dst, uoff6)
+                            else:
+                                in_tf_put(xf, r8, tab, u, dst, uoff)
+                        elif alg:  # (more runs: images of one or two tiles a row) gathered into dbuf first
                             d6 = vzeros(tabw)
                             for si in range(ns):
                                 d6 = vloads_lanes(d6, xf, seg[si, 0] + o, tabw, seg[si, 1], seg[si, 2])
