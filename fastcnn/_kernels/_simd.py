@@ -156,6 +156,13 @@ def vload_even(typingctx, arr, i):
     return vec(arr, i), codegen
 
 
+def _split_pairs(builder, a, b):
+    """The even and the odd lanes of the ``2*VL`` lanes of ``a`` then ``b``: two shuffles."""
+    vi = ir.VectorType(_I32, VL)
+    return (builder.shuffle_vector(a, b, ir.Constant(vi, list(range(0, 2 * VL, 2)))),
+            builder.shuffle_vector(a, b, ir.Constant(vi, list(range(1, 2 * VL, 2)))))
+
+
 @intrinsic
 def vdeinterleave(typingctx, xs, s, n, xd, de, ne, dd, no):
     """``xd[de + m] = xs[s + 2m]`` for ``m < ne`` and ``xd[dd + m] = xs[s + 2m + 1]`` for ``m <
@@ -165,7 +172,6 @@ def vdeinterleave(typingctx, xs, s, n, xd, de, ne, dd, no):
     def codegen(context, builder, sig, args):
         xty, sty, nty, dty, dety, nety, ddty, noty = sig.args
         vi = ir.VectorType(_I32, VL)
-        vi2 = ir.VectorType(_I32, VL)
 
         def i32(k):
             return builder.trunc(context.cast(builder, args[k], sig.args[k], types.intp), _I32)
@@ -177,8 +183,7 @@ def vdeinterleave(typingctx, xs, s, n, xd, de, ne, dd, no):
                                zero])
         hi = builder.call(fn, [builder.gep(p, [ir.Constant(_I32, 1)]), ir.Constant(_I32, 4),
                                builder.icmp_signed("<", ir.Constant(vi, list(range(VL, 2 * VL))), nn), zero])
-        even = builder.shuffle_vector(lo, hi, ir.Constant(vi2, list(range(0, 2 * VL, 2))))
-        odd = builder.shuffle_vector(lo, hi, ir.Constant(vi2, list(range(1, 2 * VL, 2))))
+        even, odd = _split_pairs(builder, lo, hi)
         _store_first(builder, even, _ptr(context, builder, dty, args[3], args[4], dety), i32(5))
         _store_first(builder, odd, _ptr(context, builder, dty, args[3], args[6], ddty), i32(7))
         return context.get_dummy_value()
@@ -864,12 +869,9 @@ def vdeal4(typingctx, xs, s, lo, hi, xd, d, ps, n):
             mask = builder.and_(builder.icmp_signed(">=", k, lo), builder.icmp_signed("<", k, hi))
             q = builder.gep(p, [ir.Constant(_I32, u)])  # (p points to vectors)
             x.append(builder.call(fn, [q, ir.Constant(_I32, 4), mask, zero]))
-        even = ir.Constant(vi, list(range(0, 2 * VL, 2)))
-        odd = ir.Constant(vi, list(range(1, 2 * VL, 2)))
-        e01, o01 = builder.shuffle_vector(x[0], x[1], even), builder.shuffle_vector(x[0], x[1], odd)
-        e23, o23 = builder.shuffle_vector(x[2], x[3], even), builder.shuffle_vector(x[2], x[3], odd)
-        phases = (builder.shuffle_vector(e01, e23, even), builder.shuffle_vector(o01, o23, even),
-                  builder.shuffle_vector(e01, e23, odd), builder.shuffle_vector(o01, o23, odd))
+        (e01, o01), (e23, o23) = _split_pairs(builder, x[0], x[1]), _split_pairs(builder, x[2], x[3])
+        (p0, p2), (p1, p3) = _split_pairs(builder, e01, e23), _split_pairs(builder, o01, o23)
+        phases = (p0, p1, p2, p3)
         d0 = context.cast(builder, args[5], dot, types.intp)
         pitch = context.cast(builder, args[6], pty, types.intp)
         for b, v in enumerate(phases):
