@@ -395,6 +395,21 @@ static void FCD_NAME(fcd_bwd_weight_tile)(const float* xq, fcd_i xs, const float
  * first; then only the source's cells are copied.  Each phase row's source row and column
  * range are worked out once for all channels; the copies are loops compiled for this SIMD
  * path. */
+/* fcd_pack_input for sh = sw = 1, no dilation, pt, pl >= 0, in source order: each channel's
+ * rows read one after the other (the general loop below visits the channels within each
+ * padded row: a cache miss per row on a batch's first pass). */
+static void FCD_NAME(fcd_pack_input_s1)(const fcd_geo* g, const float* src, float* xq)
+{
+    fcd_i c, r, v, n = g->Ws < g->Wq - g->pl ? g->Ws : g->Wq - g->pl;
+    for (c = 0; c < g->C; c++)
+        for (r = 0; r < g->Hs && r + g->pt < g->Hq; r++) {
+            const float* __restrict__ s = src + (c * g->Hs + r) * g->Ws;
+            float* __restrict__ d = xq + c * g->plane + (r + g->pt) * g->Wq + g->pl;
+            for (v = 0; v < n; v++)
+                d[v] = s[v];
+        }
+}
+
 /* fcd_pack_input for sh = sw = 2, no dilation, pt, pl >= 0, in source order: each source row
  * is read once, its even and odd columns written to their two phases (the general loop below
  * visits the channels within each phase row, a cache miss per row on a batch's first pass). */
@@ -462,6 +477,10 @@ static void FCD_NAME(fcd_pack_input)(const fcd_geo* g, const float* src, float* 
     fcd_i a, b, c, hh, ww, u, v, lo, hi, HW = g->Hs * g->Ws;
     if (!zeroed)
         memset(xq, 0, (size_t)g->xq_size * sizeof(float));
+    if (g->sh == 1 && g->sw == 1 && g->dh == 1 && g->dw == 1 && g->pt >= 0 && g->pl >= 0) {
+        FCD_NAME(fcd_pack_input_s1)(g, src, xq);
+        return;
+    }
     if (g->sh == 2 && g->sw == 2 && g->dh == 1 && g->dw == 1 && g->pt >= 0 && g->pl >= 0) {
         FCD_NAME(fcd_pack_input_s2)(g, src, xq);
         return;
