@@ -185,52 +185,6 @@ static const double fcw_g43[6][3] = {
     {1.0 / 24, -1.0 / 12, 1.0 / 6},
     {0.0, 0.0, 1.0}};
 
-/* fcw_pack_weights for the 6 x 6 transforms of K x K kernels (F(2x2, 5x5): K = 5, G = fcw_g5;
- * F(4x4, 3x3): K = 3, G = fcw_g43): V = G g G^T (xi = 6*row + column) in double, each sum in order
- * of its terms (the Numba backend's order), rounded once. */
-static inline __attribute__((always_inline)) void
-fcw_pack_weights6_k(fcd_i OC, fcd_i C, fcd_i J, fcd_i OCP, const float* w, int flip, fcd_i ob, float* vp,
-                    const int K, const double* gm)
-{
-    fcd_i NOB = OCP / J, KK = K * K, c, jj, o, i, j, k, xi;
-    float blk[36][64];  /* a channel's 36 planes of the block (J <= 64), stored row by row */
-    for (c = 0; c < C; c++) {
-        for (jj = 0; jj < J; jj++) {
-            double gg[5][5], t[6][5], v;
-            o = ob * J + jj;
-            for (i = 0; i < K; i++)
-                for (j = 0; j < K; j++)
-                    gg[i][j] = o >= OC ? 0.0 : flip ? w[(c * OC + o) * KK + KK - 1 - (i * K + j)]
-                                                    : w[(o * C + c) * KK + i * K + j];
-            for (i = 0; i < 6; i++)
-                for (j = 0; j < K; j++) {
-                    v = gm[i * K] * gg[0][j];
-                    for (k = 1; k < K; k++)
-                        v = v + gm[i * K + k] * gg[k][j];
-                    t[i][j] = v;
-                }
-            for (i = 0; i < 6; i++)
-                for (j = 0; j < 6; j++) {
-                    v = t[i][0] * gm[j * K];
-                    for (k = 1; k < K; k++)
-                        v = v + t[i][k] * gm[j * K + k];
-                    blk[6 * i + j][jj] = (float)v;
-                }
-        }
-        for (xi = 0; xi < 36; xi++)
-            memcpy(vp + ((xi * NOB + ob) * C + c) * J, blk[xi], J * sizeof(float));
-    }
-}
-
-static void fcw_pack_weights6(fcd_i OC, fcd_i C, fcd_i J, fcd_i OCP, const float* w, int flip,
-                              fcd_i ob, int K, float* vp)
-{
-    if (K == 5)
-        fcw_pack_weights6_k(OC, C, J, OCP, w, flip, ob, vp, 5, &fcw_g5[0][0]);
-    else
-        fcw_pack_weights6_k(OC, C, J, OCP, w, flip, ob, vp, 3, &fcw_g43[0][0]);
-}
-
 static const double fcw_g3[4][3] = {{1.0, 0.0, 0.0}, {0.5, 0.5, 0.5}, {0.5, -0.5, 0.5}, {0.0, 0.0, 1.0}};
 
 /* The weight gradient from its transform: gw[o][c] = G^T Z G (R x R) of each channel pair, Z
@@ -289,6 +243,7 @@ typedef void (*fcd_spw_pass_fn)(const float*, const fcd_i*, const float*, fcd_i,
 typedef void (*fcd_spd_row_fn)(const float*, const fcd_i*, const float*, const int*, fcd_i, fcd_i, fcd_i,
                                float*);
 typedef int (*fcd_pack_cl_fn)(const float*, fcd_i, fcd_i, fcd_i, fcd_i, fcd_i, fcd_i, fcd_i, fcd_i, float*, float*);
+typedef void (*fcw_weights6_fn)(fcd_i, fcd_i, fcd_i, const float*, int, fcd_i, int, float*);
 typedef void (*fcw_images_fn)(const fcd_geo*, const float*, fcd_i, const float*,
                               const fcd_i*, const float*, int, fcd_i, fcd_i, float*, float*, fcd_i,
                               int, float*, float*, float*, fcd_i, int, int);
@@ -307,6 +262,7 @@ typedef struct {
     fcd_unpack_fn unpack_output;
     fcw_images_fn wino_images;
     fcw_wgrad_fn wino_wgrad;
+    fcw_weights6_fn wino_weights6;
     fcd_phases_fn interleave_phases;
     fcd_unpool_t_fn unpool_grad_t;
     fcd_sums_t_fn grad_t_sums;
@@ -594,6 +550,7 @@ static const fcd_isa_kernels* fcd_isa = &fcd_kernels_base;
 #define fcd_pack_cl (fcd_isa->pack_cl)
 #define fcw_images (fcd_isa->wino_images)
 #define fcw_wgrad (fcd_isa->wino_wgrad)
+#define fcw_pack_weights6 (fcd_isa->wino_weights6)
 #define fcd_J (fcd_isa->J)
 #define fcd_VL (fcd_isa->VL)
 #define fcd_WT (fcd_isa->WT)

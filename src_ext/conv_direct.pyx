@@ -49,8 +49,8 @@ cdef extern from "conv_direct.h" nogil:
     fcd_i fcw_m_stride(fcd_i J, fcd_i Q)
     void fcw_pack_weights(fcd_i OC, fcd_i C, fcd_i J, fcd_i OCP, const float* w, int flip, fcd_i ob,
                           float* vp)
-    void fcw_pack_weights6(fcd_i OC, fcd_i C, fcd_i J, fcd_i OCP, const float* w, int flip, fcd_i ob,
-                           int K, float* vp)
+    void fcw_pack_weights6(fcd_i OC, fcd_i C, fcd_i OCP, const float* w, int flip, fcd_i ob, int K,
+                           float* vp)  # (J = fcd_J)
     void fcw_images(const fcd_geo* g, const float* src, fcd_i NI, const float* vp,
                     const fcd_i* st, const float* bias, int relu, fcd_i OH, fcd_i OW, float* y,
                     float* xq, fcd_i xs, int zeroed, float* u, float* m, float* z, fcd_i Q, int R, int M)
@@ -1059,7 +1059,7 @@ cdef int _winograd(const float* src, Py_ssize_t N, Py_ssize_t C, Py_ssize_t H, P
         with nogil:
             for ob in prange(g.OCP // fcd_J, schedule='static', num_threads=nt):
                 if NX == 36:
-                    fcw_pack_weights6(OC, C, fcd_J, g.OCP, w, flip, ob, R, <float*>base)
+                    fcw_pack_weights6(OC, C, g.OCP, w, flip, ob, R, <float*>base)
                 else:
                     fcw_pack_weights(OC, C, fcd_J, g.OCP, w, flip, ob, <float*>base)
             _winograd_blocks(&g, src, N, <float*>base, st, NI, bias, relu,

@@ -898,7 +898,7 @@ static int FCD_NAME(fcd_pack_cl)(const float* src, fcd_i C, fcd_i H, fcd_i W, fc
 static const fcd_isa_kernels FCD_NAME(fcd_kernels) = {
     FCD_NAME(fcd_fwd_image), FCD_NAME(fcd_fwd_image_ct), FCD_NAME(fcd_bwd_weight_tile), FCD_NAME(fcd_fma_probe),
     FCD_NAME(fcd_pack_grad_t), FCD_NAME(fcd_pack_input), FCD_NAME(fcd_unpack_output),
-    FCD_NAME(fcw_images), FCD_NAME(fcw_wgrad), FCD_NAME(fcd_interleave_phases),
+    FCD_NAME(fcw_images), FCD_NAME(fcw_wgrad), FCD_NAME(fcw_weights6), FCD_NAME(fcd_interleave_phases),
     FCD_NAME(fcd_unpool_grad_t), FCD_NAME(fcd_grad_t_sums), FCD_NAME(fcd_spw_pass),
     FCD_NAME(fcd_spd_row), FCD_NAME(fcd_pack_cl), FCD_J, FCD_VL, FCD_WT, FCD_TAPS_MAX, FCD_JC, FCD_CR};
 

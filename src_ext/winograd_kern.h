@@ -507,6 +507,65 @@ static void FCD_NAME(fcw_wgrad)(const fcd_geo* g, const float* src, fcd_i NI, co
 }
 
 /* fcw_images_r for each (R, M): one function each (inlined into one, the three shared registers badly). */
+/* fcw_pack_weights for the 6 x 6 transforms of K x K kernels (F(2x2, 5x5): K = 5, G = fcw_g5;
+ * F(4x4, 3x3): K = 3, G = fcw_g43) of output-channel block ob: V = G g G^T (xi = 6*row + column)
+ * in double, each sum in order of its terms (the Numba backend's order), rounded once; the
+ * block's J channels are the lanes of each sum (the same operations as one kernel at a time),
+ * CB input channels' planes gathered before they are copied out (one plane's values are
+ * NOB*C*J floats apart: 16 KB at 64 channels). */
+static inline __attribute__((always_inline)) void
+FCD_NAME(fcw_weights6_k)(fcd_i OC, fcd_i C, fcd_i OCP, const float* w, int flip, fcd_i ob, float* vp,
+                         const int K, const double* gm)
+{
+    enum { J = FCD_J, CB = 16 };
+    fcd_i NOB = OCP / J, KK = K * K, c, c0, nc, jj, o, i, j, k, xi;
+    double gg[5][5][J], t[6][5][J], v[J];
+    float blk[36][CB][J];  /* CB channels' 36 planes of the block, copied out plane by plane */
+    for (c0 = 0; c0 < C; c0 += CB) {
+        nc = C - c0 < CB ? C - c0 : CB;
+        for (c = c0; c < c0 + nc; c++) {
+            for (i = 0; i < K; i++)
+                for (j = 0; j < K; j++)
+                    for (jj = 0; jj < J; jj++) {
+                        o = ob * J + jj;
+                        gg[i][j][jj] = o >= OC ? 0.0 : flip ? w[(c * OC + o) * KK + KK - 1 - (i * K + j)]
+                                                            : w[(o * C + c) * KK + i * K + j];
+                    }
+            for (i = 0; i < 6; i++)
+                for (j = 0; j < K; j++) {
+                    for (jj = 0; jj < J; jj++)
+                        v[jj] = gm[i * K] * gg[0][j][jj];
+                    for (k = 1; k < K; k++)
+                        for (jj = 0; jj < J; jj++)
+                            v[jj] = v[jj] + gm[i * K + k] * gg[k][j][jj];
+                    for (jj = 0; jj < J; jj++)
+                        t[i][j][jj] = v[jj];
+                }
+            for (i = 0; i < 6; i++)
+                for (j = 0; j < 6; j++) {
+                    for (jj = 0; jj < J; jj++)
+                        v[jj] = t[i][0][jj] * gm[j * K];
+                    for (k = 1; k < K; k++)
+                        for (jj = 0; jj < J; jj++)
+                            v[jj] = v[jj] + t[i][k][jj] * gm[j * K + k];
+                    for (jj = 0; jj < J; jj++)
+                        blk[6 * i + j][c - c0][jj] = (float)v[jj];
+                }
+        }
+        for (xi = 0; xi < 36; xi++)
+            memcpy(vp + ((xi * NOB + ob) * C + c0) * J, blk[xi], (size_t)(nc * J) * sizeof(float));
+    }
+}
+
+static void FCD_NAME(fcw_weights6)(fcd_i OC, fcd_i C, fcd_i OCP, const float* w, int flip, fcd_i ob, int K,
+                                   float* vp)
+{
+    if (K == 5)
+        FCD_NAME(fcw_weights6_k)(OC, C, OCP, w, flip, ob, vp, 5, &fcw_g5[0][0]);
+    else
+        FCD_NAME(fcw_weights6_k)(OC, C, OCP, w, flip, ob, vp, 3, &fcw_g43[0][0]);
+}
+
 #define FCW_IMAGES_RM(name, R_, M_) \
     static __attribute__((noinline)) void FCD_NAME(name)(const fcd_geo* g, const float* src, fcd_i NI, \
         const float* vp, const fcd_i* st, const float* bias, int relu, fcd_i OH, fcd_i OW, float* y, float* xq, \
