@@ -26,6 +26,9 @@ typedef struct {
 } fcd_geo;
 
 #define FCD_SLACK_EXTRA 32
+#ifndef FCD_PACK_AHEAD
+#define FCD_PACK_AHEAD 16 /* rows: the packings ask for the source row this many rows ahead */
+#endif
 
 /* The grid of Hq x Wq positions per phase and channel, and what follows from it. */
 static void fcd_geo_grid(fcd_geo* g, fcd_i Hq, fcd_i Wq)
@@ -456,6 +459,19 @@ static inline void fcd_deal4_avx512(const float* s, fcd_i n, fcd_i o, float* d, 
     const __m512i ie = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     const __m512i io = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
     fcd_i m, u;
+    if (n <= 32 && nm <= 16) {  /* the row in two registers: phase p's column m is s[4m + p - o] */
+        const __m512i q = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 32, 36, 40, 44, 48, 52, 56, 60);
+        __m512 x0 = _mm512_maskz_loadu_ps(fcd_mask16(n), s);
+        __m512 x1 = _mm512_maskz_loadu_ps(fcd_mask16(n > 16 ? n - 16 : 0), s + 16);
+        __mmask16 sm = fcd_mask16(nm);
+        for (u = 0; u < 4; u++) {
+            __m512i v = _mm512_add_epi32(q, _mm512_set1_epi32((int)(u - o)));  /* (source column) */
+            __mmask16 in = _mm512_cmpge_epi32_mask(v, _mm512_setzero_si512())
+                           & _mm512_cmplt_epi32_mask(v, _mm512_set1_epi32((int)n));
+            _mm512_mask_storeu_ps(d + u * ps, sm, _mm512_maskz_permutex2var_ps(in, x0, v, x1));
+        }
+        return;
+    }
     for (m = 0; m < nm; m += 16) {
         __m512 x[4];
         for (u = 0; u < 4; u++) {  /* source values k - o, k = 4 m + 16 u + lane, inside [0, n) */

@@ -405,6 +405,8 @@ static void FCD_NAME(fcd_pack_input_s1)(const fcd_geo* g, const float* src, floa
         for (r = 0; r < g->Hs && r + g->pt < g->Hq; r++) {
             const float* __restrict__ s = src + (c * g->Hs + r) * g->Ws;
             float* __restrict__ d = xq + c * g->plane + (r + g->pt) * g->Wq + g->pl;
+            for (v = 0; v < g->Ws; v += 16)
+                __builtin_prefetch(s + FCD_PACK_AHEAD * g->Ws + v, 0, 3);
             for (v = 0; v < n; v++)
                 d[v] = s[v];
         }
@@ -428,6 +430,8 @@ static void FCD_NAME(fcd_pack_input_s2)(const fcd_geo* g, const float* src, floa
             if (hh >= g->Hq)
                 continue;
             const float* __restrict__ s = src + (c * g->Hs + r) * g->Ws;
+            for (fcd_i v = 0; v < g->Ws; v += 16)
+                __builtin_prefetch(s + FCD_PACK_AHEAD * g->Ws + v, 0, 3);
             float* __restrict__ de = xq + (((R % 2) * 2 + be) * g->C + c) * g->plane + hh * g->Wq + e0;
             float* __restrict__ dd = xq + (((R % 2) * 2 + bo) * g->C + c) * g->plane + hh * g->Wq + o0;
 #ifdef FCD_DEINTERLEAVE
@@ -458,8 +462,10 @@ static void FCD_NAME(fcd_pack_input_s4)(const fcd_geo* g, const float* src, floa
                 continue;
             const float* __restrict__ s = src + (c * g->Hs + r) * g->Ws;
             float* __restrict__ d = xq + ((R % 4) * 4 * g->C + c) * g->plane + hh * g->Wq;
+            for (v = 0; v < g->Ws; v += 16)
+                __builtin_prefetch(s + FCD_PACK_AHEAD * g->Ws + v, 0, 3);
 #ifdef FCD_DEAL4
-            (void)v, (void)q;
+            (void)q;
             if (nm > 0)
                 FCD_DEAL4(s, g->Ws, o, d + g->pl / 4, ps, nm);
 #else
