@@ -108,6 +108,9 @@ gtile_zero = intrinsic(_zeros(GR))
 #: Floats per run of the batch-norm reductions, whose next run they prefetch (four cache lines;
 #: ``FNK_RUN`` of src_ext/norm_kern.h).
 PREFETCH_RUN = 64
+#: Rows ahead of the one being packed whose first run the input packings ask for
+#: (``FCD_PACK_AHEAD`` of src_ext/conv_direct.h).
+PACK_AHEAD = 16
 
 
 @intrinsic

@@ -23,6 +23,7 @@ from ._simd import (
     CR,
     JC,
     MAX_VL,
+    PACK_AHEAD,
     TAPS_MAX,
     VL,
     WT,
@@ -30,6 +31,7 @@ from ._simd import (
     V,
     ctile_zero,
     pool2_row_biased,
+    prefetch_run,
     rtile_zero,
     tile_fma,
     tile_fma_at,
@@ -81,6 +83,7 @@ def _pack_s2(xs, t, h, w, pt, pl, xd, dst0, hq, wq):
             break
         a = (r + pt) % 2
         src = (t * h + r) * w
+        prefetch_run(xs, src + PACK_AHEAD * w)
         de = dst0 + ((a * 2 + be) * hq + hh) * wq + e0
         dd = dst0 + ((a * 2 + 1 - be) * hq + hh) * wq + o0
         for m in range(0, max(ne, no), VL):
@@ -102,6 +105,7 @@ def _pack_s4(xs, t, h, w, pt, pl, xd, dst0, hq, wq):
         if hh >= hq:
             break
         src = (t * h + r) * w - o  # (virtual column k: source column k - o)
+        prefetch_run(xs, src + o + PACK_AHEAD * w)
         d = dst0 + ((r + pt) % 4 * 4 * hq + hh) * wq + pl // 4
         for m in range(0, n, VL):
             vdeal4(xs, src + 4 * m, o - 4 * m, o + w - 4 * m, xd, d + m, pp, min(VL, n - m))
@@ -135,6 +139,7 @@ def _pad_plane(xs, t, h, w, pt, pl, sh, sw, xd, dst0, hq, wq):
                 for q in range(q0r):
                     xd[_u(d + q)] = 0.0
                 src = (t * h + sr) * w + e - pl
+                prefetch_run(xs, src + pl - e + PACK_AHEAD * w)
                 if sw == 1:
                     for q in range(q0r, q1r):
                         xd[_u(d + q)] = xs[_u(src + q)]
