@@ -59,6 +59,66 @@ _LLV = ir.VectorType(ir.FloatType(), VL)
 _I32 = ir.IntType(32)
 
 
+class DVec(types.Type):
+    """``J`` float64 lanes in one LLVM vector value (the Winograd weight transforms' sums, one
+    lane per output channel of a block)."""
+
+    def __init__(self, lanes):
+        self.lanes = lanes
+        super().__init__(name=f"f64x{lanes}")
+
+
+dvec = DVec(J)
+
+
+@register_model(DVec)
+class _DVecModel(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        super().__init__(dmm, fe_type, ir.VectorType(ir.DoubleType(), fe_type.lanes))
+
+
+_LLD = ir.VectorType(ir.DoubleType(), J)
+
+
+@intrinsic
+def dvload(typingctx, arr, i):
+    """``arr[i : i + J]`` of a float64 array."""
+    def codegen(context, builder, sig, args):
+        return builder.load(_ptr(context, builder, sig.args[0], args[0], args[1], sig.args[1], _LLD), align=8)
+    return dvec(arr, i), codegen
+
+
+@intrinsic
+def dvstore(typingctx, arr, i, v):
+    """``arr[i : i + J] = v``: float64 lanes into a float64 array, or rounded into a float32 one."""
+    def codegen(context, builder, sig, args):
+        if sig.args[0].dtype == types.float32:
+            x, vt = builder.fptrunc(args[2], ir.VectorType(ir.FloatType(), J)), ir.VectorType(ir.FloatType(), J)
+        else:
+            x, vt = args[2], _LLD
+        builder.store(x, _ptr(context, builder, sig.args[0], args[0], args[1], sig.args[1], vt), align=4)
+        return context.get_dummy_value()
+    return types.none(arr, i, v), codegen
+
+
+@intrinsic
+def dvmul(typingctx, v, s):
+    """``v * s`` lane by lane (``s`` a float64 scalar)."""
+    def codegen(context, builder, sig, args):
+        one = builder.insert_element(ir.Constant(_LLD, ir.Undefined), args[1], ir.Constant(_I32, 0))
+        return builder.fmul(args[0], builder.shuffle_vector(one, ir.Constant(_LLD, ir.Undefined),
+                                                            ir.Constant(ir.VectorType(_I32, J), [0] * J)))
+    return dvec(v, types.float64), codegen
+
+
+@intrinsic
+def dvadd(typingctx, a, b):
+    """``a + b`` lane by lane."""
+    def codegen(context, builder, sig, args):
+        return builder.fadd(args[0], args[1])
+    return dvec(a, b), codegen
+
+
 def _ptr(context, builder, aty, arr, idx, ity, vt=None):
     """``&arr[idx]`` (1-D array ``arr``, no bounds check) as a pointer to a vector of type ``vt``
     (default ``VL`` floats)."""

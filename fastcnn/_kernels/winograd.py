@@ -18,6 +18,10 @@ from ._simd import (
     VL,
     J,
     V,
+    dvadd,
+    dvload,
+    dvmul,
+    dvstore,
     in_tf_put,
     tile_fma,
     tile_store,
@@ -91,38 +95,49 @@ def _weights3(w, flip, nob, vp):
             _put_planes(blk, vp, (ob * c + ci) * J, nob * c * J)
 
 
+#: Input channels whose 36 planes :func:`_weights6` gathers before copying them out (as the
+#: Cython kernels' ``fcw_weights6``).
+_W6_CHANNELS = 16
+
+
 @parallel_kernel
 def _weights6(w, flip, nob, gm, vp):
     """The 6 x 6 transforms (F(2x2, 5x5), F(4x4, 3x3); ``gm``: their G, 6 x r) in float64, each
     sum in the order of its terms (G's entries are not all dyadic): the Cython kernels'
-    ``fcw_pack_weights6``, one block of ``J`` output channels per iteration, a channel's 36
-    planes built in ``blk`` (as :func:`_weights3`)."""
+    ``fcw_weights6``, one block of ``J`` output channels per iteration, the block's channels the
+    lanes of each sum (:func:`._simd.dvmul`, :func:`._simd.dvadd`: the same operations as one
+    kernel at a time), the 36 planes of
+    :data:`_W6_CHANNELS` input channels built in ``blk`` and copied out plane by plane (one
+    plane's values are ``nob * c * J`` floats apart)."""
     c, oc = (w.shape[0], w.shape[1]) if flip else (w.shape[1], w.shape[0])
     r = w.shape[2]
     for ob in prange(nob):
-        t, gg, blk = np.empty((6, r)), np.empty((r, r)), np.empty((36, J), np.float32)
-        for ci in range(c):
-            for jj in range(J):
-                o = ob * J + jj
-                if o >= oc:
-                    blk[:, jj] = 0.0
-                    continue
+        gg, t = np.empty(r * r * J), np.empty(6 * r * J)  # ([i][j][lane])
+        blk = np.empty((36, _W6_CHANNELS * J), np.float32)
+        bf = blk.reshape(blk.size)
+        for c0 in range(0, c, _W6_CHANNELS):
+            nc = min(_W6_CHANNELS, c - c0)
+            for ci in range(c0, c0 + nc):
                 for i in range(r):
                     for j in range(r):
-                        gg[i, j] = _tap(w, flip, o, ci, i, j, r)
+                        for jj in range(J):
+                            o = ob * J + jj
+                            gg[(i * r + j) * J + jj] = 0.0 if o >= oc else _tap(w, flip, o, ci, i, j, r)
                 for i in range(6):
                     for j in range(r):
-                        s = gm[i, 0] * gg[0, j]
+                        v = dvmul(dvload(gg, j * J), gm[i, 0])
                         for k in range(1, r):
-                            s = s + gm[i, k] * gg[k, j]
-                        t[i, j] = s
+                            v = dvadd(v, dvmul(dvload(gg, (k * r + j) * J), gm[i, k]))
+                        dvstore(t, (i * r + j) * J, v)
                 for i in range(6):
                     for j in range(6):
-                        s = t[i, 0] * gm[j, 0]
+                        v = dvmul(dvload(t, i * r * J), gm[j, 0])
                         for k in range(1, r):
-                            s = s + t[i, k] * gm[j, k]
-                        blk[6 * i + j, jj] = np.float32(s)
-            _put_planes(blk, vp, (ob * c + ci) * J, nob * c * J)
+                            v = dvadd(v, dvmul(dvload(t, (i * r + k) * J), gm[j, k]))
+                        dvstore(bf, (6 * i + j) * _W6_CHANNELS * J + (ci - c0) * J, v)
+            for xi in range(36):
+                d = ((xi * nob + ob) * c + c0) * J
+                vp[d : d + nc * J] = blk[xi, : nc * J]
 
 
 @helper
