@@ -909,39 +909,49 @@ def vput_quads(typingctx, z, d, q0, q1, q2, q3, bias, relu):
     return types.none(z, d, q0, q1, q2, q3, bias, relu), codegen
 
 
-@intrinsic
-def vdeal4(typingctx, xs, s, lo, hi, xd, d, ps, n):
-    """``xd[d + b*ps + t] = v[4t + b]`` for ``b < 4`` and ``t < n`` (<= VL), where ``v[k] =
-    xs[s + k]`` for ``lo <= k < hi`` and 0 elsewhere (``k < 4*VL``; masked loads: nothing else is
-    read): ``4*VL`` values split into their four column phases by two rounds of pair shuffles
-    (the Cython kernels' ``fcd_deal4``), each stored as its first ``n`` lanes
-    (:func:`_store_first`)."""
-    def codegen(context, builder, sig, args):
-        xty, sty, lty, hty, dty, dot, pty, nty = sig.args
-        vi = ir.VectorType(_I32, VL)
+def _deal4(loads):
+    """An intrinsic ``(xs, s, lo, hi, xd, d, ps, n)``: ``xd[d + b*ps + t] = v[4t + b]`` for ``b <
+    4`` and ``t < n`` (<= VL), where ``v[k] = xs[s + k]`` for ``lo <= k < hi`` and 0 elsewhere
+    (``k < 4*VL``; masked loads: nothing else is read; with ``loads`` = 2 the caller has ``hi <=
+    2*VL`` and only two vectors are loaded): ``4*VL`` values split into their four column phases
+    by two rounds of pair shuffles (the Cython kernels' ``fcd_deal4``), each stored as its first
+    ``n`` lanes (:func:`_store_first`)."""
+    def deal4(typingctx, xs, s, lo, hi, xd, d, ps, n):
+        def codegen(context, builder, sig, args):
+            xty, sty, lty, hty, dty, dot, pty, nty = sig.args
+            vi = ir.VectorType(_I32, VL)
 
-        def i32(k):
-            return builder.trunc(context.cast(builder, args[k], sig.args[k], types.intp), _I32)
+            def i32(k):
+                return builder.trunc(context.cast(builder, args[k], sig.args[k], types.intp), _I32)
 
-        lo, hi = _splat(builder, i32(2), vi), _splat(builder, i32(3), vi)
-        fn, zero = _masked(builder, "load", _LLV), ir.Constant(_LLV, [0.0] * VL)
-        p = _ptr(context, builder, xty, args[0], args[1], sty)
-        x = []
-        for u in range(4):
-            k = ir.Constant(vi, list(range(u * VL, (u + 1) * VL)))
-            mask = builder.and_(builder.icmp_signed(">=", k, lo), builder.icmp_signed("<", k, hi))
-            q = builder.gep(p, [ir.Constant(_I32, u)])  # (p points to vectors)
-            x.append(builder.call(fn, [q, ir.Constant(_I32, 4), mask, zero]))
-        (e01, o01), (e23, o23) = _split_pairs(builder, x[0], x[1]), _split_pairs(builder, x[2], x[3])
-        (p0, p2), (p1, p3) = _split_pairs(builder, e01, e23), _split_pairs(builder, o01, o23)
-        phases = (p0, p1, p2, p3)
-        d0 = context.cast(builder, args[5], dot, types.intp)
-        pitch = context.cast(builder, args[6], pty, types.intp)
-        for b, v in enumerate(phases):
-            at = builder.add(d0, builder.mul(pitch, ir.Constant(pitch.type, b)))
-            _store_first(builder, v, _ptr(context, builder, dty, args[4], at, types.intp), i32(7))
-        return context.get_dummy_value()
-    return types.none(xs, s, lo, hi, xd, d, ps, n), codegen
+            lo, hi = _splat(builder, i32(2), vi), _splat(builder, i32(3), vi)
+            fn, zero = _masked(builder, "load", _LLV), ir.Constant(_LLV, [0.0] * VL)
+            p = _ptr(context, builder, xty, args[0], args[1], sty)
+            x = []
+            for u in range(4):
+                if u >= loads:
+                    x.append(zero)
+                    continue
+                k = ir.Constant(vi, list(range(u * VL, (u + 1) * VL)))
+                mask = builder.and_(builder.icmp_signed(">=", k, lo), builder.icmp_signed("<", k, hi))
+                q = builder.gep(p, [ir.Constant(_I32, u)])  # (p points to vectors)
+                x.append(builder.call(fn, [q, ir.Constant(_I32, 4), mask, zero]))
+            (e01, o01), (e23, o23) = _split_pairs(builder, x[0], x[1]), _split_pairs(builder, x[2], x[3])
+            (p0, p2), (p1, p3) = _split_pairs(builder, e01, e23), _split_pairs(builder, o01, o23)
+            phases = (p0, p1, p2, p3)
+            d0 = context.cast(builder, args[5], dot, types.intp)
+            pitch = context.cast(builder, args[6], pty, types.intp)
+            for b, v in enumerate(phases):
+                at = builder.add(d0, builder.mul(pitch, ir.Constant(pitch.type, b)))
+                _store_first(builder, v, _ptr(context, builder, dty, args[4], at, types.intp), i32(7))
+            return context.get_dummy_value()
+        return types.none(xs, s, lo, hi, xd, d, ps, n), codegen
+    return deal4
+
+
+#: :func:`_deal4` of four loads, and of two (rows whose values lie in the first ``2*VL``).
+vdeal4 = intrinsic(_deal4(4))
+vdeal4_2 = intrinsic(_deal4(2))
 
 
 @intrinsic

@@ -45,6 +45,7 @@ from ._simd import (
     tile_zero,
     vcolumn_sums,
     vdeal4,
+    vdeal4_2,
     vdeinterleave,
     vload_even,
     vloads,
@@ -108,7 +109,10 @@ def _pack_s4(xs, t, h, w, pt, pl, xd, dst0, hq, wq):
         prefetch_run(xs, src + o + PACK_AHEAD * w)
         d = dst0 + ((r + pt) % 4 * 4 * hq + hh) * wq + pl // 4
         for m in range(0, n, VL):
-            vdeal4(xs, src + 4 * m, o - 4 * m, o + w - 4 * m, xd, d + m, pp, min(VL, n - m))
+            if o + w - 4 * m <= 2 * VL:
+                vdeal4_2(xs, src + 4 * m, o - 4 * m, o + w - 4 * m, xd, d + m, pp, min(VL, n - m))
+            else:
+                vdeal4(xs, src + 4 * m, o - 4 * m, o + w - 4 * m, xd, d + m, pp, min(VL, n - m))
 
 
 @helper
