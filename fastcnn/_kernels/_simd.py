@@ -39,44 +39,27 @@ GR, GV = {"avx512": (6, 4), "avx2": (6, 2)}.get(_ISA, (6, 2))
 
 
 class Vec(types.Type):
-    """``VL`` float32 lanes in one LLVM vector value."""
+    """``lanes`` float32 (or, with ``double``, float64) lanes in one LLVM vector value."""
 
-    def __init__(self, lanes):
-        self.lanes = lanes
-        super().__init__(name=f"f32x{lanes}")
+    def __init__(self, lanes, double=False):
+        self.lanes, self.double = lanes, double
+        super().__init__(name=f"f{64 if double else 32}x{lanes}")
 
 
-vec = Vec(VL)
+#: ``VL`` float32 lanes (the register tiles); ``J`` float64 lanes (the Winograd weight
+#: transforms' sums, one lane per output channel of a block).
+vec, dvec = Vec(VL), Vec(J, double=True)
 
 
 @register_model(Vec)
 class _VecModel(models.PrimitiveModel):
     def __init__(self, dmm, fe_type):
-        super().__init__(dmm, fe_type, ir.VectorType(ir.FloatType(), fe_type.lanes))
+        lane = ir.DoubleType() if fe_type.double else ir.FloatType()
+        super().__init__(dmm, fe_type, ir.VectorType(lane, fe_type.lanes))
 
 
 _LLV = ir.VectorType(ir.FloatType(), VL)
 _I32 = ir.IntType(32)
-
-
-class DVec(types.Type):
-    """``J`` float64 lanes in one LLVM vector value (the Winograd weight transforms' sums, one
-    lane per output channel of a block)."""
-
-    def __init__(self, lanes):
-        self.lanes = lanes
-        super().__init__(name=f"f64x{lanes}")
-
-
-dvec = DVec(J)
-
-
-@register_model(DVec)
-class _DVecModel(models.PrimitiveModel):
-    def __init__(self, dmm, fe_type):
-        super().__init__(dmm, fe_type, ir.VectorType(ir.DoubleType(), fe_type.lanes))
-
-
 _LLD = ir.VectorType(ir.DoubleType(), J)
 
 
