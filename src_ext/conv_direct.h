@@ -30,6 +30,14 @@ typedef struct {
 #define FCD_PACK_AHEAD 16 /* rows: the packings ask for the source row this many rows ahead */
 #endif
 
+/* Ask for the row FCD_PACK_AHEAD rows after the source row s (rows of Ws floats), a cache line
+ * at a time (a prefetch past the array does not fault). */
+static inline void fcd_row_ahead(const float* s, fcd_i Ws)
+{
+    for (fcd_i v = 0; v < Ws; v += 16)
+        __builtin_prefetch(s + FCD_PACK_AHEAD * Ws + v, 0, 3);
+}
+
 /* The grid of Hq x Wq positions per phase and channel, and what follows from it. */
 static void fcd_geo_grid(fcd_geo* g, fcd_i Hq, fcd_i Wq)
 {
@@ -459,7 +467,7 @@ static inline void fcd_deal4_avx512(const float* s, fcd_i n, fcd_i o, float* d, 
     const __m512i ie = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     const __m512i io = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
     fcd_i m, u;
-    if (n <= 32 && nm <= 16) {  /* the row in two registers: phase p's column m is s[4m + p - o] */
+    if (n <= 32) {  /* the row in two registers (nm <= 9): phase p's column m is s[4m + p - o] */
         const __m512i q = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 32, 36, 40, 44, 48, 52, 56, 60);
         __m512 x0 = _mm512_maskz_loadu_ps(fcd_mask16(n), s);
         __m512 x1 = _mm512_maskz_loadu_ps(fcd_mask16(n > 16 ? n - 16 : 0), s + 16);

@@ -390,11 +390,6 @@ static void FCD_NAME(fcd_bwd_weight_tile)(const float* xq, fcd_i xs, const float
         FCD_NAME(fcd_bww_tile)(xq, xs, g, gs, NI, OCV, OH, OW, Wq, off, o, add, 1, 2 * FCD_WT);
 }
 
-/* src (C, Hs, Ws) -> xq (fcd_geo.xq_size floats).  Unless ``zeroed`` (xq holds an earlier
- * packing of the same geometry, whose zeros are where this one's are) the buffer is zeroed
- * first; then only the source's cells are copied.  Each phase row's source row and column
- * range are worked out once for all channels; the copies are loops compiled for this SIMD
- * path. */
 /* fcd_pack_input for sh = sw = 1, no dilation, pt, pl >= 0, in source order: each channel's
  * rows read one after the other (the general loop below visits the channels within each
  * padded row: a cache miss per row on a batch's first pass). */
@@ -405,8 +400,7 @@ static void FCD_NAME(fcd_pack_input_s1)(const fcd_geo* g, const float* src, floa
         for (r = 0; r < g->Hs && r + g->pt < g->Hq; r++) {
             const float* __restrict__ s = src + (c * g->Hs + r) * g->Ws;
             float* __restrict__ d = xq + c * g->plane + (r + g->pt) * g->Wq + g->pl;
-            for (v = 0; v < g->Ws; v += 16)
-                __builtin_prefetch(s + FCD_PACK_AHEAD * g->Ws + v, 0, 3);
+            fcd_row_ahead(s, g->Ws);
             for (v = 0; v < n; v++)
                 d[v] = s[v];
         }
@@ -430,8 +424,7 @@ static void FCD_NAME(fcd_pack_input_s2)(const fcd_geo* g, const float* src, floa
             if (hh >= g->Hq)
                 continue;
             const float* __restrict__ s = src + (c * g->Hs + r) * g->Ws;
-            for (fcd_i v = 0; v < g->Ws; v += 16)
-                __builtin_prefetch(s + FCD_PACK_AHEAD * g->Ws + v, 0, 3);
+            fcd_row_ahead(s, g->Ws);
             float* __restrict__ de = xq + (((R % 2) * 2 + be) * g->C + c) * g->plane + hh * g->Wq + e0;
             float* __restrict__ dd = xq + (((R % 2) * 2 + bo) * g->C + c) * g->plane + hh * g->Wq + o0;
 #ifdef FCD_DEINTERLEAVE
@@ -462,10 +455,9 @@ static void FCD_NAME(fcd_pack_input_s4)(const fcd_geo* g, const float* src, floa
                 continue;
             const float* __restrict__ s = src + (c * g->Hs + r) * g->Ws;
             float* __restrict__ d = xq + ((R % 4) * 4 * g->C + c) * g->plane + hh * g->Wq;
-            for (v = 0; v < g->Ws; v += 16)
-                __builtin_prefetch(s + FCD_PACK_AHEAD * g->Ws + v, 0, 3);
+            fcd_row_ahead(s, g->Ws);
 #ifdef FCD_DEAL4
-            (void)q;
+            (void)v, (void)q;
             if (nm > 0)
                 FCD_DEAL4(s, g->Ws, o, d + g->pl / 4, ps, nm);
 #else
@@ -478,6 +470,11 @@ static void FCD_NAME(fcd_pack_input_s4)(const fcd_geo* g, const float* src, floa
         }
 }
 
+/* src (C, Hs, Ws) -> xq (fcd_geo.xq_size floats).  Unless ``zeroed`` (xq holds an earlier
+ * packing of the same geometry, whose zeros are where this one's are) the buffer is zeroed
+ * first; then only the source's cells are copied.  Each phase row's source row and column
+ * range are worked out once for all channels; the copies are loops compiled for this SIMD
+ * path. */
 static void FCD_NAME(fcd_pack_input)(const fcd_geo* g, const float* src, float* xq, int zeroed)
 {
     fcd_i a, b, c, hh, ww, u, v, lo, hi, HW = g->Hs * g->Ws;

@@ -506,7 +506,6 @@ static void FCD_NAME(fcw_wgrad)(const fcd_geo* g, const float* src, fcd_i NI, co
         FCD_NAME(fcw_wgrad_r)(g, src, NI, gt, gs, OCV, OH, OW, xq, xs, zeroed, u, mt, Q, off, T, V, z, add, 3);
 }
 
-/* fcw_images_r for each (R, M): one function each (inlined into one, the three shared registers badly). */
 /* fcw_pack_weights for the 6 x 6 transforms of K x K kernels (F(2x2, 5x5): K = 5, G = fcw_g5;
  * F(4x4, 3x3): K = 3, G = fcw_g43) of output-channel block ob: V = G g G^T (xi = 6*row + column)
  * in double, each sum in order of its terms (the Numba backend's order), rounded once; the
@@ -566,6 +565,7 @@ static void FCD_NAME(fcw_weights6)(fcd_i OC, fcd_i C, fcd_i OCP, const float* w,
         FCD_NAME(fcw_weights6_k)(OC, C, OCP, w, flip, ob, vp, 3, &fcw_g43[0][0]);
 }
 
+/* fcw_images_r for each (R, M): one function each (inlined into one, the three shared registers badly). */
 #define FCW_IMAGES_RM(name, R_, M_) \
     static __attribute__((noinline)) void FCD_NAME(name)(const fcd_geo* g, const float* src, fcd_i NI, \
         const float* vp, const fcd_i* st, const float* bias, int relu, fcd_i OH, fcd_i OW, float* y, float* xq, \
