@@ -231,10 +231,18 @@ def _sizes_direct(x, w, y, sh, sw, pt, pl):
     sizes_windows(h, wd, kh, kw, sh, sw, pt, pl, y[2], y[3], False)
 
 
-def sizes_conv2d_direct_forward(x, w, bias, sh, sw, pt, pl, relu, y):
+def sizes_stats(op, w, stats):
+    """The fused batch-norm statistics of a convolution's output: ``(2, OC)`` (weights ``w``)."""
+    if stats != (2, w[0]):
+        raise ValueError(f"{op}: stats must have shape (2, OC) = (2, {w[0]}), got {stats}")
+
+
+def sizes_conv2d_direct_forward(x, w, bias, sh, sw, pt, pl, relu, y, stats=None):
     _sizes_direct(x, w, y, sh, sw, pt, pl)
     if bias != w[:1]:
         raise ValueError("conv2d_direct_forward: bias must have shape (OC,)")
+    if stats is not None:
+        sizes_stats("conv2d_direct_forward", w, stats)
 
 
 def sizes_conv2d_direct_forward_maxpool2(x, w, bias, sh, sw, pt, pl, relu, oh, ow, y, idx):
@@ -267,11 +275,13 @@ def _sizes_winograd(op, w, pt, pl, m=2):
                          f"for a {w[2]} x {w[3]} kernel")
 
 
-def sizes_conv2d_winograd_forward(x, w, bias, pt, pl, relu, y, m=2):
+def sizes_conv2d_winograd_forward(x, w, bias, pt, pl, relu, y, m=2, stats=None):
     _sizes_direct(x, w, y, 1, 1, pt, pl)
     _sizes_winograd("conv2d_winograd_forward", w, pt, pl, m)
     if bias != w[:1]:
         raise ValueError("conv2d_winograd_forward: bias must have shape (OC,)")
+    if stats is not None:
+        sizes_stats("conv2d_winograd_forward", w, stats)
 
 
 def sizes_conv2d_winograd_forward_maxpool2(x, w, bias, pt, pl, relu, oh, ow, y, idx):

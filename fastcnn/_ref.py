@@ -594,8 +594,8 @@ def sgd_step(ps, gs, bufs, lr, weight_decay, momentum, dampening, nesterov, firs
         p -= f(lr) * d
 
 
-def conv2d_direct_forward(x, w, bias, sh, sw, pt, pl, relu, y):
-    """Direct convolution with an optional fused ReLU.
+def conv2d_direct_forward(x, w, bias, sh, sw, pt, pl, relu, y, stats=None):
+    """Direct convolution with an optional fused ReLU and batch-norm statistics.
 
     Parameters
     ----------
@@ -607,6 +607,9 @@ def conv2d_direct_forward(x, w, bias, sh, sw, pt, pl, relu, y):
     relu : int
         1: ``y = max(conv + bias, 0)``; 0: ``y = conv + bias``.
     y : (N, OC, OH, OW) float32  # OUT
+    stats : None or (2, OC) float64  # OUT  :func:`batchnorm_stats` of ``y`` (mean, then biased
+        variance): the compiled kernels sum each image's output planes while they are in cache,
+        then combine them as their ``batchnorm_stats`` does, whose bytes they give.
     """
     kh, kw = w.shape[2:]
     oh, ow = y.shape[2:]
@@ -616,6 +619,8 @@ def conv2d_direct_forward(x, w, bias, sh, sw, pt, pl, relu, y):
     y[...] = out + bias[None, :, None, None]
     if relu:
         np.maximum(y, 0, out=y)
+    if stats is not None:
+        batchnorm_stats(y, stats[0], stats[1])
 
 
 def conv2d_direct_forward_maxpool2(x, w, bias, sh, sw, pt, pl, relu, oh, ow, y, idx):
@@ -734,7 +739,7 @@ WINOGRAD_MATRICES = {(2, 3): (WINOGRAD_BT, WINOGRAD_G, WINOGRAD_AT), (2, 5): (WI
                      (4, 3): (WINOGRAD5_BT, WINOGRAD43_G, WINOGRAD43_AT)}
 
 
-def conv2d_winograd_forward(x, w, bias, pt, pl, relu, y, m=2):
+def conv2d_winograd_forward(x, w, bias, pt, pl, relu, y, m=2, stats=None):
     """3x3 or 5x5 convolution of stride 1 by Winograd's F(m x m, r x r) (F(2x2, 3x3),
     F(2x2, 5x5) or F(4x4, 3x3)): the same result as :func:`conv2d_direct_forward`
     (``sh = sw = 1``) up to rounding.
@@ -751,6 +756,7 @@ def conv2d_winograd_forward(x, w, bias, pt, pl, relu, y, m=2):
     y : (N, OC, OH, OW) float32  # OUT
     m : int
         The output tile's side: 2, or 4 for a 3x3 kernel.
+    stats : None or (2, OC) float64  # OUT  as :func:`conv2d_direct_forward`'s
 
     Output tile ``(ty, tx)`` (rows ``m ty`` to ``m ty + m - 1``, columns likewise; the last ones
     cut to ``OH x OW``) reads the ``(m + r - 1) x (m + r - 1)`` window of the padded input at
@@ -773,6 +779,8 @@ def conv2d_winograd_forward(x, w, bias, pt, pl, relu, y, m=2):
     y[...] = full[:, :, :oh, :ow] + bias[None, :, None, None]
     if relu:
         np.maximum(y, 0, out=y)
+    if stats is not None:
+        batchnorm_stats(y, stats[0], stats[1])
 
 
 def conv2d_winograd_backward_weight(gy, x, pt, pl, gw, gb):

@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "_simd.h"
+#include "planestats.h"
 #include "pool2.h"
 
 typedef ptrdiff_t fcd_i;
@@ -587,6 +588,7 @@ static int fcd_set_isa(int isa)
 {
     if (!fcd_cpu_supports(isa)) return -1;
     fcp_set_isa(isa);
+    fps_set_isa(isa);
     fcd_isa = &fcd_kernels_base;
 #ifdef FC_SIMD
     if (isa == 2) fcd_isa = &fcd_kernels_avx512;

@@ -73,6 +73,10 @@ cdef extern from "conv_direct.h" nogil:
     fcd_i fcd_WT
     fcd_i fcd_TM
 
+cdef extern from "planestats.h" nogil:
+    void fps_plane_stats(const float* x, Py_ssize_t P, double* sd)  # sd = sum(x), sum((x - mean)**2)
+    void fps_combine(const double* sd, Py_ssize_t ds, Py_ssize_t N, Py_ssize_t P, double* mean, double* var)
+
 from fastcnn._config import DIRECT_WGRAD_BYTES, ENV_ISA, ISAS, POOLED_DGRAD_MIN_PATCH, POOLED_WGRAD_MIN_PATCH, SLOTS, WINOGRAD_TILES, WINOGRAD_VECTORS, requested_isa  # ISAS: slowest first = the C code's ISA number
 
 _active = None
@@ -120,6 +124,37 @@ cdef inline Py_ssize_t _al64(Py_ssize_t nbytes) noexcept nogil:
     return (nbytes + 63) & ~(<Py_ssize_t>63)
 
 
+cdef inline void _planes_stats(const float* y, Py_ssize_t planes, Py_ssize_t P, double* sd) noexcept nogil:
+    """The batch-norm statistics' sums of ``planes`` consecutive planes of ``P`` values (IN
+    ``y``) while they are in cache: ``sd[2k]``, ``sd[2k + 1]`` (OUT) of plane ``k``
+    (``fps_plane_stats``)."""
+    cdef Py_ssize_t k
+    for k in range(planes):
+        fps_plane_stats(y + k * P, P, sd + 2 * k)
+
+
+cdef double* _stats_scratch(stats, Py_ssize_t N, Py_ssize_t OC, _A* s, str op, const Py_ssize_t* wshape) except? NULL:
+    """NULL without ``stats``; else ``s`` = the checked (2, OC) float64 output and the
+    (N, OC, 2) plane sums' scratch (to free)."""
+    if stats is None:
+        return NULL
+    _arr(stats, cnp.NPY_FLOAT64, 2, True, "stats", s)
+    _backend.sizes_stats(op, _dims(wshape, 4), _dims(s.shape, 2))
+    cdef double* sd = <double*>malloc(max(N * OC * 2, 1) * sizeof(double))
+    if sd == NULL:
+        raise MemoryError()
+    return sd
+
+
+cdef void _stats_finish(const double* sd, Py_ssize_t N, Py_ssize_t OC, Py_ssize_t P, _A* s) noexcept nogil:
+    """``s`` (2, OC) = each channel's mean and biased variance from its planes' sums ``sd``
+    (N, OC, 2), combined in order of n (``fps_combine``): :func:`batchnorm_stats`' bytes."""
+    cdef Py_ssize_t c
+    cdef double* m = <double*>s.p
+    for c in range(OC):
+        fps_combine(sd + 2 * c, 2 * OC, N, P, m + c, m + OC + c)
+
+
 ctypedef struct _Unpool:
     # The full-size gradient of a convolution whose output was 2x2 max pooled (and ReLU'd),
     # rebuilt one plane at a time from the pooled gradient (conv2d_direct_backward_maxpool2).
@@ -144,9 +179,11 @@ cdef Py_ssize_t _direct_block(const fcd_geo* g, const float* src, Py_ssize_t N, 
                               const float* bias, int relu, const float* wp, const Py_ssize_t* tab,
                               const Py_ssize_t* st, Py_ssize_t L, Py_ssize_t NS, int rows, int ct,
                               char* blocks, Py_ssize_t size, Py_ssize_t o_yg, Py_ssize_t o_yi, Py_ssize_t o_up,
-                              float* out, Py_ssize_t out_is, int* io, Py_ssize_t t, Py_ssize_t T) noexcept nogil:
+                              float* out, Py_ssize_t out_is, int* io, double* sd, Py_ssize_t t,
+                              Py_ssize_t T) noexcept nogil:
     """Block ``t`` of :func:`_direct_images` (its images, its scratch); ``out``: image ``i`` at
-    ``out + i*out_is``.  Returns the bad index count of ``up``."""
+    ``out + i*out_is``; ``sd`` (if not NULL): each output plane's sums (:func:`_planes_stats`).
+    Returns the bad index count of ``up``."""
     cdef Py_ssize_t CHW = g.C * g.Hs * g.Ws, i, i0, bad = 0
     cdef Py_ssize_t HW = g.OH * g.OW, PH = g.OH // 2, PW = g.OW // 2
     cdef const float* si
@@ -174,6 +211,8 @@ cdef Py_ssize_t _direct_block(const fcd_geo* g, const float* src, Py_ssize_t N, 
         if yi != NULL:
             fcp_pool_planes(dst, out + i * out_is, io + i * g.OC * PH * PW if io != NULL else NULL, ii, g.OC,
                             g.OH, g.OW)
+        elif sd != NULL:
+            _planes_stats(dst, g.OC, HW, sd + i * g.OC * 2)
     return bad
 
 
@@ -193,6 +232,7 @@ cdef Py_ssize_t _direct_images(const fcd_geo* g,
                          Py_ssize_t o_up,                #                 up: the rebuilt image at o_up
                          float* out,                     # OUT (N, g.OC, g.OH, g.OW), pooled: halved
                          int* io,                        # OUT pooled: NULL or out's flat arg-max indices
+                         double* sd,                     # OUT NULL or (N, g.OC, 2): each output plane's sums
                          Py_ssize_t T, int nt) noexcept nogil:
     """The forward kernel of :func:`conv2d_direct_forward` and :func:`conv2d_direct_backward_data`,
     ``T`` blocks of consecutive images, each with its own scratch (:func:`_direct_block`); pooled
@@ -210,16 +250,16 @@ cdef Py_ssize_t _direct_images(const fcd_geo* g,
         fcd_pack_weights(g, w, flip, wp)
     if nt == 1:  # (a parallel region, even of one thread, costs: docs/PERFORMANCE.md, 5)
         return _direct_block(g, src, N, up, bias, relu, wp, tab, st, L, NS, rows, ct, blocks, size, o_yg, o_yi,
-                             o_up, out, out_is, io, 0, 1)
+                             o_up, out, out_is, io, sd, 0, 1)
     for t in prange(T, schedule='static', num_threads=nt):
         bad += _direct_block(g, src, N, up, bias, relu, wp, tab, st, L, NS, rows, ct, blocks, size, o_yg, o_yi,
-                             o_up, out, out_is, io, t, T)
+                             o_up, out, out_is, io, sd, t, T)
     return bad
 
 
 cdef Py_ssize_t _direct(fcd_geo* g, const float* src, Py_ssize_t N, const float* w, int flip,
                         const float* bias, int relu, float* out, int nt, int pool=0,
-                        int* io=NULL, const _Unpool* up=NULL) except -1:
+                        int* io=NULL, const _Unpool* up=NULL, double* sd=NULL) except -1:
     """:func:`_direct_images` with its scratch, one allocation: packed weights, tap offsets,
     pixel starts, and per block of images the packed input and the output grid (and with
     ``pool`` one image's full output and one pooled plane's indices; with ``up`` the rebuilt
@@ -249,7 +289,7 @@ cdef Py_ssize_t _direct(fcd_geo* g, const float* src, Py_ssize_t N, const float*
             #  it compiled slower)
             bad = _direct_images(g, src, N, up, w, flip, bias, relu, <float*>base, <Py_ssize_t*>(base + b_wp),
                                  <Py_ssize_t*>(base + b_wp + b_tab), L, base + b_wp + b_tab + b_st, size,
-                                 o_yg, o_yi, o_up, out, io, T, nt)
+                                 o_yg, o_yi, o_up, out, io, sd, T, nt)
     finally:
         free(mem)
     return bad
@@ -426,9 +466,11 @@ cdef int _fwd_arrays(x, w, bias, y, _A* a, _A* f, _A* b, _A* o) except -1:
 cdef _Key _fwd_ok, _pool_ok, _data_ok, _weight_ok
 
 
-def conv2d_direct_forward(x, w, bias, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl, int relu, y):
+def conv2d_direct_forward(x, w, bias, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl, int relu, y,
+                          stats=None):
     """Direct convolution (see :func:`fastcnn._ref.conv2d_direct_forward`); x (N, C, H, W), w
-    (OC, C, KH, KW), bias (OC,), y (N, OC, OH, OW) float32."""
+    (OC, C, KH, KW), bias (OC,), y (N, OC, OH, OW) float32; stats None or (2, OC) float64 (each
+    image's output planes summed while in cache)."""
     if _active is None:
         active_isa()
     cdef _A a, f, b, o
@@ -439,12 +481,19 @@ def conv2d_direct_forward(x, w, bias, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t p
             _dims(a.shape, 4), _dims(f.shape, 4), _dims(b.shape, 1), sh, sw, pt, pl, relu,
             _dims(o.shape, 4)))
     cdef Py_ssize_t N = a.shape[0], C = a.shape[1], OC = f.shape[0], OH = o.shape[2], OW = o.shape[3]
-    if N == 0:
-        return
+    cdef _A s
+    cdef double* sd = _stats_scratch(stats, N, OC, &s, "conv2d_direct_forward", f.shape)
     cdef fcd_geo g
-    fcd_geo_init(&g, C, a.shape[2], a.shape[3], 1, 1, OC, f.shape[2], f.shape[3], sh, sw, pt, pl,
-                 OH, OW, fcd_J)
-    _direct(&g, <float*>a.p, N, <float*>f.p, 0, <float*>b.p, relu, <float*>o.p, _threads_for(N * OC * OH * OW))
+    try:
+        if N:
+            fcd_geo_init(&g, C, a.shape[2], a.shape[3], 1, 1, OC, f.shape[2], f.shape[3], sh, sw, pt, pl,
+                         OH, OW, fcd_J)
+            _direct(&g, <float*>a.p, N, <float*>f.p, 0, <float*>b.p, relu, <float*>o.p,
+                    _threads_for(N * OC * OH * OW), 0, NULL, NULL, sd)
+        if sd != NULL:
+            _stats_finish(sd, N, OC, OH * OW, &s)
+    finally:
+        free(sd)
 
 
 def conv2d_direct_forward_maxpool2(x, w, bias, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl,
@@ -992,11 +1041,13 @@ cdef void _winograd_blocks(const fcd_geo* g,
                            Py_ssize_t o_yf, int* io,      # pooled (o_yf >= 0): a group's full
                            #                                output in the block's scratch; OUT
                            #                                the pooling's indices (or NULL)
+                           double* sd,                    # OUT NULL or (N, g.OC, 2): each output
+                           #                                plane's sums (:func:`_planes_stats`)
                            int nt) noexcept nogil:
     """``T`` blocks of consecutive images, each with its own scratch, in groups of up to
     ``NI`` images (:c:func:`fcw_images`; ``R x R`` kernels, ``M x M`` output tiles).  Pooled, ``out`` gets each
     group's 2x2 max pooling (the pooling kernels' plane loop) while the group's output is in
-    cache."""
+    cache; so are the statistics' sums."""
     cdef Py_ssize_t CHW = g.C * g.Hs * g.Ws, t, i, i0, i1, e, ni
     cdef Py_ssize_t OHW = OH * OW, PH = OH // 2, PW = OW // 2
     cdef Py_ssize_t out_is = g.OC * (PH * PW if o_yf >= 0 else OHW)
@@ -1017,13 +1068,15 @@ cdef void _winograd_blocks(const fcd_geo* g,
             if o_yf >= 0:
                 fcp_pool_planes(yf, out + i * out_is, io + i * g.OC * PH * PW if io != NULL else NULL,
                                 <int*>(yf + NI * g.OC * OHW), ni * g.OC, OH, OW)
+            elif sd != NULL:
+                _planes_stats(yf, ni * g.OC, OHW, sd + i * g.OC * 2)
             i = i + NI
 
 
 cdef int _winograd(const float* src, Py_ssize_t N, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
                    const float* w, int flip, Py_ssize_t OC, Py_ssize_t pt, Py_ssize_t pl,
                    const float* bias, int relu, float* out, Py_ssize_t OH, Py_ssize_t OW, int R, int M, int nt,
-                   int pool=0, int* io=NULL) except -1:
+                   int pool=0, int* io=NULL, double* sd=NULL) except -1:
     """Winograd F(MxM, RxR) convolution of ``src`` (N, C, H, W) with RxR weights ``w`` (R = 3
     or 5, M = 2, or 4 with R = 3; packed with ``flip`` as :c:func:`fcd_pack_weights`) into ``out`` (N, OC, OH, OW), or
     with ``pool`` its 2x2 max pooling into ``out`` (N, OC, OH // 2, OW // 2) and the
@@ -1063,7 +1116,7 @@ cdef int _winograd(const float* src, Py_ssize_t N, Py_ssize_t C, Py_ssize_t H, P
                 else:
                     fcw_pack_weights(OC, C, fcd_J, g.OCP, w, flip, ob, <float*>base)
             _winograd_blocks(&g, src, N, <float*>base, st, NI, bias, relu,
-                             base + b_vp + b_st, size, xs, o_u, o_m, o_z, Q, out, T, R, M, OH, OW, o_yf, io, nt)
+                             base + b_vp + b_st, size, xs, o_u, o_m, o_z, Q, out, T, R, M, OH, OW, o_yf, io, sd, nt)
     finally:
         free(mem)
     return 0
@@ -1072,9 +1125,10 @@ cdef int _winograd(const float* src, Py_ssize_t N, Py_ssize_t C, Py_ssize_t H, P
 cdef _Key _wfwd_ok, _wpool_ok, _wdata_ok
 
 
-def conv2d_winograd_forward(x, w, bias, Py_ssize_t pt, Py_ssize_t pl, int relu, y, m=2):
+def conv2d_winograd_forward(x, w, bias, Py_ssize_t pt, Py_ssize_t pl, int relu, y, m=2, stats=None):
     """Winograd F(2x2, 3x3), F(2x2, 5x5) or F(4x4, 3x3) convolution (see
-    :func:`fastcnn._ref.conv2d_winograd_forward`); arrays as :func:`conv2d_direct_forward`'s."""
+    :func:`fastcnn._ref.conv2d_winograd_forward`); arrays as :func:`conv2d_direct_forward`'s
+    (stats: each group of images' output planes summed while in cache)."""
     if _active is None:
         active_isa()
     cdef _A a, f, b, o
@@ -1085,11 +1139,17 @@ def conv2d_winograd_forward(x, w, bias, Py_ssize_t pt, Py_ssize_t pl, int relu, 
             _dims(a.shape, 4), _dims(f.shape, 4), _dims(b.shape, 1), pt, pl, relu,
             _dims(o.shape, 4), m))
     cdef Py_ssize_t N = a.shape[0]
-    if N == 0:
-        return
-    _winograd(<float*>a.p, N, a.shape[1], a.shape[2], a.shape[3], <float*>f.p, 0, f.shape[0], pt, pl,
-              <float*>b.p, relu, <float*>o.p, o.shape[2], o.shape[3], <int>f.shape[2], <int>m,
-              _threads_for(N * f.shape[0] * o.shape[2] * o.shape[3]))
+    cdef _A s
+    cdef double* sd = _stats_scratch(stats, N, f.shape[0], &s, "conv2d_winograd_forward", f.shape)
+    try:
+        if N:
+            _winograd(<float*>a.p, N, a.shape[1], a.shape[2], a.shape[3], <float*>f.p, 0, f.shape[0], pt, pl,
+                      <float*>b.p, relu, <float*>o.p, o.shape[2], o.shape[3], <int>f.shape[2], <int>m,
+                      _threads_for(N * f.shape[0] * o.shape[2] * o.shape[3]), 0, NULL, sd)
+        if sd != NULL:
+            _stats_finish(sd, N, f.shape[0], o.shape[2] * o.shape[3], &s)
+    finally:
+        free(sd)
 
 
 def conv2d_winograd_forward_maxpool2(x, w, bias, Py_ssize_t pt, Py_ssize_t pl, int relu, Py_ssize_t oh,

@@ -1,11 +1,13 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
 """BatchNorm2D kernels of the Cython backend (contract: :mod:`fastcnn._ref`).
 
-The reductions (batch statistics, gradient sums) run one channel per parallel iteration and
-accumulate in double in a fixed order: the channel's N planes are added element-wise, in order
-of n, into one double row of H*W partial sums (a loop the compiler vectorises without
-reassociating anything), and that row is summed by ``_sum8_runs`` (8 interleaved partial sums).  So results
-are bit-identical for any thread count (and equal to the Numba backend's, same order).  The element-wise
+The gradient sums run one channel per parallel iteration and accumulate in double in a fixed
+order: the channel's N planes are added element-wise, in order of n, into one double row of H*W
+partial sums (a loop the compiler vectorises without reassociating anything), and that row is
+summed by ``_sum8_runs`` (8 interleaved partial sums).  The batch statistics are summed per
+plane, then per channel in order of n (``planestats.h``; the convolutions' fused statistics
+sum the same way).  So results are bit-identical for any thread count (and equal to the Numba
+backend's, same order).  The element-wise
 kernels run one (n, c) plane per iteration with the reference's float32 operations in the
 reference's order, so they match it bit for bit.  The plane loops are C (``norm_kern.h``),
 compiled for each SIMD path; the path is the direct convolutions' (``FASTCNN_ISA`` forces it).
@@ -20,8 +22,6 @@ include "_common.pxi"
 
 cdef extern from "norm_kern.h" nogil:
     ctypedef struct fnk_table:  # (the loops of one SIMD path; xh = (x - mu) * s, float32)
-        void (*acc_plane)(double* acc, const float* x, Py_ssize_t P, Py_ssize_t D) noexcept nogil  # acc[e] += x[e]
-        void (*acc_plane_sqdev)(double* acc, const float* x, Py_ssize_t P, double mu) noexcept nogil  # += (x[e]-mu)**2
         void (*acc_plane_sum_dot)(double* accs, double* accd, const float* g, const float* x, Py_ssize_t P,
                                   float mu, float s, float w, float b, int relu,
                                   Py_ssize_t D) noexcept nogil  # += g, g * xh; g masked if relu
@@ -34,32 +34,14 @@ cdef extern from "norm_kern.h" nogil:
                          Py_ssize_t OH, Py_ssize_t OW)  # 2x2 max pooling with indices (pool2.h)
     void fnk_set_isa(int isa)
 
+cdef extern from "planestats.h" nogil:
+    void fps_plane_stats(const float* x, Py_ssize_t P, double* sd)  # sd = sum(x), sum((x - mean)**2)
+    void fps_combine(const double* sd, Py_ssize_t ds, Py_ssize_t N, Py_ssize_t P, double* mean, double* var)
+
 cdef inline void _zero(double* a, Py_ssize_t P) noexcept nogil:
     cdef Py_ssize_t e
     for e in range(P):
         a[e] = 0.0
-
-
-cdef inline void _stats_channel(const float* x, Py_ssize_t c, Py_ssize_t N, Py_ssize_t C,
-                                Py_ssize_t P, double* acc, double* mean,
-                                double* var) noexcept nogil:
-    """Mean and biased variance of channel ``c`` (two passes; the second over cached data).
-
-    x : (N, C, P)  # IN
-    acc : P doubles of scratch
-    mean, var : the channel's outputs  # OUT
-    """
-    cdef Py_ssize_t b
-    cdef double M = <double>(N * P), mu
-    _zero(acc, P)
-    for b in range(N):
-        fnk.acc_plane(acc, x + (b * C + c) * P, P, C * P)
-    mu = _sum8_runs(acc, 1, 0, P) / M
-    _zero(acc, P)
-    for b in range(N):
-        fnk.acc_plane_sqdev(acc, x + (b * C + c) * P, P, mu)
-    mean[0] = mu
-    var[0] = _sum8_runs(acc, 1, 0, P) / M
 
 
 cdef inline void _reduce_channel(const float* gy, const float* x, Py_ssize_t c, Py_ssize_t N,
@@ -91,14 +73,16 @@ cdef inline float* _f(const _A* a) noexcept nogil:
 cdef void _stats(const _A* x,      # IN  (N, C, H, W)
                  const _A* mean,   # OUT (C,) float64
                  const _A* var,    # OUT (C,) float64
-                 double* acc,      # scratch (C, H*W)
+                 double* sd,       # scratch (C, N, 2)
                  int nt) noexcept nogil:
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], P = x.shape[2] * x.shape[3], c
+    """Each plane's sums (``fps_plane_stats``, the planes in memory order), then each channel's
+    combined in order of n (``fps_combine``)."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], P = x.shape[2] * x.shape[3], e, c
     cdef const float* xp = _f(x)
-    cdef double* mp = <double*>mean.p
-    cdef double* vp = <double*>var.p
-    for c in prange(C, schedule='static', num_threads=nt):
-        _stats_channel(xp, c, N, C, P, acc + c * P, mp + c, vp + c)
+    for e in prange(N * C, schedule='static', num_threads=nt):
+        fps_plane_stats(xp + e * P, P, sd + ((e % C) * N + e // C) * 2)
+    for c in range(C):
+        fps_combine(sd + c * N * 2, 2, N, P, <double*>mean.p + c, <double*>var.p + c)
 
 
 cdef inline void _backward_channel(const float* gy, const float* x, Py_ssize_t c, Py_ssize_t N, Py_ssize_t C,
@@ -283,14 +267,14 @@ def batchnorm_stats(x, mean, var):
             (<double*>m.p)[c] = float("nan")
             (<double*>v.p)[c] = float("nan")
         return
-    cdef double* acc = <double*>malloc(a.shape[1] * a.shape[2] * a.shape[3] * sizeof(double))
-    if acc == NULL:
+    cdef double* sd = <double*>malloc(a.shape[0] * a.shape[1] * 2 * sizeof(double))
+    if sd == NULL:
         raise MemoryError()
     try:
         with nogil:
-            _stats(&a, &m, &v, acc, _threads_for(2 * _size4(a.shape)))
+            _stats(&a, &m, &v, sd, _threads_for(2 * _size4(a.shape)))
     finally:
-        free(acc)
+        free(sd)
 
 
 def batchnorm_forward(x, mean, inv_std, weight, bias, int relu, y):

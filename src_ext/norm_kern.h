@@ -8,6 +8,7 @@
 #include <stddef.h>
 
 #include "_simd.h"
+#include "planestats.h"
 #include "pool2.h"
 
 typedef ptrdiff_t fnk_i;
@@ -20,18 +21,6 @@ typedef ptrdiff_t fnk_i;
     __builtin_prefetch(p_ + 64, 0, 3); __builtin_prefetch(p_ + 128, 0, 3); __builtin_prefetch(p_ + 192, 0, 3); } while (0)
 
 #define FNK_BODY(SUFFIX)                                                                      \
-/* acc[e] += x[e] in double; the plane D floats further is prefetched meanwhile */          \
-static void fnk_acc_plane_##SUFFIX(double* acc, const float* x, fnk_i P, fnk_i D)             \
-{                                                                                             \
-    for (fnk_i e0 = 0; e0 < P; e0 += FNK_RUN) {                                               \
-        fnk_i e1 = e0 + FNK_RUN < P ? e0 + FNK_RUN : P;                                       \
-        FNK_PREFETCH(x + D + e0);                                                             \
-        for (fnk_i e = e0; e < e1; e++) acc[e] += (double)x[e];                               \
-    }                                                                                         \
-}                                                                                             \
-/* acc[e] += (x[e] - mu)**2 in double */                                                      \
-static void fnk_acc_plane_sqdev_##SUFFIX(double* acc, const float* x, fnk_i P, double mu)     \
-{ for (fnk_i e = 0; e < P; e++) { double d = (double)x[e] - mu; acc[e] += d * d; } }          \
 /* g[e] through the ReLU of h[e] * w + b (float32: relu_backward's product by 0 or 1) */            \
 static inline float fnk_mask_##SUFFIX(float g, float h, float w, float b)                     \
 { float v = h * w + b; return g * (v > 0.0f ? 1.0f : 0.0f); }                                 \
@@ -85,12 +74,9 @@ static void fnk_bwd_plane_##SUFFIX(const float* gy, const float* x, float* gx, f
         }                                                                                     \
 }                                                                                             \
 static const fnk_table fnk_table_##SUFFIX = {                                                 \
-    fnk_acc_plane_##SUFFIX, fnk_acc_plane_sqdev_##SUFFIX, fnk_acc_plane_sum_dot_##SUFFIX,      \
-    fnk_fwd_plane_##SUFFIX, fnk_bwd_plane_##SUFFIX};
+    fnk_acc_plane_sum_dot_##SUFFIX, fnk_fwd_plane_##SUFFIX, fnk_bwd_plane_##SUFFIX};
 
 typedef struct {
-    void (*acc_plane)(double*, const float*, fnk_i, fnk_i);
-    void (*acc_plane_sqdev)(double*, const float*, fnk_i, double);
     void (*acc_plane_sum_dot)(double*, double*, const float*, const float*, fnk_i, float, float, float, float,
                               int, fnk_i);
     void (*fwd_plane)(const float*, float*, fnk_i, float, float, float, float, int);
@@ -115,6 +101,7 @@ static const fnk_table* fnk = &fnk_table_base;
 static void fnk_set_isa(int isa)
 {
     fcp_set_isa(isa);  /* (the pooled forward's plane pooling) */
+    fps_set_isa(isa);  /* (the statistics' plane sums) */
     fnk = &fnk_table_base;
 #ifdef FC_SIMD
     if (isa == 2) fnk = &fnk_table_avx512;

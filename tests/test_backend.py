@@ -427,7 +427,8 @@ def test_batchnorm_forward_maxpool2_is_the_composition(name, shape):
 @pytest.mark.parametrize("name", BACKENDS)
 @pytest.mark.parametrize("loc", [0.0, 1000.0, -3e4])
 def test_batchnorm_stats_accurate_for_large_mean(name, loc):
-    """Mean 1000, std 1 (and worse): the variance keeps ~all its digits (two-pass, float64)."""
+    """Mean 1000, std 1 (and worse): the variance keeps ~all its digits (float64 sums around
+    each plane's first value, combined by the exact split of the squared deviations)."""
     rng = np.random.default_rng(11)
     x = (loc + rng.standard_normal((8, 3, 11, 13))).astype(np.float32)
     x64 = x.astype(np.float64)
@@ -1337,6 +1338,86 @@ def test_winograd_bit_identical_run_to_run_and_across_threads(name):
                     ((11, 16, 14, 14, 32, 2, 2, 14, 14, 5), 2), ((29, 9, 6, 7, 12, 2, 2, 6, 7, 5), 2)]:
         x, wt, b, gy = _wdata(case, 5)
         _assert_same_bytes_at_1_and_2_threads(lambda: _wrun(k, x, wt, b, gy, case[5], case[6], 1, m))
+
+
+# ----------------------------------------------------------------------------- fused statistics
+
+def _stats_match(k, conv, y_shape, oc, threads_too=True):
+    """``conv(y, stats)`` (a forward primitive, ``stats`` None or (2, oc)): with stats its output
+    is that without, bit for bit, and its stats are ``k.batchnorm_stats`` of that output bit for
+    bit; the same bytes at 1 and 2 threads."""
+    def run(with_stats=True):
+        y = np.full(y_shape, np.nan, np.float32)
+        st = np.full((2, oc), np.nan) if with_stats else None
+        conv(y, st)
+        return y, st
+
+    y, st = run()
+    plain, _ = run(False)
+    assert y.tobytes() == plain.tobytes()
+    mean, var = np.full(oc, np.nan), np.full(oc, np.nan)
+    k.batchnorm_stats(y, mean, var)
+    assert st[0].tobytes() == mean.tobytes() and st[1].tobytes() == var.tobytes()
+    if threads_too:
+        _assert_same_bytes_at_1_and_2_threads(run)
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+@pytest.mark.parametrize("case", DIRECT_CASES)
+def test_direct_forward_stats_are_the_batchnorm_stats(name, case):
+    """``conv2d_direct_forward(..., stats)``: each image's output planes summed while in cache
+    give ``batchnorm_stats`` of the output bit for bit (odd shapes, batch 1, strides, padding,
+    channel tiles; with and without the fused ReLU)."""
+    k = _mod(name)
+    g, x, wt, b, _ = direct_data(case, 7)
+    for relu in (0, 1):
+        _stats_match(k, lambda y, st: k.conv2d_direct_forward(x, wt, b, g.sh, g.sw, g.pt, g.pl, relu, y, st),
+                     (x.shape[0], wt.shape[0], g.oh, g.ow), wt.shape[0], threads_too=relu == 0)
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+@pytest.mark.parametrize("case,m", WINOGRAD_RUNS)
+def test_winograd_forward_stats_are_the_batchnorm_stats(name, case, m):
+    """``conv2d_winograd_forward(..., stats)``: each group of images' output planes summed while
+    in cache give ``batchnorm_stats`` of the output bit for bit (both tiles, grouped small images)."""
+    k = _mod(name)
+    x, wt, b, gy = _wdata(case, 7)
+    pt, pl = case[5:7]
+    _stats_match(k, lambda y, st: k.conv2d_winograd_forward(x, wt, b, pt, pl, 0, y, m, st), gy.shape, wt.shape[0])
+
+
+@pytest.mark.parametrize("name", COMPILED)
+def test_conv_forward_stats_checked(name):
+    """Stats of the wrong shape or dtype are refused with a ValueError naming them; an empty
+    batch gives NaN statistics (as ``batchnorm_stats`` of no values)."""
+    k = _mod(name)
+    g, x, wt, b, _ = direct_data(DIRECT_CASES[0])
+    y = np.empty((x.shape[0], wt.shape[0], g.oh, g.ow), np.float32)
+    for bad in (np.empty((2, wt.shape[0] + 1)), np.empty((wt.shape[0], 2)), np.empty((2, wt.shape[0]), np.float32),
+                np.empty((2, 2 * wt.shape[0]))[:, ::2]):
+        with pytest.raises(ValueError, match="stats"):
+            k.conv2d_direct_forward(x, wt, b, g.sh, g.sw, g.pt, g.pl, 0, y, bad)
+        with pytest.raises(ValueError, match="stats"):
+            k.conv2d_winograd_forward(x, wt, b, 1, 1, 0, y, 2, bad)
+    st = np.zeros((2, wt.shape[0]))
+    k.conv2d_direct_forward(x[:0], wt, b, g.sh, g.sw, g.pt, g.pl, 0, y[:0], st)
+    assert np.isnan(st).all()
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 9, 7), (2, 16, 32, 32), (5, 64, 8, 8), (1, 3, 1, 37), (2, 1, 1, 1),
+                                   (2, 2, 1, 65), (1, 2, 1, 127)])
+def test_batchnorm_stats_same_bytes_in_both_backends(shape):
+    """The Numba and Cython statistics sum each plane in one order (src_ext/planestats.h): the
+    same bytes, whole blocks of 64 values and cut ones, with a large mean too."""
+    rng = np.random.default_rng(1)
+    for loc in (0.0, 1000.0):
+        x = (loc + rng.standard_normal(shape)).astype(np.float32)
+        got = []
+        for name in COMPILED:
+            mean, var = np.empty(shape[1]), np.empty(shape[1])
+            _mod(name).batchnorm_stats(x, mean, var)
+            got.append(mean.tobytes() + var.tobytes())
+        assert got[0] == got[1], (shape, loc)
 
 
 @pytest.mark.parametrize("name", COMPILED)

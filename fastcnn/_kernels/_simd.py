@@ -541,6 +541,64 @@ def vcolumn_sums(typingctx, arr, base, pitch, rows, offs, dst, d0):
 
 
 @intrinsic
+def vplane_sums(typingctx, arr, a, n, k):
+    """``(sum(d), sum(d * d))``, ``d = x - k`` (float64) over the plane ``x = arr[a:a + n]``
+    (float32): src_ext/planestats.h's loop, value ``e`` into partial sums ``e % 64`` (eight
+    ``<8 x double>`` accumulators each), the last block's missing values giving ``d = 0`` (a
+    masked load), the partial sums folded in halves."""
+    vt, ft, it = ir.VectorType(ir.DoubleType(), 8), ir.VectorType(ir.FloatType(), 8), ir.IntType(64)
+    mt, i8 = ir.VectorType(ir.IntType(1), 8), ir.VectorType(_I32, 8)
+
+    def codegen(context, builder, sig, args):
+        aty = sig.args[0]
+        a0, nn = (context.cast(builder, args[i], sig.args[i], types.intp) for i in (1, 2))
+        kv = builder.insert_element(ir.Constant(vt, ir.Undefined), args[3], ir.Constant(_I32, 0))
+        kv = builder.shuffle_vector(kv, ir.Constant(vt, ir.Undefined), ir.Constant(i8, [0] * 8))
+        zero = ir.Constant(vt, [0.0] * 8)
+        sums = [cgutils.alloca_once_value(builder, zero) for _ in range(16)]  # a_j, then q_j
+
+        def term(j, x, keep=None):
+            d = builder.fsub(builder.fpext(x, vt), kv)
+            if keep is not None:
+                d = builder.select(keep, d, zero)
+            builder.store(builder.fadd(builder.load(sums[j]), d), sums[j])
+            builder.store(builder.fadd(builder.load(sums[8 + j]), builder.fmul(d, d)), sums[8 + j])
+
+        def at(base, j):
+            return _ptr(context, builder, aty, args[0], builder.add(base, ir.Constant(it, 8 * j)), types.intp, ft)
+
+        blocks = builder.sdiv(nn, ir.Constant(it, 64))
+        with cgutils.for_range(builder, blocks) as loop:
+            base = builder.add(a0, builder.mul(loop.index, ir.Constant(it, 64)))
+            for j in range(8):
+                term(j, builder.load(at(base, j), align=4))
+        done = builder.mul(blocks, ir.Constant(it, 64))
+        r = builder.sub(nn, done)
+        with builder.if_then(builder.icmp_signed(">", r, ir.Constant(it, 0))):
+            base = builder.add(a0, done)
+            rv = builder.insert_element(ir.Constant(ir.VectorType(it, 8), ir.Undefined), r, ir.Constant(_I32, 0))
+            rv = builder.shuffle_vector(rv, ir.Constant(ir.VectorType(it, 8), ir.Undefined), ir.Constant(i8, [0] * 8))
+            load = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ft, [ft.as_pointer(), _I32, mt, ft]),
+                                                  "llvm.masked.load.v8f32.p0")
+            for j in range(8):
+                keep = builder.icmp_signed("<", ir.Constant(ir.VectorType(it, 8), [8 * j + e for e in range(8)]), rv)
+                term(j, builder.call(load, [at(base, j), ir.Constant(_I32, 4), keep, ir.Constant(ft, [0.0] * 8)]), keep)
+        out = []
+        for first in (0, 8):
+            v = [builder.load(acc) for acc in sums[first:first + 8]]
+            for h in (4, 2, 1):
+                for j in range(h):
+                    v[j] = builder.fadd(v[j], v[j + h])
+            d = v[0]
+            for h in (4, 2, 1):
+                lanes = ir.Constant(i8, list(range(h, 2 * h)) + [0] * (8 - h))
+                d = builder.fadd(d, builder.shuffle_vector(d, d, lanes))
+            out.append(builder.extract_element(d, ir.Constant(_I32, 0)))
+        return context.make_tuple(builder, sig.return_type, out)
+    return types.UniTuple(types.float64, 2)(arr, a, n, k), codegen
+
+
+@intrinsic
 def vstore(typingctx, arr, i, v):
     """``arr[i : i + VL] = v``."""
     def codegen(context, builder, sig, args):

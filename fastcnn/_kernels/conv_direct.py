@@ -53,6 +53,7 @@ from ._simd import (
     vstore,
     vtranspose,
 )
+from .norm import _NO_SD, plane_stats, stats_finish, stats_scratch
 
 
 @functools.lru_cache(maxsize=256)  # (per shape: a batch-1 step notices building ``tab``; never written)
@@ -176,7 +177,7 @@ def _fwd_tile(xf, xb, cs, tab, c, kk_n, wp, wb, offs, g, pitch):
 
 
 @parallel_kernel(fma=True)
-def _forward(x, sh, sw, pt, pl, hq, wq, tab, w, bias, relu, oh, ow, y, pool, yp, ip, threads):
+def _forward(x, sh, sw, pt, pl, hq, wq, tab, w, bias, relu, oh, ow, y, pool, yp, ip, sd, threads):
     """Direct convolution of ``x``: one work item per image and block of ``J`` output channels
     (run in ``threads`` chunks of consecutive items, each with one tile buffer and one image buffer ``xf``,
     where the item's image is packed as :func:`_pad_plane` packs it, while in cache: channel planes
@@ -184,7 +185,9 @@ def _forward(x, sh, sw, pt, pl, hq, wq, tab, w, bias, relu, oh, ow, y, pool, yp,
     ``wq``), register tiles of ``J`` x ``V`` vectors, then bias and ReLU on the way to ``y``
     (``(N, OC, oh, ow)``); with ``pool`` instead to its 2x2 max pooling ``yp`` and the pooling's
     indices ``ip`` (``(N, OC, oh // 2, ow // 2)``) from the tile buffer, while in cache
-    (:func:`._simd.pool2_row_biased`: bias and ReLU in registers, the pooling kernels' rule)."""
+    (:func:`._simd.pool2_row_biased`: bias and ReLU in registers, the pooling kernels' rule).
+    If ``sd`` (``(n, oc, 2)``) has elements, each output plane is summed into it while in cache
+    (:func:`.norm.plane_stats`)."""
     n, c, h, wd = x.shape
     yf, ypf, ipf = y.reshape(y.size), yp.reshape(yp.size), ip.reshape(ip.size)
     oc = w.shape[0]
@@ -248,6 +251,8 @@ def _forward(x, sh, sw, pt, pl, hq, wq, tab, w, bias, relu, oh, ow, y, pool, yp,
                         if relu and v <= 0.0:  # (the ReLU kernels' rule: NaN stays, -0 -> +0)
                             v = np.float32(0.0)
                         yf[_u(d0 + q)] = v
+                if sd.size:
+                    plane_stats(yf, (b * oc + o) * oh * ow, oh * ow, sd[b, o])
 
 
 _CT_OFFS = (0, VL)  # (a channel tile's two channel vectors)
@@ -348,9 +353,10 @@ def _pack_weights(w, blk):
 
 
 @parallel_kernel(fma=True)
-def _forward_ct(x, sh, sw, pt, pl, hq, wq, tab, w, bias, relu, oh, ow, y, threads):
+def _forward_ct(x, sh, sw, pt, pl, hq, wq, tab, w, bias, relu, oh, ow, y, sd, threads):
     """:func:`_forward` (without pooling) on channel tiles (:func:`_ct_image`): ``threads``
-    chunks of consecutive images, each packed as :func:`_pad_plane` packs it."""
+    chunks of consecutive images, each packed as :func:`_pad_plane` packs it; ``sd`` as
+    :func:`_forward`'s."""
     n, c, h, wd = x.shape
     oc, kw = w.shape[0], w.shape[3]
     kk_n = w.shape[2] * kw
@@ -365,6 +371,9 @@ def _forward_ct(x, sh, sw, pt, pl, hq, wq, tab, w, bias, relu, oh, ow, y, thread
             for ci in range(c):
                 _pad_plane(xflat, b * c + ci, h, wd, pt, pl, sh, sw, xf, ci * cs, hq, wq)
             _ct_image(xf, cs, tab, c, kk_n, wp, oc, oh, ow, wq, cl, bias, 0, relu, yf, b * oc * oh * ow)
+            if sd.size:
+                for o in range(oc):
+                    plane_stats(yf, (b * oc + o) * oh * ow, oh * ow, sd[b, o])
 
 
 def _ctile_wins(outputs, ns, oc):
@@ -387,25 +396,29 @@ def _use_ctile(kh, kw, sh, sw, oh, ow, oc):
 _NONE_F4, _NONE_I4 = np.empty((0, 0, 0, 0), np.float32), np.empty((0, 0, 0, 0), np.int32)
 
 
-def _direct(x, w, bias, sh, sw, pt, pl, relu, oh, ow, y=_NONE_F4, pool=0, yp=_NONE_F4, ip=_NONE_I4):
+def _direct(x, w, bias, sh, sw, pt, pl, relu, oh, ow, y=_NONE_F4, pool=0, yp=_NONE_F4, ip=_NONE_I4, sd=_NO_SD):
     """:func:`_forward` of ``x`` (any stride and padding) on its grid layout: the ``oh x ow``
     output plus bias, ReLU into ``y``, or with ``pool`` its 2x2 max pooling into ``yp`` and
-    ``ip``."""
+    ``ip``; ``sd`` as :func:`_forward`'s."""
     kh, kw = w.shape[2:]
     hq, wq, tab = _grid_shape(kh, kw, sh, sw, oh, ow)
     if not pool and _use_ctile(kh, kw, sh, sw, oh, ow, w.shape[0]):
-        _forward_ct(np.ascontiguousarray(x), sh, sw, pt, pl, hq, wq, tab, w, bias, int(relu), oh, ow, y,
+        _forward_ct(np.ascontiguousarray(x), sh, sw, pt, pl, hq, wq, tab, w, bias, int(relu), oh, ow, y, sd,
                     _threads.get_num_threads())
         return
-    _forward(np.ascontiguousarray(x), sh, sw, pt, pl, hq, wq, tab, w, bias, int(relu), oh, ow, y, pool, yp, ip,
+    _forward(np.ascontiguousarray(x), sh, sw, pt, pl, hq, wq, tab, w, bias, int(relu), oh, ow, y, pool, yp, ip, sd,
              _threads.get_num_threads())
 
 
-def conv2d_direct_forward(x, w, bias, sh, sw, pt, pl, relu, y):
-    """Direct convolution with fused bias and optional ReLU
+def conv2d_direct_forward(x, w, bias, sh, sw, pt, pl, relu, y, stats=None):
+    """Direct convolution with fused bias, optional ReLU and batch-norm statistics
     (see :func:`fastcnn._ref.conv2d_direct_forward`)."""
     check_once(_backend.sizes_conv2d_direct_forward, x.shape, w.shape, bias.shape, sh, sw, pt, pl, relu, y.shape)
-    _direct(x, w, bias, sh, sw, pt, pl, relu, *y.shape[2:], y)
+    sd = stats_scratch("conv2d_direct_forward", stats, w.shape, y.shape)
+    if x.shape[0]:
+        _direct(x, w, bias, sh, sw, pt, pl, relu, *y.shape[2:], y, sd=sd)
+    if stats is not None:
+        stats_finish(sd, y.shape[2] * y.shape[3], stats)
 
 
 def conv2d_direct_forward_maxpool2(x, w, bias, sh, sw, pt, pl, relu, oh, ow, y, idx):

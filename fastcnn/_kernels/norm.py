@@ -1,11 +1,13 @@
 """Numba kernels of BatchNorm2D (statistics, normalisation and its gradients).
 
-The reductions run one channel per ``prange`` iteration and accumulate in float64 in a fixed
-order: the channel's N planes are added element-wise, in order of n, into one float64 row of
-H*W partial sums (a loop without a loop-carried dependency, which LLVM vectorises without
-reassociating anything), and that row is summed with 8 interleaved partial sums.  So results
-are bit-identical run after run and whatever the number of threads (and equal to the Cython
-backend's, which sums in the same order).
+The gradient sums run one channel per ``prange`` iteration and accumulate in float64 in a
+fixed order: the channel's N planes are added element-wise, in order of n, into one float64 row
+of H*W partial sums (a loop without a loop-carried dependency, which LLVM vectorises without
+reassociating anything), and that row is summed with 8 interleaved partial sums.  The batch
+statistics are summed per plane (:func:`plane_stats`), then per channel in order of n (the
+convolutions' fused statistics sum the same way).  So results are bit-identical run after run
+and whatever the number of threads (and equal to the Cython backend's, which sums in the same
+order).
 
 The element-wise kernels run one (n, c) plane per iteration with the reference's float32
 operations in the reference's order (``fastmath`` is off: no fused multiply-add), so they
@@ -17,26 +19,68 @@ from numba import njit, prange
 from .. import _backend
 from .._config import NUMBA_SERIAL
 from ._common import _u, helper, parallel_kernel
-from ._simd import PREFETCH_RUN, VL, pool2_row, prefetch_run
+from ._simd import PREFETCH_RUN, VL, pool2_row, prefetch_run, vplane_sums
 
 
 @njit(**NUMBA_SERIAL)
-def _acc_plane(acc, xf, a, p, d):
-    """``acc[e] += xf[a + e]`` in float64 (an element-wise loop: it vectorises), by runs of
-    :data:`._simd.PREFETCH_RUN`, each prefetching the same run ``d`` floats further (the next
-    image's plane: too short a run for the hardware prefetcher)."""
-    for e0 in range(0, p, PREFETCH_RUN):
-        prefetch_run(xf, a + d + e0)
-        for e in range(e0, min(e0 + PREFETCH_RUN, p)):
-            acc[_u(e)] += np.float64(xf[_u(a + e)])
+def plane_stats(xf, a, n, sd):
+    """``sd[0] = sum(x)``, ``sd[1] = sum((x - mean)**2)`` of the plane ``x = xf[a:a + n]`` (``n >=
+    1``), float64, in src_ext/planestats.h's order: one pass around ``K = x[0]``
+    (:func:`._simd.vplane_sums`), then ``K * n + S'`` and ``max(Q - (S' * S') / n, 0)``.  Its own
+    function, never inlined, so that no caller's contraction flags reach its products."""
+    k = np.float64(xf[a])
+    s, q = vplane_sums(xf, a, n, k)
+    ss = q - (s * s) / np.float64(n)
+    sd[0] = k * np.float64(n) + s
+    sd[1] = ss if ss > 0.0 else 0.0
 
 
 @njit(**NUMBA_SERIAL)
-def _acc_plane_sqdev(acc, xf, a, p, mu):
-    """``acc[e] += (xf[a + e] - mu)**2`` in float64."""
-    for e in range(p):
-        d = np.float64(xf[_u(a + e)]) - mu
-        acc[e] += d * d
+def combine_stats(sd, p, mean, var):
+    """``mean[ch]``, ``var[ch]`` of every channel from its planes' sums ``sd[i, ch] = (S, D)``
+    (``(n, c, 2)``; :func:`plane_stats`, ``p`` values each), in order of ``i``: planestats.h's
+    ``fps_combine``."""
+    n, c = sd.shape[0], sd.shape[1]
+    m = np.float64(n) * np.float64(p)
+    for ch in range(c):
+        s = 0.0
+        for i in range(n):
+            s += sd[i, ch, 0]
+        mu = s / m
+        v = 0.0
+        for i in range(n):
+            t = sd[i, ch, 0] / np.float64(p) - mu
+            v += sd[i, ch, 1] + (t * t) * np.float64(p)
+        mean[ch] = mu
+        var[ch] = v / m
+
+
+@parallel_kernel
+def _stats(xf, n, c, p, sd):
+    for e in prange(n * c):
+        plane_stats(xf, e * p, p, sd[e // c, e % c])
+
+
+_NO_SD = np.empty((0, 0, 2))
+
+
+def stats_scratch(op, stats, wshape, yshape):
+    """The plane sums' scratch of a convolution's fused statistics: ``(N, OC, 2)`` float64 after
+    checking ``stats`` (the ``(2, OC)`` float64 output), or an empty one if ``stats`` is None."""
+    if stats is None:
+        return _NO_SD
+    if not (type(stats) is np.ndarray and stats.dtype == np.float64 and stats.flags.c_contiguous
+            and stats.flags.writeable):
+        got = f"{type(stats).__name__} {getattr(stats, 'dtype', '')}"
+        raise ValueError(f"{op}: stats must be a writable C-contiguous float64 array, got {got}")
+    _backend.sizes_stats(op, wshape, stats.shape)
+    return np.empty((yshape[0], wshape[0], 2))
+
+
+def stats_finish(sd, p, stats):
+    """``stats`` = each channel's mean and biased variance from the kernel's plane sums ``sd``
+    (:func:`combine_stats`): :func:`batchnorm_stats`' bytes."""
+    combine_stats(sd, p, stats[0], stats[1])
 
 
 @njit(**NUMBA_SERIAL)
@@ -116,26 +160,14 @@ def _channel_sums(acc, gf, xf, n, c, ch, p, mean, inv_std, weight, bias, relu, g
     gdot[ch] = _row_sum(acc[1], p)
 
 
-@parallel_kernel
 def batchnorm_stats(x, mean, var):
-    """Per-channel mean and biased variance, two passes (see :func:`fastcnn._ref.batchnorm_stats`)."""
+    """Per-channel mean and biased variance (see :func:`fastcnn._ref.batchnorm_stats`): each
+    plane's sums (:func:`plane_stats`), then each channel's combined in order of n."""
     _backend.sizes_batchnorm_stats(x.shape, mean.shape, var.shape)
     n, c, h, w = x.shape
-    p = h * w
-    m = n * p
-    xf = x.reshape(x.size)
-    acc = np.empty((c, p))
-    for ch in prange(c):
-        row = acc[ch]
-        row[:] = 0.0
-        for b in range(n):
-            _acc_plane(row, xf, (b * c + ch) * p, p, c * p)
-        mu = _row_sum(row, p) / m
-        row[:] = 0.0
-        for b in range(n):
-            _acc_plane_sqdev(row, xf, (b * c + ch) * p, p, mu)
-        mean[ch] = mu
-        var[ch] = _row_sum(row, p) / m
+    sd = np.empty((n, c, 2))
+    _stats(x.reshape(x.size), n, c, h * w, sd)
+    combine_stats(sd, h * w, mean, var)
 
 
 @parallel_kernel

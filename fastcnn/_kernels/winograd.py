@@ -40,6 +40,7 @@ from ._simd import (
     vzeros,
 )
 from .conv_direct import _pad_plane
+from .norm import plane_stats, stats_finish, stats_scratch
 
 
 def _weights(w, flip, m):
@@ -250,7 +251,7 @@ def _put_row(yf, d, z, s0, s1, n2, odd, bias, relu):
 
 
 @parallel_kernel(fma=True)
-def _winograd(x, pt, pl, hq, wq, vp, bias, relu, ni, alg, oc, oh, ow, yf, pool, yp, ip, threads):
+def _winograd(x, pt, pl, hq, wq, vp, bias, relu, ni, alg, oc, oh, ow, yf, pool, yp, ip, sd, threads):
     """The ``(n, oc, oh, ow)`` output, flat, into ``yf`` from the input ``x`` (N, C, H, W) and
     the transformed weights ``vp`` (``alg``: 0 F(2x2, 3x3), 1 F(2x2, 5x5), 2 F(4x4, 3x3)); with
     ``pool`` (F(2x2, r x r) only) its 2x2
@@ -260,7 +261,8 @@ def _winograd(x, pt, pl, hq, wq, vp, bias, relu, ni, alg, oc, oh, ow, yf, pool, 
     of ``ni``, each group's images first packed into the chunk's buffer ``xf`` by :func:`.conv_direct._pad_plane`
     for a convolution of stride ``mt`` (the output tile: image ``k`` at ``k*xs``, channels ``cs``
     apart, the ``mt*mt`` stride phases ``ps`` apart, ``hq`` rows of pitch ``wq``: while in cache),
-    then in chunks of ``V*VL`` tiles."""
+    then in chunks of ``V*VL`` tiles.  If ``sd`` (``(n, oc, 2)``) has elements, each group's
+    output planes are summed into it while in cache (:func:`.norm.plane_stats`)."""
     n, c, h, w = x.shape
     xflat = x.reshape(x.size)
     mt = 4 if alg == 2 else 2
@@ -449,15 +451,19 @@ def _winograd(x, pt, pl, hq, wq, vp, bias, relu, ni, alg, oc, oh, ow, yf, pool, 
                             for a in range(min(2, oh - 2 * ty)):
                                 _put_row(yf, (((i0 + k) * oc + o) * oh + 2 * ty + a) * ow + 2 * tx, z, 2 * a * qp + e,
                                          (2 * a + 1) * qp + e, rn - 1 if odd else rn, odd, bias[o], relu)
+            if sd.size:
+                for k in range(min(ni, i_end - i0)):
+                    for o in range(oc):
+                        plane_stats(yf, ((i0 + k) * oc + o) * oh * ow, oh * ow, sd[i0 + k, o])
 
 
-_NONE_F, _NONE_I = np.empty(0, np.float32), np.empty(0, np.int32)
+_NONE_F, _NONE_I, _NONE_SD = np.empty(0, np.float32), np.empty(0, np.int32), np.empty((0, 0, 2))
 
 
-def _run(x, w, flip, bias, pt, pl, relu, oc, oh, ow, y, pooled=None, idx=None, m=2):
+def _run(x, w, flip, bias, pt, pl, relu, oc, oh, ow, y, pooled=None, idx=None, m=2, sd=_NONE_SD):
     """The ``(N, oc, oh, ow)`` Winograd convolution of ``x`` with ``w`` (rotated and transposed
     with ``flip``; output tiles of ``m x m``) into ``y``, or its 2x2 max pooling into ``pooled``
-    (with ``idx``, if it has elements, the indices; ``m = 2``)."""
+    (with ``idx``, if it has elements, the indices; ``m = 2``); ``sd``: as :func:`_winograd`'s."""
     n = x.shape[0]
     r = w.shape[2]
     th, tw = -(-oh // m), -(-ow // m)
@@ -467,16 +473,20 @@ def _run(x, w, flip, bias, pt, pl, relu, oc, oh, ow, y, pooled=None, idx=None, m
     _winograd(np.ascontiguousarray(x), pt, pl, th + (m + r - 2) // m, tw + (m + r - 2) // m, _weights(w, flip, m),
               bias, int(relu), ni, 2 if m == 4 else int(r == 5), oc, oh, ow,
               _NONE_F if pooled is not None else y.reshape(-1), pool,
-              _NONE_F if pooled is None else pooled.reshape(-1), idx.reshape(-1) if pool == 2 else _NONE_I,
+              _NONE_F if pooled is None else pooled.reshape(-1), idx.reshape(-1) if pool == 2 else _NONE_I, sd,
               _threads.get_num_threads())
 
 
-def conv2d_winograd_forward(x, w, bias, pt, pl, relu, y, m=2):
+def conv2d_winograd_forward(x, w, bias, pt, pl, relu, y, m=2, stats=None):
     """Winograd F(2x2, 3x3), F(2x2, 5x5) or F(4x4, 3x3) convolution (see
-    :func:`fastcnn._ref.conv2d_winograd_forward`)."""
+    :func:`fastcnn._ref.conv2d_winograd_forward`); ``stats``: each group's output planes summed
+    while in cache (:func:`.norm.stats_scratch`)."""
     check_once(_backend.sizes_conv2d_winograd_forward, x.shape, w.shape, bias.shape, pt, pl, relu, y.shape, m)
+    sd = stats_scratch("conv2d_winograd_forward", stats, w.shape, y.shape)
     if x.shape[0]:
-        _run(x, w, False, bias, pt, pl, relu, *y.shape[1:], y, m=m)
+        _run(x, w, False, bias, pt, pl, relu, *y.shape[1:], y, m=m, sd=sd)
+    if stats is not None:
+        stats_finish(sd, y.shape[2] * y.shape[3], stats)
 
 
 def conv2d_winograd_forward_maxpool2(x, w, bias, pt, pl, relu, oh, ow, y, idx):

@@ -1,0 +1,131 @@
+/* Batch-norm statistics of one plane (x[0:P], float32, P >= 1): fps_plane_stats(x, P, sd)
+ * writes sd[0] = sum(x) and sd[1] = sum((x - mean)**2), both in double, in one pass around the
+ * plane's first value K = x[0]: the sums of d = x - K and of d * d, value e into partial sums
+ * e % FPS_LANES (eight vectors each, lane l of vector j = partial 8 j + l; the last block's
+ * missing values add 0.0), the partial sums folded in halves (p[k] += p[k + h] for h = 32, 16,
+ * ..., 1), then sd[0] = K * P + S' and sd[1] = max(Q - (S' * S') / P, 0) (S', Q the two sums;
+ * the shift keeps the cancellation small: docs/PERFORMANCE.md, section 13).  The Numba kernels
+ * do the same operations (fastcnn/_kernels/norm.py, plane_stats).  The batch-norm statistics
+ * (norm.pyx) and the convolutions' fused statistics (conv_direct.pyx) both combine these
+ * per-plane sums (fps_combine), so the two give the same bytes.  Compiled for each SIMD path
+ * (only its speed differs); each extension that includes this header has its own copy and
+ * sets it from the direct convolutions' path (fps_set_isa). */
+#ifndef FASTCNN_PLANESTATS_H
+#define FASTCNN_PLANESTATS_H
+
+#include <stddef.h>
+
+#include "_simd.h"
+
+#define FPS_LANES 64
+
+/* Eight float64 lanes (GCC vector extensions: the same lane-by-lane arithmetic on every path),
+ * eight float32 lanes, and a lane mask. */
+typedef double fps_v8d __attribute__((vector_size(64)));
+typedef float fps_v8f __attribute__((vector_size(32)));
+typedef long long fps_v8l __attribute__((vector_size(64)));
+
+/* p[0] + ... + p[7] of one vector after the fold of its eight vectors: lanes 0-3 += 4-7,
+ * 0-1 += 2-3, 0 += 1. */
+static inline __attribute__((always_inline)) double fps_lanes(fps_v8d a)
+{
+    fps_v8d d = a + __builtin_shuffle(a, (fps_v8l){4, 5, 6, 7, 0, 0, 0, 0});
+    d = d + __builtin_shuffle(d, (fps_v8l){2, 3, 0, 0, 0, 0, 0, 0});
+    return d[0] + d[1];
+}
+
+/* a_j += d, q_j += d * d for d = the eight values at p (as double) - K, lanes at or past n
+ * (if n < 8) giving d = 0 */
+#define FPS_TERM(CVT8, a, q, p, n) do {                                                          \
+    fps_v8d d_ = CVT8(p) - K;                                                                 \
+    if ((n) < 8) d_ = (fps_v8d)((fps_v8l)d_ & ((fps_v8l){0, 1, 2, 3, 4, 5, 6, 7} < (n)));     \
+    a += d_;                                                                                  \
+    q += d_ * d_;                                                                             \
+} while (0)
+#define FPS_BLOCK(CVT8, p, n) do {                                                            \
+    FPS_TERM(CVT8, a0, q0, (p), (n));      FPS_TERM(CVT8, a1, q1, (p) + 8, (n) - 8);          \
+    FPS_TERM(CVT8, a2, q2, (p) + 16, (n) - 16); FPS_TERM(CVT8, a3, q3, (p) + 24, (n) - 24);   \
+    FPS_TERM(CVT8, a4, q4, (p) + 32, (n) - 32); FPS_TERM(CVT8, a5, q5, (p) + 40, (n) - 40);   \
+    FPS_TERM(CVT8, a6, q6, (p) + 48, (n) - 48); FPS_TERM(CVT8, a7, q7, (p) + 56, (n) - 56);   \
+} while (0)
+
+#define FPS_BODY(SUFFIX, CVT8)                                                                \
+static void fps_plane_stats_##SUFFIX(const float* x, ptrdiff_t P, double* sd)                 \
+{                                                                                             \
+    const fps_v8d z = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};                               \
+    const double K = (double)x[0];                                                            \
+    fps_v8d a0 = z, a1 = z, a2 = z, a3 = z, a4 = z, a5 = z, a6 = z, a7 = z;                   \
+    fps_v8d q0 = z, q1 = z, q2 = z, q3 = z, q4 = z, q5 = z, q6 = z, q7 = z;                   \
+    double s, ss;                                                                             \
+    ptrdiff_t e0;                                                                             \
+    for (e0 = 0; e0 + FPS_LANES <= P; e0 += FPS_LANES)                                        \
+        FPS_BLOCK(CVT8, x + e0, FPS_LANES);                                                   \
+    if (e0 < P) {                                                                             \
+        float t[FPS_LANES];                                                                   \
+        ptrdiff_t j, r = P - e0;                                                              \
+        for (j = 0; j < FPS_LANES; j++) t[j] = j < r ? x[e0 + j] : 0.0f;                      \
+        FPS_BLOCK(CVT8, t, r);                                                                \
+    }                                                                                         \
+    a0 += a4; a1 += a5; a2 += a6; a3 += a7; q0 += q4; q1 += q5; q2 += q6; q3 += q7;           \
+    a0 += a2; a1 += a3; q0 += q2; q1 += q3;                                                   \
+    a0 += a1; q0 += q1;                                                                       \
+    s = fps_lanes(a0);                                                                        \
+    ss = fps_lanes(q0) - (s * s) / (double)P;                                                 \
+    sd[0] = K * (double)P + s;                                                                \
+    sd[1] = ss > 0.0 ? ss : 0.0;                                                              \
+}
+
+/* Eight floats at p, converted to double (exactly). */
+static inline __attribute__((always_inline)) fps_v8d fps_cvt8(const float* p)
+{
+    fps_v8f f;
+    __builtin_memcpy(&f, p, sizeof f);
+    return __builtin_convertvector(f, fps_v8d);
+}
+
+FPS_BODY(base, fps_cvt8)
+#ifdef FC_SIMD
+#include <immintrin.h>
+FC_TARGET_PUSH(FC_AVX2)
+FPS_BODY(avx2, fps_cvt8)
+FC_TARGET_POP
+FC_TARGET_PUSH(FC_AVX512)
+/* (one vcvtps2pd: GCC lowered the generic conversion to two halves and an insert) */
+#define FPS_CVT8_AVX512(p) ((fps_v8d)_mm512_cvtps_pd(_mm256_loadu_ps(p)))
+FPS_BODY(avx512, FPS_CVT8_AVX512)
+FC_TARGET_POP
+#endif
+
+typedef void (*fps_fn)(const float*, ptrdiff_t, double*);
+static fps_fn fps_plane_stats = fps_plane_stats_base;
+
+/* 0 baseline, 1 avx2, 2 avx512 (as fcd_set_isa; the caller checked the CPU). */
+static void fps_set_isa(int isa)
+{
+    fps_plane_stats = fps_plane_stats_base;
+#ifdef FC_SIMD
+    if (isa == 2) fps_plane_stats = fps_plane_stats_avx512;
+    if (isa == 1) fps_plane_stats = fps_plane_stats_avx2;
+#endif
+}
+
+/* A channel's mean and biased variance from its N planes' sums sd[n * ds], sd[n * ds + 1]
+ * (fps_plane_stats; P values each): mean = sum_n S_n / (N P), var = sum_n (D_n + (t_n t_n) P)
+ * / (N P), t_n = S_n / P - mean (the exact split of the squared deviations by plane), sums in
+ * order of n. */
+static inline void fps_combine(const double* sd, ptrdiff_t ds, ptrdiff_t N, ptrdiff_t P, double* mean,
+                               double* var)
+{
+    double M = (double)N * (double)P, s = 0.0, v = 0.0, mu, t;
+    ptrdiff_t n;
+    for (n = 0; n < N; n++) s += sd[n * ds];
+    mu = s / M;
+    for (n = 0; n < N; n++) {
+        t = sd[n * ds] / (double)P - mu;
+        v += sd[n * ds + 1] + (t * t) * (double)P;
+    }
+    *mean = mu;
+    *var = v / M;
+}
+
+#endif /* FASTCNN_PLANESTATS_H */
