@@ -32,7 +32,8 @@ A batch of one image takes a single GEMM with no reorders on the ``per_image`` a
 
 ``fastcnn.config(fuse=...)`` (default True): a ``Sequential`` runs each ``Conv2D`` with the
 ``ReLU`` and 2x2 ``MaxPool2D`` after it as one op (the ReLU and the pooling in the convolution's
-store; bit for bit the layers one by one), in training and at inference (docs/PERFORMANCE.md,
+store; bit for bit the layers one by one), in training and at inference, and in training a
+``Conv2D`` before a ``BatchNorm2D`` computes its batch statistics in its store (docs/PERFORMANCE.md,
 sections 12 and 13).  False runs every layer by itself.
 
 ``fastcnn.config(fold_bn=...)`` (default True): with ``fuse``, at inference a ``Sequential``
@@ -108,7 +109,8 @@ def config(*, conv: str | None = None, winograd_tile: str | int | None = None, f
         None leaves it unchanged.
     fuse : bool, optional
         Whether ``Sequential`` models run a ``Conv2D`` with the ``ReLU`` and 2x2 ``MaxPool2D``
-        after it as one op (default True).  None leaves it unchanged.
+        after it as one op, and in training with the next ``BatchNorm2D``'s statistics (default
+        True).  None leaves it unchanged.
     fold_bn : bool, optional
         Whether eval-mode ``Sequential`` models (with ``fuse``) fold a ``BatchNorm2D`` into the
         ``Conv2D`` before it (default True).  None leaves it unchanged.
@@ -146,7 +148,8 @@ def get_config() -> dict[str, Any]:
 
 
 def fuse() -> bool:
-    """Whether ``Sequential`` models fuse a ``Conv2D`` with the ReLU and pooling after it."""
+    """Whether ``Sequential`` models fuse a ``Conv2D`` with the ReLU and pooling after it (and
+    in training with the next ``BatchNorm2D``'s statistics)."""
     return bool(_current()["fuse"])
 
 

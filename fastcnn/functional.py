@@ -185,7 +185,7 @@ def _conv_check(x: ArrayLike, weight: ArrayLike, bias: ArrayLike | None, stride:
 
 def conv2d(x: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None, stride: IntOrPair = 1,
            padding: Padding = 0, *, relu: bool = False, max_pool2: bool = False,
-           return_indices: bool = False, ws: Workspace | None = None) -> Any:
+           return_indices: bool = False, stats: np.ndarray | None = None, ws: Workspace | None = None) -> Any:
     """2-D cross-correlation, as ``torch.nn.functional.conv2d``.
 
     Parameters
@@ -204,6 +204,11 @@ def conv2d(x: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None, strid
     return_indices : bool
         With ``max_pool2``: also return the pooling's indices, as ``max_pool2d``'s (for
         :func:`max_pool2d_backward` into the convolution's output shape).
+    stats : (2, OC) float64 array, optional
+        Filled with the output's per-channel batch mean (``stats[0]``) and biased variance
+        (``stats[1]``), as :func:`batch_norm2d` computes them in training (pass them to it as
+        ``batch_stats``): the direct and Winograd kernels sum each image's output planes while
+        they are in cache, bit for bit a separate pass.  Not with ``max_pool2``.
     ws : Workspace, optional
 
     Returns
@@ -215,16 +220,30 @@ def conv2d(x: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None, strid
     if return_indices and not max_pool2:
         raise ValueError("conv2d: return_indices=True needs max_pool2=True")
     x, weight, bias, g = _conv_check(x, weight, bias, stride, padding, ws=ws)
-    return _conv2d_forward(_backend.ops(), x, weight, bias, g, ws, relu, max_pool2, return_indices)
+    if stats is not None:
+        if max_pool2:
+            raise ValueError("conv2d: stats are of the full-size output; not with max_pool2=True")
+        _stats_check("conv2d", stats, weight.shape[0])
+    return _conv2d_forward(_backend.ops(), x, weight, bias, g, ws, relu, max_pool2, return_indices, stats)
+
+
+def _stats_check(op: str, stats: Any, c: int) -> None:
+    """Refuse anything but a writable C-contiguous (2, c) float64 array of batch statistics."""
+    if not (isinstance(stats, np.ndarray) and stats.dtype == np.float64 and stats.shape == (2, c)
+            and stats.flags.c_contiguous and stats.flags.writeable):
+        got = (f"{stats.dtype} array of shape {stats.shape}" if isinstance(stats, np.ndarray)
+               else type(stats).__name__)
+        raise ValueError(f"{op}: stats must be a writable C-contiguous float64 array of shape (2, {c}), got {got}")
 
 
 def _conv2d_forward(k: ModuleType, x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, g: ConvGeometry,
                     ws: Workspace | None, relu: bool = False, max_pool2: bool = False,
-                    return_indices: bool = False) -> Any:
+                    return_indices: bool = False, stats: np.ndarray | None = None) -> Any:
     """Forward with the primitives of backend module ``k`` (dtype of ``x``) on the strategy of
     :func:`fastcnn._dispatch.conv_plan`: direct kernels; one image (GEMM straight into the
     output); one image per thread at a time (``conv2d_forward_images``); or chunked im2col +
-    NumPy GEMM + reorder."""
+    NumPy GEMM + reorder.  ``stats`` (checked, not pooled): the direct and Winograd kernels
+    fill them; the other strategies by ``batchnorm_stats`` after."""
     n, c = x.shape[:2]
     oc = weight.shape[0]
     dt = x.dtype
@@ -250,14 +269,16 @@ def _conv2d_forward(k: ModuleType, x: np.ndarray, weight: np.ndarray, bias: np.n
     if plan == "winograd":
         y = np.empty((n, oc, g.oh, g.ow), dt)
         k.conv2d_winograd_forward(x, weight, bias, g.pt, g.pl, int(bool(relu)), y,
-                                  _dispatch.winograd_tile(k, c, oc, g.kh))
+                                  _dispatch.winograd_tile(k, c, oc, g.kh), stats)
     elif plan == "direct":
         y = np.empty((n, oc, g.oh, g.ow), dt)
-        k.conv2d_direct_forward(x, weight, bias, g.sh, g.sw, g.pt, g.pl, int(bool(relu)), y)
+        k.conv2d_direct_forward(x, weight, bias, g.sh, g.sw, g.pt, g.pl, int(bool(relu)), y, stats)
     else:
         y = _conv2d_forward_gemm(k, x, weight, bias, g, ws, plan)
         if relu:
             np.maximum(y, 0, out=y)
+        if stats is not None:
+            k.batchnorm_stats(y, stats[0], stats[1])
     if not max_pool2:
         return y
     return max_pool2d(y, 2, return_indices=return_indices, ws=ws)  # (too small to pool: it says so)
@@ -1042,7 +1063,8 @@ def mse_loss_backward(diff: ArrayLike) -> np.ndarray:
 
 def batch_norm2d(x: ArrayLike, weight: ArrayLike, bias: ArrayLike, running_mean: np.ndarray,
                  running_var: np.ndarray, *, training: bool, momentum: float = 0.1, eps: float = 1e-5,
-                 sync: Any = None, relu: bool = False, max_pool2: bool = False) -> tuple[np.ndarray, tuple[Any, ...]]:
+                 sync: Any = None, relu: bool = False, max_pool2: bool = False,
+                 batch_stats: np.ndarray | None = None) -> tuple[np.ndarray, tuple[Any, ...]]:
     """Batch normalisation over (N, H, W) per channel, as ``torch.nn.functional.batch_norm``.
 
     Parameters
@@ -1063,6 +1085,10 @@ def batch_norm2d(x: ArrayLike, weight: ArrayLike, bias: ArrayLike, running_mean:
     max_pool2 : bool
         Return ``max_pool2d(y, 2)`` of that instead (each plane pooled while in cache; needs
         ``H, W >= 2``), bit for bit the ops in sequence.
+    batch_stats : (2, C) float64 array, optional
+        Training only: this batch's per-channel mean and biased variance of ``x`` if already
+        computed (by :func:`conv2d`'s ``stats``, which fills them with the bytes this function
+        computes); they are then not computed again.
 
     Returns
     -------
@@ -1084,12 +1110,18 @@ def batch_norm2d(x: ArrayLike, weight: ArrayLike, bias: ArrayLike, running_mean:
     n, _, h, w = x.shape
     m = n * h * w
     k = _backend.ops()
+    if batch_stats is not None and not training:
+        raise ValueError(f"{op}: batch_stats are for training only")
     if training:
         if m < 2:
             raise ValueError(f"{op}: training needs more than one value per channel, got input {x.shape}")
-        mean = np.empty(c, np.float64)
-        var = np.empty(c, np.float64)
-        k.batchnorm_stats(x, mean, var)  # biased variance, float64
+        if batch_stats is None:
+            mean = np.empty(c, np.float64)
+            var = np.empty(c, np.float64)
+            k.batchnorm_stats(x, mean, var)  # biased variance, float64
+        else:
+            _stats_check(op, batch_stats, c)
+            mean, var = batch_stats[0], batch_stats[1]
         if sync is not None:
             m, mean, var = sync.stats(m, mean, var)
         running_mean *= 1.0 - momentum

@@ -313,13 +313,15 @@ class Conv2D(Layer):
         self.bias = Parameter(_uniform(gen, bound, (self.out_channels,))) if bias else None
 
     def forward(self, x: ArrayLike, relu: bool = False, batch_norm: BatchNorm2D | None = None,
-                max_pool2: bool = False) -> np.ndarray:
+                max_pool2: bool = False, stats: np.ndarray | None = None) -> np.ndarray:
         """``relu=True`` fuses ``max(conv, 0)`` into the convolution's store; ``max_pool2=True``
         returns the 2x2 max pooling (stride 2) of the result; :meth:`backward` then takes the
         gradient of what this returned.  ``batch_norm`` (inference only: an eval-mode
         ``BatchNorm2D`` of ``out_channels`` features) is folded into the weights and bias
         (:func:`fastcnn.functional.fold_batch_norm`), so the result is that layer's output
-        (before the ReLU) up to float32 rounding."""
+        (before the ReLU) up to float32 rounding.  ``stats`` (a (2, out_channels) float64
+        array): filled with the result's batch statistics for the ``BatchNorm2D`` after it
+        (:func:`fastcnn.functional.conv2d`'s)."""
         w, b = self.weight.data, (None if self.bias is None else self.bias.data)
         if batch_norm is not None:
             bn = batch_norm
@@ -330,7 +332,7 @@ class Conv2D(Layer):
                                  f"{self.out_channels} features, got {bn!r}")
             w, b = F.fold_batch_norm(w, b, bn.running_mean, bn.running_var, bn.weight.data, bn.bias.data, bn.eps)
         if not (self.training and max_pool2):
-            y = F.conv2d(x, w, b, self.stride, self.padding, relu=relu, max_pool2=max_pool2, ws=self._ws)
+            y = F.conv2d(x, w, b, self.stride, self.padding, relu=relu, max_pool2=max_pool2, stats=stats, ws=self._ws)
             self._keep(x, y if relu else None, None)
             return y
         y, idx = F.conv2d(x, w, b, self.stride, self.padding, relu=relu, max_pool2=True, return_indices=True,
@@ -531,12 +533,14 @@ class BatchNorm2D(Layer):
         self.running_var = np.ones(self.num_features, np.float32)
         self.num_batches_tracked = np.zeros((), np.int64)
 
-    def forward(self, x: ArrayLike, relu: bool = False, max_pool2: bool = False) -> np.ndarray:
+    def forward(self, x: ArrayLike, relu: bool = False, max_pool2: bool = False,
+                batch_stats: np.ndarray | None = None) -> np.ndarray:
         """``relu=True`` returns ``max(y, 0)``; ``max_pool2=True`` the 2x2 max pooling (stride 2)
-        of that; :meth:`backward` then takes the gradient of what this returned."""
+        of that; :meth:`backward` then takes the gradient of what this returned.  ``batch_stats``
+        (training): ``x``'s statistics, already computed (:func:`fastcnn.functional.batch_norm2d`'s)."""
         y, cache = F.batch_norm2d(x, self.weight.data, self.bias.data, self.running_mean, self.running_var,
                                   training=self.training, momentum=self.momentum, eps=self.eps, sync=self.sync,
-                                  relu=relu, max_pool2=max_pool2)
+                                  relu=relu, max_pool2=max_pool2, batch_stats=batch_stats)
         if self.training:
             self.num_batches_tracked += 1
         self._keep(cache)
@@ -632,9 +636,10 @@ class Sequential(Layer):
     ``state_dict()`` uses PyTorch-style dotted names (``"0.weight"``, ``"3.body.1.running_mean"``).
     A ``Conv2D`` or ``BatchNorm2D`` directly followed by a ``ReLU`` and a 2x2 ``MaxPool2D``
     (either or both, in that order, in the same mode) runs as one op, the ReLU and the pooling
-    fused into its store, bit for bit the layers one by one; in eval mode a ``BatchNorm2D``
-    right after a ``Conv2D`` is folded into its weights too (``fastcnn.config(fuse=...,
-    fold_bn=...)``; docs/PERFORMANCE.md, sections 12 and 13).
+    fused into its store, bit for bit the layers one by one; in training a ``Conv2D`` right
+    before a ``BatchNorm2D`` computes that layer's batch statistics in its store (the same
+    bytes); in eval mode a ``BatchNorm2D`` right after a ``Conv2D`` is folded into its weights
+    (``fastcnn.config(fuse=..., fold_bn=...)``; docs/PERFORMANCE.md, sections 12 and 13).
     """
 
     def __init__(self, *layers: Layer) -> None:
@@ -670,6 +675,7 @@ class Sequential(Layer):
         self._run = run
         layers, i, n = self.layers, 0, len(self.layers)
         fuse = _dispatch.fuse()
+        stats = None  # a training Conv2D's batch statistics for the BatchNorm2D after it
         while i < n:  # a Conv2D or BatchNorm2D runs with the ReLU and 2x2 pooling after it fused in
             layer = layers[i]
             i += 1
@@ -681,10 +687,14 @@ class Sequential(Layer):
             mode = layer.training
             bn = relu = pool = None
             nxt = layers[i] if i < n else None
-            if (head is Conv2D and not mode and type(nxt) is BatchNorm2D and _fusable(nxt, mode)
-                    and _dispatch.fold_bn()):
-                bn, i = nxt, i + 1  # folded (Conv2D.forward checks its size)
-                nxt = layers[i] if i < n else None
+            if head is Conv2D and type(nxt) is BatchNorm2D and _fusable(nxt, mode):
+                if not mode and _dispatch.fold_bn():
+                    bn, i = nxt, i + 1  # folded (Conv2D.forward checks its size)
+                    nxt = layers[i] if i < n else None
+                elif mode and nxt.num_features == layer.out_channels:  # its statistics in the store
+                    stats = np.empty((2, layer.out_channels))
+                    x = layer.forward(x, stats=stats)
+                    continue
             if type(nxt) is ReLU and _fusable(nxt, mode):
                 relu, i = nxt, i + 1
                 nxt = layers[i] if i < n else None
@@ -693,7 +703,8 @@ class Sequential(Layer):
             if type(layer) is Conv2D:
                 x = layer.forward(x, relu=relu is not None, batch_norm=bn, max_pool2=pool is not None)
             elif type(layer) is BatchNorm2D:
-                x = layer.forward(x, relu=relu is not None, max_pool2=pool is not None)
+                x = layer.forward(x, relu=relu is not None, max_pool2=pool is not None, batch_stats=stats)
+                stats = None
             for fused in (bn, relu, pool):
                 if fused is not None:
                     fused._saved = None  # (its backward is the head's)

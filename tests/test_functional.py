@@ -369,6 +369,45 @@ def test_conv2d_max_pool2_flag_is_the_two_ops_in_sequence(compiled, size):
                                               F.max_pool2d_backward(gy, want_idx, full.shape))
 
 
+@pytest.mark.parametrize("shape", [(3, 4, 8, 8), (1, 4, 9, 7), (2, 16, 16, 16)])
+def test_conv2d_stats_are_batch_norm2d_statistics(backend, shape):
+    """``conv2d(..., stats=)`` fills the output's batch statistics (fused into the direct and
+    Winograd kernels, a separate pass on the GEMM strategies); handed to ``batch_norm2d`` as
+    ``batch_stats`` they give its output and running statistics bit for bit."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal(shape, dtype=np.float32)
+    w = rng.standard_normal((16, shape[1], 3, 3), dtype=np.float32)
+    b = rng.standard_normal(16, dtype=np.float32)
+    gamma, beta = rng.uniform(0.5, 2, 16).astype(np.float32), rng.standard_normal(16, dtype=np.float32)
+    for conv in ("direct", "winograd", "per_image", "chunked"):
+        with fastcnn.config(conv=conv):
+            for stride in (1, 2):
+                st = np.full((2, 16), np.nan)
+                y = F.conv2d(x, w, b, stride, 1, stats=st)
+                np.testing.assert_array_equal(y, F.conv2d(x, w, b, stride, 1))
+                got, want = [], []
+                for out, kw in ((got, {"batch_stats": st}), (want, {})):
+                    rm, rv = np.zeros(16, np.float32), np.ones(16, np.float32)
+                    out += [F.batch_norm2d(y, gamma, beta, rm, rv, training=True, **kw)[0], rm, rv]
+                for a, c in zip(got, want):
+                    assert a.tobytes() == c.tobytes(), (conv, stride)
+
+
+def test_conv2d_stats_and_batch_stats_checked():
+    x, w = np.ones((2, 1, 4, 4), np.float32), np.ones((8, 1, 3, 3), np.float32)
+    with pytest.raises(ValueError, match="not with max_pool2"):
+        F.conv2d(x, w, stats=np.empty((2, 8)), max_pool2=True)
+    for bad in (np.empty((2, 7)), np.empty((2, 8), np.float32), [[0.0] * 8] * 2, np.empty((2, 16))[:, ::2]):
+        with pytest.raises(ValueError, match=r"conv2d: stats must be .*\(2, 8\)"):
+            F.conv2d(x, w, stats=bad)
+    y = F.conv2d(x, w)
+    rm, rv = np.zeros(8, np.float32), np.ones(8, np.float32)
+    with pytest.raises(ValueError, match="batch_stats are for training only"):
+        F.batch_norm2d(y, np.ones(8), np.zeros(8), rm, rv, training=False, batch_stats=np.zeros((2, 8)))
+    with pytest.raises(ValueError, match=r"batch_norm2d: stats must be .*\(2, 8\)"):
+        F.batch_norm2d(y, np.ones(8), np.zeros(8), rm, rv, training=True, batch_stats=np.zeros((2, 4)))
+
+
 def test_conv2d_return_indices_needs_max_pool2():
     with pytest.raises(ValueError, match="return_indices=True needs max_pool2=True"):
         F.conv2d(np.ones((1, 1, 4, 4), np.float32), np.ones((8, 1, 1, 1), np.float32), return_indices=True)

@@ -109,7 +109,8 @@ def test_eval_forward_fuses_conv_relu_bit_identically(backend, name):
 def test_training_fuses_relu_and_pooling_bit_identically(backend, name):
     """In training mode a Sequential runs each Conv2D or BatchNorm2D with the ReLU and 2x2
     MaxPool2D after it as one op (pooling indices from its store; the ReLU's mask applied to the
-    pooled gradient): three Adam steps give the parameters, gradients, losses and input
+    pooled gradient), and a Conv2D before a BatchNorm2D computes its batch statistics in its
+    store: three Adam steps give the parameters, gradients, losses and input
     gradients of the layer-by-layer run (``fuse=False``) bit for bit, on every strategy; the
     batch of one image included (two for the batch norms); but for an input gradient from the
     pooling's winners (lenet's second convolution on the direct kernels), within rounding."""
@@ -122,7 +123,7 @@ def test_training_fuses_relu_and_pooling_bit_identically(backend, name):
         rng = np.random.default_rng(n)
         x = rng.random((n, c, s, s), dtype=np.float32)
         y = rng.integers(0, 10, n)
-        for conv in ("direct", "per_image", "chunked"):
+        for conv in ("direct", "winograd", "per_image", "chunked"):
             runs = []
             for fuse in (False, True):
                 with fastcnn.config(conv=conv, fuse=fuse):
