@@ -53,4 +53,12 @@ static inline void fc_store_n_avx2(void* d, __m256i v, ptrdiff_t n)
 FC_TARGET_POP
 #endif
 
+/* name = the variant of the SIMD path isa (0 baseline, 1 avx2, 2 avx512; the caller checked
+ * the CPU) of functions defined as name_base, name_avx2 and name_avx512. */
+#ifdef FC_SIMD
+#define FC_PICK(isa, name) ((name) = (isa) == 2 ? name##_avx512 : (isa) == 1 ? name##_avx2 : name##_base)
+#else
+#define FC_PICK(isa, name) ((name) = name##_base)
+#endif
+
 #endif /* FASTCNN_SIMD_H */

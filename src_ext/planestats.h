@@ -75,19 +75,18 @@ static void fps_plane_stats_##SUFFIX(const float* x, ptrdiff_t P, double* sd)   
     sd[1] = ss > 0.0 ? ss : 0.0;                                                              \
 }
 
-/* Eight floats at p, converted to double (exactly). */
-static inline __attribute__((always_inline)) fps_v8d fps_cvt8(const float* p)
-{
-    fps_v8f f;
-    __builtin_memcpy(&f, p, sizeof f);
-    return __builtin_convertvector(f, fps_v8d);
-}
+/* Eight floats at p, converted to double (exactly); a macro, not a function returning a
+ * 64-byte vector (whose ABI differs between the paths). */
+#define fps_cvt8(p) ({ fps_v8f f_; __builtin_memcpy(&f_, (p), sizeof f_); __builtin_convertvector(f_, fps_v8d); })
 
 FPS_BODY(base, fps_cvt8)
 #ifdef FC_SIMD
 #include <immintrin.h>
 FC_TARGET_PUSH(FC_AVX2)
-FPS_BODY(avx2, fps_cvt8)
+/* (two vcvtps2pd into one 64-byte value: the generic conversion went through memory) */
+#define FPS_CVT8_AVX2(p) ({ union { __m256d h[2]; fps_v8d v; } u_; u_.h[0] = _mm256_cvtps_pd(_mm_loadu_ps(p)); \
+                            u_.h[1] = _mm256_cvtps_pd(_mm_loadu_ps((p) + 4)); u_.v; })
+FPS_BODY(avx2, FPS_CVT8_AVX2)
 FC_TARGET_POP
 FC_TARGET_PUSH(FC_AVX512)
 /* (one vcvtps2pd: GCC lowered the generic conversion to two halves and an insert) */
@@ -99,15 +98,8 @@ FC_TARGET_POP
 typedef void (*fps_fn)(const float*, ptrdiff_t, double*);
 static fps_fn fps_plane_stats = fps_plane_stats_base;
 
-/* 0 baseline, 1 avx2, 2 avx512 (as fcd_set_isa; the caller checked the CPU). */
-static void fps_set_isa(int isa)
-{
-    fps_plane_stats = fps_plane_stats_base;
-#ifdef FC_SIMD
-    if (isa == 2) fps_plane_stats = fps_plane_stats_avx512;
-    if (isa == 1) fps_plane_stats = fps_plane_stats_avx2;
-#endif
-}
+/* The path isa's variant (as fcd_set_isa). */
+static void fps_set_isa(int isa) { FC_PICK(isa, fps_plane_stats); }
 
 /* A channel's mean and biased variance from its N planes' sums sd[n * ds], sd[n * ds + 1]
  * (fps_plane_stats; P values each): mean = sum_n S_n / (N P), var = sum_n (D_n + (t_n t_n) P)

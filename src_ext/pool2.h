@@ -29,14 +29,7 @@ FC_TARGET_POP
 typedef void (*fcp_pool_fn)(const float*, float*, int*, int*, ptrdiff_t, ptrdiff_t, ptrdiff_t);
 static fcp_pool_fn fcp_pool_planes = fcp_pool_planes_base;
 
-/* 0 baseline, 1 avx2, 2 avx512 (as fcd_set_isa; the caller checked the CPU). */
-static void fcp_set_isa(int isa)
-{
-    fcp_pool_planes = fcp_pool_planes_base;
-#ifdef FC_SIMD
-    if (isa == 2) fcp_pool_planes = fcp_pool_planes_avx512;
-    if (isa == 1) fcp_pool_planes = fcp_pool_planes_avx2;
-#endif
-}
+/* The path isa's variant (as fcd_set_isa). */
+static void fcp_set_isa(int isa) { FC_PICK(isa, fcp_pool_planes); }
 
 #endif /* FASTCNN_POOL2_H */
