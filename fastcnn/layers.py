@@ -336,7 +336,7 @@ class Conv2D(Layer):
             self._keep(x, y if relu else None, None)
             return y
         y, idx = F.conv2d(x, w, b, self.stride, self.padding, relu=relu, max_pool2=True, return_indices=True,
-                          ws=self._ws)
+                          stats=stats, ws=self._ws)
         self._keep(x, y if relu else None, idx)
         return y
 

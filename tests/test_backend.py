@@ -1404,6 +1404,16 @@ def test_conv_forward_stats_checked(name):
     assert np.isnan(st).all()
 
 
+@pytest.mark.parametrize("name", BACKENDS)
+@pytest.mark.parametrize("shape", [(0, 3, 4, 4), (2, 3, 0, 4), (2, 0, 4, 4)])
+def test_batchnorm_stats_of_no_values_are_nan(name, shape):
+    """No values per channel: NaN statistics (0/0, as the reference), never a read past the array."""
+    mean, var = np.zeros(shape[1]), np.zeros(shape[1])
+    with np.errstate(invalid="ignore"):  # (the reference's 0/0)
+        _mod(name).batchnorm_stats(np.empty(shape, np.float32), mean, var)
+    assert np.isnan(mean).all() and np.isnan(var).all()
+
+
 @pytest.mark.parametrize("shape", [(3, 5, 9, 7), (2, 16, 32, 32), (5, 64, 8, 8), (1, 3, 1, 37), (2, 1, 1, 1),
                                    (2, 2, 1, 65), (1, 2, 1, 127)])
 def test_batchnorm_stats_same_bytes_in_both_backends(shape):

@@ -98,6 +98,25 @@ def test_parameterless_layers_match_torch(backend, make):
     _check_layer(layer, torch_twin(fastcnn.Sequential(layer))[0], x)
 
 
+def test_conv2d_stats_feed_batchnorm2d(backend):
+    """``Conv2D.forward(x, stats=)`` fills its output's batch statistics; a training
+    ``BatchNorm2D`` given them as ``batch_stats`` returns what it computes itself, and updates its
+    running statistics the same; with the fused pooling the stats are refused, in either mode."""
+    conv, x = L.Conv2D(3, 8, 3, padding=1, rng=1), np.random.default_rng(2).standard_normal((4, 3, 9, 9), np.float32)
+    st = np.full((2, 8), np.nan)
+    y = conv.forward(x, stats=st)
+    outs = []
+    for kw in ({"batch_stats": st}, {}):
+        bn = L.BatchNorm2D(8)
+        outs.append((bn.forward(y, relu=True, **kw), bn.running_mean, bn.running_var))
+    for a, c in zip(*outs):
+        assert a.tobytes() == c.tobytes()
+    for mode in (True, False):
+        conv.train(mode)
+        with pytest.raises(ValueError, match="not with max_pool2"):
+            conv.forward(x, max_pool2=True, stats=st)
+
+
 @needs_torch
 @pytest.mark.parametrize("n", [1, 5, 64])
 def test_dense_layer_matches_torch(backend, conv_path, n):

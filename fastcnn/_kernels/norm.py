@@ -165,6 +165,10 @@ def batchnorm_stats(x, mean, var):
     plane's sums (:func:`plane_stats`), then each channel's combined in order of n."""
     _backend.sizes_batchnorm_stats(x.shape, mean.shape, var.shape)
     n, c, h, w = x.shape
+    if x.size == 0:  # (no values: 0/0 as the reference)
+        mean[:] = np.nan
+        var[:] = np.nan
+        return
     sd = np.empty((n, c, 2))
     _stats(x.reshape(x.size), n, c, h * w, sd)
     combine_stats(sd, h * w, mean, var)
