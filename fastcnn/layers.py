@@ -687,7 +687,7 @@ class Sequential(Layer):
             mode = layer.training
             bn = relu = pool = None
             nxt = layers[i] if i < n else None
-            if head is Conv2D and type(nxt) is BatchNorm2D and _fusable(nxt, mode):
+            if type(layer) is Conv2D and type(nxt) is BatchNorm2D and _fusable(nxt, mode):
                 if not mode and _dispatch.fold_bn():
                     bn, i = nxt, i + 1  # folded (Conv2D.forward checks its size)
                     nxt = layers[i] if i < n else None
