@@ -75,7 +75,7 @@ cdef extern from "conv_direct.h" nogil:
 
 cdef extern from "planestats.h" nogil:
     void fps_plane_stats(const float* x, Py_ssize_t P, double* sd)  # sd = sum(x), sum((x - mean)**2)
-    void fps_combine(const double* sd, Py_ssize_t ds, Py_ssize_t N, Py_ssize_t P, double* mean, double* var)
+    void fps_combine(const double* sd, Py_ssize_t N, Py_ssize_t C, Py_ssize_t P, double* mean, double* var)
 
 from fastcnn._config import DIRECT_WGRAD_BYTES, ENV_ISA, ISAS, POOLED_DGRAD_MIN_PATCH, POOLED_WGRAD_MIN_PATCH, SLOTS, WINOGRAD_TILES, WINOGRAD_VECTORS, requested_isa  # ISAS: slowest first = the C code's ISA number
 
@@ -144,15 +144,6 @@ cdef double* _stats_scratch(stats, Py_ssize_t N, Py_ssize_t OC, _A* s, str op, c
     if sd == NULL:
         raise MemoryError()
     return sd
-
-
-cdef void _stats_finish(const double* sd, Py_ssize_t N, Py_ssize_t OC, Py_ssize_t P, _A* s) noexcept nogil:
-    """``s`` (2, OC) = each channel's mean and biased variance from its planes' sums ``sd``
-    (N, OC, 2), combined in order of n (``fps_combine``): :func:`batchnorm_stats`' bytes."""
-    cdef Py_ssize_t c
-    cdef double* m = <double*>s.p
-    for c in range(OC):
-        fps_combine(sd + 2 * c, 2 * OC, N, P, m + c, m + OC + c)
 
 
 ctypedef struct _Unpool:
@@ -491,7 +482,7 @@ def conv2d_direct_forward(x, w, bias, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t p
             _direct(&g, <float*>a.p, N, <float*>f.p, 0, <float*>b.p, relu, <float*>o.p,
                     _threads_for(N * OC * OH * OW), 0, NULL, NULL, sd)
         if sd != NULL:
-            _stats_finish(sd, N, OC, OH * OW, &s)
+            fps_combine(sd, N, OC, OH * OW, <double*>s.p, <double*>s.p + OC)
     finally:
         free(sd)
 
@@ -1147,7 +1138,7 @@ def conv2d_winograd_forward(x, w, bias, Py_ssize_t pt, Py_ssize_t pl, int relu, 
                       <float*>b.p, relu, <float*>o.p, o.shape[2], o.shape[3], <int>f.shape[2], <int>m,
                       _threads_for(N * f.shape[0] * o.shape[2] * o.shape[3]), 0, NULL, sd)
         if sd != NULL:
-            _stats_finish(sd, N, f.shape[0], o.shape[2] * o.shape[3], &s)
+            fps_combine(sd, N, f.shape[0], o.shape[2] * o.shape[3], <double*>s.p, <double*>s.p + f.shape[0])
     finally:
         free(sd)
 

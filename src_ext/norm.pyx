@@ -36,7 +36,7 @@ cdef extern from "norm_kern.h" nogil:
 
 cdef extern from "planestats.h" nogil:
     void fps_plane_stats(const float* x, Py_ssize_t P, double* sd)  # sd = sum(x), sum((x - mean)**2)
-    void fps_combine(const double* sd, Py_ssize_t ds, Py_ssize_t N, Py_ssize_t P, double* mean, double* var)
+    void fps_combine(const double* sd, Py_ssize_t N, Py_ssize_t C, Py_ssize_t P, double* mean, double* var)
 
 cdef inline void _zero(double* a, Py_ssize_t P) noexcept nogil:
     cdef Py_ssize_t e
@@ -73,16 +73,15 @@ cdef inline float* _f(const _A* a) noexcept nogil:
 cdef void _stats(const _A* x,      # IN  (N, C, H, W)
                  const _A* mean,   # OUT (C,) float64
                  const _A* var,    # OUT (C,) float64
-                 double* sd,       # scratch (C, N, 2)
+                 double* sd,       # scratch (N, C, 2)
                  int nt) noexcept nogil:
     """Each plane's sums (``fps_plane_stats``, the planes in memory order), then each channel's
     combined in order of n (``fps_combine``)."""
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], P = x.shape[2] * x.shape[3], e, c
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], P = x.shape[2] * x.shape[3], e
     cdef const float* xp = _f(x)
     for e in prange(N * C, schedule='static', num_threads=nt):
-        fps_plane_stats(xp + e * P, P, sd + ((e % C) * N + e // C) * 2)
-    for c in range(C):
-        fps_combine(sd + c * N * 2, 2, N, P, <double*>mean.p + c, <double*>var.p + c)
+        fps_plane_stats(xp + e * P, P, sd + 2 * e)
+    fps_combine(sd, N, C, P, <double*>mean.p, <double*>var.p)
 
 
 cdef inline void _backward_channel(const float* gy, const float* x, Py_ssize_t c, Py_ssize_t N, Py_ssize_t C,

@@ -101,23 +101,26 @@ static fps_fn fps_plane_stats = fps_plane_stats_base;
 /* The path isa's variant (as fcd_set_isa). */
 static void fps_set_isa(int isa) { FC_PICK(isa, fps_plane_stats); }
 
-/* A channel's mean and biased variance from its N planes' sums sd[n * ds], sd[n * ds + 1]
- * (fps_plane_stats; P values each): mean = sum_n S_n / (N P), var = sum_n (D_n + (t_n t_n) P)
- * / (N P), t_n = S_n / P - mean (the exact split of the squared deviations by plane), sums in
- * order of n. */
-static inline void fps_combine(const double* sd, ptrdiff_t ds, ptrdiff_t N, ptrdiff_t P, double* mean,
+/* Each of C channels' mean and biased variance from its N planes' sums sd (N, C, 2:
+ * fps_plane_stats of plane (n, c) at sd + 2 (n C + c); P values each): mean = sum_n S_n / (N P),
+ * var = sum_n (D_n + (t_n t_n) P) / (N P), t_n = S_n / P - mean (the exact split of the squared
+ * deviations by plane), sums in order of n. */
+static inline void fps_combine(const double* sd, ptrdiff_t N, ptrdiff_t C, ptrdiff_t P, double* mean,
                                double* var)
 {
-    double M = (double)N * (double)P, s = 0.0, v = 0.0, mu, t;
-    ptrdiff_t n;
-    for (n = 0; n < N; n++) s += sd[n * ds];
-    mu = s / M;
-    for (n = 0; n < N; n++) {
-        t = sd[n * ds] / (double)P - mu;
-        v += sd[n * ds + 1] + (t * t) * (double)P;
+    double M = (double)N * (double)P, s, v, mu, t;
+    ptrdiff_t n, c;
+    for (c = 0; c < C; c++) {
+        const double* p = sd + 2 * c;
+        for (s = 0.0, n = 0; n < N; n++) s += p[2 * C * n];
+        mu = s / M;
+        for (v = 0.0, n = 0; n < N; n++) {
+            t = p[2 * C * n] / (double)P - mu;
+            v += p[2 * C * n + 1] + (t * t) * (double)P;
+        }
+        mean[c] = mu;
+        var[c] = v / M;
     }
-    *mean = mu;
-    *var = v / M;
 }
 
 #endif /* FASTCNN_PLANESTATS_H */

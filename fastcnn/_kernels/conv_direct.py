@@ -53,7 +53,7 @@ from ._simd import (
     vstore,
     vtranspose,
 )
-from .norm import _NO_SD, plane_stats, stats_finish, stats_scratch
+from .norm import NO_SD, combine_stats, plane_stats, stats_scratch
 
 
 @functools.lru_cache(maxsize=256)  # (per shape: a batch-1 step notices building ``tab``; never written)
@@ -396,7 +396,7 @@ def _use_ctile(kh, kw, sh, sw, oh, ow, oc):
 _NONE_F4, _NONE_I4 = np.empty((0, 0, 0, 0), np.float32), np.empty((0, 0, 0, 0), np.int32)
 
 
-def _direct(x, w, bias, sh, sw, pt, pl, relu, oh, ow, y=_NONE_F4, pool=0, yp=_NONE_F4, ip=_NONE_I4, sd=_NO_SD):
+def _direct(x, w, bias, sh, sw, pt, pl, relu, oh, ow, y=_NONE_F4, pool=0, yp=_NONE_F4, ip=_NONE_I4, sd=NO_SD):
     """:func:`_forward` of ``x`` (any stride and padding) on its grid layout: the ``oh x ow``
     output plus bias, ReLU into ``y``, or with ``pool`` its 2x2 max pooling into ``yp`` and
     ``ip``; ``sd`` as :func:`_forward`'s."""
@@ -418,7 +418,7 @@ def conv2d_direct_forward(x, w, bias, sh, sw, pt, pl, relu, y, stats=None):
     if x.shape[0]:
         _direct(x, w, bias, sh, sw, pt, pl, relu, *y.shape[2:], y, sd=sd)
     if stats is not None:
-        stats_finish(sd, y.shape[2] * y.shape[3], stats)
+        combine_stats(sd, y.shape[2] * y.shape[3], stats[0], stats[1])
 
 
 def conv2d_direct_forward_maxpool2(x, w, bias, sh, sw, pt, pl, relu, oh, ow, y, idx):

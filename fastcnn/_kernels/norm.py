@@ -56,31 +56,26 @@ def combine_stats(sd, p, mean, var):
 
 
 @parallel_kernel
-def _stats(xf, n, c, p, sd):
-    for e in prange(n * c):
-        plane_stats(xf, e * p, p, sd[e // c, e % c])
+def _stats(xf, p, sd):
+    for e in prange(sd.shape[0]):  # (planes in memory order; sd: (planes, 2))
+        plane_stats(xf, e * p, p, sd[e])
 
 
-_NO_SD = np.empty((0, 0, 2))
+#: No plane sums: a convolution without fused statistics.
+NO_SD = np.empty((0, 0, 2))
 
 
 def stats_scratch(op, stats, wshape, yshape):
     """The plane sums' scratch of a convolution's fused statistics: ``(N, OC, 2)`` float64 after
     checking ``stats`` (the ``(2, OC)`` float64 output), or an empty one if ``stats`` is None."""
     if stats is None:
-        return _NO_SD
+        return NO_SD
     if not (type(stats) is np.ndarray and stats.dtype == np.float64 and stats.flags.c_contiguous
             and stats.flags.writeable):
         got = f"{type(stats).__name__} {getattr(stats, 'dtype', '')}"
         raise ValueError(f"{op}: stats must be a writable C-contiguous float64 array, got {got}")
     _backend.sizes_stats(op, wshape, stats.shape)
     return np.empty((yshape[0], wshape[0], 2))
-
-
-def stats_finish(sd, p, stats):
-    """``stats`` = each channel's mean and biased variance from the kernel's plane sums ``sd``
-    (:func:`combine_stats`): :func:`batchnorm_stats`' bytes."""
-    combine_stats(sd, p, stats[0], stats[1])
 
 
 @njit(**NUMBA_SERIAL)
@@ -170,7 +165,7 @@ def batchnorm_stats(x, mean, var):
         var[:] = np.nan
         return
     sd = np.empty((n, c, 2))
-    _stats(x.reshape(x.size), n, c, h * w, sd)
+    _stats(x.reshape(x.size), h * w, sd.reshape(n * c, 2))
     combine_stats(sd, h * w, mean, var)
 
 

@@ -40,7 +40,7 @@ from ._simd import (
     vzeros,
 )
 from .conv_direct import _pad_plane
-from .norm import plane_stats, stats_finish, stats_scratch
+from .norm import NO_SD, combine_stats, plane_stats, stats_scratch
 
 
 def _weights(w, flip, m):
@@ -457,10 +457,10 @@ def _winograd(x, pt, pl, hq, wq, vp, bias, relu, ni, alg, oc, oh, ow, yf, pool, 
                         plane_stats(yf, ((i0 + k) * oc + o) * oh * ow, oh * ow, sd[i0 + k, o])
 
 
-_NONE_F, _NONE_I, _NONE_SD = np.empty(0, np.float32), np.empty(0, np.int32), np.empty((0, 0, 2))
+_NONE_F, _NONE_I = np.empty(0, np.float32), np.empty(0, np.int32)
 
 
-def _run(x, w, flip, bias, pt, pl, relu, oc, oh, ow, y, pooled=None, idx=None, m=2, sd=_NONE_SD):
+def _run(x, w, flip, bias, pt, pl, relu, oc, oh, ow, y, pooled=None, idx=None, m=2, sd=NO_SD):
     """The ``(N, oc, oh, ow)`` Winograd convolution of ``x`` with ``w`` (rotated and transposed
     with ``flip``; output tiles of ``m x m``) into ``y``, or its 2x2 max pooling into ``pooled``
     (with ``idx``, if it has elements, the indices; ``m = 2``); ``sd``: as :func:`_winograd`'s."""
@@ -480,13 +480,13 @@ def _run(x, w, flip, bias, pt, pl, relu, oc, oh, ow, y, pooled=None, idx=None, m
 def conv2d_winograd_forward(x, w, bias, pt, pl, relu, y, m=2, stats=None):
     """Winograd F(2x2, 3x3), F(2x2, 5x5) or F(4x4, 3x3) convolution (see
     :func:`fastcnn._ref.conv2d_winograd_forward`); ``stats``: each group's output planes summed
-    while in cache (:func:`.norm.stats_scratch`)."""
+    while in cache (:func:`.norm.stats_scratch`, :func:`.norm.combine_stats`)."""
     check_once(_backend.sizes_conv2d_winograd_forward, x.shape, w.shape, bias.shape, pt, pl, relu, y.shape, m)
     sd = stats_scratch("conv2d_winograd_forward", stats, w.shape, y.shape)
     if x.shape[0]:
         _run(x, w, False, bias, pt, pl, relu, *y.shape[1:], y, m=m, sd=sd)
     if stats is not None:
-        stats_finish(sd, y.shape[2] * y.shape[3], stats)
+        combine_stats(sd, y.shape[2] * y.shape[3], stats[0], stats[1])
 
 
 def conv2d_winograd_forward_maxpool2(x, w, bias, pt, pl, relu, oh, ow, y, idx):
