@@ -137,6 +137,10 @@ DIRECT_CTILE_GAIN_PCT = 115
 #: register tiles' vectors are mostly full (docs/PERFORMANCE.md, "Winograd convolutions").
 #: Any value gives the same bytes.
 WINOGRAD_TILES = 128
+#: Winograd convolutions: a group may take more images than ``WINOGRAD_TILES`` asks, up to this
+#: many bytes of packed input, if that leaves fewer of its vectors' lanes empty (7 x 7 tiles an
+#: image fill no whole vectors; :func:`fastcnn._dispatch.winograd_group`).  Same bytes.
+WINOGRAD_GROUP_BYTES = 512 * 1024
 #: Winograd convolutions (Cython): vectors of tiles per chunk taken through the three steps
 #: (input transform, products, output transform) while their buffers are in cache.
 WINOGRAD_VECTORS = 3

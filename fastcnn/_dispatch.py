@@ -270,6 +270,16 @@ def chunks(n, cols_per_image, itemsize):
     return [(i, min(i + per, n)) for i in range(0, n, per)]
 
 
+def winograd_group(n, tiles, image_bytes, lanes):
+    """Images per group of a Winograd kernel (``n`` images, ``tiles`` output tiles each,
+    ``image_bytes`` of packed input each, ``lanes`` tiles per vector): at least enough for
+    ``_config.WINOGRAD_TILES`` tiles; more, within ``_config.WINOGRAD_GROUP_BYTES``, where fewer
+    of the group's vector lanes are left empty (the fewest images of the least waste)."""
+    least = max(1, min(n, -(-_config.WINOGRAD_TILES // tiles)))
+    most = max(least, min(n, _config.WINOGRAD_GROUP_BYTES // max(1, image_bytes)))
+    return min(range(least, most + 1), key=lambda g: ((-g * tiles) % lanes / (g * tiles), g))
+
+
 def conv_isa():
     """SIMD path of the Cython direct kernels (``"avx512"``, ``"avx2"``, ``"baseline"``), or a
     sentence saying why they cannot run."""

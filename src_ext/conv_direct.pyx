@@ -77,6 +77,7 @@ cdef extern from "planestats.h" nogil:
     void fps_plane_stats(const float* x, Py_ssize_t P, double* sd)  # sd = sum(x), sum((x - mean)**2)
     void fps_combine(const double* sd, Py_ssize_t N, Py_ssize_t C, Py_ssize_t P, double* mean, double* var)
 
+from fastcnn._dispatch import winograd_group
 from fastcnn._config import DIRECT_WGRAD_BYTES, ENV_ISA, ISAS, POOLED_DGRAD_MIN_PATCH, POOLED_WGRAD_MIN_PATCH, SLOTS, WINOGRAD_TILES, WINOGRAD_VECTORS, requested_isa  # ISAS: slowest first = the C code's ISA number
 
 _active = None
@@ -1076,12 +1077,13 @@ cdef int _winograd(const float* src, Py_ssize_t N, Py_ssize_t C, Py_ssize_t H, P
     buffers and, pooled, the group's full output and one plane's pooling positions)."""
     cdef Py_ssize_t o_yf = 0 if pool else -1
     cdef Py_ssize_t TH = (OH + M - 1) // M, TW = (OW + M - 1) // M
-    cdef Py_ssize_t Tn = TH * TW, NI = min(N, max(1, (WINOGRAD_TILES + Tn - 1) // Tn))
+    cdef Py_ssize_t Tn = TH * TW, NI
     cdef Py_ssize_t T = min(<Py_ssize_t>nt, N), Q = min(WINOGRAD_VECTORS * fcd_VL, FCW_QMAX), v, xs
     cdef Py_ssize_t NX = (R + M - 1) * (R + M - 1)
     cdef fcd_geo g
     fcd_geo_init(&g, C, H, W, 1, 1, OC, R + M - 1, R + M - 1, M, M, pt, pl, TH, TW, fcd_J)
     xs = (g.xq_size + 15) // 16 * 16
+    NI = winograd_group(N, Tn, xs * sizeof(float), fcd_VL)
     cdef Py_ssize_t b_vp = _al64(NX * g.OCP * C * sizeof(float))
     cdef Py_ssize_t b_st = _al64(WINOGRAD_VECTORS * sizeof(Py_ssize_t))
     cdef Py_ssize_t o_u = _al64(NI * xs * sizeof(float))

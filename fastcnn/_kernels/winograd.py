@@ -11,7 +11,7 @@ and ReLU into the output.  The same operations in the same order as the Cython k
 import numpy as np
 from numba import prange
 
-from .. import _backend, _config, _ref, _threads
+from .. import _backend, _dispatch, _ref, _threads
 from ._common import _u, check_once, helper, parallel_kernel
 from ._simd import (
     MAX_VL,
@@ -467,10 +467,11 @@ def _run(x, w, flip, bias, pt, pl, relu, oc, oh, ow, y, pooled=None, idx=None, m
     n = x.shape[0]
     r = w.shape[2]
     th, tw = -(-oh // m), -(-ow // m)
-    ni = min(n, max(1, -(-_config.WINOGRAD_TILES // (th * tw))))
-    pool = 0 if pooled is None else 2 if idx.size else 1
     # (the grid of an (m + r - 1) x (m + r - 1) convolution of stride m with th x tw outputs)
-    _winograd(np.ascontiguousarray(x), pt, pl, th + (m + r - 2) // m, tw + (m + r - 2) // m, _weights(w, flip, m),
+    hq, wq = th + (m + r - 2) // m, tw + (m + r - 2) // m
+    ni = _dispatch.winograd_group(n, th * tw, x.shape[1] * m * m * hq * wq * 4, VL)
+    pool = 0 if pooled is None else 2 if idx.size else 1
+    _winograd(np.ascontiguousarray(x), pt, pl, hq, wq, _weights(w, flip, m),
               bias, int(relu), ni, 2 if m == 4 else int(r == 5), oc, oh, ow,
               _NONE_F if pooled is not None else y.reshape(-1), pool,
               _NONE_F if pooled is None else pooled.reshape(-1), idx.reshape(-1) if pool == 2 else _NONE_I, sd,
