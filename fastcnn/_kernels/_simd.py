@@ -131,7 +131,8 @@ def _masked(builder, name, vt):
     """The declaration of ``llvm.masked.load`` or ``.store`` for vectors of type ``vt`` (float
     or int32 lanes; the mask a vector of as many i1)."""
     mt = ir.VectorType(ir.IntType(1), vt.count)
-    suffix = f"v{vt.count}{'f32' if vt.element == ir.FloatType() else 'i32'}.p0"
+    el = {ir.FloatType(): "f32", ir.DoubleType(): "f64"}.get(vt.element, "i32")
+    suffix = f"v{vt.count}{el}.p0"
     if name == "load":
         fty = ir.FunctionType(vt, [vt.as_pointer(), _I32, mt, vt])
     else:
@@ -436,10 +437,18 @@ def tile_load(typingctx, g, base, pitch, offs, like):
 
 def _store_first(builder, v, ptr, n):
     """Store the first ``n`` lanes of vector ``v`` (an i32 ``n`` in 0 .. lanes) to ``ptr`` (a
-    pointer to ``v``'s type), nothing else: the whole vector, else its halves, quarters, ... as
-    ``n``'s bits say, high to low (``llvm.masked.store`` becomes vmaskmovps on AVX2, microcoded
-    on AMD Zen)."""
+    pointer to ``v``'s type), nothing else.  AVX-512: one masked store (as the Cython kernels'
+    ``_mm512_mask_storeu_ps``); else the whole vector, or its halves, quarters, ... as ``n``'s
+    bits say, high to low (``llvm.masked.store`` becomes vmaskmovps on AVX2, microcoded on AMD
+    Zen)."""
     lanes = v.type.count
+    if _ISA == "avx512":
+        it = ir.VectorType(_I32, lanes)
+        nn = builder.insert_element(ir.Constant(it, ir.Undefined), n, ir.Constant(_I32, 0))
+        nn = builder.shuffle_vector(nn, ir.Constant(it, ir.Undefined), ir.Constant(it, [0] * lanes))
+        mask = builder.icmp_signed("<", ir.Constant(it, list(range(lanes))), nn)
+        builder.call(_masked(builder, "store", v.type), [v, ptr, ir.Constant(_I32, 4), mask])
+        return
     whole = builder.icmp_signed("==", n, ir.Constant(_I32, lanes))
     with builder.if_else(whole) as (all_, part):
         with all_:
