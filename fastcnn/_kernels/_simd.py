@@ -152,26 +152,34 @@ gtile_zero = intrinsic(_zeros(GR))
 #: Floats per run of the batch-norm reductions, whose next run they prefetch (four cache lines;
 #: ``FNK_RUN`` of src_ext/norm_kern.h).
 PREFETCH_RUN = 64
-#: Rows ahead of the one being packed whose first run the input packings ask for
-#: (``FCD_PACK_AHEAD`` of src_ext/conv_direct.h).
+#: Rows ahead of the one being packed that the input packings ask for, a cache line per 16
+#: floats (``FCD_PACK_AHEAD`` of src_ext/conv_direct.h).
 PACK_AHEAD = 16
 
 
-@intrinsic
-def prefetch_run(typingctx, arr, i):
-    """Ask for the four cache lines from ``&arr[i]`` (no bounds check: a prefetch past the
-    array does not fault), as ``FNK_PREFETCH`` of src_ext/norm_kern.h."""
-    def codegen(context, builder, sig, args):
-        a = context.make_array(sig.args[0])(context, builder, args[0])
-        i8p = ir.IntType(8).as_pointer()
-        base = builder.bitcast(builder.gep(a.data, [context.cast(builder, args[1], sig.args[1], types.intp)]), i8p)
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, _I32, _I32, _I32]),
-                                            "llvm.prefetch.p0")
-        for k in range(4):  # (read, keep in all levels, data)
-            builder.call(fn, [builder.gep(base, [ir.Constant(ir.IntType(64), 64 * k)]), ir.Constant(_I32, 0),
-                              ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
-        return context.get_dummy_value()
-    return types.none(arr, i), codegen
+def _prefetch(lines):
+    """An intrinsic ``(arr, i)`` asking for the ``lines`` cache lines from ``&arr[i]`` (no
+    bounds check: a prefetch past the array does not fault)."""
+    def prefetch(typingctx, arr, i):
+        def codegen(context, builder, sig, args):
+            a = context.make_array(sig.args[0])(context, builder, args[0])
+            i8p = ir.IntType(8).as_pointer()
+            base = builder.bitcast(builder.gep(a.data, [context.cast(builder, args[1], sig.args[1], types.intp)]),
+                                   i8p)
+            fn = cgutils.get_or_insert_function(builder.module,
+                                                ir.FunctionType(ir.VoidType(), [i8p, _I32, _I32, _I32]),
+                                                "llvm.prefetch.p0")
+            for k in range(lines):  # (read, keep in all levels, data)
+                builder.call(fn, [builder.gep(base, [ir.Constant(ir.IntType(64), 64 * k)]), ir.Constant(_I32, 0),
+                                  ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
+            return context.get_dummy_value()
+        return types.none(arr, i), codegen
+    return prefetch
+
+
+#: Four cache lines (a run of the batch-norm reductions: ``FNK_PREFETCH`` of src_ext/norm_kern.h),
+#: and one (:func:`.conv_direct._row_ahead`: ``fcd_row_ahead`` of src_ext/conv_direct.h).
+prefetch_run, prefetch_line = intrinsic(_prefetch(4)), intrinsic(_prefetch(1))
 
 
 @intrinsic
@@ -962,10 +970,11 @@ def vput_quads(typingctx, z, d, q0, q1, q2, q3, bias, relu):
 def _deal4(loads):
     """An intrinsic ``(xs, s, lo, hi, xd, d, ps, n)``: ``xd[d + b*ps + t] = v[4t + b]`` for ``b <
     4`` and ``t < n`` (<= VL), where ``v[k] = xs[s + k]`` for ``lo <= k < hi`` and 0 elsewhere
-    (``k < 4*VL``; masked loads: nothing else is read; with ``loads`` = 2 the caller has ``hi <=
-    2*VL`` and only two vectors are loaded): ``4*VL`` values split into their four column phases
-    by two rounds of pair shuffles (the Cython kernels' ``fcd_deal4``), each stored as its first
-    ``n`` lanes (:func:`_store_first`)."""
+    (``k < 4*VL``; masked loads: nothing else is read): ``4*VL`` values split into their four
+    column phases by two rounds of pair shuffles (the Cython kernels' ``fcd_deal4``), each stored
+    as its first ``n`` lanes (:func:`_store_first`).  With ``loads`` = 2 the caller has ``hi <=
+    2*VL``, so ``n <= VL/2``: two vectors loaded, each phase one shuffle of them into ``VL/2``
+    lanes (as the Cython kernels' rows of up to 32 values)."""
     def deal4(typingctx, xs, s, lo, hi, xd, d, ps, n):
         def codegen(context, builder, sig, args):
             xty, sty, lty, hty, dty, dot, pty, nty = sig.args
@@ -986,14 +995,19 @@ def _deal4(loads):
                 mask = builder.and_(builder.icmp_signed(">=", k, lo), builder.icmp_signed("<", k, hi))
                 q = builder.gep(p, [ir.Constant(_I32, u)])  # (p points to vectors)
                 x.append(builder.call(fn, [q, ir.Constant(_I32, 4), mask, zero]))
-            (e01, o01), (e23, o23) = _split_pairs(builder, x[0], x[1]), _split_pairs(builder, x[2], x[3])
-            (p0, p2), (p1, p3) = _split_pairs(builder, e01, e23), _split_pairs(builder, o01, o23)
-            phases = (p0, p1, p2, p3)
+            if loads == 2:
+                half = ir.VectorType(_I32, VL // 2)
+                phases = [builder.shuffle_vector(x[0], x[1], ir.Constant(half, list(range(b, 2 * VL, 4))))
+                          for b in range(4)]
+            else:
+                (e01, o01), (e23, o23) = _split_pairs(builder, x[0], x[1]), _split_pairs(builder, x[2], x[3])
+                (p0, p2), (p1, p3) = _split_pairs(builder, e01, e23), _split_pairs(builder, o01, o23)
+                phases = [p0, p1, p2, p3]
             d0 = context.cast(builder, args[5], dot, types.intp)
             pitch = context.cast(builder, args[6], pty, types.intp)
             for b, v in enumerate(phases):
                 at = builder.add(d0, builder.mul(pitch, ir.Constant(pitch.type, b)))
-                _store_first(builder, v, _ptr(context, builder, dty, args[4], at, types.intp), i32(7))
+                _store_first(builder, v, _ptr(context, builder, dty, args[4], at, types.intp, v.type), i32(7))
             return context.get_dummy_value()
         return types.none(xs, s, lo, hi, xd, d, ps, n), codegen
     return deal4
