@@ -128,8 +128,8 @@ def _zeros(per):
 
 
 def _masked(builder, name, vt):
-    """The declaration of ``llvm.masked.load`` or ``.store`` for vectors of type ``vt`` (float
-    or int32 lanes; the mask a vector of as many i1)."""
+    """The declaration of ``llvm.masked.load`` or ``.store`` for vectors of type ``vt`` (float,
+    double or int32 lanes; the mask a vector of as many i1)."""
     mt = ir.VectorType(ir.IntType(1), vt.count)
     el = {ir.FloatType(): "f32", ir.DoubleType(): "f64"}.get(vt.element, "i32")
     suffix = f"v{vt.count}{el}.p0"
