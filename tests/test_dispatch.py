@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import fastcnn
-from fastcnn import _backend, _config, _dispatch
+from fastcnn import _backend, _dispatch
 from fastcnn import functional as F
 
 from utils import assert_close
@@ -141,14 +141,14 @@ def test_winograd_group_rule():
     """A Winograd group takes at least ``WINOGRAD_TILES`` tiles' images, and more, within
     ``WINOGRAD_GROUP_BYTES`` of packed input, when fewer of its vectors' lanes stay empty
     (the fewest images of the least waste); never more images than the batch, never none."""
-    group, budget = _dispatch.winograd_group, _config.WINOGRAD_GROUP_BYTES
+    group = _dispatch.winograd_group
     assert group(100, 64, 1000, 16) == 2  # 32x32 F(4x4): 128 tiles fill 8 vectors
     assert group(100, 4, 1000, 16) == 32
     # 7x7 tiles (14x14 F(2x2)): 3 images leave 13 of 160 lanes empty; 16 images none
     assert group(1000, 49, 1000, 16) == 16
     assert group(1000, 49, 1000, 8) == 8
-    assert group(1000, 49, budget // 12, 16) == 12  # (12 images: 4 of 592 lanes; 13 do not fit)
-    assert group(1000, 49, budget, 16) == 3  # (no room for more)
+    assert group(12, 49, 1000, 16) == 12  # (12 images: 4 of 592 lanes empty)
+    assert group(1000, 49, 10 ** 12, 16) == 3  # (no room for more)
     assert group(5, 49, 1000, 16) == 5
     assert group(2, 49, 1000, 16) == 2
     assert group(1, 1, 10 ** 12, 16) == 1
