@@ -274,9 +274,11 @@ def winograd_group(n, tiles, image_bytes, lanes):
     """Images per group of a Winograd kernel (``n`` images, ``tiles`` output tiles each,
     ``image_bytes`` of packed input each, ``lanes`` tiles per vector): at least enough for
     ``_config.WINOGRAD_TILES`` tiles; more, within ``_config.WINOGRAD_GROUP_BYTES``, where fewer
-    of the group's vector lanes are left empty (the fewest images of the least waste)."""
+    of the group's vector lanes are left empty (the fewest images of the least waste).  The
+    empty lanes repeat with a period of at most ``lanes`` images, one of them none: the first
+    ``lanes`` candidates hold the answer."""
     least = max(1, min(n, -(-_config.WINOGRAD_TILES // tiles)))
-    most = max(least, min(n, _config.WINOGRAD_GROUP_BYTES // max(1, image_bytes)))
+    most = max(least, min(n, _config.WINOGRAD_GROUP_BYTES // max(1, image_bytes), least + lanes - 1))
     return min(range(least, most + 1), key=lambda g: ((-g * tiles) % lanes / (g * tiles), g))
 
 

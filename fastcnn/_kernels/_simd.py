@@ -113,7 +113,8 @@ def _ptr(context, builder, aty, arr, idx, ity, vt=None):
 def _splat(builder, s, vt=_LLV):
     """``s`` in every lane of a vector of type ``vt`` (float lanes by default)."""
     one = builder.insert_element(ir.Constant(vt, ir.Undefined), s, ir.Constant(_I32, 0))
-    return builder.shuffle_vector(one, ir.Constant(vt, ir.Undefined), ir.Constant(ir.VectorType(_I32, VL), [0] * VL))
+    return builder.shuffle_vector(one, ir.Constant(vt, ir.Undefined),
+                                  ir.Constant(ir.VectorType(_I32, vt.count), [0] * vt.count))
 
 
 def _zeros(per):
@@ -452,9 +453,7 @@ def _store_first(builder, v, ptr, n):
     lanes = v.type.count
     if _ISA == "avx512":
         it = ir.VectorType(_I32, lanes)
-        nn = builder.insert_element(ir.Constant(it, ir.Undefined), n, ir.Constant(_I32, 0))
-        nn = builder.shuffle_vector(nn, ir.Constant(it, ir.Undefined), ir.Constant(it, [0] * lanes))
-        mask = builder.icmp_signed("<", ir.Constant(it, list(range(lanes))), nn)
+        mask = builder.icmp_signed("<", ir.Constant(it, list(range(lanes))), _splat(builder, n, it))
         builder.call(_masked(builder, "store", v.type), [v, ptr, ir.Constant(_I32, 4), mask])
         return
     whole = builder.icmp_signed("==", n, ir.Constant(_I32, lanes))
