@@ -392,9 +392,11 @@ def sizes_batchnorm_stats(x, mean, var):
         raise ValueError("batch norm: the per-channel sums must have shape (C,)")
 
 
-def sizes_batchnorm_forward(x, mean, inv_std, weight, bias, y):
+def sizes_batchnorm_forward(x, mean, inv_std, weight, bias, y, res=None):
     if not (mean == x[1:2] and inv_std == x[1:2] and weight == x[1:2] and bias == x[1:2] and y == x):
         raise ValueError("batch norm: shapes do not match")
+    if res is not None and res != x:
+        raise ValueError("batchnorm_forward: res must have the shape of x")
 
 
 def sizes_batchnorm_forward_maxpool2(x, mean, inv_std, weight, bias, relu, y, idx):

@@ -393,7 +393,7 @@ def _xhat(x, mean, inv_std):
     return xhat
 
 
-def batchnorm_forward(x, mean, inv_std, weight, bias, relu, y):
+def batchnorm_forward(x, mean, inv_std, weight, bias, relu, y, res=None):
     """Normalise, scale and shift per channel.
 
     Parameters
@@ -402,13 +402,17 @@ def batchnorm_forward(x, mean, inv_std, weight, bias, relu, y):
     mean, inv_std, weight, bias : (C,) float32  # IN
     relu : int  # IN  1: ``y`` is ``max(xhat * weight[c] + bias[c], 0)`` (:func:`relu_forward`'s rule)
     y : (N, C, H, W) float32  # OUT  ``xhat * weight[c] + bias[c]``, ``xhat = (x - mean[c]) * inv_std[c]``
+    res : (N, C, H, W) float32 or None  # IN  added before the ReLU: ``y = (xhat * weight[c] +
+        bias[c]) + res`` (a residual block's sum, :func:`add_relu_forward` in the same pass)
 
     Every operation is rounded to float32 in this order (no fused multiply-add), so the
-    compiled kernels match this reference bit for bit.  ``y`` must not alias ``x``.  ``xhat``
-    is not stored: the backward kernels recompute it from ``x`` with the same operations.
+    compiled kernels match this reference bit for bit.  ``y`` must not alias ``x`` or ``res``.
+    ``xhat`` is not stored: the backward kernels recompute it from ``x`` with the same operations.
     """
     np.multiply(_xhat(x, mean, inv_std), _per_channel(weight), out=y)
     y += _per_channel(bias)
+    if res is not None:
+        y += res
     if relu:
         relu_forward(y, y)
 

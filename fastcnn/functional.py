@@ -1064,7 +1064,8 @@ def mse_loss_backward(diff: ArrayLike) -> np.ndarray:
 def batch_norm2d(x: ArrayLike, weight: ArrayLike, bias: ArrayLike, running_mean: np.ndarray,
                  running_var: np.ndarray, *, training: bool, momentum: float = 0.1, eps: float = 1e-5,
                  sync: Any = None, relu: bool = False, max_pool2: bool = False,
-                 batch_stats: np.ndarray | None = None) -> tuple[np.ndarray, tuple[Any, ...]]:
+                 batch_stats: np.ndarray | None = None, residual: ArrayLike | None = None
+                 ) -> tuple[np.ndarray, tuple[Any, ...]]:
     """Batch normalisation over (N, H, W) per channel, as ``torch.nn.functional.batch_norm``.
 
     Parameters
@@ -1089,6 +1090,12 @@ def batch_norm2d(x: ArrayLike, weight: ArrayLike, bias: ArrayLike, running_mean:
         Training only: this batch's per-channel mean and biased variance of ``x`` if already
         computed (by :func:`conv2d`'s ``stats``, which fills them with the bytes this function
         computes); they are then not computed again.
+    residual : (N, C, H, W) float32, optional
+        Added to the normalised output before the ReLU, in the same pass: ``relu=True`` gives
+        a residual block's ``max(y + residual, 0)``, bit for bit :func:`add_relu` after this
+        function (not with ``max_pool2``).  The backward then takes the gradient of that sum
+        (before the ReLU: mask it with :func:`relu_backward` and the output first), which is
+        also the residual's gradient.
 
     Returns
     -------
@@ -1133,6 +1140,13 @@ def batch_norm2d(x: ArrayLike, weight: ArrayLike, bias: ArrayLike, running_mean:
     else:
         inv_std = (1.0 / np.sqrt(running_var.astype(np.float64) + eps)).astype(np.float32)
         center = np.ascontiguousarray(running_mean, dtype=np.float32)
+    res = None
+    if residual is not None:
+        if max_pool2:
+            raise ValueError(f"{op}: residual and max_pool2 do not go together")
+        res = as_float32(residual, "residual", 4, op)
+        if res.shape != x.shape:
+            raise ValueError(f"{op}: residual must have the input's shape {x.shape}, got {res.shape}")
     if max_pool2:
         if h < 2 or w < 2:
             raise ValueError(f"{op}: max_pool2 needs an input of at least 2 x 2, got {x.shape}")
@@ -1143,10 +1157,14 @@ def batch_norm2d(x: ArrayLike, weight: ArrayLike, bias: ArrayLike, running_mean:
         affine = None
     else:
         y = np.empty(x.shape, np.float32)
-        k.batchnorm_forward(x, center, inv_std, weight, bias, int(bool(relu)), y)
+        if res is None:
+            k.batchnorm_forward(x, center, inv_std, weight, bias, int(bool(relu)), y)
+        else:
+            k.batchnorm_forward(x, center, inv_std, weight, bias, int(bool(relu)), y, res)
         post = None
-        # the ReLU's mask is recomputed from x by the backward kernels: y is not kept
-        affine = (weight.copy(), bias.copy()) if relu else None
+        # the ReLU's mask is recomputed from x by the backward kernels: y is not kept (after a
+        # residual sum the caller masks the gradient)
+        affine = (weight.copy(), bias.copy()) if relu and res is None else None
     # x is kept, not the normalised values (the backward kernels recompute them from it)
     return y, (x, center, inv_std, training, m, sync if training else None, post, affine)
 

@@ -534,13 +534,15 @@ class BatchNorm2D(Layer):
         self.num_batches_tracked = np.zeros((), np.int64)
 
     def forward(self, x: ArrayLike, relu: bool = False, max_pool2: bool = False,
-                batch_stats: np.ndarray | None = None) -> np.ndarray:
+                batch_stats: np.ndarray | None = None, residual: ArrayLike | None = None) -> np.ndarray:
         """``relu=True`` returns ``max(y, 0)``; ``max_pool2=True`` the 2x2 max pooling (stride 2)
         of that; :meth:`backward` then takes the gradient of what this returned.  ``batch_stats``
-        (training): ``x``'s statistics, already computed (:func:`fastcnn.functional.batch_norm2d`'s)."""
+        (training): ``x``'s statistics, already computed (:func:`fastcnn.functional.batch_norm2d`'s).
+        ``residual``: added before the ReLU (a residual block's sum, :class:`Residual`);
+        :meth:`backward` then takes the gradient of the sum."""
         y, cache = F.batch_norm2d(x, self.weight.data, self.bias.data, self.running_mean, self.running_var,
                                   training=self.training, momentum=self.momentum, eps=self.eps, sync=self.sync,
-                                  relu=relu, max_pool2=max_pool2, batch_stats=batch_stats)
+                                  relu=relu, max_pool2=max_pool2, batch_stats=batch_stats, residual=residual)
         if self.training:
             self.num_batches_tracked += 1
         self._keep(cache)
@@ -666,11 +668,17 @@ class Sequential(Layer):
         return iter(self.layers)
 
     def forward(self, x: Any) -> Any:
+        return self._forward(x)[0]
+
+    def _forward(self, x: Any, residual: np.ndarray | None = None) -> tuple[Any, bool]:
+        """The forward, and whether ``residual`` was summed in: given, a last ``BatchNorm2D`` run
+        through the fusion adds it and applies the ReLU in its pass (:class:`Residual`)."""
         if self.training:
             me = get_ident()
             if self._step_thread != me:
                 _claim_training(self, me)
             self._in_step = True
+        summed = False
         run: list[Layer] = []  # the layers called, fused ones left out: what backward walks back
         self._run = run
         layers, i, n = self.layers, 0, len(self.layers)
@@ -703,12 +711,15 @@ class Sequential(Layer):
             if type(layer) is Conv2D:
                 x = layer.forward(x, relu=relu is not None, batch_norm=bn, max_pool2=pool is not None)
             elif type(layer) is BatchNorm2D:
-                x = layer.forward(x, relu=relu is not None, max_pool2=pool is not None, batch_stats=stats)
+                if residual is not None and i == n and relu is None and pool is None:
+                    x, summed = layer.forward(x, relu=True, batch_stats=stats, residual=residual), True
+                else:
+                    x = layer.forward(x, relu=relu is not None, max_pool2=pool is not None, batch_stats=stats)
                 stats = None
             for fused in (bn, relu, pool):
                 if fused is not None:
                     fused._saved = None  # (its backward is the head's)
-        return x
+        return x, summed
 
     def backward(self, grad_out: Any) -> Any:
         if self._in_step and self._step_thread != get_ident():
@@ -784,9 +795,14 @@ class Residual(Layer):
 
     def forward(self, x: ArrayLike) -> np.ndarray:
         s = self.shortcut.forward(x)
-        y = self.body.forward(x)
+        body = self.body
+        if type(body) is Sequential and not _hooked(body) and _dispatch.fuse():
+            # a last BatchNorm2D adds s and applies the ReLU in its pass (docs/PERFORMANCE.md, section 13)
+            y, summed = body._forward(x, residual=s)
+        else:
+            y, summed = body.forward(x), False
         # (a new array, not in place: the body's last layer may keep its output for its backward)
-        out = F.add_relu(y, s)
+        out = y if summed else F.add_relu(y, s)
         self._keep(out)
         return out
 

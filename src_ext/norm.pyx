@@ -27,6 +27,8 @@ cdef extern from "norm_kern.h" nogil:
                                   Py_ssize_t D) noexcept nogil  # += g, g * xh; g masked if relu
         void (*fwd_plane)(const float* x, float* y, Py_ssize_t P, float mu, float s, float w, float b,
                           int relu) noexcept nogil  # y = xh * w + b (ReLU'd)
+        void (*fwd_plane_res)(const float* x, const float* r, float* y, Py_ssize_t P, float mu, float s, float w,
+                              float b, int relu) noexcept nogil  # y = (xh * w + b) + r (ReLU'd)
         void (*bwd_plane)(const float* gy, const float* x, float* gx, Py_ssize_t P, float mu, float s, float sc,
                           float a, float b, float w, float bb, int relu) noexcept nogil  # (g - (xh * b + a)) * sc
     const fnk_table* fnk
@@ -168,6 +170,7 @@ cdef void _forward(const _A* x,       # IN  (N, C, H, W)
                    const _A* weight,  # IN  (C,)
                    const _A* bias,    # IN  (C,)
                    int relu,          # IN  ReLU on y
+                   const float* res,  # IN  (N, C, H, W) added before the ReLU, or NULL
                    const _A* y,       # OUT (N, C, H, W)
                    int nt) noexcept nogil:
     cdef Py_ssize_t C = x.shape[1], P = x.shape[2] * x.shape[3], NC = x.shape[0] * C, t, c
@@ -175,7 +178,11 @@ cdef void _forward(const _A* x,       # IN  (N, C, H, W)
     cdef float* yp = _f(y)
     for t in prange(NC, schedule='static', num_threads=nt):
         c = t % C
-        fnk.fwd_plane(xp + t * P, yp + t * P, P, _f(mean)[c], _f(inv_std)[c], _f(weight)[c], _f(bias)[c], relu)
+        if res == NULL:
+            fnk.fwd_plane(xp + t * P, yp + t * P, P, _f(mean)[c], _f(inv_std)[c], _f(weight)[c], _f(bias)[c], relu)
+        else:
+            fnk.fwd_plane_res(xp + t * P, res + t * P, yp + t * P, P, _f(mean)[c], _f(inv_std)[c], _f(weight)[c],
+                              _f(bias)[c], relu)
 
 
 cdef void _forward_pool(const _A* x,       # IN  (N, C, H, W), H and W >= 2
@@ -276,24 +283,31 @@ def batchnorm_stats(x, mean, var):
         free(sd)
 
 
-def batchnorm_forward(x, mean, inv_std, weight, bias, int relu, y):
-    """Normalise, scale and shift per channel, optionally the ReLU (see
-    :func:`fastcnn._ref.batchnorm_forward`); x and y (N, C, H, W), the rest (C,) float32."""
+def batchnorm_forward(x, mean, inv_std, weight, bias, int relu, y, res=None):
+    """Normalise, scale and shift per channel, optionally add ``res`` and apply the ReLU (see
+    :func:`fastcnn._ref.batchnorm_forward`); x, y and res (N, C, H, W), the rest (C,) float32."""
     if not _isa_set:
         _use_isa(fnk_set_isa)
-    cdef _A a, m, s, w, b, o
+    cdef _A a, m, s, w, b, o, r
     _arr(x, cnp.NPY_FLOAT32, 4, False, "x", &a)
     _params(mean, inv_std, weight, bias, &m, &s, &w, &b)
     _arr(y, cnp.NPY_FLOAT32, 4, True, "y", &o)
-    cdef _Key k = _key()
-    if _new(&_fwd_ok, &k, a.shape, m.shape, s.shape, w.shape, b.shape, o.shape):
+    cdef Py_ssize_t* rs = a.shape  # (the key's last shape: res's, or x's again)
+    if res is not None:
+        _arr(res, cnp.NPY_FLOAT32, 4, False, "res", &r)
+        rs = r.shape
+    cdef _Key k = _key(res is not None)
+    if _new(&_fwd_ok, &k, a.shape, m.shape, s.shape, w.shape, b.shape, o.shape, rs):
         _passed(&_fwd_ok, &k, _backend.sizes_batchnorm_forward(
             _dims(a.shape, 4), _dims(m.shape, 1), _dims(s.shape, 1),
-            _dims(w.shape, 1), _dims(b.shape, 1), _dims(o.shape, 4)))
+            _dims(w.shape, 1), _dims(b.shape, 1), _dims(o.shape, 4), None if res is None else _dims(r.shape, 4)))
     if _size4(a.shape) == 0:
         return
+    cdef const float* rp = NULL
+    if res is not None:
+        rp = <const float*>r.p
     with nogil:
-        _forward(&a, &m, &s, &w, &b, relu, &o, _threads_for(_size4(a.shape)))
+        _forward(&a, &m, &s, &w, &b, relu, rp, &o, _threads_for(_size4(a.shape)))
 
 
 def batchnorm_forward_maxpool2(x, mean, inv_std, weight, bias, int relu, y, idx):

@@ -347,6 +347,14 @@ def test_batchnorm_primitives_match_reference(name, n, c, h, w, loc, scale, seed
     _ref.relu_forward(wy, wr)
     k.batchnorm_forward(x, mean, inv_std, weight, bias, 1, gr)
     _assert_f32(gr, wr, exact, "y, relu")
+    # a residual sum in the same pass: add_forward / add_relu_forward of y and res, bit for bit
+    res = (loc + scale * rng.standard_normal(shape)).astype(np.float32)
+    res.flat[::5] = np.nan
+    for relu, add in ((0, _ref.add_forward), (1, _ref.add_relu_forward)):
+        want, got = np.empty(shape, np.float32), np.full(shape, np.nan, np.float32)
+        add(wy, res, want)
+        k.batchnorm_forward(x, mean, inv_std, weight, bias, relu, got, res)
+        _assert_f32(got, want, exact, f"y + res, relu={relu}")
     xhat = (x - mean[:, None, None]) * inv_std[:, None, None]  # (float32, the kernels' two roundings)
     # gradients; with relu=1 the gradient of the ReLU'd output, masked as relu_backward with
     # that output (recomputed from x by the kernels)
@@ -1138,6 +1146,8 @@ def test_size_checks_of_the_contract_are_the_same_for_both_compiled_backends(nam
                                               np.empty((0, 0, 0, 0), np.int32))),
         (k.batchnorm_forward, (f32((2, 3, 2, 2), np.float32), *[f32(3, np.float32)] * 3, f32(2, np.float32), 0,
                                f32((2, 3, 2, 2), np.float32))),
+        (k.batchnorm_forward, (f32((2, 3, 2, 2), np.float32), *[f32(3, np.float32)] * 4, 1,
+                               f32((2, 3, 2, 2), np.float32), f32((2, 3, 2, 1), np.float32))),
         (k.batchnorm_backward_reduce, (f32((2, 3, 2, 2), np.float32), f32((2, 3, 2, 2), np.float32),
                                        *[f32(3, np.float32)] * 3, f32(2, np.float32), 1, f32(3), f32(3))),
         (k.batchnorm_backward_reduce, (f32((2, 3, 2, 2), np.float32), f32((2, 3, 2, 1), np.float32),

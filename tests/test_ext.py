@@ -71,6 +71,8 @@ for shape in ((3, 5, 9, 7), (2, 16, 32, 32), (1, 3, 1, 37)):
     norm.batchnorm_stats(x, mean, var)
     for relu in (0, 1):
         norm.batchnorm_forward(x, *p[:4], relu, y)
+        h.update(y.tobytes())
+        norm.batchnorm_forward(x, *p[:4], relu, y, g)
         norm.batchnorm_backward_reduce(g, x, *p[:4], relu, gs, gd)
         norm.batchnorm_backward_apply(g, x, *p[:4], relu, *p[2:], gx)
         for a in (mean, var, y, gs, gd, gx):

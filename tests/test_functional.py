@@ -582,6 +582,34 @@ def test_batch_norm2d_fused_relu_and_pooling_are_the_ops_in_sequence(backend, tr
         F.batch_norm2d(x[:, :, :1], weight, bias, rm, rv, training=train, max_pool2=True)
 
 
+@pytest.mark.parametrize("train", [True, False])
+@pytest.mark.parametrize("shape", [(3, 5, 8, 8), (1, 2, 7, 5), (2, 3, 1, 3)])
+def test_batch_norm2d_residual_is_the_sum_in_the_same_pass(backend, train, shape):
+    """``batch_norm2d(residual=r, relu=...)`` returns ``add_relu`` (``add``) of batch_norm2d's
+    output and ``r`` bit for bit, and its backward takes the gradient of the sum (the ReLU's
+    mask is the caller's); a residual of another shape, or with max_pool2, is refused."""
+    rng = np.random.default_rng(15)
+    c = shape[1]
+    x = (2 + rng.standard_normal(shape)).astype(np.float32)
+    r = rng.standard_normal(shape).astype(np.float32)
+    weight = rng.uniform(0.5, 2, c).astype(np.float32)
+    bias = rng.standard_normal(c).astype(np.float32)
+    for relu in (False, True):
+        rm, srm = np.zeros(c, np.float32), np.zeros(c, np.float32)
+        rv, srv = np.ones(c, np.float32), np.ones(c, np.float32)
+        y, cache = F.batch_norm2d(x, weight, bias, rm, rv, training=train, relu=relu, residual=r)
+        t, scache = F.batch_norm2d(x, weight, bias, srm, srv, training=train)
+        want = F.add_relu(t, r) if relu else F.add(t, r)
+        assert y.tobytes() == want.tobytes() and rm.tobytes() == srm.tobytes() and rv.tobytes() == srv.tobytes()
+        g = rng.standard_normal(shape, dtype=np.float32)
+        for got, exp in zip(F.batch_norm2d_backward(g, cache, weight), F.batch_norm2d_backward(g, scache, weight)):
+            np.testing.assert_array_equal(got, exp)
+    with pytest.raises(ValueError, match=r"residual must have the input's shape"):
+        F.batch_norm2d(x, weight, bias, rm, rv, training=train, residual=r[:, :1])
+    with pytest.raises(ValueError, match="residual and max_pool2"):
+        F.batch_norm2d(x, weight, bias, rm, rv, training=train, residual=r, max_pool2=True)
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_batch_norm2d_is_bit_identical_run_to_run(backend, threads):
     if threads > cores():

@@ -310,3 +310,32 @@ def test_residual_gradient_when_the_body_keeps_its_output(last):
     gx = res.backward(r.astype(np.float32))
     assert_grad_at(lambda: np.sum(res.forward(x).astype(np.float64) * r),
                    [(x, gx, [(0, 0, 1, 1), (1, 1, 4, 3), (0, 1, 2, 0), (1, 0, 0, 2)])])
+
+
+@pytest.mark.parametrize("shortcut", [False, True])
+def test_residual_sum_in_the_last_batch_norm(shortcut):
+    """A body ending in a BatchNorm2D adds the shortcut and applies the ReLU in that layer's pass
+    (fused; not when that layer is wrapped on the instance, nor with ``fuse=False``): the same
+    output bit for bit in training and in eval, and the input gradient by finite differences."""
+    rng = np.random.default_rng(1)
+    body = L.Sequential(L.Conv2D(3, 3, 3, 1, 1, bias=False, rng=rng), L.BatchNorm2D(3))
+    short = L.Sequential(L.Conv2D(3, 3, 1, rng=rng), L.BatchNorm2D(3)) if shortcut else None
+    res = L.Residual(body, short)
+    x = rng.standard_normal((2, 3, 5, 4)).astype(np.float32)
+    s = short.forward(x) if shortcut else x
+    assert body._forward(x, residual=s)[1]
+    for training in (True, False):
+        res.train(training)
+        with fastcnn.config(fuse=False):
+            plain = res.forward(x)
+        with fastcnn.config(fold_bn=False):  # (folded into the convolution, no BatchNorm2D runs)
+            assert res.forward(x).tobytes() == plain.tobytes()
+            assert body._run is not None and body._run[-1] is body[1]
+        if training:
+            r = rng.standard_normal(plain.shape)
+            gx = res.backward(r.astype(np.float32))
+            assert_grad_at(lambda: np.sum(res.forward(x).astype(np.float64) * r),
+                           [(x, gx, [(0, 0, 1, 1), (1, 1, 4, 3), (0, 2, 2, 0), (1, 0, 0, 2)])])
+    bn = body[1]
+    bn.forward = bn.forward  # (wrapped on the instance: run by itself)
+    assert not body._forward(x, residual=s)[1]

@@ -169,15 +169,33 @@ def batchnorm_stats(x, mean, var):
     combine_stats(sd, h * w, mean, var)
 
 
+@helper
+def _fwd_plane_res(xf, yf, rf, a, p, mu, s, wt, bs, relu):
+    """:func:`_fwd_plane` with ``rf[a + e]`` added before the ReLU (``y`` at ``yf[a:]``)."""
+    for e in range(a, a + p):
+        r = (((xf[_u(e)] - mu) * s) * wt + bs) + rf[_u(e)]
+        if relu and r <= 0.0:
+            r = np.float32(0.0)
+        yf[_u(e)] = r
+
+
 @parallel_kernel
-def batchnorm_forward(x, mean, inv_std, weight, bias, relu, y):
-    """``y = xhat * weight + bias``, ``xhat = (x - mean) * inv_std`` (``relu``: then the ReLU)
-    per channel (see :func:`fastcnn._ref.batchnorm_forward`)."""
-    _backend.sizes_batchnorm_forward(x.shape, mean.shape, inv_std.shape, weight.shape, bias.shape, y.shape)
+def batchnorm_forward(x, mean, inv_std, weight, bias, relu, y, res=None):
+    """``y = xhat * weight + bias``, ``xhat = (x - mean) * inv_std`` (plus ``res``; ``relu``: then
+    the ReLU) per channel (see :func:`fastcnn._ref.batchnorm_forward`)."""
     c, p = x.shape[1], x.shape[2] * x.shape[3]
     xf, yf = x.reshape(x.size), y.reshape(y.size)
-    for t in prange(x.shape[0] * c):
-        _fwd_plane(xf, t * p, yf, t * p, p, mean[t % c], inv_std[t % c], weight[t % c], bias[t % c], relu != 0)
+    if res is None:
+        _backend.sizes_batchnorm_forward(x.shape, mean.shape, inv_std.shape, weight.shape, bias.shape, y.shape)
+        for t in prange(x.shape[0] * c):
+            _fwd_plane(xf, t * p, yf, t * p, p, mean[t % c], inv_std[t % c], weight[t % c], bias[t % c], relu != 0)
+    else:
+        _backend.sizes_batchnorm_forward(x.shape, mean.shape, inv_std.shape, weight.shape, bias.shape, y.shape,
+                                         res.shape)
+        rf = res.reshape(res.size)
+        for t in prange(x.shape[0] * c):
+            _fwd_plane_res(xf, yf, rf, t * p, p, mean[t % c], inv_std[t % c], weight[t % c], bias[t % c],
+                           relu != 0)
 
 
 #: Planes of the pooled forward are run in at most this many chunks of consecutive ones, each
