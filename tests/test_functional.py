@@ -583,11 +583,12 @@ def test_batch_norm2d_fused_relu_and_pooling_are_the_ops_in_sequence(backend, tr
 
 
 @pytest.mark.parametrize("train", [True, False])
-@pytest.mark.parametrize("shape", [(3, 5, 8, 8), (1, 2, 7, 5), (2, 3, 1, 3)])
+@pytest.mark.parametrize("shape", [(3, 5, 8, 8), (1, 2, 7, 5), (2, 3, 1, 3), (8, 16, 16, 16)])
 def test_batch_norm2d_residual_is_the_sum_in_the_same_pass(backend, train, shape):
     """``batch_norm2d(residual=r, relu=...)`` returns ``add_relu`` (``add``) of batch_norm2d's
-    output and ``r`` bit for bit, and its backward takes the gradient of the sum (the ReLU's
-    mask is the caller's); a residual of another shape, or with max_pool2, is refused."""
+    output and ``r`` bit for bit (the last shape past ``PAR_MIN_WORK``: the kernels' parallel
+    path), and its backward takes the gradient of the sum (the ReLU's mask is the caller's); a
+    residual of another shape, or with max_pool2, is refused."""
     rng = np.random.default_rng(15)
     c = shape[1]
     x = (2 + rng.standard_normal(shape)).astype(np.float32)
