@@ -1157,10 +1157,7 @@ def batch_norm2d(x: ArrayLike, weight: ArrayLike, bias: ArrayLike, running_mean:
         affine = None
     else:
         y = np.empty(x.shape, np.float32)
-        if res is None:
-            k.batchnorm_forward(x, center, inv_std, weight, bias, int(bool(relu)), y)
-        else:
-            k.batchnorm_forward(x, center, inv_std, weight, bias, int(bool(relu)), y, res)
+        k.batchnorm_forward(x, center, inv_std, weight, bias, int(bool(relu)), y, res)
         post = None
         # the ReLU's mask is recomputed from x by the backward kernels: y is not kept (after a
         # residual sum the caller masks the gradient)

@@ -25,10 +25,8 @@ cdef extern from "norm_kern.h" nogil:
         void (*acc_plane_sum_dot)(double* accs, double* accd, const float* g, const float* x, Py_ssize_t P,
                                   float mu, float s, float w, float b, int relu,
                                   Py_ssize_t D) noexcept nogil  # += g, g * xh; g masked if relu
-        void (*fwd_plane)(const float* x, float* y, Py_ssize_t P, float mu, float s, float w, float b,
-                          int relu) noexcept nogil  # y = xh * w + b (ReLU'd)
-        void (*fwd_plane_res)(const float* x, const float* r, float* y, Py_ssize_t P, float mu, float s, float w,
-                              float b, int relu) noexcept nogil  # y = (xh * w + b) + r (ReLU'd)
+        void (*fwd_plane)(const float* x, const float* r, float* y, Py_ssize_t P, float mu, float s, float w,
+                          float b, int relu) noexcept nogil  # y = xh * w + b (+ r unless NULL; ReLU'd)
         void (*bwd_plane)(const float* gy, const float* x, float* gx, Py_ssize_t P, float mu, float s, float sc,
                           float a, float b, float w, float bb, int relu) noexcept nogil  # (g - (xh * b + a)) * sc
     const fnk_table* fnk
@@ -178,11 +176,8 @@ cdef void _forward(const _A* x,       # IN  (N, C, H, W)
     cdef float* yp = _f(y)
     for t in prange(NC, schedule='static', num_threads=nt):
         c = t % C
-        if res == NULL:
-            fnk.fwd_plane(xp + t * P, yp + t * P, P, _f(mean)[c], _f(inv_std)[c], _f(weight)[c], _f(bias)[c], relu)
-        else:
-            fnk.fwd_plane_res(xp + t * P, res + t * P, yp + t * P, P, _f(mean)[c], _f(inv_std)[c], _f(weight)[c],
-                              _f(bias)[c], relu)
+        fnk.fwd_plane(xp + t * P, res + t * P if res != NULL else NULL, yp + t * P, P, _f(mean)[c], _f(inv_std)[c],
+                      _f(weight)[c], _f(bias)[c], relu)
 
 
 cdef void _forward_pool(const _A* x,       # IN  (N, C, H, W), H and W >= 2
@@ -204,7 +199,7 @@ cdef void _forward_pool(const _A* x,       # IN  (N, C, H, W), H and W >= 2
         yb = buf + t * P
         for i in range(_part(t, NC, T), _part(t + 1, NC, T)):
             c = i % C
-            fnk.fwd_plane(_f(x) + i * P, yb, P, _f(mean)[c], _f(inv_std)[c], _f(weight)[c], _f(bias)[c], relu)
+            fnk.fwd_plane(_f(x) + i * P, NULL, yb, P, _f(mean)[c], _f(inv_std)[c], _f(weight)[c], _f(bias)[c], relu)
             fcp_pool_planes(yb, _f(y) + i * Q, <int*>idx.p + i * Q, NULL, 1, x.shape[2], W)
 
 

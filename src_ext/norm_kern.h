@@ -46,27 +46,24 @@ static void fnk_acc_plane_sum_dot_##SUFFIX(double* accs, double* accd, const flo
             }                                                                                 \
     }                                                                                         \
 }                                                                                             \
-/* y = ((x - mu) * s) * w + b (then the ReLU kernels' rule if relu), float32 */               \
-static void fnk_fwd_plane_##SUFFIX(const float* x, float* y, fnk_i P, float mu, float s,      \
-                                   float w, float b, int relu)                                \
+/* y = ((x - mu) * s) * w + b (plus r[e] unless r is NULL; then the ReLU kernels' rule if     \
+ * relu), float32 */                                                                          \
+static void fnk_fwd_plane_##SUFFIX(const float* x, const float* r, float* y, fnk_i P, float mu,\
+                                   float s, float w, float b, int relu)                       \
 {                                                                                             \
-    if (relu)                                                                                 \
-        for (fnk_i e = 0; e < P; e++) {                                                       \
-            float r = ((x[e] - mu) * s) * w + b; y[e] = r <= 0.0f ? 0.0f : r;                  \
-        }                                                                                     \
-    else                                                                                      \
-        for (fnk_i e = 0; e < P; e++) y[e] = ((x[e] - mu) * s) * w + b;                       \
-}                                                                                             \
-/* y = (((x - mu) * s) * w + b) + r (then the ReLU kernels' rule if relu), float32 */        \
-static void fnk_fwd_plane_res_##SUFFIX(const float* x, const float* r, float* y, fnk_i P,     \
-                                       float mu, float s, float w, float b, int relu)         \
-{                                                                                             \
-    if (relu)                                                                                 \
-        for (fnk_i e = 0; e < P; e++) {                                                       \
+    fnk_i e;                                                                                  \
+    if (r && relu)                                                                            \
+        for (e = 0; e < P; e++) {                                                             \
             float v = (((x[e] - mu) * s) * w + b) + r[e]; y[e] = v <= 0.0f ? 0.0f : v;        \
         }                                                                                     \
+    else if (r)                                                                               \
+        for (e = 0; e < P; e++) y[e] = (((x[e] - mu) * s) * w + b) + r[e];                    \
+    else if (relu)                                                                            \
+        for (e = 0; e < P; e++) {                                                             \
+            float v = ((x[e] - mu) * s) * w + b; y[e] = v <= 0.0f ? 0.0f : v;                 \
+        }                                                                                     \
     else                                                                                      \
-        for (fnk_i e = 0; e < P; e++) y[e] = (((x[e] - mu) * s) * w + b) + r[e];              \
+        for (e = 0; e < P; e++) y[e] = ((x[e] - mu) * s) * w + b;                             \
 }                                                                                             \
 /* gx = (g - (xh * b + a)) * sc, xh = (x - mu) * s, float32; g = gy[e], masked through the     \
  * ReLU of xh * w + bb */                                                                     \
@@ -85,14 +82,12 @@ static void fnk_bwd_plane_##SUFFIX(const float* gy, const float* x, float* gx, f
         }                                                                                     \
 }                                                                                             \
 static const fnk_table fnk_table_##SUFFIX = {                                                 \
-    fnk_acc_plane_sum_dot_##SUFFIX, fnk_fwd_plane_##SUFFIX, fnk_fwd_plane_res_##SUFFIX,      \
-    fnk_bwd_plane_##SUFFIX};
+    fnk_acc_plane_sum_dot_##SUFFIX, fnk_fwd_plane_##SUFFIX, fnk_bwd_plane_##SUFFIX};
 
 typedef struct {
     void (*acc_plane_sum_dot)(double*, double*, const float*, const float*, fnk_i, float, float, float, float,
                               int, fnk_i);
-    void (*fwd_plane)(const float*, float*, fnk_i, float, float, float, float, int);
-    void (*fwd_plane_res)(const float*, const float*, float*, fnk_i, float, float, float, float, int);
+    void (*fwd_plane)(const float*, const float*, float*, fnk_i, float, float, float, float, int);
     void (*bwd_plane)(const float*, const float*, float*, fnk_i, float, float, float, float, float, float,
                       float, int);
 } fnk_table;

@@ -116,14 +116,21 @@ def _row_sum(acc, p):
 
 
 @helper
-def _fwd_plane(xf, a, yf, b, p, mu, s, wt, bs, relu):
-    """``y = ((x - mu) * s) * wt + bs`` (then the ReLU kernels' rule) over one plane, ``xf[a:]``
-    into ``yf[b:]``, float32 as the reference."""
-    for e in range(p):
-        r = ((xf[_u(a + e)] - mu) * s) * wt + bs
-        if relu and r <= 0.0:
-            r = np.float32(0.0)
-        yf[_u(b + e)] = r
+def _fwd_plane(xf, a, yf, b, p, mu, s, wt, bs, relu, rf):
+    """``y = ((x - mu) * s) * wt + bs`` (plus ``rf[a:]`` if ``rf`` has elements; then the ReLU
+    kernels' rule) over one plane, ``xf[a:]`` into ``yf[b:]``, float32 as the reference."""
+    if rf.size:
+        for e in range(p):
+            r = (((xf[_u(a + e)] - mu) * s) * wt + bs) + rf[_u(a + e)]
+            if relu and r <= 0.0:
+                r = np.float32(0.0)
+            yf[_u(b + e)] = r
+    else:
+        for e in range(p):
+            r = ((xf[_u(a + e)] - mu) * s) * wt + bs
+            if relu and r <= 0.0:
+                r = np.float32(0.0)
+            yf[_u(b + e)] = r
 
 
 @helper
@@ -169,33 +176,21 @@ def batchnorm_stats(x, mean, var):
     combine_stats(sd, h * w, mean, var)
 
 
-@helper
-def _fwd_plane_res(xf, yf, rf, a, p, mu, s, wt, bs, relu):
-    """:func:`_fwd_plane` with ``rf[a + e]`` added before the ReLU (``y`` at ``yf[a:]``)."""
-    for e in range(a, a + p):
-        r = (((xf[_u(e)] - mu) * s) * wt + bs) + rf[_u(e)]
-        if relu and r <= 0.0:
-            r = np.float32(0.0)
-        yf[_u(e)] = r
-
-
 @parallel_kernel
 def batchnorm_forward(x, mean, inv_std, weight, bias, relu, y, res=None):
     """``y = xhat * weight + bias``, ``xhat = (x - mean) * inv_std`` (plus ``res``; ``relu``: then
     the ReLU) per channel (see :func:`fastcnn._ref.batchnorm_forward`)."""
-    c, p = x.shape[1], x.shape[2] * x.shape[3]
-    xf, yf = x.reshape(x.size), y.reshape(y.size)
     if res is None:
         _backend.sizes_batchnorm_forward(x.shape, mean.shape, inv_std.shape, weight.shape, bias.shape, y.shape)
-        for t in prange(x.shape[0] * c):
-            _fwd_plane(xf, t * p, yf, t * p, p, mean[t % c], inv_std[t % c], weight[t % c], bias[t % c], relu != 0)
+        rf = np.empty(0, np.float32)
     else:
         _backend.sizes_batchnorm_forward(x.shape, mean.shape, inv_std.shape, weight.shape, bias.shape, y.shape,
                                          res.shape)
         rf = res.reshape(res.size)
-        for t in prange(x.shape[0] * c):
-            _fwd_plane_res(xf, yf, rf, t * p, p, mean[t % c], inv_std[t % c], weight[t % c], bias[t % c],
-                           relu != 0)
+    c, p = x.shape[1], x.shape[2] * x.shape[3]
+    xf, yf = x.reshape(x.size), y.reshape(y.size)
+    for t in prange(x.shape[0] * c):
+        _fwd_plane(xf, t * p, yf, t * p, p, mean[t % c], inv_std[t % c], weight[t % c], bias[t % c], relu != 0, rf)
 
 
 #: Planes of the pooled forward are run in at most this many chunks of consecutive ones, each
@@ -216,10 +211,12 @@ def batchnorm_forward_maxpool2(x, mean, inv_std, weight, bias, relu, y, idx):
     xf, yf, jf = x.reshape(x.size), y.reshape(y.size), idx.reshape(idx.size)
     planes = n * c
     chunks = min(planes, _CHUNKS)
+    nores = np.empty(0, np.float32)  # (no residual)
     for ch in prange(chunks):
         buf = np.empty(p, np.float32)
         for t in range(ch * planes // chunks, (ch + 1) * planes // chunks):
-            _fwd_plane(xf, t * p, buf, 0, p, mean[t % c], inv_std[t % c], weight[t % c], bias[t % c], relu != 0)
+            _fwd_plane(xf, t * p, buf, 0, p, mean[t % c], inv_std[t % c], weight[t % c], bias[t % c], relu != 0,
+                       nores)
             for q in range(oh):
                 for u0 in range(0, ow, VL):
                     pool2_row(buf, 2 * q * w + 2 * u0, (2 * q + 1) * w + 2 * u0, min(VL, ow - u0), yf, jf,
