@@ -624,7 +624,6 @@ cdef Py_ssize_t _weight(const fcd_geo* g, const float* gy, const _Unpool* up,
     cdef float* gwp = <float*>gw.p
     cdef float* gbp = <float*>gb.p
     cdef Py_ssize_t t, b, i, i0, i1, j, ni, u0, u1, s, u, ob, qb, o, q, e, npk
-    cdef float acc
     cdef char* mem = <char*>malloc(B * size + 64)
     if mem == NULL:
         raise MemoryError()
@@ -632,6 +631,8 @@ cdef Py_ssize_t _weight(const fcd_geo* g, const float* gy, const _Unpool* up,
     cdef float* gt
     cdef float* xq
     cdef float* sc
+    cdef float* p0
+    cdef const float* ps
     try:
         with nogil:
             fcd_make_tab(g, &tab[0])
@@ -674,15 +675,16 @@ cdef Py_ssize_t _weight(const fcd_geo* g, const float* gy, const _Unpool* up,
     finally:
         free(mem)
     with nogil:
-        # (blocks of VL channels: each (slot, tap) row of part read a cache line at a time, and
-        # each thread writes its own rows of gw)
-        for ob in prange(OCV // VL, schedule='static', num_threads=nt):
-            for q in range(Q):
-                for o in range(ob * VL, min(OC, ob * VL + VL)):
-                    acc = part[0, q * OCV + o]
-                    for s in range(1, S):
-                        acc = acc + part[s, q * OCV + o]
-                    gwp[o * Q + q] = acc
+        # (tap by tap: the slots' rows added into slot 0's by vectors, in slot order, then
+        # that row into column q of gw)
+        for q in prange(Q, schedule='static', num_threads=nt):
+            p0 = &part[0, q * OCV]
+            for s in range(1, S):
+                ps = &part[s, q * OCV]
+                for o in range(OC):
+                    p0[o] = p0[o] + ps[o]
+            for o in range(OC):
+                gwp[o * Q + q] = p0[o]
         # Bias (unless gb is empty): each image's planes summed in float64 in pixel order
         # (fcd_grad_t_sums on its packed gradient) while in cache above, then the images in order.
         for o in prange(nb, schedule='static', num_threads=nt):

@@ -824,18 +824,18 @@ def _image_sums(bsum, o):
 @parallel_kernel(fma=True)
 def _sum_slots(part, bsum, gw, gb):
     """``gw[o, c, i, j] = part[0, q, o] + part[1, q, o] + ...`` (q = (c*kh + i)*kw + j), in slot
-    order; ``gb[o]`` (unless empty): :func:`_image_sums`."""
+    order (tap by tap: the slots' rows added into slot 0's by vectors, then that row into
+    ``gw``); ``gb[o]`` (unless empty): :func:`_image_sums`."""
     oc, c, kh, kw = gw.shape
     kk_n = kh * kw
-    for e in prange(oc * c):
-        o = e // c
-        ci = e - o * c
-        for kk in range(kk_n):
-            q = ci * kk_n + kk
-            acc = part[0, q, o]
-            for s in range(1, part.shape[0]):
-                acc += part[s, q, o]
-            gw[o, ci, kk // kw, kk % kw] = acc
+    for q in prange(c * kk_n):
+        ci = q // kk_n
+        kk = q - ci * kk_n
+        for s in range(1, part.shape[0]):
+            for o in range(oc):
+                part[0, q, o] += part[s, q, o]
+        for o in range(oc):
+            gw[o, ci, kk // kw, kk % kw] = part[0, q, o]
     for o in prange(gb.size):
         gb[o] = _image_sums(bsum, o)
 
