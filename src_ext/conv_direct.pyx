@@ -795,7 +795,6 @@ cdef int _weight_pooled(const fcd_geo* g, const _Unpool* up,
     cdef Py_ssize_t G = 1 if S >= 2 * nt else min(OC, (2 * nt + S - 1) // S)
     cdef Py_ssize_t nb = gb.shape[0], NT = S * G, B, t, b, i, i0, s, o, o0, o1, u, q, c, cb, kh, kw, e
     cdef int bad = 0
-    cdef float acc
     try:
         with nogil:
             for b in prange(nt, schedule='static', num_threads=nt):
@@ -822,16 +821,16 @@ cdef int _weight_pooled(const fcd_geo* g, const _Unpool* up,
                                     fcd_spw_pass(xc + i * IS + cb * PS + pas[u, 2] * RS + pas[u, 0] * VL, &wo[e, 0],
                                                  &wv[e, 0], cnt[e], RS, pas[u, 1], pas[u, 3],
                                                  &part[s, o, (cb * KH + pas[u, 2]) * RP + pas[u, 0] * VL], RP, i > i0)
-            # gw[o, c, kh, kw] = the slots' sums of part[., o, (c//VL*KH + kh)*RP + kw*VL + c%VL], in slot order.
+            # gw[o, c, kh, kw] = the slots' sums of part[., o, (c//VL*KH + kh)*RP + kw*VL + c%VL], in slot
+            # order (each slot's row added into slot 0's by vectors).
             for o in prange(OC, schedule='static', num_threads=nt):
+                for s in range(1, S):
+                    for q in range(QS):
+                        part[0, o, q] = part[0, o, q] + part[s, o, q]
                 for c in range(C):
                     for kh in range(KH):
                         for kw in range(KW):
-                            q = ((c // VL) * KH + kh) * RP + kw * VL + c % VL
-                            acc = part[0, o, q]
-                            for s in range(1, S):
-                                acc = acc + part[s, o, q]
-                            gwp[((o * C + c) * KH + kh) * KW + kw] = acc
+                            gwp[((o * C + c) * KH + kh) * KW + kw] = part[0, o, ((c // VL) * KH + kh) * RP + kw * VL + c % VL]
             for o in prange(nb, schedule='static', num_threads=nt):
                 gbp[o] = <float>_sum_column(&bsum[0, 0], N, OC, o)
     finally:

@@ -1089,19 +1089,19 @@ def _pooled_tiles(xc, wo, wv, cnt, passes, rs, ps, cb_n, kh, n, groups, part):
 @parallel_kernel(fma=True)
 def _pooled_sums(part, c, bsum, gw, gb):
     """``gw[o, c, i, j]``: the slots' sums of ``part[., o, (c//VL*KH + i)*RP + j*VL + c%VL]`` in slot
-    order (RP = KW*VL); ``gb`` (unless empty): :func:`_image_sums`."""
+    order (RP = KW*VL; each slot's row added into slot 0's by vectors); ``gb`` (unless empty):
+    :func:`_image_sums`."""
     ns, oc, qs = part.shape
     kh, kw = gw.shape[2:]
     rp = kw * VL
     for o in prange(oc):
+        for s in range(1, ns):
+            for q in range(qs):
+                part[0, o, q] += part[s, o, q]
         for ci in range(c):
             for i in range(kh):
                 for j in range(kw):
-                    q = ((ci // VL) * kh + i) * rp + j * VL + ci % VL
-                    acc = part[0, o, q]
-                    for s in range(1, ns):
-                        acc += part[s, o, q]
-                    gw[o, ci, i, j] = acc
+                    gw[o, ci, i, j] = part[0, o, ((ci // VL) * kh + i) * rp + j * VL + ci % VL]
         if gb.size:
             gb[o] = _image_sums(bsum, o)
 
