@@ -36,6 +36,7 @@ PRIMITIVES = (
     "relu_backward",
     "add_forward",
     "add_relu_forward",
+    "add_relu_backward",
     "softmax_xent_forward",
     "softmax_xent_backward",
     "batchnorm_stats",
@@ -375,6 +376,11 @@ def sizes_add_forward(a, b, y):
 
 def sizes_add_relu_forward(a, b, y):
     _sizes_sum("add_relu_forward", a, b, y)
+
+
+def sizes_add_relu_backward(ga, gb, y, gx):
+    if not (ga == gb and gb == y and y == gx):
+        raise ValueError("add_relu_backward: ga, gb, y and gx differ in size")
 
 
 def sizes_softmax_xent_forward(logits, labels, probs, losses):

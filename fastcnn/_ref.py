@@ -329,6 +329,15 @@ def add_relu_forward(a, b, y):
     np.maximum(y, 0.0, out=y)
 
 
+def add_relu_backward(ga, gb, y, gx):
+    """``gx = (ga + gb) * (y > 0)``: :func:`add_forward` of two gradients, then
+    :func:`relu_backward` at the ReLU's output ``y``, one pass (a residual block's input
+    gradient, masked by the ReLU of the block before it); all four the same size, C-contiguous
+    float32; gx may be ga or gb."""
+    np.add(ga, gb, out=gx)
+    np.multiply(gx, y > 0, out=gx)
+
+
 def softmax_xent_forward(logits, labels, probs, losses):
     """Softmax and per-sample cross-entropy, log-sum-exp stable.
 

@@ -45,7 +45,7 @@ __all__ = [
     "max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward",
     "sum_pool2d", "sum_pool2d_backward", "global_avg_pool2d", "global_avg_pool2d_backward",
     "relu", "relu_backward", "sigmoid", "sigmoid_backward", "tanh", "tanh_backward",
-    "add", "add_relu",
+    "add", "add_relu", "add_relu_backward",
     "flatten", "flatten_backward", "dropout", "dropout_backward",
     "linear", "linear_backward",
     "softmax_cross_entropy", "softmax_cross_entropy_backward", "mse_loss", "mse_loss_backward",
@@ -753,16 +753,35 @@ def add(a: ArrayLike, b: ArrayLike, *, out: np.ndarray | None = None) -> np.ndar
     (a residual block's two branches, or two gradients).  ``out``: a writable C-contiguous
     float32 array of that shape to receive it (it may be ``a`` or ``b``); by default a new one."""
     a, b = _same_shape(a, b, ("a", "b"), "add")
-    if out is None:
-        out = np.empty(a.shape, np.float32)
-    elif not (isinstance(out, np.ndarray) and out.dtype == np.float32 and out.shape == a.shape
-              and out.flags.c_contiguous and out.flags.writeable):
-        raise ValueError(f"add: out must be a writable C-contiguous float32 array of shape {a.shape}")
-    else:
-        for arr, name in ((a, "a"), (b, "b")):  # (the kernels sum element by element in place)
-            if np.may_share_memory(out, arr) and out.ctypes.data != arr.ctypes.data:
-                raise ValueError(f"add: out overlaps part of {name}; it may be {name} itself, or separate")
+    out = _sum_out(out, a, b, "add")
     _backend.ops().add_forward(a, b, out)
+    return out
+
+
+def _sum_out(out: np.ndarray | None, a: np.ndarray, b: np.ndarray, op: str) -> np.ndarray:
+    """The checked output array of a sum of ``a`` and ``b`` (see :func:`add`), or a new one."""
+    if out is None:
+        return np.empty(a.shape, np.float32)
+    if not (isinstance(out, np.ndarray) and out.dtype == np.float32 and out.shape == a.shape
+            and out.flags.c_contiguous and out.flags.writeable):
+        raise ValueError(f"{op}: out must be a writable C-contiguous float32 array of shape {a.shape}")
+    for arr, name in ((a, "a"), (b, "b")):  # (the kernels sum element by element in place)
+        if np.may_share_memory(out, arr) and out.ctypes.data != arr.ctypes.data:
+            raise ValueError(f"{op}: out overlaps part of {name}; it may be {name} itself, or separate")
+    return out
+
+
+def add_relu_backward(a: ArrayLike, b: ArrayLike, y: ArrayLike, *, out: np.ndarray | None = None) -> np.ndarray:
+    """:func:`relu_backward` of the sum of two gradients, ``(a + b) * (y > 0)``, in one pass:
+    bit for bit :func:`add` then :func:`relu_backward` at the ReLU's output ``y`` (a residual
+    block's input gradient, masked by the ReLU of the block before it).  ``out`` as :func:`add`'s
+    (it may be ``a`` or ``b``, not ``y``)."""
+    a, b = _same_shape(a, b, ("a", "b"), "add_relu_backward")
+    a, y = _same_shape(a, y, ("a", "output"), "add_relu_backward")
+    out = _sum_out(out, a, b, "add_relu_backward")
+    if np.may_share_memory(out, y):
+        raise ValueError("add_relu_backward: out overlaps the output y")
+    _backend.ops().add_relu_backward(a, b, y, out)
     return out
 
 

@@ -18,7 +18,7 @@ import os
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from threading import get_ident
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -627,6 +627,17 @@ def _fusable(layer: Layer, training: bool) -> bool:
     return layer.training == training and not _hooked(layer)
 
 
+def _residual_mask(layer: Layer, before: Layer) -> np.ndarray | None:
+    """The ReLU output of ``before`` if ``layer``'s backward may return its input gradient through
+    it (both unwrapped :class:`Residual` blocks, ``before`` holding its forward's output)."""
+    if type(layer) is not Residual or type(before) is not Residual:
+        return None
+    if any(n in vars(b) for b in (layer, before) for n in ("forward", "backward")):
+        return None
+    saved = before._saved
+    return saved[0] if saved is not None else None
+
+
 def _pools_2x2(pool: MaxPool2D) -> bool:
     """Whether ``pool`` is the 2x2 max pooling of stride 2 without padding (fusable)."""
     return pool.kernel_size == (2, 2) and pool.stride == (2, 2) and pool.padding in ((0, 0), "valid")
@@ -641,7 +652,9 @@ class Sequential(Layer):
     fused into its store, bit for bit the layers one by one; in training a ``Conv2D`` right
     before a ``BatchNorm2D`` computes that layer's batch statistics in its store (the same
     bytes); in eval mode a ``BatchNorm2D`` right after a ``Conv2D`` is folded into its weights
-    (``fastcnn.config(fuse=..., fold_bn=...)``; docs/PERFORMANCE.md, sections 12 and 13).
+    (``fastcnn.config(fuse=..., fold_bn=...)``; docs/PERFORMANCE.md, sections 12 and 13).  In
+    the backward a ``Residual`` right after another masks its input gradient with that block's
+    ReLU output in its sum's pass (the same bytes).
     """
 
     def __init__(self, *layers: Layer) -> None:
@@ -725,8 +738,18 @@ class Sequential(Layer):
         if self._in_step and self._step_thread != get_ident():
             _claim_training(self, get_ident())  # refuses a backward into another thread's step
         try:
-            for layer in reversed(self._run if self._run is not None else self.layers):
-                grad_out = layer.backward(grad_out)
+            layers = self._run if self._run is not None else self.layers
+            fuse, masked = _dispatch.fuse(), False
+            for j in range(len(layers) - 1, -1, -1):
+                layer = layers[j]
+                # a Residual right after another masks its input gradient with that block's
+                # ReLU output in its sum's pass; that block's backward then skips its ReLU's
+                mask = _residual_mask(layer, layers[j - 1]) if fuse and j else None
+                if masked or mask is not None:
+                    grad_out = cast(Residual, layer)._backward(grad_out, masked, mask)
+                else:
+                    grad_out = layer.backward(grad_out)
+                masked = mask is not None
                 if grad_out is None:
                     break
         finally:
@@ -807,12 +830,20 @@ class Residual(Layer):
         return out
 
     def backward(self, grad_out: ArrayLike) -> np.ndarray:
+        return self._backward(grad_out)
+
+    def _backward(self, grad_out: ArrayLike, masked: bool = False, mask: np.ndarray | None = None) -> np.ndarray:
+        """The backward; ``masked``: ``grad_out`` is already through this block's ReLU; ``mask``:
+        the output of the ReLU before this block, through which the input gradient is returned
+        (:class:`Sequential`'s fusion of consecutive blocks)."""
         (out,) = self._kept()
-        g = F.relu_backward(grad_out, out)
+        g = grad_out if masked else F.relu_backward(grad_out, out)
         gx = self.body.backward(g)
         gs = self.shortcut.backward(g)
         # (the body's gradient is ours unless read-only: then summed in place)
         mine = gx.flags.writeable and gx.flags.c_contiguous and gx.dtype == np.float32
+        if mask is not None:
+            return F.add_relu_backward(gx, gs, mask, out=gx if mine else None)
         return F.add(gx, gs, out=gx if mine else None)
 
 

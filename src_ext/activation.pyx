@@ -68,9 +68,16 @@ cdef extern from *:
     }
     static void fc_add_block(const float* a, const float* b, float* y, Py_ssize_t m) { fc_add_run(a, b, y, m, 0); }
     static void fc_add_relu_block(const float* a, const float* b, float* y, Py_ssize_t m) { fc_add_run(a, b, y, m, 1); }
+    /* g = (a + b) * (y > 0): the sum, then relu_backward's multiply by 1 or 0; g may be a or b */
+    static void fc_add_relu_bwd_block(const float* a, const float* b, const float* y, float* g, Py_ssize_t m)
+    {
+        Py_ssize_t i;
+        FC_IVDEP for (i = 0; i < m; i++) g[i] = (a[i] + b[i]) * (y[i] > 0.0f ? 1.0f : 0.0f);
+    }
     """
     void fc_add_block(const float* a, const float* b, float* y, Py_ssize_t m) noexcept nogil
     void fc_add_relu_block(const float* a, const float* b, float* y, Py_ssize_t m) noexcept nogil
+    void fc_add_relu_bwd_block(const float* a, const float* b, const float* y, float* g, Py_ssize_t m) noexcept nogil
 
 
 cdef void _blocks(_block_fn f, const float* a,   # IN  (M,)
@@ -83,7 +90,7 @@ cdef void _blocks(_block_fn f, const float* a,   # IN  (M,)
         f(a + t * _BLOCK, b + t * _BLOCK, out + t * _BLOCK, min(M - t * _BLOCK, _BLOCK))
 
 
-cdef _Key _fwd_ok, _bwd_ok, _add_ok, _add_relu_ok
+cdef _Key _fwd_ok, _bwd_ok, _add_ok, _add_relu_ok, _add_relu_bwd_ok
 
 
 cdef Py_ssize_t _flat3(a, b, y, tuple names, float** ap, float** bp, float** yp, _Key* last, sizes) except -1:
@@ -149,3 +156,26 @@ def relu_backward(gy, y, gx):
     with nogil:
         _blocks(_relu_bwd_block_inplace if xp == gp else _relu_bwd_block, gp, yp, xp, nx,
                 _threads_for(nx))
+
+
+def add_relu_backward(ga, gb, y, gx):
+    """``gx = (ga + gb) * (y > 0)``; ga, gb, y IN; gx OUT (may be ga or gb)."""
+    cdef float* ap
+    cdef float* bp
+    cdef float* yp
+    cdef float* gp
+    cdef Py_ssize_t na, nb, ny, ng, t, nblk
+    _flat(ga, False, "ga", &ap, &na)
+    _flat(gb, False, "gb", &bp, &nb)
+    _flat(y, False, "y", &yp, &ny)
+    _flat(gx, True, "gx", &gp, &ng)
+    cdef _Key k = _key(na, nb, ny, ng)
+    if _new(&_add_relu_bwd_ok, &k):
+        _passed(&_add_relu_bwd_ok, &k, _backend.sizes_add_relu_backward(na, nb, ny, ng))
+    if ng == 0:
+        return
+    nblk = (ng + _BLOCK - 1) // _BLOCK
+    with nogil:  # (the fixed blocks of _blocks, one more array)
+        for t in prange(nblk, schedule='static', num_threads=_threads_for(ng)):
+            fc_add_relu_bwd_block(ap + t * _BLOCK, bp + t * _BLOCK, yp + t * _BLOCK, gp + t * _BLOCK,
+                                  min(ng - t * _BLOCK, _BLOCK))

@@ -265,6 +265,34 @@ def test_add_matches_reference(name, shape, relu):
 
 
 @pytest.mark.parametrize("name", COMPILED)
+@pytest.mark.parametrize("shape", [(1,), (7,), (3, 5), (2, 3, 4, 5), (129, 1001)])
+def test_add_relu_backward_matches_reference(name, shape):
+    """``add_relu_backward`` into a new array and in place into either gradient: the reference's
+    bytes, which are ``add_forward`` then ``relu_backward``'s (NaN, infinities and signed zeros
+    included, in the gradients and in the ReLU's output)."""
+    rng = np.random.default_rng(4)
+    a, b, y = (rng.standard_normal(shape, dtype=np.float32) for _ in range(3))
+    a.ravel()[:6] = np.array([np.nan, np.inf, -np.inf, -0.0, -1.0, 2.0], np.float32)[:a.size]
+    b.ravel()[:6] = np.array([1.0, -1.0, 1.0, -0.0, 0.5, np.inf], np.float32)[:a.size]
+    y.ravel()[:6] = np.array([1.0, 0.0, -0.0, 1.0, np.nan, np.inf], np.float32)[:a.size]
+    want, two = np.empty(shape, np.float32), np.empty(shape, np.float32)
+    with np.errstate(invalid="ignore"):  # (inf * 0 in NumPy's multiply)
+        _ref.add_relu_backward(a, b, y, want)
+        _ref.add_forward(a, b, two)
+        _ref.relu_backward(two, y, two)
+    assert want.tobytes() == two.tobytes()
+    k = _mod(name)
+    got = np.full(shape, 7.0, np.float32)
+    k.add_relu_backward(a, b, y, got)
+    assert got.tobytes() == want.tobytes()
+    for into in (0, 1):
+        arrays = [a.copy(), b.copy()]
+        k.add_relu_backward(arrays[0], arrays[1], y, arrays[into])
+        assert arrays[into].tobytes() == want.tobytes()
+        assert arrays[1 - into].tobytes() == (a, b)[1 - into].tobytes()
+
+
+@pytest.mark.parametrize("name", COMPILED)
 @HSET
 @given(n=st.integers(1, 130), classes=st.integers(1, 20), scale=st.sampled_from([0.1, 1.0, 30.0, 300.0]),
        seed=st.integers(0, 99))
@@ -1097,6 +1125,8 @@ def test_size_checks_of_the_contract_are_the_same_for_both_compiled_backends(nam
         (k.relu_forward, (f32((2, 3), np.float32), f32((2, 2), np.float32))),
         (k.add_forward, (f32((2, 3), np.float32), f32(6, np.float32), f32((2, 2), np.float32))),
         (k.add_relu_forward, (f32((2, 3), np.float32), f32(5, np.float32), f32((2, 3), np.float32))),
+        (k.add_relu_backward, (f32((2, 3), np.float32), f32(6, np.float32), f32(5, np.float32),
+                               f32((2, 3), np.float32))),
         (k.adam_step, ((f32(4, np.float32),), (f32(4, np.float32),), (f32(3, np.float32),), (f32(4, np.float32),),
                        1e-3, 0.9, 0.999, 1e-8, 1.0)),
         (k.sgd_step, ((f32(4, np.float32),), (f32(3, np.float32),), (f32(4, np.float32),), 0.1, 0.0, 0.9, 0.0, False,

@@ -745,6 +745,28 @@ def test_add_and_add_relu(backend):
             F.add(a, b, out=bad)
 
 
+def test_add_relu_backward(backend):
+    """``F.add_relu_backward`` (new array or ``out``, which may be either gradient) is ``F.add``
+    then ``F.relu_backward`` bit for bit; mismatched shapes and an ``out`` on the ReLU's output
+    are refused."""
+    rng = np.random.default_rng(5)
+    a, b, y = (rng.standard_normal((3, 4, 5, 6)).astype(np.float32) for _ in range(3))
+    want = F.relu_backward(F.add(a, b), y)
+    assert F.add_relu_backward(a, b, y).tobytes() == want.tobytes()
+    for into in (0, 1):
+        pair = [a.copy(), b.copy()]
+        assert F.add_relu_backward(*pair, y, out=pair[into]) is pair[into]
+        assert pair[into].tobytes() == want.tobytes()
+    with pytest.raises(ValueError, match=r"add_relu_backward: a shape \(3, 4, 5, 6\) does not match output shape"):
+        F.add_relu_backward(a, b, y[0])
+    with pytest.raises(ValueError, match="add_relu_backward: a shape"):
+        F.add_relu_backward(a, b[0], y)
+    with pytest.raises(ValueError, match="add_relu_backward: out overlaps the output y"):
+        F.add_relu_backward(a, b, y, out=y)
+    with pytest.raises(ValueError, match="add_relu_backward: out must be a writable"):
+        F.add_relu_backward(a, b, y, out=np.empty(a.shape, np.float64))
+
+
 def test_zero_dim_and_empty_relu_keep_their_shape(backend):
     for x in (np.float64(-2.0) * np.ones(()), np.zeros((0, 3), np.float32)):
         y = F.relu(x)

@@ -339,3 +339,40 @@ def test_residual_sum_in_the_last_batch_norm(shortcut):
     bn = body[1]
     bn.forward = bn.forward  # (wrapped on the instance: run by itself)
     assert not body._forward(x, residual=s)[1]
+
+
+def test_consecutive_residual_blocks_mask_in_the_sum():
+    """A Residual right after another returns its input gradient through that block's ReLU in
+    its sum's pass (``F.add_relu_backward``; that block then skips its ``relu_backward``): every
+    gradient bit for bit as with ``fuse=False`` and as with a block wrapped on the instance (run
+    by itself), and the input gradient by finite differences."""
+    rng = np.random.default_rng(3)
+
+    def block(shortcut):
+        body = L.Sequential(L.Conv2D(3, 3, 3, 1, 1, bias=False, rng=rng), L.BatchNorm2D(3), L.ReLU(),
+                            L.Conv2D(3, 3, 3, 1, 1, bias=False, rng=rng), L.BatchNorm2D(3))
+        return L.Residual(body, L.Sequential(L.Conv2D(3, 3, 1, rng=rng)) if shortcut else None)
+
+    net = L.Sequential(L.Conv2D(2, 3, 3, 1, 1, rng=rng), L.ReLU(), block(False), block(True), block(False),
+                       L.Flatten(), L.Dense(3 * 5 * 4, 2, rng=rng))
+    x = rng.standard_normal((2, 2, 5, 4)).astype(np.float32)
+    r = rng.standard_normal((2, 2))
+
+    def grads():
+        for p in net.parameters():
+            p.zero_grad()
+        net.forward(x)
+        gx = net.backward(r.astype(np.float32))
+        return [gx.tobytes()] + [p.grad.tobytes() for p in net.parameters()], gx
+
+    with fastcnn.config(fuse=False):
+        plain, _ = grads()
+    fused, gx = grads()
+    assert L._residual_mask(net[3], net[2]) is net[2]._saved[0]  # (the pairs (3, 2) and (4, 3) fused)
+    assert fused == plain
+    net[3].backward = net[3].backward  # (wrapped on the instance: neither of its pairs fused)
+    assert L._residual_mask(net[3], net[2]) is None and L._residual_mask(net[4], net[3]) is None
+    assert grads()[0] == plain
+    del net[3].backward
+    assert_grad_at(lambda: np.sum(net.forward(x).astype(np.float64) * r),
+                   [(x, gx, [(0, 0, 1, 1), (1, 1, 4, 3), (0, 1, 2, 0), (1, 0, 0, 2)])])

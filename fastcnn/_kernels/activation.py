@@ -59,6 +59,26 @@ def add_relu_forward(a, b, y):
     _add_arrays(a, b, y, True, "add_relu_forward")
 
 
+@parallel_kernel
+def _add_relu_backward(ga, gb, y, gx, blk):
+    # ``(ga + gb) * (y > 0)``: the sum, then _relu_backward's multiply by 1 or 0.
+    m = gx.size
+    one = np.float32(1.0)
+    zero = np.float32(0.0)
+    for t in prange((m + blk - 1) // blk):
+        lo, hi = chunk(t, m, blk)
+        for e in range(lo, hi):
+            gx[_u(e)] = (ga[_u(e)] + gb[_u(e)]) * (one if y[_u(e)] > 0 else zero)
+
+
+def add_relu_backward(ga, gb, y, gx):
+    """``gx = (ga + gb) * (y > 0)``; ga, gb, y IN; gx OUT (may be ga or gb)."""
+    op = "add_relu_backward"
+    ga, gb, y, gx = flat(ga, "ga", op), flat(gb, "gb", op), flat(y, "y", op), flat(gx, "gx", op)
+    _backend.sizes_add_relu_backward(ga.size, gb.size, y.size, gx.size)
+    _add_relu_backward(ga, gb, y, gx, _config.ELEMWISE_BLOCK)
+
+
 def relu_forward(x, y):
     """``y = max(x, 0)``; x, y : any shape, float32, C-contiguous (y may be x)."""
     _relu_forward(flat(x, "x", "relu_forward"), flat(y, "y", "relu_forward"), _config.ELEMWISE_BLOCK)
