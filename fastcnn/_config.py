@@ -113,6 +113,12 @@ SLOTS = 8
 #: the core's L2 cache (docs/PERFORMANCE.md, section 9).  Any value gives the same bytes.
 DIRECT_WGRAD_BYTES = 256 << 10
 
+#: Direct weight gradients (both backends): while a thread runs its packed images through its
+#: tiles, ask for the next images' input and output gradient into the caches, a share after
+#: each tile.  Any value gives the same bytes (docs/PERFORMANCE.md, section 9: faster on the
+#: AMD Zen 4 machine of the thirty-sixth session, slower on the Intel one of the tenth).
+DIRECT_WGRAD_PREFETCH = True
+
 #: The gradient of a convolution whose output was 2x2 max pooled: layers whose kernel has at
 #: least this many values per output channel (input channels x taps) take the weight gradient
 #: from the pooling's winners only (a quarter of the output positions at most;

@@ -39,6 +39,16 @@ static inline void fcd_row_ahead(const float* s, fcd_i Ws)
         __builtin_prefetch(s + FCD_PACK_AHEAD * Ws + v, 0, 3);
 }
 
+/* Part k of K of the n floats at p asked for into L2, a cache line at a time (the next images'
+ * data, while the current ones run through a task's tiles). */
+static inline void fcd_prefetch_part(const float* p, fcd_i n, fcd_i k, fcd_i K)
+{
+    const char* a = (const char*)(p + k * n / K);
+    const char* e = (const char*)(p + (k + 1) * n / K);
+    for (; a < e; a += 64)
+        __builtin_prefetch(a, 0, 2);
+}
+
 /* The grid of Hq x Wq positions per phase and channel, and what follows from it. */
 static void fcd_geo_grid(fcd_geo* g, fcd_i Hq, fcd_i Wq)
 {

@@ -40,6 +40,7 @@ cdef extern from "conv_direct.h" nogil:
     void fcd_interleave_phases(const float* pb, const fcd_i* poff, fcd_i C, fcd_i H, fcd_i W,
                                fcd_i sh, fcd_i sw, float* gx)
     fcd_i fcd_pixel_starts(const fcd_geo* g, fcd_i VL, fcd_i* st, fcd_i* yo, fcd_i* nv, int* rows)
+    void fcd_prefetch_part(const float* p, fcd_i n, fcd_i k, fcd_i K)
     void fcd_bwd_weight_tile(const float* xq, fcd_i xs, const float* gt, fcd_i gs, fcd_i NI,
                              fcd_i OCV, fcd_i OH, fcd_i OW, fcd_i Wq, fcd_i ob, int V,
                              const fcd_i* off, float* out, int add, int kw, fcd_i T)
@@ -78,7 +79,7 @@ cdef extern from "planestats.h" nogil:
     void fps_combine(const double* sd, Py_ssize_t N, Py_ssize_t C, Py_ssize_t P, double* mean, double* var)
 
 from fastcnn._dispatch import winograd_group
-from fastcnn._config import DIRECT_WGRAD_BYTES, ENV_ISA, ISAS, POOLED_DGRAD_MIN_PATCH, POOLED_WGRAD_MIN_PATCH, SLOTS, WINOGRAD_TILES, WINOGRAD_VECTORS, requested_isa  # ISAS: slowest first = the C code's ISA number
+from fastcnn._config import DIRECT_WGRAD_BYTES, DIRECT_WGRAD_PREFETCH, ENV_ISA, ISAS, POOLED_DGRAD_MIN_PATCH, POOLED_WGRAD_MIN_PATCH, SLOTS, WINOGRAD_TILES, WINOGRAD_VECTORS, requested_isa  # ISAS: slowest first = the C code's ISA number
 
 _active = None
 _error = None
@@ -580,6 +581,9 @@ cdef inline double _sum_column(const double* a, Py_ssize_t n, Py_ssize_t stride,
     return acc
 
 
+cdef bint PREFETCH_WGRAD = DIRECT_WGRAD_PREFETCH
+
+
 cdef Py_ssize_t _weight(const fcd_geo* g, const float* gy, const _Unpool* up,
                         const _A* x,                  # IN  (N, C, H, W)
                         const _A* gw,                 # OUT (OC, C, KH, KW)
@@ -623,7 +627,7 @@ cdef Py_ssize_t _weight(const fcd_geo* g, const float* gy, const _Unpool* up,
     cdef const float* xp = <float*>x.p
     cdef float* gwp = <float*>gw.p
     cdef float* gbp = <float*>gb.p
-    cdef Py_ssize_t t, b, i, i0, i1, j, ni, u0, u1, s, u, ob, qb, o, q, e, npk
+    cdef Py_ssize_t t, b, i, i0, i1, j, ni, nn, u0, u1, s, u, ob, qb, o, q, e, npk
     cdef char* mem = <char*>malloc(B * size + 64)
     if mem == NULL:
         raise MemoryError()
@@ -667,11 +671,16 @@ cdef Py_ssize_t _weight(const fcd_geo* g, const float* gy, const _Unpool* up,
                                 fcd_pack_grad_t(g, gy + (i + e) * OC * P, OCV, gt + e * gs)
                             if nb > 0 and t == s * G:  # (the bias: once per image, by its first task)
                                 fcd_grad_t_sums(gt + e * gs, P, OCV, nb, &bsum[i + e, 0])
+                        nn = min(NI, i1 - i - ni)  # (the next images, asked for while these run)
                         for u in range(u0, u1):
                             ob = u // NQB
                             qb = u - ob * NQB
                             fcd_bwd_weight_tile(xq, xs, gt, gs, ni, OCV, OH, OW, g.Wq, ob, V, &off[qb * T],
                                                 &part[s, qb * T * OCV], i > i0, kw, T)
+                            if nn > 0 and PREFETCH_WGRAD:
+                                fcd_prefetch_part(xp + (i + ni) * CHW, nn * CHW, u - u0, u1 - u0)
+                                if up == NULL:
+                                    fcd_prefetch_part(gy + (i + ni) * OC * P, nn * OC * P, u - u0, u1 - u0)
     finally:
         free(mem)
     with nogil:

@@ -158,9 +158,10 @@ PREFETCH_RUN = 64
 PACK_AHEAD = 16
 
 
-def _prefetch(lines):
+def _prefetch(lines, locality=3):
     """An intrinsic ``(arr, i)`` asking for the ``lines`` cache lines from ``&arr[i]`` (no
-    bounds check: a prefetch past the array does not fault)."""
+    bounds check: a prefetch past the array does not fault); ``locality`` 3: into every cache
+    level, 2: not into L1 (``__builtin_prefetch``'s)."""
     def prefetch(typingctx, arr, i):
         def codegen(context, builder, sig, args):
             a = context.make_array(sig.args[0])(context, builder, args[0])
@@ -170,17 +171,19 @@ def _prefetch(lines):
             fn = cgutils.get_or_insert_function(builder.module,
                                                 ir.FunctionType(ir.VoidType(), [i8p, _I32, _I32, _I32]),
                                                 "llvm.prefetch.p0")
-            for k in range(lines):  # (read, keep in all levels, data)
+            for k in range(lines):  # (read, locality, data)
                 builder.call(fn, [builder.gep(base, [ir.Constant(ir.IntType(64), 64 * k)]), ir.Constant(_I32, 0),
-                                  ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
+                                  ir.Constant(_I32, locality), ir.Constant(_I32, 1)])
             return context.get_dummy_value()
         return types.none(arr, i), codegen
     return prefetch
 
 
 #: Four cache lines (a run of the batch-norm reductions: ``FNK_PREFETCH`` of src_ext/norm_kern.h),
-#: and one (:func:`.conv_direct._row_ahead`: ``fcd_row_ahead`` of src_ext/conv_direct.h).
+#: and one (:func:`.conv_direct._row_ahead`: ``fcd_row_ahead`` of src_ext/conv_direct.h); one
+#: into L2 (:func:`.conv_direct._prefetch_part`: ``fcd_prefetch_part``).
 prefetch_run, prefetch_line = intrinsic(_prefetch(4)), intrinsic(_prefetch(1))
+prefetch_line_l2 = intrinsic(_prefetch(1, 2))
 
 
 @intrinsic

@@ -32,6 +32,7 @@ from ._simd import (
     ctile_zero,
     pool2_row_biased,
     prefetch_line,
+    prefetch_line_l2,
     rtile_zero,
     tile_fma,
     tile_fma_at,
@@ -736,9 +737,17 @@ def _column_sums(tf, d0, pn, ocv, nb, bsum, i, acc):
         bsum[i, o] = acc[o]
 
 
+@helper
+def _prefetch_part(a, start, n, k, parts):
+    """Part ``k`` of ``parts`` of ``a[start:start + n]`` asked for into the caches, a line at a time
+    (the Cython kernels' ``fcd_prefetch_part``)."""
+    for e in range(start + k * n // parts, start + (k + 1) * n // parts, 16):
+        prefetch_line_l2(a, e)
+
+
 @parallel_kernel(fma=True)
 def _backward_weight(x, sh, sw, pt, pl, hq, wq, off, gy, idx, y, cell, oh, ow, groups, ni_max, nv, t_n, tw, part,
-                     bsum):
+                     bsum, prefetch):
     """``part[s, q, o]``: slot ``s``'s sum of the weight gradient of tap ``q = c*KK + kk`` (its
     input at grid position + ``off[q]``) and output channel ``o`` over its images (image ``i``
     in slot ``i*S//n``), in image order, in tiles of ``nv`` channel vectors x ``t_n`` taps in
@@ -749,7 +758,9 @@ def _backward_weight(x, sh, sw, pt, pl, hq, wq, off, gy, idx, y, cell, oh, ow, g
     other buffer (all of a chunk's tiles while they are in cache): ``gy`` transposed
     (:func:`_image_channels_last`), or, with indices ``idx``, ``gy`` is the pooled gradient
     (and ``y``, unless empty, the pooled ReLU output), unpooled (:func:`_unpool_channels_last`).
-    Returns how many indices lie outside their own window (then nothing is valid)."""
+    With ``prefetch`` (``_config.DIRECT_WGRAD_PREFETCH``) the next images' input and gradient are
+    asked for, a share after each tile.  Returns how many indices lie outside their own window
+    (then nothing is valid)."""
     n, c, h, w = x.shape
     oc = gy.shape[1]
     xflat = x.reshape(x.size)
@@ -789,7 +800,12 @@ def _backward_weight(x, sh, sw, pt, pl, hq, wq, off, gy, idx, y, cell, oh, ow, g
                     _image_channels_last(gyf, (i + k) * oc * pn, oc, pn, gf, k * gs, ocv)
                 if nb > 0 and g == 0:  # (the bias: once per image, by its slot's first item)
                     _column_sums(gf, k * gs, pn, ocv, nb, bsum, i + k, sums)
+            nn = min(ni_max, i1 - i - ni)  # (the next images, asked for while these run)
             for u in range(u0, u1):
+                if nn > 0 and prefetch:
+                    _prefetch_part(xflat, (i + ni) * c * h * w, nn * c * h * w, u - u0, u1 - u0)
+                    if not pooled:
+                        _prefetch_part(gyf, (i + ni) * oc * pn, nn * oc * pn, u - u0, u1 - u0)
                 ob = u // nqb
                 qb = u - ob * nqb
                 c0 = ob * nv * VL
@@ -880,7 +896,8 @@ def _weight_grad(gy, idx, y, x, sh, sw, pt, pl, oh, ow, gw, gb):
     # (idx's bits as float32: transposed as the gradients; idx and y flat: one compilation for both uses)
     flat = [np.ascontiguousarray(idx).reshape(-1).view(np.float32), np.ascontiguousarray(y).reshape(-1)]
     if _backward_weight(np.ascontiguousarray(x), sh, sw, pt, pl, hq, wq, off, np.ascontiguousarray(gy), *flat,
-                        _first_cells(oh, ow), oh, ow, groups, ni_max, nv, t_n, tw, part, bsum):
+                        _first_cells(oh, ow), oh, ow, groups, ni_max, nv, t_n, tw, part, bsum,
+                        _config.DIRECT_WGRAD_PREFETCH):
         return False
     _sum_slots(part, bsum, gw, gb)
     return True
