@@ -20,16 +20,20 @@ def _relu_forward(x, y, blk):
 
 
 @parallel_kernel
-def _relu_backward(gy, y, gx, blk):
-    # ``gy * (y > 0)``: multiplies by 1 or 0 (so NaN/inf gradients behave as in NumPy).
-    _backend.sizes_relu_backward(gy.size, y.size, gx.size)
+def _relu_backward(gy, y, gx, blk, g2):
+    # ``gy * (y > 0)``, with ``g2`` ``(gy + g2) * (y > 0)``: multiplies by 1 or 0 (so NaN/inf
+    # gradients behave as in NumPy).
     m = gy.size
     one = np.float32(1.0)
     zero = np.float32(0.0)
     for t in prange((m + blk - 1) // blk):
         lo, hi = chunk(t, m, blk)
-        for e in range(lo, hi):
-            gx[_u(e)] = gy[_u(e)] * (one if y[_u(e)] > 0 else zero)
+        if g2 is None:
+            for e in range(lo, hi):
+                gx[_u(e)] = gy[_u(e)] * (one if y[_u(e)] > 0 else zero)
+        else:
+            for e in range(lo, hi):
+                gx[_u(e)] = (gy[_u(e)] + g2[_u(e)]) * (one if y[_u(e)] > 0 else zero)
 
 
 @parallel_kernel
@@ -59,24 +63,12 @@ def add_relu_forward(a, b, y):
     _add_arrays(a, b, y, True, "add_relu_forward")
 
 
-@parallel_kernel
-def _add_relu_backward(ga, gb, y, gx, blk):
-    # ``(ga + gb) * (y > 0)``: the sum, then _relu_backward's multiply by 1 or 0.
-    m = gx.size
-    one = np.float32(1.0)
-    zero = np.float32(0.0)
-    for t in prange((m + blk - 1) // blk):
-        lo, hi = chunk(t, m, blk)
-        for e in range(lo, hi):
-            gx[_u(e)] = (ga[_u(e)] + gb[_u(e)]) * (one if y[_u(e)] > 0 else zero)
-
-
 def add_relu_backward(ga, gb, y, gx):
     """``gx = (ga + gb) * (y > 0)``; ga, gb, y IN; gx OUT (may be ga or gb)."""
     op = "add_relu_backward"
     ga, gb, y, gx = flat(ga, "ga", op), flat(gb, "gb", op), flat(y, "y", op), flat(gx, "gx", op)
     _backend.sizes_add_relu_backward(ga.size, gb.size, y.size, gx.size)
-    _add_relu_backward(ga, gb, y, gx, _config.ELEMWISE_BLOCK)
+    _relu_backward(ga, y, gx, _config.ELEMWISE_BLOCK, gb)
 
 
 def relu_forward(x, y):
@@ -87,4 +79,6 @@ def relu_forward(x, y):
 def relu_backward(gy, y, gx):
     """``gx = gy * (y > 0)``; gy, y IN; gx OUT (may be gy)."""
     op = "relu_backward"
-    _relu_backward(flat(gy, "gy", op), flat(y, "y", op), flat(gx, "gx", op), _config.ELEMWISE_BLOCK)
+    gy, y, gx = flat(gy, "gy", op), flat(y, "y", op), flat(gx, "gx", op)
+    _backend.sizes_relu_backward(gy.size, y.size, gx.size)
+    _relu_backward(gy, y, gx, _config.ELEMWISE_BLOCK, None)
