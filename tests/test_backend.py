@@ -1038,6 +1038,7 @@ def _recorded_primitive_calls(name):
         F.avg_pool2d_backward(F.avg_pool2d(x, 3, 2, 1), x.shape, 3, 2, 1)
         F.relu_backward(x, F.relu(x))
         F.add(x, F.add_relu(x, x[::-1].copy()))
+        F.add_relu_backward(x, x[::-1].copy(), F.relu(x))
         F.softmax_cross_entropy_backward(F.softmax_cross_entropy(x[:, 0, 0], [1, 2, 0])[1], [1, 2, 0])
         F.linear_backward(F.linear(x[:, 0, 0], x[0, 0]), x[:, 0, 0], x[0, 0])
         F.batch_norm2d_backward(*F.batch_norm2d(x, np.ones(2, np.float32), np.zeros(2, np.float32),
