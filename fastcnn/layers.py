@@ -18,7 +18,7 @@ import os
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from threading import get_ident
-from typing import Any, ClassVar, cast
+from typing import Any, ClassVar
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -742,14 +742,17 @@ class Sequential(Layer):
             fuse, masked = _dispatch.fuse(), False
             for j in range(len(layers) - 1, -1, -1):
                 layer = layers[j]
-                # a Residual right after another masks its input gradient with that block's
-                # ReLU output in its sum's pass; that block's backward then skips its ReLU's
-                mask = _residual_mask(layer, layers[j - 1]) if fuse and j else None
-                if masked or mask is not None:
-                    grad_out = cast(Residual, layer)._backward(grad_out, masked, mask)
+                if fuse and type(layer) is Residual:
+                    # a Residual right after another masks its input gradient with that block's
+                    # ReLU output in its sum's pass; that block's backward then skips its ReLU's
+                    mask = _residual_mask(layer, layers[j - 1]) if j else None
+                    if masked or mask is not None:
+                        grad_out = layer._backward(grad_out, masked, mask)
+                    else:
+                        grad_out = layer.backward(grad_out)
+                    masked = mask is not None
                 else:
                     grad_out = layer.backward(grad_out)
-                masked = mask is not None
                 if grad_out is None:
                     break
         finally:
