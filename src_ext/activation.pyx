@@ -31,22 +31,6 @@ cdef void _relu_block_inplace(const float* unused, const float* unused2, float* 
         y[i] = _relu(y[i])
 
 
-cdef void _relu_bwd_block(const float* gy, const float* y, float* gx, Py_ssize_t m) noexcept nogil:
-    """``gx = gy * (y > 0)`` as NumPy computes it (a float multiply by 1 or 0)."""
-    cdef Py_ssize_t i
-    cdef float one = 1.0, zero = 0.0
-    for i in range(m):
-        gx[i] = gy[i] * (one if y[i] > 0.0 else zero)
-
-
-cdef void _relu_bwd_block_inplace(const float* unused, const float* y, float* g,
-                                  Py_ssize_t m) noexcept nogil:
-    cdef Py_ssize_t i
-    cdef float one = 1.0, zero = 0.0
-    for i in range(m):
-        g[i] = g[i] * (one if y[i] > 0.0 else zero)
-
-
 cdef extern from *:
     """
     /* y = a + b, then with relu the ReLU kernels' rule (_relu); y may be a or b: no element
@@ -68,16 +52,21 @@ cdef extern from *:
     }
     static void fc_add_block(const float* a, const float* b, float* y, Py_ssize_t m) { fc_add_run(a, b, y, m, 0); }
     static void fc_add_relu_block(const float* a, const float* b, float* y, Py_ssize_t m) { fc_add_run(a, b, y, m, 1); }
-    /* g = (a + b) * (y > 0): the sum, then relu_backward's multiply by 1 or 0; g may be a or b */
-    static void fc_add_relu_bwd_block(const float* a, const float* b, const float* y, float* g, Py_ssize_t m)
+    /* gx = g * (y > 0) as NumPy computes it (a float multiply by 1 or 0), or with g2 (unless
+       NULL) (g + g2) * (y > 0): the sum, then that multiply; gx may be g or g2 (ivdep) */
+    static void fc_relu_bwd_run(const float* g, const float* g2, const float* y, float* gx, Py_ssize_t m)
     {
         Py_ssize_t i;
-        FC_IVDEP for (i = 0; i < m; i++) g[i] = (a[i] + b[i]) * (y[i] > 0.0f ? 1.0f : 0.0f);
+        if (g2) {
+            FC_IVDEP for (i = 0; i < m; i++) gx[i] = (g[i] + g2[i]) * (y[i] > 0.0f ? 1.0f : 0.0f);
+        } else {
+            FC_IVDEP for (i = 0; i < m; i++) gx[i] = g[i] * (y[i] > 0.0f ? 1.0f : 0.0f);
+        }
     }
     """
     void fc_add_block(const float* a, const float* b, float* y, Py_ssize_t m) noexcept nogil
     void fc_add_relu_block(const float* a, const float* b, float* y, Py_ssize_t m) noexcept nogil
-    void fc_add_relu_bwd_block(const float* a, const float* b, const float* y, float* g, Py_ssize_t m) noexcept nogil
+    void fc_relu_bwd_run(const float* g, const float* g2, const float* y, float* gx, Py_ssize_t m) noexcept nogil
 
 
 cdef void _blocks(_block_fn f, const float* a,   # IN  (M,)
@@ -88,6 +77,16 @@ cdef void _blocks(_block_fn f, const float* a,   # IN  (M,)
     cdef Py_ssize_t nb = (M + _BLOCK - 1) // _BLOCK, t
     for t in prange(nb, schedule='static', num_threads=nt):
         f(a + t * _BLOCK, b + t * _BLOCK, out + t * _BLOCK, min(M - t * _BLOCK, _BLOCK))
+
+
+cdef void _bwd_blocks(const float* g, const float* g2, const float* y,  # IN  (M,) each; g2 may be NULL
+                      float* gx,                                        # OUT (M,)
+                      Py_ssize_t M, int nt) noexcept nogil:
+    """``fc_relu_bwd_run`` over the fixed blocks of the M elements, as :func:`_blocks`."""
+    cdef Py_ssize_t nb = (M + _BLOCK - 1) // _BLOCK, t, o
+    for t in prange(nb, schedule='static', num_threads=nt):
+        o = t * _BLOCK
+        fc_relu_bwd_run(g + o, g2 + o if g2 != NULL else NULL, y + o, gx + o, min(M - o, _BLOCK))
 
 
 cdef _Key _fwd_ok, _bwd_ok, _add_ok, _add_relu_ok, _add_relu_bwd_ok
@@ -154,8 +153,7 @@ def relu_backward(gy, y, gx):
     if nx == 0:
         return
     with nogil:
-        _blocks(_relu_bwd_block_inplace if xp == gp else _relu_bwd_block, gp, yp, xp, nx,
-                _threads_for(nx))
+        _bwd_blocks(gp, NULL, yp, xp, nx, _threads_for(nx))
 
 
 def add_relu_backward(ga, gb, y, gx):
@@ -164,7 +162,7 @@ def add_relu_backward(ga, gb, y, gx):
     cdef float* bp
     cdef float* yp
     cdef float* gp
-    cdef Py_ssize_t na, nb, ny, ng, t, nblk
+    cdef Py_ssize_t na, nb, ny, ng
     _flat(ga, False, "ga", &ap, &na)
     _flat(gb, False, "gb", &bp, &nb)
     _flat(y, False, "y", &yp, &ny)
@@ -174,8 +172,5 @@ def add_relu_backward(ga, gb, y, gx):
         _passed(&_add_relu_bwd_ok, &k, _backend.sizes_add_relu_backward(na, nb, ny, ng))
     if ng == 0:
         return
-    nblk = (ng + _BLOCK - 1) // _BLOCK
-    with nogil:  # (the fixed blocks of _blocks, one more array)
-        for t in prange(nblk, schedule='static', num_threads=_threads_for(ng)):
-            fc_add_relu_bwd_block(ap + t * _BLOCK, bp + t * _BLOCK, yp + t * _BLOCK, gp + t * _BLOCK,
-                                  min(ng - t * _BLOCK, _BLOCK))
+    with nogil:
+        _bwd_blocks(ap, bp, yp, gp, ng, _threads_for(ng))
