@@ -373,9 +373,152 @@ FC_TARGET_PUSH(FC_AVX2)
 /* (the masked-off lanes load as +0.0, so OR merges the run into a's zero lanes) */
 #define FCD_LOAD_MASKED(a, m, p) _mm256_or_ps((a), _mm256_maskload_ps((p), (m)))
 #define FCD_TRANSPOSE fc_transpose8_avx2
+#define FCD_EVEN16 fcd_even8_avx2
+#define FCD_DEINTERLEAVE fcd_deinterleave_avx2
+#define FCD_INTERLEAVE fcd_interleave_avx2
+#define FCD_PUT_PAIRS fcd_put_pairs_avx2
+#define FCD_QUADS fcd_quads_avx2
+#define FCD_DEAL4 fcd_deal4_avx2
+
+/* Lanes l with lo <= l < hi (any lo, hi), as a maskload mask. */
+static inline __m256i fcd_lanes_avx2(fcd_i lo, fcd_i hi)
+{
+    const __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    lo = lo < 0 ? 0 : lo > 8 ? 8 : lo;
+    hi = hi < 0 ? 0 : hi > 8 ? 8 : hi;
+    return _mm256_andnot_si256(_mm256_cmpgt_epi32(_mm256_set1_epi32((int)lo), idx),
+                               _mm256_cmpgt_epi32(_mm256_set1_epi32((int)hi), idx));
+}
+
+/* Lanes 0, 2, 4, 6 of lo then of hi (even 1) or lanes 1, 3, 5, 7 (even 0). */
+static inline __m256 fcd_evens_avx2(__m256 lo, __m256 hi, int even)
+{
+    __m256 e = even ? _mm256_shuffle_ps(lo, hi, _MM_SHUFFLE(2, 0, 2, 0)) : _mm256_shuffle_ps(lo, hi, _MM_SHUFFLE(3, 1, 3, 1));
+    return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(e), _MM_SHUFFLE(3, 1, 2, 0)));
+}
+
+/* fcd_deinterleave_avx512 by 8: two loads (masked at the row's end) and two shuffles. */
+static inline void fcd_deinterleave_avx2(const float* s, fcd_i n, float* e, fcd_i ne, float* o, fcd_i no)
+{
+    fcd_i k;
+    for (k = 0; k < ne || k < no; k += 8) {
+        __m256 lo, hi;
+        if (2 * k + 16 <= n) {
+            lo = _mm256_loadu_ps(s + 2 * k);
+            hi = _mm256_loadu_ps(s + 2 * k + 8);
+        } else {
+            lo = _mm256_maskload_ps(s + 2 * k, fcd_lanes_avx2(0, n - 2 * k));
+            hi = _mm256_maskload_ps(s + 2 * k + 8, fcd_lanes_avx2(0, n - 2 * k - 8));
+        }
+        if (k < ne)
+            fc_store_n_avx2(e + k, _mm256_castps_si256(fcd_evens_avx2(lo, hi, 1)), ne - k);
+        if (k < no)
+            fc_store_n_avx2(o + k, _mm256_castps_si256(fcd_evens_avx2(lo, hi, 0)), no - k);
+    }
+}
+
+/* fcd_even16_avx512 by 8: d[0 .. n) = s[0], s[2], ..., s[2n - 2], nothing past s[2n - 2] read. */
+static inline void fcd_even8_avx2(float* d, const float* s, fcd_i n)
+{
+    fcd_i k = 0;
+    for (; k + 9 <= n; k += 8)  /* (reads s[2k + 15] <= s[2n - 3]) */
+        _mm256_storeu_ps(d + k, fcd_evens_avx2(_mm256_loadu_ps(s + 2 * k), _mm256_loadu_ps(s + 2 * k + 8), 1));
+    if (k < n) {
+        fcd_i r = 2 * (n - k) - 1;  /* source values s[2k] .. s[2n - 2] */
+        __m256 lo = _mm256_maskload_ps(s + 2 * k, fcd_lanes_avx2(0, r));
+        __m256 hi = _mm256_maskload_ps(s + 2 * k + 8, fcd_lanes_avx2(0, r - 8));
+        fc_store_n_avx2(d + k, _mm256_castps_si256(fcd_evens_avx2(lo, hi, 1)), n - k);
+    }
+}
+
+/* v + b, then the ReLU kernels' rule if relu (NaN stays, -0 -> +0). */
+static inline __m256 fcd_bias_relu_avx2(__m256 v, __m256 b, int relu)
+{
+    v = _mm256_add_ps(v, b);
+    return relu ? _mm256_andnot_ps(_mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_LE_OQ), v) : v;
+}
+
+/* fcd_put_pairs_avx512 by 8: d[0 .. 16) = f(a[0]), f(c[0]), ..., f(a[7]), f(c[7]). */
+static inline void fcd_put_pairs_avx2(float* d, __m256 a, __m256 c, float b, int relu)
+{
+    const __m256 bv = _mm256_set1_ps(b);
+    a = fcd_bias_relu_avx2(a, bv, relu);
+    c = fcd_bias_relu_avx2(c, bv, relu);
+    __m256 lo = _mm256_unpacklo_ps(a, c), hi = _mm256_unpackhi_ps(a, c);  /* (pairs 0, 1 | 4, 5 and 2, 3 | 6, 7) */
+    _mm256_storeu_ps(d, _mm256_permute2f128_ps(lo, hi, 0x20));
+    _mm256_storeu_ps(d + 8, _mm256_permute2f128_ps(lo, hi, 0x31));
+}
+
+/* fcd_interleave_avx512's pairs by 8, then 4, reading nothing past s0[n), s1[n); returns the
+ * pairs done (the caller finishes the last n % 4). */
+static inline fcd_i fcd_interleave_avx2(const float* s0, const float* s1, fcd_i n, float b, int relu, float* d)
+{
+    fcd_i k;
+    for (k = 0; k + 8 <= n; k += 8)
+        fcd_put_pairs_avx2(d + 2 * k, _mm256_loadu_ps(s0 + k), _mm256_loadu_ps(s1 + k), b, relu);
+    if (k + 4 <= n) {
+        const __m128 bv = _mm_set1_ps(b);
+        __m128 a = _mm_add_ps(_mm_loadu_ps(s0 + k), bv), c = _mm_add_ps(_mm_loadu_ps(s1 + k), bv);
+        if (relu) {
+            a = _mm_andnot_ps(_mm_cmp_ps(a, _mm_setzero_ps(), _CMP_LE_OQ), a);
+            c = _mm_andnot_ps(_mm_cmp_ps(c, _mm_setzero_ps(), _CMP_LE_OQ), c);
+        }
+        _mm_storeu_ps(d + 2 * k, _mm_unpacklo_ps(a, c));
+        _mm_storeu_ps(d + 2 * k + 4, _mm_unpackhi_ps(a, c));
+        k += 4;
+    }
+    return k;
+}
+
+/* d[4 l + k] = q[k][l], l < 8, k < 4: a 4 x 8 transpose (pairs, then quads, then lanes). */
+static inline void fcd_quads_avx2(const __m256* q, float* d)
+{
+    __m256 t0 = _mm256_unpacklo_ps(q[0], q[1]), t1 = _mm256_unpackhi_ps(q[0], q[1]);
+    __m256 t2 = _mm256_unpacklo_ps(q[2], q[3]), t3 = _mm256_unpackhi_ps(q[2], q[3]);
+    __m256 u0 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0));  /* (lanes l = 0 | 4) */
+    __m256 u1 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2));  /* (1 | 5) */
+    __m256 u2 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0));  /* (2 | 6) */
+    __m256 u3 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2));  /* (3 | 7) */
+    _mm256_storeu_ps(d, _mm256_permute2f128_ps(u0, u1, 0x20));
+    _mm256_storeu_ps(d + 8, _mm256_permute2f128_ps(u2, u3, 0x20));
+    _mm256_storeu_ps(d + 16, _mm256_permute2f128_ps(u0, u1, 0x31));
+    _mm256_storeu_ps(d + 24, _mm256_permute2f128_ps(u2, u3, 0x31));
+}
+
+/* fcd_deal4_avx512 by 8: d[b ps + m] = s[4 m + b - o] (zero outside [0, n)), 32 source values per
+ * four masked loads and the inverse of fcd_quads_avx2. */
+static inline void fcd_deal4_avx2(const float* s, fcd_i n, fcd_i o, float* d, fcd_i ps, fcd_i nm)
+{
+    fcd_i m, u;
+    for (m = 0; m < nm; m += 8) {
+        __m256 x[4];
+        for (u = 0; u < 4; u++) {  /* source values k - o, k = 4 m + 8 u + lane, inside [0, n) */
+            fcd_i k0 = 4 * m + 8 * u - o;
+            x[u] = k0 >= 0 && k0 + 8 <= n ? _mm256_loadu_ps(s + k0)
+                                          : _mm256_maskload_ps(s + k0, fcd_lanes_avx2(-k0, n - k0));
+        }
+        /* x[u] holds phase columns m + 2u, m + 2u + 1 (4 phases each): regroup by 128-bit lanes */
+        __m256 a0 = _mm256_permute2f128_ps(x[0], x[2], 0x20), a1 = _mm256_permute2f128_ps(x[0], x[2], 0x31);
+        __m256 a2 = _mm256_permute2f128_ps(x[1], x[3], 0x20), a3 = _mm256_permute2f128_ps(x[1], x[3], 0x31);
+        __m256 t0 = _mm256_unpacklo_ps(a0, a1), t1 = _mm256_unpackhi_ps(a0, a1);
+        __m256 t2 = _mm256_unpacklo_ps(a2, a3), t3 = _mm256_unpackhi_ps(a2, a3);
+        fcd_i left = nm - m;
+        fc_store_n_avx2(d + m, _mm256_castps_si256(_mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0))), left);
+        fc_store_n_avx2(d + ps + m, _mm256_castps_si256(_mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2))), left);
+        fc_store_n_avx2(d + 2 * ps + m, _mm256_castps_si256(_mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0))), left);
+        fc_store_n_avx2(d + 3 * ps + m, _mm256_castps_si256(_mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2))), left);
+    }
+}
+
 #include "transpose8.h"
 #include "conv_direct_kern.h"
 #undef FCD_TRANSPOSE
+#undef FCD_EVEN16
+#undef FCD_DEINTERLEAVE
+#undef FCD_INTERLEAVE
+#undef FCD_PUT_PAIRS
+#undef FCD_QUADS
+#undef FCD_DEAL4
 FC_TARGET_POP
 
 FC_TARGET_PUSH(FC_AVX512)

@@ -3,7 +3,8 @@
  * the FMA peak.  What a primitive loses beyond these is memory traffic and threading.
  *
  *   gcc -O3 -fno-math-errno -ffp-contract=off -Isrc_ext benches/probes/direct_incache.c -o /tmp/incache
- *   /tmp/incache [PEAK_GFLOPS]     (default 220: benches/ceilings.py, one thread)
+ *   /tmp/incache [PEAK_GFLOPS [ISA]]   (default 220: benches/ceilings.py, one thread; ISA 0
+ *                                       baseline, 1 avx2, 2 avx512, default the best)
  *
  * Shapes: the seed networks' convolutions (C, OC, H, K, stride); padding K / 2. */
 #include <stdio.h>
@@ -66,7 +67,7 @@ static void shape(int C, int OC, int H, int K, int s, double peak)
     for (r = 0; r < reps; r++)
         for (u = 0; u < NOB * NQB; u++)
             fcd_bwd_weight_tile(xq, 0, gt, 0, 1, OCV, OH, OH, g.Wq, u / NQB, V, &off[(u % NQB) * T],
-                                &part[(u % NQB) * T * OCV], r > 0, kw);
+                                &part[(u % NQB) * T * OCV], r > 0, kw, T);
     double tw = (now() - t0) / reps;
     double gf = 2.0 * OC * C * KK * OH * OH / 1e9;
     printf("| %d -> %d, %dx%d, k%d s%d | %.2f | %.2f (%.0f%%) | %.2f (%.0f%%) |\n", C, OC, H, H, K, s, tp * 1e6,
@@ -76,8 +77,12 @@ static void shape(int C, int OC, int H, int K, int s, double peak)
 int main(int argc, char** argv)
 {
     double peak = argc > 1 ? atof(argv[1]) : 220.0;
-    fcd_set_isa(fcd_cpu_supports(2) ? 2 : fcd_cpu_supports(1) ? 1 : 0);
-    printf("in-cache, one image, one thread; us per image (%% of %.0f GFLOP/s)\n", peak);
+    int isa = argc > 2 ? atoi(argv[2]) : fcd_cpu_supports(2) ? 2 : fcd_cpu_supports(1) ? 1 : 0;
+    if (fcd_set_isa(isa) < 0) {
+        fprintf(stderr, "ISA %d is not supported by this CPU\n", isa);
+        return 1;
+    }
+    printf("in-cache, one image, one thread, ISA %d; us per image (%% of %.0f GFLOP/s)\n", isa, peak);
     printf("| shape | input packing | forward tiles + store | weight-gradient tiles |\n|---|---:|---:|---:|\n");
     shape(1, 32, 28, 5, 1, peak);
     shape(32, 64, 14, 5, 1, peak);
