@@ -512,13 +512,6 @@ static inline void fcd_deal4_avx2(const float* s, fcd_i n, fcd_i o, float* d, fc
 
 #include "transpose8.h"
 #include "conv_direct_kern.h"
-#undef FCD_TRANSPOSE
-#undef FCD_EVEN16
-#undef FCD_DEINTERLEAVE
-#undef FCD_INTERLEAVE
-#undef FCD_PUT_PAIRS
-#undef FCD_QUADS
-#undef FCD_DEAL4
 FC_TARGET_POP
 
 FC_TARGET_PUSH(FC_AVX512)
@@ -686,13 +679,6 @@ static inline void fcd_even16_avx512(float* d, const float* s, fcd_i n)
 
 #include "transpose16.h"
 #include "conv_direct_kern.h"
-#undef FCD_TRANSPOSE
-#undef FCD_EVEN16
-#undef FCD_DEINTERLEAVE
-#undef FCD_INTERLEAVE
-#undef FCD_PUT_PAIRS
-#undef FCD_QUADS
-#undef FCD_DEAL4
 FC_TARGET_POP
 
 /* 0 baseline, 1 avx2, 2 avx512: whether the CPU (and OS) support it. */

@@ -929,3 +929,11 @@ static const fcd_isa_kernels FCD_NAME(fcd_kernels) = {
 #undef FCD_MASK_T
 #undef FCD_LANES
 #undef FCD_LOAD_MASKED
+/* (a path's optional shuffles) */
+#undef FCD_TRANSPOSE
+#undef FCD_EVEN16
+#undef FCD_DEINTERLEAVE
+#undef FCD_INTERLEAVE
+#undef FCD_PUT_PAIRS
+#undef FCD_QUADS
+#undef FCD_DEAL4
