@@ -373,22 +373,12 @@ FC_TARGET_PUSH(FC_AVX2)
 /* (the masked-off lanes load as +0.0, so OR merges the run into a's zero lanes) */
 #define FCD_LOAD_MASKED(a, m, p) _mm256_or_ps((a), _mm256_maskload_ps((p), (m)))
 #define FCD_TRANSPOSE fc_transpose8_avx2
-#define FCD_EVEN16 fcd_even8_avx2
+#define FCD_EVENS fcd_even8_avx2
 #define FCD_DEINTERLEAVE fcd_deinterleave_avx2
 #define FCD_INTERLEAVE fcd_interleave_avx2
 #define FCD_PUT_PAIRS fcd_put_pairs_avx2
 #define FCD_QUADS fcd_quads_avx2
 #define FCD_DEAL4 fcd_deal4_avx2
-
-/* Lanes l with lo <= l < hi (any lo, hi), as a maskload mask. */
-static inline __m256i fcd_lanes_avx2(fcd_i lo, fcd_i hi)
-{
-    const __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    lo = lo < 0 ? 0 : lo > 8 ? 8 : lo;
-    hi = hi < 0 ? 0 : hi > 8 ? 8 : hi;
-    return _mm256_andnot_si256(_mm256_cmpgt_epi32(_mm256_set1_epi32((int)lo), idx),
-                               _mm256_cmpgt_epi32(_mm256_set1_epi32((int)hi), idx));
-}
 
 /* Lanes 0, 2, 4, 6 of lo then of hi (even 1) or lanes 1, 3, 5, 7 (even 0). */
 static inline __m256 fcd_evens_avx2(__m256 lo, __m256 hi, int even)
@@ -407,8 +397,8 @@ static inline void fcd_deinterleave_avx2(const float* s, fcd_i n, float* e, fcd_
             lo = _mm256_loadu_ps(s + 2 * k);
             hi = _mm256_loadu_ps(s + 2 * k + 8);
         } else {
-            lo = _mm256_maskload_ps(s + 2 * k, fcd_lanes_avx2(0, n - 2 * k));
-            hi = _mm256_maskload_ps(s + 2 * k + 8, fcd_lanes_avx2(0, n - 2 * k - 8));
+            lo = _mm256_maskload_ps(s + 2 * k, FCD_LANES(0, n - 2 * k));
+            hi = _mm256_maskload_ps(s + 2 * k + 8, FCD_LANES(0, n - 2 * k - 8));
         }
         if (k < ne)
             fc_store_n_avx2(e + k, _mm256_castps_si256(fcd_evens_avx2(lo, hi, 1)), ne - k);
@@ -425,8 +415,8 @@ static inline void fcd_even8_avx2(float* d, const float* s, fcd_i n)
         _mm256_storeu_ps(d + k, fcd_evens_avx2(_mm256_loadu_ps(s + 2 * k), _mm256_loadu_ps(s + 2 * k + 8), 1));
     if (k < n) {
         fcd_i r = 2 * (n - k) - 1;  /* source values s[2k] .. s[2n - 2] */
-        __m256 lo = _mm256_maskload_ps(s + 2 * k, fcd_lanes_avx2(0, r));
-        __m256 hi = _mm256_maskload_ps(s + 2 * k + 8, fcd_lanes_avx2(0, r - 8));
+        __m256 lo = _mm256_maskload_ps(s + 2 * k, FCD_LANES(0, r));
+        __m256 hi = _mm256_maskload_ps(s + 2 * k + 8, FCD_LANES(0, r - 8));
         fc_store_n_avx2(d + k, _mm256_castps_si256(fcd_evens_avx2(lo, hi, 1)), n - k);
     }
 }
@@ -435,7 +425,7 @@ static inline void fcd_even8_avx2(float* d, const float* s, fcd_i n)
 static inline __m256 fcd_bias_relu_avx2(__m256 v, __m256 b, int relu)
 {
     v = _mm256_add_ps(v, b);
-    return relu ? _mm256_andnot_ps(_mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_LE_OQ), v) : v;
+    return relu ? FCD_RELU(v) : v;
 }
 
 /* fcd_put_pairs_avx512 by 8: d[0 .. 16) = f(a[0]), f(c[0]), ..., f(a[7]), f(c[7]). */
@@ -495,7 +485,7 @@ static inline void fcd_deal4_avx2(const float* s, fcd_i n, fcd_i o, float* d, fc
         for (u = 0; u < 4; u++) {  /* source values k - o, k = 4 m + 8 u + lane, inside [0, n) */
             fcd_i k0 = 4 * m + 8 * u - o;
             x[u] = k0 >= 0 && k0 + 8 <= n ? _mm256_loadu_ps(s + k0)
-                                          : _mm256_maskload_ps(s + k0, fcd_lanes_avx2(-k0, n - k0));
+                                          : _mm256_maskload_ps(s + k0, FCD_LANES(-k0, n - k0));
         }
         /* x[u] holds phase columns m + 2u, m + 2u + 1 (4 phases each): regroup by 128-bit lanes */
         __m256 a0 = _mm256_permute2f128_ps(x[0], x[2], 0x20), a1 = _mm256_permute2f128_ps(x[0], x[2], 0x31);
@@ -542,7 +532,7 @@ FC_TARGET_PUSH(FC_AVX512)
 #define FCD_LANES(lo, hi) ((__mmask16)(((1u << (hi)) - 1u) & ~((1u << (lo)) - 1u)))
 #define FCD_LOAD_MASKED(a, m, p) _mm512_mask_loadu_ps((a), (m), (p))
 #define FCD_TRANSPOSE fc_transpose16_avx512
-#define FCD_EVEN16 fcd_even16_avx512
+#define FCD_EVENS fcd_even16_avx512
 #define FCD_DEINTERLEAVE fcd_deinterleave_avx512
 #define FCD_INTERLEAVE fcd_interleave_avx512
 #define FCD_PUT_PAIRS fcd_put_pairs_avx512

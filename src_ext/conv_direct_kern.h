@@ -517,9 +517,9 @@ static void FCD_NAME(fcd_pack_input)(const fcd_geo* g, const float* src, float* 
                         for (ww = lo; ww < hi; ww++)
                             d[ww] = sr[ww + c0];
                     } else if (g->sw == 2) {  /* a stride-2 gather */
-#ifdef FCD_EVEN16
+#ifdef FCD_EVENS
                         if (hi > lo)
-                            FCD_EVEN16(d + lo, sr + 2 * lo + c0, hi - lo);
+                            FCD_EVENS(d + lo, sr + 2 * lo + c0, hi - lo);
 #else
                         for (ww = lo; ww < hi; ww++)
                             d[ww] = sr[2 * ww + c0];
@@ -931,7 +931,7 @@ static const fcd_isa_kernels FCD_NAME(fcd_kernels) = {
 #undef FCD_LOAD_MASKED
 /* (a path's optional shuffles) */
 #undef FCD_TRANSPOSE
-#undef FCD_EVEN16
+#undef FCD_EVENS
 #undef FCD_DEINTERLEAVE
 #undef FCD_INTERLEAVE
 #undef FCD_PUT_PAIRS

@@ -34,6 +34,21 @@ static inline __attribute__((always_inline)) double fps_lanes(fps_v8d a)
     return d[0] + d[1];
 }
 
+/* The 64 partial sums of d (A) and of d * d (Q), eight vectors each, folded in halves, then
+ * sd[0] = K P + S' and sd[1] = max(Q' - S'^2 / P, 0). */
+static inline __attribute__((always_inline)) void fps_finish(fps_v8d* A, fps_v8d* Q, double K, ptrdiff_t P,
+                                                             double* sd)
+{
+    double s, ss;
+    A[0] += A[4]; A[1] += A[5]; A[2] += A[6]; A[3] += A[7]; Q[0] += Q[4]; Q[1] += Q[5]; Q[2] += Q[6]; Q[3] += Q[7];
+    A[0] += A[2]; A[1] += A[3]; Q[0] += Q[2]; Q[1] += Q[3];
+    A[0] += A[1]; Q[0] += Q[1];
+    s = fps_lanes(A[0]);
+    ss = fps_lanes(Q[0]) - (s * s) / (double)P;
+    sd[0] = K * (double)P + s;
+    sd[1] = ss > 0.0 ? ss : 0.0;
+}
+
 /* a_j += d, q_j += d * d for d = the eight values at p (as double) - K, lanes at or past n
  * (if n < 8) giving d = 0 */
 #define FPS_TERM(CVT8, a, q, p, n) do {                                                          \
@@ -56,7 +71,6 @@ static void fps_plane_stats_##SUFFIX(const float* x, ptrdiff_t P, double* sd)   
     const double K = (double)x[0];                                                            \
     fps_v8d a0 = z, a1 = z, a2 = z, a3 = z, a4 = z, a5 = z, a6 = z, a7 = z;                   \
     fps_v8d q0 = z, q1 = z, q2 = z, q3 = z, q4 = z, q5 = z, q6 = z, q7 = z;                   \
-    double s, ss;                                                                             \
     ptrdiff_t e0;                                                                             \
     for (e0 = 0; e0 + FPS_LANES <= P; e0 += FPS_LANES)                                        \
         FPS_BLOCK(CVT8, x + e0, FPS_LANES);                                                   \
@@ -66,13 +80,10 @@ static void fps_plane_stats_##SUFFIX(const float* x, ptrdiff_t P, double* sd)   
         for (j = 0; j < FPS_LANES; j++) t[j] = j < r ? x[e0 + j] : 0.0f;                      \
         FPS_BLOCK(CVT8, t, r);                                                                \
     }                                                                                         \
-    a0 += a4; a1 += a5; a2 += a6; a3 += a7; q0 += q4; q1 += q5; q2 += q6; q3 += q7;           \
-    a0 += a2; a1 += a3; q0 += q2; q1 += q3;                                                   \
-    a0 += a1; q0 += q1;                                                                       \
-    s = fps_lanes(a0);                                                                        \
-    ss = fps_lanes(q0) - (s * s) / (double)P;                                                 \
-    sd[0] = K * (double)P + s;                                                                \
-    sd[1] = ss > 0.0 ? ss : 0.0;                                                              \
+    {                                                                                         \
+        fps_v8d A[8] = {a0, a1, a2, a3, a4, a5, a6, a7}, Q[8] = {q0, q1, q2, q3, q4, q5, q6, q7}; \
+        fps_finish(A, Q, K, P, sd);                                                           \
+    }                                                                                         \
 }
 
 /* Eight floats at p, converted to double (exactly); a macro, not a function returning a
@@ -84,7 +95,7 @@ FPS_BODY(base, fps_cvt8)
 #include <immintrin.h>
 FC_TARGET_PUSH(FC_AVX2)
 /* fps_plane_stats_base's operations on AVX2's 16 registers: the 64 partial sums of d and of
- * d * d are 32 ymm, which FPS_BODY kept on the stack (0.5-0.9 Gfloat/s); here the plane is
+ * d * d are 32 ymm, which FPS_BODY keeps on the stack; here the plane is
  * read in four passes of 16 partial sums each (8 ymm), each pass taking its 16 values of every
  * block of 64: every partial sum gets the same terms in the same order, then the same folds. */
 static inline __attribute__((always_inline)) void fps_term4_avx2(const float* p, ptrdiff_t n, __m256d K,
@@ -105,7 +116,6 @@ static void fps_plane_stats_avx2(const float* x, ptrdiff_t P, double* sd)
     const __m256d Kv = _mm256_set1_pd(K);
     float t[FPS_LANES];
     ptrdiff_t e0, j, u, r = P % FPS_LANES, full = P - r;
-    double s, ss;
     for (j = 0; j < FPS_LANES; j++)
         t[j] = j < r ? x[full + j] : 0.0f;
     for (u = 0; u < 16; u += 4) {  /* pass: partial sums 4u .. 4u + 15 */
@@ -127,15 +137,7 @@ static void fps_plane_stats_avx2(const float* x, ptrdiff_t P, double* sd)
         A.h[u] = a0, A.h[u + 1] = a1, A.h[u + 2] = a2, A.h[u + 3] = a3;
         Q.h[u] = q0, Q.h[u + 1] = q1, Q.h[u + 2] = q2, Q.h[u + 3] = q3;
     }
-    /* FPS_BODY's folds */
-    A.v[0] += A.v[4]; A.v[1] += A.v[5]; A.v[2] += A.v[6]; A.v[3] += A.v[7];
-    Q.v[0] += Q.v[4]; Q.v[1] += Q.v[5]; Q.v[2] += Q.v[6]; Q.v[3] += Q.v[7];
-    A.v[0] += A.v[2]; A.v[1] += A.v[3]; Q.v[0] += Q.v[2]; Q.v[1] += Q.v[3];
-    A.v[0] += A.v[1]; Q.v[0] += Q.v[1];
-    s = fps_lanes(A.v[0]);
-    ss = fps_lanes(Q.v[0]) - (s * s) / (double)P;
-    sd[0] = K * (double)P + s;
-    sd[1] = ss > 0.0 ? ss : 0.0;
+    fps_finish(A.v, Q.v, K, P, sd);
 }
 FC_TARGET_POP
 FC_TARGET_PUSH(FC_AVX512)
