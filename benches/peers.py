@@ -218,13 +218,7 @@ def child_fastcnn(backend, spec, threads):
     opt = optim.Adam(model.parameters(), rec["lr"]) if rec["optimizer"] == "adam" else \
         optim.SGD(model.parameters(), rec["lr"])
     loss_fn = losses.SoftmaxCrossEntropy()
-
-    def step(x, y):
-        opt.zero_grad()
-        loss_fn.forward(model.forward(x), y)
-        model.backward(loss_fn.backward())
-        opt.step()
-
+    step = fastcnn.TrainStep(model, loss_fn, opt)  # (zero_grad, forward, loss, backward, update)
     return dict(step=step, eval=lambda: model.eval(), infer=model.forward, channels_last=False,
                 threads=f"fastcnn.get_num_threads()={fastcnn.get_num_threads()}")
 

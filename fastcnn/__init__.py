@@ -39,6 +39,7 @@ from ._summary import summary  # noqa: E402
 from .graph import Input, Model  # noqa: E402
 from .layers import Parameter  # noqa: E402
 from .model import Sequential, load, save  # noqa: E402
+from .step import TrainStep  # noqa: E402
 
 __all__ = [
     "__version__",
@@ -67,6 +68,7 @@ __all__ = [
     "load",
     "save",
     "summary",
+    "TrainStep",
 ]
 
 

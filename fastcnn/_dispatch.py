@@ -63,6 +63,7 @@ DIRECT_AUTO_MODULES = ("fastcnn._ext", "fastcnn._kernels")
 ENV_CONV = "FASTCNN_CONV"
 
 _settings: dict[str, Any] = {}
+_changes = [0]  # how often the settings changed (plans made under other settings are stale)
 
 
 def _current() -> dict[str, Any]:
@@ -90,6 +91,7 @@ class _Config:
     def __exit__(self, *exc: object) -> None:
         _settings.clear()
         _settings.update(self._previous)
+        _changes[0] += 1
 
     def __repr__(self) -> str:
         return f"fastcnn.config({', '.join(f'{k}={v!r}' for k, v in _settings.items())})"
@@ -138,7 +140,13 @@ def config(*, conv: str | None = None, winograd_tile: str | int | None = None, f
         _settings["fuse"] = fuse
     if fold_bn is not None:
         _settings["fold_bn"] = fold_bn
+    _changes[0] += 1
     return _Config(previous)
+
+
+def changes() -> int:
+    """A count of the settings' changes: a plan made when it read the same is still valid."""
+    return _changes[0]
 
 
 def get_config() -> dict[str, Any]:

@@ -363,10 +363,21 @@ def conv2d_backward(grad_out: ArrayLike, x: ArrayLike, weight: ArrayLike, stride
         relu_output = as_float32(relu_output, "relu_output", 4, op)
         if relu_output.shape != want:
             raise ValueError(f"{op}: relu_output must have shape {want}, got {relu_output.shape}")
+    idx = None if pool_indices is None else _pool_indices(grad_out, pool_indices, full, op, ws)[0]
+    return _conv2d_backward_fused(k, grad_out, x, weight, g, bias, input_grad, idx, relu_output, ws)
+
+
+def _conv2d_backward_fused(k: ModuleType, grad_out: np.ndarray, x: np.ndarray, weight: np.ndarray,
+                           g: ConvGeometry, bias: bool, input_grad: bool, idx: np.ndarray | None,
+                           relu_output: np.ndarray | None, ws: Workspace | None,
+                           ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
+    """:func:`conv2d_backward` of arrays it checked (``idx``: the pooling's indices, checked, or None)."""
+    n, c = x.shape[:2]
+    oc = weight.shape[0]
+    full = (n, oc, g.oh, g.ow)
     plan = _dispatch.conv_plan(k, n, c, oc, g.kh, g.kw, g.oh, g.ow, x.dtype.itemsize, True, input_grad,
                                g.sh * g.sw > 1, max(g.pt, g.pl))
-    if pool_indices is not None:
-        idx, _ = _pool_indices(grad_out, pool_indices, full, op, ws)
+    if idx is not None:
         # The direct plan's pooled primitive (its gradients from the pooling's winners,
         # docs/PERFORMANCE.md, section 9); on the Winograd plan for the weights, and for the
         # input where it takes that from the winners.
@@ -388,6 +399,22 @@ def conv2d_backward(grad_out: ArrayLike, x: ArrayLike, weight: ArrayLike, stride
     elif relu_output is not None:
         grad_out = relu_backward(grad_out, relu_output, ws=ws)
     return _conv2d_backward(k, grad_out, x, weight, g, bias, input_grad, ws, plan)
+
+
+def _conv2d_backward_single(k: ModuleType, g0: np.ndarray, x: np.ndarray, weight: np.ndarray, g: ConvGeometry,
+                            bias: bool, input_grad: bool, cols: np.ndarray
+                            ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
+    """The gradients of one image (the ``"single"`` plan) from ``g0``, its output gradient as
+    (OC, OH*OW) (no reorders), with ``cols`` (C*kh*kw, OH*OW) as scratch."""
+    k.im2col(x, *g.args, g.oh, g.ow, cols)
+    gw = np.dot(g0, cols.T)
+    gx = None
+    if input_grad:
+        np.dot(weight.reshape(weight.shape[0], -1).T, g0, out=cols)
+        gx = np.empty(x.shape, dtype=x.dtype)
+        k.col2im(cols, *g.args, g.oh, g.ow, gx)
+    gb = g0.sum(axis=1, dtype=np.float64).astype(x.dtype) if bias else None
+    return gx, gw.reshape(weight.shape), gb
 
 
 def _conv2d_backward(k: ModuleType, grad_out: np.ndarray, x: np.ndarray, weight: np.ndarray, g: ConvGeometry,
@@ -425,18 +452,8 @@ def _conv2d_backward(k: ModuleType, grad_out: np.ndarray, x: np.ndarray, weight:
         return gx, gw, (gb if bias else None)
     w2 = weight.reshape(oc, kdim)
     gy = grad_out.reshape(n, oc, p)
-    if plan == "single":  # one image: the output gradient is already in (OC, OH*OW) order
-        g0 = gy[0]
-        cols = _buf(ws, "cols1", (kdim, p), dt)
-        k.im2col(x, *g.args, g.oh, g.ow, cols)
-        gw = np.dot(g0, cols.T)
-        gx = None
-        if input_grad:
-            np.dot(w2.T, g0, out=cols)
-            gx = np.empty(x.shape, dtype=dt)
-            k.col2im(cols, *g.args, g.oh, g.ow, gx)
-        gb1 = g0.sum(axis=1, dtype=np.float64).astype(dt) if bias else None
-        return gx, gw.reshape(weight.shape), gb1
+    if plan == "single":
+        return _conv2d_backward_single(k, gy[0], x, weight, g, bias, input_grad, _buf(ws, "cols1", (kdim, p), dt))
     if plan == "per_image":
         cols = _buf(ws, "icols", (_threads.get_num_threads(), kdim, p), dt)
         tmp = _buf(ws, "igwt", (_threads.get_num_threads(), kdim, oc), dt)
@@ -914,8 +931,12 @@ def linear(x: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None, *,
     y : (N, out_features) float32
     """
     x, weight, bias = _linear_check(x, weight, bias, "linear")
+    return _linear(_backend.ops(), x, weight, bias)
+
+
+def _linear(k: ModuleType, x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
+    """:func:`linear` of checked arrays, on backend module ``k``."""
     y = np.empty((x.shape[0], weight.shape[0]), np.float32)
-    k = _backend.ops()
     if x.shape[0] > 1 and x.shape[1] > 0 and _dispatch.one_pool(k):  # (no GEMM blocks for empty K)
         if bias is None:
             bias = zeros(weight.shape[0])
@@ -969,7 +990,13 @@ def linear_backward(grad_out: ArrayLike, x: ArrayLike, weight: ArrayLike, *, bia
         raise ValueError(f"{op}: weight_grad_out must be a writeable C-contiguous float32 array of shape "
                          f"{weight.shape} sharing no memory with the inputs, got "
                          f"{type(gw_out).__name__} {getattr(gw_out, 'dtype', '')} {getattr(gw_out, 'shape', '')}")
-    k = _backend.ops()
+    return _linear_backward(_backend.ops(), grad_out, x, weight, bias, input_grad, gw_out, ws)
+
+
+def _linear_backward(k: ModuleType, grad_out: np.ndarray, x: np.ndarray, weight: np.ndarray, bias: bool,
+                     input_grad: bool, gw_out: np.ndarray | None, ws: Workspace | None
+                     ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
+    """:func:`linear_backward` of checked arrays (``gw_out`` too), on backend module ``k``."""
     if x.shape[0] > 1 and x.shape[1] > 0 and _dispatch.one_pool(k):  # (no GEMM blocks for empty K)
         n, out = grad_out.shape
         gw = np.empty(weight.shape, np.float32) if gw_out is None else gw_out
@@ -1028,11 +1055,18 @@ def softmax_cross_entropy(logits: ArrayLike, labels: ArrayLike, *, ws: Workspace
     if logits.shape[0] < 1 or logits.shape[1] < 1:
         raise ValueError(f"{op}: logits must be (N, K) with N, K >= 1, got {logits.shape}")
     labels = as_labels(labels, logits.shape[0], logits.shape[1], op)
+    loss, probs = _softmax_cross_entropy(_backend.ops(), logits, labels, ws)
+    return (loss, probs, labels) if return_labels else (loss, probs)
+
+
+def _softmax_cross_entropy(k: ModuleType, logits: np.ndarray, labels: np.ndarray, ws: Workspace | None
+                           ) -> tuple[float, np.ndarray]:
+    """:func:`softmax_cross_entropy` of checked arrays, on backend module ``k``."""
     probs = np.empty(logits.shape, np.float32)
     losses = _buf(ws, "losses", (logits.shape[0],))
-    _backend.ops().softmax_xent_forward(logits, labels, probs, losses)
+    k.softmax_xent_forward(logits, labels, probs, losses)
     loss = float(losses[0]) if len(losses) == 1 else float(losses.mean(dtype=np.float64))
-    return (loss, probs, labels) if return_labels else (loss, probs)
+    return loss, probs
 
 
 def softmax_cross_entropy_backward(probs: ArrayLike, labels: ArrayLike, *, ws: Workspace | None = None) -> np.ndarray:

@@ -643,6 +643,20 @@ def _pools_2x2(pool: MaxPool2D) -> bool:
     return pool.kernel_size == (2, 2) and pool.stride == (2, 2) and pool.padding in ((0, 0), "valid")
 
 
+def _fused_tail(layers: list[Layer], i: int, mode: bool) -> tuple[ReLU | None, MaxPool2D | None, int]:
+    """The ``ReLU`` and 2x2 ``MaxPool2D`` (either or both, in that order, in ``mode``) from
+    ``layers[i]`` that ``Sequential`` fuses into the layer before, and the index after them."""
+    n = len(layers)
+    nxt = layers[i] if i < n else None
+    relu = pool = None
+    if type(nxt) is ReLU and _fusable(nxt, mode):
+        relu, i = nxt, i + 1
+        nxt = layers[i] if i < n else None
+    if type(nxt) is MaxPool2D and _fusable(nxt, mode) and _pools_2x2(nxt):
+        pool, i = nxt, i + 1
+    return relu, pool, i
+
+
 class Sequential(Layer):
     """A chain of layers; itself a layer.
 
@@ -711,16 +725,11 @@ class Sequential(Layer):
             if type(layer) is Conv2D and type(nxt) is BatchNorm2D and _fusable(nxt, mode):
                 if not mode and _dispatch.fold_bn():
                     bn, i = nxt, i + 1  # folded (Conv2D.forward checks its size)
-                    nxt = layers[i] if i < n else None
                 elif mode and nxt.num_features == layer.out_channels:  # its statistics in the store
                     stats = np.empty((2, layer.out_channels))
                     x = layer.forward(x, stats=stats)
                     continue
-            if type(nxt) is ReLU and _fusable(nxt, mode):
-                relu, i = nxt, i + 1
-                nxt = layers[i] if i < n else None
-            if type(nxt) is MaxPool2D and _fusable(nxt, mode) and _pools_2x2(nxt):
-                pool, i = nxt, i + 1
+            relu, pool, i = _fused_tail(layers, i, mode)
             if type(layer) is Conv2D:
                 x = layer.forward(x, relu=relu is not None, batch_norm=bn, max_pool2=pool is not None)
             elif type(layer) is BatchNorm2D:

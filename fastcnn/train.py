@@ -12,6 +12,7 @@ import numpy as np
 from . import data as _data
 from .losses import SoftmaxCrossEntropy
 from .optim import SGD, Adam, AdamW
+from .step import TrainStep
 
 if TYPE_CHECKING:
     from .distributed import DistributedCallback
@@ -56,7 +57,8 @@ def make_optimizer(name: str, params: Iterable[Parameter], lr: float, *, momentu
 
 def recipe_step(name: str, seed: int = 0) -> tuple[Layer, Callable[[np.ndarray, np.ndarray], float]]:
     """The seed network ``name`` with its recipe's optimizer, and ``step(x, y) -> loss``: one
-    training step (zero the gradients, forward, softmax cross-entropy, backward, update).
+    training step (zero the gradients, forward, softmax cross-entropy, backward, update), a
+    :class:`fastcnn.step.TrainStep`.
 
     The first layer computes no input gradient.  Used by the benchmarks and profiling scripts.
     """
@@ -68,14 +70,7 @@ def recipe_step(name: str, seed: int = 0) -> tuple[Layer, Callable[[np.ndarray, 
     opt = make_optimizer(recipe["optimizer"], model.parameters(), recipe["lr"])
     loss_fn = losses.SoftmaxCrossEntropy()
 
-    def step(x: np.ndarray, y: np.ndarray) -> float:
-        opt.zero_grad()
-        loss = loss_fn.forward(model.forward(x), y)
-        model.backward(loss_fn.backward())
-        opt.step()
-        return loss
-
-    return model, step
+    return model, TrainStep(model, loss_fn, opt)
 
 
 def pad_to(x: np.ndarray, size: int) -> np.ndarray:
@@ -208,6 +203,7 @@ class Trainer:
         self.eval_batch_size = eval_batch_size
         self.stop_requested, self.stop_code, self.stop_training = stop_requested, 0, False
         self.step_metrics: tuple[float, float] | None = None
+        self._bound_step: TrainStep | None = None  # (made at the first step: docs/PERFORMANCE.md, section 5)
         self._epoch_done = False
         self.steps_per_epoch = -(-len(labels) // self.batch_size)
         if distributed is not None:
@@ -314,12 +310,16 @@ class Trainer:
             x, y = dist.shard_batch(x, y)
         for i, d in enumerate(self._dropouts):  # distributed: each rank its own masks
             d.reseed([self.seed, self.global_step, i, 2] + ([dist.rank] if dist is not None and dist.size > 1 else []))
+        step = self._bound_step
+        if (step is None or step.model is not self.model or step.loss_fn is not self.loss_fn
+                or step.optimizer is not self.optimizer):
+            step = self._bound_step = TrainStep(self.model, self.loss_fn, self.optimizer)
         self.optimizer.zero_grad()
-        logits = self.model.forward(x)
-        loss = self.loss_fn.forward(logits, y)
+        loss = step.forward(x, y)
+        logits = step.logits
         if not math.isfinite(loss):
             raise NonFiniteLoss(f"non-finite loss {loss} at epoch {self.epoch}, step {self.step}")
-        self.model.backward(self.loss_fn.backward())
+        step.backward()
         if self.stop_requested is not None:
             self.stop_code = self.stop_requested() or 0
         if dist is not None:  # this shard's; the callback puts the global batch's in their place

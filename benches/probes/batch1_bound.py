@@ -6,7 +6,8 @@ Both run in one process, alternated in blocks of 500 steps; each part is timed i
 opt.step()``, the layers called one by one so that each can be timed); "primitives" is the
 same arithmetic as the backend's primitive calls with every array allocated as the layers
 do, with no checks, plans or bookkeeping: what is left of a step once the Python layer
-costs nothing (docs/PERFORMANCE.md, section 5).
+costs nothing (docs/PERFORMANCE.md, section 5).  A third variant, the step as a
+``fastcnn.TrainStep``, is timed whole in the same rotation.
 
 Usage: python benches/probes/batch1_bound.py [BACKEND] [THREADS]
 """
@@ -113,10 +114,21 @@ def main(backend="cython", threads=1, blocks=24, per_block=500):
         t9 = pc()
         t.append((t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5, t7 - t6, t8 - t7, t9 - t8))
 
-    times = {"layers": [], "primitives": []}
+    # the same step as a fastcnn.TrainStep on a copy of the network (timed whole)
+    model2 = models.build("scratch", seed=0)
+    model2.needs_input_grad = False
+    step = fastcnn.TrainStep(model2, losses.SoftmaxCrossEntropy(), make_optimizer("sgd", model2.parameters(), 0.005))
+
+    def bound(t):
+        t0 = pc()
+        step(x, y)
+        t.append(pc() - t0)
+
+    times = {"layers": [], "primitives": [], "bound": []}
+    fns = {"layers": layers, "primitives": primitives, "bound": bound}
     for r in range(blocks):
-        for name in (("layers", "primitives") if r % 2 == 0 else ("primitives", "layers")):
-            fn, t = (layers if name == "layers" else primitives), times[name]
+        for name in (("layers", "bound", "primitives") if r % 2 == 0 else ("primitives", "bound", "layers")):
+            fn, t = fns[name], times[name]
             for _ in range(per_block):
                 fn(t)
     print(f"scratch, batch 1, backend {backend}, {threads} thread(s); medians in us, in place")
@@ -128,6 +140,8 @@ def main(backend="cython", threads=1, blocks=24, per_block=500):
         sums[1] += b
         print(f"| {part} | {a:.2f} | {b:.2f} | {a - b:.2f} |")
     print(f"| sum | {sums[0]:.2f} | {sums[1]:.2f} | {sums[0] - sums[1]:.2f} |")
+    whole = np.median(times["bound"][per_block:]) / 1e3
+    print(f"\nWhole step as a fastcnn.TrainStep (timed whole, median): {whole:.2f} us (step.bound={step.bound})")
 
 
 if __name__ == "__main__":
