@@ -193,7 +193,7 @@ class _DenseOp(_Op):
         self._xshape: Any = None
         self._w: Any = None
         self._b: Any = None
-        self._gw: Any = None  # a weight-gradient array seen to own its memory
+        self._gw: Any = None  # (weight gradient, weights) seen to share no memory
         self._x: Any = None
 
     def reset(self) -> None:
@@ -217,7 +217,9 @@ class _DenseOp(_Op):
         w = layer.weight.data
         gw_out = layer.weight.overwritable_grad()
         trusted = not self.check_grad or (is_float32_array(g_out) and g_out.shape == (x.shape[0], w.shape[0]))
-        if w is self._w and trusted and (gw_out is None or gw_out is self._gw or self._owns(gw_out, x, g_out, w)):
+        seen = self._gw
+        if w is self._w and trusted and (gw_out is None or (seen is not None and seen[0] is gw_out and seen[1] is w)
+                                         or self._owns(gw_out, x, g_out, w)):
             gx, gw, gb = F._linear_backward(k, g_out, x, w, layer.bias is not None, layer.needs_input_grad,
                                             gw_out, layer._ws)
         else:  # (checked, with the error it names)
@@ -227,12 +229,13 @@ class _DenseOp(_Op):
         return gx
 
     def _owns(self, gw_out: np.ndarray, x: np.ndarray, g_out: np.ndarray, w: np.ndarray) -> bool:
-        """Whether ``gw_out`` shares no memory with the other arrays; remembered when it owns its
-        memory and the others are the bound ops' own (which no gradient array can be part of)."""
+        """Whether ``gw_out`` shares no memory with the other arrays; remembered for these
+        gradient and weight arrays when ``x`` and ``g_out`` are the bound ops' (new arrays every
+        step, which no array made before can share memory with)."""
         if F._may_overlap(gw_out, (x, g_out, w)):
             return False
-        if not (self.check_input or self.check_grad) and F._root(gw_out) is gw_out:
-            self._gw = gw_out
+        if not (self.check_input or self.check_grad):
+            self._gw = (gw_out, w)
         return True
 
 
