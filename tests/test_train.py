@@ -302,3 +302,35 @@ def test_loss_curve_matches_torch(mnist_train, name, steps):
     rel = np.abs(ours - theirs) / np.abs(theirs)
     assert rel.max() <= 1e-3, f"per-step loss differs: max rel {rel.max():.2e} at step {rel.argmax()}"
     assert theirs[-5:].mean() < theirs[:5].mean()  # it is learning
+
+
+def test_fit_takes_bound_steps_and_the_layer_calls_bytes():
+    """fit's steps (a fastcnn.TrainStep, bound for this network) give the weights and per-step
+    losses and accuracies of the same loop written with layer calls; a pipeline without random
+    transforms (no generator drawn) gives the same as a callable that takes one."""
+    x, y = _data(48)
+    net = lambda: fastcnn.Sequential(L.Conv2D(3, 4, 3, padding=1, rng=1), L.ReLU(), L.MaxPool2D(2),  # noqa: E731
+                                     L.Flatten(), L.Dense(4 * 4 * 4, 10, rng=2))
+    m1, m2, m3 = net(), net(), net()
+    pipe = augment.Pipeline()
+    steps2, steps3 = {}, {}
+    fit(m2, losses.SoftmaxCrossEntropy(), optim.SGD(m2.parameters(), 0.05), (x, y), epochs=2, batch_size=5,
+        augment=pipe, progress=False, step_history=steps2)
+    fit(m3, losses.SoftmaxCrossEntropy(), optim.SGD(m3.parameters(), 0.05), (x, y), epochs=2, batch_size=5,
+        augment=lambda b, rng: pipe(b, rng), progress=False, step_history=steps3)
+    assert steps2 == steps3
+    # the same loop by layer calls
+    loss_fn, opt = losses.SoftmaxCrossEntropy(), optim.SGD(m1.parameters(), 0.05)
+    m1.needs_input_grad = False
+    losses1 = []
+    for epoch in range(2):
+        order = np.random.default_rng([0, epoch]).permutation(len(y))
+        for s in range(-(-len(y) // 5)):
+            idx = order[s * 5:(s + 1) * 5]
+            opt.zero_grad()
+            losses1.append(loss_fn.forward(m1.forward(pipe.eval(x[idx])), y[idx].astype(np.int64)))
+            m1.backward(loss_fn.backward())
+            opt.step()
+    assert losses1 == steps2["loss"]
+    for a, b, c in zip(m1.state_dict().values(), m2.state_dict().values(), m3.state_dict().values()):
+        assert a.tobytes() == b.tobytes() == c.tobytes()
