@@ -402,12 +402,14 @@ def _conv2d_backward_fused(k: ModuleType, grad_out: np.ndarray, x: np.ndarray, w
 
 
 def _conv2d_backward_single(k: ModuleType, g0: np.ndarray, x: np.ndarray, weight: np.ndarray, g: ConvGeometry,
-                            bias: bool, input_grad: bool, cols: np.ndarray
+                            bias: bool, input_grad: bool, cols: np.ndarray, gw_out: np.ndarray | None = None
                             ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
     """The gradients of one image (the ``"single"`` plan) from ``g0``, its output gradient as
-    (OC, OH*OW) (no reorders), with ``cols`` (C*kh*kw, OH*OW) as scratch."""
+    (OC, OH*OW) (no reorders), with ``cols`` (C*kh*kw, OH*OW) as scratch; the weight gradient
+    written into ``gw_out`` (OC, C*kh*kw) if given (C-contiguous, sharing no memory with the
+    others)."""
     k.im2col(x, *g.args, g.oh, g.ow, cols)
-    gw = np.dot(g0, cols.T)
+    gw = np.dot(g0, cols.T, out=gw_out)
     gx = None
     if input_grad:
         np.dot(weight.reshape(weight.shape[0], -1).T, g0, out=cols)
@@ -602,15 +604,16 @@ def max_pool2d_backward(grad_out: ArrayLike, indices: ArrayLike, input_shape: Se
 
 
 def _unpooled(k: ModuleType, grad_out: np.ndarray, idx: np.ndarray, relu_output: np.ndarray | None,
-              shape: tuple[int, ...]) -> np.ndarray:
+              shape: tuple[int, ...], out: np.ndarray | None = None) -> np.ndarray:
     """The full-size gradient of a fused ReLU (its pooled output ``relu_output``, or None) and
-    2x2 max pooling (indices ``idx``) from the pooled ``grad_out``, all checked by the caller:
-    the primitives ``relu_backward`` and ``maxpool2d_backward`` of backend module ``k``."""
+    2x2 max pooling (indices ``idx``) from the pooled ``grad_out``, all checked by the caller
+    (``out``, if given, too): the primitives ``relu_backward`` and ``maxpool2d_backward`` of
+    backend module ``k``."""
     if relu_output is not None:
         g = np.empty(grad_out.shape, np.float32)
         k.relu_backward(grad_out, relu_output, g)
         grad_out = g
-    full = np.empty(shape, np.float32)
+    full = np.empty(shape, np.float32) if out is None else out
     k.maxpool2d_backward(grad_out, idx, full)
     return full
 

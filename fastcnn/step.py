@@ -70,7 +70,7 @@ class _ConvOp(_Op):
     """
 
     __slots__ = ("relu", "pool", "_xshape", "_w", "_b", "_yshape", "_g", "_fwd", "_bwd", "_zeros", "_cols",
-                 "_saved")
+                 "_full", "_gw_ok", "_saved")
     layer: Conv2D
 
     def __init__(self, layer: Conv2D, relu: bool, pool: bool) -> None:
@@ -79,6 +79,7 @@ class _ConvOp(_Op):
         self._xshape: Any = None
         self._w: Any = None
         self._b: Any = None
+        self._gw_ok: Any = None  # (weight gradient, weights) seen to share no memory
         self._saved: tuple[Any, ...] = ()
 
     def reset(self) -> None:
@@ -100,6 +101,7 @@ class _ConvOp(_Op):
         self._fwd = self._forward_direct if fwd == "direct" and pooled == self.pool else self._forward_core
         if bwd == "single":
             self._cols = np.empty((c * g.kh * g.kw, g.oh * g.ow), np.float32)
+            self._full = np.empty((n, oc, g.oh, g.ow), np.float32) if self.pool else None
             self._bwd = self._backward_single
         elif bwd == "direct" and pooled:
             self._bwd = self._backward_direct_pooled
@@ -160,12 +162,22 @@ class _ConvOp(_Op):
     def _backward_single(self, k: Any, g_out: np.ndarray, x: np.ndarray, w: np.ndarray, y: Any, idx: Any) -> Any:
         g, layer = self._g, self.layer
         oc = w.shape[0]
-        if idx is not None:
-            g_out = F._unpooled(k, g_out, idx, y, (1, oc, g.oh, g.ow))
+        if idx is not None:  # (into the op's own buffer: read only below)
+            g_out = F._unpooled(k, g_out, idx, y, (1, oc, g.oh, g.ow), self._full)
         elif y is not None:
             g_out = F.relu_backward(g_out, y)
-        return F._conv2d_backward_single(k, g_out.reshape(oc, g.oh * g.ow), x, w, g, layer.bias is not None,
-                                         layer.needs_input_grad, self._cols)
+        gw_out = layer.weight.overwritable_grad()
+        if gw_out is not None and not (self._gw_ok is not None and self._gw_ok[0] is gw_out and self._gw_ok[1] is w):
+            # (the input gradient reads the weights after the weight gradient is written; x and the
+            # output gradient are read before, or are the bound ops' new arrays)
+            if F._may_overlap(gw_out, (w,)):
+                gw_out = None
+            else:
+                self._gw_ok = (gw_out, w)
+        gx, gw, gb = F._conv2d_backward_single(k, g_out.reshape(oc, g.oh * g.ow), x, w, g, layer.bias is not None,
+                                               layer.needs_input_grad, self._cols,
+                                               None if gw_out is None else gw_out.reshape(oc, -1))
+        return gx, (gw if gw_out is None else gw_out), gb
 
     def _backward_direct_pooled(self, k: Any, g_out: np.ndarray, x: np.ndarray, w: np.ndarray, y: Any,
                                 idx: Any) -> Any:

@@ -266,3 +266,18 @@ def test_a_gradient_array_sharing_the_weights_memory_is_refused():
         with pytest.raises(ValueError, match="weight_grad_out must be"):
             run()
         assert np.array_equal(dense.weight.data, before)
+
+
+def test_a_conv_gradient_array_sharing_the_weights_memory_gives_the_layers_bytes():
+    """A convolution's weight gradient assigned as its weights' own array (the layers then copy
+    the gradient over the weights after the input gradient read them): the same bytes."""
+    (m1, l1, o1), step, shape = _twins("strided")
+    for i in range(2):
+        for m in (m1, step.model):
+            conv = m.layers[2]  # (its input gradient computed, on the one-image GEMM at batch 1)
+            conv.weight.grad = conv.weight.data
+        x, y = _batch(shape, 1, 97 + i)
+        assert _layer_step(m1, l1, o1, x, y) == step(x, y)
+        assert step.bound
+        for (name, a), b in zip(m1.state_dict().items(), step.model.state_dict().values()):
+            assert a.tobytes() == b.tobytes(), name
