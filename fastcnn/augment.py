@@ -3,10 +3,11 @@
 A :class:`Pipeline` turns a ``uint8 (B, C, H, W)`` batch into the float32 network input:
 ``pixel / 255`` (as torchvision's ``ToTensor``), then each random transform, then per-channel
 normalisation ``(x - mean) / std``.  Every random draw comes from the ``numpy.random.Generator``
-passed in; :func:`fastcnn.train.fit` passes ``default_rng([seed, epoch, step, 1])``, so a
-batch's augmentation depends only on where it is in the run, and an interrupted run resumes
-bit-identically.  Each transform works on the whole batch at once (padding, one gathered
-index per batch, two small matrix products for resizing), never a Python loop per image.
+passed in; :func:`fastcnn.train.fit` passes ``default_rng([seed, epoch, step, 1])`` (None to a
+pipeline without random transforms: nothing to draw), so a batch's augmentation depends only on
+where it is in the run, and an interrupted run resumes bit-identically.  Each transform works on
+the whole batch at once (padding, one gathered index per batch, two small matrix products for
+resizing), never a Python loop per image.
 
 Recipes (``from_name``):
 
@@ -170,11 +171,14 @@ class Pipeline:
             x = (x - np.asarray(self.mean, np.float32)[:, None, None]) / np.asarray(self.std, np.float32)[:, None, None]
         return np.ascontiguousarray(x, dtype=np.float32)
 
-    def __call__(self, x: ArrayLike, rng: np.random.Generator) -> np.ndarray:
-        """Training input: random transforms drawn from ``rng``."""
+    def __call__(self, x: ArrayLike, rng: np.random.Generator | None) -> np.ndarray:
+        """Training input: random transforms drawn from ``rng`` (None only without transforms)."""
         x = self._to_float(x)
-        for t in self.transforms:
-            x = t(x, rng)
+        if self.transforms:
+            if rng is None:
+                raise TypeError("augment: a Pipeline with random transforms needs a numpy Generator, got None")
+            for t in self.transforms:
+                x = t(x, rng)
         return self._normalize(x)
 
     def eval(self, x: ArrayLike) -> np.ndarray:

@@ -60,7 +60,55 @@ class _Op:
         return self.layer.backward(g)
 
 
-class _ConvOp(_Op):
+class _ParamOp(_Op):
+    """A layer with ``weight`` and ``bias``, planned once per input shape and parameter arrays."""
+
+    __slots__ = ("_xshape", "_w", "_b", "_gw_ok")
+    layer: Conv2D | Dense
+
+    def __init__(self, layer: Conv2D | Dense) -> None:
+        super().__init__(layer)
+        self._xshape: Any = None
+        self._w: Any = None
+        self._b: Any = None
+        self._gw_ok: Any = None  # (weight gradient, weights) seen to share no memory
+
+    def reset(self) -> None:
+        self._xshape = None
+
+    def _plan(self, k: Any, x: Any, w: Any, b: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Check the arrays as the functional op does (and plan for their shapes); returns them checked."""
+        raise NotImplementedError
+
+    def _arrays(self, k: Any, x: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """``x`` and the parameters' arrays, checked (and planned for) when they changed."""
+        layer = self.layer
+        w = layer.weight.data
+        b = None if layer.bias is None else layer.bias.data
+        if ((self.check_input and not is_float32_array(x)) or x.shape != self._xshape or w is not self._w
+                or b is not self._b):
+            self._xshape = None
+            x2, w2, b2 = self._plan(k, x, w, b)
+            if w2 is w and b2 is b:  # (else converted copies: checked again on every step)
+                self._xshape, self._w, self._b = x2.shape, w, b
+            return x2, w2, b2
+        return x, w, b
+
+    def _no_overlap(self, gw_out: np.ndarray, w: np.ndarray, others: tuple[np.ndarray, ...], remember: bool) -> bool:
+        """Whether the weight gradient ``gw_out`` shares no memory with ``w`` and ``others``;
+        remembered for these gradient and weight arrays if ``remember`` (``others`` are the
+        bound ops' new arrays, which no array made before can share memory with)."""
+        seen = self._gw_ok
+        if seen is not None and seen[0] is gw_out and seen[1] is w:
+            return True
+        if F._may_overlap(gw_out, (w, *others)):
+            return False
+        if remember:
+            self._gw_ok = (gw_out, w)
+        return True
+
+
+class _ConvOp(_ParamOp):
     """A ``Conv2D`` with the ReLU and 2x2 max pooling that ``Sequential`` fuses into it.
 
     Planned once per input shape, weight arrays, backend, thread count and settings
@@ -69,27 +117,18 @@ class _ConvOp(_Op):
     strategies through the functional ops' cores.
     """
 
-    __slots__ = ("relu", "pool", "_xshape", "_w", "_b", "_yshape", "_g", "_fwd", "_bwd", "_zeros", "_cols",
-                 "_full", "_gw_ok", "_saved")
+    __slots__ = ("relu", "pool", "_yshape", "_g", "_fwd", "_bwd", "_zeros", "_cols", "_full", "_saved")
     layer: Conv2D
 
     def __init__(self, layer: Conv2D, relu: bool, pool: bool) -> None:
         super().__init__(layer)
         self.relu, self.pool = relu, pool
-        self._xshape: Any = None
-        self._w: Any = None
-        self._b: Any = None
-        self._gw_ok: Any = None  # (weight gradient, weights) seen to share no memory
         self._saved: tuple[Any, ...] = ()
-
-    def reset(self) -> None:
-        self._xshape = None
 
     def _plan(self, k: Any, x: Any, w: Any, b: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """Check ``x`` and the weights as ``functional.conv2d`` does and choose the forward and
         backward forms for this shape; returns the checked arrays."""
         layer = self.layer
-        self._xshape = None
         x, w2, b2, g = F._conv_check(x, w, b, layer.stride, layer.padding)
         n, c = x.shape[:2]
         oc = w2.shape[0]
@@ -108,17 +147,10 @@ class _ConvOp(_Op):
         else:
             self._bwd = self._backward_core
         self._yshape = (n, oc, g.oh // 2, g.ow // 2) if self.pool else (n, oc, g.oh, g.ow)
-        if w2 is w and b2 is b:  # (else converted copies: checked again on every step)
-            self._xshape, self._w, self._b = x.shape, w, b
         return x, w2, b2
 
     def forward(self, k: Any, x: Any) -> Any:
-        layer = self.layer
-        w = layer.weight.data
-        b = None if layer.bias is None else layer.bias.data
-        if ((self.check_input and not is_float32_array(x)) or x.shape != self._xshape or w is not self._w
-                or b is not self._b):
-            x, w, b = self._plan(k, x, w, b)
+        x, w, b = self._arrays(k, x)
         y, idx = self._fwd(k, x, w, b)
         self._saved = (x, w, y if self.relu else None, idx)
         return y
@@ -167,13 +199,10 @@ class _ConvOp(_Op):
         elif y is not None:
             g_out = F.relu_backward(g_out, y)
         gw_out = layer.weight.overwritable_grad()
-        if gw_out is not None and not (self._gw_ok is not None and self._gw_ok[0] is gw_out and self._gw_ok[1] is w):
-            # (the input gradient reads the weights after the weight gradient is written; x and the
-            # output gradient are read before, or are the bound ops' new arrays)
-            if F._may_overlap(gw_out, (w,)):
-                gw_out = None
-            else:
-                self._gw_ok = (gw_out, w)
+        # (the input gradient reads the weights after the weight gradient is written; x and the
+        # output gradient are read before it)
+        if gw_out is not None and not self._no_overlap(gw_out, w, (), True):
+            gw_out = None
         gx, gw, gb = F._conv2d_backward_single(k, g_out.reshape(oc, g.oh * g.ow), x, w, g, layer.bias is not None,
                                                layer.needs_input_grad, self._cols,
                                                None if gw_out is None else gw_out.reshape(oc, -1))
@@ -194,32 +223,21 @@ class _ConvOp(_Op):
 _NO_Y = np.empty((0, 0, 0, 0), np.float32)  # (no fused ReLU: the pooled backward's empty output)
 
 
-class _DenseOp(_Op):
-    """A ``Dense`` layer, checked once per input shape and weight arrays."""
+class _DenseOp(_ParamOp):
+    """A ``Dense`` layer, checked once per input shape and parameter arrays."""
 
-    __slots__ = ("_xshape", "_w", "_b", "_gw", "_x")
+    __slots__ = ("_x",)
     layer: Dense
 
     def __init__(self, layer: Dense) -> None:
         super().__init__(layer)
-        self._xshape: Any = None
-        self._w: Any = None
-        self._b: Any = None
-        self._gw: Any = None  # (weight gradient, weights) seen to share no memory
         self._x: Any = None
 
-    def reset(self) -> None:
-        self._xshape = None
+    def _plan(self, k: Any, x: Any, w: Any, b: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        return F._linear_check(x, w, b, "linear")
 
     def forward(self, k: Any, x: Any) -> Any:
-        layer = self.layer
-        w = layer.weight.data
-        b = None if layer.bias is None else layer.bias.data
-        if ((self.check_input and not is_float32_array(x)) or x.shape != self._xshape or w is not self._w
-                or b is not self._b):
-            x, w2, b2 = F._linear_check(x, w, b, "linear")
-            self._xshape = x.shape if (w2 is w and b2 is b) else None
-            self._w, self._b, w, b = w, b, w2, b2
+        x, w, b = self._arrays(k, x)
         self._x = x
         return F._linear(k, x, w, b)
 
@@ -229,9 +247,8 @@ class _DenseOp(_Op):
         w = layer.weight.data
         gw_out = layer.weight.overwritable_grad()
         trusted = not self.check_grad or (is_float32_array(g_out) and g_out.shape == (x.shape[0], w.shape[0]))
-        seen = self._gw
-        if w is self._w and trusted and (gw_out is None or (seen is not None and seen[0] is gw_out and seen[1] is w)
-                                         or self._owns(gw_out, x, g_out, w)):
+        if w is self._w and trusted and (gw_out is None or self._no_overlap(
+                gw_out, w, (x, g_out), not (self.check_input or self.check_grad))):
             gx, gw, gb = F._linear_backward(k, g_out, x, w, layer.bias is not None, layer.needs_input_grad,
                                             gw_out, layer._ws)
         else:  # (checked, with the error it names)
@@ -239,16 +256,6 @@ class _DenseOp(_Op):
                                            input_grad=layer.needs_input_grad, weight_grad_out=gw_out, ws=layer._ws)
         _add_grads(layer.weight, layer.bias, gw, gb)
         return gx
-
-    def _owns(self, gw_out: np.ndarray, x: np.ndarray, g_out: np.ndarray, w: np.ndarray) -> bool:
-        """Whether ``gw_out`` shares no memory with the other arrays; remembered for these
-        gradient and weight arrays when ``x`` and ``g_out`` are the bound ops' (new arrays every
-        step, which no array made before can share memory with)."""
-        if F._may_overlap(gw_out, (x, g_out, w)):
-            return False
-        if not (self.check_input or self.check_grad):
-            self._gw = (gw_out, w)
-        return True
 
 
 class _FlattenOp(_Op):

@@ -269,7 +269,7 @@ class Trainer:
         idx = order[step * self.batch_size:(step + 1) * self.batch_size]
         aug = self.augment
         if type(aug) is Pipeline and not aug.transforms:  # (nothing to draw: no generator, ~25 us at batch 1)
-            x = aug.eval(self.images[idx])
+            x = aug(self.images[idx], None)
         else:
             x = aug(self.images[idx], np.random.default_rng([self.seed, self.epoch, step, 1]))
         return x, self.labels[idx].astype(np.int64)
