@@ -63,7 +63,7 @@ class _Op:
 class _ParamOp(_Op):
     """A layer with ``weight`` and ``bias``, planned once per input shape and parameter arrays."""
 
-    __slots__ = ("_xshape", "_w", "_b", "_gw_ok")
+    __slots__ = ("_xshape", "_w", "_b", "_input_grad", "_gw_ok")
     layer: Conv2D | Dense
 
     def __init__(self, layer: Conv2D | Dense) -> None:
@@ -71,6 +71,7 @@ class _ParamOp(_Op):
         self._xshape: Any = None
         self._w: Any = None
         self._b: Any = None
+        self._input_grad = True  # (the layer's needs_input_grad when planned: a plan may depend on it)
         self._gw_ok: Any = None  # (weight gradient, weights) seen to share no memory
 
     def reset(self) -> None:
@@ -86,11 +87,12 @@ class _ParamOp(_Op):
         w = layer.weight.data
         b = None if layer.bias is None else layer.bias.data
         if ((self.check_input and not is_float32_array(x)) or x.shape != self._xshape or w is not self._w
-                or b is not self._b):
+                or b is not self._b or layer.needs_input_grad is not self._input_grad):
             self._xshape = None
             x2, w2, b2 = self._plan(k, x, w, b)
             if w2 is w and b2 is b:  # (else converted copies: checked again on every step)
                 self._xshape, self._w, self._b = x2.shape, w, b
+                self._input_grad = layer.needs_input_grad
             return x2, w2, b2
         return x, w, b
 

@@ -281,3 +281,22 @@ def test_a_conv_gradient_array_sharing_the_weights_memory_gives_the_layers_bytes
         assert step.bound
         for (name, a), b in zip(m1.state_dict().items(), step.model.state_dict().values()):
             assert a.tobytes() == b.tobytes(), name
+
+
+def test_input_gradient_switched_between_steps(compiled):
+    """A layer's ``needs_input_grad`` changed between steps: the plan follows it (the strategy of
+    a convolution's backward may depend on it; here 16 -> 16 3x3: direct without, Winograd with)."""
+    def build():
+        g = np.random.default_rng(5)
+        return Sequential(Conv2D(3, 16, 3, padding=1, rng=g), ReLU(), Conv2D(16, 16, 3, padding=1, rng=g), ReLU(),
+                          MaxPool2D(2), Flatten(), Dense(16 * 4 * 4, 10, rng=g))
+    m1, m2 = build(), build()
+    l1, o1 = losses.SoftmaxCrossEntropy(), optim.SGD(m1.parameters(), 0.05)
+    step = fastcnn.TrainStep(m2, losses.SoftmaxCrossEntropy(), optim.SGD(m2.parameters(), 0.05))
+    for i, flag in enumerate((False, True, False, True)):
+        for m in (m1, m2):
+            m.layers[2].needs_input_grad = flag
+        x, y = _batch((3, 8, 8), 4, 120 + i)
+        assert _layer_step(m1, l1, o1, x, y) == step(x, y)
+        assert step.bound
+        _same(m1, m2)
