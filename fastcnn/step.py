@@ -24,6 +24,7 @@ from .layers import (
     Dense,
     Flatten,
     Layer,
+    MaxPool2D,
     Residual,
     Sequential,
     _add_grads,
@@ -63,7 +64,7 @@ class _Op:
 class _ParamOp(_Op):
     """A layer with ``weight`` and ``bias``, planned once per input shape and parameter arrays."""
 
-    __slots__ = ("_xshape", "_w", "_b", "_input_grad", "_gw_ok")
+    __slots__ = ("_xshape", "_w", "_b", "_args", "_gw_ok")
     layer: Conv2D | Dense
 
     def __init__(self, layer: Conv2D | Dense) -> None:
@@ -71,7 +72,7 @@ class _ParamOp(_Op):
         self._xshape: Any = None
         self._w: Any = None
         self._b: Any = None
-        self._input_grad = True  # (the layer's needs_input_grad when planned: a plan may depend on it)
+        self._args: tuple[Any, ...] = ()  # (the layer's arguments the plan was made for)
         self._gw_ok: Any = None  # (weight gradient, weights) seen to share no memory
 
     def reset(self) -> None:
@@ -81,18 +82,22 @@ class _ParamOp(_Op):
         """Check the arrays as the functional op does (and plan for their shapes); returns them checked."""
         raise NotImplementedError
 
+    def _arguments(self) -> tuple[Any, ...]:
+        """The layer's public attributes a plan depends on besides the arrays."""
+        return (self.layer.needs_input_grad,)
+
     def _arrays(self, k: Any, x: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """``x`` and the parameters' arrays, checked (and planned for) when they changed."""
         layer = self.layer
         w = layer.weight.data
         b = None if layer.bias is None else layer.bias.data
+        args = self._arguments()
         if ((self.check_input and not is_float32_array(x)) or x.shape != self._xshape or w is not self._w
-                or b is not self._b or layer.needs_input_grad is not self._input_grad):
+                or b is not self._b or args != self._args):
             self._xshape = None
             x2, w2, b2 = self._plan(k, x, w, b)
             if w2 is w and b2 is b:  # (else converted copies: checked again on every step)
-                self._xshape, self._w, self._b = x2.shape, w, b
-                self._input_grad = layer.needs_input_grad
+                self._xshape, self._w, self._b, self._args = x2.shape, w, b, args
             return x2, w2, b2
         return x, w, b
 
@@ -126,6 +131,10 @@ class _ConvOp(_ParamOp):
         super().__init__(layer)
         self.relu, self.pool = relu, pool
         self._saved: tuple[Any, ...] = ()
+
+    def _arguments(self) -> tuple[Any, ...]:
+        layer = self.layer
+        return (layer.stride, layer.padding, layer.needs_input_grad)
 
     def _plan(self, k: Any, x: Any, w: Any, b: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """Check ``x`` and the weights as ``functional.conv2d`` does and choose the forward and
@@ -301,9 +310,10 @@ class TrainStep:
     each ``Conv2D`` (with its fused ReLU and pooling) and ``Dense`` once per input shape, and
     then calls the kernels or the functional ops' cores with arrays it has checked; ``Flatten``
     is a view; other layers run through their own ``forward`` / ``backward``.  Anything else
-    runs the lines above.  The binding is redone when the layers, their modes or hooks, the
-    loss's type or ``fastcnn.config(fuse=...)`` change, the plans when the input shape, a
-    parameter array, the backend, the thread count or a setting changes.
+    runs the lines above.  The binding is redone when the layers, their modes or hooks, a max
+    pooling's arguments, the loss's type or ``fastcnn.config(fuse=...)`` change, an op's plan
+    when its input shape, a parameter array, its layer's ``stride``, ``padding`` or
+    ``needs_input_grad``, the backend, the thread count or a setting changes.
 
     :meth:`forward` and :meth:`backward` split the step for loops that look at the loss or the
     gradients before the update (as :func:`fastcnn.train.fit` does).  One step at a time:
@@ -364,11 +374,14 @@ class TrainStep:
         if type(model) is not Sequential or not model.training or "forward" in model.__dict__:
             return None
         layers = model.layers
+        pools = []  # (what decides whether a pooling fuses)
         for layer in layers:
             d = layer.__dict__
             if not layer.training or "forward" in d or "backward" in d:
                 return None
-        structure = (_dispatch.fuse(), type(self.loss_fn))
+            if type(layer) is MaxPool2D:
+                pools.append((layer.kernel_size, layer.stride, layer.padding))
+        structure = (_dispatch.fuse(), type(self.loss_fn), pools)
         if layers == self._layers and structure == self._structure:
             return self._ops
         if any(isinstance(layer, _UNBOUND_TYPES) for layer in layers):

@@ -6,7 +6,18 @@ import pytest
 
 import fastcnn
 from fastcnn import losses, models, optim
-from fastcnn.layers import BatchNorm2D, Conv2D, Dense, Dropout, Flatten, MaxPool2D, ReLU, Sequential, Tanh
+from fastcnn.layers import (
+    BatchNorm2D,
+    Conv2D,
+    Dense,
+    Dropout,
+    Flatten,
+    GlobalAvgPool2D,
+    MaxPool2D,
+    ReLU,
+    Sequential,
+    Tanh,
+)
 
 from utils import rng
 
@@ -297,6 +308,28 @@ def test_input_gradient_switched_between_steps(compiled):
         for m in (m1, m2):
             m.layers[2].needs_input_grad = flag
         x, y = _batch((3, 8, 8), 4, 120 + i)
+        assert _layer_step(m1, l1, o1, x, y) == step(x, y)
+        assert step.bound
+        _same(m1, m2)
+
+
+def test_layer_arguments_changed_between_steps():
+    """A convolution's padding and stride, and a pooling's stride (which decides whether it
+    fuses), changed between steps: the next step follows them, as the layer calls do."""
+    def build():
+        g = np.random.default_rng(7)
+        return Sequential(Conv2D(2, 4, 3, padding=1, rng=g), ReLU(), MaxPool2D(2), GlobalAvgPool2D(), Flatten(),
+                          Dense(4, 10, rng=g))
+    m1, m2 = build(), build()
+    l1, o1 = losses.SoftmaxCrossEntropy(), optim.SGD(m1.parameters(), 0.05)
+    step = fastcnn.TrainStep(m2, losses.SoftmaxCrossEntropy(), optim.SGD(m2.parameters(), 0.05))
+    changes = [lambda m: None, lambda m: setattr(m.layers[0], "padding", (0, 0)),
+               lambda m: setattr(m.layers[0], "stride", (2, 1)), lambda m: setattr(m.layers[2], "stride", (1, 1)),
+               lambda m: setattr(m.layers[2], "stride", (2, 2))]
+    for i, change in enumerate(changes):
+        change(m1)
+        change(m2)
+        x, y = _batch((2, 9, 9), 2, 130 + i)
         assert _layer_step(m1, l1, o1, x, y) == step(x, y)
         assert step.bound
         _same(m1, m2)
