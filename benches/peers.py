@@ -16,7 +16,8 @@ PyTorch and to the faster of Keras and JAX (measured side by side).  Each proces
 cores (taskset) and verifies its thread count: ``fastcnn.get_num_threads()``,
 ``torch.get_num_threads()``, TensorFlow's intra-/inter-op pools, and for JAX (no thread
 setting of its own) the CPU affinity plus ``XLA_FLAGS``.  Training: images/s over timed steps
-after warm-up steps (random data of the right shape; the first steps compile); inference:
+after warm-up steps (random data of the right shape; the first steps compile), the timed steps
+repeated until at least ``MIN_TRAIN_SECONDS`` have passed; inference:
 images/s of eval-mode forward passes at batch 1000.  ``OPENBLAS_CORETYPE``/``OPENBLAS_L2_SIZE``
 are unset in the children, as in ``benches/run_benchmarks.sh``.  Every child starts from the
 environment the parent was started with (before fastcnn's import set its thread defaults:
@@ -44,6 +45,9 @@ MODELS = ("lenet", "bn", "resnet", "scratch")
 #: model: (warm-up steps, timed steps, timed inference batches)
 STEPS = {"lenet": (2, 8, 3), "bn": (2, 10, 3), "resnet": (1, 4, 2), "scratch": (20, 300, 3)}
 INFER_BATCH = 1000
+#: Training is timed over at least this long: 300 batch-1 steps of fastcnn (~20 ms) fit inside
+#: one of the shared host's slow or fast phases (docs/BENCHMARKS.md, thirty-eighth session).
+MIN_TRAIN_SECONDS = 1.0
 
 
 # --------------------------------------------------------------------------- parent
@@ -169,12 +173,18 @@ def ratio_table(results, a):
 # --------------------------------------------------------------------------- children
 
 def _time_train(step, batches, warm, timed):
+    """``(steps, seconds)``: ``timed`` steps after ``warm`` ones, repeated until at least
+    ``MIN_TRAIN_SECONDS`` have passed (the same rule for every framework)."""
     for i in range(warm):
         step(*batches[i % len(batches)])
-    t0 = time.perf_counter()
-    for i in range(timed):
-        step(*batches[i % len(batches)])
-    return time.perf_counter() - t0
+    n, t0 = 0, time.perf_counter()
+    while True:
+        for _ in range(timed):
+            step(*batches[n % len(batches)])
+            n += 1
+        t = time.perf_counter() - t0
+        if t >= MIN_TRAIN_SECONDS:
+            return n, t
 
 
 def _time_infer(fwd, x, reps):
@@ -495,11 +505,11 @@ def child(a):
     warm, timed, reps = STEPS[a.model]
     bs = spec["recipe"]["batch_size"]
     batches = [(to(x), to(y)) for x, y in _data(spec, bs, 4, h["channels_last"])]
-    t = _time_train(h["step"], batches, warm, timed)
+    steps, t = _time_train(h["step"], batches, warm, timed)
     h["eval"]()
     x = _data(spec, INFER_BATCH, 1, h["channels_last"], seed=1)[0][0]
     ti = _time_infer(h["infer"], to(x), reps)
-    print(json.dumps({"train_ips": timed * bs / t, "infer_ips": INFER_BATCH / ti, "threads": h["threads"]}))
+    print(json.dumps({"train_ips": steps * bs / t, "infer_ips": INFER_BATCH / ti, "threads": h["threads"]}))
 
 
 def main():
