@@ -250,16 +250,9 @@ def _conv2d_forward(k: ModuleType, x: np.ndarray, weight: np.ndarray, bias: np.n
     pooled = max_pool2 and g.oh >= 2 and g.ow >= 2  # (else too small to pool: max_pool2d says so below)
     plan = _dispatch.conv_plan(k, n, c, oc, g.kh, g.kw, g.oh, g.ow, dt.itemsize, strided=g.sh * g.sw > 1,
                                pad=max(g.pt, g.pl), pooled=pooled)
-    if plan in ("direct", "winograd") and bias is None:
-        bias = zeros(oc, dt)
+    b0 = zeros(oc, dt) if bias is None else bias  # (the direct and Winograd kernels take a bias)
     if plan in ("direct", "winograd") and pooled:  # (the pooling in the kernels)
-        y = np.empty((n, oc, g.oh // 2, g.ow // 2), dt)
-        idx = np.empty(y.shape if return_indices else (0, 0, 0, 0), np.int32)
-        if plan == "winograd":
-            k.conv2d_winograd_forward_maxpool2(x, weight, bias, g.pt, g.pl, int(bool(relu)), g.oh, g.ow, y, idx)
-        else:
-            k.conv2d_direct_forward_maxpool2(x, weight, bias, g.sh, g.sw, g.pt, g.pl, int(bool(relu)), g.oh, g.ow,
-                                             y, idx)
+        y, idx = _pooled_forward(k, x, weight, b0, g, relu, return_indices, plan == "winograd")
         if not return_indices:
             return y
         if ws is not None:  # as max_pool2d's: trusted by max_pool2d_backward with this ws
@@ -268,11 +261,10 @@ def _conv2d_forward(k: ModuleType, x: np.ndarray, weight: np.ndarray, bias: np.n
         return y, idx
     if plan == "winograd":
         y = np.empty((n, oc, g.oh, g.ow), dt)
-        k.conv2d_winograd_forward(x, weight, bias, g.pt, g.pl, int(bool(relu)), y,
+        k.conv2d_winograd_forward(x, weight, b0, g.pt, g.pl, int(bool(relu)), y,
                                   _dispatch.winograd_tile(k, c, oc, g.kh), stats)
     elif plan == "direct":
-        y = np.empty((n, oc, g.oh, g.ow), dt)
-        k.conv2d_direct_forward(x, weight, bias, g.sh, g.sw, g.pt, g.pl, int(bool(relu)), y, stats)
+        y = _direct_forward(k, x, weight, b0, g, relu, stats)
     else:
         y = _conv2d_forward_gemm(k, x, weight, bias, g, ws, plan)
         if relu:
@@ -282,6 +274,27 @@ def _conv2d_forward(k: ModuleType, x: np.ndarray, weight: np.ndarray, bias: np.n
     if not max_pool2:
         return y
     return max_pool2d(y, 2, return_indices=return_indices, ws=ws)  # (too small to pool: it says so)
+
+
+def _direct_forward(k: ModuleType, x: np.ndarray, weight: np.ndarray, bias: np.ndarray, g: ConvGeometry, relu: bool,
+                    stats: np.ndarray | None = None) -> np.ndarray:
+    """The direct kernels' forward into a new array (``bias``: zeros for none)."""
+    y = np.empty((x.shape[0], weight.shape[0], g.oh, g.ow), x.dtype)
+    k.conv2d_direct_forward(x, weight, bias, g.sh, g.sw, g.pt, g.pl, int(bool(relu)), y, stats)
+    return y
+
+
+def _pooled_forward(k: ModuleType, x: np.ndarray, weight: np.ndarray, bias: np.ndarray, g: ConvGeometry, relu: bool,
+                    indices: bool, winograd: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """The direct (or Winograd) kernels' forward with the 2x2 pooling, into new arrays: the
+    pooled output and its indices (an empty array unless ``indices``)."""
+    y = np.empty((x.shape[0], weight.shape[0], g.oh // 2, g.ow // 2), x.dtype)
+    idx = np.empty(y.shape if indices else (0, 0, 0, 0), np.int32)
+    if winograd:
+        k.conv2d_winograd_forward_maxpool2(x, weight, bias, g.pt, g.pl, int(bool(relu)), g.oh, g.ow, y, idx)
+    else:
+        k.conv2d_direct_forward_maxpool2(x, weight, bias, g.sh, g.sw, g.pt, g.pl, int(bool(relu)), g.oh, g.ow, y, idx)
+    return y, idx
 
 
 def _conv2d_forward_gemm(k: ModuleType, x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
@@ -384,12 +397,7 @@ def _conv2d_backward_fused(k: ModuleType, grad_out: np.ndarray, x: np.ndarray, w
         if plan == "direct" or (plan == "winograd" and not _dispatch.winograd_weight()):
             direct_gx = input_grad and (plan == "direct" or _dispatch.pooled_input_grad_from_winners(
                 c, g.kh, g.kw, g.sh, g.sw))
-            gx = np.empty(x.shape if direct_gx else (0, 0, 0, 0), np.float32)
-            gw = np.empty(weight.shape, np.float32)
-            gb = np.empty((oc if bias else 0,), np.float32)
-            y = relu_output if relu_output is not None else _buf(ws, "noy", (0, 0, 0, 0))
-            k.conv2d_direct_backward_maxpool2(grad_out, idx, y, x, weight, g.sh, g.sw, g.pt, g.pl, g.oh, g.ow,
-                                              gx, gw, gb)
+            gx, gw, gb = _pooled_backward(k, grad_out, idx, relu_output, x, weight, g, bias, direct_gx)
             if input_grad and not direct_gx:
                 gx = np.empty(x.shape, np.float32)
                 k.conv2d_winograd_backward_data(_unpooled(k, grad_out, idx, relu_output, full), weight, g.pt, g.pl,
@@ -399,6 +407,23 @@ def _conv2d_backward_fused(k: ModuleType, grad_out: np.ndarray, x: np.ndarray, w
     elif relu_output is not None:
         grad_out = relu_backward(grad_out, relu_output, ws=ws)
     return _conv2d_backward(k, grad_out, x, weight, g, bias, input_grad, ws, plan)
+
+
+_NO_Y = np.empty((0, 0, 0, 0), np.float32)  # (no fused ReLU: the pooled backward's empty output; never written)
+
+
+def _pooled_backward(k: ModuleType, grad_out: np.ndarray, idx: np.ndarray, relu_output: np.ndarray | None,
+                     x: np.ndarray, weight: np.ndarray, g: ConvGeometry, bias: bool, input_grad: bool
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``conv2d_direct_backward_maxpool2`` (from the pooled gradient and the pooling's winners)
+    into new arrays: the input, weight and bias gradients (empty arrays unless ``input_grad`` /
+    ``bias``)."""
+    gx = np.empty(x.shape if input_grad else (0, 0, 0, 0), np.float32)
+    gw = np.empty(weight.shape, np.float32)
+    gb = np.empty((weight.shape[0] if bias else 0,), np.float32)
+    k.conv2d_direct_backward_maxpool2(grad_out, idx, _NO_Y if relu_output is None else relu_output, x, weight,
+                                      g.sh, g.sw, g.pt, g.pl, g.oh, g.ow, gx, gw, gb)
+    return gx, gw, gb
 
 
 def _conv2d_backward_single(k: ModuleType, g0: np.ndarray, x: np.ndarray, weight: np.ndarray, g: ConvGeometry,

@@ -172,15 +172,11 @@ class _ConvOp(_ParamOp):
         return F._conv2d_forward(k, x, w, b, self._g, self.layer._ws, self.relu), None
 
     def _forward_direct(self, k: Any, x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> Any:
-        g = self._g
-        y = np.empty(self._yshape, np.float32)
+        if b is None:
+            b = self._zeros
         if self.pool:
-            idx = np.empty(self._yshape, np.int32)
-            k.conv2d_direct_forward_maxpool2(x, w, self._zeros if b is None else b, g.sh, g.sw, g.pt, g.pl,
-                                             int(self.relu), g.oh, g.ow, y, idx)
-            return y, idx
-        k.conv2d_direct_forward(x, w, self._zeros if b is None else b, g.sh, g.sw, g.pt, g.pl, int(self.relu), y, None)
-        return y, None
+            return F._pooled_forward(k, x, w, b, self._g, self.relu, True)
+        return F._direct_forward(k, x, w, b, self._g, self.relu), None
 
     def backward(self, k: Any, g_out: Any) -> Any:
         layer = self.layer
@@ -221,17 +217,10 @@ class _ConvOp(_ParamOp):
 
     def _backward_direct_pooled(self, k: Any, g_out: np.ndarray, x: np.ndarray, w: np.ndarray, y: Any,
                                 idx: Any) -> Any:
-        g, layer = self._g, self.layer
+        layer = self.layer
         bias, input_grad = layer.bias is not None, layer.needs_input_grad
-        gx = np.empty(x.shape if input_grad else (0, 0, 0, 0), np.float32)
-        gw = np.empty(w.shape, np.float32)
-        gb = np.empty((w.shape[0] if bias else 0,), np.float32)
-        k.conv2d_direct_backward_maxpool2(g_out, idx, _NO_Y if y is None else y, x, w, g.sh, g.sw, g.pt, g.pl,
-                                          g.oh, g.ow, gx, gw, gb)
+        gx, gw, gb = F._pooled_backward(k, g_out, idx, y, x, w, self._g, bias, input_grad)
         return (gx if input_grad else None), gw, (gb if bias else None)
-
-
-_NO_Y = np.empty((0, 0, 0, 0), np.float32)  # (no fused ReLU: the pooled backward's empty output)
 
 
 class _DenseOp(_ParamOp):
@@ -342,8 +331,7 @@ class TrainStep:
         self._busy = threading.Lock()
 
     def __call__(self, x: ArrayLike, y: ArrayLike) -> float:
-        if not self._busy.acquire(blocking=False):
-            raise RuntimeError("TrainStep: called while another thread is inside this step")
+        self._enter()
         try:
             self.optimizer.zero_grad()
             loss = self._forward(x, y)
@@ -355,18 +343,24 @@ class TrainStep:
 
     def forward(self, x: ArrayLike, y: ArrayLike) -> float:
         """The forward pass and the loss (``logits`` keeps the network's output)."""
-        with self._claim():
+        self._enter()
+        try:
             return self._forward(x, y)
+        finally:
+            self._busy.release()
 
     def backward(self) -> None:
         """The gradients of the last :meth:`forward`'s loss, accumulated into the parameters."""
-        with self._claim():
+        self._enter()
+        try:
             self._backward()
+        finally:
+            self._busy.release()
 
-    def _claim(self) -> Any:
+    def _enter(self) -> None:
+        """Take the step's lock (the caller releases it), or refuse a second thread."""
         if not self._busy.acquire(blocking=False):
             raise RuntimeError("TrainStep: called while another thread is inside this step")
-        return _Release(self._busy)
 
     def _bind(self) -> list[_Op] | None:
         """The bound ops of the model as it is now, or None (run unbound); rebuilt on a change."""
@@ -453,18 +447,3 @@ class TrainStep:
                     break
         finally:
             cast(Sequential, self.model)._in_step = False
-
-
-class _Release:
-    """Releases a lock on exit (the lock is taken by :meth:`TrainStep._claim`)."""
-
-    __slots__ = ("_lock",)
-
-    def __init__(self, lock: threading.Lock) -> None:
-        self._lock = lock
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        self._lock.release()
