@@ -180,6 +180,21 @@ def dense_forward_tiled(n):
     return n % DENSE_TILED_BATCH == 0
 
 
+#: Batches of at most this many images run the dense layers' rows path (src_ext/rows_kern.h;
+#: both backends, every SIMD path): the forward a dot product per output instead of a GEMM
+#: (whose packing and call cost more than the arithmetic at such batches), the gradients one
+#: chain of FMAs per element (on the AVX2/AVX-512 paths the GEMM's very chains, so the same
+#: bytes; a tile of one vector: it loses to the GEMM's from 3 images on).
+DENSE_ROWS_BATCH = 8
+DENSE_ROWS_GRAD_BATCH = 2
+
+
+def dense_rows(n, grads=False):
+    """Whether a dense layer's forward (or with ``grads`` its gradients) of ``n`` images runs
+    the rows path."""
+    return n <= (DENSE_ROWS_GRAD_BATCH if grads else DENSE_ROWS_BATCH)
+
+
 # --------------------------------------------------------------------------- Numba's cache
 #: Where Numba's on-disk cache of the kernels goes (:func:`_setup_numba_cache`), for
 #: ``fastcnn info`` and the tests.

@@ -965,7 +965,7 @@ def linear(x: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None, *,
 def _linear(k: ModuleType, x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
     """:func:`linear` of checked arrays, on backend module ``k``."""
     y = np.empty((x.shape[0], weight.shape[0]), np.float32)
-    if x.shape[0] > 1 and x.shape[1] > 0 and _dispatch.one_pool(k):  # (no GEMM blocks for empty K)
+    if x.shape[1] > 0 and _dispatch.one_pool(k):  # (no GEMM blocks for empty K)
         if bias is None:
             bias = zeros(weight.shape[0])
         k.linear_forward(x, weight, bias, _config.dense_blocks(weight.shape[0]), y)
@@ -1025,7 +1025,7 @@ def _linear_backward(k: ModuleType, grad_out: np.ndarray, x: np.ndarray, weight:
                      input_grad: bool, gw_out: np.ndarray | None, ws: Workspace | None
                      ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
     """:func:`linear_backward` of checked arrays (``gw_out`` too), on backend module ``k``."""
-    if x.shape[0] > 1 and x.shape[1] > 0 and _dispatch.one_pool(k):  # (no GEMM blocks for empty K)
+    if x.shape[1] > 0 and _dispatch.one_pool(k):  # (no GEMM blocks for empty K)
         n, out = grad_out.shape
         gw = np.empty(weight.shape, np.float32) if gw_out is None else gw_out
         gb = np.empty((out,), np.float32)

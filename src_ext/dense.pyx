@@ -23,6 +23,16 @@ cdef extern from "gemm.h" nogil:
     ctypedef void (*fcg_transpose_fn)(const float* s, Py_ssize_t lds, Py_ssize_t rows,  # IN
                                       Py_ssize_t cols, const float* add,  # IN (rows,) or NULL
                                       float* d, Py_ssize_t ldd) noexcept nogil  # OUT
+    ctypedef void (*fcr_forward_fn)(Py_ssize_t n, Py_ssize_t k, Py_ssize_t m,
+                                    const float* x, const float* w, const float* bias,  # IN
+                                    float* y,  # OUT
+                                    Py_ssize_t o0, Py_ssize_t o1) noexcept nogil
+    ctypedef void (*fcr_chains_fn)(Py_ssize_t rows, Py_ssize_t T, const float* a, Py_ssize_t ars,  # IN
+                                   Py_ssize_t ats, const float* b, Py_ssize_t ldb,  # IN
+                                   float* c, Py_ssize_t ldc,  # OUT
+                                   Py_ssize_t q0, Py_ssize_t q1) noexcept nogil
+    fcr_forward_fn fcr_forward  # the rows path (rows_kern.h), every path
+    fcr_chains_fn fcr_chains
     fcg_gemm_fn fcg_gemm  # NULL on the baseline path
     fcg_transpose_fn fcg_transpose
     Py_ssize_t fcg_W      # column-tile width of fcg_gemm
@@ -76,6 +86,28 @@ cdef void _linear_fwd(const _A* x,                 # IN  (N, IN)
             for i in range(N):
                 for o in range(o0, o1):
                     yp[i * M + o] = yp[i * M + o] + bp[o]
+
+
+cdef void _rows_fwd(const _A* x,                   # IN  (N, IN)
+                    const _A* w,                   # IN  (OUT, IN)
+                    const _A* bias,                # IN  (OUT,)
+                    const _A* y,                   # OUT (N, OUT)
+                    int nt) noexcept nogil:
+    """The rows path (``rows_kern.h``): ``nt`` blocks of output features."""
+    cdef Py_ssize_t N = x.shape[0], K = x.shape[1], M = w.shape[0], t, o0, o1
+    cdef const float* xp = <float*>x.p
+    cdef const float* wp = <float*>w.p
+    cdef const float* bp = <float*>bias.p
+    cdef float* yp = <float*>y.p
+    if nt > M:
+        nt = <int>M
+    if nt <= 1:
+        fcr_forward(N, K, M, xp, wp, bp, yp, 0, M)
+        return
+    for t in prange(nt, schedule='static', num_threads=nt):
+        o0 = _part(t, M, nt)
+        o1 = _part(t + 1, M, nt)
+        fcr_forward(N, K, M, xp, wp, bp, yp, o0, o1)
 
 
 cdef inline void _bias_sums(const float* gp,       # IN  (N, M)
@@ -139,6 +171,37 @@ cdef void _linear_bwd(const _A* gy,                # IN  (N, OUT)
                 fcg_gemm(N, i1 - i0, M, tp, 1, N, wp + i0, K, fcg_W, gxp + i0, K, 0)
 
 
+cdef void _rows_bwd(const _A* gy,                  # IN  (N, OUT)
+                    const _A* x,                   # IN  (N, IN)
+                    const _A* w,                   # IN  (OUT, IN)
+                    bint input_grad,
+                    const _A* gw,                  # OUT (OUT, IN)
+                    const _A* gb,                  # OUT (OUT,)
+                    const _A* gx,                  # OUT (N, IN) if input_grad
+                    int nt) noexcept nogil:
+    """The rows path's gradients: ``nt`` blocks of input features (columns of gw and gx)."""
+    cdef Py_ssize_t N = gy.shape[0], M = gy.shape[1], K = x.shape[1], t, q0, q1
+    cdef const float* gp = <float*>gy.p
+    cdef const float* xp = <float*>x.p
+    cdef const float* wp = <float*>w.p
+    cdef float* gwp = <float*>gw.p
+    cdef float* gxp = <float*>gx.p
+    _bias_sums(gp, N, M, 0, M, <float*>gb.p)
+    if nt > K:
+        nt = <int>K
+    if nt <= 1:
+        fcr_chains(M, N, gp, 1, M, xp, K, gwp, K, 0, K)
+        if input_grad:
+            fcr_chains(N, M, gp, M, 1, wp, K, gxp, K, 0, K)
+        return
+    for t in prange(nt, schedule='static', num_threads=nt):
+        q0 = _part(t, K, nt)
+        q1 = _part(t + 1, K, nt)
+        fcr_chains(M, N, gp, 1, M, xp, K, gwp, K, q0, q1)
+        if input_grad:
+            fcr_chains(N, M, gp, M, 1, wp, K, gxp, K, q0, q1)
+
+
 cdef _Key _fwd_ok, _bwd_ok
 
 
@@ -156,9 +219,15 @@ def linear_forward(x, w, bias, Py_ssize_t nblocks, y):
             _dims(a.shape, 2), _dims(f.shape, 2), _dims(b.shape, 1), nblocks, _dims(o.shape, 2)))
     if not _isa_set:
         _use_isa(fcg_set_isa)
-    cdef int nt = _threads_for(a.shape[0] * a.shape[1])
     cdef Py_ssize_t N = a.shape[0], K = a.shape[1], M = f.shape[0]
+    cdef int nt
     cdef float* xt
+    if _config.dense_rows(N):
+        nt = _threads_for(M * K)
+        with nogil:
+            _rows_fwd(&a, &f, &b, &o, nt)
+        return
+    nt = _threads_for(N * K)
     if fcg_gemm == NULL or not _config.dense_forward_tiled(N):
         with nogil:
             _linear_fwd(&a, &f, &b, nblocks, &o, nt)
@@ -189,6 +258,12 @@ def linear_backward(gy, x, w, bint input_grad, Py_ssize_t nblocks, gyt, gw, gb, 
             _dims(t.shape, 2), _dims(dw.shape, 2), _dims(db.shape, 1), _dims(dx.shape, 2)))
     if not _isa_set:
         _use_isa(fcg_set_isa)
-    cdef int nt = _threads_for(g_.shape[0] * g_.shape[1] + a.shape[0] * a.shape[1])
+    cdef int nt
+    if _config.dense_rows(g_.shape[0], True):
+        nt = _threads_for(f.shape[0] * f.shape[1])
+        with nogil:
+            _rows_bwd(&g_, &a, &f, input_grad, &dw, &db, &dx, nt)
+        return
+    nt = _threads_for(g_.shape[0] * g_.shape[1] + a.shape[0] * a.shape[1])
     with nogil:
         _linear_bwd(&g_, &a, &f, input_grad, nblocks, &t, &dw, &db, &dx, nt)

@@ -8,6 +8,7 @@
 
 #include "_simd.h"
 
+#include <math.h>
 #include <stdint.h>
 
 typedef ptrdiff_t fcg_i;
@@ -39,6 +40,7 @@ FC_TARGET_PUSH(FC_AVX2)
 #include "transpose8.h"
 #define FCG_TRANSPOSE fc_transpose8_avx2
 #include "gemm_kern.h"
+#include "rows_kern.h"
 #undef FCG_SUFFIX
 #undef FCG_VL
 #undef FCG_R
@@ -80,8 +82,25 @@ FC_TARGET_PUSH(FC_AVX512)
 #include "transpose16.h"
 #define FCG_TRANSPOSE fc_transpose16_avx512
 #include "gemm_kern.h"
+#include "rows_kern.h"
 FC_TARGET_POP
 #endif
+
+/* The rows path of small batches (rows_kern.h) as portable C: the baseline path's. */
+#undef FCG_SUFFIX
+#undef FCG_VL
+#define FCG_SUFFIX base
+#define FCG_VL 0
+#include "rows_kern.h"
+#undef FCG_SUFFIX
+#undef FCG_VL
+
+typedef void (*fcr_forward_fn)(fcg_i, fcg_i, fcg_i, const float*, const float*, const float*, float*,
+                               fcg_i, fcg_i);
+typedef void (*fcr_chains_fn)(fcg_i, fcg_i, const float*, fcg_i, fcg_i, const float*, fcg_i, float*,
+                              fcg_i, fcg_i, fcg_i);
+static fcr_forward_fn fcr_forward = fcr_forward_base;
+static fcr_chains_fn fcr_chains = fcr_chains_base;
 
 /* The selected path's SGEMM (NULL: baseline) and its column-tile width. */
 static fcg_gemm_fn fcg_gemm = NULL;
@@ -94,9 +113,17 @@ static void fcg_set_isa(int isa)
     fcg_gemm = NULL;
     fcg_transpose = NULL;
     fcg_W = 0;
+    fcr_forward = fcr_forward_base;
+    fcr_chains = fcr_chains_base;
 #ifdef FC_SIMD
-    if (isa == 2) { fcg_gemm = fcg_gemm_avx512; fcg_transpose = fcg_transpose_avx512; fcg_W = 64; }
-    if (isa == 1) { fcg_gemm = fcg_gemm_avx2; fcg_transpose = fcg_transpose_avx2; fcg_W = 16; }
+    if (isa == 2) {
+        fcg_gemm = fcg_gemm_avx512; fcg_transpose = fcg_transpose_avx512; fcg_W = 64;
+        fcr_forward = fcr_forward_avx512; fcr_chains = fcr_chains_avx512;
+    }
+    if (isa == 1) {
+        fcg_gemm = fcg_gemm_avx2; fcg_transpose = fcg_transpose_avx2; fcg_W = 16;
+        fcr_forward = fcr_forward_avx2; fcr_chains = fcr_chains_avx2;
+    }
 #endif
 }
 

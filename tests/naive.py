@@ -104,12 +104,35 @@ def conv2d_backward(gy, x, w, stride, pads):
     return gxp[:, :, pt:pt + h, pl:pl + wd], gw, gy.sum(axis=(0, 2, 3))
 
 
-def fma_chain(a, b):
+def _fma_step(c, a, b, fused):
+    """``c + outer(a, b)``: one FMA each (in float64, rounded once to float32) or, not
+    ``fused``, a float32 multiply and a float32 add."""
+    if fused:
+        return (np.outer(a.astype(np.float64), b.astype(np.float64)) + c).astype(np.float32)
+    return c + np.outer(a, b).astype(np.float32)
+
+
+def fma_chain(a, b, fused=True):
     """``a @ b`` (float32) as one FMA per inner index in order: each step in float64 (the
     float32 product is exact there), rounded once to float32.  That equals a float32 FMA
     unless the float64 sum itself was rounded onto a float32 rounding midpoint (chance about
-    2**-29 a step; the fixed seeds below never hit it)."""
+    2**-29 a step; the fixed seeds below never hit it).  ``fused=False``: a multiply and an
+    add per step (the baseline path's)."""
     c = np.zeros((a.shape[0], b.shape[1]), np.float32)
     for p in range(a.shape[1]):
-        c = (np.outer(a[:, p].astype(np.float64), b[p].astype(np.float64)) + c).astype(np.float32)
+        c = _fma_step(c, a[:, p], b[p], fused)
     return c
+
+
+def dot16(x, w, fused=True):
+    """The dense rows path's ``x @ w.T`` (src_ext/rows_kern.h): lane ``j`` of each output the
+    chain of :func:`fma_chain` over the inner indices ``p = j mod 16`` in order, then the lanes
+    summed 16 -> 8 -> 4 -> 2 -> 1 in float32."""
+    lanes = np.zeros((16, x.shape[0], w.shape[0]), np.float32)
+    for p in range(x.shape[1]):
+        lanes[p % 16] = _fma_step(lanes[p % 16], x[:, p], w[:, p], fused)
+    h = 8
+    while h >= 1:
+        lanes[:h] = lanes[:h] + lanes[h:2 * h]
+        h //= 2
+    return lanes[0]

@@ -10,7 +10,7 @@ import pytest
 
 import fastcnn
 
-from utils import DENSE_CHAIN_SHAPES, NEUTRAL_CWD, check_dense_fma_chain, cores
+from utils import DENSE_CHAIN_SHAPES, DENSE_ROWS_SHAPES, NEUTRAL_CWD, check_dense_fma_chain, check_dense_rows, cores
 
 _ISA_SCRIPT = """
 import numpy as np
@@ -157,6 +157,16 @@ def test_dense_gemm_is_one_fma_chain_per_output(shape):
     if conv_direct.active_isa() == "baseline":
         pytest.skip("the baseline path calls SciPy's SGEMM (its own order)")
     check_dense_fma_chain(dense, shape)
+
+
+@pytest.mark.skipif("cython" not in fastcnn.available_backends(), reason="Cython backend not built")
+@pytest.mark.parametrize("shape", DENSE_ROWS_SHAPES)
+def test_dense_rows_path_is_its_definition(shape):
+    """Small batches run the rows path (rows_kern.h) on every path: sixteen lanes of FMA chains
+    per output (a multiply and an add on the baseline path), the gradients FMA chains."""
+    from fastcnn._ext import conv_direct, dense
+
+    check_dense_rows(dense, shape, conv_direct.active_isa() != "baseline")
 
 
 @pytest.mark.skipif("cython" not in fastcnn.available_backends(), reason="Cython backend not built")

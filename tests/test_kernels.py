@@ -14,7 +14,16 @@ from fastcnn._kernels import conv_direct as D
 from fastcnn.functional import ConvGeometry
 
 import naive
-from utils import DENSE_CHAIN_SHAPES, NEUTRAL_CWD, assert_close, check_dense_fma_chain, cores, run_direct
+from utils import (
+    DENSE_CHAIN_SHAPES,
+    DENSE_ROWS_SHAPES,
+    NEUTRAL_CWD,
+    assert_close,
+    check_dense_fma_chain,
+    check_dense_rows,
+    cores,
+    run_direct,
+)
 
 # Float32 sums of up to C*kh*kw = 17*25 = 425 products (forward, input gradient) or
 # N*OH*OW products (weight gradient: float32 partials per pixel over <= 6 images, then a
@@ -271,6 +280,15 @@ def test_dense_gemm_is_one_fma_chain_per_output(shape):
     if not dense.TILED:
         pytest.skip("the baseline path calls SciPy's SGEMM (its own order)")
     check_dense_fma_chain(dense, shape)
+
+
+@pytest.mark.parametrize("shape", DENSE_ROWS_SHAPES)
+def test_dense_rows_path_is_its_definition(shape):
+    """The Numba rows path of small batches gives rows_kern.h's bytes, as the Cython kernels'
+    (test_ext.py): FMA on the SIMD paths, a multiply and an add on the baseline path."""
+    from fastcnn._kernels import dense
+
+    check_dense_rows(dense, shape, dense.TILED)
 
 
 @pytest.mark.skipif("cython" not in fastcnn.available_backends(), reason="Cython backend not built")

@@ -635,6 +635,30 @@ def vadd(typingctx, a, b):
 
 
 @intrinsic
+def vfmas(typingctx, acc, a, b):
+    """``acc[v] + a[v] * b[v]`` lane by lane for tuples of vectors (one FMA where the target has
+    them, as :func:`_fma_rows`)."""
+    def codegen(context, builder, sig, args):
+        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_LLV, [_LLV] * 3),
+                                             f"llvm.fmuladd.v{VL}f32")
+        out = [builder.call(fma, [builder.extract_value(args[1], v), builder.extract_value(args[2], v),
+                                  builder.extract_value(args[0], v)]) for v in range(sig.args[0].count)]
+        return context.make_tuple(builder, sig.return_type, out)
+    return acc(acc, a, b), codegen
+
+
+@intrinsic
+def fmuladd32(typingctx, a, b, c):
+    """``c + a * b`` of float32 scalars: one FMA where the target has them (the vectors' rule)."""
+    f = ir.FloatType()
+
+    def codegen(context, builder, sig, args):
+        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(f, [f] * 3), "llvm.fmuladd.f32")
+        return builder.call(fma, [context.cast(builder, v, t, types.float32) for v, t in zip(args, sig.args)])
+    return types.float32(a, b, c), codegen
+
+
+@intrinsic
 def vsub(typingctx, a, b):
     """``a - b``, lane by lane."""
     def codegen(context, builder, sig, args):

@@ -11,12 +11,13 @@ any thread count.  Contracts: :mod:`fastcnn._ref`.
 import numpy as np
 from numba import prange
 
-from .. import _backend, _config
+from .. import _backend, _config, _threads
 from ._common import SGEMM, _u, block, gemm, helper, parallel_kernel
 from ._simd import (
     GR,
     GV,
     VL,
+    fmuladd32,
     gtile_zero,
     tile_fma,
     tile_fma_at,
@@ -24,6 +25,7 @@ from ._simd import (
     tile_load_masked,
     tile_store,
     tile_store_masked,
+    vfmas,
     vloads,
     vstores,
     vtranspose,
@@ -152,10 +154,115 @@ def _linear_forward(x, w, bias, nblocks, y, sgemm):
                     y[i, o] = y[i, o] + bias[o]
 
 
+#: The rows path's sixteen lanes as vectors (src_ext/rows_kern.h: the same on every path).
+_L16 = tuple(range(0, 16, VL))
+
+
+@helper
+def _lanes_sum(s, s0, xf, x0, wf, w0, k16, k):
+    """Lanes ``s[s0:s0+16]`` of one output: the inner indices past ``k16`` added (FMA) into
+    lanes 0 .., then summed 16 -> 8 -> 4 -> 2 -> 1 (rows_kern.h's ``fcr_dots``)."""
+    for p in range(k16, k):
+        s[s0 + p - k16] = fmuladd32(xf[_u(x0 + p)], wf[_u(w0 + p)], s[s0 + p - k16])
+    h = 8
+    while h >= 1:
+        for j in range(h):
+            s[s0 + j] = s[s0 + j] + s[s0 + j + h]
+        h //= 2
+    return s[s0]
+
+
+@helper
+def _dots(xf, x0, wf, w0, k, s, y, y0, bias, o, r):
+    """``r`` (4 or 1) outputs ``y[y0 + j] = dot16(x, w[o + j]) + bias[o + j]`` (``s``: 64 floats
+    of scratch): lane l of an output the FMA chain over the inner indices p = l mod 16."""
+    k16 = k - k % 16
+    a0 = a1 = a2 = a3 = vzeros(_L16)
+    for p in range(0, k16, 16):
+        xv = vloads(xf, x0 + p, _L16)
+        a0 = vfmas(a0, xv, vloads(wf, w0 + p, _L16))
+        if r == 4:
+            a1 = vfmas(a1, xv, vloads(wf, w0 + k + p, _L16))
+            a2 = vfmas(a2, xv, vloads(wf, w0 + 2 * k + p, _L16))
+            a3 = vfmas(a3, xv, vloads(wf, w0 + 3 * k + p, _L16))
+    vstores(s, 0, _L16, a0)
+    vstores(s, 16, _L16, a1)
+    vstores(s, 32, _L16, a2)
+    vstores(s, 48, _L16, a3)
+    for j in range(r):
+        y[_u(y0 + j)] = _lanes_sum(s, 16 * j, xf, x0, wf, w0 + j * k, k16, k) + bias[o + j]
+
+
+@parallel_kernel
+def _rows_forward(w, x, bias, nblocks, y, nt):
+    """The rows path (src_ext/rows_kern.h): ``nt`` blocks of output features."""
+    _backend.sizes_linear_forward(x.shape, w.shape, bias.shape, nblocks, y.shape)
+    n, k = x.shape
+    out = w.shape[0]
+    xf, wf, yf = x.reshape(x.size), w.reshape(w.size), y.reshape(y.size)
+    nt = max(1, min(nt, out))
+    for t in prange(nt):
+        o0, o1 = block(t, out, nt)
+        s = np.empty(64, np.float32)
+        for i in range(n):
+            o = o0
+            while o + 4 <= o1:
+                _dots(xf, i * k, wf, o * k, k, s, yf, i * out + o, bias, o, 4)
+                o += 4
+            for o in range(o, o1):
+                _dots(xf, i * k, wf, o * k, k, s, yf, i * out + o, bias, o, 1)
+
+
+@helper
+def _chains(rows, tn, a, ars, ats, b, ldb, c, ldc, q0, q1):
+    """``c[i*ldc + q] = sum over t < tn in order of a[i*ars + t*ats] * b[t*ldb + q]`` (one FMA
+    chain each) for ``i < rows``, ``q0 <= q < q1``: rows_kern.h's ``fcr_chains``."""
+    qv = q0 + (q1 - q0) // VL * VL
+    i4 = rows // 4 * 4 if ars == 1 else 0  # (rows of contiguous scalars: tiles of 4 rows)
+    for i in range(0, i4, 4):
+        for q in range(q0, qv, VL):
+            acc4 = vzeros((0, 0, 0, 0))
+            for t in range(tn):
+                acc4 = tile_fma(acc4, vloads(b, t * ldb + q, (0,)), a, i + t * ats)
+            vstores(c, i * ldc + q, (0, ldc, 2 * ldc, 3 * ldc), acc4)
+    for i in range(i4, rows):
+        for q in range(q0, qv, VL):
+            acc = vzeros((0,))
+            for t in range(tn):
+                acc = tile_fma(acc, vloads(b, t * ldb + q, (0,)), a, i * ars + t * ats)
+            vstores(c, i * ldc + q, (0,), acc)
+    for i in range(rows):
+        for q in range(qv, q1):
+            v = np.float32(0.0)
+            for t in range(tn):
+                v = fmuladd32(a[_u(i * ars + t * ats)], b[_u(t * ldb + q)], v)
+            c[_u(i * ldc + q)] = v
+
+
+@parallel_kernel
+def _rows_backward(w, gy, x, input_grad, nblocks, gyt, gw, gb, gx, nt):
+    """The rows path's gradients: ``nt`` blocks of input features (columns of gw and gx)."""
+    _backend.sizes_linear_backward(gy.shape, x.shape, w.shape, input_grad, nblocks, gyt.shape, gw.shape,
+                                   gb.shape, gx.shape)
+    n, out = gy.shape
+    k = x.shape[1]
+    _bias_sums(gy, 0, out, gb)
+    gyf, xf, wf = gy.reshape(gy.size), x.reshape(x.size), w.reshape(w.size)
+    gwf, gxf = gw.reshape(gw.size), gx.reshape(gx.size)
+    nt = max(1, min(nt, k))
+    for t in prange(nt):
+        q0, q1 = block(t, k, nt)
+        _chains(out, n, gyf, 1, out, xf, k, gwf, k, q0, q1)
+        if input_grad:
+            _chains(n, out, gyf, out, 1, wf, k, gxf, k, q0, q1)
+
+
 def linear_forward(x, w, bias, nblocks, y):
     """``y = x @ w.T + bias`` by blocks of output features
     (see :func:`fastcnn._ref.linear_forward`)."""
-    if TILED and _config.dense_forward_tiled(x.shape[0]):
+    if _config.dense_rows(x.shape[0]):
+        _rows_forward(w, x, bias, nblocks, y, _threads.get_num_threads())
+    elif TILED and _config.dense_forward_tiled(x.shape[0]):
         _linear_forward_tiled(x, w, bias, nblocks, y)
     else:
         _linear_forward(x, w, bias, nblocks, y, SGEMM)
@@ -209,4 +316,7 @@ def _linear_backward(gy, x, w, input_grad, nblocks, gyt, gw, gb, gx, sgemm, tile
 def linear_backward(gy, x, w, input_grad, nblocks, gyt, gw, gb, gx):
     """Gradients by blocks of output features (``gw``, ``gb``) and of input features (``gx``)
     (see :func:`fastcnn._ref.linear_backward`)."""
+    if _config.dense_rows(gy.shape[0], True):
+        _rows_backward(w, gy, x, input_grad, nblocks, gyt, gw, gb, gx, _threads.get_num_threads())
+        return
     _linear_backward(gy, x, w, input_grad, nblocks, gyt, gw, gb, gx, SGEMM, TILED)
