@@ -1357,15 +1357,19 @@ def _update_arrays_checked(op: str, ws: Workspace | None, params: Sequence[Any],
     the ``state`` sequences as tuples, the same tuple objects while the arrays are the same (the
     Numba kernels build their table of addresses once per tuple objects: docs/PERFORMANCE.md,
     5)."""
-    arrays = (*params, *(a for v in state.values() for a in v))
+    seqs = (params, *state.values())
     if ws is not None:
         seen = ws._recorded(op)
-        if seen is not None and len(seen[0]) == len(arrays) and all(map(operator.is_, seen[0], arrays)):
-            return seen[1]
+        if seen is not None and len(seen) == len(seqs):
+            for old, new in zip(seen, seqs):
+                if len(old) != len(new) or not all(map(operator.is_, old, new)):
+                    break
+            else:
+                return seen
     _check_update_arrays(op, params, **state)
-    tuples = (tuple(params), *(tuple(v) for v in state.values()))
+    tuples = tuple(map(tuple, seqs))
     if ws is not None:
-        ws._record(op, arrays, tuples)
+        ws._record(op, *tuples)
     return tuples
 
 
