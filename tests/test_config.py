@@ -215,3 +215,12 @@ def test_numba_vector_sizes_follow_the_target():
     r = subprocess.run([sys.executable, "-c", code], env=dict(os.environ), capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == _config.NUMBA_ISA["isa"]
+
+
+def test_dense_rows_thresholds_as_the_tests_assume():
+    """tests/utils.py's check of the dense rows path knows which batches' gradients run it."""
+    import utils
+
+    assert _config.DENSE_ROWS_GRAD_BATCH == utils.ROWS_GRAD_BATCH
+    assert _config.dense_rows(utils.ROWS_GRAD_BATCH, True) and not _config.dense_rows(utils.ROWS_GRAD_BATCH + 1, True)
+    assert max(n for n, _, _ in utils.DENSE_ROWS_SHAPES) <= _config.DENSE_ROWS_BATCH

@@ -391,17 +391,17 @@ def torch_densenet(growth=4):
 
 #: (batch, in features, out features) for :func:`check_dense_rows`: fewer than 16 inner
 #: indices, not a multiple of 16, batch 1 and the largest batches of the rows path (forward 8,
-#: gradients 2: ``DENSE_ROWS_BATCH`` of fastcnn/_config.py), and one whose weights are split
-#: across threads.
+#: gradients :data:`ROWS_GRAD_BATCH`), and one whose weights are split across threads.
 DENSE_ROWS_SHAPES = [(1, 1, 1), (1, 15, 3), (1, 17, 6), (2, 1352, 10), (8, 100, 9), (1, 3000, 70)]
+#: The largest batch whose dense gradients run the rows path (``DENSE_ROWS_GRAD_BATCH`` of
+#: fastcnn/_config.py; test_config.py checks that they agree).
+ROWS_GRAD_BATCH = 2
 
 
 def check_dense_rows(dense, shape, fused):
     """Assert that the dense kernels of module ``dense`` run a batch of the rows path as
     src_ext/rows_kern.h defines it (:func:`naive.dot16`; the gradients :func:`naive.fma_chain`;
     ``fused``: FMA, else a multiply and an add), the same bytes at 1 and 2 threads."""
-    from fastcnn import _config, _threads
-
     import naive
 
     n, k_in, k_out = shape
@@ -409,20 +409,20 @@ def check_dense_rows(dense, shape, fused):
     x, w = rng.standard_normal((n, k_in), dtype=np.float32), rng.standard_normal((k_out, k_in), dtype=np.float32)
     b, gy = rng.standard_normal(k_out, dtype=np.float32), rng.standard_normal((n, k_out), dtype=np.float32)
     outs = []
-    before = _threads.get_num_threads()
+    before = fastcnn.get_num_threads()
     try:
         for t in (1, 2):
-            _threads.set_num_threads(t)
+            fastcnn.set_num_threads(t)
             y, gw, gb, gx = (np.full(s, np.nan, np.float32) for s in ((n, k_out), w.shape, (k_out,), x.shape))
             dense.linear_forward(x, w, b, 2, y)
             dense.linear_backward(gy, x, w, True, 2, np.empty((k_out, n), np.float32), gw, gb, gx)
             outs.append([a.tobytes() for a in (y, gw, gb, gx)])
     finally:
-        _threads.set_num_threads(before)
+        fastcnn.set_num_threads(before)
     assert outs[0] == outs[1], "the rows path's bytes depend on the thread count"
     y, gw, gb, gx = outs[0]
     assert y == (naive.dot16(x, w, fused) + b).tobytes()
-    if _config.dense_rows(n, True):
+    if n <= ROWS_GRAD_BATCH:
         assert gw == naive.fma_chain(gy.T, x, fused).tobytes()
         assert gx == naive.fma_chain(gy, w, fused).tobytes()
         assert gb == gy.sum(axis=0, dtype=np.float64).astype(np.float32).tobytes()
