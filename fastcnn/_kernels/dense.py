@@ -186,9 +186,10 @@ def _dots(xf, x0, wf, w0, k, s, y, y0, bias, o, r):
             a2 = vfmas(a2, xv, vloads(wf, w0 + 2 * k + p, _L16))
             a3 = vfmas(a3, xv, vloads(wf, w0 + 3 * k + p, _L16))
     vstores(s, 0, _L16, a0)
-    vstores(s, 16, _L16, a1)
-    vstores(s, 32, _L16, a2)
-    vstores(s, 48, _L16, a3)
+    if r == 4:
+        vstores(s, 16, _L16, a1)
+        vstores(s, 32, _L16, a2)
+        vstores(s, 48, _L16, a3)
     for j in range(r):
         y[_u(y0 + j)] = _lanes_sum(s, 16 * j, xf, x0, wf, w0 + j * k, k16, k) + bias[o + j]
 
