@@ -40,6 +40,13 @@ sections 12 and 13).  False runs every layer by itself.
 also runs each ``Conv2D`` followed by a ``BatchNorm2D`` as one convolution with the
 normalisation folded into its weights and bias (:func:`fastcnn.functional.fold_batch_norm`;
 docs/PERFORMANCE.md, section 12).  False runs them one by one, as in training mode's arithmetic.
+
+``fastcnn.config(dense=...)`` selects how the compiled backends run dense layers
+(docs/PERFORMANCE.md, section 3): ``"auto"`` (default) the rows path for small batches
+(:func:`dense_rows`), else the GEMM; ``"rows"`` the rows path (a dot product per output, the
+gradients one FMA chain per element) at every batch size; ``"gemm"`` the GEMM at every batch
+size (the tiled GEMM where the SIMD path has one and the batch fills its tiles, else SciPy's
+SGEMM).  The ``numpy`` backend keeps its reference path.
 """
 from __future__ import annotations
 
@@ -50,6 +57,7 @@ from . import _config, _ref, _threads
 
 CONV_STRATEGIES = ("auto", "direct", "winograd", "per_image", "chunked")
 WINOGRAD_TILES = ("auto", 2, 4)
+DENSE_STRATEGIES = ("auto", "rows", "gemm")
 
 #: Target size of one chunk of the im2col matrix on the chunked strategy: the batch is
 #: convolved a few images at a time so that the unfolded columns stay in cache (tuned on a
@@ -75,6 +83,7 @@ def _current() -> dict[str, Any]:
         _settings["winograd_tile"] = "auto"
         _settings["fuse"] = True
         _settings["fold_bn"] = True
+        _settings["dense"] = "auto"
     return _settings
 
 
@@ -98,7 +107,7 @@ class _Config:
 
 
 def config(*, conv: str | None = None, winograd_tile: str | int | None = None, fuse: bool | None = None,
-           fold_bn: bool | None = None) -> _Config:
+           fold_bn: bool | None = None, dense: str | None = None) -> _Config:
     """Set fastcnn's settings; usable as a context manager that restores them on exit.
 
     Parameters
@@ -116,6 +125,9 @@ def config(*, conv: str | None = None, winograd_tile: str | int | None = None, f
     fold_bn : bool, optional
         Whether eval-mode ``Sequential`` models (with ``fuse``) fold a ``BatchNorm2D`` into the
         ``Conv2D`` before it (default True).  None leaves it unchanged.
+    dense : {"auto", "rows", "gemm"}, optional
+        Dense-layer strategy of the compiled backends (see :mod:`fastcnn._dispatch`).
+        None leaves it unchanged.
 
     Examples
     --------
@@ -128,6 +140,8 @@ def config(*, conv: str | None = None, winograd_tile: str | int | None = None, f
     if winograd_tile is not None and (type(winograd_tile) not in (str, int) or winograd_tile not in WINOGRAD_TILES):
         raise ValueError(f"config: winograd_tile must be one of {', '.join(map(repr, WINOGRAD_TILES))}, "
                          f"got {winograd_tile!r}")
+    if dense is not None and (not isinstance(dense, str) or dense not in DENSE_STRATEGIES):
+        raise ValueError(f"config: dense must be one of {', '.join(map(repr, DENSE_STRATEGIES))}, got {dense!r}")
     for name, value in (("fuse", fuse), ("fold_bn", fold_bn)):
         if value is not None and type(value) is not bool:
             raise TypeError(f"config: {name} must be True or False, got {value!r}")
@@ -140,6 +154,8 @@ def config(*, conv: str | None = None, winograd_tile: str | int | None = None, f
         _settings["fuse"] = fuse
     if fold_bn is not None:
         _settings["fold_bn"] = fold_bn
+    if dense is not None:
+        _settings["dense"] = dense
     _changes[0] += 1
     return _Config(previous)
 
@@ -151,7 +167,7 @@ def changes() -> int:
 
 def get_config() -> dict[str, Any]:
     """The current settings, as a new dict (``{"conv": ..., "winograd_tile": ..., "fuse": ...,
-    "fold_bn": ...}``)."""
+    "fold_bn": ..., "dense": ...}``)."""
     return dict(_current())
 
 
@@ -164,6 +180,16 @@ def fuse() -> bool:
 def fold_bn() -> bool:
     """Whether eval-mode ``Sequential`` models fold batch norms into convolutions."""
     return bool(_current()["fold_bn"])
+
+
+def dense_rows(n, grads=False):
+    """Whether a compiled backend runs a dense layer's forward (or with ``grads`` its gradients)
+    of ``n`` images on the rows path: the ``dense`` setting; on ``"auto"`` batches of at most
+    ``_config.DENSE_ROWS_BATCH`` (gradients ``DENSE_ROWS_GRAD_BATCH``) images."""
+    dense = _current()["dense"]
+    if dense == "auto":
+        return _config.dense_rows(n, grads)
+    return dense == "rows"
 
 
 def one_pool(k):

@@ -138,8 +138,8 @@ def linear_forward(x, w, bias, nblocks, y):
         Blocks of consecutive output features (the compiled kernels run them in parallel,
         each with a single-threaded SGEMM).  Block bounds depend on the shapes and
         ``nblocks`` only, so the result does not depend on the number of threads.  Small
-        batches (``_config.dense_rows``) run a dot product per output instead, whatever the
-        blocks (docs/PERFORMANCE.md, section 3).
+        batches (``fastcnn.config(dense=...)``, ``_dispatch.dense_rows``) run a dot product per
+        output instead, whatever the blocks (docs/PERFORMANCE.md, section 3).
     y : (N, OUT) float32  # OUT
     """
     np.matmul(x, w.T, out=y)

@@ -12,7 +12,7 @@ from libc.stdlib cimport free, malloc
 
 include "_common.pxi"
 
-from fastcnn import _config
+from fastcnn import _config, _dispatch
 
 cdef extern from "gemm.h" nogil:
     ctypedef void (*fcg_gemm_fn)(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
@@ -222,7 +222,7 @@ def linear_forward(x, w, bias, Py_ssize_t nblocks, y):
     cdef Py_ssize_t N = a.shape[0], K = a.shape[1], M = f.shape[0]
     cdef int nt
     cdef float* xt
-    if _config.dense_rows(N):
+    if _dispatch.dense_rows(N):
         nt = _threads_for(M * K)
         with nogil:
             _rows_fwd(&a, &f, &b, &o, nt)
@@ -259,7 +259,7 @@ def linear_backward(gy, x, w, bint input_grad, Py_ssize_t nblocks, gyt, gw, gb, 
     if not _isa_set:
         _use_isa(fcg_set_isa)
     cdef int nt
-    if _config.dense_rows(g_.shape[0], True):
+    if _dispatch.dense_rows(g_.shape[0], True):
         nt = _threads_for(f.shape[0] * f.shape[1])
         with nogil:
             _rows_bwd(&g_, &a, &f, input_grad, &dw, &db, &dx, nt)

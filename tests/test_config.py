@@ -224,3 +224,4 @@ def test_dense_rows_thresholds_as_the_tests_assume():
     assert _config.DENSE_ROWS_GRAD_BATCH == utils.ROWS_GRAD_BATCH
     assert _config.dense_rows(utils.ROWS_GRAD_BATCH, True) and not _config.dense_rows(utils.ROWS_GRAD_BATCH + 1, True)
     assert max(n for n, _, _ in utils.DENSE_ROWS_SHAPES) <= _config.DENSE_ROWS_BATCH
+    assert min(n for n, _, _ in utils.DENSE_ROWS_FORCED_SHAPES) > _config.DENSE_ROWS_BATCH  # beyond auto's

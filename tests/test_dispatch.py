@@ -56,7 +56,8 @@ def test_config_sets_restores_and_validates():
     assert start["conv"] in _dispatch.CONV_STRATEGIES
     with fastcnn.config(conv="direct") as cfg:
         assert fastcnn.get_config() == {"conv": "direct", "winograd_tile": start["winograd_tile"],
-                                        "fuse": start["fuse"], "fold_bn": start["fold_bn"]}
+                                        "fuse": start["fuse"], "fold_bn": start["fold_bn"],
+                                        "dense": start["dense"]}
         assert "direct" in repr(cfg)
         with fastcnn.config(conv="chunked"):
             assert fastcnn.get_config()["conv"] == "chunked"
@@ -86,6 +87,24 @@ def test_config_sets_restores_and_validates():
             with pytest.raises(TypeError, match=f"{flag} must be True or False"):
                 fastcnn.config(**{flag: bad})
         assert fastcnn.get_config() == start
+
+
+def test_dense_setting_chooses_the_rows_path():
+    start = fastcnn.get_config()
+    assert start["dense"] == "auto"  # the default: the rows path for one image, not for 1000
+    small, large = 1, 1000
+    assert _dispatch.dense_rows(small) and _dispatch.dense_rows(small, True)
+    assert not _dispatch.dense_rows(large) and not _dispatch.dense_rows(large, True)
+    with fastcnn.config(dense="rows"):
+        assert fastcnn.get_config() == dict(start, dense="rows")
+        assert _dispatch.dense_rows(large) and _dispatch.dense_rows(large, True)
+    with fastcnn.config(dense="gemm"):
+        assert not _dispatch.dense_rows(1) and not _dispatch.dense_rows(1, True)
+    assert fastcnn.get_config() == start
+    for bad in ("blas", "", ["auto"], 1):
+        with pytest.raises(ValueError, match="dense must be one of 'auto', 'rows', 'gemm'"):
+            fastcnn.config(dense=bad)
+    assert fastcnn.get_config() == start
 
 
 def test_conv_plan_rules():

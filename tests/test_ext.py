@@ -10,7 +10,15 @@ import pytest
 
 import fastcnn
 
-from utils import DENSE_CHAIN_SHAPES, DENSE_ROWS_SHAPES, NEUTRAL_CWD, check_dense_fma_chain, check_dense_rows, cores
+from utils import (
+    DENSE_CHAIN_SHAPES,
+    DENSE_ROWS_FORCED_SHAPES,
+    DENSE_ROWS_SHAPES,
+    NEUTRAL_CWD,
+    check_dense_fma_chain,
+    check_dense_rows,
+    cores,
+)
 
 _ISA_SCRIPT = """
 import numpy as np
@@ -160,13 +168,15 @@ def test_dense_gemm_is_one_fma_chain_per_output(shape):
 
 
 @pytest.mark.skipif("cython" not in fastcnn.available_backends(), reason="Cython backend not built")
-@pytest.mark.parametrize("shape", DENSE_ROWS_SHAPES)
-def test_dense_rows_path_is_its_definition(shape):
-    """Small batches run the rows path (rows_kern.h) on every path: sixteen lanes of FMA chains
-    per output (a multiply and an add on the baseline path), the gradients FMA chains."""
+@pytest.mark.parametrize("shape,strategy", [(s, "auto") for s in DENSE_ROWS_SHAPES]
+                         + [(s, "rows") for s in DENSE_ROWS_FORCED_SHAPES])
+def test_dense_rows_path_is_its_definition(shape, strategy):
+    """Small batches (any batch with ``config(dense="rows")``) run the rows path (rows_kern.h)
+    on every path: sixteen lanes of FMA chains per output (a multiply and an add on the
+    baseline path), the gradients FMA chains."""
     from fastcnn._ext import conv_direct, dense
 
-    check_dense_rows(dense, shape, conv_direct.active_isa() != "baseline")
+    check_dense_rows(dense, shape, conv_direct.active_isa() != "baseline", strategy)
 
 
 @pytest.mark.skipif("cython" not in fastcnn.available_backends(), reason="Cython backend not built")

@@ -16,6 +16,7 @@ from fastcnn.functional import ConvGeometry
 import naive
 from utils import (
     DENSE_CHAIN_SHAPES,
+    DENSE_ROWS_FORCED_SHAPES,
     DENSE_ROWS_SHAPES,
     NEUTRAL_CWD,
     assert_close,
@@ -282,13 +283,15 @@ def test_dense_gemm_is_one_fma_chain_per_output(shape):
     check_dense_fma_chain(dense, shape)
 
 
-@pytest.mark.parametrize("shape", DENSE_ROWS_SHAPES)
-def test_dense_rows_path_is_its_definition(shape):
-    """The Numba rows path of small batches gives rows_kern.h's bytes, as the Cython kernels'
-    (test_ext.py): FMA on the SIMD paths, a multiply and an add on the baseline path."""
+@pytest.mark.parametrize("shape,strategy", [(s, "auto") for s in DENSE_ROWS_SHAPES]
+                         + [(s, "rows") for s in DENSE_ROWS_FORCED_SHAPES])
+def test_dense_rows_path_is_its_definition(shape, strategy):
+    """The Numba rows path of small batches (and of any batch with ``config(dense="rows")``)
+    gives rows_kern.h's bytes, as the Cython kernels' (test_ext.py): FMA on the SIMD paths, a
+    multiply and an add on the baseline path."""
     from fastcnn._kernels import dense
 
-    check_dense_rows(dense, shape, dense.TILED)
+    check_dense_rows(dense, shape, dense.TILED, strategy)
 
 
 @pytest.mark.skipif("cython" not in fastcnn.available_backends(), reason="Cython backend not built")

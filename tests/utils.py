@@ -393,15 +393,18 @@ def torch_densenet(growth=4):
 #: indices, not a multiple of 16, batch 1 and the largest batches of the rows path (forward 8,
 #: gradients :data:`ROWS_GRAD_BATCH`), and one whose weights are split across threads.
 DENSE_ROWS_SHAPES = [(1, 1, 1), (1, 15, 3), (1, 17, 6), (2, 1352, 10), (8, 100, 9), (1, 3000, 70)]
+#: Batches beyond ``auto``'s rows path, for the path forced by ``fastcnn.config(dense="rows")``.
+DENSE_ROWS_FORCED_SHAPES = [(9, 40, 5), (64, 130, 17)]
 #: The largest batch whose dense gradients run the rows path (``DENSE_ROWS_GRAD_BATCH`` of
 #: fastcnn/_config.py; test_config.py checks that they agree).
 ROWS_GRAD_BATCH = 2
 
 
-def check_dense_rows(dense, shape, fused):
+def check_dense_rows(dense, shape, fused, strategy="auto"):
     """Assert that the dense kernels of module ``dense`` run a batch of the rows path as
     src_ext/rows_kern.h defines it (:func:`naive.dot16`; the gradients :func:`naive.fma_chain`;
-    ``fused``: FMA, else a multiply and an add), the same bytes at 1 and 2 threads."""
+    ``fused``: FMA, else a multiply and an add), the same bytes at 1 and 2 threads, under the
+    ``fastcnn.config(dense=strategy)`` setting (``"rows"``: the gradients too at any batch)."""
     import naive
 
     n, k_in, k_out = shape
@@ -411,18 +414,19 @@ def check_dense_rows(dense, shape, fused):
     outs = []
     before = fastcnn.get_num_threads()
     try:
-        for t in (1, 2):
-            fastcnn.set_num_threads(t)
-            y, gw, gb, gx = (np.full(s, np.nan, np.float32) for s in ((n, k_out), w.shape, (k_out,), x.shape))
-            dense.linear_forward(x, w, b, 2, y)
-            dense.linear_backward(gy, x, w, True, 2, np.empty((k_out, n), np.float32), gw, gb, gx)
-            outs.append([a.tobytes() for a in (y, gw, gb, gx)])
+        with fastcnn.config(dense=strategy):
+            for t in (1, 2):
+                fastcnn.set_num_threads(t)
+                y, gw, gb, gx = (np.full(s, np.nan, np.float32) for s in ((n, k_out), w.shape, (k_out,), x.shape))
+                dense.linear_forward(x, w, b, 2, y)
+                dense.linear_backward(gy, x, w, True, 2, np.empty((k_out, n), np.float32), gw, gb, gx)
+                outs.append([a.tobytes() for a in (y, gw, gb, gx)])
     finally:
         fastcnn.set_num_threads(before)
     assert outs[0] == outs[1], "the rows path's bytes depend on the thread count"
     y, gw, gb, gx = outs[0]
     assert y == (naive.dot16(x, w, fused) + b).tobytes()
-    if n <= ROWS_GRAD_BATCH:
+    if strategy == "rows" or n <= ROWS_GRAD_BATCH:
         assert gw == naive.fma_chain(gy.T, x, fused).tobytes()
         assert gx == naive.fma_chain(gy, w, fused).tobytes()
         assert gb == gy.sum(axis=0, dtype=np.float64).astype(np.float32).tobytes()
@@ -436,10 +440,10 @@ DENSE_CHAIN_SHAPES = [(1, 1, 1, 1), (5, 300, 17, 2), (20, 200, 70, 3), (64, 9, 1
 
 
 def check_dense_fma_chain(dense, shape):
-    """Assert that the dense kernels of module ``dense`` (``linear_forward``/``_backward``) give
-    every output as the FMA chain over the inner index in order (:func:`naive.fma_chain`): the
-    gradients always, the forward for batches of a multiple of 64.  ``shape``: (batch, in
-    features, out features, blocks)."""
+    """Assert that the dense kernels of module ``dense`` (``linear_forward``/``_backward``) on
+    the GEMM path (``fastcnn.config(dense="gemm")``) give every output as the FMA chain over
+    the inner index in order (:func:`naive.fma_chain`): the gradients always, the forward for
+    batches of a multiple of 64.  ``shape``: (batch, in features, out features, blocks)."""
     import naive
 
     n, k_in, k_out, nblocks = shape
@@ -447,8 +451,9 @@ def check_dense_fma_chain(dense, shape):
     x, w = rng.standard_normal((n, k_in), dtype=np.float32), rng.standard_normal((k_out, k_in), dtype=np.float32)
     b, gy = rng.standard_normal(k_out, dtype=np.float32), rng.standard_normal((n, k_out), dtype=np.float32)
     y, gw, gb, gx = (np.full(s, np.nan, np.float32) for s in ((n, k_out), w.shape, (k_out,), x.shape))
-    dense.linear_forward(x, w, b, nblocks, y)
-    dense.linear_backward(gy, x, w, True, nblocks, np.empty((k_out, n), np.float32), gw, gb, gx)
+    with fastcnn.config(dense="gemm"):
+        dense.linear_forward(x, w, b, nblocks, y)
+        dense.linear_backward(gy, x, w, True, nblocks, np.empty((k_out, n), np.float32), gw, gb, gx)
     if n % 64 == 0:
         assert y.tobytes() == (naive.fma_chain(x, w.T) + b).tobytes()
     assert gw.tobytes() == naive.fma_chain(gy.T, x).tobytes()
@@ -457,7 +462,8 @@ def check_dense_fma_chain(dense, shape):
     raw = np.full(w.size + 16, np.nan, np.float32)
     off = (-raw.ctypes.data % 64) // 4
     ga = raw[off:off + w.size].reshape(w.shape)
-    dense.linear_backward(gy, x, w, True, nblocks, np.empty((k_out, n), np.float32), ga, gb, gx)
+    with fastcnn.config(dense="gemm"):
+        dense.linear_backward(gy, x, w, True, nblocks, np.empty((k_out, n), np.float32), ga, gb, gx)
     assert ga.tobytes() == gw.tobytes()
     assert gx.tobytes() == naive.fma_chain(gy, w).tobytes()
     assert gb.tobytes() == gy.sum(axis=0, dtype=np.float64).astype(np.float32).tobytes()

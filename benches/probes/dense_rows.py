@@ -1,7 +1,7 @@
 """The dense kernels' rows path of small batches against their GEMM path, and NumPy's ``np.dot``
 (what the functional ops ran at batch 1 before), in one process: for each shape the three
-alternated call by call, best of the repetitions (the host's slow phases only add; the rows
-path is switched off by ``_config.DENSE_ROWS_BATCH = DENSE_ROWS_GRAD_BATCH = 0``).
+alternated call by call, best of the repetitions (the host's slow phases only add; the
+strategy is forced by ``fastcnn.config(dense="rows")`` / ``dense="gemm"``).
 
 Usage: python benches/probes/dense_rows.py [BACKEND] [THREADS]
 """
@@ -12,7 +12,7 @@ import fastcnn  # isort: skip  (before NumPy: docs/PERFORMANCE.md)
 
 import numpy as np
 
-from fastcnn import _backend, _config
+from fastcnn import _backend, _config, _dispatch
 
 #: (batch, in features, out features): the scratch network's dense layer, lenet's two, a square one
 SHAPES = [(1, 1352, 10), (2, 1352, 10), (8, 1352, 10), (1, 3136, 1024), (2, 3136, 1024), (8, 3136, 1024),
@@ -32,7 +32,6 @@ def main(backend="cython", threads=2, reps=15):
     fastcnn.set_backend(backend)
     fastcnn.set_num_threads(int(threads))
     k = _backend.ops()
-    rows = (_config.DENSE_ROWS_BATCH, _config.DENSE_ROWS_GRAD_BATCH)
     rng = np.random.default_rng(0)
     print(f"backend {backend}, {threads} thread(s); best of {reps} x (calls) in us")
     print("| batch, in, out | forward: rows | GEMM | np.dot | gradients: rows | GEMM | np.dot |")
@@ -59,20 +58,17 @@ def main(backend="cython", threads=2, reps=15):
 
         calls = max(5, min(2000, int(2e6 // (n * k_in * k_out + 1))))
         got = {key: [] for key in ("rf", "gf", "df", "rb", "gb", "db")}
-        try:
-            for _ in range(reps):
-                _config.DENSE_ROWS_BATCH, _config.DENSE_ROWS_GRAD_BATCH = rows
+        for _ in range(reps):
+            with fastcnn.config(dense="rows"):
                 got["rf"].append(best(fwd, calls))
                 got["rb"].append(best(bwd, calls))
-                _config.DENSE_ROWS_BATCH = _config.DENSE_ROWS_GRAD_BATCH = 0
+            with fastcnn.config(dense="gemm"):
                 got["gf"].append(best(fwd, calls))
                 got["gb"].append(best(bwd, calls))
-                got["df"].append(best(dot_fwd, calls))
-                got["db"].append(best(dot_bwd, calls))
-        finally:
-            _config.DENSE_ROWS_BATCH, _config.DENSE_ROWS_GRAD_BATCH = rows
+            got["df"].append(best(dot_fwd, calls))
+            got["db"].append(best(dot_bwd, calls))
         m = {key: min(v) for key, v in got.items()}
-        grads_rows = "" if _config.dense_rows(n, True) else " (GEMM)"
+        grads_rows = "" if _dispatch.dense_rows(n, True) else " (not auto's)"
         print(f"| {n}, {k_in}, {k_out} | {m['rf']:.2f} | {m['gf']:.2f} | {m['df']:.2f} | "
               f"{m['rb']:.2f}{grads_rows} | {m['gb']:.2f} | {m['db']:.2f} |")
 

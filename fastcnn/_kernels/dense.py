@@ -11,7 +11,7 @@ any thread count.  Contracts: :mod:`fastcnn._ref`.
 import numpy as np
 from numba import prange
 
-from .. import _backend, _config, _threads
+from .. import _backend, _config, _dispatch, _threads
 from ._common import SGEMM, _u, block, gemm, helper, parallel_kernel
 from ._simd import (
     GR,
@@ -261,7 +261,7 @@ def _rows_backward(w, gy, x, input_grad, nblocks, gyt, gw, gb, gx, nt):
 def linear_forward(x, w, bias, nblocks, y):
     """``y = x @ w.T + bias`` by blocks of output features
     (see :func:`fastcnn._ref.linear_forward`)."""
-    if _config.dense_rows(x.shape[0]):
+    if _dispatch.dense_rows(x.shape[0]):
         _rows_forward(w, x, bias, nblocks, y, _threads.get_num_threads())
     elif TILED and _config.dense_forward_tiled(x.shape[0]):
         _linear_forward_tiled(x, w, bias, nblocks, y)
@@ -317,7 +317,7 @@ def _linear_backward(gy, x, w, input_grad, nblocks, gyt, gw, gb, gx, sgemm, tile
 def linear_backward(gy, x, w, input_grad, nblocks, gyt, gw, gb, gx):
     """Gradients by blocks of output features (``gw``, ``gb``) and of input features (``gx``)
     (see :func:`fastcnn._ref.linear_backward`)."""
-    if _config.dense_rows(gy.shape[0], True):
+    if _dispatch.dense_rows(gy.shape[0], True):
         _rows_backward(w, gy, x, input_grad, nblocks, gyt, gw, gb, gx, _threads.get_num_threads())
         return
     _linear_backward(gy, x, w, input_grad, nblocks, gyt, gw, gb, gx, SGEMM, TILED)
