@@ -12,7 +12,7 @@ import fastcnn  # isort: skip  (before NumPy: docs/PERFORMANCE.md)
 
 import numpy as np
 
-from fastcnn import _backend, _config, _dispatch
+from fastcnn import _backend, _config, _dispatch, _heap
 
 #: (batch, in features, out features): the scratch network's dense layer, lenet's two, a square one
 SHAPES = [(1, 1352, 10), (2, 1352, 10), (8, 1352, 10), (1, 3136, 1024), (2, 3136, 1024), (8, 3136, 1024),
@@ -39,7 +39,8 @@ def main(backend="cython", threads=2, reps=15):
     for n, k_in, k_out in SHAPES:
         x, w = rng.standard_normal((n, k_in), dtype=np.float32), rng.standard_normal((k_out, k_in), dtype=np.float32)
         b, gy = rng.standard_normal(k_out, dtype=np.float32), rng.standard_normal((n, k_out), dtype=np.float32)
-        y, gw, gb, gx = (np.empty(s, np.float32) for s in ((n, k_out), w.shape, (k_out,), x.shape))
+        y, gb, gx = (np.empty(s, np.float32) for s in ((n, k_out), (k_out,), x.shape))
+        gw = _heap.zeros_aligned(w.shape)  # (as a Parameter's gradient: its GEMM may stream it)
         gyt, nb = np.empty((k_out, n), np.float32), _config.dense_blocks(k_out)
 
         def fwd():
