@@ -19,6 +19,7 @@ from ._simd import (
     VL,
     fmuladd32,
     gtile_zero,
+    rtile_zero,
     tile_fma,
     tile_fma_at,
     tile_load,
@@ -67,13 +68,23 @@ def _tile(zero, load, a, a0, ars, aps, aoffs, b, b0, ldb, kc, c, c0, ldc, nj):
 @helper
 def _panel(m, nj, a, a0, ars, aps, aoffs, b, b0, ldb, kc, c, c0, ldc, load):
     """Columns ``[0, nj)`` (nj <= W) of one block, over all m rows: tiles of ``GR`` rows, then
-    of one (the same chains)."""
+    one of the rows left (``GR`` is 6 on every path), as ``fcg_gemm`` (the same chains; a tile
+    of one row per row left ran each chain at the FMA's latency)."""
     i0 = 0
     while i0 + GR <= m:
         _tile(gtile_zero(_OFFS), load, a, a0 + i0 * ars, ars, aps, aoffs, b, b0, ldb, kc, c, c0 + i0 * ldc, ldc, nj)
         i0 += GR
-    for i in range(i0, m):
-        _tile(vzeros(_OFFS), load, a, a0 + i * ars, ars, aps, aoffs, b, b0, ldb, kc, c, c0 + i * ldc, ldc, nj)
+    left, a1, c1 = m - i0, a0 + i0 * ars, c0 + i0 * ldc
+    if left == 1:
+        _tile(rtile_zero((0,), _OFFS), load, a, a1, ars, aps, aoffs, b, b0, ldb, kc, c, c1, ldc, nj)
+    elif left == 2:
+        _tile(rtile_zero((0, 1), _OFFS), load, a, a1, ars, aps, aoffs, b, b0, ldb, kc, c, c1, ldc, nj)
+    elif left == 3:
+        _tile(rtile_zero((0, 1, 2), _OFFS), load, a, a1, ars, aps, aoffs, b, b0, ldb, kc, c, c1, ldc, nj)
+    elif left == 4:
+        _tile(rtile_zero((0, 1, 2, 3), _OFFS), load, a, a1, ars, aps, aoffs, b, b0, ldb, kc, c, c1, ldc, nj)
+    elif left == 5:
+        _tile(rtile_zero((0, 1, 2, 3, 4), _OFFS), load, a, a1, ars, aps, aoffs, b, b0, ldb, kc, c, c1, ldc, nj)
 
 
 @helper
