@@ -71,8 +71,24 @@ def _panel(m, nj, a, a0, ars, aps, aoffs, b, b0, ldb, kc, c, c0, ldc, load):
     one of the rows left (``GR`` is 6 on every path), as ``fcg_gemm`` (the same chains; a tile
     of one row per row left ran each chain at the FMA's latency)."""
     i0 = 0
-    while i0 + GR <= m:
-        _tile(gtile_zero(_OFFS), load, a, a0 + i0 * ars, ars, aps, aoffs, b, b0, ldb, kc, c, c0 + i0 * ldc, ldc, nj)
+    while i0 + GR <= m:  # (:func:`_tile` and :func:`_chain` written out: as calls, their array
+        # arguments cost reference counts around every tile, more than its FMAs at a small k)
+        ai, ci = a0 + i0 * ars, c0 + i0 * ldc
+        zero = gtile_zero(_OFFS)
+        if nj == W:
+            acc = tile_load(c, ci, ldc, _OFFS, zero) if load else zero
+        else:
+            acc = tile_load_masked(c, ci, ldc, _OFFS, zero, nj) if load else zero
+        if ars == 1:
+            for p in range(kc):
+                acc = tile_fma(acc, vloads(b, b0 + p * ldb, _OFFS), a, ai + p * aps)
+        else:
+            for p in range(kc):
+                acc = tile_fma_at(acc, vloads(b, b0 + p * ldb, _OFFS), a, ai + p, aoffs, 0)
+        if nj == W:
+            tile_store(c, ci, ldc, _OFFS, acc)
+        else:
+            tile_store_masked(c, ci, ldc, _OFFS, acc, nj)
         i0 += GR
     left, a1, c1 = m - i0, a0 + i0 * ars, c0 + i0 * ldc
     if left == 1:
