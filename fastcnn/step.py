@@ -17,7 +17,7 @@ from numpy.typing import ArrayLike
 
 from . import _backend, _dispatch, _threads
 from . import functional as F
-from ._shapes import is_float32_array, zeros
+from ._shapes import is_float32_array
 from .layers import (
     BatchNorm2D,
     Conv2D,
@@ -147,7 +147,8 @@ class _ConvOp(_ParamOp):
         pooled = self.pool and g.oh >= 2 and g.ow >= 2
         fwd = _dispatch.conv_plan(k, n, c, oc, g.kh, g.kw, g.oh, g.ow, 4, strided=strided, pad=pad, pooled=pooled)
         bwd = _dispatch.conv_plan(k, n, c, oc, g.kh, g.kw, g.oh, g.ow, 4, True, layer.needs_input_grad, strided, pad)
-        self._g, self._zeros = g, zeros(oc)
+        # (the op's own zeros bias, writeable: the Numba kernels copy a read-only one)
+        self._g, self._zeros = g, np.zeros(oc, np.float32)
         self._fwd = self._forward_direct if fwd == "direct" and pooled == self.pool else self._forward_core
         if bwd == "single":
             self._cols = np.empty((c * g.kh * g.kw, g.oh * g.ow), np.float32)

@@ -240,6 +240,40 @@ def test_generated_code_per_isa(isa, tmp_path):
         assert total == 0 and ct_total == 0
 
 
+def test_read_only_bias_compiles_no_second_kernel():
+    """A layer without a bias hands the kernels a shared read-only zeros array; Numba would
+    compile each kernel it reaches once more for that array type (tens of seconds for the
+    direct and Winograd forwards).  The kernels get it writeable: after forwards with a
+    read-only and a writeable bias, no compilation of theirs takes a read-only array."""
+    import numba
+
+    from fastcnn._kernels import dense
+    from fastcnn._kernels import winograd as W
+    from fastcnn._kernels._common import writable
+    from fastcnn._shapes import zeros
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((1, 4, 9, 9), dtype=np.float32)
+    for oc in (16, 40):  # (the pixel tiles, the channel tiles)
+        w = rng.standard_normal((oc, 4, 3, 3), dtype=np.float32)
+        for b in (zeros(oc), np.zeros(oc, np.float32)):
+            D.conv2d_direct_forward(x, w, b, 1, 1, 1, 1, 0, np.empty((1, oc, 9, 9), np.float32))
+            W.conv2d_winograd_forward(x, w, b, 1, 1, 0, np.empty((1, oc, 9, 9), np.float32))
+    xd, wd = rng.standard_normal((1, 20), dtype=np.float32), rng.standard_normal((7, 20), dtype=np.float32)
+    with fastcnn.config(dense="rows"):
+        for b in (zeros(7), np.zeros(7, np.float32)):
+            dense.linear_forward(xd, wd, b, 1, np.empty((1, 7), np.float32))
+    kernels = (D._forward.serial, D._forward_ct.serial, W._winograd.serial, dense._rows_forward.serial)
+    for kernel in kernels:
+        assert kernel.signatures, kernel  # (each ran)
+        for sig in kernel.signatures:
+            assert all(t.mutable for t in sig if isinstance(t, numba.types.Array)), (kernel, sig)
+    ro = zeros(5)
+    assert writable(ro) is not ro and writable(ro).flags.writeable and not writable(ro).any()
+    rw = np.zeros(5, np.float32)
+    assert writable(rw) is rw
+
+
 def test_numba_winograd_is_exported_by_its_conv_direct_module():
     """The Numba backend's Winograd primitives live in ``_kernels.winograd`` and are collected
     through ``_kernels.conv_direct`` (the module of ``_config.KERNEL_MODULES``)."""

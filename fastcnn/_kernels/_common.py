@@ -38,6 +38,14 @@ for _name, _fn in vars(_backend).items():
 _PASSED: dict = {}
 
 
+def writable(a):
+    """``a``, or a writeable copy of it if it is read-only (the shared zeros bias of a layer
+    without one): Numba compiles a kernel once more for each read-only array type it is
+    given, so inputs that may come read-only reach the kernels writeable (docs/PERFORMANCE.md,
+    "Compile time")."""
+    return a if a.flags.writeable else a.copy()
+
+
 def check_once(check, *args):
     """``check(*args)`` (a size check of the contract, its arrays' shapes and the integer
     arguments) unless the last call of that check that passed had equal arguments: a training

@@ -15,10 +15,9 @@ import numpy as np
 from numba import njit, prange
 
 from .. import _backend, _config, _threads
-from .._shapes import zeros
 from . import activation as _activation
 from . import pool as _pool
-from ._common import _u, block, check_once, helper, parallel_kernel
+from ._common import _u, block, check_once, helper, parallel_kernel, writable
 from ._simd import (
     CR,
     JC,
@@ -411,6 +410,7 @@ def _direct(x, w, bias, sh, sw, pt, pl, relu, oh, ow, y=_NONE_F4, pool=0, yp=_NO
     ``ip``; ``sd`` as :func:`_forward`'s."""
     kh, kw = w.shape[2:]
     hq, wq, tab = _grid_shape(kh, kw, sh, sw, oh, ow)
+    bias = writable(bias)
     if not pool and _use_ctile(kh, kw, sh, sw, oh, ow, w.shape[0]):
         _forward_ct(np.ascontiguousarray(x), sh, sw, pt, pl, hq, wq, tab, w, bias, int(relu), oh, ow, y, sd,
                     _threads.get_num_threads())
@@ -451,7 +451,7 @@ def conv2d_direct_backward_data(gy, w, sh, sw, pt, pl, gx):
         return
     if sh == sw == 1:
         wt = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
-        _direct(gy, wt, zeros(c), 1, 1, kh - 1 - pt, kw - 1 - pl, False, h, wd, gx)
+        _direct(gy, wt, np.zeros(c, np.float32), 1, 1, kh - 1 - pt, kw - 1 - pl, False, h, wd, gx)
         return
     hq, wq, ptc, plc, tabs, sts, meta, pitch, zero_phases = _phase_plan(kh, kw, sh, sw, pt, pl, h, wd, *gy.shape[2:])
     for a, b in zero_phases:  # (phases no tap reaches)

@@ -12,7 +12,7 @@ import numpy as np
 from numba import prange
 
 from .. import _backend, _config, _dispatch, _threads
-from ._common import SGEMM, _u, block, gemm, helper, parallel_kernel
+from ._common import SGEMM, _u, block, gemm, helper, parallel_kernel, writable
 from ._simd import (
     GR,
     GV,
@@ -288,6 +288,7 @@ def _rows_backward(w, gy, x, input_grad, nblocks, gyt, gw, gb, gx, nt):
 def linear_forward(x, w, bias, nblocks, y):
     """``y = x @ w.T + bias`` by blocks of output features
     (see :func:`fastcnn._ref.linear_forward`)."""
+    bias = writable(bias)
     if _dispatch.dense_rows(x.shape[0]):
         _rows_forward(w, x, bias, nblocks, y, _threads.get_num_threads())
     elif TILED and _config.dense_forward_tiled(x.shape[0]):

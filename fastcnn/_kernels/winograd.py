@@ -12,7 +12,7 @@ import numpy as np
 from numba import prange
 
 from .. import _backend, _dispatch, _ref, _threads
-from ._common import _u, check_once, helper, parallel_kernel
+from ._common import _u, check_once, helper, parallel_kernel, writable
 from ._simd import (
     MAX_VL,
     VL,
@@ -472,7 +472,7 @@ def _run(x, w, flip, bias, pt, pl, relu, oc, oh, ow, y, pooled=None, idx=None, m
     ni = _dispatch.winograd_group(n, th * tw, x.shape[1] * m * m * hq * wq * 4, VL)
     pool = 0 if pooled is None else 2 if idx.size else 1
     _winograd(np.ascontiguousarray(x), pt, pl, hq, wq, _weights(w, flip, m),
-              bias, int(relu), ni, 2 if m == 4 else int(r == 5), oc, oh, ow,
+              writable(bias), int(relu), ni, 2 if m == 4 else int(r == 5), oc, oh, ow,
               _NONE_F if pooled is not None else y.reshape(-1), pool,
               _NONE_F if pooled is None else pooled.reshape(-1), idx.reshape(-1) if pool == 2 else _NONE_I, sd,
               _threads.get_num_threads())
