@@ -256,8 +256,7 @@ def _conv2d_forward(k: ModuleType, x: np.ndarray, weight: np.ndarray, bias: np.n
         if not return_indices:
             return y
         if ws is not None:  # as max_pool2d's: trusted by max_pool2d_backward with this ws
-            idx.flags.writeable = False
-            ws._record("max_pool2d", idx, (n, oc, g.oh, g.ow))
+            return y, _trusted_indices(ws, idx, (n, oc, g.oh, g.ow))
         return y, idx
     if plan == "winograd":
         y = np.empty((n, oc, g.oh, g.ow), dt)
@@ -601,8 +600,7 @@ def max_pool2d(x: ArrayLike, kernel_size: IntOrPair = 2, stride: IntOrPair | Non
     if not return_indices:
         return y
     if ws is not None:  # made here, for this input shape: max_pool2d_backward with ws trusts them
-        idx.flags.writeable = False
-        ws._record(op, idx, x.shape)
+        return y, _trusted_indices(ws, idx, x.shape)
     return y, idx
 
 
@@ -643,14 +641,25 @@ def _unpooled(k: ModuleType, grad_out: np.ndarray, idx: np.ndarray, relu_output:
     return full
 
 
+def _trusted_indices(ws: Workspace, idx: np.ndarray, input_shape: tuple[int, ...]) -> np.ndarray:
+    """A read-only view of the indices ``idx`` a max pooling made for ``input_shape``, recorded
+    in ``ws`` with ``idx`` itself, which :func:`_pool_indices` hands the kernels (writeable:
+    Numba compiles a kernel once more for a read-only array)."""
+    view = idx.view()
+    view.flags.writeable = False
+    ws._record("max_pool2d", view, input_shape, idx)
+    return view
+
+
 def _pool_indices(grad_out: np.ndarray, indices: ArrayLike, input_shape: Sequence[int], op: str,
                   ws: Workspace | None) -> tuple[np.ndarray, tuple[int, ...]]:
     """:func:`_check_pool_indices`, unless ``indices`` were made by a max pooling with ``ws``
-    (``max_pool2d`` or a pooled ``conv2d``) and are unchanged since."""
-    made: tuple[np.ndarray, tuple[int, ...]] | None = None if ws is None else ws._recorded("max_pool2d")
+    (``max_pool2d`` or a pooled ``conv2d``: :func:`_trusted_indices`) and are unchanged since."""
+    made: tuple[np.ndarray, tuple[int, ...], np.ndarray] | None = (None if ws is None
+                                                                   else ws._recorded("max_pool2d"))
     if (made is not None and indices is made[0] and tuple(input_shape) == made[1]
             and grad_out.shape == made[0].shape and not made[0].flags.writeable):
-        return made
+        return made[2], made[1]
     return _check_pool_indices(grad_out, indices, input_shape, op)
 
 

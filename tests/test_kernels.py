@@ -278,6 +278,72 @@ def test_read_only_bias_compiles_no_second_kernel():
     assert writable(rw) is rw
 
 
+
+def _mutable_only(kernel):
+    """Whether every compilation of Numba dispatcher ``kernel`` takes writeable arrays only."""
+    import numba
+    return all(t.mutable for sig in kernel.signatures for t in sig if isinstance(t, numba.types.Array))
+
+
+def test_pooling_indices_residuals_and_gemm_compile_once():
+    """Each Numba kernel compiles once for its uses: the pooling indices a layer keeps
+    (read-only for the user, trusted through its ``Workspace``) reach the pooled backward
+    kernels writeable, as a caller's own do; ``batchnorm_forward`` compiles once with and
+    without a residual; the pooled weight gradient's ``_winners`` once from the parallel and
+    the serial loop; the dense GEMM of the forward and the weight gradient once for both
+    (docs/PERFORMANCE.md, 16)."""
+    from fastcnn._kernels import dense, norm, pool
+
+    rng = np.random.default_rng(5)
+    previous = fastcnn.get_backend()
+    fastcnn.set_backend("numba")
+    try:
+        with fastcnn.config(conv="direct"):
+            # (48 x 3x3: weight and input gradients from the winners; 4 x 3x3: the dense kernels
+            # unpooling; one 8 x 8 image serial, 16 of 16 x 16 parallel: _config.PAR_MIN_WORK)
+            for n, c, h in ((1, 48, 8), (16, 48, 16), (1, 4, 8), (16, 4, 16)):
+                x = rng.standard_normal((n, c, h, h), dtype=np.float32)
+                w = rng.standard_normal((16, c, 3, 3), dtype=np.float32)
+                ws = F.Workspace()
+                y, idx = F.conv2d(x, w, None, 1, 1, relu=True, max_pool2=True, return_indices=True, ws=ws)
+                assert not idx.flags.writeable
+                gy = rng.standard_normal(y.shape, dtype=np.float32)
+                trusted = F.conv2d_backward(gy, x, w, 1, 1, pool_indices=idx, relu_output=y, ws=ws)
+                own = F.conv2d_backward(gy, x, w, 1, 1, pool_indices=np.array(idx), relu_output=y)
+                for a, b in zip(trusted, own):
+                    np.testing.assert_array_equal(a, b)
+                full = F.conv2d(x, w, None, 1, 1)
+                p, pidx = F.max_pool2d(full, 2, return_indices=True, ws=ws)
+                np.testing.assert_array_equal(F.max_pool2d_backward(gy, pidx, full.shape, ws=ws),
+                                              F.max_pool2d_backward(gy, np.array(pidx), full.shape))
+        for n in (1, 6):
+            x = rng.standard_normal((n, 3, 40, 40), dtype=np.float32)
+            out = np.empty_like(x)
+            p = [rng.random(3, dtype=np.float32) for _ in range(4)]
+            norm.batchnorm_forward(x, *p, 1, out)
+            norm.batchnorm_forward(x, *p, 1, out, None)
+            norm.batchnorm_forward(x, *p, 1, out, x)
+        for n in (64, 128):  # (the tiled forward and the GEMM gradients)
+            xd, wd = rng.standard_normal((n, 40), dtype=np.float32), rng.standard_normal((24, 40), dtype=np.float32)
+            with fastcnn.config(dense="gemm"):
+                F.linear(xd, wd, np.zeros(24, np.float32))
+                F.linear_backward(rng.standard_normal((n, 24), dtype=np.float32), xd, wd)
+    finally:
+        fastcnn.set_backend(previous)
+    pooled = [D._pooled_pack, D._pooled_data, D._backward_weight, pool._maxpool2d_backward]
+    for kernel in [k for pk in pooled for k in (pk.parallel, pk.serial)]:
+        assert kernel.signatures, kernel  # (each ran: compiled or loaded from the cache)
+        assert _mutable_only(kernel), (kernel, kernel.signatures)
+    # The helpers compiled into them show their compilations only where the process compiled
+    # them (not when their callers came from the cache: as in a fresh cache, CI's).
+    for kernel in (D._cells, D._window_check, D._winners, D._unpool_channels_last):
+        assert _mutable_only(kernel), (kernel, kernel.signatures)
+    assert len(D._winners.signatures) <= 1, D._winners.signatures
+    for kernel in (norm._batchnorm_forward.parallel, norm._batchnorm_forward.serial):
+        assert len(kernel.signatures) == 1, kernel.signatures
+    assert len(dense._gemm_a_rows.signatures) <= 1, dense._gemm_a_rows.signatures  # (a helper, as above)
+
+
 def test_numba_winograd_is_exported_by_its_conv_direct_module():
     """The Numba backend's Winograd primitives live in ``_kernels.winograd`` and are collected
     through ``_kernels.conv_direct`` (the module of ``_config.KERNEL_MODULES``)."""

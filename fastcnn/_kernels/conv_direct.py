@@ -1001,7 +1001,8 @@ def _pooled_pack(x, gp, idx, y, sh, sw, pt, pl, oh, ow, hp, wp, xc, wo, wv, cnt,
                 for q in range(w):
                     for e in range(VL):
                         xc[_u(d + q * VL + e)] = t[_u((r * w + q) * cbv + cb * VL + e)]
-        nf += _winners(gf, jf, yf, relu, i, oc, oh, ow, 0, sh * rs, sw * VL, wo, wv, cnt, bsum, cell)
+        # (i as int64: prange's index is uint64, range's int64; one compilation of _winners)
+        nf += _winners(gf, jf, yf, relu, np.int64(i), oc, oh, ow, 0, sh * rs, sw * VL, wo, wv, cnt, bsum, cell)
         bad += nf
     return bad
 

@@ -176,17 +176,24 @@ def batchnorm_stats(x, mean, var):
     combine_stats(sd, h * w, mean, var)
 
 
-@parallel_kernel
+_NO_RES = np.empty((0, 0, 0, 0), np.float32)  # (no residual: never read or written)
+
+
 def batchnorm_forward(x, mean, inv_std, weight, bias, relu, y, res=None):
     """``y = xhat * weight + bias``, ``xhat = (x - mean) * inv_std`` (plus ``res``; ``relu``: then
     the ReLU) per channel (see :func:`fastcnn._ref.batchnorm_forward`)."""
-    if res is None:
-        _backend.sizes_batchnorm_forward(x.shape, mean.shape, inv_std.shape, weight.shape, bias.shape, y.shape)
-        rf = np.empty(0, np.float32)
-    else:
+    # (one compilation with and without a residual, whether or not ``res`` is given: docs/PERFORMANCE.md, 16)
+    _batchnorm_forward(x, mean, inv_std, weight, bias, relu, y, _NO_RES if res is None else res, res is not None)
+
+
+@parallel_kernel
+def _batchnorm_forward(x, mean, inv_std, weight, bias, relu, y, res, has_res):
+    if has_res:
         _backend.sizes_batchnorm_forward(x.shape, mean.shape, inv_std.shape, weight.shape, bias.shape, y.shape,
                                          res.shape)
-        rf = res.reshape(res.size)
+    else:
+        _backend.sizes_batchnorm_forward(x.shape, mean.shape, inv_std.shape, weight.shape, bias.shape, y.shape)
+    rf = res.reshape(res.size)  # (empty without a residual)
     c, p = x.shape[1], x.shape[2] * x.shape[3]
     xf, yf = x.reshape(x.size), y.reshape(y.size)
     for t in prange(x.shape[0] * c):
