@@ -651,6 +651,12 @@ def _trusted_indices(ws: Workspace, idx: np.ndarray, input_shape: tuple[int, ...
     return view
 
 
+def _own_indices(idx: np.ndarray) -> np.ndarray:
+    """Indices a max pooling of this module made, as the kernels take them (of a view from
+    :func:`_trusted_indices`, its writeable array)."""
+    return idx if idx.flags.writeable or idx.base is None else idx.base
+
+
 def _pool_indices(grad_out: np.ndarray, indices: ArrayLike, input_shape: Sequence[int], op: str,
                   ws: Workspace | None) -> tuple[np.ndarray, tuple[int, ...]]:
     """:func:`_check_pool_indices`, unless ``indices`` were made by a max pooling with ``ws``

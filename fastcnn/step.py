@@ -169,7 +169,8 @@ class _ConvOp(_ParamOp):
 
     def _forward_core(self, k: Any, x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> Any:
         if self.pool:
-            return F._conv2d_forward(k, x, w, b, self._g, self.layer._ws, self.relu, True, True)
+            y, idx = F._conv2d_forward(k, x, w, b, self._g, self.layer._ws, self.relu, True, True)
+            return y, F._own_indices(idx)  # (writeable, as the other forms': one compilation of each kernel)
         return F._conv2d_forward(k, x, w, b, self._g, self.layer._ws, self.relu), None
 
     def _forward_direct(self, k: Any, x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> Any:

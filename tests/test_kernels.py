@@ -316,6 +316,15 @@ def test_pooling_indices_residuals_and_gemm_compile_once():
                 p, pidx = F.max_pool2d(full, 2, return_indices=True, ws=ws)
                 np.testing.assert_array_equal(F.max_pool2d_backward(gy, pidx, full.shape, ws=ws),
                                               F.max_pool2d_backward(gy, np.array(pidx), full.shape))
+        with fastcnn.config(conv="winograd"):  # (a TrainStep's pooled convolution through functional's forward)
+            from fastcnn import losses, optim
+            from fastcnn.layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU, Sequential
+            net = Sequential(Conv2D(48, 16, 3, padding=1, rng=rng), ReLU(), MaxPool2D(2), Flatten(),
+                             Dense(16 * 8 * 8, 10, rng=rng))
+            step = fastcnn.TrainStep(net, losses.SoftmaxCrossEntropy(), optim.SGD(net.parameters(), 0.01))
+            for n in (1, 16):
+                step(rng.standard_normal((n, 48, 16, 16), dtype=np.float32), rng.integers(0, 10, n))
+            assert step.bound
         for n in (1, 6):
             x = rng.standard_normal((n, 3, 40, 40), dtype=np.float32)
             out = np.empty_like(x)
