@@ -643,11 +643,11 @@ def _unpooled(k: ModuleType, grad_out: np.ndarray, idx: np.ndarray, relu_output:
 
 def _trusted_indices(ws: Workspace, idx: np.ndarray, input_shape: tuple[int, ...]) -> np.ndarray:
     """A read-only view of the indices ``idx`` a max pooling made for ``input_shape``, recorded
-    in ``ws`` with ``idx`` itself, which :func:`_pool_indices` hands the kernels (writeable:
-    Numba compiles a kernel once more for a read-only array)."""
+    in ``ws``; the kernels get ``idx`` itself (:func:`_own_indices`; writeable: Numba compiles
+    a kernel once more for a read-only array)."""
     view = idx.view()
     view.flags.writeable = False
-    ws._record("max_pool2d", view, input_shape, idx)
+    ws._record("max_pool2d", view, input_shape)
     return view
 
 
@@ -661,11 +661,10 @@ def _pool_indices(grad_out: np.ndarray, indices: ArrayLike, input_shape: Sequenc
                   ws: Workspace | None) -> tuple[np.ndarray, tuple[int, ...]]:
     """:func:`_check_pool_indices`, unless ``indices`` were made by a max pooling with ``ws``
     (``max_pool2d`` or a pooled ``conv2d``: :func:`_trusted_indices`) and are unchanged since."""
-    made: tuple[np.ndarray, tuple[int, ...], np.ndarray] | None = (None if ws is None
-                                                                   else ws._recorded("max_pool2d"))
+    made: tuple[np.ndarray, tuple[int, ...]] | None = None if ws is None else ws._recorded("max_pool2d")
     if (made is not None and indices is made[0] and tuple(input_shape) == made[1]
             and grad_out.shape == made[0].shape and not made[0].flags.writeable):
-        return made[2], made[1]
+        return _own_indices(made[0]), made[1]
     return _check_pool_indices(grad_out, indices, input_shape, op)
 
 

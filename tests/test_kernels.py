@@ -292,7 +292,9 @@ def test_pooling_indices_residuals_and_gemm_compile_once():
     without a residual; the pooled weight gradient's ``_winners`` once from the parallel and
     the serial loop; the dense GEMM of the forward and the weight gradient once for both
     (docs/PERFORMANCE.md, 16)."""
+    from fastcnn import losses, optim
     from fastcnn._kernels import dense, norm, pool
+    from fastcnn.layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU, Sequential
 
     rng = np.random.default_rng(5)
     previous = fastcnn.get_backend()
@@ -317,8 +319,6 @@ def test_pooling_indices_residuals_and_gemm_compile_once():
                 np.testing.assert_array_equal(F.max_pool2d_backward(gy, pidx, full.shape, ws=ws),
                                               F.max_pool2d_backward(gy, np.array(pidx), full.shape))
         with fastcnn.config(conv="winograd"):  # (a TrainStep's pooled convolution through functional's forward)
-            from fastcnn import losses, optim
-            from fastcnn.layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU, Sequential
             net = Sequential(Conv2D(48, 16, 3, padding=1, rng=rng), ReLU(), MaxPool2D(2), Flatten(),
                              Dense(16 * 8 * 8, 10, rng=rng))
             step = fastcnn.TrainStep(net, losses.SoftmaxCrossEntropy(), optim.SGD(net.parameters(), 0.01))
