@@ -128,11 +128,11 @@ def _gemm(m, n, k, a, a0, ars, aps, b, b0, ldb, bts, c, c0, ldc):
 
 
 @njit(**_config.NUMBA_SERIAL)
-def _gemm_a_rows(m, n, k, a, a0, ars, b, b0, ldb, bts, c, c0, ldc):
-    """:func:`_gemm` of an ``a`` with contiguous rows (``aps = 1``: the forward's and the
-    weight gradient's), compiled once and called by the kernels (docs/PERFORMANCE.md, 16;
-    they pass no literal integer: each literal would be a compilation)."""
-    _gemm(m, n, k, a, a0, ars, 1, b, b0, ldb, bts, c, c0, ldc)
+def _gemm_a_rows(m, n, k, a, a0, ars, b, ldb, bts, c, c0, ldc):
+    """:func:`_gemm` of an ``a`` with contiguous rows (``aps = 1``) and ``b`` from its start:
+    the forward's and the weight gradient's, compiled once and called by the kernels
+    (docs/PERFORMANCE.md, 16; they pass no literal integer: each would be a compilation)."""
+    _gemm(m, n, k, a, a0, ars, 1, b, 0, ldb, bts, c, c0, ldc)
 
 
 @helper
@@ -170,7 +170,7 @@ def _linear_forward_tiled(x, w, bias, nblocks, y):
     for t in prange(nblocks):
         o0, o1 = block(t, out, nblocks)
         if o1 > o0:  # y^T[o0:o1] = w[o0:o1] x^T, then y[:, o0:o1] = y^T[o0:o1]^T + bias
-            _gemm_a_rows(o1 - o0, n, k, wf, o0 * k, k, xt, np.int64(0), np.int64(W), k * W, yt, o0 * n, n)
+            _gemm_a_rows(o1 - o0, n, k, wf, o0 * k, k, xt, np.int64(W), k * W, yt, o0 * n, n)
             _transpose(yt, o0 * n, n, o1 - o0, n, bias[o0:o1], yf, o0, out)
 
 
@@ -335,7 +335,7 @@ def _linear_backward(gy, x, w, input_grad, nblocks, gyt, gw, gb, gx, sgemm, tile
             _transpose(gyf, o0, out, n, o1 - o0, none, tf, o0 * n, n)
             _bias_sums(gy, o0, o1, gb)
             if tiled:  # (gy^T's rows broadcast, x's rows the vectors)
-                _gemm_a_rows(o1 - o0, k, n, tf, o0 * n, n, xf, np.int64(0), k, np.int64(W), gwf, o0 * k, k)
+                _gemm_a_rows(o1 - o0, k, n, tf, o0 * n, n, xf, k, np.int64(W), gwf, o0 * k, k)
             else:
                 gemm(sgemm, False, False, o1 - o0, k, n, gyt.ctypes.data + 4 * o0 * n, n, x.ctypes.data, k,
                      gw.ctypes.data + 4 * o0 * k, k)
