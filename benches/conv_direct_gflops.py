@@ -14,7 +14,8 @@ Two figures: wall-clock (GFLOP/s / peak GFLOP/s, both wall) and CPU-time (flops 
 CPU-second of the process, against the probe's).  The CPU-time figure is unreliable since
 idle OpenMP threads spin between regions (``GOMP_SPINCOUNT``, docs/PERFORMANCE.md, section 2):
 a thread that never sleeps has its CPU time accounted late, so short calls look cheap (figures
-above 100 %); ``kernels`` reports wall-clock figures.  One "FLOP" = one multiply or add of the convolution
+above 100 %); ``kernels`` reports wall-clock figures, each against the probe run right before it,
+round by round (``peak_share``).  One "FLOP" = one multiply or add of the convolution
 (2 * N * OC * OH * OW * C * KH * KW per pass; for the Winograd kernels, which do fewer,
 the same count: "direct-equivalent" GFLOP/s).
 """
@@ -104,23 +105,42 @@ def case(rng, x_shape, oc, k, s, pad):
     return calls, 2.0 * y.size * c * k * k
 
 
-def kernels(threads, backend="cython", reps=9):
-    """The direct primitives alone (no functional layer), % of the probe's wall-clock peak."""
+def peak_share(fn, flops, threads, rounds):
+    """``fn``'s GFLOP/s as shares of the FMA peak measured side by side: per round the probe
+    (best of two runs) right before the median of three calls; the rounds' median, min and max
+    (the host's slow phases, seconds long, then slow the probe and the call alike)."""
+    from fastcnn._ext import conv_direct
+
+    timed(fn, 1)
+    shares = []
+    for _ in range(rounds):
+        best = 0.0
+        for _ in range(2):
+            t0 = time.perf_counter()
+            f = conv_direct.fma_peak_probe(10_000_000, threads)
+            best = max(best, f / (time.perf_counter() - t0))
+        shares.append(flops / timed(fn, 3, warm=0)[0] / best)
+    return float(np.median(shares)), min(shares), max(shares)
+
+
+def kernels(threads, backend="cython", rounds=9):
+    """The direct primitives alone (no functional layer), % of the probe's wall-clock peak
+    measured beside each (:func:`peak_share`): median (min-max) of ``rounds``."""
     from fastcnn import _backend
 
     fastcnn.set_backend(backend)
     fastcnn.set_num_threads(threads)
     d = _backend.ops(backend)
     pw = peak(threads)[0]
-    print(f"{backend} direct primitives, {_isa(backend)}, {threads} thread(s), median of {reps}; "
-          f"probe {pw / 1e9:.0f} GFLOP/s (wall)")
+    print(f"{backend} direct primitives, {_isa(backend)}, {threads} thread(s); % of the probe's peak measured "
+          f"beside each, median (min-max) of {rounds} rounds; probe at the start {pw / 1e9:.0f} GFLOP/s (wall)")
     print("| shape | forward | input gradient | weight gradient | Winograd forward | Winograd input gradient "
           "| F(4x4) forward | F(4x4) input gradient |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     rng = np.random.default_rng(0)
     for name, (n, c, h, wd), oc, k, s, pad in SHAPES:
         calls, flops = case(rng, (n, c, h, wd), oc, k, s, pad)
-        cells = [f"{flops / timed(fn, reps)[0] / pw:.0%}" for fn in calls(d).values()]
+        cells = ["{:.0%} ({:.0%}-{:.0%})".format(*peak_share(fn, flops, threads, rounds)) for fn in calls(d).values()]
         cells += [""] * (7 - len(cells))
         print(f"| {name} {(n, c, h, wd)}->{oc} k{k} s{s} | " + " | ".join(cells) + " |", flush=True)
 

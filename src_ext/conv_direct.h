@@ -142,11 +142,14 @@ static void fcd_pack_weights(const fcd_geo* g, const float* w, int flip, float* 
     fcd_pack_weights_blocks(g, w, flip, g->J, wp);
 }
 
-/* Whether the forward of g runs on channel tiles: when their lanes hold enough more valid
- * outputs than the pixel vectors' (NS of VL lanes, J output channels a tile) do, by
- * gain_pct percent (FASTCNN_DIRECT_CTILE_GAIN_PCT; docs/PERFORMANCE.md, section 9). */
-static int fcd_use_ctile(const fcd_geo* g, fcd_i NS, fcd_i VL, fcd_i JC, fcd_i gain_pct)
+/* Whether the forward of g runs on channel tiles: when each output sums at least min_patch
+ * products (C*KH*KW) and their lanes hold enough more valid outputs than the pixel vectors'
+ * (NS of VL lanes, J output channels a tile) do, by gain_pct percent
+ * (FASTCNN_DIRECT_CTILE_*; docs/PERFORMANCE.md, section 9). */
+static int fcd_use_ctile(const fcd_geo* g, fcd_i NS, fcd_i VL, fcd_i JC, fcd_i gain_pct, fcd_i min_patch)
 {
+    if (g->C * g->KH * g->KW < min_patch)
+        return 0;
     double pix = (double)(g->OH * g->OW) / (double)(NS * VL) * (double)g->OC / (double)g->OCP;
     double ch = (double)g->OC / (double)((g->OC + JC - 1) / JC * JC);
     return ch * 100.0 >= pix * (double)gain_pct;

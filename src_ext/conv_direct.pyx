@@ -36,7 +36,7 @@ cdef extern from "conv_direct.h" nogil:
     void fcd_fwd_image_ct(const fcd_geo* g, const float* xq, const fcd_i* tab, const float* wp,
                           const float* bias, int relu, float* y, float* cl)
     void fcd_pack_weights_blocks(const fcd_geo* g, const float* w, int flip, fcd_i B, float* wp)
-    int fcd_use_ctile(const fcd_geo* g, fcd_i NS, fcd_i VL, fcd_i JC, fcd_i gain_pct)
+    int fcd_use_ctile(const fcd_geo* g, fcd_i NS, fcd_i VL, fcd_i JC, fcd_i gain_pct, fcd_i min_patch)
     void fcd_interleave_phases(const float* pb, const fcd_i* poff, fcd_i C, fcd_i H, fcd_i W,
                                fcd_i sh, fcd_i sw, float* gx)
     fcd_i fcd_pixel_starts(const fcd_geo* g, fcd_i VL, fcd_i* st, fcd_i* yo, fcd_i* nv, int* rows)
@@ -119,6 +119,14 @@ def active_isa():
     if _active is None:
         raise RuntimeError(f"direct convolution kernels unavailable: {_error}")
     return _active
+
+
+cdef inline int _use_ctile(const fcd_geo* g, Py_ssize_t NS) noexcept nogil:
+    """Whether ``g``'s forward (``NS`` pixel vectors) runs on channel tiles: ``fcd_use_ctile``
+    with the active path's margin (``_config.DIRECT_CTILE_GAIN_PCT``, ``..._AVX512``)."""
+    return fcd_use_ctile(g, NS, fcd_VL, fcd_JC,
+                         FASTCNN_DIRECT_CTILE_GAIN_PCT_AVX512 if fcd_VL == 16 else FASTCNN_DIRECT_CTILE_GAIN_PCT,
+                         FASTCNN_DIRECT_CTILE_MIN_PATCH)
 
 
 cdef inline Py_ssize_t _al64(Py_ssize_t nbytes) noexcept nogil:
@@ -236,7 +244,7 @@ cdef Py_ssize_t _direct_images(const fcd_geo* g,
     cdef int rows, ct
     fcd_make_tab(g, tab)
     NS = fcd_pixel_starts(g, fcd_VL, st, st + L, st + 2 * L, &rows)
-    ct = fcd_use_ctile(g, NS, fcd_VL, fcd_JC, FASTCNN_DIRECT_CTILE_GAIN_PCT)
+    ct = _use_ctile(g, NS)
     if ct:
         fcd_pack_weights_blocks(g, w, flip, fcd_JC, wp)
     else:
@@ -424,7 +432,7 @@ cdef int _data_by_phases(const _A* gy, w, Py_ssize_t sh, Py_ssize_t sw, Py_ssize
                 tab[o_tab[p] + kk] += (ptc - ptp[p]) * wqc + (plc - plp[p])
             ns[p] = fcd_pixel_starts(&geo[p], fcd_VL, &st[o_st[p]], &st[o_st[p] + lst[p]],
                                      &st[o_st[p] + 2 * lst[p]], &rows[p])
-            if fcd_use_ctile(&geo[p], ns[p], fcd_VL, fcd_JC, FASTCNN_DIRECT_CTILE_GAIN_PCT):
+            if _use_ctile(&geo[p], ns[p]):
                 rows[p] = 2
                 fcd_pack_weights_blocks(&geo[p], <float*>sub.p, 0, fcd_JC, &wp[o_wp[p]])
             else:

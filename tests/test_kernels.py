@@ -179,7 +179,7 @@ x, w = np.ones((1, 4, 9, 9), np.float32), np.ones((16, 4, 3, 3), np.float32)
 # (16 x 16 outputs: pixel tiles on every path; 5 x 5 of 32 channels: channel tiles on every path)
 x16 = np.ones((1, 4, 16, 16), np.float32)
 D.conv2d_direct_forward(x16, w, np.zeros(16, np.float32), 1, 1, 1, 1, 0, np.empty((1, 16, 16, 16), np.float32))
-D.conv2d_direct_forward(np.ones((1, 4, 5, 5), np.float32), np.ones((32, 4, 3, 3), np.float32),
+D.conv2d_direct_forward(np.ones((1, 12, 5, 5), np.float32), np.ones((32, 12, 3, 3), np.float32),
                         np.zeros(32, np.float32), 1, 1, 1, 1, 0, np.empty((1, 32, 5, 5), np.float32))
 for f in (D._forward.serial, D._forward_ct.serial):
     fma = re.findall(r"vfmadd\\w+\\s+([^\\n]*)", next(iter(f.inspect_asm().values())))
@@ -257,9 +257,9 @@ def test_read_only_bias_compiles_no_second_kernel():
         return z
 
     rng = np.random.default_rng(3)
-    x = rng.standard_normal((1, 4, 9, 9), dtype=np.float32)
+    x = rng.standard_normal((1, 12, 9, 9), dtype=np.float32)
     for oc in (16, 40):  # (the pixel tiles, the channel tiles)
-        w = rng.standard_normal((oc, 4, 3, 3), dtype=np.float32)
+        w = rng.standard_normal((oc, 12, 3, 3), dtype=np.float32)
         for b in (zeros(oc), np.zeros(oc, np.float32)):
             D.conv2d_direct_forward(x, w, b, 1, 1, 1, 1, 0, np.empty((1, oc, 9, 9), np.float32))
             W.conv2d_winograd_forward(x, w, b, 1, 1, 0, np.empty((1, oc, 9, 9), np.float32))

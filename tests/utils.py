@@ -172,8 +172,8 @@ DIRECT_CASES = [
     (2, 3, 6, 35, 4, 3, 3, 2, 0),  # stride 2, no padding: odd columns to phase 1 from column 0
     (1, 2, 7, 33, 5, 5, 5, 2, 2),  # stride 2, padding 2: both phases from column 1
     (2, 3, 7, 1, 4, 3, 3, (3, 2), 1),  # input gradient: a phase with taps but no input column
-    (2, 9, 8, 8, 60, 3, 3, 1, 1),  # channel tiles (8 x 8 outputs): a part-filled channel block
-    (1, 3, 9, 24, 32, 5, 5, 1, 0),  # channel tiles: rows of 20 cut into tiles
+    (2, 12, 8, 8, 60, 3, 3, 1, 1),  # channel tiles (8 x 8 outputs, AVX-512): a part-filled channel block
+    (1, 4, 9, 24, 32, 5, 5, 1, 0),  # channel tiles: rows of 20 cut into tiles
     (2, 3, 9, 70, 8, 5, 5, 4, 2),  # stride 4: rows dealt to four phases, 18 phase columns (two vectors)
     (1, 2, 11, 13, 5, 3, 3, 4, 0),  # stride 4, no padding
 ]

@@ -171,16 +171,35 @@ def _pad_plane(xs, t, h, w, pt, pl, sh, sw, xd, dst0, hq, wq):
 
 
 @helper
-def _fwd_tile(xf, xb, cs, tab, c, kk_n, wp, wb, offs, g, pitch):
+def _fwd_tile(xf, xb, cs, tab, c, kk_n, tw, wp, wb, offs, g, pitch):
     """One register tile: ``J`` output channels (packed weights from ``wp[wb]``) x the pixel
     vectors at grid positions ``offs``, over all ``c * kk_n`` taps (channel by channel, tap by
-    tap, one FMA each), stored to ``g[jj*pitch + offs[v]]``."""
+    tap, one FMA each), stored to ``g[jj*pitch + offs[v]]``.  ``tw`` (5 or 3): the taps lie in
+    rows of ``tw`` consecutive offsets (``tab[i + j] = tab[i] + j``, stride 1), one table entry
+    per row and the row's taps unrolled; else 1."""
     acc = tile_zero(offs)
-    for ci in range(c):
-        xc = xb + ci * cs
-        wc = wb + ci * kk_n * J
-        for kk in range(kk_n):
-            acc = tile_fma(acc, vloads(xf, xc + tab[kk], offs), wp, wc + kk * J)
+    if tw == 5:
+        for ci in range(c):
+            for i in range(0, kk_n, 5):
+                xr, wr = xb + ci * cs + tab[i], wb + (ci * kk_n + i) * J
+                acc = tile_fma(acc, vloads(xf, xr, offs), wp, wr)
+                acc = tile_fma(acc, vloads(xf, xr + 1, offs), wp, wr + J)
+                acc = tile_fma(acc, vloads(xf, xr + 2, offs), wp, wr + 2 * J)
+                acc = tile_fma(acc, vloads(xf, xr + 3, offs), wp, wr + 3 * J)
+                acc = tile_fma(acc, vloads(xf, xr + 4, offs), wp, wr + 4 * J)
+    elif tw == 3:
+        for ci in range(c):
+            for i in range(0, kk_n, 3):
+                xr, wr = xb + ci * cs + tab[i], wb + (ci * kk_n + i) * J
+                acc = tile_fma(acc, vloads(xf, xr, offs), wp, wr)
+                acc = tile_fma(acc, vloads(xf, xr + 1, offs), wp, wr + J)
+                acc = tile_fma(acc, vloads(xf, xr + 2, offs), wp, wr + 2 * J)
+    else:
+        for ci in range(c):
+            xc = xb + ci * cs
+            wc = wb + ci * kk_n * J
+            for kk in range(kk_n):
+                acc = tile_fma(acc, vloads(xf, xc + tab[kk], offs), wp, wc + kk * J)
     tile_store(g, 0, pitch, offs, acc)
 
 
@@ -216,6 +235,7 @@ def _forward(x, sh, sw, pt, pl, hq, wq, tab, w, bias, relu, oh, ow, y, pool, yp,
     for k in range(ns):
         st[k] = (k // per_row) * wq + (k % per_row) * VL if rows else k * VL
     pitch = (grid + 1) * VL  # >= the last start + VL
+    tw = kw if sw == 1 and (kw == 3 or kw == 5) else 1
     tasks = n * nob
     chunks = min(tasks, threads)
     for ch in prange(chunks):
@@ -237,11 +257,11 @@ def _forward(x, sh, sw, pt, pl, hq, wq, tab, w, bias, relu, oh, ow, y, pool, yp,
             for k in range(0, ns, V):  # tiles of V vectors (3 or 2), the last maybe fewer
                 m = min(V, ns - k)
                 if m == 3:
-                    _fwd_tile(xf, xb, cs, tab, c, kk_n, wp, wb, (st[k], st[k + 1], st[k + 2]), g, pitch)
+                    _fwd_tile(xf, xb, cs, tab, c, kk_n, tw, wp, wb, (st[k], st[k + 1], st[k + 2]), g, pitch)
                 elif m == 2:
-                    _fwd_tile(xf, xb, cs, tab, c, kk_n, wp, wb, (st[k], st[k + 1]), g, pitch)
+                    _fwd_tile(xf, xb, cs, tab, c, kk_n, tw, wp, wb, (st[k], st[k + 1]), g, pitch)
                 else:
-                    _fwd_tile(xf, xb, cs, tab, c, kk_n, wp, wb, (st[k],), g, pitch)
+                    _fwd_tile(xf, xb, cs, tab, c, kk_n, tw, wp, wb, (st[k],), g, pitch)
             for jj in range(min(J, oc - ob * J)):
                 o = ob * J + jj
                 if pool:  # the windows of the outputs plus bias, after the ReLU
@@ -384,21 +404,26 @@ def _forward_ct(x, sh, sw, pt, pl, hq, wq, tab, w, bias, relu, oh, ow, y, sd, th
                     plane_stats(yf, (b * oc + o) * oh * ow, oh * ow, sd[b, o])
 
 
-def _ctile_wins(outputs, ns, oc):
-    """The Cython kernels' rule (``fcd_use_ctile``): channel tiles when their lanes hold
-    ``_config.DIRECT_CTILE_GAIN_PCT`` percent or more of the pixel tiles' share of valid values
-    (``outputs`` per channel in ``ns`` vectors, J channels a tile)."""
+def _ctile_wins(outputs, ns, oc, patch):
+    """The Cython kernels' rule (``fcd_use_ctile``): channel tiles when each output sums at least
+    ``_config.DIRECT_CTILE_MIN_PATCH`` products (``patch``: input channels x taps) and their
+    lanes hold ``_config.DIRECT_CTILE_GAIN_PCT`` (AVX-512: ``..._AVX512``) percent or more of
+    the pixel tiles' share of valid values (``outputs`` per channel in ``ns`` vectors, J
+    channels a tile)."""
+    if patch < _config.DIRECT_CTILE_MIN_PATCH:
+        return False
+    gain = _config.DIRECT_CTILE_GAIN_PCT_AVX512 if VL == 16 else _config.DIRECT_CTILE_GAIN_PCT
     pix = outputs / (ns * VL) * oc / (-(-oc // J) * J)
-    return oc / (-(-oc // JC) * JC) * 100 >= pix * _config.DIRECT_CTILE_GAIN_PCT
+    return oc / (-(-oc // JC) * JC) * 100 >= pix * gain
 
 
 @functools.lru_cache(maxsize=256)  # (per shape; a pure function of it)
-def _use_ctile(kh, kw, sh, sw, oh, ow, oc):
-    """Whether the forward of this geometry runs on channel tiles (:func:`_ctile_wins`, the
-    pixel vectors :func:`_forward` would take)."""
+def _use_ctile(kh, kw, sh, sw, oh, ow, oc, c):
+    """Whether the forward of this geometry (``c`` input channels) runs on channel tiles
+    (:func:`_ctile_wins`, the pixel vectors :func:`_forward` would take)."""
     wq = ow + (kw - 1) // sw
     grid, per_row = -(-oh * wq // VL), -(-ow // VL)
-    return _ctile_wins(oh * ow, oh * per_row if grid > oh * per_row else grid, oc)
+    return _ctile_wins(oh * ow, oh * per_row if grid > oh * per_row else grid, oc, c * kh * kw)
 
 
 _NONE_F4, _NONE_I4 = np.empty((0, 0, 0, 0), np.float32), np.empty((0, 0, 0, 0), np.int32)
@@ -411,7 +436,7 @@ def _direct(x, w, bias, sh, sw, pt, pl, relu, oh, ow, y=_NONE_F4, pool=0, yp=_NO
     kh, kw = w.shape[2:]
     hq, wq, tab = _grid_shape(kh, kw, sh, sw, oh, ow)
     bias = writable(bias)
-    if not pool and _use_ctile(kh, kw, sh, sw, oh, ow, w.shape[0]):
+    if not pool and _use_ctile(kh, kw, sh, sw, oh, ow, w.shape[0], w.shape[1]):
         _forward_ct(np.ascontiguousarray(x), sh, sw, pt, pl, hq, wq, tab, w, bias, int(relu), oh, ow, y, sd,
                     _threads.get_num_threads())
         return
@@ -456,15 +481,16 @@ def conv2d_direct_backward_data(gy, w, sh, sw, pt, pl, gx):
     hq, wq, ptc, plc, tabs, sts, meta, pitch, zero_phases = _phase_plan(kh, kw, sh, sw, pt, pl, h, wd, *gy.shape[2:])
     for a, b in zero_phases:  # (phases no tap reaches)
         gx[:, :, a::sh, b::sw] = 0.0
-    cts = _phase_ctiles(meta, c)
+    cts = _phase_ctiles(meta, c, w.shape[0])
     _backward_data_phases(np.ascontiguousarray(gy), ptc, plc, hq, wq, _phase_weights(w, sh, sw, pt, pl, meta, cts),
                           tabs, sts, meta, cts, pitch, sh, sw, gx, _threads.get_num_threads())
 
 
-def _phase_ctiles(meta, c):
-    """Per phase of :func:`_phase_plan`'s ``meta`` (rows, columns, pixel vectors): 1 if it runs
-    on channel tiles (:func:`_ctile_wins`, ``c`` output channels), else 0."""
-    return np.array([_ctile_wins(ha * wb, ns, c) for ha, wb, ns in meta[:, 3:6]], np.int64)
+def _phase_ctiles(meta, c, oc):
+    """Per phase of :func:`_phase_plan`'s ``meta`` (taps, rows, columns, pixel vectors): 1 if it
+    runs on channel tiles (:func:`_ctile_wins`, ``c`` output channels, ``oc`` input channels),
+    else 0."""
+    return np.array([_ctile_wins(ha * wb, ns, c, oc * taps) for taps, ha, wb, ns in meta[:, 2:6]], np.int64)
 
 
 @functools.lru_cache(maxsize=64)  # (per shape; never written)
@@ -583,12 +609,12 @@ def _backward_data_phases(gy, ptc, plc, hq, wq, wp, tabs, sts, meta, cts, pitch,
                     for k in range(0, ns, V):
                         m = min(V, ns - k)
                         if m == 3:
-                            _fwd_tile(xf, 0, cs, tab, oc, kk_n, wp, wo, (sts[s0 + k], sts[s0 + k + 1], sts[s0 + k + 2]),
+                            _fwd_tile(xf, 0, cs, tab, oc, kk_n, 1, wp, wo, (sts[s0 + k], sts[s0 + k + 1], sts[s0 + k + 2]),
                                       g, pitch)
                         elif m == 2:
-                            _fwd_tile(xf, 0, cs, tab, oc, kk_n, wp, wo, (sts[s0 + k], sts[s0 + k + 1]), g, pitch)
+                            _fwd_tile(xf, 0, cs, tab, oc, kk_n, 1, wp, wo, (sts[s0 + k], sts[s0 + k + 1]), g, pitch)
                         else:
-                            _fwd_tile(xf, 0, cs, tab, oc, kk_n, wp, wo, (sts[s0 + k],), g, pitch)
+                            _fwd_tile(xf, 0, cs, tab, oc, kk_n, 1, wp, wo, (sts[s0 + k],), g, pitch)
                     for jj in range(min(J, c - ob * J)):
                         for r in range(ha):
                             e = jj * pitch + r * wq
