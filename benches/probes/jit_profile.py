@@ -1,14 +1,17 @@
 """Where a Numba primitive spends its time, by function and by instruction: ``perf record -e
 cpu-clock`` of this process while it calls one primitive of ``benches/conv_direct_gflops.py``'s
-cases in a loop (or, as ``pooled forward`` / ``pooled backward``, the case's convolution with ReLU
-and 2x2 max pooling, stride 1).  ``perf`` cannot name Numba's JIT code, so the probe writes
-``/tmp/perf-PID.map`` (every compiled function of the package's kernels: its address from the
-JIT, its size from the cached object's symbol table) and maps each sample onto the object's
-disassembly (``objdump -d`` of the object Numba compiled, in a fresh cache), printing the functions' shares and
-the hottest instructions with their neighbours.
+cases in a loop (or, as ``pooled forward`` / ``pooled backward``, the case's convolution with
+ReLU and 2x2 max pooling, stride 1).  ``perf`` cannot name Numba's JIT code, so the probe
+compiles in a fresh Numba cache (a kernel loaded from a cache keeps no object file), writes
+``/tmp/perf-PID.map`` (each compiled function of the package's kernels: its address from the
+JIT, its size from the object's symbol table) and maps each sample onto the object's
+disassembly (``objdump -d``): the functions' shares, then the hottest instructions of the
+hottest functions in address order.  The objects and ``samples.txt`` (object, function,
+offset, samples) stay in the temporary directory it names, for a closer look.
 
 Usage: python benches/probes/jit_profile.py SHAPE-SUBSTRING PRIMITIVE [SECONDS] [THREADS]
-  e.g. env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benches/probes/jit_profile.py "lenet conv2" "winograd forward" 8 1
+  e.g. env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benches/probes/jit_profile.py "lenet conv2" \
+           "winograd forward" 8 1
 """
 import bisect
 import collections

@@ -609,8 +609,8 @@ def _backward_data_phases(gy, ptc, plc, hq, wq, wp, tabs, sts, meta, cts, pitch,
                     for k in range(0, ns, V):
                         m = min(V, ns - k)
                         if m == 3:
-                            _fwd_tile(xf, 0, cs, tab, oc, kk_n, 1, wp, wo, (sts[s0 + k], sts[s0 + k + 1], sts[s0 + k + 2]),
-                                      g, pitch)
+                            _fwd_tile(xf, 0, cs, tab, oc, kk_n, 1, wp, wo,
+                                      (sts[s0 + k], sts[s0 + k + 1], sts[s0 + k + 2]), g, pitch)
                         elif m == 2:
                             _fwd_tile(xf, 0, cs, tab, oc, kk_n, 1, wp, wo, (sts[s0 + k], sts[s0 + k + 1]), g, pitch)
                         else:
