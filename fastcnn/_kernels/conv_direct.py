@@ -171,35 +171,16 @@ def _pad_plane(xs, t, h, w, pt, pl, sh, sw, xd, dst0, hq, wq):
 
 
 @helper
-def _fwd_tile(xf, xb, cs, tab, c, kk_n, tw, wp, wb, offs, g, pitch):
+def _fwd_tile(xf, xb, cs, tab, c, kk_n, wp, wb, offs, g, pitch):
     """One register tile: ``J`` output channels (packed weights from ``wp[wb]``) x the pixel
     vectors at grid positions ``offs``, over all ``c * kk_n`` taps (channel by channel, tap by
-    tap, one FMA each), stored to ``g[jj*pitch + offs[v]]``.  ``tw`` (5 or 3): the taps lie in
-    rows of ``tw`` consecutive offsets (``tab[i + j] = tab[i] + j``, stride 1), one table entry
-    per row and the row's taps unrolled; else 1."""
+    tap, one FMA each), stored to ``g[jj*pitch + offs[v]]``."""
     acc = tile_zero(offs)
-    if tw == 5:
-        for ci in range(c):
-            for i in range(0, kk_n, 5):
-                xr, wr = xb + ci * cs + tab[i], wb + (ci * kk_n + i) * J
-                acc = tile_fma(acc, vloads(xf, xr, offs), wp, wr)
-                acc = tile_fma(acc, vloads(xf, xr + 1, offs), wp, wr + J)
-                acc = tile_fma(acc, vloads(xf, xr + 2, offs), wp, wr + 2 * J)
-                acc = tile_fma(acc, vloads(xf, xr + 3, offs), wp, wr + 3 * J)
-                acc = tile_fma(acc, vloads(xf, xr + 4, offs), wp, wr + 4 * J)
-    elif tw == 3:
-        for ci in range(c):
-            for i in range(0, kk_n, 3):
-                xr, wr = xb + ci * cs + tab[i], wb + (ci * kk_n + i) * J
-                acc = tile_fma(acc, vloads(xf, xr, offs), wp, wr)
-                acc = tile_fma(acc, vloads(xf, xr + 1, offs), wp, wr + J)
-                acc = tile_fma(acc, vloads(xf, xr + 2, offs), wp, wr + 2 * J)
-    else:
-        for ci in range(c):
-            xc = xb + ci * cs
-            wc = wb + ci * kk_n * J
-            for kk in range(kk_n):
-                acc = tile_fma(acc, vloads(xf, xc + tab[kk], offs), wp, wc + kk * J)
+    for ci in range(c):
+        xc = xb + ci * cs
+        wc = wb + ci * kk_n * J
+        for kk in range(kk_n):
+            acc = tile_fma(acc, vloads(xf, xc + tab[kk], offs), wp, wc + kk * J)
     tile_store(g, 0, pitch, offs, acc)
 
 
@@ -235,7 +216,6 @@ def _forward(x, sh, sw, pt, pl, hq, wq, tab, w, bias, relu, oh, ow, y, pool, yp,
     for k in range(ns):
         st[k] = (k // per_row) * wq + (k % per_row) * VL if rows else k * VL
     pitch = (grid + 1) * VL  # >= the last start + VL
-    tw = kw if sw == 1 and (kw == 3 or kw == 5) else 1
     tasks = n * nob
     chunks = min(tasks, threads)
     for ch in prange(chunks):
@@ -257,11 +237,11 @@ def _forward(x, sh, sw, pt, pl, hq, wq, tab, w, bias, relu, oh, ow, y, pool, yp,
             for k in range(0, ns, V):  # tiles of V vectors (3 or 2), the last maybe fewer
                 m = min(V, ns - k)
                 if m == 3:
-                    _fwd_tile(xf, xb, cs, tab, c, kk_n, tw, wp, wb, (st[k], st[k + 1], st[k + 2]), g, pitch)
+                    _fwd_tile(xf, xb, cs, tab, c, kk_n, wp, wb, (st[k], st[k + 1], st[k + 2]), g, pitch)
                 elif m == 2:
-                    _fwd_tile(xf, xb, cs, tab, c, kk_n, tw, wp, wb, (st[k], st[k + 1]), g, pitch)
+                    _fwd_tile(xf, xb, cs, tab, c, kk_n, wp, wb, (st[k], st[k + 1]), g, pitch)
                 else:
-                    _fwd_tile(xf, xb, cs, tab, c, kk_n, tw, wp, wb, (st[k],), g, pitch)
+                    _fwd_tile(xf, xb, cs, tab, c, kk_n, wp, wb, (st[k],), g, pitch)
             for jj in range(min(J, oc - ob * J)):
                 o = ob * J + jj
                 if pool:  # the windows of the outputs plus bias, after the ReLU
@@ -609,12 +589,12 @@ def _backward_data_phases(gy, ptc, plc, hq, wq, wp, tabs, sts, meta, cts, pitch,
                     for k in range(0, ns, V):
                         m = min(V, ns - k)
                         if m == 3:
-                            _fwd_tile(xf, 0, cs, tab, oc, kk_n, 1, wp, wo,
+                            _fwd_tile(xf, 0, cs, tab, oc, kk_n, wp, wo,
                                       (sts[s0 + k], sts[s0 + k + 1], sts[s0 + k + 2]), g, pitch)
                         elif m == 2:
-                            _fwd_tile(xf, 0, cs, tab, oc, kk_n, 1, wp, wo, (sts[s0 + k], sts[s0 + k + 1]), g, pitch)
+                            _fwd_tile(xf, 0, cs, tab, oc, kk_n, wp, wo, (sts[s0 + k], sts[s0 + k + 1]), g, pitch)
                         else:
-                            _fwd_tile(xf, 0, cs, tab, oc, kk_n, 1, wp, wo, (sts[s0 + k],), g, pitch)
+                            _fwd_tile(xf, 0, cs, tab, oc, kk_n, wp, wo, (sts[s0 + k],), g, pitch)
                     for jj in range(min(J, c - ob * J)):
                         for r in range(ha):
                             e = jj * pitch + r * wq
