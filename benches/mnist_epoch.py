@@ -2,7 +2,9 @@
 PyTorch (same initial weights through ``fastcnn.interop.to_torch``, same batches in the same
 order, Adam and batch size of the recipe), each in its own process, alternated, with the
 same thread count.  The time is the epoch's training loop (fastcnn: ``history.csv``'s
-``seconds``; PyTorch: the same loop timed around its batches), loading excluded.
+``seconds``; PyTorch: the same loop timed around its batches), loading excluded.  Printed: the
+medians of each and their ratio, and the median (min-max) of the rounds' own ratios (each
+round's two runs back to back, so a slow phase of the host, minutes long, hits both).
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benches/mnist_epoch.py \\
         --data-dir ../shared/data/mnist --threads 2 --rounds 3 [--model lenet] [--backend cython]
@@ -84,8 +86,10 @@ def main():
             times[name].append(t)
             print(f"# round {r + 1} {name}: {t:.2f} s", flush=True)
     f, t = statistics.median(times["fastcnn"]), statistics.median(times["torch"])
+    ratios = [x / y for x, y in zip(times["fastcnn"], times["torch"])]  # (each round's pair, side by side)
     print(f"{a.model} one MNIST epoch, {a.threads} thread(s), median of {a.rounds}: fastcnn ({a.backend}) "
-          f"{f:.2f} s, PyTorch {t:.2f} s: {f / t:.2f}x the time")
+          f"{f:.2f} s, PyTorch {t:.2f} s: {f / t:.2f}x the time; per round {statistics.median(ratios):.2f}x "
+          f"({min(ratios):.2f}-{max(ratios):.2f})")
 
 
 if __name__ == "__main__":
