@@ -167,7 +167,7 @@ DIRECT_CASES = [
     (4, 1, 9, 9, 8, 2, 5, 1, "valid"),
     (2, 3, 1, 1, 9, 1, 1, 1, 2),  # output cells made of padding only
     (2, 6, 15, 15, 40, 3, 3, 1, 1),  # pixel vectors aligned to rows (OW < 16 < Wq)
-    (1, 5, 14, 14, 13, 5, 5, 1, "same"),  # rows, stored directly, OC not a multiple of 4
+    (1, 5, 14, 14, 13, 5, 5, 1, "same"),  # rows of 14, OC % 4 != 0: pixel tiles (16 lanes), channel tiles (8, 4)
     (2, 3, 5, 37, 8, 3, 3, 2, 1),  # stride-2 phase rows of 16+ values: packed by vectors
     (2, 3, 6, 35, 4, 3, 3, 2, 0),  # stride 2, no padding: odd columns to phase 1 from column 0
     (1, 2, 7, 33, 5, 5, 5, 2, 2),  # stride 2, padding 2: both phases from column 1
