@@ -535,6 +535,36 @@ def tile_store(typingctx, g, base, pitch, offs, acc):
 
 
 @intrinsic
+def tile_put(typingctx, y, yo, plane, nval, acc, bias, o0, nj, relu):
+    """The tile's rows ``r < nj`` (output channels ``o0 + r``) straight to the output:
+    ``y[yo[v] + r*plane ...]`` = the first ``nval[v]`` lanes of ``f(acc[r*V' + v])`` (V' =
+    len(yo)), ``f(v) = v + bias[o0 + r]``, then the ReLU if ``relu`` (``v <= 0``: +0; NaN stays,
+    the ReLU kernels' rule); a vector of fewer lanes by :func:`_store_first` (the Cython
+    kernels' ``fcd_fwd_tile_put``)."""
+    def codegen(context, builder, sig, args):
+        yty, oty, pty, nty, aty, bty, o0ty, njty, rty = sig.args
+        nv = oty.count
+        p = context.cast(builder, args[2], pty, types.intp)
+        o0 = context.cast(builder, args[6], o0ty, types.intp)
+        nj = context.cast(builder, args[7], njty, types.intp)
+        on = builder.icmp_signed("!=", context.cast(builder, args[8], rty, types.intp), ir.Constant(p.type, 0))
+        zero = ir.Constant(_LLV, [0.0] * VL)
+        for r in range(aty.count // nv):
+            with builder.if_then(builder.icmp_signed("<", ir.Constant(p.type, r), nj)):
+                b = _splat(builder, _elem(context, builder, bty, args[5], builder.add(o0, ir.Constant(p.type, r))))
+                row = builder.mul(p, ir.Constant(p.type, r))
+                for v in range(nv):
+                    x = builder.fadd(builder.extract_value(args[4], r * nv + v), b)
+                    x = builder.select(on, builder.select(builder.fcmp_ordered("<=", x, zero), zero, x), x)
+                    o = context.cast(builder, builder.extract_value(args[1], v), oty.dtype, types.intp)
+                    n = context.cast(builder, builder.extract_value(args[3], v), nty.dtype, types.intp)
+                    o, n = builder.add(o, row), builder.trunc(n, _I32)
+                    _store_first(builder, x, _ptr(context, builder, yty, args[0], o, types.intp), n)
+        return context.get_dummy_value()
+    return types.none(y, yo, plane, nval, acc, bias, o0, nj, relu), codegen
+
+
+@intrinsic
 def vcolumn_sums(typingctx, arr, base, pitch, rows, offs, dst, d0):
     """``dst[d0 + offs[v] + l] = 0.0 + arr[base + offs[v] + l] + arr[base + pitch + ...] + ...``
     over ``rows`` rows, in float64, for ``l < 8`` and each offset of the tuple ``offs`` (float32

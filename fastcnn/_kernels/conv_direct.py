@@ -39,6 +39,7 @@ from ._simd import (
     tile_fma_rows5,
     tile_fma_splat,
     tile_load,
+    tile_put,
     tile_roll,
     tile_store,
     tile_store_head,
@@ -171,17 +172,23 @@ def _pad_plane(xs, t, h, w, pt, pl, sh, sw, xd, dst0, hq, wq):
 
 
 @helper
-def _fwd_tile(xf, xb, cs, tab, c, kk_n, wp, wb, offs, g, pitch):
+def _fwd_acc(xf, xb, cs, tab, c, kk_n, wp, wb, offs):
     """One register tile: ``J`` output channels (packed weights from ``wp[wb]``) x the pixel
     vectors at grid positions ``offs``, over all ``c * kk_n`` taps (channel by channel, tap by
-    tap, one FMA each), stored to ``g[jj*pitch + offs[v]]``."""
+    tap, one FMA each); returns the accumulators."""
     acc = tile_zero(offs)
     for ci in range(c):
         xc = xb + ci * cs
         wc = wb + ci * kk_n * J
         for kk in range(kk_n):
             acc = tile_fma(acc, vloads(xf, xc + tab[kk], offs), wp, wc + kk * J)
-    tile_store(g, 0, pitch, offs, acc)
+    return acc
+
+
+@helper
+def _fwd_tile(xf, xb, cs, tab, c, kk_n, wp, wb, offs, g, pitch):
+    """:func:`_fwd_acc`'s tile stored to ``g[jj*pitch + offs[v]]``."""
+    tile_store(g, 0, pitch, offs, _fwd_acc(xf, xb, cs, tab, c, kk_n, wp, wb, offs))
 
 
 @parallel_kernel(fma=True)
@@ -191,7 +198,8 @@ def _forward(x, sh, sw, pt, pl, hq, wq, tab, w, bias, relu, oh, ow, y, pool, yp,
     where the item's image is packed as :func:`_pad_plane` packs it, while in cache: channel planes
     ``cs`` apart, tap ``kk`` of grid position ``p`` at ``p + tab[kk]``, output row pitch
     ``wq``), register tiles of ``J`` x ``V`` vectors, then bias and ReLU on the way to ``y``
-    (``(N, OC, oh, ow)``); with ``pool`` instead to its 2x2 max pooling ``yp`` and the pooling's
+    (``(N, OC, oh, ow)``; row-aligned vectors straight from the registers, :func:`._simd.tile_put`,
+    grid vectors through the tile buffer); with ``pool`` instead to its 2x2 max pooling ``yp`` and the pooling's
     indices ``ip`` (``(N, OC, oh // 2, ow // 2)``) from the tile buffer, while in cache
     (:func:`._simd.pool2_row_biased`: bias and ReLU in registers, the pooling kernels' rule).
     If ``sd`` (``(n, oc, 2)``) has elements, each output plane is summed into it while in cache
@@ -215,6 +223,13 @@ def _forward(x, sh, sw, pt, pl, hq, wq, tab, w, bias, relu, oh, ow, y, pool, yp,
     st = np.empty(ns, np.int64)
     for k in range(ns):
         st[k] = (k // per_row) * wq + (k % per_row) * VL if rows else k * VL
+    # Row-aligned vectors (unpooled) go straight from the registers to y: vector k at output
+    # row k // per_row, column (k % per_row)*VL, its first so[k] lanes valid.
+    put = rows and not pool
+    yo, so = np.empty(ns, np.int64), np.empty(ns, np.int64)
+    for k in range(ns):
+        yo[k] = (k // per_row) * ow + (k % per_row) * VL
+        so[k] = min(VL, ow - (k % per_row) * VL)
     pitch = (grid + 1) * VL  # >= the last start + VL
     tasks = n * nob
     chunks = min(tasks, threads)
@@ -234,16 +249,36 @@ def _forward(x, sh, sw, pt, pl, hq, wq, tab, w, bias, relu, oh, ow, y, pool, yp,
                 packed = b
             xb = 0
             wb = ob * c * kk_n * J
+            nj = min(J, oc - ob * J)
+            y0 = (b * oc + ob * J) * oh * ow
             for k in range(0, ns, V):  # tiles of V vectors (3 or 2), the last maybe fewer
                 m = min(V, ns - k)
                 if m == 3:
-                    _fwd_tile(xf, xb, cs, tab, c, kk_n, wp, wb, (st[k], st[k + 1], st[k + 2]), g, pitch)
+                    acc3 = _fwd_acc(xf, xb, cs, tab, c, kk_n, wp, wb, (st[k], st[k + 1], st[k + 2]))
+                    if put:
+                        tile_put(yf, (y0 + yo[k], y0 + yo[k + 1], y0 + yo[k + 2]), oh * ow,
+                                 (so[k], so[k + 1], so[k + 2]), acc3, bias, ob * J, nj, relu)
+                    else:
+                        tile_store(g, 0, pitch, (st[k], st[k + 1], st[k + 2]), acc3)
                 elif m == 2:
-                    _fwd_tile(xf, xb, cs, tab, c, kk_n, wp, wb, (st[k], st[k + 1]), g, pitch)
+                    acc2 = _fwd_acc(xf, xb, cs, tab, c, kk_n, wp, wb, (st[k], st[k + 1]))
+                    if put:
+                        tile_put(yf, (y0 + yo[k], y0 + yo[k + 1]), oh * ow, (so[k], so[k + 1]), acc2, bias, ob * J,
+                                 nj, relu)
+                    else:
+                        tile_store(g, 0, pitch, (st[k], st[k + 1]), acc2)
                 else:
-                    _fwd_tile(xf, xb, cs, tab, c, kk_n, wp, wb, (st[k],), g, pitch)
-            for jj in range(min(J, oc - ob * J)):
+                    acc1 = _fwd_acc(xf, xb, cs, tab, c, kk_n, wp, wb, (st[k],))
+                    if put:
+                        tile_put(yf, (y0 + yo[k],), oh * ow, (so[k],), acc1, bias, ob * J, nj, relu)
+                    else:
+                        tile_store(g, 0, pitch, (st[k],), acc1)
+            for jj in range(nj):
                 o = ob * J + jj
+                if put:  # (written from the registers)
+                    if sd.size:
+                        plane_stats(yf, (b * oc + o) * oh * ow, oh * ow, sd[b, o])
+                    continue
                 if pool:  # the windows of the outputs plus bias, after the ReLU
                     for r in range(ph):
                         a0 = jj * pitch + 2 * r * wq
