@@ -534,6 +534,20 @@ def tile_store(typingctx, g, base, pitch, offs, acc):
     return types.none(g, base, pitch, offs, acc), codegen
 
 
+def _bias_relu(context, builder, bias, bty, relu, rty):
+    """The vector function ``f(v) = v + bias``, then the ReLU if ``relu`` (``v <= 0``: +0; NaN
+    stays: the ReLU kernels' rule), the scalars ``bias`` (of type ``bty``) and ``relu`` (``rty``)
+    cast once."""
+    zero = ir.Constant(_LLV, [0.0] * VL)
+    b = _splat(builder, context.cast(builder, bias, bty, types.float32))
+    on = builder.icmp_signed("!=", context.cast(builder, relu, rty, types.intp), ir.Constant(ir.IntType(64), 0))
+
+    def f(v):
+        v = builder.fadd(v, b)
+        return builder.select(on, builder.select(builder.fcmp_ordered("<=", v, zero), zero, v), v)
+    return f
+
+
 @intrinsic
 def tile_put(typingctx, y, yo, plane, nval, acc, bias, o0, nj, relu):
     """The tile's rows ``r < nj`` (output channels ``o0 + r``) straight to the output:
@@ -547,15 +561,13 @@ def tile_put(typingctx, y, yo, plane, nval, acc, bias, o0, nj, relu):
         p = context.cast(builder, args[2], pty, types.intp)
         o0 = context.cast(builder, args[6], o0ty, types.intp)
         nj = context.cast(builder, args[7], njty, types.intp)
-        on = builder.icmp_signed("!=", context.cast(builder, args[8], rty, types.intp), ir.Constant(p.type, 0))
-        zero = ir.Constant(_LLV, [0.0] * VL)
         for r in range(aty.count // nv):
             with builder.if_then(builder.icmp_signed("<", ir.Constant(p.type, r), nj)):
-                b = _splat(builder, _elem(context, builder, bty, args[5], builder.add(o0, ir.Constant(p.type, r))))
+                br = _elem(context, builder, bty, args[5], builder.add(o0, ir.Constant(p.type, r)))
+                f = _bias_relu(context, builder, br, bty.dtype, args[8], rty)
                 row = builder.mul(p, ir.Constant(p.type, r))
                 for v in range(nv):
-                    x = builder.fadd(builder.extract_value(args[4], r * nv + v), b)
-                    x = builder.select(on, builder.select(builder.fcmp_ordered("<=", x, zero), zero, x), x)
+                    x = f(builder.extract_value(args[4], r * nv + v))
                     o = context.cast(builder, builder.extract_value(args[1], v), oty.dtype, types.intp)
                     n = context.cast(builder, builder.extract_value(args[3], v), nty.dtype, types.intp)
                     o, n = builder.add(o, row), builder.trunc(n, _I32)
@@ -853,16 +865,7 @@ def _pool2_row_codegen(biased):
         ja = context.make_array(jty)(context, builder, args[5])
         jp = builder.bitcast(builder.gep(ja.data, [yo]), vi.as_pointer())
         yp = _ptr(context, builder, yty, args[4], yo, types.intp)
-        if biased:
-            b = _splat(builder, context.cast(builder, args[9], sig.args[9], types.float32))
-            relu = builder.icmp_signed("!=", context.cast(builder, args[10], sig.args[10], types.intp),
-                                       ir.Constant(ir.IntType(64), 0))
-
-        def f(v):  # (vpool4's)
-            if not biased:
-                return v
-            v = builder.fadd(v, b)
-            return builder.select(relu, builder.select(builder.fcmp_ordered("<=", v, zero), zero, v), v)
+        f = _bias_relu(context, builder, args[9], sig.args[9], args[10], sig.args[10]) if biased else (lambda v: v)
 
         def body(masked):
             def load(ptr, mask):
@@ -936,16 +939,8 @@ def vpool4(typingctx, y00, y01, y10, y11, bias, relu):
     tt = types.UniTuple(vec, 2)
 
     def codegen(context, builder, sig, args):
-        bty, rty = sig.args[4], sig.args[5]
         zero = ir.Constant(_LLV, [0.0] * VL)
-        b = _splat(builder, context.cast(builder, args[4], bty, types.float32))
-        relu = builder.icmp_signed("!=", context.cast(builder, args[5], rty, types.intp),
-                                   ir.Constant(ir.IntType(64), 0))
-
-        def f(v):
-            v = builder.fadd(v, b)
-            return builder.select(relu, builder.select(builder.fcmp_ordered("<=", v, zero), zero, v), v)
-
+        f = _bias_relu(context, builder, args[4], sig.args[4], args[5], sig.args[5])
         best, pos = f(args[0]), zero
         for k in (1, 2, 3):
             v = f(args[k])
@@ -961,14 +956,7 @@ def vpool4(typingctx, y00, y01, y10, y11, bias, relu):
 def _pairs(context, builder, a, c, bias, bty, relu, rty):
     """``f(a)`` and ``f(c)`` zipped (``f(v) = v + bias``, then the ReLU if ``relu``: ``v <= 0``:
     +0; NaN stays): one vector of ``2*VL`` floats."""
-    zero = ir.Constant(_LLV, [0.0] * VL)
-    b = _splat(builder, context.cast(builder, bias, bty, types.float32))
-    on = builder.icmp_signed("!=", context.cast(builder, relu, rty, types.intp), ir.Constant(ir.IntType(64), 0))
-
-    def f(v):
-        v = builder.fadd(v, b)
-        return builder.select(on, builder.select(builder.fcmp_ordered("<=", v, zero), zero, v), v)
-
+    f = _bias_relu(context, builder, bias, bty, relu, rty)
     return builder.shuffle_vector(f(a), f(c), ir.Constant(ir.VectorType(_I32, 2 * VL),
                                                           [k // 2 + (k % 2) * VL for k in range(2 * VL)]))
 
