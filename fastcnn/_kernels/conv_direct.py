@@ -191,6 +191,17 @@ def _fwd_tile(xf, xb, cs, tab, c, kk_n, wp, wb, offs, g, pitch):
     tile_store(g, 0, pitch, offs, _fwd_acc(xf, xb, cs, tab, c, kk_n, wp, wb, offs))
 
 
+@helper
+def _fwd_out(acc, put, g, pitch, offs, yf, yo, plane, so, bias, o0, nj, relu):
+    """A forward tile's accumulators out: with ``put`` straight to the output (:func:`._simd.tile_put`:
+    vector ``v`` of channel ``o0`` at ``yf[yo[v]]``, ``so[v]`` lanes, channels ``plane`` apart),
+    else to the tile buffer ``g[jj*pitch + offs[v]]``."""
+    if put:
+        tile_put(yf, yo, plane, so, acc, bias, o0, nj, relu)
+    else:
+        tile_store(g, 0, pitch, offs, acc)
+
+
 @parallel_kernel(fma=True)
 def _forward(x, sh, sw, pt, pl, hq, wq, tab, w, bias, relu, oh, ow, y, pool, yp, ip, sd, threads):
     """Direct convolution of ``x``: one work item per image and block of ``J`` output channels
@@ -254,25 +265,16 @@ def _forward(x, sh, sw, pt, pl, hq, wq, tab, w, bias, relu, oh, ow, y, pool, yp,
             for k in range(0, ns, V):  # tiles of V vectors (3 or 2), the last maybe fewer
                 m = min(V, ns - k)
                 if m == 3:
-                    acc3 = _fwd_acc(xf, xb, cs, tab, c, kk_n, wp, wb, (st[k], st[k + 1], st[k + 2]))
-                    if put:
-                        tile_put(yf, (y0 + yo[k], y0 + yo[k + 1], y0 + yo[k + 2]), oh * ow,
-                                 (so[k], so[k + 1], so[k + 2]), acc3, bias, ob * J, nj, relu)
-                    else:
-                        tile_store(g, 0, pitch, (st[k], st[k + 1], st[k + 2]), acc3)
+                    _fwd_out(_fwd_acc(xf, xb, cs, tab, c, kk_n, wp, wb, (st[k], st[k + 1], st[k + 2])), put, g, pitch,
+                             (st[k], st[k + 1], st[k + 2]), yf, (y0 + yo[k], y0 + yo[k + 1], y0 + yo[k + 2]), oh * ow,
+                             (so[k], so[k + 1], so[k + 2]), bias, ob * J, nj, relu)
                 elif m == 2:
-                    acc2 = _fwd_acc(xf, xb, cs, tab, c, kk_n, wp, wb, (st[k], st[k + 1]))
-                    if put:
-                        tile_put(yf, (y0 + yo[k], y0 + yo[k + 1]), oh * ow, (so[k], so[k + 1]), acc2, bias, ob * J,
-                                 nj, relu)
-                    else:
-                        tile_store(g, 0, pitch, (st[k], st[k + 1]), acc2)
+                    _fwd_out(_fwd_acc(xf, xb, cs, tab, c, kk_n, wp, wb, (st[k], st[k + 1])), put, g, pitch,
+                             (st[k], st[k + 1]), yf, (y0 + yo[k], y0 + yo[k + 1]), oh * ow, (so[k], so[k + 1]), bias,
+                             ob * J, nj, relu)
                 else:
-                    acc1 = _fwd_acc(xf, xb, cs, tab, c, kk_n, wp, wb, (st[k],))
-                    if put:
-                        tile_put(yf, (y0 + yo[k],), oh * ow, (so[k],), acc1, bias, ob * J, nj, relu)
-                    else:
-                        tile_store(g, 0, pitch, (st[k],), acc1)
+                    _fwd_out(_fwd_acc(xf, xb, cs, tab, c, kk_n, wp, wb, (st[k],)), put, g, pitch, (st[k],), yf,
+                             (y0 + yo[k],), oh * ow, (so[k],), bias, ob * J, nj, relu)
             for jj in range(nj):
                 o = ob * J + jj
                 if put:  # (written from the registers)
