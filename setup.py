@@ -47,7 +47,7 @@ CONFIG = os.path.join("fastcnn", "_config.py")
 #: Literal values of ``fastcnn/_config.py`` the build uses; the integers become
 #: ``FASTCNN_<NAME>`` in ``fastcnn_config.h``.
 FROM_CONFIG = ("KERNEL_MODULES", "PAR_MIN_WORK", "ELEMWISE_BLOCK", "DIRECT_CTILE_GAIN_PCT",
-               "DIRECT_CTILE_GAIN_PCT_AVX512", "DIRECT_CTILE_MIN_PATCH")
+               "DIRECT_CTILE_MIN_PATCH")
 SRC_DIR = "src_ext"
 CYTHON_BUILD_DIR = os.path.join("build", "cython")
 

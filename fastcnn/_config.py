@@ -136,10 +136,9 @@ POOLED_DGRAD_MIN_PATCH = 400
 #: inputs broadcast) instead of pixel vectors when the tiles' lanes hold at least this many
 #: percent of the pixel vectors' share of valid outputs (outputs whose rows fill few vectors,
 #: e.g. 8 x 8 or, with 8 lanes, 14 x 14) and each output sums at least DIRECT_CTILE_MIN_PATCH
-#: products (input channels x taps): docs/PERFORMANCE.md, section 9.  Both compiled backends;
-#: the AVX2 and baseline paths, and the AVX-512 path with its own margin.
+#: products (input channels x taps): docs/PERFORMANCE.md, section 9.  Both compiled backends,
+#: every instruction-set path.
 DIRECT_CTILE_GAIN_PCT = 110
-DIRECT_CTILE_GAIN_PCT_AVX512 = 115
 DIRECT_CTILE_MIN_PATCH = 100
 
 #: Winograd convolutions (Cython and Numba): output tiles (2x2 outputs each) transformed and

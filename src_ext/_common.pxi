@@ -24,7 +24,6 @@ cdef extern from "fastcnn_config.h":
     const Py_ssize_t FASTCNN_PAR_MIN_WORK      # _config.PAR_MIN_WORK
     const Py_ssize_t FASTCNN_ELEMWISE_BLOCK    # _config.ELEMWISE_BLOCK
     const Py_ssize_t FASTCNN_DIRECT_CTILE_GAIN_PCT  # _config.DIRECT_CTILE_GAIN_PCT
-    const Py_ssize_t FASTCNN_DIRECT_CTILE_GAIN_PCT_AVX512  # _config.DIRECT_CTILE_GAIN_PCT_AVX512
     const Py_ssize_t FASTCNN_DIRECT_CTILE_MIN_PATCH  # _config.DIRECT_CTILE_MIN_PATCH
 
 # 0: not set, use the OpenMP default (OMP_NUM_THREADS or all cores).

@@ -123,10 +123,8 @@ def active_isa():
 
 cdef inline int _use_ctile(const fcd_geo* g, Py_ssize_t NS) noexcept nogil:
     """Whether ``g``'s forward (``NS`` pixel vectors) runs on channel tiles: ``fcd_use_ctile``
-    with the active path's margin (``_config.DIRECT_CTILE_GAIN_PCT``, ``..._AVX512``)."""
-    return fcd_use_ctile(g, NS, fcd_VL, fcd_JC,
-                         FASTCNN_DIRECT_CTILE_GAIN_PCT_AVX512 if fcd_VL == 16 else FASTCNN_DIRECT_CTILE_GAIN_PCT,
-                         FASTCNN_DIRECT_CTILE_MIN_PATCH)
+    with the active path's vector sizes and ``_config``'s margin and minimum patch."""
+    return fcd_use_ctile(g, NS, fcd_VL, fcd_JC, FASTCNN_DIRECT_CTILE_GAIN_PCT, FASTCNN_DIRECT_CTILE_MIN_PATCH)
 
 
 cdef inline Py_ssize_t _al64(Py_ssize_t nbytes) noexcept nogil:

@@ -424,14 +424,13 @@ def _forward_ct(x, sh, sw, pt, pl, hq, wq, tab, w, bias, relu, oh, ow, y, sd, th
 def _ctile_wins(outputs, ns, oc, patch):
     """The Cython kernels' rule (``fcd_use_ctile``): channel tiles when each output sums at least
     ``_config.DIRECT_CTILE_MIN_PATCH`` products (``patch``: input channels x taps) and their
-    lanes hold ``_config.DIRECT_CTILE_GAIN_PCT`` (AVX-512: ``..._AVX512``) percent or more of
+    lanes hold ``_config.DIRECT_CTILE_GAIN_PCT`` percent or more of
     the pixel tiles' share of valid values (``outputs`` per channel in ``ns`` vectors, J
     channels a tile)."""
     if patch < _config.DIRECT_CTILE_MIN_PATCH:
         return False
-    gain = _config.DIRECT_CTILE_GAIN_PCT_AVX512 if VL == 16 else _config.DIRECT_CTILE_GAIN_PCT
     pix = outputs / (ns * VL) * oc / (-(-oc // J) * J)
-    return oc / (-(-oc // JC) * JC) * 100 >= pix * gain
+    return oc / (-(-oc // JC) * JC) * 100 >= pix * _config.DIRECT_CTILE_GAIN_PCT
 
 
 @functools.lru_cache(maxsize=256)  # (per shape; a pure function of it)
