@@ -226,10 +226,10 @@ def _forward(x, sh, sw, pt, pl, hq, wq, tab, w, bias, relu, oh, ow, y, pool, yp,
     nob = (oc + J - 1) // J
     wp = _pack_weights(w, J)
     # Pixel vectors: consecutive ones over the grid, or per output row (which skips the
-    # dropped columns when OW <= VL*k < wq), whichever are fewer.
+    # dropped columns when OW <= VL*k < wq) unless they are more (fcd_pixel_starts' rule).
     grid = (oh * wq + VL - 1) // VL
     per_row = (ow + VL - 1) // VL
-    rows = grid > oh * per_row
+    rows = grid >= oh * per_row
     ns = oh * per_row if rows else grid
     st = np.empty(ns, np.int64)
     for k in range(ns):
@@ -439,7 +439,7 @@ def _use_ctile(kh, kw, sh, sw, oh, ow, oc, c):
     (:func:`_ctile_wins`, the pixel vectors :func:`_forward` would take)."""
     wq = ow + (kw - 1) // sw
     grid, per_row = -(-oh * wq // VL), -(-ow // VL)
-    return _ctile_wins(oh * ow, oh * per_row if grid > oh * per_row else grid, oc, c * kh * kw)
+    return _ctile_wins(oh * ow, oh * per_row if grid >= oh * per_row else grid, oc, c * kh * kw)
 
 
 _NONE_F4, _NONE_I4 = np.empty((0, 0, 0, 0), np.float32), np.empty((0, 0, 0, 0), np.int32)
@@ -537,9 +537,9 @@ def _phase_plan(kh, kw, sh, sw, pt, pl, h, wd, oh, ow):
     for a, b, ka, kb, ha, wb, ptp, plp in live:
         t0, s0 = len(tabs), len(sts)
         tabs += [(i + ptc - ptp) * wq + j + plc - plp for i in range(ka) for j in range(kb)]
-        # pixel vectors: consecutive ones over the grid, or per output row, whichever are fewer
+        # pixel vectors: consecutive ones over the grid, or per output row unless they are more
         grid, per_row = -(-ha * wq // VL), -(-wb // VL)
-        rows = grid > ha * per_row
+        rows = grid >= ha * per_row
         ns = ha * per_row if rows else grid
         sts += [(k // per_row) * wq + (k % per_row) * VL if rows else k * VL for k in range(ns)]
         grid_max = max(grid_max, grid)
