@@ -128,10 +128,11 @@ def _pack_s4(xs, t, h, w, pt, pl, xd, dst0, hq, wq):
 @helper
 def _pad_plane(xs, t, h, w, pt, pl, sh, sw, xd, dst0, hq, wq):
     """Plane ``t`` of the flat input ``xs`` (``h x w``) in the grid layout at ``xd[dst0:]``:
-    ``xd[dst0 + ((a*sw + e)*hq + R)*wq + Q] = x[R*sh + a - pt, Q*sw + e - pl]`` of the plane, 0
-    outside it.  Each phase row: zeros, the source run, zeros; for strides 2 x 2 and 4 x 4 (``pt,
-    pl >= 0``) only the plane's values (:func:`_pack_s2`, :func:`_pack_s4`): the callers' buffers
-    start zeroed, and every packing of one geometry writes the same positions."""
+    ``xd[dst0 + ((a*sw + e)*hq + R)*wq + Q] = x[R*sh + a - pt, Q*sw + e - pl]`` of the plane;
+    only the plane's values are written (for strides 2 x 2 and 4 x 4, ``pt, pl >= 0``, by
+    :func:`_pack_s2`, :func:`_pack_s4`): the callers' buffers start zeroed, and every packing
+    of one geometry writes the same positions, so the rest holds zeros.  (Zeros written here
+    would be memset calls of a few bytes per row.)"""
     if sh == 2 and sw == 2 and pt >= 0 and pl >= 0:
         _pack_s2(xs, t, h, w, pt, pl, xd, dst0, hq, wq)
         return
@@ -145,30 +146,24 @@ def _pad_plane(xs, t, h, w, pt, pl, sh, sw, xd, dst0, hq, wq):
             q1 = max(q0, min(wq, (w + pl - e + sw - 1) // sw))
             for r in range(hq):
                 sr = r * sh + a - pt
-                d = dst + r * wq
                 if sr < 0 or sr >= h:
-                    q0r, q1r = wq, wq
-                else:
-                    q0r, q1r = q0, q1
-                for q in range(q0r):
-                    xd[_u(d + q)] = 0.0
+                    continue
+                d = dst + r * wq
                 src = (t * h + sr) * w + e - pl
                 _row_ahead(xs, src + pl - e, w)
                 if sw == 1:
-                    for q in range(q0r, q1r):
+                    for q in range(q0, q1):
                         xd[_u(d + q)] = xs[_u(src + q)]
                 elif sw == 2:  # (vectors while the pair of source vectors is inside xs)
-                    q = q0r
-                    while q + VL <= q1r and src + 2 * (q + VL) <= xs.size:
+                    q = q0
+                    while q + VL <= q1 and src + 2 * (q + VL) <= xs.size:
                         vstore(xd, d + q, vload_even(xs, src + 2 * q))
                         q += VL
-                    for q in range(q, q1r):
+                    for q in range(q, q1):
                         xd[_u(d + q)] = xs[_u(src + 2 * q)]
                 else:
-                    for q in range(q0r, q1r):
+                    for q in range(q0, q1):
                         xd[_u(d + q)] = xs[_u(src + q * sw)]
-                for q in range(q1r, wq):
-                    xd[_u(d + q)] = 0.0
 
 
 @helper
