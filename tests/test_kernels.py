@@ -257,12 +257,13 @@ def test_read_only_bias_compiles_no_second_kernel():
         return z
 
     rng = np.random.default_rng(3)
-    x = rng.standard_normal((1, 12, 9, 9), dtype=np.float32)
-    for oc in (16, 40):  # (the pixel tiles, the channel tiles)
+    for hw, oc, ct in ((8, 16, False), (9, 32, True)):  # (pixel tiles, channel tiles on every path)
+        assert D._use_ctile(3, 3, 1, 1, hw, hw, oc, 12) == ct
+        x = rng.standard_normal((1, 12, hw, hw), dtype=np.float32)
         w = rng.standard_normal((oc, 12, 3, 3), dtype=np.float32)
         for b in (zeros(oc), np.zeros(oc, np.float32)):
-            D.conv2d_direct_forward(x, w, b, 1, 1, 1, 1, 0, np.empty((1, oc, 9, 9), np.float32))
-            W.conv2d_winograd_forward(x, w, b, 1, 1, 0, np.empty((1, oc, 9, 9), np.float32))
+            D.conv2d_direct_forward(x, w, b, 1, 1, 1, 1, 0, np.empty((1, oc, hw, hw), np.float32))
+            W.conv2d_winograd_forward(x, w, b, 1, 1, 0, np.empty((1, oc, hw, hw), np.float32))
     xd, wd = rng.standard_normal((1, 20), dtype=np.float32), rng.standard_normal((7, 20), dtype=np.float32)
     with fastcnn.config(dense="rows"):
         for b in (zeros(7), np.zeros(7, np.float32)):
