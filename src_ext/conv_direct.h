@@ -89,7 +89,8 @@ static void fcd_make_tab(const fcd_geo* g, fcd_i* tab)
  * output: consecutive vectors over the whole grid, or vectors aligned to each output row
  * (which skip the dropped columns when OW <= VL*k < Wq) unless they need more (as many: rows,
  * stored straight from the registers).  Returns the count; for row-aligned vectors also
- * fills yo (output offset oh*OW + ow0) and nv (valid lanes) and sets *rows.  Arrays: room for max(P/VL + 1, OH*(OW/VL + 1)) entries. */
+ * fills yo (output offset oh*OW + ow0) and nv (valid lanes) and sets *rows.  Arrays: room
+ * for max(P/VL + 1, OH*(OW/VL + 1)) entries. */
 static fcd_i fcd_pixel_starts(const fcd_geo* g, fcd_i VL, fcd_i* st, fcd_i* yo, fcd_i* nv,
                               int* rows)
 {

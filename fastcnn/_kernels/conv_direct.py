@@ -419,9 +419,8 @@ def _forward_ct(x, sh, sw, pt, pl, hq, wq, tab, w, bias, relu, oh, ow, y, sd, th
 def _ctile_wins(outputs, ns, oc, patch):
     """The Cython kernels' rule (``fcd_use_ctile``): channel tiles when each output sums at least
     ``_config.DIRECT_CTILE_MIN_PATCH`` products (``patch``: input channels x taps) and their
-    lanes hold ``_config.DIRECT_CTILE_GAIN_PCT`` percent or more of
-    the pixel tiles' share of valid values (``outputs`` per channel in ``ns`` vectors, J
-    channels a tile)."""
+    lanes hold ``_config.DIRECT_CTILE_GAIN_PCT`` percent or more of the pixel tiles' share of
+    valid values (``outputs`` per channel in ``ns`` vectors, J channels a tile)."""
     if patch < _config.DIRECT_CTILE_MIN_PATCH:
         return False
     pix = outputs / (ns * VL) * oc / (-(-oc // J) * J)
