@@ -72,6 +72,19 @@ def _grid_shape(kh, kw, sh, sw, oh, ow):
 
 
 @helper
+def _pixel_vectors(oh, ow, wq):
+    """The forward's pixel vectors over an ``oh x ow`` output on rows of ``wq`` grid positions:
+    consecutive ones over the grid, or per output row (which skips the dropped columns when OW
+    <= VL*k < wq) unless they are more (Cython's ``fcd_pixel_starts``).  Returns ``(grid,
+    per_row, rows, ns)``: the grid's vector count, vectors per row, whether row-aligned, and
+    how many."""
+    grid = (oh * wq + VL - 1) // VL
+    per_row = (ow + VL - 1) // VL
+    rows = grid >= oh * per_row
+    return grid, per_row, rows, oh * per_row if rows else grid
+
+
+@helper
 def _row_ahead(xs, s, w):
     """Ask for the row ``PACK_AHEAD`` rows after the source row at ``xs[s]`` (``w`` floats), a
     cache line per 16 floats (as the Cython kernels' ``fcd_row_ahead``)."""
@@ -220,20 +233,13 @@ def _forward(x, sh, sw, pt, pl, hq, wq, tab, w, bias, relu, oh, ow, y, pool, yp,
     kk_n = w.shape[2] * kw
     nob = (oc + J - 1) // J
     wp = _pack_weights(w, J)
-    # Pixel vectors: consecutive ones over the grid, or per output row (which skips the
-    # dropped columns when OW <= VL*k < wq) unless they are more (fcd_pixel_starts' rule).
-    grid = (oh * wq + VL - 1) // VL
-    per_row = (ow + VL - 1) // VL
-    rows = grid >= oh * per_row
-    ns = oh * per_row if rows else grid
-    st = np.empty(ns, np.int64)
+    grid, per_row, rows, ns = _pixel_vectors(oh, ow, wq)
+    # Vector k starts at grid position st[k]; row-aligned ones (unpooled) go straight from the
+    # registers to y: output row k // per_row, column (k % per_row)*VL, their first so[k] lanes.
+    put = rows and not pool
+    st, yo, so = np.empty(ns, np.int64), np.empty(ns, np.int64), np.empty(ns, np.int64)
     for k in range(ns):
         st[k] = (k // per_row) * wq + (k % per_row) * VL if rows else k * VL
-    # Row-aligned vectors (unpooled) go straight from the registers to y: vector k at output
-    # row k // per_row, column (k % per_row)*VL, its first so[k] lanes valid.
-    put = rows and not pool
-    yo, so = np.empty(ns, np.int64), np.empty(ns, np.int64)
-    for k in range(ns):
         yo[k] = (k // per_row) * ow + (k % per_row) * VL
         so[k] = min(VL, ow - (k % per_row) * VL)
     pitch = (grid + 1) * VL  # >= the last start + VL
@@ -431,9 +437,7 @@ def _ctile_wins(outputs, ns, oc, patch):
 def _use_ctile(kh, kw, sh, sw, oh, ow, oc, c):
     """Whether the forward of this geometry (``c`` input channels) runs on channel tiles
     (:func:`_ctile_wins`, the pixel vectors :func:`_forward` would take)."""
-    wq = ow + (kw - 1) // sw
-    grid, per_row = -(-oh * wq // VL), -(-ow // VL)
-    return _ctile_wins(oh * ow, oh * per_row if grid >= oh * per_row else grid, oc, c * kh * kw)
+    return _ctile_wins(oh * ow, _pixel_vectors(oh, ow, ow + (kw - 1) // sw)[3], oc, c * kh * kw)
 
 
 _NONE_F4, _NONE_I4 = np.empty((0, 0, 0, 0), np.float32), np.empty((0, 0, 0, 0), np.int32)
@@ -531,10 +535,7 @@ def _phase_plan(kh, kw, sh, sw, pt, pl, h, wd, oh, ow):
     for a, b, ka, kb, ha, wb, ptp, plp in live:
         t0, s0 = len(tabs), len(sts)
         tabs += [(i + ptc - ptp) * wq + j + plc - plp for i in range(ka) for j in range(kb)]
-        # pixel vectors: consecutive ones over the grid, or per output row unless they are more
-        grid, per_row = -(-ha * wq // VL), -(-wb // VL)
-        rows = grid >= ha * per_row
-        ns = ha * per_row if rows else grid
+        grid, per_row, rows, ns = _pixel_vectors(ha, wb, wq)
         sts += [(k // per_row) * wq + (k % per_row) * VL if rows else k * VL for k in range(ns)]
         grid_max = max(grid_max, grid)
         meta.append((a, b, ka * kb, ha, wb, ns, t0, s0))
