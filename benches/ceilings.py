@@ -11,6 +11,12 @@ Parts:
   gemm     SGEMM 2048x2048x2048 through NumPy's BLAS at 1 and 2 threads (threadpoolctl).
   triad    Memory bandwidth: a[i] = b[i] + s*c[i] over 3 x 64 MiB (Numba prange), 1 and 2
            threads; bytes counted as 12 per element (STREAM's convention).
+  balance  Whether the two cores run equal work equally fast: two threads run the fma part's
+           kernel on equal chunks (~1 ms) in lockstep (a barrier before each), 2,000 rounds;
+           per round the slower thread's time over the faster's (median, 90th percentile,
+           share of rounds above 1.1 and 1.3) and the lockstep efficiency, the mean of the
+           two times over the slower one summed over the rounds: the share of two cores a
+           kernel splitting its work in equal static halves keeps (1.0 on symmetric cores).
   torch    PyTorch conv2d forward and backward at the seed networks' convolution shapes.
   fastcnn  fastcnn.functional.conv2d / conv2d_backward at the same shapes (numba and cython
            backends, the default path), and the dense layers of lenet.
@@ -94,7 +100,8 @@ def in_threads(fn, nthreads):
     return time.perf_counter() - t0
 
 
-def part_fma():
+def _fma_lib():
+    """The fma part's C kernels, compiled on the fly."""
     d = tempfile.mkdtemp(prefix="fastcnn_fma_")
     src, lib = os.path.join(d, "fma.c"), os.path.join(d, "fma.so")
     with open(src, "w") as f:
@@ -106,6 +113,11 @@ def part_fma():
         getattr(so, name).argtypes = [ctypes.c_int64]
     so.dep_adds.restype = ctypes.c_uint64
     so.dep_adds.argtypes = [ctypes.c_int64]
+    return so
+
+
+def part_fma():
+    so = _fma_lib()
     with open("/proc/cpuinfo") as f:
         info = f.read().splitlines()
     mhz = [float(line.split(":")[1]) for line in info if line.startswith("cpu MHz")]
@@ -130,6 +142,34 @@ def part_fma():
             out[f"{name}_gflops_{nt}t"] = gflops
             out[f"{name}_flop_per_cycle_{nt}t"] = gflops / nt / ghz[nt - 1]
     return out
+
+
+def part_balance(rounds=2000, iters=150_000):
+    so = _fma_lib()
+    fn = so.fma_ymm  # (every x86-64 CPU this project builds SIMD paths for has AVX2 and FMA)
+    fn(iters)
+    times = [[0.0] * rounds, [0.0] * rounds]
+    barrier = threading.Barrier(2)
+
+    def run(i):
+        for r in range(rounds):
+            barrier.wait()
+            t0 = time.perf_counter()
+            fn(iters)
+            times[i][r] = time.perf_counter() - t0
+
+    ths = [threading.Thread(target=run, args=(i,)) for i in (0, 1)]
+    for t in ths:
+        t.start()
+    for t in ths:
+        t.join()
+    pairs = list(zip(*times))
+    ratios = sorted(max(a, b) / min(a, b) for a, b in pairs)
+    return {"rounds": rounds, "chunk_ms": statistics.median(times[0] + times[1]) * 1e3,
+            "ratio_median": statistics.median(ratios), "ratio_p90": ratios[int(0.9 * (rounds - 1))],
+            "share_above_1.1": sum(q > 1.1 for q in ratios) / rounds,
+            "share_above_1.3": sum(q > 1.3 for q in ratios) / rounds,
+            "lockstep_efficiency": sum((a + b) / 2 for a, b in pairs) / sum(max(a, b) for a, b in pairs)}
 
 
 def part_gemm():
@@ -308,14 +348,14 @@ def report(threads, reps):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--part", choices=["fma", "gemm", "triad", "torch", "fastcnn"])
+    ap.add_argument("--part", choices=["fma", "gemm", "triad", "balance", "torch", "fastcnn"])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=7)
     a = ap.parse_args()
     if a.part is None:
         report(a.threads, a.reps)
         return
-    fn = {"fma": part_fma, "gemm": part_gemm, "triad": part_triad,
+    fn = {"fma": part_fma, "gemm": part_gemm, "triad": part_triad, "balance": part_balance,
           "torch": lambda: part_torch(a.threads, a.reps),
           "fastcnn": lambda: part_fastcnn(a.threads, a.reps)}[a.part]
     print(json.dumps(fn()))
