@@ -292,8 +292,8 @@ class BuildExt(build_ext):
 def extensions():
     common = [os.path.join(SRC_DIR, f) for f in
               ("_common.pxi", "_omp_shim.h", "conv_direct.h", "conv_direct_kern.h", "winograd_kern.h", "norm_kern.h",
-               "_simd.h", "planestats.h", "pool2_kern.h", "pool2.h", "gemm.h", "gemm_kern.h", "rows_kern.h",
-               "transpose16.h", "transpose8.h")]
+               "optim_kern.h", "_simd.h", "planestats.h", "pool2_kern.h", "pool2.h", "gemm.h", "gemm_kern.h",
+               "rows_kern.h", "transpose16.h", "transpose8.h")]
     return [
         Extension(f"fastcnn._ext.{name}", [os.path.join(SRC_DIR, f"{name}.pyx")], depends=common)
         for name in MODULES

@@ -4,31 +4,23 @@
 The arrays may have any shape and are C-contiguous (a copy would lose the update), so the
 kernel sees them as flat runs of floats, in fixed blocks of elements
 (``_config.ELEMWISE_BLOCK``); every element is updated on its own with the reference's float32
-operations in the reference's order, so it matches the reference bit for bit.
+operations in the reference's order, so it matches the reference bit for bit.  Adam's loop is
+C (``optim_kern.h``), compiled for each SIMD path (the direct convolutions' path;
+``FASTCNN_ISA`` forces it).
 """
 from cython.parallel cimport prange
-from libc.math cimport sqrtf
 
 include "_common.pxi"
 
+cdef extern from "optim_kern.h" nogil:
+    ctypedef void (*fok_adam_fn)(float* p, const float* g, float* m, float* v,  # IN/OUT, IN, IN/OUT, IN/OUT
+                                 Py_ssize_t n, float lr_t, float c1, float b2, float c2, float eps,
+                                 float bc2) noexcept nogil
+    fok_adam_fn fok_adam  # Adam on n elements, the selected SIMD path's loop
+    void fok_set_isa(int isa)
+
 cdef enum:
     _BLOCK = FASTCNN_ELEMWISE_BLOCK
-
-
-cdef inline void _adam_block(float* p, const float* g, float* m, float* v, Py_ssize_t n,
-                             float lr_t, float c1, float b2, float c2, float eps,
-                             float bc2) noexcept nogil:
-    """Adam on ``n`` elements: p, m, v IN/OUT; g IN."""
-    cdef Py_ssize_t e
-    cdef float gi, mi, vi
-    for e in range(n):
-        gi = g[e]
-        mi = m[e]
-        mi = mi + c1 * (gi - mi)
-        vi = v[e] * b2 + (gi * gi) * c2
-        m[e] = mi
-        v[e] = vi
-        p[e] = p[e] - (mi / (sqrtf(vi) / bc2 + eps)) * lr_t
 
 
 cdef void _adam(float* p, const float* g, float* m, float* v,  # IN/OUT, IN, IN/OUT, IN/OUT (M,)
@@ -36,12 +28,12 @@ cdef void _adam(float* p, const float* g, float* m, float* v,  # IN/OUT, IN, IN/
                 int nt) noexcept nogil:
     cdef Py_ssize_t nb = (M + _BLOCK - 1) // _BLOCK, blk, n, o
     if nt == 1:  # (one pass: element-wise; a parallel region, even of one thread, costs: docs/PERFORMANCE.md, 5)
-        _adam_block(p, g, m, v, M, lr_t, c1, b2, c2, eps, bc2)
+        fok_adam(p, g, m, v, M, lr_t, c1, b2, c2, eps, bc2)
         return
     for blk in prange(nb, schedule='static', num_threads=nt):
         o = blk * _BLOCK
         n = min(M - o, _BLOCK)
-        _adam_block(p + o, g + o, m + o, v + o, n, lr_t, c1, b2, c2, eps, bc2)
+        fok_adam(p + o, g + o, m + o, v + o, n, lr_t, c1, b2, c2, eps, bc2)
 
 
 cdef int _same_lengths(str op, tuple seqs, tuple names) except -1:
@@ -63,6 +55,8 @@ def adam_step(ps, gs, ms, vs, double lr_t, double beta1, double beta2, double ep
     cdef float* vp
     cdef Py_ssize_t np_, ng, nm, nv, i, n = len(ps)
     cdef float c1 = <float>(1.0 - beta1), c2 = <float>(1.0 - beta2)
+    if not _isa_set:
+        _use_isa(fok_set_isa)
     _same_lengths("adam_step", (ps, gs, ms, vs), ("ps", "gs", "ms", "vs"))
     for i in range(n):
         _flat_item(ps, i, True, "ps", &pp, &np_)

@@ -123,6 +123,40 @@ def test_batchnorm_loops_give_the_same_bytes_on_every_isa():
     assert len(set(outs.values())) == 1, outs
 
 
+_ADAM_SCRIPT = """
+import hashlib
+import numpy as np
+from fastcnn import _ref
+from fastcnn._ext import _omp, conv_direct, optim
+rng = np.random.default_rng(0)
+h = hashlib.sha256()
+# sizes: under one vector, odd tails, several element blocks (the parallel path)
+for n in (1, 7, 33, 1000, 70001):
+    p, g, m = (rng.standard_normal(n).astype(np.float32) for _ in range(3))
+    v = rng.random(n).astype(np.float32) * 1e-3
+    g[::97] = 0.0
+    args = (1e-3, 0.9, 0.999, 1e-8, 0.5)
+    want = [a.copy() for a in (p, m, v)]
+    _ref.adam_step([want[0]], [g], [want[1]], [want[2]], *args)
+    for _ in range(2):  # (two steps: the moments' second update reads the first's)
+        optim.adam_step([p], [g], [m], [v], *args)
+        if _ == 0 and "-march" not in _omp.COMPILE_ARGS:
+            for got, ref in zip((p, m, v), want):
+                assert got.tobytes() == ref.tobytes(), ("not the reference's bytes", n)
+    for a in (p, m, v):
+        h.update(a.tobytes())
+print(conv_direct.active_isa(), h.hexdigest())
+"""
+
+
+@pytest.mark.skipif("cython" not in fastcnn.available_backends(), reason="Cython backend not built")
+def test_adam_loop_gives_the_reference_bytes_on_every_isa():
+    """Adam's element loop is compiled for each SIMD path (optim_kern.h): every path gives the
+    reference's bytes (IEEE square root and division, no contraction), two steps running."""
+    outs = _digests_per_isa(_ADAM_SCRIPT)
+    assert len(set(outs.values())) == 1, outs
+
+
 _DENSE_SCRIPT = """
 import hashlib
 import numpy as np
