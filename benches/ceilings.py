@@ -12,7 +12,7 @@ Parts:
   triad    Memory bandwidth: a[i] = b[i] + s*c[i] over 3 x 64 MiB (Numba prange), 1 and 2
            threads; bytes counted as 12 per element (STREAM's convention).
   balance  Whether the two cores run equal work equally fast: two threads run the fma part's
-           kernel on equal chunks (~1 ms) in lockstep (a barrier before each), 2,000 rounds;
+           kernel on equal chunks (~0.25 ms) in lockstep (a barrier before each), 2,000 rounds;
            per round the slower thread's time over the faster's (median, 90th percentile,
            share of rounds above 1.1 and 1.3) and the lockstep efficiency, the mean of the
            two times over the slower one summed over the rounds: the share of two cores a

@@ -138,9 +138,9 @@ for n in (1, 7, 33, 1000, 70001):
     args = (1e-3, 0.9, 0.999, 1e-8, 0.5)
     want = [a.copy() for a in (p, m, v)]
     _ref.adam_step([want[0]], [g], [want[1]], [want[2]], *args)
-    for _ in range(2):  # (two steps: the moments' second update reads the first's)
+    for step in range(2):  # (two steps: the moments' second update reads the first's)
         optim.adam_step([p], [g], [m], [v], *args)
-        if _ == 0 and "-march" not in _omp.COMPILE_ARGS:
+        if step == 0 and "-march" not in _omp.COMPILE_ARGS:
             for got, ref in zip((p, m, v), want):
                 assert got.tobytes() == ref.tobytes(), ("not the reference's bytes", n)
     for a in (p, m, v):
