@@ -117,14 +117,19 @@ static inline __attribute__((always_inline)) void FCD_NAME(fcw_at4)(const FCD_VT
     y[3 * ys] = FCD_ADD(FCD_ADD(b, FCD_ADD(d4, d4)), v[5 * s]);
 }
 
-/* F(4x4, 3x3): output transform A^T m A of 36 vectors -> y[a*4 + b] (16 vectors). */
-static inline __attribute__((always_inline)) void FCD_NAME(fcw_out_tf43)(const FCD_VT* m, FCD_VT* y)
+/* F(4x4, 3x3): output transform A^T m A of the 36 vectors at m, m + ms, ... -> y[a*4 + b] (16
+ * vectors); each column's six loaded as it is transformed (36 vectors do not fit the registers). */
+static inline __attribute__((always_inline)) void FCD_NAME(fcw_out_tf43)(const float* m, fcd_i ms, FCD_VT* y)
 {
-    FCD_VT r[24];
-    int a;
+    FCD_VT r[24], col[6];
+    int a, i;
     FCD_UNROLL
-    for (a = 0; a < 6; a++)  /* columns: r[6 i + a] = (A^T m)[i][a] */
-        FCD_NAME(fcw_at4)(m + a, 6, r + a, 6);
+    for (a = 0; a < 6; a++) {  /* columns: r[6 i + a] = (A^T m)[i][a] */
+        FCD_UNROLL
+        for (i = 0; i < 6; i++)
+            col[i] = FCD_LOAD(m + (6 * i + a) * ms);
+        FCD_NAME(fcw_at4)(col, 1, r + a, 6);
+    }
     FCD_UNROLL
     for (a = 0; a < 4; a++)  /* then rows */
         FCD_NAME(fcw_at4)(r + 6 * a, 1, y + 4 * a, 1);
@@ -344,14 +349,20 @@ FCD_NAME(fcw_images_r)(const fcd_geo* g, const float* src, fcd_i NI,
             for (jj = 0; jj < nj; jj++) {
                 fcd_i o = ob * FCD_J + jj;
                 float b = bias ? bias[o] : 0.0f;
+                if (M == 4 && OW >= 32)  /* (the rows this channel's copy writes, asked for ahead of it) */
+                    for (r = 0; r < nr; r++)
+                        for (a = 0; a < rrows[r]; a++) {
+                            const float* d = y + rdst[r] + o * OHW + a * OW;
+                            fcd_i nc = OW - 4 * rtx[r] < 4 * rn[r] ? OW - 4 * rtx[r] : 4 * rn[r];
+                            for (e = 0; e < nc; e += 16)
+                                _mm_prefetch((const char*)(d + e), _MM_HINT_T0);
+                            _mm_prefetch((const char*)(d + nc - 1), _MM_HINT_T0);
+                        }
                 for (v = 0; v < nv; v++) {
                     FCD_VT mm[36], yy[4];
-                    FCD_UNROLL
-                    for (xi = 0; xi < NX; xi++)
-                        mm[xi] = FCD_LOAD(m + xi * MS + jj * Q + v * FCD_VL);
                     if (M == 4) {
                         FCD_VT bv = FCD_SET1(b), y4[16];
-                        FCD_NAME(fcw_out_tf43)(mm, y4);
+                        FCD_NAME(fcw_out_tf43)(m + jj * Q + v * FCD_VL, MS, y4);
                         FCD_UNROLL
                         for (i = 0; i < 16; i++) {
                             y4[i] = FCD_ADD(y4[i], bv);
@@ -363,6 +374,9 @@ FCD_NAME(fcw_images_r)(const fcd_geo* g, const float* src, fcd_i NI,
                             FCD_NAME(fcw_quads)(y4 + 4 * a, z + 4 * a * Q + 4 * v * FCD_VL);
                         continue;
                     }
+                    FCD_UNROLL
+                    for (xi = 0; xi < NX; xi++)
+                        mm[xi] = FCD_LOAD(m + xi * MS + jj * Q + v * FCD_VL);
                     if (R == 5)
                         FCD_NAME(fcw_out_tf6)(mm, yy);
                     else
