@@ -355,8 +355,8 @@ FCD_NAME(fcw_images_r)(const fcd_geo* g, const float* src, fcd_i NI,
                             const float* d = y + rdst[r] + o * OHW + a * OW;
                             fcd_i nc = OW - 4 * rtx[r] < 4 * rn[r] ? OW - 4 * rtx[r] : 4 * rn[r];
                             for (e = 0; e < nc; e += 16)
-                                _mm_prefetch((const char*)(d + e), _MM_HINT_T0);
-                            _mm_prefetch((const char*)(d + nc - 1), _MM_HINT_T0);
+                                __builtin_prefetch(d + e, 0, 3);
+                            __builtin_prefetch(d + nc - 1, 0, 3);
                         }
                 for (v = 0; v < nv; v++) {
                     FCD_VT mm[36], yy[4];
