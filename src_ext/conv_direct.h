@@ -246,6 +246,7 @@ static void fcw_unpack_wgrad(const float* z, fcd_i zs, fcd_i OCV, fcd_i C, fcd_i
 static inline fcd_i fcw_u_stride(fcd_i C, fcd_i Q) { return C * Q + 16; }
 static inline fcd_i fcw_m_stride(fcd_i J, fcd_i Q) { return J * Q + 16; }
 #define FCW_QMAX 64  /* tile positions per chunk, at most */
+#define FCW_PREFETCH_ROW 32  /* F(4x4) output rows this long (floats) or longer: their lines asked for before a channel's transform */
 
 /* ---------------------------------------------------------------- ISA-specific kernels */
 

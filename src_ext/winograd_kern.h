@@ -349,7 +349,7 @@ FCD_NAME(fcw_images_r)(const fcd_geo* g, const float* src, fcd_i NI,
             for (jj = 0; jj < nj; jj++) {
                 fcd_i o = ob * FCD_J + jj;
                 float b = bias ? bias[o] : 0.0f;
-                if (M == 4 && OW >= 32)  /* (the rows this channel's copy writes, asked for ahead of it) */
+                if (M == 4 && OW >= FCW_PREFETCH_ROW)  /* (the lines this channel's rows will be copied to) */
                     for (r = 0; r < nr; r++)
                         for (a = 0; a < rrows[r]; a++) {
                             const float* d = y + rdst[r] + o * OHW + a * OW;
