@@ -309,6 +309,7 @@ FCD_NAME(fcw_images_r)(const fcd_geo* g, const float* src, fcd_i NI,
     const int NX = (M + R - 1) * (M + R - 1);
     int whole;
     fcd_i rq[FCW_QMAX], rn[FCW_QMAX], rsrc[FCW_QMAX], rdst[FCW_QMAX], rpairs[FCW_QMAX], rrows[FCW_QMAX];
+    fcd_i rcols[FCW_QMAX];
     fcd_i rk[FCW_QMAX], rty[FCW_QMAX], rtx[FCW_QMAX];
     const fcd_i tab0[1] = {0};
     for (k = 0; k < NI; k++)
@@ -322,6 +323,7 @@ FCD_NAME(fcw_images_r)(const fcd_geo* g, const float* src, fcd_i NI,
             rdst[r] = rk[r] * OC * OHW + M * rty[r] * OW + M * rtx[r];
             rpairs[r] = 2 * (rtx[r] + rn[r]) <= OW ? rn[r] : rn[r] - 1;  /* (M = 2: an odd last column has no pair) */
             rrows[r] = OH - M * rty[r] < M ? OH - M * rty[r] : M;
+            rcols[r] = OW - M * rtx[r] < M * rn[r] ? OW - M * rtx[r] : M * rn[r];  /* (the last tile cut) */
         }
         /* whole: every run is one whole vector (rows of VL tiles, an even output width) */
         whole = 0;
@@ -353,10 +355,9 @@ FCD_NAME(fcw_images_r)(const fcd_geo* g, const float* src, fcd_i NI,
                     for (r = 0; r < nr; r++)
                         for (a = 0; a < rrows[r]; a++) {
                             const float* d = y + rdst[r] + o * OHW + a * OW;
-                            fcd_i nc = OW - 4 * rtx[r] < 4 * rn[r] ? OW - 4 * rtx[r] : 4 * rn[r];
-                            for (e = 0; e < nc; e += 16)
+                            for (e = 0; e < rcols[r]; e += 16)
                                 __builtin_prefetch(d + e, 0, 3);
-                            __builtin_prefetch(d + nc - 1, 0, 3);
+                            __builtin_prefetch(d + rcols[r] - 1, 0, 3);
                         }
                 for (v = 0; v < nv; v++) {
                     FCD_VT mm[36], yy[4];
@@ -394,11 +395,9 @@ FCD_NAME(fcw_images_r)(const fcd_geo* g, const float* src, fcd_i NI,
                         FCD_STORE(z + i * Q + v * FCD_VL, yy[i]);
                 }
                 if (M == 4) {  /* each run's rows, its last tile cut to the output's width */
-                    for (r = 0; r < nr; r++) {
-                        fcd_i nc = OW - 4 * rtx[r] < 4 * rn[r] ? OW - 4 * rtx[r] : 4 * rn[r];
+                    for (r = 0; r < nr; r++)
                         for (a = 0; a < rrows[r]; a++)
-                            FCD_NAME(fcw_copy)(z + 4 * a * Q + 4 * rq[r], nc, y + rdst[r] + o * OHW + a * OW);
-                    }
+                            FCD_NAME(fcw_copy)(z + 4 * a * Q + 4 * rq[r], rcols[r], y + rdst[r] + o * OHW + a * OW);
                     continue;
                 }
                 for (r = 0; r < nr && !whole; r++)  /* the four phases interleaved into the output rows */

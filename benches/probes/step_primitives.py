@@ -24,22 +24,25 @@ from fastcnn.train import recipe_step
 from timing import recipe_batch, time_primitives
 
 
-def main(name, backend="cython", threads=2, steps=10):
+def _timed_step(name, backend, record):
+    """``step()``: one training step of the recipe network ``name`` on ``backend``, every
+    primitive call reported to ``record(primitive, seconds)``."""
     fastcnn.set_backend(backend)
-    fastcnn.set_num_threads(int(threads))
     _, train_step = recipe_step(name)
     x, y = recipe_batch(name)
+    time_primitives(_backend.ops(), record)
+    return lambda: train_step(x, y)
+
+
+def main(name, backend="cython", threads=2, steps=10):
     spent, calls = defaultdict(float), Counter()
 
     def record(n, seconds):
         spent[n] += seconds
         calls[n] += 1
 
-    time_primitives(_backend.ops(), record)
-
-    def step():
-        train_step(x, y)
-
+    step = _timed_step(name, backend, record)
+    fastcnn.set_num_threads(int(threads))
     for _ in range(3):
         step()
     spent.clear()
@@ -57,9 +60,6 @@ def main(name, backend="cython", threads=2, steps=10):
 
 def alternate(name, backend, t1, t2, steps):
     """Per call of the step: median ms at ``t1`` and ``t2`` threads, switched before every step."""
-    fastcnn.set_backend(backend)
-    _, train_step = recipe_step(name)
-    x, y = recipe_batch(name)
     times = defaultdict(list)  # (threads, call index, primitive) -> seconds
     per_step = defaultdict(list)  # threads -> (step, in primitives) ms of each step
     now = {"threads": t1, "call": 0, "inside": 0.0}
@@ -69,18 +69,18 @@ def alternate(name, backend, t1, t2, steps):
         now["call"] += 1
         now["inside"] += seconds
 
-    time_primitives(_backend.ops(), record)
+    step = _timed_step(name, backend, record)
     for t in (t1, t2):  # (warm-up at both counts)
         fastcnn.set_num_threads(t)
         for _ in range(2):
-            train_step(x, y)
+            step()
     times.clear()
     for _ in range(steps):
         for t in (t1, t2):
             fastcnn.set_num_threads(t)
             now["threads"], now["call"], now["inside"] = t, 0, 0.0
             t0 = time.perf_counter()
-            train_step(x, y)
+            step()
             per_step[t].append((time.perf_counter() - t0, now["inside"]))
     med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
     print(f"{name} backend={backend}, {steps} steps at each of {t1} and {t2} threads, alternated; "
