@@ -179,11 +179,11 @@ cdef Py_ssize_t _direct_block(const fcd_geo* g, const float* src, Py_ssize_t N, 
                               const Py_ssize_t* st, Py_ssize_t L, Py_ssize_t NS, int rows, int ct,
                               char* blocks, Py_ssize_t size, Py_ssize_t o_yg, Py_ssize_t o_yi, Py_ssize_t o_up,
                               float* out, Py_ssize_t out_is, int* io, double* sd, Py_ssize_t t,
-                              Py_ssize_t T) noexcept nogil:
-    """Block ``t`` of :func:`_direct_images` (its images, its scratch); ``out``: image ``i`` at
-    ``out + i*out_is``; ``sd`` (if not NULL): each output plane's sums (:func:`_planes_stats`).
-    Returns the bad index count of ``up``."""
-    cdef Py_ssize_t CHW = g.C * g.Hs * g.Ws, i, i0, bad = 0
+                              Py_ssize_t* nxt) noexcept nogil:
+    """Block ``t`` of :func:`_direct_images` (its scratch): the images it takes from the
+    counter ``nxt``; ``out``: image ``i`` at ``out + i*out_is``; ``sd`` (if not NULL): each
+    output plane's sums (:func:`_planes_stats`).  Returns the bad index count of ``up``."""
+    cdef Py_ssize_t CHW = g.C * g.Hs * g.Ws, i, bad = 0
     cdef Py_ssize_t HW = g.OH * g.OW, PH = g.OH // 2, PW = g.OW // 2
     cdef const float* si
     cdef float* dst
@@ -191,15 +191,19 @@ cdef Py_ssize_t _direct_block(const fcd_geo* g, const float* src, Py_ssize_t N, 
     cdef float* yg = <float*>(blocks + t * size + o_yg)
     cdef float* yi = <float*>(blocks + t * size + o_yi) if o_yi >= 0 else NULL
     cdef int* ii = <int*>(yi + g.OC * HW) if o_yi >= 0 else NULL
-    i0 = _part(t, N, T)
-    for i in range(i0, _part(t + 1, N, T)):
+    cdef int packed = 0
+    while True:
+        i = fastcnn_next_unit(nxt)
+        if i >= N:
+            break
         dst = yi if yi != NULL else out + i * out_is
         if up != NULL:
             si = <float*>(blocks + t * size + o_up)
             bad += _unpool_image(up, i, <float*>si)
         else:
             si = src + i * CHW
-        fcd_pack_input(g, si, xq, i > i0)  # (the padding's zeros stay from the block's first image)
+        fcd_pack_input(g, si, xq, packed)  # (the padding's zeros stay from the block's first image)
+        packed = 1
         if ct:  # (channel tiles: channels-last rows in yg, then to the output)
             fcd_fwd_image_ct(g, xq, tab, wp, bias, relu, dst, yg)
         elif rows:  # (tiles written to the output directly)
@@ -234,10 +238,11 @@ cdef Py_ssize_t _direct_images(const fcd_geo* g,
                          double* sd,                     # OUT NULL or (N, g.OC, 2): each output plane's sums
                          Py_ssize_t T, int nt) noexcept nogil:
     """The forward kernel of :func:`conv2d_direct_forward` and :func:`conv2d_direct_backward_data`,
-    ``T`` blocks of consecutive images, each with its own scratch (:func:`_direct_block`); pooled
+    ``T`` blocks (one per thread), each with its own scratch, taking the images one at a time
+    from a shared counter (:func:`_direct_block`); pooled
     (``o_yi >= 0``) each image's output goes to its block's scratch and ``out`` gets its 2x2 max
     pooling (and ``io``, if given, the pooling's indices).  Returns the bad index count of ``up``."""
-    cdef Py_ssize_t t, NS, bad = 0
+    cdef Py_ssize_t t, NS, bad = 0, nxt = 0
     cdef Py_ssize_t out_is = g.OC * (g.OH // 2) * (g.OW // 2) if o_yi >= 0 else g.OC * g.OH * g.OW
     cdef int rows, ct
     fcd_make_tab(g, tab)
@@ -249,10 +254,10 @@ cdef Py_ssize_t _direct_images(const fcd_geo* g,
         fcd_pack_weights(g, w, flip, wp)
     if nt == 1:  # (a parallel region, even of one thread, costs: docs/PERFORMANCE.md, 5)
         return _direct_block(g, src, N, up, bias, relu, wp, tab, st, L, NS, rows, ct, blocks, size, o_yg, o_yi,
-                             o_up, out, out_is, io, sd, 0, 1)
+                             o_up, out, out_is, io, sd, 0, &nxt)
     for t in prange(T, schedule='static', num_threads=nt):
         bad += _direct_block(g, src, N, up, bias, relu, wp, tab, st, L, NS, rows, ct, blocks, size, o_yg, o_yi,
-                             o_up, out, out_is, io, sd, t, T)
+                             o_up, out, out_is, io, sd, t, &nxt)
     return bad
 
 
@@ -311,11 +316,13 @@ cdef void _phases_images(const fcd_geo* geo, Py_ssize_t NPH,
                          Py_ssize_t pb_size, Py_ssize_t sh, Py_ssize_t sw,
                          float* gx, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,  # OUT (N, C, H, W)
                          Py_ssize_t T, int nt) noexcept nogil:
-    """:func:`_data_by_phases`'s loop: ``T`` blocks of consecutive images; per image the output
+    """:func:`_data_by_phases`'s loop: ``T`` blocks (one per thread) taking the images from a
+    shared counter; per image the output
     gradient is packed once (``gc``), every phase with taps goes through the forward kernel
     into the block's phase buffer (phases without taps stay zero), then the phases are
     interleaved into ``gx``."""
-    cdef Py_ssize_t t, i, i0, p, e, GS = gc.C * gc.Hs * gc.Ws
+    cdef Py_ssize_t t, i, p, e, GS = gc.C * gc.Hs * gc.Ws, nxt = 0
+    cdef int packed
     cdef float* xq
     cdef float* yg
     cdef float* pb
@@ -324,10 +331,14 @@ cdef void _phases_images(const fcd_geo* geo, Py_ssize_t NPH,
         pb = <float*>(blocks + t * size + o_pb)
         for e in range(pb_size):
             pb[e] = 0.0
-        i0 = _part(t, N, T)
         xq = <float*>(blocks + t * size)
-        for i in range(i0, _part(t + 1, N, T)):
-            fcd_pack_input(gc, gy + i * GS, xq, i > i0)
+        packed = 0
+        while True:  # (the images from a shared counter)
+            i = fastcnn_next_unit(&nxt)
+            if i >= N:
+                break
+            fcd_pack_input(gc, gy + i * GS, xq, packed)
+            packed = 1
             for p in range(NPH):
                 if ns[p] == 0:  # (no taps reach this phase: its gradient is zero)
                     continue
@@ -633,7 +644,7 @@ cdef Py_ssize_t _weight(const fcd_geo* g, const float* gy, const _Unpool* up,
     cdef const float* xp = <float*>x.p
     cdef float* gwp = <float*>gw.p
     cdef float* gbp = <float*>gb.p
-    cdef Py_ssize_t t, b, i, i0, i1, j, ni, nn, u0, u1, s, u, ob, qb, o, q, e, npk
+    cdef Py_ssize_t t, b, i, i0, i1, j, ni, nn, u0, u1, s, u, ob, qb, o, q, e, npk, nxt = 0
     cdef char* mem = <char*>malloc(B * size + 64)
     if mem == NULL:
         raise MemoryError()
@@ -648,13 +659,16 @@ cdef Py_ssize_t _weight(const fcd_geo* g, const float* gy, const _Unpool* up,
             fcd_make_tab(g, &tab[0])
             for q in range(Q):
                 off[q] = (q // KK) * g.plane + tab[q % KK]
-            # Block b of B (one per thread) takes tasks [_part(b), _part(b + 1)); image i is in
+            # Block b of B (one per thread) takes the tasks from a shared counter; image i is in
             # slot i*S//N with S = min(SLOTS, N) (for N >= SLOTS the reference's i*SLOTS//N).
             for b in prange(B, schedule='static', num_threads=nt):
                 gt = <float*>(base + b * size)
                 xq = gt + NI * gs
                 npk = 0
-                for t in range(_part(b, NT, B), _part(b + 1, NT, B)):
+                while True:  # (the tasks from a shared counter)
+                    t = fastcnn_next_unit(&nxt)
+                    if t >= NT:
+                        break
                     s = t // G
                     i0 = (s * N + S - 1) // S
                     i1 = ((s + 1) * N + S - 1) // S
@@ -809,11 +823,15 @@ cdef int _weight_pooled(const fcd_geo* g, const _Unpool* up,
     # there are fewer than two slots per thread).
     cdef Py_ssize_t G = 1 if S >= 2 * nt else min(OC, (2 * nt + S - 1) // S)
     cdef Py_ssize_t nb = gb.shape[0], NT = S * G, B, t, b, i, i0, s, o, o0, o1, u, q, c, cb, kh, kw, e
+    cdef Py_ssize_t nxt = 0, nxt2 = 0
     cdef int bad = 0
     try:
         with nogil:
             for b in prange(nt, schedule='static', num_threads=nt):
-                for i in range(_part(b, N, nt), _part(b + 1, N, nt)):
+                while True:  # (the images, then the tasks, from shared counters)
+                    i = fastcnn_next_unit(&nxt)
+                    if i >= N:
+                        break
                     bad |= fcd_pack_cl(xp + i * C * H * W, C, H, W, pt, pl, Hp, Wp, PS, tmp + b * H * W * VL,
                                        xc + i * IS)
                     bad |= _winners(up, i, OH, OW, sh * RS, sw * VL, &wo[i * OC, 0], &wv[i * OC, 0],
@@ -823,7 +841,10 @@ cdef int _weight_pooled(const fcd_geo* g, const _Unpool* up,
         with nogil:
             B = min(<Py_ssize_t>nt, NT)
             for b in prange(B, schedule='static', num_threads=nt):
-                for t in range(_part(b, NT, B), _part(b + 1, NT, B)):
+                while True:
+                    t = fastcnn_next_unit(&nxt2)
+                    if t >= NT:
+                        break
                     s = t // G
                     o0 = _part(t - s * G, OC, G)
                     o1 = _part(t - s * G + 1, OC, G)
@@ -927,7 +948,7 @@ cdef int _data_pooled(const _Unpool* up, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_
     cdef float* cg
     cdef const float* xs
     cdef float* xd
-    cdef Py_ssize_t b, i, o, c, k, u, cb, h, x, l, nc
+    cdef Py_ssize_t b, i, o, c, k, u, cb, h, x, l, nc, nxt = 0
     cdef unsigned nf = 0
     cdef int bad = 0
     try:
@@ -948,7 +969,10 @@ cdef int _data_pooled(const _Unpool* up, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_
                 cnt = <int*>(sc + b_x)
                 co = <Py_ssize_t*>(sc + b_x + b_c)
                 cg = <float*>(sc + b_x + b_c + b_o)
-                for i in range(_part(b, N, nt), _part(b + 1, N, nt)):
+                while True:  # (the images from a shared counter)
+                    i = fastcnn_next_unit(&nxt)
+                    if i >= N:
+                        break
                     memset(cnt, 0, P * sizeof(int))
                     bad |= _cells(up, i, OW, WS, cnt, co, cg)
                     memset(xc, 0, IS * sizeof(float))
@@ -1052,11 +1076,13 @@ cdef void _winograd_blocks(const fcd_geo* g,
                            double* sd,                    # OUT NULL or (N, g.OC, 2): each output
                            #                                plane's sums (:func:`_planes_stats`)
                            int nt) noexcept nogil:
-    """``T`` blocks of consecutive images, each with its own scratch, in groups of up to
-    ``NI`` images (:c:func:`fcw_images`; ``R x R`` kernels, ``M x M`` output tiles).  Pooled, ``out`` gets each
-    group's 2x2 max pooling (the pooling kernels' plane loop) while the group's output is in
-    cache; so are the statistics' sums."""
-    cdef Py_ssize_t CHW = g.C * g.Hs * g.Ws, t, i, i0, i1, e, ni
+    """``T`` blocks (one per thread), each with its own scratch, taking the groups of images
+    from a shared counter: ``U`` near-equal runs of at most ``NI`` consecutive images, ``U`` a
+    multiple of ``T`` (or one image each) (:c:func:`fcw_images`; ``R x R`` kernels, ``M x M``
+    output tiles).  Pooled, ``out`` gets each group's 2x2 max pooling (the pooling kernels'
+    plane loop) while the group's output is in cache; so are the statistics' sums."""
+    cdef Py_ssize_t CHW = g.C * g.Hs * g.Ws, t, i, e, ni, j, npk, nxt = 0
+    cdef Py_ssize_t U = min(N, T * ((N + T * NI - 1) // (T * NI)))
     cdef Py_ssize_t OHW = OH * OW, PH = OH // 2, PW = OW // 2
     cdef Py_ssize_t out_is = g.OC * (PH * PW if o_yf >= 0 else OHW)
     cdef float* u
@@ -1065,20 +1091,22 @@ cdef void _winograd_blocks(const fcd_geo* g,
         u = <float*>(blocks + t * size + o_u)
         for e in range((R + M - 1) * (R + M - 1) * fcw_u_stride(g.C, Q)):  # (lanes past a chunk's tiles stay finite)
             u[e] = 0.0
-        i0 = _part(t, N, T)
-        i1 = _part(t + 1, N, T)
-        i = i0
-        while i < i1:
-            ni = min(NI, i1 - i)
+        npk = 0  # (the block's packings 0 .. npk-1 hold earlier images: their zeros in place)
+        while True:
+            j = fastcnn_next_unit(&nxt)
+            if j >= U:
+                break
+            i = _part(j, N, U)
+            ni = _part(j + 1, N, U) - i
             yf = <float*>(blocks + t * size + o_yf) if o_yf >= 0 else out + i * out_is
             fcw_images(g, src + i * CHW, ni, vp, st, bias, relu, OH, OW, yf, <float*>(blocks + t * size),
-                       xs, i > i0, u, <float*>(blocks + t * size + o_m), <float*>(blocks + t * size + o_z), Q, R, M)
+                       xs, ni <= npk, u, <float*>(blocks + t * size + o_m), <float*>(blocks + t * size + o_z), Q, R, M)
+            npk = max(npk, ni)
             if o_yf >= 0:
                 fcp_pool_planes(yf, out + i * out_is, io + i * g.OC * PH * PW if io != NULL else NULL,
                                 <int*>(yf + NI * g.OC * OHW), ni * g.OC, OH, OW)
             elif sd != NULL:
                 _planes_stats(yf, ni * g.OC, OHW, sd + i * g.OC * 2)
-            i = i + NI
 
 
 cdef int _winograd(const float* src, Py_ssize_t N, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
@@ -1218,7 +1246,7 @@ cdef int _winograd_weight(const _A* gy,   # IN  (N, OC, OH, OW)
     cdef const float* gyp = <float*>gy.p
     cdef const float* xp = <float*>x.p
     cdef float* gbp = <float*>gb.p
-    cdef Py_ssize_t b, s, i, i0, i1, ni, e, o, npk, c
+    cdef Py_ssize_t b, s, i, i0, i1, ni, e, o, npk, c, nxt = 0
     cdef char* blk
     cdef float* u
     cdef char* mem = <char*>malloc(B * size + 64)
@@ -1235,7 +1263,10 @@ cdef int _winograd_weight(const _A* gy,   # IN  (N, OC, OH, OW)
                 for e in range(NX * fcw_u_stride(C, Q)):  # (lanes past a chunk's tiles stay finite)
                     u[e] = 0.0
                 npk = 0
-                for s in range(_part(b, S, B), _part(b + 1, S, B)):
+                while True:  # (the slots from a shared counter)
+                    s = fastcnn_next_unit(&nxt)
+                    if s >= S:
+                        break
                     i0 = (s * N + S - 1) // S
                     i1 = ((s + 1) * N + S - 1) // S
                     i = i0

@@ -160,6 +160,23 @@ def f32_ptr(typingctx, addr):
     return sig, codegen
 
 
+@intrinsic
+def next_unit(typingctx, counter):
+    """The next unit of a kernel's shared work counter ``counter[0]`` (an int64 array made
+    outside the ``prange``), incremented atomically: each thread of a parallel loop takes units
+    until it passes the last (docs/PERFORMANCE.md, "Work taken as threads free up"); as
+    ``fastcnn_next_unit`` in ``src_ext/_omp_shim.h``."""
+    if not (isinstance(counter, nbtypes.Array) and counter.dtype == nbtypes.int64):
+        return None
+    sig = nbtypes.int64(counter)
+
+    def codegen(context, builder, sig, args):
+        data = context.make_array(sig.args[0])(context, builder, args[0]).data
+        return builder.atomic_rmw("add", data, context.get_constant(nbtypes.int64, 1), "monotonic")
+
+    return sig, codegen
+
+
 @helper
 def chunk(t, size, step):
     """``[lo, hi)``: chunk ``t`` of ``range(size)`` cut into runs of ``step``."""

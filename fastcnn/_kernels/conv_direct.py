@@ -17,7 +17,7 @@ from numba import njit, prange
 from .. import _backend, _config, _threads
 from . import activation as _activation
 from . import pool as _pool
-from ._common import _u, block, check_once, helper, parallel_kernel, writable
+from ._common import _u, check_once, helper, next_unit, parallel_kernel, writable
 from ._simd import (
     CR,
     JC,
@@ -213,10 +213,11 @@ def _fwd_out(acc, put, g, pitch, offs, yf, yo, plane, so, bias, o0, nj, relu):
 @parallel_kernel(fma=True)
 def _forward(x, sh, sw, pt, pl, hq, wq, tab, w, bias, relu, oh, ow, y, pool, yp, ip, sd, threads):
     """Direct convolution of ``x``: one work item per image and block of ``J`` output channels
-    (run in ``threads`` chunks of consecutive items, each with one tile buffer and one image buffer ``xf``,
-    where the item's image is packed as :func:`_pad_plane` packs it, while in cache: channel planes
-    ``cs`` apart, tap ``kk`` of grid position ``p`` at ``p + tab[kk]``, output row pitch
-    ``wq``), register tiles of ``J`` x ``V`` vectors, then bias and ReLU on the way to ``y``
+    (run in ``threads`` chunks, each with one tile buffer and one image buffer ``xf``, taking the
+    items from a shared counter, an image's items at a time when there are as many images as
+    chunks, :func:`._common.next_unit`; the item's image is packed as :func:`_pad_plane` packs
+    it, while in cache: channel planes ``cs`` apart, tap ``kk`` of grid position ``p`` at ``p +
+    tab[kk]``, output row pitch ``wq``), register tiles of ``J`` x ``V`` vectors, then bias and ReLU on the way to ``y``
     (``(N, OC, oh, ow)``; row-aligned vectors straight from the registers, :func:`._simd.tile_put`,
     grid vectors through the tile buffer); with ``pool`` instead to its 2x2 max pooling ``yp`` and the pooling's
     indices ``ip`` (``(N, OC, oh // 2, ow // 2)``) from the tile buffer, while in cache
@@ -245,60 +246,65 @@ def _forward(x, sh, sw, pt, pl, hq, wq, tab, w, bias, relu, oh, ow, y, pool, yp,
     pitch = (grid + 1) * VL  # >= the last start + VL
     tasks = n * nob
     chunks = min(tasks, threads)
+    unit = nob if n >= chunks else 1  # (whole images when there are enough: each packed once)
+    nxt = np.zeros(1, np.int64)
     for ch in prange(chunks):
         g = np.empty(J * pitch, np.float32)
         xf = np.zeros(c * cs + kw + MAX_VL, np.float32)  # (zeroed: _pad_plane)
         packed = -1
-        # (whole images per chunk when there are enough: each image packed once)
-        t0, t1 = ((ch * n // chunks) * nob, ((ch + 1) * n // chunks) * nob) if n >= chunks else \
-            (ch * tasks // chunks, (ch + 1) * tasks // chunks)
-        for t in range(t0, t1):
-            b = t // nob
-            ob = t - b * nob
-            if b != packed:
-                for ci in range(c):
-                    _pad_plane(xflat, b * c + ci, h, wd, pt, pl, sh, sw, xf, ci * cs, hq, wq)
-                packed = b
-            xb = 0
-            wb = ob * c * kk_n * J
-            nj = min(J, oc - ob * J)
-            y0 = (b * oc + ob * J) * oh * ow
-            for k in range(0, ns, V):  # tiles of V vectors (3 or 2), the last maybe fewer
-                m = min(V, ns - k)
-                if m == 3:
-                    _fwd_out(_fwd_acc(xf, xb, cs, tab, c, kk_n, wp, wb, (st[k], st[k + 1], st[k + 2])), put, g, pitch,
-                             (st[k], st[k + 1], st[k + 2]), yf, (y0 + yo[k], y0 + yo[k + 1], y0 + yo[k + 2]), oh * ow,
-                             (so[k], so[k + 1], so[k + 2]), bias, ob * J, nj, relu)
-                elif m == 2:
-                    _fwd_out(_fwd_acc(xf, xb, cs, tab, c, kk_n, wp, wb, (st[k], st[k + 1])), put, g, pitch,
-                             (st[k], st[k + 1]), yf, (y0 + yo[k], y0 + yo[k + 1]), oh * ow, (so[k], so[k + 1]), bias,
-                             ob * J, nj, relu)
-                else:
-                    _fwd_out(_fwd_acc(xf, xb, cs, tab, c, kk_n, wp, wb, (st[k],)), put, g, pitch, (st[k],), yf,
-                             (y0 + yo[k],), oh * ow, (so[k],), bias, ob * J, nj, relu)
-            for jj in range(nj):
-                o = ob * J + jj
-                if put:  # (written from the registers)
+        while True:  # (a unit of items at a time from the shared counter)
+            t0 = next_unit(nxt) * unit
+            if t0 >= tasks:
+                break
+            for t in range(t0, t0 + unit):
+                b = t // nob
+                ob = t - b * nob
+                if b != packed:
+                    for ci in range(c):
+                        _pad_plane(xflat, b * c + ci, h, wd, pt, pl, sh, sw, xf, ci * cs, hq, wq)
+                    packed = b
+                xb = 0
+                wb = ob * c * kk_n * J
+                nj = min(J, oc - ob * J)
+                y0 = (b * oc + ob * J) * oh * ow
+                for k in range(0, ns, V):  # tiles of V vectors (3 or 2), the last maybe fewer
+                    m = min(V, ns - k)
+                    if m == 3:
+                        s3 = (st[k], st[k + 1], st[k + 2])
+                        _fwd_out(_fwd_acc(xf, xb, cs, tab, c, kk_n, wp, wb, s3), put, g, pitch, s3, yf,
+                                 (y0 + yo[k], y0 + yo[k + 1], y0 + yo[k + 2]), oh * ow,
+                                 (so[k], so[k + 1], so[k + 2]), bias, ob * J, nj, relu)
+                    elif m == 2:
+                        _fwd_out(_fwd_acc(xf, xb, cs, tab, c, kk_n, wp, wb, (st[k], st[k + 1])), put, g, pitch,
+                                 (st[k], st[k + 1]), yf, (y0 + yo[k], y0 + yo[k + 1]), oh * ow, (so[k], so[k + 1]),
+                                 bias, ob * J, nj, relu)
+                    else:
+                        _fwd_out(_fwd_acc(xf, xb, cs, tab, c, kk_n, wp, wb, (st[k],)), put, g, pitch, (st[k],), yf,
+                                 (y0 + yo[k],), oh * ow, (so[k],), bias, ob * J, nj, relu)
+                for jj in range(nj):
+                    o = ob * J + jj
+                    if put:  # (written from the registers)
+                        if sd.size:
+                            plane_stats(yf, (b * oc + o) * oh * ow, oh * ow, sd[b, o])
+                        continue
+                    if pool:  # the windows of the outputs plus bias, after the ReLU
+                        for r in range(ph):
+                            a0 = jj * pitch + 2 * r * wq
+                            for u0 in range(0, pw, VL):
+                                pool2_row_biased(g, a0 + 2 * u0, a0 + wq + 2 * u0, min(VL, pw - u0), ypf, ipf,
+                                                 ((b * oc + o) * ph + r) * pw + u0, 2 * r * ow + 2 * u0, ow, bias[o],
+                                                 relu)
+                        continue
+                    bo = bias[o]
+                    for r in range(oh):  # (flat, unsigned indices: a vector loop)
+                        s0, d0 = jj * pitch + r * wq, ((b * oc + o) * oh + r) * ow
+                        for q in range(ow):
+                            v = g[_u(s0 + q)] + bo
+                            if relu and v <= 0.0:  # (the ReLU kernels' rule: NaN stays, -0 -> +0)
+                                v = np.float32(0.0)
+                            yf[_u(d0 + q)] = v
                     if sd.size:
                         plane_stats(yf, (b * oc + o) * oh * ow, oh * ow, sd[b, o])
-                    continue
-                if pool:  # the windows of the outputs plus bias, after the ReLU
-                    for r in range(ph):
-                        a0 = jj * pitch + 2 * r * wq
-                        for u0 in range(0, pw, VL):
-                            pool2_row_biased(g, a0 + 2 * u0, a0 + wq + 2 * u0, min(VL, pw - u0), ypf, ipf,
-                                             ((b * oc + o) * ph + r) * pw + u0, 2 * r * ow + 2 * u0, ow, bias[o], relu)
-                    continue
-                bo = bias[o]
-                for r in range(oh):  # (flat, unsigned indices: a vector loop)
-                    s0, d0 = jj * pitch + r * wq, ((b * oc + o) * oh + r) * ow
-                    for q in range(ow):
-                        v = g[_u(s0 + q)] + bo
-                        if relu and v <= 0.0:  # (the ReLU kernels' rule: NaN stays, -0 -> +0)
-                            v = np.float32(0.0)
-                        yf[_u(d0 + q)] = v
-                if sd.size:
-                    plane_stats(yf, (b * oc + o) * oh * ow, oh * ow, sd[b, o])
 
 
 _CT_OFFS = (0, VL)  # (a channel tile's two channel vectors)
@@ -410,10 +416,14 @@ def _forward_ct(x, sh, sw, pt, pl, hq, wq, tab, w, bias, relu, oh, ow, y, sd, th
     cs = sh * sw * hq * wq
     wp = _pack_weights(w, JC)
     chunks = min(n, threads)
+    nxt = np.zeros(1, np.int64)
     for ch in prange(chunks):
         cl = np.empty(oh * ow * JC, np.float32)
         xf = np.zeros(c * cs + kw + MAX_VL, np.float32)  # (zeroed: _pad_plane)
-        for b in range(ch * n // chunks, (ch + 1) * n // chunks):
+        while True:  # (the images from the shared counter)
+            b = next_unit(nxt)
+            if b >= n:
+                break
             for ci in range(c):
                 _pad_plane(xflat, b * c + ci, h, wd, pt, pl, sh, sw, xf, ci * cs, hq, wq)
             _ct_image(xf, cs, tab, c, kk_n, wp, oc, oh, ow, wq, cl, bias, 0, relu, yf, b * oc * oh * ow)
@@ -594,12 +604,16 @@ def _backward_data_phases(gy, ptc, plc, hq, wq, wp, tabs, sts, meta, cts, pitch,
         poff[p + 1] = poff[p] + (c * meta[p, 3] * meta[p, 4] if zipped else 0)
     nobias = np.empty(0, np.float32)
     zero = np.float32(0.0)
+    nxt = np.zeros(1, np.int64)
     for ch in prange(chunks):
         g = np.empty(J * pitch, np.float32)
         cl = np.empty(hw_max * JC, np.float32)
         pb = np.empty(max(poff[nph], c * hw_max) + MAX_VL, np.float32)  # (vput_pairs reads VL past a row)
         xf = np.zeros(oc * cs + wq + MAX_VL, np.float32)
-        for b in range(ch * n // chunks, (ch + 1) * n // chunks):
+        while True:  # (the images from the shared counter)
+            b = next_unit(nxt)
+            if b >= n:
+                break
             for ci in range(oc):
                 _pad_plane(gyf, b * oc + ci, oh, ow, ptc, plc, 1, 1, xf, ci * cs, hq, wq)
             wbase = 0
@@ -784,12 +798,13 @@ def _prefetch_part(a, start, n, k, parts):
 
 @parallel_kernel(fma=True)
 def _backward_weight(x, sh, sw, pt, pl, hq, wq, off, gy, idx, y, cell, oh, ow, groups, ni_max, nv, t_n, tw, part,
-                     bsum, prefetch):
+                     bsum, prefetch, threads):
     """``part[s, q, o]``: slot ``s``'s sum of the weight gradient of tap ``q = c*KK + kk`` (its
     input at grid position + ``off[q]``) and output channel ``o`` over its images (image ``i``
     in slot ``i*S//n``), in image order, in tiles of ``nv`` channel vectors x ``t_n`` taps in
     rows of ``tw`` (:func:`_wgrad_tiling`); ``bsum[i, o]``: image ``i``'s bias gradient
-    (:func:`_column_sums`; unless ``bsum`` has no columns).  Work items: a slot's images
+    (:func:`_column_sums`; unless ``bsum`` has no columns).  Work items (taken by up to
+    ``threads`` chunks from a shared counter, :func:`._common.next_unit`): a slot's images
     through a ``groups``-th of its tiles, ``ni_max`` images at a time, packed into the item's
     buffer by :func:`_pad_plane`, their ``oh`` x ``ow`` output gradients channels-last into its
     other buffer (all of a chunk's tiles while they are in cache): ``gy`` transposed
@@ -813,54 +828,59 @@ def _backward_weight(x, sh, sw, pt, pl, hq, wq, off, gy, idx, y, cell, oh, ow, g
     nqb = qt // t_n
     ntiles = (ocv // (nv * VL)) * nqb
     bad = 0
-    for t in prange(ns * groups):
-        s = t // groups
-        g = t - s * groups
-        i0 = (s * n + ns - 1) // ns
-        i1 = ((s + 1) * n + ns - 1) // ns
-        u0 = g * ntiles // groups
-        u1 = (g + 1) * ntiles // groups
-        xf = np.zeros(ni_max * xs + MAX_VL, np.float32)  # (zeroed: _pad_plane)
-        gf = np.empty(ni_max * gs, np.float32)
-        vt = np.empty(pn // 4 * ocv if pooled else 0, np.float32)
-        it = np.empty(vt.size, np.float32)
-        sums = np.empty(ocv, np.float64)  # (the bias's column sums of one image)
-        for i in range(i0, i1, ni_max):
-            ni = min(ni_max, i1 - i)
-            for k in range(ni * c):
-                _pad_plane(xflat, i * c + k, h, w, pt, pl, sh, sw, xf, k * cs, hq, wq)
-            for k in range(ni):
-                if pooled:
-                    bad += _unpool_channels_last(gyf, jf, yf, relu, i + k, oc, oh, ow, gf, k * gs, ocv, vt, it,
-                                                 cell)
-                else:
-                    _image_channels_last(gyf, (i + k) * oc * pn, oc, pn, gf, k * gs, ocv)
-                if nb > 0 and g == 0:  # (the bias: once per image, by its slot's first item)
-                    _column_sums(gf, k * gs, pn, ocv, nb, bsum, i + k, sums)
-            nn = min(ni_max, i1 - i - ni)  # (the next images, asked for while these run)
-            for u in range(u0, u1):
-                if nn > 0 and prefetch:
-                    _prefetch_part(xflat, (i + ni) * c * h * w, nn * c * h * w, u - u0, u1 - u0)
-                    if not pooled:
-                        _prefetch_part(gyf, (i + ni) * oc * pn, nn * oc * pn, u - u0, u1 - u0)
-                ob = u // nqb
-                qb = u - ob * nqb
-                c0 = ob * nv * VL
-                pb = (s * qt + qb * t_n) * ocv
-                q0 = qb * t_n
-                if nv == 2:
-                    o2 = (c0, c0 + VL)
-                    _wgrad_rows(xf, xs, gf, gs, i, ni, oh, ow, wq, ocv, o2, off, q0, pf, pb, i > i0, tw,
-                                rtile_zero(_T_5V2, o2), rtile_zero(_T_WT, o2))
-                elif t_n == 25 and TAPS_MAX >= 27:
-                    _wgrad_rows5(xf, xs, gf, gs, i, ni, oh, ow, wq, ocv, (c0,), off, q0, pf, pb, i > i0,
-                                 rtile_zero(_T_25, (c0,)))
-                elif t_n == 27 and TAPS_MAX >= 27:
-                    _wgrad_rows3(xf, xs, gf, gs, i, ni, oh, ow, wq, ocv, (c0,), off, q0, pf, pb, i > i0,
-                                 rtile_zero(_T_27, (c0,)))
-                else:
-                    _wgrad_rows(xf, xs, gf, gs, i, ni, oh, ow, wq, ocv, (c0,), off, q0, pf, pb, i > i0, tw,
-                                rtile_zero(_T_5V1, (c0,)), rtile_zero(_T_2WT, (c0,)))
+    nxt = np.zeros(1, np.int64)  # (the tasks, taken as threads free up)
+    for ch in prange(min(threads, ns * groups)):
+        while True:
+            t = next_unit(nxt)
+            if t >= ns * groups:
+                break
+            s = t // groups
+            g = t - s * groups
+            i0 = (s * n + ns - 1) // ns
+            i1 = ((s + 1) * n + ns - 1) // ns
+            u0 = g * ntiles // groups
+            u1 = (g + 1) * ntiles // groups
+            xf = np.zeros(ni_max * xs + MAX_VL, np.float32)  # (zeroed: _pad_plane)
+            gf = np.empty(ni_max * gs, np.float32)
+            vt = np.empty(pn // 4 * ocv if pooled else 0, np.float32)
+            it = np.empty(vt.size, np.float32)
+            sums = np.empty(ocv, np.float64)  # (the bias's column sums of one image)
+            for i in range(i0, i1, ni_max):
+                ni = min(ni_max, i1 - i)
+                for k in range(ni * c):
+                    _pad_plane(xflat, i * c + k, h, w, pt, pl, sh, sw, xf, k * cs, hq, wq)
+                for k in range(ni):
+                    if pooled:
+                        bad += _unpool_channels_last(gyf, jf, yf, relu, i + k, oc, oh, ow, gf, k * gs, ocv, vt, it,
+                                                     cell)
+                    else:
+                        _image_channels_last(gyf, (i + k) * oc * pn, oc, pn, gf, k * gs, ocv)
+                    if nb > 0 and g == 0:  # (the bias: once per image, by its slot's first item)
+                        _column_sums(gf, k * gs, pn, ocv, nb, bsum, i + k, sums)
+                nn = min(ni_max, i1 - i - ni)  # (the next images, asked for while these run)
+                for u in range(u0, u1):
+                    if nn > 0 and prefetch:
+                        _prefetch_part(xflat, (i + ni) * c * h * w, nn * c * h * w, u - u0, u1 - u0)
+                        if not pooled:
+                            _prefetch_part(gyf, (i + ni) * oc * pn, nn * oc * pn, u - u0, u1 - u0)
+                    ob = u // nqb
+                    qb = u - ob * nqb
+                    c0 = ob * nv * VL
+                    pb = (s * qt + qb * t_n) * ocv
+                    q0 = qb * t_n
+                    if nv == 2:
+                        o2 = (c0, c0 + VL)
+                        _wgrad_rows(xf, xs, gf, gs, i, ni, oh, ow, wq, ocv, o2, off, q0, pf, pb, i > i0, tw,
+                                    rtile_zero(_T_5V2, o2), rtile_zero(_T_WT, o2))
+                    elif t_n == 25 and TAPS_MAX >= 27:
+                        _wgrad_rows5(xf, xs, gf, gs, i, ni, oh, ow, wq, ocv, (c0,), off, q0, pf, pb, i > i0,
+                                     rtile_zero(_T_25, (c0,)))
+                    elif t_n == 27 and TAPS_MAX >= 27:
+                        _wgrad_rows3(xf, xs, gf, gs, i, ni, oh, ow, wq, ocv, (c0,), off, q0, pf, pb, i > i0,
+                                     rtile_zero(_T_27, (c0,)))
+                    else:
+                        _wgrad_rows(xf, xs, gf, gs, i, ni, oh, ow, wq, ocv, (c0,), off, q0, pf, pb, i > i0, tw,
+                                    rtile_zero(_T_5V1, (c0,)), rtile_zero(_T_2WT, (c0,)))
     return bad
 
 
@@ -934,7 +954,7 @@ def _weight_grad(gy, idx, y, x, sh, sw, pt, pl, oh, ow, gw, gb):
     flat = [np.ascontiguousarray(idx).reshape(-1).view(np.float32), np.ascontiguousarray(y).reshape(-1)]
     if _backward_weight(np.ascontiguousarray(x), sh, sw, pt, pl, hq, wq, off, np.ascontiguousarray(gy), *flat,
                         _first_cells(oh, ow), oh, ow, groups, ni_max, nv, t_n, tw, part, bsum,
-                        _config.DIRECT_WGRAD_PREFETCH):
+                        _config.DIRECT_WGRAD_PREFETCH, threads):
         return False
     _sum_slots(part, bsum, gw, gb)
     return True
@@ -1114,11 +1134,12 @@ def _spw_passes(kh, kw):
 
 
 @parallel_kernel(fma=True)
-def _pooled_tiles(xc, wo, wv, cnt, passes, rs, ps, cb_n, kh, n, groups, part):
+def _pooled_tiles(xc, wo, wv, cnt, passes, rs, ps, cb_n, kh, n, groups, part, threads):
     """``part[s, o, (cb*kh + r)*RP + v*VL + l]``: slot ``s``'s sums (image ``i`` in slot
     ``i*S//n``, in image order) of output channel ``o``'s winners times their patches (block
-    ``cb``, row ``r``, vector ``v``, lane ``l``).  Tasks (the Cython backend's): a slot's images
-    for a ``groups``-th of the output channels, each image through every block, output channel
+    ``cb``, row ``r``, vector ``v``, lane ``l``).  Tasks (the Cython backend's, taken by up to
+    ``threads`` chunks from a shared counter): a slot's images for a ``groups``-th of the
+    output channels, each image through every block, output channel
     and pass of ``passes`` while its block is in cache."""
     ns, oc, qs = part.shape
     npass = passes.shape[0]
@@ -1126,19 +1147,24 @@ def _pooled_tiles(xc, wo, wv, cnt, passes, rs, ps, cb_n, kh, n, groups, part):
     isz = cb_n * ps
     phw = wo.size // cnt.size - 1
     pf = part.reshape(part.size)
-    for t in prange(ns * groups):
-        s = t // groups
-        g = t - s * groups
-        o0, o1 = g * oc // groups, (g + 1) * oc // groups
-        i0, i1 = (s * n + ns - 1) // ns, ((s + 1) * n + ns - 1) // ns
-        for i in range(i0, i1):
-            for cb in range(cb_n):
-                for o in range(o0, o1):
-                    e = i * oc + o
-                    for u in range(npass):
-                        v0, nv, r0, rr = passes[u, 0], passes[u, 1], passes[u, 2], passes[u, 3]
-                        _spw_pass(xc, i * isz + cb * ps + r0 * rs + v0 * VL, rs, wo, wv, e * (phw + 1), cnt[e], nv,
-                                  rr > 1, pf, (s * oc + o) * qs + (cb * kh + r0) * rp + v0 * VL, rp, i > i0)
+    nxt = np.zeros(1, np.int64)  # (the tasks, taken as threads free up)
+    for ch in prange(min(threads, ns * groups)):
+        while True:
+            t = next_unit(nxt)
+            if t >= ns * groups:
+                break
+            s = t // groups
+            g = t - s * groups
+            o0, o1 = g * oc // groups, (g + 1) * oc // groups
+            i0, i1 = (s * n + ns - 1) // ns, ((s + 1) * n + ns - 1) // ns
+            for i in range(i0, i1):
+                for cb in range(cb_n):
+                    for o in range(o0, o1):
+                        e = i * oc + o
+                        for u in range(npass):
+                            v0, nv, r0, rr = passes[u, 0], passes[u, 1], passes[u, 2], passes[u, 3]
+                            _spw_pass(xc, i * isz + cb * ps + r0 * rs + v0 * VL, rs, wo, wv, e * (phw + 1), cnt[e], nv,
+                                      rr > 1, pf, (s * oc + o) * qs + (cb * kh + r0) * rp + v0 * VL, rp, i > i0)
 
 
 @parallel_kernel(fma=True)
@@ -1184,7 +1210,7 @@ def _pooled_weight(gp, idx, y, x, sh, sw, pt, pl, oh, ow, gw, gb):
     threads = _threads.get_num_threads()
     groups = 1 if slots >= 2 * threads else min(oc, -(-2 * threads // slots))
     part = np.empty((slots, oc, cb_n * kh * kw * VL), np.float32)
-    _pooled_tiles(xc, wo, wv, cnt, _spw_passes(kh, kw), wp * VL, hp * wp * VL, cb_n, kh, n, groups, part)
+    _pooled_tiles(xc, wo, wv, cnt, _spw_passes(kh, kw), wp * VL, hp * wp * VL, cb_n, kh, n, groups, part, threads)
     _pooled_sums(part, c, bsum, gw, gb)
     return True
 
@@ -1269,11 +1295,12 @@ def _spd_passes(kh, kw):
 @parallel_kernel(fma=True)
 def _pooled_data(gp, idx, y, wf, kh, kw, passes, cell, pt, pl, oh, ow, hp, wp, gx, threads):
     """The input gradient from the pooling's winners (as the Cython backend's ``_data_pooled``):
-    per image, in blocks of VL channels (``wf``: the kernels packed ``[o][block][kh][kw][VL]``),
-    pass by pass of ``passes`` (one row of vectors each), cell by cell in pixel order, the
-    cell's winners added to the image's channels-last padded gradient, then that to ``gx``
-    (``cell``: each window's first cell, :func:`_cells`).  Returns nonzero if an index lies
-    outside its own window (then ``gx`` is not valid)."""
+    per image (``threads`` chunks take them from a shared counter), in blocks of VL channels
+    (``wf``: the kernels packed ``[o][block][kh][kw][VL]``), pass by pass of ``passes`` (one row
+    of vectors each), cell by cell in pixel order, the cell's winners added to the image's
+    channels-last padded gradient, then that to ``gx`` (``cell``: each window's first cell,
+    :func:`_cells`).  Returns nonzero if an index lies outside its own window (then ``gx`` is
+    not valid)."""
     n, c, h, w = gx.shape
     oc = gp.shape[1]
     phw = gp.shape[2] * gp.shape[3]
@@ -1287,14 +1314,17 @@ def _pooled_data(gp, idx, y, wf, kh, kw, passes, cell, pt, pl, oh, ow, hp, wp, g
     relu = y.size > 0
     npass = passes.shape[0]
     bad = 0
+    nxt = np.zeros(1, np.int64)
     for t in prange(threads):
         xf = np.empty(cb * ps + VL, np.float32)  # (a vector past the end: _spd_run's last load)
         cnt = np.empty(p_n, np.int64)
         co = np.empty(p_n * s, np.int64)
         cg = np.empty(p_n * s, np.float32)
-        i0, i1 = block(t, n, threads)
         nb = 0
-        for i in range(i0, i1):
+        while True:  # (the images from the shared counter)
+            i = next_unit(nxt)
+            if i >= n:
+                break
             cnt[:] = 0
             nb += _cells(gf, jf, yf, relu, i, oc, ow, phw, cb * kb, cnt, co, cg, cell)
             xf[:] = 0.0

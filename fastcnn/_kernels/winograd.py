@@ -12,7 +12,7 @@ import numpy as np
 from numba import prange
 
 from .. import _backend, _dispatch, _ref, _threads
-from ._common import _u, check_once, helper, parallel_kernel, writable
+from ._common import _u, check_once, helper, next_unit, parallel_kernel, writable
 from ._simd import (
     MAX_VL,
     VL,
@@ -257,8 +257,9 @@ def _winograd(x, pt, pl, hq, wq, vp, bias, relu, ni, alg, oc, oh, ow, yf, pool, 
     ``pool`` (F(2x2, r x r) only) its 2x2
     max pooling instead, into ``yp`` (``(n, oc, oh // 2, ow // 2)``, flat), and with ``pool ==
     2`` the pooling's indices into ``ip``: an output tile is one pooling window.  The images in
-    ``threads`` chunks of consecutive ones (each with one set of buffers), a chunk's in groups
-    of ``ni``, each group's images first packed into the chunk's buffer ``xf`` by :func:`.conv_direct._pad_plane`
+    groups of at most ``ni``, near-equal runs of consecutive images, which ``threads`` chunks (each
+    with one set of buffers) take from a shared counter (:func:`._common.next_unit`), each
+    group's images first packed into the chunk's buffer ``xf`` by :func:`.conv_direct._pad_plane`
     for a convolution of stride ``mt`` (the output tile: image ``k`` at ``k*xs``, channels ``cs``
     apart, the ``mt*mt`` stride phases ``ps`` apart, ``hq`` rows of pitch ``wq``: while in cache),
     then in chunks of ``V*VL`` tiles.  If ``sd`` (``(n, oc, 2)``) has elements, each group's
@@ -309,6 +310,9 @@ def _winograd(x, pt, pl, hq, wq, vp, bias, relu, ni, alg, oc, oh, ow, yf, pool, 
              23 * us, 24 * us, 25 * us, 26 * us, 27 * us, 28 * us, 29 * us, 30 * us, 31 * us, 32 * us, 33 * us,
              34 * us, 35 * us)
     chunks = min(n, threads)
+    # units: near-equal runs of at most ni images, a multiple of chunks (or one image each)
+    units = min(n, chunks * -(-n // (chunks * ni)))
+    nxt = np.zeros(1, np.int64)  # (the units, taken as threads free up)
     for ch in prange(chunks):
         xf = np.zeros(ni * xs + 8 + MAX_VL, np.float32)  # (zeroed: _pad_plane)
         u = np.zeros(nx * us + MAX_VL, np.float32)
@@ -317,8 +321,11 @@ def _winograd(x, pt, pl, hq, wq, vp, bias, relu, ni, alg, oc, oh, ow, yf, pool, 
         runs = np.empty((q, 5), np.int64)  # a chunk's runs: position, length, image, tile row, column
         seg = np.empty((MAX_VL, 3), np.int64)  # a vector's runs: source offset of lane 0, lanes lo, hi
         dbuf = np.empty(36 * VL, np.float32)  # a vector's window values gathered from 3+ runs
-        i_end = (ch + 1) * n // chunks
-        for i0 in range(ch * n // chunks, i_end, ni):
+        while True:
+            j = next_unit(nxt)
+            if j >= units:
+                break
+            i0, i_end = j * n // units, (j + 1) * n // units
             for t in range(min(ni, i_end - i0) * c):  # the item's images, packed
                 _pad_plane(xflat, i0 * c + t, h, w, pt, pl, mt, mt, xf, t * cs, hq, wq)
             nq_all = min(ni, i_end - i0) * nt
