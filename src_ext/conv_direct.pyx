@@ -1219,8 +1219,9 @@ cdef int _winograd_weight(const _A* gy,   # IN  (N, OC, OH, OW)
                           const _A* gb,   # OUT (OC,) or (0,)
                           int nt) except -1:
     """The Winograd weight gradient (:c:func:`fcw_wgrad`): image i in slot i*S//N as the direct
-    weight gradient's, a block (thread) per run of slots, each slot's groups of images in order;
-    the slots' transformed sums added in slot order, then ``G^T Z G``.  The bias as the direct
+    weight gradient's, the slots taken from a shared counter by a block per thread, each slot's
+    groups of images in order; the slots' transformed sums added in slot order, then ``G^T Z
+    G``.  The bias as the direct
     kernels' (each plane summed in float64, then the images in order)."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], OC = gw.shape[0], OH = gy.shape[2], OW = gy.shape[3]
     cdef int R = <int>gw.shape[2]
