@@ -796,6 +796,19 @@ def _prefetch_part(a, start, n, k, parts):
         prefetch_line_l2(a, e)
 
 
+@helper
+def _next_task(nxt, groups, n, ns, m):
+    """The next task of a weight gradient from the shared counter ``nxt``: slot ``s`` of ``ns``
+    (its images ``[i0, i1)``: image ``i`` in slot ``i*ns//n``) for share ``g`` of ``groups`` of
+    ``m`` things (``[m0, m1)``), as ``(s, g, i0, i1, m0, m1)``; ``s`` is -1 when none is left."""
+    t = next_unit(nxt)
+    s = t // groups
+    g = t - s * groups
+    if s >= ns:
+        s = -1
+    return s, g, (s * n + ns - 1) // ns, ((s + 1) * n + ns - 1) // ns, g * m // groups, (g + 1) * m // groups
+
+
 @parallel_kernel(fma=True)
 def _backward_weight(x, sh, sw, pt, pl, hq, wq, off, gy, idx, y, cell, oh, ow, groups, ni_max, nv, t_n, tw, part,
                      bsum, prefetch, threads):
@@ -831,15 +844,9 @@ def _backward_weight(x, sh, sw, pt, pl, hq, wq, off, gy, idx, y, cell, oh, ow, g
     nxt = np.zeros(1, np.int64)  # (the tasks, taken as threads free up)
     for ch in prange(min(threads, ns * groups)):
         while True:
-            t = next_unit(nxt)
-            if t >= ns * groups:
+            s, g, i0, i1, u0, u1 = _next_task(nxt, groups, n, ns, ntiles)
+            if s < 0:
                 break
-            s = t // groups
-            g = t - s * groups
-            i0 = (s * n + ns - 1) // ns
-            i1 = ((s + 1) * n + ns - 1) // ns
-            u0 = g * ntiles // groups
-            u1 = (g + 1) * ntiles // groups
             xf = np.zeros(ni_max * xs + MAX_VL, np.float32)  # (zeroed: _pad_plane)
             gf = np.empty(ni_max * gs, np.float32)
             vt = np.empty(pn // 4 * ocv if pooled else 0, np.float32)
@@ -1150,13 +1157,9 @@ def _pooled_tiles(xc, wo, wv, cnt, passes, rs, ps, cb_n, kh, n, groups, part, th
     nxt = np.zeros(1, np.int64)  # (the tasks, taken as threads free up)
     for ch in prange(min(threads, ns * groups)):
         while True:
-            t = next_unit(nxt)
-            if t >= ns * groups:
+            s, g, i0, i1, o0, o1 = _next_task(nxt, groups, n, ns, oc)
+            if s < 0:
                 break
-            s = t // groups
-            g = t - s * groups
-            o0, o1 = g * oc // groups, (g + 1) * oc // groups
-            i0, i1 = (s * n + ns - 1) // ns, ((s + 1) * n + ns - 1) // ns
             for i in range(i0, i1):
                 for cb in range(cb_n):
                     for o in range(o0, o1):
