@@ -316,6 +316,15 @@ def winograd_group(n, tiles, image_bytes, lanes):
     return min(range(least, most + 1), key=lambda g: ((-g * tiles) % lanes / (g * tiles), g))
 
 
+def winograd_units(n, group, threads):
+    """Units of work of a Winograd kernel's threads (docs/PERFORMANCE.md, section 3, "Work
+    taken as threads free up"): ``n`` images in that many near-equal runs of at most ``group``
+    consecutive images, their count a multiple of the threads used (``min(threads, n)``), or
+    ``n`` (one image each) if fewer."""
+    t = max(1, min(threads, n))
+    return min(n, t * -(-n // (t * group)))
+
+
 def conv_isa():
     """SIMD path of the Cython direct kernels (``"avx512"``, ``"avx2"``, ``"baseline"``), or a
     sentence saying why they cannot run."""

@@ -78,7 +78,7 @@ cdef extern from "planestats.h" nogil:
     void fps_plane_stats(const float* x, Py_ssize_t P, double* sd)  # sd = sum(x), sum((x - mean)**2)
     void fps_combine(const double* sd, Py_ssize_t N, Py_ssize_t C, Py_ssize_t P, double* mean, double* var)
 
-from fastcnn._dispatch import winograd_group
+from fastcnn._dispatch import winograd_group, winograd_units
 from fastcnn._config import DIRECT_WGRAD_BYTES, DIRECT_WGRAD_PREFETCH, ENV_ISA, ISAS, POOLED_DGRAD_MIN_PATCH, POOLED_WGRAD_MIN_PATCH, SLOTS, WINOGRAD_TILES, WINOGRAD_VECTORS, requested_isa  # ISAS: slowest first = the C code's ISA number
 
 _active = None
@@ -1060,9 +1060,9 @@ def conv2d_direct_backward_maxpool2(gp, idx, y, x, w, Py_ssize_t sh, Py_ssize_t 
 
 cdef void _winograd_blocks(const fcd_geo* g,
                            const float* src, Py_ssize_t N,   # IN  (N, g.C, g.Hs, g.Ws)
-                           const float* vp, const Py_ssize_t* st, Py_ssize_t NI,
+                           const float* vp, const Py_ssize_t* st, Py_ssize_t NI, Py_ssize_t U,
                            #                                   transformed weights, vector
-                           #                                   starts, images per group
+                           #                                   starts, images per group, groups
                            const float* bias, int relu,      # IN  bias (or NULL), ReLU on output
                            char* blocks, Py_ssize_t size, Py_ssize_t xs, Py_ssize_t o_u,
                            Py_ssize_t o_m, Py_ssize_t o_z, Py_ssize_t Q,
@@ -1077,12 +1077,11 @@ cdef void _winograd_blocks(const fcd_geo* g,
                            #                                plane's sums (:func:`_planes_stats`)
                            int nt) noexcept nogil:
     """``T`` blocks (one per thread), each with its own scratch, taking the groups of images
-    from a shared counter: ``U`` near-equal runs of at most ``NI`` consecutive images, ``U`` a
-    multiple of ``T`` (or one image each) (:c:func:`fcw_images`; ``R x R`` kernels, ``M x M``
+    from a shared counter: ``U`` near-equal runs of at most ``NI`` consecutive images
+    (:func:`fastcnn._dispatch.winograd_units`; :c:func:`fcw_images`; ``R x R`` kernels, ``M x M``
     output tiles).  Pooled, ``out`` gets each group's 2x2 max pooling (the pooling kernels'
     plane loop) while the group's output is in cache; so are the statistics' sums."""
     cdef Py_ssize_t CHW = g.C * g.Hs * g.Ws, t, i, e, ni, j, npk, nxt = 0
-    cdef Py_ssize_t U = min(N, T * ((N + T * NI - 1) // (T * NI)))
     cdef Py_ssize_t OHW = OH * OW, PH = OH // 2, PW = OW // 2
     cdef Py_ssize_t out_is = g.OC * (PH * PW if o_yf >= 0 else OHW)
     cdef float* u
@@ -1128,6 +1127,7 @@ cdef int _winograd(const float* src, Py_ssize_t N, Py_ssize_t C, Py_ssize_t H, P
     fcd_geo_init(&g, C, H, W, 1, 1, OC, R + M - 1, R + M - 1, M, M, pt, pl, TH, TW, fcd_J)
     xs = (g.xq_size + 15) // 16 * 16
     NI = winograd_group(N, Tn, xs * sizeof(float), fcd_VL)
+    cdef Py_ssize_t U = winograd_units(N, NI, T)
     cdef Py_ssize_t b_vp = _al64(NX * g.OCP * C * sizeof(float))
     cdef Py_ssize_t b_st = _al64(WINOGRAD_VECTORS * sizeof(Py_ssize_t))
     cdef Py_ssize_t o_u = _al64(NI * xs * sizeof(float))
@@ -1152,7 +1152,7 @@ cdef int _winograd(const float* src, Py_ssize_t N, Py_ssize_t C, Py_ssize_t H, P
                     fcw_pack_weights6(OC, C, g.OCP, w, flip, ob, R, <float*>base)
                 else:
                     fcw_pack_weights(OC, C, fcd_J, g.OCP, w, flip, ob, <float*>base)
-            _winograd_blocks(&g, src, N, <float*>base, st, NI, bias, relu,
+            _winograd_blocks(&g, src, N, <float*>base, st, NI, U, bias, relu,
                              base + b_vp + b_st, size, xs, o_u, o_m, o_z, Q, out, T, R, M, OH, OW, o_yf, io, sd, nt)
     finally:
         free(mem)

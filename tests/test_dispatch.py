@@ -174,6 +174,17 @@ def test_winograd_group_rule():
     assert group(0, 49, 1000, 16) == 1
 
 
+@pytest.mark.parametrize("n,group,threads", [(128, 12, 2), (128, 12, 1), (100, 2, 2), (1, 12, 2), (3, 12, 2),
+                                              (5, 1, 2), (7, 3, 4), (13, 4, 3)])
+def test_winograd_units_are_near_equal_runs_within_the_group(n, group, threads):
+    """The units a Winograd kernel's threads take: near-equal runs (``j*n // U`` ...) of 1 to
+    ``group`` images, ``U`` a multiple of the threads used, or one image each."""
+    u = _dispatch.winograd_units(n, group, threads)
+    sizes = [(j + 1) * n // u - j * n // u for j in range(u)]
+    assert 1 <= min(sizes) and max(sizes) <= group and max(sizes) - min(sizes) <= 1
+    assert u == n or u % min(threads, n) == 0
+
+
 def test_winograd_plan_rules():
     """``auto`` picks Winograd for the compiled backends' 3x3 and 5x5 stride-1 layers of 16+
     input and output channels (forward and input gradient); ``winograd`` forces it

@@ -843,15 +843,15 @@ def _backward_weight(x, sh, sw, pt, pl, hq, wq, off, gy, idx, y, cell, oh, ow, g
     bad = 0
     nxt = np.zeros(1, np.int64)  # (the tasks, taken as threads free up)
     for ch in prange(min(threads, ns * groups)):
+        xf = np.zeros(ni_max * xs + MAX_VL, np.float32)  # (zeroed: _pad_plane)
+        gf = np.empty(ni_max * gs, np.float32)
+        vt = np.empty(pn // 4 * ocv if pooled else 0, np.float32)
+        it = np.empty(vt.size, np.float32)
+        sums = np.empty(ocv, np.float64)  # (the bias's column sums of one image)
         while True:
             s, g, i0, i1, u0, u1 = _next_task(nxt, groups, n, ns, ntiles)
             if s < 0:
                 break
-            xf = np.zeros(ni_max * xs + MAX_VL, np.float32)  # (zeroed: _pad_plane)
-            gf = np.empty(ni_max * gs, np.float32)
-            vt = np.empty(pn // 4 * ocv if pooled else 0, np.float32)
-            it = np.empty(vt.size, np.float32)
-            sums = np.empty(ocv, np.float64)  # (the bias's column sums of one image)
             for i in range(i0, i1, ni_max):
                 ni = min(ni_max, i1 - i)
                 for k in range(ni * c):

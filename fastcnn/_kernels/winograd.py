@@ -251,14 +251,15 @@ def _put_row(yf, d, z, s0, s1, n2, odd, bias, relu):
 
 
 @parallel_kernel(fma=True)
-def _winograd(x, pt, pl, hq, wq, vp, bias, relu, ni, alg, oc, oh, ow, yf, pool, yp, ip, sd, threads):
+def _winograd(x, pt, pl, hq, wq, vp, bias, relu, ni, units, alg, oc, oh, ow, yf, pool, yp, ip, sd, threads):
     """The ``(n, oc, oh, ow)`` output, flat, into ``yf`` from the input ``x`` (N, C, H, W) and
     the transformed weights ``vp`` (``alg``: 0 F(2x2, 3x3), 1 F(2x2, 5x5), 2 F(4x4, 3x3)); with
     ``pool`` (F(2x2, r x r) only) its 2x2
     max pooling instead, into ``yp`` (``(n, oc, oh // 2, ow // 2)``, flat), and with ``pool ==
     2`` the pooling's indices into ``ip``: an output tile is one pooling window.  The images in
-    groups of at most ``ni``, near-equal runs of consecutive images, which ``threads`` chunks (each
-    with one set of buffers) take from a shared counter (:func:`._common.next_unit`), each
+    ``units`` groups of at most ``ni``, near-equal runs of consecutive images
+    (:func:`fastcnn._dispatch.winograd_units`), which ``threads`` chunks (each with one set of
+    buffers) take from a shared counter (:func:`._common.next_unit`), each
     group's images first packed into the chunk's buffer ``xf`` by :func:`.conv_direct._pad_plane`
     for a convolution of stride ``mt`` (the output tile: image ``k`` at ``k*xs``, channels ``cs``
     apart, the ``mt*mt`` stride phases ``ps`` apart, ``hq`` rows of pitch ``wq``: while in cache),
@@ -310,8 +311,6 @@ def _winograd(x, pt, pl, hq, wq, vp, bias, relu, ni, alg, oc, oh, ow, yf, pool, 
              23 * us, 24 * us, 25 * us, 26 * us, 27 * us, 28 * us, 29 * us, 30 * us, 31 * us, 32 * us, 33 * us,
              34 * us, 35 * us)
     chunks = min(n, threads)
-    # units: near-equal runs of at most ni images, a multiple of chunks (or one image each)
-    units = min(n, chunks * -(-n // (chunks * ni)))
     nxt = np.zeros(1, np.int64)  # (the units, taken as threads free up)
     for ch in prange(chunks):
         xf = np.zeros(ni * xs + 8 + MAX_VL, np.float32)  # (zeroed: _pad_plane)
@@ -325,10 +324,11 @@ def _winograd(x, pt, pl, hq, wq, vp, bias, relu, ni, alg, oc, oh, ow, yf, pool, 
             j = next_unit(nxt)
             if j >= units:
                 break
-            i0, i_end = j * n // units, (j + 1) * n // units
-            for t in range(min(ni, i_end - i0) * c):  # the item's images, packed
+            i0 = j * n // units
+            ng = (j + 1) * n // units - i0  # (the group's images: at most ni)
+            for t in range(ng * c):  # the item's images, packed
                 _pad_plane(xflat, i0 * c + t, h, w, pt, pl, mt, mt, xf, t * cs, hq, wq)
-            nq_all = min(ni, i_end - i0) * nt
+            nq_all = ng * nt
             for q0 in range(0, nq_all, q):
                 nq = min(q, nq_all - q0)
                 nr = _runs(q0, nq, nt, tw, runs)
@@ -459,7 +459,7 @@ def _winograd(x, pt, pl, hq, wq, vp, bias, relu, ni, alg, oc, oh, ow, yf, pool, 
                                 _put_row(yf, (((i0 + k) * oc + o) * oh + 2 * ty + a) * ow + 2 * tx, z, 2 * a * qp + e,
                                          (2 * a + 1) * qp + e, rn - 1 if odd else rn, odd, bias[o], relu)
             if sd.size:
-                for k in range(min(ni, i_end - i0)):
+                for k in range(ng):
                     for o in range(oc):
                         plane_stats(yf, ((i0 + k) * oc + o) * oh * ow, oh * ow, sd[i0 + k, o])
 
@@ -477,12 +477,14 @@ def _run(x, w, flip, bias, pt, pl, relu, oc, oh, ow, y, pooled=None, idx=None, m
     # (the grid of an (m + r - 1) x (m + r - 1) convolution of stride m with th x tw outputs)
     hq, wq = th + (m + r - 2) // m, tw + (m + r - 2) // m
     ni = _dispatch.winograd_group(n, th * tw, x.shape[1] * m * m * hq * wq * 4, VL)
+    threads = _threads.get_num_threads()
     pool = 0 if pooled is None else 2 if idx.size else 1
+    units = _dispatch.winograd_units(n, ni, threads)
     _winograd(np.ascontiguousarray(x), pt, pl, hq, wq, _weights(w, flip, m),
-              writable(bias), int(relu), ni, 2 if m == 4 else int(r == 5), oc, oh, ow,
+              writable(bias), int(relu), ni, units, 2 if m == 4 else int(r == 5), oc, oh, ow,
               _NONE_F if pooled is not None else y.reshape(-1), pool,
               _NONE_F if pooled is None else pooled.reshape(-1), idx.reshape(-1) if pool == 2 else _NONE_I, sd,
-              _threads.get_num_threads())
+              threads)
 
 
 def conv2d_winograd_forward(x, w, bias, pt, pl, relu, y, m=2, stats=None):
