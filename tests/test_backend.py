@@ -460,6 +460,46 @@ def test_batchnorm_forward_maxpool2_is_the_composition(name, shape):
         fastcnn.set_num_threads(before)
 
 
+@pytest.mark.parametrize("name", COMPILED)
+@pytest.mark.parametrize("shape", [(8, 5, 30, 30), (4, 33, 12, 12), (2, 1, 100, 90), (300, 3, 8, 8)])
+def test_batchnorm_backward_channels_taken_in_any_order(name, shape):
+    """The gradient sums and the input gradient with the channels taken from a shared counter
+    (past PAR_MIN_WORK; channel counts that two threads do not split evenly, one channel): every
+    channel written, the reference's sums (float64, to rounding), the apply primitive's bytes
+    (itself checked against the reference above), and the same bytes at 1 and 2 threads."""
+    k = _backend.ops(name)
+    rng = np.random.default_rng(11)
+    n, c, h, w = shape
+    x, gy = rng.standard_normal(shape, dtype=np.float32), rng.standard_normal(shape, dtype=np.float32)
+    mean, inv_std = rng.standard_normal(c).astype(np.float32), rng.uniform(0.5, 2, c).astype(np.float32)
+    weight, bias = rng.uniform(-2, 2, c).astype(np.float32), rng.standard_normal(c).astype(np.float32)
+    sc, m = weight * inv_std, float(n * h * w)
+    before = fastcnn.get_num_threads()
+    try:
+        for relu in (0, 1):
+            ws_, wd = np.empty(c), np.empty(c)
+            _ref.batchnorm_backward_reduce(gy, x, mean, inv_std, weight, bias, relu, ws_, wd)
+            seen = set()
+            for threads in (1, min(2, cores())):
+                fastcnn.set_num_threads(threads)
+                gs, gd = np.full(c, np.nan), np.full(c, np.nan)
+                k.batchnorm_backward_reduce(gy, x, mean, inv_std, weight, bias, relu, gs, gd)
+                assert_close(gs, ws_, 1e-12, atol=1e-12, what=f"gsum relu={relu} threads={threads}")
+                assert_close(gd, wd, 1e-12, atol=1e-12, what=f"gdot relu={relu} threads={threads}")
+                want = np.empty(shape, np.float32)
+                k.batchnorm_backward_apply(gy, x, mean, inv_std, weight, bias, relu, sc,
+                                           (gs / m).astype(np.float32), (gd / m).astype(np.float32), want)
+                fs, fd, fx = np.full(c, np.nan), np.full(c, np.nan), np.full(shape, np.nan, np.float32)
+                k.batchnorm_backward(gy, x, mean, inv_std, weight, bias, relu, sc, m, fs, fd, fx)
+                np.testing.assert_array_equal(fs, gs)
+                np.testing.assert_array_equal(fd, gd)
+                np.testing.assert_array_equal(fx, want)
+                seen.add(gs.tobytes() + gd.tobytes() + fx.tobytes())
+            assert len(seen) == 1, (shape, relu)
+    finally:
+        fastcnn.set_num_threads(before)
+
+
 @pytest.mark.parametrize("name", BACKENDS)
 @pytest.mark.parametrize("loc", [0.0, 1000.0, -3e4])
 def test_batchnorm_stats_accurate_for_large_mean(name, loc):

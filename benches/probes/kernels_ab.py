@@ -1,14 +1,16 @@
-"""Another tree's convolution kernels against this one's, in one process, call by call: lenet's
-four convolution calls (conv1's pooled direct forward, conv2's pooled Winograd forward, the
-pooled backward of conv2 and of conv1 (weights only)) at 1 and 2 threads, the two trees' calls
-alternated (their order swapped every round), after a check that both give the same bytes.
+"""Another tree's kernels against this one's, in one process, call by call, at 1 and 2 threads,
+the two trees' calls alternated (their order swapped every round), after a check that both give
+the same bytes.  ``--calls lenet`` (default): lenet's four convolution calls (conv1's pooled
+direct forward, conv2's pooled Winograd forward, the pooled backward of conv2 and of conv1
+(weights only)); ``--calls bn``: the batch norm backward (gradient sums and input gradient, with
+the fused ReLU's mask) at the ResNet's three activation shapes.
 
     python benches/probes/kernels_ab.py BASE_TREE cython --rounds 60
-    python benches/probes/kernels_ab.py BASE_TREE numba --rounds 60
+    python benches/probes/kernels_ab.py BASE_TREE numba --rounds 60 --calls bn
 
 BASE_TREE: a checkout with its extensions built (``git archive BASE | tar -x -C DIR``, then
 ``python setup.py build_ext --inplace`` there).  Cython: the base tree's ``conv_direct``
-extension is loaded beside this tree's.  Numba: the base tree's package is copied to a
+extension is loaded beside this tree's (``norm`` for ``bn``).  Numba: the base tree's package is copied to a
 temporary directory as ``fastcnn_base`` (its backend table pointed at itself) and imported
 beside ``fastcnn``; both set their thread counts together.  Prints per call the medians at 1
 and 2 threads of each tree and the median of the rounds' base / this-tree ratios at 2 threads
@@ -31,12 +33,12 @@ import numpy as np
 from fastcnn import _backend
 
 
-def _cython_pair(base):
-    """(base module, this tree's module, set_threads) of the Cython ``conv_direct`` kernels."""
-    path = glob.glob(os.path.join(base, "fastcnn", "_ext", "conv_direct.cpython*.so"))
+def _cython_pair(base, name):
+    """(base module, this tree's module, set_threads) of the Cython extension ``name``."""
+    path = glob.glob(os.path.join(base, "fastcnn", "_ext", f"{name}.cpython*.so"))
     if not path:
-        raise SystemExit(f"kernels_ab: no built conv_direct extension under {base}/fastcnn/_ext")
-    spec = importlib.util.spec_from_file_location("conv_direct", path[0])
+        raise SystemExit(f"kernels_ab: no built {name} extension under {base}/fastcnn/_ext")
+    spec = importlib.util.spec_from_file_location(name, path[0])
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     fastcnn.set_backend("cython")
@@ -74,7 +76,7 @@ def _numba_pair(base, tmp):
     return base_backend.ops(), _backend.ops(), set_threads
 
 
-def _calls(k, n):
+def _lenet_calls(k, n):
     """lenet's convolution calls on module ``k``: name -> (call, output arrays)."""
     rng = np.random.default_rng(0)
 
@@ -102,6 +104,26 @@ def _calls(k, n):
     }
 
 
+def _bn_calls(k, n):
+    """The ResNet's batch norm backwards on module ``k`` (with the ReLU's mask, as after the
+    first convolution of a block): name -> (call, output arrays)."""
+    rng = np.random.default_rng(0)
+    calls = {}
+    for c, hw in ((16, 32), (32, 16), (64, 8)):
+        shape = (n, c, hw, hw)
+        x, gy = rng.standard_normal(shape, dtype=np.float32), rng.standard_normal(shape, dtype=np.float32)
+        mean, inv_std = rng.standard_normal(c).astype(np.float32), rng.uniform(0.5, 2, c).astype(np.float32)
+        w, b = rng.uniform(0.5, 2, c).astype(np.float32), rng.standard_normal(c).astype(np.float32)
+        gs, gd, gx = np.empty(c), np.empty(c), np.empty(shape, np.float32)
+        calls[f"batch norm backward {c} x {hw}x{hw}"] = (
+            lambda a=(gy, x, mean, inv_std, w, b, 1, w * inv_std, float(n * hw * hw), gs, gd, gx):
+            k.batchnorm_backward(*a), (gs, gd, gx))
+    return calls
+
+
+CALLS = {"lenet": ("conv_direct", _lenet_calls, 128), "bn": ("norm", _bn_calls, 100)}
+
+
 def _digest(arrays):
     return hashlib.sha256(b"".join(a.tobytes() for a in arrays)).hexdigest()
 
@@ -111,11 +133,14 @@ def main():
     p.add_argument("base", help="the other tree (extensions built)")
     p.add_argument("backend", choices=("cython", "numba"))
     p.add_argument("--rounds", type=int, default=60)
-    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--calls", choices=tuple(CALLS), default="lenet")
+    p.add_argument("--batch", type=int, help="default: 128 (lenet), 100 (bn)")
     a = p.parse_args()
+    ext, calls_of, batch = CALLS[a.calls]
+    a.batch = a.batch or batch
     with tempfile.TemporaryDirectory() as tmp:
-        base, mine, set_threads = (_cython_pair(a.base) if a.backend == "cython" else _numba_pair(a.base, tmp))
-        trees = {"base": _calls(base, a.batch), "this": _calls(mine, a.batch)}
+        base, mine, set_threads = (_cython_pair(a.base, ext) if a.backend == "cython" else _numba_pair(a.base, tmp))
+        trees = {"base": calls_of(base, a.batch), "this": calls_of(mine, a.batch)}
         for name in trees["base"]:  # (forwards first: the backward calls read their indices)
             digests = set()
             for calls in trees.values():
