@@ -1,8 +1,8 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
 """BatchNorm2D kernels of the Cython backend (contract: :mod:`fastcnn._ref`).
 
-The gradient sums run one channel at a time (the threads take channels from a shared counter
-as they free up) and accumulate in double in a fixed order: the channel's N planes are added element-wise, in order of n, into one double row of H*W
+The gradient sums run one channel per parallel iteration and accumulate in double in a fixed
+order: the channel's N planes are added element-wise, in order of n, into one double row of H*W
 partial sums (a loop the compiler vectorises without reassociating anything), and that row is
 summed by ``_sum8_runs`` (8 interleaved partial sums).  The batch statistics are summed per
 plane, then per channel in order of n (``planestats.h``; the convolutions' fused statistics
@@ -131,14 +131,9 @@ cdef void _backward(const _A* gy,      # IN  (N, C, H, W)
     cdef const float* bb = _f(bias)
     cdef double* sp = <double*>gsum.p
     cdef double* dp = <double*>gdot.p
-    cdef Py_ssize_t T = min(<Py_ssize_t>nt, C), t, nxt = 0
-    for t in prange(T, schedule='static', num_threads=T):
-        while True:  # (the channels from a shared counter)
-            c = fastcnn_next_unit(&nxt)
-            if c >= C:
-                break
-            _backward_channel(gp, xp, c, N, C, P, mu[c], s[c], w[c], bb[c], relu,
-                              scale[c] if gx != NULL else 0.0, count, acc + 2 * c * P, sp + c, dp + c, gx)
+    for c in prange(C, schedule='static', num_threads=nt):
+        _backward_channel(gp, xp, c, N, C, P, mu[c], s[c], w[c], bb[c], relu,
+                          scale[c] if gx != NULL else 0.0, count, acc + 2 * c * P, sp + c, dp + c, gx)
 
 
 cdef int _run_backward(const _A* gy, const _A* x, const _A* mean, const _A* inv_std, const _A* weight,

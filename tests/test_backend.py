@@ -462,11 +462,11 @@ def test_batchnorm_forward_maxpool2_is_the_composition(name, shape):
 
 @pytest.mark.parametrize("name", COMPILED)
 @pytest.mark.parametrize("shape", [(8, 5, 30, 30), (4, 33, 12, 12), (2, 1, 100, 90), (300, 3, 8, 8)])
-def test_batchnorm_backward_channels_taken_in_any_order(name, shape):
-    """The gradient sums and the input gradient with the channels taken from a shared counter
-    (past PAR_MIN_WORK; channel counts that two threads do not split evenly, one channel): every
-    channel written, the reference's sums (float64, to rounding), the apply primitive's bytes
-    (itself checked against the reference above), and the same bytes at 1 and 2 threads."""
+def test_batchnorm_backward_same_bytes_at_1_and_2_threads(name, shape):
+    """The gradient sums and the input gradient on the parallel path (past PAR_MIN_WORK; channel
+    counts that two threads do not split evenly, one channel): every channel written, the
+    reference's sums (float64, to rounding), the apply primitive's bytes (itself checked
+    against the reference above), and the same bytes at 1 and 2 threads."""
     k = _backend.ops(name)
     rng = np.random.default_rng(11)
     n, c, h, w = shape

@@ -3,7 +3,9 @@ the two trees' calls alternated (their order swapped every round), after a check
 the same bytes.  ``--calls lenet`` (default): lenet's four convolution calls (conv1's pooled
 direct forward, conv2's pooled Winograd forward, the pooled backward of conv2 and of conv1
 (weights only)); ``--calls bn``: the batch norm backward (gradient sums and input gradient, with
-the fused ReLU's mask) at the ResNet's three activation shapes.
+the fused ReLU's mask) at the ResNet's three activation shapes.  ``--flush MB`` writes MB
+megabytes on the call's threads before every call (cold caches: repeated calls otherwise find
+each thread's share of the data in its own core's caches).
 
     python benches/probes/kernels_ab.py BASE_TREE cython --rounds 60
     python benches/probes/kernels_ab.py BASE_TREE numba --rounds 60 --calls bn
@@ -135,7 +137,9 @@ def main():
     p.add_argument("--rounds", type=int, default=60)
     p.add_argument("--calls", choices=tuple(CALLS), default="lenet")
     p.add_argument("--batch", type=int, help="default: 128 (lenet), 100 (bn)")
+    p.add_argument("--flush", type=int, metavar="MB", help="write MB megabytes before every call (cold caches)")
     a = p.parse_args()
+    flush = None if not a.flush else np.zeros(a.flush << 18, np.float32)
     ext, calls_of, batch = CALLS[a.calls]
     a.batch = a.batch or batch
     with tempfile.TemporaryDirectory() as tmp:
@@ -156,10 +160,13 @@ def main():
                 set_threads(t)
                 for name in trees["base"]:
                     for tree in (("base", "this") if r % 2 == 0 else ("this", "base")):
+                        if flush is not None:  # (on the call's threads: every core's caches)
+                            mine.relu_forward(flush, flush)
                         t0 = time.perf_counter()
                         trees[tree][name][0]()
                         spent[(name, tree, t)].append(time.perf_counter() - t0)
-    print(f"{a.backend}, batch {a.batch}, {a.rounds} rounds; medians in ms, 1 -> 2 threads; bytes equal")
+    cold = f", {a.flush} MB written before each call" if a.flush else ""
+    print(f"{a.backend}, batch {a.batch}, {a.rounds} rounds{cold}; medians in ms, 1 -> 2 threads; bytes equal")
     for name in trees["base"]:
         m = {(tree, t): statistics.median(spent[(name, tree, t)]) * 1e3 for tree in trees for t in (1, 2)}
         ratios = sorted(b / c for b, c in zip(spent[(name, "base", 2)], spent[(name, "this", 2)]))

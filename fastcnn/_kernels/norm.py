@@ -1,10 +1,9 @@
 """Numba kernels of BatchNorm2D (statistics, normalisation and its gradients).
 
-The gradient sums run one channel at a time (the threads take channels from a shared counter
-as they free up, :func:`._common.next_unit`) and accumulate in float64 in a fixed order: the
-channel's N planes are added element-wise, in order of n, into one float64 row of H*W partial
-sums (a loop without a loop-carried dependency, which LLVM vectorises without reassociating
-anything), and that row is summed with 8 interleaved partial sums.  The batch
+The gradient sums run one channel per ``prange`` iteration and accumulate in float64 in a
+fixed order: the channel's N planes are added element-wise, in order of n, into one float64 row
+of H*W partial sums (a loop without a loop-carried dependency, which LLVM vectorises without
+reassociating anything), and that row is summed with 8 interleaved partial sums.  The batch
 statistics are summed per plane (:func:`plane_stats`), then per channel in order of n (the
 convolutions' fused statistics sum the same way).  So results are bit-identical run after run
 and whatever the number of threads (and equal to the Cython backend's, which sums in the same
@@ -17,9 +16,9 @@ match it bit for bit.
 import numpy as np
 from numba import njit, prange
 
-from .. import _backend, _threads
+from .. import _backend
 from .._config import NUMBA_SERIAL
-from ._common import _u, helper, next_unit, parallel_kernel
+from ._common import _u, helper, parallel_kernel
 from ._simd import PREFETCH_RUN, VL, pool2_row, prefetch_run, vplane_sums
 
 
@@ -231,12 +230,18 @@ def batchnorm_forward_maxpool2(x, mean, inv_std, weight, bias, relu, y, idx):
                               (t * oh + q) * ow + u0, 2 * q * w + 2 * u0, w)
 
 
+@parallel_kernel
 def batchnorm_backward_reduce(gy, x, mean, inv_std, weight, bias, relu, gsum, gdot):
     """Per-channel ``sum(g)`` and ``sum(g * xhat)`` in float64, ``g`` = ``gy`` (masked by the
     ReLU with ``relu``; see :func:`fastcnn._ref.batchnorm_backward_reduce`)."""
     _backend.sizes_batchnorm_backward_reduce(gy.shape, x.shape, mean.shape, inv_std.shape, weight.shape,
                                              bias.shape, gsum.shape, gdot.shape)
-    _backward(gy, x, mean, inv_std, weight, bias, relu, mean, 0.0, gsum, gdot, gy[:0], _threads.get_num_threads())
+    n, c = gy.shape[:2]
+    p = gy.shape[2] * gy.shape[3]
+    gf, xf = gy.reshape(gy.size), x.reshape(x.size)
+    acc = np.zeros((c, 2, p))
+    for ch in prange(c):
+        _channel_sums(acc[ch], gf, xf, n, c, ch, p, mean, inv_std, weight, bias, relu != 0, gsum, gdot)
 
 
 @parallel_kernel
@@ -253,33 +258,20 @@ def batchnorm_backward_apply(gy, x, mean, inv_std, weight, bias, relu, scale, a,
                    relu != 0)
 
 
+@parallel_kernel
 def batchnorm_backward(gy, x, mean, inv_std, weight, bias, relu, scale, count, gsum, gdot, gx):
     """:func:`batchnorm_backward_reduce` and :func:`batchnorm_backward_apply` one channel at a
     time, its planes read again while in cache (see :func:`fastcnn._ref.batchnorm_backward`)."""
     _backend.sizes_batchnorm_backward(gy.shape, x.shape, mean.shape, inv_std.shape, weight.shape, bias.shape,
                                       scale.shape, gsum.shape, gdot.shape, gx.shape)
-    _backward(gy, x, mean, inv_std, weight, bias, relu, scale, count, gsum, gdot, gx, _threads.get_num_threads())
-
-
-@parallel_kernel
-def _backward(gy, x, mean, inv_std, weight, bias, relu, scale, count, gsum, gdot, gx, threads):
-    """Per channel the gradient sums, then (unless ``gx`` is empty) its input gradient; the
-    channels taken from a shared counter by up to ``threads`` loops."""
     n, c = gy.shape[:2]
     p = gy.shape[2] * gy.shape[3]
     gf, xf, of = gy.reshape(gy.size), x.reshape(x.size), gx.reshape(gx.size)
     acc = np.zeros((c, 2, p))
-    nxt = np.zeros(1, np.int64)
-    for _ in prange(min(threads, c)):
-        while True:  # (the channels from the shared counter)
-            ch = next_unit(nxt)
-            if ch >= c:
-                break
-            _channel_sums(acc[ch], gf, xf, n, c, ch, p, mean, inv_std, weight, bias, relu != 0, gsum, gdot)
-            if of.size == 0:
-                continue
-            a = np.float32(gsum[ch] / count) if count > 0 else np.float32(0.0)
-            bd = np.float32(gdot[ch] / count) if count > 0 else np.float32(0.0)
-            for b in range(n):
-                _bwd_plane(gf, xf, of, (b * c + ch) * p, p, mean[ch], inv_std[ch], scale[ch], a, bd, weight[ch],
-                           bias[ch], relu != 0)
+    for ch in prange(c):
+        _channel_sums(acc[ch], gf, xf, n, c, ch, p, mean, inv_std, weight, bias, relu != 0, gsum, gdot)
+        a = np.float32(gsum[ch] / count) if count > 0 else np.float32(0.0)
+        bd = np.float32(gdot[ch] / count) if count > 0 else np.float32(0.0)
+        for b in range(n):
+            _bwd_plane(gf, xf, of, (b * c + ch) * p, p, mean[ch], inv_std[ch], scale[ch], a, bd, weight[ch],
+                       bias[ch], relu != 0)
