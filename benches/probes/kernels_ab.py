@@ -3,12 +3,14 @@ the two trees' calls alternated (their order swapped every round), after a check
 the same bytes.  ``--calls lenet`` (default): lenet's four convolution calls (conv1's pooled
 direct forward, conv2's pooled Winograd forward, the pooled backward of conv2 and of conv1
 (weights only)); ``--calls bn``: the batch norm backward (gradient sums and input gradient, with
-the fused ReLU's mask) at the ResNet's three activation shapes.  ``--flush MB`` writes MB
+the fused ReLU's mask) at the ResNet's three activation shapes; ``--calls resnet``: the ResNet's
+3x3 convolutions by F(4x4, 3x3) Winograd (forward and input gradient) at its three stages.  ``--flush MB`` writes MB
 megabytes on the call's threads before every call (cold caches: repeated calls otherwise find
 each thread's share of the data in its own core's caches).
 
     python benches/probes/kernels_ab.py BASE_TREE cython --rounds 60
     python benches/probes/kernels_ab.py BASE_TREE numba --rounds 60 --calls bn
+    python benches/probes/kernels_ab.py BASE_TREE numba --rounds 40 --calls resnet
 
 BASE_TREE: a checkout with its extensions built (``git archive BASE | tar -x -C DIR``, then
 ``python setup.py build_ext --inplace`` there).  Cython: the base tree's ``conv_direct``
@@ -123,7 +125,24 @@ def _bn_calls(k, n):
     return calls
 
 
-CALLS = {"lenet": ("conv_direct", _lenet_calls, 128), "bn": ("norm", _bn_calls, 100)}
+def _resnet_calls(k, n):
+    """The ResNet's 3x3 convolutions on module ``k`` by F(4x4, 3x3) Winograd at its three stages
+    (16, 32, 64 channels): the forward and the input gradient, name -> (call, output arrays)."""
+    rng = np.random.default_rng(0)
+    calls = {}
+    for c, hw in ((16, 32), (32, 16), (64, 8)):
+        x, gy = (rng.standard_normal((n, c, hw, hw), dtype=np.float32) for _ in range(2))
+        w, b = rng.standard_normal((c, c, 3, 3), dtype=np.float32) * 0.1, rng.standard_normal(c).astype(np.float32)
+        y, gx = np.empty(x.shape, np.float32), np.empty(x.shape, np.float32)
+        calls[f"F(4x4) forward {c} x {hw}x{hw}"] = (
+            lambda a=(x, w, b, 1, 1, 0, y, 4): k.conv2d_winograd_forward(*a), (y,))
+        calls[f"F(4x4) input grad {c} x {hw}x{hw}"] = (
+            lambda a=(gy, w, 1, 1, gx, 4): k.conv2d_winograd_backward_data(*a), (gx,))
+    return calls
+
+
+CALLS = {"lenet": ("conv_direct", _lenet_calls, 128), "bn": ("norm", _bn_calls, 100),
+         "resnet": ("conv_direct", _resnet_calls, 100)}
 
 
 def _digest(arrays):
@@ -136,7 +155,7 @@ def main():
     p.add_argument("backend", choices=("cython", "numba"))
     p.add_argument("--rounds", type=int, default=60)
     p.add_argument("--calls", choices=tuple(CALLS), default="lenet")
-    p.add_argument("--batch", type=int, help="default: 128 (lenet), 100 (bn)")
+    p.add_argument("--batch", type=int, help="default: 128 (lenet), 100 (bn, resnet)")
     p.add_argument("--flush", type=int, metavar="MB", help="write MB megabytes before every call (cold caches)")
     a = p.parse_args()
     flush = None if not a.flush else np.zeros(a.flush << 18, np.float32)
