@@ -4,9 +4,9 @@ the same bytes.  ``--calls lenet`` (default): lenet's four convolution calls (co
 direct forward, conv2's pooled Winograd forward, the pooled backward of conv2 and of conv1
 (weights only)); ``--calls bn``: the batch norm backward (gradient sums and input gradient, with
 the fused ReLU's mask) at the ResNet's three activation shapes; ``--calls resnet``: the ResNet's
-3x3 convolutions by F(4x4, 3x3) Winograd (forward and input gradient) at its three stages.  ``--flush MB`` writes MB
-megabytes on the call's threads before every call (cold caches: repeated calls otherwise find
-each thread's share of the data in its own core's caches).
+3x3 convolutions by F(4x4, 3x3) Winograd (forward and input gradient) at its three stages.
+``--flush MB`` writes MB megabytes on the call's threads before every call (cold caches:
+repeated calls otherwise find each thread's share of the data in its own core's caches).
 
     python benches/probes/kernels_ab.py BASE_TREE cython --rounds 60
     python benches/probes/kernels_ab.py BASE_TREE numba --rounds 60 --calls bn
