@@ -14,9 +14,9 @@ repeated calls otherwise find each thread's share of the data in its own core's 
 
 BASE_TREE: a checkout with its extensions built (``git archive BASE | tar -x -C DIR``, then
 ``python setup.py build_ext --inplace`` there).  Cython: the base tree's ``conv_direct``
-extension is loaded beside this tree's (``norm`` for ``bn``).  Numba: the base tree's package is copied to a
-temporary directory as ``fastcnn_base`` (its backend table pointed at itself) and imported
-beside ``fastcnn``; both set their thread counts together.  Prints per call the medians at 1
+extension is loaded beside this tree's (``norm`` for ``bn``).  Numba: the base tree's package
+is copied to a temporary directory as ``fastcnn_base`` (its backend table pointed at itself)
+and imported beside ``fastcnn``; both set their thread counts together.  Prints per call the medians at 1
 and 2 threads of each tree and the median of the rounds' base / this-tree ratios at 2 threads
 (above 1: this tree faster).
 """
@@ -108,14 +108,18 @@ def _lenet_calls(k, n):
     }
 
 
+#: The ResNet's three stages: (channels, height = width) of their activations.
+RESNET_STAGES = ((16, 32), (32, 16), (64, 8))
+
+
 def _bn_calls(k, n):
     """The ResNet's batch norm backwards on module ``k`` (with the ReLU's mask, as after the
     first convolution of a block): name -> (call, output arrays)."""
     rng = np.random.default_rng(0)
     calls = {}
-    for c, hw in ((16, 32), (32, 16), (64, 8)):
+    for c, hw in RESNET_STAGES:
         shape = (n, c, hw, hw)
-        x, gy = rng.standard_normal(shape, dtype=np.float32), rng.standard_normal(shape, dtype=np.float32)
+        x, gy = (rng.standard_normal(shape, dtype=np.float32) for _ in range(2))
         mean, inv_std = rng.standard_normal(c).astype(np.float32), rng.uniform(0.5, 2, c).astype(np.float32)
         w, b = rng.uniform(0.5, 2, c).astype(np.float32), rng.standard_normal(c).astype(np.float32)
         gs, gd, gx = np.empty(c), np.empty(c), np.empty(shape, np.float32)
@@ -130,7 +134,7 @@ def _resnet_calls(k, n):
     (16, 32, 64 channels): the forward and the input gradient, name -> (call, output arrays)."""
     rng = np.random.default_rng(0)
     calls = {}
-    for c, hw in ((16, 32), (32, 16), (64, 8)):
+    for c, hw in RESNET_STAGES:
         x, gy = (rng.standard_normal((n, c, hw, hw), dtype=np.float32) for _ in range(2))
         w, b = rng.standard_normal((c, c, 3, 3), dtype=np.float32) * 0.1, rng.standard_normal(c).astype(np.float32)
         y, gx = np.empty(x.shape, np.float32), np.empty(x.shape, np.float32)
